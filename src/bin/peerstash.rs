@@ -1,0 +1,253 @@
+//! `peerstash`: the command line that drives the local peerstash daemon over its control socket.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use peerstash::config::{parse_size, Config, DEFAULT_CONFIG_PATH};
+use peerstash::control::{self, exit, PeerState, Request, VersionInfo};
+
+/// Back up, restore and inspect files with the local peerstash daemon.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The daemon's configuration file (to find its control socket).
+    #[arg(long, value_name = "PATH", global = true, conflicts_with = "socket")]
+    config: Option<PathBuf>,
+    /// The daemon's control socket (instead of reading the config).
+    #[arg(long, value_name = "PATH", global = true)]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Back up a file, or every file below a folder, now.
+    Backup {
+        path: PathBuf,
+        /// Desired replication degree, 1-9 (default: the watched folder's, else 2).
+        #[arg(long, short = 'r', value_parser = clap::value_parser!(u8).range(1..=9))]
+        replication: Option<u8>,
+    },
+    /// Rebuild a backed-up file from the peers and check its content hash.
+    Restore {
+        path: PathBuf,
+        /// Which version (see `versions`); default the newest.
+        #[arg(long)]
+        version: Option<u32>,
+        /// Where to write it (a file, or a folder to put it in); default its own path.
+        #[arg(long, value_name = "DEST")]
+        to: Option<PathBuf>,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the backed-up versions of a path (or of every file below a folder).
+    Versions { path: PathBuf },
+    /// Delete every backed-up version of a path from the peers.
+    Delete { path: PathBuf },
+    /// Set the space offered to other peers now (e.g. "10GiB", "0" frees everything).
+    Reclaim { size: String },
+    /// Show this peer's state: quota, what it backed up, what it hosts.
+    State {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    ExitCode::from(run(args) as u8)
+}
+
+fn fail(code: i32, message: impl std::fmt::Display) -> i32 {
+    eprintln!("peerstash: {message}");
+    code
+}
+
+/// Absolute path as the daemon knows it: symlinks resolved as far as the path exists.
+fn resolve(path: &Path) -> PathBuf {
+    if let Ok(p) = path.canonicalize() {
+        return p;
+    }
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    match (
+        abs.parent().and_then(|p| p.canonicalize().ok()),
+        abs.file_name(),
+    ) {
+        (Some(dir), Some(name)) => dir.join(name),
+        _ => abs,
+    }
+}
+
+fn run(args: Args) -> i32 {
+    let socket = match (&args.socket, &args.config) {
+        (Some(s), _) => s.clone(),
+        (None, config) => {
+            let path = config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+            match Config::load(&path) {
+                Ok(c) => c.peer.control_socket,
+                Err(e) => return fail(exit::USAGE, format!("{e} (or pass --socket)")),
+            }
+        }
+    };
+    let (request, json) = match args.command {
+        Command::Backup { path, replication } => {
+            if !path.exists() {
+                return fail(
+                    exit::FAILED,
+                    format!("{}: no such file or folder", path.display()),
+                );
+            }
+            (
+                Request::Backup {
+                    path: resolve(&path),
+                    replication,
+                },
+                false,
+            )
+        }
+        Command::Restore {
+            path,
+            version,
+            to,
+            force,
+        } => (
+            Request::Restore {
+                path: resolve(&path),
+                version,
+                to: to.as_deref().map(resolve),
+                force,
+            },
+            false,
+        ),
+        Command::Versions { path } => (
+            Request::Versions {
+                path: resolve(&path),
+            },
+            false,
+        ),
+        Command::Delete { path } => (
+            Request::Delete {
+                path: resolve(&path),
+            },
+            false,
+        ),
+        Command::Reclaim { size } => match parse_size(&size) {
+            Ok(quota) => (Request::Reclaim { quota }, false),
+            Err(e) => return fail(exit::USAGE, format!("bad size {size:?}: {e}")),
+        },
+        Command::State { json } => (Request::State, json),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(exit::FAILED, e),
+    };
+    let is_state = matches!(request, Request::State);
+    let is_versions = matches!(request, Request::Versions { .. });
+    let result = runtime.block_on(control::call(&socket, &request, |line| println!("{line}")));
+    let (code, message, data) = match result {
+        Ok(r) => r,
+        Err(e @ control::ClientError::Connect { .. })
+        | Err(e @ control::ClientError::Denied(_)) => return fail(exit::UNREACHABLE, e),
+        Err(e) => return fail(exit::FAILED, e),
+    };
+    if code != exit::OK && code != exit::BELOW_RD {
+        return fail(code, message);
+    }
+    match data {
+        Some(data) if json => println!("{data}"),
+        Some(data) if is_state => match serde_json::from_value::<PeerState>(data) {
+            Ok(state) => print_state(&state),
+            Err(e) => {
+                return fail(
+                    exit::FAILED,
+                    format!("unexpected state from the daemon: {e}"),
+                )
+            }
+        },
+        Some(data) if is_versions => match serde_json::from_value::<Vec<VersionInfo>>(data) {
+            Ok(v) => print_versions(&v),
+            Err(e) => {
+                return fail(
+                    exit::FAILED,
+                    format!("unexpected answer from the daemon: {e}"),
+                )
+            }
+        },
+        _ => println!("{message}"),
+    }
+    code
+}
+
+fn print_versions(versions: &[VersionInfo]) {
+    println!(
+        "{:>7}  {:>12}  {:>3}  {:>9}  {:<16}  path",
+        "version", "size", "RD", "min RD", "fileId"
+    );
+    for v in versions {
+        println!(
+            "{:>7}  {:>12}  {:>3}  {:>9}  {:<16}  {}{}",
+            v.version,
+            v.size,
+            v.desired_rd,
+            v.min_perceived_rd,
+            &v.file_id[..16],
+            v.path.display(),
+            if v.complete {
+                ""
+            } else {
+                "  (backup unfinished)"
+            }
+        );
+    }
+}
+
+fn print_state(s: &PeerState) {
+    println!(
+        "peer {}  protocol {}  hosting {} of {} bytes",
+        s.peer_id, s.protocol, s.used_bytes, s.quota_bytes
+    );
+    println!("\nbacked up ({} versions):", s.files.len());
+    for f in &s.files {
+        let min = f.chunks.iter().map(|c| c.perceived_rd).min().unwrap_or(0);
+        let below = f
+            .chunks
+            .iter()
+            .filter(|c| c.perceived_rd < u32::from(f.desired_rd))
+            .count();
+        println!(
+            "  {} v{}  {} bytes  {} chunks  RD {} wanted, lowest {}{}  {}",
+            f.path.display(),
+            f.version,
+            f.size,
+            f.chunks.len(),
+            f.desired_rd,
+            min,
+            if below > 0 {
+                format!(" ({below} chunks below)")
+            } else {
+                String::new()
+            },
+            &f.file_id[..16]
+        );
+    }
+    println!("\nhosted ({} chunks):", s.stored.len());
+    for c in &s.stored {
+        println!(
+            "  {}#{}  {} bytes  RD {} wanted, {} perceived",
+            &c.file_id[..16],
+            c.chunk_no,
+            c.size,
+            c.desired_rd,
+            c.perceived_rd
+        );
+    }
+}

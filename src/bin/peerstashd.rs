@@ -1,0 +1,57 @@
+//! `peerstashd`: the peerstash daemon. Thin: reads the config and runs the peer.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use peerstash::config::{Config, DEFAULT_CONFIG_PATH};
+
+/// The peerstash daemon: backs up this computer's watched folders on the other peers of the
+/// LAN and hosts their chunks within a quota.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The configuration file.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Check the configuration and exit (0 valid, 2 invalid).
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("peerstashd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        println!("{}: valid", args.config.display());
+        return ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("peerstashd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(peerstash::daemon::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("peerstashd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,498 @@
+//! The configuration file (`/etc/peerstash/peerstash.toml`, SPEC §4): read, checked and typed.
+//! Every error names the key and the reason, in one line.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/peerstash/peerstash.toml";
+/// Protocol versions this build implements.
+pub const SUPPORTED_PROTOCOLS: &[&str] = &["1.0"];
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub peer: PeerConfig,
+    pub network: NetworkConfig,
+    pub storage: StorageConfig,
+    pub watch: Vec<WatchConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerConfig {
+    pub id: u32,
+    pub protocol: String,
+    pub state_dir: PathBuf,
+    pub control_socket: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetworkConfig {
+    pub interface: Ipv4Addr,
+    pub mc: SocketAddrV4,
+    pub mdb: SocketAddrV4,
+    pub mdr: SocketAddrV4,
+    pub ttl: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StorageConfig {
+    /// Bytes offered to other peers' chunks.
+    pub quota: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct WatchConfig {
+    pub path: PathBuf,
+    pub replication: u8,
+    pub keep_versions: u32,
+    pub keep_deleted: Duration,
+    pub exclude: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config {path}: {source} (create it, or pass --config PATH)")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}{message}", origin(.path))]
+    Syntax {
+        path: Option<PathBuf>,
+        message: String,
+    },
+    #[error("{}{key}: {reason}", origin(.path))]
+    Invalid {
+        path: Option<PathBuf>,
+        key: String,
+        reason: String,
+    },
+}
+
+fn origin(path: &Option<PathBuf>) -> String {
+    path.as_ref()
+        .map(|p| format!("{}: ", p.display()))
+        .unwrap_or_default()
+}
+
+// The file as written: strings where the typed config has sizes, durations and addresses, so
+// that each can be checked with its key's name.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    peer: Option<RawPeer>,
+    #[serde(default)]
+    network: RawNetwork,
+    #[serde(default)]
+    storage: RawStorage,
+    #[serde(default)]
+    watch: Vec<RawWatch>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    id: Option<i64>,
+    protocol: Option<String>,
+    state_dir: Option<PathBuf>,
+    control_socket: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    interface: Option<String>,
+    mc: Option<String>,
+    mdb: Option<String>,
+    mdr: Option<String>,
+    ttl: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    quota: Option<SizeValue>,
+}
+
+/// A size may be written as a string ("20 GiB") or a bare integer of bytes.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(i64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatch {
+    path: Option<PathBuf>,
+    replication: Option<i64>,
+    keep_versions: Option<i64>,
+    keep_deleted: Option<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, Some(path))
+    }
+
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        Self::parse(text, None)
+    }
+
+    fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = path.map(Path::to_path_buf);
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.clone(),
+            // toml's message spans several lines (it quotes the line); keep it to one.
+            message: e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        })?;
+        let bad = |key: &str, reason: String| ConfigError::Invalid {
+            path: path.clone(),
+            key: key.to_owned(),
+            reason,
+        };
+        let peer = raw
+            .peer
+            .ok_or_else(|| bad("peer", "the [peer] table with `id` is required".into()))?;
+        let id = match peer.id {
+            Some(id) if (1..=i64::from(u32::MAX)).contains(&id) => id as u32,
+            Some(0) | None => {
+                return Err(bad(
+                    "peer.id",
+                    "must be set to a unique non-zero integer (one per peer on the LAN)".into(),
+                ))
+            }
+            Some(id) => {
+                return Err(bad(
+                    "peer.id",
+                    format!("{id} is out of range 1..=4294967295"),
+                ))
+            }
+        };
+        let protocol = peer.protocol.unwrap_or_else(|| "1.0".into());
+        if !SUPPORTED_PROTOCOLS.contains(&protocol.as_str()) {
+            return Err(bad(
+                "peer.protocol",
+                format!(
+                    "{protocol:?} is not implemented by this build (it implements {})",
+                    SUPPORTED_PROTOCOLS.join(", ")
+                ),
+            ));
+        }
+        let state_dir = peer
+            .state_dir
+            .unwrap_or_else(|| "/var/lib/peerstash".into());
+        let control_socket = peer
+            .control_socket
+            .unwrap_or_else(|| "/run/peerstash/control.sock".into());
+        for (key, p) in [
+            ("peer.state_dir", &state_dir),
+            ("peer.control_socket", &control_socket),
+        ] {
+            if !p.is_absolute() {
+                return Err(bad(
+                    key,
+                    format!("{} must be an absolute path", p.display()),
+                ));
+            }
+        }
+
+        let n = raw.network;
+        let interface = n.interface.as_deref().unwrap_or("0.0.0.0");
+        let interface: Ipv4Addr = interface.parse().map_err(|_| {
+            bad(
+                "network.interface",
+                format!("{interface:?} is not an IPv4 address"),
+            )
+        })?;
+        let group = |key: &str, value: Option<String>, default: &str| {
+            let text = value.unwrap_or_else(|| default.into());
+            let addr: SocketAddrV4 = text
+                .parse()
+                .map_err(|_| bad(key, format!("{text:?} is not an IPv4 address:port")))?;
+            if !addr.ip().is_multicast() {
+                return Err(bad(
+                    key,
+                    format!("{} is not a multicast address (224.0.0.0/4)", addr.ip()),
+                ));
+            }
+            if addr.port() == 0 {
+                return Err(bad(key, "the port must not be 0".into()));
+            }
+            Ok(addr)
+        };
+        let mc = group("network.mc", n.mc, "239.255.42.1:4701")?;
+        let mdb = group("network.mdb", n.mdb, "239.255.42.2:4702")?;
+        let mdr = group("network.mdr", n.mdr, "239.255.42.3:4703")?;
+        if mc == mdb || mc == mdr || mdb == mdr {
+            return Err(bad(
+                "network",
+                "mc, mdb and mdr must be three different group:port pairs".into(),
+            ));
+        }
+        let ttl = match n.ttl.unwrap_or(1) {
+            t @ 0..=255 => t as u32,
+            t => return Err(bad("network.ttl", format!("{t} is out of range 0..=255"))),
+        };
+
+        let quota = match raw.storage.quota {
+            None => 0,
+            Some(SizeValue::Bytes(b)) => {
+                u64::try_from(b).map_err(|_| bad("storage.quota", format!("{b} is negative")))?
+            }
+            Some(SizeValue::Text(t)) => parse_size(&t).map_err(|e| bad("storage.quota", e))?,
+        };
+
+        let mut watch = Vec::new();
+        for (i, w) in raw.watch.into_iter().enumerate() {
+            let key = |k: &str| format!("watch[{i}].{k}");
+            let path = w
+                .path
+                .ok_or_else(|| bad(&key("path"), "is required".into()))?;
+            if !path.is_absolute() {
+                return Err(bad(
+                    &key("path"),
+                    format!("{} must be an absolute path", path.display()),
+                ));
+            }
+            let replication = match w.replication.unwrap_or(2) {
+                r @ 1..=9 => r as u8,
+                r => {
+                    return Err(bad(
+                        &key("replication"),
+                        format!("{r} is out of range 1..=9"),
+                    ))
+                }
+            };
+            let keep_versions = match w.keep_versions.unwrap_or(1) {
+                k @ 1..=0xFFFF_FFFF => k as u32,
+                k => {
+                    return Err(bad(
+                        &key("keep_versions"),
+                        format!("{k} must be at least 1"),
+                    ))
+                }
+            };
+            let keep_deleted = parse_duration(w.keep_deleted.as_deref().unwrap_or("30d"))
+                .map_err(|e| bad(&key("keep_deleted"), e))?;
+            if let Some(j) = w.exclude.iter().position(|e| e.is_empty()) {
+                return Err(bad(
+                    &format!("watch[{i}].exclude[{j}]"),
+                    "an empty pattern".into(),
+                ));
+            }
+            watch.push(WatchConfig {
+                path,
+                replication,
+                keep_versions,
+                keep_deleted,
+                exclude: w.exclude,
+            });
+        }
+        Ok(Config {
+            peer: PeerConfig {
+                id,
+                protocol,
+                state_dir,
+                control_socket,
+            },
+            network: NetworkConfig {
+                interface,
+                mc,
+                mdb,
+                mdr,
+                ttl,
+            },
+            storage: StorageConfig { quota },
+            watch,
+        })
+    }
+}
+
+/// A size: bytes, or a number with B, KB/MB/GB/TB (powers of 1000) or KiB/MiB/GiB/TiB (1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    if !t.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(format!(
+            "{text:?} is not a size (examples: \"0\", \"512MB\", \"20 GiB\")"
+        ));
+    }
+    t.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|_| format!("{text:?} is not a size (examples: \"0\", \"512MB\", \"20 GiB\")"))
+}
+
+/// A duration: a number with s, m, h or d (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || format!("{text:?} is not a duration (examples: \"0s\", \"15m\", \"2h\", \"30d\")");
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(secs).map(Duration::from_secs).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+[peer]
+id = 1
+protocol = "1.0"
+state_dir = "/var/lib/peerstash"
+control_socket = "/run/peerstash/control.sock"
+
+[network]
+interface = "0.0.0.0"
+mc  = "239.255.42.1:4701"
+mdb = "239.255.42.2:4702"
+mdr = "239.255.42.3:4703"
+ttl = 1
+
+[storage]
+quota = "20 GiB"
+
+[[watch]]
+path = "/srv/projects"
+replication = 3
+keep_versions = 1
+exclude = ["*.tmp", "**/.cache/**"]
+"#;
+
+    #[test]
+    fn full_config_from_the_spec() {
+        let c = Config::from_toml_str(FULL).unwrap();
+        assert_eq!(c.peer.id, 1);
+        assert_eq!(c.storage.quota, 20 * 1024 * 1024 * 1024);
+        assert_eq!(c.network.mdb, "239.255.42.2:4702".parse().unwrap());
+        assert_eq!(c.watch[0].replication, 3);
+        assert_eq!(c.watch[0].keep_deleted, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.watch[0].exclude.len(), 2);
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_toml_str("[peer]\nid = 7\n").unwrap();
+        assert_eq!(c.peer.protocol, "1.0");
+        assert_eq!(c.peer.state_dir, PathBuf::from("/var/lib/peerstash"));
+        assert_eq!(c.network.ttl, 1);
+        assert_eq!(c.storage.quota, 0);
+        assert!(c.watch.is_empty());
+    }
+
+    #[test]
+    fn every_error_names_its_key() {
+        let cases = [
+            ("[peer]\n", "peer.id"),
+            ("[peer]\nid = 0\n", "peer.id"),
+            ("[peer]\nid = 1\nprotocol = \"3.0\"\n", "peer.protocol"),
+            ("[peer]\nid = 1\nstate_dir = \"rel\"\n", "peer.state_dir"),
+            (
+                "[peer]\nid = 1\n[network]\nmc = \"10.1.1.1:4701\"\n",
+                "network.mc",
+            ),
+            (
+                "[peer]\nid = 1\n[network]\nmdb = \"239.1.1.1:0\"\n",
+                "network.mdb",
+            ),
+            ("[peer]\nid = 1\n[network]\nmdr = \"nope\"\n", "network.mdr"),
+            (
+                "[peer]\nid = 1\n[network]\ninterface = \"eth0\"\n",
+                "network.interface",
+            ),
+            ("[peer]\nid = 1\n[network]\nttl = 300\n", "network.ttl"),
+            (
+                "[peer]\nid = 1\n[storage]\nquota = \"lots\"\n",
+                "storage.quota",
+            ),
+            (
+                "[peer]\nid = 1\n[storage]\nquota = \"-1\"\n",
+                "storage.quota",
+            ),
+            (
+                "[peer]\nid = 1\n[[watch]]\npath = \"/a\"\nreplication = 0\n",
+                "watch[0].replication",
+            ),
+            (
+                "[peer]\nid = 1\n[[watch]]\nreplication = 2\n",
+                "watch[0].path",
+            ),
+            (
+                "[peer]\nid = 1\n[[watch]]\npath = \"/a\"\nkeep_versions = 0\n",
+                "watch[0].keep_versions",
+            ),
+            (
+                "[peer]\nid = 1\n[[watch]]\npath = \"/a\"\nkeep_deleted = \"soon\"\n",
+                "watch[0].keep_deleted",
+            ),
+            (
+                "[peer]\nid = 1\nfavourite_colour = \"red\"\n",
+                "favourite_colour",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = Config::from_toml_str(text).unwrap_err().to_string();
+            assert!(
+                e.contains(key),
+                "{text:?} gave {e:?}, which does not name {key}"
+            );
+            assert_eq!(e.lines().count(), 1, "one line: {e:?}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("20 GiB"), Ok(21_474_836_480));
+        assert_eq!(parse_size("100MB"), Ok(100_000_000));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("1KB"), Ok(1000));
+        assert_eq!(parse_size("1 KiB"), Ok(1024));
+        assert_eq!(parse_size("3 B"), Ok(3));
+        assert!(parse_size("abc").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(2_592_000)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("d").is_err());
+    }
+
+    #[test]
+    fn the_shipped_default_config_is_valid_but_for_the_id() {
+        let text = include_str!("../etc/peerstash/peerstash.toml");
+        let e = Config::from_toml_str(text).unwrap_err().to_string();
+        assert!(e.contains("peer.id"), "{e}");
+        let with_id = text.replacen("id = 0", "id = 12", 1);
+        let c = Config::from_toml_str(&with_id).unwrap();
+        assert_eq!(c.storage.quota, 0);
+    }
+}

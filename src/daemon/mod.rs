@@ -1,0 +1,272 @@
+//! The running peer: wires the catalog, the chunk store and the channels to the engine's state
+//! machines. `Node` holds what every task shares; `peer.rs` answers other peers' messages,
+//! `jobs.rs` carries out the commands that arrive on the control socket (`control.rs`).
+
+mod control;
+mod jobs;
+mod peer;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::config::Config;
+use crate::net::{ChannelSocket, Channels, MAX_DATAGRAM};
+use crate::protocol::{ChunkId, Message, MessageKind, PeerId};
+use crate::store::{Catalog, CatalogHandle, ChunkStore};
+
+/// The random wait before STORED, CHUNK and a re-backup: uniform in 0..=400 ms.
+pub const MAX_REPLY_DELAY: Duration = Duration::from_millis(400);
+/// PUTCHUNKs being stored at once; beyond this a PUTCHUNK is dropped (its sender resends), so
+/// a flood cannot take memory without bound.
+const MAX_CONCURRENT_STORES: usize = 128;
+/// How long a seen PUTCHUNK or CHUNK is remembered for the "did someone else already" checks.
+const SEEN_MEMORY: Duration = Duration::from_secs(5);
+const MAX_SEEN_ENTRIES: usize = 8192;
+
+pub fn random_reply_delay() -> Duration {
+    Duration::from_millis(rand::random::<u64>() % (MAX_REPLY_DELAY.as_millis() as u64 + 1))
+}
+
+/// Everything the peer's tasks share.
+pub struct Node {
+    pub id: PeerId,
+    pub config: Config,
+    pub catalog: CatalogHandle,
+    pub store: Arc<ChunkStore>,
+    pub net: Channels,
+    transient: Mutex<Transient>,
+    store_permits: Arc<Semaphore>,
+    next_sub: AtomicU64,
+    pub counters: Counters,
+}
+
+#[derive(Default)]
+pub struct Counters {
+    pub malformed: AtomicU64,
+    pub dropped_busy: AtomicU64,
+}
+
+/// Protocol transients: who waits for which reply, what was seen lately. Never a second ledger:
+/// what must survive a restart is in the catalog.
+#[derive(Default)]
+struct Transient {
+    /// Backups waiting for STOREDs of a chunk.
+    stored_subs: Subs<PeerId>,
+    /// Restores waiting for a CHUNK body.
+    chunk_subs: Subs<Vec<u8>>,
+    /// Chunks being written to disk, with the STOREDs heard meanwhile (recorded once written).
+    storing: HashMap<ChunkId, Vec<PeerId>>,
+    /// CHUNK replies scheduled, so a repeated GETCHUNK does not schedule a second one.
+    replying: HashSet<ChunkId>,
+    /// Re-backups (after a REMOVED) scheduled or running.
+    rebacking: HashSet<ChunkId>,
+    chunk_seen: HashMap<ChunkId, Instant>,
+    putchunk_seen: HashMap<ChunkId, Instant>,
+}
+
+fn remember(map: &mut HashMap<ChunkId, Instant>, chunk: &ChunkId, now: Instant) {
+    if map.len() >= MAX_SEEN_ENTRIES {
+        map.retain(|_, t| now.duration_since(*t) < SEEN_MEMORY);
+    }
+    if map.len() < MAX_SEEN_ENTRIES {
+        map.insert(chunk.clone(), now);
+    }
+}
+
+fn seen_since(map: &HashMap<ChunkId, Instant>, chunk: &ChunkId, since: Instant) -> bool {
+    map.get(chunk).is_some_and(|t| *t >= since)
+}
+
+type Subs<T> = HashMap<ChunkId, Vec<(u64, mpsc::Sender<T>)>>;
+
+/// A wait for replies about one chunk; unsubscribes when dropped, however the waiting task ends.
+pub(crate) struct Subscription<'a, T> {
+    node: &'a Node,
+    chunk: ChunkId,
+    id: u64,
+    pub rx: mpsc::Receiver<T>,
+    pick: fn(&mut Transient) -> &mut Subs<T>,
+}
+
+impl<T> Drop for Subscription<'_, T> {
+    fn drop(&mut self) {
+        let mut t = self.node.transient();
+        let map = (self.pick)(&mut t);
+        if let Some(list) = map.get_mut(&self.chunk) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                map.remove(&self.chunk);
+            }
+        }
+    }
+}
+
+/// Hands a reply to every subscriber of the chunk; a full subscriber misses it (the protocol's
+/// retransmissions make up for it).
+fn publish<T: Clone>(subs: &Subs<T>, chunk: &ChunkId, value: T) {
+    for (_, tx) in subs.get(chunk).into_iter().flatten() {
+        let _ = tx.try_send(value.clone());
+    }
+}
+
+impl Node {
+    fn transient(&self) -> MutexGuard<'_, Transient> {
+        // Every update under this lock is a single map operation: a poisoned lock is consistent.
+        self.transient.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn subscribe<T>(
+        &self,
+        chunk: &ChunkId,
+        capacity: usize,
+        pick: fn(&mut Transient) -> &mut Subs<T>,
+    ) -> Subscription<'_, T> {
+        let (tx, rx) = mpsc::channel(capacity);
+        let id = self.next_sub.fetch_add(1, Ordering::Relaxed);
+        pick(&mut self.transient())
+            .entry(chunk.clone())
+            .or_default()
+            .push((id, tx));
+        Subscription {
+            node: self,
+            chunk: chunk.clone(),
+            id,
+            rx,
+            pick,
+        }
+    }
+
+    /// Waits for the STOREDs of a chunk being backed up.
+    pub(crate) fn subscribe_stored(&self, chunk: &ChunkId) -> Subscription<'_, PeerId> {
+        self.subscribe(chunk, 64, |t| &mut t.stored_subs)
+    }
+
+    /// Waits for the CHUNK bodies of a chunk being restored.
+    pub(crate) fn subscribe_chunk(&self, chunk: &ChunkId) -> Subscription<'_, Vec<u8>> {
+        self.subscribe(chunk, 4, |t| &mut t.chunk_subs)
+    }
+
+    /// Encodes and sends a message on its channel. A send error is logged, not fatal: the
+    /// protocol's retransmissions cover a lost datagram.
+    pub async fn send(&self, kind: MessageKind) {
+        let msg = Message::new(self.id, kind);
+        self.send_encoded(msg.channel(), &msg.encode(), msg.type_name())
+            .await;
+    }
+
+    pub async fn send_encoded(&self, channel: crate::protocol::Channel, bytes: &[u8], what: &str) {
+        if let Err(e) = self.net.send(channel, bytes).await {
+            tracing::warn!("sending {what} on {channel:?} failed: {e}");
+        }
+    }
+}
+
+/// Starts the peer and runs it until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let node = start(config).await?;
+    control::serve(node.clone()).await?;
+    tracing::info!(peer = node.id.0, "peer is up");
+    wait_for_shutdown().await;
+    tracing::info!("stopping");
+    let _ = std::fs::remove_file(&node.config.peer.control_socket);
+    Ok(())
+}
+
+async fn wait_for_shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Opens the catalog and the store, reconciles them, joins the channels and starts listening.
+pub async fn start(config: Config) -> anyhow::Result<Arc<Node>> {
+    let state_dir = config.peer.state_dir.clone();
+    std::fs::create_dir_all(&state_dir).with_context(|| {
+        format!(
+            "cannot create the state directory {} (peer.state_dir): check its permissions",
+            state_dir.display()
+        )
+    })?;
+    let db = state_dir.join("catalog.db");
+    let catalog =
+        Catalog::open(&db).with_context(|| format!("cannot open the catalog {}", db.display()))?;
+    let catalog = CatalogHandle::start(catalog);
+    let quota = jobs::effective_quota(&catalog, config.storage.quota).await?;
+    let store = Arc::new(
+        ChunkStore::open(state_dir.join("chunks"), 0, quota)
+            .with_context(|| format!("cannot open the chunk store in {}", state_dir.display()))?,
+    );
+    let net = Channels::open(
+        config.network.interface,
+        config.network.ttl,
+        config.network.mc,
+        config.network.mdb,
+        config.network.mdr,
+    )?;
+    let node = Arc::new(Node {
+        id: PeerId(config.peer.id),
+        config,
+        catalog,
+        store,
+        net,
+        transient: Mutex::new(Transient::default()),
+        store_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_STORES)),
+        next_sub: AtomicU64::new(0),
+        counters: Counters::default(),
+    });
+    let lost = peer::reconcile_store(&node).await?;
+    for ch in node.net.all() {
+        tokio::spawn(receive_loop(node.clone(), ch.clone()));
+    }
+    // What the last run left unfinished: peers told of chunks lost from disk, over-quota chunks
+    // reclaimed, DELETEs not yet sent.
+    for chunk in lost {
+        node.send(MessageKind::Removed { chunk }).await;
+    }
+    tokio::spawn(jobs::reclaim_to_quota(node.clone()));
+    tokio::spawn(jobs::send_pending_deletes(node.clone()));
+    Ok(node)
+}
+
+async fn receive_loop(node: Arc<Node>, ch: Arc<ChannelSocket>) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let (n, from) = match ch.socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("receiving on {:?}: {e}", ch.channel);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        match Message::parse(&buf[..n]) {
+            Ok(msg) if msg.channel() != ch.channel => {
+                node.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%from, "dropped a {} that came on {:?}", msg.type_name(), ch.channel);
+            }
+            Ok(msg) if msg.sender == node.id => {}
+            Ok(msg) => peer::handle(&node, msg),
+            Err(e) => {
+                node.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%from, "dropped a malformed datagram ({n} bytes) on {:?}: {e}", ch.channel);
+            }
+        }
+    }
+}

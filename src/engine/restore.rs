@@ -1,0 +1,81 @@
+//! Restoring one chunk: GETCHUNK, retransmitted on a doubling timeout, until a CHUNK with the
+//! right bytes arrives.
+
+use std::time::Instant;
+
+use super::retry::{Retry, Step};
+
+pub const MAX_GETCHUNK_SENDS: u32 = 6;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    SendGetChunk,
+    WaitUntil(Instant),
+    GaveUp,
+}
+
+#[derive(Clone, Debug)]
+pub struct ChunkFetch {
+    retry: Retry,
+}
+
+impl Default for ChunkFetch {
+    fn default() -> Self {
+        ChunkFetch {
+            retry: Retry::new(MAX_GETCHUNK_SENDS),
+        }
+    }
+}
+
+impl ChunkFetch {
+    pub fn poll(&mut self, now: Instant) -> Action {
+        match self.retry.poll(now) {
+            Step::Send => Action::SendGetChunk,
+            Step::WaitUntil(t) => Action::WaitUntil(t),
+            Step::GaveUp => Action::GaveUp,
+        }
+    }
+
+    pub fn sends(&self) -> u32 {
+        self.retry.sends()
+    }
+}
+
+/// Whether a CHUNK body can be chunk `chunk_no` of a file of `file_size` bytes: every chunk is
+/// exactly CHUNK_SIZE bytes except the last, which is shorter (0 bytes when the size is a multiple).
+pub fn expected_len(file_size: u64, chunk_no: u32) -> Option<usize> {
+    let size = crate::protocol::message::CHUNK_SIZE as u64;
+    let count = file_size / size + 1;
+    let no = u64::from(chunk_no);
+    (no < count).then(|| if no + 1 < count { size } else { file_size % size } as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lengths_follow_the_chunking_rule() {
+        assert_eq!(expected_len(0, 0), Some(0));
+        assert_eq!(expected_len(0, 1), None);
+        assert_eq!(expected_len(128_000, 1), Some(64_000));
+        assert_eq!(expected_len(128_000, 2), Some(0));
+        assert_eq!(expected_len(1_000_000, 15), Some(40_000));
+        assert_eq!(expected_len(1_000_000, 16), None);
+    }
+
+    #[test]
+    fn fetch_gives_up_after_bounded_sends() {
+        let mut f = ChunkFetch::default();
+        let mut now = Instant::now();
+        let mut sends = 0;
+        loop {
+            match f.poll(now) {
+                Action::SendGetChunk => sends += 1,
+                Action::WaitUntil(t) => now = t,
+                Action::GaveUp => break,
+            }
+        }
+        assert_eq!(sends, MAX_GETCHUNK_SENDS);
+    }
+}

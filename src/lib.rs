@@ -1,0 +1,12 @@
+//! peerstash: a peer-to-peer backup service for a local area network. Files are cut into
+//! 64000-byte chunks and replicated on other peers over UDP multicast (SPEC.md).
+//!
+//! Layers look down only: `protocol` (pure) ← `engine` (state machines) ← `net`, `store` ←
+//! `daemon` (the running peer). `control` is the language of the control socket.
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod engine;
+pub mod net;
+pub mod protocol;
+pub mod store;

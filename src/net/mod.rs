@@ -1,0 +1,135 @@
+//! Multicast transport: one UDP socket per channel (MC, MDB, MDR), joined on the configured
+//! interface, with the configured TTL, loopback on and large receive buffers. Knows datagrams,
+//! not messages: parsing happens above.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+
+use crate::protocol::message::Channel;
+
+/// What we ask the kernel for: room for ~130 datagrams of 64 KB, so a burst of a backup window
+/// is not dropped while the daemon is busy.
+pub const WANTED_RCVBUF: usize = 8 * 1024 * 1024;
+/// Largest UDP payload; a read buffer this size never truncates a datagram.
+pub const MAX_DATAGRAM: usize = 65_535;
+
+/// The three channels' sockets, shared by the receive loops and every sender.
+#[derive(Clone)]
+pub struct Channels {
+    mc: Arc<ChannelSocket>,
+    mdb: Arc<ChannelSocket>,
+    mdr: Arc<ChannelSocket>,
+}
+
+pub struct ChannelSocket {
+    pub channel: Channel,
+    pub group: SocketAddrV4,
+    pub socket: UdpSocket,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("cannot open the {channel:?} channel on {group} via interface {interface}: {source} (check network.interface and the group addresses in the config)")]
+    Open {
+        channel: Channel,
+        group: SocketAddrV4,
+        interface: Ipv4Addr,
+        source: io::Error,
+    },
+}
+
+impl Channels {
+    /// Opens and joins the three channels. Must be called inside a tokio runtime.
+    pub fn open(
+        interface: Ipv4Addr,
+        ttl: u32,
+        mc: SocketAddrV4,
+        mdb: SocketAddrV4,
+        mdr: SocketAddrV4,
+    ) -> Result<Channels, NetError> {
+        let open = |channel, group| {
+            open_channel(channel, group, interface, ttl).map_err(|source| NetError::Open {
+                channel,
+                group,
+                interface,
+                source,
+            })
+        };
+        Ok(Channels {
+            mc: Arc::new(open(Channel::Mc, mc)?),
+            mdb: Arc::new(open(Channel::Mdb, mdb)?),
+            mdr: Arc::new(open(Channel::Mdr, mdr)?),
+        })
+    }
+
+    pub fn get(&self, channel: Channel) -> &Arc<ChannelSocket> {
+        match channel {
+            Channel::Mc => &self.mc,
+            Channel::Mdb => &self.mdb,
+            Channel::Mdr => &self.mdr,
+        }
+    }
+
+    pub fn all(&self) -> [&Arc<ChannelSocket>; 3] {
+        [&self.mc, &self.mdb, &self.mdr]
+    }
+
+    /// Sends one datagram to a channel's group.
+    pub async fn send(&self, channel: Channel, datagram: &[u8]) -> io::Result<()> {
+        let ch = self.get(channel);
+        ch.socket
+            .send_to(datagram, SocketAddr::V4(ch.group))
+            .await?;
+        Ok(())
+    }
+}
+
+fn open_channel(
+    channel: Channel,
+    group: SocketAddrV4,
+    interface: Ipv4Addr,
+    ttl: u32,
+) -> io::Result<ChannelSocket> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    // Several peers on one machine share each channel's port.
+    socket.set_reuse_address(true)?;
+    // Binding the group address (not 0.0.0.0) keeps other groups' traffic on the same port out;
+    // IP_MULTICAST_ALL off does the same for any group this socket did not join.
+    socket.bind(&SocketAddr::V4(group).into())?;
+    socket.set_multicast_all_v4(false)?;
+    socket.join_multicast_v4(group.ip(), &interface)?;
+    socket.set_multicast_if_v4(&interface)?;
+    socket.set_multicast_ttl_v4(ttl)?;
+    socket.set_multicast_loop_v4(true)?;
+    grow_receive_buffer(&socket, channel);
+    socket.set_nonblocking(true)?;
+    let socket = UdpSocket::from_std(socket.into())?;
+    Ok(ChannelSocket {
+        channel,
+        group,
+        socket,
+    })
+}
+
+/// Asks for WANTED_RCVBUF, forcing past rmem_max when we are root; warns once per socket when the
+/// kernel grants less, with the sysctl that fixes it.
+fn grow_receive_buffer(socket: &Socket, channel: Channel) {
+    use nix::sys::socket::{setsockopt, sockopt::RcvBufForce};
+    let forced = setsockopt(socket, RcvBufForce, &WANTED_RCVBUF).is_ok();
+    if !forced {
+        let _ = socket.set_recv_buffer_size(WANTED_RCVBUF);
+    }
+    // Linux reports twice the requested size (bookkeeping overhead).
+    let granted = socket.recv_buffer_size().unwrap_or(0) / 2;
+    if granted < WANTED_RCVBUF {
+        tracing::warn!(
+            "the {channel:?} receive buffer is {granted} bytes, less than the {WANTED_RCVBUF} wanted: \
+             bursts of chunks may be dropped; raise it with `sysctl -w net.core.rmem_max={}`",
+            WANTED_RCVBUF
+        );
+    }
+}

@@ -1,0 +1,737 @@
+//! The SQLite catalog: the one source of truth for what this peer backed up (files, versions,
+//! chunk hashes), what it hosts for others, and who holds what (holder sets = perceived RD).
+//! `Catalog` is synchronous; `CatalogHandle` runs it on a dedicated thread and commits the calls
+//! queued at the same moment in one transaction, so a burst of STOREDs costs one fsync.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+use crate::protocol::message::{ChunkNo, FileId, PeerId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("catalog error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("catalog commit failed: {0}")]
+    Commit(String),
+    #[error("the catalog thread has stopped")]
+    Closed,
+    #[error("catalog holds an invalid value: {0}")]
+    Corrupt(String),
+}
+
+/// One backed-up version of one of our own files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileRow {
+    pub file_id: FileId,
+    pub path: PathBuf,
+    pub version: u32,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub mode: u32,
+    pub content_hash: String,
+    pub desired_rd: u8,
+    pub complete: bool,
+}
+
+/// A chunk this peer hosts for another peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostedRow {
+    pub file_id: FileId,
+    pub chunk_no: ChunkNo,
+    pub size: u64,
+    pub hash: String,
+    pub desired_rd: u8,
+}
+
+/// What a chunk is to this peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkRole {
+    /// A chunk of one of our files (we are its home peer; we never host it).
+    Own {
+        desired_rd: u8,
+    },
+    Hosted {
+        desired_rd: u8,
+    },
+    Unknown,
+}
+
+pub struct Catalog {
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    file_id TEXT PRIMARY KEY,         -- lower-case fileId of one version of one of our files
+    path TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    content_hash TEXT NOT NULL,
+    desired_rd INTEGER NOT NULL,
+    complete INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (path, version)
+);
+CREATE TABLE IF NOT EXISTS file_chunks (
+    file_id TEXT NOT NULL REFERENCES files(file_id) ON DELETE CASCADE,
+    chunk_no INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY (file_id, chunk_no)
+);
+CREATE TABLE IF NOT EXISTS hosted (
+    file_id TEXT NOT NULL,            -- lower case, the key
+    chunk_no INTEGER NOT NULL,
+    wire_id TEXT NOT NULL,            -- the fileId exactly as its home peer wrote it
+    size INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    desired_rd INTEGER NOT NULL,
+    PRIMARY KEY (file_id, chunk_no)
+);
+CREATE TABLE IF NOT EXISTS pending_deletes (
+    file_id TEXT PRIMARY KEY          -- versions forgotten here whose DELETE is still to be sent
+);
+CREATE TABLE IF NOT EXISTS holders (
+    file_id TEXT NOT NULL,
+    chunk_no INTEGER NOT NULL,
+    peer INTEGER NOT NULL,
+    PRIMARY KEY (file_id, chunk_no, peer)
+);
+";
+
+fn file_id_of(text: String) -> Result<FileId, StoreError> {
+    FileId::parse(&text).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn chunk_no_of(n: i64) -> Result<ChunkNo, StoreError> {
+    u32::try_from(n)
+        .ok()
+        .and_then(ChunkNo::new)
+        .ok_or_else(|| StoreError::Corrupt(format!("chunk number {n}")))
+}
+
+const FILE_COLUMNS: &str =
+    "file_id, path, version, size, mtime_ns, mode, content_hash, desired_rd, complete";
+
+fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
+    Ok((
+        r.get(0)?,
+        FileRowRaw {
+            path: r.get(1)?,
+            version: r.get(2)?,
+            size: r.get(3)?,
+            mtime_ns: r.get(4)?,
+            mode: r.get(5)?,
+            content_hash: r.get(6)?,
+            desired_rd: r.get(7)?,
+            complete: r.get(8)?,
+        },
+    ))
+}
+
+struct FileRowRaw {
+    path: String,
+    version: u32,
+    size: i64,
+    mtime_ns: i64,
+    mode: u32,
+    content_hash: String,
+    desired_rd: u8,
+    complete: bool,
+}
+
+fn finish_file((id, raw): (String, FileRowRaw)) -> Result<FileRow, StoreError> {
+    Ok(FileRow {
+        file_id: file_id_of(id)?,
+        path: PathBuf::from(raw.path),
+        version: raw.version,
+        size: raw.size as u64,
+        mtime_ns: raw.mtime_ns,
+        mode: raw.mode,
+        content_hash: raw.content_hash,
+        desired_rd: raw.desired_rd,
+        complete: raw.complete,
+    })
+}
+
+impl Catalog {
+    pub fn open(path: &Path) -> Result<Catalog, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // WAL + FULL: a committed transaction survives kill -9 and power loss; batching commits
+        // keeps the cost to one fsync per batch.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Catalog { conn })
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    // ---- our own files -------------------------------------------------------------------
+
+    pub fn file(&self, file_id: &FileId) -> Result<Option<FileRow>, StoreError> {
+        let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE file_id = ?1");
+        self.conn
+            .query_row(&sql, [file_id.key()], file_row)
+            .optional()?
+            .map(finish_file)
+            .transpose()
+    }
+
+    /// Every kept version of every path equal to `path` or below it (a folder), oldest first.
+    pub fn versions(&self, path: &Path) -> Result<Vec<FileRow>, StoreError> {
+        let exact = path.to_string_lossy().into_owned();
+        let below = format!("{}/", exact.trim_end_matches('/'));
+        let sql = format!(
+            "SELECT {FILE_COLUMNS} FROM files
+             WHERE path = ?1 OR substr(path, 1, length(?2)) = ?2 ORDER BY path, version"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![exact, below], file_row)?;
+        rows.map(|r| finish_file(r?)).collect()
+    }
+
+    pub fn all_files(&self) -> Result<Vec<FileRow>, StoreError> {
+        let sql = format!("SELECT {FILE_COLUMNS} FROM files ORDER BY path, version");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([], file_row)?;
+        rows.map(|r| finish_file(r?)).collect()
+    }
+
+    /// Records a new version; its number is one more than the path's newest.
+    pub fn insert_file(&self, row: &FileRow) -> Result<u32, StoreError> {
+        let path = row.path.to_string_lossy();
+        let version: u32 = self.conn.query_row(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM files WHERE path = ?1",
+            [&path],
+            |r| r.get(0),
+        )?;
+        self.conn.execute(
+            "INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash,
+                                desired_rd, complete)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0)",
+            params![
+                row.file_id.key(),
+                path,
+                version,
+                row.size as i64,
+                row.mtime_ns,
+                row.mode,
+                row.content_hash,
+                row.desired_rd
+            ],
+        )?;
+        Ok(version)
+    }
+
+    pub fn set_file_complete(&self, file_id: &FileId) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE files SET complete = 1 WHERE file_id = ?1",
+            [file_id.key()],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_file_rd(&self, file_id: &FileId, rd: u8) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE files SET desired_rd = ?2 WHERE file_id = ?1",
+            params![file_id.key(), rd],
+        )?;
+        Ok(())
+    }
+
+    pub fn put_file_chunk(
+        &self,
+        file_id: &FileId,
+        chunk_no: ChunkNo,
+        size: u64,
+        hash: &str,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO file_chunks (file_id, chunk_no, size, hash) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (file_id, chunk_no) DO UPDATE SET size = excluded.size, hash = excluded.hash",
+            params![file_id.key(), chunk_no.0, size as i64, hash],
+        )?;
+        Ok(())
+    }
+
+    /// (chunkNo, size, hash, perceived RD) of every chunk of one of our files.
+    pub fn file_chunks(
+        &self,
+        file_id: &FileId,
+    ) -> Result<Vec<(ChunkNo, u64, String, u32)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT c.chunk_no, c.size, c.hash,
+                    (SELECT COUNT(*) FROM holders h WHERE h.file_id = c.file_id AND h.chunk_no = c.chunk_no)
+             FROM file_chunks c WHERE c.file_id = ?1 ORDER BY c.chunk_no",
+        )?;
+        let rows = stmt.query_map([file_id.key()], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get(2)?,
+                r.get(3)?,
+            ))
+        })?;
+        rows.map(|r| {
+            let (no, size, hash, rd) = r?;
+            Ok((chunk_no_of(no)?, size as u64, hash, rd))
+        })
+        .collect()
+    }
+
+    /// Forgets a version of our own (its row, its chunks and their holder sets) and remembers
+    /// that the peers must be told, so a crash before the DELETEs went out loses nothing.
+    pub fn delete_file(&self, file_id: &FileId) -> Result<(), StoreError> {
+        let key = file_id.key();
+        self.conn.execute(
+            "INSERT OR IGNORE INTO pending_deletes (file_id) VALUES (?1)",
+            [&key],
+        )?;
+        self.conn
+            .execute("DELETE FROM holders WHERE file_id = ?1", [&key])?;
+        self.conn
+            .execute("DELETE FROM files WHERE file_id = ?1", [&key])?;
+        Ok(())
+    }
+
+    pub fn pending_deletes(&self) -> Result<Vec<FileId>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT file_id FROM pending_deletes")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.map(|r| file_id_of(r?)).collect()
+    }
+
+    pub fn clear_pending_delete(&self, file_id: &FileId) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM pending_deletes WHERE file_id = ?1",
+            [file_id.key()],
+        )?;
+        Ok(())
+    }
+
+    // ---- chunks we host -------------------------------------------------------------------
+
+    pub fn role(&self, file_id: &FileId, chunk_no: ChunkNo) -> Result<ChunkRole, StoreError> {
+        let key = file_id.key();
+        let own: Option<u8> = self
+            .conn
+            .query_row(
+                "SELECT desired_rd FROM files WHERE file_id = ?1",
+                [&key],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(desired_rd) = own {
+            return Ok(ChunkRole::Own { desired_rd });
+        }
+        let hosted: Option<u8> = self
+            .conn
+            .query_row(
+                "SELECT desired_rd FROM hosted WHERE file_id = ?1 AND chunk_no = ?2",
+                params![key, chunk_no.0],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(
+            hosted.map_or(ChunkRole::Unknown, |desired_rd| ChunkRole::Hosted {
+                desired_rd,
+            }),
+        )
+    }
+
+    /// Records a chunk now on disk, with the holders known so far (ourselves included).
+    pub fn insert_hosted(&self, row: &HostedRow, holders: &[PeerId]) -> Result<(), StoreError> {
+        let key = row.file_id.key();
+        self.conn.execute(
+            "INSERT INTO hosted (file_id, chunk_no, wire_id, size, hash, desired_rd)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                key,
+                row.chunk_no.0,
+                row.file_id.as_wire(),
+                row.size as i64,
+                row.hash,
+                row.desired_rd
+            ],
+        )?;
+        for peer in holders {
+            self.conn.execute(
+                "INSERT OR IGNORE INTO holders (file_id, chunk_no, peer) VALUES (?1, ?2, ?3)",
+                params![key, row.chunk_no.0, peer.0],
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn hosted(
+        &self,
+        file_id: &FileId,
+        chunk_no: ChunkNo,
+    ) -> Result<Option<HostedRow>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT wire_id, size, hash, desired_rd FROM hosted WHERE file_id = ?1 AND chunk_no = ?2",
+                params![file_id.key(), chunk_no.0],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?
+            .map(|(wire, size, hash, desired_rd)| {
+                Ok(HostedRow {
+                    file_id: file_id_of(wire)?,
+                    chunk_no,
+                    size: size as u64,
+                    hash,
+                    desired_rd,
+                })
+            })
+            .transpose()
+    }
+
+    /// Every hosted chunk with its perceived RD.
+    pub fn all_hosted(&self) -> Result<Vec<(HostedRow, u32)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT s.wire_id, s.chunk_no, s.size, s.hash, s.desired_rd,
+                    (SELECT COUNT(*) FROM holders h WHERE h.file_id = s.file_id AND h.chunk_no = s.chunk_no)
+             FROM hosted s ORDER BY s.file_id, s.chunk_no",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, u8>(4)?,
+                r.get::<_, u32>(5)?,
+            ))
+        })?;
+        rows.map(|r| {
+            let (wire, no, size, hash, desired_rd, perceived) = r?;
+            Ok((
+                HostedRow {
+                    file_id: file_id_of(wire)?,
+                    chunk_no: chunk_no_of(no)?,
+                    size: size as u64,
+                    hash,
+                    desired_rd,
+                },
+                perceived,
+            ))
+        })
+        .collect()
+    }
+
+    /// Forgets one hosted chunk and its holder set; returns its size if it was hosted.
+    pub fn delete_hosted(
+        &self,
+        file_id: &FileId,
+        chunk_no: ChunkNo,
+    ) -> Result<Option<u64>, StoreError> {
+        let key = file_id.key();
+        let size: Option<i64> = self
+            .conn
+            .query_row(
+                "DELETE FROM hosted WHERE file_id = ?1 AND chunk_no = ?2 RETURNING size",
+                params![key, chunk_no.0],
+                |r| r.get(0),
+            )
+            .optional()?;
+        self.conn.execute(
+            "DELETE FROM holders WHERE file_id = ?1 AND chunk_no = ?2",
+            params![key, chunk_no.0],
+        )?;
+        Ok(size.map(|s| s as u64))
+    }
+
+    /// Forgets every hosted chunk of a file; returns (chunkNo, size) of each.
+    pub fn delete_hosted_file(&self, file_id: &FileId) -> Result<Vec<(ChunkNo, u64)>, StoreError> {
+        let key = file_id.key();
+        let mut stmt = self
+            .conn
+            .prepare("DELETE FROM hosted WHERE file_id = ?1 RETURNING chunk_no, size")?;
+        let gone: Vec<(i64, i64)> = stmt
+            .query_map([&key], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        self.conn
+            .execute("DELETE FROM holders WHERE file_id = ?1", [&key])?;
+        gone.into_iter()
+            .map(|(no, size)| Ok((chunk_no_of(no)?, size as u64)))
+            .collect()
+    }
+
+    pub fn used_bytes(&self) -> Result<u64, StoreError> {
+        let used: i64 =
+            self.conn
+                .query_row("SELECT COALESCE(SUM(size), 0) FROM hosted", [], |r| {
+                    r.get(0)
+                })?;
+        Ok(used as u64)
+    }
+
+    // ---- holder sets ----------------------------------------------------------------------
+
+    /// Records that `peer` holds a chunk, if the chunk is ours or hosted here (others' chunks are
+    /// not our business in 1.0). Returns the perceived RD after the update, or None if ignored.
+    pub fn add_holder(
+        &self,
+        file_id: &FileId,
+        chunk_no: ChunkNo,
+        peer: PeerId,
+    ) -> Result<Option<u32>, StoreError> {
+        let key = file_id.key();
+        let known: bool = self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM file_chunks WHERE file_id = ?1 AND chunk_no = ?2)
+                 OR EXISTS (SELECT 1 FROM hosted WHERE file_id = ?1 AND chunk_no = ?2)",
+            params![key, chunk_no.0],
+            |r| r.get(0),
+        )?;
+        if !known {
+            return Ok(None);
+        }
+        self.conn.execute(
+            "INSERT OR IGNORE INTO holders (file_id, chunk_no, peer) VALUES (?1, ?2, ?3)",
+            params![key, chunk_no.0, peer.0],
+        )?;
+        self.perceived(file_id, chunk_no).map(Some)
+    }
+
+    /// Removes `peer` from a chunk's holder set; returns the perceived RD after the update.
+    pub fn remove_holder(
+        &self,
+        file_id: &FileId,
+        chunk_no: ChunkNo,
+        peer: PeerId,
+    ) -> Result<u32, StoreError> {
+        self.conn.execute(
+            "DELETE FROM holders WHERE file_id = ?1 AND chunk_no = ?2 AND peer = ?3",
+            params![file_id.key(), chunk_no.0, peer.0],
+        )?;
+        self.perceived(file_id, chunk_no)
+    }
+
+    pub fn holders(&self, file_id: &FileId, chunk_no: ChunkNo) -> Result<Vec<PeerId>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT peer FROM holders WHERE file_id = ?1 AND chunk_no = ?2 ORDER BY peer",
+        )?;
+        let rows = stmt.query_map(params![file_id.key(), chunk_no.0], |r| r.get(0))?;
+        rows.map(|r| Ok(PeerId(r?))).collect()
+    }
+
+    pub fn perceived(&self, file_id: &FileId, chunk_no: ChunkNo) -> Result<u32, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM holders WHERE file_id = ?1 AND chunk_no = ?2",
+            params![file_id.key(), chunk_no.0],
+            |r| r.get(0),
+        )?)
+    }
+}
+
+// ---- the catalog thread -------------------------------------------------------------------
+
+type Deliver = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&Catalog) -> (bool, Deliver) + Send>;
+
+/// Most calls committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// Async access to the catalog, cheap to clone. Results are delivered only after the
+/// transaction holding them committed, so "recorded" means "on disk".
+#[derive(Clone)]
+pub struct CatalogHandle {
+    tx: std_mpsc::Sender<Job>,
+}
+
+impl CatalogHandle {
+    pub fn start(catalog: Catalog) -> CatalogHandle {
+        let (tx, rx) = std_mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("catalog".into())
+            .spawn(move || run(catalog, rx))
+            .expect("spawning the catalog thread");
+        CatalogHandle { tx }
+    }
+
+    pub async fn call<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Catalog) -> Result<R, StoreError> + Send + 'static,
+    {
+        let (done, result) = oneshot::channel();
+        let job: Job = Box::new(move |cat| {
+            let r = f(cat);
+            let ok = r.is_ok();
+            let deliver: Deliver = Box::new(move |commit| {
+                let _ = done.send(commit.and(r));
+            });
+            (ok, deliver)
+        });
+        self.tx.send(job).map_err(|_| StoreError::Closed)?;
+        result.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn run(catalog: Catalog, rx: std_mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut delivers = Vec::with_capacity(jobs.len());
+        let began = catalog.conn.execute_batch("BEGIN IMMEDIATE");
+        for job in jobs {
+            // A failing call must not undo the others in its batch.
+            let _ = catalog.conn.execute_batch("SAVEPOINT call");
+            let (ok, deliver) = job(&catalog);
+            if !ok {
+                let _ = catalog.conn.execute_batch("ROLLBACK TO call");
+            }
+            let _ = catalog.conn.execute_batch("RELEASE call");
+            delivers.push(deliver);
+        }
+        let committed = began
+            .and_then(|_| catalog.conn.execute_batch("COMMIT"))
+            .map_err(|e| {
+                let _ = catalog.conn.execute_batch("ROLLBACK");
+                tracing::error!("catalog commit failed: {e}");
+                e.to_string()
+            });
+        for deliver in delivers {
+            deliver(committed.clone().map_err(StoreError::Commit));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fid(c: char) -> FileId {
+        FileId::parse(&c.to_string().repeat(64)).unwrap()
+    }
+
+    fn file(c: char, path: &str) -> FileRow {
+        FileRow {
+            file_id: fid(c),
+            path: PathBuf::from(path),
+            version: 0,
+            size: 10,
+            mtime_ns: 1,
+            mode: 0o644,
+            content_hash: "h".into(),
+            desired_rd: 2,
+            complete: false,
+        }
+    }
+
+    #[test]
+    fn versions_and_holders() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        assert_eq!(cat.insert_file(&file('a', "/x/f")).unwrap(), 1);
+        assert_eq!(cat.insert_file(&file('b', "/x/f")).unwrap(), 2);
+        assert_eq!(cat.insert_file(&file('c', "/x/ff")).unwrap(), 1);
+        let v: Vec<u32> = cat
+            .versions(Path::new("/x/f"))
+            .unwrap()
+            .iter()
+            .map(|f| f.version)
+            .collect();
+        assert_eq!(v, vec![1, 2]);
+        assert_eq!(cat.versions(Path::new("/x")).unwrap().len(), 3);
+        // STORED for a chunk we do not know is ignored.
+        assert_eq!(
+            cat.add_holder(&fid('a'), ChunkNo(0), PeerId(2)).unwrap(),
+            None
+        );
+        cat.put_file_chunk(&fid('a'), ChunkNo(0), 10, "h0").unwrap();
+        assert_eq!(
+            cat.add_holder(&fid('a'), ChunkNo(0), PeerId(2)).unwrap(),
+            Some(1)
+        );
+        // A duplicated STORED never inflates the perceived RD.
+        assert_eq!(
+            cat.add_holder(&fid('a'), ChunkNo(0), PeerId(2)).unwrap(),
+            Some(1)
+        );
+        assert_eq!(
+            cat.add_holder(&fid('a'), ChunkNo(0), PeerId(3)).unwrap(),
+            Some(2)
+        );
+        assert_eq!(
+            cat.remove_holder(&fid('a'), ChunkNo(0), PeerId(2)).unwrap(),
+            1
+        );
+        cat.delete_file(&fid('a')).unwrap();
+        assert!(cat.file_chunks(&fid('a')).unwrap().is_empty());
+        assert_eq!(cat.pending_deletes().unwrap(), vec![fid('a')]);
+        cat.clear_pending_delete(&fid('a')).unwrap();
+        assert!(cat.pending_deletes().unwrap().is_empty());
+        assert_eq!(cat.perceived(&fid('a'), ChunkNo(0)).unwrap(), 0);
+    }
+
+    #[test]
+    fn hosted_keeps_wire_text_and_counts_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        let upper = FileId::parse(&"A".repeat(64)).unwrap();
+        let row = HostedRow {
+            file_id: upper.clone(),
+            chunk_no: ChunkNo(4),
+            size: 64_000,
+            hash: "h".into(),
+            desired_rd: 2,
+        };
+        cat.insert_hosted(&row, &[PeerId(1)]).unwrap();
+        assert_eq!(
+            cat.role(&fid('a'), ChunkNo(4)).unwrap(),
+            ChunkRole::Hosted { desired_rd: 2 }
+        );
+        let back = cat.hosted(&fid('a'), ChunkNo(4)).unwrap().unwrap();
+        assert_eq!(back.file_id.as_wire(), upper.as_wire());
+        assert_eq!(cat.used_bytes().unwrap(), 64_000);
+        assert_eq!(
+            cat.delete_hosted_file(&fid('a')).unwrap(),
+            vec![(ChunkNo(4), 64_000)]
+        );
+        assert_eq!(cat.used_bytes().unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn handle_batches_and_isolates_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = CatalogHandle::start(Catalog::open(&dir.path().join("c.db")).unwrap());
+        let a = handle.call(|c| c.insert_file(&file('a', "/f")));
+        let b = handle.call(|c| c.insert_file(&file('a', "/f"))); // duplicate fileId: fails
+        let d = handle.call(|c| c.insert_file(&file('d', "/g")));
+        let (a, b, d) = tokio::join!(a, b, d);
+        assert_eq!(a.unwrap(), 1);
+        assert!(b.is_err());
+        assert_eq!(d.unwrap(), 1);
+        let all = handle.call(|c| c.all_files()).await.unwrap();
+        assert_eq!(all.len(), 2);
+    }
+}

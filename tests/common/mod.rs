@@ -1,0 +1,280 @@
+//! Test harness: a cluster of real `peerstashd` processes on loopback, each with its own state
+//! folder, all on a multicast group and ports picked at random for this cluster (TTL 0, interface
+//! 127.0.0.1: nothing leaves the machine), driven with the real `peerstash` command line.
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const PEERSTASHD: &str = env!("CARGO_BIN_EXE_peerstashd");
+pub const PEERSTASH: &str = env!("CARGO_BIN_EXE_peerstash");
+
+pub struct Peer {
+    pub id: u32,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub mc: SocketAddrV4,
+    pub mdb: SocketAddrV4,
+    pub mdr: SocketAddrV4,
+    pub peers: Vec<Peer>,
+}
+
+/// A group and ports of this cluster's own: 239.x.y.z with random x, y, z and random high ports.
+fn random_channels() -> [SocketAddrV4; 3] {
+    let a: u8 = rand::random::<u8>() % 100 + 100;
+    let (b, c): (u8, u8) = (rand::random(), rand::random());
+    let port = 20_000 + rand::random::<u16>() % 40_000;
+    [0u8, 1, 2].map(|i| {
+        SocketAddrV4::new(
+            Ipv4Addr::new(239, a, b, c.wrapping_add(i)),
+            port + u16::from(i),
+        )
+    })
+}
+
+impl Cluster {
+    /// Starts one peer per quota (ids 1..), and waits until each answers on its control socket.
+    pub fn start(quotas: &[&str]) -> Cluster {
+        let [mc, mdb, mdr] = random_channels();
+        let mut cluster = Cluster {
+            dir: tempfile::tempdir().expect("temp dir"),
+            mc,
+            mdb,
+            mdr,
+            peers: Vec::new(),
+        };
+        for (i, quota) in quotas.iter().enumerate() {
+            let id = i as u32 + 1;
+            let dir = cluster.dir.path().join(format!("peer{id}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let socket = dir.join("control.sock");
+            let config = dir.join("peerstash.toml");
+            std::fs::write(&config, cluster.config_text(id, &dir, &socket, quota)).unwrap();
+            cluster.peers.push(Peer {
+                id,
+                dir,
+                config,
+                socket,
+                child: None,
+            });
+        }
+        for i in 0..quotas.len() {
+            cluster.spawn(i);
+        }
+        for i in 0..quotas.len() {
+            cluster.wait_ready(i);
+        }
+        cluster
+    }
+
+    pub fn config_text(&self, id: u32, dir: &Path, socket: &Path, quota: &str) -> String {
+        format!(
+            r#"[peer]
+id = {id}
+protocol = "1.0"
+state_dir = "{state}"
+control_socket = "{socket}"
+
+[network]
+interface = "127.0.0.1"
+mc = "{mc}"
+mdb = "{mdb}"
+mdr = "{mdr}"
+ttl = 0
+
+[storage]
+quota = "{quota}"
+"#,
+            state = dir.join("state").display(),
+            socket = socket.display(),
+            mc = self.mc,
+            mdb = self.mdb,
+            mdr = self.mdr,
+        )
+    }
+
+    pub fn peer(&self, i: usize) -> &Peer {
+        &self.peers[i]
+    }
+
+    pub fn spawn(&mut self, i: usize) {
+        let peer = &mut self.peers[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(peer.dir.join("daemon.log"))
+            .unwrap();
+        let child = Command::new(PEERSTASHD)
+            .arg("--config")
+            .arg(&peer.config)
+            .env("RUST_LOG", "peerstash=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting peerstashd");
+        peer.child = Some(child);
+    }
+
+    pub fn wait_ready(&self, i: usize) {
+        let ok = wait_until(Duration::from_secs(20), || self.try_state(i).is_some());
+        assert!(ok, "peer {} did not come up; log:\n{}", i + 1, self.log(i));
+    }
+
+    /// Stops a peer with SIGTERM and waits for it to exit.
+    pub fn stop(&mut self, i: usize) {
+        self.signal(i, "TERM");
+    }
+
+    /// Kills a peer with SIGKILL.
+    pub fn kill(&mut self, i: usize) {
+        self.signal(i, "KILL");
+    }
+
+    fn signal(&mut self, i: usize, sig: &str) {
+        if let Some(mut child) = self.peers[i].child.take() {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        self.stop(i);
+        self.spawn(i);
+        self.wait_ready(i);
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        let text =
+            std::fs::read_to_string(self.peers[i].dir.join("daemon.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    /// Runs `peerstash --config <peer's config> args…`.
+    pub fn cli(&self, i: usize, args: &[&str]) -> Output {
+        Command::new(PEERSTASH)
+            .arg("--config")
+            .arg(&self.peers[i].config)
+            .args(args)
+            .output()
+            .expect("running peerstash")
+    }
+
+    /// Runs the CLI and asserts its exit status.
+    pub fn cli_ok(&self, i: usize, args: &[&str], code: i32) -> String {
+        let out = self.cli(i, args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "peerstash {args:?} on peer {}: stdout:\n{stdout}\nstderr:\n{}\nlog:\n{}",
+            i + 1,
+            String::from_utf8_lossy(&out.stderr),
+            self.log(i)
+        );
+        stdout
+    }
+
+    pub fn try_state(&self, i: usize) -> Option<Value> {
+        let out = self.cli(i, &["state", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    pub fn state(&self, i: usize) -> Value {
+        self.try_state(i)
+            .unwrap_or_else(|| panic!("state of peer {} failed; log:\n{}", i + 1, self.log(i)))
+    }
+
+    /// Sends raw bytes to one of the cluster's channels, on loopback only.
+    pub fn send_raw(&self, channel: SocketAddrV4, bytes: &[u8]) {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        s.bind(&std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+            .unwrap();
+        s.set_multicast_if_v4(&Ipv4Addr::LOCALHOST).unwrap();
+        s.set_multicast_ttl_v4(0).unwrap();
+        s.send_to(bytes, &std::net::SocketAddr::V4(channel).into())
+            .unwrap();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.peers.len() {
+            if std::thread::panicking() {
+                eprintln!("---- log of peer {} ----\n{}", i + 1, self.log(i));
+            }
+            self.kill(i);
+        }
+    }
+}
+
+/// Polls `f` every 100 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    (0..n).map(|_| rand::random::<u8>()).collect()
+}
+
+/// Files of `state --json` whose path is `path`.
+pub fn file_entries<'a>(state: &'a Value, path: &Path) -> Vec<&'a Value> {
+    state["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["path"].as_str() == Some(path.to_str().unwrap()))
+        .collect()
+}
+
+/// The lowest perceived RD over a file entry's chunks.
+pub fn min_rd(file: &Value) -> u64 {
+    file["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["perceived_rd"].as_u64().unwrap())
+        .min()
+        .unwrap_or(0)
+}
+
+pub fn used_bytes(state: &Value) -> u64 {
+    state["used_bytes"].as_u64().unwrap()
+}
+
+/// Count of hosted chunk files on disk under a peer's store.
+pub fn chunk_files_on_disk(peer: &Peer) -> usize {
+    let root = peer.dir.join("state").join("chunks");
+    let Ok(dirs) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    dirs.flatten()
+        .map(|d| std::fs::read_dir(d.path()).map(|e| e.count()).unwrap_or(0))
+        .sum()
+}
