@@ -13,14 +13,14 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::{spawn_blocking, JoinSet};
 
-use super::peer::{remove_chunk_files, replicate_chunk};
+use super::peer::{remove_chunk_files, replicate_chunk, Resend};
 use super::Node;
 use crate::control::{exit, ChunkState, FileState, PeerState, StoredState, VersionInfo};
 use crate::engine::backup::Window;
 use crate::engine::reclaim::{choose_victims, Candidate};
 use crate::engine::restore::{expected_len, Action as FetchAction, ChunkFetch};
 use crate::protocol::{
-    chunk_count, hex, sha256_hex, ChunkId, ChunkNo, FileId, FileIdentity, MessageKind, Rd,
+    chunk_count, hex, sha256_hex, ChunkId, ChunkNo, FileId, FileIdentity, MessageKind, PeerId, Rd,
     CHUNK_SIZE,
 };
 use crate::store::{CatalogHandle, FileRow, StoreError};
@@ -178,7 +178,7 @@ pub(super) async fn reclaim_to_quota(node: Arc<Node>) -> usize {
 /// Chunks in flight per file backup: the window starts here and adapts (engine::backup::Window).
 const WINDOW_INITIAL: usize = 32;
 const WINDOW_MIN: usize = 4;
-const WINDOW_MAX: usize = 256;
+const WINDOW_MAX: usize = 1024;
 /// Chunks read and recorded in the catalog in one go before they are sent.
 const READ_BATCH: usize = 32;
 
@@ -399,75 +399,58 @@ async fn backup_file(
         .await?;
 
     let file = Arc::new(file);
+    // Reading, hashing and recording chunks runs ahead of sending them, a few batches deep.
+    let (ready_tx, mut ready) = mpsc::channel::<Prepared>(2 * READ_BATCH);
+    let reader = tokio::spawn(prepare_chunks(
+        node.clone(),
+        file.clone(),
+        file_id.clone(),
+        scanned.size,
+        resumed,
+        ready_tx,
+    ));
     let mut window = Window::new(WINDOW_INITIAL, WINDOW_MIN, WINDOW_MAX);
     let mut in_flight: JoinSet<(u32, bool)> = JoinSet::new();
-    let mut rehash = Sha256::new();
-    let (mut next, mut below) = (0u64, 0u64);
-    while next < chunks || !in_flight.is_empty() {
-        let room = window.size().saturating_sub(in_flight.len());
-        if next < chunks && room > 0 {
-            let batch = (room.min(READ_BATCH) as u64).min(chunks - next);
-            let bodies = spawn_blocking({
-                let (file, size, first) = (file.clone(), scanned.size, next);
-                move || {
-                    (first..first + batch)
-                        .map(|no| read_chunk(&file, size, no))
-                        .collect::<std::io::Result<Vec<_>>>()
-                }
-            })
-            .await??;
-            let hashes: Vec<(ChunkNo, u64, String)> = bodies
-                .iter()
-                .enumerate()
-                .map(|(i, b)| {
-                    rehash.update(b);
-                    (
-                        ChunkNo((next + i as u64) as u32),
-                        b.len() as u64,
-                        sha256_hex(b),
-                    )
-                })
-                .collect();
-            // Recorded before the first PUTCHUNK, so every STORED finds its chunk.
-            let f = file_id.clone();
-            let known = node
-                .catalog
-                .call(move |c| {
-                    let mut known = Vec::with_capacity(hashes.len());
-                    for (no, size, hash) in &hashes {
-                        c.put_file_chunk(&f, *no, *size, hash)?;
-                        known.push(if resumed {
-                            c.holders(&f, *no)?
-                        } else {
-                            Vec::new()
-                        });
-                    }
-                    Ok(known)
-                })
-                .await?;
-            for (body, known) in bodies.into_iter().zip(known) {
+    let (mut sent, mut below, mut resent) = (0u64, 0u64, 0u64);
+    let mut reading = true;
+    while reading || !in_flight.is_empty() {
+        tokio::select! {
+            next = ready.recv(), if reading && in_flight.len() < window.size() => {
+                let Some(p) = next else {
+                    reading = false;
+                    continue;
+                };
                 let chunk = ChunkId {
                     file_id: file_id.clone(),
-                    chunk_no: ChunkNo(next as u32),
+                    chunk_no: p.chunk_no,
+                };
+                let resend = Resend::Reread {
+                    file: file.clone(),
+                    offset: u64::from(p.chunk_no.0) * CHUNK_SIZE as u64,
+                    hash: p.hash,
                 };
                 let node = node.clone();
                 in_flight.spawn(async move {
-                    let o = replicate_chunk(&node, &chunk, rd, body, known).await;
+                    let o = replicate_chunk(&node, &chunk, rd, p.body, resend, p.known).await;
                     (o.sends, o.reached)
                 });
-                next += 1;
+                sent += 1;
             }
-            continue;
-        }
-        if let Some(done) = in_flight.join_next().await {
-            let (sends, reached) = done?;
-            window.on_done(sends, reached);
-            if !reached {
-                below += 1;
+            Some(done) = in_flight.join_next() => {
+                let (sends, reached) = done?;
+                window.on_done(sends, reached);
+                resent += u64::from(sends.saturating_sub(1));
+                if !reached {
+                    below += 1;
+                }
             }
         }
     }
-    if hex(&rehash.finalize()) != scanned.content_hash {
+    let rehash = reader.await??;
+    if sent != chunks {
+        return Err(BackupError::Changed);
+    }
+    if rehash != scanned.content_hash {
         let f = file_id.clone();
         node.catalog.call(move |c| c.delete_file(&f)).await?;
         tokio::spawn(send_pending_deletes(node.clone()));
@@ -475,12 +458,93 @@ async fn backup_file(
     }
     let f = file_id.clone();
     node.catalog.call(move |c| c.set_file_complete(&f)).await?;
+    tracing::info!(
+        "backed up {} ({chunks} chunks, {resent} PUTCHUNKs resent, window {})",
+        path.display(),
+        window.size()
+    );
     Ok(BackupReport {
         version,
         size: scanned.size,
         chunks,
         below,
     })
+}
+
+/// A chunk read, hashed and recorded in the catalog, ready to be sent.
+struct Prepared {
+    chunk_no: ChunkNo,
+    body: Vec<u8>,
+    hash: String,
+    known: Vec<PeerId>,
+}
+
+/// Reads the file chunk by chunk, records each chunk's size and hash in the catalog (before its
+/// first PUTCHUNK, so every STORED finds its chunk) and hands it on. Returns the content hash of
+/// what it read, to be compared with the one the fileId was made from.
+async fn prepare_chunks(
+    node: Arc<Node>,
+    file: Arc<File>,
+    file_id: FileId,
+    size: u64,
+    resumed: bool,
+    ready: mpsc::Sender<Prepared>,
+) -> Result<String, BackupError> {
+    let chunks = chunk_count(size);
+    let mut rehash = Sha256::new();
+    let mut next = 0u64;
+    while next < chunks {
+        let batch = (READ_BATCH as u64).min(chunks - next);
+        let (bodies, hashes) = spawn_blocking({
+            let (file, first) = (file.clone(), next);
+            move || -> std::io::Result<_> {
+                let bodies = (first..first + batch)
+                    .map(|no| read_chunk(&file, size, no))
+                    .collect::<std::io::Result<Vec<_>>>()?;
+                let hashes: Vec<String> = bodies.iter().map(|b| sha256_hex(b)).collect();
+                Ok((bodies, hashes))
+            }
+        })
+        .await??;
+        let rows: Vec<(ChunkNo, u64, String)> = bodies
+            .iter()
+            .zip(&hashes)
+            .enumerate()
+            .map(|(i, (b, h))| {
+                rehash.update(b);
+                (ChunkNo((next + i as u64) as u32), b.len() as u64, h.clone())
+            })
+            .collect();
+        let f = file_id.clone();
+        let known = node
+            .catalog
+            .call(move |c| {
+                let mut known = Vec::with_capacity(rows.len());
+                for (no, size, hash) in &rows {
+                    c.put_file_chunk(&f, *no, *size, hash)?;
+                    known.push(if resumed {
+                        c.holders(&f, *no)?
+                    } else {
+                        Vec::new()
+                    });
+                }
+                Ok(known)
+            })
+            .await?;
+        for ((body, hash), known) in bodies.into_iter().zip(hashes).zip(known) {
+            let p = Prepared {
+                chunk_no: ChunkNo(next as u32),
+                body,
+                hash,
+                known,
+            };
+            if ready.send(p).await.is_err() {
+                return Err(BackupError::Changed);
+            }
+            next += 1;
+        }
+    }
+    Ok(hex(&rehash.finalize()))
 }
 
 // ---- restore ------------------------------------------------------------------------------

@@ -305,7 +305,7 @@ async fn rebackup(node: &Arc<Node>, chunk: &ChunkId, desired: u8) {
         file_id: row.file_id,
         chunk_no: chunk.chunk_no,
     };
-    let outcome = replicate_chunk(node, &chunk, rd, body, known).await;
+    let outcome = replicate_chunk(node, &chunk, rd, body, Resend::Keep, known).await;
     if !outcome.reached {
         tracing::warn!(
             "chunk {chunk} is still below its desired RD {desired} ({} holders) after {} PUTCHUNKs",
@@ -321,31 +321,78 @@ pub(crate) struct Outcome {
     pub holders: Vec<PeerId>,
 }
 
+/// Where a resend gets the chunk's bytes. Keeping every in-flight chunk in memory would cost
+/// 64 KB per chunk of the window; a file backup reads them again from the file instead.
+pub(crate) enum Resend {
+    Keep,
+    Reread {
+        file: Arc<std::fs::File>,
+        offset: u64,
+        hash: String,
+    },
+}
+
+impl Resend {
+    /// The chunk's bytes again, if the file still holds them unchanged.
+    async fn body(&self, len: usize) -> Option<Vec<u8>> {
+        let Resend::Reread { file, offset, hash } = self else {
+            return None;
+        };
+        let (file, offset) = (file.clone(), *offset);
+        let body = tokio::task::spawn_blocking(move || {
+            let mut body = vec![0u8; len];
+            std::os::unix::fs::FileExt::read_exact_at(&*file, &mut body, offset).map(|_| body)
+        })
+        .await
+        .ok()?
+        .ok()?;
+        (sha256_hex(&body) == *hash).then_some(body)
+    }
+}
+
 /// Backs up one chunk: PUTCHUNK, count distinct STORED senders, resend per the engine's schedule.
 pub(crate) async fn replicate_chunk(
     node: &Arc<Node>,
     chunk: &ChunkId,
     rd: Rd,
     body: Vec<u8>,
+    resend: Resend,
     known: Vec<PeerId>,
 ) -> Outcome {
     let mut sub = node.subscribe_stored(chunk);
-    let msg = Message::new(
-        node.id,
-        MessageKind::PutChunk {
-            chunk: chunk.clone(),
-            rd,
-            body,
-        },
-    );
-    let datagram = msg.encode();
-    drop(msg);
+    let len = body.len();
+    let encode = |body| {
+        Message::new(
+            node.id,
+            MessageKind::PutChunk {
+                chunk: chunk.clone(),
+                rd,
+                body,
+            },
+        )
+        .encode()
+    };
+    let mut datagram = Some(encode(body));
     let mut backup = ChunkBackup::new(rd.get(), known);
     loop {
         match backup.poll(Instant::now()) {
             Action::SendPutChunk => {
-                node.send_encoded(crate::protocol::Channel::Mdb, &datagram, "PUTCHUNK")
-                    .await
+                if datagram.is_none() {
+                    match resend.body(len).await {
+                        Some(body) => datagram = Some(encode(body)),
+                        None => {
+                            tracing::warn!("chunk {chunk} changed on disk during its backup");
+                            break;
+                        }
+                    }
+                }
+                if let Some(d) = &datagram {
+                    node.send_encoded(crate::protocol::Channel::Mdb, d, "PUTCHUNK")
+                        .await;
+                }
+                if matches!(resend, Resend::Reread { .. }) {
+                    datagram = None;
+                }
             }
             Action::WaitUntil(t) => {
                 tokio::select! {
@@ -353,14 +400,13 @@ pub(crate) async fn replicate_chunk(
                     Some(peer) = sub.rx.recv() => backup.on_stored(peer),
                 }
             }
-            Action::Done { reached } => {
-                return Outcome {
-                    reached,
-                    sends: backup.sends(),
-                    holders: backup.holders().iter().copied().collect(),
-                }
-            }
+            Action::Done { .. } => break,
         }
+    }
+    Outcome {
+        reached: backup.holders().len() >= usize::from(rd.get()),
+        sends: backup.sends(),
+        holders: backup.holders().iter().copied().collect(),
     }
 }
 
