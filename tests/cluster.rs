@@ -181,6 +181,8 @@ fn reclaim_drops_chunks_and_holders_rereplicate() {
         stored4, total_chunks,
         "the fourth peer now holds every chunk"
     );
+    // The re-backups reached the home peer too: it never hosts a chunk of its own file.
+    assert!(c.state(0)["stored"].as_array().unwrap().is_empty());
 
     // The quota set by `reclaim` survives a restart.
     let mut c = c;
