@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::{spawn_blocking, JoinSet};
 
-use super::peer::{remove_chunk_files, replicate_chunk, Resend};
+use super::peer::{remove_chunk_files, replicate_chunk, Outcome, Resend};
 use super::Node;
 use crate::control::{exit, ChunkState, FileState, PeerState, StoredState, VersionInfo};
 use crate::engine::backup::Window;
@@ -179,6 +179,9 @@ pub(super) async fn reclaim_to_quota(node: Arc<Node>) -> usize {
 const WINDOW_INITIAL: usize = 32;
 const WINDOW_MIN: usize = 4;
 const WINDOW_MAX: usize = 1024;
+/// Chunks past their first round (resending on the 1, 2, 4, 8, 16 s schedule) cost little: their
+/// bytes are read again from the file for each resend. Bounded all the same.
+const MAX_CHUNKS_IN_BACKOFF: usize = 4096;
 /// Chunks read and recorded in the catalog in one go before they are sent.
 const READ_BATCH: usize = 32;
 
@@ -410,12 +413,14 @@ async fn backup_file(
         ready_tx,
     ));
     let mut window = Window::new(WINDOW_INITIAL, WINDOW_MIN, WINDOW_MAX);
-    let mut in_flight: JoinSet<(u32, bool)> = JoinSet::new();
+    let first_round = Arc::new(FirstRoundCount::default());
+    let mut in_flight: JoinSet<Outcome> = JoinSet::new();
     let (mut sent, mut below, mut resent) = (0u64, 0u64, 0u64);
     let mut reading = true;
     while reading || !in_flight.is_empty() {
+        let room = first_round.get() < window.size() && in_flight.len() < MAX_CHUNKS_IN_BACKOFF;
         tokio::select! {
-            next = ready.recv(), if reading && in_flight.len() < window.size() => {
+            next = ready.recv(), if reading && room => {
                 let Some(p) = next else {
                     reading = false;
                     continue;
@@ -429,18 +434,19 @@ async fn backup_file(
                     offset: u64::from(p.chunk_no.0) * CHUNK_SIZE as u64,
                     hash: p.hash,
                 };
-                let node = node.clone();
+                let (node, guard) = (node.clone(), first_round.enter());
                 in_flight.spawn(async move {
-                    let o = replicate_chunk(&node, &chunk, rd, p.body, resend, p.known).await;
-                    (o.sends, o.reached)
+                    replicate_chunk(&node, &chunk, rd, p.body, resend, p.known, Some(guard)).await
                 });
                 sent += 1;
             }
+            // A chunk left its first round: room in the window.
+            _ = first_round.left.notified(), if reading && !room => {}
             Some(done) = in_flight.join_next() => {
-                let (sends, reached) = done?;
-                window.on_done(sends, reached);
-                resent += u64::from(sends.saturating_sub(1));
-                if !reached {
+                let o = done?;
+                window.on_done(o.sends, o.reached, o.recovered_by_resend);
+                resent += u64::from(o.sends.saturating_sub(1));
+                if !o.reached {
                     below += 1;
                 }
             }
@@ -469,6 +475,36 @@ async fn backup_file(
         chunks,
         below,
     })
+}
+
+/// How many chunks of a backup are in their first round (the window counts these).
+#[derive(Default)]
+struct FirstRoundCount {
+    count: std::sync::atomic::AtomicUsize,
+    left: tokio::sync::Notify,
+}
+
+impl FirstRoundCount {
+    fn get(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn enter(self: &Arc<Self>) -> FirstRound {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        FirstRound(self.clone())
+    }
+}
+
+/// Held by a chunk during its first round.
+struct FirstRound(Arc<FirstRoundCount>);
+
+impl Drop for FirstRound {
+    fn drop(&mut self) {
+        self.0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.left.notify_one();
+    }
 }
 
 /// A chunk read, hashed and recorded in the catalog, ready to be sent.
@@ -549,8 +585,10 @@ async fn prepare_chunks(
 
 // ---- restore ------------------------------------------------------------------------------
 
-/// GETCHUNKs in flight per restore.
-const RESTORE_WINDOW: usize = 128;
+/// GETCHUNKs in flight per restore: adapts like the backup window (a chunk that needed a
+/// retransmission halves it).
+const RESTORE_WINDOW_INITIAL: usize = 64;
+const RESTORE_WINDOW_MAX: usize = 512;
 
 pub(super) async fn restore(
     node: &Arc<Node>,
@@ -713,10 +751,11 @@ async fn fetch_all(
     out: &Arc<File>,
 ) -> Result<(), RestoreError> {
     let mut todo = chunks.into_iter();
-    let mut in_flight: JoinSet<Result<(), u32>> = JoinSet::new();
+    let mut in_flight: JoinSet<(u32, Result<(), u32>)> = JoinSet::new();
     let mut missing = Vec::new();
+    let mut window = Window::new(RESTORE_WINDOW_INITIAL, WINDOW_MIN, RESTORE_WINDOW_MAX);
     loop {
-        while in_flight.len() < RESTORE_WINDOW {
+        while in_flight.len() < window.size() {
             let Some((no, size, hash, _)) = todo.next() else {
                 break;
             };
@@ -727,21 +766,23 @@ async fn fetch_all(
                     file_id,
                     chunk_no: no,
                 };
-                match fetch_chunk(&node, &chunk, file_size, size, &hash).await {
+                let (sends, body) = fetch_chunk(&node, &chunk, file_size, size, &hash).await;
+                let written = match body {
                     Some(body) => {
                         let offset = u64::from(no.0) * CHUNK_SIZE as u64;
-                        spawn_blocking(move || out.write_all_at(&body, offset))
-                            .await
-                            .map_err(|_| no.0)?
-                            .map_err(|_| no.0)
+                        match spawn_blocking(move || out.write_all_at(&body, offset)).await {
+                            Ok(Ok(())) => Ok(()),
+                            _ => Err(no.0),
+                        }
                     }
                     None => Err(no.0),
-                }
+                };
+                (sends, written)
             });
         }
         match in_flight.join_next().await {
-            Some(Ok(Ok(()))) => {}
-            Some(Ok(Err(no))) => missing.push(no),
+            Some(Ok((sends, Ok(())))) => window.on_done(sends, true, sends > 1),
+            Some(Ok((_, Err(no)))) => missing.push(no),
             Some(Err(e)) => return Err(e.into()),
             None => break,
         }
@@ -761,11 +802,11 @@ async fn fetch_chunk(
     file_size: u64,
     size: u64,
     hash: &str,
-) -> Option<Vec<u8>> {
-    let expected = expected_len(file_size, chunk.chunk_no.0)?;
-    if expected as u64 != size {
-        return None;
-    }
+) -> (u32, Option<Vec<u8>>) {
+    let Some(expected) = expected_len(file_size, chunk.chunk_no.0).filter(|e| *e as u64 == size)
+    else {
+        return (0, None);
+    };
     let mut sub = node.subscribe_chunk(chunk);
     let mut fetch = ChunkFetch::default();
     loop {
@@ -781,13 +822,13 @@ async fn fetch_chunk(
                     _ = tokio::time::sleep_until(t.into()) => {}
                     Some(body) = sub.rx.recv() => {
                         if body.len() == expected && sha256_hex(&body) == hash {
-                            return Some(body);
+                            return (fetch.sends(), Some(body));
                         }
                         tracing::warn!("ignored a CHUNK {chunk} with wrong bytes");
                     }
                 }
             }
-            FetchAction::GaveUp => return None,
+            FetchAction::GaveUp => return (fetch.sends(), None),
         }
     }
 }

@@ -305,7 +305,7 @@ async fn rebackup(node: &Arc<Node>, chunk: &ChunkId, desired: u8) {
         file_id: row.file_id,
         chunk_no: chunk.chunk_no,
     };
-    let outcome = replicate_chunk(node, &chunk, rd, body, Resend::Keep, known).await;
+    let outcome = replicate_chunk(node, &chunk, rd, body, Resend::Keep, known, None::<()>).await;
     if !outcome.reached {
         tracing::warn!(
             "chunk {chunk} is still below its desired RD {desired} ({} holders) after {} PUTCHUNKs",
@@ -318,6 +318,7 @@ async fn rebackup(node: &Arc<Node>, chunk: &ChunkId, desired: u8) {
 pub(crate) struct Outcome {
     pub reached: bool,
     pub sends: u32,
+    pub recovered_by_resend: bool,
     pub holders: Vec<PeerId>,
 }
 
@@ -351,13 +352,15 @@ impl Resend {
 }
 
 /// Backs up one chunk: PUTCHUNK, count distinct STORED senders, resend per the engine's schedule.
-pub(crate) async fn replicate_chunk(
+/// `first_round` is dropped when the first wait is over (the caller's window counts it).
+pub(crate) async fn replicate_chunk<G>(
     node: &Arc<Node>,
     chunk: &ChunkId,
     rd: Rd,
     body: Vec<u8>,
     resend: Resend,
     known: Vec<PeerId>,
+    mut first_round: Option<G>,
 ) -> Outcome {
     let mut sub = node.subscribe_stored(chunk);
     let len = body.len();
@@ -377,6 +380,9 @@ pub(crate) async fn replicate_chunk(
     loop {
         match backup.poll(Instant::now()) {
             Action::SendPutChunk => {
+                if backup.sends() > 1 {
+                    first_round = None;
+                }
                 if datagram.is_none() {
                     match resend.body(len).await {
                         Some(body) => datagram = Some(encode(body)),
@@ -403,9 +409,11 @@ pub(crate) async fn replicate_chunk(
             Action::Done { .. } => break,
         }
     }
+    drop(first_round);
     Outcome {
         reached: backup.holders().len() >= usize::from(rd.get()),
         sends: backup.sends(),
+        recovered_by_resend: backup.recovered_by_resend(),
         holders: backup.holders().iter().copied().collect(),
     }
 }

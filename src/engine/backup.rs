@@ -25,6 +25,8 @@ pub struct ChunkBackup {
     desired: usize,
     holders: BTreeSet<PeerId>,
     retry: Retry,
+    /// Holders counted when the first resend went out: more after that means a datagram was lost.
+    holders_at_resend: Option<usize>,
 }
 
 impl ChunkBackup {
@@ -34,6 +36,7 @@ impl ChunkBackup {
             desired: desired_rd as usize,
             holders: known.into_iter().collect(),
             retry: Retry::new(MAX_PUTCHUNK_SENDS),
+            holders_at_resend: None,
         }
     }
 
@@ -49,21 +52,35 @@ impl ChunkBackup {
         self.retry.sends()
     }
 
+    /// A resend brought a new holder: a PUTCHUNK or a STORED was lost (receivers overrun),
+    /// not merely too few peers with room.
+    pub fn recovered_by_resend(&self) -> bool {
+        self.holders_at_resend
+            .is_some_and(|before| self.holders.len() > before)
+    }
+
     pub fn poll(&mut self, now: Instant) -> Action {
         if self.holders.len() >= self.desired {
             return Action::Done { reached: true };
         }
         match self.retry.poll(now) {
-            Step::Send => Action::SendPutChunk,
+            Step::Send => {
+                if self.retry.sends() == 2 {
+                    self.holders_at_resend = Some(self.holders.len());
+                }
+                Action::SendPutChunk
+            }
             Step::WaitUntil(t) => Action::WaitUntil(t),
             Step::GaveUp => Action::Done { reached: false },
         }
     }
 }
 
-/// How many chunks a backup keeps in flight. Every chunk waits up to 400 ms for its STOREDs, so
-/// throughput is window / latency: the window grows while chunks are confirmed on their first
-/// send and halves when one needed a resend (receivers dropped it: their buffers were full).
+/// How many chunks a backup keeps in their first round (sent once, waiting for STOREDs). Every
+/// chunk waits up to 400 ms for its STOREDs, so throughput is window / latency: the window grows
+/// while chunks are confirmed on their first send and halves when a resend brought a holder
+/// that the first send did not (a datagram was lost: receivers were overrun). A chunk that
+/// stays short of holders because too few peers have room says nothing about congestion.
 #[derive(Clone, Debug)]
 pub struct Window {
     size: f64,
@@ -85,11 +102,11 @@ impl Window {
     }
 
     /// A chunk finished after `sends` PUTCHUNKs.
-    pub fn on_done(&mut self, sends: u32, reached: bool) {
+    pub fn on_done(&mut self, sends: u32, reached: bool, recovered_by_resend: bool) {
         if sends <= 1 && reached {
             // Roughly doubles per window's worth of clean round trips, like slow start.
             self.size = (self.size + 1.0).min(self.max);
-        } else if sends > 1 {
+        } else if recovered_by_resend {
             self.size = (self.size / 2.0).max(self.min);
         }
     }
@@ -138,6 +155,18 @@ mod tests {
     }
 
     #[test]
+    fn a_holder_gained_by_a_resend_means_loss() {
+        let t0 = Instant::now();
+        let mut b = ChunkBackup::new(2, []);
+        assert_eq!(b.poll(t0), Action::SendPutChunk);
+        b.on_stored(PeerId(2));
+        assert_eq!(b.poll(t0 + Duration::from_secs(1)), Action::SendPutChunk);
+        assert!(!b.recovered_by_resend());
+        b.on_stored(PeerId(3));
+        assert!(b.recovered_by_resend());
+    }
+
+    #[test]
     fn already_replicated_chunk_sends_nothing() {
         let mut b = ChunkBackup::new(1, [PeerId(4)]);
         assert_eq!(b.poll(Instant::now()), Action::Done { reached: true });
@@ -147,13 +176,16 @@ mod tests {
     fn window_grows_on_clean_rounds_and_halves_on_resend() {
         let mut w = Window::new(16, 4, 64);
         for _ in 0..100 {
-            w.on_done(1, true);
+            w.on_done(1, true, false);
         }
         assert_eq!(w.size(), 64);
-        w.on_done(2, true);
+        w.on_done(2, true, true);
+        assert_eq!(w.size(), 32);
+        // Too few peers: no loss, no shrinking.
+        w.on_done(5, false, false);
         assert_eq!(w.size(), 32);
         for _ in 0..10 {
-            w.on_done(5, false);
+            w.on_done(5, false, true);
         }
         assert_eq!(w.size(), 4);
     }
