@@ -241,3 +241,46 @@ fn malformed_datagrams_are_dropped_and_peers_keep_working() {
     c.cli_ok(0, &["restore", files[0].0.to_str().unwrap()], 0);
     assert_eq!(std::fs::read(&files[0].0).unwrap(), files[0].1);
 }
+
+#[test]
+fn too_few_peers_for_the_rd_exits_3_and_says_so() {
+    let c = Cluster::start(&["100MB", "100MB", "100MB"]);
+    let files = make_files(c.dir.path());
+    let p = files[2].0.to_str().unwrap();
+    let out = c.cli_ok(0, &["backup", p, "--replication", "3"], 3);
+    assert!(out.contains("below"), "{out}");
+    let s = c.state(0);
+    assert_eq!(min_rd(file_entries(&s, &files[2].0)[0]), 2);
+    let versions = c.cli_ok(0, &["versions", p], 0);
+    assert!(versions.contains(p), "{versions}");
+}
+
+#[test]
+fn restore_survives_killed_holders() {
+    let mut c = Cluster::start(&["100MB", "100MB", "100MB", "100MB"]);
+    let files = make_files(c.dir.path());
+    let (path, bytes) = &files[0];
+    c.cli_ok(0, &["backup", path.to_str().unwrap(), "-r", "2"], 0);
+    c.kill(1);
+    c.kill(2);
+    std::fs::remove_file(path).unwrap();
+    c.cli_ok(0, &["restore", path.to_str().unwrap()], 0);
+    assert_eq!(&std::fs::read(path).unwrap(), bytes);
+    // With every holder gone, restore fails cleanly and writes nothing.
+    c.kill(3);
+    std::fs::remove_file(path).unwrap();
+    let out = c.cli(0, &["restore", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("could not be fetched"), "{err}");
+    assert!(!path.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("peerstash"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temporary restore files left: {leftovers:?}"
+    );
+}

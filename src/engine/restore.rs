@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::retry::{Retry, Step};
 
-pub const MAX_GETCHUNK_SENDS: u32 = 6;
+pub const MAX_GETCHUNK_SENDS: u32 = 5;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
