@@ -284,3 +284,50 @@ fn restore_survives_killed_holders() {
         "temporary restore files left: {leftovers:?}"
     );
 }
+
+/// Another implementation writes its fileIds in upper case and sends from an ephemeral port:
+/// our peers store its chunks, and answer STORED and CHUNK with its exact fileId text.
+#[test]
+fn foreign_upper_case_file_ids_are_answered_verbatim() {
+    let c = Cluster::start(&["100MB", "100MB"]);
+    let mc = Listener::join(c.mc);
+    let mdr = Listener::join(c.mdr);
+    let id = "C0FFEE".repeat(10) + "ABCD";
+    let body = random_bytes(64_000);
+    let mut put = format!("1.0 PUTCHUNK 77 {id} 5 2 \r\nX-Extra: ignored\r\n\r\n").into_bytes();
+    put.extend(&body);
+    c.send_raw(c.mdb, &put);
+    let heard = mc.collect(Duration::from_millis(1500));
+    let stored: Vec<String> = heard
+        .iter()
+        .map(|d| String::from_utf8_lossy(d).into_owned())
+        .filter(|t| t.contains("STORED"))
+        .collect();
+    for peer in [1, 2] {
+        let want = format!("1.0 STORED {peer} {id} 5\r\n\r\n");
+        assert!(stored.contains(&want), "no {want:?} in {stored:?}");
+    }
+    c.send_raw(
+        c.mc,
+        format!("1.0 GETCHUNK 77 {} 5\r\n\r\n", id.to_lowercase()).as_bytes(),
+    );
+    let chunks = mdr.collect(Duration::from_millis(1000));
+    let header = "1.0 CHUNK ";
+    let answer = chunks
+        .iter()
+        .find(|d| d.starts_with(header.as_bytes()))
+        .expect("a CHUNK");
+    let text = String::from_utf8_lossy(&answer[..100]);
+    assert!(
+        text.contains(&id),
+        "CHUNK uses the home peer's text: {text}"
+    );
+    assert_eq!(&answer[answer.len() - 64_000..], &body[..]);
+    // Each holder answers at most once for one GETCHUNK (usually one stays quiet, having seen
+    // the other's CHUNK first; both answer only when their random delays nearly coincide).
+    let answers = chunks
+        .iter()
+        .filter(|d| d.starts_with(header.as_bytes()))
+        .count();
+    assert!((1..=2).contains(&answers), "{answers} CHUNKs");
+}

@@ -214,6 +214,36 @@ quota = "{quota}"
     }
 }
 
+/// A listener on one of a cluster's channels, as another implementation would be.
+pub struct Listener(std::net::UdpSocket);
+
+impl Listener {
+    pub fn join(channel: SocketAddrV4) -> Listener {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&std::net::SocketAddr::V4(channel).into()).unwrap();
+        s.join_multicast_v4(channel.ip(), &Ipv4Addr::LOCALHOST)
+            .unwrap();
+        let s: std::net::UdpSocket = s.into();
+        s.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .unwrap();
+        Listener(s)
+    }
+
+    /// Every datagram heard within `time`.
+    pub fn collect(&self, time: Duration) -> Vec<Vec<u8>> {
+        let end = Instant::now() + time;
+        let mut buf = vec![0u8; 70_000];
+        let mut got = Vec::new();
+        while Instant::now() < end {
+            if let Ok(n) = self.0.recv(&mut buf) {
+                got.push(buf[..n].to_vec());
+            }
+        }
+        got
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for i in 0..self.peers.len() {
