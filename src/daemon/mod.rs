@@ -270,3 +270,48 @@ async fn receive_loop(node: Arc<Node>, ch: Arc<ChannelSocket>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ChunkNo, FileId};
+
+    fn chunk(no: u32) -> ChunkId {
+        ChunkId {
+            file_id: FileId::parse(&"e".repeat(64)).unwrap(),
+            chunk_no: ChunkNo(no),
+        }
+    }
+
+    #[test]
+    fn a_chunk_seen_after_the_request_suppresses_the_reply() {
+        let mut seen = HashMap::new();
+        let asked = Instant::now();
+        assert!(!seen_since(&seen, &chunk(1), asked));
+        remember(&mut seen, &chunk(1), asked - Duration::from_millis(10));
+        assert!(!seen_since(&seen, &chunk(1), asked), "an older CHUNK does not count");
+        remember(&mut seen, &chunk(1), asked + Duration::from_millis(10));
+        assert!(seen_since(&seen, &chunk(1), asked));
+        // Upper-case and lower-case fileIds are the same chunk.
+        let upper = ChunkId {
+            file_id: FileId::parse(&"E".repeat(64)).unwrap(),
+            chunk_no: ChunkNo(1),
+        };
+        assert!(seen_since(&seen, &upper, asked));
+    }
+
+    #[test]
+    fn the_seen_memory_is_bounded() {
+        let mut seen = HashMap::new();
+        let t = Instant::now();
+        for i in 0..(MAX_SEEN_ENTRIES as u32 + 100) {
+            remember(&mut seen, &chunk(i % 999_999), t);
+        }
+        assert!(seen.len() <= MAX_SEEN_ENTRIES);
+    }
+
+    #[test]
+    fn reply_delays_stay_within_400_ms() {
+        assert!((0..1000).all(|_| random_reply_delay() <= MAX_REPLY_DELAY));
+    }
+}
