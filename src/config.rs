@@ -49,6 +49,40 @@ pub struct WatchConfig {
     pub keep_versions: u32,
     pub keep_deleted: Duration,
     pub exclude: Vec<String>,
+    /// A file is backed up once no change was seen for this long (never half written).
+    pub quiet: Duration,
+}
+
+impl WatchConfig {
+    /// The exclude patterns, matched against paths relative to the watched folder
+    /// (`*` also crosses `/`, so "*.tmp" excludes such files at any depth).
+    pub fn exclude_set(&self) -> globset::GlobSet {
+        let mut b = globset::GlobSetBuilder::new();
+        for pattern in &self.exclude {
+            // Checked when the config was read.
+            if let Ok(glob) = globset::Glob::new(pattern) {
+                b.add(glob);
+            }
+        }
+        b.build().unwrap_or_else(|_| globset::GlobSet::empty())
+    }
+
+    /// Whether `path` (below this folder) is excluded.
+    pub fn excludes(&self, set: &globset::GlobSet, path: &Path) -> bool {
+        path.strip_prefix(&self.path)
+            .map(|rel| set.is_match(rel))
+            .unwrap_or(false)
+    }
+}
+
+impl Config {
+    /// The watched folder a path belongs to (the innermost when folders nest).
+    pub fn watch_of(&self, path: &Path) -> Option<&WatchConfig> {
+        self.watch
+            .iter()
+            .filter(|w| path.starts_with(&w.path))
+            .max_by_key(|w| w.path.components().count())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +167,7 @@ struct RawWatch {
     keep_deleted: Option<String>,
     #[serde(default)]
     exclude: Vec<String>,
+    quiet: Option<String>,
 }
 
 impl Config {
@@ -288,18 +323,23 @@ impl Config {
             };
             let keep_deleted = parse_duration(w.keep_deleted.as_deref().unwrap_or("30d"))
                 .map_err(|e| bad(&key("keep_deleted"), e))?;
-            if let Some(j) = w.exclude.iter().position(|e| e.is_empty()) {
-                return Err(bad(
-                    &format!("watch[{i}].exclude[{j}]"),
-                    "an empty pattern".into(),
-                ));
+            for (j, pattern) in w.exclude.iter().enumerate() {
+                let key = format!("watch[{i}].exclude[{j}]");
+                if pattern.is_empty() {
+                    return Err(bad(&key, "an empty pattern".into()));
+                }
+                globset::Glob::new(pattern)
+                    .map_err(|e| bad(&key, format!("{pattern:?} is not a glob: {e}")))?;
             }
+            let quiet = parse_duration(w.quiet.as_deref().unwrap_or("2s"))
+                .map_err(|e| bad(&key("quiet"), e))?;
             watch.push(WatchConfig {
                 path,
                 replication,
                 keep_versions,
                 keep_deleted,
                 exclude: w.exclude,
+                quiet,
             });
         }
         Ok(Config {
@@ -459,6 +499,22 @@ exclude = ["*.tmp", "**/.cache/**"]
             );
             assert_eq!(e.lines().count(), 1, "one line: {e:?}");
         }
+    }
+
+    #[test]
+    fn excludes_match_below_the_folder_at_any_depth() {
+        let c = Config::from_toml_str(FULL).unwrap();
+        let w = &c.watch[0];
+        let set = w.exclude_set();
+        assert!(w.excludes(&set, Path::new("/srv/projects/a.tmp")));
+        assert!(w.excludes(&set, Path::new("/srv/projects/x/y/b.tmp")));
+        assert!(w.excludes(&set, Path::new("/srv/projects/x/.cache/z")));
+        assert!(!w.excludes(&set, Path::new("/srv/projects/x/keep.txt")));
+        assert_eq!(
+            c.watch_of(Path::new("/srv/projects/x")).unwrap().path,
+            w.path
+        );
+        assert!(c.watch_of(Path::new("/srv/other")).is_none());
     }
 
     #[test]

@@ -2,11 +2,13 @@
 //! 64000-byte chunks and replicated on other peers over UDP multicast (SPEC.md).
 //!
 //! Layers look down only: `protocol` (pure) ← `engine` (state machines) ← `net`, `store` ←
-//! `daemon` (the running peer). `control` is the language of the control socket.
+//! `daemon` (the running peer) ← `service` (watched folders, queue,
+//! reload, systemd). `control` is the language of the control socket.
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod engine;
 pub mod net;
 pub mod protocol;
+pub mod service;
 pub mod store;

@@ -67,6 +67,12 @@ pub struct PeerState {
     pub used_bytes: u64,
     pub files: Vec<FileState>,
     pub stored: Vec<StoredState>,
+    /// Paths waiting in the backup queue.
+    #[serde(default)]
+    pub queue_length: u64,
+    /// Paths being backed up now by the queue.
+    #[serde(default)]
+    pub in_progress: Vec<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

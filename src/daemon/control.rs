@@ -16,8 +16,8 @@ use crate::control::{exit, Reply, Request, MAX_REQUEST_LINE};
 /// Connections served at once; more wait for a turn.
 const MAX_CONNECTIONS: usize = 32;
 
-pub(super) async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
-    let path = node.config.peer.control_socket.clone();
+pub async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
+    let path = node.config().peer.control_socket.clone();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create {} (peer.control_socket)", dir.display()))?;

@@ -70,7 +70,7 @@ const QUOTA_CONFIG_KEY: &str = "quota_override_config";
 
 /// The quota in force: the config's, unless `peerstash reclaim` set another since the config's
 /// quota last changed (the admin's latest word wins).
-pub(super) async fn effective_quota(
+pub(crate) async fn effective_quota(
     catalog: &CatalogHandle,
     configured: u64,
 ) -> Result<u64, StoreError> {
@@ -89,7 +89,7 @@ pub(super) async fn effective_quota(
 }
 
 pub(super) async fn reclaim(node: &Arc<Node>, quota: u64) -> Done {
-    let configured = node.config.storage.quota;
+    let configured = node.config().storage.quota;
     let r = node
         .catalog
         .call(move |c| {
@@ -110,7 +110,7 @@ pub(super) async fn reclaim(node: &Arc<Node>, quota: u64) -> Done {
 
 /// Drops hosted chunks (most over-replicated first) until the used bytes fit the quota, and
 /// tells the peers with REMOVED. Returns how many chunks were dropped.
-pub(super) async fn reclaim_to_quota(node: Arc<Node>) -> usize {
+pub(crate) async fn reclaim_to_quota(node: Arc<Node>) -> usize {
     let mut dropped = 0;
     // Writes under way when the quota was lowered may land after a pass: a few passes catch them.
     for _ in 0..3 {
@@ -257,12 +257,7 @@ pub(super) async fn backup(
 
 /// The RD of the watched folder holding `path`, or 2.
 fn default_rd(node: &Node, path: &Path) -> u8 {
-    node.config
-        .watch
-        .iter()
-        .filter(|w| path.starts_with(&w.path))
-        .max_by_key(|w| w.path.components().count())
-        .map_or(2, |w| w.replication)
+    node.config().watch_of(path).map_or(2, |w| w.replication)
 }
 
 /// Regular files at or below `path`, symlinks not followed.
@@ -295,7 +290,7 @@ fn list_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum BackupError {
+pub(crate) enum BackupError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -308,14 +303,15 @@ enum BackupError {
     Join(#[from] tokio::task::JoinError),
 }
 
-struct BackupReport {
-    version: u32,
-    size: u64,
-    chunks: u64,
-    below: u64,
+pub(crate) struct BackupReport {
+    pub version: u32,
+    pub size: u64,
+    pub chunks: u64,
+    pub below: u64,
 }
 
 struct Scanned {
+    inode: u64,
     size: u64,
     mtime_ns: i64,
     mode: u32,
@@ -337,6 +333,7 @@ fn scan_file(path: &Path) -> std::io::Result<(File, Scanned)> {
         hasher.update(&buf[..n]);
     }
     let scanned = Scanned {
+        inode: meta.ino(),
         size,
         mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
         mode: meta.mode() & 0o7777,
@@ -353,7 +350,7 @@ fn read_chunk(file: &File, size: u64, no: u64) -> std::io::Result<Vec<u8>> {
     Ok(body)
 }
 
-async fn backup_file(
+pub(crate) async fn backup_file(
     node: &Arc<Node>,
     path: &Path,
     desired: u8,
@@ -387,6 +384,8 @@ async fn backup_file(
         content_hash: scanned.content_hash.clone(),
         desired_rd: rd.get(),
         complete: false,
+        inode: scanned.inode,
+        deleted_at: None,
     };
     // The same content backed up again is the same version: resume it (only chunks below
     // their RD are sent again), under the RD asked now.
@@ -881,32 +880,60 @@ const DELETE_SENDS: u32 = 5;
 const DELETE_SPACING: Duration = Duration::from_millis(300);
 
 pub(super) async fn delete(node: &Arc<Node>, path: PathBuf) -> Done {
-    let p = path.clone();
-    let r = node
-        .catalog
-        .call(move |c| {
-            let rows = c.versions(&p)?;
-            for f in &rows {
-                c.delete_file(&f.file_id)?;
-            }
-            Ok(rows.len())
-        })
-        .await;
-    match r {
+    match forget_versions(node, &path, 0).await {
         Ok(0) => Done::failed(format!("no backed-up version of {}", path.display())),
-        Ok(n) => {
-            send_pending_deletes(node.clone()).await;
-            Done::ok(format!(
-                "deleted {n} backed-up versions of {} from the peers",
-                path.display()
-            ))
-        }
+        Ok(n) => Done::ok(format!(
+            "deleted {n} backed-up versions of {} from the peers",
+            path.display()
+        )),
         Err(e) => e.into(),
     }
 }
 
+/// Forgets every version of `path` (or below it) but the newest `keep`, and tells the peers to
+/// delete their chunks. Returns how many versions were forgotten.
+pub(crate) async fn forget_versions(
+    node: &Arc<Node>,
+    path: &Path,
+    keep: usize,
+) -> Result<usize, StoreError> {
+    let p = path.to_path_buf();
+    let n = node
+        .catalog
+        .call(move |c| {
+            let mut rows = c.versions(&p)?;
+            // Newest first within each path.
+            rows.sort_by(|a, b| a.path.cmp(&b.path).then(b.version.cmp(&a.version)));
+            let mut forgotten = 0;
+            let mut kept_of_path = 0;
+            let mut current: Option<PathBuf> = None;
+            for f in rows {
+                if current.as_ref() != Some(&f.path) {
+                    current = Some(f.path.clone());
+                    kept_of_path = 0;
+                }
+                if kept_of_path < keep {
+                    kept_of_path += 1;
+                    continue;
+                }
+                c.delete_file(&f.file_id)?;
+                forgotten += 1;
+            }
+            Ok(forgotten)
+        })
+        .await?;
+    if n > 0 {
+        tracing::info!(
+            "deleting {n} old versions of {} from the peers",
+            path.display()
+        );
+        send_pending_deletes(node.clone()).await;
+    }
+    Ok(n)
+}
+
 /// Sends DELETE for every version forgotten here (several times each), then clears them.
-pub(super) async fn send_pending_deletes(node: Arc<Node>) {
+pub(crate) async fn send_pending_deletes(node: Arc<Node>) {
     let pending = match node.catalog.call(|c| c.pending_deletes()).await {
         Ok(p) => p,
         Err(e) => {
@@ -973,21 +1000,27 @@ pub(super) async fn state(node: &Arc<Node>) -> Done {
                     perceived_rd: perceived,
                 })
                 .collect();
-            Ok((files, stored))
+            Ok((files, stored, c.queue_len()?))
         })
         .await;
-    let (files, stored) = match r {
+    let (files, stored, queue_length) = match r {
         Ok(x) => x,
         Err(e) => return e.into(),
     };
     let usage = node.store.usage();
     let state = PeerState {
         peer_id: node.id.0,
-        protocol: node.config.peer.protocol.clone(),
+        protocol: node.config().peer.protocol.clone(),
         quota_bytes: usage.quota,
         used_bytes: usage.used,
         files,
         stored,
+        queue_length,
+        in_progress: node
+            .in_progress
+            .lock()
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default(),
     };
     Done {
         code: exit::OK,

@@ -3,8 +3,10 @@
 //! `jobs.rs` carries out the commands that arrive on the control socket (`control.rs`).
 
 mod control;
-mod jobs;
+pub(crate) mod jobs;
 mod peer;
+
+pub use control::serve as serve_control;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,11 +37,14 @@ pub fn random_reply_delay() -> Duration {
 /// Everything the peer's tasks share.
 pub struct Node {
     pub id: PeerId,
-    pub config: Config,
+    /// Replaced as a whole on reload; readers take a snapshot with `config()`.
+    config: std::sync::RwLock<Arc<Config>>,
     pub catalog: CatalogHandle,
     pub store: Arc<ChunkStore>,
     pub net: Channels,
     transient: Mutex<Transient>,
+    /// Paths the work queue is backing up right now (for `state`).
+    pub in_progress: Mutex<std::collections::BTreeSet<std::path::PathBuf>>,
     store_permits: Arc<Semaphore>,
     next_sub: AtomicU64,
     pub counters: Counters,
@@ -115,6 +120,17 @@ fn publish<T: Clone>(subs: &Subs<T>, chunk: &ChunkId, value: T) {
 }
 
 impl Node {
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_config(&self, config: Config) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    }
+
     fn transient(&self) -> MutexGuard<'_, Transient> {
         // Every update under this lock is a single map operation: a poisoned lock is consistent.
         self.transient.lock().unwrap_or_else(|e| e.into_inner())
@@ -166,35 +182,6 @@ impl Node {
     }
 }
 
-/// Starts the peer and runs it until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    let node = start(config).await?;
-    control::serve(node.clone()).await?;
-    tracing::info!(peer = node.id.0, "peer is up");
-    wait_for_shutdown().await;
-    tracing::info!("stopping");
-    let _ = std::fs::remove_file(&node.config.peer.control_socket);
-    Ok(())
-}
-
-async fn wait_for_shutdown() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 /// Opens the catalog and the store, reconciles them, joins the channels and starts listening.
 pub async fn start(config: Config) -> anyhow::Result<Arc<Node>> {
     let state_dir = config.peer.state_dir.clone();
@@ -222,11 +209,12 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<Node>> {
     )?;
     let node = Arc::new(Node {
         id: PeerId(config.peer.id),
-        config,
+        config: std::sync::RwLock::new(Arc::new(config)),
         catalog,
         store,
         net,
         transient: Mutex::new(Transient::default()),
+        in_progress: Mutex::new(Default::default()),
         store_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_STORES)),
         next_sub: AtomicU64::new(0),
         counters: Counters::default(),
@@ -289,7 +277,10 @@ mod tests {
         let asked = Instant::now();
         assert!(!seen_since(&seen, &chunk(1), asked));
         remember(&mut seen, &chunk(1), asked - Duration::from_millis(10));
-        assert!(!seen_since(&seen, &chunk(1), asked), "an older CHUNK does not count");
+        assert!(
+            !seen_since(&seen, &chunk(1), asked),
+            "an older CHUNK does not count"
+        );
         remember(&mut seen, &chunk(1), asked + Duration::from_millis(10));
         assert!(seen_since(&seen, &chunk(1), asked));
         // Upper-case and lower-case fileIds are the same chunk.

@@ -35,6 +35,9 @@ pub struct FileRow {
     pub content_hash: String,
     pub desired_rd: u8,
     pub complete: bool,
+    pub inode: u64,
+    /// Unix seconds when the local file was found gone (its versions then expire per policy).
+    pub deleted_at: Option<i64>,
 }
 
 /// A chunk this peer hosts for another peer.
@@ -76,7 +79,15 @@ CREATE TABLE IF NOT EXISTS files (
     content_hash TEXT NOT NULL,
     desired_rd INTEGER NOT NULL,
     complete INTEGER NOT NULL DEFAULT 0,
+    inode INTEGER NOT NULL DEFAULT 0,
+    deleted_at INTEGER,               -- unix seconds when the local file was found gone
     UNIQUE (path, version)
+);
+CREATE TABLE IF NOT EXISTS queue (
+    path TEXT PRIMARY KEY,            -- a path to look at: back it up, or note that it is gone
+    due_at INTEGER NOT NULL,          -- unix ms; later after a failure
+    attempts INTEGER NOT NULL DEFAULT 0,
+    gen INTEGER NOT NULL DEFAULT 0    -- bumped when queued again while being worked on
 );
 CREATE TABLE IF NOT EXISTS file_chunks (
     file_id TEXT NOT NULL REFERENCES files(file_id) ON DELETE CASCADE,
@@ -116,8 +127,8 @@ fn chunk_no_of(n: i64) -> Result<ChunkNo, StoreError> {
         .ok_or_else(|| StoreError::Corrupt(format!("chunk number {n}")))
 }
 
-const FILE_COLUMNS: &str =
-    "file_id, path, version, size, mtime_ns, mode, content_hash, desired_rd, complete";
+const FILE_COLUMNS: &str = "file_id, path, version, size, mtime_ns, mode, content_hash, \
+     desired_rd, complete, inode, deleted_at";
 
 fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
     Ok((
@@ -131,6 +142,8 @@ fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
             content_hash: r.get(6)?,
             desired_rd: r.get(7)?,
             complete: r.get(8)?,
+            inode: r.get::<_, i64>(9)? as u64,
+            deleted_at: r.get(10)?,
         },
     ))
 }
@@ -144,6 +157,8 @@ struct FileRowRaw {
     content_hash: String,
     desired_rd: u8,
     complete: bool,
+    inode: u64,
+    deleted_at: Option<i64>,
 }
 
 fn finish_file((id, raw): (String, FileRowRaw)) -> Result<FileRow, StoreError> {
@@ -157,6 +172,8 @@ fn finish_file((id, raw): (String, FileRowRaw)) -> Result<FileRow, StoreError> {
         content_hash: raw.content_hash,
         desired_rd: raw.desired_rd,
         complete: raw.complete,
+        inode: raw.inode,
+        deleted_at: raw.deleted_at,
     })
 }
 
@@ -230,8 +247,8 @@ impl Catalog {
         )?;
         self.conn.execute(
             "INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash,
-                                desired_rd, complete)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0)",
+                                desired_rd, complete, inode)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9)",
             params![
                 row.file_id.key(),
                 path,
@@ -240,8 +257,14 @@ impl Catalog {
                 row.mtime_ns,
                 row.mode,
                 row.content_hash,
-                row.desired_rd
+                row.desired_rd,
+                row.inode as i64
             ],
+        )?;
+        // The path exists again: its versions no longer expire as deleted.
+        self.conn.execute(
+            "UPDATE files SET deleted_at = NULL WHERE path = ?1",
+            [&path],
         )?;
         Ok(version)
     }
@@ -314,6 +337,104 @@ impl Catalog {
             .execute("DELETE FROM holders WHERE file_id = ?1", [&key])?;
         self.conn
             .execute("DELETE FROM files WHERE file_id = ?1", [&key])?;
+        Ok(())
+    }
+
+    /// The newest version of a path, if any.
+    pub fn latest(&self, path: &Path) -> Result<Option<FileRow>, StoreError> {
+        let sql = format!(
+            "SELECT {FILE_COLUMNS} FROM files WHERE path = ?1 ORDER BY version DESC LIMIT 1"
+        );
+        self.conn
+            .query_row(&sql, [path.to_string_lossy()], file_row)
+            .optional()?
+            .map(finish_file)
+            .transpose()
+    }
+
+    /// Notes that a path's local file is gone (once: the first time counts for expiry).
+    pub fn mark_deleted(&self, path: &Path, now: i64) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE files SET deleted_at = ?2 WHERE path = ?1 AND deleted_at IS NULL",
+            params![path.to_string_lossy(), now],
+        )?)
+    }
+
+    /// Paths whose local file is gone, with when it was found gone.
+    pub fn deleted_paths(&self) -> Result<Vec<(PathBuf, i64)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT path, MIN(deleted_at) FROM files WHERE deleted_at IS NOT NULL GROUP BY path",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((PathBuf::from(r.get::<_, String>(0)?), r.get(1)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Distinct paths backed up at or below `root` whose file is not known to be gone.
+    pub fn live_paths_under(&self, root: &Path) -> Result<Vec<PathBuf>, StoreError> {
+        let exact = root.to_string_lossy().into_owned();
+        let below = format!("{}/", exact.trim_end_matches('/'));
+        let mut stmt = self.conn.prepare(
+            "SELECT DISTINCT path FROM files WHERE deleted_at IS NULL
+               AND (path = ?1 OR substr(path, 1, length(?2)) = ?2)",
+        )?;
+        let rows = stmt.query_map(params![exact, below], |r| r.get::<_, String>(0))?;
+        rows.map(|r| Ok(PathBuf::from(r?))).collect()
+    }
+
+    // ---- the work queue -------------------------------------------------------------------
+
+    /// Queues a path (again): due now, or kept at its current due time if already queued.
+    pub fn enqueue(&self, path: &Path, due_ms: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO queue (path, due_at) VALUES (?1, ?2)
+             ON CONFLICT (path) DO UPDATE SET gen = gen + 1, attempts = 0,
+                 due_at = MIN(due_at, excluded.due_at)",
+            params![path.to_string_lossy(), due_ms],
+        )?;
+        Ok(())
+    }
+
+    /// The next due paths not in `busy`, with their generation.
+    pub fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<(PathBuf, i64, u32)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT path, gen, attempts FROM queue WHERE due_at <= ?1 ORDER BY due_at LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![now_ms, limit as i64], |r| {
+            Ok((PathBuf::from(r.get::<_, String>(0)?), r.get(1)?, r.get(2)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// When the next queued path is due, if any.
+    pub fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT MIN(due_at) FROM queue", [], |r| r.get(0))?)
+    }
+
+    pub fn queue_len(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(*) FROM queue", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    /// Done with a path: forgotten unless it was queued again meanwhile (generation changed).
+    pub fn dequeue(&self, path: &Path, gen: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM queue WHERE path = ?1 AND gen = ?2",
+            params![path.to_string_lossy(), gen],
+        )?;
+        Ok(())
+    }
+
+    /// Try a path again later.
+    pub fn retry_later(&self, path: &Path, gen: i64, due_ms: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE queue SET due_at = ?3, attempts = attempts + 1 WHERE path = ?1 AND gen = ?2",
+            params![path.to_string_lossy(), gen, due_ms],
+        )?;
         Ok(())
     }
 
@@ -644,7 +765,51 @@ mod tests {
             content_hash: "h".into(),
             desired_rd: 2,
             complete: false,
+            inode: 0,
+            deleted_at: None,
         }
+    }
+
+    #[test]
+    fn queue_keeps_work_queued_again_while_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        let p = Path::new("/w/a");
+        cat.enqueue(p, 100).unwrap();
+        let due = cat.due(100, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        let gen = due[0].1;
+        cat.enqueue(p, 200).unwrap(); // changed again while being backed up
+        cat.dequeue(p, gen).unwrap();
+        assert_eq!(cat.queue_len().unwrap(), 1, "the newer change stays queued");
+        let (_, gen, _) = cat.due(100, 10).unwrap()[0].clone();
+        cat.retry_later(p, gen, 5000).unwrap();
+        assert!(cat.due(4999, 10).unwrap().is_empty());
+        assert_eq!(cat.next_due().unwrap(), Some(5000));
+        cat.dequeue(p, gen).unwrap();
+        assert_eq!(cat.queue_len().unwrap(), 0);
+    }
+
+    #[test]
+    fn deleted_paths_expire_and_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        cat.insert_file(&file('a', "/w/f")).unwrap();
+        assert_eq!(cat.live_paths_under(Path::new("/w")).unwrap().len(), 1);
+        assert_eq!(cat.mark_deleted(Path::new("/w/f"), 50).unwrap(), 1);
+        assert_eq!(
+            cat.mark_deleted(Path::new("/w/f"), 60).unwrap(),
+            0,
+            "first time counts"
+        );
+        assert_eq!(
+            cat.deleted_paths().unwrap(),
+            vec![(PathBuf::from("/w/f"), 50)]
+        );
+        assert!(cat.live_paths_under(Path::new("/w")).unwrap().is_empty());
+        cat.insert_file(&file('b', "/w/f")).unwrap();
+        assert!(cat.deleted_paths().unwrap().is_empty());
+        assert_eq!(cat.latest(Path::new("/w/f")).unwrap().unwrap().version, 2);
     }
 
     #[test]

@@ -1,0 +1,160 @@
+//! The system service around the peer: watched folders and their policies, the persistent work
+//! queue, reload on SIGHUP, systemd notifications, clean stop on SIGTERM.
+
+pub mod queue;
+pub mod systemd;
+pub mod watch;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::daemon::{self, jobs, Node};
+use watch::Watchers;
+
+/// How often versions of locally deleted files are checked for expiry.
+const EXPIRY_CHECK: Duration = Duration::from_secs(30);
+/// How often the systemd status line is refreshed.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+
+/// Runs the peer as a service until SIGTERM or SIGINT. `config_path` is re-read on SIGHUP.
+pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let node = daemon::start(config).await?;
+    daemon::serve_control(node.clone()).await?;
+    let wake = Arc::new(Notify::new());
+    tokio::spawn(queue::run(node.clone(), wake.clone()));
+    let mut watchers = Watchers::start(node.clone(), wake.clone())?;
+    // Watching starts with a scan of each folder: what changed while we were down is queued.
+    watchers.sync(&node.config().watch);
+    tokio::spawn({
+        let node = node.clone();
+        async move {
+            let mut tick = tokio::time::interval(EXPIRY_CHECK);
+            loop {
+                tick.tick().await;
+                queue::expire_deleted(&node).await;
+            }
+        }
+    });
+    tokio::spawn({
+        let node = node.clone();
+        async move {
+            let mut tick = tokio::time::interval(STATUS_EVERY);
+            loop {
+                tick.tick().await;
+                systemd::status(&status_line(&node).await);
+            }
+        }
+    });
+    tracing::info!(peer = node.id.0, "peer is up");
+    systemd::ready(&status_line(&node).await);
+    systemd::spawn_watchdog();
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&node, &config_path, &mut watchers, &wake).await,
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    systemd::stopping();
+    tracing::info!("stopping");
+    let _ = std::fs::remove_file(&node.config().peer.control_socket);
+    Ok(())
+}
+
+async fn status_line(node: &Arc<Node>) -> String {
+    let usage = node.store.usage();
+    let queued = node.catalog.call(|c| c.queue_len()).await.unwrap_or(0);
+    let busy = node.in_progress.lock().map(|s| s.len()).unwrap_or(0);
+    format!(
+        "hosting {} of {} bytes; {queued} paths queued, {busy} being backed up",
+        usage.used, usage.quota
+    )
+}
+
+/// Re-reads the config. A bad one is refused and the running one stays. Keys that only a
+/// restart can change keep their running value (with a warning).
+async fn reload(node: &Arc<Node>, path: &Path, watchers: &mut Watchers, wake: &Arc<Notify>) {
+    systemd::reloading();
+    match Config::load(path) {
+        Err(e) => tracing::error!("reload refused, the running config stays: {e}"),
+        Ok(mut new) => {
+            let old = node.config();
+            keep_restart_only_keys(&old, &mut new);
+            let rd_changed: Vec<PathBuf> = new
+                .watch
+                .iter()
+                .filter(|w| {
+                    old.watch
+                        .iter()
+                        .any(|o| o.path == w.path && o.replication != w.replication)
+                })
+                .map(|w| w.path.clone())
+                .collect();
+            node.set_config(new.clone());
+            match jobs::effective_quota(&node.catalog, new.storage.quota).await {
+                Ok(quota) => {
+                    node.store.set_quota(quota);
+                    tokio::spawn(jobs::reclaim_to_quota(node.clone()));
+                }
+                Err(e) => tracing::error!("cannot apply the new quota: {e}"),
+            }
+            watchers.sync(&new.watch);
+            // A changed RD: every file of the folder is backed up again at the new RD (only
+            // chunks below it are sent; chunks above it settle when space is reclaimed).
+            for root in rd_changed {
+                let r = root.clone();
+                let paths = node
+                    .catalog
+                    .call(move |c| c.live_paths_under(&r))
+                    .await
+                    .unwrap_or_default();
+                tracing::info!(
+                    "replication of {} changed: {} files to bring to the new RD",
+                    root.display(),
+                    paths.len()
+                );
+                queue::enqueue(node, wake, paths).await;
+            }
+            tracing::info!("config reloaded from {}", path.display());
+        }
+    }
+    systemd::ready(&status_line(node).await);
+}
+
+fn keep_restart_only_keys(old: &Config, new: &mut Config) {
+    let mut kept = Vec::new();
+    if new.peer.id != old.peer.id {
+        kept.push("peer.id");
+        new.peer.id = old.peer.id;
+    }
+    if new.peer.protocol != old.peer.protocol {
+        kept.push("peer.protocol");
+        new.peer.protocol = old.peer.protocol.clone();
+    }
+    if new.peer.state_dir != old.peer.state_dir {
+        kept.push("peer.state_dir");
+        new.peer.state_dir = old.peer.state_dir.clone();
+    }
+    if new.peer.control_socket != old.peer.control_socket {
+        kept.push("peer.control_socket");
+        new.peer.control_socket = old.peer.control_socket.clone();
+    }
+    if new.network != old.network {
+        kept.push("network");
+        new.network = old.network.clone();
+    }
+    if !kept.is_empty() {
+        tracing::warn!(
+            "{} changed in the config: restart peerstashd to apply (the running values stay)",
+            kept.join(", ")
+        );
+    }
+}

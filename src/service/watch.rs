@@ -1,0 +1,330 @@
+//! Watching the configured folders: inotify (through `notify`) on every folder, recursively,
+//! symlinks not followed. A changed path is queued once no event was seen for the folder's quiet
+//! time, so a file is never backed up half written. A scan compares a folder with the catalog
+//! (at start, after an event queue overflow, and periodically where the kernel's watch limit
+//! left parts unwatched): nothing is missed.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use notify::{EventKind, RecursiveMode, Watcher as _};
+use tokio::sync::{mpsc, Notify};
+
+use super::queue::enqueue;
+use crate::config::WatchConfig;
+use crate::daemon::Node;
+
+/// How often folders the watch limit left unwatched are scanned.
+const FALLBACK_RESCAN: Duration = Duration::from_secs(60);
+/// Events waiting for the debouncer; beyond this they are dropped and everything is rescanned.
+const EVENT_BACKLOG: usize = 8192;
+/// Paths waiting for their quiet time; beyond this a rescan replaces them.
+const MAX_PENDING: usize = 100_000;
+/// Files compared with the catalog per catalog call during a scan.
+const SCAN_BATCH: usize = 512;
+
+enum Input {
+    Event(notify::Event),
+    Error(notify::Error),
+    Overflow,
+}
+
+pub struct Watchers {
+    watcher: notify::RecommendedWatcher,
+    watched: HashSet<PathBuf>,
+    rescan: mpsc::UnboundedSender<PathBuf>,
+}
+
+impl Watchers {
+    /// Starts the watcher and its debouncer; `wake` is the work queue's.
+    pub fn start(node: Arc<Node>, wake: Arc<Notify>) -> notify::Result<Watchers> {
+        let (tx, rx) = mpsc::channel::<Input>(EVENT_BACKLOG);
+        let overflow = tx.clone();
+        let watcher = notify::RecommendedWatcher::new(
+            move |res: notify::Result<notify::Event>| {
+                let input = match res {
+                    Ok(e) => Input::Event(e),
+                    Err(e) => Input::Error(e),
+                };
+                // The backlog is full: drop the event, but make sure a rescan happens.
+                if tx.try_send(input).is_err() {
+                    let _ = overflow.try_send(Input::Overflow);
+                }
+            },
+            notify::Config::default().with_follow_symlinks(false),
+        )?;
+        let (rescan, rescans) = mpsc::unbounded_channel();
+        tokio::spawn(debounce(node, wake, rx, rescans));
+        Ok(Watchers {
+            watcher,
+            watched: HashSet::new(),
+            rescan,
+        })
+    }
+
+    /// Makes the watched folders those of the config: new ones are watched and scanned,
+    /// removed ones stop being watched (their backups stay).
+    pub fn sync(&mut self, watches: &[WatchConfig]) {
+        let wanted: HashSet<PathBuf> = watches.iter().map(|w| w.path.clone()).collect();
+        for gone in self
+            .watched
+            .difference(&wanted)
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            let _ = self.watcher.unwatch(&gone);
+            self.watched.remove(&gone);
+            tracing::info!("stopped watching {}", gone.display());
+        }
+        for w in watches {
+            if self.watched.contains(&w.path) {
+                continue;
+            }
+            match self.watcher.watch(&w.path, RecursiveMode::Recursive) {
+                Ok(()) => tracing::info!("watching {}", w.path.display()),
+                Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+                    watch_limit_reached(&w.path);
+                    tokio::spawn(rescan_periodically(self.rescan.clone(), w.path.clone()));
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "cannot watch {}: {e}; it will be scanned every {}s instead",
+                        w.path.display(),
+                        FALLBACK_RESCAN.as_secs()
+                    );
+                    tokio::spawn(rescan_periodically(self.rescan.clone(), w.path.clone()));
+                }
+            }
+            self.watched.insert(w.path.clone());
+            let _ = self.rescan.send(w.path.clone());
+        }
+    }
+
+    /// Queues a scan of every watched folder (after changes RD, say).
+    pub fn rescan_all(&self) {
+        for p in &self.watched {
+            let _ = self.rescan.send(p.clone());
+        }
+    }
+}
+
+fn watch_limit_reached(path: &Path) {
+    tracing::warn!(
+        "the kernel's inotify watch limit is reached while watching {}: raise it with \
+         `sysctl fs.inotify.max_user_watches=1048576`; meanwhile it is scanned every {}s",
+        path.display(),
+        FALLBACK_RESCAN.as_secs()
+    );
+}
+
+async fn rescan_periodically(rescan: mpsc::UnboundedSender<PathBuf>, root: PathBuf) {
+    loop {
+        tokio::time::sleep(FALLBACK_RESCAN).await;
+        if rescan.send(root.clone()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Turns events into queued paths once they have been quiet, and runs the scans.
+async fn debounce(
+    node: Arc<Node>,
+    wake: Arc<Notify>,
+    mut events: mpsc::Receiver<Input>,
+    mut rescans: mpsc::UnboundedReceiver<PathBuf>,
+) {
+    let mut pending: HashMap<PathBuf, Instant> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut limit_warned = false;
+    loop {
+        tokio::select! {
+            Some(input) = events.recv() => match input {
+                Input::Event(event) => {
+                    if event.need_rescan() {
+                        rescan_everything(&node, &wake).await;
+                        continue;
+                    }
+                    if matches!(event.kind, EventKind::Access(_)) {
+                        continue;
+                    }
+                    let now = Instant::now();
+                    for path in event.paths {
+                        pending.insert(path, now);
+                    }
+                    if pending.len() > MAX_PENDING {
+                        pending.clear();
+                        rescan_everything(&node, &wake).await;
+                    }
+                }
+                Input::Error(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+                    if !limit_warned {
+                        limit_warned = true;
+                        for w in &node.config().watch {
+                            watch_limit_reached(&w.path);
+                        }
+                    }
+                    rescan_everything(&node, &wake).await;
+                }
+                Input::Error(e) => tracing::warn!("file watcher: {e}"),
+                Input::Overflow => {
+                    tracing::warn!("too many file events at once: rescanning the watched folders");
+                    pending.clear();
+                    rescan_everything(&node, &wake).await;
+                }
+            },
+            Some(root) = rescans.recv() => scan(&node, &wake, &root).await,
+            _ = tick.tick() => {
+                let config = node.config();
+                let now = Instant::now();
+                let quiet: Vec<PathBuf> = pending
+                    .iter()
+                    .filter(|(p, at)| {
+                        let wait = config.watch_of(p).map_or(Duration::from_secs(2), |w| w.quiet);
+                        now.duration_since(**at) >= wait
+                    })
+                    .map(|(p, _)| p.clone())
+                    .collect();
+                for p in &quiet {
+                    pending.remove(p);
+                }
+                if !quiet.is_empty() {
+                    settle(&node, &wake, quiet).await;
+                }
+            }
+        }
+    }
+}
+
+/// Paths that stopped changing: files are queued; a folder that appeared is scanned (its files
+/// may predate its watch); a path that is gone may have been a folder: its files are queued.
+async fn settle(node: &Arc<Node>, wake: &Notify, paths: Vec<PathBuf>) {
+    let config = node.config();
+    let (dirs, mut files, missing) = tokio::task::spawn_blocking(move || {
+        let (mut dirs, mut files, mut missing) = (Vec::new(), Vec::new(), Vec::new());
+        for path in paths {
+            let Some(watch) = config.watch_of(&path) else {
+                continue;
+            };
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => dirs.push(path),
+                Ok(m) if m.is_file() => {
+                    if !watch.excludes(&watch.exclude_set(), &path) {
+                        files.push(path);
+                    }
+                }
+                Ok(_) => {} // symlinks, sockets, devices: not backed up
+                Err(_) => missing.push(path),
+            }
+        }
+        (dirs, files, missing)
+    })
+    .await
+    .unwrap_or_default();
+    for dir in dirs {
+        scan(node, wake, &dir).await;
+    }
+    for path in missing {
+        if let Ok(below) = node.catalog.call(move |c| c.live_paths_under(&path)).await {
+            files.extend(below);
+        }
+    }
+    enqueue(node, wake, files).await;
+}
+
+async fn rescan_everything(node: &Arc<Node>, wake: &Notify) {
+    for w in &node.config().watch {
+        scan(node, wake, &w.path).await;
+    }
+}
+
+/// Compares a folder with the catalog and queues what differs: files new or changed since
+/// their newest version (size, mtime, inode), and backed-up files that are gone.
+pub async fn scan(node: &Arc<Node>, wake: &Notify, root: &Path) {
+    let config = node.config();
+    let Some(watch) = config.watch_of(root).cloned() else {
+        return;
+    };
+    let (tx, mut rx) = mpsc::channel::<Vec<(PathBuf, u64, i64, u64)>>(4);
+    let walker = {
+        let (root, watch) = (root.to_path_buf(), watch.clone());
+        tokio::task::spawn_blocking(move || walk(&root, &watch, &tx))
+    };
+    let mut queued = 0;
+    while let Some(batch) = rx.recv().await {
+        let changed = node
+            .catalog
+            .call(move |c| {
+                let mut changed = Vec::new();
+                for (path, size, mtime_ns, inode) in batch {
+                    let same = c.latest(&path)?.is_some_and(|f| {
+                        f.size == size && f.mtime_ns == mtime_ns && f.inode == inode && f.complete
+                    });
+                    if !same {
+                        changed.push(path);
+                    }
+                }
+                Ok(changed)
+            })
+            .await
+            .unwrap_or_default();
+        queued += changed.len();
+        enqueue(node, wake, changed).await;
+    }
+    let _ = walker.await;
+    // Files backed up before and now gone.
+    let r = root.to_path_buf();
+    let known = node
+        .catalog
+        .call(move |c| c.live_paths_under(&r))
+        .await
+        .unwrap_or_default();
+    let gone: Vec<PathBuf> = tokio::task::spawn_blocking(move || {
+        known
+            .into_iter()
+            .filter(|p| std::fs::symlink_metadata(p).map_or(true, |m| !m.is_file()))
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    queued += gone.len();
+    enqueue(node, wake, gone).await;
+    tracing::info!("scanned {}: {queued} paths to look at", root.display());
+}
+
+/// Walks a folder (symlinks not followed), sending (path, size, mtime_ns, inode) of every
+/// regular file not excluded, in batches.
+fn walk(root: &Path, watch: &WatchConfig, tx: &mpsc::Sender<Vec<(PathBuf, u64, i64, u64)>>) {
+    let excludes = watch.exclude_set();
+    let mut batch = Vec::with_capacity(SCAN_BATCH);
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("cannot read {}: {e}", dir.display());
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            let path = entry.path();
+            if meta.is_dir() {
+                dirs.push(path);
+            } else if meta.is_file() && !watch.excludes(&excludes, &path) {
+                let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+                batch.push((path, meta.len(), mtime_ns, meta.ino()));
+                if batch.len() == SCAN_BATCH
+                    && tx.blocking_send(std::mem::take(&mut batch)).is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = tx.blocking_send(batch);
+    }
+}
