@@ -375,21 +375,23 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .map_err(|_| format!("{text:?} is not a size (examples: \"0\", \"512MB\", \"20 GiB\")"))
 }
 
-/// A duration: a number with s, m, h or d (a bare number is seconds).
+/// A duration: a number with ms, s, m, h or d (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let bad = || format!("{text:?} is not a duration (examples: \"0s\", \"15m\", \"2h\", \"30d\")");
+    let bad =
+        || format!("{text:?} is not a duration (examples: \"0s\", \"500ms\", \"15m\", \"30d\")");
     let n: u64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit.trim() {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
+    let ms = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => return Err(bad()),
     };
-    n.checked_mul(secs).map(Duration::from_secs).ok_or_else(bad)
+    n.checked_mul(ms).map(Duration::from_millis).ok_or_else(bad)
 }
 
 #[cfg(test)]
@@ -538,6 +540,7 @@ exclude = ["*.tmp", "**/.cache/**"]
         assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
         assert!(parse_duration("1w").is_err());
         assert!(parse_duration("d").is_err());
     }

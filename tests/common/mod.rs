@@ -45,6 +45,11 @@ fn random_channels() -> [SocketAddrV4; 3] {
 impl Cluster {
     /// Starts one peer per quota (ids 1..), and waits until each answers on its control socket.
     pub fn start(quotas: &[&str]) -> Cluster {
+        Self::start_with(quotas, &[])
+    }
+
+    /// Like `start`, with `extra[i]` (TOML, e.g. [[watch]] tables) appended to peer i's config.
+    pub fn start_with(quotas: &[&str], extra: &[&str]) -> Cluster {
         let [mc, mdb, mdr] = random_channels();
         let mut cluster = Cluster {
             dir: tempfile::tempdir().expect("temp dir"),
@@ -59,7 +64,8 @@ impl Cluster {
             std::fs::create_dir_all(&dir).unwrap();
             let socket = dir.join("control.sock");
             let config = dir.join("peerstash.toml");
-            std::fs::write(&config, cluster.config_text(id, &dir, &socket, quota)).unwrap();
+            let text = cluster.config_text(id, &dir, &socket, quota) + extra.get(i).unwrap_or(&"");
+            std::fs::write(&config, text).unwrap();
             cluster.peers.push(Peer {
                 id,
                 dir,
@@ -107,7 +113,18 @@ quota = "{quota}"
         &self.peers[i]
     }
 
+    /// Rewrites peer i's config (same channels and folders) with a quota and extra TOML.
+    pub fn rewrite_config(&self, i: usize, quota: &str, extra: &str) {
+        let p = &self.peers[i];
+        let text = self.config_text(p.id, &p.dir, &p.socket, quota) + extra;
+        std::fs::write(&p.config, text).unwrap();
+    }
+
     pub fn spawn(&mut self, i: usize) {
+        self.spawn_env(i, &[]);
+    }
+
+    pub fn spawn_env(&mut self, i: usize, env: &[(&str, &str)]) {
         let peer = &mut self.peers[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -118,6 +135,7 @@ quota = "{quota}"
             .arg("--config")
             .arg(&peer.config)
             .env("RUST_LOG", "peerstash=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -141,6 +159,26 @@ quota = "{quota}"
         self.signal(i, "KILL");
     }
 
+    /// Sends SIGHUP: reload the config.
+    pub fn reload(&self, i: usize) {
+        if let Some(child) = &self.peers[i].child {
+            let _ = Command::new("kill")
+                .arg("-HUP")
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
+    /// Stops a peer with SIGTERM; returns its exit code.
+    pub fn stop_status(&mut self, i: usize) -> Option<i32> {
+        let mut child = self.peers[i].child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        child.wait().ok()?.code()
+    }
+
     fn signal(&mut self, i: usize, sig: &str) {
         if let Some(mut child) = self.peers[i].child.take() {
             let _ = Command::new("kill")
@@ -155,6 +193,11 @@ quota = "{quota}"
         self.stop(i);
         self.spawn(i);
         self.wait_ready(i);
+    }
+
+    /// The whole log of peer i.
+    pub fn full_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.peers[i].dir.join("daemon.log")).unwrap_or_default()
     }
 
     pub fn log(&self, i: usize) -> String {
