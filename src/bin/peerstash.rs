@@ -55,6 +55,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a local cluster of 4 peers on 127.0.0.1 and show a backup, a lost peer and a restore.
+    Demo,
+    /// Run a peer daemon (what `peerstashd` does; used by `demo`).
+    #[command(hide = true)]
+    RunDaemon {
+        #[arg(long, value_name = "PATH")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,6 +91,11 @@ fn resolve(path: &Path) -> PathBuf {
 }
 
 fn run(args: Args) -> i32 {
+    match &args.command {
+        Command::Demo => return demo(),
+        Command::RunDaemon { config } => return run_daemon(config),
+        _ => {}
+    }
     let socket = match (&args.socket, &args.config) {
         (Some(s), _) => s.clone(),
         (None, config) => {
@@ -142,6 +155,7 @@ fn run(args: Args) -> i32 {
             Err(e) => return fail(exit::USAGE, format!("bad size {size:?}: {e}")),
         },
         Command::State { json } => (Request::State, json),
+        Command::Demo | Command::RunDaemon { .. } => unreachable!("handled above"),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -185,6 +199,43 @@ fn run(args: Args) -> i32 {
         _ => println!("{message}"),
     }
     code
+}
+
+fn demo() -> i32 {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            return fail(
+                exit::FAILED,
+                format!("cannot find this program's path: {e}"),
+            )
+        }
+    };
+    let daemon = vec![exe.to_string_lossy().into_owned(), "run-daemon".to_owned()];
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return fail(exit::FAILED, e),
+    };
+    match runtime.block_on(peerstash::demo::run(daemon)) {
+        Ok(()) => exit::OK,
+        Err(e) => fail(exit::FAILED, format!("the demo failed: {e:#}")),
+    }
+}
+
+fn run_daemon(config: &Path) -> i32 {
+    let cfg = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => return fail(exit::USAGE, e),
+    };
+    peerstash::service::systemd::init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return fail(exit::FAILED, e),
+    };
+    match runtime.block_on(peerstash::service::run(cfg, config.to_path_buf())) {
+        Ok(()) => exit::OK,
+        Err(e) => fail(exit::FAILED, format!("{e:#}")),
+    }
 }
 
 fn print_versions(versions: &[VersionInfo]) {
