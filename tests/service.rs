@@ -228,3 +228,51 @@ fn systemd_notifications_around_start_reload_and_stop() {
     assert_eq!(c.stop_status(0), Some(0));
     wait_for("STOPPING=1");
 }
+
+#[test]
+fn reload_starts_new_watches_and_applies_a_new_rd() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().canonicalize().unwrap().join("later");
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("report.txt");
+    std::fs::write(&f, random_bytes(100_000)).unwrap();
+    let c = Cluster::start(&["0", "100MB", "100MB", "100MB"]);
+    let table = |rd: u8| {
+        format!(
+            "\n[[watch]]\npath = \"{}\"\nreplication = {rd}\nquiet = \"200ms\"\n",
+            dir.display()
+        )
+    };
+    c.rewrite_config(0, "0", &table(1));
+    c.reload(0);
+    assert!(
+        wait_until(WAIT, || backed_up_at_rd(&c, &f, 1)),
+        "{}",
+        c.state(0)
+    );
+    assert_eq!(file_entries(&c.state(0), &f)[0]["desired_rd"], 1);
+    c.rewrite_config(0, "0", &table(3));
+    c.reload(0);
+    assert!(
+        wait_until(WAIT, || {
+            let s = c.state(0);
+            let e = file_entries(&s, &f);
+            e.len() == 1 && e[0]["desired_rd"] == 3 && min_rd(e[0]) >= 3
+        }),
+        "RD raised to 3 on the same version: {}",
+        c.state(0)
+    );
+    // A removed watch stops: new files there are not backed up (existing backups stay).
+    c.rewrite_config(0, "0", "");
+    c.reload(0);
+    assert!(wait_until(Duration::from_secs(5), || c
+        .full_log(0)
+        .contains("stopped watching")));
+    let g = dir.join("ignored.txt");
+    std::fs::write(&g, b"not watched any more").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let s = c.state(0);
+    assert!(file_entries(&s, &g).is_empty());
+    assert_eq!(file_entries(&s, &f).len(), 1);
+    drop(tmp);
+}

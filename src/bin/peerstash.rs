@@ -266,6 +266,20 @@ fn print_state(s: &PeerState) {
         "peer {}  protocol {}  hosting {} of {} bytes",
         s.peer_id, s.protocol, s.used_bytes, s.quota_bytes
     );
+    let busy: Vec<String> = s
+        .in_progress
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    println!(
+        "queue: {} paths waiting{}",
+        s.queue_length,
+        if busy.is_empty() {
+            String::new()
+        } else {
+            format!("; backing up {}", busy.join(", "))
+        }
+    );
     println!("\nbacked up ({} versions):", s.files.len());
     for f in &s.files {
         let min = f.chunks.iter().map(|c| c.perceived_rd).min().unwrap_or(0);
