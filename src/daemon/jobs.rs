@@ -842,12 +842,7 @@ pub(super) async fn versions(node: &Arc<Node>, path: PathBuf) -> Done {
             c.versions(&p)?
                 .into_iter()
                 .map(|f| {
-                    let min = c
-                        .file_chunks(&f.file_id)?
-                        .iter()
-                        .map(|x| x.3)
-                        .min()
-                        .unwrap_or(0);
+                    let min = c.min_perceived_rd(&f.file_id)?;
                     Ok(VersionInfo {
                         path: f.path,
                         version: f.version,

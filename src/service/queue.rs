@@ -171,12 +171,7 @@ async fn up_to_date(
             let Some(f) = c.latest(&p)? else {
                 return Ok(None);
             };
-            let min = c
-                .file_chunks(&f.file_id)?
-                .iter()
-                .map(|x| x.3)
-                .min()
-                .unwrap_or(0);
+            let min = c.min_perceived_rd(&f.file_id)?;
             Ok(Some((f, min)))
         })
         .await;

@@ -325,6 +325,17 @@ impl Catalog {
         .collect()
     }
 
+    /// The lowest perceived RD over a file's chunks (0 when a chunk has no holder).
+    pub fn min_perceived_rd(&self, file_id: &FileId) -> Result<u32, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT COALESCE(MIN((SELECT COUNT(*) FROM holders h
+                                  WHERE h.file_id = c.file_id AND h.chunk_no = c.chunk_no)), 0)
+             FROM file_chunks c WHERE c.file_id = ?1",
+            [file_id.key()],
+            |r| r.get(0),
+        )?)
+    }
+
     /// Forgets a version of our own (its row, its chunks and their holder sets) and remembers
     /// that the peers must be told, so a crash before the DELETEs went out loses nothing.
     pub fn delete_file(&self, file_id: &FileId) -> Result<(), StoreError> {
