@@ -4,6 +4,7 @@
 //! Layers look down only: `protocol` (pure) ← `engine` (state machines) ← `net`, `store` ←
 //! `daemon` (the running peer) ← `service` (watched folders, queue,
 //! reload, systemd). `control` is the language of the control socket.
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -3,67 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use peerstash::cli::{Args, Command};
 use peerstash::config::{parse_size, Config, DEFAULT_CONFIG_PATH};
 use peerstash::control::{self, exit, PeerState, Request, VersionInfo};
-
-/// Back up, restore and inspect files with the local peerstash daemon.
-#[derive(Parser)]
-#[command(version)]
-struct Args {
-    /// The daemon's configuration file (to find its control socket).
-    #[arg(long, value_name = "PATH", global = true, conflicts_with = "socket")]
-    config: Option<PathBuf>,
-    /// The daemon's control socket (instead of reading the config).
-    #[arg(long, value_name = "PATH", global = true)]
-    socket: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Back up a file, or every file below a folder, now.
-    Backup {
-        path: PathBuf,
-        /// Desired replication degree, 1-9 (default: the watched folder's, else 2).
-        #[arg(long, short = 'r', value_parser = clap::value_parser!(u8).range(1..=9))]
-        replication: Option<u8>,
-    },
-    /// Rebuild a backed-up file from the peers and check its content hash.
-    Restore {
-        path: PathBuf,
-        /// Which version (see `versions`); default the newest.
-        #[arg(long)]
-        version: Option<u32>,
-        /// Where to write it (a file, or a folder to put it in); default its own path.
-        #[arg(long, value_name = "DEST")]
-        to: Option<PathBuf>,
-        /// Overwrite an existing file.
-        #[arg(long)]
-        force: bool,
-    },
-    /// List the backed-up versions of a path (or of every file below a folder).
-    Versions { path: PathBuf },
-    /// Delete every backed-up version of a path from the peers.
-    Delete { path: PathBuf },
-    /// Set the space offered to other peers now (e.g. "10GiB", "0" frees everything).
-    Reclaim { size: String },
-    /// Show this peer's state: quota, what it backed up, what it hosts.
-    State {
-        /// One JSON object instead of text.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Run a local cluster of 4 peers on 127.0.0.1 and show a backup, a lost peer and a restore.
-    Demo,
-    /// Run a peer daemon (what `peerstashd` does; used by `demo`).
-    #[command(hide = true)]
-    RunDaemon {
-        #[arg(long, value_name = "PATH")]
-        config: PathBuf,
-    },
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -94,6 +37,15 @@ fn run(args: Args) -> i32 {
     match &args.command {
         Command::Demo => return demo(),
         Command::RunDaemon { config } => return run_daemon(config),
+        Command::GenerateDocs { dir } => {
+            return match peerstash::cli::generate_docs(dir) {
+                Ok(()) => exit::OK,
+                Err(e) => fail(
+                    exit::FAILED,
+                    format!("cannot write to {}: {e}", dir.display()),
+                ),
+            }
+        }
         _ => {}
     }
     let socket = match (&args.socket, &args.config) {
@@ -155,7 +107,9 @@ fn run(args: Args) -> i32 {
             Err(e) => return fail(exit::USAGE, format!("bad size {size:?}: {e}")),
         },
         Command::State { json } => (Request::State, json),
-        Command::Demo | Command::RunDaemon { .. } => unreachable!("handled above"),
+        Command::Demo | Command::RunDaemon { .. } | Command::GenerateDocs { .. } => {
+            unreachable!("handled above")
+        }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

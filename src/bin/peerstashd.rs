@@ -1,23 +1,10 @@
 //! `peerstashd`: the peerstash daemon. Thin: reads the config and runs the peer.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use peerstash::config::{Config, DEFAULT_CONFIG_PATH};
-
-/// The peerstash daemon: backs up this computer's watched folders on the other peers of the
-/// LAN and hosts their chunks within a quota.
-#[derive(Parser)]
-#[command(version)]
-struct Args {
-    /// The configuration file.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
-    config: PathBuf,
-    /// Check the configuration and exit (0 valid, 2 invalid).
-    #[arg(long)]
-    check_config: bool,
-}
+use peerstash::cli::DaemonArgs as Args;
+use peerstash::config::Config;
 
 fn main() -> ExitCode {
     let args = Args::parse();

@@ -1,0 +1,128 @@
+//! The command lines of `peerstash` and `peerstashd` (clap), in the library so that man pages
+//! and shell completions can be generated from the same definitions the programs parse.
+
+use std::path::{Path, PathBuf};
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::config::DEFAULT_CONFIG_PATH;
+
+/// Back up, restore and inspect files with the local peerstash daemon.
+#[derive(Parser)]
+#[command(name = "peerstash", version)]
+pub struct Args {
+    /// The daemon's configuration file (to find its control socket).
+    #[arg(long, value_name = "PATH", global = true, conflicts_with = "socket")]
+    pub config: Option<PathBuf>,
+    /// The daemon's control socket (instead of reading the config).
+    #[arg(long, value_name = "PATH", global = true)]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Back up a file, or every file below a folder, now.
+    Backup {
+        path: PathBuf,
+        /// Desired replication degree, 1-9 (default: the watched folder's, else 2).
+        #[arg(long, short = 'r', value_parser = clap::value_parser!(u8).range(1..=9))]
+        replication: Option<u8>,
+    },
+    /// Rebuild a backed-up file from the peers and check its content hash.
+    Restore {
+        path: PathBuf,
+        /// Which version (see `versions`); default the newest.
+        #[arg(long)]
+        version: Option<u32>,
+        /// Where to write it (a file, or a folder to put it in); default its own path.
+        #[arg(long, value_name = "DEST")]
+        to: Option<PathBuf>,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the backed-up versions of a path (or of every file below a folder).
+    Versions { path: PathBuf },
+    /// Delete every backed-up version of a path from the peers.
+    Delete { path: PathBuf },
+    /// Set the space offered to other peers now (e.g. "10GiB", "0" frees everything).
+    Reclaim { size: String },
+    /// Show this peer's state: quota, what it backed up, what it hosts.
+    State {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a local cluster of 4 peers on 127.0.0.1 and show a backup, a lost peer and a restore.
+    Demo,
+    /// Run a peer daemon (what `peerstashd` does; used by `demo`).
+    #[command(hide = true)]
+    RunDaemon {
+        #[arg(long, value_name = "PATH")]
+        config: PathBuf,
+    },
+    /// Write man pages and shell completions of both programs into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateDocs { dir: PathBuf },
+}
+
+/// The peerstash daemon: backs up this computer's watched folders on the other peers of the
+/// LAN and hosts their chunks within a quota.
+#[derive(Parser)]
+#[command(name = "peerstashd", version)]
+pub struct DaemonArgs {
+    /// The configuration file.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// Check the configuration and exit (0 valid, 2 invalid).
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// Writes `peerstash.1`, `peerstashd.8` and bash, zsh and fish completions into `dir`.
+pub fn generate_docs(dir: &Path) -> std::io::Result<()> {
+    use clap_complete::{generate_to, Shell};
+    std::fs::create_dir_all(dir)?;
+    for (mut cmd, section) in [(Args::command(), "1"), (DaemonArgs::command(), "8")] {
+        let name = cmd.get_name().to_owned();
+        let page = clap_mangen::Man::new(cmd.clone()).section(section);
+        let mut out = Vec::new();
+        page.render(&mut out)?;
+        std::fs::write(dir.join(format!("{name}.{section}")), out)?;
+        for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+            generate_to(shell, &mut cmd, name.clone(), dir)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines_are_consistent() {
+        Args::command().debug_assert();
+        DaemonArgs::command().debug_assert();
+    }
+
+    #[test]
+    fn docs_are_generated() {
+        let dir = tempfile::tempdir().unwrap();
+        generate_docs(dir.path()).unwrap();
+        for f in [
+            "peerstash.1",
+            "peerstashd.8",
+            "peerstash.bash",
+            "_peerstashd",
+            "peerstash.fish",
+        ] {
+            assert!(dir.path().join(f).exists(), "{f}");
+        }
+        let man = std::fs::read_to_string(dir.path().join("peerstash.1")).unwrap();
+        assert!(man.contains("restore"), "{man}");
+        assert!(!man.contains("run-daemon"), "hidden commands stay hidden");
+    }
+}
