@@ -122,7 +122,7 @@ pub enum ClientError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("permission denied on {0}: run as root or as a member of the socket's group")]
+    #[error("permission denied on {0}: run as root or as a member of group peerstash (adduser $USER peerstash)")]
     Denied(PathBuf),
     #[error(
         "the daemon closed the connection before answering (see its log: journalctl -u peerstash)"
