@@ -226,7 +226,7 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<Node>> {
     // What the last run left unfinished: peers told of chunks lost from disk, over-quota chunks
     // reclaimed, DELETEs not yet sent.
     for chunk in lost {
-        node.send(MessageKind::Removed { chunk }).await;
+        jobs::send_removed(&node, chunk);
     }
     tokio::spawn(jobs::reclaim_to_quota(node.clone()));
     tokio::spawn(jobs::send_pending_deletes(node.clone()));
@@ -250,7 +250,18 @@ async fn receive_loop(node: Arc<Node>, ch: Arc<ChannelSocket>) {
                 tracing::debug!(%from, "dropped a {} that came on {:?}", msg.type_name(), ch.channel);
             }
             Ok(msg) if msg.sender == node.id => {}
-            Ok(msg) => peer::handle(&node, msg),
+            Ok(msg) => match &node.net.faults {
+                None => peer::handle(&node, msg),
+                Some(faults) => {
+                    for delay in faults.fate().delays {
+                        let (node, msg) = (node.clone(), msg.clone());
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            peer::handle(&node, msg);
+                        });
+                    }
+                }
+            },
             Err(e) => {
                 node.counters.malformed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%from, "dropped a malformed datagram ({n} bytes) on {:?}: {e}", ch.channel);

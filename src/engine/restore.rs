@@ -5,7 +5,10 @@ use std::time::Instant;
 
 use super::retry::{Retry, Step};
 
-pub const MAX_GETCHUNK_SENDS: u32 = 5;
+/// GETCHUNK is cheap and a restore is what a backup is for: more tries than PUTCHUNK, with
+/// waits capped at 4 s (0, 1, 3, 7, 11, 15, 19, 23 s; gives up at 27 s).
+pub const MAX_GETCHUNK_SENDS: u32 = 8;
+pub const MAX_GETCHUNK_WAIT: std::time::Duration = std::time::Duration::from_secs(4);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -22,7 +25,7 @@ pub struct ChunkFetch {
 impl Default for ChunkFetch {
     fn default() -> Self {
         ChunkFetch {
-            retry: Retry::new(MAX_GETCHUNK_SENDS),
+            retry: Retry::capped(MAX_GETCHUNK_SENDS, MAX_GETCHUNK_WAIT),
         }
     }
 }

@@ -20,14 +20,21 @@ pub enum Step {
 pub struct Retry {
     sends: u32,
     max_sends: u32,
+    max_wait: Duration,
     deadline: Option<Instant>,
 }
 
 impl Retry {
     pub fn new(max_sends: u32) -> Retry {
+        Retry::capped(max_sends, Duration::MAX)
+    }
+
+    /// Like `new`, but no wait is longer than `max_wait`.
+    pub fn capped(max_sends: u32, max_wait: Duration) -> Retry {
         Retry {
             sends: 0,
             max_sends,
+            max_wait,
             deadline: None,
         }
     }
@@ -42,7 +49,11 @@ impl Retry {
             Some(deadline) if now < deadline => Step::WaitUntil(deadline),
             _ if self.sends >= self.max_sends => Step::GaveUp,
             _ => {
-                self.deadline = Some(now + FIRST_WAIT * (1 << self.sends));
+                let wait = FIRST_WAIT
+                    .checked_mul(1 << self.sends.min(20))
+                    .unwrap_or(Duration::MAX)
+                    .min(self.max_wait);
+                self.deadline = Some(now + wait);
                 self.sends += 1;
                 Step::Send
             }
@@ -69,6 +80,21 @@ mod tests {
         }
         assert_eq!(sent_at, vec![0, 1, 3, 7, 15]);
         assert_eq!((now - t0).as_secs(), 31);
+    }
+
+    #[test]
+    fn capped_waits() {
+        let t0 = Instant::now();
+        let mut r = Retry::capped(6, Duration::from_secs(4));
+        let (mut now, mut sent_at) = (t0, Vec::new());
+        loop {
+            match r.poll(now) {
+                Step::Send => sent_at.push((now - t0).as_secs()),
+                Step::WaitUntil(t) => now = t,
+                Step::GaveUp => break,
+            }
+        }
+        assert_eq!(sent_at, vec![0, 1, 3, 7, 11, 15]);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! interface, with the configured TTL, loopback on and large receive buffers. Knows datagrams,
 //! not messages: parsing happens above.
 
+pub mod faults;
+
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
@@ -23,6 +25,8 @@ pub struct Channels {
     mc: Arc<ChannelSocket>,
     mdb: Arc<ChannelSocket>,
     mdr: Arc<ChannelSocket>,
+    /// Injected faults (PEERSTASH_FAULTS), for tests.
+    pub faults: Option<Arc<faults::Faults>>,
 }
 
 pub struct ChannelSocket {
@@ -40,6 +44,8 @@ pub enum NetError {
         interface: Ipv4Addr,
         source: io::Error,
     },
+    #[error("{0}")]
+    Faults(String),
 }
 
 impl Channels {
@@ -63,6 +69,9 @@ impl Channels {
             mc: Arc::new(open(Channel::Mc, mc)?),
             mdb: Arc::new(open(Channel::Mdb, mdb)?),
             mdr: Arc::new(open(Channel::Mdr, mdr)?),
+            faults: faults::Faults::from_env()
+                .map_err(NetError::Faults)?
+                .map(Arc::new),
         })
     }
 

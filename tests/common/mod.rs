@@ -18,6 +18,8 @@ pub struct Peer {
     pub dir: PathBuf,
     pub config: PathBuf,
     pub socket: PathBuf,
+    /// Environment given to this peer's daemon at every start.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -50,6 +52,15 @@ impl Cluster {
 
     /// Like `start`, with `extra[i]` (TOML, e.g. [[watch]] tables) appended to peer i's config.
     pub fn start_with(quotas: &[&str], extra: &[&str]) -> Cluster {
+        Self::start_env(quotas, extra, |_| Vec::new())
+    }
+
+    /// Like `start_with`, with an environment for each peer's daemon (e.g. PEERSTASH_FAULTS).
+    pub fn start_env(
+        quotas: &[&str],
+        extra: &[&str],
+        env: impl Fn(usize) -> Vec<(String, String)>,
+    ) -> Cluster {
         let [mc, mdb, mdr] = random_channels();
         let mut cluster = Cluster {
             dir: tempfile::tempdir().expect("temp dir"),
@@ -71,6 +82,7 @@ impl Cluster {
                 dir,
                 config,
                 socket,
+                env: env(i),
                 child: None,
             });
         }
@@ -135,6 +147,7 @@ quota = "{quota}"
             .arg("--config")
             .arg(&peer.config)
             .env("RUST_LOG", "peerstash=debug")
+            .envs(peer.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
