@@ -48,6 +48,8 @@ pub struct Node {
     store_permits: Arc<Semaphore>,
     next_sub: AtomicU64,
     pub counters: Counters,
+    /// Woken when a chunk of ours fell below its desired RD (REMOVED): the service re-backs up.
+    pub repair: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -218,6 +220,7 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<Node>> {
         store_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_STORES)),
         next_sub: AtomicU64::new(0),
         counters: Counters::default(),
+        repair: tokio::sync::Notify::new(),
     });
     let lost = peer::reconcile_store(&node).await?;
     for ch in node.net.all() {

@@ -269,6 +269,11 @@ async fn on_removed(node: &Arc<Node>, chunk: ChunkId, sender: PeerId) {
         Ok((ChunkRole::Hosted { desired_rd }, perceived)) if perceived < u32::from(desired_rd) => {
             desired_rd
         }
+        Ok((ChunkRole::Own { desired_rd }, perceived)) if perceived < u32::from(desired_rd) => {
+            // A holder re-backs it up; should that fail, the home peer's repair will.
+            node.repair.notify_one();
+            return;
+        }
         Ok(_) => return,
         Err(e) => {
             tracing::warn!("could not record REMOVED of {chunk} from peer {sender}: {e}");

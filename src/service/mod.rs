@@ -18,6 +18,10 @@ use watch::Watchers;
 
 /// How often versions of locally deleted files are checked for expiry.
 const EXPIRY_CHECK: Duration = Duration::from_secs(30);
+/// How often our files are checked for chunks below their desired RD.
+const REPAIR_EVERY: Duration = Duration::from_secs(60);
+/// After a REMOVED, holders get this long to re-back up before the home peer does.
+const REPAIR_GRACE: Duration = Duration::from_secs(5);
 /// How often the systemd status line is refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 
@@ -43,6 +47,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             }
         }
     });
+    tokio::spawn(repair(node.clone(), wake.clone()));
     tokio::spawn({
         let node = node.clone();
         async move {
@@ -67,6 +72,28 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     tracing::info!("stopping");
     let _ = std::fs::remove_file(&node.config().peer.control_socket);
     Ok(())
+}
+
+/// Queues our files that have a chunk below its desired RD (periodically, and after a REMOVED
+/// once the holders had time to re-back up): the queue's backup resends only those chunks.
+async fn repair(node: Arc<Node>, wake: Arc<Notify>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(REPAIR_EVERY) => {}
+            _ = node.repair.notified() => tokio::time::sleep(REPAIR_GRACE).await,
+        }
+        match node.catalog.call(|c| c.paths_below_rd()).await {
+            Ok(paths) if !paths.is_empty() => {
+                tracing::info!(
+                    "{} backed-up files have chunks below their RD: backing them up again",
+                    paths.len()
+                );
+                queue::enqueue(&node, &wake, paths).await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!("cannot check replication: {e}"),
+        }
+    }
 }
 
 async fn status_line(node: &Arc<Node>) -> String {

@@ -95,8 +95,8 @@ pub async fn run(node: Arc<Node>, wake: Arc<Notify>) {
 async fn work_on(node: &Arc<Node>, path: &Path, gen: i64, attempts: u32) {
     let config = node.config();
     let Some(watch) = config.watch_of(path).cloned() else {
-        // Its folder is no longer watched: nothing to do (its backups stay).
-        return done(node, path, gen).await;
+        // Not in a watched folder (backed up by hand, or no longer watched): only repaired.
+        return repair_unwatched(node, path, gen).await;
     };
     if watch.excludes(&watch.exclude_set(), path) {
         return done(node, path, gen).await;
@@ -154,6 +154,27 @@ async fn work_on(node: &Arc<Node>, path: &Path, gen: i64, attempts: u32) {
         Ok(Ok(_)) | Ok(Err(_)) => gone(node, path, gen, &watch).await,
         Err(e) => tracing::error!("internal error looking at {}: {e}", path.display()),
     }
+}
+
+/// A file outside the watched folders is only brought back to its RD, if it is unchanged.
+async fn repair_unwatched(node: &Arc<Node>, path: &Path, gen: i64) {
+    let p = path.to_path_buf();
+    let latest = node
+        .catalog
+        .call(move |c| c.latest(&p))
+        .await
+        .ok()
+        .flatten();
+    let meta = std::fs::symlink_metadata(path).ok();
+    if let (Some(f), Some(meta)) = (latest, meta) {
+        let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+        if meta.is_file() && f.size == meta.len() && f.mtime_ns == mtime_ns {
+            if let Err(e) = backup_file(node, path, f.desired_rd).await {
+                tracing::warn!("cannot repair {}: {e}", path.display());
+            }
+        }
+    }
+    done(node, path, gen).await
 }
 
 /// Whether the newest version is this very file (same size, mtime and inode), complete and at

@@ -363,6 +363,21 @@ impl Catalog {
             .transpose()
     }
 
+    /// Paths whose newest version is complete but has a chunk below its desired RD (holders
+    /// dropped it, or died during a re-backup): the home peer backs them up again.
+    pub fn paths_below_rd(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT f.path FROM files f
+             WHERE f.complete = 1 AND f.deleted_at IS NULL
+               AND f.version = (SELECT MAX(version) FROM files g WHERE g.path = f.path)
+               AND EXISTS (SELECT 1 FROM file_chunks c WHERE c.file_id = f.file_id
+                   AND (SELECT COUNT(*) FROM holders h
+                        WHERE h.file_id = c.file_id AND h.chunk_no = c.chunk_no) < f.desired_rd)",
+        )?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.map(|r| Ok(PathBuf::from(r?))).collect()
+    }
+
     /// Notes that a path's local file is gone (once: the first time counts for expiry).
     pub fn mark_deleted(&self, path: &Path, now: i64) -> Result<usize, StoreError> {
         Ok(self.conn.execute(
