@@ -110,8 +110,29 @@ impl ChunkStore {
         self.dir_of(file_id).join(chunk_no.0.to_string())
     }
 
-    /// Writes a chunk for good: temp file, fsync, rename, fsync of the directory.
+    /// Whether the disk has room for `len` more bytes while keeping a margin free: the catalog
+    /// lives on the same disk and must always be able to commit, deletes included.
+    fn disk_has_room(&self, len: u64) -> io::Result<bool> {
+        let st = nix::sys::statvfs::statvfs(&self.root)?;
+        let frsize = st.fragment_size() as u64;
+        let total = st.blocks() as u64 * frsize;
+        let available = st.blocks_available() as u64 * frsize;
+        let margin = (total / 20).clamp(256 * 1024, 64 * 1024 * 1024);
+        Ok(available >= len + margin)
+    }
+
+    /// Writes a chunk for good: temp file, fsync, rename, fsync of the directory. Refused (an
+    /// error of kind StorageFull) when the disk is nearly full, whatever the quota says.
     pub fn write(&self, file_id: &FileId, chunk_no: ChunkNo, body: &[u8]) -> io::Result<()> {
+        if !self.disk_has_room(body.len() as u64)? {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "the disk holding {} is nearly full: chunk refused (free space, or lower storage.quota)",
+                    self.root.display()
+                ),
+            ));
+        }
         let dir = self.dir_of(file_id);
         fs::create_dir_all(&dir)?;
         let tmp = dir.join(format!(
