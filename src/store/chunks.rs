@@ -207,6 +207,100 @@ impl ChunkStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Reserve(u64),
+        Commit,
+        Release,
+        Free,
+        SetQuota(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u64..=64_000).prop_map(Op::Reserve),
+            Just(Op::Commit),
+            Just(Op::Release),
+            Just(Op::Free),
+            (0u64..300_000).prop_map(Op::SetQuota),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the order of reservations, commits, releases and frees, hosted plus promised
+        /// bytes never exceed the quota (a lowered quota only stops new reservations; reclaim
+        /// then frees the excess).
+        #[test]
+        fn accounting_never_exceeds_the_quota(ops in proptest::collection::vec(op(), 1..200)) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = ChunkStore::open(dir.path().join("c"), 0, 200_000).unwrap();
+            let mut held: Vec<Reservation> = Vec::new();
+            let mut committed: Vec<u64> = Vec::new();
+            let mut quota = 200_000;
+            for op in ops {
+                let before = store.usage();
+                match op {
+                    Op::Reserve(n) => {
+                        if let Some(r) = store.reserve(n) {
+                            held.push(r);
+                            let u = store.usage();
+                            prop_assert!(u.used + u.reserved <= u.quota);
+                        } else {
+                            prop_assert!(!before.fits(n));
+                        }
+                    }
+                    Op::Commit => if let Some(r) = held.pop() {
+                        committed.push(r.size);
+                        store.commit(r);
+                    },
+                    Op::Release => if let Some(r) = held.pop() { store.release(r) },
+                    Op::Free => if let Some(n) = committed.pop() { store.freed(n) },
+                    Op::SetQuota(q) => { quota = q; store.set_quota(q) },
+                }
+                let u = store.usage();
+                prop_assert_eq!(u.used, committed.iter().sum::<u64>());
+                prop_assert_eq!(u.reserved, held.iter().map(|r| r.size).sum::<u64>());
+                prop_assert_eq!(u.quota, quota);
+            }
+        }
+    }
+
+    #[test]
+    fn concurrent_reservations_never_exceed_the_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            std::sync::Arc::new(ChunkStore::open(dir.path().join("c"), 0, 1_000_000).unwrap());
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (store, peak) = (store.clone(), peak.clone());
+                std::thread::spawn(move || {
+                    for i in 0..2000u64 {
+                        if let Some(r) = store.reserve(64_000) {
+                            let u = store.usage();
+                            peak.fetch_max(
+                                u.used + u.reserved,
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
+                            if i % 3 == 0 {
+                                store.release(r);
+                            } else {
+                                store.commit(r);
+                                store.freed(64_000);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(peak.load(std::sync::atomic::Ordering::Relaxed) <= 1_000_000);
+        assert_eq!(store.usage().used, 0);
+    }
 
     fn fid(c: char) -> FileId {
         FileId::parse(&c.to_string().repeat(64)).unwrap()
