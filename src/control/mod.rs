@@ -44,6 +44,18 @@ pub enum Request {
     State,
 }
 
+impl Request {
+    /// Decodes one request line as the daemon receives it (any bytes: a client may send
+    /// anything). Never panics.
+    pub fn decode(line: &[u8]) -> Result<Request, String> {
+        if line.len() > MAX_REQUEST_LINE {
+            return Err(format!("request longer than {MAX_REQUEST_LINE} bytes"));
+        }
+        let text = std::str::from_utf8(line).map_err(|_| "request is not UTF-8".to_owned())?;
+        serde_json::from_str(text.trim_end()).map_err(|e| e.to_string())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Reply {
@@ -186,5 +198,11 @@ mod tests {
         assert!(!text.contains('\n'));
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"format_disk"}"#).is_err());
+        assert_eq!(
+            Request::decode(b"{\"cmd\":\"state\"}\n"),
+            Ok(Request::State)
+        );
+        assert!(Request::decode(&[0xff, 0xfe]).is_err());
+        assert!(Request::decode(&vec![b' '; MAX_REQUEST_LINE + 1]).is_err());
     }
 }

@@ -65,9 +65,9 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
 async fn connection(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read).take(MAX_REQUEST_LINE as u64);
-    let mut line = String::new();
-    reader.read_line(&mut line).await?;
-    let request = match serde_json::from_str::<Request>(line.trim_end()) {
+    let mut line = Vec::new();
+    reader.read_until(b'\n', &mut line).await?;
+    let request = match Request::decode(&line) {
         Ok(r) => r,
         Err(e) => {
             let done = Done {
