@@ -1,7 +1,8 @@
 //! The control socket server: a Unix socket at `peer.control_socket`, one JSON request line per
 //! connection, answered with progress lines and one final line.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -36,6 +37,12 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
     let listener = UnixListener::bind(&path)
         .with_context(|| format!("cannot listen on {} (peer.control_socket)", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
+    // Members of group peerstash may use the socket (under systemd, Group=peerstash does it).
+    if let Ok(Some(group)) = nix::unistd::Group::from_name("peerstash") {
+        if let Err(e) = std::os::unix::fs::chown(&path, None, Some(group.gid.as_raw())) {
+            tracing::warn!("cannot give {} to group peerstash: {e}", path.display());
+        }
+    }
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
@@ -78,9 +85,32 @@ async fn connection(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> 
             return send(&mut write, &final_reply(done)).await;
         }
     };
-    tracing::debug!(?request, "control request");
+    // Who is asking (SO_PEERCRED): root may do anything; others act on their own files only.
+    let caller = match write.as_ref().peer_cred() {
+        Ok(cred) => cred.uid(),
+        Err(e) => {
+            let done = Done {
+                code: exit::FAILED,
+                message: format!("cannot identify the caller: {e}"),
+                data: None,
+            };
+            return send(&mut write, &final_reply(done)).await;
+        }
+    };
+    tracing::debug!(?request, caller, "control request");
+    if caller != 0 {
+        if let Err(message) = authorize(&node, caller, &request).await {
+            let done = Done {
+                code: exit::FAILED,
+                message,
+                data: None,
+            };
+            return send(&mut write, &final_reply(done)).await;
+        }
+    }
+    let owner = (caller != 0).then_some(caller);
     let (progress, mut lines) = mpsc::channel::<String>(64);
-    let work = tokio::spawn(run(node, request, progress));
+    let work = tokio::spawn(run(node, request, owner, progress));
     while let Some(message) = lines.recv().await {
         // A client that went away does not stop the work: the backup finishes anyway.
         let _ = send(&mut write, &Reply::Progress { message }).await;
@@ -93,7 +123,77 @@ async fn connection(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> 
     send(&mut write, &final_reply(done)).await
 }
 
-async fn run(node: Arc<Node>, request: Request, progress: mpsc::Sender<String>) -> Done {
+/// What a caller other than root may do: back up, restore and delete only what it owns, restore
+/// only into places it owns, and not change the quota.
+async fn authorize(node: &Arc<Node>, uid: u32, request: &Request) -> Result<(), String> {
+    let owner_of = |p: &Path| std::fs::symlink_metadata(p).map(|m| m.uid()).ok();
+    match request {
+        Request::Reclaim { .. } => Err("reclaim sets this peer's quota: run it as root".into()),
+        Request::Backup { path, .. } => match owner_of(path) {
+            Some(owner) if owner == uid => Ok(()),
+            Some(_) => Err(format!(
+                "{} is not yours: you may back up only what you own",
+                path.display()
+            )),
+            None => Err(format!("{}: no such file or folder", path.display())),
+        },
+        Request::Restore {
+            path, version, to, ..
+        } => {
+            let p = path.clone();
+            let versions = node
+                .catalog
+                .call(move |c| c.versions(&p))
+                .await
+                .map_err(|e| e.to_string())?;
+            let chosen = versions
+                .iter()
+                .rfind(|f| &f.path == path && version.is_none_or(|v| f.version == v));
+            if chosen.is_some_and(|f| f.uid != uid) {
+                return Err(format!(
+                    "{} is not yours: you may restore only your own files",
+                    path.display()
+                ));
+            }
+            let dest = jobs::restore_destination(path, to.as_deref());
+            let place = if dest.exists() {
+                dest.clone()
+            } else {
+                dest.parent().unwrap_or(Path::new("/")).to_path_buf()
+            };
+            match owner_of(&place) {
+                Some(owner) if owner == uid => Ok(()),
+                _ => Err(format!(
+                    "you may restore only into places you own, and {} is not yours",
+                    place.display()
+                )),
+            }
+        }
+        Request::Delete { path } => {
+            let p = path.clone();
+            let versions = node
+                .catalog
+                .call(move |c| c.versions(&p))
+                .await
+                .map_err(|e| e.to_string())?;
+            match versions.iter().find(|f| f.uid != uid) {
+                Some(f) => Err(format!(
+                    "{} is not yours: you may delete only your own backups",
+                    f.path.display()
+                )),
+                None => Ok(()),
+            }
+        }
+        Request::Versions { .. } | Request::State => Ok(()),
+    }
+}
+
+async fn run(
+    node: Arc<Node>,
+    request: Request,
+    owner: Option<u32>,
+    progress: mpsc::Sender<String>,
+) -> Done {
     match request {
         Request::Backup { path, replication } => {
             if replication.is_some_and(|r| !(1..=9).contains(&r)) {
@@ -103,7 +203,7 @@ async fn run(node: Arc<Node>, request: Request, progress: mpsc::Sender<String>) 
                     data: None,
                 };
             }
-            jobs::backup(&node, path, replication, &progress).await
+            jobs::backup(&node, path, replication, owner, &progress).await
         }
         Request::Restore {
             path,

@@ -200,19 +200,51 @@ const MAX_CHUNKS_IN_BACKOFF: usize = 4096;
 /// Chunks read and recorded in the catalog in one go before they are sent.
 const READ_BATCH: usize = 32;
 
+/// Backs up a file or every file below a folder; `owner`: only the files of that uid (a
+/// non-root caller's), the others are skipped and counted.
 pub(super) async fn backup(
     node: &Arc<Node>,
     path: PathBuf,
     rd: Option<u8>,
+    owner: Option<u32>,
     progress: &Progress,
 ) -> Done {
     let files = match spawn_blocking({
         let path = path.clone();
-        move || list_files(&path)
+        move || {
+            list_files(&path).map(|files| {
+                let all = files.len();
+                let mine: Vec<PathBuf> = files
+                    .into_iter()
+                    .filter(|f| {
+                        owner.is_none_or(|uid| {
+                            std::fs::symlink_metadata(f).is_ok_and(|m| m.uid() == uid)
+                        })
+                    })
+                    .collect();
+                (all - mine.len(), mine)
+            })
+        }
     })
     .await
     {
-        Ok(Ok(files)) => files,
+        Ok(Ok((0, files))) => files,
+        Ok(Ok((skipped, files))) => {
+            report(
+                progress,
+                format!(
+                    "skipped {skipped} files that are not yours below {}",
+                    path.display()
+                ),
+            );
+            if files.is_empty() {
+                return Done::failed(format!(
+                    "you may back up only files you own, and none below {} is yours",
+                    path.display()
+                ));
+            }
+            files
+        }
         Ok(Err(e)) => return Done::failed(format!("cannot read {}: {e}", path.display())),
         Err(e) => return Done::failed(e.to_string()),
     };
@@ -327,6 +359,8 @@ pub(crate) struct BackupReport {
 
 struct Scanned {
     inode: u64,
+    uid: u32,
+    gid: u32,
     size: u64,
     mtime_ns: i64,
     mode: u32,
@@ -349,6 +383,8 @@ fn scan_file(path: &Path) -> std::io::Result<(File, Scanned)> {
     }
     let scanned = Scanned {
         inode: meta.ino(),
+        uid: meta.uid(),
+        gid: meta.gid(),
         size,
         mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
         mode: meta.mode() & 0o7777,
@@ -400,6 +436,8 @@ pub(crate) async fn backup_file(
         desired_rd: rd.get(),
         complete: false,
         inode: scanned.inode,
+        uid: scanned.uid,
+        gid: scanned.gid,
         deleted_at: None,
     };
     // The same content backed up again is the same version: resume it (only chunks below
@@ -630,12 +668,7 @@ pub(super) async fn restore(
             path.display()
         ));
     };
-    let mut dest = to.unwrap_or_else(|| path.clone());
-    if dest.is_dir() {
-        if let Some(name) = path.file_name() {
-            dest = dest.join(name);
-        }
-    }
+    let dest = restore_destination(&path, to.as_deref());
     if !force && std::fs::symlink_metadata(&dest).is_ok() {
         return Done::failed(format!(
             "{} exists: pass --force to overwrite it, or --to another place",
@@ -661,6 +694,15 @@ pub(super) async fn restore(
             row.size
         )),
         Err(e) => Done::failed(format!("restore of {} failed: {e}", path.display())),
+    }
+}
+
+/// Where a restore writes: `to` (into it, when it is a folder), else the file's own path.
+pub(crate) fn restore_destination(path: &Path, to: Option<&Path>) -> PathBuf {
+    let dest = to.unwrap_or(path).to_path_buf();
+    match path.file_name() {
+        Some(name) if dest.is_dir() => dest.join(name),
+        _ => dest,
     }
 }
 
@@ -708,14 +750,8 @@ async fn restore_file(node: &Arc<Node>, row: &FileRow, dest: &Path) -> Result<()
     let result = fetch_all(node, row, chunks, &out).await;
     let result = match result {
         Ok(()) => {
-            let (tmp, dest, hash, mode, mtime_ns) = (
-                tmp.clone(),
-                dest.to_path_buf(),
-                row.content_hash.clone(),
-                row.mode,
-                row.mtime_ns,
-            );
-            spawn_blocking(move || finish_restore(&out, &tmp, &dest, &hash, mode, mtime_ns)).await?
+            let (tmp, dest, row) = (tmp.clone(), dest.to_path_buf(), row.clone());
+            spawn_blocking(move || finish_restore(&out, &tmp, &dest, &row)).await?
         }
         Err(e) => Err(e),
     };
@@ -725,15 +761,10 @@ async fn restore_file(node: &Arc<Node>, row: &FileRow, dest: &Path) -> Result<()
     result
 }
 
-/// Checks the whole file's hash, then gives it its mode and mtime and its final name.
-fn finish_restore(
-    out: &File,
-    tmp: &Path,
-    dest: &Path,
-    hash: &str,
-    mode: u32,
-    mtime_ns: i64,
-) -> Result<(), RestoreError> {
+/// Checks the whole file's hash, then gives it back its owner, group (when we may), mode and
+/// mtime, and its final name.
+fn finish_restore(out: &File, tmp: &Path, dest: &Path, row: &FileRow) -> Result<(), RestoreError> {
+    let (hash, mode, mtime_ns) = (&row.content_hash, row.mode, row.mtime_ns);
     let mut hasher = Sha256::new();
     let mut reader = File::open(tmp)?;
     let mut buf = vec![0u8; 1 << 20];
@@ -744,8 +775,11 @@ fn finish_restore(
         }
         hasher.update(&buf[..n]);
     }
-    if hex(&hasher.finalize()) != hash {
+    if hex(&hasher.finalize()) != *hash {
         return Err(RestoreError::HashMismatch);
+    }
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::fchown(out, Some(row.uid), Some(row.gid))?;
     }
     out.set_permissions(std::fs::Permissions::from_mode(mode))?;
     let mtime = std::time::UNIX_EPOCH + Duration::from_nanos(mtime_ns.max(0) as u64);

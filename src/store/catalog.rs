@@ -36,6 +36,8 @@ pub struct FileRow {
     pub desired_rd: u8,
     pub complete: bool,
     pub inode: u64,
+    pub uid: u32,
+    pub gid: u32,
     /// Unix seconds when the local file was found gone (its versions then expire per policy).
     pub deleted_at: Option<i64>,
 }
@@ -80,6 +82,8 @@ CREATE TABLE IF NOT EXISTS files (
     desired_rd INTEGER NOT NULL,
     complete INTEGER NOT NULL DEFAULT 0,
     inode INTEGER NOT NULL DEFAULT 0,
+    uid INTEGER NOT NULL DEFAULT 0,   -- owner and group, given back at restore
+    gid INTEGER NOT NULL DEFAULT 0,
     deleted_at INTEGER,               -- unix seconds when the local file was found gone
     UNIQUE (path, version)
 );
@@ -128,7 +132,7 @@ fn chunk_no_of(n: i64) -> Result<ChunkNo, StoreError> {
 }
 
 const FILE_COLUMNS: &str = "file_id, path, version, size, mtime_ns, mode, content_hash, \
-     desired_rd, complete, inode, deleted_at";
+     desired_rd, complete, inode, deleted_at, uid, gid";
 
 fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
     Ok((
@@ -144,6 +148,8 @@ fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
             complete: r.get(8)?,
             inode: r.get::<_, i64>(9)? as u64,
             deleted_at: r.get(10)?,
+            uid: r.get(11)?,
+            gid: r.get(12)?,
         },
     ))
 }
@@ -159,6 +165,8 @@ struct FileRowRaw {
     complete: bool,
     inode: u64,
     deleted_at: Option<i64>,
+    uid: u32,
+    gid: u32,
 }
 
 fn finish_file((id, raw): (String, FileRowRaw)) -> Result<FileRow, StoreError> {
@@ -173,6 +181,8 @@ fn finish_file((id, raw): (String, FileRowRaw)) -> Result<FileRow, StoreError> {
         desired_rd: raw.desired_rd,
         complete: raw.complete,
         inode: raw.inode,
+        uid: raw.uid,
+        gid: raw.gid,
         deleted_at: raw.deleted_at,
     })
 }
@@ -247,8 +257,8 @@ impl Catalog {
         )?;
         self.conn.execute(
             "INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash,
-                                desired_rd, complete, inode)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9)",
+                                desired_rd, complete, inode, uid, gid)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10, ?11)",
             params![
                 row.file_id.key(),
                 path,
@@ -258,7 +268,9 @@ impl Catalog {
                 row.mode,
                 row.content_hash,
                 row.desired_rd,
-                row.inode as i64
+                row.inode as i64,
+                row.uid,
+                row.gid
             ],
         )?;
         // The path exists again: its versions no longer expire as deleted.
@@ -792,6 +804,8 @@ mod tests {
             desired_rd: 2,
             complete: false,
             inode: 0,
+            uid: 0,
+            gid: 0,
             deleted_at: None,
         }
     }
