@@ -20,7 +20,28 @@ pub struct Peer {
     pub socket: PathBuf,
     /// Environment given to this peer's daemon at every start.
     pub env: Vec<(String, String)>,
+    /// Where the peer runs: its interface address, multicast TTL, and a command prefix (for
+    /// example `ip netns exec HOST`).
+    pub place: Place,
     child: Option<Child>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Place {
+    pub interface: String,
+    pub ttl: u32,
+    pub wrapper: Vec<String>,
+}
+
+impl Default for Place {
+    /// This machine's loopback, TTL 0: nothing leaves the machine.
+    fn default() -> Place {
+        Place {
+            interface: "127.0.0.1".into(),
+            ttl: 0,
+            wrapper: Vec::new(),
+        }
+    }
 }
 
 pub struct Cluster {
@@ -61,6 +82,16 @@ impl Cluster {
         extra: &[&str],
         env: impl Fn(usize) -> Vec<(String, String)>,
     ) -> Cluster {
+        Self::start_placed(quotas, extra, env, |_| Place::default())
+    }
+
+    /// The most general start: per-peer extra config, environment and place.
+    pub fn start_placed(
+        quotas: &[&str],
+        extra: &[&str],
+        env: impl Fn(usize) -> Vec<(String, String)>,
+        place: impl Fn(usize) -> Place,
+    ) -> Cluster {
         let [mc, mdb, mdr] = random_channels();
         let mut cluster = Cluster {
             dir: tempfile::tempdir().expect("temp dir"),
@@ -75,16 +106,18 @@ impl Cluster {
             std::fs::create_dir_all(&dir).unwrap();
             let socket = dir.join("control.sock");
             let config = dir.join("peerstash.toml");
-            let text = cluster.config_text(id, &dir, &socket, quota) + extra.get(i).unwrap_or(&"");
-            std::fs::write(&config, text).unwrap();
-            cluster.peers.push(Peer {
+            let peer = Peer {
                 id,
                 dir,
                 config,
                 socket,
                 env: env(i),
+                place: place(i),
                 child: None,
-            });
+            };
+            let text = cluster.config_text(&peer, quota) + extra.get(i).unwrap_or(&"");
+            std::fs::write(&peer.config, text).unwrap();
+            cluster.peers.push(peer);
         }
         for i in 0..quotas.len() {
             cluster.spawn(i);
@@ -95,7 +128,9 @@ impl Cluster {
         cluster
     }
 
-    pub fn config_text(&self, id: u32, dir: &Path, socket: &Path, quota: &str) -> String {
+    pub fn config_text(&self, peer: &Peer, quota: &str) -> String {
+        let (id, dir, socket) = (peer.id, &peer.dir, &peer.socket);
+        let (interface, ttl) = (&peer.place.interface, peer.place.ttl);
         format!(
             r#"[peer]
 id = {id}
@@ -104,11 +139,11 @@ state_dir = "{state}"
 control_socket = "{socket}"
 
 [network]
-interface = "127.0.0.1"
+interface = "{interface}"
 mc = "{mc}"
 mdb = "{mdb}"
 mdr = "{mdr}"
-ttl = 0
+ttl = {ttl}
 
 [storage]
 quota = "{quota}"
@@ -128,7 +163,7 @@ quota = "{quota}"
     /// Rewrites peer i's config (same channels and folders) with a quota and extra TOML.
     pub fn rewrite_config(&self, i: usize, quota: &str, extra: &str) {
         let p = &self.peers[i];
-        let text = self.config_text(p.id, &p.dir, &p.socket, quota) + extra;
+        let text = self.config_text(p, quota) + extra;
         std::fs::write(&p.config, text).unwrap();
     }
 
@@ -143,7 +178,15 @@ quota = "{quota}"
             .append(true)
             .open(peer.dir.join("daemon.log"))
             .unwrap();
-        let child = Command::new(PEERSTASHD)
+        let mut cmd = match peer.place.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(PEERSTASHD);
+                c
+            }
+            None => Command::new(PEERSTASHD),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&peer.config)
             .env("RUST_LOG", "peerstash=debug")
