@@ -76,36 +76,20 @@ async fn connection(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> 
     reader.read_until(b'\n', &mut line).await?;
     let request = match Request::decode(&line) {
         Ok(r) => r,
-        Err(e) => {
-            let done = Done {
-                code: exit::USAGE,
-                message: format!("bad request: {e}"),
-                data: None,
-            };
-            return send(&mut write, &final_reply(done)).await;
-        }
+        Err(e) => return refuse(&mut write, exit::USAGE, format!("bad request: {e}")).await,
     };
     // Who is asking (SO_PEERCRED): root may do anything; others act on their own files only.
     let caller = match write.as_ref().peer_cred() {
         Ok(cred) => cred.uid(),
         Err(e) => {
-            let done = Done {
-                code: exit::FAILED,
-                message: format!("cannot identify the caller: {e}"),
-                data: None,
-            };
-            return send(&mut write, &final_reply(done)).await;
+            let message = format!("cannot identify the caller: {e}");
+            return refuse(&mut write, exit::FAILED, message).await;
         }
     };
     tracing::debug!(?request, caller, "control request");
     if caller != 0 {
         if let Err(message) = authorize(&node, caller, &request).await {
-            let done = Done {
-                code: exit::FAILED,
-                message,
-                data: None,
-            };
-            return send(&mut write, &final_reply(done)).await;
+            return refuse(&mut write, exit::FAILED, message).await;
         }
     }
     let owner = (caller != 0).then_some(caller);
@@ -216,6 +200,20 @@ async fn run(
         Request::Reclaim { quota } => jobs::reclaim(&node, quota).await,
         Request::State => jobs::state(&node).await,
     }
+}
+
+/// Answers a request that will not be carried out.
+async fn refuse(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    code: i32,
+    message: String,
+) -> std::io::Result<()> {
+    let reply = Reply::Done {
+        code,
+        message,
+        data: None,
+    };
+    send(write, &reply).await
 }
 
 fn final_reply(done: Done) -> Reply {
