@@ -33,8 +33,10 @@ enum Input {
 }
 
 pub struct Watchers {
-    watcher: notify::RecommendedWatcher,
+    watcher: Arc<std::sync::Mutex<notify::RecommendedWatcher>>,
     watched: HashSet<PathBuf>,
+    /// Folders not (fully) watched, rescanned periodically by these tasks.
+    fallbacks: HashMap<PathBuf, tokio::task::JoinHandle<()>>,
     rescan: mpsc::UnboundedSender<PathBuf>,
 }
 
@@ -59,8 +61,9 @@ impl Watchers {
         let (rescan, rescans) = mpsc::unbounded_channel();
         tokio::spawn(debounce(node, wake, rx, rescans));
         Ok(Watchers {
-            watcher,
+            watcher: Arc::new(std::sync::Mutex::new(watcher)),
             watched: HashSet::new(),
+            fallbacks: HashMap::new(),
             rescan,
         })
     }
@@ -75,7 +78,10 @@ impl Watchers {
             .cloned()
             .collect::<Vec<_>>()
         {
-            let _ = self.watcher.unwatch(&gone);
+            let _ = self.lock().unwatch(&gone);
+            if let Some(task) = self.fallbacks.remove(&gone) {
+                task.abort();
+            }
             self.watched.remove(&gone);
             tracing::info!("stopped watching {}", gone.display());
         }
@@ -83,24 +89,33 @@ impl Watchers {
             if self.watched.contains(&w.path) {
                 continue;
             }
-            match self.watcher.watch(&w.path, RecursiveMode::Recursive) {
+            let result = self.lock().watch(&w.path, RecursiveMode::Recursive);
+            match result {
                 Ok(()) => tracing::info!("watching {}", w.path.display()),
-                Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
-                    watch_limit_reached(&w.path);
-                    tokio::spawn(rescan_periodically(self.rescan.clone(), w.path.clone()));
-                }
                 Err(e) => {
-                    tracing::error!(
-                        "cannot watch {}: {e}; it will be scanned every {}s instead",
-                        w.path.display(),
-                        FALLBACK_RESCAN.as_secs()
-                    );
-                    tokio::spawn(rescan_periodically(self.rescan.clone(), w.path.clone()));
+                    let limit = matches!(e.kind, notify::ErrorKind::MaxFilesWatch);
+                    if limit {
+                        watch_limit_reached(&w.path);
+                    } else {
+                        tracing::error!(
+                            "cannot watch {}: {e}; it is scanned every {}s and watched once it can be",
+                            w.path.display(),
+                            FALLBACK_RESCAN.as_secs()
+                        );
+                    }
+                    // At the watch limit, retrying would only fail again: rescans until reload.
+                    let retry = (!limit).then(|| self.watcher.clone());
+                    let task = tokio::spawn(fallback(retry, self.rescan.clone(), w.path.clone()));
+                    self.fallbacks.insert(w.path.clone(), task);
                 }
             }
             self.watched.insert(w.path.clone());
             let _ = self.rescan.send(w.path.clone());
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, notify::RecommendedWatcher> {
+        self.watcher.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Queues a scan of every watched folder (after changes RD, say).
@@ -120,9 +135,23 @@ fn watch_limit_reached(path: &Path) {
     );
 }
 
-async fn rescan_periodically(rescan: mpsc::UnboundedSender<PathBuf>, root: PathBuf) {
+/// Rescans a folder that is not (fully) watched every FALLBACK_RESCAN, and, when `retry` is
+/// given, tries to watch it again each time (a folder missing at start, say).
+async fn fallback(
+    retry: Option<Arc<std::sync::Mutex<notify::RecommendedWatcher>>>,
+    rescan: mpsc::UnboundedSender<PathBuf>,
+    root: PathBuf,
+) {
     loop {
         tokio::time::sleep(FALLBACK_RESCAN).await;
+        if let Some(watcher) = &retry {
+            let mut w = watcher.lock().unwrap_or_else(|e| e.into_inner());
+            if w.watch(&root, RecursiveMode::Recursive).is_ok() {
+                tracing::info!("watching {} now", root.display());
+                let _ = rescan.send(root.clone());
+                return;
+            }
+        }
         if rescan.send(root.clone()).is_err() {
             return;
         }
