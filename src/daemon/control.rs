@@ -110,10 +110,9 @@ async fn connection(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> 
 /// What a caller other than root may do: back up, restore and delete only what it owns, restore
 /// only into places it owns, and not change the quota.
 async fn authorize(node: &Arc<Node>, uid: u32, request: &Request) -> Result<(), String> {
-    let owner_of = |p: &Path| std::fs::symlink_metadata(p).map(|m| m.uid()).ok();
     match request {
         Request::Reclaim { .. } => Err("reclaim sets this peer's quota: run it as root".into()),
-        Request::Backup { path, .. } => match owner_of(path) {
+        Request::Backup { path, .. } => match owner_of(path.clone()).await {
             Some(owner) if owner == uid => Ok(()),
             Some(_) => Err(format!(
                 "{} is not yours: you may back up only what you own",
@@ -139,13 +138,18 @@ async fn authorize(node: &Arc<Node>, uid: u32, request: &Request) -> Result<(), 
                     path.display()
                 ));
             }
-            let dest = jobs::restore_destination(path, to.as_deref());
-            let place = if dest.exists() {
-                dest.clone()
-            } else {
-                dest.parent().unwrap_or(Path::new("/")).to_path_buf()
-            };
-            match owner_of(&place) {
+            // The file restored over, or the folder it is restored into.
+            let (path, to) = (path.clone(), to.clone());
+            let place = tokio::task::spawn_blocking(move || {
+                let dest = jobs::restore_destination(&path, to.as_deref());
+                match dest.exists() {
+                    true => dest,
+                    false => dest.parent().unwrap_or(Path::new("/")).to_path_buf(),
+                }
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            match owner_of(place.clone()).await {
                 Some(owner) if owner == uid => Ok(()),
                 _ => Err(format!(
                     "you may restore only into places you own, and {} is not yours",
@@ -170,6 +174,14 @@ async fn authorize(node: &Arc<Node>, uid: u32, request: &Request) -> Result<(), 
         }
         Request::Versions { .. } | Request::State => Ok(()),
     }
+}
+
+/// The uid owning a path (not following a symlink), if it exists.
+async fn owner_of(path: std::path::PathBuf) -> Option<u32> {
+    tokio::task::spawn_blocking(move || std::fs::symlink_metadata(path).map(|m| m.uid()).ok())
+        .await
+        .ok()
+        .flatten()
 }
 
 async fn run(

@@ -668,8 +668,20 @@ pub(super) async fn restore(
             path.display()
         ));
     };
-    let dest = restore_destination(&path, to.as_deref());
-    if !force && std::fs::symlink_metadata(&dest).is_ok() {
+    let (dest, exists) = {
+        let (path, to) = (path.clone(), to.clone());
+        match spawn_blocking(move || {
+            let dest = restore_destination(&path, to.as_deref());
+            let exists = std::fs::symlink_metadata(&dest).is_ok();
+            (dest, exists)
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => return Done::failed(e.to_string()),
+        }
+    };
+    if !force && exists {
         return Done::failed(format!(
             "{} exists: pass --force to overwrite it, or --to another place",
             dest.display()

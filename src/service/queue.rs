@@ -165,7 +165,13 @@ async fn repair_unwatched(node: &Arc<Node>, path: &Path, gen: i64) {
         .await
         .ok()
         .flatten();
-    let meta = std::fs::symlink_metadata(path).ok();
+    let meta = tokio::task::spawn_blocking({
+        let path = path.to_path_buf();
+        move || std::fs::symlink_metadata(path).ok()
+    })
+    .await
+    .ok()
+    .flatten();
     if let (Some(f), Some(meta)) = (latest, meta) {
         let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
         if meta.is_file() && f.size == meta.len() && f.mtime_ns == mtime_ns {
