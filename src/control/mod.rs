@@ -85,6 +85,12 @@ pub struct PeerState {
     /// Paths being backed up now by the queue.
     #[serde(default)]
     pub in_progress: Vec<PathBuf>,
+    /// Datagrams dropped since start because they were malformed (or on the wrong channel).
+    #[serde(default)]
+    pub malformed_datagrams: u64,
+    /// PUTCHUNKs dropped since start because too many chunks were being stored at once.
+    #[serde(default)]
+    pub busy_drops: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

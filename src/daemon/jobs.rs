@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -1077,6 +1078,8 @@ pub(super) async fn state(node: &Arc<Node>) -> Done {
             .lock()
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default(),
+        malformed_datagrams: node.counters.malformed.load(Ordering::Relaxed),
+        busy_drops: node.counters.dropped_busy.load(Ordering::Relaxed),
     };
     Done {
         code: exit::OK,
