@@ -234,6 +234,12 @@ fn print_state(s: &PeerState) {
             format!("; backing up {}", busy.join(", "))
         }
     );
+    if s.malformed_datagrams + s.busy_drops > 0 {
+        println!(
+            "dropped since start: {} malformed datagrams, {} PUTCHUNKs while busy",
+            s.malformed_datagrams, s.busy_drops
+        );
+    }
     println!("\nbacked up ({} versions):", s.files.len());
     for f in &s.files {
         let min = f.chunks.iter().map(|c| c.perceived_rd).min().unwrap_or(0);
