@@ -451,7 +451,7 @@ exclude = ["*.tmp", "**/.cache/**"]
             ("[peer]\nid = 1\nprotocol = \"3.0\"\n", "peer.protocol"),
             ("[peer]\nid = 1\nstate_dir = \"rel\"\n", "peer.state_dir"),
             (
-                "[peer]\nid = 1\n[network]\nmc = \"10.1.1.1:4701\"\n",
+                "[peer]\nid = 1\n[network]\nmc = \"127.1.1.1:4701\"\n",
                 "network.mc",
             ),
             (

@@ -18,7 +18,7 @@ fn run(bin: &str, args: &[&str]) -> (i32, String) {
 fn bad_config_exits_2_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("p.toml");
-    std::fs::write(&cfg, "[peer]\nid = 3\n[network]\nmc = \"10.1.2.3:4701\"\n").unwrap();
+    std::fs::write(&cfg, "[peer]\nid = 3\n[network]\nmc = \"127.1.2.3:4701\"\n").unwrap();
     let (code, err) = run(PEERSTASHD, &["--config", cfg.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("network.mc"), "{err}");

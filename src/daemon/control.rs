@@ -123,12 +123,7 @@ async fn authorize(node: &Arc<Node>, uid: u32, request: &Request) -> Result<(), 
         Request::Restore {
             path, version, to, ..
         } => {
-            let p = path.clone();
-            let versions = node
-                .catalog
-                .call(move |c| c.versions(&p))
-                .await
-                .map_err(|e| e.to_string())?;
+            let versions = versions_of(node, path).await?;
             let chosen = versions
                 .iter()
                 .rfind(|f| &f.path == path && version.is_none_or(|v| f.version == v));
@@ -158,12 +153,7 @@ async fn authorize(node: &Arc<Node>, uid: u32, request: &Request) -> Result<(), 
             }
         }
         Request::Delete { path } => {
-            let p = path.clone();
-            let versions = node
-                .catalog
-                .call(move |c| c.versions(&p))
-                .await
-                .map_err(|e| e.to_string())?;
+            let versions = versions_of(node, path).await?;
             match versions.iter().find(|f| f.uid != uid) {
                 Some(f) => Err(format!(
                     "{} is not yours: you may delete only your own backups",
@@ -174,6 +164,15 @@ async fn authorize(node: &Arc<Node>, uid: u32, request: &Request) -> Result<(), 
         }
         Request::Versions { .. } | Request::State => Ok(()),
     }
+}
+
+/// The backed-up versions of a path (or below it), for checking their owners.
+async fn versions_of(node: &Arc<Node>, path: &Path) -> Result<Vec<crate::store::FileRow>, String> {
+    let p = path.to_path_buf();
+    node.catalog
+        .call(move |c| c.versions(&p))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// The uid owning a path (not following a symlink), if it exists.
