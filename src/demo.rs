@@ -218,6 +218,7 @@ async fn demo(daemon: &[String], root: &Path) -> anyhow::Result<()> {
             &Request::Versions {
                 path: notes.clone(),
             },
+            &[],
             |_| {},
         )
         .await
@@ -253,17 +254,8 @@ async fn demo(daemon: &[String], root: &Path) -> anyhow::Result<()> {
     for (path, bytes) in &expected {
         std::fs::remove_file(path)?;
         let to = restored.join(path.file_name().unwrap_or_default());
-        let (code, message, _) = control::call(
-            home,
-            &Request::Restore {
-                path: path.clone(),
-                version: None,
-                to: Some(to.clone()),
-                force: false,
-            },
-            |_| {},
-        )
-        .await?;
+        let (code, message, _) =
+            control::client::restore(home, path, None, &to, false, |_| {}).await?;
         if code != 0 {
             bail!("restoring {} failed: {message}", path.display());
         }
@@ -300,7 +292,7 @@ fn name(path: &Path) -> String {
 }
 
 async fn state(socket: &Path) -> anyhow::Result<PeerState> {
-    let (code, message, data) = control::call(socket, &Request::State, |_| {}).await?;
+    let (code, message, data) = control::call(socket, &Request::State, &[], |_| {}).await?;
     if code != 0 {
         bail!("state failed: {message}");
     }

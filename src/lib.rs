@@ -3,13 +3,15 @@
 //!
 //! Layers look down only: `protocol` (pure) ← `engine` (state machines) ← `net`, `store` ←
 //! `daemon` (the running peer) ← `service` (watched folders, queue,
-//! reload, systemd). `control` is the language of the control socket.
+//! reload, systemd). `control` is the language of the control socket; `fsx` opens files without
+//! following symlinks, for a daemon that users may race.
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod engine;
+pub mod fsx;
 pub mod net;
 pub mod protocol;
 pub mod service;

@@ -60,57 +60,6 @@ fn run(args: Args) -> i32 {
             }
         }
     };
-    let (request, json) = match args.command {
-        Command::Backup { path, replication } => {
-            if !path.exists() {
-                return fail(
-                    exit::FAILED,
-                    format!("{}: no such file or folder", path.display()),
-                );
-            }
-            (
-                Request::Backup {
-                    path: resolve(&path),
-                    replication,
-                },
-                false,
-            )
-        }
-        Command::Restore {
-            path,
-            version,
-            to,
-            force,
-        } => (
-            Request::Restore {
-                path: resolve(&path),
-                version,
-                to: to.as_deref().map(resolve),
-                force,
-            },
-            false,
-        ),
-        Command::Versions { path } => (
-            Request::Versions {
-                path: resolve(&path),
-            },
-            false,
-        ),
-        Command::Delete { path } => (
-            Request::Delete {
-                path: resolve(&path),
-            },
-            false,
-        ),
-        Command::Reclaim { size } => match parse_size(&size) {
-            Ok(quota) => (Request::Reclaim { quota }, false),
-            Err(e) => return fail(exit::USAGE, format!("bad size {size:?}: {e}")),
-        },
-        Command::State { json } => (Request::State, json),
-        Command::Demo | Command::RunDaemon { .. } | Command::GenerateDocs { .. } => {
-            unreachable!("handled above")
-        }
-    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -118,9 +67,61 @@ fn run(args: Args) -> i32 {
         Ok(r) => r,
         Err(e) => return fail(exit::FAILED, e),
     };
-    let is_state = matches!(request, Request::State);
-    let is_versions = matches!(request, Request::Versions { .. });
-    let result = runtime.block_on(control::call(&socket, &request, |line| println!("{line}")));
+    let print = |line: &str| println!("{line}");
+    let (json, is_state, is_versions) = match &args.command {
+        Command::State { json } => (*json, true, false),
+        Command::Versions { .. } => (false, false, true),
+        _ => (false, false, false),
+    };
+    let result = match args.command {
+        Command::Backup { path, replication } => {
+            if !path.exists() {
+                return fail(
+                    exit::FAILED,
+                    format!("{}: no such file or folder", path.display()),
+                );
+            }
+            runtime.block_on(control::client::backup(
+                &socket,
+                &resolve(&path),
+                replication,
+                print,
+            ))
+        }
+        Command::Restore {
+            path,
+            version,
+            to,
+            force,
+        } => {
+            let path = resolve(&path);
+            let dest = control::client::destination(&path, to.as_deref().map(resolve).as_deref());
+            runtime.block_on(control::client::restore(
+                &socket, &path, version, &dest, force, print,
+            ))
+        }
+        command => {
+            let request = match command {
+                Command::Versions { path } => Request::Versions {
+                    path: resolve(&path),
+                },
+                Command::Delete { path } => Request::Delete {
+                    path: resolve(&path),
+                },
+                Command::Reclaim { size } => match parse_size(&size) {
+                    Ok(quota) => Request::Reclaim { quota },
+                    Err(e) => return fail(exit::USAGE, format!("bad size {size:?}: {e}")),
+                },
+                Command::State { .. } => Request::State,
+                Command::Backup { .. }
+                | Command::Restore { .. }
+                | Command::Demo
+                | Command::RunDaemon { .. }
+                | Command::GenerateDocs { .. } => unreachable!("handled above"),
+            };
+            runtime.block_on(control::call(&socket, &request, &[], print))
+        }
+    };
     let (code, message, data) = match result {
         Ok(r) => r,
         Err(e @ control::ClientError::Connect { .. })

@@ -1,10 +1,17 @@
 //! The control socket's language: one JSON request line from `peerstash`, then reply lines from
 //! the daemon (progress lines, then one final line with an exit code). Shared by both sides.
+//! The request line may carry open descriptors (SCM_RIGHTS): the file or folder to back up, the
+//! file to restore into, opened by the caller with the caller's own rights.
 
+pub mod client;
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::net::UnixStream;
 
 /// Exit statuses of SPEC §5.
@@ -18,6 +25,11 @@ pub mod exit {
 
 /// Longest request line the daemon reads; a longer one is refused.
 pub const MAX_REQUEST_LINE: usize = 64 * 1024;
+/// Descriptors one request may carry; a request with more is refused (and they are closed).
+pub const MAX_FDS: usize = 1;
+/// The kernel's limit of descriptors in one message (SCM_MAX_FD): the receive buffer holds that
+/// many, so a sender can never make the daemon drop installed descriptors it cannot close.
+const SCM_MAX_FD: usize = 253;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
@@ -26,11 +38,11 @@ pub enum Request {
         path: PathBuf,
         replication: Option<u8>,
     },
+    /// Sent with the file to write into; where it goes and whether it may replace a file is
+    /// the caller's business (it renames it, with its own rights).
     Restore {
         path: PathBuf,
         version: Option<u32>,
-        to: Option<PathBuf>,
-        force: bool,
     },
     Versions {
         path: PathBuf,
@@ -120,6 +132,19 @@ pub struct StoredState {
     pub perceived_rd: u32,
 }
 
+/// What `restore` wrote into the caller's file, for the caller to finish it with its own rights:
+/// owner (root only), mode and mtime, then its final name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Restored {
+    pub path: PathBuf,
+    pub version: u32,
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i64,
+}
+
 /// A version as `versions` lists it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VersionInfo {
@@ -150,12 +175,17 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
     #[error("the daemon sent a reply this peerstash does not understand: {0}")]
     BadReply(String),
+    /// A local file operation of the caller's side (opening what to back up, placing a restore).
+    #[error("{0}")]
+    Local(String),
 }
 
-/// Sends one request and feeds every reply line to `on_reply`; returns the final reply.
+/// Sends one request, with `fds` attached to its first byte, and feeds every progress line to
+/// `on_progress`; returns the final reply.
 pub async fn call(
     socket: &Path,
     request: &Request,
+    fds: &[BorrowedFd<'_>],
     mut on_progress: impl FnMut(&str),
 ) -> Result<(i32, String, Option<serde_json::Value>), ClientError> {
     let stream = UnixStream::connect(socket).await.map_err(|source| {
@@ -168,11 +198,13 @@ pub async fn call(
             }
         }
     })?;
-    let (read, mut write) = stream.into_split();
     let mut line =
         serde_json::to_string(request).map_err(|e| ClientError::BadReply(e.to_string()))?;
     line.push('\n');
-    write.write_all(line.as_bytes()).await?;
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let sent = send_with_fds(&stream, line.as_bytes(), &raw).await?;
+    let (read, mut write) = stream.into_split();
+    write.write_all(&line.as_bytes()[sent..]).await?;
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines.next_line().await? {
         match serde_json::from_str::<Reply>(&line) {
@@ -188,6 +220,76 @@ pub async fn call(
     Err(ClientError::Closed)
 }
 
+/// Sends the first bytes of `bytes` with `fds` attached; returns how many bytes went.
+async fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> std::io::Result<usize> {
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+    loop {
+        stream.writable().await?;
+        let sent = stream.try_io(Interest::WRITABLE, || {
+            let iov = [IoSlice::new(bytes)];
+            sendmsg::<()>(stream.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
+                .map_err(std::io::Error::from)
+        });
+        match sent {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
+/// Reads one request line (up to MAX_REQUEST_LINE bytes and its newline) and the descriptors
+/// sent with it. Descriptors beyond MAX_FDS are closed and make the request an error.
+pub async fn read_request(stream: &UnixStream) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    let mut line = Vec::new();
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    let mut space = nix::cmsg_space!([RawFd; SCM_MAX_FD], nix::sys::socket::UnixCredentials);
+    while !line.contains(&b'\n') && line.len() <= MAX_REQUEST_LINE {
+        stream.readable().await?;
+        let got = stream.try_io(Interest::READABLE, || {
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let msg = recvmsg::<()>(
+                stream.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .map_err(std::io::Error::from)?;
+            let mut received = Vec::new();
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::ScmRights(list) = c {
+                        received.extend(list);
+                    }
+                }
+            }
+            Ok((msg.bytes, received))
+        });
+        let (n, received) = match got {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            r => r?,
+        };
+        // SAFETY: each descriptor was just installed in this process by recvmsg and is owned
+        // by nothing else; OwnedFd closes it.
+        fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        if n == 0 {
+            break;
+        }
+        line.extend_from_slice(&buf[..n]);
+    }
+    if fds.len() > MAX_FDS {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("more than {MAX_FDS} descriptors sent with one request"),
+        ));
+    }
+    if let Some(end) = line.iter().position(|b| *b == b'\n') {
+        line.truncate(end + 1);
+    }
+    Ok((line, fds))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,8 +299,6 @@ mod tests {
         let r = Request::Restore {
             path: "/a".into(),
             version: Some(2),
-            to: None,
-            force: false,
         };
         let text = serde_json::to_string(&r).unwrap();
         assert!(!text.contains('\n'));

@@ -1,18 +1,22 @@
 //! The control socket server: a Unix socket at `peer.control_socket`, one JSON request line per
 //! connection, answered with progress lines and one final line.
 
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Semaphore};
+use tokio::task::spawn_blocking;
 
 use super::jobs::{self, Done};
 use super::Node;
-use crate::control::{exit, Reply, Request, MAX_REQUEST_LINE};
+use crate::control::{self, exit, Reply, Request};
+use crate::fsx;
 
 /// Connections served at once; more wait for a turn.
 const MAX_CONNECTIONS: usize = 32;
@@ -70,31 +74,34 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
 }
 
 async fn connection(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read).take(MAX_REQUEST_LINE as u64);
-    let mut line = Vec::new();
-    reader.read_until(b'\n', &mut line).await?;
+    // Who is asking (SO_PEERCRED): root may do anything; others act on their own files only.
+    let caller = stream.peer_cred().map(|c| c.uid());
+    let read = control::read_request(&stream).await;
+    let (_, mut write) = stream.into_split();
+    let (line, fds) = match read {
+        Ok(r) => r,
+        Err(e) => return refuse(&mut write, exit::USAGE, format!("bad request: {e}")).await,
+    };
     let request = match Request::decode(&line) {
         Ok(r) => r,
         Err(e) => return refuse(&mut write, exit::USAGE, format!("bad request: {e}")).await,
     };
-    // Who is asking (SO_PEERCRED): root may do anything; others act on their own files only.
-    let caller = match write.as_ref().peer_cred() {
-        Ok(cred) => cred.uid(),
+    let caller = match caller {
+        Ok(uid) => uid,
         Err(e) => {
             let message = format!("cannot identify the caller: {e}");
             return refuse(&mut write, exit::FAILED, message).await;
         }
     };
-    tracing::debug!(?request, caller, "control request");
-    if caller != 0 {
-        if let Err(message) = authorize(&node, caller, &request).await {
-            return refuse(&mut write, exit::FAILED, message).await;
-        }
-    }
+    tracing::debug!(?request, caller, fds = fds.len(), "control request");
     let owner = (caller != 0).then_some(caller);
+    let handle = fds.into_iter().next().map(File::from);
+    let job = match prepare(&node, request, owner, handle).await {
+        Ok(job) => job,
+        Err(message) => return refuse(&mut write, exit::FAILED, message).await,
+    };
     let (progress, mut lines) = mpsc::channel::<String>(64);
-    let work = tokio::spawn(run(node, request, owner, progress));
+    let work = tokio::spawn(run(node, job, owner, progress));
     while let Some(message) = lines.recv().await {
         // A client that went away does not stop the work: the backup finishes anyway.
         let _ = send(&mut write, &Reply::Progress { message }).await;
@@ -107,63 +114,128 @@ async fn connection(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> 
     send(&mut write, &final_reply(done)).await
 }
 
-/// What a caller other than root may do: back up, restore and delete only what it owns, restore
-/// only into places it owns, and not change the quota.
-async fn authorize(node: &Arc<Node>, uid: u32, request: &Request) -> Result<(), String> {
+/// A request checked and ready to run, with the handles it works through.
+enum Job {
+    Backup {
+        path: PathBuf,
+        root: File,
+        replication: Option<u8>,
+    },
+    Restore {
+        path: PathBuf,
+        version: Option<u32>,
+        out: File,
+    },
+    Other(Request),
+}
+
+/// Checks a request against its caller and the descriptor it came with. A non-root caller
+/// (`owner`) must send what it names opened with its own rights: the kernel has then decided
+/// what it may read or write, and no path is looked up for it twice. Root may name a file to
+/// back up by path; it is opened without following symlinks.
+async fn prepare(
+    node: &Arc<Node>,
+    request: Request,
+    owner: Option<u32>,
+    handle: Option<File>,
+) -> Result<Job, String> {
+    let expects_handle = matches!(request, Request::Backup { .. } | Request::Restore { .. });
+    if handle.is_some() && !expects_handle {
+        return Err("this request takes no descriptor".into());
+    }
     match request {
-        Request::Reclaim { .. } => Err("reclaim sets this peer's quota: run it as root".into()),
-        Request::Backup { path, .. } => match owner_of(path.clone()).await {
-            Some(owner) if owner == uid => Ok(()),
-            Some(_) => Err(format!(
-                "{} is not yours: you may back up only what you own",
-                path.display()
-            )),
-            None => Err(format!("{}: no such file or folder", path.display())),
-        },
-        Request::Restore {
-            path, version, to, ..
-        } => {
-            let versions = versions_of(node, path).await?;
-            let chosen = versions
-                .iter()
-                .rfind(|f| &f.path == path && version.is_none_or(|v| f.version == v));
-            if chosen.is_some_and(|f| f.uid != uid) {
+        Request::Reclaim { .. } if owner.is_some() => {
+            Err("reclaim sets this peer's quota: run it as root".into())
+        }
+        Request::Backup { path, replication } => {
+            if replication.is_some_and(|r| !(1..=9).contains(&r)) {
+                return Err("--replication must be between 1 and 9".into());
+            }
+            if owner.is_some() && handle.is_none() {
                 return Err(format!(
-                    "{} is not yours: you may restore only your own files",
+                    "{}: a backup asked by a user other than root must send the open file (use the peerstash command)",
                     path.display()
                 ));
             }
-            // The file restored over, or the folder it is restored into.
-            let (path, to) = (path.clone(), to.clone());
-            let place = tokio::task::spawn_blocking(move || {
-                let dest = jobs::restore_destination(&path, to.as_deref());
-                match dest.exists() {
-                    true => dest,
-                    false => dest.parent().unwrap_or(Path::new("/")).to_path_buf(),
-                }
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-            match owner_of(place.clone()).await {
-                Some(owner) if owner == uid => Ok(()),
-                _ => Err(format!(
-                    "you may restore only into places you own, and {} is not yours",
-                    place.display()
-                )),
+            let p = path.clone();
+            let root = spawn_blocking(move || named_handle(&p, handle))
+                .await
+                .map_err(|e| e.to_string())??;
+            if owner.is_some_and(|uid| root.metadata().map(|m| m.uid()).ok() != Some(uid)) {
+                return Err(format!(
+                    "{} is not yours: you may back up only what you own",
+                    path.display()
+                ));
             }
+            Ok(Job::Backup {
+                path,
+                root,
+                replication,
+            })
+        }
+        Request::Restore { path, version } => {
+            let Some(out) = handle else {
+                return Err(format!(
+                    "{}: a restore must send the file to write into, opened for reading and writing (use the peerstash command)",
+                    path.display()
+                ));
+            };
+            let out = spawn_blocking(move || writable_file(out))
+                .await
+                .map_err(|e| e.to_string())??;
+            // Refused before any work when the version is not the caller's.
+            jobs::restore_choice(node, &path, version, owner).await?;
+            Ok(Job::Restore { path, version, out })
         }
         Request::Delete { path } => {
-            let versions = versions_of(node, path).await?;
-            match versions.iter().find(|f| f.uid != uid) {
-                Some(f) => Err(format!(
-                    "{} is not yours: you may delete only your own backups",
-                    f.path.display()
-                )),
-                None => Ok(()),
+            if let Some(uid) = owner {
+                let versions = versions_of(node, &path).await?;
+                if let Some(f) = versions.iter().find(|f| f.uid != uid) {
+                    return Err(format!(
+                        "{} is not yours: you may delete only your own backups",
+                        f.path.display()
+                    ));
+                }
             }
+            Ok(Job::Other(Request::Delete { path }))
         }
-        Request::Versions { .. } | Request::State => Ok(()),
+        other => Ok(Job::Other(other)),
     }
+}
+
+/// The file or folder to back up: the caller's handle, checked to be what `path` names (so a
+/// caller cannot file its own bytes under another path), or, without a handle, `path` opened
+/// without following symlinks.
+fn named_handle(path: &Path, handle: Option<File>) -> Result<File, String> {
+    let named = fsx::open_path(path, fsx::Kind::Any)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let Some(handle) = handle else {
+        return Ok(named);
+    };
+    match fsx::same_file(&handle, &named) {
+        Ok(true) => {}
+        _ => return Err(format!("{} is not the file that was sent", path.display())),
+    }
+    let meta = handle.metadata().map_err(|e| e.to_string())?;
+    match meta.is_file() || meta.is_dir() {
+        true => Ok(handle),
+        false => Err(format!("{}: not a regular file or a folder", path.display())),
+    }
+}
+
+/// A restore writes into a regular file opened for reading and writing, not in append mode.
+fn writable_file(out: File) -> Result<File, String> {
+    let meta = out.metadata().map_err(|e| e.to_string())?;
+    let flags = nix::fcntl::fcntl(out.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)
+        .map_err(|e| e.to_string())?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags);
+    let rw = flags & nix::fcntl::OFlag::O_ACCMODE == nix::fcntl::OFlag::O_RDWR;
+    if !meta.is_file() || !rw || flags.contains(nix::fcntl::OFlag::O_APPEND) {
+        return Err(
+            "a restore needs a regular file opened for reading and writing, not appending".into(),
+        );
+    }
+    Ok(out)
 }
 
 /// The backed-up versions of a path (or below it), for checking their owners.
@@ -175,41 +247,23 @@ async fn versions_of(node: &Arc<Node>, path: &Path) -> Result<Vec<crate::store::
         .map_err(|e| e.to_string())
 }
 
-/// The uid owning a path (not following a symlink), if it exists.
-async fn owner_of(path: std::path::PathBuf) -> Option<u32> {
-    tokio::task::spawn_blocking(move || std::fs::symlink_metadata(path).map(|m| m.uid()).ok())
-        .await
-        .ok()
-        .flatten()
-}
-
-async fn run(
-    node: Arc<Node>,
-    request: Request,
-    owner: Option<u32>,
-    progress: mpsc::Sender<String>,
-) -> Done {
-    match request {
-        Request::Backup { path, replication } => {
-            if replication.is_some_and(|r| !(1..=9).contains(&r)) {
-                return Done {
-                    code: exit::USAGE,
-                    message: "--replication must be between 1 and 9".into(),
-                    data: None,
-                };
-            }
-            jobs::backup(&node, path, replication, owner, &progress).await
-        }
-        Request::Restore {
+async fn run(node: Arc<Node>, job: Job, owner: Option<u32>, progress: mpsc::Sender<String>) -> Done {
+    match job {
+        Job::Backup {
             path,
-            version,
-            to,
-            force,
-        } => jobs::restore(&node, path, version, to, force, &progress).await,
-        Request::Versions { path } => jobs::versions(&node, path).await,
-        Request::Delete { path } => jobs::delete(&node, path).await,
-        Request::Reclaim { quota } => jobs::reclaim(&node, quota).await,
-        Request::State => jobs::state(&node).await,
+            root,
+            replication,
+        } => jobs::backup(&node, path, root, replication, owner, &progress).await,
+        Job::Restore { path, version, out } => {
+            jobs::restore(&node, path, version, out, owner, &progress).await
+        }
+        Job::Other(Request::Versions { path }) => jobs::versions(&node, path, owner).await,
+        Job::Other(Request::Delete { path }) => jobs::delete(&node, path).await,
+        Job::Other(Request::Reclaim { quota }) => jobs::reclaim(&node, quota).await,
+        Job::Other(Request::State) => jobs::state(&node, owner).await,
+        Job::Other(Request::Backup { .. } | Request::Restore { .. }) => {
+            unreachable!("prepare turns these into their jobs")
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,10 +16,13 @@ use tokio::task::{spawn_blocking, JoinSet};
 
 use super::peer::{remove_chunk_files, replicate_chunk, Outcome, Resend};
 use super::Node;
-use crate::control::{exit, ChunkState, FileState, PeerState, StoredState, VersionInfo};
+use crate::control::{
+    exit, ChunkState, FileState, PeerState, Restored, StoredState, VersionInfo,
+};
 use crate::engine::backup::Window;
 use crate::engine::reclaim::{choose_victims, Candidate};
 use crate::engine::restore::{expected_len, Action as FetchAction, ChunkFetch};
+use crate::fsx;
 use crate::protocol::{
     chunk_count, hex, sha256_hex, ChunkId, ChunkNo, FileId, FileIdentity, MessageKind, PeerId, Rd,
     CHUNK_SIZE,
@@ -201,59 +204,67 @@ const MAX_CHUNKS_IN_BACKOFF: usize = 4096;
 /// Chunks read and recorded in the catalog in one go before they are sent.
 const READ_BATCH: usize = 32;
 
-/// Backs up a file or every file below a folder; `owner`: only the files of that uid (a
-/// non-root caller's), the others are skipped and counted.
+/// Backs up what `root` names: a file, or every regular file below a folder (entered through
+/// handles, symlinks never followed). `path` is the name the caller gave it (checked to be the
+/// same file). `owner`: a non-root caller's uid; only its own files and folders are backed up,
+/// the others are skipped and counted.
 pub(super) async fn backup(
     node: &Arc<Node>,
     path: PathBuf,
+    root: File,
     rd: Option<u8>,
     owner: Option<u32>,
     progress: &Progress,
 ) -> Done {
-    let files = match spawn_blocking({
-        let path = path.clone();
-        move || {
-            list_files(&path).map(|files| {
-                let all = files.len();
-                let mine: Vec<PathBuf> = files
-                    .into_iter()
-                    .filter(|f| {
-                        owner.is_none_or(|uid| {
-                            std::fs::symlink_metadata(f).is_ok_and(|m| m.uid() == uid)
-                        })
-                    })
-                    .collect();
-                (all - mine.len(), mine)
-            })
+    let root = Arc::new(root);
+    let listed = spawn_blocking({
+        let root = root.clone();
+        move || -> std::io::Result<Option<Vec<PathBuf>>> {
+            match root.metadata()?.is_dir() {
+                true => fsx::list_files(&root, owner).map(Some),
+                false => Ok(None),
+            }
         }
     })
-    .await
-    {
-        Ok(Ok((0, files))) => files,
-        Ok(Ok((skipped, files))) => {
-            report(
-                progress,
-                format!(
-                    "skipped {skipped} files that are not yours below {}",
-                    path.display()
-                ),
-            );
-            if files.is_empty() {
-                return Done::failed(format!(
-                    "you may back up only files you own, and none below {} is yours",
-                    path.display()
-                ));
-            }
-            files
-        }
+    .await;
+    // None: `root` is the file itself.
+    let files: Vec<Option<PathBuf>> = match listed {
+        Ok(Ok(Some(rels))) => rels.into_iter().map(Some).collect(),
+        Ok(Ok(None)) => vec![None],
         Ok(Err(e)) => return Done::failed(format!("cannot read {}: {e}", path.display())),
         Err(e) => return Done::failed(e.to_string()),
     };
-    let (mut ok, mut below, mut failed) = (0usize, 0usize, 0usize);
+    let (mut ok, mut below, mut failed, mut skipped) = (0usize, 0usize, 0usize, 0usize);
     let mut last_error = String::new();
-    for file in &files {
-        let desired = rd.unwrap_or_else(|| default_rd(node, file));
-        match backup_file(node, file, desired).await {
+    for rel in &files {
+        let file_path = rel.as_ref().map_or(path.clone(), |r| path.join(r));
+        let opened = spawn_blocking({
+            let (root, rel) = (root.clone(), rel.clone());
+            move || -> std::io::Result<File> {
+                match rel {
+                    Some(rel) => fsx::open_below(&root, &rel, fsx::Kind::File),
+                    None => root.try_clone(),
+                }
+            }
+        })
+        .await;
+        let file = match opened {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                failed += 1;
+                last_error = format!("{}: {e}", file_path.display());
+                report(progress, format!("failed {last_error}"));
+                continue;
+            }
+            Err(e) => return Done::failed(e.to_string()),
+        };
+        // The owner as the handle says, never as a path looked up again.
+        if owner.is_some_and(|uid| file.metadata().map(|m| m.uid()).ok() != Some(uid)) {
+            skipped += 1;
+            continue;
+        }
+        let desired = rd.unwrap_or_else(|| default_rd(node, &file_path));
+        match backup_handle(node, &file_path, file, desired).await {
             Ok(r) => {
                 let state = if r.below == 0 {
                     ok += 1;
@@ -266,7 +277,7 @@ pub(super) async fn backup(
                     progress,
                     format!(
                         "backed up {} (version {}, {} bytes, {} chunks): {state}",
-                        file.display(),
+                        file_path.display(),
                         r.version,
                         r.size,
                         r.chunks
@@ -275,14 +286,29 @@ pub(super) async fn backup(
             }
             Err(e) => {
                 failed += 1;
-                last_error = format!("{}: {e}", file.display());
+                last_error = format!("{}: {e}", file_path.display());
                 report(progress, format!("failed {last_error}"));
             }
         }
     }
+    if skipped > 0 {
+        report(
+            progress,
+            format!(
+                "skipped {skipped} files that are not yours below {}",
+                path.display()
+            ),
+        );
+        if ok + below + failed == 0 {
+            return Done::failed(format!(
+                "you may back up only files you own, and none below {} is yours",
+                path.display()
+            ));
+        }
+    }
     let summary = format!(
         "{} files: {ok} fully replicated, {below} below their desired RD, {failed} failed",
-        files.len()
+        ok + below + failed
     );
     let code = if failed > 0 {
         exit::FAILED
@@ -306,35 +332,6 @@ pub(super) async fn backup(
 /// The RD of the watched folder holding `path`, or 2.
 fn default_rd(node: &Node, path: &Path) -> u8 {
     node.config().watch_of(path).map_or(2, |w| w.replication)
-}
-
-/// Regular files at or below `path`, symlinks not followed.
-fn list_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let meta = std::fs::symlink_metadata(path)?;
-    if meta.is_file() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    if !meta.is_dir() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file or a folder",
-        ));
-    }
-    let mut files = Vec::new();
-    let mut dirs = vec![path.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                dirs.push(entry.path());
-            } else if kind.is_file() {
-                files.push(entry.path());
-            }
-        }
-    }
-    files.sort();
-    Ok(files)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -368,8 +365,7 @@ struct Scanned {
     content_hash: String,
 }
 
-fn scan_file(path: &Path) -> std::io::Result<(File, Scanned)> {
-    let mut file = File::open(path)?;
+fn scan_file(mut file: File) -> std::io::Result<(File, Scanned)> {
     let meta = file.metadata()?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -402,17 +398,30 @@ fn read_chunk(file: &File, size: u64, no: u64) -> std::io::Result<Vec<u8>> {
     Ok(body)
 }
 
+/// Backs up the file at `path`, opened without following symlinks (a watched file: the daemon
+/// opens it itself).
 pub(crate) async fn backup_file(
     node: &Arc<Node>,
     path: &Path,
     desired: u8,
 ) -> Result<BackupReport, BackupError> {
-    let rd = Rd::new(desired).unwrap_or_else(|| Rd::new(1).expect("1 is a valid RD"));
-    let (file, scanned) = spawn_blocking({
+    let file = spawn_blocking({
         let path = path.to_path_buf();
-        move || scan_file(&path)
+        move || fsx::open_path(&path, fsx::Kind::File)
     })
     .await??;
+    backup_handle(node, path, file, desired).await
+}
+
+/// Backs up the open file `file` under the name `path`.
+pub(crate) async fn backup_handle(
+    node: &Arc<Node>,
+    path: &Path,
+    file: File,
+    desired: u8,
+) -> Result<BackupReport, BackupError> {
+    let rd = Rd::new(desired).unwrap_or_else(|| Rd::new(1).expect("1 is a valid RD"));
+    let (file, scanned) = spawn_blocking(move || scan_file(file)).await??;
     let chunks = chunk_count(scanned.size);
     if chunks > u64::from(crate::protocol::message::MAX_CHUNK_NO) + 1 {
         return Err(BackupError::TooLarge);
@@ -643,79 +652,92 @@ async fn prepare_chunks(
 const RESTORE_WINDOW_INITIAL: usize = 64;
 const RESTORE_WINDOW_MAX: usize = 512;
 
+/// Restores a version of `path` into `out`, a regular file the caller opened for reading and
+/// writing (the caller gives it its owner, mode, mtime and final name: see `Restored`). By
+/// default the newest complete version.
 pub(super) async fn restore(
     node: &Arc<Node>,
     path: PathBuf,
     version: Option<u32>,
-    to: Option<PathBuf>,
-    force: bool,
+    out: File,
+    owner: Option<u32>,
     progress: &Progress,
 ) -> Done {
-    let p = path.clone();
-    let versions = match node.catalog.call(move |c| c.versions(&p)).await {
-        Ok(v) => v,
-        Err(e) => return e.into(),
+    let row = match restore_choice(node, &path, version, owner).await {
+        Ok(row) => row,
+        Err(message) => return Done::failed(message),
     };
-    let mut of_path: Vec<FileRow> = versions.into_iter().filter(|f| f.path == path).collect();
-    let row = match version {
-        Some(n) => of_path.into_iter().find(|f| f.version == n),
-        None => of_path.pop(),
-    };
-    let Some(row) = row else {
-        return Done::failed(format!(
-            "no backed-up version{} of {} (see `peerstash versions {}`)",
-            version.map(|n| format!(" {n}")).unwrap_or_default(),
-            path.display(),
-            path.display()
-        ));
-    };
-    let (dest, exists) = {
-        let (path, to) = (path.clone(), to.clone());
-        match spawn_blocking(move || {
-            let dest = restore_destination(&path, to.as_deref());
-            let exists = std::fs::symlink_metadata(&dest).is_ok();
-            (dest, exists)
-        })
-        .await
-        {
-            Ok(r) => r,
-            Err(e) => return Done::failed(e.to_string()),
-        }
-    };
-    if !force && exists {
-        return Done::failed(format!(
-            "{} exists: pass --force to overwrite it, or --to another place",
-            dest.display()
-        ));
-    }
     report(
         progress,
         format!(
-            "restoring {} version {} ({} bytes) to {}",
+            "restoring {} version {} ({} bytes)",
             path.display(),
             row.version,
-            row.size,
-            dest.display()
+            row.size
         ),
     );
-    match restore_file(node, &row, &dest).await {
-        Ok(()) => Done::ok(format!(
-            "restored {} version {} to {} ({} bytes, content hash checked)",
-            path.display(),
-            row.version,
-            dest.display(),
-            row.size
-        )),
+    match restore_file(node, &row, out).await {
+        Ok(()) => Done {
+            code: exit::OK,
+            message: format!(
+                "restored {} version {} ({} bytes, content hash checked)",
+                path.display(),
+                row.version,
+                row.size
+            ),
+            data: serde_json::to_value(Restored {
+                path: row.path,
+                version: row.version,
+                size: row.size,
+                mode: row.mode,
+                uid: row.uid,
+                gid: row.gid,
+                mtime_ns: row.mtime_ns,
+            })
+            .ok(),
+        },
         Err(e) => Done::failed(format!("restore of {} failed: {e}", path.display())),
     }
 }
 
-/// Where a restore writes: `to` (into it, when it is a folder), else the file's own path.
-pub(crate) fn restore_destination(path: &Path, to: Option<&Path>) -> PathBuf {
-    let dest = to.unwrap_or(path).to_path_buf();
-    match path.file_name() {
-        Some(name) if dest.is_dir() => dest.join(name),
-        _ => dest,
+/// The version a restore of `path` takes: `version`, or the newest complete one (the newest of
+/// all when none is complete). A non-root caller (`owner`) may take only its own.
+pub(super) async fn restore_choice(
+    node: &Arc<Node>,
+    path: &Path,
+    version: Option<u32>,
+    owner: Option<u32>,
+) -> Result<FileRow, String> {
+    let p = path.to_path_buf();
+    let versions = node
+        .catalog
+        .call(move |c| c.versions(&p))
+        .await
+        .map_err(|e| e.to_string())?;
+    let of_path: Vec<FileRow> = versions.into_iter().filter(|f| f.path == path).collect();
+    let row = match version {
+        Some(n) => of_path.into_iter().find(|f| f.version == n),
+        None => {
+            let newest_complete = of_path.iter().rposition(|f| f.complete);
+            let mut of_path = of_path;
+            match newest_complete {
+                Some(i) => Some(of_path.swap_remove(i)),
+                None => of_path.pop(),
+            }
+        }
+    };
+    match row {
+        Some(row) if owner.is_none_or(|uid| uid == row.uid) => Ok(row),
+        Some(_) => Err(format!(
+            "{} is not yours: you may restore only your own files",
+            path.display()
+        )),
+        None => Err(format!(
+            "no backed-up version{} of {} (see `peerstash versions {}`)",
+            version.map(|n| format!(" {n}")).unwrap_or_default(),
+            path.display(),
+            path.display()
+        )),
     }
 }
 
@@ -727,15 +749,13 @@ enum RestoreError {
     Store(#[from] StoreError),
     #[error("{0} chunks could not be fetched from any peer (first: chunk {1}); are the holders running?")]
     Missing(usize, u32),
-    #[error(
-        "the rebuilt file does not match the content hash recorded at backup; nothing was written"
-    )]
+    #[error("the rebuilt file does not match the content hash recorded at backup")]
     HashMismatch,
     #[error("internal error: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
 
-async fn restore_file(node: &Arc<Node>, row: &FileRow, dest: &Path) -> Result<(), RestoreError> {
+async fn restore_file(node: &Arc<Node>, row: &FileRow, out: File) -> Result<(), RestoreError> {
     let f = row.file_id.clone();
     let chunks = node.catalog.call(move |c| c.file_chunks(&f)).await?;
     if chunks.len() as u64 != chunk_count(row.size) {
@@ -744,64 +764,37 @@ async fn restore_file(node: &Arc<Node>, row: &FileRow, dest: &Path) -> Result<()
             chunks.len() as u32,
         ));
     }
-    let dir = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.peerstash-{:08x}", rand::random::<u32>()));
-    let out = {
-        let (tmp, size) = (tmp.clone(), row.size);
-        spawn_blocking(move || -> std::io::Result<File> {
-            let f = File::create(&tmp)?;
-            f.set_len(size)?;
-            Ok(f)
-        })
-        .await??
-    };
+    // Emptied, then sized: chunks of zeros are not written, so a sparse file stays sparse.
+    let size = row.size;
+    let out = spawn_blocking(move || -> std::io::Result<File> {
+        out.set_len(0)?;
+        out.set_len(size)?;
+        Ok(out)
+    })
+    .await??;
     let out = Arc::new(out);
-    let result = fetch_all(node, row, chunks, &out).await;
-    let result = match result {
-        Ok(()) => {
-            let (tmp, dest, row) = (tmp.clone(), dest.to_path_buf(), row.clone());
-            spawn_blocking(move || finish_restore(&out, &tmp, &dest, &row)).await?
-        }
-        Err(e) => Err(e),
-    };
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    fetch_all(node, row, chunks, &out).await?;
+    let hash = row.content_hash.clone();
+    spawn_blocking(move || finish_restore(&out, &hash)).await?
 }
 
-/// Checks the whole file's hash, then gives it back its owner, group (when we may), mode and
-/// mtime, and its final name.
-fn finish_restore(out: &File, tmp: &Path, dest: &Path, row: &FileRow) -> Result<(), RestoreError> {
-    let (hash, mode, mtime_ns) = (&row.content_hash, row.mode, row.mtime_ns);
+/// Checks the whole file's hash as written, and syncs it.
+fn finish_restore(out: &File, hash: &str) -> Result<(), RestoreError> {
     let mut hasher = Sha256::new();
-    let mut reader = File::open(tmp)?;
     let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
     loop {
-        let n = reader.read(&mut buf)?;
+        let n = out.read_at(&mut buf, offset)?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
+        offset += n as u64;
     }
     if hex(&hasher.finalize()) != *hash {
         return Err(RestoreError::HashMismatch);
     }
-    if nix::unistd::geteuid().is_root() {
-        std::os::unix::fs::fchown(out, Some(row.uid), Some(row.gid))?;
-    }
-    out.set_permissions(std::fs::Permissions::from_mode(mode))?;
-    let mtime = std::time::UNIX_EPOCH + Duration::from_nanos(mtime_ns.max(0) as u64);
-    out.set_times(std::fs::FileTimes::new().set_modified(mtime))?;
     out.sync_all()?;
-    std::fs::rename(tmp, dest)?;
-    if let Some(dir) = dest.parent() {
-        File::open(dir)?.sync_all()?;
-    }
     Ok(())
 }
 
@@ -829,6 +822,8 @@ async fn fetch_all(
                 };
                 let (sends, body) = fetch_chunk(&node, &chunk, file_size, size, &hash).await;
                 let written = match body {
+                    // A hole already reads as zeros.
+                    Some(body) if body.iter().all(|b| *b == 0) => Ok(()),
                     Some(body) => {
                         let offset = u64::from(no.0) * CHUNK_SIZE as u64;
                         match spawn_blocking(move || out.write_all_at(&body, offset)).await {
@@ -896,13 +891,15 @@ async fn fetch_chunk(
 
 // ---- versions, delete, state --------------------------------------------------------------
 
-pub(super) async fn versions(node: &Arc<Node>, path: PathBuf) -> Done {
+/// The versions of `path` (or below it); a non-root caller (`owner`) sees only its own.
+pub(super) async fn versions(node: &Arc<Node>, path: PathBuf, owner: Option<u32>) -> Done {
     let p = path.clone();
     let rows = node
         .catalog
         .call(move |c| {
             c.versions(&p)?
                 .into_iter()
+                .filter(|f| owner.is_none_or(|uid| uid == f.uid))
                 .map(|f| {
                     let min = c.min_perceived_rd(&f.file_id)?;
                     Ok(VersionInfo {
@@ -1022,12 +1019,17 @@ pub(crate) async fn send_pending_deletes(node: Arc<Node>) {
         .await;
 }
 
-pub(super) async fn state(node: &Arc<Node>) -> Done {
+/// The peer's state. A non-root caller (`owner`) sees only its own files, and what this peer
+/// hosts for others only as totals (no fileIds).
+pub(super) async fn state(node: &Arc<Node>, owner: Option<u32>) -> Done {
     let r = node
         .catalog
-        .call(|c| {
+        .call(move |c| {
             let mut files = Vec::new();
             for f in c.all_files()? {
+                if owner.is_some_and(|uid| uid != f.uid) {
+                    continue;
+                }
                 let chunks = c
                     .file_chunks(&f.file_id)?
                     .into_iter()
@@ -1046,8 +1048,11 @@ pub(super) async fn state(node: &Arc<Node>) -> Done {
                     chunks,
                 });
             }
-            let stored = c
-                .all_hosted()?
+            let hosted = match owner {
+                None => c.all_hosted()?,
+                Some(_) => Vec::new(),
+            };
+            let stored = hosted
                 .into_iter()
                 .map(|(h, perceived)| StoredState {
                     file_id: h.file_id.as_wire().to_owned(),
@@ -1073,11 +1078,15 @@ pub(super) async fn state(node: &Arc<Node>) -> Done {
         files,
         stored,
         queue_length,
-        in_progress: node
-            .in_progress
-            .lock()
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default(),
+        // The watched folders' paths are root's business.
+        in_progress: match owner {
+            None => node
+                .in_progress
+                .lock()
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default(),
+            Some(_) => Vec::new(),
+        },
         malformed_datagrams: node.counters.malformed.load(Ordering::Relaxed),
         busy_drops: node.counters.dropped_busy.load(Ordering::Relaxed),
     };
