@@ -224,7 +224,10 @@ mod tests {
         symlink(base.join("a"), base.join("loop")).unwrap();
         let dir = open_path(&base, Kind::Dir).unwrap();
         let files = list_files(&dir, None).unwrap();
-        assert_eq!(list_files(&dir, Some(54321)).unwrap(), vec![PathBuf::from(odd)]);
+        assert_eq!(
+            list_files(&dir, Some(54321)).unwrap(),
+            vec![PathBuf::from(odd)]
+        );
         assert_eq!(files, vec![PathBuf::from("a/b/f"), PathBuf::from(odd)]);
         let f = open_below(&dir, &files[1], Kind::File).unwrap();
         assert!(same_file(&f, &File::open(base.join(odd)).unwrap()).unwrap());

@@ -82,13 +82,15 @@ pub async fn restore(
     let dir = File::open(dir).map_err(|e| local("cannot open the folder of", &e))?;
     // A short name of its own, so that a 255-byte file name still has room.
     let tmp = format!(".peerstash-{:016x}.tmp", rand::random::<u64>());
-    let flags = OFlag::O_RDWR
-        | OFlag::O_CREAT
-        | OFlag::O_EXCL
-        | OFlag::O_NOFOLLOW
-        | OFlag::O_CLOEXEC;
-    let fd = openat(Some(dir.as_raw_fd()), tmp.as_str(), flags, Mode::from_bits_truncate(0o600))
-        .map_err(|e| local("cannot create a file next to", &e))?;
+    let flags =
+        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = openat(
+        Some(dir.as_raw_fd()),
+        tmp.as_str(),
+        flags,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| local("cannot create a file next to", &e))?;
     // SAFETY: openat returned a new descriptor that nothing else owns.
     let out = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     let request = Request::Restore {
@@ -103,12 +105,22 @@ pub async fn restore(
                 finish(&out, &r, &dir, &tmp, name, force)
                     .map_err(|e| local("cannot put the restored file in place at", &e))
             })
-            .map(|()| (exit::OK, format!("{message}; written to {}", dest.display()), None)),
+            .map(|()| {
+                (
+                    exit::OK,
+                    format!("{message}; written to {}", dest.display()),
+                    None,
+                )
+            }),
         Ok(other) => Ok(other),
         Err(e) => Err(e),
     };
     if !matches!(finished, Ok((exit::OK, _, _))) {
-        let _ = unlinkat(Some(dir.as_raw_fd()), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        let _ = unlinkat(
+            Some(dir.as_raw_fd()),
+            tmp.as_str(),
+            UnlinkatFlags::NoRemoveDir,
+        );
     }
     finished
 }

@@ -228,8 +228,14 @@ async fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> std:
         stream.writable().await?;
         let sent = stream.try_io(Interest::WRITABLE, || {
             let iov = [IoSlice::new(bytes)];
-            sendmsg::<()>(stream.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
-                .map_err(std::io::Error::from)
+            sendmsg::<()>(
+                stream.as_raw_fd(),
+                &iov,
+                cmsgs,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+            .map_err(std::io::Error::from)
         });
         match sent {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
@@ -272,7 +278,11 @@ pub async fn read_request(stream: &UnixStream) -> std::io::Result<(Vec<u8>, Vec<
         };
         // SAFETY: each descriptor was just installed in this process by recvmsg and is owned
         // by nothing else; OwnedFd closes it.
-        fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        fds.extend(
+            received
+                .into_iter()
+                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+        );
         if n == 0 {
             break;
         }

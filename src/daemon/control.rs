@@ -219,7 +219,10 @@ fn named_handle(path: &Path, handle: Option<File>) -> Result<File, String> {
     let meta = handle.metadata().map_err(|e| e.to_string())?;
     match meta.is_file() || meta.is_dir() {
         true => Ok(handle),
-        false => Err(format!("{}: not a regular file or a folder", path.display())),
+        false => Err(format!(
+            "{}: not a regular file or a folder",
+            path.display()
+        )),
     }
 }
 
@@ -247,7 +250,12 @@ async fn versions_of(node: &Arc<Node>, path: &Path) -> Result<Vec<crate::store::
         .map_err(|e| e.to_string())
 }
 
-async fn run(node: Arc<Node>, job: Job, owner: Option<u32>, progress: mpsc::Sender<String>) -> Done {
+async fn run(
+    node: Arc<Node>,
+    job: Job,
+    owner: Option<u32>,
+    progress: mpsc::Sender<String>,
+) -> Done {
     match job {
         Job::Backup {
             path,

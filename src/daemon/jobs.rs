@@ -16,9 +16,7 @@ use tokio::task::{spawn_blocking, JoinSet};
 
 use super::peer::{remove_chunk_files, replicate_chunk, Outcome, Resend};
 use super::Node;
-use crate::control::{
-    exit, ChunkState, FileState, PeerState, Restored, StoredState, VersionInfo,
-};
+use crate::control::{exit, ChunkState, FileState, PeerState, Restored, StoredState, VersionInfo};
 use crate::engine::backup::Window;
 use crate::engine::reclaim::{choose_victims, Candidate};
 use crate::engine::restore::{expected_len, Action as FetchAction, ChunkFetch};
