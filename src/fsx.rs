@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use nix::fcntl::{openat, OFlag};
@@ -95,6 +95,22 @@ pub fn open_path(path: &Path, kind: Kind) -> io::Result<File> {
     })?;
     let root = File::open("/")?;
     open_below(&root, rel, kind)
+}
+
+/// Opens `path` below `base`: `base` itself as the admin wrote it (a watched folder's path may
+/// contain symlinks of the admin's making), everything below it without following symlinks.
+pub fn open_under(base: &Path, path: &Path, kind: Kind) -> io::Result<File> {
+    let rel = path.strip_prefix(base).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not below {}", path.display(), base.display()),
+        )
+    })?;
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_DIRECTORY | OFlag::O_CLOEXEC).bits())
+        .open(base)?;
+    open_below(&dir, rel, kind)
 }
 
 fn check(file: File, kind: Kind) -> io::Result<File> {
@@ -200,6 +216,10 @@ mod tests {
         assert!(open_path(&base.join("real"), Kind::File).is_err());
         assert!(open_path(&base.join("real/f"), Kind::Dir).is_err());
         assert!(open_path(Path::new("relative"), Kind::Any).is_err());
+        // The admin's own symlink above a watched folder is followed; none below it.
+        assert!(open_under(&base.join("link"), &base.join("link/f"), Kind::File).is_ok());
+        let e = open_under(&base, &base.join("link/f"), Kind::File).unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
     }
 
     #[test]

@@ -396,16 +396,21 @@ fn read_chunk(file: &File, size: u64, no: u64) -> std::io::Result<Vec<u8>> {
     Ok(body)
 }
 
-/// Backs up the file at `path`, opened without following symlinks (a watched file: the daemon
-/// opens it itself).
+/// Backs up the file at `path`, which the daemon opens itself (a watched file, or one it
+/// repairs): below its watched folder (or `/`) no symlink is followed, so a user who owns a
+/// folder there cannot swap in a link to a file it may not read.
 pub(crate) async fn backup_file(
     node: &Arc<Node>,
     path: &Path,
     desired: u8,
 ) -> Result<BackupReport, BackupError> {
+    let base = node
+        .config()
+        .watch_of(path)
+        .map_or(PathBuf::from("/"), |w| w.path.clone());
     let file = spawn_blocking({
         let path = path.to_path_buf();
-        move || fsx::open_path(&path, fsx::Kind::File)
+        move || fsx::open_under(&base, &path, fsx::Kind::File)
     })
     .await??;
     backup_handle(node, path, file, desired).await
