@@ -1080,6 +1080,7 @@ pub(super) async fn state(node: &Arc<Node>) -> Done {
             .unwrap_or_default(),
         malformed_datagrams: node.counters.malformed.load(Ordering::Relaxed),
         busy_drops: node.counters.dropped_busy.load(Ordering::Relaxed),
+        unauthenticated_datagrams: node.counters.unauthenticated.load(Ordering::Relaxed),
     };
     Done {
         code: exit::OK,
