@@ -64,6 +64,9 @@ pub async fn run(
             }
         }
     });
+    if node.lan_key().is_some() {
+        tracing::info!("LAN key set: every datagram is signed, and unsigned ones are dropped");
+    }
     tracing::info!(peer = node.id.0, "peer is up");
     systemd::ready(&status_line(&node).await);
     systemd::spawn_watchdog();
