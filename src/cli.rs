@@ -55,6 +55,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a new random LAN key (32 bytes, mode 0600) to PATH, which must not exist; copy it
+    /// to every peer and set network.lan_key_file to it. Needs no daemon.
+    Keygen { path: PathBuf },
     /// Run a local cluster of 4 peers on 127.0.0.1 and show a backup, a lost peer and a restore.
     Demo,
     /// Run a peer daemon (what `peerstashd` does; used by `demo`).

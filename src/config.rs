@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::protocol::auth::{LanKey, KEY_LEN};
+
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/peerstash/peerstash.toml";
 /// Protocol versions this build implements.
 pub const SUPPORTED_PROTOCOLS: &[&str] = &["1.0"];
@@ -34,6 +36,9 @@ pub struct NetworkConfig {
     pub mdb: SocketAddrV4,
     pub mdr: SocketAddrV4,
     pub ttl: u32,
+    /// The LAN key (SPEC §3): read by the daemon at start and reload, not here, so that the
+    /// `peerstash` command can read this config without access to the key.
+    pub lan_key_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -142,6 +147,7 @@ struct RawNetwork {
     mdb: Option<String>,
     mdr: Option<String>,
     ttl: Option<i64>,
+    lan_key_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -282,6 +288,14 @@ impl Config {
             t @ 0..=255 => t as u32,
             t => return Err(bad("network.ttl", format!("{t} is out of range 0..=255"))),
         };
+        if let Some(p) = &n.lan_key_file {
+            if !p.is_absolute() {
+                return Err(bad(
+                    "network.lan_key_file",
+                    format!("{} must be an absolute path", p.display()),
+                ));
+            }
+        }
 
         let quota = match raw.storage.quota {
             None => 0,
@@ -355,6 +369,7 @@ impl Config {
                 mdb,
                 mdr,
                 ttl,
+                lan_key_file: n.lan_key_file,
             },
             storage: StorageConfig { quota },
             watch,
@@ -392,6 +407,79 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         _ => return Err(bad()),
     };
     n.checked_mul(ms).map(Duration::from_millis).ok_or_else(bad)
+}
+
+/// Reads the LAN key named by `network.lan_key_file` (None when the key is not set): exactly
+/// `KEY_LEN` bytes, in a file that group and others can neither read nor write. Errors name
+/// the key and say what to do, in one line. `config_path` only prefixes the message.
+pub fn load_lan_key(
+    network: &NetworkConfig,
+    config_path: Option<&Path>,
+) -> Result<Option<LanKey>, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let Some(file) = &network.lan_key_file else {
+        return Ok(None);
+    };
+    let bad = |reason: String| ConfigError::Invalid {
+        path: config_path.map(Path::to_path_buf),
+        key: "network.lan_key_file".into(),
+        reason,
+    };
+    let shown = file.display();
+    let cannot = |e: std::io::Error| {
+        bad(format!(
+            "cannot read the LAN key {shown}: {e} (make one with `peerstash keygen {shown}` and \
+             copy it to every peer)"
+        ))
+    };
+    let mut f = std::fs::File::open(file).map_err(cannot)?;
+    let meta = f.metadata().map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(bad(format!("{shown} is not a regular file")));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o066 != 0 {
+        return Err(bad(format!(
+            "the LAN key {shown} is readable or writable by group or others (mode {mode:04o}): \
+             run `chmod 600 {shown}`"
+        )));
+    }
+    let mut bytes = Vec::with_capacity(KEY_LEN + 1);
+    f.by_ref()
+        .take(KEY_LEN as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    let key: [u8; KEY_LEN] = bytes.as_slice().try_into().map_err(|_| {
+        bad(format!(
+            "the LAN key {shown} is {} bytes, not {KEY_LEN} (make one with `peerstash keygen PATH`)",
+            meta.len()
+        ))
+    })?;
+    Ok(Some(LanKey::new(key)))
+}
+
+/// Writes a new random LAN key to `path`: `KEY_LEN` bytes from the OS's generator, in a file
+/// created with mode 0600 that must not exist yet (an existing key is never overwritten).
+pub fn write_new_lan_key(path: &Path) -> std::io::Result<()> {
+    use rand::RngCore;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut key = [0u8; KEY_LEN];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut key)
+        .map_err(std::io::Error::other)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    let written = f.write_all(&key).and_then(|()| f.sync_all());
+    if written.is_err() {
+        // Half a key is no key: leave nothing behind.
+        let _ = std::fs::remove_file(path);
+    }
+    written
 }
 
 #[cfg(test)]
@@ -464,6 +552,10 @@ exclude = ["*.tmp", "**/.cache/**"]
                 "network.interface",
             ),
             ("[peer]\nid = 1\n[network]\nttl = 300\n", "network.ttl"),
+            (
+                "[peer]\nid = 1\n[network]\nlan_key_file = \"lan.key\"\n",
+                "network.lan_key_file",
+            ),
             (
                 "[peer]\nid = 1\n[storage]\nquota = \"lots\"\n",
                 "storage.quota",
@@ -543,6 +635,86 @@ exclude = ["*.tmp", "**/.cache/**"]
         assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
         assert!(parse_duration("1w").is_err());
         assert!(parse_duration("d").is_err());
+    }
+
+    fn network_with_key(file: &Path) -> NetworkConfig {
+        let text = format!(
+            "[peer]\nid = 1\n[network]\nlan_key_file = \"{}\"\n",
+            file.display()
+        );
+        Config::from_toml_str(&text).unwrap().network
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_lan_key_is_read_only_from_a_private_32_byte_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = Config::from_toml_str("[peer]\nid = 1\n").unwrap().network;
+        assert_eq!(load_lan_key(&none, None).unwrap(), None);
+
+        let file = dir.path().join("lan.key");
+        let net = network_with_key(&file);
+        let e = load_lan_key(&net, None).unwrap_err().to_string();
+        assert!(e.starts_with("network.lan_key_file: cannot read"), "{e}");
+
+        write_new_lan_key(&file).unwrap();
+        let key = load_lan_key(&net, None).unwrap().unwrap();
+        assert_eq!(
+            key,
+            LanKey::new(std::fs::read(&file).unwrap().try_into().unwrap())
+        );
+
+        for (mode, bad) in [
+            (0o600, false),
+            (0o400, false),
+            (0o700, false),
+            (0o640, true),
+        ] {
+            chmod(&file, mode);
+            let r = load_lan_key(&net, Some(Path::new("/etc/p.toml")));
+            assert_eq!(r.is_err(), bad, "mode {mode:o}");
+            if let Err(e) = r {
+                let e = e.to_string();
+                assert!(e.starts_with("/etc/p.toml: network.lan_key_file: "), "{e}");
+                assert!(e.contains("chmod 600"), "{e}");
+                assert!(e.contains("0640"), "{e}");
+                assert_eq!(e.lines().count(), 1);
+            }
+        }
+        for mode in [0o602, 0o604, 0o620, 0o644, 0o666] {
+            chmod(&file, mode);
+            assert!(load_lan_key(&net, None).is_err(), "mode {mode:o}");
+        }
+
+        chmod(&file, 0o600);
+        for len in [0, 31, 33, 64] {
+            std::fs::write(&file, vec![1u8; len]).unwrap();
+            let e = load_lan_key(&net, None).unwrap_err().to_string();
+            assert!(e.contains("network.lan_key_file"), "{e}");
+            assert!(e.contains(&format!("is {len} bytes, not 32")), "{e}");
+            assert_eq!(e.lines().count(), 1);
+        }
+    }
+
+    #[test]
+    fn keygen_writes_a_new_private_key_and_never_overwrites() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.key"), dir.path().join("b.key"));
+        write_new_lan_key(&a).unwrap();
+        write_new_lan_key(&b).unwrap();
+        let key_a = std::fs::read(&a).unwrap();
+        assert_eq!(key_a.len(), KEY_LEN);
+        assert_ne!(key_a, std::fs::read(&b).unwrap(), "random keys");
+        let mode = std::fs::metadata(&a).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let e = write_new_lan_key(&a).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&a).unwrap(), key_a, "left as it was");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use peerstash::cli::{Args, Command};
-use peerstash::config::{parse_size, Config, DEFAULT_CONFIG_PATH};
+use peerstash::config::{load_lan_key, parse_size, Config, DEFAULT_CONFIG_PATH};
 use peerstash::control::{self, exit, PeerState, Request, VersionInfo};
 
 fn main() -> ExitCode {
@@ -37,6 +37,7 @@ fn run(args: Args) -> i32 {
     match &args.command {
         Command::Demo => return demo(),
         Command::RunDaemon { config } => return run_daemon(config),
+        Command::Keygen { path } => return keygen(path),
         Command::GenerateDocs { dir } => {
             return match peerstash::cli::generate_docs(dir) {
                 Ok(()) => exit::OK,
@@ -117,7 +118,8 @@ fn run(args: Args) -> i32 {
                 | Command::Restore { .. }
                 | Command::Demo
                 | Command::RunDaemon { .. }
-                | Command::GenerateDocs { .. } => unreachable!("handled above"),
+                | Command::GenerateDocs { .. }
+                | Command::Keygen { .. } => unreachable!("handled above"),
             };
             runtime.block_on(control::call(&socket, &request, &[], print))
         }
@@ -182,14 +184,44 @@ fn run_daemon(config: &Path) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(exit::USAGE, e),
     };
+    let lan_key = match load_lan_key(&cfg.network, Some(config)) {
+        Ok(k) => k,
+        Err(e) => return fail(exit::USAGE, e),
+    };
     peerstash::service::systemd::init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => return fail(exit::FAILED, e),
     };
-    match runtime.block_on(peerstash::service::run(cfg, config.to_path_buf())) {
+    match runtime.block_on(peerstash::service::run(cfg, lan_key, config.to_path_buf())) {
         Ok(()) => exit::OK,
         Err(e) => fail(exit::FAILED, format!("{e:#}")),
+    }
+}
+
+/// `keygen PATH`: a new LAN key, never over an existing file. Needs no daemon and no config.
+fn keygen(path: &Path) -> i32 {
+    match peerstash::config::write_new_lan_key(path) {
+        Ok(()) => {
+            println!(
+                "wrote a new LAN key to {} (mode 0600): copy it (mode 0600) to every peer, set \
+                 network.lan_key_file to its path there, and reload each peer",
+                path.display()
+            );
+            exit::OK
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => fail(
+            exit::FAILED,
+            format!(
+                "{} already exists: not overwritten (the peers may use that key; remove it \
+                 first to make a new one)",
+                path.display()
+            ),
+        ),
+        Err(e) => fail(
+            exit::FAILED,
+            format!("cannot write a LAN key to {}: {e}", path.display()),
+        ),
     }
 }
 
@@ -239,6 +271,12 @@ fn print_state(s: &PeerState) {
         println!(
             "dropped since start: {} malformed datagrams, {} PUTCHUNKs while busy",
             s.malformed_datagrams, s.busy_drops
+        );
+    }
+    if s.unauthenticated_datagrams > 0 {
+        println!(
+            "dropped since start: {} datagrams without a valid LAN key tag",
+            s.unauthenticated_datagrams
         );
     }
     println!("\nbacked up ({} versions):", s.files.len());

@@ -4,12 +4,19 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use peerstash::cli::DaemonArgs as Args;
-use peerstash::config::Config;
+use peerstash::config::{load_lan_key, Config};
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let config = match Config::load(&args.config) {
         Ok(c) => c,
+        Err(e) => {
+            eprintln!("peerstashd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let lan_key = match load_lan_key(&config.network, Some(&args.config)) {
+        Ok(k) => k,
         Err(e) => {
             eprintln!("peerstashd: {e}");
             return ExitCode::from(2);
@@ -27,7 +34,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(peerstash::service::run(config, args.config)) {
+    match runtime.block_on(peerstash::service::run(config, lan_key, args.config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

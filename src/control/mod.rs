@@ -103,6 +103,9 @@ pub struct PeerState {
     /// PUTCHUNKs dropped since start because too many chunks were being stored at once.
     #[serde(default)]
     pub busy_drops: u64,
+    /// Datagrams dropped since start because they carried no valid LAN key tag.
+    #[serde(default)]
+    pub unauthenticated_datagrams: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

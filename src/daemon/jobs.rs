@@ -1092,6 +1092,7 @@ pub(super) async fn state(node: &Arc<Node>, owner: Option<u32>) -> Done {
         },
         malformed_datagrams: node.counters.malformed.load(Ordering::Relaxed),
         busy_drops: node.counters.dropped_busy.load(Ordering::Relaxed),
+        unauthenticated_datagrams: node.counters.unauthenticated.load(Ordering::Relaxed),
     };
     Done {
         code: exit::OK,

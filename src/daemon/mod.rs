@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::config::Config;
 use crate::net::{ChannelSocket, Channels, MAX_DATAGRAM};
+use crate::protocol::auth::{self, LanKey};
 use crate::protocol::{ChunkId, Message, MessageKind, PeerId};
 use crate::store::{Catalog, CatalogHandle, ChunkStore};
 
@@ -39,6 +40,9 @@ pub struct Node {
     pub id: PeerId,
     /// Replaced as a whole on reload; readers take a snapshot with `config()`.
     config: std::sync::RwLock<Arc<Config>>,
+    /// The LAN key (network.lan_key_file), if any: signs every datagram sent, and every
+    /// datagram received must carry its tag. Replaced on reload.
+    lan_key: std::sync::RwLock<Option<LanKey>>,
     pub catalog: CatalogHandle,
     pub store: Arc<ChunkStore>,
     pub net: Channels,
@@ -56,6 +60,8 @@ pub struct Node {
 pub struct Counters {
     pub malformed: AtomicU64,
     pub dropped_busy: AtomicU64,
+    /// Datagrams dropped because they carried no valid LAN key tag (or a stale one).
+    pub unauthenticated: AtomicU64,
 }
 
 /// Protocol transients: who waits for which reply, what was seen lately. Never a second ledger:
@@ -133,6 +139,17 @@ impl Node {
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
     }
 
+    pub fn lan_key(&self) -> Option<LanKey> {
+        self.lan_key
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_lan_key(&self, key: Option<LanKey>) {
+        *self.lan_key.write().unwrap_or_else(|e| e.into_inner()) = key;
+    }
+
     fn transient(&self) -> MutexGuard<'_, Transient> {
         // Every update under this lock is a single map operation: a poisoned lock is consistent.
         self.transient.lock().unwrap_or_else(|e| e.into_inner())
@@ -177,15 +194,34 @@ impl Node {
             .await;
     }
 
+    /// Sends an encoded message, signed with the LAN key (at each send: a resent PUTCHUNK gets
+    /// a fresh time).
     pub async fn send_encoded(&self, channel: crate::protocol::Channel, bytes: &[u8], what: &str) {
+        let signed;
+        let bytes = match self.lan_key() {
+            Some(key) => {
+                signed = auth::sign(&key, bytes, unix_now());
+                &signed[..]
+            }
+            None => bytes,
+        };
         if let Err(e) = self.net.send(channel, bytes).await {
             tracing::warn!("sending {what} on {channel:?} failed: {e}");
         }
     }
 }
 
+/// Seconds since the Unix epoch by the system clock (the LAN key's tags carry them).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// Opens the catalog and the store, reconciles them, joins the channels and starts listening.
-pub async fn start(config: Config) -> anyhow::Result<Arc<Node>> {
+/// `lan_key` is the key `config.network.lan_key_file` names, read by the caller.
+pub async fn start(config: Config, lan_key: Option<LanKey>) -> anyhow::Result<Arc<Node>> {
     let state_dir = config.peer.state_dir.clone();
     std::fs::create_dir_all(&state_dir).with_context(|| {
         format!(
@@ -212,6 +248,7 @@ pub async fn start(config: Config) -> anyhow::Result<Arc<Node>> {
     let node = Arc::new(Node {
         id: PeerId(config.peer.id),
         config: std::sync::RwLock::new(Arc::new(config)),
+        lan_key: std::sync::RwLock::new(lan_key),
         catalog,
         store,
         net,
@@ -247,7 +284,25 @@ async fn receive_loop(node: Arc<Node>, ch: Arc<ChannelSocket>) {
                 continue;
             }
         };
-        match Message::parse(&buf[..n]) {
+        // With a LAN key, only what carries its tag is read at all (SPEC §3).
+        let verified;
+        let datagram = match node.lan_key() {
+            None => &buf[..n],
+            Some(key) => match auth::verify(&key, &buf[..n], unix_now()) {
+                Ok(d) => {
+                    verified = d;
+                    &verified[..]
+                }
+                Err(e) => {
+                    node.counters
+                        .unauthenticated
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%from, "dropped a datagram ({n} bytes) on {:?}: {e}", ch.channel);
+                    continue;
+                }
+            },
+        };
+        match Message::parse(datagram) {
             Ok(msg) if msg.channel() != ch.channel => {
                 node.counters.malformed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%from, "dropped a {} that came on {:?}", msg.type_name(), ch.channel);

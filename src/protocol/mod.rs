@@ -1,5 +1,6 @@
 //! The protocol's data: messages and their codec, and how a file becomes a fileId and chunks.
 //! Pure: no I/O.
+pub mod auth;
 pub mod message;
 
 use sha2::{Digest, Sha256};

@@ -12,8 +12,9 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
-use crate::config::Config;
+use crate::config::{self, Config, NetworkConfig};
 use crate::daemon::{self, jobs, Node};
+use crate::protocol::auth::LanKey;
 use watch::Watchers;
 
 /// How often versions of locally deleted files are checked for expiry.
@@ -25,12 +26,17 @@ const REPAIR_GRACE: Duration = Duration::from_secs(5);
 /// How often the systemd status line is refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 
-/// Runs the peer as a service until SIGTERM or SIGINT. `config_path` is re-read on SIGHUP.
-pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
+/// Runs the peer as a service until SIGTERM or SIGINT. `config_path` is re-read on SIGHUP, and
+/// the LAN key with it; `lan_key` is the one the config names now (`config::load_lan_key`).
+pub async fn run(
+    config: Config,
+    lan_key: Option<LanKey>,
+    config_path: PathBuf,
+) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let node = daemon::start(config).await?;
+    let node = daemon::start(config, lan_key).await?;
     daemon::serve_control(node.clone()).await?;
     let wake = Arc::new(Notify::new());
     tokio::spawn(queue::run(node.clone(), wake.clone()));
@@ -58,6 +64,9 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             }
         }
     });
+    if node.lan_key().is_some() {
+        tracing::info!("LAN key set: every datagram is signed, and unsigned ones are dropped");
+    }
     tracing::info!(peer = node.id.0, "peer is up");
     systemd::ready(&status_line(&node).await);
     systemd::spawn_watchdog();
@@ -110,9 +119,12 @@ async fn status_line(node: &Arc<Node>) -> String {
 /// restart can change keep their running value (with a warning).
 async fn reload(node: &Arc<Node>, path: &Path, watchers: &mut Watchers, wake: &Arc<Notify>) {
     systemd::reloading();
-    match Config::load(path) {
+    // The LAN key is part of the config: one that cannot be read refuses the whole reload.
+    let loaded = Config::load(path)
+        .and_then(|new| config::load_lan_key(&new.network, Some(path)).map(|key| (new, key)));
+    match loaded {
         Err(e) => tracing::error!("reload refused, the running config stays: {e}"),
-        Ok(mut new) => {
+        Ok((mut new, key)) => {
             let old = node.config();
             keep_restart_only_keys(&old, &mut new);
             let rd_changed: Vec<PathBuf> = new
@@ -125,6 +137,17 @@ async fn reload(node: &Arc<Node>, path: &Path, watchers: &mut Watchers, wake: &A
                 })
                 .map(|w| w.path.clone())
                 .collect();
+            if key != node.lan_key() {
+                tracing::info!(
+                    "LAN key {}",
+                    match (&key, node.lan_key()) {
+                        (None, _) => "removed: datagrams are no longer signed nor checked",
+                        (Some(_), None) => "set: every datagram is now signed and checked",
+                        (Some(_), Some(_)) => "changed",
+                    }
+                );
+            }
+            node.set_lan_key(key);
             node.set_config(new.clone());
             match jobs::effective_quota(&node.catalog, new.storage.quota).await {
                 Ok(quota) => {
@@ -174,10 +197,18 @@ fn keep_restart_only_keys(old: &Config, new: &mut Config) {
         kept.push("peer.control_socket");
         new.peer.control_socket = old.peer.control_socket.clone();
     }
-    if new.network != old.network {
+    // The LAN key applies on reload; the rest of [network] needs new sockets.
+    let lan_key_file = new.network.lan_key_file.take();
+    if new.network
+        != (NetworkConfig {
+            lan_key_file: None,
+            ..old.network.clone()
+        })
+    {
         kept.push("network");
         new.network = old.network.clone();
     }
+    new.network.lan_key_file = lan_key_file;
     if !kept.is_empty() {
         tracing::warn!(
             "{} changed in the config: restart peerstashd to apply (the running values stay)",

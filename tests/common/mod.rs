@@ -23,6 +23,8 @@ pub struct Peer {
     /// Where the peer runs: its interface address, multicast TTL, and a command prefix (for
     /// example `ip netns exec HOST`).
     pub place: Place,
+    /// `network.lan_key_file` of this peer's config, if any.
+    pub lan_key_file: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -85,12 +87,28 @@ impl Cluster {
         Self::start_placed(quotas, extra, env, |_| Place::default())
     }
 
-    /// The most general start: per-peer extra config, environment and place.
+    /// Like `start`, with a LAN key file (network.lan_key_file) for each peer that has one.
+    pub fn start_keyed(quotas: &[&str], key: impl Fn(usize) -> Option<PathBuf>) -> Cluster {
+        Self::start_full(quotas, &[], |_| Vec::new(), |_| Place::default(), key)
+    }
+
+    /// Per-peer extra config, environment and place.
     pub fn start_placed(
         quotas: &[&str],
         extra: &[&str],
         env: impl Fn(usize) -> Vec<(String, String)>,
         place: impl Fn(usize) -> Place,
+    ) -> Cluster {
+        Self::start_full(quotas, extra, env, place, |_| None)
+    }
+
+    /// The most general start: per-peer extra config, environment, place and LAN key file.
+    pub fn start_full(
+        quotas: &[&str],
+        extra: &[&str],
+        env: impl Fn(usize) -> Vec<(String, String)>,
+        place: impl Fn(usize) -> Place,
+        key: impl Fn(usize) -> Option<PathBuf>,
     ) -> Cluster {
         let [mc, mdb, mdr] = random_channels();
         let mut cluster = Cluster {
@@ -113,6 +131,7 @@ impl Cluster {
                 socket,
                 env: env(i),
                 place: place(i),
+                lan_key_file: key(i),
                 child: None,
             };
             let text = cluster.config_text(&peer, quota) + extra.get(i).unwrap_or(&"");
@@ -131,6 +150,10 @@ impl Cluster {
     pub fn config_text(&self, peer: &Peer, quota: &str) -> String {
         let (id, dir, socket) = (peer.id, &peer.dir, &peer.socket);
         let (interface, ttl) = (&peer.place.interface, peer.place.ttl);
+        let lan_key = match &peer.lan_key_file {
+            Some(f) => format!("lan_key_file = \"{}\"\n", f.display()),
+            None => String::new(),
+        };
         format!(
             r#"[peer]
 id = {id}
@@ -144,7 +167,7 @@ mc = "{mc}"
 mdb = "{mdb}"
 mdr = "{mdr}"
 ttl = {ttl}
-
+{lan_key}
 [storage]
 quota = "{quota}"
 "#,
