@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use peerstash::cli::{Args, Command};
 use peerstash::config::{load_lan_key, parse_size, Config, DEFAULT_CONFIG_PATH};
-use peerstash::control::{self, exit, PeerState, Request, VersionInfo};
+use peerstash::control::{self, exit, shown, PeerState, Request, VersionInfo};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -41,10 +41,7 @@ fn run(args: Args) -> i32 {
         Command::GenerateDocs { dir } => {
             return match peerstash::cli::generate_docs(dir) {
                 Ok(()) => exit::OK,
-                Err(e) => fail(
-                    exit::FAILED,
-                    format!("cannot write to {}: {e}", dir.display()),
-                ),
+                Err(e) => fail(exit::FAILED, format!("cannot write to {}: {e}", shown(dir))),
             }
         }
         _ => {}
@@ -79,7 +76,7 @@ fn run(args: Args) -> i32 {
             if !path.exists() {
                 return fail(
                     exit::FAILED,
-                    format!("{}: no such file or folder", path.display()),
+                    format!("{}: no such file or folder", shown(&path)),
                 );
             }
             runtime.block_on(control::client::backup(
@@ -206,7 +203,7 @@ fn keygen(path: &Path) -> i32 {
             println!(
                 "wrote a new LAN key to {} (mode 0600): copy it (mode 0600) to every peer, set \
                  network.lan_key_file to its path there, and reload each peer",
-                path.display()
+                shown(path)
             );
             exit::OK
         }
@@ -215,12 +212,12 @@ fn keygen(path: &Path) -> i32 {
             format!(
                 "{} already exists: not overwritten (the peers may use that key; remove it \
                  first to make a new one)",
-                path.display()
+                shown(path)
             ),
         ),
         Err(e) => fail(
             exit::FAILED,
-            format!("cannot write a LAN key to {}: {e}", path.display()),
+            format!("cannot write a LAN key to {}: {e}", shown(path)),
         ),
     }
 }
@@ -238,7 +235,7 @@ fn print_versions(versions: &[VersionInfo]) {
             v.desired_rd,
             v.min_perceived_rd,
             &v.file_id[..16],
-            v.path.display(),
+            shown(&v.path),
             if v.complete {
                 ""
             } else {
@@ -253,11 +250,7 @@ fn print_state(s: &PeerState) {
         "peer {}  protocol {}  hosting {} of {} bytes",
         s.peer_id, s.protocol, s.used_bytes, s.quota_bytes
     );
-    let busy: Vec<String> = s
-        .in_progress
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
+    let busy: Vec<String> = s.in_progress.iter().map(|p| shown(p).to_string()).collect();
     println!(
         "queue: {} paths waiting{}",
         s.queue_length,
@@ -289,7 +282,7 @@ fn print_state(s: &PeerState) {
             .count();
         println!(
             "  {} v{}  {} bytes  {} chunks  RD {} wanted, lowest {}{}  {}",
-            f.path.display(),
+            shown(&f.path),
             f.version,
             f.size,
             f.chunks.len(),

@@ -14,7 +14,7 @@ use nix::fcntl::{openat, renameat, renameat2, OFlag, RenameFlags};
 use nix::sys::stat::Mode;
 use nix::unistd::{unlinkat, UnlinkatFlags};
 
-use super::{call, exit, ClientError, Request, Restored};
+use super::{call, exit, shown, ClientError, Request, Restored};
 
 type Answer = (i32, String, Option<serde_json::Value>);
 
@@ -30,7 +30,7 @@ pub async fn backup(
         .read(true)
         .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits())
         .open(path)
-        .map_err(|e| ClientError::Local(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| ClientError::Local(format!("cannot open {}: {e}", shown(path))))?;
     let request = Request::Backup {
         path: path.to_path_buf(),
         replication,
@@ -58,18 +58,18 @@ pub async fn restore(
     on_progress: impl FnMut(&str),
 ) -> Result<Answer, ClientError> {
     let local = |what: &str, e: &dyn std::fmt::Display| {
-        ClientError::Local(format!("{what} {}: {e}", dest.display()))
+        ClientError::Local(format!("{what} {}: {e}", shown(dest)))
     };
     let (Some(dir), Some(name)) = (dest.parent(), dest.file_name()) else {
         return Err(ClientError::Local(format!(
             "{}: not a file name to restore to",
-            dest.display()
+            shown(dest)
         )));
     };
     if !force && std::fs::symlink_metadata(dest).is_ok() {
         let message = format!(
             "{} exists: pass --force to overwrite it, or --to another place",
-            dest.display()
+            shown(dest)
         );
         return Ok((exit::FAILED, message, None));
     }
@@ -108,7 +108,7 @@ pub async fn restore(
             .map(|()| {
                 (
                     exit::OK,
-                    format!("{message}; written to {}", dest.display()),
+                    format!("{message}; written to {}", shown(dest)),
                     None,
                 )
             }),

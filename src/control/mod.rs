@@ -31,23 +31,121 @@ pub const MAX_FDS: usize = 1;
 /// many, so a sender can never make the daemon drop installed descriptors it cannot close.
 const SCM_MAX_FD: usize = 253;
 
+/// Paths on the control socket lose nothing: a JSON string when the path is UTF-8, else
+/// `{"bytes_hex": "…"}` with its bytes (a file name is any bytes but `/` and NUL).
+pub mod wire_path {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    use std::path::{Path, PathBuf};
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Wire {
+        Text(String),
+        Bytes { bytes_hex: String },
+    }
+
+    fn to_wire(path: &Path) -> Wire {
+        match path.to_str() {
+            Some(text) => Wire::Text(text.to_owned()),
+            None => Wire::Bytes {
+                bytes_hex: crate::protocol::hex(path.as_os_str().as_bytes()),
+            },
+        }
+    }
+
+    fn from_wire<E: serde::de::Error>(wire: Wire) -> Result<PathBuf, E> {
+        match wire {
+            Wire::Text(text) => Ok(PathBuf::from(text)),
+            Wire::Bytes { bytes_hex } => {
+                let digits = bytes_hex.as_bytes();
+                if digits.len() % 2 != 0 {
+                    return Err(E::custom("bytes_hex has an odd number of digits"));
+                }
+                let bytes = digits
+                    .chunks(2)
+                    .map(|pair| {
+                        std::str::from_utf8(pair)
+                            .ok()
+                            .and_then(|p| u8::from_str_radix(p, 16).ok())
+                    })
+                    .collect::<Option<Vec<u8>>>()
+                    .ok_or_else(|| E::custom("bytes_hex is not hexadecimal"))?;
+                Ok(PathBuf::from(OsString::from_vec(bytes)))
+            }
+        }
+    }
+
+    pub fn serialize<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+        to_wire(path).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        from_wire(Wire::deserialize(d)?)
+    }
+
+    /// The same for a list of paths.
+    pub mod list {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(paths: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(paths.iter().map(|p| to_wire(p)))
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+            Vec::<Wire>::deserialize(d)?
+                .into_iter()
+                .map(from_wire)
+                .collect()
+        }
+    }
+}
+
+/// A path as the command line shows it: unchanged when it is printable UTF-8; bytes that are not
+/// UTF-8 as `\xNN`, control characters (a newline in a name) escaped, and `\` doubled, so the
+/// line is unambiguous.
+pub fn shown(path: &Path) -> String {
+    use std::fmt::Write;
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for chunk in path.as_os_str().as_bytes().utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.extend(c.escape_default()),
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Backup {
+        #[serde(with = "wire_path")]
         path: PathBuf,
         replication: Option<u8>,
     },
     /// Sent with the file to write into; where it goes and whether it may replace a file is
     /// the caller's business (it renames it, with its own rights).
     Restore {
+        #[serde(with = "wire_path")]
         path: PathBuf,
         version: Option<u32>,
     },
     Versions {
+        #[serde(with = "wire_path")]
         path: PathBuf,
     },
     Delete {
+        #[serde(with = "wire_path")]
         path: PathBuf,
     },
     Reclaim {
@@ -95,7 +193,7 @@ pub struct PeerState {
     #[serde(default)]
     pub queue_length: u64,
     /// Paths being backed up now by the queue.
-    #[serde(default)]
+    #[serde(default, with = "wire_path::list")]
     pub in_progress: Vec<PathBuf>,
     /// Datagrams dropped since start because they were malformed (or on the wrong channel).
     #[serde(default)]
@@ -110,6 +208,7 @@ pub struct PeerState {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FileState {
+    #[serde(with = "wire_path")]
     pub path: PathBuf,
     pub file_id: String,
     pub version: u32,
@@ -139,6 +238,7 @@ pub struct StoredState {
 /// owner (root only), mode and mtime, then its final name.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Restored {
+    #[serde(with = "wire_path")]
     pub path: PathBuf,
     pub version: u32,
     pub size: u64,
@@ -151,6 +251,7 @@ pub struct Restored {
 /// A version as `versions` lists it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VersionInfo {
+    #[serde(with = "wire_path")]
     pub path: PathBuf,
     pub version: u32,
     pub file_id: String,
@@ -308,6 +409,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn paths_are_shown_unambiguously() {
+        use std::os::unix::ffi::OsStrExt;
+        let p = |b: &[u8]| PathBuf::from(std::ffi::OsStr::from_bytes(b));
+        assert_eq!(shown(&p(b"/a/caf\xc3\xa9")), "/a/café");
+        assert_eq!(shown(&p(b"/a/caf\xe9")), "/a/caf\\xe9");
+        assert_eq!(shown(&p(b"/a/x\ny")), "/a/x\\ny");
+        assert_eq!(shown(&p(b"/a/b\\xe9")), "/a/b\\\\xe9");
+    }
+
+    #[test]
     fn requests_round_trip_as_json_lines() {
         let r = Request::Restore {
             path: "/a".into(),
@@ -322,6 +433,18 @@ mod tests {
             Ok(Request::State)
         );
         assert!(Request::decode(&[0xff, 0xfe]).is_err());
+        // A name that is not UTF-8 (Latin-1 "café") and one with a newline survive the trip.
+        use std::os::unix::ffi::OsStrExt;
+        for name in [&b"/home/caf\xe9"[..], b"/home/a\nb", b"/plain"] {
+            let r = Request::Versions {
+                path: PathBuf::from(std::ffi::OsStr::from_bytes(name)),
+            };
+            let text = serde_json::to_string(&r).unwrap();
+            assert!(!text.contains('\n'), "{text}");
+            assert_eq!(Request::decode(text.as_bytes()), Ok(r));
+        }
+        assert!(Request::decode(br#"{"cmd":"versions","path":{"bytes_hex":"6"}}"#).is_err());
+        assert!(Request::decode(br#"{"cmd":"versions","path":{"bytes_hex":"zz"}}"#).is_err());
         assert!(Request::decode(&vec![b' '; MAX_REQUEST_LINE + 1]).is_err());
     }
 }

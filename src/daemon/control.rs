@@ -15,7 +15,7 @@ use tokio::task::spawn_blocking;
 
 use super::jobs::{self, Done};
 use super::Node;
-use crate::control::{self, exit, Reply, Request};
+use crate::control::{self, exit, shown, Reply, Request};
 use crate::fsx;
 
 /// Connections served at once; more wait for a turn.
@@ -25,26 +25,26 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
     let path = node.config().peer.control_socket.clone();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create {} (peer.control_socket)", dir.display()))?;
+            .with_context(|| format!("cannot create {} (peer.control_socket)", shown(dir)))?;
     }
     // A socket file left by a daemon that was killed: nobody answers on it, replace it.
     if path.exists() {
         if UnixStream::connect(&path).await.is_ok() {
             anyhow::bail!(
                 "another peerstashd is already listening on {} (peer.control_socket): stop it or give this one another socket",
-                path.display()
+                shown(&path)
             );
         }
         std::fs::remove_file(&path)
-            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+            .with_context(|| format!("cannot remove the stale socket {}", shown(&path)))?;
     }
     let listener = UnixListener::bind(&path)
-        .with_context(|| format!("cannot listen on {} (peer.control_socket)", path.display()))?;
+        .with_context(|| format!("cannot listen on {} (peer.control_socket)", shown(&path)))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
     // Members of group peerstash may use the socket (under systemd, Group=peerstash does it).
     if let Ok(Some(group)) = nix::unistd::Group::from_name("peerstash") {
         if let Err(e) = std::os::unix::fs::chown(&path, None, Some(group.gid.as_raw())) {
-            tracing::warn!("cannot give {} to group peerstash: {e}", path.display());
+            tracing::warn!("cannot give {} to group peerstash: {e}", shown(&path));
         }
     }
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -154,7 +154,7 @@ async fn prepare(
             if owner.is_some() && handle.is_none() {
                 return Err(format!(
                     "{}: a backup asked by a user other than root must send the open file (use the peerstash command)",
-                    path.display()
+                    shown(&path)
                 ));
             }
             let p = path.clone();
@@ -164,7 +164,7 @@ async fn prepare(
             if owner.is_some_and(|uid| root.metadata().map(|m| m.uid()).ok() != Some(uid)) {
                 return Err(format!(
                     "{} is not yours: you may back up only what you own",
-                    path.display()
+                    shown(&path)
                 ));
             }
             Ok(Job::Backup {
@@ -177,7 +177,7 @@ async fn prepare(
             let Some(out) = handle else {
                 return Err(format!(
                     "{}: a restore must send the file to write into, opened for reading and writing (use the peerstash command)",
-                    path.display()
+                    shown(&path)
                 ));
             };
             let out = spawn_blocking(move || writable_file(out))
@@ -193,7 +193,7 @@ async fn prepare(
                 if let Some(f) = versions.iter().find(|f| f.uid != uid) {
                     return Err(format!(
                         "{} is not yours: you may delete only your own backups",
-                        f.path.display()
+                        shown(&f.path)
                     ));
                 }
             }
@@ -208,21 +208,18 @@ async fn prepare(
 /// without following symlinks.
 fn named_handle(path: &Path, handle: Option<File>) -> Result<File, String> {
     let named = fsx::open_path(path, fsx::Kind::Any)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        .map_err(|e| format!("cannot open {}: {e}", shown(path)))?;
     let Some(handle) = handle else {
         return Ok(named);
     };
     match fsx::same_file(&handle, &named) {
         Ok(true) => {}
-        _ => return Err(format!("{} is not the file that was sent", path.display())),
+        _ => return Err(format!("{} is not the file that was sent", shown(path))),
     }
     let meta = handle.metadata().map_err(|e| e.to_string())?;
     match meta.is_file() || meta.is_dir() {
         true => Ok(handle),
-        false => Err(format!(
-            "{}: not a regular file or a folder",
-            path.display()
-        )),
+        false => Err(format!("{}: not a regular file or a folder", shown(path))),
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -16,7 +17,9 @@ use tokio::task::{spawn_blocking, JoinSet};
 
 use super::peer::{remove_chunk_files, replicate_chunk, Outcome, Resend};
 use super::Node;
-use crate::control::{exit, ChunkState, FileState, PeerState, Restored, StoredState, VersionInfo};
+use crate::control::{
+    exit, shown, ChunkState, FileState, PeerState, Restored, StoredState, VersionInfo,
+};
 use crate::engine::backup::Window;
 use crate::engine::reclaim::{choose_victims, Candidate};
 use crate::engine::restore::{expected_len, Action as FetchAction, ChunkFetch};
@@ -229,7 +232,7 @@ pub(super) async fn backup(
     let files: Vec<Option<PathBuf>> = match listed {
         Ok(Ok(Some(rels))) => rels.into_iter().map(Some).collect(),
         Ok(Ok(None)) => vec![None],
-        Ok(Err(e)) => return Done::failed(format!("cannot read {}: {e}", path.display())),
+        Ok(Err(e)) => return Done::failed(format!("cannot read {}: {e}", shown(&path))),
         Err(e) => return Done::failed(e.to_string()),
     };
     let (mut ok, mut below, mut failed, mut skipped) = (0usize, 0usize, 0usize, 0usize);
@@ -250,7 +253,7 @@ pub(super) async fn backup(
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {
                 failed += 1;
-                last_error = format!("{}: {e}", file_path.display());
+                last_error = format!("{}: {e}", shown(&file_path));
                 report(progress, format!("failed {last_error}"));
                 continue;
             }
@@ -275,7 +278,7 @@ pub(super) async fn backup(
                     progress,
                     format!(
                         "backed up {} (version {}, {} bytes, {} chunks): {state}",
-                        file_path.display(),
+                        shown(&file_path),
                         r.version,
                         r.size,
                         r.chunks
@@ -284,7 +287,7 @@ pub(super) async fn backup(
             }
             Err(e) => {
                 failed += 1;
-                last_error = format!("{}: {e}", file_path.display());
+                last_error = format!("{}: {e}", shown(&file_path));
                 report(progress, format!("failed {last_error}"));
             }
         }
@@ -294,13 +297,13 @@ pub(super) async fn backup(
             progress,
             format!(
                 "skipped {skipped} files that are not yours below {}",
-                path.display()
+                shown(&path)
             ),
         );
         if ok + below + failed == 0 {
             return Done::failed(format!(
                 "you may back up only files you own, and none below {} is yours",
-                path.display()
+                shown(&path)
             ));
         }
     }
@@ -429,10 +432,9 @@ pub(crate) async fn backup_handle(
     if chunks > u64::from(crate::protocol::message::MAX_CHUNK_NO) + 1 {
         return Err(BackupError::TooLarge);
     }
-    let path_text = path.to_string_lossy().into_owned();
     let file_id = FileIdentity {
         peer: node.id,
-        path: &path_text,
+        path: path.as_os_str().as_bytes(),
         size: scanned.size,
         mtime_ns: scanned.mtime_ns,
         content_hash: &scanned.content_hash,
@@ -531,7 +533,7 @@ pub(crate) async fn backup_handle(
     node.catalog.call(move |c| c.set_file_complete(&f)).await?;
     tracing::info!(
         "backed up {} ({chunks} chunks, {resent} PUTCHUNKs resent, window {})",
-        path.display(),
+        shown(path),
         window.size()
     );
     Ok(BackupReport {
@@ -674,7 +676,7 @@ pub(super) async fn restore(
         progress,
         format!(
             "restoring {} version {} ({} bytes)",
-            path.display(),
+            shown(&path),
             row.version,
             row.size
         ),
@@ -684,7 +686,7 @@ pub(super) async fn restore(
             code: exit::OK,
             message: format!(
                 "restored {} version {} ({} bytes, content hash checked)",
-                path.display(),
+                shown(&path),
                 row.version,
                 row.size
             ),
@@ -699,7 +701,7 @@ pub(super) async fn restore(
             })
             .ok(),
         },
-        Err(e) => Done::failed(format!("restore of {} failed: {e}", path.display())),
+        Err(e) => Done::failed(format!("restore of {} failed: {e}", shown(&path))),
     }
 }
 
@@ -733,13 +735,13 @@ pub(super) async fn restore_choice(
         Some(row) if owner.is_none_or(|uid| uid == row.uid) => Ok(row),
         Some(_) => Err(format!(
             "{} is not yours: you may restore only your own files",
-            path.display()
+            shown(path)
         )),
         None => Err(format!(
             "no backed-up version{} of {} (see `peerstash versions {}`)",
             version.map(|n| format!(" {n}")).unwrap_or_default(),
-            path.display(),
-            path.display()
+            shown(path),
+            shown(path)
         )),
     }
 }
@@ -921,7 +923,7 @@ pub(super) async fn versions(node: &Arc<Node>, path: PathBuf, owner: Option<u32>
         .await;
     match rows {
         Ok(rows) if rows.is_empty() => {
-            Done::failed(format!("no backed-up version of {}", path.display()))
+            Done::failed(format!("no backed-up version of {}", shown(&path)))
         }
         Ok(rows) => Done {
             code: exit::OK,
@@ -938,10 +940,10 @@ const DELETE_SPACING: Duration = Duration::from_millis(300);
 
 pub(super) async fn delete(node: &Arc<Node>, path: PathBuf) -> Done {
     match forget_versions(node, &path, 0).await {
-        Ok(0) => Done::failed(format!("no backed-up version of {}", path.display())),
+        Ok(0) => Done::failed(format!("no backed-up version of {}", shown(&path))),
         Ok(n) => Done::ok(format!(
             "deleted {n} backed-up versions of {} from the peers",
-            path.display()
+            shown(&path)
         )),
         Err(e) => e.into(),
     }
@@ -982,7 +984,7 @@ pub(crate) async fn forget_versions(
     if n > 0 {
         tracing::info!(
             "deleting {n} old versions of {} from the peers",
-            path.display()
+            shown(path)
         );
         send_pending_deletes(node.clone()).await;
     }

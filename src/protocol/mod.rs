@@ -32,7 +32,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// content. Two peers' identical files differ by peer id; a modified file by size/mtime/content.
 pub struct FileIdentity<'a> {
     pub peer: PeerId,
-    pub path: &'a str,
+    /// The path's bytes (a name need not be UTF-8).
+    pub path: &'a [u8],
     pub size: u64,
     pub mtime_ns: i64,
     pub content_hash: &'a str,
@@ -45,7 +46,7 @@ impl FileIdentity<'_> {
         h.update(b"peerstash fileId v1\0");
         h.update(self.peer.0.to_string());
         h.update(b"\0");
-        h.update(self.path.as_bytes());
+        h.update(self.path);
         h.update(b"\0");
         h.update(self.size.to_string());
         h.update(b"\0");
@@ -63,7 +64,7 @@ mod tests {
     fn ident(peer: u32, path: &str, mtime_ns: i64) -> FileId {
         FileIdentity {
             peer: PeerId(peer),
-            path,
+            path: path.as_bytes(),
             size: 5,
             mtime_ns,
             content_hash: "abc",

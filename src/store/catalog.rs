@@ -3,6 +3,8 @@
 //! `Catalog` is synchronous; `CatalogHandle` runs it on a dedicated thread and commits the calls
 //! queued at the same moment in one transaction, so a burst of STOREDs costs one fsync.
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 
@@ -73,7 +75,7 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS files (
     file_id TEXT PRIMARY KEY,         -- lower-case fileId of one version of one of our files
-    path TEXT NOT NULL,
+    path BLOB NOT NULL,               -- the path's bytes (names need not be UTF-8)
     version INTEGER NOT NULL,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
@@ -88,7 +90,7 @@ CREATE TABLE IF NOT EXISTS files (
     UNIQUE (path, version)
 );
 CREATE TABLE IF NOT EXISTS queue (
-    path TEXT PRIMARY KEY,            -- a path to look at: back it up, or note that it is gone
+    path BLOB PRIMARY KEY,            -- a path (bytes) to look at: back it up, or note that it is gone
     due_at INTEGER NOT NULL,          -- unix ms; later after a failure
     attempts INTEGER NOT NULL DEFAULT 0,
     gen INTEGER NOT NULL DEFAULT 0    -- bumped when queued again while being worked on
@@ -131,6 +133,34 @@ fn chunk_no_of(n: i64) -> Result<ChunkNo, StoreError> {
         .ok_or_else(|| StoreError::Corrupt(format!("chunk number {n}")))
 }
 
+/// A path as the catalog stores it: its bytes, whatever they are.
+fn path_key(path: &Path) -> &[u8] {
+    path.as_os_str().as_bytes()
+}
+
+/// The key of every path below the folder `path` starts with this.
+fn below_key(path: &Path) -> Vec<u8> {
+    let mut key = path_key(path).to_vec();
+    while key.last() == Some(&b'/') {
+        key.pop();
+    }
+    key.push(b'/');
+    key
+}
+
+/// A stored path (bytes; text in catalogs written before paths were bytes).
+fn path_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<PathBuf> {
+    use rusqlite::types::ValueRef;
+    match r.get_ref(i)? {
+        ValueRef::Blob(b) | ValueRef::Text(b) => Ok(PathBuf::from(OsStr::from_bytes(b))),
+        other => Err(rusqlite::Error::InvalidColumnType(
+            i,
+            "path".into(),
+            other.data_type(),
+        )),
+    }
+}
+
 const FILE_COLUMNS: &str = "file_id, path, version, size, mtime_ns, mode, content_hash, \
      desired_rd, complete, inode, deleted_at, uid, gid";
 
@@ -138,7 +168,7 @@ fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
     Ok((
         r.get(0)?,
         FileRowRaw {
-            path: r.get(1)?,
+            path: path_at(r, 1)?,
             version: r.get(2)?,
             size: r.get(3)?,
             mtime_ns: r.get(4)?,
@@ -155,7 +185,7 @@ fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
 }
 
 struct FileRowRaw {
-    path: String,
+    path: PathBuf,
     version: u32,
     size: i64,
     mtime_ns: i64,
@@ -172,7 +202,7 @@ struct FileRowRaw {
 fn finish_file((id, raw): (String, FileRowRaw)) -> Result<FileRow, StoreError> {
     Ok(FileRow {
         file_id: file_id_of(id)?,
-        path: PathBuf::from(raw.path),
+        path: raw.path,
         version: raw.version,
         size: raw.size as u64,
         mtime_ns: raw.mtime_ns,
@@ -197,6 +227,18 @@ impl Catalog {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version < 1 {
+            // Paths were stored as text (lossily for names that are not UTF-8): bytes now, so
+            // that they compare with what is looked up.
+            conn.execute_batch(
+                "BEGIN;
+                 UPDATE files SET path = CAST(path AS BLOB) WHERE typeof(path) = 'text';
+                 UPDATE queue SET path = CAST(path AS BLOB) WHERE typeof(path) = 'text';
+                 PRAGMA user_version = 1;
+                 COMMIT;",
+            )?;
+        }
         Ok(Catalog { conn })
     }
 
@@ -229,8 +271,7 @@ impl Catalog {
 
     /// Every kept version of every path equal to `path` or below it (a folder), oldest first.
     pub fn versions(&self, path: &Path) -> Result<Vec<FileRow>, StoreError> {
-        let exact = path.to_string_lossy().into_owned();
-        let below = format!("{}/", exact.trim_end_matches('/'));
+        let (exact, below) = (path_key(path), below_key(path));
         let sql = format!(
             "SELECT {FILE_COLUMNS} FROM files
              WHERE path = ?1 OR substr(path, 1, length(?2)) = ?2 ORDER BY path, version"
@@ -249,10 +290,10 @@ impl Catalog {
 
     /// Records a new version; its number is one more than the path's newest.
     pub fn insert_file(&self, row: &FileRow) -> Result<u32, StoreError> {
-        let path = row.path.to_string_lossy();
+        let path = path_key(&row.path);
         let version: u32 = self.conn.query_row(
             "SELECT COALESCE(MAX(version), 0) + 1 FROM files WHERE path = ?1",
-            [&path],
+            [path],
             |r| r.get(0),
         )?;
         self.conn.execute(
@@ -369,7 +410,7 @@ impl Catalog {
             "SELECT {FILE_COLUMNS} FROM files WHERE path = ?1 ORDER BY version DESC LIMIT 1"
         );
         self.conn
-            .query_row(&sql, [path.to_string_lossy()], file_row)
+            .query_row(&sql, [path_key(path)], file_row)
             .optional()?
             .map(finish_file)
             .transpose()
@@ -386,15 +427,15 @@ impl Catalog {
                    AND (SELECT COUNT(*) FROM holders h
                         WHERE h.file_id = c.file_id AND h.chunk_no = c.chunk_no) < f.desired_rd)",
         )?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        rows.map(|r| Ok(PathBuf::from(r?))).collect()
+        let rows = stmt.query_map([], |r| path_at(r, 0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Notes that a path's local file is gone (once: the first time counts for expiry).
     pub fn mark_deleted(&self, path: &Path, now: i64) -> Result<usize, StoreError> {
         Ok(self.conn.execute(
             "UPDATE files SET deleted_at = ?2 WHERE path = ?1 AND deleted_at IS NULL",
-            params![path.to_string_lossy(), now],
+            params![path_key(path), now],
         )?)
     }
 
@@ -403,22 +444,19 @@ impl Catalog {
         let mut stmt = self.conn.prepare(
             "SELECT path, MIN(deleted_at) FROM files WHERE deleted_at IS NOT NULL GROUP BY path",
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((PathBuf::from(r.get::<_, String>(0)?), r.get(1)?))
-        })?;
+        let rows = stmt.query_map([], |r| Ok((path_at(r, 0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Distinct paths backed up at or below `root` whose file is not known to be gone.
     pub fn live_paths_under(&self, root: &Path) -> Result<Vec<PathBuf>, StoreError> {
-        let exact = root.to_string_lossy().into_owned();
-        let below = format!("{}/", exact.trim_end_matches('/'));
+        let (exact, below) = (path_key(root), below_key(root));
         let mut stmt = self.conn.prepare(
             "SELECT DISTINCT path FROM files WHERE deleted_at IS NULL
                AND (path = ?1 OR substr(path, 1, length(?2)) = ?2)",
         )?;
-        let rows = stmt.query_map(params![exact, below], |r| r.get::<_, String>(0))?;
-        rows.map(|r| Ok(PathBuf::from(r?))).collect()
+        let rows = stmt.query_map(params![exact, below], |r| path_at(r, 0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     // ---- the work queue -------------------------------------------------------------------
@@ -429,7 +467,7 @@ impl Catalog {
             "INSERT INTO queue (path, due_at) VALUES (?1, ?2)
              ON CONFLICT (path) DO UPDATE SET gen = gen + 1, attempts = 0,
                  due_at = MIN(due_at, excluded.due_at)",
-            params![path.to_string_lossy(), due_ms],
+            params![path_key(path), due_ms],
         )?;
         Ok(())
     }
@@ -440,7 +478,7 @@ impl Catalog {
             "SELECT path, gen, attempts FROM queue WHERE due_at <= ?1 ORDER BY due_at LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![now_ms, limit as i64], |r| {
-            Ok((PathBuf::from(r.get::<_, String>(0)?), r.get(1)?, r.get(2)?))
+            Ok((path_at(r, 0)?, r.get(1)?, r.get(2)?))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -462,7 +500,7 @@ impl Catalog {
     pub fn dequeue(&self, path: &Path, gen: i64) -> Result<(), StoreError> {
         self.conn.execute(
             "DELETE FROM queue WHERE path = ?1 AND gen = ?2",
-            params![path.to_string_lossy(), gen],
+            params![path_key(path), gen],
         )?;
         Ok(())
     }
@@ -471,7 +509,7 @@ impl Catalog {
     pub fn retry_later(&self, path: &Path, gen: i64, due_ms: i64) -> Result<(), StoreError> {
         self.conn.execute(
             "UPDATE queue SET due_at = ?3, attempts = attempts + 1 WHERE path = ?1 AND gen = ?2",
-            params![path.to_string_lossy(), gen, due_ms],
+            params![path_key(path), gen, due_ms],
         )?;
         Ok(())
     }
@@ -850,6 +888,39 @@ mod tests {
         cat.insert_file(&file('b', "/w/f")).unwrap();
         assert!(cat.deleted_paths().unwrap().is_empty());
         assert_eq!(cat.latest(Path::new("/w/f")).unwrap().unwrap().version, 2);
+    }
+
+    #[test]
+    fn paths_written_as_text_by_an_older_catalog_are_found_as_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("c.db");
+        {
+            let cat = Catalog::open(&db).unwrap();
+            cat.insert_file(&file('a', "/x/f")).unwrap();
+            cat.enqueue(Path::new("/x/g"), 5).unwrap();
+            // As the first release wrote them.
+            cat.conn
+                .execute_batch(
+                    "UPDATE files SET path = CAST(path AS TEXT);
+                     UPDATE queue SET path = CAST(path AS TEXT);
+                     PRAGMA user_version = 0;",
+                )
+                .unwrap();
+        }
+        let cat = Catalog::open(&db).unwrap();
+        assert_eq!(cat.versions(Path::new("/x/f")).unwrap().len(), 1);
+        assert_eq!(cat.insert_file(&file('b', "/x/f")).unwrap(), 2);
+        cat.dequeue(Path::new("/x/g"), 0).unwrap();
+        assert_eq!(cat.queue_len().unwrap(), 0);
+        // Names that are not UTF-8 stay apart.
+        let latin1 = |b: &[u8]| PathBuf::from(OsStr::from_bytes(b));
+        let mut e = file('c', "");
+        e.path = latin1(b"/x/caf\xe9");
+        let mut f = file('d', "");
+        f.path = latin1(b"/x/caf\xe8");
+        assert_eq!(cat.insert_file(&e).unwrap(), 1);
+        assert_eq!(cat.insert_file(&f).unwrap(), 1);
+        assert_eq!(cat.latest(&e.path).unwrap().unwrap().file_id, fid('c'));
     }
 
     #[test]
