@@ -91,6 +91,10 @@ pub struct PeerState {
     /// PUTCHUNKs dropped since start because too many chunks were being stored at once.
     #[serde(default)]
     pub busy_drops: u64,
+    /// STOREDs, GETCHUNKs, DELETEs and REMOVEDs dropped since start because the work queued
+    /// for the catalog was full (a flood).
+    #[serde(default)]
+    pub queue_drops: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
