@@ -233,7 +233,7 @@ fn malformed_datagrams_are_dropped_and_peers_keep_working() {
     ok.extend(&body);
     c.send_raw(c.mdb, &ok);
     assert!(wait_until(Duration::from_secs(5), || (0..3)
-        .all(|i| used_bytes(&c.state(i)) == 100)));
+        .all(|i| used_bytes(&c.state(i)) == charged(c.peer(i), 100))));
     for i in 0..3 {
         let stored = c.state(i)["stored"].as_array().unwrap().clone();
         assert_eq!(stored.len(), 1, "only the valid chunk is stored");
