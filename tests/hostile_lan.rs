@@ -213,8 +213,8 @@ fn forged_empty_putchunks_cannot_fill_the_disk() {
     assert!(peak_used.load(Ordering::Relaxed) <= quota);
 }
 
-/// A host that answers every GETCHUNK at once with a 10-byte bogus CHUNK (several times) does
-/// not silence the real holders: the restore succeeds, promptly.
+/// A host that answers every GETCHUNK at once with a 10-byte bogus CHUNK (and again during the
+/// holders' random wait) does not silence the real holders: the restore succeeds, promptly.
 #[test]
 fn a_restore_succeeds_under_a_jammer() {
     let c = Cluster::start(&["100MB", "100MB", "100MB"]);
@@ -228,22 +228,34 @@ fn a_restore_succeeds_under_a_jammer() {
         let (mc, mdr) = (c.mc, c.mdr);
         std::thread::spawn(move || {
             let heard = listen(mc);
+            heard
+                .set_read_timeout(Some(Duration::from_millis(5)))
+                .unwrap();
             let sock = attacker();
             let end = Instant::now() + Duration::from_secs(60);
             let mut buf = vec![0u8; 70_000];
+            // Bogus CHUNKs to send: at once, and again through the holders' 0-400 ms wait.
+            let mut due: Vec<(Instant, Vec<u8>)> = Vec::new();
             while !stop.load(Ordering::Relaxed) && Instant::now() < end {
-                let Ok(n) = heard.recv(&mut buf) else {
-                    continue;
-                };
-                let h = header(&buf[..n]);
-                if h.len() >= 5 && h[1] == "GETCHUNK" {
-                    let mut d = format!("1.0 CHUNK 77 {} {}\r\n\r\n", h[3], h[4]).into_bytes();
-                    d.extend(b"0123456789");
-                    for _ in 0..5 {
-                        let _ = sock.send_to(&d, mdr);
+                if let Ok(n) = heard.recv(&mut buf) {
+                    let h = header(&buf[..n]);
+                    if h.len() >= 5 && h[1] == "GETCHUNK" {
+                        let mut d = format!("1.0 CHUNK 77 {} {}\r\n\r\n", h[3], h[4]).into_bytes();
+                        d.extend(b"0123456789");
+                        let now = Instant::now();
+                        for ms in [0, 10, 30, 60, 100, 150, 200, 300] {
+                            due.push((now + Duration::from_millis(ms), d.clone()));
+                        }
+                        jammed.fetch_add(1, Ordering::Relaxed);
                     }
-                    jammed.fetch_add(1, Ordering::Relaxed);
                 }
+                let now = Instant::now();
+                due.retain(|(at, d)| {
+                    if *at <= now {
+                        let _ = sock.send_to(d, mdr);
+                    }
+                    *at > now
+                });
             }
         })
     };
