@@ -362,3 +362,41 @@ fn hosted_chunks_are_the_daemons_alone() {
     }
     assert_eq!(files, 4, "the file's four chunks are hosted");
 }
+
+/// A DELETE that arrives while a chunk of its file is being written: the chunk is removed once
+/// written, and no STORED is sent for it.
+#[test]
+fn a_delete_during_the_write_leaves_nothing() {
+    let c = Cluster::start(&["100MB"]);
+    let stored = {
+        let mc = c.mc;
+        std::thread::spawn(move || {
+            let heard = listen(mc);
+            let end = Instant::now() + Duration::from_secs(4);
+            let mut buf = vec![0u8; 70_000];
+            let mut stored = 0;
+            while Instant::now() < end {
+                if let Ok(n) = heard.recv(&mut buf) {
+                    stored +=
+                        usize::from(header(&buf[..n]).get(1).map(String::as_str) == Some("STORED"));
+                }
+            }
+            stored
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200)); // the listener has joined
+    let sock = attacker();
+    for n in 0..10u64 {
+        let id = format!("{:064x}", 0xde1e_7e00u64 + n);
+        let mut put = format!("1.0 PUTCHUNK 99 {id} 0 1\r\n\r\n").into_bytes();
+        put.extend(random_bytes(64_000));
+        let _ = sock.send_to(&put, c.mdb);
+        let _ = sock.send_to(format!("1.0 DELETE 99 {id}\r\n\r\n").as_bytes(), c.mc);
+    }
+    let stored = stored.join().unwrap();
+    let s = c.state(0);
+    assert_eq!(stored, 0, "STORED sent for a deleted chunk");
+    assert_eq!(chunk_files_on_disk(c.peer(0)), 0);
+    assert!(s["stored"].as_array().unwrap().is_empty(), "{s}");
+    assert_eq!(used_bytes(&s), 0);
+}
