@@ -391,7 +391,13 @@ fn a_delete_during_the_write_leaves_nothing() {
         let mut put = format!("1.0 PUTCHUNK 99 {id} 0 1\r\n\r\n").into_bytes();
         put.extend(random_bytes(64_000));
         let _ = sock.send_to(&put, c.mdb);
-        let _ = sock.send_to(format!("1.0 DELETE 99 {id}\r\n\r\n").as_bytes(), c.mc);
+        // The two come on different channels, so a DELETE sent at once may be handled before the
+        // PUTCHUNK. A home peer sends DELETE several times: here 1, 2, 4 and 8 ms later, while
+        // the chunk is being written (its file synced, then its row committed).
+        for ms in [1, 1, 2, 4] {
+            std::thread::sleep(Duration::from_millis(ms));
+            let _ = sock.send_to(format!("1.0 DELETE 99 {id}\r\n\r\n").as_bytes(), c.mc);
+        }
     }
     let stored = stored.join().unwrap();
     let s = c.state(0);
