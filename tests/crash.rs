@@ -169,7 +169,7 @@ fn check_store(peer: &Peer, state: &Value, current: &HashMap<String, &Vec<u8>>) 
         let id = h["file_id"].as_str().unwrap().to_lowercase();
         let no = h["chunk_no"].as_u64().unwrap();
         let size = h["size"].as_u64().unwrap();
-        sum += size;
+        sum += charged(peer, size);
         assert_eq!(
             on_disk.remove(&(id.clone(), no)),
             Some(size),

@@ -70,7 +70,7 @@ fn a_putchunk_flood_never_exceeds_the_quota() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|h| h["size"].as_u64().unwrap())
+            .map(|h| charged(c.peer(i), h["size"].as_u64().unwrap()))
             .sum();
         assert_eq!(sum, used);
     }

@@ -71,7 +71,10 @@ fn a_full_disk_refuses_chunks_cleanly_and_keeps_serving() {
     let s = c.state(1);
     let stored = s["stored"].as_array().unwrap();
     assert!(!stored.is_empty());
-    let sum: u64 = stored.iter().map(|h| h["size"].as_u64().unwrap()).sum();
+    let sum: u64 = stored
+        .iter()
+        .map(|h| charged_on(&small, h["size"].as_u64().unwrap()))
+        .sum();
     assert_eq!(used_bytes(&s), sum);
     let root = small.join("state").join("chunks");
     let mut files = 0;

@@ -260,10 +260,10 @@ fn print_state(s: &PeerState) {
             format!("; backing up {}", busy.join(", "))
         }
     );
-    if s.malformed_datagrams + s.busy_drops > 0 {
+    if s.malformed_datagrams + s.busy_drops + s.queue_drops > 0 {
         println!(
-            "dropped since start: {} malformed datagrams, {} PUTCHUNKs while busy",
-            s.malformed_datagrams, s.busy_drops
+            "dropped since start: {} malformed datagrams, {} PUTCHUNKs while busy, {} datagrams while the catalog queue was full",
+            s.malformed_datagrams, s.busy_drops, s.queue_drops
         );
     }
     if s.unauthenticated_datagrams > 0 {

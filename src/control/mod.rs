@@ -204,6 +204,10 @@ pub struct PeerState {
     /// Datagrams dropped since start because they carried no valid LAN key tag.
     #[serde(default)]
     pub unauthenticated_datagrams: u64,
+    /// STOREDs, GETCHUNKs, DELETEs and REMOVEDs dropped since start because the work queued
+    /// for the catalog was full (a flood).
+    #[serde(default)]
+    pub queue_drops: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -143,7 +143,8 @@ pub(crate) async fn reclaim_to_quota(node: Arc<Node>) -> usize {
                     file_id: row.file_id,
                     chunk_no: row.chunk_no,
                 },
-                size: row.size,
+                // What dropping it gives back: its charge, as the used bytes count it.
+                size: node.store.charge(row.size),
                 desired_rd: u32::from(row.desired_rd),
                 perceived_rd: perceived,
             })
@@ -1095,6 +1096,7 @@ pub(super) async fn state(node: &Arc<Node>, owner: Option<u32>) -> Done {
         malformed_datagrams: node.counters.malformed.load(Ordering::Relaxed),
         busy_drops: node.counters.dropped_busy.load(Ordering::Relaxed),
         unauthenticated_datagrams: node.counters.unauthenticated.load(Ordering::Relaxed),
+        queue_drops: node.counters.dropped_queue.load(Ordering::Relaxed),
     };
     Done {
         code: exit::OK,

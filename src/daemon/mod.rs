@@ -17,9 +17,12 @@ use anyhow::Context;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::config::Config;
+use crate::engine::lru::LruMap;
+use crate::engine::serve::{PendingReply, ReplyLimit, MIN_CHUNK_INTERVAL};
 use crate::net::{ChannelSocket, Channels, MAX_DATAGRAM};
 use crate::protocol::auth::{self, LanKey};
 use crate::protocol::{ChunkId, Message, MessageKind, PeerId};
+use crate::store::catalog::MAX_HOLDERS;
 use crate::store::{Catalog, CatalogHandle, ChunkStore};
 
 /// The random wait before STORED, CHUNK and a re-backup: uniform in 0..=400 ms.
@@ -27,9 +30,17 @@ pub const MAX_REPLY_DELAY: Duration = Duration::from_millis(400);
 /// PUTCHUNKs being stored at once; beyond this a PUTCHUNK is dropped (its sender resends), so
 /// a flood cannot take memory without bound.
 const MAX_CONCURRENT_STORES: usize = 128;
-/// How long a seen PUTCHUNK or CHUNK is remembered for the "did someone else already" checks.
-const SEEN_MEMORY: Duration = Duration::from_secs(5);
+/// Chunks remembered by each "seen lately" map (PUTCHUNKs seen, CHUNKs sent, expected CHUNK
+/// bodies): the least recently written entry makes room, so a flood never stops the recording.
 const MAX_SEEN_ENTRIES: usize = 8192;
+/// STOREDs waiting to be recorded; beyond this a STORED is dropped and counted (its sender's
+/// resends and the next STORED make up for it), so a flood cannot take memory without bound.
+const STORED_QUEUE: usize = 4096;
+/// Most STOREDs recorded in one catalog call.
+const MAX_STORED_BATCH: usize = 1024;
+/// GETCHUNKs, DELETEs and REMOVEDs being handled at once (each needs the catalog); beyond this
+/// one is dropped and counted.
+const MAX_DATAGRAM_TASKS: usize = 256;
 
 pub fn random_reply_delay() -> Duration {
     Duration::from_millis(rand::random::<u64>() % (MAX_REPLY_DELAY.as_millis() as u64 + 1))
@@ -46,10 +57,13 @@ pub struct Node {
     pub catalog: CatalogHandle,
     pub store: Arc<ChunkStore>,
     pub net: Channels,
-    transient: Mutex<Transient>,
+    transient: Arc<Mutex<Transient>>,
     /// Paths the work queue is backing up right now (for `state`).
     pub in_progress: Mutex<std::collections::BTreeSet<std::path::PathBuf>>,
     store_permits: Arc<Semaphore>,
+    datagram_permits: Arc<Semaphore>,
+    /// To the task that records STOREDs in batches.
+    stored_tx: mpsc::Sender<(ChunkId, PeerId)>,
     next_sub: AtomicU64,
     pub counters: Counters,
     /// Woken when a chunk of ours fell below its desired RD (REMOVED): the service re-backs up.
@@ -62,37 +76,75 @@ pub struct Counters {
     pub dropped_busy: AtomicU64,
     /// Datagrams dropped because they carried no valid LAN key tag (or a stale one).
     pub unauthenticated: AtomicU64,
+    /// STOREDs, GETCHUNKs, DELETEs and REMOVEDs dropped because the work queued for the catalog
+    /// was full.
+    pub dropped_queue: AtomicU64,
 }
 
 /// Protocol transients: who waits for which reply, what was seen lately. Never a second ledger:
 /// what must survive a restart is in the catalog.
-#[derive(Default)]
 struct Transient {
     /// Backups waiting for STOREDs of a chunk.
     stored_subs: Subs<PeerId>,
     /// Restores waiting for a CHUNK body.
     chunk_subs: Subs<Vec<u8>>,
-    /// Chunks being written to disk, with the STOREDs heard meanwhile (recorded once written).
-    storing: HashMap<ChunkId, Vec<PeerId>>,
+    /// Length and hash of chunks being restored (from the catalog), so that only a good copy
+    /// reaches the restore: a flood of junk CHUNKs cannot crowd it out of its small queue.
+    chunk_expect: LruMap<ChunkId, (u64, String)>,
+    /// Chunks being written to disk.
+    storing: HashMap<ChunkId, Storing>,
     /// CHUNK replies scheduled, so a repeated GETCHUNK does not schedule a second one.
-    replying: HashSet<ChunkId>,
+    replying: HashMap<ChunkId, PendingReply>,
+    /// When this peer last sent a CHUNK of each chunk (one per chunk per second).
+    chunk_sent: ReplyLimit<ChunkId>,
     /// Re-backups (after a REMOVED) scheduled or running.
     rebacking: HashSet<ChunkId>,
-    chunk_seen: HashMap<ChunkId, Instant>,
-    putchunk_seen: HashMap<ChunkId, Instant>,
+    putchunk_seen: LruMap<ChunkId, Instant>,
 }
 
-fn remember(map: &mut HashMap<ChunkId, Instant>, chunk: &ChunkId, now: Instant) {
-    if map.len() >= MAX_SEEN_ENTRIES {
-        map.retain(|_, t| now.duration_since(*t) < SEEN_MEMORY);
-    }
-    if map.len() < MAX_SEEN_ENTRIES {
-        map.insert(chunk.clone(), now);
+impl Default for Transient {
+    fn default() -> Transient {
+        Transient {
+            stored_subs: Subs::default(),
+            chunk_subs: Subs::default(),
+            chunk_expect: LruMap::new(MAX_SEEN_ENTRIES),
+            storing: HashMap::new(),
+            replying: HashMap::new(),
+            chunk_sent: ReplyLimit::new(MAX_SEEN_ENTRIES, MIN_CHUNK_INTERVAL),
+            rebacking: HashSet::new(),
+            putchunk_seen: LruMap::new(MAX_SEEN_ENTRIES),
+        }
     }
 }
 
-fn seen_since(map: &HashMap<ChunkId, Instant>, chunk: &ChunkId, since: Instant) -> bool {
+/// A chunk being written to disk.
+#[derive(Default)]
+struct Storing {
+    /// STOREDs heard meanwhile (recorded once written), at most `MAX_HOLDERS`.
+    heard: Vec<PeerId>,
+    /// A DELETE of its file arrived meanwhile: remove it once written, send no STORED.
+    deleted: bool,
+}
+
+impl Storing {
+    fn heard(&mut self, peer: PeerId) {
+        if self.heard.len() < MAX_HOLDERS as usize && !self.heard.contains(&peer) {
+            self.heard.push(peer);
+        }
+    }
+}
+
+fn remember(map: &mut LruMap<ChunkId, Instant>, chunk: &ChunkId, now: Instant) {
+    map.insert(chunk.clone(), now);
+}
+
+fn seen_since(map: &LruMap<ChunkId, Instant>, chunk: &ChunkId, since: Instant) -> bool {
     map.get(chunk).is_some_and(|t| *t >= since)
+}
+
+fn lock(transient: &Mutex<Transient>) -> MutexGuard<'_, Transient> {
+    // Every update under this lock is a single map operation: a poisoned lock is consistent.
+    transient.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 type Subs<T> = HashMap<ChunkId, Vec<(u64, mpsc::Sender<T>)>>;
@@ -151,8 +203,7 @@ impl Node {
     }
 
     fn transient(&self) -> MutexGuard<'_, Transient> {
-        // Every update under this lock is a single map operation: a poisoned lock is consistent.
-        self.transient.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.transient)
     }
 
     fn subscribe<T>(
@@ -181,9 +232,32 @@ impl Node {
         self.subscribe(chunk, 64, |t| &mut t.stored_subs)
     }
 
-    /// Waits for the CHUNK bodies of a chunk being restored.
+    /// Waits for the CHUNK bodies of a chunk being restored. Once the catalog told the chunk's
+    /// length and hash (looked up meanwhile), only bodies that match them are handed over.
     pub(crate) fn subscribe_chunk(&self, chunk: &ChunkId) -> Subscription<'_, Vec<u8>> {
+        if self.transient().chunk_expect.get(chunk).is_none() {
+            let (catalog, transient, c) =
+                (self.catalog.clone(), self.transient.clone(), chunk.clone());
+            tokio::spawn(async move {
+                let c2 = c.clone();
+                let r = catalog
+                    .call(move |cat| cat.file_chunk(&c2.file_id, c2.chunk_no))
+                    .await;
+                if let Ok(Some(expect)) = r {
+                    lock(&transient).chunk_expect.insert(c, expect);
+                }
+            });
+        }
         self.subscribe(chunk, 4, |t| &mut t.chunk_subs)
+    }
+
+    /// A place among the tasks that handle datagrams; None (counted) when all are taken.
+    fn datagram_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = self.datagram_permits.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            self.counters.dropped_queue.fetch_add(1, Ordering::Relaxed);
+        }
+        permit
     }
 
     /// Encodes and sends a message on its channel. A send error is logged, not fatal: the
@@ -229,6 +303,19 @@ pub async fn start(config: Config, lan_key: Option<LanKey>) -> anyhow::Result<Ar
             state_dir.display()
         )
     })?;
+    // The state folder is the daemon's alone (the group is meant for the control socket only):
+    // catalog and hosted chunks are not the group's to read, delete or overwrite.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700)).with_context(
+            || {
+                format!(
+                    "cannot make the state directory {} private",
+                    state_dir.display()
+                )
+            },
+        )?;
+    }
     let db = state_dir.join("catalog.db");
     let catalog =
         Catalog::open(&db).with_context(|| format!("cannot open the catalog {}", db.display()))?;
@@ -238,6 +325,8 @@ pub async fn start(config: Config, lan_key: Option<LanKey>) -> anyhow::Result<Ar
         ChunkStore::open(state_dir.join("chunks"), 0, quota)
             .with_context(|| format!("cannot open the chunk store in {}", state_dir.display()))?,
     );
+    let (stored_tx, stored_rx) = mpsc::channel(STORED_QUEUE);
+    tokio::spawn(record_stored(catalog.clone(), stored_rx));
     let net = Channels::open(
         config.network.interface,
         config.network.ttl,
@@ -252,9 +341,11 @@ pub async fn start(config: Config, lan_key: Option<LanKey>) -> anyhow::Result<Ar
         catalog,
         store,
         net,
-        transient: Mutex::new(Transient::default()),
+        transient: Arc::new(Mutex::new(Transient::default())),
         in_progress: Mutex::new(Default::default()),
         store_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_STORES)),
+        datagram_permits: Arc::new(Semaphore::new(MAX_DATAGRAM_TASKS)),
+        stored_tx,
         next_sub: AtomicU64::new(0),
         counters: Counters::default(),
         repair: tokio::sync::Notify::new(),
@@ -271,6 +362,31 @@ pub async fn start(config: Config, lan_key: Option<LanKey>) -> anyhow::Result<Ar
     tokio::spawn(jobs::reclaim_to_quota(node.clone()));
     tokio::spawn(jobs::send_pending_deletes(node.clone()));
     Ok(node)
+}
+
+/// Records the STOREDs heard, many per catalog call: what a burst costs is one call per batch,
+/// not one per datagram.
+async fn record_stored(catalog: CatalogHandle, mut rx: mpsc::Receiver<(ChunkId, PeerId)>) {
+    let mut batch = Vec::with_capacity(MAX_STORED_BATCH);
+    while rx.recv_many(&mut batch, MAX_STORED_BATCH).await > 0 {
+        let mut by_chunk: HashMap<ChunkId, Storing> = HashMap::new();
+        for (chunk, peer) in batch.drain(..) {
+            by_chunk.entry(chunk).or_default().heard(peer);
+        }
+        let r = catalog
+            .call(move |cat| {
+                for (c, peers) in by_chunk {
+                    if let Err(e) = cat.add_holders(&c.file_id, c.chunk_no, &peers.heard) {
+                        tracing::warn!("could not record the STOREDs of {c}: {e}");
+                    }
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!("could not record STOREDs: {e}");
+        }
+    }
 }
 
 async fn receive_loop(node: Arc<Node>, ch: Arc<ChannelSocket>) {
@@ -341,14 +457,14 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_seen_after_the_request_suppresses_the_reply() {
-        let mut seen = HashMap::new();
+    fn a_putchunk_seen_after_the_wait_began_counts() {
+        let mut seen = LruMap::new(MAX_SEEN_ENTRIES);
         let asked = Instant::now();
         assert!(!seen_since(&seen, &chunk(1), asked));
         remember(&mut seen, &chunk(1), asked - Duration::from_millis(10));
         assert!(
             !seen_since(&seen, &chunk(1), asked),
-            "an older CHUNK does not count"
+            "an older PUTCHUNK does not count"
         );
         remember(&mut seen, &chunk(1), asked + Duration::from_millis(10));
         assert!(seen_since(&seen, &chunk(1), asked));
@@ -361,13 +477,25 @@ mod tests {
     }
 
     #[test]
-    fn the_seen_memory_is_bounded() {
-        let mut seen = HashMap::new();
+    fn the_seen_memory_is_bounded_and_keeps_recording() {
+        let mut seen = LruMap::new(MAX_SEEN_ENTRIES);
         let t = Instant::now();
         for i in 0..(MAX_SEEN_ENTRIES as u32 + 100) {
             remember(&mut seen, &chunk(i % 999_999), t);
         }
         assert!(seen.len() <= MAX_SEEN_ENTRIES);
+        // After a flood of fresh entries, a new one is still recorded.
+        remember(&mut seen, &chunk(999_998), t);
+        assert!(seen_since(&seen, &chunk(999_998), t));
+    }
+
+    #[test]
+    fn stored_heard_while_writing_is_capped() {
+        let mut s = Storing::default();
+        for p in 0..10_000 {
+            s.heard(PeerId(p % 5000));
+        }
+        assert_eq!(s.heard.len(), MAX_HOLDERS as usize);
     }
 
     #[test]

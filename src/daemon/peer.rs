@@ -8,25 +8,34 @@ use std::time::Instant;
 
 use tokio::time::{sleep, sleep_until};
 
-use super::{publish, random_reply_delay, remember, seen_since, Node};
+use super::{publish, random_reply_delay, remember, seen_since, Node, Storing};
 use crate::engine::backup::{Action, ChunkBackup};
+use crate::engine::serve::PendingReply;
 use crate::protocol::{sha256_hex, ChunkId, Message, MessageKind, PeerId, Rd};
+use crate::store::chunks::Reservation;
 use crate::store::{ChunkRole, HostedRow, StoreError};
 
-/// Dispatches one message from another peer. Never blocks: work goes to tasks.
+/// Dispatches one message from another peer. Never blocks, and does a bounded amount of work:
+/// what needs the catalog goes to a bounded queue or a bounded set of tasks, and a datagram
+/// that finds them full is dropped and counted.
 pub(super) fn handle(node: &Arc<Node>, msg: Message) {
     let sender = msg.sender;
     let now = Instant::now();
     match msg.kind {
         MessageKind::PutChunk { chunk, rd, body } => {
-            remember(&mut node.transient().putchunk_seen, &chunk, now);
-            if node.transient().storing.contains_key(&chunk) {
-                return; // a resend of a chunk being written: its STORED is on its way
-            }
-            let Ok(permit) = node.store_permits.clone().try_acquire_owned() else {
-                node.counters.dropped_busy.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("busy: dropped PUTCHUNK {chunk}; its sender will resend");
-                return;
+            let permit = {
+                let mut t = node.transient();
+                remember(&mut t.putchunk_seen, &chunk, now);
+                if t.storing.contains_key(&chunk) {
+                    return; // a resend of a chunk being written: its STORED is on its way
+                }
+                let Ok(permit) = node.store_permits.clone().try_acquire_owned() else {
+                    node.counters.dropped_busy.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("busy: dropped PUTCHUNK {chunk}; its sender will resend");
+                    return;
+                };
+                t.storing.insert(chunk.clone(), Storing::default());
+                permit
             };
             let node = node.clone();
             tokio::spawn(async move {
@@ -45,43 +54,52 @@ pub(super) fn handle(node: &Arc<Node>, msg: Message) {
         MessageKind::Stored { chunk } => {
             {
                 let mut t = node.transient();
-                if let Some(heard) = t.storing.get_mut(&chunk) {
-                    heard.push(sender);
-                }
                 publish(&t.stored_subs, &chunk, sender);
-            }
-            let node = node.clone();
-            tokio::spawn(async move {
-                let c = chunk.clone();
-                let r = node
-                    .catalog
-                    .call(move |cat| cat.add_holder(&c.file_id, c.chunk_no, sender))
-                    .await;
-                if let Err(e) = r {
-                    tracing::warn!("could not record STORED of {chunk} from peer {sender}: {e}");
+                if let Some(storing) = t.storing.get_mut(&chunk) {
+                    storing.heard(sender);
+                    return;
                 }
-            });
+            }
+            if node.stored_tx.try_send((chunk, sender)).is_err() {
+                node.counters.dropped_queue.fetch_add(1, Ordering::Relaxed);
+            }
         }
         MessageKind::GetChunk { chunk } => {
-            if !node.transient().replying.insert(chunk.clone()) {
-                return;
-            }
+            let permit = {
+                let mut t = node.transient();
+                if t.replying.contains_key(&chunk) {
+                    return;
+                }
+                let Some(permit) = node.datagram_permit() else {
+                    return;
+                };
+                t.replying.insert(chunk.clone(), PendingReply::default());
+                permit
+            };
             let node = node.clone();
             tokio::spawn(async move {
-                serve_getchunk(&node, &chunk, now).await;
+                serve_getchunk(&node, &chunk).await;
                 node.transient().replying.remove(&chunk);
+                drop(permit);
             });
         }
-        MessageKind::Chunk { chunk, body } => {
-            let mut t = node.transient();
-            remember(&mut t.chunk_seen, &chunk, now);
-            publish(&t.chunk_subs, &chunk, body);
-        }
+        MessageKind::Chunk { chunk, body } => on_chunk(node, &chunk, body),
         MessageKind::Delete { file_id } => {
+            // Chunks of the file being written are removed once written (see on_putchunk).
+            for (c, storing) in node.transient().storing.iter_mut() {
+                if c.file_id == file_id {
+                    storing.deleted = true;
+                }
+            }
+            let Some(permit) = node.datagram_permit() else {
+                return;
+            };
             let node = node.clone();
             tokio::spawn(async move {
                 let f = file_id.clone();
-                match node.catalog.call(move |c| c.delete_hosted_file(&f)).await {
+                let r = node.catalog.call(move |c| c.delete_hosted_file(&f)).await;
+                drop(permit);
+                match r {
                     Ok(gone) if !gone.is_empty() => {
                         let n = gone.len();
                         remove_chunk_files(&node, &file_id, gone).await;
@@ -93,10 +111,76 @@ pub(super) fn handle(node: &Arc<Node>, msg: Message) {
             });
         }
         MessageKind::Removed { chunk } => {
+            let Some(permit) = node.datagram_permit() else {
+                return;
+            };
             let node = node.clone();
-            tokio::spawn(async move { on_removed(&node, chunk, sender).await });
+            tokio::spawn(async move { on_removed(&node, chunk, sender, permit).await });
         }
     }
+}
+
+/// A CHUNK heard on MDR. Its body is hashed only where a good copy matters: a reply this peer is
+/// about to send (only a good copy silences it), and a restore of ours whose queue is nearly full
+/// (its last place is kept for a good copy, so junk cannot crowd the real one out).
+fn on_chunk(node: &Arc<Node>, chunk: &ChunkId, body: Vec<u8>) {
+    let len = body.len() as u64;
+    let (for_reply, restore) = {
+        let mut t = node.transient();
+        let for_reply = t.replying.get_mut(chunk).is_some_and(|r| r.wants_hash(len));
+        let restore = t.chunk_subs.get(chunk).map(|subs| {
+            let expect = t.chunk_expect.get(chunk).cloned();
+            let crowded = subs.iter().any(|(_, tx)| tx.capacity() < 2);
+            (expect, crowded)
+        });
+        (for_reply, restore)
+    };
+    let restore_hash = match &restore {
+        Some((Some((expected, _)), crowded)) => {
+            if *expected != len {
+                tracing::debug!("ignored a CHUNK {chunk} of {len} bytes: expected {expected}");
+                if !for_reply {
+                    return;
+                }
+            }
+            *crowded && *expected == len
+        }
+        _ => false,
+    };
+    let hash = (for_reply || restore_hash).then(|| sha256_hex(&body));
+    let mut t = node.transient();
+    if let (true, Some(h), Some(reply)) = (for_reply, &hash, t.replying.get_mut(chunk)) {
+        reply.hashed(h);
+    }
+    let Some((expect, _)) = restore else {
+        return;
+    };
+    let good = match (&expect, &hash) {
+        (Some((expected, h)), Some(hash)) => *expected == len && h == hash,
+        _ => false,
+    };
+    if expect
+        .as_ref()
+        .is_some_and(|(expected, _)| *expected != len)
+    {
+        return;
+    }
+    for (_, tx) in t.chunk_subs.get(chunk).into_iter().flatten() {
+        // Unchecked bodies leave the last place free; the restore checks them itself.
+        if good || expect.is_none() || tx.capacity() >= 2 {
+            let _ = tx.try_send(body.clone());
+        }
+    }
+}
+
+/// What became of a PUTCHUNK.
+enum Put {
+    /// A chunk of our own file, or no room for it: not stored.
+    Refused,
+    /// Held already (the first STORED may have been lost).
+    Held,
+    /// Written and recorded now.
+    Written { size: u64 },
 }
 
 /// Stores a chunk if we may. Ok(true): we hold it (now or already) and owe a STORED.
@@ -106,72 +190,94 @@ async fn on_putchunk(
     rd: Rd,
     body: Vec<u8>,
 ) -> Result<bool, StoreError> {
+    let put = try_store(node, chunk, rd, body).await;
+    // Every path ends here, so the entry handle() made is always taken out, exactly once.
+    let storing = node.transient().storing.remove(chunk).unwrap_or_default();
+    match put? {
+        Put::Refused => Ok(false),
+        Put::Held => Ok(!storing.deleted),
+        Put::Written { size } if storing.deleted => {
+            // A DELETE of its file came while it was written: no STORED, and it goes too.
+            let c = chunk.clone();
+            let gone = node
+                .catalog
+                .call(move |cat| cat.delete_hosted(&c.file_id, c.chunk_no))
+                .await?;
+            // None: the DELETE's own pass found the row and frees it.
+            if gone.is_some() {
+                remove_chunk_files(node, &chunk.file_id, vec![(chunk.chunk_no, size)]).await;
+            }
+            tracing::debug!("chunk {chunk} was deleted while it was written: removed");
+            Ok(false)
+        }
+        Put::Written { .. } => {
+            // STOREDs that arrived while the chunk was being written.
+            if !storing.heard.is_empty() {
+                let c = chunk.clone();
+                node.catalog
+                    .call(move |cat| {
+                        cat.add_holders(&c.file_id, c.chunk_no, &storing.heard)
+                            .map(|_| ())
+                    })
+                    .await?;
+            }
+            Ok(true)
+        }
+    }
+}
+
+async fn try_store(
+    node: &Arc<Node>,
+    chunk: &ChunkId,
+    rd: Rd,
+    body: Vec<u8>,
+) -> Result<Put, StoreError> {
     let c = chunk.clone();
     match node
         .catalog
         .call(move |cat| cat.role(&c.file_id, c.chunk_no))
         .await?
     {
-        ChunkRole::Own { .. } => return Ok(false), // never host a chunk of our own file
-        ChunkRole::Hosted { .. } => return Ok(true), // the first STORED may have been lost
+        ChunkRole::Own { .. } => return Ok(Put::Refused), // never host a chunk of our own file
+        ChunkRole::Hosted { .. } => return Ok(Put::Held),
         ChunkRole::Unknown => {}
     }
     let size = body.len() as u64;
     let Some(reservation) = node.store.reserve(size) else {
         tracing::debug!("no room for chunk {chunk} ({size} bytes) within the quota");
-        return Ok(false);
+        return Ok(Put::Refused);
     };
-    {
-        let mut t = node.transient();
-        if t.storing.contains_key(chunk) {
-            node.store.release(reservation);
-            return Ok(false);
-        }
-        t.storing.insert(chunk.clone(), Vec::new());
-    }
-    let stored = write_and_record(node, chunk, rd, body).await;
-    let heard = node.transient().storing.remove(chunk).unwrap_or_default();
-    match stored {
-        Ok(()) => {
-            node.store.commit(reservation);
-            // STOREDs that arrived while the chunk was being written.
-            if !heard.is_empty() {
-                let c = chunk.clone();
-                node.catalog
-                    .call(move |cat| {
-                        for peer in heard {
-                            cat.add_holder(&c.file_id, c.chunk_no, peer)?;
-                        }
-                        Ok(())
-                    })
-                    .await?;
-            }
-            Ok(true)
-        }
-        Err(e) => {
-            node.store.release(reservation);
-            Err(e)
-        }
-    }
+    write_and_record(node, chunk, rd, body, reservation).await?;
+    Ok(Put::Written { size })
 }
 
 /// The chunk file first (synced), then the catalog row: a crash in between leaves a stray file
-/// that the next start removes, never a row without its file.
+/// that the next start removes, never a row without its file. The reservation becomes used bytes
+/// before the row exists, so whoever deletes the row may free them.
 async fn write_and_record(
     node: &Arc<Node>,
     chunk: &ChunkId,
     rd: Rd,
     body: Vec<u8>,
+    reservation: Reservation,
 ) -> Result<(), StoreError> {
     let size = body.len() as u64;
     let (store, c) = (node.store.clone(), chunk.clone());
-    let hash = tokio::task::spawn_blocking(move || {
+    let written = tokio::task::spawn_blocking(move || {
         store.write(&c.file_id, c.chunk_no, &body)?;
         Ok::<_, std::io::Error>(sha256_hex(&body))
     })
     .await
-    .map_err(|e| StoreError::Corrupt(e.to_string()))?
-    .map_err(|e| StoreError::Commit(format!("writing the chunk file: {e}")))?;
+    .map_err(|e| StoreError::Corrupt(e.to_string()))
+    .and_then(|r| r.map_err(|e| StoreError::Commit(format!("writing the chunk file: {e}"))));
+    let hash = match written {
+        Ok(hash) => hash,
+        Err(e) => {
+            node.store.release(reservation);
+            return Err(e);
+        }
+    };
+    node.store.commit(reservation);
     let row = HostedRow {
         file_id: chunk.file_id.clone(),
         chunk_no: chunk.chunk_no,
@@ -185,8 +291,7 @@ async fn write_and_record(
         .call(move |cat| cat.insert_hosted(&row, &[me]))
         .await;
     if r.is_err() {
-        let (store, c) = (node.store.clone(), chunk.clone());
-        let _ = tokio::task::spawn_blocking(move || store.remove(&c.file_id, c.chunk_no)).await;
+        remove_chunk_files(node, &chunk.file_id, vec![(chunk.chunk_no, size)]).await;
     }
     r
 }
@@ -199,12 +304,18 @@ pub(super) async fn read_hosted(node: &Arc<Node>, chunk: &ChunkId) -> Option<(Ho
         .call(move |cat| cat.hosted(&c.file_id, c.chunk_no))
         .await
         .ok()??;
-    let (store, c) = (node.store.clone(), chunk.clone());
-    let body = tokio::task::spawn_blocking(move || store.read(&c.file_id, c.chunk_no))
+    let body = read_verified(node, &row).await?;
+    Some((row, body))
+}
+
+async fn read_verified(node: &Arc<Node>, row: &HostedRow) -> Option<Vec<u8>> {
+    let (store, f, no) = (node.store.clone(), row.file_id.clone(), row.chunk_no);
+    let body = tokio::task::spawn_blocking(move || store.read(&f, no))
         .await
         .ok()?;
+    let chunk = format!("{}#{}", row.file_id, row.chunk_no.0);
     match body {
-        Ok(body) if sha256_hex(&body) == row.hash => Some((row, body)),
+        Ok(body) if sha256_hex(&body) == row.hash => Some(body),
         Ok(_) => {
             tracing::error!("hosted chunk {chunk} does not match its hash: not serving it");
             None
@@ -216,16 +327,47 @@ pub(super) async fn read_hosted(node: &Arc<Node>, chunk: &ChunkId) -> Option<(Ho
     }
 }
 
-async fn serve_getchunk(node: &Arc<Node>, chunk: &ChunkId, asked_at: Instant) {
-    sleep(random_reply_delay()).await;
-    if seen_since(&node.transient().chunk_seen, chunk, asked_at) {
-        return; // another holder answered first
-    }
-    let Some((row, body)) = read_hosted(node, chunk).await else {
+/// Answers a GETCHUNK for a chunk we host: after the random wait, and no sooner than a second
+/// after our last CHUNK of it; not at all if a good copy was heard meanwhile.
+async fn serve_getchunk(node: &Arc<Node>, chunk: &ChunkId) {
+    let c = chunk.clone();
+    let Ok(Some(row)) = node
+        .catalog
+        .call(move |cat| cat.hosted(&c.file_id, c.chunk_no))
+        .await
+    else {
         return;
     };
-    if seen_since(&node.transient().chunk_seen, chunk, asked_at) {
+    let reply_at = {
+        let mut t = node.transient();
+        if let Some(reply) = t.replying.get_mut(chunk) {
+            reply.expect(row.size, row.hash.clone());
+        }
+        let at = Instant::now() + random_reply_delay();
+        t.chunk_sent
+            .next_allowed(chunk)
+            .map_or(at, |next| next.max(at))
+    };
+    sleep_until(reply_at.into()).await;
+    let answered = |node: &Node| {
+        node.transient()
+            .replying
+            .get(chunk)
+            .is_some_and(|r| r.suppressed())
+    };
+    if answered(node) {
+        return; // another holder answered first, with the right bytes
+    }
+    let Some(body) = read_verified(node, &row).await else {
         return;
+    };
+    {
+        let mut t = node.transient();
+        if t.replying.get(chunk).is_some_and(|r| r.suppressed())
+            || !t.chunk_sent.take(chunk, Instant::now())
+        {
+            return;
+        }
     }
     // The fileId text exactly as the home peer wrote it.
     let chunk = ChunkId {
@@ -252,7 +394,12 @@ pub(super) async fn remove_chunk_files(
     .await;
 }
 
-async fn on_removed(node: &Arc<Node>, chunk: ChunkId, sender: PeerId) {
+async fn on_removed(
+    node: &Arc<Node>,
+    chunk: ChunkId,
+    sender: PeerId,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
     let c = chunk.clone();
     let r = node
         .catalog
@@ -265,6 +412,7 @@ async fn on_removed(node: &Arc<Node>, chunk: ChunkId, sender: PeerId) {
             Ok((role, perceived))
         })
         .await;
+    drop(permit); // a re-backup may take a while: it is bounded by `rebacking`, one per chunk
     let desired = match r {
         Ok((ChunkRole::Hosted { desired_rd }, perceived)) if perceived < u32::from(desired_rd) => {
             desired_rd
@@ -461,7 +609,11 @@ pub(super) async fn reconcile_store(node: &Arc<Node>) -> anyhow::Result<Vec<Chun
         let store = node.store.clone();
         tokio::task::spawn_blocking(move || store.remove(&chunk.file_id, chunk.chunk_no)).await??;
     }
-    let used = node.catalog.call(|c| c.used_bytes()).await?;
+    let store = node.store.clone();
+    let used = node
+        .catalog
+        .call(move |c| c.used_bytes(|size| store.charge(size)))
+        .await?;
     node.store.set_used(used);
     Ok(lost)
 }

@@ -2,6 +2,8 @@
 //! heard, a CHUNK arrived, time passed) and say what to do next. No sockets, no tokio, no SQLite:
 //! the daemon drives them, and the unit tests drive them with made-up instants.
 pub mod backup;
+pub mod lru;
 pub mod reclaim;
 pub mod restore;
 pub mod retry;
+pub mod serve;

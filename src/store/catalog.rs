@@ -122,6 +122,47 @@ CREATE TABLE IF NOT EXISTS holders (
 );
 ";
 
+/// Each chunk's perceived RD, kept by triggers as holders come and go, so that neither an insert
+/// nor a report recounts a holder set.
+const HOLDER_COUNTS: &str = "
+CREATE TABLE holder_counts (
+    file_id TEXT NOT NULL,
+    chunk_no INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (file_id, chunk_no)
+);
+INSERT INTO holder_counts (file_id, chunk_no, n)
+    SELECT file_id, chunk_no, COUNT(*) FROM holders GROUP BY file_id, chunk_no;
+CREATE TRIGGER holder_added AFTER INSERT ON holders BEGIN
+    INSERT OR IGNORE INTO holder_counts (file_id, chunk_no, n) VALUES (NEW.file_id, NEW.chunk_no, 0);
+    UPDATE holder_counts SET n = n + 1 WHERE file_id = NEW.file_id AND chunk_no = NEW.chunk_no;
+END;
+CREATE TRIGGER holder_removed AFTER DELETE ON holders BEGIN
+    UPDATE holder_counts SET n = n - 1 WHERE file_id = OLD.file_id AND chunk_no = OLD.chunk_no;
+    DELETE FROM holder_counts WHERE file_id = OLD.file_id AND chunk_no = OLD.chunk_no AND n <= 0;
+END;
+";
+
+/// Most distinct holders recorded per chunk. A real LAN has far fewer peers than this; STOREDs
+/// from more senders (forged ids) are ignored, so a flood cannot grow a holder set.
+pub const MAX_HOLDERS: u32 = 64;
+
+/// The catalog is the daemon's alone: mode 0600 whatever the umask (SQLite would create it
+/// 0644 less the umask, and gives the -wal and -shm files the same mode).
+fn make_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let private = |e: std::io::Error| {
+        StoreError::Commit(format!("cannot make {} private: {e}", path.display()))
+    };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(private)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(private)
+}
+
 fn file_id_of(text: String) -> Result<FileId, StoreError> {
     FileId::parse(&text).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -219,6 +260,7 @@ fn finish_file((id, raw): (String, FileRowRaw)) -> Result<FileRow, StoreError> {
 
 impl Catalog {
     pub fn open(path: &Path) -> Result<Catalog, StoreError> {
+        make_private(path)?;
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         // WAL + FULL: a committed transaction survives kill -9 and power loss; batching commits
@@ -238,6 +280,22 @@ impl Catalog {
                  PRAGMA user_version = 1;
                  COMMIT;",
             )?;
+        }
+        // SQLite gives the -wal and -shm files the database's mode; older stores may have them.
+        for suffix in ["-wal", "-shm"] {
+            let mut other = path.as_os_str().to_owned();
+            other.push(suffix);
+            if Path::new(&other).exists() {
+                make_private(Path::new(&other))?;
+            }
+        }
+        let counted: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'holder_counts')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !counted {
+            conn.execute_batch(&format!("BEGIN; {HOLDER_COUNTS} COMMIT;"))?;
         }
         Ok(Catalog { conn })
     }
@@ -360,7 +418,7 @@ impl Catalog {
     ) -> Result<Vec<(ChunkNo, u64, String, u32)>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT c.chunk_no, c.size, c.hash,
-                    (SELECT COUNT(*) FROM holders h WHERE h.file_id = c.file_id AND h.chunk_no = c.chunk_no)
+                    COALESCE((SELECT n FROM holder_counts h WHERE h.file_id = c.file_id AND h.chunk_no = c.chunk_no), 0)
              FROM file_chunks c WHERE c.file_id = ?1 ORDER BY c.chunk_no",
         )?;
         let rows = stmt.query_map([file_id.key()], |r| {
@@ -378,11 +436,27 @@ impl Catalog {
         .collect()
     }
 
+    /// (size, hash) of one chunk of one of our files.
+    pub fn file_chunk(
+        &self,
+        file_id: &FileId,
+        chunk_no: ChunkNo,
+    ) -> Result<Option<(u64, String)>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT size, hash FROM file_chunks WHERE file_id = ?1 AND chunk_no = ?2",
+                params![file_id.key(), chunk_no.0],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
     /// The lowest perceived RD over a file's chunks (0 when a chunk has no holder).
     pub fn min_perceived_rd(&self, file_id: &FileId) -> Result<u32, StoreError> {
         Ok(self.conn.query_row(
-            "SELECT COALESCE(MIN((SELECT COUNT(*) FROM holders h
-                                  WHERE h.file_id = c.file_id AND h.chunk_no = c.chunk_no)), 0)
+            "SELECT COALESCE(MIN(COALESCE((SELECT n FROM holder_counts h
+                                  WHERE h.file_id = c.file_id AND h.chunk_no = c.chunk_no), 0)), 0)
              FROM file_chunks c WHERE c.file_id = ?1",
             [file_id.key()],
             |r| r.get(0),
@@ -424,8 +498,8 @@ impl Catalog {
              WHERE f.complete = 1 AND f.deleted_at IS NULL
                AND f.version = (SELECT MAX(version) FROM files g WHERE g.path = f.path)
                AND EXISTS (SELECT 1 FROM file_chunks c WHERE c.file_id = f.file_id
-                   AND (SELECT COUNT(*) FROM holders h
-                        WHERE h.file_id = c.file_id AND h.chunk_no = c.chunk_no) < f.desired_rd)",
+                   AND COALESCE((SELECT n FROM holder_counts h
+                        WHERE h.file_id = c.file_id AND h.chunk_no = c.chunk_no), 0) < f.desired_rd)",
         )?;
         let rows = stmt.query_map([], |r| path_at(r, 0))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -573,12 +647,7 @@ impl Catalog {
                 row.desired_rd
             ],
         )?;
-        for peer in holders {
-            self.conn.execute(
-                "INSERT OR IGNORE INTO holders (file_id, chunk_no, peer) VALUES (?1, ?2, ?3)",
-                params![key, row.chunk_no.0, peer.0],
-            )?;
-        }
+        self.insert_holders(&key, row.chunk_no, holders)?;
         Ok(())
     }
 
@@ -610,7 +679,7 @@ impl Catalog {
     pub fn all_hosted(&self) -> Result<Vec<(HostedRow, u32)>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT s.wire_id, s.chunk_no, s.size, s.hash, s.desired_rd,
-                    (SELECT COUNT(*) FROM holders h WHERE h.file_id = s.file_id AND h.chunk_no = s.chunk_no)
+                    COALESCE((SELECT n FROM holder_counts h WHERE h.file_id = s.file_id AND h.chunk_no = s.chunk_no), 0)
              FROM hosted s ORDER BY s.file_id, s.chunk_no",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -677,13 +746,12 @@ impl Catalog {
             .collect()
     }
 
-    pub fn used_bytes(&self) -> Result<u64, StoreError> {
-        let used: i64 =
-            self.conn
-                .query_row("SELECT COALESCE(SUM(size), 0) FROM hosted", [], |r| {
-                    r.get(0)
-                })?;
-        Ok(used as u64)
+    /// The hosted chunks' cost against the quota, each chunk's size charged by `charge` (the
+    /// store's: what the disk pays for it).
+    pub fn used_bytes(&self, charge: impl Fn(u64) -> u64) -> Result<u64, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT size FROM hosted")?;
+        let sizes = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+        sizes.map(|s| Ok(charge(s? as u64))).sum()
     }
 
     // ---- holder sets ----------------------------------------------------------------------
@@ -696,6 +764,18 @@ impl Catalog {
         chunk_no: ChunkNo,
         peer: PeerId,
     ) -> Result<Option<u32>, StoreError> {
+        self.add_holders(file_id, chunk_no, &[peer])
+    }
+
+    /// Records the STOREDs heard from `peers` for one chunk, if the chunk is ours or hosted here
+    /// (others' chunks are not our business in 1.0), up to `MAX_HOLDERS` distinct holders.
+    /// Returns the perceived RD after the update, or None if ignored.
+    pub fn add_holders(
+        &self,
+        file_id: &FileId,
+        chunk_no: ChunkNo,
+        peers: &[PeerId],
+    ) -> Result<Option<u32>, StoreError> {
         let key = file_id.key();
         let known: bool = self.conn.query_row(
             "SELECT EXISTS (SELECT 1 FROM file_chunks WHERE file_id = ?1 AND chunk_no = ?2)
@@ -706,11 +786,35 @@ impl Catalog {
         if !known {
             return Ok(None);
         }
-        self.conn.execute(
+        self.insert_holders(&key, chunk_no, peers).map(Some)
+    }
+
+    /// Inserts holders up to the cap; returns the perceived RD after.
+    fn insert_holders(
+        &self,
+        key: &str,
+        chunk_no: ChunkNo,
+        peers: &[PeerId],
+    ) -> Result<u32, StoreError> {
+        let mut perceived: u32 = self
+            .conn
+            .query_row(
+                "SELECT n FROM holder_counts WHERE file_id = ?1 AND chunk_no = ?2",
+                params![key, chunk_no.0],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        let mut insert = self.conn.prepare_cached(
             "INSERT OR IGNORE INTO holders (file_id, chunk_no, peer) VALUES (?1, ?2, ?3)",
-            params![key, chunk_no.0, peer.0],
         )?;
-        self.perceived(file_id, chunk_no).map(Some)
+        for peer in peers {
+            if perceived >= MAX_HOLDERS {
+                break; // a peer already in the set stays there; a new one is not recorded
+            }
+            perceived += insert.execute(params![key, chunk_no.0, peer.0])? as u32;
+        }
+        Ok(perceived)
     }
 
     /// Removes `peer` from a chunk's holder set; returns the perceived RD after the update.
@@ -735,19 +839,26 @@ impl Catalog {
         rows.map(|r| Ok(PeerId(r?))).collect()
     }
 
+    /// A chunk's perceived RD (kept by the triggers: no recount).
     pub fn perceived(&self, file_id: &FileId, chunk_no: ChunkNo) -> Result<u32, StoreError> {
-        Ok(self.conn.query_row(
-            "SELECT COUNT(*) FROM holders WHERE file_id = ?1 AND chunk_no = ?2",
-            params![file_id.key(), chunk_no.0],
-            |r| r.get(0),
-        )?)
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT n FROM holder_counts WHERE file_id = ?1 AND chunk_no = ?2",
+                params![file_id.key(), chunk_no.0],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0))
     }
 }
 
 // ---- the catalog thread -------------------------------------------------------------------
 
 type Deliver = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-type Job = Box<dyn FnOnce(&Catalog) -> (bool, Deliver) + Send>;
+/// A queued call: run on the catalog (Some), or failed unrun (None) when its batch could not
+/// begin; either way it returns whether it succeeded and how to hand over its result.
+type Job = Box<dyn FnOnce(Option<&Catalog>) -> (bool, Deliver) + Send>;
 
 /// Most calls committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -776,7 +887,10 @@ impl CatalogHandle {
     {
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move |cat| {
-            let r = f(cat);
+            let r = match cat {
+                Some(cat) => f(cat),
+                None => Err(StoreError::Commit("the batch could not begin".into())),
+            };
             let ok = r.is_ok();
             let deliver: Deliver = Box::new(move |commit| {
                 let _ = done.send(commit.and(r));
@@ -798,24 +912,33 @@ fn run(catalog: Catalog, rx: std_mpsc::Receiver<Job>) {
             }
         }
         let mut delivers = Vec::with_capacity(jobs.len());
-        let began = catalog.conn.execute_batch("BEGIN IMMEDIATE");
+        if let Err(e) = catalog.conn.execute_batch("BEGIN IMMEDIATE") {
+            // Outside a transaction each write would commit on its own while being reported
+            // failed: fail the whole batch without running it.
+            tracing::error!("catalog: cannot begin a transaction: {e}");
+            for job in jobs {
+                let (_, deliver) = job(None);
+                deliver(Err(StoreError::Commit(format!(
+                    "cannot begin a transaction: {e}"
+                ))));
+            }
+            continue;
+        }
         for job in jobs {
             // A failing call must not undo the others in its batch.
             let _ = catalog.conn.execute_batch("SAVEPOINT call");
-            let (ok, deliver) = job(&catalog);
+            let (ok, deliver) = job(Some(&catalog));
             if !ok {
                 let _ = catalog.conn.execute_batch("ROLLBACK TO call");
             }
             let _ = catalog.conn.execute_batch("RELEASE call");
             delivers.push(deliver);
         }
-        let committed = began
-            .and_then(|_| catalog.conn.execute_batch("COMMIT"))
-            .map_err(|e| {
-                let _ = catalog.conn.execute_batch("ROLLBACK");
-                tracing::error!("catalog commit failed: {e}");
-                e.to_string()
-            });
+        let committed = catalog.conn.execute_batch("COMMIT").map_err(|e| {
+            let _ = catalog.conn.execute_batch("ROLLBACK");
+            tracing::error!("catalog commit failed: {e}");
+            e.to_string()
+        });
         for deliver in delivers {
             deliver(committed.clone().map_err(StoreError::Commit));
         }
@@ -988,12 +1111,12 @@ mod tests {
         );
         let back = cat.hosted(&fid('a'), ChunkNo(4)).unwrap().unwrap();
         assert_eq!(back.file_id.as_wire(), upper.as_wire());
-        assert_eq!(cat.used_bytes().unwrap(), 64_000);
+        assert_eq!(cat.used_bytes(|s| s + 1).unwrap(), 64_001);
         assert_eq!(
             cat.delete_hosted_file(&fid('a')).unwrap(),
             vec![(ChunkNo(4), 64_000)]
         );
-        assert_eq!(cat.used_bytes().unwrap(), 0);
+        assert_eq!(cat.used_bytes(|s| s + 1).unwrap(), 0);
     }
 
     #[tokio::test]
@@ -1009,5 +1132,125 @@ mod tests {
         assert_eq!(d.unwrap(), 1);
         let all = handle.call(|c| c.all_files()).await.unwrap();
         assert_eq!(all.len(), 2);
+    }
+
+    #[test]
+    fn holder_sets_are_capped_and_counted_without_recount() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        cat.insert_file(&file('a', "/f")).unwrap();
+        cat.put_file_chunk(&fid('a'), ChunkNo(0), 10, "h0").unwrap();
+        // A flood of STOREDs from forged ids, in batches as the daemon records them.
+        let forged: Vec<PeerId> = (1000..201_000).map(PeerId).collect();
+        for batch in forged.chunks(1024) {
+            let rd = cat.add_holders(&fid('a'), ChunkNo(0), batch).unwrap();
+            assert_eq!(rd, Some(MAX_HOLDERS));
+        }
+        assert_eq!(cat.holders(&fid('a'), ChunkNo(0)).unwrap().len(), 64);
+        assert_eq!(cat.file_chunks(&fid('a')).unwrap()[0].3, MAX_HOLDERS);
+        // Beyond the cap a new peer is ignored; one already in the set stays counted once.
+        assert_eq!(
+            cat.add_holder(&fid('a'), ChunkNo(0), PeerId(7)).unwrap(),
+            Some(64)
+        );
+        assert_eq!(
+            cat.add_holder(&fid('a'), ChunkNo(0), PeerId(1000)).unwrap(),
+            Some(64)
+        );
+        // The counts follow removals and deletes.
+        assert_eq!(
+            cat.remove_holder(&fid('a'), ChunkNo(0), PeerId(1000))
+                .unwrap(),
+            63
+        );
+        assert_eq!(
+            cat.add_holder(&fid('a'), ChunkNo(0), PeerId(7)).unwrap(),
+            Some(64)
+        );
+        assert_eq!(cat.min_perceived_rd(&fid('a')).unwrap(), 64);
+        cat.delete_file(&fid('a')).unwrap();
+        assert_eq!(cat.perceived(&fid('a'), ChunkNo(0)).unwrap(), 0);
+        let rows: i64 = cat
+            .conn
+            .query_row("SELECT COUNT(*) FROM holder_counts", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 0);
+        // STOREDs for a chunk we do not know cost nothing.
+        assert_eq!(
+            cat.add_holders(&fid('b'), ChunkNo(0), &forged[..10])
+                .unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn counts_are_built_for_a_catalog_of_an_older_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        {
+            let cat = Catalog::open(&path).unwrap();
+            cat.put_file_chunk(&fid('a'), ChunkNo(0), 10, "h0").ok();
+            cat.conn
+                .execute_batch(
+                    "DROP TRIGGER holder_added; DROP TRIGGER holder_removed;
+                     DROP TABLE holder_counts;
+                     INSERT INTO holders VALUES ('x', 1, 5), ('x', 1, 6), ('y', 0, 5);",
+                )
+                .unwrap();
+        }
+        let cat = Catalog::open(&path).unwrap();
+        let count = |f: &str, n: i64| -> u32 {
+            cat.conn
+                .query_row(
+                    "SELECT n FROM holder_counts WHERE file_id = ?1 AND chunk_no = ?2",
+                    params![f, n],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        assert_eq!((count("x", 1), count("y", 0)), (2, 1));
+    }
+
+    #[test]
+    fn the_catalog_is_not_group_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).unwrap();
+        let cat = Catalog::open(&path).unwrap();
+        cat.set_meta("k", "v").unwrap();
+        for name in ["c.db", "c.db-wal", "c.db-shm"] {
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_cannot_begin_runs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let cat = Catalog::open(&path).unwrap();
+        cat.conn
+            .busy_timeout(std::time::Duration::from_millis(20))
+            .unwrap();
+        let handle = CatalogHandle::start(cat);
+        // Another writer holds the database: BEGIN IMMEDIATE fails. Were the call run anyway, it
+        // would let the other writer go and then write in autocommit.
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let r = handle
+            .call(move |c| {
+                other.execute_batch("COMMIT")?;
+                c.insert_file(&file('a', "/f"))
+            })
+            .await;
+        assert!(r.is_err(), "reported failed");
+        // The unrun call was dropped with the other connection: its lock is gone.
+        let all = handle.call(|c| c.all_files()).await.unwrap();
+        assert!(all.is_empty(), "and not written either: {all:?}");
     }
 }

@@ -1,18 +1,34 @@
 //! Hosted chunk files under `<state_dir>/chunks/<fileId>/<chunkNo>` and the quota they count
 //! against. A chunk file is complete or absent: it is written to a temporary name, synced, then
-//! renamed. Blocking: call from a blocking thread.
+//! renamed. The store is the daemon's alone: folders 0700, files 0600, whatever the umask.
+//! Blocking: call from a blocking thread.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::protocol::message::{ChunkNo, FileId};
 
 const TMP_PREFIX: &str = ".tmp-";
+/// What one hosted chunk's catalog row (and its share of the catalog's pages) costs on disk.
+pub const ROW_COST: u64 = 512;
+const DIR_MODE: u32 = 0o700;
+const FILE_MODE: u32 = 0o600;
 
-/// Bytes hosted, bytes promised to writes under way, and the limit. Reserving before writing is
-/// what keeps hosted bytes under the quota even under concurrent PUTCHUNKs.
+/// What hosting a chunk of `size` bytes costs against the quota: what the disk pays, that is
+/// its size rounded up to whole filesystem blocks (at least one block, even for an empty chunk:
+/// its folder and inode are not free) plus its catalog row. Reservation, the used bytes at start,
+/// reclaim and `state` all count with this one function.
+pub fn charge(size: u64, block: u64) -> u64 {
+    let block = block.max(1);
+    size.div_ceil(block).max(1) * block + ROW_COST
+}
+
+/// Bytes hosted, bytes promised to writes under way, and the limit, all as charged by `charge`.
+/// Reserving before writing is what keeps hosted bytes under the quota even under concurrent
+/// PUTCHUNKs.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
     pub used: u64,
@@ -22,13 +38,15 @@ pub struct Usage {
 
 impl Usage {
     /// Quota 0 means "host nothing", even empty chunks.
-    pub fn fits(&self, size: u64) -> bool {
-        self.quota > 0 && self.used + self.reserved + size <= self.quota
+    pub fn fits(&self, charged: u64) -> bool {
+        self.quota > 0 && self.used + self.reserved + charged <= self.quota
     }
 }
 
 pub struct ChunkStore {
     root: PathBuf,
+    /// The filesystem's allocation unit, read once at open.
+    block: u64,
     usage: Mutex<Usage>,
 }
 
@@ -37,14 +55,36 @@ pub struct ChunkStore {
 #[derive(Debug)]
 #[must_use]
 pub struct Reservation {
-    size: u64,
+    charged: u64,
+}
+
+/// Creates a folder of the daemon's alone (or makes an existing one so): mode 0700 whatever the
+/// umask. Returns whether it was created.
+pub fn private_dir(path: &Path) -> io::Result<bool> {
+    let created = match fs::DirBuilder::new().mode(DIR_MODE).create(path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => false,
+        Err(e) => return Err(e),
+    };
+    fs::set_permissions(path, fs::Permissions::from_mode(DIR_MODE))?;
+    Ok(created)
 }
 
 impl ChunkStore {
     pub fn open(root: PathBuf, used: u64, quota: u64) -> io::Result<ChunkStore> {
-        fs::create_dir_all(&root)?;
+        if let Some(parent) = root.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        private_dir(&root)?;
+        let st = nix::sys::statvfs::statvfs(&root)?;
+        let block = match st.fragment_size() as u64 {
+            0 => st.block_size() as u64,
+            f => f,
+        }
+        .clamp(512, 1 << 20);
         Ok(ChunkStore {
             root,
+            block,
             usage: Mutex::new(Usage {
                 used,
                 reserved: 0,
@@ -65,34 +105,42 @@ impl ChunkStore {
         self.lock().quota = quota;
     }
 
+    /// What a chunk of `size` bytes costs against the quota on this store's disk.
+    pub fn charge(&self, size: u64) -> u64 {
+        charge(size, self.block)
+    }
+
+    /// Claims quota for a chunk of `size` bytes, if its charge fits.
     pub fn reserve(&self, size: u64) -> Option<Reservation> {
+        let charged = self.charge(size);
         let mut usage = self.lock();
-        if !usage.fits(size) {
+        if !usage.fits(charged) {
             return None;
         }
-        usage.reserved += size;
-        Some(Reservation { size })
+        usage.reserved += charged;
+        Some(Reservation { charged })
     }
 
     pub fn release(&self, r: Reservation) {
-        self.lock().reserved -= r.size;
+        self.lock().reserved -= r.charged;
     }
 
     pub fn commit(&self, r: Reservation) {
         let mut usage = self.lock();
-        usage.reserved -= r.size;
-        usage.used += r.size;
+        usage.reserved -= r.charged;
+        usage.used += r.charged;
     }
 
-    /// The hosted bytes as the catalog counts them (at start, after reconciling).
+    /// The charged bytes of the hosted chunks (at start, after reconciling).
     pub fn set_used(&self, used: u64) {
         self.lock().used = used;
     }
 
-    /// Space given back after a chunk file was removed.
+    /// Space given back after a chunk file of `size` bytes was removed.
     pub fn freed(&self, size: u64) {
+        let charged = self.charge(size);
         let mut usage = self.lock();
-        usage.used = usage.used.saturating_sub(size);
+        usage.used = usage.used.saturating_sub(charged);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Usage> {
@@ -110,15 +158,17 @@ impl ChunkStore {
         self.dir_of(file_id).join(chunk_no.0.to_string())
     }
 
-    /// Whether the disk has room for `len` more bytes while keeping a margin free: the catalog
-    /// lives on the same disk and must always be able to commit, deletes included.
+    /// Whether the disk has room for `len` more bytes and a few more inodes while keeping a
+    /// margin of both free: the catalog lives on the same disk and must always be able to
+    /// commit, deletes included; and empty chunks cost inodes, not bytes.
     fn disk_has_room(&self, len: u64) -> io::Result<bool> {
         let st = nix::sys::statvfs::statvfs(&self.root)?;
         let frsize = st.fragment_size() as u64;
         let total = st.blocks() as u64 * frsize;
         let available = st.blocks_available() as u64 * frsize;
         let margin = (total / 20).clamp(256 * 1024, 64 * 1024 * 1024);
-        Ok(available >= len + margin)
+        Ok(available >= len + margin
+            && inodes_to_spare(st.files() as u64, st.files_available() as u64))
     }
 
     /// Writes a chunk for good: temp file, fsync, rename, fsync of the directory. Refused (an
@@ -134,14 +184,23 @@ impl ChunkStore {
             ));
         }
         let dir = self.dir_of(file_id);
-        fs::create_dir_all(&dir)?;
+        if private_dir(&dir)? {
+            // The new folder's entry must be on disk before a file in it can be.
+            File::open(&self.root)?.sync_all()?;
+        }
         let tmp = dir.join(format!(
             "{TMP_PREFIX}{}-{}",
             chunk_no.0,
             rand::random::<u32>()
         ));
         let result = (|| {
-            let mut f = File::create(&tmp)?;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&tmp)?;
+            // The umask may only take bits away; set the mode explicitly all the same.
+            f.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
             f.write_all(body)?;
             f.sync_all()?;
             fs::rename(&tmp, self.path_of(file_id, chunk_no))?;
@@ -182,6 +241,8 @@ impl ChunkStore {
                 let _ = fs::remove_file(dir.path()).or_else(|_| fs::remove_dir_all(dir.path()));
                 continue;
             };
+            // Stores written by older versions were group-accessible under the unit's umask.
+            make_private(&dir.path(), DIR_MODE)?;
             for entry in fs::read_dir(dir.path())? {
                 let entry = entry?;
                 let chunk_no = entry
@@ -191,6 +252,7 @@ impl ChunkStore {
                     .and_then(ChunkNo::new);
                 match (chunk_no, entry.metadata()) {
                     (Some(no), Ok(meta)) if meta.is_file() => {
+                        make_private(&entry.path(), FILE_MODE)?;
                         found.push((file_id.clone(), no, meta.len()))
                     }
                     _ => {
@@ -202,6 +264,25 @@ impl ChunkStore {
         }
         Ok(found)
     }
+}
+
+/// Sets a mode if it is not already the one (a chmod dirties the inode).
+fn make_private(path: &Path, mode: u32) -> io::Result<()> {
+    if fs::symlink_metadata(path)?.permissions().mode() & 0o7777 != mode {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+/// Whether the filesystem keeps enough inodes free after one more chunk: 1% of them and at
+/// least 1000 (a flood of empty chunks must not use up the inodes the system needs).
+/// Filesystems without an inode limit report 0 inodes.
+fn inodes_to_spare(total: u64, available: u64) -> bool {
+    if total == 0 {
+        return true;
+    }
+    let margin = (total / 100).max(1000).min(total / 2);
+    available > margin
 }
 
 #[cfg(test)]
@@ -248,20 +329,22 @@ mod tests {
                             let u = store.usage();
                             prop_assert!(u.used + u.reserved <= u.quota);
                         } else {
-                            prop_assert!(!before.fits(n));
+                            prop_assert!(!before.fits(store.charge(n)));
                         }
                     }
                     Op::Commit => if let Some(r) = held.pop() {
-                        committed.push(r.size);
+                        committed.push(r.charged);
                         store.commit(r);
                     },
                     Op::Release => if let Some(r) = held.pop() { store.release(r) },
-                    Op::Free => if let Some(n) = committed.pop() { store.freed(n) },
+                    // A chunk's charge is a whole number of blocks plus the row: freeing that
+                    // many bytes gives back exactly that charge.
+                    Op::Free => if let Some(n) = committed.pop() { store.freed(n - ROW_COST) },
                     Op::SetQuota(q) => { quota = q; store.set_quota(q) },
                 }
                 let u = store.usage();
                 prop_assert_eq!(u.used, committed.iter().sum::<u64>());
-                prop_assert_eq!(u.reserved, held.iter().map(|r| r.size).sum::<u64>());
+                prop_assert_eq!(u.reserved, held.iter().map(|r| r.charged).sum::<u64>());
                 prop_assert_eq!(u.quota, quota);
             }
         }
@@ -312,10 +395,10 @@ mod tests {
         let store = ChunkStore::open(dir.path().join("c"), 0, 100_000).unwrap();
         let a = store.reserve(64_000).unwrap();
         assert!(store.reserve(64_000).is_none(), "second chunk would exceed");
-        let b = store.reserve(36_000).unwrap();
+        let b = store.reserve(30_000).unwrap();
         store.commit(a);
         store.release(b);
-        assert_eq!(store.usage().used, 64_000);
+        assert_eq!(store.usage().used, store.charge(64_000));
         assert_eq!(store.usage().reserved, 0);
     }
 
@@ -340,5 +423,59 @@ mod tests {
         assert!(!store.root().join("junk").exists());
         store.remove(&fid('a'), ChunkNo(3)).unwrap();
         assert!(!store.dir_of(&fid('a')).exists());
+    }
+
+    #[test]
+    fn a_chunk_costs_whole_blocks_and_its_row() {
+        assert_eq!(
+            charge(0, 4096),
+            4096 + ROW_COST,
+            "an empty chunk costs a block"
+        );
+        assert_eq!(charge(1, 4096), 4096 + ROW_COST);
+        assert_eq!(charge(4096, 4096), 4096 + ROW_COST);
+        assert_eq!(charge(4097, 4096), 8192 + ROW_COST);
+        assert_eq!(charge(64_000, 4096), 16 * 4096 + ROW_COST);
+        assert_eq!(charge(64_000, 512), 125 * 512 + ROW_COST);
+        // 3,000 empty chunks cannot hide in a 64,000-byte quota: at most 13 fit.
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path().join("c"), 0, 64_000).unwrap();
+        let held: Vec<_> = (0..3000).map_while(|_| store.reserve(0)).collect();
+        assert!(
+            held.len() <= 64_000 / 4096,
+            "{} empty chunks fit",
+            held.len()
+        );
+        assert!(!held.is_empty());
+    }
+
+    #[test]
+    fn inodes_keep_a_margin() {
+        assert!(inodes_to_spare(0, 0), "no inode limit");
+        assert!(inodes_to_spare(1_000_000, 500_000));
+        assert!(!inodes_to_spare(1_000_000, 10_000), "1% of them stay free");
+        assert!(inodes_to_spare(1_000_000, 10_001));
+        assert!(!inodes_to_spare(50_000, 1000), "and at least 1000");
+    }
+
+    #[test]
+    fn the_store_is_private_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("c");
+        fs::create_dir(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o770)).unwrap();
+        let store = ChunkStore::open(root.clone(), 0, 1 << 20).unwrap();
+        store.write(&fid('b'), ChunkNo(0), b"x").unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&store.dir_of(&fid('b'))), 0o700);
+        assert_eq!(mode(&store.path_of(&fid('b'), ChunkNo(0))), 0o600);
+        // A store left group-accessible by an older version is made private at scan.
+        fs::set_permissions(store.dir_of(&fid('b')), fs::Permissions::from_mode(0o770)).unwrap();
+        let file = store.path_of(&fid('b'), ChunkNo(0));
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o660)).unwrap();
+        store.scan().unwrap();
+        assert_eq!(mode(&store.dir_of(&fid('b'))), 0o700);
+        assert_eq!(mode(&file), 0o600);
     }
 }

@@ -268,6 +268,11 @@ quota = "{quota}"
         }
     }
 
+    /// The process id of peer i's daemon, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.peers[i].child.as_ref().map(|c| c.id())
+    }
+
     pub fn restart(&mut self, i: usize) {
         self.stop(i);
         self.spawn(i);
@@ -418,6 +423,24 @@ pub fn min_rd(file: &Value) -> u64 {
 
 pub fn used_bytes(state: &Value) -> u64 {
     state["used_bytes"].as_u64().unwrap()
+}
+
+/// What a hosted chunk of `size` bytes costs against a peer's quota (as `used_bytes` counts it):
+/// its size in whole blocks of the store's filesystem, at least one, plus 512 bytes for its
+/// catalog row.
+pub fn charged(peer: &Peer, size: u64) -> u64 {
+    charged_on(&peer.dir, size)
+}
+
+/// Like `charged`, for a store on the filesystem of `path`.
+pub fn charged_on(path: &Path, size: u64) -> u64 {
+    let st = nix::sys::statvfs::statvfs(path).unwrap();
+    let block = match st.fragment_size() as u64 {
+        0 => st.block_size() as u64,
+        f => f,
+    }
+    .clamp(512, 1 << 20);
+    size.div_ceil(block).max(1) * block + 512
 }
 
 /// Count of hosted chunk files on disk under a peer's store.
