@@ -82,6 +82,10 @@ pub struct DaemonArgs {
     /// Check the configuration and exit (0 valid, 2 invalid).
     #[arg(long)]
     pub check_config: bool,
+    /// The catalog was lost: re-index the hosted chunk files into a new one (their hashes and
+    /// sizes), announce them to their home peers with STORED, then run as usual.
+    #[arg(long, conflicts_with = "check_config")]
+    pub rebuild_catalog: bool,
 }
 
 /// Writes `peerstash.1`, `peerstashd.8` and bash, zsh and fish completions into `dir`.

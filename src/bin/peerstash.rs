@@ -190,7 +190,12 @@ fn run_daemon(config: &Path) -> i32 {
         Ok(r) => r,
         Err(e) => return fail(exit::FAILED, e),
     };
-    match runtime.block_on(peerstash::service::run(cfg, lan_key, config.to_path_buf())) {
+    match runtime.block_on(peerstash::service::run(
+        cfg,
+        lan_key,
+        config.to_path_buf(),
+        Default::default(),
+    )) {
         Ok(()) => exit::OK,
         Err(e) => fail(exit::FAILED, format!("{e:#}")),
     }

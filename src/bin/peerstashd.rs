@@ -34,11 +34,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(peerstash::service::run(config, lan_key, args.config)) {
+    let options = peerstash::daemon::StartOptions {
+        rebuild_catalog: args.rebuild_catalog,
+    };
+    match runtime.block_on(peerstash::service::run(
+        config,
+        lan_key,
+        args.config,
+        options,
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // One line: to the journal at error priority under systemd, to stderr otherwise.
             tracing::error!("{e:#}");
-            eprintln!("peerstashd: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -21,32 +21,45 @@ use crate::fsx;
 /// Connections served at once; more wait for a turn.
 const MAX_CONNECTIONS: usize = 32;
 
-pub async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
-    let path = node.config().peer.control_socket.clone();
+/// Binds the control socket at `path` (mode 0660, group peerstash). Refused when another
+/// daemon answers there, or when something that is not a socket is there (never deleted).
+pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create {} (peer.control_socket)", shown(dir)))?;
     }
-    // A socket file left by a daemon that was killed: nobody answers on it, replace it.
-    if path.exists() {
-        if UnixStream::connect(&path).await.is_ok() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
             anyhow::bail!(
-                "another peerstashd is already listening on {} (peer.control_socket): stop it or give this one another socket",
-                shown(&path)
+                "{} (peer.control_socket) exists and is not a socket: it is left as it is; remove it or choose another path",
+                shown(path)
             );
         }
-        std::fs::remove_file(&path)
-            .with_context(|| format!("cannot remove the stale socket {}", shown(&path)))?;
+        if UnixStream::connect(path).await.is_ok() {
+            anyhow::bail!(
+                "another peerstashd is already listening on {} (peer.control_socket): stop it or give this one another socket",
+                shown(path)
+            );
+        }
+        // A socket left by a daemon that was killed: nobody answers on it, replace it.
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", shown(path)))?;
     }
-    let listener = UnixListener::bind(&path)
-        .with_context(|| format!("cannot listen on {} (peer.control_socket)", shown(&path)))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on {} (peer.control_socket)", shown(path)))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     // Members of group peerstash may use the socket (under systemd, Group=peerstash does it).
     if let Ok(Some(group)) = nix::unistd::Group::from_name("peerstash") {
-        if let Err(e) = std::os::unix::fs::chown(&path, None, Some(group.gid.as_raw())) {
-            tracing::warn!("cannot give {} to group peerstash: {e}", shown(&path));
+        if let Err(e) = std::os::unix::fs::chown(path, None, Some(group.gid.as_raw())) {
+            tracing::warn!("cannot give {} to group peerstash: {e}", shown(path));
         }
     }
+    Ok(listener)
+}
+
+/// Serves the control socket bound by `bind`.
+pub fn serve(node: Arc<Node>, listener: UnixListener) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
@@ -70,7 +83,6 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
             });
         }
     });
-    Ok(())
 }
 
 async fn connection(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> {

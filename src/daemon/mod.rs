@@ -8,6 +8,8 @@ mod peer;
 
 pub use control::serve as serve_control;
 
+use nix::fcntl::{Flock, FlockArg};
+
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -49,6 +51,8 @@ pub fn random_reply_delay() -> Duration {
 /// Everything the peer's tasks share.
 pub struct Node {
     pub id: PeerId,
+    /// The state folder's lock, held while the peer runs.
+    _lock: Flock<std::fs::File>,
     /// Replaced as a whole on reload; readers take a snapshot with `config()`.
     config: std::sync::RwLock<Arc<Config>>,
     /// The LAN key (network.lan_key_file), if any: signs every datagram sent, and every
@@ -286,16 +290,30 @@ impl Node {
 }
 
 /// Seconds since the Unix epoch by the system clock (the LAN key's tags carry them).
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-/// Opens the catalog and the store, reconciles them, joins the channels and starts listening.
-/// `lan_key` is the key `config.network.lan_key_file` names, read by the caller.
-pub async fn start(config: Config, lan_key: Option<LanKey>) -> anyhow::Result<Arc<Node>> {
+/// How the daemon starts: normally, or re-indexing the chunk files into a lost catalog.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StartOptions {
+    /// `peerstashd --rebuild-catalog`: record every chunk file of the store in the catalog
+    /// (hash, size) and announce it with STORED, instead of refusing a catalog that is missing.
+    pub rebuild_catalog: bool,
+}
+
+/// Takes the state folder, opens and checks the catalog and the store, binds the control socket,
+/// and only then joins the channels and starts listening: every refusal comes before the peer
+/// is heard on the LAN. `lan_key` is the key `config.network.lan_key_file` names, read by the
+/// caller. Returns the peer and its control socket, to be served with `serve_control`.
+pub async fn start(
+    config: Config,
+    lan_key: Option<LanKey>,
+    options: StartOptions,
+) -> anyhow::Result<(Arc<Node>, tokio::net::UnixListener)> {
     let state_dir = config.peer.state_dir.clone();
     std::fs::create_dir_all(&state_dir).with_context(|| {
         format!(
@@ -316,15 +334,46 @@ pub async fn start(config: Config, lan_key: Option<LanKey>) -> anyhow::Result<Ar
             },
         )?;
     }
+    let lock = lock_state_dir(&state_dir)?;
     let db = state_dir.join("catalog.db");
-    let catalog =
-        Catalog::open(&db).with_context(|| format!("cannot open the catalog {}", db.display()))?;
+    let chunks = state_dir.join("chunks");
+    // A catalog that is missing or empty next to a store that holds chunks: it was lost, and
+    // starting on an empty one would throw the chunks away. The admin decides.
+    let new_catalog = std::fs::metadata(&db).map_or(true, |m| m.len() == 0);
+    let holds_chunks = ChunkStore::open(chunks.clone(), 0, 0)
+        .and_then(|s| s.holds_chunks())
+        .with_context(|| format!("cannot read the chunk store {}", chunks.display()))?;
+    if new_catalog && holds_chunks && !options.rebuild_catalog {
+        anyhow::bail!(
+            "the catalog {} is missing or empty, but the chunk store {} holds chunks: run `peerstashd --rebuild-catalog` once to re-index them (they are announced to their home peers), or move {} away to discard them",
+            db.display(),
+            chunks.display(),
+            chunks.display()
+        );
+    }
+    writable(&db)?;
+    let catalog = Catalog::open(&db).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open the catalog {}: {e}; if it is damaged, move it away and run `peerstashd --rebuild-catalog`",
+            db.display()
+        )
+    })?;
+    catalog.quick_check().map_err(|e| {
+        anyhow::anyhow!(
+            "the catalog {} is damaged ({e}): stop here, keep a copy of it, then move it away and run `peerstashd --rebuild-catalog` to re-index the hosted chunks (the list of this peer's own backups is lost with it)",
+            db.display()
+        )
+    })?;
     let catalog = CatalogHandle::start(catalog);
     let quota = jobs::effective_quota(&catalog, config.storage.quota).await?;
     let store = Arc::new(
-        ChunkStore::open(state_dir.join("chunks"), 0, quota)
+        ChunkStore::open(chunks, 0, quota)
             .with_context(|| format!("cannot open the chunk store in {}", state_dir.display()))?,
     );
+    if options.rebuild_catalog {
+        peer::rebuild_catalog(&catalog, &store, PeerId(config.peer.id)).await?;
+    }
+    let listener = control::bind(&config.peer.control_socket).await?;
     let (stored_tx, stored_rx) = mpsc::channel(STORED_QUEUE);
     tokio::spawn(record_stored(catalog.clone(), stored_rx));
     let net = Channels::open(
@@ -336,6 +385,7 @@ pub async fn start(config: Config, lan_key: Option<LanKey>) -> anyhow::Result<Ar
     )?;
     let node = Arc::new(Node {
         id: PeerId(config.peer.id),
+        _lock: lock,
         config: std::sync::RwLock::new(Arc::new(config)),
         lan_key: std::sync::RwLock::new(lan_key),
         catalog,
@@ -354,6 +404,7 @@ pub async fn start(config: Config, lan_key: Option<LanKey>) -> anyhow::Result<Ar
     for ch in node.net.all() {
         tokio::spawn(receive_loop(node.clone(), ch.clone()));
     }
+    tokio::spawn(peer::announce_rebuilt(node.clone()));
     // What the last run left unfinished: peers told of chunks lost from disk, over-quota chunks
     // reclaimed, DELETEs not yet sent.
     for chunk in lost {
@@ -361,7 +412,65 @@ pub async fn start(config: Config, lan_key: Option<LanKey>) -> anyhow::Result<Ar
     }
     tokio::spawn(jobs::reclaim_to_quota(node.clone()));
     tokio::spawn(jobs::send_pending_deletes(node.clone()));
-    Ok(node)
+    Ok((node, listener))
+}
+
+/// One daemon per state folder: an exclusive lock on `<state_dir>/lock`, held as long as the
+/// daemon runs. The kernel drops it when the process ends, even by `kill -9`: never stale.
+fn lock_state_dir(state_dir: &std::path::Path) -> anyhow::Result<Flock<std::fs::File>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = state_dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => {
+            // Who holds it, for the message another start gives.
+            lock.set_len(0)?;
+            writeln!(&*lock, "{}", std::process::id())?;
+            Ok(lock)
+        }
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
+            anyhow::bail!(
+                "another peerstashd (pid {}) is already running on {} (peer.state_dir): stop it, or give this one a state_dir and control_socket of its own",
+                pid.trim(),
+                state_dir.display()
+            )
+        }
+        Err((_, e)) => anyhow::bail!("cannot lock {}: {e}", path.display()),
+    }
+}
+
+/// Fails with the cause (read-only filesystem, permission denied) when the catalog cannot be
+/// opened for writing: SQLite itself only says "unable to open database file".
+fn writable(db: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(db)
+        .map(drop)
+        .map_err(|e| {
+            let why = match e.raw_os_error() {
+                Some(nix::libc::EROFS) => "the filesystem is read-only; peer.state_dir must be on a writable disk".to_owned(),
+                Some(nix::libc::EACCES) | Some(nix::libc::EPERM) => format!(
+                    "permission denied for user {}; run peerstashd as root (or give it the state folder)",
+                    nix::unistd::geteuid()
+                ),
+                _ => "check peer.state_dir".to_owned(),
+            };
+            anyhow::anyhow!("cannot open the catalog {} for writing: {e}: {why}", db.display())
+        })
 }
 
 /// Records the STOREDs heard, many per catalog call: what a burst costs is one call per batch,

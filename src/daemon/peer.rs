@@ -600,14 +600,30 @@ pub(super) async fn reconcile_store(node: &Arc<Node>) -> anyhow::Result<Vec<Chun
             .call(move |cat| cat.delete_hosted(&c.file_id, c.chunk_no))
             .await?;
         let (store, c) = (node.store.clone(), chunk.clone());
-        tokio::task::spawn_blocking(move || store.remove(&c.file_id, c.chunk_no)).await??;
+        tokio::task::spawn_blocking(move || {
+            store.quarantine(&c.file_id, c.chunk_no, "its size is not the one recorded")
+        })
+        .await??;
     }
+    // A chunk file the catalog does not know: most often a write that a crash cut between the
+    // file and its row (no STORED was sent), but never deleted on that guess.
     for (chunk, _) in disk {
-        tracing::info!(
-            "removing chunk file {chunk} that the catalog does not know (interrupted write)"
-        );
         let store = node.store.clone();
-        tokio::task::spawn_blocking(move || store.remove(&chunk.file_id, chunk.chunk_no)).await??;
+        tokio::task::spawn_blocking(move || {
+            store.quarantine(
+                &chunk.file_id,
+                chunk.chunk_no,
+                "the catalog does not know it: an interrupted write?",
+            )
+        })
+        .await??;
+    }
+    let store = node.store.clone();
+    let now = crate::daemon::unix_now();
+    match tokio::task::spawn_blocking(move || store.purge_quarantine(now)).await? {
+        Ok(n) if n > 0 => tracing::info!("deleted {n} files kept in the quarantine for a week"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot clean the quarantine: {e}"),
     }
     let store = node.store.clone();
     let used = node
@@ -616,4 +632,81 @@ pub(super) async fn reconcile_store(node: &Arc<Node>) -> anyhow::Result<Vec<Chun
         .await?;
     node.store.set_used(used);
     Ok(lost)
+}
+
+/// Set while chunks re-indexed by `--rebuild-catalog` are still to be announced.
+const ANNOUNCE_KEY: &str = "announce_hosted";
+
+/// `peerstashd --rebuild-catalog`: every chunk file of the store the catalog does not know gets
+/// its row back (size and hash from the file). What was lost with the catalog: the desired RD
+/// (1 is recorded, so reclaim drops these first) and the fileId's exact text (lower case).
+pub(super) async fn rebuild_catalog(
+    catalog: &crate::store::CatalogHandle,
+    store: &Arc<crate::store::ChunkStore>,
+    me: PeerId,
+) -> anyhow::Result<()> {
+    let s = store.clone();
+    let rows = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<HostedRow>> {
+        s.scan()?
+            .into_iter()
+            .map(|(file_id, chunk_no, size)| {
+                let body = s.read(&file_id, chunk_no)?;
+                Ok(HostedRow {
+                    file_id,
+                    chunk_no,
+                    size,
+                    hash: sha256_hex(&body),
+                    desired_rd: 1,
+                })
+            })
+            .collect()
+    })
+    .await??;
+    let found = rows.len();
+    let added = catalog
+        .call(move |c| {
+            let mut added = 0;
+            for row in &rows {
+                if c.hosted(&row.file_id, row.chunk_no)?.is_none() {
+                    c.insert_hosted(row, &[me])?;
+                    added += 1;
+                }
+            }
+            c.set_meta(ANNOUNCE_KEY, "1")?;
+            Ok(added)
+        })
+        .await?;
+    tracing::warn!(
+        "rebuilt the catalog: {added} of {found} chunk files re-indexed; they are announced to their home peers"
+    );
+    Ok(())
+}
+
+/// Announces the chunks re-indexed by `--rebuild-catalog` with one STORED each (paced), so
+/// their home peers count this peer as a holder again; done once, even across a restart.
+pub(super) async fn announce_rebuilt(node: Arc<Node>) {
+    let pending = node.catalog.call(|c| c.meta(ANNOUNCE_KEY)).await;
+    if !matches!(pending, Ok(Some(ref v)) if v == "1") {
+        return;
+    }
+    let hosted = match node.catalog.call(|c| c.all_hosted()).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!("cannot list the re-indexed chunks to announce them: {e}");
+            return;
+        }
+    };
+    let n = hosted.len();
+    for (i, (row, _)) in hosted.into_iter().enumerate() {
+        if i % 100 == 99 {
+            sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let chunk = ChunkId {
+            file_id: row.file_id,
+            chunk_no: row.chunk_no,
+        };
+        node.send(MessageKind::Stored { chunk }).await;
+    }
+    let _ = node.catalog.call(|c| c.set_meta(ANNOUNCE_KEY, "0")).await;
+    tracing::info!("announced {n} hosted chunks after the catalog was rebuilt");
 }

@@ -32,12 +32,13 @@ pub async fn run(
     config: Config,
     lan_key: Option<LanKey>,
     config_path: PathBuf,
+    options: daemon::StartOptions,
 ) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let node = daemon::start(config, lan_key).await?;
-    daemon::serve_control(node.clone()).await?;
+    let (node, control) = daemon::start(config, lan_key, options).await?;
+    daemon::serve_control(node.clone(), control);
     let wake = Arc::new(Notify::new());
     tokio::spawn(queue::run(node.clone(), wake.clone()));
     let mut watchers = Watchers::start(node.clone(), wake.clone())?;
@@ -79,6 +80,7 @@ pub async fn run(
     }
     systemd::stopping();
     tracing::info!("stopping");
+    let _ = node.catalog.checkpoint().await;
     let _ = std::fs::remove_file(&node.config().peer.control_socket);
     Ok(())
 }

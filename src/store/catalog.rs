@@ -6,7 +6,9 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
@@ -298,6 +300,25 @@ impl Catalog {
             conn.execute_batch(&format!("BEGIN; {HOLDER_COUNTS} COMMIT;"))?;
         }
         Ok(Catalog { conn })
+    }
+
+    /// Merges the write-ahead log into the database file; outside a transaction only.
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// SQLite's quick check of the whole file: Err with what it found when it is damaged.
+    pub fn quick_check(&self) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare("PRAGMA quick_check")?;
+        let found: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        match found.as_slice() {
+            [ok] if ok == "ok" => Ok(()),
+            _ => Err(StoreError::Corrupt(found.join("; "))),
+        }
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
@@ -868,16 +889,28 @@ const MAX_BATCH: usize = 512;
 #[derive(Clone)]
 pub struct CatalogHandle {
     tx: std_mpsc::Sender<Job>,
+    /// Asks the thread to merge the write-ahead log after its next commit (outside any
+    /// transaction, where SQLite allows it).
+    checkpoint: Arc<AtomicBool>,
 }
 
 impl CatalogHandle {
     pub fn start(catalog: Catalog) -> CatalogHandle {
         let (tx, rx) = std_mpsc::channel::<Job>();
+        let checkpoint = Arc::new(AtomicBool::new(false));
+        let flag = checkpoint.clone();
         std::thread::Builder::new()
             .name("catalog".into())
-            .spawn(move || run(catalog, rx))
+            .spawn(move || run(catalog, rx, flag))
             .expect("spawning the catalog thread");
-        CatalogHandle { tx }
+        CatalogHandle { tx, checkpoint }
+    }
+
+    /// Merges the write-ahead log into the database file (at a clean stop: the file alone is
+    /// then the whole catalog, for a copy or a check). Returns once done.
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        self.checkpoint.store(true, Ordering::SeqCst);
+        self.call(|_| Ok(())).await
     }
 
     pub async fn call<R, F>(&self, f: F) -> Result<R, StoreError>
@@ -902,7 +935,7 @@ impl CatalogHandle {
     }
 }
 
-fn run(catalog: Catalog, rx: std_mpsc::Receiver<Job>) {
+fn run(catalog: Catalog, rx: std_mpsc::Receiver<Job>, checkpoint: Arc<AtomicBool>) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -939,6 +972,11 @@ fn run(catalog: Catalog, rx: std_mpsc::Receiver<Job>) {
             tracing::error!("catalog commit failed: {e}");
             e.to_string()
         });
+        if checkpoint.swap(false, Ordering::SeqCst) {
+            if let Err(e) = catalog.checkpoint() {
+                tracing::warn!("cannot merge the catalog's log into it: {e}");
+            }
+        }
         for deliver in delivers {
             deliver(committed.clone().map_err(StoreError::Commit));
         }

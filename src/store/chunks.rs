@@ -227,8 +227,9 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// Every chunk file on disk as (fileId, chunkNo, size), after deleting leftovers of writes
-    /// interrupted by a crash and anything that is not a chunk.
+    /// Every chunk file on disk as (fileId, chunkNo, size). Leftovers of writes interrupted by a
+    /// crash (temp files) are deleted; anything else that is not a chunk is moved to the
+    /// quarantine, never deleted on a guess.
     pub fn scan(&self) -> io::Result<Vec<(FileId, ChunkNo, u64)>> {
         let mut found = Vec::new();
         for dir in fs::read_dir(&self.root)? {
@@ -237,16 +238,15 @@ impl ChunkStore {
             let file_id = name.to_str().and_then(|n| FileId::parse(n).ok());
             let Some(file_id) = file_id.filter(|_| dir.file_type().is_ok_and(|t| t.is_dir()))
             else {
-                tracing::warn!("removing stray entry {:?} from the chunk store", dir.path());
-                let _ = fs::remove_file(dir.path()).or_else(|_| fs::remove_dir_all(dir.path()));
+                self.quarantine_path(&dir.path(), "it is not a chunk folder")?;
                 continue;
             };
             // Stores written by older versions were group-accessible under the unit's umask.
             make_private(&dir.path(), DIR_MODE)?;
             for entry in fs::read_dir(dir.path())? {
                 let entry = entry?;
-                let chunk_no = entry
-                    .file_name()
+                let file_name = entry.file_name();
+                let chunk_no = file_name
                     .to_str()
                     .and_then(|n| n.parse::<u32>().ok())
                     .and_then(ChunkNo::new);
@@ -255,16 +255,93 @@ impl ChunkStore {
                         make_private(&entry.path(), FILE_MODE)?;
                         found.push((file_id.clone(), no, meta.len()))
                     }
-                    _ => {
+                    _ if file_name.to_string_lossy().starts_with(TMP_PREFIX) => {
                         let _ = fs::remove_file(entry.path());
                     }
+                    _ => self.quarantine_path(&entry.path(), "it is not a chunk file")?,
                 }
             }
             let _ = fs::remove_dir(dir.path());
         }
         Ok(found)
     }
+
+    /// Where chunk files that the catalog does not account for are kept for a while
+    /// (`<state_dir>/quarantine`), instead of being deleted.
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.root.parent().unwrap_or(&self.root).join("quarantine")
+    }
+
+    /// Moves a chunk file out of the store into the quarantine (absent is fine).
+    pub fn quarantine(&self, file_id: &FileId, chunk_no: ChunkNo, why: &str) -> io::Result<()> {
+        let path = self.path_of(file_id, chunk_no);
+        if fs::symlink_metadata(&path).is_err() {
+            return Ok(());
+        }
+        self.quarantine_path(&path, why)?;
+        let _ = fs::remove_dir(self.dir_of(file_id));
+        Ok(())
+    }
+
+    fn quarantine_path(&self, path: &Path, why: &str) -> io::Result<()> {
+        let q = self.quarantine_dir();
+        fs::DirBuilder::new()
+            .mode(DIR_MODE)
+            .recursive(true)
+            .create(&q)?;
+        let rel = path.strip_prefix(&self.root).unwrap_or(path);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let name = format!("{stamp}-{}", rel.to_string_lossy().replace('/', "."));
+        tracing::warn!(
+            "moved {} out of the chunk store to {} ({why}); it is deleted after {} days",
+            path.display(),
+            q.join(&name).display(),
+            QUARANTINE_DAYS
+        );
+        fs::rename(path, q.join(name))?;
+        File::open(&q)?.sync_all()
+    }
+
+    /// Deletes what has been in the quarantine for longer than QUARANTINE_DAYS (the name starts
+    /// with the time it was put there). Returns how many entries were deleted.
+    pub fn purge_quarantine(&self, now_secs: u64) -> io::Result<usize> {
+        let Ok(entries) = fs::read_dir(self.quarantine_dir()) else {
+            return Ok(0);
+        };
+        let mut purged = 0;
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let since = name
+                .to_str()
+                .and_then(|n| n.split('-').next())
+                .and_then(|t| t.parse::<u64>().ok());
+            if since.is_some_and(|t| now_secs.saturating_sub(t) > QUARANTINE_DAYS * 86_400) {
+                let path = e.path();
+                let _ = fs::remove_file(&path).or_else(|_| fs::remove_dir_all(&path));
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
+
+    /// Whether the store holds at least one chunk file (a quick look, for the start checks).
+    pub fn holds_chunks(&self) -> io::Result<bool> {
+        for dir in fs::read_dir(&self.root)? {
+            let dir = dir?;
+            if dir.file_type()?.is_dir() {
+                if let Some(_first) = fs::read_dir(dir.path())?.flatten().next() {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
 }
+
+/// How long a file moved out of the chunk store is kept before it is deleted.
+pub const QUARANTINE_DAYS: u64 = 7;
 
 /// Sets a mode if it is not already the one (a chmod dirties the inode).
 fn make_private(path: &Path, mode: u32) -> io::Result<()> {

@@ -195,6 +195,11 @@ quota = "{quota}"
     }
 
     pub fn spawn_env(&mut self, i: usize, env: &[(&str, &str)]) {
+        self.spawn_with(i, env, &[]);
+    }
+
+    /// Starts peer i's daemon with extra environment and extra arguments (after --config).
+    pub fn spawn_with(&mut self, i: usize, env: &[(&str, &str)], args: &[&str]) {
         let peer = &mut self.peers[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -212,6 +217,7 @@ quota = "{quota}"
         let child = cmd
             .arg("--config")
             .arg(&peer.config)
+            .args(args)
             .env("RUST_LOG", "peerstash=debug")
             .envs(peer.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .envs(env.iter().copied())
@@ -269,6 +275,22 @@ quota = "{quota}"
     }
 
     /// The process id of peer i's daemon, while it runs.
+    /// Waits up to `timeout` for peer i's daemon to exit by itself; its exit code (None: it
+    /// is still running, and is killed).
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<i32> {
+        let end = Instant::now() + timeout;
+        let child = self.peers[i].child.as_mut()?;
+        while Instant::now() < end {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.peers[i].child = None;
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill(i);
+        None
+    }
+
     pub fn pid(&self, i: usize) -> Option<u32> {
         self.peers[i].child.as_ref().map(|c| c.id())
     }
