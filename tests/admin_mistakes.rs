@@ -164,3 +164,57 @@ fn chunk_files_the_catalog_does_not_know_are_set_aside_not_deleted() {
     assert!(c.full_log(0).contains("quarantine"));
     assert_eq!(chunk_files_on_disk(c.peer(0)), 0);
 }
+
+#[test]
+fn a_copied_peer_id_is_reported_and_explains_a_short_backup() {
+    let mut c = Cluster::start(&["0", "100MB", "100MB"]);
+    // Peer 3 gets peer 1's id, as with a config copied to a new machine.
+    c.stop(2);
+    let text = std::fs::read_to_string(&c.peer(2).config)
+        .unwrap()
+        .replace("id = 3", "id = 1");
+    std::fs::write(&c.peer(2).config, text).unwrap();
+    c.spawn(2);
+    c.wait_ready(2);
+    let base = c.dir.path().canonicalize().unwrap();
+    let f = base.join("f.bin");
+    std::fs::write(&f, random_bytes(200_000)).unwrap();
+    // Peer 1 ignores what comes with its own id: only peer 2 can store.
+    let out = c.cli(2, &["backup", f.to_str().unwrap(), "-r", "2"]);
+    let err = String::from_utf8_lossy(&out.stdout).into_owned()
+        + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("only 1 other peers confirmed"), "{err}");
+    // Peer 1 saw PUTCHUNKs with its id for a file that is not its own.
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            c.state(0)["warnings"]
+                .as_array()
+                .is_some_and(|w| w.iter().any(|w| w.as_str().unwrap().contains("peer.id")))
+        }),
+        "{}",
+        c.log(0)
+    );
+    assert!(c.full_log(0).contains("another peer uses this peer's id 1"));
+    let text = c.cli_ok(0, &["state"], 0);
+    assert!(
+        text.starts_with("WARNING: another peer uses this peer's id"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_socket_option_naming_a_file_says_so() {
+    let c = Cluster::start(&["0"]);
+    let file = c.peer(0).dir.join("not-a-socket");
+    std::fs::write(&file, b"x").unwrap();
+    let out = Command::new(PEERSTASH)
+        .arg("--socket")
+        .arg(&file)
+        .arg("state")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not a socket"), "{err}");
+}

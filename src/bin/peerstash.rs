@@ -123,8 +123,11 @@ fn run(args: Args) -> i32 {
     };
     let (code, message, data) = match result {
         Ok(r) => r,
-        Err(e @ control::ClientError::Connect { .. })
-        | Err(e @ control::ClientError::Denied(_)) => return fail(exit::UNREACHABLE, e),
+        Err(
+            e @ (control::ClientError::Connect { .. }
+            | control::ClientError::Denied(_)
+            | control::ClientError::NotASocket(_)),
+        ) => return fail(exit::UNREACHABLE, e),
         Err(e) => return fail(exit::FAILED, e),
     };
     if code != exit::OK && code != exit::BELOW_RD {
@@ -251,6 +254,9 @@ fn print_versions(versions: &[VersionInfo]) {
 }
 
 fn print_state(s: &PeerState) {
+    for warning in &s.warnings {
+        println!("WARNING: {warning}");
+    }
     println!(
         "peer {}  protocol {}  hosting {} of {} bytes",
         s.peer_id, s.protocol, s.used_bytes, s.quota_bytes

@@ -189,6 +189,9 @@ pub struct PeerState {
     pub used_bytes: u64,
     pub files: Vec<FileState>,
     pub stored: Vec<StoredState>,
+    /// What the admin must look at first (e.g. another peer using this peer's id).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// Paths waiting in the backup queue.
     #[serde(default)]
     pub queue_length: u64,
@@ -268,11 +271,13 @@ pub struct VersionInfo {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the peerstash daemon at {path}: {source} (is peerstashd running? is this the right --config/--socket?)")]
+    #[error("cannot reach the peerstash daemon at {}: {source} (is peerstashd running? is this the right --config/--socket?)", path.display())]
     Connect {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{} is not a socket: is this the right --config/--socket? (peer.control_socket names the daemon's)", .0.display())]
+    NotASocket(PathBuf),
     #[error("permission denied on {0}: run as root or as a member of group peerstash (adduser $USER peerstash)")]
     Denied(PathBuf),
     #[error(
@@ -299,6 +304,11 @@ pub async fn call(
     let stream = UnixStream::connect(socket).await.map_err(|source| {
         if source.kind() == std::io::ErrorKind::PermissionDenied {
             ClientError::Denied(socket.to_path_buf())
+        } else if std::fs::metadata(socket).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            !m.file_type().is_socket()
+        }) {
+            ClientError::NotASocket(socket.to_path_buf())
         } else {
             ClientError::Connect {
                 path: socket.to_path_buf(),

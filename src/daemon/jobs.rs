@@ -237,6 +237,8 @@ pub(super) async fn backup(
         Err(e) => return Done::failed(e.to_string()),
     };
     let (mut ok, mut below, mut failed, mut skipped) = (0usize, 0usize, 0usize, 0usize);
+    // The fewest peers heard by a backup that ended below its RD, and that RD: why it did.
+    let mut short: Option<(usize, u8)> = None;
     let mut last_error = String::new();
     for rel in &files {
         let file_path = rel.as_ref().map_or(path.clone(), |r| path.join(r));
@@ -273,6 +275,9 @@ pub(super) async fn backup(
                     format!("every chunk at RD ≥ {desired}")
                 } else {
                     below += 1;
+                    short = Some(
+                        short.map_or((r.peers_heard, desired), |(n, d)| (n.min(r.peers_heard), d)),
+                    );
                     format!("{} of {} chunks below RD {desired}", r.below, r.chunks)
                 };
                 report(
@@ -319,11 +324,19 @@ pub(super) async fn backup(
     } else {
         exit::OK
     };
-    let message = if failed > 0 {
+    let mut message = if failed > 0 {
         format!("{summary} (last error: {last_error})")
     } else {
         summary
     };
+    if let Some((heard, rd)) = short {
+        message.push_str(&format!(
+            "; only {heard} other peers confirmed chunks, and RD {rd} needs {rd} other peers running with room in their quota (see their `peerstash state`)"
+        ));
+        if let Some(warning) = node.duplicate_id_warning() {
+            message.push_str(&format!("; {warning}"));
+        }
+    }
     Done {
         code,
         message,
@@ -355,6 +368,8 @@ pub(crate) struct BackupReport {
     pub size: u64,
     pub chunks: u64,
     pub below: u64,
+    /// Distinct peers that confirmed at least one chunk of this backup.
+    pub peers_heard: usize,
 }
 
 struct Scanned {
@@ -481,6 +496,7 @@ pub(crate) async fn backup_handle(
         ready_tx,
     ));
     let mut window = Window::new(WINDOW_INITIAL, WINDOW_MIN, WINDOW_MAX);
+    let mut heard = std::collections::HashSet::new();
     let first_round = Arc::new(FirstRoundCount::default());
     let mut in_flight: JoinSet<Outcome> = JoinSet::new();
     let (mut sent, mut below, mut resent) = (0u64, 0u64, 0u64);
@@ -513,6 +529,7 @@ pub(crate) async fn backup_handle(
             Some(done) = in_flight.join_next() => {
                 let o = done?;
                 window.on_done(o.sends, o.reached, o.recovered_by_resend);
+                heard.extend(o.holders.iter().copied().filter(|p| *p != node.id));
                 resent += u64::from(o.sends.saturating_sub(1));
                 if !o.reached {
                     below += 1;
@@ -542,6 +559,7 @@ pub(crate) async fn backup_handle(
         size: scanned.size,
         chunks,
         below,
+        peers_heard: heard.len(),
     })
 }
 
@@ -1083,6 +1101,7 @@ pub(super) async fn state(node: &Arc<Node>, owner: Option<u32>) -> Done {
         used_bytes: usage.used,
         files,
         stored,
+        warnings: node.duplicate_id_warning().into_iter().collect(),
         queue_length,
         // The watched folders' paths are root's business.
         in_progress: match owner {

@@ -70,6 +70,8 @@ pub struct Node {
     stored_tx: mpsc::Sender<(ChunkId, PeerId)>,
     next_sub: AtomicU64,
     pub counters: Counters,
+    /// Another peer of the LAN seems to use our id.
+    pub duplicate_id: Mutex<DuplicateId>,
     /// Woken when a chunk of ours fell below its desired RD (REMOVED): the service re-backs up.
     pub repair: tokio::sync::Notify,
 }
@@ -83,6 +85,17 @@ pub struct Counters {
     /// STOREDs, GETCHUNKs, DELETEs and REMOVEDs dropped because the work queued for the catalog
     /// was full.
     pub dropped_queue: AtomicU64,
+    /// Unix seconds of the last look at a PUTCHUNK carrying our own id (one a second at most).
+    pub own_id_checked: AtomicU64,
+}
+
+/// What this peer knows of another peer using its id (a copied config).
+#[derive(Debug, Default)]
+pub struct DuplicateId {
+    /// The last evidence: a PUTCHUNK with our id for a file that is not ours.
+    pub evidence: Option<(Instant, crate::protocol::FileId)>,
+    /// When it was last logged (at ERROR, once a minute at most).
+    pub logged: Option<Instant>,
 }
 
 /// Protocol transients: who waits for which reply, what was seen lately. Never a second ledger:
@@ -184,6 +197,21 @@ fn publish<T: Clone>(subs: &Subs<T>, chunk: &ChunkId, value: T) {
 }
 
 impl Node {
+    /// The evidence that another peer uses our id, if seen in the last ten minutes.
+    pub fn duplicate_id_warning(&self) -> Option<String> {
+        let d = self.duplicate_id.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, file_id) = d.evidence.as_ref()?;
+        (at.elapsed() < Duration::from_secs(600)).then(|| {
+            format!(
+                "another peer uses this peer's id {}: a PUTCHUNK with id {} came for file {} that is not this peer's ({}s ago); give each peer its own peer.id",
+                self.id,
+                self.id,
+                file_id,
+                at.elapsed().as_secs()
+            )
+        })
+    }
+
     pub fn config(&self) -> Arc<Config> {
         self.config
             .read()
@@ -398,6 +426,7 @@ pub async fn start(
         stored_tx,
         next_sub: AtomicU64::new(0),
         counters: Counters::default(),
+        duplicate_id: Mutex::new(DuplicateId::default()),
         repair: tokio::sync::Notify::new(),
     });
     let lost = peer::reconcile_store(&node).await?;
@@ -532,7 +561,11 @@ async fn receive_loop(node: Arc<Node>, ch: Arc<ChannelSocket>) {
                 node.counters.malformed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%from, "dropped a {} that came on {:?}", msg.type_name(), ch.channel);
             }
-            Ok(msg) if msg.sender == node.id => {}
+            Ok(msg) if msg.sender == node.id => {
+                if let MessageKind::PutChunk { chunk, .. } = msg.kind {
+                    peer::own_id_putchunk(&node, chunk);
+                }
+            }
             Ok(msg) => match &node.net.faults {
                 None => peer::handle(&node, msg),
                 Some(faults) => {

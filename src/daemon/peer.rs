@@ -710,3 +710,40 @@ pub(super) async fn announce_rebuilt(node: Arc<Node>) {
     let _ = node.catalog.call(|c| c.set_meta(ANNOUNCE_KEY, "0")).await;
     tracing::info!("announced {n} hosted chunks after the catalog was rebuilt");
 }
+
+/// A PUTCHUNK carrying our own id. Ours echo back (multicast loops to this host); one for a
+/// file we neither backed up nor host was sent by another peer with our id: a copied config.
+/// Checked once a second at most; logged at ERROR once a minute at most.
+pub(super) fn own_id_putchunk(node: &Arc<Node>, chunk: ChunkId) {
+    let now = crate::daemon::unix_now();
+    if node.counters.own_id_checked.swap(now, Ordering::Relaxed) == now {
+        return;
+    }
+    let node = node.clone();
+    tokio::spawn(async move {
+        let c = chunk.clone();
+        let role = node
+            .catalog
+            .call(move |cat| cat.role(&c.file_id, c.chunk_no))
+            .await;
+        if !matches!(role, Ok(ChunkRole::Unknown)) {
+            return;
+        }
+        let log = {
+            let mut d = node.duplicate_id.lock().unwrap_or_else(|e| e.into_inner());
+            d.evidence = Some((Instant::now(), chunk.file_id.clone()));
+            let due = d
+                .logged
+                .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60));
+            if due {
+                d.logged = Some(Instant::now());
+            }
+            due
+        };
+        if log {
+            if let Some(warning) = node.duplicate_id_warning() {
+                tracing::error!("{warning}");
+            }
+        }
+    });
+}
