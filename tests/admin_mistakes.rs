@@ -181,8 +181,8 @@ fn a_copied_peer_id_is_reported_and_explains_a_short_backup() {
     std::fs::write(&f, random_bytes(200_000)).unwrap();
     // Peer 1 ignores what comes with its own id: only peer 2 can store.
     let out = c.cli(2, &["backup", f.to_str().unwrap(), "-r", "2"]);
-    let err = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let err =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("only 1 other peers confirmed"), "{err}");
     // Peer 1 saw PUTCHUNKs with its id for a file that is not its own.

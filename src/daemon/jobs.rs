@@ -874,8 +874,8 @@ async fn fetch_all(
     }
 }
 
-/// GETCHUNK until a CHUNK of the right length and hash arrives (a wrong one is ignored: another
-/// holder may still send the right bytes).
+/// GETCHUNK until a CHUNK of the right length and hash arrives (a wrong one is ignored where it
+/// is received: another holder may still send the right bytes).
 async fn fetch_chunk(
     node: &Arc<Node>,
     chunk: &ChunkId,
@@ -883,11 +883,11 @@ async fn fetch_chunk(
     size: u64,
     hash: &str,
 ) -> (u32, Option<Vec<u8>>) {
-    let Some(expected) = expected_len(file_size, chunk.chunk_no.0).filter(|e| *e as u64 == size)
-    else {
+    if expected_len(file_size, chunk.chunk_no.0).is_none_or(|e| e as u64 != size) {
         return (0, None);
-    };
-    let mut sub = node.subscribe_chunk(chunk);
+    }
+    // Only bodies of this length and hash come through the subscription.
+    let mut sub = node.subscribe_chunk(chunk, size, hash);
     let mut fetch = ChunkFetch::default();
     loop {
         match fetch.poll(std::time::Instant::now()) {
@@ -900,12 +900,7 @@ async fn fetch_chunk(
             FetchAction::WaitUntil(t) => {
                 tokio::select! {
                     _ = tokio::time::sleep_until(t.into()) => {}
-                    Some(body) = sub.rx.recv() => {
-                        if body.len() == expected && sha256_hex(&body) == hash {
-                            return (fetch.sends(), Some(body));
-                        }
-                        tracing::warn!("ignored a CHUNK {chunk} with wrong bytes");
-                    }
+                    Some(body) = sub.rx.recv() => return (fetch.sends(), Some(body)),
                 }
             }
             FetchAction::GaveUp => return (fetch.sends(), None),

@@ -117,6 +117,8 @@ struct Transient {
     /// Re-backups (after a REMOVED) scheduled or running.
     rebacking: HashSet<ChunkId>,
     putchunk_seen: LruMap<ChunkId, Instant>,
+    /// When a DELETE of a file was last heard: a STORED not yet sent for it is not sent.
+    delete_seen: LruMap<crate::protocol::FileId, Instant>,
 }
 
 impl Default for Transient {
@@ -130,6 +132,7 @@ impl Default for Transient {
             chunk_sent: ReplyLimit::new(MAX_SEEN_ENTRIES, MIN_CHUNK_INTERVAL),
             rebacking: HashSet::new(),
             putchunk_seen: LruMap::new(MAX_SEEN_ENTRIES),
+            delete_seen: LruMap::new(MAX_SEEN_ENTRIES),
         }
     }
 }
@@ -264,22 +267,18 @@ impl Node {
         self.subscribe(chunk, 64, |t| &mut t.stored_subs)
     }
 
-    /// Waits for the CHUNK bodies of a chunk being restored. Once the catalog told the chunk's
-    /// length and hash (looked up meanwhile), only bodies that match them are handed over.
-    pub(crate) fn subscribe_chunk(&self, chunk: &ChunkId) -> Subscription<'_, Vec<u8>> {
-        if self.transient().chunk_expect.get(chunk).is_none() {
-            let (catalog, transient, c) =
-                (self.catalog.clone(), self.transient.clone(), chunk.clone());
-            tokio::spawn(async move {
-                let c2 = c.clone();
-                let r = catalog
-                    .call(move |cat| cat.file_chunk(&c2.file_id, c2.chunk_no))
-                    .await;
-                if let Ok(Some(expect)) = r {
-                    lock(&transient).chunk_expect.insert(c, expect);
-                }
-            });
-        }
+    /// Waits for the CHUNK bodies of a chunk being restored: only bodies of the `len` bytes and
+    /// SHA-256 `hash` the home peer recorded are handed over (a bogus CHUNK cannot take the
+    /// place of a good one).
+    pub(crate) fn subscribe_chunk(
+        &self,
+        chunk: &ChunkId,
+        len: u64,
+        hash: &str,
+    ) -> Subscription<'_, Vec<u8>> {
+        self.transient()
+            .chunk_expect
+            .insert(chunk.clone(), (len, hash.to_owned()));
         self.subscribe(chunk, 4, |t| &mut t.chunk_subs)
     }
 

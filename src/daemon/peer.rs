@@ -44,7 +44,15 @@ pub(super) fn handle(node: &Arc<Node>, msg: Message) {
                     Ok(true) => {
                         drop(permit);
                         sleep_until(reply_at).await;
-                        node.send(MessageKind::Stored { chunk }).await;
+                        // Deleted meanwhile (the DELETE removed the chunk): nothing to confirm.
+                        let deleted = node
+                            .transient()
+                            .delete_seen
+                            .get(&chunk.file_id)
+                            .is_some_and(|at| *at >= now);
+                        if !deleted {
+                            node.send(MessageKind::Stored { chunk }).await;
+                        }
                     }
                     Ok(false) => {}
                     Err(e) => tracing::warn!("could not store chunk {chunk}: {e}"),
@@ -86,10 +94,14 @@ pub(super) fn handle(node: &Arc<Node>, msg: Message) {
         MessageKind::Chunk { chunk, body } => on_chunk(node, &chunk, body),
         MessageKind::Delete { file_id } => {
             // Chunks of the file being written are removed once written (see on_putchunk).
-            for (c, storing) in node.transient().storing.iter_mut() {
-                if c.file_id == file_id {
-                    storing.deleted = true;
+            {
+                let mut t = node.transient();
+                for (c, storing) in t.storing.iter_mut() {
+                    if c.file_id == file_id {
+                        storing.deleted = true;
+                    }
                 }
+                t.delete_seen.insert(file_id.clone(), now);
             }
             let Some(permit) = node.datagram_permit() else {
                 return;
@@ -125,51 +137,34 @@ pub(super) fn handle(node: &Arc<Node>, msg: Message) {
 /// (its last place is kept for a good copy, so junk cannot crowd the real one out).
 fn on_chunk(node: &Arc<Node>, chunk: &ChunkId, body: Vec<u8>) {
     let len = body.len() as u64;
-    let (for_reply, restore) = {
+    let (for_reply, for_restore) = {
         let mut t = node.transient();
         let for_reply = t.replying.get_mut(chunk).is_some_and(|r| r.wants_hash(len));
-        let restore = t.chunk_subs.get(chunk).map(|subs| {
-            let expect = t.chunk_expect.get(chunk).cloned();
-            let crowded = subs.iter().any(|(_, tx)| tx.capacity() < 2);
-            (expect, crowded)
-        });
-        (for_reply, restore)
+        // A restore wants only the length and hash it expects; others are not even hashed.
+        let for_restore = match t.chunk_subs.contains_key(chunk) {
+            true => t
+                .chunk_expect
+                .get(chunk)
+                .filter(|(l, _)| *l == len)
+                .cloned(),
+            false => None,
+        };
+        (for_reply, for_restore)
     };
-    let restore_hash = match &restore {
-        Some((Some((expected, _)), crowded)) => {
-            if *expected != len {
-                tracing::debug!("ignored a CHUNK {chunk} of {len} bytes: expected {expected}");
-                if !for_reply {
-                    return;
-                }
-            }
-            *crowded && *expected == len
-        }
-        _ => false,
-    };
-    let hash = (for_reply || restore_hash).then(|| sha256_hex(&body));
-    let mut t = node.transient();
-    if let (true, Some(h), Some(reply)) = (for_reply, &hash, t.replying.get_mut(chunk)) {
-        reply.hashed(h);
-    }
-    let Some((expect, _)) = restore else {
-        return;
-    };
-    let good = match (&expect, &hash) {
-        (Some((expected, h)), Some(hash)) => *expected == len && h == hash,
-        _ => false,
-    };
-    if expect
-        .as_ref()
-        .is_some_and(|(expected, _)| *expected != len)
-    {
+    if !for_reply && for_restore.is_none() {
         return;
     }
-    for (_, tx) in t.chunk_subs.get(chunk).into_iter().flatten() {
-        // Unchecked bodies leave the last place free; the restore checks them itself.
-        if good || expect.is_none() || tx.capacity() >= 2 {
-            let _ = tx.try_send(body.clone());
+    let hash = sha256_hex(&body);
+    let t = &mut *node.transient();
+    if for_reply {
+        if let Some(reply) = t.replying.get_mut(chunk) {
+            reply.hashed(&hash);
         }
+    }
+    match for_restore {
+        Some((_, expected)) if expected == hash => publish(&t.chunk_subs, chunk, body),
+        Some(_) => tracing::warn!("ignored a CHUNK {chunk} with wrong bytes"),
+        None => {}
     }
 }
 

@@ -457,22 +457,6 @@ impl Catalog {
         .collect()
     }
 
-    /// (size, hash) of one chunk of one of our files.
-    pub fn file_chunk(
-        &self,
-        file_id: &FileId,
-        chunk_no: ChunkNo,
-    ) -> Result<Option<(u64, String)>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT size, hash FROM file_chunks WHERE file_id = ?1 AND chunk_no = ?2",
-                params![file_id.key(), chunk_no.0],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
-            )
-            .optional()?)
-    }
-
     /// The lowest perceived RD over a file's chunks (0 when a chunk has no holder).
     pub fn min_perceived_rd(&self, file_id: &FileId) -> Result<u32, StoreError> {
         Ok(self.conn.query_row(
