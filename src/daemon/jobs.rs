@@ -452,6 +452,7 @@ pub(crate) async fn backup_handle(
     desired: u8,
 ) -> Result<BackupReport, BackupError> {
     let rd = Rd::new(desired).unwrap_or_else(|| Rd::new(1).expect("1 is a valid RD"));
+    tracing::debug!("reading {} to back it up", path.display());
     let (file, scanned) = spawn_blocking(move || scan_file(file)).await??;
     if !scanned.stable {
         // Being written: what was read is no version of the file. Nothing was recorded.

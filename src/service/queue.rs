@@ -108,6 +108,7 @@ fn changed_within(meta: &std::fs::Metadata, quiet: Duration) -> Option<Duration>
 
 /// What the queue does with one path.
 async fn work_on(node: &Arc<Node>, wake: &Notify, path: &Path, gen: i64, attempts: u32) {
+    tracing::debug!("looking at {} (attempt {})", path.display(), attempts + 1);
     let config = node.config();
     let Some(watch) = config.watch_of(path).cloned() else {
         // Not in a watched folder (backed up by hand, or no longer watched): only repaired.

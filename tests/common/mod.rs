@@ -268,6 +268,11 @@ quota = "{quota}"
         }
     }
 
+    /// The process id of peer i's daemon, if it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.peers[i].child.as_ref().map(|c| c.id())
+    }
+
     pub fn restart(&mut self, i: usize) {
         self.stop(i);
         self.spawn(i);
