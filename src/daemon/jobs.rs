@@ -365,6 +365,16 @@ struct Stamp {
 }
 
 impl Stamp {
+    /// Whether the file stayed as it was from `self` (before reading) to `after`. A ctime that
+    /// moved while size and mtime did not (a hard link made or renamed, a chmod — or a write
+    /// followed by `touch -r`) is decided by the content: `same_content` says whether the two
+    /// reads of the file (the scan and the chunks) agreed.
+    fn stable(&self, after: &Stamp, same_content: bool) -> bool {
+        self.size == after.size
+            && self.mtime_ns == after.mtime_ns
+            && (self.ctime_ns == after.ctime_ns || same_content)
+    }
+
     fn of(meta: &std::fs::Metadata) -> Stamp {
         Stamp {
             size: meta.len(),
@@ -384,7 +394,8 @@ struct Scanned {
     content_hash: String,
     /// The file as it was before it was read.
     stamp: Stamp,
-    /// Whether it was the same after it was read (and as long as it said).
+    /// Whether it was the same after it was read (and as long as it said), leaving a moved
+    /// ctime to the second read (`Stamp::stable`).
     stable: bool,
 }
 
@@ -411,7 +422,8 @@ fn scan_file(mut file: File) -> std::io::Result<(File, Scanned)> {
         mode: meta.mode() & 0o7777,
         content_hash: hex(&hasher.finalize()),
         stamp,
-        stable: size == stamp.size && Stamp::of(&file.metadata()?) == stamp,
+        // A moved ctime alone is left to the second read (the chunks), compared with this one.
+        stable: size == stamp.size && stamp.stable(&Stamp::of(&file.metadata()?), true),
     };
     Ok((file, scanned))
 }
@@ -555,15 +567,19 @@ pub(crate) async fn backup_handle(
         }
     }
     // The file must have stayed as it was scanned: same bytes, same size, mtime and ctime from
-    // before the first read to after the last. Otherwise it is still being written (a copy the
+    // before the first read to after the last (a ctime that alone moved is judged by the bytes:
+    // both reads agreed, or the rehash check fails). Otherwise it is still being written (a copy the
     // kernel makes in one call sends no event for its whole length): try again once quiet.
     let checked = match reader.await? {
         Err(e) => Err(e),
         Ok(_) if sent != chunks => Err(BackupError::Changed),
-        Ok((rehash, after)) if rehash != scanned.content_hash || after != scanned.stamp => {
-            Err(BackupError::Changed)
+        Ok((rehash, after)) => {
+            let same_content = rehash == scanned.content_hash;
+            match same_content && scanned.stamp.stable(&after, same_content) {
+                true => Ok(()),
+                false => Err(BackupError::Changed),
+            }
         }
-        Ok(_) => Ok(()),
     };
     if let Err(e) = checked {
         if matches!(e, BackupError::Changed) {
