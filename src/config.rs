@@ -56,6 +56,9 @@ pub struct WatchConfig {
     pub exclude: Vec<String>,
     /// A file is backed up once no change was seen for this long (never half written).
     pub quiet: Duration,
+    /// The folder is compared with the catalog this often, for changes inotify cannot report
+    /// (a write through a hard link outside the folder, say); zero: never.
+    pub rescan: Duration,
 }
 
 impl WatchConfig {
@@ -174,6 +177,7 @@ struct RawWatch {
     #[serde(default)]
     exclude: Vec<String>,
     quiet: Option<String>,
+    rescan: Option<String>,
 }
 
 impl Config {
@@ -347,6 +351,8 @@ impl Config {
             }
             let quiet = parse_duration(w.quiet.as_deref().unwrap_or("2s"))
                 .map_err(|e| bad(&key("quiet"), e))?;
+            let rescan = parse_duration(w.rescan.as_deref().unwrap_or("1h"))
+                .map_err(|e| bad(&key("rescan"), e))?;
             watch.push(WatchConfig {
                 path,
                 replication,
@@ -354,6 +360,7 @@ impl Config {
                 keep_deleted,
                 exclude: w.exclude,
                 quiet,
+                rescan,
             });
         }
         Ok(Config {
@@ -519,6 +526,11 @@ exclude = ["*.tmp", "**/.cache/**"]
         assert_eq!(c.watch[0].replication, 3);
         assert_eq!(c.watch[0].keep_deleted, Duration::from_secs(30 * 86_400));
         assert_eq!(c.watch[0].exclude.len(), 2);
+        assert_eq!(c.watch[0].rescan, Duration::from_secs(3600));
+        let c =
+            Config::from_toml_str("[peer]\nid = 1\n[[watch]]\npath = \"/a\"\nrescan = \"10m\"\n")
+                .unwrap();
+        assert_eq!(c.watch[0].rescan, Duration::from_secs(600));
     }
 
     #[test]
@@ -579,6 +591,10 @@ exclude = ["*.tmp", "**/.cache/**"]
             (
                 "[peer]\nid = 1\n[[watch]]\npath = \"/a\"\nkeep_deleted = \"soon\"\n",
                 "watch[0].keep_deleted",
+            ),
+            (
+                "[peer]\nid = 1\n[[watch]]\npath = \"/a\"\nrescan = \"often\"\n",
+                "watch[0].rescan",
             ),
             (
                 "[peer]\nid = 1\nfavourite_colour = \"red\"\n",

@@ -28,7 +28,7 @@ use crate::protocol::{
     chunk_count, hex, sha256_hex, ChunkId, ChunkNo, FileId, FileIdentity, MessageKind, PeerId, Rd,
     CHUNK_SIZE,
 };
-use crate::store::{CatalogHandle, FileRow, StoreError};
+use crate::store::{BackupId, CatalogHandle, FileRow, Forget, StoreError};
 
 /// The final answer to a command.
 pub struct Done {
@@ -359,6 +359,8 @@ pub(crate) enum BackupError {
     Changed,
     #[error("the file is larger than the protocol's 64 GB limit")]
     TooLarge,
+    #[error("this version was deleted (`peerstash delete`?) while it was being backed up")]
+    Deleted,
     #[error("internal error: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -372,6 +374,35 @@ pub(crate) struct BackupReport {
     pub peers_heard: usize,
 }
 
+/// What tells that a file changed: size, mtime and ctime (every write moves ctime, and nobody
+/// can set it back). Compared from the handle (fstat) before and after reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+impl Stamp {
+    /// Whether the file stayed as it was from `self` (before reading) to `after`. A ctime that
+    /// moved while size and mtime did not (a hard link made or renamed, a chmod — or a write
+    /// followed by `touch -r`) is decided by the content: `same_content` says whether the two
+    /// reads of the file (the scan and the chunks) agreed.
+    fn stable(&self, after: &Stamp, same_content: bool) -> bool {
+        self.size == after.size
+            && self.mtime_ns == after.mtime_ns
+            && (self.ctime_ns == after.ctime_ns || same_content)
+    }
+
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            size: meta.len(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        }
+    }
+}
+
 struct Scanned {
     inode: u64,
     uid: u32,
@@ -380,10 +411,16 @@ struct Scanned {
     mtime_ns: i64,
     mode: u32,
     content_hash: String,
+    /// The file as it was before it was read.
+    stamp: Stamp,
+    /// Whether it was the same after it was read (and as long as it said), leaving a moved
+    /// ctime to the second read (`Stamp::stable`).
+    stable: bool,
 }
 
 fn scan_file(mut file: File) -> std::io::Result<(File, Scanned)> {
     let meta = file.metadata()?;
+    let stamp = Stamp::of(&meta);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
@@ -403,6 +440,9 @@ fn scan_file(mut file: File) -> std::io::Result<(File, Scanned)> {
         mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
         mode: meta.mode() & 0o7777,
         content_hash: hex(&hasher.finalize()),
+        stamp,
+        // A moved ctime alone is left to the second read (the chunks), compared with this one.
+        stable: size == stamp.size && stamp.stable(&Stamp::of(&file.metadata()?), true),
     };
     Ok((file, scanned))
 }
@@ -443,7 +483,12 @@ pub(crate) async fn backup_handle(
     desired: u8,
 ) -> Result<BackupReport, BackupError> {
     let rd = Rd::new(desired).unwrap_or_else(|| Rd::new(1).expect("1 is a valid RD"));
+    tracing::debug!("reading {} to back it up", path.display());
     let (file, scanned) = spawn_blocking(move || scan_file(file)).await??;
+    if !scanned.stable {
+        // Being written: what was read is no version of the file. Nothing was recorded.
+        return Err(BackupError::Changed);
+    }
     let chunks = chunk_count(scanned.size);
     if chunks > u64::from(crate::protocol::message::MAX_CHUNK_NO) + 1 {
         return Err(BackupError::TooLarge);
@@ -470,17 +515,21 @@ pub(crate) async fn backup_handle(
         uid: scanned.uid,
         gid: scanned.gid,
         deleted_at: None,
+        ctime_ns: scanned.stamp.ctime_ns,
     };
     // The same content backed up again is the same version: resume it (only chunks below
-    // their RD are sent again), under the RD asked now.
+    // their RD are sent again), under the RD asked now. Either way the path exists: its
+    // versions no longer expire as deleted.
+    let backup = BackupId::new();
     let (version, resumed) = node
         .catalog
         .call(move |c| match c.file(&row.file_id)? {
             Some(existing) => {
                 c.set_file_rd(&row.file_id, row.desired_rd)?;
+                c.undelete(&row.file_id)?;
                 Ok((existing.version, true))
             }
-            None => Ok((c.insert_file(&row)?, false)),
+            None => Ok((c.insert_version(&row, backup)?, false)),
         })
         .await?;
 
@@ -537,18 +586,41 @@ pub(crate) async fn backup_handle(
             }
         }
     }
-    let rehash = reader.await??;
-    if sent != chunks {
-        return Err(BackupError::Changed);
+    // The file must have stayed as it was scanned: same bytes, same size, mtime and ctime from
+    // before the first read to after the last (a ctime that alone moved is judged by the bytes:
+    // both reads agreed, or the rehash check fails). Otherwise it is still being written (a copy the
+    // kernel makes in one call sends no event for its whole length): try again once quiet.
+    let checked = match reader.await? {
+        Err(e) => Err(e),
+        Ok(_) if sent != chunks => Err(BackupError::Changed),
+        Ok((rehash, after)) => {
+            let same_content = rehash == scanned.content_hash;
+            match same_content && scanned.stamp.stable(&after, same_content) {
+                true => Ok(()),
+                false => Err(BackupError::Changed),
+            }
+        }
+    };
+    if let Err(e) = checked {
+        if matches!(e, BackupError::Changed) {
+            abandon(node, path, &file_id, version, resumed, backup).await?;
+        }
+        return Err(e);
     }
-    if rehash != scanned.content_hash {
-        let f = file_id.clone();
-        node.catalog.call(move |c| c.delete_file(&f)).await?;
-        tokio::spawn(send_pending_deletes(node.clone()));
-        return Err(BackupError::Changed);
+    let (f, inode, ctime_ns) = (file_id.clone(), scanned.inode, scanned.stamp.ctime_ns);
+    let recorded = node
+        .catalog
+        .call(move |c| {
+            let complete = c.set_file_complete(&f)?;
+            if complete {
+                c.note_seen(&f, inode, ctime_ns)?;
+            }
+            Ok(complete)
+        })
+        .await?;
+    if !recorded {
+        return Err(BackupError::Deleted);
     }
-    let f = file_id.clone();
-    node.catalog.call(move |c| c.set_file_complete(&f)).await?;
     tracing::info!(
         "backed up {} ({chunks} chunks, {resent} PUTCHUNKs resent, window {})",
         shown(path),
@@ -561,6 +633,39 @@ pub(crate) async fn backup_handle(
         below,
         peers_heard: heard.len(),
     })
+}
+
+/// A backup found the file changed while reading it. A version it resumed (complete or not) is
+/// left exactly as it was; a version it inserted is forgotten (its chunks deleted from the peers)
+/// — through `Catalog::forget`, which refuses anything else.
+async fn abandon(
+    node: &Arc<Node>,
+    path: &Path,
+    file_id: &FileId,
+    version: u32,
+    resumed: bool,
+    backup: BackupId,
+) -> Result<(), BackupError> {
+    if resumed {
+        tracing::info!(
+            "{} changed while being read: its version {version} is left as it was",
+            path.display()
+        );
+        return Ok(());
+    }
+    let f = file_id.clone();
+    let forgotten = node
+        .catalog
+        .call(move |c| c.forget(&f, Forget::Abandoned { backup }))
+        .await?;
+    if forgotten {
+        tracing::info!(
+            "{} changed while being read: the version {version} begun is dropped",
+            path.display()
+        );
+        tokio::spawn(send_pending_deletes(node.clone()));
+    }
+    Ok(())
 }
 
 /// How many chunks of a backup are in their first round (the window counts these).
@@ -603,7 +708,9 @@ struct Prepared {
 
 /// Reads the file chunk by chunk, records each chunk's size and hash in the catalog (before its
 /// first PUTCHUNK, so every STORED finds its chunk) and hands it on. Returns the content hash of
-/// what it read, to be compared with the one the fileId was made from.
+/// what it read, to be compared with the one the fileId was made from, and the file's stamp
+/// right after the last read. A chunk recorded before with other bytes (a resumed version, and
+/// the file changed since) stops it with `Changed` before that chunk is recorded or sent.
 async fn prepare_chunks(
     node: Arc<Node>,
     file: Arc<File>,
@@ -611,7 +718,7 @@ async fn prepare_chunks(
     size: u64,
     resumed: bool,
     ready: mpsc::Sender<Prepared>,
-) -> Result<String, BackupError> {
+) -> Result<(String, Stamp), BackupError> {
     let chunks = chunk_count(size);
     let mut rehash = Sha256::new();
     let mut next = 0u64;
@@ -643,7 +750,9 @@ async fn prepare_chunks(
             .call(move |c| {
                 let mut known = Vec::with_capacity(rows.len());
                 for (no, size, hash) in &rows {
-                    c.put_file_chunk(&f, *no, *size, hash)?;
+                    if !c.record_file_chunk(&f, *no, *size, hash)? {
+                        break;
+                    }
                     known.push(if resumed {
                         c.holders(&f, *no)?
                     } else {
@@ -653,6 +762,8 @@ async fn prepare_chunks(
                 Ok(known)
             })
             .await?;
+        let same = known.len() == bodies.len();
+        // Chunks up to the first one that differs are as recorded: they may still be sent.
         for ((body, hash), known) in bodies.into_iter().zip(hashes).zip(known) {
             let p = Prepared {
                 chunk_no: ChunkNo(next as u32),
@@ -665,8 +776,12 @@ async fn prepare_chunks(
             }
             next += 1;
         }
+        if !same {
+            return Err(BackupError::Changed);
+        }
     }
-    Ok(hex(&rehash.finalize()))
+    let after = spawn_blocking(move || file.metadata()).await??;
+    Ok((hex(&rehash.finalize()), Stamp::of(&after)))
 }
 
 // ---- restore ------------------------------------------------------------------------------
@@ -733,12 +848,11 @@ pub(super) async fn restore_choice(
     owner: Option<u32>,
 ) -> Result<FileRow, String> {
     let p = path.to_path_buf();
-    let versions = node
+    let of_path = node
         .catalog
-        .call(move |c| c.versions(&p))
+        .call(move |c| c.versions_of(&p))
         .await
         .map_err(|e| e.to_string())?;
-    let of_path: Vec<FileRow> = versions.into_iter().filter(|f| f.path == path).collect();
     let row = match version {
         Some(n) => of_path.into_iter().find(|f| f.version == n),
         None => {
@@ -952,52 +1066,90 @@ pub(super) async fn versions(node: &Arc<Node>, path: PathBuf, owner: Option<u32>
 const DELETE_SENDS: u32 = 8;
 const DELETE_SPACING: Duration = Duration::from_millis(300);
 
+/// `peerstash delete PATH`: every version of PATH, or of every file below it, by the user's word.
 pub(super) async fn delete(node: &Arc<Node>, path: PathBuf) -> Done {
-    match forget_versions(node, &path, 0).await {
+    let p = path.clone();
+    let forgotten = node
+        .catalog
+        .call(move |c| {
+            let mut n = 0;
+            for f in c.versions(&p)? {
+                n += usize::from(c.forget(&f.file_id, Forget::UserDelete)?);
+            }
+            Ok(n)
+        })
+        .await;
+    match forgotten {
         Ok(0) => Done::failed(format!("no backed-up version of {}", shown(&path))),
-        Ok(n) => Done::ok(format!(
-            "deleted {n} backed-up versions of {} from the peers",
-            shown(&path)
-        )),
+        Ok(n) => {
+            send_pending_deletes(node.clone()).await;
+            Done::ok(format!(
+                "deleted {n} backed-up versions of {} from the peers",
+                shown(&path)
+            ))
+        }
         Err(e) => e.into(),
     }
 }
 
-/// Forgets every version of `path` (or below it) but the newest `keep`, and tells the peers to
-/// delete their chunks. Returns how many versions were forgotten.
+/// Why the versions of one path are forgotten by a folder's policy.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Policy {
+    /// After a new version completed: all but the newest `keep` complete versions go (and
+    /// unfinished versions older than the newest complete one).
+    KeepVersions(u32),
+    /// The path is gone (checked again just before) since `keep_deleted` seconds at `now`.
+    Expired { now: i64, keep_deleted: i64 },
+}
+
+/// Applies a folder's policy to the versions of exactly `path` (never to files below it, should
+/// it be a folder now) and tells the peers to delete what was forgotten. Each version goes
+/// through `Catalog::forget`, which refuses what the policy does not allow. Returns how many
+/// versions were forgotten.
 pub(crate) async fn forget_versions(
     node: &Arc<Node>,
     path: &Path,
-    keep: usize,
+    policy: Policy,
 ) -> Result<usize, StoreError> {
     let p = path.to_path_buf();
     let n = node
         .catalog
         .call(move |c| {
-            let mut rows = c.versions(&p)?;
-            // Newest first within each path.
-            rows.sort_by(|a, b| a.path.cmp(&b.path).then(b.version.cmp(&a.version)));
+            let rows = c.versions_of(&p)?; // oldest first
+            let doomed: Vec<(FileId, Forget)> = match policy {
+                Policy::KeepVersions(keep) => {
+                    let mut complete_seen = 0u32;
+                    let mut doomed = Vec::new();
+                    for f in rows.iter().rev() {
+                        if f.complete {
+                            complete_seen += 1;
+                            if complete_seen > keep.max(1) {
+                                doomed.push(f.file_id.clone());
+                            }
+                        } else if complete_seen > 0 {
+                            doomed.push(f.file_id.clone()); // superseded, never finished
+                        }
+                    }
+                    doomed
+                        .into_iter()
+                        .map(|id| (id, Forget::KeepVersions { keep }))
+                        .collect()
+                }
+                Policy::Expired { now, keep_deleted } => rows
+                    .into_iter()
+                    .map(|f| (f.file_id, Forget::DeletedExpired { now, keep_deleted }))
+                    .collect(),
+            };
             let mut forgotten = 0;
-            let mut kept_of_path = 0;
-            let mut current: Option<PathBuf> = None;
-            for f in rows {
-                if current.as_ref() != Some(&f.path) {
-                    current = Some(f.path.clone());
-                    kept_of_path = 0;
-                }
-                if kept_of_path < keep {
-                    kept_of_path += 1;
-                    continue;
-                }
-                c.delete_file(&f.file_id)?;
-                forgotten += 1;
+            for (id, why) in doomed {
+                forgotten += usize::from(c.forget(&id, why)?);
             }
             Ok(forgotten)
         })
         .await?;
     if n > 0 {
         tracing::info!(
-            "deleting {n} old versions of {} from the peers",
+            "deleting {n} versions of {} from the peers ({policy:?})",
             shown(path)
         );
         send_pending_deletes(node.clone()).await;

@@ -17,8 +17,6 @@ use crate::daemon::{self, jobs, Node};
 use crate::protocol::auth::LanKey;
 use watch::Watchers;
 
-/// How often versions of locally deleted files are checked for expiry.
-const EXPIRY_CHECK: Duration = Duration::from_secs(30);
 /// How often our files are checked for chunks below their desired RD.
 const REPAIR_EVERY: Duration = Duration::from_secs(60);
 /// After a REMOVED, holders get this long to re-back up before the home peer does.
@@ -45,12 +43,11 @@ pub async fn run(
     // Watching starts with a scan of each folder: what changed while we were down is queued.
     watchers.sync(&node.config().watch);
     tokio::spawn({
-        let node = node.clone();
+        let (node, wake) = (node.clone(), wake.clone());
         async move {
-            let mut tick = tokio::time::interval(EXPIRY_CHECK);
             loop {
-                tick.tick().await;
-                queue::expire_deleted(&node).await;
+                tokio::time::sleep(queue::expiry_interval(&node.config())).await;
+                queue::expire_deleted(&node, &wake).await;
             }
         }
     });

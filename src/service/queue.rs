@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::config::WatchConfig;
-use crate::daemon::jobs::{backup_file, forget_versions, BackupError};
+use crate::daemon::jobs::{backup_file, forget_versions, BackupError, Policy};
 use crate::daemon::Node;
 
 /// Files backed up at once; each has its own window of chunks in flight.
@@ -69,9 +69,9 @@ pub async fn run(node: Arc<Node>, wake: Arc<Notify>) {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(path.clone());
-                let node = node.clone();
+                let (node, wake) = (node.clone(), wake.clone());
                 running.spawn(async move {
-                    work_on(&node, &path, gen, attempts).await;
+                    work_on(&node, &wake, &path, gen, attempts).await;
                     node.in_progress
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -91,8 +91,24 @@ pub async fn run(node: Arc<Node>, wake: Arc<Notify>) {
     }
 }
 
+fn ctime_ns(meta: &std::fs::Metadata) -> i64 {
+    meta.ctime() * 1_000_000_000 + meta.ctime_nsec()
+}
+
+/// How long ago the file last changed by its ctime (which every write moves and nobody can set
+/// back), if that is less than `quiet`: a write no event told of (a long copy in one call, a
+/// write through a hard link outside the folder) still makes the file wait out its quiet time.
+fn changed_within(meta: &std::fs::Metadata, quiet: Duration) -> Option<Duration> {
+    let age = now_ms() * 1_000_000 - ctime_ns(meta);
+    // A ctime in the future (the clock was set back) says nothing: the read is checked anyway.
+    (0..quiet.as_nanos() as i64)
+        .contains(&age)
+        .then(|| Duration::from_nanos(age as u64))
+}
+
 /// What the queue does with one path.
-async fn work_on(node: &Arc<Node>, path: &Path, gen: i64, attempts: u32) {
+async fn work_on(node: &Arc<Node>, wake: &Notify, path: &Path, gen: i64, attempts: u32) {
+    tracing::debug!("looking at {} (attempt {})", path.display(), attempts + 1);
     let config = node.config();
     let Some(watch) = config.watch_of(path).cloned() else {
         // Not in a watched folder (backed up by hand, or no longer watched): only repaired.
@@ -111,6 +127,20 @@ async fn work_on(node: &Arc<Node>, path: &Path, gen: i64, attempts: u32) {
             if up_to_date(node, path, &meta, &watch).await {
                 return done(node, path, gen).await;
             }
+            if let Some(age) = changed_within(&meta, watch.quiet) {
+                let due = now_ms() + (watch.quiet - age).as_millis() as i64 + 1;
+                let p = path.to_path_buf();
+                let _ = node
+                    .catalog
+                    .call(move |c| c.retry_later(&p, gen, due))
+                    .await;
+                return;
+            }
+            if meta.nlink() > 1 {
+                // A change made through this name is a change of the file's other names too,
+                // and inotify tells only of this one.
+                other_names(node, wake, path, meta.ino(), &watch).await;
+            }
             match backup_file(node, path, watch.replication).await {
                 Ok(r) if r.below == 0 => {
                     tracing::info!(
@@ -120,8 +150,8 @@ async fn work_on(node: &Arc<Node>, path: &Path, gen: i64, attempts: u32) {
                         r.size
                     );
                     // The new version is fully replicated: older ones beyond the policy go.
-                    if let Err(e) = forget_versions(node, path, watch.keep_versions as usize).await
-                    {
+                    let policy = Policy::KeepVersions(watch.keep_versions);
+                    if let Err(e) = forget_versions(node, path, policy).await {
                         tracing::error!("cannot delete old versions of {}: {e}", path.display());
                     }
                     done(node, path, gen).await
@@ -156,6 +186,34 @@ async fn work_on(node: &Arc<Node>, path: &Path, gen: i64, attempts: u32) {
     }
 }
 
+/// Queues the other names (in the same watched folder) of the hard-linked file `path`, as the
+/// catalog knows them by the inode of their newest version.
+async fn other_names(
+    node: &Arc<Node>,
+    wake: &Notify,
+    path: &Path,
+    inode: u64,
+    watch: &WatchConfig,
+) {
+    let names = node
+        .catalog
+        .call(move |c| c.latest_paths_with_inode(inode))
+        .await
+        .unwrap_or_default();
+    let others: Vec<PathBuf> = names
+        .into_iter()
+        .filter(|p| p != path && p.starts_with(&watch.path))
+        .collect();
+    if !others.is_empty() {
+        tracing::debug!(
+            "{} is hard-linked: looking at its {} other names too",
+            path.display(),
+            others.len()
+        );
+        enqueue(node, wake, others).await;
+    }
+}
+
 /// A file outside the watched folders is only brought back to its RD, if it is unchanged.
 async fn repair_unwatched(node: &Arc<Node>, path: &Path, gen: i64) {
     let p = path.to_path_buf();
@@ -183,8 +241,10 @@ async fn repair_unwatched(node: &Arc<Node>, path: &Path, gen: i64) {
     done(node, path, gen).await
 }
 
-/// Whether the newest version is this very file (same size, mtime and inode), complete and at
-/// the folder's RD.
+/// Whether the newest version is this very file (same size, mtime, ctime and inode), complete,
+/// not marked deleted, and at the folder's RD. When only the ctime moved (`touch -r` after a
+/// write, a chmod, a new hard link) the backup reads the file again: the same content is the same
+/// fileId and is only resumed (nothing sent), other content is a new version.
 async fn up_to_date(
     node: &Arc<Node>,
     path: &Path,
@@ -208,6 +268,7 @@ async fn up_to_date(
     let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
     f.size == meta.len()
         && f.mtime_ns == mtime_ns
+        && f.ctime_ns == ctime_ns(meta)
         && f.inode == meta.ino()
         && f.complete
         && f.deleted_at.is_none()
@@ -225,7 +286,11 @@ async fn gone(node: &Arc<Node>, path: &Path, gen: i64, watch: &WatchConfig) {
         Err(e) => tracing::error!("cannot note that {} is gone: {e}", path.display()),
     }
     if watch.keep_deleted.is_zero() {
-        if let Err(e) = forget_versions(node, path, 0).await {
+        let policy = Policy::Expired {
+            now,
+            keep_deleted: 0,
+        };
+        if let Err(e) = forget_versions(node, path, policy).await {
             tracing::error!("cannot delete the versions of {}: {e}", path.display());
         }
     }
@@ -254,28 +319,71 @@ pub fn retry_delay(attempts: u32) -> Duration {
 }
 
 /// Expires the versions of files deleted locally longer than their folder's `keep_deleted` ago.
-pub async fn expire_deleted(node: &Arc<Node>) {
+/// "Deleted" means gone now: each path is looked at again (lstat) first. A regular file there
+/// again clears the mark and is queued (the same content resumes its version, other content is
+/// a new one); a folder, a symlink or nothing there is not the file, and only that path's own
+/// versions expire (never those of files below a folder of the same name).
+pub async fn expire_deleted(node: &Arc<Node>, wake: &Notify) {
     let Ok(deleted) = node.catalog.call(|c| c.deleted_paths()).await else {
         return;
     };
     let config = node.config();
     let now = now_ms() / 1000;
+    let mut back = Vec::new();
     for (path, since) in deleted {
         let Some(watch) = config.watch_of(&path) else {
             continue; // not watched (any more): kept until deleted by hand
         };
-        if now - since >= watch.keep_deleted.as_secs() as i64 {
-            match forget_versions(node, &path, 0).await {
-                Ok(n) => tracing::info!(
-                    "{} was deleted {}s ago: its {n} versions are deleted from the peers",
-                    path.display(),
-                    now - since
-                ),
-                Err(e) => tracing::error!("cannot expire {}: {e}", path.display()),
-            }
+        let keep_deleted = watch.keep_deleted.as_secs() as i64;
+        if now - since < keep_deleted {
+            continue;
+        }
+        let is_file = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+        })
+        .await
+        .unwrap_or(true);
+        if is_file {
+            tracing::info!("{} is there again: its versions are kept", path.display());
+            back.push(path);
+            continue;
+        }
+        match forget_versions(node, &path, Policy::Expired { now, keep_deleted }).await {
+            Ok(n) => tracing::info!(
+                "{} was deleted {}s ago: its {n} versions are deleted from the peers",
+                path.display(),
+                now - since
+            ),
+            Err(e) => tracing::error!("cannot expire {}: {e}", path.display()),
         }
     }
+    if !back.is_empty() {
+        let paths = back.clone();
+        let r = node
+            .catalog
+            .call(move |c| paths.iter().try_for_each(|p| c.unmark_deleted(p).map(drop)))
+            .await;
+        if let Err(e) = r {
+            tracing::error!("cannot note that deleted files are back: {e}");
+        }
+        enqueue(node, wake, back).await;
+    }
 }
+
+/// How often deleted files are checked for expiry: every 30 s, or more often when a folder keeps
+/// them less than a minute (half its `keep_deleted`, at least every second).
+pub fn expiry_interval(config: &crate::config::Config) -> Duration {
+    config
+        .watch
+        .iter()
+        .map(|w| w.keep_deleted / 2)
+        .fold(EXPIRY_CHECK, Duration::min)
+        .max(Duration::from_secs(1))
+}
+
+/// How often, at most, versions of locally deleted files are checked for expiry.
+const EXPIRY_CHECK: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests {

@@ -1,8 +1,9 @@
 //! Watching the configured folders: inotify (through `notify`) on every folder, recursively,
 //! symlinks not followed. A changed path is queued once no event was seen for the folder's quiet
-//! time, so a file is never backed up half written. A scan compares a folder with the catalog
-//! (at start, after an event queue overflow, and periodically where the kernel's watch limit
-//! left parts unwatched): nothing is missed.
+//! time (and the backup itself checks that the file did not change while it was read), so a
+//! file is never backed up half written. A scan compares a folder with the catalog (at start,
+//! after an event queue overflow, every `rescan` for what inotify cannot report, and every
+//! minute where the kernel's watch limit left parts unwatched): nothing is missed.
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
@@ -37,6 +38,8 @@ pub struct Watchers {
     watched: HashSet<PathBuf>,
     /// Folders not (fully) watched, rescanned periodically by these tasks.
     fallbacks: HashMap<PathBuf, tokio::task::JoinHandle<()>>,
+    /// Every folder's periodic rescan (its `rescan` period and task).
+    periodic: HashMap<PathBuf, (Duration, tokio::task::JoinHandle<()>)>,
     rescan: mpsc::UnboundedSender<PathBuf>,
 }
 
@@ -64,6 +67,7 @@ impl Watchers {
             watcher: Arc::new(std::sync::Mutex::new(watcher)),
             watched: HashSet::new(),
             fallbacks: HashMap::new(),
+            periodic: HashMap::new(),
             rescan,
         })
     }
@@ -82,10 +86,23 @@ impl Watchers {
             if let Some(task) = self.fallbacks.remove(&gone) {
                 task.abort();
             }
+            if let Some((_, task)) = self.periodic.remove(&gone) {
+                task.abort();
+            }
             self.watched.remove(&gone);
             tracing::info!("stopped watching {}", gone.display());
         }
         for w in watches {
+            if self.periodic.get(&w.path).map(|p| p.0) != Some(w.rescan) {
+                if let Some((_, task)) = self.periodic.remove(&w.path) {
+                    task.abort();
+                }
+                if !w.rescan.is_zero() {
+                    let task =
+                        tokio::spawn(periodic(self.rescan.clone(), w.path.clone(), w.rescan));
+                    self.periodic.insert(w.path.clone(), (w.rescan, task));
+                }
+            }
             if self.watched.contains(&w.path) {
                 continue;
             }
@@ -133,6 +150,18 @@ fn watch_limit_reached(path: &Path) {
         path.display(),
         FALLBACK_RESCAN.as_secs()
     );
+}
+
+/// Rescans a folder every `every`: inotify cannot tell of every change (a write through a hard
+/// link outside the folder, a file changed on a network or FUSE file system).
+async fn periodic(rescan: mpsc::UnboundedSender<PathBuf>, root: PathBuf, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        tracing::debug!("periodic rescan of {}", root.display());
+        if rescan.send(root.clone()).is_err() {
+            return;
+        }
+    }
 }
 
 /// Rescans a folder that is not (fully) watched every FALLBACK_RESCAN, and, when `retry` is
@@ -270,13 +299,14 @@ async fn rescan_everything(node: &Arc<Node>, wake: &Notify) {
 }
 
 /// Compares a folder with the catalog and queues what differs: files new or changed since
-/// their newest version (size, mtime, inode), and backed-up files that are gone.
+/// their newest version (size, mtime, ctime, inode), files back where they had been found gone,
+/// and backed-up files that are gone.
 pub async fn scan(node: &Arc<Node>, wake: &Notify, root: &Path) {
     let config = node.config();
     let Some(watch) = config.watch_of(root).cloned() else {
         return;
     };
-    let (tx, mut rx) = mpsc::channel::<Vec<(PathBuf, u64, i64, u64)>>(4);
+    let (tx, mut rx) = mpsc::channel::<Vec<Seen>>(4);
     let walker = {
         let (root, watch) = (root.to_path_buf(), watch.clone());
         tokio::task::spawn_blocking(move || walk(&root, &watch, &tx))
@@ -287,10 +317,16 @@ pub async fn scan(node: &Arc<Node>, wake: &Notify, root: &Path) {
             .catalog
             .call(move |c| {
                 let mut changed = Vec::new();
-                for (path, size, mtime_ns, inode) in batch {
-                    let same = c.latest(&path)?.is_some_and(|f| {
-                        f.size == size && f.mtime_ns == mtime_ns && f.inode == inode && f.complete
+                for seen in batch {
+                    let same = c.latest(&seen.path)?.is_some_and(|f| {
+                        f.size == seen.size
+                            && f.mtime_ns == seen.mtime_ns
+                            && f.ctime_ns == seen.ctime_ns
+                            && f.inode == seen.inode
+                            && f.complete
+                            && f.deleted_at.is_none()
                     });
+                    let path = seen.path;
                     if !same {
                         changed.push(path);
                     }
@@ -323,9 +359,17 @@ pub async fn scan(node: &Arc<Node>, wake: &Notify, root: &Path) {
     tracing::info!("scanned {}: {queued} paths to look at", root.display());
 }
 
-/// Walks a folder (symlinks not followed), sending (path, size, mtime_ns, inode) of every
-/// regular file not excluded, in batches.
-fn walk(root: &Path, watch: &WatchConfig, tx: &mpsc::Sender<Vec<(PathBuf, u64, i64, u64)>>) {
+/// A regular file found by a scan, with what tells whether it changed.
+struct Seen {
+    path: PathBuf,
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    inode: u64,
+}
+
+/// Walks a folder (symlinks not followed), sending every regular file not excluded, in batches.
+fn walk(root: &Path, watch: &WatchConfig, tx: &mpsc::Sender<Vec<Seen>>) {
     let excludes = watch.exclude_set();
     let mut batch = Vec::with_capacity(SCAN_BATCH);
     let mut dirs = vec![root.to_path_buf()];
@@ -343,8 +387,13 @@ fn walk(root: &Path, watch: &WatchConfig, tx: &mpsc::Sender<Vec<(PathBuf, u64, i
             if meta.is_dir() {
                 dirs.push(path);
             } else if meta.is_file() && !watch.excludes(&excludes, &path) {
-                let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
-                batch.push((path, meta.len(), mtime_ns, meta.ino()));
+                batch.push(Seen {
+                    path,
+                    size: meta.len(),
+                    mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+                    ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+                    inode: meta.ino(),
+                });
                 if batch.len() == SCAN_BATCH
                     && tx.blocking_send(std::mem::take(&mut batch)).is_err()
                 {

@@ -44,6 +44,49 @@ pub struct FileRow {
     pub gid: u32,
     /// Unix seconds when the local file was found gone (its versions then expire per policy).
     pub deleted_at: Option<i64>,
+    /// The inode change time (ns) seen when this version was last read in full: a change that
+    /// keeps size and mtime (a write followed by `touch -r`) still moves it.
+    pub ctime_ns: i64,
+}
+
+/// Which backup inserted a version (random per backup run): an abandoned backup may forget only
+/// the version it inserted itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackupId(pub i64);
+
+impl BackupId {
+    pub fn new() -> BackupId {
+        BackupId(rand::random::<i64>())
+    }
+}
+
+impl Default for BackupId {
+    fn default() -> BackupId {
+        BackupId::new()
+    }
+}
+
+/// Why a version of our own is forgotten (its row and chunk records dropped, DELETE sent to
+/// the peers). `Catalog::forget` is the only way a version is deleted, and it enforces:
+///
+/// **A version, once complete, is deleted only by an explicit policy decision** —
+/// `keep_versions` (newer complete versions exist), `keep_deleted` (the path is really gone:
+/// still marked deleted, for long enough) or `peerstash delete` — **never by an error path of
+/// another backup.** A backup that gives up (the file changed while it was read) may forget
+/// only a version that is not complete and that this very backup inserted; a version it resumed
+/// is left as it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forget {
+    /// Beyond the folder's `keep_versions`: allowed for a complete version when `keep` newer
+    /// complete versions of its path exist, for an incomplete one when a newer complete exists.
+    KeepVersions { keep: u32 },
+    /// The path was found gone at least `keep_deleted` seconds before `now` and is still marked
+    /// so (the caller checked it again by lstat just before).
+    DeletedExpired { now: i64, keep_deleted: i64 },
+    /// `peerstash delete`: the user's explicit word.
+    UserDelete,
+    /// A backup abandoned the version it inserted (the file changed while it was read).
+    Abandoned { backup: BackupId },
 }
 
 /// A chunk this peer hosts for another peer.
@@ -89,7 +132,13 @@ CREATE TABLE IF NOT EXISTS files (
     uid INTEGER NOT NULL DEFAULT 0,   -- owner and group, given back at restore
     gid INTEGER NOT NULL DEFAULT 0,
     deleted_at INTEGER,               -- unix seconds when the local file was found gone
+    ctime_ns INTEGER NOT NULL DEFAULT 0, -- inode change time when last read in full
+    backup_id INTEGER,                -- the backup run that inserted this version
     UNIQUE (path, version)
+);
+CREATE TABLE IF NOT EXISTS last_versions (
+    path BLOB PRIMARY KEY,            -- the highest version number ever given to a path:
+    version INTEGER NOT NULL          -- a forgotten version's number is never reused
 );
 CREATE TABLE IF NOT EXISTS queue (
     path BLOB PRIMARY KEY,            -- a path (bytes) to look at: back it up, or note that it is gone
@@ -165,6 +214,21 @@ fn make_private(path: &Path) -> Result<(), StoreError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(private)
 }
 
+/// Brings a catalog made by an older release up to the current schema (idempotent).
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let have: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('files')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for (name, definition) in ADDED_FILE_COLUMNS {
+        if !have.iter().any(|h| h == name) {
+            conn.execute_batch(&format!("ALTER TABLE files ADD COLUMN {name} {definition}"))?;
+        }
+    }
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS files_inode ON files (inode)")?;
+    Ok(())
+}
+
 fn file_id_of(text: String) -> Result<FileId, StoreError> {
     FileId::parse(&text).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -205,7 +269,13 @@ fn path_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<PathBuf> {
 }
 
 const FILE_COLUMNS: &str = "file_id, path, version, size, mtime_ns, mode, content_hash, \
-     desired_rd, complete, inode, deleted_at, uid, gid";
+     desired_rd, complete, inode, deleted_at, uid, gid, ctime_ns";
+
+/// Columns added after the first release: (name, definition), added to an older catalog at open.
+const ADDED_FILE_COLUMNS: &[(&str, &str)] = &[
+    ("ctime_ns", "INTEGER NOT NULL DEFAULT 0"),
+    ("backup_id", "INTEGER"),
+];
 
 fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
     Ok((
@@ -223,6 +293,7 @@ fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
             deleted_at: r.get(10)?,
             uid: r.get(11)?,
             gid: r.get(12)?,
+            ctime_ns: r.get(13)?,
         },
     ))
 }
@@ -240,6 +311,7 @@ struct FileRowRaw {
     deleted_at: Option<i64>,
     uid: u32,
     gid: u32,
+    ctime_ns: i64,
 }
 
 fn finish_file((id, raw): (String, FileRowRaw)) -> Result<FileRow, StoreError> {
@@ -257,6 +329,7 @@ fn finish_file((id, raw): (String, FileRowRaw)) -> Result<FileRow, StoreError> {
         uid: raw.uid,
         gid: raw.gid,
         deleted_at: raw.deleted_at,
+        ctime_ns: raw.ctime_ns,
     })
 }
 
@@ -299,6 +372,7 @@ impl Catalog {
         if !counted {
             conn.execute_batch(&format!("BEGIN; {HOLDER_COUNTS} COMMIT;"))?;
         }
+        migrate(&conn)?;
         Ok(Catalog { conn })
     }
 
@@ -348,7 +422,9 @@ impl Catalog {
             .transpose()
     }
 
-    /// Every kept version of every path equal to `path` or below it (a folder), oldest first.
+    /// Every kept version of every path equal to `path` or below it (a folder), oldest first:
+    /// for the commands that name a folder (`versions DIR`, `delete DIR`). Policies that concern
+    /// one path use `versions_of`.
     pub fn versions(&self, path: &Path) -> Result<Vec<FileRow>, StoreError> {
         let (exact, below) = (path_key(path), below_key(path));
         let sql = format!(
@@ -360,6 +436,15 @@ impl Catalog {
         rows.map(|r| finish_file(r?)).collect()
     }
 
+    /// Every kept version of exactly `path` (nothing below it, should it be a folder now),
+    /// oldest first.
+    pub fn versions_of(&self, path: &Path) -> Result<Vec<FileRow>, StoreError> {
+        let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE path = ?1 ORDER BY version");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([path_key(path)], file_row)?;
+        rows.map(|r| finish_file(r?)).collect()
+    }
+
     pub fn all_files(&self) -> Result<Vec<FileRow>, StoreError> {
         let sql = format!("SELECT {FILE_COLUMNS} FROM files ORDER BY path, version");
         let mut stmt = self.conn.prepare(&sql)?;
@@ -367,18 +452,20 @@ impl Catalog {
         rows.map(|r| finish_file(r?)).collect()
     }
 
-    /// Records a new version; its number is one more than the path's newest.
+    /// Records a new version; its number is one more than any the path ever had (a forgotten
+    /// version's number is never given to other content).
     pub fn insert_file(&self, row: &FileRow) -> Result<u32, StoreError> {
         let path = path_key(&row.path);
         let version: u32 = self.conn.query_row(
-            "SELECT COALESCE(MAX(version), 0) + 1 FROM files WHERE path = ?1",
+            "SELECT MAX(COALESCE((SELECT MAX(version) FROM files WHERE path = ?1), 0),
+                        COALESCE((SELECT version FROM last_versions WHERE path = ?1), 0)) + 1",
             [path],
             |r| r.get(0),
         )?;
         self.conn.execute(
             "INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash,
-                                desired_rd, complete, inode, uid, gid)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10, ?11)",
+                                desired_rd, complete, inode, uid, gid, ctime_ns)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10, ?11, ?12)",
             params![
                 row.file_id.key(),
                 path,
@@ -390,8 +477,14 @@ impl Catalog {
                 row.desired_rd,
                 row.inode as i64,
                 row.uid,
-                row.gid
+                row.gid,
+                row.ctime_ns
             ],
+        )?;
+        self.conn.execute(
+            "INSERT INTO last_versions (path, version) VALUES (?1, ?2)
+             ON CONFLICT (path) DO UPDATE SET version = MAX(version, excluded.version)",
+            params![path, version],
         )?;
         // The path exists again: its versions no longer expire as deleted.
         self.conn.execute(
@@ -401,12 +494,111 @@ impl Catalog {
         Ok(version)
     }
 
-    pub fn set_file_complete(&self, file_id: &FileId) -> Result<(), StoreError> {
+    /// Records a new version inserted by the backup run `backup` (see `Forget::Abandoned`).
+    pub fn insert_version(&self, row: &FileRow, backup: BackupId) -> Result<u32, StoreError> {
+        let version = self.insert_file(row)?;
         self.conn.execute(
+            "UPDATE files SET backup_id = ?2 WHERE file_id = ?1",
+            params![row.file_id.key(), backup.0],
+        )?;
+        Ok(version)
+    }
+
+    /// Marks a version complete; false if it is not (any more) in the catalog.
+    pub fn set_file_complete(&self, file_id: &FileId) -> Result<bool, StoreError> {
+        Ok(self.conn.execute(
             "UPDATE files SET complete = 1 WHERE file_id = ?1",
             [file_id.key()],
+        )? == 1)
+    }
+
+    /// A version was just read in full, unchanged, from a file with this inode and ctime (a
+    /// restored copy, a file renamed back, a chmod): remember them, so the file is found up to
+    /// date next time without reading it.
+    pub fn note_seen(&self, file_id: &FileId, inode: u64, ctime_ns: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE files SET inode = ?2, ctime_ns = ?3 WHERE file_id = ?1",
+            params![file_id.key(), inode as i64, ctime_ns],
         )?;
         Ok(())
+    }
+
+    /// The path of this version exists again (a backup found it there): none of the path's
+    /// versions expire as deleted any more.
+    pub fn undelete(&self, file_id: &FileId) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE files SET deleted_at = NULL
+             WHERE deleted_at IS NOT NULL
+               AND path = (SELECT path FROM files WHERE file_id = ?1)",
+            [file_id.key()],
+        )?)
+    }
+
+    /// Paths whose newest version was read from inode `inode` and that are not known gone:
+    /// the other names of a hard-linked file.
+    pub fn latest_paths_with_inode(&self, inode: u64) -> Result<Vec<PathBuf>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT f.path FROM files f
+             WHERE f.inode = ?1 AND f.deleted_at IS NULL
+               AND f.version = (SELECT MAX(version) FROM files g WHERE g.path = f.path)",
+        )?;
+        let rows = stmt.query_map([inode as i64], |r| path_at(r, 0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Forgets a version of our own if `why` allows it (see `Forget` for the rule); a refusal
+    /// is logged at ERROR and returns false. Every deletion of a version goes through here.
+    pub fn forget(&self, file_id: &FileId, why: Forget) -> Result<bool, StoreError> {
+        let Some(row) = self.file(file_id)? else {
+            return Ok(false);
+        };
+        let backup_id: Option<i64> = self.conn.query_row(
+            "SELECT backup_id FROM files WHERE file_id = ?1",
+            [file_id.key()],
+            |r| r.get(0),
+        )?;
+        // Complete versions of the same path newer than this one.
+        let newer_complete: u32 = self.conn.query_row(
+            "SELECT COUNT(*) FROM files g, files f
+             WHERE f.file_id = ?1 AND g.path = f.path AND g.version > f.version AND g.complete = 1",
+            [file_id.key()],
+            |r| r.get(0),
+        )?;
+        let refused = match why {
+            Forget::UserDelete => None,
+            Forget::KeepVersions { keep } => {
+                let needed = if row.complete { keep.max(1) } else { 1 };
+                (newer_complete < needed).then(|| {
+                    format!("only {newer_complete} newer complete versions, {needed} needed")
+                })
+            }
+            Forget::DeletedExpired { now, keep_deleted } => match row.deleted_at {
+                None => Some("its path is not (any more) marked deleted".to_owned()),
+                Some(at) if now - at < keep_deleted => {
+                    Some(format!("deleted only {}s ago", now - at))
+                }
+                Some(_) => None,
+            },
+            Forget::Abandoned { backup } => {
+                if row.complete {
+                    Some("it is complete".to_owned())
+                } else if backup_id != Some(backup.0) {
+                    Some("another backup inserted it".to_owned())
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(reason) = refused {
+            tracing::error!(
+                "refused to delete version {} of {} ({why:?}): {reason}",
+                row.version,
+                row.path.display()
+            );
+            return Ok(false);
+        }
+        self.delete_file(file_id)?;
+        Ok(true)
     }
 
     pub fn set_file_rd(&self, file_id: &FileId, rd: u8) -> Result<(), StoreError> {
@@ -415,6 +607,33 @@ impl Catalog {
             params![file_id.key(), rd],
         )?;
         Ok(())
+    }
+
+    /// Records a chunk of a version being backed up. A chunk already recorded keeps its record:
+    /// returns false (and changes nothing) if it was recorded with other bytes — the file
+    /// changed since that version was read, and the version must stay as it was.
+    pub fn record_file_chunk(
+        &self,
+        file_id: &FileId,
+        chunk_no: ChunkNo,
+        size: u64,
+        hash: &str,
+    ) -> Result<bool, StoreError> {
+        let known: Option<(i64, String)> = self
+            .conn
+            .query_row(
+                "SELECT size, hash FROM file_chunks WHERE file_id = ?1 AND chunk_no = ?2",
+                params![file_id.key(), chunk_no.0],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        match known {
+            Some((s, h)) => Ok(s as u64 == size && h == hash),
+            None => {
+                self.put_file_chunk(file_id, chunk_no, size, hash)?;
+                Ok(true)
+            }
+        }
     }
 
     pub fn put_file_chunk(
@@ -470,7 +689,8 @@ impl Catalog {
 
     /// Forgets a version of our own (its row, its chunks and their holder sets) and remembers
     /// that the peers must be told, so a crash before the DELETEs went out loses nothing.
-    pub fn delete_file(&self, file_id: &FileId) -> Result<(), StoreError> {
+    /// Only through `forget`, which checks that the deletion is allowed.
+    fn delete_file(&self, file_id: &FileId) -> Result<(), StoreError> {
         let key = file_id.key();
         self.conn.execute(
             "INSERT OR IGNORE INTO pending_deletes (file_id) VALUES (?1)",
@@ -515,6 +735,14 @@ impl Catalog {
         Ok(self.conn.execute(
             "UPDATE files SET deleted_at = ?2 WHERE path = ?1 AND deleted_at IS NULL",
             params![path_key(path), now],
+        )?)
+    }
+
+    /// The path's file is there again: its versions no longer expire as deleted.
+    pub fn unmark_deleted(&self, path: &Path) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE files SET deleted_at = NULL WHERE path = ?1 AND deleted_at IS NOT NULL",
+            [path_key(path)],
         )?)
     }
 
@@ -990,6 +1218,7 @@ mod tests {
             uid: 0,
             gid: 0,
             deleted_at: None,
+            ctime_ns: 0,
         }
     }
 
@@ -1106,12 +1335,142 @@ mod tests {
             cat.remove_holder(&fid('a'), ChunkNo(0), PeerId(2)).unwrap(),
             1
         );
-        cat.delete_file(&fid('a')).unwrap();
+        assert!(cat.forget(&fid('a'), Forget::UserDelete).unwrap());
         assert!(cat.file_chunks(&fid('a')).unwrap().is_empty());
         assert_eq!(cat.pending_deletes().unwrap(), vec![fid('a')]);
         cat.clear_pending_delete(&fid('a')).unwrap();
         assert!(cat.pending_deletes().unwrap().is_empty());
         assert_eq!(cat.perceived(&fid('a'), ChunkNo(0)).unwrap(), 0);
+    }
+
+    #[test]
+    fn complete_versions_are_forgotten_only_by_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        let (mine, other) = (BackupId(7), BackupId(8));
+        assert_eq!(cat.insert_version(&file('a', "/w/f"), mine).unwrap(), 1);
+        cat.set_file_complete(&fid('a')).unwrap();
+        // A backup that resumed the complete version 1 gives up: version 1 stays.
+        assert!(!cat
+            .forget(&fid('a'), Forget::Abandoned { backup: mine })
+            .unwrap());
+        // A version inserted by another backup run is not this backup's to forget.
+        assert_eq!(cat.insert_version(&file('b', "/w/f"), other).unwrap(), 2);
+        assert!(!cat
+            .forget(&fid('b'), Forget::Abandoned { backup: mine })
+            .unwrap());
+        // keep_versions = 1 does not drop version 1 while version 2 is incomplete.
+        assert!(!cat
+            .forget(&fid('a'), Forget::KeepVersions { keep: 1 })
+            .unwrap());
+        // Not marked deleted: does not expire.
+        let expired = Forget::DeletedExpired {
+            now: 100,
+            keep_deleted: 0,
+        };
+        assert!(!cat.forget(&fid('a'), expired).unwrap());
+        // The backup that inserted version 2 abandons it: forgotten, and its number is not
+        // given to other content.
+        assert!(cat
+            .forget(&fid('b'), Forget::Abandoned { backup: other })
+            .unwrap());
+        assert_eq!(cat.pending_deletes().unwrap(), vec![fid('b')]);
+        assert_eq!(cat.insert_version(&file('c', "/w/f"), mine).unwrap(), 3);
+        cat.set_file_complete(&fid('c')).unwrap();
+        assert!(cat
+            .forget(&fid('a'), Forget::KeepVersions { keep: 1 })
+            .unwrap());
+        assert!(!cat
+            .forget(&fid('c'), Forget::KeepVersions { keep: 1 })
+            .unwrap());
+        // Gone for long enough, and still marked: expires.
+        cat.mark_deleted(Path::new("/w/f"), 50).unwrap();
+        assert!(!cat
+            .forget(
+                &fid('c'),
+                Forget::DeletedExpired {
+                    now: 52,
+                    keep_deleted: 3
+                }
+            )
+            .unwrap());
+        assert!(cat
+            .forget(
+                &fid('c'),
+                Forget::DeletedExpired {
+                    now: 53,
+                    keep_deleted: 3
+                }
+            )
+            .unwrap());
+        assert!(cat.versions_of(Path::new("/w/f")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn one_path_is_not_the_folder_below_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        cat.insert_file(&file('a', "/w/x")).unwrap();
+        cat.insert_file(&file('b', "/w/x/y")).unwrap();
+        assert_eq!(cat.versions_of(Path::new("/w/x")).unwrap().len(), 1);
+        assert_eq!(cat.versions(Path::new("/w/x")).unwrap().len(), 2);
+        // A backup that reuses the row of a path marked deleted clears the mark.
+        cat.mark_deleted(Path::new("/w/x"), 5).unwrap();
+        cat.mark_deleted(Path::new("/w/x/y"), 5).unwrap();
+        assert_eq!(cat.undelete(&fid('a')).unwrap(), 1);
+        assert_eq!(
+            cat.deleted_paths().unwrap(),
+            vec![(PathBuf::from("/w/x/y"), 5)]
+        );
+    }
+
+    #[test]
+    fn a_recorded_chunk_keeps_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        cat.insert_file(&file('a', "/w/f")).unwrap();
+        assert!(cat
+            .record_file_chunk(&fid('a'), ChunkNo(0), 10, "h0")
+            .unwrap());
+        assert!(cat
+            .record_file_chunk(&fid('a'), ChunkNo(0), 10, "h0")
+            .unwrap());
+        assert!(!cat
+            .record_file_chunk(&fid('a'), ChunkNo(0), 10, "h1")
+            .unwrap());
+        assert_eq!(cat.file_chunks(&fid('a')).unwrap()[0].2, "h0");
+    }
+
+    #[test]
+    fn an_older_catalog_gains_the_new_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE files (file_id TEXT PRIMARY KEY, path TEXT NOT NULL,
+                    version INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+                    mode INTEGER NOT NULL, content_hash TEXT NOT NULL,
+                    desired_rd INTEGER NOT NULL, complete INTEGER NOT NULL DEFAULT 0,
+                    inode INTEGER NOT NULL DEFAULT 0, uid INTEGER NOT NULL DEFAULT 0,
+                    gid INTEGER NOT NULL DEFAULT 0, deleted_at INTEGER, UNIQUE (path, version));",
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash,
+                                    desired_rd, complete)
+                 VALUES (?1, '/w/f', 4, 10, 1, 420, 'h', 2, 1)",
+                [fid('a').key()],
+            )
+            .unwrap();
+        }
+        let cat = Catalog::open(&path).unwrap();
+        let row = cat.latest(Path::new("/w/f")).unwrap().unwrap();
+        assert_eq!((row.version, row.ctime_ns, row.complete), (4, 0, true));
+        assert_eq!(cat.insert_file(&file('b', "/w/f")).unwrap(), 5);
+        drop(cat);
+        // Opening again is harmless.
+        Catalog::open(&path).unwrap();
     }
 
     #[test]

@@ -2,5 +2,7 @@
 pub mod catalog;
 pub mod chunks;
 
-pub use catalog::{Catalog, CatalogHandle, ChunkRole, FileRow, HostedRow, StoreError};
+pub use catalog::{
+    BackupId, Catalog, CatalogHandle, ChunkRole, FileRow, Forget, HostedRow, StoreError,
+};
 pub use chunks::ChunkStore;

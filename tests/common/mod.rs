@@ -274,7 +274,6 @@ quota = "{quota}"
         }
     }
 
-    /// The process id of peer i's daemon, while it runs.
     /// Waits up to `timeout` for peer i's daemon to exit by itself; its exit code (None: it
     /// is still running, and is killed).
     pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<i32> {
@@ -291,6 +290,7 @@ quota = "{quota}"
         None
     }
 
+    /// The process id of peer i's daemon, if it runs.
     pub fn pid(&self, i: usize) -> Option<u32> {
         self.peers[i].child.as_ref().map(|c| c.id())
     }
