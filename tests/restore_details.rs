@@ -16,8 +16,9 @@ fn a_restore_takes_the_newest_complete_version() {
     let v1 = random_bytes(100_000);
     std::fs::write(&f, &v1).unwrap();
     c.cli_ok(0, &["backup", f.to_str().unwrap(), "-r", "2"], 0);
-    // Version 2 is cut short: its home peer is killed during the backup.
-    std::fs::write(&f, random_bytes(150_000_000)).unwrap();
+    // Version 2 is cut short: its home peer is killed during the backup (60 MB: long enough
+    // to be caught in the middle).
+    std::fs::write(&f, random_bytes(1_000_000).repeat(60)).unwrap();
     let mut backup = std::process::Command::new(PEERSTASH)
         .arg("--config")
         .arg(&c.peer(0).config)
