@@ -29,14 +29,7 @@ fn skip_unless_root() -> bool {
 /// A command run as the test's user, in the socket's group (peerstash's, or root's here).
 fn as_user(c: &Cluster, program: &Path) -> Command {
     let gid = std::fs::metadata(&c.peer(0).socket).unwrap().gid();
-    let mut cmd = Command::new("setpriv");
-    cmd.args([
-        &format!("--reuid={USER}"),
-        &format!("--regid={USER}"),
-        &format!("--groups={gid}"),
-    ])
-    .arg(program);
-    cmd
+    as_uid(USER, Some(gid), program)
 }
 
 fn user_cli(c: &Cluster, args: &[&str]) -> Output {

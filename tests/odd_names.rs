@@ -42,6 +42,21 @@ fn name(bytes: &[u8]) -> &OsStr {
     OsStr::from_bytes(bytes)
 }
 
+/// `peerstash` on peer 1 with arguments that need not be UTF-8; asserts it succeeded.
+fn cli_os(c: &Cluster, args: &[&OsStr]) {
+    let out = std::process::Command::new(PEERSTASH)
+        .arg("--config")
+        .arg(&c.peer(0).config)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn odd_names_are_backed_up_listed_and_restored_under_their_own_names() {
     let watched = tempfile::tempdir().unwrap();
@@ -109,19 +124,7 @@ fn odd_names_are_backed_up_listed_and_restored_under_their_own_names() {
         std::fs::remove_file(path).unwrap();
     }
     for (path, bytes) in &files {
-        let out = std::process::Command::new(PEERSTASH)
-            .arg("--config")
-            .arg(&c.peer(0).config)
-            .arg("restore")
-            .arg(path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        cli_os(&c, &[name(b"restore"), path.as_os_str()]);
         assert_eq!(std::fs::read(path).unwrap(), *bytes, "{}", path.display());
     }
 }
@@ -136,34 +139,15 @@ fn a_manual_backup_keeps_two_latin1_names_apart() {
     let b = dir.join(name(b"caf\xe8"));
     std::fs::write(&a, b"one").unwrap();
     std::fs::write(&b, b"two").unwrap();
-    let out = std::process::Command::new(PEERSTASH)
-        .arg("--config")
-        .arg(&c.peer(0).config)
-        .args(["backup", "-r", "2"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    cli_os(
+        &c,
+        &[name(b"backup"), name(b"-r"), name(b"2"), dir.as_os_str()],
     );
     let done = complete_paths(&c.state(0));
     assert!(done.contains(&a) && done.contains(&b), "{done:?}");
     for (path, bytes) in [(&a, b"one"), (&b, b"two")] {
         std::fs::remove_file(path).unwrap();
-        let out = std::process::Command::new(PEERSTASH)
-            .arg("--config")
-            .arg(&c.peer(0).config)
-            .arg("restore")
-            .arg(path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        cli_os(&c, &[name(b"restore"), path.as_os_str()]);
         assert_eq!(std::fs::read(path).unwrap(), bytes);
     }
 }

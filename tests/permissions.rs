@@ -6,7 +6,7 @@
 mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 
@@ -16,23 +16,16 @@ const USER: u32 = 12345;
 fn as_user(c: &Cluster, in_group: bool, args: &[&str]) -> Output {
     // The socket's group: peerstash's if that group exists here, else root's.
     let gid = std::fs::metadata(&c.peer(0).socket).unwrap().gid();
-    let groups = if in_group {
-        format!("--groups={gid}")
-    } else {
-        "--clear-groups".to_owned()
-    };
-    Command::new("setpriv")
-        .args([
-            &format!("--reuid={USER}"),
-            &format!("--regid={USER}"),
-            &groups,
-            PEERSTASH,
-        ])
-        .arg("--socket")
-        .arg(&c.peer(0).socket)
-        .args(args)
-        .output()
-        .unwrap()
+    as_uid(
+        USER,
+        in_group.then_some(gid),
+        std::path::Path::new(PEERSTASH),
+    )
+    .arg("--socket")
+    .arg(&c.peer(0).socket)
+    .args(args)
+    .output()
+    .unwrap()
 }
 
 fn code(o: &Output) -> i32 {

@@ -475,3 +475,15 @@ pub fn chunk_files_on_disk(peer: &Peer) -> usize {
         .map(|d| std::fs::read_dir(d.path()).map(|e| e.count()).unwrap_or(0))
         .sum()
 }
+
+/// A command run as uid and gid `uid` (setpriv), with the extra group `group` (None: none).
+pub fn as_uid(uid: u32, group: Option<u32>, program: &Path) -> Command {
+    let groups = match group {
+        Some(gid) => format!("--groups={gid}"),
+        None => "--clear-groups".to_owned(),
+    };
+    let mut cmd = Command::new("setpriv");
+    cmd.args([format!("--reuid={uid}"), format!("--regid={uid}"), groups])
+        .arg(program);
+    cmd
+}
