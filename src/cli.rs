@@ -50,6 +50,9 @@ pub enum Command {
     /// Set the space offered to other peers now (e.g. "10GiB", "0" frees everything).
     Reclaim { size: String },
     /// Show this peer's state: quota, what it backed up, what it hosts.
+    /// Check the catalog in full (slow on a large catalog; `peerstashd` does a quick check at
+    /// every start). Root only.
+    Check,
     State {
         /// One JSON object instead of text.
         #[arg(long)]

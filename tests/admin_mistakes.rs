@@ -58,8 +58,9 @@ fn a_second_daemon_on_the_same_state_folder_is_refused() {
     );
     assert_eq!(out.trim().lines().count(), 1, "one line: {out}");
     assert!(!c.peer(1).dir.join("second.sock").exists());
-    // The first goes on, with every chunk.
+    // The first goes on, with every chunk, and a sound catalog.
     assert_eq!(chunk_files_on_disk(c.peer(1)), hosted_before);
+    assert!(c.cli_ok(1, &["check"], 0).contains("sound"));
     std::fs::remove_file(&f).unwrap();
     c.cli_ok(0, &["restore", f.to_str().unwrap()], 0);
 }

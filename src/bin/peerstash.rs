@@ -111,6 +111,7 @@ fn run(args: Args) -> i32 {
                     Err(e) => return fail(exit::USAGE, format!("bad size {size:?}: {e}")),
                 },
                 Command::State { .. } => Request::State,
+                Command::Check => Request::Check,
                 Command::Backup { .. }
                 | Command::Restore { .. }
                 | Command::Demo

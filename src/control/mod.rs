@@ -152,6 +152,8 @@ pub enum Request {
         quota: u64,
     },
     State,
+    /// A full check of the catalog (SQLite's integrity_check); root only.
+    Check,
 }
 
 impl Request {

@@ -159,6 +159,9 @@ async fn prepare(
         Request::Reclaim { .. } if owner.is_some() => {
             Err("reclaim sets this peer's quota: run it as root".into())
         }
+        Request::Check if owner.is_some() => {
+            Err("check reads the whole catalog: run it as root".into())
+        }
         Request::Backup { path, replication } => {
             if replication.is_some_and(|r| !(1..=9).contains(&r)) {
                 return Err("--replication must be between 1 and 9".into());
@@ -278,6 +281,7 @@ async fn run(
         Job::Other(Request::Delete { path }) => jobs::delete(&node, path).await,
         Job::Other(Request::Reclaim { quota }) => jobs::reclaim(&node, quota).await,
         Job::Other(Request::State) => jobs::state(&node, owner).await,
+        Job::Other(Request::Check) => jobs::check(&node).await,
         Job::Other(Request::Backup { .. } | Request::Restore { .. }) => {
             unreachable!("prepare turns these into their jobs")
         }

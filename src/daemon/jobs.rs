@@ -1190,6 +1190,17 @@ pub(crate) async fn send_pending_deletes(node: Arc<Node>) {
         .await;
 }
 
+/// `peerstash check`: SQLite's full integrity check of the catalog.
+pub(super) async fn check(node: &Arc<Node>) -> Done {
+    match node.catalog.call(|c| c.integrity_check()).await {
+        Ok(()) => Done::ok("the catalog is sound (integrity_check: ok)"),
+        Err(e) => Done::failed(format!(
+            "the catalog is damaged ({e}): stop the daemon, keep a copy of {}, move it away and run `peerstashd --rebuild-catalog`",
+            node.config().peer.state_dir.join("catalog.db").display()
+        )),
+    }
+}
+
 /// The peer's state. A non-root caller (`owner`) sees only its own files, and what this peer
 /// hosts for others only as totals (no fileIds).
 pub(super) async fn state(node: &Arc<Node>, owner: Option<u32>) -> Done {

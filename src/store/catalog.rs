@@ -385,7 +385,16 @@ impl Catalog {
 
     /// SQLite's quick check of the whole file: Err with what it found when it is damaged.
     pub fn quick_check(&self) -> Result<(), StoreError> {
-        let mut stmt = self.conn.prepare("PRAGMA quick_check")?;
+        self.pragma_check("quick_check")
+    }
+
+    /// SQLite's full check (indexes against tables too): slower, on demand.
+    pub fn integrity_check(&self) -> Result<(), StoreError> {
+        self.pragma_check("integrity_check")
+    }
+
+    fn pragma_check(&self, pragma: &str) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare(&format!("PRAGMA {pragma}"))?;
         let found: Vec<String> = stmt
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
