@@ -61,7 +61,7 @@ pub struct Node {
     pub catalog: CatalogHandle,
     pub store: Arc<ChunkStore>,
     pub net: Channels,
-    transient: Arc<Mutex<Transient>>,
+    transient: Mutex<Transient>,
     /// Paths the work queue is backing up right now (for `state`).
     pub in_progress: Mutex<std::collections::BTreeSet<std::path::PathBuf>>,
     store_permits: Arc<Semaphore>,
@@ -162,11 +162,6 @@ fn seen_since(map: &LruMap<ChunkId, Instant>, chunk: &ChunkId, since: Instant) -
     map.get(chunk).is_some_and(|t| *t >= since)
 }
 
-fn lock(transient: &Mutex<Transient>) -> MutexGuard<'_, Transient> {
-    // Every update under this lock is a single map operation: a poisoned lock is consistent.
-    transient.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 type Subs<T> = HashMap<ChunkId, Vec<(u64, mpsc::Sender<T>)>>;
 
 /// A wait for replies about one chunk; unsubscribes when dropped, however the waiting task ends.
@@ -238,7 +233,8 @@ impl Node {
     }
 
     fn transient(&self) -> MutexGuard<'_, Transient> {
-        lock(&self.transient)
+        // Every update under this lock is a single map operation: a poisoned lock is consistent.
+        self.transient.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn subscribe<T>(
@@ -418,7 +414,7 @@ pub async fn start(
         catalog,
         store,
         net,
-        transient: Arc::new(Mutex::new(Transient::default())),
+        transient: Mutex::new(Transient::default()),
         in_progress: Mutex::new(Default::default()),
         store_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_STORES)),
         datagram_permits: Arc::new(Semaphore::new(MAX_DATAGRAM_TASKS)),
