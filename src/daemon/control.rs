@@ -135,7 +135,7 @@ enum Job {
     },
     Restore {
         path: PathBuf,
-        version: Option<u32>,
+        row: crate::store::FileRow,
         out: File,
     },
     Other(Request),
@@ -199,8 +199,8 @@ async fn prepare(
                 .await
                 .map_err(|e| e.to_string())??;
             // Refused before any work when the version is not the caller's.
-            jobs::restore_choice(node, &path, version, owner).await?;
-            Ok(Job::Restore { path, version, out })
+            let row = jobs::restore_choice(node, &path, version, owner).await?;
+            Ok(Job::Restore { path, row, out })
         }
         Request::Delete { path } => {
             if let Some(uid) = owner {
@@ -274,9 +274,7 @@ async fn run(
             root,
             replication,
         } => jobs::backup(&node, path, root, replication, owner, &progress).await,
-        Job::Restore { path, version, out } => {
-            jobs::restore(&node, path, version, out, owner, &progress).await
-        }
+        Job::Restore { path, row, out } => jobs::restore(&node, path, row, out, &progress).await,
         Job::Other(Request::Versions { path }) => jobs::versions(&node, path, owner).await,
         Job::Other(Request::Delete { path }) => jobs::delete(&node, path).await,
         Job::Other(Request::Reclaim { quota }) => jobs::reclaim(&node, quota).await,

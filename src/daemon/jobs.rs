@@ -791,21 +791,16 @@ async fn prepare_chunks(
 const RESTORE_WINDOW_INITIAL: usize = 64;
 const RESTORE_WINDOW_MAX: usize = 512;
 
-/// Restores a version of `path` into `out`, a regular file the caller opened for reading and
-/// writing (the caller gives it its owner, mode, mtime and final name: see `Restored`). By
-/// default the newest complete version.
+/// Restores `row`, a version of `path` chosen by `restore_choice`, into `out`, a regular file
+/// the caller opened for reading and writing (the caller gives it its owner, mode, mtime and
+/// final name: see `Restored`).
 pub(super) async fn restore(
     node: &Arc<Node>,
     path: PathBuf,
-    version: Option<u32>,
+    row: FileRow,
     out: File,
-    owner: Option<u32>,
     progress: &Progress,
 ) -> Done {
-    let row = match restore_choice(node, &path, version, owner).await {
-        Ok(row) => row,
-        Err(message) => return Done::failed(message),
-    };
     report(
         progress,
         format!(
