@@ -45,12 +45,7 @@ pub(super) fn handle(node: &Arc<Node>, msg: Message) {
                         drop(permit);
                         sleep_until(reply_at).await;
                         // Deleted meanwhile (the DELETE removed the chunk): nothing to confirm.
-                        let deleted = node
-                            .transient()
-                            .delete_seen
-                            .get(&chunk.file_id)
-                            .is_some_and(|at| *at >= now);
-                        if !deleted {
+                        if !deleted_since(&node, &chunk.file_id, now) {
                             node.send(MessageKind::Stored { chunk }).await;
                         }
                     }
@@ -525,11 +520,17 @@ pub(crate) async fn replicate_chunk<G>(
     };
     let mut datagram = Some(encode(body));
     let mut backup = ChunkBackup::new(rd.get(), known);
+    let started = Instant::now();
     loop {
         match backup.poll(Instant::now()) {
             Action::SendPutChunk => {
                 if backup.sends() > 1 {
                     first_round = None;
+                }
+                // Its file was deleted meanwhile (a holder's re-backup hears its home peer's
+                // DELETE): a resend would put the chunk back on peers that just freed it.
+                if deleted_since(node, &chunk.file_id, started) {
+                    break;
                 }
                 if datagram.is_none() {
                     match resend.body(len).await {
@@ -710,6 +711,18 @@ pub(super) async fn announce_rebuilt(node: Arc<Node>) {
 /// file we neither backed up nor host was sent by another peer with our id: a copied config.
 /// Checked once a second at most; logged at ERROR once a minute at most.
 pub(super) fn own_id_putchunk(node: &Arc<Node>, chunk: ChunkId) {
+    {
+        // Our own re-backup of a chunk we may have dropped or seen deleted meanwhile.
+        let t = node.transient();
+        let recently = Instant::now() - std::time::Duration::from_secs(60);
+        if t.rebacking.contains(&chunk)
+            || t.delete_seen
+                .get(&chunk.file_id)
+                .is_some_and(|at| *at >= recently)
+        {
+            return;
+        }
+    }
     let now = crate::daemon::unix_now();
     if node.counters.own_id_checked.swap(now, Ordering::Relaxed) == now {
         return;
@@ -741,4 +754,12 @@ pub(super) fn own_id_putchunk(node: &Arc<Node>, chunk: ChunkId) {
             }
         }
     });
+}
+
+/// Whether a DELETE of the file was heard at or after `since`.
+fn deleted_since(node: &Node, file_id: &crate::protocol::FileId, since: Instant) -> bool {
+    node.transient()
+        .delete_seen
+        .get(file_id)
+        .is_some_and(|at| *at >= since)
 }
