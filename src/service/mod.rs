@@ -126,6 +126,8 @@ async fn reload(node: &Arc<Node>, path: &Path, watchers: &mut Watchers, wake: &A
         Ok((mut new, key)) => {
             let old = node.config();
             keep_restart_only_keys(&old, &mut new);
+            // The own paths excluded from the watches are those of the running peer keys.
+            new.exclude_own_paths();
             let rd_changed: Vec<PathBuf> = new
                 .watch
                 .iter()

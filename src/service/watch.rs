@@ -209,8 +209,13 @@ async fn debounce(
                         continue;
                     }
                     let now = Instant::now();
+                    let config = node.config();
                     for path in event.paths {
-                        pending.insert(path, now);
+                        // The daemon's own files (a state folder inside a watched folder)
+                        // change all the time: dropped here, never queued.
+                        if !config.watch_of(&path).is_some_and(|w| w.is_own(&path)) {
+                            pending.insert(path, now);
+                        }
                     }
                     if pending.len() > MAX_PENDING {
                         pending.clear();
@@ -385,7 +390,9 @@ fn walk(root: &Path, watch: &WatchConfig, tx: &mpsc::Sender<Vec<Seen>>) {
             let Ok(meta) = entry.metadata() else { continue };
             let path = entry.path();
             if meta.is_dir() {
-                dirs.push(path);
+                if !watch.is_own(&path) {
+                    dirs.push(path);
+                }
             } else if meta.is_file() && !watch.excludes(&excludes, &path) {
                 batch.push(Seen {
                     path,
