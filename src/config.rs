@@ -680,11 +680,17 @@ exclude = ["*.tmp", "**/.cache/**"]
         assert_eq!(inner.own, vec![PathBuf::from("/srv/a/b/ctl.sock")]);
         assert!(other.own.is_empty());
         // The innermost watch holds a path.
-        assert_eq!(c.watch_of(Path::new("/srv/a/b/x")).unwrap().path, inner.path);
+        assert_eq!(
+            c.watch_of(Path::new("/srv/a/b/x")).unwrap().path,
+            inner.path
+        );
         // A watch inside the state folder is refused.
         let text = "[peer]\nid = 1\nstate_dir = \"/srv/s\"\n[[watch]]\npath = \"/srv/s/chunks\"\n";
         let e = Config::from_toml_str(text).unwrap_err().to_string();
-        assert!(e.contains("watch[0].path") && e.contains("state_dir"), "{e}");
+        assert!(
+            e.contains("watch[0].path") && e.contains("state_dir"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The system service around the peer: watched folders and their policies, the persistent work
 //! queue, reload on SIGHUP, systemd notifications, clean stop on SIGTERM.
 
+pub mod presence;
 pub mod queue;
 pub mod systemd;
 pub mod watch;
@@ -45,9 +46,10 @@ pub async fn run(
     tokio::spawn({
         let (node, wake) = (node.clone(), wake.clone());
         async move {
+            let mut absence = presence::Absence::default();
             loop {
                 tokio::time::sleep(queue::expiry_interval(&node.config())).await;
-                queue::expire_deleted(&node, &wake).await;
+                queue::expire_deleted(&node, &wake, &mut absence).await;
             }
         }
     });
