@@ -51,6 +51,9 @@ enum Keep {
     Sync(Vec<WatchConfig>),
     /// Look at every folder now (a root was removed, say).
     Check,
+    /// The kernel dropped the sentinel's watch with this descriptor (IN_IGNORED: its folder
+    /// was unmounted, deleted or moved): notify's watches there are gone too.
+    Lost(inotify::WatchDescriptor),
 }
 
 impl Watchers {
@@ -73,7 +76,19 @@ impl Watchers {
         )?;
         let (rescan, rescans) = mpsc::unbounded_channel();
         let (keeper, orders) = mpsc::unbounded_channel();
+        let sentinel = match start_sentinel(keeper.clone()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot watch for unmounts ({e}): noticed within {}s instead",
+                    PRESENCE_CHECK.as_secs()
+                );
+                None
+            }
+        };
         let keep = Keeper {
+            sentinel,
+            sentinel_wds: HashMap::new(),
             node: node.clone(),
             watcher,
             rescan: rescan.clone(),
@@ -143,6 +158,11 @@ enum Root {
 /// watch took from another that overlaps it. Looks every PRESENCE_CHECK and when asked.
 struct Keeper {
     node: Arc<Node>,
+    /// A watch on each watched root alone, in an inotify instance of our own, to hear IN_IGNORED
+    /// (which notify does not report): an unmount and a mount again between two checks would
+    /// otherwise leave the folder unwatched.
+    sentinel: Option<inotify::Watches>,
+    sentinel_wds: HashMap<PathBuf, inotify::WatchDescriptor>,
     watcher: notify::RecommendedWatcher,
     rescan: mpsc::UnboundedSender<PathBuf>,
     watches: Vec<WatchConfig>,
@@ -160,11 +180,50 @@ impl Keeper {
                 order = orders.recv() => match order {
                     Some(Keep::Sync(watches)) => self.sync(watches),
                     Some(Keep::Check) => {}
+                    Some(Keep::Lost(wd)) => self.lost(wd),
                     None => return,
                 },
                 _ = tick.tick() => {}
             }
             self.check_all().await;
+        }
+    }
+
+    /// The kernel dropped a root's watches: watched again (and rescanned) at the check that
+    /// follows, if it is available.
+    fn lost(&mut self, wd: inotify::WatchDescriptor) {
+        let Some(path) = self
+            .sentinel_wds
+            .iter()
+            .find(|(_, w)| **w == wd)
+            .map(|(p, _)| p.clone())
+        else {
+            return; // one we removed ourselves
+        };
+        self.sentinel_wds.remove(&path);
+        if matches!(self.roots.get(&path), Some(Root::Watched { .. })) {
+            tracing::warn!(
+                "the watch of {} was dropped by the kernel (unmounted, deleted or moved)",
+                path.display()
+            );
+            self.roots.remove(&path);
+            self.unwatch(&path);
+        }
+    }
+
+    fn watch_sentinel(&mut self, path: &Path) {
+        use inotify::WatchMask;
+        if let Some(s) = &mut self.sentinel {
+            let mask = WatchMask::DELETE_SELF | WatchMask::MOVE_SELF | WatchMask::ONLYDIR;
+            if let Ok(wd) = s.add(path, mask) {
+                self.sentinel_wds.insert(path.to_path_buf(), wd);
+            }
+        }
+    }
+
+    fn unwatch_sentinel(&mut self, path: &Path) {
+        if let (Some(s), Some(wd)) = (&mut self.sentinel, self.sentinel_wds.remove(path)) {
+            let _ = s.remove(wd);
         }
     }
 
@@ -183,6 +242,7 @@ impl Keeper {
                     task.abort();
                 }
                 if matches!(root, Root::Watched { .. } | Root::Limited(_)) {
+                    self.unwatch_sentinel(&path);
                     self.unwatch(&path);
                 }
             }
@@ -302,6 +362,7 @@ impl Keeper {
         match self.watcher.watch(path, RecursiveMode::Recursive) {
             Ok(()) => {
                 self.unwatch_own(path);
+                self.watch_sentinel(path);
                 tracing::info!("watching {}", path.display());
                 self.roots.insert(path.clone(), Root::Watched { mount });
                 let _ = self.rescan.send(path.clone());
@@ -370,10 +431,38 @@ impl Keeper {
                 task.abort();
                 self.unwatch(path);
             }
-            Some(Root::Watched { .. }) => self.unwatch(path),
+            Some(Root::Watched { .. }) => {
+                self.unwatch_sentinel(path);
+                self.unwatch(path);
+            }
             _ => {}
         }
     }
+}
+
+/// Starts the sentinel's inotify instance and the thread that reads it: each IN_IGNORED (a
+/// watched root unmounted, deleted or moved away) is told to the keeper.
+fn start_sentinel(keeper: mpsc::UnboundedSender<Keep>) -> std::io::Result<inotify::Watches> {
+    let mut inotify = inotify::Inotify::init()?;
+    let watches = inotify.watches();
+    std::thread::Builder::new()
+        .name("unmount-sentinel".into())
+        .spawn(move || {
+            let mut buffer = [0u8; 4096];
+            loop {
+                let Ok(events) = inotify.read_events_blocking(&mut buffer) else {
+                    return;
+                };
+                for e in events {
+                    if e.mask.contains(inotify::EventMask::IGNORED)
+                        && keeper.send(Keep::Lost(e.wd.clone())).is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        })?;
+    Ok(watches)
 }
 
 fn watch_limit_reached(path: &Path) {
