@@ -59,6 +59,9 @@ pub struct WatchConfig {
     /// The folder is compared with the catalog this often, for changes inotify cannot report
     /// (a write through a hard link outside the folder, say); zero: never.
     pub rescan: Duration,
+    /// The daemon's own paths inside this folder (`peer.state_dir`, `peer.control_socket`):
+    /// never backed up nor watched, whatever `exclude` says. Set by `Config::exclude_own_paths`.
+    pub own: Vec<PathBuf>,
 }
 
 impl WatchConfig {
@@ -75,11 +78,19 @@ impl WatchConfig {
         b.build().unwrap_or_else(|_| globset::GlobSet::empty())
     }
 
-    /// Whether `path` (below this folder) is excluded.
+    /// Whether `path` (below this folder) is excluded: by a pattern, or as the daemon's own.
     pub fn excludes(&self, set: &globset::GlobSet, path: &Path) -> bool {
-        path.strip_prefix(&self.path)
-            .map(|rel| set.is_match(rel))
-            .unwrap_or(false)
+        self.is_own(path)
+            || path
+                .strip_prefix(&self.path)
+                .map(|rel| set.is_match(rel))
+                .unwrap_or(false)
+    }
+
+    /// Whether `path` is (below) one of the daemon's own paths: its live catalog, hosted chunks
+    /// and socket change while they are read and must never be backed up nor watched.
+    pub fn is_own(&self, path: &Path) -> bool {
+        self.own.iter().any(|o| path.starts_with(o))
     }
 }
 
@@ -90,6 +101,19 @@ impl Config {
             .iter()
             .filter(|w| path.starts_with(&w.path))
             .max_by_key(|w| w.path.components().count())
+    }
+
+    /// Notes in each watch the daemon's own paths inside it (state folder, control socket), to
+    /// be excluded from it. Called once the `peer` keys are final (after a reload kept them).
+    pub fn exclude_own_paths(&mut self) {
+        let own = [&self.peer.state_dir, &self.peer.control_socket];
+        for w in &mut self.watch {
+            w.own = own
+                .iter()
+                .filter(|o| o.starts_with(&w.path))
+                .map(|o| o.to_path_buf())
+                .collect();
+        }
     }
 }
 
@@ -321,6 +345,16 @@ impl Config {
                     format!("{} must be an absolute path", path.display()),
                 ));
             }
+            if path.starts_with(&state_dir) {
+                return Err(bad(
+                    &key("path"),
+                    format!(
+                        "{} is inside peer.state_dir {}, the daemon's own files",
+                        path.display(),
+                        state_dir.display()
+                    ),
+                ));
+            }
             let replication = match w.replication.unwrap_or(2) {
                 r @ 1..=9 => r as u8,
                 r => {
@@ -361,9 +395,10 @@ impl Config {
                 exclude: w.exclude,
                 quiet,
                 rescan,
+                own: Vec::new(),
             });
         }
-        Ok(Config {
+        let mut config = Config {
             peer: PeerConfig {
                 id,
                 protocol,
@@ -380,7 +415,9 @@ impl Config {
             },
             storage: StorageConfig { quota },
             watch,
-        })
+        };
+        config.exclude_own_paths();
+        Ok(config)
     }
 }
 
@@ -625,6 +662,35 @@ exclude = ["*.tmp", "**/.cache/**"]
             w.path
         );
         assert!(c.watch_of(Path::new("/srv/other")).is_none());
+    }
+
+    #[test]
+    fn the_daemons_own_paths_are_excluded_from_the_watches_holding_them() {
+        let text = "[peer]\nid = 1\nstate_dir = \"/srv/a/state\"\n\
+                    control_socket = \"/srv/a/b/ctl.sock\"\n\
+                    [[watch]]\npath = \"/srv/a\"\n[[watch]]\npath = \"/srv/a/b\"\n\
+                    [[watch]]\npath = \"/srv/c\"\n";
+        let c = Config::from_toml_str(text).unwrap();
+        let (outer, inner, other) = (&c.watch[0], &c.watch[1], &c.watch[2]);
+        let set = outer.exclude_set();
+        assert!(outer.excludes(&set, Path::new("/srv/a/state")));
+        assert!(outer.excludes(&set, Path::new("/srv/a/state/catalog.db-shm")));
+        assert!(outer.excludes(&set, Path::new("/srv/a/b/ctl.sock")));
+        assert!(!outer.excludes(&set, Path::new("/srv/a/statement")));
+        assert_eq!(inner.own, vec![PathBuf::from("/srv/a/b/ctl.sock")]);
+        assert!(other.own.is_empty());
+        // The innermost watch holds a path.
+        assert_eq!(
+            c.watch_of(Path::new("/srv/a/b/x")).unwrap().path,
+            inner.path
+        );
+        // A watch inside the state folder is refused.
+        let text = "[peer]\nid = 1\nstate_dir = \"/srv/s\"\n[[watch]]\npath = \"/srv/s/chunks\"\n";
+        let e = Config::from_toml_str(text).unwrap_err().to_string();
+        assert!(
+            e.contains("watch[0].path") && e.contains("state_dir"),
+            "{e}"
+        );
     }
 
     #[test]

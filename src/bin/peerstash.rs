@@ -262,6 +262,9 @@ fn print_state(s: &PeerState) {
         "peer {}  protocol {}  hosting {} of {} bytes",
         s.peer_id, s.protocol, s.used_bytes, s.quota_bytes
     );
+    for u in &s.unavailable {
+        println!("UNAVAILABLE: {} ({})", shown(&u.path), u.reason);
+    }
     let busy: Vec<String> = s.in_progress.iter().map(|p| shown(p).to_string()).collect();
     println!(
         "queue: {} paths waiting{}",

@@ -213,6 +213,17 @@ pub struct PeerState {
     /// for the catalog was full (a flood).
     #[serde(default)]
     pub queue_drops: u64,
+    /// Watched folders that are not there (missing, their disk not mounted): nothing in them
+    /// counts as deleted until they are back. Root only.
+    #[serde(default)]
+    pub unavailable: Vec<UnavailableFolder>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UnavailableFolder {
+    #[serde(with = "wire_path")]
+    pub path: PathBuf,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

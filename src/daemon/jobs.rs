@@ -18,7 +18,8 @@ use tokio::task::{spawn_blocking, JoinSet};
 use super::peer::{remove_chunk_files, replicate_chunk, Outcome, Resend};
 use super::Node;
 use crate::control::{
-    exit, shown, ChunkState, FileState, PeerState, Restored, StoredState, VersionInfo,
+    exit, shown, ChunkState, FileState, PeerState, Restored, StoredState, UnavailableFolder,
+    VersionInfo,
 };
 use crate::engine::backup::Window;
 use crate::engine::reclaim::{choose_victims, Candidate};
@@ -1093,8 +1094,9 @@ pub(crate) enum Policy {
     /// After a new version completed: all but the newest `keep` complete versions go (and
     /// unfinished versions older than the newest complete one).
     KeepVersions(u32),
-    /// The path is gone (checked again just before) since `keep_deleted` seconds at `now`.
-    Expired { now: i64, keep_deleted: i64 },
+    /// The path is gone (checked again just before) and was counted absent at least
+    /// `keep_deleted_ms` while its folder was available.
+    Expired { keep_deleted_ms: i64 },
 }
 
 /// Applies a folder's policy to the versions of exactly `path` (never to files below it, should
@@ -1130,9 +1132,9 @@ pub(crate) async fn forget_versions(
                         .map(|id| (id, Forget::KeepVersions { keep }))
                         .collect()
                 }
-                Policy::Expired { now, keep_deleted } => rows
+                Policy::Expired { keep_deleted_ms } => rows
                     .into_iter()
-                    .map(|f| (f.file_id, Forget::DeletedExpired { now, keep_deleted }))
+                    .map(|f| (f.file_id, Forget::DeletedExpired { keep_deleted_ms }))
                     .collect(),
             };
             let mut forgotten = 0;
@@ -1269,6 +1271,21 @@ pub(super) async fn state(node: &Arc<Node>, owner: Option<u32>) -> Done {
         busy_drops: node.counters.dropped_busy.load(Ordering::Relaxed),
         unauthenticated_datagrams: node.counters.unauthenticated.load(Ordering::Relaxed),
         queue_drops: node.counters.dropped_queue.load(Ordering::Relaxed),
+        unavailable: match owner {
+            None => node
+                .unavailable
+                .lock()
+                .map(|u| {
+                    u.iter()
+                        .map(|(path, reason)| UnavailableFolder {
+                            path: path.clone(),
+                            reason: reason.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Some(_) => Vec::new(),
+        },
     };
     Done {
         code: exit::OK,

@@ -64,6 +64,9 @@ pub struct Node {
     transient: Mutex<Transient>,
     /// Paths the work queue is backing up right now (for `state`).
     pub in_progress: Mutex<std::collections::BTreeSet<std::path::PathBuf>>,
+    /// Watched folders that are not there (missing, or their disk not mounted), and why: kept
+    /// by the service's watcher, shown in `state`.
+    pub unavailable: Mutex<std::collections::BTreeMap<std::path::PathBuf, String>>,
     store_permits: Arc<Semaphore>,
     datagram_permits: Arc<Semaphore>,
     /// To the task that records STOREDs in batches.
@@ -416,6 +419,7 @@ pub async fn start(
         net,
         transient: Mutex::new(Transient::default()),
         in_progress: Mutex::new(Default::default()),
+        unavailable: Mutex::new(Default::default()),
         store_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_STORES)),
         datagram_permits: Arc::new(Semaphore::new(MAX_DATAGRAM_TASKS)),
         stored_tx,

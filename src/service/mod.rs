@@ -1,6 +1,7 @@
 //! The system service around the peer: watched folders and their policies, the persistent work
 //! queue, reload on SIGHUP, systemd notifications, clean stop on SIGTERM.
 
+pub mod presence;
 pub mod queue;
 pub mod systemd;
 pub mod watch;
@@ -45,9 +46,10 @@ pub async fn run(
     tokio::spawn({
         let (node, wake) = (node.clone(), wake.clone());
         async move {
+            let mut absence = presence::Absence::default();
             loop {
                 tokio::time::sleep(queue::expiry_interval(&node.config())).await;
-                queue::expire_deleted(&node, &wake).await;
+                queue::expire_deleted(&node, &wake, &mut absence).await;
             }
         }
     });
@@ -126,6 +128,8 @@ async fn reload(node: &Arc<Node>, path: &Path, watchers: &mut Watchers, wake: &A
         Ok((mut new, key)) => {
             let old = node.config();
             keep_restart_only_keys(&old, &mut new);
+            // The own paths excluded from the watches are those of the running peer keys.
+            new.exclude_own_paths();
             let rd_changed: Vec<PathBuf> = new
                 .watch
                 .iter()

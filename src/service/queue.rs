@@ -2,10 +2,11 @@
 //! A few workers take due paths, back up what changed, apply the folder's version policy, note
 //! files that are gone, and retry failures later with a growing delay.
 
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -13,6 +14,7 @@ use tokio::task::JoinSet;
 use crate::config::WatchConfig;
 use crate::daemon::jobs::{backup_file, forget_versions, BackupError, Policy};
 use crate::daemon::Node;
+use crate::service::presence::{self, Absence, Presence};
 
 /// Files backed up at once; each has its own window of chunks in flight.
 const WORKERS: usize = 2;
@@ -115,6 +117,10 @@ async fn work_on(node: &Arc<Node>, wake: &Notify, path: &Path, gen: i64, attempt
         return repair_unwatched(node, path, gen).await;
     };
     if watch.excludes(&watch.exclude_set(), path) {
+        return done(node, path, gen).await;
+    }
+    if is_unavailable(node, &watch.path) {
+        // Its disk is not mounted: nothing there is ours. Rescanned when it is back.
         return done(node, path, gen).await;
     }
     let meta = tokio::task::spawn_blocking({
@@ -276,8 +282,25 @@ async fn up_to_date(
         && min_rd >= u32::from(watch.replication)
 }
 
-/// The local file is gone: its versions are kept for `keep_deleted`, then deleted.
+fn is_unavailable(node: &Node, root: &Path) -> bool {
+    node.unavailable
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(root)
+}
+
+/// The local file is gone: its versions are kept for `keep_deleted`, then deleted. Unless its
+/// folder is unavailable (looked at after the file was): then it is not gone, only out of
+/// reach, and the folder is rescanned when it is back.
 async fn gone(node: &Arc<Node>, path: &Path, gen: i64, watch: &WatchConfig) {
+    if let Presence::Unavailable(why) = presence::probe(node, &watch.path).await {
+        tracing::debug!(
+            "{} is out of reach, not deleted: {} is unavailable ({why})",
+            path.display(),
+            watch.path.display()
+        );
+        return done(node, path, gen).await;
+    }
     let p = path.to_path_buf();
     let now = now_ms() / 1000;
     match node.catalog.call(move |c| c.mark_deleted(&p, now)).await {
@@ -286,10 +309,7 @@ async fn gone(node: &Arc<Node>, path: &Path, gen: i64, watch: &WatchConfig) {
         Err(e) => tracing::error!("cannot note that {} is gone: {e}", path.display()),
     }
     if watch.keep_deleted.is_zero() {
-        let policy = Policy::Expired {
-            now,
-            keep_deleted: 0,
-        };
+        let policy = Policy::Expired { keep_deleted_ms: 0 };
         if let Err(e) = forget_versions(node, path, policy).await {
             tracing::error!("cannot delete the versions of {}: {e}", path.display());
         }
@@ -318,26 +338,67 @@ pub fn retry_delay(attempts: u32) -> Duration {
     (Duration::from_secs(30) * 2u32.saturating_pow(attempts.min(10))).min(MAX_RETRY_DELAY)
 }
 
-/// Expires the versions of files deleted locally longer than their folder's `keep_deleted` ago.
-/// "Deleted" means gone now: each path is looked at again (lstat) first. A regular file there
+/// Expires the versions of files gone locally for their folder's `keep_deleted`, counted by
+/// `absence` (the monotonic clock, only while the folder is available: see `presence::Absence`;
+/// the wall clock is not used, so a clock set ahead expires nothing). "Gone" means gone now:
+/// each path is looked at again (lstat) first, and its folder after it. A regular file there
 /// again clears the mark and is queued (the same content resumes its version, other content is
 /// a new one); a folder, a symlink or nothing there is not the file, and only that path's own
 /// versions expire (never those of files below a folder of the same name).
-pub async fn expire_deleted(node: &Arc<Node>, wake: &Notify) {
+pub async fn expire_deleted(node: &Arc<Node>, wake: &Notify, absence: &mut Absence) {
     let Ok(deleted) = node.catalog.call(|c| c.deleted_paths()).await else {
         return;
     };
     let config = node.config();
-    let now = now_ms() / 1000;
-    let mut back = Vec::new();
-    for (path, since) in deleted {
-        let Some(watch) = config.watch_of(&path) else {
+    // Each folder holding deleted paths is looked at once per check.
+    let mut available: HashMap<PathBuf, bool> = HashMap::new();
+    let mut absent = Vec::new();
+    for d in &deleted {
+        let Some(watch) = config.watch_of(&d.path) else {
             continue; // not watched (any more): kept until deleted by hand
         };
-        let keep_deleted = watch.keep_deleted.as_secs() as i64;
-        if now - since < keep_deleted {
+        if !available.contains_key(&watch.path) {
+            let there = presence::probe(node, &watch.path).await.is_available();
+            available.insert(watch.path.clone(), there);
+        }
+        if available[&watch.path] {
+            absent.push(d.path.clone());
+        }
+    }
+    let credit = absence.check(Instant::now(), SystemTime::now(), absent);
+    if let Some(jump) = credit.wall_jump_s {
+        tracing::warn!(
+            "the wall clock moved {jump:+}s more than the time that passed since the last check: \
+             keep_deleted goes by the time the daemon measures, not by the wall clock"
+        );
+    }
+    let credited: HashSet<PathBuf> = credit.paths.iter().cloned().collect();
+    let ms = credit.time.as_millis() as i64;
+    if ms > 0 && !credit.paths.is_empty() {
+        let paths = credit.paths;
+        let r = node
+            .catalog
+            .call(move |c| paths.iter().try_for_each(|p| c.add_absent(p, ms)))
+            .await;
+        if let Err(e) = r {
+            tracing::error!("cannot count how long deleted files have been gone: {e}");
+            return;
+        }
+    }
+    let mut back = Vec::new();
+    for d in deleted {
+        let Some(watch) = config.watch_of(&d.path) else {
+            continue;
+        };
+        if !available.get(&watch.path).copied().unwrap_or(false) {
+            continue; // out of reach, not gone: no time counted, nothing expires
+        }
+        let absent_ms = d.absent_ms + if credited.contains(&d.path) { ms } else { 0 };
+        let keep_deleted_ms = watch.keep_deleted.as_millis() as i64;
+        if absent_ms < keep_deleted_ms {
             continue;
         }
+        let path = d.path;
         let is_file = tokio::task::spawn_blocking({
             let path = path.clone();
             move || std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
@@ -349,11 +410,16 @@ pub async fn expire_deleted(node: &Arc<Node>, wake: &Notify) {
             back.push(path);
             continue;
         }
-        match forget_versions(node, &path, Policy::Expired { now, keep_deleted }).await {
+        // Looked at after the path: a folder unmounted before the lstat is caught here.
+        if !presence::probe(node, &watch.path).await.is_available() {
+            available.insert(watch.path.clone(), false);
+            continue;
+        }
+        match forget_versions(node, &path, Policy::Expired { keep_deleted_ms }).await {
             Ok(n) => tracing::info!(
-                "{} was deleted {}s ago: its {n} versions are deleted from the peers",
+                "{} has been gone for {}s: its {n} versions are deleted from the peers",
                 path.display(),
-                now - since
+                absent_ms / 1000
             ),
             Err(e) => tracing::error!("cannot expire {}: {e}", path.display()),
         }

@@ -14,12 +14,15 @@ use std::time::{Duration, Instant};
 use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::{mpsc, Notify};
 
+use super::presence::{self, Presence};
 use super::queue::enqueue;
 use crate::config::WatchConfig;
 use crate::daemon::Node;
 
 /// How often folders the watch limit left unwatched are scanned.
 const FALLBACK_RESCAN: Duration = Duration::from_secs(60);
+/// How often every watched folder is looked at: there, on its file system, still watched.
+const PRESENCE_CHECK: Duration = Duration::from_secs(10);
 /// Events waiting for the debouncer; beyond this they are dropped and everything is rescanned.
 const EVENT_BACKLOG: usize = 8192;
 /// Paths waiting for their quiet time; beyond this a rescan replaces them.
@@ -34,13 +37,23 @@ enum Input {
 }
 
 pub struct Watchers {
-    watcher: Arc<std::sync::Mutex<notify::RecommendedWatcher>>,
+    /// The configured folders (as of the last sync).
     watched: HashSet<PathBuf>,
-    /// Folders not (fully) watched, rescanned periodically by these tasks.
-    fallbacks: HashMap<PathBuf, tokio::task::JoinHandle<()>>,
     /// Every folder's periodic rescan (its `rescan` period and task).
     periodic: HashMap<PathBuf, (Duration, tokio::task::JoinHandle<()>)>,
     rescan: mpsc::UnboundedSender<PathBuf>,
+    keeper: mpsc::UnboundedSender<Keep>,
+}
+
+/// What the keeper of the inotify watches is asked to do.
+enum Keep {
+    /// These are the watched folders now.
+    Sync(Vec<WatchConfig>),
+    /// Look at every folder now (a root was removed, say).
+    Check,
+    /// The kernel dropped the sentinel's watch with this descriptor (IN_IGNORED: its folder
+    /// was unmounted, deleted or moved): notify's watches there are gone too.
+    Lost(inotify::WatchDescriptor),
 }
 
 impl Watchers {
@@ -62,35 +75,46 @@ impl Watchers {
             notify::Config::default().with_follow_symlinks(false),
         )?;
         let (rescan, rescans) = mpsc::unbounded_channel();
-        tokio::spawn(debounce(node, wake, rx, rescans));
+        let (keeper, orders) = mpsc::unbounded_channel();
+        let sentinel = match start_sentinel(keeper.clone()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot watch for unmounts ({e}): noticed within {}s instead",
+                    PRESENCE_CHECK.as_secs()
+                );
+                None
+            }
+        };
+        let keep = Keeper {
+            sentinel,
+            sentinel_wds: HashMap::new(),
+            node: node.clone(),
+            watcher,
+            rescan: rescan.clone(),
+            watches: Vec::new(),
+            roots: HashMap::new(),
+            told: HashSet::new(),
+        };
+        tokio::spawn(keep.run(orders));
+        tokio::spawn(debounce(node, wake, rx, rescans, keeper.clone()));
         Ok(Watchers {
-            watcher: Arc::new(std::sync::Mutex::new(watcher)),
             watched: HashSet::new(),
-            fallbacks: HashMap::new(),
             periodic: HashMap::new(),
             rescan,
+            keeper,
         })
     }
 
-    /// Makes the watched folders those of the config: new ones are watched and scanned,
-    /// removed ones stop being watched (their backups stay).
+    /// Makes the watched folders those of the config: new ones are watched and scanned (once
+    /// available), removed ones stop being watched (their backups stay; a folder that another
+    /// watch still covers stays watched).
     pub fn sync(&mut self, watches: &[WatchConfig]) {
         let wanted: HashSet<PathBuf> = watches.iter().map(|w| w.path.clone()).collect();
-        for gone in self
-            .watched
-            .difference(&wanted)
-            .cloned()
-            .collect::<Vec<_>>()
-        {
-            let _ = self.lock().unwatch(&gone);
-            if let Some(task) = self.fallbacks.remove(&gone) {
+        for gone in self.watched.difference(&wanted) {
+            if let Some((_, task)) = self.periodic.remove(gone) {
                 task.abort();
             }
-            if let Some((_, task)) = self.periodic.remove(&gone) {
-                task.abort();
-            }
-            self.watched.remove(&gone);
-            tracing::info!("stopped watching {}", gone.display());
         }
         for w in watches {
             if self.periodic.get(&w.path).map(|p| p.0) != Some(w.rescan) {
@@ -103,36 +127,9 @@ impl Watchers {
                     self.periodic.insert(w.path.clone(), (w.rescan, task));
                 }
             }
-            if self.watched.contains(&w.path) {
-                continue;
-            }
-            let result = self.lock().watch(&w.path, RecursiveMode::Recursive);
-            match result {
-                Ok(()) => tracing::info!("watching {}", w.path.display()),
-                Err(e) => {
-                    let limit = matches!(e.kind, notify::ErrorKind::MaxFilesWatch);
-                    if limit {
-                        watch_limit_reached(&w.path);
-                    } else {
-                        tracing::error!(
-                            "cannot watch {}: {e}; it is scanned every {}s and watched once it can be",
-                            w.path.display(),
-                            FALLBACK_RESCAN.as_secs()
-                        );
-                    }
-                    // At the watch limit, retrying would only fail again: rescans until reload.
-                    let retry = (!limit).then(|| self.watcher.clone());
-                    let task = tokio::spawn(fallback(retry, self.rescan.clone(), w.path.clone()));
-                    self.fallbacks.insert(w.path.clone(), task);
-                }
-            }
-            self.watched.insert(w.path.clone());
-            let _ = self.rescan.send(w.path.clone());
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, notify::RecommendedWatcher> {
-        self.watcher.lock().unwrap_or_else(|e| e.into_inner())
+        self.watched = wanted;
+        let _ = self.keeper.send(Keep::Sync(watches.to_vec()));
     }
 
     /// Queues a scan of every watched folder (after changes RD, say).
@@ -141,6 +138,331 @@ impl Watchers {
             let _ = self.rescan.send(p.clone());
         }
     }
+}
+
+/// Where a watched folder stands with the keeper.
+enum Root {
+    /// Watched by inotify, on this mount (a new mount means the kernel dropped our watches).
+    Watched { mount: Option<u64> },
+    /// The kernel's watch limit is reached: scanned every FALLBACK_RESCAN by this task.
+    Limited(tokio::task::JoinHandle<()>),
+    /// Available but inotify refused it: tried again at every check.
+    Unwatchable { error: String, scanned: Instant },
+    /// Missing, or its disk not mounted: why.
+    Unavailable(String),
+}
+
+/// Keeps the inotify watches in line with the folders: watches a folder once it is available
+/// (and scans it), drops the watch when it becomes unavailable (WARN once, shown in `state`),
+/// watches it again when it comes back or was mounted again, and restores what removing one
+/// watch took from another that overlaps it. Looks every PRESENCE_CHECK and when asked.
+struct Keeper {
+    node: Arc<Node>,
+    /// A watch on each watched root alone, in an inotify instance of our own, to hear IN_IGNORED
+    /// (which notify does not report): an unmount and a mount again between two checks would
+    /// otherwise leave the folder unwatched.
+    sentinel: Option<inotify::Watches>,
+    sentinel_wds: HashMap<PathBuf, inotify::WatchDescriptor>,
+    watcher: notify::RecommendedWatcher,
+    rescan: mpsc::UnboundedSender<PathBuf>,
+    watches: Vec<WatchConfig>,
+    roots: HashMap<PathBuf, Root>,
+    /// (folder, own path inside it) already told of in the log.
+    told: HashSet<(PathBuf, PathBuf)>,
+}
+
+impl Keeper {
+    async fn run(mut self, mut orders: mpsc::UnboundedReceiver<Keep>) {
+        let mut tick = tokio::time::interval(PRESENCE_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                order = orders.recv() => match order {
+                    Some(Keep::Sync(watches)) => self.sync(watches),
+                    Some(Keep::Check) => {}
+                    Some(Keep::Lost(wd)) => self.lost(wd),
+                    None => return,
+                },
+                _ = tick.tick() => {}
+            }
+            self.check_all().await;
+        }
+    }
+
+    /// The kernel dropped a root's watches: watched again (and rescanned) at the check that
+    /// follows, if it is available.
+    fn lost(&mut self, wd: inotify::WatchDescriptor) {
+        let Some(path) = self
+            .sentinel_wds
+            .iter()
+            .find(|(_, w)| **w == wd)
+            .map(|(p, _)| p.clone())
+        else {
+            return; // one we removed ourselves
+        };
+        self.sentinel_wds.remove(&path);
+        if matches!(self.roots.get(&path), Some(Root::Watched { .. })) {
+            tracing::warn!(
+                "the watch of {} was dropped by the kernel (unmounted, deleted or moved)",
+                path.display()
+            );
+            self.roots.remove(&path);
+            self.unwatch(&path);
+        }
+    }
+
+    fn watch_sentinel(&mut self, path: &Path) {
+        use inotify::WatchMask;
+        if let Some(s) = &mut self.sentinel {
+            let mask = WatchMask::DELETE_SELF | WatchMask::MOVE_SELF | WatchMask::ONLYDIR;
+            if let Ok(wd) = s.add(path, mask) {
+                self.sentinel_wds.insert(path.to_path_buf(), wd);
+            }
+        }
+    }
+
+    fn unwatch_sentinel(&mut self, path: &Path) {
+        if let (Some(s), Some(wd)) = (&mut self.sentinel, self.sentinel_wds.remove(path)) {
+            let _ = s.remove(wd);
+        }
+    }
+
+    fn sync(&mut self, watches: Vec<WatchConfig>) {
+        let wanted: HashSet<&PathBuf> = watches.iter().map(|w| &w.path).collect();
+        let gone: Vec<PathBuf> = self
+            .roots
+            .keys()
+            .filter(|p| !wanted.contains(p))
+            .cloned()
+            .collect();
+        self.watches = watches;
+        for path in gone {
+            if let Some(root) = self.roots.remove(&path) {
+                if let Root::Limited(task) = &root {
+                    task.abort();
+                }
+                if matches!(root, Root::Watched { .. } | Root::Limited(_)) {
+                    self.unwatch_sentinel(&path);
+                    self.unwatch(&path);
+                }
+            }
+            self.node
+                .unavailable
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&path);
+            tracing::info!("stopped watching {}", path.display());
+        }
+    }
+
+    /// Drops the watch of `path`. notify drops every watch below it, overlapping watches
+    /// included: those are watched again (and rescanned for what happened meanwhile).
+    fn unwatch(&mut self, path: &Path) {
+        let _ = self.watcher.unwatch(path);
+        let overlapping: Vec<PathBuf> = self
+            .roots
+            .iter()
+            .filter(|(p, r)| {
+                matches!(r, Root::Watched { .. }) && (p.starts_with(path) || path.starts_with(p))
+            })
+            .map(|(p, _)| p.clone())
+            .filter(|p| p != path)
+            .collect();
+        for p in overlapping {
+            match self.watcher.watch(&p, RecursiveMode::Recursive) {
+                Ok(()) => {
+                    self.unwatch_own(&p);
+                    tracing::debug!(
+                        "watching {} again (it overlaps {})",
+                        p.display(),
+                        path.display()
+                    );
+                }
+                // Looked at again at the next check.
+                Err(_) => {
+                    self.roots.remove(&p);
+                }
+            }
+            let _ = self.rescan.send(p);
+        }
+    }
+
+    /// The daemon's own folders inside a watched folder are not watched (notify watches every
+    /// subfolder; dropping these stops their events at the source).
+    fn unwatch_own(&mut self, root: &Path) {
+        let own: Vec<PathBuf> = self
+            .watches
+            .iter()
+            .filter(|w| w.path.starts_with(root) || root.starts_with(&w.path))
+            .flat_map(|w| w.own.iter().cloned())
+            .collect();
+        for o in own {
+            let _ = self.watcher.unwatch(&o);
+        }
+    }
+
+    async fn check_all(&mut self) {
+        for w in self.watches.clone() {
+            let presence = presence::probe(&self.node, &w.path).await;
+            match presence {
+                Presence::Available { .. } => self.available(&w).await,
+                Presence::Unavailable(why) => self.unavailable(&w.path, why),
+            }
+        }
+    }
+
+    async fn available(&mut self, w: &WatchConfig) {
+        let path = &w.path;
+        let mount = {
+            let p = path.clone();
+            tokio::task::spawn_blocking(move || presence::mount_of(&p))
+                .await
+                .ok()
+                .flatten()
+        };
+        let again = match self.roots.get(path) {
+            Some(Root::Watched { mount: m }) if *m == mount => return,
+            Some(Root::Limited(_)) => return,
+            Some(Root::Unwatchable { .. }) | None => false,
+            Some(Root::Watched { .. }) => {
+                tracing::warn!(
+                    "{} was mounted again: watching it again and rescanning it",
+                    path.display()
+                );
+                true
+            }
+            Some(Root::Unavailable(_)) => {
+                tracing::warn!(
+                    "{} is available again: watching and rescanning it",
+                    path.display()
+                );
+                true
+            }
+        };
+        if again {
+            // notify still lists the watches the kernel dropped at the unmount.
+            self.roots.remove(path);
+            self.unwatch(path);
+        }
+        self.node
+            .unavailable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(path);
+        for own in &w.own {
+            if self.told.insert((path.clone(), own.clone())) {
+                tracing::warn!(
+                    "{} (the daemon's own) is inside the watched folder {}: excluded from it, \
+                     never backed up nor watched",
+                    own.display(),
+                    path.display()
+                );
+            }
+        }
+        match self.watcher.watch(path, RecursiveMode::Recursive) {
+            Ok(()) => {
+                self.unwatch_own(path);
+                self.watch_sentinel(path);
+                tracing::info!("watching {}", path.display());
+                self.roots.insert(path.clone(), Root::Watched { mount });
+                let _ = self.rescan.send(path.clone());
+            }
+            Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+                watch_limit_reached(path);
+                // Retrying would only fail again: rescans until reload.
+                let task = tokio::spawn(fallback(self.rescan.clone(), path.clone()));
+                self.roots.insert(path.clone(), Root::Limited(task));
+                let _ = self.rescan.send(path.clone());
+            }
+            Err(e) => {
+                let error = e.to_string();
+                let scanned = match self.roots.get(path) {
+                    Some(Root::Unwatchable {
+                        error: was,
+                        scanned,
+                    }) => {
+                        if *was != error {
+                            tracing::error!("cannot watch {}: {error}", path.display());
+                        }
+                        *scanned
+                    }
+                    _ => {
+                        tracing::error!(
+                            "cannot watch {}: {error}; tried again every {}s, and scanned every {}s meanwhile",
+                            path.display(),
+                            PRESENCE_CHECK.as_secs(),
+                            FALLBACK_RESCAN.as_secs()
+                        );
+                        Instant::now() - FALLBACK_RESCAN
+                    }
+                };
+                let scanned = if scanned.elapsed() >= FALLBACK_RESCAN {
+                    let _ = self.rescan.send(path.clone());
+                    Instant::now()
+                } else {
+                    scanned
+                };
+                self.roots
+                    .insert(path.clone(), Root::Unwatchable { error, scanned });
+            }
+        }
+    }
+
+    fn unavailable(&mut self, path: &Path, why: String) {
+        if matches!(self.roots.get(path), Some(Root::Unavailable(w)) if *w == why) {
+            return;
+        }
+        tracing::warn!(
+            "watched folder {} is unavailable: {why}; nothing in it counts as deleted until it \
+             is back (looked at every {}s)",
+            path.display(),
+            PRESENCE_CHECK.as_secs()
+        );
+        self.node
+            .unavailable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path.to_path_buf(), why.clone());
+        match self
+            .roots
+            .insert(path.to_path_buf(), Root::Unavailable(why))
+        {
+            Some(Root::Limited(task)) => {
+                task.abort();
+                self.unwatch(path);
+            }
+            Some(Root::Watched { .. }) => {
+                self.unwatch_sentinel(path);
+                self.unwatch(path);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Starts the sentinel's inotify instance and the thread that reads it: each IN_IGNORED (a
+/// watched root unmounted, deleted or moved away) is told to the keeper.
+fn start_sentinel(keeper: mpsc::UnboundedSender<Keep>) -> std::io::Result<inotify::Watches> {
+    let mut inotify = inotify::Inotify::init()?;
+    let watches = inotify.watches();
+    std::thread::Builder::new()
+        .name("unmount-sentinel".into())
+        .spawn(move || {
+            let mut buffer = [0u8; 4096];
+            loop {
+                let Ok(events) = inotify.read_events_blocking(&mut buffer) else {
+                    return;
+                };
+                for e in events {
+                    if e.mask.contains(inotify::EventMask::IGNORED)
+                        && keeper.send(Keep::Lost(e.wd.clone())).is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        })?;
+    Ok(watches)
 }
 
 fn watch_limit_reached(path: &Path) {
@@ -164,23 +486,10 @@ async fn periodic(rescan: mpsc::UnboundedSender<PathBuf>, root: PathBuf, every: 
     }
 }
 
-/// Rescans a folder that is not (fully) watched every FALLBACK_RESCAN, and, when `retry` is
-/// given, tries to watch it again each time (a folder missing at start, say).
-async fn fallback(
-    retry: Option<Arc<std::sync::Mutex<notify::RecommendedWatcher>>>,
-    rescan: mpsc::UnboundedSender<PathBuf>,
-    root: PathBuf,
-) {
+/// Rescans a folder that the watch limit left (partly) unwatched every FALLBACK_RESCAN.
+async fn fallback(rescan: mpsc::UnboundedSender<PathBuf>, root: PathBuf) {
     loop {
         tokio::time::sleep(FALLBACK_RESCAN).await;
-        if let Some(watcher) = &retry {
-            let mut w = watcher.lock().unwrap_or_else(|e| e.into_inner());
-            if w.watch(&root, RecursiveMode::Recursive).is_ok() {
-                tracing::info!("watching {} now", root.display());
-                let _ = rescan.send(root.clone());
-                return;
-            }
-        }
         if rescan.send(root.clone()).is_err() {
             return;
         }
@@ -193,6 +502,7 @@ async fn debounce(
     wake: Arc<Notify>,
     mut events: mpsc::Receiver<Input>,
     mut rescans: mpsc::UnboundedReceiver<PathBuf>,
+    keeper: mpsc::UnboundedSender<Keep>,
 ) {
     let mut pending: HashMap<PathBuf, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -209,8 +519,19 @@ async fn debounce(
                         continue;
                     }
                     let now = Instant::now();
+                    let config = node.config();
+                    if matches!(event.kind, EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_)))
+                        && event.paths.iter().any(|p| config.watch.iter().any(|w| w.path == *p))
+                    {
+                        // A watched folder itself went away: the keeper looks at once.
+                        let _ = keeper.send(Keep::Check);
+                    }
                     for path in event.paths {
-                        pending.insert(path, now);
+                        // The daemon's own files (a state folder inside a watched folder)
+                        // change all the time: dropped here, never queued.
+                        if !config.watch_of(&path).is_some_and(|w| w.is_own(&path)) {
+                            pending.insert(path, now);
+                        }
                     }
                     if pending.len() > MAX_PENDING {
                         pending.clear();
@@ -226,7 +547,10 @@ async fn debounce(
                     }
                     rescan_everything(&node, &wake).await;
                 }
-                Input::Error(e) => tracing::warn!("file watcher: {e}"),
+                Input::Error(e) => {
+                    tracing::warn!("file watcher: {e}");
+                    let _ = keeper.send(Keep::Check);
+                }
                 Input::Overflow => {
                     tracing::warn!("too many file events at once: rescanning the watched folders");
                     pending.clear();
@@ -300,12 +624,21 @@ async fn rescan_everything(node: &Arc<Node>, wake: &Notify) {
 
 /// Compares a folder with the catalog and queues what differs: files new or changed since
 /// their newest version (size, mtime, ctime, inode), files back where they had been found gone,
-/// and backed-up files that are gone.
+/// and backed-up files that are gone. Nothing is scanned in a folder that is unavailable (its
+/// disk not mounted: its files are not gone).
 pub async fn scan(node: &Arc<Node>, wake: &Notify, root: &Path) {
     let config = node.config();
     let Some(watch) = config.watch_of(root).cloned() else {
         return;
     };
+    if let Presence::Unavailable(why) = presence::probe(node, &watch.path).await {
+        tracing::debug!(
+            "not scanning {}: {} is unavailable ({why})",
+            root.display(),
+            watch.path.display()
+        );
+        return;
+    }
     let (tx, mut rx) = mpsc::channel::<Vec<Seen>>(4);
     let walker = {
         let (root, watch) = (root.to_path_buf(), watch.clone());
@@ -354,6 +687,14 @@ pub async fn scan(node: &Arc<Node>, wake: &Notify, root: &Path) {
     })
     .await
     .unwrap_or_default();
+    // Unmounted during the scan: what looked gone is not.
+    if !gone.is_empty() && !presence::probe(node, &watch.path).await.is_available() {
+        tracing::info!(
+            "{} became unavailable during its scan",
+            watch.path.display()
+        );
+        return;
+    }
     queued += gone.len();
     enqueue(node, wake, gone).await;
     tracing::info!("scanned {}: {queued} paths to look at", root.display());
@@ -385,7 +726,9 @@ fn walk(root: &Path, watch: &WatchConfig, tx: &mpsc::Sender<Vec<Seen>>) {
             let Ok(meta) = entry.metadata() else { continue };
             let path = entry.path();
             if meta.is_dir() {
-                dirs.push(path);
+                if !watch.is_own(&path) {
+                    dirs.push(path);
+                }
             } else if meta.is_file() && !watch.excludes(&excludes, &path) {
                 batch.push(Seen {
                     path,

@@ -80,13 +80,24 @@ pub enum Forget {
     /// Beyond the folder's `keep_versions`: allowed for a complete version when `keep` newer
     /// complete versions of its path exist, for an incomplete one when a newer complete exists.
     KeepVersions { keep: u32 },
-    /// The path was found gone at least `keep_deleted` seconds before `now` and is still marked
-    /// so (the caller checked it again by lstat just before).
-    DeletedExpired { now: i64, keep_deleted: i64 },
+    /// The path is still marked gone (the caller checked it again by lstat just before), and
+    /// has been absent at least `keep_deleted_ms` while its folder was available, as the daemon
+    /// measured it with its monotonic clock (`absent_ms`): not by the wall clock, which jumps.
+    DeletedExpired { keep_deleted_ms: i64 },
     /// `peerstash delete`: the user's explicit word.
     UserDelete,
     /// A backup abandoned the version it inserted (the file changed while it was read).
     Abandoned { backup: BackupId },
+}
+
+/// A path whose local file was found gone (`Catalog::deleted_paths`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeletedPath {
+    pub path: PathBuf,
+    /// Unix seconds when it was found gone: shown to users, never used for expiry.
+    pub deleted_at: i64,
+    /// How long it has been counted absent while its folder was available.
+    pub absent_ms: i64,
 }
 
 /// A chunk this peer hosts for another peer.
@@ -134,6 +145,7 @@ CREATE TABLE IF NOT EXISTS files (
     deleted_at INTEGER,               -- unix seconds when the local file was found gone
     ctime_ns INTEGER NOT NULL DEFAULT 0, -- inode change time when last read in full
     backup_id INTEGER,                -- the backup run that inserted this version
+    absent_ms INTEGER NOT NULL DEFAULT 0, -- while deleted_at is set: ms counted absent (monotonic)
     UNIQUE (path, version)
 );
 CREATE TABLE IF NOT EXISTS last_versions (
@@ -275,6 +287,7 @@ const FILE_COLUMNS: &str = "file_id, path, version, size, mtime_ns, mode, conten
 const ADDED_FILE_COLUMNS: &[(&str, &str)] = &[
     ("ctime_ns", "INTEGER NOT NULL DEFAULT 0"),
     ("backup_id", "INTEGER"),
+    ("absent_ms", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
@@ -581,13 +594,21 @@ impl Catalog {
                     format!("only {newer_complete} newer complete versions, {needed} needed")
                 })
             }
-            Forget::DeletedExpired { now, keep_deleted } => match row.deleted_at {
-                None => Some("its path is not (any more) marked deleted".to_owned()),
-                Some(at) if now - at < keep_deleted => {
-                    Some(format!("deleted only {}s ago", now - at))
+            Forget::DeletedExpired { keep_deleted_ms } => {
+                let absent_ms: i64 = self.conn.query_row(
+                    "SELECT absent_ms FROM files WHERE file_id = ?1",
+                    [file_id.key()],
+                    |r| r.get(0),
+                )?;
+                match row.deleted_at {
+                    None => Some("its path is not (any more) marked deleted".to_owned()),
+                    Some(_) if absent_ms < keep_deleted_ms => Some(format!(
+                        "absent only {} ms of the {keep_deleted_ms} ms to keep it",
+                        absent_ms
+                    )),
+                    Some(_) => None,
                 }
-                Some(_) => None,
-            },
+            }
             Forget::Abandoned { backup } => {
                 if row.complete {
                     Some("it is complete".to_owned())
@@ -739,10 +760,11 @@ impl Catalog {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Notes that a path's local file is gone (once: the first time counts for expiry).
+    /// Notes that a path's local file is gone (once: the first time counts for expiry; its
+    /// absent time starts from zero).
     pub fn mark_deleted(&self, path: &Path, now: i64) -> Result<usize, StoreError> {
         Ok(self.conn.execute(
-            "UPDATE files SET deleted_at = ?2 WHERE path = ?1 AND deleted_at IS NULL",
+            "UPDATE files SET deleted_at = ?2, absent_ms = 0 WHERE path = ?1 AND deleted_at IS NULL",
             params![path_key(path), now],
         )?)
     }
@@ -755,12 +777,45 @@ impl Catalog {
         )?)
     }
 
-    /// Paths whose local file is gone, with when it was found gone.
-    pub fn deleted_paths(&self) -> Result<Vec<(PathBuf, i64)>, StoreError> {
+    /// Paths whose local file is gone: when it was found gone (unix seconds, shown to users)
+    /// and for how long it was counted absent (ms, what expiry goes by).
+    pub fn deleted_paths(&self) -> Result<Vec<DeletedPath>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT path, MIN(deleted_at) FROM files WHERE deleted_at IS NOT NULL GROUP BY path",
+            "SELECT path, MIN(deleted_at), MIN(absent_ms) FROM files
+             WHERE deleted_at IS NOT NULL GROUP BY path",
         )?;
-        let rows = stmt.query_map([], |r| Ok((path_at(r, 0)?, r.get(1)?)))?;
+        let rows = stmt.query_map([], |r| {
+            Ok(DeletedPath {
+                path: path_at(r, 0)?,
+                deleted_at: r.get(1)?,
+                absent_ms: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Counts `ms` more of absence for the versions of a path still marked deleted.
+    pub fn add_absent(&self, path: &Path, ms: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE files SET absent_ms = absent_ms + ?2 WHERE path = ?1 AND deleted_at IS NOT NULL",
+            params![path_key(path), ms],
+        )?;
+        Ok(())
+    }
+
+    /// Up to `limit` paths backed up at or below `root` whose file is not known to be gone (to
+    /// tell whether a file system holds a watched folder's files).
+    pub fn some_live_paths_under(
+        &self,
+        root: &Path,
+        limit: usize,
+    ) -> Result<Vec<PathBuf>, StoreError> {
+        let (exact, below) = (path_key(root), below_key(root));
+        let mut stmt = self.conn.prepare(
+            "SELECT DISTINCT path FROM files WHERE deleted_at IS NULL
+               AND (path = ?1 OR substr(path, 1, length(?2)) = ?2) LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![exact, below, limit as i64], |r| path_at(r, 0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -1263,9 +1318,14 @@ mod tests {
             0,
             "first time counts"
         );
+        cat.add_absent(Path::new("/w/f"), 700).unwrap();
         assert_eq!(
             cat.deleted_paths().unwrap(),
-            vec![(PathBuf::from("/w/f"), 50)]
+            vec![DeletedPath {
+                path: PathBuf::from("/w/f"),
+                deleted_at: 50,
+                absent_ms: 700
+            }]
         );
         assert!(cat.live_paths_under(Path::new("/w")).unwrap().is_empty());
         cat.insert_file(&file('b', "/w/f")).unwrap();
@@ -1373,10 +1433,7 @@ mod tests {
             .forget(&fid('a'), Forget::KeepVersions { keep: 1 })
             .unwrap());
         // Not marked deleted: does not expire.
-        let expired = Forget::DeletedExpired {
-            now: 100,
-            keep_deleted: 0,
-        };
+        let expired = Forget::DeletedExpired { keep_deleted_ms: 0 };
         assert!(!cat.forget(&fid('a'), expired).unwrap());
         // The backup that inserted version 2 abandons it: forgotten, and its number is not
         // given to other content.
@@ -1392,26 +1449,16 @@ mod tests {
         assert!(!cat
             .forget(&fid('c'), Forget::KeepVersions { keep: 1 })
             .unwrap());
-        // Gone for long enough, and still marked: expires.
+        // Absent for long enough (as counted, whatever the wall clock says), and still marked:
+        // expires.
         cat.mark_deleted(Path::new("/w/f"), 50).unwrap();
-        assert!(!cat
-            .forget(
-                &fid('c'),
-                Forget::DeletedExpired {
-                    now: 52,
-                    keep_deleted: 3
-                }
-            )
-            .unwrap());
-        assert!(cat
-            .forget(
-                &fid('c'),
-                Forget::DeletedExpired {
-                    now: 53,
-                    keep_deleted: 3
-                }
-            )
-            .unwrap());
+        cat.add_absent(Path::new("/w/f"), 2999).unwrap();
+        let expired = Forget::DeletedExpired {
+            keep_deleted_ms: 3000,
+        };
+        assert!(!cat.forget(&fid('c'), expired).unwrap());
+        cat.add_absent(Path::new("/w/f"), 1).unwrap();
+        assert!(cat.forget(&fid('c'), expired).unwrap());
         assert!(cat.versions_of(Path::new("/w/f")).unwrap().is_empty());
     }
 
@@ -1429,7 +1476,11 @@ mod tests {
         assert_eq!(cat.undelete(&fid('a')).unwrap(), 1);
         assert_eq!(
             cat.deleted_paths().unwrap(),
-            vec![(PathBuf::from("/w/x/y"), 5)]
+            vec![DeletedPath {
+                path: PathBuf::from("/w/x/y"),
+                deleted_at: 5,
+                absent_ms: 0
+            }]
         );
     }
 
