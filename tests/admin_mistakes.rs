@@ -219,3 +219,51 @@ fn a_socket_option_naming_a_file_says_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is not a socket"), "{err}");
 }
+
+#[test]
+fn errors_about_the_state_folder_keep_their_cause() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: mounting and acting as another user need root");
+        return;
+    }
+    let c = Cluster::start(&["0"]);
+    let base = c.dir.path().canonicalize().unwrap();
+    // A state folder on a read-only file system.
+    let ro = base.join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+        .arg(&ro)
+        .status()
+        .is_ok_and(|s| s.success());
+    if mounted {
+        let text = std::fs::read_to_string(&c.peer(0).config)
+            .unwrap()
+            .replace(
+                &c.peer(0).dir.join("state").display().to_string(),
+                &ro.join("state").display().to_string(),
+            )
+            .replace("control.sock", "ro.sock");
+        let config = base.join("ro.toml");
+        std::fs::write(&config, text).unwrap();
+        let (code, out) = run_once(&config, &[]);
+        let _ = Command::new("umount").arg(&ro).status();
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains("Read-only file system"), "{out}");
+        assert!(out.contains("peer.state_dir"), "{out}");
+    } else {
+        eprintln!("no tmpfs mount here: the read-only case is skipped");
+    }
+    // A daemon started by a user on root's state folder.
+    std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = as_uid(12347, None, std::path::Path::new(PEERSTASHD))
+        .arg("--config")
+        .arg(&c.peer(0).config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("user 12347"), "{text}");
+    assert!(text.contains("run peerstashd as root"), "{text}");
+    assert_eq!(text.trim().lines().count(), 1, "{text}");
+}

@@ -354,8 +354,9 @@ pub async fn start(
         std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700)).with_context(
             || {
                 format!(
-                    "cannot make the state directory {} private",
-                    state_dir.display()
+                    "cannot make the state directory {} private (mode 0700) as user {}: run peerstashd as root, or give it a peer.state_dir of its own",
+                    state_dir.display(),
+                    nix::unistd::geteuid()
                 )
             },
         )?;
