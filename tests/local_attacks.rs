@@ -145,20 +145,6 @@ impl Heard {
     }
 }
 
-/// A base folder the user can reach, and a home folder of the user's with one file of its own.
-fn setup(c: &Cluster) -> (PathBuf, PathBuf, PathBuf) {
-    let base = c.dir.path().canonicalize().unwrap();
-    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let home = base.join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    std::os::unix::fs::chown(&home, Some(USER), Some(USER)).unwrap();
-    let mine = home.join("mine.txt");
-    std::fs::write(&mine, random_bytes(70_000)).unwrap();
-    std::os::unix::fs::chown(&mine, Some(USER), Some(USER)).unwrap();
-    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o640)).unwrap();
-    (base, home, mine)
-}
-
 fn entries(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .unwrap()
@@ -172,7 +158,7 @@ fn a_symlinked_restore_target_creates_nothing_in_a_root_folder() {
         return;
     }
     let c = Cluster::start(&["0", "100MB", "100MB"]);
-    let (base, home, mine) = setup(&c);
+    let (base, home, mine) = user_home(&c, USER);
     let o = user_cli(&c, &["backup", mine.to_str().unwrap(), "-r", "2"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     // ~/lnk -> a folder of root's that the user may not write to.
@@ -235,7 +221,7 @@ fn a_user_cannot_read_root_files_through_backups() {
         return;
     }
     let c = Cluster::start(&["0", "100MB", "100MB"]);
-    let (base, home, mine) = setup(&c);
+    let (base, home, mine) = user_home(&c, USER);
     let marker: Vec<u8> = b"ROOT-ONLY-SECRET-0123456789abcdef".repeat(64);
     let secret = base.join("secret");
     std::fs::write(&secret, &marker).unwrap();
@@ -318,7 +304,7 @@ fn group_members_see_only_their_own_backups() {
         return;
     }
     let c = Cluster::start(&["0", "100MB", "100MB"]);
-    let (base, _home, mine) = setup(&c);
+    let (base, _home, mine) = user_home(&c, USER);
     let roots = base.join("roots-private-name.txt");
     std::fs::write(&roots, b"root's file").unwrap();
     c.cli_ok(0, &["backup", roots.to_str().unwrap(), "-r", "2"], 0);

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::process::Output;
 
 use common::*;
@@ -43,16 +43,7 @@ fn non_root_callers_act_only_on_their_own_files() {
         return;
     }
     let c = Cluster::start(&["0", "100MB", "100MB"]);
-    let base = c.dir.path().canonicalize().unwrap();
-    // The user must reach its files: the temp dir is 0700 root.
-    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let home = base.join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    std::os::unix::fs::chown(&home, Some(USER), Some(USER)).unwrap();
-    let mine = home.join("mine.txt");
-    std::fs::write(&mine, random_bytes(70_000)).unwrap();
-    std::os::unix::fs::chown(&mine, Some(USER), Some(USER)).unwrap();
-    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let (base, home, mine) = user_home(&c, USER);
     let roots = base.join("roots.txt");
     std::fs::write(&roots, b"root's secret").unwrap();
     c.cli_ok(0, &["backup", roots.to_str().unwrap(), "-r", "2"], 0);

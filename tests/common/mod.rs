@@ -487,3 +487,20 @@ pub fn as_uid(uid: u32, group: Option<u32>, program: &Path) -> Command {
         .arg(program);
     cmd
 }
+
+/// For tests acting as user `uid`: the cluster's folder opened to all (it is 0700 root), a home
+/// folder of the user's in it, and one file of its own there (70,000 bytes, mode 0640).
+/// Returns (the cluster's folder, the home, the file).
+pub fn user_home(c: &Cluster, uid: u32) -> (PathBuf, PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let base = c.dir.path().canonicalize().unwrap();
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let home = base.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(uid), Some(uid)).unwrap();
+    let mine = home.join("mine.txt");
+    std::fs::write(&mine, random_bytes(70_000)).unwrap();
+    std::os::unix::fs::chown(&mine, Some(uid), Some(uid)).unwrap();
+    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o640)).unwrap();
+    (base, home, mine)
+}
