@@ -299,23 +299,19 @@ pub(super) async fn backup(
             }
         }
     }
-    if skipped > 0 {
-        report(
-            progress,
-            format!(
-                "skipped {skipped} files that are not yours below {}",
-                shown(&path)
-            ),
-        );
-        if ok + below + failed == 0 {
-            return Done::failed(format!(
-                "you may back up only files you own, and none below {} is yours",
-                shown(&path)
-            ));
-        }
+    if skipped > 0 && ok + below + failed == 0 {
+        return Done::failed(format!(
+            "you may back up only files you own, and none below {} is yours",
+            shown(&path)
+        ));
     }
+    // In the final line, which a slow client never misses (progress lines it may).
+    let not_yours = match skipped {
+        0 => String::new(),
+        n => format!(", {n} skipped (not yours)"),
+    };
     let summary = format!(
-        "{} files: {ok} fully replicated, {below} below their desired RD, {failed} failed",
+        "{} files: {ok} fully replicated, {below} below their desired RD, {failed} failed{not_yours}",
         ok + below + failed
     );
     let code = if failed > 0 {
