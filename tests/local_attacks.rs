@@ -255,16 +255,17 @@ fn a_user_cannot_read_root_files_through_backups() {
     let o = user_cli(&c, &["backup", link.to_str().unwrap()]);
     assert_ne!(o.status.code(), Some(0), "{}", text(&o));
 
-    // A backup of the folder while its files are swapped for symlinks to the secret and back.
+    // A backup of the folder while half its files are swapped for symlinks to the secret and
+    // back (the other half stay, so that the backup always has something to send).
     let stop = Arc::new(AtomicBool::new(false));
     let racer = {
         let (home, dir, secret, stop) = (home.clone(), dir.clone(), secret.clone(), stop.clone());
         std::thread::spawn(move || {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) && n < 400_000 {
-                let i = n % 20;
+                let i = n % 10;
                 let (f, tmp) = (dir.join(format!("f{i}")), dir.join(format!(".l{i}")));
-                if n % 40 < 20 {
+                if n % 20 < 10 {
                     let _ = std::os::unix::fs::symlink(&secret, &tmp);
                 } else {
                     let _ = std::fs::hard_link(home.join(format!("keep{i}")), &tmp);
