@@ -23,6 +23,9 @@ pub enum Kind {
     Dir,
     /// Either, opened for reading.
     Any,
+    /// Either, opened only to be looked at (`O_PATH`: no device's open is ever run, nothing
+    /// can be read through it).
+    Probe,
 }
 
 fn errno(e: nix::errno::Errno) -> io::Error {
@@ -77,6 +80,7 @@ pub fn open_below(dir: &File, rel: &Path, kind: Kind) -> io::Result<File> {
     let flags = match kind {
         Kind::Dir => OFlag::O_RDONLY | OFlag::O_DIRECTORY,
         Kind::File | Kind::Any => OFlag::O_RDONLY | OFlag::O_NONBLOCK,
+        Kind::Probe => OFlag::O_PATH,
     };
     let fd = match &here {
         Some(fd) => open_at(fd, last, flags)?,
@@ -118,7 +122,7 @@ fn check(file: File, kind: Kind) -> io::Result<File> {
     let ok = match kind {
         Kind::File => meta.is_file(),
         Kind::Dir => meta.is_dir(),
-        Kind::Any => meta.is_file() || meta.is_dir(),
+        Kind::Any | Kind::Probe => meta.is_file() || meta.is_dir(),
     };
     if !ok {
         return Err(io::Error::new(
@@ -216,6 +220,10 @@ mod tests {
         assert!(open_path(&base.join("real"), Kind::File).is_err());
         assert!(open_path(&base.join("real/f"), Kind::Dir).is_err());
         assert!(open_path(Path::new("relative"), Kind::Any).is_err());
+        // Looked at, not opened: a device is refused without its open being run.
+        let probe = open_path(&base.join("real/f"), Kind::Probe).unwrap();
+        assert!(same_file(&probe, &File::open(base.join("real/f")).unwrap()).unwrap());
+        assert!(open_path(Path::new("/dev/null"), Kind::Probe).is_err());
         // The admin's own symlink above a watched folder is followed; none below it.
         assert!(open_under(&base.join("link"), &base.join("link/f"), Kind::File).is_ok());
         let e = open_under(&base, &base.join("link/f"), Kind::File).unwrap_err();

@@ -222,8 +222,14 @@ async fn prepare(
 /// caller cannot file its own bytes under another path), or, without a handle, `path` opened
 /// without following symlinks.
 fn named_handle(path: &Path, handle: Option<File>) -> Result<File, String> {
-    let named = fsx::open_path(path, fsx::Kind::Any)
-        .map_err(|e| format!("cannot open {}: {e}", shown(path)))?;
+    // Only looked at when the caller sent the file: a path a user names is never opened for
+    // reading by the daemon (a device's open could do something).
+    let kind = match handle {
+        Some(_) => fsx::Kind::Probe,
+        None => fsx::Kind::Any,
+    };
+    let named =
+        fsx::open_path(path, kind).map_err(|e| format!("cannot open {}: {e}", shown(path)))?;
     let Some(handle) = handle else {
         return Ok(named);
     };
