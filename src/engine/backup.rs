@@ -44,6 +44,16 @@ impl ChunkBackup {
         self.holders.insert(peer);
     }
 
+    /// Whether the desired RD is reached.
+    pub fn reached(&self) -> bool {
+        self.holders.len() >= self.desired
+    }
+
+    /// Aims at another RD (a second backup of the chunk asked for more).
+    pub fn set_desired(&mut self, desired_rd: u8) {
+        self.desired = desired_rd as usize;
+    }
+
     pub fn holders(&self) -> &BTreeSet<PeerId> {
         &self.holders
     }

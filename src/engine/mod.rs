@@ -3,6 +3,7 @@
 //! the daemon drives them, and the unit tests drive them with made-up instants.
 pub mod backup;
 pub mod lru;
+pub mod peer;
 pub mod reclaim;
 pub mod restore;
 pub mod retry;

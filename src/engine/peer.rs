@@ -1,0 +1,1731 @@
+//! One peer's side of the protocol (SPEC §2) as a single state machine, in the style of
+//! quinn-proto: the driver hands it datagrams (`handle`), the results of the disk and catalog
+//! work it asked for (`stored`, `hosted`, ...), the commands of running jobs (`backup_chunk`,
+//! `fetch_chunk`, `send_delete`, ...) and the passing of time (`handle_timeout`); it answers with
+//! messages to send (`poll_transmit`), work for the driver (`poll_action`) and the next instant
+//! it wants to be woken (`poll_timeout`). Every delay, resend, suppression and window of the
+//! protocol is decided here; no sockets, no tokio, no SQLite. Its random delays come from a
+//! seeded generator, so a simulation replays exactly.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::backup::{self, ChunkBackup, Window};
+use super::lru::LruMap;
+use super::restore::{self, ChunkFetch};
+use super::serve::{PendingReply, ReplyLimit, MIN_CHUNK_INTERVAL};
+use crate::protocol::{sha256_hex, ChunkId, FileId, Message, MessageKind, PeerId, Rd};
+
+/// The random wait before STORED, CHUNK and a re-backup: uniform in 0..=400 ms.
+pub const MAX_REPLY_DELAY: Duration = Duration::from_millis(400);
+/// PUTCHUNKs being stored at once; beyond this a PUTCHUNK is dropped (its sender resends), so
+/// a flood cannot take memory without bound.
+pub const MAX_CONCURRENT_STORES: usize = 128;
+/// GETCHUNKs being answered at once; beyond this one is dropped (the requester resends).
+pub const MAX_PENDING_REPLIES: usize = 256;
+/// Chunks remembered by each "seen lately" map: the least recently written entry makes room,
+/// so a flood never stops the recording.
+pub const MAX_SEEN_ENTRIES: usize = 8192;
+/// STOREDs remembered per chunk being written (recorded once it is written).
+pub const MAX_HEARD_WHILE_STORING: usize = 64;
+/// REMOVED is sent three times (0, 0.2, 0.6 s): a lost one would leave the holders believing
+/// the chunk safer than it is. Receiving it twice is harmless.
+pub const REMOVED_GAPS: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(400)];
+/// DELETE is sent 8 times, 300 ms apart: the network loses messages and 1.0 has no reply.
+pub const DELETE_SENDS: u32 = 8;
+pub const DELETE_SPACING: Duration = Duration::from_millis(300);
+/// A PUTCHUNK with our own id is looked into once a second at most.
+const OWN_ID_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Our own re-backup or a deleted file explains a PUTCHUNK with our id this long after.
+const OWN_ID_EXPLAINED_FOR: Duration = Duration::from_secs(60);
+
+/// Chunks a file backup keeps in their first round (sent once, waiting for STOREDs): the window
+/// starts here and adapts (`backup::Window`).
+pub const BACKUP_WINDOW: (usize, usize, usize) = (32, 4, 1024);
+/// Chunks past their first round (resending on the 1, 2, 4, 8, 16 s schedule) cost little:
+/// their bytes are read again for each resend. Bounded all the same.
+pub const MAX_CHUNKS_IN_BACKOFF: usize = 4096;
+/// GETCHUNKs a restore keeps in flight: adapts like the backup window.
+pub const RESTORE_WINDOW: (usize, usize, usize) = (64, 4, 512);
+
+/// A job (one file's backup or restore) that offers chunks as the engine gives it room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(pub u64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobKind {
+    Backup,
+    Restore,
+}
+
+/// Who waits for a chunk backup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    Job(JobId),
+    /// This peer, restoring a chunk's RD after a REMOVED (SPEC §2 "Space reclaim").
+    Rebackup,
+}
+
+/// What became of a PUTCHUNK the driver was asked to store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Put {
+    /// A chunk of our own file, no room for it, or an error: not stored.
+    Refused,
+    /// Held already (the first STORED may have been lost).
+    Held,
+    /// Written to disk and recorded now.
+    Written,
+}
+
+/// A chunk's place in this peer's catalog, as REMOVED handling needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Unknown,
+    Own { desired_rd: u8 },
+    Hosted { desired_rd: u8 },
+}
+
+/// How a chunk backup ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupOutcome {
+    pub reached: bool,
+    pub sends: u32,
+    pub recovered_by_resend: bool,
+    /// Distinct peers known to hold the chunk (ourselves included for a re-backup).
+    pub holders: Vec<PeerId>,
+    /// Why it stopped short: its bytes changed on disk, or its file was deleted meanwhile.
+    pub stopped: Option<Stopped>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    Changed,
+    Deleted,
+    Cancelled,
+}
+
+/// Work for the driver: disk, catalog, and the jobs waiting for replies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Store this chunk if this peer may (not a chunk of its own file, not held already, fits
+    /// the quota), then report with `stored`.
+    Store {
+        chunk: ChunkId,
+        rd: Rd,
+        body: Vec<u8>,
+    },
+    /// Record these peers as holders of the chunk (STOREDs heard).
+    RecordHolders { chunk: ChunkId, peers: Vec<PeerId> },
+    /// A chunk written after its file's DELETE was heard: remove it, no STORED is sent.
+    DropHosted { chunk: ChunkId },
+    /// A GETCHUNK: report with `hosted` whether this peer hosts the chunk (length, hash).
+    LookupHosted { chunk: ChunkId },
+    /// Time to answer a GETCHUNK: read the hosted chunk (checked) and hand it to `serve`.
+    ReadHosted { chunk: ChunkId },
+    /// DELETE heard: delete every hosted chunk of the file.
+    DeleteFile { file_id: FileId, sender: PeerId },
+    /// REMOVED heard: remove `peer` from the chunk's holders, then report with `removed`.
+    RemoveHolder { chunk: ChunkId, peer: PeerId },
+    /// No PUTCHUNK was seen for a hosted chunk below its RD: read it and its holders and
+    /// hand them to `rebackup`.
+    ReadForRebackup { chunk: ChunkId, desired_rd: u8 },
+    /// A chunk of our own fell below its desired RD: the home peer's repair should look.
+    Repair,
+    /// The bytes of a chunk being backed up, for a resend: hand them to `resend_body`.
+    ReadBody { chunk: ChunkId },
+    /// Room for `n` more chunks in a job's window.
+    Credit { job: JobId, n: usize },
+    /// A chunk backup ended.
+    BackedUp {
+        owners: Vec<Owner>,
+        chunk: ChunkId,
+        outcome: BackupOutcome,
+    },
+    /// A chunk fetch ended: the body has the length and hash asked for, or None (gave up).
+    Fetched {
+        jobs: Vec<JobId>,
+        chunk: ChunkId,
+        body: Option<Vec<u8>>,
+        sends: u32,
+    },
+    /// Every DELETE of these files was sent: they are no longer pending.
+    DeletesSent { file_ids: Vec<FileId> },
+    /// A PUTCHUNK with our id: if the chunk is not ours, another peer uses our id.
+    CheckOwnId { chunk: ChunkId },
+}
+
+/// Counters of what the engine dropped or sent, for `state`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// PUTCHUNKs dropped because `MAX_CONCURRENT_STORES` were being stored.
+    pub busy_drops: u64,
+    /// GETCHUNKs dropped because `MAX_PENDING_REPLIES` were pending.
+    pub reply_drops: u64,
+    pub putchunks_sent: u64,
+    pub chunks_sent: u64,
+    pub getchunks_sent: u64,
+}
+
+/// A timer: what to look at when it fires. Stale ones (their state moved on) do nothing.
+#[derive(Clone, Debug)]
+enum Timer {
+    Stored(ChunkId),
+    Reply(ChunkId),
+    Rebackup(ChunkId),
+    Backup(ChunkId),
+    Fetch(ChunkId),
+    Resend(u64),
+}
+
+/// A PUTCHUNK being stored by the driver.
+struct Storing {
+    /// When it arrived: a DELETE heard after this cancels the STORED.
+    arrived: Instant,
+    /// The random instant its STORED is due.
+    reply_at: Instant,
+    /// STOREDs heard meanwhile, recorded once it is written.
+    heard: Vec<PeerId>,
+    /// A DELETE of its file arrived meanwhile: remove it once written, send no STORED.
+    deleted: bool,
+}
+
+/// A STORED that waits for its random instant.
+struct StoredDue {
+    arrived: Instant,
+    timer: (Instant, u64),
+}
+
+enum ReplyState {
+    /// Waiting for the driver to say whether we host the chunk.
+    Lookup,
+    Waiting {
+        timer: (Instant, u64),
+    },
+    /// The driver is reading it.
+    Reading,
+}
+
+/// A CHUNK reply this peer is preparing.
+struct Reply {
+    state: ReplyState,
+    pending: PendingReply,
+}
+
+enum RebackupState {
+    Waiting { timer: (Instant, u64), desired: u8 },
+    Reading,
+    Running,
+}
+
+struct Rebackup {
+    since: Instant,
+    state: RebackupState,
+}
+
+/// A chunk this peer is backing up.
+struct Sending {
+    owners: Vec<Owner>,
+    rd: Rd,
+    backup: ChunkBackup,
+    /// The bytes for the first send; resends ask the driver for them again.
+    body: Option<Vec<u8>>,
+    /// Still in its first round (counted by its jobs' windows).
+    first_round: bool,
+    /// Waiting for the driver's `resend_body`.
+    reading: bool,
+    timer: Option<(Instant, u64)>,
+}
+
+/// A chunk this peer is fetching.
+struct Fetching {
+    jobs: Vec<JobId>,
+    len: u64,
+    hash: String,
+    fetch: ChunkFetch,
+    timer: Option<(Instant, u64)>,
+}
+
+/// A message sent several times.
+struct Resend {
+    msg: MessageKind,
+    /// The waits before the sends still to come.
+    gaps: VecDeque<Duration>,
+    done: Option<Vec<FileId>>,
+}
+
+struct Job {
+    kind: JobKind,
+    window: Window,
+    /// Chunks offered and not yet ended.
+    in_flight: usize,
+    /// Of those, chunks in their first round (backup) or all of them (restore).
+    first_round: usize,
+    /// Room granted with `Credit` and not yet used.
+    granted: usize,
+}
+
+impl Job {
+    fn room(&self) -> usize {
+        let busy = self.first_round + self.granted;
+        let window = self.window.size().saturating_sub(busy);
+        match self.kind {
+            JobKind::Backup => {
+                window.min(MAX_CHUNKS_IN_BACKOFF.saturating_sub(self.in_flight + self.granted))
+            }
+            JobKind::Restore => window,
+        }
+    }
+}
+
+pub struct Peer {
+    id: PeerId,
+    rng: StdRng,
+    timers: BTreeMap<(Instant, u64), Timer>,
+    next_timer: u64,
+    storing: HashMap<ChunkId, Storing>,
+    stored_due: HashMap<ChunkId, StoredDue>,
+    replying: HashMap<ChunkId, Reply>,
+    chunk_sent: ReplyLimit<ChunkId>,
+    rebacking: HashMap<ChunkId, Rebackup>,
+    putchunk_seen: LruMap<ChunkId, Instant>,
+    delete_seen: LruMap<FileId, Instant>,
+    sending: HashMap<ChunkId, Sending>,
+    fetching: HashMap<ChunkId, Fetching>,
+    resends: HashMap<u64, Resend>,
+    next_resend: u64,
+    jobs: HashMap<JobId, Job>,
+    own_id_checked: Option<Instant>,
+    transmits: VecDeque<Message>,
+    actions: VecDeque<Action>,
+    counters: Counters,
+}
+
+impl Peer {
+    /// A peer with id `id` whose random delays come from `seed`.
+    pub fn new(id: PeerId, seed: u64) -> Peer {
+        Peer {
+            id,
+            rng: StdRng::seed_from_u64(seed),
+            timers: BTreeMap::new(),
+            next_timer: 0,
+            storing: HashMap::new(),
+            stored_due: HashMap::new(),
+            replying: HashMap::new(),
+            chunk_sent: ReplyLimit::new(MAX_SEEN_ENTRIES, MIN_CHUNK_INTERVAL),
+            rebacking: HashMap::new(),
+            putchunk_seen: LruMap::new(MAX_SEEN_ENTRIES),
+            delete_seen: LruMap::new(MAX_SEEN_ENTRIES),
+            sending: HashMap::new(),
+            fetching: HashMap::new(),
+            resends: HashMap::new(),
+            next_resend: 0,
+            jobs: HashMap::new(),
+            own_id_checked: None,
+            transmits: VecDeque::new(),
+            actions: VecDeque::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn id(&self) -> PeerId {
+        self.id
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// The next message to send, signed and encoded by the driver.
+    pub fn poll_transmit(&mut self) -> Option<Message> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When `handle_timeout` should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.keys().next().map(|(at, _)| *at)
+    }
+
+    /// Whether a DELETE of the file was heard at or after `since` (a file backup that ends
+    /// after it must not count the version as complete).
+    pub fn deleted_since(&self, file_id: &FileId, since: Instant) -> bool {
+        self.delete_seen.get(file_id).is_some_and(|at| *at >= since)
+    }
+
+    fn reply_delay(&mut self) -> Duration {
+        Duration::from_millis(self.rng.gen_range(0..=MAX_REPLY_DELAY.as_millis() as u64))
+    }
+
+    fn arm(&mut self, at: Instant, timer: Timer) -> (Instant, u64) {
+        let key = (at, self.next_timer);
+        self.next_timer += 1;
+        self.timers.insert(key, timer);
+        key
+    }
+
+    fn disarm(&mut self, key: Option<(Instant, u64)>) {
+        if let Some(key) = key {
+            self.timers.remove(&key);
+        }
+    }
+
+    fn send(&mut self, kind: MessageKind) {
+        match &kind {
+            MessageKind::PutChunk { .. } => self.counters.putchunks_sent += 1,
+            MessageKind::Chunk { .. } => self.counters.chunks_sent += 1,
+            MessageKind::GetChunk { .. } => self.counters.getchunks_sent += 1,
+            _ => {}
+        }
+        self.transmits.push_back(Message::new(self.id, kind));
+    }
+
+    // ---- datagrams ---------------------------------------------------------------------------
+
+    /// A well-formed message from the LAN (parsed, and its LAN key tag checked, by the driver).
+    pub fn handle(&mut self, msg: Message, now: Instant) {
+        let sender = msg.sender;
+        if sender == self.id {
+            // Ours echo back (multicast loops to this host); only a PUTCHUNK can tell of a
+            // copied config.
+            if let MessageKind::PutChunk { chunk, .. } = msg.kind {
+                self.own_id_putchunk(chunk, now);
+            }
+            return;
+        }
+        match msg.kind {
+            MessageKind::PutChunk { chunk, rd, body } => self.on_putchunk(chunk, rd, body, now),
+            MessageKind::Stored { chunk } => self.on_stored(chunk, sender),
+            MessageKind::GetChunk { chunk } => self.on_getchunk(chunk),
+            MessageKind::Chunk { chunk, body } => self.on_chunk(&chunk, body),
+            MessageKind::Delete { file_id } => self.on_delete(file_id, sender, now),
+            MessageKind::Removed { chunk } => {
+                self.actions.push_back(Action::RemoveHolder {
+                    chunk,
+                    peer: sender,
+                });
+            }
+        }
+    }
+
+    fn on_putchunk(&mut self, chunk: ChunkId, rd: Rd, body: Vec<u8>, now: Instant) {
+        self.putchunk_seen.insert(chunk.clone(), now);
+        if self.storing.contains_key(&chunk) || self.stored_due.contains_key(&chunk) {
+            return; // a resend of a chunk being written: its STORED is on its way
+        }
+        if self.storing.len() >= MAX_CONCURRENT_STORES {
+            self.counters.busy_drops += 1;
+            return;
+        }
+        let reply_at = now + self.reply_delay();
+        self.storing.insert(
+            chunk.clone(),
+            Storing {
+                arrived: now,
+                reply_at,
+                heard: Vec::new(),
+                deleted: false,
+            },
+        );
+        self.actions.push_back(Action::Store { chunk, rd, body });
+    }
+
+    fn on_stored(&mut self, chunk: ChunkId, sender: PeerId) {
+        if let Some(s) = self.sending.get_mut(&chunk) {
+            s.backup.on_stored(sender);
+            // Done as soon as it can be: the window moves on.
+            self.fire_backup(&chunk, None);
+        }
+        if let Some(storing) = self.storing.get_mut(&chunk) {
+            if storing.heard.len() < MAX_HEARD_WHILE_STORING && !storing.heard.contains(&sender) {
+                storing.heard.push(sender);
+            }
+            return;
+        }
+        self.actions.push_back(Action::RecordHolders {
+            chunk,
+            peers: vec![sender],
+        });
+    }
+
+    fn on_getchunk(&mut self, chunk: ChunkId) {
+        if self.replying.contains_key(&chunk) {
+            return;
+        }
+        if self.replying.len() >= MAX_PENDING_REPLIES {
+            self.counters.reply_drops += 1;
+            return;
+        }
+        self.replying.insert(
+            chunk.clone(),
+            Reply {
+                state: ReplyState::Lookup,
+                pending: PendingReply::default(),
+            },
+        );
+        self.actions.push_back(Action::LookupHosted { chunk });
+    }
+
+    /// A CHUNK heard on MDR. Its body is hashed only where a good copy matters: a reply this
+    /// peer is about to send (only a good copy silences it), and a fetch of ours (only the
+    /// length and hash it expects end it).
+    fn on_chunk(&mut self, chunk: &ChunkId, body: Vec<u8>) {
+        let len = body.len() as u64;
+        let for_reply = self
+            .replying
+            .get_mut(chunk)
+            .is_some_and(|r| r.pending.wants_hash(len));
+        let for_fetch = self.fetching.get(chunk).is_some_and(|f| f.len == len);
+        if !for_reply && !for_fetch {
+            return;
+        }
+        let hash = sha256_hex(&body);
+        if for_reply {
+            if let Some(r) = self.replying.get_mut(chunk) {
+                r.pending.hashed(&hash);
+            }
+        }
+        if for_fetch && self.fetching.get(chunk).is_some_and(|f| f.hash == hash) {
+            if let Some(f) = self.fetching.remove(chunk) {
+                self.disarm(f.timer);
+                self.end_fetch(chunk.clone(), f, Some(body));
+            }
+        }
+    }
+
+    fn on_delete(&mut self, file_id: FileId, sender: PeerId, now: Instant) {
+        self.delete_seen.insert(file_id.clone(), now);
+        // Chunks of the file being written are removed once written (see `stored`).
+        for (c, storing) in self.storing.iter_mut() {
+            if c.file_id == file_id {
+                storing.deleted = true;
+            }
+        }
+        // STOREDs not yet sent are not sent; our own re-backups of its chunks stop (a resend
+        // would put a chunk back on peers that just freed it).
+        let due: Vec<ChunkId> = (self.stored_due.keys())
+            .filter(|c| c.file_id == file_id)
+            .cloned()
+            .collect();
+        for c in due {
+            if let Some(d) = self.stored_due.remove(&c) {
+                self.disarm(Some(d.timer));
+            }
+        }
+        let stopping: Vec<ChunkId> = (self.sending.iter())
+            // Only re-backups: the chunks of our own files are ours to delete, not a peer's.
+            .filter(|(c, s)| c.file_id == file_id && s.owners.iter().all(|o| *o == Owner::Rebackup))
+            .map(|(c, _)| c.clone())
+            .collect();
+        for c in stopping {
+            self.finish_backup(&c, Some(Stopped::Deleted));
+        }
+        self.actions
+            .push_back(Action::DeleteFile { file_id, sender });
+    }
+
+    fn own_id_putchunk(&mut self, chunk: ChunkId, now: Instant) {
+        // Our own re-backup, or a chunk of a file deleted lately, explains it.
+        let recently = now.checked_sub(OWN_ID_EXPLAINED_FOR).unwrap_or(now);
+        if self.rebacking.contains_key(&chunk)
+            || self.sending.contains_key(&chunk)
+            || self.deleted_since(&chunk.file_id, recently)
+        {
+            return;
+        }
+        if self
+            .own_id_checked
+            .is_some_and(|t| now.saturating_duration_since(t) < OWN_ID_CHECK_EVERY)
+        {
+            return;
+        }
+        self.own_id_checked = Some(now);
+        self.actions.push_back(Action::CheckOwnId { chunk });
+    }
+
+    // ---- results of the driver's work ---------------------------------------------------------
+
+    /// What became of a `Store`. A held chunk gets its STORED at the random instant drawn when
+    /// the PUTCHUNK arrived (now, if that passed while it was written).
+    pub fn stored(&mut self, chunk: &ChunkId, put: Put, now: Instant) {
+        let Some(storing) = self.storing.remove(chunk) else {
+            return;
+        };
+        match put {
+            Put::Refused => return,
+            Put::Written if storing.deleted => {
+                self.actions.push_back(Action::DropHosted {
+                    chunk: chunk.clone(),
+                });
+                return;
+            }
+            Put::Held if storing.deleted => return,
+            Put::Written if !storing.heard.is_empty() => {
+                self.actions.push_back(Action::RecordHolders {
+                    chunk: chunk.clone(),
+                    peers: storing.heard,
+                });
+            }
+            Put::Written | Put::Held => {}
+        }
+        if storing.reply_at <= now {
+            self.send(MessageKind::Stored {
+                chunk: chunk.clone(),
+            });
+        } else {
+            let timer = self.arm(storing.reply_at, Timer::Stored(chunk.clone()));
+            self.stored_due.insert(
+                chunk.clone(),
+                StoredDue {
+                    arrived: storing.arrived,
+                    timer,
+                },
+            );
+        }
+    }
+
+    /// Whether this peer hosts a chunk a GETCHUNK asked for: its recorded length and hash. The
+    /// reply waits a random delay, and no less than a second after our last CHUNK of it.
+    pub fn hosted(&mut self, chunk: &ChunkId, info: Option<(u64, String)>, now: Instant) {
+        let Some((len, hash)) = info else {
+            self.replying.remove(chunk);
+            return;
+        };
+        let delay = self.reply_delay();
+        let at = (self.chunk_sent.next_allowed(chunk)).map_or(now + delay, |n| n.max(now + delay));
+        if !self.replying.contains_key(chunk) {
+            return;
+        }
+        let timer = self.arm(at, Timer::Reply(chunk.clone()));
+        if let Some(r) = self.replying.get_mut(chunk) {
+            r.pending.expect(len, hash);
+            r.state = ReplyState::Waiting { timer };
+        }
+    }
+
+    /// The hosted chunk read for a reply (None: unreadable or damaged). `chunk` carries the
+    /// fileId text exactly as the home peer wrote it.
+    pub fn serve(&mut self, chunk: ChunkId, body: Option<Vec<u8>>, now: Instant) {
+        let Some(reply) = self.replying.remove(&chunk) else {
+            return;
+        };
+        let Some(body) = body else { return };
+        if reply.pending.suppressed() || !self.chunk_sent.take(&chunk, now) {
+            return; // another holder answered first with the right bytes, or too soon
+        }
+        self.send(MessageKind::Chunk { chunk, body });
+    }
+
+    /// The catalog took a REMOVED into account: the chunk's role here and its perceived RD now.
+    /// A holder of a chunk below its RD re-backs it up after a random wait, unless someone
+    /// else's PUTCHUNK for it is seen meanwhile; the home peer lets its repair look.
+    pub fn removed(&mut self, chunk: &ChunkId, role: Role, perceived: u32, now: Instant) {
+        match role {
+            Role::Hosted { desired_rd } if perceived < u32::from(desired_rd) => {
+                if self.rebacking.contains_key(chunk) {
+                    return;
+                }
+                let at = now + self.reply_delay();
+                let timer = self.arm(at, Timer::Rebackup(chunk.clone()));
+                self.rebacking.insert(
+                    chunk.clone(),
+                    Rebackup {
+                        since: now,
+                        state: RebackupState::Waiting {
+                            timer,
+                            desired: desired_rd,
+                        },
+                    },
+                );
+            }
+            Role::Own { desired_rd } if perceived < u32::from(desired_rd) => {
+                self.actions.push_back(Action::Repair);
+            }
+            _ => {}
+        }
+    }
+
+    /// The hosted chunk to back up again, read for `ReadForRebackup` (None: unreadable, or no
+    /// longer hosted), with the chunk as the home peer wrote its fileId and its known holders.
+    pub fn rebackup(
+        &mut self,
+        chunk: &ChunkId,
+        read: Option<(ChunkId, Rd, Vec<u8>, Vec<PeerId>)>,
+        now: Instant,
+    ) {
+        let Some((wire, rd, body, known)) = read else {
+            self.rebacking.remove(chunk);
+            return;
+        };
+        if let Some(r) = self.rebacking.get_mut(chunk) {
+            r.state = RebackupState::Running;
+        }
+        self.start_backup(Owner::Rebackup, wire, rd, body, known, now);
+    }
+
+    /// The bytes asked for by `ReadBody` (None: the file changed or cannot be read).
+    pub fn resend_body(&mut self, chunk: &ChunkId, body: Option<Vec<u8>>, now: Instant) {
+        let Some(s) = self.sending.get_mut(chunk) else {
+            return;
+        };
+        if !s.reading {
+            return;
+        }
+        s.reading = false;
+        match body {
+            None => self.finish_backup(chunk, Some(Stopped::Changed)),
+            Some(body) => {
+                let rd = s.rd;
+                self.send(MessageKind::PutChunk {
+                    chunk: chunk.clone(),
+                    rd,
+                    body,
+                });
+                self.fire_backup(chunk, Some(now));
+            }
+        }
+    }
+
+    // ---- commands ---------------------------------------------------------------------------
+
+    /// A job starts: it offers chunks as `Credit` actions give it room.
+    pub fn start_job(&mut self, job: JobId, kind: JobKind) {
+        let (initial, min, max) = match kind {
+            JobKind::Backup => BACKUP_WINDOW,
+            JobKind::Restore => RESTORE_WINDOW,
+        };
+        self.jobs.insert(
+            job,
+            Job {
+                kind,
+                window: Window::new(initial, min, max),
+                in_flight: 0,
+                first_round: 0,
+                granted: 0,
+            },
+        );
+        self.grant(job);
+    }
+
+    /// A job ends (done, or given up): its chunks still in flight stop without a word.
+    pub fn end_job(&mut self, job: JobId) {
+        self.jobs.remove(&job);
+        let owned = |owners: &mut Vec<Owner>| {
+            owners.retain(|o| *o != Owner::Job(job));
+            owners.is_empty()
+        };
+        let sends: Vec<ChunkId> = (self.sending.iter_mut())
+            .filter_map(|(c, s)| owned(&mut s.owners).then(|| c.clone()))
+            .collect();
+        for c in sends {
+            if let Some(s) = self.sending.remove(&c) {
+                self.disarm(s.timer);
+            }
+        }
+        let fetches: Vec<ChunkId> = (self.fetching.iter_mut())
+            .filter_map(|(c, f)| {
+                f.jobs.retain(|j| *j != job);
+                f.jobs.is_empty().then(|| c.clone())
+            })
+            .collect();
+        for c in fetches {
+            if let Some(f) = self.fetching.remove(&c) {
+                self.disarm(f.timer);
+            }
+        }
+    }
+
+    /// The room a job has now, given as `Credit` (the job keeps count of what it was given).
+    fn grant(&mut self, job: JobId) {
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        let n = j.room();
+        if n > 0 {
+            j.granted += n;
+            self.actions.push_back(Action::Credit { job, n });
+        }
+    }
+
+    /// Backs up one chunk of a job: PUTCHUNK until `rd` distinct peers sent STORED, at most 5
+    /// sends. `known`: peers already known to hold it (a resumed backup).
+    pub fn backup_chunk(
+        &mut self,
+        job: JobId,
+        chunk: ChunkId,
+        rd: Rd,
+        body: Vec<u8>,
+        known: Vec<PeerId>,
+        now: Instant,
+    ) {
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.granted = j.granted.saturating_sub(1);
+            j.in_flight += 1;
+            j.first_round += 1;
+        }
+        self.start_backup(Owner::Job(job), chunk, rd, body, known, now);
+    }
+
+    fn start_backup(
+        &mut self,
+        owner: Owner,
+        chunk: ChunkId,
+        rd: Rd,
+        body: Vec<u8>,
+        known: Vec<PeerId>,
+        now: Instant,
+    ) {
+        if let Some(s) = self.sending.get_mut(&chunk) {
+            // The same chunk is being backed up already: wait for the same outcome.
+            s.owners.push(owner);
+            if rd > s.rd {
+                s.rd = rd;
+                s.backup.set_desired(rd.get());
+            }
+            if !s.first_round {
+                self.leave_first_round_of(owner);
+            }
+            return;
+        }
+        self.sending.insert(
+            chunk.clone(),
+            Sending {
+                owners: vec![owner],
+                rd,
+                backup: ChunkBackup::new(rd.get(), known),
+                body: Some(body),
+                first_round: true,
+                reading: false,
+                timer: None,
+            },
+        );
+        self.fire_backup(&chunk, Some(now));
+    }
+
+    fn leave_first_round_of(&mut self, owner: Owner) {
+        if let Owner::Job(job) = owner {
+            if let Some(j) = self.jobs.get_mut(&job) {
+                j.first_round = j.first_round.saturating_sub(1);
+            }
+            self.grant(job);
+        }
+    }
+
+    /// Polls a chunk backup's schedule. `now` None: only check whether it is done (a STORED
+    /// arrived), without sending.
+    fn fire_backup(&mut self, chunk: &ChunkId, now: Option<Instant>) {
+        let Some(s) = self.sending.get_mut(chunk) else {
+            return;
+        };
+        if s.reading {
+            return;
+        }
+        let step = match now {
+            Some(now) => s.backup.poll(now),
+            None if s.backup.reached() => backup::Action::Done { reached: true },
+            None => return,
+        };
+        match step {
+            backup::Action::Done { .. } => self.finish_backup(chunk, None),
+            backup::Action::WaitUntil(t) => {
+                let old = s.timer.take();
+                self.disarm(old);
+                let timer = self.arm(t, Timer::Backup(chunk.clone()));
+                if let Some(s) = self.sending.get_mut(chunk) {
+                    s.timer = Some(timer);
+                }
+            }
+            backup::Action::SendPutChunk => {
+                let (rd, first) = (s.rd, s.body.take());
+                let leaving = s.backup.sends() > 1 && std::mem::take(&mut s.first_round);
+                let owners = if leaving {
+                    s.owners.clone()
+                } else {
+                    Vec::new()
+                };
+                if first.is_none() {
+                    s.reading = true;
+                }
+                let old = s.timer.take();
+                self.disarm(old);
+                for o in owners {
+                    self.leave_first_round_of(o);
+                }
+                match first {
+                    Some(body) => {
+                        self.send(MessageKind::PutChunk {
+                            chunk: chunk.clone(),
+                            rd,
+                            body,
+                        });
+                        // Arms the wait for STOREDs.
+                        self.fire_backup(chunk, now);
+                    }
+                    // A resend: the driver reads the bytes again (`resend_body`).
+                    None => self.actions.push_back(Action::ReadBody {
+                        chunk: chunk.clone(),
+                    }),
+                }
+            }
+        }
+    }
+
+    fn finish_backup(&mut self, chunk: &ChunkId, stopped: Option<Stopped>) {
+        let Some(s) = self.sending.remove(chunk) else {
+            return;
+        };
+        self.disarm(s.timer);
+        let reached = s.backup.reached() && stopped.is_none();
+        let outcome = BackupOutcome {
+            reached,
+            sends: s.backup.sends(),
+            recovered_by_resend: s.backup.recovered_by_resend(),
+            holders: s.backup.holders().iter().copied().collect(),
+            stopped,
+        };
+        for owner in &s.owners {
+            match owner {
+                Owner::Job(job) => {
+                    if let Some(j) = self.jobs.get_mut(job) {
+                        j.in_flight = j.in_flight.saturating_sub(1);
+                        if s.first_round {
+                            j.first_round = j.first_round.saturating_sub(1);
+                        }
+                        j.window.on_done(
+                            outcome.sends,
+                            outcome.reached,
+                            outcome.recovered_by_resend,
+                        );
+                    }
+                    self.grant(*job);
+                }
+                Owner::Rebackup => {
+                    self.rebacking.remove(chunk);
+                }
+            }
+        }
+        self.actions.push_back(Action::BackedUp {
+            owners: s.owners,
+            chunk: chunk.clone(),
+            outcome,
+        });
+    }
+
+    /// Fetches one chunk of a restore job: GETCHUNK on the engine's schedule until a CHUNK of
+    /// length `len` and SHA-256 `hash` arrives.
+    pub fn fetch_chunk(
+        &mut self,
+        job: JobId,
+        chunk: ChunkId,
+        len: u64,
+        hash: String,
+        now: Instant,
+    ) {
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.granted = j.granted.saturating_sub(1);
+            j.in_flight += 1;
+            j.first_round += 1;
+        }
+        if let Some(f) = self.fetching.get_mut(&chunk) {
+            if f.len == len && f.hash == hash {
+                f.jobs.push(job);
+                return;
+            }
+        }
+        self.fetching.insert(
+            chunk.clone(),
+            Fetching {
+                jobs: vec![job],
+                len,
+                hash,
+                fetch: ChunkFetch::default(),
+                timer: None,
+            },
+        );
+        self.fire_fetch(&chunk, now);
+    }
+
+    fn fire_fetch(&mut self, chunk: &ChunkId, now: Instant) {
+        let Some(f) = self.fetching.get_mut(chunk) else {
+            return;
+        };
+        loop {
+            match f.fetch.poll(now) {
+                restore::Action::SendGetChunk => {
+                    self.send(MessageKind::GetChunk {
+                        chunk: chunk.clone(),
+                    });
+                    return self.fire_fetch(chunk, now);
+                }
+                restore::Action::WaitUntil(t) => {
+                    let old = f.timer.take();
+                    self.disarm(old);
+                    let timer = self.arm(t, Timer::Fetch(chunk.clone()));
+                    if let Some(f) = self.fetching.get_mut(chunk) {
+                        f.timer = Some(timer);
+                    }
+                    return;
+                }
+                restore::Action::GaveUp => {
+                    if let Some(f) = self.fetching.remove(chunk) {
+                        self.end_fetch(chunk.clone(), f, None);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn end_fetch(&mut self, chunk: ChunkId, f: Fetching, body: Option<Vec<u8>>) {
+        let sends = f.fetch.sends();
+        for job in &f.jobs {
+            if let Some(j) = self.jobs.get_mut(job) {
+                j.in_flight = j.in_flight.saturating_sub(1);
+                j.first_round = j.first_round.saturating_sub(1);
+                if body.is_some() {
+                    j.window.on_done(sends, true, sends > 1);
+                }
+            }
+            self.grant(*job);
+        }
+        self.actions.push_back(Action::Fetched {
+            jobs: f.jobs,
+            chunk,
+            body,
+            sends,
+        });
+    }
+
+    /// Tells the peers this peer dropped a chunk (REMOVED, sent three times).
+    pub fn send_removed(&mut self, chunk: ChunkId, now: Instant) {
+        self.resend(
+            MessageKind::Removed { chunk },
+            REMOVED_GAPS.to_vec(),
+            None,
+            now,
+        );
+    }
+
+    /// Tells the peers to delete these files (DELETE, 8 sends 300 ms apart); `DeletesSent`
+    /// follows the last.
+    pub fn send_delete(&mut self, file_ids: Vec<FileId>, now: Instant) {
+        let Some(last) = file_ids.len().checked_sub(1) else {
+            return;
+        };
+        let gaps = vec![DELETE_SPACING; DELETE_SENDS as usize - 1];
+        // One message per file, each on the same schedule; the last one reports them all.
+        for (i, file_id) in file_ids.iter().enumerate() {
+            let done = (i == last).then(|| file_ids.clone());
+            let msg = MessageKind::Delete {
+                file_id: file_id.clone(),
+            };
+            self.resend(msg, gaps.clone(), done, now);
+        }
+    }
+
+    /// Sends `msg` now, then again after each of `gaps`.
+    fn resend(
+        &mut self,
+        msg: MessageKind,
+        gaps: Vec<Duration>,
+        done: Option<Vec<FileId>>,
+        now: Instant,
+    ) {
+        let id = self.next_resend;
+        self.next_resend += 1;
+        self.resends.insert(
+            id,
+            Resend {
+                msg,
+                gaps: gaps.into(),
+                done,
+            },
+        );
+        self.fire_resend(id, now);
+    }
+
+    /// Sends a repeated message and arms the wait before the next send.
+    fn fire_resend(&mut self, id: u64, now: Instant) {
+        let Some(r) = self.resends.get_mut(&id) else {
+            return;
+        };
+        let msg = r.msg.clone();
+        self.send(msg);
+        let Some(r) = self.resends.get_mut(&id) else {
+            return;
+        };
+        match r.gaps.pop_front() {
+            Some(gap) => {
+                self.arm(now + gap, Timer::Resend(id));
+            }
+            None => {
+                if let Some(Resend {
+                    done: Some(file_ids),
+                    ..
+                }) = self.resends.remove(&id)
+                {
+                    self.actions.push_back(Action::DeletesSent { file_ids });
+                }
+            }
+        }
+    }
+
+    // ---- time -------------------------------------------------------------------------------
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let key = *entry.key();
+            let timer = entry.remove();
+            match timer {
+                Timer::Stored(chunk) => {
+                    if self.stored_due.get(&chunk).is_some_and(|d| d.timer == key) {
+                        let due = self.stored_due.remove(&chunk);
+                        let deleted =
+                            due.is_some_and(|d| self.deleted_since(&chunk.file_id, d.arrived));
+                        if !deleted {
+                            self.send(MessageKind::Stored { chunk });
+                        }
+                    }
+                }
+                Timer::Reply(chunk) => {
+                    let Some(r) = self.replying.get_mut(&chunk) else {
+                        continue;
+                    };
+                    if !matches!(r.state, ReplyState::Waiting { timer } if timer == key) {
+                        continue;
+                    }
+                    if r.pending.suppressed() {
+                        self.replying.remove(&chunk);
+                    } else {
+                        r.state = ReplyState::Reading;
+                        self.actions.push_back(Action::ReadHosted { chunk });
+                    }
+                }
+                Timer::Rebackup(chunk) => {
+                    let Some(r) = self.rebacking.get(&chunk) else {
+                        continue;
+                    };
+                    let RebackupState::Waiting { timer, desired } = r.state else {
+                        continue;
+                    };
+                    if timer != key {
+                        continue;
+                    }
+                    let since = r.since;
+                    if self.putchunk_seen.get(&chunk).is_some_and(|t| *t >= since) {
+                        // Another holder started first.
+                        self.rebacking.remove(&chunk);
+                    } else if let Some(r) = self.rebacking.get_mut(&chunk) {
+                        r.state = RebackupState::Reading;
+                        self.actions.push_back(Action::ReadForRebackup {
+                            chunk,
+                            desired_rd: desired,
+                        });
+                    }
+                }
+                Timer::Backup(chunk) => {
+                    if self
+                        .sending
+                        .get(&chunk)
+                        .is_some_and(|s| s.timer == Some(key))
+                    {
+                        if let Some(s) = self.sending.get_mut(&chunk) {
+                            s.timer = None;
+                        }
+                        self.fire_backup(&chunk, Some(now));
+                    }
+                }
+                Timer::Fetch(chunk) => {
+                    if self
+                        .fetching
+                        .get(&chunk)
+                        .is_some_and(|f| f.timer == Some(key))
+                    {
+                        if let Some(f) = self.fetching.get_mut(&chunk) {
+                            f.timer = None;
+                        }
+                        self.fire_fetch(&chunk, now);
+                    }
+                }
+                Timer::Resend(id) => self.fire_resend(id, now),
+            }
+        }
+    }
+
+    /// What is in progress, for tests and `state`.
+    pub fn load(&self) -> Load {
+        Load {
+            storing: self.storing.len(),
+            replying: self.replying.len(),
+            sending: self.sending.len(),
+            fetching: self.fetching.len(),
+            rebacking: self.rebacking.len(),
+            timers: self.timers.len(),
+        }
+    }
+}
+
+/// How much the engine has in progress.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Load {
+    pub storing: usize,
+    pub replying: usize,
+    pub sending: usize,
+    pub fetching: usize,
+    pub rebacking: usize,
+    pub timers: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ChunkNo;
+
+    const ME: PeerId = PeerId(1);
+
+    fn chunk(no: u32) -> ChunkId {
+        ChunkId {
+            file_id: FileId::parse(&"a".repeat(64)).unwrap(),
+            chunk_no: ChunkNo(no),
+        }
+    }
+
+    fn msg(from: u32, kind: MessageKind) -> Message {
+        Message::new(PeerId(from), kind)
+    }
+
+    fn rd(n: u8) -> Rd {
+        Rd::new(n).unwrap()
+    }
+
+    /// Runs the timers up to `until`, returning each message sent with its time since `t0`.
+    fn run(p: &mut Peer, t0: Instant, until: Duration) -> Vec<(Duration, Message)> {
+        let mut sent: Vec<(Duration, Message)> = std::iter::from_fn(|| p.poll_transmit())
+            .map(|m| (Duration::ZERO, m))
+            .collect();
+        while let Some(at) = p.poll_timeout().filter(|at| *at <= t0 + until) {
+            p.handle_timeout(at);
+            sent.extend(std::iter::from_fn(|| p.poll_transmit()).map(|m| (at - t0, m)));
+        }
+        sent
+    }
+
+    fn actions(p: &mut Peer) -> Vec<Action> {
+        std::iter::from_fn(|| p.poll_action()).collect()
+    }
+
+    #[test]
+    fn stored_goes_out_at_the_random_instant_once_the_chunk_is_written() {
+        let t0 = Instant::now();
+        for seed in 0..50 {
+            let mut p = Peer::new(ME, seed);
+            let put = MessageKind::PutChunk {
+                chunk: chunk(0),
+                rd: rd(2),
+                body: vec![1; 10],
+            };
+            p.handle(msg(2, put.clone()), t0);
+            p.handle(msg(2, put), t0); // a duplicate while it is written: one store
+            let a = actions(&mut p);
+            assert_eq!(a.len(), 1);
+            assert!(matches!(a[0], Action::Store { .. }));
+            assert!(
+                p.poll_transmit().is_none(),
+                "no STORED before the chunk is on disk"
+            );
+            p.stored(&chunk(0), Put::Written, t0);
+            let sent = run(&mut p, t0, Duration::from_secs(1));
+            assert_eq!(sent.len(), 1);
+            assert!(sent[0].0 <= MAX_REPLY_DELAY);
+            assert_eq!(sent[0].1.kind, MessageKind::Stored { chunk: chunk(0) });
+        }
+    }
+
+    #[test]
+    fn a_slow_write_sends_stored_as_soon_as_it_is_done() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(ME, 3);
+        let body = vec![1; 10];
+        let put = MessageKind::PutChunk {
+            chunk: chunk(0),
+            rd: rd(2),
+            body,
+        };
+        p.handle(msg(2, put), t0);
+        p.stored(&chunk(0), Put::Held, t0 + Duration::from_secs(2));
+        assert!(matches!(
+            p.poll_transmit().map(|m| m.kind),
+            Some(MessageKind::Stored { .. })
+        ));
+    }
+
+    #[test]
+    fn a_delete_while_writing_drops_the_chunk_and_its_stored() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(ME, 1);
+        let put = MessageKind::PutChunk {
+            chunk: chunk(0),
+            rd: rd(1),
+            body: vec![],
+        };
+        p.handle(msg(2, put), t0);
+        p.handle(
+            msg(
+                2,
+                MessageKind::Delete {
+                    file_id: chunk(0).file_id,
+                },
+            ),
+            t0,
+        );
+        p.stored(&chunk(0), Put::Written, t0);
+        let a = actions(&mut p);
+        assert!(a.contains(&Action::DropHosted { chunk: chunk(0) }), "{a:?}");
+        assert!(run(&mut p, t0, Duration::from_secs(1)).is_empty());
+        // Stored earlier, DELETE during the random wait: no STORED either.
+        let mut p = Peer::new(ME, 1);
+        let put = MessageKind::PutChunk {
+            chunk: chunk(1),
+            rd: rd(1),
+            body: vec![],
+        };
+        p.handle(msg(2, put), t0);
+        p.stored(&chunk(1), Put::Written, t0);
+        p.handle(
+            msg(
+                3,
+                MessageKind::Delete {
+                    file_id: chunk(1).file_id,
+                },
+            ),
+            t0,
+        );
+        assert!(run(&mut p, t0, Duration::from_secs(1)).is_empty());
+    }
+
+    #[test]
+    fn storeds_heard_while_writing_are_recorded_once_written() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(ME, 1);
+        let put = MessageKind::PutChunk {
+            chunk: chunk(0),
+            rd: rd(1),
+            body: vec![],
+        };
+        p.handle(msg(2, put), t0);
+        for from in [3, 3, 4] {
+            p.handle(msg(from, MessageKind::Stored { chunk: chunk(0) }), t0);
+        }
+        actions(&mut p);
+        p.stored(&chunk(0), Put::Written, t0);
+        assert_eq!(
+            actions(&mut p),
+            vec![Action::RecordHolders {
+                chunk: chunk(0),
+                peers: vec![PeerId(3), PeerId(4)]
+            }]
+        );
+    }
+
+    #[test]
+    fn a_flood_of_putchunks_is_bounded() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(ME, 1);
+        for no in 0..1000 {
+            let put = MessageKind::PutChunk {
+                chunk: chunk(no),
+                rd: rd(1),
+                body: vec![],
+            };
+            p.handle(msg(2, put), t0);
+        }
+        assert_eq!(actions(&mut p).len(), MAX_CONCURRENT_STORES);
+        assert_eq!(p.counters().busy_drops, 1000 - MAX_CONCURRENT_STORES as u64);
+    }
+
+    fn getchunk(p: &mut Peer, no: u32, at: Instant) {
+        p.handle(msg(2, MessageKind::GetChunk { chunk: chunk(no) }), at);
+    }
+
+    #[test]
+    fn getchunk_is_answered_after_a_random_wait_unless_a_good_copy_is_heard() {
+        let t0 = Instant::now();
+        let body = vec![5u8; 100];
+        let hash = sha256_hex(&body);
+        let mut p = Peer::new(ME, 9);
+        getchunk(&mut p, 0, t0);
+        getchunk(&mut p, 0, t0); // repeated: one reply
+        assert_eq!(
+            actions(&mut p),
+            vec![Action::LookupHosted { chunk: chunk(0) }]
+        );
+        p.hosted(&chunk(0), Some((100, hash.clone())), t0);
+        let mut at = None;
+        while let Some(t) = p.poll_timeout() {
+            p.handle_timeout(t);
+            at = Some(t);
+        }
+        assert!(at.unwrap() - t0 <= MAX_REPLY_DELAY);
+        assert_eq!(
+            actions(&mut p),
+            vec![Action::ReadHosted { chunk: chunk(0) }]
+        );
+        p.serve(chunk(0), Some(body.clone()), at.unwrap());
+        let sent = p.poll_transmit().unwrap();
+        assert_eq!(
+            sent.kind,
+            MessageKind::Chunk {
+                chunk: chunk(0),
+                body: body.clone()
+            }
+        );
+
+        // Another holder's good copy silences us; junk of the right length does not.
+        let t1 = t0 + Duration::from_secs(5);
+        for (heard, silent) in [(body.clone(), true), (vec![6u8; 100], false)] {
+            let mut p = Peer::new(ME, 9);
+            getchunk(&mut p, 0, t1);
+            p.hosted(&chunk(0), Some((100, hash.clone())), t1);
+            p.handle(
+                msg(
+                    3,
+                    MessageKind::Chunk {
+                        chunk: chunk(0),
+                        body: heard,
+                    },
+                ),
+                t1,
+            );
+            run(&mut p, t1, Duration::from_secs(1));
+            let read = actions(&mut p).contains(&Action::ReadHosted { chunk: chunk(0) });
+            assert_eq!(read, !silent);
+        }
+    }
+
+    #[test]
+    fn one_chunk_per_second_per_chunk_whatever_the_getchunks() {
+        let t0 = Instant::now();
+        let body = vec![5u8; 10];
+        let hash = sha256_hex(&body);
+        let mut p = Peer::new(ME, 4);
+        let mut sent = Vec::new();
+        for ms in (0..3000).step_by(10) {
+            let now = t0 + Duration::from_millis(ms);
+            p.handle_timeout(now);
+            getchunk(&mut p, 0, now);
+            for a in actions(&mut p) {
+                match a {
+                    Action::LookupHosted { chunk } => {
+                        p.hosted(&chunk, Some((10, hash.clone())), now)
+                    }
+                    Action::ReadHosted { chunk } => p.serve(chunk, Some(body.clone()), now),
+                    _ => {}
+                }
+            }
+            sent.extend(std::iter::from_fn(|| p.poll_transmit()).map(|_| ms));
+        }
+        assert!(sent.len() <= 3, "{sent:?}");
+        assert!(sent.windows(2).all(|w| w[1] - w[0] >= 1000), "{sent:?}");
+    }
+
+    #[test]
+    fn a_hosted_chunk_below_rd_is_backed_up_again_unless_another_holder_starts() {
+        let t0 = Instant::now();
+        for other_starts in [false, true] {
+            let mut p = Peer::new(ME, 2);
+            p.handle(msg(3, MessageKind::Removed { chunk: chunk(0) }), t0);
+            assert_eq!(
+                actions(&mut p),
+                vec![Action::RemoveHolder {
+                    chunk: chunk(0),
+                    peer: PeerId(3)
+                }]
+            );
+            p.removed(&chunk(0), Role::Hosted { desired_rd: 2 }, 1, t0);
+            if other_starts {
+                let put = MessageKind::PutChunk {
+                    chunk: chunk(0),
+                    rd: rd(2),
+                    body: vec![],
+                };
+                p.handle(msg(4, put), t0 + Duration::from_millis(1));
+                actions(&mut p);
+            }
+            run(&mut p, t0, Duration::from_secs(1));
+            let read = actions(&mut p).contains(&Action::ReadForRebackup {
+                chunk: chunk(0),
+                desired_rd: 2,
+            });
+            assert_eq!(read, !other_starts);
+        }
+        // At its RD: nothing; ours below RD: the home peer's repair.
+        let mut p = Peer::new(ME, 2);
+        p.removed(&chunk(0), Role::Hosted { desired_rd: 2 }, 2, t0);
+        p.removed(&chunk(1), Role::Own { desired_rd: 3 }, 2, t0);
+        run(&mut p, t0, Duration::from_secs(1));
+        assert_eq!(actions(&mut p), vec![Action::Repair]);
+    }
+
+    #[test]
+    fn a_rebackup_stops_when_its_file_is_deleted_but_our_own_backups_do_not() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(ME, 2);
+        p.rebackup(&chunk(0), Some((chunk(0), rd(3), vec![1], vec![ME])), t0);
+        p.start_job(JobId(1), JobKind::Backup);
+        let other = ChunkId {
+            file_id: FileId::parse(&"b".repeat(64)).unwrap(),
+            chunk_no: ChunkNo(0),
+        };
+        p.backup_chunk(JobId(1), other.clone(), rd(3), vec![1], vec![], t0);
+        actions(&mut p);
+        for file_id in [chunk(0).file_id, other.file_id.clone()] {
+            p.handle(msg(4, MessageKind::Delete { file_id }), t0);
+        }
+        let ended: Vec<ChunkId> = actions(&mut p)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::BackedUp { chunk, outcome, .. } => {
+                    assert_eq!(outcome.stopped, Some(Stopped::Deleted));
+                    Some(chunk)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ended, vec![chunk(0)]);
+    }
+
+    /// Drives a chunk backup, answering `ReadBody` with the bytes, until it ends.
+    fn drive_backup(
+        p: &mut Peer,
+        t0: Instant,
+        storers: &[(u32, Duration)],
+    ) -> (Vec<Duration>, BackupOutcome) {
+        let mut sends = Vec::new();
+        let mut now = t0;
+        loop {
+            for a in actions(p) {
+                match a {
+                    Action::ReadBody { chunk } => p.resend_body(&chunk, Some(vec![1]), now),
+                    Action::BackedUp { outcome, .. } => return (sends, outcome),
+                    _ => {}
+                }
+            }
+            for m in std::iter::from_fn(|| p.poll_transmit()) {
+                if matches!(m.kind, MessageKind::PutChunk { .. }) {
+                    sends.push(now - t0);
+                }
+            }
+            let next_stored = storers
+                .iter()
+                .filter(|(_, at)| t0 + *at > now)
+                .map(|(_, at)| t0 + *at)
+                .min();
+            let next = [p.poll_timeout(), next_stored]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap();
+            now = next;
+            for (peer, at) in storers {
+                if t0 + *at == now {
+                    p.handle(msg(*peer, MessageKind::Stored { chunk: chunk(0) }), now);
+                }
+            }
+            p.handle_timeout(now);
+        }
+    }
+
+    #[test]
+    fn putchunk_is_resent_at_0_1_3_7_15_s_and_counts_distinct_peers() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(ME, 1);
+        p.start_job(JobId(1), JobKind::Backup);
+        p.backup_chunk(JobId(1), chunk(0), rd(3), vec![1], vec![], t0);
+        let ms = Duration::from_millis;
+        let (sends, outcome) = drive_backup(&mut p, t0, &[(2, ms(10)), (2, ms(20)), (3, ms(30))]);
+        let secs: Vec<u64> = sends.iter().map(|d| d.as_secs()).collect();
+        assert_eq!(secs, vec![0, 1, 3, 7, 15]);
+        assert!(!outcome.reached);
+        assert_eq!(outcome.holders, vec![PeerId(2), PeerId(3)]);
+
+        let mut p = Peer::new(ME, 1);
+        p.start_job(JobId(1), JobKind::Backup);
+        p.backup_chunk(JobId(1), chunk(0), rd(2), vec![1], vec![], t0);
+        let (sends, outcome) = drive_backup(&mut p, t0, &[(2, ms(10)), (3, ms(1500))]);
+        assert_eq!(
+            sends,
+            vec![ms(0), ms(1000)],
+            "stops once RD peers confirmed"
+        );
+        assert!(outcome.reached);
+        assert!(outcome.recovered_by_resend);
+    }
+
+    fn credit(a: &[Action]) -> usize {
+        a.iter()
+            .map(|a| match a {
+                Action::Credit { n, .. } => *n,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    #[test]
+    fn the_window_admits_chunks_as_first_rounds_end() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(ME, 1);
+        p.start_job(JobId(7), JobKind::Backup);
+        let first = credit(&actions(&mut p));
+        assert_eq!(first, BACKUP_WINDOW.0);
+        for no in 0..first as u32 {
+            p.backup_chunk(JobId(7), chunk(no), rd(1), vec![1], vec![], t0);
+        }
+        assert_eq!(credit(&actions(&mut p)), 0, "the window is full");
+        // A chunk confirmed on its first send: room for one more, and the window grows.
+        p.handle(msg(2, MessageKind::Stored { chunk: chunk(0) }), t0);
+        assert_eq!(credit(&actions(&mut p)), 2);
+        // The others resend at 1 s: they leave their first round, so new chunks come in.
+        p.handle_timeout(t0 + Duration::from_secs(1));
+        let resent = actions(&mut p);
+        assert_eq!(credit(&resent), first - 1);
+        for a in resent {
+            if let Action::ReadBody { chunk } = a {
+                p.resend_body(&chunk, Some(vec![1]), t0 + Duration::from_secs(1));
+            }
+        }
+        // A chunk whose file changed ends, not reached.
+        p.handle_timeout(t0 + Duration::from_secs(3));
+        let reads: Vec<ChunkId> = actions(&mut p)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::ReadBody { chunk } => Some(chunk),
+                _ => None,
+            })
+            .collect();
+        p.resend_body(&reads[0], None, t0 + Duration::from_secs(3));
+        assert!(actions(&mut p).iter().any(|a| matches!(
+            a,
+            Action::BackedUp {
+                outcome: BackupOutcome {
+                    stopped: Some(Stopped::Changed),
+                    reached: false,
+                    ..
+                },
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn a_fetch_takes_only_the_recorded_bytes_and_gives_up_in_bounded_time() {
+        let t0 = Instant::now();
+        let body = vec![3u8; 50];
+        let mut p = Peer::new(ME, 1);
+        p.start_job(JobId(1), JobKind::Restore);
+        assert_eq!(credit(&actions(&mut p)), RESTORE_WINDOW.0);
+        p.fetch_chunk(JobId(1), chunk(0), 50, sha256_hex(&body), t0);
+        p.fetch_chunk(JobId(1), chunk(1), 50, sha256_hex(&body), t0);
+        assert_eq!(run(&mut p, t0, Duration::ZERO).len(), 2, "two GETCHUNKs");
+        for junk in [vec![3u8; 49], vec![4u8; 50]] {
+            let kind = MessageKind::Chunk {
+                chunk: chunk(0),
+                body: junk,
+            };
+            p.handle(msg(2, kind), t0);
+        }
+        assert!(actions(&mut p).is_empty());
+        let kind = MessageKind::Chunk {
+            chunk: chunk(0),
+            body: body.clone(),
+        };
+        p.handle(msg(2, kind), t0);
+        let a = actions(&mut p);
+        assert!(a.contains(&Action::Fetched {
+            jobs: vec![JobId(1)],
+            chunk: chunk(0),
+            body: Some(body),
+            sends: 1
+        }));
+        let sent = run(&mut p, t0, Duration::from_secs(60));
+        let secs: Vec<u64> = sent.iter().map(|(d, _)| d.as_secs()).collect();
+        assert_eq!(secs, vec![1, 3, 7, 11, 15, 19, 23]);
+        assert!(actions(&mut p).iter().any(|a| matches!(
+            a,
+            Action::Fetched {
+                body: None,
+                sends: 8,
+                ..
+            }
+        )));
+        assert_eq!(p.poll_timeout(), None, "nothing left");
+    }
+
+    #[test]
+    fn delete_and_removed_are_repeated_on_their_schedule() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(ME, 1);
+        p.send_delete(vec![chunk(0).file_id, chunk(1).file_id], t0);
+        let sent = run(&mut p, t0, Duration::from_secs(10));
+        let at: Vec<u128> = sent.iter().map(|(d, _)| d.as_millis()).collect();
+        let expected: Vec<u128> = (0..DELETE_SENDS as u128)
+            .flat_map(|i| [i * 300, i * 300])
+            .collect();
+        assert_eq!(at, expected);
+        assert_eq!(
+            actions(&mut p),
+            vec![Action::DeletesSent {
+                file_ids: vec![chunk(0).file_id, chunk(1).file_id]
+            }]
+        );
+        p.send_removed(chunk(0), t0);
+        let at: Vec<u128> = run(&mut p, t0, Duration::from_secs(10))
+            .iter()
+            .map(|(d, _)| d.as_millis())
+            .collect();
+        assert_eq!(at, vec![0, 200, 600]);
+    }
+
+    #[test]
+    fn own_id_putchunks_are_looked_into_once_a_second_unless_explained() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(ME, 1);
+        let put = |no| MessageKind::PutChunk {
+            chunk: chunk(no),
+            rd: rd(1),
+            body: vec![],
+        };
+        for ms in 0..2000u64 {
+            p.handle(msg(1, put(ms as u32)), t0 + Duration::from_millis(ms));
+        }
+        assert_eq!(actions(&mut p).len(), 2);
+        // Our own backup echoing back is no evidence.
+        p.start_job(JobId(1), JobKind::Backup);
+        p.backup_chunk(JobId(1), chunk(5000), rd(1), vec![], vec![], t0);
+        actions(&mut p);
+        p.handle(msg(1, put(5000)), t0 + Duration::from_secs(10));
+        assert!(actions(&mut p).is_empty());
+    }
+
+    #[test]
+    fn ending_a_job_stops_its_chunks() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(ME, 1);
+        p.start_job(JobId(1), JobKind::Backup);
+        p.backup_chunk(JobId(1), chunk(0), rd(1), vec![], vec![], t0);
+        p.start_job(JobId(2), JobKind::Restore);
+        p.fetch_chunk(JobId(2), chunk(1), 0, sha256_hex(&[]), t0);
+        p.end_job(JobId(1));
+        p.end_job(JobId(2));
+        assert_eq!(p.load().sending + p.load().fetching, 0);
+        assert_eq!(p.poll_timeout(), None);
+    }
+}
