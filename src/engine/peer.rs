@@ -954,28 +954,25 @@ impl Peer {
         let Some(f) = self.fetching.get_mut(chunk) else {
             return;
         };
-        loop {
-            match f.fetch.poll(now) {
-                restore::Action::SendGetChunk => {
-                    self.send(MessageKind::GetChunk {
-                        chunk: chunk.clone(),
-                    });
-                    return self.fire_fetch(chunk, now);
+        match f.fetch.poll(now) {
+            restore::Action::SendGetChunk => {
+                self.send(MessageKind::GetChunk {
+                    chunk: chunk.clone(),
+                });
+                // Arms the wait for the CHUNK.
+                self.fire_fetch(chunk, now);
+            }
+            restore::Action::WaitUntil(t) => {
+                let old = f.timer.take();
+                self.disarm(old);
+                let timer = self.arm(t, Timer::Fetch(chunk.clone()));
+                if let Some(f) = self.fetching.get_mut(chunk) {
+                    f.timer = Some(timer);
                 }
-                restore::Action::WaitUntil(t) => {
-                    let old = f.timer.take();
-                    self.disarm(old);
-                    let timer = self.arm(t, Timer::Fetch(chunk.clone()));
-                    if let Some(f) = self.fetching.get_mut(chunk) {
-                        f.timer = Some(timer);
-                    }
-                    return;
-                }
-                restore::Action::GaveUp => {
-                    if let Some(f) = self.fetching.remove(chunk) {
-                        self.end_fetch(chunk.clone(), f, None);
-                    }
-                    return;
+            }
+            restore::Action::GaveUp => {
+                if let Some(f) = self.fetching.remove(chunk) {
+                    self.end_fetch(chunk.clone(), f, None);
                 }
             }
         }
