@@ -37,6 +37,10 @@ pub const REMOVED_GAPS: [Duration; 2] = [Duration::from_millis(200), Duration::f
 /// DELETE is sent 8 times, 300 ms apart: the network loses messages and 1.0 has no reply.
 pub const DELETE_SENDS: u32 = 8;
 pub const DELETE_SPACING: Duration = Duration::from_millis(300);
+/// Chunks re-indexed by `--rebuild-catalog` are announced with STORED, this many per
+/// `ANNOUNCE_EVERY`, so the announcement does not flood the LAN.
+pub const ANNOUNCE_BATCH: usize = 100;
+pub const ANNOUNCE_EVERY: Duration = Duration::from_millis(100);
 /// A PUTCHUNK with our own id is looked into once a second at most.
 const OWN_ID_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Our own re-backup or a deleted file explains a PUTCHUNK with our id this long after.
@@ -155,6 +159,8 @@ pub enum Action {
     DeletesSent { file_ids: Vec<FileId> },
     /// A PUTCHUNK with our id: if the chunk is not ours, another peer uses our id.
     CheckOwnId { chunk: ChunkId },
+    /// Every chunk given to `announce` was announced.
+    Announced,
 }
 
 /// Counters of what the engine dropped or sent, for `state`.
@@ -178,6 +184,7 @@ enum Timer {
     Backup(ChunkId),
     Fetch(ChunkId),
     Resend(u64),
+    Announce,
 }
 
 /// A PUTCHUNK being stored by the driver.
@@ -298,6 +305,9 @@ pub struct Peer {
     next_resend: u64,
     jobs: BTreeMap<JobId, Job>,
     own_id_checked: Option<Instant>,
+    /// Chunks still to announce with STORED, and whether the next batch's timer is armed.
+    announcing: VecDeque<ChunkId>,
+    announce_armed: bool,
     transmits: VecDeque<Message>,
     actions: VecDeque<Action>,
     counters: Counters,
@@ -324,6 +334,8 @@ impl Peer {
             next_resend: 0,
             jobs: BTreeMap::new(),
             own_id_checked: None,
+            announcing: VecDeque::new(),
+            announce_armed: false,
             transmits: VecDeque::new(),
             actions: VecDeque::new(),
             counters: Counters::default(),
@@ -1072,6 +1084,28 @@ impl Peer {
         }
     }
 
+    /// Announces hosted chunks with one STORED each, paced (`ANNOUNCE_BATCH` per
+    /// `ANNOUNCE_EVERY`), so their home peers count this peer as a holder again.
+    pub fn announce(&mut self, chunks: Vec<ChunkId>, now: Instant) {
+        self.announcing.extend(chunks);
+        if !self.announce_armed {
+            self.fire_announce(now);
+        }
+    }
+
+    fn fire_announce(&mut self, now: Instant) {
+        let n = self.announcing.len().min(ANNOUNCE_BATCH);
+        for chunk in self.announcing.drain(..n).collect::<Vec<_>>() {
+            self.send(MessageKind::Stored { chunk });
+        }
+        if self.announcing.is_empty() {
+            self.actions.push_back(Action::Announced);
+        } else {
+            self.announce_armed = true;
+            self.arm(now + ANNOUNCE_EVERY, Timer::Announce);
+        }
+    }
+
     // ---- time -------------------------------------------------------------------------------
 
     /// Runs every timer due at `now`.
@@ -1154,6 +1188,10 @@ impl Peer {
                     }
                 }
                 Timer::Resend(id) => self.fire_resend(id, now),
+                Timer::Announce => {
+                    self.announce_armed = false;
+                    self.fire_announce(now);
+                }
             }
         }
     }
@@ -1710,6 +1748,20 @@ mod tests {
         actions(&mut p);
         p.handle(msg(1, put(5000)), t0 + Duration::from_secs(10));
         assert!(actions(&mut p).is_empty());
+    }
+
+    #[test]
+    fn announcements_are_paced() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(ME, 1);
+        p.announce((0..250).map(chunk).collect(), t0);
+        let sent = run(&mut p, t0, Duration::from_secs(5));
+        let per_tick: Vec<usize> = [0, 100, 200]
+            .iter()
+            .map(|ms| sent.iter().filter(|(d, _)| d.as_millis() == *ms).count())
+            .collect();
+        assert_eq!(per_tick, vec![100, 100, 50]);
+        assert_eq!(actions(&mut p), vec![Action::Announced]);
     }
 
     #[test]
