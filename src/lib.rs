@@ -15,4 +15,5 @@ pub mod fsx;
 pub mod net;
 pub mod protocol;
 pub mod service;
+pub mod shutdown;
 pub mod store;

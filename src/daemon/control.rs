@@ -13,7 +13,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::spawn_blocking;
 
-use super::jobs::{self, Done};
+use super::cmd::{self, Done};
 use super::Node;
 use crate::control::{self, exit, shown, Reply, Request};
 use crate::fsx;
@@ -199,7 +199,7 @@ async fn prepare(
                 .await
                 .map_err(|e| e.to_string())??;
             // Refused before any work when the version is not the caller's.
-            let row = jobs::restore_choice(node, &path, version, owner).await?;
+            let row = cmd::restore::restore_choice(node, &path, version, owner).await?;
             Ok(Job::Restore { path, row, out })
         }
         Request::Delete { path } => {
@@ -279,13 +279,17 @@ async fn run(
             path,
             root,
             replication,
-        } => jobs::backup(&node, path, root, replication, owner, &progress).await,
-        Job::Restore { path, row, out } => jobs::restore(&node, path, row, out, &progress).await,
-        Job::Other(Request::Versions { path }) => jobs::versions(&node, path, owner).await,
-        Job::Other(Request::Delete { path }) => jobs::delete(&node, path).await,
-        Job::Other(Request::Reclaim { quota }) => jobs::reclaim(&node, quota).await,
-        Job::Other(Request::State) => jobs::state(&node, owner).await,
-        Job::Other(Request::Check) => jobs::check(&node).await,
+        } => cmd::backup::backup(&node, path, root, replication, owner, &progress).await,
+        Job::Restore { path, row, out } => {
+            cmd::restore::restore(&node, path, row, out, &progress).await
+        }
+        Job::Other(Request::Versions { path }) => {
+            cmd::reply(cmd::versions::versions(&node, path, owner).await)
+        }
+        Job::Other(Request::Delete { path }) => cmd::reply(cmd::delete::delete(&node, path).await),
+        Job::Other(Request::Reclaim { quota }) => cmd::reclaim::reclaim(&node, quota).await,
+        Job::Other(Request::State) => cmd::state::state(&node, owner).await,
+        Job::Other(Request::Check) => cmd::check::check(&node).await,
         Job::Other(Request::Backup { .. } | Request::Restore { .. }) => {
             unreachable!("prepare turns these into their jobs")
         }

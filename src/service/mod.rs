@@ -14,7 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
 use crate::config::{self, Config, NetworkConfig};
-use crate::daemon::{self, jobs, Node};
+use crate::daemon::{self, cmd, Node};
 use crate::protocol::auth::LanKey;
 use watch::Watchers;
 
@@ -36,7 +36,8 @@ pub async fn run(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let (node, control) = daemon::start(config, lan_key, options).await?;
+    let stop = crate::shutdown::Trigger::new();
+    let (node, control) = daemon::start(config, lan_key, options, &stop).await?;
     daemon::serve_control(node.clone(), control);
     let wake = Arc::new(Notify::new());
     tokio::spawn(queue::run(node.clone(), wake.clone()));
@@ -79,6 +80,9 @@ pub async fn run(
     }
     systemd::stopping();
     tracing::info!("stopping");
+    if !stop.shutdown(Duration::from_secs(4)).await {
+        tracing::warn!("some tasks did not stop in time");
+    }
     let _ = node.catalog.checkpoint().await;
     let _ = std::fs::remove_file(&node.config().peer.control_socket);
     Ok(())
@@ -152,10 +156,10 @@ async fn reload(node: &Arc<Node>, path: &Path, watchers: &mut Watchers, wake: &A
             }
             node.set_lan_key(key);
             node.set_config(new.clone());
-            match jobs::effective_quota(&node.catalog, new.storage.quota).await {
+            match cmd::reclaim::effective_quota(&node.catalog, new.storage.quota).await {
                 Ok(quota) => {
                     node.store.set_quota(quota);
-                    tokio::spawn(jobs::reclaim_to_quota(node.clone()));
+                    tokio::spawn(cmd::reclaim::reclaim_to_quota(node.clone()));
                 }
                 Err(e) => tracing::error!("cannot apply the new quota: {e}"),
             }

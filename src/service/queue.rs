@@ -12,7 +12,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::config::WatchConfig;
-use crate::daemon::jobs::{backup_file, forget_versions, BackupError, Policy};
+use crate::daemon::cmd::backup::{backup_file, BackupError};
+use crate::daemon::cmd::delete::{forget_versions, Policy};
 use crate::daemon::Node;
 use crate::service::presence::{self, Absence, Presence};
 

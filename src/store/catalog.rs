@@ -13,7 +13,7 @@ use std::sync::Arc;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
-use crate::protocol::message::{ChunkNo, FileId, PeerId};
+use crate::protocol::message::{ChunkId, ChunkNo, FileId, PeerId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -108,6 +108,16 @@ pub struct HostedRow {
     pub size: u64,
     pub hash: String,
     pub desired_rd: u8,
+}
+
+impl HostedRow {
+    /// The chunk, with the fileId text exactly as its home peer wrote it.
+    pub fn chunk_id(&self) -> ChunkId {
+        ChunkId {
+            file_id: self.file_id.clone(),
+            chunk_no: self.chunk_no,
+        }
+    }
 }
 
 /// What a chunk is to this peer.

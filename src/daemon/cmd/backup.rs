@@ -1,0 +1,585 @@
+//! `peerstash backup PATH` and the watched folders' backups: a file (or every file below a
+//! folder, walked through handles) scanned, recorded as a version, read chunk by chunk and
+//! handed to the engine, then checked unchanged before the version counts as complete.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio::task::spawn_blocking;
+
+use super::delete::send_pending_deletes;
+use super::{report, Done, Progress};
+use crate::control::{exit, shown};
+use crate::daemon::driver::{Input, JobEvent, Source};
+use crate::daemon::Node;
+use crate::engine::peer::JobKind;
+use crate::engine::restore::expected_len;
+use crate::fsx;
+use crate::protocol::{
+    chunk_count, hex, sha256_hex, ChunkId, ChunkNo, FileId, FileIdentity, PeerId, Rd, CHUNK_SIZE,
+};
+use crate::store::{BackupId, FileRow, Forget, StoreError};
+
+/// Chunks read and recorded in the catalog in one go before they are sent.
+const READ_BATCH: usize = 32;
+
+/// Backs up what `root` names: a file, or every regular file below a folder (entered through
+/// handles, symlinks never followed). `path` is the name the caller gave it (checked to be the
+/// same file). `owner`: a non-root caller's uid; only its own files and folders are backed up,
+/// the others are skipped and counted.
+pub(crate) async fn backup(
+    node: &Arc<Node>,
+    path: PathBuf,
+    root: File,
+    rd: Option<u8>,
+    owner: Option<u32>,
+    progress: &Progress,
+) -> Done {
+    let root = Arc::new(root);
+    let listed = spawn_blocking({
+        let root = root.clone();
+        move || -> std::io::Result<Option<Vec<PathBuf>>> {
+            match root.metadata()?.is_dir() {
+                true => fsx::list_files(&root, owner).map(Some),
+                false => Ok(None),
+            }
+        }
+    })
+    .await;
+    // None: `root` is the file itself.
+    let files: Vec<Option<PathBuf>> = match listed {
+        Ok(Ok(Some(rels))) => rels.into_iter().map(Some).collect(),
+        Ok(Ok(None)) => vec![None],
+        Ok(Err(e)) => return Done::failed(format!("cannot read {}: {e}", shown(&path))),
+        Err(e) => return Done::failed(e.to_string()),
+    };
+    let (mut ok, mut below, mut failed, mut skipped) = (0usize, 0usize, 0usize, 0usize);
+    // The fewest peers heard by a backup that ended below its RD, and that RD: why it did.
+    let mut short: Option<(usize, u8)> = None;
+    let mut last_error = String::new();
+    for rel in &files {
+        let file_path = rel.as_ref().map_or(path.clone(), |r| path.join(r));
+        let opened = spawn_blocking({
+            let (root, rel) = (root.clone(), rel.clone());
+            move || -> std::io::Result<File> {
+                match rel {
+                    Some(rel) => fsx::open_below(&root, &rel, fsx::Kind::File),
+                    None => root.try_clone(),
+                }
+            }
+        })
+        .await;
+        let file = match opened {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                failed += 1;
+                last_error = format!("{}: {e}", shown(&file_path));
+                report(progress, format!("failed {last_error}"));
+                continue;
+            }
+            Err(e) => return Done::failed(e.to_string()),
+        };
+        // The owner as the handle says, never as a path looked up again.
+        if owner.is_some_and(|uid| file.metadata().map(|m| m.uid()).ok() != Some(uid)) {
+            skipped += 1;
+            continue;
+        }
+        let desired = rd.unwrap_or_else(|| default_rd(node, &file_path));
+        match backup_handle(node, &file_path, file, desired).await {
+            Ok(r) => {
+                let state = if r.below == 0 {
+                    ok += 1;
+                    format!("every chunk at RD ≥ {desired}")
+                } else {
+                    below += 1;
+                    short = Some(
+                        short.map_or((r.peers_heard, desired), |(n, d)| (n.min(r.peers_heard), d)),
+                    );
+                    format!("{} of {} chunks below RD {desired}", r.below, r.chunks)
+                };
+                report(
+                    progress,
+                    format!(
+                        "backed up {} (version {}, {} bytes, {} chunks): {state}",
+                        shown(&file_path),
+                        r.version,
+                        r.size,
+                        r.chunks
+                    ),
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                last_error = format!("{}: {e}", shown(&file_path));
+                report(progress, format!("failed {last_error}"));
+            }
+        }
+    }
+    if skipped > 0 && ok + below + failed == 0 {
+        return Done::failed(format!(
+            "you may back up only files you own, and none below {} is yours",
+            shown(&path)
+        ));
+    }
+    // In the final line, which a slow client never misses (progress lines it may).
+    let not_yours = match skipped {
+        0 => String::new(),
+        n => format!(", {n} skipped (not yours)"),
+    };
+    let summary = format!(
+        "{} files: {ok} fully replicated, {below} below their desired RD, {failed} failed{not_yours}",
+        ok + below + failed
+    );
+    let code = if failed > 0 {
+        exit::FAILED
+    } else if below > 0 {
+        exit::BELOW_RD
+    } else {
+        exit::OK
+    };
+    let mut message = if failed > 0 {
+        format!("{summary} (last error: {last_error})")
+    } else {
+        summary
+    };
+    if let Some((heard, rd)) = short {
+        message.push_str(&format!(
+            "; only {heard} other peers confirmed chunks, and RD {rd} needs {rd} other peers running with room in their quota (see their `peerstash state`)"
+        ));
+        if let Some(warning) = node.duplicate_id_warning() {
+            message.push_str(&format!("; {warning}"));
+        }
+    }
+    Done {
+        code,
+        message,
+        data: None,
+    }
+}
+
+/// The RD of the watched folder holding `path`, or 2.
+fn default_rd(node: &Node, path: &Path) -> u8 {
+    node.config().watch_of(path).map_or(2, |w| w.replication)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BackupError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the file changed while it was being backed up; back it up again once it is stable")]
+    Changed,
+    #[error("the file is larger than the protocol's 64 GB limit")]
+    TooLarge,
+    #[error("this version was deleted (`peerstash delete`?) while it was being backed up")]
+    Deleted,
+    #[error("the daemon is stopping; the backup resumes when it is back")]
+    Stopping,
+    #[error("internal error: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+pub(crate) struct BackupReport {
+    pub version: u32,
+    pub size: u64,
+    pub chunks: u64,
+    pub below: u64,
+    /// Distinct peers that confirmed at least one chunk of this backup.
+    pub peers_heard: usize,
+}
+
+/// What tells that a file changed: size, mtime and ctime (every write moves ctime, and nobody
+/// can set it back). Compared from the handle (fstat) before and after reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+impl Stamp {
+    /// Whether the file stayed as it was from `self` (before reading) to `after`. A ctime that
+    /// moved while size and mtime did not (a hard link made or renamed, a chmod — or a write
+    /// followed by `touch -r`) is decided by the content: `same_content` says whether the two
+    /// reads of the file (the scan and the chunks) agreed.
+    fn stable(&self, after: &Stamp, same_content: bool) -> bool {
+        self.size == after.size
+            && self.mtime_ns == after.mtime_ns
+            && (self.ctime_ns == after.ctime_ns || same_content)
+    }
+
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            size: meta.len(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        }
+    }
+}
+
+struct Scanned {
+    inode: u64,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime_ns: i64,
+    mode: u32,
+    content_hash: String,
+    /// The file as it was before it was read.
+    stamp: Stamp,
+    /// Whether it was the same after it was read (and as long as it said), leaving a moved
+    /// ctime to the second read (`Stamp::stable`).
+    stable: bool,
+}
+
+fn scan_file(mut file: File) -> std::io::Result<(File, Scanned)> {
+    let meta = file.metadata()?;
+    let stamp = Stamp::of(&meta);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    let scanned = Scanned {
+        inode: meta.ino(),
+        uid: meta.uid(),
+        gid: meta.gid(),
+        size,
+        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        mode: meta.mode() & 0o7777,
+        content_hash: hex(&hasher.finalize()),
+        stamp,
+        // A moved ctime alone is left to the second read (the chunks), compared with this one.
+        stable: size == stamp.size && stamp.stable(&Stamp::of(&file.metadata()?), true),
+    };
+    Ok((file, scanned))
+}
+
+/// Reads chunk `no` of `size`-byte file (short only for the last chunk).
+fn read_chunk(file: &File, size: u64, no: u64) -> std::io::Result<Vec<u8>> {
+    let len = expected_len(size, no as u32).unwrap_or(0);
+    let mut body = vec![0u8; len];
+    file.read_exact_at(&mut body, no * CHUNK_SIZE as u64)?;
+    Ok(body)
+}
+
+/// Backs up the file at `path`, which the daemon opens itself (a watched file, or one it
+/// repairs): below its watched folder (or `/`) no symlink is followed, so a user who owns a
+/// folder there cannot swap in a link to a file it may not read.
+pub(crate) async fn backup_file(
+    node: &Arc<Node>,
+    path: &Path,
+    desired: u8,
+) -> Result<BackupReport, BackupError> {
+    let base = node
+        .config()
+        .watch_of(path)
+        .map_or(PathBuf::from("/"), |w| w.path.clone());
+    let file = spawn_blocking({
+        let path = path.to_path_buf();
+        move || fsx::open_under(&base, &path, fsx::Kind::File)
+    })
+    .await??;
+    backup_handle(node, path, file, desired).await
+}
+
+/// Backs up the open file `file` under the name `path`.
+pub(crate) async fn backup_handle(
+    node: &Arc<Node>,
+    path: &Path,
+    file: File,
+    desired: u8,
+) -> Result<BackupReport, BackupError> {
+    let rd = Rd::new(desired).unwrap_or_else(|| Rd::new(1).expect("1 is a valid RD"));
+    tracing::debug!("reading {} to back it up", path.display());
+    let (file, scanned) = spawn_blocking(move || scan_file(file)).await??;
+    if !scanned.stable {
+        // Being written: what was read is no version of the file. Nothing was recorded.
+        return Err(BackupError::Changed);
+    }
+    let chunks = chunk_count(scanned.size);
+    if chunks > u64::from(crate::protocol::message::MAX_CHUNK_NO) + 1 {
+        return Err(BackupError::TooLarge);
+    }
+    let file_id = FileIdentity {
+        peer: node.id,
+        path: path.as_os_str().as_bytes(),
+        size: scanned.size,
+        mtime_ns: scanned.mtime_ns,
+        content_hash: &scanned.content_hash,
+    }
+    .file_id();
+    let row = FileRow {
+        file_id: file_id.clone(),
+        path: path.to_path_buf(),
+        version: 0,
+        size: scanned.size,
+        mtime_ns: scanned.mtime_ns,
+        mode: scanned.mode,
+        content_hash: scanned.content_hash.clone(),
+        desired_rd: rd.get(),
+        complete: false,
+        inode: scanned.inode,
+        uid: scanned.uid,
+        gid: scanned.gid,
+        deleted_at: None,
+        ctime_ns: scanned.stamp.ctime_ns,
+    };
+    // The same content backed up again is the same version: resume it (only chunks below
+    // their RD are sent again), under the RD asked now. Either way the path exists: its
+    // versions no longer expire as deleted.
+    let backup = BackupId::new();
+    let (version, resumed) = node
+        .catalog
+        .call(move |c| match c.file(&row.file_id)? {
+            Some(existing) => {
+                c.set_file_rd(&row.file_id, row.desired_rd)?;
+                c.undelete(&row.file_id)?;
+                Ok((existing.version, true))
+            }
+            None => Ok((c.insert_version(&row, backup)?, false)),
+        })
+        .await?;
+
+    let file = Arc::new(file);
+    // Reading, hashing and recording chunks runs ahead of sending them, a few batches deep.
+    let (ready_tx, mut ready) = mpsc::channel::<Prepared>(2 * READ_BATCH);
+    let reader = tokio::spawn(prepare_chunks(
+        node.clone(),
+        file.clone(),
+        file_id.clone(),
+        scanned.size,
+        resumed,
+        ready_tx,
+    ));
+    // Chunks go to the engine as its window gives room (`Credit`); it says how each ended.
+    let mut job = node.start_job(JobKind::Backup);
+    let mut heard = std::collections::HashSet::new();
+    let (mut sent, mut below, mut resent) = (0u64, 0u64, 0u64);
+    let (mut credit, mut outstanding, mut reading) = (0usize, 0u64, true);
+    while reading || outstanding > 0 {
+        tokio::select! {
+            next = ready.recv(), if reading && credit > 0 => {
+                let Some(p) = next else {
+                    reading = false;
+                    continue;
+                };
+                let chunk = ChunkId {
+                    file_id: file_id.clone(),
+                    chunk_no: p.chunk_no,
+                };
+                let source = Source::File {
+                    file: file.clone(),
+                    offset: u64::from(p.chunk_no.0) * CHUNK_SIZE as u64,
+                    len: p.body.len(),
+                    hash: p.hash,
+                };
+                node.engine(Input::BackupChunk {
+                    job: job.id,
+                    chunk,
+                    rd,
+                    body: p.body,
+                    known: p.known,
+                    source,
+                });
+                credit -= 1;
+                outstanding += 1;
+                sent += 1;
+            }
+            event = job.events.recv() => match event {
+                Some(JobEvent::Credit(n)) => credit += n,
+                Some(JobEvent::BackedUp(o)) => {
+                    outstanding -= 1;
+                    heard.extend(o.holders.iter().copied().filter(|p| *p != node.id));
+                    resent += u64::from(o.sends.saturating_sub(1));
+                    if !o.reached {
+                        below += 1;
+                    }
+                }
+                Some(JobEvent::Fetched(..)) => {}
+                // The engine stopped: the daemon is stopping. The version stays unfinished and
+                // is resumed (only the missing chunks) by the next backup.
+                None => return Err(BackupError::Stopping),
+            },
+        }
+    }
+    drop(job);
+    // The file must have stayed as it was scanned: same bytes, same size, mtime and ctime from
+    // before the first read to after the last (a ctime that alone moved is judged by the bytes:
+    // both reads agreed, or the rehash check fails). Otherwise it is still being written (a copy the
+    // kernel makes in one call sends no event for its whole length): try again once quiet.
+    let checked = match reader.await? {
+        Err(e) => Err(e),
+        Ok(_) if sent != chunks => Err(BackupError::Changed),
+        Ok((rehash, after)) => {
+            let same_content = rehash == scanned.content_hash;
+            match same_content && scanned.stamp.stable(&after, same_content) {
+                true => Ok(()),
+                false => Err(BackupError::Changed),
+            }
+        }
+    };
+    if let Err(e) = checked {
+        if matches!(e, BackupError::Changed) {
+            abandon(node, path, &file_id, version, resumed, backup).await?;
+        }
+        return Err(e);
+    }
+    let (f, inode, ctime_ns) = (file_id.clone(), scanned.inode, scanned.stamp.ctime_ns);
+    let recorded = node
+        .catalog
+        .call(move |c| {
+            let complete = c.set_file_complete(&f)?;
+            if complete {
+                c.note_seen(&f, inode, ctime_ns)?;
+            }
+            Ok(complete)
+        })
+        .await?;
+    if !recorded {
+        return Err(BackupError::Deleted);
+    }
+    tracing::info!(
+        "backed up {} ({chunks} chunks, {resent} PUTCHUNKs resent)",
+        shown(path)
+    );
+    Ok(BackupReport {
+        version,
+        size: scanned.size,
+        chunks,
+        below,
+        peers_heard: heard.len(),
+    })
+}
+
+/// A backup found the file changed while reading it. A version it resumed (complete or not) is
+/// left exactly as it was; a version it inserted is forgotten (its chunks deleted from the peers)
+/// — through `Catalog::forget`, which refuses anything else.
+async fn abandon(
+    node: &Arc<Node>,
+    path: &Path,
+    file_id: &FileId,
+    version: u32,
+    resumed: bool,
+    backup: BackupId,
+) -> Result<(), BackupError> {
+    if resumed {
+        tracing::info!(
+            "{} changed while being read: its version {version} is left as it was",
+            path.display()
+        );
+        return Ok(());
+    }
+    let f = file_id.clone();
+    let forgotten = node
+        .catalog
+        .call(move |c| c.forget(&f, Forget::Abandoned { backup }))
+        .await?;
+    if forgotten {
+        tracing::info!(
+            "{} changed while being read: the version {version} begun is dropped",
+            path.display()
+        );
+        tokio::spawn(send_pending_deletes(node.clone()));
+    }
+    Ok(())
+}
+
+/// A chunk read, hashed and recorded in the catalog, ready to be sent.
+struct Prepared {
+    chunk_no: ChunkNo,
+    body: Vec<u8>,
+    hash: String,
+    known: Vec<PeerId>,
+}
+
+/// Reads the file chunk by chunk, records each chunk's size and hash in the catalog (before its
+/// first PUTCHUNK, so every STORED finds its chunk) and hands it on. Returns the content hash of
+/// what it read, to be compared with the one the fileId was made from, and the file's stamp
+/// right after the last read. A chunk recorded before with other bytes (a resumed version, and
+/// the file changed since) stops it with `Changed` before that chunk is recorded or sent.
+async fn prepare_chunks(
+    node: Arc<Node>,
+    file: Arc<File>,
+    file_id: FileId,
+    size: u64,
+    resumed: bool,
+    ready: mpsc::Sender<Prepared>,
+) -> Result<(String, Stamp), BackupError> {
+    let chunks = chunk_count(size);
+    let mut rehash = Sha256::new();
+    let mut next = 0u64;
+    while next < chunks {
+        let batch = (READ_BATCH as u64).min(chunks - next);
+        let (bodies, hashes) = spawn_blocking({
+            let (file, first) = (file.clone(), next);
+            move || -> std::io::Result<_> {
+                let bodies = (first..first + batch)
+                    .map(|no| read_chunk(&file, size, no))
+                    .collect::<std::io::Result<Vec<_>>>()?;
+                let hashes: Vec<String> = bodies.iter().map(|b| sha256_hex(b)).collect();
+                Ok((bodies, hashes))
+            }
+        })
+        .await??;
+        let rows: Vec<(ChunkNo, u64, String)> = bodies
+            .iter()
+            .zip(&hashes)
+            .enumerate()
+            .map(|(i, (b, h))| {
+                rehash.update(b);
+                (ChunkNo((next + i as u64) as u32), b.len() as u64, h.clone())
+            })
+            .collect();
+        let f = file_id.clone();
+        let known = node
+            .catalog
+            .call(move |c| {
+                let mut known = Vec::with_capacity(rows.len());
+                for (no, size, hash) in &rows {
+                    if !c.record_file_chunk(&f, *no, *size, hash)? {
+                        break;
+                    }
+                    known.push(if resumed {
+                        c.holders(&f, *no)?
+                    } else {
+                        Vec::new()
+                    });
+                }
+                Ok(known)
+            })
+            .await?;
+        let same = known.len() == bodies.len();
+        // Chunks up to the first one that differs are as recorded: they may still be sent.
+        for ((body, hash), known) in bodies.into_iter().zip(hashes).zip(known) {
+            let p = Prepared {
+                chunk_no: ChunkNo(next as u32),
+                body,
+                hash,
+                known,
+            };
+            if ready.send(p).await.is_err() {
+                return Err(BackupError::Changed);
+            }
+            next += 1;
+        }
+        if !same {
+            return Err(BackupError::Changed);
+        }
+    }
+    let after = spawn_blocking(move || file.metadata()).await??;
+    Ok((hex(&rehash.finalize()), Stamp::of(&after)))
+}

@@ -1,0 +1,77 @@
+//! The commands of the control socket, one file each: backup, restore, versions, delete,
+//! reclaim, state, check. Each returns a `Done` (exit code, one-line message, optional data)
+//! and may report progress lines on the way. Errors are typed (`CmdError`) and mapped to an
+//! exit code and a reply here, in one place.
+
+pub(crate) mod backup;
+pub(crate) mod check;
+pub(crate) mod delete;
+pub(crate) mod reclaim;
+pub(crate) mod restore;
+pub(crate) mod state;
+pub(crate) mod versions;
+
+use tokio::sync::mpsc;
+
+use crate::control::exit;
+use crate::store::StoreError;
+
+/// The final answer to a command.
+pub struct Done {
+    pub code: i32,
+    pub message: String,
+    pub data: Option<serde_json::Value>,
+}
+
+impl Done {
+    pub(crate) fn ok(message: impl Into<String>) -> Done {
+        Done {
+            code: exit::OK,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    pub(crate) fn failed(message: impl Into<String>) -> Done {
+        Done {
+            code: exit::FAILED,
+            message: message.into(),
+            data: None,
+        }
+    }
+}
+
+/// Why a command failed. Every one is a failure (exit 1) with its message as the one line the
+/// user sees; a catalog error says what went wrong with the catalog.
+#[derive(Debug, thiserror::Error)]
+pub enum CmdError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Nothing backed up under the path the user named.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl From<CmdError> for Done {
+    fn from(e: CmdError) -> Done {
+        Done::failed(e.to_string())
+    }
+}
+
+impl From<StoreError> for Done {
+    fn from(e: StoreError) -> Done {
+        CmdError::from(e).into()
+    }
+}
+
+/// A command's result as its reply: the outcome, or the error mapped to its exit code.
+pub(crate) fn reply(r: Result<Done, CmdError>) -> Done {
+    r.unwrap_or_else(Done::from)
+}
+
+/// Progress lines for the client; a slow client misses some rather than slowing the work.
+pub type Progress = mpsc::Sender<String>;
+
+pub(crate) fn report(progress: &Progress, line: String) {
+    let _ = progress.try_send(line);
+}

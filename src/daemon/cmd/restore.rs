@@ -1,0 +1,245 @@
+//! `peerstash restore PATH`: a version fetched chunk by chunk (GETCHUNK on the engine's
+//! schedule, within its window) into the file the caller opened, then checked against the
+//! content hash recorded at backup.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tokio::task::{spawn_blocking, JoinSet};
+
+use super::{report, Done, Progress};
+use crate::control::{exit, shown, Restored};
+use crate::daemon::driver::{Input, JobEvent};
+use crate::daemon::Node;
+use crate::engine::peer::JobKind;
+use crate::engine::restore::expected_len;
+use crate::protocol::{chunk_count, hex, ChunkId, ChunkNo, CHUNK_SIZE};
+use crate::store::{FileRow, StoreError};
+
+/// Chunk writes waiting to finish before more are started.
+const MAX_PENDING_WRITES: usize = 64;
+
+/// Restores `row`, a version of `path` chosen by `restore_choice`, into `out`, a regular file
+/// the caller opened for reading and writing (the caller gives it its owner, mode, mtime and
+/// final name: see `Restored`).
+pub(crate) async fn restore(
+    node: &Arc<Node>,
+    path: PathBuf,
+    row: FileRow,
+    out: File,
+    progress: &Progress,
+) -> Done {
+    report(
+        progress,
+        format!(
+            "restoring {} version {} ({} bytes)",
+            shown(&path),
+            row.version,
+            row.size
+        ),
+    );
+    match restore_file(node, &row, out).await {
+        Ok(()) => Done {
+            code: exit::OK,
+            message: format!(
+                "restored {} version {} ({} bytes, content hash checked)",
+                shown(&path),
+                row.version,
+                row.size
+            ),
+            data: serde_json::to_value(Restored {
+                path: row.path,
+                version: row.version,
+                size: row.size,
+                mode: row.mode,
+                uid: row.uid,
+                gid: row.gid,
+                mtime_ns: row.mtime_ns,
+            })
+            .ok(),
+        },
+        Err(e) => Done::failed(format!("restore of {} failed: {e}", shown(&path))),
+    }
+}
+
+/// The version a restore of `path` takes: `version`, or the newest complete one (the newest of
+/// all when none is complete). A non-root caller (`owner`) may take only its own.
+pub(crate) async fn restore_choice(
+    node: &Arc<Node>,
+    path: &Path,
+    version: Option<u32>,
+    owner: Option<u32>,
+) -> Result<FileRow, String> {
+    let p = path.to_path_buf();
+    let of_path = node
+        .catalog
+        .call(move |c| c.versions_of(&p))
+        .await
+        .map_err(|e| e.to_string())?;
+    let row = match version {
+        Some(n) => of_path.into_iter().find(|f| f.version == n),
+        None => {
+            let newest_complete = of_path.iter().rposition(|f| f.complete);
+            let mut of_path = of_path;
+            match newest_complete {
+                Some(i) => Some(of_path.swap_remove(i)),
+                None => of_path.pop(),
+            }
+        }
+    };
+    match row {
+        Some(row) if owner.is_none_or(|uid| uid == row.uid) => Ok(row),
+        Some(_) => Err(format!(
+            "{} is not yours: you may restore only your own files",
+            shown(path)
+        )),
+        None => Err(format!(
+            "no backed-up version{} of {} (see `peerstash versions {}`)",
+            version.map(|n| format!(" {n}")).unwrap_or_default(),
+            shown(path),
+            shown(path)
+        )),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RestoreError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0} chunks could not be fetched from any peer (first: chunk {1}); are the holders running?")]
+    Missing(usize, u32),
+    #[error("the rebuilt file does not match the content hash recorded at backup")]
+    HashMismatch,
+    #[error("the daemon is stopping; run the restore again once it is back")]
+    Stopping,
+    #[error("internal error: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+async fn restore_file(node: &Arc<Node>, row: &FileRow, out: File) -> Result<(), RestoreError> {
+    let f = row.file_id.clone();
+    let chunks = node.catalog.call(move |c| c.file_chunks(&f)).await?;
+    if chunks.len() as u64 != chunk_count(row.size) {
+        return Err(RestoreError::Missing(
+            (chunk_count(row.size) as usize).saturating_sub(chunks.len()),
+            chunks.len() as u32,
+        ));
+    }
+    // Emptied, then sized: chunks of zeros are not written, so a sparse file stays sparse.
+    let size = row.size;
+    let out = spawn_blocking(move || -> std::io::Result<File> {
+        out.set_len(0)?;
+        out.set_len(size)?;
+        Ok(out)
+    })
+    .await??;
+    let out = Arc::new(out);
+    fetch_all(node, row, chunks, &out).await?;
+    let hash = row.content_hash.clone();
+    spawn_blocking(move || finish_restore(&out, &hash)).await?
+}
+
+/// Checks the whole file's hash as written, and syncs it.
+fn finish_restore(out: &File, hash: &str) -> Result<(), RestoreError> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    loop {
+        let n = out.read_at(&mut buf, offset)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        offset += n as u64;
+    }
+    if hex(&hasher.finalize()) != *hash {
+        return Err(RestoreError::HashMismatch);
+    }
+    out.sync_all()?;
+    Ok(())
+}
+
+/// Fetches every chunk within the credit the engine gives, and writes each where it belongs.
+async fn fetch_all(
+    node: &Arc<Node>,
+    row: &FileRow,
+    chunks: Vec<(ChunkNo, u64, String, u32)>,
+    out: &Arc<File>,
+) -> Result<(), RestoreError> {
+    let mut job = node.start_job(JobKind::Restore);
+    let mut todo = chunks.into_iter();
+    let mut writes: JoinSet<Result<(), u32>> = JoinSet::new();
+    let (mut credit, mut outstanding, mut missing) = (0usize, 0usize, Vec::new());
+    loop {
+        while credit > 0 {
+            let Some((no, size, hash, _)) = todo.next() else {
+                break;
+            };
+            // A recorded length that the chunking rule does not allow: no CHUNK can be right.
+            if expected_len(row.size, no.0).is_none_or(|e| e as u64 != size) {
+                missing.push(no.0);
+                continue;
+            }
+            credit -= 1;
+            outstanding += 1;
+            let chunk = ChunkId {
+                file_id: row.file_id.clone(),
+                chunk_no: no,
+            };
+            node.engine(Input::FetchChunk {
+                job: job.id,
+                chunk,
+                len: size,
+                hash,
+            });
+        }
+        if outstanding == 0 && todo.len() == 0 {
+            break;
+        }
+        let Some(event) = job.events.recv().await else {
+            return Err(RestoreError::Stopping);
+        };
+        match event {
+            JobEvent::Credit(n) => credit += n,
+            JobEvent::Fetched(chunk, body) => {
+                outstanding -= 1;
+                let no = chunk.chunk_no.0;
+                match body {
+                    None => missing.push(no),
+                    // A hole already reads as zeros.
+                    Some(body) if body.iter().all(|b| *b == 0) => {}
+                    Some(body) => {
+                        let out = out.clone();
+                        let offset = u64::from(no) * CHUNK_SIZE as u64;
+                        writes.spawn_blocking(move || {
+                            out.write_all_at(&body, offset).map_err(|_| no)
+                        });
+                        while writes.len() > MAX_PENDING_WRITES {
+                            if let Some(Ok(Err(no))) = writes.join_next().await {
+                                missing.push(no);
+                            }
+                        }
+                    }
+                }
+            }
+            JobEvent::BackedUp(_) => {}
+        }
+    }
+    while let Some(w) = writes.join_next().await {
+        match w {
+            Ok(Ok(())) => {}
+            Ok(Err(no)) => missing.push(no),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    missing.sort_unstable();
+    match missing.first() {
+        Some(first) => Err(RestoreError::Missing(missing.len(), *first)),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,105 @@
+//! `peerstash state`: the peer, its backed-up files with each chunk's perceived RD, and what
+//! it hosts. A non-root caller sees only its own files.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::Done;
+use crate::control::{exit, ChunkState, FileState, PeerState, StoredState, UnavailableFolder};
+use crate::daemon::Node;
+
+/// The peer's state. A non-root caller (`owner`) sees only its own files, and what this peer
+/// hosts for others only as totals (no fileIds).
+pub(crate) async fn state(node: &Arc<Node>, owner: Option<u32>) -> Done {
+    let r = node
+        .catalog
+        .call(move |c| {
+            let mut files = Vec::new();
+            for f in c.all_files()? {
+                if owner.is_some_and(|uid| uid != f.uid) {
+                    continue;
+                }
+                let chunks = c
+                    .file_chunks(&f.file_id)?
+                    .into_iter()
+                    .map(|(no, _, _, perceived)| ChunkState {
+                        chunk_no: no.0,
+                        perceived_rd: perceived,
+                    })
+                    .collect();
+                files.push(FileState {
+                    path: f.path,
+                    file_id: f.file_id.as_wire().to_owned(),
+                    version: f.version,
+                    size: f.size,
+                    desired_rd: f.desired_rd,
+                    complete: f.complete,
+                    chunks,
+                });
+            }
+            let hosted = match owner {
+                None => c.all_hosted()?,
+                Some(_) => Vec::new(),
+            };
+            let stored = hosted
+                .into_iter()
+                .map(|(h, perceived)| StoredState {
+                    file_id: h.file_id.as_wire().to_owned(),
+                    chunk_no: h.chunk_no.0,
+                    size: h.size,
+                    desired_rd: h.desired_rd,
+                    perceived_rd: perceived,
+                })
+                .collect();
+            Ok((files, stored, c.queue_len()?))
+        })
+        .await;
+    let (files, stored, queue_length) = match r {
+        Ok(x) => x,
+        Err(e) => return e.into(),
+    };
+    let usage = node.store.usage();
+    let state = PeerState {
+        peer_id: node.id.0,
+        protocol: node.config().peer.protocol.clone(),
+        quota_bytes: usage.quota,
+        used_bytes: usage.used,
+        files,
+        stored,
+        warnings: node.duplicate_id_warning().into_iter().collect(),
+        queue_length,
+        // The watched folders' paths are root's business.
+        in_progress: match owner {
+            None => node
+                .in_progress
+                .lock()
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default(),
+            Some(_) => Vec::new(),
+        },
+        malformed_datagrams: node.counters.malformed.load(Ordering::Relaxed),
+        busy_drops: node.counters.dropped_busy.load(Ordering::Relaxed),
+        unauthenticated_datagrams: node.counters.unauthenticated.load(Ordering::Relaxed),
+        queue_drops: node.counters.dropped_queue.load(Ordering::Relaxed),
+        unavailable: match owner {
+            None => node
+                .unavailable
+                .lock()
+                .map(|u| {
+                    u.iter()
+                        .map(|(path, reason)| UnavailableFolder {
+                            path: path.clone(),
+                            reason: reason.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Some(_) => Vec::new(),
+        },
+    };
+    Done {
+        code: exit::OK,
+        message: String::new(),
+        data: serde_json::to_value(state).ok(),
+    }
+}

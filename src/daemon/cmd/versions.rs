@@ -1,0 +1,50 @@
+//! `peerstash versions PATH`: the backed-up versions of a path, or of every file below it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{CmdError, Done};
+use crate::control::{exit, shown, VersionInfo};
+use crate::daemon::Node;
+use crate::store::StoreError;
+
+pub(crate) async fn versions(
+    node: &Arc<Node>,
+    path: PathBuf,
+    owner: Option<u32>,
+) -> Result<Done, CmdError> {
+    let p = path.clone();
+    let rows = node
+        .catalog
+        .call(move |c| {
+            c.versions(&p)?
+                .into_iter()
+                .filter(|f| owner.is_none_or(|uid| uid == f.uid))
+                .map(|f| {
+                    let min = c.min_perceived_rd(&f.file_id)?;
+                    Ok(VersionInfo {
+                        path: f.path,
+                        version: f.version,
+                        file_id: f.file_id.as_wire().to_owned(),
+                        size: f.size,
+                        mtime_ns: f.mtime_ns,
+                        desired_rd: f.desired_rd,
+                        complete: f.complete,
+                        min_perceived_rd: min,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()
+        })
+        .await?;
+    if rows.is_empty() {
+        return Err(CmdError::NotFound(format!(
+            "no backed-up version of {}",
+            shown(&path)
+        )));
+    }
+    Ok(Done {
+        code: exit::OK,
+        message: format!("{} versions", rows.len()),
+        data: serde_json::to_value(rows).ok(),
+    })
+}

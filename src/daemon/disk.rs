@@ -1,0 +1,424 @@
+//! The disk and catalog work the engine asks for: storing a chunk (file first, then its row),
+//! reading a hosted chunk checked against its hash, deleting, recording holders; and what the
+//! store needs at start (reconcile after a crash, rebuild a lost catalog).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::driver::Input;
+use super::Node;
+use crate::engine::peer::{Put, Role};
+use crate::protocol::{sha256_hex, ChunkId, ChunkNo, FileId, PeerId, Rd};
+use crate::store::catalog::MAX_HOLDERS;
+use crate::store::{CatalogHandle, ChunkRole, ChunkStore, HostedRow};
+
+/// Most STOREDs recorded in one catalog call.
+const MAX_STORED_BATCH: usize = 1024;
+/// STOREDs waiting to be recorded; beyond this one is dropped and counted (its sender's resends
+/// and the next STORED make up for it), so a flood cannot take memory without bound.
+pub(super) const STORED_QUEUE: usize = 4096;
+/// Set while chunks re-indexed by `--rebuild-catalog` are still to be announced.
+const ANNOUNCE_KEY: &str = "announce_hosted";
+
+impl From<ChunkRole> for Role {
+    fn from(role: ChunkRole) -> Role {
+        match role {
+            ChunkRole::Unknown => Role::Unknown,
+            ChunkRole::Own { desired_rd } => Role::Own { desired_rd },
+            ChunkRole::Hosted { desired_rd } => Role::Hosted { desired_rd },
+        }
+    }
+}
+
+/// Stores a chunk if this peer may: never a chunk of its own file, one copy at most, within
+/// the quota.
+pub(super) async fn store_chunk(node: &Arc<Node>, chunk: &ChunkId, rd: Rd, body: Vec<u8>) -> Put {
+    let c = chunk.clone();
+    match node
+        .catalog
+        .call(move |cat| cat.role(&c.file_id, c.chunk_no))
+        .await
+    {
+        Ok(ChunkRole::Own { .. }) => return Put::Refused, // never host a chunk of our own file
+        Ok(ChunkRole::Hosted { .. }) => return Put::Held,
+        Ok(ChunkRole::Unknown) => {}
+        Err(e) => {
+            tracing::warn!("could not store chunk {chunk}: {e}");
+            return Put::Refused;
+        }
+    }
+    let size = body.len() as u64;
+    let Some(reservation) = node.store.reserve(size) else {
+        tracing::debug!("no room for chunk {chunk} ({size} bytes) within the quota");
+        return Put::Refused;
+    };
+    // The chunk file first (synced), then the catalog row: a crash in between leaves a stray
+    // file that the next start quarantines, never a row without its file. The reservation
+    // becomes used bytes before the row exists, so whoever deletes the row may free them.
+    let (store, c) = (node.store.clone(), chunk.clone());
+    let written = tokio::task::spawn_blocking(move || {
+        store.write(&c.file_id, c.chunk_no, &body)?;
+        Ok::<_, std::io::Error>(sha256_hex(&body))
+    })
+    .await;
+    let hash = match written {
+        Ok(Ok(hash)) => hash,
+        Ok(Err(e)) => {
+            node.store.release(reservation);
+            tracing::warn!("could not write chunk {chunk}: {e}");
+            return Put::Refused;
+        }
+        Err(e) => {
+            node.store.release(reservation);
+            tracing::warn!("could not write chunk {chunk}: {e}");
+            return Put::Refused;
+        }
+    };
+    node.store.commit(reservation);
+    let row = HostedRow {
+        file_id: chunk.file_id.clone(),
+        chunk_no: chunk.chunk_no,
+        size,
+        hash,
+        desired_rd: rd.get(),
+    };
+    let me = node.id;
+    match node
+        .catalog
+        .call(move |cat| cat.insert_hosted(&row, &[me]))
+        .await
+    {
+        Ok(()) => Put::Written,
+        Err(e) => {
+            tracing::warn!("could not record chunk {chunk}: {e}");
+            remove_chunk_files(node, &chunk.file_id, vec![(chunk.chunk_no, size)]).await;
+            Put::Refused
+        }
+    }
+}
+
+/// A chunk written after its file's DELETE was heard: it goes too.
+pub(super) async fn drop_hosted(node: &Arc<Node>, chunk: &ChunkId) {
+    let c = chunk.clone();
+    match node
+        .catalog
+        .call(move |cat| cat.delete_hosted(&c.file_id, c.chunk_no))
+        .await
+    {
+        // None: the DELETE's own pass found the row and freed it.
+        Ok(Some(size)) => {
+            remove_chunk_files(node, &chunk.file_id, vec![(chunk.chunk_no, size)]).await;
+            tracing::debug!("chunk {chunk} was deleted while it was written: removed");
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!("could not drop chunk {chunk}: {e}"),
+    }
+}
+
+/// DELETE: every hosted chunk of the file goes.
+pub(super) async fn delete_file(node: &Arc<Node>, file_id: &FileId, sender: PeerId) {
+    let f = file_id.clone();
+    match node.catalog.call(move |c| c.delete_hosted_file(&f)).await {
+        Ok(gone) if !gone.is_empty() => {
+            let n = gone.len();
+            remove_chunk_files(node, file_id, gone).await;
+            tracing::info!("DELETE from peer {sender}: freed {n} chunks of {file_id}");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("could not delete chunks of {file_id}: {e}"),
+    }
+}
+
+/// REMOVED: the sender no longer holds the chunk. Returns the chunk's role here and its
+/// perceived RD now.
+pub(super) async fn remove_holder(
+    node: &Arc<Node>,
+    chunk: &ChunkId,
+    sender: PeerId,
+) -> Option<(Role, u32)> {
+    let c = chunk.clone();
+    let r = node
+        .catalog
+        .call(move |cat| {
+            let role = cat.role(&c.file_id, c.chunk_no)?;
+            let perceived = match role {
+                ChunkRole::Unknown => 0,
+                _ => cat.remove_holder(&c.file_id, c.chunk_no, sender)?,
+            };
+            Ok((role.into(), perceived))
+        })
+        .await;
+    match r {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!("could not record REMOVED of {chunk} from peer {sender}: {e}");
+            None
+        }
+    }
+}
+
+/// A hosted chunk to back up again: as the home peer wrote its fileId, its RD, its bytes
+/// (checked) and its known holders.
+pub(super) async fn read_for_rebackup(
+    node: &Arc<Node>,
+    chunk: &ChunkId,
+    desired: u8,
+) -> Option<(ChunkId, Rd, Vec<u8>, Vec<PeerId>)> {
+    let rd = Rd::new(desired)?;
+    let (row, body) = read_hosted(node, chunk).await?;
+    let c = chunk.clone();
+    let known = node
+        .catalog
+        .call(move |cat| cat.holders(&c.file_id, c.chunk_no))
+        .await
+        .unwrap_or_else(|_| vec![node.id]);
+    Some((row.chunk_id(), rd, body, known))
+}
+
+/// Reads a hosted chunk and checks it against the hash recorded when it was stored.
+pub(super) async fn read_hosted(node: &Arc<Node>, chunk: &ChunkId) -> Option<(HostedRow, Vec<u8>)> {
+    let c = chunk.clone();
+    let row = node
+        .catalog
+        .call(move |cat| cat.hosted(&c.file_id, c.chunk_no))
+        .await
+        .ok()??;
+    let (store, f, no) = (node.store.clone(), row.file_id.clone(), row.chunk_no);
+    let body = tokio::task::spawn_blocking(move || store.read(&f, no))
+        .await
+        .ok()?;
+    match body {
+        Ok(body) if sha256_hex(&body) == row.hash => Some((row, body)),
+        Ok(_) => {
+            tracing::error!("hosted chunk {chunk} does not match its hash: not serving it");
+            None
+        }
+        Err(e) => {
+            tracing::error!("cannot read hosted chunk {chunk}: {e}");
+            None
+        }
+    }
+}
+
+pub(super) async fn remove_chunk_files(
+    node: &Arc<Node>,
+    file_id: &FileId,
+    chunks: Vec<(ChunkNo, u64)>,
+) {
+    let (n, f) = (node.clone(), file_id.clone());
+    let _ = tokio::task::spawn_blocking(move || {
+        for (no, size) in chunks {
+            match n.store.remove(&f, no) {
+                Ok(()) => n.store.freed(size),
+                Err(e) => tracing::error!("cannot remove chunk file {f}#{no}: {e}", no = no.0),
+            }
+        }
+    })
+    .await;
+}
+
+/// Records the STOREDs heard, many per catalog call: what a burst costs is one call per batch,
+/// not one per datagram.
+pub(super) async fn record_stored(
+    catalog: CatalogHandle,
+    mut rx: mpsc::Receiver<(ChunkId, PeerId)>,
+) {
+    let mut batch = Vec::with_capacity(MAX_STORED_BATCH);
+    while rx.recv_many(&mut batch, MAX_STORED_BATCH).await > 0 {
+        let mut by_chunk: HashMap<ChunkId, Vec<PeerId>> = HashMap::new();
+        for (chunk, peer) in batch.drain(..) {
+            let peers = by_chunk.entry(chunk).or_default();
+            if peers.len() < MAX_HOLDERS as usize && !peers.contains(&peer) {
+                peers.push(peer);
+            }
+        }
+        let r = catalog
+            .call(move |cat| {
+                for (c, peers) in by_chunk {
+                    if let Err(e) = cat.add_holders(&c.file_id, c.chunk_no, &peers) {
+                        tracing::warn!("could not record the STOREDs of {c}: {e}");
+                    }
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!("could not record STOREDs: {e}");
+        }
+    }
+}
+
+/// A PUTCHUNK with our own id for a chunk this peer neither backed up nor hosts was sent by
+/// another peer with our id: a copied config. Logged at ERROR once a minute at most.
+pub(super) async fn check_own_id(node: &Arc<Node>, chunk: ChunkId) {
+    let c = chunk.clone();
+    let role = node
+        .catalog
+        .call(move |cat| cat.role(&c.file_id, c.chunk_no))
+        .await;
+    if !matches!(role, Ok(ChunkRole::Unknown)) {
+        return;
+    }
+    let log = {
+        let mut d = node.duplicate_id.lock().unwrap_or_else(|e| e.into_inner());
+        d.evidence = Some((Instant::now(), chunk.file_id.clone()));
+        let due = d
+            .logged
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60));
+        if due {
+            d.logged = Some(Instant::now());
+        }
+        due
+    };
+    if log {
+        if let Some(warning) = node.duplicate_id_warning() {
+            tracing::error!("{warning}");
+        }
+    }
+}
+
+/// Makes the catalog and the chunk files agree after a crash: rows whose file is gone or of the
+/// wrong size are forgotten (returned, so the peers can be told with REMOVED), files the
+/// catalog does not know are quarantined. Sets the store's used bytes from the catalog.
+pub(super) async fn reconcile_store(node: &Arc<Node>) -> anyhow::Result<Vec<ChunkId>> {
+    let store = node.store.clone();
+    let on_disk = tokio::task::spawn_blocking(move || store.scan()).await??;
+    let hosted = node.catalog.call(|c| c.all_hosted()).await?;
+    let mut disk: HashMap<ChunkId, u64> = on_disk
+        .into_iter()
+        .map(|(file_id, chunk_no, size)| (ChunkId { file_id, chunk_no }, size))
+        .collect();
+    let mut lost = Vec::new();
+    for (row, _) in hosted {
+        let chunk = row.chunk_id();
+        match disk.remove(&chunk) {
+            Some(size) if size == row.size => {}
+            _ => lost.push(chunk),
+        }
+    }
+    for chunk in &lost {
+        tracing::warn!("hosted chunk {chunk} is missing or damaged on disk: forgetting it");
+        let c = chunk.clone();
+        node.catalog
+            .call(move |cat| cat.delete_hosted(&c.file_id, c.chunk_no))
+            .await?;
+        let (store, c) = (node.store.clone(), chunk.clone());
+        tokio::task::spawn_blocking(move || {
+            store.quarantine(&c.file_id, c.chunk_no, "its size is not the one recorded")
+        })
+        .await??;
+    }
+    // A chunk file the catalog does not know: most often a write that a crash cut between the
+    // file and its row (no STORED was sent), but never deleted on that guess.
+    for (chunk, _) in disk {
+        let store = node.store.clone();
+        tokio::task::spawn_blocking(move || {
+            store.quarantine(
+                &chunk.file_id,
+                chunk.chunk_no,
+                "the catalog does not know it: an interrupted write?",
+            )
+        })
+        .await??;
+    }
+    let store = node.store.clone();
+    let now = super::unix_now();
+    match tokio::task::spawn_blocking(move || store.purge_quarantine(now)).await? {
+        Ok(n) if n > 0 => tracing::info!("deleted {n} files kept in the quarantine for a week"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot clean the quarantine: {e}"),
+    }
+    let store = node.store.clone();
+    let used = node
+        .catalog
+        .call(move |c| c.used_bytes(|size| store.charge(size)))
+        .await?;
+    node.store.set_used(used);
+    Ok(lost)
+}
+
+/// `peerstashd --rebuild-catalog`: every chunk file of the store the catalog does not know gets
+/// its row back (size and hash from the file). What was lost with the catalog: the desired RD
+/// (1 is recorded, so reclaim drops these first) and the fileId's exact text (lower case).
+pub(super) async fn rebuild_catalog(
+    catalog: &CatalogHandle,
+    store: &Arc<ChunkStore>,
+    me: PeerId,
+) -> anyhow::Result<()> {
+    let s = store.clone();
+    let rows = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<HostedRow>> {
+        s.scan()?
+            .into_iter()
+            .map(|(file_id, chunk_no, size)| {
+                let body = s.read(&file_id, chunk_no)?;
+                Ok(HostedRow {
+                    file_id,
+                    chunk_no,
+                    size,
+                    hash: sha256_hex(&body),
+                    desired_rd: 1,
+                })
+            })
+            .collect()
+    })
+    .await??;
+    let found = rows.len();
+    let added = catalog
+        .call(move |c| {
+            let mut added = 0;
+            for row in &rows {
+                if c.hosted(&row.file_id, row.chunk_no)?.is_none() {
+                    c.insert_hosted(row, &[me])?;
+                    added += 1;
+                }
+            }
+            c.set_meta(ANNOUNCE_KEY, "1")?;
+            Ok(added)
+        })
+        .await?;
+    tracing::warn!(
+        "rebuilt the catalog: {added} of {found} chunk files re-indexed; they are announced to their home peers"
+    );
+    Ok(())
+}
+
+/// Hands the chunks re-indexed by `--rebuild-catalog` to the engine, which announces them with
+/// one STORED each (paced); done once, even across a restart (`announced` clears the mark).
+pub(super) async fn announce_rebuilt(node: &Arc<Node>) {
+    let pending = node.catalog.call(|c| c.meta(ANNOUNCE_KEY)).await;
+    if !matches!(pending, Ok(Some(ref v)) if v == "1") {
+        return;
+    }
+    match node.catalog.call(|c| c.all_hosted()).await {
+        Ok(hosted) => {
+            let chunks: Vec<ChunkId> = hosted.into_iter().map(|(row, _)| row.chunk_id()).collect();
+            tracing::info!(
+                "announcing {} hosted chunks after the catalog was rebuilt",
+                chunks.len()
+            );
+            node.engine(Input::Announce(chunks));
+        }
+        Err(e) => tracing::error!("cannot list the re-indexed chunks to announce them: {e}"),
+    }
+}
+
+pub(super) async fn announced(node: &Arc<Node>) {
+    let _ = node.catalog.call(|c| c.set_meta(ANNOUNCE_KEY, "0")).await;
+    tracing::info!("announced the hosted chunks re-indexed after the catalog was rebuilt");
+}
+
+/// A place among the tasks that handle DELETEs and REMOVEDs (each needs the catalog); None
+/// (counted) when all are taken.
+impl Node {
+    pub(super) fn datagram_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = self.datagram_permits.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            self.counters.dropped_queue.fetch_add(1, Ordering::Relaxed);
+        }
+        permit
+    }
+}

@@ -1,0 +1,528 @@
+//! The thin async layer around `engine::Peer`. One task owns the engine: the receive loops hand
+//! it datagrams, the commands hand it their chunks, the disk and catalog tasks it spawned hand
+//! it their results, and one timer wakes it when the engine asked. It sends what the engine
+//! transmits and carries out what the engine asks; every delay and choice is the engine's.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{disk, Node};
+use crate::engine::peer::{Action, BackupOutcome, JobId, JobKind, Owner, Peer, Put, Role};
+use crate::net::{ChannelSocket, MAX_DATAGRAM};
+use crate::protocol::auth;
+use crate::protocol::{sha256_hex, ChunkId, FileId, Message, PeerId, Rd};
+
+/// Datagrams waiting for the engine; beyond this one is dropped and counted (the protocol's
+/// resends make up for it), so a flood cannot take memory without bound.
+const DATAGRAM_QUEUE: usize = 4096;
+
+/// What the engine task is told: commands of the running jobs, and the results of the work it
+/// asked for. Unbounded, because bounded by construction: a job sends chunks only within the
+/// credit the engine gave it, and results answer the engine's own bounded requests.
+pub(crate) enum Input {
+    StartJob {
+        job: JobId,
+        kind: JobKind,
+        events: mpsc::UnboundedSender<JobEvent>,
+    },
+    EndJob(JobId),
+    BackupChunk {
+        job: JobId,
+        chunk: ChunkId,
+        rd: Rd,
+        body: Vec<u8>,
+        known: Vec<PeerId>,
+        source: Source,
+    },
+    FetchChunk {
+        job: JobId,
+        chunk: ChunkId,
+        len: u64,
+        hash: String,
+    },
+    SendRemoved(ChunkId),
+    SendDelete {
+        file_ids: Vec<FileId>,
+        done: Option<oneshot::Sender<()>>,
+    },
+    Announce(Vec<ChunkId>),
+    Stored(ChunkId, Put),
+    Hosted(ChunkId, Option<(u64, String)>),
+    Serve(ChunkId, Option<Vec<u8>>),
+    Removed(ChunkId, Role, u32),
+    Rebackup(ChunkId, Option<(ChunkId, Rd, Vec<u8>, Vec<PeerId>)>),
+    Body(ChunkId, Option<Vec<u8>>),
+}
+
+/// What a job hears back from the engine.
+#[derive(Debug)]
+pub(crate) enum JobEvent {
+    /// Room for this many more chunks.
+    Credit(usize),
+    BackedUp(BackupOutcome),
+    /// The chunk's bytes (of the length and hash asked), or None: no peer sent them.
+    Fetched(ChunkId, Option<Vec<u8>>),
+}
+
+/// Where a resend of a chunk being backed up gets its bytes again. Keeping every in-flight
+/// chunk in memory would cost 64 KB per chunk of the window.
+pub(crate) enum Source {
+    /// `len` bytes at `offset` of the file being backed up, which must still hash to `hash`.
+    File {
+        file: Arc<File>,
+        offset: u64,
+        len: usize,
+        hash: String,
+    },
+    /// The chunk as this peer hosts it (a re-backup).
+    Hosted,
+}
+
+/// A job's end of the engine: its events, and the job ended when dropped (however the job's
+/// task ends, its chunks stop).
+pub(crate) struct JobHandle {
+    pub id: JobId,
+    pub events: mpsc::UnboundedReceiver<JobEvent>,
+    node: Arc<Node>,
+}
+
+impl Drop for JobHandle {
+    fn drop(&mut self) {
+        self.node.engine(Input::EndJob(self.id));
+    }
+}
+
+impl Node {
+    /// Hands an input to the engine task (gone only when the peer stops).
+    pub(crate) fn engine(&self, input: Input) {
+        let _ = self.inputs.send(input);
+    }
+
+    /// Starts a job: chunks are offered with `Input::BackupChunk`/`FetchChunk` within the credit
+    /// its events give.
+    pub(crate) fn start_job(self: &Arc<Self>, kind: JobKind) -> JobHandle {
+        let id = JobId(self.next_job.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.engine(Input::StartJob {
+            job: id,
+            kind,
+            events: tx,
+        });
+        JobHandle {
+            id,
+            events: rx,
+            node: self.clone(),
+        }
+    }
+
+    /// Sends DELETE for these files on the engine's schedule; returns once every send is out.
+    pub(crate) async fn send_delete(&self, file_ids: Vec<FileId>) {
+        let (tx, rx) = oneshot::channel();
+        self.engine(Input::SendDelete {
+            file_ids,
+            done: Some(tx),
+        });
+        let _ = rx.await;
+    }
+}
+
+/// The engine task's state besides the engine: who waits for what.
+struct Driver {
+    node: Arc<Node>,
+    engine: Peer,
+    jobs: HashMap<JobId, mpsc::UnboundedSender<JobEvent>>,
+    /// Where resends get their bytes, and the job that backs the chunk up (None: a re-backup).
+    sources: HashMap<ChunkId, (Option<JobId>, Source)>,
+    delete_waiters: Vec<(Vec<FileId>, oneshot::Sender<()>)>,
+}
+
+/// Runs the engine until the inputs close (the peer stops).
+pub(crate) async fn run(
+    node: Arc<Node>,
+    mut inputs: mpsc::UnboundedReceiver<Input>,
+    mut datagrams: mpsc::Receiver<Message>,
+    mut shutdown: crate::shutdown::Shutdown,
+) {
+    let mut d = Driver {
+        engine: Peer::new(node.id, rand::random()),
+        node,
+        jobs: HashMap::new(),
+        sources: HashMap::new(),
+        delete_waiters: Vec::new(),
+    };
+    loop {
+        let wake = d.engine.poll_timeout();
+        let timer = async {
+            match wake {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = shutdown.recv() => break,
+            Some(input) = inputs.recv() => d.input(input, Instant::now()),
+            Some(msg) = datagrams.recv() => d.engine.handle(msg, Instant::now()),
+            _ = timer => {}
+        }
+        d.engine.handle_timeout(Instant::now());
+        d.flush().await;
+    }
+}
+
+impl Driver {
+    fn input(&mut self, input: Input, now: Instant) {
+        let e = &mut self.engine;
+        match input {
+            Input::StartJob { job, kind, events } => {
+                self.jobs.insert(job, events);
+                e.start_job(job, kind);
+            }
+            Input::EndJob(job) => {
+                self.jobs.remove(&job);
+                self.sources.retain(|_, (j, _)| *j != Some(job));
+                e.end_job(job);
+            }
+            Input::BackupChunk {
+                job,
+                chunk,
+                rd,
+                body,
+                known,
+                source,
+            } => {
+                self.sources.insert(chunk.clone(), (Some(job), source));
+                e.backup_chunk(job, chunk, rd, body, known, now);
+            }
+            Input::FetchChunk {
+                job,
+                chunk,
+                len,
+                hash,
+            } => e.fetch_chunk(job, chunk, len, hash, now),
+            Input::SendRemoved(chunk) => e.send_removed(chunk, now),
+            Input::SendDelete { file_ids, done } => {
+                if let Some(done) = done {
+                    self.delete_waiters.push((file_ids.clone(), done));
+                }
+                e.send_delete(file_ids, now);
+            }
+            Input::Announce(chunks) => e.announce(chunks, now),
+            Input::Stored(chunk, put) => e.stored(&chunk, put, now),
+            Input::Hosted(chunk, info) => e.hosted(&chunk, info, now),
+            Input::Serve(chunk, body) => e.serve(chunk, body, now),
+            Input::Removed(chunk, role, perceived) => e.removed(&chunk, role, perceived, now),
+            Input::Rebackup(chunk, read) => {
+                if let Some((wire, ..)) = &read {
+                    self.sources.insert(wire.clone(), (None, Source::Hosted));
+                }
+                e.rebackup(&chunk, read, now);
+            }
+            Input::Body(chunk, body) => e.resend_body(&chunk, body, now),
+        }
+    }
+
+    /// Sends what the engine transmits and carries out what it asks, until it has nothing left.
+    async fn flush(&mut self) {
+        loop {
+            let mut idle = true;
+            while let Some(msg) = self.engine.poll_transmit() {
+                idle = false;
+                self.node.send(msg).await;
+            }
+            while let Some(action) = self.engine.poll_action() {
+                idle = false;
+                self.act(action);
+            }
+            if idle {
+                break;
+            }
+        }
+        let c = self.engine.counters();
+        let counters = &self.node.counters;
+        counters
+            .dropped_busy
+            .store(c.busy_drops + c.reply_drops, Ordering::Relaxed);
+        counters
+            .putchunks_sent
+            .store(c.putchunks_sent, Ordering::Relaxed);
+    }
+
+    /// Routes an event to a job; a job that is gone is ended.
+    fn tell(&mut self, job: JobId, event: JobEvent) {
+        let gone = self
+            .jobs
+            .get(&job)
+            .is_some_and(|tx| tx.send(event).is_err());
+        if gone {
+            self.jobs.remove(&job);
+            self.engine.end_job(job);
+        }
+    }
+
+    fn act(&mut self, action: Action) {
+        let node = self.node.clone();
+        match action {
+            Action::Store { chunk, rd, body } => {
+                tokio::spawn(async move {
+                    let put = disk::store_chunk(&node, &chunk, rd, body).await;
+                    node.engine(Input::Stored(chunk, put));
+                });
+            }
+            Action::RecordHolders { chunk, peers } => {
+                for peer in peers {
+                    if node.stored_tx.try_send((chunk.clone(), peer)).is_err() {
+                        node.counters.dropped_queue.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Action::DropHosted { chunk } => {
+                tokio::spawn(async move { disk::drop_hosted(&node, &chunk).await });
+            }
+            Action::LookupHosted { chunk } => {
+                tokio::spawn(async move {
+                    let c = chunk.clone();
+                    let row = node
+                        .catalog
+                        .call(move |cat| cat.hosted(&c.file_id, c.chunk_no))
+                        .await
+                        .ok()
+                        .flatten();
+                    node.engine(Input::Hosted(chunk, row.map(|r| (r.size, r.hash))));
+                });
+            }
+            Action::ReadHosted { chunk } => {
+                tokio::spawn(async move {
+                    // The fileId text exactly as the home peer wrote it.
+                    let (wire, body) = match disk::read_hosted(&node, &chunk).await {
+                        Some((row, body)) => (row.chunk_id(), Some(body)),
+                        None => (chunk, None),
+                    };
+                    node.engine(Input::Serve(wire, body));
+                });
+            }
+            Action::DeleteFile { file_id, sender } => {
+                let Some(permit) = node.datagram_permit() else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    disk::delete_file(&node, &file_id, sender).await;
+                    drop(permit);
+                });
+            }
+            Action::RemoveHolder { chunk, peer } => {
+                let Some(permit) = node.datagram_permit() else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let r = disk::remove_holder(&node, &chunk, peer).await;
+                    drop(permit);
+                    if let Some((role, perceived)) = r {
+                        node.engine(Input::Removed(chunk, role, perceived));
+                    }
+                });
+            }
+            Action::ReadForRebackup { chunk, desired_rd } => {
+                tokio::spawn(async move {
+                    let read = disk::read_for_rebackup(&node, &chunk, desired_rd).await;
+                    if read.is_some() {
+                        tracing::info!(
+                            "chunk {chunk} fell below RD {desired_rd}: backing it up again"
+                        );
+                    }
+                    node.engine(Input::Rebackup(chunk, read));
+                });
+            }
+            Action::Repair => node.repair.notify_one(),
+            Action::ReadBody { chunk } => match self.sources.get(&chunk) {
+                Some((
+                    _,
+                    Source::File {
+                        file,
+                        offset,
+                        len,
+                        hash,
+                    },
+                )) => {
+                    let (file, offset, len, hash) = (file.clone(), *offset, *len, hash.clone());
+                    tokio::spawn(async move {
+                        let body =
+                            tokio::task::spawn_blocking(move || reread(&file, offset, len, &hash))
+                                .await
+                                .ok()
+                                .flatten();
+                        if body.is_none() {
+                            tracing::warn!("chunk {chunk} changed on disk during its backup");
+                        }
+                        node.engine(Input::Body(chunk, body));
+                    });
+                }
+                Some((_, Source::Hosted)) => {
+                    tokio::spawn(async move {
+                        let body = disk::read_hosted(&node, &chunk).await.map(|(_, b)| b);
+                        node.engine(Input::Body(chunk, body));
+                    });
+                }
+                None => self.engine.resend_body(&chunk, None, Instant::now()),
+            },
+            Action::Credit { job, n } => self.tell(job, JobEvent::Credit(n)),
+            Action::BackedUp {
+                owners,
+                chunk,
+                outcome,
+            } => {
+                self.sources.remove(&chunk);
+                for owner in owners {
+                    match owner {
+                        Owner::Job(job) => {
+                            self.tell(job, JobEvent::BackedUp(outcome.clone()))
+                        }
+                        Owner::Rebackup if !outcome.reached => tracing::warn!(
+                            "chunk {chunk} is still below its desired RD ({} holders) after {} PUTCHUNKs",
+                            outcome.holders.len(),
+                            outcome.sends
+                        ),
+                        Owner::Rebackup => {}
+                    }
+                }
+            }
+            Action::Fetched {
+                jobs, chunk, body, ..
+            } => {
+                for job in jobs {
+                    self.tell(job, JobEvent::Fetched(chunk.clone(), body.clone()));
+                }
+            }
+            Action::DeletesSent { file_ids } => {
+                if let Some(i) = self.delete_waiters.iter().position(|(f, _)| *f == file_ids) {
+                    let (_, done) = self.delete_waiters.swap_remove(i);
+                    let _ = done.send(());
+                }
+                tokio::spawn(async move {
+                    let r = node
+                        .catalog
+                        .call(move |c| file_ids.iter().try_for_each(|f| c.clear_pending_delete(f)))
+                        .await;
+                    if let Err(e) = r {
+                        tracing::warn!("cannot clear the pending deletes: {e}");
+                    }
+                });
+            }
+            Action::CheckOwnId { chunk } => {
+                tokio::spawn(async move { disk::check_own_id(&node, chunk).await });
+            }
+            Action::Announced => {
+                tokio::spawn(async move { disk::announced(&node).await });
+            }
+        }
+    }
+}
+
+/// The bytes of a chunk read again from its file, if they still hash as they did.
+fn reread(file: &File, offset: u64, len: usize, hash: &str) -> Option<Vec<u8>> {
+    let mut body = vec![0u8; len];
+    file.read_exact_at(&mut body, offset).ok()?;
+    (sha256_hex(&body) == hash).then_some(body)
+}
+
+/// Receives one channel's datagrams: checks the LAN key tag, parses, and hands well-formed
+/// messages to the engine; what fails is dropped and counted.
+pub(crate) async fn receive_loop(
+    node: Arc<Node>,
+    ch: Arc<ChannelSocket>,
+    to_engine: mpsc::Sender<Message>,
+    mut shutdown: crate::shutdown::Shutdown,
+) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let received = tokio::select! {
+            _ = shutdown.recv() => return,
+            r = ch.socket.recv_from(&mut buf) => r,
+        };
+        let (n, from) = match received {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("receiving on {:?}: {e}", ch.channel);
+                // Not a protocol delay: keeps a persistent socket error from spinning.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // With a LAN key, only what carries its tag is read at all (SPEC §3).
+        let verified;
+        let datagram = match node.lan_key() {
+            None => &buf[..n],
+            Some(key) => match auth::verify(&key, &buf[..n], super::unix_now()) {
+                Ok(d) => {
+                    verified = d;
+                    &verified[..]
+                }
+                Err(e) => {
+                    node.counters
+                        .unauthenticated
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%from, "dropped a datagram ({n} bytes) on {:?}: {e}", ch.channel);
+                    continue;
+                }
+            },
+        };
+        let msg = match Message::parse(datagram) {
+            Ok(msg) if msg.channel() == ch.channel => msg,
+            Ok(msg) => {
+                node.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%from, "dropped a {} that came on {:?}", msg.type_name(), ch.channel);
+                continue;
+            }
+            Err(e) => {
+                node.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%from, "dropped a malformed datagram ({n} bytes) on {:?}: {e}", ch.channel);
+                continue;
+            }
+        };
+        match &node.net.faults {
+            None => enqueue(&node, &to_engine, msg),
+            // Fault injection (tests): the message is lost, delivered late, or twice.
+            Some(faults) => {
+                for delay in faults.fate().delays {
+                    let (node, to_engine, msg) = (node.clone(), to_engine.clone(), msg.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        enqueue(&node, &to_engine, msg);
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn enqueue(node: &Node, to_engine: &mpsc::Sender<Message>, msg: Message) {
+    if to_engine.try_send(msg).is_err() {
+        node.counters.dropped_queue.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub(crate) fn datagram_queue() -> (mpsc::Sender<Message>, mpsc::Receiver<Message>) {
+    mpsc::channel(DATAGRAM_QUEUE)
+}
+
+impl Node {
+    /// Encodes, signs (LAN key) and sends a message on its channel. A send error is logged, not
+    /// fatal: the protocol's retransmissions cover a lost datagram.
+    pub(crate) async fn send(&self, msg: Message) {
+        let (channel, what) = (msg.channel(), msg.type_name());
+        let bytes = msg.encode();
+        let bytes = match self.lan_key() {
+            Some(key) => auth::sign(&key, &bytes, super::unix_now()),
+            None => bytes,
+        };
+        if let Err(e) = self.net.send(channel, &bytes).await {
+            tracing::warn!("sending {what} on {channel:?} failed: {e}");
+        }
+    }
+}
