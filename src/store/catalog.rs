@@ -110,6 +110,17 @@ pub struct HostedRow {
     pub desired_rd: u8,
 }
 
+/// One chunk of a version this peer backed up, as recorded before its first PUTCHUNK.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileChunkRow {
+    pub chunk_no: ChunkNo,
+    pub size: u64,
+    /// SHA-256 of its bytes: a restore takes only a CHUNK that matches.
+    pub hash: String,
+    /// Distinct peers known to hold it.
+    pub perceived_rd: u32,
+}
+
 impl HostedRow {
     /// The chunk, with the fileId text exactly as its home peer wrote it.
     pub fn chunk_id(&self) -> ChunkId {
@@ -692,10 +703,7 @@ impl Catalog {
     }
 
     /// (chunkNo, size, hash, perceived RD) of every chunk of one of our files.
-    pub fn file_chunks(
-        &self,
-        file_id: &FileId,
-    ) -> Result<Vec<(ChunkNo, u64, String, u32)>, StoreError> {
+    pub fn file_chunks(&self, file_id: &FileId) -> Result<Vec<FileChunkRow>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT c.chunk_no, c.size, c.hash,
                     COALESCE((SELECT n FROM holder_counts h WHERE h.file_id = c.file_id AND h.chunk_no = c.chunk_no), 0)
@@ -710,8 +718,13 @@ impl Catalog {
             ))
         })?;
         rows.map(|r| {
-            let (no, size, hash, rd) = r?;
-            Ok((chunk_no_of(no)?, size as u64, hash, rd))
+            let (no, size, hash, perceived_rd) = r?;
+            Ok(FileChunkRow {
+                chunk_no: chunk_no_of(no)?,
+                size: size as u64,
+                hash,
+                perceived_rd,
+            })
         })
         .collect()
     }
@@ -1508,7 +1521,7 @@ mod tests {
         assert!(!cat
             .record_file_chunk(&fid('a'), ChunkNo(0), 10, "h1")
             .unwrap());
-        assert_eq!(cat.file_chunks(&fid('a')).unwrap()[0].2, "h0");
+        assert_eq!(cat.file_chunks(&fid('a')).unwrap()[0].hash, "h0");
     }
 
     #[test]
@@ -1598,7 +1611,10 @@ mod tests {
             assert_eq!(rd, Some(MAX_HOLDERS));
         }
         assert_eq!(cat.holders(&fid('a'), ChunkNo(0)).unwrap().len(), 64);
-        assert_eq!(cat.file_chunks(&fid('a')).unwrap()[0].3, MAX_HOLDERS);
+        assert_eq!(
+            cat.file_chunks(&fid('a')).unwrap()[0].perceived_rd,
+            MAX_HOLDERS
+        );
         // Beyond the cap a new peer is ignored; one already in the set stays counted once.
         assert_eq!(
             cat.add_holder(&fid('a'), ChunkNo(0), PeerId(7)).unwrap(),

@@ -3,6 +3,7 @@ pub mod catalog;
 pub mod chunks;
 
 pub use catalog::{
-    BackupId, Catalog, CatalogHandle, ChunkRole, FileRow, Forget, HostedRow, StoreError,
+    BackupId, Catalog, CatalogHandle, ChunkRole, FileChunkRow, FileRow, Forget, HostedRow,
+    StoreError,
 };
 pub use chunks::ChunkStore;

@@ -16,8 +16,8 @@ use crate::daemon::driver::{Input, JobEvent};
 use crate::daemon::Node;
 use crate::engine::peer::JobKind;
 use crate::engine::restore::expected_len;
-use crate::protocol::{chunk_count, hex, ChunkId, ChunkNo, CHUNK_SIZE};
-use crate::store::{FileRow, StoreError};
+use crate::protocol::{chunk_count, hex, ChunkId, CHUNK_SIZE};
+use crate::store::{FileChunkRow, FileRow, StoreError};
 
 /// Chunk writes waiting to finish before more are started.
 const MAX_PENDING_WRITES: usize = 64;
@@ -168,7 +168,7 @@ fn finish_restore(out: &File, hash: &str) -> Result<(), RestoreError> {
 async fn fetch_all(
     node: &Arc<Node>,
     row: &FileRow,
-    chunks: Vec<(ChunkNo, u64, String, u32)>,
+    chunks: Vec<FileChunkRow>,
     out: &Arc<File>,
 ) -> Result<(), RestoreError> {
     let mut job = node.start_job(JobKind::Restore);
@@ -177,7 +177,13 @@ async fn fetch_all(
     let (mut credit, mut outstanding, mut missing) = (0usize, 0usize, Vec::new());
     loop {
         while credit > 0 {
-            let Some((no, size, hash, _)) = todo.next() else {
+            let Some(FileChunkRow {
+                chunk_no: no,
+                size,
+                hash,
+                ..
+            }) = todo.next()
+            else {
                 break;
             };
             // A recorded length that the chunking rule does not allow: no CHUNK can be right.

@@ -22,9 +22,9 @@ pub(crate) async fn state(node: &Arc<Node>, owner: Option<u32>) -> Done {
                 let chunks = c
                     .file_chunks(&f.file_id)?
                     .into_iter()
-                    .map(|(no, _, _, perceived)| ChunkState {
-                        chunk_no: no.0,
-                        perceived_rd: perceived,
+                    .map(|c| ChunkState {
+                        chunk_no: c.chunk_no.0,
+                        perceived_rd: c.perceived_rd,
                     })
                     .collect();
                 files.push(FileState {
