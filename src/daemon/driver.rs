@@ -140,6 +140,8 @@ struct Driver {
     /// Where resends get their bytes, and the job that backs the chunk up (None: a re-backup).
     sources: HashMap<ChunkId, (Option<JobId>, Source)>,
     delete_waiters: Vec<(Vec<FileId>, oneshot::Sender<()>)>,
+    /// Held by each chunk write in progress, so a shutdown waits for it to end (file and row).
+    alive: crate::shutdown::Shutdown,
 }
 
 /// Runs the engine until the inputs close (the peer stops).
@@ -155,6 +157,7 @@ pub(crate) async fn run(
         jobs: HashMap::new(),
         sources: HashMap::new(),
         delete_waiters: Vec::new(),
+        alive: shutdown.clone(),
     };
     loop {
         let wake = d.engine.poll_timeout();
@@ -270,9 +273,11 @@ impl Driver {
         let node = self.node.clone();
         match action {
             Action::Store { chunk, rd, body } => {
+                let alive = self.alive.clone();
                 tokio::spawn(async move {
                     let put = disk::store_chunk(&node, &chunk, rd, body).await;
                     node.engine(Input::Stored(chunk, put));
+                    drop(alive);
                 });
             }
             Action::RecordHolders { chunk, peers } => {
