@@ -577,7 +577,7 @@ impl Peer {
                 return;
             }
             Put::Held if storing.deleted => return,
-            Put::Written if !storing.heard.is_empty() => {
+            Put::Written | Put::Held if !storing.heard.is_empty() => {
                 self.actions.push_back(Action::RecordHolders {
                     chunk: chunk.clone(),
                     peers: storing.heard,
@@ -946,8 +946,19 @@ impl Peer {
         if let Some(f) = self.fetching.get_mut(&chunk) {
             if f.len == len && f.hash == hash {
                 f.jobs.push(job);
-                return;
+            } else {
+                // The same chunk expected with other bytes: no CHUNK can satisfy both, and
+                // the fetch already running keeps its own.
+                let f = Fetching {
+                    jobs: vec![job],
+                    len,
+                    hash,
+                    fetch: ChunkFetch::default(),
+                    timer: None,
+                };
+                self.end_fetch(chunk, f, None);
             }
+            return;
         }
         self.fetching.insert(
             chunk.clone(),
@@ -1369,6 +1380,44 @@ mod tests {
                 peers: vec![PeerId(3), PeerId(4)]
             }]
         );
+    }
+
+    #[test]
+    fn storeds_heard_while_checking_a_held_chunk_are_recorded_too() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(ME, 1);
+        let put = MessageKind::PutChunk {
+            chunk: chunk(0),
+            rd: rd(1),
+            body: vec![],
+        };
+        p.handle(msg(2, put), t0);
+        p.handle(msg(3, MessageKind::Stored { chunk: chunk(0) }), t0);
+        actions(&mut p);
+        p.stored(&chunk(0), Put::Held, t0);
+        assert_eq!(
+            actions(&mut p),
+            vec![Action::RecordHolders {
+                chunk: chunk(0),
+                peers: vec![PeerId(3)]
+            }]
+        );
+    }
+
+    #[test]
+    fn a_fetch_expecting_other_bytes_than_the_running_one_ends_at_once() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(ME, 1);
+        p.start_job(JobId(1), JobKind::Restore);
+        p.start_job(JobId(2), JobKind::Restore);
+        actions(&mut p);
+        p.fetch_chunk(JobId(1), chunk(0), 5, "a".into(), t0);
+        p.fetch_chunk(JobId(2), chunk(0), 6, "b".into(), t0);
+        assert!(actions(&mut p).iter().any(|a| matches!(
+            a,
+            Action::Fetched { jobs, body: None, .. } if *jobs == vec![JobId(2)]
+        )));
+        assert_eq!(p.load().fetching, 1, "the first fetch goes on");
     }
 
     #[test]
