@@ -4,7 +4,8 @@
 //! Layers look down only: `protocol` (pure) ← `engine` (state machines) ← `net`, `store` ←
 //! `daemon` (the running peer) ← `service` (watched folders, queue,
 //! reload, systemd). `control` is the language of the control socket; `fsx` opens files without
-//! following symlinks, for a daemon that users may race.
+//! following symlinks, for a daemon that users may race. `shutdown` stops every task on
+//! SIGTERM.
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -15,4 +16,5 @@ pub mod fsx;
 pub mod net;
 pub mod protocol;
 pub mod service;
+pub mod shutdown;
 pub mod store;
