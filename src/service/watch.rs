@@ -18,6 +18,9 @@ use super::presence::{self, Presence};
 use super::queue::enqueue;
 use crate::config::WatchConfig;
 use crate::daemon::Node;
+use debounce::{Admitted, Debounce};
+
+mod debounce;
 
 /// How often folders the watch limit left unwatched are scanned.
 const FALLBACK_RESCAN: Duration = Duration::from_secs(60);
@@ -27,6 +30,8 @@ const PRESENCE_CHECK: Duration = Duration::from_secs(10);
 const EVENT_BACKLOG: usize = 8192;
 /// Paths waiting for their quiet time; beyond this a rescan replaces them.
 const MAX_PENDING: usize = 100_000;
+/// The quiet time of a path no watch holds any more (its folder was removed on reload).
+const DEFAULT_QUIET: Duration = Duration::from_secs(2);
 /// Files compared with the catalog per catalog call during a scan.
 const SCAN_BATCH: usize = 512;
 
@@ -496,7 +501,7 @@ async fn fallback(rescan: mpsc::UnboundedSender<PathBuf>, root: PathBuf) {
     }
 }
 
-/// Turns events into queued paths once they have been quiet, and runs the scans.
+/// Turns events into queued paths once they have been quiet (`Debounce`), and runs the scans.
 async fn debounce(
     node: Arc<Node>,
     wake: Arc<Notify>,
@@ -504,10 +509,11 @@ async fn debounce(
     mut rescans: mpsc::UnboundedReceiver<PathBuf>,
     keeper: mpsc::UnboundedSender<Keep>,
 ) {
-    let mut pending: HashMap<PathBuf, Instant> = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut pending = Debounce::new(MAX_PENDING);
     let mut limit_warned = false;
     loop {
+        let deadline = pending.next_deadline();
+        let quiet_until = tokio::time::Instant::from_std(deadline.unwrap_or_else(Instant::now));
         tokio::select! {
             Some(input) = events.recv() => match input {
                 Input::Event(event) => {
@@ -526,15 +532,21 @@ async fn debounce(
                         // A watched folder itself went away: the keeper looks at once.
                         let _ = keeper.send(Keep::Check);
                     }
+                    let mut overflowed = false;
                     for path in event.paths {
+                        let watch = config.watch_of(&path);
                         // The daemon's own files (a state folder inside a watched folder)
                         // change all the time: dropped here, never queued.
-                        if !config.watch_of(&path).is_some_and(|w| w.is_own(&path)) {
-                            pending.insert(path, now);
+                        if watch.is_some_and(|w| w.is_own(&path)) {
+                            continue;
+                        }
+                        let quiet = watch.map_or(DEFAULT_QUIET, |w| w.quiet);
+                        if pending.on_event(path, quiet, now) == Admitted::Overflowed {
+                            overflowed = true;
+                            break;
                         }
                     }
-                    if pending.len() > MAX_PENDING {
-                        pending.clear();
+                    if overflowed {
                         rescan_everything(&node, &wake).await;
                     }
                 }
@@ -558,20 +570,8 @@ async fn debounce(
                 }
             },
             Some(root) = rescans.recv() => scan(&node, &wake, &root).await,
-            _ = tick.tick() => {
-                let config = node.config();
-                let now = Instant::now();
-                let quiet: Vec<PathBuf> = pending
-                    .iter()
-                    .filter(|(p, at)| {
-                        let wait = config.watch_of(p).map_or(Duration::from_secs(2), |w| w.quiet);
-                        now.duration_since(**at) >= wait
-                    })
-                    .map(|(p, _)| p.clone())
-                    .collect();
-                for p in &quiet {
-                    pending.remove(p);
-                }
+            _ = tokio::time::sleep_until(quiet_until), if deadline.is_some() => {
+                let quiet = pending.poll(Instant::now());
                 if !quiet.is_empty() {
                     settle(&node, &wake, quiet).await;
                 }
