@@ -1282,6 +1282,9 @@ pub(super) async fn state(node: &Arc<Node>, owner: Option<u32>) -> Done {
                 .unwrap_or_default(),
             Some(_) => Vec::new(),
         },
+        workers: node
+            .workers
+            .report(owner.is_none(), std::time::Instant::now()),
     };
     Done {
         code: exit::OK,

@@ -77,6 +77,8 @@ pub struct Node {
     pub duplicate_id: Mutex<DuplicateId>,
     /// Woken when a chunk of ours fell below its desired RD (REMOVED): the service re-backs up.
     pub repair: tokio::sync::Notify,
+    /// The background workers and what each is doing (for `state`).
+    pub workers: crate::workers::Workers,
 }
 
 #[derive(Default)]
@@ -428,6 +430,7 @@ pub async fn start(
         counters: Counters::default(),
         duplicate_id: Mutex::new(DuplicateId::default()),
         repair: tokio::sync::Notify::new(),
+        workers: Default::default(),
     });
     let lost = peer::reconcile_store(&node).await?;
     for ch in node.net.all() {
