@@ -16,8 +16,11 @@ use tokio::sync::{mpsc, Notify};
 
 use super::presence::{self, Presence};
 use super::queue::enqueue;
+use super::until_stopped;
 use crate::config::WatchConfig;
 use crate::daemon::Node;
+use crate::shutdown::Shutdown;
+use crate::workers::Worker;
 use debounce::{Admitted, Debounce};
 
 mod debounce;
@@ -48,6 +51,8 @@ pub struct Watchers {
     periodic: HashMap<PathBuf, (Duration, tokio::task::JoinHandle<()>)>,
     rescan: mpsc::UnboundedSender<PathBuf>,
     keeper: mpsc::UnboundedSender<Keep>,
+    /// Each periodic rescan task gets a clone (drop `Watchers` before waiting for the stop).
+    shutdown: Shutdown,
 }
 
 /// What the keeper of the inotify watches is asked to do.
@@ -62,8 +67,13 @@ enum Keep {
 }
 
 impl Watchers {
-    /// Starts the watcher and its debouncer; `wake` is the work queue's.
-    pub fn start(node: Arc<Node>, wake: Arc<Notify>) -> notify::Result<Watchers> {
+    /// Starts the watcher and its debouncer; `wake` is the work queue's. Every task it starts
+    /// ends at `shutdown`.
+    pub fn start(
+        node: Arc<Node>,
+        wake: Arc<Notify>,
+        shutdown: Shutdown,
+    ) -> notify::Result<Watchers> {
         let (tx, rx) = mpsc::channel::<Input>(EVENT_BACKLOG);
         let overflow = tx.clone();
         let watcher = notify::RecommendedWatcher::new(
@@ -100,14 +110,19 @@ impl Watchers {
             watches: Vec::new(),
             roots: HashMap::new(),
             told: HashSet::new(),
+            worker: node.workers.register("watch keeper"),
+            shutdown: shutdown.clone(),
         };
-        tokio::spawn(keep.run(orders));
-        tokio::spawn(debounce(node, wake, rx, rescans, keeper.clone()));
+        tokio::spawn(until_stopped(shutdown.clone(), keep.run(orders)));
+        let worker = node.workers.register("watcher");
+        let debouncer = debounce(node, wake, rx, rescans, keeper.clone(), worker);
+        tokio::spawn(until_stopped(shutdown.clone(), debouncer));
         Ok(Watchers {
             watched: HashSet::new(),
             periodic: HashMap::new(),
             rescan,
             keeper,
+            shutdown,
         })
     }
 
@@ -127,8 +142,8 @@ impl Watchers {
                     task.abort();
                 }
                 if !w.rescan.is_zero() {
-                    let task =
-                        tokio::spawn(periodic(self.rescan.clone(), w.path.clone(), w.rescan));
+                    let rescan = periodic(self.rescan.clone(), w.path.clone(), w.rescan);
+                    let task = tokio::spawn(until_stopped(self.shutdown.clone(), rescan));
                     self.periodic.insert(w.path.clone(), (w.rescan, task));
                 }
             }
@@ -174,6 +189,10 @@ struct Keeper {
     roots: HashMap<PathBuf, Root>,
     /// (folder, own path inside it) already told of in the log.
     told: HashSet<(PathBuf, PathBuf)>,
+    /// Failing while a folder cannot be watched.
+    worker: Worker,
+    /// For the fallback rescan tasks it starts.
+    shutdown: Shutdown,
 }
 
 impl Keeper {
@@ -190,7 +209,18 @@ impl Keeper {
                 },
                 _ = tick.tick() => {}
             }
+            self.worker.busy("checking the watched folders", None);
             self.check_all().await;
+            let unwatchable = self.roots.iter().find_map(|(path, root)| match root {
+                Root::Unwatchable { error, .. } => Some((path, error)),
+                _ => None,
+            });
+            match unwatchable {
+                Some((path, error)) => self
+                    .worker
+                    .failed(&format!("cannot watch the folder: {error}"), Some(path)),
+                None => self.worker.idle(),
+            }
         }
     }
 
@@ -375,7 +405,8 @@ impl Keeper {
             Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
                 watch_limit_reached(path);
                 // Retrying would only fail again: rescans until reload.
-                let task = tokio::spawn(fallback(self.rescan.clone(), path.clone()));
+                let rescans = fallback(self.rescan.clone(), path.clone());
+                let task = tokio::spawn(until_stopped(self.shutdown.clone(), rescans));
                 self.roots.insert(path.clone(), Root::Limited(task));
                 let _ = self.rescan.send(path.clone());
             }
@@ -508,6 +539,7 @@ async fn debounce(
     mut events: mpsc::Receiver<Input>,
     mut rescans: mpsc::UnboundedReceiver<PathBuf>,
     keeper: mpsc::UnboundedSender<Keep>,
+    worker: Worker,
 ) {
     let mut pending = Debounce::new(MAX_PENDING);
     let mut limit_warned = false;
@@ -518,7 +550,7 @@ async fn debounce(
             Some(input) = events.recv() => match input {
                 Input::Event(event) => {
                     if event.need_rescan() {
-                        rescan_everything(&node, &wake).await;
+                        rescan_everything(&node, &wake, &worker).await;
                         continue;
                     }
                     if matches!(event.kind, EventKind::Access(_)) {
@@ -547,7 +579,7 @@ async fn debounce(
                         }
                     }
                     if overflowed {
-                        rescan_everything(&node, &wake).await;
+                        rescan_everything(&node, &wake, &worker).await;
                     }
                 }
                 Input::Error(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
@@ -557,23 +589,30 @@ async fn debounce(
                             watch_limit_reached(&w.path);
                         }
                     }
-                    rescan_everything(&node, &wake).await;
+                    rescan_everything(&node, &wake, &worker).await;
                 }
                 Input::Error(e) => {
                     tracing::warn!("file watcher: {e}");
+                    worker.failed(&format!("file watcher: {e}"), None);
                     let _ = keeper.send(Keep::Check);
                 }
                 Input::Overflow => {
                     tracing::warn!("too many file events at once: rescanning the watched folders");
                     pending.clear();
-                    rescan_everything(&node, &wake).await;
+                    rescan_everything(&node, &wake, &worker).await;
                 }
             },
-            Some(root) = rescans.recv() => scan(&node, &wake, &root).await,
+            Some(root) = rescans.recv() => {
+                worker.busy("scanning", Some(&root));
+                scan(&node, &wake, &root).await;
+                worker.idle();
+            }
             _ = tokio::time::sleep_until(quiet_until), if deadline.is_some() => {
                 let quiet = pending.poll(Instant::now());
                 if !quiet.is_empty() {
+                    worker.busy("queueing changed files", None);
                     settle(&node, &wake, quiet).await;
+                    worker.idle();
                 }
             }
         }
@@ -616,10 +655,12 @@ async fn settle(node: &Arc<Node>, wake: &Notify, paths: Vec<PathBuf>) {
     enqueue(node, wake, files).await;
 }
 
-async fn rescan_everything(node: &Arc<Node>, wake: &Notify) {
+async fn rescan_everything(node: &Arc<Node>, wake: &Notify, worker: &Worker) {
     for w in &node.config().watch {
+        worker.busy("scanning", Some(&w.path));
         scan(node, wake, &w.path).await;
     }
+    worker.idle();
 }
 
 /// Compares a folder with the catalog and queues what differs: files new or changed since
