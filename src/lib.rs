@@ -4,7 +4,8 @@
 //! Layers look down only: `protocol` (pure) ← `engine` (state machines) ← `net`, `store` ←
 //! `daemon` (the running peer) ← `service` (watched folders, queue,
 //! reload, systemd). `control` is the language of the control socket; `fsx` opens files without
-//! following symlinks, for a daemon that users may race.
+//! following symlinks, for a daemon that users may race. `shutdown` (stopping every task on
+//! SIGTERM) and `workers` (what each background worker is doing) serve every layer.
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -17,3 +18,4 @@ pub mod protocol;
 pub mod service;
 pub mod shutdown;
 pub mod store;
+pub mod workers;

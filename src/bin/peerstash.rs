@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use peerstash::cli::{Args, Command};
 use peerstash::config::{load_lan_key, parse_size, Config, DEFAULT_CONFIG_PATH};
-use peerstash::control::{self, exit, shown, PeerState, Request, VersionInfo};
+use peerstash::control::{self, exit, shown, PeerState, Request, VersionInfo, WorkerInfo};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -254,6 +254,24 @@ fn print_versions(versions: &[VersionInfo]) {
     }
 }
 
+/// One line per background worker: "worker queue 1: busy 3s, backing up /srv/x", "worker
+/// repair: failing 60s, cannot check replication: …".
+fn print_worker(w: &WorkerInfo) {
+    let mut line = format!("worker {}: {}", w.name, w.state);
+    if let Some(s) = w.since_s {
+        line.push_str(&format!(" {s}s"));
+    }
+    let path = w.path.as_deref().map(shown);
+    match (&w.what, &w.error, path) {
+        (Some(what), _, Some(path)) => line.push_str(&format!(", {what} {path}")),
+        (Some(what), _, None) => line.push_str(&format!(", {what}")),
+        (None, Some(error), Some(path)) => line.push_str(&format!(", {error} ({path})")),
+        (None, Some(error), None) => line.push_str(&format!(", {error}")),
+        (None, None, _) => {}
+    }
+    println!("{line}");
+}
+
 fn print_state(s: &PeerState) {
     for warning in &s.warnings {
         println!("WARNING: {warning}");
@@ -275,6 +293,9 @@ fn print_state(s: &PeerState) {
             format!("; backing up {}", busy.join(", "))
         }
     );
+    for w in &s.workers {
+        print_worker(w);
+    }
     if s.malformed_datagrams + s.busy_drops + s.queue_drops > 0 {
         println!(
             "dropped since start: {} malformed datagrams, {} PUTCHUNKs while busy, {} datagrams while the catalog queue was full",

@@ -37,12 +37,16 @@ fn main() -> ExitCode {
     let options = peerstash::daemon::StartOptions {
         rebuild_catalog: args.rebuild_catalog,
     };
-    match runtime.block_on(peerstash::service::run(
+    let result = runtime.block_on(peerstash::service::run(
         config,
         lan_key,
         args.config,
         options,
-    )) {
+    ));
+    // `run` has stopped every task it could (SIGTERM): what is left (a file read by a blocking
+    // thread, say) is not waited for long. The catalog is consistent at any instant.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: to the journal at error priority under systemd, to stderr otherwise.

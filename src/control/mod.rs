@@ -86,6 +86,22 @@ pub mod wire_path {
         from_wire(Wire::deserialize(d)?)
     }
 
+    /// The same for an optional path.
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(path: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+            match path {
+                Some(p) => s.serialize_some(&to_wire(p)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+            Option::<Wire>::deserialize(d)?.map(from_wire).transpose()
+        }
+    }
+
     /// The same for a list of paths.
     pub mod list {
         use super::*;
@@ -217,6 +233,34 @@ pub struct PeerState {
     /// counts as deleted until they are back. Root only.
     #[serde(default)]
     pub unavailable: Vec<UnavailableFolder>,
+    /// The background workers (queue, watcher, repair, expiry, status) and what each is doing;
+    /// paths for root only.
+    #[serde(default)]
+    pub workers: Vec<WorkerInfo>,
+}
+
+/// A background worker of the daemon and what it is doing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub name: String,
+    /// "idle", "busy" or "failing".
+    pub state: String,
+    /// Busy: what it is doing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub what: Option<String>,
+    /// Failing: its last error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The path it is working on, or failed on (root only).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "wire_path::option"
+    )]
+    pub path: Option<PathBuf>,
+    /// Seconds it has been busy, or failing (since the first failure in a row).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_s: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -17,6 +17,7 @@ use super::cmd::{self, Done};
 use super::Node;
 use crate::control::{self, exit, shown, Reply, Request};
 use crate::fsx;
+use crate::shutdown::Shutdown;
 
 /// Connections served at once; more wait for a turn.
 const MAX_CONNECTIONS: usize = 32;
@@ -58,12 +59,18 @@ pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves the control socket bound by `bind`.
-pub fn serve(node: Arc<Node>, listener: UnixListener) {
+/// Serves the control socket bound by `bind` until shutdown: then no connection is accepted any
+/// more, and requests still running get `STOP_GRACE` to end before they are cut (their caller
+/// is told). The listener is closed once every connection is over.
+pub fn serve(node: Arc<Node>, listener: UnixListener, mut shutdown: Shutdown) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
-            let stream = match listener.accept().await {
+            let accepted = tokio::select! {
+                _ = shutdown.recv() => break,
+                a = listener.accept() => a,
+            };
+            let stream = match accepted {
                 Ok((s, _)) => s,
                 Err(e) => {
                     tracing::warn!("control socket accept failed: {e}");
@@ -71,24 +78,51 @@ pub fn serve(node: Arc<Node>, listener: UnixListener) {
                     continue;
                 }
             };
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
+            let permit = tokio::select! {
+                _ = shutdown.recv() => break,
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
             };
-            let node = node.clone();
+            let (node, shutdown) = (node.clone(), shutdown.clone());
             tokio::spawn(async move {
-                if let Err(e) = connection(node, stream).await {
+                if let Err(e) = connection(node, stream, shutdown).await {
                     tracing::debug!("control connection ended: {e}");
                 }
                 drop(permit);
             });
         }
+        tracing::debug!("control socket: no longer accepting");
     });
 }
 
-async fn connection(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> {
+/// How long a request running when the daemon stops may still take before it is cut.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Resolves `STOP_GRACE` after shutdown was triggered.
+async fn cut(mut shutdown: Shutdown) {
+    shutdown.recv().await;
+    tokio::time::sleep(STOP_GRACE).await;
+}
+
+/// The final line of a request cut by the daemon stopping.
+const CUT: &str = "peerstashd stopped before this request ended; run it again once the daemon is back (a backup resumes where it stopped)";
+
+async fn connection(
+    node: Arc<Node>,
+    stream: UnixStream,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let cut = cut(shutdown);
+    tokio::pin!(cut);
     // Who is asking (SO_PEERCRED): root may do anything; others act on their own files only.
     let caller = stream.peer_cred().map(|c| c.uid());
-    let read = control::read_request(&stream).await;
+    let read = tokio::select! {
+        r = control::read_request(&stream) => r,
+        // No request yet: nothing to answer.
+        _ = &mut cut => return Ok(()),
+    };
     let (_, mut write) = stream.into_split();
     let (line, fds) = match read {
         Ok(r) => r,
@@ -108,22 +142,52 @@ async fn connection(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> 
     tracing::debug!(?request, caller, fds = fds.len(), "control request");
     let owner = (caller != 0).then_some(caller);
     let handle = fds.into_iter().next().map(File::from);
-    let job = match prepare(&node, request, owner, handle).await {
+    let prepared = tokio::select! {
+        p = prepare(&node, request, owner, handle) => p,
+        _ = &mut cut => {
+            return tokio::time::timeout(STOP_GRACE, refuse(&mut write, exit::FAILED, CUT.into()))
+                .await
+                .unwrap_or(Ok(()))
+        }
+    };
+    let job = match prepared {
         Ok(job) => job,
         Err(message) => return refuse(&mut write, exit::FAILED, message).await,
     };
     let (progress, mut lines) = mpsc::channel::<String>(64);
-    let work = tokio::spawn(run(node, job, owner, progress));
-    while let Some(message) = lines.recv().await {
-        // A client that went away does not stop the work: the backup finishes anyway.
-        let _ = send(&mut write, &Reply::Progress { message }).await;
+    let mut work = tokio::spawn(run(node, job, owner, progress));
+    let finished = {
+        let write = &mut write;
+        let forward = async {
+            while let Some(message) = lines.recv().await {
+                // A client that went away does not stop the work: the backup finishes anyway.
+                let _ = send(write, &Reply::Progress { message }).await;
+            }
+            (&mut work).await
+        };
+        tokio::select! {
+            done = forward => Some(done),
+            _ = &mut cut => None,
+        }
+    };
+    match finished {
+        Some(done) => {
+            let done = done.unwrap_or_else(|e| Done {
+                code: exit::FAILED,
+                message: format!("internal error: {e}"),
+                data: None,
+            });
+            send(&mut write, &final_reply(done)).await
+        }
+        None => {
+            // Dropped where it waits; what it recorded is in the catalog.
+            work.abort();
+            // A caller that does not read does not hold the stop up.
+            tokio::time::timeout(STOP_GRACE, refuse(&mut write, exit::FAILED, CUT.into()))
+                .await
+                .unwrap_or(Ok(()))
+        }
     }
-    let done = work.await.unwrap_or_else(|e| Done {
-        code: exit::FAILED,
-        message: format!("internal error: {e}"),
-        data: None,
-    });
-    send(&mut write, &final_reply(done)).await
 }
 
 /// A request checked and ready to run, with the handles it works through.

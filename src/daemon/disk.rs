@@ -222,33 +222,58 @@ pub(super) async fn remove_chunk_files(
 }
 
 /// Records the STOREDs heard, many per catalog call: what a burst costs is one call per batch,
-/// not one per datagram.
+/// not one per datagram. At shutdown, what is queued is recorded before it returns.
 pub(super) async fn record_stored(
     catalog: CatalogHandle,
     mut rx: mpsc::Receiver<(ChunkId, PeerId)>,
+    mut shutdown: crate::shutdown::Shutdown,
 ) {
     let mut batch = Vec::with_capacity(MAX_STORED_BATCH);
-    while rx.recv_many(&mut batch, MAX_STORED_BATCH).await > 0 {
-        let mut by_chunk: HashMap<ChunkId, Vec<PeerId>> = HashMap::new();
-        for (chunk, peer) in batch.drain(..) {
-            let peers = by_chunk.entry(chunk).or_default();
-            if peers.len() < MAX_HOLDERS as usize && !peers.contains(&peer) {
-                peers.push(peer);
+    loop {
+        let stopping = tokio::select! {
+            _ = shutdown.recv() => true,
+            n = rx.recv_many(&mut batch, MAX_STORED_BATCH) => {
+                if n == 0 {
+                    return;
+                }
+                false
+            }
+        };
+        if stopping {
+            while let Ok(heard) = rx.try_recv() {
+                batch.push(heard);
             }
         }
-        let r = catalog
-            .call(move |cat| {
-                for (c, peers) in by_chunk {
-                    if let Err(e) = cat.add_holders(&c.file_id, c.chunk_no, &peers) {
-                        tracing::warn!("could not record the STOREDs of {c}: {e}");
-                    }
-                }
-                Ok(())
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::warn!("could not record STOREDs: {e}");
+        record_batch(&catalog, batch.drain(..)).await;
+        if stopping {
+            return;
         }
+    }
+}
+
+async fn record_batch(catalog: &CatalogHandle, heard: impl Iterator<Item = (ChunkId, PeerId)>) {
+    let mut by_chunk: HashMap<ChunkId, Vec<PeerId>> = HashMap::new();
+    for (chunk, peer) in heard {
+        let peers = by_chunk.entry(chunk).or_default();
+        if peers.len() < MAX_HOLDERS as usize && !peers.contains(&peer) {
+            peers.push(peer);
+        }
+    }
+    if by_chunk.is_empty() {
+        return;
+    }
+    let r = catalog
+        .call(move |cat| {
+            for (c, peers) in by_chunk {
+                if let Err(e) = cat.add_holders(&c.file_id, c.chunk_no, &peers) {
+                    tracing::warn!("could not record the STOREDs of {c}: {e}");
+                }
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = r {
+        tracing::warn!("could not record STOREDs: {e}");
     }
 }
 

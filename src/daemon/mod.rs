@@ -59,6 +59,8 @@ pub struct Node {
     pub duplicate_id: Mutex<DuplicateId>,
     /// Woken when a chunk of ours fell below its desired RD (REMOVED): the service re-backs up.
     pub repair: tokio::sync::Notify,
+    /// The background workers and what each is doing (for `state`).
+    pub workers: crate::workers::Workers,
 }
 
 #[derive(Default)]
@@ -212,7 +214,11 @@ pub async fn start(
     }
     let listener = control::bind(&config.peer.control_socket).await?;
     let (stored_tx, stored_rx) = mpsc::channel(disk::STORED_QUEUE);
-    tokio::spawn(disk::record_stored(catalog.clone(), stored_rx));
+    tokio::spawn(disk::record_stored(
+        catalog.clone(),
+        stored_rx,
+        stop.subscribe(),
+    ));
     let net = Channels::open(
         config.network.interface,
         config.network.ttl,
@@ -238,6 +244,7 @@ pub async fn start(
         counters: Counters::default(),
         duplicate_id: Mutex::new(DuplicateId::default()),
         repair: tokio::sync::Notify::new(),
+        workers: Default::default(),
     });
     let lost = disk::reconcile_store(&node).await?;
     let (to_engine, datagrams) = driver::datagram_queue();

@@ -1,11 +1,13 @@
 //! The system service around the peer: watched folders and their policies, the persistent work
-//! queue, reload on SIGHUP, systemd notifications, clean stop on SIGTERM.
+//! queue, reload on SIGHUP, systemd notifications, clean stop on SIGTERM (every worker stops,
+//! the catalog is checkpointed, the control socket removed, within `STOP_WITHIN` or so).
 
 pub mod presence;
 pub mod queue;
 pub mod systemd;
 pub mod watch;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +18,8 @@ use tokio::sync::Notify;
 use crate::config::{self, Config, NetworkConfig};
 use crate::daemon::{self, cmd, Node};
 use crate::protocol::auth::LanKey;
+use crate::shutdown::{Shutdown, Trigger};
+use crate::workers::Worker;
 use watch::Watchers;
 
 /// How often our files are checked for chunks below their desired RD.
@@ -24,6 +28,21 @@ const REPAIR_EVERY: Duration = Duration::from_secs(60);
 const REPAIR_GRACE: Duration = Duration::from_secs(5);
 /// How often the systemd status line is refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// How long the workers get to stop after SIGTERM (the control socket's requests take up to a
+/// second of it); then the catalog is checkpointed, within `CHECKPOINT_WITHIN`. `run` returns
+/// within their sum, well inside systemd's stop timeout and the 5 s a user waits.
+const STOP_WITHIN: Duration = Duration::from_millis(2500);
+const CHECKPOINT_WITHIN: Duration = Duration::from_secs(1);
+
+/// Runs a worker until it ends or the daemon stops: stopping drops it where it waits. Used for
+/// workers that keep everything that must survive in the catalog, so that a cut anywhere loses
+/// nothing. Holds `shutdown` until then (the trigger waits for it).
+pub(crate) async fn until_stopped(mut shutdown: Shutdown, work: impl Future<Output = ()>) {
+    tokio::select! {
+        _ = shutdown.recv() => {}
+        _ = work => {}
+    }
+}
 
 /// Runs the peer as a service until SIGTERM or SIGINT. `config_path` is re-read on SIGHUP, and
 /// the LAN key with it; `lan_key` is the one the config names now (`config::load_lan_key`).
@@ -36,76 +55,113 @@ pub async fn run(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let stop = crate::shutdown::Trigger::new();
-    let (node, control) = daemon::start(config, lan_key, options, &stop).await?;
-    daemon::serve_control(node.clone(), control);
+    let trigger = Trigger::new();
+    let (node, control) = daemon::start(config, lan_key, options, &trigger).await?;
+    daemon::serve_control(node.clone(), control, trigger.subscribe());
     let wake = Arc::new(Notify::new());
-    tokio::spawn(queue::run(node.clone(), wake.clone()));
-    let mut watchers = Watchers::start(node.clone(), wake.clone())?;
+    tokio::spawn(queue::run(node.clone(), wake.clone(), trigger.subscribe()));
+    let mut watchers = Watchers::start(node.clone(), wake.clone(), trigger.subscribe())?;
     // Watching starts with a scan of each folder: what changed while we were down is queued.
     watchers.sync(&node.config().watch);
-    tokio::spawn({
-        let (node, wake) = (node.clone(), wake.clone());
-        async move {
-            let mut absence = presence::Absence::default();
-            loop {
-                tokio::time::sleep(queue::expiry_interval(&node.config())).await;
-                queue::expire_deleted(&node, &wake, &mut absence).await;
-            }
-        }
-    });
-    tokio::spawn(repair(node.clone(), wake.clone()));
-    tokio::spawn({
-        let node = node.clone();
-        async move {
-            let mut tick = tokio::time::interval(STATUS_EVERY);
-            loop {
-                tick.tick().await;
-                systemd::status(&status_line(&node).await);
-            }
-        }
-    });
+    let worker = node.workers.register("expiry");
+    let expiry = expire(node.clone(), wake.clone(), worker);
+    tokio::spawn(until_stopped(trigger.subscribe(), expiry));
+    let worker = node.workers.register("repair");
+    let repair = repair(node.clone(), wake.clone(), worker);
+    tokio::spawn(until_stopped(trigger.subscribe(), repair));
+    let worker = node.workers.register("status");
+    tokio::spawn(until_stopped(
+        trigger.subscribe(),
+        status(node.clone(), worker),
+    ));
     if node.lan_key().is_some() {
         tracing::info!("LAN key set: every datagram is signed, and unsigned ones are dropped");
     }
     tracing::info!(peer = node.id.0, "peer is up");
     systemd::ready(&status_line(&node).await);
-    systemd::spawn_watchdog();
-    loop {
+    systemd::spawn_watchdog(trigger.subscribe());
+    let signal = loop {
         tokio::select! {
             _ = hup.recv() => reload(&node, &config_path, &mut watchers, &wake).await,
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+        }
+    };
+    systemd::stopping();
+    tracing::info!("{signal}: stopping");
+    // The watchers hold a Shutdown for the rescan tasks they start.
+    drop(watchers);
+    if trigger.shutdown(STOP_WITHIN).await {
+        tracing::info!("every task stopped");
+    } else {
+        tracing::warn!(
+            "some tasks did not stop within {} ms: stopping anyway",
+            STOP_WITHIN.as_millis()
+        );
+    }
+    match tokio::time::timeout(CHECKPOINT_WITHIN, node.catalog.checkpoint()).await {
+        Ok(Ok(())) => tracing::info!("catalog checkpointed"),
+        Ok(Err(e)) => tracing::warn!("cannot checkpoint the catalog: {e} (it is safe anyway)"),
+        Err(_) => {
+            tracing::warn!("the catalog checkpoint took too long (the catalog is safe anyway)")
         }
     }
-    systemd::stopping();
-    tracing::info!("stopping");
-    if !stop.shutdown(Duration::from_secs(4)).await {
-        tracing::warn!("some tasks did not stop in time");
+    let socket = node.config().peer.control_socket.clone();
+    if let Err(e) = std::fs::remove_file(&socket) {
+        tracing::warn!("cannot remove the control socket {}: {e}", socket.display());
     }
-    let _ = node.catalog.checkpoint().await;
-    let _ = std::fs::remove_file(&node.config().peer.control_socket);
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// Expires the versions of files deleted locally for longer than their folder keeps them.
+async fn expire(node: Arc<Node>, wake: Arc<Notify>, worker: Worker) {
+    let mut absence = presence::Absence::default();
+    loop {
+        tokio::time::sleep(queue::expiry_interval(&node.config())).await;
+        worker.busy("expiring deleted files", None);
+        match queue::expire_deleted(&node, &wake, &mut absence).await {
+            Ok(()) => worker.idle(),
+            Err(e) => worker.failed(&e, None),
+        }
+    }
+}
+
+/// Refreshes the systemd status line.
+async fn status(node: Arc<Node>, worker: Worker) {
+    let mut tick = tokio::time::interval(STATUS_EVERY);
+    loop {
+        tick.tick().await;
+        worker.busy("updating the status line", None);
+        systemd::status(&status_line(&node).await);
+        worker.idle();
+    }
 }
 
 /// Queues our files that have a chunk below its desired RD (periodically, and after a REMOVED
 /// once the holders had time to re-back up): the queue's backup resends only those chunks.
-async fn repair(node: Arc<Node>, wake: Arc<Notify>) {
+async fn repair(node: Arc<Node>, wake: Arc<Notify>, worker: Worker) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(REPAIR_EVERY) => {}
             _ = node.repair.notified() => tokio::time::sleep(REPAIR_GRACE).await,
         }
+        worker.busy("checking replication", None);
         match node.catalog.call(|c| c.paths_below_rd()).await {
-            Ok(paths) if !paths.is_empty() => {
-                tracing::info!(
-                    "{} backed-up files have chunks below their RD: backing them up again",
-                    paths.len()
-                );
-                queue::enqueue(&node, &wake, paths).await;
+            Ok(paths) => {
+                if !paths.is_empty() {
+                    tracing::info!(
+                        "{} backed-up files have chunks below their RD: backing them up again",
+                        paths.len()
+                    );
+                    queue::enqueue(&node, &wake, paths).await;
+                }
+                worker.idle();
             }
-            Ok(_) => {}
-            Err(e) => tracing::error!("cannot check replication: {e}"),
+            Err(e) => {
+                tracing::error!("cannot check replication: {e}");
+                worker.failed(&format!("cannot check replication: {e}"), None);
+            }
         }
     }
 }

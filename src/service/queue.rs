@@ -16,6 +16,8 @@ use crate::daemon::cmd::backup::{backup_file, BackupError};
 use crate::daemon::cmd::delete::{forget_versions, Policy};
 use crate::daemon::Node;
 use crate::service::presence::{self, Absence, Presence};
+use crate::shutdown::Shutdown;
+use crate::workers::Worker;
 
 /// Files backed up at once; each has its own window of chunks in flight.
 const WORKERS: usize = 2;
@@ -50,12 +52,20 @@ pub async fn enqueue(node: &Arc<Node>, wake: &Notify, paths: Vec<PathBuf>) {
     }
 }
 
-/// Runs the workers for as long as the daemon runs.
-pub async fn run(node: Arc<Node>, wake: Arc<Notify>) {
+/// Runs the workers until shutdown. Then backups under way are cut where they wait: their paths
+/// stay queued as they were (neither done nor counted as a failed attempt), so the next start
+/// backs them up again, and the same content resumes its version (only chunks below their RD
+/// are sent).
+pub async fn run(node: Arc<Node>, wake: Arc<Notify>, mut shutdown: Shutdown) {
+    let slots: Vec<Arc<Worker>> = (1..=WORKERS)
+        .map(|i| Arc::new(node.workers.register(format!("queue {i}"))))
+        .collect();
+    let mut free: Vec<usize> = (0..WORKERS).rev().collect();
     let mut running: JoinSet<()> = JoinSet::new();
+    // Which slot each task holds, by task id (a task that panicked returns nothing).
+    let mut slot_of: HashMap<tokio::task::Id, usize> = HashMap::new();
     loop {
-        let free = WORKERS - running.len();
-        if free > 0 {
+        if !free.is_empty() {
             let busy = node
                 .in_progress
                 .lock()
@@ -66,20 +76,20 @@ pub async fn run(node: Arc<Node>, wake: Arc<Notify>) {
                 .call(move |c| c.due(now_ms(), WORKERS * 4))
                 .await
                 .unwrap_or_default();
-            for (path, gen, attempts) in due.into_iter().filter(|d| !busy.contains(&d.0)).take(free)
-            {
-                node.in_progress
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(path.clone());
-                let (node, wake) = (node.clone(), wake.clone());
-                running.spawn(async move {
-                    work_on(&node, &wake, &path, gen, attempts).await;
-                    node.in_progress
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&path);
+            let n = free.len();
+            for (path, gen, attempts) in due.into_iter().filter(|d| !busy.contains(&d.0)).take(n) {
+                let Some(slot) = free.pop() else { break };
+                let guard = InProgress::mark(&node, &path);
+                let (node, wake, worker) = (node.clone(), wake.clone(), slots[slot].clone());
+                let task = running.spawn(async move {
+                    worker.busy("backing up", Some(&path));
+                    match work_on(&node, &wake, &path, gen, attempts).await {
+                        Ok(()) => worker.idle(),
+                        Err(error) => worker.failed(&error, Some(&path)),
+                    }
+                    drop(guard);
                 });
+                slot_of.insert(task.id(), slot);
             }
         }
         let next_due = node.catalog.call(|c| c.next_due()).await.ok().flatten();
@@ -87,10 +97,59 @@ pub async fn run(node: Arc<Node>, wake: Arc<Notify>) {
             .map(|t| Duration::from_millis((t - now_ms()).clamp(50, 60_000) as u64))
             .unwrap_or(Duration::from_secs(60));
         tokio::select! {
+            _ = shutdown.recv() => break,
             _ = wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
-            Some(_) = running.join_next() => {}
+            Some(ended) = running.join_next_with_id() => {
+                let (id, panicked) = match ended {
+                    Ok((id, ())) => (id, None),
+                    Err(e) => (e.id(), Some(format!("internal error: {e}"))),
+                };
+                if let Some(slot) = slot_of.remove(&id) {
+                    if let Some(error) = panicked {
+                        tracing::error!("backup queue: {error}");
+                        slots[slot].failed(&error, None);
+                    }
+                    free.push(slot);
+                }
+            }
         }
+    }
+    let cut = running.len();
+    // Aborted where they wait, and waited for.
+    running.shutdown().await;
+    if cut > 0 {
+        tracing::info!("stopped {cut} backups under way: they resume at the next start");
+    }
+}
+
+/// A path the queue is working on, shown in `state`; unmarked however its work ends (a task
+/// aborted at shutdown included).
+struct InProgress {
+    node: Arc<Node>,
+    path: PathBuf,
+}
+
+impl InProgress {
+    fn mark(node: &Arc<Node>, path: &Path) -> InProgress {
+        node.in_progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path.to_path_buf());
+        InProgress {
+            node: node.clone(),
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.node
+            .in_progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.path);
     }
 }
 
@@ -109,8 +168,14 @@ fn changed_within(meta: &std::fs::Metadata, quiet: Duration) -> Option<Duration>
         .then(|| Duration::from_nanos(age as u64))
 }
 
-/// What the queue does with one path.
-async fn work_on(node: &Arc<Node>, wake: &Notify, path: &Path, gen: i64, attempts: u32) {
+/// What the queue does with one path. Err: why it failed (the path is tried again later).
+async fn work_on(
+    node: &Arc<Node>,
+    wake: &Notify,
+    path: &Path,
+    gen: i64,
+    attempts: u32,
+) -> Result<(), String> {
     tracing::debug!("looking at {} (attempt {})", path.display(), attempts + 1);
     let config = node.config();
     let Some(watch) = config.watch_of(path).cloned() else {
@@ -118,11 +183,13 @@ async fn work_on(node: &Arc<Node>, wake: &Notify, path: &Path, gen: i64, attempt
         return repair_unwatched(node, path, gen).await;
     };
     if watch.excludes(&watch.exclude_set(), path) {
-        return done(node, path, gen).await;
+        done(node, path, gen).await;
+        return Ok(());
     }
     if is_unavailable(node, &watch.path) {
         // Its disk is not mounted: nothing there is ours. Rescanned when it is back.
-        return done(node, path, gen).await;
+        done(node, path, gen).await;
+        return Ok(());
     }
     let meta = tokio::task::spawn_blocking({
         let path = path.to_path_buf();
@@ -132,7 +199,8 @@ async fn work_on(node: &Arc<Node>, wake: &Notify, path: &Path, gen: i64, attempt
     match meta {
         Ok(Ok(meta)) if meta.is_file() => {
             if up_to_date(node, path, &meta, &watch).await {
-                return done(node, path, gen).await;
+                done(node, path, gen).await;
+                return Ok(());
             }
             if let Some(age) = changed_within(&meta, watch.quiet) {
                 let due = now_ms() + (watch.quiet - age).as_millis() as i64 + 1;
@@ -141,7 +209,7 @@ async fn work_on(node: &Arc<Node>, wake: &Notify, path: &Path, gen: i64, attempt
                     .catalog
                     .call(move |c| c.retry_later(&p, gen, due))
                     .await;
-                return;
+                return Ok(());
             }
             if meta.nlink() > 1 {
                 // A change made through this name is a change of the file's other names too,
@@ -158,10 +226,14 @@ async fn work_on(node: &Arc<Node>, wake: &Notify, path: &Path, gen: i64, attempt
                     );
                     // The new version is fully replicated: older ones beyond the policy go.
                     let policy = Policy::KeepVersions(watch.keep_versions);
-                    if let Err(e) = forget_versions(node, path, policy).await {
+                    let forgotten = forget_versions(node, path, policy).await;
+                    if let Err(e) = &forgotten {
                         tracing::error!("cannot delete old versions of {}: {e}", path.display());
                     }
-                    done(node, path, gen).await
+                    done(node, path, gen).await;
+                    forgotten
+                        .map(drop)
+                        .map_err(|e| format!("cannot delete old versions: {e}"))
                 }
                 Ok(r) => {
                     tracing::warn!(
@@ -171,7 +243,11 @@ async fn work_on(node: &Arc<Node>, wake: &Notify, path: &Path, gen: i64, attempt
                         r.chunks,
                         watch.replication
                     );
-                    later(node, path, gen, attempts).await
+                    later(node, path, gen, attempts).await;
+                    Err(format!(
+                        "{} of {} chunks below RD {}",
+                        r.below, r.chunks, watch.replication
+                    ))
                 }
                 Err(BackupError::Changed) => {
                     // Still being written: look again once it has been quiet.
@@ -181,15 +257,23 @@ async fn work_on(node: &Arc<Node>, wake: &Notify, path: &Path, gen: i64, attempt
                         .catalog
                         .call(move |c| c.retry_later(&p, gen, due))
                         .await;
+                    Ok(())
                 }
                 Err(e) => {
                     tracing::warn!("cannot back up {}: {e}", path.display());
-                    later(node, path, gen, attempts).await
+                    later(node, path, gen, attempts).await;
+                    Err(format!("cannot back up: {e}"))
                 }
             }
         }
-        Ok(Ok(_)) | Ok(Err(_)) => gone(node, path, gen, &watch).await,
-        Err(e) => tracing::error!("internal error looking at {}: {e}", path.display()),
+        Ok(Ok(_)) | Ok(Err(_)) => {
+            gone(node, path, gen, &watch).await;
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!("internal error looking at {}: {e}", path.display());
+            Err(format!("internal error: {e}"))
+        }
     }
 }
 
@@ -222,7 +306,7 @@ async fn other_names(
 }
 
 /// A file outside the watched folders is only brought back to its RD, if it is unchanged.
-async fn repair_unwatched(node: &Arc<Node>, path: &Path, gen: i64) {
+async fn repair_unwatched(node: &Arc<Node>, path: &Path, gen: i64) -> Result<(), String> {
     let p = path.to_path_buf();
     let latest = node
         .catalog
@@ -237,15 +321,18 @@ async fn repair_unwatched(node: &Arc<Node>, path: &Path, gen: i64) {
     .await
     .ok()
     .flatten();
+    let mut outcome = Ok(());
     if let (Some(f), Some(meta)) = (latest, meta) {
         let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
         if meta.is_file() && f.size == meta.len() && f.mtime_ns == mtime_ns {
             if let Err(e) = backup_file(node, path, f.desired_rd).await {
                 tracing::warn!("cannot repair {}: {e}", path.display());
+                outcome = Err(format!("cannot repair: {e}"));
             }
         }
     }
-    done(node, path, gen).await
+    done(node, path, gen).await;
+    outcome
 }
 
 /// Whether the newest version is this very file (same size, mtime, ctime and inode), complete,
@@ -345,11 +432,19 @@ pub fn retry_delay(attempts: u32) -> Duration {
 /// each path is looked at again (lstat) first, and its folder after it. A regular file there
 /// again clears the mark and is queued (the same content resumes its version, other content is
 /// a new one); a folder, a symlink or nothing there is not the file, and only that path's own
-/// versions expire (never those of files below a folder of the same name).
-pub async fn expire_deleted(node: &Arc<Node>, wake: &Notify, absence: &mut Absence) {
-    let Ok(deleted) = node.catalog.call(|c| c.deleted_paths()).await else {
-        return;
-    };
+/// versions expire (never those of files below a folder of the same name). Err: the last
+/// thing that failed (each is logged).
+pub async fn expire_deleted(
+    node: &Arc<Node>,
+    wake: &Notify,
+    absence: &mut Absence,
+) -> Result<(), String> {
+    let deleted = node
+        .catalog
+        .call(|c| c.deleted_paths())
+        .await
+        .map_err(|e| format!("cannot list the deleted files: {e}"))?;
+    let mut outcome = Ok(());
     let config = node.config();
     // Each folder holding deleted paths is looked at once per check.
     let mut available: HashMap<PathBuf, bool> = HashMap::new();
@@ -383,7 +478,9 @@ pub async fn expire_deleted(node: &Arc<Node>, wake: &Notify, absence: &mut Absen
             .await;
         if let Err(e) = r {
             tracing::error!("cannot count how long deleted files have been gone: {e}");
-            return;
+            return Err(format!(
+                "cannot count how long deleted files have been gone: {e}"
+            ));
         }
     }
     let mut back = Vec::new();
@@ -422,7 +519,10 @@ pub async fn expire_deleted(node: &Arc<Node>, wake: &Notify, absence: &mut Absen
                 path.display(),
                 absent_ms / 1000
             ),
-            Err(e) => tracing::error!("cannot expire {}: {e}", path.display()),
+            Err(e) => {
+                tracing::error!("cannot expire {}: {e}", path.display());
+                outcome = Err(format!("cannot expire a deleted file: {e}"));
+            }
         }
     }
     if !back.is_empty() {
@@ -433,9 +533,11 @@ pub async fn expire_deleted(node: &Arc<Node>, wake: &Notify, absence: &mut Absen
             .await;
         if let Err(e) = r {
             tracing::error!("cannot note that deleted files are back: {e}");
+            outcome = Err(format!("cannot note that deleted files are back: {e}"));
         }
         enqueue(node, wake, back).await;
     }
+    outcome
 }
 
 /// How often deleted files are checked for expiry: every 30 s, or more often when a folder keeps

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
+use crate::shutdown::Shutdown;
+
 fn send(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(false, states) {
         tracing::debug!("sd_notify failed: {e}");
@@ -30,18 +32,18 @@ pub fn status(line: &str) {
     send(&[NotifyState::Status(line)]);
 }
 
-/// Sends WATCHDOG=1 at half the interval systemd asked for, if it asked.
-pub fn spawn_watchdog() {
+/// Sends WATCHDOG=1 at half the interval systemd asked for, if it asked, until shutdown.
+pub fn spawn_watchdog(shutdown: Shutdown) {
     let mut usec = 0;
     if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
         let every = Duration::from_micros(usec / 2);
-        tokio::spawn(async move {
+        tokio::spawn(super::until_stopped(shutdown, async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
                 send(&[NotifyState::Watchdog]);
             }
-        });
+        }));
     }
 }
 

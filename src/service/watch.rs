@@ -16,8 +16,14 @@ use tokio::sync::{mpsc, Notify};
 
 use super::presence::{self, Presence};
 use super::queue::enqueue;
+use super::until_stopped;
 use crate::config::WatchConfig;
 use crate::daemon::Node;
+use crate::shutdown::Shutdown;
+use crate::workers::Worker;
+use debounce::{Admitted, Debounce};
+
+mod debounce;
 
 /// How often folders the watch limit left unwatched are scanned.
 const FALLBACK_RESCAN: Duration = Duration::from_secs(60);
@@ -27,6 +33,8 @@ const PRESENCE_CHECK: Duration = Duration::from_secs(10);
 const EVENT_BACKLOG: usize = 8192;
 /// Paths waiting for their quiet time; beyond this a rescan replaces them.
 const MAX_PENDING: usize = 100_000;
+/// The quiet time of a path no watch holds any more (its folder was removed on reload).
+const DEFAULT_QUIET: Duration = Duration::from_secs(2);
 /// Files compared with the catalog per catalog call during a scan.
 const SCAN_BATCH: usize = 512;
 
@@ -43,6 +51,8 @@ pub struct Watchers {
     periodic: HashMap<PathBuf, (Duration, tokio::task::JoinHandle<()>)>,
     rescan: mpsc::UnboundedSender<PathBuf>,
     keeper: mpsc::UnboundedSender<Keep>,
+    /// Each periodic rescan task gets a clone (drop `Watchers` before waiting for the stop).
+    shutdown: Shutdown,
 }
 
 /// What the keeper of the inotify watches is asked to do.
@@ -57,8 +67,13 @@ enum Keep {
 }
 
 impl Watchers {
-    /// Starts the watcher and its debouncer; `wake` is the work queue's.
-    pub fn start(node: Arc<Node>, wake: Arc<Notify>) -> notify::Result<Watchers> {
+    /// Starts the watcher and its debouncer; `wake` is the work queue's. Every task it starts
+    /// ends at `shutdown`.
+    pub fn start(
+        node: Arc<Node>,
+        wake: Arc<Notify>,
+        shutdown: Shutdown,
+    ) -> notify::Result<Watchers> {
         let (tx, rx) = mpsc::channel::<Input>(EVENT_BACKLOG);
         let overflow = tx.clone();
         let watcher = notify::RecommendedWatcher::new(
@@ -95,14 +110,19 @@ impl Watchers {
             watches: Vec::new(),
             roots: HashMap::new(),
             told: HashSet::new(),
+            worker: node.workers.register("watch keeper"),
+            shutdown: shutdown.clone(),
         };
-        tokio::spawn(keep.run(orders));
-        tokio::spawn(debounce(node, wake, rx, rescans, keeper.clone()));
+        tokio::spawn(until_stopped(shutdown.clone(), keep.run(orders)));
+        let worker = node.workers.register("watcher");
+        let debouncer = debounce(node, wake, rx, rescans, keeper.clone(), worker);
+        tokio::spawn(until_stopped(shutdown.clone(), debouncer));
         Ok(Watchers {
             watched: HashSet::new(),
             periodic: HashMap::new(),
             rescan,
             keeper,
+            shutdown,
         })
     }
 
@@ -122,8 +142,8 @@ impl Watchers {
                     task.abort();
                 }
                 if !w.rescan.is_zero() {
-                    let task =
-                        tokio::spawn(periodic(self.rescan.clone(), w.path.clone(), w.rescan));
+                    let rescan = periodic(self.rescan.clone(), w.path.clone(), w.rescan);
+                    let task = tokio::spawn(until_stopped(self.shutdown.clone(), rescan));
                     self.periodic.insert(w.path.clone(), (w.rescan, task));
                 }
             }
@@ -169,6 +189,10 @@ struct Keeper {
     roots: HashMap<PathBuf, Root>,
     /// (folder, own path inside it) already told of in the log.
     told: HashSet<(PathBuf, PathBuf)>,
+    /// Failing while a folder cannot be watched.
+    worker: Worker,
+    /// For the fallback rescan tasks it starts.
+    shutdown: Shutdown,
 }
 
 impl Keeper {
@@ -185,7 +209,18 @@ impl Keeper {
                 },
                 _ = tick.tick() => {}
             }
+            self.worker.busy("checking the watched folders", None);
             self.check_all().await;
+            let unwatchable = self.roots.iter().find_map(|(path, root)| match root {
+                Root::Unwatchable { error, .. } => Some((path, error)),
+                _ => None,
+            });
+            match unwatchable {
+                Some((path, error)) => self
+                    .worker
+                    .failed(&format!("cannot watch the folder: {error}"), Some(path)),
+                None => self.worker.idle(),
+            }
         }
     }
 
@@ -370,7 +405,8 @@ impl Keeper {
             Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
                 watch_limit_reached(path);
                 // Retrying would only fail again: rescans until reload.
-                let task = tokio::spawn(fallback(self.rescan.clone(), path.clone()));
+                let rescans = fallback(self.rescan.clone(), path.clone());
+                let task = tokio::spawn(until_stopped(self.shutdown.clone(), rescans));
                 self.roots.insert(path.clone(), Root::Limited(task));
                 let _ = self.rescan.send(path.clone());
             }
@@ -496,23 +532,25 @@ async fn fallback(rescan: mpsc::UnboundedSender<PathBuf>, root: PathBuf) {
     }
 }
 
-/// Turns events into queued paths once they have been quiet, and runs the scans.
+/// Turns events into queued paths once they have been quiet (`Debounce`), and runs the scans.
 async fn debounce(
     node: Arc<Node>,
     wake: Arc<Notify>,
     mut events: mpsc::Receiver<Input>,
     mut rescans: mpsc::UnboundedReceiver<PathBuf>,
     keeper: mpsc::UnboundedSender<Keep>,
+    worker: Worker,
 ) {
-    let mut pending: HashMap<PathBuf, Instant> = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut pending = Debounce::new(MAX_PENDING);
     let mut limit_warned = false;
     loop {
+        let deadline = pending.next_deadline();
+        let quiet_until = tokio::time::Instant::from_std(deadline.unwrap_or_else(Instant::now));
         tokio::select! {
             Some(input) = events.recv() => match input {
                 Input::Event(event) => {
                     if event.need_rescan() {
-                        rescan_everything(&node, &wake).await;
+                        rescan_everything(&node, &wake, &worker).await;
                         continue;
                     }
                     if matches!(event.kind, EventKind::Access(_)) {
@@ -526,16 +564,22 @@ async fn debounce(
                         // A watched folder itself went away: the keeper looks at once.
                         let _ = keeper.send(Keep::Check);
                     }
+                    let mut overflowed = false;
                     for path in event.paths {
+                        let watch = config.watch_of(&path);
                         // The daemon's own files (a state folder inside a watched folder)
                         // change all the time: dropped here, never queued.
-                        if !config.watch_of(&path).is_some_and(|w| w.is_own(&path)) {
-                            pending.insert(path, now);
+                        if watch.is_some_and(|w| w.is_own(&path)) {
+                            continue;
+                        }
+                        let quiet = watch.map_or(DEFAULT_QUIET, |w| w.quiet);
+                        if pending.on_event(path, quiet, now) == Admitted::Overflowed {
+                            overflowed = true;
+                            break;
                         }
                     }
-                    if pending.len() > MAX_PENDING {
-                        pending.clear();
-                        rescan_everything(&node, &wake).await;
+                    if overflowed {
+                        rescan_everything(&node, &wake, &worker).await;
                     }
                 }
                 Input::Error(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
@@ -545,35 +589,30 @@ async fn debounce(
                             watch_limit_reached(&w.path);
                         }
                     }
-                    rescan_everything(&node, &wake).await;
+                    rescan_everything(&node, &wake, &worker).await;
                 }
                 Input::Error(e) => {
                     tracing::warn!("file watcher: {e}");
+                    worker.failed(&format!("file watcher: {e}"), None);
                     let _ = keeper.send(Keep::Check);
                 }
                 Input::Overflow => {
                     tracing::warn!("too many file events at once: rescanning the watched folders");
                     pending.clear();
-                    rescan_everything(&node, &wake).await;
+                    rescan_everything(&node, &wake, &worker).await;
                 }
             },
-            Some(root) = rescans.recv() => scan(&node, &wake, &root).await,
-            _ = tick.tick() => {
-                let config = node.config();
-                let now = Instant::now();
-                let quiet: Vec<PathBuf> = pending
-                    .iter()
-                    .filter(|(p, at)| {
-                        let wait = config.watch_of(p).map_or(Duration::from_secs(2), |w| w.quiet);
-                        now.duration_since(**at) >= wait
-                    })
-                    .map(|(p, _)| p.clone())
-                    .collect();
-                for p in &quiet {
-                    pending.remove(p);
-                }
+            Some(root) = rescans.recv() => {
+                worker.busy("scanning", Some(&root));
+                scan(&node, &wake, &root).await;
+                worker.idle();
+            }
+            _ = tokio::time::sleep_until(quiet_until), if deadline.is_some() => {
+                let quiet = pending.poll(Instant::now());
                 if !quiet.is_empty() {
+                    worker.busy("queueing changed files", None);
                     settle(&node, &wake, quiet).await;
+                    worker.idle();
                 }
             }
         }
@@ -616,10 +655,12 @@ async fn settle(node: &Arc<Node>, wake: &Notify, paths: Vec<PathBuf>) {
     enqueue(node, wake, files).await;
 }
 
-async fn rescan_everything(node: &Arc<Node>, wake: &Notify) {
+async fn rescan_everything(node: &Arc<Node>, wake: &Notify, worker: &Worker) {
     for w in &node.config().watch {
+        worker.busy("scanning", Some(&w.path));
         scan(node, wake, &w.path).await;
     }
+    worker.idle();
 }
 
 /// Compares a folder with the catalog and queues what differs: files new or changed since

@@ -96,6 +96,9 @@ pub(crate) async fn state(node: &Arc<Node>, owner: Option<u32>) -> Done {
                 .unwrap_or_default(),
             Some(_) => Vec::new(),
         },
+        workers: node
+            .workers
+            .report(owner.is_none(), std::time::Instant::now()),
     };
     Done {
         code: exit::OK,
