@@ -180,7 +180,7 @@ pub(crate) enum BackupError {
     TooLarge,
     #[error("this version was deleted (`peerstash delete`?) while it was being backed up")]
     Deleted,
-    #[error("the daemon is stopping; the backup resumes when it is back")]
+    #[error("the daemon stopped before this request ended; run it again once the daemon is back (only the chunks still missing are sent)")]
     Stopping,
     #[error("internal error: {0}")]
     Join(#[from] tokio::task::JoinError),

@@ -115,7 +115,7 @@ enum RestoreError {
     Missing(usize, u32),
     #[error("the rebuilt file does not match the content hash recorded at backup")]
     HashMismatch,
-    #[error("the daemon is stopping; run the restore again once it is back")]
+    #[error("the daemon stopped before this request ended; run the restore again once the daemon is back")]
     Stopping,
     #[error("internal error: {0}")]
     Join(#[from] tokio::task::JoinError),
