@@ -163,6 +163,7 @@ fn reclaim_drops_chunks_and_holders_rereplicate() {
 
     c.cli_ok(3, &["reclaim", "100MB"], 0);
     assert_eq!(c.peer(3).quota_bytes(), 100_000_000);
+    let mdb = Listener::join(c.mdb).record();
     c.cli_ok(1, &["reclaim", "0"], 0);
     let s2 = c.peer(1).state();
     assert_eq!((s2.used_bytes, s2.stored.len()), (0, 0), "peer 2:\n{s2}");
@@ -181,6 +182,24 @@ fn reclaim_drops_chunks_and_holders_rereplicate() {
     );
     // The re-backups reached the home peer too: it never hosts a chunk of its own file.
     assert!(c.peer(0).stored().is_empty());
+    // SPEC §2: peer 3, the other holder, re-backed up each chunk itself after the REMOVED (the
+    // home peer's repair would have done it too, but only 5 s later: peer 3 waits 0-400 ms).
+    let puts: Vec<Vec<String>> = mdb.stop().iter().map(|d| header_fields(d)).collect();
+    let home = c.peer(0).state();
+    for (path, _) in &files {
+        let f = home.file(path);
+        let f = f.latest();
+        for ch in &f.chunks {
+            let by_peer_3 = puts.iter().any(|h| {
+                h.len() >= 5 && h[1..5] == ["PUTCHUNK", "3", &f.file_id, &ch.chunk_no.to_string()]
+            });
+            assert!(
+                by_peer_3,
+                "no PUTCHUNK from peer 3 for {path:?}#{} after the REMOVED",
+                ch.chunk_no
+            );
+        }
+    }
 
     // The quota set by `reclaim` survives a restart.
     let mut c = c;
@@ -384,16 +403,14 @@ fn one_holder_answers_each_getchunk() {
     }
     assert!(stored, "every peer holds every chunk:\n{}", c.dump());
 
-    let mdr = Listener::join(c.mdr);
-    let spacing = Duration::from_millis(30);
-    let heard = std::thread::scope(|s| {
-        let listening = s.spawn(|| mdr.collect(spacing * CHUNKS as u32 + Duration::from_secs(2)));
-        for n in 0..CHUNKS {
-            c.send_raw(c.mc, format!("1.0 GETCHUNK 77 {id} {n}\r\n\r\n").as_bytes());
-            std::thread::sleep(spacing);
-        }
-        listening.join().unwrap()
-    });
+    let mdr = Listener::join(c.mdr).record();
+    for n in 0..CHUNKS {
+        c.send_raw(c.mc, format!("1.0 GETCHUNK 77 {id} {n}\r\n\r\n").as_bytes());
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    // The last replies come within 400 ms.
+    std::thread::sleep(Duration::from_secs(2));
+    let heard = mdr.stop();
     // chunkNo → the holders that sent a CHUNK for it.
     let mut answers: Vec<Vec<u32>> = vec![Vec::new(); CHUNKS];
     for d in &heard {

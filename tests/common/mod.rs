@@ -12,6 +12,8 @@ pub use state::{BackedUp, ChunkState, FileState, State, StoredChunk};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -407,6 +409,36 @@ impl Listener {
             }
         }
         got
+    }
+
+    /// Reads in a thread, while the test goes on, until `Recording::stop`.
+    pub fn record(self) -> Recording {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let mut got = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    got.extend(self.collect(Duration::from_millis(200)));
+                }
+                got
+            }
+        });
+        Recording { stop, thread }
+    }
+}
+
+/// A listener reading in a thread: see `Listener::record`.
+pub struct Recording {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Vec<u8>>>,
+}
+
+impl Recording {
+    /// Every datagram heard since the recording started.
+    pub fn stop(self) -> Vec<Vec<u8>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the listener thread")
     }
 }
 
