@@ -42,45 +42,36 @@ fn backup_restore_and_restart_keep_everything() {
         );
     }
 
-    let state = c.state(0);
+    let state = c.peer(0).state();
     for (path, bytes) in &files {
-        let entries = file_entries(&state, path);
-        assert_eq!(entries.len(), 1, "one version of {path:?}");
-        let f = entries[0];
-        assert_eq!(f["size"].as_u64().unwrap(), bytes.len() as u64);
-        assert_eq!(f["desired_rd"].as_u64().unwrap(), 2);
-        let chunks = f["chunks"].as_array().unwrap();
+        let versions = state.file(path);
+        assert_eq!(versions.versions().len(), 1, "one version of {path:?}");
+        let f = versions.latest();
+        assert_eq!(f.size, bytes.len() as u64);
+        assert_eq!(f.desired_rd, 2);
         assert_eq!(
-            chunks.len(),
+            f.chunks.len(),
             bytes.len() / 64_000 + 1,
             "chunk count of {path:?}"
         );
-        assert!(min_rd(f) >= 2, "every chunk of {path:?} at RD ≥ 2: {f}");
+        assert!(f.min_rd() >= 2, "every chunk of {path:?} at RD ≥ 2: {f:?}");
     }
     // The 128,000-byte file ends with an empty third chunk, hosted by others as 0 bytes.
-    let two = file_entries(&state, &files[2].0)[0];
-    let two_id = two["file_id"].as_str().unwrap().to_owned();
+    let two_id = state.file(&files[2].0).latest().file_id.clone();
     let mut empty_last_hosted = 0;
-    let own_ids: Vec<String> = state["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["file_id"].as_str().unwrap().to_owned())
-        .collect();
-    for i in 0..4 {
-        let s = c.state(i);
-        for h in s["stored"].as_array().unwrap() {
-            let id = h["file_id"].as_str().unwrap();
-            if i == 0 {
-                panic!("the home peer hosts a chunk of its own file: {h}");
-            }
-            if id == two_id && h["chunk_no"] == 2 {
-                assert_eq!(h["size"], 0);
+    assert!(
+        state.stored.is_empty(),
+        "the home peer hosts a chunk of its own file:\n{state}"
+    );
+    for i in 1..4 {
+        for h in c.peer(i).stored() {
+            if h.file_id == two_id && h.chunk_no == 2 {
+                assert_eq!(h.size, 0);
                 empty_last_hosted += 1;
             }
             assert!(
-                own_ids.iter().any(|o| o == id),
-                "unexpected hosted chunk {h}"
+                state.files.iter().any(|f| f.file_id == h.file_id),
+                "unexpected hosted chunk {h:?}"
             );
         }
     }
@@ -114,13 +105,13 @@ fn backup_restore_and_restart_keep_everything() {
         o.remove("busy_drops");
         s
     };
-    let before: Vec<_> = (0..4).map(|i| persistent(c.state(i))).collect();
+    let before: Vec<_> = (0..4).map(|i| persistent(c.peer(i).state().json)).collect();
     for i in 0..4 {
         c.restart(i);
     }
     for (i, b) in before.iter().enumerate() {
         assert_eq!(
-            &persistent(c.state(i)),
+            &persistent(c.peer(i).state().json),
             b,
             "state of peer {} after restart",
             i + 1
@@ -134,19 +125,15 @@ fn delete_frees_every_peer() {
     let files = make_files(c.dir.path());
     // The empty file stays backed up (its chunk costs a block on its holders).
     c.cli_ok(0, &["backup", files[1].0.to_str().unwrap(), "-r", "2"], 0);
-    let before: Vec<u64> = (0..4).map(|i| used_bytes(&c.state(i))).collect();
+    let before: Vec<u64> = (0..4).map(|i| c.peer(i).used_bytes()).collect();
     let (path, _) = &files[0];
     c.cli_ok(0, &["backup", path.to_str().unwrap(), "-r", "2"], 0);
-    assert!((1..4).map(|i| used_bytes(&c.state(i))).sum::<u64>() >= 2_000_000);
+    assert!((1..4).map(|i| c.peer(i).used_bytes()).sum::<u64>() >= 2_000_000);
     c.cli_ok(0, &["delete", path.to_str().unwrap()], 0);
     let freed = wait_until(Duration::from_secs(5), || {
-        (0..4).all(|i| used_bytes(&c.state(i)) == before[i])
+        (0..4).all(|i| c.peer(i).used_bytes() == before[i])
     });
-    assert!(
-        freed,
-        "used bytes back to what they were: {:?}",
-        (0..4).map(|i| used_bytes(&c.state(i))).collect::<Vec<_>>()
-    );
+    assert!(freed, "used bytes back to {before:?}:\n{}", c.dump());
     // Only the empty file's chunk files remain on disk.
     for i in 1..4 {
         assert!(
@@ -155,7 +142,7 @@ fn delete_frees_every_peer() {
             i + 1
         );
     }
-    assert!(file_entries(&c.state(0), path).is_empty());
+    assert!(!c.peer(0).file(path).is_backed_up());
     c.cli_ok(0, &["versions", path.to_str().unwrap()], 1);
     c.cli_ok(0, &["restore", path.to_str().unwrap()], 1);
 }
@@ -167,40 +154,57 @@ fn reclaim_drops_chunks_and_holders_rereplicate() {
     for (path, _) in &files {
         c.cli_ok(0, &["backup", path.to_str().unwrap(), "-r", "2"], 0);
     }
-    assert_eq!(used_bytes(&c.state(3)), 0);
-    assert!(
-        c.state(3)["stored"].as_array().unwrap().is_empty(),
+    let s4 = c.peer(3).state();
+    assert_eq!(
+        (s4.used_bytes, s4.stored.len()),
+        (0, 0),
         "quota 0 stores nothing"
     );
 
     c.cli_ok(3, &["reclaim", "100MB"], 0);
-    assert_eq!(c.state(3)["quota_bytes"], 100_000_000);
+    assert_eq!(c.peer(3).quota_bytes(), 100_000_000);
+    let mdb = Listener::join(c.mdb).record();
     c.cli_ok(1, &["reclaim", "0"], 0);
-    let s1 = c.state(1);
-    assert_eq!(used_bytes(&s1), 0);
-    assert!(s1["stored"].as_array().unwrap().is_empty());
+    let s2 = c.peer(1).state();
+    assert_eq!((s2.used_bytes, s2.stored.len()), (0, 0), "peer 2:\n{s2}");
     assert_eq!(chunk_files_on_disk(c.peer(1)), 0);
 
     let total_chunks: usize = files.iter().map(|(_, b)| b.len() / 64_000 + 1).sum();
+    let paths = || files.iter().map(|(p, _)| p.as_path());
     let back = wait_until(Duration::from_secs(20), || {
-        let s = c.state(0);
-        files
-            .iter()
-            .all(|(p, _)| min_rd(file_entries(&s, p)[0]) >= 2)
+        c.peer(0).state().min_rd_of(paths()) >= 2
     });
-    assert!(back, "every chunk back at RD ≥ 2: {}", c.state(0));
-    let stored4 = c.state(3)["stored"].as_array().unwrap().len();
+    assert!(back, "every chunk back at RD ≥ 2:\n{}", c.dump());
     assert_eq!(
-        stored4, total_chunks,
+        c.peer(3).stored().len(),
+        total_chunks,
         "the fourth peer now holds every chunk"
     );
     // The re-backups reached the home peer too: it never hosts a chunk of its own file.
-    assert!(c.state(0)["stored"].as_array().unwrap().is_empty());
+    assert!(c.peer(0).stored().is_empty());
+    // SPEC §2: peer 3, the other holder, re-backed up each chunk itself after the REMOVED (the
+    // home peer's repair would have done it too, but only 5 s later: peer 3 waits 0-400 ms).
+    let puts: Vec<Vec<String>> = mdb.stop().iter().map(|d| header_fields(d)).collect();
+    let home = c.peer(0).state();
+    for (path, _) in &files {
+        let f = home.file(path);
+        let f = f.latest();
+        for ch in &f.chunks {
+            let by_peer_3 = puts.iter().any(|h| {
+                h.len() >= 5 && h[1..5] == ["PUTCHUNK", "3", &f.file_id, &ch.chunk_no.to_string()]
+            });
+            assert!(
+                by_peer_3,
+                "no PUTCHUNK from peer 3 for {path:?}#{} after the REMOVED",
+                ch.chunk_no
+            );
+        }
+    }
 
     // The quota set by `reclaim` survives a restart.
     let mut c = c;
     c.restart(1);
-    assert_eq!(c.state(1)["quota_bytes"], 0);
+    assert_eq!(c.peer(1).quota_bytes(), 0);
 }
 
 #[test]
@@ -234,10 +238,14 @@ fn malformed_datagrams_are_dropped_and_peers_keep_working() {
     ok.extend(&body);
     c.send_raw(c.mdb, &ok);
     assert!(wait_until(Duration::from_secs(5), || (0..3)
-        .all(|i| used_bytes(&c.state(i)) == charged(c.peer(i), 100))));
+        .all(|i| c.peer(i).used_bytes() == charged(c.peer(i), 100))));
     for i in 0..3 {
-        let stored = c.state(i)["stored"].as_array().unwrap().clone();
-        assert_eq!(stored.len(), 1, "only the valid chunk is stored");
+        let stored = c.peer(i).stored();
+        assert_eq!(
+            stored.len(),
+            1,
+            "only the valid chunk is stored: {stored:?}"
+        );
         let entries: Vec<_> = std::fs::read_dir(c.peer(i).dir.join("state").join("chunks"))
             .unwrap()
             .flatten()
@@ -247,7 +255,7 @@ fn malformed_datagrams_are_dropped_and_peers_keep_working() {
     }
     // They did arrive, and were counted as malformed.
     for i in 0..3 {
-        let n = c.state(i)["malformed_datagrams"].as_u64().unwrap();
+        let n = c.peer(i).state().malformed_datagrams;
         assert!(
             n >= 3 * 9,
             "peer {}: {n} malformed datagrams counted",
@@ -271,8 +279,7 @@ fn too_few_peers_for_the_rd_exits_3_and_says_so() {
     let p = files[2].0.to_str().unwrap();
     let out = c.cli_ok(0, &["backup", p, "--replication", "3"], 3);
     assert!(out.contains("below"), "{out}");
-    let s = c.state(0);
-    assert_eq!(min_rd(file_entries(&s, &files[2].0)[0]), 2);
+    assert_eq!(c.peer(0).file(&files[2].0).min_rd(), 2);
     let versions = c.cli_ok(0, &["versions", p], 0);
     assert!(versions.contains(p), "{versions}");
 }
@@ -345,11 +352,88 @@ fn foreign_upper_case_file_ids_are_answered_verbatim() {
         "CHUNK uses the home peer's text: {text}"
     );
     assert_eq!(&answer[answer.len() - 64_000..], &body[..]);
-    // Each holder answers at most once for one GETCHUNK (usually one stays quiet, having seen
-    // the other's CHUNK first; both answer only when their random delays nearly coincide).
-    let answers = chunks
+    // Each holder answers at most once (whether the other stays quiet is for the next test).
+    let mut senders: Vec<String> = chunks
         .iter()
-        .filter(|d| d.starts_with(header.as_bytes()))
-        .count();
-    assert!((1..=2).contains(&answers), "{answers} CHUNKs");
+        .map(|d| header_fields(d))
+        .filter(|f| f.get(1).is_some_and(|t| t == "CHUNK"))
+        .map(|f| f[2].clone())
+        .collect();
+    let answers = senders.len();
+    senders.sort();
+    senders.dedup();
+    assert_eq!(
+        senders.len(),
+        answers,
+        "a holder answered twice: {senders:?}"
+    );
+}
+
+/// SPEC §2 Restore: a holder waits a random 0-400 ms and stays silent if it heard another
+/// holder's CHUNK meanwhile. Four peers hold each of 40 chunks of a foreign file; each chunk is
+/// asked for once (so the holders' limit of one CHUNK per chunk per second plays no part), and
+/// the CHUNKs on MDR are counted. Without suppression every holder answers: 4 per chunk. With it
+/// another holder answers too only when its delay ends less than δ after the first one's (δ: the
+/// time for a CHUNK to reach it and be checked, a few ms on loopback): with 4 holders about
+/// 3·δ/400 extra per chunk, ~4% for δ = 5 ms, and still about 0.75 for δ = 100 ms on a machine
+/// busy with builds. The bound, 2 per chunk on average, is far from both.
+#[test]
+fn one_holder_answers_each_getchunk() {
+    const HOLDERS: usize = 4;
+    const CHUNKS: usize = 40;
+    let c = Cluster::start(&["100MB"; HOLDERS]);
+    let id = "5eed".repeat(16);
+    let bodies: Vec<Vec<u8>> = (0..CHUNKS).map(|_| random_bytes(4_000)).collect();
+    // Every peer stores every chunk (PUTCHUNKs from a foreign home peer, resent to fill gaps).
+    let all_hold = || (0..HOLDERS).all(|i| c.peer(i).stored().len() == CHUNKS);
+    let mut stored = false;
+    for _ in 0..5 {
+        let states: Vec<State> = (0..HOLDERS).map(|i| c.peer(i).state()).collect();
+        for (n, body) in bodies.iter().enumerate() {
+            if !states.iter().all(|s| s.hosts(&id, n as u32)) {
+                let mut put = format!("1.0 PUTCHUNK 77 {id} {n} {HOLDERS}\r\n\r\n").into_bytes();
+                put.extend(body);
+                c.send_raw(c.mdb, &put);
+            }
+        }
+        if wait_until(Duration::from_secs(3), all_hold) {
+            stored = true;
+            break;
+        }
+    }
+    assert!(stored, "every peer holds every chunk:\n{}", c.dump());
+
+    let mdr = Listener::join(c.mdr).record();
+    for n in 0..CHUNKS {
+        c.send_raw(c.mc, format!("1.0 GETCHUNK 77 {id} {n}\r\n\r\n").as_bytes());
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    // The last replies come within 400 ms.
+    std::thread::sleep(Duration::from_secs(2));
+    let heard = mdr.stop();
+    // chunkNo → the holders that sent a CHUNK for it.
+    let mut answers: Vec<Vec<u32>> = vec![Vec::new(); CHUNKS];
+    for d in &heard {
+        let f = header_fields(d);
+        if f.len() < 5 || f[1] != "CHUNK" || f[3] != id {
+            continue;
+        }
+        let n: usize = f[4].parse().unwrap();
+        assert!(d.ends_with(&bodies[n]), "CHUNK {n} carries other bytes");
+        answers[n].push(f[2].parse().unwrap());
+    }
+    for (n, senders) in answers.iter().enumerate() {
+        assert!(!senders.is_empty(), "no CHUNK for chunk {n}: {answers:?}");
+        let mut distinct = senders.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), senders.len(), "chunk {n}: {senders:?}");
+    }
+    let total: usize = answers.iter().map(Vec::len).sum();
+    assert!(
+        total <= 2 * CHUNKS,
+        "{total} CHUNKs for {CHUNKS} GETCHUNKs to {HOLDERS} holders each (the holders per \
+         chunk: {answers:?}): holders that heard a CHUNK still answer"
+    );
+    eprintln!("{total} CHUNKs for {CHUNKS} GETCHUNKs");
 }

@@ -3,9 +3,17 @@
 //! 127.0.0.1: nothing leaves the machine), driven with the real `peerstash` command line.
 #![allow(dead_code)]
 
+mod state;
+
+// Not every test file uses every type.
+#[allow(unused_imports)]
+pub use state::{BackedUp, ChunkState, FileState, State, StoredChunk};
+
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -307,10 +315,7 @@ quota = "{quota}"
     }
 
     pub fn log(&self, i: usize) -> String {
-        let text =
-            std::fs::read_to_string(self.peers[i].dir.join("daemon.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
+        self.peers[i].log_tail()
     }
 
     /// Runs `peerstash --config <peer's config> args…`.
@@ -351,6 +356,18 @@ quota = "{quota}"
             .unwrap_or_else(|| panic!("state of peer {} failed; log:\n{}", i + 1, self.log(i)))
     }
 
+    /// Every peer's state, for failure messages.
+    pub fn dump(&self) -> String {
+        self.peers
+            .iter()
+            .map(|p| match p.try_state() {
+                Some(s) => format!("---- state of peer {} ----\n{s}", p.id),
+                None => format!("---- peer {} does not answer ----", p.id),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Sends raw bytes to one of the cluster's channels, on loopback only.
     pub fn send_raw(&self, channel: SocketAddrV4, bytes: &[u8]) {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
@@ -373,6 +390,8 @@ impl Listener {
         s.bind(&std::net::SocketAddr::V4(channel).into()).unwrap();
         s.join_multicast_v4(channel.ip(), &Ipv4Addr::LOCALHOST)
             .unwrap();
+        // Room for bursts of CHUNKs while the reader is not scheduled (capped by rmem_max).
+        let _ = s.set_recv_buffer_size(8 << 20);
         let s: std::net::UdpSocket = s.into();
         s.set_read_timeout(Some(std::time::Duration::from_millis(200)))
             .unwrap();
@@ -391,6 +410,48 @@ impl Listener {
         }
         got
     }
+
+    /// Reads in a thread, while the test goes on, until `Recording::stop`.
+    pub fn record(self) -> Recording {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let mut got = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    got.extend(self.collect(Duration::from_millis(200)));
+                }
+                got
+            }
+        });
+        Recording { stop, thread }
+    }
+}
+
+/// A listener reading in a thread: see `Listener::record`.
+pub struct Recording {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Vec<u8>>>,
+}
+
+impl Recording {
+    /// Every datagram heard since the recording started.
+    pub fn stop(self) -> Vec<Vec<u8>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the listener thread")
+    }
+}
+
+/// The fields of a datagram's first header line: version, message type, sender id, fileId,
+/// chunkNo… (empty if the datagram has no CRLF).
+pub fn header_fields(datagram: &[u8]) -> Vec<String> {
+    let Some(end) = datagram.windows(2).position(|w| w == b"\r\n") else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&datagram[..end])
+        .split_ascii_whitespace()
+        .map(str::to_owned)
+        .collect()
 }
 
 impl Drop for Cluster {
@@ -421,6 +482,8 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub fn random_bytes(n: usize) -> Vec<u8> {
     (0..n).map(|_| rand::random::<u8>()).collect()
 }
+
+// Untyped helpers of the JSON state, for the tests not yet on `Peer::state` (state.rs).
 
 /// Files of `state --json` whose path is `path`.
 pub fn file_entries<'a>(state: &'a Value, path: &Path) -> Vec<&'a Value> {
