@@ -91,12 +91,13 @@ impl Workers {
     }
 
     /// Every worker's name and state, in the order they were registered.
+    /// The workers by name (the same order whatever order they started in).
     pub fn list(&self) -> Vec<(String, WorkerState)> {
-        self.lock()
-            .entries
-            .iter()
+        let mut list: Vec<(String, WorkerState)> = (self.lock().entries.iter())
             .map(|e| (e.name.clone(), e.state.clone()))
-            .collect()
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list
     }
 
     /// The workers as `state` shows them at `now`; paths only `with_paths` (root's business).
@@ -271,13 +272,13 @@ mod tests {
     }
 
     #[test]
-    fn workers_are_listed_in_order_until_dropped() {
+    fn workers_are_listed_by_name_until_dropped() {
         let workers = Workers::default();
         let a = workers.register("queue 1");
         let b = workers.register("watcher");
         let c = workers.register("status");
         let names = |w: &Workers| w.list().into_iter().map(|(n, _)| n).collect::<Vec<_>>();
-        assert_eq!(names(&workers), ["queue 1", "watcher", "status"]);
+        assert_eq!(names(&workers), ["queue 1", "status", "watcher"]);
         drop(b);
         assert_eq!(names(&workers), ["queue 1", "status"]);
         a.busy("scanning", None);
