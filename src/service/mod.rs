@@ -141,11 +141,16 @@ async fn status(node: Arc<Node>, worker: Worker) {
 /// Queues our files that have a chunk below its desired RD (periodically, and after a REMOVED
 /// once the holders had time to re-back up): the queue's backup resends only those chunks.
 async fn repair(node: Arc<Node>, wake: Arc<Notify>, worker: Worker) {
+    let mut schedule = RepairSchedule::new(std::time::Instant::now());
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(REPAIR_EVERY) => {}
-            _ = node.repair.notified() => tokio::time::sleep(REPAIR_GRACE).await,
+            _ = tokio::time::sleep_until(schedule.next().into()) => {}
+            _ = node.repair.notified() => {
+                schedule.on_removed(std::time::Instant::now());
+                continue;
+            }
         }
+        schedule.ran(std::time::Instant::now());
         worker.busy("checking replication", None);
         match node.catalog.call(|c| c.paths_below_rd()).await {
             Ok(paths) => {
@@ -163,6 +168,34 @@ async fn repair(node: Arc<Node>, wake: Arc<Notify>, worker: Worker) {
                 worker.failed(&format!("cannot check replication: {e}"), None);
             }
         }
+    }
+}
+
+/// When the repair looks next: every `REPAIR_EVERY`, and `REPAIR_GRACE` after a REMOVED left
+/// one of our chunks below its RD (the holders get that long to re-back it up first). REMOVEDs
+/// arriving meanwhile do not push the look back.
+#[derive(Clone, Copy, Debug)]
+struct RepairSchedule {
+    next: std::time::Instant,
+}
+
+impl RepairSchedule {
+    fn new(now: std::time::Instant) -> RepairSchedule {
+        RepairSchedule {
+            next: now + REPAIR_EVERY,
+        }
+    }
+
+    fn next(&self) -> std::time::Instant {
+        self.next
+    }
+
+    fn on_removed(&mut self, now: std::time::Instant) {
+        self.next = self.next.min(now + REPAIR_GRACE);
+    }
+
+    fn ran(&mut self, now: std::time::Instant) {
+        self.next = now + REPAIR_EVERY;
     }
 }
 
@@ -277,5 +310,29 @@ fn keep_restart_only_keys(old: &Config, new: &mut Config) {
             "{} changed in the config: restart peerstashd to apply (the running values stay)",
             kept.join(", ")
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repair_looks_every_minute_and_five_seconds_after_a_removed() {
+        let t0 = std::time::Instant::now();
+        let mut r = RepairSchedule::new(t0);
+        assert_eq!(r.next() - t0, REPAIR_EVERY);
+        r.on_removed(t0 + Duration::from_secs(10));
+        assert_eq!(r.next() - t0, Duration::from_secs(15));
+        // A flood of REMOVEDs does not push the look back.
+        for s in 11..15 {
+            r.on_removed(t0 + Duration::from_secs(s));
+        }
+        assert_eq!(r.next() - t0, Duration::from_secs(15));
+        r.ran(t0 + Duration::from_secs(15));
+        assert_eq!(r.next() - t0, Duration::from_secs(75));
+        // Close to the periodic look, a REMOVED does not delay it either.
+        r.on_removed(t0 + Duration::from_secs(73));
+        assert_eq!(r.next() - t0, Duration::from_secs(75));
     }
 }
