@@ -1,7 +1,8 @@
 //! Opening files the way a root daemon must when users may race it. A path is walked one
 //! component at a time from a handle, each with `O_NOFOLLOW` (a symlink anywhere fails with
 //! ELOOP), and what is checked (kind, owner) is checked on the opened handle with `fstat`,
-//! never on a path looked up again. Blocking: call from a blocking thread.
+//! never on a path looked up again. Blocking: call from a blocking thread. `Stamp` is what a
+//! `stat` of a file tells the daemon, in one form for every caller.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -12,7 +13,63 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use nix::fcntl::{openat, OFlag};
-use nix::sys::stat::Mode;
+use nix::sys::stat::{FileStat, Mode};
+
+/// What a `stat` tells of a file: what shows that it changed (size, mtime, ctime, inode) and
+/// what a version records of it (owner, mode). Times in nanoseconds since the epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    pub size: u64,
+    pub mtime_ns: i64,
+    /// The inode change time: every write and every metadata change moves it, and nobody can
+    /// set it back (unlike the mtime).
+    pub ctime_ns: i64,
+    pub inode: u64,
+    pub uid: u32,
+    pub gid: u32,
+    /// The permission bits (`mode & 0o7777`), without the file type.
+    pub mode: u32,
+    /// How many names (hard links) the file has.
+    pub nlink: u64,
+}
+
+/// Seconds and nanoseconds as nanoseconds since the epoch.
+fn ns(secs: i64, nsec: i64) -> i64 {
+    secs * 1_000_000_000 + nsec
+}
+
+impl Stamp {
+    /// From what `std` returned (`File::metadata`, `symlink_metadata`).
+    pub fn of(meta: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            size: meta.len(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+            inode: meta.ino(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mode: meta.mode() & 0o7777,
+            nlink: meta.nlink(),
+        }
+    }
+
+    /// From what `nix` returned (`fstat`, `fstatat`).
+    // `stat`'s field types differ by architecture (`st_nlink` is a u32 on aarch64, `time_t` an
+    // i32 on 32-bit targets): the conversions are no-ops only here.
+    #[allow(clippy::useless_conversion)]
+    pub fn of_stat(st: &FileStat) -> Stamp {
+        Stamp {
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            mtime_ns: ns(i64::from(st.st_mtime), i64::from(st.st_mtime_nsec)),
+            ctime_ns: ns(i64::from(st.st_ctime), i64::from(st.st_ctime_nsec)),
+            inode: u64::from(st.st_ino),
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode: u32::from(st.st_mode) & 0o7777,
+            nlink: u64::from(st.st_nlink),
+        }
+    }
+}
 
 /// What a path must name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,6 +285,28 @@ mod tests {
         assert!(open_under(&base.join("link"), &base.join("link/f"), Kind::File).is_ok());
         let e = open_under(&base, &base.join("link/f"), Kind::File).unwrap_err();
         assert!(e.to_string().contains("symlink"), "{e}");
+    }
+
+    #[test]
+    fn a_stamp_reads_the_same_from_std_and_from_nix() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        std::fs::write(&f, b"12345").unwrap();
+        std::fs::hard_link(&f, d.path().join("g")).unwrap();
+        let meta = std::fs::symlink_metadata(&f).unwrap();
+        let stamp = Stamp::of(&meta);
+        let st = nix::sys::stat::stat(&f).unwrap();
+        assert_eq!(Stamp::of_stat(&st), stamp);
+        assert_eq!((stamp.size, stamp.nlink, stamp.inode), (5, 2, meta.ino()));
+        assert_eq!(
+            stamp.mtime_ns,
+            meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+        );
+        assert_eq!(
+            stamp.ctime_ns,
+            meta.ctime() * 1_000_000_000 + meta.ctime_nsec()
+        );
+        assert_eq!(stamp.mode, meta.mode() & 0o7777);
     }
 
     #[test]

@@ -6,7 +6,6 @@
 //! minute where the kernel's watch limit left parts unwatched): nothing is missed.
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +18,7 @@ use super::queue::enqueue;
 use super::until_stopped;
 use crate::config::WatchConfig;
 use crate::daemon::Node;
+use crate::fsx::Stamp;
 use crate::shutdown::Shutdown;
 use crate::workers::Worker;
 use debounce::{Admitted, Debounce};
@@ -693,10 +693,10 @@ pub async fn scan(node: &Arc<Node>, wake: &Notify, root: &Path) {
                 let mut changed = Vec::new();
                 for seen in batch {
                     let same = c.latest(&seen.path)?.is_some_and(|f| {
-                        f.size == seen.size
-                            && f.mtime_ns == seen.mtime_ns
-                            && f.ctime_ns == seen.ctime_ns
-                            && f.inode == seen.inode
+                        f.size == seen.stamp.size
+                            && f.mtime_ns == seen.stamp.mtime_ns
+                            && f.ctime_ns == seen.stamp.ctime_ns
+                            && f.inode == seen.stamp.inode
                             && f.complete
                             && f.deleted_at.is_none()
                     });
@@ -744,10 +744,7 @@ pub async fn scan(node: &Arc<Node>, wake: &Notify, root: &Path) {
 /// A regular file found by a scan, with what tells whether it changed.
 struct Seen {
     path: PathBuf,
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
-    inode: u64,
+    stamp: Stamp,
 }
 
 /// Walks a folder (symlinks not followed), sending every regular file not excluded, in batches.
@@ -773,10 +770,7 @@ fn walk(root: &Path, watch: &WatchConfig, tx: &mpsc::Sender<Vec<Seen>>) {
             } else if meta.is_file() && !watch.excludes(&excludes, &path) {
                 batch.push(Seen {
                     path,
-                    size: meta.len(),
-                    mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-                    ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
-                    inode: meta.ino(),
+                    stamp: Stamp::of(&meta),
                 });
                 if batch.len() == SCAN_BATCH
                     && tx.blocking_send(std::mem::take(&mut batch)).is_err()

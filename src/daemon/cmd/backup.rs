@@ -20,7 +20,7 @@ use crate::daemon::driver::{Input, JobEvent, Source};
 use crate::daemon::Node;
 use crate::engine::peer::JobKind;
 use crate::engine::restore::expected_len;
-use crate::fsx;
+use crate::fsx::{self, Stamp};
 use crate::protocol::{
     chunk_count, hex, sha256_hex, ChunkId, ChunkNo, FileId, FileIdentity, PeerId, Rd, CHUNK_SIZE,
 };
@@ -195,53 +195,28 @@ pub(crate) struct BackupReport {
     pub peers_heard: usize,
 }
 
-/// What tells that a file changed: size, mtime and ctime (every write moves ctime, and nobody
-/// can set it back). Compared from the handle (fstat) before and after reading.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
-}
-
-impl Stamp {
-    /// Whether the file stayed as it was from `self` (before reading) to `after`. A ctime that
-    /// moved while size and mtime did not (a hard link made or renamed, a chmod — or a write
-    /// followed by `touch -r`) is decided by the content: `same_content` says whether the two
-    /// reads of the file (the scan and the chunks) agreed.
-    fn stable(&self, after: &Stamp, same_content: bool) -> bool {
-        self.size == after.size
-            && self.mtime_ns == after.mtime_ns
-            && (self.ctime_ns == after.ctime_ns || same_content)
-    }
-
-    fn of(meta: &std::fs::Metadata) -> Stamp {
-        Stamp {
-            size: meta.len(),
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
-        }
-    }
+/// Whether the file stayed as it was from `before` (before reading) to `after`: same size,
+/// mtime and ctime (every write moves ctime, and nobody can set it back). A ctime that moved
+/// while size and mtime did not (a hard link made or renamed, a chmod — or a write followed by
+/// `touch -r`) is decided by the content: `same_content` says whether the two reads of the file
+/// (the scan and the chunks) agreed. Both stamps come from the handle (fstat).
+fn stable(before: &Stamp, after: &Stamp, same_content: bool) -> bool {
+    before.size == after.size
+        && before.mtime_ns == after.mtime_ns
+        && (before.ctime_ns == after.ctime_ns || same_content)
 }
 
 struct Scanned {
-    inode: u64,
-    uid: u32,
-    gid: u32,
-    size: u64,
-    mtime_ns: i64,
-    mode: u32,
-    content_hash: String,
     /// The file as it was before it was read.
     stamp: Stamp,
+    content_hash: String,
     /// Whether it was the same after it was read (and as long as it said), leaving a moved
-    /// ctime to the second read (`Stamp::stable`).
+    /// ctime to the second read (`stable`).
     stable: bool,
 }
 
 fn scan_file(mut file: File) -> std::io::Result<(File, Scanned)> {
-    let meta = file.metadata()?;
-    let stamp = Stamp::of(&meta);
+    let stamp = Stamp::of(&file.metadata()?);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
@@ -254,16 +229,10 @@ fn scan_file(mut file: File) -> std::io::Result<(File, Scanned)> {
         hasher.update(&buf[..n]);
     }
     let scanned = Scanned {
-        inode: meta.ino(),
-        uid: meta.uid(),
-        gid: meta.gid(),
-        size,
-        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-        mode: meta.mode() & 0o7777,
-        content_hash: hex(&hasher.finalize()),
         stamp,
+        content_hash: hex(&hasher.finalize()),
         // A moved ctime alone is left to the second read (the chunks), compared with this one.
-        stable: size == stamp.size && stamp.stable(&Stamp::of(&file.metadata()?), true),
+        stable: size == stamp.size && stable(&stamp, &Stamp::of(&file.metadata()?), true),
     };
     Ok((file, scanned))
 }
@@ -310,15 +279,16 @@ pub(crate) async fn backup_handle(
         // Being written: what was read is no version of the file. Nothing was recorded.
         return Err(BackupError::Changed);
     }
-    let chunks = chunk_count(scanned.size);
+    let stamp = scanned.stamp;
+    let chunks = chunk_count(stamp.size);
     if chunks > u64::from(crate::protocol::message::MAX_CHUNK_NO) + 1 {
         return Err(BackupError::TooLarge);
     }
     let file_id = FileIdentity {
         peer: node.id,
         path: path.as_os_str().as_bytes(),
-        size: scanned.size,
-        mtime_ns: scanned.mtime_ns,
+        size: stamp.size,
+        mtime_ns: stamp.mtime_ns,
         content_hash: &scanned.content_hash,
     }
     .file_id();
@@ -326,17 +296,17 @@ pub(crate) async fn backup_handle(
         file_id: file_id.clone(),
         path: path.to_path_buf(),
         version: 0,
-        size: scanned.size,
-        mtime_ns: scanned.mtime_ns,
-        mode: scanned.mode,
+        size: stamp.size,
+        mtime_ns: stamp.mtime_ns,
+        mode: stamp.mode,
         content_hash: scanned.content_hash.clone(),
         desired_rd: rd.get(),
         complete: false,
-        inode: scanned.inode,
-        uid: scanned.uid,
-        gid: scanned.gid,
+        inode: stamp.inode,
+        uid: stamp.uid,
+        gid: stamp.gid,
         deleted_at: None,
-        ctime_ns: scanned.stamp.ctime_ns,
+        ctime_ns: stamp.ctime_ns,
     };
     // The same content backed up again is the same version: resume it (only chunks below
     // their RD are sent again), under the RD asked now. Either way the path exists: its
@@ -361,7 +331,7 @@ pub(crate) async fn backup_handle(
         node.clone(),
         file.clone(),
         file_id.clone(),
-        scanned.size,
+        stamp.size,
         resumed,
         ready_tx,
     ));
@@ -426,7 +396,7 @@ pub(crate) async fn backup_handle(
         Ok(_) if sent != chunks => Err(BackupError::Changed),
         Ok((rehash, after)) => {
             let same_content = rehash == scanned.content_hash;
-            match same_content && scanned.stamp.stable(&after, same_content) {
+            match same_content && stable(&stamp, &after, same_content) {
                 true => Ok(()),
                 false => Err(BackupError::Changed),
             }
@@ -438,7 +408,7 @@ pub(crate) async fn backup_handle(
         }
         return Err(e);
     }
-    let (f, inode, ctime_ns) = (file_id.clone(), scanned.inode, scanned.stamp.ctime_ns);
+    let (f, inode, ctime_ns) = (file_id.clone(), stamp.inode, stamp.ctime_ns);
     let recorded = node
         .catalog
         .call(move |c| {
@@ -458,7 +428,7 @@ pub(crate) async fn backup_handle(
     );
     Ok(BackupReport {
         version,
-        size: scanned.size,
+        size: stamp.size,
         chunks,
         below,
         peers_heard: heard.len(),
