@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::ops::ControlFlow;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -29,10 +30,14 @@ use crate::store::{BackupId, FileRow, Forget, StoreError};
 /// Chunks read and recorded in the catalog in one go before they are sent.
 const READ_BATCH: usize = 32;
 
-/// Backs up what `root` names: a file, or every regular file below a folder (entered through
-/// handles, symlinks never followed). `path` is the name the caller gave it (checked to be the
-/// same file). `owner`: a non-root caller's uid; only its own files and folders are backed up,
-/// the others are skipped and counted.
+/// Files handed from the walk of a folder to its backups at once.
+const WALK_BATCH: usize = 64;
+
+/// Backs up what `root` names: a file, or every regular file below a folder (walked through
+/// handles, symlinks never followed, each file opened from the handle of the folder it was
+/// found in). `path` is the name the caller gave it (checked to be the same file). `owner`: a
+/// non-root caller's uid; only its own files and folders are backed up, the others are skipped
+/// and counted.
 pub(crate) async fn backup(
     node: &Arc<Node>,
     path: PathBuf,
@@ -41,65 +46,106 @@ pub(crate) async fn backup(
     owner: Option<u32>,
     progress: &Progress,
 ) -> Done {
-    let root = Arc::new(root);
-    let listed = spawn_blocking({
-        let root = root.clone();
-        move || -> std::io::Result<Option<Vec<PathBuf>>> {
-            match root.metadata()?.is_dir() {
-                true => fsx::list_files(&root, owner).map(Some),
-                false => Ok(None),
-            }
-        }
-    })
-    .await;
-    // None: `root` is the file itself.
-    let files: Vec<Option<PathBuf>> = match listed {
-        Ok(Ok(Some(rels))) => rels.into_iter().map(Some).collect(),
-        Ok(Ok(None)) => vec![None],
+    let root = match spawn_blocking(move || root.metadata().map(|m| (m.is_dir(), root))).await {
+        Ok(Ok(r)) => r,
         Ok(Err(e)) => return Done::failed(format!("cannot read {}: {e}", shown(&path))),
         Err(e) => return Done::failed(e.to_string()),
     };
-    let (mut ok, mut below, mut failed, mut skipped) = (0usize, 0usize, 0usize, 0usize);
-    // The fewest peers heard by a backup that ended below its RD, and that RD: why it did.
-    let mut short: Option<(usize, u8)> = None;
-    let mut last_error = String::new();
-    for rel in &files {
-        let file_path = rel.as_ref().map_or(path.clone(), |r| path.join(r));
-        let opened = spawn_blocking({
-            let (root, rel) = (root.clone(), rel.clone());
-            move || -> std::io::Result<File> {
-                match rel {
-                    Some(rel) => fsx::open_below(&root, &rel, fsx::Kind::File),
-                    None => root.try_clone(),
-                }
+    let mut tally = Tally::default();
+    let root = match root {
+        (true, dir) => dir,
+        (false, file) => {
+            tally
+                .back_up(node, &path, Ok(file), rd, owner, progress)
+                .await;
+            return tally.done(node, &path);
+        }
+    };
+    // The walk runs ahead of the backups by a batch or two; a huge folder is never listed
+    // whole in memory.
+    let (tx, mut batches) = mpsc::channel::<Vec<fsx::Found>>(1);
+    let walker = spawn_blocking(move || {
+        let walk = fsx::Walk {
+            owner,
+            batch: WALK_BATCH,
+        };
+        walk.run(
+            &root,
+            |_, _| true,
+            |batch| match tx.blocking_send(batch) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()),
+            },
+        )
+    });
+    while let Some(batch) = batches.recv().await {
+        for found in batch {
+            let file_path = path.join(&found.rel);
+            let opened = match spawn_blocking(move || found.open()).await {
+                Ok(opened) => opened,
+                Err(e) => return Done::failed(e.to_string()),
+            };
+            tally
+                .back_up(node, &file_path, opened, rd, owner, progress)
+                .await;
+        }
+    }
+    match walker.await {
+        Ok(Ok(walked)) => {
+            for (rel, e) in walked.unreadable {
+                tally.failed(&path.join(rel), format!("cannot read: {e}"), progress);
             }
-        })
-        .await;
+        }
+        Ok(Err(e)) => return Done::failed(format!("cannot read {}: {e}", shown(&path))),
+        Err(e) => return Done::failed(e.to_string()),
+    }
+    tally.done(node, &path)
+}
+
+/// How the files of one `backup` command ended.
+#[derive(Default)]
+struct Tally {
+    ok: usize,
+    below: usize,
+    failed: usize,
+    /// Not the caller's.
+    skipped: usize,
+    /// The fewest peers heard by a backup that ended below its RD, and that RD: why it did.
+    short: Option<(usize, u8)>,
+    last_error: String,
+}
+
+impl Tally {
+    /// Backs up one file, `opened` under the name `file_path`, and reports how it ended.
+    async fn back_up(
+        &mut self,
+        node: &Arc<Node>,
+        file_path: &Path,
+        opened: std::io::Result<File>,
+        rd: Option<u8>,
+        owner: Option<u32>,
+        progress: &Progress,
+    ) {
         let file = match opened {
-            Ok(Ok(f)) => f,
-            Ok(Err(e)) => {
-                failed += 1;
-                last_error = format!("{}: {e}", shown(&file_path));
-                report(progress, format!("failed {last_error}"));
-                continue;
-            }
-            Err(e) => return Done::failed(e.to_string()),
+            Ok(f) => f,
+            Err(e) => return self.failed(file_path, e.to_string(), progress),
         };
         // The owner as the handle says, never as a path looked up again.
         if owner.is_some_and(|uid| file.metadata().map(|m| m.uid()).ok() != Some(uid)) {
-            skipped += 1;
-            continue;
+            self.skipped += 1;
+            return;
         }
-        let desired = rd.unwrap_or_else(|| default_rd(node, &file_path));
-        match backup_handle(node, &file_path, file, desired).await {
+        let desired = rd.unwrap_or_else(|| default_rd(node, file_path));
+        match backup_handle(node, file_path, file, desired).await {
             Ok(r) => {
                 let state = if r.below == 0 {
-                    ok += 1;
+                    self.ok += 1;
                     format!("every chunk at RD ≥ {desired}")
                 } else {
-                    below += 1;
-                    short = Some(
-                        short.map_or((r.peers_heard, desired), |(n, d)| (n.min(r.peers_heard), d)),
+                    self.below += 1;
+                    self.short = Some(
+                        self.short
+                            .map_or((r.peers_heard, desired), |(n, d)| (n.min(r.peers_heard), d)),
                     );
                     format!("{} of {} chunks below RD {desired}", r.below, r.chunks)
                 };
@@ -107,59 +153,66 @@ pub(crate) async fn backup(
                     progress,
                     format!(
                         "backed up {} (version {}, {} bytes, {} chunks): {state}",
-                        shown(&file_path),
+                        shown(file_path),
                         r.version,
                         r.size,
                         r.chunks
                     ),
                 );
             }
-            Err(e) => {
-                failed += 1;
-                last_error = format!("{}: {e}", shown(&file_path));
-                report(progress, format!("failed {last_error}"));
+            Err(e) => self.failed(file_path, e.to_string(), progress),
+        }
+    }
+
+    fn failed(&mut self, file_path: &Path, error: String, progress: &Progress) {
+        self.failed += 1;
+        self.last_error = format!("{}: {error}", shown(file_path));
+        report(progress, format!("failed {}", self.last_error));
+    }
+
+    /// The command's answer: a summary line, and the exit code of the worst outcome.
+    fn done(self, node: &Node, path: &Path) -> Done {
+        let (ok, below, failed, skipped) = (self.ok, self.below, self.failed, self.skipped);
+        if skipped > 0 && ok + below + failed == 0 {
+            return Done::failed(format!(
+                "you may back up only files you own, and none below {} is yours",
+                shown(path)
+            ));
+        }
+        // In the final line, which a slow client never misses (progress lines it may).
+        let not_yours = match skipped {
+            0 => String::new(),
+            n => format!(", {n} skipped (not yours)"),
+        };
+        let summary = format!(
+            "{} files: {ok} fully replicated, {below} below their desired RD, {failed} failed{not_yours}",
+            ok + below + failed
+        );
+        let code = if failed > 0 {
+            exit::FAILED
+        } else if below > 0 {
+            exit::BELOW_RD
+        } else {
+            exit::OK
+        };
+        let mut message = if failed > 0 {
+            format!("{summary} (last error: {})", self.last_error)
+        } else {
+            summary
+        };
+        if let Some((heard, rd)) = self.short {
+            message.push_str(&format!(
+                "; only {heard} other peers confirmed chunks, and RD {rd} needs {rd} other peers running with room in their quota (see their `peerstash state`)"
+            ));
+            if let Some(warning) = node.duplicate_id_warning() {
+                message.push_str(&format!("; {warning}"));
             }
         }
-    }
-    if skipped > 0 && ok + below + failed == 0 {
-        return Done::failed(format!(
-            "you may back up only files you own, and none below {} is yours",
-            shown(&path)
-        ));
-    }
-    // In the final line, which a slow client never misses (progress lines it may).
-    let not_yours = match skipped {
-        0 => String::new(),
-        n => format!(", {n} skipped (not yours)"),
-    };
-    let summary = format!(
-        "{} files: {ok} fully replicated, {below} below their desired RD, {failed} failed{not_yours}",
-        ok + below + failed
-    );
-    let code = if failed > 0 {
-        exit::FAILED
-    } else if below > 0 {
-        exit::BELOW_RD
-    } else {
-        exit::OK
-    };
-    let mut message = if failed > 0 {
-        format!("{summary} (last error: {last_error})")
-    } else {
-        summary
-    };
-    if let Some((heard, rd)) = short {
-        message.push_str(&format!(
-            "; only {heard} other peers confirmed chunks, and RD {rd} needs {rd} other peers running with room in their quota (see their `peerstash state`)"
-        ));
-        if let Some(warning) = node.duplicate_id_warning() {
-            message.push_str(&format!("; {warning}"));
+        Done {
+            code,
+            message,
+            data: None,
         }
-    }
-    Done {
-        code,
-        message,
-        data: None,
     }
 }
 
