@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::config::WatchConfig;
-use crate::daemon::cmd::backup::{backup_file, BackupError};
+use crate::daemon::cmd::backup::{backup_file, standing, standing_of, BackupError, Standing, Why};
 use crate::daemon::cmd::delete::{forget_versions, Policy};
 use crate::daemon::Node;
 use crate::fsx::Stamp;
@@ -302,15 +302,9 @@ async fn other_names(
     }
 }
 
-/// A file outside the watched folders is only brought back to its RD, if it is unchanged.
+/// A file outside the watched folders is only brought back to its RD, if it is unchanged (its
+/// size and mtime are its newest version's: `standing` leaves the rest to the content).
 async fn repair_unwatched(node: &Arc<Node>, path: &Path, gen: i64) -> Result<(), String> {
-    let p = path.to_path_buf();
-    let latest = node
-        .catalog
-        .call(move |c| c.latest(&p))
-        .await
-        .ok()
-        .flatten();
     let meta = tokio::task::spawn_blocking({
         let path = path.to_path_buf();
         move || std::fs::symlink_metadata(path).ok()
@@ -319,10 +313,35 @@ async fn repair_unwatched(node: &Arc<Node>, path: &Path, gen: i64) -> Result<(),
     .ok()
     .flatten();
     let mut outcome = Ok(());
-    if let (Some(f), Some(meta)) = (latest, meta) {
-        let stamp = Stamp::of(&meta);
-        if meta.is_file() && f.size == stamp.size && f.mtime_ns == stamp.mtime_ns {
-            if let Err(e) = backup_file(node, path, f.desired_rd).await {
+    if let Some(stamp) = meta.filter(|m| m.is_file()).map(|m| Stamp::of(&m)) {
+        let p = path.to_path_buf();
+        let looked = node
+            .catalog
+            .call(move |c| {
+                let Some(f) = c.latest(&p)? else {
+                    return Ok(None);
+                };
+                let min = c.min_perceived_rd(&f.file_id)?;
+                Ok(Some((
+                    f.desired_rd,
+                    standing(Some(&f), min, &stamp, f.desired_rd),
+                )))
+            })
+            .await;
+        let repair = match looked {
+            Ok(Some((rd, Standing::BelowRd { .. }))) => Some(rd),
+            Ok(Some((rd, Standing::Read(Why::Touched | Why::Unfinished | Why::Deleted)))) => {
+                Some(rd)
+            }
+            // At its RD, changed, or never backed up.
+            Ok(_) => None,
+            Err(e) => {
+                outcome = Err(format!("cannot look it up in the catalog: {e}"));
+                None
+            }
+        };
+        if let Some(rd) = repair {
+            if let Err(e) = backup_file(node, path, rd).await {
                 tracing::warn!("cannot repair {}: {e}", path.display());
                 outcome = Err(format!("cannot repair: {e}"));
             }
@@ -332,33 +351,19 @@ async fn repair_unwatched(node: &Arc<Node>, path: &Path, gen: i64) -> Result<(),
     outcome
 }
 
-/// Whether the newest version is this very file (same size, mtime, ctime and inode), complete,
-/// not marked deleted, and at the folder's RD. When only the ctime moved (`touch -r` after a
-/// write, a chmod, a new hard link) the backup reads the file again: the same content is the same
-/// fileId and is only resumed (nothing sent), other content is a new version.
+/// Whether the file is already backed up at its folder's RD (`backup::standing`, the one rule):
+/// then there is nothing to do. Any other standing is the backup's to handle: a ctime that alone
+/// moved (`touch -r` after a write, a chmod, a new hard link) makes it read the file again,
+/// where the same content is the same fileId and is only resumed, other content a new version.
 async fn up_to_date(node: &Arc<Node>, path: &Path, stamp: &Stamp, watch: &WatchConfig) -> bool {
-    let p = path.to_path_buf();
-    let latest = node
-        .catalog
-        .call(move |c| {
-            let Some(f) = c.latest(&p)? else {
-                return Ok(None);
-            };
-            let min = c.min_perceived_rd(&f.file_id)?;
-            Ok(Some((f, min)))
-        })
-        .await;
-    let Ok(Some((f, min_rd))) = latest else {
-        return false;
-    };
-    f.size == stamp.size
-        && f.mtime_ns == stamp.mtime_ns
-        && f.ctime_ns == stamp.ctime_ns
-        && f.inode == stamp.inode
-        && f.complete
-        && f.deleted_at.is_none()
-        && f.desired_rd == watch.replication
-        && min_rd >= u32::from(watch.replication)
+    match standing_of(node, path, *stamp, watch.replication).await {
+        Ok(Standing::AtRd { .. }) => true,
+        Ok(_) => false,
+        Err(e) => {
+            tracing::warn!("cannot look up {} in the catalog: {e}", path.display());
+            false
+        }
+    }
 }
 
 fn is_unavailable(node: &Node, root: &Path) -> bool {

@@ -18,6 +18,7 @@ use super::presence::{self, Presence};
 use super::queue::enqueue;
 use super::until_stopped;
 use crate::config::WatchConfig;
+use crate::daemon::cmd::backup::unchanged;
 use crate::daemon::Node;
 use crate::fsx::{self, Stamp};
 use crate::shutdown::Shutdown;
@@ -693,17 +694,9 @@ pub async fn scan(node: &Arc<Node>, wake: &Notify, root: &Path) {
             .call(move |c| {
                 let mut changed = Vec::new();
                 for seen in batch {
-                    let same = c.latest(&seen.path)?.is_some_and(|f| {
-                        f.size == seen.stamp.size
-                            && f.mtime_ns == seen.stamp.mtime_ns
-                            && f.ctime_ns == seen.stamp.ctime_ns
-                            && f.inode == seen.stamp.inode
-                            && f.complete
-                            && f.deleted_at.is_none()
-                    });
-                    let path = seen.path;
-                    if !same {
-                        changed.push(path);
+                    // The RD is the queue's to look at (and the repair's).
+                    if unchanged(c.latest(&seen.path)?.as_ref(), &seen.stamp).is_err() {
+                        changed.push(seen.path);
                     }
                 }
                 Ok(changed)

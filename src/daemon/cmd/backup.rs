@@ -244,8 +244,106 @@ pub(crate) struct BackupReport {
     pub size: u64,
     pub chunks: u64,
     pub below: u64,
-    /// Distinct peers that confirmed at least one chunk of this backup.
+    /// Distinct peers that confirmed at least one chunk of this backup (none when the file was
+    /// already backed up at its RD: nothing was sent).
     pub peers_heard: usize,
+}
+
+/// Why a file must be read (again) to be backed up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// The path has no version yet.
+    New,
+    /// Its size or mtime is not its newest version's: other content.
+    Changed,
+    /// Same size and mtime, but another ctime or inode: a chmod, a new hard link, a copy that
+    /// kept the times renamed over it — or a write followed by `touch -r`. Only the content can
+    /// tell: the same content is the same fileId, and that version is resumed.
+    Touched,
+    /// Its newest version is this file, but was never completed (a backup cut short): resumed.
+    Unfinished,
+    /// Its newest version is this file, but was marked deleted (the file was found gone): it is
+    /// back, and the backup says so.
+    Deleted,
+}
+
+/// Where a file stands for a backup at some RD (`standing`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// Already backed up at this RD: nothing to read nor send.
+    AtRd { version: u32 },
+    /// This very file is its newest version, complete, but not at this RD: backed up under
+    /// another desired RD, or a chunk has fewer holders. A backup reads it again (the same
+    /// content is the same fileId), resumes the version, and sends only chunks below the RD.
+    BelowRd { version: u32 },
+    /// It must be read, and is a new version unless its content is that of the newest.
+    Read(Why),
+}
+
+/// **Is this file already backed up at this RD?** The one rule, for the watched folders' queue
+/// and for `peerstash backup` (and, its first half `unchanged`, for the scans). `latest` is the
+/// path's newest version in the catalog and `min_perceived_rd` the fewest holders any of its
+/// chunks has; `stamp` is the file as a `stat` shows it now; `rd` the desired RD asked.
+///
+/// Yes when the newest version is this very file — same size and mtime (the content), same
+/// ctime (which every write moves and nobody can set back) and same inode (not another file
+/// with the same times) — complete, not marked deleted, backed up under this desired RD, and
+/// every chunk held by at least `rd` peers. Then a backup would read the whole file to send
+/// nothing.
+pub(crate) fn standing(
+    latest: Option<&FileRow>,
+    min_perceived_rd: u32,
+    stamp: &Stamp,
+    rd: u8,
+) -> Standing {
+    match unchanged(latest, stamp) {
+        Err(why) => Standing::Read(why),
+        Ok(f) if f.desired_rd == rd && min_perceived_rd >= u32::from(rd) => {
+            Standing::AtRd { version: f.version }
+        }
+        Ok(f) => Standing::BelowRd { version: f.version },
+    }
+}
+
+/// The first half of `standing`, whatever the RD: the newest version if it is this very file
+/// (same size, mtime, ctime and inode), complete and not marked deleted; else why not. A scan
+/// queues the files that are not; the queue then asks the whole rule.
+pub(crate) fn unchanged<'a>(
+    latest: Option<&'a FileRow>,
+    stamp: &Stamp,
+) -> Result<&'a FileRow, Why> {
+    let f = latest.ok_or(Why::New)?;
+    if f.size != stamp.size || f.mtime_ns != stamp.mtime_ns {
+        Err(Why::Changed)
+    } else if f.ctime_ns != stamp.ctime_ns || f.inode != stamp.inode {
+        Err(Why::Touched)
+    } else if !f.complete {
+        Err(Why::Unfinished)
+    } else if f.deleted_at.is_some() {
+        Err(Why::Deleted)
+    } else {
+        Ok(f)
+    }
+}
+
+/// `standing` of the file at `path` (as `stamp` shows it) against the catalog.
+pub(crate) async fn standing_of(
+    node: &Arc<Node>,
+    path: &Path,
+    stamp: Stamp,
+    rd: u8,
+) -> Result<Standing, StoreError> {
+    let p = path.to_path_buf();
+    node.catalog
+        .call(move |c| {
+            let latest = c.latest(&p)?;
+            let min = match &latest {
+                Some(f) => c.min_perceived_rd(&f.file_id)?,
+                None => 0,
+            };
+            Ok(standing(latest.as_ref(), min, &stamp, rd))
+        })
+        .await
 }
 
 /// Whether the file stayed as it was from `before` (before reading) to `after`: same size,
@@ -318,7 +416,8 @@ pub(crate) async fn backup_file(
     backup_handle(node, path, file, desired).await
 }
 
-/// Backs up the open file `file` under the name `path`.
+/// Backs up the open file `file` under the name `path`, unless it is already backed up at
+/// `desired` (`standing`): then only its version is reported.
 pub(crate) async fn backup_handle(
     node: &Arc<Node>,
     path: &Path,
@@ -326,6 +425,21 @@ pub(crate) async fn backup_handle(
     desired: u8,
 ) -> Result<BackupReport, BackupError> {
     let rd = Rd::new(desired).unwrap_or_else(|| Rd::new(1).expect("1 is a valid RD"));
+    let (file, now) =
+        spawn_blocking(move || file.metadata().map(|m| (file, Stamp::of(&m)))).await??;
+    if let Standing::AtRd { version } = standing_of(node, path, now, rd.get()).await? {
+        tracing::debug!(
+            "{} is already backed up at RD {rd} (version {version}): nothing to send",
+            path.display()
+        );
+        return Ok(BackupReport {
+            version,
+            size: now.size,
+            chunks: chunk_count(now.size),
+            below: 0,
+            peers_heard: 0,
+        });
+    }
     tracing::debug!("reading {} to back it up", path.display());
     let (file, scanned) = spawn_blocking(move || scan_file(file)).await??;
     if !scanned.stable {
@@ -605,4 +719,160 @@ async fn prepare_chunks(
     }
     let after = spawn_blocking(move || file.metadata()).await??;
     Ok((hex(&rehash.finalize()), Stamp::of(&after)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The file as the catalog recorded it: version 3, complete, desired RD 2.
+    fn row(stamp: &Stamp) -> FileRow {
+        FileRow {
+            file_id: FileId::from_digest(&[7; 32]),
+            path: PathBuf::from("/w/f"),
+            version: 3,
+            size: stamp.size,
+            mtime_ns: stamp.mtime_ns,
+            mode: stamp.mode,
+            content_hash: "00".repeat(32),
+            desired_rd: 2,
+            complete: true,
+            inode: stamp.inode,
+            uid: stamp.uid,
+            gid: stamp.gid,
+            deleted_at: None,
+            ctime_ns: stamp.ctime_ns,
+        }
+    }
+
+    fn stamp() -> Stamp {
+        Stamp {
+            size: 1000,
+            mtime_ns: 1_700_000_000_000_000_001,
+            ctime_ns: 1_700_000_000_500_000_000,
+            inode: 42,
+            uid: 1000,
+            gid: 1000,
+            mode: 0o644,
+            nlink: 1,
+        }
+    }
+
+    #[test]
+    fn the_same_file_complete_at_its_rd_is_already_backed_up() {
+        let now = stamp();
+        let f = row(&now);
+        assert_eq!(
+            standing(Some(&f), 2, &now, 2),
+            Standing::AtRd { version: 3 }
+        );
+        // More holders than asked: still at RD (the surplus settles at the next reclaim).
+        assert_eq!(
+            standing(Some(&f), 4, &now, 2),
+            Standing::AtRd { version: 3 }
+        );
+        // Owner, mode and links are no part of it (a chmod moves the ctime, which is).
+        let other = Stamp {
+            uid: 0,
+            mode: 0o600,
+            nlink: 2,
+            ..now
+        };
+        assert_eq!(
+            standing(Some(&f), 2, &other, 2),
+            Standing::AtRd { version: 3 }
+        );
+    }
+
+    #[test]
+    fn a_file_not_at_the_rd_asked_is_resumed_not_read_as_new() {
+        let now = stamp();
+        let f = row(&now);
+        // A chunk with one holder short.
+        assert_eq!(
+            standing(Some(&f), 1, &now, 2),
+            Standing::BelowRd { version: 3 }
+        );
+        // Another RD asked, higher or lower: the version is backed up again under it.
+        assert_eq!(
+            standing(Some(&f), 3, &now, 3),
+            Standing::BelowRd { version: 3 }
+        );
+        assert_eq!(
+            standing(Some(&f), 2, &now, 1),
+            Standing::BelowRd { version: 3 }
+        );
+        // No chunk recorded with a holder at all.
+        assert_eq!(
+            standing(Some(&f), 0, &now, 1),
+            Standing::BelowRd { version: 3 }
+        );
+    }
+
+    #[test]
+    fn a_file_other_than_its_newest_version_must_be_read() {
+        let now = stamp();
+        let f = row(&now);
+        assert_eq!(standing(None, 0, &now, 2), Standing::Read(Why::New));
+        for changed in [
+            Stamp { size: 999, ..now },
+            Stamp {
+                mtime_ns: now.mtime_ns + 1,
+                ..now
+            },
+        ] {
+            assert_eq!(
+                standing(Some(&f), 2, &changed, 2),
+                Standing::Read(Why::Changed)
+            );
+        }
+        for touched in [
+            Stamp {
+                ctime_ns: now.ctime_ns + 1,
+                ..now
+            },
+            Stamp { inode: 43, ..now },
+        ] {
+            assert_eq!(
+                standing(Some(&f), 2, &touched, 2),
+                Standing::Read(Why::Touched)
+            );
+        }
+        let unfinished = FileRow {
+            complete: false,
+            ..f.clone()
+        };
+        assert_eq!(
+            standing(Some(&unfinished), 2, &now, 2),
+            Standing::Read(Why::Unfinished)
+        );
+        let deleted = FileRow {
+            deleted_at: Some(1_700_000_100),
+            ..f.clone()
+        };
+        assert_eq!(
+            standing(Some(&deleted), 2, &now, 2),
+            Standing::Read(Why::Deleted)
+        );
+        // The scans ask only this half: whatever the RD, the same file is unchanged.
+        assert!(unchanged(Some(&f), &now).is_ok());
+        assert_eq!(unchanged(Some(&deleted), &now).err(), Some(Why::Deleted));
+    }
+
+    #[test]
+    fn a_file_is_stable_while_read_unless_its_size_mtime_or_content_moved() {
+        let before = stamp();
+        assert!(stable(&before, &before, false));
+        let touched = Stamp {
+            ctime_ns: before.ctime_ns + 1,
+            ..before
+        };
+        assert!(stable(&before, &touched, true), "a chmod while it was read");
+        assert!(!stable(&before, &touched, false), "a write, then touch -r");
+        let grown = Stamp {
+            size: before.size + 1,
+            ..touched
+        };
+        assert!(!stable(&before, &grown, true));
+    }
 }
