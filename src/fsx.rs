@@ -1,18 +1,77 @@
 //! Opening files the way a root daemon must when users may race it. A path is walked one
 //! component at a time from a handle, each with `O_NOFOLLOW` (a symlink anywhere fails with
 //! ELOOP), and what is checked (kind, owner) is checked on the opened handle with `fstat`,
-//! never on a path looked up again. Blocking: call from a blocking thread.
+//! never on a path looked up again. Blocking: call from a blocking thread. `Stamp` is what a
+//! `stat` of a file tells the daemon, in one form for every caller.
 
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
+use std::ops::ControlFlow;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use nix::fcntl::{openat, OFlag};
-use nix::sys::stat::Mode;
+use nix::sys::stat::{FileStat, Mode};
+
+/// What a `stat` tells of a file: what shows that it changed (size, mtime, ctime, inode) and
+/// what a version records of it (owner, mode). Times in nanoseconds since the epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    pub size: u64,
+    pub mtime_ns: i64,
+    /// The inode change time: every write and every metadata change moves it, and nobody can
+    /// set it back (unlike the mtime).
+    pub ctime_ns: i64,
+    pub inode: u64,
+    pub uid: u32,
+    pub gid: u32,
+    /// The permission bits (`mode & 0o7777`), without the file type.
+    pub mode: u32,
+    /// How many names (hard links) the file has.
+    pub nlink: u64,
+}
+
+/// Seconds and nanoseconds as nanoseconds since the epoch.
+fn ns(secs: i64, nsec: i64) -> i64 {
+    secs * 1_000_000_000 + nsec
+}
+
+impl Stamp {
+    /// From what `std` returned (`File::metadata`, `symlink_metadata`).
+    pub fn of(meta: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            size: meta.len(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+            inode: meta.ino(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mode: meta.mode() & 0o7777,
+            nlink: meta.nlink(),
+        }
+    }
+
+    /// From what `nix` returned (`fstat`, `fstatat`).
+    // `stat`'s field types differ by architecture (`st_nlink` is a u32 on aarch64, `time_t` an
+    // i32 on 32-bit targets): the conversions are no-ops only here.
+    #[allow(clippy::useless_conversion)]
+    pub fn of_stat(st: &FileStat) -> Stamp {
+        Stamp {
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            mtime_ns: ns(i64::from(st.st_mtime), i64::from(st.st_mtime_nsec)),
+            ctime_ns: ns(i64::from(st.st_ctime), i64::from(st.st_ctime_nsec)),
+            inode: u64::from(st.st_ino),
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode: u32::from(st.st_mode) & 0o7777,
+            nlink: u64::from(st.st_nlink),
+        }
+    }
+}
 
 /// What a path must name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,69 +198,237 @@ pub fn same_file(a: &File, b: &File) -> io::Result<bool> {
     Ok(a.dev() == b.dev() && a.ino() == b.ino())
 }
 
-/// The regular files below the folder `dir`, as paths relative to it, sorted; symlinks and
-/// anything else are skipped, subfolders are entered through handles (never by path).
-/// `owner`: enter only the subfolders that uid owns (a user's backup stays in the user's tree).
-pub fn list_files(dir: &File, owner: Option<u32>) -> io::Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    let mut todo: Vec<(PathBuf, File)> = vec![(PathBuf::new(), dir.try_clone()?)];
-    while let Some((rel, handle)) = todo.pop() {
-        // Dir takes its own descriptor: hand it a duplicate.
-        let dup = nix::unistd::dup(handle.as_raw_fd()).map_err(errno)?;
-        let mut entries = nix::dir::Dir::from_fd(dup).map_err(|e| {
-            let _ = nix::unistd::close(dup);
-            errno(e)
+/// What a walk found a name to be, as its filter is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    File,
+    Dir,
+}
+
+/// A regular file found by a walk.
+#[derive(Debug)]
+pub struct Found {
+    /// Its path below the folder walked.
+    pub rel: PathBuf,
+    /// The folder that holds it, as the walk opened it.
+    pub dir: Arc<File>,
+    /// What `fstatat` (no symlink followed) told of it when it was listed.
+    pub stamp: Stamp,
+}
+
+impl Found {
+    /// Opens the file from the folder the walk found it in, by its name alone: its path is
+    /// never looked up again, so a folder on the way swapped for a symlink since changes
+    /// nothing. Refused if the name is no longer a regular file (a symlink put in its place).
+    pub fn open(&self) -> io::Result<File> {
+        let name = self.rel.file_name().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "a walk found no file here")
         })?;
-        for entry in entries.iter() {
-            let entry = entry.map_err(errno)?;
-            let name = OsStr::from_bytes(entry.file_name().to_bytes());
-            if name == "." || name == ".." {
-                continue;
+        open_below(&self.dir, Path::new(name), Kind::File)
+    }
+}
+
+/// How a walk ended.
+#[derive(Debug, Default)]
+pub struct Walked {
+    /// What could not be read below the folder walked (a subfolder, or a name in it), and why:
+    /// the files there were not handed over. A name that vanished or became a symlink while it
+    /// was walked is not here: it simply is not (or no longer) a file or a folder.
+    pub unreadable: Vec<(PathBuf, io::Error)>,
+}
+
+/// How to walk a folder: through handles, one name at a time, never following a symlink and
+/// never looking a path up twice (each folder is opened by name from its parent's handle, and
+/// each file is stat'ed, and opened by `Found::open`, from its folder's handle). A user who
+/// swaps a folder for a symlink while it is walked gains nothing: the name is refused, or the
+/// walk goes on in the folder it had already opened.
+pub struct Walk {
+    /// Enter only the subfolders this uid owns, as their open handle says (a user's backup
+    /// stays in the user's tree). The folder walked itself is the caller's to check.
+    pub owner: Option<u32>,
+    /// Files handed over at once (each holds its folder's handle until it is dropped).
+    pub batch: usize,
+}
+
+/// A folder being listed: its path below the walked one, its handle, its entries.
+struct Level {
+    rel: PathBuf,
+    dir: Arc<File>,
+    entries: nix::dir::OwningIter,
+}
+
+impl Level {
+    fn new(rel: PathBuf, dir: File) -> io::Result<Level> {
+        // A listing of its own (a dup would share the read position with `dir`).
+        let fd = open_at(&dir, OsStr::new("."), OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+        let entries = nix::dir::Dir::from(fd).map_err(errno)?.into_iter();
+        Ok(Level {
+            rel,
+            dir: Arc::new(dir),
+            entries,
+        })
+    }
+}
+
+/// What one name of a folder being listed turned out to be.
+enum Step {
+    /// The folder's listing ended (or failed: noted).
+    Done,
+    /// Nothing to walk or hand over.
+    Skip,
+    File(Found),
+    Dir(Level),
+}
+
+/// A name that vanished, or became a symlink or another kind, since it was listed.
+fn moved(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::InvalidInput
+    )
+}
+
+impl Walk {
+    /// Walks the folder `dir` depth first, in the order of its listings, and hands the regular
+    /// files below it to `found`, `batch` at a time, until it has all or it returns `Break`.
+    /// `keep` is asked about each file and folder (by its path below `dir`) before it is
+    /// looked at further: false skips it (a folder is not entered). Symlinks, devices, FIFOs
+    /// and sockets are skipped. Err: `dir` itself cannot be listed; what cannot be read below
+    /// it is in `Walked::unreadable`, and the walk goes on.
+    pub fn run(
+        &self,
+        dir: &File,
+        mut keep: impl FnMut(&Path, Entry) -> bool,
+        mut found: impl FnMut(Vec<Found>) -> ControlFlow<()>,
+    ) -> io::Result<Walked> {
+        let mut walked = Walked::default();
+        let mut stack = vec![Level::new(PathBuf::new(), dir.try_clone()?)?];
+        let mut batch = Vec::with_capacity(self.batch);
+        while let Some(level) = stack.last_mut() {
+            match self.step(level, &mut keep, &mut walked) {
+                Step::Done => {
+                    stack.pop();
+                }
+                Step::Skip => {}
+                Step::Dir(sub) => stack.push(sub),
+                Step::File(f) => {
+                    batch.push(f);
+                    if batch.len() >= self.batch.max(1)
+                        && found(std::mem::take(&mut batch)).is_break()
+                    {
+                        return Ok(walked);
+                    }
+                }
             }
-            let kind = match entry.file_type() {
-                Some(t) => t,
-                None => {
-                    let st = nix::sys::stat::fstatat(
-                        Some(handle.as_raw_fd()),
-                        name,
-                        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(errno)?;
-                    match st.st_mode & nix::libc::S_IFMT {
-                        nix::libc::S_IFDIR => nix::dir::Type::Directory,
-                        nix::libc::S_IFREG => nix::dir::Type::File,
-                        _ => continue,
+        }
+        if !batch.is_empty() {
+            let _ = found(batch);
+        }
+        Ok(walked)
+    }
+
+    /// Looks at the next name of `level`.
+    fn step(
+        &self,
+        level: &mut Level,
+        keep: &mut impl FnMut(&Path, Entry) -> bool,
+        walked: &mut Walked,
+    ) -> Step {
+        let entry = match level.entries.next() {
+            None => return Step::Done,
+            Some(Ok(entry)) => entry,
+            Some(Err(e)) => {
+                walked.unreadable.push((level.rel.clone(), errno(e)));
+                return Step::Done;
+            }
+        };
+        let name = OsStr::from_bytes(entry.file_name().to_bytes());
+        if name == "." || name == ".." {
+            return Step::Skip;
+        }
+        let rel = level.rel.join(name);
+        let stat_here = || {
+            let flags = nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW;
+            nix::sys::stat::fstatat(Some(level.dir.as_raw_fd()), name, flags).map_err(errno)
+        };
+        let kind_of = |st: &FileStat| match st.st_mode & nix::libc::S_IFMT {
+            nix::libc::S_IFREG => Some(Entry::File),
+            nix::libc::S_IFDIR => Some(Entry::Dir),
+            _ => None,
+        };
+        // The listing's type when it gives one (no lookup); else the file's own.
+        let mut stat = None;
+        let kind = match entry.file_type() {
+            Some(nix::dir::Type::File) => Entry::File,
+            Some(nix::dir::Type::Directory) => Entry::Dir,
+            Some(_) => return Step::Skip,
+            None => match stat_here() {
+                Ok(st) => {
+                    let Some(kind) = kind_of(&st) else {
+                        return Step::Skip;
+                    };
+                    stat = Some(st);
+                    kind
+                }
+                Err(e) if moved(&e) => return Step::Skip,
+                Err(e) => {
+                    walked.unreadable.push((rel, e));
+                    return Step::Skip;
+                }
+            },
+        };
+        if !keep(&rel, kind) {
+            return Step::Skip;
+        }
+        match kind {
+            Entry::File => {
+                let st = match stat.map_or_else(stat_here, Ok) {
+                    Ok(st) => st,
+                    Err(e) if moved(&e) => return Step::Skip,
+                    Err(e) => {
+                        walked.unreadable.push((rel, e));
+                        return Step::Skip;
+                    }
+                };
+                // Listed as a file, something else now: not handed over.
+                if kind_of(&st) != Some(Entry::File) {
+                    return Step::Skip;
+                }
+                Step::File(Found {
+                    rel,
+                    dir: level.dir.clone(),
+                    stamp: Stamp::of_stat(&st),
+                })
+            }
+            Entry::Dir => {
+                let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
+                let opened = open_at(&*level.dir, name, flags).map(File::from);
+                let owned = |sub: &File| match self.owner {
+                    None => Ok(true),
+                    Some(uid) => sub.metadata().map(|m| m.uid() == uid),
+                };
+                let entered = opened.and_then(|sub| match owned(&sub)? {
+                    true => Level::new(rel.clone(), sub).map(Some),
+                    false => Ok(None),
+                });
+                match entered {
+                    Ok(Some(sub)) => Step::Dir(sub),
+                    Ok(None) => Step::Skip,
+                    Err(e) if moved(&e) => Step::Skip,
+                    Err(e) => {
+                        walked.unreadable.push((rel, e));
+                        Step::Skip
                     }
                 }
-            };
-            match kind {
-                nix::dir::Type::File => files.push(rel.join(name)),
-                nix::dir::Type::Directory => {
-                    match open_at(&handle, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY) {
-                        Ok(fd) => {
-                            let sub = File::from(fd);
-                            if owner.is_none_or(|uid| sub.metadata().is_ok_and(|m| m.uid() == uid))
-                            {
-                                todo.push((rel.join(name), sub));
-                            }
-                        }
-                        // Replaced by a symlink since it was listed, or gone: skip it.
-                        Err(e) if e.kind() == io::ErrorKind::InvalidInput => {}
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                _ => {}
             }
         }
     }
-    files.sort();
-    Ok(files)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
     use std::os::unix::fs::symlink;
 
     #[test]
@@ -231,6 +458,28 @@ mod tests {
     }
 
     #[test]
+    fn a_stamp_reads_the_same_from_std_and_from_nix() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        std::fs::write(&f, b"12345").unwrap();
+        std::fs::hard_link(&f, d.path().join("g")).unwrap();
+        let meta = std::fs::symlink_metadata(&f).unwrap();
+        let stamp = Stamp::of(&meta);
+        let st = nix::sys::stat::stat(&f).unwrap();
+        assert_eq!(Stamp::of_stat(&st), stamp);
+        assert_eq!((stamp.size, stamp.nlink, stamp.inode), (5, 2, meta.ino()));
+        assert_eq!(
+            stamp.mtime_ns,
+            meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+        );
+        assert_eq!(
+            stamp.ctime_ns,
+            meta.ctime() * 1_000_000_000 + meta.ctime_nsec()
+        );
+        assert_eq!(stamp.mode, meta.mode() & 0o7777);
+    }
+
+    #[test]
     fn nothing_climbs_out_of_a_folder() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir(d.path().join("in")).unwrap();
@@ -240,24 +489,153 @@ mod tests {
         assert!(open_below(&dir, Path::new("/etc/passwd"), Kind::File).is_err());
     }
 
+    /// Every file a walk hands over, by path, with the sizes of the batches.
+    fn walk_all(
+        dir: &File,
+        owner: Option<u32>,
+        batch: usize,
+        mut keep: impl FnMut(&Path, Entry) -> bool,
+    ) -> (Vec<Found>, Vec<usize>) {
+        let (mut files, mut sizes) = (Vec::new(), Vec::new());
+        let walk = Walk { owner, batch };
+        let walked = walk
+            .run(dir, &mut keep, |b| {
+                sizes.push(b.len());
+                files.extend(b);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert!(walked.unreadable.is_empty(), "{:?}", walked.unreadable);
+        files.sort_by(|a, b| a.rel.cmp(&b.rel));
+        (files, sizes)
+    }
+
+    fn rels(files: &[Found]) -> Vec<PathBuf> {
+        files.iter().map(|f| f.rel.clone()).collect()
+    }
+
     #[test]
-    fn listing_skips_symlinks_and_keeps_names_as_bytes() {
+    fn a_walk_skips_symlinks_and_keeps_names_as_bytes() {
         let d = tempfile::tempdir().unwrap();
         let base = d.path().canonicalize().unwrap();
         std::fs::create_dir_all(base.join("a/b")).unwrap();
         std::fs::write(base.join("a/b/f"), b"x").unwrap();
         let odd = OsStr::from_bytes(b"caf\xe9");
-        std::fs::write(base.join(odd), b"y").unwrap();
+        std::fs::write(base.join(odd), b"yy").unwrap();
         symlink("/etc/passwd", base.join("a/p")).unwrap();
         symlink(base.join("a"), base.join("loop")).unwrap();
+        nix::unistd::mkfifo(&base.join("a/fifo"), Mode::S_IRWXU).unwrap();
         let dir = open_path(&base, Kind::Dir).unwrap();
-        let files = list_files(&dir, None).unwrap();
+        let (files, _) = walk_all(&dir, None, 100, |_, _| true);
         assert_eq!(
-            list_files(&dir, Some(54321)).unwrap(),
-            vec![PathBuf::from(odd)]
+            rels(&files),
+            vec![PathBuf::from("a/b/f"), PathBuf::from(odd)]
         );
-        assert_eq!(files, vec![PathBuf::from("a/b/f"), PathBuf::from(odd)]);
-        let f = open_below(&dir, &files[1], Kind::File).unwrap();
-        assert!(same_file(&f, &File::open(base.join(odd)).unwrap()).unwrap());
+        // The stamp is the file's, and the file opens from the folder it was found in.
+        for f in &files {
+            let meta = std::fs::symlink_metadata(base.join(&f.rel)).unwrap();
+            assert_eq!(f.stamp, Stamp::of(&meta));
+            let opened = f.open().unwrap();
+            assert!(same_file(&opened, &File::open(base.join(&f.rel)).unwrap()).unwrap());
+        }
+        // Walked again from the same handle: the same files (the listing has its own position).
+        assert_eq!(
+            rels(&walk_all(&dir, None, 100, |_, _| true).0),
+            rels(&files)
+        );
+        // Only the folders the owner owns are entered (the walked one is the caller's).
+        let (mine, _) = walk_all(&dir, Some(54321), 100, |_, _| true);
+        assert_eq!(rels(&mine), vec![PathBuf::from(odd)]);
+        std::os::unix::fs::chown(base.join("a"), Some(54321), None).unwrap();
+        let (mine, _) = walk_all(&dir, Some(54321), 100, |_, _| true);
+        assert_eq!(rels(&mine), vec![PathBuf::from(odd)], "a/b is not 54321's");
+        std::os::unix::fs::chown(base.join("a/b"), Some(54321), None).unwrap();
+        let (mine, _) = walk_all(&dir, Some(54321), 100, |_, _| true);
+        assert_eq!(rels(&mine), rels(&files));
+    }
+
+    #[test]
+    fn a_walk_asks_before_it_enters_or_hands_over_and_hands_over_in_batches() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().canonicalize().unwrap();
+        std::fs::create_dir_all(base.join("keep/own")).unwrap();
+        std::fs::create_dir_all(base.join("skip")).unwrap();
+        for f in ["keep/1", "keep/2.tmp", "keep/own/3", "skip/4", "5", "6"] {
+            std::fs::write(base.join(f), f).unwrap();
+        }
+        let dir = open_path(&base, Kind::Dir).unwrap();
+        let mut asked = Vec::new();
+        let (files, sizes) = walk_all(&dir, None, 2, |rel, entry| {
+            asked.push((rel.to_path_buf(), entry));
+            !(rel.ends_with("own") || rel.starts_with("skip") || rel.ends_with("2.tmp"))
+        });
+        assert_eq!(
+            rels(&files),
+            ["5", "6", "keep/1"].map(PathBuf::from).to_vec()
+        );
+        assert_eq!(sizes, vec![2, 1]);
+        asked.sort_by(|a, b| a.0.cmp(&b.0));
+        let expected = [
+            ("5", Entry::File),
+            ("6", Entry::File),
+            ("keep", Entry::Dir),
+            ("keep/1", Entry::File),
+            ("keep/2.tmp", Entry::File),
+            ("keep/own", Entry::Dir),
+            ("skip", Entry::Dir),
+        ]
+        .map(|(p, e)| (PathBuf::from(p), e));
+        assert_eq!(asked, expected.to_vec(), "nothing below a skipped folder");
+        // Break ends the walk at the batch that said so.
+        let mut calls = 0;
+        let walk = Walk {
+            owner: None,
+            batch: 1,
+        };
+        walk.run(
+            &dir,
+            |_, _| true,
+            |_| {
+                calls += 1;
+                ControlFlow::Break(())
+            },
+        )
+        .unwrap();
+        assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn a_folder_swapped_for_a_symlink_during_a_walk_leaks_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().canonicalize().unwrap();
+        let secret = base.join("secret");
+        std::fs::create_dir(&secret).unwrap();
+        std::fs::write(secret.join("f"), b"SECRET").unwrap();
+        let w = base.join("w");
+        std::fs::create_dir_all(w.join("u")).unwrap();
+        std::fs::create_dir_all(w.join("v")).unwrap();
+        std::fs::write(w.join("u/f"), b"user's").unwrap();
+        std::fs::write(w.join("v/f"), b"user's").unwrap();
+        let dir = open_path(&w, Kind::Dir).unwrap();
+        // `u` is swapped just before the walk opens it: the symlink is refused, not followed.
+        // `v` is swapped after the walk listed its file: the file still opens from the folder
+        // the walk had opened, never through the symlink now at its path.
+        let swap = |name: &str| {
+            std::fs::rename(w.join(name), w.join(format!("{name}.old"))).unwrap();
+            symlink(&secret, w.join(name)).unwrap();
+        };
+        let (files, _) = walk_all(&dir, None, 100, |rel, entry| {
+            if rel == Path::new("u") && entry == Entry::Dir {
+                swap("u");
+            }
+            rel != Path::new("u.old") && rel != Path::new("v.old")
+        });
+        assert_eq!(rels(&files), vec![PathBuf::from("v/f")]);
+        swap("v");
+        let mut read = String::new();
+        files[0].open().unwrap().read_to_string(&mut read).unwrap();
+        assert_eq!(read, "user's");
+        // Where the symlink is, a path-based look would have found the secret.
+        assert_eq!(std::fs::read(w.join("v/f")).unwrap(), b"SECRET");
     }
 }

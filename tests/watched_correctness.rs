@@ -322,6 +322,51 @@ fn a_change_during_a_manual_backup_keeps_the_complete_version() {
     check_complete_versions(&c, &f, &[&old, &new]);
 }
 
+/// Bytes process `pid` has read so far (`rchar` of /proc/PID/io).
+fn bytes_read(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+/// `peerstash backup` of a file already backed up at that RD and unchanged since is decided by
+/// the queue's rule (same size, mtime, ctime and inode, complete, at RD): it reports the version
+/// and exits 0 without reading the file. Once its ctime moved (a chmod), it is read again, and
+/// the same content is still the same version.
+#[test]
+fn a_manual_backup_of_a_file_already_at_its_rd_reads_nothing() {
+    let c = Cluster::start(&QUOTAS);
+    let f = c.dir.path().canonicalize().unwrap().join("same.bin");
+    let size = 10_000_000;
+    std::fs::write(&f, random_bytes(size)).unwrap();
+    let path = f.to_str().unwrap();
+    c.cli_ok(0, &["backup", path, "-r", "2"], 0);
+    let pid = c.pid(0).unwrap();
+
+    let before = bytes_read(pid);
+    let out = c.cli_ok(0, &["backup", path, "-r", "2"], 0);
+    let read = bytes_read(pid) - before;
+    assert!(out.contains("(version 1,"), "{out}");
+    assert!(read < size as u64 / 2, "{read} bytes read: {}", c.log(0));
+
+    std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let before = bytes_read(pid);
+    let out = c.cli_ok(0, &["backup", path, "-r", "2"], 0);
+    let read = bytes_read(pid) - before;
+    assert!(out.contains("(version 1,"), "{out}");
+    assert!(
+        read >= size as u64,
+        "the touched file is read: {read} bytes"
+    );
+    // Now recorded with its new ctime: at its RD again.
+    let before = bytes_read(pid);
+    c.cli_ok(0, &["backup", path, "-r", "2"], 0);
+    assert!(bytes_read(pid) - before < size as u64 / 2);
+    assert_eq!(complete(&c, &f).len(), 1, "{}", c.state(0));
+}
+
 /// Case 3: `rm x; mkdir x; echo > x/y`: when x's `keep_deleted` runs out, only x's versions go;
 /// x/y keeps its own.
 #[test]

@@ -3,7 +3,6 @@
 //! files that are gone, and retry failures later with a growing delay.
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -12,9 +11,10 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::config::WatchConfig;
-use crate::daemon::cmd::backup::{backup_file, BackupError};
+use crate::daemon::cmd::backup::{backup_file, standing, standing_of, BackupError, Standing, Why};
 use crate::daemon::cmd::delete::{forget_versions, Policy};
 use crate::daemon::Node;
+use crate::fsx::Stamp;
 use crate::service::presence::{self, Absence, Presence};
 use crate::shutdown::Shutdown;
 use crate::workers::Worker;
@@ -153,15 +153,11 @@ impl Drop for InProgress {
     }
 }
 
-fn ctime_ns(meta: &std::fs::Metadata) -> i64 {
-    meta.ctime() * 1_000_000_000 + meta.ctime_nsec()
-}
-
 /// How long ago the file last changed by its ctime (which every write moves and nobody can set
 /// back), if that is less than `quiet`: a write no event told of (a long copy in one call, a
 /// write through a hard link outside the folder) still makes the file wait out its quiet time.
-fn changed_within(meta: &std::fs::Metadata, quiet: Duration) -> Option<Duration> {
-    let age = now_ms() * 1_000_000 - ctime_ns(meta);
+fn changed_within(stamp: &Stamp, quiet: Duration) -> Option<Duration> {
+    let age = now_ms() * 1_000_000 - stamp.ctime_ns;
     // A ctime in the future (the clock was set back) says nothing: the read is checked anyway.
     (0..quiet.as_nanos() as i64)
         .contains(&age)
@@ -198,11 +194,12 @@ async fn work_on(
     .await;
     match meta {
         Ok(Ok(meta)) if meta.is_file() => {
-            if up_to_date(node, path, &meta, &watch).await {
+            let stamp = Stamp::of(&meta);
+            if up_to_date(node, path, &stamp, &watch).await {
                 done(node, path, gen).await;
                 return Ok(());
             }
-            if let Some(age) = changed_within(&meta, watch.quiet) {
+            if let Some(age) = changed_within(&stamp, watch.quiet) {
                 let due = now_ms() + (watch.quiet - age).as_millis() as i64 + 1;
                 let p = path.to_path_buf();
                 let _ = node
@@ -211,10 +208,10 @@ async fn work_on(
                     .await;
                 return Ok(());
             }
-            if meta.nlink() > 1 {
+            if stamp.nlink > 1 {
                 // A change made through this name is a change of the file's other names too,
                 // and inotify tells only of this one.
-                other_names(node, wake, path, meta.ino(), &watch).await;
+                other_names(node, wake, path, stamp.inode, &watch).await;
             }
             match backup_file(node, path, watch.replication).await {
                 Ok(r) if r.below == 0 => {
@@ -305,15 +302,9 @@ async fn other_names(
     }
 }
 
-/// A file outside the watched folders is only brought back to its RD, if it is unchanged.
+/// A file outside the watched folders is only brought back to its RD, if it is unchanged (its
+/// size and mtime are its newest version's: `standing` leaves the rest to the content).
 async fn repair_unwatched(node: &Arc<Node>, path: &Path, gen: i64) -> Result<(), String> {
-    let p = path.to_path_buf();
-    let latest = node
-        .catalog
-        .call(move |c| c.latest(&p))
-        .await
-        .ok()
-        .flatten();
     let meta = tokio::task::spawn_blocking({
         let path = path.to_path_buf();
         move || std::fs::symlink_metadata(path).ok()
@@ -322,10 +313,35 @@ async fn repair_unwatched(node: &Arc<Node>, path: &Path, gen: i64) -> Result<(),
     .ok()
     .flatten();
     let mut outcome = Ok(());
-    if let (Some(f), Some(meta)) = (latest, meta) {
-        let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
-        if meta.is_file() && f.size == meta.len() && f.mtime_ns == mtime_ns {
-            if let Err(e) = backup_file(node, path, f.desired_rd).await {
+    if let Some(stamp) = meta.filter(|m| m.is_file()).map(|m| Stamp::of(&m)) {
+        let p = path.to_path_buf();
+        let looked = node
+            .catalog
+            .call(move |c| {
+                let Some(f) = c.latest(&p)? else {
+                    return Ok(None);
+                };
+                let min = c.min_perceived_rd(&f.file_id)?;
+                Ok(Some((
+                    f.desired_rd,
+                    standing(Some(&f), min, &stamp, f.desired_rd),
+                )))
+            })
+            .await;
+        let repair = match looked {
+            Ok(Some((rd, Standing::BelowRd { .. }))) => Some(rd),
+            Ok(Some((rd, Standing::Read(Why::Touched | Why::Unfinished | Why::Deleted)))) => {
+                Some(rd)
+            }
+            // At its RD, changed, or never backed up.
+            Ok(_) => None,
+            Err(e) => {
+                outcome = Err(format!("cannot look it up in the catalog: {e}"));
+                None
+            }
+        };
+        if let Some(rd) = repair {
+            if let Err(e) = backup_file(node, path, rd).await {
                 tracing::warn!("cannot repair {}: {e}", path.display());
                 outcome = Err(format!("cannot repair: {e}"));
             }
@@ -335,39 +351,19 @@ async fn repair_unwatched(node: &Arc<Node>, path: &Path, gen: i64) -> Result<(),
     outcome
 }
 
-/// Whether the newest version is this very file (same size, mtime, ctime and inode), complete,
-/// not marked deleted, and at the folder's RD. When only the ctime moved (`touch -r` after a
-/// write, a chmod, a new hard link) the backup reads the file again: the same content is the same
-/// fileId and is only resumed (nothing sent), other content is a new version.
-async fn up_to_date(
-    node: &Arc<Node>,
-    path: &Path,
-    meta: &std::fs::Metadata,
-    watch: &WatchConfig,
-) -> bool {
-    let p = path.to_path_buf();
-    let latest = node
-        .catalog
-        .call(move |c| {
-            let Some(f) = c.latest(&p)? else {
-                return Ok(None);
-            };
-            let min = c.min_perceived_rd(&f.file_id)?;
-            Ok(Some((f, min)))
-        })
-        .await;
-    let Ok(Some((f, min_rd))) = latest else {
-        return false;
-    };
-    let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
-    f.size == meta.len()
-        && f.mtime_ns == mtime_ns
-        && f.ctime_ns == ctime_ns(meta)
-        && f.inode == meta.ino()
-        && f.complete
-        && f.deleted_at.is_none()
-        && f.desired_rd == watch.replication
-        && min_rd >= u32::from(watch.replication)
+/// Whether the file is already backed up at its folder's RD (`backup::standing`, the one rule):
+/// then there is nothing to do. Any other standing is the backup's to handle: a ctime that alone
+/// moved (`touch -r` after a write, a chmod, a new hard link) makes it read the file again,
+/// where the same content is the same fileId and is only resumed, other content a new version.
+async fn up_to_date(node: &Arc<Node>, path: &Path, stamp: &Stamp, watch: &WatchConfig) -> bool {
+    match standing_of(node, path, *stamp, watch.replication).await {
+        Ok(Standing::AtRd { .. }) => true,
+        Ok(_) => false,
+        Err(e) => {
+            tracing::warn!("cannot look up {} in the catalog: {e}", path.display());
+            false
+        }
+    }
 }
 
 fn is_unavailable(node: &Node, root: &Path) -> bool {

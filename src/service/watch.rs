@@ -6,7 +6,7 @@
 //! minute where the kernel's watch limit left parts unwatched): nothing is missed.
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::MetadataExt;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +18,9 @@ use super::presence::{self, Presence};
 use super::queue::enqueue;
 use super::until_stopped;
 use crate::config::WatchConfig;
+use crate::daemon::cmd::backup::unchanged;
 use crate::daemon::Node;
+use crate::fsx::{self, Stamp};
 use crate::shutdown::Shutdown;
 use crate::workers::Worker;
 use debounce::{Admitted, Debounce};
@@ -692,17 +694,9 @@ pub async fn scan(node: &Arc<Node>, wake: &Notify, root: &Path) {
             .call(move |c| {
                 let mut changed = Vec::new();
                 for seen in batch {
-                    let same = c.latest(&seen.path)?.is_some_and(|f| {
-                        f.size == seen.size
-                            && f.mtime_ns == seen.mtime_ns
-                            && f.ctime_ns == seen.ctime_ns
-                            && f.inode == seen.inode
-                            && f.complete
-                            && f.deleted_at.is_none()
-                    });
-                    let path = seen.path;
-                    if !same {
-                        changed.push(path);
+                    // The RD is the queue's to look at (and the repair's).
+                    if unchanged(c.latest(&seen.path)?.as_ref(), &seen.stamp).is_err() {
+                        changed.push(seen.path);
                     }
                 }
                 Ok(changed)
@@ -744,49 +738,51 @@ pub async fn scan(node: &Arc<Node>, wake: &Notify, root: &Path) {
 /// A regular file found by a scan, with what tells whether it changed.
 struct Seen {
     path: PathBuf,
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
-    inode: u64,
+    stamp: Stamp,
 }
 
-/// Walks a folder (symlinks not followed), sending every regular file not excluded, in batches.
+/// Walks the folder `root` (below the watched folder `watch`) through handles, symlinks never
+/// followed, and sends every regular file that is neither excluded nor the daemon's own, in
+/// batches, with the stamp the walk took of it (no second lookup).
 fn walk(root: &Path, watch: &WatchConfig, tx: &mpsc::Sender<Vec<Seen>>) {
     let excludes = watch.exclude_set();
-    let mut batch = Vec::with_capacity(SCAN_BATCH);
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!("cannot read {}: {e}", dir.display());
-                continue;
-            }
-        };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.metadata() else { continue };
-            let path = entry.path();
-            if meta.is_dir() {
-                if !watch.is_own(&path) {
-                    dirs.push(path);
-                }
-            } else if meta.is_file() && !watch.excludes(&excludes, &path) {
-                batch.push(Seen {
-                    path,
-                    size: meta.len(),
-                    mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-                    ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
-                    inode: meta.ino(),
-                });
-                if batch.len() == SCAN_BATCH
-                    && tx.blocking_send(std::mem::take(&mut batch)).is_err()
-                {
-                    return;
-                }
+    let dir = match fsx::open_under(&watch.path, root, fsx::Kind::Dir) {
+        Ok(dir) => dir,
+        Err(e) => {
+            tracing::warn!("cannot read {}: {e}", root.display());
+            return;
+        }
+    };
+    let keep = |rel: &Path, entry| {
+        let path = root.join(rel);
+        match entry {
+            fsx::Entry::Dir => !watch.is_own(&path),
+            fsx::Entry::File => !watch.excludes(&excludes, &path),
+        }
+    };
+    let send = |found: Vec<fsx::Found>| {
+        let batch = found
+            .into_iter()
+            .map(|f| Seen {
+                path: root.join(&f.rel),
+                stamp: f.stamp,
+            })
+            .collect();
+        match tx.blocking_send(batch) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(_) => ControlFlow::Break(()),
+        }
+    };
+    let walk = fsx::Walk {
+        owner: None,
+        batch: SCAN_BATCH,
+    };
+    match walk.run(&dir, keep, send) {
+        Ok(walked) => {
+            for (rel, e) in walked.unreadable {
+                tracing::warn!("cannot read {}: {e}", root.join(rel).display());
             }
         }
-    }
-    if !batch.is_empty() {
-        let _ = tx.blocking_send(batch);
+        Err(e) => tracing::warn!("cannot read {}: {e}", root.display()),
     }
 }

@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::ops::ControlFlow;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use crate::daemon::driver::{Input, JobEvent, Source};
 use crate::daemon::Node;
 use crate::engine::peer::JobKind;
 use crate::engine::restore::expected_len;
-use crate::fsx;
+use crate::fsx::{self, Stamp};
 use crate::protocol::{
     chunk_count, hex, sha256_hex, ChunkId, ChunkNo, FileId, FileIdentity, PeerId, Rd, CHUNK_SIZE,
 };
@@ -29,10 +30,14 @@ use crate::store::{BackupId, FileRow, Forget, StoreError};
 /// Chunks read and recorded in the catalog in one go before they are sent.
 const READ_BATCH: usize = 32;
 
-/// Backs up what `root` names: a file, or every regular file below a folder (entered through
-/// handles, symlinks never followed). `path` is the name the caller gave it (checked to be the
-/// same file). `owner`: a non-root caller's uid; only its own files and folders are backed up,
-/// the others are skipped and counted.
+/// Files handed from the walk of a folder to its backups at once.
+const WALK_BATCH: usize = 64;
+
+/// Backs up what `root` names: a file, or every regular file below a folder (walked through
+/// handles, symlinks never followed, each file opened from the handle of the folder it was
+/// found in). `path` is the name the caller gave it (checked to be the same file). `owner`: a
+/// non-root caller's uid; only its own files and folders are backed up, the others are skipped
+/// and counted.
 pub(crate) async fn backup(
     node: &Arc<Node>,
     path: PathBuf,
@@ -41,65 +46,106 @@ pub(crate) async fn backup(
     owner: Option<u32>,
     progress: &Progress,
 ) -> Done {
-    let root = Arc::new(root);
-    let listed = spawn_blocking({
-        let root = root.clone();
-        move || -> std::io::Result<Option<Vec<PathBuf>>> {
-            match root.metadata()?.is_dir() {
-                true => fsx::list_files(&root, owner).map(Some),
-                false => Ok(None),
-            }
-        }
-    })
-    .await;
-    // None: `root` is the file itself.
-    let files: Vec<Option<PathBuf>> = match listed {
-        Ok(Ok(Some(rels))) => rels.into_iter().map(Some).collect(),
-        Ok(Ok(None)) => vec![None],
+    let root = match spawn_blocking(move || root.metadata().map(|m| (m.is_dir(), root))).await {
+        Ok(Ok(r)) => r,
         Ok(Err(e)) => return Done::failed(format!("cannot read {}: {e}", shown(&path))),
         Err(e) => return Done::failed(e.to_string()),
     };
-    let (mut ok, mut below, mut failed, mut skipped) = (0usize, 0usize, 0usize, 0usize);
-    // The fewest peers heard by a backup that ended below its RD, and that RD: why it did.
-    let mut short: Option<(usize, u8)> = None;
-    let mut last_error = String::new();
-    for rel in &files {
-        let file_path = rel.as_ref().map_or(path.clone(), |r| path.join(r));
-        let opened = spawn_blocking({
-            let (root, rel) = (root.clone(), rel.clone());
-            move || -> std::io::Result<File> {
-                match rel {
-                    Some(rel) => fsx::open_below(&root, &rel, fsx::Kind::File),
-                    None => root.try_clone(),
-                }
+    let mut tally = Tally::default();
+    let root = match root {
+        (true, dir) => dir,
+        (false, file) => {
+            tally
+                .back_up(node, &path, Ok(file), rd, owner, progress)
+                .await;
+            return tally.done(node, &path);
+        }
+    };
+    // The walk runs ahead of the backups by a batch or two; a huge folder is never listed
+    // whole in memory.
+    let (tx, mut batches) = mpsc::channel::<Vec<fsx::Found>>(1);
+    let walker = spawn_blocking(move || {
+        let walk = fsx::Walk {
+            owner,
+            batch: WALK_BATCH,
+        };
+        walk.run(
+            &root,
+            |_, _| true,
+            |batch| match tx.blocking_send(batch) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()),
+            },
+        )
+    });
+    while let Some(batch) = batches.recv().await {
+        for found in batch {
+            let file_path = path.join(&found.rel);
+            let opened = match spawn_blocking(move || found.open()).await {
+                Ok(opened) => opened,
+                Err(e) => return Done::failed(e.to_string()),
+            };
+            tally
+                .back_up(node, &file_path, opened, rd, owner, progress)
+                .await;
+        }
+    }
+    match walker.await {
+        Ok(Ok(walked)) => {
+            for (rel, e) in walked.unreadable {
+                tally.failed(&path.join(rel), format!("cannot read: {e}"), progress);
             }
-        })
-        .await;
+        }
+        Ok(Err(e)) => return Done::failed(format!("cannot read {}: {e}", shown(&path))),
+        Err(e) => return Done::failed(e.to_string()),
+    }
+    tally.done(node, &path)
+}
+
+/// How the files of one `backup` command ended.
+#[derive(Default)]
+struct Tally {
+    ok: usize,
+    below: usize,
+    failed: usize,
+    /// Not the caller's.
+    skipped: usize,
+    /// The fewest peers heard by a backup that ended below its RD, and that RD: why it did.
+    short: Option<(usize, u8)>,
+    last_error: String,
+}
+
+impl Tally {
+    /// Backs up one file, `opened` under the name `file_path`, and reports how it ended.
+    async fn back_up(
+        &mut self,
+        node: &Arc<Node>,
+        file_path: &Path,
+        opened: std::io::Result<File>,
+        rd: Option<u8>,
+        owner: Option<u32>,
+        progress: &Progress,
+    ) {
         let file = match opened {
-            Ok(Ok(f)) => f,
-            Ok(Err(e)) => {
-                failed += 1;
-                last_error = format!("{}: {e}", shown(&file_path));
-                report(progress, format!("failed {last_error}"));
-                continue;
-            }
-            Err(e) => return Done::failed(e.to_string()),
+            Ok(f) => f,
+            Err(e) => return self.failed(file_path, e.to_string(), progress),
         };
         // The owner as the handle says, never as a path looked up again.
         if owner.is_some_and(|uid| file.metadata().map(|m| m.uid()).ok() != Some(uid)) {
-            skipped += 1;
-            continue;
+            self.skipped += 1;
+            return;
         }
-        let desired = rd.unwrap_or_else(|| default_rd(node, &file_path));
-        match backup_handle(node, &file_path, file, desired).await {
+        let desired = rd.unwrap_or_else(|| default_rd(node, file_path));
+        match backup_handle(node, file_path, file, desired).await {
             Ok(r) => {
                 let state = if r.below == 0 {
-                    ok += 1;
+                    self.ok += 1;
                     format!("every chunk at RD ≥ {desired}")
                 } else {
-                    below += 1;
-                    short = Some(
-                        short.map_or((r.peers_heard, desired), |(n, d)| (n.min(r.peers_heard), d)),
+                    self.below += 1;
+                    self.short = Some(
+                        self.short
+                            .map_or((r.peers_heard, desired), |(n, d)| (n.min(r.peers_heard), d)),
                     );
                     format!("{} of {} chunks below RD {desired}", r.below, r.chunks)
                 };
@@ -107,59 +153,66 @@ pub(crate) async fn backup(
                     progress,
                     format!(
                         "backed up {} (version {}, {} bytes, {} chunks): {state}",
-                        shown(&file_path),
+                        shown(file_path),
                         r.version,
                         r.size,
                         r.chunks
                     ),
                 );
             }
-            Err(e) => {
-                failed += 1;
-                last_error = format!("{}: {e}", shown(&file_path));
-                report(progress, format!("failed {last_error}"));
+            Err(e) => self.failed(file_path, e.to_string(), progress),
+        }
+    }
+
+    fn failed(&mut self, file_path: &Path, error: String, progress: &Progress) {
+        self.failed += 1;
+        self.last_error = format!("{}: {error}", shown(file_path));
+        report(progress, format!("failed {}", self.last_error));
+    }
+
+    /// The command's answer: a summary line, and the exit code of the worst outcome.
+    fn done(self, node: &Node, path: &Path) -> Done {
+        let (ok, below, failed, skipped) = (self.ok, self.below, self.failed, self.skipped);
+        if skipped > 0 && ok + below + failed == 0 {
+            return Done::failed(format!(
+                "you may back up only files you own, and none below {} is yours",
+                shown(path)
+            ));
+        }
+        // In the final line, which a slow client never misses (progress lines it may).
+        let not_yours = match skipped {
+            0 => String::new(),
+            n => format!(", {n} skipped (not yours)"),
+        };
+        let summary = format!(
+            "{} files: {ok} fully replicated, {below} below their desired RD, {failed} failed{not_yours}",
+            ok + below + failed
+        );
+        let code = if failed > 0 {
+            exit::FAILED
+        } else if below > 0 {
+            exit::BELOW_RD
+        } else {
+            exit::OK
+        };
+        let mut message = if failed > 0 {
+            format!("{summary} (last error: {})", self.last_error)
+        } else {
+            summary
+        };
+        if let Some((heard, rd)) = self.short {
+            message.push_str(&format!(
+                "; only {heard} other peers confirmed chunks, and RD {rd} needs {rd} other peers running with room in their quota (see their `peerstash state`)"
+            ));
+            if let Some(warning) = node.duplicate_id_warning() {
+                message.push_str(&format!("; {warning}"));
             }
         }
-    }
-    if skipped > 0 && ok + below + failed == 0 {
-        return Done::failed(format!(
-            "you may back up only files you own, and none below {} is yours",
-            shown(&path)
-        ));
-    }
-    // In the final line, which a slow client never misses (progress lines it may).
-    let not_yours = match skipped {
-        0 => String::new(),
-        n => format!(", {n} skipped (not yours)"),
-    };
-    let summary = format!(
-        "{} files: {ok} fully replicated, {below} below their desired RD, {failed} failed{not_yours}",
-        ok + below + failed
-    );
-    let code = if failed > 0 {
-        exit::FAILED
-    } else if below > 0 {
-        exit::BELOW_RD
-    } else {
-        exit::OK
-    };
-    let mut message = if failed > 0 {
-        format!("{summary} (last error: {last_error})")
-    } else {
-        summary
-    };
-    if let Some((heard, rd)) = short {
-        message.push_str(&format!(
-            "; only {heard} other peers confirmed chunks, and RD {rd} needs {rd} other peers running with room in their quota (see their `peerstash state`)"
-        ));
-        if let Some(warning) = node.duplicate_id_warning() {
-            message.push_str(&format!("; {warning}"));
+        Done {
+            code,
+            message,
+            data: None,
         }
-    }
-    Done {
-        code,
-        message,
-        data: None,
     }
 }
 
@@ -191,57 +244,130 @@ pub(crate) struct BackupReport {
     pub size: u64,
     pub chunks: u64,
     pub below: u64,
-    /// Distinct peers that confirmed at least one chunk of this backup.
+    /// Distinct peers that confirmed at least one chunk of this backup (none when the file was
+    /// already backed up at its RD: nothing was sent).
     pub peers_heard: usize,
 }
 
-/// What tells that a file changed: size, mtime and ctime (every write moves ctime, and nobody
-/// can set it back). Compared from the handle (fstat) before and after reading.
+/// Why a file must be read (again) to be backed up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
+pub(crate) enum Why {
+    /// The path has no version yet.
+    New,
+    /// Its size or mtime is not its newest version's: other content.
+    Changed,
+    /// Same size and mtime, but another ctime or inode: a chmod, a new hard link, a copy that
+    /// kept the times renamed over it — or a write followed by `touch -r`. Only the content can
+    /// tell: the same content is the same fileId, and that version is resumed.
+    Touched,
+    /// Its newest version is this file, but was never completed (a backup cut short): resumed.
+    Unfinished,
+    /// Its newest version is this file, but was marked deleted (the file was found gone): it is
+    /// back, and the backup says so.
+    Deleted,
 }
 
-impl Stamp {
-    /// Whether the file stayed as it was from `self` (before reading) to `after`. A ctime that
-    /// moved while size and mtime did not (a hard link made or renamed, a chmod — or a write
-    /// followed by `touch -r`) is decided by the content: `same_content` says whether the two
-    /// reads of the file (the scan and the chunks) agreed.
-    fn stable(&self, after: &Stamp, same_content: bool) -> bool {
-        self.size == after.size
-            && self.mtime_ns == after.mtime_ns
-            && (self.ctime_ns == after.ctime_ns || same_content)
-    }
+/// Where a file stands for a backup at some RD (`standing`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// Already backed up at this RD: nothing to read nor send.
+    AtRd { version: u32 },
+    /// This very file is its newest version, complete, but not at this RD: backed up under
+    /// another desired RD, or a chunk has fewer holders. A backup reads it again (the same
+    /// content is the same fileId), resumes the version, and sends only chunks below the RD.
+    BelowRd { version: u32 },
+    /// It must be read, and is a new version unless its content is that of the newest.
+    Read(Why),
+}
 
-    fn of(meta: &std::fs::Metadata) -> Stamp {
-        Stamp {
-            size: meta.len(),
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+/// **Is this file already backed up at this RD?** The one rule, for the watched folders' queue
+/// and for `peerstash backup` (and, its first half `unchanged`, for the scans). `latest` is the
+/// path's newest version in the catalog and `min_perceived_rd` the fewest holders any of its
+/// chunks has; `stamp` is the file as a `stat` shows it now; `rd` the desired RD asked.
+///
+/// Yes when the newest version is this very file — same size and mtime (the content), same
+/// ctime (which every write moves and nobody can set back) and same inode (not another file
+/// with the same times) — complete, not marked deleted, backed up under this desired RD, and
+/// every chunk held by at least `rd` peers. Then a backup would read the whole file to send
+/// nothing.
+pub(crate) fn standing(
+    latest: Option<&FileRow>,
+    min_perceived_rd: u32,
+    stamp: &Stamp,
+    rd: u8,
+) -> Standing {
+    match unchanged(latest, stamp) {
+        Err(why) => Standing::Read(why),
+        Ok(f) if f.desired_rd == rd && min_perceived_rd >= u32::from(rd) => {
+            Standing::AtRd { version: f.version }
         }
+        Ok(f) => Standing::BelowRd { version: f.version },
     }
+}
+
+/// The first half of `standing`, whatever the RD: the newest version if it is this very file
+/// (same size, mtime, ctime and inode), complete and not marked deleted; else why not. A scan
+/// queues the files that are not; the queue then asks the whole rule.
+pub(crate) fn unchanged<'a>(
+    latest: Option<&'a FileRow>,
+    stamp: &Stamp,
+) -> Result<&'a FileRow, Why> {
+    let f = latest.ok_or(Why::New)?;
+    if f.size != stamp.size || f.mtime_ns != stamp.mtime_ns {
+        Err(Why::Changed)
+    } else if f.ctime_ns != stamp.ctime_ns || f.inode != stamp.inode {
+        Err(Why::Touched)
+    } else if !f.complete {
+        Err(Why::Unfinished)
+    } else if f.deleted_at.is_some() {
+        Err(Why::Deleted)
+    } else {
+        Ok(f)
+    }
+}
+
+/// `standing` of the file at `path` (as `stamp` shows it) against the catalog.
+pub(crate) async fn standing_of(
+    node: &Arc<Node>,
+    path: &Path,
+    stamp: Stamp,
+    rd: u8,
+) -> Result<Standing, StoreError> {
+    let p = path.to_path_buf();
+    node.catalog
+        .call(move |c| {
+            let latest = c.latest(&p)?;
+            let min = match &latest {
+                Some(f) => c.min_perceived_rd(&f.file_id)?,
+                None => 0,
+            };
+            Ok(standing(latest.as_ref(), min, &stamp, rd))
+        })
+        .await
+}
+
+/// Whether the file stayed as it was from `before` (before reading) to `after`: same size,
+/// mtime and ctime (every write moves ctime, and nobody can set it back). A ctime that moved
+/// while size and mtime did not (a hard link made or renamed, a chmod — or a write followed by
+/// `touch -r`) is decided by the content: `same_content` says whether the two reads of the file
+/// (the scan and the chunks) agreed. Both stamps come from the handle (fstat).
+fn stable(before: &Stamp, after: &Stamp, same_content: bool) -> bool {
+    before.size == after.size
+        && before.mtime_ns == after.mtime_ns
+        && (before.ctime_ns == after.ctime_ns || same_content)
 }
 
 struct Scanned {
-    inode: u64,
-    uid: u32,
-    gid: u32,
-    size: u64,
-    mtime_ns: i64,
-    mode: u32,
-    content_hash: String,
     /// The file as it was before it was read.
     stamp: Stamp,
+    content_hash: String,
     /// Whether it was the same after it was read (and as long as it said), leaving a moved
-    /// ctime to the second read (`Stamp::stable`).
+    /// ctime to the second read (`stable`).
     stable: bool,
 }
 
 fn scan_file(mut file: File) -> std::io::Result<(File, Scanned)> {
-    let meta = file.metadata()?;
-    let stamp = Stamp::of(&meta);
+    let stamp = Stamp::of(&file.metadata()?);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
@@ -254,16 +380,10 @@ fn scan_file(mut file: File) -> std::io::Result<(File, Scanned)> {
         hasher.update(&buf[..n]);
     }
     let scanned = Scanned {
-        inode: meta.ino(),
-        uid: meta.uid(),
-        gid: meta.gid(),
-        size,
-        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-        mode: meta.mode() & 0o7777,
-        content_hash: hex(&hasher.finalize()),
         stamp,
+        content_hash: hex(&hasher.finalize()),
         // A moved ctime alone is left to the second read (the chunks), compared with this one.
-        stable: size == stamp.size && stamp.stable(&Stamp::of(&file.metadata()?), true),
+        stable: size == stamp.size && stable(&stamp, &Stamp::of(&file.metadata()?), true),
     };
     Ok((file, scanned))
 }
@@ -296,7 +416,8 @@ pub(crate) async fn backup_file(
     backup_handle(node, path, file, desired).await
 }
 
-/// Backs up the open file `file` under the name `path`.
+/// Backs up the open file `file` under the name `path`, unless it is already backed up at
+/// `desired` (`standing`): then only its version is reported.
 pub(crate) async fn backup_handle(
     node: &Arc<Node>,
     path: &Path,
@@ -304,21 +425,37 @@ pub(crate) async fn backup_handle(
     desired: u8,
 ) -> Result<BackupReport, BackupError> {
     let rd = Rd::new(desired).unwrap_or_else(|| Rd::new(1).expect("1 is a valid RD"));
+    let (file, now) =
+        spawn_blocking(move || file.metadata().map(|m| (file, Stamp::of(&m)))).await??;
+    if let Standing::AtRd { version } = standing_of(node, path, now, rd.get()).await? {
+        tracing::debug!(
+            "{} is already backed up at RD {rd} (version {version}): nothing to send",
+            path.display()
+        );
+        return Ok(BackupReport {
+            version,
+            size: now.size,
+            chunks: chunk_count(now.size),
+            below: 0,
+            peers_heard: 0,
+        });
+    }
     tracing::debug!("reading {} to back it up", path.display());
     let (file, scanned) = spawn_blocking(move || scan_file(file)).await??;
     if !scanned.stable {
         // Being written: what was read is no version of the file. Nothing was recorded.
         return Err(BackupError::Changed);
     }
-    let chunks = chunk_count(scanned.size);
+    let stamp = scanned.stamp;
+    let chunks = chunk_count(stamp.size);
     if chunks > u64::from(crate::protocol::message::MAX_CHUNK_NO) + 1 {
         return Err(BackupError::TooLarge);
     }
     let file_id = FileIdentity {
         peer: node.id,
         path: path.as_os_str().as_bytes(),
-        size: scanned.size,
-        mtime_ns: scanned.mtime_ns,
+        size: stamp.size,
+        mtime_ns: stamp.mtime_ns,
         content_hash: &scanned.content_hash,
     }
     .file_id();
@@ -326,17 +463,17 @@ pub(crate) async fn backup_handle(
         file_id: file_id.clone(),
         path: path.to_path_buf(),
         version: 0,
-        size: scanned.size,
-        mtime_ns: scanned.mtime_ns,
-        mode: scanned.mode,
+        size: stamp.size,
+        mtime_ns: stamp.mtime_ns,
+        mode: stamp.mode,
         content_hash: scanned.content_hash.clone(),
         desired_rd: rd.get(),
         complete: false,
-        inode: scanned.inode,
-        uid: scanned.uid,
-        gid: scanned.gid,
+        inode: stamp.inode,
+        uid: stamp.uid,
+        gid: stamp.gid,
         deleted_at: None,
-        ctime_ns: scanned.stamp.ctime_ns,
+        ctime_ns: stamp.ctime_ns,
     };
     // The same content backed up again is the same version: resume it (only chunks below
     // their RD are sent again), under the RD asked now. Either way the path exists: its
@@ -361,7 +498,7 @@ pub(crate) async fn backup_handle(
         node.clone(),
         file.clone(),
         file_id.clone(),
-        scanned.size,
+        stamp.size,
         resumed,
         ready_tx,
     ));
@@ -426,7 +563,7 @@ pub(crate) async fn backup_handle(
         Ok(_) if sent != chunks => Err(BackupError::Changed),
         Ok((rehash, after)) => {
             let same_content = rehash == scanned.content_hash;
-            match same_content && scanned.stamp.stable(&after, same_content) {
+            match same_content && stable(&stamp, &after, same_content) {
                 true => Ok(()),
                 false => Err(BackupError::Changed),
             }
@@ -438,7 +575,7 @@ pub(crate) async fn backup_handle(
         }
         return Err(e);
     }
-    let (f, inode, ctime_ns) = (file_id.clone(), scanned.inode, scanned.stamp.ctime_ns);
+    let (f, inode, ctime_ns) = (file_id.clone(), stamp.inode, stamp.ctime_ns);
     let recorded = node
         .catalog
         .call(move |c| {
@@ -458,7 +595,7 @@ pub(crate) async fn backup_handle(
     );
     Ok(BackupReport {
         version,
-        size: scanned.size,
+        size: stamp.size,
         chunks,
         below,
         peers_heard: heard.len(),
@@ -582,4 +719,160 @@ async fn prepare_chunks(
     }
     let after = spawn_blocking(move || file.metadata()).await??;
     Ok((hex(&rehash.finalize()), Stamp::of(&after)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The file as the catalog recorded it: version 3, complete, desired RD 2.
+    fn row(stamp: &Stamp) -> FileRow {
+        FileRow {
+            file_id: FileId::from_digest(&[7; 32]),
+            path: PathBuf::from("/w/f"),
+            version: 3,
+            size: stamp.size,
+            mtime_ns: stamp.mtime_ns,
+            mode: stamp.mode,
+            content_hash: "00".repeat(32),
+            desired_rd: 2,
+            complete: true,
+            inode: stamp.inode,
+            uid: stamp.uid,
+            gid: stamp.gid,
+            deleted_at: None,
+            ctime_ns: stamp.ctime_ns,
+        }
+    }
+
+    fn stamp() -> Stamp {
+        Stamp {
+            size: 1000,
+            mtime_ns: 1_700_000_000_000_000_001,
+            ctime_ns: 1_700_000_000_500_000_000,
+            inode: 42,
+            uid: 1000,
+            gid: 1000,
+            mode: 0o644,
+            nlink: 1,
+        }
+    }
+
+    #[test]
+    fn the_same_file_complete_at_its_rd_is_already_backed_up() {
+        let now = stamp();
+        let f = row(&now);
+        assert_eq!(
+            standing(Some(&f), 2, &now, 2),
+            Standing::AtRd { version: 3 }
+        );
+        // More holders than asked: still at RD (the surplus settles at the next reclaim).
+        assert_eq!(
+            standing(Some(&f), 4, &now, 2),
+            Standing::AtRd { version: 3 }
+        );
+        // Owner, mode and links are no part of it (a chmod moves the ctime, which is).
+        let other = Stamp {
+            uid: 0,
+            mode: 0o600,
+            nlink: 2,
+            ..now
+        };
+        assert_eq!(
+            standing(Some(&f), 2, &other, 2),
+            Standing::AtRd { version: 3 }
+        );
+    }
+
+    #[test]
+    fn a_file_not_at_the_rd_asked_is_resumed_not_read_as_new() {
+        let now = stamp();
+        let f = row(&now);
+        // A chunk with one holder short.
+        assert_eq!(
+            standing(Some(&f), 1, &now, 2),
+            Standing::BelowRd { version: 3 }
+        );
+        // Another RD asked, higher or lower: the version is backed up again under it.
+        assert_eq!(
+            standing(Some(&f), 3, &now, 3),
+            Standing::BelowRd { version: 3 }
+        );
+        assert_eq!(
+            standing(Some(&f), 2, &now, 1),
+            Standing::BelowRd { version: 3 }
+        );
+        // No chunk recorded with a holder at all.
+        assert_eq!(
+            standing(Some(&f), 0, &now, 1),
+            Standing::BelowRd { version: 3 }
+        );
+    }
+
+    #[test]
+    fn a_file_other_than_its_newest_version_must_be_read() {
+        let now = stamp();
+        let f = row(&now);
+        assert_eq!(standing(None, 0, &now, 2), Standing::Read(Why::New));
+        for changed in [
+            Stamp { size: 999, ..now },
+            Stamp {
+                mtime_ns: now.mtime_ns + 1,
+                ..now
+            },
+        ] {
+            assert_eq!(
+                standing(Some(&f), 2, &changed, 2),
+                Standing::Read(Why::Changed)
+            );
+        }
+        for touched in [
+            Stamp {
+                ctime_ns: now.ctime_ns + 1,
+                ..now
+            },
+            Stamp { inode: 43, ..now },
+        ] {
+            assert_eq!(
+                standing(Some(&f), 2, &touched, 2),
+                Standing::Read(Why::Touched)
+            );
+        }
+        let unfinished = FileRow {
+            complete: false,
+            ..f.clone()
+        };
+        assert_eq!(
+            standing(Some(&unfinished), 2, &now, 2),
+            Standing::Read(Why::Unfinished)
+        );
+        let deleted = FileRow {
+            deleted_at: Some(1_700_000_100),
+            ..f.clone()
+        };
+        assert_eq!(
+            standing(Some(&deleted), 2, &now, 2),
+            Standing::Read(Why::Deleted)
+        );
+        // The scans ask only this half: whatever the RD, the same file is unchanged.
+        assert!(unchanged(Some(&f), &now).is_ok());
+        assert_eq!(unchanged(Some(&deleted), &now).err(), Some(Why::Deleted));
+    }
+
+    #[test]
+    fn a_file_is_stable_while_read_unless_its_size_mtime_or_content_moved() {
+        let before = stamp();
+        assert!(stable(&before, &before, false));
+        let touched = Stamp {
+            ctime_ns: before.ctime_ns + 1,
+            ..before
+        };
+        assert!(stable(&before, &touched, true), "a chmod while it was read");
+        assert!(!stable(&before, &touched, false), "a write, then touch -r");
+        let grown = Stamp {
+            size: before.size + 1,
+            ..touched
+        };
+        assert!(!stable(&before, &grown, true));
+    }
 }
