@@ -1023,6 +1023,10 @@ impl Peer {
 
     /// Tells the peers this peer dropped a chunk (REMOVED, sent three times).
     pub fn send_removed(&mut self, chunk: ChunkId, now: Instant) {
+        // A STORED still due for it would tell the peers the opposite, after the REMOVED.
+        if let Some(due) = self.stored_due.remove(&chunk) {
+            self.disarm(Some(due.timer));
+        }
         self.resend(
             MessageKind::Removed { chunk },
             REMOVED_GAPS.to_vec(),
@@ -1034,6 +1038,10 @@ impl Peer {
     /// Tells the peers to delete these files (DELETE, 8 sends 300 ms apart); `DeletesSent`
     /// follows the last.
     pub fn send_delete(&mut self, file_ids: Vec<FileId>, now: Instant) {
+        // Our own PUTCHUNKs of these files may still echo back: they are explained.
+        for file_id in &file_ids {
+            self.delete_seen.insert(file_id.clone(), now);
+        }
         let Some(last) = file_ids.len().checked_sub(1) else {
             return;
         };
@@ -1797,6 +1805,44 @@ mod tests {
         actions(&mut p);
         p.handle(msg(1, put(5000)), t0 + Duration::from_secs(10));
         assert!(actions(&mut p).is_empty());
+    }
+
+    #[test]
+    fn a_chunk_dropped_before_its_stored_went_out_gets_no_stored() {
+        let t0 = Instant::now();
+        for seed in 0..20 {
+            let mut p = Peer::new(ME, seed);
+            let put = MessageKind::PutChunk {
+                chunk: chunk(0),
+                rd: rd(1),
+                body: vec![],
+            };
+            p.handle(msg(2, put), t0);
+            p.stored(&chunk(0), Put::Written, t0);
+            p.send_removed(chunk(0), t0);
+            let kinds: Vec<&'static str> = run(&mut p, t0, Duration::from_secs(2))
+                .iter()
+                .map(|(_, m)| m.type_name())
+                .collect();
+            assert!(kinds.iter().all(|k| *k == "REMOVED"), "{kinds:?}");
+        }
+    }
+
+    #[test]
+    fn our_own_putchunks_of_a_file_we_deleted_are_no_evidence() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(ME, 1);
+        p.send_delete(vec![chunk(0).file_id], t0);
+        actions(&mut p);
+        let put = MessageKind::PutChunk {
+            chunk: chunk(0),
+            rd: rd(1),
+            body: vec![],
+        };
+        p.handle(msg(1, put), t0 + Duration::from_secs(1));
+        assert!(!actions(&mut p)
+            .iter()
+            .any(|a| matches!(a, Action::CheckOwnId { .. })));
     }
 
     #[test]
