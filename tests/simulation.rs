@@ -1843,6 +1843,22 @@ fn seeds_keep_every_invariant() {
     for (seed, msg) in failures.iter().take(20) {
         println!("seed {seed}: {msg}");
     }
+    // Failures by kind (numbers and fileIds blanked), with a seed of each.
+    let mut kinds: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    for (seed, msg) in &failures {
+        let kind = msg.split_once(": ").map_or(msg.as_str(), |(_, m)| m);
+        let kind: String = (kind.split(' '))
+            .map(|w| match w.chars().any(|c| c.is_ascii_digit()) {
+                true => "#",
+                false => w,
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        kinds.entry(kind).or_insert((0, *seed)).0 += 1;
+    }
+    for (kind, (n, seed)) in &kinds {
+        println!("{n} seeds (first {seed}): {kind}");
+    }
     if let Some((seed, msg)) = failures.first() {
         panic!(
             "{} ({} of {seeds} seeds failed)",
