@@ -287,6 +287,8 @@ enum Event {
     Disk {
         peer: usize,
         life: u64,
+        /// Datagrams delivered when it was asked for (a Store: with its PUTCHUNK).
+        asked: u64,
         action: Action,
     },
     Command(Command),
@@ -388,6 +390,8 @@ struct Sim {
     copies: BTreeMap<(Ck, usize), Copied>,
     forgotten: BTreeMap<usize, u64>,
     ops: u64,
+    /// A chunk just written that the engine must ask to drop (its file's DELETE came meanwhile).
+    must_drop: Option<Ck>,
     /// Per (peer, fileId): the delivery number and life of the last DELETE it handled; per
     /// (peer, chunk): the delivery number of the last PUTCHUNK.
     delete_rx: BTreeMap<(usize, usize), (u64, u64)>,
@@ -454,6 +458,7 @@ impl Sim {
             copies: BTreeMap::new(),
             forgotten: BTreeMap::new(),
             ops: 0,
+            must_drop: None,
             delete_rx: BTreeMap::new(),
             putchunk_rx: BTreeMap::new(),
             deliveries: 0,
@@ -640,10 +645,22 @@ impl Sim {
     fn handle_event(&mut self, event: Event) {
         match event {
             Event::Deliver { to, data } => self.deliver(to, &data),
-            Event::Disk { peer, life, action } => {
+            Event::Disk {
+                peer,
+                life,
+                asked,
+                action,
+            } => {
                 if self.peers[peer].life == life && self.peers[peer].engine.is_some() {
-                    self.disk_work(peer, action);
+                    self.disk_work(peer, asked, action);
                     self.drain(peer);
+                    if let Some(key) = self.must_drop.take() {
+                        let id = self.peers[peer].id;
+                        let c = short(&self.contents[key.0].chunk_id(key.1));
+                        self.fail(format!(
+                            "peer {id} keeps {c}, written after it heard the DELETE of its file"
+                        ));
+                    }
                 }
             }
             Event::Command(c) => self.command(c),
@@ -783,6 +800,11 @@ impl Sim {
     // ---- the driver: what the daemon does with the engine's actions -----------------------------
 
     fn on_action(&mut self, p: usize, a: Action) {
+        if let Action::DropHosted { chunk } = &a {
+            if self.must_drop.is_some() && self.ck(p, chunk) == self.must_drop {
+                self.must_drop = None;
+            }
+        }
         match a {
             Action::Credit { job, n } => self.credit(p, job, n),
             Action::BackedUp {
@@ -827,7 +849,23 @@ impl Sim {
                     ));
                 }
             }
-            // Disk and catalog work: in order, each taking a while.
+            // Writing a chunk takes longer and runs beside the catalog work (the daemon spawns
+            // it), so a DELETE's catalog work can overtake it.
+            store @ Action::Store { .. } => {
+                let took = self.rng.gen_range(0..=4 * self.disk_latency_us);
+                let at = self.now + Duration::from_micros(took);
+                let life = self.peers[p].life;
+                self.schedule(
+                    at,
+                    Event::Disk {
+                        peer: p,
+                        life,
+                        asked: self.deliveries,
+                        action: store,
+                    },
+                );
+            }
+            // Catalog work: in order (one catalog thread), each call taking a while.
             disk => {
                 let peer = &mut self.peers[p];
                 let took = Duration::from_micros(self.rng.gen_range(0..=self.disk_latency_us));
@@ -839,6 +877,7 @@ impl Sim {
                     Event::Disk {
                         peer: p,
                         life,
+                        asked: self.deliveries,
                         action: disk,
                     },
                 );
@@ -846,7 +885,7 @@ impl Sim {
         }
     }
 
-    fn disk_work(&mut self, p: usize, a: Action) {
+    fn disk_work(&mut self, p: usize, asked: u64, a: Action) {
         let at = self.at();
         let me = self.peers[p].id;
         let chunk = match &a {
@@ -871,6 +910,13 @@ impl Sim {
             Action::Store { chunk, rd, body } => {
                 let put = self.store(p, key, &chunk, rd, body);
                 self.log(|| format!("p{} stored {} {put:?}", p + 1, short(&chunk)));
+                // A DELETE of its file heard since its PUTCHUNK: the engine must drop it.
+                let life = self.peers[p].life;
+                let deleted = (self.delete_rx.get(&(p, key.0)))
+                    .is_some_and(|(d, l)| *d > asked && *l == life);
+                if put == Put::Written && deleted {
+                    self.must_drop = Some(key);
+                }
                 if let Some(e) = self.peers[p].engine.as_mut() {
                     e.stored(&chunk, put, at);
                 }
