@@ -283,7 +283,7 @@ enum Event {
         to: usize,
         data: Rc<Vec<u8>>,
     },
-    /// Disk and catalog work, done in order per peer (one catalog thread), each taking a while.
+    /// Disk and catalog work the engine asked for, done a while later.
     Disk {
         peer: usize,
         life: u64,
@@ -327,7 +327,7 @@ struct Stats {
     repairs: u64,
     leftover_deleted_chunks: u64,
     ghost_own_chunks: u64,
-    /// Known issues, tolerated unless PEERSTASH_SIM_STRICT is set (see `Known`).
+    /// Known issues, tolerated unless PEERSTASH_SIM_STRICT is set (`TOLERATE_KNOWN_ISSUES`).
     stored_after_drop: u64,
     own_id_false_alarms: u64,
 }
