@@ -394,9 +394,11 @@ struct Sim {
     /// (chunk, peer) for every STORED ever sent: the only peers an engine may count as holders.
     stored_sent: BTreeSet<(Ck, PeerId)>,
     /// Every copy a peer ever stored, (chunk, peer) → when its PUTCHUNK was sent, and when and
-    /// why it went (`ops` numbers them); when each version was last forgotten by its home peer.
-    /// A chunk that no peer holds any more must be explained by them.
+    /// why it went (`ops` numbers them); when each version was last inserted in its home peer's
+    /// catalog (its backup began), and last forgotten. A chunk that no peer holds any more must
+    /// be explained by them.
     copies: BTreeMap<(Ck, usize), Copied>,
+    inserted: BTreeMap<usize, u64>,
     forgotten: BTreeMap<usize, u64>,
     ops: u64,
     /// A chunk just written that the engine must ask to drop (its file's DELETE came meanwhile).
@@ -468,6 +470,7 @@ impl Sim {
             by_file: BTreeMap::new(),
             stored_sent: BTreeSet::new(),
             copies: BTreeMap::new(),
+            inserted: BTreeMap::new(),
             forgotten: BTreeMap::new(),
             ops: 0,
             must_drop: None,
@@ -1387,6 +1390,10 @@ impl Sim {
             return;
         }
         let inserted = !peer.disk.files.contains_key(&ci);
+        if inserted {
+            self.ops += 1;
+            self.inserted.insert(ci, self.ops);
+        }
         let n = self.contents[ci].chunks();
         let v = (peer.disk.files.entry(ci)).or_insert_with(|| Version {
             rd,
@@ -1714,22 +1721,22 @@ impl Sim {
     }
 
     /// Why no peer hosts a chunk of a complete version any more. Legitimate: no peer ever stored
-    /// it (no room); every copy stored went before its version was last deleted (and backed up
-    /// again without reaching a peer); a copy stored since was dropped to reclaim space (and
-    /// nobody could back it up again). Never: a DELETE took a copy stored after the version was
-    /// last deleted, or a copy vanished.
+    /// it (no room); every copy was made before the version was last inserted (copies of a
+    /// deleted incarnation, which its DELETEs took; the new backup reached no peer); a copy made
+    /// since was dropped to reclaim space (and nobody could back it up again). Never: a DELETE
+    /// took a copy of the current incarnation, or a copy vanished.
     fn explain_loss(&mut self, home: usize, key: Ck) -> Result<(), String> {
-        let forgotten = self.forgotten.get(&key.0).copied().unwrap_or(0);
+        let inserted = self.inserted.get(&key.0).copied().unwrap_or(0);
         let copies: Vec<(usize, Copied)> = (self.copies.range((key, 0)..=(key, usize::MAX)))
             .map(|(k, c)| (k.1, *c))
             .collect();
         let chunk = short(&self.contents[key.0].chunk_id(key.1));
         let since: Vec<_> = copies
             .iter()
-            .filter(|(_, c)| c.put_sent > forgotten)
+            .filter(|(_, c)| c.put_sent > inserted)
             .collect();
         let believed = self.peers[home].disk.files[&key.0].holders[key.1 as usize].clone();
-        self.log(|| format!("{chunk} hosted nowhere: copies {copies:?}, forgotten at {forgotten}, home believes {believed:?}"));
+        self.log(|| format!("{chunk} hosted nowhere: copies {copies:?}, inserted at {inserted}, home believes {believed:?}"));
         if copies.is_empty() {
             self.stats.final_never_hosted += 1;
         } else if since.is_empty() {
@@ -1738,7 +1745,7 @@ impl Sim {
             (since.iter()).find(|(_, c)| matches!(c.gone, Some((_, Gone::Delete)) | None))
         {
             return Err(format!(
-                "chunk {chunk} of a complete version is hosted nowhere: peer {}'s copy, sent after the version was last deleted, went by {:?}",
+                "chunk {chunk} of a complete version is hosted nowhere: peer {}'s copy, sent since the version was last inserted, went by {:?}",
                 q + 1,
                 c.gone
             ));
