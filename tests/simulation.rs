@@ -51,7 +51,7 @@ const DELETE_SETTLE: Duration = Duration::from_secs(1);
 ///   REMOVED (`send_removed` does not cancel it), so holders count a peer that dropped it.
 /// - The home peer's own PUTCHUNK echoing back after it deleted the file and ended its backup
 ///   is taken for a duplicate id (its own DELETEs are not remembered by `deleted_since`).
-const TOLERATE_KNOWN_ISSUES: bool = true;
+const TOLERATE_KNOWN_ISSUES: bool = false;
 /// Trace lines kept for a failing seed's report.
 const TRACE_TAIL: usize = 400;
 
@@ -141,6 +141,7 @@ fn describe_action(a: &Action) -> String {
         ),
         Action::DeletesSent { file_ids } => format!("DeletesSent {}", file_ids.len()),
         Action::CheckOwnId { chunk } => format!("CheckOwnId {}", short(chunk)),
+        Action::Announced => "Announced".to_owned(),
     }
 }
 
@@ -962,6 +963,9 @@ impl Sim {
                 }
             }
             Action::DeleteFile { file_id, .. } => {
+                if let Some(e) = self.peers[p].engine.as_mut() {
+                    e.file_deleted(&file_id);
+                }
                 let Some(ci) = self.content_of(&file_id) else {
                     return;
                 };

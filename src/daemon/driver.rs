@@ -58,6 +58,7 @@ pub(crate) enum Input {
     Removed(ChunkId, Role, u32),
     Rebackup(ChunkId, Option<(ChunkId, Rd, Vec<u8>, Vec<PeerId>)>),
     Body(ChunkId, Option<Vec<u8>>),
+    FileDeleted(FileId),
 }
 
 /// What a job hears back from the engine.
@@ -228,6 +229,7 @@ impl Driver {
                 e.rebackup(&chunk, read, now);
             }
             Input::Body(chunk, body) => e.resend_body(&chunk, body, now),
+            Input::FileDeleted(file_id) => e.file_deleted(&file_id),
         }
     }
 
@@ -314,11 +316,12 @@ impl Driver {
             }
             Action::DeleteFile { file_id, sender } => {
                 let Some(permit) = node.datagram_permit() else {
-                    return;
+                    return self.engine.file_deleted(&file_id);
                 };
                 tokio::spawn(async move {
                     disk::delete_file(&node, &file_id, sender).await;
                     drop(permit);
+                    node.engine(Input::FileDeleted(file_id));
                 });
             }
             Action::RemoveHolder { chunk, peer } => {

@@ -129,7 +129,8 @@ pub enum Action {
     LookupHosted { chunk: ChunkId },
     /// Time to answer a GETCHUNK: read the hosted chunk (checked) and hand it to `serve`.
     ReadHosted { chunk: ChunkId },
-    /// DELETE heard: delete every hosted chunk of the file.
+    /// DELETE heard: delete every hosted chunk of the file, then report with `file_deleted`
+    /// (PUTCHUNKs of the file are not stored meanwhile: the deletion could overtake the write).
     DeleteFile { file_id: FileId, sender: PeerId },
     /// REMOVED heard: remove `peer` from the chunk's holders, then report with `removed`.
     RemoveHolder { chunk: ChunkId, peer: PeerId },
@@ -299,6 +300,9 @@ pub struct Peer {
     rebacking: BTreeMap<ChunkId, Rebackup>,
     putchunk_seen: LruMap<ChunkId, Instant>,
     delete_seen: LruMap<FileId, Instant>,
+    /// Files whose DELETE the driver is carrying out, and how many times (each `DeleteFile`
+    /// ends with one `file_deleted`: bounded by the driver's own limit on that work).
+    deleting: BTreeMap<FileId, u32>,
     sending: BTreeMap<ChunkId, Sending>,
     fetching: BTreeMap<ChunkId, Fetching>,
     resends: BTreeMap<u64, Resend>,
@@ -328,6 +332,7 @@ impl Peer {
             rebacking: BTreeMap::new(),
             putchunk_seen: LruMap::new(MAX_SEEN_ENTRIES),
             delete_seen: LruMap::new(MAX_SEEN_ENTRIES),
+            deleting: BTreeMap::new(),
             sending: BTreeMap::new(),
             fetching: BTreeMap::new(),
             resends: BTreeMap::new(),
@@ -429,6 +434,11 @@ impl Peer {
         self.putchunk_seen.insert(chunk.clone(), now);
         if self.storing.contains_key(&chunk) || self.stored_due.contains_key(&chunk) {
             return; // a resend of a chunk being written: its STORED is on its way
+        }
+        if self.deleting.contains_key(&chunk.file_id) {
+            // Its file's deletion is under way and could remove it right after it is written
+            // (and after its STORED): if the home peer means it, it resends in a second.
+            return;
         }
         if self.storing.len() >= MAX_CONCURRENT_STORES {
             self.counters.busy_drops += 1;
@@ -537,8 +547,19 @@ impl Peer {
         for c in stopping {
             self.finish_backup(&c, Some(Stopped::Deleted));
         }
+        *self.deleting.entry(file_id.clone()).or_default() += 1;
         self.actions
             .push_back(Action::DeleteFile { file_id, sender });
+    }
+
+    /// The driver carried out (or gave up) a `DeleteFile`.
+    pub fn file_deleted(&mut self, file_id: &FileId) {
+        if let Some(n) = self.deleting.get_mut(file_id) {
+            *n -= 1;
+            if *n == 0 {
+                self.deleting.remove(file_id);
+            }
+        }
     }
 
     fn own_id_putchunk(&mut self, chunk: ChunkId, now: Instant) {
@@ -1364,6 +1385,41 @@ mod tests {
             t0,
         );
         assert!(run(&mut p, t0, Duration::from_secs(1)).is_empty());
+    }
+
+    #[test]
+    fn a_putchunk_is_not_stored_while_its_files_deletion_runs() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(ME, 1);
+        let delete = || {
+            msg(
+                2,
+                MessageKind::Delete {
+                    file_id: chunk(0).file_id,
+                },
+            )
+        };
+        let put = || {
+            msg(
+                2,
+                MessageKind::PutChunk {
+                    chunk: chunk(0),
+                    rd: rd(1),
+                    body: vec![],
+                },
+            )
+        };
+        p.handle(delete(), t0);
+        p.handle(delete(), t0);
+        actions(&mut p);
+        p.handle(put(), t0);
+        assert!(actions(&mut p).is_empty(), "not while deleting");
+        p.file_deleted(&chunk(0).file_id);
+        p.handle(put(), t0);
+        assert!(actions(&mut p).is_empty(), "the second DELETE still runs");
+        p.file_deleted(&chunk(0).file_id);
+        p.handle(put(), t0);
+        assert!(matches!(actions(&mut p)[..], [Action::Store { .. }]));
     }
 
     #[test]

@@ -246,6 +246,9 @@ async fn work_on(
                         r.below, r.chunks, watch.replication
                     ))
                 }
+                // The daemon is stopping (the engine is gone): the path stays queued as it
+                // is, neither done nor a failed attempt, and resumes at the next start.
+                Err(BackupError::Stopping) => Ok(()),
                 Err(BackupError::Changed) => {
                     // Still being written: look again once it has been quiet.
                     let due = crate::service::queue::now_ms() + watch.quiet.as_millis() as i64;
@@ -341,9 +344,14 @@ async fn repair_unwatched(node: &Arc<Node>, path: &Path, gen: i64) -> Result<(),
             }
         };
         if let Some(rd) = repair {
-            if let Err(e) = backup_file(node, path, rd).await {
-                tracing::warn!("cannot repair {}: {e}", path.display());
-                outcome = Err(format!("cannot repair: {e}"));
+            match backup_file(node, path, rd).await {
+                // Stopping: stays queued for the next start.
+                Err(BackupError::Stopping) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!("cannot repair {}: {e}", path.display());
+                    outcome = Err(format!("cannot repair: {e}"));
+                }
+                Ok(_) => {}
             }
         }
     }
