@@ -310,7 +310,7 @@ fn print_state(s: &PeerState) {
     }
     println!("\nbacked up ({} versions):", s.files.len());
     for f in &s.files {
-        let min = f.chunks.iter().map(|c| c.perceived_rd).min().unwrap_or(0);
+        let min = f.min_rd();
         let below = f
             .chunks
             .iter()
