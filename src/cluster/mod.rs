@@ -675,4 +675,13 @@ mod tests {
         drop(c);
         assert!(!root.exists());
     }
+
+    #[test]
+    fn a_kept_cluster_leaves_its_folder() {
+        let c = Cluster::new(Programs::new("/bin/false", "/bin/false"), "t-").unwrap();
+        let root = c.root().to_owned();
+        assert_eq!(c.keep(), root);
+        assert!(root.is_dir());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }
