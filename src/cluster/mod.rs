@@ -299,9 +299,13 @@ fn random_channels() -> [SocketAddrV4; 3] {
     })
 }
 
-/// A path as a TOML string (basic string, escaped).
+/// A path as a TOML string, quoted and escaped (a cluster's paths are UTF-8: `Cluster::new`).
 pub fn toml_path(path: &Path) -> String {
-    toml::Value::String(path.to_string_lossy().into_owned()).to_string()
+    toml_string(&path.to_string_lossy())
+}
+
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
 }
 
 impl Cluster {
@@ -393,13 +397,14 @@ impl Cluster {
         };
         format!(
             "[peer]\nid = {id}\nprotocol = \"1.0\"\nstate_dir = {state}\ncontrol_socket = {socket}\n\n\
-             [network]\ninterface = \"{interface}\"\nmc = \"{mc}\"\nmdb = \"{mdb}\"\nmdr = \"{mdr}\"\n\
-             ttl = {ttl}\n{lan_key}\n[storage]\nquota = \"{quota}\"\n{extra}",
+             [network]\ninterface = {interface}\nmc = \"{mc}\"\nmdb = \"{mdb}\"\nmdr = \"{mdr}\"\n\
+             ttl = {ttl}\n{lan_key}\n[storage]\nquota = {quota}\n{extra}",
             id = p.id,
             state = toml_path(&p.dir.join("state")),
             socket = toml_path(&p.socket),
-            interface = p.place.interface,
+            interface = toml_string(&p.place.interface),
             ttl = p.place.ttl,
+            quota = toml_string(quota),
             mc = self.mc,
             mdb = self.mdb,
             mdr = self.mdr,

@@ -327,7 +327,7 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
     (0..n).map(|_| rand::random::<u8>()).collect()
 }
 
-// Untyped helpers of the JSON state, for the tests not yet on `Peer::state` (state.rs).
+// Untyped helpers of the JSON state, for the tests not yet on the typed `c.peer(i).state()`.
 
 /// Files of `state --json` whose path is `path`.
 pub fn file_entries<'a>(state: &'a Value, path: &Path) -> Vec<&'a Value> {
