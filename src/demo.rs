@@ -24,13 +24,12 @@ pub fn run(programs: Programs) -> anyhow::Result<()> {
     let mut cluster = Cluster::new(programs, "peerstash-demo-")?;
     cluster.ready_timeout = STEP_TIMEOUT;
     match demo(&mut cluster) {
+        // The folder is removed as the cluster drops, after this line.
         Ok(()) => {
-            let root = cluster.root().to_owned();
-            drop(cluster);
             println!(
                 "\nAll done in {:.1} s. The peers are stopped and {} is removed.",
                 started.elapsed().as_secs_f64(),
-                root.display()
+                cluster.root().display()
             );
             Ok(())
         }
