@@ -1,63 +1,40 @@
 //! `peerstash demo`: a cluster of 4 real peers on 127.0.0.1 (a random multicast group, TTL 0:
 //! nothing leaves this machine) that backs up a watched folder, makes a new version, loses a
 //! peer and restores every file, saying what happens in plain words. Cleans up after itself.
+//! The cluster is `crate::cluster`'s, as in the tests.
 
+use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::control::{self, PeerState, Request, VersionInfo};
+use crate::cluster::{toml_path, Cluster, PeerSpec, Programs};
 
 const PEERS: usize = 4;
-const RD: u64 = 2;
+const RD: u32 = 2;
 /// Every wait of the demo is bounded: it ends, well or badly, in about a minute at most.
 const STEP_TIMEOUT: Duration = Duration::from_secs(40);
+const POLL: Duration = Duration::from_millis(200);
 
-struct Peer {
-    config: PathBuf,
-    socket: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-/// The cluster; its processes are killed whatever way the demo ends.
-struct Cluster {
-    peers: Vec<Peer>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for p in &mut self.peers {
-            if let Some(mut c) = p.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-}
-
-/// Runs the demo. `daemon` is the command that runs a peer given `--config PATH`.
-pub async fn run(daemon: Vec<String>) -> anyhow::Result<()> {
+/// Runs the demo with `programs` (the daemon and the command line).
+pub fn run(programs: Programs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let work = tempfile::Builder::new()
-        .prefix("peerstash-demo-")
-        .tempdir()
-        .context("cannot create a temporary folder")?;
-    let root = work.path().canonicalize()?;
-    let outcome = demo(&daemon, &root).await;
-    match outcome {
+    let mut cluster = Cluster::new(programs, "peerstash-demo-")?;
+    cluster.ready_timeout = STEP_TIMEOUT;
+    match demo(&mut cluster) {
+        // The folder is removed as the cluster drops, after this line.
         Ok(()) => {
             println!(
                 "\nAll done in {:.1} s. The peers are stopped and {} is removed.",
                 started.elapsed().as_secs_f64(),
-                root.display()
+                cluster.root().display()
             );
             Ok(())
         }
         Err(e) => {
-            let kept = work.keep();
+            let kept = cluster.keep();
             bail!(
                 "{e:#}\n(the demo's folder is kept for a look: {}, daemon logs in peer*/daemon.log)",
                 kept.display()
@@ -66,74 +43,34 @@ pub async fn run(daemon: Vec<String>) -> anyhow::Result<()> {
     }
 }
 
-async fn demo(daemon: &[String], root: &Path) -> anyhow::Result<()> {
+fn demo(cluster: &mut Cluster) -> anyhow::Result<()> {
+    let root = cluster.root().to_owned();
     let watched = root.join("watched");
     std::fs::create_dir_all(&watched)?;
-    let (group, port) = random_channels();
+    let [_, a, b, _] = cluster.mc.ip().octets();
     println!("peerstash demo: {PEERS} peers on this machine, talking over multicast group");
-    println!("239.{group}.x port {port} on 127.0.0.1 with TTL 0 (nothing leaves this machine).");
+    println!(
+        "239.{a}.{b}.x port {} on 127.0.0.1 with TTL 0 (nothing leaves this machine).",
+        cluster.mc.port()
+    );
     println!(
         "Peer 1 watches {} and keeps every file at {RD} copies on other peers;",
         watched.display()
     );
     println!("peers 2-{PEERS} each offer 100 MB of disk.\n");
 
-    let mut cluster = Cluster { peers: Vec::new() };
-    for id in 1..=PEERS {
-        let dir = root.join(format!("peer{id}"));
-        std::fs::create_dir_all(&dir)?;
-        let socket = dir.join("control.sock");
-        let config = dir.join("peerstash.toml");
-        let watch = if id == 1 {
-            format!(
-                "\n[[watch]]\npath = \"{}\"\nreplication = {RD}\nkeep_versions = 1\n\
-                 keep_deleted = \"1h\"\nexclude = [\"*.tmp\"]\nquiet = \"300ms\"\n",
-                watched.display()
-            )
-        } else {
-            String::new()
-        };
-        let quota = if id == 1 { "0" } else { "100MB" };
-        std::fs::write(
-            &config,
-            format!(
-                "[peer]\nid = {id}\nprotocol = \"1.0\"\nstate_dir = \"{}\"\ncontrol_socket = \"{}\"\n\n\
-                 [network]\ninterface = \"127.0.0.1\"\nmc = \"239.{group}.1:{port}\"\n\
-                 mdb = \"239.{group}.2:{}\"\nmdr = \"239.{group}.3:{}\"\nttl = 0\n\n\
-                 [storage]\nquota = \"{quota}\"\n{watch}",
-                dir.join("state").display(),
-                socket.display(),
-                port + 1,
-                port + 2
-            ),
-        )?;
-        let log = dir.join("daemon.log");
-        cluster.peers.push(Peer {
-            config,
-            socket,
-            log,
-            child: None,
-        });
+    cluster.add_peer(PeerSpec {
+        extra: format!(
+            "\n[[watch]]\npath = {}\nreplication = {RD}\nkeep_versions = 1\n\
+             keep_deleted = \"1h\"\nexclude = [\"*.tmp\"]\nquiet = \"300ms\"\n",
+            toml_path(&watched)
+        ),
+        ..PeerSpec::new("0")
+    })?;
+    for _ in 2..=PEERS {
+        cluster.add_peer(PeerSpec::new("100MB"))?;
     }
-    for p in &mut cluster.peers {
-        let log = std::fs::File::create(&p.log)?;
-        let child = Command::new(&daemon[0])
-            .args(&daemon[1..])
-            .arg("--config")
-            .arg(&p.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {}", daemon[0]))?;
-        p.child = Some(child);
-    }
-    for (i, p) in cluster.peers.iter().enumerate() {
-        wait_for(&format!("peer {} to start", i + 1), || async {
-            state(&p.socket).await.is_ok()
-        })
-        .await?;
-    }
+    cluster.start_all()?;
     println!("[1] Started {PEERS} peers.");
 
     let files: Vec<(&str, Vec<u8>)> = vec![
@@ -149,61 +86,43 @@ async fn demo(daemon: &[String], root: &Path) -> anyhow::Result<()> {
         println!("      {name:<24} {:>9} bytes", bytes.len());
     }
     println!("    Peer 1 notices them, waits until they stop changing, and backs them up:");
-    let home = &cluster.peers[0].socket.clone();
+    let home = cluster.peer(0);
     let wanted: Vec<PathBuf> = files
         .iter()
         .filter(|(n, _)| !n.ends_with(".tmp"))
         .map(|(n, _)| watched.join(n))
         .collect();
-    let mut reported = std::collections::HashSet::new();
-    let end = Instant::now() + STEP_TIMEOUT;
-    loop {
-        if let Ok(s) = state(home).await {
-            for f in &s.files {
-                let min = f.chunks.iter().map(|c| c.perceived_rd).min().unwrap_or(0);
-                if u64::from(min) >= RD && f.complete && reported.insert(f.file_id.clone()) {
-                    println!(
-                        "      backed up {:<24} {:>3} chunks, each on {} peers",
-                        name(&f.path),
-                        f.chunks.len(),
-                        min
-                    );
-                }
-            }
-            let all = wanted.iter().all(|w| {
-                s.files.iter().any(|f| {
-                    &f.path == w
-                        && f.complete
-                        && f.chunks.iter().all(|c| u64::from(c.perceived_rd) >= RD)
-                })
-            });
-            if all {
-                break;
+    let mut reported = HashSet::new();
+    wait_for("the backups", || {
+        let Ok(s) = home.try_state() else {
+            return false;
+        };
+        for f in &s.files {
+            if f.complete && f.min_rd() >= RD && reported.insert(f.file_id.clone()) {
+                println!(
+                    "      backed up {:<24} {:>3} chunks, each on {} peers",
+                    name(&f.path),
+                    f.chunks.len(),
+                    f.min_rd()
+                );
             }
         }
-        if Instant::now() > end {
-            bail!(
-                "gave up waiting for the backups after {}s",
-                STEP_TIMEOUT.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let s = state(home).await?;
+        wanted.iter().all(|w| {
+            s.files.iter().any(|f| {
+                &f.path == w && f.complete && f.chunks.iter().all(|c| c.perceived_rd >= RD)
+            })
+        })
+    })?;
+    let s = home.try_state()?;
     if s.files.iter().any(|f| name(&f.path).ends_with(".tmp")) {
         bail!("the excluded draft.tmp was backed up");
     }
     println!("    draft.tmp is excluded (*.tmp) and was not backed up.");
-    let hosted: Vec<String> = futures_states(&cluster.peers[1..])
-        .await
-        .into_iter()
-        .enumerate()
-        .map(|(i, st)| {
-            format!(
-                "peer {} holds {} chunks",
-                i + 2,
-                st.map_or(0, |s| s.stored.len())
-            )
+    let hosted: Vec<String> = cluster.peers[1..]
+        .iter()
+        .map(|p| {
+            let chunks = p.try_state().map_or(0, |s| s.stored.len());
+            format!("peer {} holds {chunks} chunks", p.id)
         })
         .collect();
     println!("    {}.", hosted.join(", "));
@@ -212,34 +131,17 @@ async fn demo(daemon: &[String], root: &Path) -> anyhow::Result<()> {
     println!("    from the peers (the folder keeps 1 version).");
     let notes = watched.join("notes.txt");
     std::fs::write(&notes, b"Buy milk and bread. Back up the photos.\n")?;
-    wait_for("version 2 of notes.txt", || async {
-        let Ok(r) = control::call(
-            home,
-            &Request::Versions {
-                path: notes.clone(),
-            },
-            &[],
-            |_| {},
-        )
-        .await
-        else {
-            return false;
-        };
-        let versions: Vec<VersionInfo> =
-            r.2.and_then(|d| serde_json::from_value(d).ok())
-                .unwrap_or_default();
-        versions.len() == 1
-            && versions[0].version == 2
-            && u64::from(versions[0].min_perceived_rd) >= RD
-    })
-    .await?;
+    wait_for("version 2 of notes.txt", || {
+        home.try_state()
+            .is_ok_and(|s| match s.versions_of(&notes)[..] {
+                [only] => only.version == 2 && only.min_rd() >= RD,
+                _ => false,
+            })
+    })?;
     println!("    notes.txt is now at version 2 on {RD}+ peers; version 1 is gone.");
 
     println!("\n[4] Killing peer 2 with SIGKILL, as if its computer had died.");
-    if let Some(mut c) = cluster.peers[1].child.take() {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+    cluster.kill(1);
 
     println!("\n[5] Deleting the originals (their backups stay: the folder keeps deleted files'");
     println!("    last version for an hour) and restoring every file from the peers still up:");
@@ -253,13 +155,26 @@ async fn demo(daemon: &[String], root: &Path) -> anyhow::Result<()> {
     expected[0].1 = std::fs::read(&notes)?;
     for (path, bytes) in &expected {
         std::fs::remove_file(path)?;
-        let to = restored.join(path.file_name().unwrap_or_default());
-        let (code, message, _) =
-            control::client::restore(home, path, None, &to, false, |_| {}).await?;
-        if code != 0 {
-            bail!("restoring {} failed: {message}", path.display());
+        let to = restored.join(name(path));
+        let out = cluster.cli(
+            0,
+            [
+                OsStr::new("restore"),
+                path.as_os_str(),
+                OsStr::new("--to"),
+                to.as_os_str(),
+            ],
+        )?;
+        if !out.status.success() {
+            bail!(
+                "restoring {} failed ({}): {}",
+                path.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
-        if std::fs::read(&to)? != *bytes {
+        let got = std::fs::read(&to).with_context(|| format!("reading {}", to.display()))?;
+        if got != *bytes {
             bail!("{} was restored with different bytes", path.display());
         }
         println!(
@@ -271,17 +186,7 @@ async fn demo(daemon: &[String], root: &Path) -> anyhow::Result<()> {
     println!("    Every file came back byte for byte, with one peer dead.");
 
     println!("\n[6] Stopping the peers.");
-    for p in &mut cluster.peers {
-        if let Some(c) = &p.child {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-        }
-        if let Some(mut c) = p.child.take() {
-            let _ = c.wait();
-        }
-    }
+    cluster.stop_all();
     Ok(())
 }
 
@@ -291,46 +196,19 @@ fn name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-async fn state(socket: &Path) -> anyhow::Result<PeerState> {
-    let (code, message, data) = control::call(socket, &Request::State, &[], |_| {}).await?;
-    if code != 0 {
-        bail!("state failed: {message}");
-    }
-    Ok(serde_json::from_value(data.unwrap_or_default())?)
-}
-
-async fn futures_states(peers: &[Peer]) -> Vec<Option<PeerState>> {
-    let mut out = Vec::new();
-    for p in peers {
-        out.push(state(&p.socket).await.ok());
-    }
-    out
-}
-
 /// Polls `check` every 200 ms until it holds; fails after STEP_TIMEOUT.
-async fn wait_for<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) -> anyhow::Result<()> {
     let end = Instant::now() + STEP_TIMEOUT;
     while Instant::now() < end {
-        if check().await {
+        if check() {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        std::thread::sleep(POLL);
     }
     bail!(
         "gave up waiting for {what} after {}s",
         STEP_TIMEOUT.as_secs()
     )
-}
-
-/// A multicast group prefix "a.b" (239.a.b.x) and a base port of the demo's own.
-fn random_channels() -> (String, u16) {
-    let a = rand::random::<u8>() % 100 + 100;
-    let b = rand::random::<u8>();
-    (format!("{a}.{b}"), 20_000 + rand::random::<u16>() % 40_000)
 }
 
 /// Reproducible filler bytes (not compressible, not secret).

@@ -5,8 +5,10 @@
 //! `daemon` (the running peer) ← `service` (watched folders, queue,
 //! reload, systemd). `control` is the language of the control socket; `fsx` opens files without
 //! following symlinks, for a daemon that users may race. `shutdown` (stopping every task on
-//! SIGTERM) and `workers` (what each background worker is doing) serve every layer.
+//! SIGTERM) and `workers` (what each background worker is doing) serve every layer. `cluster`
+//! runs local clusters of real peers on 127.0.0.1 for the demo, the tests and benchmarks.
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;

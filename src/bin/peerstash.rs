@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use peerstash::cli::{Args, Command};
+use peerstash::cluster::Programs;
 use peerstash::config::{load_lan_key, parse_size, Config, DEFAULT_CONFIG_PATH};
 use peerstash::control::{self, exit, shown, PeerState, Request, VersionInfo, WorkerInfo};
 
@@ -169,12 +170,13 @@ fn demo() -> i32 {
             )
         }
     };
-    let daemon = vec![exe.to_string_lossy().into_owned(), "run-daemon".to_owned()];
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => return fail(exit::FAILED, e),
+    // This program runs the peers (`run-daemon`) and is their command line.
+    let programs = Programs {
+        daemon: exe.clone(),
+        daemon_args: vec!["run-daemon".into()],
+        cli: exe,
     };
-    match runtime.block_on(peerstash::demo::run(daemon)) {
+    match peerstash::demo::run(programs) {
         Ok(()) => exit::OK,
         Err(e) => fail(exit::FAILED, format!("the demo failed: {e:#}")),
     }
@@ -310,7 +312,7 @@ fn print_state(s: &PeerState) {
     }
     println!("\nbacked up ({} versions):", s.files.len());
     for f in &s.files {
-        let min = f.chunks.iter().map(|c| c.perceived_rd).min().unwrap_or(0);
+        let min = f.min_rd();
         let below = f
             .chunks
             .iter()

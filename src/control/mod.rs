@@ -298,6 +298,68 @@ pub struct StoredState {
     pub perceived_rd: u32,
 }
 
+impl PeerState {
+    /// The versions kept of `path`, oldest first.
+    pub fn versions_of(&self, path: &Path) -> Vec<&FileState> {
+        let mut versions: Vec<&FileState> = self.files.iter().filter(|f| f.path == path).collect();
+        versions.sort_by_key(|f| f.version);
+        versions
+    }
+
+    /// Whether this peer hosts chunk `chunk_no` of `file_id` (fileIds compare ignoring case).
+    pub fn hosts(&self, file_id: &str, chunk_no: u32) -> bool {
+        self.stored
+            .iter()
+            .any(|s| s.chunk_no == chunk_no && s.file_id.eq_ignore_ascii_case(file_id))
+    }
+
+    /// The chunks this peer hosts of one file.
+    pub fn stored_of(&self, file_id: &str) -> Vec<&StoredState> {
+        self.stored
+            .iter()
+            .filter(|s| s.file_id.eq_ignore_ascii_case(file_id))
+            .collect()
+    }
+
+    /// The lowest perceived RD of the newest version of each of `paths` (0 for a path with no
+    /// version or no chunk).
+    pub fn min_rd_of<'a>(&self, paths: impl IntoIterator<Item = &'a Path>) -> u32 {
+        paths
+            .into_iter()
+            .map(|p| self.versions_of(p).last().map_or(0, |f| f.min_rd()))
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+impl FileState {
+    /// The lowest perceived RD over the version's chunks (0 without chunks).
+    pub fn min_rd(&self) -> u32 {
+        self.chunks
+            .iter()
+            .map(|c| c.perceived_rd)
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// The highest perceived RD over the version's chunks (0 without chunks).
+    pub fn max_rd(&self) -> u32 {
+        self.chunks
+            .iter()
+            .map(|c| c.perceived_rd)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The perceived RD of one chunk.
+    pub fn rd_of(&self, chunk_no: u32) -> Option<u32> {
+        self.chunks
+            .iter()
+            .find(|c| c.chunk_no == chunk_no)
+            .map(|c| c.perceived_rd)
+    }
+}
+
 /// What `restore` wrote into the caller's file, for the caller to finish it with its own rights:
 /// owner (root only), mode and mtime, then its final name.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -478,6 +540,68 @@ pub async fn read_request(stream: &UnixStream) -> std::io::Result<(Vec<u8>, Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_accessors_read_versions_rds_and_hosted_chunks() {
+        let file = |path: &str, version: u32, rds: &[u32]| FileState {
+            path: path.into(),
+            file_id: format!("{version:064x}"),
+            version,
+            size: 0,
+            desired_rd: 2,
+            complete: true,
+            chunks: rds
+                .iter()
+                .enumerate()
+                .map(|(n, &perceived_rd)| ChunkState {
+                    chunk_no: n as u32,
+                    perceived_rd,
+                })
+                .collect(),
+        };
+        let state = PeerState {
+            peer_id: 1,
+            protocol: "1.0".into(),
+            quota_bytes: 0,
+            used_bytes: 0,
+            files: vec![
+                file("/a", 2, &[3, 1, 2]),
+                file("/a", 1, &[2]),
+                file("/e", 1, &[]),
+            ],
+            stored: vec![StoredState {
+                file_id: "AB".repeat(32),
+                chunk_no: 4,
+                size: 10,
+                desired_rd: 2,
+                perceived_rd: 2,
+            }],
+            warnings: Vec::new(),
+            queue_length: 0,
+            in_progress: Vec::new(),
+            malformed_datagrams: 0,
+            busy_drops: 0,
+            unauthenticated_datagrams: 0,
+            queue_drops: 0,
+            unavailable: Vec::new(),
+            workers: Vec::new(),
+        };
+        let a = state.versions_of(Path::new("/a"));
+        assert_eq!(a.iter().map(|f| f.version).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(
+            (a[1].min_rd(), a[1].max_rd(), a[1].rd_of(2)),
+            (1, 3, Some(2))
+        );
+        assert_eq!(a[1].rd_of(3), None);
+        // A version without chunks, and a path never backed up, count as RD 0.
+        assert_eq!(state.min_rd_of([Path::new("/a")]), 1);
+        assert_eq!(state.min_rd_of([Path::new("/a"), Path::new("/e")]), 0);
+        assert_eq!(state.min_rd_of([Path::new("/a"), Path::new("/x")]), 0);
+        assert!(state.hosts(&"ab".repeat(32), 4));
+        assert!(!state.hosts(&"ab".repeat(32), 3));
+        assert_eq!(state.stored_of(&"Ab".repeat(32)).len(), 1);
+        assert!(state.stored_of(&"cd".repeat(32)).is_empty());
+    }
 
     #[test]
     fn paths_are_shown_unambiguously() {

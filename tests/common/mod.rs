@@ -1,78 +1,49 @@
-//! Test harness: a cluster of real `peerstashd` processes on loopback, each with its own state
-//! folder, all on a multicast group and ports picked at random for this cluster (TTL 0, interface
-//! 127.0.0.1: nothing leaves the machine), driven with the real `peerstash` command line.
+//! Test harness: a thin layer over `peerstash::cluster` (real `peerstashd` processes on
+//! loopback, each with its own state folder, all on a multicast group and ports picked at random
+//! for this cluster; TTL 0, interface 127.0.0.1: nothing leaves the machine), driven with the real
+//! `peerstash` command line. Where the library returns an error, this layer fails the test with
+//! the peers' logs. Also: a listener on a cluster's channels, raw datagrams, quota arithmetic,
+//! other users.
 #![allow(dead_code)]
 
 mod state;
 
-// Not every test file uses every type.
+// Not every test file uses every name.
 #[allow(unused_imports)]
-pub use state::{BackedUp, ChunkState, FileState, State, StoredChunk};
+pub use peerstash::cluster::{Peer, Place, State};
+#[allow(unused_imports)]
+pub use state::{PeerExt, StateExt};
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use peerstash::cluster::{self, PeerSpec, Programs};
 use serde_json::Value;
 
 pub const PEERSTASHD: &str = env!("CARGO_BIN_EXE_peerstashd");
 pub const PEERSTASH: &str = env!("CARGO_BIN_EXE_peerstash");
 
-pub struct Peer {
-    pub id: u32,
-    pub dir: PathBuf,
-    pub config: PathBuf,
-    pub socket: PathBuf,
-    /// Environment given to this peer's daemon at every start.
-    pub env: Vec<(String, String)>,
-    /// Where the peer runs: its interface address, multicast TTL, and a command prefix (for
-    /// example `ip netns exec HOST`).
-    pub place: Place,
-    /// `network.lan_key_file` of this peer's config, if any.
-    pub lan_key_file: Option<PathBuf>,
-    child: Option<Child>,
-}
+/// A `peerstash::cluster::Cluster` (its fields and methods through `Deref`) whose steps panic
+/// with the peers' logs, and that prints every peer's log when a test fails.
+pub struct Cluster(cluster::Cluster);
 
-#[derive(Clone, Debug)]
-pub struct Place {
-    pub interface: String,
-    pub ttl: u32,
-    pub wrapper: Vec<String>,
-}
+impl Deref for Cluster {
+    type Target = cluster::Cluster;
 
-impl Default for Place {
-    /// This machine's loopback, TTL 0: nothing leaves the machine.
-    fn default() -> Place {
-        Place {
-            interface: "127.0.0.1".into(),
-            ttl: 0,
-            wrapper: Vec::new(),
-        }
+    fn deref(&self) -> &cluster::Cluster {
+        &self.0
     }
 }
 
-pub struct Cluster {
-    pub dir: tempfile::TempDir,
-    pub mc: SocketAddrV4,
-    pub mdb: SocketAddrV4,
-    pub mdr: SocketAddrV4,
-    pub peers: Vec<Peer>,
-}
-
-/// A group and ports of this cluster's own: 239.x.y.z with random x, y, z and random high ports.
-fn random_channels() -> [SocketAddrV4; 3] {
-    let a: u8 = rand::random::<u8>() % 100 + 100;
-    let (b, c): (u8, u8) = (rand::random(), rand::random());
-    let port = 20_000 + rand::random::<u16>() % 40_000;
-    [0u8, 1, 2].map(|i| {
-        SocketAddrV4::new(
-            Ipv4Addr::new(239, a, b, c.wrapping_add(i)),
-            port + u16::from(i),
-        )
-    })
+impl DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut cluster::Cluster {
+        &mut self.0
+    }
 }
 
 impl Cluster {
@@ -111,6 +82,7 @@ impl Cluster {
     }
 
     /// The most general start: per-peer extra config, environment, place and LAN key file.
+    /// Every daemon logs at debug level.
     pub fn start_full(
         quotas: &[&str],
         extra: &[&str],
@@ -118,88 +90,39 @@ impl Cluster {
         place: impl Fn(usize) -> Place,
         key: impl Fn(usize) -> Option<PathBuf>,
     ) -> Cluster {
-        let [mc, mdb, mdr] = random_channels();
-        let mut cluster = Cluster {
-            dir: tempfile::tempdir().expect("temp dir"),
-            mc,
-            mdb,
-            mdr,
-            peers: Vec::new(),
-        };
+        let programs = Programs::new(PEERSTASHD, PEERSTASH);
+        let inner = cluster::Cluster::new(programs, "peerstash-test-").expect("a cluster folder");
+        let mut c = Cluster(inner);
         for (i, quota) in quotas.iter().enumerate() {
-            let id = i as u32 + 1;
-            let dir = cluster.dir.path().join(format!("peer{id}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            let socket = dir.join("control.sock");
-            let config = dir.join("peerstash.toml");
-            let peer = Peer {
-                id,
-                dir,
-                config,
-                socket,
-                env: env(i),
+            let mut debug = vec![("RUST_LOG".to_owned(), "peerstash=debug".to_owned())];
+            debug.extend(env(i));
+            let spec = PeerSpec {
+                extra: extra.get(i).unwrap_or(&"").to_string(),
+                env: debug,
                 place: place(i),
                 lan_key_file: key(i),
-                child: None,
+                ..PeerSpec::new(quota)
             };
-            let text = cluster.config_text(&peer, quota) + extra.get(i).unwrap_or(&"");
-            std::fs::write(&peer.config, text).unwrap();
-            cluster.peers.push(peer);
+            c.0.add_peer(spec)
+                .unwrap_or_else(|e| panic!("peer {}: {e}", i + 1));
         }
-        for i in 0..quotas.len() {
-            cluster.spawn(i);
-        }
-        for i in 0..quotas.len() {
-            cluster.wait_ready(i);
-        }
-        cluster
+        let started = c.0.start_all();
+        c.ok(started);
+        c
     }
 
-    pub fn config_text(&self, peer: &Peer, quota: &str) -> String {
-        let (id, dir, socket) = (peer.id, &peer.dir, &peer.socket);
-        let (interface, ttl) = (&peer.place.interface, peer.place.ttl);
-        let lan_key = match &peer.lan_key_file {
-            Some(f) => format!("lan_key_file = \"{}\"\n", f.display()),
-            None => String::new(),
-        };
-        format!(
-            r#"[peer]
-id = {id}
-protocol = "1.0"
-state_dir = "{state}"
-control_socket = "{socket}"
-
-[network]
-interface = "{interface}"
-mc = "{mc}"
-mdb = "{mdb}"
-mdr = "{mdr}"
-ttl = {ttl}
-{lan_key}
-[storage]
-quota = "{quota}"
-"#,
-            state = dir.join("state").display(),
-            socket = socket.display(),
-            mc = self.mc,
-            mdb = self.mdb,
-            mdr = self.mdr,
-        )
-    }
-
-    pub fn peer(&self, i: usize) -> &Peer {
-        &self.peers[i]
+    /// `r`'s value; else the test fails with the error (and `drop` prints every peer's log).
+    fn ok<T>(&self, r: Result<T, cluster::ClusterError>) -> T {
+        r.unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Rewrites peer i's config (same channels and folders) with a quota and extra TOML.
     pub fn rewrite_config(&self, i: usize, quota: &str, extra: &str) {
-        let p = &self.peers[i];
-        let text = self.config_text(p, quota) + extra;
-        std::fs::write(&p.config, text).unwrap();
+        self.ok(self.0.rewrite_config(i, quota, extra));
     }
 
     pub fn spawn(&mut self, i: usize) {
-        self.spawn_env(i, &[]);
+        self.spawn_with(i, &[], &[]);
     }
 
     pub fn spawn_env(&mut self, i: usize, env: &[(&str, &str)]) {
@@ -208,124 +131,49 @@ quota = "{quota}"
 
     /// Starts peer i's daemon with extra environment and extra arguments (after --config).
     pub fn spawn_with(&mut self, i: usize, env: &[(&str, &str)], args: &[&str]) {
-        let peer = &mut self.peers[i];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(peer.dir.join("daemon.log"))
-            .unwrap();
-        let mut cmd = match peer.place.wrapper.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(PEERSTASHD);
-                c
-            }
-            None => Command::new(PEERSTASHD),
-        };
-        let child = cmd
-            .arg("--config")
-            .arg(&peer.config)
-            .args(args)
-            .env("RUST_LOG", "peerstash=debug")
-            .envs(peer.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting peerstashd");
-        peer.child = Some(child);
+        let started = self.0.spawn_with(i, env, args);
+        self.ok(started);
     }
 
-    pub fn wait_ready(&self, i: usize) {
-        let ok = wait_until(Duration::from_secs(20), || self.try_state(i).is_some());
-        assert!(ok, "peer {} did not come up; log:\n{}", i + 1, self.log(i));
-    }
-
-    /// Stops a peer with SIGTERM and waits for it to exit.
-    pub fn stop(&mut self, i: usize) {
-        self.signal(i, "TERM");
-    }
-
-    /// Kills a peer with SIGKILL.
-    pub fn kill(&mut self, i: usize) {
-        self.signal(i, "KILL");
+    pub fn wait_ready(&mut self, i: usize) {
+        let ready = self.0.wait_ready(i);
+        self.ok(ready);
     }
 
     /// Sends SIGHUP: reload the config.
     pub fn reload(&self, i: usize) {
-        if let Some(child) = &self.peers[i].child {
-            let _ = Command::new("kill")
-                .arg("-HUP")
-                .arg(child.id().to_string())
-                .status();
-        }
+        self.ok(self.0.reload(i));
     }
 
-    /// Stops a peer with SIGTERM; returns its exit code.
+    /// Stops a peer with SIGTERM (SIGKILL after 10 s); returns its exit code.
     pub fn stop_status(&mut self, i: usize) -> Option<i32> {
-        let mut child = self.peers[i].child.take()?;
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        child.wait().ok()?.code()
-    }
-
-    fn signal(&mut self, i: usize, sig: &str) {
-        if let Some(mut child) = self.peers[i].child.take() {
-            let _ = Command::new("kill")
-                .arg(format!("-{sig}"))
-                .arg(child.id().to_string())
-                .status();
-            let _ = child.wait();
-        }
+        self.stop(i)?.code()
     }
 
     /// Waits up to `timeout` for peer i's daemon to exit by itself; its exit code (None: it
     /// is still running, and is killed).
     pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<i32> {
-        let end = Instant::now() + timeout;
-        let child = self.peers[i].child.as_mut()?;
-        while Instant::now() < end {
-            if let Ok(Some(status)) = child.try_wait() {
-                self.peers[i].child = None;
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.kill(i);
-        None
-    }
-
-    /// The process id of peer i's daemon, if it runs.
-    pub fn pid(&self, i: usize) -> Option<u32> {
-        self.peers[i].child.as_ref().map(|c| c.id())
+        self.0.wait_exit(i, timeout)?.code()
     }
 
     pub fn restart(&mut self, i: usize) {
-        self.stop(i);
-        self.spawn(i);
-        self.wait_ready(i);
+        let restarted = self.0.restart(i);
+        self.ok(restarted);
     }
 
     /// The whole log of peer i.
     pub fn full_log(&self, i: usize) -> String {
-        std::fs::read_to_string(self.peers[i].dir.join("daemon.log")).unwrap_or_default()
+        self.peers[i].log()
     }
 
+    /// The last 60 lines of peer i's log.
     pub fn log(&self, i: usize) -> String {
-        self.peers[i].log_tail()
+        self.peers[i].log_tail(60)
     }
 
     /// Runs `peerstash --config <peer's config> args…`.
     pub fn cli(&self, i: usize, args: &[&str]) -> Output {
-        Command::new(PEERSTASH)
-            .arg("--config")
-            .arg(&self.peers[i].config)
-            .args(args)
-            .output()
-            .expect("running peerstash")
+        self.ok(self.0.cli(i, args))
     }
 
     /// Runs the CLI and asserts its exit status.
@@ -343,17 +191,13 @@ quota = "{quota}"
         stdout
     }
 
+    /// Peer i's `state --json`, untyped (the typed one: `c.peer(i).state()`).
     pub fn try_state(&self, i: usize) -> Option<Value> {
-        let out = self.cli(i, &["state", "--json"]);
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
+        self.peers[i].try_state().ok().map(|s| s.json)
     }
 
     pub fn state(&self, i: usize) -> Value {
-        self.try_state(i)
-            .unwrap_or_else(|| panic!("state of peer {} failed; log:\n{}", i + 1, self.log(i)))
+        self.peer(i).state().json
     }
 
     /// Every peer's state, for failure messages.
@@ -361,8 +205,8 @@ quota = "{quota}"
         self.peers
             .iter()
             .map(|p| match p.try_state() {
-                Some(s) => format!("---- state of peer {} ----\n{s}", p.id),
-                None => format!("---- peer {} does not answer ----", p.id),
+                Ok(s) => format!("---- state of peer {} ----\n{s}", p.id),
+                Err(e) => format!("---- peer {} does not answer: {e} ----", p.id),
             })
             .collect::<Vec<_>>()
             .join("\n")
@@ -377,6 +221,17 @@ quota = "{quota}"
         s.set_multicast_ttl_v4(0).unwrap();
         s.send_to(bytes, &std::net::SocketAddr::V4(channel).into())
             .unwrap();
+    }
+}
+
+impl Drop for Cluster {
+    /// The peers are killed when the inner cluster drops; a failed test shows their logs.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for p in &self.peers {
+                eprintln!("---- log of peer {} ----\n{}", p.id, p.log_tail(60));
+            }
+        }
     }
 }
 
@@ -454,17 +309,6 @@ pub fn header_fields(datagram: &[u8]) -> Vec<String> {
         .collect()
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for i in 0..self.peers.len() {
-            if std::thread::panicking() {
-                eprintln!("---- log of peer {} ----\n{}", i + 1, self.log(i));
-            }
-            self.kill(i);
-        }
-    }
-}
-
 /// Polls `f` every 100 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
@@ -483,7 +327,7 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
     (0..n).map(|_| rand::random::<u8>()).collect()
 }
 
-// Untyped helpers of the JSON state, for the tests not yet on `Peer::state` (state.rs).
+// Untyped helpers of the JSON state, for the tests not yet on the typed `c.peer(i).state()`.
 
 /// Files of `state --json` whose path is `path`.
 pub fn file_entries<'a>(state: &'a Value, path: &Path) -> Vec<&'a Value> {
