@@ -101,20 +101,28 @@ pub(super) async fn store_chunk(node: &Arc<Node>, chunk: &ChunkId, rd: Rd, body:
     }
 }
 
-/// A chunk written after its file's DELETE was heard: it goes too.
-pub(super) async fn drop_hosted(node: &Arc<Node>, chunk: &ChunkId) {
+/// Stops hosting a chunk: its row first, then its file, and its bytes freed. Whether it was
+/// hosted (false: someone else's pass removed it already).
+pub(crate) async fn unhost(
+    node: &Arc<Node>,
+    chunk: &ChunkId,
+) -> Result<bool, crate::store::StoreError> {
     let c = chunk.clone();
-    match node
+    let size = node
         .catalog
         .call(move |cat| cat.delete_hosted(&c.file_id, c.chunk_no))
-        .await
-    {
-        // None: the DELETE's own pass found the row and freed it.
-        Ok(Some(size)) => {
-            remove_chunk_files(node, &chunk.file_id, vec![(chunk.chunk_no, size)]).await;
-            tracing::debug!("chunk {chunk} was deleted while it was written: removed");
-        }
-        Ok(None) => {}
+        .await?;
+    if let Some(size) = size {
+        remove_chunk_files(node, &chunk.file_id, vec![(chunk.chunk_no, size)]).await;
+    }
+    Ok(size.is_some())
+}
+
+/// A chunk written after its file's DELETE was heard: it goes too.
+pub(super) async fn drop_hosted(node: &Arc<Node>, chunk: &ChunkId) {
+    match unhost(node, chunk).await {
+        Ok(true) => tracing::debug!("chunk {chunk} was deleted while it was written: removed"),
+        Ok(false) => {}
         Err(e) => tracing::warn!("could not drop chunk {chunk}: {e}"),
     }
 }

@@ -1282,6 +1282,22 @@ mod tests {
         Rd::new(n).unwrap()
     }
 
+    /// An empty PUTCHUNK of chunk `no` at RD `r`, from peer `from`.
+    fn put(from: u32, no: u32, r: u8) -> Message {
+        let kind = MessageKind::PutChunk {
+            chunk: chunk(no),
+            rd: rd(r),
+            body: vec![],
+        };
+        msg(from, kind)
+    }
+
+    /// A DELETE of chunk `no`'s file, from peer `from`.
+    fn delete(from: u32, no: u32) -> Message {
+        let file_id = chunk(no).file_id;
+        msg(from, MessageKind::Delete { file_id })
+    }
+
     /// Runs the timers up to `until`, returning each message sent with its time since `t0`.
     fn run(p: &mut Peer, t0: Instant, until: Duration) -> Vec<(Duration, Message)> {
         let mut sent: Vec<(Duration, Message)> = std::iter::from_fn(|| p.poll_transmit())
@@ -1347,43 +1363,17 @@ mod tests {
     fn a_delete_while_writing_drops_the_chunk_and_its_stored() {
         let t0 = Instant::now();
         let mut p = Peer::new(ME, 1);
-        let put = MessageKind::PutChunk {
-            chunk: chunk(0),
-            rd: rd(1),
-            body: vec![],
-        };
-        p.handle(msg(2, put), t0);
-        p.handle(
-            msg(
-                2,
-                MessageKind::Delete {
-                    file_id: chunk(0).file_id,
-                },
-            ),
-            t0,
-        );
+        p.handle(put(2, 0, 1), t0);
+        p.handle(delete(2, 0), t0);
         p.stored(&chunk(0), Put::Written, t0);
         let a = actions(&mut p);
         assert!(a.contains(&Action::DropHosted { chunk: chunk(0) }), "{a:?}");
         assert!(run(&mut p, t0, Duration::from_secs(1)).is_empty());
         // Stored earlier, DELETE during the random wait: no STORED either.
         let mut p = Peer::new(ME, 1);
-        let put = MessageKind::PutChunk {
-            chunk: chunk(1),
-            rd: rd(1),
-            body: vec![],
-        };
-        p.handle(msg(2, put), t0);
+        p.handle(put(2, 1, 1), t0);
         p.stored(&chunk(1), Put::Written, t0);
-        p.handle(
-            msg(
-                3,
-                MessageKind::Delete {
-                    file_id: chunk(1).file_id,
-                },
-            ),
-            t0,
-        );
+        p.handle(delete(3, 1), t0);
         assert!(run(&mut p, t0, Duration::from_secs(1)).is_empty());
     }
 
@@ -1391,34 +1381,16 @@ mod tests {
     fn a_putchunk_is_not_stored_while_its_files_deletion_runs() {
         let t0 = Instant::now();
         let mut p = Peer::new(ME, 1);
-        let delete = || {
-            msg(
-                2,
-                MessageKind::Delete {
-                    file_id: chunk(0).file_id,
-                },
-            )
-        };
-        let put = || {
-            msg(
-                2,
-                MessageKind::PutChunk {
-                    chunk: chunk(0),
-                    rd: rd(1),
-                    body: vec![],
-                },
-            )
-        };
-        p.handle(delete(), t0);
-        p.handle(delete(), t0);
+        p.handle(delete(2, 0), t0);
+        p.handle(delete(2, 0), t0);
         actions(&mut p);
-        p.handle(put(), t0);
+        p.handle(put(2, 0, 1), t0);
         assert!(actions(&mut p).is_empty(), "not while deleting");
         p.file_deleted(&chunk(0).file_id);
-        p.handle(put(), t0);
+        p.handle(put(2, 0, 1), t0);
         assert!(actions(&mut p).is_empty(), "the second DELETE still runs");
         p.file_deleted(&chunk(0).file_id);
-        p.handle(put(), t0);
+        p.handle(put(2, 0, 1), t0);
         assert!(matches!(actions(&mut p)[..], [Action::Store { .. }]));
     }
 
@@ -1426,12 +1398,7 @@ mod tests {
     fn storeds_heard_while_writing_are_recorded_once_written() {
         let t0 = Instant::now();
         let mut p = Peer::new(ME, 1);
-        let put = MessageKind::PutChunk {
-            chunk: chunk(0),
-            rd: rd(1),
-            body: vec![],
-        };
-        p.handle(msg(2, put), t0);
+        p.handle(put(2, 0, 1), t0);
         for from in [3, 3, 4] {
             p.handle(msg(from, MessageKind::Stored { chunk: chunk(0) }), t0);
         }
@@ -1450,12 +1417,7 @@ mod tests {
     fn storeds_heard_while_checking_a_held_chunk_are_recorded_too() {
         let t0 = Instant::now();
         let mut p = Peer::new(ME, 1);
-        let put = MessageKind::PutChunk {
-            chunk: chunk(0),
-            rd: rd(1),
-            body: vec![],
-        };
-        p.handle(msg(2, put), t0);
+        p.handle(put(2, 0, 1), t0);
         p.handle(msg(3, MessageKind::Stored { chunk: chunk(0) }), t0);
         actions(&mut p);
         p.stored(&chunk(0), Put::Held, t0);
@@ -1890,12 +1852,7 @@ mod tests {
         let mut p = Peer::new(ME, 1);
         p.send_delete(vec![chunk(0).file_id], t0);
         actions(&mut p);
-        let put = MessageKind::PutChunk {
-            chunk: chunk(0),
-            rd: rd(1),
-            body: vec![],
-        };
-        p.handle(msg(1, put), t0 + Duration::from_secs(1));
+        p.handle(put(1, 0, 1), t0 + Duration::from_secs(1));
         assert!(!actions(&mut p)
             .iter()
             .any(|a| matches!(a, Action::CheckOwnId { .. })));

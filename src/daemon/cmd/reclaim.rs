@@ -90,19 +90,12 @@ pub(crate) async fn reclaim_to_quota(node: Arc<Node>) -> usize {
             break;
         }
         for chunk in victims {
-            let c = chunk.clone();
-            match node
-                .catalog
-                .call(move |cat| cat.delete_hosted(&c.file_id, c.chunk_no))
-                .await
-            {
-                Ok(Some(size)) => {
-                    disk::remove_chunk_files(&node, &chunk.file_id, vec![(chunk.chunk_no, size)])
-                        .await;
+            match disk::unhost(&node, &chunk).await {
+                Ok(true) => {
                     node.engine(Input::SendRemoved(chunk));
                     dropped += 1;
                 }
-                Ok(None) => {}
+                Ok(false) => {}
                 Err(e) => tracing::error!("reclaim: cannot drop {chunk}: {e}"),
             }
         }
