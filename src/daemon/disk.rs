@@ -27,7 +27,7 @@ const ANNOUNCE_KEY: &str = "announce_hosted";
 impl From<ChunkRole> for Role {
     fn from(role: ChunkRole) -> Role {
         match role {
-            ChunkRole::Unknown => Role::Unknown,
+            ChunkRole::Unknown | ChunkRole::Forgotten => Role::Unknown,
             ChunkRole::Own { desired_rd } => Role::Own { desired_rd },
             ChunkRole::Hosted { desired_rd } => Role::Hosted { desired_rd },
         }
@@ -43,7 +43,8 @@ pub(super) async fn store_chunk(node: &Arc<Node>, chunk: &ChunkId, rd: Rd, body:
         .call(move |cat| cat.role(&c.file_id, c.chunk_no))
         .await
     {
-        Ok(ChunkRole::Own { .. }) => return Put::Refused, // never host a chunk of our own file
+        // Never host a chunk of our own file, even of a version we deleted.
+        Ok(ChunkRole::Own { .. } | ChunkRole::Forgotten) => return Put::Refused,
         Ok(ChunkRole::Hosted { .. }) => return Put::Held,
         Ok(ChunkRole::Unknown) => {}
         Err(e) => {
@@ -154,7 +155,7 @@ pub(super) async fn remove_holder(
         .call(move |cat| {
             let role = cat.role(&c.file_id, c.chunk_no)?;
             let perceived = match role {
-                ChunkRole::Unknown => 0,
+                ChunkRole::Unknown | ChunkRole::Forgotten => 0,
                 _ => cat.remove_holder(&c.file_id, c.chunk_no, sender)?,
             };
             Ok((role.into(), perceived))

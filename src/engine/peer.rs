@@ -813,6 +813,12 @@ impl Peer {
         known: Vec<PeerId>,
         now: Instant,
     ) {
+        if let Owner::Job(_) = owner {
+            // The same version backed up again just after it was deleted: the DELETEs still to
+            // be sent would remove the new copies. They stop (the ones sent are taken care of
+            // by the holders, which store nothing of a file while they delete it).
+            self.cancel_delete(&chunk.file_id);
+        }
         if let Some(s) = self.sending.get_mut(&chunk) {
             // The same chunk is being backed up already: wait for the same outcome.
             s.owners.push(owner);
@@ -1059,9 +1065,17 @@ impl Peer {
     /// Tells the peers to delete these files (DELETE, 8 sends 300 ms apart); `DeletesSent`
     /// follows the last.
     pub fn send_delete(&mut self, file_ids: Vec<FileId>, now: Instant) {
-        // Our own PUTCHUNKs of these files may still echo back: they are explained.
+        // Our own PUTCHUNKs of these files may still echo back: they are explained. A backup of
+        // them still running stops: its chunks are being deleted.
         for file_id in &file_ids {
             self.delete_seen.insert(file_id.clone(), now);
+        }
+        let stopping: Vec<ChunkId> = (self.sending.keys())
+            .filter(|c| file_ids.contains(&c.file_id))
+            .cloned()
+            .collect();
+        for c in stopping {
+            self.finish_backup(&c, Some(Stopped::Deleted));
         }
         let Some(last) = file_ids.len().checked_sub(1) else {
             return;
@@ -1074,6 +1088,24 @@ impl Peer {
                 file_id: file_id.clone(),
             };
             self.resend(msg, gaps.clone(), done, now);
+        }
+    }
+
+    /// Stops the DELETE sends of a file still to come; reports them sent.
+    fn cancel_delete(&mut self, file_id: &FileId) {
+        let ids: Vec<u64> = (self.resends.iter())
+            .filter(|(_, r)| matches!(&r.msg, MessageKind::Delete { file_id: f } if f == file_id))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            // Its armed timer finds nothing left to send.
+            if let Some(Resend {
+                done: Some(file_ids),
+                ..
+            }) = self.resends.remove(&id)
+            {
+                self.actions.push_back(Action::DeletesSent { file_ids });
+            }
         }
     }
 
@@ -1856,6 +1888,44 @@ mod tests {
         assert!(!actions(&mut p)
             .iter()
             .any(|a| matches!(a, Action::CheckOwnId { .. })));
+    }
+
+    #[test]
+    fn deleting_a_file_stops_its_backup_and_backing_it_up_again_stops_the_deletes() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(ME, 1);
+        p.start_job(JobId(1), JobKind::Backup);
+        p.backup_chunk(JobId(1), chunk(0), rd(2), vec![1], vec![], t0);
+        actions(&mut p);
+        p.send_delete(vec![chunk(0).file_id], t0);
+        assert!(actions(&mut p).iter().any(|a| matches!(
+            a,
+            Action::BackedUp {
+                outcome: BackupOutcome {
+                    stopped: Some(Stopped::Deleted),
+                    ..
+                },
+                ..
+            }
+        )));
+        // Backed up again 300 ms later: the 6 DELETEs still to come are not sent.
+        let t1 = t0 + Duration::from_millis(300);
+        let sent = run(&mut p, t0, Duration::from_millis(300));
+        assert_eq!(
+            sent.iter()
+                .filter(|(_, m)| m.type_name() == "DELETE")
+                .count(),
+            2
+        );
+        p.backup_chunk(JobId(1), chunk(0), rd(2), vec![1], vec![], t1);
+        let later: Vec<&str> = run(&mut p, t1, Duration::from_secs(5))
+            .iter()
+            .map(|(_, m)| m.type_name())
+            .collect();
+        assert!(!later.contains(&"DELETE"), "{later:?}");
+        assert!(actions(&mut p)
+            .iter()
+            .any(|a| matches!(a, Action::DeletesSent { .. })));
     }
 
     #[test]

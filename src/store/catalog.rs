@@ -131,6 +131,9 @@ impl HostedRow {
     }
 }
 
+/// How long a forgotten version of ours is remembered (`ChunkRole::Forgotten`): 90 days.
+const FORGOTTEN_KEPT_S: i64 = 90 * 86_400;
+
 /// What a chunk is to this peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChunkRole {
@@ -141,6 +144,9 @@ pub enum ChunkRole {
     Hosted {
         desired_rd: u8,
     },
+    /// A chunk of a version of ours that was forgotten (deleted): still ours, never hosted. A
+    /// holder's late re-backup of it would otherwise make us host our own chunk.
+    Forgotten,
     Unknown,
 }
 
@@ -197,6 +203,10 @@ CREATE TABLE IF NOT EXISTS hosted (
 );
 CREATE TABLE IF NOT EXISTS pending_deletes (
     file_id TEXT PRIMARY KEY          -- versions forgotten here whose DELETE is still to be sent
+);
+CREATE TABLE IF NOT EXISTS forgotten (
+    file_id TEXT PRIMARY KEY,         -- our own versions forgotten here: never hosted by us
+    at INTEGER NOT NULL               -- unix seconds, for pruning
 );
 CREATE TABLE IF NOT EXISTS holders (
     file_id TEXT NOT NULL,
@@ -541,6 +551,10 @@ impl Catalog {
     pub fn insert_version(&self, row: &FileRow, backup: BackupId) -> Result<u32, StoreError> {
         let version = self.insert_file(row)?;
         self.conn.execute(
+            "DELETE FROM forgotten WHERE file_id = ?1",
+            [row.file_id.key()],
+        )?;
+        self.conn.execute(
             "UPDATE files SET backup_id = ?2 WHERE file_id = ?1",
             params![row.file_id.key(), backup.0],
         )?;
@@ -749,6 +763,18 @@ impl Catalog {
             "INSERT OR IGNORE INTO pending_deletes (file_id) VALUES (?1)",
             [&key],
         )?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.conn.execute(
+            "INSERT OR REPLACE INTO forgotten (file_id, at) VALUES (?1, ?2)",
+            params![key, now],
+        )?;
+        // Remembered long enough for any late re-backup of its chunks to have come and gone.
+        self.conn.execute(
+            "DELETE FROM forgotten WHERE at < ?1",
+            [now - FORGOTTEN_KEPT_S],
+        )?;
         self.conn
             .execute("DELETE FROM holders WHERE file_id = ?1", [&key])?;
         self.conn
@@ -945,11 +971,18 @@ impl Catalog {
                 |r| r.get(0),
             )
             .optional()?;
-        Ok(
-            hosted.map_or(ChunkRole::Unknown, |desired_rd| ChunkRole::Hosted {
-                desired_rd,
-            }),
-        )
+        if let Some(desired_rd) = hosted {
+            return Ok(ChunkRole::Hosted { desired_rd });
+        }
+        let forgotten: bool = self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM forgotten WHERE file_id = ?1)",
+            [&key],
+            |r| r.get(0),
+        )?;
+        Ok(match forgotten {
+            true => ChunkRole::Forgotten,
+            false => ChunkRole::Unknown,
+        })
     }
 
     /// Records a chunk now on disk, with the holders known so far (ourselves included).
@@ -1430,6 +1463,11 @@ mod tests {
         assert!(cat.forget(&fid('a'), Forget::UserDelete).unwrap());
         assert!(cat.file_chunks(&fid('a')).unwrap().is_empty());
         assert_eq!(cat.pending_deletes().unwrap(), vec![fid('a')]);
+        // Still ours: a late re-backup of its chunks by a holder is never hosted here.
+        assert_eq!(
+            cat.role(&fid('a'), ChunkNo(0)).unwrap(),
+            ChunkRole::Forgotten
+        );
         cat.clear_pending_delete(&fid('a')).unwrap();
         assert!(cat.pending_deletes().unwrap().is_empty());
         assert_eq!(cat.perceived(&fid('a'), ChunkNo(0)).unwrap(), 0);
