@@ -225,6 +225,10 @@ fn wait_reading(pid: u32, path: &Path, before: u64, timeout: Duration) -> bool {
     false
 }
 
+/// The file the daemon is caught reading: big enough that a write made once it is seen half-way
+/// lands before it has read (and hashed) the rest, even with optimized hashing.
+const BIG: usize = 30_000_000;
+
 /// Overwrites the first bytes of `path` in place; returns the file's new content.
 fn scribble_at_start(path: &Path, old: &[u8]) -> Vec<u8> {
     let patch = random_bytes(64_000);
@@ -246,7 +250,7 @@ fn a_change_during_a_rebackup_keeps_the_complete_version() {
     };
     let (_tmp, dir, c) = setup(&watch);
     let big = dir.join("big.bin");
-    let old = random_bytes(10_000_000);
+    let old = random_bytes(BIG);
     std::fs::write(&big, &old).unwrap();
     let v1 = wait_complete(&c, &big, old.len(), 2);
     wait_queue_empty(&c);
@@ -290,7 +294,7 @@ fn a_change_during_a_rebackup_keeps_the_complete_version() {
 fn a_change_during_a_manual_backup_keeps_the_complete_version() {
     let c = Cluster::start(&QUOTAS);
     let f = c.dir.path().canonicalize().unwrap().join("manual.bin");
-    let old = random_bytes(10_000_000);
+    let old = random_bytes(BIG);
     std::fs::write(&f, &old).unwrap();
     let path = f.to_str().unwrap();
     c.cli_ok(0, &["backup", path, "-r", "2"], 0);
