@@ -1241,17 +1241,23 @@ impl Sim {
         }
     }
 
-    fn finish_backup(&mut self, p: usize, job: JobId) {
+    /// Ends a job in the engine and takes it from the peer's jobs.
+    fn end_job(&mut self, p: usize, job: JobId) -> Option<Job> {
         let peer = &mut self.peers[p];
         if let Some(e) = peer.engine.as_mut() {
             e.end_job(job);
         }
+        peer.jobs.remove(&job)
+    }
+
+    fn finish_backup(&mut self, p: usize, job: JobId) {
+        let taken = self.end_job(p, job);
         let Some(Job::Backup {
             content,
             inserted,
             changed,
             ..
-        }) = peer.jobs.remove(&job)
+        }) = taken
         else {
             return;
         };
@@ -1312,16 +1318,13 @@ impl Sim {
     }
 
     fn finish_restore(&mut self, p: usize, job: JobId) {
-        let peer = &mut self.peers[p];
-        if let Some(e) = peer.engine.as_mut() {
-            e.end_job(job);
-        }
+        let taken = self.end_job(p, job);
         let Some(Job::Restore {
             content,
             got,
             must_succeed,
             ..
-        }) = peer.jobs.remove(&job)
+        }) = taken
         else {
             return;
         };

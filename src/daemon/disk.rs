@@ -65,14 +65,10 @@ pub(super) async fn store_chunk(node: &Arc<Node>, chunk: &ChunkId, rd: Rd, body:
         store.write(&c.file_id, c.chunk_no, &body)?;
         Ok::<_, std::io::Error>(sha256_hex(&body))
     })
-    .await;
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
     let hash = match written {
-        Ok(Ok(hash)) => hash,
-        Ok(Err(e)) => {
-            node.store.release(reservation);
-            tracing::warn!("could not write chunk {chunk}: {e}");
-            return Put::Refused;
-        }
+        Ok(hash) => hash,
         Err(e) => {
             node.store.release(reservation);
             tracing::warn!("could not write chunk {chunk}: {e}");
