@@ -11,7 +11,9 @@ use crate::protocol::auth::{LanKey, KEY_LEN};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/peerstash/peerstash.toml";
 /// Protocol versions this build implements.
-pub const SUPPORTED_PROTOCOLS: &[&str] = &["1.0"];
+pub const SUPPORTED_PROTOCOLS: &[&str] = &["1.0", "2.0"];
+/// What `peer.protocol` is when the config does not say (SPEC §4).
+pub const DEFAULT_PROTOCOL: &str = "2.0";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -27,6 +29,15 @@ pub struct PeerConfig {
     pub protocol: String,
     pub state_dir: PathBuf,
     pub control_socket: PathBuf,
+    /// 2.0: a holder not heard from this long is counted lost, and its copies re-created.
+    pub holder_timeout: Duration,
+}
+
+impl PeerConfig {
+    /// Whether this peer runs the 2.0 enhancements (SPEC §3).
+    pub fn enhanced(&self) -> bool {
+        self.protocol != "1.0"
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -164,6 +175,7 @@ struct RawPeer {
     protocol: Option<String>,
     state_dir: Option<PathBuf>,
     control_socket: Option<PathBuf>,
+    holder_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -251,7 +263,7 @@ impl Config {
                 ))
             }
         };
-        let protocol = peer.protocol.unwrap_or_else(|| "1.0".into());
+        let protocol = peer.protocol.unwrap_or_else(|| DEFAULT_PROTOCOL.into());
         if !SUPPORTED_PROTOCOLS.contains(&protocol.as_str()) {
             return Err(bad(
                 "peer.protocol",
@@ -259,6 +271,14 @@ impl Config {
                     "{protocol:?} is not implemented by this build (it implements {})",
                     SUPPORTED_PROTOCOLS.join(", ")
                 ),
+            ));
+        }
+        let holder_timeout = parse_duration(peer.holder_timeout.as_deref().unwrap_or("1d"))
+            .map_err(|e| bad("peer.holder_timeout", e))?;
+        if holder_timeout < Duration::from_secs(2) {
+            return Err(bad(
+                "peer.holder_timeout",
+                "must be at least 2s (peers announce themselves every second at most)".into(),
             ));
         }
         let state_dir = peer
@@ -404,6 +424,7 @@ impl Config {
                 protocol,
                 state_dir,
                 control_socket,
+                holder_timeout,
             },
             network: NetworkConfig {
                 interface,
@@ -573,7 +594,9 @@ exclude = ["*.tmp", "**/.cache/**"]
     #[test]
     fn defaults() {
         let c = Config::from_toml_str("[peer]\nid = 7\n").unwrap();
-        assert_eq!(c.peer.protocol, "1.0");
+        assert_eq!(c.peer.protocol, "2.0");
+        assert!(c.peer.enhanced());
+        assert_eq!(c.peer.holder_timeout, Duration::from_secs(86_400));
         assert_eq!(c.peer.state_dir, PathBuf::from("/var/lib/peerstash"));
         assert_eq!(c.network.ttl, 1);
         assert_eq!(c.storage.quota, 0);
@@ -586,6 +609,14 @@ exclude = ["*.tmp", "**/.cache/**"]
             ("[peer]\n", "peer.id"),
             ("[peer]\nid = 0\n", "peer.id"),
             ("[peer]\nid = 1\nprotocol = \"3.0\"\n", "peer.protocol"),
+            (
+                "[peer]\nid = 1\nholder_timeout = \"1s\"\n",
+                "peer.holder_timeout",
+            ),
+            (
+                "[peer]\nid = 1\nholder_timeout = \"soon\"\n",
+                "peer.holder_timeout",
+            ),
             ("[peer]\nid = 1\nstate_dir = \"rel\"\n", "peer.state_dir"),
             (
                 "[peer]\nid = 1\n[network]\nmc = \"127.1.1.1:4701\"\n",

@@ -741,7 +741,9 @@ impl Sim {
         if msg.sender != id {
             return self.fail(format!("peer {id} sent as {}", msg.sender));
         }
-        let file_id = msg.file_id();
+        let Some(file_id) = msg.file_id() else {
+            return; // HELLO
+        };
         let Some(ci) = self.content_of(file_id) else {
             return self.fail(format!(
                 "peer {id} sent {} for an unknown file",

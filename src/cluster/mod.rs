@@ -98,6 +98,10 @@ pub struct PeerSpec {
     pub place: Place,
     /// `network.lan_key_file`.
     pub lan_key_file: Option<PathBuf>,
+    /// `peer.protocol`: "1.0" or "2.0".
+    pub protocol: String,
+    /// TOML lines appended to the `[peer]` table, e.g. `holder_timeout = "5s"`.
+    pub peer_extra: String,
 }
 
 impl PeerSpec {
@@ -109,7 +113,15 @@ impl PeerSpec {
             env: Vec::new(),
             place: Place::default(),
             lan_key_file: None,
+            protocol: "1.0".into(),
+            peer_extra: String::new(),
         }
+    }
+
+    /// The same with `peer.protocol = protocol`.
+    pub fn protocol(mut self, protocol: &str) -> PeerSpec {
+        self.protocol = protocol.into();
+        self
     }
 }
 
@@ -176,6 +188,8 @@ pub struct Peer {
     pub env: Vec<(String, String)>,
     pub place: Place,
     pub lan_key_file: Option<PathBuf>,
+    pub protocol: String,
+    pub peer_extra: String,
     cli: PathBuf,
     child: Option<Child>,
 }
@@ -366,6 +380,8 @@ impl Cluster {
             env: spec.env,
             place: spec.place,
             lan_key_file: spec.lan_key_file,
+            protocol: spec.protocol,
+            peer_extra: spec.peer_extra,
             cli: self.programs.cli.clone(),
             child: None,
         });
@@ -396,10 +412,12 @@ impl Cluster {
             None => String::new(),
         };
         format!(
-            "[peer]\nid = {id}\nprotocol = \"1.0\"\nstate_dir = {state}\ncontrol_socket = {socket}\n\n\
+            "[peer]\nid = {id}\nprotocol = {protocol}\nstate_dir = {state}\ncontrol_socket = {socket}\n{peer_extra}\n\
              [network]\ninterface = {interface}\nmc = \"{mc}\"\nmdb = \"{mdb}\"\nmdr = \"{mdr}\"\n\
              ttl = {ttl}\n{lan_key}\n[storage]\nquota = {quota}\n{extra}",
             id = p.id,
+            protocol = toml_string(&p.protocol),
+            peer_extra = p.peer_extra,
             state = toml_path(&p.dir.join("state")),
             socket = toml_path(&p.socket),
             interface = toml_string(&p.place.interface),

@@ -427,6 +427,7 @@ impl Peer {
                     peer: sender,
                 });
             }
+            MessageKind::Deleted { .. } | MessageKind::Hello => {}
         }
     }
 

@@ -1,4 +1,4 @@
-//! The six messages of protocol 1.0 and their codec (SPEC §2): a header line of space-separated
+//! The six messages of protocol 1.0, the two of 2.0 (DELETED, HELLO), and their codec (SPEC §2, §3): a header line of space-separated
 //! fields, optional extra header lines, an empty line, then the body. Lenient on spaces and extra
 //! lines, strict on field syntax: anything else is a `ParseError`, never a panic.
 
@@ -64,6 +64,12 @@ pub struct Version {
 
 impl Version {
     pub const V1_0: Version = Version { major: 1, minor: 0 };
+    pub const V2_0: Version = Version { major: 2, minor: 0 };
+
+    /// Whether a peer that sent this version speaks the 2.0 enhancements (SPEC §3).
+    pub fn has_enhancements(self) -> bool {
+        self.major >= 2
+    }
 }
 
 impl fmt::Display for Version {
@@ -187,6 +193,12 @@ pub enum MessageKind {
     Removed {
         chunk: ChunkId,
     },
+    /// 2.0: a holder freed a file's chunks after DELETE.
+    Deleted {
+        file_id: FileId,
+    },
+    /// 2.0: a peer announces itself, at start and periodically.
+    Hello,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -258,6 +270,8 @@ impl Message {
             MessageKind::Chunk { .. } => "CHUNK",
             MessageKind::Delete { .. } => "DELETE",
             MessageKind::Removed { .. } => "REMOVED",
+            MessageKind::Deleted { .. } => "DELETED",
+            MessageKind::Hello => "HELLO",
         }
     }
 
@@ -276,18 +290,29 @@ impl Message {
             | MessageKind::GetChunk { chunk }
             | MessageKind::Chunk { chunk, .. }
             | MessageKind::Removed { chunk } => Some(chunk),
-            MessageKind::Delete { .. } => None,
+            MessageKind::Delete { .. } | MessageKind::Deleted { .. } | MessageKind::Hello => None,
         }
     }
 
-    pub fn file_id(&self) -> &FileId {
+    /// The file the message is about (HELLO is about none).
+    pub fn file_id(&self) -> Option<&FileId> {
         match &self.kind {
-            MessageKind::Delete { file_id } => file_id,
-            _ => match self.chunk() {
-                Some(chunk) => &chunk.file_id,
-                None => unreachable!("every kind but DELETE has a chunk"),
-            },
+            MessageKind::Delete { file_id } | MessageKind::Deleted { file_id } => Some(file_id),
+            _ => self.chunk().map(|c| &c.file_id),
         }
+    }
+
+    /// The port of a 2.0 GETCHUNK's `TCP <port>` line: where the chunk may be delivered.
+    pub fn tcp_port(&self) -> Option<u16> {
+        self.extra_lines.iter().find_map(|line| {
+            let mut words = line.split(' ').filter(|w| !w.is_empty());
+            match (words.next(), words.next(), words.next()) {
+                (Some("TCP"), Some(port), None) => digits(port, 5)
+                    .and_then(|p| u16::try_from(p).ok())
+                    .filter(|p| *p != 0),
+                _ => None,
+            }
+        })
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -296,7 +321,9 @@ impl Message {
             MessageKind::PutChunk { chunk, rd, .. } => {
                 header += &format!(" {} {} {}", chunk.file_id, chunk.chunk_no, rd)
             }
-            MessageKind::Delete { file_id } => header += &format!(" {file_id}"),
+            MessageKind::Delete { file_id } | MessageKind::Deleted { file_id } => {
+                header += &format!(" {file_id}")
+            }
             _ => {
                 if let Some(chunk) = self.chunk() {
                     header += &format!(" {} {}", chunk.file_id, chunk.chunk_no);
@@ -354,6 +381,8 @@ impl Message {
             "CHUNK" => ("CHUNK", 5),
             "REMOVED" => ("REMOVED", 5),
             "DELETE" => ("DELETE", 4),
+            "DELETED" => ("DELETED", 4),
+            "HELLO" => ("HELLO", 3),
             other => return Err(ParseError::UnknownType(clip(other))),
         };
         if fields.len() != expected {
@@ -366,6 +395,14 @@ impl Message {
         let sender = digits(fields[2], 10)
             .map(PeerId)
             .ok_or_else(|| ParseError::BadSender(clip(fields[2])))?;
+        if name == "HELLO" {
+            return Ok(Message {
+                version,
+                sender,
+                kind: MessageKind::Hello,
+                extra_lines,
+            });
+        }
         let file_id = FileId::parse(fields[3])?;
         let chunk = || -> Result<ChunkId, ParseError> {
             let chunk_no = digits(fields[4], 6)
@@ -402,6 +439,7 @@ impl Message {
                 body: with_body()?,
             },
             "REMOVED" => MessageKind::Removed { chunk: chunk()? },
+            "DELETED" => MessageKind::Deleted { file_id },
             _ => MessageKind::Delete { file_id },
         };
         Ok(Message {
@@ -447,6 +485,10 @@ mod tests {
                 file_id: FileId::parse(ID).unwrap(),
             },
             MessageKind::Removed { chunk: chunk(7) },
+            MessageKind::Deleted {
+                file_id: FileId::parse(ID).unwrap(),
+            },
+            MessageKind::Hello,
         ];
         for kind in kinds {
             let m = Message::new(PeerId(42), kind);
@@ -478,17 +520,55 @@ mod tests {
             d.encode(),
             format!("1.0 DELETE 3 {ID}\r\n\r\n").into_bytes()
         );
+        let mut h = Message::new(PeerId(3), MessageKind::Hello);
+        h.version = Version::V2_0;
+        assert_eq!(h.encode(), b"2.0 HELLO 3\r\n\r\n".to_vec());
+        let mut d = Message::new(
+            PeerId(3),
+            MessageKind::Deleted {
+                file_id: FileId::parse(ID).unwrap(),
+            },
+        );
+        d.version = Version::V2_0;
+        assert_eq!(
+            d.encode(),
+            format!("2.0 DELETED 3 {ID}\r\n\r\n").into_bytes()
+        );
+    }
+
+    #[test]
+    fn the_tcp_line_of_a_getchunk() {
+        let parse = |extra: &str| {
+            Message::parse(format!("2.0 GETCHUNK 4 {ID} 0 \r\n{extra}\r\n\r\n").as_bytes())
+                .unwrap()
+                .tcp_port()
+        };
+        assert_eq!(parse("TCP 5000"), Some(5000));
+        assert_eq!(parse("TCP  5000 "), Some(5000));
+        for bad in [
+            "TCP",
+            "TCP 0",
+            "TCP 65536",
+            "TCP 5000 6000",
+            "TCP x",
+            "UDP 5000",
+            "TCP -1",
+        ] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
+        let plain = Message::parse(format!("1.0 GETCHUNK 4 {ID} 0\r\n\r\n").as_bytes());
+        assert_eq!(plain.unwrap().tcp_port(), None);
     }
 
     #[test]
     fn upper_case_file_ids_keep_their_text_and_compare_equal() {
         let upper = ID.to_uppercase();
         let m = Message::parse(format!("1.0 STORED 5 {upper} 1\r\n\r\n").as_bytes()).unwrap();
-        assert_eq!(m.file_id().as_wire(), upper);
-        assert_eq!(m.file_id(), &FileId::parse(ID).unwrap());
+        assert_eq!(m.file_id().unwrap().as_wire(), upper);
+        assert_eq!(m.file_id(), Some(&FileId::parse(ID).unwrap()));
         assert_eq!(m.chunk().unwrap(), &chunk(1));
         assert!(String::from_utf8(m.encode()).unwrap().contains(&upper));
-        assert_eq!(m.file_id().key(), ID);
+        assert_eq!(m.file_id().unwrap().key(), ID);
     }
 
     #[test]
@@ -551,7 +631,7 @@ mod tests {
             (format!("10 STORED 9 {ID} 1\r\n\r\n"), |e| {
                 matches!(e, ParseError::BadVersion(_))
             }),
-            ("1.0 HELLO 9\r\n\r\n".to_string(), |e| {
+            ("1.0 HI 9\r\n\r\n".to_string(), |e| {
                 matches!(e, ParseError::UnknownType(_))
             }),
             (format!("1.0 stored 9 {ID} 1\r\n\r\n"), |e| {
@@ -597,6 +677,8 @@ mod tests {
             (any_chunk(), body).prop_map(|(chunk, body)| MessageKind::Chunk { chunk, body }),
             any_chunk().prop_map(|c| MessageKind::Delete { file_id: c.file_id }),
             any_chunk().prop_map(|chunk| MessageKind::Removed { chunk }),
+            any_chunk().prop_map(|c| MessageKind::Deleted { file_id: c.file_id }),
+            Just(MessageKind::Hello),
         ];
         let extra = proptest::collection::vec("[ -~]{1,30}", 0..3);
         (0u8..10, 0u8..10, any::<u32>(), kind, extra).prop_map(
@@ -615,7 +697,7 @@ mod tests {
         #[test]
         fn build_then_parse_is_identity(m in any_message()) {
             let parsed = Message::parse(&m.encode()).unwrap();
-            prop_assert_eq!(parsed.file_id().as_wire(), m.file_id().as_wire());
+            prop_assert_eq!(parsed.file_id().map(FileId::as_wire), m.file_id().map(FileId::as_wire));
             prop_assert_eq!(parsed, m);
         }
 
