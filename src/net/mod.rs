@@ -3,6 +3,7 @@
 //! not messages: parsing happens above.
 
 pub mod faults;
+pub mod tcp;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
