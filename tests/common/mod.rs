@@ -10,7 +10,7 @@ mod state;
 
 // Not every test file uses every name.
 #[allow(unused_imports)]
-pub use peerstash::cluster::{Peer, Place, State};
+pub use peerstash::cluster::{Peer, PeerSpec, Place, State};
 #[allow(unused_imports)]
 pub use state::{PeerExt, StateExt};
 
@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use peerstash::cluster::{self, PeerSpec, Programs};
+use peerstash::cluster::{self, Programs};
 use serde_json::Value;
 
 pub const PEERSTASHD: &str = env!("CARGO_BIN_EXE_peerstashd");
@@ -103,6 +103,23 @@ impl Cluster {
                 lan_key_file: key(i),
                 ..PeerSpec::new(quota)
             };
+            c.0.add_peer(spec)
+                .unwrap_or_else(|e| panic!("peer {}: {e}", i + 1));
+        }
+        let started = c.0.start_all();
+        c.ok(started);
+        c
+    }
+
+    /// Starts one peer per spec (ids 1..; protocol, quota, `[peer]` lines… as each says), every
+    /// daemon logging at debug level, and waits until each answers on its control socket.
+    pub fn start_specs(specs: Vec<PeerSpec>) -> Cluster {
+        let programs = Programs::new(PEERSTASHD, PEERSTASH);
+        let inner = cluster::Cluster::new(programs, "peerstash-test-").expect("a cluster folder");
+        let mut c = Cluster(inner);
+        for (i, mut spec) in specs.into_iter().enumerate() {
+            spec.env
+                .insert(0, ("RUST_LOG".to_owned(), "peerstash=debug".to_owned()));
             c.0.add_peer(spec)
                 .unwrap_or_else(|e| panic!("peer {}: {e}", i + 1));
         }
