@@ -49,11 +49,19 @@ pub enum Command {
     Delete { path: PathBuf },
     /// Set the space offered to other peers now (e.g. "10GiB", "0" frees everything).
     Reclaim { size: String },
-    /// Show this peer's state: quota, what it backed up, what it hosts.
     /// Check the catalog in full (slow on a large catalog; `peerstashd` does a quick check at
     /// every start). Root only.
     Check,
+    /// Show this peer's state: quota, what it backed up and how healthy each file is, what it
+    /// hosts.
     State {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the other peers heard or holding chunks of ours: protocol, when last heard, lost or
+    /// not, chunks of ours each holds, bytes of its we host, deletes it has not acknowledged.
+    Peers {
         /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -133,6 +141,7 @@ mod tests {
         }
         let man = std::fs::read_to_string(dir.path().join("peerstash.1")).unwrap();
         assert!(man.contains("restore"), "{man}");
+        assert!(man.contains("peers"), "{man}");
         assert!(!man.contains("run-daemon"), "hidden commands stay hidden");
     }
 }

@@ -7,7 +7,10 @@ use clap::Parser;
 use peerstash::cli::{Args, Command};
 use peerstash::cluster::Programs;
 use peerstash::config::{load_lan_key, parse_size, Config, DEFAULT_CONFIG_PATH};
-use peerstash::control::{self, exit, shown, PeerState, Request, VersionInfo, WorkerInfo};
+use peerstash::control::{
+    self, exit, shown, PeerState, PeersReport, Request, VersionInfo, WorkerInfo,
+};
+use peerstash::store::{unix_ms, Health};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -67,10 +70,11 @@ fn run(args: Args) -> i32 {
         Err(e) => return fail(exit::FAILED, e),
     };
     let print = |line: &str| println!("{line}");
-    let (json, is_state, is_versions) = match &args.command {
-        Command::State { json } => (*json, true, false),
-        Command::Versions { .. } => (false, false, true),
-        _ => (false, false, false),
+    let (json, output) = match &args.command {
+        Command::State { json } => (*json, Output::State),
+        Command::Peers { json } => (*json, Output::Peers),
+        Command::Versions { .. } => (false, Output::Versions),
+        _ => (false, Output::Message),
     };
     let result = match args.command {
         Command::Backup { path, replication } => {
@@ -112,6 +116,7 @@ fn run(args: Args) -> i32 {
                     Err(e) => return fail(exit::USAGE, format!("bad size {size:?}: {e}")),
                 },
                 Command::State { .. } => Request::State,
+                Command::Peers { .. } => Request::Peers,
                 Command::Check => Request::Check,
                 Command::Backup { .. }
                 | Command::Restore { .. }
@@ -135,29 +140,39 @@ fn run(args: Args) -> i32 {
     if code != exit::OK && code != exit::BELOW_RD {
         return fail(code, message);
     }
-    match data {
-        Some(data) if json => println!("{data}"),
-        Some(data) if is_state => match serde_json::from_value::<PeerState>(data) {
-            Ok(state) => print_state(&state),
-            Err(e) => {
-                return fail(
-                    exit::FAILED,
-                    format!("unexpected state from the daemon: {e}"),
-                )
-            }
-        },
-        Some(data) if is_versions => match serde_json::from_value::<Vec<VersionInfo>>(data) {
-            Ok(v) => print_versions(&v),
-            Err(e) => {
-                return fail(
-                    exit::FAILED,
-                    format!("unexpected answer from the daemon: {e}"),
-                )
-            }
-        },
-        _ => println!("{message}"),
+    let printed = match (data, output) {
+        (Some(data), _) if json => {
+            println!("{data}");
+            Ok(())
+        }
+        (Some(data), Output::State) => serde_json::from_value::<PeerState>(data)
+            .map(|s| print_state(&s))
+            .map_err(|e| format!("unexpected state from the daemon: {e}")),
+        (Some(data), Output::Versions) => serde_json::from_value::<Vec<VersionInfo>>(data)
+            .map(|v| print_versions(&v))
+            .map_err(|e| format!("unexpected answer from the daemon: {e}")),
+        (Some(data), Output::Peers) => serde_json::from_value::<PeersReport>(data)
+            .map(|p| print_peers(&p, unix_ms()))
+            .map_err(|e| format!("unexpected answer from the daemon: {e}")),
+        _ => {
+            println!("{message}");
+            Ok(())
+        }
+    };
+    match printed {
+        Ok(()) => code,
+        Err(e) => fail(exit::FAILED, e),
     }
-    code
+}
+
+/// How a command's answer is printed without `--json`.
+#[derive(Clone, Copy)]
+enum Output {
+    /// The daemon's one-line message.
+    Message,
+    State,
+    Versions,
+    Peers,
 }
 
 fn demo() -> i32 {
@@ -274,10 +289,31 @@ fn print_worker(w: &WorkerInfo) {
     println!("{line}");
 }
 
+/// "1 file", "3 files".
+fn files(n: usize) -> String {
+    match n {
+        1 => "1 file".into(),
+        n => format!("{n} files"),
+    }
+}
+
+/// The line that says at once whether every backed-up file is safe.
+fn health_summary(s: &PeerState) -> String {
+    let count = |f: fn(&Health) -> bool| s.files.iter().filter(|x| f(&x.health)).count();
+    let degraded = count(|h| matches!(h, Health::Degraded { .. }));
+    let at_risk = count(|h| matches!(h, Health::AtRisk { .. }));
+    match (s.files.len(), degraded + at_risk) {
+        (0, _) => "nothing backed up yet".into(),
+        (n, 0) => format!("all {} at their RD", files(n)),
+        _ => format!("{} degraded, {at_risk} at risk", files(degraded)),
+    }
+}
+
 fn print_state(s: &PeerState) {
     for warning in &s.warnings {
         println!("WARNING: {warning}");
     }
+    println!("{}", health_summary(s));
     println!(
         "peer {}  protocol {}  hosting {} of {} bytes",
         s.peer_id, s.protocol, s.used_bytes, s.quota_bytes
@@ -310,27 +346,32 @@ fn print_state(s: &PeerState) {
             s.unauthenticated_datagrams
         );
     }
+    if s.unacked_deletes > 0 {
+        println!(
+            "deletes not yet acknowledged by the peers holding them: {}",
+            s.unacked_deletes
+        );
+    }
     println!("\nbacked up ({} versions):", s.files.len());
     for f in &s.files {
         let min = f.min_rd();
-        let below = f
-            .chunks
-            .iter()
-            .filter(|c| c.perceived_rd < u32::from(f.desired_rd))
-            .count();
+        let below = match f.health {
+            Health::AtRisk { chunks } => {
+                format!(" ({} chunks below, {chunks} at risk)", f.chunks_below_rd)
+            }
+            _ if f.chunks_below_rd > 0 => format!(" ({} chunks below)", f.chunks_below_rd),
+            _ => String::new(),
+        };
         println!(
-            "  {} v{}  {} bytes  {} chunks  RD {} wanted, lowest {}{}  {}",
+            "  {:<8} {} v{}  {} bytes  {} chunks  RD {} wanted, lowest {}{}  {}",
+            f.health.word(),
             shown(&f.path),
             f.version,
             f.size,
             f.chunks.len(),
             f.desired_rd,
             min,
-            if below > 0 {
-                format!(" ({below} chunks below)")
-            } else {
-                String::new()
-            },
+            below,
             &f.file_id[..16]
         );
     }
@@ -344,5 +385,60 @@ fn print_state(s: &PeerState) {
             c.desired_rd,
             c.perceived_rd
         );
+    }
+}
+
+/// How long ago `then_ms` was at `now_ms`: "3 s ago", "5 min ago", "2 h ago", "4 d ago".
+fn ago(now_ms: i64, then_ms: i64) -> String {
+    let s = (now_ms - then_ms).max(0) / 1000;
+    match s {
+        0..120 => format!("{s} s ago"),
+        120..7_200 => format!("{} min ago", s / 60),
+        7_200..172_800 => format!("{} h ago", s / 3_600),
+        _ => format!("{} d ago", s / 86_400),
+    }
+}
+
+fn print_peers(report: &PeersReport, now_ms: i64) {
+    if report.peers.is_empty() {
+        println!("peer {}: no other peer known yet", report.peer_id);
+        return;
+    }
+    println!(
+        "{:>6}  {:<8}  {:<12}  {:>14}  {:>14}  {:>15}",
+        "peer", "protocol", "last heard", "chunks of ours", "hosted bytes", "unacked deletes"
+    );
+    for p in &report.peers {
+        let heard = p
+            .last_heard_ms
+            .map_or_else(|| "never".to_owned(), |t| ago(now_ms, t));
+        let lost = match p.lost_at_ms {
+            Some(t) => format!("  LOST (since {})", ago(now_ms, t)),
+            None if p.lost => "  LOST".to_owned(),
+            None => String::new(),
+        };
+        println!(
+            "{:>6}  {:<8}  {:<12}  {:>14}  {:>14}  {:>15}{lost}",
+            p.id,
+            p.protocol.as_deref().unwrap_or("?"),
+            heard,
+            p.chunks_of_ours,
+            p.hosted_bytes,
+            p.unacked_deletes
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_shown_as_how_long_ago() {
+        assert_eq!(ago(10_000, 7_000), "3 s ago");
+        assert_eq!(ago(10_000, 12_000), "0 s ago", "a clock that stepped back");
+        assert_eq!(ago(300_000, 0), "5 min ago");
+        assert_eq!(ago(7_200_000, 0), "2 h ago");
+        assert_eq!(ago(4 * 86_400_000, 0), "4 d ago");
     }
 }

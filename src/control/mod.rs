@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::net::UnixStream;
 
+use crate::store::{health, Health};
+
 /// Exit statuses of SPEC §5.
 pub mod exit {
     pub const OK: i32 = 0;
@@ -170,6 +172,8 @@ pub enum Request {
     State,
     /// A full check of the catalog (SQLite's integrity_check); root only.
     Check,
+    /// Every peer heard or holding chunks of ours (no paths: anyone may ask).
+    Peers,
 }
 
 impl Request {
@@ -237,6 +241,9 @@ pub struct PeerState {
     /// paths for root only.
     #[serde(default)]
     pub workers: Vec<WorkerInfo>,
+    /// Acknowledgements of DELETE still owed by peers (one per deleted version and holder).
+    #[serde(default)]
+    pub unacked_deletes: u64,
 }
 
 /// A background worker of the daemon and what it is doing.
@@ -270,9 +277,11 @@ pub struct UnavailableFolder {
     pub reason: String,
 }
 
+/// One backed-up version in `state`. In JSON its health is `"health"` ("healthy", "degraded"
+/// or "at risk") with `"chunks_below_rd"` and `"chunks_at_risk"`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "FileStateWire", into = "FileStateWire")]
 pub struct FileState {
-    #[serde(with = "wire_path")]
     pub path: PathBuf,
     pub file_id: String,
     pub version: u32,
@@ -281,6 +290,105 @@ pub struct FileState {
     /// Every chunk was sent and the backup ended (some may still be below their desired RD).
     pub complete: bool,
     pub chunks: Vec<ChunkState>,
+    /// From its chunks' perceived RD (`store::health`).
+    pub health: Health,
+    /// Chunks below the desired RD (those at risk included).
+    pub chunks_below_rd: u32,
+}
+
+impl FileState {
+    /// A version's state, its health worked out from its chunks.
+    pub fn new(
+        path: PathBuf,
+        file_id: String,
+        version: u32,
+        size: u64,
+        desired_rd: u8,
+        complete: bool,
+        chunks: Vec<ChunkState>,
+    ) -> FileState {
+        let perceived = || chunks.iter().map(|c| c.perceived_rd);
+        let health = health(desired_rd, perceived());
+        let chunks_below_rd = perceived().filter(|&rd| rd < u32::from(desired_rd)).count() as u32;
+        FileState {
+            path,
+            file_id,
+            version,
+            size,
+            desired_rd,
+            complete,
+            chunks,
+            health,
+            chunks_below_rd,
+        }
+    }
+}
+
+/// `FileState` as JSON: its health as a word and counts.
+#[derive(Serialize, Deserialize)]
+struct FileStateWire {
+    #[serde(with = "wire_path")]
+    path: PathBuf,
+    file_id: String,
+    version: u32,
+    size: u64,
+    desired_rd: u8,
+    complete: bool,
+    chunks: Vec<ChunkState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    health: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chunks_below_rd: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chunks_at_risk: Option<u32>,
+}
+
+impl From<FileState> for FileStateWire {
+    fn from(f: FileState) -> FileStateWire {
+        let at_risk = match f.health {
+            Health::AtRisk { chunks } => chunks,
+            Health::Healthy | Health::Degraded { .. } => 0,
+        };
+        FileStateWire {
+            path: f.path,
+            file_id: f.file_id,
+            version: f.version,
+            size: f.size,
+            desired_rd: f.desired_rd,
+            complete: f.complete,
+            chunks: f.chunks,
+            health: Some(f.health.word().to_owned()),
+            chunks_below_rd: Some(f.chunks_below_rd),
+            chunks_at_risk: Some(at_risk),
+        }
+    }
+}
+
+impl From<FileStateWire> for FileState {
+    /// The health the daemon sent; worked out from the chunks when it sent none (an older
+    /// daemon) or a word this build does not know.
+    fn from(w: FileStateWire) -> FileState {
+        let mut f = FileState::new(
+            w.path,
+            w.file_id,
+            w.version,
+            w.size,
+            w.desired_rd,
+            w.complete,
+            w.chunks,
+        );
+        let below = w.chunks_below_rd.unwrap_or(f.chunks_below_rd);
+        let sent = match w.health.as_deref() {
+            Some("healthy") => Some(Health::Healthy),
+            Some("degraded") => Some(Health::Degraded { below }),
+            Some("at risk") => w.chunks_at_risk.map(|chunks| Health::AtRisk { chunks }),
+            _ => None,
+        };
+        if let Some(health) = sent {
+            (f.health, f.chunks_below_rd) = (health, below);
+        }
+        f
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -372,6 +480,34 @@ pub struct Restored {
     pub uid: u32,
     pub gid: u32,
     pub mtime_ns: i64,
+}
+
+/// `peers --json`: every peer heard, counted lost, or holding chunks of ours.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeersReport {
+    /// This peer's id.
+    pub peer_id: u32,
+    pub peers: Vec<PeerInfo>,
+}
+
+/// One other peer as `peers` lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub id: u32,
+    /// The highest protocol version heard from it ("1.0", "2.0"); null if never heard.
+    pub protocol: Option<String>,
+    /// Unix ms of its latest message heard; null if never heard.
+    pub last_heard_ms: Option<i64>,
+    /// Silent longer than `peer.holder_timeout`: dropped from every holder set.
+    pub lost: bool,
+    /// Unix ms since when it is counted lost; null while it is not.
+    pub lost_at_ms: Option<i64>,
+    /// Chunks of this peer's own files it holds.
+    pub chunks_of_ours: u64,
+    /// Bytes of its chunks this peer hosts.
+    pub hosted_bytes: u64,
+    /// Deleted versions of ours whose DELETE it has not acknowledged.
+    pub unacked_deletes: u64,
 }
 
 /// A version as `versions` lists it.
@@ -543,21 +679,22 @@ mod tests {
 
     #[test]
     fn state_accessors_read_versions_rds_and_hosted_chunks() {
-        let file = |path: &str, version: u32, rds: &[u32]| FileState {
-            path: path.into(),
-            file_id: format!("{version:064x}"),
-            version,
-            size: 0,
-            desired_rd: 2,
-            complete: true,
-            chunks: rds
-                .iter()
-                .enumerate()
-                .map(|(n, &perceived_rd)| ChunkState {
-                    chunk_no: n as u32,
-                    perceived_rd,
-                })
-                .collect(),
+        let file = |path: &str, version: u32, rds: &[u32]| {
+            FileState::new(
+                path.into(),
+                format!("{version:064x}"),
+                version,
+                0,
+                2,
+                true,
+                rds.iter()
+                    .enumerate()
+                    .map(|(n, &perceived_rd)| ChunkState {
+                        chunk_no: n as u32,
+                        perceived_rd,
+                    })
+                    .collect(),
+            )
         };
         let state = PeerState {
             peer_id: 1,
@@ -585,6 +722,7 @@ mod tests {
             queue_drops: 0,
             unavailable: Vec::new(),
             workers: Vec::new(),
+            unacked_deletes: 0,
         };
         let a = state.versions_of(Path::new("/a"));
         assert_eq!(a.iter().map(|f| f.version).collect::<Vec<_>>(), [1, 2]);
@@ -593,6 +731,21 @@ mod tests {
             (1, 3, Some(2))
         );
         assert_eq!(a[1].rd_of(3), None);
+        // Health: a chunk with one holder at RD 2 puts the version at risk.
+        assert_eq!(
+            (a[1].health, a[1].chunks_below_rd),
+            (Health::AtRisk { chunks: 1 }, 1)
+        );
+        assert_eq!((a[0].health, a[0].chunks_below_rd), (Health::Healthy, 0));
+        let json = serde_json::to_value(a[1]).unwrap();
+        assert_eq!(
+            (
+                &json["health"],
+                &json["chunks_below_rd"],
+                &json["chunks_at_risk"]
+            ),
+            (&"at risk".into(), &1.into(), &1.into())
+        );
         // A version without chunks, and a path never backed up, count as RD 0.
         assert_eq!(state.min_rd_of([Path::new("/a")]), 1);
         assert_eq!(state.min_rd_of([Path::new("/a"), Path::new("/e")]), 0);

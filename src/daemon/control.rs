@@ -354,6 +354,7 @@ async fn run(
         Job::Other(Request::Reclaim { quota }) => cmd::reclaim::reclaim(&node, quota).await,
         Job::Other(Request::State) => cmd::state::state(&node, owner).await,
         Job::Other(Request::Check) => cmd::check::check(&node).await,
+        Job::Other(Request::Peers) => cmd::peers::peers(&node).await,
         Job::Other(Request::Backup { .. } | Request::Restore { .. }) => {
             unreachable!("prepare turns these into their jobs")
         }

@@ -82,6 +82,7 @@ pub(super) async fn store_chunk(node: &Arc<Node>, chunk: &ChunkId, rd: Rd, body:
         size,
         hash,
         desired_rd: rd.get(),
+        sender: PeerId(0),
     };
     let me = node.id;
     match node
@@ -391,6 +392,7 @@ pub(super) async fn rebuild_catalog(
                     size,
                     hash: sha256_hex(&body),
                     desired_rd: 1,
+                    sender: PeerId(0),
                 })
             })
             .collect()

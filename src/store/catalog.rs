@@ -108,6 +108,9 @@ pub struct HostedRow {
     pub size: u64,
     pub hash: String,
     pub desired_rd: u8,
+    /// The peer whose PUTCHUNK was stored: `PeerId(0)` when unknown (recorded before senders
+    /// were, or re-indexed by `--rebuild-catalog`).
+    pub sender: PeerId,
 }
 
 /// One chunk of a version this peer backed up, as recorded before its first PUTCHUNK.
@@ -133,6 +136,35 @@ impl HostedRow {
 
 /// How long a forgotten version of ours is remembered (`ChunkRole::Forgotten`): 90 days.
 const FORGOTTEN_KEPT_S: i64 = 90 * 86_400;
+
+/// Most rows of `peers` that `heard_peers` lets grow by peers holding nothing of ours: any
+/// datagram names a sender id, so a flood of forged ids must not grow the table without end.
+pub const MAX_PEER_ROWS: u64 = 4096;
+
+/// Unix ms by the system clock: the catalog's timestamps (peers heard and lost, deletes owed).
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// One peer as `peerstash peers` lists it (`Catalog::peers_report`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerRow {
+    pub id: PeerId,
+    /// The highest protocol version heard from it ("1.0", "2.0"); empty if never heard.
+    pub protocol: String,
+    /// Unix ms of its latest message heard; None if never heard.
+    pub last_heard_ms: Option<i64>,
+    /// Unix ms since when it is counted lost (silent longer than `peer.holder_timeout`).
+    pub lost_at_ms: Option<i64>,
+    /// Chunks of our own files it holds (holder rows).
+    pub chunks_of_ours: u64,
+    /// Bytes of its chunks we host (those whose PUTCHUNK it sent).
+    pub hosted_bytes: u64,
+    /// Deleted versions of ours it has not acknowledged.
+    pub unacked_deletes: u64,
+}
 
 /// What a chunk is to this peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,6 +231,7 @@ CREATE TABLE IF NOT EXISTS hosted (
     size INTEGER NOT NULL,
     hash TEXT NOT NULL,
     desired_rd INTEGER NOT NULL,
+    sender INTEGER NOT NULL DEFAULT 0, -- the peer whose PUTCHUNK we stored (0: unknown)
     PRIMARY KEY (file_id, chunk_no)
 );
 CREATE TABLE IF NOT EXISTS pending_deletes (
@@ -213,6 +246,18 @@ CREATE TABLE IF NOT EXISTS holders (
     chunk_no INTEGER NOT NULL,
     peer INTEGER NOT NULL,
     PRIMARY KEY (file_id, chunk_no, peer)
+);
+CREATE TABLE IF NOT EXISTS peers (
+    id INTEGER PRIMARY KEY,           -- a peer heard, or counted lost
+    protocol TEXT NOT NULL,           -- the highest version heard from it ('': never heard)
+    last_heard INTEGER NOT NULL,      -- unix ms of its latest message heard (0: never heard)
+    lost_at INTEGER                   -- unix ms when it was counted lost; NULL while not lost
+);
+CREATE TABLE IF NOT EXISTS delete_acks (
+    file_id TEXT NOT NULL,            -- a version of ours forgotten here (its DELETE queued)
+    peer INTEGER NOT NULL,            -- a holder of its chunks that has not acknowledged (DELETED)
+    since INTEGER NOT NULL,           -- unix ms when the version was forgotten
+    PRIMARY KEY (file_id, peer)
 );
 ";
 
@@ -259,16 +304,24 @@ fn make_private(path: &Path) -> Result<(), StoreError> {
 
 /// Brings a catalog made by an older release up to the current schema (idempotent).
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let have: Vec<String> = conn
-        .prepare("SELECT name FROM pragma_table_info('files')")?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    for (name, definition) in ADDED_FILE_COLUMNS {
+    for (table, name, definition) in ADDED_COLUMNS {
+        let have: Vec<String> = conn
+            .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
         if !have.iter().any(|h| h == name) {
-            conn.execute_batch(&format!("ALTER TABLE files ADD COLUMN {name} {definition}"))?;
+            conn.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {name} {definition}"
+            ))?;
         }
     }
-    conn.execute_batch("CREATE INDEX IF NOT EXISTS files_inode ON files (inode)")?;
+    // Indexes on columns an older catalog may have just gained (so not in SCHEMA). By peer:
+    // a lost holder is dropped, and the distinct holders are listed, without a full scan.
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS files_inode ON files (inode);
+         CREATE INDEX IF NOT EXISTS holders_peer ON holders (peer);
+         CREATE INDEX IF NOT EXISTS delete_acks_peer ON delete_acks (peer, since);",
+    )?;
     Ok(())
 }
 
@@ -314,11 +367,13 @@ fn path_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<PathBuf> {
 const FILE_COLUMNS: &str = "file_id, path, version, size, mtime_ns, mode, content_hash, \
      desired_rd, complete, inode, deleted_at, uid, gid, ctime_ns";
 
-/// Columns added after the first release: (name, definition), added to an older catalog at open.
-const ADDED_FILE_COLUMNS: &[(&str, &str)] = &[
-    ("ctime_ns", "INTEGER NOT NULL DEFAULT 0"),
-    ("backup_id", "INTEGER"),
-    ("absent_ms", "INTEGER NOT NULL DEFAULT 0"),
+/// Columns added after the first release: (table, name, definition), added to an older catalog
+/// at open. (Tables added later need nothing: SCHEMA creates what is missing.)
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("files", "ctime_ns", "INTEGER NOT NULL DEFAULT 0"),
+    ("files", "backup_id", "INTEGER"),
+    ("files", "absent_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("hosted", "sender", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
@@ -418,6 +473,22 @@ impl Catalog {
         }
         migrate(&conn)?;
         Ok(Catalog { conn })
+    }
+
+    /// Runs `f` all or nothing: in a savepoint, nested in the catalog thread's transaction, or
+    /// a transaction of its own when the catalog is used directly.
+    fn atomically<R>(&self, f: impl FnOnce() -> Result<R, StoreError>) -> Result<R, StoreError> {
+        self.conn.execute_batch("SAVEPOINT atomically")?;
+        let done = f().and_then(|r| {
+            self.conn.execute_batch("RELEASE atomically")?;
+            Ok(r)
+        });
+        if done.is_err() {
+            let _ = self
+                .conn
+                .execute_batch("ROLLBACK TO atomically; RELEASE atomically");
+        }
+        done
     }
 
     /// Merges the write-ahead log into the database file; outside a transaction only.
@@ -550,8 +621,14 @@ impl Catalog {
     /// Records a new version inserted by the backup run `backup` (see `Forget::Abandoned`).
     pub fn insert_version(&self, row: &FileRow, backup: BackupId) -> Result<u32, StoreError> {
         let version = self.insert_file(row)?;
+        // The same content at the same path again (the same fileId): no longer forgotten, and
+        // no DELETE of it is owed to anyone any more.
         self.conn.execute(
             "DELETE FROM forgotten WHERE file_id = ?1",
+            [row.file_id.key()],
+        )?;
+        self.conn.execute(
+            "DELETE FROM delete_acks WHERE file_id = ?1",
             [row.file_id.key()],
         )?;
         self.conn.execute(
@@ -605,7 +682,9 @@ impl Catalog {
 
     /// Forgets a version of our own if `why` allows it (see `Forget` for the rule); a refusal
     /// is logged at ERROR and returns false. Every deletion of a version goes through here.
-    pub fn forget(&self, file_id: &FileId, why: Forget) -> Result<bool, StoreError> {
+    /// `now_ms` (unix ms, `unix_ms()`) dates the forgetting: the holders that must still
+    /// acknowledge its DELETE are recorded since then (`delete_acks`).
+    pub fn forget(&self, file_id: &FileId, why: Forget, now_ms: i64) -> Result<bool, StoreError> {
         let Some(row) = self.file(file_id)? else {
             return Ok(false);
         };
@@ -662,7 +741,7 @@ impl Catalog {
             );
             return Ok(false);
         }
-        self.delete_file(file_id)?;
+        self.atomically(|| self.delete_file(file_id, now_ms))?;
         Ok(true)
     }
 
@@ -755,17 +834,21 @@ impl Catalog {
     }
 
     /// Forgets a version of our own (its row, its chunks and their holder sets) and remembers
-    /// that the peers must be told, so a crash before the DELETEs went out loses nothing.
+    /// that the peers must be told, so a crash before the DELETEs went out loses nothing, and
+    /// which of them must acknowledge it (every distinct holder of its chunks).
     /// Only through `forget`, which checks that the deletion is allowed.
-    fn delete_file(&self, file_id: &FileId) -> Result<(), StoreError> {
+    fn delete_file(&self, file_id: &FileId, now_ms: i64) -> Result<(), StoreError> {
         let key = file_id.key();
         self.conn.execute(
             "INSERT OR IGNORE INTO pending_deletes (file_id) VALUES (?1)",
             [&key],
         )?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        self.conn.execute(
+            "INSERT OR REPLACE INTO delete_acks (file_id, peer, since)
+             SELECT DISTINCT file_id, peer, ?2 FROM holders WHERE file_id = ?1",
+            params![key, now_ms],
+        )?;
+        let now = now_ms.div_euclid(1000);
         self.conn.execute(
             "INSERT OR REPLACE INTO forgotten (file_id, at) VALUES (?1, ?2)",
             params![key, now],
@@ -989,15 +1072,16 @@ impl Catalog {
     pub fn insert_hosted(&self, row: &HostedRow, holders: &[PeerId]) -> Result<(), StoreError> {
         let key = row.file_id.key();
         self.conn.execute(
-            "INSERT INTO hosted (file_id, chunk_no, wire_id, size, hash, desired_rd)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO hosted (file_id, chunk_no, wire_id, size, hash, desired_rd, sender)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 key,
                 row.chunk_no.0,
                 row.file_id.as_wire(),
                 row.size as i64,
                 row.hash,
-                row.desired_rd
+                row.desired_rd,
+                row.sender.0
             ],
         )?;
         self.insert_holders(&key, row.chunk_no, holders)?;
@@ -1011,18 +1095,28 @@ impl Catalog {
     ) -> Result<Option<HostedRow>, StoreError> {
         self.conn
             .query_row(
-                "SELECT wire_id, size, hash, desired_rd FROM hosted WHERE file_id = ?1 AND chunk_no = ?2",
+                "SELECT wire_id, size, hash, desired_rd, sender FROM hosted
+                 WHERE file_id = ?1 AND chunk_no = ?2",
                 params![file_id.key(), chunk_no.0],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get(2)?, r.get(3)?)),
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                    ))
+                },
             )
             .optional()?
-            .map(|(wire, size, hash, desired_rd)| {
+            .map(|(wire, size, hash, desired_rd, sender)| {
                 Ok(HostedRow {
                     file_id: file_id_of(wire)?,
                     chunk_no,
                     size: size as u64,
                     hash,
                     desired_rd,
+                    sender: PeerId(sender),
                 })
             })
             .transpose()
@@ -1032,7 +1126,8 @@ impl Catalog {
     pub fn all_hosted(&self) -> Result<Vec<(HostedRow, u32)>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT s.wire_id, s.chunk_no, s.size, s.hash, s.desired_rd,
-                    COALESCE((SELECT n FROM holder_counts h WHERE h.file_id = s.file_id AND h.chunk_no = s.chunk_no), 0)
+                    COALESCE((SELECT n FROM holder_counts h WHERE h.file_id = s.file_id AND h.chunk_no = s.chunk_no), 0),
+                    s.sender
              FROM hosted s ORDER BY s.file_id, s.chunk_no",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -1043,10 +1138,11 @@ impl Catalog {
                 r.get::<_, String>(3)?,
                 r.get::<_, u8>(4)?,
                 r.get::<_, u32>(5)?,
+                r.get::<_, u32>(6)?,
             ))
         })?;
         rows.map(|r| {
-            let (wire, no, size, hash, desired_rd, perceived) = r?;
+            let (wire, no, size, hash, desired_rd, perceived, sender) = r?;
             Ok((
                 HostedRow {
                     file_id: file_id_of(wire)?,
@@ -1054,6 +1150,7 @@ impl Catalog {
                     size: size as u64,
                     hash,
                     desired_rd,
+                    sender: PeerId(sender),
                 },
                 perceived,
             ))
@@ -1203,6 +1300,174 @@ impl Catalog {
             )
             .optional()?
             .unwrap_or(0))
+    }
+
+    // ---- peers: when heard, when lost, what they owe us ----------------------------------
+
+    /// Records the peers heard since the last call: `(peer, the highest protocol version heard
+    /// from it in this batch ("1.0", "2.0"), unix ms when heard)`, in one transaction. Each peer
+    /// keeps its latest time and the highest version it ever spoke, and is no longer lost. A
+    /// peer not yet in the table is added only while the table has fewer than `MAX_PEER_ROWS`
+    /// rows, or if it holds chunks of ours or hosted here (sender ids are easily forged).
+    pub fn heard_peers(&self, heard: &[(PeerId, String, i64)]) -> Result<(), StoreError> {
+        self.atomically(|| {
+            let mut rows: u64 = self
+                .conn
+                .query_row("SELECT COUNT(*) FROM peers", [], |r| r.get::<_, i64>(0))?
+                as u64;
+            // Versions are "<digit>.<digit>": text order is version order.
+            let mut update = self.conn.prepare_cached(
+                "UPDATE peers SET last_heard = MAX(last_heard, ?2),
+                                  protocol = MAX(protocol, ?3), lost_at = NULL
+                 WHERE id = ?1",
+            )?;
+            let mut holds = self
+                .conn
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM holders WHERE peer = ?1)")?;
+            let mut insert = self.conn.prepare_cached(
+                "INSERT INTO peers (id, protocol, last_heard) VALUES (?1, ?3, ?2)",
+            )?;
+            for (peer, protocol, at) in heard {
+                let values = params![peer.0, at, protocol];
+                if update.execute(values)? == 1 {
+                    continue;
+                }
+                if rows >= MAX_PEER_ROWS && !holds.query_row([peer.0], |r| r.get::<_, bool>(0))? {
+                    continue;
+                }
+                insert.execute(values)?;
+                rows += 1;
+            }
+            Ok(())
+        })
+    }
+
+    /// The holders (of our chunks or of chunks hosted here) not already counted lost that have
+    /// been silent longer than `timeout_ms` at `now_ms`. Silence is counted from their last
+    /// message or from `since_ms` (when this daemon started), whichever is later: a peer never
+    /// heard counts as heard at `since_ms`, and our own downtime is no peer's silence.
+    /// This peer is itself a holder of every chunk it hosts and never hears itself: the caller
+    /// leaves its own id out (the catalog does not know it).
+    pub fn lost_holders(
+        &self,
+        now_ms: i64,
+        timeout_ms: i64,
+        since_ms: i64,
+    ) -> Result<Vec<PeerId>, StoreError> {
+        // The distinct holders by hopping along the index on peer: one lookup per peer, not a
+        // scan of every holder row.
+        let mut stmt = self.conn.prepare(
+            "WITH RECURSIVE holder (peer) AS (
+                 SELECT MIN(peer) FROM holders
+                 UNION ALL
+                 SELECT (SELECT MIN(peer) FROM holders WHERE peer > holder.peer)
+                 FROM holder WHERE holder.peer IS NOT NULL
+             )
+             SELECT h.peer FROM holder h LEFT JOIN peers p ON p.id = h.peer
+             WHERE h.peer IS NOT NULL AND p.lost_at IS NULL
+               AND ?1 - MAX(COALESCE(p.last_heard, ?3), ?3) > ?2
+             ORDER BY h.peer",
+        )?;
+        let rows = stmt.query_map(params![now_ms, timeout_ms, since_ms], |r| r.get(0))?;
+        rows.map(|r| Ok(PeerId(r?))).collect()
+    }
+
+    /// Counts `peer` lost at `now_ms`, in one transaction: it leaves every holder set (of our
+    /// chunks and of hosted ones; the perceived RDs follow), and its row says since when it is
+    /// lost (the first time, until it is heard again). Returns how many holder rows it left.
+    pub fn drop_lost_holder(&self, peer: PeerId, now_ms: i64) -> Result<u64, StoreError> {
+        self.atomically(|| {
+            let removed = self
+                .conn
+                .execute("DELETE FROM holders WHERE peer = ?1", [peer.0])?;
+            self.conn.execute(
+                "INSERT INTO peers (id, protocol, last_heard, lost_at) VALUES (?1, '', 0, ?2)
+                 ON CONFLICT (id) DO UPDATE SET lost_at = COALESCE(lost_at, excluded.lost_at)",
+                params![peer.0, now_ms],
+            )?;
+            Ok(removed as u64)
+        })
+    }
+
+    /// `peer` acknowledged the DELETE of a version of ours (DELETED): it owes nothing more for
+    /// it. True if it was still owed.
+    pub fn delete_acked(&self, file_id: &FileId, peer: PeerId) -> Result<bool, StoreError> {
+        Ok(self.conn.execute(
+            "DELETE FROM delete_acks WHERE file_id = ?1 AND peer = ?2",
+            params![file_id.key(), peer.0],
+        )? == 1)
+    }
+
+    /// Up to `limit` versions of ours whose DELETE `peer` has not acknowledged, oldest first:
+    /// what to send it again when it says HELLO.
+    pub fn unacked_deletes_for(
+        &self,
+        peer: PeerId,
+        limit: usize,
+    ) -> Result<Vec<FileId>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT file_id FROM delete_acks WHERE peer = ?1 ORDER BY since, file_id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![peer.0, limit as i64], |r| r.get::<_, String>(0))?;
+        rows.map(|r| file_id_of(r?)).collect()
+    }
+
+    /// Gives up on the acknowledgements owed since before `older_than_ms` (the delete deadline
+    /// passed: a peer that never answers, a 1.0 peer). Returns how many were dropped.
+    pub fn expire_delete_acks(&self, older_than_ms: i64) -> Result<usize, StoreError> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM delete_acks WHERE since < ?1", [older_than_ms])?)
+    }
+
+    /// Acknowledgements still owed: (version, peer) pairs.
+    pub fn unacked_delete_count(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(*) FROM delete_acks", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
+    }
+
+    /// Every peer heard, counted lost, holding chunks of our own files, sending the chunks we
+    /// host, or owing a delete acknowledgement, ordered by id, with what it does for us and we
+    /// for it.
+    pub fn peers_report(&self) -> Result<Vec<PeerRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "WITH own (id, n) AS (
+                 SELECT h.peer, COUNT(*) FROM holders h
+                 WHERE h.file_id IN (SELECT file_id FROM files) GROUP BY h.peer
+             ),
+             sent (id, bytes) AS (
+                 SELECT sender, SUM(size) FROM hosted WHERE sender != 0 GROUP BY sender
+             ),
+             owed (id, n) AS (SELECT peer, COUNT(*) FROM delete_acks GROUP BY peer),
+             ids (id) AS (
+                 SELECT id FROM peers UNION SELECT id FROM own
+                 UNION SELECT id FROM sent UNION SELECT id FROM owed
+             )
+             SELECT ids.id, p.protocol, p.last_heard, p.lost_at,
+                    COALESCE(own.n, 0), COALESCE(sent.bytes, 0), COALESCE(owed.n, 0)
+             FROM ids
+             LEFT JOIN peers p ON p.id = ids.id
+             LEFT JOIN own ON own.id = ids.id
+             LEFT JOIN sent ON sent.id = ids.id
+             LEFT JOIN owed ON owed.id = ids.id
+             ORDER BY ids.id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(PeerRow {
+                id: PeerId(r.get(0)?),
+                protocol: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                // 0: a row made when it was counted lost, never heard.
+                last_heard_ms: r.get::<_, Option<i64>>(2)?.filter(|&t| t != 0),
+                lost_at_ms: r.get(3)?,
+                chunks_of_ours: r.get::<_, i64>(4)? as u64,
+                hosted_bytes: r.get::<_, i64>(5)? as u64,
+                unacked_deletes: r.get::<_, i64>(6)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 
@@ -1460,7 +1725,7 @@ mod tests {
             cat.remove_holder(&fid('a'), ChunkNo(0), PeerId(2)).unwrap(),
             1
         );
-        assert!(cat.forget(&fid('a'), Forget::UserDelete).unwrap());
+        assert!(cat.forget(&fid('a'), Forget::UserDelete, 1_000).unwrap());
         assert!(cat.file_chunks(&fid('a')).unwrap().is_empty());
         assert_eq!(cat.pending_deletes().unwrap(), vec![fid('a')]);
         // Still ours: a late re-backup of its chunks by a holder is never hosted here.
@@ -1482,33 +1747,33 @@ mod tests {
         cat.set_file_complete(&fid('a')).unwrap();
         // A backup that resumed the complete version 1 gives up: version 1 stays.
         assert!(!cat
-            .forget(&fid('a'), Forget::Abandoned { backup: mine })
+            .forget(&fid('a'), Forget::Abandoned { backup: mine }, 1_000)
             .unwrap());
         // A version inserted by another backup run is not this backup's to forget.
         assert_eq!(cat.insert_version(&file('b', "/w/f"), other).unwrap(), 2);
         assert!(!cat
-            .forget(&fid('b'), Forget::Abandoned { backup: mine })
+            .forget(&fid('b'), Forget::Abandoned { backup: mine }, 1_000)
             .unwrap());
         // keep_versions = 1 does not drop version 1 while version 2 is incomplete.
         assert!(!cat
-            .forget(&fid('a'), Forget::KeepVersions { keep: 1 })
+            .forget(&fid('a'), Forget::KeepVersions { keep: 1 }, 1_000)
             .unwrap());
         // Not marked deleted: does not expire.
         let expired = Forget::DeletedExpired { keep_deleted_ms: 0 };
-        assert!(!cat.forget(&fid('a'), expired).unwrap());
+        assert!(!cat.forget(&fid('a'), expired, 1_000).unwrap());
         // The backup that inserted version 2 abandons it: forgotten, and its number is not
         // given to other content.
         assert!(cat
-            .forget(&fid('b'), Forget::Abandoned { backup: other })
+            .forget(&fid('b'), Forget::Abandoned { backup: other }, 1_000)
             .unwrap());
         assert_eq!(cat.pending_deletes().unwrap(), vec![fid('b')]);
         assert_eq!(cat.insert_version(&file('c', "/w/f"), mine).unwrap(), 3);
         cat.set_file_complete(&fid('c')).unwrap();
         assert!(cat
-            .forget(&fid('a'), Forget::KeepVersions { keep: 1 })
+            .forget(&fid('a'), Forget::KeepVersions { keep: 1 }, 1_000)
             .unwrap());
         assert!(!cat
-            .forget(&fid('c'), Forget::KeepVersions { keep: 1 })
+            .forget(&fid('c'), Forget::KeepVersions { keep: 1 }, 1_000)
             .unwrap());
         // Absent for long enough (as counted, whatever the wall clock says), and still marked:
         // expires.
@@ -1517,9 +1782,9 @@ mod tests {
         let expired = Forget::DeletedExpired {
             keep_deleted_ms: 3000,
         };
-        assert!(!cat.forget(&fid('c'), expired).unwrap());
+        assert!(!cat.forget(&fid('c'), expired, 1_000).unwrap());
         cat.add_absent(Path::new("/w/f"), 1).unwrap();
-        assert!(cat.forget(&fid('c'), expired).unwrap());
+        assert!(cat.forget(&fid('c'), expired, 1_000).unwrap());
         assert!(cat.versions_of(Path::new("/w/f")).unwrap().is_empty());
     }
 
@@ -1605,6 +1870,7 @@ mod tests {
             size: 64_000,
             hash: "h".into(),
             desired_rd: 2,
+            sender: PeerId(1),
         };
         cat.insert_hosted(&row, &[PeerId(1)]).unwrap();
         assert_eq!(
@@ -1613,6 +1879,8 @@ mod tests {
         );
         let back = cat.hosted(&fid('a'), ChunkNo(4)).unwrap().unwrap();
         assert_eq!(back.file_id.as_wire(), upper.as_wire());
+        assert_eq!(back.sender, PeerId(1));
+        assert_eq!(cat.all_hosted().unwrap()[0].0, back);
         assert_eq!(cat.used_bytes(|s| s + 1).unwrap(), 64_001);
         assert_eq!(
             cat.delete_hosted_file(&fid('a')).unwrap(),
@@ -1673,7 +1941,7 @@ mod tests {
             Some(64)
         );
         assert_eq!(cat.min_perceived_rd(&fid('a')).unwrap(), 64);
-        cat.delete_file(&fid('a')).unwrap();
+        cat.delete_file(&fid('a'), 1_000).unwrap();
         assert_eq!(cat.perceived(&fid('a'), ChunkNo(0)).unwrap(), 0);
         let rows: i64 = cat
             .conn
@@ -1714,6 +1982,301 @@ mod tests {
                 .unwrap()
         };
         assert_eq!((count("x", 1), count("y", 0)), (2, 1));
+    }
+
+    fn hosted(c: char, chunk_no: u32, size: u64, sender: u32) -> HostedRow {
+        HostedRow {
+            file_id: fid(c),
+            chunk_no: ChunkNo(chunk_no),
+            size,
+            hash: "h".into(),
+            desired_rd: 2,
+            sender: PeerId(sender),
+        }
+    }
+
+    fn heard(peer: u32, protocol: &str, at: i64) -> (PeerId, String, i64) {
+        (PeerId(peer), protocol.to_owned(), at)
+    }
+
+    fn report_of(cat: &Catalog, peer: u32) -> Option<PeerRow> {
+        cat.peers_report()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.id == PeerId(peer))
+    }
+
+    fn peer_rows(cat: &Catalog) -> u64 {
+        cat.conn
+            .query_row("SELECT COUNT(*) FROM peers", [], |r| r.get::<_, i64>(0))
+            .unwrap() as u64
+    }
+
+    #[test]
+    fn a_peer_heard_keeps_its_latest_time_and_highest_protocol() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        cat.heard_peers(&[heard(2, "1.0", 100), heard(3, "2.0", 50)])
+            .unwrap();
+        // Batches may arrive out of order; a 2.0 peer may also send 1.0 messages.
+        cat.heard_peers(&[heard(2, "2.0", 90)]).unwrap();
+        cat.heard_peers(&[heard(2, "1.0", 200)]).unwrap();
+        let two = report_of(&cat, 2).unwrap();
+        assert_eq!(
+            (two.protocol.as_str(), two.last_heard_ms, two.lost_at_ms),
+            ("2.0", Some(200), None)
+        );
+        // A peer counted lost is back as soon as it is heard.
+        cat.drop_lost_holder(PeerId(3), 300).unwrap();
+        assert_eq!(report_of(&cat, 3).unwrap().lost_at_ms, Some(300));
+        cat.heard_peers(&[heard(3, "2.0", 400)]).unwrap();
+        let three = report_of(&cat, 3).unwrap();
+        assert_eq!((three.last_heard_ms, three.lost_at_ms), (Some(400), None));
+        // Nothing to record, nothing done.
+        cat.heard_peers(&[]).unwrap();
+        assert_eq!(peer_rows(&cat), 2);
+    }
+
+    #[test]
+    fn forged_sender_ids_cannot_grow_the_peers_table_without_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        cat.insert_file(&file('a', "/f")).unwrap();
+        cat.put_file_chunk(&fid('a'), ChunkNo(0), 10, "h0").unwrap();
+        cat.add_holder(&fid('a'), ChunkNo(0), PeerId(8)).unwrap();
+        cat.heard_peers(&[heard(2, "2.0", 10)]).unwrap();
+        // A flood of datagrams from forged ids, in batches as the daemon records them.
+        let forged: Vec<_> = (10_000..20_000).map(|id| heard(id, "2.0", 20)).collect();
+        for batch in forged.chunks(1000) {
+            cat.heard_peers(batch).unwrap();
+        }
+        assert_eq!(peer_rows(&cat), MAX_PEER_ROWS);
+        // Full: a new peer holding nothing of ours is not recorded; one holding a chunk is, and
+        // a peer already known is still kept up to date.
+        cat.heard_peers(&[
+            heard(7, "2.0", 30),
+            heard(8, "1.0", 30),
+            heard(2, "2.0", 30),
+        ])
+        .unwrap();
+        assert_eq!(report_of(&cat, 7), None);
+        assert_eq!(report_of(&cat, 8).unwrap().last_heard_ms, Some(30));
+        assert_eq!(report_of(&cat, 2).unwrap().last_heard_ms, Some(30));
+        assert_eq!(peer_rows(&cat), MAX_PEER_ROWS + 1);
+    }
+
+    #[test]
+    fn lost_holders_are_silent_past_the_timeout_counted_from_our_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        cat.insert_file(&file('a', "/f")).unwrap();
+        cat.put_file_chunk(&fid('a'), ChunkNo(0), 10, "h0").unwrap();
+        cat.add_holders(&fid('a'), ChunkNo(0), &[PeerId(2), PeerId(3), PeerId(4)])
+            .unwrap();
+        cat.insert_hosted(&hosted('b', 0, 100, 6), &[PeerId(1), PeerId(5)])
+            .unwrap();
+        // Peer 6 sent us a chunk but holds nothing: not a holder, never lost.
+        cat.heard_peers(&[
+            heard(2, "2.0", 1_000),
+            heard(3, "2.0", 9_000),
+            heard(6, "2.0", 0),
+        ])
+        .unwrap();
+        let (timeout, since) = (10_000, 5_000);
+        // Peer 2 was last heard at 1 s, before we started at 5 s: its silence counts from 5 s.
+        // Peers 4 and 5 were never heard: from 5 s as well.
+        assert!(cat.lost_holders(15_000, timeout, since).unwrap().is_empty());
+        let lost = cat.lost_holders(15_001, timeout, since).unwrap();
+        assert_eq!(lost, vec![PeerId(1), PeerId(2), PeerId(4), PeerId(5)]);
+        // Once dropped, a holder is not listed again; peer 3 follows at its own time.
+        cat.drop_lost_holder(PeerId(2), 15_001).unwrap();
+        assert_eq!(
+            cat.lost_holders(19_000, timeout, since).unwrap(),
+            vec![PeerId(1), PeerId(4), PeerId(5)]
+        );
+        assert_eq!(
+            cat.lost_holders(19_001, timeout, since).unwrap(),
+            vec![PeerId(1), PeerId(3), PeerId(4), PeerId(5)]
+        );
+        // After a restart at 30 s, every holder gets a full timeout again.
+        assert!(cat
+            .lost_holders(40_000, timeout, 30_000)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn a_lost_holder_leaves_every_holder_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        cat.insert_file(&file('a', "/f")).unwrap();
+        for n in 0..2 {
+            cat.put_file_chunk(&fid('a'), ChunkNo(n), 10, "h").unwrap();
+            cat.add_holders(&fid('a'), ChunkNo(n), &[PeerId(2), PeerId(3)])
+                .unwrap();
+        }
+        cat.insert_hosted(&hosted('b', 0, 100, 3), &[PeerId(1), PeerId(3)])
+            .unwrap();
+        cat.heard_peers(&[heard(3, "2.0", 50)]).unwrap();
+        assert_eq!(cat.drop_lost_holder(PeerId(3), 1_000).unwrap(), 3);
+        assert_eq!(cat.min_perceived_rd(&fid('a')).unwrap(), 1);
+        assert_eq!(cat.all_hosted().unwrap()[0].1, 1);
+        assert_eq!(cat.holders(&fid('b'), ChunkNo(0)).unwrap(), vec![PeerId(1)]);
+        assert_eq!(cat.paths_below_rd().unwrap(), Vec::<PathBuf>::new()); // not complete yet
+        cat.set_file_complete(&fid('a')).unwrap();
+        assert_eq!(cat.paths_below_rd().unwrap(), vec![PathBuf::from("/f")]);
+        // Lost since the first time; a peer never heard gets a row of its own.
+        assert_eq!(cat.drop_lost_holder(PeerId(3), 2_000).unwrap(), 0);
+        assert_eq!(cat.drop_lost_holder(PeerId(9), 2_000).unwrap(), 0);
+        let three = report_of(&cat, 3).unwrap();
+        assert_eq!(
+            (three.last_heard_ms, three.lost_at_ms),
+            (Some(50), Some(1_000))
+        );
+        let nine = report_of(&cat, 9).unwrap();
+        assert_eq!(
+            (nine.protocol.as_str(), nine.last_heard_ms, nine.lost_at_ms),
+            ("", None, Some(2_000))
+        );
+    }
+
+    #[test]
+    fn a_forgotten_version_is_owed_an_ack_by_each_distinct_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        let backup = BackupId(1);
+        cat.insert_version(&file('a', "/f"), backup).unwrap();
+        cat.put_file_chunk(&fid('a'), ChunkNo(0), 10, "h0").unwrap();
+        cat.put_file_chunk(&fid('a'), ChunkNo(1), 10, "h1").unwrap();
+        cat.add_holders(&fid('a'), ChunkNo(0), &[PeerId(2), PeerId(3)])
+            .unwrap();
+        cat.add_holders(&fid('a'), ChunkNo(1), &[PeerId(3), PeerId(4)])
+            .unwrap();
+        cat.insert_file(&file('b', "/g")).unwrap();
+        cat.put_file_chunk(&fid('b'), ChunkNo(0), 10, "h0").unwrap();
+        cat.add_holder(&fid('b'), ChunkNo(0), PeerId(3)).unwrap();
+        // A refused forget owes nothing.
+        assert!(!cat
+            .forget(&fid('b'), Forget::KeepVersions { keep: 1 }, 500)
+            .unwrap());
+        assert_eq!(cat.unacked_delete_count().unwrap(), 0);
+        assert!(cat.forget(&fid('a'), Forget::UserDelete, 1_000).unwrap());
+        assert_eq!(cat.unacked_delete_count().unwrap(), 3);
+        assert!(cat.forget(&fid('b'), Forget::UserDelete, 2_000).unwrap());
+        assert_eq!(
+            cat.unacked_deletes_for(PeerId(3), 10).unwrap(),
+            vec![fid('a'), fid('b')],
+            "oldest first"
+        );
+        assert_eq!(
+            cat.unacked_deletes_for(PeerId(3), 1).unwrap(),
+            vec![fid('a')]
+        );
+        assert_eq!(
+            cat.unacked_deletes_for(PeerId(2), 10).unwrap(),
+            vec![fid('a')]
+        );
+        assert!(cat.unacked_deletes_for(PeerId(5), 10).unwrap().is_empty());
+        assert_eq!(report_of(&cat, 3).unwrap().unacked_deletes, 2);
+        // DELETED (fileIds compare ignoring case).
+        let upper = FileId::parse(&"A".repeat(64)).unwrap();
+        assert!(cat.delete_acked(&upper, PeerId(3)).unwrap());
+        assert!(!cat.delete_acked(&fid('a'), PeerId(3)).unwrap(), "once");
+        assert_eq!(cat.unacked_delete_count().unwrap(), 3);
+        // The deadline passed for the acks owed since 1 s (peers 2 and 4, for 'a').
+        assert_eq!(cat.expire_delete_acks(1_500).unwrap(), 2);
+        assert_eq!(cat.unacked_delete_count().unwrap(), 1);
+        // The same content backed up again (the same fileId): its old DELETE is owed no more.
+        cat.insert_version(&file('b', "/g"), backup).unwrap();
+        assert_eq!(cat.unacked_delete_count().unwrap(), 0);
+    }
+
+    #[test]
+    fn the_peers_report_names_every_peer_and_what_it_does_for_us() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        cat.heard_peers(&[heard(2, "2.0", 100)]).unwrap();
+        cat.insert_file(&file('a', "/f")).unwrap();
+        for n in 0..3 {
+            cat.put_file_chunk(&fid('a'), ChunkNo(n), 10, "h").unwrap();
+            cat.add_holder(&fid('a'), ChunkNo(n), PeerId(2)).unwrap();
+        }
+        cat.add_holder(&fid('a'), ChunkNo(0), PeerId(3)).unwrap();
+        // Hosted: peer 5 sent two chunks; a chunk of unknown sender counts for nobody; the
+        // holders of hosted chunks (ourselves, 4) hold nothing of ours.
+        cat.insert_hosted(&hosted('b', 0, 1_000, 5), &[PeerId(1), PeerId(4)])
+            .unwrap();
+        cat.insert_hosted(&hosted('b', 1, 24, 5), &[PeerId(1)])
+            .unwrap();
+        cat.insert_hosted(&hosted('c', 0, 7, 0), &[PeerId(1)])
+            .unwrap();
+        // Peer 6 held a version since forgotten and has not acknowledged its DELETE.
+        cat.insert_file(&file('d', "/g")).unwrap();
+        cat.put_file_chunk(&fid('d'), ChunkNo(0), 10, "h").unwrap();
+        cat.add_holder(&fid('d'), ChunkNo(0), PeerId(6)).unwrap();
+        assert!(cat.forget(&fid('d'), Forget::UserDelete, 9).unwrap());
+        let row = |id, protocol: &str, heard, ours, bytes, owed| PeerRow {
+            id: PeerId(id),
+            protocol: protocol.into(),
+            last_heard_ms: heard,
+            lost_at_ms: None,
+            chunks_of_ours: ours,
+            hosted_bytes: bytes,
+            unacked_deletes: owed,
+        };
+        assert_eq!(
+            cat.peers_report().unwrap(),
+            vec![
+                row(2, "2.0", Some(100), 3, 0, 0),
+                row(3, "", None, 1, 0, 0),
+                row(5, "", None, 0, 1_024, 0),
+                row(6, "", None, 0, 0, 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_older_catalog_gains_the_peer_tables_and_the_hosted_sender() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        {
+            let cat = Catalog::open(&path).unwrap();
+            cat.insert_hosted(&hosted('b', 0, 100, 0), &[PeerId(1), PeerId(2)])
+                .unwrap();
+            // As the release before protocol 2.0 left it.
+            cat.conn
+                .execute_batch(
+                    "DROP TABLE peers; DROP TABLE delete_acks; DROP INDEX holders_peer;
+                     ALTER TABLE hosted DROP COLUMN sender;",
+                )
+                .unwrap();
+        }
+        let cat = Catalog::open(&path).unwrap();
+        assert_eq!(
+            cat.hosted(&fid('b'), ChunkNo(0)).unwrap().unwrap().sender,
+            PeerId(0),
+            "unknown"
+        );
+        cat.insert_hosted(&hosted('b', 1, 50, 2), &[PeerId(1)])
+            .unwrap();
+        cat.heard_peers(&[heard(2, "1.0", 5)]).unwrap();
+        assert_eq!(report_of(&cat, 2).unwrap().hosted_bytes, 50);
+        assert_eq!(
+            cat.lost_holders(i64::MAX, 1, 0).unwrap(),
+            vec![PeerId(1), PeerId(2)]
+        );
+        let indexed: bool = cat
+            .conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'holders_peer')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(indexed);
+        drop(cat);
+        // Opening again is harmless.
+        Catalog::open(&path).unwrap();
     }
 
     #[test]

@@ -1,9 +1,12 @@
-//! Persistence: the SQLite catalog (source of truth) and the hosted chunk files.
+//! Persistence: the SQLite catalog (source of truth) and the hosted chunk files; a backed-up
+//! file's health, from what the catalog knows of its chunks.
 pub mod catalog;
 pub mod chunks;
+pub mod health;
 
 pub use catalog::{
-    BackupId, Catalog, CatalogHandle, ChunkRole, FileChunkRow, FileRow, Forget, HostedRow,
-    StoreError,
+    unix_ms, BackupId, Catalog, CatalogHandle, ChunkRole, FileChunkRow, FileRow, Forget, HostedRow,
+    PeerRow, StoreError, MAX_PEER_ROWS,
 };
 pub use chunks::ChunkStore;
+pub use health::{health, Health};

@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use peerstash::cluster::{Peer, State};
-use peerstash::control::{FileState, StoredState};
+use peerstash::control::{FileState, PeersReport, StoredState};
+use peerstash::store::Health;
 use serde_json::Value;
 
 /// The versions one peer keeps of one path, oldest first.
@@ -41,6 +42,11 @@ impl BackedUp {
     /// The lowest perceived RD of the newest version's chunks.
     pub fn min_rd(&self) -> u32 {
         self.latest().min_rd()
+    }
+
+    /// The newest version's health, as the daemon reported it.
+    pub fn health(&self) -> Health {
+        self.latest().health
     }
 }
 
@@ -80,11 +86,35 @@ pub trait PeerExt {
     fn file(&self, path: &Path) -> BackedUp {
         self.state().file(path)
     }
+
+    /// `peers --json`: the other peers this one heard or holds chunks with; panics (with the
+    /// end of its log) if its daemon does not answer.
+    fn peers(&self) -> PeersReport;
 }
 
 impl PeerExt for Peer {
     fn state(&self) -> State {
         self.try_state()
             .unwrap_or_else(|e| panic!("{e}; log:\n{}", self.log_tail(60)))
+    }
+
+    fn peers(&self) -> PeersReport {
+        let out = self
+            .cli(["peers", "--json"])
+            .unwrap_or_else(|e| panic!("peer {}: {e}", self.id));
+        assert!(
+            out.status.success(),
+            "peers --json on peer {}: {}; log:\n{}",
+            self.id,
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail(60)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "peers --json on peer {}: {e}: {}",
+                self.id,
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     }
 }

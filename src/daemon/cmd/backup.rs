@@ -25,7 +25,7 @@ use crate::fsx::{self, Stamp};
 use crate::protocol::{
     chunk_count, hex, sha256_hex, ChunkId, ChunkNo, FileId, FileIdentity, PeerId, Rd, CHUNK_SIZE,
 };
-use crate::store::{BackupId, FileRow, Forget, StoreError};
+use crate::store::{unix_ms, BackupId, FileRow, Forget, StoreError};
 
 /// Chunks read and recorded in the catalog in one go before they are sent.
 const READ_BATCH: usize = 32;
@@ -623,7 +623,7 @@ async fn abandon(
     let f = file_id.clone();
     let forgotten = node
         .catalog
-        .call(move |c| c.forget(&f, Forget::Abandoned { backup }))
+        .call(move |c| c.forget(&f, Forget::Abandoned { backup }, unix_ms()))
         .await?;
     if forgotten {
         tracing::info!(

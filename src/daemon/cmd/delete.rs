@@ -9,7 +9,7 @@ use super::{CmdError, Done};
 use crate::control::shown;
 use crate::daemon::Node;
 use crate::protocol::FileId;
-use crate::store::{Forget, StoreError};
+use crate::store::{unix_ms, Forget, StoreError};
 
 /// `peerstash delete PATH`: every version of PATH, or of every file below it, by the user's word.
 pub(crate) async fn delete(node: &Arc<Node>, path: PathBuf) -> Result<Done, CmdError> {
@@ -17,9 +17,9 @@ pub(crate) async fn delete(node: &Arc<Node>, path: PathBuf) -> Result<Done, CmdE
     let forgotten = node
         .catalog
         .call(move |c| {
-            let mut n = 0;
+            let (mut n, now) = (0, unix_ms());
             for f in c.versions(&p)? {
-                n += usize::from(c.forget(&f.file_id, Forget::UserDelete)?);
+                n += usize::from(c.forget(&f.file_id, Forget::UserDelete, now)?);
             }
             Ok(n)
         })
@@ -86,9 +86,9 @@ pub(crate) async fn forget_versions(
                     .map(|f| (f.file_id, Forget::DeletedExpired { keep_deleted_ms }))
                     .collect(),
             };
-            let mut forgotten = 0;
+            let (mut forgotten, now) = (0, unix_ms());
             for (id, why) in doomed {
-                forgotten += usize::from(c.forget(&id, why)?);
+                forgotten += usize::from(c.forget(&id, why, now)?);
             }
             Ok(forgotten)
         })

@@ -1,11 +1,12 @@
 //! The commands of the control socket, one file each: backup, restore, versions, delete,
-//! reclaim, state, check. Each returns a `Done` (exit code, one-line message, optional data)
+//! reclaim, state, peers, check. Each returns a `Done` (exit code, one-line message, optional data)
 //! and may report progress lines on the way. Errors are typed (`CmdError`) and mapped to an
 //! exit code and a reply here, in one place.
 
 pub(crate) mod backup;
 pub(crate) mod check;
 pub(crate) mod delete;
+pub(crate) mod peers;
 pub(crate) mod reclaim;
 pub(crate) mod restore;
 pub(crate) mod state;

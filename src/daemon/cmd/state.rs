@@ -1,5 +1,5 @@
-//! `peerstash state`: the peer, its backed-up files with each chunk's perceived RD, and what
-//! it hosts. A non-root caller sees only its own files.
+//! `peerstash state`: the peer, its backed-up files with each chunk's perceived RD and the
+//! file's health, and what it hosts. A non-root caller sees only its own files.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -27,15 +27,15 @@ pub(crate) async fn state(node: &Arc<Node>, owner: Option<u32>) -> Done {
                         perceived_rd: c.perceived_rd,
                     })
                     .collect();
-                files.push(FileState {
-                    path: f.path,
-                    file_id: f.file_id.as_wire().to_owned(),
-                    version: f.version,
-                    size: f.size,
-                    desired_rd: f.desired_rd,
-                    complete: f.complete,
+                files.push(FileState::new(
+                    f.path,
+                    f.file_id.as_wire().to_owned(),
+                    f.version,
+                    f.size,
+                    f.desired_rd,
+                    f.complete,
                     chunks,
-                });
+                ));
             }
             let hosted = match owner {
                 None => c.all_hosted()?,
@@ -51,10 +51,10 @@ pub(crate) async fn state(node: &Arc<Node>, owner: Option<u32>) -> Done {
                     perceived_rd: perceived,
                 })
                 .collect();
-            Ok((files, stored, c.queue_len()?))
+            Ok((files, stored, c.queue_len()?, c.unacked_delete_count()?))
         })
         .await;
-    let (files, stored, queue_length) = match r {
+    let (files, stored, queue_length, unacked_deletes) = match r {
         Ok(x) => x,
         Err(e) => return e.into(),
     };
@@ -99,6 +99,7 @@ pub(crate) async fn state(node: &Arc<Node>, owner: Option<u32>) -> Done {
         workers: node
             .workers
             .report(owner.is_none(), std::time::Instant::now()),
+        unacked_deletes,
     };
     Done {
         code: exit::OK,
