@@ -456,6 +456,23 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 /// A duration: a number with ms, s, m, h or d (a bare number is seconds).
+/// A duration as the config writes it, in the largest unit that divides it ("1d", "90m", "5s").
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    let units = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1000, "s"),
+    ];
+    for (size, unit) in units {
+        if ms >= size && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -589,6 +606,13 @@ exclude = ["*.tmp", "**/.cache/**"]
             Config::from_toml_str("[peer]\nid = 1\n[[watch]]\npath = \"/a\"\nrescan = \"10m\"\n")
                 .unwrap();
         assert_eq!(c.watch[0].rescan, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn durations_are_written_back_as_the_config_would() {
+        for text in ["1d", "90m", "5s", "36h", "250ms", "0ms"] {
+            assert_eq!(format_duration(parse_duration(text).unwrap()), text);
+        }
     }
 
     #[test]

@@ -105,8 +105,15 @@ fn describe(m: &Message) -> String {
 
 fn describe_action(a: &Action) -> String {
     match a {
-        Action::Store { chunk, rd, body } => {
-            format!("Store {} rd {rd} {}B", short(chunk), body.len())
+        Action::Store {
+            chunk,
+            rd,
+            body,
+            write,
+            ..
+        } => {
+            let how = if *write { "" } else { " if held" };
+            format!("Store {} rd {rd} {}B{how}", short(chunk), body.len())
         }
         Action::RecordHolders { chunk, peers } => {
             format!("RecordHolders {} {peers:?}", short(chunk))
@@ -142,6 +149,12 @@ fn describe_action(a: &Action) -> String {
         Action::DeletesSent { file_ids } => format!("DeletesSent {}", file_ids.len()),
         Action::CheckOwnId { chunk } => format!("CheckOwnId {}", short(chunk)),
         Action::Announced => "Announced".to_owned(),
+        Action::Deliver { to, msg } => format!("Deliver to {to}: {}", describe(msg)),
+        Action::DeleteAcked { file_id, peer } => {
+            format!("DeleteAcked {} by {peer}", &file_id.as_wire()[..8])
+        }
+        Action::PeerBack { peer } => format!("PeerBack {peer}"),
+        Action::Recheck { chunk } => format!("Recheck {}", short(chunk)),
     }
 }
 
@@ -933,8 +946,19 @@ impl Sim {
             None => (usize::MAX, 0),
         };
         match a {
-            Action::Store { chunk, rd, body } => {
-                let put = self.store(p, key, &chunk, rd, body, sent);
+            Action::Store {
+                chunk,
+                rd,
+                body,
+                write,
+                ..
+            } => {
+                // 2.0, enough peers stored it meanwhile: only a chunk held already is answered.
+                let held = self.peers[p].disk.hosted.contains_key(&key);
+                let put = match write || held {
+                    true => self.store(p, key, &chunk, rd, body, sent),
+                    false => Put::Refused,
+                };
                 self.log(|| format!("p{} stored {} {put:?}", p + 1, short(&chunk)));
                 // A DELETE of its file heard since its PUTCHUNK: the engine must drop it.
                 let life = self.peers[p].life;
@@ -965,18 +989,18 @@ impl Sim {
                 }
             }
             Action::DeleteFile { file_id, .. } => {
-                if let Some(e) = self.peers[p].engine.as_mut() {
-                    e.file_deleted(&file_id);
-                }
-                let Some(ci) = self.content_of(&file_id) else {
-                    return;
+                let gone: Vec<Ck> = match self.content_of(&file_id) {
+                    Some(ci) => (self.peers[p].disk.hosted.range((ci, 0)..=(ci, u32::MAX)))
+                        .map(|(k, _)| *k)
+                        .collect(),
+                    None => Vec::new(),
                 };
-                let hosted = &self.peers[p].disk.hosted;
-                let gone: Vec<Ck> = (hosted.range((ci, 0)..=(ci, u32::MAX)))
-                    .map(|(k, _)| *k)
-                    .collect();
+                let freed = !gone.is_empty();
                 for k in gone {
                     self.unhost(p, k, Gone::Delete);
+                }
+                if let Some(e) = self.peers[p].engine.as_mut() {
+                    e.file_deleted(&file_id, freed, at);
                 }
             }
             Action::DropHosted { .. } => {

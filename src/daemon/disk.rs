@@ -35,8 +35,15 @@ impl From<ChunkRole> for Role {
 }
 
 /// Stores a chunk if this peer may: never a chunk of its own file, one copy at most, within
-/// the quota.
-pub(super) async fn store_chunk(node: &Arc<Node>, chunk: &ChunkId, rd: Rd, body: Vec<u8>) -> Put {
+/// the quota. `write` false: only say whether it is held (2.0: enough peers stored it).
+pub(super) async fn store_chunk(
+    node: &Arc<Node>,
+    chunk: &ChunkId,
+    rd: Rd,
+    body: Vec<u8>,
+    sender: PeerId,
+    write: bool,
+) -> Put {
     let c = chunk.clone();
     match node
         .catalog
@@ -46,6 +53,7 @@ pub(super) async fn store_chunk(node: &Arc<Node>, chunk: &ChunkId, rd: Rd, body:
         // Never host a chunk of our own file, even of a version we deleted.
         Ok(ChunkRole::Own { .. } | ChunkRole::Forgotten) => return Put::Refused,
         Ok(ChunkRole::Hosted { .. }) => return Put::Held,
+        Ok(ChunkRole::Unknown) if !write => return Put::Refused,
         Ok(ChunkRole::Unknown) => {}
         Err(e) => {
             tracing::warn!("could not store chunk {chunk}: {e}");
@@ -82,7 +90,7 @@ pub(super) async fn store_chunk(node: &Arc<Node>, chunk: &ChunkId, rd: Rd, body:
         size,
         hash,
         desired_rd: rd.get(),
-        sender: PeerId(0),
+        sender,
     };
     let me = node.id;
     match node
@@ -125,18 +133,36 @@ pub(super) async fn drop_hosted(node: &Arc<Node>, chunk: &ChunkId) {
     }
 }
 
-/// DELETE: every hosted chunk of the file goes.
-pub(super) async fn delete_file(node: &Arc<Node>, file_id: &FileId, sender: PeerId) {
+/// DELETE: every hosted chunk of the file goes. Whether some chunk was freed.
+pub(super) async fn delete_file(node: &Arc<Node>, file_id: &FileId, sender: PeerId) -> bool {
     let f = file_id.clone();
     match node.catalog.call(move |c| c.delete_hosted_file(&f)).await {
         Ok(gone) if !gone.is_empty() => {
             let n = gone.len();
             remove_chunk_files(node, file_id, gone).await;
             tracing::info!("DELETE from peer {sender}: freed {n} chunks of {file_id}");
+            true
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!("could not delete chunks of {file_id}: {e}"),
+        Ok(_) => false,
+        Err(e) => {
+            tracing::warn!("could not delete chunks of {file_id}: {e}");
+            false
+        }
     }
+}
+
+/// 2.0: a hosted chunk's role and perceived RD now, to look again whether it needs a re-backup.
+pub(super) async fn recheck(node: &Arc<Node>, chunk: &ChunkId) -> Option<(Role, u32)> {
+    let c = chunk.clone();
+    let r = node
+        .catalog
+        .call(move |cat| {
+            let role = cat.role(&c.file_id, c.chunk_no)?;
+            Ok((role.into(), cat.perceived(&c.file_id, c.chunk_no)?))
+        })
+        .await;
+    r.map_err(|e| tracing::warn!("could not look at chunk {chunk} again: {e}"))
+        .ok()
 }
 
 /// REMOVED: the sender no longer holds the chunk. Returns the chunk's role here and its

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,14 +14,20 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{disk, Node};
-use crate::engine::peer::{Action, BackupOutcome, JobId, JobKind, Owner, Peer, Put, Role};
-use crate::net::{ChannelSocket, MAX_DATAGRAM};
+use crate::engine::peer::{
+    Action, BackupOutcome, JobId, JobKind, Owner, Peer, Put, Role, HELLO_EVERY, MAX_PEERS_SEEN,
+};
+use crate::net::{tcp, ChannelSocket, MAX_DATAGRAM};
 use crate::protocol::auth;
 use crate::protocol::{sha256_hex, ChunkId, FileId, Message, PeerId, Rd};
 
 /// Datagrams waiting for the engine; beyond this one is dropped and counted (the protocol's
 /// resends make up for it), so a flood cannot take memory without bound.
 const DATAGRAM_QUEUE: usize = 4096;
+/// Who was heard lately is written to the catalog this often (`peers`, lost holders).
+const HEARD_FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// DELETEs looked up at once for a peer that is back (the rest at its next HELLO).
+const REDELETE_BATCH: usize = 1000;
 
 /// What the engine task is told: commands of the running jobs, and the results of the work it
 /// asked for. Unbounded, because bounded by construction: a job sends chunks only within the
@@ -58,7 +65,12 @@ pub(crate) enum Input {
     Removed(ChunkId, Role, u32),
     Rebackup(ChunkId, Option<(ChunkId, Rd, Vec<u8>, Vec<PeerId>)>),
     Body(ChunkId, Option<Vec<u8>>),
-    FileDeleted(FileId),
+    /// A `DeleteFile` carried out: whether some chunk was freed.
+    FileDeleted(FileId, bool),
+    /// 2.0: a CHUNK delivered over TCP (parsed, LAN key checked).
+    TcpChunk(Message),
+    /// 2.0: DELETEs a peer that is back has not acknowledged.
+    Redelete(Vec<FileId>),
 }
 
 /// What a job hears back from the engine.
@@ -143,23 +155,38 @@ struct Driver {
     delete_waiters: Vec<(Vec<FileId>, oneshot::Sender<()>)>,
     /// Held by each chunk write in progress, so a shutdown waits for it to end (file and row).
     alive: crate::shutdown::Shutdown,
+    /// Peers heard since the last flush to the catalog: the highest version, and when (unix ms).
+    heard: HashMap<PeerId, (String, i64)>,
 }
 
 /// Runs the engine until the inputs close (the peer stops).
 pub(crate) async fn run(
     node: Arc<Node>,
     mut inputs: mpsc::UnboundedReceiver<Input>,
-    mut datagrams: mpsc::Receiver<Message>,
+    mut datagrams: mpsc::Receiver<(Message, SocketAddr)>,
     mut shutdown: crate::shutdown::Shutdown,
 ) {
+    let mut engine = Peer::new(node.id, rand::random());
+    let config = node.config();
+    if config.peer.enhanced() {
+        // Several HELLOs per holder_timeout: a live peer is never counted lost.
+        let hello_every = HELLO_EVERY.min(config.peer.holder_timeout / 5);
+        engine.enhance(node.tcp_port, hello_every);
+    }
+    engine.start(Instant::now());
     let mut d = Driver {
-        engine: Peer::new(node.id, rand::random()),
+        engine,
         node,
         jobs: HashMap::new(),
         sources: HashMap::new(),
         delete_waiters: Vec::new(),
         alive: shutdown.clone(),
+        heard: HashMap::new(),
     };
+    // What the engine says at start (HELLO) goes out now.
+    d.flush().await;
+    let mut flush_heard = tokio::time::interval(HEARD_FLUSH_EVERY);
+    flush_heard.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let wake = d.engine.poll_timeout();
         let timer = async {
@@ -172,7 +199,11 @@ pub(crate) async fn run(
             biased;
             _ = shutdown.recv() => break,
             Some(input) = inputs.recv() => d.input(input, Instant::now()),
-            Some(msg) = datagrams.recv() => d.engine.handle(msg, Instant::now()),
+            Some((msg, from)) = datagrams.recv() => {
+                d.heard(&msg);
+                d.engine.handle_from(msg, Some(from), Instant::now());
+            }
+            _ = flush_heard.tick() => d.flush_heard(),
             _ = timer => {}
         }
         d.engine.handle_timeout(Instant::now());
@@ -181,6 +212,41 @@ pub(crate) async fn run(
 }
 
 impl Driver {
+    /// Notes who spoke, for the catalog (any message counts: `peers`, lost holders).
+    fn heard(&mut self, msg: &Message) {
+        if msg.sender == self.node.id {
+            return;
+        }
+        if self.heard.len() >= MAX_PEERS_SEEN && !self.heard.contains_key(&msg.sender) {
+            return; // a flood of forged ids: the ones heard first are kept
+        }
+        let now = crate::store::unix_ms();
+        let version = msg.version.to_string();
+        let e = self
+            .heard
+            .entry(msg.sender)
+            .or_insert((version.clone(), now));
+        e.1 = now;
+        if version > e.0 {
+            e.0 = version;
+        }
+    }
+
+    fn flush_heard(&mut self) {
+        if self.heard.is_empty() {
+            return;
+        }
+        let heard: Vec<(PeerId, String, i64)> = (self.heard.drain())
+            .map(|(peer, (version, at))| (peer, version, at))
+            .collect();
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            if let Err(e) = node.catalog.call(move |c| c.heard_peers(&heard)).await {
+                tracing::warn!("cannot record the peers heard: {e}");
+            }
+        });
+    }
+
     fn input(&mut self, input: Input, now: Instant) {
         let e = &mut self.engine;
         match input {
@@ -229,7 +295,9 @@ impl Driver {
                 e.rebackup(&chunk, read, now);
             }
             Input::Body(chunk, body) => e.resend_body(&chunk, body, now),
-            Input::FileDeleted(file_id) => e.file_deleted(&file_id),
+            Input::FileDeleted(file_id, freed) => e.file_deleted(&file_id, freed, now),
+            Input::TcpChunk(msg) => e.handle_tcp(msg),
+            Input::Redelete(file_ids) => e.redelete(file_ids, now),
         }
     }
 
@@ -274,10 +342,16 @@ impl Driver {
     fn act(&mut self, action: Action) {
         let node = self.node.clone();
         match action {
-            Action::Store { chunk, rd, body } => {
+            Action::Store {
+                chunk,
+                rd,
+                body,
+                sender,
+                write,
+            } => {
                 let alive = self.alive.clone();
                 tokio::spawn(async move {
-                    let put = disk::store_chunk(&node, &chunk, rd, body).await;
+                    let put = disk::store_chunk(&node, &chunk, rd, body, sender, write).await;
                     node.engine(Input::Stored(chunk, put));
                     drop(alive);
                 });
@@ -316,12 +390,12 @@ impl Driver {
             }
             Action::DeleteFile { file_id, sender } => {
                 let Some(permit) = node.datagram_permit() else {
-                    return self.engine.file_deleted(&file_id);
+                    return self.engine.file_deleted(&file_id, false, Instant::now());
                 };
                 tokio::spawn(async move {
-                    disk::delete_file(&node, &file_id, sender).await;
+                    let freed = disk::delete_file(&node, &file_id, sender).await;
                     drop(permit);
-                    node.engine(Input::FileDeleted(file_id));
+                    node.engine(Input::FileDeleted(file_id, freed));
                 });
             }
             Action::RemoveHolder { chunk, peer } => {
@@ -428,6 +502,70 @@ impl Driver {
             Action::Announced => {
                 tokio::spawn(async move { disk::announced(&node).await });
             }
+            Action::Deliver { to, msg } => {
+                let Some(permit) = node.deliveries.try_start() else {
+                    tracing::debug!(
+                        "{} deliveries over TCP in progress: {to} waits for a resend",
+                        tcp::MAX_OUTBOUND
+                    );
+                    return;
+                };
+                let frame = node.sign(msg.encode());
+                tokio::spawn(async move {
+                    if let Err(e) = tcp::deliver(to, &frame).await {
+                        tracing::debug!("could not deliver a chunk over TCP to {to}: {e}");
+                    }
+                    drop(permit);
+                });
+            }
+            Action::DeleteAcked { file_id, peer } => {
+                let Some(permit) = node.datagram_permit() else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let f = file_id.clone();
+                    match node.catalog.call(move |c| c.delete_acked(&f, peer)).await {
+                        Ok(true) => tracing::debug!("peer {peer} freed the chunks of {file_id}"),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(
+                            "cannot record DELETED of {file_id} from peer {peer}: {e}"
+                        ),
+                    }
+                    drop(permit);
+                });
+            }
+            Action::PeerBack { peer } => {
+                let Some(permit) = node.datagram_permit() else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let r = node
+                        .catalog
+                        .call(move |c| c.unacked_deletes_for(peer, REDELETE_BATCH))
+                        .await;
+                    drop(permit);
+                    match r {
+                        Ok(file_ids) if file_ids.is_empty() => {}
+                        Ok(file_ids) => {
+                            tracing::info!(
+                                "peer {peer} is back: sending again the DELETE of {} files it has not confirmed",
+                                file_ids.len()
+                            );
+                            node.engine(Input::Redelete(file_ids));
+                        }
+                        Err(e) => {
+                            tracing::warn!("cannot look up the deletes peer {peer} missed: {e}")
+                        }
+                    }
+                });
+            }
+            Action::Recheck { chunk } => {
+                tokio::spawn(async move {
+                    if let Some((role, perceived)) = disk::recheck(&node, &chunk).await {
+                        node.engine(Input::Removed(chunk, role, perceived));
+                    }
+                });
+            }
         }
     }
 }
@@ -444,7 +582,7 @@ fn reread(file: &File, offset: u64, len: usize, hash: &str) -> Option<Vec<u8>> {
 pub(crate) async fn receive_loop(
     node: Arc<Node>,
     ch: Arc<ChannelSocket>,
-    to_engine: mpsc::Sender<Message>,
+    to_engine: mpsc::Sender<(Message, SocketAddr)>,
     mut shutdown: crate::shutdown::Shutdown,
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -494,14 +632,14 @@ pub(crate) async fn receive_loop(
             }
         };
         match &node.net.faults {
-            None => enqueue(&node, &to_engine, msg),
+            None => enqueue(&node, &to_engine, (msg, from)),
             // Fault injection (tests): the message is lost, delivered late, or twice.
             Some(faults) => {
                 for delay in faults.fate().delays {
                     let (node, to_engine, msg) = (node.clone(), to_engine.clone(), msg.clone());
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
-                        enqueue(&node, &to_engine, msg);
+                        enqueue(&node, &to_engine, (msg, from));
                     });
                 }
             }
@@ -509,26 +647,87 @@ pub(crate) async fn receive_loop(
     }
 }
 
-fn enqueue(node: &Node, to_engine: &mpsc::Sender<Message>, msg: Message) {
+fn enqueue(
+    node: &Node,
+    to_engine: &mpsc::Sender<(Message, SocketAddr)>,
+    msg: (Message, SocketAddr),
+) {
     if to_engine.try_send(msg).is_err() {
         node.counters.dropped_queue.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-pub(crate) fn datagram_queue() -> (mpsc::Sender<Message>, mpsc::Receiver<Message>) {
+pub(crate) type Datagrams = (
+    mpsc::Sender<(Message, SocketAddr)>,
+    mpsc::Receiver<(Message, SocketAddr)>,
+);
+
+pub(crate) fn datagram_queue() -> Datagrams {
     mpsc::channel(DATAGRAM_QUEUE)
 }
 
+/// 2.0: the frames of the TCP listener. Each must be one CHUNK (signed with the LAN key when
+/// there is one, like a datagram); anything else is dropped and counted as malformed.
+pub(crate) async fn tcp_frames(
+    node: Arc<Node>,
+    mut frames: mpsc::Receiver<(Vec<u8>, SocketAddr)>,
+    mut shutdown: crate::shutdown::Shutdown,
+) {
+    loop {
+        let (frame, from) = tokio::select! {
+            _ = shutdown.recv() => return,
+            f = frames.recv() => match f {
+                Some(f) => f,
+                None => return,
+            },
+        };
+        let verified;
+        let bytes = match node.lan_key() {
+            None => &frame[..],
+            Some(key) => match auth::verify(&key, &frame, super::unix_now()) {
+                Ok(d) => {
+                    verified = d;
+                    &verified[..]
+                }
+                Err(e) => {
+                    node.counters
+                        .unauthenticated
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%from, "dropped a TCP frame ({} bytes): {e}", frame.len());
+                    continue;
+                }
+            },
+        };
+        match Message::parse(bytes) {
+            Ok(msg) if matches!(msg.kind, crate::protocol::MessageKind::Chunk { .. }) => {
+                node.engine(Input::TcpChunk(msg));
+            }
+            Ok(msg) => {
+                node.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%from, "dropped a {} that came over TCP", msg.type_name());
+            }
+            Err(e) => {
+                node.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%from, "dropped a malformed TCP frame: {e}");
+            }
+        }
+    }
+}
+
 impl Node {
+    /// An encoded message as it goes out: with the LAN key's tag when there is a key.
+    pub(crate) fn sign(&self, bytes: Vec<u8>) -> Vec<u8> {
+        match self.lan_key() {
+            Some(key) => auth::sign(&key, &bytes, super::unix_now()),
+            None => bytes,
+        }
+    }
+
     /// Encodes, signs (LAN key) and sends a message on its channel. A send error is logged, not
     /// fatal: the protocol's retransmissions cover a lost datagram.
     pub(crate) async fn send(&self, msg: Message) {
         let (channel, what) = (msg.channel(), msg.type_name());
-        let bytes = msg.encode();
-        let bytes = match self.lan_key() {
-            Some(key) => auth::sign(&key, &bytes, super::unix_now()),
-            None => bytes,
-        };
+        let bytes = self.sign(msg.encode());
         if let Err(e) = self.net.send(channel, &bytes).await {
             tracing::warn!("sending {what} on {channel:?} failed: {e}");
         }

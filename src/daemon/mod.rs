@@ -61,6 +61,13 @@ pub struct Node {
     pub repair: tokio::sync::Notify,
     /// The background workers and what each is doing (for `state`).
     pub workers: crate::workers::Workers,
+    /// 2.0: the port of the TCP listener restores receive chunks on.
+    pub tcp_port: Option<u16>,
+    /// 2.0: bounds the chunk deliveries over TCP in progress.
+    pub deliveries: crate::net::tcp::Deliveries,
+    /// When this daemon started (unix ms): a holder not heard since is given a full
+    /// holder_timeout from here, so our own downtime never counts against it.
+    pub started_ms: i64,
 }
 
 #[derive(Default)]
@@ -75,6 +82,8 @@ pub struct Counters {
     pub dropped_queue: AtomicU64,
     /// PUTCHUNKs this peer sent (first sends and resends).
     pub putchunks_sent: AtomicU64,
+    /// TCP frames dropped because the engine's queue for them was full.
+    pub tcp_dropped: Arc<AtomicU64>,
 }
 
 /// What this peer knows of another peer using its id (a copied config).
@@ -226,6 +235,21 @@ pub async fn start(
         config.network.mdb,
         config.network.mdr,
     )?;
+    // 2.0: restores receive chunks over TCP, on the LAN interface, on a port of the kernel's
+    // choice (each GETCHUNK names it).
+    let tcp = match config.peer.enhanced() {
+        true => Some(
+            crate::net::tcp::bind(config.network.interface)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on TCP on {} (network.interface) for restores",
+                        config.network.interface
+                    )
+                })?,
+        ),
+        false => None,
+    };
     let (inputs, inputs_rx) = mpsc::unbounded_channel();
     let node = Arc::new(Node {
         id: PeerId(config.peer.id),
@@ -245,6 +269,9 @@ pub async fn start(
         duplicate_id: Mutex::new(DuplicateId::default()),
         repair: tokio::sync::Notify::new(),
         workers: Default::default(),
+        tcp_port: tcp.as_ref().map(|(_, port)| *port),
+        deliveries: crate::net::tcp::Deliveries::new(),
+        started_ms: crate::store::unix_ms(),
     });
     let lost = disk::reconcile_store(&node).await?;
     let (to_engine, datagrams) = driver::datagram_queue();
@@ -254,6 +281,21 @@ pub async fn start(
         datagrams,
         stop.subscribe(),
     ));
+    if let Some((listener, _)) = tcp {
+        let (frames_tx, frames_rx) = mpsc::channel(crate::net::tcp::MAX_INBOUND);
+        let dropped = node.counters.tcp_dropped.clone();
+        tokio::spawn(crate::net::tcp::serve(
+            listener,
+            frames_tx,
+            dropped,
+            stop.subscribe(),
+        ));
+        tokio::spawn(driver::tcp_frames(
+            node.clone(),
+            frames_rx,
+            stop.subscribe(),
+        ));
+    }
     for ch in node.net.all() {
         tokio::spawn(driver::receive_loop(
             node.clone(),

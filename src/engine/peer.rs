@@ -17,7 +17,8 @@ use super::backup::{self, ChunkBackup, Window};
 use super::lru::LruMap;
 use super::restore::{self, ChunkFetch};
 use super::serve::{PendingReply, ReplyLimit, MIN_CHUNK_INTERVAL};
-use crate::protocol::{sha256_hex, ChunkId, FileId, Message, MessageKind, PeerId, Rd};
+use crate::protocol::{sha256_hex, ChunkId, FileId, Message, MessageKind, PeerId, Rd, Version};
+use std::net::SocketAddr;
 
 /// The random wait before STORED, CHUNK and a re-backup: uniform in 0..=400 ms.
 pub const MAX_REPLY_DELAY: Duration = Duration::from_millis(400);
@@ -54,6 +55,31 @@ pub const BACKUP_WINDOW: (usize, usize, usize) = (32, 4, 1024);
 pub const MAX_CHUNKS_IN_BACKOFF: usize = 4096;
 /// GETCHUNKs a restore keeps in flight: adapts like the backup window.
 pub const RESTORE_WINDOW: (usize, usize, usize) = (64, 4, 512);
+
+/// 2.0: HELLO is sent at start and this often (unless `set_hello_every` says otherwise), so the
+/// peers know this one is alive and send it the DELETEs it missed.
+pub const HELLO_EVERY: Duration = Duration::from_secs(60);
+/// 2.0: a peer heard after this long a silence is back (it may have missed DELETEs).
+pub const AWAY_AFTER: Duration = Duration::from_secs(30);
+/// 2.0: a peer is found back at most this often (each time, its missed DELETEs are looked up:
+/// one indexed query, so a flood of forged HELLOs costs the catalog little).
+pub const BACK_EVERY: Duration = Duration::from_secs(1);
+/// Peers whose last message is remembered (a flood of forged ids evicts the oldest).
+pub const MAX_PEERS_SEEN: usize = 4096;
+/// 2.0: a DELETE sent again to a peer that is back goes out three times, this far apart.
+pub const REDELETE_GAPS: [Duration; 2] = [Duration::from_millis(300), Duration::from_millis(300)];
+/// 2.0: DELETED for a file at most once per this (a burst of 8 DELETEs gets one answer).
+pub const DELETED_EVERY: Duration = Duration::from_secs(1);
+/// 2.0: the first GETCHUNKs of a chunk carry `TCP <port>`; the later ones do not, so a holder
+/// that cannot reach us over TCP (or a 1.0 peer that drops 2.0 messages) answers on MDR.
+pub const TCP_GETCHUNK_SENDS: u32 = 2;
+/// 2.0: a holder that left a chunk's re-backup to another holder (it saw its PUTCHUNK) looks at
+/// the chunk's RD again this long after, in case that holder died midway; at most this often.
+pub const RECHECK_AFTER: Duration = Duration::from_secs(20);
+pub const MAX_RECHECKS: u32 = 2;
+/// 2.0: after writing a chunk, this peer listens this long for STOREDs of peers that wrote it at
+/// the same moment (see `Trim`).
+pub const TRIM_WINDOW: Duration = Duration::from_secs(2);
 
 /// A job (one file's backup or restore) that offers chunks as the engine gives it room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -115,11 +141,14 @@ pub enum Stopped {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Store this chunk if this peer may (not a chunk of its own file, not held already, fits
-    /// the quota), then report with `stored`.
+    /// the quota), then report with `stored`. `write` false (2.0: enough peers stored it
+    /// meanwhile): only say whether it is held already, write nothing.
     Store {
         chunk: ChunkId,
         rd: Rd,
         body: Vec<u8>,
+        sender: PeerId,
+        write: bool,
     },
     /// Record these peers as holders of the chunk (STOREDs heard).
     RecordHolders { chunk: ChunkId, peers: Vec<PeerId> },
@@ -162,6 +191,15 @@ pub enum Action {
     CheckOwnId { chunk: ChunkId },
     /// Every chunk given to `announce` was announced.
     Announced,
+    /// 2.0: deliver a chunk over TCP (one connection, the frame is the encoded CHUNK message).
+    Deliver { to: SocketAddr, msg: Message },
+    /// 2.0: a peer acknowledged the DELETE of one of our files.
+    DeleteAcked { file_id: FileId, peer: PeerId },
+    /// 2.0: a peer is back (HELLO, or heard after a silence): look up the DELETEs it has not
+    /// acknowledged and hand them to `redelete`.
+    PeerBack { peer: PeerId },
+    /// 2.0: look at a hosted chunk's RD again (report with `removed`, as after a REMOVED).
+    Recheck { chunk: ChunkId },
 }
 
 /// Counters of what the engine dropped or sent, for `state`.
@@ -186,9 +224,13 @@ enum Timer {
     Fetch(ChunkId),
     Resend(u64),
     Announce,
+    /// 2.0: a PUTCHUNK's random wait is over: store it unless RD peers did.
+    Store(ChunkId),
+    Hello,
+    Recheck(ChunkId),
 }
 
-/// A PUTCHUNK being stored by the driver.
+/// A PUTCHUNK being stored by the driver (or, in 2.0, waiting for its random instant).
 struct Storing {
     /// When it arrived: a DELETE heard after this cancels the STORED.
     arrived: Instant,
@@ -198,6 +240,10 @@ struct Storing {
     heard: Vec<PeerId>,
     /// A DELETE of its file arrived meanwhile: remove it once written, send no STORED.
     deleted: bool,
+    /// 2.0: not handed to the driver yet; its desired RD and bytes, until `reply_at`.
+    waiting: Option<(Rd, Vec<u8>, PeerId)>,
+    /// 2.0: written only if fewer than this many peers stored it first.
+    rd: u8,
 }
 
 /// A STORED that waits for its random instant.
@@ -220,6 +266,8 @@ enum ReplyState {
 struct Reply {
     state: ReplyState,
     pending: PendingReply,
+    /// 2.0: where the GETCHUNK asked for the chunk over TCP.
+    tcp: Option<SocketAddr>,
 }
 
 enum RebackupState {
@@ -231,6 +279,22 @@ enum RebackupState {
 struct Rebackup {
     since: Instant,
     state: RebackupState,
+}
+
+/// 2.0: a chunk this peer wrote lately, and the holders with a lower id than ours heard since
+/// the PUTCHUNK came. Peers that decide to store at the same moment (each heard fewer than RD
+/// STOREDs) make a copy too many; each one that hears RD holders with a lower id drops its own.
+/// The RD holders with the lowest ids never drop theirs, so the chunk never falls below RD.
+struct Trim {
+    rd: u8,
+    until: Instant,
+    lower: Vec<PeerId>,
+}
+
+/// When a peer was last heard, and last found back.
+struct Seen {
+    last: Instant,
+    back: Option<Instant>,
 }
 
 /// A chunk this peer is backing up.
@@ -290,6 +354,17 @@ impl Job {
 
 pub struct Peer {
     id: PeerId,
+    /// Runs the 2.0 enhancements (SPEC §3); false: 1.0 only.
+    enhanced: bool,
+    /// 2.0: the port of our TCP listener for restores (None: GETCHUNK without the TCP line).
+    tcp_port: Option<u16>,
+    hello_every: Duration,
+    seen: LruMap<PeerId, Seen>,
+    /// 2.0: files whose chunks we freed lately, and when we last said DELETED for each.
+    freed: LruMap<FileId, Option<Instant>>,
+    /// 2.0: hosted chunks left to another holder's re-backup, and how often we looked again.
+    rechecks: LruMap<ChunkId, u32>,
+    trimming: LruMap<ChunkId, Trim>,
     rng: StdRng,
     timers: BTreeMap<(Instant, u64), Timer>,
     next_timer: u64,
@@ -322,6 +397,13 @@ impl Peer {
     pub fn new(id: PeerId, seed: u64) -> Peer {
         Peer {
             id,
+            enhanced: false,
+            tcp_port: None,
+            hello_every: HELLO_EVERY,
+            seen: LruMap::new(MAX_PEERS_SEEN),
+            freed: LruMap::new(MAX_SEEN_ENTRIES),
+            rechecks: LruMap::new(MAX_SEEN_ENTRIES),
+            trimming: LruMap::new(MAX_SEEN_ENTRIES),
             rng: StdRng::seed_from_u64(seed),
             timers: BTreeMap::new(),
             next_timer: 0,
@@ -349,6 +431,27 @@ impl Peer {
 
     pub fn id(&self) -> PeerId {
         self.id
+    }
+
+    /// Runs the 2.0 enhancements (SPEC §3): stores a chunk only if fewer than RD peers did
+    /// first; asks for chunks over TCP (to `tcp_port`) and delivers them so; answers DELETE with
+    /// DELETED; says HELLO every `hello_every`; finishes re-backups a holder left midway.
+    pub fn enhance(&mut self, tcp_port: Option<u16>, hello_every: Duration) {
+        self.enhanced = true;
+        self.tcp_port = tcp_port;
+        self.hello_every = hello_every.max(Duration::from_secs(1));
+    }
+
+    /// The peer starts: a 2.0 peer says HELLO now, and then every `hello_every`.
+    pub fn start(&mut self, now: Instant) {
+        if self.enhanced {
+            self.fire_hello(now);
+        }
+    }
+
+    fn fire_hello(&mut self, now: Instant) {
+        self.send_v2(MessageKind::Hello);
+        self.arm(now + self.hello_every, Timer::Hello);
     }
 
     pub fn counters(&self) -> Counters {
@@ -402,10 +505,23 @@ impl Peer {
         self.transmits.push_back(Message::new(self.id, kind));
     }
 
+    /// A message of the 2.0 enhancements (1.0 peers ignore it, or take it as 1.0 would).
+    fn send_v2(&mut self, kind: MessageKind) {
+        let mut msg = Message::new(self.id, kind);
+        msg.version = Version::V2_0;
+        self.transmits.push_back(msg);
+    }
+
     // ---- datagrams ---------------------------------------------------------------------------
 
     /// A well-formed message from the LAN (parsed, and its LAN key tag checked, by the driver).
     pub fn handle(&mut self, msg: Message, now: Instant) {
+        self.handle_from(msg, None, now);
+    }
+
+    /// The same, with the address it came from: a 2.0 GETCHUNK's chunk goes over TCP to that
+    /// address's IP (and the port its `TCP` line names).
+    pub fn handle_from(&mut self, msg: Message, from: Option<SocketAddr>, now: Instant) {
         let sender = msg.sender;
         if sender == self.id {
             // Ours echo back (multicast loops to this host); only a PUTCHUNK can tell of a
@@ -415,11 +531,23 @@ impl Peer {
             }
             return;
         }
+        if self.enhanced {
+            self.heard(sender, matches!(msg.kind, MessageKind::Hello), now);
+        }
+        let (version, tcp_port) = (msg.version, msg.tcp_port());
         match msg.kind {
-            MessageKind::PutChunk { chunk, rd, body } => self.on_putchunk(chunk, rd, body, now),
-            MessageKind::Stored { chunk } => self.on_stored(chunk, sender),
-            MessageKind::GetChunk { chunk } => self.on_getchunk(chunk),
-            MessageKind::Chunk { chunk, body } => self.on_chunk(&chunk, body),
+            MessageKind::PutChunk { chunk, rd, body } => {
+                self.on_putchunk(chunk, rd, body, sender, now)
+            }
+            MessageKind::Stored { chunk } => self.on_stored(chunk, sender, now),
+            MessageKind::GetChunk { chunk } => {
+                let tcp = match (self.enhanced, tcp_port, from) {
+                    (true, Some(port), Some(from)) => Some(SocketAddr::new(from.ip(), port)),
+                    _ => None,
+                };
+                self.on_getchunk(chunk, tcp)
+            }
+            MessageKind::Chunk { chunk, body } => self.on_chunk(&chunk, body, version),
             MessageKind::Delete { file_id } => self.on_delete(file_id, sender, now),
             MessageKind::Removed { chunk } => {
                 self.actions.push_back(Action::RemoveHolder {
@@ -427,11 +555,46 @@ impl Peer {
                     peer: sender,
                 });
             }
-            MessageKind::Deleted { .. } | MessageKind::Hello => {}
+            MessageKind::Deleted { file_id } => {
+                if self.enhanced {
+                    let peer = sender;
+                    self.actions
+                        .push_back(Action::DeleteAcked { file_id, peer });
+                }
+            }
+            MessageKind::Hello => {}
         }
     }
 
-    fn on_putchunk(&mut self, chunk: ChunkId, rd: Rd, body: Vec<u8>, now: Instant) {
+    /// A CHUNK delivered over TCP (2.0): it can only end a fetch of ours.
+    pub fn handle_tcp(&mut self, msg: Message) {
+        if let MessageKind::Chunk { chunk, body } = msg.kind {
+            self.chunk_for_fetch(&chunk, body, None);
+        }
+    }
+
+    /// 2.0: a peer spoke. It is back (it may have missed DELETEs) when it says HELLO, or speaks
+    /// after `AWAY_AFTER` of silence, or for the first time since we started; at most once per
+    /// `BACK_EVERY`.
+    fn heard(&mut self, peer: PeerId, hello: bool, now: Instant) {
+        let (back, last_back) = match self.seen.get(&peer) {
+            None => (true, None),
+            Some(s) => (
+                hello || now.saturating_duration_since(s.last) >= AWAY_AFTER,
+                s.back,
+            ),
+        };
+        let allowed = last_back.is_none_or(|t| now.saturating_duration_since(t) >= BACK_EVERY);
+        let back = if back && allowed {
+            self.actions.push_back(Action::PeerBack { peer });
+            Some(now)
+        } else {
+            last_back
+        };
+        self.seen.insert(peer, Seen { last: now, back });
+    }
+
+    fn on_putchunk(&mut self, chunk: ChunkId, rd: Rd, body: Vec<u8>, sender: PeerId, now: Instant) {
         self.putchunk_seen.insert(chunk.clone(), now);
         if self.storing.contains_key(&chunk) || self.stored_due.contains_key(&chunk) {
             return; // a resend of a chunk being written: its STORED is on its way
@@ -446,19 +609,35 @@ impl Peer {
             return;
         }
         let reply_at = now + self.reply_delay();
-        self.storing.insert(
-            chunk.clone(),
-            Storing {
-                arrived: now,
-                reply_at,
-                heard: Vec::new(),
-                deleted: false,
-            },
-        );
-        self.actions.push_back(Action::Store { chunk, rd, body });
+        let mut storing = Storing {
+            arrived: now,
+            reply_at,
+            heard: Vec::new(),
+            deleted: false,
+            waiting: None,
+            rd: rd.get(),
+        };
+        if self.enhanced {
+            // 2.0: first the random wait, counting the STOREDs of the peers that store it.
+            storing.waiting = Some((rd, body, sender));
+            self.arm(reply_at, Timer::Store(chunk.clone()));
+            self.storing.insert(chunk, storing);
+        } else {
+            self.storing.insert(chunk.clone(), storing);
+            self.actions.push_back(Action::Store {
+                chunk,
+                rd,
+                body,
+                sender,
+                write: true,
+            });
+        }
     }
 
-    fn on_stored(&mut self, chunk: ChunkId, sender: PeerId) {
+    fn on_stored(&mut self, chunk: ChunkId, sender: PeerId, now: Instant) {
+        if sender < self.id {
+            self.trim(&chunk, sender, now);
+        }
         if let Some(s) = self.sending.get_mut(&chunk) {
             s.backup.on_stored(sender);
             // Done as soon as it can be: the window moves on.
@@ -476,8 +655,34 @@ impl Peer {
         });
     }
 
-    fn on_getchunk(&mut self, chunk: ChunkId) {
-        if self.replying.contains_key(&chunk) {
+    /// 2.0: a holder with a lower id than ours said STORED for a chunk we wrote lately: with RD
+    /// of them, our copy is one too many (`Trim`). It goes, with REMOVED (ours was counted).
+    fn trim(&mut self, chunk: &ChunkId, lower: PeerId, now: Instant) {
+        let Some(t) = self.trimming.get(chunk) else {
+            return;
+        };
+        if now > t.until || t.lower.contains(&lower) {
+            return;
+        }
+        let mut t = match self.trimming.remove(chunk) {
+            Some(t) => t,
+            None => return,
+        };
+        t.lower.push(lower);
+        if t.lower.len() < usize::from(t.rd) {
+            self.trimming.insert(chunk.clone(), t);
+            return;
+        }
+        self.actions.push_back(Action::DropHosted {
+            chunk: chunk.clone(),
+        });
+        self.send_removed(chunk.clone(), now);
+    }
+
+    fn on_getchunk(&mut self, chunk: ChunkId, tcp: Option<SocketAddr>) {
+        if let Some(r) = self.replying.get_mut(&chunk) {
+            // The latest requester is served (over TCP if it asked so).
+            r.tcp = tcp;
             return;
         }
         if self.replying.len() >= MAX_PENDING_REPLIES {
@@ -489,6 +694,7 @@ impl Peer {
             Reply {
                 state: ReplyState::Lookup,
                 pending: PendingReply::default(),
+                tcp,
             },
         );
         self.actions.push_back(Action::LookupHosted { chunk });
@@ -497,23 +703,39 @@ impl Peer {
     /// A CHUNK heard on MDR. Its body is hashed only where a good copy matters: a reply this
     /// peer is about to send (only a good copy silences it), and a fetch of ours (only the
     /// length and hash it expects end it).
-    fn on_chunk(&mut self, chunk: &ChunkId, body: Vec<u8>) {
+    fn on_chunk(&mut self, chunk: &ChunkId, body: Vec<u8>, version: Version) {
+        if version.has_enhancements() && body.is_empty() {
+            // 2.0: a holder delivers it over TCP. That silences the replies to a GETCHUNK that
+            // asked for TCP; a GETCHUNK without the line is answered unless a good copy is seen
+            // (a forged body-less CHUNK cannot stop a restore that fell back to multicast).
+            if let Some(r) = self.replying.get_mut(chunk).filter(|r| r.tcp.is_some()) {
+                r.pending.silence();
+            }
+            if self.fetching.get(chunk).is_none_or(|f| f.len != 0) {
+                return;
+            }
+        }
         let len = body.len() as u64;
         let for_reply = self
             .replying
             .get_mut(chunk)
             .is_some_and(|r| r.pending.wants_hash(len));
-        let for_fetch = self.fetching.get(chunk).is_some_and(|f| f.len == len);
-        if !for_reply && !for_fetch {
+        let hash = for_reply.then(|| sha256_hex(&body));
+        if let (Some(hash), Some(r)) = (&hash, self.replying.get_mut(chunk)) {
+            r.pending.hashed(hash);
+        }
+        self.chunk_for_fetch(chunk, body, hash);
+    }
+
+    /// A CHUNK's body, for a fetch of ours: it ends the fetch if it has the length and hash
+    /// asked for. `hash`: its SHA-256 if known already.
+    fn chunk_for_fetch(&mut self, chunk: &ChunkId, body: Vec<u8>, hash: Option<String>) {
+        let len = body.len() as u64;
+        if self.fetching.get(chunk).is_none_or(|f| f.len != len) {
             return;
         }
-        let hash = sha256_hex(&body);
-        if for_reply {
-            if let Some(r) = self.replying.get_mut(chunk) {
-                r.pending.hashed(&hash);
-            }
-        }
-        if for_fetch && self.fetching.get(chunk).is_some_and(|f| f.hash == hash) {
+        let hash = hash.unwrap_or_else(|| sha256_hex(&body));
+        if self.fetching.get(chunk).is_some_and(|f| f.hash == hash) {
             if let Some(f) = self.fetching.remove(chunk) {
                 self.disarm(f.timer);
                 self.end_fetch(chunk.clone(), f, Some(body));
@@ -553,13 +775,38 @@ impl Peer {
             .push_back(Action::DeleteFile { file_id, sender });
     }
 
-    /// The driver carried out (or gave up) a `DeleteFile`.
-    pub fn file_deleted(&mut self, file_id: &FileId) {
+    /// The driver carried out (or gave up) a `DeleteFile`; `freed`: some chunk was removed.
+    /// A 2.0 peer that freed the file's chunks (now or lately) answers DELETED, once per
+    /// `DELETED_EVERY`: the home peer stops sending it the DELETE.
+    pub fn file_deleted(&mut self, file_id: &FileId, freed: bool, now: Instant) {
         if let Some(n) = self.deleting.get_mut(file_id) {
             *n -= 1;
             if *n == 0 {
                 self.deleting.remove(file_id);
             }
+        }
+        if !self.enhanced {
+            return;
+        }
+        let last = match self.freed.get(file_id) {
+            Some(last) => *last,
+            None if freed => None,
+            None => return,
+        };
+        if last.is_some_and(|t| now.saturating_duration_since(t) < DELETED_EVERY) {
+            return;
+        }
+        self.freed.insert(file_id.clone(), Some(now));
+        self.send_v2(MessageKind::Deleted {
+            file_id: file_id.clone(),
+        });
+    }
+
+    /// 2.0: the DELETEs a peer that is back has not acknowledged, sent again (three times each).
+    pub fn redelete(&mut self, file_ids: Vec<FileId>, now: Instant) {
+        for file_id in file_ids {
+            let msg = MessageKind::Delete { file_id };
+            self.resend(msg, REDELETE_GAPS.to_vec(), None, now);
         }
     }
 
@@ -599,6 +846,32 @@ impl Peer {
                 return;
             }
             Put::Held if storing.deleted => return,
+            Put::Written if self.enhanced => {
+                // 2.0: RD peers with a lower id announced it while we wrote it: ours would be
+                // a copy too many (`Trim`). Nobody counted it yet, so it goes without a word.
+                // Else we listen a while for the others that wrote it at the same moment.
+                let me = self.id;
+                let lower: Vec<PeerId> =
+                    storing.heard.iter().filter(|p| **p < me).copied().collect();
+                if lower.len() >= usize::from(storing.rd) {
+                    self.actions.push_back(Action::DropHosted {
+                        chunk: chunk.clone(),
+                    });
+                    return;
+                }
+                let trim = Trim {
+                    rd: storing.rd,
+                    until: now + TRIM_WINDOW,
+                    lower,
+                };
+                self.trimming.insert(chunk.clone(), trim);
+                if !storing.heard.is_empty() {
+                    self.actions.push_back(Action::RecordHolders {
+                        chunk: chunk.clone(),
+                        peers: storing.heard,
+                    });
+                }
+            }
             Put::Written | Put::Held if !storing.heard.is_empty() => {
                 self.actions.push_back(Action::RecordHolders {
                     chunk: chunk.clone(),
@@ -652,7 +925,24 @@ impl Peer {
         if reply.pending.suppressed() || !self.chunk_sent.take(&chunk, now) {
             return; // another holder answered first with the right bytes, or too soon
         }
-        self.send(MessageKind::Chunk { chunk, body });
+        match reply.tcp {
+            Some(to) => {
+                // 2.0: the bytes over TCP, and a body-less CHUNK on MDR to quiet the others.
+                let mut msg = Message::new(
+                    self.id,
+                    MessageKind::Chunk {
+                        chunk: chunk.clone(),
+                        body,
+                    },
+                );
+                msg.version = Version::V2_0;
+                self.actions.push_back(Action::Deliver { to, msg });
+                self.counters.chunks_sent += 1;
+                let body = Vec::new();
+                self.send_v2(MessageKind::Chunk { chunk, body });
+            }
+            None => self.send(MessageKind::Chunk { chunk, body }),
+        }
     }
 
     /// The catalog took a REMOVED into account: the chunk's role here and its perceived RD now.
@@ -1007,9 +1297,19 @@ impl Peer {
         };
         match f.fetch.poll(now) {
             restore::Action::SendGetChunk => {
-                self.send(MessageKind::GetChunk {
+                let kind = MessageKind::GetChunk {
                     chunk: chunk.clone(),
-                });
+                };
+                match self.tcp_port {
+                    Some(port) if self.enhanced && f.fetch.sends() <= TCP_GETCHUNK_SENDS => {
+                        let mut msg = Message::new(self.id, kind);
+                        msg.version = Version::V2_0;
+                        msg.extra_lines.push(format!("TCP {port}"));
+                        self.counters.getchunks_sent += 1;
+                        self.transmits.push_back(msg);
+                    }
+                    _ => self.send(kind),
+                }
                 // Arms the wait for the CHUNK.
                 self.fire_fetch(chunk, now);
             }
@@ -1226,8 +1526,14 @@ impl Peer {
                     }
                     let since = r.since;
                     if self.putchunk_seen.get(&chunk).is_some_and(|t| *t >= since) {
-                        // Another holder started first.
+                        // Another holder started first. In 2.0 we look again later: it may
+                        // die midway.
                         self.rebacking.remove(&chunk);
+                        let looked = self.rechecks.get(&chunk).copied().unwrap_or(0);
+                        if self.enhanced && looked < MAX_RECHECKS {
+                            self.rechecks.insert(chunk.clone(), looked + 1);
+                            self.arm(now + RECHECK_AFTER, Timer::Recheck(chunk));
+                        }
                     } else if let Some(r) = self.rebacking.get_mut(&chunk) {
                         r.state = RebackupState::Reading;
                         self.actions.push_back(Action::ReadForRebackup {
@@ -1264,6 +1570,30 @@ impl Peer {
                 Timer::Announce => {
                     self.announce_armed = false;
                     self.fire_announce(now);
+                }
+                Timer::Store(chunk) => {
+                    let Some(st) = self.storing.get_mut(&chunk) else {
+                        continue;
+                    };
+                    let Some((rd, body, sender)) = st.waiting.take() else {
+                        continue;
+                    };
+                    // Fewer than RD peers said STORED meanwhile: store it. Else only say
+                    // STORED if we hold it already (the initiator may have lost ours).
+                    let write = st.heard.len() < usize::from(rd.get()) && !st.deleted;
+                    self.actions.push_back(Action::Store {
+                        chunk,
+                        rd,
+                        body,
+                        sender,
+                        write,
+                    });
+                }
+                Timer::Hello => self.fire_hello(now),
+                Timer::Recheck(chunk) => {
+                    if !self.rebacking.contains_key(&chunk) {
+                        self.actions.push_back(Action::Recheck { chunk });
+                    }
                 }
             }
         }
@@ -1419,10 +1749,10 @@ mod tests {
         actions(&mut p);
         p.handle(put(2, 0, 1), t0);
         assert!(actions(&mut p).is_empty(), "not while deleting");
-        p.file_deleted(&chunk(0).file_id);
+        p.file_deleted(&chunk(0).file_id, true, t0);
         p.handle(put(2, 0, 1), t0);
         assert!(actions(&mut p).is_empty(), "the second DELETE still runs");
-        p.file_deleted(&chunk(0).file_id);
+        p.file_deleted(&chunk(0).file_id, false, t0);
         p.handle(put(2, 0, 1), t0);
         assert!(matches!(actions(&mut p)[..], [Action::Store { .. }]));
     }
@@ -1955,5 +2285,359 @@ mod tests {
         p.end_job(JobId(2));
         assert_eq!(p.load().sending + p.load().fetching, 0);
         assert_eq!(p.poll_timeout(), None);
+    }
+
+    // ---- protocol 2.0 ------------------------------------------------------------------------
+
+    /// A 2.0 peer (TCP port 7000, HELLO every minute), started at `t0`; its first HELLO taken.
+    fn enhanced(seed: u64, t0: Instant) -> Peer {
+        let mut p = Peer::new(ME, seed);
+        p.enhance(Some(7000), HELLO_EVERY);
+        p.start(t0);
+        let hello = p.poll_transmit().unwrap();
+        assert_eq!(
+            (hello.kind, hello.version),
+            (MessageKind::Hello, Version::V2_0)
+        );
+        p
+    }
+
+    fn stored(from: u32, no: u32) -> Message {
+        msg(from, MessageKind::Stored { chunk: chunk(no) })
+    }
+
+    /// The `write` flag of the only `Store` among the actions.
+    fn store_write(a: &[Action]) -> Option<bool> {
+        match a {
+            [Action::Store { write, .. }] => Some(*write),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn v2_stores_only_if_fewer_than_rd_peers_stored_during_its_wait() {
+        let t0 = Instant::now();
+        for (storeds, write) in [(0, true), (1, true), (2, false), (3, false)] {
+            let mut p = enhanced(storeds as u64, t0);
+            p.handle(put(2, 0, 2), t0);
+            let early = actions(&mut p);
+            assert!(
+                !early.iter().any(|a| matches!(a, Action::Store { .. })),
+                "waits first"
+            );
+            for from in 3..3 + storeds {
+                p.handle(stored(from, 0), t0);
+                p.handle(stored(from, 0), t0); // duplicates count once
+            }
+            run(&mut p, t0, MAX_REPLY_DELAY);
+            let a: Vec<Action> = actions(&mut p)
+                .into_iter()
+                .filter(|a| !matches!(a, Action::PeerBack { .. } | Action::RecordHolders { .. }))
+                .collect();
+            assert_eq!(store_write(&a), Some(write), "{storeds} STOREDs heard");
+            // Written: STORED at once (its random instant is past). Held (the initiator lost
+            // our STORED): STORED too, whatever the others said.
+            let now = t0 + MAX_REPLY_DELAY;
+            let put = if write { Put::Written } else { Put::Held };
+            p.stored(&chunk(0), put, now);
+            let sent = run(&mut p, now, Duration::ZERO);
+            assert!(matches!(
+                sent[..],
+                [(
+                    _,
+                    Message {
+                        kind: MessageKind::Stored { .. },
+                        ..
+                    }
+                )]
+            ));
+        }
+    }
+
+    /// A 2.0 peer with id `id` that decided to write chunk 0 (RD 2) at `t0 + MAX_REPLY_DELAY`.
+    fn writing(id: u32, t0: Instant) -> Peer {
+        let mut p = Peer::new(PeerId(id), 1);
+        p.enhance(Some(7000), HELLO_EVERY);
+        p.handle(put(20, 0, 2), t0);
+        run(&mut p, t0, MAX_REPLY_DELAY);
+        let a = actions(&mut p);
+        assert!(a
+            .iter()
+            .any(|a| matches!(a, Action::Store { write: true, .. })));
+        p
+    }
+
+    #[test]
+    fn v2_a_copy_written_while_rd_lower_ids_announced_theirs_goes_without_a_word() {
+        let t0 = Instant::now();
+        let now = t0 + MAX_REPLY_DELAY;
+        // Peers 3 and 4 announce theirs while ours is written: peer 9 drops its copy, peer 2
+        // (a lower id than both) keeps it, and so do they: the lowest RD ids never drop.
+        for (me, dropped) in [(9, true), (2, false), (4, false)] {
+            let mut p = writing(me, t0);
+            p.handle(stored(3, 0), now);
+            p.handle(stored(4, 0), now);
+            p.stored(&chunk(0), Put::Written, now);
+            let a = actions(&mut p);
+            assert_eq!(a.contains(&Action::DropHosted { chunk: chunk(0) }), dropped);
+            let sent = run(&mut p, now, Duration::from_secs(1));
+            assert_eq!(sent.is_empty(), dropped, "STORED only for a kept copy");
+        }
+        // At 1.0 the same peer keeps it.
+        let mut p = Peer::new(PeerId(9), 1);
+        p.handle(put(2, 0, 2), t0);
+        p.handle(stored(3, 0), t0);
+        p.handle(stored(4, 0), t0);
+        p.stored(&chunk(0), Put::Written, t0);
+        assert!(!actions(&mut p).contains(&Action::DropHosted { chunk: chunk(0) }));
+        assert_eq!(run(&mut p, t0, MAX_REPLY_DELAY).len(), 1, "STORED");
+    }
+
+    #[test]
+    fn v2_a_copy_announced_at_the_same_moment_as_rd_lower_ids_goes_with_removed() {
+        let t0 = Instant::now();
+        let now = t0 + MAX_REPLY_DELAY;
+        let removeds = |sent: &[(Duration, Message)]| {
+            sent.iter()
+                .filter(|(_, m)| matches!(m.kind, MessageKind::Removed { .. }))
+                .count()
+        };
+        let mut p = writing(9, t0);
+        p.stored(&chunk(0), Put::Written, now);
+        assert_eq!(run(&mut p, now, Duration::ZERO).len(), 1, "STORED");
+        p.handle(stored(3, 0), now);
+        p.handle(stored(12, 0), now); // a higher id does not count
+        p.handle(stored(3, 0), now); // nor a duplicate
+        assert!(actions(&mut p)
+            .iter()
+            .all(|a| !matches!(a, Action::DropHosted { .. })));
+        p.handle(stored(4, 0), now + Duration::from_millis(50));
+        assert!(actions(&mut p).contains(&Action::DropHosted { chunk: chunk(0) }));
+        let sent = run(&mut p, now, Duration::from_secs(1));
+        assert_eq!(removeds(&sent), 1 + REMOVED_GAPS.len());
+        // Too late: the copy stays.
+        let mut p = writing(9, t0);
+        p.stored(&chunk(0), Put::Written, now);
+        let later = now + TRIM_WINDOW + Duration::from_millis(1);
+        p.handle(stored(3, 0), later);
+        p.handle(stored(4, 0), later);
+        assert!(actions(&mut p)
+            .iter()
+            .all(|a| !matches!(a, Action::DropHosted { .. })));
+    }
+
+    #[test]
+    fn v2_a_getchunk_asking_for_tcp_gets_the_bytes_there_and_a_bodyless_chunk_on_mdr() {
+        let t0 = Instant::now();
+        let body = vec![5u8; 100];
+        let hash = sha256_hex(&body);
+        let mut p = enhanced(2, t0);
+        let mut get = msg(2, MessageKind::GetChunk { chunk: chunk(0) });
+        get.version = Version::V2_0;
+        get.extra_lines.push("TCP 5000".into());
+        let from: SocketAddr = "127.0.0.9:4701".parse().unwrap();
+        p.handle_from(get.clone(), Some(from), t0);
+        assert!(actions(&mut p).contains(&Action::LookupHosted { chunk: chunk(0) }));
+        p.hosted(&chunk(0), Some((100, hash.clone())), t0);
+        run(&mut p, t0, MAX_REPLY_DELAY);
+        assert!(actions(&mut p).contains(&Action::ReadHosted { chunk: chunk(0) }));
+        p.serve(chunk(0), Some(body.clone()), t0 + MAX_REPLY_DELAY);
+        let to: SocketAddr = "127.0.0.9:5000".parse().unwrap();
+        match &actions(&mut p)[..] {
+            [Action::Deliver { to: t, msg }] => {
+                assert_eq!(*t, to);
+                let chunk = chunk(0);
+                assert_eq!(msg.kind, MessageKind::Chunk { chunk, body });
+            }
+            other => panic!("{other:?}"),
+        }
+        let sent = p.poll_transmit().unwrap();
+        assert_eq!(sent.version, Version::V2_0);
+        let bodyless = MessageKind::Chunk {
+            chunk: chunk(0),
+            body: Vec::new(),
+        };
+        assert_eq!(sent.kind, bodyless);
+
+        // A 1.0 peer (or a 2.0 one without a TCP port) answers on MDR as before.
+        let mut p = Peer::new(ME, 2);
+        p.handle_from(get, Some(from), t0);
+        p.hosted(&chunk(0), Some((100, hash)), t0);
+        run(&mut p, t0, MAX_REPLY_DELAY);
+        p.serve(chunk(0), Some(vec![5u8; 100]), t0 + MAX_REPLY_DELAY);
+        assert!(!actions(&mut p)
+            .iter()
+            .any(|a| matches!(a, Action::Deliver { .. })));
+        assert_eq!(p.poll_transmit().unwrap().version, Version::V1_0);
+    }
+
+    #[test]
+    fn v2_a_bodyless_chunk_silences_only_the_replies_to_a_tcp_getchunk() {
+        let t0 = Instant::now();
+        let hash = sha256_hex(&[5u8; 100]);
+        let from: SocketAddr = "127.0.0.9:4701".parse().unwrap();
+        for tcp in [true, false] {
+            let mut p = enhanced(3, t0);
+            let mut get = msg(2, MessageKind::GetChunk { chunk: chunk(0) });
+            if tcp {
+                get.extra_lines.push("TCP 5000".into());
+            }
+            p.handle_from(get, Some(from), t0);
+            p.hosted(&chunk(0), Some((100, hash.clone())), t0);
+            let mut bodyless = msg(
+                3,
+                MessageKind::Chunk {
+                    chunk: chunk(0),
+                    body: Vec::new(),
+                },
+            );
+            bodyless.version = Version::V2_0;
+            p.handle(bodyless, t0);
+            run(&mut p, t0, MAX_REPLY_DELAY);
+            let read = actions(&mut p).contains(&Action::ReadHosted { chunk: chunk(0) });
+            assert_eq!(read, !tcp, "silent only for a TCP getchunk");
+        }
+    }
+
+    #[test]
+    fn v2_a_fetch_asks_for_tcp_first_then_for_multicast_and_takes_a_tcp_chunk() {
+        let t0 = Instant::now();
+        let body = vec![3u8; 50];
+        let mut p = enhanced(4, t0);
+        p.start_job(JobId(1), JobKind::Restore);
+        actions(&mut p);
+        p.fetch_chunk(JobId(1), chunk(0), 50, sha256_hex(&body), t0);
+        let sent = run(&mut p, t0, Duration::from_secs(8));
+        let tcp: Vec<Option<u16>> = sent.iter().map(|(_, m)| m.tcp_port()).collect();
+        let mut expected = vec![Some(7000); TCP_GETCHUNK_SENDS as usize];
+        expected.resize(sent.len(), None);
+        assert!(sent.len() > TCP_GETCHUNK_SENDS as usize);
+        assert_eq!(tcp, expected);
+        // Junk over TCP is ignored; the right bytes end the fetch.
+        let chunk_msg = |body: Vec<u8>| {
+            msg(
+                2,
+                MessageKind::Chunk {
+                    chunk: chunk(0),
+                    body,
+                },
+            )
+        };
+        p.handle_tcp(chunk_msg(vec![4u8; 50]));
+        assert!(actions(&mut p).is_empty());
+        p.handle_tcp(chunk_msg(body.clone()));
+        assert!(actions(&mut p)
+            .iter()
+            .any(|a| matches!(a, Action::Fetched { body: Some(b), .. } if *b == body)));
+    }
+
+    #[test]
+    fn v2_deleted_answers_a_burst_of_deletes_once_and_only_from_a_holder() {
+        let t0 = Instant::now();
+        let mut p = enhanced(5, t0);
+        let file_id = chunk(0).file_id;
+        let deleteds = |p: &mut Peer, now| {
+            run(p, now, Duration::ZERO)
+                .into_iter()
+                .filter(|(_, m)| matches!(m.kind, MessageKind::Deleted { .. }))
+                .count()
+        };
+        // Not a holder: silent.
+        p.handle(delete(2, 0), t0);
+        p.file_deleted(&file_id, false, t0);
+        assert_eq!(deleteds(&mut p, t0), 0);
+        // A holder: one DELETED per second at most, also for the DELETEs after the chunks went.
+        p.file_deleted(&file_id, true, t0);
+        assert_eq!(deleteds(&mut p, t0), 1);
+        let t1 = t0 + Duration::from_millis(300);
+        p.file_deleted(&file_id, false, t1);
+        assert_eq!(deleteds(&mut p, t1), 0);
+        let t2 = t0 + DELETED_EVERY;
+        p.file_deleted(&file_id, false, t2);
+        assert_eq!(
+            deleteds(&mut p, t2),
+            1,
+            "the home peer may have lost the first"
+        );
+        // At 1.0: never.
+        let mut p = Peer::new(ME, 5);
+        p.file_deleted(&file_id, true, t0);
+        assert_eq!(deleteds(&mut p, t0), 0);
+    }
+
+    #[test]
+    fn v2_a_peer_is_back_at_its_hello_its_first_word_or_after_a_silence() {
+        let t0 = Instant::now();
+        let mut p = enhanced(6, t0);
+        let backs = |p: &mut Peer| {
+            actions(p)
+                .into_iter()
+                .filter(|a| matches!(a, Action::PeerBack { peer: PeerId(2) }))
+                .count()
+        };
+        p.handle(stored(2, 0), t0);
+        assert_eq!(backs(&mut p), 1, "first heard since we started");
+        p.handle(stored(2, 1), t0 + BACK_EVERY / 4);
+        assert_eq!(backs(&mut p), 0);
+        let hello = msg(2, MessageKind::Hello);
+        p.handle(hello.clone(), t0 + BACK_EVERY / 2);
+        assert_eq!(backs(&mut p), 0, "at most once per BACK_EVERY");
+        p.handle(hello, t0 + BACK_EVERY);
+        assert_eq!(backs(&mut p), 1);
+        let later = t0 + BACK_EVERY + AWAY_AFTER;
+        p.handle(stored(2, 2), later);
+        assert_eq!(backs(&mut p), 1, "after a silence");
+        // HELLO goes out periodically.
+        let hellos = run(&mut p, t0, HELLO_EVERY * 3)
+            .into_iter()
+            .filter(|(_, m)| m.kind == MessageKind::Hello)
+            .count();
+        assert_eq!(hellos, 3);
+        // A DELETED is an acknowledgement for the catalog; the DELETEs it missed go again.
+        let file_id = chunk(0).file_id;
+        let deleted = MessageKind::Deleted {
+            file_id: file_id.clone(),
+        };
+        p.handle(msg(2, deleted), later);
+        assert!(actions(&mut p).contains(&Action::DeleteAcked {
+            file_id: file_id.clone(),
+            peer: PeerId(2)
+        }));
+        p.redelete(vec![file_id], later);
+        let sent = run(&mut p, later, Duration::from_secs(1));
+        let deletes = sent
+            .iter()
+            .filter(|(_, m)| matches!(m.kind, MessageKind::Delete { .. }))
+            .count();
+        assert_eq!(deletes, 1 + REDELETE_GAPS.len());
+    }
+
+    #[test]
+    fn v2_a_rebackup_left_to_another_holder_is_looked_at_again() {
+        let t0 = Instant::now();
+        let mut p = enhanced(7, t0);
+        let role = Role::Hosted { desired_rd: 3 };
+        p.removed(&chunk(0), role, 2, t0);
+        // Another holder starts first (then dies midway).
+        p.handle(put(3, 0, 3), t0);
+        run(&mut p, t0, RECHECK_AFTER + MAX_REPLY_DELAY * 2);
+        let a = actions(&mut p);
+        assert!(!a
+            .iter()
+            .any(|a| matches!(a, Action::ReadForRebackup { .. })));
+        assert!(a.contains(&Action::Recheck { chunk: chunk(0) }));
+        // Looked at again: still below, so this holder backs it up now.
+        let now = t0 + RECHECK_AFTER + MAX_REPLY_DELAY * 2;
+        p.removed(&chunk(0), role, 2, now);
+        run(&mut p, now, MAX_REPLY_DELAY);
+        assert!(actions(&mut p)
+            .iter()
+            .any(|a| matches!(a, Action::ReadForRebackup { .. })));
+        // At 1.0 nobody looks again.
+        let mut p = Peer::new(ME, 7);
+        p.removed(&chunk(0), role, 2, t0);
+        p.handle(put(3, 0, 3), t0);
+        run(&mut p, t0, RECHECK_AFTER * 2);
+        assert!(!actions(&mut p).contains(&Action::Recheck { chunk: chunk(0) }));
     }
 }

@@ -87,6 +87,11 @@ impl PendingReply {
         }
     }
 
+    /// 2.0: another holder delivers the chunk over TCP (it said so with a body-less CHUNK).
+    pub fn silence(&mut self) {
+        self.good_copy_heard = true;
+    }
+
     pub fn suppressed(&self) -> bool {
         self.good_copy_heard
     }

@@ -6,7 +6,7 @@ pub mod message;
 use sha2::{Digest, Sha256};
 
 pub use message::{
-    Channel, ChunkId, ChunkNo, FileId, Message, MessageKind, PeerId, Rd, CHUNK_SIZE,
+    Channel, ChunkId, ChunkNo, FileId, Message, MessageKind, PeerId, Rd, Version, CHUNK_SIZE,
 };
 
 /// Number of chunks of a file: a file whose size is a multiple of CHUNK_SIZE (the empty file

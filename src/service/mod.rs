@@ -28,6 +28,9 @@ const REPAIR_EVERY: Duration = Duration::from_secs(60);
 const REPAIR_GRACE: Duration = Duration::from_secs(5);
 /// How often the systemd status line is refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// 2.0: a deleted version's holders that never confirmed the DELETE (1.0 peers cannot) are
+/// no longer waited for after this.
+const DELETE_ACK_DEADLINE: Duration = Duration::from_secs(30 * 86_400);
 /// How long the workers get to stop after SIGTERM (the control socket's requests take up to a
 /// second of it); then the catalog is checkpointed, within `CHECKPOINT_WITHIN`. `run` returns
 /// within their sum, well inside systemd's stop timeout and the 5 s a user waits.
@@ -69,6 +72,11 @@ pub async fn run(
     let worker = node.workers.register("repair");
     let repair = repair(node.clone(), wake.clone(), worker);
     tokio::spawn(until_stopped(trigger.subscribe(), repair));
+    let worker = node.workers.register("holders");
+    tokio::spawn(until_stopped(
+        trigger.subscribe(),
+        lost_holders(node.clone(), worker),
+    ));
     let worker = node.workers.register("status");
     tokio::spawn(until_stopped(
         trigger.subscribe(),
@@ -166,6 +174,62 @@ async fn repair(node: Arc<Node>, wake: Arc<Notify>, worker: Worker) {
             Err(e) => {
                 tracing::error!("cannot check replication: {e}");
                 worker.failed(&format!("cannot check replication: {e}"), None);
+            }
+        }
+    }
+}
+
+/// 2.0: a holder not heard for `peer.holder_timeout` (since this daemon started, at least) is
+/// counted lost: it leaves every holder set, and the repair makes its copies again elsewhere.
+/// Deletes it never confirmed are no longer waited for after `DELETE_ACK_DEADLINE`.
+async fn lost_holders(node: Arc<Node>, worker: Worker) {
+    loop {
+        let config = node.config();
+        let timeout = config.peer.holder_timeout;
+        // A few looks per timeout, so a holder is counted lost soon after its time.
+        tokio::time::sleep((timeout / 5).clamp(Duration::from_secs(1), REPAIR_EVERY)).await;
+        if !config.peer.enhanced() {
+            continue;
+        }
+        worker.busy("looking for lost holders", None);
+        let (now, since, me) = (crate::store::unix_ms(), node.started_ms, node.id);
+        let timeout_ms = timeout.as_millis() as i64;
+        let deadline = now - DELETE_ACK_DEADLINE.as_millis() as i64;
+        let r = node
+            .catalog
+            .call(move |c| {
+                let mut lost = Vec::new();
+                // This peer counts itself a holder of what it hosts, and never hears itself.
+                for peer in c
+                    .lost_holders(now, timeout_ms, since)?
+                    .into_iter()
+                    .filter(|p| *p != me)
+                {
+                    lost.push((peer, c.drop_lost_holder(peer, now)?));
+                }
+                let expired = c.expire_delete_acks(deadline)?;
+                Ok((lost, expired))
+            })
+            .await;
+        match r {
+            Ok((lost, expired)) => {
+                for (peer, copies) in &lost {
+                    tracing::warn!(
+                        "peer {peer} was not heard for {} (peer.holder_timeout): counted lost; the {copies} chunk copies it held are made again on the peers left",
+                        config::format_duration(timeout)
+                    );
+                }
+                if expired > 0 {
+                    tracing::info!("{expired} deletes were never confirmed by their holders within 30 days: no longer waited for");
+                }
+                if !lost.is_empty() {
+                    node.repair.notify_one();
+                }
+                worker.idle();
+            }
+            Err(e) => {
+                tracing::error!("cannot look for lost holders: {e}");
+                worker.failed(&format!("cannot look for lost holders: {e}"), None);
             }
         }
     }
