@@ -98,7 +98,7 @@ pub struct PeerSpec {
     pub place: Place,
     /// `network.lan_key_file`.
     pub lan_key_file: Option<PathBuf>,
-    /// `peer.protocol`: "1.0" or "2.0".
+    /// `peer.protocol`: "1.0" or "2.0" (by default, the config's default).
     pub protocol: String,
     /// TOML lines appended to the `[peer]` table, e.g. `holder_timeout = "5s"`.
     pub peer_extra: String,
@@ -113,7 +113,7 @@ impl PeerSpec {
             env: Vec::new(),
             place: Place::default(),
             lan_key_file: None,
-            protocol: "1.0".into(),
+            protocol: crate::config::DEFAULT_PROTOCOL.into(),
             peer_extra: String::new(),
         }
     }
