@@ -233,8 +233,9 @@ fn malformed_datagrams_are_dropped_and_peers_keep_working() {
             c.send_raw(c.mdr, h);
         }
     }
-    // A well-formed PUTCHUNK from an unknown peer is stored, as the protocol says.
-    let mut ok = format!("1.0 PUTCHUNK 9 {id} 0 1\r\n\r\n").into_bytes();
+    // A well-formed PUTCHUNK from an unknown peer is stored, as the protocol says (at RD 3,
+    // by each of the three).
+    let mut ok = format!("1.0 PUTCHUNK 9 {id} 0 3\r\n\r\n").into_bytes();
     ok.extend(&body);
     c.send_raw(c.mdb, &ok);
     assert!(wait_until(Duration::from_secs(5), || (0..3)
@@ -289,7 +290,8 @@ fn restore_survives_killed_holders() {
     let mut c = Cluster::start(&["100MB", "100MB", "100MB", "100MB"]);
     let files = make_files(c.dir.path());
     let (path, bytes) = &files[0];
-    c.cli_ok(0, &["backup", path.to_str().unwrap(), "-r", "2"], 0);
+    // RD 3 of 4 peers: every other peer holds a copy (in 2.0 as in 1.0), two of them die.
+    c.cli_ok(0, &["backup", path.to_str().unwrap(), "-r", "3"], 0);
     c.kill(1);
     c.kill(2);
     std::fs::remove_file(path).unwrap();
