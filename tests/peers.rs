@@ -1,6 +1,7 @@
 //! `peerstash peers` and the health of each file in `state`, with two real daemons on loopback:
-//! the home peer lists the peer holding its chunks; a deleted version is owed an acknowledgement
-//! by that holder.
+//! the home peer lists the peer holding its chunks (heard, its protocol), the holder lists the
+//! bytes it hosts for the home peer; a deleted version is owed an acknowledgement by its holder
+//! until a 2.0 holder sends DELETED (a 1.0 one never does).
 
 mod common;
 
@@ -9,7 +10,13 @@ use peerstash::store::Health;
 
 #[test]
 fn peers_lists_the_holders_of_our_chunks_and_state_their_health() {
-    let c = Cluster::start(&["100MB", "100MB"]);
+    for protocol in ["2.0", "1.0"] {
+        peers_at(protocol);
+    }
+}
+
+fn peers_at(protocol: &str) {
+    let c = Cluster::start_specs(vec![PeerSpec::new("100MB").protocol(protocol); 2]);
     let path = c.dir.path().canonicalize().unwrap().join("two-chunks.bin");
     std::fs::write(&path, random_bytes(100_000)).unwrap();
     let p = path.to_str().unwrap();
@@ -39,6 +46,14 @@ fn peers_lists_the_holders_of_our_chunks_and_state_their_health() {
     );
     assert!(!holder.lost, "{home:?}");
     assert_eq!(holder.unacked_deletes, 0, "{home:?}");
+    // Heard within the last seconds (recorded once a second), with the version it speaks:
+    // a 2.0 peer says HELLO; a 1.0 peer is heard through its STOREDs.
+    let heard = wait_until(std::time::Duration::from_secs(3), || {
+        let home = c.peer(0).peers();
+        let p = home.peers.iter().find(|p| p.id == 2).cloned();
+        p.is_some_and(|p| p.last_heard_ms.is_some() && p.protocol.as_deref() == Some(protocol))
+    });
+    assert!(heard, "{:?}", c.peer(0).peers());
     assert!(
         home.peers.iter().all(|p| p.id != 1),
         "a peer never lists itself: {home:?}"
@@ -50,19 +65,24 @@ fn peers_lists_the_holders_of_our_chunks_and_state_their_health() {
         "{text}"
     );
 
-    // The holder answers too (what it hosts counts for its sender once senders are recorded).
-    assert_eq!(c.peer(1).peers().peer_id, 2);
+    // The holder lists the bytes it hosts for the home peer.
+    let theirs = c.peer(1).peers();
+    assert_eq!(theirs.peer_id, 2);
+    let home_peer = theirs.peers.iter().find(|p| p.id == 1);
+    assert_eq!(home_peer.map(|p| p.hosted_bytes), Some(100_000), "{theirs:?}");
     c.cli_ok(1, &["peers"], 0);
 
-    // Deleted: peer 2 owes the acknowledgement of the DELETE (a 1.0 peer never sends one; it
-    // stays owed until the deadline).
+    // Deleted: peer 2 owes the acknowledgement of the DELETE until it sends DELETED (2.0); a
+    // 1.0 peer never sends one: it stays owed until the deadline.
     c.cli_ok(0, &["delete", p], 0);
-    assert_eq!(c.peer(0).state().unacked_deletes, 1);
-    let home = c.peer(0).peers();
-    let holder = home.peers.iter().find(|p| p.id == 2).unwrap();
-    assert_eq!(
-        (holder.chunks_of_ours, holder.unacked_deletes),
-        (0, 1),
-        "{home:?}"
-    );
+    let owed = |n: u64| {
+        wait_until(std::time::Duration::from_secs(3), || {
+            let home = c.peer(0).peers();
+            let holder = home.peers.iter().find(|p| p.id == 2).cloned();
+            let holder = holder.map(|h| (h.chunks_of_ours, h.unacked_deletes));
+            c.peer(0).state().unacked_deletes == n && holder == Some((0, n))
+        })
+    };
+    let expected = if protocol == "2.0" { 0 } else { 1 };
+    assert!(owed(expected), "{protocol}: {:?}", c.peer(0).peers());
 }
