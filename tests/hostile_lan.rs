@@ -242,9 +242,23 @@ fn a_restore_succeeds_under_a_jammer() {
                     if h.len() >= 5 && h[1] == "GETCHUNK" {
                         let mut d = format!("1.0 CHUNK 77 {} {}\r\n\r\n", h[3], h[4]).into_bytes();
                         d.extend(b"0123456789");
+                        // 2.0: a body-less CHUNK says "delivered over TCP" (it silences the
+                        // holders of a GETCHUNK that asked for TCP, never of a plain one), and
+                        // junk goes to the port the GETCHUNK names.
+                        let bodyless = format!("2.0 CHUNK 77 {} {}\r\n\r\n", h[3], h[4]);
                         let now = Instant::now();
                         for ms in [0, 10, 30, 60, 100, 150, 200, 300] {
                             due.push((now + Duration::from_millis(ms), d.clone()));
+                            due.push((
+                                now + Duration::from_millis(ms),
+                                bodyless.clone().into_bytes(),
+                            ));
+                        }
+                        if let Some(port) = tcp_port(&buf[..n]) {
+                            let frame = [&(d.len() as u32).to_be_bytes()[..], &d].concat();
+                            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                                let _ = std::io::Write::write_all(&mut s, &frame);
+                            }
                         }
                         jammed.fetch_add(1, Ordering::Relaxed);
                     }
@@ -283,6 +297,88 @@ fn a_restore_succeeds_under_a_jammer() {
     );
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
     assert!(took < Duration::from_secs(10), "restore took {took:?}");
+}
+
+/// The port of a 2.0 GETCHUNK's `TCP <port>` line.
+fn tcp_port(datagram: &[u8]) -> Option<u16> {
+    peerstash::protocol::Message::parse(datagram)
+        .ok()?
+        .tcp_port()
+}
+
+/// 2.0: an attacker holds every connection the restore's TCP listener serves at once (and
+/// opens new ones as they are cut): the holders cannot deliver over TCP, and the restore ends
+/// all the same, from the multicast answers to its later GETCHUNKs.
+#[test]
+fn a_restore_succeeds_with_its_tcp_listener_held_busy() {
+    let c = Cluster::start(&["100MB", "100MB", "100MB"]);
+    let (path, bytes, _) = backed_up_file(&c, "t.bin", 1_000_000, "2");
+    std::fs::remove_file(&path).unwrap();
+    // The restore's port, from a first restore's GETCHUNKs.
+    let mc = Listener::join(c.mc).record();
+    let first = c.dir.path().join("first.bin");
+    c.cli_ok(
+        0,
+        &[
+            "restore",
+            path.to_str().unwrap(),
+            "--to",
+            first.to_str().unwrap(),
+        ],
+        0,
+    );
+    let port = (mc.stop().iter())
+        .find_map(|d| tcp_port(d))
+        .expect("a GETCHUNK with a TCP line");
+    let stop = Arc::new(AtomicBool::new(false));
+    let holder = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let end = Instant::now() + Duration::from_secs(60);
+            let mut held = Vec::new();
+            while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                held.retain(|s: &std::net::TcpStream| s.peer_addr().is_ok());
+                if held.len() < 40 {
+                    if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                        let _ = std::io::Write::write_all(&mut &s, &[0, 1]); // half a length
+                        held.push(s);
+                    }
+                } else {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if held.len() >= 40 {
+                    // Reopen the ones the listener cut.
+                    held.retain(|s| {
+                        let mut b = [0u8; 1];
+                        s.set_nonblocking(true).ok();
+                        !matches!(std::io::Read::read(&mut &*s, &mut b), Ok(0))
+                    });
+                }
+            }
+            held.len()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let out = cli_within(
+        &c,
+        0,
+        &["restore", path.to_str().unwrap()],
+        Duration::from_secs(40),
+    );
+    let took = t.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    holder.join().unwrap();
+    let out = out.expect("restore ended");
+    eprintln!("restore in {took:?} with its TCP listener held busy");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    assert!(took < Duration::from_secs(15), "restore took {took:?}");
 }
 
 /// 500 GETCHUNKs for one chunk in 2 s buy at most about one 64 KB CHUNK a second.

@@ -69,7 +69,11 @@ fn peers_at(protocol: &str) {
     let theirs = c.peer(1).peers();
     assert_eq!(theirs.peer_id, 2);
     let home_peer = theirs.peers.iter().find(|p| p.id == 1);
-    assert_eq!(home_peer.map(|p| p.hosted_bytes), Some(100_000), "{theirs:?}");
+    assert_eq!(
+        home_peer.map(|p| p.hosted_bytes),
+        Some(100_000),
+        "{theirs:?}"
+    );
     c.cli_ok(1, &["peers"], 0);
 
     // Deleted: peer 2 owes the acknowledgement of the DELETE until it sends DELETED (2.0); a
