@@ -80,6 +80,11 @@ pub const MAX_RECHECKS: u32 = 2;
 /// 2.0: after writing a chunk, this peer listens this long for STOREDs of peers that wrote it at
 /// the same moment (see `Trim`).
 pub const TRIM_WINDOW: Duration = Duration::from_secs(2);
+/// 2.0: a peer whose random wait is shorter than this writes the chunk at once, like 1.0, and
+/// decides at the end of its wait whether to keep it: the first holders are the ones with the
+/// shortest waits, so the backup waits for their writes no longer than in 1.0. A peer with a
+/// longer wait decides first and rarely writes at all.
+pub const WRITE_AHEAD_BELOW: Duration = Duration::from_millis(200);
 
 /// A job (one file's backup or restore) that offers chunks as the engine gives it room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -250,6 +255,9 @@ struct Storing {
 struct StoredDue {
     arrived: Instant,
     timer: (Instant, u64),
+    /// 2.0, a chunk written ahead of its random instant: its desired RD and the STOREDs heard
+    /// since its PUTCHUNK (with RD of them, ours is not needed).
+    ahead: Option<(u8, Vec<PeerId>)>,
 }
 
 enum ReplyState {
@@ -617,12 +625,13 @@ impl Peer {
             waiting: None,
             rd: rd.get(),
         };
-        if self.enhanced {
+        if self.enhanced && reply_at - now >= WRITE_AHEAD_BELOW {
             // 2.0: first the random wait, counting the STOREDs of the peers that store it.
             storing.waiting = Some((rd, body, sender));
             self.arm(reply_at, Timer::Store(chunk.clone()));
             self.storing.insert(chunk, storing);
         } else {
+            // 1.0, or 2.0 with a short wait (written ahead, kept or not at its instant).
             self.storing.insert(chunk.clone(), storing);
             self.actions.push_back(Action::Store {
                 chunk,
@@ -648,6 +657,12 @@ impl Peer {
                 storing.heard.push(sender);
             }
             return;
+        }
+        let due = self.stored_due.get_mut(&chunk);
+        if let Some((_, heard)) = due.and_then(|d| d.ahead.as_mut()) {
+            if heard.len() < MAX_HEARD_WHILE_STORING && !heard.contains(&sender) {
+                heard.push(sender);
+            }
         }
         self.actions.push_back(Action::RecordHolders {
             chunk,
@@ -847,29 +862,25 @@ impl Peer {
             }
             Put::Held if storing.deleted => return,
             Put::Written if self.enhanced => {
-                // 2.0: RD peers with a lower id announced it while we wrote it: ours would be
-                // a copy too many (`Trim`). Nobody counted it yet, so it goes without a word.
-                // Else we listen a while for the others that wrote it at the same moment.
-                let me = self.id;
-                let lower: Vec<PeerId> =
-                    storing.heard.iter().filter(|p| **p < me).copied().collect();
-                if lower.len() >= usize::from(storing.rd) {
-                    self.actions.push_back(Action::DropHosted {
-                        chunk: chunk.clone(),
-                    });
-                    return;
-                }
-                let trim = Trim {
-                    rd: storing.rd,
-                    until: now + TRIM_WINDOW,
-                    lower,
-                };
-                self.trimming.insert(chunk.clone(), trim);
                 if !storing.heard.is_empty() {
                     self.actions.push_back(Action::RecordHolders {
                         chunk: chunk.clone(),
-                        peers: storing.heard,
+                        peers: storing.heard.clone(),
                     });
+                }
+                if storing.reply_at > now {
+                    // Written ahead: kept or not at its random instant.
+                    let timer = self.arm(storing.reply_at, Timer::Stored(chunk.clone()));
+                    let due = StoredDue {
+                        arrived: storing.arrived,
+                        timer,
+                        ahead: Some((storing.rd, storing.heard)),
+                    };
+                    self.stored_due.insert(chunk.clone(), due);
+                    return;
+                }
+                if !self.announce_written(chunk, storing.rd, &storing.heard, now) {
+                    return;
                 }
             }
             Put::Written | Put::Held if !storing.heard.is_empty() => {
@@ -891,9 +902,39 @@ impl Peer {
                 StoredDue {
                     arrived: storing.arrived,
                     timer,
+                    ahead: None,
                 },
             );
         }
+    }
+
+    /// 2.0: a chunk this peer wrote, at the instant its STORED would go: if RD peers said
+    /// STORED since its PUTCHUNK, ours is not needed and goes without a word (nobody counted
+    /// it; of the copies announced with STORED, which alone count, the RD with the lowest ids
+    /// are never dropped, see `Trim`). Else we listen a while for the peers that wrote it at
+    /// the same moment. Whether to send STORED.
+    fn announce_written(
+        &mut self,
+        chunk: &ChunkId,
+        rd: u8,
+        heard: &[PeerId],
+        now: Instant,
+    ) -> bool {
+        if heard.len() >= usize::from(rd) {
+            self.actions.push_back(Action::DropHosted {
+                chunk: chunk.clone(),
+            });
+            return false;
+        }
+        let me = self.id;
+        let lower = heard.iter().filter(|p| **p < me).copied().collect();
+        let trim = Trim {
+            rd,
+            until: now + TRIM_WINDOW,
+            lower,
+        };
+        self.trimming.insert(chunk.clone(), trim);
+        true
     }
 
     /// Whether this peer hosts a chunk a GETCHUNK asked for: its recorded length and hash. The
@@ -1492,12 +1533,18 @@ impl Peer {
             match timer {
                 Timer::Stored(chunk) => {
                     if self.stored_due.get(&chunk).is_some_and(|d| d.timer == key) {
-                        let due = self.stored_due.remove(&chunk);
-                        let deleted =
-                            due.is_some_and(|d| self.deleted_since(&chunk.file_id, d.arrived));
-                        if !deleted {
-                            self.send(MessageKind::Stored { chunk });
+                        let Some(due) = self.stored_due.remove(&chunk) else {
+                            continue;
+                        };
+                        if self.deleted_since(&chunk.file_id, due.arrived) {
+                            continue;
                         }
+                        if let Some((rd, heard)) = &due.ahead {
+                            if !self.announce_written(&chunk, *rd, heard, now) {
+                                continue;
+                            }
+                        }
+                        self.send(MessageKind::Stored { chunk });
                     }
                 }
                 Timer::Reply(chunk) => {
@@ -2306,51 +2353,92 @@ mod tests {
         msg(from, MessageKind::Stored { chunk: chunk(no) })
     }
 
-    /// The `write` flag of the only `Store` among the actions.
+    /// The `write` flag of the `Store` among the actions.
     fn store_write(a: &[Action]) -> Option<bool> {
-        match a {
-            [Action::Store { write, .. }] => Some(*write),
+        a.iter().find_map(|a| match a {
+            Action::Store { write, .. } => Some(*write),
             _ => None,
-        }
+        })
     }
 
     #[test]
     fn v2_stores_only_if_fewer_than_rd_peers_stored_during_its_wait() {
         let t0 = Instant::now();
-        for (storeds, write) in [(0, true), (1, true), (2, false), (3, false)] {
-            let mut p = enhanced(storeds as u64, t0);
-            p.handle(put(2, 0, 2), t0);
-            let early = actions(&mut p);
-            assert!(
-                !early.iter().any(|a| matches!(a, Action::Store { .. })),
-                "waits first"
-            );
-            for from in 3..3 + storeds {
-                p.handle(stored(from, 0), t0);
-                p.handle(stored(from, 0), t0); // duplicates count once
-            }
-            run(&mut p, t0, MAX_REPLY_DELAY);
-            let a: Vec<Action> = actions(&mut p)
-                .into_iter()
-                .filter(|a| !matches!(a, Action::PeerBack { .. } | Action::RecordHolders { .. }))
-                .collect();
-            assert_eq!(store_write(&a), Some(write), "{storeds} STOREDs heard");
-            // Written: STORED at once (its random instant is past). Held (the initiator lost
-            // our STORED): STORED too, whatever the others said.
-            let now = t0 + MAX_REPLY_DELAY;
-            let put = if write { Put::Written } else { Put::Held };
-            p.stored(&chunk(0), put, now);
-            let sent = run(&mut p, now, Duration::ZERO);
-            assert!(matches!(
-                sent[..],
-                [(
-                    _,
-                    Message {
-                        kind: MessageKind::Stored { .. },
-                        ..
+        let (mut ahead, mut waited) = (0, 0);
+        for seed in 0..40 {
+            for storeds in 0..4u32 {
+                let mut p = enhanced(seed, t0);
+                p.handle(put(20, 0, 2), t0);
+                // A short wait writes at once (like 1.0); a long one waits first.
+                let early = actions(&mut p);
+                let wrote_ahead = store_write(&early).is_some();
+                for from in 2..2 + storeds {
+                    p.handle(stored(from, 0), t0);
+                    p.handle(stored(from, 0), t0); // duplicates count once
+                }
+                run(&mut p, t0, MAX_REPLY_DELAY);
+                let late: Vec<Action> = actions(&mut p)
+                    .into_iter()
+                    .filter(|a| matches!(a, Action::Store { .. }))
+                    .collect();
+                let write = match wrote_ahead {
+                    true => {
+                        ahead += 1;
+                        assert!(late.is_empty());
+                        true
                     }
-                )]
-            ));
+                    false => {
+                        waited += 1;
+                        store_write(&late).unwrap()
+                    }
+                };
+                assert_eq!(write, wrote_ahead || storeds < 2, "{storeds} STOREDs heard");
+                // Kept and announced only if fewer than RD peers said STORED; a chunk held
+                // already (the initiator lost our STORED) is announced whatever they said.
+                let now = t0 + MAX_REPLY_DELAY;
+                let put = if write { Put::Written } else { Put::Held };
+                p.stored(&chunk(0), put, now);
+                let sent = run(&mut p, now, MAX_REPLY_DELAY);
+                let announced = sent
+                    .iter()
+                    .any(|(_, m)| matches!(m.kind, MessageKind::Stored { .. }));
+                let dropped = actions(&mut p).contains(&Action::DropHosted { chunk: chunk(0) });
+                assert_eq!(announced, !write || storeds < 2, "seed {seed}, {storeds}");
+                assert_eq!(dropped, write && storeds >= 2, "seed {seed}, {storeds}");
+            }
+        }
+        assert!(
+            ahead > 0 && waited > 0,
+            "both ways: {ahead} ahead, {waited} waited"
+        );
+    }
+
+    #[test]
+    fn v2_a_copy_written_ahead_is_kept_or_dropped_at_its_random_instant() {
+        let t0 = Instant::now();
+        let seed = (0..100)
+            .find(|s| {
+                let mut p = enhanced(*s, t0);
+                p.handle(put(20, 0, 2), t0);
+                store_write(&actions(&mut p)).is_some()
+            })
+            .unwrap();
+        for storeds in [1, 2] {
+            let mut p = enhanced(seed, t0);
+            p.handle(put(20, 0, 2), t0);
+            actions(&mut p);
+            // Written at once, before its instant: nothing said yet.
+            p.stored(&chunk(0), Put::Written, t0);
+            assert!(run(&mut p, t0, Duration::ZERO).is_empty());
+            for from in 2..2 + storeds {
+                p.handle(stored(from, 0), t0 + Duration::from_millis(1));
+            }
+            let sent = run(&mut p, t0, MAX_REPLY_DELAY);
+            let dropped = actions(&mut p).contains(&Action::DropHosted { chunk: chunk(0) });
+            assert_eq!(
+                (sent.len(), dropped),
+                if storeds < 2 { (1, false) } else { (0, true) }
+            );
         }
     }
 
@@ -2368,12 +2456,12 @@ mod tests {
     }
 
     #[test]
-    fn v2_a_copy_written_while_rd_lower_ids_announced_theirs_goes_without_a_word() {
+    fn v2_a_copy_written_while_rd_peers_announced_theirs_goes_without_a_word() {
         let t0 = Instant::now();
         let now = t0 + MAX_REPLY_DELAY;
-        // Peers 3 and 4 announce theirs while ours is written: peer 9 drops its copy, peer 2
-        // (a lower id than both) keeps it, and so do they: the lowest RD ids never drop.
-        for (me, dropped) in [(9, true), (2, false), (4, false)] {
+        // Peers 3 and 4 announce theirs while ours is written: ours is not needed (peer 4
+        // heard only peer 3: it keeps its own).
+        for (me, dropped) in [(9, true), (2, true), (4, false)] {
             let mut p = writing(me, t0);
             p.handle(stored(3, 0), now);
             p.handle(stored(4, 0), now);
