@@ -80,11 +80,9 @@ pub const MAX_RECHECKS: u32 = 2;
 /// 2.0: after writing a chunk, this peer listens this long for STOREDs of peers that wrote it at
 /// the same moment (see `Trim`).
 pub const TRIM_WINDOW: Duration = Duration::from_secs(2);
-/// 2.0: a peer whose random wait is shorter than this writes the chunk at once, like 1.0, and
-/// decides at the end of its wait whether to keep it: the first holders are the ones with the
-/// shortest waits, so the backup waits for their writes no longer than in 1.0. A peer with a
-/// longer wait decides first and rarely writes at all.
-pub const WRITE_AHEAD_BELOW: Duration = Duration::from_millis(200);
+/// 2.0: STOREDs heard for a chunk are remembered this long: a PUTCHUNK sent again (its sender
+/// lost a STORED) finds the holders known already, and is not stored once more.
+pub const STOREDS_REMEMBERED_FOR: Duration = Duration::from_secs(20);
 
 /// A job (one file's backup or restore) that offers chunks as the engine gives it room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -373,6 +371,8 @@ pub struct Peer {
     /// 2.0: hosted chunks left to another holder's re-backup, and how often we looked again.
     rechecks: LruMap<ChunkId, u32>,
     trimming: LruMap<ChunkId, Trim>,
+    /// 2.0: the peers heard saying STORED for each chunk lately, and when last.
+    storeds: LruMap<ChunkId, (Instant, Vec<PeerId>)>,
     rng: StdRng,
     timers: BTreeMap<(Instant, u64), Timer>,
     next_timer: u64,
@@ -412,6 +412,7 @@ impl Peer {
             freed: LruMap::new(MAX_SEEN_ENTRIES),
             rechecks: LruMap::new(MAX_SEEN_ENTRIES),
             trimming: LruMap::new(MAX_SEEN_ENTRIES),
+            storeds: LruMap::new(MAX_SEEN_ENTRIES),
             rng: StdRng::seed_from_u64(seed),
             timers: BTreeMap::new(),
             next_timer: 0,
@@ -558,6 +559,12 @@ impl Peer {
             MessageKind::Chunk { chunk, body } => self.on_chunk(&chunk, body, version),
             MessageKind::Delete { file_id } => self.on_delete(file_id, sender, now),
             MessageKind::Removed { chunk } => {
+                if let Some((at, peers)) = self.storeds.get(&chunk) {
+                    // It no longer holds it.
+                    let (at, mut peers) = (*at, peers.clone());
+                    peers.retain(|p| *p != sender);
+                    self.storeds.insert(chunk.clone(), (at, peers));
+                }
                 self.actions.push_back(Action::RemoveHolder {
                     chunk,
                     peer: sender,
@@ -617,15 +624,24 @@ impl Peer {
             return;
         }
         let reply_at = now + self.reply_delay();
+        // 2.0: the holders heard lately count from the start (a PUTCHUNK sent again).
+        let heard = match self.storeds.get(&chunk) {
+            Some((at, peers))
+                if self.enhanced && now.saturating_duration_since(*at) < STOREDS_REMEMBERED_FOR =>
+            {
+                peers.clone()
+            }
+            _ => Vec::new(),
+        };
         let mut storing = Storing {
             arrived: now,
             reply_at,
-            heard: Vec::new(),
+            heard,
             deleted: false,
             waiting: None,
             rd: rd.get(),
         };
-        if self.enhanced && reply_at - now >= WRITE_AHEAD_BELOW {
+        if self.enhanced && reply_at - now >= self.write_ahead_below(rd) {
             // 2.0: first the random wait, counting the STOREDs of the peers that store it.
             storing.waiting = Some((rd, body, sender));
             self.arm(reply_at, Timer::Store(chunk.clone()));
@@ -643,9 +659,31 @@ impl Peer {
         }
     }
 
+    /// 2.0: the random waits below which a peer writes a chunk ahead of its decision: those
+    /// of the peers likely to be among the first RD (with a margin of one), given the peers
+    /// heard. Uniform waits: the k-th shortest of n is expected at k/(n+1) of the range.
+    fn write_ahead_below(&self, rd: Rd) -> Duration {
+        // The peers that may store it: every peer heard (the sender among them stands for us).
+        let n = self.seen.len().max(1) as u32;
+        let k = u32::from(rd.get()) + 1;
+        (MAX_REPLY_DELAY * k / (n + 1)).min(MAX_REPLY_DELAY + Duration::from_millis(1))
+    }
+
     fn on_stored(&mut self, chunk: ChunkId, sender: PeerId, now: Instant) {
         if sender < self.id {
             self.trim(&chunk, sender, now);
+        }
+        if self.enhanced {
+            let mut peers = match self.storeds.remove(&chunk) {
+                Some((at, peers)) if now.saturating_duration_since(at) < STOREDS_REMEMBERED_FOR => {
+                    peers
+                }
+                _ => Vec::new(),
+            };
+            if peers.len() < MAX_HEARD_WHILE_STORING && !peers.contains(&sender) {
+                peers.push(sender);
+            }
+            self.storeds.insert(chunk.clone(), (now, peers));
         }
         if let Some(s) = self.sending.get_mut(&chunk) {
             s.backup.on_stored(sender);
@@ -2368,6 +2406,10 @@ mod tests {
         for seed in 0..40 {
             for storeds in 0..4u32 {
                 let mut p = enhanced(seed, t0);
+                // 9 peers heard: those with waits below 3/10 of the range write ahead.
+                for id in 30..38 {
+                    p.handle(msg(id, MessageKind::Hello), t0);
+                }
                 p.handle(put(20, 0, 2), t0);
                 // A short wait writes at once (like 1.0); a long one waits first.
                 let early = actions(&mut p);
@@ -2411,6 +2453,42 @@ mod tests {
             ahead > 0 && waited > 0,
             "both ways: {ahead} ahead, {waited} waited"
         );
+    }
+
+    #[test]
+    fn v2_the_fewer_peers_heard_the_more_write_ahead_and_a_resent_putchunk_counts_known_holders() {
+        let t0 = Instant::now();
+        let mut p = enhanced(1, t0);
+        // One peer heard: every wait writes ahead.
+        p.handle(msg(30, MessageKind::Hello), t0);
+        assert!(p.write_ahead_below(rd(2)) > MAX_REPLY_DELAY);
+        for id in 31..40 {
+            p.handle(msg(id, MessageKind::Hello), t0);
+        }
+        // 10 peers: the 3 shortest of 10 waits are expected below 3/11 of the range.
+        assert_eq!(p.write_ahead_below(rd(2)), MAX_REPLY_DELAY * 3 / 11);
+        // Peers 2 and 3 stored chunk 0 (the sender lost their STOREDs and sends it again).
+        p.handle(stored(2, 0), t0);
+        p.handle(stored(3, 0), t0);
+        let t1 = t0 + Duration::from_secs(1);
+        p.handle(put(20, 0, 2), t1);
+        run(&mut p, t1, MAX_REPLY_DELAY);
+        match store_write(&actions(&mut p)) {
+            Some(true) => {
+                // Written ahead: dropped at its instant.
+                p.stored(&chunk(0), Put::Written, t1);
+                run(&mut p, t1, MAX_REPLY_DELAY);
+                assert!(actions(&mut p).contains(&Action::DropHosted { chunk: chunk(0) }));
+            }
+            other => assert_eq!(other, Some(false), "not written"),
+        }
+        // A REMOVED takes the peer out of what is remembered.
+        let removed = MessageKind::Removed { chunk: chunk(1) };
+        p.handle(stored(2, 1), t1);
+        p.handle(stored(3, 1), t1);
+        p.handle(msg(3, removed), t1);
+        let known = p.storeds.get(&chunk(1)).map(|(_, v)| v.clone());
+        assert_eq!(known, Some(vec![PeerId(2)]));
     }
 
     #[test]
