@@ -371,6 +371,8 @@ pub struct Peer {
     /// 2.0: hosted chunks left to another holder's re-backup, and how often we looked again.
     rechecks: LruMap<ChunkId, u32>,
     trimming: LruMap<ChunkId, Trim>,
+    /// 2.0: when we last answered a new peer's HELLO with ours.
+    hello_answered: Option<Instant>,
     /// 2.0: the peers heard saying STORED for each chunk lately, and when last.
     storeds: LruMap<ChunkId, (Instant, Vec<PeerId>)>,
     rng: StdRng,
@@ -412,6 +414,7 @@ impl Peer {
             freed: LruMap::new(MAX_SEEN_ENTRIES),
             rechecks: LruMap::new(MAX_SEEN_ENTRIES),
             trimming: LruMap::new(MAX_SEEN_ENTRIES),
+            hello_answered: None,
             storeds: LruMap::new(MAX_SEEN_ENTRIES),
             rng: StdRng::seed_from_u64(seed),
             timers: BTreeMap::new(),
@@ -593,6 +596,17 @@ impl Peer {
     /// `BACK_EVERY`.
     fn heard(&mut self, peer: PeerId, hello: bool, now: Instant) {
         let (back, last_back) = match self.seen.get(&peer) {
+            None if hello => {
+                // A peer that just started: it hears our HELLO too (at most one a second,
+                // whatever a flood of new ids), so it knows us before our next one.
+                if (self.hello_answered)
+                    .is_none_or(|t| now.saturating_duration_since(t) >= BACK_EVERY)
+                {
+                    self.hello_answered = Some(now);
+                    self.send_v2(MessageKind::Hello);
+                }
+                (true, None)
+            }
             None => (true, None),
             Some(s) => (
                 hello || now.saturating_duration_since(s.last) >= AWAY_AFTER,
@@ -2805,5 +2819,28 @@ mod tests {
         p.handle(put(3, 0, 3), t0);
         run(&mut p, t0, RECHECK_AFTER * 2);
         assert!(!actions(&mut p).contains(&Action::Recheck { chunk: chunk(0) }));
+    }
+
+    #[test]
+    fn v2_a_new_peers_hello_is_answered_with_ours_once_a_second_at_most() {
+        let t0 = Instant::now();
+        let mut p = enhanced(8, t0);
+        let hellos = |p: &mut Peer, now| {
+            run(p, now, Duration::ZERO)
+                .into_iter()
+                .filter(|(_, m)| m.kind == MessageKind::Hello)
+                .count()
+        };
+        p.handle(msg(2, MessageKind::Hello), t0);
+        assert_eq!(hellos(&mut p, t0), 1);
+        p.handle(msg(3, MessageKind::Hello), t0);
+        p.handle(msg(2, MessageKind::Hello), t0 + BACK_EVERY);
+        assert_eq!(hellos(&mut p, t0), 0, "a flood of new ids: one a second");
+        p.handle(msg(4, MessageKind::Hello), t0 + BACK_EVERY);
+        assert_eq!(hellos(&mut p, t0 + BACK_EVERY), 1);
+        // A 1.0 peer says nothing.
+        let mut p = Peer::new(ME, 8);
+        p.handle(msg(2, MessageKind::Hello), t0);
+        assert_eq!(hellos(&mut p, t0), 0);
     }
 }
