@@ -273,30 +273,29 @@ fn a_restore_succeeds_under_a_jammer() {
             }
         })
     };
-    let t = Instant::now();
-    let out = cli_within(
-        &c,
-        0,
-        &["restore", path.to_str().unwrap()],
-        Duration::from_secs(40),
-    );
-    let took = t.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    jammer.join().unwrap();
-    let out = out.expect("restore ended");
-    eprintln!(
-        "restore in {took:?} under {} jammed GETCHUNKs",
-        jammed.load(Ordering::Relaxed)
-    );
-    assert!(jammed.load(Ordering::Relaxed) > 0, "the jammer was heard");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    let took = restore_under_attack(&c, &path, &bytes, || {
+        stop.store(true, Ordering::Relaxed);
+        jammer.join().unwrap();
+    });
+    let jammed = jammed.load(Ordering::Relaxed);
+    eprintln!("restore in {took:?} under {jammed} jammed GETCHUNKs");
+    assert!(jammed > 0, "the jammer was heard");
     assert!(took < Duration::from_secs(10), "restore took {took:?}");
+}
+
+/// Restores `path` on peer 1 (within 40 s) while an attack runs, then `stop`s the attack;
+/// checks the restore succeeded byte for byte and returns how long it took.
+fn restore_under_attack(c: &Cluster, path: &Path, bytes: &[u8], stop: impl FnOnce()) -> Duration {
+    let t = Instant::now();
+    let restore = ["restore", path.to_str().unwrap()];
+    let out = cli_within(c, 0, &restore, Duration::from_secs(40));
+    let took = t.elapsed();
+    stop();
+    let out = out.expect("restore ended");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(std::fs::read(path).unwrap(), bytes);
+    took
 }
 
 /// The port of a 2.0 GETCHUNK's `TCP <port>` line.
@@ -359,25 +358,11 @@ fn a_restore_succeeds_with_its_tcp_listener_held_busy() {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    let t = Instant::now();
-    let out = cli_within(
-        &c,
-        0,
-        &["restore", path.to_str().unwrap()],
-        Duration::from_secs(40),
-    );
-    let took = t.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    holder.join().unwrap();
-    let out = out.expect("restore ended");
+    let took = restore_under_attack(&c, &path, &bytes, || {
+        stop.store(true, Ordering::Relaxed);
+        holder.join().unwrap();
+    });
     eprintln!("restore in {took:?} with its TCP listener held busy");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(std::fs::read(&path).unwrap(), bytes);
     assert!(took < Duration::from_secs(15), "restore took {took:?}");
 }
 

@@ -600,25 +600,14 @@ pub(crate) async fn receive_loop(
                 continue;
             }
         };
-        // With a LAN key, only what carries its tag is read at all (SPEC §3).
-        let verified;
-        let datagram = match node.lan_key() {
-            None => &buf[..n],
-            Some(key) => match auth::verify(&key, &buf[..n], super::unix_now()) {
-                Ok(d) => {
-                    verified = d;
-                    &verified[..]
-                }
-                Err(e) => {
-                    node.counters
-                        .unauthenticated
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%from, "dropped a datagram ({n} bytes) on {:?}: {e}", ch.channel);
-                    continue;
-                }
-            },
+        let datagram = match authenticated(&node, &buf[..n]) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(%from, "dropped a datagram ({n} bytes) on {:?}: {e}", ch.channel);
+                continue;
+            }
         };
-        let msg = match Message::parse(datagram) {
+        let msg = match Message::parse(&datagram) {
             Ok(msg) if msg.channel() == ch.channel => msg,
             Ok(msg) => {
                 node.counters.malformed.fetch_add(1, Ordering::Relaxed);
@@ -645,6 +634,24 @@ pub(crate) async fn receive_loop(
             }
         }
     }
+}
+
+/// A datagram or TCP frame as it may be read: with a LAN key, only what carries its valid tag
+/// (SPEC §3), without the tag's line; what fails is counted.
+fn authenticated<'a>(
+    node: &Node,
+    bytes: &'a [u8],
+) -> Result<std::borrow::Cow<'a, [u8]>, auth::AuthError> {
+    let Some(key) = node.lan_key() else {
+        return Ok(std::borrow::Cow::Borrowed(bytes));
+    };
+    auth::verify(&key, bytes, super::unix_now())
+        .map(std::borrow::Cow::Owned)
+        .inspect_err(|_| {
+            node.counters
+                .unauthenticated
+                .fetch_add(1, Ordering::Relaxed);
+        })
 }
 
 fn enqueue(
@@ -681,24 +688,14 @@ pub(crate) async fn tcp_frames(
                 None => return,
             },
         };
-        let verified;
-        let bytes = match node.lan_key() {
-            None => &frame[..],
-            Some(key) => match auth::verify(&key, &frame, super::unix_now()) {
-                Ok(d) => {
-                    verified = d;
-                    &verified[..]
-                }
-                Err(e) => {
-                    node.counters
-                        .unauthenticated
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%from, "dropped a TCP frame ({} bytes): {e}", frame.len());
-                    continue;
-                }
-            },
+        let bytes = match authenticated(&node, &frame) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(%from, "dropped a TCP frame ({} bytes): {e}", frame.len());
+                continue;
+            }
         };
-        match Message::parse(bytes) {
+        match Message::parse(&bytes) {
             Ok(msg) if matches!(msg.kind, crate::protocol::MessageKind::Chunk { .. }) => {
                 node.engine(Input::TcpChunk(msg));
             }
