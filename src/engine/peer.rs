@@ -638,12 +638,18 @@ impl Peer {
             return;
         }
         let reply_at = now + self.reply_delay();
-        // 2.0: the holders heard lately count from the start (a PUTCHUNK sent again).
+        // 2.0: the holders heard lately count from the start (a PUTCHUNK sent again), if they
+        // are alive: heard within three HELLOs (a repair after a holder was lost sends it
+        // again too, and the lost one must not count).
+        let alive = |p: &PeerId| {
+            (self.seen.get(p))
+                .is_some_and(|s| now.saturating_duration_since(s.last) < self.hello_every * 3)
+        };
         let heard = match self.storeds.get(&chunk) {
             Some((at, peers))
                 if self.enhanced && now.saturating_duration_since(*at) < STOREDS_REMEMBERED_FOR =>
             {
-                peers.clone()
+                peers.iter().filter(|p| alive(p)).copied().collect()
             }
             _ => Vec::new(),
         };
@@ -2503,6 +2509,20 @@ mod tests {
         p.handle(msg(3, removed), t1);
         let known = p.storeds.get(&chunk(1)).map(|(_, v)| v.clone());
         assert_eq!(known, Some(vec![PeerId(2)]));
+
+        // A holder not heard for three HELLOs (a lost one) is not counted.
+        let mut p = Peer::new(ME, 1);
+        p.enhance(Some(7000), Duration::from_secs(1));
+        p.handle(stored(2, 0), t0);
+        p.handle(stored(3, 0), t0);
+        let t1 = t0 + Duration::from_millis(3500);
+        p.handle(msg(3, MessageKind::Hello), t1 - Duration::from_secs(1));
+        p.handle(put(20, 0, 2), t1);
+        run(&mut p, t1, MAX_REPLY_DELAY);
+        assert_eq!(store_write(&actions(&mut p)), Some(true));
+        p.stored(&chunk(0), Put::Written, t1 + MAX_REPLY_DELAY);
+        run(&mut p, t1, MAX_REPLY_DELAY * 2);
+        assert!(!actions(&mut p).contains(&Action::DropHosted { chunk: chunk(0) }));
     }
 
     #[test]
