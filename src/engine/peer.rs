@@ -366,7 +366,7 @@ pub struct Peer {
     tcp_port: Option<u16>,
     hello_every: Duration,
     seen: LruMap<PeerId, Seen>,
-    /// 2.0: files whose chunks we freed lately, and when we last said DELETED for each.
+    /// 2.0: files whose DELETE we answered lately, and when we last said DELETED for each.
     freed: LruMap<FileId, Option<Instant>>,
     /// 2.0: hosted chunks left to another holder's re-backup, and how often we looked again.
     rechecks: LruMap<ChunkId, u32>,
@@ -849,8 +849,9 @@ impl Peer {
     }
 
     /// The driver carried out (or gave up) a `DeleteFile`; `freed`: some chunk was removed.
-    /// A 2.0 peer that freed the file's chunks (now or lately) answers DELETED, once per
-    /// `DELETED_EVERY`: the home peer stops sending it the DELETE.
+    /// A 2.0 peer answers DELETED, meaning "I hold no chunk of it now", so the home peer stops
+    /// sending it the DELETE (a holder that lost its copies without a word answers too): once
+    /// per `DELETED_EVERY` per file, and at once when it freed chunks just now.
     pub fn file_deleted(&mut self, file_id: &FileId, freed: bool, now: Instant) {
         if let Some(n) = self.deleting.get_mut(file_id) {
             *n -= 1;
@@ -861,12 +862,8 @@ impl Peer {
         if !self.enhanced {
             return;
         }
-        let last = match self.freed.get(file_id) {
-            Some(last) => *last,
-            None if freed => None,
-            None => return,
-        };
-        if last.is_some_and(|t| now.saturating_duration_since(t) < DELETED_EVERY) {
+        let last = self.freed.get(file_id).copied().flatten();
+        if !freed && last.is_some_and(|t| now.saturating_duration_since(t) < DELETED_EVERY) {
             return;
         }
         self.freed.insert(file_id.clone(), Some(now));
@@ -2732,7 +2729,7 @@ mod tests {
     }
 
     #[test]
-    fn v2_deleted_answers_a_burst_of_deletes_once_and_only_from_a_holder() {
+    fn v2_deleted_answers_a_burst_of_deletes_once_a_second() {
         let t0 = Instant::now();
         let mut p = enhanced(5, t0);
         let file_id = chunk(0).file_id;
@@ -2742,11 +2739,13 @@ mod tests {
                 .filter(|(_, m)| matches!(m.kind, MessageKind::Deleted { .. }))
                 .count()
         };
-        // Not a holder: silent.
+        // Holding nothing of it: DELETED (it holds nothing now), once a second at most.
         p.handle(delete(2, 0), t0);
         p.file_deleted(&file_id, false, t0);
+        assert_eq!(deleteds(&mut p, t0), 1);
+        p.file_deleted(&file_id, false, t0);
         assert_eq!(deleteds(&mut p, t0), 0);
-        // A holder: one DELETED per second at most, also for the DELETEs after the chunks went.
+        // A holder that just freed chunks answers at once.
         p.file_deleted(&file_id, true, t0);
         assert_eq!(deleteds(&mut p, t0), 1);
         let t1 = t0 + Duration::from_millis(300);
