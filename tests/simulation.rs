@@ -648,6 +648,9 @@ struct Sim {
     /// The scenario loses datagrams (the final phase never does).
     lossy: bool,
     hello_every: Duration,
+    /// What is being drained was sent by an engine timer (a HELLO then re-arms the next one; a
+    /// HELLO answering a new peer's does not).
+    timer_drain: bool,
     /// 2.0: per version, the holders its home waited for a DELETED from when it last forgot it.
     owed: BTreeMap<usize, BTreeSet<PeerId>>,
     /// (peer, chunk): a PUTCHUNK sent after its version was last forgotten reached the peer (a
@@ -761,6 +764,7 @@ impl Sim {
             class,
             lossy: loss > 0.0,
             hello_every,
+            timer_drain: false,
             owed: BTreeMap::new(),
             late_put: BTreeSet::new(),
             put_waiting: BTreeMap::new(),
@@ -927,7 +931,12 @@ impl Sim {
         for (i, p) in self.peers.iter().enumerate() {
             if let Some(t) = p.engine.as_ref().and_then(|e| e.poll_timeout()) {
                 let t = t.saturating_duration_since(self.base);
-                work = work || hellos || !self.only_hello(i);
+                if !hellos && self.only_hello(i) {
+                    // Waiting for quiet: a HELLO due now would only bring more traffic (a
+                    // HELLO answered, a DELETE sent again), never end any.
+                    continue;
+                }
+                work = true;
                 if next_timer.is_none_or(|(best, _)| t < best) {
                     next_timer = Some((t, i));
                 }
@@ -957,7 +966,9 @@ impl Sim {
                 if let Some(e) = self.peers[p].engine.as_mut() {
                     e.handle_timeout(at);
                 }
+                self.timer_drain = true;
                 self.drain(p);
+                self.timer_drain = false;
             }
             None => {
                 let (_, event) = self.queue.pop_first().unwrap();
@@ -1087,7 +1098,9 @@ impl Sim {
         match &msg.kind {
             MessageKind::Hello => {
                 self.stats.hellos += 1;
-                self.peers[p].next_hello = Some(self.now + self.hello_every);
+                if self.timer_drain || self.peers[p].next_hello.is_none() {
+                    self.peers[p].next_hello = Some(self.now + self.hello_every);
+                }
             }
             MessageKind::Deleted { .. } => self.stats.deleteds += 1,
             MessageKind::Chunk { body, .. }

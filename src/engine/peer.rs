@@ -80,6 +80,9 @@ pub const MAX_RECHECKS: u32 = 2;
 /// 2.0: after writing a chunk, this peer listens this long for STOREDs of peers that wrote it at
 /// the same moment (see `Trim`).
 pub const TRIM_WINDOW: Duration = Duration::from_secs(2);
+/// 2.0: a copy dropped as one too many is not announced again for this long, whatever finds it
+/// still on disk (its removal runs beside the engine).
+pub const DROP_SETTLE: Duration = Duration::from_secs(5);
 /// 2.0: STOREDs heard for a chunk are remembered this long: a PUTCHUNK sent again (its sender
 /// lost a STORED) finds the holders known already, and is not stored once more.
 pub const STOREDS_REMEMBERED_FOR: Duration = Duration::from_secs(20);
@@ -371,10 +374,12 @@ pub struct Peer {
     /// 2.0: hosted chunks left to another holder's re-backup, and how often we looked again.
     rechecks: LruMap<ChunkId, u32>,
     trimming: LruMap<ChunkId, Trim>,
+    /// 2.0: copies this peer dropped as one too many lately, and when.
+    dropped: LruMap<ChunkId, Instant>,
     /// 2.0: when we last answered a new peer's HELLO with ours.
     hello_answered: Option<Instant>,
     /// 2.0: the peers heard saying STORED for each chunk lately, and when last.
-    storeds: LruMap<ChunkId, (Instant, Vec<PeerId>)>,
+    storeds: LruMap<ChunkId, Vec<(PeerId, Instant)>>,
     rng: StdRng,
     timers: BTreeMap<(Instant, u64), Timer>,
     next_timer: u64,
@@ -415,6 +420,7 @@ impl Peer {
             rechecks: LruMap::new(MAX_SEEN_ENTRIES),
             trimming: LruMap::new(MAX_SEEN_ENTRIES),
             hello_answered: None,
+            dropped: LruMap::new(MAX_SEEN_ENTRIES),
             storeds: LruMap::new(MAX_SEEN_ENTRIES),
             rng: StdRng::seed_from_u64(seed),
             timers: BTreeMap::new(),
@@ -562,11 +568,11 @@ impl Peer {
             MessageKind::Chunk { chunk, body } => self.on_chunk(&chunk, body, version),
             MessageKind::Delete { file_id } => self.on_delete(file_id, sender, now),
             MessageKind::Removed { chunk } => {
-                if let Some((at, peers)) = self.storeds.get(&chunk) {
+                if let Some(peers) = self.storeds.get(&chunk) {
                     // It no longer holds it.
-                    let (at, mut peers) = (*at, peers.clone());
-                    peers.retain(|p| *p != sender);
-                    self.storeds.insert(chunk.clone(), (at, peers));
+                    let mut peers = peers.clone();
+                    peers.retain(|(p, _)| *p != sender);
+                    self.storeds.insert(chunk.clone(), peers);
                 }
                 self.actions.push_back(Action::RemoveHolder {
                     chunk,
@@ -641,16 +647,21 @@ impl Peer {
         // 2.0: the holders heard lately count from the start (a PUTCHUNK sent again), if they
         // are alive: heard within three HELLOs (a repair after a holder was lost sends it
         // again too, and the lost one must not count).
+        // Nor does a STORED heard before the file's last DELETE: its copy went with it.
         let alive = |p: &PeerId| {
             (self.seen.get(p))
                 .is_some_and(|s| now.saturating_duration_since(s.last) < self.hello_every * 3)
         };
+        let deleted = self.delete_seen.get(&chunk.file_id).copied();
+        let still = |at: &Instant| {
+            now.saturating_duration_since(*at) < STOREDS_REMEMBERED_FOR
+                && deleted.is_none_or(|d| d < *at)
+        };
         let heard = match self.storeds.get(&chunk) {
-            Some((at, peers))
-                if self.enhanced && now.saturating_duration_since(*at) < STOREDS_REMEMBERED_FOR =>
-            {
-                peers.iter().filter(|p| alive(p)).copied().collect()
-            }
+            Some(peers) if self.enhanced => (peers.iter())
+                .filter(|(p, at)| still(at) && alive(p))
+                .map(|(p, _)| *p)
+                .collect(),
             _ => Vec::new(),
         };
         let mut storing = Storing {
@@ -694,16 +705,14 @@ impl Peer {
             self.trim(&chunk, sender, now);
         }
         if self.enhanced {
-            let mut peers = match self.storeds.remove(&chunk) {
-                Some((at, peers)) if now.saturating_duration_since(at) < STOREDS_REMEMBERED_FOR => {
-                    peers
-                }
-                _ => Vec::new(),
-            };
-            if peers.len() < MAX_HEARD_WHILE_STORING && !peers.contains(&sender) {
-                peers.push(sender);
+            let mut peers = self.storeds.remove(&chunk).unwrap_or_default();
+            peers.retain(|(p, at)| {
+                *p != sender && now.saturating_duration_since(*at) < STOREDS_REMEMBERED_FOR
+            });
+            if peers.len() < MAX_HEARD_WHILE_STORING {
+                peers.push((sender, now));
             }
-            self.storeds.insert(chunk.clone(), (now, peers));
+            self.storeds.insert(chunk.clone(), peers);
         }
         if let Some(s) = self.sending.get_mut(&chunk) {
             s.backup.on_stored(sender);
@@ -746,10 +755,17 @@ impl Peer {
             self.trimming.insert(chunk.clone(), t);
             return;
         }
+        self.drop_copy(chunk, now);
+        self.send_removed(chunk.clone(), now);
+    }
+
+    /// 2.0: our copy is one too many: it goes. Until that is done on disk, a PUTCHUNK that
+    /// finds it still there is not answered (it would be a STORED for a copy about to go).
+    fn drop_copy(&mut self, chunk: &ChunkId, now: Instant) {
+        self.dropped.insert(chunk.clone(), now);
         self.actions.push_back(Action::DropHosted {
             chunk: chunk.clone(),
         });
-        self.send_removed(chunk.clone(), now);
     }
 
     fn on_getchunk(&mut self, chunk: ChunkId, tcp: Option<SocketAddr>) {
@@ -916,6 +932,12 @@ impl Peer {
                 return;
             }
             Put::Held if storing.deleted => return,
+            Put::Held
+                if (self.dropped.get(chunk))
+                    .is_some_and(|t| now.saturating_duration_since(*t) < DROP_SETTLE) =>
+            {
+                return; // held only until our own drop of it is done
+            }
             Put::Written if self.enhanced => {
                 if !storing.heard.is_empty() {
                     self.actions.push_back(Action::RecordHolders {
@@ -976,9 +998,7 @@ impl Peer {
         now: Instant,
     ) -> bool {
         if heard.len() >= usize::from(rd) {
-            self.actions.push_back(Action::DropHosted {
-                chunk: chunk.clone(),
-            });
+            self.drop_copy(chunk, now);
             return false;
         }
         let me = self.id;
@@ -2504,8 +2524,26 @@ mod tests {
         p.handle(stored(2, 1), t1);
         p.handle(stored(3, 1), t1);
         p.handle(msg(3, removed), t1);
-        let known = p.storeds.get(&chunk(1)).map(|(_, v)| v.clone());
+        let known = p
+            .storeds
+            .get(&chunk(1))
+            .map(|v| v.iter().map(|(p, _)| *p).collect());
         assert_eq!(known, Some(vec![PeerId(2)]));
+
+        // Nor one heard before the file's DELETE (its copy went with it): the same version
+        // backed up again right after is stored anew.
+        let mut q = enhanced(1, t0);
+        q.handle(stored(2, 0), t0);
+        q.handle(stored(3, 0), t0);
+        q.handle(delete(9, 0), t0 + Duration::from_millis(10));
+        q.file_deleted(&chunk(0).file_id, false, t0 + Duration::from_millis(10));
+        let t2 = t0 + Duration::from_secs(2);
+        q.handle(put(9, 0, 2), t2);
+        run(&mut q, t2, MAX_REPLY_DELAY);
+        assert_eq!(store_write(&actions(&mut q)), Some(true));
+        q.stored(&chunk(0), Put::Written, t2 + MAX_REPLY_DELAY);
+        run(&mut q, t2, MAX_REPLY_DELAY * 2);
+        assert!(!actions(&mut q).contains(&Action::DropHosted { chunk: chunk(0) }));
 
         // A holder not heard for three HELLOs (a lost one) is not counted.
         let mut p = Peer::new(ME, 1);
