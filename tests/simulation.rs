@@ -1541,40 +1541,13 @@ impl Sim {
             // 2.0: a re-backup left to another holder, looked at again.
             Action::Recheck { chunk } => {
                 self.stats.rechecks += 1;
-                let disk = &self.peers[p].disk;
-                let (role, perceived) = if let Some(v) = disk.files.get(&key.0) {
-                    let perceived = v.holders.get(key.1 as usize).map_or(0, |s| s.len());
-                    (Role::Own { desired_rd: v.rd }, perceived)
-                } else if let Some(h) = disk.hosted.get(&key) {
-                    let role = Role::Hosted {
-                        desired_rd: h.desired,
-                    };
-                    (role, h.holders.len())
-                } else {
-                    (Role::Unknown, 0)
-                };
+                let (role, perceived) = self.role_without(p, key, None);
                 if let Some(e) = self.peers[p].engine.as_mut() {
                     e.removed(&chunk, role, perceived as u32, at);
                 }
             }
             Action::RemoveHolder { chunk, peer } => {
-                let disk = &mut self.peers[p].disk;
-                let (role, perceived) = if let Some(v) = disk.files.get_mut(&key.0) {
-                    let set = v.holders.get_mut(key.1 as usize);
-                    let perceived = set.map_or(0, |s| {
-                        s.remove(&peer);
-                        s.len()
-                    });
-                    (Role::Own { desired_rd: v.rd }, perceived)
-                } else if let Some(h) = disk.hosted.get_mut(&key) {
-                    h.holders.remove(&peer);
-                    let role = Role::Hosted {
-                        desired_rd: h.desired,
-                    };
-                    (role, h.holders.len())
-                } else {
-                    (Role::Unknown, 0)
-                };
+                let (role, perceived) = self.role_without(p, key, Some(peer));
                 if let Some(e) = self.peers[p].engine.as_mut() {
                     e.removed(&chunk, role, perceived as u32, at);
                 }
@@ -1637,6 +1610,27 @@ impl Sim {
     }
 
     /// Removes a hosted chunk (if hosted) and frees its bytes.
+    /// A chunk's role on peer p and its perceived RD, once `gone` (a REMOVED's sender) is taken
+    /// out of its holders.
+    fn role_without(&mut self, p: usize, key: Ck, gone: Option<PeerId>) -> (Role, usize) {
+        let disk = &mut self.peers[p].disk;
+        let mut take = |set: &mut BTreeSet<PeerId>| {
+            if let Some(g) = gone {
+                set.remove(&g);
+            }
+            set.len()
+        };
+        if let Some(v) = disk.files.get_mut(&key.0) {
+            let perceived = v.holders.get_mut(key.1 as usize).map_or(0, &mut take);
+            (Role::Own { desired_rd: v.rd }, perceived)
+        } else if let Some(h) = disk.hosted.get_mut(&key) {
+            let desired_rd = h.desired;
+            (Role::Hosted { desired_rd }, take(&mut h.holders))
+        } else {
+            (Role::Unknown, 0)
+        }
+    }
+
     fn unhost(&mut self, p: usize, key: Ck, why: Gone) -> Option<Hosted> {
         let disk = &mut self.peers[p].disk;
         let h = disk.hosted.remove(&key)?;
