@@ -151,35 +151,23 @@ pub(super) async fn delete_file(node: &Arc<Node>, file_id: &FileId, sender: Peer
     }
 }
 
-/// 2.0: a hosted chunk's role and perceived RD now, to look again whether it needs a re-backup.
-pub(super) async fn recheck(node: &Arc<Node>, chunk: &ChunkId) -> Option<(Role, u32)> {
-    let c = chunk.clone();
-    let r = node
-        .catalog
-        .call(move |cat| {
-            let role = cat.role(&c.file_id, c.chunk_no)?;
-            Ok((role.into(), cat.perceived(&c.file_id, c.chunk_no)?))
-        })
-        .await;
-    r.map_err(|e| tracing::warn!("could not look at chunk {chunk} again: {e}"))
-        .ok()
-}
-
-/// REMOVED: the sender no longer holds the chunk. Returns the chunk's role here and its
-/// perceived RD now.
-pub(super) async fn remove_holder(
+/// A chunk's role here and its perceived RD now, once `gone` (a REMOVED's sender) is taken out
+/// of its holders; `gone` None: only look (2.0, a re-backup left to another holder, looked at
+/// again).
+pub(super) async fn role_and_rd(
     node: &Arc<Node>,
     chunk: &ChunkId,
-    sender: PeerId,
+    gone: Option<PeerId>,
 ) -> Option<(Role, u32)> {
     let c = chunk.clone();
     let r = node
         .catalog
         .call(move |cat| {
             let role = cat.role(&c.file_id, c.chunk_no)?;
-            let perceived = match role {
-                ChunkRole::Unknown | ChunkRole::Forgotten => 0,
-                _ => cat.remove_holder(&c.file_id, c.chunk_no, sender)?,
+            let perceived = match (role, gone) {
+                (ChunkRole::Unknown | ChunkRole::Forgotten, _) => 0,
+                (_, Some(peer)) => cat.remove_holder(&c.file_id, c.chunk_no, peer)?,
+                (_, None) => cat.perceived(&c.file_id, c.chunk_no)?,
             };
             Ok((role.into(), perceived))
         })
@@ -187,7 +175,12 @@ pub(super) async fn remove_holder(
     match r {
         Ok(r) => Some(r),
         Err(e) => {
-            tracing::warn!("could not record REMOVED of {chunk} from peer {sender}: {e}");
+            match gone {
+                Some(peer) => {
+                    tracing::warn!("could not record REMOVED of {chunk} from peer {peer}: {e}")
+                }
+                None => tracing::warn!("could not look at chunk {chunk} again: {e}"),
+            }
             None
         }
     }

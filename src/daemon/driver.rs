@@ -403,7 +403,7 @@ impl Driver {
                     return;
                 };
                 tokio::spawn(async move {
-                    let r = disk::remove_holder(&node, &chunk, peer).await;
+                    let r = disk::role_and_rd(&node, &chunk, Some(peer)).await;
                     drop(permit);
                     if let Some((role, perceived)) = r {
                         node.engine(Input::Removed(chunk, role, perceived));
@@ -561,7 +561,7 @@ impl Driver {
             }
             Action::Recheck { chunk } => {
                 tokio::spawn(async move {
-                    if let Some((role, perceived)) = disk::recheck(&node, &chunk).await {
+                    if let Some((role, perceived)) = disk::role_and_rd(&node, &chunk, None).await {
                         node.engine(Input::Removed(chunk, role, perceived));
                     }
                 });
