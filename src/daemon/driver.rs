@@ -19,7 +19,7 @@ use crate::engine::peer::{
 };
 use crate::net::{tcp, ChannelSocket, MAX_DATAGRAM};
 use crate::protocol::auth;
-use crate::protocol::{sha256_hex, ChunkId, FileId, Message, PeerId, Rd};
+use crate::protocol::{sha256_hex, ChunkId, FileId, Message, PeerId, Rd, Version};
 
 /// Datagrams waiting for the engine; beyond this one is dropped and counted (the protocol's
 /// resends make up for it), so a flood cannot take memory without bound.
@@ -156,7 +156,7 @@ struct Driver {
     /// Held by each chunk write in progress, so a shutdown waits for it to end (file and row).
     alive: crate::shutdown::Shutdown,
     /// Peers heard since the last flush to the catalog: the highest version, and when (unix ms).
-    heard: HashMap<PeerId, (String, i64)>,
+    heard: HashMap<PeerId, (Version, i64)>,
 }
 
 /// Runs the engine until the inputs close (the peer stops).
@@ -220,15 +220,12 @@ impl Driver {
         if self.heard.len() >= MAX_PEERS_SEEN && !self.heard.contains_key(&msg.sender) {
             return; // a flood of forged ids: the ones heard first are kept
         }
-        let now = crate::store::unix_ms();
-        let version = msg.version.to_string();
-        let e = self
-            .heard
-            .entry(msg.sender)
-            .or_insert((version.clone(), now));
+        // On every datagram: no allocation; the version becomes text at the flush.
+        let (now, v) = (crate::store::unix_ms(), msg.version);
+        let e = self.heard.entry(msg.sender).or_insert((v, now));
         e.1 = now;
-        if version > e.0 {
-            e.0 = version;
+        if (v.major, v.minor) > (e.0.major, e.0.minor) {
+            e.0 = v;
         }
     }
 
@@ -237,7 +234,7 @@ impl Driver {
             return;
         }
         let heard: Vec<(PeerId, String, i64)> = (self.heard.drain())
-            .map(|(peer, (version, at))| (peer, version, at))
+            .map(|(peer, (version, at))| (peer, version.to_string(), at))
             .collect();
         let node = self.node.clone();
         tokio::spawn(async move {
