@@ -255,7 +255,10 @@ fn malformed_datagrams_are_dropped_and_peers_keep_working() {
             .flatten()
             .map(|e| e.file_name())
             .collect();
-        assert_eq!(entries, vec![std::ffi::OsString::from(&id)]);
+        assert_eq!(
+            entries,
+            vec![std::ffi::OsString::from(format!("{id}.pack"))]
+        );
     }
     // They did arrive, and were counted as malformed.
     for i in 0..3 {

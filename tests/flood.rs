@@ -21,16 +21,7 @@ fn a_putchunk_flood_never_exceeds_the_quota() {
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
                 for i in 0..2 {
-                    let root = c.peer(i).dir.join("state").join("chunks");
-                    let bytes: u64 = std::fs::read_dir(&root)
-                        .into_iter()
-                        .flatten()
-                        .flatten()
-                        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
-                        .filter(|f| !f.file_name().to_string_lossy().starts_with(".tmp"))
-                        .filter_map(|f| f.metadata().ok())
-                        .map(|m| m.len())
-                        .sum();
+                    let bytes: u64 = chunks_on_disk(c.peer(i)).iter().map(|(_, _, n)| n).sum();
                     peak.fetch_max(bytes, Ordering::Relaxed);
                 }
             }

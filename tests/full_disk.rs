@@ -76,16 +76,10 @@ fn a_full_disk_refuses_chunks_cleanly_and_keeps_serving() {
         .map(|h| charged_on(&small, h["size"].as_u64().unwrap()))
         .sum();
     assert_eq!(used_bytes(&s), sum);
-    let root = small.join("state").join("chunks");
-    let mut files = 0;
-    for d in std::fs::read_dir(&root).unwrap().flatten() {
-        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
-            let name = f.file_name().to_string_lossy().into_owned();
-            assert!(!name.starts_with(".tmp"), "partial chunk file left: {name}");
-            files += 1;
-        }
-    }
-    assert_eq!(files, stored.len(), "catalog and chunk files agree");
+    let files = peerstash::store::chunks::list(&small.join("state").join("chunks"))
+        .unwrap()
+        .len();
+    assert_eq!(files, stored.len(), "catalog and chunks on disk agree");
     // What the home peer believes stored is exactly what the full peer holds.
     let home = c.state(0);
     let held: u64 = file_entries(&home, &big)[0]["chunks"]

@@ -7,14 +7,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::driver::Input;
 use super::Node;
-use crate::engine::peer::{Put, Role};
+use crate::engine::peer::{Put, Role, MAX_CONCURRENT_STORES};
 use crate::protocol::{sha256_hex, ChunkId, ChunkNo, FileId, PeerId, Rd};
 use crate::store::catalog::MAX_HOLDERS;
-use crate::store::{CatalogHandle, ChunkRole, ChunkStore, HostedRow};
+use crate::store::{CatalogHandle, ChunkRole, ChunkStore, HostedRow, NewChunk};
 
 /// Most STOREDs recorded in one catalog call.
 const MAX_STORED_BATCH: usize = 1024;
@@ -68,14 +68,7 @@ pub(super) async fn store_chunk(
     // The chunk file first (synced), then the catalog row: a crash in between leaves a stray
     // file that the next start quarantines, never a row without its file. The reservation
     // becomes used bytes before the row exists, so whoever deletes the row may free them.
-    let (store, c) = (node.store.clone(), chunk.clone());
-    let written = tokio::task::spawn_blocking(move || {
-        store.write(&c.file_id, c.chunk_no, &body)?;
-        Ok::<_, std::io::Error>(sha256_hex(&body))
-    })
-    .await
-    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-    let hash = match written {
+    let hash = match node.writer.write(chunk.clone(), body).await {
         Ok(hash) => hash,
         Err(e) => {
             node.store.release(reservation);
@@ -103,6 +96,68 @@ pub(super) async fn store_chunk(
             tracing::warn!("could not record chunk {chunk}: {e}");
             remove_chunk_files(node, &chunk.file_id, vec![(chunk.chunk_no, size)]).await;
             Put::Refused
+        }
+    }
+}
+
+/// Chunks waiting for the writer thread (the engine stores at most `MAX_CONCURRENT_STORES`
+/// at once: this never fills).
+const WRITE_QUEUE: usize = 2 * MAX_CONCURRENT_STORES;
+/// Most chunks (and bytes) one group commit writes before its sync.
+const MAX_WRITE_BATCH: usize = 256;
+const MAX_WRITE_BATCH_BYTES: usize = 16 << 20;
+
+/// A chunk for the writer thread, and where its outcome (its hash) goes.
+struct WriteJob {
+    chunk: ChunkId,
+    body: Vec<u8>,
+    done: oneshot::Sender<std::io::Result<String>>,
+}
+
+/// The thread that writes hosted chunks: it takes every chunk waiting when it is free and
+/// writes them with one sync of the disk (group commit), so a burst of PUTCHUNKs costs one
+/// sync, not one per chunk, and no runtime thread ever blocks on the disk.
+pub(crate) struct ChunkWriter {
+    jobs: mpsc::Sender<WriteJob>,
+}
+
+impl ChunkWriter {
+    pub(crate) fn start(store: Arc<ChunkStore>) -> std::io::Result<ChunkWriter> {
+        let (jobs, rx) = mpsc::channel(WRITE_QUEUE);
+        std::thread::Builder::new()
+            .name("chunk-writer".into())
+            .spawn(move || write_batches(&store, rx))?;
+        Ok(ChunkWriter { jobs })
+    }
+
+    /// Writes a chunk for good; its SHA-256 (hex) once it is on disk.
+    async fn write(&self, chunk: ChunkId, body: Vec<u8>) -> std::io::Result<String> {
+        let (done, outcome) = oneshot::channel();
+        let gone = || std::io::Error::other("the chunk writer stopped");
+        (self.jobs.send(WriteJob { chunk, body, done }).await).map_err(|_| gone())?;
+        outcome.await.unwrap_or_else(|_| Err(gone()))
+    }
+}
+
+fn write_batches(store: &ChunkStore, mut rx: mpsc::Receiver<WriteJob>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut bytes = first.body.len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_WRITE_BATCH && bytes < MAX_WRITE_BATCH_BYTES {
+            let Ok(job) = rx.try_recv() else { break };
+            bytes += job.body.len();
+            batch.push(job);
+        }
+        let chunks: Vec<NewChunk> = (batch.iter())
+            .map(|j| NewChunk {
+                file_id: &j.chunk.file_id,
+                chunk_no: j.chunk.chunk_no,
+                body: &j.body,
+            })
+            .collect();
+        let results = store.write_batch(&chunks);
+        for (job, result) in batch.into_iter().zip(results) {
+            let _ = job.done.send(result);
         }
     }
 }

@@ -42,6 +42,7 @@ pub struct Node {
     lan_key: std::sync::RwLock<Option<LanKey>>,
     pub catalog: CatalogHandle,
     pub store: Arc<ChunkStore>,
+    writer: disk::ChunkWriter,
     pub net: Channels,
     /// To the engine task (`driver::run`).
     inputs: mpsc::UnboundedSender<driver::Input>,
@@ -257,6 +258,7 @@ pub async fn start(
         config: std::sync::RwLock::new(Arc::new(config)),
         lan_key: std::sync::RwLock::new(lan_key),
         catalog,
+        writer: disk::ChunkWriter::start(store.clone()).context("cannot start the chunk writer")?,
         store,
         net,
         inputs,

@@ -1,13 +1,24 @@
-//! Hosted chunk files under `<state_dir>/chunks/<fileId>/<chunkNo>` and the quota they count
-//! against. A chunk file is complete or absent: it is written to a temporary name, synced, then
-//! renamed. The store is the daemon's alone: folders 0700, files 0600, whatever the umask.
+//! Hosted chunks and the quota they count against. The chunks of one file live in one pack,
+//! `<state_dir>/chunks/<fileId>`, each in its own 64 KiB slot (`SLOT`): a header with the body's
+//! length and SHA-256, then the body. One file per fileId rather than per chunk: creating an
+//! inode per chunk was most of what a backup cost the holders. A chunk is complete or absent:
+//! written, synced (a whole batch with one sync of the filesystem), and only then recorded in
+//! the catalog, which is the source of truth; a slot cut by a crash fails its header's hash and
+//! is emptied at the next start. Removing a chunk punches a hole in its pack (its blocks go back
+//! to the filesystem); the pack goes with its last chunk. The store is the daemon's alone:
+//! folders 0700, files 0600, whatever the umask.
 //! Blocking: call from a blocking thread.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
 
 use crate::protocol::message::{ChunkNo, FileId};
 
@@ -18,12 +29,12 @@ const DIR_MODE: u32 = 0o700;
 const FILE_MODE: u32 = 0o600;
 
 /// What hosting a chunk of `size` bytes costs against the quota: what the disk pays, that is
-/// its size rounded up to whole filesystem blocks (at least one block, even for an empty chunk:
-/// its folder and inode are not free) plus its catalog row. Reservation, the used bytes at start,
+/// its slot's header and body rounded up to whole filesystem blocks (at least one block, even
+/// for an empty chunk) plus its catalog row. Reservation, the used bytes at start,
 /// reclaim and `state` all count with this one function.
 pub fn charge(size: u64, block: u64) -> u64 {
     let block = block.max(1);
-    size.div_ceil(block).max(1) * block + ROW_COST
+    (HEADER + size).div_ceil(block) * block + ROW_COST
 }
 
 /// Bytes hosted, bytes promised to writes under way, and the limit, all as charged by `charge`.
@@ -43,11 +54,27 @@ impl Usage {
     }
 }
 
+/// A chunk to write (`ChunkStore::write_batch`).
+pub struct NewChunk<'a> {
+    pub file_id: &'a FileId,
+    pub chunk_no: ChunkNo,
+    pub body: &'a [u8],
+}
+
+/// Bytes and inodes the disk can still give chunks.
+struct Room {
+    bytes: u64,
+    inodes: u64,
+}
+
 pub struct ChunkStore {
     root: PathBuf,
     /// The filesystem's allocation unit, read once at open.
     block: u64,
     usage: Mutex<Usage>,
+    /// Held while chunks are written into packs and while a pack is emptied, so a pack is never
+    /// deleted as empty while a chunk goes into it.
+    packs: Mutex<()>,
 }
 
 /// A claim on quota for one chunk; give it back with `release` or turn it into used bytes with
@@ -66,7 +93,7 @@ pub fn private_dir(path: &Path) -> io::Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => false,
         Err(e) => return Err(e),
     };
-    fs::set_permissions(path, fs::Permissions::from_mode(DIR_MODE))?;
+    make_private(path, DIR_MODE)?;
     Ok(created)
 }
 
@@ -90,6 +117,7 @@ impl ChunkStore {
                 reserved: 0,
                 quota,
             }),
+            packs: Mutex::new(()),
         })
     }
 
@@ -149,158 +177,295 @@ impl ChunkStore {
         self.usage.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn dir_of(&self, file_id: &FileId) -> PathBuf {
-        // The lower-case key is 64 hex digits (checked by the parser): no path can escape the store.
-        self.root.join(file_id.key())
+    /// The pack of a file's chunks (`<fileId>.pack`). The lower-case key is 64 hex digits (checked by the
+    /// parser): no path can escape the store.
+    pub fn pack_of(&self, file_id: &FileId) -> PathBuf {
+        self.root.join(format!("{}{PACK_SUFFIX}", file_id.key()))
     }
 
-    pub fn path_of(&self, file_id: &FileId, chunk_no: ChunkNo) -> PathBuf {
-        self.dir_of(file_id).join(chunk_no.0.to_string())
-    }
-
-    /// Whether the disk has room for `len` more bytes and a few more inodes while keeping a
-    /// margin of both free: the catalog lives on the same disk and must always be able to
-    /// commit, deletes included; and empty chunks cost inodes, not bytes.
-    fn disk_has_room(&self, len: u64) -> io::Result<bool> {
+    /// What the disk has room for while keeping a margin of both bytes and inodes free: the
+    /// catalog lives on the same disk and must always be able to commit, deletes included; and
+    /// packs cost inodes.
+    fn disk_room(&self) -> io::Result<Room> {
         let st = nix::sys::statvfs::statvfs(&self.root)?;
         let frsize = st.fragment_size() as u64;
         let total = st.blocks() as u64 * frsize;
         let available = st.blocks_available() as u64 * frsize;
         let margin = (total / 20).clamp(256 * 1024, 64 * 1024 * 1024);
-        Ok(available >= len + margin
-            && inodes_to_spare(st.files() as u64, st.files_available() as u64))
+        Ok(Room {
+            bytes: available.saturating_sub(margin),
+            inodes: inodes_to_spare(st.files() as u64, st.files_available() as u64),
+        })
     }
 
-    /// Writes a chunk for good: temp file, fsync, rename, fsync of the directory. Refused (an
-    /// error of kind StorageFull) when the disk is nearly full, whatever the quota says.
-    pub fn write(&self, file_id: &FileId, chunk_no: ChunkNo, body: &[u8]) -> io::Result<()> {
-        if !self.disk_has_room(body.len() as u64)? {
-            return Err(io::Error::new(
-                io::ErrorKind::StorageFull,
-                format!(
-                    "the disk holding {} is nearly full: chunk refused (free space, or lower storage.quota)",
-                    self.root.display()
-                ),
-            ));
+    /// Writes a chunk for good (a batch of one); its SHA-256 (hex).
+    pub fn write(&self, file_id: &FileId, chunk_no: ChunkNo, body: &[u8]) -> io::Result<String> {
+        let chunk = NewChunk {
+            file_id,
+            chunk_no,
+            body,
+        };
+        (self.write_batch(&[chunk]).pop()).unwrap_or_else(|| Err(io::Error::other("no result")))
+    }
+
+    /// Writes chunks into their packs, then syncs the filesystem once for the whole batch
+    /// (group commit). Each chunk's SHA-256 (hex), in order, once it is on disk for good; the
+    /// caller records it in the catalog, which is what makes the chunk hosted. A chunk is
+    /// refused (an error of kind StorageFull) when the disk would be nearly full, whatever the
+    /// quota says.
+    pub fn write_batch(&self, chunks: &[NewChunk]) -> Vec<io::Result<String>> {
+        let mut room = match self.disk_room() {
+            Ok(room) => room,
+            Err(e) => return chunks.iter().map(|_| Err(copy_error(&e))).collect(),
+        };
+        let mut packs: HashMap<&FileId, File> = HashMap::new();
+        let guard = self.lock_packs();
+        let mut results: Vec<io::Result<String>> = chunks
+            .iter()
+            .map(|c| {
+                let len = c.body.len() as u64;
+                if room.bytes < len {
+                    return Err(self.disk_full());
+                }
+                if !packs.contains_key(c.file_id) {
+                    let pack = self.open_pack(c.file_id, &mut room)?;
+                    packs.insert(c.file_id, pack);
+                }
+                room.bytes -= len;
+                write_slot(&packs[c.file_id], c.chunk_no, c.body)
+            })
+            .collect();
+        drop(guard);
+        if results.iter().any(|r| r.is_ok()) {
+            // On disk before any STORED promises them (and before their rows exist).
+            let synced = File::open(&self.root)
+                .and_then(|root| nix::unistd::syncfs(root.as_raw_fd()).map_err(io::Error::from));
+            if let Err(e) = synced {
+                for (r, c) in results.iter_mut().zip(chunks) {
+                    if r.is_ok() {
+                        let _ = self.remove(c.file_id, c.chunk_no);
+                        *r = Err(copy_error(&e));
+                    }
+                }
+            }
         }
-        let dir = self.dir_of(file_id);
-        if private_dir(&dir)? {
-            // The new folder's entry must be on disk before a file in it can be.
-            File::open(&self.root)?.sync_all()?;
-        }
-        let tmp = dir.join(format!(
-            "{TMP_PREFIX}{}-{}",
-            chunk_no.0,
-            rand::random::<u32>()
-        ));
-        let result = (|| {
-            let mut f = fs::OpenOptions::new()
+        results
+    }
+
+    /// Opens a file's pack for writing, created if missing (one inode from `room`).
+    fn open_pack(&self, file_id: &FileId, room: &mut Room) -> io::Result<File> {
+        let path = self.pack_of(file_id);
+        let open = |create: bool| {
+            fs::OpenOptions::new()
+                .read(true)
                 .write(true)
-                .create_new(true)
+                .create(create)
                 .mode(FILE_MODE)
-                .open(&tmp)?;
-            // The umask may only take bits away; set the mode explicitly all the same.
-            f.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
-            f.write_all(body)?;
-            f.sync_all()?;
-            fs::rename(&tmp, self.path_of(file_id, chunk_no))?;
-            File::open(&dir)?.sync_all()
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+                .custom_flags(libc_flags::O_NOFOLLOW)
+                .open(&path)
+        };
+        match open(false) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if room.inodes == 0 {
+                    return Err(self.disk_full());
+                }
+                room.inodes -= 1;
+                let f = open(true)?;
+                // The umask may only take bits away; set the mode explicitly all the same.
+                f.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
+                Ok(f)
+            }
+            other => other,
         }
-        result
     }
 
+    fn disk_full(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!(
+                "the disk holding {} is nearly full: chunk refused (free space, or lower storage.quota)",
+                self.root.display()
+            ),
+        )
+    }
+
+    /// A hosted chunk's bytes, as its slot's header says (the caller checks them against the
+    /// catalog's hash).
     pub fn read(&self, file_id: &FileId, chunk_no: ChunkNo) -> io::Result<Vec<u8>> {
-        fs::read(self.path_of(file_id, chunk_no))
+        let pack = File::options()
+            .read(true)
+            .custom_flags(libc_flags::O_NOFOLLOW)
+            .open(self.pack_of(file_id))?;
+        match read_slot(&pack, chunk_no)? {
+            Slot::Chunk { body, .. } => Ok(body),
+            _ => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "no chunk {} in {}",
+                    chunk_no.0,
+                    self.pack_of(file_id).display()
+                ),
+            )),
+        }
     }
 
-    /// Removes a chunk file (absent is fine) and its directory once empty.
+    /// Removes a chunk (absent is fine): its slot becomes a hole, and the pack goes with its
+    /// last chunk.
     pub fn remove(&self, file_id: &FileId, chunk_no: ChunkNo) -> io::Result<()> {
-        match fs::remove_file(self.path_of(file_id, chunk_no)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+        let path = self.pack_of(file_id);
+        let _guard = self.lock_packs();
+        let pack = match File::options()
+            .read(true)
+            .write(true)
+            .custom_flags(libc_flags::O_NOFOLLOW)
+            .open(&path)
+        {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            other => other?,
+        };
+        punch_slot(&pack, chunk_no)?;
+        if next_data(&pack, 0)?.is_none() {
+            fs::remove_file(&path)?;
         }
-        // Fails harmlessly while other chunks of the file remain.
-        let _ = fs::remove_dir(self.dir_of(file_id));
         Ok(())
     }
 
-    /// Every chunk file on disk as (fileId, chunkNo, size). Leftovers of writes interrupted by a
-    /// crash (temp files) are deleted; anything else that is not a chunk is moved to the
-    /// quarantine, never deleted on a guess.
+    /// Every chunk on disk as (fileId, chunkNo, size). Slots cut by a crash (a header without
+    /// its whole body) are emptied, as are leftovers of older versions' writes; chunk files of
+    /// older versions (one file per chunk) are moved into packs; anything else that is not a
+    /// chunk is moved to the quarantine, never deleted on a guess.
     pub fn scan(&self) -> io::Result<Vec<(FileId, ChunkNo, u64)>> {
-        let mut found = Vec::new();
-        for dir in fs::read_dir(&self.root)? {
-            let dir = dir?;
-            let name = dir.file_name();
-            let file_id = name.to_str().and_then(|n| FileId::parse(n).ok());
-            let Some(file_id) = file_id.filter(|_| dir.file_type().is_ok_and(|t| t.is_dir()))
-            else {
-                self.quarantine_path(&dir.path(), "it is not a chunk folder")?;
-                continue;
-            };
-            // Stores written by older versions were group-accessible under the unit's umask.
-            make_private(&dir.path(), DIR_MODE)?;
-            for entry in fs::read_dir(dir.path())? {
-                let entry = entry?;
-                let file_name = entry.file_name();
-                let chunk_no = file_name
-                    .to_str()
-                    .and_then(|n| n.parse::<u32>().ok())
-                    .and_then(ChunkNo::new);
-                match (chunk_no, entry.metadata()) {
-                    (Some(no), Ok(meta)) if meta.is_file() => {
-                        make_private(&entry.path(), FILE_MODE)?;
-                        found.push((file_id.clone(), no, meta.len()))
-                    }
-                    _ if file_name.to_string_lossy().starts_with(TMP_PREFIX) => {
-                        let _ = fs::remove_file(entry.path());
-                    }
-                    _ => self.quarantine_path(&entry.path(), "it is not a chunk file")?,
+        // First the chunk folders of older versions, so their packs are read below.
+        for entry in fs::read_dir(&self.root)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                if let Ok(file_id) = FileId::parse(&entry.file_name().to_string_lossy()) {
+                    self.move_into_pack(&file_id, &entry.path())?;
                 }
             }
-            let _ = fs::remove_dir(dir.path());
+        }
+        let mut found = Vec::new();
+        for entry in fs::read_dir(&self.root)? {
+            let entry = entry?;
+            let file_id = match pack_name(&entry.file_name()) {
+                Some(file_id) if entry.file_type()?.is_file() => file_id,
+                _ => {
+                    self.quarantine_path(&entry.path(), "it is not a chunk pack")?;
+                    continue;
+                }
+            };
+            let path = self.pack_of(&file_id);
+            // Stores written by older versions were group-accessible under the unit's umask.
+            make_private(&path, FILE_MODE)?;
+            let pack = File::options().read(true).write(true).open(&path)?;
+            for (chunk_no, slot) in slots(&pack)? {
+                match slot {
+                    Slot::Chunk { body, .. } => {
+                        found.push((file_id.clone(), chunk_no, body.len() as u64))
+                    }
+                    _ => punch_slot(&pack, chunk_no)?,
+                }
+            }
+            if next_data(&pack, 0)?.is_none() {
+                fs::remove_file(&path)?;
+            }
         }
         Ok(found)
     }
 
-    /// Where chunk files that the catalog does not account for are kept for a while
+    /// A chunk folder of an older version (`<fileId>/<chunkNo>`, one file per chunk) moved into
+    /// the file's pack: each chunk written, all synced, then the old files removed.
+    fn move_into_pack(&self, file_id: &FileId, dir: &Path) -> io::Result<()> {
+        let mut olds = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let chunk_no = (name.to_str())
+                .and_then(|n| n.parse::<u32>().ok())
+                .and_then(ChunkNo::new);
+            match chunk_no {
+                Some(no) if entry.file_type()?.is_file() => {
+                    olds.push((no, fs::read(entry.path())?, entry.path()))
+                }
+                _ if name.to_string_lossy().starts_with(TMP_PREFIX) => {
+                    let _ = fs::remove_file(entry.path());
+                }
+                _ => self.quarantine_path(&entry.path(), "it is not a chunk file")?,
+            }
+        }
+        let chunks: Vec<NewChunk> = (olds.iter())
+            .map(|(no, body, _)| NewChunk {
+                file_id,
+                chunk_no: *no,
+                body,
+            })
+            .collect();
+        for (r, (_, _, old)) in self.write_batch(&chunks).into_iter().zip(&olds) {
+            r?;
+            fs::remove_file(old)?;
+        }
+        fs::remove_dir(dir)?;
+        tracing::info!(
+            "moved {} chunks of {file_id} into {}",
+            olds.len(),
+            self.pack_of(file_id).display()
+        );
+        Ok(())
+    }
+
+    /// Where what the catalog does not account for is kept for a while
     /// (`<state_dir>/quarantine`), instead of being deleted.
     pub fn quarantine_dir(&self) -> PathBuf {
         self.root.parent().unwrap_or(&self.root).join("quarantine")
     }
 
-    /// Moves a chunk file out of the store into the quarantine (absent is fine).
+    /// Moves a chunk out of the store into the quarantine (absent is fine): its body (or the
+    /// slot's bytes if it holds no whole chunk) is copied there, then the slot is emptied.
     pub fn quarantine(&self, file_id: &FileId, chunk_no: ChunkNo, why: &str) -> io::Result<()> {
-        let path = self.path_of(file_id, chunk_no);
-        if fs::symlink_metadata(&path).is_err() {
+        let Ok(pack) = File::open(self.pack_of(file_id)) else {
             return Ok(());
-        }
-        self.quarantine_path(&path, why)?;
-        let _ = fs::remove_dir(self.dir_of(file_id));
-        Ok(())
+        };
+        let bytes = match read_slot(&pack, chunk_no)? {
+            Slot::Chunk { body } => body,
+            Slot::Torn => {
+                let mut bytes = vec![0; SLOT as usize];
+                let n = read_at_most(&pack, &mut bytes, slot_offset(chunk_no))?;
+                bytes.truncate(n);
+                bytes
+            }
+        };
+        let name = format!("{}.{}", file_id.key(), chunk_no.0);
+        self.keep_in_quarantine(&name, why, |to| fs::write(to, &bytes))?;
+        self.remove(file_id, chunk_no)
     }
 
     fn quarantine_path(&self, path: &Path, why: &str) -> io::Result<()> {
+        let rel = path.strip_prefix(&self.root).unwrap_or(path);
+        let name = rel.to_string_lossy().replace('/', ".");
+        self.keep_in_quarantine(&name, why, |to| fs::rename(path, to))
+    }
+
+    fn keep_in_quarantine(
+        &self,
+        name: &str,
+        why: &str,
+        put: impl FnOnce(&Path) -> io::Result<()>,
+    ) -> io::Result<()> {
         let q = self.quarantine_dir();
         fs::DirBuilder::new()
             .mode(DIR_MODE)
             .recursive(true)
             .create(&q)?;
-        let rel = path.strip_prefix(&self.root).unwrap_or(path);
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let name = format!("{stamp}-{}", rel.to_string_lossy().replace('/', "."));
+        let to = q.join(format!("{stamp}-{name}"));
         tracing::warn!(
-            "moved {} out of the chunk store to {} ({why}); it is deleted after {} days",
-            path.display(),
-            q.join(&name).display(),
+            "moved {name} out of the chunk store to {} ({why}); it is deleted after {} days",
+            to.display(),
             QUARANTINE_DAYS
         );
-        fs::rename(path, q.join(name))?;
+        put(&to)?;
         File::open(&q)?.sync_all()
     }
 
@@ -326,22 +491,165 @@ impl ChunkStore {
         Ok(purged)
     }
 
-    /// Whether the store holds at least one chunk file (a quick look, for the start checks).
+    /// Whether the store holds anything (a quick look, for the start checks).
     pub fn holds_chunks(&self) -> io::Result<bool> {
-        for dir in fs::read_dir(&self.root)? {
-            let dir = dir?;
-            if dir.file_type()?.is_dir() {
-                if let Some(_first) = fs::read_dir(dir.path())?.flatten().next() {
-                    return Ok(true);
-                }
-            }
-        }
-        Ok(false)
+        Ok(fs::read_dir(&self.root)?.flatten().next().is_some())
+    }
+
+    fn lock_packs(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.packs.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// How long a file moved out of the chunk store is kept before it is deleted.
+/// How long what is moved out of the chunk store is kept before it is deleted.
 pub const QUARANTINE_DAYS: u64 = 7;
+
+/// The chunks in a store's packs, read only (for tests and tools): (fileId, chunkNo, size).
+pub fn list(root: &Path) -> io::Result<Vec<(FileId, ChunkNo, u64)>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(root)? {
+        let entry = entry?;
+        let Some(file_id) = pack_name(&entry.file_name()) else {
+            continue;
+        };
+        if entry.file_type()?.is_file() {
+            for (chunk_no, slot) in slots(&File::open(entry.path())?)? {
+                if let Slot::Chunk { body, .. } = slot {
+                    found.push((file_id.clone(), chunk_no, body.len() as u64));
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+const PACK_SUFFIX: &str = ".pack";
+
+/// The fileId whose pack has this name.
+fn pack_name(name: &std::ffi::OsStr) -> Option<FileId> {
+    let key = name.to_str()?.strip_suffix(PACK_SUFFIX)?;
+    FileId::parse(key).ok()
+}
+
+/// Each chunk sits at a fixed place in its file's pack: slot `chunkNo`, 64 KiB from the last
+/// (whole blocks, so an emptied slot gives its blocks back), a header then the body.
+pub const SLOT: u64 = 65_536;
+/// The slot's header: magic, body length (u32 LE), the body's SHA-256. A slot whose body does
+/// not match its header (a write cut by a crash) holds no chunk.
+const MAGIC: &[u8; 4] = b"PSC1";
+pub const HEADER: u64 = 40;
+const MAX_BODY: u64 = SLOT - HEADER;
+
+mod libc_flags {
+    pub const O_NOFOLLOW: i32 = nix::libc::O_NOFOLLOW;
+}
+
+fn slot_offset(chunk_no: ChunkNo) -> u64 {
+    u64::from(chunk_no.0) * SLOT
+}
+
+/// Writes a chunk's header and body into its slot (not synced).
+fn write_slot(pack: &File, chunk_no: ChunkNo, body: &[u8]) -> io::Result<String> {
+    if body.len() as u64 > MAX_BODY {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a chunk longer than a slot",
+        ));
+    }
+    let hash: [u8; 32] = Sha256::digest(body).into();
+    let mut slot = Vec::with_capacity(HEADER as usize + body.len());
+    slot.extend_from_slice(MAGIC);
+    slot.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    slot.extend_from_slice(&hash);
+    slot.extend_from_slice(body);
+    pack.write_all_at(&slot, slot_offset(chunk_no))?;
+    Ok(crate::protocol::hex(&hash))
+}
+
+/// What a slot holds.
+enum Slot {
+    Chunk {
+        body: Vec<u8>,
+    },
+    /// Bytes that are not a whole chunk (a write cut by a crash).
+    Torn,
+}
+
+/// Reads a slot; `Torn` when it holds no whole chunk, NotFound past the end.
+fn read_slot(pack: &File, chunk_no: ChunkNo) -> io::Result<Slot> {
+    let mut header = [0u8; HEADER as usize];
+    let n = read_at_most(pack, &mut header, slot_offset(chunk_no))?;
+    if n < header.len() || &header[..4] != MAGIC {
+        return Ok(Slot::Torn);
+    }
+    let len = u32::from_le_bytes(header[4..8].try_into().unwrap_or_default()) as u64;
+    if len > MAX_BODY {
+        return Ok(Slot::Torn);
+    }
+    let mut body = vec![0; len as usize];
+    if read_at_most(pack, &mut body, slot_offset(chunk_no) + HEADER)? < body.len()
+        || Sha256::digest(&body)[..] != header[8..]
+    {
+        return Ok(Slot::Torn);
+    }
+    Ok(Slot::Chunk { body })
+}
+
+/// Reads up to `buf.len()` bytes at `offset`; how many there were.
+fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], offset + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Every slot of a pack that holds data (holes skipped), with what it holds.
+fn slots(pack: &File) -> io::Result<Vec<(ChunkNo, Slot)>> {
+    let mut found = Vec::new();
+    let mut at = 0;
+    while let Some(data) = next_data(pack, at)? {
+        let Some(chunk_no) = u32::try_from(data / SLOT).ok().and_then(ChunkNo::new) else {
+            break;
+        };
+        found.push((chunk_no, read_slot(pack, chunk_no)?));
+        at = slot_offset(chunk_no) + SLOT;
+    }
+    Ok(found)
+}
+
+/// Where the next data at or after `offset` is (None: only holes after it).
+fn next_data(file: &File, offset: u64) -> io::Result<Option<u64>> {
+    use nix::unistd::{lseek, Whence};
+    match lseek(file.as_raw_fd(), offset as i64, Whence::SeekData) {
+        Ok(at) => Ok(Some(at as u64)),
+        Err(nix::errno::Errno::ENXIO) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Empties a slot: a hole (its blocks given back), or, where the filesystem cannot punch
+/// holes, a zeroed header (no chunk there any more).
+fn punch_slot(pack: &File, chunk_no: ChunkNo) -> io::Result<()> {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    let at = slot_offset(chunk_no);
+    match fallocate(pack.as_raw_fd(), flags, at as i64, SLOT as i64) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EOPNOTSUPP) => pack.write_all_at(&[0; HEADER as usize], at),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The same error again (an `io::Error` cannot be cloned), for each chunk of a batch.
+fn copy_error(e: &io::Error) -> io::Error {
+    io::Error::new(e.kind(), e.to_string())
+}
 
 /// Sets a mode if it is not already the one (a chmod dirties the inode).
 fn make_private(path: &Path, mode: u32) -> io::Result<()> {
@@ -351,15 +659,15 @@ fn make_private(path: &Path, mode: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether the filesystem keeps enough inodes free after one more chunk: 1% of them and at
+/// How many more chunks the filesystem has inodes for while keeping enough free: 1% of them and at
 /// least 1000 (a flood of empty chunks must not use up the inodes the system needs).
 /// Filesystems without an inode limit report 0 inodes.
-fn inodes_to_spare(total: u64, available: u64) -> bool {
+fn inodes_to_spare(total: u64, available: u64) -> u64 {
     if total == 0 {
-        return true;
+        return u64::MAX;
     }
     let margin = (total / 100).max(1000).min(total / 2);
-    available > margin
+    available.saturating_sub(margin)
 }
 
 #[cfg(test)]
@@ -414,9 +722,9 @@ mod tests {
                         store.commit(r);
                     },
                     Op::Release => if let Some(r) = held.pop() { store.release(r) },
-                    // A chunk's charge is a whole number of blocks plus the row: freeing that
-                    // many bytes gives back exactly that charge.
-                    Op::Free => if let Some(n) = committed.pop() { store.freed(n - ROW_COST) },
+                    // A chunk's charge is a whole number of blocks plus the row: freeing a chunk
+                    // of that many bytes less its header gives back exactly that charge.
+                    Op::Free => if let Some(n) = committed.pop() { store.freed(n - ROW_COST - HEADER) },
                     Op::SetQuota(q) => { quota = q; store.set_quota(q) },
                 }
                 let u = store.usage();
@@ -490,16 +798,83 @@ mod tests {
     fn write_read_remove_and_scan_cleans_leftovers() {
         let dir = tempfile::tempdir().unwrap();
         let store = ChunkStore::open(dir.path().join("c"), 0, 1 << 20).unwrap();
-        store.write(&fid('a'), ChunkNo(3), b"hello").unwrap();
+        let hash = store.write(&fid('a'), ChunkNo(3), b"hello").unwrap();
+        assert_eq!(hash, crate::protocol::sha256_hex(b"hello"));
         assert_eq!(store.read(&fid('a'), ChunkNo(3)).unwrap(), b"hello");
-        fs::write(store.dir_of(&fid('a')).join(".tmp-4-1"), b"torn").unwrap();
+        // A write cut by a crash: a header whose body never made it.
+        store.write(&fid('a'), ChunkNo(4), b"world").unwrap();
+        let pack = File::options()
+            .write(true)
+            .open(store.pack_of(&fid('a')))
+            .unwrap();
+        pack.write_all_at(b"W", slot_offset(ChunkNo(4)) + HEADER)
+            .unwrap();
         fs::write(store.root().join("junk"), b"x").unwrap();
         let found = store.scan().unwrap();
         assert_eq!(found, vec![(fid('a'), ChunkNo(3), 5)]);
-        assert!(!store.dir_of(&fid('a')).join(".tmp-4-1").exists());
-        assert!(!store.root().join("junk").exists());
+        assert!(
+            store.read(&fid('a'), ChunkNo(4)).is_err(),
+            "the torn slot is emptied"
+        );
+        assert!(!store.root().join("junk").exists(), "quarantined");
+        assert_eq!(fs::read_dir(store.quarantine_dir()).unwrap().count(), 1);
         store.remove(&fid('a'), ChunkNo(3)).unwrap();
-        assert!(!store.dir_of(&fid('a')).exists());
+        assert!(
+            !store.pack_of(&fid('a')).exists(),
+            "the pack goes with its last chunk"
+        );
+        store.remove(&fid('a'), ChunkNo(3)).unwrap();
+    }
+
+    #[test]
+    fn a_batch_is_written_and_removed_chunks_give_their_blocks_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path().join("c"), 0, 1 << 30).unwrap();
+        let body = vec![7u8; 64_000];
+        let (a, b) = (fid('a'), fid('b'));
+        let chunks: Vec<NewChunk> = (0..16)
+            .map(|n| NewChunk {
+                file_id: if n % 2 == 0 { &a } else { &b },
+                chunk_no: ChunkNo(n),
+                body: &body,
+            })
+            .collect();
+        assert!(store.write_batch(&chunks).iter().all(|r| r.is_ok()));
+        assert_eq!(list(store.root()).unwrap().len(), 16);
+        assert_eq!(store.read(&b, ChunkNo(15)).unwrap(), body);
+        let blocks = || {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(store.pack_of(&a)).unwrap().blocks()
+        };
+        let before = blocks();
+        for n in [0, 2, 4, 6] {
+            store.remove(&a, ChunkNo(n)).unwrap();
+        }
+        assert!(
+            blocks() * 2 <= before + 8,
+            "{} of {before} blocks left",
+            blocks()
+        );
+        assert_eq!(store.read(&a, ChunkNo(8)).unwrap(), body);
+    }
+
+    #[test]
+    fn chunk_files_of_older_versions_move_into_packs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path().join("c"), 0, 1 << 20).unwrap();
+        let old = store.root().join(fid('b').key());
+        fs::create_dir(&old).unwrap();
+        fs::write(old.join("0"), b"x").unwrap();
+        fs::write(old.join("2"), b"yz").unwrap();
+        fs::write(old.join(".tmp-1-99"), b"torn").unwrap();
+        let mut found = store.scan().unwrap();
+        found.sort();
+        assert_eq!(
+            found,
+            vec![(fid('b'), ChunkNo(0), 1), (fid('b'), ChunkNo(2), 2)]
+        );
+        assert!(store.pack_of(&fid('b')).is_file());
+        assert_eq!(store.read(&fid('b'), ChunkNo(2)).unwrap(), b"yz");
     }
 
     #[test]
@@ -510,10 +885,10 @@ mod tests {
             "an empty chunk costs a block"
         );
         assert_eq!(charge(1, 4096), 4096 + ROW_COST);
-        assert_eq!(charge(4096, 4096), 4096 + ROW_COST);
-        assert_eq!(charge(4097, 4096), 8192 + ROW_COST);
-        assert_eq!(charge(64_000, 4096), 16 * 4096 + ROW_COST);
-        assert_eq!(charge(64_000, 512), 125 * 512 + ROW_COST);
+        assert_eq!(charge(4096 - HEADER, 4096), 4096 + ROW_COST);
+        assert_eq!(charge(4097 - HEADER, 4096), 8192 + ROW_COST);
+        assert_eq!(charge(64_000, 4096), 16 * 4096 + ROW_COST, "a whole slot");
+        assert_eq!(charge(64_000, 512), 126 * 512 + ROW_COST);
         // 3,000 empty chunks cannot hide in a 64,000-byte quota: at most 13 fit.
         let dir = tempfile::tempdir().unwrap();
         let store = ChunkStore::open(dir.path().join("c"), 0, 64_000).unwrap();
@@ -528,11 +903,15 @@ mod tests {
 
     #[test]
     fn inodes_keep_a_margin() {
-        assert!(inodes_to_spare(0, 0), "no inode limit");
-        assert!(inodes_to_spare(1_000_000, 500_000));
-        assert!(!inodes_to_spare(1_000_000, 10_000), "1% of them stay free");
-        assert!(inodes_to_spare(1_000_000, 10_001));
-        assert!(!inodes_to_spare(50_000, 1000), "and at least 1000");
+        assert_eq!(inodes_to_spare(0, 0), u64::MAX, "no inode limit");
+        assert_eq!(inodes_to_spare(1_000_000, 500_000), 490_000);
+        assert_eq!(
+            inodes_to_spare(1_000_000, 10_000),
+            0,
+            "1% of them stay free"
+        );
+        assert_eq!(inodes_to_spare(1_000_000, 10_001), 1);
+        assert_eq!(inodes_to_spare(50_000, 1000), 0, "and at least 1000");
     }
 
     #[test]
@@ -545,14 +924,11 @@ mod tests {
         store.write(&fid('b'), ChunkNo(0), b"x").unwrap();
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&root), 0o700);
-        assert_eq!(mode(&store.dir_of(&fid('b'))), 0o700);
-        assert_eq!(mode(&store.path_of(&fid('b'), ChunkNo(0))), 0o600);
+        let pack = store.pack_of(&fid('b'));
+        assert_eq!(mode(&pack), 0o600);
         // A store left group-accessible by an older version is made private at scan.
-        fs::set_permissions(store.dir_of(&fid('b')), fs::Permissions::from_mode(0o770)).unwrap();
-        let file = store.path_of(&fid('b'), ChunkNo(0));
-        fs::set_permissions(&file, fs::Permissions::from_mode(0o660)).unwrap();
+        fs::set_permissions(&pack, fs::Permissions::from_mode(0o660)).unwrap();
         store.scan().unwrap();
-        assert_eq!(mode(&store.dir_of(&fid('b'))), 0o700);
-        assert_eq!(mode(&file), 0o600);
+        assert_eq!(mode(&pack), 0o600);
     }
 }

@@ -8,5 +8,5 @@ pub use catalog::{
     unix_ms, BackupId, Catalog, CatalogHandle, ChunkRole, FileChunkRow, FileRow, Forget, HostedRow,
     PeerRow, StoreError, MAX_PEER_ROWS,
 };
-pub use chunks::ChunkStore;
+pub use chunks::{ChunkStore, NewChunk};
 pub use health::{health, Health};

@@ -386,18 +386,23 @@ pub fn charged_on(path: &Path, size: u64) -> u64 {
         f => f,
     }
     .clamp(512, 1 << 20);
-    size.div_ceil(block).max(1) * block + 512
+    (size + peerstash::store::chunks::HEADER).div_ceil(block) * block + 512
 }
 
-/// Count of hosted chunk files on disk under a peer's store.
+/// Count of whole chunks on disk in a peer's store (its packs' slots).
 pub fn chunk_files_on_disk(peer: &Peer) -> usize {
-    let root = peer.dir.join("state").join("chunks");
-    let Ok(dirs) = std::fs::read_dir(root) else {
-        return 0;
-    };
-    dirs.flatten()
-        .map(|d| std::fs::read_dir(d.path()).map(|e| e.count()).unwrap_or(0))
-        .sum()
+    chunks_on_disk(peer).len()
+}
+
+/// The whole chunks on disk in a peer's store: (fileId, chunkNo, size).
+pub fn chunks_on_disk(
+    peer: &Peer,
+) -> Vec<(
+    peerstash::protocol::FileId,
+    peerstash::protocol::ChunkNo,
+    u64,
+)> {
+    peerstash::store::chunks::list(&peer.dir.join("state").join("chunks")).unwrap_or_default()
 }
 
 /// A command run as uid and gid `uid` (setpriv), with the extra group `group` (None: none).
