@@ -439,6 +439,8 @@ impl Catalog {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         // WAL + FULL: a committed transaction survives kill -9 and power loss; batching commits
         // keeps the cost to one fsync per batch.
+        // Every hot statement is prepared once (`prepare_cached`).
+        conn.set_prepared_statement_cache_capacity(128);
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -493,8 +495,7 @@ impl Catalog {
 
     /// Merges the write-ahead log into the database file; outside a transaction only.
     fn checkpoint(&self) -> Result<(), StoreError> {
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        self.conn.prepare_cached("PRAGMA wal_checkpoint(TRUNCATE)")?.query_row([], |_| Ok(()))?;
         Ok(())
     }
 
@@ -527,10 +528,8 @@ impl Catalog {
     }
 
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![key, value],
+        self.conn.prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value")?.execute(params![key, value],
         )?;
         Ok(())
     }
@@ -580,17 +579,13 @@ impl Catalog {
     /// version's number is never given to other content).
     pub fn insert_file(&self, row: &FileRow) -> Result<u32, StoreError> {
         let path = path_key(&row.path);
-        let version: u32 = self.conn.query_row(
-            "SELECT MAX(COALESCE((SELECT MAX(version) FROM files WHERE path = ?1), 0),
-                        COALESCE((SELECT version FROM last_versions WHERE path = ?1), 0)) + 1",
-            [path],
+        let version: u32 = self.conn.prepare_cached("SELECT MAX(COALESCE((SELECT MAX(version) FROM files WHERE path = ?1), 0),
+                        COALESCE((SELECT version FROM last_versions WHERE path = ?1), 0)) + 1")?.query_row([path],
             |r| r.get(0),
         )?;
-        self.conn.execute(
-            "INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash,
+        self.conn.prepare_cached("INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash,
                                 desired_rd, complete, inode, uid, gid, ctime_ns)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10, ?11, ?12)",
-            params![
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10, ?11, ?12)")?.execute(params![
                 row.file_id.key(),
                 path,
                 version,
@@ -605,15 +600,11 @@ impl Catalog {
                 row.ctime_ns
             ],
         )?;
-        self.conn.execute(
-            "INSERT INTO last_versions (path, version) VALUES (?1, ?2)
-             ON CONFLICT (path) DO UPDATE SET version = MAX(version, excluded.version)",
-            params![path, version],
+        self.conn.prepare_cached("INSERT INTO last_versions (path, version) VALUES (?1, ?2)
+             ON CONFLICT (path) DO UPDATE SET version = MAX(version, excluded.version)")?.execute(params![path, version],
         )?;
         // The path exists again: its versions no longer expire as deleted.
-        self.conn.execute(
-            "UPDATE files SET deleted_at = NULL WHERE path = ?1",
-            [&path],
+        self.conn.prepare_cached("UPDATE files SET deleted_at = NULL WHERE path = ?1")?.execute([&path],
         )?;
         Ok(version)
     }
@@ -623,26 +614,18 @@ impl Catalog {
         let version = self.insert_file(row)?;
         // The same content at the same path again (the same fileId): no longer forgotten, and
         // no DELETE of it is owed to anyone any more.
-        self.conn.execute(
-            "DELETE FROM forgotten WHERE file_id = ?1",
-            [row.file_id.key()],
+        self.conn.prepare_cached("DELETE FROM forgotten WHERE file_id = ?1")?.execute([row.file_id.key()],
         )?;
-        self.conn.execute(
-            "DELETE FROM delete_acks WHERE file_id = ?1",
-            [row.file_id.key()],
+        self.conn.prepare_cached("DELETE FROM delete_acks WHERE file_id = ?1")?.execute([row.file_id.key()],
         )?;
-        self.conn.execute(
-            "UPDATE files SET backup_id = ?2 WHERE file_id = ?1",
-            params![row.file_id.key(), backup.0],
+        self.conn.prepare_cached("UPDATE files SET backup_id = ?2 WHERE file_id = ?1")?.execute(params![row.file_id.key(), backup.0],
         )?;
         Ok(version)
     }
 
     /// Marks a version complete; false if it is not (any more) in the catalog.
     pub fn set_file_complete(&self, file_id: &FileId) -> Result<bool, StoreError> {
-        Ok(self.conn.execute(
-            "UPDATE files SET complete = 1 WHERE file_id = ?1",
-            [file_id.key()],
+        Ok(self.conn.prepare_cached("UPDATE files SET complete = 1 WHERE file_id = ?1")?.execute([file_id.key()],
         )? == 1)
     }
 
@@ -650,9 +633,7 @@ impl Catalog {
     /// restored copy, a file renamed back, a chmod): remember them, so the file is found up to
     /// date next time without reading it.
     pub fn note_seen(&self, file_id: &FileId, inode: u64, ctime_ns: i64) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE files SET inode = ?2, ctime_ns = ?3 WHERE file_id = ?1",
-            params![file_id.key(), inode as i64, ctime_ns],
+        self.conn.prepare_cached("UPDATE files SET inode = ?2, ctime_ns = ?3 WHERE file_id = ?1")?.execute(params![file_id.key(), inode as i64, ctime_ns],
         )?;
         Ok(())
     }
@@ -660,11 +641,9 @@ impl Catalog {
     /// The path of this version exists again (a backup found it there): none of the path's
     /// versions expire as deleted any more.
     pub fn undelete(&self, file_id: &FileId) -> Result<usize, StoreError> {
-        Ok(self.conn.execute(
-            "UPDATE files SET deleted_at = NULL
+        Ok(self.conn.prepare_cached("UPDATE files SET deleted_at = NULL
              WHERE deleted_at IS NOT NULL
-               AND path = (SELECT path FROM files WHERE file_id = ?1)",
-            [file_id.key()],
+               AND path = (SELECT path FROM files WHERE file_id = ?1)")?.execute([file_id.key()],
         )?)
     }
 
@@ -688,16 +667,12 @@ impl Catalog {
         let Some(row) = self.file(file_id)? else {
             return Ok(false);
         };
-        let backup_id: Option<i64> = self.conn.query_row(
-            "SELECT backup_id FROM files WHERE file_id = ?1",
-            [file_id.key()],
+        let backup_id: Option<i64> = self.conn.prepare_cached("SELECT backup_id FROM files WHERE file_id = ?1")?.query_row([file_id.key()],
             |r| r.get(0),
         )?;
         // Complete versions of the same path newer than this one.
-        let newer_complete: u32 = self.conn.query_row(
-            "SELECT COUNT(*) FROM files g, files f
-             WHERE f.file_id = ?1 AND g.path = f.path AND g.version > f.version AND g.complete = 1",
-            [file_id.key()],
+        let newer_complete: u32 = self.conn.prepare_cached("SELECT COUNT(*) FROM files g, files f
+             WHERE f.file_id = ?1 AND g.path = f.path AND g.version > f.version AND g.complete = 1")?.query_row([file_id.key()],
             |r| r.get(0),
         )?;
         let refused = match why {
@@ -709,9 +684,7 @@ impl Catalog {
                 })
             }
             Forget::DeletedExpired { keep_deleted_ms } => {
-                let absent_ms: i64 = self.conn.query_row(
-                    "SELECT absent_ms FROM files WHERE file_id = ?1",
-                    [file_id.key()],
+                let absent_ms: i64 = self.conn.prepare_cached("SELECT absent_ms FROM files WHERE file_id = ?1")?.query_row([file_id.key()],
                     |r| r.get(0),
                 )?;
                 match row.deleted_at {
@@ -746,9 +719,7 @@ impl Catalog {
     }
 
     pub fn set_file_rd(&self, file_id: &FileId, rd: u8) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE files SET desired_rd = ?2 WHERE file_id = ?1",
-            params![file_id.key(), rd],
+        self.conn.prepare_cached("UPDATE files SET desired_rd = ?2 WHERE file_id = ?1")?.execute(params![file_id.key(), rd],
         )?;
         Ok(())
     }
@@ -787,10 +758,8 @@ impl Catalog {
         size: u64,
         hash: &str,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO file_chunks (file_id, chunk_no, size, hash) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (file_id, chunk_no) DO UPDATE SET size = excluded.size, hash = excluded.hash",
-            params![file_id.key(), chunk_no.0, size as i64, hash],
+        self.conn.prepare_cached("INSERT INTO file_chunks (file_id, chunk_no, size, hash) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (file_id, chunk_no) DO UPDATE SET size = excluded.size, hash = excluded.hash")?.execute(params![file_id.key(), chunk_no.0, size as i64, hash],
         )?;
         Ok(())
     }
@@ -824,11 +793,9 @@ impl Catalog {
 
     /// The lowest perceived RD over a file's chunks (0 when a chunk has no holder).
     pub fn min_perceived_rd(&self, file_id: &FileId) -> Result<u32, StoreError> {
-        Ok(self.conn.query_row(
-            "SELECT COALESCE(MIN(COALESCE((SELECT n FROM holder_counts h
+        Ok(self.conn.prepare_cached("SELECT COALESCE(MIN(COALESCE((SELECT n FROM holder_counts h
                                   WHERE h.file_id = c.file_id AND h.chunk_no = c.chunk_no), 0)), 0)
-             FROM file_chunks c WHERE c.file_id = ?1",
-            [file_id.key()],
+             FROM file_chunks c WHERE c.file_id = ?1")?.query_row([file_id.key()],
             |r| r.get(0),
         )?)
     }
@@ -839,29 +806,19 @@ impl Catalog {
     /// Only through `forget`, which checks that the deletion is allowed.
     fn delete_file(&self, file_id: &FileId, now_ms: i64) -> Result<(), StoreError> {
         let key = file_id.key();
-        self.conn.execute(
-            "INSERT OR IGNORE INTO pending_deletes (file_id) VALUES (?1)",
-            [&key],
+        self.conn.prepare_cached("INSERT OR IGNORE INTO pending_deletes (file_id) VALUES (?1)")?.execute([&key],
         )?;
-        self.conn.execute(
-            "INSERT OR REPLACE INTO delete_acks (file_id, peer, since)
-             SELECT DISTINCT file_id, peer, ?2 FROM holders WHERE file_id = ?1",
-            params![key, now_ms],
+        self.conn.prepare_cached("INSERT OR REPLACE INTO delete_acks (file_id, peer, since)
+             SELECT DISTINCT file_id, peer, ?2 FROM holders WHERE file_id = ?1")?.execute(params![key, now_ms],
         )?;
         let now = now_ms.div_euclid(1000);
-        self.conn.execute(
-            "INSERT OR REPLACE INTO forgotten (file_id, at) VALUES (?1, ?2)",
-            params![key, now],
+        self.conn.prepare_cached("INSERT OR REPLACE INTO forgotten (file_id, at) VALUES (?1, ?2)")?.execute(params![key, now],
         )?;
         // Remembered long enough for any late re-backup of its chunks to have come and gone.
-        self.conn.execute(
-            "DELETE FROM forgotten WHERE at < ?1",
-            [now - FORGOTTEN_KEPT_S],
+        self.conn.prepare_cached("DELETE FROM forgotten WHERE at < ?1")?.execute([now - FORGOTTEN_KEPT_S],
         )?;
-        self.conn
-            .execute("DELETE FROM holders WHERE file_id = ?1", [&key])?;
-        self.conn
-            .execute("DELETE FROM files WHERE file_id = ?1", [&key])?;
+        self.conn.prepare_cached("DELETE FROM holders WHERE file_id = ?1")?.execute([&key])?;
+        self.conn.prepare_cached("DELETE FROM files WHERE file_id = ?1")?.execute([&key])?;
         Ok(())
     }
 
@@ -895,17 +852,13 @@ impl Catalog {
     /// Notes that a path's local file is gone (once: the first time counts for expiry; its
     /// absent time starts from zero).
     pub fn mark_deleted(&self, path: &Path, now: i64) -> Result<usize, StoreError> {
-        Ok(self.conn.execute(
-            "UPDATE files SET deleted_at = ?2, absent_ms = 0 WHERE path = ?1 AND deleted_at IS NULL",
-            params![path_key(path), now],
+        Ok(self.conn.prepare_cached("UPDATE files SET deleted_at = ?2, absent_ms = 0 WHERE path = ?1 AND deleted_at IS NULL")?.execute(params![path_key(path), now],
         )?)
     }
 
     /// The path's file is there again: its versions no longer expire as deleted.
     pub fn unmark_deleted(&self, path: &Path) -> Result<usize, StoreError> {
-        Ok(self.conn.execute(
-            "UPDATE files SET deleted_at = NULL WHERE path = ?1 AND deleted_at IS NOT NULL",
-            [path_key(path)],
+        Ok(self.conn.prepare_cached("UPDATE files SET deleted_at = NULL WHERE path = ?1 AND deleted_at IS NOT NULL")?.execute([path_key(path)],
         )?)
     }
 
@@ -928,9 +881,7 @@ impl Catalog {
 
     /// Counts `ms` more of absence for the versions of a path still marked deleted.
     pub fn add_absent(&self, path: &Path, ms: i64) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE files SET absent_ms = absent_ms + ?2 WHERE path = ?1 AND deleted_at IS NOT NULL",
-            params![path_key(path), ms],
+        self.conn.prepare_cached("UPDATE files SET absent_ms = absent_ms + ?2 WHERE path = ?1 AND deleted_at IS NOT NULL")?.execute(params![path_key(path), ms],
         )?;
         Ok(())
     }
@@ -966,11 +917,9 @@ impl Catalog {
 
     /// Queues a path (again): due now, or kept at its current due time if already queued.
     pub fn enqueue(&self, path: &Path, due_ms: i64) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO queue (path, due_at) VALUES (?1, ?2)
+        self.conn.prepare_cached("INSERT INTO queue (path, due_at) VALUES (?1, ?2)
              ON CONFLICT (path) DO UPDATE SET gen = gen + 1, attempts = 0,
-                 due_at = MIN(due_at, excluded.due_at)",
-            params![path_key(path), due_ms],
+                 due_at = MIN(due_at, excluded.due_at)")?.execute(params![path_key(path), due_ms],
         )?;
         Ok(())
     }
@@ -1001,18 +950,14 @@ impl Catalog {
 
     /// Done with a path: forgotten unless it was queued again meanwhile (generation changed).
     pub fn dequeue(&self, path: &Path, gen: i64) -> Result<(), StoreError> {
-        self.conn.execute(
-            "DELETE FROM queue WHERE path = ?1 AND gen = ?2",
-            params![path_key(path), gen],
+        self.conn.prepare_cached("DELETE FROM queue WHERE path = ?1 AND gen = ?2")?.execute(params![path_key(path), gen],
         )?;
         Ok(())
     }
 
     /// Try a path again later.
     pub fn retry_later(&self, path: &Path, gen: i64, due_ms: i64) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE queue SET due_at = ?3, attempts = attempts + 1 WHERE path = ?1 AND gen = ?2",
-            params![path_key(path), gen, due_ms],
+        self.conn.prepare_cached("UPDATE queue SET due_at = ?3, attempts = attempts + 1 WHERE path = ?1 AND gen = ?2")?.execute(params![path_key(path), gen, due_ms],
         )?;
         Ok(())
     }
@@ -1024,9 +969,7 @@ impl Catalog {
     }
 
     pub fn clear_pending_delete(&self, file_id: &FileId) -> Result<(), StoreError> {
-        self.conn.execute(
-            "DELETE FROM pending_deletes WHERE file_id = ?1",
-            [file_id.key()],
+        self.conn.prepare_cached("DELETE FROM pending_deletes WHERE file_id = ?1")?.execute([file_id.key()],
         )?;
         Ok(())
     }
@@ -1057,9 +1000,7 @@ impl Catalog {
         if let Some(desired_rd) = hosted {
             return Ok(ChunkRole::Hosted { desired_rd });
         }
-        let forgotten: bool = self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM forgotten WHERE file_id = ?1)",
-            [&key],
+        let forgotten: bool = self.conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM forgotten WHERE file_id = ?1)")?.query_row([&key],
             |r| r.get(0),
         )?;
         Ok(match forgotten {
@@ -1071,10 +1012,8 @@ impl Catalog {
     /// Records a chunk now on disk, with the holders known so far (ourselves included).
     pub fn insert_hosted(&self, row: &HostedRow, holders: &[PeerId]) -> Result<(), StoreError> {
         let key = row.file_id.key();
-        self.conn.execute(
-            "INSERT INTO hosted (file_id, chunk_no, wire_id, size, hash, desired_rd, sender)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
+        self.conn.prepare_cached("INSERT INTO hosted (file_id, chunk_no, wire_id, size, hash, desired_rd, sender)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(params![
                 key,
                 row.chunk_no.0,
                 row.file_id.as_wire(),
@@ -1093,11 +1032,8 @@ impl Catalog {
         file_id: &FileId,
         chunk_no: ChunkNo,
     ) -> Result<Option<HostedRow>, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT wire_id, size, hash, desired_rd, sender FROM hosted
-                 WHERE file_id = ?1 AND chunk_no = ?2",
-                params![file_id.key(), chunk_no.0],
+        self.conn.prepare_cached("SELECT wire_id, size, hash, desired_rd, sender FROM hosted
+                 WHERE file_id = ?1 AND chunk_no = ?2")?.query_row(params![file_id.key(), chunk_no.0],
                 |r| {
                     Ok((
                         r.get::<_, String>(0)?,
@@ -1173,9 +1109,7 @@ impl Catalog {
                 |r| r.get(0),
             )
             .optional()?;
-        self.conn.execute(
-            "DELETE FROM holders WHERE file_id = ?1 AND chunk_no = ?2",
-            params![key, chunk_no.0],
+        self.conn.prepare_cached("DELETE FROM holders WHERE file_id = ?1 AND chunk_no = ?2")?.execute(params![key, chunk_no.0],
         )?;
         Ok(size.map(|s| s as u64))
     }
@@ -1189,8 +1123,7 @@ impl Catalog {
         let gone: Vec<(i64, i64)> = stmt
             .query_map([&key], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
-        self.conn
-            .execute("DELETE FROM holders WHERE file_id = ?1", [&key])?;
+        self.conn.prepare_cached("DELETE FROM holders WHERE file_id = ?1")?.execute([&key])?;
         gone.into_iter()
             .map(|(no, size)| Ok((chunk_no_of(no)?, size as u64)))
             .collect()
@@ -1227,10 +1160,8 @@ impl Catalog {
         peers: &[PeerId],
     ) -> Result<Option<u32>, StoreError> {
         let key = file_id.key();
-        let known: bool = self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM file_chunks WHERE file_id = ?1 AND chunk_no = ?2)
-                 OR EXISTS (SELECT 1 FROM hosted WHERE file_id = ?1 AND chunk_no = ?2)",
-            params![key, chunk_no.0],
+        let known: bool = self.conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM file_chunks WHERE file_id = ?1 AND chunk_no = ?2)
+                 OR EXISTS (SELECT 1 FROM hosted WHERE file_id = ?1 AND chunk_no = ?2)")?.query_row(params![key, chunk_no.0],
             |r| r.get(0),
         )?;
         if !known {
@@ -1274,9 +1205,7 @@ impl Catalog {
         chunk_no: ChunkNo,
         peer: PeerId,
     ) -> Result<u32, StoreError> {
-        self.conn.execute(
-            "DELETE FROM holders WHERE file_id = ?1 AND chunk_no = ?2 AND peer = ?3",
-            params![file_id.key(), chunk_no.0, peer.0],
+        self.conn.prepare_cached("DELETE FROM holders WHERE file_id = ?1 AND chunk_no = ?2 AND peer = ?3")?.execute(params![file_id.key(), chunk_no.0, peer.0],
         )?;
         self.perceived(file_id, chunk_no)
     }
@@ -1380,10 +1309,8 @@ impl Catalog {
             let removed = self
                 .conn
                 .execute("DELETE FROM holders WHERE peer = ?1", [peer.0])?;
-            self.conn.execute(
-                "INSERT INTO peers (id, protocol, last_heard, lost_at) VALUES (?1, '', 0, ?2)
-                 ON CONFLICT (id) DO UPDATE SET lost_at = COALESCE(lost_at, excluded.lost_at)",
-                params![peer.0, now_ms],
+            self.conn.prepare_cached("INSERT INTO peers (id, protocol, last_heard, lost_at) VALUES (?1, '', 0, ?2)
+                 ON CONFLICT (id) DO UPDATE SET lost_at = COALESCE(lost_at, excluded.lost_at)")?.execute(params![peer.0, now_ms],
             )?;
             Ok(removed as u64)
         })
@@ -1392,9 +1319,7 @@ impl Catalog {
     /// `peer` acknowledged the DELETE of a version of ours (DELETED): it owes nothing more for
     /// it. True if it was still owed.
     pub fn delete_acked(&self, file_id: &FileId, peer: PeerId) -> Result<bool, StoreError> {
-        Ok(self.conn.execute(
-            "DELETE FROM delete_acks WHERE file_id = ?1 AND peer = ?2",
-            params![file_id.key(), peer.0],
+        Ok(self.conn.prepare_cached("DELETE FROM delete_acks WHERE file_id = ?1 AND peer = ?2")?.execute(params![file_id.key(), peer.0],
         )? == 1)
     }
 
