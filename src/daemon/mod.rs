@@ -43,6 +43,8 @@ pub struct Node {
     pub catalog: CatalogHandle,
     pub store: Arc<ChunkStore>,
     writer: disk::ChunkWriter,
+    /// Backups of large files under way (`cmd::backup::LARGE_FILES_AT_ONCE`).
+    large_backups: Semaphore,
     pub net: Channels,
     /// To the engine task (`driver::run`).
     inputs: mpsc::UnboundedSender<driver::Input>,
@@ -260,6 +262,7 @@ pub async fn start(
         catalog,
         writer: disk::ChunkWriter::start(store.clone()).context("cannot start the chunk writer")?,
         store,
+        large_backups: Semaphore::new(cmd::backup::LARGE_FILES_AT_ONCE),
         net,
         inputs,
         next_job: AtomicU64::new(1),

@@ -495,7 +495,9 @@ impl Catalog {
 
     /// Merges the write-ahead log into the database file; outside a transaction only.
     fn checkpoint(&self) -> Result<(), StoreError> {
-        self.conn.prepare_cached("PRAGMA wal_checkpoint(TRUNCATE)")?.query_row([], |_| Ok(()))?;
+        self.conn
+            .prepare_cached("PRAGMA wal_checkpoint(TRUNCATE)")?
+            .query_row([], |_| Ok(()))?;
         Ok(())
     }
 
@@ -528,9 +530,12 @@ impl Catalog {
     }
 
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.conn.prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value")?.execute(params![key, value],
-        )?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![key, value])?;
         Ok(())
     }
 
@@ -579,13 +584,20 @@ impl Catalog {
     /// version's number is never given to other content).
     pub fn insert_file(&self, row: &FileRow) -> Result<u32, StoreError> {
         let path = path_key(&row.path);
-        let version: u32 = self.conn.prepare_cached("SELECT MAX(COALESCE((SELECT MAX(version) FROM files WHERE path = ?1), 0),
-                        COALESCE((SELECT version FROM last_versions WHERE path = ?1), 0)) + 1")?.query_row([path],
-            |r| r.get(0),
-        )?;
-        self.conn.prepare_cached("INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash,
+        let version: u32 = self
+            .conn
+            .prepare_cached(
+                "SELECT MAX(COALESCE((SELECT MAX(version) FROM files WHERE path = ?1), 0),
+                        COALESCE((SELECT version FROM last_versions WHERE path = ?1), 0)) + 1",
+            )?
+            .query_row([path], |r| r.get(0))?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash,
                                 desired_rd, complete, inode, uid, gid, ctime_ns)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10, ?11, ?12)")?.execute(params![
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10, ?11, ?12)",
+            )?
+            .execute(params![
                 row.file_id.key(),
                 path,
                 version,
@@ -598,14 +610,17 @@ impl Catalog {
                 row.uid,
                 row.gid,
                 row.ctime_ns
-            ],
-        )?;
-        self.conn.prepare_cached("INSERT INTO last_versions (path, version) VALUES (?1, ?2)
-             ON CONFLICT (path) DO UPDATE SET version = MAX(version, excluded.version)")?.execute(params![path, version],
-        )?;
+            ])?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO last_versions (path, version) VALUES (?1, ?2)
+             ON CONFLICT (path) DO UPDATE SET version = MAX(version, excluded.version)",
+            )?
+            .execute(params![path, version])?;
         // The path exists again: its versions no longer expire as deleted.
-        self.conn.prepare_cached("UPDATE files SET deleted_at = NULL WHERE path = ?1")?.execute([&path],
-        )?;
+        self.conn
+            .prepare_cached("UPDATE files SET deleted_at = NULL WHERE path = ?1")?
+            .execute([&path])?;
         Ok(version)
     }
 
@@ -614,37 +629,48 @@ impl Catalog {
         let version = self.insert_file(row)?;
         // The same content at the same path again (the same fileId): no longer forgotten, and
         // no DELETE of it is owed to anyone any more.
-        self.conn.prepare_cached("DELETE FROM forgotten WHERE file_id = ?1")?.execute([row.file_id.key()],
-        )?;
-        self.conn.prepare_cached("DELETE FROM delete_acks WHERE file_id = ?1")?.execute([row.file_id.key()],
-        )?;
-        self.conn.prepare_cached("UPDATE files SET backup_id = ?2 WHERE file_id = ?1")?.execute(params![row.file_id.key(), backup.0],
-        )?;
+        self.conn
+            .prepare_cached("DELETE FROM forgotten WHERE file_id = ?1")?
+            .execute([row.file_id.key()])?;
+        self.conn
+            .prepare_cached("DELETE FROM delete_acks WHERE file_id = ?1")?
+            .execute([row.file_id.key()])?;
+        self.conn
+            .prepare_cached("UPDATE files SET backup_id = ?2 WHERE file_id = ?1")?
+            .execute(params![row.file_id.key(), backup.0])?;
         Ok(version)
     }
 
     /// Marks a version complete; false if it is not (any more) in the catalog.
     pub fn set_file_complete(&self, file_id: &FileId) -> Result<bool, StoreError> {
-        Ok(self.conn.prepare_cached("UPDATE files SET complete = 1 WHERE file_id = ?1")?.execute([file_id.key()],
-        )? == 1)
+        Ok(self
+            .conn
+            .prepare_cached("UPDATE files SET complete = 1 WHERE file_id = ?1")?
+            .execute([file_id.key()])?
+            == 1)
     }
 
     /// A version was just read in full, unchanged, from a file with this inode and ctime (a
     /// restored copy, a file renamed back, a chmod): remember them, so the file is found up to
     /// date next time without reading it.
     pub fn note_seen(&self, file_id: &FileId, inode: u64, ctime_ns: i64) -> Result<(), StoreError> {
-        self.conn.prepare_cached("UPDATE files SET inode = ?2, ctime_ns = ?3 WHERE file_id = ?1")?.execute(params![file_id.key(), inode as i64, ctime_ns],
-        )?;
+        self.conn
+            .prepare_cached("UPDATE files SET inode = ?2, ctime_ns = ?3 WHERE file_id = ?1")?
+            .execute(params![file_id.key(), inode as i64, ctime_ns])?;
         Ok(())
     }
 
     /// The path of this version exists again (a backup found it there): none of the path's
     /// versions expire as deleted any more.
     pub fn undelete(&self, file_id: &FileId) -> Result<usize, StoreError> {
-        Ok(self.conn.prepare_cached("UPDATE files SET deleted_at = NULL
+        Ok(self
+            .conn
+            .prepare_cached(
+                "UPDATE files SET deleted_at = NULL
              WHERE deleted_at IS NOT NULL
-               AND path = (SELECT path FROM files WHERE file_id = ?1)")?.execute([file_id.key()],
-        )?)
+               AND path = (SELECT path FROM files WHERE file_id = ?1)",
+            )?
+            .execute([file_id.key()])?)
     }
 
     /// Paths whose newest version was read from inode `inode` and that are not known gone:
@@ -667,14 +693,18 @@ impl Catalog {
         let Some(row) = self.file(file_id)? else {
             return Ok(false);
         };
-        let backup_id: Option<i64> = self.conn.prepare_cached("SELECT backup_id FROM files WHERE file_id = ?1")?.query_row([file_id.key()],
-            |r| r.get(0),
-        )?;
+        let backup_id: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT backup_id FROM files WHERE file_id = ?1")?
+            .query_row([file_id.key()], |r| r.get(0))?;
         // Complete versions of the same path newer than this one.
-        let newer_complete: u32 = self.conn.prepare_cached("SELECT COUNT(*) FROM files g, files f
-             WHERE f.file_id = ?1 AND g.path = f.path AND g.version > f.version AND g.complete = 1")?.query_row([file_id.key()],
-            |r| r.get(0),
-        )?;
+        let newer_complete: u32 = self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM files g, files f
+             WHERE f.file_id = ?1 AND g.path = f.path AND g.version > f.version AND g.complete = 1",
+            )?
+            .query_row([file_id.key()], |r| r.get(0))?;
         let refused = match why {
             Forget::UserDelete => None,
             Forget::KeepVersions { keep } => {
@@ -684,9 +714,10 @@ impl Catalog {
                 })
             }
             Forget::DeletedExpired { keep_deleted_ms } => {
-                let absent_ms: i64 = self.conn.prepare_cached("SELECT absent_ms FROM files WHERE file_id = ?1")?.query_row([file_id.key()],
-                    |r| r.get(0),
-                )?;
+                let absent_ms: i64 = self
+                    .conn
+                    .prepare_cached("SELECT absent_ms FROM files WHERE file_id = ?1")?
+                    .query_row([file_id.key()], |r| r.get(0))?;
                 match row.deleted_at {
                     None => Some("its path is not (any more) marked deleted".to_owned()),
                     Some(_) if absent_ms < keep_deleted_ms => Some(format!(
@@ -719,8 +750,9 @@ impl Catalog {
     }
 
     pub fn set_file_rd(&self, file_id: &FileId, rd: u8) -> Result<(), StoreError> {
-        self.conn.prepare_cached("UPDATE files SET desired_rd = ?2 WHERE file_id = ?1")?.execute(params![file_id.key(), rd],
-        )?;
+        self.conn
+            .prepare_cached("UPDATE files SET desired_rd = ?2 WHERE file_id = ?1")?
+            .execute(params![file_id.key(), rd])?;
         Ok(())
     }
 
@@ -793,11 +825,14 @@ impl Catalog {
 
     /// The lowest perceived RD over a file's chunks (0 when a chunk has no holder).
     pub fn min_perceived_rd(&self, file_id: &FileId) -> Result<u32, StoreError> {
-        Ok(self.conn.prepare_cached("SELECT COALESCE(MIN(COALESCE((SELECT n FROM holder_counts h
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT COALESCE(MIN(COALESCE((SELECT n FROM holder_counts h
                                   WHERE h.file_id = c.file_id AND h.chunk_no = c.chunk_no), 0)), 0)
-             FROM file_chunks c WHERE c.file_id = ?1")?.query_row([file_id.key()],
-            |r| r.get(0),
-        )?)
+             FROM file_chunks c WHERE c.file_id = ?1",
+            )?
+            .query_row([file_id.key()], |r| r.get(0))?)
     }
 
     /// Forgets a version of our own (its row, its chunks and their holder sets) and remembers
@@ -806,19 +841,29 @@ impl Catalog {
     /// Only through `forget`, which checks that the deletion is allowed.
     fn delete_file(&self, file_id: &FileId, now_ms: i64) -> Result<(), StoreError> {
         let key = file_id.key();
-        self.conn.prepare_cached("INSERT OR IGNORE INTO pending_deletes (file_id) VALUES (?1)")?.execute([&key],
-        )?;
-        self.conn.prepare_cached("INSERT OR REPLACE INTO delete_acks (file_id, peer, since)
-             SELECT DISTINCT file_id, peer, ?2 FROM holders WHERE file_id = ?1")?.execute(params![key, now_ms],
-        )?;
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO pending_deletes (file_id) VALUES (?1)")?
+            .execute([&key])?;
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO delete_acks (file_id, peer, since)
+             SELECT DISTINCT file_id, peer, ?2 FROM holders WHERE file_id = ?1",
+            )?
+            .execute(params![key, now_ms])?;
         let now = now_ms.div_euclid(1000);
-        self.conn.prepare_cached("INSERT OR REPLACE INTO forgotten (file_id, at) VALUES (?1, ?2)")?.execute(params![key, now],
-        )?;
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO forgotten (file_id, at) VALUES (?1, ?2)")?
+            .execute(params![key, now])?;
         // Remembered long enough for any late re-backup of its chunks to have come and gone.
-        self.conn.prepare_cached("DELETE FROM forgotten WHERE at < ?1")?.execute([now - FORGOTTEN_KEPT_S],
-        )?;
-        self.conn.prepare_cached("DELETE FROM holders WHERE file_id = ?1")?.execute([&key])?;
-        self.conn.prepare_cached("DELETE FROM files WHERE file_id = ?1")?.execute([&key])?;
+        self.conn
+            .prepare_cached("DELETE FROM forgotten WHERE at < ?1")?
+            .execute([now - FORGOTTEN_KEPT_S])?;
+        self.conn
+            .prepare_cached("DELETE FROM holders WHERE file_id = ?1")?
+            .execute([&key])?;
+        self.conn
+            .prepare_cached("DELETE FROM files WHERE file_id = ?1")?
+            .execute([&key])?;
         Ok(())
     }
 
@@ -858,8 +903,12 @@ impl Catalog {
 
     /// The path's file is there again: its versions no longer expire as deleted.
     pub fn unmark_deleted(&self, path: &Path) -> Result<usize, StoreError> {
-        Ok(self.conn.prepare_cached("UPDATE files SET deleted_at = NULL WHERE path = ?1 AND deleted_at IS NOT NULL")?.execute([path_key(path)],
-        )?)
+        Ok(self
+            .conn
+            .prepare_cached(
+                "UPDATE files SET deleted_at = NULL WHERE path = ?1 AND deleted_at IS NOT NULL",
+            )?
+            .execute([path_key(path)])?)
     }
 
     /// Paths whose local file is gone: when it was found gone (unix seconds, shown to users)
@@ -917,10 +966,13 @@ impl Catalog {
 
     /// Queues a path (again): due now, or kept at its current due time if already queued.
     pub fn enqueue(&self, path: &Path, due_ms: i64) -> Result<(), StoreError> {
-        self.conn.prepare_cached("INSERT INTO queue (path, due_at) VALUES (?1, ?2)
+        self.conn
+            .prepare_cached(
+                "INSERT INTO queue (path, due_at) VALUES (?1, ?2)
              ON CONFLICT (path) DO UPDATE SET gen = gen + 1, attempts = 0,
-                 due_at = MIN(due_at, excluded.due_at)")?.execute(params![path_key(path), due_ms],
-        )?;
+                 due_at = MIN(due_at, excluded.due_at)",
+            )?
+            .execute(params![path_key(path), due_ms])?;
         Ok(())
     }
 
@@ -950,8 +1002,9 @@ impl Catalog {
 
     /// Done with a path: forgotten unless it was queued again meanwhile (generation changed).
     pub fn dequeue(&self, path: &Path, gen: i64) -> Result<(), StoreError> {
-        self.conn.prepare_cached("DELETE FROM queue WHERE path = ?1 AND gen = ?2")?.execute(params![path_key(path), gen],
-        )?;
+        self.conn
+            .prepare_cached("DELETE FROM queue WHERE path = ?1 AND gen = ?2")?
+            .execute(params![path_key(path), gen])?;
         Ok(())
     }
 
@@ -969,8 +1022,9 @@ impl Catalog {
     }
 
     pub fn clear_pending_delete(&self, file_id: &FileId) -> Result<(), StoreError> {
-        self.conn.prepare_cached("DELETE FROM pending_deletes WHERE file_id = ?1")?.execute([file_id.key()],
-        )?;
+        self.conn
+            .prepare_cached("DELETE FROM pending_deletes WHERE file_id = ?1")?
+            .execute([file_id.key()])?;
         Ok(())
     }
 
@@ -1000,9 +1054,10 @@ impl Catalog {
         if let Some(desired_rd) = hosted {
             return Ok(ChunkRole::Hosted { desired_rd });
         }
-        let forgotten: bool = self.conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM forgotten WHERE file_id = ?1)")?.query_row([&key],
-            |r| r.get(0),
-        )?;
+        let forgotten: bool = self
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM forgotten WHERE file_id = ?1)")?
+            .query_row([&key], |r| r.get(0))?;
         Ok(match forgotten {
             true => ChunkRole::Forgotten,
             false => ChunkRole::Unknown,
@@ -1012,8 +1067,12 @@ impl Catalog {
     /// Records a chunk now on disk, with the holders known so far (ourselves included).
     pub fn insert_hosted(&self, row: &HostedRow, holders: &[PeerId]) -> Result<(), StoreError> {
         let key = row.file_id.key();
-        self.conn.prepare_cached("INSERT INTO hosted (file_id, chunk_no, wire_id, size, hash, desired_rd, sender)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(params![
+        self.conn
+            .prepare_cached(
+                "INSERT INTO hosted (file_id, chunk_no, wire_id, size, hash, desired_rd, sender)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
                 key,
                 row.chunk_no.0,
                 row.file_id.as_wire(),
@@ -1021,8 +1080,7 @@ impl Catalog {
                 row.hash,
                 row.desired_rd,
                 row.sender.0
-            ],
-        )?;
+            ])?;
         self.insert_holders(&key, row.chunk_no, holders)?;
         Ok(())
     }
@@ -1032,18 +1090,20 @@ impl Catalog {
         file_id: &FileId,
         chunk_no: ChunkNo,
     ) -> Result<Option<HostedRow>, StoreError> {
-        self.conn.prepare_cached("SELECT wire_id, size, hash, desired_rd, sender FROM hosted
-                 WHERE file_id = ?1 AND chunk_no = ?2")?.query_row(params![file_id.key(), chunk_no.0],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                    ))
-                },
-            )
+        self.conn
+            .prepare_cached(
+                "SELECT wire_id, size, hash, desired_rd, sender FROM hosted
+                 WHERE file_id = ?1 AND chunk_no = ?2",
+            )?
+            .query_row(params![file_id.key(), chunk_no.0], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                ))
+            })
             .optional()?
             .map(|(wire, size, hash, desired_rd, sender)| {
                 Ok(HostedRow {
@@ -1109,8 +1169,9 @@ impl Catalog {
                 |r| r.get(0),
             )
             .optional()?;
-        self.conn.prepare_cached("DELETE FROM holders WHERE file_id = ?1 AND chunk_no = ?2")?.execute(params![key, chunk_no.0],
-        )?;
+        self.conn
+            .prepare_cached("DELETE FROM holders WHERE file_id = ?1 AND chunk_no = ?2")?
+            .execute(params![key, chunk_no.0])?;
         Ok(size.map(|s| s as u64))
     }
 
@@ -1123,7 +1184,9 @@ impl Catalog {
         let gone: Vec<(i64, i64)> = stmt
             .query_map([&key], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
-        self.conn.prepare_cached("DELETE FROM holders WHERE file_id = ?1")?.execute([&key])?;
+        self.conn
+            .prepare_cached("DELETE FROM holders WHERE file_id = ?1")?
+            .execute([&key])?;
         gone.into_iter()
             .map(|(no, size)| Ok((chunk_no_of(no)?, size as u64)))
             .collect()
@@ -1160,10 +1223,13 @@ impl Catalog {
         peers: &[PeerId],
     ) -> Result<Option<u32>, StoreError> {
         let key = file_id.key();
-        let known: bool = self.conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM file_chunks WHERE file_id = ?1 AND chunk_no = ?2)
-                 OR EXISTS (SELECT 1 FROM hosted WHERE file_id = ?1 AND chunk_no = ?2)")?.query_row(params![key, chunk_no.0],
-            |r| r.get(0),
-        )?;
+        let known: bool = self
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM file_chunks WHERE file_id = ?1 AND chunk_no = ?2)
+                 OR EXISTS (SELECT 1 FROM hosted WHERE file_id = ?1 AND chunk_no = ?2)",
+            )?
+            .query_row(params![key, chunk_no.0], |r| r.get(0))?;
         if !known {
             return Ok(None);
         }
@@ -1205,8 +1271,11 @@ impl Catalog {
         chunk_no: ChunkNo,
         peer: PeerId,
     ) -> Result<u32, StoreError> {
-        self.conn.prepare_cached("DELETE FROM holders WHERE file_id = ?1 AND chunk_no = ?2 AND peer = ?3")?.execute(params![file_id.key(), chunk_no.0, peer.0],
-        )?;
+        self.conn
+            .prepare_cached(
+                "DELETE FROM holders WHERE file_id = ?1 AND chunk_no = ?2 AND peer = ?3",
+            )?
+            .execute(params![file_id.key(), chunk_no.0, peer.0])?;
         self.perceived(file_id, chunk_no)
     }
 
@@ -1309,9 +1378,12 @@ impl Catalog {
             let removed = self
                 .conn
                 .execute("DELETE FROM holders WHERE peer = ?1", [peer.0])?;
-            self.conn.prepare_cached("INSERT INTO peers (id, protocol, last_heard, lost_at) VALUES (?1, '', 0, ?2)
-                 ON CONFLICT (id) DO UPDATE SET lost_at = COALESCE(lost_at, excluded.lost_at)")?.execute(params![peer.0, now_ms],
-            )?;
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO peers (id, protocol, last_heard, lost_at) VALUES (?1, '', 0, ?2)
+                 ON CONFLICT (id) DO UPDATE SET lost_at = COALESCE(lost_at, excluded.lost_at)",
+                )?
+                .execute(params![peer.0, now_ms])?;
             Ok(removed as u64)
         })
     }
@@ -1319,8 +1391,11 @@ impl Catalog {
     /// `peer` acknowledged the DELETE of a version of ours (DELETED): it owes nothing more for
     /// it. True if it was still owed.
     pub fn delete_acked(&self, file_id: &FileId, peer: PeerId) -> Result<bool, StoreError> {
-        Ok(self.conn.prepare_cached("DELETE FROM delete_acks WHERE file_id = ?1 AND peer = ?2")?.execute(params![file_id.key(), peer.0],
-        )? == 1)
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM delete_acks WHERE file_id = ?1 AND peer = ?2")?
+            .execute(params![file_id.key(), peer.0])?
+            == 1)
     }
 
     /// Up to `limit` versions of ours whose DELETE `peer` has not acknowledged, oldest first:

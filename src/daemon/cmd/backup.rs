@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use tokio::task::spawn_blocking;
+use tokio::task::{spawn_blocking, JoinError, JoinSet};
 
 use super::delete::send_pending_deletes;
 use super::{report, Done, Progress};
@@ -32,6 +32,14 @@ const READ_BATCH: usize = 32;
 
 /// Files handed from the walk of a folder to its backups at once.
 const WALK_BATCH: usize = 64;
+/// Files of one folder backed up at once, each with its own window of chunks.
+const FILES_AT_ONCE: usize = 256;
+/// Files of more than a read batch whose chunks are read at once, daemon-wide: each reads a few
+/// batches ahead, and few of them keep the memory bounded whatever runs.
+pub(crate) const LARGE_FILES_AT_ONCE: usize = 2;
+
+/// What a file's backup task returns: its name, its desired RD and how it ended.
+type FileBackup = (PathBuf, u8, Result<BackupReport, BackupError>);
 
 /// Backs up what `root` names: a file, or every regular file below a folder (walked through
 /// handles, symlinks never followed, each file opened from the handle of the folder it was
@@ -78,17 +86,32 @@ pub(crate) async fn backup(
             },
         )
     });
+    // Many files at once: a small file's backup is mostly the wait for its STOREDs, and the
+    // catalog commits what the files ask of it at the same moment in one transaction.
+    let mut running = JoinSet::new();
     while let Some(batch) = batches.recv().await {
         for found in batch {
+            while running.len() >= FILES_AT_ONCE {
+                tally.ended(running.join_next().await, progress);
+            }
             let file_path = path.join(&found.rel);
             let opened = match spawn_blocking(move || found.open()).await {
                 Ok(opened) => opened,
                 Err(e) => return Done::failed(e.to_string()),
             };
-            tally
-                .back_up(node, &file_path, opened, rd, owner, progress)
-                .await;
+            if let Some((file, desired)) =
+                tally.admit(node, &file_path, opened, rd, owner, progress)
+            {
+                let node = node.clone();
+                running.spawn(async move {
+                    let r = backup_handle(&node, &file_path, file, desired).await;
+                    (file_path, desired, r)
+                });
+            }
         }
+    }
+    while !running.is_empty() {
+        tally.ended(running.join_next().await, progress);
     }
     match walker.await {
         Ok(Ok(walked)) => {
@@ -126,17 +149,55 @@ impl Tally {
         owner: Option<u32>,
         progress: &Progress,
     ) {
+        if let Some((file, desired)) = self.admit(node, file_path, opened, rd, owner, progress) {
+            let r = backup_handle(node, file_path, file, desired).await;
+            self.record(file_path, desired, r, progress);
+        }
+    }
+
+    /// A file to back up, with its desired RD, unless it could not be opened or is not the
+    /// caller's (counted here).
+    fn admit(
+        &mut self,
+        node: &Node,
+        file_path: &Path,
+        opened: std::io::Result<File>,
+        rd: Option<u8>,
+        owner: Option<u32>,
+        progress: &Progress,
+    ) -> Option<(File, u8)> {
         let file = match opened {
             Ok(f) => f,
-            Err(e) => return self.failed(file_path, e.to_string(), progress),
+            Err(e) => {
+                self.failed(file_path, e.to_string(), progress);
+                return None;
+            }
         };
         // The owner as the handle says, never as a path looked up again.
         if owner.is_some_and(|uid| file.metadata().map(|m| m.uid()).ok() != Some(uid)) {
             self.skipped += 1;
-            return;
+            return None;
         }
-        let desired = rd.unwrap_or_else(|| default_rd(node, file_path));
-        match backup_handle(node, file_path, file, desired).await {
+        Some((file, rd.unwrap_or_else(|| default_rd(node, file_path))))
+    }
+
+    /// A file's backup task ended.
+    fn ended(&mut self, ended: Option<Result<FileBackup, JoinError>>, progress: &Progress) {
+        match ended {
+            Some(Ok((file_path, desired, r))) => self.record(&file_path, desired, r, progress),
+            Some(Err(e)) => self.failed(Path::new("?"), format!("internal error: {e}"), progress),
+            None => {}
+        }
+    }
+
+    fn record(
+        &mut self,
+        file_path: &Path,
+        desired: u8,
+        r: Result<BackupReport, BackupError>,
+        progress: &Progress,
+    ) {
+        match r {
             Ok(r) => {
                 let state = if r.below == 0 {
                     self.ok += 1;
@@ -441,6 +502,15 @@ pub(crate) async fn backup_handle(
         });
     }
     tracing::debug!("reading {} to back it up", path.display());
+    let _large = match now.size > (READ_BATCH * CHUNK_SIZE) as u64 {
+        true => Some(
+            node.large_backups
+                .acquire()
+                .await
+                .map_err(|_| BackupError::Stopping)?,
+        ),
+        false => None,
+    };
     let (file, scanned) = spawn_blocking(move || scan_file(file)).await??;
     if !scanned.stable {
         // Being written: what was read is no version of the file. Nothing was recorded.
