@@ -22,11 +22,13 @@ use std::net::SocketAddr;
 
 /// The random wait before STORED, CHUNK and a re-backup: uniform in 0..=400 ms.
 pub const MAX_REPLY_DELAY: Duration = Duration::from_millis(400);
-/// PUTCHUNKs being stored at once; beyond this a PUTCHUNK is dropped (its sender resends), so
-/// a flood cannot take memory without bound.
-pub const MAX_CONCURRENT_STORES: usize = 128;
-/// GETCHUNKs being answered at once; beyond this one is dropped (the requester resends).
-pub const MAX_PENDING_REPLIES: usize = 256;
+/// PUTCHUNKs being stored at once (each holds its body: 16 MB at most); beyond this a PUTCHUNK
+/// is dropped (its sender resends), so a flood cannot take memory without bound.
+pub const MAX_CONCURRENT_STORES: usize = 256;
+/// GETCHUNKs being answered at once; beyond this one is dropped (the requester resends). A
+/// pending reply holds no body (it is read when sent), and each lasts its random wait: this
+/// many let a holder keep up with restores' windows (up to 512 chunks in flight each).
+pub const MAX_PENDING_REPLIES: usize = 2048;
 /// Chunks remembered by each "seen lately" map: the least recently written entry makes room,
 /// so a flood never stops the recording.
 pub const MAX_SEEN_ENTRIES: usize = 8192;
