@@ -331,7 +331,13 @@ fn print_state(s: &PeerState) {
             format!("; backing up {}", busy.join(", "))
         }
     );
-    for w in &s.workers {
+    // The queue's many workers: the idle ones on one line.
+    let idle_queue = |w: &&WorkerInfo| w.name.starts_with("queue ") && w.state == "idle";
+    let idle = s.workers.iter().filter(idle_queue).count();
+    if idle > 0 {
+        println!("worker queue: {idle} idle");
+    }
+    for w in s.workers.iter().filter(|w| !idle_queue(w)) {
         print_worker(w);
     }
     if s.malformed_datagrams + s.busy_drops + s.queue_drops > 0 {

@@ -21,7 +21,7 @@ use crate::workers::Worker;
 
 /// Files backed up at once; each has its own window of chunks in flight (a small file's
 /// backup is mostly the wait for its STOREDs).
-const WORKERS: usize = 16;
+const WORKERS: usize = 64;
 /// Longest wait before a failed or under-replicated path is tried again.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
 
