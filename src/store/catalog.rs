@@ -512,7 +512,7 @@ impl Catalog {
     }
 
     fn pragma_check(&self, pragma: &str) -> Result<(), StoreError> {
-        let mut stmt = self.conn.prepare(&format!("PRAGMA {pragma}"))?;
+        let mut stmt = self.conn.prepare_cached(&format!("PRAGMA {pragma}"))?;
         let found: Vec<String> = stmt
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
@@ -559,7 +559,7 @@ impl Catalog {
             "SELECT {FILE_COLUMNS} FROM files
              WHERE path = ?1 OR substr(path, 1, length(?2)) = ?2 ORDER BY path, version"
         );
-        let mut stmt = self.conn.prepare(&sql)?;
+        let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(params![exact, below], file_row)?;
         rows.map(|r| finish_file(r?)).collect()
     }
@@ -568,14 +568,14 @@ impl Catalog {
     /// oldest first.
     pub fn versions_of(&self, path: &Path) -> Result<Vec<FileRow>, StoreError> {
         let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE path = ?1 ORDER BY version");
-        let mut stmt = self.conn.prepare(&sql)?;
+        let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map([path_key(path)], file_row)?;
         rows.map(|r| finish_file(r?)).collect()
     }
 
     pub fn all_files(&self) -> Result<Vec<FileRow>, StoreError> {
         let sql = format!("SELECT {FILE_COLUMNS} FROM files ORDER BY path, version");
-        let mut stmt = self.conn.prepare(&sql)?;
+        let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map([], file_row)?;
         rows.map(|r| finish_file(r?)).collect()
     }
@@ -676,7 +676,7 @@ impl Catalog {
     /// Paths whose newest version was read from inode `inode` and that are not known gone:
     /// the other names of a hard-linked file.
     pub fn latest_paths_with_inode(&self, inode: u64) -> Result<Vec<PathBuf>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT f.path FROM files f
              WHERE f.inode = ?1 AND f.deleted_at IS NULL
                AND f.version = (SELECT MAX(version) FROM files g WHERE g.path = f.path)",
@@ -798,7 +798,7 @@ impl Catalog {
 
     /// (chunkNo, size, hash, perceived RD) of every chunk of one of our files.
     pub fn file_chunks(&self, file_id: &FileId) -> Result<Vec<FileChunkRow>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT c.chunk_no, c.size, c.hash,
                     COALESCE((SELECT n FROM holder_counts h WHERE h.file_id = c.file_id AND h.chunk_no = c.chunk_no), 0)
              FROM file_chunks c WHERE c.file_id = ?1 ORDER BY c.chunk_no",
@@ -882,7 +882,7 @@ impl Catalog {
     /// Paths whose newest version is complete but has a chunk below its desired RD (holders
     /// dropped it, or died during a re-backup): the home peer backs them up again.
     pub fn paths_below_rd(&self) -> Result<Vec<PathBuf>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT f.path FROM files f
              WHERE f.complete = 1 AND f.deleted_at IS NULL
                AND f.version = (SELECT MAX(version) FROM files g WHERE g.path = f.path)
@@ -914,7 +914,7 @@ impl Catalog {
     /// Paths whose local file is gone: when it was found gone (unix seconds, shown to users)
     /// and for how long it was counted absent (ms, what expiry goes by).
     pub fn deleted_paths(&self) -> Result<Vec<DeletedPath>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT path, MIN(deleted_at), MIN(absent_ms) FROM files
              WHERE deleted_at IS NOT NULL GROUP BY path",
         )?;
@@ -943,7 +943,7 @@ impl Catalog {
         limit: usize,
     ) -> Result<Vec<PathBuf>, StoreError> {
         let (exact, below) = (path_key(root), below_key(root));
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT DISTINCT path FROM files WHERE deleted_at IS NULL
                AND (path = ?1 OR substr(path, 1, length(?2)) = ?2) LIMIT ?3",
         )?;
@@ -954,7 +954,7 @@ impl Catalog {
     /// Distinct paths backed up at or below `root` whose file is not known to be gone.
     pub fn live_paths_under(&self, root: &Path) -> Result<Vec<PathBuf>, StoreError> {
         let (exact, below) = (path_key(root), below_key(root));
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT DISTINCT path FROM files WHERE deleted_at IS NULL
                AND (path = ?1 OR substr(path, 1, length(?2)) = ?2)",
         )?;
@@ -978,7 +978,7 @@ impl Catalog {
 
     /// The next due paths not in `busy`, with their generation.
     pub fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<(PathBuf, i64, u32)>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT path, gen, attempts FROM queue WHERE due_at <= ?1 ORDER BY due_at LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![now_ms, limit as i64], |r| {
@@ -1016,7 +1016,7 @@ impl Catalog {
     }
 
     pub fn pending_deletes(&self) -> Result<Vec<FileId>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT file_id FROM pending_deletes")?;
+        let mut stmt = self.conn.prepare_cached("SELECT file_id FROM pending_deletes")?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
         rows.map(|r| file_id_of(r?)).collect()
     }
@@ -1120,7 +1120,7 @@ impl Catalog {
 
     /// Every hosted chunk with its perceived RD.
     pub fn all_hosted(&self) -> Result<Vec<(HostedRow, u32)>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT s.wire_id, s.chunk_no, s.size, s.hash, s.desired_rd,
                     COALESCE((SELECT n FROM holder_counts h WHERE h.file_id = s.file_id AND h.chunk_no = s.chunk_no), 0),
                     s.sender
@@ -1180,7 +1180,7 @@ impl Catalog {
         let key = file_id.key();
         let mut stmt = self
             .conn
-            .prepare("DELETE FROM hosted WHERE file_id = ?1 RETURNING chunk_no, size")?;
+            .prepare_cached("DELETE FROM hosted WHERE file_id = ?1 RETURNING chunk_no, size")?;
         let gone: Vec<(i64, i64)> = stmt
             .query_map([&key], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
@@ -1195,7 +1195,7 @@ impl Catalog {
     /// The hosted chunks' cost against the quota, each chunk's size charged by `charge` (the
     /// store's: what the disk pays for it).
     pub fn used_bytes(&self, charge: impl Fn(u64) -> u64) -> Result<u64, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT size FROM hosted")?;
+        let mut stmt = self.conn.prepare_cached("SELECT size FROM hosted")?;
         let sizes = stmt.query_map([], |r| r.get::<_, i64>(0))?;
         sizes.map(|s| Ok(charge(s? as u64))).sum()
     }
@@ -1280,7 +1280,7 @@ impl Catalog {
     }
 
     pub fn holders(&self, file_id: &FileId, chunk_no: ChunkNo) -> Result<Vec<PeerId>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT peer FROM holders WHERE file_id = ?1 AND chunk_no = ?2 ORDER BY peer",
         )?;
         let rows = stmt.query_map(params![file_id.key(), chunk_no.0], |r| r.get(0))?;
@@ -1354,7 +1354,7 @@ impl Catalog {
     ) -> Result<Vec<PeerId>, StoreError> {
         // The distinct holders by hopping along the index on peer: one lookup per peer, not a
         // scan of every holder row.
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "WITH RECURSIVE holder (peer) AS (
                  SELECT MIN(peer) FROM holders
                  UNION ALL
@@ -1405,7 +1405,7 @@ impl Catalog {
         peer: PeerId,
         limit: usize,
     ) -> Result<Vec<FileId>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT file_id FROM delete_acks WHERE peer = ?1 ORDER BY since, file_id LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![peer.0, limit as i64], |r| r.get::<_, String>(0))?;
@@ -1433,7 +1433,7 @@ impl Catalog {
     /// host, or owing a delete acknowledgement, ordered by id, with what it does for us and we
     /// for it.
     pub fn peers_report(&self) -> Result<Vec<PeerRow>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "WITH own (id, n) AS (
                  SELECT h.peer, COUNT(*) FROM holders h
                  WHERE h.file_id IN (SELECT file_id FROM files) GROUP BY h.peer
