@@ -50,6 +50,10 @@ pub struct NetworkConfig {
     /// The LAN key (SPEC §3): read by the daemon at start and reload, not here, so that the
     /// `peerstash` command can read this config without access to the key.
     pub lan_key_file: Option<PathBuf>,
+    /// Ask the kernel for large receive buffers (forced past `net.core.rmem_max` when root), so
+    /// a burst of chunks is not dropped while the daemon is busy. False: keep the kernel's
+    /// default, as a peer without root or the sysctl has (the backup pacing copes with it).
+    pub raise_receive_buffers: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -187,6 +191,7 @@ struct RawNetwork {
     mdr: Option<String>,
     ttl: Option<i64>,
     lan_key_file: Option<PathBuf>,
+    raise_receive_buffers: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -433,6 +438,7 @@ impl Config {
                 mdr,
                 ttl,
                 lan_key_file: n.lan_key_file,
+                raise_receive_buffers: n.raise_receive_buffers.unwrap_or(true),
             },
             storage: StorageConfig { quota },
             watch,
@@ -609,6 +615,20 @@ exclude = ["*.tmp", "**/.cache/**"]
     }
 
     #[test]
+    fn the_receive_buffers_may_stay_the_kernels_default() {
+        let text = "[peer]\nid = 1\n[network]\nraise_receive_buffers = false\n";
+        let c = Config::from_toml_str(text).unwrap();
+        assert!(!c.network.raise_receive_buffers);
+        let text = "[peer]\nid = 1\n[network]\nraise_receive_buffers = true\n";
+        assert!(
+            Config::from_toml_str(text)
+                .unwrap()
+                .network
+                .raise_receive_buffers
+        );
+    }
+
+    #[test]
     fn durations_are_written_back_as_the_config_would() {
         for text in ["1d", "90m", "5s", "36h", "250ms", "0ms"] {
             assert_eq!(format_duration(parse_duration(text).unwrap()), text);
@@ -623,6 +643,7 @@ exclude = ["*.tmp", "**/.cache/**"]
         assert_eq!(c.peer.holder_timeout, Duration::from_secs(86_400));
         assert_eq!(c.peer.state_dir, PathBuf::from("/var/lib/peerstash"));
         assert_eq!(c.network.ttl, 1);
+        assert!(c.network.raise_receive_buffers);
         assert_eq!(c.storage.quota, 0);
         assert!(c.watch.is_empty());
     }
@@ -656,6 +677,14 @@ exclude = ["*.tmp", "**/.cache/**"]
                 "network.interface",
             ),
             ("[peer]\nid = 1\n[network]\nttl = 300\n", "network.ttl"),
+            (
+                "[peer]\nid = 1\n[network]\nraise_receive_buffers = \"no\"\n",
+                "raise_receive_buffers",
+            ),
+            (
+                "[peer]\nid = 1\n[network]\nraise_receive_buffers = 0\n",
+                "raise_receive_buffers",
+            ),
             (
                 "[peer]\nid = 1\n[network]\nlan_key_file = \"lan.key\"\n",
                 "network.lan_key_file",

@@ -102,6 +102,8 @@ pub struct PeerSpec {
     pub protocol: String,
     /// TOML lines appended to the `[peer]` table, e.g. `holder_timeout = "5s"`.
     pub peer_extra: String,
+    /// TOML lines appended to the `[network]` table, e.g. `raise_receive_buffers = false`.
+    pub network_extra: String,
 }
 
 impl PeerSpec {
@@ -115,6 +117,7 @@ impl PeerSpec {
             lan_key_file: None,
             protocol: crate::config::DEFAULT_PROTOCOL.into(),
             peer_extra: String::new(),
+            network_extra: String::new(),
         }
     }
 
@@ -190,6 +193,7 @@ pub struct Peer {
     pub lan_key_file: Option<PathBuf>,
     pub protocol: String,
     pub peer_extra: String,
+    pub network_extra: String,
     cli: PathBuf,
     child: Option<Child>,
 }
@@ -382,6 +386,7 @@ impl Cluster {
             lan_key_file: spec.lan_key_file,
             protocol: spec.protocol,
             peer_extra: spec.peer_extra,
+            network_extra: spec.network_extra,
             cli: self.programs.cli.clone(),
             child: None,
         });
@@ -414,10 +419,11 @@ impl Cluster {
         format!(
             "[peer]\nid = {id}\nprotocol = {protocol}\nstate_dir = {state}\ncontrol_socket = {socket}\n{peer_extra}\n\
              [network]\ninterface = {interface}\nmc = \"{mc}\"\nmdb = \"{mdb}\"\nmdr = \"{mdr}\"\n\
-             ttl = {ttl}\n{lan_key}\n[storage]\nquota = {quota}\n{extra}",
+             ttl = {ttl}\n{lan_key}{network_extra}\n[storage]\nquota = {quota}\n{extra}",
             id = p.id,
             protocol = toml_string(&p.protocol),
             peer_extra = p.peer_extra,
+            network_extra = p.network_extra,
             state = toml_path(&p.dir.join("state")),
             socket = toml_path(&p.socket),
             interface = toml_string(&p.place.interface),

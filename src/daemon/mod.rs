@@ -237,6 +237,7 @@ pub async fn start(
         config.network.mc,
         config.network.mdb,
         config.network.mdr,
+        config.network.raise_receive_buffers,
     )?;
     // 2.0: restores receive chunks over TCP, on the LAN interface, on a port of the kernel's
     // choice (each GETCHUNK names it).

@@ -1,10 +1,13 @@
-//! Backing up one chunk (PUTCHUNK until RD distinct peers sent STORED, at most 5 sends) and the
-//! window of chunks a file backup keeps in flight.
+//! Backing up one chunk (PUTCHUNK until RD distinct peers sent STORED, at most 5 sends, resends
+//! spread around the schedule), the pace at which a peer's backups send their chunks, and the
+//! window of chunks a restore keeps in flight.
 
 use std::collections::BTreeSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::retry::{Retry, Step};
+use rand::Rng;
+
+use super::retry::{Retry, Step, FIRST_WAIT};
 use crate::protocol::message::PeerId;
 
 pub const MAX_PUTCHUNK_SENDS: u32 = 5;
@@ -27,6 +30,7 @@ pub struct ChunkBackup {
     retry: Retry,
     /// Holders counted when the first resend went out: more after that means a datagram was lost.
     holders_at_resend: Option<usize>,
+    first_sent: Option<Instant>,
 }
 
 impl ChunkBackup {
@@ -37,6 +41,7 @@ impl ChunkBackup {
             holders: known.into_iter().collect(),
             retry: Retry::new(MAX_PUTCHUNK_SENDS),
             holders_at_resend: None,
+            first_sent: None,
         }
     }
 
@@ -69,14 +74,23 @@ impl ChunkBackup {
             .is_some_and(|before| self.holders.len() > before)
     }
 
-    pub fn poll(&mut self, now: Instant) -> Action {
+    /// When the first PUTCHUNK went out.
+    pub fn first_sent(&self) -> Option<Instant> {
+        self.first_sent
+    }
+
+    /// What to do at `now`. The waits after each send are the schedule's (1 s, doubling),
+    /// spread by a factor drawn from `rng` (`Retry::poll_spread`).
+    pub fn poll(&mut self, now: Instant, rng: &mut impl Rng) -> Action {
         if self.holders.len() >= self.desired {
             return Action::Done { reached: true };
         }
-        match self.retry.poll(now) {
+        match self.retry.poll_spread(now, rng) {
             Step::Send => {
-                if self.retry.sends() == 2 {
-                    self.holders_at_resend = Some(self.holders.len());
+                match self.retry.sends() {
+                    1 => self.first_sent = Some(now),
+                    2 => self.holders_at_resend = Some(self.holders.len()),
+                    _ => {}
                 }
                 Action::SendPutChunk
             }
@@ -86,11 +100,192 @@ impl ChunkBackup {
     }
 }
 
-/// How many chunks a backup keeps in their first round (sent once, waiting for STOREDs). Every
-/// chunk waits up to 400 ms for its STOREDs, so throughput is window / latency: the window grows
-/// while chunks are confirmed on their first send and halves when a resend brought a holder
-/// that the first send did not (a datagram was lost: receivers were overrun). A chunk that
-/// stays short of holders because too few peers have room says nothing about congestion.
+/// Chunks a second a peer's first backup starts at, before anything is known: 32 MB/s, one
+/// chunk every 2 ms (a receiver whose buffer holds three chunks, the kernel's default, has 6 ms
+/// to read each before one is lost). Where the receivers keep up, the pace is several times
+/// this within a second (`SLOW_START_GROWTH`).
+pub const INITIAL_RATE: f64 = 500.0;
+/// The pace never falls below this (1 MB/s): enough for any receiver that reads at all.
+pub const MIN_RATE: f64 = 16.0;
+/// Nor grows beyond this (3.2 GB/s): well above what any LAN or disk takes, so it never caps.
+pub const MAX_RATE: f64 = 50_000.0;
+/// Chunks a second added by each chunk confirmed on its first send until the first loss: the
+/// rate doubles in about 0.17 s (like TCP's slow start, which doubles per round trip), so a
+/// healthy LAN is found fast.
+pub const SLOW_START_GROWTH: f64 = 4.0;
+/// The same after the first loss: the rate doubles in about 2.8 s. A loss is known only at the
+/// first resend (0.75-1.25 s after the send, and its STORED), so growth must be slow next to
+/// that for the pace to settle (it grows by a third to a half while a loss is on its way).
+pub const GROWTH: f64 = 0.25;
+/// What a loss leaves of the rate at which the lost chunk was sent.
+pub const DECREASE: f64 = 0.5;
+/// First sends saved up while the pace has nothing to send: this much time's worth (at least
+/// one). The daemon's timers wake to the millisecond, so 2 ms lets a wake send what the rate
+/// allows; a receiver's default buffer holds three chunks.
+pub const BURST: Duration = Duration::from_millis(2);
+/// Resends take their token even when there is none: at most this much time's worth of debt.
+pub const MAX_DEBT: Duration = Duration::from_secs(1);
+/// The pace grows only if it held a first send back this recently.
+pub const HELD_BACK_FOR: Duration = Duration::from_secs(1);
+/// Chunks a backup hands over ahead of their turn: this much time's worth (2 to 64), so the
+/// pace always has the next ones at hand, and only a few bodies wait in memory.
+pub const AHEAD: Duration = Duration::from_millis(20);
+pub const MAX_AHEAD: usize = 64;
+
+/// The pace at which a peer's backups send their chunks for the first time. One for the peer,
+/// shared by all its backups (their PUTCHUNKs all land in the same receivers' buffers, and a
+/// backup of many small files is many backups of one chunk each) and kept across them, so a
+/// backup starts at the pace the last ones reached.
+///
+/// First sends leave as a token bucket allows: `rate` tokens a second, a `BURST` of them saved
+/// at most, so a backup's chunks are spread over time instead of sent at once. Resends do not
+/// wait (the retry schedule, spread, decides when they leave) but take a token all the same,
+/// into debt if need be: the first sends make way for them.
+///
+/// The rate is AIMD, like TCP's congestion window:
+/// - each chunk confirmed by RD peers on its first send adds a constant (`SLOW_START_GROWTH`
+///   until the first loss, then `GROWTH`) while the pace is what holds the sends back (a backup
+///   that its disk or its window holds back does not inflate it);
+/// - a chunk that a resend brought a holder its first send did not (`recovered_by_resend`: a
+///   datagram was lost, a receiver was overrun) sets it to half the rate the chunk was sent at
+///   (not half of what it grew to while the loss was on its way), once per round: the loss of
+///   a chunk first sent before the last decrease was answered by it. A chunk short of holders
+///   because too few peers have room says nothing about congestion and changes nothing.
+///
+/// Always within MIN_RATE..=MAX_RATE.
+#[derive(Clone, Debug)]
+pub struct Pace {
+    rate: f64,
+    tokens: f64,
+    refilled: Option<Instant>,
+    /// The last decrease; None: none yet (slow start).
+    decreased: Option<Instant>,
+    held_back: Option<Instant>,
+}
+
+/// A chunk backup's end, as the pace learns from it.
+#[derive(Clone, Copy, Debug)]
+pub struct Ended {
+    pub first_sent: Option<Instant>,
+    /// The pace's rate when it was first sent (None: not known, the rate now counts).
+    pub sent_at_rate: Option<f64>,
+    pub sends: u32,
+    pub reached: bool,
+    pub recovered_by_resend: bool,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Pace::new(INITIAL_RATE)
+    }
+}
+
+impl Pace {
+    pub fn new(rate: f64) -> Pace {
+        Pace {
+            rate: rate.clamp(MIN_RATE, MAX_RATE),
+            tokens: 0.0,
+            refilled: None,
+            decreased: None,
+            held_back: None,
+        }
+    }
+
+    /// First sends per second.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// Chunks in their first round that keep this pace up: a first round lasts until the
+    /// chunk's STOREDs, at most until its first resend, so what the pace sends in
+    /// `FIRST_WAIT`, within `bounds` (min, max).
+    pub fn window(&self, (min, max): (usize, usize)) -> usize {
+        ((self.rate * FIRST_WAIT.as_secs_f64()) as usize).clamp(min, max)
+    }
+
+    /// Chunks a backup may hand over ahead of their turn.
+    pub fn ahead(&self) -> usize {
+        ((self.rate * AHEAD.as_secs_f64()).ceil() as usize).clamp(2, MAX_AHEAD)
+    }
+
+    fn burst(&self) -> f64 {
+        (self.rate * BURST.as_secs_f64()).max(1.0)
+    }
+
+    fn refill(&mut self, now: Instant) {
+        self.tokens = match self.refilled {
+            None => self.burst(),
+            Some(t) => {
+                let saved = self.rate * now.saturating_duration_since(t).as_secs_f64();
+                (self.tokens + saved).min(self.burst())
+            }
+        };
+        self.refilled = Some(self.refilled.map_or(now, |t| t.max(now)));
+    }
+
+    /// Whether a first send may leave now (it takes its token).
+    pub fn try_send(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        // Float sums: a token all but whole is whole (else a timer set for it would find none).
+        if self.tokens >= 1.0 - 1e-6 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.held_back = Some(now);
+            false
+        }
+    }
+
+    /// A send that does not wait for its turn (a resend, a re-backup): it takes a token all
+    /// the same, into debt if need be.
+    pub fn charge(&mut self, now: Instant) {
+        self.refill(now);
+        let floor = -self.rate * MAX_DEBT.as_secs_f64();
+        self.tokens = (self.tokens - 1.0).max(floor);
+    }
+
+    /// When `try_send` will find a token (now, if it would now).
+    pub fn next_send(&self, now: Instant) -> Instant {
+        let since = self.refilled.unwrap_or(now);
+        let missing = 1.0 - self.tokens;
+        if missing <= 0.0 {
+            return now;
+        }
+        // A microsecond late rather than a hair early.
+        let wait = Duration::from_secs_f64(missing / self.rate) + Duration::from_micros(1);
+        (since + wait).max(now)
+    }
+
+    /// A chunk backup ended: the rate grows, falls, or stays (see `Pace`).
+    pub fn on_done(&mut self, ended: Ended, now: Instant) {
+        if ended.recovered_by_resend {
+            let new_round = ended
+                .first_sent
+                .is_some_and(|t| self.decreased.is_none_or(|d| t >= d));
+            if new_round {
+                let sent_at = ended.sent_at_rate.unwrap_or(self.rate).min(self.rate);
+                self.rate = (sent_at * DECREASE).max(MIN_RATE);
+                self.tokens = self.tokens.min(self.burst());
+                self.decreased = Some(now);
+            }
+        } else if ended.sends == 1 && ended.reached {
+            let pacing = self
+                .held_back
+                .is_some_and(|t| now.saturating_duration_since(t) < HELD_BACK_FOR);
+            if pacing {
+                let growth = match self.decreased {
+                    None => SLOW_START_GROWTH,
+                    Some(_) => GROWTH,
+                };
+                self.rate = (self.rate + growth).min(MAX_RATE);
+            }
+        }
+    }
+}
+
+/// How many chunks a restore keeps in flight. Every chunk waits up to 400 ms for its answer, so
+/// throughput is window / latency: the window grows while chunks come on their first request
+/// and halves when a request had to be sent again (a datagram was lost: peers were overrun).
 #[derive(Clone, Debug)]
 pub struct Window {
     size: f64,
@@ -125,52 +320,68 @@ impl Window {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    fn rng() -> StdRng {
+        StdRng::seed_from_u64(1)
+    }
 
     #[test]
     fn stops_early_once_rd_distinct_peers_stored() {
-        let t0 = Instant::now();
+        let (t0, rng) = (Instant::now(), &mut rng());
         let mut b = ChunkBackup::new(2, []);
-        assert_eq!(b.poll(t0), Action::SendPutChunk);
+        assert_eq!(b.poll(t0, rng), Action::SendPutChunk);
+        assert_eq!(b.first_sent(), Some(t0));
         b.on_stored(PeerId(2));
         b.on_stored(PeerId(2)); // duplicated datagram
         assert!(matches!(
-            b.poll(t0 + Duration::from_millis(100)),
+            b.poll(t0 + Duration::from_millis(100), rng),
             Action::WaitUntil(_)
         ));
         b.on_stored(PeerId(3));
         assert_eq!(
-            b.poll(t0 + Duration::from_millis(200)),
+            b.poll(t0 + Duration::from_millis(200), rng),
             Action::Done { reached: true }
         );
         assert_eq!(b.sends(), 1);
     }
 
     #[test]
-    fn resends_with_doubling_then_reports_below_rd() {
+    fn resends_on_the_spread_schedule_then_reports_below_rd() {
+        let rng = &mut rng();
         let t0 = Instant::now();
         let mut b = ChunkBackup::new(3, [PeerId(9)]);
         b.on_stored(PeerId(2));
         let mut now = t0;
         let mut sends = Vec::new();
         let reached = loop {
-            match b.poll(now) {
-                Action::SendPutChunk => sends.push((now - t0).as_secs()),
+            match b.poll(now, rng) {
+                Action::SendPutChunk => sends.push((now - t0).as_secs_f64()),
                 Action::WaitUntil(t) => now = t,
                 Action::Done { reached } => break reached,
             }
         };
         assert!(!reached);
-        assert_eq!(sends, vec![0, 1, 3, 7, 15]);
+        assert_eq!(sends.len(), 5);
+        // 0, 1, 3, 7, 15 s, each wait within a quarter of the schedule's (`Retry::poll_spread`).
+        for (k, pair) in sends.windows(2).enumerate() {
+            let (wait, base) = (pair[1] - pair[0], f64::from(1u32 << k));
+            assert!((0.75 * base..=1.25 * base).contains(&wait), "{sends:?}");
+        }
+        assert_eq!(b.first_sent(), Some(t0));
     }
 
     #[test]
     fn a_holder_gained_by_a_resend_means_loss() {
-        let t0 = Instant::now();
+        let (t0, rng) = (Instant::now(), &mut rng());
         let mut b = ChunkBackup::new(2, []);
-        assert_eq!(b.poll(t0), Action::SendPutChunk);
+        assert_eq!(b.poll(t0, rng), Action::SendPutChunk);
         b.on_stored(PeerId(2));
-        assert_eq!(b.poll(t0 + Duration::from_secs(1)), Action::SendPutChunk);
+        let Action::WaitUntil(resend) = b.poll(t0, rng) else {
+            panic!("waits for STOREDs");
+        };
+        assert_eq!(b.poll(resend, rng), Action::SendPutChunk);
         assert!(!b.recovered_by_resend());
         b.on_stored(PeerId(3));
         assert!(b.recovered_by_resend());
@@ -179,7 +390,10 @@ mod tests {
     #[test]
     fn already_replicated_chunk_sends_nothing() {
         let mut b = ChunkBackup::new(1, [PeerId(4)]);
-        assert_eq!(b.poll(Instant::now()), Action::Done { reached: true });
+        assert_eq!(
+            b.poll(Instant::now(), &mut rng()),
+            Action::Done { reached: true }
+        );
     }
 
     #[test]
@@ -198,5 +412,175 @@ mod tests {
             w.on_done(5, false, true);
         }
         assert_eq!(w.size(), 4);
+    }
+
+    const CLEAN: Ended = Ended {
+        first_sent: None,
+        sent_at_rate: None,
+        sends: 1,
+        reached: true,
+        recovered_by_resend: false,
+    };
+
+    /// A chunk first sent at `first_sent`, at rate `rate`, that a resend brought a holder.
+    fn lost(first_sent: Instant, rate: f64) -> Ended {
+        Ended {
+            first_sent: Some(first_sent),
+            sent_at_rate: Some(rate),
+            sends: 2,
+            reached: true,
+            recovered_by_resend: true,
+        }
+    }
+
+    /// Sends `n` first sends as soon as the pace allows, from `t0`: their instants.
+    fn send_paced(p: &mut Pace, t0: Instant, n: usize) -> Vec<Instant> {
+        let (mut now, mut sent) = (t0, Vec::new());
+        while sent.len() < n {
+            if p.try_send(now) {
+                sent.push(now);
+            } else {
+                let next = p.next_send(now);
+                assert!(next > now, "a timer that would spin");
+                now = next;
+            }
+        }
+        sent
+    }
+
+    #[test]
+    fn first_sends_are_spread_at_the_rate_not_sent_at_once() {
+        let t0 = Instant::now();
+        let mut p = Pace::default();
+        assert_eq!(p.rate(), INITIAL_RATE);
+        let sent = send_paced(&mut p, t0, 32);
+        // One at once (a burst is 2 ms' worth, at least one), then one every 2 ms.
+        let at_once = sent.iter().filter(|t| **t == t0).count();
+        assert_eq!(at_once, 1, "{sent:?}");
+        for pair in sent.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap >= Duration::from_micros(1999) && gap <= Duration::from_micros(2002),
+                "{gap:?}"
+            );
+        }
+        let span = sent[31] - t0;
+        assert!(span >= Duration::from_millis(61) && span <= Duration::from_millis(63));
+        // Fast: at the top rate, 50 chunks a millisecond; never more than the burst at once.
+        let mut p = Pace::new(MAX_RATE);
+        let sent = send_paced(&mut p, t0, 10_000);
+        let span = (sent[9_999] - t0).as_secs_f64();
+        assert!((0.19..0.21).contains(&span), "{span}");
+        let at_once = sent.iter().filter(|t| **t == t0).count();
+        assert_eq!(at_once, 100);
+    }
+
+    #[test]
+    fn the_pace_grows_on_clean_first_sends_only_while_it_holds_sends_back() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut p = Pace::default();
+        // Nothing held back yet (a backup its disk holds back): no growth.
+        assert!(p.try_send(t0));
+        p.on_done(CLEAN, t0);
+        assert_eq!(p.rate(), INITIAL_RATE);
+        // Held back: each chunk confirmed on its first send adds to the rate, fast until the
+        // first loss (slow start).
+        send_paced(&mut p, t0, 10);
+        for _ in 0..100 {
+            p.on_done(CLEAN, t0 + ms(300));
+        }
+        let grown = INITIAL_RATE + 100.0 * SLOW_START_GROWTH;
+        assert_eq!(p.rate(), grown);
+        // Long after the last send held back: no growth.
+        p.on_done(CLEAN, t0 + ms(5000));
+        assert_eq!(p.rate(), grown);
+        // A chunk confirmed only after a resend, but not because of a loss: no growth either.
+        let slow = Ended { sends: 2, ..CLEAN };
+        send_paced(&mut p, t0 + ms(5000), 10);
+        p.on_done(slow, t0 + ms(5000));
+        assert_eq!(p.rate(), grown);
+        // After a loss, slower growth.
+        p.on_done(lost(t0 + ms(4000), grown), t0 + ms(5100));
+        assert_eq!(p.rate(), grown / 2.0);
+        for _ in 0..100 {
+            p.on_done(CLEAN, t0 + ms(5200));
+        }
+        assert_eq!(p.rate(), grown / 2.0 + 100.0 * GROWTH);
+        // Never beyond the top.
+        for _ in 0..1_000_000 {
+            p.on_done(CLEAN, t0 + ms(5200));
+        }
+        assert_eq!(p.rate(), MAX_RATE);
+    }
+
+    #[test]
+    fn the_pace_halves_on_loss_once_per_round_and_never_below_the_minimum() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut p = Pace::new(1000.0);
+        p.on_done(lost(t0, 1000.0), t0 + s(1));
+        assert_eq!(p.rate(), 500.0);
+        // Chunks of the same burst, sent before that decrease: already answered.
+        for _ in 0..20 {
+            p.on_done(lost(t0 + Duration::from_millis(500), 1000.0), t0 + s(2));
+        }
+        assert_eq!(p.rate(), 500.0);
+        // A chunk sent after it: a new round, halved again.
+        p.on_done(lost(t0 + s(1), 500.0), t0 + s(2));
+        assert_eq!(p.rate(), 250.0);
+        // Half the rate the lost chunk was sent at, not of what the rate grew to meanwhile.
+        let mut q = Pace::new(4000.0);
+        q.on_done(lost(t0, 1000.0), t0 + s(1));
+        assert_eq!(q.rate(), 500.0);
+        // Short of holders for want of room (sends spent, nothing recovered): not congestion.
+        let no_room = Ended {
+            first_sent: Some(t0 + s(3)),
+            sent_at_rate: Some(250.0),
+            sends: 5,
+            reached: false,
+            recovered_by_resend: false,
+        };
+        p.on_done(no_room, t0 + s(40));
+        assert_eq!(p.rate(), 250.0);
+        for k in 0..100 {
+            p.on_done(lost(t0 + s(10 + k), p.rate()), t0 + s(11 + k));
+        }
+        assert_eq!(p.rate(), MIN_RATE);
+        let sent = send_paced(&mut p, t0 + s(200), 3);
+        let gap = (sent[2] - sent[1]).as_secs_f64();
+        assert!((gap - 1.0 / MIN_RATE).abs() < 1e-5, "{gap}");
+    }
+
+    #[test]
+    fn resends_take_tokens_without_waiting_within_a_bounded_debt() {
+        let t0 = Instant::now();
+        let mut p = Pace::new(100.0);
+        for _ in 0..20 {
+            p.charge(t0);
+        }
+        // 20 resends at once: the next first send waits for 20 tokens (0.2 s at 100/s).
+        assert!(!p.try_send(t0));
+        let next = p.next_send(t0) - t0;
+        assert!(next > Duration::from_millis(200) && next < Duration::from_millis(202));
+        // Debt never beyond a second's worth.
+        for _ in 0..10_000 {
+            p.charge(t0);
+        }
+        let next = p.next_send(t0) - t0;
+        assert!(next > Duration::from_secs(1) && next < Duration::from_millis(1011));
+    }
+
+    #[test]
+    fn the_window_and_the_chunks_ahead_follow_the_rate_within_bounds() {
+        let bounds = (4, 1024);
+        assert_eq!(Pace::new(1000.0).window(bounds), 1000);
+        assert_eq!(Pace::new(MIN_RATE).window(bounds), 16);
+        assert_eq!(Pace::new(1.0).window(bounds), 16, "the rate has a floor");
+        assert_eq!(Pace::new(MAX_RATE).window(bounds), 1024);
+        assert_eq!(Pace::new(1000.0).ahead(), 20);
+        assert_eq!(Pace::default().ahead(), 10);
+        assert_eq!(Pace::new(MIN_RATE).ahead(), 2);
+        assert_eq!(Pace::new(MAX_RATE).ahead(), MAX_AHEAD);
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::backup::{self, ChunkBackup, Window};
+use super::backup::{self, ChunkBackup, Ended, Pace, Window};
 use super::lru::LruMap;
 use super::restore::{self, ChunkFetch};
 use super::serve::{PendingReply, ReplyLimit, MIN_CHUNK_INTERVAL};
@@ -49,9 +49,9 @@ const OWN_ID_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Our own re-backup or a deleted file explains a PUTCHUNK with our id this long after.
 const OWN_ID_EXPLAINED_FOR: Duration = Duration::from_secs(60);
 
-/// Chunks a file backup keeps in their first round (sent once, waiting for STOREDs): the window
-/// starts here and adapts (`backup::Window`).
-pub const BACKUP_WINDOW: (usize, usize, usize) = (32, 4, 1024);
+/// Chunks a file backup keeps in their first round (sent once, waiting for STOREDs), at least and
+/// at most: within these, what the peer's pace sends in a first round (`backup::Pace::window`).
+pub const BACKUP_WINDOW: (usize, usize) = (4, 1024);
 /// Chunks past their first round (resending on the 1, 2, 4, 8, 16 s schedule) cost little:
 /// their bytes are read again for each resend. Bounded all the same.
 pub const MAX_CHUNKS_IN_BACKOFF: usize = 4096;
@@ -236,6 +236,8 @@ enum Timer {
     Store(ChunkId),
     Hello,
     Recheck(ChunkId),
+    /// The pace has a token for the next chunk waiting in `pacing`.
+    Pace,
 }
 
 /// A PUTCHUNK being stored by the driver (or, in 2.0, waiting for its random instant).
@@ -317,6 +319,10 @@ struct Sending {
     body: Option<Vec<u8>>,
     /// Still in its first round (counted by its jobs' windows).
     first_round: bool,
+    /// Waiting in `pacing` for its first send.
+    queued: bool,
+    /// The pace's rate when it left `pacing`.
+    sent_at_rate: Option<f64>,
     /// Waiting for the driver's `resend_body`.
     reading: bool,
     timer: Option<(Instant, u64)>,
@@ -341,24 +347,33 @@ struct Resend {
 
 struct Job {
     kind: JobKind,
-    window: Window,
+    /// A restore's window of GETCHUNKs (a backup follows the peer's `Pace`).
+    window: Option<Window>,
     /// Chunks offered and not yet ended.
     in_flight: usize,
     /// Of those, chunks in their first round (backup) or all of them (restore).
     first_round: usize,
+    /// Of those, a backup's chunks waiting for their turn to be sent (`Peer::pacing`).
+    queued: usize,
     /// Room granted with `Credit` and not yet used.
     granted: usize,
 }
 
 impl Job {
-    fn room(&self) -> usize {
+    /// Room for more chunks: a restore's window; for a backup, the window that keeps the pace
+    /// up, for as many chunks ahead of their turn as the pace wants at hand (so that few bodies
+    /// wait in memory), and the bound on chunks in backoff.
+    fn room(&self, pace: &Pace) -> usize {
         let busy = self.first_round + self.granted;
-        let window = self.window.size().saturating_sub(busy);
-        match self.kind {
-            JobKind::Backup => {
-                window.min(MAX_CHUNKS_IN_BACKOFF.saturating_sub(self.in_flight + self.granted))
+        match (self.kind, &self.window) {
+            (JobKind::Backup, _) => {
+                let window = pace.window(BACKUP_WINDOW).saturating_sub(busy);
+                let ahead = pace.ahead().saturating_sub(self.queued + self.granted);
+                let backoff = MAX_CHUNKS_IN_BACKOFF.saturating_sub(self.in_flight + self.granted);
+                window.min(ahead).min(backoff)
             }
-            JobKind::Restore => window,
+            (JobKind::Restore, Some(w)) => w.size().saturating_sub(busy),
+            (JobKind::Restore, None) => 0,
         }
     }
 }
@@ -400,6 +415,12 @@ pub struct Peer {
     resends: BTreeMap<u64, Resend>,
     next_resend: u64,
     jobs: BTreeMap<JobId, Job>,
+    /// The pace of this peer's backups, kept across them.
+    pace: Pace,
+    /// Chunks of backups waiting for their first send, in order (entries whose chunk ended or
+    /// was sent meanwhile are skipped).
+    pacing: VecDeque<ChunkId>,
+    pace_timer: Option<(Instant, u64)>,
     own_id_checked: Option<Instant>,
     /// Chunks still to announce with STORED, and whether the next batch's timer is armed.
     announcing: VecDeque<ChunkId>,
@@ -440,6 +461,9 @@ impl Peer {
             resends: BTreeMap::new(),
             next_resend: 0,
             jobs: BTreeMap::new(),
+            pace: Pace::default(),
+            pacing: VecDeque::new(),
+            pace_timer: None,
             own_id_checked: None,
             announcing: VecDeque::new(),
             announce_armed: false,
@@ -476,6 +500,11 @@ impl Peer {
 
     pub fn counters(&self) -> Counters {
         self.counters
+    }
+
+    /// The pace of this peer's backups: first sends per second.
+    pub fn backup_rate(&self) -> f64 {
+        self.pace.rate()
     }
 
     /// The next message to send, signed and encoded by the driver.
@@ -719,7 +748,7 @@ impl Peer {
         if let Some(s) = self.sending.get_mut(&chunk) {
             s.backup.on_stored(sender);
             // Done as soon as it can be: the window moves on.
-            self.fire_backup(&chunk, None);
+            self.fire_backup(&chunk, now, false);
         }
         if let Some(storing) = self.storing.get_mut(&chunk) {
             if storing.heard.len() < MAX_HEARD_WHILE_STORING && !storing.heard.contains(&sender) {
@@ -859,7 +888,7 @@ impl Peer {
             .map(|(c, _)| c.clone())
             .collect();
         for c in stopping {
-            self.finish_backup(&c, Some(Stopped::Deleted));
+            self.finish_backup(&c, Some(Stopped::Deleted), now);
         }
         *self.deleting.entry(file_id.clone()).or_default() += 1;
         self.actions
@@ -1120,7 +1149,7 @@ impl Peer {
         }
         s.reading = false;
         match body {
-            None => self.finish_backup(chunk, Some(Stopped::Changed)),
+            None => self.finish_backup(chunk, Some(Stopped::Changed), now),
             Some(body) => {
                 let rd = s.rd;
                 self.send(MessageKind::PutChunk {
@@ -1128,26 +1157,31 @@ impl Peer {
                     rd,
                     body,
                 });
-                self.fire_backup(chunk, Some(now));
+                self.fire_backup(chunk, now, true);
             }
         }
     }
 
     // ---- commands ---------------------------------------------------------------------------
 
-    /// A job starts: it offers chunks as `Credit` actions give it room.
+    /// A job starts: it offers chunks as `Credit` actions give it room. A backup's chunks leave
+    /// at the peer's pace (`backup::Pace`), which is where the last backups left it.
     pub fn start_job(&mut self, job: JobId, kind: JobKind) {
-        let (initial, min, max) = match kind {
-            JobKind::Backup => BACKUP_WINDOW,
-            JobKind::Restore => RESTORE_WINDOW,
+        let window = match kind {
+            JobKind::Backup => None,
+            JobKind::Restore => {
+                let (initial, min, max) = RESTORE_WINDOW;
+                Some(Window::new(initial, min, max))
+            }
         };
         self.jobs.insert(
             job,
             Job {
                 kind,
-                window: Window::new(initial, min, max),
+                window,
                 in_flight: 0,
                 first_round: 0,
+                queued: 0,
                 granted: 0,
             },
         );
@@ -1187,7 +1221,7 @@ impl Peer {
         let Some(j) = self.jobs.get_mut(&job) else {
             return;
         };
-        let n = j.room();
+        let n = j.room(&self.pace);
         if n > 0 {
             j.granted += n;
             self.actions.push_back(Action::Credit { job, n });
@@ -1235,24 +1269,98 @@ impl Peer {
                 s.rd = rd;
                 s.backup.set_desired(rd.get());
             }
+            let queued = s.queued;
             if !s.first_round {
                 self.leave_first_round_of(owner);
             }
+            if let (true, Owner::Job(job)) = (queued, owner) {
+                if let Some(j) = self.jobs.get_mut(&job) {
+                    j.queued += 1;
+                }
+            }
             return;
+        }
+        let backup = ChunkBackup::new(rd.get(), known);
+        // A job's chunk waits for its turn; a chunk known to be at its RD already needs none,
+        // and a re-backup (one chunk, after a random wait) goes at once, counted by the pace.
+        let paced = match owner {
+            Owner::Job(job) if !backup.reached() => self.jobs.get_mut(&job),
+            _ => None,
+        };
+        let queued = paced.is_some();
+        if let Some(j) = paced {
+            j.queued += 1;
         }
         self.sending.insert(
             chunk.clone(),
             Sending {
                 owners: vec![owner],
                 rd,
-                backup: ChunkBackup::new(rd.get(), known),
+                backup,
                 body: Some(body),
                 first_round: true,
+                queued,
+                sent_at_rate: None,
                 reading: false,
                 timer: None,
             },
         );
-        self.fire_backup(&chunk, Some(now));
+        if queued {
+            self.pacing.push_back(chunk);
+            self.release_paced(now);
+        } else {
+            self.fire_backup(&chunk, now, true);
+        }
+    }
+
+    /// Sends the first PUTCHUNKs waiting in `pacing` that the pace has tokens for, and wakes
+    /// when it has one for the next.
+    fn release_paced(&mut self, now: Instant) {
+        let mut released = false;
+        while let Some(chunk) = self.pacing.front() {
+            if !self.sending.get(chunk).is_some_and(|s| s.queued) {
+                self.pacing.pop_front(); // ended, or sent, meanwhile
+                continue;
+            }
+            if !self.pace.try_send(now) {
+                break;
+            }
+            let Some(chunk) = self.pacing.pop_front() else {
+                break;
+            };
+            let Some(s) = self.sending.get_mut(&chunk) else {
+                continue;
+            };
+            s.queued = false;
+            s.sent_at_rate = Some(self.pace.rate());
+            for owner in &s.owners {
+                if let Owner::Job(job) = owner {
+                    if let Some(j) = self.jobs.get_mut(job) {
+                        j.queued = j.queued.saturating_sub(1);
+                    }
+                }
+            }
+            self.fire_backup(&chunk, now, true);
+            released = true;
+        }
+        if !self.pacing.is_empty() {
+            let at = self.pace.next_send(now);
+            if self.pace_timer.is_none_or(|(t, _)| t > at) {
+                let old = self.pace_timer.take();
+                self.disarm(old);
+                self.pace_timer = Some(self.arm(at, Timer::Pace));
+            }
+        }
+        if released {
+            // Room for more chunks ahead of their turn.
+            let backups: Vec<JobId> = (self.jobs.iter())
+                .filter(|(_, j)| j.kind == JobKind::Backup)
+                .map(|(id, _)| *id)
+                .collect();
+            for job in backups {
+                self.grant(job);
+            }
+        }
     }
 
     fn leave_first_round_of(&mut self, owner: Owner) {
@@ -1264,22 +1372,22 @@ impl Peer {
         }
     }
 
-    /// Polls a chunk backup's schedule. `now` None: only check whether it is done (a STORED
+    /// Polls a chunk backup's schedule. `send` false: only check whether it is done (a STORED
     /// arrived), without sending.
-    fn fire_backup(&mut self, chunk: &ChunkId, now: Option<Instant>) {
+    fn fire_backup(&mut self, chunk: &ChunkId, now: Instant, send: bool) {
         let Some(s) = self.sending.get_mut(chunk) else {
             return;
         };
-        if s.reading {
+        if s.reading || (s.queued && !s.backup.reached()) {
             return;
         }
-        let step = match now {
-            Some(now) => s.backup.poll(now),
-            None if s.backup.reached() => backup::Action::Done { reached: true },
-            None => return,
+        let step = match send {
+            true => s.backup.poll(now, &mut self.rng),
+            false if s.backup.reached() => backup::Action::Done { reached: true },
+            false => return,
         };
         match step {
-            backup::Action::Done { .. } => self.finish_backup(chunk, None),
+            backup::Action::Done { .. } => self.finish_backup(chunk, None, now),
             backup::Action::WaitUntil(t) => {
                 let old = s.timer.take();
                 self.disarm(old);
@@ -1290,7 +1398,10 @@ impl Peer {
             }
             backup::Action::SendPutChunk => {
                 let (rd, first) = (s.rd, s.body.take());
-                let leaving = s.backup.sends() > 1 && std::mem::take(&mut s.first_round);
+                let resend = s.backup.sends() > 1;
+                // A first send of a job's chunk took its token from the pace already.
+                let unpaced = resend || s.owners.iter().all(|o| *o == Owner::Rebackup);
+                let leaving = resend && std::mem::take(&mut s.first_round);
                 let owners = if leaving {
                     s.owners.clone()
                 } else {
@@ -1301,6 +1412,9 @@ impl Peer {
                 }
                 let old = s.timer.take();
                 self.disarm(old);
+                if unpaced {
+                    self.pace.charge(now);
+                }
                 for o in owners {
                     self.leave_first_round_of(o);
                 }
@@ -1312,7 +1426,7 @@ impl Peer {
                             body,
                         });
                         // Arms the wait for STOREDs.
-                        self.fire_backup(chunk, now);
+                        self.fire_backup(chunk, now, true);
                     }
                     // A resend: the driver reads the bytes again (`resend_body`).
                     None => self.actions.push_back(Action::ReadBody {
@@ -1323,7 +1437,7 @@ impl Peer {
         }
     }
 
-    fn finish_backup(&mut self, chunk: &ChunkId, stopped: Option<Stopped>) {
+    fn finish_backup(&mut self, chunk: &ChunkId, stopped: Option<Stopped>, now: Instant) {
         let Some(s) = self.sending.remove(chunk) else {
             return;
         };
@@ -1336,6 +1450,16 @@ impl Peer {
             holders: s.backup.holders().iter().copied().collect(),
             stopped,
         };
+        if stopped.is_none() {
+            let ended = Ended {
+                first_sent: s.backup.first_sent(),
+                sent_at_rate: s.sent_at_rate,
+                sends: outcome.sends,
+                reached,
+                recovered_by_resend: outcome.recovered_by_resend,
+            };
+            self.pace.on_done(ended, now);
+        }
         for owner in &s.owners {
             match owner {
                 Owner::Job(job) => {
@@ -1344,11 +1468,9 @@ impl Peer {
                         if s.first_round {
                             j.first_round = j.first_round.saturating_sub(1);
                         }
-                        j.window.on_done(
-                            outcome.sends,
-                            outcome.reached,
-                            outcome.recovered_by_resend,
-                        );
+                        if s.queued {
+                            j.queued = j.queued.saturating_sub(1);
+                        }
                     }
                     self.grant(*job);
                 }
@@ -1453,8 +1575,8 @@ impl Peer {
             if let Some(j) = self.jobs.get_mut(job) {
                 j.in_flight = j.in_flight.saturating_sub(1);
                 j.first_round = j.first_round.saturating_sub(1);
-                if body.is_some() {
-                    j.window.on_done(sends, true, sends > 1);
+                if let (Some(w), true) = (j.window.as_mut(), body.is_some()) {
+                    w.on_done(sends, true, sends > 1);
                 }
             }
             self.grant(*job);
@@ -1494,7 +1616,7 @@ impl Peer {
             .cloned()
             .collect();
         for c in stopping {
-            self.finish_backup(&c, Some(Stopped::Deleted));
+            self.finish_backup(&c, Some(Stopped::Deleted), now);
         }
         let Some(last) = file_ids.len().checked_sub(1) else {
             return;
@@ -1675,7 +1797,7 @@ impl Peer {
                         if let Some(s) = self.sending.get_mut(&chunk) {
                             s.timer = None;
                         }
-                        self.fire_backup(&chunk, Some(now));
+                        self.fire_backup(&chunk, now, true);
                     }
                 }
                 Timer::Fetch(chunk) => {
@@ -1717,6 +1839,12 @@ impl Peer {
                 Timer::Recheck(chunk) => {
                     if !self.rebacking.contains_key(&chunk) {
                         self.actions.push_back(Action::Recheck { chunk });
+                    }
+                }
+                Timer::Pace => {
+                    if self.pace_timer == Some(key) {
+                        self.pace_timer = None;
+                        self.release_paced(now);
                     }
                 }
             }
@@ -2141,16 +2269,25 @@ mod tests {
         }
     }
 
+    /// Whether the sends of a chunk, in seconds, keep the schedule (0, 1, 3, 7, 15 s) within
+    /// its spread: each wait within a quarter of the schedule's.
+    fn on_spread_schedule(sends: &[Duration]) -> bool {
+        sends.windows(2).enumerate().all(|(k, pair)| {
+            let (wait, base) = ((pair[1] - pair[0]).as_secs_f64(), f64::from(1u32 << k));
+            (0.75 * base..=1.25 * base).contains(&wait)
+        })
+    }
+
     #[test]
-    fn putchunk_is_resent_at_0_1_3_7_15_s_and_counts_distinct_peers() {
+    fn putchunk_is_resent_on_the_spread_schedule_and_counts_distinct_peers() {
         let t0 = Instant::now();
         let mut p = Peer::new(ME, 1);
         p.start_job(JobId(1), JobKind::Backup);
         p.backup_chunk(JobId(1), chunk(0), rd(3), vec![1], vec![], t0);
         let ms = Duration::from_millis;
         let (sends, outcome) = drive_backup(&mut p, t0, &[(2, ms(10)), (2, ms(20)), (3, ms(30))]);
-        let secs: Vec<u64> = sends.iter().map(|d| d.as_secs()).collect();
-        assert_eq!(secs, vec![0, 1, 3, 7, 15]);
+        assert_eq!(sends.len(), 5);
+        assert!(on_spread_schedule(&sends), "{sends:?}");
         assert!(!outcome.reached);
         assert_eq!(outcome.holders, vec![PeerId(2), PeerId(3)]);
 
@@ -2158,11 +2295,8 @@ mod tests {
         p.start_job(JobId(1), JobKind::Backup);
         p.backup_chunk(JobId(1), chunk(0), rd(2), vec![1], vec![], t0);
         let (sends, outcome) = drive_backup(&mut p, t0, &[(2, ms(10)), (3, ms(1500))]);
-        assert_eq!(
-            sends,
-            vec![ms(0), ms(1000)],
-            "stops once RD peers confirmed"
-        );
+        assert_eq!(sends.len(), 2, "stops once RD peers confirmed: {sends:?}");
+        assert!(on_spread_schedule(&sends), "{sends:?}");
         assert!(outcome.reached);
         assert!(outcome.recovered_by_resend);
     }
@@ -2176,31 +2310,45 @@ mod tests {
             .sum()
     }
 
+    fn putchunks(p: &mut Peer) -> usize {
+        std::iter::from_fn(|| p.poll_transmit())
+            .filter(|m| matches!(m.kind, MessageKind::PutChunk { .. }))
+            .count()
+    }
+
     #[test]
-    fn the_window_admits_chunks_as_first_rounds_end() {
+    fn a_backup_hands_over_a_few_chunks_ahead_of_their_turn() {
         let t0 = Instant::now();
         let mut p = Peer::new(ME, 1);
         p.start_job(JobId(7), JobKind::Backup);
         let first = credit(&actions(&mut p));
-        assert_eq!(first, BACKUP_WINDOW.0);
+        assert_eq!(first, Pace::default().ahead());
         for no in 0..first as u32 {
             p.backup_chunk(JobId(7), chunk(no), rd(1), vec![1], vec![], t0);
         }
-        assert_eq!(credit(&actions(&mut p)), 0, "the window is full");
-        // A chunk confirmed on its first send: room for one more, and the window grows.
-        p.handle(msg(2, MessageKind::Stored { chunk: chunk(0) }), t0);
-        assert_eq!(credit(&actions(&mut p)), 2);
-        // The others resend at 1 s: they leave their first round, so new chunks come in.
-        p.handle_timeout(t0 + Duration::from_secs(1));
-        let resent = actions(&mut p);
-        assert_eq!(credit(&resent), first - 1);
-        for a in resent {
-            if let Action::ReadBody { chunk } = a {
-                p.resend_body(&chunk, Some(vec![1]), t0 + Duration::from_secs(1));
-            }
+        // A burst's worth leaves now (2 ms at 500/s: one); as many may be handed over again.
+        assert_eq!(putchunks(&mut p), 1);
+        assert_eq!(credit(&actions(&mut p)), 1);
+        for no in first as u32..first as u32 + 1 {
+            p.backup_chunk(JobId(7), chunk(no), rd(1), vec![1], vec![], t0);
         }
-        // A chunk whose file changed ends, not reached.
-        p.handle_timeout(t0 + Duration::from_secs(3));
+        assert_eq!(credit(&actions(&mut p)), 0, "enough at hand");
+        // The next one leaves when the pace has a token for it, 2 ms later.
+        let next = p.poll_timeout().unwrap();
+        assert!(next > t0 && next <= t0 + Duration::from_micros(2002));
+        p.handle_timeout(next);
+        assert_eq!(putchunks(&mut p), 1);
+        assert_eq!(credit(&actions(&mut p)), 1);
+        // A chunk confirmed on its first send ends; the others leave their first round at their
+        // resend. A chunk whose file changed meanwhile ends, not reached.
+        p.handle(msg(2, MessageKind::Stored { chunk: chunk(0) }), next);
+        assert!(actions(&mut p)
+            .iter()
+            .any(|a| matches!(a, Action::BackedUp { chunk: c, .. } if *c == chunk(0))));
+        let later = t0 + Duration::from_millis(1300);
+        while let Some(at) = p.poll_timeout().filter(|at| *at <= later) {
+            p.handle_timeout(at);
+        }
         let reads: Vec<ChunkId> = actions(&mut p)
             .into_iter()
             .filter_map(|a| match a {
@@ -2208,7 +2356,8 @@ mod tests {
                 _ => None,
             })
             .collect();
-        p.resend_body(&reads[0], None, t0 + Duration::from_secs(3));
+        assert!(reads.contains(&chunk(1)), "{reads:?}");
+        p.resend_body(&reads[0], None, later);
         assert!(actions(&mut p).iter().any(|a| matches!(
             a,
             Action::BackedUp {
@@ -2220,6 +2369,193 @@ mod tests {
                 ..
             }
         )));
+    }
+
+    /// What `drive_job` saw: every PUTCHUNK (when, after the job's start; chunk number; its
+    /// send number, 1 for a first send), the outcomes, and when the last chunk ended.
+    struct Driven {
+        putchunks: Vec<(Duration, u32, u32)>,
+        outcomes: Vec<BackupOutcome>,
+        end: Instant,
+    }
+
+    impl Driven {
+        fn first_sends(&self) -> Vec<Duration> {
+            (self.putchunks.iter())
+                .filter(|(_, _, k)| *k == 1)
+                .map(|(t, _, _)| *t)
+                .collect()
+        }
+
+        fn resends(&self) -> usize {
+            self.putchunks.iter().filter(|(_, _, k)| *k > 1).count()
+        }
+    }
+
+    /// Drives a backup job of chunks 0..n at RD 1 from `t0`, as the daemon does: a chunk handed
+    /// over for each credit, the bytes of each resend read at once. Peer 2 answers STORED 100 ms
+    /// after each PUTCHUNK that `lost(chunk number, send number)` does not drop.
+    fn drive_job(
+        p: &mut Peer,
+        job: JobId,
+        n: u32,
+        t0: Instant,
+        lost: impl Fn(u32, u32) -> bool,
+    ) -> Driven {
+        p.start_job(job, JobKind::Backup);
+        let (mut now, mut next, mut credit) = (t0, 0, 0);
+        let mut sends: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut storeds: BTreeMap<(Instant, u32), ()> = BTreeMap::new();
+        let mut driven = Driven {
+            putchunks: Vec::new(),
+            outcomes: Vec::new(),
+            end: t0,
+        };
+        loop {
+            let mut idle = false;
+            while !idle {
+                idle = true;
+                for a in actions(p) {
+                    idle = false;
+                    match a {
+                        Action::Credit { n, .. } => credit += n,
+                        Action::ReadBody { chunk } => p.resend_body(&chunk, Some(vec![1]), now),
+                        Action::BackedUp { outcome, .. } => driven.outcomes.push(outcome),
+                        _ => {}
+                    }
+                }
+                while credit > 0 && next < n {
+                    idle = false;
+                    p.backup_chunk(job, chunk(next), rd(1), vec![1], vec![], now);
+                    (next, credit) = (next + 1, credit - 1);
+                }
+                for m in std::iter::from_fn(|| p.poll_transmit()) {
+                    idle = false;
+                    if let MessageKind::PutChunk { chunk, .. } = m.kind {
+                        let no = chunk.chunk_no.0;
+                        let k = sends.entry(no).or_default();
+                        *k += 1;
+                        driven.putchunks.push((now - t0, no, *k));
+                        if !lost(no, *k) {
+                            storeds.insert((now + Duration::from_millis(100), no), ());
+                        }
+                    }
+                }
+            }
+            if driven.outcomes.len() == n as usize {
+                p.end_job(job);
+                driven.end = now;
+                return driven;
+            }
+            let stored = storeds.keys().next().map(|(at, _)| *at);
+            now = [p.poll_timeout(), stored]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap();
+            while let Some((&(at, no), _)) = storeds.first_key_value().filter(|(k, _)| k.0 <= now) {
+                storeds.remove(&(at, no));
+                p.handle(msg(2, MessageKind::Stored { chunk: chunk(no) }), now);
+            }
+            p.handle_timeout(now);
+        }
+    }
+
+    #[test]
+    fn a_backup_sends_its_chunks_at_the_pace_not_at_once() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(ME, 1);
+        let d = drive_job(&mut p, JobId(1), 32, t0, |_, _| false);
+        let first = d.first_sends();
+        assert_eq!(first.len(), 32);
+        assert_eq!(d.resends(), 0);
+        assert!(d.outcomes.iter().all(|o| o.reached && o.sends == 1));
+        // One at a time (a burst is 2 ms' worth, one at 500 chunks a second), 2 ms apart.
+        assert_eq!(first.iter().filter(|t| t.is_zero()).count(), 1, "{first:?}");
+        for pair in first.windows(2) {
+            assert!(
+                pair[1] - pair[0] >= Duration::from_micros(1999),
+                "{first:?}"
+            );
+        }
+        assert!(first[31] < Duration::from_millis(70), "{first:?}");
+        // Every chunk was confirmed on its first send while the pace held sends back.
+        assert!(p.backup_rate() > backup::INITIAL_RATE);
+    }
+
+    #[test]
+    fn the_pace_is_kept_across_backups_grows_while_confirmed_and_halves_on_loss() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(ME, 1);
+        drive_job(&mut p, JobId(1), 500, t0, |_, _| false);
+        let grown = p.backup_rate();
+        assert!(grown > backup::INITIAL_RATE * 4.0, "{grown}");
+        // The next backup starts where the last one left the pace.
+        let t1 = t0 + Duration::from_secs(60);
+        let d = drive_job(&mut p, JobId(2), 200, t1, |no, k| no % 4 == 0 && k == 1);
+        assert!(d.outcomes.iter().all(|o| o.reached), "lost chunks resent");
+        assert_eq!(d.resends(), 50);
+        let first = d.first_sends();
+        let span = (first[99] - first[0]).as_secs_f64();
+        assert!(
+            span < 100.0 / grown * 1.1,
+            "{span} s for 100 first sends at {grown}/s"
+        );
+        // Losses halved the pace, once per round: the 50 lost chunks of one round, once.
+        let lowered = p.backup_rate();
+        assert!(
+            lowered < grown * 0.6 && lowered > grown * 0.4,
+            "{grown} -> {lowered}"
+        );
+        // And the next backup starts from there.
+        let t2 = t1 + Duration::from_secs(60);
+        let d = drive_job(&mut p, JobId(3), 100, t2, |_, _| false);
+        let first = d.first_sends();
+        let span = (first[99] - first[0]).as_secs_f64();
+        let expected = 100.0 / lowered;
+        assert!(span > expected * 0.8 && span < expected * 1.1, "{span} s");
+    }
+
+    #[test]
+    fn the_resends_of_a_burst_do_not_leave_together() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(ME, 1);
+        // Every first send lost: all 32 resend, each on its own spread schedule.
+        let d = drive_job(&mut p, JobId(1), 32, t0, |_, k| k == 1);
+        assert!(d.outcomes.iter().all(|o| o.reached && o.sends == 2));
+        let resent: BTreeMap<u32, Duration> = (d.putchunks.iter())
+            .filter(|(_, _, k)| *k == 2)
+            .map(|(t, no, _)| (*no, *t))
+            .collect();
+        let first: BTreeMap<u32, Duration> = (d.putchunks.iter())
+            .filter(|(_, _, k)| *k == 1)
+            .map(|(t, no, _)| (*no, *t))
+            .collect();
+        for (no, at) in &resent {
+            let wait = (*at - first[no]).as_secs_f64();
+            assert!(
+                (0.75..=1.25).contains(&wait),
+                "chunk {no} resent after {wait} s"
+            );
+        }
+        let mut at: Vec<Duration> = resent.values().copied().collect();
+        at.sort();
+        assert!(at[31] - at[0] > Duration::from_millis(200), "{at:?}");
+        let together = at
+            .windows(2)
+            .filter(|w| w[1] - w[0] < Duration::from_millis(1));
+        assert!(together.count() < 8, "{at:?}");
+    }
+
+    #[test]
+    fn chunks_short_of_holders_for_want_of_room_do_not_slow_the_pace() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(ME, 1);
+        let d = drive_job(&mut p, JobId(1), 8, t0, |_, _| true);
+        assert!(d.outcomes.iter().all(|o| !o.reached && o.sends == 5));
+        assert_eq!(p.backup_rate(), backup::INITIAL_RATE);
+        // Given up in bounded time: the last wait ends within a quarter of 31 s.
+        assert!(d.end - t0 < Duration::from_secs(39));
     }
 
     #[test]

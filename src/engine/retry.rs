@@ -1,9 +1,16 @@
 //! The retransmission schedule shared by PUTCHUNK and GETCHUNK: send, wait 1 s, double the wait
-//! after every send, at most `max_sends` sends.
+//! after every send, at most `max_sends` sends. PUTCHUNK's waits are spread at random around
+//! the schedule (`poll_spread`), so the resends of chunks first sent together do not leave
+//! together again.
 
 use std::time::{Duration, Instant};
 
+use rand::Rng;
+
 pub const FIRST_WAIT: Duration = Duration::from_secs(1);
+/// A spread wait is drawn uniformly within ±25% of the schedule's: on average the schedule
+/// (1 s, then doubling), and the resends of a burst of chunks spread over half a wait.
+pub const SPREAD: f64 = 0.25;
 
 /// Where a retrying exchange stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,8 +50,20 @@ impl Retry {
         self.sends
     }
 
-    /// What to do at `now`. Returning `Send` counts the send and arms the next wait.
+    /// What to do at `now`. Returning `Send` counts the send and arms the next wait, exactly
+    /// the schedule's.
     pub fn poll(&mut self, now: Instant) -> Step {
+        self.step(now, || None)
+    }
+
+    /// Like `poll`, but the wait armed by a send is the schedule's times a factor drawn from
+    /// `rng`, uniform in [1 - SPREAD, 1 + SPREAD] (drawn only when a send is due, so a caller
+    /// that replays its generator replays the same waits).
+    pub fn poll_spread(&mut self, now: Instant, rng: &mut impl Rng) -> Step {
+        self.step(now, || Some(rng.gen_range(1.0 - SPREAD..=1.0 + SPREAD)))
+    }
+
+    fn step(&mut self, now: Instant, factor: impl FnOnce() -> Option<f64>) -> Step {
         match self.deadline {
             Some(deadline) if now < deadline => Step::WaitUntil(deadline),
             _ if self.sends >= self.max_sends => Step::GaveUp,
@@ -53,6 +72,7 @@ impl Retry {
                     .checked_mul(1 << self.sends.min(20))
                     .unwrap_or(Duration::MAX)
                     .min(self.max_wait);
+                let wait = factor().map_or(wait, |f| wait.mul_f64(f));
                 self.deadline = Some(now + wait);
                 self.sends += 1;
                 Step::Send
@@ -95,6 +115,61 @@ mod tests {
             }
         }
         assert_eq!(sent_at, vec![0, 1, 3, 7, 11, 15]);
+    }
+
+    /// The instants of the sends, and of giving up, in seconds after the first send.
+    fn spread_schedule(seed: u64) -> (Vec<f64>, f64) {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let t0 = Instant::now();
+        let mut r = Retry::new(5);
+        let (mut now, mut sent_at) = (t0, Vec::new());
+        loop {
+            match r.poll_spread(now, &mut rng) {
+                Step::Send => sent_at.push((now - t0).as_secs_f64()),
+                Step::WaitUntil(t) => now = t,
+                Step::GaveUp => return (sent_at, (now - t0).as_secs_f64()),
+            }
+        }
+    }
+
+    #[test]
+    fn spread_waits_stay_within_a_quarter_of_the_schedule_and_keep_it_on_average() {
+        let nominal = [0.0, 1.0, 3.0, 7.0, 15.0, 31.0];
+        let runs = 2000;
+        let mut sum = [0.0; 6];
+        let mut distinct_first_resends = std::collections::BTreeSet::new();
+        for seed in 0..runs {
+            let (sent, gave_up) = spread_schedule(seed);
+            assert_eq!(sent.len(), 5, "at most 5 sends, all of them");
+            let at: Vec<f64> = sent.iter().copied().chain([gave_up]).collect();
+            for k in 1..at.len() {
+                // Each wait within ±25% of the schedule's: 1, 2, 4, 8, 16 s.
+                let wait = at[k] - at[k - 1];
+                let base = (1u64 << (k - 1)) as f64;
+                assert!(
+                    wait >= base * (1.0 - SPREAD) - 1e-6 && wait <= base * (1.0 + SPREAD) + 1e-6,
+                    "seed {seed}: wait {k} is {wait} s, the schedule's is {base} s"
+                );
+                sum[k] += at[k];
+            }
+            distinct_first_resends.insert((at[1] * 1000.0) as u64);
+        }
+        for k in 1..6 {
+            let mean = sum[k] / runs as f64;
+            assert!(
+                (mean - nominal[k]).abs() < 0.02 * nominal[k],
+                "send {k}: {mean} s on average, the schedule says {} s",
+                nominal[k]
+            );
+        }
+        // Chunks sent together resend apart: 2000 chunks, resent over half a second.
+        assert!(
+            distinct_first_resends.len() > 400,
+            "{distinct_first_resends:?}"
+        );
+        // The same generator replays the same waits.
+        assert_eq!(spread_schedule(7), spread_schedule(7));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Multicast transport: one UDP socket per channel (MC, MDB, MDR), joined on the configured
-//! interface, with the configured TTL, loopback on and large receive buffers. Knows datagrams,
-//! not messages: parsing happens above.
+//! interface, with the configured TTL, loopback on and large receive buffers (unless the config
+//! keeps the kernel's default). Knows datagrams, not messages: parsing happens above.
 
 pub mod faults;
 pub mod tcp;
@@ -51,19 +51,23 @@ pub enum NetError {
 
 impl Channels {
     /// Opens and joins the three channels. Must be called inside a tokio runtime.
+    /// `raise_receive_buffers` false: the sockets keep the kernel's default receive buffer.
     pub fn open(
         interface: Ipv4Addr,
         ttl: u32,
         mc: SocketAddrV4,
         mdb: SocketAddrV4,
         mdr: SocketAddrV4,
+        raise_receive_buffers: bool,
     ) -> Result<Channels, NetError> {
         let open = |channel, group| {
-            open_channel(channel, group, interface, ttl).map_err(|source| NetError::Open {
-                channel,
-                group,
-                interface,
-                source,
+            open_channel(channel, group, interface, ttl, raise_receive_buffers).map_err(|source| {
+                NetError::Open {
+                    channel,
+                    group,
+                    interface,
+                    source,
+                }
             })
         };
         Ok(Channels {
@@ -103,6 +107,7 @@ fn open_channel(
     group: SocketAddrV4,
     interface: Ipv4Addr,
     ttl: u32,
+    raise_receive_buffer: bool,
 ) -> io::Result<ChannelSocket> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     // Several peers on one machine share each channel's port.
@@ -115,7 +120,14 @@ fn open_channel(
     socket.set_multicast_if_v4(&interface)?;
     socket.set_multicast_ttl_v4(ttl)?;
     socket.set_multicast_loop_v4(true)?;
-    grow_receive_buffer(&socket, channel);
+    if raise_receive_buffer {
+        grow_receive_buffer(&socket, channel);
+    } else {
+        tracing::debug!(
+            "the {channel:?} receive buffer stays the kernel's default: {} bytes",
+            socket.recv_buffer_size().unwrap_or(0)
+        );
+    }
     socket.set_nonblocking(true)?;
     let socket = UdpSocket::from_std(socket.into())?;
     Ok(ChannelSocket {
