@@ -1016,7 +1016,9 @@ impl Catalog {
     }
 
     pub fn pending_deletes(&self) -> Result<Vec<FileId>, StoreError> {
-        let mut stmt = self.conn.prepare_cached("SELECT file_id FROM pending_deletes")?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT file_id FROM pending_deletes")?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
         rows.map(|r| file_id_of(r?)).collect()
     }
