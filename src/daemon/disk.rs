@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::driver::Input;
 use super::Node;
 use crate::engine::peer::{Put, Role, MAX_CONCURRENT_STORES};
-use crate::protocol::{sha256_hex, ChunkId, ChunkNo, FileId, PeerId, Rd};
+use crate::protocol::{ChunkId, ChunkNo, FileId, PeerId, Rd};
 use crate::store::catalog::MAX_HOLDERS;
 use crate::store::{CatalogHandle, ChunkRole, ChunkStore, HostedRow, NewChunk};
 
@@ -268,11 +268,12 @@ pub(super) async fn read_hosted(node: &Arc<Node>, chunk: &ChunkId) -> Option<(Ho
         .await
         .ok()??;
     let (store, f, no) = (node.store.clone(), row.file_id.clone(), row.chunk_no);
-    let body = tokio::task::spawn_blocking(move || store.read(&f, no))
+    // The store checked the body against its slot's hash: that hash is compared with the row's.
+    let body = tokio::task::spawn_blocking(move || store.read_hashed(&f, no))
         .await
         .ok()?;
     match body {
-        Ok(body) if sha256_hex(&body) == row.hash => Some((row, body)),
+        Ok((body, hash)) if hash == row.hash => Some((row, body)),
         Ok(_) => {
             tracing::error!("hosted chunk {chunk} does not match its hash: not serving it");
             None
@@ -459,12 +460,12 @@ pub(super) async fn rebuild_catalog(
         s.scan()?
             .into_iter()
             .map(|(file_id, chunk_no, size)| {
-                let body = s.read(&file_id, chunk_no)?;
+                let (_, hash) = s.read_hashed(&file_id, chunk_no)?;
                 Ok(HostedRow {
                     file_id,
                     chunk_no,
                     size,
-                    hash: sha256_hex(&body),
+                    hash,
                     desired_rd: 1,
                     sender: PeerId(0),
                 })

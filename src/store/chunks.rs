@@ -1,5 +1,5 @@
 //! Hosted chunks and the quota they count against. The chunks of one file live in one pack,
-//! `<state_dir>/chunks/<fileId>`, each in its own 64 KiB slot (`SLOT`): a header with the body's
+//! `<state_dir>/chunks/<fileId>.pack`, each in its own 64 KiB slot (`SLOT`): a header with the body's
 //! length and SHA-256, then the body. One file per fileId rather than per chunk: creating an
 //! inode per chunk was most of what a backup cost the holders. A chunk is complete or absent:
 //! written, synced (a whole batch with one sync of the filesystem), and only then recorded in
@@ -177,8 +177,8 @@ impl ChunkStore {
         self.usage.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The pack of a file's chunks (`<fileId>.pack`). The lower-case key is 64 hex digits (checked by the
-    /// parser): no path can escape the store.
+    /// The pack of a file's chunks (`<fileId>.pack`). The lower-case key is 64 hex digits
+    /// (checked by the parser): no path can escape the store.
     pub fn pack_of(&self, file_id: &FileId) -> PathBuf {
         self.root.join(format!("{}{PACK_SUFFIX}", file_id.key()))
     }
@@ -261,7 +261,7 @@ impl ChunkStore {
                 .write(true)
                 .create(create)
                 .mode(FILE_MODE)
-                .custom_flags(libc_flags::O_NOFOLLOW)
+                .custom_flags(nix::libc::O_NOFOLLOW)
                 .open(&path)
         };
         match open(false) {
@@ -292,12 +292,22 @@ impl ChunkStore {
     /// A hosted chunk's bytes, as its slot's header says (the caller checks them against the
     /// catalog's hash).
     pub fn read(&self, file_id: &FileId, chunk_no: ChunkNo) -> io::Result<Vec<u8>> {
+        self.read_hashed(file_id, chunk_no).map(|(body, _)| body)
+    }
+
+    /// `read`, with the body's SHA-256 (hex): the slot's header, which the body was checked
+    /// against as it was read, so the caller need not hash it again.
+    pub fn read_hashed(
+        &self,
+        file_id: &FileId,
+        chunk_no: ChunkNo,
+    ) -> io::Result<(Vec<u8>, String)> {
         let pack = File::options()
             .read(true)
-            .custom_flags(libc_flags::O_NOFOLLOW)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(self.pack_of(file_id))?;
         match read_slot(&pack, chunk_no)? {
-            Slot::Chunk { body, .. } => Ok(body),
+            Slot::Chunk { body, hash } => Ok((body, crate::protocol::hex(&hash))),
             _ => Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 format!(
@@ -317,7 +327,7 @@ impl ChunkStore {
         let pack = match File::options()
             .read(true)
             .write(true)
-            .custom_flags(libc_flags::O_NOFOLLOW)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&path)
         {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -426,7 +436,7 @@ impl ChunkStore {
             return Ok(());
         };
         let bytes = match read_slot(&pack, chunk_no)? {
-            Slot::Chunk { body } => body,
+            Slot::Chunk { body, .. } => body,
             Slot::Torn => {
                 let mut bytes = vec![0; SLOT as usize];
                 let n = read_at_most(&pack, &mut bytes, slot_offset(chunk_no))?;
@@ -540,10 +550,6 @@ const MAGIC: &[u8; 4] = b"PSC1";
 pub const HEADER: u64 = 40;
 const MAX_BODY: u64 = SLOT - HEADER;
 
-mod libc_flags {
-    pub const O_NOFOLLOW: i32 = nix::libc::O_NOFOLLOW;
-}
-
 fn slot_offset(chunk_no: ChunkNo) -> u64 {
     u64::from(chunk_no.0) * SLOT
 }
@@ -568,9 +574,8 @@ fn write_slot(pack: &File, chunk_no: ChunkNo, body: &[u8]) -> io::Result<String>
 
 /// What a slot holds.
 enum Slot {
-    Chunk {
-        body: Vec<u8>,
-    },
+    /// A whole chunk: its body matches the header's SHA-256.
+    Chunk { body: Vec<u8>, hash: [u8; 32] },
     /// Bytes that are not a whole chunk (a write cut by a crash).
     Torn,
 }
@@ -587,12 +592,13 @@ fn read_slot(pack: &File, chunk_no: ChunkNo) -> io::Result<Slot> {
         return Ok(Slot::Torn);
     }
     let mut body = vec![0; len as usize];
+    let hash: [u8; 32] = header[8..].try_into().unwrap_or_default();
     if read_at_most(pack, &mut body, slot_offset(chunk_no) + HEADER)? < body.len()
-        || Sha256::digest(&body)[..] != header[8..]
+        || Sha256::digest(&body)[..] != hash
     {
         return Ok(Slot::Torn);
     }
-    Ok(Slot::Chunk { body })
+    Ok(Slot::Chunk { body, hash })
 }
 
 /// Reads up to `buf.len()` bytes at `offset`; how many there were.
