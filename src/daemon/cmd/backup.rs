@@ -502,14 +502,11 @@ pub(crate) async fn backup_handle(
         });
     }
     tracing::debug!("reading {} to back it up", path.display());
-    let _large = match now.size > (READ_BATCH * CHUNK_SIZE) as u64 {
-        true => Some(
-            node.large_backups
-                .acquire()
-                .await
-                .map_err(|_| BackupError::Stopping)?,
-        ),
-        false => None,
+    let _large = if now.size > (READ_BATCH * CHUNK_SIZE) as u64 {
+        let permit = node.large_backups.acquire().await;
+        Some(permit.map_err(|_| BackupError::Stopping)?)
+    } else {
+        None
     };
     let (file, scanned) = spawn_blocking(move || scan_file(file)).await??;
     if !scanned.stable {
