@@ -340,8 +340,11 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// Every chunk on disk as (fileId, chunkNo, size). Slots cut by a crash (a header without
-    /// its whole body) are emptied, as are leftovers of older versions' writes; chunk files of
+    /// Every chunk on disk as (fileId, chunkNo, size), from the slots' headers alone: a start
+    /// costs a read per chunk of 40 bytes, not of its body (a body is checked against its
+    /// header's SHA-256 whenever it is read, and a slot the catalog has no row for, such as a
+    /// write a crash cut before its sync, is quarantined). Slots cut by a crash (no whole
+    /// header, or a body past the pack's end) are emptied, as are leftovers of older versions' writes; chunk files of
     /// older versions (one file per chunk) are moved into packs; anything else that is not a
     /// chunk is moved to the quarantine, never deleted on a guess.
     pub fn scan(&self) -> io::Result<Vec<(FileId, ChunkNo, u64)>> {
@@ -368,10 +371,11 @@ impl ChunkStore {
             // Stores written by older versions were group-accessible under the unit's umask.
             make_private(&path, FILE_MODE)?;
             let pack = File::options().read(true).write(true).open(&path)?;
-            for (chunk_no, slot) in slots(&pack)? {
-                match slot {
-                    Slot::Chunk { body, .. } => {
-                        found.push((file_id.clone(), chunk_no, body.len() as u64))
+            let end = pack.metadata()?.len();
+            for (chunk_no, len) in slot_headers(&pack)? {
+                match len {
+                    Some(len) if slot_offset(chunk_no) + HEADER + len <= end => {
+                        found.push((file_id.clone(), chunk_no, len))
                     }
                     _ => punch_slot(&pack, chunk_no)?,
                 }
@@ -523,8 +527,9 @@ pub fn list(root: &Path) -> io::Result<Vec<(FileId, ChunkNo, u64)>> {
             continue;
         };
         if entry.file_type()?.is_file() {
-            for (chunk_no, slot) in slots(&File::open(entry.path())?)? {
-                if let Slot::Chunk { body, .. } = slot {
+            let pack = File::open(entry.path())?;
+            for (chunk_no, _) in slot_headers(&pack)? {
+                if let Slot::Chunk { body, .. } = read_slot(&pack, chunk_no)? {
                     found.push((file_id.clone(), chunk_no, body.len() as u64));
                 }
             }
@@ -582,17 +587,10 @@ enum Slot {
 
 /// Reads a slot; `Torn` when it holds no whole chunk, NotFound past the end.
 fn read_slot(pack: &File, chunk_no: ChunkNo) -> io::Result<Slot> {
-    let mut header = [0u8; HEADER as usize];
-    let n = read_at_most(pack, &mut header, slot_offset(chunk_no))?;
-    if n < header.len() || &header[..4] != MAGIC {
+    let Some((len, hash)) = read_header(pack, chunk_no)? else {
         return Ok(Slot::Torn);
-    }
-    let len = u32::from_le_bytes(header[4..8].try_into().unwrap_or_default()) as u64;
-    if len > MAX_BODY {
-        return Ok(Slot::Torn);
-    }
+    };
     let mut body = vec![0; len as usize];
-    let hash: [u8; 32] = header[8..].try_into().unwrap_or_default();
     if read_at_most(pack, &mut body, slot_offset(chunk_no) + HEADER)? < body.len()
         || Sha256::digest(&body)[..] != hash
     {
@@ -615,18 +613,31 @@ fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Every slot of a pack that holds data (holes skipped), with what it holds.
-fn slots(pack: &File) -> io::Result<Vec<(ChunkNo, Slot)>> {
+/// Every slot of a pack that holds data (holes skipped), with the body length its header
+/// gives (None: no whole header).
+fn slot_headers(pack: &File) -> io::Result<Vec<(ChunkNo, Option<u64>)>> {
     let mut found = Vec::new();
     let mut at = 0;
     while let Some(data) = next_data(pack, at)? {
         let Some(chunk_no) = u32::try_from(data / SLOT).ok().and_then(ChunkNo::new) else {
             break;
         };
-        found.push((chunk_no, read_slot(pack, chunk_no)?));
+        found.push((chunk_no, read_header(pack, chunk_no)?.map(|(len, _)| len)));
         at = slot_offset(chunk_no) + SLOT;
     }
     Ok(found)
+}
+
+/// A slot's header: the body's length and SHA-256 (None: no whole header there).
+fn read_header(pack: &File, chunk_no: ChunkNo) -> io::Result<Option<(u64, [u8; 32])>> {
+    let mut header = [0u8; HEADER as usize];
+    let n = read_at_most(pack, &mut header, slot_offset(chunk_no))?;
+    if n < header.len() || &header[..4] != MAGIC {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes(header[4..8].try_into().unwrap_or_default()) as u64;
+    let hash: [u8; 32] = header[8..].try_into().unwrap_or_default();
+    Ok((len <= MAX_BODY).then_some((len, hash)))
 }
 
 /// Where the next data at or after `offset` is (None: only holes after it).
@@ -807,14 +818,24 @@ mod tests {
         let hash = store.write(&fid('a'), ChunkNo(3), b"hello").unwrap();
         assert_eq!(hash, crate::protocol::sha256_hex(b"hello"));
         assert_eq!(store.read(&fid('a'), ChunkNo(3)).unwrap(), b"hello");
+        // A damaged body is never served: its header's hash is checked as it is read.
+        store.write(&fid('b'), ChunkNo(0), b"world").unwrap();
+        let pack = File::options()
+            .write(true)
+            .open(store.pack_of(&fid('b')))
+            .unwrap();
+        pack.write_all_at(b"W", HEADER).unwrap();
+        assert!(store.read(&fid('b'), ChunkNo(0)).is_err());
+        store.remove(&fid('b'), ChunkNo(0)).unwrap();
         // A write cut by a crash: a header whose body never made it.
         store.write(&fid('a'), ChunkNo(4), b"world").unwrap();
         let pack = File::options()
             .write(true)
             .open(store.pack_of(&fid('a')))
             .unwrap();
-        pack.write_all_at(b"W", slot_offset(ChunkNo(4)) + HEADER)
-            .unwrap();
+        pack.set_len(slot_offset(ChunkNo(4)) + HEADER + 2).unwrap();
+        // And a slot of which only part of the header made it (its pack goes with it).
+        fs::write(store.pack_of(&fid('c')), MAGIC).unwrap();
         fs::write(store.root().join("junk"), b"x").unwrap();
         let found = store.scan().unwrap();
         assert_eq!(found, vec![(fid('a'), ChunkNo(3), 5)]);
@@ -822,6 +843,7 @@ mod tests {
             store.read(&fid('a'), ChunkNo(4)).is_err(),
             "the torn slot is emptied"
         );
+        assert!(!store.pack_of(&fid('c')).exists(), "the half header too");
         assert!(!store.root().join("junk").exists(), "quarantined");
         assert_eq!(fs::read_dir(store.quarantine_dir()).unwrap().count(), 1);
         store.remove(&fid('a'), ChunkNo(3)).unwrap();
