@@ -1,15 +1,16 @@
 //! The retransmission schedule shared by PUTCHUNK and GETCHUNK: send, wait 1 s, double the wait
-//! after every send, at most `max_sends` sends. PUTCHUNK's waits are spread at random around
-//! the schedule (`poll_spread`), so the resends of chunks first sent together do not leave
-//! together again.
+//! after every send, at most `max_sends` sends. PUTCHUNK's waits are lengthened at random
+//! (`poll_spread`), so the resends of chunks first sent together do not leave together again;
+//! never shortened, as SPEC §2 has the initiator count STOREDs for at least 1 s.
 
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 
 pub const FIRST_WAIT: Duration = Duration::from_secs(1);
-/// A spread wait is drawn uniformly within ±25% of the schedule's: on average the schedule
-/// (1 s, then doubling), and the resends of a burst of chunks spread over half a wait.
+/// A spread wait is drawn uniformly between the schedule's (1 s, then doubling) and a quarter
+/// more: the resends of a burst of chunks spread over a quarter of a wait, and none leaves
+/// before the schedule says.
 pub const SPREAD: f64 = 0.25;
 
 /// Where a retrying exchange stands.
@@ -57,10 +58,10 @@ impl Retry {
     }
 
     /// Like `poll`, but the wait armed by a send is the schedule's times a factor drawn from
-    /// `rng`, uniform in [1 - SPREAD, 1 + SPREAD] (drawn only when a send is due, so a caller
-    /// that replays its generator replays the same waits).
+    /// `rng`, uniform in [1, 1 + SPREAD] (drawn only when a send is due, so a caller that
+    /// replays its generator replays the same waits).
     pub fn poll_spread(&mut self, now: Instant, rng: &mut impl Rng) -> Step {
-        self.step(now, || Some(rng.gen_range(1.0 - SPREAD..=1.0 + SPREAD)))
+        self.step(now, || Some(rng.gen_range(1.0..=1.0 + SPREAD)))
     }
 
     fn step(&mut self, now: Instant, factor: impl FnOnce() -> Option<f64>) -> Step {
@@ -134,7 +135,7 @@ mod tests {
     }
 
     #[test]
-    fn spread_waits_stay_within_a_quarter_of_the_schedule_and_keep_it_on_average() {
+    fn spread_waits_are_never_shorter_than_the_schedule_and_at_most_a_quarter_longer() {
         let nominal = [0.0, 1.0, 3.0, 7.0, 15.0, 31.0];
         let runs = 2000;
         let mut sum = [0.0; 6];
@@ -144,11 +145,11 @@ mod tests {
             assert_eq!(sent.len(), 5, "at most 5 sends, all of them");
             let at: Vec<f64> = sent.iter().copied().chain([gave_up]).collect();
             for k in 1..at.len() {
-                // Each wait within ±25% of the schedule's: 1, 2, 4, 8, 16 s.
+                // Each wait from the schedule's (1, 2, 4, 8, 16 s) to a quarter more.
                 let wait = at[k] - at[k - 1];
                 let base = (1u64 << (k - 1)) as f64;
                 assert!(
-                    wait >= base * (1.0 - SPREAD) - 1e-6 && wait <= base * (1.0 + SPREAD) + 1e-6,
+                    wait >= base - 1e-6 && wait <= base * (1.0 + SPREAD) + 1e-6,
                     "seed {seed}: wait {k} is {wait} s, the schedule's is {base} s"
                 );
                 sum[k] += at[k];
@@ -157,15 +158,15 @@ mod tests {
         }
         for k in 1..6 {
             let mean = sum[k] / runs as f64;
+            let expected = nominal[k] * (1.0 + SPREAD / 2.0);
             assert!(
-                (mean - nominal[k]).abs() < 0.02 * nominal[k],
-                "send {k}: {mean} s on average, the schedule says {} s",
-                nominal[k]
+                (mean - expected).abs() < 0.02 * nominal[k],
+                "send {k}: {mean} s on average, {expected} s expected",
             );
         }
-        // Chunks sent together resend apart: 2000 chunks, resent over half a second.
+        // Chunks sent together resend apart: 2000 chunks, resent over a quarter of a second.
         assert!(
-            distinct_first_resends.len() > 400,
+            distinct_first_resends.len() > 200,
             "{distinct_first_resends:?}"
         );
         // The same generator replays the same waits.
