@@ -58,6 +58,10 @@ struct Args {
     /// Unchanged watched files for the startup rescan (default 100000, --quick 10000).
     #[arg(long, value_name = "N")]
     rescan_files: Option<usize>,
+    /// Keep the bench's folder (the clusters' configs, catalogs, stores and logs) to profile a
+    /// daemon on the same state again; its path is printed at the end.
+    #[arg(long)]
+    keep: bool,
     /// Given by `cargo bench`; without it (`cargo test --all-targets`) nothing is measured.
     #[arg(long, hide = true)]
     bench: bool,
@@ -480,7 +484,7 @@ impl Results {
 /// The bench's temporary folder, programs, and the big file once written.
 struct Bench {
     /// Every file of the run is below it (the clusters' folders too); removed at the end.
-    _tmp: tempfile::TempDir,
+    tmp: tempfile::TempDir,
     /// The folder, symlinks resolved: the daemons name files this way.
     root: PathBuf,
     sizes: Sizes,
@@ -535,6 +539,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     print_table(&bench, &results);
     eprintln!("bench: done in {:.0} s", started.elapsed().as_secs_f64());
+    if args.keep {
+        let kept = bench.tmp.into_path();
+        eprintln!("bench: kept {}", kept.display());
+    }
     Ok(())
 }
 
@@ -573,7 +581,7 @@ impl Bench {
             env!("CARGO_BIN_EXE_peerstash"),
         );
         Ok(Bench {
-            _tmp: tmp,
+            tmp,
             root,
             sizes,
             programs,

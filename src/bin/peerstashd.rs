@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     peerstash::service::systemd::init_logging();
+    raise_descriptor_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -52,6 +53,21 @@ fn main() -> ExitCode {
             // One line: to the journal at error priority under systemd, to stderr otherwise.
             tracing::error!("{e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Many files are backed up at once, each through its descriptor: the soft limit on open files
+/// is raised to the hard one (the unit sets both; a shell's soft limit is often 1024). Backups
+/// hold at most a quarter of it whatever it is.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let wanted = hard.min(65_536);
+        if soft < wanted {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, wanted, hard) {
+                tracing::debug!("cannot raise the limit on open files to {wanted}: {e}");
+            }
         }
     }
 }

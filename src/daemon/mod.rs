@@ -45,6 +45,9 @@ pub struct Node {
     writer: disk::ChunkWriter,
     /// Backups of large files under way (`cmd::backup::LARGE_FILES_AT_ONCE`).
     large_backups: Semaphore,
+    /// The memory that backups of the other files hold, in KiB
+    /// (`cmd::backup::SMALL_FILES_MEMORY`).
+    small_backups: Semaphore,
     pub net: Channels,
     /// To the engine task (`driver::run`).
     inputs: mpsc::UnboundedSender<driver::Input>,
@@ -264,6 +267,7 @@ pub async fn start(
         writer: disk::ChunkWriter::start(store.clone()).context("cannot start the chunk writer")?,
         store,
         large_backups: Semaphore::new(cmd::backup::LARGE_FILES_AT_ONCE),
+        small_backups: Semaphore::new(cmd::backup::SMALL_FILES_MEMORY_KIB as usize),
         net,
         inputs,
         next_job: AtomicU64::new(1),

@@ -22,9 +22,12 @@ use std::net::SocketAddr;
 
 /// The random wait before STORED, CHUNK and a re-backup: uniform in 0..=400 ms.
 pub const MAX_REPLY_DELAY: Duration = Duration::from_millis(400);
-/// PUTCHUNKs being stored at once (each holds its body: 16 MB at most); beyond this a PUTCHUNK
-/// is dropped (its sender resends), so a flood cannot take memory without bound.
-pub const MAX_CONCURRENT_STORES: usize = 256;
+/// PUTCHUNKs being stored at once, and the bytes of their bodies (held until written): beyond
+/// either a PUTCHUNK is dropped (its sender resends), so a flood cannot take memory without
+/// bound. Many, as a 2.0 store lasts its random wait (0.2 s on average) and a small file's
+/// chunk is small: 16 MB is 256 whole chunks, or 4096 chunks of 4 KB.
+pub const MAX_CONCURRENT_STORES: usize = 4096;
+pub const MAX_STORING_BYTES: usize = 256 * crate::protocol::CHUNK_SIZE;
 /// GETCHUNKs being answered at once; beyond this one is dropped (the requester resends). A
 /// pending reply holds no body (it is read when sent), and each lasts its random wait: this
 /// many let a holder keep up with restores' windows (up to 512 chunks in flight each).
@@ -254,6 +257,8 @@ struct Storing {
     waiting: Option<(Rd, Vec<u8>, PeerId)>,
     /// 2.0: written only if fewer than this many peers stored it first.
     rd: u8,
+    /// Its body's length (counted in `storing_bytes` until it is written or let go).
+    bytes: usize,
 }
 
 /// A STORED that waits for its random instant.
@@ -401,6 +406,8 @@ pub struct Peer {
     timers: BTreeMap<(Instant, u64), Timer>,
     next_timer: u64,
     storing: BTreeMap<ChunkId, Storing>,
+    /// The bytes of the bodies in `storing`.
+    storing_bytes: usize,
     stored_due: BTreeMap<ChunkId, StoredDue>,
     replying: BTreeMap<ChunkId, Reply>,
     chunk_sent: ReplyLimit<ChunkId>,
@@ -449,6 +456,7 @@ impl Peer {
             timers: BTreeMap::new(),
             next_timer: 0,
             storing: BTreeMap::new(),
+            storing_bytes: 0,
             stored_due: BTreeMap::new(),
             replying: BTreeMap::new(),
             chunk_sent: ReplyLimit::new(MAX_SEEN_ENTRIES, MIN_CHUNK_INTERVAL),
@@ -670,10 +678,13 @@ impl Peer {
             // (and after its STORED): if the home peer means it, it resends in a second.
             return;
         }
-        if self.storing.len() >= MAX_CONCURRENT_STORES {
+        if self.storing.len() >= MAX_CONCURRENT_STORES
+            || self.storing_bytes + body.len() > MAX_STORING_BYTES
+        {
             self.counters.busy_drops += 1;
             return;
         }
+        self.storing_bytes += body.len();
         let reply_at = now + self.reply_delay();
         // 2.0: the holders heard lately count from the start (a PUTCHUNK sent again), if they
         // are alive: heard within three HELLOs (a repair after a holder was lost sends it
@@ -702,6 +713,7 @@ impl Peer {
             deleted: false,
             waiting: None,
             rd: rd.get(),
+            bytes: body.len(),
         };
         if self.enhanced && reply_at - now >= self.write_ahead_below(rd) {
             // 2.0: first the random wait, counting the STOREDs of the peers that store it.
@@ -954,6 +966,7 @@ impl Peer {
         let Some(storing) = self.storing.remove(chunk) else {
             return;
         };
+        self.storing_bytes -= storing.bytes;
         match put {
             Put::Refused => return,
             Put::Written if storing.deleted => {
@@ -2065,7 +2078,8 @@ mod tests {
     fn a_flood_of_putchunks_is_bounded() {
         let t0 = Instant::now();
         let mut p = Peer::new(ME, 1);
-        for no in 0..1000 {
+        let sent = MAX_CONCURRENT_STORES as u32 + 1000;
+        for no in 0..sent {
             let put = MessageKind::PutChunk {
                 chunk: chunk(no),
                 rd: rd(1),
@@ -2074,7 +2088,34 @@ mod tests {
             p.handle(msg(2, put), t0);
         }
         assert_eq!(actions(&mut p).len(), MAX_CONCURRENT_STORES);
-        assert_eq!(p.counters().busy_drops, 1000 - MAX_CONCURRENT_STORES as u64);
+        assert_eq!(p.counters().busy_drops, 1000);
+    }
+
+    #[test]
+    fn a_flood_of_whole_chunks_is_bounded_by_their_bytes() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(ME, 1);
+        let body = vec![1u8; crate::protocol::CHUNK_SIZE];
+        for no in 0..1000 {
+            let put = MessageKind::PutChunk {
+                chunk: chunk(no),
+                rd: rd(1),
+                body: body.clone(),
+            };
+            p.handle(msg(2, put), t0);
+        }
+        let held = MAX_STORING_BYTES / body.len();
+        assert_eq!(actions(&mut p).len(), held);
+        assert_eq!(p.counters().busy_drops, 1000 - held as u64);
+        // Written: their room is given back.
+        p.stored(&chunk(0), Put::Written, t0);
+        let put = MessageKind::PutChunk {
+            chunk: chunk(5000),
+            rd: rd(1),
+            body,
+        };
+        p.handle(msg(2, put), t0);
+        assert!(actions(&mut p).iter().any(|a| matches!(a, Action::Store { .. })));
     }
 
     fn getchunk(p: &mut Peer, no: u32, at: Instant) {

@@ -544,7 +544,8 @@ impl Catalog {
     pub fn file(&self, file_id: &FileId) -> Result<Option<FileRow>, StoreError> {
         let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE file_id = ?1");
         self.conn
-            .query_row(&sql, [file_id.key()], file_row)
+            .prepare_cached(&sql)?
+            .query_row([file_id.key()], file_row)
             .optional()?
             .map(finish_file)
             .transpose()
@@ -873,7 +874,8 @@ impl Catalog {
             "SELECT {FILE_COLUMNS} FROM files WHERE path = ?1 ORDER BY version DESC LIMIT 1"
         );
         self.conn
-            .query_row(&sql, [path_key(path)], file_row)
+            .prepare_cached(&sql)?
+            .query_row([path_key(path)], file_row)
             .optional()?
             .map(finish_file)
             .transpose()

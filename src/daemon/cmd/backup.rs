@@ -32,11 +32,26 @@ const READ_BATCH: usize = 32;
 
 /// Files handed from the walk of a folder to its backups at once.
 const WALK_BATCH: usize = 64;
-/// Files of one folder backed up at once, each with its own window of chunks.
-const FILES_AT_ONCE: usize = 256;
+/// Files of one folder backed up at once at most, each with its own window of chunks: a small
+/// file's backup is mostly the wait for its STOREDs (0.2-0.5 s), so it takes many at once to
+/// back up thousands a second. Their memory is bounded by `SMALL_FILES_MEMORY_KIB`, and each
+/// holds a descriptor (at most a quarter of the daemon's, `files_at_once`).
+const FILES_AT_ONCE: usize = 2048;
 /// Files of more than a read batch whose chunks are read at once, daemon-wide: each reads a few
 /// batches ahead, and few of them keep the memory bounded whatever runs.
 pub(crate) const LARGE_FILES_AT_ONCE: usize = 2;
+/// The memory the backups of the other files hold at once, daemon-wide, in KiB: each holds
+/// its bytes (read in one batch, kept for resends) and `FILE_OVERHEAD_KIB` for its state.
+pub(crate) const SMALL_FILES_MEMORY_KIB: u32 = 16 * 1024;
+const FILE_OVERHEAD_KIB: u32 = 4;
+
+/// How many files one backup has in flight: `FILES_AT_ONCE`, or fewer if the daemon may open
+/// few files (a quarter of its descriptors, the rest for its sockets, packs and catalog).
+fn files_at_once() -> usize {
+    use nix::sys::resource::{getrlimit, Resource};
+    let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
+    usize::try_from(soft / 4).map_or(FILES_AT_ONCE, |n| n.clamp(16, FILES_AT_ONCE))
+}
 
 /// What a file's backup task returns: its name, its desired RD and how it ended.
 type FileBackup = (PathBuf, u8, Result<BackupReport, BackupError>);
@@ -89,9 +104,10 @@ pub(crate) async fn backup(
     // Many files at once: a small file's backup is mostly the wait for its STOREDs, and the
     // catalog commits what the files ask of it at the same moment in one transaction.
     let mut running = JoinSet::new();
+    let at_once = files_at_once();
     while let Some(batch) = batches.recv().await {
         for found in batch {
-            while running.len() >= FILES_AT_ONCE {
+            while running.len() >= at_once {
                 tally.ended(running.join_next().await, progress);
             }
             let file_path = path.join(&found.rel);
@@ -502,12 +518,17 @@ pub(crate) async fn backup_handle(
         });
     }
     tracing::debug!("reading {} to back it up", path.display());
-    let _large = if now.size > (READ_BATCH * CHUNK_SIZE) as u64 {
-        let permit = node.large_backups.acquire().await;
-        Some(permit.map_err(|_| BackupError::Stopping)?)
+    // Bounded memory whatever the files: large ones a few at a time, the others within a
+    // budget of bytes.
+    let _memory = if now.size > (READ_BATCH * CHUNK_SIZE) as u64 {
+        node.large_backups.acquire().await
     } else {
-        None
-    };
+        let kib = (now.size.div_ceil(1024) as u32).saturating_add(FILE_OVERHEAD_KIB);
+        (node.small_backups)
+            .acquire_many(kib.min(SMALL_FILES_MEMORY_KIB))
+            .await
+    }
+    .map_err(|_| BackupError::Stopping)?;
     let (file, scanned) = spawn_blocking(move || scan_file(file)).await??;
     if !scanned.stable {
         // Being written: what was read is no version of the file. Nothing was recorded.
