@@ -540,7 +540,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     print_table(&bench, &results);
     eprintln!("bench: done in {:.0} s", started.elapsed().as_secs_f64());
     if args.keep {
-        let kept = bench.tmp.into_path();
+        let kept = bench.tmp.keep();
         eprintln!("bench: kept {}", kept.display());
     }
     Ok(())
