@@ -491,6 +491,8 @@ struct Bench {
     programs: Programs,
     exe: PathBuf,
     big: Option<BigFile>,
+    /// --keep: the clusters' folders stay.
+    keep: bool,
 }
 
 /// The random file backed up by the disk, peerstash and restic parts.
@@ -527,7 +529,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         ensure_restic()?;
     }
     let started = Instant::now();
-    let mut bench = Bench::new(Sizes::new(&args))?;
+    let mut bench = Bench::new(Sizes::new(&args), args.keep)?;
     eprintln!("bench: working in {}", bench.root.display());
     let big_file_parts = [Part::Disk, Part::Peerstash, Part::Restic];
     if parts.iter().any(|p| big_file_parts.contains(p)) {
@@ -564,7 +566,7 @@ fn ensure_restic() -> anyhow::Result<()> {
 }
 
 impl Bench {
-    fn new(sizes: Sizes) -> anyhow::Result<Bench> {
+    fn new(sizes: Sizes, keep: bool) -> anyhow::Result<Bench> {
         let tmp = tempfile::Builder::new()
             .prefix("peerstash-bench-")
             .tempdir()?;
@@ -587,6 +589,7 @@ impl Bench {
             programs,
             exe: std::env::current_exe()?,
             big: None,
+            keep,
         })
     }
 
@@ -702,6 +705,14 @@ impl Bench {
     }
 
     /// A started cluster of PEERS peers; peer 1 watches `watch` if given.
+    /// Stops a part's cluster; with --keep its folder stays (a daemon can be run again on it).
+    fn done_with(&self, mut cluster: Cluster) {
+        cluster.stop_all();
+        if self.keep {
+            eprintln!("bench: kept the cluster in {}", cluster.keep().display());
+        }
+    }
+
     fn cluster(&self, protocol: &str, watch: Option<&Path>) -> anyhow::Result<Cluster> {
         let mut cluster = Cluster::new(self.programs.clone(), "cluster-")?;
         for i in 0..PEERS {
@@ -785,14 +796,14 @@ impl Bench {
     fn peerstash_file(&self, protocol: &str) -> anyhow::Result<[Row; 2]> {
         let big = self.big()?;
         eprintln!("bench: peerstash {protocol}: backup and restore");
-        let mut cluster = self.cluster(protocol, None)?;
+        let cluster = self.cluster(protocol, None)?;
         let timeout = Self::bound(big.bytes, 0);
         let backup = self.cluster_phase_done(&cluster, backup_args(&big.path), false, timeout)?;
         fs::remove_file(&big.path)?;
         let restore_args = os(["restore".as_ref(), big.path.as_os_str()]);
         let restore = self.cluster_phase_done(&cluster, restore_args, true, timeout)?;
         big.check(&big.path, &format!("peerstash {protocol}"))?;
-        cluster.stop_all();
+        self.done_with(cluster);
         let row = |kind, what: &str, spent| {
             let label = format!("peerstash {protocol} {what}");
             Row::new(label, Tool::Peerstash, kind, big.bytes, spent)
@@ -879,10 +890,10 @@ impl Bench {
             "bench: small files: peerstash {protocol} backup (at most {} s)",
             budget.as_secs()
         );
-        let mut cluster = self.cluster(protocol, None)?;
+        let cluster = self.cluster(protocol, None)?;
         let spent = self.cluster_phase(&cluster, backup_args(dir), false, budget)?;
         let state = cluster.peer(0).try_state()?;
-        cluster.stop_all();
+        self.done_with(cluster);
         let done: Vec<&FileState> = state
             .files
             .iter()
@@ -938,7 +949,7 @@ impl Bench {
             "bench: watched folder: {n} files, {} ms apart",
             SPACING.as_millis()
         );
-        let mut cluster = self.cluster(DEFAULT_PROTOCOL, Some(&dir))?;
+        let cluster = self.cluster(DEFAULT_PROTOCOL, Some(&dir))?;
         let (tx, rx) = mpsc::channel();
         let seen = std::thread::scope(|s| {
             let writer = s.spawn(|| write_spaced(&dir, n, tx));
@@ -946,7 +957,7 @@ impl Bench {
             let written = writer.join().expect("the writer does not panic");
             written.and(seen)
         })?;
-        cluster.stop_all();
+        self.done_with(cluster);
         let seconds = seen.values().map(|(closed, replicated)| {
             (*replicated - *closed).as_secs_f64() - QUIET.as_secs_f64()
         });
@@ -970,7 +981,7 @@ impl Bench {
         let backed_up = wait_backed_up(&cluster, &dir, n, self.sizes.rescan_setup)?;
         let setup = started.elapsed();
         if backed_up < n {
-            cluster.stop_all();
+            self.done_with(cluster);
             return Ok(Rescan::Skipped {
                 files: n,
                 backed_up,
@@ -999,7 +1010,7 @@ impl Bench {
             pause(Duration::from_millis(5))?;
         };
         let took = spawned.elapsed();
-        cluster.stop_all();
+        self.done_with(cluster);
         Ok(Rescan::Measured {
             files: n,
             setup,
