@@ -1138,8 +1138,8 @@ fn watch_replication(
     Ok(seen)
 }
 
-/// Waits until peer 1 shows the `n` files below `dir` replicated, at most `bound`; how many
-/// it shows.
+/// Waits until peer 1 shows the `n` files below `dir` replicated and its queue empty, at most
+/// `bound`; how many it shows replicated.
 fn wait_backed_up(
     cluster: &Cluster,
     dir: &Path,
@@ -1158,7 +1158,9 @@ fn wait_backed_up(
             .filter(|f| f.path.starts_with(dir) && replicated(f))
             .count();
         let waited = started.elapsed();
-        if done >= n || waited >= bound {
+        // Backed up, and the watcher's queue worked through (the events of the files' writing
+        // queued each one): the folder is at rest, as the rescan measured next expects.
+        if (done >= n && state.queue_length == 0) || waited >= bound {
             return Ok(done);
         }
         if told.elapsed() >= Duration::from_secs(30) {

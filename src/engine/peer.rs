@@ -2115,7 +2115,9 @@ mod tests {
             body,
         };
         p.handle(msg(2, put), t0);
-        assert!(actions(&mut p).iter().any(|a| matches!(a, Action::Store { .. })));
+        assert!(actions(&mut p)
+            .iter()
+            .any(|a| matches!(a, Action::Store { .. })));
     }
 
     fn getchunk(p: &mut Peer, no: u32, at: Instant) {

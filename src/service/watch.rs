@@ -688,7 +688,10 @@ pub async fn scan(node: &Arc<Node>, wake: &Notify, root: &Path) {
         tokio::task::spawn_blocking(move || walk(&root, &watch, &tx))
     };
     let mut queued = 0;
+    let seen = SeenPaths::default();
+    let mut seen_paths = std::collections::HashSet::new();
     while let Some(batch) = rx.recv().await {
+        seen_paths.extend(batch.iter().map(|s| seen.key(&s.path)));
         let changed = node
             .catalog
             .call(move |c| {
@@ -714,9 +717,12 @@ pub async fn scan(node: &Arc<Node>, wake: &Notify, root: &Path) {
         .call(move |c| c.live_paths_under(&r))
         .await
         .unwrap_or_default();
+    // Those the walk found are there; the others are looked at once more (excluded since, or
+    // no longer a regular file, they are gone too).
     let gone: Vec<PathBuf> = tokio::task::spawn_blocking(move || {
         known
             .into_iter()
+            .filter(|p| !seen_paths.contains(&seen.key(p)))
             .filter(|p| std::fs::symlink_metadata(p).map_or(true, |m| !m.is_file()))
             .collect()
     })
@@ -733,6 +739,20 @@ pub async fn scan(node: &Arc<Node>, wake: &Notify, root: &Path) {
     queued += gone.len();
     enqueue(node, wake, gone).await;
     tracing::info!("scanned {}: {queued} paths to look at", root.display());
+}
+
+/// The paths a scan's walk found, kept as 128 bits each (2 MB for 100,000 files, whatever their
+/// names' length), from two hashers keyed at random: no name can be made to collide with
+/// another on purpose, and by chance only once in 2^64 or so for the largest folders.
+#[derive(Default)]
+struct SeenPaths(std::hash::RandomState, std::hash::RandomState);
+
+impl SeenPaths {
+    fn key(&self, path: &Path) -> u128 {
+        use std::hash::BuildHasher;
+        let bytes = path.as_os_str().as_encoded_bytes();
+        (u128::from(self.0.hash_one(bytes)) << 64) | u128::from(self.1.hash_one(bytes))
+    }
 }
 
 /// A regular file found by a scan, with what tells whether it changed.
