@@ -468,11 +468,11 @@ impl Catalog {
                 make_private(Path::new(&other))?;
             }
         }
-        let counted: bool = conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'holder_counts')",
-            [],
-            |r| r.get(0),
-        )?;
+        let counted: bool = conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'holder_counts')",
+            )?
+            .query_row([], |r| r.get(0))?;
         if !counted {
             conn.execute_batch(&format!("BEGIN; {HOLDER_COUNTS} COMMIT;"))?;
         }
@@ -528,7 +528,8 @@ impl Catalog {
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
             .optional()?)
     }
 
@@ -772,11 +773,12 @@ impl Catalog {
     ) -> Result<bool, StoreError> {
         let known: Option<(i64, String)> = self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT size, hash FROM file_chunks WHERE file_id = ?1 AND chunk_no = ?2",
-                params![file_id.key(), chunk_no.0],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            )?
+            .query_row(params![file_id.key(), chunk_no.0], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
         match known {
             Some((s, h)) => Ok(s as u64 == size && h == hash),
@@ -1003,7 +1005,8 @@ impl Catalog {
     pub fn queue_len(&self) -> Result<u64, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT COUNT(*) FROM queue", [], |r| r.get::<_, i64>(0))? as u64)
+            .prepare_cached("SELECT COUNT(*) FROM queue")?
+            .query_row([], |r| r.get::<_, i64>(0))? as u64)
     }
 
     /// Done with a path: forgotten unless it was queued again meanwhile (generation changed).
@@ -1042,22 +1045,16 @@ impl Catalog {
         let key = file_id.key();
         let own: Option<u8> = self
             .conn
-            .query_row(
-                "SELECT desired_rd FROM files WHERE file_id = ?1",
-                [&key],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT desired_rd FROM files WHERE file_id = ?1")?
+            .query_row([&key], |r| r.get(0))
             .optional()?;
         if let Some(desired_rd) = own {
             return Ok(ChunkRole::Own { desired_rd });
         }
         let hosted: Option<u8> = self
             .conn
-            .query_row(
-                "SELECT desired_rd FROM hosted WHERE file_id = ?1 AND chunk_no = ?2",
-                params![key, chunk_no.0],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT desired_rd FROM hosted WHERE file_id = ?1 AND chunk_no = ?2")?
+            .query_row(params![key, chunk_no.0], |r| r.get(0))
             .optional()?;
         if let Some(desired_rd) = hosted {
             return Ok(ChunkRole::Hosted { desired_rd });
@@ -1171,11 +1168,10 @@ impl Catalog {
         let key = file_id.key();
         let size: Option<i64> = self
             .conn
-            .query_row(
+            .prepare_cached(
                 "DELETE FROM hosted WHERE file_id = ?1 AND chunk_no = ?2 RETURNING size",
-                params![key, chunk_no.0],
-                |r| r.get(0),
-            )
+            )?
+            .query_row(params![key, chunk_no.0], |r| r.get(0))
             .optional()?;
         self.conn
             .prepare_cached("DELETE FROM holders WHERE file_id = ?1 AND chunk_no = ?2")?
@@ -1253,11 +1249,8 @@ impl Catalog {
     ) -> Result<u32, StoreError> {
         let mut perceived: u32 = self
             .conn
-            .query_row(
-                "SELECT n FROM holder_counts WHERE file_id = ?1 AND chunk_no = ?2",
-                params![key, chunk_no.0],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT n FROM holder_counts WHERE file_id = ?1 AND chunk_no = ?2")?
+            .query_row(params![key, chunk_no.0], |r| r.get(0))
             .optional()?
             .unwrap_or(0);
         let mut insert = self.conn.prepare_cached(
@@ -1299,11 +1292,8 @@ impl Catalog {
     pub fn perceived(&self, file_id: &FileId, chunk_no: ChunkNo) -> Result<u32, StoreError> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT n FROM holder_counts WHERE file_id = ?1 AND chunk_no = ?2",
-                params![file_id.key(), chunk_no.0],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT n FROM holder_counts WHERE file_id = ?1 AND chunk_no = ?2")?
+            .query_row(params![file_id.key(), chunk_no.0], |r| r.get(0))
             .optional()?
             .unwrap_or(0))
     }
@@ -1319,8 +1309,8 @@ impl Catalog {
         self.atomically(|| {
             let mut rows: u64 = self
                 .conn
-                .query_row("SELECT COUNT(*) FROM peers", [], |r| r.get::<_, i64>(0))?
-                as u64;
+                .prepare_cached("SELECT COUNT(*) FROM peers")?
+                .query_row([], |r| r.get::<_, i64>(0))? as u64;
             // Versions are "<digit>.<digit>": text order is version order.
             let mut update = self.conn.prepare_cached(
                 "UPDATE peers SET last_heard = MAX(last_heard, ?2),
@@ -1385,7 +1375,8 @@ impl Catalog {
         self.atomically(|| {
             let removed = self
                 .conn
-                .execute("DELETE FROM holders WHERE peer = ?1", [peer.0])?;
+                .prepare_cached("DELETE FROM holders WHERE peer = ?1")?
+                .execute([peer.0])?;
             self.conn
                 .prepare_cached(
                     "INSERT INTO peers (id, protocol, last_heard, lost_at) VALUES (?1, '', 0, ?2)
@@ -1425,16 +1416,16 @@ impl Catalog {
     pub fn expire_delete_acks(&self, older_than_ms: i64) -> Result<usize, StoreError> {
         Ok(self
             .conn
-            .execute("DELETE FROM delete_acks WHERE since < ?1", [older_than_ms])?)
+            .prepare_cached("DELETE FROM delete_acks WHERE since < ?1")?
+            .execute([older_than_ms])?)
     }
 
     /// Acknowledgements still owed: (version, peer) pairs.
     pub fn unacked_delete_count(&self) -> Result<u64, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT COUNT(*) FROM delete_acks", [], |r| {
-                r.get::<_, i64>(0)
-            })? as u64)
+            .prepare_cached("SELECT COUNT(*) FROM delete_acks")?
+            .query_row([], |r| r.get::<_, i64>(0))? as u64)
     }
 
     /// Every peer heard, counted lost, holding chunks of our own files, sending the chunks we
@@ -1850,12 +1841,12 @@ mod tests {
                     gid INTEGER NOT NULL DEFAULT 0, deleted_at INTEGER, UNIQUE (path, version));",
             )
             .unwrap();
-            conn.execute(
+            conn.prepare_cached(
                 "INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash,
                                     desired_rd, complete)
                  VALUES (?1, '/w/f', 4, 10, 1, 420, 'h', 2, 1)",
-                [fid('a').key()],
-            )
+            )?
+            .execute([fid('a').key()])
             .unwrap();
         }
         let cat = Catalog::open(&path).unwrap();
@@ -1953,7 +1944,8 @@ mod tests {
         assert_eq!(cat.perceived(&fid('a'), ChunkNo(0)).unwrap(), 0);
         let rows: i64 = cat
             .conn
-            .query_row("SELECT COUNT(*) FROM holder_counts", [], |r| r.get(0))
+            .prepare_cached("SELECT COUNT(*) FROM holder_counts")?
+            .query_row([], |r| r.get(0))
             .unwrap();
         assert_eq!(rows, 0);
         // STOREDs for a chunk we do not know cost nothing.
@@ -1982,11 +1974,8 @@ mod tests {
         let cat = Catalog::open(&path).unwrap();
         let count = |f: &str, n: i64| -> u32 {
             cat.conn
-                .query_row(
-                    "SELECT n FROM holder_counts WHERE file_id = ?1 AND chunk_no = ?2",
-                    params![f, n],
-                    |r| r.get(0),
-                )
+                .prepare_cached("SELECT n FROM holder_counts WHERE file_id = ?1 AND chunk_no = ?2")?
+                .query_row(params![f, n], |r| r.get(0))
                 .unwrap()
         };
         assert_eq!((count("x", 1), count("y", 0)), (2, 1));
@@ -2016,7 +2005,8 @@ mod tests {
 
     fn peer_rows(cat: &Catalog) -> u64 {
         cat.conn
-            .query_row("SELECT COUNT(*) FROM peers", [], |r| r.get::<_, i64>(0))
+            .prepare_cached("SELECT COUNT(*) FROM peers")?
+            .query_row([], |r| r.get::<_, i64>(0))
             .unwrap() as u64
     }
 
@@ -2275,11 +2265,10 @@ mod tests {
         );
         let indexed: bool = cat
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'holders_peer')",
-                [],
-                |r| r.get(0),
-            )
+            )?
+            .query_row([], |r| r.get(0))
             .unwrap();
         assert!(indexed);
         drop(cat);
