@@ -1841,12 +1841,12 @@ mod tests {
                     gid INTEGER NOT NULL DEFAULT 0, deleted_at INTEGER, UNIQUE (path, version));",
             )
             .unwrap();
-            conn.prepare_cached(
+            conn.execute(
                 "INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash,
                                     desired_rd, complete)
                  VALUES (?1, '/w/f', 4, 10, 1, 420, 'h', 2, 1)",
-            )?
-            .execute([fid('a').key()])
+                [fid('a').key()],
+            )
             .unwrap();
         }
         let cat = Catalog::open(&path).unwrap();
@@ -1944,8 +1944,7 @@ mod tests {
         assert_eq!(cat.perceived(&fid('a'), ChunkNo(0)).unwrap(), 0);
         let rows: i64 = cat
             .conn
-            .prepare_cached("SELECT COUNT(*) FROM holder_counts")?
-            .query_row([], |r| r.get(0))
+            .query_row("SELECT COUNT(*) FROM holder_counts", [], |r| r.get(0))
             .unwrap();
         assert_eq!(rows, 0);
         // STOREDs for a chunk we do not know cost nothing.
@@ -1974,8 +1973,11 @@ mod tests {
         let cat = Catalog::open(&path).unwrap();
         let count = |f: &str, n: i64| -> u32 {
             cat.conn
-                .prepare_cached("SELECT n FROM holder_counts WHERE file_id = ?1 AND chunk_no = ?2")?
-                .query_row(params![f, n], |r| r.get(0))
+                .query_row(
+                    "SELECT n FROM holder_counts WHERE file_id = ?1 AND chunk_no = ?2",
+                    params![f, n],
+                    |r| r.get(0),
+                )
                 .unwrap()
         };
         assert_eq!((count("x", 1), count("y", 0)), (2, 1));
@@ -2005,8 +2007,7 @@ mod tests {
 
     fn peer_rows(cat: &Catalog) -> u64 {
         cat.conn
-            .prepare_cached("SELECT COUNT(*) FROM peers")?
-            .query_row([], |r| r.get::<_, i64>(0))
+            .query_row("SELECT COUNT(*) FROM peers", [], |r| r.get::<_, i64>(0))
             .unwrap() as u64
     }
 
@@ -2265,10 +2266,11 @@ mod tests {
         );
         let indexed: bool = cat
             .conn
-            .prepare_cached(
+            .query_row(
                 "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'holders_peer')",
-            )?
-            .query_row([], |r| r.get(0))
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         assert!(indexed);
         drop(cat);
