@@ -29,6 +29,10 @@ pub enum Command {
         /// Desired replication degree, 1-9 (default: the watched folder's, else 2).
         #[arg(long, short = 'r', value_parser = clap::value_parser!(u8).range(1..=9))]
         replication: Option<u8>,
+        /// Encrypt the chunks under this peer's master key (default: as the watched folder
+        /// says, else in clear).
+        #[arg(long)]
+        encrypt: bool,
     },
     /// Rebuild a backed-up file from the peers and check its content hash.
     Restore {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::protocol::auth::{LanKey, KEY_LEN};
+use crate::protocol::seal::MasterKey;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/peerstash/peerstash.toml";
 /// Protocol versions this build implements.
@@ -31,6 +32,9 @@ pub struct PeerConfig {
     pub control_socket: PathBuf,
     /// 2.0: a holder not heard from this long is counted lost, and its copies re-created.
     pub holder_timeout: Duration,
+    /// The master key (SPEC §3 "Encrypted chunks"): read by the daemon, not here, so that the
+    /// `peerstash` command can read this config without access to the key.
+    pub master_key_file: PathBuf,
 }
 
 impl PeerConfig {
@@ -77,6 +81,8 @@ pub struct WatchConfig {
     /// The daemon's own paths inside this folder (`peer.state_dir`, `peer.control_socket`):
     /// never backed up nor watched, whatever `exclude` says. Set by `Config::exclude_own_paths`.
     pub own: Vec<PathBuf>,
+    /// Chunks encrypted under the master key: unreadable by the peers that host them.
+    pub encrypt: bool,
 }
 
 impl WatchConfig {
@@ -180,6 +186,7 @@ struct RawPeer {
     state_dir: Option<PathBuf>,
     control_socket: Option<PathBuf>,
     holder_timeout: Option<String>,
+    master_key_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -219,6 +226,7 @@ struct RawWatch {
     exclude: Vec<String>,
     quiet: Option<String>,
     rescan: Option<String>,
+    encrypt: Option<bool>,
 }
 
 impl Config {
@@ -292,9 +300,13 @@ impl Config {
         let control_socket = peer
             .control_socket
             .unwrap_or_else(|| "/run/peerstash/control.sock".into());
+        let master_key_file = peer
+            .master_key_file
+            .unwrap_or_else(|| DEFAULT_MASTER_KEY_FILE.into());
         for (key, p) in [
             ("peer.state_dir", &state_dir),
             ("peer.control_socket", &control_socket),
+            ("peer.master_key_file", &master_key_file),
         ] {
             if !p.is_absolute() {
                 return Err(bad(
@@ -421,6 +433,7 @@ impl Config {
                 quiet,
                 rescan,
                 own: Vec::new(),
+                encrypt: w.encrypt.unwrap_or(false),
             });
         }
         let mut config = Config {
@@ -430,6 +443,7 @@ impl Config {
                 state_dir,
                 control_socket,
                 holder_timeout,
+                master_key_file,
             },
             network: NetworkConfig {
                 interface,
@@ -504,23 +518,91 @@ pub fn load_lan_key(
     network: &NetworkConfig,
     config_path: Option<&Path>,
 ) -> Result<Option<LanKey>, ConfigError> {
-    use std::io::Read;
-    use std::os::unix::fs::PermissionsExt;
     let Some(file) = &network.lan_key_file else {
         return Ok(None);
     };
+    let make = format!(
+        "make one with `peerstash keygen {}` and copy it to every peer",
+        file.display()
+    );
+    let key = read_key(file, "network.lan_key_file", "LAN key", &make, config_path)?;
+    Ok(Some(LanKey::new(key)))
+}
+
+/// Where the master key is unless `peer.master_key_file` says otherwise.
+pub const DEFAULT_MASTER_KEY_FILE: &str = "/etc/peerstash/master.key";
+
+/// Reads the master key named by `peer.master_key_file`, as `load_lan_key` reads its key.
+pub fn load_master_key(
+    peer: &PeerConfig,
+    config_path: Option<&Path>,
+) -> Result<MasterKey, ConfigError> {
+    let file = &peer.master_key_file;
+    let make = format!(
+        "make one with `peerstash keygen {}`, or put back the copy you kept: without it, \
+         encrypted backups cannot be read",
+        file.display()
+    );
+    let key = read_key(
+        file,
+        "peer.master_key_file",
+        "master key",
+        &make,
+        config_path,
+    )?;
+    Ok(MasterKey::new(key))
+}
+
+/// `load_master_key`, making a new key first when there is none at all (a daemon started by
+/// hand; the packages make it at install). Whether it was made.
+pub fn load_or_make_master_key(
+    peer: &PeerConfig,
+    config_path: Option<&Path>,
+) -> Result<(MasterKey, bool), ConfigError> {
+    let made = match write_new_key(&peer.master_key_file) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        // Cannot make it (a read-only /etc): reading it says what is wrong.
+        Err(_) => false,
+    };
+    Ok((load_master_key(peer, config_path)?, made))
+}
+
+/// The master key the daemon runs with. When a watched folder is encrypted it must be there: it
+/// is made if there is no file at all (its second value says so). Otherwise it is read if it
+/// is there (for `backup --encrypt` and restores of encrypted versions), and never made: a
+/// peer that encrypts nothing writes nothing to /etc.
+pub fn master_key_for(
+    config: &Config,
+    config_path: Option<&Path>,
+) -> Result<Option<(MasterKey, bool)>, ConfigError> {
+    if config.watch.iter().any(|w| w.encrypt) {
+        return load_or_make_master_key(&config.peer, config_path).map(Some);
+    }
+    match config.peer.master_key_file.exists() {
+        true => load_master_key(&config.peer, config_path).map(|k| Some((k, false))),
+        false => Ok(None),
+    }
+}
+
+/// The `KEY_LEN` bytes of a key file that group and others can neither read nor write; errors
+/// name the config `key`, say what it is (`what`) and how to make one (`make`), in one line.
+fn read_key(
+    file: &Path,
+    key: &str,
+    what: &str,
+    make: &str,
+    config_path: Option<&Path>,
+) -> Result<[u8; KEY_LEN], ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
     let bad = |reason: String| ConfigError::Invalid {
         path: config_path.map(Path::to_path_buf),
-        key: "network.lan_key_file".into(),
+        key: key.into(),
         reason,
     };
     let shown = file.display();
-    let cannot = |e: std::io::Error| {
-        bad(format!(
-            "cannot read the LAN key {shown}: {e} (make one with `peerstash keygen {shown}` and \
-             copy it to every peer)"
-        ))
-    };
+    let cannot = |e: std::io::Error| bad(format!("cannot read the {what} {shown}: {e} ({make})"));
     let mut f = std::fs::File::open(file).map_err(cannot)?;
     let meta = f.metadata().map_err(cannot)?;
     if !meta.is_file() {
@@ -529,7 +611,7 @@ pub fn load_lan_key(
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o066 != 0 {
         return Err(bad(format!(
-            "the LAN key {shown} is readable or writable by group or others (mode {mode:04o}): \
+            "the {what} {shown} is readable or writable by group or others (mode {mode:04o}): \
              run `chmod 600 {shown}`"
         )));
     }
@@ -538,18 +620,18 @@ pub fn load_lan_key(
         .take(KEY_LEN as u64 + 1)
         .read_to_end(&mut bytes)
         .map_err(cannot)?;
-    let key: [u8; KEY_LEN] = bytes.as_slice().try_into().map_err(|_| {
+    bytes.as_slice().try_into().map_err(|_| {
         bad(format!(
-            "the LAN key {shown} is {} bytes, not {KEY_LEN} (make one with `peerstash keygen PATH`)",
+            "the {what} {shown} is {} bytes, not {KEY_LEN} ({make})",
             meta.len()
         ))
-    })?;
-    Ok(Some(LanKey::new(key)))
+    })
 }
 
-/// Writes a new random LAN key to `path`: `KEY_LEN` bytes from the OS's generator, in a file
-/// created with mode 0600 that must not exist yet (an existing key is never overwritten).
-pub fn write_new_lan_key(path: &Path) -> std::io::Result<()> {
+/// Writes a new random key (a LAN key or a master key) to `path`: `KEY_LEN` bytes from the OS's
+/// generator, in a file created with mode 0600 that must not exist yet (an existing key is
+/// never overwritten).
+pub fn write_new_key(path: &Path) -> std::io::Result<()> {
     use rand::RngCore;
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -827,7 +909,7 @@ exclude = ["*.tmp", "**/.cache/**"]
         let e = load_lan_key(&net, None).unwrap_err().to_string();
         assert!(e.starts_with("network.lan_key_file: cannot read"), "{e}");
 
-        write_new_lan_key(&file).unwrap();
+        write_new_key(&file).unwrap();
         let key = load_lan_key(&net, None).unwrap().unwrap();
         assert_eq!(
             key,
@@ -871,14 +953,14 @@ exclude = ["*.tmp", "**/.cache/**"]
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (dir.path().join("a.key"), dir.path().join("b.key"));
-        write_new_lan_key(&a).unwrap();
-        write_new_lan_key(&b).unwrap();
+        write_new_key(&a).unwrap();
+        write_new_key(&b).unwrap();
         let key_a = std::fs::read(&a).unwrap();
         assert_eq!(key_a.len(), KEY_LEN);
         assert_ne!(key_a, std::fs::read(&b).unwrap(), "random keys");
         let mode = std::fs::metadata(&a).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let e = write_new_lan_key(&a).unwrap_err();
+        let e = write_new_key(&a).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(&a).unwrap(), key_a, "left as it was");
     }

@@ -1,5 +1,12 @@
 getent group peerstash >/dev/null || groupadd -r peerstash
 sysctl -q -p /usr/lib/sysctl.d/60-peerstash.conf >/dev/null 2>&1 || true
+# The master key, made once (the unit keeps /etc read-only); never replaced nor removed.
+if [ ! -e /etc/peerstash/master.key ]; then
+    mkdir -p /etc/peerstash
+    peerstash keygen /etc/peerstash/master.key >/dev/null
+    echo "peerstash: made /etc/peerstash/master.key: copy it somewhere safe (not on this"
+    echo "peerstash: computer); without it, encrypted backups cannot be read"
+fi
 if [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null 2>&1 || true
     # Enabled, not started: it starts once /etc/peerstash/peerstash.toml has a peer id.

@@ -77,7 +77,11 @@ fn run(args: Args) -> i32 {
         _ => (false, Output::Message),
     };
     let result = match args.command {
-        Command::Backup { path, replication } => {
+        Command::Backup {
+            path,
+            replication,
+            encrypt,
+        } => {
             if !path.exists() {
                 return fail(
                     exit::FAILED,
@@ -88,6 +92,7 @@ fn run(args: Args) -> i32 {
                 &socket,
                 &resolve(&path),
                 replication,
+                encrypt,
                 print,
             ))
         }
@@ -224,7 +229,7 @@ fn run_daemon(config: &Path) -> i32 {
 
 /// `keygen PATH`: a new LAN key, never over an existing file. Needs no daemon and no config.
 fn keygen(path: &Path) -> i32 {
-    match peerstash::config::write_new_lan_key(path) {
+    match peerstash::config::write_new_key(path) {
         Ok(()) => {
             println!(
                 "wrote a new LAN key to {} (mode 0600): copy it (mode 0600) to every peer, set \

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use peerstash::cli::DaemonArgs as Args;
-use peerstash::config::{load_lan_key, Config};
+use peerstash::config::{load_lan_key, master_key_for, Config};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -27,6 +27,19 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     peerstash::service::systemd::init_logging();
+    let master_key = match master_key_for(&config, Some(&args.config)) {
+        Ok(Some((key, made))) => {
+            if made {
+                peerstash::service::warn_new_master_key(&config.peer.master_key_file);
+            }
+            Some(key)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!("peerstashd: {e}");
+            return ExitCode::from(2);
+        }
+    };
     raise_descriptor_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -37,6 +50,7 @@ fn main() -> ExitCode {
     };
     let options = peerstash::daemon::StartOptions {
         rebuild_catalog: args.rebuild_catalog,
+        master_key,
     };
     let result = runtime.block_on(peerstash::service::run(
         config,

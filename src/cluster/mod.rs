@@ -417,7 +417,8 @@ impl Cluster {
             None => String::new(),
         };
         format!(
-            "[peer]\nid = {id}\nprotocol = {protocol}\nstate_dir = {state}\ncontrol_socket = {socket}\n{peer_extra}\n\
+            "[peer]\nid = {id}\nprotocol = {protocol}\nstate_dir = {state}\ncontrol_socket = {socket}\n\
+             master_key_file = {master_key}\n{peer_extra}\n\
              [network]\ninterface = {interface}\nmc = \"{mc}\"\nmdb = \"{mdb}\"\nmdr = \"{mdr}\"\n\
              ttl = {ttl}\n{lan_key}{network_extra}\n[storage]\nquota = {quota}\n{extra}",
             id = p.id,
@@ -425,6 +426,8 @@ impl Cluster {
             peer_extra = p.peer_extra,
             network_extra = p.network_extra,
             state = toml_path(&p.dir.join("state")),
+            // Its own, in its folder: a test never writes to /etc.
+            master_key = toml_path(&p.dir.join("master.key")),
             socket = toml_path(&p.socket),
             interface = toml_string(&p.place.interface),
             ttl = p.place.ttl,

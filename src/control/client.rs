@@ -23,6 +23,7 @@ pub async fn backup(
     socket: &Path,
     path: &Path,
     replication: Option<u8>,
+    encrypt: bool,
     on_progress: impl FnMut(&str),
 ) -> Result<Answer, ClientError> {
     // O_NONBLOCK: a FIFO does not hang the command (no effect on files and folders).
@@ -34,6 +35,7 @@ pub async fn backup(
     let request = Request::Backup {
         path: path.to_path_buf(),
         replication,
+        encrypt,
     };
     call(socket, &request, &[file.as_fd()], on_progress).await
 }

@@ -150,6 +150,9 @@ pub enum Request {
         #[serde(with = "wire_path")]
         path: PathBuf,
         replication: Option<u8>,
+        /// Encrypt the chunks whatever the watched folder says (`backup --encrypt`).
+        #[serde(default)]
+        encrypt: bool,
     },
     /// Sent with the file to write into; where it goes and whether it may replace a file is
     /// the caller's business (it renames it, with its own rights).

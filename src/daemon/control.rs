@@ -196,6 +196,7 @@ enum Job {
         path: PathBuf,
         root: File,
         replication: Option<u8>,
+        encrypt: bool,
     },
     Restore {
         path: PathBuf,
@@ -226,7 +227,11 @@ async fn prepare(
         Request::Check if owner.is_some() => {
             Err("check reads the whole catalog: run it as root".into())
         }
-        Request::Backup { path, replication } => {
+        Request::Backup {
+            path,
+            replication,
+            encrypt,
+        } => {
             if replication.is_some_and(|r| !(1..=9).contains(&r)) {
                 return Err("--replication must be between 1 and 9".into());
             }
@@ -250,6 +255,7 @@ async fn prepare(
                 path,
                 root,
                 replication,
+                encrypt,
             })
         }
         Request::Restore { path, version } => {
@@ -343,7 +349,14 @@ async fn run(
             path,
             root,
             replication,
-        } => cmd::backup::backup(&node, path, root, replication, owner, &progress).await,
+            encrypt,
+        } => {
+            let wanted = cmd::backup::Wanted {
+                replication,
+                encrypt,
+            };
+            cmd::backup::backup(&node, path, root, wanted, owner, &progress).await
+        }
         Job::Restore { path, row, out } => {
             cmd::restore::restore(&node, path, row, out, &progress).await
         }

@@ -86,12 +86,14 @@ pub(crate) enum JobEvent {
 /// Where a resend of a chunk being backed up gets its bytes again. Keeping every in-flight
 /// chunk in memory would cost 64 KB per chunk of the window.
 pub(crate) enum Source {
-    /// `len` bytes at `offset` of the file being backed up, which must still hash to `hash`.
+    /// `len` bytes at `offset` of the file being backed up (encrypted under `key`, if set),
+    /// which must still hash to `hash`.
     File {
         file: Arc<File>,
         offset: u64,
         len: usize,
         hash: String,
+        key: Option<Arc<crate::protocol::seal::FileKey>>,
     },
     /// The chunk as this peer hosts it (a re-backup).
     Hosted,
@@ -427,15 +429,23 @@ impl Driver {
                         offset,
                         len,
                         hash,
+                        key,
                     },
                 )) => {
-                    let (file, offset, len, hash) = (file.clone(), *offset, *len, hash.clone());
+                    let (file, offset, len) = (file.clone(), *offset, *len);
+                    let (hash, key, no) = (hash.clone(), key.clone(), chunk.chunk_no);
                     tokio::spawn(async move {
-                        let body =
-                            tokio::task::spawn_blocking(move || reread(&file, offset, len, &hash))
-                                .await
-                                .ok()
-                                .flatten();
+                        let body = tokio::task::spawn_blocking(move || {
+                            let piece = reread(&file, offset, len)?;
+                            let body = match key {
+                                Some(key) => key.seal(no, &piece),
+                                None => piece,
+                            };
+                            (sha256_hex(&body) == hash).then_some(body)
+                        })
+                        .await
+                        .ok()
+                        .flatten();
                         if body.is_none() {
                             tracing::warn!("chunk {chunk} changed on disk during its backup");
                         }
@@ -567,11 +577,11 @@ impl Driver {
     }
 }
 
-/// The bytes of a chunk read again from its file, if they still hash as they did.
-fn reread(file: &File, offset: u64, len: usize, hash: &str) -> Option<Vec<u8>> {
+/// A piece of the file being backed up, read again for a resend (checked by its caller).
+fn reread(file: &File, offset: u64, len: usize) -> Option<Vec<u8>> {
     let mut body = vec![0u8; len];
     file.read_exact_at(&mut body, offset).ok()?;
-    (sha256_hex(&body) == hash).then_some(body)
+    Some(body)
 }
 
 /// Receives one channel's datagrams: checks the LAN key tag, parses, and hands well-formed

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::config::Config;
 use crate::net::Channels;
 use crate::protocol::auth::LanKey;
+use crate::protocol::seal::MasterKey;
 use crate::protocol::{ChunkId, PeerId};
 use crate::shutdown::Trigger;
 use crate::store::{Catalog, CatalogHandle, ChunkStore};
@@ -40,6 +41,9 @@ pub struct Node {
     /// The LAN key (network.lan_key_file), if any: signs every datagram sent, and every
     /// datagram received must carry its tag. Replaced on reload.
     lan_key: std::sync::RwLock<Option<LanKey>>,
+    /// The master key (`peer.master_key_file`), if any: encrypts chunks (`protocol::seal`).
+    /// Read at start and reload (`config::master_key_for`).
+    master_key: std::sync::RwLock<Option<MasterKey>>,
     pub catalog: CatalogHandle,
     pub store: Arc<ChunkStore>,
     writer: disk::ChunkWriter,
@@ -135,6 +139,18 @@ impl Node {
             .clone()
     }
 
+    /// The master key (`peer.master_key_file`), if this peer has one.
+    pub fn master_key(&self) -> Option<MasterKey> {
+        self.master_key
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_master_key(&self, key: Option<MasterKey>) {
+        *self.master_key.write().unwrap_or_else(|e| e.into_inner()) = key;
+    }
+
     pub(crate) fn set_lan_key(&self, key: Option<LanKey>) {
         *self.lan_key.write().unwrap_or_else(|e| e.into_inner()) = key;
     }
@@ -149,11 +165,13 @@ pub(crate) fn unix_now() -> u64 {
 }
 
 /// How the daemon starts: normally, or re-indexing the chunk files into a lost catalog.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct StartOptions {
     /// `peerstashd --rebuild-catalog`: record every chunk file of the store in the catalog
     /// (hash, size) and announce it with STORED, instead of refusing a catalog that is missing.
     pub rebuild_catalog: bool,
+    /// The master key, as `config::master_key_for` read it.
+    pub master_key: Option<MasterKey>,
 }
 
 /// Takes the state folder, opens and checks the catalog and the store, binds the control socket,
@@ -263,6 +281,7 @@ pub async fn start(
         _lock: lock,
         config: std::sync::RwLock::new(Arc::new(config)),
         lan_key: std::sync::RwLock::new(lan_key),
+        master_key: std::sync::RwLock::new(options.master_key.clone()),
         catalog,
         writer: disk::ChunkWriter::start(store.clone()).context("cannot start the chunk writer")?,
         store,

@@ -107,6 +107,16 @@ impl FileId {
         &self.text
     }
 
+    /// The 32 bytes the hex text stands for.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut digest = [0u8; 32];
+        for (byte, pair) in digest.iter_mut().zip(self.text.as_bytes().chunks(2)) {
+            let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+            *byte = hex(pair[0]) << 4 | hex(pair[1]);
+        }
+        digest
+    }
+
     /// The lower-case form: for map keys, catalog keys and file names.
     pub fn key(&self) -> String {
         self.text.to_ascii_lowercase()

@@ -2,6 +2,7 @@
 //! Pure: no I/O.
 pub mod auth;
 pub mod message;
+pub mod seal;
 
 use sha2::{Digest, Sha256};
 
@@ -40,20 +41,26 @@ pub struct FileIdentity<'a> {
 }
 
 impl FileIdentity<'_> {
+    /// The fileId of a version in clear (`seal::MasterKey::file_id` for an encrypted one).
     pub fn file_id(&self) -> FileId {
         let mut h = Sha256::new();
-        // NUL separators: a path cannot contain NUL, so no two identities share a bit string.
         h.update(b"peerstash fileId v1\0");
-        h.update(self.peer.0.to_string());
-        h.update(b"\0");
-        h.update(self.path);
-        h.update(b"\0");
-        h.update(self.size.to_string());
-        h.update(b"\0");
-        h.update(self.mtime_ns.to_string());
-        h.update(b"\0");
-        h.update(self.content_hash.as_bytes());
+        self.feed(|bytes| h.update(bytes));
         FileId::from_digest(&h.finalize().into())
+    }
+
+    /// The identity's bit string, in pieces. NUL separators: a path cannot contain NUL, so no
+    /// two identities share a bit string.
+    fn feed(&self, mut update: impl FnMut(&[u8])) {
+        update(self.peer.0.to_string().as_bytes());
+        update(b"\0");
+        update(self.path);
+        update(b"\0");
+        update(self.size.to_string().as_bytes());
+        update(b"\0");
+        update(self.mtime_ns.to_string().as_bytes());
+        update(b"\0");
+        update(self.content_hash.as_bytes());
     }
 }
 

@@ -273,16 +273,33 @@ async fn status_line(node: &Arc<Node>) -> String {
     )
 }
 
+/// Says that a master key was just made, and what to do about it.
+pub fn warn_new_master_key(path: &Path) {
+    tracing::warn!(
+        "made a new master key in {}: copy it somewhere safe now (not on this computer): \
+         without it, encrypted backups cannot be read",
+        path.display()
+    );
+}
+
 /// Re-reads the config. A bad one is refused and the running one stays. Keys that only a
 /// restart can change keep their running value (with a warning).
 async fn reload(node: &Arc<Node>, path: &Path, watchers: &mut Watchers, wake: &Arc<Notify>) {
     systemd::reloading();
     // The LAN key is part of the config: one that cannot be read refuses the whole reload.
-    let loaded = Config::load(path)
-        .and_then(|new| config::load_lan_key(&new.network, Some(path)).map(|key| (new, key)));
+    // So is the master key, when a newly encrypted folder needs one.
+    let loaded = Config::load(path).and_then(|new| {
+        let key = config::load_lan_key(&new.network, Some(path))?;
+        let master = config::master_key_for(&new, Some(path))?;
+        Ok((new, key, master))
+    });
     match loaded {
         Err(e) => tracing::error!("reload refused, the running config stays: {e}"),
-        Ok((mut new, key)) => {
+        Ok((mut new, key, master)) => {
+            if let Some((_, true)) = &master {
+                warn_new_master_key(&new.peer.master_key_file);
+            }
+            node.set_master_key(master.map(|(k, _)| k));
             let old = node.config();
             keep_restart_only_keys(&old, &mut new);
             // The own paths excluded from the watches are those of the running peer keys.

@@ -11,7 +11,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::config::WatchConfig;
-use crate::daemon::cmd::backup::{backup_file, standing, standing_of, BackupError, Standing, Why};
+use crate::daemon::cmd::backup::{
+    backup_file, standing, standing_of, BackupError, Plan, Standing, Why,
+};
 use crate::daemon::cmd::delete::{forget_versions, Policy};
 use crate::daemon::Node;
 use crate::fsx::Stamp;
@@ -214,7 +216,11 @@ async fn work_on(
                 // and inotify tells only of this one.
                 other_names(node, wake, path, stamp.inode, &watch).await;
             }
-            match backup_file(node, path, watch.replication).await {
+            let plan = Plan {
+                desired: watch.replication,
+                encrypt: watch.encrypt,
+            };
+            match backup_file(node, path, plan).await {
                 Ok(r) if r.below == 0 => {
                     tracing::info!(
                         "backed up {} (version {}, {} bytes)",
@@ -326,9 +332,14 @@ async fn repair_unwatched(node: &Arc<Node>, path: &Path, gen: i64) -> Result<(),
                     return Ok(None);
                 };
                 let min = c.min_perceived_rd(&f.file_id)?;
+                // Repaired as it was backed up: at its RD, encrypted or not.
+                let plan = Plan {
+                    desired: f.desired_rd,
+                    encrypt: f.encrypted,
+                };
                 Ok(Some((
-                    f.desired_rd,
-                    standing(Some(&f), min, &stamp, f.desired_rd),
+                    plan,
+                    standing(Some(&f), min, &stamp, plan.desired, plan.encrypt),
                 )))
             })
             .await;
@@ -344,8 +355,8 @@ async fn repair_unwatched(node: &Arc<Node>, path: &Path, gen: i64) -> Result<(),
                 None
             }
         };
-        if let Some(rd) = repair {
-            match backup_file(node, path, rd).await {
+        if let Some(plan) = repair {
+            match backup_file(node, path, plan).await {
                 // Stopping: stays queued for the next start.
                 Err(BackupError::Stopping) => return Ok(()),
                 Err(e) => {
@@ -365,7 +376,7 @@ async fn repair_unwatched(node: &Arc<Node>, path: &Path, gen: i64) -> Result<(),
 /// moved (`touch -r` after a write, a chmod, a new hard link) makes it read the file again,
 /// where the same content is the same fileId and is only resumed, other content a new version.
 async fn up_to_date(node: &Arc<Node>, path: &Path, stamp: &Stamp, watch: &WatchConfig) -> bool {
-    match standing_of(node, path, *stamp, watch.replication).await {
+    match standing_of(node, path, *stamp, watch.replication, watch.encrypt).await {
         Ok(Standing::AtRd { .. }) => true,
         Ok(_) => false,
         Err(e) => {

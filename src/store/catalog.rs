@@ -47,6 +47,8 @@ pub struct FileRow {
     /// The inode change time (ns) seen when this version was last read in full: a change that
     /// keeps size and mtime (a write followed by `touch -r`) still moves it.
     pub ctime_ns: i64,
+    /// Its chunks are encrypted under the master key (`protocol::seal`).
+    pub encrypted: bool,
 }
 
 /// Which backup inserted a version (random per backup run): an abandoned backup may forget only
@@ -205,6 +207,7 @@ CREATE TABLE IF NOT EXISTS files (
     ctime_ns INTEGER NOT NULL DEFAULT 0, -- inode change time when last read in full
     backup_id INTEGER,                -- the backup run that inserted this version
     absent_ms INTEGER NOT NULL DEFAULT 0, -- while deleted_at is set: ms counted absent (monotonic)
+    encrypted INTEGER NOT NULL DEFAULT 0, -- chunks encrypted under the master key
     UNIQUE (path, version)
 );
 CREATE TABLE IF NOT EXISTS last_versions (
@@ -368,7 +371,7 @@ fn path_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<PathBuf> {
 }
 
 const FILE_COLUMNS: &str = "file_id, path, version, size, mtime_ns, mode, content_hash, \
-     desired_rd, complete, inode, deleted_at, uid, gid, ctime_ns";
+     desired_rd, complete, inode, deleted_at, uid, gid, ctime_ns, encrypted";
 
 /// Columns added after the first release: (table, name, definition), added to an older catalog
 /// at open. (Tables added later need nothing: SCHEMA creates what is missing.)
@@ -377,6 +380,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("files", "backup_id", "INTEGER"),
     ("files", "absent_ms", "INTEGER NOT NULL DEFAULT 0"),
     ("hosted", "sender", "INTEGER NOT NULL DEFAULT 0"),
+    ("files", "encrypted", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
@@ -396,6 +400,7 @@ fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
             uid: r.get(11)?,
             gid: r.get(12)?,
             ctime_ns: r.get(13)?,
+            encrypted: r.get(14)?,
         },
     ))
 }
@@ -414,6 +419,7 @@ struct FileRowRaw {
     uid: u32,
     gid: u32,
     ctime_ns: i64,
+    encrypted: bool,
 }
 
 fn finish_file((id, raw): (String, FileRowRaw)) -> Result<FileRow, StoreError> {
@@ -432,6 +438,7 @@ fn finish_file((id, raw): (String, FileRowRaw)) -> Result<FileRow, StoreError> {
         gid: raw.gid,
         deleted_at: raw.deleted_at,
         ctime_ns: raw.ctime_ns,
+        encrypted: raw.encrypted,
     })
 }
 
@@ -599,8 +606,8 @@ impl Catalog {
         self.conn
             .prepare_cached(
                 "INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash,
-                                desired_rd, complete, inode, uid, gid, ctime_ns)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10, ?11, ?12)",
+                                desired_rd, complete, inode, uid, gid, ctime_ns, encrypted)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10, ?11, ?12, ?13)",
             )?
             .execute(params![
                 row.file_id.key(),
@@ -614,7 +621,8 @@ impl Catalog {
                 row.inode as i64,
                 row.uid,
                 row.gid,
-                row.ctime_ns
+                row.ctime_ns,
+                row.encrypted
             ])?;
         self.conn
             .prepare_cached(
@@ -1603,6 +1611,7 @@ mod tests {
             gid: 0,
             deleted_at: None,
             ctime_ns: 0,
+            encrypted: false,
         }
     }
 

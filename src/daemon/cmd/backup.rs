@@ -20,10 +20,10 @@ use crate::control::{exit, shown};
 use crate::daemon::driver::{Input, JobEvent, Source};
 use crate::daemon::Node;
 use crate::engine::peer::JobKind;
-use crate::engine::restore::expected_len;
 use crate::fsx::{self, Stamp};
+use crate::protocol::seal::{Cut, FileKey};
 use crate::protocol::{
-    chunk_count, hex, sha256_hex, ChunkId, ChunkNo, FileId, FileIdentity, PeerId, Rd, CHUNK_SIZE,
+    hex, sha256_hex, ChunkId, ChunkNo, FileId, FileIdentity, PeerId, Rd, CHUNK_SIZE,
 };
 use crate::store::{unix_ms, BackupId, FileRow, Forget, StoreError};
 
@@ -56,6 +56,37 @@ fn files_at_once() -> usize {
 /// What a file's backup task returns: its name, its desired RD and how it ended.
 type FileBackup = (PathBuf, u8, Result<BackupReport, BackupError>);
 
+/// What a `backup` command asks beyond its path.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Wanted {
+    /// The desired RD (default: the watched folder's, else 2).
+    pub replication: Option<u8>,
+    /// Encrypt whatever the watched folder says (else as it says; in clear outside them).
+    pub encrypt: bool,
+}
+
+/// How one file is to be backed up.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Plan {
+    pub desired: u8,
+    pub encrypt: bool,
+}
+
+impl Plan {
+    /// As asked, else as the watched folder holding `path` says (RD 2 and in clear outside
+    /// them).
+    fn asked(node: &Node, path: &Path, wanted: Wanted) -> Plan {
+        let config = node.config();
+        let watch = config.watch_of(path);
+        Plan {
+            desired: wanted
+                .replication
+                .unwrap_or_else(|| watch.map_or(2, |w| w.replication)),
+            encrypt: wanted.encrypt || watch.is_some_and(|w| w.encrypt),
+        }
+    }
+}
+
 /// Backs up what `root` names: a file, or every regular file below a folder (walked through
 /// handles, symlinks never followed, each file opened from the handle of the folder it was
 /// found in). `path` is the name the caller gave it (checked to be the same file). `owner`: a
@@ -65,7 +96,7 @@ pub(crate) async fn backup(
     node: &Arc<Node>,
     path: PathBuf,
     root: File,
-    rd: Option<u8>,
+    wanted: Wanted,
     owner: Option<u32>,
     progress: &Progress,
 ) -> Done {
@@ -79,7 +110,7 @@ pub(crate) async fn backup(
         (true, dir) => dir,
         (false, file) => {
             tally
-                .back_up(node, &path, Ok(file), rd, owner, progress)
+                .back_up(node, &path, Ok(file), wanted, owner, progress)
                 .await;
             return tally.done(node, &path);
         }
@@ -115,13 +146,13 @@ pub(crate) async fn backup(
                 Ok(opened) => opened,
                 Err(e) => return Done::failed(e.to_string()),
             };
-            if let Some((file, desired)) =
-                tally.admit(node, &file_path, opened, rd, owner, progress)
+            if let Some((file, plan)) =
+                tally.admit(node, &file_path, opened, wanted, owner, progress)
             {
                 let node = node.clone();
                 running.spawn(async move {
-                    let r = backup_handle(&node, &file_path, file, desired).await;
-                    (file_path, desired, r)
+                    let r = backup_handle(&node, &file_path, file, plan).await;
+                    (file_path, plan.desired, r)
                 });
             }
         }
@@ -161,27 +192,27 @@ impl Tally {
         node: &Arc<Node>,
         file_path: &Path,
         opened: std::io::Result<File>,
-        rd: Option<u8>,
+        wanted: Wanted,
         owner: Option<u32>,
         progress: &Progress,
     ) {
-        if let Some((file, desired)) = self.admit(node, file_path, opened, rd, owner, progress) {
-            let r = backup_handle(node, file_path, file, desired).await;
-            self.record(file_path, desired, r, progress);
+        if let Some((file, plan)) = self.admit(node, file_path, opened, wanted, owner, progress) {
+            let r = backup_handle(node, file_path, file, plan).await;
+            self.record(file_path, plan.desired, r, progress);
         }
     }
 
-    /// A file to back up, with its desired RD, unless it could not be opened or is not the
-    /// caller's (counted here).
+    /// A file to back up, with how, unless it could not be opened or is not the caller's
+    /// (counted here).
     fn admit(
         &mut self,
         node: &Node,
         file_path: &Path,
         opened: std::io::Result<File>,
-        rd: Option<u8>,
+        wanted: Wanted,
         owner: Option<u32>,
         progress: &Progress,
-    ) -> Option<(File, u8)> {
+    ) -> Option<(File, Plan)> {
         let file = match opened {
             Ok(f) => f,
             Err(e) => {
@@ -194,7 +225,7 @@ impl Tally {
             self.skipped += 1;
             return None;
         }
-        Some((file, rd.unwrap_or_else(|| default_rd(node, file_path))))
+        Some((file, Plan::asked(node, file_path, wanted)))
     }
 
     /// A file's backup task ended.
@@ -293,11 +324,6 @@ impl Tally {
     }
 }
 
-/// The RD of the watched folder holding `path`, or 2.
-fn default_rd(node: &Node, path: &Path) -> u8 {
-    node.config().watch_of(path).map_or(2, |w| w.replication)
-}
-
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BackupError {
     #[error("{0}")]
@@ -306,6 +332,8 @@ pub(crate) enum BackupError {
     Store(#[from] StoreError),
     #[error("the file changed while it was being backed up; back it up again once it is stable")]
     Changed,
+    #[error("encryption is asked but this peer has no master key: set peer.master_key_file to it (or make one with `peerstash keygen PATH`) and restart peerstashd")]
+    NoMasterKey,
     #[error("the file is larger than the protocol's 64 GB limit")]
     TooLarge,
     #[error("this version was deleted (`peerstash delete`?) while it was being backed up")]
@@ -342,6 +370,9 @@ pub(crate) enum Why {
     /// Its newest version is this file, but was marked deleted (the file was found gone): it is
     /// back, and the backup says so.
     Deleted,
+    /// Its newest version is this file, encrypted where it is now to be in clear or the other
+    /// way round: a new version (an encrypted version's fileId is not the clear one's).
+    Encryption,
 }
 
 /// Where a file stands for a backup at some RD (`standing`).
@@ -372,9 +403,11 @@ pub(crate) fn standing(
     min_perceived_rd: u32,
     stamp: &Stamp,
     rd: u8,
+    encrypt: bool,
 ) -> Standing {
     match unchanged(latest, stamp) {
         Err(why) => Standing::Read(why),
+        Ok(f) if f.encrypted != encrypt => Standing::Read(Why::Encryption),
         Ok(f) if f.desired_rd == rd && min_perceived_rd >= u32::from(rd) => {
             Standing::AtRd { version: f.version }
         }
@@ -409,6 +442,7 @@ pub(crate) async fn standing_of(
     path: &Path,
     stamp: Stamp,
     rd: u8,
+    encrypt: bool,
 ) -> Result<Standing, StoreError> {
     let p = path.to_path_buf();
     node.catalog
@@ -418,7 +452,7 @@ pub(crate) async fn standing_of(
                 Some(f) => c.min_perceived_rd(&f.file_id)?,
                 None => 0,
             };
-            Ok(standing(latest.as_ref(), min, &stamp, rd))
+            Ok(standing(latest.as_ref(), min, &stamp, rd, encrypt))
         })
         .await
 }
@@ -465,12 +499,12 @@ fn scan_file(mut file: File) -> std::io::Result<(File, Scanned)> {
     Ok((file, scanned))
 }
 
-/// Reads chunk `no` of `size`-byte file (short only for the last chunk).
-fn read_chunk(file: &File, size: u64, no: u64) -> std::io::Result<Vec<u8>> {
-    let len = expected_len(size, no as u32).unwrap_or(0);
-    let mut body = vec![0u8; len];
-    file.read_exact_at(&mut body, no * CHUNK_SIZE as u64)?;
-    Ok(body)
+/// Reads piece `no` of a `size`-byte file cut as `cut` says (short only for the last one).
+fn read_piece(file: &File, cut: Cut, size: u64, no: ChunkNo) -> std::io::Result<Vec<u8>> {
+    let len = cut.piece_len(size, no.0).unwrap_or(0);
+    let mut piece = vec![0u8; len];
+    file.read_exact_at(&mut piece, cut.offset(no))?;
+    Ok(piece)
 }
 
 /// Backs up the file at `path`, which the daemon opens itself (a watched file, or one it
@@ -479,7 +513,7 @@ fn read_chunk(file: &File, size: u64, no: u64) -> std::io::Result<Vec<u8>> {
 pub(crate) async fn backup_file(
     node: &Arc<Node>,
     path: &Path,
-    desired: u8,
+    plan: Plan,
 ) -> Result<BackupReport, BackupError> {
     let base = node
         .config()
@@ -490,7 +524,7 @@ pub(crate) async fn backup_file(
         move || fsx::open_under(&base, &path, fsx::Kind::File)
     })
     .await??;
-    backup_handle(node, path, file, desired).await
+    backup_handle(node, path, file, plan).await
 }
 
 /// Backs up the open file `file` under the name `path`, unless it is already backed up at
@@ -499,12 +533,18 @@ pub(crate) async fn backup_handle(
     node: &Arc<Node>,
     path: &Path,
     file: File,
-    desired: u8,
+    plan: Plan,
 ) -> Result<BackupReport, BackupError> {
-    let rd = Rd::new(desired).unwrap_or_else(|| Rd::new(1).expect("1 is a valid RD"));
+    let rd = Rd::new(plan.desired).unwrap_or_else(|| Rd::new(1).expect("1 is a valid RD"));
+    let master = match plan.encrypt {
+        true => Some(node.master_key().ok_or(BackupError::NoMasterKey)?),
+        false => None,
+    };
+    let cut = Cut::of(plan.encrypt);
     let (file, now) =
         spawn_blocking(move || file.metadata().map(|m| (file, Stamp::of(&m)))).await??;
-    if let Standing::AtRd { version } = standing_of(node, path, now, rd.get()).await? {
+    let standing = standing_of(node, path, now, rd.get(), plan.encrypt).await?;
+    if let Standing::AtRd { version } = standing {
         tracing::debug!(
             "{} is already backed up at RD {rd} (version {version}): nothing to send",
             path.display()
@@ -512,7 +552,7 @@ pub(crate) async fn backup_handle(
         return Ok(BackupReport {
             version,
             size: now.size,
-            chunks: chunk_count(now.size),
+            chunks: cut.count(now.size),
             below: 0,
             peers_heard: 0,
         });
@@ -535,18 +575,22 @@ pub(crate) async fn backup_handle(
         return Err(BackupError::Changed);
     }
     let stamp = scanned.stamp;
-    let chunks = chunk_count(stamp.size);
+    let chunks = cut.count(stamp.size);
     if chunks > u64::from(crate::protocol::message::MAX_CHUNK_NO) + 1 {
         return Err(BackupError::TooLarge);
     }
-    let file_id = FileIdentity {
+    let identity = FileIdentity {
         peer: node.id,
         path: path.as_os_str().as_bytes(),
         size: stamp.size,
         mtime_ns: stamp.mtime_ns,
         content_hash: &scanned.content_hash,
-    }
-    .file_id();
+    };
+    let file_id = match &master {
+        Some(master) => master.file_id(&identity),
+        None => identity.file_id(),
+    };
+    let key = master.map(|m| Arc::new(m.file_key(&file_id)));
     let row = FileRow {
         file_id: file_id.clone(),
         path: path.to_path_buf(),
@@ -562,6 +606,7 @@ pub(crate) async fn backup_handle(
         gid: stamp.gid,
         deleted_at: None,
         ctime_ns: stamp.ctime_ns,
+        encrypted: plan.encrypt,
     };
     // The same content backed up again is the same version: resume it (only chunks below
     // their RD are sent again), under the RD asked now. Either way the path exists: its
@@ -584,9 +629,13 @@ pub(crate) async fn backup_handle(
     let (ready_tx, mut ready) = mpsc::channel::<Prepared>(2 * READ_BATCH);
     let reader = tokio::spawn(prepare_chunks(
         node.clone(),
-        file.clone(),
-        file_id.clone(),
-        stamp.size,
+        Reading {
+            file: file.clone(),
+            file_id: file_id.clone(),
+            size: stamp.size,
+            cut,
+            key: key.clone(),
+        },
         resumed,
         ready_tx,
     ));
@@ -608,9 +657,10 @@ pub(crate) async fn backup_handle(
                 };
                 let source = Source::File {
                     file: file.clone(),
-                    offset: u64::from(p.chunk_no.0) * CHUNK_SIZE as u64,
-                    len: p.body.len(),
+                    offset: cut.offset(p.chunk_no),
+                    len: p.piece_len,
                     hash: p.hash,
+                    key: key.clone(),
                 };
                 node.engine(Input::BackupChunk {
                     job: job.id,
@@ -727,8 +777,20 @@ async fn abandon(
 struct Prepared {
     chunk_no: ChunkNo,
     body: Vec<u8>,
+    /// The length of the file's piece it holds (its body's, unless encrypted).
+    piece_len: usize,
     hash: String,
     known: Vec<PeerId>,
+}
+
+/// What `prepare_chunks` reads: the file, the version it is, and how its chunks are made.
+struct Reading {
+    file: Arc<File>,
+    file_id: FileId,
+    size: u64,
+    cut: Cut,
+    /// The file's key when its chunks are encrypted.
+    key: Option<Arc<FileKey>>,
 }
 
 /// Reads the file chunk by chunk, records each chunk's size and hash in the catalog (before its
@@ -738,38 +800,41 @@ struct Prepared {
 /// the file changed since) stops it with `Changed` before that chunk is recorded or sent.
 async fn prepare_chunks(
     node: Arc<Node>,
-    file: Arc<File>,
-    file_id: FileId,
-    size: u64,
+    reading: Reading,
     resumed: bool,
     ready: mpsc::Sender<Prepared>,
 ) -> Result<(String, Stamp), BackupError> {
-    let chunks = chunk_count(size);
+    let reading = Arc::new(reading);
+    let chunks = reading.cut.count(reading.size);
     let mut rehash = Sha256::new();
     let mut next = 0u64;
     while next < chunks {
         let batch = (READ_BATCH as u64).min(chunks - next);
-        let (bodies, hashes) = spawn_blocking({
-            let (file, first) = (file.clone(), next);
+        // Read (and encrypted) away from the runtime; the content hash is of the plaintext.
+        let (read, hashed) = spawn_blocking({
+            let (r, first) = (reading.clone(), next);
             move || -> std::io::Result<_> {
-                let bodies = (first..first + batch)
-                    .map(|no| read_chunk(&file, size, no))
-                    .collect::<std::io::Result<Vec<_>>>()?;
-                let hashes: Vec<String> = bodies.iter().map(|b| sha256_hex(b)).collect();
-                Ok((bodies, hashes))
+                let mut read = Vec::with_capacity(batch as usize);
+                for no in (first..first + batch).map(|no| ChunkNo(no as u32)) {
+                    let piece = read_piece(&r.file, r.cut, r.size, no)?;
+                    rehash.update(&piece);
+                    let piece_len = piece.len();
+                    let body = match &r.key {
+                        Some(key) => key.seal(no, &piece),
+                        None => piece,
+                    };
+                    let hash = sha256_hex(&body);
+                    read.push((no, body, piece_len, hash));
+                }
+                Ok((read, rehash))
             }
         })
         .await??;
-        let rows: Vec<(ChunkNo, u64, String)> = bodies
-            .iter()
-            .zip(&hashes)
-            .enumerate()
-            .map(|(i, (b, h))| {
-                rehash.update(b);
-                (ChunkNo((next + i as u64) as u32), b.len() as u64, h.clone())
-            })
+        rehash = hashed;
+        let rows: Vec<(ChunkNo, u64, String)> = (read.iter())
+            .map(|(no, body, _, hash)| (*no, body.len() as u64, hash.clone()))
             .collect();
-        let f = file_id.clone();
+        let f = reading.file_id.clone();
         let known = node
             .catalog
             .call(move |c| {
@@ -787,12 +852,13 @@ async fn prepare_chunks(
                 Ok(known)
             })
             .await?;
-        let same = known.len() == bodies.len();
+        let same = known.len() == read.len();
         // Chunks up to the first one that differs are as recorded: they may still be sent.
-        for ((body, hash), known) in bodies.into_iter().zip(hashes).zip(known) {
+        for ((chunk_no, body, piece_len, hash), known) in read.into_iter().zip(known) {
             let p = Prepared {
-                chunk_no: ChunkNo(next as u32),
+                chunk_no,
                 body,
+                piece_len,
                 hash,
                 known,
             };
@@ -805,6 +871,7 @@ async fn prepare_chunks(
             return Err(BackupError::Changed);
         }
     }
+    let file = reading.file.clone();
     let after = spawn_blocking(move || file.metadata()).await??;
     Ok((hex(&rehash.finalize()), Stamp::of(&after)))
 }
@@ -830,6 +897,7 @@ mod tests {
             gid: stamp.gid,
             deleted_at: None,
             ctime_ns: stamp.ctime_ns,
+            encrypted: false,
         }
     }
 
@@ -851,12 +919,12 @@ mod tests {
         let now = stamp();
         let f = row(&now);
         assert_eq!(
-            standing(Some(&f), 2, &now, 2),
+            standing(Some(&f), 2, &now, 2, false),
             Standing::AtRd { version: 3 }
         );
         // More holders than asked: still at RD (the surplus settles at the next reclaim).
         assert_eq!(
-            standing(Some(&f), 4, &now, 2),
+            standing(Some(&f), 4, &now, 2, false),
             Standing::AtRd { version: 3 }
         );
         // Owner, mode and links are no part of it (a chmod moves the ctime, which is).
@@ -867,7 +935,7 @@ mod tests {
             ..now
         };
         assert_eq!(
-            standing(Some(&f), 2, &other, 2),
+            standing(Some(&f), 2, &other, 2, false),
             Standing::AtRd { version: 3 }
         );
     }
@@ -878,21 +946,21 @@ mod tests {
         let f = row(&now);
         // A chunk with one holder short.
         assert_eq!(
-            standing(Some(&f), 1, &now, 2),
+            standing(Some(&f), 1, &now, 2, false),
             Standing::BelowRd { version: 3 }
         );
         // Another RD asked, higher or lower: the version is backed up again under it.
         assert_eq!(
-            standing(Some(&f), 3, &now, 3),
+            standing(Some(&f), 3, &now, 3, false),
             Standing::BelowRd { version: 3 }
         );
         assert_eq!(
-            standing(Some(&f), 2, &now, 1),
+            standing(Some(&f), 2, &now, 1, false),
             Standing::BelowRd { version: 3 }
         );
         // No chunk recorded with a holder at all.
         assert_eq!(
-            standing(Some(&f), 0, &now, 1),
+            standing(Some(&f), 0, &now, 1, false),
             Standing::BelowRd { version: 3 }
         );
     }
@@ -901,7 +969,7 @@ mod tests {
     fn a_file_other_than_its_newest_version_must_be_read() {
         let now = stamp();
         let f = row(&now);
-        assert_eq!(standing(None, 0, &now, 2), Standing::Read(Why::New));
+        assert_eq!(standing(None, 0, &now, 2, false), Standing::Read(Why::New));
         for changed in [
             Stamp { size: 999, ..now },
             Stamp {
@@ -910,7 +978,7 @@ mod tests {
             },
         ] {
             assert_eq!(
-                standing(Some(&f), 2, &changed, 2),
+                standing(Some(&f), 2, &changed, 2, false),
                 Standing::Read(Why::Changed)
             );
         }
@@ -922,7 +990,7 @@ mod tests {
             Stamp { inode: 43, ..now },
         ] {
             assert_eq!(
-                standing(Some(&f), 2, &touched, 2),
+                standing(Some(&f), 2, &touched, 2, false),
                 Standing::Read(Why::Touched)
             );
         }
@@ -931,7 +999,7 @@ mod tests {
             ..f.clone()
         };
         assert_eq!(
-            standing(Some(&unfinished), 2, &now, 2),
+            standing(Some(&unfinished), 2, &now, 2, false),
             Standing::Read(Why::Unfinished)
         );
         let deleted = FileRow {
@@ -939,8 +1007,13 @@ mod tests {
             ..f.clone()
         };
         assert_eq!(
-            standing(Some(&deleted), 2, &now, 2),
+            standing(Some(&deleted), 2, &now, 2, false),
             Standing::Read(Why::Deleted)
+        );
+        // Encrypted now, in clear before (or the other way round): a new version.
+        assert_eq!(
+            standing(Some(&f), 2, &now, 2, true),
+            Standing::Read(Why::Encryption)
         );
         // The scans ask only this half: whatever the RD, the same file is unchanged.
         assert!(unchanged(Some(&f), &now).is_ok());

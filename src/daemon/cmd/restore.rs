@@ -15,8 +15,8 @@ use crate::control::{exit, shown, Restored};
 use crate::daemon::driver::{Input, JobEvent};
 use crate::daemon::Node;
 use crate::engine::peer::JobKind;
-use crate::engine::restore::expected_len;
-use crate::protocol::{chunk_count, hex, ChunkId, CHUNK_SIZE};
+use crate::protocol::seal::{Cut, FileKey};
+use crate::protocol::{hex, ChunkId};
 use crate::store::{FileChunkRow, FileRow, StoreError};
 
 /// Chunk writes waiting to finish before more are started.
@@ -117,16 +117,28 @@ enum RestoreError {
     HashMismatch,
     #[error("the daemon stopped before this request ended; run the restore again once the daemon is back")]
     Stopping,
+    #[error("this version is encrypted and this peer has no master key: put back the copy of the key you kept as peer.master_key_file and restart peerstashd")]
+    NoMasterKey,
+    #[error(transparent)]
+    Unsealed(#[from] crate::protocol::seal::Unsealed),
     #[error("internal error: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
 
 async fn restore_file(node: &Arc<Node>, row: &FileRow, out: File) -> Result<(), RestoreError> {
+    let cut = Cut::of(row.encrypted);
+    let key = match row.encrypted {
+        true => {
+            let master = node.master_key().ok_or(RestoreError::NoMasterKey)?;
+            Some(Arc::new(master.file_key(&row.file_id)))
+        }
+        false => None,
+    };
     let f = row.file_id.clone();
     let chunks = node.catalog.call(move |c| c.file_chunks(&f)).await?;
-    if chunks.len() as u64 != chunk_count(row.size) {
+    if chunks.len() as u64 != cut.count(row.size) {
         return Err(RestoreError::Missing(
-            (chunk_count(row.size) as usize).saturating_sub(chunks.len()),
+            (cut.count(row.size) as usize).saturating_sub(chunks.len()),
             chunks.len() as u32,
         ));
     }
@@ -139,7 +151,7 @@ async fn restore_file(node: &Arc<Node>, row: &FileRow, out: File) -> Result<(), 
     })
     .await??;
     let out = Arc::new(out);
-    fetch_all(node, row, chunks, &out).await?;
+    fetch_all(node, row, chunks, &out, key).await?;
     let hash = row.content_hash.clone();
     spawn_blocking(move || finish_restore(&out, &hash)).await?
 }
@@ -170,7 +182,9 @@ async fn fetch_all(
     row: &FileRow,
     chunks: Vec<FileChunkRow>,
     out: &Arc<File>,
+    key: Option<Arc<FileKey>>,
 ) -> Result<(), RestoreError> {
+    let cut = Cut::of(key.is_some());
     let mut job = node.start_job(JobKind::Restore);
     let mut todo = chunks.into_iter();
     let mut writes: JoinSet<Result<(), u32>> = JoinSet::new();
@@ -187,7 +201,10 @@ async fn fetch_all(
                 break;
             };
             // A recorded length that the chunking rule does not allow: no CHUNK can be right.
-            if expected_len(row.size, no.0).is_none_or(|e| e as u64 != size) {
+            if cut
+                .chunk_len(row.size, no.0)
+                .is_none_or(|e| e as u64 != size)
+            {
                 missing.push(no.0);
                 continue;
             }
@@ -217,13 +234,21 @@ async fn fetch_all(
                 let no = chunk.chunk_no.0;
                 match body {
                     None => missing.push(no),
-                    // A hole already reads as zeros.
-                    Some(body) if body.iter().all(|b| *b == 0) => {}
                     Some(body) => {
-                        let out = out.clone();
-                        let offset = u64::from(no) * CHUNK_SIZE as u64;
+                        let (out, key) = (out.clone(), key.clone());
+                        let offset = cut.offset(chunk.chunk_no);
+                        // Its hash was checked against the catalog's: a chunk that does not
+                        // decrypt then is under another master key.
+                        let piece = match key {
+                            Some(key) => key.open(chunk.chunk_no, &body)?,
+                            None => body,
+                        };
+                        // A hole already reads as zeros.
+                        if piece.iter().all(|b| *b == 0) {
+                            continue;
+                        }
                         writes.spawn_blocking(move || {
-                            out.write_all_at(&body, offset).map_err(|_| no)
+                            out.write_all_at(&piece, offset).map_err(|_| no)
                         });
                         while writes.len() > MAX_PENDING_WRITES {
                             if let Some(Ok(Err(no))) = writes.join_next().await {

@@ -1,0 +1,214 @@
+//! Encrypted chunks (SPEC §3), with real daemons on loopback: what the hosts keep and what
+//! crosses the LAN holds none of the file's plaintext; a restore gives the file back byte for
+//! byte, even with a damaged copy on one holder; without the master key nothing is readable.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use peerstash::protocol::seal::PIECE;
+
+/// A file of `len` bytes: a random 32-byte marker over and over (so any piece of plaintext of
+/// 32 bytes or more that leaks contains it, whatever the alignment).
+fn marked_file(path: &Path, len: usize) -> (Vec<u8>, Vec<u8>) {
+    let marker = random_bytes(32);
+    let bytes: Vec<u8> = marker.iter().copied().cycle().take(len).collect();
+    std::fs::write(path, &bytes).unwrap();
+    (marker, bytes)
+}
+
+/// Whether `haystack` holds the marker's first 16 bytes at any offset.
+fn leaks(haystack: &[u8], marker: &[u8]) -> bool {
+    haystack.windows(16).any(|w| w == &marker[..16])
+}
+
+/// Every byte a peer keeps in its chunk store.
+fn store_bytes(peer: &Peer) -> Vec<u8> {
+    let dir = peer.dir.join("state").join("chunks");
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            all.extend(std::fs::read(path).unwrap());
+        }
+    }
+    all
+}
+
+fn backed_up_at(c: &Cluster, path: &Path, rd: u64) -> bool {
+    c.try_state(0)
+        .is_some_and(|s| file_entries(&s, path).iter().any(|f| min_rd(f) >= rd))
+}
+
+#[test]
+fn an_encrypted_folder_shows_no_plaintext_to_its_hosts_nor_the_lan() {
+    let folder = tempfile::tempdir().unwrap();
+    let watch = format!(
+        "[[watch]]\npath = \"{}\"\nreplication = 2\nquiet = \"200ms\"\nencrypt = true\n",
+        folder.path().display()
+    );
+    let mut c = Cluster::start_with(&["0", "10 MiB", "10 MiB", "10 MiB"], &[&watch]);
+    // A daemon started by hand makes its master key when a folder needs it, private.
+    let key = c.peer(0).dir.join("master.key");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!((mode, std::fs::metadata(&key).unwrap().len()), (0o600, 32));
+
+    let lan = Listener::join(c.mdb).record();
+    let file = folder.path().join("secret.bin");
+    let len = 3 * PIECE + 8_048;
+    let (marker, bytes) = marked_file(&file, len);
+    assert!(
+        wait_until(Duration::from_secs(30), || backed_up_at(&c, &file, 2)),
+        "not backed up at RD 2:\n{}",
+        c.dump()
+    );
+    let heard = lan.stop();
+
+    // On the LAN: the PUTCHUNKs of its 4 chunks, 64000 bytes each but the last (SPEC §1).
+    let mut sizes = std::collections::BTreeMap::new();
+    for d in &heard {
+        let fields = header_fields(d);
+        if fields.get(1).map(String::as_str) == Some("PUTCHUNK") {
+            let body = d.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            sizes.insert(fields[4].parse::<u32>().unwrap(), d.len() - body);
+        }
+        assert!(!leaks(d, &marker), "plaintext on the LAN: {:?}", fields);
+    }
+    let expected = [(0, 64_000), (1, 64_000), (2, 64_000), (3, 8_048 + 16)];
+    assert_eq!(sizes, expected.into_iter().collect(), "chunk sizes on MDB");
+
+    // On the hosts: ciphertext only, on at least the 2 holders.
+    let mut holders = 0;
+    for i in 1..4 {
+        let kept = store_bytes(c.peer(i));
+        holders += usize::from(kept.len() > len / 2);
+        assert!(
+            !leaks(&kept, &marker),
+            "plaintext in peer {}'s store",
+            i + 1
+        );
+    }
+    assert!(holders >= 2, "{holders} peers hold the file");
+
+    // Back byte for byte.
+    let out = folder.path().join("back.bin");
+    c.cli_ok(
+        0,
+        &[
+            "restore",
+            file.to_str().unwrap(),
+            "--to",
+            out.to_str().unwrap(),
+        ],
+        0,
+    );
+    assert!(
+        std::fs::read(&out).unwrap() == bytes,
+        "restored bytes differ"
+    );
+
+    // A damaged copy on one holder: detected, and the chunk comes from the other one.
+    let holder = (1..4)
+        .find(|i| store_bytes(c.peer(*i)).len() > len / 2)
+        .unwrap();
+    damage_every_pack(c.peer(holder));
+    std::fs::remove_file(&out).unwrap();
+    c.cli_ok(
+        0,
+        &[
+            "restore",
+            file.to_str().unwrap(),
+            "--to",
+            out.to_str().unwrap(),
+        ],
+        0,
+    );
+    assert!(
+        std::fs::read(&out).unwrap() == bytes,
+        "restored bytes differ"
+    );
+    c.stop_all();
+}
+
+/// Flips one byte of the body of every chunk in a peer's packs (64 KiB slots, 40-byte header).
+fn damage_every_pack(peer: &Peer) {
+    use std::os::unix::fs::FileExt;
+    let dir = peer.dir.join("state").join("chunks");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let len = f.metadata().unwrap().len();
+        let mut slot = 0;
+        while slot * 65_536 + 100 < len {
+            let at = slot * 65_536 + 100;
+            let mut b = [0u8; 1];
+            f.read_exact_at(&mut b, at).unwrap();
+            f.write_all_at(&[b[0] ^ 0xff], at).unwrap();
+            slot += 1;
+        }
+    }
+}
+
+#[test]
+fn backup_encrypt_needs_the_master_key_to_be_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(&["0", "10 MiB", "10 MiB"]);
+    let key: PathBuf = c.peer(0).dir.join("master.key");
+    // Nothing encrypted yet: no key made (a peer that encrypts nothing writes no key).
+    assert!(!key.exists());
+    let file = dir.path().join("notes.txt");
+    let (_, bytes) = marked_file(&file, 100_000);
+    let out = c.cli(0, &["backup", file.to_str().unwrap(), "--encrypt"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no master key"), "{err}");
+
+    // With a key: backed up encrypted, and restored.
+    peerstash::config::write_new_key(&key).unwrap();
+    c.restart(0);
+    c.cli_ok(0, &["backup", file.to_str().unwrap(), "--encrypt"], 0);
+    let out_file = dir.path().join("back.txt");
+    let restore = [
+        "restore",
+        file.to_str().unwrap(),
+        "--to",
+        out_file.to_str().unwrap(),
+    ];
+    c.cli_ok(0, &restore, 0);
+    assert!(std::fs::read(&out_file).unwrap() == bytes);
+
+    // The key lost: the restore says what is missing, and writes nothing.
+    std::fs::remove_file(&out_file).unwrap();
+    let kept = std::fs::read(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    c.restart(0);
+    let out = c.cli(0, &restore);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no master key"), "{err}");
+    assert!(!out_file.exists());
+
+    // Another key: the chunks do not decrypt.
+    peerstash::config::write_new_key(&key).unwrap();
+    c.restart(0);
+    let out = c.cli(0, &restore);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("does not decrypt"), "{err}");
+
+    // The right key back: restored.
+    std::fs::remove_file(&key).unwrap();
+    std::fs::write(&key, kept).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    c.restart(0);
+    c.cli_ok(0, &restore, 0);
+    assert!(std::fs::read(&out_file).unwrap() == bytes);
+    c.stop_all();
+}
