@@ -56,6 +56,10 @@ pub enum Command {
     /// Check the catalog in full (slow on a large catalog; `peerstashd` does a quick check at
     /// every start). Root only.
     Check,
+    /// Read back every chunk this peer hosts and check it against its hash; a damaged copy is
+    /// dropped and announced (REMOVED), so another holder makes a new one. Root only (the
+    /// packages run it weekly).
+    Scrub,
     /// Show this peer's state: quota, what it backed up and how healthy each file is, what it
     /// hosts.
     State {

@@ -11,6 +11,8 @@ if [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null 2>&1 || true
     # Enabled, not started: it starts once /etc/peerstash/peerstash.toml has a peer id.
     [ "$1" -eq 1 ] && systemctl enable peerstash.service >/dev/null 2>&1 || true
+    # The weekly scrub of the hosted chunks (it does nothing while the daemon is stopped).
+    systemctl enable --now peerstash-scrub.timer >/dev/null 2>&1 || true
 fi
 if [ "$1" -eq 1 ]; then
     echo "peerstash: set a unique peer.id (and the quota and folders to watch) in"

@@ -123,6 +123,7 @@ fn run(args: Args) -> i32 {
                 Command::State { .. } => Request::State,
                 Command::Peers { .. } => Request::Peers,
                 Command::Check => Request::Check,
+                Command::Scrub => Request::Scrub,
                 Command::Backup { .. }
                 | Command::Restore { .. }
                 | Command::Demo

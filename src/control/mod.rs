@@ -175,6 +175,9 @@ pub enum Request {
     State,
     /// A full check of the catalog (SQLite's integrity_check); root only.
     Check,
+    /// Every hosted chunk checked against its hash, the damaged ones dropped (REMOVED); root
+    /// only.
+    Scrub,
     /// Every peer heard or holding chunks of ours (no paths: anyone may ask).
     Peers,
 }

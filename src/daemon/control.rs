@@ -227,6 +227,9 @@ async fn prepare(
         Request::Check if owner.is_some() => {
             Err("check reads the whole catalog: run it as root".into())
         }
+        Request::Scrub if owner.is_some() => {
+            Err("scrub reads every chunk this peer hosts: run it as root".into())
+        }
         Request::Backup {
             path,
             replication,
@@ -367,6 +370,7 @@ async fn run(
         Job::Other(Request::Reclaim { quota }) => cmd::reclaim::reclaim(&node, quota).await,
         Job::Other(Request::State) => cmd::state::state(&node, owner).await,
         Job::Other(Request::Check) => cmd::check::check(&node).await,
+        Job::Other(Request::Scrub) => cmd::scrub::scrub(&node, &progress).await,
         Job::Other(Request::Peers) => cmd::peers::peers(&node).await,
         Job::Other(Request::Backup { .. } | Request::Restore { .. }) => {
             unreachable!("prepare turns these into their jobs")

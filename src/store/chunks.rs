@@ -306,15 +306,20 @@ impl ChunkStore {
             .read(true)
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(self.pack_of(file_id))?;
+        let pack_path = || self.pack_of(file_id).display().to_string();
         match read_slot(&pack, chunk_no)? {
             Slot::Chunk { body, hash } => Ok((body, crate::protocol::hex(&hash))),
-            _ => Err(io::Error::new(
-                io::ErrorKind::NotFound,
+            Slot::Torn if read_header(&pack, chunk_no)?.is_some() => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
                 format!(
-                    "no chunk {} in {}",
+                    "chunk {} in {} is damaged: its bytes do not match its SHA-256",
                     chunk_no.0,
-                    self.pack_of(file_id).display()
+                    pack_path()
                 ),
+            )),
+            Slot::Torn => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no chunk {} in {}", chunk_no.0, pack_path()),
             )),
         }
     }

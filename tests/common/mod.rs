@@ -405,6 +405,28 @@ pub fn chunks_on_disk(
     peerstash::store::chunks::list(&peer.dir.join("state").join("chunks")).unwrap_or_default()
 }
 
+/// Flips a byte in the body of every chunk a peer keeps (64 KiB slots, 40-byte header).
+pub fn damage_every_chunk(peer: &Peer) {
+    use peerstash::store::chunks::{HEADER, SLOT};
+    use std::os::unix::fs::FileExt;
+    for (file_id, chunk_no, _) in chunks_on_disk(peer) {
+        let path = peer
+            .dir
+            .join("state")
+            .join("chunks")
+            .join(format!("{}.pack", file_id.key()));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let at = u64::from(chunk_no.0) * SLOT + HEADER + 7;
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0xff], at).unwrap();
+    }
+}
+
 /// A command run as uid and gid `uid` (setpriv), with the extra group `group` (None: none).
 pub fn as_uid(uid: u32, group: Option<u32>, program: &Path) -> Command {
     let groups = match group {

@@ -1,0 +1,89 @@
+//! `peerstash scrub`: every hosted chunk read back and checked against the hash recorded when it
+//! was stored. A damaged or unreadable copy is dropped and announced with REMOVED, so the peers
+//! that know the chunk (its home peer, its other holders) make a new copy elsewhere (SPEC §2
+//! "Space reclaim"). Run weekly by the packages' timer (`peerstash-scrub.timer`).
+
+use std::sync::Arc;
+
+use tokio::task::spawn_blocking;
+
+use super::{report, Done, Progress};
+use crate::daemon::disk;
+use crate::daemon::driver::Input;
+use crate::daemon::Node;
+use crate::protocol::ChunkId;
+use crate::store::HostedRow;
+
+/// Chunks read in one blocking task.
+const BATCH: usize = 64;
+
+pub(crate) async fn scrub(node: &Arc<Node>, progress: &Progress) -> Done {
+    let hosted = match node.catalog.call(|c| c.all_hosted()).await {
+        Ok(rows) => rows,
+        Err(e) => return Done::failed(format!("cannot list the hosted chunks: {e}")),
+    };
+    let total = hosted.len();
+    let (mut checked, mut dropped) = (0usize, 0usize);
+    let rows: Vec<HostedRow> = hosted.into_iter().map(|(row, _)| row).collect();
+    for batch in rows.chunks(BATCH) {
+        let batch_len = batch.len();
+        let (store, batch) = (node.store.clone(), batch.to_vec());
+        // Read away from the runtime; the store checks each body against its slot's hash as
+        // it reads, which is compared with the catalog's.
+        let damaged = spawn_blocking(move || {
+            batch
+                .into_iter()
+                .filter_map(|row| {
+                    let why = match store.read_hashed(&row.file_id, row.chunk_no) {
+                        Ok((body, _)) if body.len() as u64 != row.size => {
+                            format!("{} bytes, not {}", body.len(), row.size)
+                        }
+                        Ok((_, hash)) if hash != row.hash => "another hash".to_string(),
+                        Ok(_) => return None,
+                        Err(e) => e.to_string(),
+                    };
+                    Some((row.chunk_id(), why))
+                })
+                .collect::<Vec<(ChunkId, String)>>()
+        })
+        .await;
+        let damaged = match damaged {
+            Ok(d) => d,
+            Err(e) => return Done::failed(format!("internal error: {e}")),
+        };
+        checked += batch_len;
+        for (chunk, why) in damaged {
+            match disk::unhost(node, &chunk).await {
+                Ok(true) => {
+                    node.engine(Input::SendRemoved(chunk.clone()));
+                    dropped += 1;
+                    tracing::warn!(
+                        "scrub: hosted chunk {chunk} is damaged ({why}): dropped, REMOVED sent"
+                    );
+                    report(
+                        progress,
+                        format!("damaged {chunk} ({why}): dropped, REMOVED sent"),
+                    );
+                }
+                Ok(false) => {} // gone meanwhile (deleted, reclaimed)
+                Err(e) => return Done::failed(format!("cannot drop damaged chunk {chunk}: {e}")),
+            }
+        }
+        if checked % (BATCH * 64) == 0 {
+            report(
+                progress,
+                format!("checked {checked} of {total} hosted chunks"),
+            );
+        }
+    }
+    let message = format!(
+        "checked {checked} hosted chunks: {} damaged{}",
+        dropped,
+        match dropped {
+            0 => String::new(),
+            _ =>
+                ", dropped and announced with REMOVED (their other holders make new copies)".into(),
+        }
+    );
+    Done::ok(message)
+}
