@@ -36,16 +36,23 @@ pub enum Command {
     },
     /// Rebuild a backed-up file from the peers and check its content hash.
     Restore {
-        path: PathBuf,
+        /// The file to restore; with --all, the folder to restore everything into (default:
+        /// every file to its own path).
+        #[arg(required_unless_present = "all")]
+        path: Option<PathBuf>,
         /// Which version (see `versions`); default the newest.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "all")]
         version: Option<u32>,
         /// Where to write it (a file, or a folder to put it in); default its own path.
-        #[arg(long, value_name = "DEST")]
+        #[arg(long, value_name = "DEST", conflicts_with = "all")]
         to: Option<PathBuf>,
         /// Overwrite an existing file.
         #[arg(long)]
         force: bool,
+        /// Every file of every watched folder (its newest complete version), with its owner,
+        /// mode and mtime, below PATH if given (as /PATH/watched/folder/file).
+        #[arg(long)]
+        all: bool,
     },
     /// List the backed-up versions of a path (or of every file below a folder).
     Versions { path: PathBuf },

@@ -103,6 +103,9 @@ impl WatchConfig {
     pub fn excludes(&self, set: &globset::GlobSet, path: &Path) -> bool {
         self.is_own(path)
             || path
+                .file_name()
+                .is_some_and(crate::control::client::is_restore_temp)
+            || path
                 .strip_prefix(&self.path)
                 .map(|rel| set.is_match(rel))
                 .unwrap_or(false)

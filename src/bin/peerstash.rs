@@ -50,17 +50,12 @@ fn run(args: Args) -> i32 {
         }
         _ => {}
     }
-    let socket = match (&args.socket, &args.config) {
+    let config_path = (args.config.clone()).unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let config = Config::load(&config_path);
+    let socket = match (&args.socket, &config) {
         (Some(s), _) => s.clone(),
-        (None, config) => {
-            let path = config
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
-            match Config::load(&path) {
-                Ok(c) => c.peer.control_socket,
-                Err(e) => return fail(exit::USAGE, format!("{e} (or pass --socket)")),
-            }
-        }
+        (None, Ok(c)) => c.peer.control_socket.clone(),
+        (None, Err(e)) => return fail(exit::USAGE, format!("{e} (or pass --socket)")),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -97,11 +92,34 @@ fn run(args: Args) -> i32 {
             ))
         }
         Command::Restore {
+            path: dest,
+            force,
+            all: true,
+            ..
+        } => {
+            // The watched folders are the config's.
+            let config = match config {
+                Ok(c) => c,
+                Err(e) => {
+                    return fail(
+                        exit::USAGE,
+                        format!("restore --all restores the watched folders of the config: {e}"),
+                    )
+                }
+            };
+            let dest = dest.as_deref().map(resolve);
+            return restore_all(&runtime, &socket, &config, dest.as_deref(), force);
+        }
+        Command::Restore {
             path,
             version,
             to,
             force,
+            all: false,
         } => {
+            let Some(path) = path else {
+                return fail(exit::USAGE, "restore needs a PATH (or --all)");
+            };
             let path = resolve(&path);
             let dest = control::client::destination(&path, to.as_deref().map(resolve).as_deref());
             runtime.block_on(control::client::restore(
@@ -168,6 +186,86 @@ fn run(args: Args) -> i32 {
     match printed {
         Ok(()) => code,
         Err(e) => fail(exit::FAILED, e),
+    }
+}
+
+/// `restore --all [DEST]`: the newest complete version of every file below every watched
+/// folder, restored one by one as `restore` does (owner, mode, mtime; into DEST/path when DEST
+/// is given). Existing files are skipped unless `force`. Ends with one summary line.
+fn restore_all(
+    runtime: &tokio::runtime::Runtime,
+    socket: &Path,
+    config: &Config,
+    dest: Option<&Path>,
+    force: bool,
+) -> i32 {
+    let mut newest: std::collections::BTreeMap<PathBuf, u32> = Default::default();
+    for w in &config.watch {
+        let request = Request::Versions {
+            path: w.path.clone(),
+        };
+        let answer = runtime.block_on(control::call(socket, &request, &[], |_| {}));
+        let versions = match answer {
+            Ok((exit::OK, _, Some(data))) => serde_json::from_value::<Vec<VersionInfo>>(data)
+                .map_err(|e| format!("unexpected answer from the daemon: {e}")),
+            Ok((_, message, _)) => {
+                println!("{}: {message}", shown(&w.path));
+                continue;
+            }
+            Err(e) => return fail(exit::UNREACHABLE, e),
+        };
+        let versions = match versions {
+            Ok(v) => v,
+            Err(e) => return fail(exit::FAILED, e),
+        };
+        for v in versions.into_iter().filter(|v| v.complete) {
+            let at = newest.entry(v.path).or_insert(v.version);
+            *at = (*at).max(v.version);
+        }
+    }
+    let total = newest.len();
+    let (mut restored, mut skipped, mut failed) = (0usize, 0usize, 0usize);
+    for (i, (path, version)) in newest.into_iter().enumerate() {
+        let target = match dest {
+            Some(d) => d.join(path.strip_prefix("/").unwrap_or(&path)),
+            None => path.clone(),
+        };
+        if !force && std::fs::symlink_metadata(&target).is_ok() {
+            skipped += 1;
+            println!("[{}/{total}] {} exists: skipped", i + 1, shown(&target));
+            continue;
+        }
+        let answer = runtime.block_on(control::client::restore(
+            socket,
+            &path,
+            Some(version),
+            &target,
+            force,
+            |_| {},
+        ));
+        match answer {
+            Ok((exit::OK, _, _)) => {
+                restored += 1;
+                println!("[{}/{total}] restored {}", i + 1, shown(&target));
+            }
+            Ok((_, message, _)) => {
+                failed += 1;
+                eprintln!("peerstash: {message}");
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("peerstash: {}: {e}", shown(&path));
+            }
+        }
+    }
+    let skipped_note = match skipped {
+        0 => String::new(),
+        n => format!(", {n} skipped (they exist: --force overwrites them)"),
+    };
+    println!("{total} files: {restored} restored, {failed} failed{skipped_note}");
+    match failed {
+        0 => exit::OK,
+        _ => exit::FAILED,
     }
 }
 

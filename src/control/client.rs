@@ -40,6 +40,21 @@ pub async fn backup(
     call(socket, &request, &[file.as_fd()], on_progress).await
 }
 
+/// The name of the file a restore writes before it is moved into place.
+fn restore_temp_name(n: u64) -> String {
+    format!(".peerstash-{n:016x}.tmp")
+}
+
+/// Whether a file name is one a restore writes before moving it into place: never backed up
+/// (a restore into a watched folder would otherwise back up each file under that name too).
+pub fn is_restore_temp(name: &std::ffi::OsStr) -> bool {
+    let name = name.as_encoded_bytes();
+    name.len() == restore_temp_name(0).len()
+        && name.starts_with(b".peerstash-")
+        && name.ends_with(b".tmp")
+        && name[11..27].iter().all(u8::is_ascii_hexdigit)
+}
+
 /// Where a restore writes: `to` (into it, when it is a folder), else the file's own path.
 pub fn destination(path: &Path, to: Option<&Path>) -> PathBuf {
     let dest = to.unwrap_or(path).to_path_buf();
@@ -83,7 +98,7 @@ pub async fn restore(
     std::fs::create_dir_all(dir).map_err(|e| local("cannot create the folder of", &e))?;
     let dir = File::open(dir).map_err(|e| local("cannot open the folder of", &e))?;
     // A short name of its own, so that a 255-byte file name still has room.
-    let tmp = format!(".peerstash-{:016x}.tmp", rand::random::<u64>());
+    let tmp = restore_temp_name(rand::random());
     let flags =
         OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let fd = openat(
@@ -155,4 +170,23 @@ fn finish(
     }
     .map_err(std::io::Error::from)?;
     dir.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restores_own_file_names_are_recognised_and_only_they() {
+        let name = restore_temp_name(0xdead_beef);
+        assert!(is_restore_temp(std::ffi::OsStr::new(&name)));
+        for other in [
+            ".peerstash-deadbeef.tmp",
+            ".peerstash-00000000deadbeeg.tmp",
+            "peerstash-00000000deadbeef.tmp.",
+            "notes.tmp",
+        ] {
+            assert!(!is_restore_temp(std::ffi::OsStr::new(other)), "{other}");
+        }
+    }
 }
