@@ -151,6 +151,8 @@ fn backup_encrypt_needs_the_master_key_to_be_read_back() {
     peerstash::config::write_new_key(&key).unwrap();
     c.restart(0);
     c.cli_ok(0, &["backup", file.to_str().unwrap(), "--encrypt"], 0);
+    let listed = c.cli_ok(0, &["versions", file.to_str().unwrap()], 0);
+    assert!(listed.contains("(encrypted)"), "{listed}");
     let out_file = dir.path().join("back.txt");
     let restore = [
         "restore",

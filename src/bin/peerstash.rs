@@ -359,13 +359,14 @@ fn print_versions(versions: &[VersionInfo]) {
     );
     for v in versions {
         println!(
-            "{:>7}  {:>12}  {:>3}  {:>9}  {:<16}  {}{}",
+            "{:>7}  {:>12}  {:>3}  {:>9}  {:<16}  {}{}{}",
             v.version,
             v.size,
             v.desired_rd,
             v.min_perceived_rd,
             &v.file_id[..16],
             shown(&v.path),
+            if v.encrypted { "  (encrypted)" } else { "" },
             if v.complete {
                 ""
             } else {

@@ -528,6 +528,9 @@ pub struct VersionInfo {
     pub desired_rd: u8,
     pub complete: bool,
     pub min_perceived_rd: u32,
+    /// Its chunks are encrypted under the master key (absent from older daemons: false).
+    #[serde(default)]
+    pub encrypted: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -31,6 +31,7 @@ pub(crate) async fn versions(
                         desired_rd: f.desired_rd,
                         complete: f.complete,
                         min_perceived_rd: min,
+                        encrypted: f.encrypted,
                     })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()
