@@ -134,12 +134,12 @@ pub(crate) async fn backup(
     });
     // Many files at once: a small file's backup is mostly the wait for its STOREDs, and the
     // catalog commits what the files ask of it at the same moment in one transaction.
-    let mut running = JoinSet::new();
+    let mut running = Running::default();
     let at_once = files_at_once();
     while let Some(batch) = batches.recv().await {
         for found in batch {
-            while running.len() >= at_once {
-                tally.ended(running.join_next().await, progress);
+            while running.tasks.len() >= at_once {
+                tally.ended(running.next().await, progress);
             }
             let file_path = path.join(&found.rel);
             let opened = match spawn_blocking(move || found.open()).await {
@@ -150,15 +150,19 @@ pub(crate) async fn backup(
                 tally.admit(node, &file_path, opened, wanted, owner, progress)
             {
                 let node = node.clone();
-                running.spawn(async move {
-                    let r = backup_handle(&node, &file_path, file, plan).await;
-                    (file_path, plan.desired, r)
+                let task = running.tasks.spawn({
+                    let file_path = file_path.clone();
+                    async move {
+                        let r = backup_handle(&node, &file_path, file, plan).await;
+                        (file_path, plan.desired, r)
+                    }
                 });
+                running.names.insert(task.id(), file_path);
             }
         }
     }
-    while !running.is_empty() {
-        tally.ended(running.join_next().await, progress);
+    while !running.tasks.is_empty() {
+        tally.ended(running.next().await, progress);
     }
     match walker.await {
         Ok(Ok(walked)) => {
@@ -170,6 +174,29 @@ pub(crate) async fn backup(
         Err(e) => return Done::failed(e.to_string()),
     }
     tally.done(node, &path)
+}
+
+/// The files of one `backup` command being backed up, and their names by task (so that a task
+/// that panicked is reported under its file's name).
+#[derive(Default)]
+struct Running {
+    tasks: JoinSet<FileBackup>,
+    names: std::collections::HashMap<tokio::task::Id, PathBuf>,
+}
+
+impl Running {
+    async fn next(&mut self) -> Option<Result<FileBackup, (PathBuf, JoinError)>> {
+        Some(match self.tasks.join_next_with_id().await? {
+            Ok((id, done)) => {
+                self.names.remove(&id);
+                Ok(done)
+            }
+            Err(e) => {
+                let name = self.names.remove(&e.id()).unwrap_or_else(|| "?".into());
+                Err((name, e))
+            }
+        })
+    }
 }
 
 /// How the files of one `backup` command ended.
@@ -228,11 +255,17 @@ impl Tally {
         Some((file, Plan::asked(node, file_path, wanted)))
     }
 
-    /// A file's backup task ended.
-    fn ended(&mut self, ended: Option<Result<FileBackup, JoinError>>, progress: &Progress) {
+    /// A file's backup task ended (a task that panicked, with its file's name).
+    fn ended(
+        &mut self,
+        ended: Option<Result<FileBackup, (PathBuf, JoinError)>>,
+        progress: &Progress,
+    ) {
         match ended {
             Some(Ok((file_path, desired, r))) => self.record(&file_path, desired, r, progress),
-            Some(Err(e)) => self.failed(Path::new("?"), format!("internal error: {e}"), progress),
+            Some(Err((file_path, e))) => {
+                self.failed(&file_path, format!("internal error: {e}"), progress)
+            }
             None => {}
         }
     }
