@@ -95,18 +95,8 @@ fn an_encrypted_folder_shows_no_plaintext_to_its_hosts_nor_the_lan() {
 
     // Back byte for byte.
     let out = folder.path().join("back.bin");
-    c.cli_ok(
-        0,
-        &[
-            "restore",
-            file.to_str().unwrap(),
-            "--to",
-            out.to_str().unwrap(),
-        ],
-        0,
-    );
     assert!(
-        std::fs::read(&out).unwrap() == bytes,
+        restore_to(&c, 0, &file, &out) == bytes,
         "restored bytes differ"
     );
 
@@ -115,19 +105,8 @@ fn an_encrypted_folder_shows_no_plaintext_to_its_hosts_nor_the_lan() {
         .find(|i| store_bytes(c.peer(*i)).len() > len / 2)
         .unwrap();
     damage_every_chunk(c.peer(holder));
-    std::fs::remove_file(&out).unwrap();
-    c.cli_ok(
-        0,
-        &[
-            "restore",
-            file.to_str().unwrap(),
-            "--to",
-            out.to_str().unwrap(),
-        ],
-        0,
-    );
     assert!(
-        std::fs::read(&out).unwrap() == bytes,
+        restore_to(&c, 0, &file, &out) == bytes,
         "restored bytes differ"
     );
     c.stop_all();

@@ -46,15 +46,5 @@ fn scrub_drops_damaged_copies_and_the_chunks_are_made_again() {
         c.dump()
     );
     let out_file = dir.path().join("back.bin");
-    c.cli_ok(
-        0,
-        &[
-            "restore",
-            file.to_str().unwrap(),
-            "--to",
-            out_file.to_str().unwrap(),
-        ],
-        0,
-    );
-    assert!(std::fs::read(&out_file).unwrap() == bytes);
+    assert!(restore_to(&c, 0, &file, &out_file) == bytes);
 }

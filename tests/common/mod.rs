@@ -427,6 +427,20 @@ pub fn damage_every_chunk(peer: &Peer) {
     }
 }
 
+/// `peerstash restore FILE --to OUT` on peer `i` (an OUT left by an earlier restore is removed
+/// first), which must succeed; the bytes restored.
+pub fn restore_to(c: &Cluster, i: usize, file: &Path, out: &Path) -> Vec<u8> {
+    let _ = std::fs::remove_file(out);
+    let args = [
+        "restore",
+        file.to_str().unwrap(),
+        "--to",
+        out.to_str().unwrap(),
+    ];
+    c.cli_ok(i, &args, 0);
+    std::fs::read(out).unwrap()
+}
+
 /// A command run as uid and gid `uid` (setpriv), with the extra group `group` (None: none).
 pub fn as_uid(uid: u32, group: Option<u32>, program: &Path) -> Command {
     let groups = match group {
