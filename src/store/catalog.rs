@@ -1133,13 +1133,36 @@ impl Catalog {
 
     /// Every hosted chunk with its perceived RD.
     pub fn all_hosted(&self) -> Result<Vec<(HostedRow, u32)>, StoreError> {
+        self.hosted_page(None, None)
+    }
+
+    /// How many chunks this peer hosts.
+    pub fn hosted_count(&self) -> Result<usize, StoreError> {
+        let n: i64 = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM hosted")?
+            .query_row([], |r| r.get(0))?;
+        Ok(n as usize)
+    }
+
+    /// Hosted chunks (with their perceived RD) in (fileId, chunkNo) order: those after `after`,
+    /// at most `limit` of them (a scrub of a large store never lists it whole in memory).
+    pub fn hosted_page(
+        &self,
+        after: Option<&ChunkId>,
+        limit: Option<usize>,
+    ) -> Result<Vec<(HostedRow, u32)>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT s.wire_id, s.chunk_no, s.size, s.hash, s.desired_rd,
                     COALESCE((SELECT n FROM holder_counts h WHERE h.file_id = s.file_id AND h.chunk_no = s.chunk_no), 0),
                     s.sender
-             FROM hosted s ORDER BY s.file_id, s.chunk_no",
+             FROM hosted s
+             WHERE ?1 IS NULL OR (s.file_id, s.chunk_no) > (?1, ?2)
+             ORDER BY s.file_id, s.chunk_no LIMIT ?3",
         )?;
-        let rows = stmt.query_map([], |r| {
+        let limit = limit.map_or(-1, |n| n as i64);
+        let (file, no) = after.map_or((None, 0), |c| (Some(c.file_id.key()), c.chunk_no.0));
+        let rows = stmt.query_map(params![file, no, limit], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, i64>(1)?,
@@ -1990,6 +2013,36 @@ mod tests {
                 .unwrap()
         };
         assert_eq!((count("x", 1), count("y", 0)), (2, 1));
+    }
+
+    #[test]
+    fn hosted_chunks_are_listed_a_page_at_a_time_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        for (c, no) in [('b', 1), ('a', 2), ('b', 0), ('a', 0), ('c', 7)] {
+            cat.insert_hosted(&hosted(c, no, 10, 2), &[]).unwrap();
+        }
+        assert_eq!(cat.hosted_count().unwrap(), 5);
+        let mut seen = Vec::new();
+        let mut after: Option<ChunkId> = None;
+        loop {
+            let page = cat.hosted_page(after.as_ref(), Some(2)).unwrap();
+            assert!(page.len() <= 2);
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            after = Some(last.chunk_id());
+            seen.extend(page.iter().map(|(r, _)| (r.file_id.key(), r.chunk_no.0)));
+        }
+        let key = |c: char| fid(c).key();
+        let expected = [
+            (key('a'), 0),
+            (key('a'), 2),
+            (key('b'), 0),
+            (key('b'), 1),
+            (key('c'), 7),
+        ];
+        assert_eq!(seen, expected);
     }
 
     fn hosted(c: char, chunk_no: u32, size: u64, sender: u32) -> HostedRow {

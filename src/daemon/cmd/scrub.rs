@@ -18,16 +18,29 @@ use crate::store::HostedRow;
 const BATCH: usize = 64;
 
 pub(crate) async fn scrub(node: &Arc<Node>, progress: &Progress) -> Done {
-    let hosted = match node.catalog.call(|c| c.all_hosted()).await {
-        Ok(rows) => rows,
-        Err(e) => return Done::failed(format!("cannot list the hosted chunks: {e}")),
+    let total = match node.catalog.call(|c| c.hosted_count()).await {
+        Ok(n) => n,
+        Err(e) => return Done::failed(format!("cannot count the hosted chunks: {e}")),
     };
-    let total = hosted.len();
     let (mut checked, mut dropped) = (0usize, 0usize);
-    let rows: Vec<HostedRow> = hosted.into_iter().map(|(row, _)| row).collect();
-    for batch in rows.chunks(BATCH) {
+    let mut after: Option<ChunkId> = None;
+    loop {
+        // A page at a time: a large store is never listed whole in memory.
+        let from = after.clone();
+        let page = node
+            .catalog
+            .call(move |c| c.hosted_page(from.as_ref(), Some(BATCH)))
+            .await;
+        let batch: Vec<HostedRow> = match page {
+            Ok(rows) => rows.into_iter().map(|(row, _)| row).collect(),
+            Err(e) => return Done::failed(format!("cannot list the hosted chunks: {e}")),
+        };
+        let Some(last) = batch.last() else {
+            break;
+        };
+        after = Some(last.chunk_id());
         let batch_len = batch.len();
-        let (store, batch) = (node.store.clone(), batch.to_vec());
+        let store = node.store.clone();
         // Read away from the runtime; the store checks each body against its slot's hash as
         // it reads, which is compared with the catalog's.
         let damaged = spawn_blocking(move || {
