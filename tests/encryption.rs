@@ -170,3 +170,38 @@ fn backup_encrypt_needs_the_master_key_to_be_read_back() {
     assert!(std::fs::read(&out_file).unwrap() == bytes);
     c.stop_all();
 }
+
+#[test]
+fn a_folder_switched_to_encrypt_is_backed_up_again_and_its_clear_copies_go() {
+    let folder = tempfile::tempdir().unwrap();
+    let watch = |encrypt: bool| {
+        format!(
+            "[[watch]]\npath = \"{}\"\nreplication = 2\nquiet = \"200ms\"\nencrypt = {encrypt}\n",
+            folder.path().display()
+        )
+    };
+    let c = Cluster::start_with(&["0", "10 MiB", "10 MiB"], &[&watch(false)]);
+    let file = folder.path().join("plain.bin");
+    let (marker, bytes) = marked_file(&file, 2 * PIECE + 5);
+    let hosted_clear = || (1..3).any(|i| leaks(&store_bytes(c.peer(i)), &marker));
+    assert!(
+        wait_until(Duration::from_secs(30), || backed_up_at(&c, &file, 2)
+            && hosted_clear()),
+        "not backed up in clear:\n{}",
+        c.dump()
+    );
+
+    c.rewrite_config(0, "0", &watch(true));
+    c.reload(0);
+    let encrypted = || {
+        let listed = c.cli_ok(0, &["versions", file.to_str().unwrap()], 0);
+        listed.contains("(encrypted)") && backed_up_at(&c, &file, 2)
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || encrypted() && !hosted_clear()),
+        "still in clear on a host:\n{}",
+        c.dump()
+    );
+    let out = folder.path().join("back.bin");
+    assert!(restore_to(&c, 0, &file, &out) == bytes);
+}

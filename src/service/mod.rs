@@ -304,13 +304,15 @@ async fn reload(node: &Arc<Node>, path: &Path, watchers: &mut Watchers, wake: &A
             keep_restart_only_keys(&old, &mut new);
             // The own paths excluded from the watches are those of the running peer keys.
             new.exclude_own_paths();
+            // A folder's RD or encryption changed: each of its files is backed up again.
             let rd_changed: Vec<PathBuf> = new
                 .watch
                 .iter()
                 .filter(|w| {
-                    old.watch
-                        .iter()
-                        .any(|o| o.path == w.path && o.replication != w.replication)
+                    old.watch.iter().any(|o| {
+                        o.path == w.path
+                            && (o.replication != w.replication || o.encrypt != w.encrypt)
+                    })
                 })
                 .map(|w| w.path.clone())
                 .collect();
@@ -344,7 +346,7 @@ async fn reload(node: &Arc<Node>, path: &Path, watchers: &mut Watchers, wake: &A
                     .await
                     .unwrap_or_default();
                 tracing::info!(
-                    "replication of {} changed: {} files to bring to the new RD",
+                    "replication or encryption of {} changed: {} files to back up as it now says",
                     root.display(),
                     paths.len()
                 );

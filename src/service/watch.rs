@@ -688,6 +688,7 @@ pub async fn scan(node: &Arc<Node>, wake: &Notify, root: &Path) {
         tokio::task::spawn_blocking(move || walk(&root, &watch, &tx))
     };
     let mut queued = 0;
+    let encrypt = watch.encrypt;
     let seen = SeenPaths::default();
     let mut seen_paths = std::collections::HashSet::new();
     while let Some(batch) = rx.recv().await {
@@ -697,8 +698,12 @@ pub async fn scan(node: &Arc<Node>, wake: &Notify, root: &Path) {
             .call(move |c| {
                 let mut changed = Vec::new();
                 for seen in batch {
-                    // The RD is the queue's to look at (and the repair's).
-                    if unchanged(c.latest(&seen.path)?.as_ref(), &seen.stamp).is_err() {
+                    // The RD is the queue's to look at (and the repair's); a version not
+                    // encrypted as the folder now says is backed up again.
+                    let latest = c.latest(&seen.path)?;
+                    if unchanged(latest.as_ref(), &seen.stamp)
+                        .map_or(true, |f| f.encrypted != encrypt)
+                    {
                         changed.push(seen.path);
                     }
                 }
