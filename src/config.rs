@@ -611,6 +611,15 @@ fn read_key(
     if !meta.is_file() {
         return Err(bad(format!("{shown} is not a regular file")));
     }
+    // Another user who owns the file could put a key of theirs in it: the key is the daemon's.
+    let me = nix::unistd::geteuid().as_raw();
+    if std::os::unix::fs::MetadataExt::uid(&meta) != me {
+        return Err(bad(format!(
+            "the {what} {shown} belongs to uid {}, not to the user the daemon runs as ({me}): \
+             run `chown {me} {shown}`",
+            std::os::unix::fs::MetadataExt::uid(&meta)
+        )));
+    }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o066 != 0 {
         return Err(bad(format!(
@@ -942,6 +951,14 @@ exclude = ["*.tmp", "**/.cache/**"]
         }
 
         chmod(&file, 0o600);
+        // Owned by another user: refused (as root, the test can give it away).
+        if nix::unistd::geteuid().is_root() {
+            let nobody = nix::unistd::Uid::from_raw(65_534);
+            nix::unistd::chown(&file, Some(nobody), None).unwrap();
+            let e = load_lan_key(&net, None).unwrap_err().to_string();
+            assert!(e.contains("belongs to uid 65534"), "{e}");
+            nix::unistd::chown(&file, Some(nix::unistd::geteuid()), None).unwrap();
+        }
         for len in [0, 31, 33, 64] {
             std::fs::write(&file, vec![1u8; len]).unwrap();
             let e = load_lan_key(&net, None).unwrap_err().to_string();
