@@ -14,6 +14,14 @@ use crate::daemon::Node;
 use crate::protocol::ChunkId;
 use crate::store::HostedRow;
 
+/// What a scrub found wrong with a hosted chunk.
+enum Verdict {
+    /// No good copy here (missing, wrong bytes): dropped, and REMOVED sent.
+    Damaged(String),
+    /// The disk did not answer: kept, as it may be fine on the next try.
+    Unreadable(String),
+}
+
 /// Chunks read in one blocking task.
 const BATCH: usize = 64;
 
@@ -22,7 +30,7 @@ pub(crate) async fn scrub(node: &Arc<Node>, progress: &Progress) -> Done {
         Ok(n) => n,
         Err(e) => return Done::failed(format!("cannot count the hosted chunks: {e}")),
     };
-    let (mut checked, mut dropped) = (0usize, 0usize);
+    let (mut checked, mut dropped, mut unreadable) = (0usize, 0usize, 0usize);
     let mut after: Option<ChunkId> = None;
     loop {
         // A page at a time: a large store is never listed whole in memory.
@@ -47,17 +55,29 @@ pub(crate) async fn scrub(node: &Arc<Node>, progress: &Progress) -> Done {
             batch
                 .into_iter()
                 .filter_map(|row| {
-                    let why = match store.read_hashed(&row.file_id, row.chunk_no) {
+                    let verdict = match store.read_hashed(&row.file_id, row.chunk_no) {
                         Ok((body, _)) if body.len() as u64 != row.size => {
-                            format!("{} bytes, not {}", body.len(), row.size)
+                            Verdict::Damaged(format!("{} bytes, not {}", body.len(), row.size))
                         }
-                        Ok((_, hash)) if hash != row.hash => "another hash".to_string(),
+                        Ok((_, hash)) if hash != row.hash => {
+                            Verdict::Damaged("another hash".to_string())
+                        }
                         Ok(_) => return None,
-                        Err(e) => e.to_string(),
+                        // Missing, or bytes that do not match their hash: no good copy here.
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidData
+                            ) =>
+                        {
+                            Verdict::Damaged(e.to_string())
+                        }
+                        // The disk failed to answer (EIO, …): kept, for a scrub to try again.
+                        Err(e) => Verdict::Unreadable(e.to_string()),
                     };
-                    Some((row.chunk_id(), why))
+                    Some((row.chunk_id(), verdict))
                 })
-                .collect::<Vec<(ChunkId, String)>>()
+                .collect::<Vec<(ChunkId, Verdict)>>()
         })
         .await;
         let damaged = match damaged {
@@ -65,7 +85,16 @@ pub(crate) async fn scrub(node: &Arc<Node>, progress: &Progress) -> Done {
             Err(e) => return Done::failed(format!("internal error: {e}")),
         };
         checked += batch_len;
-        for (chunk, why) in damaged {
+        for (chunk, verdict) in damaged {
+            let why = match verdict {
+                Verdict::Damaged(why) => why,
+                Verdict::Unreadable(e) => {
+                    unreadable += 1;
+                    tracing::error!("scrub: cannot read hosted chunk {chunk}: {e}");
+                    report(progress, format!("cannot read {chunk} ({e}): kept"));
+                    continue;
+                }
+            };
             match disk::unhost(node, &chunk).await {
                 Ok(true) => {
                     node.engine(Input::SendRemoved(chunk.clone()));
@@ -89,7 +118,7 @@ pub(crate) async fn scrub(node: &Arc<Node>, progress: &Progress) -> Done {
             );
         }
     }
-    let message = format!(
+    let mut message = format!(
         "checked {checked} hosted chunks: {} damaged{}",
         dropped,
         match dropped {
@@ -98,5 +127,11 @@ pub(crate) async fn scrub(node: &Arc<Node>, progress: &Progress) -> Done {
                 ", dropped and announced with REMOVED (their other holders make new copies)".into(),
         }
     );
+    if unreadable > 0 {
+        message.push_str(&format!(
+            "; {unreadable} could not be read (kept; see the log, check the disk, run scrub again)"
+        ));
+        return Done::failed(message);
+    }
     Done::ok(message)
 }
