@@ -15,6 +15,20 @@ fn scrub_drops_damaged_copies_and_the_chunks_are_made_again() {
     let bytes = random_bytes(300_000);
     std::fs::write(&file, &bytes).unwrap();
     c.cli_ok(0, &["backup", file.to_str().unwrap(), "-r", "2"], 0);
+    // Settled: 2.0 holders that wrote a copy too many drop it just after the backup ends.
+    let copies = || -> usize { (1..4).map(|i| chunk_files_on_disk(c.peer(i))).sum() };
+    let settled = || {
+        copies() == 2 * 5 && {
+            std::thread::sleep(Duration::from_millis(1_500));
+            copies() == 2 * 5
+        }
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), settled),
+        "{} copies of 5 chunks at RD 2:\n{}",
+        copies(),
+        c.dump()
+    );
 
     // Nothing damaged yet: every holder says so.
     for i in 1..4 {
@@ -38,10 +52,7 @@ fn scrub_drops_damaged_copies_and_the_chunks_are_made_again() {
             .is_some_and(|s| file_entries(&s, &file).iter().any(|f| min_rd(f) >= 2))
     };
     assert!(
-        wait_until(Duration::from_secs(30), || {
-            let copies: usize = (1..4).map(|i| chunk_files_on_disk(c.peer(i))).sum();
-            at_rd() && copies >= 2 * 5
-        }),
+        wait_until(Duration::from_secs(30), || at_rd() && copies() >= 2 * 5),
         "not back at RD 2:\n{}",
         c.dump()
     );
