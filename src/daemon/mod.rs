@@ -44,6 +44,7 @@ pub struct Node {
     /// The master key (`peer.master_key_file`), if any: encrypts chunks (`protocol::seal`).
     /// Read at start and reload (`config::master_key_for`).
     master_key: std::sync::RwLock<Option<MasterKey>>,
+    making_master_key: Mutex<()>,
     pub catalog: CatalogHandle,
     pub store: Arc<ChunkStore>,
     writer: disk::ChunkWriter,
@@ -145,6 +146,38 @@ impl Node {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The master key, made now if there is no key file at all (a backup asked to encrypt on a
+    /// peer started by hand; the packages make it at install). None if it cannot be made or
+    /// read (a read-only /etc): the caller says what is missing.
+    pub(crate) fn master_key_or_make(&self) -> Option<MasterKey> {
+        if let Some(key) = self.master_key() {
+            return Some(key);
+        }
+        // One maker at a time: the many files of a backup ask at once, and a key half written
+        // by one must not be read by another. (A 32-byte file, once per peer.)
+        let _making = self
+            .making_master_key
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(key) = self.master_key() {
+            return Some(key);
+        }
+        let config = self.config();
+        match crate::config::load_or_make_master_key(&config.peer, None) {
+            Ok((key, made)) => {
+                if made {
+                    crate::service::warn_new_master_key(&config.peer.master_key_file);
+                }
+                self.set_master_key(Some(key.clone()));
+                Some(key)
+            }
+            Err(e) => {
+                tracing::warn!("{e}");
+                None
+            }
+        }
     }
 
     pub(crate) fn set_master_key(&self, key: Option<MasterKey>) {
@@ -282,6 +315,7 @@ pub async fn start(
         config: std::sync::RwLock::new(Arc::new(config)),
         lan_key: std::sync::RwLock::new(lan_key),
         master_key: std::sync::RwLock::new(options.master_key.clone()),
+        making_master_key: Mutex::new(()),
         catalog,
         writer: disk::ChunkWriter::start(store.clone()).context("cannot start the chunk writer")?,
         store,

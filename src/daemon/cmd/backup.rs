@@ -570,7 +570,7 @@ pub(crate) async fn backup_handle(
 ) -> Result<BackupReport, BackupError> {
     let rd = Rd::new(plan.desired).unwrap_or_else(|| Rd::new(1).expect("1 is a valid RD"));
     let master = match plan.encrypt {
-        true => Some(node.master_key().ok_or(BackupError::NoMasterKey)?),
+        true => Some(node.master_key_or_make().ok_or(BackupError::NoMasterKey)?),
         false => None,
     };
     let cut = Cut::of(plan.encrypt);
