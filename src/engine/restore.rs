@@ -47,10 +47,7 @@ impl ChunkFetch {
 /// Whether a CHUNK body can be chunk `chunk_no` of a file of `file_size` bytes: every chunk is
 /// exactly CHUNK_SIZE bytes except the last, which is shorter (0 bytes when the size is a multiple).
 pub fn expected_len(file_size: u64, chunk_no: u32) -> Option<usize> {
-    let size = crate::protocol::message::CHUNK_SIZE as u64;
-    let count = file_size / size + 1;
-    let no = u64::from(chunk_no);
-    (no < count).then(|| if no + 1 < count { size } else { file_size % size } as usize)
+    crate::protocol::seal::Cut::Plain.chunk_len(file_size, chunk_no)
 }
 
 #[cfg(test)]

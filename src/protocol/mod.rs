@@ -10,10 +10,10 @@ pub use message::{
     Channel, ChunkId, ChunkNo, FileId, Message, MessageKind, PeerId, Rd, Version, CHUNK_SIZE,
 };
 
-/// Number of chunks of a file: a file whose size is a multiple of CHUNK_SIZE (the empty file
-/// too) ends with a 0-byte chunk.
+/// Number of chunks of a file in clear: a file whose size is a multiple of CHUNK_SIZE (the empty
+/// file too) ends with a 0-byte chunk (`seal::Cut::Plain`).
 pub fn chunk_count(size: u64) -> u64 {
-    size / CHUNK_SIZE as u64 + 1
+    seal::Cut::Plain.count(size)
 }
 
 /// Lower-case hex of a SHA-256 digest.
