@@ -1,7 +1,8 @@
 //! `peerstash scrub`: every hosted chunk read back and checked against the hash recorded when it
-//! was stored. A damaged or unreadable copy is dropped and announced with REMOVED, so the peers
-//! that know the chunk (its home peer, its other holders) make a new copy elsewhere (SPEC §2
-//! "Space reclaim"). Run weekly by the packages' timer (`peerstash-scrub.timer`).
+//! was stored. A missing or damaged copy is dropped and announced with REMOVED, so the peers that
+//! know the chunk (its home peer, its other holders) make a new copy elsewhere (SPEC §2 "Space
+//! reclaim"); one the disk cannot read now (EIO) is kept and reported. Run weekly by the
+//! packages' timer (`peerstash-scrub.timer`).
 
 use std::sync::Arc;
 
