@@ -36,7 +36,7 @@ use rand::{Rng, SeedableRng};
 
 use peerstash::engine::backup::MAX_PUTCHUNK_SENDS;
 use peerstash::engine::peer::{
-    Action, BackupOutcome, JobId, JobKind, Owner, Peer, Put, Role, Stopped,
+    Action, BackupOutcome, Expect, JobId, JobKind, Owner, Peer, Put, Role, Stopped,
 };
 use peerstash::engine::reclaim::{choose_victims, Candidate};
 use peerstash::engine::restore::{expected_len, MAX_GETCHUNK_SENDS};
@@ -1733,7 +1733,7 @@ impl Sim {
                 while *credit > 0 && *next < c.chunks() {
                     let len = expected_len(c.bytes.len() as u64, *next).unwrap() as u64;
                     let hash = c.hashes[*next as usize].clone();
-                    engine.fetch_chunk(job, c.chunk_id(*next), len, hash, at);
+                    engine.fetch_chunk(job, c.chunk_id(*next), Expect::bytes(len, hash), at);
                     *next += 1;
                     *credit -= 1;
                 }

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{disk, Node};
 use crate::engine::peer::{
-    Action, BackupOutcome, JobId, JobKind, Owner, Peer, Put, Role, HELLO_EVERY, MAX_PEERS_SEEN,
+    Action, BackupOutcome, Expect, JobId, JobKind, Owner, Peer, Put, Role, HELLO_EVERY, MAX_PEERS_SEEN,
 };
 use crate::net::{tcp, ChannelSocket, MAX_DATAGRAM};
 use crate::protocol::auth;
@@ -50,8 +50,7 @@ pub(crate) enum Input {
     FetchChunk {
         job: JobId,
         chunk: ChunkId,
-        len: u64,
-        hash: String,
+        expect: Expect,
     },
     SendRemoved(ChunkId),
     SendDelete {
@@ -269,12 +268,7 @@ impl Driver {
                 self.sources.insert(chunk.clone(), (Some(job), source));
                 e.backup_chunk(job, chunk, rd, body, known, now);
             }
-            Input::FetchChunk {
-                job,
-                chunk,
-                len,
-                hash,
-            } => e.fetch_chunk(job, chunk, len, hash, now),
+            Input::FetchChunk { job, chunk, expect } => e.fetch_chunk(job, chunk, expect, now),
             Input::SendRemoved(chunk) => e.send_removed(chunk, now),
             Input::SendDelete { file_ids, done } => {
                 if let Some(done) = done {

@@ -92,6 +92,55 @@ pub const DROP_SETTLE: Duration = Duration::from_secs(5);
 /// lost a STORED) finds the holders known already, and is not stored once more.
 pub const STOREDS_REMEMBERED_FOR: Duration = Duration::from_secs(20);
 
+/// The CHUNK a fetch takes.
+#[derive(Clone)]
+pub enum Expect {
+    /// The bytes recorded at backup: this length and SHA-256.
+    Bytes { len: u64, hash: String },
+    /// Any body that opens under this key as its chunk, asked at most twice (`ChunkFetch::probe`):
+    /// a catalog snapshot, whose hashes were lost with the catalog, found by `peerstash recover`.
+    Opens(std::sync::Arc<crate::protocol::seal::FileKey>),
+}
+
+impl Expect {
+    pub fn bytes(len: u64, hash: impl Into<String>) -> Expect {
+        Expect::Bytes {
+            len,
+            hash: hash.into(),
+        }
+    }
+
+    /// Whether a fetch expecting `self` can share a CHUNK with one expecting `other`.
+    fn same(&self, other: &Expect) -> bool {
+        match (self, other) {
+            (Expect::Bytes { len, hash }, Expect::Bytes { len: l, hash: h }) => {
+                len == l && hash == h
+            }
+            (Expect::Opens(a), Expect::Opens(b)) => std::sync::Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// Whether `body` (SHA-256 `hash` when known) is chunk `no` as expected.
+    fn takes(&self, no: crate::protocol::ChunkNo, body: &[u8], hash: Option<String>) -> bool {
+        match self {
+            Expect::Bytes { len, hash: want } => {
+                body.len() as u64 == *len
+                    && hash.unwrap_or_else(|| sha256_hex(body)) == *want
+            }
+            Expect::Opens(key) => key.open(no, body).is_ok(),
+        }
+    }
+
+    /// The length expected, when it is known.
+    fn len(&self) -> Option<u64> {
+        match self {
+            Expect::Bytes { len, .. } => Some(*len),
+            Expect::Opens(_) => None,
+        }
+    }
+}
+
 /// A job (one file's backup or restore) that offers chunks as the engine gives it room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct JobId(pub u64);
@@ -336,8 +385,7 @@ struct Sending {
 /// A chunk this peer is fetching.
 struct Fetching {
     jobs: Vec<JobId>,
-    len: u64,
-    hash: String,
+    expect: Expect,
     fetch: ChunkFetch,
     timer: Option<(Instant, u64)>,
 }
@@ -843,7 +891,7 @@ impl Peer {
             if let Some(r) = self.replying.get_mut(chunk).filter(|r| r.tcp.is_some()) {
                 r.pending.silence();
             }
-            if self.fetching.get(chunk).is_none_or(|f| f.len != 0) {
+            if self.fetching.get(chunk).is_none_or(|f| f.expect.len() != Some(0)) {
                 return;
             }
         }
@@ -863,11 +911,14 @@ impl Peer {
     /// asked for. `hash`: its SHA-256 if known already.
     fn chunk_for_fetch(&mut self, chunk: &ChunkId, body: Vec<u8>, hash: Option<String>) {
         let len = body.len() as u64;
-        if self.fetching.get(chunk).is_none_or(|f| f.len != len) {
+        if self
+            .fetching
+            .get(chunk)
+            .is_none_or(|f| f.expect.len().is_some_and(|l| l != len))
+        {
             return;
         }
-        let hash = hash.unwrap_or_else(|| sha256_hex(&body));
-        if self.fetching.get(chunk).is_some_and(|f| f.hash == hash) {
+        if (self.fetching.get(chunk)).is_some_and(|f| f.expect.takes(chunk.chunk_no, &body, hash)) {
             if let Some(f) = self.fetching.remove(chunk) {
                 self.disarm(f.timer);
                 self.end_fetch(chunk.clone(), f, Some(body));
@@ -1499,32 +1550,28 @@ impl Peer {
         });
     }
 
-    /// Fetches one chunk of a restore job: GETCHUNK on the engine's schedule until a CHUNK of
-    /// length `len` and SHA-256 `hash` arrives.
-    pub fn fetch_chunk(
-        &mut self,
-        job: JobId,
-        chunk: ChunkId,
-        len: u64,
-        hash: String,
-        now: Instant,
-    ) {
+    /// Fetches one chunk of a restore job: GETCHUNK on the engine's schedule until a CHUNK as
+    /// `expect`ed arrives.
+    pub fn fetch_chunk(&mut self, job: JobId, chunk: ChunkId, expect: Expect, now: Instant) {
         if let Some(j) = self.jobs.get_mut(&job) {
             j.granted = j.granted.saturating_sub(1);
             j.in_flight += 1;
             j.first_round += 1;
         }
+        let fetch = match expect {
+            Expect::Bytes { .. } => ChunkFetch::default(),
+            Expect::Opens(_) => ChunkFetch::probe(),
+        };
         if let Some(f) = self.fetching.get_mut(&chunk) {
-            if f.len == len && f.hash == hash {
+            if f.expect.same(&expect) {
                 f.jobs.push(job);
             } else {
                 // The same chunk expected with other bytes: no CHUNK can satisfy both, and
                 // the fetch already running keeps its own.
                 let f = Fetching {
                     jobs: vec![job],
-                    len,
-                    hash,
-                    fetch: ChunkFetch::default(),
+                    expect,
+                    fetch,
                     timer: None,
                 };
                 self.end_fetch(chunk, f, None);
@@ -1535,9 +1582,8 @@ impl Peer {
             chunk.clone(),
             Fetching {
                 jobs: vec![job],
-                len,
-                hash,
-                fetch: ChunkFetch::default(),
+                expect,
+                fetch,
                 timer: None,
             },
         );
@@ -2065,8 +2111,8 @@ mod tests {
         p.start_job(JobId(1), JobKind::Restore);
         p.start_job(JobId(2), JobKind::Restore);
         actions(&mut p);
-        p.fetch_chunk(JobId(1), chunk(0), 5, "a".into(), t0);
-        p.fetch_chunk(JobId(2), chunk(0), 6, "b".into(), t0);
+        p.fetch_chunk(JobId(1), chunk(0), Expect::bytes(5, "a"), t0);
+        p.fetch_chunk(JobId(2), chunk(0), Expect::bytes(6, "b"), t0);
         assert!(actions(&mut p).iter().any(|a| matches!(
             a,
             Action::Fetched { jobs, body: None, .. } if *jobs == vec![JobId(2)]
@@ -2608,8 +2654,8 @@ mod tests {
         let mut p = Peer::new(ME, 1);
         p.start_job(JobId(1), JobKind::Restore);
         assert_eq!(credit(&actions(&mut p)), RESTORE_WINDOW.0);
-        p.fetch_chunk(JobId(1), chunk(0), 50, sha256_hex(&body), t0);
-        p.fetch_chunk(JobId(1), chunk(1), 50, sha256_hex(&body), t0);
+        p.fetch_chunk(JobId(1), chunk(0), Expect::bytes(50, sha256_hex(&body)), t0);
+        p.fetch_chunk(JobId(1), chunk(1), Expect::bytes(50, sha256_hex(&body)), t0);
         assert_eq!(run(&mut p, t0, Duration::ZERO).len(), 2, "two GETCHUNKs");
         for junk in [vec![3u8; 49], vec![4u8; 50]] {
             let kind = MessageKind::Chunk {
@@ -2639,6 +2685,59 @@ mod tests {
             Action::Fetched {
                 body: None,
                 sends: 8,
+                ..
+            }
+        )));
+        assert_eq!(p.poll_timeout(), None, "nothing left");
+    }
+
+    #[test]
+    fn a_probe_takes_only_a_body_that_opens_and_is_asked_twice() {
+        use crate::protocol::seal::MasterKey;
+        let t0 = Instant::now();
+        let master = MasterKey::new([7; 32]);
+        let key = std::sync::Arc::new(master.file_key(&chunk(0).file_id));
+        let good = key.seal(ChunkNo(0), b"catalog");
+        let mut p = Peer::new(ME, 1);
+        p.start_job(JobId(1), JobKind::Restore);
+        actions(&mut p);
+        p.fetch_chunk(JobId(1), chunk(0), Expect::Opens(key.clone()), t0);
+        p.fetch_chunk(JobId(1), chunk(1), Expect::Opens(key.clone()), t0);
+        assert_eq!(run(&mut p, t0, Duration::ZERO).len(), 2, "two GETCHUNKs");
+        // Forged bytes, the right bytes for another place, another key's: not taken.
+        let stranger = MasterKey::new([8; 32]).file_key(&chunk(0).file_id);
+        for junk in [
+            vec![4u8; 64_000],
+            key.seal(ChunkNo(1), b"catalog"),
+            stranger.seal(ChunkNo(0), b"catalog"),
+        ] {
+            let kind = MessageKind::Chunk {
+                chunk: chunk(0),
+                body: junk,
+            };
+            p.handle(msg(2, kind), t0);
+        }
+        assert!(actions(&mut p).is_empty());
+        let kind = MessageKind::Chunk {
+            chunk: chunk(0),
+            body: good.clone(),
+        };
+        p.handle(msg(2, kind), t0);
+        assert!(actions(&mut p).contains(&Action::Fetched {
+            jobs: vec![JobId(1)],
+            chunk: chunk(0),
+            body: Some(good),
+            sends: 1
+        }));
+        // Chunk 1 has no holder: asked again after a second, then given up.
+        let sent = run(&mut p, t0, Duration::from_secs(60));
+        let secs: Vec<u64> = sent.iter().map(|(d, _)| d.as_secs()).collect();
+        assert_eq!(secs, vec![1]);
+        assert!(actions(&mut p).iter().any(|a| matches!(
+            a,
+            Action::Fetched {
+                body: None,
+                sends: 2,
                 ..
             }
         )));
@@ -2783,7 +2882,7 @@ mod tests {
         p.start_job(JobId(1), JobKind::Backup);
         p.backup_chunk(JobId(1), chunk(0), rd(1), vec![], vec![], t0);
         p.start_job(JobId(2), JobKind::Restore);
-        p.fetch_chunk(JobId(2), chunk(1), 0, sha256_hex(&[]), t0);
+        p.fetch_chunk(JobId(2), chunk(1), Expect::bytes(0, sha256_hex(&[])), t0);
         p.end_job(JobId(1));
         p.end_job(JobId(2));
         assert_eq!(p.load().sending + p.load().fetching, 0);
@@ -3122,7 +3221,7 @@ mod tests {
         let mut p = enhanced(4, t0);
         p.start_job(JobId(1), JobKind::Restore);
         actions(&mut p);
-        p.fetch_chunk(JobId(1), chunk(0), 50, sha256_hex(&body), t0);
+        p.fetch_chunk(JobId(1), chunk(0), Expect::bytes(50, sha256_hex(&body)), t0);
         let sent = run(&mut p, t0, Duration::from_secs(8));
         let tcp: Vec<Option<u16>> = sent.iter().map(|(_, m)| m.tcp_port()).collect();
         let mut expected = vec![Some(7000); TCP_GETCHUNK_SENDS as usize];

@@ -30,7 +30,17 @@ impl Default for ChunkFetch {
     }
 }
 
+/// A probe (`peer::Expect::Opens`) is asked twice, a second apart: most probes of
+/// `peerstash recover` look for snapshots that do not exist, and a holder answers within 0.4 s.
+pub const PROBE_SENDS: u32 = 2;
+
 impl ChunkFetch {
+    pub fn probe() -> ChunkFetch {
+        ChunkFetch {
+            retry: Retry::capped(PROBE_SENDS, std::time::Duration::from_secs(1)),
+        }
+    }
+
     pub fn poll(&mut self, now: Instant) -> Action {
         match self.retry.poll(now) {
             Step::Send => Action::SendGetChunk,

@@ -29,6 +29,41 @@ pub const MASTER_KEY_LEN: usize = 32;
 
 const CHUNK_KEY_INFO: &[u8] = b"peerstash chunk key v1";
 const FILE_ID_KEY_INFO: &[u8] = b"peerstash fileId key v1";
+const SNAPSHOT_KEY_INFO: &[u8] = b"peerstash catalog snapshot key v1";
+
+/// Where a catalog snapshot sits among a peer's snapshots (`MasterKey::snapshot_file_id`): the
+/// UTC day it was taken, and its place in that day. The first snapshot of a day is its anchor
+/// (`n = 0`), so that `peerstash recover` finds the newest day by probing one fileId per day;
+/// later ones take `n` = the day's ten-minute period, above every `n` used that day before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Slot {
+    pub day: u32,
+    pub n: u16,
+}
+
+impl Slot {
+    /// Places in a day: one per ten minutes (144), and room for snapshots asked by hand.
+    pub const PER_DAY: u16 = 256;
+    const PERIOD_S: u64 = 600;
+
+    /// The slot a snapshot taken at `unix_s` gets, the newest slot used so far being `last`
+    /// (None: it would reuse or go below a used one, or the day is full).
+    pub fn next(unix_s: u64, last: Option<Slot>) -> Option<Slot> {
+        let day = u32::try_from(unix_s / 86_400).ok()?;
+        let period = u16::try_from(unix_s % 86_400 / Self::PERIOD_S).ok()?;
+        let n = match last {
+            Some(l) if l.day > day => return None,
+            Some(l) if l.day == day => period.max(l.n.checked_add(1)?),
+            _ => 0,
+        };
+        (n < Self::PER_DAY).then_some(Slot { day, n })
+    }
+
+    /// The day's anchor.
+    pub fn anchor(day: u32) -> Slot {
+        Slot { day, n: 0 }
+    }
+}
 
 /// How a file is cut into chunks: in clear (SPEC §1), or encrypted (pieces of `PIECE` bytes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +159,19 @@ impl MasterKey {
             .expect("HMAC-SHA256 takes a key of any length");
         mac.update(b"peerstash sealed fileId v1\0");
         identity.feed(|bytes| mac.update(bytes));
+        FileId::from_digest(&mac.finalize().into_bytes().into())
+    }
+
+    /// The fileId of this peer's catalog snapshot in `slot`: from the peer id and the master
+    /// key alone, so that a reinstalled peer finds its snapshots again (`peerstash recover`).
+    pub fn snapshot_file_id(&self, peer: super::PeerId, slot: Slot) -> FileId {
+        let key = self.derive(b"", SNAPSHOT_KEY_INFO);
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key)
+            .expect("HMAC-SHA256 takes a key of any length");
+        mac.update(b"peerstash catalog snapshot v1\0");
+        mac.update(&peer.0.to_be_bytes());
+        mac.update(&slot.day.to_be_bytes());
+        mac.update(&slot.n.to_be_bytes());
         FileId::from_digest(&mac.finalize().into_bytes().into())
     }
 }
@@ -241,6 +289,31 @@ mod tests {
         assert_ne!(a, b);
         assert_ne!(a, identity("abc").file_id(), "not the clear version's");
         assert_eq!(a, MasterKey::new([1; 32]).file_id(&identity("abc")));
+    }
+
+    #[test]
+    fn snapshot_slots_start_each_day_at_its_anchor_and_never_repeat() {
+        let day = 20_000u64 * 86_400;
+        // First of a day, whatever the time: the anchor.
+        assert_eq!(Slot::next(day + 5_000, None), Some(Slot::anchor(20_000)));
+        let prev_day = Slot { day: 19_999, n: 77 };
+        assert_eq!(Slot::next(day + 5_000, Some(prev_day)), Some(Slot::anchor(20_000)));
+        // Later that day: the ten-minute period, above the last one used.
+        let a = Slot::anchor(20_000);
+        assert_eq!(Slot::next(day + 3_000, Some(a)), Some(Slot { day: 20_000, n: 5 }));
+        let five = Slot { day: 20_000, n: 5 };
+        assert_eq!(Slot::next(day + 3_100, Some(five)), Some(Slot { day: 20_000, n: 6 }));
+        // A full day, or a clock that went back: none.
+        let full = Slot { day: 20_000, n: Slot::PER_DAY - 1 };
+        assert_eq!(Slot::next(day + 3_100, Some(full)), None);
+        assert_eq!(Slot::next(day - 10, Some(a)), None);
+        // Each slot, peer and key its own fileId.
+        let m = MasterKey::new([3; 32]);
+        let p = crate::protocol::PeerId(4);
+        assert_ne!(m.snapshot_file_id(p, a), m.snapshot_file_id(p, five));
+        assert_ne!(m.snapshot_file_id(p, a), m.snapshot_file_id(crate::protocol::PeerId(5), a));
+        assert_ne!(m.snapshot_file_id(p, a), MasterKey::new([4; 32]).snapshot_file_id(p, a));
+        assert_eq!(m.snapshot_file_id(p, a), m.snapshot_file_id(p, a));
     }
 
     /// Known answer: the chunk key and a sealed chunk's tag, fixed by SPEC §3, so that a change

@@ -185,7 +185,7 @@ pub enum ChunkRole {
 }
 
 pub struct Catalog {
-    conn: Connection,
+    pub(super) conn: Connection,
 }
 
 const SCHEMA: &str = "
@@ -455,6 +455,7 @@ impl Catalog {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(super::snapshot::SCHEMA)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version < 1 {
             // Paths were stored as text (lossily for names that are not UTF-8): bytes now, so
@@ -489,7 +490,7 @@ impl Catalog {
 
     /// Runs `f` all or nothing: in a savepoint, nested in the catalog thread's transaction, or
     /// a transaction of its own when the catalog is used directly.
-    fn atomically<R>(&self, f: impl FnOnce() -> Result<R, StoreError>) -> Result<R, StoreError> {
+    pub(super) fn atomically<R>(&self, f: impl FnOnce() -> Result<R, StoreError>) -> Result<R, StoreError> {
         self.conn.execute_batch("SAVEPOINT atomically")?;
         let done = f().and_then(|r| {
             self.conn.execute_batch("RELEASE atomically")?;
@@ -853,7 +854,7 @@ impl Catalog {
     /// that the peers must be told, so a crash before the DELETEs went out loses nothing, and
     /// which of them must acknowledge it (every distinct holder of its chunks).
     /// Only through `forget`, which checks that the deletion is allowed.
-    fn delete_file(&self, file_id: &FileId, now_ms: i64) -> Result<(), StoreError> {
+    pub(super) fn delete_file(&self, file_id: &FileId, now_ms: i64) -> Result<(), StoreError> {
         let key = file_id.key();
         self.conn
             .prepare_cached("INSERT OR IGNORE INTO pending_deletes (file_id) VALUES (?1)")?

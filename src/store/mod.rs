@@ -3,6 +3,7 @@
 pub mod catalog;
 pub mod chunks;
 pub mod health;
+pub mod snapshot;
 
 pub use catalog::{
     unix_ms, BackupId, Catalog, CatalogHandle, ChunkRole, FileChunkRow, FileRow, Forget, HostedRow,

@@ -14,7 +14,7 @@ use super::{report, Done, Progress};
 use crate::control::{exit, shown, Restored};
 use crate::daemon::driver::{Input, JobEvent};
 use crate::daemon::Node;
-use crate::engine::peer::JobKind;
+use crate::engine::peer::{Expect, JobKind};
 use crate::protocol::seal::{Cut, FileKey};
 use crate::protocol::{hex, ChunkId};
 use crate::store::{FileChunkRow, FileRow, StoreError};
@@ -217,8 +217,7 @@ async fn fetch_all(
             node.engine(Input::FetchChunk {
                 job: job.id,
                 chunk,
-                len: size,
-                hash,
+                expect: Expect::bytes(size, hash),
             });
         }
         if outstanding == 0 && todo.len() == 0 {

@@ -1,0 +1,493 @@
+//! Catalog snapshots: the catalog survives the loss of its computer. A snapshot is a copy of
+//! what the catalog knows of our own files (not the chunks we host, nor the queue), written as
+//! one file (`HEADER_LEN` bytes of header, then an SQLite database) and backed up encrypted
+//! under a fileId derived from the peer id and the master key alone (`MasterKey::snapshot_file_id`),
+//! so that `peerstash recover` on a reinstalled computer finds it with nothing but its config
+//! and key. The `snapshots` table lists the slots used (a slot is never used twice: the same
+//! key and nonce must never seal other bytes) and which copies reached their RD.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
+
+use super::catalog::{Catalog, StoreError};
+use crate::protocol::seal::Slot;
+use crate::protocol::FileId;
+
+/// The first bytes of a snapshot file.
+pub const MAGIC: &[u8; 8] = b"PSCATLG1";
+/// Magic, the database's length (u64 big-endian), its SHA-256.
+pub const HEADER_LEN: usize = 48;
+/// Where `peerstash recover` leaves the catalog it found, installed at the next start.
+pub const RECOVERED: &str = "catalog.recovered";
+/// The catalog a recovered one replaced, kept beside it.
+pub const REPLACED: &str = "catalog.db.before-recover";
+/// Snapshots newer than the newest one at its RD that are kept while they have not reached it.
+const UNFINISHED_KEPT: usize = 3;
+
+/// The tables a snapshot carries: everything about our own files, their holders and the
+/// peers. Not the chunks we host (lost with the disk) nor the queue (a scan fills it again).
+const CARRIED: &[&str] = &[
+    "meta",
+    "files",
+    "last_versions",
+    "file_chunks",
+    "pending_deletes",
+    "forgotten",
+    "holders",
+    "peers",
+    "delete_acks",
+    "snapshots",
+];
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS snapshots (
+    file_id TEXT PRIMARY KEY,         -- a catalog snapshot of ours (sent, or being sent)
+    day INTEGER NOT NULL,             -- its slot (seal::Slot): never used twice
+    n INTEGER NOT NULL,
+    at_rd INTEGER NOT NULL DEFAULT 0, -- every chunk reached the desired RD
+    UNIQUE (day, n)
+);
+";
+
+/// One snapshot of ours.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotRow {
+    pub file_id: FileId,
+    pub slot: Slot,
+    pub at_rd: bool,
+}
+
+/// The header of a snapshot file holding a database of `len` bytes with SHA-256 `hash`.
+pub fn header(len: u64, hash: &[u8; 32]) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..16].copy_from_slice(&len.to_be_bytes());
+    h[16..].copy_from_slice(hash);
+    h
+}
+
+/// The database's length and hash, if `bytes` starts with a snapshot header.
+pub fn parse_header(bytes: &[u8]) -> Option<(u64, [u8; 32])> {
+    let h = bytes.get(..HEADER_LEN)?;
+    if &h[..8] != MAGIC {
+        return None;
+    }
+    let len = u64::from_be_bytes(h[8..16].try_into().ok()?);
+    Some((len, h[16..].try_into().ok()?))
+}
+
+fn floor_text(slot: Slot) -> String {
+    format!("{}:{}", slot.day, slot.n)
+}
+
+fn parse_floor(text: &str) -> Option<Slot> {
+    let (day, n) = text.split_once(':')?;
+    Some(Slot {
+        day: day.parse().ok()?,
+        n: n.parse().ok()?,
+    })
+}
+
+impl Catalog {
+    /// Our snapshots, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT file_id, day, n, at_rd FROM snapshots ORDER BY day, n")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, u32>(1)?,
+                r.get::<_, u16>(2)?,
+                r.get::<_, bool>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, day, n, at_rd) = row?;
+            let file_id = FileId::parse(&id)
+                .map_err(|_| StoreError::Corrupt(format!("snapshot fileId {id:?}")))?;
+            out.push(SnapshotRow {
+                file_id,
+                slot: Slot { day, n },
+                at_rd,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The newest slot that may not be used again: the newest of ours, or the floor a recover
+    /// set (snapshots of the lost catalog it may not know of).
+    pub fn last_snapshot_slot(&self) -> Result<Option<Slot>, StoreError> {
+        let newest = self.snapshots()?.into_iter().map(|s| s.slot).max();
+        let floor = self.meta("snapshot_floor")?.and_then(|t| parse_floor(&t));
+        Ok(newest.max(floor))
+    }
+
+    /// Records that `slot` is taken by `file_id`, before anything of it is sent.
+    pub fn claim_snapshot(&self, file_id: &FileId, slot: Slot) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("INSERT INTO snapshots (file_id, day, n) VALUES (?1, ?2, ?3)")?
+            .execute(params![file_id.key(), slot.day, slot.n])?;
+        Ok(())
+    }
+
+    pub fn set_snapshot_at_rd(&self, file_id: &FileId) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE snapshots SET at_rd = 1 WHERE file_id = ?1")?
+            .execute([file_id.key()])?;
+        Ok(())
+    }
+
+    /// Forgets a snapshot a newer one superseded (`superseded`): its version (if it has a row:
+    /// one the recover found has none) and its chunks go, with DELETE to the peers. Refuses
+    /// anything that is not a snapshot of ours.
+    pub fn forget_snapshot(&self, file_id: &FileId, now_ms: i64) -> Result<bool, StoreError> {
+        let known: bool = self
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM snapshots WHERE file_id = ?1)")?
+            .query_row([file_id.key()], |r| r.get(0))?;
+        if !known {
+            tracing::error!("refused to delete {file_id}: it is not a catalog snapshot");
+            return Ok(false);
+        }
+        self.atomically(|| {
+            self.delete_file(file_id, now_ms)?;
+            self.conn
+                .prepare_cached("DELETE FROM snapshots WHERE file_id = ?1")?
+                .execute([file_id.key()])?;
+            Ok(())
+        })?;
+        Ok(true)
+    }
+
+    /// What changes when our own files do (a version added, finished or forgotten), snapshots
+    /// aside: a snapshot is taken when it moved.
+    pub fn own_changes(&self) -> Result<String, StoreError> {
+        let (n, top, done): (i64, i64, i64) = self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*), COALESCE(MAX(rowid), 0), COALESCE(SUM(complete), 0) FROM files
+                 WHERE file_id NOT IN (SELECT file_id FROM snapshots)",
+            )?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(format!("{n}/{top}/{done}"))
+    }
+
+    /// Versions of our own files, snapshots aside.
+    pub fn own_versions(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM files WHERE file_id NOT IN (SELECT file_id FROM snapshots)",
+            )?
+            .query_row([], |r| r.get(0))?)
+    }
+
+    /// After a recover: `file_id` in `slot` is the snapshot this catalog came from (it goes
+    /// once a newer one reached its RD), and no slot up to `floor` is used again.
+    pub fn adopt_snapshot(
+        &self,
+        file_id: &FileId,
+        slot: Slot,
+        floor: Slot,
+    ) -> Result<(), StoreError> {
+        self.atomically(|| {
+            self.conn
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO snapshots (file_id, day, n, at_rd) VALUES (?1, ?2, ?3, 1)",
+                )?
+                .execute(params![file_id.key(), slot.day, slot.n])?;
+            self.set_meta("snapshot_floor", &floor_text(floor.max(slot)))
+        })
+    }
+}
+
+/// The snapshots to forget once `rows` are known: all but the newest one at its RD, the
+/// (at most `UNFINISHED_KEPT`) newest ones after it, and the anchors of those days (a recover
+/// finds a day by its anchor).
+pub fn superseded(rows: &[SnapshotRow]) -> Vec<FileId> {
+    let mut sorted: Vec<&SnapshotRow> = rows.iter().collect();
+    sorted.sort_by_key(|r| std::cmp::Reverse(r.slot));
+    let newest_at_rd = sorted.iter().position(|r| r.at_rd);
+    let newer = newest_at_rd.unwrap_or(sorted.len());
+    let mut kept: Vec<Slot> = sorted[..newer]
+        .iter()
+        .take(UNFINISHED_KEPT)
+        .map(|r| r.slot)
+        .collect();
+    if let Some(i) = newest_at_rd {
+        kept.push(sorted[i].slot);
+    }
+    let anchors: Vec<Slot> = kept.iter().map(|s| Slot::anchor(s.day)).collect();
+    kept.extend(anchors);
+    sorted
+        .into_iter()
+        .filter(|r| !kept.contains(&r.slot))
+        .map(|r| r.file_id.clone())
+        .collect()
+}
+
+/// Writes a snapshot of the catalog at `live` into `out` (a new database with the catalog's
+/// schema): the `CARRIED` tables, as of one instant (one read transaction; the daemon goes on
+/// writing meanwhile). Blocking: run it off the async runtime.
+pub fn write_database(live: &Path, out: &Path) -> Result<(), StoreError> {
+    let _ = std::fs::remove_file(out);
+    drop(Catalog::open(out)?);
+    let conn = Connection::open(out)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute("ATTACH DATABASE ?1 AS live", [path_text(live)?])?;
+    conn.execute_batch("BEGIN")?;
+    for table in CARRIED {
+        let columns: Vec<String> = conn
+            .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let columns = columns.join(", ");
+        conn.execute_batch(&format!(
+            "INSERT INTO main.{table} ({columns}) SELECT {columns} FROM live.{table}"
+        ))?;
+    }
+    conn.execute_batch("COMMIT; DETACH DATABASE live")?;
+    // One file, no log beside it.
+    conn.pragma_update(None, "journal_mode", "DELETE")?;
+    drop(conn);
+    Ok(())
+}
+
+/// Writes the snapshot file `out` (header, then the database at `db`), synced; returns its
+/// length. Blocking.
+pub fn write_file(db: &Path, out: &Path) -> std::io::Result<u64> {
+    use std::io::Write;
+    let bytes = std::fs::read(db)?;
+    let hash: [u8; 32] = Sha256::digest(&bytes).into();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(out)?;
+    f.write_all(&header(bytes.len() as u64, &hash))?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    Ok((HEADER_LEN + bytes.len()) as u64)
+}
+
+fn path_text(path: &Path) -> Result<&str, StoreError> {
+    path.to_str().ok_or_else(|| {
+        StoreError::Commit(format!(
+            "{} is not UTF-8: SQLite cannot attach it",
+            path.display()
+        ))
+    })
+}
+
+/// At start, before the catalog opens: a catalog `peerstash recover` left as `RECOVERED`
+/// replaces `catalog.db`. The chunks hosted by the catalog it replaces stay hosted (their rows
+/// are carried over); the replaced catalog is kept as `REPLACED`. Each step can be repeated
+/// after a crash. Returns whether a catalog was installed.
+pub fn install_recovered(state_dir: &Path) -> Result<bool, StoreError> {
+    let recovered = state_dir.join(RECOVERED);
+    if !recovered.exists() {
+        return Ok(false);
+    }
+    let db = state_dir.join("catalog.db");
+    if db.exists() {
+        let conn = Connection::open(&recovered)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute("ATTACH DATABASE ?1 AS old", [path_text(&db)?])?;
+        let has_hosted: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM old.sqlite_master WHERE name = 'hosted')",
+            [],
+            |r| r.get(0),
+        )?;
+        if has_hosted {
+            let columns: Vec<String> = conn
+                .prepare("SELECT name FROM pragma_table_info('hosted')")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let columns = columns.join(", ");
+            conn.execute_batch(&format!(
+                "INSERT OR IGNORE INTO main.hosted ({columns}) SELECT {columns} FROM old.hosted"
+            ))?;
+        }
+        conn.execute_batch("DETACH DATABASE old")?;
+        conn.pragma_update(None, "journal_mode", "DELETE")?;
+        drop(conn);
+        // The old catalog's log merged into its file, so that no log is left to be applied
+        // to the new one.
+        let old = Connection::open(&db)?;
+        old.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        old.pragma_update(None, "journal_mode", "DELETE")?;
+        drop(old);
+        std::fs::rename(&db, state_dir.join(REPLACED))
+            .map_err(|e| StoreError::Commit(format!("cannot set {} aside: {e}", db.display())))?;
+    }
+    for suffix in ["-wal", "-shm"] {
+        let mut log = db.as_os_str().to_owned();
+        log.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(log));
+    }
+    std::fs::rename(&recovered, &db)
+        .map_err(|e| StoreError::Commit(format!("cannot install {}: {e}", recovered.display())))?;
+    if let Ok(dir) = std::fs::File::open(state_dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(true)
+}
+
+/// Reads the database out of a snapshot's plaintext (header, then database), checked.
+pub fn check_database(header_bytes: &[u8], db: &[u8]) -> Result<(), String> {
+    let (len, hash) = parse_header(header_bytes).ok_or("no snapshot header")?;
+    if db.len() as u64 != len {
+        return Err(format!("{} bytes, the header says {len}", db.len()));
+    }
+    let got: [u8; 32] = Sha256::digest(db).into();
+    if got != hash {
+        return Err("its bytes do not match the hash in its header".into());
+    }
+    Ok(())
+}
+
+/// The catalog in `db` opens, passes SQLite's quick check and has our tables.
+pub fn check_catalog(db: &Path) -> Result<u64, StoreError> {
+    let conn = Connection::open(db)?;
+    let found: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+    if found != "ok" {
+        return Err(StoreError::Corrupt(found));
+    }
+    let files: Option<u64> = conn
+        .query_row("SELECT COUNT(*) FROM files", [], |r| r.get(0))
+        .optional()?;
+    files.ok_or_else(|| StoreError::Corrupt("no files table".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(day: u32, n: u16, at_rd: bool) -> SnapshotRow {
+        SnapshotRow {
+            file_id: FileId::from_digest(&[(day as u8).wrapping_mul(16) ^ n as u8; 32]),
+            slot: Slot { day, n },
+            at_rd,
+        }
+    }
+
+    fn kept(rows: &[SnapshotRow]) -> Vec<Slot> {
+        let gone = superseded(rows);
+        let mut k: Vec<Slot> = (rows.iter())
+            .filter(|r| !gone.contains(&r.file_id))
+            .map(|r| r.slot)
+            .collect();
+        k.sort();
+        k
+    }
+
+    #[test]
+    fn the_newest_at_rd_its_anchor_and_a_few_newer_ones_are_kept() {
+        let s = |day, n| Slot { day, n };
+        // Day 10: anchor, 5, 9 (at RD); day 11: anchor (not yet at RD).
+        let rows = [
+            row(9, 0, true),
+            row(10, 0, true),
+            row(10, 5, true),
+            row(10, 9, true),
+            row(11, 0, false),
+        ];
+        assert_eq!(kept(&rows), vec![s(10, 0), s(10, 9), s(11, 0)]);
+        // Once day 11's anchor is at RD, day 10 goes.
+        let rows = [row(10, 0, true), row(10, 9, true), row(11, 0, true)];
+        assert_eq!(kept(&rows), vec![s(11, 0)]);
+        // None at RD (no peer to hold them): the three newest and their anchors.
+        let rows: Vec<SnapshotRow> = (0..6).map(|n| row(12, n, false)).collect();
+        assert_eq!(kept(&rows), vec![s(12, 0), s(12, 3), s(12, 4), s(12, 5)]);
+        assert!(superseded(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_carries_our_files_and_not_what_we_host_and_installs_over_a_new_catalog() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live.db");
+        let cat = Catalog::open(&live).unwrap();
+        cat.set_meta("k", "v").unwrap();
+        cat.conn
+            .execute_batch(
+                "INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash, desired_rd)
+                 VALUES ('aa', X'2F77', 1, 3, 0, 420, 'h', 2);
+                 INSERT INTO holders VALUES ('aa', 0, 7);
+                 INSERT INTO hosted (file_id, chunk_no, wire_id, size, hash, desired_rd)
+                 VALUES ('bb', 0, 'BB', 1, 'h', 1);
+                 INSERT INTO queue (path, due_at) VALUES (X'2F78', 0);",
+            )
+            .unwrap();
+        let copy = dir.path().join("copy.db");
+        write_database(&live, &copy).unwrap();
+        let snap = Catalog::open(&copy).unwrap();
+        let count = |c: &Catalog, t: &str| -> i64 {
+            c.conn
+                .query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(count(&snap, "files"), 1);
+        assert_eq!(count(&snap, "holders"), 1);
+        assert_eq!(count(&snap, "holder_counts"), 1, "kept by its triggers");
+        assert_eq!(count(&snap, "hosted"), 0);
+        assert_eq!(count(&snap, "queue"), 0);
+        assert_eq!(snap.meta("k").unwrap().as_deref(), Some("v"));
+        drop(snap);
+        assert_eq!(check_catalog(&copy).unwrap(), 1);
+
+        // Installed in a state folder whose new catalog hosts a chunk: the chunk stays.
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let db = state.join("catalog.db");
+        let fresh = Catalog::open(&db).unwrap();
+        fresh
+            .conn
+            .execute_batch(
+                "INSERT INTO hosted (file_id, chunk_no, wire_id, size, hash, desired_rd)
+                 VALUES ('cc', 0, 'CC', 1, 'h', 1);",
+            )
+            .unwrap();
+        drop(fresh); // installed at start, before the catalog opens
+        std::fs::copy(&copy, state.join(RECOVERED)).unwrap();
+        assert!(install_recovered(&state).unwrap());
+        assert!(!install_recovered(&state).unwrap(), "installed once");
+        let installed = Catalog::open(&db).unwrap();
+        assert_eq!(count(&installed, "files"), 1);
+        assert_eq!(count(&installed, "hosted"), 1);
+        assert!(state.join(REPLACED).exists());
+    }
+
+    #[test]
+    fn headers_round_trip_and_check_the_bytes() {
+        let db = b"database bytes";
+        let hash: [u8; 32] = Sha256::digest(db).into();
+        let h = header(db.len() as u64, &hash);
+        assert_eq!(parse_header(&h), Some((db.len() as u64, hash)));
+        assert!(check_database(&h, db).is_ok());
+        assert!(check_database(&h, b"database bytez").is_err());
+        assert!(check_database(&h, b"database").is_err());
+        assert!(parse_header(b"PSCATLG2").is_none());
+    }
+
+    #[test]
+    fn a_used_slot_or_one_below_the_floor_is_not_used_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        assert_eq!(cat.last_snapshot_slot().unwrap(), None);
+        let id = FileId::from_digest(&[1; 32]);
+        cat.claim_snapshot(&id, Slot { day: 5, n: 3 }).unwrap();
+        assert!(cat.claim_snapshot(&FileId::from_digest(&[2; 32]), Slot { day: 5, n: 3 }).is_err());
+        assert_eq!(cat.last_snapshot_slot().unwrap(), Some(Slot { day: 5, n: 3 }));
+        let found = FileId::from_digest(&[3; 32]);
+        cat.adopt_snapshot(&found, Slot { day: 5, n: 1 }, Slot { day: 6, n: 40 })
+            .unwrap();
+        assert_eq!(cat.last_snapshot_slot().unwrap(), Some(Slot { day: 6, n: 40 }));
+        assert!(cat.forget_snapshot(&found, 0).unwrap());
+        assert!(!cat.forget_snapshot(&FileId::from_digest(&[9; 32]), 0).unwrap());
+        assert_eq!(cat.snapshots().unwrap().len(), 1);
+    }
+}
