@@ -67,6 +67,22 @@ pub enum Command {
     /// dropped and announced (REMOVED), so another holder makes a new one. Root only (the
     /// packages run it weekly).
     Scrub,
+    /// Back up a snapshot of this peer's catalog now, encrypted under its master key (the daemon
+    /// takes one after changes, at most every 10 minutes, and daily). Root only.
+    Snapshot,
+    /// On a reinstalled computer (same peer.id, same master key file, empty state folder): find
+    /// this peer's newest catalog snapshot on the peers and install it (the daemon restarts
+    /// with it); then `peerstash restore --all` brings the files back. Root only.
+    Recover {
+        /// How many days back to look for snapshots (the computer was lost that long ago at
+        /// most).
+        #[arg(long, default_value_t = 92, value_parser = clap::value_parser!(u32).range(1..=3660))]
+        days: u32,
+        /// Replace the catalog even if it already lists backups (it is kept beside as
+        /// catalog.db.before-recover).
+        #[arg(long)]
+        force: bool,
+    },
     /// Show this peer's state: quota, what it backed up and how healthy each file is, what it
     /// hosts.
     State {

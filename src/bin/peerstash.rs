@@ -126,6 +126,18 @@ fn run(args: Args) -> i32 {
                 &socket, &path, version, &dest, force, print,
             ))
         }
+        Command::Recover { days, force } => {
+            let request = Request::Recover {
+                days: Some(days),
+                force,
+            };
+            let result = runtime.block_on(control::call(&socket, &request, &[], print));
+            if let Ok((exit::OK, message, _)) = &result {
+                println!("{message}");
+                return wait_for_restart(&runtime, &socket);
+            }
+            result
+        }
         command => {
             let request = match command {
                 Command::Versions { path } => Request::Versions {
@@ -142,8 +154,10 @@ fn run(args: Args) -> i32 {
                 Command::Peers { .. } => Request::Peers,
                 Command::Check => Request::Check,
                 Command::Scrub => Request::Scrub,
+                Command::Snapshot => Request::Snapshot,
                 Command::Backup { .. }
                 | Command::Restore { .. }
+                | Command::Recover { .. }
                 | Command::Demo
                 | Command::RunDaemon { .. }
                 | Command::GenerateDocs { .. }
@@ -187,6 +201,35 @@ fn run(args: Args) -> i32 {
         Ok(()) => code,
         Err(e) => fail(exit::FAILED, e),
     }
+}
+
+/// After `recover`: waits (a minute at most) for the daemon to answer again, now with the
+/// recovered catalog.
+fn wait_for_restart(runtime: &tokio::runtime::Runtime, socket: &Path) -> i32 {
+    let answers = || {
+        let answer = runtime.block_on(control::call(socket, &Request::Peers, &[], |_| {}));
+        matches!(answer, Ok((exit::OK, _, _)))
+    };
+    let poll = std::time::Duration::from_millis(50);
+    // It stops first (within seconds: the old daemon no longer answers), then starts again.
+    let gone_by = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while answers() && std::time::Instant::now() < gone_by {
+        std::thread::sleep(poll);
+    }
+    let back_by = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < back_by {
+        if answers() {
+            println!(
+                "peerstashd is running with the recovered catalog: run `peerstash restore --all` to bring the files back"
+            );
+            return exit::OK;
+        }
+        std::thread::sleep(poll);
+    }
+    fail(
+        exit::UNREACHABLE,
+        "the catalog was recovered but peerstashd did not answer within a minute after its restart: see its log (journalctl -u peerstash), start it, then run `peerstash restore --all`",
+    )
 }
 
 /// `restore --all [DEST]`: the newest complete version of every file below every watched
@@ -315,13 +358,19 @@ fn run_daemon(config: &Path) -> i32 {
         Ok(r) => r,
         Err(e) => return fail(exit::FAILED, e),
     };
-    match runtime.block_on(peerstash::service::run(
+    let result = runtime.block_on(peerstash::service::run(
         cfg,
         lan_key,
         config.to_path_buf(),
         Default::default(),
-    )) {
-        Ok(()) => exit::OK,
+    ));
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
+        Ok(peerstash::service::Ended::Stopped) => exit::OK,
+        Ok(peerstash::service::Ended::Restart) => fail(
+            exit::FAILED,
+            format!("cannot start again: {}", peerstash::service::reexec()),
+        ),
         Err(e) => fail(exit::FAILED, format!("{e:#}")),
     }
 }

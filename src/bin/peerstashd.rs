@@ -27,14 +27,14 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     peerstash::service::systemd::init_logging();
-    let master_key = match master_key_for(&config, Some(&args.config)) {
+    let (master_key, master_key_made) = match master_key_for(&config, Some(&args.config)) {
         Ok(Some((key, made))) => {
             if made {
                 peerstash::service::warn_new_master_key(&config.peer.master_key_file);
             }
-            Some(key)
+            (Some(key), made)
         }
-        Ok(None) => None,
+        Ok(None) => (None, false),
         Err(e) => {
             eprintln!("peerstashd: {e}");
             return ExitCode::from(2);
@@ -51,6 +51,7 @@ fn main() -> ExitCode {
     let options = peerstash::daemon::StartOptions {
         rebuild_catalog: args.rebuild_catalog,
         master_key,
+        master_key_made,
     };
     let result = runtime.block_on(peerstash::service::run(
         config,
@@ -62,7 +63,12 @@ fn main() -> ExitCode {
     // thread, say) is not waited for long. The catalog is consistent at any instant.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(peerstash::service::Ended::Stopped) => ExitCode::SUCCESS,
+        Ok(peerstash::service::Ended::Restart) => {
+            let e = peerstash::service::reexec();
+            tracing::error!("cannot start again: {e}; start peerstashd by hand");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             // One line: to the journal at error priority under systemd, to stderr otherwise.
             tracing::error!("{e:#}");

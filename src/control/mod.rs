@@ -180,6 +180,18 @@ pub enum Request {
     Scrub,
     /// Every peer heard or holding chunks of ours (no paths: anyone may ask).
     Peers,
+    /// A catalog snapshot backed up now; root only.
+    Snapshot,
+    /// The newest catalog snapshot of this peer found on the peers and installed (the daemon
+    /// restarts with it); root only.
+    Recover {
+        /// Days looked back (default `cmd::recover::DEFAULT_DAYS`).
+        #[serde(default)]
+        days: Option<u32>,
+        /// Replace a catalog that already lists backups.
+        #[serde(default)]
+        force: bool,
+    },
 }
 
 impl Request {

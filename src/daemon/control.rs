@@ -230,6 +230,12 @@ async fn prepare(
         Request::Scrub if owner.is_some() => {
             Err("scrub reads every chunk this peer hosts: run it as root".into())
         }
+        Request::Snapshot if owner.is_some() => {
+            Err("snapshot copies the whole catalog: run it as root".into())
+        }
+        Request::Recover { .. } if owner.is_some() => {
+            Err("recover replaces this peer's catalog: run it as root".into())
+        }
         Request::Backup {
             path,
             replication,
@@ -372,6 +378,11 @@ async fn run(
         Job::Other(Request::Check) => cmd::check::check(&node).await,
         Job::Other(Request::Scrub) => cmd::scrub::scrub(&node, &progress).await,
         Job::Other(Request::Peers) => cmd::peers::peers(&node).await,
+        Job::Other(Request::Snapshot) => cmd::snapshot::snapshot(&node).await,
+        Job::Other(Request::Recover { days, force }) => {
+            let days = days.unwrap_or(cmd::recover::DEFAULT_DAYS);
+            cmd::recover::recover(&node, days, force, &progress).await
+        }
         Job::Other(Request::Backup { .. } | Request::Restore { .. }) => {
             unreachable!("prepare turns these into their jobs")
         }

@@ -15,7 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{disk, Node};
 use crate::engine::peer::{
-    Action, BackupOutcome, Expect, JobId, JobKind, Owner, Peer, Put, Role, HELLO_EVERY, MAX_PEERS_SEEN,
+    Action, BackupOutcome, Expect, JobId, JobKind, Owner, Peer, Put, Role, HELLO_EVERY,
+    MAX_PEERS_SEEN,
 };
 use crate::net::{tcp, ChannelSocket, MAX_DATAGRAM};
 use crate::protocol::auth;

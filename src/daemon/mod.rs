@@ -79,6 +79,10 @@ pub struct Node {
     /// When this daemon started (unix ms): a holder not heard since is given a full
     /// holder_timeout from here, so our own downtime never counts against it.
     pub started_ms: i64,
+    /// One catalog snapshot at a time (`cmd::snapshot`).
+    pub snapshotting: tokio::sync::Mutex<()>,
+    /// Woken when the daemon must stop and start again (a recovered catalog to install).
+    pub restart: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -169,6 +173,7 @@ impl Node {
             Ok((key, made)) => {
                 if made {
                     crate::service::warn_new_master_key(&config.peer.master_key_file);
+                    self.note_master_key_made(&key);
                 }
                 self.set_master_key(Some(key.clone()));
                 Some(key)
@@ -177,6 +182,24 @@ impl Node {
                 tracing::warn!("{e}");
                 None
             }
+        }
+    }
+
+    /// Notes in the catalog that this peer made its master key itself (so `recover` can tell
+    /// that this key cannot open the snapshots of a computer that was lost before).
+    pub(crate) fn note_master_key_made(&self, key: &MasterKey) {
+        let catalog = self.catalog.clone();
+        let made = format!("{} {}", key.fingerprint(), crate::store::unix_ms());
+        let note = async move {
+            if let Err(e) = catalog
+                .call(move |c| c.set_meta("master_key_made", &made))
+                .await
+            {
+                tracing::warn!("cannot note that the master key was made: {e}");
+            }
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(note);
         }
     }
 
@@ -205,6 +228,8 @@ pub struct StartOptions {
     pub rebuild_catalog: bool,
     /// The master key, as `config::master_key_for` read it.
     pub master_key: Option<MasterKey>,
+    /// Whether `config::master_key_for` made it now (the key file did not exist).
+    pub master_key_made: bool,
 }
 
 /// Takes the state folder, opens and checks the catalog and the store, binds the control socket,
@@ -240,6 +265,18 @@ pub async fn start(
         )?;
     }
     let lock = lock_state_dir(&state_dir)?;
+    // `peerstash recover` found the catalog this peer had lost: it replaces the new one now.
+    if crate::store::snapshot::install_recovered(&state_dir).with_context(|| {
+        format!(
+            "cannot install the recovered catalog in {}",
+            state_dir.display()
+        )
+    })? {
+        tracing::info!(
+            "installed the recovered catalog (the one it replaces is kept as {})",
+            state_dir.join(crate::store::snapshot::REPLACED).display()
+        );
+    }
     let db = state_dir.join("catalog.db");
     let chunks = state_dir.join("chunks");
     // A catalog that is missing or empty next to a store that holds chunks: it was lost, and
@@ -335,7 +372,12 @@ pub async fn start(
         tcp_port: tcp.as_ref().map(|(_, port)| *port),
         deliveries: crate::net::tcp::Deliveries::new(),
         started_ms: crate::store::unix_ms(),
+        snapshotting: tokio::sync::Mutex::new(()),
+        restart: tokio::sync::Notify::new(),
     });
+    if let (true, Some(key)) = (options.master_key_made, &options.master_key) {
+        node.note_master_key_made(key);
+    }
     let lost = disk::reconcile_store(&node).await?;
     let (to_engine, datagrams) = driver::datagram_queue();
     tokio::spawn(driver::run(

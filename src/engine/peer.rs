@@ -125,8 +125,7 @@ impl Expect {
     fn takes(&self, no: crate::protocol::ChunkNo, body: &[u8], hash: Option<String>) -> bool {
         match self {
             Expect::Bytes { len, hash: want } => {
-                body.len() as u64 == *len
-                    && hash.unwrap_or_else(|| sha256_hex(body)) == *want
+                body.len() as u64 == *len && hash.unwrap_or_else(|| sha256_hex(body)) == *want
             }
             Expect::Opens(key) => key.open(no, body).is_ok(),
         }
@@ -891,7 +890,11 @@ impl Peer {
             if let Some(r) = self.replying.get_mut(chunk).filter(|r| r.tcp.is_some()) {
                 r.pending.silence();
             }
-            if self.fetching.get(chunk).is_none_or(|f| f.expect.len() != Some(0)) {
+            if self
+                .fetching
+                .get(chunk)
+                .is_none_or(|f| f.expect.len() != Some(0))
+            {
                 return;
             }
         }

@@ -162,6 +162,11 @@ impl MasterKey {
         FileId::from_digest(&mac.finalize().into_bytes().into())
     }
 
+    /// A one-way name of this key (it tells two keys apart, and reveals nothing of either).
+    pub fn fingerprint(&self) -> String {
+        crate::protocol::hex(&self.derive(b"", b"peerstash key fingerprint v1")[..8])
+    }
+
     /// The fileId of this peer's catalog snapshot in `slot`: from the peer id and the master
     /// key alone, so that a reinstalled peer finds its snapshots again (`peerstash recover`).
     pub fn snapshot_file_id(&self, peer: super::PeerId, slot: Slot) -> FileId {
@@ -297,22 +302,40 @@ mod tests {
         // First of a day, whatever the time: the anchor.
         assert_eq!(Slot::next(day + 5_000, None), Some(Slot::anchor(20_000)));
         let prev_day = Slot { day: 19_999, n: 77 };
-        assert_eq!(Slot::next(day + 5_000, Some(prev_day)), Some(Slot::anchor(20_000)));
+        assert_eq!(
+            Slot::next(day + 5_000, Some(prev_day)),
+            Some(Slot::anchor(20_000))
+        );
         // Later that day: the ten-minute period, above the last one used.
         let a = Slot::anchor(20_000);
-        assert_eq!(Slot::next(day + 3_000, Some(a)), Some(Slot { day: 20_000, n: 5 }));
+        assert_eq!(
+            Slot::next(day + 3_000, Some(a)),
+            Some(Slot { day: 20_000, n: 5 })
+        );
         let five = Slot { day: 20_000, n: 5 };
-        assert_eq!(Slot::next(day + 3_100, Some(five)), Some(Slot { day: 20_000, n: 6 }));
+        assert_eq!(
+            Slot::next(day + 3_100, Some(five)),
+            Some(Slot { day: 20_000, n: 6 })
+        );
         // A full day, or a clock that went back: none.
-        let full = Slot { day: 20_000, n: Slot::PER_DAY - 1 };
+        let full = Slot {
+            day: 20_000,
+            n: Slot::PER_DAY - 1,
+        };
         assert_eq!(Slot::next(day + 3_100, Some(full)), None);
         assert_eq!(Slot::next(day - 10, Some(a)), None);
         // Each slot, peer and key its own fileId.
         let m = MasterKey::new([3; 32]);
         let p = crate::protocol::PeerId(4);
         assert_ne!(m.snapshot_file_id(p, a), m.snapshot_file_id(p, five));
-        assert_ne!(m.snapshot_file_id(p, a), m.snapshot_file_id(crate::protocol::PeerId(5), a));
-        assert_ne!(m.snapshot_file_id(p, a), MasterKey::new([4; 32]).snapshot_file_id(p, a));
+        assert_ne!(
+            m.snapshot_file_id(p, a),
+            m.snapshot_file_id(crate::protocol::PeerId(5), a)
+        );
+        assert_ne!(
+            m.snapshot_file_id(p, a),
+            MasterKey::new([4; 32]).snapshot_file_id(p, a)
+        );
         assert_eq!(m.snapshot_file_id(p, a), m.snapshot_file_id(p, a));
     }
 

@@ -47,6 +47,27 @@ pub(crate) async fn until_stopped(mut shutdown: Shutdown, work: impl Future<Outp
     }
 }
 
+/// How the service ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// SIGTERM or SIGINT.
+    Stopped,
+    /// It must start again (`peerstash recover` left a catalog to install): see `reexec`.
+    Restart,
+}
+
+/// Starts the daemon again in this process (same pid, so systemd and a supervisor keep it), with
+/// the same arguments, once `run` returned `Ended::Restart`. Returns only on failure.
+pub fn reexec() -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    std::process::Command::new("/proc/self/exe")
+        .arg0(argv0)
+        .args(args)
+        .exec()
+}
+
 /// Runs the peer as a service until SIGTERM or SIGINT. `config_path` is re-read on SIGHUP, and
 /// the LAN key with it; `lan_key` is the one the config names now (`config::load_lan_key`).
 pub async fn run(
@@ -54,7 +75,7 @@ pub async fn run(
     lan_key: Option<LanKey>,
     config_path: PathBuf,
     options: daemon::StartOptions,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Ended> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -77,6 +98,11 @@ pub async fn run(
         trigger.subscribe(),
         lost_holders(node.clone(), worker),
     ));
+    let worker = node.workers.register("snapshots");
+    tokio::spawn(until_stopped(
+        trigger.subscribe(),
+        crate::daemon::cmd::snapshot::keep_taking(node.clone(), worker),
+    ));
     let worker = node.workers.register("status");
     tokio::spawn(until_stopped(
         trigger.subscribe(),
@@ -93,10 +119,22 @@ pub async fn run(
             _ = hup.recv() => reload(&node, &config_path, &mut watchers, &wake).await,
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
+            _ = node.restart.notified() => break "restart",
         }
     };
-    systemd::stopping();
-    tracing::info!("{signal}: stopping");
+    let ended = match signal {
+        "restart" => {
+            // Same pid: systemd sees a reload, then READY again.
+            systemd::reloading();
+            tracing::info!("restarting to install the recovered catalog");
+            Ended::Restart
+        }
+        _ => {
+            systemd::stopping();
+            tracing::info!("{signal}: stopping");
+            Ended::Stopped
+        }
+    };
     // The watchers hold a Shutdown for the rescan tasks they start.
     drop(watchers);
     if trigger.shutdown(STOP_WITHIN).await {
@@ -119,7 +157,7 @@ pub async fn run(
         tracing::warn!("cannot remove the control socket {}: {e}", socket.display());
     }
     tracing::info!("stopped");
-    Ok(())
+    Ok(ended)
 }
 
 /// Expires the versions of files deleted locally for longer than their folder keeps them.
@@ -296,8 +334,9 @@ async fn reload(node: &Arc<Node>, path: &Path, watchers: &mut Watchers, wake: &A
     match loaded {
         Err(e) => tracing::error!("reload refused, the running config stays: {e}"),
         Ok((mut new, key, master)) => {
-            if let Some((_, true)) = &master {
+            if let Some((key, true)) = &master {
                 warn_new_master_key(&new.peer.master_key_file);
+                node.note_master_key_made(key);
             }
             node.set_master_key(master.map(|(k, _)| k));
             let old = node.config();

@@ -490,7 +490,10 @@ impl Catalog {
 
     /// Runs `f` all or nothing: in a savepoint, nested in the catalog thread's transaction, or
     /// a transaction of its own when the catalog is used directly.
-    pub(super) fn atomically<R>(&self, f: impl FnOnce() -> Result<R, StoreError>) -> Result<R, StoreError> {
+    pub(super) fn atomically<R>(
+        &self,
+        f: impl FnOnce() -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         self.conn.execute_batch("SAVEPOINT atomically")?;
         let done = f().and_then(|r| {
             self.conn.execute_batch("RELEASE atomically")?;
@@ -897,10 +900,13 @@ impl Catalog {
 
     /// Paths whose newest version is complete but has a chunk below its desired RD (holders
     /// dropped it, or died during a re-backup): the home peer backs them up again.
+    /// (Catalog snapshots aside: one is backed up under its slot's fileId or not at all, and the
+    /// next one is due within a day.)
     pub fn paths_below_rd(&self) -> Result<Vec<PathBuf>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT f.path FROM files f
              WHERE f.complete = 1 AND f.deleted_at IS NULL
+               AND f.file_id NOT IN (SELECT file_id FROM snapshots)
                AND f.version = (SELECT MAX(version) FROM files g WHERE g.path = f.path)
                AND EXISTS (SELECT 1 FROM file_chunks c WHERE c.file_id = f.file_id
                    AND COALESCE((SELECT n FROM holder_counts h

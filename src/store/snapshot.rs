@@ -200,6 +200,10 @@ impl Catalog {
                     "INSERT OR REPLACE INTO snapshots (file_id, day, n, at_rd) VALUES (?1, ?2, ?3, 1)",
                 )?
                 .execute(params![file_id.key(), slot.day, slot.n])?;
+            // The key that opened it was not made here.
+            self.conn
+                .prepare_cached("DELETE FROM meta WHERE key = 'master_key_made'")?
+                .execute([])?;
             self.set_meta("snapshot_floor", &floor_text(floor.max(slot)))
         })
     }
@@ -480,14 +484,24 @@ mod tests {
         assert_eq!(cat.last_snapshot_slot().unwrap(), None);
         let id = FileId::from_digest(&[1; 32]);
         cat.claim_snapshot(&id, Slot { day: 5, n: 3 }).unwrap();
-        assert!(cat.claim_snapshot(&FileId::from_digest(&[2; 32]), Slot { day: 5, n: 3 }).is_err());
-        assert_eq!(cat.last_snapshot_slot().unwrap(), Some(Slot { day: 5, n: 3 }));
+        assert!(cat
+            .claim_snapshot(&FileId::from_digest(&[2; 32]), Slot { day: 5, n: 3 })
+            .is_err());
+        assert_eq!(
+            cat.last_snapshot_slot().unwrap(),
+            Some(Slot { day: 5, n: 3 })
+        );
         let found = FileId::from_digest(&[3; 32]);
         cat.adopt_snapshot(&found, Slot { day: 5, n: 1 }, Slot { day: 6, n: 40 })
             .unwrap();
-        assert_eq!(cat.last_snapshot_slot().unwrap(), Some(Slot { day: 6, n: 40 }));
+        assert_eq!(
+            cat.last_snapshot_slot().unwrap(),
+            Some(Slot { day: 6, n: 40 })
+        );
         assert!(cat.forget_snapshot(&found, 0).unwrap());
-        assert!(!cat.forget_snapshot(&FileId::from_digest(&[9; 32]), 0).unwrap());
+        assert!(!cat
+            .forget_snapshot(&FileId::from_digest(&[9; 32]), 0)
+            .unwrap());
         assert_eq!(cat.snapshots().unwrap().len(), 1);
     }
 }

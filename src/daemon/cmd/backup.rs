@@ -568,6 +568,18 @@ pub(crate) async fn backup_handle(
     file: File,
     plan: Plan,
 ) -> Result<BackupReport, BackupError> {
+    backup_handle_as(node, path, file, plan, None).await
+}
+
+/// `backup_handle`, under the fileId `named` if given (a catalog snapshot, whose fileId comes
+/// from its slot), else the one its identity gives.
+pub(crate) async fn backup_handle_as(
+    node: &Arc<Node>,
+    path: &Path,
+    file: File,
+    plan: Plan,
+    named: Option<FileId>,
+) -> Result<BackupReport, BackupError> {
     let rd = Rd::new(plan.desired).unwrap_or_else(|| Rd::new(1).expect("1 is a valid RD"));
     let master = match plan.encrypt {
         true => Some(node.master_key_or_make().ok_or(BackupError::NoMasterKey)?),
@@ -619,9 +631,10 @@ pub(crate) async fn backup_handle(
         mtime_ns: stamp.mtime_ns,
         content_hash: &scanned.content_hash,
     };
-    let file_id = match &master {
-        Some(master) => master.file_id(&identity),
-        None => identity.file_id(),
+    let file_id = match (named, &master) {
+        (Some(named), _) => named,
+        (None, Some(master)) => master.file_id(&identity),
+        (None, None) => identity.file_id(),
     };
     let key = master.map(|m| Arc::new(m.file_key(&file_id)));
     let row = FileRow {

@@ -1,5 +1,5 @@
 //! The commands of the control socket, one file each: backup, restore, versions, delete,
-//! reclaim, state, peers, check, scrub. Each returns a `Done` (exit code, one-line message, optional data)
+//! reclaim, state, peers, check, scrub, snapshot, recover. Each returns a `Done` (exit code, one-line message, optional data)
 //! and may report progress lines on the way. Errors are typed (`CmdError`) and mapped to an
 //! exit code and a reply here, in one place.
 
@@ -8,8 +8,10 @@ pub(crate) mod check;
 pub(crate) mod delete;
 pub(crate) mod peers;
 pub(crate) mod reclaim;
+pub(crate) mod recover;
 pub(crate) mod restore;
 pub(crate) mod scrub;
+pub(crate) mod snapshot;
 pub(crate) mod state;
 pub(crate) mod versions;
 

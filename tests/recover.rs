@@ -1,0 +1,186 @@
+//! Disaster recovery with real daemons on loopback: a peer's state folder is wiped entirely
+//! (its config and master key kept, as on a reinstalled computer), `peerstash recover` finds its
+//! newest catalog snapshot on the other peers, and `peerstash restore --all` brings back every
+//! file of its watched folder. Without the key, recover says what is missing and changes nothing.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+
+type Files = Vec<(PathBuf, Vec<u8>, u32, SystemTime)>;
+
+/// 50 files in subfolders, of various sizes, modes and mtimes.
+fn populate(root: &Path) -> Files {
+    let mut files = Vec::new();
+    for i in 0..50u64 {
+        let rel = PathBuf::from(format!("dir{}/sub{}/f{i}.bin", i % 4, i % 3));
+        let path = root.join(&rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let bytes = random_bytes((i as usize * 3_917) % 150_000);
+        std::fs::write(&path, &bytes).unwrap();
+        let mode = [0o644, 0o600, 0o750][i as usize % 3];
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let mtime = UNIX_EPOCH + Duration::from_secs(1_500_000_000 + i * 3_600);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        files.push((rel, bytes, mode, mtime));
+    }
+    files
+}
+
+fn check_all(root: &Path, files: &Files) {
+    for (rel, bytes, mode, mtime) in files {
+        let path = root.join(rel);
+        let meta = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            std::fs::read(&path).unwrap() == *bytes,
+            "{}",
+            path.display()
+        );
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            *mode,
+            "{}",
+            path.display()
+        );
+        assert_eq!(meta.modified().unwrap(), *mtime, "{}", path.display());
+    }
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Starts 3 peers, peer 1 watching a folder of 50 files (encrypted), and waits until all are
+/// at RD 2.
+fn backed_up_cluster() -> (Cluster, tempfile::TempDir, PathBuf, Files) {
+    let folder = tempfile::tempdir().unwrap();
+    let root = folder.path().canonicalize().unwrap();
+    let files = populate(&root);
+    let watch = format!(
+        "[[watch]]\npath = \"{}\"\nreplication = 2\nquiet = \"200ms\"\nencrypt = true\n",
+        root.display()
+    );
+    let c = Cluster::start_with(&["0", "30 MiB", "30 MiB", "30 MiB"], &[&watch]);
+    let all_backed_up = || {
+        c.try_state(0).is_some_and(|s| {
+            files.iter().all(|(rel, ..)| {
+                file_entries(&s, &root.join(rel))
+                    .iter()
+                    .any(|f| min_rd(f) >= 2)
+            })
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(90), all_backed_up),
+        "not all backed up:\n{}",
+        c.dump()
+    );
+    (c, folder, root, files)
+}
+
+#[test]
+fn a_wiped_peer_recovers_its_catalog_and_restores_every_file() {
+    if !is_root() {
+        eprintln!("skipped: snapshot and recover are root's commands (run the tests as root)");
+        return;
+    }
+    let (mut c, _folder, root, files) = backed_up_cluster();
+    let out = c.cli_ok(0, &["snapshot"], 0);
+    assert!(out.contains("every chunk at its RD"), "{out}");
+
+    // The computer dies: its state folder and the watched files are lost; config and key kept.
+    c.kill(0);
+    let state = c.peers[0].dir.join("state");
+    std::fs::remove_dir_all(&state).unwrap();
+    for entry in std::fs::read_dir(&root).unwrap() {
+        std::fs::remove_dir_all(entry.unwrap().path()).unwrap();
+    }
+    c.spawn(0);
+    c.wait_ready(0);
+    let pid = c.pid(0);
+    let out = c.cli_ok(0, &["recover"], 0);
+    assert!(out.contains("recovered the catalog snapshot"), "{out}");
+    assert!(out.contains("running with the recovered catalog"), "{out}");
+    assert_eq!(c.pid(0), pid, "restarted in place");
+    assert!(c.full_log(0).contains("installed the recovered catalog"));
+
+    let out = c.cli_ok(0, &["restore", "--all"], 0);
+    assert!(out.contains("50 files: 50 restored, 0 failed"), "{out}");
+    check_all(&root, &files);
+
+    // Snapshots go on in slots of their own: the recovered one is the day's anchor, and is
+    // kept beside the newest; the one between them is deleted.
+    let out = c.cli_ok(0, &["snapshot"], 0);
+    assert!(out.contains("0 older snapshots deleted"), "{out}");
+    let out = c.cli_ok(0, &["snapshot"], 0);
+    assert!(out.contains("1 older snapshots deleted"), "{out}");
+}
+
+#[test]
+fn without_the_key_recover_says_what_is_missing_and_changes_nothing() {
+    if !is_root() {
+        eprintln!("skipped: snapshot and recover are root's commands (run the tests as root)");
+        return;
+    }
+    let (mut c, _folder, root, _files) = backed_up_cluster();
+    c.cli_ok(0, &["snapshot"], 0);
+    c.kill(0);
+    let state = c.peers[0].dir.join("state");
+    std::fs::remove_dir_all(&state).unwrap();
+    let key = c.peers[0].dir.join("master.key");
+    let kept = c.peers[0].dir.join("master.key.kept");
+    std::fs::rename(&key, &kept).unwrap();
+
+    // No key at all (no folder encrypts yet on the reinstalled computer): none is made.
+    c.rewrite_config(0, "0", "");
+    c.spawn(0);
+    c.wait_ready(0);
+    let out = c.cli(0, &["recover"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("master.key is missing"), "{stderr}");
+    assert!(stderr.contains("Nothing was changed"), "{stderr}");
+    assert!(
+        !key.exists(),
+        "no key made: a new one could not open the snapshots"
+    );
+    assert!(!state.join("catalog.recovered").exists());
+    let out = c.cli(0, &["versions", root.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0), "no version known");
+
+    // The config back, with its encrypted folder: the daemon makes a new key, and recover
+    // says that this one cannot be the lost computer's.
+    let watch = format!(
+        "[[watch]]\npath = \"{}\"\nreplication = 2\nencrypt = true\n",
+        root.display()
+    );
+    c.rewrite_config(0, "0", &watch);
+    c.restart(0);
+    assert!(key.exists());
+    let out = c.cli(0, &["recover"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("was made new by this peer"), "{stderr}");
+    assert!(!state.join("catalog.recovered").exists());
+
+    // The old key put back: the snapshot is found. The files the new key backed up meanwhile
+    // make the catalog one that lists backups: only --force replaces it.
+    c.stop(0);
+    std::fs::rename(&kept, &key).unwrap();
+    c.spawn(0);
+    c.wait_ready(0);
+    let out = c.cli(0, &["recover"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("recover --force"), "{stderr}");
+    let out = c.cli_ok(0, &["recover", "--force"], 0);
+    assert!(out.contains("recovered the catalog snapshot"), "{out}");
+}
