@@ -62,6 +62,13 @@ fn non_root_callers_act_only_on_their_own_files() {
     let o = as_user(&c, true, &["reclaim", "0"]);
     assert_eq!(code(&o), 1);
     assert!(err(&o).contains("root"), "{}", err(&o));
+    // A user may not copy the catalog out, nor replace it with one of its choosing.
+    for admin in [&["snapshot"][..], &["recover", "--force"][..]] {
+        let o = as_user(&c, true, admin);
+        assert_eq!(code(&o), 1, "{admin:?}");
+        assert!(err(&o).contains("run it as root"), "{}", err(&o));
+    }
+    assert!(!c.peer(0).dir.join("state/snapshots").exists());
     let o = as_user(
         &c,
         true,

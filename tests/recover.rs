@@ -55,6 +55,18 @@ fn check_all(root: &Path, files: &Files) {
     }
 }
 
+fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        match path.is_dir() {
+            true => out.extend(files_below(&path)),
+            false => out.push(path),
+        }
+    }
+    out
+}
+
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
@@ -96,6 +108,18 @@ fn a_wiped_peer_recovers_its_catalog_and_restores_every_file() {
     let (mut c, _folder, root, files) = backed_up_cluster();
     let out = c.cli_ok(0, &["snapshot"], 0);
     assert!(out.contains("every chunk at its RD"), "{out}");
+    // The holders keep it sealed: no path of ours is in any file of theirs.
+    let marker = root.join("dir1/sub1").into_os_string().into_encoded_bytes();
+    for holder in 1..4 {
+        for file in files_below(&c.peers[holder].dir.join("state")) {
+            let bytes = std::fs::read(&file).unwrap();
+            assert!(
+                !bytes.windows(marker.len()).any(|w| w == marker),
+                "{} holds a path of peer 1 in clear",
+                file.display()
+            );
+        }
+    }
 
     // The computer dies: its state folder and the watched files are lost; config and key kept.
     c.kill(0);

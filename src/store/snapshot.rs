@@ -265,12 +265,14 @@ pub fn write_database(live: &Path, out: &Path) -> Result<(), StoreError> {
 /// length. Blocking.
 pub fn write_file(db: &Path, out: &Path) -> std::io::Result<u64> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let bytes = std::fs::read(db)?;
     let hash: [u8; 32] = Sha256::digest(&bytes).into();
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(0o600)
         .open(out)?;
     f.write_all(&header(bytes.len() as u64, &hash))?;
     f.write_all(&bytes)?;

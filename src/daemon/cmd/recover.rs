@@ -31,6 +31,8 @@ pub const DEFAULT_DAYS: u32 = 92;
 pub const MAX_DAYS: u32 = 3_660;
 /// Anchors probed in one go.
 const ANCHORS_AT_ONCE: usize = 64;
+/// Days whose snapshots are tried, newest first, before recover gives up.
+const DAYS_TRIED: usize = 4;
 /// Chunks of a snapshot fetched (and held) in one go: 16 MB at most.
 const CHUNKS_AT_ONCE: usize = 256;
 /// Rounds of asking again for a snapshot's chunks that no holder gave.
@@ -240,6 +242,12 @@ async fn fetch_snapshot(
 
 /// `peerstash recover [--days N] [--force]`.
 pub(crate) async fn recover(node: &Arc<Node>, days: u32, force: bool, progress: &Progress) -> Done {
+    // Not beside a snapshot (which copies the catalog) nor another recover.
+    let Ok(_one) = node.snapshotting.try_lock() else {
+        return Done::failed(
+            "a catalog snapshot or another recover is running: try again in a minute",
+        );
+    };
     match run(node, days.min(MAX_DAYS), force, progress).await {
         Ok(done) => done,
         Err(e) => Done::failed(format!("recover failed: {e}")),
@@ -311,11 +319,15 @@ async fn run(
         .rev()
         .collect();
     let mut highest: Option<Slot> = None;
-    let mut tried = Vec::new();
-    for batch in all_days.chunks(ANCHORS_AT_ONCE) {
+    let (mut tried, mut days_tried) = (Vec::new(), 0);
+    'days: for batch in all_days.chunks(ANCHORS_AT_ONCE) {
         let anchors: Vec<Slot> = batch.iter().map(|d| Slot::anchor(*d)).collect();
         let found_days = probe(node, &master, &anchors).await?;
         for (anchor, anchor_first) in found_days {
+            days_tried += 1;
+            if days_tried > DAYS_TRIED {
+                break 'days;
+            }
             report(
                 progress,
                 format!(
