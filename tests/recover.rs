@@ -108,6 +108,8 @@ fn a_wiped_peer_recovers_its_catalog_and_restores_every_file() {
     let (mut c, _folder, root, files) = backed_up_cluster();
     let out = c.cli_ok(0, &["snapshot"], 0);
     assert!(out.contains("every chunk at its RD"), "{out}");
+    let state = c.cli_ok(0, &["state"], 0);
+    assert!(state.contains("`peerstash recover` would find it"), "{state}");
     // The holders keep it sealed: no path of ours is in any file of theirs.
     let marker = root.join("dir1/sub1").into_os_string().into_encoded_bytes();
     for holder in 1..4 {

@@ -475,6 +475,18 @@ fn print_state(s: &PeerState) {
     for u in &s.unavailable {
         println!("UNAVAILABLE: {} ({})", shown(&u.path), u.reason);
     }
+    if let Some(snap) = &s.catalog_snapshot {
+        println!(
+            "catalog snapshot: {}:{} ({}), {}",
+            snap.day,
+            snap.n,
+            peerstash::protocol::seal::Slot::day_text(snap.day),
+            match snap.at_rd {
+                true => "at its RD: `peerstash recover` would find it",
+                false => "below its RD (taken again later)",
+            }
+        );
+    }
     let busy: Vec<String> = s.in_progress.iter().map(|p| shown(p).to_string()).collect();
     println!(
         "queue: {} paths waiting{}",

@@ -262,6 +262,19 @@ pub struct PeerState {
     /// Acknowledgements of DELETE still owed by peers (one per deleted version and holder).
     #[serde(default)]
     pub unacked_deletes: u64,
+    /// The newest catalog snapshot backed up (what `recover` would find), if any; root only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog_snapshot: Option<SnapshotInfo>,
+}
+
+/// A catalog snapshot, as `state` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// UTC day (days since 1970) and place in that day.
+    pub day: u32,
+    pub n: u16,
+    /// Every chunk reached its desired RD.
+    pub at_rd: bool,
 }
 
 /// A background worker of the daemon and what it is doing.
@@ -744,6 +757,7 @@ mod tests {
             unavailable: Vec::new(),
             workers: Vec::new(),
             unacked_deletes: 0,
+            catalog_snapshot: None,
         };
         let a = state.versions_of(Path::new("/a"));
         assert_eq!(a.iter().map(|f| f.version).collect::<Vec<_>>(), [1, 2]);

@@ -63,6 +63,21 @@ impl Slot {
     pub fn anchor(day: u32) -> Slot {
         Slot { day, n: 0 }
     }
+
+    /// A day number as its date (UTC).
+    pub fn day_text(day: u32) -> String {
+        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+        let z = i64::from(day) + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        format!("{y:04}-{m:02}-{d:02}")
+    }
 }
 
 /// How a file is cut into chunks: in clear (SPEC §1), or encrypted (pieces of `PIECE` bytes).
@@ -294,6 +309,13 @@ mod tests {
         assert_ne!(a, b);
         assert_ne!(a, identity("abc").file_id(), "not the clear version's");
         assert_eq!(a, MasterKey::new([1; 32]).file_id(&identity("abc")));
+    }
+
+    #[test]
+    fn days_are_shown_as_dates() {
+        assert_eq!(Slot::day_text(0), "1970-01-01");
+        assert_eq!(Slot::day_text(20_000), "2024-10-04");
+        assert_eq!(Slot::day_text(20_785), "2026-11-28");
     }
 
     #[test]

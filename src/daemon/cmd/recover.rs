@@ -291,7 +291,7 @@ async fn run(
         return Ok(Done::failed(format!(
             "the master key {} was made new by this peer on {}, after its catalog was lost: it cannot open the snapshots the lost computer sealed with its own key. Put back the copy of the old key there (mode 0600), restart peerstashd and run `peerstash recover` again. Nothing was changed.",
             config.peer.master_key_file.display(),
-            day_text((made / 86_400_000) as u32)
+            Slot::day_text((made / 86_400_000) as u32)
         )));
     }
     if own > 0 && !force {
@@ -333,7 +333,7 @@ async fn run(
                 format!(
                     "found snapshots of day {} ({}): looking for the newest",
                     anchor.day,
-                    day_text(anchor.day)
+                    Slot::day_text(anchor.day)
                 ),
             );
             let later: Vec<Slot> = (1..Slot::PER_DAY)
@@ -418,7 +418,7 @@ async fn install(
         progress,
         format!(
             "recovered the catalog of {} ({versions} versions): the daemon restarts with it",
-            day_text(slot.day)
+            Slot::day_text(slot.day)
         ),
     );
     // After this reply is out.
@@ -433,7 +433,7 @@ async fn install(
             "recovered the catalog snapshot {}:{} ({}, {versions} versions, {bytes} bytes); peerstashd restarts with it. Then run `peerstash restore --all` to bring the files back",
             slot.day,
             slot.n,
-            day_text(slot.day)
+            Slot::day_text(slot.day)
         ),
         data: serde_json::to_value(Recovered {
             day: slot.day,
@@ -443,31 +443,4 @@ async fn install(
         })
         .ok(),
     })
-}
-
-/// A day number as its date (UTC).
-fn day_text(day: u32) -> String {
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = i64::from(day) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn days_are_shown_as_dates() {
-        assert_eq!(day_text(0), "1970-01-01");
-        assert_eq!(day_text(20_000), "2024-10-04");
-        assert_eq!(day_text(20_785), "2026-11-28");
-    }
 }

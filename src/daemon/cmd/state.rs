@@ -5,7 +5,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::Done;
-use crate::control::{exit, ChunkState, FileState, PeerState, StoredState, UnavailableFolder};
+use crate::control::{
+    exit, ChunkState, FileState, PeerState, SnapshotInfo, StoredState, UnavailableFolder,
+};
 use crate::daemon::Node;
 
 /// The peer's state. A non-root caller (`owner`) sees only its own files, and what this peer
@@ -51,10 +53,26 @@ pub(crate) async fn state(node: &Arc<Node>, owner: Option<u32>) -> Done {
                     perceived_rd: perceived,
                 })
                 .collect();
-            Ok((files, stored, c.queue_len()?, c.unacked_delete_count()?))
+            // The newest at its RD, else the newest.
+            let snapshots = c.snapshots()?;
+            let snapshot = (snapshots.iter().rev().find(|s| s.at_rd))
+                .or(snapshots.last())
+                .filter(|_| owner.is_none())
+                .map(|s| SnapshotInfo {
+                    day: s.slot.day,
+                    n: s.slot.n,
+                    at_rd: s.at_rd,
+                });
+            Ok((
+                files,
+                stored,
+                c.queue_len()?,
+                c.unacked_delete_count()?,
+                snapshot,
+            ))
         })
         .await;
-    let (files, stored, queue_length, unacked_deletes) = match r {
+    let (files, stored, queue_length, unacked_deletes, catalog_snapshot) = match r {
         Ok(x) => x,
         Err(e) => return e.into(),
     };
@@ -100,6 +118,7 @@ pub(crate) async fn state(node: &Arc<Node>, owner: Option<u32>) -> Done {
             .workers
             .report(owner.is_none(), std::time::Instant::now()),
         unacked_deletes,
+        catalog_snapshot,
     };
     Done {
         code: exit::OK,
