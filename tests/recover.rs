@@ -5,55 +5,10 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::*;
-
-type Files = Vec<(PathBuf, Vec<u8>, u32, SystemTime)>;
-
-/// 50 files in subfolders, of various sizes, modes and mtimes.
-fn populate(root: &Path) -> Files {
-    let mut files = Vec::new();
-    for i in 0..50u64 {
-        let rel = PathBuf::from(format!("dir{}/sub{}/f{i}.bin", i % 4, i % 3));
-        let path = root.join(&rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let bytes = random_bytes((i as usize * 3_917) % 150_000);
-        std::fs::write(&path, &bytes).unwrap();
-        let mode = [0o644, 0o600, 0o750][i as usize % 3];
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-        let mtime = UNIX_EPOCH + Duration::from_secs(1_500_000_000 + i * 3_600);
-        std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(mtime)
-            .unwrap();
-        files.push((rel, bytes, mode, mtime));
-    }
-    files
-}
-
-fn check_all(root: &Path, files: &Files) {
-    for (rel, bytes, mode, mtime) in files {
-        let path = root.join(rel);
-        let meta = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(
-            std::fs::read(&path).unwrap() == *bytes,
-            "{}",
-            path.display()
-        );
-        assert_eq!(
-            meta.permissions().mode() & 0o777,
-            *mode,
-            "{}",
-            path.display()
-        );
-        assert_eq!(meta.modified().unwrap(), *mtime, "{}", path.display());
-    }
-}
 
 fn files_below(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -73,10 +28,10 @@ fn is_root() -> bool {
 
 /// Starts 3 peers, peer 1 watching a folder of 50 files (encrypted), and waits until all are
 /// at RD 2.
-fn backed_up_cluster() -> (Cluster, tempfile::TempDir, PathBuf, Files) {
+fn backed_up_cluster() -> (Cluster, tempfile::TempDir, PathBuf, Tree) {
     let folder = tempfile::tempdir().unwrap();
     let root = folder.path().canonicalize().unwrap();
-    let files = populate(&root);
+    let files = populate_tree(&root);
     let watch = format!(
         "[[watch]]\npath = \"{}\"\nreplication = 2\nquiet = \"200ms\"\nencrypt = true\n",
         root.display()
@@ -109,7 +64,10 @@ fn a_wiped_peer_recovers_its_catalog_and_restores_every_file() {
     let out = c.cli_ok(0, &["snapshot"], 0);
     assert!(out.contains("every chunk at its RD"), "{out}");
     let state = c.cli_ok(0, &["state"], 0);
-    assert!(state.contains("`peerstash recover` would find it"), "{state}");
+    assert!(
+        state.contains("`peerstash recover` would find it"),
+        "{state}"
+    );
     // The holders keep it sealed: no path of ours is in any file of theirs.
     let marker = root.join("dir1/sub1").into_os_string().into_encoded_bytes();
     for holder in 1..4 {
@@ -141,7 +99,7 @@ fn a_wiped_peer_recovers_its_catalog_and_restores_every_file() {
 
     let out = c.cli_ok(0, &["restore", "--all"], 0);
     assert!(out.contains("50 files: 50 restored, 0 failed"), "{out}");
-    check_all(&root, &files);
+    check_tree(&root, &files);
 
     // Snapshots go on in slots of their own: the recovered one is the day's anchor, and is
     // kept beside the newest; the one between them is deleted.

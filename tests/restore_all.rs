@@ -4,60 +4,15 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::*;
-
-/// 50 files in 5 subfolders, of various sizes, modes and mtimes: (relative path, bytes, mode,
-/// mtime).
-fn populate(root: &Path) -> Vec<(PathBuf, Vec<u8>, u32, SystemTime)> {
-    let mut files = Vec::new();
-    for i in 0..50u64 {
-        let rel = PathBuf::from(format!("sub{}/deeper{}/file-{i}.dat", i % 5, i % 2));
-        let path = root.join(&rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let bytes = random_bytes((i as usize * 2_711) % 130_000);
-        std::fs::write(&path, &bytes).unwrap();
-        let mode = [0o600, 0o640, 0o755][i as usize % 3];
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-        let mtime = UNIX_EPOCH + Duration::from_secs(1_600_000_000 + i * 86_400);
-        std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(mtime)
-            .unwrap();
-        files.push((rel, bytes, mode, mtime));
-    }
-    files
-}
-
-fn check_all(root: &Path, files: &[(PathBuf, Vec<u8>, u32, SystemTime)]) {
-    for (rel, bytes, mode, mtime) in files {
-        let path = root.join(rel);
-        let meta = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(
-            std::fs::read(&path).unwrap() == *bytes,
-            "{}",
-            path.display()
-        );
-        assert_eq!(
-            meta.permissions().mode() & 0o777,
-            *mode,
-            "{}",
-            path.display()
-        );
-        assert_eq!(meta.modified().unwrap(), *mtime, "{}", path.display());
-    }
-}
 
 #[test]
 fn restore_all_brings_back_every_watched_file_with_its_mode_and_mtime() {
     let folder = tempfile::tempdir().unwrap();
     let root = folder.path().canonicalize().unwrap();
-    let files = populate(&root);
+    let files = populate_tree(&root);
     let watch = format!(
         "[[watch]]\npath = \"{}\"\nreplication = 2\nquiet = \"200ms\"\n",
         root.display()
@@ -82,7 +37,7 @@ fn restore_all_brings_back_every_watched_file_with_its_mode_and_mtime() {
     let dest = tempfile::tempdir().unwrap();
     let out = c.cli_ok(0, &["restore", "--all", dest.path().to_str().unwrap()], 0);
     assert!(out.contains("50 files: 50 restored, 0 failed"), "{out}");
-    check_all(&dest.path().join(root.strip_prefix("/").unwrap()), &files);
+    check_tree(&dest.path().join(root.strip_prefix("/").unwrap()), &files);
 
     // In place, after the folder's content is lost.
     for entry in std::fs::read_dir(&root).unwrap() {
@@ -90,7 +45,7 @@ fn restore_all_brings_back_every_watched_file_with_its_mode_and_mtime() {
     }
     let out = c.cli_ok(0, &["restore", "--all"], 0);
     assert!(out.contains("50 files: 50 restored, 0 failed"), "{out}");
-    check_all(&root, &files);
+    check_tree(&root, &files);
 
     // Files that exist are left alone.
     let out = c.cli_ok(0, &["restore", "--all"], 0);

@@ -245,14 +245,7 @@ pub fn write_database(live: &Path, out: &Path) -> Result<(), StoreError> {
     conn.execute("ATTACH DATABASE ?1 AS live", [path_text(live)?])?;
     conn.execute_batch("BEGIN")?;
     for table in CARRIED {
-        let columns: Vec<String> = conn
-            .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        let columns = columns.join(", ");
-        conn.execute_batch(&format!(
-            "INSERT INTO main.{table} ({columns}) SELECT {columns} FROM live.{table}"
-        ))?;
+        copy_rows(&conn, table, "live", "INSERT")?;
     }
     conn.execute_batch("COMMIT; DETACH DATABASE live")?;
     // One file, no log beside it.
@@ -278,6 +271,21 @@ pub fn write_file(db: &Path, out: &Path) -> std::io::Result<u64> {
     f.write_all(&bytes)?;
     f.sync_all()?;
     Ok((HEADER_LEN + bytes.len()) as u64)
+}
+
+/// Copies every row of `table` from the attached database `from` into the main one, column by
+/// name (an older catalog added its columns in another order), with `insert` ("INSERT", "INSERT
+/// OR IGNORE").
+fn copy_rows(conn: &Connection, table: &str, from: &str, insert: &str) -> Result<(), StoreError> {
+    let columns: Vec<String> = conn
+        .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let columns = columns.join(", ");
+    conn.execute_batch(&format!(
+        "{insert} INTO main.{table} ({columns}) SELECT {columns} FROM {from}.{table}"
+    ))?;
+    Ok(())
 }
 
 fn path_text(path: &Path) -> Result<&str, StoreError> {
@@ -309,14 +317,7 @@ pub fn install_recovered(state_dir: &Path) -> Result<bool, StoreError> {
             |r| r.get(0),
         )?;
         if has_hosted {
-            let columns: Vec<String> = conn
-                .prepare("SELECT name FROM pragma_table_info('hosted')")?
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            let columns = columns.join(", ");
-            conn.execute_batch(&format!(
-                "INSERT OR IGNORE INTO main.hosted ({columns}) SELECT {columns} FROM old.hosted"
-            ))?;
+            copy_rows(&conn, "hosted", "old", "INSERT OR IGNORE")?;
         }
         conn.execute_batch("DETACH DATABASE old")?;
         conn.pragma_update(None, "journal_mode", "DELETE")?;

@@ -469,3 +469,52 @@ pub fn user_home(c: &Cluster, uid: u32) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o640)).unwrap();
     (base, home, mine)
 }
+
+/// A watched folder's files: (relative path, bytes, mode, mtime).
+pub type Tree = Vec<(PathBuf, std::vec::Vec<u8>, u32, std::time::SystemTime)>;
+
+/// 50 files in 5 subfolders, of various sizes, modes and mtimes: (relative path, bytes, mode,
+/// mtime).
+pub fn populate_tree(root: &Path) -> Tree {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::UNIX_EPOCH;
+    let mut files = Vec::new();
+    for i in 0..50u64 {
+        let rel = PathBuf::from(format!("sub{}/deeper{}/file-{i}.dat", i % 5, i % 2));
+        let path = root.join(&rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let bytes = random_bytes((i as usize * 2_711) % 130_000);
+        std::fs::write(&path, &bytes).unwrap();
+        let mode = [0o600, 0o640, 0o755][i as usize % 3];
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let mtime = UNIX_EPOCH + Duration::from_secs(1_600_000_000 + i * 86_400);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        files.push((rel, bytes, mode, mtime));
+    }
+    files
+}
+
+pub fn check_tree(root: &Path, files: &Tree) {
+    use std::os::unix::fs::PermissionsExt;
+    for (rel, bytes, mode, mtime) in files {
+        let path = root.join(rel);
+        let meta = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            std::fs::read(&path).unwrap() == *bytes,
+            "{}",
+            path.display()
+        );
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            *mode,
+            "{}",
+            path.display()
+        );
+        assert_eq!(meta.modified().unwrap(), *mtime, "{}", path.display());
+    }
+}
