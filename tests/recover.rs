@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use common::*;
 
@@ -26,41 +25,13 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Starts 3 peers, peer 1 watching a folder of 50 files (encrypted), and waits until all are
-/// at RD 2.
-fn backed_up_cluster() -> (Cluster, tempfile::TempDir, PathBuf, Tree) {
-    let folder = tempfile::tempdir().unwrap();
-    let root = folder.path().canonicalize().unwrap();
-    let files = populate_tree(&root);
-    let watch = format!(
-        "[[watch]]\npath = \"{}\"\nreplication = 2\nquiet = \"200ms\"\nencrypt = true\n",
-        root.display()
-    );
-    let c = Cluster::start_with(&["0", "30 MiB", "30 MiB", "30 MiB"], &[&watch]);
-    let all_backed_up = || {
-        c.try_state(0).is_some_and(|s| {
-            files.iter().all(|(rel, ..)| {
-                file_entries(&s, &root.join(rel))
-                    .iter()
-                    .any(|f| min_rd(f) >= 2)
-            })
-        })
-    };
-    assert!(
-        wait_until(Duration::from_secs(90), all_backed_up),
-        "not all backed up:\n{}",
-        c.dump()
-    );
-    (c, folder, root, files)
-}
-
 #[test]
 fn a_wiped_peer_recovers_its_catalog_and_restores_every_file() {
     if !is_root() {
         eprintln!("skipped: snapshot and recover are root's commands (run the tests as root)");
         return;
     }
-    let (mut c, _folder, root, files) = backed_up_cluster();
+    let (mut c, _folder, root, files) = backed_up_tree(true);
     let out = c.cli_ok(0, &["snapshot"], 0);
     assert!(out.contains("every chunk at its RD"), "{out}");
     let state = c.cli_ok(0, &["state"], 0);
@@ -115,7 +86,7 @@ fn without_the_key_recover_says_what_is_missing_and_changes_nothing() {
         eprintln!("skipped: snapshot and recover are root's commands (run the tests as root)");
         return;
     }
-    let (mut c, _folder, root, _files) = backed_up_cluster();
+    let (mut c, _folder, root, _files) = backed_up_tree(true);
     c.cli_ok(0, &["snapshot"], 0);
     c.kill(0);
     let state = c.peers[0].dir.join("state");

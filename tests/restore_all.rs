@@ -4,34 +4,11 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 
 #[test]
 fn restore_all_brings_back_every_watched_file_with_its_mode_and_mtime() {
-    let folder = tempfile::tempdir().unwrap();
-    let root = folder.path().canonicalize().unwrap();
-    let files = populate_tree(&root);
-    let watch = format!(
-        "[[watch]]\npath = \"{}\"\nreplication = 2\nquiet = \"200ms\"\n",
-        root.display()
-    );
-    let c = Cluster::start_with(&["0", "20 MiB", "20 MiB", "20 MiB"], &[&watch]);
-    let all_backed_up = || {
-        c.try_state(0).is_some_and(|s| {
-            files.iter().all(|(rel, ..)| {
-                file_entries(&s, &root.join(rel))
-                    .iter()
-                    .any(|f| min_rd(f) >= 2)
-            })
-        })
-    };
-    assert!(
-        wait_until(Duration::from_secs(60), all_backed_up),
-        "not all backed up:\n{}",
-        c.dump()
-    );
+    let (c, _folder, root, files) = backed_up_tree(false);
 
     // Into another folder, under the files' full paths.
     let dest = tempfile::tempdir().unwrap();

@@ -518,3 +518,32 @@ pub fn check_tree(root: &Path, files: &Tree) {
         assert_eq!(meta.modified().unwrap(), *mtime, "{}", path.display());
     }
 }
+
+/// Starts 4 peers (peer 1 hosts nothing) with peer 1 watching a new folder of `populate_tree`'s
+/// 50 files (`encrypt` as asked), and waits until every file is at RD 2. Returns the cluster,
+/// the folder (removed when dropped), its canonical path and its files.
+pub fn backed_up_tree(encrypt: bool) -> (Cluster, tempfile::TempDir, PathBuf, Tree) {
+    let folder = tempfile::tempdir().unwrap();
+    let root = folder.path().canonicalize().unwrap();
+    let files = populate_tree(&root);
+    let watch = format!(
+        "[[watch]]\npath = \"{}\"\nreplication = 2\nquiet = \"200ms\"\nencrypt = {encrypt}\n",
+        root.display()
+    );
+    let c = Cluster::start_with(&["0", "30 MiB", "30 MiB", "30 MiB"], &[&watch]);
+    let all_backed_up = || {
+        c.try_state(0).is_some_and(|s| {
+            files.iter().all(|(rel, ..)| {
+                file_entries(&s, &root.join(rel))
+                    .iter()
+                    .any(|f| min_rd(f) >= 2)
+            })
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(90), all_backed_up),
+        "not all backed up:\n{}",
+        c.dump()
+    );
+    (c, folder, root, files)
+}
