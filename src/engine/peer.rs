@@ -2650,6 +2650,30 @@ mod tests {
         assert!(d.end - t0 < Duration::from_secs(39));
     }
 
+    /// Chunk 0 of job 1's fetch, sent first as each of `junk` (none ends the fetch), then as
+    /// `good` (which ends it, on its first send).
+    fn takes_only(p: &mut Peer, t0: Instant, junk: Vec<Vec<u8>>, good: Vec<u8>) {
+        for body in junk {
+            let kind = MessageKind::Chunk {
+                chunk: chunk(0),
+                body,
+            };
+            p.handle(msg(2, kind), t0);
+        }
+        assert!(actions(p).is_empty());
+        let kind = MessageKind::Chunk {
+            chunk: chunk(0),
+            body: good.clone(),
+        };
+        p.handle(msg(2, kind), t0);
+        assert!(actions(p).contains(&Action::Fetched {
+            jobs: vec![JobId(1)],
+            chunk: chunk(0),
+            body: Some(good),
+            sends: 1
+        }));
+    }
+
     #[test]
     fn a_fetch_takes_only_the_recorded_bytes_and_gives_up_in_bounded_time() {
         let t0 = Instant::now();
@@ -2660,26 +2684,7 @@ mod tests {
         p.fetch_chunk(JobId(1), chunk(0), Expect::bytes(50, sha256_hex(&body)), t0);
         p.fetch_chunk(JobId(1), chunk(1), Expect::bytes(50, sha256_hex(&body)), t0);
         assert_eq!(run(&mut p, t0, Duration::ZERO).len(), 2, "two GETCHUNKs");
-        for junk in [vec![3u8; 49], vec![4u8; 50]] {
-            let kind = MessageKind::Chunk {
-                chunk: chunk(0),
-                body: junk,
-            };
-            p.handle(msg(2, kind), t0);
-        }
-        assert!(actions(&mut p).is_empty());
-        let kind = MessageKind::Chunk {
-            chunk: chunk(0),
-            body: body.clone(),
-        };
-        p.handle(msg(2, kind), t0);
-        let a = actions(&mut p);
-        assert!(a.contains(&Action::Fetched {
-            jobs: vec![JobId(1)],
-            chunk: chunk(0),
-            body: Some(body),
-            sends: 1
-        }));
+        takes_only(&mut p, t0, vec![vec![3u8; 49], vec![4u8; 50]], body);
         let sent = run(&mut p, t0, Duration::from_secs(60));
         let secs: Vec<u64> = sent.iter().map(|(d, _)| d.as_secs()).collect();
         assert_eq!(secs, vec![1, 3, 7, 11, 15, 19, 23]);
@@ -2709,29 +2714,12 @@ mod tests {
         assert_eq!(run(&mut p, t0, Duration::ZERO).len(), 2, "two GETCHUNKs");
         // Forged bytes, the right bytes for another place, another key's: not taken.
         let stranger = MasterKey::new([8; 32]).file_key(&chunk(0).file_id);
-        for junk in [
+        let junk = vec![
             vec![4u8; 64_000],
             key.seal(ChunkNo(1), b"catalog"),
             stranger.seal(ChunkNo(0), b"catalog"),
-        ] {
-            let kind = MessageKind::Chunk {
-                chunk: chunk(0),
-                body: junk,
-            };
-            p.handle(msg(2, kind), t0);
-        }
-        assert!(actions(&mut p).is_empty());
-        let kind = MessageKind::Chunk {
-            chunk: chunk(0),
-            body: good.clone(),
-        };
-        p.handle(msg(2, kind), t0);
-        assert!(actions(&mut p).contains(&Action::Fetched {
-            jobs: vec![JobId(1)],
-            chunk: chunk(0),
-            body: Some(good),
-            sends: 1
-        }));
+        ];
+        takes_only(&mut p, t0, junk, good);
         // Chunk 1 has no holder: asked again after a second, then given up.
         let sent = run(&mut p, t0, Duration::from_secs(60));
         let secs: Vec<u64> = sent.iter().map(|(d, _)| d.as_secs()).collect();
