@@ -215,6 +215,8 @@ pub(crate) async fn keep_taking(node: Arc<Node>, worker: Worker) {
             Err(e) => {
                 tracing::error!("catalog snapshot failed: {e}");
                 worker.failed(&e.to_string(), None);
+                // Not every minute: the cause (a missing key, a full disk) takes a hand.
+                tokio::time::sleep(SNAPSHOT_EVERY).await;
             }
         }
     }
