@@ -130,6 +130,42 @@ pub struct DaemonArgs {
     pub rebuild_catalog: bool,
 }
 
+/// Writes to stdout (`outln!`, `out!`). A reader that went away (`peerstash state | head -1`)
+/// ends the program as it ends any Unix command: quietly, by SIGPIPE (status 141 in a shell).
+/// Any other error writing is ignored, as `println!` would panic on it.
+pub fn print_out(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| match newline {
+            true => out.write_all(b"\n"),
+            false => Ok(()),
+        })
+        .and_then(|()| out.flush());
+    if written.is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) {
+        use nix::sys::signal::{raise, signal, SigHandler, Signal};
+        // The default action, which Rust replaces with "ignore" at start.
+        // SAFETY: no handler is installed, only the default action restored.
+        let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+        let _ = raise(Signal::SIGPIPE);
+        std::process::exit(141);
+    }
+}
+
+/// `println!` to stdout, ended quietly by a closed pipe (`print_out`).
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::cli::print_out(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::cli::print_out(format_args!($($arg)*), true) };
+}
+
+/// `print!` to stdout, ended quietly by a closed pipe (`print_out`).
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::print_out(format_args!($($arg)*), false) };
+}
+
 /// Writes `peerstash.1`, `peerstashd.8` and bash, zsh and fish completions into `dir`.
 pub fn generate_docs(dir: &Path) -> std::io::Result<()> {
     use clap_complete::{generate_to, Shell};

@@ -11,6 +11,8 @@ use crate::protocol::auth::{LanKey, KEY_LEN};
 use crate::protocol::seal::MasterKey;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/peerstash/peerstash.toml";
+/// `peer.control_socket` when the config does not set it.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/peerstash/control.sock";
 /// Protocol versions this build implements.
 pub const SUPPORTED_PROTOCOLS: &[&str] = &["1.0", "2.0"];
 /// What `peer.protocol` is when the config does not say (SPEC §4).
@@ -241,6 +243,23 @@ impl Config {
         Self::parse(&text, Some(path))
     }
 
+    /// The control socket a config names, read from its text alone, for a command that needs
+    /// nothing else while the rest may be invalid (the daemon keeps its running config then):
+    /// `peer.control_socket`, or the default when the file cannot be read, parsed, or does not
+    /// set it.
+    pub fn control_socket_of(path: &Path) -> PathBuf {
+        let named = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| toml::from_str::<toml::Table>(&text).ok())
+            .and_then(|t| {
+                let socket = t.get("peer")?.get("control_socket")?.as_str()?;
+                Some(PathBuf::from(socket))
+            });
+        named
+            .filter(|p| p.is_absolute())
+            .unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into())
+    }
+
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         Self::parse(text, None)
     }
@@ -302,7 +321,7 @@ impl Config {
             .unwrap_or_else(|| "/var/lib/peerstash".into());
         let control_socket = peer
             .control_socket
-            .unwrap_or_else(|| "/run/peerstash/control.sock".into());
+            .unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into());
         let master_key_file = peer
             .master_key_file
             .unwrap_or_else(|| DEFAULT_MASTER_KEY_FILE.into());

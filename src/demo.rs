@@ -26,7 +26,7 @@ pub fn run(programs: Programs) -> anyhow::Result<()> {
     match demo(&mut cluster) {
         // The folder is removed as the cluster drops, after this line.
         Ok(()) => {
-            println!(
+            crate::outln!(
                 "\nAll done in {:.1} s. The peers are stopped and {} is removed.",
                 started.elapsed().as_secs_f64(),
                 cluster.root().display()
@@ -48,16 +48,16 @@ fn demo(cluster: &mut Cluster) -> anyhow::Result<()> {
     let watched = root.join("watched");
     std::fs::create_dir_all(&watched)?;
     let [_, a, b, _] = cluster.mc.ip().octets();
-    println!("peerstash demo: {PEERS} peers on this machine, talking over multicast group");
-    println!(
+    crate::outln!("peerstash demo: {PEERS} peers on this machine, talking over multicast group");
+    crate::outln!(
         "239.{a}.{b}.x port {} on 127.0.0.1 with TTL 0 (nothing leaves this machine).",
         cluster.mc.port()
     );
-    println!(
+    crate::outln!(
         "Peer 1 watches {} and keeps every file at {RD} copies on other peers;",
         watched.display()
     );
-    println!("peers 2-{PEERS} each offer 100 MB of disk.\n");
+    crate::outln!("peers 2-{PEERS} each offer 100 MB of disk.\n");
 
     cluster.add_peer(PeerSpec {
         extra: format!(
@@ -71,7 +71,7 @@ fn demo(cluster: &mut Cluster) -> anyhow::Result<()> {
         cluster.add_peer(PeerSpec::new("100MB"))?;
     }
     cluster.start_all()?;
-    println!("[1] Started {PEERS} peers.");
+    crate::outln!("[1] Started {PEERS} peers.");
 
     let files: Vec<(&str, Vec<u8>)> = vec![
         ("notes.txt", b"Buy milk. Back up the photos.\n".to_vec()),
@@ -80,12 +80,12 @@ fn demo(cluster: &mut Cluster) -> anyhow::Result<()> {
         ("empty.txt", Vec::new()),
         ("draft.tmp", b"excluded by the *.tmp pattern".to_vec()),
     ];
-    println!("[2] Writing {} files into the watched folder:", files.len());
+    crate::outln!("[2] Writing {} files into the watched folder:", files.len());
     for (name, bytes) in &files {
         std::fs::write(watched.join(name), bytes)?;
-        println!("      {name:<24} {:>9} bytes", bytes.len());
+        crate::outln!("      {name:<24} {:>9} bytes", bytes.len());
     }
-    println!("    Peer 1 notices them, waits until they stop changing, and backs them up:");
+    crate::outln!("    Peer 1 notices them, waits until they stop changing, and backs them up:");
     let home = cluster.peer(0);
     let wanted: Vec<PathBuf> = files
         .iter()
@@ -99,7 +99,7 @@ fn demo(cluster: &mut Cluster) -> anyhow::Result<()> {
         };
         for f in &s.files {
             if f.complete && f.min_rd() >= RD && reported.insert(f.file_id.clone()) {
-                println!(
+                crate::outln!(
                     "      backed up {:<24} {:>3} chunks, each on {} peers",
                     name(&f.path),
                     f.chunks.len(),
@@ -117,7 +117,7 @@ fn demo(cluster: &mut Cluster) -> anyhow::Result<()> {
     if s.files.iter().any(|f| name(&f.path).ends_with(".tmp")) {
         bail!("the excluded draft.tmp was backed up");
     }
-    println!("    draft.tmp is excluded (*.tmp) and was not backed up.");
+    crate::outln!("    draft.tmp is excluded (*.tmp) and was not backed up.");
     let hosted: Vec<String> = cluster.peers[1..]
         .iter()
         .map(|p| {
@@ -125,10 +125,12 @@ fn demo(cluster: &mut Cluster) -> anyhow::Result<()> {
             format!("peer {} holds {chunks} chunks", p.id)
         })
         .collect();
-    println!("    {}.", hosted.join(", "));
+    crate::outln!("    {}.", hosted.join(", "));
 
-    println!("\n[3] Changing notes.txt: a new version is backed up, then the old one is deleted");
-    println!("    from the peers (the folder keeps 1 version).");
+    crate::outln!(
+        "\n[3] Changing notes.txt: a new version is backed up, then the old one is deleted"
+    );
+    crate::outln!("    from the peers (the folder keeps 1 version).");
     let notes = watched.join("notes.txt");
     std::fs::write(&notes, b"Buy milk and bread. Back up the photos.\n")?;
     wait_for("version 2 of notes.txt", || {
@@ -138,13 +140,17 @@ fn demo(cluster: &mut Cluster) -> anyhow::Result<()> {
                 _ => false,
             })
     })?;
-    println!("    notes.txt is now at version 2 on {RD}+ peers; version 1 is gone.");
+    crate::outln!("    notes.txt is now at version 2 on {RD}+ peers; version 1 is gone.");
 
-    println!("\n[4] Killing peer 2 with SIGKILL, as if its computer had died.");
+    crate::outln!("\n[4] Killing peer 2 with SIGKILL, as if its computer had died.");
     cluster.kill(1);
 
-    println!("\n[5] Deleting the originals (their backups stay: the folder keeps deleted files'");
-    println!("    last version for an hour) and restoring every file from the peers still up:");
+    crate::outln!(
+        "\n[5] Deleting the originals (their backups stay: the folder keeps deleted files'"
+    );
+    crate::outln!(
+        "    last version for an hour) and restoring every file from the peers still up:"
+    );
     let restored = root.join("restored");
     std::fs::create_dir_all(&restored)?;
     let mut expected: Vec<(PathBuf, Vec<u8>)> = files
@@ -177,15 +183,15 @@ fn demo(cluster: &mut Cluster) -> anyhow::Result<()> {
         if got != *bytes {
             bail!("{} was restored with different bytes", path.display());
         }
-        println!(
+        crate::outln!(
             "      restored {:<24} {:>9} bytes, identical to the original",
             name(path),
             bytes.len()
         );
     }
-    println!("    Every file came back byte for byte, with one peer dead.");
+    crate::outln!("    Every file came back byte for byte, with one peer dead.");
 
-    println!("\n[6] Stopping the peers.");
+    crate::outln!("\n[6] Stopping the peers.");
     cluster.stop_all();
     Ok(())
 }

@@ -1,5 +1,9 @@
 getent group peerstash >/dev/null || groupadd -r peerstash
-sysctl -q -p /usr/lib/sysctl.d/60-peerstash.conf >/dev/null 2>&1 || true
+if ! sysctl -q -p /usr/lib/sysctl.d/60-peerstash.conf >/dev/null 2>&1; then
+    echo "peerstash: could not apply /usr/lib/sysctl.d/60-peerstash.conf (net.core.rmem_max = 8 MB):" >&2
+    echo "peerstash: run 'sysctl --system' as root (in a container, on its host); until then a burst" >&2
+    echo "peerstash: of chunks may overflow the receive buffers and be sent again" >&2
+fi
 # The master key, made once (the unit keeps /etc read-only); never replaced nor removed.
 if [ ! -e /etc/peerstash/master.key ]; then
     mkdir -p /etc/peerstash

@@ -55,7 +55,16 @@ fn run(args: Args) -> i32 {
     let socket = match (&args.socket, &config) {
         (Some(s), _) => s.clone(),
         (None, Ok(c)) => c.peer.control_socket.clone(),
-        (None, Err(e)) => return fail(exit::USAGE, format!("{e} (or pass --socket)")),
+        // A typo in the config: the daemon refused it on reload and runs on as it was. Every
+        // command but `restore --all` needs only the socket.
+        (None, Err(e)) => {
+            let socket = Config::control_socket_of(&config_path);
+            eprintln!(
+                "peerstash: warning: {e}; the daemon keeps the config it runs with (fix the file, then reload); using the control socket {}",
+                shown(&socket)
+            );
+            socket
+        }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -64,7 +73,7 @@ fn run(args: Args) -> i32 {
         Ok(r) => r,
         Err(e) => return fail(exit::FAILED, e),
     };
-    let print = |line: &str| println!("{line}");
+    let print = |line: &str| peerstash::outln!("{line}");
     let (json, output) = match &args.command {
         Command::State { json } => (*json, Output::State),
         Command::Peers { json } => (*json, Output::Peers),
@@ -133,7 +142,7 @@ fn run(args: Args) -> i32 {
             };
             let result = runtime.block_on(control::call(&socket, &request, &[], print));
             if let Ok((exit::OK, message, _)) = &result {
-                println!("{message}");
+                peerstash::outln!("{message}");
                 return wait_for_restart(&runtime, &socket);
             }
             result
@@ -180,7 +189,7 @@ fn run(args: Args) -> i32 {
     }
     let printed = match (data, output) {
         (Some(data), _) if json => {
-            println!("{data}");
+            peerstash::outln!("{data}");
             Ok(())
         }
         (Some(data), Output::State) => serde_json::from_value::<PeerState>(data)
@@ -193,7 +202,7 @@ fn run(args: Args) -> i32 {
             .map(|p| print_peers(&p, unix_ms()))
             .map_err(|e| format!("unexpected answer from the daemon: {e}")),
         _ => {
-            println!("{message}");
+            peerstash::outln!("{message}");
             Ok(())
         }
     };
@@ -219,7 +228,7 @@ fn wait_for_restart(runtime: &tokio::runtime::Runtime, socket: &Path) -> i32 {
     let back_by = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while std::time::Instant::now() < back_by {
         if answers() {
-            println!(
+            peerstash::outln!(
                 "peerstashd is running with the recovered catalog: run `peerstash restore --all` to bring the files back"
             );
             return exit::OK;
@@ -252,7 +261,7 @@ fn restore_all(
             Ok((exit::OK, _, Some(data))) => serde_json::from_value::<Vec<VersionInfo>>(data)
                 .map_err(|e| format!("unexpected answer from the daemon: {e}")),
             Ok((_, message, _)) => {
-                println!("{}: {message}", shown(&w.path));
+                peerstash::outln!("{}: {message}", shown(&w.path));
                 continue;
             }
             Err(e) => return fail(exit::UNREACHABLE, e),
@@ -275,7 +284,7 @@ fn restore_all(
         };
         if !force && std::fs::symlink_metadata(&target).is_ok() {
             skipped += 1;
-            println!("[{}/{total}] {} exists: skipped", i + 1, shown(&target));
+            peerstash::outln!("[{}/{total}] {} exists: skipped", i + 1, shown(&target));
             continue;
         }
         let answer = runtime.block_on(control::client::restore(
@@ -289,7 +298,7 @@ fn restore_all(
         match answer {
             Ok((exit::OK, _, _)) => {
                 restored += 1;
-                println!("[{}/{total}] restored {}", i + 1, shown(&target));
+                peerstash::outln!("[{}/{total}] restored {}", i + 1, shown(&target));
             }
             Ok((_, message, _)) => {
                 failed += 1;
@@ -305,7 +314,7 @@ fn restore_all(
         0 => String::new(),
         n => format!(", {n} skipped (they exist: --force overwrites them)"),
     };
-    println!("{total} files: {restored} restored, {failed} failed{skipped_note}");
+    peerstash::outln!("{total} files: {restored} restored, {failed} failed{skipped_note}");
     match failed {
         0 => exit::OK,
         _ => exit::FAILED,
@@ -379,7 +388,7 @@ fn run_daemon(config: &Path) -> i32 {
 fn keygen(path: &Path) -> i32 {
     match peerstash::config::write_new_key(path) {
         Ok(()) => {
-            println!(
+            peerstash::outln!(
                 "wrote a new LAN key to {} (mode 0600): copy it (mode 0600) to every peer, set \
                  network.lan_key_file to its path there, and reload each peer",
                 shown(path)
@@ -402,12 +411,16 @@ fn keygen(path: &Path) -> i32 {
 }
 
 fn print_versions(versions: &[VersionInfo]) {
-    println!(
+    peerstash::outln!(
         "{:>7}  {:>12}  {:>3}  {:>9}  {:<16}  path",
-        "version", "size", "RD", "min RD", "fileId"
+        "version",
+        "size",
+        "RD",
+        "min RD",
+        "fileId"
     );
     for v in versions {
-        println!(
+        peerstash::outln!(
             "{:>7}  {:>12}  {:>3}  {:>9}  {:<16}  {}{}{}",
             v.version,
             v.size,
@@ -440,7 +453,7 @@ fn print_worker(w: &WorkerInfo) {
         (None, Some(error), None) => line.push_str(&format!(", {error}")),
         (None, None, _) => {}
     }
-    println!("{line}");
+    peerstash::outln!("{line}");
 }
 
 /// "1 file", "3 files".
@@ -465,18 +478,21 @@ fn health_summary(s: &PeerState) -> String {
 
 fn print_state(s: &PeerState) {
     for warning in &s.warnings {
-        println!("WARNING: {warning}");
+        peerstash::outln!("WARNING: {warning}");
     }
-    println!("{}", health_summary(s));
-    println!(
+    peerstash::outln!("{}", health_summary(s));
+    peerstash::outln!(
         "peer {}  protocol {}  hosting {} of {} bytes",
-        s.peer_id, s.protocol, s.used_bytes, s.quota_bytes
+        s.peer_id,
+        s.protocol,
+        s.used_bytes,
+        s.quota_bytes
     );
     for u in &s.unavailable {
-        println!("UNAVAILABLE: {} ({})", shown(&u.path), u.reason);
+        peerstash::outln!("UNAVAILABLE: {} ({})", shown(&u.path), u.reason);
     }
     if let Some(snap) = &s.catalog_snapshot {
-        println!(
+        peerstash::outln!(
             "catalog snapshot: {}:{} ({}), {}",
             snap.day,
             snap.n,
@@ -488,7 +504,7 @@ fn print_state(s: &PeerState) {
         );
     }
     let busy: Vec<String> = s.in_progress.iter().map(|p| shown(p).to_string()).collect();
-    println!(
+    peerstash::outln!(
         "queue: {} paths waiting{}",
         s.queue_length,
         if busy.is_empty() {
@@ -501,30 +517,30 @@ fn print_state(s: &PeerState) {
     let idle_queue = |w: &&WorkerInfo| w.name.starts_with("queue ") && w.state == "idle";
     let idle = s.workers.iter().filter(idle_queue).count();
     if idle > 0 {
-        println!("worker queue: {idle} idle");
+        peerstash::outln!("worker queue: {idle} idle");
     }
     for w in s.workers.iter().filter(|w| !idle_queue(w)) {
         print_worker(w);
     }
     if s.malformed_datagrams + s.busy_drops + s.queue_drops > 0 {
-        println!(
+        peerstash::outln!(
             "dropped since start: {} malformed datagrams, {} PUTCHUNKs while busy, {} datagrams while the catalog queue was full",
             s.malformed_datagrams, s.busy_drops, s.queue_drops
         );
     }
     if s.unauthenticated_datagrams > 0 {
-        println!(
+        peerstash::outln!(
             "dropped since start: {} datagrams without a valid LAN key tag",
             s.unauthenticated_datagrams
         );
     }
     if s.unacked_deletes > 0 {
-        println!(
+        peerstash::outln!(
             "deletes not yet acknowledged by the peers holding them: {}",
             s.unacked_deletes
         );
     }
-    println!("\nbacked up ({} versions):", s.files.len());
+    peerstash::outln!("\nbacked up ({} versions):", s.files.len());
     for f in &s.files {
         let min = f.min_rd();
         let below = match f.health {
@@ -534,7 +550,7 @@ fn print_state(s: &PeerState) {
             _ if f.chunks_below_rd > 0 => format!(" ({} chunks below)", f.chunks_below_rd),
             _ => String::new(),
         };
-        println!(
+        peerstash::outln!(
             "  {:<8} {} v{}  {} bytes  {} chunks  RD {} wanted, lowest {}{}  {}",
             f.health.word(),
             shown(&f.path),
@@ -547,9 +563,9 @@ fn print_state(s: &PeerState) {
             &f.file_id[..16]
         );
     }
-    println!("\nhosted ({} chunks):", s.stored.len());
+    peerstash::outln!("\nhosted ({} chunks):", s.stored.len());
     for c in &s.stored {
-        println!(
+        peerstash::outln!(
             "  {}#{}  {} bytes  RD {} wanted, {} perceived",
             &c.file_id[..16],
             c.chunk_no,
@@ -573,12 +589,17 @@ fn ago(now_ms: i64, then_ms: i64) -> String {
 
 fn print_peers(report: &PeersReport, now_ms: i64) {
     if report.peers.is_empty() {
-        println!("peer {}: no other peer known yet", report.peer_id);
+        peerstash::outln!("peer {}: no other peer known yet", report.peer_id);
         return;
     }
-    println!(
+    peerstash::outln!(
         "{:>6}  {:<8}  {:<12}  {:>14}  {:>14}  {:>15}",
-        "peer", "protocol", "last heard", "chunks of ours", "hosted bytes", "unacked deletes"
+        "peer",
+        "protocol",
+        "last heard",
+        "chunks of ours",
+        "hosted bytes",
+        "unacked deletes"
     );
     for p in &report.peers {
         let heard = p
@@ -589,7 +610,7 @@ fn print_peers(report: &PeersReport, now_ms: i64) {
             None if p.lost => "  LOST".to_owned(),
             None => String::new(),
         };
-        println!(
+        peerstash::outln!(
             "{:>6}  {:<8}  {:<12}  {:>14}  {:>14}  {:>15}{lost}",
             p.id,
             p.protocol.as_deref().unwrap_or("?"),

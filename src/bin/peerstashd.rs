@@ -6,19 +6,28 @@ use clap::Parser;
 use peerstash::cli::DaemonArgs as Args;
 use peerstash::config::{load_lan_key, master_key_for, Config};
 
+/// A refusal before logging starts: one line on stderr, which journald records at error
+/// priority under systemd (the `<3>` prefix; `journalctl -p err` shows it).
+fn refuse(message: impl std::fmt::Display) {
+    match peerstash::service::systemd::stderr_is_journal() {
+        true => eprintln!("<3>peerstashd: {message}"),
+        false => eprintln!("peerstashd: {message}"),
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("peerstashd: {e}");
+            refuse(&e);
             return ExitCode::from(2);
         }
     };
     let lan_key = match load_lan_key(&config.network, Some(&args.config)) {
         Ok(k) => k,
         Err(e) => {
-            eprintln!("peerstashd: {e}");
+            refuse(&e);
             return ExitCode::from(2);
         }
     };
@@ -36,7 +45,7 @@ fn main() -> ExitCode {
         }
         Ok(None) => (None, false),
         Err(e) => {
-            eprintln!("peerstashd: {e}");
+            refuse(&e);
             return ExitCode::from(2);
         }
     };
@@ -44,7 +53,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("peerstashd: cannot start the async runtime: {e}");
+            refuse(format!("cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };

@@ -47,6 +47,22 @@ pub fn spawn_watchdog(shutdown: Shutdown) {
     }
 }
 
+/// Whether stderr goes to the journal: `JOURNAL_STREAM` names its device and inode (systemd
+/// sets it; a child whose stderr was redirected elsewhere inherits it, so it is checked).
+pub fn stderr_is_journal() -> bool {
+    use std::os::fd::AsRawFd;
+    let Some(named) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = named.to_str().and_then(|t| t.split_once(':')) else {
+        return false;
+    };
+    match nix::sys::stat::fstat(std::io::stderr().as_raw_fd()) {
+        Ok(st) => dev.parse() == Ok(st.st_dev) && ino.parse() == Ok(st.st_ino),
+        Err(_) => false,
+    }
+}
+
 /// Logs to journald when running under systemd, to stderr otherwise.
 /// `RUST_LOG` sets the level (default info).
 pub fn init_logging() {

@@ -1,0 +1,84 @@
+//! The admin's command line at its edges: a typo in the config after a reload, and a reader
+//! that stops reading (`peerstash state | head -1`).
+
+mod common;
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+#[test]
+fn a_broken_config_leaves_the_commands_working_with_a_warning() {
+    let c = Cluster::start(&["1 MiB", "1 MiB"]);
+    c.rewrite_config(0, "nonsense", "");
+    c.reload(0);
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || c
+            .full_log(0)
+            .contains("reload refused")),
+        "{}",
+        c.log(0)
+    );
+    let out = c.cli(0, &["state"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("storage.quota"), "{stderr}");
+    assert!(
+        stderr.contains("the daemon keeps the config it runs with"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "one warning: {stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("peer 1"));
+    // Still served on the running config's quota.
+    assert!(String::from_utf8_lossy(&out.stdout).contains("of 1048576 bytes"));
+
+    // Not even TOML: the socket is the default one, which this peer does not use.
+    std::fs::write(&c.peers[0].config, "[peer\n").unwrap();
+    let out = c.cli(0, &["state"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("/run/peerstash/control.sock"), "{stderr}");
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    let c = Cluster::start(&["0", "100 MiB"]);
+    let base = c.dir.path().canonicalize().unwrap().join("many");
+    std::fs::create_dir(&base).unwrap();
+    // More lines than a pipe holds (64 KiB): a write after the reader left fails.
+    for i in 0..2000 {
+        let f = base.join(format!("f{i}"));
+        std::fs::write(&f, [(i % 256) as u8; 10]).unwrap();
+    }
+    c.cli_ok(0, &["backup", base.to_str().unwrap(), "-r", "1"], 0);
+    let mut child = Command::new(PEERSTASH)
+        .arg("--config")
+        .arg(&c.peers[0].config)
+        .arg("state")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one byte, then close the pipe (`| head -c1`).
+    let mut stdout = child.stdout.take().unwrap();
+    let mut one = [0u8; 1];
+    stdout.read_exact(&mut one).unwrap();
+    drop(stdout);
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.is_empty(), "quietly: {stderr}");
+    assert_eq!(
+        status.signal(),
+        Some(13),
+        "ended by SIGPIPE, as `head` expects: {status:?}"
+    );
+}
