@@ -83,6 +83,15 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Whether this peer's files are safe, at a glance: one health line (the degraded and
+    /// at-risk files by name), quota and use, the queue, the last backup of each watched folder,
+    /// the peers heard and lost, the newest catalog snapshot. Exit status 3 when a file is below
+    /// its RD.
+    Status {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show this peer's state: quota, what it backed up and how healthy each file is, what it
     /// hosts.
     State {

@@ -82,3 +82,42 @@ fn a_reader_that_goes_away_ends_the_command_quietly() {
         "ended by SIGPIPE, as `head` expects: {status:?}"
     );
 }
+
+#[test]
+fn status_says_in_one_line_that_all_is_well_or_names_the_files_below_their_rd() {
+    let spec = PeerSpec {
+        peer_extra: "holder_timeout = \"3s\"\n".into(),
+        ..PeerSpec::new("100MB").protocol("2.0")
+    };
+    let mut c = Cluster::start_specs(vec![spec; 4]);
+    let base = c.dir.path().canonicalize().unwrap();
+    let names = ["alpha.txt", "beta.txt", "gamma.txt"];
+    for name in names {
+        let f = base.join(name);
+        std::fs::write(&f, random_bytes(100_000)).unwrap();
+        c.cli_ok(0, &["backup", f.to_str().unwrap(), "-r", "3"], 0);
+    }
+    let out = c.cli_ok(0, &["status"], 0);
+    assert!(out.starts_with("all 3 files at their RD\n"), "{out}");
+    assert!(out.contains("peers: 3 heard, 0 lost"), "{out}");
+
+    // A holder dies for good: once it is counted lost, every file is below RD 3 (no fourth
+    // peer to take its copies), and each is named.
+    c.kill(3);
+    let degraded = wait_until(std::time::Duration::from_secs(30), || {
+        c.cli(0, &["status"]).status.code() == Some(3)
+    });
+    assert!(degraded, "{}", c.dump());
+    let out = c.cli_ok(0, &["status"], 3);
+    assert!(out.starts_with("3 files degraded, 0 at risk\n"), "{out}");
+    for name in names {
+        assert!(
+            out.contains(&base.join(name).display().to_string()),
+            "{out}"
+        );
+    }
+    assert!(out.contains("1 lost"), "{out}");
+    let json = c.cli_ok(0, &["status", "--json"], 3);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["degraded"].as_array().unwrap().len(), 3, "{json}");
+}

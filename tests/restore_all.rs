@@ -9,6 +9,12 @@ use common::*;
 #[test]
 fn restore_all_brings_back_every_watched_file_with_its_mode_and_mtime() {
     let (c, _folder, root, files) = backed_up_tree(false);
+    let status = c.cli_ok(0, &["status"], 0);
+    assert!(status.starts_with("all 50 files at their RD"), "{status}");
+    assert!(
+        status.contains(&format!("{}: last backup ", root.display())),
+        "{status}"
+    );
 
     // Into another folder, under the files' full paths.
     let dest = tempfile::tempdir().unwrap();

@@ -8,7 +8,7 @@ use peerstash::cli::{Args, Command};
 use peerstash::cluster::Programs;
 use peerstash::config::{load_lan_key, parse_size, Config, DEFAULT_CONFIG_PATH};
 use peerstash::control::{
-    self, exit, shown, PeerState, PeersReport, Request, VersionInfo, WorkerInfo,
+    self, exit, shown, PeerState, PeersReport, Request, StatusReport, VersionInfo, WorkerInfo,
 };
 use peerstash::store::{unix_ms, Health};
 
@@ -77,6 +77,7 @@ fn run(args: Args) -> i32 {
     let (json, output) = match &args.command {
         Command::State { json } => (*json, Output::State),
         Command::Peers { json } => (*json, Output::Peers),
+        Command::Status { json } => (*json, Output::Status),
         Command::Versions { .. } => (false, Output::Versions),
         _ => (false, Output::Message),
     };
@@ -161,6 +162,7 @@ fn run(args: Args) -> i32 {
                 },
                 Command::State { .. } => Request::State,
                 Command::Peers { .. } => Request::Peers,
+                Command::Status { .. } => Request::Status,
                 Command::Check => Request::Check,
                 Command::Scrub => Request::Scrub,
                 Command::Snapshot => Request::Snapshot,
@@ -200,6 +202,9 @@ fn run(args: Args) -> i32 {
             .map_err(|e| format!("unexpected answer from the daemon: {e}")),
         (Some(data), Output::Peers) => serde_json::from_value::<PeersReport>(data)
             .map(|p| print_peers(&p, unix_ms()))
+            .map_err(|e| format!("unexpected answer from the daemon: {e}")),
+        (Some(data), Output::Status) => serde_json::from_value::<StatusReport>(data)
+            .map(|s| print_status(&s, unix_ms()))
             .map_err(|e| format!("unexpected answer from the daemon: {e}")),
         _ => {
             peerstash::outln!("{message}");
@@ -329,6 +334,7 @@ enum Output {
     State,
     Versions,
     Peers,
+    Status,
 }
 
 fn demo() -> i32 {
@@ -577,6 +583,86 @@ fn print_state(s: &PeerState) {
 }
 
 /// How long ago `then_ms` was at `now_ms`: "3 s ago", "5 min ago", "2 h ago", "4 d ago".
+/// A count with thousands separators: 1,234.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
+/// Names the first few of `paths`.
+fn some_of(paths: &[PathBuf]) -> String {
+    const SHOWN: usize = 10;
+    let mut names: Vec<String> = paths
+        .iter()
+        .take(SHOWN)
+        .map(|p| shown(p).to_string())
+        .collect();
+    if paths.len() > SHOWN {
+        names.push(format!(
+            "and {} more (see `peerstash state`)",
+            paths.len() - SHOWN
+        ));
+    }
+    names.join(", ")
+}
+
+fn print_status(s: &StatusReport, now_ms: i64) {
+    for warning in &s.warnings {
+        peerstash::outln!("WARNING: {warning}");
+    }
+    let plural = |n: usize| if n == 1 { "file" } else { "files" };
+    match (s.files, s.degraded.len(), s.at_risk.len()) {
+        (0, _, _) => peerstash::outln!("nothing backed up yet"),
+        (n, 0, 0) => peerstash::outln!("all {} {} at their RD", thousands(n), plural(n as usize)),
+        (_, d, r) => peerstash::outln!(
+            "{} {} degraded, {r} at risk",
+            thousands(d as u64),
+            plural(d)
+        ),
+    }
+    if !s.at_risk.is_empty() {
+        peerstash::outln!("  at risk: {}", some_of(&s.at_risk));
+    }
+    if !s.degraded.is_empty() {
+        peerstash::outln!("  degraded: {}", some_of(&s.degraded));
+    }
+    peerstash::outln!(
+        "peer {}: hosting {} of {} bytes; queue: {} paths waiting",
+        s.peer_id,
+        thousands(s.used_bytes),
+        thousands(s.quota_bytes),
+        thousands(s.queue_length)
+    );
+    for f in &s.folders {
+        let last = match f.last_backup_ms {
+            Some(t) => format!("last backup {}", ago(now_ms, t)),
+            None => "never backed up".to_owned(),
+        };
+        match &f.unavailable {
+            Some(why) => peerstash::outln!("{}: UNAVAILABLE ({why}); {last}", shown(&f.path)),
+            None => peerstash::outln!("{}: {last}", shown(&f.path)),
+        }
+    }
+    peerstash::outln!("peers: {} heard, {} lost", s.peers_heard, s.peers_lost);
+    if let Some(snap) = &s.catalog_snapshot {
+        peerstash::outln!(
+            "catalog snapshot: {} ({})",
+            peerstash::protocol::seal::Slot::day_text(snap.day),
+            match snap.at_rd {
+                true => "at its RD",
+                false => "below its RD",
+            }
+        );
+    }
+}
+
 fn ago(now_ms: i64, then_ms: i64) -> String {
     let s = (now_ms - then_ms).max(0) / 1000;
     match s {
@@ -633,5 +719,13 @@ mod tests {
         assert_eq!(ago(300_000, 0), "5 min ago");
         assert_eq!(ago(7_200_000, 0), "2 h ago");
         assert_eq!(ago(4 * 86_400_000, 0), "4 d ago");
+    }
+
+    #[test]
+    fn counts_have_thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_234), "1,234");
+        assert_eq!(thousands(1_234_567), "1,234,567");
     }
 }

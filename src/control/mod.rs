@@ -180,6 +180,8 @@ pub enum Request {
     Scrub,
     /// Every peer heard or holding chunks of ours (no paths: anyone may ask).
     Peers,
+    /// The health of this peer's backups at a glance (a user sees its own files only).
+    Status,
     /// A catalog snapshot backed up now; root only.
     Snapshot,
     /// The newest catalog snapshot of this peer found on the peers and installed (the daemon
@@ -265,6 +267,45 @@ pub struct PeerState {
     /// The newest catalog snapshot backed up (what `recover` would find), if any; root only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catalog_snapshot: Option<SnapshotInfo>,
+}
+
+/// `peerstash status`: whether every file is safe, at a glance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub peer_id: u32,
+    /// Backed-up files (their newest version) and how many of them are at their RD.
+    pub files: u64,
+    pub healthy: u64,
+    /// The files with a chunk below its RD, none at risk.
+    #[serde(with = "wire_path::list")]
+    pub degraded: Vec<PathBuf>,
+    /// The files with a chunk that has one holder (or none) while more were desired.
+    #[serde(with = "wire_path::list")]
+    pub at_risk: Vec<PathBuf>,
+    pub quota_bytes: u64,
+    pub used_bytes: u64,
+    pub queue_length: u64,
+    /// The watched folders (root only).
+    #[serde(default)]
+    pub folders: Vec<FolderStatus>,
+    /// Other peers heard since this one started, or known, and of those counted lost.
+    pub peers_heard: u64,
+    pub peers_lost: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog_snapshot: Option<SnapshotInfo>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// One watched folder in `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderStatus {
+    #[serde(with = "wire_path")]
+    pub path: PathBuf,
+    /// When a backup of a file in it last completed (unix ms).
+    pub last_backup_ms: Option<i64>,
+    /// Why it is not there, if it is not (its disk not mounted).
+    pub unavailable: Option<String>,
 }
 
 /// A catalog snapshot, as `state` shows it.

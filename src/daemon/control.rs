@@ -379,6 +379,7 @@ async fn run(
         Job::Other(Request::Scrub) => cmd::scrub::scrub(&node, &progress).await,
         Job::Other(Request::Peers) => cmd::peers::peers(&node).await,
         Job::Other(Request::Snapshot) => cmd::snapshot::snapshot(&node).await,
+        Job::Other(Request::Status) => cmd::status::status(&node, owner).await,
         Job::Other(Request::Recover { days, force }) => {
             let days = days.unwrap_or(cmd::recover::DEFAULT_DAYS);
             cmd::recover::recover(&node, days, force, &progress).await

@@ -208,6 +208,7 @@ CREATE TABLE IF NOT EXISTS files (
     backup_id INTEGER,                -- the backup run that inserted this version
     absent_ms INTEGER NOT NULL DEFAULT 0, -- while deleted_at is set: ms counted absent (monotonic)
     encrypted INTEGER NOT NULL DEFAULT 0, -- chunks encrypted under the master key
+    completed_ms INTEGER,             -- unix ms when it became complete
     UNIQUE (path, version)
 );
 CREATE TABLE IF NOT EXISTS last_versions (
@@ -381,6 +382,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("files", "absent_ms", "INTEGER NOT NULL DEFAULT 0"),
     ("hosted", "sender", "INTEGER NOT NULL DEFAULT 0"),
     ("files", "encrypted", "INTEGER NOT NULL DEFAULT 0"),
+    ("files", "completed_ms", "INTEGER"),
 ];
 
 fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
@@ -662,9 +664,24 @@ impl Catalog {
     pub fn set_file_complete(&self, file_id: &FileId) -> Result<bool, StoreError> {
         Ok(self
             .conn
-            .prepare_cached("UPDATE files SET complete = 1 WHERE file_id = ?1")?
-            .execute([file_id.key()])?
+            .prepare_cached(
+                "UPDATE files SET complete = 1, completed_ms = COALESCE(completed_ms, ?2)
+                 WHERE file_id = ?1",
+            )?
+            .execute(params![file_id.key(), unix_ms()])?
             == 1)
+    }
+
+    /// When the newest backup of a file at or below `path` completed (unix ms), if any did.
+    pub fn last_completed_below(&self, path: &Path) -> Result<Option<i64>, StoreError> {
+        let (exact, below) = (path_key(path), below_key(path));
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT MAX(completed_ms) FROM files
+                 WHERE path = ?1 OR substr(path, 1, length(?2)) = ?2",
+            )?
+            .query_row(params![exact, below], |r| r.get(0))?)
     }
 
     /// A version was just read in full, unchanged, from a file with this inode and ctime (a

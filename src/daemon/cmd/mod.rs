@@ -1,5 +1,5 @@
 //! The commands of the control socket, one file each: backup, restore, versions, delete,
-//! reclaim, state, peers, check, scrub, snapshot, recover. Each returns a `Done` (exit code, one-line message, optional data)
+//! reclaim, state, status, peers, check, scrub, snapshot, recover. Each returns a `Done` (exit code, one-line message, optional data)
 //! and may report progress lines on the way. Errors are typed (`CmdError`) and mapped to an
 //! exit code and a reply here, in one place.
 
@@ -13,6 +13,7 @@ pub(crate) mod restore;
 pub(crate) mod scrub;
 pub(crate) mod snapshot;
 pub(crate) mod state;
+pub(crate) mod status;
 pub(crate) mod versions;
 
 use tokio::sync::mpsc;

@@ -1,0 +1,114 @@
+//! `peerstash status`: the first thing an admin types. One health line over the newest version
+//! of every backed-up file (the degraded and at-risk ones by name), quota and use, the queue,
+//! the last completed backup of each watched folder, the peers heard and lost, and the newest
+//! catalog snapshot. A non-root caller sees its own files only, and no folders.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::Done;
+use crate::control::{exit, FolderStatus, SnapshotInfo, StatusReport};
+use crate::daemon::Node;
+use crate::store::{health, FileRow, Health};
+
+pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
+    let watched: Vec<PathBuf> = node.config().watch.iter().map(|w| w.path.clone()).collect();
+    let folders_asked = match owner {
+        None => watched,
+        Some(_) => Vec::new(),
+    };
+    let r = node
+        .catalog
+        .call(move |c| {
+            let snapshots = c.snapshots()?;
+            let snapshot_ids: std::collections::HashSet<_> =
+                snapshots.iter().map(|s| s.file_id.key()).collect();
+            // The newest complete version of each path (else its newest).
+            let mut newest: BTreeMap<PathBuf, FileRow> = BTreeMap::new();
+            for f in c.all_files()? {
+                if owner.is_some_and(|uid| uid != f.uid) || snapshot_ids.contains(&f.file_id.key())
+                {
+                    continue;
+                }
+                match newest.get(&f.path) {
+                    Some(kept) if kept.complete && !f.complete => {}
+                    _ => {
+                        newest.insert(f.path.clone(), f);
+                    }
+                }
+            }
+            let mut health_of = Vec::with_capacity(newest.len());
+            for (path, f) in newest {
+                let chunks = c.file_chunks(&f.file_id)?;
+                let h = health(f.desired_rd, chunks.iter().map(|c| c.perceived_rd));
+                health_of.push((path, h));
+            }
+            let mut folders = Vec::new();
+            for path in folders_asked {
+                let last = c.last_completed_below(&path)?;
+                folders.push((path, last));
+            }
+            let peers = c.peers_report()?;
+            let heard = peers.iter().filter(|p| p.last_heard_ms.is_some()).count() as u64;
+            let lost = peers.iter().filter(|p| p.lost_at_ms.is_some()).count() as u64;
+            let snapshot = (snapshots.iter().rev().find(|s| s.at_rd))
+                .or(snapshots.last())
+                .filter(|_| owner.is_none())
+                .map(|s| SnapshotInfo {
+                    day: s.slot.day,
+                    n: s.slot.n,
+                    at_rd: s.at_rd,
+                });
+            Ok((health_of, folders, c.queue_len()?, heard, lost, snapshot))
+        })
+        .await;
+    let (health_of, folders, queue_length, peers_heard, peers_lost, catalog_snapshot) = match r {
+        Ok(x) => x,
+        Err(e) => return e.into(),
+    };
+    let unavailable = node
+        .unavailable
+        .lock()
+        .map(|u| u.clone())
+        .unwrap_or_default();
+    let usage = node.store.usage();
+    let mut report = StatusReport {
+        peer_id: node.id.0,
+        files: health_of.len() as u64,
+        healthy: 0,
+        degraded: Vec::new(),
+        at_risk: Vec::new(),
+        quota_bytes: usage.quota,
+        used_bytes: usage.used,
+        queue_length,
+        folders: folders
+            .into_iter()
+            .map(|(path, last_backup_ms)| FolderStatus {
+                unavailable: unavailable.get(&path).cloned(),
+                path,
+                last_backup_ms,
+            })
+            .collect(),
+        peers_heard,
+        peers_lost,
+        catalog_snapshot,
+        warnings: node.duplicate_id_warning().into_iter().collect(),
+    };
+    for (path, h) in health_of {
+        match h {
+            Health::Healthy => report.healthy += 1,
+            Health::Degraded { .. } => report.degraded.push(path),
+            Health::AtRisk { .. } => report.at_risk.push(path),
+        }
+    }
+    let code = match report.degraded.len() + report.at_risk.len() {
+        0 => exit::OK,
+        _ => exit::BELOW_RD,
+    };
+    Done {
+        code,
+        message: String::new(),
+        data: serde_json::to_value(report).ok(),
+    }
+}
