@@ -24,6 +24,14 @@ pub struct Config {
     pub network: NetworkConfig,
     pub storage: StorageConfig,
     pub watch: Vec<WatchConfig>,
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: Prometheus metrics (`/metrics`) and a read-only dashboard (`/`), off unless
+/// `listen` is set, and only on a loopback address (they are for this computer).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MetricsConfig {
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -181,6 +189,14 @@ struct RawConfig {
     storage: RawStorage,
     #[serde(default)]
     watch: Vec<RawWatch>,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -392,6 +408,25 @@ impl Config {
             Some(SizeValue::Text(t)) => parse_size(&t).map_err(|e| bad("storage.quota", e))?,
         };
 
+        let listen = match raw.metrics.listen.as_deref() {
+            None => None,
+            Some(text) => {
+                let addr: std::net::SocketAddr = text.parse().map_err(|_| {
+                    bad(
+                        "metrics.listen",
+                        format!("{text:?} is not an address and port (e.g. \"127.0.0.1:9464\")"),
+                    )
+                })?;
+                if !addr.ip().is_loopback() {
+                    return Err(bad(
+                        "metrics.listen",
+                        format!("{addr} is not a loopback address: the metrics and the dashboard are for this computer only (use 127.0.0.1 and scrape through a proxy or SSH tunnel)"),
+                    ));
+                }
+                Some(addr)
+            }
+        };
+
         let mut watch = Vec::new();
         for (i, w) in raw.watch.into_iter().enumerate() {
             let key = |k: &str| format!("watch[{i}].{k}");
@@ -478,6 +513,7 @@ impl Config {
             },
             storage: StorageConfig { quota },
             watch,
+            metrics: MetricsConfig { listen },
         };
         config.exclude_own_paths();
         Ok(config)
@@ -738,6 +774,35 @@ exclude = ["*.tmp", "**/.cache/**"]
                 .unwrap()
                 .network
                 .raise_receive_buffers
+        );
+    }
+
+    #[test]
+    fn metrics_listen_only_on_loopback() {
+        let with = |listen: &str| {
+            Config::from_toml_str(&format!("[peer]\nid = 1\n[metrics]\nlisten = {listen:?}\n"))
+        };
+        assert_eq!(
+            with("127.0.0.1:9464").unwrap().metrics.listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        assert!(with("[::1]:9464").is_ok());
+        let e = with("0.0.0.0:9464").unwrap_err().to_string();
+        assert!(
+            e.contains("metrics.listen") && e.contains("loopback"),
+            "{e}"
+        );
+        assert!(with("192.168.1.2:9464").is_err());
+        assert!(with("localhost")
+            .unwrap_err()
+            .to_string()
+            .contains("metrics.listen"));
+        assert_eq!(
+            Config::from_toml_str("[peer]\nid = 1\n")
+                .unwrap()
+                .metrics
+                .listen,
+            None
         );
     }
 

@@ -302,7 +302,8 @@ pub struct StatusReport {
 pub struct FolderStatus {
     #[serde(with = "wire_path")]
     pub path: PathBuf,
-    /// When a backup of a file in it last completed (unix ms).
+    /// When it was last known backed up (unix ms): a backup in it completed, or a scan found
+    /// nothing to back up.
     pub last_backup_ms: Option<i64>,
     /// Why it is not there, if it is not (its disk not mounted).
     pub unavailable: Option<String>,

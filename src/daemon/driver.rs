@@ -209,6 +209,9 @@ pub(crate) async fn run(
             _ = timer => {}
         }
         d.engine.handle_timeout(Instant::now());
+        let load = d.engine.load();
+        (d.node.counters.chunks_in_flight)
+            .store((load.sending + load.fetching) as u64, Ordering::Relaxed);
         d.flush().await;
     }
 }
@@ -594,7 +597,10 @@ pub(crate) async fn receive_loop(
             r = ch.socket.recv_from(&mut buf) => r,
         };
         let (n, from) = match received {
-            Ok(r) => r,
+            Ok(r) => {
+                node.counters.traffic(ch.channel, false, r.0);
+                r
+            }
             Err(e) => {
                 tracing::warn!("receiving on {:?}: {e}", ch.channel);
                 // Not a protocol delay: keeps a persistent socket error from spinning.
@@ -727,8 +733,9 @@ impl Node {
     pub(crate) async fn send(&self, msg: Message) {
         let (channel, what) = (msg.channel(), msg.type_name());
         let bytes = self.sign(msg.encode());
-        if let Err(e) = self.net.send(channel, &bytes).await {
-            tracing::warn!("sending {what} on {channel:?} failed: {e}");
+        match self.net.send(channel, &bytes).await {
+            Ok(()) => self.counters.traffic(channel, true, bytes.len()),
+            Err(e) => tracing::warn!("sending {what} on {channel:?} failed: {e}"),
         }
     }
 }

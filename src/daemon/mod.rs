@@ -79,6 +79,9 @@ pub struct Node {
     /// When this daemon started (unix ms): a holder not heard since is given a full
     /// holder_timeout from here, so our own downtime never counts against it.
     pub started_ms: i64,
+    /// When a scan last found each watched folder with nothing to back up (unix ms): with the
+    /// last completed backup, when the folder was last known backed up (`status`, metrics).
+    pub folders_checked: Mutex<std::collections::BTreeMap<std::path::PathBuf, i64>>,
     /// One catalog snapshot at a time (`cmd::snapshot`).
     pub snapshotting: tokio::sync::Mutex<()>,
     /// Woken when the daemon must stop and start again (a recovered catalog to install).
@@ -99,6 +102,25 @@ pub struct Counters {
     pub putchunks_sent: AtomicU64,
     /// TCP frames dropped because the engine's queue for them was full.
     pub tcp_dropped: Arc<AtomicU64>,
+    /// Datagrams and bytes by channel (MC, MDB, MDR) and direction (0 in, 1 out), for metrics.
+    pub datagrams: [[AtomicU64; 2]; 3],
+    pub bytes: [[AtomicU64; 2]; 3],
+    /// Chunks the engine is sending (backups, re-backups) and fetching now.
+    pub chunks_in_flight: AtomicU64,
+}
+
+impl Counters {
+    /// Counts one datagram of `len` bytes on `channel`, received (`out` false) or sent.
+    pub fn traffic(&self, channel: crate::protocol::Channel, out: bool, len: usize) {
+        let c = match channel {
+            crate::protocol::Channel::Mc => 0,
+            crate::protocol::Channel::Mdb => 1,
+            crate::protocol::Channel::Mdr => 2,
+        };
+        let d = usize::from(out);
+        self.datagrams[c][d].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.bytes[c][d].fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// What this peer knows of another peer using its id (a copied config).
@@ -183,6 +205,15 @@ impl Node {
                 None
             }
         }
+    }
+
+    /// When the watched folder `path` was last known backed up (unix ms): its last completed
+    /// backup (`completed`), or a later scan that found nothing to back up.
+    pub fn last_backed_up(&self, path: &std::path::Path, completed: Option<i64>) -> Option<i64> {
+        let checked = (self.folders_checked.lock())
+            .ok()
+            .and_then(|c| c.get(path).copied());
+        completed.max(checked)
     }
 
     /// Notes in the catalog that this peer made its master key itself (so `recover` can tell
@@ -372,6 +403,7 @@ pub async fn start(
         tcp_port: tcp.as_ref().map(|(_, port)| *port),
         deliveries: crate::net::tcp::Deliveries::new(),
         started_ms: crate::store::unix_ms(),
+        folders_checked: Mutex::new(Default::default()),
         snapshotting: tokio::sync::Mutex::new(()),
         restart: tokio::sync::Notify::new(),
     });

@@ -2,6 +2,7 @@
 //! queue, reload on SIGHUP, systemd notifications, clean stop on SIGTERM (every worker stops,
 //! the catalog is checkpointed, the control socket removed, within `STOP_WITHIN` or so).
 
+pub mod metrics;
 pub mod presence;
 pub mod queue;
 pub mod systemd;
@@ -82,6 +83,11 @@ pub async fn run(
     let trigger = Trigger::new();
     let (node, control) = daemon::start(config, lan_key, options, &trigger).await?;
     daemon::serve_control(node.clone(), control, trigger.subscribe());
+    if let Some(addr) = node.config().metrics.listen {
+        let listener = metrics::bind(addr).await?;
+        tracing::info!("metrics on http://{addr}/metrics, a summary on http://{addr}/");
+        tokio::spawn(metrics::serve(node.clone(), listener, trigger.subscribe()));
+    }
     let wake = Arc::new(Notify::new());
     tokio::spawn(queue::run(node.clone(), wake.clone(), trigger.subscribe()));
     let mut watchers = Watchers::start(node.clone(), wake.clone(), trigger.subscribe())?;
@@ -427,6 +433,10 @@ fn keep_restart_only_keys(old: &Config, new: &mut Config) {
         new.network = old.network.clone();
     }
     new.network.lan_key_file = lan_key_file;
+    if new.metrics != old.metrics {
+        kept.push("metrics.listen");
+        new.metrics = old.metrics.clone();
+    }
     if !kept.is_empty() {
         tracing::warn!(
             "{} changed in the config: restart peerstashd to apply (the running values stay)",

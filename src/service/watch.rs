@@ -744,6 +744,11 @@ pub async fn scan(node: &Arc<Node>, wake: &Notify, root: &Path) {
     queued += gone.len();
     enqueue(node, wake, gone).await;
     tracing::info!("scanned {}: {queued} paths to look at", root.display());
+    if queued == 0 && root == watch.path {
+        if let Ok(mut checked) = node.folders_checked.lock() {
+            checked.insert(watch.path.clone(), crate::store::unix_ms());
+        }
+    }
 }
 
 /// The paths a scan's walk found, kept as 128 bits each (2 MB for 100,000 files, whatever their

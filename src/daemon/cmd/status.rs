@@ -84,10 +84,10 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
         queue_length,
         folders: folders
             .into_iter()
-            .map(|(path, last_backup_ms)| FolderStatus {
+            .map(|(path, completed)| FolderStatus {
                 unavailable: unavailable.get(&path).cloned(),
+                last_backup_ms: node.last_backed_up(&path, completed),
                 path,
-                last_backup_ms,
             })
             .collect(),
         peers_heard,

@@ -1,0 +1,387 @@
+//! `[metrics] listen`: Prometheus metrics (`GET /metrics`, text format 0.0.4) and a one-page
+//! read-only health summary (`GET /`), on a loopback address only (the config refuses any
+//! other). Off unless set.
+//!
+//! The HTTP here is the least a scraper and a browser need, and no more: one GET per
+//! connection, its request read within `READ_WITHIN` and `MAX_REQUEST` bytes, the answer with
+//! its length and `Connection: close`, at most `MAX_CONNECTIONS` at once. (A web framework
+//! would bring more code than this whole listener.)
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::daemon::Node;
+use crate::shutdown::Shutdown;
+use crate::store::{health, Health};
+
+const MAX_REQUEST: usize = 8 * 1024;
+const READ_WITHIN: Duration = Duration::from_secs(5);
+const MAX_CONNECTIONS: usize = 8;
+
+/// Binds the listener (at start: a port taken is a refusal, said before the peer is heard).
+pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (metrics.listen) for metrics: {e}"))
+}
+
+/// Serves the listener until the daemon stops.
+pub async fn serve(node: Arc<Node>, listener: TcpListener, mut shutdown: Shutdown) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.recv() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        // Beyond the bound, the connection waits in the kernel's backlog.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let node = node.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(READ_WITHIN * 2, answer(&node, stream)).await;
+            drop(permit);
+        });
+    }
+}
+
+/// The path a request line asks for with GET, if it is one.
+fn requested_path(head: &[u8]) -> Option<&str> {
+    let line = head.split(|b| *b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?.trim_end();
+    let mut parts = line.split(' ');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("GET"), Some(path), Some(v)) if v.starts_with("HTTP/1.") => Some(path),
+        _ => None,
+    }
+}
+
+async fn answer(node: &Arc<Node>, mut stream: TcpStream) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(READ_WITHIN, async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    if !matches!(read, Ok(Ok(()))) {
+        return Ok(());
+    }
+    let (status, kind, body) = match requested_path(&head) {
+        Some("/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            render_metrics(node).await,
+        ),
+        Some("/") => (
+            "200 OK",
+            "text/html; charset=utf-8",
+            render_page(node).await,
+        ),
+        Some(_) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+        None => ("400 Bad Request", "text/plain", "GET only\n".to_owned()),
+    };
+    let reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(reply.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// What the catalog says for the metrics and the page.
+struct Catalogued {
+    queue: u64,
+    below_rd: u64,
+    healthy: u64,
+    degraded: u64,
+    at_risk: u64,
+    /// (folder, when a backup in it last completed, unix ms).
+    folders: Vec<(std::path::PathBuf, Option<i64>)>,
+}
+
+async fn catalogued(node: &Arc<Node>) -> Option<Catalogued> {
+    let folders: Vec<_> = node.config().watch.iter().map(|w| w.path.clone()).collect();
+    node.catalog
+        .call(move |c| {
+            let (mut healthy, mut degraded, mut at_risk, mut below_rd) = (0, 0, 0, 0u64);
+            let mut newest: std::collections::BTreeMap<_, crate::store::FileRow> =
+                Default::default();
+            for f in c.all_files()? {
+                match newest.get(&f.path) {
+                    Some(kept) if kept.complete && !f.complete => {}
+                    _ => {
+                        newest.insert(f.path.clone(), f);
+                    }
+                }
+            }
+            for f in newest.values() {
+                let chunks = c.file_chunks(&f.file_id)?;
+                let desired = u32::from(f.desired_rd);
+                below_rd += chunks.iter().filter(|c| c.perceived_rd < desired).count() as u64;
+                match health(f.desired_rd, chunks.iter().map(|c| c.perceived_rd)) {
+                    Health::Healthy => healthy += 1,
+                    Health::Degraded { .. } => degraded += 1,
+                    Health::AtRisk { .. } => at_risk += 1,
+                }
+            }
+            let mut last = Vec::new();
+            for path in folders {
+                let t = c.last_completed_below(&path)?;
+                last.push((path, t));
+            }
+            Ok(Catalogued {
+                queue: c.queue_len()?,
+                below_rd,
+                healthy,
+                degraded,
+                at_risk,
+                folders: last,
+            })
+        })
+        .await
+        .ok()
+}
+
+/// A label value, escaped as the text format wants.
+fn label(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
+async fn render_metrics(node: &Arc<Node>) -> String {
+    let c = &node.counters;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+    let mut out = String::new();
+    let channels = ["mc", "mdb", "mdr"];
+    let directions = ["in", "out"];
+    let by_channel = |table: &[[std::sync::atomic::AtomicU64; 2]; 3]| {
+        let mut v = Vec::new();
+        for (i, ch) in channels.iter().enumerate() {
+            for (j, dir) in directions.iter().enumerate() {
+                v.push((
+                    format!("{{channel=\"{ch}\",direction=\"{dir}\"}}"),
+                    load(&table[i][j]),
+                ));
+            }
+        }
+        v
+    };
+    let one = |v: f64| vec![(String::new(), v)];
+    metric(
+        &mut out,
+        "peerstash_datagrams_total",
+        "counter",
+        "Datagrams received and sent, by multicast channel.",
+        &by_channel(&c.datagrams),
+    );
+    metric(
+        &mut out,
+        "peerstash_bytes_total",
+        "counter",
+        "Bytes of datagrams received and sent, by multicast channel.",
+        &by_channel(&c.bytes),
+    );
+    metric(
+        &mut out,
+        "peerstash_malformed_datagrams_total",
+        "counter",
+        "Datagrams dropped as malformed or on the wrong channel.",
+        &one(load(&c.malformed)),
+    );
+    let dropped = vec![
+        ("{reason=\"busy\"}".to_owned(), load(&c.dropped_busy)),
+        ("{reason=\"queue_full\"}".to_owned(), load(&c.dropped_queue)),
+        (
+            "{reason=\"unauthenticated\"}".to_owned(),
+            load(&c.unauthenticated),
+        ),
+        (
+            "{reason=\"tcp_queue_full\"}".to_owned(),
+            load(&c.tcp_dropped),
+        ),
+    ];
+    metric(
+        &mut out,
+        "peerstash_dropped_datagrams_total",
+        "counter",
+        "Datagrams and frames dropped, by reason.",
+        &dropped,
+    );
+    metric(
+        &mut out,
+        "peerstash_putchunks_sent_total",
+        "counter",
+        "PUTCHUNKs sent, first sends and resends.",
+        &one(load(&c.putchunks_sent)),
+    );
+    metric(
+        &mut out,
+        "peerstash_chunks_in_flight",
+        "gauge",
+        "Chunks being backed up or fetched now.",
+        &one(load(&c.chunks_in_flight)),
+    );
+    let usage = node.store.usage();
+    metric(
+        &mut out,
+        "peerstash_hosted_bytes",
+        "gauge",
+        "Bytes of other peers' chunks hosted here.",
+        &one(usage.used as f64),
+    );
+    metric(
+        &mut out,
+        "peerstash_quota_bytes",
+        "gauge",
+        "Space offered to the other peers.",
+        &one(usage.quota as f64),
+    );
+    if let Some(k) = catalogued(node).await {
+        metric(
+            &mut out,
+            "peerstash_queue_length",
+            "gauge",
+            "Paths waiting in the backup queue.",
+            &one(k.queue as f64),
+        );
+        metric(
+            &mut out,
+            "peerstash_chunks_below_rd",
+            "gauge",
+            "Chunks of the newest versions of our files held by fewer peers than desired.",
+            &one(k.below_rd as f64),
+        );
+        let files = vec![
+            ("{health=\"healthy\"}".to_owned(), k.healthy as f64),
+            ("{health=\"degraded\"}".to_owned(), k.degraded as f64),
+            ("{health=\"at_risk\"}".to_owned(), k.at_risk as f64),
+        ];
+        metric(
+            &mut out,
+            "peerstash_files",
+            "gauge",
+            "Backed-up files (newest version), by health.",
+            &files,
+        );
+        let now = crate::store::unix_ms();
+        let ages: Vec<(String, f64)> = (k.folders.iter())
+            .filter_map(|(path, t)| {
+                let t = node.last_backed_up(path, *t)?;
+                let folder = label(&path.to_string_lossy());
+                Some((
+                    format!("{{folder=\"{folder}\"}}"),
+                    ((now - t).max(0) / 1000) as f64,
+                ))
+            })
+            .collect();
+        metric(
+            &mut out,
+            "peerstash_seconds_since_last_backup",
+            "gauge",
+            "Seconds since each watched folder was last known backed up: a backup in it completed, or a scan found nothing to back up (absent: never).",
+            &ages,
+        );
+    }
+    out
+}
+
+fn html(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The one-page summary: health line, watched folders, hosting. Plain HTML, no script.
+async fn render_page(node: &Arc<Node>) -> String {
+    let mut body = String::new();
+    let usage = node.store.usage();
+    match catalogued(node).await {
+        Some(k) => {
+            let health = match (k.healthy + k.degraded + k.at_risk, k.degraded + k.at_risk) {
+                (0, _) => "nothing backed up yet".to_owned(),
+                (1, 0) => "the 1 file backed up is at its RD".to_owned(),
+                (n, 0) => format!("all {n} files at their RD"),
+                _ => format!("{} files degraded, {} at risk", k.degraded, k.at_risk),
+            };
+            let _ = write!(body, "<h1 id=\"health\">{}</h1>", html(&health));
+            let _ = write!(
+                body,
+                "<p>queue: {} paths waiting</p><h2>Watched folders</h2><ul>",
+                k.queue
+            );
+            let now = crate::store::unix_ms();
+            for (path, t) in &k.folders {
+                let last = match node.last_backed_up(path, *t) {
+                    Some(t) => format!("last backup {} s ago", (now - t).max(0) / 1000),
+                    None => "never backed up".to_owned(),
+                };
+                let _ = write!(body, "<li>{}: {}</li>", html(&path.to_string_lossy()), last);
+            }
+            body.push_str("</ul>");
+        }
+        None => body.push_str("<h1 id=\"health\">the catalog cannot be read</h1>"),
+    }
+    let _ = write!(
+        body,
+        "<p>hosting {} of {} bytes for the other peers</p>",
+        usage.used, usage.quota
+    );
+    format!(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>peerstash peer {}</title></head><body>{body}</body></html>\n",
+        node.id.0
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_get_request_line_names_a_path() {
+        assert_eq!(
+            requested_path(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some("/metrics")
+        );
+        assert_eq!(requested_path(b"GET / HTTP/1.0\r\n\r\n"), Some("/"));
+        assert_eq!(requested_path(b"POST /metrics HTTP/1.1\r\n\r\n"), None);
+        assert_eq!(requested_path(b"GET /metrics\r\n\r\n"), None);
+        assert_eq!(requested_path(b"\xff\xfe"), None);
+        assert_eq!(requested_path(b""), None);
+    }
+
+    #[test]
+    fn labels_and_text_are_escaped() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert_eq!(
+            html("<a href=\"x\">&</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;"
+        );
+    }
+}
