@@ -319,6 +319,16 @@ pub struct SnapshotInfo {
     pub at_rd: bool,
 }
 
+impl From<crate::store::snapshot::SnapshotRow> for SnapshotInfo {
+    fn from(s: crate::store::snapshot::SnapshotRow) -> SnapshotInfo {
+        SnapshotInfo {
+            day: s.slot.day,
+            n: s.slot.n,
+            at_rd: s.at_rd,
+        }
+    }
+}
+
 /// A background worker of the daemon and what it is doing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WorkerInfo {

@@ -121,16 +121,7 @@ async fn catalogued(node: &Arc<Node>) -> Option<Catalogued> {
     node.catalog
         .call(move |c| {
             let (mut healthy, mut degraded, mut at_risk, mut below_rd) = (0, 0, 0, 0u64);
-            let mut newest: std::collections::BTreeMap<_, crate::store::FileRow> =
-                Default::default();
-            for f in c.all_files()? {
-                match newest.get(&f.path) {
-                    Some(kept) if kept.complete && !f.complete => {}
-                    _ => {
-                        newest.insert(f.path.clone(), f);
-                    }
-                }
-            }
+            let newest = crate::daemon::cmd::status::newest_versions(c, None)?;
             for f in newest.values() {
                 let chunks = c.file_chunks(&f.file_id)?;
                 let desired = u32::from(f.desired_rd);

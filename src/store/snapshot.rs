@@ -118,6 +118,16 @@ impl Catalog {
         Ok(out)
     }
 
+    /// The snapshot `recover` would take: the newest at its RD, else the newest.
+    pub fn newest_snapshot(&self) -> Result<Option<SnapshotRow>, StoreError> {
+        let mut all = self.snapshots()?;
+        let at = all
+            .iter()
+            .rposition(|s| s.at_rd)
+            .or(all.len().checked_sub(1));
+        Ok(at.map(|i| all.swap_remove(i)))
+    }
+
     /// The newest slot that may not be used again: the newest of ours, or the floor a recover
     /// set (snapshots of the lost catalog it may not know of).
     pub fn last_snapshot_slot(&self) -> Result<Option<Slot>, StoreError> {

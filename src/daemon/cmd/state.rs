@@ -53,16 +53,10 @@ pub(crate) async fn state(node: &Arc<Node>, owner: Option<u32>) -> Done {
                     perceived_rd: perceived,
                 })
                 .collect();
-            // The newest at its RD, else the newest.
-            let snapshots = c.snapshots()?;
-            let snapshot = (snapshots.iter().rev().find(|s| s.at_rd))
-                .or(snapshots.last())
-                .filter(|_| owner.is_none())
-                .map(|s| SnapshotInfo {
-                    day: s.slot.day,
-                    n: s.slot.n,
-                    at_rd: s.at_rd,
-                });
+            let snapshot = match owner {
+                None => c.newest_snapshot()?.map(SnapshotInfo::from),
+                Some(_) => None,
+            };
             Ok((
                 files,
                 stored,

@@ -10,7 +10,33 @@ use std::sync::Arc;
 use super::Done;
 use crate::control::{exit, FolderStatus, SnapshotInfo, StatusReport};
 use crate::daemon::Node;
-use crate::store::{health, FileRow, Health};
+use crate::store::{health, Catalog, FileRow, Health, StoreError};
+
+/// The newest complete version of each of our files (else its newest), catalog snapshots
+/// aside; only `owner`'s files if given.
+pub(crate) fn newest_versions(
+    c: &Catalog,
+    owner: Option<u32>,
+) -> Result<BTreeMap<PathBuf, FileRow>, StoreError> {
+    let snapshots: std::collections::HashSet<_> = c
+        .snapshots()?
+        .into_iter()
+        .map(|s| s.file_id.key())
+        .collect();
+    let mut newest: BTreeMap<PathBuf, FileRow> = BTreeMap::new();
+    for f in c.all_files()? {
+        if owner.is_some_and(|uid| uid != f.uid) || snapshots.contains(&f.file_id.key()) {
+            continue;
+        }
+        match newest.get(&f.path) {
+            Some(kept) if kept.complete && !f.complete => {}
+            _ => {
+                newest.insert(f.path.clone(), f);
+            }
+        }
+    }
+    Ok(newest)
+}
 
 pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
     let watched: Vec<PathBuf> = node.config().watch.iter().map(|w| w.path.clone()).collect();
@@ -21,23 +47,7 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
     let r = node
         .catalog
         .call(move |c| {
-            let snapshots = c.snapshots()?;
-            let snapshot_ids: std::collections::HashSet<_> =
-                snapshots.iter().map(|s| s.file_id.key()).collect();
-            // The newest complete version of each path (else its newest).
-            let mut newest: BTreeMap<PathBuf, FileRow> = BTreeMap::new();
-            for f in c.all_files()? {
-                if owner.is_some_and(|uid| uid != f.uid) || snapshot_ids.contains(&f.file_id.key())
-                {
-                    continue;
-                }
-                match newest.get(&f.path) {
-                    Some(kept) if kept.complete && !f.complete => {}
-                    _ => {
-                        newest.insert(f.path.clone(), f);
-                    }
-                }
-            }
+            let newest = newest_versions(c, owner)?;
             let mut health_of = Vec::with_capacity(newest.len());
             for (path, f) in newest {
                 let chunks = c.file_chunks(&f.file_id)?;
@@ -52,14 +62,10 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
             let peers = c.peers_report()?;
             let heard = peers.iter().filter(|p| p.last_heard_ms.is_some()).count() as u64;
             let lost = peers.iter().filter(|p| p.lost_at_ms.is_some()).count() as u64;
-            let snapshot = (snapshots.iter().rev().find(|s| s.at_rd))
-                .or(snapshots.last())
-                .filter(|_| owner.is_none())
-                .map(|s| SnapshotInfo {
-                    day: s.slot.day,
-                    n: s.slot.n,
-                    at_rd: s.at_rd,
-                });
+            let snapshot = match owner {
+                None => c.newest_snapshot()?.map(SnapshotInfo::from),
+                Some(_) => None,
+            };
             Ok((health_of, folders, c.queue_len()?, heard, lost, snapshot))
         })
         .await;
