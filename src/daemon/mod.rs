@@ -82,6 +82,8 @@ pub struct Node {
     /// When a scan last found each watched folder with nothing to back up (unix ms): with the
     /// last completed backup, when the folder was last known backed up (`status`, metrics).
     pub folders_checked: Mutex<std::collections::BTreeMap<std::path::PathBuf, i64>>,
+    /// The multicast traffic of the last hour, for the dashboard's plots.
+    pub traffic_history: Mutex<crate::service::metrics::History>,
     /// One catalog snapshot at a time (`cmd::snapshot`).
     pub snapshotting: tokio::sync::Mutex<()>,
     /// Woken when the daemon must stop and start again (a recovered catalog to install).
@@ -404,6 +406,7 @@ pub async fn start(
         deliveries: crate::net::tcp::Deliveries::new(),
         started_ms: crate::store::unix_ms(),
         folders_checked: Mutex::new(Default::default()),
+        traffic_history: Mutex::new(Default::default()),
         snapshotting: tokio::sync::Mutex::new(()),
         restart: tokio::sync::Notify::new(),
     });

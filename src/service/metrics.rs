@@ -21,6 +21,83 @@ use crate::shutdown::Shutdown;
 use crate::store::{health, Health};
 
 const MAX_REQUEST: usize = 8 * 1024;
+/// Samples of traffic kept for the plots: one per status tick (10 s), an hour's worth.
+const HISTORY: usize = 360;
+
+/// Total bytes received and sent on the channels, sampled (unix ms, in, out).
+#[derive(Default)]
+pub struct History(std::collections::VecDeque<(i64, u64, u64)>);
+
+impl History {
+    fn push(&mut self, sample: (i64, u64, u64)) {
+        if self.0.len() == HISTORY {
+            self.0.pop_front();
+        }
+        self.0.push_back(sample);
+    }
+
+    /// Bytes per second in and out between consecutive samples: (seconds before `now`, in,
+    /// out).
+    fn rates(&self, now_ms: i64) -> Vec<(f64, f64, f64)> {
+        let s: Vec<_> = self.0.iter().collect();
+        s.windows(2)
+            .filter_map(|w| {
+                let ((t0, i0, o0), (t1, i1, o1)) = (w[0], w[1]);
+                let dt = (t1 - t0) as f64 / 1000.0;
+                (dt > 0.0).then(|| {
+                    (
+                        (now_ms - t1) as f64 / 1000.0,
+                        i1.saturating_sub(*i0) as f64 / dt,
+                        o1.saturating_sub(*o0) as f64 / dt,
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+/// Records the channels' byte totals now (every status tick).
+pub fn sample(node: &Node) {
+    let b = &node.counters.bytes;
+    let total = |d: usize| {
+        b.iter()
+            .map(|ch| ch[d].load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    if let Ok(mut h) = node.traffic_history.lock() {
+        h.push((crate::store::unix_ms(), total(0), total(1)));
+    }
+}
+
+/// An SVG plot of the last hour's traffic: received in blue, sent in orange.
+fn plot(rates: &[(f64, f64, f64)]) -> String {
+    let (w, h) = (720.0, 180.0);
+    let top = rates.iter().map(|r| r.1.max(r.2)).fold(1.0f64, f64::max);
+    let x = |ago: f64| w - (ago / 3600.0).min(1.0) * w;
+    let y = |rate: f64| h - rate / top * (h - 20.0);
+    let line = |pick: fn(&(f64, f64, f64)) -> f64| {
+        rates
+            .iter()
+            .map(|r| format!("{:.1},{:.1}", x(r.0), y(pick(r))))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"traffic of the last hour\">\
+         <rect width=\"{w}\" height=\"{h}\" fill=\"#f8f8f8\" stroke=\"#ccc\"/>\
+         <text x=\"4\" y=\"14\" font-size=\"12\">{} B/s</text>\
+         <text x=\"4\" y=\"{}\" font-size=\"12\">1 h ago</text>\
+         <text x=\"{}\" y=\"{}\" font-size=\"12\">now</text>\
+         <polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"{}\"/>\
+         <polyline fill=\"none\" stroke=\"#ff7f0e\" stroke-width=\"2\" points=\"{}\"/></svg>",
+        top.round(),
+        h - 4.0,
+        w - 30.0,
+        h - 4.0,
+        line(|r| r.1),
+        line(|r| r.2),
+    )
+}
 const READ_WITHIN: Duration = Duration::from_secs(5);
 const MAX_CONNECTIONS: usize = 8;
 
@@ -114,22 +191,34 @@ struct Catalogued {
     at_risk: u64,
     /// (folder, when a backup in it last completed, unix ms).
     folders: Vec<(std::path::PathBuf, Option<i64>)>,
+    /// The first files below their RD, and their health's word.
+    unsafe_files: Vec<(std::path::PathBuf, &'static str)>,
+    /// Other peers heard, and of those counted lost.
+    peers: (u64, u64),
 }
+
+/// Files named on the page at most.
+const NAMED: usize = 20;
 
 async fn catalogued(node: &Arc<Node>) -> Option<Catalogued> {
     let folders: Vec<_> = node.config().watch.iter().map(|w| w.path.clone()).collect();
     node.catalog
         .call(move |c| {
             let (mut healthy, mut degraded, mut at_risk, mut below_rd) = (0, 0, 0, 0u64);
+            let mut unsafe_files = Vec::new();
             let newest = crate::daemon::cmd::status::newest_versions(c, None)?;
             for f in newest.values() {
                 let chunks = c.file_chunks(&f.file_id)?;
                 let desired = u32::from(f.desired_rd);
                 below_rd += chunks.iter().filter(|c| c.perceived_rd < desired).count() as u64;
-                match health(f.desired_rd, chunks.iter().map(|c| c.perceived_rd)) {
+                let h = health(f.desired_rd, chunks.iter().map(|c| c.perceived_rd));
+                match h {
                     Health::Healthy => healthy += 1,
                     Health::Degraded { .. } => degraded += 1,
                     Health::AtRisk { .. } => at_risk += 1,
+                }
+                if h != Health::Healthy && unsafe_files.len() < NAMED {
+                    unsafe_files.push((f.path.clone(), h.word()));
                 }
             }
             let mut last = Vec::new();
@@ -137,7 +226,12 @@ async fn catalogued(node: &Arc<Node>) -> Option<Catalogued> {
                 let t = c.last_completed_below(&path)?;
                 last.push((path, t));
             }
+            let peers = c.peers_report()?;
+            let heard = peers.iter().filter(|p| p.last_heard_ms.is_some()).count() as u64;
+            let lost = peers.iter().filter(|p| p.lost_at_ms.is_some()).count() as u64;
             Ok(Catalogued {
+                unsafe_files,
+                peers: (heard, lost),
                 queue: c.queue_len()?,
                 below_rd,
                 healthy,
@@ -322,12 +416,27 @@ async fn render_page(node: &Arc<Node>) -> String {
                 _ => format!("{} files degraded, {} at risk", k.degraded, k.at_risk),
             };
             let _ = write!(body, "<h1 id=\"health\">{}</h1>", html(&health));
+            if !k.unsafe_files.is_empty() {
+                body.push_str("<h2>Files below their RD</h2><ul>");
+                for (path, word) in &k.unsafe_files {
+                    let _ = write!(body, "<li>{word}: {}</li>", html(&path.to_string_lossy()));
+                }
+                body.push_str("</ul>");
+            }
+            let _ = write!(
+                body,
+                "<p>peers: {} heard, {} lost</p>",
+                k.peers.0, k.peers.1
+            );
             let _ = write!(
                 body,
                 "<p>queue: {} paths waiting</p><h2>Watched folders</h2><ul>",
                 k.queue
             );
             let now = crate::store::unix_ms();
+            if k.folders.is_empty() {
+                body.push_str("<li>none (see [[watch]] in the config)</li>");
+            }
             for (path, t) in &k.folders {
                 let last = match node.last_backed_up(path, *t) {
                     Some(t) => format!("last backup {} s ago", (now - t).max(0) / 1000),
@@ -343,6 +452,20 @@ async fn render_page(node: &Arc<Node>) -> String {
         body,
         "<p>hosting {} of {} bytes for the other peers</p>",
         usage.used, usage.quota
+    );
+    let rates = node
+        .traffic_history
+        .lock()
+        .map(|h| h.rates(crate::store::unix_ms()))
+        .unwrap_or_default();
+    let _ = write!(
+        body,
+        "<h2>Traffic, last hour</h2><p>received (blue) and sent (orange) on the multicast channels, bytes per second{}</p>{}",
+        match rates.is_empty() {
+            true => " (the first samples come 10 s after the start)",
+            false => "",
+        },
+        plot(&rates)
     );
     format!(
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>peerstash peer {}</title></head><body>{body}</body></html>\n",
@@ -365,6 +488,22 @@ mod tests {
         assert_eq!(requested_path(b"GET /metrics\r\n\r\n"), None);
         assert_eq!(requested_path(b"\xff\xfe"), None);
         assert_eq!(requested_path(b""), None);
+    }
+
+    #[test]
+    fn the_history_keeps_an_hour_and_gives_rates() {
+        let mut h = History::default();
+        for i in 0..(HISTORY as i64 + 10) {
+            h.push((i * 10_000, (i * 1_000) as u64, (i * 2_000) as u64));
+        }
+        assert_eq!(h.0.len(), HISTORY);
+        let now = (HISTORY as i64 + 9) * 10_000;
+        let rates = h.rates(now);
+        assert_eq!(rates.len(), HISTORY - 1);
+        assert_eq!(rates.last(), Some(&(0.0, 100.0, 200.0)));
+        let svg = plot(&rates);
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+        assert_eq!(svg.matches("<polyline").count(), 2);
     }
 
     #[test]

@@ -186,6 +186,7 @@ async fn status(node: Arc<Node>, worker: Worker) {
         tick.tick().await;
         worker.busy("updating the status line", None);
         systemd::status(&status_line(&node).await);
+        metrics::sample(&node);
         worker.idle();
     }
 }
