@@ -175,6 +175,122 @@ macro_rules! out {
     ($($arg:tt)*) => { $crate::cli::print_out(format_args!($($arg)*), false) };
 }
 
+/// A long command's progress on stderr: a bar with the rate and ETA on a terminal, otherwise a
+/// plain line every `PLAIN_EVERY` (none for a command that ends sooner). The daemon's lines go
+/// to stdout as before (above the bar).
+pub struct Meter {
+    what: String,
+    /// stderr is a terminal: a bar, from the first amount on.
+    tty: bool,
+    bar: Option<indicatif::ProgressBar>,
+    started: std::time::Instant,
+    said: Option<std::time::Instant>,
+    unit: Option<crate::control::Unit>,
+}
+
+const PLAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Meter {
+    /// For the command `what` ("backup", "restore"...).
+    pub fn new(what: &str) -> Meter {
+        use std::io::IsTerminal;
+        Meter {
+            what: what.to_owned(),
+            tty: std::io::stderr().is_terminal(),
+            bar: None,
+            started: std::time::Instant::now(),
+            said: None,
+            unit: None,
+        }
+    }
+
+    /// Prints a line to stdout, above the bar.
+    pub fn say(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.suspend(|| crate::outln!("{line}")),
+            None => crate::outln!("{line}"),
+        }
+    }
+
+    /// A progress reply: its line printed, its amount shown.
+    pub fn event(&mut self, e: &crate::control::ProgressEvent) {
+        if !e.message.is_empty() {
+            self.say(&e.message);
+        }
+        if let Some(a) = e.amount {
+            self.amount(a);
+        }
+    }
+
+    /// Shows `done` of `total` `unit`s.
+    pub fn amount(&mut self, a: crate::control::Amount) {
+        use crate::control::Unit;
+        let unit_name = match a.unit {
+            Unit::Bytes => "bytes",
+            Unit::Chunks => "chunks",
+            Unit::Files => "files",
+        };
+        if self.tty && self.bar.is_none() {
+            let bar = indicatif::ProgressBar::with_draw_target(
+                Some(a.total),
+                indicatif::ProgressDrawTarget::stderr(),
+            );
+            bar.set_message(self.what.clone());
+            self.bar = Some(bar);
+        }
+        match &self.bar {
+            Some(bar) => {
+                if self.unit != Some(a.unit) {
+                    let template = match a.unit {
+                        Unit::Bytes => "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}".to_owned(),
+                        _ => format!("{{msg}} [{{bar:30}}] {{pos}}/{{len}} {unit_name} {{per_sec}} ETA {{eta}}"),
+                    };
+                    if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
+                        bar.set_style(style.progress_chars("=> "));
+                    }
+                    self.unit = Some(a.unit);
+                }
+                bar.set_length(a.total);
+                bar.set_position(a.done);
+            }
+            None => {
+                let now = std::time::Instant::now();
+                let due = self
+                    .said
+                    .map_or(self.started + PLAIN_EVERY, |t| t + PLAIN_EVERY);
+                if now < due || a.total == 0 {
+                    return;
+                }
+                self.said = Some(now);
+                let secs = now.duration_since(self.started).as_secs_f64().max(0.001);
+                let rate = a.done as f64 / secs;
+                let eta = match rate > 0.0 {
+                    true => format!(
+                        ", about {:.0} s left",
+                        (a.total - a.done.min(a.total)) as f64 / rate
+                    ),
+                    false => String::new(),
+                };
+                eprintln!(
+                    "{}: {} of {} {unit_name} ({}%), {:.0} {unit_name}/s{eta}",
+                    self.what,
+                    a.done,
+                    a.total,
+                    a.done.min(a.total) * 100 / a.total,
+                    rate
+                );
+            }
+        }
+    }
+
+    /// Removes the bar (before the final line).
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 /// Writes `peerstash.1`, `peerstashd.8` and bash, zsh and fish completions into `dir`.
 pub fn generate_docs(dir: &Path) -> std::io::Result<()> {
     use clap_complete::{generate_to, Shell};

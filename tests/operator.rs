@@ -121,3 +121,39 @@ fn status_says_in_one_line_that_all_is_well_or_names_the_files_below_their_rd() 
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["degraded"].as_array().unwrap().len(), 3, "{json}");
 }
+
+#[test]
+fn a_backup_and_a_restore_on_a_terminal_show_a_progress_bar() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: `script` (util-linux) is needed to give the command a terminal");
+        return;
+    }
+    let c = Cluster::start(&["0", "100 MiB", "100 MiB"]);
+    let file = c.dir.path().canonicalize().unwrap().join("big.bin");
+    std::fs::write(&file, random_bytes(6_000_000)).unwrap();
+    let on_a_terminal = |args: &str| {
+        let command = format!(
+            "{PEERSTASH} --config {} {args}",
+            c.peers[0].config.display()
+        );
+        let out = Command::new("script")
+            .args(["-q", "-e", "-c", &command, "/dev/null"])
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, screen) = on_a_terminal(&format!("backup {} -r 2", file.display()));
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(screen.contains("backup [") && screen.contains("MiB/5.72 MiB"), "{screen}");
+    assert!(screen.contains("ETA"), "{screen}");
+    std::fs::remove_file(&file).unwrap();
+    let (code, screen) = on_a_terminal(&format!("restore {}", file.display()));
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(screen.contains("restore [") && screen.contains("ETA"), "{screen}");
+    // Without a terminal (pipes, here), no bar: only the lines (and, after 5 s, a plain line
+    // on stderr now and then).
+    std::fs::write(&file, random_bytes(1_000_000)).unwrap();
+    let out = c.cli(0, &["backup", file.to_str().unwrap(), "-r", "2"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -93,13 +93,16 @@ fn run(args: Args) -> i32 {
                     format!("{}: no such file or folder", shown(&path)),
                 );
             }
-            runtime.block_on(control::client::backup(
+            let mut meter = peerstash::cli::Meter::new("backup");
+            let r = runtime.block_on(control::client::backup(
                 &socket,
                 &resolve(&path),
                 replication,
                 encrypt,
-                print,
-            ))
+                |e| meter.event(e),
+            ));
+            meter.finish();
+            r
         }
         Command::Restore {
             path: dest,
@@ -132,16 +135,28 @@ fn run(args: Args) -> i32 {
             };
             let path = resolve(&path);
             let dest = control::client::destination(&path, to.as_deref().map(resolve).as_deref());
-            runtime.block_on(control::client::restore(
-                &socket, &path, version, &dest, force, print,
-            ))
+            let mut meter = peerstash::cli::Meter::new("restore");
+            let r = runtime.block_on(control::client::restore(
+                &socket,
+                &path,
+                version,
+                &dest,
+                force,
+                |e| meter.event(e),
+            ));
+            meter.finish();
+            r
         }
         Command::Recover { days, force } => {
             let request = Request::Recover {
                 days: Some(days),
                 force,
             };
-            let result = runtime.block_on(control::call(&socket, &request, &[], print));
+            let mut meter = peerstash::cli::Meter::new("recover");
+            let result = runtime.block_on(control::call_events(&socket, &request, &[], |e| {
+                meter.event(e)
+            }));
+            meter.finish();
             if let Ok((exit::OK, message, _)) = &result {
                 peerstash::outln!("{message}");
                 return wait_for_restart(&runtime, &socket);
@@ -282,14 +297,24 @@ fn restore_all(
     }
     let total = newest.len();
     let (mut restored, mut skipped, mut failed) = (0usize, 0usize, 0usize);
+    let mut meter = peerstash::cli::Meter::new("restore --all");
     for (i, (path, version)) in newest.into_iter().enumerate() {
+        meter.amount(control::Amount {
+            done: i as u64,
+            total: total as u64,
+            unit: control::Unit::Files,
+        });
         let target = match dest {
             Some(d) => d.join(path.strip_prefix("/").unwrap_or(&path)),
             None => path.clone(),
         };
         if !force && std::fs::symlink_metadata(&target).is_ok() {
             skipped += 1;
-            peerstash::outln!("[{}/{total}] {} exists: skipped", i + 1, shown(&target));
+            meter.say(&format!(
+                "[{}/{total}] {} exists: skipped",
+                i + 1,
+                shown(&target)
+            ));
             continue;
         }
         let answer = runtime.block_on(control::client::restore(
@@ -303,7 +328,7 @@ fn restore_all(
         match answer {
             Ok((exit::OK, _, _)) => {
                 restored += 1;
-                peerstash::outln!("[{}/{total}] restored {}", i + 1, shown(&target));
+                meter.say(&format!("[{}/{total}] restored {}", i + 1, shown(&target)));
             }
             Ok((_, message, _)) => {
                 failed += 1;
@@ -315,6 +340,7 @@ fn restore_all(
             }
         }
     }
+    meter.finish();
     let skipped_note = match skipped {
         0 => String::new(),
         n => format!(", {n} skipped (they exist: --force overwrites them)"),

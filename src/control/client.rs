@@ -14,7 +14,7 @@ use nix::fcntl::{openat, renameat, renameat2, OFlag, RenameFlags};
 use nix::sys::stat::Mode;
 use nix::unistd::{unlinkat, UnlinkatFlags};
 
-use super::{call, exit, shown, ClientError, Request, Restored};
+use super::{call_events, exit, shown, ClientError, ProgressEvent, Request, Restored};
 
 type Answer = (i32, String, Option<serde_json::Value>);
 
@@ -24,7 +24,7 @@ pub async fn backup(
     path: &Path,
     replication: Option<u8>,
     encrypt: bool,
-    on_progress: impl FnMut(&str),
+    on_progress: impl FnMut(&ProgressEvent),
 ) -> Result<Answer, ClientError> {
     // O_NONBLOCK: a FIFO does not hang the command (no effect on files and folders).
     let file = std::fs::OpenOptions::new()
@@ -37,7 +37,7 @@ pub async fn backup(
         replication,
         encrypt,
     };
-    call(socket, &request, &[file.as_fd()], on_progress).await
+    call_events(socket, &request, &[file.as_fd()], on_progress).await
 }
 
 /// The name of the file a restore writes before it is moved into place.
@@ -72,7 +72,7 @@ pub async fn restore(
     version: Option<u32>,
     dest: &Path,
     force: bool,
-    on_progress: impl FnMut(&str),
+    on_progress: impl FnMut(&ProgressEvent),
 ) -> Result<Answer, ClientError> {
     let local = |what: &str, e: &dyn std::fmt::Display| {
         ClientError::Local(format!("{what} {}: {e}", shown(dest)))
@@ -114,7 +114,7 @@ pub async fn restore(
         path: path.to_path_buf(),
         version,
     };
-    let answer = call(socket, &request, &[out.as_fd()], on_progress).await;
+    let answer = call_events(socket, &request, &[out.as_fd()], on_progress).await;
     let finished = match answer {
         Ok((exit::OK, message, Some(data))) => serde_json::from_value::<Restored>(data)
             .map_err(|e| ClientError::BadReply(e.to_string()))

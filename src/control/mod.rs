@@ -213,6 +213,9 @@ impl Request {
 pub enum Reply {
     Progress {
         message: String,
+        /// How far the work is, when it can say (a progress bar's numbers).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        amount: Option<Amount>,
     },
     Done {
         code: i32,
@@ -267,6 +270,30 @@ pub struct PeerState {
     /// The newest catalog snapshot backed up (what `recover` would find), if any; root only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catalog_snapshot: Option<SnapshotInfo>,
+}
+
+/// How far a long command is: `done` of `total`, counted in `unit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Amount {
+    pub done: u64,
+    pub total: u64,
+    pub unit: Unit,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    Bytes,
+    Chunks,
+    Files,
+}
+
+/// One progress reply as a client sees it: a line to show, or an amount (or both).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgressEvent {
+    /// Empty for an amount alone.
+    pub message: String,
+    pub amount: Option<Amount>,
 }
 
 /// `peerstash status`: whether every file is safe, at a glance.
@@ -635,12 +662,27 @@ pub enum ClientError {
 }
 
 /// Sends one request, with `fds` attached to its first byte, and feeds every progress line to
-/// `on_progress`; returns the final reply.
+/// `on_progress` (amounts alone are dropped); returns the final reply.
 pub async fn call(
     socket: &Path,
     request: &Request,
     fds: &[BorrowedFd<'_>],
     mut on_progress: impl FnMut(&str),
+) -> Result<(i32, String, Option<serde_json::Value>), ClientError> {
+    call_events(socket, request, fds, |e| {
+        if !e.message.is_empty() {
+            on_progress(&e.message)
+        }
+    })
+    .await
+}
+
+/// `call`, feeding every progress reply, amounts included, to `on_event`.
+pub async fn call_events(
+    socket: &Path,
+    request: &Request,
+    fds: &[BorrowedFd<'_>],
+    mut on_event: impl FnMut(&ProgressEvent),
 ) -> Result<(i32, String, Option<serde_json::Value>), ClientError> {
     let stream = UnixStream::connect(socket).await.map_err(|source| {
         if source.kind() == std::io::ErrorKind::PermissionDenied {
@@ -667,7 +709,7 @@ pub async fn call(
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines.next_line().await? {
         match serde_json::from_str::<Reply>(&line) {
-            Ok(Reply::Progress { message }) => on_progress(&message),
+            Ok(Reply::Progress { message, amount }) => on_event(&ProgressEvent { message, amount }),
             Ok(Reply::Done {
                 code,
                 message,

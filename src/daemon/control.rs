@@ -154,14 +154,18 @@ async fn connection(
         Ok(job) => job,
         Err(message) => return refuse(&mut write, exit::FAILED, message).await,
     };
-    let (progress, mut lines) = mpsc::channel::<String>(64);
+    let (progress, mut lines) = mpsc::channel::<crate::control::ProgressEvent>(64);
     let mut work = tokio::spawn(run(node, job, owner, progress));
     let finished = {
         let write = &mut write;
         let forward = async {
-            while let Some(message) = lines.recv().await {
+            while let Some(event) = lines.recv().await {
                 // A client that went away does not stop the work: the backup finishes anyway.
-                let _ = send(write, &Reply::Progress { message }).await;
+                let reply = Reply::Progress {
+                    message: event.message,
+                    amount: event.amount,
+                };
+                let _ = send(write, &reply).await;
             }
             (&mut work).await
         };
@@ -347,12 +351,7 @@ async fn versions_of(node: &Arc<Node>, path: &Path) -> Result<Vec<crate::store::
         .map_err(|e| e.to_string())
 }
 
-async fn run(
-    node: Arc<Node>,
-    job: Job,
-    owner: Option<u32>,
-    progress: mpsc::Sender<String>,
-) -> Done {
+async fn run(node: Arc<Node>, job: Job, owner: Option<u32>, progress: cmd::Progress) -> Done {
     match job {
         Job::Backup {
             path,

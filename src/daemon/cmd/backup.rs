@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 use tokio::task::{spawn_blocking, JoinError, JoinSet};
 
 use super::delete::send_pending_deletes;
-use super::{report, Done, Progress};
-use crate::control::{exit, shown};
+use super::{meter, report, Done, Progress};
+use crate::control::{exit, shown, Unit};
 use crate::daemon::driver::{Input, JobEvent, Source};
 use crate::daemon::Node;
 use crate::engine::peer::JobKind;
@@ -210,6 +210,8 @@ struct Tally {
     /// The fewest peers heard by a backup that ended below its RD, and that RD: why it did.
     short: Option<(usize, u8)>,
     last_error: String,
+    /// Files admitted so far (the walk goes on while the first ones are backed up).
+    admitted: usize,
 }
 
 impl Tally {
@@ -224,7 +226,8 @@ impl Tally {
         progress: &Progress,
     ) {
         if let Some((file, plan)) = self.admit(node, file_path, opened, wanted, owner, progress) {
-            let r = backup_handle(node, file_path, file, plan).await;
+            // One file: its bytes are the progress.
+            let r = backup_handle_as(node, file_path, file, plan, None, Some(progress)).await;
             self.record(file_path, plan.desired, r, progress);
         }
     }
@@ -252,6 +255,7 @@ impl Tally {
             self.skipped += 1;
             return None;
         }
+        self.admitted += 1;
         Some((file, Plan::asked(node, file_path, wanted)))
     }
 
@@ -277,6 +281,10 @@ impl Tally {
         r: Result<BackupReport, BackupError>,
         progress: &Progress,
     ) {
+        let ended = self.ok + self.below + self.failed + 1;
+        if self.admitted > 1 {
+            meter(progress, ended as u64, self.admitted as u64, Unit::Files);
+        }
         match r {
             Ok(r) => {
                 let state = if r.below == 0 {
@@ -568,17 +576,19 @@ pub(crate) async fn backup_handle(
     file: File,
     plan: Plan,
 ) -> Result<BackupReport, BackupError> {
-    backup_handle_as(node, path, file, plan, None).await
+    backup_handle_as(node, path, file, plan, None, None).await
 }
 
 /// `backup_handle`, under the fileId `named` if given (a catalog snapshot, whose fileId comes
-/// from its slot), else the one its identity gives.
+/// from its slot), else the one its identity gives; with its bytes sent so far on `progress`
+/// if given.
 pub(crate) async fn backup_handle_as(
     node: &Arc<Node>,
     path: &Path,
     file: File,
     plan: Plan,
     named: Option<FileId>,
+    progress: Option<&Progress>,
 ) -> Result<BackupReport, BackupError> {
     let rd = Rd::new(plan.desired).unwrap_or_else(|| Rd::new(1).expect("1 is a valid RD"));
     let master = match plan.encrypt {
@@ -724,6 +734,10 @@ pub(crate) async fn backup_handle_as(
                 Some(JobEvent::Credit(n)) => credit += n,
                 Some(JobEvent::BackedUp(o)) => {
                     outstanding -= 1;
+                    if let Some(progress) = progress {
+                        let done = (sent - outstanding) * cut.piece();
+                        meter(progress, done.min(stamp.size), stamp.size, Unit::Bytes);
+                    }
                     heard.extend(o.holders.iter().copied().filter(|p| *p != node.id));
                     resent += u64::from(o.sends.saturating_sub(1));
                     if !o.reached {

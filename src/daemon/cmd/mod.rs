@@ -75,8 +75,20 @@ pub(crate) fn reply(r: Result<Done, CmdError>) -> Done {
 }
 
 /// Progress lines for the client; a slow client misses some rather than slowing the work.
-pub type Progress = mpsc::Sender<String>;
+pub type Progress = mpsc::Sender<crate::control::ProgressEvent>;
 
 pub(crate) fn report(progress: &Progress, line: String) {
-    let _ = progress.try_send(line);
+    let _ = progress.try_send(crate::control::ProgressEvent {
+        message: line,
+        amount: None,
+    });
+}
+
+/// How far the work is: `done` of `total` `unit`s (dropped if the client reads slowly, as
+/// lines are; the next one says more).
+pub(crate) fn meter(progress: &Progress, done: u64, total: u64, unit: crate::control::Unit) {
+    let _ = progress.try_send(crate::control::ProgressEvent {
+        message: String::new(),
+        amount: Some(crate::control::Amount { done, total, unit }),
+    });
 }

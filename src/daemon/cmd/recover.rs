@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use tokio::task::spawn_blocking;
 
-use super::{report, Done, Progress};
-use crate::control::exit;
+use super::{meter, report, Done, Progress};
+use crate::control::{exit, Unit};
 use crate::daemon::driver::{Input, JobEvent};
 use crate::daemon::{unix_now, Node};
 use crate::engine::peer::{Expect, JobKind};
@@ -225,6 +225,7 @@ async fn fetch_snapshot(
                 slot.day, slot.n
             ),
         );
+        meter(progress, u64::from(end), count, Unit::Chunks);
         next = end;
     }
     let out = out.to_path_buf();

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use tokio::task::{spawn_blocking, JoinSet};
 
-use super::{report, Done, Progress};
-use crate::control::{exit, shown, Restored};
+use super::{meter, report, Done, Progress};
+use crate::control::{exit, shown, Restored, Unit};
 use crate::daemon::driver::{Input, JobEvent};
 use crate::daemon::Node;
 use crate::engine::peer::{Expect, JobKind};
@@ -41,7 +41,7 @@ pub(crate) async fn restore(
             row.size
         ),
     );
-    match restore_file(node, &row, out).await {
+    match restore_file(node, &row, out, progress).await {
         Ok(()) => Done {
             code: exit::OK,
             message: format!(
@@ -125,7 +125,12 @@ enum RestoreError {
     Join(#[from] tokio::task::JoinError),
 }
 
-async fn restore_file(node: &Arc<Node>, row: &FileRow, out: File) -> Result<(), RestoreError> {
+async fn restore_file(
+    node: &Arc<Node>,
+    row: &FileRow,
+    out: File,
+    progress: &Progress,
+) -> Result<(), RestoreError> {
     let cut = Cut::of(row.encrypted);
     let key = match row.encrypted {
         true => {
@@ -151,7 +156,7 @@ async fn restore_file(node: &Arc<Node>, row: &FileRow, out: File) -> Result<(), 
     })
     .await??;
     let out = Arc::new(out);
-    fetch_all(node, row, chunks, &out, key).await?;
+    fetch_all(node, row, chunks, &out, key, progress).await?;
     let hash = row.content_hash.clone();
     spawn_blocking(move || finish_restore(&out, &hash)).await?
 }
@@ -183,8 +188,10 @@ async fn fetch_all(
     chunks: Vec<FileChunkRow>,
     out: &Arc<File>,
     key: Option<Arc<FileKey>>,
+    progress: &Progress,
 ) -> Result<(), RestoreError> {
     let cut = Cut::of(key.is_some());
+    let mut fetched = 0u64;
     let mut job = node.start_job(JobKind::Restore);
     let mut todo = chunks.into_iter();
     let mut writes: JoinSet<Result<(), u32>> = JoinSet::new();
@@ -234,6 +241,9 @@ async fn fetch_all(
                 match body {
                     None => missing.push(no),
                     Some(body) => {
+                        fetched += 1;
+                        let done = (fetched * cut.piece()).min(row.size);
+                        meter(progress, done, row.size, Unit::Bytes);
                         let (out, key) = (out.clone(), key.clone());
                         let offset = cut.offset(chunk.chunk_no);
                         // Its hash was checked against the catalog's: a chunk that does not

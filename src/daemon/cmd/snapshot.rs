@@ -109,7 +109,7 @@ pub(crate) async fn take(node: &Arc<Node>) -> Result<Taken, SnapshotError> {
         desired: snapshot_rd(node),
         encrypt: true,
     };
-    let report = backup_handle_as(node, &path, file, plan, Some(file_id.clone())).await?;
+    let report = backup_handle_as(node, &path, file, plan, Some(file_id.clone()), None).await?;
     let at_rd = report.below == 0;
     let (f, now_ms) = (file_id.clone(), unix_ms());
     let doomed = node
