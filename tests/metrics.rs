@@ -77,11 +77,12 @@ fn a_scrape_parses_and_its_counters_move_with_a_backup() {
             &[("channel", "mc"), ("direction", "in")]
         ) > 0.0
     );
-    assert_eq!(
-        value(&after, "peerstash_files", &[("health", "healthy")]),
-        1.0
-    );
-    assert_eq!(value(&after, "peerstash_chunks_below_rd", &[]), 0.0);
+    // What comes from the catalog is looked at once per 5 s at most.
+    let counted = wait_until(std::time::Duration::from_secs(15), || {
+        value(&scrape(port), "peerstash_files", &[("health", "healthy")]) == 1.0
+    });
+    assert!(counted, "the backed-up file is not counted");
+    assert_eq!(value(&scrape(port), "peerstash_chunks_below_rd", &[]), 0.0);
     assert!(value(&after, "peerstash_putchunks_sent_total", &[]) >= 16.0);
 
     let (status, page) = get(port, "/");

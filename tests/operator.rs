@@ -140,20 +140,33 @@ fn a_backup_and_a_restore_on_a_terminal_show_a_progress_bar() {
             .args(["-q", "-e", "-c", &command, "/dev/null"])
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     };
     let (code, screen) = on_a_terminal(&format!("backup {} -r 2", file.display()));
     assert_eq!(code, Some(0), "{screen}");
-    assert!(screen.contains("backup [") && screen.contains("MiB/5.72 MiB"), "{screen}");
+    assert!(
+        screen.contains("backup [") && screen.contains("MiB/5.72 MiB"),
+        "{screen}"
+    );
     assert!(screen.contains("ETA"), "{screen}");
     std::fs::remove_file(&file).unwrap();
     let (code, screen) = on_a_terminal(&format!("restore {}", file.display()));
     assert_eq!(code, Some(0), "{screen}");
-    assert!(screen.contains("restore [") && screen.contains("ETA"), "{screen}");
+    assert!(
+        screen.contains("restore [") && screen.contains("ETA"),
+        "{screen}"
+    );
     // Without a terminal (pipes, here), no bar: only the lines (and, after 5 s, a plain line
     // on stderr now and then).
     std::fs::write(&file, random_bytes(1_000_000)).unwrap();
     let out = c.cli(0, &["backup", file.to_str().unwrap(), "-r", "2"]);
     assert_eq!(out.status.code(), Some(0));
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -111,6 +111,7 @@ pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
 /// Serves the listener until the daemon stops.
 pub async fn serve(node: Arc<Node>, listener: TcpListener, mut shutdown: Shutdown) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let cache: Arc<Cache> = Arc::default();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.recv() => return,
@@ -124,9 +125,9 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, mut shutdown: Shutdow
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let node = node.clone();
+        let (node, cache) = (node.clone(), cache.clone());
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(READ_WITHIN * 2, answer(&node, stream)).await;
+            let _ = tokio::time::timeout(READ_WITHIN * 2, answer(&node, &cache, stream)).await;
             drop(permit);
         });
     }
@@ -143,7 +144,7 @@ fn requested_path(head: &[u8]) -> Option<&str> {
     }
 }
 
-async fn answer(node: &Arc<Node>, mut stream: TcpStream) -> std::io::Result<()> {
+async fn answer(node: &Arc<Node>, cache: &Cache, mut stream: TcpStream) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     let read = tokio::time::timeout(READ_WITHIN, async {
@@ -164,12 +165,12 @@ async fn answer(node: &Arc<Node>, mut stream: TcpStream) -> std::io::Result<()> 
         Some("/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
-            render_metrics(node).await,
+            render_metrics(node, cache).await,
         ),
         Some("/") => (
             "200 OK",
             "text/html; charset=utf-8",
-            render_page(node).await,
+            render_page(node, cache).await,
         ),
         Some(_) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
         None => ("400 Bad Request", "text/plain", "GET only\n".to_owned()),
@@ -191,34 +192,43 @@ struct Catalogued {
     at_risk: u64,
     /// (folder, when a backup in it last completed, unix ms).
     folders: Vec<(std::path::PathBuf, Option<i64>)>,
-    /// The first files below their RD, and their health's word.
-    unsafe_files: Vec<(std::path::PathBuf, &'static str)>,
     /// Other peers heard, and of those counted lost.
     peers: (u64, u64),
 }
 
-/// Files named on the page at most.
-const NAMED: usize = 20;
+/// How long a look at the catalog serves the scrapes and pages that follow: a scraper (or any
+/// local user) asking in a loop costs the catalog one walk per this.
+const CATALOGUED_FOR: Duration = Duration::from_secs(5);
 
-async fn catalogued(node: &Arc<Node>) -> Option<Catalogued> {
+/// The last look at the catalog, shared by the connections (one looks, the others wait).
+type Cache = tokio::sync::Mutex<Option<(std::time::Instant, Arc<Catalogued>)>>;
+
+async fn catalogued(node: &Arc<Node>, cache: &Cache) -> Option<Arc<Catalogued>> {
+    let mut cached = cache.lock().await;
+    if let Some((at, k)) = cached.as_ref() {
+        if at.elapsed() < CATALOGUED_FOR {
+            return Some(k.clone());
+        }
+    }
+    let k = Arc::new(look(node).await?);
+    *cached = Some((std::time::Instant::now(), k.clone()));
+    Some(k)
+}
+
+async fn look(node: &Arc<Node>) -> Option<Catalogued> {
     let folders: Vec<_> = node.config().watch.iter().map(|w| w.path.clone()).collect();
     node.catalog
         .call(move |c| {
             let (mut healthy, mut degraded, mut at_risk, mut below_rd) = (0, 0, 0, 0u64);
-            let mut unsafe_files = Vec::new();
             let newest = crate::daemon::cmd::status::newest_versions(c, None)?;
             for f in newest.values() {
                 let chunks = c.file_chunks(&f.file_id)?;
                 let desired = u32::from(f.desired_rd);
                 below_rd += chunks.iter().filter(|c| c.perceived_rd < desired).count() as u64;
-                let h = health(f.desired_rd, chunks.iter().map(|c| c.perceived_rd));
-                match h {
+                match health(f.desired_rd, chunks.iter().map(|c| c.perceived_rd)) {
                     Health::Healthy => healthy += 1,
                     Health::Degraded { .. } => degraded += 1,
                     Health::AtRisk { .. } => at_risk += 1,
-                }
-                if h != Health::Healthy && unsafe_files.len() < NAMED {
-                    unsafe_files.push((f.path.clone(), h.word()));
                 }
             }
             let mut last = Vec::new();
@@ -230,7 +240,6 @@ async fn catalogued(node: &Arc<Node>) -> Option<Catalogued> {
             let heard = peers.iter().filter(|p| p.last_heard_ms.is_some()).count() as u64;
             let lost = peers.iter().filter(|p| p.lost_at_ms.is_some()).count() as u64;
             Ok(Catalogued {
-                unsafe_files,
                 peers: (heard, lost),
                 queue: c.queue_len()?,
                 below_rd,
@@ -259,7 +268,7 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
     }
 }
 
-async fn render_metrics(node: &Arc<Node>) -> String {
+async fn render_metrics(node: &Arc<Node>, cache: &Cache) -> String {
     let c = &node.counters;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
     let mut out = String::new();
@@ -347,7 +356,7 @@ async fn render_metrics(node: &Arc<Node>) -> String {
         "Space offered to the other peers.",
         &one(usage.quota as f64),
     );
-    if let Some(k) = catalogued(node).await {
+    if let Some(k) = catalogued(node, cache).await {
         metric(
             &mut out,
             "peerstash_queue_length",
@@ -404,10 +413,10 @@ fn html(text: &str) -> String {
 }
 
 /// The one-page summary: health line, watched folders, hosting. Plain HTML, no script.
-async fn render_page(node: &Arc<Node>) -> String {
+async fn render_page(node: &Arc<Node>, cache: &Cache) -> String {
     let mut body = String::new();
     let usage = node.store.usage();
-    match catalogued(node).await {
+    match catalogued(node, cache).await {
         Some(k) => {
             let health = match (k.healthy + k.degraded + k.at_risk, k.degraded + k.at_risk) {
                 (0, _) => "nothing backed up yet".to_owned(),
@@ -416,12 +425,10 @@ async fn render_page(node: &Arc<Node>) -> String {
                 _ => format!("{} files degraded, {} at risk", k.degraded, k.at_risk),
             };
             let _ = write!(body, "<h1 id=\"health\">{}</h1>", html(&health));
-            if !k.unsafe_files.is_empty() {
-                body.push_str("<h2>Files below their RD</h2><ul>");
-                for (path, word) in &k.unsafe_files {
-                    let _ = write!(body, "<li>{word}: {}</li>", html(&path.to_string_lossy()));
-                }
-                body.push_str("</ul>");
+            // Any local user may load this page: the files are named by `peerstash status`,
+            // to root and to their owners.
+            if k.degraded + k.at_risk > 0 {
+                body.push_str("<p>which files: <code>sudo peerstash status</code> names them</p>");
             }
             let _ = write!(
                 body,
