@@ -33,6 +33,10 @@ pub enum Command {
         /// says, else in clear).
         #[arg(long)]
         encrypt: bool,
+        /// Progress and the outcome as JSON lines on stdout (`{"type":"progress",...}`, then
+        /// `{"type":"done",...}`), no bar.
+        #[arg(long)]
+        json: bool,
     },
     /// Rebuild a backed-up file from the peers and check its content hash.
     Restore {
@@ -53,6 +57,9 @@ pub enum Command {
         /// mode and mtime, below PATH if given (as /PATH/watched/folder/file).
         #[arg(long)]
         all: bool,
+        /// Progress and the outcome as JSON lines on stdout, no bar (one file).
+        #[arg(long, conflicts_with = "all")]
+        json: bool,
     },
     /// List the backed-up versions of a path (or of every file below a folder).
     Versions { path: PathBuf },
@@ -180,6 +187,8 @@ macro_rules! out {
 /// to stdout as before (above the bar).
 pub struct Meter {
     what: String,
+    /// Every event as a JSON line on stdout instead (`--json`).
+    json: bool,
     /// stderr is a terminal: a bar, from the first amount on.
     tty: bool,
     bar: Option<indicatif::ProgressBar>,
@@ -196,12 +205,21 @@ impl Meter {
         use std::io::IsTerminal;
         Meter {
             what: what.to_owned(),
+            json: false,
             tty: std::io::stderr().is_terminal(),
             bar: None,
             started: std::time::Instant::now(),
             said: None,
             unit: None,
         }
+    }
+
+    /// Every event as a JSON line on stdout (`{"type":"progress","message":...,"amount":...}`),
+    /// and no bar.
+    pub fn json(what: &str) -> Meter {
+        let mut m = Meter::new(what);
+        (m.json, m.tty) = (true, false);
+        m
     }
 
     /// Prints a line to stdout, above the bar.
@@ -214,6 +232,16 @@ impl Meter {
 
     /// A progress reply: its line printed, its amount shown.
     pub fn event(&mut self, e: &crate::control::ProgressEvent) {
+        if self.json {
+            let reply = crate::control::Reply::Progress {
+                message: e.message.clone(),
+                amount: e.amount,
+            };
+            if let Ok(line) = serde_json::to_string(&reply) {
+                crate::outln!("{line}");
+            }
+            return;
+        }
         if !e.message.is_empty() {
             self.say(&e.message);
         }

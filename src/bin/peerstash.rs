@@ -78,6 +78,7 @@ fn run(args: Args) -> i32 {
         Command::State { json } => (*json, Output::State),
         Command::Peers { json } => (*json, Output::Peers),
         Command::Status { json } => (*json, Output::Status),
+        Command::Backup { json, .. } | Command::Restore { json, .. } => (*json, Output::Events),
         Command::Versions { .. } => (false, Output::Versions),
         _ => (false, Output::Message),
     };
@@ -86,6 +87,7 @@ fn run(args: Args) -> i32 {
             path,
             replication,
             encrypt,
+            json,
         } => {
             if !path.exists() {
                 return fail(
@@ -93,7 +95,10 @@ fn run(args: Args) -> i32 {
                     format!("{}: no such file or folder", shown(&path)),
                 );
             }
-            let mut meter = peerstash::cli::Meter::new("backup");
+            let mut meter = match json {
+                true => peerstash::cli::Meter::json("backup"),
+                false => peerstash::cli::Meter::new("backup"),
+            };
             let r = runtime.block_on(control::client::backup(
                 &socket,
                 &resolve(&path),
@@ -129,13 +134,17 @@ fn run(args: Args) -> i32 {
             to,
             force,
             all: false,
+            json,
         } => {
             let Some(path) = path else {
                 return fail(exit::USAGE, "restore needs a PATH (or --all)");
             };
             let path = resolve(&path);
             let dest = control::client::destination(&path, to.as_deref().map(resolve).as_deref());
-            let mut meter = peerstash::cli::Meter::new("restore");
+            let mut meter = match json {
+                true => peerstash::cli::Meter::json("restore"),
+                false => peerstash::cli::Meter::new("restore"),
+            };
             let r = runtime.block_on(control::client::restore(
                 &socket,
                 &path,
@@ -205,6 +214,16 @@ fn run(args: Args) -> i32 {
         return fail(code, message);
     }
     let printed = match (data, output) {
+        (data, Output::Events) if json => {
+            let done = control::Reply::Done {
+                code,
+                message,
+                data,
+            };
+            serde_json::to_string(&done)
+                .map(|line| peerstash::outln!("{line}"))
+                .map_err(|e| e.to_string())
+        }
         (Some(data), _) if json => {
             peerstash::outln!("{data}");
             Ok(())
@@ -361,6 +380,8 @@ enum Output {
     Versions,
     Peers,
     Status,
+    /// backup and restore: with --json, the outcome as a `{"type":"done",...}` line.
+    Events,
 }
 
 fn demo() -> i32 {
