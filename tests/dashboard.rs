@@ -23,13 +23,7 @@ fn the_page_shows_the_health_line_in_a_browser() {
         eprintln!("skipped: Chromium is not installed (apt-get install chromium)");
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let metrics = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
-    let c = Cluster::start_with(&["0", "20 MiB", "20 MiB"], &[&metrics]);
+    let (c, port) = metrics_cluster();
     for name in ["a.bin", "b.bin"] {
         let file = c.dir.path().join(name);
         std::fs::write(&file, random_bytes(300_000)).unwrap();

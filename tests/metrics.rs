@@ -45,13 +45,7 @@ fn value(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[test]
 fn a_scrape_parses_and_its_counters_move_with_a_backup() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let metrics = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
-    let c = Cluster::start_with(&["0", "20 MiB", "20 MiB"], &[&metrics]);
+    let (c, port) = metrics_cluster();
     let before = scrape(port);
     let sent = |s: &Scrape| {
         value(

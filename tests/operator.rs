@@ -176,7 +176,11 @@ fn json_progress_events_then_the_outcome() {
     let c = Cluster::start(&["0", "100 MiB", "100 MiB"]);
     let file = c.dir.path().canonicalize().unwrap().join("f.bin");
     std::fs::write(&file, random_bytes(1_000_000)).unwrap();
-    let out = c.cli_ok(0, &["backup", file.to_str().unwrap(), "-r", "2", "--json"], 0);
+    let out = c.cli_ok(
+        0,
+        &["backup", file.to_str().unwrap(), "-r", "2", "--json"],
+        0,
+    );
     let lines: Vec<serde_json::Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
@@ -190,5 +194,8 @@ fn json_progress_events_then_the_outcome() {
         .collect();
     assert!(!amounts.is_empty(), "{out}");
     assert!(amounts.windows(2).all(|w| w[0] <= w[1]), "{out}");
-    assert!(progress.iter().any(|p| p["amount"]["total"] == 1_000_000), "{out}");
+    assert!(
+        progress.iter().any(|p| p["amount"]["total"] == 1_000_000),
+        "{out}"
+    );
 }

@@ -236,9 +236,7 @@ async fn look(node: &Arc<Node>) -> Option<Catalogued> {
                 let t = c.last_completed_below(&path)?;
                 last.push((path, t));
             }
-            let peers = c.peers_report()?;
-            let heard = peers.iter().filter(|p| p.last_heard_ms.is_some()).count() as u64;
-            let lost = peers.iter().filter(|p| p.lost_at_ms.is_some()).count() as u64;
+            let (heard, lost) = c.peers_heard_lost()?;
             Ok(Catalogued {
                 peers: (heard, lost),
                 queue: c.queue_len()?,

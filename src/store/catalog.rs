@@ -1483,6 +1483,14 @@ impl Catalog {
             .query_row([], |r| r.get::<_, i64>(0))? as u64)
     }
 
+    /// Other peers ever heard, and of those counted lost now.
+    pub fn peers_heard_lost(&self) -> Result<(u64, u64), StoreError> {
+        let peers = self.peers_report()?;
+        let heard = peers.iter().filter(|p| p.last_heard_ms.is_some()).count() as u64;
+        let lost = peers.iter().filter(|p| p.lost_at_ms.is_some()).count() as u64;
+        Ok((heard, lost))
+    }
+
     /// Every peer heard, counted lost, holding chunks of our own files, sending the chunks we
     /// host, or owing a delete acknowledgement, ordered by id, with what it does for us and we
     /// for it.

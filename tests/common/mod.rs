@@ -547,3 +547,18 @@ pub fn backed_up_tree(encrypt: bool) -> (Cluster, tempfile::TempDir, PathBuf, Tr
     );
     (c, folder, root, files)
 }
+
+/// Three peers (the first hosts nothing), the first with its metrics listener on a free port of
+/// 127.0.0.1; returns the cluster and the port.
+pub fn metrics_cluster() -> (Cluster, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+    (
+        Cluster::start_with(&["0", "20 MiB", "20 MiB"], &[&metrics]),
+        port,
+    )
+}

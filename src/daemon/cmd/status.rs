@@ -59,9 +59,7 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
                 let last = c.last_completed_below(&path)?;
                 folders.push((path, last));
             }
-            let peers = c.peers_report()?;
-            let heard = peers.iter().filter(|p| p.last_heard_ms.is_some()).count() as u64;
-            let lost = peers.iter().filter(|p| p.lost_at_ms.is_some()).count() as u64;
+            let (heard, lost) = c.peers_heard_lost()?;
             let snapshot = match owner {
                 None => c.newest_snapshot()?.map(SnapshotInfo::from),
                 Some(_) => None,
