@@ -17,6 +17,11 @@ pub struct Args {
     /// The daemon's control socket (instead of reading the config).
     #[arg(long, value_name = "PATH", global = true)]
     pub socket: Option<PathBuf>,
+    /// Answer in JSON on stdout: a report as one object; backup, restore and recover as one
+    /// line per progress event, then `{"type":"done","code":..,"message":..,"data":..}`; any
+    /// other command as that last line alone.
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -33,10 +38,6 @@ pub enum Command {
         /// says, else in clear).
         #[arg(long)]
         encrypt: bool,
-        /// Progress and the outcome as JSON lines on stdout (`{"type":"progress",...}`, then
-        /// `{"type":"done",...}`), no bar.
-        #[arg(long)]
-        json: bool,
     },
     /// Rebuild a backed-up file from the peers and check its content hash.
     Restore {
@@ -57,9 +58,6 @@ pub enum Command {
         /// mode and mtime, below PATH if given (as /PATH/watched/folder/file).
         #[arg(long)]
         all: bool,
-        /// Progress and the outcome as JSON lines on stdout, no bar (one file).
-        #[arg(long, conflicts_with = "all")]
-        json: bool,
     },
     /// List the backed-up versions of a path (or of every file below a folder).
     Versions { path: PathBuf },
@@ -94,25 +92,13 @@ pub enum Command {
     /// at-risk files by name), quota and use, the queue, the last backup of each watched folder,
     /// the peers heard and lost, the newest catalog snapshot. Exit status 3 when a file is below
     /// its RD.
-    Status {
-        /// One JSON object instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Status,
     /// Show this peer's state: quota, what it backed up and how healthy each file is, what it
     /// hosts.
-    State {
-        /// One JSON object instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    State,
     /// List the other peers heard or holding chunks of ours: protocol, when last heard, lost or
     /// not, chunks of ours each holds, bytes of its we host, deletes it has not acknowledged.
-    Peers {
-        /// One JSON object instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Peers,
     /// Write a new random LAN key (32 bytes, mode 0600) to PATH, which must not exist; copy it
     /// to every peer and set network.lan_key_file to it. Needs no daemon.
     Keygen { path: PathBuf },

@@ -74,20 +74,19 @@ fn run(args: Args) -> i32 {
         Err(e) => return fail(exit::FAILED, e),
     };
     let print = |line: &str| peerstash::outln!("{line}");
-    let (json, output) = match &args.command {
-        Command::State { json } => (*json, Output::State),
-        Command::Peers { json } => (*json, Output::Peers),
-        Command::Status { json } => (*json, Output::Status),
-        Command::Backup { json, .. } | Command::Restore { json, .. } => (*json, Output::Events),
-        Command::Versions { .. } => (false, Output::Versions),
-        _ => (false, Output::Message),
+    let json = args.json;
+    let output = match &args.command {
+        Command::State => Output::State,
+        Command::Peers => Output::Peers,
+        Command::Status => Output::Status,
+        Command::Versions { .. } => Output::Versions,
+        _ => Output::Message,
     };
     let result = match args.command {
         Command::Backup {
             path,
             replication,
             encrypt,
-            json,
         } => {
             if !path.exists() {
                 return fail(
@@ -134,7 +133,6 @@ fn run(args: Args) -> i32 {
             to,
             force,
             all: false,
-            json,
         } => {
             let Some(path) = path else {
                 return fail(exit::USAGE, "restore needs a PATH (or --all)");
@@ -161,14 +159,30 @@ fn run(args: Args) -> i32 {
                 days: Some(days),
                 force,
             };
-            let mut meter = peerstash::cli::Meter::new("recover");
+            let mut meter = match json {
+                true => peerstash::cli::Meter::json("recover"),
+                false => peerstash::cli::Meter::new("recover"),
+            };
             let result = runtime.block_on(control::call_events(&socket, &request, &[], |e| {
                 meter.event(e)
             }));
             meter.finish();
-            if let Ok((exit::OK, message, _)) = &result {
-                peerstash::outln!("{message}");
-                return wait_for_restart(&runtime, &socket);
+            if let Ok((exit::OK, message, data)) = &result {
+                if !json {
+                    peerstash::outln!("{message}");
+                }
+                let code = wait_for_restart(&runtime, &socket, json);
+                if json && code == exit::OK {
+                    let done = control::Reply::Done {
+                        code,
+                        message: message.clone(),
+                        data: data.clone(),
+                    };
+                    if let Ok(line) = serde_json::to_string(&done) {
+                        peerstash::outln!("{line}");
+                    }
+                }
+                return code;
             }
             result
         }
@@ -184,9 +198,9 @@ fn run(args: Args) -> i32 {
                     Ok(quota) => Request::Reclaim { quota },
                     Err(e) => return fail(exit::USAGE, format!("bad size {size:?}: {e}")),
                 },
-                Command::State { .. } => Request::State,
-                Command::Peers { .. } => Request::Peers,
-                Command::Status { .. } => Request::Status,
+                Command::State => Request::State,
+                Command::Peers => Request::Peers,
+                Command::Status => Request::Status,
                 Command::Check => Request::Check,
                 Command::Scrub => Request::Scrub,
                 Command::Snapshot => Request::Snapshot,
@@ -214,7 +228,7 @@ fn run(args: Args) -> i32 {
         return fail(code, message);
     }
     let printed = match (data, output) {
-        (data, Output::Events) if json => {
+        (data, Output::Message) if json => {
             let done = control::Reply::Done {
                 code,
                 message,
@@ -253,7 +267,7 @@ fn run(args: Args) -> i32 {
 
 /// After `recover`: waits (a minute at most) for the daemon to answer again, now with the
 /// recovered catalog.
-fn wait_for_restart(runtime: &tokio::runtime::Runtime, socket: &Path) -> i32 {
+fn wait_for_restart(runtime: &tokio::runtime::Runtime, socket: &Path, quiet: bool) -> i32 {
     let answers = || {
         let answer = runtime.block_on(control::call(socket, &Request::Peers, &[], |_| {}));
         matches!(answer, Ok((exit::OK, _, _)))
@@ -267,6 +281,9 @@ fn wait_for_restart(runtime: &tokio::runtime::Runtime, socket: &Path) -> i32 {
     let back_by = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while std::time::Instant::now() < back_by {
         if answers() {
+            if quiet {
+                return exit::OK;
+            }
             peerstash::outln!(
                 "peerstashd is running with the recovered catalog: run `peerstash restore --all` to bring the files back"
             );
@@ -380,8 +397,6 @@ enum Output {
     Versions,
     Peers,
     Status,
-    /// backup and restore: with --json, the outcome as a `{"type":"done",...}` line.
-    Events,
 }
 
 fn demo() -> i32 {
