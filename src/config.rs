@@ -792,7 +792,11 @@ exclude = ["*.tmp", "**/.cache/**"]
             e.contains("metrics.listen") && e.contains("loopback"),
             "{e}"
         );
-        assert!(with("192.168.1.2:9464").is_err());
+        assert!(with("[::]:9464").is_err());
+        assert!(
+            with("239.255.0.1:9464").is_err(),
+            "a multicast group is no listener"
+        );
         assert!(with("localhost")
             .unwrap_err()
             .to_string()
