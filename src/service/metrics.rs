@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 
 use crate::daemon::Node;
 use crate::shutdown::Shutdown;
-use crate::store::{health, Health};
+use crate::store::Health;
 
 const MAX_REQUEST: usize = 8 * 1024;
 /// Samples of traffic kept for the plots: one per status tick (10 s), an hour's worth.
@@ -220,12 +220,9 @@ async fn look(node: &Arc<Node>) -> Option<Catalogued> {
     node.catalog
         .call(move |c| {
             let (mut healthy, mut degraded, mut at_risk, mut below_rd) = (0, 0, 0, 0u64);
-            let newest = crate::daemon::cmd::status::newest_versions(c, None)?;
-            for f in newest.values() {
-                let chunks = c.file_chunks(&f.file_id)?;
-                let desired = u32::from(f.desired_rd);
-                below_rd += chunks.iter().filter(|c| c.perceived_rd < desired).count() as u64;
-                match health(f.desired_rd, chunks.iter().map(|c| c.perceived_rd)) {
+            for (_, h, below) in crate::daemon::cmd::status::newest_health(c, None)? {
+                below_rd += below;
+                match h {
                     Health::Healthy => healthy += 1,
                     Health::Degraded { .. } => degraded += 1,
                     Health::AtRisk { .. } => at_risk += 1,

@@ -120,12 +120,12 @@ pub(crate) async fn take(node: &Arc<Node>) -> Result<Taken, SnapshotError> {
             }
             c.set_meta("snapshot_changes", &changes)?;
             c.set_meta("snapshot_at_ms", &now_ms.to_string())?;
-            let doomed = superseded(&c.snapshots()?);
+            let rows = c.snapshots()?;
             let mut forgotten = Vec::new();
-            for id in doomed {
-                let slot = c.snapshots()?.into_iter().find(|s| s.file_id == id);
+            for id in superseded(&rows) {
+                let slot = rows.iter().find(|s| s.file_id == id).map(|s| s.slot);
                 if c.forget_snapshot(&id, now_ms)? {
-                    forgotten.extend(slot.map(|s| s.slot));
+                    forgotten.extend(slot);
                 }
             }
             Ok(forgotten)

@@ -38,6 +38,23 @@ pub(crate) fn newest_versions(
     Ok(newest)
 }
 
+/// The health of the newest version of each of our files (`newest_versions`), with how many
+/// of its chunks are below their desired RD.
+pub(crate) fn newest_health(
+    c: &Catalog,
+    owner: Option<u32>,
+) -> Result<Vec<(PathBuf, Health, u64)>, StoreError> {
+    let mut out = Vec::new();
+    for (path, f) in newest_versions(c, owner)? {
+        let chunks = c.file_chunks(&f.file_id)?;
+        let desired = u32::from(f.desired_rd);
+        let below = chunks.iter().filter(|c| c.perceived_rd < desired).count() as u64;
+        let h = health(f.desired_rd, chunks.iter().map(|c| c.perceived_rd));
+        out.push((path, h, below));
+    }
+    Ok(out)
+}
+
 pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
     let watched: Vec<PathBuf> = node.config().watch.iter().map(|w| w.path.clone()).collect();
     let folders_asked = match owner {
@@ -47,13 +64,9 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
     let r = node
         .catalog
         .call(move |c| {
-            let newest = newest_versions(c, owner)?;
-            let mut health_of = Vec::with_capacity(newest.len());
-            for (path, f) in newest {
-                let chunks = c.file_chunks(&f.file_id)?;
-                let h = health(f.desired_rd, chunks.iter().map(|c| c.perceived_rd));
-                health_of.push((path, h));
-            }
+            let health_of: Vec<(PathBuf, Health)> = (newest_health(c, owner)?.into_iter())
+                .map(|(path, h, _)| (path, h))
+                .collect();
             let mut folders = Vec::new();
             for path in folders_asked {
                 let last = c.last_completed_below(&path)?;
