@@ -94,8 +94,14 @@ pub enum Command {
     /// its RD.
     Status,
     /// Show this peer's state: quota, what it backed up and how healthy each file is, what it
-    /// hosts.
-    State,
+    /// hosts. On a terminal the report goes through $PAGER (default `less -FRX`).
+    State {
+        /// Only the versions of files at or below this path (and no hosted chunks).
+        path: Option<PathBuf>,
+        /// Print straight to the terminal, without the pager.
+        #[arg(long)]
+        no_pager: bool,
+    },
     /// List the other peers heard or holding chunks of ours: protocol, when last heard, lost or
     /// not, chunks of ours each holds, bytes of its we host, deletes it has not acknowledged.
     Peers,
@@ -168,6 +174,70 @@ macro_rules! out {
     ($($arg:tt)*) => { $crate::cli::print_out(format_args!($($arg)*), false) };
 }
 
+/// A long report read through a pager, as `git log` and `systemctl` do: while it lives, stdout
+/// is the pager's input. Only when stdout is a terminal; `$PAGER` says which (run by `sh -c`;
+/// `less -FRX` when unset and less is installed, which quits by itself when the text fits on
+/// one screen; empty or `cat` for none). A pager that cannot start leaves stdout as it was.
+pub struct Pager {
+    child: std::process::Child,
+    /// The terminal, to put back as stdout at the end.
+    terminal: std::os::fd::OwnedFd,
+}
+
+impl Pager {
+    pub fn start() -> Option<Pager> {
+        use std::io::IsTerminal;
+        use std::os::fd::{AsRawFd, FromRawFd};
+        if !std::io::stdout().is_terminal() {
+            return None;
+        }
+        let command = match std::env::var("PAGER") {
+            Ok(c) => c,
+            // Not every system has less (a minimal install): then no pager.
+            Err(_) => {
+                let path = std::env::var_os("PATH").unwrap_or_default();
+                std::env::split_paths(&path)
+                    .any(|dir| dir.join("less").is_file())
+                    .then(|| "less -FRX".to_owned())?
+            }
+        };
+        if command.trim().is_empty() || command.trim() == "cat" {
+            return None;
+        }
+        let mut child = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&command)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .ok()?;
+        let input = child.stdin.take()?;
+        let out = std::io::stdout().as_raw_fd();
+        let saved = nix::unistd::dup(out).ok();
+        let swapped = saved.is_some_and(|_| nix::unistd::dup2(input.as_raw_fd(), out).is_ok());
+        drop(input);
+        let Some(saved) = saved.filter(|_| swapped) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        };
+        // SAFETY: `saved` was just made by dup() and is owned by nothing else.
+        let terminal = unsafe { std::os::fd::OwnedFd::from_raw_fd(saved) };
+        Some(Pager { child, terminal })
+    }
+}
+
+impl Drop for Pager {
+    /// The report is whole: the pager reads its end, and the program ends when it quits.
+    fn drop(&mut self) {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let _ = std::io::stdout().flush();
+        // Stdout is the terminal again, which closes the pager's input.
+        let _ = nix::unistd::dup2(self.terminal.as_raw_fd(), std::io::stdout().as_raw_fd());
+        let _ = self.child.wait();
+    }
+}
+
 /// A long command's progress on stderr: a bar with the rate and ETA on a terminal, otherwise a
 /// plain line every `PLAIN_EVERY` (none for a command that ends sooner). The daemon's lines go
 /// to stdout as before (above the bar).
@@ -208,8 +278,18 @@ impl Meter {
         m
     }
 
-    /// Prints a line to stdout, above the bar.
+    /// Prints a line to stdout, above the bar (with `--json`, as a progress event).
     pub fn say(&self, line: &str) {
+        if self.json {
+            let reply = crate::control::Reply::Progress {
+                message: line.to_owned(),
+                amount: None,
+            };
+            if let Ok(text) = serde_json::to_string(&reply) {
+                crate::outln!("{text}");
+            }
+            return;
+        }
         match &self.bar {
             Some(bar) => bar.suspend(|| crate::outln!("{line}")),
             None => crate::outln!("{line}"),
@@ -276,22 +356,9 @@ impl Meter {
                     return;
                 }
                 self.said = Some(now);
-                let secs = now.duration_since(self.started).as_secs_f64().max(0.001);
-                let rate = a.done as f64 / secs;
-                let eta = match rate > 0.0 {
-                    true => format!(
-                        ", about {:.0} s left",
-                        (a.total - a.done.min(a.total)) as f64 / rate
-                    ),
-                    false => String::new(),
-                };
                 eprintln!(
-                    "{}: {} of {} {unit_name} ({}%), {:.0} {unit_name}/s{eta}",
-                    self.what,
-                    a.done,
-                    a.total,
-                    a.done.min(a.total) * 100 / a.total,
-                    rate
+                    "{}",
+                    plain_line(&self.what, a, now.duration_since(self.started))
                 );
             }
         }
@@ -303,6 +370,31 @@ impl Meter {
             bar.finish_and_clear();
         }
     }
+}
+
+/// The progress line printed every `PLAIN_EVERY` when stderr is no terminal: "backup: 1200000
+/// of 6000000 bytes (20%), 240000 bytes/s, about 20 s left".
+pub fn plain_line(what: &str, a: crate::control::Amount, elapsed: std::time::Duration) -> String {
+    use crate::control::Unit;
+    let unit = match a.unit {
+        Unit::Bytes => "bytes",
+        Unit::Chunks => "chunks",
+        Unit::Files => "files",
+    };
+    let done = a.done.min(a.total);
+    let rate = done as f64 / elapsed.as_secs_f64().max(0.001);
+    let eta = match rate > 0.0 {
+        true => format!(", about {:.0} s left", (a.total - done) as f64 / rate),
+        false => String::new(),
+    };
+    let percent = match a.total {
+        0 => 100,
+        t => done * 100 / t,
+    };
+    format!(
+        "{what}: {done} of {} {unit} ({percent}%), {rate:.0} {unit}/s{eta}",
+        a.total
+    )
 }
 
 /// Writes `peerstash.1`, `peerstashd.8` and bash, zsh and fish completions into `dir`.
@@ -349,5 +441,30 @@ mod tests {
         assert!(man.contains("restore"), "{man}");
         assert!(man.contains("peers"), "{man}");
         assert!(!man.contains("run-daemon"), "hidden commands stay hidden");
+    }
+
+    #[test]
+    fn the_plain_progress_line_says_how_far_how_fast_and_how_long_yet() {
+        use crate::control::{Amount, Unit};
+        let a = |done, total, unit| Amount { done, total, unit };
+        let s = std::time::Duration::from_secs;
+        assert_eq!(
+            plain_line("backup", a(1_200_000, 6_000_000, Unit::Bytes), s(5)),
+            "backup: 1200000 of 6000000 bytes (20%), 240000 bytes/s, about 20 s left"
+        );
+        assert_eq!(
+            plain_line("restore --all", a(0, 50, Unit::Files), s(5)),
+            "restore --all: 0 of 50 files (0%), 0 files/s",
+            "no rate yet: no time left is guessed"
+        );
+        assert_eq!(
+            plain_line("recover", a(12, 10, Unit::Chunks), s(10)),
+            "recover: 10 of 10 chunks (100%), 1 chunks/s, about 0 s left",
+            "more done than announced reads as all of it"
+        );
+        assert_eq!(
+            plain_line("x", a(0, 0, Unit::Files), std::time::Duration::ZERO),
+            "x: 0 of 0 files (100%), 0 files/s"
+        );
     }
 }

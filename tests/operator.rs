@@ -199,3 +199,81 @@ fn json_progress_events_then_the_outcome() {
         "{out}"
     );
 }
+
+#[test]
+fn state_is_limited_to_a_path_and_goes_through_the_pager_on_a_terminal() {
+    let c = Cluster::start(&["0", "100 MiB", "100 MiB"]);
+    let root = c.dir.path().canonicalize().unwrap();
+    // `a` and `ab`: a path is limited by whole names, `a` does not take in `ab`.
+    for (dir, name) in [
+        ("a", "one.bin"),
+        ("a/deeper", "two.bin"),
+        ("ab", "three.bin"),
+    ] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+        let file = root.join(dir).join(name);
+        std::fs::write(&file, random_bytes(70_000)).unwrap();
+        c.cli_ok(0, &["backup", file.to_str().unwrap(), "-r", "2"], 0);
+    }
+    let a = root.join("a");
+    let out = c.cli_ok(0, &["state", a.to_str().unwrap()], 0);
+    assert!(out.contains("one.bin") && out.contains("two.bin"), "{out}");
+    assert!(!out.contains("three.bin"), "{out}");
+    assert!(
+        out.contains("at or below") && out.contains("(2 versions)"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("hosted ("),
+        "hosted chunks have no path: {out}"
+    );
+    let json = c.cli_ok(0, &["state", "--json", a.to_str().unwrap()], 0);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["files"].as_array().unwrap().len(), 2, "{json}");
+    // The whole report still lists all three and the hosted chunks (none here: peer 1 hosts
+    // nothing, its quota is 0).
+    let all = c.cli_ok(0, &["state"], 0);
+    assert!(
+        all.contains("three.bin") && all.contains("hosted (0 chunks)"),
+        "{all}"
+    );
+
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!(
+            "pager part skipped: `script` (util-linux) is needed to give the command a terminal"
+        );
+        return;
+    }
+    let paged = root.join("paged.txt");
+    let on_a_terminal = |args: &str| {
+        let command = format!(
+            "{PEERSTASH} --config {} {args}",
+            c.peers[0].config.display()
+        );
+        let out = Command::new("script")
+            .args(["-q", "-e", "-c", &command, "/dev/null"])
+            .env("PAGER", format!("cat > {}", paged.display()))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, screen) = on_a_terminal("state");
+    assert_eq!(code, Some(0), "{screen}");
+    let text = std::fs::read_to_string(&paged).unwrap();
+    assert!(
+        text.contains("three.bin") && text.contains("hosted (0 chunks)"),
+        "{text}"
+    );
+    assert!(
+        !screen.contains("three.bin"),
+        "the pager had the report: {screen}"
+    );
+    std::fs::remove_file(&paged).unwrap();
+    let (code, screen) = on_a_terminal("state --no-pager");
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(screen.contains("three.bin"), "{screen}");
+    assert!(!paged.exists(), "--no-pager ran the pager");
+}

@@ -22,6 +22,38 @@ fn restore_all_brings_back_every_watched_file_with_its_mode_and_mtime() {
     assert!(out.contains("50 files: 50 restored, 0 failed"), "{out}");
     check_tree(&dest.path().join(root.strip_prefix("/").unwrap()), &files);
 
+    // With --json: an event per file, counted up to 50, then the outcome with its counts.
+    let dest = tempfile::tempdir().unwrap();
+    let out = c.cli_ok(
+        0,
+        &["restore", "--all", "--json", dest.path().to_str().unwrap()],
+        0,
+    );
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let (done, progress) = lines.split_last().unwrap();
+    assert_eq!(done["type"], "done", "{out}");
+    assert_eq!(done["code"], 0, "{out}");
+    assert_eq!(done["data"]["restored"], 50, "{out}");
+    assert_eq!(done["data"]["failed"], 0, "{out}");
+    let counted: Vec<u64> = (progress.iter())
+        .filter_map(|p| p["amount"]["done"].as_u64())
+        .collect();
+    assert!(counted.windows(2).all(|w| w[0] <= w[1]), "{out}");
+    assert_eq!(counted.last(), Some(&50), "{out}");
+    assert_eq!(
+        (progress.iter())
+            .filter(|p| p["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("restored")))
+            .count(),
+        50,
+        "{out}"
+    );
+    check_tree(&dest.path().join(root.strip_prefix("/").unwrap()), &files);
+
     // In place, after the folder's content is lost.
     for entry in std::fs::read_dir(&root).unwrap() {
         std::fs::remove_dir_all(entry.unwrap().path()).unwrap();

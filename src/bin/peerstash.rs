@@ -75,8 +75,13 @@ fn run(args: Args) -> i32 {
     };
     let print = |line: &str| peerstash::outln!("{line}");
     let json = args.json;
+    // `state`: the path it is limited to, and whether its report may go through the pager.
+    let (below, pager) = match &args.command {
+        Command::State { path, no_pager } => (path.as_deref().map(resolve), !no_pager),
+        _ => (None, false),
+    };
     let output = match &args.command {
-        Command::State => Output::State,
+        Command::State { .. } => Output::State,
         Command::Peers => Output::Peers,
         Command::Status => Output::Status,
         Command::Versions { .. } => Output::Versions,
@@ -125,7 +130,7 @@ fn run(args: Args) -> i32 {
                 }
             };
             let dest = dest.as_deref().map(resolve);
-            return restore_all(&runtime, &socket, &config, dest.as_deref(), force);
+            return restore_all(&runtime, &socket, &config, dest.as_deref(), force, json);
         }
         Command::Restore {
             path,
@@ -198,7 +203,9 @@ fn run(args: Args) -> i32 {
                     Ok(quota) => Request::Reclaim { quota },
                     Err(e) => return fail(exit::USAGE, format!("bad size {size:?}: {e}")),
                 },
-                Command::State => Request::State,
+                Command::State { path, .. } => Request::State {
+                    path: path.as_deref().map(resolve),
+                },
                 Command::Peers => Request::Peers,
                 Command::Status => Request::Status,
                 Command::Check => Request::Check,
@@ -243,7 +250,10 @@ fn run(args: Args) -> i32 {
             Ok(())
         }
         (Some(data), Output::State) => serde_json::from_value::<PeerState>(data)
-            .map(|s| print_state(&s))
+            .map(|s| {
+                let _pager = pager.then(peerstash::cli::Pager::start).flatten();
+                print_state(&s, below.as_deref())
+            })
             .map_err(|e| format!("unexpected state from the daemon: {e}")),
         (Some(data), Output::Versions) => serde_json::from_value::<Vec<VersionInfo>>(data)
             .map(|v| print_versions(&v))
@@ -306,7 +316,12 @@ fn restore_all(
     config: &Config,
     dest: Option<&Path>,
     force: bool,
+    json: bool,
 ) -> i32 {
+    let mut meter = match json {
+        true => peerstash::cli::Meter::json("restore --all"),
+        false => peerstash::cli::Meter::new("restore --all"),
+    };
     let mut newest: std::collections::BTreeMap<PathBuf, u32> = Default::default();
     for w in &config.watch {
         let request = Request::Versions {
@@ -317,7 +332,7 @@ fn restore_all(
             Ok((exit::OK, _, Some(data))) => serde_json::from_value::<Vec<VersionInfo>>(data)
                 .map_err(|e| format!("unexpected answer from the daemon: {e}")),
             Ok((_, message, _)) => {
-                peerstash::outln!("{}: {message}", shown(&w.path));
+                meter.say(&format!("{}: {message}", shown(&w.path)));
                 continue;
             }
             Err(e) => return fail(exit::UNREACHABLE, e),
@@ -333,59 +348,89 @@ fn restore_all(
     }
     let total = newest.len();
     let (mut restored, mut skipped, mut failed) = (0usize, 0usize, 0usize);
-    let mut meter = peerstash::cli::Meter::new("restore --all");
+    let files = |done: usize| control::Amount {
+        done: done as u64,
+        total: total as u64,
+        unit: control::Unit::Files,
+    };
     for (i, (path, version)) in newest.into_iter().enumerate() {
-        meter.amount(control::Amount {
-            done: i as u64,
-            total: total as u64,
-            unit: control::Unit::Files,
+        meter.event(&control::ProgressEvent {
+            message: String::new(),
+            amount: Some(files(i)),
         });
         let target = match dest {
             Some(d) => d.join(path.strip_prefix("/").unwrap_or(&path)),
             None => path.clone(),
         };
-        if !force && std::fs::symlink_metadata(&target).is_ok() {
+        let line = if !force && std::fs::symlink_metadata(&target).is_ok() {
             skipped += 1;
-            meter.say(&format!(
-                "[{}/{total}] {} exists: skipped",
-                i + 1,
-                shown(&target)
+            format!("[{}/{total}] {} exists: skipped", i + 1, shown(&target))
+        } else {
+            let answer = runtime.block_on(control::client::restore(
+                socket,
+                &path,
+                Some(version),
+                &target,
+                force,
+                |_| {},
             ));
-            continue;
-        }
-        let answer = runtime.block_on(control::client::restore(
-            socket,
-            &path,
-            Some(version),
-            &target,
-            force,
-            |_| {},
-        ));
-        match answer {
-            Ok((exit::OK, _, _)) => {
-                restored += 1;
-                meter.say(&format!("[{}/{total}] restored {}", i + 1, shown(&target)));
+            match answer {
+                Ok((exit::OK, _, _)) => {
+                    restored += 1;
+                    format!("[{}/{total}] restored {}", i + 1, shown(&target))
+                }
+                Ok((_, message, _)) => {
+                    failed += 1;
+                    eprintln!("peerstash: {message}");
+                    // On stderr already; the JSON events say it too.
+                    match json {
+                        true => format!("[{}/{total}] FAILED {}: {message}", i + 1, shown(&target)),
+                        false => String::new(),
+                    }
+                }
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("peerstash: {}: {e}", shown(&path));
+                    match json {
+                        true => format!("[{}/{total}] FAILED {}: {e}", i + 1, shown(&target)),
+                        false => String::new(),
+                    }
+                }
             }
-            Ok((_, message, _)) => {
-                failed += 1;
-                eprintln!("peerstash: {message}");
-            }
-            Err(e) => {
-                failed += 1;
-                eprintln!("peerstash: {}: {e}", shown(&path));
-            }
-        }
+        };
+        meter.event(&control::ProgressEvent {
+            message: line,
+            amount: Some(files(i + 1)),
+        });
     }
     meter.finish();
     let skipped_note = match skipped {
         0 => String::new(),
         n => format!(", {n} skipped (they exist: --force overwrites them)"),
     };
-    peerstash::outln!("{total} files: {restored} restored, {failed} failed{skipped_note}");
-    match failed {
+    let message = format!("{total} files: {restored} restored, {failed} failed{skipped_note}");
+    let code = match failed {
         0 => exit::OK,
         _ => exit::FAILED,
+    };
+    if json {
+        let done = control::Reply::Done {
+            code,
+            message,
+            data: Some(serde_json::json!({
+                "files": total,
+                "restored": restored,
+                "skipped": skipped,
+                "failed": failed,
+            })),
+        };
+        if let Ok(line) = serde_json::to_string(&done) {
+            peerstash::outln!("{line}");
+        }
+    } else {
+        peerstash::outln!("{message}");
     }
+    code
 }
 
 /// How a command's answer is printed without `--json`.
@@ -544,7 +589,7 @@ fn health_summary(s: &PeerState) -> String {
     }
 }
 
-fn print_state(s: &PeerState) {
+fn print_state(s: &PeerState, below: Option<&Path>) {
     for warning in &s.warnings {
         peerstash::outln!("WARNING: {warning}");
     }
@@ -608,7 +653,14 @@ fn print_state(s: &PeerState) {
             s.unacked_deletes
         );
     }
-    peerstash::outln!("\nbacked up ({} versions):", s.files.len());
+    match below {
+        None => peerstash::outln!("\nbacked up ({} versions):", s.files.len()),
+        Some(b) => peerstash::outln!(
+            "\nbacked up at or below {} ({} versions):",
+            shown(b),
+            s.files.len()
+        ),
+    }
     for f in &s.files {
         let min = f.min_rd();
         let below = match f.health {
@@ -630,6 +682,10 @@ fn print_state(s: &PeerState) {
             below,
             &f.file_id[..16]
         );
+    }
+    if below.is_some() {
+        // Hosted chunks have no path: the whole report lists them.
+        return;
     }
     peerstash::outln!("\nhosted ({} chunks):", s.stored.len());
     for c in &s.stored {

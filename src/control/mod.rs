@@ -172,7 +172,12 @@ pub enum Request {
     Reclaim {
         quota: u64,
     },
-    State,
+    /// The peer's state; with `path`, only the versions at or below it (and no hosted chunks,
+    /// which have no path).
+    State {
+        #[serde(default, with = "wire_path::option")]
+        path: Option<PathBuf>,
+    },
     /// A full check of the catalog (SQLite's integrity_check); root only.
     Check,
     /// Every hosted chunk checked against its hash, the damaged ones dropped (REMOVED); root
@@ -907,8 +912,13 @@ mod tests {
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"format_disk"}"#).is_err());
         assert_eq!(
             Request::decode(b"{\"cmd\":\"state\"}\n"),
-            Ok(Request::State)
+            Ok(Request::State { path: None })
         );
+        let below = Request::State {
+            path: Some("/srv/data".into()),
+        };
+        let text = serde_json::to_string(&below).unwrap();
+        assert_eq!(Request::decode(text.as_bytes()), Ok(below));
         assert!(Request::decode(&[0xff, 0xfe]).is_err());
         // A name that is not UTF-8 (Latin-1 "café") and one with a newline survive the trip.
         use std::os::unix::ffi::OsStrExt;

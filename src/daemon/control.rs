@@ -373,7 +373,7 @@ async fn run(node: Arc<Node>, job: Job, owner: Option<u32>, progress: cmd::Progr
         }
         Job::Other(Request::Delete { path }) => cmd::reply(cmd::delete::delete(&node, path).await),
         Job::Other(Request::Reclaim { quota }) => cmd::reclaim::reclaim(&node, quota).await,
-        Job::Other(Request::State) => cmd::state::state(&node, owner).await,
+        Job::Other(Request::State { path }) => cmd::state::state(&node, owner, path).await,
         Job::Other(Request::Check) => cmd::check::check(&node).await,
         Job::Other(Request::Scrub) => cmd::scrub::scrub(&node, &progress).await,
         Job::Other(Request::Peers) => cmd::peers::peers(&node).await,

@@ -1,6 +1,7 @@
 //! `peerstash state`: the peer, its backed-up files with each chunk's perceived RD and the
 //! file's health, and what it hosts. A non-root caller sees only its own files.
 
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -11,14 +12,18 @@ use crate::control::{
 use crate::daemon::Node;
 
 /// The peer's state. A non-root caller (`owner`) sees only its own files, and what this peer
-/// hosts for others only as totals (no fileIds).
-pub(crate) async fn state(node: &Arc<Node>, owner: Option<u32>) -> Done {
+/// hosts for others only as totals (no fileIds). With `below`, only the versions of paths at or
+/// below it (whole components: `/a/b` is below `/a`, `/ab` is not), and no hosted chunks.
+pub(crate) async fn state(node: &Arc<Node>, owner: Option<u32>, below: Option<PathBuf>) -> Done {
     let r = node
         .catalog
         .call(move |c| {
             let mut files = Vec::new();
             for f in c.all_files()? {
                 if owner.is_some_and(|uid| uid != f.uid) {
+                    continue;
+                }
+                if below.as_ref().is_some_and(|b| !f.path.starts_with(b)) {
                     continue;
                 }
                 let chunks = c
@@ -39,9 +44,9 @@ pub(crate) async fn state(node: &Arc<Node>, owner: Option<u32>) -> Done {
                     chunks,
                 ));
             }
-            let hosted = match owner {
-                None => c.all_hosted()?,
-                Some(_) => Vec::new(),
+            let hosted = match (owner, &below) {
+                (None, None) => c.all_hosted()?,
+                _ => Vec::new(),
             };
             let stored = hosted
                 .into_iter()
