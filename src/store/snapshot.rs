@@ -265,22 +265,36 @@ pub fn write_database(live: &Path, out: &Path) -> Result<(), StoreError> {
 }
 
 /// Writes the snapshot file `out` (header, then the database at `db`), synced; returns its
-/// length. Blocking.
+/// length. Blocking. Streams: memory stays at a buffer's size whatever the catalog's.
 pub fn write_file(db: &Path, out: &Path) -> std::io::Result<u64> {
-    use std::io::Write;
+    use std::io::{Seek, Write};
     use std::os::unix::fs::OpenOptionsExt;
-    let bytes = std::fs::read(db)?;
-    let hash: [u8; 32] = Sha256::digest(&bytes).into();
+    let mut source = std::fs::File::open(db)?;
+    let (len, hash) = hash_file(&mut source)?;
+    source.rewind()?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(out)?;
-    f.write_all(&header(bytes.len() as u64, &hash))?;
-    f.write_all(&bytes)?;
+    f.write_all(&header(len, &hash))?;
+    let copied = std::io::copy(&mut source, &mut f)?;
+    if copied != len {
+        return Err(std::io::Error::other(format!(
+            "{} changed while it was copied ({len} bytes, then {copied})",
+            db.display()
+        )));
+    }
     f.sync_all()?;
-    Ok((HEADER_LEN + bytes.len()) as u64)
+    Ok(HEADER_LEN as u64 + len)
+}
+
+/// The length and SHA-256 of what `f` holds from where it is, read through a buffer.
+fn hash_file(f: &mut std::fs::File) -> std::io::Result<(u64, [u8; 32])> {
+    let mut hasher = Sha256::new();
+    let len = std::io::copy(f, &mut hasher)?;
+    Ok((len, hasher.finalize().into()))
 }
 
 /// Copies every row of `table` from the attached database `from` into the main one, column by
@@ -354,13 +368,15 @@ pub fn install_recovered(state_dir: &Path) -> Result<bool, StoreError> {
     Ok(true)
 }
 
-/// Reads the database out of a snapshot's plaintext (header, then database), checked.
-pub fn check_database(header_bytes: &[u8], db: &[u8]) -> Result<(), String> {
+/// The database at `db` (a snapshot's plaintext after its header) has the length and hash its
+/// header (`header_bytes`) says. Streams, as `write_file` does.
+pub fn check_database(header_bytes: &[u8], db: &Path) -> Result<(), String> {
     let (len, hash) = parse_header(header_bytes).ok_or("no snapshot header")?;
-    if db.len() as u64 != len {
-        return Err(format!("{} bytes, the header says {len}", db.len()));
+    let mut f = std::fs::File::open(db).map_err(|e| format!("{}: {e}", db.display()))?;
+    let (got_len, got) = hash_file(&mut f).map_err(|e| format!("{}: {e}", db.display()))?;
+    if got_len != len {
+        return Err(format!("{got_len} bytes, the header says {len}"));
     }
-    let got: [u8; 32] = Sha256::digest(db).into();
     if got != hash {
         return Err("its bytes do not match the hash in its header".into());
     }
@@ -480,14 +496,28 @@ mod tests {
 
     #[test]
     fn headers_round_trip_and_check_the_bytes() {
+        let dir = tempfile::tempdir().unwrap();
         let db = b"database bytes";
         let hash: [u8; 32] = Sha256::digest(db).into();
         let h = header(db.len() as u64, &hash);
         assert_eq!(parse_header(&h), Some((db.len() as u64, hash)));
-        assert!(check_database(&h, db).is_ok());
-        assert!(check_database(&h, b"database bytez").is_err());
-        assert!(check_database(&h, b"database").is_err());
+        let file = |bytes: &[u8]| {
+            let p = dir.path().join("db");
+            std::fs::write(&p, bytes).unwrap();
+            p
+        };
+        assert!(check_database(&h, &file(db)).is_ok());
+        assert!(check_database(&h, &file(b"database bytez")).is_err());
+        assert!(check_database(&h, &file(b"database")).is_err());
+        assert!(check_database(&h, &dir.path().join("none")).is_err());
         assert!(parse_header(b"PSCATLG2").is_none());
+        // A written snapshot file: header, then the database, whole.
+        let out = dir.path().join("snap");
+        let len = write_file(&file(db), &out).unwrap();
+        let written = std::fs::read(&out).unwrap();
+        assert_eq!(len as usize, written.len());
+        assert_eq!(&written[..HEADER_LEN], &h[..]);
+        assert_eq!(&written[HEADER_LEN..], db);
     }
 
     #[test]

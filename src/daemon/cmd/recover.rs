@@ -231,8 +231,7 @@ async fn fetch_snapshot(
     let out = out.to_path_buf();
     let checked = spawn_blocking(move || -> Result<Result<u64, String>, RecoverError> {
         file.sync_all()?;
-        let db = std::fs::read(&out)?;
-        if let Err(e) = snapshot::check_database(&header, &db) {
+        if let Err(e) = snapshot::check_database(&header, &out) {
             return Ok(Err(e));
         }
         Ok(snapshot::check_catalog(&out).map_err(|e| e.to_string()))
