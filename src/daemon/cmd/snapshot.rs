@@ -18,8 +18,13 @@ use crate::store::snapshot::{self, superseded};
 use crate::store::{unix_ms, StoreError};
 use crate::workers::Worker;
 
-/// At most one snapshot per this while our files change.
+/// At most one snapshot per this while our files change, for a catalog of up to
+/// `BYTES_PER_PERIOD`; a larger one waits a period more per `BYTES_PER_PERIOD` (a 50 MB catalog
+/// of 100,000 files: about every 2 hours), so that snapshots send at most that much (times the
+/// RD) per period, and never less often than `SLOWEST`.
 pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(600);
+pub const BYTES_PER_PERIOD: u64 = 4_000_000;
+pub const SLOWEST: Duration = Duration::from_secs(6 * 3600);
 /// At least one per this while there is anything to recover (so the newest is found by the
 /// anchors of the days the peer was up).
 pub const SNAPSHOT_AT_LEAST: Duration = Duration::from_secs(86_400);
@@ -111,7 +116,7 @@ pub(crate) async fn take(node: &Arc<Node>) -> Result<Taken, SnapshotError> {
     };
     let report = backup_handle_as(node, &path, file, plan, Some(file_id.clone()), None).await?;
     let at_rd = report.below == 0;
-    let (f, now_ms) = (file_id.clone(), unix_ms());
+    let (f, now_ms, size) = (file_id.clone(), unix_ms(), report.size);
     let doomed = node
         .catalog
         .call(move |c| {
@@ -120,6 +125,7 @@ pub(crate) async fn take(node: &Arc<Node>) -> Result<Taken, SnapshotError> {
             }
             c.set_meta("snapshot_changes", &changes)?;
             c.set_meta("snapshot_at_ms", &now_ms.to_string())?;
+            c.set_meta("snapshot_bytes", &size.to_string())?;
             let rows = c.snapshots()?;
             let mut forgotten = Vec::new();
             for id in superseded(&rows) {
@@ -174,11 +180,17 @@ pub(crate) async fn snapshot(node: &Arc<Node>) -> Done {
     }
 }
 
-/// Whether a snapshot is due: our files changed since the last one and it is `SNAPSHOT_EVERY`
-/// old, or it is a day old; never while there is nothing of ours to recover.
-fn due(own: u64, changed: bool, since_last_ms: Option<i64>) -> bool {
+/// Whether a snapshot is due: our files changed since the last one and it is `interval` old,
+/// or it is a day old; never while there is nothing of ours to recover.
+fn due(own: u64, changed: bool, since_last_ms: Option<i64>, last_bytes: u64) -> bool {
     let age = |d: Duration| since_last_ms.is_none_or(|ms| ms >= d.as_millis() as i64);
-    own > 0 && ((changed && age(SNAPSHOT_EVERY)) || age(SNAPSHOT_AT_LEAST))
+    own > 0 && ((changed && age(interval(last_bytes))) || age(SNAPSHOT_AT_LEAST))
+}
+
+/// The least time between two snapshots taken for changes, after one of `bytes`.
+fn interval(bytes: u64) -> Duration {
+    let periods = bytes.div_ceil(BYTES_PER_PERIOD).max(1);
+    (SNAPSHOT_EVERY.saturating_mul(periods.min(u32::MAX as u64) as u32)).min(SLOWEST)
 }
 
 /// The background worker that takes the snapshots when due.
@@ -193,10 +205,11 @@ pub(crate) async fn keep_taking(node: Arc<Node>, worker: Worker) {
                     c.own_changes()?,
                     c.meta("snapshot_changes")?,
                     c.meta("snapshot_at_ms")?,
+                    c.meta("snapshot_bytes")?,
                 ))
             })
             .await;
-        let (own, changes, last_changes, last_at) = match looked {
+        let (own, changes, last_changes, last_at, last_bytes) = match looked {
             Ok(l) => l,
             Err(e) => {
                 worker.failed(&e.to_string(), None);
@@ -206,7 +219,9 @@ pub(crate) async fn keep_taking(node: Arc<Node>, worker: Worker) {
         let since = last_at
             .and_then(|t| t.parse::<i64>().ok())
             .map(|t| unix_ms() - t);
-        if !due(own, last_changes.as_deref() != Some(&changes), since) {
+        let last_bytes = last_bytes.and_then(|b| b.parse().ok()).unwrap_or(0);
+        let changed = last_changes.as_deref() != Some(&changes);
+        if !due(own, changed, since, last_bytes) {
             continue;
         }
         worker.busy("backing up a catalog snapshot", None);
@@ -229,11 +244,32 @@ mod tests {
     #[test]
     fn a_snapshot_follows_changes_at_most_every_ten_minutes_and_at_least_daily() {
         let min = 60_000;
-        assert!(!due(0, true, None), "nothing of ours: nothing to recover");
-        assert!(due(3, true, None), "never taken");
-        assert!(!due(3, true, Some(5 * min)));
-        assert!(due(3, true, Some(10 * min)));
-        assert!(!due(3, false, Some(10 * min)));
-        assert!(due(3, false, Some(24 * 60 * min)));
+        let small = 300_000;
+        assert!(
+            !due(0, true, None, 0),
+            "nothing of ours: nothing to recover"
+        );
+        assert!(due(3, true, None, 0), "never taken");
+        assert!(!due(3, true, Some(5 * min), small));
+        assert!(due(3, true, Some(10 * min), small));
+        assert!(!due(3, false, Some(10 * min), small));
+        assert!(due(3, false, Some(24 * 60 * min), small));
+    }
+
+    #[test]
+    fn a_large_catalog_is_snapshotted_less_often_but_at_least_daily() {
+        let min = 60_000;
+        assert_eq!(interval(0), SNAPSHOT_EVERY);
+        assert_eq!(interval(BYTES_PER_PERIOD), SNAPSHOT_EVERY);
+        assert_eq!(interval(BYTES_PER_PERIOD + 1), 2 * SNAPSHOT_EVERY);
+        // 50 MB (100,000 files): 13 periods, 130 minutes.
+        assert_eq!(interval(50_000_000), Duration::from_secs(130 * 60));
+        assert_eq!(interval(u64::MAX), SLOWEST);
+        assert!(!due(3, true, Some(60 * min), 50_000_000));
+        assert!(due(3, true, Some(130 * min), 50_000_000));
+        assert!(
+            due(3, false, Some(24 * 60 * min), u64::MAX),
+            "daily whatever its size"
+        );
     }
 }
