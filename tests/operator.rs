@@ -9,6 +9,29 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
+/// `script` (util-linux) is there to give a command a terminal.
+fn have_script() -> bool {
+    Command::new("script").arg("--version").output().is_ok()
+}
+
+/// Runs `peerstash ARGS` against peer 0 of `c` on a terminal (`script`), with `$PAGER` set to
+/// `pager`: its exit status and what it showed there.
+fn on_a_terminal(c: &Cluster, args: &str, pager: &str) -> (Option<i32>, String) {
+    let command = format!(
+        "{PEERSTASH} --config {} {args}",
+        c.peers[0].config.display()
+    );
+    let out = Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env("PAGER", pager)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 #[test]
 fn a_broken_config_leaves_the_commands_working_with_a_warning() {
     let c = Cluster::start(&["1 MiB", "1 MiB"]);
@@ -124,28 +147,15 @@ fn status_says_in_one_line_that_all_is_well_or_names_the_files_below_their_rd() 
 
 #[test]
 fn a_backup_and_a_restore_on_a_terminal_show_a_progress_bar() {
-    if Command::new("script").arg("--version").output().is_err() {
+    if !have_script() {
         eprintln!("skipped: `script` (util-linux) is needed to give the command a terminal");
         return;
     }
     let c = Cluster::start(&["0", "100 MiB", "100 MiB"]);
     let file = c.dir.path().canonicalize().unwrap().join("big.bin");
     std::fs::write(&file, random_bytes(6_000_000)).unwrap();
-    let on_a_terminal = |args: &str| {
-        let command = format!(
-            "{PEERSTASH} --config {} {args}",
-            c.peers[0].config.display()
-        );
-        let out = Command::new("script")
-            .args(["-q", "-e", "-c", &command, "/dev/null"])
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    };
-    let (code, screen) = on_a_terminal(&format!("backup {} -r 2", file.display()));
+    let terminal = |args: &str| on_a_terminal(&c, args, "cat");
+    let (code, screen) = terminal(&format!("backup {} -r 2", file.display()));
     assert_eq!(code, Some(0), "{screen}");
     assert!(
         screen.contains("backup [") && screen.contains("MiB/5.72 MiB"),
@@ -153,7 +163,7 @@ fn a_backup_and_a_restore_on_a_terminal_show_a_progress_bar() {
     );
     assert!(screen.contains("ETA"), "{screen}");
     std::fs::remove_file(&file).unwrap();
-    let (code, screen) = on_a_terminal(&format!("restore {}", file.display()));
+    let (code, screen) = terminal(&format!("restore {}", file.display()));
     assert_eq!(code, Some(0), "{screen}");
     assert!(
         screen.contains("restore [") && screen.contains("ETA"),
@@ -238,29 +248,16 @@ fn state_is_limited_to_a_path_and_goes_through_the_pager_on_a_terminal() {
         "{all}"
     );
 
-    if Command::new("script").arg("--version").output().is_err() {
+    if !have_script() {
         eprintln!(
             "pager part skipped: `script` (util-linux) is needed to give the command a terminal"
         );
         return;
     }
     let paged = root.join("paged.txt");
-    let on_a_terminal = |args: &str| {
-        let command = format!(
-            "{PEERSTASH} --config {} {args}",
-            c.peers[0].config.display()
-        );
-        let out = Command::new("script")
-            .args(["-q", "-e", "-c", &command, "/dev/null"])
-            .env("PAGER", format!("cat > {}", paged.display()))
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    };
-    let (code, screen) = on_a_terminal("state");
+    let pager = format!("cat > {}", paged.display());
+    let terminal = |args: &str| on_a_terminal(&c, args, &pager);
+    let (code, screen) = terminal("state");
     assert_eq!(code, Some(0), "{screen}");
     let text = std::fs::read_to_string(&paged).unwrap();
     assert!(
@@ -272,7 +269,7 @@ fn state_is_limited_to_a_path_and_goes_through_the_pager_on_a_terminal() {
         "the pager had the report: {screen}"
     );
     std::fs::remove_file(&paged).unwrap();
-    let (code, screen) = on_a_terminal("state --no-pager");
+    let (code, screen) = terminal("state --no-pager");
     assert_eq!(code, Some(0), "{screen}");
     assert!(screen.contains("three.bin"), "{screen}");
     assert!(!paged.exists(), "--no-pager ran the pager");
