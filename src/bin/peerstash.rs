@@ -480,12 +480,13 @@ fn run_daemon(config: &Path) -> i32 {
         Ok(r) => r,
         Err(e) => return fail(exit::FAILED, e),
     };
-    let result = runtime.block_on(peerstash::service::run(
+    let result = peerstash::service::run_on(
+        &runtime,
         cfg,
         lan_key,
         config.to_path_buf(),
         Default::default(),
-    ));
+    );
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match result {
         Ok(peerstash::service::Ended::Stopped) => exit::OK,

@@ -62,12 +62,7 @@ fn main() -> ExitCode {
         master_key,
         master_key_made,
     };
-    let result = runtime.block_on(peerstash::service::run(
-        config,
-        lan_key,
-        args.config,
-        options,
-    ));
+    let result = peerstash::service::run_on(&runtime, config, lan_key, args.config, options);
     // `run` has stopped every task it could (SIGTERM): what is left (a file read by a blocking
     // thread, say) is not waited for long. The catalog is consistent at any instant.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));

@@ -71,6 +71,19 @@ pub fn reexec() -> std::io::Error {
 
 /// Runs the peer as a service until SIGTERM or SIGINT. `config_path` is re-read on SIGHUP, and
 /// the LAN key with it; `lan_key` is the one the config names now (`config::load_lan_key`).
+/// `run` on `runtime`, to its end. Here rather than in the programs, so that the runtime's code
+/// for the daemon's future is compiled once, with the library.
+#[inline(never)]
+pub fn run_on(
+    runtime: &tokio::runtime::Runtime,
+    config: Config,
+    lan_key: Option<LanKey>,
+    config_path: PathBuf,
+    options: daemon::StartOptions,
+) -> anyhow::Result<Ended> {
+    runtime.block_on(run(config, lan_key, config_path, options))
+}
+
 pub async fn run(
     config: Config,
     lan_key: Option<LanKey>,
