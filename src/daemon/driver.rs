@@ -322,6 +322,9 @@ impl Driver {
         counters
             .putchunks_sent
             .store(c.putchunks_sent, Ordering::Relaxed);
+        counters
+            .putchunks_resent
+            .store(c.putchunks_resent, Ordering::Relaxed);
     }
 
     /// Routes an event to a job; a job that is gone is ended.

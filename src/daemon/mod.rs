@@ -102,6 +102,8 @@ pub struct Counters {
     pub dropped_queue: AtomicU64,
     /// PUTCHUNKs this peer sent (first sends and resends).
     pub putchunks_sent: AtomicU64,
+    /// Of those, the resends.
+    pub putchunks_resent: AtomicU64,
     /// TCP frames dropped because the engine's queue for them was full.
     pub tcp_dropped: Arc<AtomicU64>,
     /// Datagrams and bytes by channel (MC, MDB, MDR) and direction (0 in, 1 out), for metrics.

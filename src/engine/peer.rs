@@ -269,6 +269,9 @@ pub struct Counters {
     /// GETCHUNKs dropped because `MAX_PENDING_REPLIES` were pending.
     pub reply_drops: u64,
     pub putchunks_sent: u64,
+    /// Of those, the resends (a chunk short of STOREDs after its wait: datagrams lost, or
+    /// holders too slow to answer).
+    pub putchunks_resent: u64,
     pub chunks_sent: u64,
     pub getchunks_sent: u64,
 }
@@ -1466,6 +1469,9 @@ impl Peer {
             backup::Action::SendPutChunk => {
                 let (rd, first) = (s.rd, s.body.take());
                 let resend = s.backup.sends() > 1;
+                if resend {
+                    self.counters.putchunks_resent += 1;
+                }
                 // A first send of a job's chunk took its token from the pace already.
                 let unpaced = resend || s.owners.iter().all(|o| *o == Owner::Rebackup);
                 let leaving = resend && std::mem::take(&mut s.first_round);
@@ -2391,6 +2397,12 @@ mod tests {
         assert!(on_spread_schedule(&sends), "{sends:?}");
         assert!(outcome.reached);
         assert!(outcome.recovered_by_resend);
+        assert_eq!(p.counters().putchunks_sent, 2);
+        assert_eq!(
+            p.counters().putchunks_resent,
+            1,
+            "the second send is a resend"
+        );
     }
 
     fn credit(a: &[Action]) -> usize {

@@ -331,6 +331,13 @@ async fn render_metrics(node: &Arc<Node>, cache: &Cache) -> String {
     );
     metric(
         &mut out,
+        "peerstash_putchunks_resent_total",
+        "counter",
+        "PUTCHUNKs sent again because too few STOREDs came back: datagrams lost, or holders slow.",
+        &one(load(&c.putchunks_resent)),
+    );
+    metric(
+        &mut out,
         "peerstash_chunks_in_flight",
         "gauge",
         "Chunks being backed up or fetched now.",
