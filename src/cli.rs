@@ -238,6 +238,13 @@ impl Drop for Pager {
     }
 }
 
+/// One reply (a progress event, the outcome) as a JSON line on stdout (`--json`).
+pub fn print_reply(reply: &crate::control::Reply) {
+    if let Ok(line) = serde_json::to_string(reply) {
+        crate::outln!("{line}");
+    }
+}
+
 /// A long command's progress on stderr: a bar with the rate and ETA on a terminal, otherwise a
 /// plain line every `PLAIN_EVERY` (none for a command that ends sooner). The daemon's lines go
 /// to stdout as before (above the bar).
@@ -256,13 +263,14 @@ pub struct Meter {
 const PLAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Meter {
-    /// For the command `what` ("backup", "restore"...).
-    pub fn new(what: &str) -> Meter {
+    /// For the command `what` ("backup", "restore"...); with `json` (`--json`), every event as
+    /// a JSON line on stdout (`{"type":"progress","message":...,"amount":...}`), and no bar.
+    pub fn new(what: &str, json: bool) -> Meter {
         use std::io::IsTerminal;
         Meter {
             what: what.to_owned(),
-            json: false,
-            tty: std::io::stderr().is_terminal(),
+            json,
+            tty: !json && std::io::stderr().is_terminal(),
             bar: None,
             started: std::time::Instant::now(),
             said: None,
@@ -270,24 +278,13 @@ impl Meter {
         }
     }
 
-    /// Every event as a JSON line on stdout (`{"type":"progress","message":...,"amount":...}`),
-    /// and no bar.
-    pub fn json(what: &str) -> Meter {
-        let mut m = Meter::new(what);
-        (m.json, m.tty) = (true, false);
-        m
-    }
-
     /// Prints a line to stdout, above the bar (with `--json`, as a progress event).
     pub fn say(&self, line: &str) {
         if self.json {
-            let reply = crate::control::Reply::Progress {
+            print_reply(&crate::control::Reply::Progress {
                 message: line.to_owned(),
                 amount: None,
-            };
-            if let Ok(text) = serde_json::to_string(&reply) {
-                crate::outln!("{text}");
-            }
+            });
             return;
         }
         match &self.bar {
@@ -299,13 +296,10 @@ impl Meter {
     /// A progress reply: its line printed, its amount shown.
     pub fn event(&mut self, e: &crate::control::ProgressEvent) {
         if self.json {
-            let reply = crate::control::Reply::Progress {
+            print_reply(&crate::control::Reply::Progress {
                 message: e.message.clone(),
                 amount: e.amount,
-            };
-            if let Ok(line) = serde_json::to_string(&reply) {
-                crate::outln!("{line}");
-            }
+            });
             return;
         }
         if !e.message.is_empty() {
@@ -319,11 +313,7 @@ impl Meter {
     /// Shows `done` of `total` `unit`s.
     pub fn amount(&mut self, a: crate::control::Amount) {
         use crate::control::Unit;
-        let unit_name = match a.unit {
-            Unit::Bytes => "bytes",
-            Unit::Chunks => "chunks",
-            Unit::Files => "files",
-        };
+        let unit_name = a.unit.name();
         if self.tty && self.bar.is_none() {
             let bar = indicatif::ProgressBar::with_draw_target(
                 Some(a.total),
@@ -375,12 +365,7 @@ impl Meter {
 /// The progress line printed every `PLAIN_EVERY` when stderr is no terminal: "backup: 1200000
 /// of 6000000 bytes (20%), 240000 bytes/s, about 20 s left".
 pub fn plain_line(what: &str, a: crate::control::Amount, elapsed: std::time::Duration) -> String {
-    use crate::control::Unit;
-    let unit = match a.unit {
-        Unit::Bytes => "bytes",
-        Unit::Chunks => "chunks",
-        Unit::Files => "files",
-    };
+    let unit = a.unit.name();
     let done = a.done.min(a.total);
     let rate = done as f64 / elapsed.as_secs_f64().max(0.001);
     let eta = match rate > 0.0 {

@@ -99,10 +99,7 @@ fn run(args: Args) -> i32 {
                     format!("{}: no such file or folder", shown(&path)),
                 );
             }
-            let mut meter = match json {
-                true => peerstash::cli::Meter::json("backup"),
-                false => peerstash::cli::Meter::new("backup"),
-            };
+            let mut meter = peerstash::cli::Meter::new("backup", json);
             let r = runtime.block_on(control::client::backup(
                 &socket,
                 &resolve(&path),
@@ -144,10 +141,7 @@ fn run(args: Args) -> i32 {
             };
             let path = resolve(&path);
             let dest = control::client::destination(&path, to.as_deref().map(resolve).as_deref());
-            let mut meter = match json {
-                true => peerstash::cli::Meter::json("restore"),
-                false => peerstash::cli::Meter::new("restore"),
-            };
+            let mut meter = peerstash::cli::Meter::new("restore", json);
             let r = runtime.block_on(control::client::restore(
                 &socket,
                 &path,
@@ -164,10 +158,7 @@ fn run(args: Args) -> i32 {
                 days: Some(days),
                 force,
             };
-            let mut meter = match json {
-                true => peerstash::cli::Meter::json("recover"),
-                false => peerstash::cli::Meter::new("recover"),
-            };
+            let mut meter = peerstash::cli::Meter::new("recover", json);
             let result = runtime.block_on(control::call_events(&socket, &request, &[], |e| {
                 meter.event(e)
             }));
@@ -178,14 +169,11 @@ fn run(args: Args) -> i32 {
                 }
                 let code = wait_for_restart(&runtime, &socket, json);
                 if json && code == exit::OK {
-                    let done = control::Reply::Done {
+                    peerstash::cli::print_reply(&control::Reply::Done {
                         code,
                         message: message.clone(),
                         data: data.clone(),
-                    };
-                    if let Ok(line) = serde_json::to_string(&done) {
-                        peerstash::outln!("{line}");
-                    }
+                    });
                 }
                 return code;
             }
@@ -236,14 +224,12 @@ fn run(args: Args) -> i32 {
     }
     let printed = match (data, output) {
         (data, Output::Message) if json => {
-            let done = control::Reply::Done {
+            peerstash::cli::print_reply(&control::Reply::Done {
                 code,
                 message,
                 data,
-            };
-            serde_json::to_string(&done)
-                .map(|line| peerstash::outln!("{line}"))
-                .map_err(|e| e.to_string())
+            });
+            Ok(())
         }
         (Some(data), _) if json => {
             peerstash::outln!("{data}");
@@ -318,10 +304,7 @@ fn restore_all(
     force: bool,
     json: bool,
 ) -> i32 {
-    let mut meter = match json {
-        true => peerstash::cli::Meter::json("restore --all"),
-        false => peerstash::cli::Meter::new("restore --all"),
-    };
+    let mut meter = peerstash::cli::Meter::new("restore --all", json);
     let mut newest: std::collections::BTreeMap<PathBuf, u32> = Default::default();
     for w in &config.watch {
         let request = Request::Versions {
@@ -414,7 +397,7 @@ fn restore_all(
         _ => exit::FAILED,
     };
     if json {
-        let done = control::Reply::Done {
+        peerstash::cli::print_reply(&control::Reply::Done {
             code,
             message,
             data: Some(serde_json::json!({
@@ -423,10 +406,7 @@ fn restore_all(
                 "skipped": skipped,
                 "failed": failed,
             })),
-        };
-        if let Ok(line) = serde_json::to_string(&done) {
-            peerstash::outln!("{line}");
-        }
+        });
     } else {
         peerstash::outln!("{message}");
     }

@@ -293,6 +293,17 @@ pub enum Unit {
     Files,
 }
 
+impl Unit {
+    /// Its name in a progress line: "bytes", "chunks", "files".
+    pub fn name(self) -> &'static str {
+        match self {
+            Unit::Bytes => "bytes",
+            Unit::Chunks => "chunks",
+            Unit::Files => "files",
+        }
+    }
+}
+
 /// One progress reply as a client sees it: a line to show, or an amount (or both).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProgressEvent {
