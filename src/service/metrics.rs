@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use crate::daemon::cmd::status::Overview;
 use crate::daemon::Node;
 use crate::shutdown::Shutdown;
 use crate::store::Health;
@@ -185,15 +186,11 @@ async fn answer(node: &Arc<Node>, cache: &Cache, mut stream: TcpStream) -> std::
 
 /// What the catalog says for the metrics and the page.
 struct Catalogued {
-    queue: u64,
     below_rd: u64,
     healthy: u64,
     degraded: u64,
     at_risk: u64,
-    /// (folder, when a backup in it last completed, unix ms).
-    folders: Vec<(std::path::PathBuf, Option<i64>)>,
-    /// Other peers heard, and of those counted lost.
-    peers: (u64, u64),
+    overview: Overview,
 }
 
 /// How long a look at the catalog serves the scrapes and pages that follow: a scraper (or any
@@ -217,35 +214,27 @@ async fn catalogued(node: &Arc<Node>, cache: &Cache) -> Option<Arc<Catalogued>> 
 
 async fn look(node: &Arc<Node>) -> Option<Catalogued> {
     let folders: Vec<_> = node.config().watch.iter().map(|w| w.path.clone()).collect();
-    node.catalog
-        .call(move |c| {
-            let (mut healthy, mut degraded, mut at_risk, mut below_rd) = (0, 0, 0, 0u64);
-            for (_, h, below) in crate::daemon::cmd::status::newest_health(c, None)? {
-                below_rd += below;
-                match h {
-                    Health::Healthy => healthy += 1,
-                    Health::Degraded { .. } => degraded += 1,
-                    Health::AtRisk { .. } => at_risk += 1,
-                }
-            }
-            let mut last = Vec::new();
-            for path in folders {
-                let t = c.last_completed_below(&path)?;
-                last.push((path, t));
-            }
-            let (heard, lost) = c.peers_heard_lost()?;
-            Ok(Catalogued {
-                peers: (heard, lost),
-                queue: c.queue_len()?,
-                below_rd,
-                healthy,
-                degraded,
-                at_risk,
-                folders: last,
-            })
-        })
+    let overview = node
+        .catalog
+        .call(move |c| crate::daemon::cmd::status::overview(c, None, folders))
         .await
-        .ok()
+        .ok()?;
+    let (mut healthy, mut degraded, mut at_risk, mut below_rd) = (0, 0, 0, 0u64);
+    for (_, h, below) in &overview.health {
+        below_rd += below;
+        match h {
+            Health::Healthy => healthy += 1,
+            Health::Degraded { .. } => degraded += 1,
+            Health::AtRisk { .. } => at_risk += 1,
+        }
+    }
+    Some(Catalogued {
+        below_rd,
+        healthy,
+        degraded,
+        at_risk,
+        overview,
+    })
 }
 
 /// A label value, escaped as the text format wants.
@@ -364,7 +353,7 @@ async fn render_metrics(node: &Arc<Node>, cache: &Cache) -> String {
             "peerstash_queue_length",
             "gauge",
             "Paths waiting in the backup queue.",
-            &one(k.queue as f64),
+            &one(k.overview.queue as f64),
         );
         metric(
             &mut out,
@@ -386,7 +375,7 @@ async fn render_metrics(node: &Arc<Node>, cache: &Cache) -> String {
             &files,
         );
         let now = crate::store::unix_ms();
-        let ages: Vec<(String, f64)> = (k.folders.iter())
+        let ages: Vec<(String, f64)> = (k.overview.folders.iter())
             .filter_map(|(path, t)| {
                 let t = node.last_backed_up(path, *t)?;
                 let folder = label(&path.to_string_lossy());
@@ -435,18 +424,18 @@ async fn render_page(node: &Arc<Node>, cache: &Cache) -> String {
             let _ = write!(
                 body,
                 "<p>peers: {} heard, {} lost</p>",
-                k.peers.0, k.peers.1
+                k.overview.peers.0, k.overview.peers.1
             );
             let _ = write!(
                 body,
                 "<p>queue: {} paths waiting</p><h2>Watched folders</h2><ul>",
-                k.queue
+                k.overview.queue
             );
             let now = crate::store::unix_ms();
-            if k.folders.is_empty() {
+            if k.overview.folders.is_empty() {
                 body.push_str("<li>none (see [[watch]] in the config)</li>");
             }
-            for (path, t) in &k.folders {
+            for (path, t) in &k.overview.folders {
                 let last = match node.last_backed_up(path, *t) {
                     Some(t) => format!("last backup {} s ago", (now - t).max(0) / 1000),
                     None => "never backed up".to_owned(),

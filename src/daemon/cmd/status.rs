@@ -55,6 +55,37 @@ pub(crate) fn newest_health(
     Ok(out)
 }
 
+/// What `status` and the metrics read from the catalog in one call.
+pub(crate) struct Overview {
+    /// `newest_health`.
+    pub health: Vec<(PathBuf, Health, u64)>,
+    /// Each folder asked, with when a backup below it last completed (unix ms).
+    pub folders: Vec<(PathBuf, Option<i64>)>,
+    pub queue: u64,
+    /// Other peers heard, and of those counted lost.
+    pub peers: (u64, u64),
+}
+
+/// Our files' health (only `owner`'s if given), `folders`' last completed backups, the queue
+/// and the peers.
+pub(crate) fn overview(
+    c: &Catalog,
+    owner: Option<u32>,
+    folders: Vec<PathBuf>,
+) -> Result<Overview, StoreError> {
+    let mut last = Vec::new();
+    for path in folders {
+        let t = c.last_completed_below(&path)?;
+        last.push((path, t));
+    }
+    Ok(Overview {
+        health: newest_health(c, owner)?,
+        folders: last,
+        queue: c.queue_len()?,
+        peers: c.peers_heard_lost()?,
+    })
+}
+
 pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
     let watched: Vec<PathBuf> = node.config().watch.iter().map(|w| w.path.clone()).collect();
     let folders_asked = match owner {
@@ -64,23 +95,14 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
     let r = node
         .catalog
         .call(move |c| {
-            let health_of: Vec<(PathBuf, Health)> = (newest_health(c, owner)?.into_iter())
-                .map(|(path, h, _)| (path, h))
-                .collect();
-            let mut folders = Vec::new();
-            for path in folders_asked {
-                let last = c.last_completed_below(&path)?;
-                folders.push((path, last));
-            }
-            let (heard, lost) = c.peers_heard_lost()?;
             let snapshot = match owner {
                 None => c.newest_snapshot()?.map(SnapshotInfo::from),
                 Some(_) => None,
             };
-            Ok((health_of, folders, c.queue_len()?, heard, lost, snapshot))
+            Ok((overview(c, owner, folders_asked)?, snapshot))
         })
         .await;
-    let (health_of, folders, queue_length, peers_heard, peers_lost, catalog_snapshot) = match r {
+    let (o, catalog_snapshot) = match r {
         Ok(x) => x,
         Err(e) => return e.into(),
     };
@@ -92,27 +114,26 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
     let usage = node.store.usage();
     let mut report = StatusReport {
         peer_id: node.id.0,
-        files: health_of.len() as u64,
+        files: o.health.len() as u64,
         healthy: 0,
         degraded: Vec::new(),
         at_risk: Vec::new(),
         quota_bytes: usage.quota,
         used_bytes: usage.used,
-        queue_length,
-        folders: folders
-            .into_iter()
+        queue_length: o.queue,
+        folders: (o.folders.into_iter())
             .map(|(path, completed)| FolderStatus {
                 unavailable: unavailable.get(&path).cloned(),
                 last_backup_ms: node.last_backed_up(&path, completed),
                 path,
             })
             .collect(),
-        peers_heard,
-        peers_lost,
+        peers_heard: o.peers.0,
+        peers_lost: o.peers.1,
         catalog_snapshot,
         warnings: node.duplicate_id_warning().into_iter().collect(),
     };
-    for (path, h) in health_of {
+    for (path, h, _) in o.health {
         match h {
             Health::Healthy => report.healthy += 1,
             Health::Degraded { .. } => report.degraded.push(path),
