@@ -1,6 +1,7 @@
 //! Issue 5: a peer whose disk fills up (its chunk store and its catalog on a 3 MB tmpfs made by
 //! the test) refuses what does not fit without STORED, leaves no partial file, and goes on
-//! serving what it has. Needs root (to mount); skipped with a message otherwise.
+//! serving what it has. Issue 14: a catalog snapshot and a recover on a full disk fail cleanly.
+//! Needs root (to mount); skipped with a message otherwise.
 
 mod common;
 
@@ -112,4 +113,124 @@ fn a_full_disk_refuses_chunks_cleanly_and_keeps_serving() {
     let again = data.join("again.bin");
     std::fs::write(&again, random_bytes(500_000)).unwrap();
     c.cli_ok(0, &["backup", again.to_str().unwrap(), "-r", "1"], 0);
+}
+
+/// Writes `dir/filler` until the disk is full, then frees `leave` bytes; returns its path.
+fn fill(dir: &std::path::Path, leave: u64) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let block = vec![0x5au8; 64 * 1024];
+    while f.write_all(&block).is_ok() {}
+    let len = f.metadata().unwrap().len();
+    f.set_len(len.saturating_sub(leave)).unwrap();
+    path
+}
+
+/// The names of the files in `dir` (none when it does not exist).
+fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Issue 14 on a full disk: the home peer's state folder (catalog and snapshots) is on a small
+/// tmpfs filled to the last byte. A catalog snapshot and a recover then fail with a one-line
+/// error that names the full disk and says what to do, leave no half-written file behind (it
+/// would keep the disk full), and change nothing; once space is freed, both succeed.
+#[test]
+fn a_full_disk_fails_a_snapshot_and_a_recover_cleanly() {
+    if nix::unistd::geteuid().as_raw() != 0 {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let c0 = tempfile::tempdir().unwrap();
+    let small = c0.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap()
+        .success();
+    if !ok {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    let _mount = Mount(small.clone());
+
+    // Peer 1 (the home peer) keeps its state on the small disk.
+    let mut c = Cluster::start(&["0", "100MB", "100MB"]);
+    c.stop(0);
+    let state = small.join("state");
+    let p = &c.peers[0];
+    let text = std::fs::read_to_string(&p.config).unwrap().replace(
+        &p.dir.join("state").display().to_string(),
+        &state.display().to_string(),
+    );
+    std::fs::write(&p.config, text).unwrap();
+    c.spawn(0);
+    c.wait_ready(0);
+    let data = c.dir.path().canonicalize().unwrap();
+    let file = data.join("kept.bin");
+    std::fs::write(&file, random_bytes(200_000)).unwrap();
+    let file_arg = file.to_str().unwrap();
+    c.cli_ok(0, &["backup", file_arg, "-r", "2", "--encrypt"], 0);
+    let snapshots = state.join("snapshots");
+    let before = names_in(&snapshots);
+
+    // A snapshot on a disk with room for the catalog's log, not for the copy of the catalog.
+    let filler = fill(&small, 32 * 1024);
+    let out = c.cli(0, &["snapshot"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("the disk of {} is full", state.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("free some space there"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert_eq!(names_in(&snapshots), before, "nothing half-written is left");
+    // The daemon goes on.
+    c.cli_ok(0, &["state"], 0);
+    std::fs::remove_file(&filler).unwrap();
+    let out = c.cli_ok(0, &["snapshot"], 0);
+    assert!(out.contains("every chunk at its RD"), "{out}");
+
+    // The computer is reinstalled (its state folder lost), and the disk is full when the admin
+    // runs recover.
+    c.kill(0);
+    for name in names_in(&state) {
+        let path = state.join(name);
+        match path.is_dir() {
+            true => std::fs::remove_dir_all(&path).unwrap(),
+            false => std::fs::remove_file(&path).unwrap(),
+        }
+    }
+    c.spawn(0);
+    c.wait_ready(0);
+    let filler = fill(&small, 0);
+    let out = c.cli(0, &["recover"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("the disk of {} is full", state.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Nothing was changed"), "{stderr}");
+    let left = names_in(&state);
+    assert!(
+        !left.iter().any(|n| n.starts_with("catalog.recover")),
+        "nothing fetched is left: {left:?}"
+    );
+    // Space freed, the same command works, and the recovered catalog knows the file again.
+    std::fs::remove_file(&filler).unwrap();
+    let out = c.cli_ok(0, &["recover"], 0);
+    assert!(out.contains("recovered the catalog snapshot"), "{out}");
+    c.cli_ok(0, &["versions", file_arg], 0);
 }

@@ -25,6 +25,37 @@ pub enum StoreError {
     Closed,
     #[error("catalog holds an invalid value: {0}")]
     Corrupt(String),
+    #[error("the catalog's disk is full ({0}): free some space there")]
+    DiskFull(String),
+}
+
+impl StoreError {
+    /// The catalog's disk (or the disk of a database written beside it) is full.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::DiskFull(_) => true,
+            StoreError::Sqlite(e) => is_disk_full(e),
+            _ => false,
+        }
+    }
+
+    /// A batch that failed with `e` as a whole (at its begin or its commit).
+    fn batch(what: &str, e: &rusqlite::Error) -> StoreError {
+        match is_disk_full(e) {
+            true => StoreError::DiskFull(format!("{what}: {e}")),
+            false => StoreError::Commit(format!("{what}: {e}")),
+        }
+    }
+}
+
+fn is_disk_full(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+}
+
+/// A write failed because its disk (or the user's disk quota) is full.
+pub fn io_disk_full(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+    matches!(e.kind(), StorageFull | QuotaExceeded)
 }
 
 /// One backed-up version of one of our own files.
@@ -446,6 +477,17 @@ fn finish_file((id, raw): (String, FileRowRaw)) -> Result<FileRow, StoreError> {
 
 impl Catalog {
     pub fn open(path: &Path) -> Result<Catalog, StoreError> {
+        Catalog::open_with(path, true)
+    }
+
+    /// A catalog made to be copied once, then deleted (a snapshot being written): no log and
+    /// no sync, so that it writes nothing but itself (on a full disk, its writes fail as
+    /// SQLITE_FULL, not as an I/O error of a log). Whoever copies it syncs the copy.
+    pub fn open_scratch(path: &Path) -> Result<Catalog, StoreError> {
+        Catalog::open_with(path, false)
+    }
+
+    fn open_with(path: &Path, durable: bool) -> Result<Catalog, StoreError> {
         make_private(path)?;
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -453,8 +495,12 @@ impl Catalog {
         // keeps the cost to one fsync per batch.
         // Every hot statement is prepared once (`prepare_cached`).
         conn.set_prepared_statement_cache_capacity(128);
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        let (journal, synchronous) = match durable {
+            true => ("WAL", "FULL"),
+            false => ("OFF", "OFF"),
+        };
+        conn.pragma_update(None, "journal_mode", journal)?;
+        conn.pragma_update(None, "synchronous", synchronous)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(super::snapshot::SCHEMA)?;
@@ -1610,9 +1656,7 @@ fn run(catalog: Catalog, rx: std_mpsc::Receiver<Job>, checkpoint: Arc<AtomicBool
             tracing::error!("catalog: cannot begin a transaction: {e}");
             for job in jobs {
                 let (_, deliver) = job(None);
-                deliver(Err(StoreError::Commit(format!(
-                    "cannot begin a transaction: {e}"
-                ))));
+                deliver(Err(StoreError::batch("cannot begin a transaction", &e)));
             }
             continue;
         }
@@ -1629,7 +1673,7 @@ fn run(catalog: Catalog, rx: std_mpsc::Receiver<Job>, checkpoint: Arc<AtomicBool
         let committed = catalog.conn.execute_batch("COMMIT").map_err(|e| {
             let _ = catalog.conn.execute_batch("ROLLBACK");
             tracing::error!("catalog commit failed: {e}");
-            e.to_string()
+            (is_disk_full(&e), e.to_string())
         });
         if checkpoint.swap(false, Ordering::SeqCst) {
             if let Err(e) = catalog.checkpoint() {
@@ -1637,7 +1681,10 @@ fn run(catalog: Catalog, rx: std_mpsc::Receiver<Job>, checkpoint: Arc<AtomicBool
             }
         }
         for deliver in delivers {
-            deliver(committed.clone().map_err(StoreError::Commit));
+            deliver(committed.clone().map_err(|(full, e)| match full {
+                true => StoreError::DiskFull(e),
+                false => StoreError::Commit(e),
+            }));
         }
     }
 }

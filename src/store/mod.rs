@@ -6,8 +6,8 @@ pub mod health;
 pub mod snapshot;
 
 pub use catalog::{
-    unix_ms, BackupId, Catalog, CatalogHandle, ChunkRole, FileChunkRow, FileRow, Forget, HostedRow,
-    PeerRow, StoreError, MAX_PEER_ROWS,
+    io_disk_full, unix_ms, BackupId, Catalog, CatalogHandle, ChunkRole, FileChunkRow, FileRow,
+    Forget, HostedRow, PeerRow, StoreError, MAX_PEER_ROWS,
 };
 pub use chunks::{ChunkStore, NewChunk};
 pub use health::{health, Health};

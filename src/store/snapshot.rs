@@ -144,6 +144,21 @@ impl Catalog {
         Ok(())
     }
 
+    /// Gives back a slot claimed by a snapshot that failed before anything of it was sent
+    /// (its file could not be written: a full disk), so that the next one takes it: else a
+    /// failed first snapshot of the day would take the day's anchor, by which a recover finds
+    /// the day's other snapshots. Never used once a chunk of it may have been sent (its fileId
+    /// is then not used again).
+    pub fn release_snapshot(&self, file_id: &FileId) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "DELETE FROM snapshots WHERE file_id = ?1
+                 AND NOT EXISTS (SELECT 1 FROM files WHERE file_id = ?1)",
+            )?
+            .execute([file_id.key()])?;
+        Ok(())
+    }
+
     pub fn set_snapshot_at_rd(&self, file_id: &FileId) -> Result<(), StoreError> {
         self.conn
             .prepare_cached("UPDATE snapshots SET at_rd = 1 WHERE file_id = ?1")?
@@ -249,17 +264,18 @@ pub fn superseded(rows: &[SnapshotRow]) -> Vec<FileId> {
 /// writing meanwhile). Blocking: run it off the async runtime.
 pub fn write_database(live: &Path, out: &Path) -> Result<(), StoreError> {
     let _ = std::fs::remove_file(out);
-    drop(Catalog::open(out)?);
+    drop(Catalog::open_scratch(out)?);
     let conn = Connection::open(out)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // One file, no log beside it: on any error, `out` is deleted.
+    conn.pragma_update(None, "journal_mode", "OFF")?;
+    conn.pragma_update(None, "synchronous", "OFF")?;
     conn.execute("ATTACH DATABASE ?1 AS live", [path_text(live)?])?;
     conn.execute_batch("BEGIN")?;
     for table in CARRIED {
         copy_rows(&conn, table, "live", "INSERT")?;
     }
     conn.execute_batch("COMMIT; DETACH DATABASE live")?;
-    // One file, no log beside it.
-    conn.pragma_update(None, "journal_mode", "DELETE")?;
     drop(conn);
     Ok(())
 }
@@ -546,5 +562,32 @@ mod tests {
             .forget_snapshot(&FileId::from_digest(&[9; 32]), 0)
             .unwrap());
         assert_eq!(cat.snapshots().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_slot_is_given_back_only_while_nothing_of_it_was_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        let (anchor, later) = (Slot::anchor(7), Slot { day: 7, n: 9 });
+        let unsent = FileId::from_digest(&[1; 32]);
+        cat.claim_snapshot(&unsent, anchor).unwrap();
+        cat.release_snapshot(&unsent).unwrap();
+        assert_eq!(
+            cat.last_snapshot_slot().unwrap(),
+            None,
+            "the anchor is free again"
+        );
+        // Once its version row exists (its backup began), the slot stays used.
+        let sent = FileId::from_digest(&[2; 32]);
+        cat.claim_snapshot(&sent, later).unwrap();
+        cat.conn
+            .execute(
+                "INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash, desired_rd)
+                 VALUES (?1, X'2F73', 1, 3, 0, 384, 'h', 2)",
+                [sent.key()],
+            )
+            .unwrap();
+        cat.release_snapshot(&sent).unwrap();
+        assert_eq!(cat.last_snapshot_slot().unwrap(), Some(later));
     }
 }

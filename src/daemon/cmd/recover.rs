@@ -23,7 +23,7 @@ use crate::engine::peer::{Expect, JobKind};
 use crate::protocol::seal::{Cut, FileKey, MasterKey, Slot};
 use crate::protocol::{ChunkId, ChunkNo, FileId};
 use crate::store::snapshot::{self, HEADER_LEN, RECOVERED};
-use crate::store::Catalog;
+use crate::store::{io_disk_full, Catalog};
 
 /// Days looked back by default.
 pub const DEFAULT_DAYS: u32 = 92;
@@ -60,6 +60,19 @@ enum RecoverError {
     #[error("internal error: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
+
+impl RecoverError {
+    fn is_disk_full(&self) -> bool {
+        match self {
+            RecoverError::Io(e) => io_disk_full(e),
+            RecoverError::Store(e) => e.is_disk_full(),
+            _ => false,
+        }
+    }
+}
+
+/// Where a snapshot is fetched to, in the state folder, before it is checked.
+const RECOVERING: &str = "catalog.recovering";
 
 /// One chunk to fetch, and the key it must open under.
 struct Want {
@@ -250,7 +263,30 @@ pub(crate) async fn recover(node: &Arc<Node>, days: u32, force: bool, progress: 
     };
     match run(node, days.min(MAX_DAYS), force, progress).await {
         Ok(done) => done,
-        Err(e) => Done::failed(format!("recover failed: {e}")),
+        Err(e) => {
+            let state_dir = node.config().peer.state_dir.clone();
+            let (out, recovered) = (state_dir.join(RECOVERING), state_dir.join(RECOVERED));
+            // What was fetched goes (on a full disk, it would keep it full).
+            let installed = spawn_blocking(move || {
+                let _ = std::fs::remove_file(out);
+                recovered.exists()
+            })
+            .await
+            .unwrap_or(true);
+            let why = match e.is_disk_full() {
+                true => format!(
+                    "the disk of {} is full: free some space there and run `peerstash recover` again",
+                    state_dir.display()
+                ),
+                false => e.to_string(),
+            };
+            let unchanged = if installed {
+                ""
+            } else {
+                " Nothing was changed."
+            };
+            Done::failed(format!("recover failed: {why}.{unchanged}"))
+        }
     }
 }
 
@@ -313,7 +349,7 @@ async fn run(
             node.id.0
         ),
     );
-    let out = state_dir.join("catalog.recovering");
+    let out = state_dir.join(RECOVERING);
     // Newest first: tomorrow (a clock behind the lost computer's) down to `days` ago.
     let all_days: Vec<u32> = (today.saturating_sub(days)..=today.saturating_add(1))
         .rev()

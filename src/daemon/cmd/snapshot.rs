@@ -15,7 +15,7 @@ use super::Done;
 use crate::daemon::{unix_now, Node};
 use crate::protocol::seal::Slot;
 use crate::store::snapshot::{self, superseded};
-use crate::store::{unix_ms, StoreError};
+use crate::store::{io_disk_full, unix_ms, StoreError};
 use crate::workers::Worker;
 
 /// At most one snapshot per this while our files change, for a catalog of up to
@@ -45,6 +45,20 @@ pub(crate) enum SnapshotError {
     Backup(#[from] BackupError),
     #[error("internal error: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("the disk of {0} is full: free some space there; the snapshot is taken again in {} minutes, or now with `peerstash snapshot`", SNAPSHOT_EVERY.as_secs() / 60)]
+    DiskFull(PathBuf),
+}
+
+impl SnapshotError {
+    fn is_disk_full(&self) -> bool {
+        match self {
+            SnapshotError::Store(e) | SnapshotError::Backup(BackupError::Store(e)) => {
+                e.is_disk_full()
+            }
+            SnapshotError::Io(e) | SnapshotError::Backup(BackupError::Io(e)) => io_disk_full(e),
+            _ => false,
+        }
+    }
 }
 
 /// A snapshot taken.
@@ -75,6 +89,13 @@ fn file_of(node: &Node, slot: Slot) -> PathBuf {
 /// Takes a snapshot now, backs it up, and forgets the ones it supersedes.
 pub(crate) async fn take(node: &Arc<Node>) -> Result<Taken, SnapshotError> {
     let _one = node.snapshotting.lock().await;
+    take_locked(node).await.map_err(|e| match e.is_disk_full() {
+        true => SnapshotError::DiskFull(node.config().peer.state_dir.clone()),
+        false => e,
+    })
+}
+
+async fn take_locked(node: &Arc<Node>) -> Result<Taken, SnapshotError> {
     let master = {
         let n = node.clone();
         spawn_blocking(move || n.master_key_or_make()).await?
@@ -94,7 +115,7 @@ pub(crate) async fn take(node: &Arc<Node>) -> Result<Taken, SnapshotError> {
     }
     let (dir, path) = (folder(node), file_of(node, slot));
     let live = node.config().peer.state_dir.join("catalog.db");
-    let file = {
+    let written = {
         let path = path.clone();
         spawn_blocking(move || -> Result<std::fs::File, SnapshotError> {
             use std::os::unix::fs::DirBuilderExt;
@@ -103,12 +124,32 @@ pub(crate) async fn take(node: &Arc<Node>) -> Result<Taken, SnapshotError> {
                 .mode(0o700)
                 .create(&dir)?;
             let db = dir.join("catalog.db.tmp");
-            snapshot::write_database(&live, &db)?;
-            snapshot::write_file(&db, &path)?;
-            std::fs::remove_file(&db)?;
+            let written = snapshot::write_database(&live, &db)
+                .map_err(SnapshotError::from)
+                .and_then(|()| Ok(snapshot::write_file(&db, &path)?));
+            // Nothing half-written is left (on a full disk, it would keep it full).
+            let _ = std::fs::remove_file(&db);
+            if written.is_err() {
+                let _ = std::fs::remove_file(&path);
+            }
+            written?;
             Ok(std::fs::File::open(&path)?)
         })
-        .await??
+        .await?
+    };
+    let file = match written {
+        Ok(file) => file,
+        Err(e) => {
+            let f = file_id.clone();
+            if let Err(released) = node.catalog.call(move |c| c.release_snapshot(&f)).await {
+                tracing::warn!(
+                    "snapshot slot {}:{} stays used: {released}",
+                    slot.day,
+                    slot.n
+                );
+            }
+            return Err(e);
+        }
     };
     let plan = Plan {
         desired: snapshot_rd(node),
