@@ -139,3 +139,42 @@ fn without_the_key_recover_says_what_is_missing_and_changes_nothing() {
     let out = c.cli_ok(0, &["recover", "--force"], 0);
     assert!(out.contains("recovered the catalog snapshot"), "{out}");
 }
+
+/// The day's first snapshot (its anchor, by which a recover finds the day) is taken while no
+/// peer is up: no chunk of it is stored anywhere. Once the peers are back, the next snapshot
+/// (or the worker, every ten minutes) sends it again, so that a recover finds the day.
+#[test]
+fn an_anchor_no_peer_took_is_sent_again_so_that_recover_finds_the_day() {
+    if !is_root() {
+        eprintln!("skipped: snapshot and recover are root's commands (run the tests as root)");
+        return;
+    }
+    let mut c = Cluster::start(&["0", "100MB", "100MB"]);
+    let data = c.dir.path().canonicalize().unwrap();
+    let file = data.join("kept.bin");
+    std::fs::write(&file, random_bytes(100_000)).unwrap();
+    let file_arg = file.to_str().unwrap();
+    c.cli_ok(0, &["backup", file_arg, "-r", "2", "--encrypt"], 0);
+
+    c.stop(1);
+    c.stop(2);
+    let out = c.cli_ok(0, &["snapshot"], 0);
+    assert!(out.contains("some chunks below their RD"), "{out}");
+    let anchor = out.split_whitespace().nth(2).unwrap_or_default().to_owned();
+    assert!(anchor.ends_with(":0"), "the day's first snapshot: {out}");
+
+    c.spawn(1);
+    c.spawn(2);
+    c.wait_ready(1);
+    c.wait_ready(2);
+    let out = c.cli_ok(0, &["snapshot"], 0);
+    assert!(out.contains("every chunk at its RD"), "{out}");
+
+    c.kill(0);
+    std::fs::remove_dir_all(c.peers[0].dir.join("state")).unwrap();
+    c.spawn(0);
+    c.wait_ready(0);
+    let out = c.cli_ok(0, &["recover"], 0);
+    assert!(out.contains("recovered the catalog snapshot"), "{out}");
+    c.cli_ok(0, &["versions", file_arg], 0);
+}

@@ -593,7 +593,7 @@ fn print_state(s: &PeerState, below: Option<&Path>) {
             peerstash::protocol::seal::Slot::day_text(snap.day),
             match snap.at_rd {
                 true => "at its RD: `peerstash recover` would find it",
-                false => "below its RD (taken again later)",
+                false => "below its RD: `peerstash recover` would not find it yet (what it misses is sent again every 10 minutes)",
             }
         );
     }

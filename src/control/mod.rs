@@ -358,7 +358,8 @@ pub struct SnapshotInfo {
     /// UTC day (days since 1970) and place in that day.
     pub day: u32,
     pub n: u16,
-    /// Every chunk reached its desired RD.
+    /// Every chunk of it, and of its day's anchor (by which a recover finds the day), reached
+    /// its desired RD: a recover finds it.
     pub at_rd: bool,
 }
 

@@ -118,14 +118,10 @@ impl Catalog {
         Ok(out)
     }
 
-    /// The snapshot `recover` would take: the newest at its RD, else the newest.
+    /// The snapshot `recover` would take: the newest that a recover finds (`findable`), else
+    /// the newest, shown below its RD (`at_rd` false) when a recover would not find it.
     pub fn newest_snapshot(&self) -> Result<Option<SnapshotRow>, StoreError> {
-        let mut all = self.snapshots()?;
-        let at = all
-            .iter()
-            .rposition(|s| s.at_rd)
-            .or(all.len().checked_sub(1));
-        Ok(at.map(|i| all.swap_remove(i)))
+        Ok(newest_findable(self.snapshots()?))
     }
 
     /// The newest slot that may not be used again: the newest of ours, or the floor a recover
@@ -234,6 +230,19 @@ impl Catalog {
     }
 }
 
+/// Of `rows` (oldest first), the newest that a recover finds: at its RD, and so is its day's
+/// anchor (a recover finds a day by its anchor); else the newest, with `at_rd` false.
+pub fn newest_findable(mut rows: Vec<SnapshotRow>) -> Option<SnapshotRow> {
+    let anchor_at_rd = |day: u32| rows.iter().any(|r| r.slot == Slot::anchor(day) && r.at_rd);
+    match rows
+        .iter()
+        .rposition(|r| r.at_rd && anchor_at_rd(r.slot.day))
+    {
+        Some(i) => Some(rows.swap_remove(i)),
+        None => rows.pop().map(|r| SnapshotRow { at_rd: false, ..r }),
+    }
+}
+
 /// The snapshots to forget once `rows` are known: all but the newest one at its RD, the
 /// (at most `UNFINISHED_KEPT`) newest ones after it, and the anchors of those days (a recover
 /// finds a day by its anchor).
@@ -304,6 +313,24 @@ pub fn write_file(db: &Path, out: &Path) -> std::io::Result<u64> {
     }
     f.sync_all()?;
     Ok(HEADER_LEN as u64 + len)
+}
+
+/// The snapshot file `f` is whole: the database after its header has the length and hash the
+/// header says (a daemon killed while writing it leaves it short). Leaves `f` at its start.
+pub fn check_file(f: &mut std::fs::File) -> Result<(), String> {
+    use std::io::{Read, Seek};
+    let mut head = [0u8; HEADER_LEN];
+    f.read_exact(&mut head).map_err(|e| e.to_string())?;
+    let (len, hash) = parse_header(&head).ok_or("no snapshot header")?;
+    let (got_len, got) = hash_file(f).map_err(|e| e.to_string())?;
+    f.rewind().map_err(|e| e.to_string())?;
+    match (got_len == len, got == hash) {
+        (false, _) => Err(format!(
+            "{got_len} bytes after its header, which says {len}"
+        )),
+        (true, false) => Err("its bytes do not match the hash in its header".into()),
+        (true, true) => Ok(()),
+    }
 }
 
 /// The length and SHA-256 of what `f` holds from where it is, read through a buffer.
@@ -511,6 +538,28 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_file_cut_short_or_changed_is_not_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        std::fs::write(&db, vec![7u8; 10_000]).unwrap();
+        let out = dir.path().join("snap");
+        write_file(&db, &out).unwrap();
+        let open = || {
+            std::fs::File::options()
+                .read(true)
+                .write(true)
+                .open(&out)
+                .unwrap()
+        };
+        assert_eq!(check_file(&mut open()), Ok(()));
+        let f = open();
+        f.set_len((HEADER_LEN + 5_000) as u64).unwrap();
+        assert!(check_file(&mut open()).unwrap_err().contains("5000 bytes"));
+        std::fs::write(&out, [&header(3, &[0; 32])[..], b"abc"].concat()).unwrap();
+        assert!(check_file(&mut open()).unwrap_err().contains("hash"));
+    }
+
+    #[test]
     fn headers_round_trip_and_check_the_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let db = b"database bytes";
@@ -562,6 +611,27 @@ mod tests {
             .forget_snapshot(&FileId::from_digest(&[9; 32]), 0)
             .unwrap());
         assert_eq!(cat.snapshots().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_snapshot_shown_is_the_newest_a_recover_finds() {
+        let newest = |rows: Vec<SnapshotRow>| newest_findable(rows).map(|r| (r.slot, r.at_rd));
+        let s = |day, n| Slot { day, n };
+        assert_eq!(newest(vec![]), None);
+        assert_eq!(
+            newest(vec![row(4, 0, true), row(4, 2, true), row(4, 3, false)]),
+            Some((s(4, 2), true))
+        );
+        // Day 5's anchor reached no peer: a recover finds day 4, not day 5's later snapshot.
+        assert_eq!(
+            newest(vec![row(4, 0, true), row(5, 0, false), row(5, 1, true)]),
+            Some((s(4, 0), true))
+        );
+        // None found: the newest, below its RD.
+        assert_eq!(
+            newest(vec![row(5, 0, false), row(5, 1, true)]),
+            Some((s(5, 1), false))
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::task::spawn_blocking;
 
@@ -69,6 +69,8 @@ pub(crate) struct Taken {
     /// Every chunk reached its RD.
     pub at_rd: bool,
     pub forgotten: usize,
+    /// Earlier snapshots that had ended below their RD and reached it now.
+    pub completed: usize,
 }
 
 /// The RD of the snapshots: the highest of the watched folders' (2 without any).
@@ -86,13 +88,111 @@ fn file_of(node: &Node, slot: Slot) -> PathBuf {
     folder(node).join(format!("catalog-{}-{}.snap", slot.day, slot.n))
 }
 
-/// Takes a snapshot now, backs it up, and forgets the ones it supersedes.
+/// Takes a snapshot now (after sending again what the earlier ones below their RD miss), backs
+/// it up, and forgets the ones it supersedes.
 pub(crate) async fn take(node: &Arc<Node>) -> Result<Taken, SnapshotError> {
     let _one = node.snapshotting.lock().await;
-    take_locked(node).await.map_err(|e| match e.is_disk_full() {
+    let taken = async {
+        let completed = complete_locked(node).await?;
+        Ok(Taken {
+            completed,
+            ..take_locked(node).await?
+        })
+    };
+    taken.await.map_err(|e| explained(node, e))
+}
+
+/// Sends again what the kept snapshots that ended below their RD miss; how many reached it.
+pub(crate) async fn complete(node: &Arc<Node>) -> Result<usize, SnapshotError> {
+    let _one = node.snapshotting.lock().await;
+    complete_locked(node).await.map_err(|e| explained(node, e))
+}
+
+fn explained(node: &Node, e: SnapshotError) -> SnapshotError {
+    match e.is_disk_full() {
         true => SnapshotError::DiskFull(node.config().peer.state_dir.clone()),
         false => e,
-    })
+    }
+}
+
+/// The kept snapshots that ended below their RD (no peer, or too few, took them) get their
+/// missing chunks sent again from their files, oldest first. Among them may be a day's anchor:
+/// a recover finds a day's snapshots by it, so an anchor that no peer took would hide the
+/// whole day. A snapshot whose file is not here (the one a recover found) is left as it is.
+async fn complete_locked(node: &Arc<Node>) -> Result<usize, SnapshotError> {
+    let rows = node.catalog.call(|c| c.snapshots()).await?;
+    let plan = Plan {
+        desired: snapshot_rd(node),
+        encrypt: true,
+    };
+    let mut completed = 0;
+    for row in rows.into_iter().filter(|r| !r.at_rd) {
+        let path = file_of(node, row.slot);
+        let opened = {
+            let path = path.clone();
+            spawn_blocking(move || -> Result<std::fs::File, String> {
+                let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+                snapshot::check_file(&mut f)?;
+                Ok(f)
+            })
+            .await?
+        };
+        let file = match opened {
+            Ok(file) => file,
+            Err(why) => {
+                tracing::warn!(
+                    "catalog snapshot {}:{} below its RD is not sent again: {}: {why}",
+                    row.slot.day,
+                    row.slot.n,
+                    path.display()
+                );
+                continue;
+            }
+        };
+        let id = row.file_id.clone();
+        let report = backup_handle_as(node, &path, file, plan, Some(id.clone()), None).await?;
+        if report.below == 0 {
+            node.catalog
+                .call(move |c| c.set_snapshot_at_rd(&id))
+                .await?;
+            completed += 1;
+            tracing::info!(
+                "catalog snapshot {}:{} reached its RD",
+                row.slot.day,
+                row.slot.n
+            );
+        }
+    }
+    if completed > 0 {
+        forget_superseded(node).await?;
+    }
+    Ok(completed)
+}
+
+/// Forgets the snapshots the kept ones supersede (`superseded`): their files here, and their
+/// chunks on the peers (DELETE). Returns how many.
+async fn forget_superseded(node: &Arc<Node>) -> Result<usize, SnapshotError> {
+    let now_ms = unix_ms();
+    let doomed = node
+        .catalog
+        .call(move |c| {
+            let rows = c.snapshots()?;
+            let mut forgotten = Vec::new();
+            for id in superseded(&rows) {
+                let slot = rows.iter().find(|s| s.file_id == id).map(|s| s.slot);
+                if c.forget_snapshot(&id, now_ms)? {
+                    forgotten.extend(slot);
+                }
+            }
+            Ok(forgotten)
+        })
+        .await?;
+    let files: Vec<PathBuf> = doomed.iter().map(|s| file_of(node, *s)).collect();
+    let _ = spawn_blocking(move || files.iter().for_each(|f| drop(std::fs::remove_file(f)))).await;
+    if !doomed.is_empty() {
+        send_pending_deletes(node.clone()).await;
+    }
+    Ok(doomed.len())
 }
 
 async fn take_locked(node: &Arc<Node>) -> Result<Taken, SnapshotError> {
@@ -158,31 +258,17 @@ async fn take_locked(node: &Arc<Node>) -> Result<Taken, SnapshotError> {
     let report = backup_handle_as(node, &path, file, plan, Some(file_id.clone()), None).await?;
     let at_rd = report.below == 0;
     let (f, now_ms, size) = (file_id.clone(), unix_ms(), report.size);
-    let doomed = node
-        .catalog
+    node.catalog
         .call(move |c| {
             if at_rd {
                 c.set_snapshot_at_rd(&f)?;
             }
             c.set_meta("snapshot_changes", &changes)?;
             c.set_meta("snapshot_at_ms", &now_ms.to_string())?;
-            c.set_meta("snapshot_bytes", &size.to_string())?;
-            let rows = c.snapshots()?;
-            let mut forgotten = Vec::new();
-            for id in superseded(&rows) {
-                let slot = rows.iter().find(|s| s.file_id == id).map(|s| s.slot);
-                if c.forget_snapshot(&id, now_ms)? {
-                    forgotten.extend(slot);
-                }
-            }
-            Ok(forgotten)
+            c.set_meta("snapshot_bytes", &size.to_string())
         })
         .await?;
-    let files: Vec<PathBuf> = doomed.iter().map(|s| file_of(node, *s)).collect();
-    let _ = spawn_blocking(move || files.iter().for_each(|f| drop(std::fs::remove_file(f)))).await;
-    if !doomed.is_empty() {
-        send_pending_deletes(node.clone()).await;
-    }
+    let forgotten = forget_superseded(node).await?;
     tracing::info!(
         "catalog snapshot {}:{} backed up ({} bytes, {} chunks{}); {} older ones deleted",
         slot.day,
@@ -194,14 +280,15 @@ async fn take_locked(node: &Arc<Node>) -> Result<Taken, SnapshotError> {
         } else {
             ", below its RD"
         },
-        doomed.len()
+        forgotten
     );
     Ok(Taken {
         slot,
         bytes: report.size,
         chunks: report.chunks,
         at_rd,
-        forgotten: doomed.len(),
+        forgotten,
+        completed: 0,
     })
 }
 
@@ -209,13 +296,23 @@ async fn take_locked(node: &Arc<Node>) -> Result<Taken, SnapshotError> {
 pub(crate) async fn snapshot(node: &Arc<Node>) -> Done {
     match take(node).await {
         Ok(t) => Done::ok(format!(
-            "catalog snapshot {}:{} backed up ({} bytes in {} encrypted chunks, {}); {} older snapshots deleted",
+            "catalog snapshot {}:{} backed up ({} bytes in {} encrypted chunks, {}); {} older snapshots deleted{}",
             t.slot.day,
             t.slot.n,
             t.bytes,
             t.chunks,
-            if t.at_rd { "every chunk at its RD" } else { "some chunks below their RD: it is taken again later" },
-            t.forgotten
+            match t.at_rd {
+                true => "every chunk at its RD".to_owned(),
+                false => format!(
+                    "some chunks below their RD: they are sent again every {} minutes until they reach it",
+                    SNAPSHOT_EVERY.as_secs() / 60
+                ),
+            },
+            t.forgotten,
+            match t.completed {
+                0 => String::new(),
+                n => format!("; {n} earlier snapshots that were below their RD reached it"),
+            }
         )),
         Err(e) => Done::failed(format!("catalog snapshot failed: {e}")),
     }
@@ -234,8 +331,15 @@ fn interval(bytes: u64) -> Duration {
     (SNAPSHOT_EVERY.saturating_mul(periods.min(u32::MAX as u64) as u32)).min(SLOWEST)
 }
 
-/// The background worker that takes the snapshots when due.
+/// Whether the snapshots below their RD are tried again, the last try being at `last`.
+fn completion_due(last: Option<Instant>, now: Instant) -> bool {
+    last.is_none_or(|t| now.saturating_duration_since(t) >= SNAPSHOT_EVERY)
+}
+
+/// The background worker that takes the snapshots when due, and meanwhile brings the ones that
+/// ended below their RD to it.
 pub(crate) async fn keep_taking(node: Arc<Node>, worker: Worker) {
+    let mut completion_tried: Option<Instant> = None;
     loop {
         tokio::time::sleep(LOOK_EVERY).await;
         let looked = node
@@ -263,8 +367,14 @@ pub(crate) async fn keep_taking(node: Arc<Node>, worker: Worker) {
         let last_bytes = last_bytes.and_then(|b| b.parse().ok()).unwrap_or(0);
         let changed = last_changes.as_deref() != Some(&changes);
         if !due(own, changed, since, last_bytes) {
+            let now = Instant::now();
+            if completion_due(completion_tried, now) {
+                completion_tried = Some(now);
+                complete_in_background(&node, &worker).await;
+            }
             continue;
         }
+        completion_tried = Some(Instant::now());
         worker.busy("backing up a catalog snapshot", None);
         match take(&node).await {
             Ok(_) => worker.idle(),
@@ -274,6 +384,28 @@ pub(crate) async fn keep_taking(node: Arc<Node>, worker: Worker) {
                 // Not every minute: the cause (a missing key, a full disk) takes a hand.
                 tokio::time::sleep(SNAPSHOT_EVERY).await;
             }
+        }
+    }
+}
+
+/// `complete`, when there is anything below its RD, reported on the worker.
+async fn complete_in_background(node: &Arc<Node>, worker: &Worker) {
+    let below = node
+        .catalog
+        .call(|c| Ok(c.snapshots()?.iter().any(|r| !r.at_rd)))
+        .await;
+    if !matches!(below, Ok(true)) {
+        return;
+    }
+    worker.busy(
+        "sending again what catalog snapshots below their RD miss",
+        None,
+    );
+    match complete(node).await {
+        Ok(_) => worker.idle(),
+        Err(e) => {
+            tracing::warn!("catalog snapshots below their RD: {e}");
+            worker.failed(&e.to_string(), None);
         }
     }
 }
@@ -295,6 +427,18 @@ mod tests {
         assert!(due(3, true, Some(10 * min), small));
         assert!(!due(3, false, Some(10 * min), small));
         assert!(due(3, false, Some(24 * 60 * min), small));
+    }
+
+    #[test]
+    fn snapshots_below_their_rd_are_tried_again_every_period() {
+        let t = Instant::now();
+        assert!(completion_due(None, t), "at the first look");
+        assert!(!completion_due(Some(t), t + SNAPSHOT_EVERY / 2));
+        assert!(completion_due(Some(t), t + SNAPSHOT_EVERY));
+        assert!(
+            !completion_due(Some(t + SNAPSHOT_EVERY), t),
+            "a clock read late"
+        );
     }
 
     #[test]
