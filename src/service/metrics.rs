@@ -216,7 +216,7 @@ async fn look(node: &Arc<Node>) -> Option<Catalogued> {
     let folders: Vec<_> = node.config().watch.iter().map(|w| w.path.clone()).collect();
     let overview = node
         .catalog
-        .call(move |c| crate::daemon::cmd::status::overview(c, None, folders))
+        .read(move |c| crate::daemon::cmd::status::overview(c, None, folders))
         .await
         .ok()?;
     let (mut healthy, mut degraded, mut at_risk, mut below_rd) = (0, 0, 0, 0u64);

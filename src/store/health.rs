@@ -33,8 +33,15 @@ pub fn health(desired_rd: u8, perceived: impl Iterator<Item = u32>) -> Health {
     for rd in perceived {
         below += u32::from(rd < desired);
         // At RD 1 a single holder is all that was asked for; no holder is at risk at any RD.
+        // (`Catalog::newest_health` counts the same in SQL.)
         at_risk += u32::from(rd == 0 || (rd == 1 && desired >= 2));
     }
+    from_counts(below, at_risk)
+}
+
+/// The health of a version with `below` chunks below their desired RD, `at_risk` of them at
+/// risk (as `health` counts them).
+pub fn from_counts(below: u32, at_risk: u32) -> Health {
     match (at_risk, below) {
         (0, 0) => Health::Healthy,
         (0, below) => Health::Degraded { below },

@@ -17,7 +17,7 @@ use crate::daemon::Node;
 pub(crate) async fn state(node: &Arc<Node>, owner: Option<u32>, below: Option<PathBuf>) -> Done {
     let r = node
         .catalog
-        .call(move |c| {
+        .read(move |c| {
             let mut files = Vec::new();
             for f in c.all_files()? {
                 if owner.is_some_and(|uid| uid != f.uid) {
