@@ -5,51 +5,71 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 
-struct Mount(std::path::PathBuf);
+/// A small tmpfs mounted by the test, unmounted when dropped.
+struct SmallDisk {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
 
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+impl SmallDisk {
+    /// A tmpfs of `size` ("3m"); None (with the reason said) when this cannot be done here.
+    fn mount(size: &str) -> Option<SmallDisk> {
+        if nix::unistd::geteuid().as_raw() != 0 {
+            eprintln!("skipped: mounting a small tmpfs needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("small");
+        std::fs::create_dir_all(&path).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .unwrap()
+            .success();
+        if !ok {
+            eprintln!("skipped: cannot mount a tmpfs here");
+            return None;
+        }
+        Some(SmallDisk { path, _dir: dir })
     }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Moves peer `i`'s state folder to `state` (in its config; the peer is restarted).
+fn move_state(c: &mut Cluster, i: usize, state: &Path) {
+    c.stop(i);
+    let p = &c.peers[i];
+    let text = std::fs::read_to_string(&p.config).unwrap().replace(
+        &p.dir.join("state").display().to_string(),
+        &state.display().to_string(),
+    );
+    std::fs::write(&p.config, text).unwrap();
+    c.spawn(i);
+    c.wait_ready(i);
 }
 
 #[test]
 fn a_full_disk_refuses_chunks_cleanly_and_keeps_serving() {
-    if nix::unistd::geteuid().as_raw() != 0 {
-        eprintln!("skipped: mounting a small tmpfs needs root");
+    let Some(disk) = SmallDisk::mount("3m") else {
         return;
-    }
-    let c0 = tempfile::tempdir().unwrap();
-    let small = c0.path().join("small");
-    std::fs::create_dir_all(&small).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
-        .arg(&small)
-        .status()
-        .unwrap()
-        .success();
-    if !ok {
-        eprintln!("skipped: cannot mount a tmpfs here");
-        return;
-    }
-    let _mount = Mount(small.clone());
+    };
+    let small = disk.path.clone();
 
     // Peer 2 keeps its state (chunks and catalog) on the small disk, with a quota far above it.
     let mut c = Cluster::start(&["0", "100MB", "0"]);
-    c.stop(1);
-    let p = &c.peers[1];
-    let text = std::fs::read_to_string(&p.config).unwrap().replace(
-        &p.dir.join("state").display().to_string(),
-        &small.join("state").display().to_string(),
-    );
-    std::fs::write(&p.config, text).unwrap();
-    c.spawn(1);
-    c.wait_ready(1);
+    move_state(&mut c, 1, &small.join("state"));
 
     let data = c.dir.path().canonicalize().unwrap();
     let small_file = data.join("small.bin");
@@ -116,7 +136,7 @@ fn a_full_disk_refuses_chunks_cleanly_and_keeps_serving() {
 }
 
 /// Writes `dir/filler` until the disk is full, then frees `leave` bytes; returns its path.
-fn fill(dir: &std::path::Path, leave: u64) -> std::path::PathBuf {
+fn fill(dir: &Path, leave: u64) -> PathBuf {
     use std::io::Write;
     let path = dir.join("filler");
     let mut f = std::fs::File::create(&path).unwrap();
@@ -128,7 +148,7 @@ fn fill(dir: &std::path::Path, leave: u64) -> std::path::PathBuf {
 }
 
 /// The names of the files in `dir` (none when it does not exist).
-fn names_in(dir: &std::path::Path) -> Vec<String> {
+fn names_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|d| {
             d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -145,37 +165,15 @@ fn names_in(dir: &std::path::Path) -> Vec<String> {
 /// would keep the disk full), and change nothing; once space is freed, both succeed.
 #[test]
 fn a_full_disk_fails_a_snapshot_and_a_recover_cleanly() {
-    if nix::unistd::geteuid().as_raw() != 0 {
-        eprintln!("skipped: mounting a small tmpfs needs root");
+    let Some(disk) = SmallDisk::mount("4m") else {
         return;
-    }
-    let c0 = tempfile::tempdir().unwrap();
-    let small = c0.path().join("small");
-    std::fs::create_dir_all(&small).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(&small)
-        .status()
-        .unwrap()
-        .success();
-    if !ok {
-        eprintln!("skipped: cannot mount a tmpfs here");
-        return;
-    }
-    let _mount = Mount(small.clone());
+    };
+    let small = disk.path.clone();
 
     // Peer 1 (the home peer) keeps its state on the small disk.
     let mut c = Cluster::start(&["0", "100MB", "100MB"]);
-    c.stop(0);
     let state = small.join("state");
-    let p = &c.peers[0];
-    let text = std::fs::read_to_string(&p.config).unwrap().replace(
-        &p.dir.join("state").display().to_string(),
-        &state.display().to_string(),
-    );
-    std::fs::write(&p.config, text).unwrap();
-    c.spawn(0);
-    c.wait_ready(0);
+    move_state(&mut c, 0, &state);
     let data = c.dir.path().canonicalize().unwrap();
     let file = data.join("kept.bin");
     std::fs::write(&file, random_bytes(200_000)).unwrap();
