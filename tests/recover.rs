@@ -178,3 +178,52 @@ fn an_anchor_no_peer_took_is_sent_again_so_that_recover_finds_the_day() {
     assert!(out.contains("recovered the catalog snapshot"), "{out}");
     c.cli_ok(0, &["versions", file_arg], 0);
 }
+
+/// A daemon killed after claiming the day's first snapshot slot and before writing its file
+/// left the slot claimed with nothing sent: the next snapshot gets it back, so that the day's
+/// anchor exists and a recover finds the day.
+#[test]
+fn a_slot_claimed_by_a_killed_snapshot_is_given_back() {
+    if !is_root() {
+        eprintln!("skipped: snapshot and recover are root's commands (run the tests as root)");
+        return;
+    }
+    let mut c = Cluster::start(&["0", "100MB", "100MB"]);
+    let data = c.dir.path().canonicalize().unwrap();
+    let file = data.join("kept.bin");
+    std::fs::write(&file, random_bytes(100_000)).unwrap();
+    let file_arg = file.to_str().unwrap();
+    c.cli_ok(0, &["backup", file_arg, "-r", "2", "--encrypt"], 0);
+
+    c.stop(0);
+    let state = c.peers[0].dir.join("state");
+    let today = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400) as u32;
+    let catalog = peerstash::store::Catalog::open(&state.join("catalog.db")).unwrap();
+    catalog
+        .claim_snapshot(
+            &peerstash::protocol::FileId::from_digest(&[7; 32]),
+            peerstash::protocol::seal::Slot::anchor(today),
+        )
+        .unwrap();
+    drop(catalog);
+    c.spawn(0);
+    c.wait_ready(0);
+    let out = c.cli_ok(0, &["snapshot"], 0);
+    assert!(
+        out.contains(&format!("snapshot {today}:0 backed up")),
+        "{out}"
+    );
+    assert!(c.full_log(0).contains("its slot is free again"));
+
+    c.kill(0);
+    std::fs::remove_dir_all(&state).unwrap();
+    c.spawn(0);
+    c.wait_ready(0);
+    let out = c.cli_ok(0, &["recover"], 0);
+    assert!(out.contains("recovered the catalog snapshot"), "{out}");
+    c.cli_ok(0, &["versions", file_arg], 0);
+}

@@ -141,18 +141,20 @@ impl Catalog {
     }
 
     /// Gives back a slot claimed by a snapshot that failed before anything of it was sent
-    /// (its file could not be written: a full disk), so that the next one takes it: else a
-    /// failed first snapshot of the day would take the day's anchor, by which a recover finds
-    /// the day's other snapshots. Never used once a chunk of it may have been sent (its fileId
-    /// is then not used again).
-    pub fn release_snapshot(&self, file_id: &FileId) -> Result<(), StoreError> {
-        self.conn
+    /// (its file could not be written: a full disk, or the daemon was killed), so that the next
+    /// one takes it: else a failed first snapshot of the day would take the day's anchor, by
+    /// which a recover finds the day's other snapshots. Never once a chunk of it may have been
+    /// sent (its version row exists; its fileId is then not used again). Whether it was given
+    /// back.
+    pub fn release_snapshot(&self, file_id: &FileId) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
             .prepare_cached(
                 "DELETE FROM snapshots WHERE file_id = ?1
                  AND NOT EXISTS (SELECT 1 FROM files WHERE file_id = ?1)",
             )?
-            .execute([file_id.key()])?;
-        Ok(())
+            .execute([file_id.key()])?
+            == 1)
     }
 
     pub fn set_snapshot_at_rd(&self, file_id: &FileId) -> Result<(), StoreError> {
@@ -641,7 +643,7 @@ mod tests {
         let (anchor, later) = (Slot::anchor(7), Slot { day: 7, n: 9 });
         let unsent = FileId::from_digest(&[1; 32]);
         cat.claim_snapshot(&unsent, anchor).unwrap();
-        cat.release_snapshot(&unsent).unwrap();
+        assert!(cat.release_snapshot(&unsent).unwrap());
         assert_eq!(
             cat.last_snapshot_slot().unwrap(),
             None,
@@ -657,7 +659,7 @@ mod tests {
                 [sent.key()],
             )
             .unwrap();
-        cat.release_snapshot(&sent).unwrap();
+        assert!(!cat.release_snapshot(&sent).unwrap());
         assert_eq!(cat.last_snapshot_slot().unwrap(), Some(later));
     }
 }

@@ -140,12 +140,24 @@ async fn complete_locked(node: &Arc<Node>) -> Result<usize, SnapshotError> {
         let file = match opened {
             Ok(file) => file,
             Err(why) => {
-                tracing::warn!(
-                    "catalog snapshot {}:{} below its RD is not sent again: {}: {why}",
-                    row.slot.day,
-                    row.slot.n,
-                    path.display()
-                );
+                // Missing or cut short: the daemon was killed before its backup began (then
+                // nothing of it was sent, and its slot is given back), or after.
+                let f = row.file_id.clone();
+                if node.catalog.call(move |c| c.release_snapshot(&f)).await? {
+                    let _ = spawn_blocking(move || std::fs::remove_file(path)).await;
+                    tracing::info!(
+                        "catalog snapshot {}:{} was never sent ({why}): its slot is free again",
+                        row.slot.day,
+                        row.slot.n
+                    );
+                } else {
+                    tracing::warn!(
+                        "catalog snapshot {}:{} below its RD is not sent again: {}: {why}",
+                        row.slot.day,
+                        row.slot.n,
+                        path.display()
+                    );
+                }
                 continue;
             }
         };
