@@ -118,7 +118,10 @@ fn explained(node: &Node, e: SnapshotError) -> SnapshotError {
 /// The kept snapshots that ended below their RD (no peer, or too few, took them) get their
 /// missing chunks sent again from their files, oldest first. Among them may be a day's anchor:
 /// a recover finds a day's snapshots by it, so an anchor that no peer took would hide the
-/// whole day. A snapshot whose file is not here (the one a recover found) is left as it is.
+/// whole day. One whose file is missing or cut short was never sent if it has no version row
+/// yet (the daemon was killed while making it): its slot is given back. Else (a recovered
+/// catalog's, whose files were lost with the computer) it is left until a newer one supersedes
+/// it.
 async fn complete_locked(node: &Arc<Node>) -> Result<usize, SnapshotError> {
     let rows = node.catalog.call(|c| c.snapshots()).await?;
     let plan = Plan {
@@ -130,23 +133,29 @@ async fn complete_locked(node: &Arc<Node>) -> Result<usize, SnapshotError> {
         let path = file_of(node, row.slot);
         let opened = {
             let path = path.clone();
-            spawn_blocking(move || -> Result<std::fs::File, String> {
-                let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
-                snapshot::check_file(&mut f)?;
+            // Err: whether it is missing, and why it cannot be sent.
+            spawn_blocking(move || -> Result<std::fs::File, (bool, String)> {
+                let mut f = std::fs::File::open(path)
+                    .map_err(|e| (e.kind() == std::io::ErrorKind::NotFound, e.to_string()))?;
+                snapshot::check_file(&mut f).map_err(|why| (false, why))?;
                 Ok(f)
             })
             .await?
         };
         let file = match opened {
             Ok(file) => file,
-            Err(why) => {
-                // Missing or cut short: the daemon was killed before its backup began (then
-                // nothing of it was sent, and its slot is given back), or after.
+            Err((missing, why)) => {
                 let f = row.file_id.clone();
                 if node.catalog.call(move |c| c.release_snapshot(&f)).await? {
                     let _ = spawn_blocking(move || std::fs::remove_file(path)).await;
                     tracing::info!(
                         "catalog snapshot {}:{} was never sent ({why}): its slot is free again",
+                        row.slot.day,
+                        row.slot.n
+                    );
+                } else if missing {
+                    tracing::debug!(
+                        "catalog snapshot {}:{} below its RD has no file here: left as it is",
                         row.slot.day,
                         row.slot.n
                     );
