@@ -140,6 +140,31 @@ fn without_the_key_recover_says_what_is_missing_and_changes_nothing() {
     assert!(out.contains("recovered the catalog snapshot"), "{out}");
 }
 
+/// Peer 1 with one file backed up encrypted at RD 2 on peers 2 and 3.
+fn one_file_backed_up() -> (Cluster, PathBuf) {
+    let c = Cluster::start(&["0", "100MB", "100MB"]);
+    let file = c.dir.path().canonicalize().unwrap().join("kept.bin");
+    std::fs::write(&file, random_bytes(100_000)).unwrap();
+    c.cli_ok(
+        0,
+        &["backup", file.to_str().unwrap(), "-r", "2", "--encrypt"],
+        0,
+    );
+    (c, file)
+}
+
+/// Peer 1's computer dies (its state folder wiped); on the new one, recover finds a snapshot
+/// that knows `file`.
+fn wiped_then_recovered(c: &mut Cluster, file: &str) {
+    c.kill(0);
+    std::fs::remove_dir_all(c.peers[0].dir.join("state")).unwrap();
+    c.spawn(0);
+    c.wait_ready(0);
+    let out = c.cli_ok(0, &["recover"], 0);
+    assert!(out.contains("recovered the catalog snapshot"), "{out}");
+    c.cli_ok(0, &["versions", file], 0);
+}
+
 /// The day's first snapshot (its anchor, by which a recover finds the day) is taken while no
 /// peer is up: no chunk of it is stored anywhere. Once the peers are back, the next snapshot
 /// (or the worker, every ten minutes) sends it again, so that a recover finds the day.
@@ -149,12 +174,8 @@ fn an_anchor_no_peer_took_is_sent_again_so_that_recover_finds_the_day() {
         eprintln!("skipped: snapshot and recover are root's commands (run the tests as root)");
         return;
     }
-    let mut c = Cluster::start(&["0", "100MB", "100MB"]);
-    let data = c.dir.path().canonicalize().unwrap();
-    let file = data.join("kept.bin");
-    std::fs::write(&file, random_bytes(100_000)).unwrap();
+    let (mut c, file) = one_file_backed_up();
     let file_arg = file.to_str().unwrap();
-    c.cli_ok(0, &["backup", file_arg, "-r", "2", "--encrypt"], 0);
 
     c.stop(1);
     c.stop(2);
@@ -170,13 +191,7 @@ fn an_anchor_no_peer_took_is_sent_again_so_that_recover_finds_the_day() {
     let out = c.cli_ok(0, &["snapshot"], 0);
     assert!(out.contains("every chunk at its RD"), "{out}");
 
-    c.kill(0);
-    std::fs::remove_dir_all(c.peers[0].dir.join("state")).unwrap();
-    c.spawn(0);
-    c.wait_ready(0);
-    let out = c.cli_ok(0, &["recover"], 0);
-    assert!(out.contains("recovered the catalog snapshot"), "{out}");
-    c.cli_ok(0, &["versions", file_arg], 0);
+    wiped_then_recovered(&mut c, file_arg);
 }
 
 /// A daemon killed after claiming the day's first snapshot slot and before writing its file
@@ -188,12 +203,8 @@ fn a_slot_claimed_by_a_killed_snapshot_is_given_back() {
         eprintln!("skipped: snapshot and recover are root's commands (run the tests as root)");
         return;
     }
-    let mut c = Cluster::start(&["0", "100MB", "100MB"]);
-    let data = c.dir.path().canonicalize().unwrap();
-    let file = data.join("kept.bin");
-    std::fs::write(&file, random_bytes(100_000)).unwrap();
+    let (mut c, file) = one_file_backed_up();
     let file_arg = file.to_str().unwrap();
-    c.cli_ok(0, &["backup", file_arg, "-r", "2", "--encrypt"], 0);
 
     c.stop(0);
     let state = c.peers[0].dir.join("state");
@@ -219,11 +230,5 @@ fn a_slot_claimed_by_a_killed_snapshot_is_given_back() {
     );
     assert!(c.full_log(0).contains("its slot is free again"));
 
-    c.kill(0);
-    std::fs::remove_dir_all(&state).unwrap();
-    c.spawn(0);
-    c.wait_ready(0);
-    let out = c.cli_ok(0, &["recover"], 0);
-    assert!(out.contains("recovered the catalog snapshot"), "{out}");
-    c.cli_ok(0, &["versions", file_arg], 0);
+    wiped_then_recovered(&mut c, file_arg);
 }
