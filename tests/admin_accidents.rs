@@ -102,7 +102,7 @@ impl Drop for Mounts {
 #[test]
 fn an_unmounted_disk_is_unavailable_not_deleted_and_watched_again_once_mounted() {
     if !is_root() {
-        eprintln!("skipped: mounting a tmpfs needs root");
+        skip("mounting a tmpfs needs root");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -120,7 +120,7 @@ fn an_unmounted_disk_is_unavailable_not_deleted_and_watched_again_once_mounted()
         "tmpfs",
         disk.to_str().unwrap(),
     ]) {
-        eprintln!("skipped: cannot mount a tmpfs here");
+        skip("cannot mount a tmpfs here");
         return;
     }
     mounts.0.push(disk.clone());

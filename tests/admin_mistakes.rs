@@ -223,7 +223,7 @@ fn a_socket_option_naming_a_file_says_so() {
 #[test]
 fn errors_about_the_state_folder_keep_their_cause() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: mounting and acting as another user need root");
+        skip("mounting and acting as another user need root");
         return;
     }
     let c = Cluster::start(&["0"]);
@@ -252,7 +252,7 @@ fn errors_about_the_state_folder_keep_their_cause() {
         assert!(out.contains("Read-only file system"), "{out}");
         assert!(out.contains("peer.state_dir"), "{out}");
     } else {
-        eprintln!("no tmpfs mount here: the read-only case is skipped");
+        skip("no tmpfs mount here: the read-only case");
     }
     // A daemon started by a user on root's state folder.
     std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();

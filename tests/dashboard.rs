@@ -20,7 +20,7 @@ fn chromium() -> Option<&'static str> {
 #[test]
 fn the_page_shows_the_health_line_in_a_browser() {
     let Some(browser) = chromium() else {
-        eprintln!("skipped: Chromium is not installed (apt-get install chromium)");
+        skip("Chromium is not installed (apt-get install chromium)");
         return;
     };
     let (c, port) = metrics_cluster();

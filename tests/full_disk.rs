@@ -1,7 +1,7 @@
 //! Issue 5: a peer whose disk fills up (its chunk store and its catalog on a 3 MB tmpfs made by
 //! the test) refuses what does not fit without STORED, leaves no partial file, and goes on
 //! serving what it has. Issue 14: a catalog snapshot and a recover on a full disk fail cleanly.
-//! Needs root (to mount); skipped with a message otherwise.
+//! Needs root (to mount): skipped with a message otherwise, failed with CI=true.
 
 mod common;
 
@@ -21,7 +21,7 @@ impl SmallDisk {
     /// A tmpfs of `size` ("3m"); None (with the reason said) when this cannot be done here.
     fn mount(size: &str) -> Option<SmallDisk> {
         if nix::unistd::geteuid().as_raw() != 0 {
-            eprintln!("skipped: mounting a small tmpfs needs root");
+            skip("mounting a small tmpfs needs root");
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -34,7 +34,7 @@ impl SmallDisk {
             .unwrap()
             .success();
         if !ok {
-            eprintln!("skipped: cannot mount a tmpfs here");
+            skip("cannot mount a tmpfs here");
             return None;
         }
         Some(SmallDisk { path, _dir: dir })

@@ -148,7 +148,7 @@ fn status_says_in_one_line_that_all_is_well_or_names_the_files_below_their_rd() 
 #[test]
 fn a_backup_and_a_restore_on_a_terminal_show_a_progress_bar() {
     if !have_script() {
-        eprintln!("skipped: `script` (util-linux) is needed to give the command a terminal");
+        skip("`script` (util-linux) is needed to give the command a terminal");
         return;
     }
     let c = Cluster::start(&["0", "100 MiB", "100 MiB"]);
@@ -249,9 +249,7 @@ fn state_is_limited_to_a_path_and_goes_through_the_pager_on_a_terminal() {
     );
 
     if !have_script() {
-        eprintln!(
-            "pager part skipped: `script` (util-linux) is needed to give the command a terminal"
-        );
+        skip("the pager part: `script` (util-linux) is needed to give the command a terminal");
         return;
     }
     let paged = root.join("paged.txt");

@@ -28,7 +28,7 @@ fn is_root() -> bool {
 #[test]
 fn a_wiped_peer_recovers_its_catalog_and_restores_every_file() {
     if !is_root() {
-        eprintln!("skipped: snapshot and recover are root's commands (run the tests as root)");
+        skip("snapshot and recover are root's commands (run the tests as root)");
         return;
     }
     let (mut c, _folder, root, files) = backed_up_tree(true);
@@ -83,7 +83,7 @@ fn a_wiped_peer_recovers_its_catalog_and_restores_every_file() {
 #[test]
 fn without_the_key_recover_says_what_is_missing_and_changes_nothing() {
     if !is_root() {
-        eprintln!("skipped: snapshot and recover are root's commands (run the tests as root)");
+        skip("snapshot and recover are root's commands (run the tests as root)");
         return;
     }
     let (mut c, _folder, root, _files) = backed_up_tree(true);
@@ -171,7 +171,7 @@ fn wiped_then_recovered(c: &mut Cluster, file: &str) {
 #[test]
 fn an_anchor_no_peer_took_is_sent_again_so_that_recover_finds_the_day() {
     if !is_root() {
-        eprintln!("skipped: snapshot and recover are root's commands (run the tests as root)");
+        skip("snapshot and recover are root's commands (run the tests as root)");
         return;
     }
     let (mut c, file) = one_file_backed_up();
@@ -200,7 +200,7 @@ fn an_anchor_no_peer_took_is_sent_again_so_that_recover_finds_the_day() {
 #[test]
 fn a_slot_claimed_by_a_killed_snapshot_is_given_back() {
     if !is_root() {
-        eprintln!("skipped: snapshot and recover are root's commands (run the tests as root)");
+        skip("snapshot and recover are root's commands (run the tests as root)");
         return;
     }
     let (mut c, file) = one_file_backed_up();
