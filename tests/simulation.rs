@@ -36,7 +36,7 @@ use rand::{Rng, SeedableRng};
 
 use peerstash::engine::backup::MAX_PUTCHUNK_SENDS;
 use peerstash::engine::peer::{
-    Action, BackupOutcome, Expect, JobId, JobKind, Owner, Peer, Put, Role, Stopped,
+    Action, BackupOutcome, Expect, JobId, JobKind, Owner, Peer, Put, Role, Stopped, PULL_LINE,
 };
 use peerstash::engine::reclaim::{choose_victims, Candidate};
 use peerstash::engine::restore::{expected_len, MAX_GETCHUNK_SENDS};
@@ -206,7 +206,7 @@ fn describe_action(a: &Action) -> String {
         Action::DeletesSent { file_ids } => format!("DeletesSent {}", file_ids.len()),
         Action::CheckOwnId { chunk } => format!("CheckOwnId {}", short(chunk)),
         Action::Announced => "Announced".to_owned(),
-        Action::Deliver { to, msg } => format!("Deliver to {to}: {}", describe(msg)),
+        Action::Pull { from, chunk } => format!("Pull {} from {from}", short(chunk)),
         Action::DeleteAcked { file_id, peer } => {
             format!("DeleteAcked {} by {peer}", &file_id.as_wire()[..8])
         }
@@ -661,7 +661,8 @@ struct Sim {
     put_waiting: BTreeMap<(usize, Ck), u64>,
     /// (peer, life, chunk): a `DropHosted` asked for as a copy too many (2.0), not for a DELETE.
     trims: BTreeSet<(usize, u64, Ck)>,
-    /// (peer, chunk): whether the last GETCHUNK the peer handled for it asked for TCP.
+    /// (peer, chunk): whether every GETCHUNK the peer handled for it since its last CHUNK of it
+    /// asked where to pull it (2.0): then it may not send the body on MDR.
     getchunk_tcp: BTreeMap<(usize, Ck), bool>,
     /// When versions were last complete; versions some peer crashed during the backup of, or
     /// less than `SETTLING` after: their copies are not counted clean.
@@ -1092,7 +1093,7 @@ impl Sim {
 
     /// 2.0 bookkeeping of what a peer multicasts: when its next HELLO is due, and how CHUNKs
     /// carry their bodies. A 2.0 holder sends a body on MDR only to answer a GETCHUNK that did
-    /// not ask for TCP.
+    /// not ask where to pull it.
     fn count_transmit(&mut self, p: usize, msg: &Message) {
         let (id, v2, class) = (self.peers[p].id, self.peers[p].v2, self.class as usize);
         match &msg.kind {
@@ -1103,10 +1104,13 @@ impl Sim {
                 }
             }
             MessageKind::Deleted { .. } => self.stats.deleteds += 1,
-            MessageKind::Chunk { body, .. }
+            MessageKind::Chunk { body, chunk }
                 if body.is_empty() && msg.version.has_enhancements() =>
             {
-                self.stats.bodyless_chunks += 1
+                self.stats.bodyless_chunks += 1;
+                if let Some(key) = self.ck(p, chunk) {
+                    self.getchunk_tcp.remove(&(p, key));
+                }
             }
             MessageKind::Chunk { chunk, .. } => {
                 self.stats.classes[class].mdr_bodies += 1;
@@ -1118,9 +1122,9 @@ impl Sim {
                 let Some(key) = self.ck(p, chunk) else {
                     return;
                 };
-                if self.getchunk_tcp.get(&(p, key)) == Some(&true) {
+                if self.getchunk_tcp.remove(&(p, key)) == Some(true) {
                     self.fail(format!(
-                        "peer {id} (2.0) sent the body of {} on MDR, though the last GETCHUNK it heard for it asked for TCP",
+                        "peer {id} (2.0) sent the body of {} on MDR, though every GETCHUNK it heard for it since its last CHUNK asked where to pull it",
                         short(chunk)
                     ));
                 }
@@ -1141,8 +1145,8 @@ impl Sim {
             return self.fail(format!("peer {id} (1.0) sent {}", describe(msg)));
         }
         if let Some(port) = msg.tcp_port() {
-            let getchunk = matches!(msg.kind, MessageKind::GetChunk { .. });
-            if !getchunk || port != self.peers[p].tcp_port {
+            let bodyless = matches!(&msg.kind, MessageKind::Chunk { body, .. } if body.is_empty());
+            if !bodyless || port != self.peers[p].tcp_port {
                 return self.fail(format!(
                     "peer {id} sent {}, its TCP listener being on port {}",
                     describe(msg),
@@ -1234,8 +1238,9 @@ impl Sim {
                 }
                 MessageKind::GetChunk { chunk } => {
                     if let Some(key) = self.ck(to, chunk) {
-                        let tcp = msg.tcp_port().is_some();
-                        self.getchunk_tcp.insert((to, key), tcp);
+                        let pull = msg.has_line(PULL_LINE);
+                        let only_pulls = self.getchunk_tcp.entry((to, key)).or_insert(true);
+                        *only_pulls &= pull;
                     }
                 }
                 _ => {}
@@ -1298,7 +1303,7 @@ impl Sim {
             }
         }
         match a {
-            Action::Deliver { to, msg } => self.deliver_action(p, to, msg),
+            Action::Pull { from, chunk } => self.pull_action(p, from, chunk),
             Action::Credit { job, n } => self.credit(p, job, n),
             Action::BackedUp {
                 owners,
@@ -1397,26 +1402,44 @@ impl Sim {
 
     /// 2.0 `Deliver`: the daemon opens one TCP connection to the requester's listener and
     /// sends the encoded CHUNK; it arrives a little later unless either end stops meanwhile.
-    fn deliver_action(&mut self, p: usize, to: SocketAddr, msg: Message) {
+    /// 2.0: a restorer connects to the holder that said where to pull a chunk; the holder's
+    /// driver answers with the chunk it hosts (read from its disk), over the same connection.
+    fn pull_action(&mut self, p: usize, from: SocketAddr, chunk: ChunkId) {
         let id = self.peers[p].id;
-        let listener = (0..self.peers.len())
-            .find(|q| address(*q) == to.ip() && self.peers[*q].tcp_port == to.port());
-        let Some(q) = listener else {
+        let holder = (0..self.peers.len())
+            .find(|q| address(*q) == from.ip() && self.peers[*q].tcp_port == from.port());
+        let Some(q) = holder else {
             return self.fail(format!(
-                "peer {id} delivers a chunk to {to}, where no peer listens"
+                "peer {id} pulls a chunk from {from}, where no peer listens"
             ));
         };
-        let chunk = matches!(msg.kind, MessageKind::Chunk { .. });
-        if !self.peers[p].v2 || !chunk || !msg.version.has_enhancements() {
-            return self.fail(format!("peer {id} delivers {} over TCP", describe(&msg)));
+        if !self.peers[p].v2 {
+            return self.fail(format!("peer {id} (1.0) pulls over TCP"));
         }
-        self.check_transmit(p, &msg, true);
-        let took = self.rng.gen_range(TCP_LATENCY_US.0..=TCP_LATENCY_US.1);
+        let hosted = match self.ck(q, &chunk) {
+            Some(key) if self.peers[q].engine.is_some() => self.peers[q].disk.hosted.get(&key),
+            _ => None,
+        };
+        let Some(h) = hosted else {
+            self.stats.tcp_lost += 1;
+            return; // the connection is refused or closed: the fetch goes on by its resends
+        };
+        let mut msg = Message::new(
+            self.peers[q].id,
+            MessageKind::Chunk {
+                chunk,
+                body: h.body.clone(),
+            },
+        );
+        msg.version = peerstash::protocol::Version::V2_0;
+        self.check_transmit(q, &msg, true);
+        // The request there and the answer back.
+        let took = 2 * self.rng.gen_range(TCP_LATENCY_US.0..=TCP_LATENCY_US.1);
         let tcp = Event::Tcp {
-            to: q,
-            to_life: self.peers[q].life,
-            from: p,
-            from_life: self.peers[p].life,
+            to: p,
+            to_life: self.peers[p].life,
+            from: q,
+            from_life: self.peers[q].life,
             frame: msg.encode(),
         };
         self.schedule(self.now + Duration::from_micros(took), tcp);

@@ -20,7 +20,7 @@ use crate::engine::peer::{
 };
 use crate::net::{tcp, ChannelSocket, MAX_DATAGRAM};
 use crate::protocol::auth;
-use crate::protocol::{sha256_hex, ChunkId, FileId, Message, PeerId, Rd, Version};
+use crate::protocol::{sha256_hex, ChunkId, FileId, Message, MessageKind, PeerId, Rd, Version};
 
 /// Datagrams waiting for the engine; beyond this one is dropped and counted (the protocol's
 /// resends make up for it), so a flood cannot take memory without bound.
@@ -510,20 +510,17 @@ impl Driver {
             Action::Announced => {
                 tokio::spawn(async move { disk::announced(&node).await });
             }
-            Action::Deliver { to, msg } => {
-                let Some(permit) = node.deliveries.try_start() else {
-                    tracing::debug!(
-                        "{} deliveries over TCP in progress: {to} waits for a resend",
-                        tcp::MAX_OUTBOUND
-                    );
-                    return;
-                };
-                let frame = node.sign(msg.encode());
+            Action::Pull { from, chunk } => {
+                // Bounded by the engine: a few pulls per chunk being fetched, and the fetches
+                // by the restore window.
                 tokio::spawn(async move {
-                    if let Err(e) = tcp::deliver(to, &frame).await {
-                        tracing::debug!("could not deliver a chunk over TCP to {to}: {e}");
-                    }
+                    let permit = node.pulls.start().await;
+                    let pulled = pull(&node, from, &chunk).await;
                     drop(permit);
+                    match pulled {
+                        Ok(msg) => node.engine(Input::TcpChunk(msg)),
+                        Err(e) => tracing::debug!("could not pull chunk {chunk} from {from}: {e}"),
+                    }
                 });
             }
             Action::DeleteAcked { file_id, peer } => {
@@ -684,42 +681,76 @@ pub(crate) fn datagram_queue() -> Datagrams {
     mpsc::channel(DATAGRAM_QUEUE)
 }
 
-/// 2.0: the frames of the TCP listener. Each must be one CHUNK (signed with the LAN key when
-/// there is one, like a datagram); anything else is dropped and counted as malformed.
-pub(crate) async fn tcp_frames(
-    node: Arc<Node>,
-    mut frames: mpsc::Receiver<(Vec<u8>, SocketAddr)>,
-    mut shutdown: crate::shutdown::Shutdown,
-) {
-    loop {
-        let (frame, from) = tokio::select! {
-            _ = shutdown.recv() => return,
-            f = frames.recv() => match f {
-                Some(f) => f,
-                None => return,
-            },
-        };
-        let bytes = match authenticated(&node, &frame) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::debug!(%from, "dropped a TCP frame ({} bytes): {e}", frame.len());
-                continue;
-            }
-        };
-        match Message::parse(&bytes) {
-            Ok(msg) if matches!(msg.kind, crate::protocol::MessageKind::Chunk { .. }) => {
-                node.engine(Input::TcpChunk(msg));
-            }
-            Ok(msg) => {
-                node.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%from, "dropped a {} that came over TCP", msg.type_name());
-            }
-            Err(e) => {
-                node.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%from, "dropped a malformed TCP frame: {e}");
-            }
+/// 2.0: asks the holder at `from` for a chunk over TCP (a GETCHUNK, signed with the LAN key
+/// when there is one) and gives back its answer: a CHUNK of that chunk, signed likewise. Its
+/// bytes are checked by the fetch, as a multicast CHUNK's are.
+async fn pull(node: &Arc<Node>, from: SocketAddr, chunk: &ChunkId) -> Result<Message, String> {
+    let mut ask = Message::new(
+        node.id,
+        MessageKind::GetChunk {
+            chunk: chunk.clone(),
+        },
+    );
+    ask.version = Version::V2_0;
+    let frame = tcp::pull(from, &node.sign(ask.encode()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let bytes = authenticated(node, &frame).map_err(|e| e.to_string())?;
+    let msg = Message::parse(&bytes).map_err(|e| {
+        node.counters.malformed.fetch_add(1, Ordering::Relaxed);
+        format!("a malformed answer: {e}")
+    })?;
+    match &msg.kind {
+        MessageKind::Chunk { chunk: got, .. } if got == chunk => Ok(msg),
+        _ => {
+            node.counters.malformed.fetch_add(1, Ordering::Relaxed);
+            Err(format!(
+                "answered with a {} of another chunk",
+                msg.type_name()
+            ))
         }
     }
+}
+
+/// 2.0: the holder's side of a pull: a request (one GETCHUNK, signed with the LAN key when there
+/// is one) is answered with the chunk if this peer hosts it, read and checked against its
+/// recorded hash; anything else closes the connection. The TCP handshake proved the address,
+/// so the bytes go to whoever asked, as a multicast CHUNK goes to the whole LAN.
+pub(crate) async fn answer_pull(
+    node: Arc<Node>,
+    request: Vec<u8>,
+    from: SocketAddr,
+) -> Option<Vec<u8>> {
+    let bytes = match authenticated(&node, &request) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::debug!(%from, "dropped a TCP request: {e}");
+            return None;
+        }
+    };
+    let chunk = match Message::parse(&bytes) {
+        Ok(Message {
+            kind: MessageKind::GetChunk { chunk },
+            sender,
+            ..
+        }) if sender != node.id => chunk,
+        Ok(msg) => {
+            node.counters.malformed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%from, "dropped a {} that came over TCP", msg.type_name());
+            return None;
+        }
+        Err(e) => {
+            node.counters.malformed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%from, "dropped a malformed TCP request: {e}");
+            return None;
+        }
+    };
+    let (_, body) = disk::read_hosted(&node, &chunk).await?;
+    // The fileId text exactly as the requester wrote it: the one its fetch waits for.
+    let mut msg = Message::new(node.id, MessageKind::Chunk { chunk, body });
+    msg.version = Version::V2_0;
+    let frame = node.sign(msg.encode());
+    Some(frame)
 }
 
 impl Node {

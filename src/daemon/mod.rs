@@ -74,8 +74,8 @@ pub struct Node {
     pub workers: crate::workers::Workers,
     /// 2.0: the port of the TCP listener restores receive chunks on.
     pub tcp_port: Option<u16>,
-    /// 2.0: bounds the chunk deliveries over TCP in progress.
-    pub deliveries: crate::net::tcp::Deliveries,
+    /// 2.0: bounds the pulls over TCP in progress.
+    pub pulls: crate::net::tcp::Pulls,
     /// When this daemon started (unix ms): a holder not heard since is given a full
     /// holder_timeout from here, so our own downtime never counts against it.
     pub started_ms: i64,
@@ -104,8 +104,9 @@ pub struct Counters {
     pub putchunks_sent: AtomicU64,
     /// Of those, the resends.
     pub putchunks_resent: AtomicU64,
-    /// TCP frames dropped because the engine's queue for them was full.
-    pub tcp_dropped: Arc<AtomicU64>,
+    /// 2.0: TCP connections closed at once (too many, in total or from one address) and
+    /// requests refused (too long).
+    pub tcp_refused: Arc<AtomicU64>,
     /// Datagrams and bytes by channel (MC, MDB, MDR) and direction (0 in, 1 out), for metrics.
     pub datagrams: [[AtomicU64; 2]; 3],
     pub bytes: [[AtomicU64; 2]; 3],
@@ -405,7 +406,7 @@ pub async fn start(
         repair: tokio::sync::Notify::new(),
         workers: Default::default(),
         tcp_port: tcp.as_ref().map(|(_, port)| *port),
-        deliveries: crate::net::tcp::Deliveries::new(),
+        pulls: crate::net::tcp::Pulls::new(),
         started_ms: crate::store::unix_ms(),
         folders_checked: Mutex::new(Default::default()),
         traffic_history: Mutex::new(Default::default()),
@@ -424,17 +425,13 @@ pub async fn start(
         stop.subscribe(),
     ));
     if let Some((listener, _)) = tcp {
-        let (frames_tx, frames_rx) = mpsc::channel(crate::net::tcp::MAX_INBOUND);
-        let dropped = node.counters.tcp_dropped.clone();
+        let refused = node.counters.tcp_refused.clone();
+        let holder = node.clone();
+        let answer = move |request, from| driver::answer_pull(holder.clone(), request, from);
         tokio::spawn(crate::net::tcp::serve(
             listener,
-            frames_tx,
-            dropped,
-            stop.subscribe(),
-        ));
-        tokio::spawn(driver::tcp_frames(
-            node.clone(),
-            frames_rx,
+            answer,
+            refused,
             stop.subscribe(),
         ));
     }

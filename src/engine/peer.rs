@@ -16,9 +16,9 @@ use rand::{Rng, SeedableRng};
 use super::backup::{self, ChunkBackup, Ended, Pace, Window};
 use super::lru::LruMap;
 use super::restore::{self, ChunkFetch};
-use super::serve::{PendingReply, ReplyLimit, MIN_CHUNK_INTERVAL};
+use super::serve::{MdrBudget, PendingReply, ReplyLimit, MAX_CHUNK_INTERVAL, MIN_CHUNK_INTERVAL};
 use crate::protocol::{sha256_hex, ChunkId, FileId, Message, MessageKind, PeerId, Rd, Version};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// The random wait before STORED, CHUNK and a re-backup: uniform in 0..=400 ms.
 pub const MAX_REPLY_DELAY: Duration = Duration::from_millis(400);
@@ -75,9 +75,15 @@ pub const MAX_PEERS_SEEN: usize = 4096;
 pub const REDELETE_GAPS: [Duration; 2] = [Duration::from_millis(300), Duration::from_millis(300)];
 /// 2.0: DELETED for a file at most once per this (a burst of 8 DELETEs gets one answer).
 pub const DELETED_EVERY: Duration = Duration::from_secs(1);
-/// 2.0: the first GETCHUNKs of a chunk carry `TCP <port>`; the later ones do not, so a holder
-/// that cannot reach us over TCP (or a 1.0 peer that drops 2.0 messages) answers on MDR.
+/// 2.0: the first GETCHUNKs of a chunk carry `PULL`; the later ones do not, so a holder we
+/// cannot reach over TCP (or a 1.0 peer that drops 2.0 messages) answers on MDR.
 pub const TCP_GETCHUNK_SENDS: u32 = 2;
+/// 2.0: connections a fetch opens to holders that said they have its chunk (each holder's
+/// body-less CHUNK is one); beyond this it waits for the multicast answers. Bounds what a forged
+/// announcement can make us do: one short request to the address it came from.
+pub const MAX_PULLS_PER_FETCH: u32 = 4;
+/// 2.0: the header line of a GETCHUNK that asks holders to say where the chunk can be pulled.
+pub const PULL_LINE: &str = "PULL";
 /// 2.0: a holder that left a chunk's re-backup to another holder (it saw its PUTCHUNK) looks at
 /// the chunk's RD again this long after, in case that holder died midway; at most this often.
 pub const RECHECK_AFTER: Duration = Duration::from_secs(20);
@@ -250,8 +256,9 @@ pub enum Action {
     CheckOwnId { chunk: ChunkId },
     /// Every chunk given to `announce` was announced.
     Announced,
-    /// 2.0: deliver a chunk over TCP (one connection, the frame is the encoded CHUNK message).
-    Deliver { to: SocketAddr, msg: Message },
+    /// 2.0: pull a chunk we are fetching from the holder at `from` (its TCP listener), which
+    /// said it has it; a CHUNK that comes back goes to `handle_tcp`.
+    Pull { from: SocketAddr, chunk: ChunkId },
     /// 2.0: a peer acknowledged the DELETE of one of our files.
     DeleteAcked { file_id: FileId, peer: PeerId },
     /// 2.0: a peer is back (HELLO, or heard after a silence): look up the DELETEs it has not
@@ -335,8 +342,12 @@ enum ReplyState {
 struct Reply {
     state: ReplyState,
     pending: PendingReply,
-    /// 2.0: where the GETCHUNK asked for the chunk over TCP.
-    tcp: Option<SocketAddr>,
+    /// 2.0: the GETCHUNK asked where to pull the chunk: the answer is a body-less CHUNK that
+    /// names our TCP port, and the requester connects to us.
+    pull: bool,
+    /// The address of the first GETCHUNK (a later one never changes it): charged for the reply
+    /// in the MDR budget.
+    source: Option<IpAddr>,
 }
 
 enum RebackupState {
@@ -390,6 +401,8 @@ struct Fetching {
     expect: Expect,
     fetch: ChunkFetch,
     timer: Option<(Instant, u64)>,
+    /// 2.0: connections opened to holders for this chunk (at most `MAX_PULLS_PER_FETCH`).
+    pulls: u32,
 }
 
 /// A message sent several times.
@@ -437,7 +450,8 @@ pub struct Peer {
     id: PeerId,
     /// Runs the 2.0 enhancements (SPEC §3); false: 1.0 only.
     enhanced: bool,
-    /// 2.0: the port of our TCP listener for restores (None: GETCHUNK without the TCP line).
+    /// 2.0: the port of our TCP listener, where peers pull the chunks we host (None: no pulls,
+    /// either way).
     tcp_port: Option<u16>,
     hello_every: Duration,
     seen: LruMap<PeerId, Seen>,
@@ -461,6 +475,10 @@ pub struct Peer {
     stored_due: BTreeMap<ChunkId, StoredDue>,
     replying: BTreeMap<ChunkId, Reply>,
     chunk_sent: ReplyLimit<ChunkId>,
+    /// 2.0: when we last said where to pull each chunk (a body-less CHUNK, once a second).
+    pull_said: ReplyLimit<ChunkId>,
+    /// Bytes per second of CHUNK bodies on MDR, in total and per source.
+    mdr_budget: MdrBudget,
     rebacking: BTreeMap<ChunkId, Rebackup>,
     putchunk_seen: LruMap<ChunkId, Instant>,
     delete_seen: LruMap<FileId, Instant>,
@@ -509,7 +527,9 @@ impl Peer {
             storing_bytes: 0,
             stored_due: BTreeMap::new(),
             replying: BTreeMap::new(),
-            chunk_sent: ReplyLimit::new(MAX_SEEN_ENTRIES, MIN_CHUNK_INTERVAL),
+            chunk_sent: ReplyLimit::new(MAX_SEEN_ENTRIES, MIN_CHUNK_INTERVAL, MAX_CHUNK_INTERVAL),
+            pull_said: ReplyLimit::new(MAX_SEEN_ENTRIES, MIN_CHUNK_INTERVAL, MIN_CHUNK_INTERVAL),
+            mdr_budget: MdrBudget::default(),
             rebacking: BTreeMap::new(),
             putchunk_seen: LruMap::new(MAX_SEEN_ENTRIES),
             delete_seen: LruMap::new(MAX_SEEN_ENTRIES),
@@ -536,7 +556,8 @@ impl Peer {
     }
 
     /// Runs the 2.0 enhancements (SPEC §3): stores a chunk only if fewer than RD peers did
-    /// first; asks for chunks over TCP (to `tcp_port`) and delivers them so; answers DELETE with
+    /// first; pulls chunks it restores over TCP and lets peers pull what it hosts from
+    /// `tcp_port`; answers DELETE with
     /// DELETED; says HELLO every `hello_every`; finishes re-backups a holder left midway.
     pub fn enhance(&mut self, tcp_port: Option<u16>, hello_every: Duration) {
         self.enhanced = true;
@@ -626,8 +647,8 @@ impl Peer {
         self.handle_from(msg, None, now);
     }
 
-    /// The same, with the address it came from: a 2.0 GETCHUNK's chunk goes over TCP to that
-    /// address's IP (and the port its `TCP` line names).
+    /// The same, with the address it came from: a GETCHUNK's reply is charged to it, and a 2.0
+    /// holder that says where to pull a chunk we fetch is at its IP (and the port it names).
     pub fn handle_from(&mut self, msg: Message, from: Option<SocketAddr>, now: Instant) {
         let sender = msg.sender;
         if sender == self.id {
@@ -641,20 +662,25 @@ impl Peer {
         if self.enhanced {
             self.heard(sender, matches!(msg.kind, MessageKind::Hello), now);
         }
-        let (version, tcp_port) = (msg.version, msg.tcp_port());
+        let (version, tcp_port, pull) = (msg.version, msg.tcp_port(), msg.has_line(PULL_LINE));
         match msg.kind {
             MessageKind::PutChunk { chunk, rd, body } => {
                 self.on_putchunk(chunk, rd, body, sender, now)
             }
             MessageKind::Stored { chunk } => self.on_stored(chunk, sender, now),
             MessageKind::GetChunk { chunk } => {
-                let tcp = match (self.enhanced, tcp_port, from) {
-                    (true, Some(port), Some(from)) => Some(SocketAddr::new(from.ip(), port)),
+                // A GETCHUNK never makes us connect anywhere: one that asks for TCP the old way
+                // (`TCP <port>`, "deliver it there") gets a multicast CHUNK like a 1.0 one.
+                let pull = self.enhanced && pull && self.tcp_port.is_some();
+                self.on_getchunk(chunk, pull, from.map(|a| a.ip()))
+            }
+            MessageKind::Chunk { chunk, body } => {
+                let pull_from = match (tcp_port, from) {
+                    (Some(port), Some(from)) => Some(SocketAddr::new(from.ip(), port)),
                     _ => None,
                 };
-                self.on_getchunk(chunk, tcp)
+                self.on_chunk(&chunk, body, version, pull_from)
             }
-            MessageKind::Chunk { chunk, body } => self.on_chunk(&chunk, body, version),
             MessageKind::Delete { file_id } => self.on_delete(file_id, sender, now),
             MessageKind::Removed { chunk } => {
                 if let Some(peers) = self.storeds.get(&chunk) {
@@ -861,10 +887,10 @@ impl Peer {
         });
     }
 
-    fn on_getchunk(&mut self, chunk: ChunkId, tcp: Option<SocketAddr>) {
-        if let Some(r) = self.replying.get_mut(&chunk) {
-            // The latest requester is served (over TCP if it asked so).
-            r.tcp = tcp;
+    fn on_getchunk(&mut self, chunk: ChunkId, pull: bool, source: Option<IpAddr>) {
+        if self.replying.contains_key(&chunk) {
+            // The reply keeps what the first GETCHUNK asked: a later one (forged, or replayed
+            // from elsewhere) cannot turn it into something else or charge it to another.
             return;
         }
         if self.replying.len() >= MAX_PENDING_REPLIES {
@@ -876,7 +902,8 @@ impl Peer {
             Reply {
                 state: ReplyState::Lookup,
                 pending: PendingReply::default(),
-                tcp,
+                pull,
+                source,
             },
         );
         self.actions.push_back(Action::LookupHosted { chunk });
@@ -885,13 +912,29 @@ impl Peer {
     /// A CHUNK heard on MDR. Its body is hashed only where a good copy matters: a reply this
     /// peer is about to send (only a good copy silences it), and a fetch of ours (only the
     /// length and hash it expects end it).
-    fn on_chunk(&mut self, chunk: &ChunkId, body: Vec<u8>, version: Version) {
+    fn on_chunk(
+        &mut self,
+        chunk: &ChunkId,
+        body: Vec<u8>,
+        version: Version,
+        pull_from: Option<SocketAddr>,
+    ) {
         if version.has_enhancements() && body.is_empty() {
-            // 2.0: a holder delivers it over TCP. That silences the replies to a GETCHUNK that
-            // asked for TCP; a GETCHUNK without the line is answered unless a good copy is seen
-            // (a forged body-less CHUNK cannot stop a restore that fell back to multicast).
-            if let Some(r) = self.replying.get_mut(chunk).filter(|r| r.tcp.is_some()) {
+            // 2.0: a holder says the chunk can be pulled from it. That silences the replies to
+            // a GETCHUNK that asked where to pull; a GETCHUNK without the line is answered
+            // unless a good copy is seen (a forged body-less CHUNK cannot stop a restore that
+            // fell back to multicast).
+            if let Some(r) = self.replying.get_mut(chunk).filter(|r| r.pull) {
                 r.pending.silence();
+            }
+            if let (true, Some(from)) = (self.enhanced && self.tcp_port.is_some(), pull_from) {
+                if let Some(f) = self.fetching.get_mut(chunk) {
+                    if f.pulls < MAX_PULLS_PER_FETCH {
+                        f.pulls += 1;
+                        let chunk = chunk.clone();
+                        self.actions.push_back(Action::Pull { from, chunk });
+                    }
+                }
             }
             if self
                 .fetching
@@ -1114,17 +1157,23 @@ impl Peer {
     }
 
     /// Whether this peer hosts a chunk a GETCHUNK asked for: its recorded length and hash. The
-    /// reply waits a random delay, and no less than a second after our last CHUNK of it.
+    /// reply waits a random delay, and (a body) no less than its interval after our last CHUNK
+    /// of it.
     pub fn hosted(&mut self, chunk: &ChunkId, info: Option<(u64, String)>, now: Instant) {
         let Some((len, hash)) = info else {
             self.replying.remove(chunk);
             return;
         };
         let delay = self.reply_delay();
-        let at = (self.chunk_sent.next_allowed(chunk)).map_or(now + delay, |n| n.max(now + delay));
-        if !self.replying.contains_key(chunk) {
+        let Some(pull) = self.replying.get(chunk).map(|r| r.pull) else {
             return;
-        }
+        };
+        let limit = if pull {
+            &self.pull_said
+        } else {
+            &self.chunk_sent
+        };
+        let at = (limit.next_allowed(chunk)).map_or(now + delay, |n| n.max(now + delay));
         let timer = self.arm(at, Timer::Reply(chunk.clone()));
         if let Some(r) = self.replying.get_mut(chunk) {
             r.pending.expect(len, hash);
@@ -1142,24 +1191,24 @@ impl Peer {
         if reply.pending.suppressed() || !self.chunk_sent.take(&chunk, now) {
             return; // another holder answered first with the right bytes, or too soon
         }
-        match reply.tcp {
-            Some(to) => {
-                // 2.0: the bytes over TCP, and a body-less CHUNK on MDR to quiet the others.
-                let mut msg = Message::new(
-                    self.id,
-                    MessageKind::Chunk {
-                        chunk: chunk.clone(),
-                        body,
-                    },
-                );
-                msg.version = Version::V2_0;
-                self.actions.push_back(Action::Deliver { to, msg });
-                self.counters.chunks_sent += 1;
-                let body = Vec::new();
-                self.send_v2(MessageKind::Chunk { chunk, body });
-            }
-            None => self.send(MessageKind::Chunk { chunk, body }),
+        self.send(MessageKind::Chunk { chunk, body });
+    }
+
+    /// 2.0: says on MDR, with a body-less CHUNK naming our TCP port, that the chunk can be
+    /// pulled from us (once a second per chunk at most); the other holders then stay quiet.
+    fn say_pull(&mut self, chunk: ChunkId, now: Instant) {
+        let Some(port) = self.tcp_port else { return };
+        if !self.pull_said.take(&chunk, now) {
+            return;
         }
+        let kind = MessageKind::Chunk {
+            chunk,
+            body: Vec::new(),
+        };
+        let mut msg = Message::new(self.id, kind);
+        msg.version = Version::V2_0;
+        msg.extra_lines.push(format!("TCP {port}"));
+        self.transmits.push_back(msg);
     }
 
     /// The catalog took a REMOVED into account: the chunk's role here and its perceived RD now.
@@ -1582,6 +1631,7 @@ impl Peer {
                     expect,
                     fetch,
                     timer: None,
+                    pulls: 0,
                 };
                 self.end_fetch(chunk, f, None);
             }
@@ -1594,6 +1644,7 @@ impl Peer {
                 expect,
                 fetch,
                 timer: None,
+                pulls: 0,
             },
         );
         self.fire_fetch(&chunk, now);
@@ -1608,15 +1659,15 @@ impl Peer {
                 let kind = MessageKind::GetChunk {
                     chunk: chunk.clone(),
                 };
-                match self.tcp_port {
-                    Some(port) if self.enhanced && f.fetch.sends() <= TCP_GETCHUNK_SENDS => {
-                        let mut msg = Message::new(self.id, kind);
-                        msg.version = Version::V2_0;
-                        msg.extra_lines.push(format!("TCP {port}"));
-                        self.counters.getchunks_sent += 1;
-                        self.transmits.push_back(msg);
-                    }
-                    _ => self.send(kind),
+                if self.enhanced && self.tcp_port.is_some() && f.fetch.sends() <= TCP_GETCHUNK_SENDS
+                {
+                    let mut msg = Message::new(self.id, kind);
+                    msg.version = Version::V2_0;
+                    msg.extra_lines.push(PULL_LINE.into());
+                    self.counters.getchunks_sent += 1;
+                    self.transmits.push_back(msg);
+                } else {
+                    self.send(kind);
                 }
                 // Arms the wait for the CHUNK.
                 self.fire_fetch(chunk, now);
@@ -1823,9 +1874,26 @@ impl Peer {
                     }
                     if r.pending.suppressed() {
                         self.replying.remove(&chunk);
+                    } else if r.pull {
+                        // 2.0: no body to read; the requester pulls it from our listener.
+                        self.replying.remove(&chunk);
+                        self.say_pull(chunk, now);
                     } else {
-                        r.state = ReplyState::Reading;
-                        self.actions.push_back(Action::ReadHosted { chunk });
+                        let (source, len) = (r.source, r.pending.expected_len());
+                        match self.mdr_budget.spend(source, len, now) {
+                            Ok(()) => {
+                                r.state = ReplyState::Reading;
+                                self.actions.push_back(Action::ReadHosted { chunk });
+                            }
+                            Err(at) => {
+                                // Over the bytes per second allowed on MDR: later, not never
+                                // (the number of pending replies is bounded).
+                                let timer = self.arm(at, Timer::Reply(chunk.clone()));
+                                if let Some(r) = self.replying.get_mut(&chunk) {
+                                    r.state = ReplyState::Waiting { timer };
+                                }
+                            }
+                        }
                     }
                 }
                 Timer::Rebackup(chunk) => {
@@ -3144,62 +3212,139 @@ mod tests {
             .all(|a| !matches!(a, Action::DropHosted { .. })));
     }
 
+    /// The actions asked for, but the 2.0 "a peer is back" ones.
+    fn work(p: &mut Peer) -> Vec<Action> {
+        let mut all = actions(p);
+        all.retain(|a| !matches!(a, Action::PeerBack { .. }));
+        all
+    }
+
+    /// A 2.0 GETCHUNK for chunk `no` that asks where to pull it.
+    fn pull_getchunk(no: u32) -> Message {
+        let mut get = msg(2, MessageKind::GetChunk { chunk: chunk(no) });
+        get.version = Version::V2_0;
+        get.extra_lines.push(PULL_LINE.into());
+        get
+    }
+
     #[test]
-    fn v2_a_getchunk_asking_for_tcp_gets_the_bytes_there_and_a_bodyless_chunk_on_mdr() {
+    fn v2_a_getchunk_never_makes_a_holder_connect_anywhere() {
         let t0 = Instant::now();
         let body = vec![5u8; 100];
         let hash = sha256_hex(&body);
-        let mut p = enhanced(2, t0);
-        let mut get = msg(2, MessageKind::GetChunk { chunk: chunk(0) });
-        get.version = Version::V2_0;
-        get.extra_lines.push("TCP 5000".into());
         let from: SocketAddr = "127.0.0.9:4701".parse().unwrap();
-        p.handle_from(get.clone(), Some(from), t0);
-        assert!(actions(&mut p).contains(&Action::LookupHosted { chunk: chunk(0) }));
+        // Asked where to pull it: a body-less 2.0 CHUNK on MDR naming our port (7000), nothing
+        // read, no connection.
+        let mut p = enhanced(2, t0);
+        p.handle_from(pull_getchunk(0), Some(from), t0);
+        assert_eq!(work(&mut p), [Action::LookupHosted { chunk: chunk(0) }]);
         p.hosted(&chunk(0), Some((100, hash.clone())), t0);
-        run(&mut p, t0, MAX_REPLY_DELAY);
-        assert!(actions(&mut p).contains(&Action::ReadHosted { chunk: chunk(0) }));
-        p.serve(chunk(0), Some(body.clone()), t0 + MAX_REPLY_DELAY);
-        let to: SocketAddr = "127.0.0.9:5000".parse().unwrap();
-        match &actions(&mut p)[..] {
-            [Action::Deliver { to: t, msg }] => {
-                assert_eq!(*t, to);
-                let chunk = chunk(0);
-                assert_eq!(msg.kind, MessageKind::Chunk { chunk, body });
+        let sent = run(&mut p, t0, MAX_REPLY_DELAY);
+        assert!(
+            work(&mut p).is_empty(),
+            "nothing to read, nowhere to connect"
+        );
+        match &sent[..] {
+            [(_, m)] => {
+                assert_eq!(m.version, Version::V2_0);
+                assert_eq!(m.tcp_port(), Some(7000));
+                let bodyless = MessageKind::Chunk {
+                    chunk: chunk(0),
+                    body: Vec::new(),
+                };
+                assert_eq!(m.kind, bodyless);
             }
             other => panic!("{other:?}"),
         }
-        let sent = p.poll_transmit().unwrap();
-        assert_eq!(sent.version, Version::V2_0);
-        let bodyless = MessageKind::Chunk {
-            chunk: chunk(0),
-            body: Vec::new(),
-        };
-        assert_eq!(sent.kind, bodyless);
-
-        // A 1.0 peer (or a 2.0 one without a TCP port) answers on MDR as before.
-        let mut p = Peer::new(ME, 2);
+        // The first 2.0 design's GETCHUNK ("deliver it to my TCP port"), forged or not, gets a
+        // multicast CHUNK like a 1.0 one: never a connection to the port it names.
+        let mut get = msg(2, MessageKind::GetChunk { chunk: chunk(1) });
+        get.version = Version::V2_0;
+        get.extra_lines.push("TCP 5000".into());
+        let mut p = enhanced(2, t0);
         p.handle_from(get, Some(from), t0);
+        p.hosted(&chunk(1), Some((100, hash.clone())), t0);
+        run(&mut p, t0, MAX_REPLY_DELAY);
+        assert_eq!(
+            work(&mut p),
+            [
+                Action::LookupHosted { chunk: chunk(1) },
+                Action::ReadHosted { chunk: chunk(1) }
+            ]
+        );
+        p.serve(chunk(1), Some(body.clone()), t0 + MAX_REPLY_DELAY);
+        assert!(work(&mut p).is_empty());
+        let sent = p.poll_transmit().unwrap();
+        assert_eq!(sent.version, Version::V1_0);
+        assert_eq!(
+            sent.kind,
+            MessageKind::Chunk {
+                chunk: chunk(1),
+                body: body.clone()
+            }
+        );
+
+        // A 1.0 peer answers a pull GETCHUNK on MDR as any other.
+        let mut p = Peer::new(ME, 2);
+        p.handle_from(pull_getchunk(0), Some(from), t0);
         p.hosted(&chunk(0), Some((100, hash)), t0);
         run(&mut p, t0, MAX_REPLY_DELAY);
-        p.serve(chunk(0), Some(vec![5u8; 100]), t0 + MAX_REPLY_DELAY);
-        assert!(!actions(&mut p)
-            .iter()
-            .any(|a| matches!(a, Action::Deliver { .. })));
+        p.serve(chunk(0), Some(body), t0 + MAX_REPLY_DELAY);
         assert_eq!(p.poll_transmit().unwrap().version, Version::V1_0);
     }
 
     #[test]
-    fn v2_a_bodyless_chunk_silences_only_the_replies_to_a_tcp_getchunk() {
+    fn v2_a_reply_keeps_what_its_first_getchunk_asked() {
+        let t0 = Instant::now();
+        let hash = sha256_hex(&[5u8; 100]);
+        let first: SocketAddr = "127.0.0.9:4701".parse().unwrap();
+        let attacker: SocketAddr = "127.0.0.66:4701".parse().unwrap();
+        // A pull asked first: a plain GETCHUNK after it (from anyone) does not turn the reply
+        // into a multicast body.
+        let mut p = enhanced(2, t0);
+        p.handle_from(pull_getchunk(0), Some(first), t0);
+        p.handle_from(
+            msg(3, MessageKind::GetChunk { chunk: chunk(0) }),
+            Some(attacker),
+            t0,
+        );
+        p.hosted(&chunk(0), Some((100, hash.clone())), t0);
+        let sent = run(&mut p, t0, MAX_REPLY_DELAY);
+        assert_eq!(work(&mut p), [Action::LookupHosted { chunk: chunk(0) }]);
+        assert!(matches!(&sent[..], [(_, m)] if m.tcp_port() == Some(7000)));
+        // A plain one first: a later pull request does not silence it for the first requester.
+        let mut p = enhanced(2, t0);
+        p.handle_from(
+            msg(3, MessageKind::GetChunk { chunk: chunk(0) }),
+            Some(first),
+            t0,
+        );
+        p.handle_from(pull_getchunk(0), Some(attacker), t0);
+        p.hosted(&chunk(0), Some((100, hash)), t0);
+        let mut bodyless = msg(
+            4,
+            MessageKind::Chunk {
+                chunk: chunk(0),
+                body: Vec::new(),
+            },
+        );
+        bodyless.version = Version::V2_0;
+        p.handle(bodyless, t0);
+        run(&mut p, t0, MAX_REPLY_DELAY);
+        assert!(work(&mut p).contains(&Action::ReadHosted { chunk: chunk(0) }));
+    }
+
+    #[test]
+    fn v2_a_bodyless_chunk_silences_only_the_replies_to_a_pull_getchunk() {
         let t0 = Instant::now();
         let hash = sha256_hex(&[5u8; 100]);
         let from: SocketAddr = "127.0.0.9:4701".parse().unwrap();
-        for tcp in [true, false] {
+        for pull in [true, false] {
             let mut p = enhanced(3, t0);
-            let mut get = msg(2, MessageKind::GetChunk { chunk: chunk(0) });
-            if tcp {
-                get.extra_lines.push("TCP 5000".into());
-            }
+            let get = match pull {
+                true => pull_getchunk(0),
+                false => msg(2, MessageKind::GetChunk { chunk: chunk(0) }),
+            };
             p.handle_from(get, Some(from), t0);
             p.hosted(&chunk(0), Some((100, hash.clone())), t0);
             let mut bodyless = msg(
@@ -3210,28 +3355,65 @@ mod tests {
                 },
             );
             bodyless.version = Version::V2_0;
-            p.handle(bodyless, t0);
-            run(&mut p, t0, MAX_REPLY_DELAY);
-            let read = actions(&mut p).contains(&Action::ReadHosted { chunk: chunk(0) });
-            assert_eq!(read, !tcp, "silent only for a TCP getchunk");
+            bodyless.extra_lines.push("TCP 6000".into());
+            p.handle_from(bodyless, Some(from), t0);
+            let sent = run(&mut p, t0, MAX_REPLY_DELAY);
+            let read = work(&mut p).contains(&Action::ReadHosted { chunk: chunk(0) });
+            assert_eq!(read, !pull, "silent only for a pull getchunk");
+            assert!(sent.is_empty(), "{sent:?}");
         }
     }
 
     #[test]
-    fn v2_a_fetch_asks_for_tcp_first_then_for_multicast_and_takes_a_tcp_chunk() {
+    fn v2_a_fetch_asks_to_pull_first_pulls_from_holders_that_answer_then_asks_on_multicast() {
         let t0 = Instant::now();
         let body = vec![3u8; 50];
         let mut p = enhanced(4, t0);
         p.start_job(JobId(1), JobKind::Restore);
-        actions(&mut p);
+        work(&mut p);
         p.fetch_chunk(JobId(1), chunk(0), Expect::bytes(50, sha256_hex(&body)), t0);
         let sent = run(&mut p, t0, Duration::from_secs(8));
-        let tcp: Vec<Option<u16>> = sent.iter().map(|(_, m)| m.tcp_port()).collect();
-        let mut expected = vec![Some(7000); TCP_GETCHUNK_SENDS as usize];
-        expected.resize(sent.len(), None);
+        let pulls: Vec<bool> = sent.iter().map(|(_, m)| m.has_line(PULL_LINE)).collect();
+        let mut expected = vec![true; TCP_GETCHUNK_SENDS as usize];
+        expected.resize(sent.len(), false);
         assert!(sent.len() > TCP_GETCHUNK_SENDS as usize);
-        assert_eq!(tcp, expected);
-        // Junk over TCP is ignored; the right bytes end the fetch.
+        assert_eq!(pulls, expected);
+        // Holders say where to pull it: we connect to the address each said it from, at most
+        // MAX_PULLS_PER_FETCH times whatever the number of such CHUNKs (forged ones included).
+        let holder = |n: u8, port: Option<u16>| {
+            let mut m = msg(
+                2,
+                MessageKind::Chunk {
+                    chunk: chunk(0),
+                    body: Vec::new(),
+                },
+            );
+            m.version = Version::V2_0;
+            if let Some(port) = port {
+                m.extra_lines.push(format!("TCP {port}"));
+            }
+            (m, SocketAddr::from(([127, 0, 0, n], 4000)))
+        };
+        let (m, from) = holder(7, None);
+        p.handle_from(m, Some(from), t0);
+        assert!(
+            work(&mut p).is_empty(),
+            "no port named: nowhere to pull from"
+        );
+        let mut pulled = Vec::new();
+        for n in 1..=20 {
+            let (m, from) = holder(n, Some(6000 + u16::from(n)));
+            p.handle_from(m, Some(from), t0);
+            pulled.extend(work(&mut p));
+        }
+        let want: Vec<Action> = (1..=MAX_PULLS_PER_FETCH as u8)
+            .map(|n| Action::Pull {
+                from: SocketAddr::from(([127, 0, 0, n], 6000 + u16::from(n))),
+                chunk: chunk(0),
+            })
+            .collect();
+        assert_eq!(pulled, want);
+        // Junk pulled is ignored; the right bytes end the fetch.
         let chunk_msg = |body: Vec<u8>| {
             msg(
                 2,
@@ -3242,11 +3424,72 @@ mod tests {
             )
         };
         p.handle_tcp(chunk_msg(vec![4u8; 50]));
-        assert!(actions(&mut p).is_empty());
+        assert!(work(&mut p).is_empty());
         p.handle_tcp(chunk_msg(body.clone()));
-        assert!(actions(&mut p)
+        assert!(work(&mut p)
             .iter()
             .any(|a| matches!(a, Action::Fetched { body: Some(b), .. } if *b == body)));
+        // A chunk we do not fetch is never pulled.
+        let (m, from) = holder(9, Some(6009));
+        p.handle_from(m, Some(from), t0);
+        assert!(work(&mut p).is_empty());
+    }
+
+    #[test]
+    fn a_getchunk_flood_is_answered_less_and_less_and_within_the_mdr_budget() {
+        // A LAN host learned 301 chunk ids and asks for each every second for 60 s (the
+        // attack: 209 KB asked, 115 MB sent on MDR in 6 s, before the backoff and the budget).
+        let t0 = Instant::now();
+        let body = vec![5u8; crate::protocol::CHUNK_SIZE];
+        let hash = sha256_hex(&body);
+        let from: SocketAddr = "127.0.0.66:4000".parse().unwrap();
+        let mut p = Peer::new(ME, 4);
+        let mut sent_at: Vec<Duration> = Vec::new();
+        for ms in (0..60_000u64).step_by(50) {
+            let now = t0 + Duration::from_millis(ms);
+            p.handle_timeout(now);
+            if ms % 1000 == 0 {
+                for no in 0..301 {
+                    p.handle_from(
+                        msg(3, MessageKind::GetChunk { chunk: chunk(no) }),
+                        Some(from),
+                        now,
+                    );
+                }
+            }
+            for a in actions(&mut p) {
+                match a {
+                    Action::LookupHosted { chunk } => {
+                        p.hosted(&chunk, Some((body.len() as u64, hash.clone())), now)
+                    }
+                    Action::ReadHosted { chunk } => p.serve(chunk, Some(body.clone()), now),
+                    _ => {}
+                }
+            }
+            sent_at.extend(std::iter::from_fn(|| p.poll_transmit()).map(|_| now - t0));
+        }
+        let bytes_between = |a: u64, b: u64| {
+            let n = sent_at
+                .iter()
+                .filter(|t| t.as_secs() >= a && t.as_secs() < b)
+                .count();
+            (n * body.len()) as u64
+        };
+        let per_source = super::super::serve::MDR_BYTES_PER_SEC_PER_SOURCE;
+        // Never more than the per-source rate (plus one burst) in any 10 s.
+        for a in (0..60).step_by(10) {
+            assert!(bytes_between(a, a + 10) <= 10 * per_source + super::super::serve::MDR_BURST);
+        }
+        // Once the backoff has grown, a small fraction of the ~1.2 GB asked for each minute.
+        let total = bytes_between(0, 60);
+        assert!(total < 301 * 12 * body.len() as u64, "{total}");
+        assert!(
+            bytes_between(40, 60) < 301 * 2 * body.len() as u64,
+            "{}",
+            bytes_between(40, 60)
+        );
+        // Yet every chunk was answered at least once.
+        assert!(sent_at.len() >= 301);
     }
 
     #[test]

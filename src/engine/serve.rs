@@ -1,44 +1,74 @@
-//! The holder's side of GETCHUNK. A 70-byte GETCHUNK buys a 64 KB multicast CHUNK, so a holder
-//! answers each chunk at most once per `MIN_CHUNK_INTERVAL`; and it stays silent only for a
-//! CHUNK that carries the bytes it recorded, so a host that answers first with junk cannot
-//! silence the real holders.
+//! The holder's side of GETCHUNK. A 70-byte GETCHUNK buys a 64 KB multicast CHUNK, so what a
+//! holder sends on MDR is bounded three ways: per chunk (answered again only after a wait that
+//! doubles, as a restorer's own resends do), per source address and in total (bytes per second,
+//! `MdrBudget`). And a holder stays silent only for a CHUNK that carries the bytes it recorded,
+//! so a host that answers first with junk cannot silence the real holders.
 
 use std::hash::Hash;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::lru::LruMap;
 
-/// At most one CHUNK per chunk per this interval from this holder.
+/// A chunk is answered at most once per this interval, and the interval doubles with each
+/// answer that follows closely (1, 2, 4, ... s: a restorer resends at 0, 1, 3, 7 and 15 s, so
+/// its every resend can still be answered), up to `MAX_CHUNK_INTERVAL`.
 pub const MIN_CHUNK_INTERVAL: Duration = Duration::from_secs(1);
+pub const MAX_CHUNK_INTERVAL: Duration = Duration::from_secs(32);
+/// A chunk not answered for this long starts again at `MIN_CHUNK_INTERVAL`.
+const INTERVAL_RESET_AFTER: Duration = Duration::from_secs(64);
 /// Bodies hashed per scheduled reply: beyond this a stream of right-sized junk costs no more CPU
 /// (the holder then simply answers; the rate limit bounds what that costs).
 const MAX_HASHES_PER_REPLY: u32 = 4;
 
-/// When this holder last sent a CHUNK for each chunk (the most recent ones: a bounded map).
+/// Bytes per second of CHUNK bodies a holder sends on MDR in answer to GETCHUNKs, in total and
+/// to any one source address (a GETCHUNK's source proves nothing, so the total is what bounds a
+/// LAN host that forges many). A 1.0 restore from three holders still gets ~96 MiB/s; a 2.0
+/// restore pulls over TCP and costs nothing here.
+pub const MDR_BYTES_PER_SEC: u64 = 64 << 20;
+pub const MDR_BYTES_PER_SEC_PER_SOURCE: u64 = 32 << 20;
+/// What each bucket may spend at once after a quiet spell.
+pub const MDR_BURST: u64 = 2 << 20;
+/// Source addresses whose budget is remembered (a flood of forged ones evicts the oldest; the
+/// total still holds).
+const MAX_SOURCES: usize = 1024;
+
+/// When this holder last sent a CHUNK for each chunk, and how many closely followed answers
+/// made its interval grow (the most recent chunks: a bounded map).
 #[derive(Debug)]
 pub struct ReplyLimit<K> {
-    sent: LruMap<K, Instant>,
+    sent: LruMap<K, (Instant, u32)>,
     interval: Duration,
+    max: Duration,
 }
 
 impl<K: Hash + Eq + Clone> ReplyLimit<K> {
-    pub fn new(capacity: usize, interval: Duration) -> ReplyLimit<K> {
+    /// At most one CHUNK per chunk per `interval`, doubling up to `max` while answers follow
+    /// closely.
+    pub fn new(capacity: usize, interval: Duration, max: Duration) -> ReplyLimit<K> {
         ReplyLimit {
             sent: LruMap::new(capacity),
             interval,
+            max: max.max(interval),
         }
+    }
+
+    fn wait_after(&self, streak: u32) -> Duration {
+        self.interval
+            .saturating_mul(1 << streak.min(16))
+            .min(self.max)
     }
 
     /// Whether a CHUNK for `key` may be sent at `now`.
     pub fn allows(&self, key: &K, now: Instant) -> bool {
-        self.sent
-            .get(key)
-            .is_none_or(|t| now.saturating_duration_since(*t) >= self.interval)
+        self.next_allowed(key).is_none_or(|t| now >= t)
     }
 
     /// The earliest instant a CHUNK for `key` may be sent (None: now).
     pub fn next_allowed(&self, key: &K) -> Option<Instant> {
-        self.sent.get(key).map(|t| *t + self.interval)
+        self.sent
+            .get(key)
+            .map(|(t, streak)| *t + self.wait_after(*streak))
     }
 
     /// Takes the slot for a CHUNK sent at `now`: false (and nothing recorded) if it is too soon.
@@ -46,8 +76,110 @@ impl<K: Hash + Eq + Clone> ReplyLimit<K> {
         if !self.allows(key, now) {
             return false;
         }
-        self.sent.insert(key.clone(), now);
+        let streak = match self.sent.get(key) {
+            Some((t, streak)) if now.saturating_duration_since(*t) < INTERVAL_RESET_AFTER => {
+                streak + 1
+            }
+            _ => 0,
+        };
+        self.sent.insert(key.clone(), (now, streak));
         true
+    }
+}
+
+/// A token bucket: `rate` bytes per second, at most `depth` saved up.
+#[derive(Clone, Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(depth: u64, now: Instant) -> Bucket {
+        Bucket {
+            tokens: depth as f64,
+            at: now,
+        }
+    }
+
+    fn refill(&mut self, rate: u64, depth: u64, now: Instant) {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + dt * rate as f64).min(depth as f64);
+        self.at = self.at.max(now);
+    }
+
+    /// When `n` bytes will be there (now if they are).
+    fn ready_at(&self, n: u64, rate: u64) -> Instant {
+        let missing = n as f64 - self.tokens;
+        if missing <= 0.0 {
+            return self.at;
+        }
+        self.at + Duration::from_secs_f64(missing / rate as f64)
+    }
+}
+
+/// Bytes of CHUNK bodies sent on MDR in answer to GETCHUNKs: a bucket for all, and one per
+/// source address.
+#[derive(Debug)]
+pub struct MdrBudget {
+    rate: u64,
+    per_source: u64,
+    depth: u64,
+    total: Option<Bucket>,
+    sources: LruMap<IpAddr, Bucket>,
+}
+
+impl Default for MdrBudget {
+    fn default() -> MdrBudget {
+        MdrBudget::new(MDR_BYTES_PER_SEC, MDR_BYTES_PER_SEC_PER_SOURCE, MDR_BURST)
+    }
+}
+
+impl MdrBudget {
+    pub fn new(rate: u64, per_source: u64, depth: u64) -> MdrBudget {
+        MdrBudget {
+            rate: rate.max(1),
+            per_source: per_source.max(1),
+            // A whole chunk must fit, or a reply would wait for ever.
+            depth: depth.max(crate::protocol::CHUNK_SIZE as u64),
+            total: None,
+            sources: LruMap::new(MAX_SOURCES),
+        }
+    }
+
+    /// Spends `n` bytes for a reply to `source` at `now`, or says when to try again (nothing
+    /// spent). A reply with no known source is charged to the total only.
+    pub fn spend(&mut self, source: Option<IpAddr>, n: u64, now: Instant) -> Result<(), Instant> {
+        let (rate, per_source, depth) = (self.rate, self.per_source, self.depth);
+        let n = n.min(depth);
+        let mut total = self
+            .total
+            .take()
+            .unwrap_or_else(|| Bucket::full(depth, now));
+        total.refill(rate, depth, now);
+        let mut one = source.map(|ip| {
+            let mut b =
+                (self.sources.get(&ip).cloned()).unwrap_or_else(|| Bucket::full(depth, now));
+            b.refill(per_source, depth, now);
+            (ip, b)
+        });
+        let ready = one.as_ref().map_or(total.ready_at(n, rate), |(_, b)| {
+            b.ready_at(n, per_source).max(total.ready_at(n, rate))
+        });
+        let result = if ready <= now {
+            total.tokens -= n as f64;
+            if let Some((_, b)) = &mut one {
+                b.tokens -= n as f64;
+            }
+            Ok(())
+        } else {
+            Err(ready)
+        };
+        self.total = Some(total);
+        if let Some((ip, b)) = one {
+            self.sources.insert(ip, b);
+        }
+        result
     }
 }
 
@@ -64,6 +196,13 @@ pub struct PendingReply {
 impl PendingReply {
     pub fn expect(&mut self, len: u64, hash: String) {
         self.expect = Some((len, hash));
+    }
+
+    /// The length of the body to be sent (a whole chunk while unknown).
+    pub fn expected_len(&self) -> u64 {
+        self.expect
+            .as_ref()
+            .map_or(crate::protocol::CHUNK_SIZE as u64, |(len, _)| *len)
     }
 
     /// A CHUNK of `len` bytes heard for this chunk on MDR: whether to hash its body to see if
@@ -110,7 +249,7 @@ mod tests {
 
     #[test]
     fn one_chunk_per_second_per_chunk() {
-        let mut limit = ReplyLimit::new(16, MIN_CHUNK_INTERVAL);
+        let mut limit = ReplyLimit::new(16, MIN_CHUNK_INTERVAL, MIN_CHUNK_INTERVAL);
         let t = Instant::now();
         assert_eq!(limit.next_allowed(&"a"), None);
         assert!(limit.take(&"a", t));
@@ -124,7 +263,7 @@ mod tests {
         // A refused take does not push the next slot back.
         assert!(limit.take(&"a", t + Duration::from_secs(1)));
         // Under a flood of 2,000 GETCHUNKs over 2 s, at most 2 replies.
-        let mut limit = ReplyLimit::new(16, MIN_CHUNK_INTERVAL);
+        let mut limit = ReplyLimit::new(16, MIN_CHUNK_INTERVAL, MIN_CHUNK_INTERVAL);
         let sent = (0..2000)
             .filter(|i| limit.take(&"c", t + Duration::from_millis(*i)))
             .count();
@@ -133,7 +272,7 @@ mod tests {
 
     #[test]
     fn the_limit_survives_a_flood_of_other_chunks() {
-        let mut limit = ReplyLimit::new(4, MIN_CHUNK_INTERVAL);
+        let mut limit = ReplyLimit::new(4, MIN_CHUNK_INTERVAL, MAX_CHUNK_INTERVAL);
         let t = Instant::now();
         assert!(limit.take(&0u32, t));
         for k in 1..3u32 {
@@ -144,6 +283,78 @@ mod tests {
             assert!(limit.take(&k, t), "new chunks keep being recorded");
         }
         assert!(!limit.allows(&99, t));
+    }
+
+    #[test]
+    fn a_chunk_asked_again_and_again_waits_longer_each_time_as_a_restorer_resends() {
+        let mut limit = ReplyLimit::new(16, MIN_CHUNK_INTERVAL, MAX_CHUNK_INTERVAL);
+        let t = Instant::now();
+        // A GETCHUNK every 100 ms for 200 s: answered at 0, 1, 3, 7, 15, 31, 63 s, then every
+        // 32 s. The restorer's own resends (0, 1, 3, 7, 15 s) are each answered.
+        let answered: Vec<u64> = (0..2000u64)
+            .filter(|i| limit.take(&"a", t + Duration::from_millis(i * 100)))
+            .map(|i| i / 10)
+            .collect();
+        assert_eq!(answered, vec![0, 1, 3, 7, 15, 31, 63, 95, 127, 159, 191]);
+        // Left alone for INTERVAL_RESET_AFTER, the chunk is answered at once and then a second
+        // later again.
+        let later = t + Duration::from_secs(191) + INTERVAL_RESET_AFTER;
+        assert!(limit.take(&"a", later));
+        assert!(!limit.allows(&"a", later + Duration::from_millis(999)));
+        assert!(limit.take(&"a", later + MIN_CHUNK_INTERVAL));
+    }
+
+    #[test]
+    fn the_mdr_budget_bounds_each_source_and_the_total() {
+        const MB: u64 = 1 << 20;
+        let chunk = crate::protocol::CHUNK_SIZE as u64;
+        let mut budget = MdrBudget::new(4 * MB, 2 * MB, MB);
+        let t = Instant::now();
+        let (a, b): (IpAddr, IpAddr) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
+        // Ten seconds of a source asking for a chunk every millisecond: about its rate (plus
+        // the burst) is sent, never more.
+        let mut sent = 0;
+        let mut next = t;
+        for ms in 0..10_000 {
+            let now = t + Duration::from_millis(ms);
+            if now < next {
+                continue;
+            }
+            match budget.spend(Some(a), chunk, now) {
+                Ok(()) => sent += chunk,
+                Err(at) => {
+                    assert!(at > now, "a later instant to try again");
+                    next = at;
+                }
+            }
+        }
+        assert!(sent <= 10 * 2 * MB + MB, "{sent}");
+        assert!(
+            sent >= 10 * 2 * MB - MB,
+            "the source still gets its rate: {sent}"
+        );
+        // Two sources at once share the total: 4 MB/s in all, 2 each.
+        let mut budget = MdrBudget::new(4 * MB, 3 * MB, MB);
+        let mut per = [0u64; 3];
+        let c: IpAddr = "127.0.0.4".parse().unwrap();
+        for ms in 0..10_000 {
+            let now = t + Duration::from_millis(ms);
+            for (i, ip) in [a, b, c].into_iter().enumerate() {
+                if budget.spend(Some(ip), chunk, now).is_ok() {
+                    per[i] += chunk;
+                }
+            }
+        }
+        let all: u64 = per.iter().sum();
+        assert!(all <= 10 * 4 * MB + MB, "{per:?}");
+        assert!(per.iter().all(|p| *p <= 10 * 3 * MB + MB), "{per:?}");
+        // A refused spend took nothing: after a pause the full burst is there again.
+        let later = t + Duration::from_secs(60);
+        assert!(budget.spend(Some(a), MB, later).is_ok());
+        assert!(
+            budget.spend(None, chunk, later).is_err(),
+            "the total is spent"
+        );
     }
 
     #[test]

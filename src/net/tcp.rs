@@ -1,17 +1,22 @@
-//! TCP transport of the 2.0 restore (SPEC §3): a holder connects to the GETCHUNK sender's
-//! `TCP <port>` and delivers one chunk. One frame per connection: a 4-byte big-endian length N,
-//! N bytes (the encoded CHUNK message, parsed above), then close. Any LAN host may connect, so
-//! lengths, time and connections are all bounded.
+//! TCP transport of the 2.0 restore (SPEC §3): the restoring peer pulls. A holder that has a
+//! chunk says so on MDR with a body-less CHUNK naming its listener's port; the restorer connects
+//! there and asks. The TCP handshake proves who asks, so a datagram never makes anyone connect
+//! to an address of a stranger's choice, and a holder writes chunk bytes only to a peer that
+//! connected to it. On a connection: frames, each a 4-byte big-endian length N then N bytes;
+//! the restorer sends a request (a GETCHUNK message), the holder answers with one frame (the
+//! CHUNK message) or closes. Any LAN host may connect, so lengths, time and connections are
+//! bounded, in total and per source address.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -19,15 +24,21 @@ use crate::protocol::message::MAX_HEADER_LEN;
 use crate::protocol::CHUNK_SIZE;
 use crate::shutdown::Shutdown;
 
-/// Largest frame accepted: a header (MAX_HEADER_LEN plus room for an AUTH line) plus one chunk
+/// Largest answer accepted: a header (MAX_HEADER_LEN plus room for an AUTH line) plus one chunk
 /// body.
 pub const MAX_FRAME: usize = MAX_HEADER_LEN + 256 + CHUNK_SIZE;
+/// Largest request accepted: a header and its AUTH line, no body.
+pub const MAX_REQUEST: usize = MAX_HEADER_LEN + 256;
 /// Connections served at once (inbound); beyond this, new ones are accepted and closed at once.
-/// With MAX_FRAME this bounds the frames being read to MAX_INBOUND × MAX_FRAME (~2.2 MB).
 pub const MAX_INBOUND: usize = 32;
-/// Deliveries in progress at once (outbound); beyond this `Deliveries::try_start` returns None.
-pub const MAX_OUTBOUND: usize = 16;
-/// A connection that does not complete (connect, or the whole frame) within this is dropped.
+/// Of those, from any one address: a host holding connections leaves room for the others.
+pub const MAX_INBOUND_PER_SOURCE: usize = 8;
+/// Requests served on one connection; then it is closed (the restorer connects again).
+pub const MAX_REQUESTS_PER_CONNECTION: usize = 1024;
+/// Pulls in progress at once (outbound); the others wait their turn.
+pub const MAX_OUTBOUND: usize = 32;
+/// A step (connect, a whole request, a whole answer, or the wait for the next request) that does
+/// not complete within this cuts the connection.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// After a failed accept (out of descriptors, say), wait this long rather than spin.
@@ -40,58 +51,72 @@ pub async fn bind(ip: Ipv4Addr) -> io::Result<(TcpListener, u16)> {
     Ok((listener, port))
 }
 
-/// Accepts connections until `shutdown` fires (or nobody receives `frames` any more); reads one
-/// frame from each and hands `(frame, peer address)` to `frames` without waiting: a full queue
-/// drops the frame and bumps `dropped`. Connections still being read when it returns are
-/// dropped. Errors are logged at debug level: a peer's bad connection is not ours to report.
-pub async fn serve(
+/// Accepts connections until `shutdown` fires; on each, reads requests and writes what
+/// `answer(request, peer address)` gives back (None: the connection is closed). `refused`
+/// counts connections closed at once (too many) and requests cut (too long, too slow).
+/// Connections still open when it returns are dropped. Errors are logged at debug level: a
+/// peer's bad connection is not ours to report.
+pub async fn serve<A, F>(
     listener: TcpListener,
-    frames: mpsc::Sender<(Vec<u8>, SocketAddr)>,
-    dropped: Arc<AtomicU64>,
+    answer: A,
+    refused: Arc<AtomicU64>,
     shutdown: Shutdown,
-) {
-    serve_with(listener, frames, dropped, shutdown, TIMEOUT).await;
+) where
+    A: Fn(Vec<u8>, SocketAddr) -> F + Clone + Send + 'static,
+    F: Future<Output = Option<Vec<u8>>> + Send,
+{
+    serve_with(listener, answer, refused, shutdown, TIMEOUT).await;
 }
 
-/// `serve` with the per-connection time limit as a parameter, so tests need not wait TIMEOUT.
-async fn serve_with(
+/// `serve` with the time limit as a parameter, so tests need not wait TIMEOUT.
+async fn serve_with<A, F>(
     listener: TcpListener,
-    frames: mpsc::Sender<(Vec<u8>, SocketAddr)>,
-    dropped: Arc<AtomicU64>,
+    answer: A,
+    refused: Arc<AtomicU64>,
     mut shutdown: Shutdown,
     timeout: Duration,
-) {
-    let permits = Arc::new(Semaphore::new(MAX_INBOUND));
-    // Owning the connections' tasks means they end (aborted) when serve does.
-    let mut connections = JoinSet::new();
+) where
+    A: Fn(Vec<u8>, SocketAddr) -> F + Clone + Send + 'static,
+    F: Future<Output = Option<Vec<u8>>> + Send,
+{
+    // Owning the connections' tasks means they end (aborted) when serve does. Each returns its
+    // source address, whose count then goes down.
+    let mut connections: JoinSet<IpAddr> = JoinSet::new();
+    let mut per_source: HashMap<IpAddr, usize> = HashMap::new();
     loop {
         tokio::select! {
             _ = shutdown.recv() => break,
-            _ = frames.closed() => break,
             // Reaps finished connections so the set does not grow; disabled while empty.
-            Some(joined) = connections.join_next() => {
-                if let Err(e) = joined {
-                    tracing::debug!("a TCP connection's task failed: {e}");
+            Some(joined) = connections.join_next() => match joined {
+                Ok(ip) => {
+                    if let Some(n) = per_source.get_mut(&ip) {
+                        *n -= 1;
+                        if *n == 0 {
+                            per_source.remove(&ip);
+                        }
+                    }
                 }
-            }
+                Err(e) => tracing::debug!("a TCP connection's task failed: {e}"),
+            },
             accepted = listener.accept() => match accepted {
                 Ok((stream, from)) => {
-                    // Refusing (rather than waiting for a permit) keeps a flood of idle
-                    // connections from queueing up in the kernel behind the ones being served.
-                    let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    // Refusing (rather than waiting) keeps a flood of idle connections from
+                    // queueing up in the kernel behind the ones being served.
+                    let mine = per_source.get(&from.ip()).copied().unwrap_or(0);
+                    if connections.len() >= MAX_INBOUND || mine >= MAX_INBOUND_PER_SOURCE {
+                        refused.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(
-                            "TCP connection from {from} closed: {MAX_INBOUND} already being served"
+                            "TCP connection from {from} closed: {} being served, {mine} from it",
+                            connections.len()
                         );
                         continue;
-                    };
-                    connections.spawn(receive(
-                        stream,
-                        from,
-                        permit,
-                        frames.clone(),
-                        dropped.clone(),
-                        timeout,
-                    ));
+                    }
+                    *per_source.entry(from.ip()).or_default() += 1;
+                    let (answer, refused) = (answer.clone(), refused.clone());
+                    connections.spawn(async move {
+                        serve_one(stream, from, answer, refused, timeout).await;
+                        from.ip()
+                    });
                 }
                 Err(e) => {
                     tracing::debug!("TCP accept failed: {e}");
@@ -102,81 +127,69 @@ async fn serve_with(
     }
 }
 
-/// Serves one connection: reads its frame within `timeout` and queues it.
-async fn receive(
+/// Serves one connection: each request must arrive whole within `timeout` (of the connection's
+/// start or of the last answer), and each answer be written within it.
+async fn serve_one<A, F>(
     mut stream: TcpStream,
     from: SocketAddr,
-    permit: OwnedSemaphorePermit,
-    frames: mpsc::Sender<(Vec<u8>, SocketAddr)>,
-    dropped: Arc<AtomicU64>,
+    answer: A,
+    refused: Arc<AtomicU64>,
     timeout: Duration,
-) {
-    // The whole frame, not each read, is timed: a sender dripping a byte at a time is cut too.
-    match tokio::time::timeout(timeout, read_frame(&mut stream)).await {
-        Ok(Ok(frame)) => match frames.try_send((frame, from)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("TCP frame from {from} dropped: the queue is full");
+) where
+    A: Fn(Vec<u8>, SocketAddr) -> F,
+    F: Future<Output = Option<Vec<u8>>>,
+{
+    let _ = stream.set_nodelay(true);
+    for _ in 0..MAX_REQUESTS_PER_CONNECTION {
+        // The whole request, not each read, is timed: a sender dripping a byte at a time is cut.
+        let request = match tokio::time::timeout(timeout, read_frame(&mut stream, MAX_REQUEST))
+            .await
+        {
+            Ok(Ok(Some(request))) => request,
+            Ok(Ok(None)) => return, // closed between requests: done
+            Ok(Err(e)) => {
+                refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("TCP connection from {from}: {e}");
+                return;
             }
-            Err(TrySendError::Closed(_)) => {
-                tracing::debug!("TCP frame from {from} dropped: nobody receives frames");
+            Err(_) => {
+                tracing::debug!("TCP connection from {from} cut: no whole request in {timeout:?}");
+                return;
             }
-        },
-        Ok(Err(e)) => tracing::debug!("TCP connection from {from}: {e}"),
-        Err(_) => tracing::debug!("TCP connection from {from} cut: no whole frame in {timeout:?}"),
+        };
+        let Some(frame) = answer(request, from).await else {
+            return;
+        };
+        match tokio::time::timeout(timeout, write_frame(&mut stream, &frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return tracing::debug!("TCP connection from {from}: {e}"),
+            Err(_) => return tracing::debug!("TCP answer to {from} not taken in {timeout:?}"),
+        }
     }
-    // The permit goes back before the peer can see the close, so whoever waits for the close
-    // finds the slot free.
-    drop(permit);
-    drop(stream);
 }
 
-/// Reads a length prefix and that many bytes; a length of 0 or over MAX_FRAME is refused before
-/// anything is allocated for it.
-async fn read_frame(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
-    let len = stream.read_u32().await?;
-    let len = usize::try_from(len).unwrap_or(usize::MAX);
-    if len == 0 || len > MAX_FRAME {
+/// Reads a length prefix and that many bytes; None if the peer closed before a prefix. A
+/// length of 0 or over `max` is refused before anything is allocated for it.
+async fn read_frame(stream: &mut TcpStream, max: usize) -> io::Result<Option<Vec<u8>>> {
+    let mut prefix = [0u8; 4];
+    let first = stream.read(&mut prefix).await?;
+    if first == 0 {
+        return Ok(None);
+    }
+    stream.read_exact(&mut prefix[first..]).await?;
+    let len = usize::try_from(u32::from_be_bytes(prefix)).unwrap_or(usize::MAX);
+    if len == 0 || len > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("frame length {len} is not within 1..={MAX_FRAME}"),
+            format!("frame length {len} is not within 1..={max}"),
         ));
     }
     let mut frame = vec![0; len];
     stream.read_exact(&mut frame).await?;
-    Ok(frame)
+    Ok(Some(frame))
 }
 
-/// Bounds outbound deliveries: a holder asked by many GETCHUNKs at once opens at most
-/// MAX_OUTBOUND connections.
-#[derive(Clone)]
-pub struct Deliveries(Arc<Semaphore>);
-
-impl Default for Deliveries {
-    fn default() -> Deliveries {
-        Deliveries::new()
-    }
-}
-
-impl Deliveries {
-    pub fn new() -> Deliveries {
-        Deliveries(Arc::new(Semaphore::new(MAX_OUTBOUND)))
-    }
-
-    /// A permit for one delivery (held until it ends), or None when MAX_OUTBOUND are in progress.
-    pub fn try_start(&self) -> Option<OwnedSemaphorePermit> {
-        self.0.clone().try_acquire_owned().ok()
-    }
-}
-
-/// Connects to `to` and writes one frame (length prefix + bytes), all within TIMEOUT; then shuts
-/// the write side down. A frame the receiver would refuse (empty, over MAX_FRAME) is not sent.
-pub async fn deliver(to: SocketAddr, frame: &[u8]) -> io::Result<()> {
-    deliver_with(to, frame, TIMEOUT).await
-}
-
-async fn deliver_with(to: SocketAddr, frame: &[u8], timeout: Duration) -> io::Result<()> {
+async fn write_frame(stream: &mut TcpStream, frame: &[u8]) -> io::Result<()> {
     if frame.is_empty() || frame.len() > MAX_FRAME {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -186,31 +199,88 @@ async fn deliver_with(to: SocketAddr, frame: &[u8], timeout: Duration) -> io::Re
             ),
         ));
     }
-    // Fits: MAX_FRAME is far below u32::MAX.
-    let len = frame.len() as u32;
-    let send = async {
-        let mut stream = TcpStream::connect(to).await?;
-        // The frame follows the 4-byte prefix without waiting for its ACK.
-        stream.set_nodelay(true)?;
-        stream.write_all(&len.to_be_bytes()).await?;
-        stream.write_all(frame).await?;
-        stream.shutdown().await
+    // Fits: MAX_FRAME is far below u32::MAX. One write: the frame follows its prefix at once.
+    let mut bytes = Vec::with_capacity(4 + frame.len());
+    bytes.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(frame);
+    stream.write_all(&bytes).await
+}
+
+/// Bounds outbound pulls: a restore with many chunks in flight opens at most MAX_OUTBOUND
+/// connections at once.
+#[derive(Clone)]
+pub struct Pulls(Arc<Semaphore>);
+
+impl Default for Pulls {
+    fn default() -> Pulls {
+        Pulls::new()
+    }
+}
+
+impl Pulls {
+    pub fn new() -> Pulls {
+        Pulls(Arc::new(Semaphore::new(MAX_OUTBOUND)))
+    }
+
+    /// A permit for one pull (held until it ends), waiting for one to be free.
+    pub async fn start(&self) -> OwnedSemaphorePermit {
+        // The semaphore is never closed.
+        self.0.clone().acquire_owned().await.expect("never closed")
+    }
+
+    /// A permit now, or None when MAX_OUTBOUND are in progress.
+    pub fn try_start(&self) -> Option<OwnedSemaphorePermit> {
+        self.0.clone().try_acquire_owned().ok()
+    }
+}
+
+/// Connects to the holder at `to`, sends `request` and reads one answer (at most MAX_FRAME
+/// bytes), each step within TIMEOUT.
+pub async fn pull(to: SocketAddr, request: &[u8]) -> io::Result<Vec<u8>> {
+    pull_with(to, request, TIMEOUT).await
+}
+
+async fn pull_with(to: SocketAddr, request: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
+    if request.is_empty() || request.len() > MAX_REQUEST {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "request of {} bytes is not within 1..={MAX_REQUEST}",
+                request.len()
+            ),
+        ));
+    }
+    let timed_out = || {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("pull from {to} not done within {timeout:?}"),
+        )
     };
-    tokio::time::timeout(timeout, send)
+    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(to))
         .await
-        .unwrap_or_else(|_| {
-            Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("delivery to {to} not done within {timeout:?}"),
-            ))
-        })
+        .map_err(|_| timed_out())??;
+    stream.set_nodelay(true)?;
+    let exchange = async {
+        write_frame(&mut stream, request).await?;
+        match read_frame(&mut stream, MAX_FRAME).await? {
+            Some(frame) => Ok(frame),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{to} closed without an answer"),
+            )),
+        }
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| timed_out())?
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    use tokio::sync::mpsc::error::TryRecvError;
+    use std::sync::Mutex;
+
     use tokio::task::JoinHandle;
     use tokio::time::Instant;
 
@@ -222,51 +292,49 @@ mod tests {
     /// How long a test waits for something that should happen at once.
     const WAIT: Duration = Duration::from_secs(2);
 
+    /// A holder whose answer to a request is the request reversed ("none": no answer), and who
+    /// notes every request with its address.
     struct Server {
         addr: SocketAddr,
-        frames: mpsc::Receiver<(Vec<u8>, SocketAddr)>,
-        dropped: Arc<AtomicU64>,
+        asked: Arc<Mutex<Vec<(Vec<u8>, SocketAddr)>>>,
+        refused: Arc<AtomicU64>,
         trigger: Trigger,
         task: JoinHandle<()>,
     }
 
-    async fn start(queue: usize) -> Server {
+    async fn start() -> Server {
         let (listener, port) = bind(LOCALHOST).await.unwrap();
-        let (tx, frames) = mpsc::channel(queue);
-        let dropped = Arc::new(AtomicU64::new(0));
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(AtomicU64::new(0));
         let trigger = Trigger::new();
+        let log = asked.clone();
+        let answer = move |request: Vec<u8>, from: SocketAddr| {
+            let log = log.clone();
+            async move {
+                log.lock().unwrap().push((request.clone(), from));
+                (request != b"none").then(|| request.iter().rev().copied().collect())
+            }
+        };
         let task = tokio::spawn(serve_with(
             listener,
-            tx,
-            dropped.clone(),
+            answer,
+            refused.clone(),
             trigger.subscribe(),
             SHORT,
         ));
         Server {
             addr: SocketAddr::from((LOCALHOST, port)),
-            frames,
-            dropped,
+            asked,
+            refused,
             trigger,
             task,
         }
     }
 
     impl Server {
-        async fn next(&mut self) -> (Vec<u8>, SocketAddr) {
-            tokio::time::timeout(WAIT, self.frames.recv())
-                .await
-                .expect("a frame within WAIT")
-                .expect("the server is running")
+        fn asked(&self) -> usize {
+            self.asked.lock().unwrap().len()
         }
-
-        fn nothing_queued(&mut self) -> bool {
-            matches!(self.frames.try_recv(), Err(TryRecvError::Empty))
-        }
-    }
-
-    /// A frame whose bytes differ along its length, so a reordering or a gap would show.
-    fn frame(len: usize, seed: u8) -> Vec<u8> {
-        (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
     }
 
     /// Waits until the server closes `stream` (EOF, or a reset when it left bytes unread);
@@ -277,67 +345,58 @@ mod tests {
         let read = tokio::time::timeout(WAIT, stream.read(&mut buf))
             .await
             .expect("closed by the server within WAIT");
-        assert!(!matches!(read, Ok(n) if n > 0), "the server never writes");
+        assert!(!matches!(read, Ok(n) if n > 0), "no answer was due");
         start.elapsed()
     }
 
     #[tokio::test]
-    async fn a_delivered_frame_arrives_whole_with_the_senders_address() {
-        let mut server = start(4).await;
-        let sent = frame(MAX_FRAME, 7);
-        deliver(server.addr, &sent).await.unwrap();
-        let (got, from) = server.next().await;
-        assert_eq!(got.len(), MAX_FRAME);
-        assert!(got == sent);
+    async fn a_pull_gets_the_answer_and_the_holder_sees_who_asked() {
+        let server = start().await;
+        assert_eq!(pull(server.addr, b"abc").await.unwrap(), b"cba");
+        let (request, from) = server.asked.lock().unwrap()[0].clone();
+        assert_eq!(request, b"abc");
         assert_eq!(from.ip(), LOCALHOST);
+        // The largest request, and an answer the size of a whole chunk frame.
+        let big: Vec<u8> = (0..MAX_REQUEST).map(|i| (i % 251) as u8).collect();
+        let answer = pull(server.addr, &big).await.unwrap();
+        assert!(answer.iter().rev().eq(big.iter()));
+    }
 
-        // The exact address (port too), from a hand-made connection.
+    #[tokio::test]
+    async fn several_requests_on_one_connection_are_answered_in_turn() {
+        let server = start().await;
         let mut stream = TcpStream::connect(server.addr).await.unwrap();
-        let local = stream.local_addr().unwrap();
-        stream.write_all(&3u32.to_be_bytes()).await.unwrap();
-        stream.write_all(b"abc").await.unwrap();
-        stream.shutdown().await.unwrap();
-        assert_eq!(server.next().await, (b"abc".to_vec(), local));
+        for word in [&b"one"[..], b"two", b"three"] {
+            write_frame(&mut stream, word).await.unwrap();
+            let got = read_frame(&mut stream, MAX_FRAME).await.unwrap().unwrap();
+            assert!(got.iter().rev().eq(word.iter()));
+        }
+        // No answer: the connection is closed.
+        write_frame(&mut stream, b"none").await.unwrap();
+        assert!(read_frame(&mut stream, MAX_FRAME).await.unwrap().is_none());
+        assert_eq!(server.asked(), 4);
+        let e = pull(server.addr, b"none").await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
     }
 
     #[tokio::test]
-    async fn two_frames_on_two_interleaved_connections_both_arrive() {
-        let mut server = start(4).await;
-        let (a, b) = (frame(10_000, 1), frame(20_000, 2));
-        let mut sa = TcpStream::connect(server.addr).await.unwrap();
-        let mut sb = TcpStream::connect(server.addr).await.unwrap();
-        let (la, lb) = (sa.local_addr().unwrap(), sb.local_addr().unwrap());
-        // Half of each, then the rest of each: neither connection waits for the other.
-        sa.write_all(&(a.len() as u32).to_be_bytes()).await.unwrap();
-        sa.write_all(&a[..5_000]).await.unwrap();
-        sb.write_all(&(b.len() as u32).to_be_bytes()).await.unwrap();
-        sb.write_all(&b[..10_000]).await.unwrap();
-        sb.write_all(&b[10_000..]).await.unwrap();
-        sa.write_all(&a[5_000..]).await.unwrap();
-        let mut got = vec![server.next().await, server.next().await];
-        got.sort_by_key(|(f, _)| f.len());
-        assert!(got == vec![(a, la), (b, lb)]);
-        assert_eq!(server.dropped.load(Ordering::Relaxed), 0);
-    }
-
-    #[tokio::test]
-    async fn an_oversize_or_zero_length_is_refused_and_the_server_goes_on() {
-        let mut server = start(4).await;
-        for len in [MAX_FRAME as u32 + 1, u32::MAX, 0] {
+    async fn an_oversize_or_zero_length_request_is_refused_and_the_server_goes_on() {
+        let server = start().await;
+        for len in [MAX_REQUEST as u32 + 1, u32::MAX, 0] {
             let mut stream = TcpStream::connect(server.addr).await.unwrap();
             stream.write_all(&len.to_be_bytes()).await.unwrap();
             stream.write_all(&[0x55; 1000]).await.unwrap();
             // Refused on the prefix alone: closed long before the timeout.
             assert!(closed_by_server(&mut stream).await < SHORT);
-            assert!(server.nothing_queued());
         }
-        deliver(server.addr, b"still served").await.unwrap();
-        assert_eq!(server.next().await.0, b"still served");
+        assert_eq!(server.asked(), 0);
+        assert_eq!(server.refused.load(Ordering::Relaxed), 3);
+        assert_eq!(pull(server.addr, b"still").await.unwrap(), b"llits");
     }
 
     #[tokio::test]
-    async fn empty_and_truncated_connections_deliver_nothing() {
-        let mut server = start(4).await;
+    async fn empty_and_truncated_connections_ask_nothing() {
+        let server = start().await;
         let truncated: [&[u8]; 4] = [
             b"",
             b"\x00\x00",
@@ -350,37 +409,24 @@ mod tests {
             stream.shutdown().await.unwrap();
             // The sender's close ends the read at once; no wait for the timeout.
             assert!(closed_by_server(&mut stream).await < SHORT);
-            assert!(server.nothing_queued());
         }
-        // Bytes after the frame are ignored: one frame per connection.
-        let mut stream = TcpStream::connect(server.addr).await.unwrap();
-        stream
-            .write_all(b"\x00\x00\x00\x02hi and more")
-            .await
-            .unwrap();
-        stream.shutdown().await.unwrap();
-        assert_eq!(server.next().await.0, b"hi");
+        assert_eq!(server.asked(), 0);
     }
 
     #[tokio::test]
-    async fn half_a_frame_then_a_stall_is_cut_at_the_timeout() {
-        let mut server = start(4).await;
+    async fn half_a_request_then_a_stall_or_a_slow_drip_is_cut_at_the_timeout() {
+        let server = start().await;
         let mut stream = TcpStream::connect(server.addr).await.unwrap();
-        stream.write_all(&1000u32.to_be_bytes()).await.unwrap();
-        stream.write_all(&[1; 500]).await.unwrap();
+        stream.write_all(&100u32.to_be_bytes()).await.unwrap();
+        stream.write_all(&[1; 50]).await.unwrap();
         let took = closed_by_server(&mut stream).await;
         assert!(took >= SHORT - Duration::from_millis(50), "{took:?}");
-        assert!(server.nothing_queued());
-    }
 
-    #[tokio::test]
-    async fn a_slow_drip_is_cut_at_the_timeout_too() {
-        let mut server = start(4).await;
         let stream = TcpStream::connect(server.addr).await.unwrap();
         let (mut read, mut write) = stream.into_split();
-        write.write_all(&1000u32.to_be_bytes()).await.unwrap();
-        // A byte every 20 ms: every read of the server's gets something, but the frame would
-        // take 20 s.
+        write.write_all(&100u32.to_be_bytes()).await.unwrap();
+        // A byte every 20 ms: every read of the server's gets something, but the request would
+        // take 2 s.
         let drip = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -392,51 +438,83 @@ mod tests {
         let took = closed_by_server(&mut read).await;
         drip.abort();
         assert!(took >= SHORT - Duration::from_millis(50), "{took:?}");
-        assert!(server.nothing_queued());
+        // An idle connection after an answer is cut the same way.
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        write_frame(&mut stream, b"hi").await.unwrap();
+        read_frame(&mut stream, MAX_FRAME).await.unwrap().unwrap();
+        let took = closed_by_server(&mut stream).await;
+        assert!(took >= SHORT - Duration::from_millis(50), "{took:?}");
+        assert_eq!(server.asked(), 1);
     }
 
     #[tokio::test]
-    async fn beyond_max_inbound_a_connection_is_closed_at_once_and_served_again_later() {
-        let mut server = start(4).await;
+    async fn one_address_holds_at_most_its_share_and_the_others_are_still_served() {
+        let server = start().await;
         let mut idle = Vec::new();
-        for _ in 0..MAX_INBOUND {
+        for _ in 0..MAX_INBOUND_PER_SOURCE {
             idle.push(TcpStream::connect(server.addr).await.unwrap());
         }
-        // Accepted in order, so the idle ones hold every permit: this one is closed at once,
-        // its frame unread.
+        // Accepted in order, so the idle ones hold this address's share: this one is closed at
+        // once, its request unread.
         let mut extra = TcpStream::connect(server.addr).await.unwrap();
-        extra.write_all(b"\x00\x00\x00\x05extra").await.unwrap();
+        write_frame(&mut extra, b"extra").await.unwrap();
         assert!(closed_by_server(&mut extra).await < SHORT);
-        // The idle ones are cut at the timeout, and free their permits as they go.
+        // Another address of this host is served meanwhile.
+        let other = TcpSocketFrom::new(Ipv4Addr::new(127, 0, 0, 2));
+        let mut stream = other.connect(server.addr).await;
+        write_frame(&mut stream, b"other").await.unwrap();
+        assert_eq!(
+            read_frame(&mut stream, MAX_FRAME).await.unwrap().unwrap(),
+            b"rehto"
+        );
+        drop(stream);
+        // The idle ones are cut at the timeout, and free their places as they go.
         for stream in &mut idle {
             closed_by_server(stream).await;
         }
-        deliver(server.addr, b"good").await.unwrap();
-        assert_eq!(server.next().await.0, b"good");
-        assert!(server.nothing_queued());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(pull(server.addr, b"good").await.unwrap(), b"doog");
+        assert_eq!(server.asked(), 2);
     }
 
     #[tokio::test]
-    async fn a_full_queue_drops_the_frame_and_counts_it() {
-        let mut server = start(1).await;
-        deliver(server.addr, b"first").await.unwrap();
-        deliver(server.addr, b"second").await.unwrap();
-        let deadline = Instant::now() + WAIT;
-        while server.dropped.load(Ordering::Relaxed) == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "the second frame was never dropped"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
+    async fn beyond_max_inbound_a_connection_is_closed_at_once() {
+        let server = start().await;
+        let mut idle = Vec::new();
+        for i in 0..MAX_INBOUND {
+            let from = TcpSocketFrom::new(Ipv4Addr::new(
+                127,
+                0,
+                1,
+                (i / MAX_INBOUND_PER_SOURCE) as u8 + 1,
+            ));
+            idle.push(from.connect(server.addr).await);
         }
-        assert_eq!(server.next().await.0, b"first");
-        assert!(server.nothing_queued());
-        assert_eq!(server.dropped.load(Ordering::Relaxed), 1);
+        let from = TcpSocketFrom::new(Ipv4Addr::new(127, 0, 2, 1));
+        let mut extra = from.connect(server.addr).await;
+        write_frame(&mut extra, b"extra").await.unwrap();
+        assert!(closed_by_server(&mut extra).await < SHORT);
+        assert_eq!(server.asked(), 0);
+    }
+
+    /// Connections from a chosen loopback address.
+    struct TcpSocketFrom(Ipv4Addr);
+
+    impl TcpSocketFrom {
+        fn new(ip: Ipv4Addr) -> TcpSocketFrom {
+            TcpSocketFrom(ip)
+        }
+
+        async fn connect(&self, to: SocketAddr) -> TcpStream {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::from((self.0, 0))).unwrap();
+            socket.connect(to).await.unwrap()
+        }
     }
 
     #[tokio::test]
     async fn shutdown_stops_the_server_and_its_connections() {
-        let server = start(4).await;
+        let server = start().await;
         let mut stalled = TcpStream::connect(server.addr).await.unwrap();
         stalled.write_all(&100u32.to_be_bytes()).await.unwrap();
         let start = Instant::now();
@@ -452,44 +530,51 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn deliver_to_a_closed_port_fails_without_hanging() {
+    async fn a_pull_from_a_closed_port_or_a_silent_holder_fails_without_hanging() {
         let (listener, port) = bind(LOCALHOST).await.unwrap();
         drop(listener);
         let to = SocketAddr::from((LOCALHOST, port));
-        let result = tokio::time::timeout(WAIT, deliver(to, b"chunk"))
+        let result = tokio::time::timeout(WAIT, pull(to, b"chunk"))
             .await
             .expect("no hang");
         assert!(result.is_err());
+        // Accepts, never answers.
+        let (listener, port) = bind(LOCALHOST).await.unwrap();
+        let to = SocketAddr::from((LOCALHOST, port));
+        let holder = tokio::spawn(async move { listener.accept().await });
+        let e = pull_with(to, b"chunk", SHORT).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        holder.abort();
     }
 
     #[tokio::test]
-    async fn deliver_refuses_an_empty_or_oversize_frame() {
+    async fn pull_refuses_an_empty_or_oversize_request_before_connecting() {
         let (listener, port) = bind(LOCALHOST).await.unwrap();
         let to = SocketAddr::from((LOCALHOST, port));
-        for len in [0, MAX_FRAME + 1] {
-            let err = deliver(to, &vec![0; len]).await.unwrap_err();
+        for len in [0, MAX_REQUEST + 1] {
+            let err = pull(to, &vec![0; len]).await.unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         }
-        // Refused before connecting.
         let accepted = tokio::time::timeout(Duration::from_millis(50), listener.accept()).await;
         assert!(accepted.is_err());
     }
 
     #[test]
     fn try_start_gives_max_outbound_permits_then_none() {
-        let deliveries = Deliveries::new();
-        let shared = deliveries.clone();
+        let pulls = Pulls::new();
+        let shared = pulls.clone();
         let permits: Vec<_> = (0..MAX_OUTBOUND)
             .map(|_| shared.try_start().expect("a permit"))
             .collect();
-        assert!(deliveries.try_start().is_none());
+        assert!(pulls.try_start().is_none());
         drop(permits);
-        assert!(deliveries.try_start().is_some());
+        assert!(pulls.try_start().is_some());
     }
 
     #[test]
     fn max_frame_holds_a_header_an_auth_line_and_a_chunk() {
         assert_eq!(MAX_FRAME, 4096 + 256 + 64_000);
+        assert_eq!(MAX_REQUEST, 4096 + 256);
         assert!(u32::try_from(MAX_FRAME).is_ok());
     }
 }

@@ -312,7 +312,15 @@ impl Message {
         }
     }
 
-    /// The port of a 2.0 GETCHUNK's `TCP <port>` line: where the chunk may be delivered.
+    /// Whether the message has this extra header line (words compared, spaces ignored).
+    pub fn has_line(&self, line: &str) -> bool {
+        self.extra_lines
+            .iter()
+            .any(|l| l.split(' ').filter(|w| !w.is_empty()).eq(line.split(' ')))
+    }
+
+    /// The port of a `TCP <port>` line: in a 2.0 body-less CHUNK, the holder's port to pull the
+    /// chunk from (in the first 2.0 design, a GETCHUNK's port to deliver to: no longer honoured).
     pub fn tcp_port(&self) -> Option<u16> {
         self.extra_lines.iter().find_map(|line| {
             let mut words = line.split(' ').filter(|w| !w.is_empty());

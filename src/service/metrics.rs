@@ -299,10 +299,7 @@ async fn render_metrics(node: &Arc<Node>, cache: &Cache) -> String {
             "{reason=\"unauthenticated\"}".to_owned(),
             load(&c.unauthenticated),
         ),
-        (
-            "{reason=\"tcp_queue_full\"}".to_owned(),
-            load(&c.tcp_dropped),
-        ),
+        ("{reason=\"tcp_refused\"}".to_owned(), load(&c.tcp_refused)),
     ];
     metric(
         &mut out,
