@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -214,7 +214,8 @@ fn forged_empty_putchunks_cannot_fill_the_disk() {
 }
 
 /// A host that answers every GETCHUNK at once with a 10-byte bogus CHUNK (and again during the
-/// holders' random wait) does not silence the real holders: the restore succeeds, promptly.
+/// holders' random wait), and says the chunk can be pulled from a TCP port of its own that serves
+/// junk, does not stop the restore: it succeeds, promptly.
 #[test]
 fn a_restore_succeeds_under_a_jammer() {
     let c = Cluster::start(&["100MB", "100MB", "100MB"]);
@@ -234,6 +235,16 @@ fn a_restore_succeeds_under_a_jammer() {
             let sock = attacker();
             let end = Instant::now() + Duration::from_secs(60);
             let mut buf = vec![0u8; 70_000];
+            // Its own "holder": answers every request with a bogus CHUNK frame.
+            let junk = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let junk_port = junk.local_addr().unwrap().port();
+            std::thread::spawn(move || {
+                for s in junk.incoming().flatten() {
+                    let frame = b"2.0 CHUNK 77 00 0\r\n\r\njunk";
+                    let framed = [&(frame.len() as u32).to_be_bytes()[..], frame].concat();
+                    let _ = std::io::Write::write_all(&mut &s, &framed);
+                }
+            });
             // Bogus CHUNKs to send: at once, and again through the holders' 0-400 ms wait.
             let mut due: Vec<(Instant, Vec<u8>)> = Vec::new();
             while !stop.load(Ordering::Relaxed) && Instant::now() < end {
@@ -242,10 +253,11 @@ fn a_restore_succeeds_under_a_jammer() {
                     if h.len() >= 5 && h[1] == "GETCHUNK" {
                         let mut d = format!("1.0 CHUNK 77 {} {}\r\n\r\n", h[3], h[4]).into_bytes();
                         d.extend(b"0123456789");
-                        // 2.0: a body-less CHUNK says "delivered over TCP" (it silences the
-                        // holders of a GETCHUNK that asked for TCP, never of a plain one), and
-                        // junk goes to the port the GETCHUNK names.
-                        let bodyless = format!("2.0 CHUNK 77 {} {}\r\n\r\n", h[3], h[4]);
+                        // 2.0: a body-less CHUNK says "pull it from me" (it silences the
+                        // holders of a GETCHUNK that asked where to pull, never of a plain one),
+                        // and names the junk server.
+                        let bodyless =
+                            format!("2.0 CHUNK 77 {} {}\r\nTCP {junk_port}\r\n\r\n", h[3], h[4]);
                         let now = Instant::now();
                         for ms in [0, 10, 30, 60, 100, 150, 200, 300] {
                             due.push((now + Duration::from_millis(ms), d.clone()));
@@ -253,12 +265,6 @@ fn a_restore_succeeds_under_a_jammer() {
                                 now + Duration::from_millis(ms),
                                 bodyless.clone().into_bytes(),
                             ));
-                        }
-                        if let Some(port) = tcp_port(&buf[..n]) {
-                            let frame = [&(d.len() as u32).to_be_bytes()[..], &d].concat();
-                            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-                                let _ = std::io::Write::write_all(&mut s, &frame);
-                            }
                         }
                         jammed.fetch_add(1, Ordering::Relaxed);
                     }
@@ -298,23 +304,24 @@ fn restore_under_attack(c: &Cluster, path: &Path, bytes: &[u8], stop: impl FnOnc
     took
 }
 
-/// The port of a 2.0 GETCHUNK's `TCP <port>` line.
+/// The port of a 2.0 body-less CHUNK's `TCP <port>` line (where to pull the chunk).
 fn tcp_port(datagram: &[u8]) -> Option<u16> {
     peerstash::protocol::Message::parse(datagram)
         .ok()?
         .tcp_port()
 }
 
-/// 2.0: an attacker holds every connection the restore's TCP listener serves at once (and
-/// opens new ones as they are cut): the holders cannot deliver over TCP, and the restore ends
-/// all the same, from the multicast answers to its later GETCHUNKs.
+/// 2.0: an attacker holds every connection the holders' TCP listeners serve at once, from five
+/// addresses of its own (and opens new ones as they are cut): the restore ends all the same,
+/// by its own share of a listener (each address holds at most 8 connections) or from the
+/// multicast answers to its later GETCHUNKs.
 #[test]
-fn a_restore_succeeds_with_its_tcp_listener_held_busy() {
+fn a_restore_succeeds_with_the_holders_tcp_listeners_held_busy() {
     let c = Cluster::start(&["100MB", "100MB", "100MB"]);
     let (path, bytes, _) = backed_up_file(&c, "t.bin", 1_000_000, "2");
     std::fs::remove_file(&path).unwrap();
-    // The restore's port, from a first restore's GETCHUNKs.
-    let mc = Listener::join(c.mc).record();
+    // The holders' ports, from a first restore's body-less CHUNKs.
+    let mdr = Listener::join(c.mdr).record();
     let first = c.dir.path().join("first.bin");
     c.cli_ok(
         0,
@@ -326,44 +333,58 @@ fn a_restore_succeeds_with_its_tcp_listener_held_busy() {
         ],
         0,
     );
-    let port = (mc.stop().iter())
-        .find_map(|d| tcp_port(d))
-        .expect("a GETCHUNK with a TCP line");
+    let mut ports: Vec<u16> = (mdr.stop().iter()).filter_map(|d| tcp_port(d)).collect();
+    ports.sort();
+    ports.dedup();
+    assert!(!ports.is_empty(), "a body-less CHUNK naming a port");
     let stop = Arc::new(AtomicBool::new(false));
-    let holder = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let end = Instant::now() + Duration::from_secs(60);
-            let mut held = Vec::new();
-            while !stop.load(Ordering::Relaxed) && Instant::now() < end {
-                held.retain(|s: &std::net::TcpStream| s.peer_addr().is_ok());
-                if held.len() < 40 {
-                    if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-                        let _ = std::io::Write::write_all(&mut &s, &[0, 1]); // half a length
-                        held.push(s);
-                    }
-                } else {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                if held.len() >= 40 {
-                    // Reopen the ones the listener cut.
-                    held.retain(|s| {
-                        let mut b = [0u8; 1];
-                        s.set_nonblocking(true).ok();
-                        !matches!(std::io::Read::read(&mut &*s, &mut b), Ok(0))
-                    });
-                }
-            }
-            held.len()
+    let holders: Vec<_> = ports
+        .into_iter()
+        .map(|port| {
+            let stop = stop.clone();
+            std::thread::spawn(move || hold_connections(port, &stop))
         })
-    };
+        .collect();
     std::thread::sleep(Duration::from_millis(300));
     let took = restore_under_attack(&c, &path, &bytes, || {
         stop.store(true, Ordering::Relaxed);
-        holder.join().unwrap();
+        for h in holders {
+            h.join().unwrap();
+        }
     });
-    eprintln!("restore in {took:?} with its TCP listener held busy");
+    eprintln!("restore in {took:?} with the holders' TCP listeners held busy");
     assert!(took < Duration::from_secs(15), "restore took {took:?}");
+}
+
+/// Holds 40 idle connections to `port` on 127.0.0.1, from 127.0.0.2-6 (reopening the ones the
+/// listener cuts), until `stop`.
+fn hold_connections(port: u16, stop: &AtomicBool) {
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut held: Vec<std::net::TcpStream> = Vec::new();
+    let mut n = 0u8;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+        if held.len() < 40 {
+            n = n % 5 + 1;
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None);
+            let connected = socket.and_then(|s| {
+                s.bind(&SocketAddr::from(([127, 0, 0, n + 1], 0)).into())?;
+                s.connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+                Ok(std::net::TcpStream::from(s))
+            });
+            if let Ok(s) = connected {
+                let _ = std::io::Write::write_all(&mut &s, &[0, 1]); // half a length
+                held.push(s);
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(20));
+            // Reopen the ones the listener cut.
+            held.retain(|s| {
+                let mut b = [0u8; 1];
+                s.set_nonblocking(true).ok();
+                !matches!(std::io::Read::read(&mut &*s, &mut b), Ok(0))
+            });
+        }
+    }
 }
 
 /// 500 GETCHUNKs for one chunk in 2 s buy at most about one 64 KB CHUNK a second.
@@ -485,4 +506,201 @@ fn a_delete_during_the_write_leaves_nothing() {
     assert_eq!(chunk_files_on_disk(c.peer(0)), 0);
     assert!(s["stored"].as_array().unwrap().is_empty(), "{s}");
     assert_eq!(used_bytes(&s), 0);
+}
+
+/// A TCP listener of the attacker's that counts the connections made to it and the bytes
+/// written there.
+struct Trap {
+    port: u16,
+    connections: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Trap {
+    fn open() -> Trap {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (connections, bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (c, b) = (connections.clone(), bytes.clone());
+        std::thread::spawn(move || {
+            for s in listener.incoming().flatten() {
+                c.fetch_add(1, Ordering::Relaxed);
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                    while let Ok(n @ 1..) = std::io::Read::read(&mut &s, &mut buf) {
+                        b.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        Trap {
+            port,
+            connections,
+            bytes,
+        }
+    }
+
+    fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
+/// Issue 23, case 2 (restore hijack): while peer 1 restores, a LAN host asks for every chunk
+/// it sees asked for, with a `TCP` line naming its own port (the first 2.0 design's "deliver it
+/// there"), asks to pull it too, and replays peer 1's own GETCHUNKs from its address. The holders
+/// never connect to it, and the restore gets every chunk, promptly.
+#[test]
+fn a_restore_cannot_be_hijacked_by_getchunks_of_a_lan_host() {
+    let c = Cluster::start(&["100MB", "100MB", "100MB"]);
+    let (path, bytes, _) = backed_up_file(&c, "h.bin", 1_000_000, "2");
+    std::fs::remove_file(&path).unwrap();
+    let trap = Trap::open();
+    let stop = Arc::new(AtomicBool::new(false));
+    let asked = Arc::new(AtomicU64::new(0));
+    let hijacker = {
+        let (stop, asked, mc, port) = (stop.clone(), asked.clone(), c.mc, trap.port);
+        std::thread::spawn(move || {
+            let heard = listen(mc);
+            let sock = attacker();
+            let end = Instant::now() + Duration::from_secs(60);
+            let mut buf = vec![0u8; 70_000];
+            let me = sock.local_addr().unwrap();
+            while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                let Ok((n, from)) = heard.recv_from(&mut buf) else {
+                    continue;
+                };
+                let h = header(&buf[..n]);
+                // Not what it sent itself (its replays included).
+                if h.len() < 5 || h[1] != "GETCHUNK" || from == me {
+                    continue;
+                }
+                let (id, no) = (&h[3], &h[4]);
+                let _ = sock.send_to(&buf[..n], mc); // the restorer's own, replayed
+                // Last, so that a holder that serves the latest requester serves it.
+                for d in [
+                    format!("2.0 GETCHUNK 66 {id} {no}\r\nPULL\r\n\r\n"),
+                    format!("2.0 GETCHUNK 66 {id} {no}\r\nTCP {port}\r\n\r\n"),
+                ] {
+                    let _ = sock.send_to(d.as_bytes(), mc);
+                }
+                asked.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let took = restore_under_attack(&c, &path, &bytes, || {
+        stop.store(true, Ordering::Relaxed);
+        hijacker.join().unwrap();
+    });
+    // Holders answer within 400 ms: a connection would have come by now.
+    std::thread::sleep(Duration::from_secs(1));
+    eprintln!(
+        "restore in {took:?} under {} hijacked GETCHUNKs",
+        asked.load(Ordering::Relaxed)
+    );
+    assert!(asked.load(Ordering::Relaxed) > 0, "the hijacker was heard");
+    assert_eq!(trap.connections(), 0, "a holder connected to the hijacker");
+    assert!(took < Duration::from_secs(10), "restore took {took:?}");
+}
+
+/// Issue 23, case 3 (holder as a proxy): a LAN host plants a chunk whose body is its payload
+/// (a forged PUTCHUNK), then asks for it with a `TCP` line naming a "victim" port, and with a
+/// pull request: the holder opens no connection anywhere (the payload never reaches the victim).
+#[test]
+fn a_holder_never_connects_where_a_datagram_says() {
+    let c = Cluster::start(&["100MB", "100MB"]);
+    let victim = Trap::open();
+    let sock = attacker();
+    let id = "ab".repeat(32);
+    let payload = b"GET /admin/delete-everything HTTP/1.1\r\nHost: victim\r\n\r\n";
+    let mut put = format!("1.0 PUTCHUNK 66 {id} 0 1\r\n\r\n").into_bytes();
+    put.extend_from_slice(payload);
+    let _ = sock.send_to(&put, c.mdb);
+    // It is stored (a forged PUTCHUNK of an unknown file is stored like any other).
+    assert!(
+        wait_until(Duration::from_secs(5), || chunk_files_on_disk(c.peer(0))
+            > 0),
+        "the planted chunk was not stored: {}",
+        c.state(0)
+    );
+    let mdr = Listener::join(c.mdr).record();
+    // Asked for with the victim's port, then asked where to pull it.
+    let asks = [
+        format!("2.0 GETCHUNK 66 {id} 0\r\nTCP {}\r\n\r\n", victim.port),
+        format!("2.0 GETCHUNK 66 {id} 0\r\nPULL\r\n\r\n"),
+    ];
+    for ask in asks {
+        for _ in 0..3 {
+            let _ = sock.send_to(ask.as_bytes(), c.mc);
+            std::thread::sleep(Duration::from_millis(1100));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let heard = mdr.stop();
+    assert_eq!(
+        victim.connections(),
+        0,
+        "the holder connected to the victim"
+    );
+    assert_eq!(victim.bytes.load(Ordering::Relaxed), 0);
+    // What it did instead: answered on MDR, where every peer hears it.
+    let answers = (heard.iter())
+        .filter(|d| header(d).get(1).is_some_and(|t| t == "CHUNK"))
+        .count();
+    assert!(answers > 0, "the holder answered on MDR");
+}
+
+/// Issue 23, case 4 (amplification): a LAN host that learned the ids of 301 chunks asks for each
+/// every second for 12 s (about 400 KB asked). Before, each was answered every second: 19 MB/s on
+/// MDR for as long as it asked. Now a chunk asked again waits 1, 2, 4 ... 32 s for its next
+/// answer (a restorer's own resends come at 0, 1, 3, 7 and 15 s), so after 7 s the flood buys
+/// nothing; and every byte is within the MDR budget of a source.
+#[test]
+fn a_getchunk_flood_over_many_chunks_is_answered_less_and_less() {
+    let c = Cluster::start(&["100MB", "100MB"]);
+    let (_, _, id) = backed_up_file(&c, "a.bin", 301 * 64_000 - 1, "1");
+    let counter = {
+        let (mdr, id) = (c.mdr, id.clone());
+        std::thread::spawn(move || {
+            let heard = listen(mdr);
+            let start = Instant::now();
+            let mut buf = vec![0u8; 70_000];
+            let mut per_second = [0u64; 13];
+            while start.elapsed() < Duration::from_secs(13) {
+                if let Ok(n) = heard.recv(&mut buf) {
+                    let h = header(&buf[..n]);
+                    if h.len() >= 5 && h[1] == "CHUNK" && h[3].eq_ignore_ascii_case(&id) {
+                        per_second[(start.elapsed().as_secs() as usize).min(12)] += n as u64;
+                    }
+                }
+            }
+            per_second
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200)); // the listener has joined
+    let sock = attacker();
+    let start = Instant::now();
+    let mut asked = 0;
+    for second in 0..12u64 {
+        for no in 0..301 {
+            let d = format!("1.0 GETCHUNK 99 {id} {no}\r\n\r\n");
+            asked += d.len();
+            let _ = sock.send_to(d.as_bytes(), c.mc);
+        }
+        let next = start + Duration::from_secs(second + 1);
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    let per_second = counter.join().unwrap();
+    let total: u64 = per_second.iter().sum();
+    let late: u64 = per_second[9..].iter().sum();
+    eprintln!("{asked} bytes asked bought {total} bytes on MDR; per second: {per_second:?}");
+    let chunks = 301 * 64_000u64;
+    assert!(total > 0, "the holder answers");
+    // Answers at 0, 1, 3 and 7 s at most: under 5 rounds of every chunk (12 before).
+    assert!(total < 5 * chunks, "{total} bytes on MDR");
+    // From 9 s to 12 s, nothing is due (the next answers at 15 s).
+    assert!(late < chunks / 4, "{late} bytes on MDR in the last 3 s");
 }

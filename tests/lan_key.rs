@@ -557,8 +557,9 @@ fn keygen_writes_a_private_key_once() {
     assert_eq!(std::fs::read(&path).unwrap(), key);
 }
 
-/// 2.0 with a LAN key: the chunks a restore receives over TCP carry the key's tag like any
-/// datagram; no body crosses MDR; a frame without the tag is dropped and counted.
+/// 2.0 with a LAN key: a restore pulls its chunks over TCP with signed requests and takes only
+/// signed answers; no body crosses MDR; a holder answers an unsigned request with nothing, and
+/// counts it.
 #[test]
 fn a_keyed_restore_over_tcp_takes_only_signed_frames() {
     let keys = tempfile::tempdir().unwrap();
@@ -569,12 +570,9 @@ fn a_keyed_restore_over_tcp_takes_only_signed_frames() {
     c.cli_ok(0, &["backup", path.to_str().unwrap(), "-r", "2"], 0);
     let id = file_id(&c.state(0), &path);
     std::fs::remove_file(&path).unwrap();
-    let (mc, mdr) = (
-        Listener::join(c.mc).record(),
-        Listener::join(c.mdr).record(),
-    );
+    let mdr = Listener::join(c.mdr).record();
     c.cli_ok(0, &["restore", path.to_str().unwrap()], 0);
-    let (mc, mdr) = (mc.stop(), mdr.stop());
+    let mdr = mdr.stop();
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
     let body_bytes: usize = (mdr.iter())
         .map(|d| match d.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -583,20 +581,27 @@ fn a_keyed_restore_over_tcp_takes_only_signed_frames() {
         })
         .sum();
     assert_eq!(body_bytes, 0, "chunk bodies crossed MDR");
-    // The port peer 1 named in its GETCHUNKs.
-    let port: u16 = (mc.iter())
+    // A holder's port, from its body-less CHUNKs (signed, and saying where to pull).
+    let (holder, port) = (mdr.iter())
         .filter_map(|d| Message::parse(d).ok())
-        .find_map(|m| m.tcp_port())
-        .expect("a GETCHUNK with a TCP line");
-    let before = drops(&c.state(0));
-    let frame = format!("2.0 CHUNK 2 {id} 0\r\n\r\nnot signed").into_bytes();
+        .find_map(|m| Some((m.sender.0 as usize - 1, m.tcp_port()?)))
+        .expect("a body-less CHUNK naming a port");
+    let before = drops(&c.state(holder));
+    let request = format!("2.0 GETCHUNK 1 {id} 0\r\n\r\n").into_bytes();
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    std::io::Write::write_all(&mut s, &(frame.len() as u32).to_be_bytes()).unwrap();
-    std::io::Write::write_all(&mut s, &frame).unwrap();
-    drop(s);
+    std::io::Write::write_all(&mut s, &(request.len() as u32).to_be_bytes()).unwrap();
+    std::io::Write::write_all(&mut s, &request).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut answer);
     assert!(
-        wait_until(Duration::from_secs(5), || drops(&c.state(0)) > before),
-        "the unsigned frame was not counted: {}",
-        c.state(0)
+        answer.is_empty(),
+        "an unsigned request got {} bytes",
+        answer.len()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || drops(&c.state(holder)) > before),
+        "the unsigned request was not counted: {}",
+        c.state(holder)
     );
 }

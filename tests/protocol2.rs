@@ -185,8 +185,9 @@ fn exact_replication_at_2_0() {
     );
 }
 
-/// SPEC §3 Restore: a 2.0 holder answers GETCHUNK with a body-less CHUNK on MDR and sends the
-/// chunk over TCP, so a 5 MB restore puts no chunk bytes on the multicast group.
+/// SPEC §3 Restore: a 2.0 holder answers GETCHUNK with a body-less CHUNK on MDR naming its TCP
+/// port, and the restorer pulls the chunk from there, so a 5 MB restore puts no chunk bytes on
+/// the multicast group.
 #[test]
 fn restore_at_2_0_sends_no_chunk_bodies_on_mdr() {
     let c = start(vec![PeerSpec::new("100MB").protocol("2.0"); 4]);
@@ -237,8 +238,8 @@ fn restore_at_2_0_sends_no_chunk_bodies_on_mdr() {
     );
     assert!(
         chunks > 0,
-        "no CHUNK heard on MDR: 2.0 holders announce each chunk they send over TCP with a \
-         body-less CHUNK ({} datagrams heard)",
+        "no CHUNK heard on MDR: 2.0 holders say where to pull each chunk with a body-less \
+         CHUNK ({} datagrams heard)",
         heard.len()
     );
 }
