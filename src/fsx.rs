@@ -283,11 +283,15 @@ impl Folder {
                 _ => return Err(PlaceError::NotPlain(self.path.join(rel))),
             };
             path.push(name);
-            let parent = here.as_ref().map_or(self.dir.as_raw_fd(), |fd| fd.as_raw_fd());
+            let parent = here
+                .as_ref()
+                .map_or(self.dir.as_raw_fd(), |fd| fd.as_raw_fd());
             here = Some(step_into(parent, name, links, &path)?);
         }
         // A handle that can be synced and listed (an O_PATH one cannot).
-        let parent = here.as_ref().map_or(self.dir.as_raw_fd(), |fd| fd.as_raw_fd());
+        let parent = here
+            .as_ref()
+            .map_or(self.dir.as_raw_fd(), |fd| fd.as_raw_fd());
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         let fd = openat(Some(parent), ".", flags, Mode::empty())
             .map_err(|e| PlaceError::Io(path.clone(), errno(e)))?;
@@ -356,7 +360,12 @@ impl Folder {
 }
 
 /// Opens the folder `name` of `parent` (an `O_PATH` handle), making it when it is missing.
-fn step_into(parent: RawFd, name: &OsStr, links: Links, path: &Path) -> Result<OwnedFd, PlaceError> {
+fn step_into(
+    parent: RawFd,
+    name: &OsStr,
+    links: Links,
+    path: &Path,
+) -> Result<OwnedFd, PlaceError> {
     let mut flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
     if links == Links::Refuse {
         flags |= OFlag::O_NOFOLLOW;

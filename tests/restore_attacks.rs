@@ -156,7 +156,11 @@ fn swapped_after_backup() -> Scene {
 impl Scene {
     /// `notes.txt` came back at `at` with its bytes, owner, mode and mtime.
     fn notes_restored_at(&self, at: &Path) {
-        assert_eq!(std::fs::read(at).unwrap(), self.notes.1, "{}", at.display());
+        assert!(
+            std::fs::read(at).unwrap() == self.notes.1,
+            "{}",
+            at.display()
+        );
         let m = std::fs::metadata(at).unwrap();
         assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (USER, USER, 0o640));
         assert_eq!(m.mtime(), 1_600_000_000);
@@ -242,30 +246,41 @@ fn root_restore_of_one_path_does_not_follow_a_users_symlink() {
     // symlink, so it is found in the catalog as it was backed up).
     let deep = docs.join("cron/zz-evil");
     let o = s.c.cli(0, &["restore", deep.to_str().unwrap()]);
+    s.target_holds(&[], "restore PATH");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     s.refused(&o);
-    s.target_holds(&[], "restore PATH");
-    // --to into the user's `docs`, with --force over root's file there.
-    let roots = s.target.join("zz-evil.sh");
-    std::fs::write(&roots, ROOTS).unwrap();
-    let evil = docs.join("zz-evil.sh");
-    for to in [docs.clone(), evil.clone()] {
-        let args = [
-            "restore",
-            evil.to_str().unwrap(),
-            "--to",
-            to.to_str().unwrap(),
-            "--force",
-        ];
+    // --to into the user's `docs` (the folder, and a file name in it), with --force over
+    // root's files there.
+    let roots = [s.target.join("notes.txt"), s.target.join("zz-evil.sh")];
+    for f in &roots {
+        std::fs::write(f, ROOTS).unwrap();
+    }
+    let notes = s.notes.0.to_str().unwrap();
+    for to in [docs.clone(), docs.join("zz-evil.sh")] {
+        let args = ["restore", notes, "--to", to.to_str().unwrap(), "--force"];
         let o = s.c.cli(0, &args);
+        s.target_holds(&roots, "restore PATH --to");
+        for f in &roots {
+            assert!(
+                std::fs::read(f).unwrap() == ROOTS,
+                "{} replaced",
+                f.display()
+            );
+        }
         assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
         s.refused(&o);
-        s.target_holds(std::slice::from_ref(&roots), "restore PATH --to");
-        assert_eq!(std::fs::read(&roots).unwrap(), ROOTS);
     }
     // Where no symlink is on the way, the same restore works.
     let back = s.home.join("back");
-    let o = s.c.cli(0, &["restore", deep.to_str().unwrap(), "--to", back.to_str().unwrap()]);
+    let o = s.c.cli(
+        0,
+        &[
+            "restore",
+            deep.to_str().unwrap(),
+            "--to",
+            back.to_str().unwrap(),
+        ],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(std::fs::read(&back).unwrap(), EVIL);
     assert_eq!(std::fs::metadata(&back).unwrap().uid(), USER);
@@ -285,6 +300,7 @@ fn root_restore_all_into_a_world_writable_folder_follows_no_planted_symlink() {
         planted.display()
     ));
     let o = s.c.cli(0, &["restore", "--all", planted.to_str().unwrap()]);
+    s.target_holds(&[], "restore --all DEST, DEST a symlink");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let said = text(&o);
     assert!(
@@ -292,7 +308,6 @@ fn root_restore_all_into_a_world_writable_folder_follows_no_planted_symlink() {
         "{said}"
     );
     assert_eq!(said.lines().count(), 1, "one line: {said}");
-    s.target_holds(&[], "restore --all DEST, DEST a symlink");
 
     // DEST a folder the user made in advance, with a symlink where the home's `docs` will go.
     let dest = s.public.join("dest");
@@ -303,12 +318,16 @@ fn root_restore_all_into_a_world_writable_folder_follows_no_planted_symlink() {
         s.target.display(),
         docs_there.display()
     ));
-    let o = s.c.cli(0, &["restore", "--all", "--force", dest.to_str().unwrap()]);
+    let o =
+        s.c.cli(0, &["restore", "--all", "--force", dest.to_str().unwrap()]);
     s.target_holds(&[], "restore --all DEST, a symlink below DEST");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let said = text(&o);
     assert!(
-        said.contains(&format!("{} is a symlink: not followed", docs_there.display())),
+        said.contains(&format!(
+            "{} is a symlink: not followed",
+            docs_there.display()
+        )),
         "{said}"
     );
     assert!(said.contains("3 files: 1 restored, 2 failed"), "{said}");

@@ -381,7 +381,10 @@ fn restore_all(
         });
         let target = match &dest {
             Some(d) => control::client::target(d, path.strip_prefix("/").unwrap_or(&path)),
-            None => match bases.entry(watched).or_insert_with(|| watched_folder(watched)) {
+            None => match bases
+                .entry(watched)
+                .or_insert_with(|| watched_folder(watched))
+            {
                 Ok(base) => match path.strip_prefix(watched) {
                     Ok(rel) => control::client::target(base, rel),
                     Err(_) => Err(control::ClientError::Local(format!(
@@ -412,7 +415,11 @@ fn restore_all(
         let exists = target.dir.has(&target.name);
         let line = if !force && exists.as_ref().is_ok_and(|e| *e) {
             skipped += 1;
-            format!("[{}/{total}] {} exists: skipped", i + 1, shown(&target.path()))
+            format!(
+                "[{}/{total}] {} exists: skipped",
+                i + 1,
+                shown(&target.path())
+            )
         } else {
             let answer = runtime.block_on(control::client::restore(
                 socket,
@@ -488,7 +495,10 @@ fn watched_folder(path: &Path) -> Result<Folder, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             control::client::folder_from_root(path).map_err(|e| e.to_string())
         }
-        Err(e) => Err(format!("cannot open the watched folder {}: {e}", shown(path))),
+        Err(e) => Err(format!(
+            "cannot open the watched folder {}: {e}",
+            shown(path)
+        )),
     }
 }
 

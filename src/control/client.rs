@@ -160,7 +160,10 @@ pub async fn restore(
     let local = |what: &str, e: &dyn std::fmt::Display| {
         ClientError::Local(format!("{what} {}: {e}", shown(&dest)))
     };
-    let exists = to.dir.has(&to.name).map_err(|e| local("cannot look at", &e))?;
+    let exists = to
+        .dir
+        .has(&to.name)
+        .map_err(|e| local("cannot look at", &e))?;
     if !force && exists {
         let message = format!(
             "{} exists: pass --force to overwrite it, or --to another place",
