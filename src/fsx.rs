@@ -690,6 +690,75 @@ mod tests {
         assert!(open_below(&dir, Path::new("/etc/passwd"), Kind::File).is_err());
     }
 
+    #[test]
+    fn a_folder_to_write_into_is_reached_through_no_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().canonicalize().unwrap();
+        let outside = base.join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::create_dir(base.join("real")).unwrap();
+        symlink(&outside, base.join("real/link")).unwrap();
+        let top = Folder::open_trusted(&base).unwrap();
+        // Missing folders are made; a symlink anywhere is refused, and named.
+        let made = top
+            .reach(Path::new("real/new/deeper"), Links::Refuse)
+            .unwrap();
+        assert_eq!(made.path(), base.join("real/new/deeper"));
+        assert!(base.join("real/new/deeper").is_dir());
+        for bad in ["real/link", "real/link/sub"] {
+            match top.reach(Path::new(bad), Links::Refuse) {
+                Err(PlaceError::Symlink(p)) => assert_eq!(p, base.join("real/link")),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert!(
+            std::fs::read_dir(&outside).unwrap().next().is_none(),
+            "nothing made there"
+        );
+        assert!(matches!(
+            top.reach(Path::new("../x"), Links::Refuse),
+            Err(PlaceError::NotPlain(_))
+        ));
+        std::fs::write(base.join("real/file"), b"x").unwrap();
+        assert!(matches!(
+            top.reach(Path::new("real/file/x"), Links::Refuse),
+            Err(PlaceError::NotAFolder(_))
+        ));
+        // Followed only when asked (a user's own restore).
+        let followed = top
+            .reach(Path::new("real/link/sub"), Links::Follow)
+            .unwrap();
+        assert!(outside.join("sub").is_dir());
+        drop(followed);
+
+        // Looked at, made and renamed in the handle: a dangling symlink exists; no file is
+        // made through one, nor over an existing name.
+        let dir = top.reach(Path::new("real"), Links::Refuse).unwrap();
+        symlink(outside.join("target"), base.join("real/dangling")).unwrap();
+        assert!(dir.has(OsStr::new("dangling")).unwrap());
+        assert!(!dir.has(OsStr::new("nothing")).unwrap());
+        assert!(dir.create_new(OsStr::new("dangling")).is_err());
+        assert!(!outside.join("target").exists());
+        assert!(dir.create_new(OsStr::new("file")).is_err());
+        dir.create_new(OsStr::new("tmp")).unwrap();
+        assert!(dir
+            .rename(OsStr::new("tmp"), OsStr::new("file"), false)
+            .is_err());
+        dir.rename(OsStr::new("tmp"), OsStr::new("file"), true)
+            .unwrap();
+        assert_eq!(std::fs::read(base.join("real/file")).unwrap(), b"");
+
+        // The folder swapped for a symlink after it was reached: what is done in the handle
+        // lands in the folder reached (moved away), never where the symlink points.
+        std::fs::rename(base.join("real"), base.join("moved")).unwrap();
+        symlink(&outside, base.join("real")).unwrap();
+        dir.create_new(OsStr::new("late")).unwrap();
+        assert!(base.join("moved/late").exists());
+        assert!(!outside.join("late").exists());
+        dir.remove(OsStr::new("late")).unwrap();
+        assert!(!base.join("moved/late").exists());
+    }
+
     /// Every file a walk hands over, by path, with the sizes of the batches.
     fn walk_all(
         dir: &File,
