@@ -8,7 +8,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::ops::ControlFlow;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -196,6 +196,207 @@ fn check(file: File, kind: Kind) -> io::Result<File> {
 pub fn same_file(a: &File, b: &File) -> io::Result<bool> {
     let (a, b) = (a.metadata()?, b.metadata()?);
     Ok(a.dev() == b.dev() && a.ino() == b.ino())
+}
+
+/// Whether a walk to a place to write follows the symlinks on its way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Links {
+    /// Never: a symlink anywhere on the way is refused. What root must do: a user who owns a
+    /// folder on the way could otherwise point root's write at any folder (`/etc/profile.d`).
+    Refuse,
+    /// As the kernel does, with the caller's own rights: a user's own command, where the
+    /// kernel already refuses what the user may not write.
+    Follow,
+}
+
+/// Why a folder to write into could not be reached: what was found at the path it names.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    #[error("is a symlink: not followed (root never follows a link it did not make); give the real path, or remove the link")]
+    Symlink(PathBuf),
+    #[error("is not a folder")]
+    NotAFolder(PathBuf),
+    #[error("only plain names may follow a folder")]
+    NotPlain(PathBuf),
+    #[error("{1}")]
+    Io(PathBuf, io::Error),
+}
+
+impl PlaceError {
+    /// The path the error is about (shown to the caller, who named it).
+    pub fn path(&self) -> &Path {
+        match self {
+            PlaceError::Symlink(p)
+            | PlaceError::NotAFolder(p)
+            | PlaceError::NotPlain(p)
+            | PlaceError::Io(p, _) => p,
+        }
+    }
+}
+
+/// A folder to write into, reached one name at a time from a trusted handle (`/`, or a folder
+/// opened once): everything done in it (look, create, rename, remove) is done on this handle,
+/// by a single name, so a folder on the way renamed or swapped for a symlink after the walk
+/// changes nothing. Blocking: call from a blocking thread.
+#[derive(Debug)]
+pub struct Folder {
+    dir: File,
+    path: PathBuf,
+}
+
+impl Folder {
+    /// `/`.
+    pub fn root() -> io::Result<Folder> {
+        Folder::open_trusted(Path::new("/"))
+    }
+
+    /// `path` (absolute) opened as it is written, symlinks of its own followed: only for a
+    /// path root trusts as a whole (a watched folder of the config, as the daemon reads it).
+    pub fn open_trusted(path: &Path) -> io::Result<Folder> {
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags((OFlag::O_DIRECTORY | OFlag::O_CLOEXEC).bits())
+            .open(path)?;
+        Ok(Folder {
+            dir,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The path this folder was reached by (for messages).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reaches `rel` (plain names only) below this folder, one name at a time, each opened from
+    /// its parent's handle with `O_DIRECTORY` (and `O_NOFOLLOW` under `Links::Refuse`); a
+    /// missing folder is made (`mkdirat`, mode 0755 less the umask, owned by the caller) and
+    /// then opened the same way, so a symlink put in its place in between is refused too.
+    /// At most two descriptors are open at once, whatever the depth.
+    pub fn reach(&self, rel: &Path, links: Links) -> Result<Folder, PlaceError> {
+        let mut path = self.path.clone();
+        let mut here: Option<OwnedFd> = None;
+        for c in rel.components() {
+            let name = match c {
+                Component::Normal(name) => name,
+                Component::CurDir => continue,
+                _ => return Err(PlaceError::NotPlain(self.path.join(rel))),
+            };
+            path.push(name);
+            let parent = here
+                .as_ref()
+                .map_or(self.dir.as_raw_fd(), |fd| fd.as_raw_fd());
+            here = Some(step_into(parent, name, links, &path)?);
+        }
+        // A handle that can be synced and listed (an O_PATH one cannot).
+        let parent = here
+            .as_ref()
+            .map_or(self.dir.as_raw_fd(), |fd| fd.as_raw_fd());
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let fd = openat(Some(parent), ".", flags, Mode::empty())
+            .map_err(|e| PlaceError::Io(path.clone(), errno(e)))?;
+        Ok(Folder {
+            // SAFETY: openat returned a new descriptor that nothing else owns.
+            dir: File::from(unsafe { OwnedFd::from_raw_fd(fd) }),
+            path,
+        })
+    }
+
+    /// Whether `name` exists in this folder (a symlink, even a dangling one, counts; nothing
+    /// is followed).
+    pub fn has(&self, name: &OsStr) -> io::Result<bool> {
+        let flags = nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW;
+        match nix::sys::stat::fstatat(Some(self.dir.as_raw_fd()), name, flags) {
+            Ok(_) => Ok(true),
+            Err(nix::errno::Errno::ENOENT) => Ok(false),
+            Err(e) => Err(errno(e)),
+        }
+    }
+
+    /// A new file `name` in this folder, mode 0600, opened for reading and writing: never an
+    /// existing one, never through a symlink (`O_CREAT | O_EXCL | O_NOFOLLOW`).
+    pub fn create_new(&self, name: &OsStr) -> io::Result<File> {
+        let flags = OFlag::O_RDWR
+            | OFlag::O_CREAT
+            | OFlag::O_EXCL
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_CLOEXEC
+            | OFlag::O_NOCTTY;
+        let fd = openat(
+            Some(self.dir.as_raw_fd()),
+            name,
+            flags,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(errno)?;
+        // SAFETY: openat returned a new descriptor that nothing else owns.
+        Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Renames `from` to `to`, both in this folder; what is at `to` is replaced only with
+    /// `replace` (a rename replaces the name, never writes through it: a hard link or a
+    /// symlink at `to` is only unlinked).
+    pub fn rename(&self, from: &OsStr, to: &OsStr, replace: bool) -> io::Result<()> {
+        let d = Some(self.dir.as_raw_fd());
+        match replace {
+            true => nix::fcntl::renameat(d, from, d, to),
+            false => {
+                nix::fcntl::renameat2(d, from, d, to, nix::fcntl::RenameFlags::RENAME_NOREPLACE)
+            }
+        }
+        .map_err(errno)
+    }
+
+    /// Removes the file `name` from this folder.
+    pub fn remove(&self, name: &OsStr) -> io::Result<()> {
+        let d = Some(self.dir.as_raw_fd());
+        nix::unistd::unlinkat(d, name, nix::unistd::UnlinkatFlags::NoRemoveDir).map_err(errno)
+    }
+
+    /// Makes what was renamed or made in this folder durable.
+    pub fn sync(&self) -> io::Result<()> {
+        self.dir.sync_all()
+    }
+}
+
+/// Opens the folder `name` of `parent` (an `O_PATH` handle), making it when it is missing.
+fn step_into(
+    parent: RawFd,
+    name: &OsStr,
+    links: Links,
+    path: &Path,
+) -> Result<OwnedFd, PlaceError> {
+    let mut flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    if links == Links::Refuse {
+        flags |= OFlag::O_NOFOLLOW;
+    }
+    let open = || openat(Some(parent), name, flags, Mode::empty());
+    let opened = match open() {
+        Err(nix::errno::Errno::ENOENT) => {
+            match nix::sys::stat::mkdirat(Some(parent), name, Mode::from_bits_truncate(0o755)) {
+                // Made by someone else meanwhile: opened (and checked) like any other.
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => open(),
+                Err(e) => Err(e),
+            }
+        }
+        other => other,
+    };
+    match opened {
+        // SAFETY: openat returned a new descriptor that nothing else owns.
+        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+        // What O_NOFOLLOW | O_DIRECTORY answer for a symlink (O_PATH gives ENOTDIR): looked at,
+        // without following it, to say which.
+        Err(nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR) => {
+            let flags = nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW;
+            match nix::sys::stat::fstatat(Some(parent), name, flags) {
+                Ok(st) if st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFLNK => {
+                    Err(PlaceError::Symlink(path.to_path_buf()))
+                }
+                _ => Err(PlaceError::NotAFolder(path.to_path_buf())),
+            }
+        }
+        Err(e) => Err(PlaceError::Io(path.to_path_buf(), errno(e))),
+    }
 }
 
 /// What a walk found a name to be, as its filter is told.
@@ -487,6 +688,75 @@ mod tests {
         let dir = open_path(&d.path().canonicalize().unwrap().join("in"), Kind::Dir).unwrap();
         assert!(open_below(&dir, Path::new("../secret"), Kind::File).is_err());
         assert!(open_below(&dir, Path::new("/etc/passwd"), Kind::File).is_err());
+    }
+
+    #[test]
+    fn a_folder_to_write_into_is_reached_through_no_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().canonicalize().unwrap();
+        let outside = base.join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::create_dir(base.join("real")).unwrap();
+        symlink(&outside, base.join("real/link")).unwrap();
+        let top = Folder::open_trusted(&base).unwrap();
+        // Missing folders are made; a symlink anywhere is refused, and named.
+        let made = top
+            .reach(Path::new("real/new/deeper"), Links::Refuse)
+            .unwrap();
+        assert_eq!(made.path(), base.join("real/new/deeper"));
+        assert!(base.join("real/new/deeper").is_dir());
+        for bad in ["real/link", "real/link/sub"] {
+            match top.reach(Path::new(bad), Links::Refuse) {
+                Err(PlaceError::Symlink(p)) => assert_eq!(p, base.join("real/link")),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert!(
+            std::fs::read_dir(&outside).unwrap().next().is_none(),
+            "nothing made there"
+        );
+        assert!(matches!(
+            top.reach(Path::new("../x"), Links::Refuse),
+            Err(PlaceError::NotPlain(_))
+        ));
+        std::fs::write(base.join("real/file"), b"x").unwrap();
+        assert!(matches!(
+            top.reach(Path::new("real/file/x"), Links::Refuse),
+            Err(PlaceError::NotAFolder(_))
+        ));
+        // Followed only when asked (a user's own restore).
+        let followed = top
+            .reach(Path::new("real/link/sub"), Links::Follow)
+            .unwrap();
+        assert!(outside.join("sub").is_dir());
+        drop(followed);
+
+        // Looked at, made and renamed in the handle: a dangling symlink exists; no file is
+        // made through one, nor over an existing name.
+        let dir = top.reach(Path::new("real"), Links::Refuse).unwrap();
+        symlink(outside.join("target"), base.join("real/dangling")).unwrap();
+        assert!(dir.has(OsStr::new("dangling")).unwrap());
+        assert!(!dir.has(OsStr::new("nothing")).unwrap());
+        assert!(dir.create_new(OsStr::new("dangling")).is_err());
+        assert!(!outside.join("target").exists());
+        assert!(dir.create_new(OsStr::new("file")).is_err());
+        dir.create_new(OsStr::new("tmp")).unwrap();
+        assert!(dir
+            .rename(OsStr::new("tmp"), OsStr::new("file"), false)
+            .is_err());
+        dir.rename(OsStr::new("tmp"), OsStr::new("file"), true)
+            .unwrap();
+        assert_eq!(std::fs::read(base.join("real/file")).unwrap(), b"");
+
+        // The folder swapped for a symlink after it was reached: what is done in the handle
+        // lands in the folder reached (moved away), never where the symlink points.
+        std::fs::rename(base.join("real"), base.join("moved")).unwrap();
+        symlink(&outside, base.join("real")).unwrap();
+        dir.create_new(OsStr::new("late")).unwrap();
+        assert!(base.join("moved/late").exists());
+        assert!(!outside.join("late").exists());
+        dir.remove(OsStr::new("late")).unwrap();
+        assert!(!base.join("moved/late").exists());
     }
 
     /// Every file a walk hands over, by path, with the sizes of the batches.

@@ -10,6 +10,7 @@ use peerstash::config::{load_lan_key, parse_size, Config, DEFAULT_CONFIG_PATH};
 use peerstash::control::{
     self, exit, shown, PeerState, PeersReport, Request, StatusReport, VersionInfo, WorkerInfo,
 };
+use peerstash::fsx::Folder;
 use peerstash::store::{unix_ms, Health};
 
 fn main() -> ExitCode {
@@ -35,6 +36,29 @@ fn resolve(path: &Path) -> PathBuf {
         (Some(dir), Some(name)) => dir.join(name),
         _ => abs,
     }
+}
+
+/// Where a restore is to write, as the caller wrote it: absolute, `.` and `..` taken away by
+/// name. Root's is not resolved: a symlink on it is refused when it is walked, never followed
+/// (one a user planted in `/tmp` would otherwise lead root's restore anywhere). Another user's
+/// is resolved as before: it writes with its own rights.
+fn written_to(path: &Path) -> PathBuf {
+    if control::client::links() == peerstash::fsx::Links::Follow {
+        return resolve(path);
+    }
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            // With no symlink on the way (the walk refuses them), `a/..` is `a`'s parent.
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn run(args: Args) -> i32 {
@@ -126,7 +150,7 @@ fn run(args: Args) -> i32 {
                     )
                 }
             };
-            let dest = dest.as_deref().map(resolve);
+            let dest = dest.as_deref().map(written_to);
             return restore_all(&runtime, &socket, &config, dest.as_deref(), force, json);
         }
         Command::Restore {
@@ -140,13 +164,18 @@ fn run(args: Args) -> i32 {
                 return fail(exit::USAGE, "restore needs a PATH (or --all)");
             };
             let path = resolve(&path);
-            let dest = control::client::destination(&path, to.as_deref().map(resolve).as_deref());
+            let to = to.as_deref().map(written_to);
+            let dest = control::client::destination(&path, to.as_deref());
+            let target = match control::client::target_from_root(&dest) {
+                Ok(t) => t,
+                Err(e) => return fail(exit::FAILED, e),
+            };
             let mut meter = peerstash::cli::Meter::new("restore", json);
             let r = runtime.block_on(control::client::restore(
                 &socket,
                 &path,
                 version,
-                &dest,
+                &target,
                 force,
                 |e| meter.event(e),
             ));
@@ -305,7 +334,8 @@ fn restore_all(
     json: bool,
 ) -> i32 {
     let mut meter = peerstash::cli::Meter::new("restore --all", json);
-    let mut newest: std::collections::BTreeMap<PathBuf, u32> = Default::default();
+    // Each file's newest version, and the watched folder it was found below.
+    let mut newest: std::collections::BTreeMap<PathBuf, (u32, &Path)> = Default::default();
     for w in &config.watch {
         let request = Request::Versions {
             path: w.path.clone(),
@@ -325,10 +355,18 @@ fn restore_all(
             Err(e) => return fail(exit::FAILED, e),
         };
         for v in versions.into_iter().filter(|v| v.complete) {
-            let at = newest.entry(v.path).or_insert(v.version);
-            *at = (*at).max(v.version);
+            let at = newest.entry(v.path).or_insert((v.version, &w.path));
+            at.0 = at.0.max(v.version);
         }
     }
+    // Where the files go is reached from handles opened once: DEST (walked from `/`), or each
+    // watched folder as the config names it (the admin's path, as the daemon reads it).
+    let dest = match dest.map(control::client::folder_from_root) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => return fail(exit::FAILED, e),
+    };
+    let mut bases: std::collections::HashMap<&Path, Result<Folder, String>> = Default::default();
     let total = newest.len();
     let (mut restored, mut skipped, mut failed) = (0usize, 0usize, 0usize);
     let files = |done: usize| control::Amount {
@@ -336,18 +374,52 @@ fn restore_all(
         total: total as u64,
         unit: control::Unit::Files,
     };
-    for (i, (path, version)) in newest.into_iter().enumerate() {
+    for (i, (path, (version, watched))) in newest.into_iter().enumerate() {
         meter.event(&control::ProgressEvent {
             message: String::new(),
             amount: Some(files(i)),
         });
-        let target = match dest {
-            Some(d) => d.join(path.strip_prefix("/").unwrap_or(&path)),
-            None => path.clone(),
+        let target = match &dest {
+            Some(d) => control::client::target(d, path.strip_prefix("/").unwrap_or(&path)),
+            None => match bases
+                .entry(watched)
+                .or_insert_with(|| watched_folder(watched))
+            {
+                Ok(base) => match path.strip_prefix(watched) {
+                    Ok(rel) => control::client::target(base, rel),
+                    Err(_) => Err(control::ClientError::Local(format!(
+                        "{} is not below {}",
+                        shown(&path),
+                        shown(watched)
+                    ))),
+                },
+                Err(e) => Err(control::ClientError::Local(e.clone())),
+            },
         };
-        let line = if !force && std::fs::symlink_metadata(&target).is_ok() {
+        let target = match target {
+            Ok(t) => t,
+            Err(e) => {
+                failed += 1;
+                eprintln!("peerstash: {e}");
+                let line = match json {
+                    true => format!("[{}/{total}] FAILED {}: {e}", i + 1, shown(&path)),
+                    false => String::new(),
+                };
+                meter.event(&control::ProgressEvent {
+                    message: line,
+                    amount: Some(files(i + 1)),
+                });
+                continue;
+            }
+        };
+        let exists = target.dir.has(&target.name);
+        let line = if !force && exists.as_ref().is_ok_and(|e| *e) {
             skipped += 1;
-            format!("[{}/{total}] {} exists: skipped", i + 1, shown(&target))
+            format!(
+                "[{}/{total}] {} exists: skipped",
+                i + 1,
+                shown(&target.path())
+            )
         } else {
             let answer = runtime.block_on(control::client::restore(
                 socket,
@@ -357,6 +429,7 @@ fn restore_all(
                 force,
                 |_| {},
             ));
+            let target = target.path();
             match answer {
                 Ok((exit::OK, _, _)) => {
                     restored += 1;
@@ -411,6 +484,22 @@ fn restore_all(
         peerstash::outln!("{message}");
     }
     code
+}
+
+/// A watched folder, to restore its files in place: opened as the config names it (symlinks
+/// of the admin's own followed, as the daemon does when it reads it); when it is gone, made
+/// again from `/` through no symlink at all.
+fn watched_folder(path: &Path) -> Result<Folder, String> {
+    match Folder::open_trusted(path) {
+        Ok(f) => Ok(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            control::client::folder_from_root(path).map_err(|e| e.to_string())
+        }
+        Err(e) => Err(format!(
+            "cannot open the watched folder {}: {e}",
+            shown(path)
+        )),
+    }
 }
 
 /// How a command's answer is printed without `--json`.

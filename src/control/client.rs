@@ -2,19 +2,20 @@
 //! caller's own rights, and sent to the daemon as a descriptor: the kernel decides what the
 //! caller may read or write, and symlink tricks give it nothing it could not do already. A
 //! restore is written by the daemon into a new 0600 file made here, then given its owner (when
-//! the caller is root), mode, mtime and final name here.
+//! the caller is root), mode, mtime and final name here, in a folder reached one name at a
+//! time from a handle (`fsx::Folder`): for root, through no symlink at all.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
-use nix::fcntl::{openat, renameat, renameat2, OFlag, RenameFlags};
-use nix::sys::stat::Mode;
-use nix::unistd::{unlinkat, UnlinkatFlags};
+use nix::fcntl::OFlag;
 
 use super::{call_events, exit, shown, ClientError, ProgressEvent, Request, Restored};
+use crate::fsx::{Folder, Links};
 
 type Answer = (i32, String, Option<serde_json::Value>);
 
@@ -64,52 +65,115 @@ pub fn destination(path: &Path, to: Option<&Path>) -> PathBuf {
     }
 }
 
-/// Restores a version of `path` to `dest`: missing parent folders are made, an existing file is
-/// replaced only with `force` (atomically either way), and nothing is left behind on failure.
+/// Where a restore writes: the folder reached for it (see `target`) and the file's name there.
+#[derive(Debug)]
+pub struct Target {
+    pub dir: Folder,
+    pub name: OsString,
+}
+
+impl Target {
+    /// Its path, for messages.
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join(&self.name)
+    }
+}
+
+/// How this caller's restores walk to where they write. Root never follows a symlink: one in
+/// a folder a user owns (`~/docs` -> `/etc/profile.d`) would have root write the user's bytes,
+/// owned by the user, anywhere. Another user follows them with its own rights: the kernel
+/// refuses what it may not write.
+pub fn links() -> Links {
+    match nix::unistd::geteuid().is_root() {
+        true => Links::Refuse,
+        false => Links::Follow,
+    }
+}
+
+/// Reaches the folder of `rel` (a path below `from`) one name at a time from `from`, making
+/// the missing folders on the way (see `Folder::reach`).
+pub fn target(from: &Folder, rel: &Path) -> Result<Target, ClientError> {
+    let dest = from.path().join(rel);
+    let (Some(dir), Some(name)) = (rel.parent(), rel.file_name()) else {
+        return Err(ClientError::Local(format!(
+            "{}: not a file name to restore to",
+            shown(&dest)
+        )));
+    };
+    let dir = from.reach(dir, links()).map_err(|e| {
+        ClientError::Local(format!(
+            "cannot restore to {}: {} {e}",
+            shown(&dest),
+            shown(e.path())
+        ))
+    })?;
+    Ok(Target {
+        dir,
+        name: name.to_owned(),
+    })
+}
+
+/// `/`, and `path` (absolute) below it.
+fn from_root(path: &Path) -> Result<(Folder, &Path), ClientError> {
+    let root = Folder::root()
+        .map_err(|e| ClientError::Local(format!("cannot open the root folder: {e}")))?;
+    match path.strip_prefix("/") {
+        Ok(rel) => Ok((root, rel)),
+        Err(_) => Err(ClientError::Local(format!(
+            "{}: not an absolute path",
+            shown(path)
+        ))),
+    }
+}
+
+/// Reaches the folder of `dest` (absolute) from `/`: see `target`.
+pub fn target_from_root(dest: &Path) -> Result<Target, ClientError> {
+    let (root, rel) = from_root(dest)?;
+    target(&root, rel)
+}
+
+/// Reaches the folder `dir` (absolute) from `/`, making it if it is missing, as `target` does
+/// for a file's folder.
+pub fn folder_from_root(dir: &Path) -> Result<Folder, ClientError> {
+    let (root, rel) = from_root(dir)?;
+    root.reach(rel, links()).map_err(|e| {
+        ClientError::Local(format!(
+            "cannot restore into {}: {} {e}",
+            shown(dir),
+            shown(e.path())
+        ))
+    })
+}
+
+/// Restores a version of `path` into `to`: an existing file is replaced only with `force`
+/// (atomically either way), and nothing is left behind on failure. Whether it exists, the new
+/// file, and its final name are all looked at and made in `to.dir`, by a single name.
 pub async fn restore(
     socket: &Path,
     path: &Path,
     version: Option<u32>,
-    dest: &Path,
+    to: &Target,
     force: bool,
     on_progress: impl FnMut(&ProgressEvent),
 ) -> Result<Answer, ClientError> {
+    let dest = to.path();
     let local = |what: &str, e: &dyn std::fmt::Display| {
-        ClientError::Local(format!("{what} {}: {e}", shown(dest)))
+        ClientError::Local(format!("{what} {}: {e}", shown(&dest)))
     };
-    let (Some(dir), Some(name)) = (dest.parent(), dest.file_name()) else {
-        return Err(ClientError::Local(format!(
-            "{}: not a file name to restore to",
-            shown(dest)
-        )));
-    };
-    if !force && std::fs::symlink_metadata(dest).is_ok() {
+    let exists = to
+        .dir
+        .has(&to.name)
+        .map_err(|e| local("cannot look at", &e))?;
+    if !force && exists {
         let message = format!(
             "{} exists: pass --force to overwrite it, or --to another place",
-            shown(dest)
+            shown(&dest)
         );
         return Ok((exit::FAILED, message, None));
     }
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    std::fs::create_dir_all(dir).map_err(|e| local("cannot create the folder of", &e))?;
-    let dir = File::open(dir).map_err(|e| local("cannot open the folder of", &e))?;
     // A short name of its own, so that a 255-byte file name still has room.
-    let tmp = restore_temp_name(rand::random());
-    let flags =
-        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let fd = openat(
-        Some(dir.as_raw_fd()),
-        tmp.as_str(),
-        flags,
-        Mode::from_bits_truncate(0o600),
-    )
-    .map_err(|e| local("cannot create a file next to", &e))?;
-    // SAFETY: openat returned a new descriptor that nothing else owns.
-    let out = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let tmp = OsString::from(restore_temp_name(rand::random()));
+    let out = (to.dir.create_new(&tmp)).map_err(|e| local("cannot create a file next to", &e))?;
     let request = Request::Restore {
         path: path.to_path_buf(),
         version,
@@ -119,13 +183,13 @@ pub async fn restore(
         Ok((exit::OK, message, Some(data))) => serde_json::from_value::<Restored>(data)
             .map_err(|e| ClientError::BadReply(e.to_string()))
             .and_then(|r| {
-                finish(&out, &r, &dir, &tmp, name, force)
+                finish(&out, &r, to, &tmp, force)
                     .map_err(|e| local("cannot put the restored file in place at", &e))
             })
             .map(|()| {
                 (
                     exit::OK,
-                    format!("{message}; written to {}", shown(dest)),
+                    format!("{message}; written to {}", shown(&dest)),
                     None,
                 )
             }),
@@ -133,25 +197,14 @@ pub async fn restore(
         Err(e) => Err(e),
     };
     if !matches!(finished, Ok((exit::OK, _, _))) {
-        let _ = unlinkat(
-            Some(dir.as_raw_fd()),
-            tmp.as_str(),
-            UnlinkatFlags::NoRemoveDir,
-        );
+        let _ = to.dir.remove(&tmp);
     }
     finished
 }
 
 /// Owner (root only: others keep their own), then mode (after chown, which clears set-id bits),
-/// mtime, sync, the final name, and a sync of the folder.
-fn finish(
-    out: &File,
-    r: &Restored,
-    dir: &File,
-    tmp: &str,
-    name: &std::ffi::OsStr,
-    force: bool,
-) -> std::io::Result<()> {
+/// mtime, sync, the final name, and a sync of the folder; all on handles.
+fn finish(out: &File, r: &Restored, to: &Target, tmp: &OsStr, force: bool) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if nix::unistd::geteuid().is_root() {
         std::os::unix::fs::fchown(out, Some(r.uid), Some(r.gid))?;
@@ -163,13 +216,8 @@ fn finish(
     };
     out.set_times(std::fs::FileTimes::new().set_modified(mtime))?;
     out.sync_all()?;
-    let d = Some(dir.as_raw_fd());
-    match force {
-        true => renameat(d, tmp, d, name),
-        false => renameat2(d, tmp, d, name, RenameFlags::RENAME_NOREPLACE),
-    }
-    .map_err(std::io::Error::from)?;
-    dir.sync_all()
+    to.dir.rename(tmp, &to.name, force)?;
+    to.dir.sync()
 }
 
 #[cfg(test)]
