@@ -885,7 +885,8 @@ fn walk(root: &Path, watch: &WatchConfig, tx: &mpsc::Sender<Vec<Seen>>) -> Vec<P
 /// Root's log names the first folder (it may see every name); the limit and what it means.
 fn too_deep(watch: &WatchConfig, first: &Path, count: u64) {
     tracing::warn!(
-        "{count} folders more than {} levels below the watched folder {} are neither backed up          nor watched (the first: {}); the rest of the folder is",
+        "{count} folders more than {} levels below the watched folder {} are neither backed up \
+         nor watched (the first: {}); the rest of the folder is backed up as usual",
         fsx::DEPTH_LIMIT,
         watch.path.display(),
         first.display()

@@ -1104,6 +1104,26 @@ mod tests {
     }
 
     #[test]
+    fn a_file_is_read_no_further_than_its_size_at_open() {
+        // /dev/zero says 0 bytes and reads forever (as /proc/PID/pagemap does): the read must
+        // end, and find the file changed. On a thread, so that a read without end fails the
+        // test instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let zero = File::open("/dev/zero").unwrap();
+            let _ = tx.send(scan_file(zero).map(|(_, s)| s.stable));
+        });
+        let scanned = rx.recv_timeout(std::time::Duration::from_secs(20));
+        assert!(matches!(scanned, Ok(Ok(false))), "{scanned:?}");
+        // A regular file is read whole, and stable.
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f"), vec![7u8; 3_000_000]).unwrap();
+        let (_, s) = scan_file(File::open(d.path().join("f")).unwrap()).unwrap();
+        assert!(s.stable);
+        assert_eq!(s.content_hash, sha256_hex(&vec![7u8; 3_000_000]));
+    }
+
+    #[test]
     fn a_file_is_stable_while_read_unless_its_size_mtime_or_content_moved() {
         let before = stamp();
         assert!(stable(&before, &before, false));
