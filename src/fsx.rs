@@ -399,6 +399,63 @@ fn step_into(
     }
 }
 
+/// File systems whose files the kernel makes up as they are read (by their `statfs` magic,
+/// from `linux/magic.h`): a size of 0 that reads forever (`/proc/self/pagemap`), or state that
+/// is no one's data. Nothing on them is ever read for a backup.
+const PSEUDO_FS: &[(u32, &str)] = &[
+    (0x9fa0, "proc"),
+    (0x6265_6572, "sysfs"),
+    (0x6462_6720, "debugfs"),
+    (0x7363_6673, "securityfs"),
+    (0x0027_e0eb, "cgroup"),
+    (0x6367_7270, "cgroup2"),
+    (0x1cd1, "devpts"),
+    (0x7472_6163, "tracefs"),
+    (0xcafe_4a11, "bpf"),
+    (0xde5e_81e4, "efivarfs"),
+    (0x6265_6570, "configfs"),
+    (0x6165_676c, "pstore"),
+    (0xf97c_ff8c, "selinuxfs"),
+    (0x4341_5d53, "smackfs"),
+    (0x6573_5543, "fusectl"),
+    (0x4249_4e4d, "binfmt_misc"),
+    (0x6e73_6673, "nsfs"),
+    (0x0765_5821, "resctrl"),
+    (0x1980_0202, "mqueue"),
+];
+
+/// The name of the pseudo file system (proc, sysfs…) the open `file` is on, if it is on one
+/// (`fstatfs` on the handle, never on a path).
+pub fn pseudo_fs(file: &File) -> io::Result<Option<&'static str>> {
+    let st = nix::sys::statfs::fstatfs(file).map_err(errno)?;
+    // The magic is a `long` (or `u32` on some targets): only its low 32 bits are a magic.
+    #[allow(clippy::unnecessary_cast)]
+    let magic = (st.filesystem_type().0 as u64 & 0xffff_ffff) as u32;
+    Ok(PSEUDO_FS
+        .iter()
+        .find(|(m, _)| *m == magic)
+        .map(|(_, name)| *name))
+}
+
+/// `Err` (a one-line reason) when the open `file` is on a pseudo file system.
+pub fn refuse_pseudo(file: &File) -> io::Result<()> {
+    match pseudo_fs(file)? {
+        None => Ok(()),
+        Some(fs) => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("on the kernel's {fs} file system, whose files are not data: never backed up"),
+        )),
+    }
+}
+
+/// How deep below the folder it walks a `Walk` goes by default: each level open holds two
+/// descriptors while it is listed, so a chain of nested folders a user made cannot take the
+/// daemon's descriptors (nor, for a watched folder, its inotify watches).
+pub const DEPTH_LIMIT: usize = 256;
+
+/// Folders not entered because they were too deep, kept by path (the rest only counted).
+const TOO_DEEP_KEPT: usize = 16;
+
 /// What a walk found a name to be, as its filter is told.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Entry {
@@ -436,6 +493,11 @@ pub struct Walked {
     /// the files there were not handed over. A name that vanished or became a symlink while it
     /// was walked is not here: it simply is not (or no longer) a file or a folder.
     pub unreadable: Vec<(PathBuf, io::Error)>,
+    /// Folders not entered because they lie deeper than `Walk::max_depth` (the first
+    /// `TOO_DEEP_KEPT`, by their path below the folder walked)…
+    pub too_deep: Vec<PathBuf>,
+    /// …and how many there were in all.
+    pub too_deep_count: u64,
 }
 
 /// How to walk a folder: through handles, one name at a time, never following a symlink and
@@ -449,6 +511,9 @@ pub struct Walk {
     pub owner: Option<u32>,
     /// Files handed over at once (each holds its folder's handle until it is dropped).
     pub batch: usize,
+    /// How many levels of folders below the one walked are entered (`DEPTH_LIMIT`, less for a
+    /// walk that starts deep): the descriptors a walk holds are bounded by it.
+    pub max_depth: usize,
 }
 
 /// A folder being listed: its path below the walked one, its handle, its entries.
@@ -503,10 +568,16 @@ impl Walk {
         mut found: impl FnMut(Vec<Found>) -> ControlFlow<()>,
     ) -> io::Result<Walked> {
         let mut walked = Walked::default();
+        refuse_pseudo(dir)?;
         let mut stack = vec![Level::new(PathBuf::new(), dir.try_clone()?)?];
         let mut batch = Vec::with_capacity(self.batch);
-        while let Some(level) = stack.last_mut() {
-            match self.step(level, &mut keep, &mut walked) {
+        loop {
+            // The depth of a folder found in `level` (those of the folder walked are at 1).
+            let depth = stack.len();
+            let Some(level) = stack.last_mut() else {
+                break;
+            };
+            match self.step(level, depth, &mut keep, &mut walked) {
                 Step::Done => {
                     stack.pop();
                 }
@@ -532,6 +603,7 @@ impl Walk {
     fn step(
         &self,
         level: &mut Level,
+        depth: usize,
         keep: &mut impl FnMut(&Path, Entry) -> bool,
         walked: &mut Walked,
     ) -> Step {
@@ -601,6 +673,13 @@ impl Walk {
                     stamp: Stamp::of_stat(&st),
                 })
             }
+            Entry::Dir if depth > self.max_depth => {
+                walked.too_deep_count += 1;
+                if walked.too_deep.len() < TOO_DEEP_KEPT {
+                    walked.too_deep.push(rel);
+                }
+                Step::Skip
+            }
             Entry::Dir => {
                 let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
                 let opened = open_at(&*level.dir, name, flags).map(File::from);
@@ -608,8 +687,11 @@ impl Walk {
                     None => Ok(true),
                     Some(uid) => sub.metadata().map(|m| m.uid() == uid),
                 };
+                // A bind mount of proc (say) below the folder: never read.
                 let entered = opened.and_then(|sub| match owned(&sub)? {
-                    true => Level::new(rel.clone(), sub).map(Some),
+                    true => {
+                        refuse_pseudo(&sub).and_then(|()| Level::new(rel.clone(), sub).map(Some))
+                    }
                     false => Ok(None),
                 });
                 match entered {
@@ -767,7 +849,11 @@ mod tests {
         mut keep: impl FnMut(&Path, Entry) -> bool,
     ) -> (Vec<Found>, Vec<usize>) {
         let (mut files, mut sizes) = (Vec::new(), Vec::new());
-        let walk = Walk { owner, batch };
+        let walk = Walk {
+            owner,
+            batch,
+            max_depth: DEPTH_LIMIT,
+        };
         let walked = walk
             .run(dir, &mut keep, |b| {
                 sizes.push(b.len());
@@ -861,6 +947,7 @@ mod tests {
         let walk = Walk {
             owner: None,
             batch: 1,
+            max_depth: DEPTH_LIMIT,
         };
         walk.run(
             &dir,
@@ -872,6 +959,81 @@ mod tests {
         )
         .unwrap();
         assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn a_walk_goes_no_deeper_than_its_limit_and_says_where_it_stopped() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().canonicalize().unwrap();
+        // A chain d/d/d/… ten deep with a file `f` in every folder, and a folder beside it.
+        let mut here = base.clone();
+        for _ in 0..10 {
+            std::fs::write(here.join("f"), b"x").unwrap();
+            here = here.join("d");
+            std::fs::create_dir(&here).unwrap();
+        }
+        std::fs::create_dir(base.join("side")).unwrap();
+        std::fs::write(base.join("side/g"), b"y").unwrap();
+        let dir = open_path(&base, Kind::Dir).unwrap();
+        let walk = Walk {
+            owner: None,
+            batch: 100,
+            max_depth: 3,
+        };
+        let mut files = Vec::new();
+        let walked = walk
+            .run(
+                &dir,
+                |_, _| true,
+                |b| {
+                    files.extend(b.into_iter().map(|f| f.rel));
+                    ControlFlow::Continue(())
+                },
+            )
+            .unwrap();
+        files.sort();
+        let expected = ["d/d/d/f", "d/d/f", "d/f", "f", "side/g"].map(PathBuf::from);
+        assert_eq!(files, expected.to_vec(), "three levels of folders entered");
+        assert_eq!(walked.too_deep, vec![PathBuf::from("d/d/d/d")]);
+        assert_eq!(walked.too_deep_count, 1);
+        assert!(walked.unreadable.is_empty());
+        // At the default limit, the whole chain.
+        let (all, _) = walk_all(&dir, None, 100, |_, _| true);
+        assert_eq!(all.len(), 11);
+    }
+
+    #[test]
+    fn pseudo_file_systems_are_known_by_their_magic_and_never_walked() {
+        let proc_file = File::open("/proc/self/stat").unwrap();
+        assert_eq!(pseudo_fs(&proc_file).unwrap(), Some("proc"));
+        let e = refuse_pseudo(&proc_file).unwrap_err();
+        assert!(e.to_string().contains("proc file system"), "{e}");
+        if let Ok(sys) = File::open("/sys/kernel") {
+            assert_eq!(pseudo_fs(&sys).unwrap(), Some("sysfs"));
+        }
+        let d = tempfile::tempdir().unwrap();
+        let here = File::open(d.path()).unwrap();
+        assert_eq!(pseudo_fs(&here).unwrap(), None);
+        // A walk of /proc itself is refused before anything is listed.
+        let walk = Walk {
+            owner: None,
+            batch: 10,
+            max_depth: DEPTH_LIMIT,
+        };
+        let proc_dir = File::open("/proc").unwrap();
+        let mut handed = 0;
+        let e = walk
+            .run(
+                &proc_dir,
+                |_, _| true,
+                |b| {
+                    handed += b.len();
+                    ControlFlow::Continue(())
+                },
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("proc file system"), "{e}");
+        assert_eq!(handed, 0);
     }
 
     #[test]

@@ -577,8 +577,9 @@ fn a_restore_cannot_be_hijacked_by_getchunks_of_a_lan_host() {
                     continue;
                 }
                 let (id, no) = (&h[3], &h[4]);
-                let _ = sock.send_to(&buf[..n], mc); // the restorer's own, replayed
-                // Last, so that a holder that serves the latest requester serves it.
+                // The restorer's own, replayed; then its own, last, so that a holder that
+                // serves the latest requester serves it.
+                let _ = sock.send_to(&buf[..n], mc);
                 for d in [
                     format!("2.0 GETCHUNK 66 {id} {no}\r\nPULL\r\n\r\n"),
                     format!("2.0 GETCHUNK 66 {id} {no}\r\nTCP {port}\r\n\r\n"),

@@ -66,6 +66,10 @@ enum Keep {
     /// The kernel dropped the sentinel's watch with this descriptor (IN_IGNORED: its folder
     /// was unmounted, deleted or moved): notify's watches there are gone too.
     Lost(inotify::WatchDescriptor),
+    /// These folders lie too deep below their watched folder, or are on a pseudo file system (a
+    /// scan found them): their watches, and those below them, are dropped (notify watches every
+    /// folder, however deep).
+    TooDeep(Vec<PathBuf>),
 }
 
 impl Watchers {
@@ -207,6 +211,13 @@ impl Keeper {
                     Some(Keep::Sync(watches)) => self.sync(watches),
                     Some(Keep::Check) => {}
                     Some(Keep::Lost(wd)) => self.lost(wd),
+                    Some(Keep::TooDeep(paths)) => {
+                        for p in paths {
+                            // Not watched (beyond the kernel's path length, say): nothing to do.
+                            let _ = self.watcher.unwatch(&p);
+                        }
+                        continue;
+                    }
                     None => return,
                 },
                 _ = tick.tick() => {}
@@ -350,6 +361,21 @@ impl Keeper {
 
     async fn available(&mut self, w: &WatchConfig) {
         let path = &w.path;
+        // A watched folder on proc or sysfs is never walked nor watched.
+        let pseudo = {
+            let p = path.clone();
+            tokio::task::spawn_blocking(move || {
+                fsx::open_path(&p, fsx::Kind::Probe)
+                    .or_else(|_| std::fs::File::open(&p))
+                    .and_then(|f| fsx::pseudo_fs(&f))
+            })
+            .await
+        };
+        if let Ok(Ok(Some(fs))) = pseudo {
+            let why = format!("on the kernel's {fs} file system, whose files are not data: never backed up nor watched");
+            self.unavailable(path, why);
+            return;
+        }
         let mount = {
             let p = path.clone();
             tokio::task::spawn_blocking(move || presence::mount_of(&p))
@@ -552,7 +578,7 @@ async fn debounce(
             Some(input) = events.recv() => match input {
                 Input::Event(event) => {
                     if event.need_rescan() {
-                        rescan_everything(&node, &wake, &worker).await;
+                        rescan_everything(&node, &wake, &worker, &keeper).await;
                         continue;
                     }
                     if matches!(event.kind, EventKind::Access(_)) {
@@ -581,7 +607,7 @@ async fn debounce(
                         }
                     }
                     if overflowed {
-                        rescan_everything(&node, &wake, &worker).await;
+                        rescan_everything(&node, &wake, &worker, &keeper).await;
                     }
                 }
                 Input::Error(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
@@ -591,7 +617,7 @@ async fn debounce(
                             watch_limit_reached(&w.path);
                         }
                     }
-                    rescan_everything(&node, &wake, &worker).await;
+                    rescan_everything(&node, &wake, &worker, &keeper).await;
                 }
                 Input::Error(e) => {
                     tracing::warn!("file watcher: {e}");
@@ -601,19 +627,19 @@ async fn debounce(
                 Input::Overflow => {
                     tracing::warn!("too many file events at once: rescanning the watched folders");
                     pending.clear();
-                    rescan_everything(&node, &wake, &worker).await;
+                    rescan_everything(&node, &wake, &worker, &keeper).await;
                 }
             },
             Some(root) = rescans.recv() => {
                 worker.busy("scanning", Some(&root));
-                scan(&node, &wake, &root).await;
+                scan(&node, &wake, &root, &keeper).await;
                 worker.idle();
             }
             _ = tokio::time::sleep_until(quiet_until), if deadline.is_some() => {
                 let quiet = pending.poll(Instant::now());
                 if !quiet.is_empty() {
                     worker.busy("queueing changed files", None);
-                    settle(&node, &wake, quiet).await;
+                    settle(&node, &wake, quiet, &keeper).await;
                     worker.idle();
                 }
             }
@@ -623,7 +649,12 @@ async fn debounce(
 
 /// Paths that stopped changing: files are queued; a folder that appeared is scanned (its files
 /// may predate its watch); a path that is gone may have been a folder: its files are queued.
-async fn settle(node: &Arc<Node>, wake: &Notify, paths: Vec<PathBuf>) {
+async fn settle(
+    node: &Arc<Node>,
+    wake: &Notify,
+    paths: Vec<PathBuf>,
+    keeper: &mpsc::UnboundedSender<Keep>,
+) {
     let config = node.config();
     let (dirs, mut files, missing) = tokio::task::spawn_blocking(move || {
         let (mut dirs, mut files, mut missing) = (Vec::new(), Vec::new(), Vec::new());
@@ -647,7 +678,7 @@ async fn settle(node: &Arc<Node>, wake: &Notify, paths: Vec<PathBuf>) {
     .await
     .unwrap_or_default();
     for dir in dirs {
-        scan(node, wake, &dir).await;
+        scan(node, wake, &dir, keeper).await;
     }
     for path in missing {
         if let Ok(below) = node.catalog.call(move |c| c.live_paths_under(&path)).await {
@@ -657,10 +688,15 @@ async fn settle(node: &Arc<Node>, wake: &Notify, paths: Vec<PathBuf>) {
     enqueue(node, wake, files).await;
 }
 
-async fn rescan_everything(node: &Arc<Node>, wake: &Notify, worker: &Worker) {
+async fn rescan_everything(
+    node: &Arc<Node>,
+    wake: &Notify,
+    worker: &Worker,
+    keeper: &mpsc::UnboundedSender<Keep>,
+) {
     for w in &node.config().watch {
         worker.busy("scanning", Some(&w.path));
-        scan(node, wake, &w.path).await;
+        scan(node, wake, &w.path, keeper).await;
     }
     worker.idle();
 }
@@ -668,8 +704,9 @@ async fn rescan_everything(node: &Arc<Node>, wake: &Notify, worker: &Worker) {
 /// Compares a folder with the catalog and queues what differs: files new or changed since
 /// their newest version (size, mtime, ctime, inode), files back where they had been found gone,
 /// and backed-up files that are gone. Nothing is scanned in a folder that is unavailable (its
-/// disk not mounted: its files are not gone).
-pub async fn scan(node: &Arc<Node>, wake: &Notify, root: &Path) {
+/// disk not mounted: its files are not gone). Folders deeper than `fsx::DEPTH_LIMIT` below
+/// the watched folder are neither scanned nor watched: the keeper is told to drop their watches.
+async fn scan(node: &Arc<Node>, wake: &Notify, root: &Path, keeper: &mpsc::UnboundedSender<Keep>) {
     let config = node.config();
     let Some(watch) = config.watch_of(root).cloned() else {
         return;
@@ -714,7 +751,11 @@ pub async fn scan(node: &Arc<Node>, wake: &Notify, root: &Path) {
         queued += changed.len();
         enqueue(node, wake, changed).await;
     }
-    let _ = walker.await;
+    if let Ok(too_deep) = walker.await {
+        if !too_deep.is_empty() {
+            let _ = keeper.send(Keep::TooDeep(too_deep));
+        }
+    }
     // Files backed up before and now gone.
     let r = root.to_path_buf();
     let known = node
@@ -773,14 +814,25 @@ struct Seen {
 
 /// Walks the folder `root` (below the watched folder `watch`) through handles, symlinks never
 /// followed, and sends every regular file that is neither excluded nor the daemon's own, in
-/// batches, with the stamp the walk took of it (no second lookup).
-fn walk(root: &Path, watch: &WatchConfig, tx: &mpsc::Sender<Vec<Seen>>) {
+/// batches, with the stamp the walk took of it (no second lookup). Returns the folders it did
+/// not enter because they lie more than `fsx::DEPTH_LIMIT` levels below `watch` (the first
+/// few): their watches are to be dropped.
+fn walk(root: &Path, watch: &WatchConfig, tx: &mpsc::Sender<Vec<Seen>>) -> Vec<PathBuf> {
     let excludes = watch.exclude_set();
+    // A folder that appeared deep in the tree is scanned by itself: the limit counts from the
+    // watched folder, not from it.
+    let depth = root
+        .strip_prefix(&watch.path)
+        .map_or(0, |rel| rel.components().count());
+    let Some(max_depth) = fsx::DEPTH_LIMIT.checked_sub(depth) else {
+        too_deep(watch, root, 1);
+        return vec![root.to_path_buf()];
+    };
     let dir = match fsx::open_under(&watch.path, root, fsx::Kind::Dir) {
         Ok(dir) => dir,
         Err(e) => {
             tracing::warn!("cannot read {}: {e}", root.display());
-            return;
+            return Vec::new();
         }
     };
     let keep = |rel: &Path, entry| {
@@ -806,13 +858,37 @@ fn walk(root: &Path, watch: &WatchConfig, tx: &mpsc::Sender<Vec<Seen>>) {
     let walk = fsx::Walk {
         owner: None,
         batch: SCAN_BATCH,
+        max_depth,
     };
     match walk.run(&dir, keep, send) {
         Ok(walked) => {
-            for (rel, e) in walked.unreadable {
-                tracing::warn!("cannot read {}: {e}", root.join(rel).display());
+            let mut unwatch: Vec<PathBuf> = walked.too_deep.iter().map(|r| root.join(r)).collect();
+            if let Some(first) = unwatch.first() {
+                too_deep(watch, first, walked.too_deep_count);
             }
+            for (rel, e) in walked.unreadable {
+                tracing::warn!("cannot read {}: {e}", root.join(&rel).display());
+                // A pseudo file system mounted below (proc, say): not watched either.
+                if e.kind() == std::io::ErrorKind::Unsupported {
+                    unwatch.push(root.join(rel));
+                }
+            }
+            unwatch
         }
-        Err(e) => tracing::warn!("cannot read {}: {e}", root.display()),
+        Err(e) => {
+            tracing::warn!("cannot read {}: {e}", root.display());
+            Vec::new()
+        }
     }
+}
+
+/// Root's log names the first folder (it may see every name); the limit and what it means.
+fn too_deep(watch: &WatchConfig, first: &Path, count: u64) {
+    tracing::warn!(
+        "{count} folders more than {} levels below the watched folder {} are neither backed up \
+         nor watched (the first: {}); the rest of the folder is backed up as usual",
+        fsx::DEPTH_LIMIT,
+        watch.path.display(),
+        first.display()
+    );
 }

@@ -100,9 +100,15 @@ pub(crate) async fn backup(
     owner: Option<u32>,
     progress: &Progress,
 ) -> Done {
-    let root = match spawn_blocking(move || root.metadata().map(|m| (m.is_dir(), root))).await {
+    // Nothing on proc, sysfs and the like is read: a file there may say 0 bytes and read
+    // forever (`/proc/self/pagemap`), a core burnt for as long as its caller lives.
+    let looked = spawn_blocking(move || {
+        fsx::refuse_pseudo(&root)?;
+        root.metadata().map(|m| (m.is_dir(), root))
+    });
+    let root = match looked.await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => return Done::failed(format!("cannot read {}: {e}", shown(&path))),
+        Ok(Err(e)) => return Done::failed(format!("cannot back up {}: {e}", shown(&path))),
         Err(e) => return Done::failed(e.to_string()),
     };
     let mut tally = Tally::default();
@@ -122,6 +128,7 @@ pub(crate) async fn backup(
         let walk = fsx::Walk {
             owner,
             batch: WALK_BATCH,
+            max_depth: fsx::DEPTH_LIMIT,
         };
         walk.run(
             &root,
@@ -168,6 +175,15 @@ pub(crate) async fn backup(
         Ok(Ok(walked)) => {
             for (rel, e) in walked.unreadable {
                 tally.failed(&path.join(rel), format!("cannot read: {e}"), progress);
+            }
+            // Below the caller's own folder: its names are the caller's to see.
+            if let Some(first) = walked.too_deep.first() {
+                let error = format!(
+                    "{} folders more than {} levels deep are not backed up (a backup goes no deeper)",
+                    walked.too_deep_count,
+                    fsx::DEPTH_LIMIT
+                );
+                tally.failed(&path.join(first), error, progress);
             }
         }
         Ok(Err(e)) => return Done::failed(format!("cannot read {}: {e}", shown(&path))),
@@ -518,13 +534,17 @@ struct Scanned {
     stable: bool,
 }
 
-fn scan_file(mut file: File) -> std::io::Result<(File, Scanned)> {
+/// Reads the file once, for its content hash: at most one byte more than its size at open, so
+/// that a file that reads longer than it says (one that grows, or a kernel's made-up file) is
+/// found changed after a bounded read, never read without end.
+fn scan_file(file: File) -> std::io::Result<(File, Scanned)> {
     let stamp = Stamp::of(&file.metadata()?);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
+    let mut bounded = (&file).take(stamp.size.saturating_add(1));
     loop {
-        let n = file.read(&mut buf)?;
+        let n = bounded.read(&mut buf)?;
         if n == 0 {
             break;
         }
@@ -596,8 +616,11 @@ pub(crate) async fn backup_handle_as(
         false => None,
     };
     let cut = Cut::of(plan.encrypt);
-    let (file, now) =
-        spawn_blocking(move || file.metadata().map(|m| (file, Stamp::of(&m)))).await??;
+    let (file, now) = spawn_blocking(move || {
+        fsx::refuse_pseudo(&file)?;
+        file.metadata().map(|m| (file, Stamp::of(&m)))
+    })
+    .await??;
     let standing = standing_of(node, path, now, rd.get(), plan.encrypt).await?;
     if let Standing::AtRd { version } = standing {
         tracing::debug!(
@@ -1078,6 +1101,26 @@ mod tests {
         // The scans ask only this half: whatever the RD, the same file is unchanged.
         assert!(unchanged(Some(&f), &now).is_ok());
         assert_eq!(unchanged(Some(&deleted), &now).err(), Some(Why::Deleted));
+    }
+
+    #[test]
+    fn a_file_is_read_no_further_than_its_size_at_open() {
+        // /dev/zero says 0 bytes and reads forever (as /proc/PID/pagemap does): the read must
+        // end, and find the file changed. On a thread, so that a read without end fails the
+        // test instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let zero = File::open("/dev/zero").unwrap();
+            let _ = tx.send(scan_file(zero).map(|(_, s)| s.stable));
+        });
+        let scanned = rx.recv_timeout(std::time::Duration::from_secs(20));
+        assert!(matches!(scanned, Ok(Ok(false))), "{scanned:?}");
+        // A regular file is read whole, and stable.
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f"), vec![7u8; 3_000_000]).unwrap();
+        let (_, s) = scan_file(File::open(d.path().join("f")).unwrap()).unwrap();
+        assert!(s.stable);
+        assert_eq!(s.content_hash, sha256_hex(&vec![7u8; 3_000_000]));
     }
 
     #[test]
