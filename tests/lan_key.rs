@@ -605,3 +605,247 @@ fn a_keyed_restore_over_tcp_takes_only_signed_frames() {
         c.state(holder)
     );
 }
+
+// ---- replays (issue 23, case 5) ------------------------------------------------------------
+
+/// The message type and sender id of a recorded datagram.
+fn kind_and_sender(d: &[u8]) -> (String, u32) {
+    let f = header_fields(d);
+    (f[1].clone(), f[2].parse().unwrap())
+}
+
+/// Sends recorded datagrams again, unchanged, from a host without the key; how many each peer
+/// should refuse (a peer's own echo back is ignored, not counted).
+fn replay(c: &Cluster, channel: std::net::SocketAddrV4, recorded: &[Vec<u8>]) -> Vec<u64> {
+    let mut expected = vec![0; c.peers.len()];
+    for d in recorded {
+        c.send_raw(channel, d);
+        let sender = kind_and_sender(d).1;
+        for (i, e) in expected.iter_mut().enumerate() {
+            *e += u64::from(sender != c.peers[i].id);
+        }
+        // Chunk-sized datagrams: room for the receivers' buffers.
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    expected
+}
+
+fn all_drops(c: &Cluster) -> Vec<u64> {
+    (0..c.peers.len()).map(|i| drops(&c.state(i))).collect()
+}
+
+/// Waits until every peer counted at least `expected` more refusals than `before`.
+fn counted(c: &Cluster, before: &[u64], expected: &[u64], what: &str) {
+    let ok = wait_until(Duration::from_secs(5), || {
+        let now = all_drops(c);
+        (0..now.len()).all(|i| now[i] >= before[i] + expected[i])
+    });
+    assert!(
+        ok,
+        "{what}: refusals counted {:?}, before {before:?}, expected at least {expected:?} more",
+        all_drops(c)
+    );
+}
+
+/// The issue's attack: the signed DELETEs of `peerstash delete f` are recorded; f, unchanged,
+/// is backed up again (same fileId); one DELETE replayed 4 s later must not make the holders
+/// drop it: they keep the chunks, the home still counts RD 2, and the restore works.
+#[test]
+fn a_recorded_delete_replayed_after_the_file_is_backed_up_again_is_refused() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = new_key(keys.path(), "lan.key");
+    let c = Cluster::start_keyed(&["100MB"; 3], |_| Some(key.clone()));
+    let (path, bytes) = make_file(&c, "f.bin", 150_000);
+    let p = path.to_str().unwrap();
+    c.cli_ok(0, &["backup", p, "-r", "2"], 0);
+    let id = file_id(&c.state(0), &path);
+    let mc = Listener::join(c.mc).record();
+    c.cli_ok(0, &["delete", p], 0);
+    let freed = wait_until(Duration::from_secs(10), || {
+        (1..3).all(|i| !hosts_file(&c.state(i), &id))
+    });
+    assert!(freed, "the delete freed the holders: {}", c.dump());
+    let deleted_at = Instant::now();
+    // The DELETE goes out 8 times over 2.1 s: all of them recorded.
+    std::thread::sleep(Duration::from_millis(2500));
+    let deletes: Vec<Vec<u8>> = (mc.stop().into_iter())
+        .filter(|d| kind_and_sender(d) == ("DELETE".into(), 1))
+        .collect();
+    assert!(!deletes.is_empty(), "no DELETE recorded");
+
+    c.cli_ok(0, &["backup", p, "-r", "2"], 0);
+    assert_eq!(file_id(&c.state(0), &path), id, "the same fileId again");
+    let stored = wait_until(Duration::from_secs(10), || {
+        perceived(&c.state(0), &path).iter().all(|rd| *rd >= 2)
+    });
+    assert!(stored, "backed up again at RD 2: {}", c.state(0));
+    let held: Vec<_> = (1..3).map(|i| hosted(&c.state(i))).collect();
+    let on_disk: Vec<_> = (1..3).map(|i| chunk_files_on_disk(c.peer(i))).collect();
+
+    // 4 s after the delete (well within the 60 s window), one DELETE, then all of them.
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(deleted_at.elapsed()));
+    let before = all_drops(&c);
+    let one = replay(&c, c.mc, &deletes[..1]);
+    // Long enough for a DELETE's work, were it taken.
+    std::thread::sleep(Duration::from_secs(2));
+    let every = replay(&c, c.mc, &deletes);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        (1..3).map(|i| hosted(&c.state(i))).collect::<Vec<_>>(),
+        held,
+        "a holder dropped chunks"
+    );
+    assert_eq!(
+        (1..3)
+            .map(|i| chunk_files_on_disk(c.peer(i)))
+            .collect::<Vec<_>>(),
+        on_disk
+    );
+    assert!(perceived(&c.state(0), &path).iter().all(|rd| *rd >= 2));
+    let expected: Vec<u64> = one.iter().zip(&every).map(|(a, b)| a + b).collect();
+    counted(&c, &before, &expected, "DELETEs replayed");
+    let to = c.dir.path().join("restored.bin");
+    c.cli_ok(0, &["restore", p, "--to", to.to_str().unwrap()], 0);
+    assert_eq!(std::fs::read(&to).unwrap(), bytes);
+}
+
+/// Each kind of message (PUTCHUNK, STORED, GETCHUNK, CHUNK, REMOVED, DELETE), recorded from a
+/// keyed cluster and sent again unchanged by a host without the key, is refused and counted;
+/// a STORED replayed after its sender's REMOVED does not make the home count it again, and
+/// PUTCHUNKs replayed after the delete plant nothing. 1.0, so that CHUNKs cross MDR.
+#[test]
+fn every_kind_of_message_replayed_is_refused_and_counted() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = new_key(keys.path(), "lan.key");
+    let specs = (0..4)
+        .map(|_| PeerSpec {
+            lan_key_file: Some(key.clone()),
+            ..PeerSpec::new("100MB").protocol("1.0")
+        })
+        .collect();
+    let c = Cluster::start_specs(specs);
+    let recordings = [c.mc, c.mdb, c.mdr].map(|ch| (ch, Listener::join(ch).record()));
+    let (path, bytes) = make_file(&c, "g.bin", 150_000);
+    let p = path.to_str().unwrap();
+    // 1.0: every peer that reads a PUTCHUNK stores it: peers 2, 3 and 4 hold every chunk.
+    c.cli_ok(0, &["backup", p, "-r", "2"], 0);
+    let id = file_id(&c.state(0), &path);
+    let to = c.dir.path().join("restored.bin");
+    assert_eq!(restore_to(&c, 0, &path, &to), bytes);
+    c.cli_ok(1, &["reclaim", "0"], 0);
+    let settled = wait_until(Duration::from_secs(5), || {
+        !hosts_file(&c.state(1), &id) && perceived(&c.state(0), &path).iter().all(|rd| *rd == 2)
+    });
+    assert!(settled, "peer 2 dropped its copies: {}", c.dump());
+    std::thread::sleep(Duration::from_secs(2));
+    let recorded: Vec<_> = recordings
+        .into_iter()
+        .map(|(ch, r)| (ch, r.stop()))
+        .collect();
+    let of_kind = |kind: &str, sender: Option<u32>| -> (std::net::SocketAddrV4, Vec<Vec<u8>>) {
+        let (ch, ds) = (recorded.iter())
+            .find(|(_, ds)| ds.iter().any(|d| kind_and_sender(d).0 == kind))
+            .unwrap_or_else(|| panic!("no {kind} recorded"));
+        let ds = (ds.iter())
+            .filter(|d| {
+                let (k, s) = kind_and_sender(d);
+                k == kind && sender.is_none_or(|want| want == s)
+            })
+            .cloned()
+            .collect();
+        (*ch, ds)
+    };
+
+    // Peer 2's STOREDs, after its REMOVED: the home still counts 2 holders, not 3.
+    let before = all_drops(&c);
+    let (ch, stored) = of_kind("STORED", Some(2));
+    assert!(!stored.is_empty());
+    let expected = replay(&c, ch, &stored);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        perceived(&c.state(0), &path).iter().all(|rd| *rd == 2),
+        "a replayed STORED counted a holder that dropped the chunk: {}",
+        c.state(0)
+    );
+    counted(&c, &before, &expected, "STORED");
+    for kind in ["GETCHUNK", "CHUNK", "REMOVED"] {
+        let before = all_drops(&c);
+        let (ch, ds) = of_kind(kind, None);
+        let expected = replay(&c, ch, &ds);
+        counted(&c, &before, &expected, kind);
+    }
+    assert!(perceived(&c.state(0), &path).iter().all(|rd| *rd == 2));
+
+    // Deleted, then its PUTCHUNKs and DELETEs replayed: nothing is planted again.
+    let mc = Listener::join(c.mc).record();
+    c.cli_ok(0, &["delete", p], 0);
+    let freed = wait_until(Duration::from_secs(10), || {
+        (0..4).all(|i| chunk_files_on_disk(c.peer(i)) == 0)
+    });
+    assert!(freed, "{}", c.dump());
+    // The DELETE goes out 8 times over 2.1 s.
+    std::thread::sleep(Duration::from_millis(2500));
+    let deletes: Vec<Vec<u8>> = (mc.stop().into_iter())
+        .filter(|d| kind_and_sender(d).0 == "DELETE")
+        .collect();
+    assert!(!deletes.is_empty(), "no DELETE recorded");
+    let (ch, puts) = of_kind("PUTCHUNK", None);
+    let before = all_drops(&c);
+    let expected = replay(&c, ch, &puts);
+    // Long enough for the chunks to be written, were they taken.
+    std::thread::sleep(Duration::from_secs(2));
+    for i in 0..4 {
+        assert_eq!(
+            chunk_files_on_disk(c.peer(i)),
+            0,
+            "peer {}: re-planted",
+            i + 1
+        );
+        assert!(hosted(&c.state(i)).is_empty(), "{}", c.state(i));
+    }
+    counted(&c, &before, &expected, "PUTCHUNK");
+    let before = all_drops(&c);
+    let expected = replay(&c, c.mc, &deletes);
+    counted(&c, &before, &expected, "DELETE");
+}
+
+/// A restart loses the tags seen: the sender's mark kept in the catalog refuses what it sent
+/// before. PUTCHUNKs recorded during a backup, the file deleted, the holder restarted: replayed
+/// at once, they plant nothing.
+#[test]
+fn a_replay_after_the_receiver_restarts_is_refused() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = new_key(keys.path(), "lan.key");
+    let mut c = Cluster::start_keyed(&["100MB"; 3], |_| Some(key.clone()));
+    let (path, _) = make_file(&c, "r.bin", 150_000);
+    let p = path.to_str().unwrap();
+    let mdb = Listener::join(c.mdb).record();
+    c.cli_ok(0, &["backup", p, "-r", "2"], 0);
+    let puts: Vec<Vec<u8>> = (mdb.stop().into_iter())
+        .filter(|d| kind_and_sender(d).0 == "PUTCHUNK")
+        .collect();
+    assert!(!puts.is_empty());
+    let id = file_id(&c.state(0), &path);
+    c.cli_ok(0, &["delete", p], 0);
+    let freed = wait_until(Duration::from_secs(10), || {
+        (1..3).all(|i| chunk_files_on_disk(c.peer(i)) == 0 && !hosts_file(&c.state(i), &id))
+    });
+    assert!(freed, "{}", c.dump());
+    c.restart(1);
+    assert_eq!(drops(&c.state(1)), 0);
+    let expected = replay(&c, c.mdb, &puts);
+    // Long enough for the chunks to be written, were they taken.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        chunk_files_on_disk(c.peer(1)),
+        0,
+        "re-planted after the restart"
+    );
+    assert!(hosted(&c.state(1)).is_empty(), "{}", c.state(1));
+    counted(
+        &c,
+        &[0, 0, 0],
+        &[0, expected[1], 0],
+        "PUTCHUNK after a restart",
+    );
+}

@@ -205,7 +205,11 @@ pub(crate) async fn run(
                 d.heard(&msg);
                 d.engine.handle_from(msg, Some(from), Instant::now());
             }
-            _ = flush_heard.tick() => d.flush_heard(),
+            _ = flush_heard.tick() => {
+                if let Some(write) = d.flush_heard() {
+                    tokio::spawn(write);
+                }
+            }
             _ = timer => {}
         }
         d.engine.handle_timeout(Instant::now());
@@ -213,6 +217,11 @@ pub(crate) async fn run(
         (d.node.counters.chunks_in_flight)
             .store((load.sending + load.fetching) as u64, Ordering::Relaxed);
         d.flush().await;
+    }
+    // The LAN key marks taken since the last flush: without them, what was taken in the last
+    // second could be replayed after the restart.
+    if let Some(write) = d.flush_heard() {
+        write.await;
     }
 }
 
@@ -234,19 +243,28 @@ impl Driver {
         }
     }
 
-    fn flush_heard(&mut self) {
-        if self.heard.is_empty() {
-            return;
+    /// The write of who was heard since the last flush, and of the LAN key marks taken
+    /// (`auth::ReplayGuard`), to run beside the engine; None: nothing to write.
+    fn flush_heard(&mut self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let marks = self.node.replay_guard().take_marks();
+        if self.heard.is_empty() && marks.is_empty() {
+            return None;
         }
         let heard: Vec<(PeerId, String, i64)> = (self.heard.drain())
             .map(|(peer, (version, at))| (peer, version.to_string(), at))
             .collect();
         let node = self.node.clone();
-        tokio::spawn(async move {
-            if let Err(e) = node.catalog.call(move |c| c.heard_peers(&heard)).await {
+        Some(async move {
+            let r = (node.catalog)
+                .call(move |c| {
+                    c.heard_peers(&heard)?;
+                    c.record_auth_marks(&marks)
+                })
+                .await;
+            if let Err(e) = r {
                 tracing::warn!("cannot record the peers heard: {e}");
             }
-        });
+        })
     }
 
     fn input(&mut self, input: Input, now: Instant) {
@@ -608,7 +626,8 @@ pub(crate) async fn receive_loop(
                 continue;
             }
         };
-        let datagram = match authenticated(&node, &buf[..n]) {
+        let now = super::unix_now();
+        let (datagram, stamp) = match stamped(&node, &buf[..n], now) {
             Ok(d) => d,
             Err(e) => {
                 tracing::debug!(%from, "dropped a datagram ({n} bytes) on {:?}: {e}", ch.channel);
@@ -628,6 +647,10 @@ pub(crate) async fn receive_loop(
                 continue;
             }
         };
+        if let Err(e) = fresh(&node, &msg, stamp, now) {
+            tracing::debug!(%from, "dropped a {} on {:?}: {e}", msg.type_name(), ch.channel);
+            continue;
+        }
         match &node.net.faults {
             None => enqueue(&node, &to_engine, (msg, from)),
             // Fault injection (tests): the message is lost, delivered late, or twice.
@@ -650,16 +673,53 @@ fn authenticated<'a>(
     node: &Node,
     bytes: &'a [u8],
 ) -> Result<std::borrow::Cow<'a, [u8]>, auth::AuthError> {
+    stamped(node, bytes, super::unix_now()).map(|(bytes, _)| bytes)
+}
+
+/// `authenticated`, with the time and tag of the AUTH line (None: we have no LAN key).
+fn stamped<'a>(
+    node: &Node,
+    bytes: &'a [u8],
+    now: u64,
+) -> Result<(std::borrow::Cow<'a, [u8]>, Option<auth::Stamp>), auth::AuthError> {
     let Some(key) = node.lan_key() else {
-        return Ok(std::borrow::Cow::Borrowed(bytes));
+        return Ok((std::borrow::Cow::Borrowed(bytes), None));
     };
-    auth::verify(&key, bytes, super::unix_now())
-        .map(std::borrow::Cow::Owned)
+    auth::verify_stamped(&key, bytes, now)
+        .map(|(bytes, stamp)| (std::borrow::Cow::Owned(bytes), Some(stamp)))
         .inspect_err(|_| {
             node.counters
                 .unauthenticated
                 .fetch_add(1, Ordering::Relaxed);
         })
+}
+
+/// With a LAN key, a datagram already taken (replayed) is refused and counted as one without a
+/// valid tag; a copy within a second of the first is refused uncounted (the sender's own
+/// repeats look like that). Ours echo back from multicast and are left to the engine, which
+/// ignores them.
+fn fresh(
+    node: &Node,
+    msg: &Message,
+    stamp: Option<auth::Stamp>,
+    now: u64,
+) -> Result<(), auth::AuthError> {
+    let Some(stamp) = stamp else {
+        return Ok(());
+    };
+    if msg.sender == node.id {
+        return Ok(());
+    }
+    let taken = node.replay_guard().check(msg.sender, stamp, now);
+    if taken
+        .as_ref()
+        .is_err_and(|e| *e != auth::AuthError::Repeated)
+    {
+        node.counters
+            .unauthenticated
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    taken
 }
 
 fn enqueue(
@@ -754,6 +814,13 @@ pub(crate) async fn answer_pull(
 }
 
 impl Node {
+    /// The replay guard; held only for one check or one take of its marks, never across an
+    /// await.
+    fn replay_guard(&self) -> std::sync::MutexGuard<'_, auth::ReplayGuard> {
+        // A panic while it was held left it consistent enough: at worst a tag not remembered.
+        self.replay.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// An encoded message as it goes out: with the LAN key's tag when there is a key.
     pub(crate) fn sign(&self, bytes: Vec<u8>) -> Vec<u8> {
         match self.lan_key() {

@@ -41,6 +41,9 @@ pub struct Node {
     /// The LAN key (network.lan_key_file), if any: signs every datagram sent, and every
     /// datagram received must carry its tag. Replaced on reload.
     lan_key: std::sync::RwLock<Option<LanKey>>,
+    /// The LAN key's tags and times taken from each peer: a replayed datagram is refused. Its
+    /// marks are kept in the catalog with who was heard (`driver::run`).
+    pub(crate) replay: std::sync::Mutex<crate::protocol::auth::ReplayGuard>,
     /// The master key (`peer.master_key_file`), if any: encrypts chunks (`protocol::seal`).
     /// Read at start and reload (`config::master_key_for`).
     master_key: std::sync::RwLock<Option<MasterKey>>,
@@ -382,11 +385,14 @@ pub async fn start(
         false => None,
     };
     let (inputs, inputs_rx) = mpsc::unbounded_channel();
+    let marks = (catalog.call(|c| c.auth_marks()).await)
+        .context("cannot read the LAN key marks of the peers from the catalog")?;
     let node = Arc::new(Node {
         id: PeerId(config.peer.id),
         _lock: lock,
         config: std::sync::RwLock::new(Arc::new(config)),
         lan_key: std::sync::RwLock::new(lan_key),
+        replay: std::sync::Mutex::new(crate::protocol::auth::ReplayGuard::load(marks, unix_now())),
         master_key: std::sync::RwLock::new(options.master_key.clone()),
         making_master_key: Mutex::new(()),
         catalog,

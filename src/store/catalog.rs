@@ -14,6 +14,7 @@ use std::sync::Arc;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
+use crate::protocol::auth;
 use crate::protocol::message::{ChunkId, ChunkNo, FileId, PeerId};
 
 #[derive(Debug, thiserror::Error)]
@@ -289,7 +290,9 @@ CREATE TABLE IF NOT EXISTS peers (
     id INTEGER PRIMARY KEY,           -- a peer heard, or counted lost
     protocol TEXT NOT NULL,           -- the highest version heard from it ('': never heard)
     last_heard INTEGER NOT NULL,      -- unix ms of its latest message heard (0: never heard)
-    lost_at INTEGER                   -- unix ms when it was counted lost; NULL while not lost
+    lost_at INTEGER,                  -- unix ms when it was counted lost; NULL while not lost
+    auth_mark INTEGER NOT NULL DEFAULT 0, -- LAN key: the newest AUTH time taken from it (its clock, unix s)
+    auth_mark_at INTEGER NOT NULL DEFAULT 0 -- when that was taken (our clock, unix s)
 );
 CREATE TABLE IF NOT EXISTS delete_acks (
     file_id TEXT NOT NULL,            -- a version of ours forgotten here (its DELETE queued)
@@ -417,6 +420,8 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("hosted", "sender", "INTEGER NOT NULL DEFAULT 0"),
     ("files", "encrypted", "INTEGER NOT NULL DEFAULT 0"),
     ("files", "completed_ms", "INTEGER"),
+    ("peers", "auth_mark", "INTEGER NOT NULL DEFAULT 0"),
+    ("peers", "auth_mark_at", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
@@ -1516,6 +1521,43 @@ impl Catalog {
         })
     }
 
+    /// LAN key: keeps each peer's newest AUTH time taken (`auth::ReplayGuard`), so that what was
+    /// taken before a restart is refused after it. Written as given (a mark capped after a
+    /// clock set wrong goes down); a peer without a row (`heard_peers` did not add it) is left
+    /// out.
+    pub fn record_auth_marks(&self, marks: &[auth::Mark]) -> Result<(), StoreError> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        self.atomically(|| {
+            let mut update = self.conn.prepare_cached(
+                "UPDATE peers SET auth_mark = ?2, auth_mark_at = ?3 WHERE id = ?1",
+            )?;
+            let secs = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
+            for m in marks {
+                update.execute(params![m.sender.0, secs(m.mark), secs(m.marked_at)])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The marks `record_auth_marks` kept, for `auth::ReplayGuard::load` at start.
+    pub fn auth_marks(&self) -> Result<Vec<auth::Mark>, StoreError> {
+        let secs = |s: i64| u64::try_from(s).unwrap_or(0);
+        let marks = self
+            .conn
+            .prepare_cached("SELECT id, auth_mark, auth_mark_at FROM peers WHERE auth_mark > 0")?
+            .query_map([], |r| {
+                Ok(auth::Mark {
+                    sender: PeerId(r.get(0)?),
+                    mark: secs(r.get(1)?),
+                    marked_at: secs(r.get(2)?),
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(marks)
+    }
+
     /// The holders (of our chunks or of chunks hosted here) not already counted lost that have
     /// been silent longer than `timeout_ms` at `now_ms`. Silence is counted from their last
     /// message or from `since_ms` (when this daemon started), whichever is later: a peer never
@@ -2301,6 +2343,40 @@ mod tests {
         // Nothing to record, nothing done.
         cat.heard_peers(&[]).unwrap();
         assert_eq!(peer_rows(&cat), 2);
+    }
+
+    #[test]
+    fn auth_marks_are_kept_for_peers_heard_and_an_older_catalog_gains_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let mark = |p, mark, marked_at| auth::Mark {
+            sender: PeerId(p),
+            mark,
+            marked_at,
+        };
+        {
+            let cat = Catalog::open(&path).unwrap();
+            // As the release before the replay guard left it.
+            cat.conn
+                .execute_batch(
+                    "ALTER TABLE peers DROP COLUMN auth_mark;
+                     ALTER TABLE peers DROP COLUMN auth_mark_at;",
+                )
+                .unwrap();
+            cat.heard_peers(&[heard(2, "2.0", 100)]).unwrap();
+        }
+        let cat = Catalog::open(&path).unwrap();
+        assert_eq!(cat.auth_marks().unwrap(), vec![], "none yet");
+        // Peer 9 was never recorded as heard: left out.
+        cat.record_auth_marks(&[mark(2, 1000, 990), mark(9, 5, 5)])
+            .unwrap();
+        assert_eq!(cat.auth_marks().unwrap(), vec![mark(2, 1000, 990)]);
+        // Written as given, even lower (a mark capped after a clock set wrong).
+        cat.record_auth_marks(&[mark(2, 900, 995)]).unwrap();
+        cat.heard_peers(&[heard(2, "2.0", 200)]).unwrap();
+        drop(cat);
+        let cat = Catalog::open(&path).unwrap();
+        assert_eq!(cat.auth_marks().unwrap(), vec![mark(2, 900, 995)]);
     }
 
     #[test]
