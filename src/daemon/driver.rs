@@ -18,7 +18,7 @@ use crate::engine::peer::{
     Action, BackupOutcome, Expect, JobId, JobKind, Owner, Peer, Put, Role, HELLO_EVERY,
     MAX_PEERS_SEEN,
 };
-use crate::net::{tcp, ChannelSocket, MAX_DATAGRAM};
+use crate::net::{ChannelSocket, MAX_DATAGRAM};
 use crate::protocol::auth;
 use crate::protocol::{sha256_hex, ChunkId, FileId, Message, MessageKind, PeerId, Rd, Version};
 
@@ -532,10 +532,7 @@ impl Driver {
                 // Bounded by the engine: a few pulls per chunk being fetched, and the fetches
                 // by the restore window.
                 tokio::spawn(async move {
-                    let permit = node.pulls.start().await;
-                    let pulled = pull(&node, from, &chunk).await;
-                    drop(permit);
-                    match pulled {
+                    match pull(&node, from, &chunk).await {
                         Ok(msg) => node.engine(Input::TcpChunk(msg)),
                         Err(e) => tracing::debug!("could not pull chunk {chunk} from {from}: {e}"),
                     }
@@ -752,7 +749,8 @@ async fn pull(node: &Arc<Node>, from: SocketAddr, chunk: &ChunkId) -> Result<Mes
         },
     );
     ask.version = Version::V2_0;
-    let frame = tcp::pull(from, &node.sign(ask.encode()))
+    let frame = (node.pulls)
+        .pull(from, &node.sign(ask.encode()))
         .await
         .map_err(|e| e.to_string())?;
     let bytes = authenticated(node, &frame).map_err(|e| e.to_string())?;

@@ -206,10 +206,21 @@ async fn write_frame(stream: &mut TcpStream, frame: &[u8]) -> io::Result<()> {
     stream.write_all(&bytes).await
 }
 
-/// Bounds outbound pulls: a restore with many chunks in flight opens at most MAX_OUTBOUND
-/// connections at once.
+/// The restorer's side: pulls, at most MAX_OUTBOUND at once, over connections kept open between
+/// pulls (one handshake per holder, not per chunk); an idle connection is kept at most
+/// `KEEP_IDLE`, well within the holder's own limit, and MAX_IDLE_PER_HOLDER per holder.
 #[derive(Clone)]
-pub struct Pulls(Arc<Semaphore>);
+pub struct Pulls {
+    permits: Arc<Semaphore>,
+    idle: Arc<std::sync::Mutex<Idle>>,
+}
+
+/// Connections kept open per holder, and since when each is idle.
+type Idle = HashMap<SocketAddr, Vec<(TcpStream, std::time::Instant)>>;
+
+/// An idle connection older than this is closed rather than used (the holder cuts it at TIMEOUT).
+const KEEP_IDLE: Duration = Duration::from_secs(2);
+pub const MAX_IDLE_PER_HOLDER: usize = 8;
 
 impl Default for Pulls {
     fn default() -> Pulls {
@@ -219,28 +230,90 @@ impl Default for Pulls {
 
 impl Pulls {
     pub fn new() -> Pulls {
-        Pulls(Arc::new(Semaphore::new(MAX_OUTBOUND)))
-    }
-
-    /// A permit for one pull (held until it ends), waiting for one to be free.
-    pub async fn start(&self) -> OwnedSemaphorePermit {
-        // The semaphore is never closed.
-        self.0.clone().acquire_owned().await.expect("never closed")
+        Pulls {
+            permits: Arc::new(Semaphore::new(MAX_OUTBOUND)),
+            idle: Arc::default(),
+        }
     }
 
     /// A permit now, or None when MAX_OUTBOUND are in progress.
     pub fn try_start(&self) -> Option<OwnedSemaphorePermit> {
-        self.0.clone().try_acquire_owned().ok()
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
+    /// Sends `request` to the holder at `to` and reads its one answer (at most MAX_FRAME bytes),
+    /// each step within TIMEOUT; waits for a free place first. A kept connection that fails is
+    /// tried once more on a new one (the holder may have closed it meanwhile).
+    pub async fn pull(&self, to: SocketAddr, request: &[u8]) -> io::Result<Vec<u8>> {
+        check_request(request)?;
+        // The semaphore is never closed.
+        let _permit = self.permits.acquire().await.map_err(io::Error::other)?;
+        if let Some(mut stream) = self.take_idle(to) {
+            if let Ok(answer) = exchange(&mut stream, to, request, TIMEOUT).await {
+                self.put_idle(to, stream);
+                return Ok(answer);
+            }
+        }
+        let mut stream = connect(to, TIMEOUT).await?;
+        let answer = exchange(&mut stream, to, request, TIMEOUT).await?;
+        self.put_idle(to, stream);
+        Ok(answer)
+    }
+
+    fn take_idle(&self, to: SocketAddr) -> Option<TcpStream> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = idle.get_mut(&to)?;
+        kept.retain(|(_, at)| at.elapsed() < KEEP_IDLE);
+        let stream = kept.pop().map(|(s, _)| s);
+        if kept.is_empty() {
+            idle.remove(&to);
+        }
+        stream
+    }
+
+    fn put_idle(&self, to: SocketAddr, stream: TcpStream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // Forgets holders whose connections all went stale, so the map stays small.
+        idle.retain(|_, kept| {
+            kept.retain(|(_, at)| at.elapsed() < KEEP_IDLE);
+            !kept.is_empty()
+        });
+        let kept = idle.entry(to).or_default();
+        if kept.len() < MAX_IDLE_PER_HOLDER {
+            kept.push((stream, std::time::Instant::now()));
+        }
     }
 }
 
-/// Connects to the holder at `to`, sends `request` and reads one answer (at most MAX_FRAME
-/// bytes), each step within TIMEOUT.
+/// Connects to the holder at `to` and pulls one answer, on a connection of its own (closed
+/// after).
 pub async fn pull(to: SocketAddr, request: &[u8]) -> io::Result<Vec<u8>> {
     pull_with(to, request, TIMEOUT).await
 }
 
 async fn pull_with(to: SocketAddr, request: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
+    check_request(request)?;
+    let mut stream = connect(to, timeout).await?;
+    exchange(&mut stream, to, request, timeout).await
+}
+
+async fn connect(to: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(to))
+        .await
+        .map_err(|_| timed_out(to, timeout))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+fn timed_out(to: SocketAddr, timeout: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("pull from {to} not done within {timeout:?}"),
+    )
+}
+
+/// A request the holder would refuse (empty, over MAX_REQUEST) is not sent.
+fn check_request(request: &[u8]) -> io::Result<()> {
     if request.is_empty() || request.len() > MAX_REQUEST {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -250,19 +323,28 @@ async fn pull_with(to: SocketAddr, request: &[u8], timeout: Duration) -> io::Res
             ),
         ));
     }
-    let timed_out = || {
-        io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("pull from {to} not done within {timeout:?}"),
-        )
-    };
-    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(to))
-        .await
-        .map_err(|_| timed_out())??;
-    stream.set_nodelay(true)?;
+    Ok(())
+}
+
+/// Writes `request` and reads one answer, within `timeout`.
+async fn exchange(
+    stream: &mut TcpStream,
+    to: SocketAddr,
+    request: &[u8],
+    timeout: Duration,
+) -> io::Result<Vec<u8>> {
+    if request.is_empty() || request.len() > MAX_REQUEST {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "request of {} bytes is not within 1..={MAX_REQUEST}",
+                request.len()
+            ),
+        ));
+    }
     let exchange = async {
-        write_frame(&mut stream, request).await?;
-        match read_frame(&mut stream, MAX_FRAME).await? {
+        write_frame(stream, request).await?;
+        match read_frame(stream, MAX_FRAME).await? {
             Some(frame) => Ok(frame),
             None => Err(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -272,7 +354,7 @@ async fn pull_with(to: SocketAddr, request: &[u8], timeout: Duration) -> io::Res
     };
     tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| timed_out())?
+        .map_err(|_| timed_out(to, timeout))?
 }
 
 #[cfg(test)]
@@ -292,11 +374,14 @@ mod tests {
     /// How long a test waits for something that should happen at once.
     const WAIT: Duration = Duration::from_secs(2);
 
+    /// Every request the test holder got, and from where.
+    type Asked = Arc<Mutex<Vec<(Vec<u8>, SocketAddr)>>>;
+
     /// A holder whose answer to a request is the request reversed ("none": no answer), and who
     /// notes every request with its address.
     struct Server {
         addr: SocketAddr,
-        asked: Arc<Mutex<Vec<(Vec<u8>, SocketAddr)>>>,
+        asked: Asked,
         refused: Arc<AtomicU64>,
         trigger: Trigger,
         task: JoinHandle<()>,
@@ -569,6 +654,34 @@ mod tests {
         assert!(pulls.try_start().is_none());
         drop(permits);
         assert!(pulls.try_start().is_some());
+    }
+
+    #[tokio::test]
+    async fn pulls_reuse_a_connection_and_survive_one_the_holder_closed() {
+        let server = start().await;
+        let pulls = Pulls::new();
+        for word in [&b"one"[..], b"two", b"three"] {
+            let answer = pulls.pull(server.addr, word).await.unwrap();
+            assert!(answer.iter().rev().eq(word.iter()));
+        }
+        let addresses: Vec<SocketAddr> = server
+            .asked
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, a)| *a)
+            .collect();
+        assert!(
+            addresses.iter().all(|a| *a == addresses[0]),
+            "one connection: {addresses:?}"
+        );
+        // The holder cuts the idle connection at its timeout: the next pull connects again.
+        tokio::time::sleep(SHORT + Duration::from_millis(100)).await;
+        assert_eq!(pulls.pull(server.addr, b"four").await.unwrap(), b"ruof");
+        assert_eq!(server.asked(), 4);
+        // No answer: an error, and the connection is not kept.
+        assert!(pulls.pull(server.addr, b"none").await.is_err());
+        assert!(pulls.take_idle(server.addr).is_none());
     }
 
     #[test]
