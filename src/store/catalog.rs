@@ -243,6 +243,7 @@ CREATE TABLE IF NOT EXISTS files (
     absent_ms INTEGER NOT NULL DEFAULT 0, -- while deleted_at is set: ms counted absent (monotonic)
     encrypted INTEGER NOT NULL DEFAULT 0, -- chunks encrypted under the master key
     completed_ms INTEGER,             -- unix ms when it became complete
+    recovered INTEGER NOT NULL DEFAULT 0, -- came with a recovered catalog (`adopt_snapshot`)
     UNIQUE (path, version)
 );
 CREATE TABLE IF NOT EXISTS last_versions (
@@ -417,6 +418,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("hosted", "sender", "INTEGER NOT NULL DEFAULT 0"),
     ("files", "encrypted", "INTEGER NOT NULL DEFAULT 0"),
     ("files", "completed_ms", "INTEGER"),
+    ("files", "recovered", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
@@ -615,6 +617,36 @@ impl Catalog {
         self.conn
             .prepare_cached(&sql)?
             .query_row([file_id.key()], file_row)
+            .optional()?
+            .map(finish_file)
+            .transpose()
+    }
+
+    /// The encrypted version of `path` with this size, mtime and content that a backup may
+    /// resume (its fileId is random per attempt: `seal::MasterKey::file_id`), if any. Resuming
+    /// seals pieces again under its key, which is safe only where the catalog recorded the hash
+    /// of every chunk ever sent (`record_file_chunk` refuses other bytes): so not an unfinished
+    /// version that came with a recovered catalog, whose computer may have sent more chunks
+    /// after the snapshot was taken.
+    pub fn sealed_version(
+        &self,
+        path: &Path,
+        size: u64,
+        mtime_ns: i64,
+        content_hash: &str,
+    ) -> Result<Option<FileRow>, StoreError> {
+        let sql = format!(
+            "SELECT {FILE_COLUMNS} FROM files
+             WHERE path = ?1 AND size = ?2 AND mtime_ns = ?3 AND content_hash = ?4
+               AND encrypted = 1 AND (complete = 1 OR recovered = 0)
+             ORDER BY version DESC LIMIT 1"
+        );
+        self.conn
+            .prepare_cached(&sql)?
+            .query_row(
+                params![path_key(path), size as i64, mtime_ns, content_hash],
+                file_row,
+            )
             .optional()?
             .map(finish_file)
             .transpose()

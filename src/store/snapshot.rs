@@ -227,6 +227,11 @@ impl Catalog {
             self.conn
                 .prepare_cached("DELETE FROM meta WHERE key = 'master_key_made'")?
                 .execute([])?;
+            // What the lost computer sent after this snapshot is not recorded here: an
+            // unfinished encrypted version is never resumed (`Catalog::sealed_version`).
+            self.conn
+                .prepare_cached("UPDATE files SET recovered = 1")?
+                .execute([])?;
             self.set_meta("snapshot_floor", &floor_text(floor.max(slot)))
         })
     }
@@ -537,6 +542,46 @@ mod tests {
         assert_eq!(count(&installed, "files"), 1);
         assert_eq!(count(&installed, "hosted"), 1);
         assert!(state.join(REPLACED).exists());
+    }
+
+    /// Issue 23, case 6: a version is resumed (sealed again under its key) only where every
+    /// chunk ever sent is recorded. In a recovered catalog, an unfinished encrypted version may
+    /// have had more chunks sent after the snapshot: never resumed; a complete one is.
+    #[test]
+    fn a_recovered_unfinished_encrypted_version_is_never_resumed() {
+        const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        cat.conn
+            .execute_batch(
+                "INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash,
+                                    desired_rd, complete, encrypted)
+                 VALUES ('aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', X'2F61', 1, 3, 5, 420, 'h', 2, 0, 1),
+                        ('bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb', X'2F62', 1, 3, 5, 420, 'h', 2, 1, 1),
+                        ('cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc', X'2F63', 1, 3, 5, 420, 'h', 2, 0, 0);",
+            )
+            .unwrap();
+        let found = |path: &str| {
+            cat.sealed_version(Path::new(path), 3, 5, "h")
+                .unwrap()
+                .map(|f| f.file_id.key())
+        };
+        assert_eq!(found("/a").as_deref(), Some(A), "unfinished here: resumed");
+        assert_eq!(
+            cat.sealed_version(Path::new("/a"), 3, 6, "h").unwrap(),
+            None
+        );
+        assert_eq!(found("/c"), None, "not encrypted");
+        let floor = Slot { day: 9, n: 0 };
+        cat.adopt_snapshot(&FileId::from_digest(&[1; 32]), floor, floor)
+            .unwrap();
+        assert_eq!(found("/a"), None, "unfinished, recovered: not resumed");
+        assert_eq!(
+            found("/b").as_deref(),
+            Some(B),
+            "complete: every chunk recorded"
+        );
     }
 
     #[test]
