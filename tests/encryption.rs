@@ -201,3 +201,162 @@ fn a_folder_switched_to_encrypt_is_backed_up_again_and_its_clear_copies_go() {
     let out = folder.path().join("back.bin");
     assert!(restore_to(&c, 0, &file, &out) == bytes);
 }
+
+/// Where the fd of `path` in process `pid` stands (`pos` of /proc/PID/fdinfo), if it is open.
+fn fd_position(pid: u32, path: &Path) -> Option<u64> {
+    let fds = PathBuf::from(format!("/proc/{pid}/fd"));
+    std::fs::read_dir(fds).ok()?.flatten().find_map(|entry| {
+        if std::fs::read_link(entry.path()).ok().as_deref() != Some(path) {
+            return None;
+        }
+        let info = format!("/proc/{pid}/fdinfo/{}", entry.file_name().to_string_lossy());
+        let text = std::fs::read_to_string(info).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("pos:"))
+            .and_then(|p| p.trim().parse().ok())
+    })
+}
+
+/// Writes `piece` at `at` in place, and sets the mtime back to `mtime`: size and mtime as
+/// before, as a careful attacker (or `touch -r`) leaves them.
+fn rewrite_in_place(path: &Path, at: u64, piece: &[u8], mtime: std::time::SystemTime) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(piece, at).unwrap();
+    f.set_times(std::fs::FileTimes::new().set_modified(mtime))
+        .unwrap();
+}
+
+/// The bodies of the PUTCHUNKs of chunk `no` heard, with their fileIds.
+fn putchunks_of(heard: &[Vec<u8>], no: u32) -> Vec<(String, Vec<u8>)> {
+    let mut found = Vec::new();
+    for d in heard {
+        let fields = header_fields(d);
+        if fields.get(1).map(String::as_str) != Some("PUTCHUNK")
+            || fields.get(4).and_then(|n| n.parse::<u32>().ok()) != Some(no)
+        {
+            continue;
+        }
+        let body = d.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        found.push((fields[3].to_lowercase(), d[body..].to_vec()));
+    }
+    found
+}
+
+/// Issue 23, case 6: during a `backup --encrypt`, the last piece is rewritten in place (same
+/// size, mtime set back) once the daemon has hashed the whole file: the backup seals and sends
+/// the rewritten piece, then fails as "changed". The file is put back and backed up again: it
+/// has the same identity as the first attempt. Recorded on MDB, no chunk id (fileId and chunkNo,
+/// so key and nonce) ever carries two different bodies: the two bodies of the last chunk are
+/// not under one keystream (C1 xor C2 != P1 xor P2), each opens only under its own attempt's
+/// key, and the restore gives back the original bytes.
+#[test]
+fn a_piece_changed_during_an_encrypted_backup_is_never_sealed_twice_under_one_key() {
+    use peerstash::protocol::seal::{Cut, MasterKey};
+    use peerstash::protocol::{ChunkNo, FileId};
+
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(&["0", "100 MiB", "100 MiB"]);
+    let file = dir.path().canonicalize().unwrap().join("big.bin");
+    // Large enough that the daemon reads the last piece well after the whole file was hashed
+    // (it reads chunks only a few batches ahead of what the holders took).
+    let len = 260 * PIECE as u64 + 5_000;
+    let original = random_bytes(len as usize);
+    std::fs::write(&file, &original).unwrap();
+    let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+    let last = Cut::Sealed.count(len) as u32 - 1;
+    let at = Cut::Sealed.offset(ChunkNo(last));
+    let p1: Vec<u8> = original[at as usize..].to_vec();
+    let p2: Vec<u8> = p1.iter().map(|b| b ^ 0x5a).collect();
+    let path = file.to_str().unwrap();
+
+    let lan = Listener::join(c.mdb).record();
+    let first = std::process::Command::new(PEERSTASH)
+        .arg("--config")
+        .arg(&c.peer(0).config)
+        .args(["backup", path, "--encrypt", "-r", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The whole file hashed (its descriptor, shared by the CLI that opened it and the daemon,
+    // at its end; the chunks are read by position): rewrite the last piece before the daemon
+    // reads it to seal it.
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let hashed = loop {
+        let pos = [c.pid(0).unwrap(), first.id()].map(|pid| fd_position(pid, &file));
+        if seen.last() != Some(&pos) {
+            seen.push(pos);
+        }
+        if pos.iter().any(|p| *p == Some(len)) || std::time::Instant::now() > end {
+            break pos.iter().any(|p| *p == Some(len));
+        }
+        std::thread::sleep(Duration::from_micros(300));
+    };
+    rewrite_in_place(&file, at, &p2, mtime);
+    let first = first.wait_with_output().unwrap();
+    assert!(hashed, "the file was not seen hashed whole: {seen:?}");
+    assert_eq!(
+        first.status.code(),
+        Some(1),
+        "the first backup reports the change: {}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+
+    // Put back as it was: same size, mtime and content as the first attempt saw them.
+    rewrite_in_place(&file, at, &p1, mtime);
+    c.cli_ok(0, &["backup", path, "--encrypt", "-r", "2"], 0);
+    std::thread::sleep(Duration::from_millis(500));
+    let heard = lan.stop();
+
+    let bodies = putchunks_of(&heard, last);
+    let key = std::fs::read(c.peer(0).dir.join("master.key")).unwrap();
+    let master = MasterKey::new(key.try_into().unwrap());
+    let opened = |id: &str, body: &[u8]| {
+        let id = FileId::parse(id).unwrap();
+        master.file_key(&id).open(ChunkNo(last), body).ok()
+    };
+    // The attack happened: the rewritten piece was sealed and sent, and so was the original.
+    let sealed_p2: Vec<_> = bodies
+        .iter()
+        .filter(|(id, b)| opened(id, b).as_ref() == Some(&p2))
+        .collect();
+    let sealed_p1: Vec<_> = bodies
+        .iter()
+        .filter(|(id, b)| opened(id, b).as_ref() == Some(&p1))
+        .collect();
+    assert!(
+        !sealed_p2.is_empty() && !sealed_p1.is_empty(),
+        "both pieces of chunk {last} heard on MDB ({} PUTCHUNKs of it, {} datagrams):\n{}",
+        bodies.len(),
+        heard.len(),
+        c.log(0)
+    );
+    // Never two bodies under one key and nonce.
+    for (id, body) in &bodies {
+        for (other_id, other) in &bodies {
+            assert!(
+                id != other_id || body == other,
+                "chunk {last} of {id} sent with two different bodies"
+            );
+        }
+    }
+    let xor = |a: &[u8], b: &[u8]| -> Vec<u8> { a.iter().zip(b).map(|(x, y)| x ^ y).collect() };
+    let (c1, c2) = (&sealed_p2[0].1, &sealed_p1[0].1);
+    assert_ne!(
+        xor(&c1[..p1.len()], &c2[..p1.len()]),
+        xor(&p2, &p1),
+        "the two bodies share a keystream"
+    );
+    assert!(
+        opened(&sealed_p1[0].0, c1).is_none(),
+        "C1 opens only under its own key"
+    );
+
+    let out = dir.path().join("back.bin");
+    assert!(
+        restore_to(&c, 0, &file, &out) == original,
+        "restored bytes differ"
+    );
+}
