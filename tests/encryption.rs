@@ -289,8 +289,8 @@ fn a_piece_changed_during_an_encrypted_backup_is_never_sealed_twice_under_one_ke
         if seen.last() != Some(&pos) {
             seen.push(pos);
         }
-        if pos.iter().any(|p| *p == Some(len)) || std::time::Instant::now() > end {
-            break pos.iter().any(|p| *p == Some(len));
+        if pos.contains(&Some(len)) || std::time::Instant::now() > end {
+            break pos.contains(&Some(len));
         }
         std::thread::sleep(Duration::from_micros(300));
     };

@@ -919,6 +919,10 @@ impl Catalog {
             Forget::Abandoned { backup } => {
                 if row.complete {
                     Some("it is complete".to_owned())
+                } else if self.is_snapshot(file_id)? {
+                    // Its fileId (and key) comes from its slot: forgotten, the slot could be
+                    // given back and sealed again with other bytes (`release_snapshot`).
+                    Some("it is a catalog snapshot: its slot stays used".to_owned())
                 } else if backup_id != Some(backup.0) {
                     Some("another backup inserted it".to_owned())
                 } else {
