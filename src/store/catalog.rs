@@ -243,7 +243,7 @@ CREATE TABLE IF NOT EXISTS files (
     absent_ms INTEGER NOT NULL DEFAULT 0, -- while deleted_at is set: ms counted absent (monotonic)
     encrypted INTEGER NOT NULL DEFAULT 0, -- chunks encrypted under the master key
     completed_ms INTEGER,             -- unix ms when it became complete
-    recovered INTEGER NOT NULL DEFAULT 0, -- came with a recovered catalog (`adopt_snapshot`)
+    no_resume INTEGER NOT NULL DEFAULT 0, -- unfinished, never resumed (`Catalog::sealed_version`)
     UNIQUE (path, version)
 );
 CREATE TABLE IF NOT EXISTS last_versions (
@@ -418,7 +418,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("hosted", "sender", "INTEGER NOT NULL DEFAULT 0"),
     ("files", "encrypted", "INTEGER NOT NULL DEFAULT 0"),
     ("files", "completed_ms", "INTEGER"),
-    ("files", "recovered", "INTEGER NOT NULL DEFAULT 0"),
+    ("files", "no_resume", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
@@ -625,9 +625,12 @@ impl Catalog {
     /// The encrypted version of `path` with this size, mtime and content that a backup may
     /// resume (its fileId is random per attempt: `seal::MasterKey::file_id`), if any. Resuming
     /// seals pieces again under its key, which is safe only where the catalog recorded the hash
-    /// of every chunk ever sent (`record_file_chunk` refuses other bytes): so not an unfinished
-    /// version that came with a recovered catalog, whose computer may have sent more chunks
-    /// after the snapshot was taken.
+    /// of every chunk ever sent (`record_file_chunk` refuses other bytes), and useful only where
+    /// those hashes are of this content. So not an unfinished version marked `no_resume`: one
+    /// that came with a recovered catalog (its computer may have sent more chunks after the
+    /// snapshot), or one a resumed backup found changed (a chunk may be recorded with the
+    /// changed bytes, and every later resume would fail on it). The next backup makes a new
+    /// version instead; the old one goes as `keep_versions` says.
     pub fn sealed_version(
         &self,
         path: &Path,
@@ -638,7 +641,7 @@ impl Catalog {
         let sql = format!(
             "SELECT {FILE_COLUMNS} FROM files
              WHERE path = ?1 AND size = ?2 AND mtime_ns = ?3 AND content_hash = ?4
-               AND encrypted = 1 AND (complete = 1 OR recovered = 0)
+               AND encrypted = 1 AND (complete = 1 OR no_resume = 0)
              ORDER BY version DESC LIMIT 1"
         );
         self.conn
@@ -650,6 +653,14 @@ impl Catalog {
             .optional()?
             .map(finish_file)
             .transpose()
+    }
+
+    /// An unfinished encrypted version is never resumed again (`sealed_version`).
+    pub fn stop_resuming(&self, file_id: &FileId) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE files SET no_resume = 1 WHERE file_id = ?1 AND complete = 0")?
+            .execute([file_id.key()])?;
+        Ok(())
     }
 
     /// Every kept version of every path equal to `path` or below it (a folder), oldest first:

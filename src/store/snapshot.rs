@@ -234,7 +234,7 @@ impl Catalog {
             // What the lost computer sent after this snapshot is not recorded here: an
             // unfinished encrypted version is never resumed (`Catalog::sealed_version`).
             self.conn
-                .prepare_cached("UPDATE files SET recovered = 1")?
+                .prepare_cached("UPDATE files SET no_resume = 1 WHERE complete = 0")?
                 .execute([])?;
             self.set_meta("snapshot_floor", &floor_text(floor.max(slot)))
         })
@@ -584,10 +584,11 @@ mod tests {
     }
 
     /// Issue 23, case 6: a version is resumed (sealed again under its key) only where every
-    /// chunk ever sent is recorded. In a recovered catalog, an unfinished encrypted version may
-    /// have had more chunks sent after the snapshot: never resumed; a complete one is.
+    /// chunk ever sent is recorded, with this content's bytes. An unfinished encrypted version
+    /// that a resumed backup found changed, or that came with a recovered catalog (more chunks
+    /// may have been sent after the snapshot), is never resumed; a complete one is.
     #[test]
-    fn a_recovered_unfinished_encrypted_version_is_never_resumed() {
+    fn an_unfinished_encrypted_version_is_resumed_only_while_its_records_hold() {
         const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
         const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
         let dir = tempfile::tempdir().unwrap();
@@ -612,6 +613,16 @@ mod tests {
             None
         );
         assert_eq!(found("/c"), None, "not encrypted");
+        // A resumed backup found the file changed: resumed no more while unfinished.
+        let (a, b) = (FileId::parse(A).unwrap(), FileId::parse(B).unwrap());
+        cat.stop_resuming(&b).unwrap();
+        assert_eq!(found("/b").as_deref(), Some(B), "complete: still resumed");
+        cat.stop_resuming(&a).unwrap();
+        assert_eq!(found("/a"), None, "unfinished, found changed: not resumed");
+        cat.conn
+            .execute_batch("UPDATE files SET no_resume = 0")
+            .unwrap();
+        assert_eq!(found("/a").as_deref(), Some(A));
         let floor = Slot { day: 9, n: 0 };
         cat.adopt_snapshot(&FileId::from_digest(&[1; 32]), floor, floor)
             .unwrap();

@@ -781,7 +781,8 @@ pub(crate) async fn backup_handle_as(
         // so that the slot is never given back and sealed again with other bytes
         // (`Catalog::release_snapshot`).
         if matches!(e, BackupError::Changed) {
-            abandon(node, path, &file_id, version, resumed || snapshot, backup).await?;
+            let resumed = resumed || snapshot;
+            abandon(node, path, &file_id, version, resumed, sealed, backup).await?;
         }
         return Err(e);
     }
@@ -814,16 +815,23 @@ pub(crate) async fn backup_handle_as(
 
 /// A backup found the file changed while reading it. A version it resumed (complete or not) is
 /// left exactly as it was; a version it inserted is forgotten (its chunks deleted from the peers)
-/// — through `Catalog::forget`, which refuses anything else.
+/// — through `Catalog::forget`, which refuses anything else. An unfinished encrypted (`sealed`)
+/// version it resumed is not resumed again: a chunk of it may now be recorded with the changed
+/// bytes, and the next backup makes a new version under a key of its own.
 async fn abandon(
     node: &Arc<Node>,
     path: &Path,
     file_id: &FileId,
     version: u32,
     resumed: bool,
+    sealed: bool,
     backup: BackupId,
 ) -> Result<(), BackupError> {
     if resumed {
+        if sealed {
+            let f = file_id.clone();
+            node.catalog.call(move |c| c.stop_resuming(&f)).await?;
+        }
         tracing::info!(
             "{} changed while being read: its version {version} is left as it was",
             path.display()
