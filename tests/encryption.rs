@@ -201,3 +201,272 @@ fn a_folder_switched_to_encrypt_is_backed_up_again_and_its_clear_copies_go() {
     let out = folder.path().join("back.bin");
     assert!(restore_to(&c, 0, &file, &out) == bytes);
 }
+
+/// Where the fd of `path` in process `pid` stands (`pos` of /proc/PID/fdinfo), if it is open.
+fn fd_position(pid: u32, path: &Path) -> Option<u64> {
+    let fds = PathBuf::from(format!("/proc/{pid}/fd"));
+    std::fs::read_dir(fds).ok()?.flatten().find_map(|entry| {
+        if std::fs::read_link(entry.path()).ok().as_deref() != Some(path) {
+            return None;
+        }
+        let info = format!("/proc/{pid}/fdinfo/{}", entry.file_name().to_string_lossy());
+        let text = std::fs::read_to_string(info).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("pos:"))
+            .and_then(|p| p.trim().parse().ok())
+    })
+}
+
+/// Writes `piece` at `at` in place, and sets the mtime back to `mtime`: size and mtime as
+/// before, as a careful attacker (or `touch -r`) leaves them.
+fn rewrite_in_place(path: &Path, at: u64, piece: &[u8], mtime: std::time::SystemTime) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(piece, at).unwrap();
+    f.set_times(std::fs::FileTimes::new().set_modified(mtime))
+        .unwrap();
+}
+
+/// The bodies of the PUTCHUNKs of chunk `no` heard, with their fileIds.
+fn putchunks_of(heard: &[Vec<u8>], no: u32) -> Vec<(String, Vec<u8>)> {
+    let mut found = Vec::new();
+    for d in heard {
+        let fields = header_fields(d);
+        if fields.get(1).map(String::as_str) != Some("PUTCHUNK")
+            || fields.get(4).and_then(|n| n.parse::<u32>().ok()) != Some(no)
+        {
+            continue;
+        }
+        let body = d.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        found.push((fields[3].to_lowercase(), d[body..].to_vec()));
+    }
+    found
+}
+
+/// A file of about 16 MB whose last piece an attacker rewrites in place: its bytes, and the
+/// original and rewritten last piece.
+struct Target {
+    file: PathBuf,
+    len: u64,
+    original: Vec<u8>,
+    mtime: std::time::SystemTime,
+    last: u32,
+    at: u64,
+    p1: Vec<u8>,
+    p2: Vec<u8>,
+}
+
+impl Target {
+    fn new(dir: &Path) -> Target {
+        use peerstash::protocol::seal::Cut;
+        let file = dir.canonicalize().unwrap().join("big.bin");
+        // Large enough that the daemon reads the last piece well after the whole file was
+        // hashed (it reads chunks only a few batches ahead of what the holders took).
+        let len = 260 * PIECE as u64 + 5_000;
+        let original = random_bytes(len as usize);
+        std::fs::write(&file, &original).unwrap();
+        let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+        let last = Cut::Sealed.count(len) as u32 - 1;
+        let at = Cut::Sealed.offset(peerstash::protocol::ChunkNo(last));
+        let p1 = original[at as usize..].to_vec();
+        let p2 = p1.iter().map(|b| b ^ 0x5a).collect();
+        Target {
+            file,
+            len,
+            original,
+            mtime,
+            last,
+            at,
+            p1,
+            p2,
+        }
+    }
+
+    fn path(&self) -> &str {
+        self.file.to_str().unwrap()
+    }
+
+    /// Starts `peerstash backup --encrypt` on peer `i`; once the daemon has hashed the whole
+    /// file (its descriptor, shared by the CLI that opened it and the daemon, at its end: the
+    /// chunks are then read by position), rewrites the last piece before the daemon reads it
+    /// to seal it, and sets the mtime back. The CLI's output.
+    fn backup_while_rewriting(&self, c: &Cluster, i: usize) -> std::process::Output {
+        let cli = self.start_backup(c, i);
+        let hashed = self.wait_hashed(c, i, &cli);
+        rewrite_in_place(&self.file, self.at, &self.p2, self.mtime);
+        let out = cli.wait_with_output().unwrap();
+        assert!(
+            hashed.is_ok(),
+            "the file was not seen hashed whole: {hashed:?}"
+        );
+        out
+    }
+
+    fn start_backup(&self, c: &Cluster, i: usize) -> std::process::Child {
+        std::process::Command::new(PEERSTASH)
+            .arg("--config")
+            .arg(&c.peer(i).config)
+            .args(["backup", self.path(), "--encrypt", "-r", "2"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits (30 s at most) until the file's descriptor is at its end; Err: the positions seen.
+    fn wait_hashed(
+        &self,
+        c: &Cluster,
+        i: usize,
+        cli: &std::process::Child,
+    ) -> Result<(), Vec<[Option<u64>; 2]>> {
+        let end = std::time::Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        while std::time::Instant::now() < end {
+            let pos = [c.pid(i).unwrap(), cli.id()].map(|pid| fd_position(pid, &self.file));
+            if pos.contains(&Some(self.len)) {
+                return Ok(());
+            }
+            if seen.last() != Some(&pos) {
+                seen.push(pos);
+            }
+            std::thread::sleep(Duration::from_micros(300));
+        }
+        Err(seen)
+    }
+
+    /// Puts the last piece back: size, mtime and content as the first attempt saw them.
+    fn put_back(&self) {
+        rewrite_in_place(&self.file, self.at, &self.p1, self.mtime);
+    }
+
+    /// What was heard on MDB shows no key and nonce used twice: both pieces of the last chunk
+    /// were sealed and sent (the attack happened), each opens only under its own fileId's key,
+    /// no chunk id (fileId and chunkNo: key and nonce) carries two different bodies, and the
+    /// two bodies do not share a keystream (C1 xor C2 != P1 xor P2).
+    fn check_never_two_bodies(&self, c: &Cluster, heard: &[Vec<u8>]) {
+        use peerstash::protocol::seal::MasterKey;
+        use peerstash::protocol::{ChunkNo, FileId};
+        let bodies = putchunks_of(heard, self.last);
+        let key = std::fs::read(c.peer(0).dir.join("master.key")).unwrap();
+        let master = MasterKey::new(key.try_into().unwrap());
+        let opened = |id: &str, body: &[u8]| {
+            let id = FileId::parse(id).unwrap();
+            master.file_key(&id).open(ChunkNo(self.last), body).ok()
+        };
+        let sealing = |piece: &Vec<u8>| -> Vec<&(String, Vec<u8>)> {
+            (bodies.iter())
+                .filter(|(id, b)| opened(id, b).as_ref() == Some(piece))
+                .collect()
+        };
+        let (sealed_p2, sealed_p1) = (sealing(&self.p2), sealing(&self.p1));
+        assert!(
+            !sealed_p2.is_empty() && !sealed_p1.is_empty(),
+            "both pieces of chunk {} heard on MDB ({} PUTCHUNKs of it, {} datagrams):\n{}",
+            self.last,
+            bodies.len(),
+            heard.len(),
+            c.log(0)
+        );
+        for (id, body) in &bodies {
+            for (other_id, other) in &bodies {
+                assert!(
+                    id != other_id || body == other,
+                    "chunk {} of {id} sent with two different bodies",
+                    self.last
+                );
+            }
+        }
+        let xor = |a: &[u8], b: &[u8]| -> Vec<u8> { a.iter().zip(b).map(|(x, y)| x ^ y).collect() };
+        let (c2, c1) = (&sealed_p2[0].1, &sealed_p1[0].1);
+        let n = self.p1.len();
+        assert_ne!(
+            xor(&c2[..n], &c1[..n]),
+            xor(&self.p2, &self.p1),
+            "the two bodies share a keystream"
+        );
+        assert!(
+            opened(&sealed_p1[0].0, c2).is_none(),
+            "each opens only under its own key"
+        );
+    }
+}
+
+/// Issue 23, case 6: during a `backup --encrypt`, the last piece is rewritten in place (same
+/// size, mtime set back) once the daemon has hashed the whole file: the backup seals and sends
+/// the rewritten piece, then fails as "changed". The file is put back and backed up again: it
+/// has the same identity as the first attempt. On MDB, no key and nonce carry two bodies
+/// (`Target::check_never_two_bodies`), and the restore gives back the original bytes.
+#[test]
+fn a_piece_changed_during_an_encrypted_backup_is_never_sealed_twice_under_one_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(&["0", "100 MiB", "100 MiB"]);
+    let t = Target::new(dir.path());
+    let lan = Listener::join(c.mdb).record();
+    let first = t.backup_while_rewriting(&c, 0);
+    assert_eq!(
+        first.status.code(),
+        Some(1),
+        "the first backup reports the change: {}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    t.put_back();
+    c.cli_ok(0, &["backup", t.path(), "--encrypt", "-r", "2"], 0);
+    std::thread::sleep(Duration::from_millis(500));
+    t.check_never_two_bodies(&c, &lan.stop());
+    let out = dir.path().join("back.bin");
+    assert!(
+        restore_to(&c, 0, &t.file, &out) == t.original,
+        "restored bytes differ"
+    );
+}
+
+/// Issue 23, case 6, across a kill: a `backup --encrypt` is killed (kill -9) after sending part
+/// of the file; the next one resumes that version and, while it reads, the last piece (not sent
+/// before the kill) is rewritten in place, mtime set back: sealed, sent, then "changed". Put
+/// back and backed up again, the version is not resumed (its last chunk is now recorded with
+/// the rewritten bytes; resuming would fail on it every time, or seal the original under the
+/// same key and nonce): a new version under a key of its own is made and completes. On MDB no
+/// key and nonce carry two bodies, and the restore gives back the original bytes.
+#[test]
+fn a_resumed_encrypted_backup_never_seals_other_bytes_under_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(&["0", "100 MiB", "100 MiB"]);
+    let t = Target::new(dir.path());
+    let lan = Listener::join(c.mdb).record();
+    let cli = t.start_backup(&c, 0);
+    let hashed = t.wait_hashed(&c, 0, &cli);
+    assert!(
+        hashed.is_ok(),
+        "the file was not seen hashed whole: {hashed:?}"
+    );
+    // A few chunks sent, far from all 261.
+    std::thread::sleep(Duration::from_millis(300));
+    c.kill(0);
+    let killed = cli.wait_with_output().unwrap();
+    assert_ne!(killed.status.code(), Some(0), "the backup was cut short");
+    c.spawn(0);
+    c.wait_ready(0);
+
+    let resumed = t.backup_while_rewriting(&c, 0);
+    assert_eq!(
+        resumed.status.code(),
+        Some(1),
+        "the resumed backup reports the change: {}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert!(
+        c.log(0).contains("its version 1 is left as it was"),
+        "version 1 was resumed:\n{}",
+        c.log(0)
+    );
+    t.put_back();
+    c.cli_ok(0, &["backup", t.path(), "--encrypt", "-r", "2"], 0);
+    std::thread::sleep(Duration::from_millis(500));
+    t.check_never_two_bodies(&c, &lan.stop());
+    let out = dir.path().join("back.bin");
+    assert!(
+        restore_to(&c, 0, &t.file, &out) == t.original,
+        "restored bytes differ"
+    );
+}

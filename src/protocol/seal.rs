@@ -6,8 +6,12 @@
 //! = the fileId's text || chunkNo in decimal ASCII. So every chunk but the last is 64000 bytes,
 //! as SPEC §1 requires, and a chunk moved to another file or place fails to open.
 //!
-//! Sealing is deterministic (a file's key and a chunk's nonce are fixed): a resend reads and
-//! seals the piece again and gets the bytes whose hash the catalog recorded.
+//! Never two plaintexts under one key and nonce: the key is the fileId's, and the fileId of an
+//! encrypted version takes 16 random bytes per backup attempt (`MasterKey::file_id`), so an
+//! attempt abandoned (the file changed while it was read) and the next one never share a key,
+//! even for the same content. Within one fileId sealing is deterministic: a resend, a resume or
+//! a repair reads and seals the piece again, and only a body with the hash the catalog recorded
+//! for that chunk before its first PUTCHUNK is ever sent (`Catalog::record_file_chunk`).
 //!
 //! The fileId of an encrypted file is keyed too (`MasterKey::file_id`): a host that guesses a
 //! file's path, size, mtime and content cannot confirm the guess from the fileId.
@@ -26,6 +30,12 @@ pub const TAG_LEN: usize = 16;
 pub const PIECE: usize = CHUNK_SIZE - TAG_LEN;
 /// A master key's length: 32 random bytes.
 pub const MASTER_KEY_LEN: usize = 32;
+/// Random bytes in the fileId of each attempt to back up an encrypted version.
+pub const ATTEMPT_LEN: usize = 16;
+
+/// What makes one backup attempt's fileId (and so its key) its own: random, never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attempt(pub [u8; ATTEMPT_LEN]);
 
 const CHUNK_KEY_INFO: &[u8] = b"peerstash chunk key v1";
 const FILE_ID_KEY_INFO: &[u8] = b"peerstash fileId key v1";
@@ -167,13 +177,20 @@ impl MasterKey {
     }
 
     /// The fileId of an encrypted version: HMAC-SHA256 under a key derived from the master key,
-    /// of the same bit string as a clear version's (`FileIdentity::file_id`).
-    pub fn file_id(&self, identity: &FileIdentity<'_>) -> FileId {
+    /// of the same bit string as a clear version's (`FileIdentity::file_id`), then the
+    /// attempt's random bytes. Random rather than derived from the content alone: a backup that
+    /// found the file changed has already sealed and sent pieces of the changed bytes, and the
+    /// next attempt at the same content must not seal other bytes under that key and nonce
+    /// (C1 xor C2 = P1 xor P2). A fresh fileId also keeps the holders apart: they never hold
+    /// an old attempt's body under a chunk id that a new attempt uses.
+    pub fn file_id(&self, identity: &FileIdentity<'_>, attempt: &Attempt) -> FileId {
         let key = self.derive(b"", FILE_ID_KEY_INFO);
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key)
             .expect("HMAC-SHA256 takes a key of any length");
-        mac.update(b"peerstash sealed fileId v1\0");
+        mac.update(b"peerstash sealed fileId v2\0");
         identity.feed(|bytes| mac.update(bytes));
+        mac.update(b"\0");
+        mac.update(&attempt.0);
         FileId::from_digest(&mac.finalize().into_bytes().into())
     }
 
@@ -280,10 +297,12 @@ mod tests {
         assert_eq!(Cut::Plain.count(128_001), 3);
     }
 
+    const ONE: Attempt = Attempt([1; ATTEMPT_LEN]);
+
     #[test]
     fn a_sealed_chunk_opens_only_as_itself_under_its_key() {
         let master = MasterKey::new([9; 32]);
-        let id = master.file_id(&identity("abc"));
+        let id = master.file_id(&identity("abc"), &ONE);
         let key = master.file_key(&id);
         let piece = vec![b'x'; PIECE];
         let body = key.seal(ChunkNo(3), &piece);
@@ -293,7 +312,7 @@ mod tests {
         assert_eq!(key.open(ChunkNo(3), &body).unwrap(), piece);
         // Another place, another file, another master key, a flipped byte: refused.
         assert!(key.open(ChunkNo(4), &body).is_err());
-        let other = master.file_id(&identity("abd"));
+        let other = master.file_id(&identity("abd"), &ONE);
         assert!(master.file_key(&other).open(ChunkNo(3), &body).is_err());
         let stranger = MasterKey::new([8; 32]).file_key(&id);
         assert!(stranger.open(ChunkNo(3), &body).is_err());
@@ -304,11 +323,38 @@ mod tests {
 
     #[test]
     fn an_encrypted_files_id_depends_on_the_master_key() {
-        let a = MasterKey::new([1; 32]).file_id(&identity("abc"));
-        let b = MasterKey::new([2; 32]).file_id(&identity("abc"));
+        let a = MasterKey::new([1; 32]).file_id(&identity("abc"), &ONE);
+        let b = MasterKey::new([2; 32]).file_id(&identity("abc"), &ONE);
         assert_ne!(a, b);
         assert_ne!(a, identity("abc").file_id(), "not the clear version's");
-        assert_eq!(a, MasterKey::new([1; 32]).file_id(&identity("abc")));
+        assert_eq!(a, MasterKey::new([1; 32]).file_id(&identity("abc"), &ONE));
+    }
+
+    /// Issue 23, case 6: an attempt sealed the last piece as it was while being rewritten,
+    /// and was abandoned; the next attempt, at the same content (the same identity), seals the
+    /// piece as it is again. Under one key and nonce the two bodies would give away
+    /// C1 xor C2 = P1 xor P2; each attempt's own fileId gives each its own key.
+    #[test]
+    fn an_abandoned_and_a_repeated_attempt_never_share_a_key() {
+        let master = MasterKey::new([5; 32]);
+        let same = identity("abc");
+        let (first, again) = (Attempt([1; ATTEMPT_LEN]), Attempt([2; ATTEMPT_LEN]));
+        let (id1, id2) = (master.file_id(&same, &first), master.file_id(&same, &again));
+        assert_ne!(id1, id2, "each attempt its own fileId");
+        let no = ChunkNo(625);
+        let rewritten = vec![b'B'; 1_000];
+        let original = vec![b'A'; 1_000];
+        let c1 = master.file_key(&id1).seal(no, &rewritten);
+        let c2 = master.file_key(&id2).seal(no, &original);
+        let xor = |a: &[u8], b: &[u8]| -> Vec<u8> { a.iter().zip(b).map(|(x, y)| x ^ y).collect() };
+        assert_ne!(
+            xor(&c1[..1_000], &c2[..1_000]),
+            xor(&rewritten, &original),
+            "one keystream"
+        );
+        // Each opens only under its own attempt's key.
+        assert_eq!(master.file_key(&id2).open(no, &c2).unwrap(), original);
+        assert!(master.file_key(&id2).open(no, &c1).is_err());
     }
 
     #[test]

@@ -244,6 +244,7 @@ CREATE TABLE IF NOT EXISTS files (
     absent_ms INTEGER NOT NULL DEFAULT 0, -- while deleted_at is set: ms counted absent (monotonic)
     encrypted INTEGER NOT NULL DEFAULT 0, -- chunks encrypted under the master key
     completed_ms INTEGER,             -- unix ms when it became complete
+    no_resume INTEGER NOT NULL DEFAULT 0, -- unfinished, never resumed (`Catalog::sealed_version`)
     UNIQUE (path, version)
 );
 CREATE TABLE IF NOT EXISTS last_versions (
@@ -422,6 +423,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("files", "completed_ms", "INTEGER"),
     ("peers", "auth_mark", "INTEGER NOT NULL DEFAULT 0"),
     ("peers", "auth_mark_at", "INTEGER NOT NULL DEFAULT 0"),
+    ("files", "no_resume", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
@@ -623,6 +625,47 @@ impl Catalog {
             .optional()?
             .map(finish_file)
             .transpose()
+    }
+
+    /// The encrypted version of `path` with this size, mtime and content that a backup may
+    /// resume (its fileId is random per attempt: `seal::MasterKey::file_id`), if any. Resuming
+    /// seals pieces again under its key, which is safe only where the catalog recorded the hash
+    /// of every chunk ever sent (`record_file_chunk` refuses other bytes), and useful only where
+    /// those hashes are of this content. So not an unfinished version marked `no_resume`: one
+    /// that came with a recovered catalog (its computer may have sent more chunks after the
+    /// snapshot), or one a resumed backup found changed (a chunk may be recorded with the
+    /// changed bytes, and every later resume would fail on it). The next backup makes a new
+    /// version instead; the old one goes as `keep_versions` says.
+    pub fn sealed_version(
+        &self,
+        path: &Path,
+        size: u64,
+        mtime_ns: i64,
+        content_hash: &str,
+    ) -> Result<Option<FileRow>, StoreError> {
+        let sql = format!(
+            "SELECT {FILE_COLUMNS} FROM files
+             WHERE path = ?1 AND size = ?2 AND mtime_ns = ?3 AND content_hash = ?4
+               AND encrypted = 1 AND (complete = 1 OR no_resume = 0)
+             ORDER BY version DESC LIMIT 1"
+        );
+        self.conn
+            .prepare_cached(&sql)?
+            .query_row(
+                params![path_key(path), size as i64, mtime_ns, content_hash],
+                file_row,
+            )
+            .optional()?
+            .map(finish_file)
+            .transpose()
+    }
+
+    /// An unfinished encrypted version is never resumed again (`sealed_version`).
+    pub fn stop_resuming(&self, file_id: &FileId) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE files SET no_resume = 1 WHERE file_id = ?1 AND complete = 0")?
+            .execute([file_id.key()])?;
+        Ok(())
     }
 
     /// Every kept version of every path equal to `path` or below it (a folder), oldest first:
@@ -892,6 +935,10 @@ impl Catalog {
             Forget::Abandoned { backup } => {
                 if row.complete {
                     Some("it is complete".to_owned())
+                } else if self.is_snapshot(file_id)? {
+                    // Its fileId (and key) comes from its slot: forgotten, the slot could be
+                    // given back and sealed again with other bytes (`release_snapshot`).
+                    Some("it is a catalog snapshot: its slot stays used".to_owned())
                 } else if backup_id != Some(backup.0) {
                     Some("another backup inserted it".to_owned())
                 } else {

@@ -132,6 +132,14 @@ impl Catalog {
         Ok(newest.max(floor))
     }
 
+    /// Whether `file_id` is one of our catalog snapshots.
+    pub fn is_snapshot(&self, file_id: &FileId) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM snapshots WHERE file_id = ?1)")?
+            .query_row([file_id.key()], |r| r.get(0))?)
+    }
+
     /// Records that `slot` is taken by `file_id`, before anything of it is sent.
     pub fn claim_snapshot(&self, file_id: &FileId, slot: Slot) -> Result<(), StoreError> {
         self.conn
@@ -168,11 +176,7 @@ impl Catalog {
     /// one the recover found has none) and its chunks go, with DELETE to the peers. Refuses
     /// anything that is not a snapshot of ours.
     pub fn forget_snapshot(&self, file_id: &FileId, now_ms: i64) -> Result<bool, StoreError> {
-        let known: bool = self
-            .conn
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM snapshots WHERE file_id = ?1)")?
-            .query_row([file_id.key()], |r| r.get(0))?;
-        if !known {
+        if !self.is_snapshot(file_id)? {
             tracing::error!("refused to delete {file_id}: it is not a catalog snapshot");
             return Ok(false);
         }
@@ -226,6 +230,11 @@ impl Catalog {
             // The key that opened it was not made here.
             self.conn
                 .prepare_cached("DELETE FROM meta WHERE key = 'master_key_made'")?
+                .execute([])?;
+            // What the lost computer sent after this snapshot is not recorded here: an
+            // unfinished encrypted version is never resumed (`Catalog::sealed_version`).
+            self.conn
+                .prepare_cached("UPDATE files SET no_resume = 1 WHERE complete = 0")?
                 .execute([])?;
             self.set_meta("snapshot_floor", &floor_text(floor.max(slot)))
         })
@@ -537,6 +546,92 @@ mod tests {
         assert_eq!(count(&installed, "files"), 1);
         assert_eq!(count(&installed, "hosted"), 1);
         assert!(state.join(REPLACED).exists());
+    }
+
+    /// Issue 23, case 6: a snapshot whose backup found its file changed keeps its version row,
+    /// so its slot (its fileId, its key) is never given back and sealed again with other bytes.
+    /// A file's abandoned version, inserted by the same backup run, is forgotten as before.
+    #[test]
+    fn an_abandoned_snapshot_keeps_its_slot() {
+        use crate::store::catalog::{BackupId, Forget};
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        let (snap, file) = (FileId::from_digest(&[1; 32]), FileId::from_digest(&[2; 32]));
+        let slot = Slot::anchor(7);
+        cat.claim_snapshot(&snap, slot).unwrap();
+        for (id, path) in [(&snap, "X'2F73'"), (&file, "X'2F66'")] {
+            cat.conn
+                .execute(
+                    &format!(
+                        "INSERT INTO files (file_id, path, version, size, mtime_ns, mode,
+                                            content_hash, desired_rd, backup_id, encrypted)
+                         VALUES (?1, {path}, 1, 3, 0, 384, 'h', 2, 5, 1)"
+                    ),
+                    [id.key()],
+                )
+                .unwrap();
+        }
+        let abandoned = Forget::Abandoned {
+            backup: BackupId(5),
+        };
+        assert!(!cat.forget(&snap, abandoned, 0).unwrap(), "snapshot kept");
+        assert!(!cat.release_snapshot(&snap).unwrap());
+        assert_eq!(cat.last_snapshot_slot().unwrap(), Some(slot));
+        assert!(
+            cat.forget(&file, abandoned, 0).unwrap(),
+            "a file's forgotten"
+        );
+    }
+
+    /// Issue 23, case 6: a version is resumed (sealed again under its key) only where every
+    /// chunk ever sent is recorded, with this content's bytes. An unfinished encrypted version
+    /// that a resumed backup found changed, or that came with a recovered catalog (more chunks
+    /// may have been sent after the snapshot), is never resumed; a complete one is.
+    #[test]
+    fn an_unfinished_encrypted_version_is_resumed_only_while_its_records_hold() {
+        const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        cat.conn
+            .execute_batch(
+                "INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash,
+                                    desired_rd, complete, encrypted)
+                 VALUES ('aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', X'2F61', 1, 3, 5, 420, 'h', 2, 0, 1),
+                        ('bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb', X'2F62', 1, 3, 5, 420, 'h', 2, 1, 1),
+                        ('cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc', X'2F63', 1, 3, 5, 420, 'h', 2, 0, 0);",
+            )
+            .unwrap();
+        let found = |path: &str| {
+            cat.sealed_version(Path::new(path), 3, 5, "h")
+                .unwrap()
+                .map(|f| f.file_id.key())
+        };
+        assert_eq!(found("/a").as_deref(), Some(A), "unfinished here: resumed");
+        assert_eq!(
+            cat.sealed_version(Path::new("/a"), 3, 6, "h").unwrap(),
+            None
+        );
+        assert_eq!(found("/c"), None, "not encrypted");
+        // A resumed backup found the file changed: resumed no more while unfinished.
+        let (a, b) = (FileId::parse(A).unwrap(), FileId::parse(B).unwrap());
+        cat.stop_resuming(&b).unwrap();
+        assert_eq!(found("/b").as_deref(), Some(B), "complete: still resumed");
+        cat.stop_resuming(&a).unwrap();
+        assert_eq!(found("/a"), None, "unfinished, found changed: not resumed");
+        cat.conn
+            .execute_batch("UPDATE files SET no_resume = 0")
+            .unwrap();
+        assert_eq!(found("/a").as_deref(), Some(A));
+        let floor = Slot { day: 9, n: 0 };
+        cat.adopt_snapshot(&FileId::from_digest(&[1; 32]), floor, floor)
+            .unwrap();
+        assert_eq!(found("/a"), None, "unfinished, recovered: not resumed");
+        assert_eq!(
+            found("/b").as_deref(),
+            Some(B),
+            "complete: every chunk recorded"
+        );
     }
 
     #[test]

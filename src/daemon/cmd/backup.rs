@@ -21,7 +21,7 @@ use crate::daemon::driver::{Input, JobEvent, Source};
 use crate::daemon::Node;
 use crate::engine::peer::JobKind;
 use crate::fsx::{self, Stamp};
-use crate::protocol::seal::{Cut, FileKey};
+use crate::protocol::seal::{Attempt, Cut, FileKey};
 use crate::protocol::{
     hex, sha256_hex, ChunkId, ChunkNo, FileId, FileIdentity, PeerId, Rd, CHUNK_SIZE,
 };
@@ -664,12 +664,14 @@ pub(crate) async fn backup_handle_as(
         mtime_ns: stamp.mtime_ns,
         content_hash: &scanned.content_hash,
     };
+    // An encrypted attempt's fileId is random (`MasterKey::file_id`): a resumable version of
+    // the same content is looked up by that content instead (`Catalog::sealed_version`).
+    let (sealed, snapshot) = (named.is_none() && master.is_some(), named.is_some());
     let file_id = match (named, &master) {
         (Some(named), _) => named,
-        (None, Some(master)) => master.file_id(&identity),
+        (None, Some(master)) => master.file_id(&identity, &Attempt(rand::random())),
         (None, None) => identity.file_id(),
     };
-    let key = master.map(|m| Arc::new(m.file_key(&file_id)));
     let row = FileRow {
         file_id: file_id.clone(),
         path: path.to_path_buf(),
@@ -691,17 +693,24 @@ pub(crate) async fn backup_handle_as(
     // their RD are sent again), under the RD asked now. Either way the path exists: its
     // versions no longer expire as deleted.
     let backup = BackupId::new();
-    let (version, resumed) = node
+    let (file_id, version, resumed) = node
         .catalog
-        .call(move |c| match c.file(&row.file_id)? {
-            Some(existing) => {
-                c.set_file_rd(&row.file_id, row.desired_rd)?;
-                c.undelete(&row.file_id)?;
-                Ok((existing.version, true))
+        .call(move |c| {
+            let existing = match sealed {
+                true => c.sealed_version(&row.path, row.size, row.mtime_ns, &row.content_hash)?,
+                false => c.file(&row.file_id)?,
+            };
+            match existing {
+                Some(existing) => {
+                    c.set_file_rd(&existing.file_id, row.desired_rd)?;
+                    c.undelete(&existing.file_id)?;
+                    Ok((existing.file_id, existing.version, true))
+                }
+                None => Ok((row.file_id.clone(), c.insert_version(&row, backup)?, false)),
             }
-            None => Ok((c.insert_version(&row, backup)?, false)),
         })
         .await?;
+    let key = master.map(|m| Arc::new(m.file_key(&file_id)));
 
     let file = Arc::new(file);
     // Reading, hashing and recording chunks runs ahead of sending them, a few batches deep.
@@ -791,8 +800,12 @@ pub(crate) async fn backup_handle_as(
         }
     };
     if let Err(e) = checked {
+        // A catalog snapshot's fileId (and key) comes from its slot: its version row stays,
+        // so that the slot is never given back and sealed again with other bytes
+        // (`Catalog::release_snapshot`).
         if matches!(e, BackupError::Changed) {
-            abandon(node, path, &file_id, version, resumed, backup).await?;
+            let resumed = resumed || snapshot;
+            abandon(node, path, &file_id, version, resumed, sealed, backup).await?;
         }
         return Err(e);
     }
@@ -825,16 +838,23 @@ pub(crate) async fn backup_handle_as(
 
 /// A backup found the file changed while reading it. A version it resumed (complete or not) is
 /// left exactly as it was; a version it inserted is forgotten (its chunks deleted from the peers)
-/// — through `Catalog::forget`, which refuses anything else.
+/// — through `Catalog::forget`, which refuses anything else. An unfinished encrypted (`sealed`)
+/// version it resumed is not resumed again: a chunk of it may now be recorded with the changed
+/// bytes, and the next backup makes a new version under a key of its own.
 async fn abandon(
     node: &Arc<Node>,
     path: &Path,
     file_id: &FileId,
     version: u32,
     resumed: bool,
+    sealed: bool,
     backup: BackupId,
 ) -> Result<(), BackupError> {
     if resumed {
+        if sealed {
+            let f = file_id.clone();
+            node.catalog.call(move |c| c.stop_resuming(&f)).await?;
+        }
         tracing::info!(
             "{} changed while being read: its version {version} is left as it was",
             path.display()
