@@ -29,9 +29,6 @@ pub mod exit {
 pub const MAX_REQUEST_LINE: usize = 64 * 1024;
 /// Descriptors one request may carry; a request with more is refused (and they are closed).
 pub const MAX_FDS: usize = 1;
-/// The kernel's limit of descriptors in one message (SCM_MAX_FD): the receive buffer holds that
-/// many, so a sender can never make the daemon drop installed descriptors it cannot close.
-const SCM_MAX_FD: usize = 253;
 
 /// Paths on the control socket lose nothing: a JSON string when the path is UTF-8, else
 /// `{"bytes_hex": "…"}` with its bytes (a file name is any bytes but `/` and NUL).
@@ -763,12 +760,17 @@ async fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> std:
 }
 
 /// Reads one request line (up to MAX_REQUEST_LINE bytes and its newline) and the descriptors
-/// sent with it. Descriptors beyond MAX_FDS are closed and make the request an error.
+/// sent with it. Descriptors are counted as they arrive, at every `recvmsg`: once there are more
+/// than MAX_FDS, all of them are closed at once and the request is an error (a caller that
+/// sends a line a byte at a time, each byte with descriptors, never holds more than a few of
+/// ours). The caller bounds the time it waits for the newline.
 pub async fn read_request(stream: &UnixStream) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let mut line = Vec::new();
     let mut fds: Vec<OwnedFd> = Vec::new();
     let mut buf = vec![0u8; 8192];
-    let mut space = nix::cmsg_space!([RawFd; SCM_MAX_FD], nix::sys::socket::UnixCredentials);
+    // Room for one descriptor more than allowed: the kernel installs only what fits and closes
+    // the rest itself (saying so with MSG_CTRUNC), so one recvmsg gives us at most this many.
+    let mut space = nix::cmsg_space!([RawFd; MAX_FDS + 1]);
     while !line.contains(&b'\n') && line.len() <= MAX_REQUEST_LINE {
         stream.readable().await?;
         let got = stream.try_io(Interest::READABLE, || {
@@ -788,9 +790,10 @@ pub async fn read_request(stream: &UnixStream) -> std::io::Result<(Vec<u8>, Vec<
                     }
                 }
             }
-            Ok((msg.bytes, received))
+            let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+            Ok((msg.bytes, received, truncated))
         });
-        let (n, received) = match got {
+        let (n, received, truncated) = match got {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             r => r?,
         };
@@ -801,16 +804,18 @@ pub async fn read_request(stream: &UnixStream) -> std::io::Result<(Vec<u8>, Vec<
                 .into_iter()
                 .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
         );
+        if truncated || fds.len() > MAX_FDS {
+            // Dropping them closes them now, before anything else is read.
+            drop(fds);
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("more than {MAX_FDS} descriptor sent with one request: the connection is closed"),
+            ));
+        }
         if n == 0 {
             break;
         }
         line.extend_from_slice(&buf[..n]);
-    }
-    if fds.len() > MAX_FDS {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("more than {MAX_FDS} descriptors sent with one request"),
-        ));
     }
     if let Some(end) = line.iter().position(|b| *b == b'\n') {
         line.truncate(end + 1);
