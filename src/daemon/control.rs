@@ -403,11 +403,16 @@ async fn prepare(
         }
         Request::Delete { path } => {
             if let Some(uid) = owner {
+                // Said without naming any other user's file, and, when none of the caller's is
+                // there, as if nothing were: the answer tells nothing of what others backed up.
                 let versions = versions_of(node, &path).await?;
-                if let Some(f) = versions.iter().find(|f| f.uid != uid) {
+                if !versions.iter().any(|f| f.uid == uid) {
+                    return Err(cmd::delete::nothing_of(&path));
+                }
+                if versions.iter().any(|f| f.uid != uid) {
                     return Err(format!(
-                        "{} is not yours: you may delete only your own backups",
-                        shown(&f.path)
+                        "{}: not every backup there is yours, and you may delete only your own: name your own files or folders",
+                        shown(&path)
                     ));
                 }
             }
