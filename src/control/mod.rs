@@ -29,6 +29,10 @@ pub mod exit {
 pub const MAX_REQUEST_LINE: usize = 64 * 1024;
 /// Descriptors one request may carry; a request with more is refused (and they are closed).
 pub const MAX_FDS: usize = 1;
+/// The kernel's limit of descriptors in one message (SCM_MAX_FD): the receive buffer holds that
+/// many, so no message is ever cut short (nix gives no access to the descriptors the kernel
+/// installed in a cut message, and they could not be closed).
+const SCM_MAX_FD: usize = 253;
 
 /// Paths on the control socket lose nothing: a JSON string when the path is UTF-8, else
 /// `{"bytes_hex": "…"}` with its bytes (a file name is any bytes but `/` and NUL).
@@ -761,16 +765,14 @@ async fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> std:
 
 /// Reads one request line (up to MAX_REQUEST_LINE bytes and its newline) and the descriptors
 /// sent with it. Descriptors are counted as they arrive, at every `recvmsg`: once there are more
-/// than MAX_FDS, all of them are closed at once and the request is an error (a caller that
-/// sends a line a byte at a time, each byte with descriptors, never holds more than a few of
-/// ours). The caller bounds the time it waits for the newline.
+/// than MAX_FDS, all of them are closed at once and the request is an error, so a caller that
+/// sends a line a byte at a time, each byte with descriptors, is refused at its first byte.
+/// The caller bounds the time it waits for the newline.
 pub async fn read_request(stream: &UnixStream) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let mut line = Vec::new();
     let mut fds: Vec<OwnedFd> = Vec::new();
     let mut buf = vec![0u8; 8192];
-    // Room for one descriptor more than allowed: the kernel installs only what fits and closes
-    // the rest itself (saying so with MSG_CTRUNC), so one recvmsg gives us at most this many.
-    let mut space = nix::cmsg_space!([RawFd; MAX_FDS + 1]);
+    let mut space = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
     while !line.contains(&b'\n') && line.len() <= MAX_REQUEST_LINE {
         stream.readable().await?;
         let got = stream.try_io(Interest::READABLE, || {
@@ -798,7 +800,9 @@ pub async fn read_request(stream: &UnixStream) -> std::io::Result<(Vec<u8>, Vec<
             r => r?,
         };
         // SAFETY: each descriptor was just installed in this process by recvmsg and is owned
-        // by nothing else; OwnedFd closes it.
+        // by nothing else; OwnedFd closes it. No await between recvmsg and the check below:
+        // the extras are closed in the same step, so at most SCM_MAX_FD per worker thread are
+        // ever open at once.
         fds.extend(
             received
                 .into_iter()
