@@ -160,7 +160,10 @@ fn a_page_asked_under_another_host_name_gets_no_data() {
     ] {
         for path in ["/metrics", "/"] {
             let (status, body) = get_with(port, path, host.as_deref());
-            assert_eq!(status, "HTTP/1.1 421 Misdirected Request", "{host:?} {path}");
+            assert_eq!(
+                status, "HTTP/1.1 421 Misdirected Request",
+                "{host:?} {path}"
+            );
             assert!(
                 !body.contains("peerstash_") && !body.contains("<h1"),
                 "{host:?} {path}: {body}"

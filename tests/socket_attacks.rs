@@ -30,12 +30,18 @@ fn skip_unless_root() -> bool {
 
 /// The test binary's `socket_attacker`, run as the attacker in the socket's group, in `mode`.
 fn attacker(c: &Cluster, mode: &str) -> Child {
+    attacker_as(c, USER, mode, 40)
+}
+
+/// `attacker`, as `uid`, with `idle` connections in mode "idle".
+fn attacker_as(c: &Cluster, uid: u32, mode: &str, idle: usize) -> Child {
     let gid = std::fs::metadata(&c.peer(0).socket).unwrap().gid();
     let exe = std::env::current_exe().unwrap();
-    as_uid(USER, Some(gid), &exe)
+    as_uid(uid, Some(gid), &exe)
         .args(["socket_attacker", "--exact", "--ignored", "--nocapture"])
         .env("PS_ATTACK_SOCKET", &c.peer(0).socket)
         .env("PS_ATTACK_MODE", mode)
+        .env("PS_ATTACK_IDLE", idle.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -124,10 +130,12 @@ fn descriptor_flood(socket: &str) {
     println!("SENT {sent} CLOSED {closed}");
 }
 
-/// Case 8: 40 connections opened and left idle. Says how many the daemon refused at once,
-/// then waits (at most 25 s) for the daemon to close the others, and says how many it did.
+/// Case 8: PS_ATTACK_IDLE connections opened and left idle. Says how many the daemon refused
+/// at once, then waits (at most 25 s) for the daemon to close the others, and says how many it
+/// did.
 fn idle_connections(socket: &str) {
-    let conns: Vec<UnixStream> = (0..40)
+    let n: usize = std::env::var("PS_ATTACK_IDLE").unwrap().parse().unwrap();
+    let conns: Vec<UnixStream> = (0..n.min(100))
         .map(|_| UnixStream::connect(socket).unwrap())
         .collect();
     std::thread::sleep(Duration::from_millis(1500));
@@ -243,6 +251,20 @@ fn idle_connections_of_a_user_never_keep_root_waiting() {
     );
     assert_eq!(refused + held, 40);
     assert!(held <= 8, "one user held {held} connections");
+    // The same user's own command meanwhile: refused at once, told why in one line.
+    let gid = std::fs::metadata(&c.peer(0).socket).unwrap().gid();
+    let o = as_uid(USER, Some(gid), Path::new(PEERSTASH))
+        .arg("--socket")
+        .arg(&c.peer(0).socket)
+        .arg("status")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("connections to the daemon open already: wait for one to end"),
+        "{said}"
+    );
     // The held ones are closed once their request line is overdue (10 s), told why.
     let closed = expect_line(&mut lines, "CLOSED");
     let _ = child.wait();
@@ -251,6 +273,46 @@ fn idle_connections_of_a_user_never_keep_root_waiting() {
         "held {held}, closed: {closed}"
     );
     assert!(closed.contains("no whole request line"), "{closed}");
+}
+
+#[test]
+fn users_who_fill_every_slot_together_still_leave_room_for_root() {
+    if skip_unless_root() {
+        return;
+    }
+    let c = Cluster::start(&["0", "20MB"]);
+    // 5 group members, 8 idle connections each: more than every slot of non-root callers.
+    let mut children: Vec<Child> = (0..5)
+        .map(|i| attacker_as(&c, USER + 10 + i, "idle", 8))
+        .collect();
+    let mut outputs: Vec<_> = children
+        .iter_mut()
+        .map(|ch| {
+            BufReader::new(ch.stdout.take().unwrap())
+                .lines()
+                .map_while(Result::ok)
+        })
+        .collect();
+    let held: usize = outputs
+        .iter_mut()
+        .map(|lines| {
+            expect_line(lines, "REFUSED");
+            expect_line(lines, "HOLDING").parse::<usize>().unwrap()
+        })
+        .sum();
+    let status = root_status_within(&c, Duration::from_secs(5));
+    let status = status.expect("root's status answered while users held every slot");
+    assert_eq!(
+        status.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert_eq!(held, 32, "the users together held {held} connections");
+    for mut ch in children {
+        let _ = ch.kill();
+        let _ = ch.wait();
+    }
 }
 
 #[test]

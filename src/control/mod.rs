@@ -721,11 +721,30 @@ pub async fn call_events(
         serde_json::to_string(request).map_err(|e| ClientError::BadReply(e.to_string()))?;
     line.push('\n');
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let sent = send_with_fds(&stream, line.as_bytes(), &raw).await?;
     let (read, mut write) = stream.into_split();
-    write.write_all(&line.as_bytes()[sent..]).await?;
+    let written = match send_with_fds(write.as_ref(), line.as_bytes(), &raw).await {
+        Ok(sent) => write.write_all(&line.as_bytes()[sent..]).await,
+        Err(e) => Err(e),
+    };
+    // A daemon that refuses a connection at once (too many from this user) says why and
+    // closes before reading: the write then fails, but its one line is there to read.
+    let refused = match written {
+        Ok(()) => None,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            Some(e)
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut lines = BufReader::new(read).lines();
-    while let Some(line) = lines.next_line().await? {
+    while let Some(line) = match lines.next_line().await {
+        Ok(line) => line,
+        Err(e) => return Err(refused.unwrap_or(e).into()),
+    } {
         match serde_json::from_str::<Reply>(&line) {
             Ok(Reply::Progress { message, amount }) => on_event(&ProgressEvent { message, amount }),
             Ok(Reply::Done {
@@ -736,7 +755,7 @@ pub async fn call_events(
             Err(e) => return Err(ClientError::BadReply(format!("{e}: {line}"))),
         }
     }
-    Err(ClientError::Closed)
+    Err(refused.map_or(ClientError::Closed, ClientError::from))
 }
 
 /// Sends the first bytes of `bytes` with `fds` attached; returns how many bytes went.
