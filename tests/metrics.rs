@@ -99,3 +99,81 @@ fn a_scrape_parses_and_its_counters_move_with_a_backup() {
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     scrape(port);
 }
+
+/// GET `path` with the request's head given whole (`host`: the Host line, if any): (status
+/// line, body).
+fn get_with(port: u16, path: &str, host: Option<&str>) -> (String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let host = host.map(|h| format!("Host: {h}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\n{host}\r\n").unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    let (head, body) = all.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+#[test]
+fn idle_connections_never_keep_a_scrape_waiting() {
+    // Issue 23, case 12: any local user opens 60 connections to the listener and sends
+    // nothing. A scrape must still be answered, within a few seconds.
+    let (_c, port) = metrics_cluster();
+    let idle: Vec<TcpStream> = (0..60)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(4)))
+        .unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut all = String::new();
+    let read = s.read_to_string(&mut all);
+    assert!(
+        read.is_ok() && all.starts_with("HTTP/1.1 200 OK"),
+        "no answer while 60 idle connections are open: {read:?} {all}"
+    );
+    assert!(all.contains("peerstash_bytes_total"), "{all}");
+    // Each idle connection is closed by the listener: for a newer one, or when its request is
+    // overdue (5 s).
+    for mut c in idle {
+        c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut rest = Vec::new();
+        assert!(
+            c.read_to_end(&mut rest).is_ok(),
+            "an idle connection stayed open"
+        );
+    }
+}
+
+#[test]
+fn a_page_asked_under_another_host_name_gets_no_data() {
+    // Issue 23, case 12: a page of another site whose name is rebound to 127.0.0.1 (DNS
+    // rebinding) asks with its own name as Host: refused, no metrics, no page.
+    let (_c, port) = metrics_cluster();
+    for host in [
+        Some("evil.example".to_owned()),
+        Some(format!("evil.example:{port}")),
+        Some(format!("localhost.evil.example:{port}")),
+        None,
+    ] {
+        for path in ["/metrics", "/"] {
+            let (status, body) = get_with(port, path, host.as_deref());
+            assert_eq!(
+                status, "HTTP/1.1 421 Misdirected Request",
+                "{host:?} {path}"
+            );
+            assert!(
+                !body.contains("peerstash_") && !body.contains("<h1"),
+                "{host:?} {path}: {body}"
+            );
+        }
+    }
+    // The listener's own names are answered.
+    for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}")] {
+        let (status, body) = get_with(port, "/metrics", Some(&host));
+        assert_eq!(status, "HTTP/1.1 200 OK", "{host}");
+        assert!(body.contains("peerstash_bytes_total"), "{host}");
+    }
+}

@@ -5,11 +5,11 @@
 
 pub mod client;
 
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSlice;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::net::UnixStream;
@@ -29,9 +29,6 @@ pub mod exit {
 pub const MAX_REQUEST_LINE: usize = 64 * 1024;
 /// Descriptors one request may carry; a request with more is refused (and they are closed).
 pub const MAX_FDS: usize = 1;
-/// The kernel's limit of descriptors in one message (SCM_MAX_FD): the receive buffer holds that
-/// many, so a sender can never make the daemon drop installed descriptors it cannot close.
-const SCM_MAX_FD: usize = 253;
 
 /// Paths on the control socket lose nothing: a JSON string when the path is UTF-8, else
 /// `{"bytes_hex": "…"}` with its bytes (a file name is any bytes but `/` and NUL).
@@ -720,11 +717,30 @@ pub async fn call_events(
         serde_json::to_string(request).map_err(|e| ClientError::BadReply(e.to_string()))?;
     line.push('\n');
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let sent = send_with_fds(&stream, line.as_bytes(), &raw).await?;
     let (read, mut write) = stream.into_split();
-    write.write_all(&line.as_bytes()[sent..]).await?;
+    let written = match send_with_fds(write.as_ref(), line.as_bytes(), &raw).await {
+        Ok(sent) => write.write_all(&line.as_bytes()[sent..]).await,
+        Err(e) => Err(e),
+    };
+    // A daemon that refuses a connection at once (too many from this user) says why and
+    // closes before reading: the write then fails, but its one line is there to read.
+    let refused = match written {
+        Ok(()) => None,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            Some(e)
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut lines = BufReader::new(read).lines();
-    while let Some(line) = lines.next_line().await? {
+    while let Some(line) = match lines.next_line().await {
+        Ok(line) => line,
+        Err(e) => return Err(refused.unwrap_or(e).into()),
+    } {
         match serde_json::from_str::<Reply>(&line) {
             Ok(Reply::Progress { message, amount }) => on_event(&ProgressEvent { message, amount }),
             Ok(Reply::Done {
@@ -735,7 +751,7 @@ pub async fn call_events(
             Err(e) => return Err(ClientError::BadReply(format!("{e}: {line}"))),
         }
     }
-    Err(ClientError::Closed)
+    Err(refused.map_or(ClientError::Closed, ClientError::from))
 }
 
 /// Sends the first bytes of `bytes` with `fds` attached; returns how many bytes went.
@@ -763,59 +779,91 @@ async fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> std:
 }
 
 /// Reads one request line (up to MAX_REQUEST_LINE bytes and its newline) and the descriptors
-/// sent with it. Descriptors beyond MAX_FDS are closed and make the request an error.
+/// sent with it. Descriptors are counted as they arrive, at every `recvmsg`: once there are more
+/// than MAX_FDS, all of them are closed at once and the request is an error, so a caller that
+/// sends a line a byte at a time, each byte with descriptors, is refused at its first byte.
+/// The caller bounds the time it waits for the newline.
 pub async fn read_request(stream: &UnixStream) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let mut line = Vec::new();
     let mut fds: Vec<OwnedFd> = Vec::new();
     let mut buf = vec![0u8; 8192];
-    let mut space = nix::cmsg_space!([RawFd; SCM_MAX_FD], nix::sys::socket::UnixCredentials);
     while !line.contains(&b'\n') && line.len() <= MAX_REQUEST_LINE {
         stream.readable().await?;
         let got = stream.try_io(Interest::READABLE, || {
-            let mut iov = [IoSliceMut::new(&mut buf)];
-            let msg = recvmsg::<()>(
-                stream.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            )
-            .map_err(std::io::Error::from)?;
-            let mut received = Vec::new();
-            if let Ok(cmsgs) = msg.cmsgs() {
-                for c in cmsgs {
-                    if let ControlMessageOwned::ScmRights(list) = c {
-                        received.extend(list);
-                    }
-                }
-            }
-            Ok((msg.bytes, received))
+            recv_with_fds(stream.as_raw_fd(), &mut buf)
         });
-        let (n, received) = match got {
+        let (n, received, cut) = match got {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             r => r?,
         };
-        // SAFETY: each descriptor was just installed in this process by recvmsg and is owned
-        // by nothing else; OwnedFd closes it.
-        fds.extend(
-            received
-                .into_iter()
-                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-        );
+        fds.extend(received);
+        if cut || fds.len() > MAX_FDS {
+            // Dropping them closes them now, before anything else is read.
+            drop(fds);
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("more than {MAX_FDS} descriptor sent with one request: the connection is closed"),
+            ));
+        }
         if n == 0 {
             break;
         }
         line.extend_from_slice(&buf[..n]);
     }
-    if fds.len() > MAX_FDS {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("more than {MAX_FDS} descriptors sent with one request"),
-        ));
-    }
     if let Some(end) = line.iter().position(|b| *b == b'\n') {
         line.truncate(end + 1);
     }
     Ok((line, fds))
+}
+
+/// One `recvmsg` into `buf`: the bytes read, the descriptors received (owned: closed when
+/// dropped), and whether the kernel had more descriptors than room for them. The room is for
+/// MAX_FDS + 1: the kernel installs only what fits and discards the rest without installing
+/// them, so one call never gives this process more than that. (nix's `recvmsg` hands back no
+/// descriptor of a message that did not fit, though the kernel installed some: they could not
+/// be closed.)
+fn recv_with_fds(fd: RawFd, buf: &mut [u8]) -> std::io::Result<(usize, Vec<OwnedFd>, bool)> {
+    use nix::libc;
+    const ROOM: u32 = (MAX_FDS + 1) as u32 * std::mem::size_of::<RawFd>() as u32;
+    // u64 words: aligned for a cmsghdr; 64 bytes hold CMSG_SPACE(ROOM) (24 on Linux).
+    let mut control = [0u64; 8];
+    // SAFETY: CMSG_SPACE only computes a length.
+    let space = unsafe { libc::CMSG_SPACE(ROOM) } as usize;
+    let space = space.min(std::mem::size_of_val(&control));
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is its empty value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: msg points at iov (over buf) and control, both alive for the call and at least as
+    // long as the lengths given.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut fds = Vec::new();
+    // SAFETY: the kernel wrote msg_controllen bytes of control messages into control; the
+    // CMSG_* macros walk only within them. Each SCM_RIGHTS entry is a descriptor just
+    // installed in this process and owned by nothing else: OwnedFd takes it at once.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c) as *const RawFd;
+                let len = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+                for i in 0..len / std::mem::size_of::<RawFd>() {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n as usize, fds, msg.msg_flags & libc::MSG_CTRUNC != 0))
 }
 
 #[cfg(test)]
@@ -900,6 +948,37 @@ mod tests {
         assert!(!state.hosts(&"ab".repeat(32), 3));
         assert_eq!(state.stored_of(&"Ab".repeat(32)).len(), 1);
         assert!(state.stored_of(&"cd".repeat(32)).is_empty());
+    }
+
+    #[test]
+    fn a_message_with_too_many_descriptors_gives_us_at_most_two() {
+        use std::os::unix::net::UnixStream;
+        let (a, b) = UnixStream::pair().unwrap();
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let send = |n: usize| {
+            let fds = vec![null.as_raw_fd(); n];
+            let rights = [ControlMessage::ScmRights(&fds)];
+            sendmsg::<()>(
+                a.as_raw_fd(),
+                &[IoSlice::new(b"{")],
+                &rights,
+                MsgFlags::empty(),
+                None,
+            )
+            .unwrap();
+        };
+        let mut buf = [0u8; 16];
+        send(1);
+        let (n, fds, cut) = recv_with_fds(b.as_raw_fd(), &mut buf).unwrap();
+        assert_eq!((n, fds.len(), cut), (1, 1, false));
+        // SCM_MAX_FD of them: the kernel installs two here and discards the rest.
+        send(253);
+        let (n, fds, cut) = recv_with_fds(b.as_raw_fd(), &mut buf).unwrap();
+        assert_eq!((n, fds.len(), cut), (1, MAX_FDS + 1, true));
+        // What was received is a real descriptor, and ours to close.
+        assert!(fds
+            .iter()
+            .all(|f| nix::sys::stat::fstat(f.as_raw_fd()).is_ok()));
     }
 
     #[test]

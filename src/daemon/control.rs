@@ -1,11 +1,13 @@
 //! The control socket server: a Unix socket at `peer.control_socket`, one JSON request line per
 //! connection, answered with progress lines and one final line.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::io::AsyncWriteExt;
@@ -19,8 +21,20 @@ use crate::control::{self, exit, shown, Reply, Request};
 use crate::fsx;
 use crate::shutdown::Shutdown;
 
-/// Connections served at once; more wait for a turn.
+/// Connections of callers other than root served at once, all uids together; more are
+/// refused at once (a refused caller is told; nothing waits in the daemon).
 const MAX_CONNECTIONS: usize = 32;
+/// Of those, one uid's: a group member cannot take every slot for itself.
+const MAX_PER_UID: usize = 8;
+/// Root's connections, counted apart: root never waits behind another user's connections.
+/// More wait for a turn (root is trusted not to flood its own daemon).
+const MAX_ROOT_CONNECTIONS: usize = 16;
+/// A connection must have sent its whole request line within this, or it is closed: an idle
+/// or slow connection holds its slot no longer.
+const REQUEST_WITHIN: Duration = Duration::from_secs(10);
+/// A reply line must be taken by the caller within this; a caller that stops reading is no
+/// longer written to (its request still runs to its end).
+const WRITE_WITHIN: Duration = Duration::from_secs(10);
 
 /// Binds the control socket at `path` (mode 0660, group peerstash). Refused when another
 /// daemon answers there, or when something that is not a socket is there (never deleted).
@@ -59,11 +73,71 @@ pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// The control socket's slots: root's apart, the others counted per uid.
+struct Slots {
+    root: Arc<Semaphore>,
+    /// Connections held per uid other than root (a uid is removed at 0: bounded by
+    /// MAX_CONNECTIONS entries).
+    others: Mutex<HashMap<u32, usize>>,
+}
+
+/// One non-root connection's slot, given back when dropped.
+struct Slot {
+    slots: Arc<Slots>,
+    uid: u32,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut others = self.slots.others.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = others.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                others.remove(&self.uid);
+            }
+        }
+    }
+}
+
+impl Slots {
+    fn new() -> Arc<Slots> {
+        Arc::new(Slots {
+            root: Arc::new(Semaphore::new(MAX_ROOT_CONNECTIONS)),
+            others: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot for a connection of `uid` (not root), or why there is none.
+    fn take(self: &Arc<Self>, uid: u32) -> Result<Slot, String> {
+        // Only counters are changed under the lock: it is never held across an await.
+        let mut others = self.others.lock().unwrap_or_else(|e| e.into_inner());
+        if others.values().sum::<usize>() >= MAX_CONNECTIONS {
+            return Err(format!(
+                "the daemon is serving {MAX_CONNECTIONS} connections of users other than root: try again in a moment"
+            ));
+        }
+        let mine = others.entry(uid).or_insert(0);
+        if *mine >= MAX_PER_UID {
+            return Err(format!(
+                "you have {MAX_PER_UID} connections to the daemon open already: wait for one to end"
+            ));
+        }
+        *mine += 1;
+        Ok(Slot {
+            slots: self.clone(),
+            uid,
+        })
+    }
+}
+
 /// Serves the control socket bound by `bind` until shutdown: then no connection is accepted any
 /// more, and requests still running get `STOP_GRACE` to end before they are cut (their caller
 /// is told). The listener is closed once every connection is over.
+///
+/// The accept loop never waits: a connection of root waits for one of root's slots in its own
+/// task; one of another user gets a slot at once or is refused at once (`Slots::take`).
 pub fn serve(node: Arc<Node>, listener: UnixListener, mut shutdown: Shutdown) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Slots::new();
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -74,27 +148,65 @@ pub fn serve(node: Arc<Node>, listener: UnixListener, mut shutdown: Shutdown) {
                 Ok((s, _)) => s,
                 Err(e) => {
                     tracing::warn!("control socket accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
-            let permit = tokio::select! {
-                _ = shutdown.recv() => break,
-                p = permits.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
+            // Who is asking (SO_PEERCRED, as it was at connect): root may do anything; others
+            // act on their own files only.
+            let caller = match stream.peer_cred() {
+                Ok(c) => c.uid(),
+                Err(e) => {
+                    refuse_now(
+                        &stream,
+                        exit::FAILED,
+                        &format!("cannot identify the caller: {e}"),
+                    );
+                    continue;
+                }
+            };
+            let slot = match caller {
+                0 => None,
+                uid => match slots.take(uid) {
+                    Ok(slot) => Some(slot),
+                    Err(message) => {
+                        tracing::debug!(uid, "control connection refused: {message}");
+                        refuse_now(&stream, exit::FAILED, &message);
+                        continue;
+                    }
                 },
             };
-            let (node, shutdown) = (node.clone(), shutdown.clone());
+            let (node, shutdown, root) = (node.clone(), shutdown.clone(), slots.root.clone());
             tokio::spawn(async move {
-                if let Err(e) = connection(node, stream, shutdown).await {
+                let permit = match slot {
+                    Some(_) => None,
+                    None => match root.acquire_owned().await {
+                        Ok(p) => Some(p),
+                        Err(_) => return,
+                    },
+                };
+                if let Err(e) = connection(node, stream, caller, shutdown).await {
                     tracing::debug!("control connection ended: {e}");
                 }
-                drop(permit);
+                drop((slot, permit));
             });
         }
         tracing::debug!("control socket: no longer accepting");
     });
+}
+
+/// Tells a caller that is not served why, if its socket takes the line at once (a new
+/// connection's buffer is empty), and closes the connection. Never waits.
+fn refuse_now(stream: &UnixStream, code: i32, message: &str) {
+    let reply = Reply::Done {
+        code,
+        message: message.to_owned(),
+        data: None,
+    };
+    if let Ok(mut text) = serde_json::to_string(&reply) {
+        text.push('\n');
+        let _ = stream.try_write(text.as_bytes());
+    }
 }
 
 /// How long a request running when the daemon stops may still take before it is cut.
@@ -112,32 +224,31 @@ const CUT: &str = "peerstashd stopped before this request ended; run it again on
 async fn connection(
     node: Arc<Node>,
     stream: UnixStream,
+    caller: u32,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
     let cut = cut(shutdown);
     tokio::pin!(cut);
-    // Who is asking (SO_PEERCRED): root may do anything; others act on their own files only.
-    let caller = stream.peer_cred().map(|c| c.uid());
     let read = tokio::select! {
-        r = control::read_request(&stream) => r,
+        r = tokio::time::timeout(REQUEST_WITHIN, control::read_request(&stream)) => r,
         // No request yet: nothing to answer.
         _ = &mut cut => return Ok(()),
     };
     let (_, mut write) = stream.into_split();
     let (line, fds) = match read {
-        Ok(r) => r,
-        Err(e) => return refuse(&mut write, exit::USAGE, format!("bad request: {e}")).await,
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return refuse(&mut write, exit::USAGE, format!("bad request: {e}")).await,
+        Err(_) => {
+            let message = format!(
+                "no whole request line within {} s: the connection is closed",
+                REQUEST_WITHIN.as_secs()
+            );
+            return refuse(&mut write, exit::USAGE, message).await;
+        }
     };
     let request = match Request::decode(&line) {
         Ok(r) => r,
         Err(e) => return refuse(&mut write, exit::USAGE, format!("bad request: {e}")).await,
-    };
-    let caller = match caller {
-        Ok(uid) => uid,
-        Err(e) => {
-            let message = format!("cannot identify the caller: {e}");
-            return refuse(&mut write, exit::FAILED, message).await;
-        }
     };
     tracing::debug!(?request, caller, fds = fds.len(), "control request");
     let owner = (caller != 0).then_some(caller);
@@ -159,13 +270,18 @@ async fn connection(
     let finished = {
         let write = &mut write;
         let forward = async {
+            let mut gone = false;
             while let Some(event) = lines.recv().await {
-                // A client that went away does not stop the work: the backup finishes anyway.
+                // A client that went away (or stopped reading) does not stop the work: the
+                // backup finishes anyway, its progress is dropped.
+                if gone {
+                    continue;
+                }
                 let reply = Reply::Progress {
                     message: event.message,
                     amount: event.amount,
                 };
-                let _ = send(write, &reply).await;
+                gone = send(write, &reply).await.is_err();
             }
             (&mut work).await
         };
@@ -287,11 +403,16 @@ async fn prepare(
         }
         Request::Delete { path } => {
             if let Some(uid) = owner {
+                // Said without naming any other user's file, and, when none of the caller's is
+                // there, as if nothing were: the answer tells nothing of what others backed up.
                 let versions = versions_of(node, &path).await?;
-                if let Some(f) = versions.iter().find(|f| f.uid != uid) {
+                if !versions.iter().any(|f| f.uid == uid) {
+                    return Err(cmd::delete::nothing_of(&path));
+                }
+                if versions.iter().any(|f| f.uid != uid) {
                     return Err(format!(
-                        "{} is not yours: you may delete only your own backups",
-                        shown(&f.path)
+                        "{}: not every backup there is yours, and you may delete only your own: name your own files or folders",
+                        shown(&path)
                     ));
                 }
             }
@@ -411,8 +532,15 @@ fn final_reply(done: Done) -> Reply {
     }
 }
 
+/// Writes one reply line, within WRITE_WITHIN.
 async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> {
     let mut text = serde_json::to_string(reply).map_err(std::io::Error::other)?;
     text.push('\n');
-    write.write_all(text.as_bytes()).await
+    match tokio::time::timeout(WRITE_WITHIN, write.write_all(text.as_bytes())).await {
+        Ok(written) => written,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the caller does not read its replies",
+        )),
+    }
 }

@@ -4,17 +4,18 @@
 //!
 //! The HTTP here is the least a scraper and a browser need, and no more: one GET per
 //! connection, its request read within `READ_WITHIN` and `MAX_REQUEST` bytes, the answer with
-//! its length and `Connection: close`, at most `MAX_CONNECTIONS` at once. (A web framework
-//! would bring more code than this whole listener.)
+//! its length and `Connection: close`, at most `MAX_CONNECTIONS` at once (`MAX_PER_SOURCE` from
+//! one address), and only to a `Host` that names this listener (`host_allowed`). (A web
+//! framework would bring more code than this whole listener.)
 
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
 use crate::daemon::cmd::status::Overview;
 use crate::daemon::Node;
@@ -99,8 +100,12 @@ fn plot(rates: &[(f64, f64, f64)]) -> String {
         line(|r| r.2),
     )
 }
+/// A connection must have sent its whole request within this, and been answered within twice
+/// this, or it is closed.
 const READ_WITHIN: Duration = Duration::from_secs(5);
-const MAX_CONNECTIONS: usize = 8;
+/// Connections open at once, all sources together, and from one source address.
+const MAX_CONNECTIONS: usize = 32;
+const MAX_PER_SOURCE: usize = 16;
 
 /// Binds the listener (at start: a port taken is a refusal, said before the peer is heard).
 pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
@@ -109,29 +114,141 @@ pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (metrics.listen) for metrics: {e}"))
 }
 
-/// Serves the listener until the daemon stops.
+/// One open connection, as the accept loop keeps track of it.
+struct Open {
+    id: u64,
+    source: IpAddr,
+    since: Instant,
+    /// Still waiting for its request (not yet being answered): it may be closed for a newer one.
+    reading: Arc<AtomicBool>,
+    task: tokio::task::AbortHandle,
+}
+
+/// The open connections (at most MAX_CONNECTIONS): a connection's task takes itself out when
+/// it ends.
+#[derive(Default)]
+struct Table(Mutex<Vec<Open>>);
+
+impl Table {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Open>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes room for a connection from `source`: within the bounds, or by closing the oldest
+    /// connection that is still waiting for its request (of that source first). Idle
+    /// connections (slowloris) thus never lock a scraper out: its request comes at once, and
+    /// only connections older than it are closed. False when every slot is being answered.
+    fn make_room(open: &mut Vec<Open>, source: IpAddr) -> bool {
+        let of_source = open.iter().filter(|o| o.source == source).count();
+        let victim = |same_source: bool| {
+            (open.iter().enumerate())
+                .filter(|(_, o)| o.reading.load(Ordering::Relaxed))
+                .filter(|(_, o)| !same_source || o.source == source)
+                .min_by_key(|(_, o)| o.since)
+                .map(|(i, _)| i)
+        };
+        let chosen = if of_source >= MAX_PER_SOURCE {
+            victim(true)
+        } else if open.len() >= MAX_CONNECTIONS {
+            victim(false)
+        } else {
+            return true;
+        };
+        match chosen {
+            Some(i) => {
+                open.swap_remove(i).task.abort();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Takes a connection out of the table when its task ends (or is aborted).
+struct Leave {
+    table: Arc<Table>,
+    id: u64,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.table.lock().retain(|o| o.id != self.id);
+    }
+}
+
+/// Serves the listener until the daemon stops. The accept loop never waits for a slot: a
+/// connection gets one at once, or is closed at once.
 pub async fn serve(node: Arc<Node>, listener: TcpListener, mut shutdown: Shutdown) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let cache: Arc<Cache> = Arc::default();
+    let table: Arc<Table> = Arc::default();
+    let Ok(listen) = listener.local_addr() else {
+        tracing::error!("metrics: the listener has no address; not serving");
+        return;
+    };
+    let mut next_id = 0u64;
     loop {
         let accepted = tokio::select! {
             _ = shutdown.recv() => return,
             a = listener.accept() => a,
         };
-        let Ok((stream, _)) = accepted else {
+        let Ok((stream, peer)) = accepted else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        // Beyond the bound, the connection waits in the kernel's backlog.
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
+        // The lock is held only here and in Leave::drop, never across an await.
+        let mut open = table.lock();
+        if !Table::make_room(&mut open, peer.ip()) {
+            tracing::debug!(%peer, "metrics: every connection is being answered; closed");
+            continue;
+        }
+        next_id += 1;
+        let reading = Arc::new(AtomicBool::new(true));
+        let leave = Leave {
+            table: table.clone(),
+            id: next_id,
         };
-        let (node, cache) = (node.clone(), cache.clone());
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(READ_WITHIN * 2, answer(&node, &cache, stream)).await;
-            drop(permit);
+        let (node, cache, r) = (node.clone(), cache.clone(), reading.clone());
+        let task = tokio::spawn(async move {
+            let _leave = leave;
+            let answered = answer(&node, &cache, stream, listen, &r);
+            let _ = tokio::time::timeout(READ_WITHIN * 2, answered).await;
+        });
+        open.push(Open {
+            id: next_id,
+            source: peer.ip(),
+            since: Instant::now(),
+            reading,
+            task: task.abort_handle(),
         });
     }
+}
+
+/// Whether the request's `Host` names this listener: its address (`ip:port`, or `ip` on port
+/// 80) or `localhost` (with or without the port). Exactly one Host line. A page of another
+/// site that rebinds its name to 127.0.0.1 sends its own name, and gets no data.
+fn host_allowed(head: &[u8], listen: SocketAddr) -> bool {
+    let Ok(text) = std::str::from_utf8(head) else {
+        return false;
+    };
+    let mut hosts = text
+        .split("\r\n")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(name, _)| name.trim().eq_ignore_ascii_case("host"))
+        .map(|(_, value)| value.trim().to_ascii_lowercase());
+    let (Some(host), None) = (hosts.next(), hosts.next()) else {
+        return false;
+    };
+    let port = listen.port();
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    host == format!("{ip}:{port}")
+        || host == "localhost"
+        || host == format!("localhost:{port}")
+        || (port == 80 && host == ip)
 }
 
 /// The path a request line asks for with GET, if it is one.
@@ -145,7 +262,13 @@ fn requested_path(head: &[u8]) -> Option<&str> {
     }
 }
 
-async fn answer(node: &Arc<Node>, cache: &Cache, mut stream: TcpStream) -> std::io::Result<()> {
+async fn answer(
+    node: &Arc<Node>,
+    cache: &Cache,
+    mut stream: TcpStream,
+    listen: SocketAddr,
+    reading: &AtomicBool,
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     let read = tokio::time::timeout(READ_WITHIN, async {
@@ -162,7 +285,14 @@ async fn answer(node: &Arc<Node>, cache: &Cache, mut stream: TcpStream) -> std::
     if !matches!(read, Ok(Ok(()))) {
         return Ok(());
     }
-    let (status, kind, body) = match requested_path(&head) {
+    reading.store(false, Ordering::Relaxed);
+    let path = requested_path(&head);
+    let (status, kind, body) = match path {
+        Some(_) if !host_allowed(&head, listen) => (
+            "421 Misdirected Request",
+            "text/plain",
+            "this listener answers only to Host: localhost or its own address\n".to_owned(),
+        ),
         Some("/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
@@ -483,6 +613,78 @@ mod tests {
         assert_eq!(requested_path(b"GET /metrics\r\n\r\n"), None);
         assert_eq!(requested_path(b"\xff\xfe"), None);
         assert_eq!(requested_path(b""), None);
+    }
+
+    #[test]
+    fn only_a_host_naming_the_listener_is_answered() {
+        let listen: SocketAddr = "127.0.0.1:9464".parse().unwrap();
+        let with = |host: &str| format!("GET /metrics HTTP/1.1\r\n{host}\r\nAccept: */*\r\n\r\n");
+        for good in [
+            "Host: 127.0.0.1:9464",
+            "Host: localhost",
+            "host: LocalHost:9464",
+            "HOST:  localhost:9464 ",
+        ] {
+            assert!(host_allowed(with(good).as_bytes(), listen), "{good}");
+        }
+        for bad in [
+            "Host: evil.example",
+            "Host: evil.example:9464",
+            "Host: 127.0.0.1",
+            "Host: localhost:80",
+            "Host: localhost.evil.example",
+            "Host: 127.0.0.1:9464\r\nHost: evil.example",
+            "X-Host: localhost",
+        ] {
+            assert!(!host_allowed(with(bad).as_bytes(), listen), "{bad}");
+        }
+        // No Host, or a Host after the head: refused.
+        assert!(!host_allowed(b"GET / HTTP/1.0\r\n\r\n", listen));
+        assert!(!host_allowed(
+            b"GET / HTTP/1.1\r\n\r\nHost: localhost\r\n",
+            listen
+        ));
+        let v6: SocketAddr = "[::1]:80".parse().unwrap();
+        assert!(host_allowed(with("Host: [::1]").as_bytes(), v6));
+        assert!(host_allowed(with("Host: [::1]:80").as_bytes(), v6));
+    }
+
+    #[test]
+    fn the_oldest_idle_connection_makes_room() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let one: IpAddr = "127.0.0.1".parse().unwrap();
+            let two: IpAddr = "127.0.0.2".parse().unwrap();
+            let start = Instant::now();
+            let conn = |id: u64, source: IpAddr, reading: bool| Open {
+                id,
+                source,
+                since: start + Duration::from_millis(id),
+                reading: Arc::new(AtomicBool::new(reading)),
+                task: tokio::spawn(std::future::pending::<()>()).abort_handle(),
+            };
+            // One source at its bound: its oldest idle connection goes, not one being answered.
+            let mut open: Vec<Open> = (0..MAX_PER_SOURCE as u64)
+                .map(|id| conn(id, one, id != 0))
+                .collect();
+            assert!(Table::make_room(&mut open, two));
+            assert!(Table::make_room(&mut open, one));
+            assert_eq!(open.len(), MAX_PER_SOURCE - 1);
+            assert!(open.iter().any(|o| o.id == 0) && !open.iter().any(|o| o.id == 1));
+            // Every slot taken: the oldest idle one of any source goes; none idle: refused.
+            let mut open: Vec<Open> = (0..MAX_CONNECTIONS as u64)
+                .map(|id| conn(id, if id < 5 { two } else { one }, id >= 3))
+                .collect();
+            assert!(Table::make_room(&mut open, "127.0.0.3".parse().unwrap()));
+            assert!(!open.iter().any(|o| o.id == 3));
+            for o in &open {
+                o.reading.store(false, Ordering::Relaxed);
+            }
+            assert!(!Table::make_room(&mut open, one));
+        });
     }
 
     #[test]

@@ -25,16 +25,19 @@ pub(crate) async fn delete(node: &Arc<Node>, path: PathBuf) -> Result<Done, CmdE
         })
         .await?;
     if forgotten == 0 {
-        return Err(CmdError::NotFound(format!(
-            "no backed-up version of {}",
-            shown(&path)
-        )));
+        return Err(CmdError::NotFound(nothing_of(&path)));
     }
     send_pending_deletes(node.clone()).await;
     Ok(Done::ok(format!(
         "deleted {forgotten} backed-up versions of {} from the peers",
         shown(&path)
     )))
+}
+
+/// The answer when nothing is backed up at or below `path` (for a non-root caller: nothing of
+/// its own, whatever other users backed up there).
+pub(crate) fn nothing_of(path: &Path) -> String {
+    format!("no backed-up version of {}", shown(path))
 }
 
 /// Why the versions of one path are forgotten by a folder's policy.

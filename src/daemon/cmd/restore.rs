@@ -74,11 +74,16 @@ pub(crate) async fn restore_choice(
     owner: Option<u32>,
 ) -> Result<FileRow, String> {
     let p = path.to_path_buf();
-    let of_path = node
+    // A non-root caller chooses among its own versions only, and is answered as if the others
+    // did not exist: nothing tells it that another user backed up this path.
+    let of_path: Vec<FileRow> = node
         .catalog
         .call(move |c| c.versions_of(&p))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|f| owner.is_none_or(|uid| uid == f.uid))
+        .collect();
     let row = match version {
         Some(n) => of_path.into_iter().find(|f| f.version == n),
         None => {
@@ -91,11 +96,7 @@ pub(crate) async fn restore_choice(
         }
     };
     match row {
-        Some(row) if owner.is_none_or(|uid| uid == row.uid) => Ok(row),
-        Some(_) => Err(format!(
-            "{} is not yours: you may restore only your own files",
-            shown(path)
-        )),
+        Some(row) => Ok(row),
         None => Err(format!(
             "no backed-up version{} of {} (see `peerstash versions {}`)",
             version.map(|n| format!(" {n}")).unwrap_or_default(),
