@@ -18,14 +18,6 @@ use common::*;
 
 const USER: u32 = 12346;
 
-fn skip_unless_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return false;
-    }
-    skip("acting as another user needs root");
-    true
-}
-
 /// A command run as the test's user, in the socket's group (peerstash's, or root's here).
 fn as_user(c: &Cluster, program: &Path) -> Command {
     let gid = std::fs::metadata(&c.peer(0).socket).unwrap().gid();
@@ -50,14 +42,6 @@ fn user_cli_on(c: &Cluster, peer: usize, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// The attacker's own client: writes `line` to the socket, with a descriptor of `file` (opened
 /// as the user, read-only or read-write) when given; returns the final reply's code and message.
 fn raw(c: &Cluster, line: &str, file: Option<(&Path, bool)>) -> (i64, String) {
@@ -77,7 +61,7 @@ fn raw(c: &Cluster, line: &str, file: Option<(&Path, bool)>) -> (i64, String) {
     let reply = stdout
         .lines()
         .find_map(|l| l.strip_prefix("REPLY: "))
-        .unwrap_or_else(|| panic!("no reply from the attacker's client: {}", text(&out)));
+        .unwrap_or_else(|| panic!("no reply from the attacker's client: {}", output_text(&out)));
     let v: serde_json::Value = serde_json::from_str(reply).unwrap();
     (
         v["code"].as_i64().unwrap(),
@@ -154,13 +138,13 @@ fn entries(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn a_symlinked_restore_target_creates_nothing_in_a_root_folder() {
-    if skip_unless_root() {
+    if needs_root("acting as another user") {
         return;
     }
     let c = Cluster::start(&["0", "100MB", "100MB"]);
     let (base, home, mine) = user_home(&c, USER);
     let o = user_cli(&c, &["backup", mine.to_str().unwrap(), "-r", "2"]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     // ~/lnk -> a folder of root's that the user may not write to.
     let rootdir = base.join("rootonly");
     std::fs::create_dir(&rootdir).unwrap();
@@ -179,11 +163,11 @@ fn a_symlinked_restore_target_creates_nothing_in_a_root_folder() {
             lnk.join("evil").to_str().unwrap(),
         ],
     );
-    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    assert_ne!(o.status.code(), Some(0), "{}", output_text(&o));
     assert!(
-        text(&o).contains("ermission denied"),
+        output_text(&o).contains("ermission denied"),
         "the kernel refused it: {}",
-        text(&o)
+        output_text(&o)
     );
     // Raw requests: no descriptor, a read-only one, and the old fields naming the target.
     let line = format!(r#"{{"cmd":"restore","path":"{mine_s}","version":null}}"#);
@@ -203,7 +187,7 @@ fn a_symlinked_restore_target_creates_nothing_in_a_root_folder() {
     // What the user may do still works, with the file's mode and the user as owner.
     let back = home.join("back.txt");
     let o = user_cli(&c, &["restore", mine_s, "--to", back.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&mine).unwrap());
     let m = std::fs::metadata(&back).unwrap();
     assert_eq!((m.uid(), m.mode() & 0o7777), (USER, 0o640));
@@ -217,7 +201,7 @@ fn a_symlinked_restore_target_creates_nothing_in_a_root_folder() {
 
 #[test]
 fn a_user_cannot_read_root_files_through_backups() {
-    if skip_unless_root() {
+    if needs_root("acting as another user") {
         return;
     }
     let c = Cluster::start(&["0", "100MB", "100MB"]);
@@ -253,7 +237,7 @@ fn a_user_cannot_read_root_files_through_backups() {
     let link = home.join("s");
     std::os::unix::fs::symlink(&secret, &link).unwrap();
     let o = user_cli(&c, &["backup", link.to_str().unwrap()]);
-    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    assert_ne!(o.status.code(), Some(0), "{}", output_text(&o));
 
     // A backup of the folder while half its files are swapped for symlinks to the secret and
     // back (the other half stay, so that the backup always has something to send).
@@ -279,15 +263,15 @@ fn a_user_cannot_read_root_files_through_backups() {
     stop.store(true, Ordering::Relaxed);
     racer.join().unwrap();
     assert!(
-        text(&o).contains("not yours"),
+        output_text(&o).contains("not yours"),
         "root's file was skipped: {}",
-        text(&o)
+        output_text(&o)
     );
     let datagrams = heard.stop();
     assert!(
         !datagrams.is_empty(),
         "the backup was heard on MDB: {}",
-        text(&o)
+        output_text(&o)
     );
     for d in &datagrams {
         for m in [&marker, &roots_marker] {
@@ -301,7 +285,7 @@ fn a_user_cannot_read_root_files_through_backups() {
 
 #[test]
 fn group_members_see_only_their_own_backups() {
-    if skip_unless_root() {
+    if needs_root("acting as another user") {
         return;
     }
     let c = Cluster::start(&["0", "100MB", "100MB"]);
@@ -310,7 +294,7 @@ fn group_members_see_only_their_own_backups() {
     std::fs::write(&roots, b"root's file").unwrap();
     c.cli_ok(0, &["backup", roots.to_str().unwrap(), "-r", "2"], 0);
     let o = user_cli(&c, &["backup", mine.to_str().unwrap(), "-r", "2"]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     let root_id = file_entries(&c.state(0), &roots)[0]["file_id"]
         .as_str()
         .unwrap()
@@ -322,14 +306,14 @@ fn group_members_see_only_their_own_backups() {
         vec!["versions", "/"],
     ] {
         let o = user_cli(&c, &args);
-        let t = text(&o);
+        let t = output_text(&o);
         assert!(!t.contains("roots-private-name"), "{args:?}: {t}");
         assert!(!t.contains(&root_id[..16]), "{args:?}: {t}");
     }
     let o = user_cli(&c, &["versions", "/"]);
-    assert!(text(&o).contains("mine.txt"), "{}", text(&o));
+    assert!(output_text(&o).contains("mine.txt"), "{}", output_text(&o));
     let o = user_cli(&c, &["versions", roots.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
     // A hosting peer: root sees the chunks it hosts, the user only the totals.
     assert!(!c.state(1)["stored"].as_array().unwrap().is_empty());
     let o = user_cli_on(&c, 1, &["state", "--json"]);
@@ -340,7 +324,7 @@ fn group_members_see_only_their_own_backups() {
 
 #[test]
 fn a_restore_in_progress_is_private_from_its_first_byte() {
-    if skip_unless_root() {
+    if needs_root("acting as another user") {
         return;
     }
     let c = Cluster::start(&["0", "200MB", "200MB"]);
@@ -410,7 +394,7 @@ fn read_only_etc() -> Vec<String> {
 
 #[test]
 fn root_restores_into_etc_although_the_daemon_cannot_write_there() {
-    if skip_unless_root() {
+    if needs_root("acting as another user") {
         return;
     }
     // Can this machine make a mount namespace, and is /etc then read-only in it?
@@ -456,7 +440,7 @@ fn root_restores_into_etc_although_the_daemon_cannot_write_there() {
     );
     let restored = std::fs::read(&target);
     let _ = std::fs::remove_file(&target);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     assert_eq!(restored.unwrap(), b"setting = 1\n");
 }
 

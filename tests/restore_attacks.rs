@@ -18,29 +18,13 @@ use common::*;
 
 const USER: u32 = 12346;
 
-fn skip_unless_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return false;
-    }
-    skip("acting as another user needs root");
-    true
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// Runs `script` with `sh -c` as the user, which must succeed.
 fn as_user_sh(script: &str) {
     let o = as_uid(USER, None, Path::new("sh"))
         .args(["-c", script])
         .output()
         .unwrap();
-    assert!(o.status.success(), "{script}: {}", text(&o));
+    assert!(o.status.success(), "{script}: {}", output_text(&o));
 }
 
 /// Every name below `dir`, folders too (what a restore could have made there).
@@ -178,7 +162,7 @@ impl Scene {
     /// The error names the symlink and says it was not followed.
     fn refused(&self, o: &Output) {
         let docs = self.home.join("docs");
-        let said = text(o);
+        let said = output_text(o);
         assert!(
             said.contains(&format!("{} is a symlink: not followed", docs.display())),
             "{said}"
@@ -194,18 +178,18 @@ impl Scene {
 
 #[test]
 fn root_restore_all_does_not_follow_a_users_symlink_into_a_root_folder() {
-    if skip_unless_root() {
+    if needs_root("acting as another user") {
         return;
     }
     let s = swapped_after_backup();
     let o = s.c.cli(0, &["restore", "--all"]);
     s.target_holds(&[], "restore --all");
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
     s.refused(&o);
     assert!(
-        text(&o).contains("3 files: 1 restored, 2 failed"),
+        output_text(&o).contains("3 files: 1 restored, 2 failed"),
         "{}",
-        text(&o)
+        output_text(&o)
     );
     s.notes_restored_at(&s.notes.0);
     // Nothing was put in the folder the user moved away either: the restore went nowhere.
@@ -217,7 +201,7 @@ fn root_restore_all_does_not_follow_a_users_symlink_into_a_root_folder() {
 
 #[test]
 fn root_restore_all_force_replaces_no_root_file_through_a_users_symlink() {
-    if skip_unless_root() {
+    if needs_root("acting as another user") {
         return;
     }
     let s = swapped_after_backup();
@@ -230,14 +214,14 @@ fn root_restore_all_force_replaces_no_root_file_through_a_users_symlink() {
     let m = std::fs::metadata(&roots).unwrap();
     assert_eq!((m.ino(), m.uid(), m.mode() & 0o777), (inode, 0, 0o644));
     assert_eq!(std::fs::read(&roots).unwrap(), ROOTS);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
     s.refused(&o);
     s.notes_restored_at(&s.notes.0);
 }
 
 #[test]
 fn root_restore_of_one_path_does_not_follow_a_users_symlink() {
-    if skip_unless_root() {
+    if needs_root("acting as another user") {
         return;
     }
     let s = swapped_after_backup();
@@ -247,7 +231,7 @@ fn root_restore_of_one_path_does_not_follow_a_users_symlink() {
     let deep = docs.join("cron/zz-evil");
     let o = s.c.cli(0, &["restore", deep.to_str().unwrap()]);
     s.target_holds(&[], "restore PATH");
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
     s.refused(&o);
     // --to into the user's `docs` (the folder, and a file name in it), with --force over
     // root's files there.
@@ -267,7 +251,7 @@ fn root_restore_of_one_path_does_not_follow_a_users_symlink() {
                 f.display()
             );
         }
-        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", output_text(&o));
         s.refused(&o);
     }
     // Where no symlink is on the way, the same restore works.
@@ -281,14 +265,14 @@ fn root_restore_of_one_path_does_not_follow_a_users_symlink() {
             back.to_str().unwrap(),
         ],
     );
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     assert_eq!(std::fs::read(&back).unwrap(), EVIL);
     assert_eq!(std::fs::metadata(&back).unwrap().uid(), USER);
 }
 
 #[test]
 fn root_restore_all_into_a_world_writable_folder_follows_no_planted_symlink() {
-    if skip_unless_root() {
+    if needs_root("acting as another user") {
         return;
     }
     let s = swapped_after_backup();
@@ -301,8 +285,8 @@ fn root_restore_all_into_a_world_writable_folder_follows_no_planted_symlink() {
     ));
     let o = s.c.cli(0, &["restore", "--all", planted.to_str().unwrap()]);
     s.target_holds(&[], "restore --all DEST, DEST a symlink");
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    let said = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    let said = output_text(&o);
     assert!(
         said.contains(&format!("{} is a symlink: not followed", planted.display())),
         "{said}"
@@ -321,8 +305,8 @@ fn root_restore_all_into_a_world_writable_folder_follows_no_planted_symlink() {
     let o =
         s.c.cli(0, &["restore", "--all", "--force", dest.to_str().unwrap()]);
     s.target_holds(&[], "restore --all DEST, a symlink below DEST");
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    let said = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    let said = output_text(&o);
     assert!(
         said.contains(&format!(
             "{} is a symlink: not followed",

@@ -20,14 +20,6 @@ const USER: u32 = 12348;
 /// Another user, whose file names the attacker must never see.
 const ALICE: u32 = 12349;
 
-fn skip_unless_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return false;
-    }
-    skip("acting as another user needs root");
-    true
-}
-
 /// The test binary's `socket_attacker`, run as the attacker in the socket's group, in `mode`.
 fn attacker(c: &Cluster, mode: &str) -> Child {
     attacker_as(c, USER, mode, 40)
@@ -61,24 +53,9 @@ fn expect_line(lines: &mut impl Iterator<Item = String>, prefix: &str) -> String
 /// Root's `peerstash status` on peer 0, given at most `within`: its output, or None if it had
 /// not answered by then (it is then killed).
 fn root_status_within(c: &Cluster, within: Duration) -> Option<Output> {
-    let mut child = Command::new(PEERSTASH)
-        .arg("--config")
-        .arg(&c.peer(0).config)
-        .arg("status")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let end = Instant::now() + within;
-    while Instant::now() < end {
-        if child.try_wait().unwrap().is_some() {
-            return Some(child.wait_with_output().unwrap());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
+    let mut status = Command::new(PEERSTASH);
+    status.arg("--config").arg(&c.peer(0).config).arg("status");
+    run_within(status, within)
 }
 
 fn open_fds(pid: u32) -> usize {
@@ -178,7 +155,7 @@ fn answered_now(s: &UnixStream) -> bool {
 
 #[test]
 fn descriptors_sent_a_byte_at_a_time_are_closed_as_they_arrive() {
-    if skip_unless_root() {
+    if needs_root("acting as another user") {
         return;
     }
     let c = Cluster::start(&["0", "20MB"]);
@@ -230,7 +207,7 @@ fn descriptors_sent_a_byte_at_a_time_are_closed_as_they_arrive() {
 
 #[test]
 fn idle_connections_of_a_user_never_keep_root_waiting() {
-    if skip_unless_root() {
+    if needs_root("acting as another user") {
         return;
     }
     let c = Cluster::start(&["0", "20MB"]);
@@ -277,7 +254,7 @@ fn idle_connections_of_a_user_never_keep_root_waiting() {
 
 #[test]
 fn users_who_fill_every_slot_together_still_leave_room_for_root() {
-    if skip_unless_root() {
+    if needs_root("acting as another user") {
         return;
     }
     let c = Cluster::start(&["0", "20MB"]);
@@ -317,7 +294,7 @@ fn users_who_fill_every_slot_together_still_leave_room_for_root() {
 
 #[test]
 fn refusals_never_name_another_users_files() {
-    if skip_unless_root() {
+    if needs_root("acting as another user") {
         return;
     }
     let c = Cluster::start(&["0", "100MB", "100MB"]);

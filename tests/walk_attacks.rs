@@ -10,7 +10,7 @@ mod common;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -19,41 +19,6 @@ const USER: u32 = 12347;
 /// The chain's depth: beyond the 10,000 descriptors a 2-per-level walk could hold under the
 /// 20,000 of the daemon's limit.
 const CHAIN: usize = 10_100;
-
-fn skip_unless_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return false;
-    }
-    skip("acting as another user and mounting need root");
-    true
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Runs `cmd` for at most `limit`; None (and the command killed) if it did not end by then.
-fn run_for(mut cmd: Command, limit: Duration) -> Option<Output> {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if child.try_wait().unwrap().is_some() {
-            return Some(child.wait_with_output().unwrap());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
 
 /// The CPU time (user + system, in clock ticks) process `pid` has used.
 fn cpu_ticks(pid: u32) -> u64 {
@@ -88,7 +53,7 @@ fn inotify_watches(pid: u32) -> usize {
 
 #[test]
 fn a_kernel_file_that_reads_forever_is_refused_at_once() {
-    if skip_unless_root() {
+    if needs_root("acting as another user and mounting") {
         return;
     }
     let c = Cluster::start(&["0", "20 MiB"]);
@@ -134,14 +99,14 @@ fn a_kernel_file_that_reads_forever_is_refused_at_once() {
         .map(|(who, cmd)| {
             (
                 who,
-                std::thread::spawn(move || run_for(cmd, Duration::from_secs(30))),
+                std::thread::spawn(move || run_within(cmd, Duration::from_secs(30))),
             )
         })
         .collect();
     for (who, run) in runs {
         let out = run.join().unwrap();
         let out = out.unwrap_or_else(|| panic!("{who}: still running after 30 s\n{}", c.dump()));
-        let said = text(&out);
+        let said = output_text(&out);
         assert_ne!(out.status.code(), Some(0), "{who}: {said}");
         assert_eq!(said.trim().lines().count(), 1, "{who}: one line: {said}");
         if who.contains("self") {
@@ -196,7 +161,7 @@ impl Drop for ProcMount {
 
 #[test]
 fn a_bind_mount_of_proc_in_a_watched_folder_is_never_read() {
-    if skip_unless_root() {
+    if needs_root("acting as another user and mounting") {
         return;
     }
     let folder = tempfile::tempdir().unwrap();
@@ -293,7 +258,7 @@ fn remove_chain(top: &Path, depth: usize) {
 
 #[test]
 fn a_chain_of_ten_thousand_folders_takes_neither_descriptors_nor_watches() {
-    if skip_unless_root() {
+    if needs_root("acting as another user and mounting") {
         return;
     }
     let folder = tempfile::tempdir().unwrap();
@@ -403,7 +368,7 @@ fn a_chain_of_ten_thousand_folders_takes_neither_descriptors_nor_watches() {
     assert!(deepest <= 260, "a file {deepest} levels deep was backed up");
     // A caller's own `backup DIR` of the home: the shallow files, a failure that says why.
     let out = c.cli(0, &["backup", home.to_str().unwrap(), "-r", "2"]);
-    let said = text(&out);
+    let said = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(said.contains("levels deep are not backed up"), "{said}");
     assert!(said.contains("3 fully replicated"), "{said}");

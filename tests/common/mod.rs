@@ -571,3 +571,42 @@ pub fn skip(reason: &str) {
     }
     eprintln!("skipped: {reason}");
 }
+
+/// Whether this test must return because it is not run as root (it says so; with `CI=true` it
+/// fails instead, see `skip`). `what` says what root is needed for.
+pub fn needs_root(what: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return false;
+    }
+    skip(&format!("{what} needs root"));
+    true
+}
+
+/// A command's stdout then stderr, as text.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs `cmd` (its output captured) for at most `limit`: None, and the command killed, if it
+/// had not ended by then.
+pub fn run_within(mut cmd: Command, limit: Duration) -> Option<Output> {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if child.try_wait().unwrap().is_some() {
+            return Some(child.wait_with_output().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
