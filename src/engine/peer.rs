@@ -47,6 +47,10 @@ pub const DELETE_SPACING: Duration = Duration::from_millis(300);
 /// `ANNOUNCE_EVERY`, so the announcement does not flood the LAN.
 pub const ANNOUNCE_BATCH: usize = 100;
 pub const ANNOUNCE_EVERY: Duration = Duration::from_millis(100);
+/// A PUTCHUNK of a file whose DELETE was heard this recently is not stored: the DELETE may have
+/// overtaken it on its way (they come on different channels, on sockets read by different
+/// tasks), and a home peer that means it sends it again a second later.
+pub const DELETE_GRACE: Duration = Duration::from_secs(1);
 /// A PUTCHUNK with our own id is looked into once a second at most.
 const OWN_ID_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Our own re-backup or a deleted file explains a PUTCHUNK with our id this long after.
@@ -749,9 +753,12 @@ impl Peer {
         if self.storing.contains_key(&chunk) || self.stored_due.contains_key(&chunk) {
             return; // a resend of a chunk being written: its STORED is on its way
         }
-        if self.deleting.contains_key(&chunk.file_id) {
+        let just_deleted = (self.delete_seen.get(&chunk.file_id))
+            .is_some_and(|at| now.saturating_duration_since(*at) < DELETE_GRACE);
+        if self.deleting.contains_key(&chunk.file_id) || just_deleted {
             // Its file's deletion is under way and could remove it right after it is written
-            // (and after its STORED): if the home peer means it, it resends in a second.
+            // (and after its STORED), or its DELETE overtook it: if the home peer means it, it
+            // resends in a second.
             return;
         }
         if self.storing.len() >= MAX_CONCURRENT_STORES
@@ -2142,6 +2149,8 @@ mod tests {
         assert!(actions(&mut p).is_empty(), "the second DELETE still runs");
         p.file_deleted(&chunk(0).file_id, false, t0);
         p.handle(put(2, 0, 1), t0);
+        assert!(actions(&mut p).is_empty(), "the DELETE may have overtaken it");
+        p.handle(put(2, 0, 1), t0 + DELETE_GRACE);
         assert!(matches!(actions(&mut p)[..], [Action::Store { .. }]));
     }
 
