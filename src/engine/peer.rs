@@ -2149,7 +2149,10 @@ mod tests {
         assert!(actions(&mut p).is_empty(), "the second DELETE still runs");
         p.file_deleted(&chunk(0).file_id, false, t0);
         p.handle(put(2, 0, 1), t0);
-        assert!(actions(&mut p).is_empty(), "the DELETE may have overtaken it");
+        assert!(
+            actions(&mut p).is_empty(),
+            "the DELETE may have overtaken it"
+        );
         p.handle(put(2, 0, 1), t0 + DELETE_GRACE);
         assert!(matches!(actions(&mut p)[..], [Action::Store { .. }]));
     }
