@@ -825,6 +825,9 @@ impl Catalog {
         self.conn
             .prepare_cached("DELETE FROM delete_acks WHERE file_id = ?1")?
             .execute([row.file_id.key()])?;
+        // Nor a DELETE still to be sent (a restart or the next forget would send it, and the
+        // holders would drop this new version's chunks).
+        self.clear_pending_delete(&row.file_id)?;
         self.conn
             .prepare_cached("UPDATE files SET backup_id = ?2 WHERE file_id = ?1")?
             .execute(params![row.file_id.key(), backup.0])?;
@@ -2061,6 +2064,22 @@ mod tests {
         cat.clear_pending_delete(&fid('a')).unwrap();
         assert!(cat.pending_deletes().unwrap().is_empty());
         assert_eq!(cat.perceived(&fid('a'), ChunkNo(0)).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_version_backed_up_again_is_owed_no_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        let run = BackupId(7);
+        cat.insert_version(&file('a', "/w/f"), run).unwrap();
+        // Abandoned (the file changed while read): its DELETE is owed...
+        assert!(cat
+            .forget(&fid('a'), Forget::Abandoned { backup: run }, 1_000)
+            .unwrap());
+        assert_eq!(cat.pending_deletes().unwrap(), vec![fid('a')]);
+        // ...until the same content (the same fileId) is backed up again before it went out.
+        cat.insert_version(&file('a', "/w/f"), BackupId(8)).unwrap();
+        assert!(cat.pending_deletes().unwrap().is_empty());
     }
 
     #[test]
