@@ -21,12 +21,13 @@ const INTERVAL_RESET_AFTER: Duration = Duration::from_secs(64);
 /// (the holder then simply answers; the rate limit bounds what that costs).
 const MAX_HASHES_PER_REPLY: u32 = 4;
 
-/// Bytes per second of CHUNK bodies a holder sends on MDR in answer to GETCHUNKs, in total and
-/// to any one source address (a GETCHUNK's source proves nothing, so the total is what bounds a
-/// LAN host that forges many). A 1.0 restore from three holders still gets ~96 MiB/s; a 2.0
-/// restore pulls over TCP and costs nothing here.
-pub const MDR_BYTES_PER_SEC: u64 = 64 << 20;
-pub const MDR_BYTES_PER_SEC_PER_SOURCE: u64 = 32 << 20;
+/// Bytes per second of CHUNK bodies a holder sends on MDR in answer to GETCHUNKs, in total (about
+/// a gigabit link) and to any one source address (a GETCHUNK's source proves nothing, so the
+/// total is what bounds a LAN host that forges many). A 1.0 restore from two holders or more is
+/// not slowed (133 MB/s from three holders on loopback); a 2.0 restore pulls over TCP and costs
+/// nothing here.
+pub const MDR_BYTES_PER_SEC: u64 = 96 << 20;
+pub const MDR_BYTES_PER_SEC_PER_SOURCE: u64 = 64 << 20;
 /// What each bucket may spend at once after a quiet spell.
 pub const MDR_BURST: u64 = 2 << 20;
 /// Source addresses whose budget is remembered (a flood of forged ones evicts the oldest; the

@@ -206,12 +206,15 @@ async fn write_frame(stream: &mut TcpStream, frame: &[u8]) -> io::Result<()> {
     stream.write_all(&bytes).await
 }
 
-/// The restorer's side: pulls, at most MAX_OUTBOUND at once, over connections kept open between
-/// pulls (one handshake per holder, not per chunk); an idle connection is kept at most
-/// `KEEP_IDLE`, well within the holder's own limit, and MAX_IDLE_PER_HOLDER per holder.
+/// The restorer's side: pulls, at most MAX_OUTBOUND at once and MAX_PER_HOLDER to one holder
+/// (the holder serves no more connections from one address: more would be closed at once, and
+/// their chunks wait for a resend), over connections kept open between pulls (one handshake per
+/// connection, not per chunk); an idle connection is kept at most `KEEP_IDLE`, well within the
+/// holder's own limit.
 #[derive(Clone)]
 pub struct Pulls {
     permits: Arc<Semaphore>,
+    holders: Arc<std::sync::Mutex<HashMap<SocketAddr, Arc<Semaphore>>>>,
     idle: Arc<std::sync::Mutex<Idle>>,
 }
 
@@ -220,7 +223,11 @@ type Idle = HashMap<SocketAddr, Vec<(TcpStream, std::time::Instant)>>;
 
 /// An idle connection older than this is closed rather than used (the holder cuts it at TIMEOUT).
 const KEEP_IDLE: Duration = Duration::from_secs(2);
-pub const MAX_IDLE_PER_HOLDER: usize = 8;
+/// Connections to one holder at once: what a holder serves from one address.
+pub const MAX_PER_HOLDER: usize = MAX_INBOUND_PER_SOURCE;
+/// Holders whose places are remembered while none of them is in use (a forged announcement
+/// adds one, so the map is trimmed beyond this).
+const HOLDERS_KEPT: usize = 64;
 
 impl Default for Pulls {
     fn default() -> Pulls {
@@ -232,6 +239,7 @@ impl Pulls {
     pub fn new() -> Pulls {
         Pulls {
             permits: Arc::new(Semaphore::new(MAX_OUTBOUND)),
+            holders: Arc::default(),
             idle: Arc::default(),
         }
     }
@@ -246,7 +254,12 @@ impl Pulls {
     /// tried once more on a new one (the holder may have closed it meanwhile).
     pub async fn pull(&self, to: SocketAddr, request: &[u8]) -> io::Result<Vec<u8>> {
         check_request(request)?;
-        // The semaphore is never closed.
+        // The semaphores are never closed.
+        let _place = self
+            .holder(to)
+            .acquire_owned()
+            .await
+            .map_err(io::Error::other)?;
         let _permit = self.permits.acquire().await.map_err(io::Error::other)?;
         if let Some(mut stream) = self.take_idle(to) {
             if let Ok(answer) = exchange(&mut stream, to, request, TIMEOUT).await {
@@ -258,6 +271,17 @@ impl Pulls {
         let answer = exchange(&mut stream, to, request, TIMEOUT).await?;
         self.put_idle(to, stream);
         Ok(answer)
+    }
+
+    /// The places of one holder.
+    fn holder(&self, to: SocketAddr) -> Arc<Semaphore> {
+        let mut holders = self.holders.lock().unwrap_or_else(|e| e.into_inner());
+        if holders.len() >= HOLDERS_KEPT && !holders.contains_key(&to) {
+            holders.retain(|_, places| places.available_permits() < MAX_PER_HOLDER);
+        }
+        (holders.entry(to))
+            .or_insert_with(|| Arc::new(Semaphore::new(MAX_PER_HOLDER)))
+            .clone()
     }
 
     fn take_idle(&self, to: SocketAddr) -> Option<TcpStream> {
@@ -279,7 +303,7 @@ impl Pulls {
             !kept.is_empty()
         });
         let kept = idle.entry(to).or_default();
-        if kept.len() < MAX_IDLE_PER_HOLDER {
+        if kept.len() < MAX_PER_HOLDER {
             kept.push((stream, std::time::Instant::now()));
         }
     }
@@ -654,6 +678,34 @@ mod tests {
         assert!(pulls.try_start().is_none());
         drop(permits);
         assert!(pulls.try_start().is_some());
+    }
+
+    #[tokio::test]
+    async fn many_pulls_to_one_holder_use_no_more_connections_than_it_serves_from_one_address() {
+        let server = start().await;
+        let pulls = Pulls::new();
+        let asks: Vec<_> = (0..4 * MAX_OUTBOUND)
+            .map(|i| {
+                let (pulls, to) = (pulls.clone(), server.addr);
+                tokio::spawn(async move { pulls.pull(to, format!("{i}").as_bytes()).await })
+            })
+            .collect();
+        for ask in asks {
+            ask.await
+                .unwrap()
+                .expect("every pull answered, none refused");
+        }
+        assert_eq!(server.refused.load(Ordering::Relaxed), 0);
+        let mut addresses: Vec<SocketAddr> = (server.asked.lock().unwrap().iter())
+            .map(|(_, a)| *a)
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        assert!(
+            addresses.len() <= MAX_PER_HOLDER,
+            "{} connections",
+            addresses.len()
+        );
     }
 
     #[tokio::test]
