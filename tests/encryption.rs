@@ -344,6 +344,20 @@ impl Target {
     /// were sealed and sent (the attack happened), each opens only under its own fileId's key,
     /// no chunk id (fileId and chunkNo: key and nonce) carries two different bodies, and the
     /// two bodies do not share a keystream (C1 xor C2 != P1 xor P2).
+    /// Puts the file back as it was and backs it up again; then checks what MDB carried (since
+    /// `lan` started) with `check_never_two_bodies`, and that a restore gives back the original.
+    fn put_back_and_back_up_again(&self, c: &Cluster, lan: Recording, dir: &Path) {
+        self.put_back();
+        c.cli_ok(0, &["backup", self.path(), "--encrypt", "-r", "2"], 0);
+        std::thread::sleep(Duration::from_millis(500));
+        self.check_never_two_bodies(c, &lan.stop());
+        let out = dir.join("back.bin");
+        assert!(
+            restore_to(c, 0, &self.file, &out) == self.original,
+            "restored bytes differ"
+        );
+    }
+
     fn check_never_two_bodies(&self, c: &Cluster, heard: &[Vec<u8>]) {
         use peerstash::protocol::seal::MasterKey;
         use peerstash::protocol::{ChunkNo, FileId};
@@ -410,15 +424,7 @@ fn a_piece_changed_during_an_encrypted_backup_is_never_sealed_twice_under_one_ke
         "the first backup reports the change: {}",
         String::from_utf8_lossy(&first.stderr)
     );
-    t.put_back();
-    c.cli_ok(0, &["backup", t.path(), "--encrypt", "-r", "2"], 0);
-    std::thread::sleep(Duration::from_millis(500));
-    t.check_never_two_bodies(&c, &lan.stop());
-    let out = dir.path().join("back.bin");
-    assert!(
-        restore_to(&c, 0, &t.file, &out) == t.original,
-        "restored bytes differ"
-    );
+    t.put_back_and_back_up_again(&c, lan, dir.path());
 }
 
 /// Issue 23, case 6, across a kill: a `backup --encrypt` is killed (kill -9) after sending part
@@ -460,13 +466,5 @@ fn a_resumed_encrypted_backup_never_seals_other_bytes_under_its_key() {
         "version 1 was resumed:\n{}",
         c.log(0)
     );
-    t.put_back();
-    c.cli_ok(0, &["backup", t.path(), "--encrypt", "-r", "2"], 0);
-    std::thread::sleep(Duration::from_millis(500));
-    t.check_never_two_bodies(&c, &lan.stop());
-    let out = dir.path().join("back.bin");
-    assert!(
-        restore_to(&c, 0, &t.file, &out) == t.original,
-        "restored bytes differ"
-    );
+    t.put_back_and_back_up_again(&c, lan, dir.path());
 }

@@ -190,15 +190,7 @@ async fn read_frame(stream: &mut TcpStream, max: usize) -> io::Result<Option<Vec
 }
 
 async fn write_frame(stream: &mut TcpStream, frame: &[u8]) -> io::Result<()> {
-    if frame.is_empty() || frame.len() > MAX_FRAME {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "frame of {} bytes is not within 1..={MAX_FRAME}",
-                frame.len()
-            ),
-        ));
-    }
+    check_len("frame", frame, MAX_FRAME)?;
     // Fits: MAX_FRAME is far below u32::MAX. One write: the frame follows its prefix at once.
     let mut bytes = Vec::with_capacity(4 + frame.len());
     bytes.extend_from_slice(&(frame.len() as u32).to_be_bytes());
@@ -338,13 +330,15 @@ fn timed_out(to: SocketAddr, timeout: Duration) -> io::Error {
 
 /// A request the holder would refuse (empty, over MAX_REQUEST) is not sent.
 fn check_request(request: &[u8]) -> io::Result<()> {
-    if request.is_empty() || request.len() > MAX_REQUEST {
+    check_len("request", request, MAX_REQUEST)
+}
+
+/// What the other end would refuse (empty, over `max`) is not sent.
+fn check_len(what: &str, bytes: &[u8], max: usize) -> io::Result<()> {
+    if bytes.is_empty() || bytes.len() > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!(
-                "request of {} bytes is not within 1..={MAX_REQUEST}",
-                request.len()
-            ),
+            format!("{what} of {} bytes is not within 1..={max}", bytes.len()),
         ));
     }
     Ok(())
