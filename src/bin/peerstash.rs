@@ -334,18 +334,41 @@ fn restore_all(
     json: bool,
 ) -> i32 {
     let mut meter = peerstash::cli::Meter::new("restore --all", json);
-    // Each file's newest version, and the watched folder it was found below.
-    let mut newest: std::collections::BTreeMap<PathBuf, (u32, &Path)> = Default::default();
-    for w in &config.watch {
-        let request = Request::Versions {
-            path: w.path.clone(),
-        };
+    // The config's watched folders, then those the catalog knows were watched here and the
+    // config does not name (added after it was copied off the machine).
+    let mut folders: Vec<PathBuf> = config.watch.iter().map(|w| w.path.clone()).collect();
+    let known = runtime.block_on(control::call(socket, &Request::Watched, &[], |_| {}));
+    let known = match known {
+        Ok((exit::OK, _, Some(data))) => serde_json::from_value::<control::WatchedFolders>(data)
+            .map(|w| w.folders)
+            .unwrap_or_default(),
+        // An older daemon: the config's folders only.
+        Ok(_) => Vec::new(),
+        Err(e) => return fail(exit::UNREACHABLE, e),
+    };
+    let extra: Vec<PathBuf> = (known.into_iter())
+        .filter(|k| !folders.contains(k))
+        .collect();
+    if !extra.is_empty() {
+        let names: Vec<String> = extra.iter().map(|p| shown(p).to_string()).collect();
+        meter.say(&format!(
+            "also restoring {} watched folder(s) the catalog knows and the config does not name: {} (add them to the config's [[watch]] to back them up again)",
+            extra.len(),
+            names.join(", ")
+        ));
+        folders.extend(extra);
+    }
+    // Each file with a complete version, and the watched folder it was found below; the
+    // daemon takes the newest version that can be restored whole.
+    let mut newest: std::collections::BTreeMap<PathBuf, &Path> = Default::default();
+    for w in &folders {
+        let request = Request::Versions { path: w.clone() };
         let answer = runtime.block_on(control::call(socket, &request, &[], |_| {}));
         let versions = match answer {
             Ok((exit::OK, _, Some(data))) => serde_json::from_value::<Vec<VersionInfo>>(data)
                 .map_err(|e| format!("unexpected answer from the daemon: {e}")),
             Ok((_, message, _)) => {
-                meter.say(&format!("{}: {message}", shown(&w.path)));
+                meter.say(&format!("{}: {message}", shown(w)));
                 continue;
             }
             Err(e) => return fail(exit::UNREACHABLE, e),
@@ -355,8 +378,7 @@ fn restore_all(
             Err(e) => return fail(exit::FAILED, e),
         };
         for v in versions.into_iter().filter(|v| v.complete) {
-            let at = newest.entry(v.path).or_insert((v.version, &w.path));
-            at.0 = at.0.max(v.version);
+            newest.entry(v.path).or_insert(w);
         }
     }
     // Where the files go is reached from handles opened once: DEST (walked from `/`), or each
@@ -374,7 +396,7 @@ fn restore_all(
         total: total as u64,
         unit: control::Unit::Files,
     };
-    for (i, (path, (version, watched))) in newest.into_iter().enumerate() {
+    for (i, (path, watched)) in newest.into_iter().enumerate() {
         meter.event(&control::ProgressEvent {
             message: String::new(),
             amount: Some(files(i)),
@@ -424,16 +446,22 @@ fn restore_all(
             let answer = runtime.block_on(control::client::restore(
                 socket,
                 &path,
-                Some(version),
+                None,
                 &target,
                 force,
                 |_| {},
             ));
             let target = target.path();
             match answer {
-                Ok((exit::OK, _, _)) => {
+                Ok((exit::OK, message, data)) => {
                     restored += 1;
-                    format!("[{}/{total}] restored {}", i + 1, shown(&target))
+                    // An older version than the newest: said, with why.
+                    let older =
+                        data.and_then(|d| serde_json::from_value::<control::Restored>(d).ok());
+                    match older.and_then(|r| r.not_whole) {
+                        Some(_) => format!("[{}/{total}] {message}", i + 1),
+                        None => format!("[{}/{total}] restored {}", i + 1, shown(&target)),
+                    }
                 }
                 Ok((_, message, _)) => {
                     failed += 1;

@@ -180,19 +180,20 @@ pub async fn restore(
     };
     let answer = call_events(socket, &request, &[out.as_fd()], on_progress).await;
     let finished = match answer {
-        Ok((exit::OK, message, Some(data))) => serde_json::from_value::<Restored>(data)
+        Ok((exit::OK, message, Some(data))) => serde_json::from_value::<Restored>(data.clone())
             .map_err(|e| ClientError::BadReply(e.to_string()))
-            .and_then(|r| {
-                finish(&out, &r, to, &tmp, force)
-                    .map_err(|e| local("cannot put the restored file in place at", &e))
-            })
+            .and_then(|r| finish(&out, &r, to, &tmp, force).map_err(|e| placed(&dest, e)))
             .map(|()| {
                 (
                     exit::OK,
                     format!("{message}; written to {}", shown(&dest)),
-                    None,
+                    Some(data),
                 )
             }),
+        // The daemon does not know where the file goes: said here.
+        Ok((code, _, Some(data))) if data["disk_full"] == true => {
+            Ok((code, disk_full(&dest), None))
+        }
         Ok(other) => Ok(other),
         Err(e) => Err(e),
     };
@@ -200,6 +201,26 @@ pub async fn restore(
         let _ = to.dir.remove(&tmp);
     }
     finished
+}
+
+/// What a restore says when the disk it writes to is full.
+fn disk_full(dest: &Path) -> String {
+    format!(
+        "disk full at {}: free space and run the restore again",
+        shown(dest)
+    )
+}
+
+/// Putting the restored file in place failed (a full disk said as such).
+fn placed(dest: &Path, e: std::io::Error) -> ClientError {
+    let full = [nix::libc::ENOSPC, nix::libc::EDQUOT];
+    match e.raw_os_error().is_some_and(|n| full.contains(&n)) {
+        true => ClientError::Local(disk_full(dest)),
+        false => ClientError::Local(format!(
+            "cannot put the restored file in place at {}: {e}",
+            shown(dest)
+        )),
+    }
 }
 
 /// Owner (root only: others keep their own), then mode (after chown, which clears set-id bits),

@@ -162,6 +162,9 @@ pub enum Request {
         #[serde(with = "wire_path")]
         path: PathBuf,
     },
+    /// Every folder the catalog knows was watched here (also those no longer in the config);
+    /// a user other than root hears only of those that hold versions of its own.
+    Watched,
     Delete {
         #[serde(with = "wire_path")]
         path: PathBuf,
@@ -604,6 +607,10 @@ pub struct Restored {
     pub uid: u32,
     pub gid: u32,
     pub mtime_ns: i64,
+    /// The newest complete version, when it was not whole on the peers and this older one was
+    /// restored instead (absent from older daemons).
+    #[serde(default)]
+    pub not_whole: Option<u32>,
 }
 
 /// `peers --json`: every peer heard, counted lost, or holding chunks of ours.
@@ -649,6 +656,13 @@ pub struct VersionInfo {
     /// Its chunks are encrypted under the master key (absent from older daemons: false).
     #[serde(default)]
     pub encrypted: bool,
+}
+
+/// The answer to `Request::Watched`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchedFolders {
+    #[serde(with = "wire_path::list")]
+    pub folders: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -320,7 +320,7 @@ enum Job {
     },
     Restore {
         path: PathBuf,
-        row: crate::store::FileRow,
+        rows: Vec<crate::store::FileRow>,
         out: File,
     },
     Other(Request),
@@ -398,8 +398,8 @@ async fn prepare(
                 .await
                 .map_err(|e| e.to_string())??;
             // Refused before any work when the version is not the caller's.
-            let row = cmd::restore::restore_choice(node, &path, version, owner).await?;
-            Ok(Job::Restore { path, row, out })
+            let rows = cmd::restore::restore_choice(node, &path, version, owner).await?;
+            Ok(Job::Restore { path, rows, out })
         }
         Request::Delete { path } => {
             if let Some(uid) = owner {
@@ -486,12 +486,13 @@ async fn run(node: Arc<Node>, job: Job, owner: Option<u32>, progress: cmd::Progr
             };
             cmd::backup::backup(&node, path, root, wanted, owner, &progress).await
         }
-        Job::Restore { path, row, out } => {
-            cmd::restore::restore(&node, path, row, out, &progress).await
+        Job::Restore { path, rows, out } => {
+            cmd::restore::restore(&node, path, rows, out, &progress).await
         }
         Job::Other(Request::Versions { path }) => {
             cmd::reply(cmd::versions::versions(&node, path, owner).await)
         }
+        Job::Other(Request::Watched) => cmd::reply(cmd::versions::watched(&node, owner).await),
         Job::Other(Request::Delete { path }) => cmd::reply(cmd::delete::delete(&node, path).await),
         Job::Other(Request::Reclaim { quota }) => cmd::reclaim::reclaim(&node, quota).await,
         Job::Other(Request::State { path }) => cmd::state::state(&node, owner, path).await,

@@ -106,6 +106,7 @@ pub async fn run(
     let mut watchers = Watchers::start(node.clone(), wake.clone(), trigger.subscribe())?;
     // Watching starts with a scan of each folder: what changed while we were down is queued.
     watchers.sync(&node.config().watch);
+    note_watched(&node, &node.config().watch).await;
     let worker = node.workers.register("expiry");
     let expiry = expire(node.clone(), wake.clone(), worker);
     tokio::spawn(until_stopped(trigger.subscribe(), expiry));
@@ -331,6 +332,14 @@ async fn status_line(node: &Arc<Node>) -> String {
     )
 }
 
+/// Keeps the watched folders in the catalog (see `Catalog::note_watched`).
+async fn note_watched(node: &Arc<Node>, watch: &[crate::config::WatchConfig]) {
+    let roots: Vec<PathBuf> = watch.iter().map(|w| w.path.clone()).collect();
+    if let Err(e) = node.catalog.call(move |c| c.note_watched(&roots)).await {
+        tracing::warn!("cannot note the watched folders in the catalog: {e}");
+    }
+}
+
 /// Says that a master key was just made, and what to do about it.
 pub fn warn_new_master_key(path: &Path) {
     tracing::warn!(
@@ -395,6 +404,7 @@ async fn reload(node: &Arc<Node>, path: &Path, watchers: &mut Watchers, wake: &A
                 Err(e) => tracing::error!("cannot apply the new quota: {e}"),
             }
             watchers.sync(&new.watch);
+            note_watched(node, &new.watch).await;
             // A changed RD: every file of the folder is backed up again at the new RD (only
             // chunks below it are sent; chunks above it settle when space is reclaimed).
             for root in rd_changed {

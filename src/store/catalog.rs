@@ -15,6 +15,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use crate::protocol::auth;
+use crate::protocol::hex;
 use crate::protocol::message::{ChunkId, ChunkNo, FileId, PeerId};
 
 #[derive(Debug, thiserror::Error)]
@@ -382,6 +383,21 @@ fn chunk_no_of(n: i64) -> Result<ChunkNo, StoreError> {
 }
 
 /// A path as the catalog stores it: its bytes, whatever they are.
+/// `meta` key of the folders ever watched (`Catalog::note_watched`), and how many it keeps.
+const WATCHED_KEY: &str = "watched_folders";
+const MAX_WATCHED_KEPT: usize = 1024;
+
+/// The bytes of lower- or upper-case hex text; None when it is not hex.
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    let t = text.as_bytes();
+    if t.len() % 2 != 0 {
+        return None;
+    }
+    (t.chunks(2))
+        .map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok())
+        .collect()
+}
+
 fn path_key(path: &Path) -> &[u8] {
     path.as_os_str().as_bytes()
 }
@@ -613,6 +629,34 @@ impl Catalog {
             )?
             .execute(params![key, value])?;
         Ok(())
+    }
+
+    /// The folders ever watched here (config `[[watch]]`s, as they were loaded), kept in `meta`
+    /// so that a snapshot carries them: `restore --all` brings back a folder added after the
+    /// config was copied off the machine. Hex of each path's bytes, one a line.
+    pub fn note_watched(&self, roots: &[PathBuf]) -> Result<(), StoreError> {
+        let mut known = self.watched_folders()?;
+        let before = known.len();
+        for r in roots {
+            if !known.contains(r) && known.len() < MAX_WATCHED_KEPT {
+                known.push(r.clone());
+            }
+        }
+        if known.len() == before {
+            return Ok(());
+        }
+        let text: Vec<String> = known.iter().map(|p| hex(path_key(p))).collect();
+        self.set_meta(WATCHED_KEY, &text.join("\n"))
+    }
+
+    /// The folders `note_watched` kept, oldest first.
+    pub fn watched_folders(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let text = self.meta(WATCHED_KEY)?.unwrap_or_default();
+        Ok(text
+            .lines()
+            .filter_map(unhex)
+            .map(|b| PathBuf::from(std::ffi::OsString::from_vec(b)))
+            .collect())
     }
 
     // ---- our own files -------------------------------------------------------------------
@@ -1933,6 +1977,22 @@ mod tests {
             ctime_ns: 0,
             encrypted: false,
         }
+    }
+
+    #[test]
+    fn watched_folders_are_kept_once_each_and_odd_names_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        assert!(cat.watched_folders().unwrap().is_empty());
+        let odd = PathBuf::from(OsStr::from_bytes(b"/w/\xff\nb"));
+        cat.note_watched(&[PathBuf::from("/w/a"), odd.clone()])
+            .unwrap();
+        cat.note_watched(&[PathBuf::from("/w/c"), odd.clone()])
+            .unwrap();
+        assert_eq!(
+            cat.watched_folders().unwrap(),
+            vec![PathBuf::from("/w/a"), odd, PathBuf::from("/w/c")]
+        );
     }
 
     #[test]

@@ -22,61 +22,123 @@ use crate::store::{FileChunkRow, FileRow, StoreError};
 /// Chunk writes waiting to finish before more are started.
 const MAX_PENDING_WRITES: usize = 64;
 
-/// Restores `row`, a version of `path` chosen by `restore_choice`, into `out`, a regular file
-/// the caller opened for reading and writing (the caller gives it its owner, mode, mtime and
-/// final name: see `Restored`).
+/// Restores the first of `rows` (versions of `path` chosen by `restore_choice`, best first)
+/// that can be restored whole into `out`, a regular file the caller opened for reading and
+/// writing (the caller gives it its owner, mode, mtime and final name: see `Restored`).
+/// Versions whose every chunk has a known holder are tried first, newest first; a version
+/// whose chunks cannot all be fetched gives way to the next. The answer says which version
+/// was restored when it is not the first.
 pub(crate) async fn restore(
     node: &Arc<Node>,
     path: PathBuf,
-    row: FileRow,
+    rows: Vec<FileRow>,
     out: File,
     progress: &Progress,
 ) -> Done {
-    report(
-        progress,
-        format!(
-            "restoring {} version {} ({} bytes)",
-            shown(&path),
-            row.version,
-            row.size
-        ),
-    );
-    match restore_file(node, &row, out, progress).await {
-        Ok(()) => Done {
-            code: exit::OK,
-            message: format!(
-                "restored {} version {} ({} bytes, content hash checked)",
+    let Some(first) = rows.first().map(|r| r.version) else {
+        return Done::failed(format!("no backed-up version of {}", shown(&path)));
+    };
+    let mut whole = Vec::new();
+    let mut unsure = Vec::new();
+    for row in rows {
+        let f = row.file_id.clone();
+        match node.catalog.call(move |c| c.file_chunks(&f)).await {
+            Ok(chunks) if held_whole(&row, &chunks) => whole.push((row, chunks)),
+            Ok(chunks) => unsure.push((row, chunks)),
+            Err(e) => return Done::failed(format!("restore of {} failed: {e}", shown(&path))),
+        }
+    }
+    let mut first_error = None;
+    let out = Arc::new(out);
+    for (row, chunks) in whole.into_iter().chain(unsure) {
+        report(
+            progress,
+            format!(
+                "restoring {} version {} ({} bytes)",
                 shown(&path),
                 row.version,
                 row.size
             ),
-            data: serde_json::to_value(Restored {
-                path: row.path,
-                version: row.version,
-                size: row.size,
-                mode: row.mode,
-                uid: row.uid,
-                gid: row.gid,
-                mtime_ns: row.mtime_ns,
-            })
-            .ok(),
-        },
-        Err(e) => Done::failed(format!("restore of {} failed: {e}", shown(&path))),
+        );
+        match restore_file(node, &row, chunks, &out, progress).await {
+            Ok(()) => return restored(&path, row, first),
+            // Another version may still be whole on the peers.
+            Err(e @ (RestoreError::Missing(..) | RestoreError::HashMismatch)) => {
+                tracing::info!(
+                    "restore of {} version {}: {e}; trying an older version",
+                    shown(&path),
+                    row.version
+                );
+                first_error.get_or_insert(e);
+            }
+            Err(RestoreError::DiskFull(e)) => {
+                return Done {
+                    code: exit::FAILED,
+                    message: format!(
+                        "disk full where the restore writes ({e}): free space and run the restore again"
+                    ),
+                    data: Some(serde_json::json!({ "disk_full": true })),
+                }
+            }
+            Err(e) => return Done::failed(format!("restore of {} failed: {e}", shown(&path))),
+        }
+    }
+    let e = first_error.map_or_else(|| "no version to restore".to_owned(), |e| e.to_string());
+    Done::failed(format!("restore of {} failed: {e}", shown(&path)))
+}
+
+/// Whether every chunk of `row` is recorded, with at least one known holder.
+fn held_whole(row: &FileRow, chunks: &[FileChunkRow]) -> bool {
+    chunks.len() as u64 == Cut::of(row.encrypted).count(row.size)
+        && chunks.iter().all(|c| c.perceived_rd > 0)
+}
+
+/// The answer for a restored `row`; `first` is the version tried first (the newest complete).
+fn restored(path: &Path, row: FileRow, first: u32) -> Done {
+    let message = match row.version == first {
+        true => format!(
+            "restored {} version {} ({} bytes, content hash checked)",
+            shown(path),
+            row.version,
+            row.size
+        ),
+        false => format!(
+            "restored version {} of {}: version {first} is not whole on the peers ({} bytes, content hash checked)",
+            row.version,
+            shown(path),
+            row.size
+        ),
+    };
+    Done {
+        code: exit::OK,
+        message,
+        data: serde_json::to_value(Restored {
+            path: row.path,
+            version: row.version,
+            size: row.size,
+            mode: row.mode,
+            uid: row.uid,
+            gid: row.gid,
+            mtime_ns: row.mtime_ns,
+            not_whole: (row.version != first).then_some(first),
+        })
+        .ok(),
     }
 }
 
-/// The version a restore of `path` takes: `version`, or the newest complete one (the newest of
-/// all when none is complete). A non-root caller (`owner`) may take only its own.
+/// The versions a restore of `path` may take, best first: `version` alone, or the complete ones
+/// newest first (the newest of all when none is complete). A non-root caller (`owner`) may take
+/// only its own.
 pub(crate) async fn restore_choice(
     node: &Arc<Node>,
     path: &Path,
     version: Option<u32>,
     owner: Option<u32>,
-) -> Result<FileRow, String> {
+) -> Result<Vec<FileRow>, String> {
     let p = path.to_path_buf();
     // A non-root caller chooses among its own versions only, and is answered as if the others
     // did not exist: nothing tells it that another user backed up this path.
-    let of_path: Vec<FileRow> = node
+    let mut of_path: Vec<FileRow> = node
         .catalog
         .call(move |c| c.versions_of(&p))
         .await
@@ -84,20 +146,23 @@ pub(crate) async fn restore_choice(
         .into_iter()
         .filter(|f| owner.is_none_or(|uid| uid == f.uid))
         .collect();
-    let row = match version {
-        Some(n) => of_path.into_iter().find(|f| f.version == n),
+    let rows: Vec<FileRow> = match version {
+        Some(n) => of_path.into_iter().filter(|f| f.version == n).collect(),
         None => {
-            let newest_complete = of_path.iter().rposition(|f| f.complete);
-            let mut of_path = of_path;
-            match newest_complete {
-                Some(i) => Some(of_path.swap_remove(i)),
-                None => of_path.pop(),
+            let newest = of_path.pop();
+            let mut complete: Vec<FileRow> =
+                (newest.iter().cloned().chain(of_path.into_iter().rev()))
+                    .filter(|f| f.complete)
+                    .collect();
+            if complete.is_empty() {
+                complete.extend(newest);
             }
+            complete
         }
     };
-    match row {
-        Some(row) => Ok(row),
-        None => Err(format!(
+    match rows.is_empty() {
+        false => Ok(rows),
+        true => Err(format!(
             "no backed-up version{} of {} (see `peerstash versions {}`)",
             version.map(|n| format!(" {n}")).unwrap_or_default(),
             shown(path),
@@ -112,6 +177,8 @@ enum RestoreError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    DiskFull(std::io::Error),
     #[error("{0} chunks could not be fetched from any peer (first: chunk {1}); are the holders running?")]
     Missing(usize, u32),
     #[error("the rebuilt file does not match the content hash recorded at backup")]
@@ -129,7 +196,8 @@ enum RestoreError {
 async fn restore_file(
     node: &Arc<Node>,
     row: &FileRow,
-    out: File,
+    chunks: Vec<FileChunkRow>,
+    out: &Arc<File>,
     progress: &Progress,
 ) -> Result<(), RestoreError> {
     let cut = Cut::of(row.encrypted);
@@ -140,8 +208,6 @@ async fn restore_file(
         }
         false => None,
     };
-    let f = row.file_id.clone();
-    let chunks = node.catalog.call(move |c| c.file_chunks(&f)).await?;
     if chunks.len() as u64 != cut.count(row.size) {
         return Err(RestoreError::Missing(
             (cut.count(row.size) as usize).saturating_sub(chunks.len()),
@@ -150,16 +216,27 @@ async fn restore_file(
     }
     // Emptied, then sized: chunks of zeros are not written, so a sparse file stays sparse.
     let size = row.size;
-    let out = spawn_blocking(move || -> std::io::Result<File> {
-        out.set_len(0)?;
-        out.set_len(size)?;
-        Ok(out)
+    let file = out.clone();
+    spawn_blocking(move || -> std::io::Result<()> {
+        file.set_len(0)?;
+        file.set_len(size)
     })
-    .await??;
-    let out = Arc::new(out);
-    fetch_all(node, row, chunks, &out, key, progress).await?;
-    let hash = row.content_hash.clone();
+    .await?
+    .map_err(RestoreError::of_io)?;
+    fetch_all(node, row, chunks, out, key, progress).await?;
+    let (hash, out) = (row.content_hash.clone(), out.clone());
     spawn_blocking(move || finish_restore(&out, &hash)).await?
+}
+
+impl RestoreError {
+    /// An I/O error of the file being written: a full disk (or quota) is said as such.
+    fn of_io(e: std::io::Error) -> RestoreError {
+        let full = [nix::libc::ENOSPC, nix::libc::EDQUOT];
+        match e.raw_os_error().is_some_and(|n| full.contains(&n)) {
+            true => RestoreError::DiskFull(e),
+            false => RestoreError::Io(e),
+        }
+    }
 }
 
 /// Checks the whole file's hash as written, and syncs it.
@@ -168,7 +245,7 @@ fn finish_restore(out: &File, hash: &str) -> Result<(), RestoreError> {
     let mut buf = vec![0u8; 1 << 20];
     let mut offset = 0u64;
     loop {
-        let n = out.read_at(&mut buf, offset)?;
+        let n = out.read_at(&mut buf, offset).map_err(RestoreError::of_io)?;
         if n == 0 {
             break;
         }
@@ -178,8 +255,20 @@ fn finish_restore(out: &File, hash: &str) -> Result<(), RestoreError> {
     if hex(&hasher.finalize()) != *hash {
         return Err(RestoreError::HashMismatch);
     }
-    out.sync_all()?;
+    out.sync_all().map_err(RestoreError::of_io)?;
     Ok(())
+}
+
+/// A chunk's write failed: a full disk ends the restore (no other chunk or version would fit);
+/// another error counts the chunk as missing.
+fn write_failed(e: std::io::Error) -> Result<(), RestoreError> {
+    match RestoreError::of_io(e) {
+        full @ RestoreError::DiskFull(_) => Err(full),
+        other => {
+            tracing::warn!("a restored chunk could not be written: {other}");
+            Ok(())
+        }
+    }
 }
 
 /// Fetches every chunk within the credit the engine gives, and writes each where it belongs.
@@ -195,7 +284,7 @@ async fn fetch_all(
     let mut fetched = 0u64;
     let mut job = node.start_job(JobKind::Restore);
     let mut todo = chunks.into_iter();
-    let mut writes: JoinSet<Result<(), u32>> = JoinSet::new();
+    let mut writes: JoinSet<Result<(), (u32, std::io::Error)>> = JoinSet::new();
     let (mut credit, mut outstanding, mut missing) = (0usize, 0usize, Vec::new());
     loop {
         while credit > 0 {
@@ -258,10 +347,11 @@ async fn fetch_all(
                             continue;
                         }
                         writes.spawn_blocking(move || {
-                            out.write_all_at(&piece, offset).map_err(|_| no)
+                            out.write_all_at(&piece, offset).map_err(|e| (no, e))
                         });
                         while writes.len() > MAX_PENDING_WRITES {
-                            if let Some(Ok(Err(no))) = writes.join_next().await {
+                            if let Some(Ok(Err((no, e)))) = writes.join_next().await {
+                                write_failed(e)?;
                                 missing.push(no);
                             }
                         }
@@ -274,7 +364,10 @@ async fn fetch_all(
     while let Some(w) = writes.join_next().await {
         match w {
             Ok(Ok(())) => {}
-            Ok(Err(no)) => missing.push(no),
+            Ok(Err((no, e))) => {
+                write_failed(e)?;
+                missing.push(no);
+            }
             Err(e) => return Err(e.into()),
         }
     }

@@ -1,10 +1,11 @@
-//! `peerstash versions PATH`: the backed-up versions of a path, or of every file below it.
+//! `peerstash versions PATH`: the backed-up versions of a path, or of every file below it; and
+//! the folders ever watched here, which `restore --all` walks.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{CmdError, Done};
-use crate::control::{exit, shown, VersionInfo};
+use crate::control::{exit, shown, VersionInfo, WatchedFolders};
 use crate::daemon::Node;
 use crate::store::StoreError;
 
@@ -47,5 +48,31 @@ pub(crate) async fn versions(
         code: exit::OK,
         message: format!("{} versions", rows.len()),
         data: serde_json::to_value(rows).ok(),
+    })
+}
+
+/// The folders the catalog knows were watched (`Catalog::note_watched`), as wire paths; for a
+/// user other than root, only those holding a version of its own.
+pub(crate) async fn watched(node: &Arc<Node>, owner: Option<u32>) -> Result<Done, CmdError> {
+    let folders = node
+        .catalog
+        .call(move |c| {
+            let mut kept = Vec::new();
+            for f in c.watched_folders()? {
+                let mine = match owner {
+                    None => true,
+                    Some(uid) => c.versions(&f)?.iter().any(|v| v.uid == uid),
+                };
+                if mine {
+                    kept.push(f);
+                }
+            }
+            Ok::<_, StoreError>(kept)
+        })
+        .await?;
+    Ok(Done {
+        code: exit::OK,
+        message: format!("{} watched folders known", folders.len()),
+        data: serde_json::to_value(WatchedFolders { folders }).ok(),
     })
 }

@@ -1,0 +1,219 @@
+//! Issue 24, cases 8, 9, 10 and a full disk, with real daemons on loopback: a rebuilt catalog
+//! sets a damaged chunk aside and keeps the home's RD; a restore takes the newest version that
+//! is whole on the peers and says so; `restore --all` brings back every folder the catalog knows
+//! was watched, not only the config's; a restore onto a full disk says so and leaves nothing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// A `[[watch]]` table for `root`, quick to notice changes.
+fn watch(root: &Path, replication: u8) -> String {
+    format!(
+        "[[watch]]\npath = \"{}\"\nreplication = {replication}\nquiet = \"200ms\"\n",
+        root.display()
+    )
+}
+
+/// The versions of `path` peer `i` lists: (version, complete, lowest perceived RD).
+fn versions(c: &Cluster, i: usize, path: &Path) -> Vec<(u64, bool, u64)> {
+    c.try_state(i)
+        .map(|s| {
+            file_entries(&s, path)
+                .iter()
+                .map(|e| {
+                    (
+                        e["version"].as_u64().unwrap(),
+                        e["complete"].as_bool().unwrap(),
+                        min_rd(e),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Case 9: a file grew past the peers' quotas: its version 2 is complete (every chunk sent)
+/// but some chunks have no holder. `restore` and `restore --all` take version 1, whole on the
+/// peers, and say why.
+#[test]
+fn case9_a_restore_takes_the_newest_version_that_is_whole_and_says_so() {
+    let folder = tempfile::tempdir().unwrap();
+    let root = folder.path().canonicalize().unwrap();
+    let f = root.join("grows.bin");
+    let v1 = random_bytes(100_000);
+    std::fs::write(&f, &v1).unwrap();
+    let c = Cluster::start_with(&["0", "1 MiB", "1 MiB"], &[&watch(&root, 1)]);
+    let v1_held = || versions(&c, 0, &f) == vec![(1, true, 1)];
+    assert!(wait_until(Duration::from_secs(30), v1_held), "{}", c.dump());
+    // 3 MB cannot fit on two peers of 1 MiB: version 2 ends complete, not whole.
+    std::fs::write(&f, random_bytes(3_000_000)).unwrap();
+    let v2_sent = || {
+        let v = versions(&c, 0, &f);
+        v.len() == 2 && v[1] == (2, true, 0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(40), v2_sent),
+        "version 2 never ended complete: {:?}\n{}",
+        versions(&c, 0, &f),
+        c.dump()
+    );
+    assert_eq!(versions(&c, 0, &f)[0], (1, true, 1), "version 1 kept");
+
+    // `restore` without --version.
+    let out = root.join("out.bin");
+    let said = c.cli_ok(
+        0,
+        &[
+            "restore",
+            f.to_str().unwrap(),
+            "--to",
+            out.to_str().unwrap(),
+        ],
+        0,
+    );
+    assert!(
+        said.contains(&format!(
+            "restored version 1 of {}: version 2 is not whole on the peers",
+            f.display()
+        )),
+        "{said}"
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), v1);
+
+    // `restore --all`, the file lost.
+    std::fs::remove_file(&out).unwrap();
+    std::fs::remove_file(&f).unwrap();
+    let said = c.cli_ok(0, &["restore", "--all"], 0);
+    assert!(said.contains("1 files: 1 restored, 0 failed"), "{said}");
+    assert!(
+        said.contains("version 2 is not whole on the peers"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read(&f).unwrap(), v1);
+}
+
+/// Case 10: a folder watched after the config was copied off the machine is restored by
+/// `restore --all` with the old config, and said to be missing from it.
+#[test]
+fn case10_restore_all_brings_back_a_folder_the_config_no_longer_names() {
+    let (first, later) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = first.path().canonicalize().unwrap();
+    let b = later.path().canonicalize().unwrap();
+    let (fa, fb) = (a.join("old.txt"), b.join("new.txt"));
+    let (ba, bb) = (random_bytes(20_000), random_bytes(30_000));
+    std::fs::write(&fa, &ba).unwrap();
+    std::fs::write(&fb, &bb).unwrap();
+    let both = format!("{}{}", watch(&a, 2), watch(&b, 2));
+    let mut c = Cluster::start_with(&["0", "30 MiB", "30 MiB"], &[&both]);
+    let backed_up = || {
+        [&fa, &fb]
+            .iter()
+            .all(|p| versions(&c, 0, p).iter().any(|v| v.1 && v.2 >= 2))
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), backed_up),
+        "{}",
+        c.dump()
+    );
+    // The computer is rebuilt with the config copied before the second folder was added.
+    c.rewrite_config(0, "0", &watch(&a, 2));
+    c.restart(0);
+    std::fs::remove_file(&fa).unwrap();
+    std::fs::remove_file(&fb).unwrap();
+    let said = c.cli_ok(0, &["restore", "--all"], 0);
+    assert!(said.contains("2 files: 2 restored, 0 failed"), "{said}");
+    assert!(
+        said.contains(&format!(
+            "the config does not name: {} (add them",
+            b.display()
+        )),
+        "{said}"
+    );
+    assert_eq!(std::fs::read(&fa).unwrap(), ba);
+    assert_eq!(std::fs::read(&fb).unwrap(), bb);
+}
+
+/// A small tmpfs mounted by the test, unmounted when dropped (as tests/full_disk.rs does).
+struct SmallDisk {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// A tmpfs of `size` ("1m"); None (with the reason said) when this cannot be done here.
+    fn mount(size: &str) -> Option<SmallDisk> {
+        if needs_root("mounting a small tmpfs") {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("small");
+        std::fs::create_dir_all(&path).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .unwrap()
+            .success();
+        if !ok {
+            skip("cannot mount a tmpfs here");
+            return None;
+        }
+        Some(SmallDisk { path, _dir: dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// A restore onto a full disk says "disk full at <path>", not "are the holders running?", and
+/// leaves no file, under the final name or a temporary one.
+#[test]
+fn a_restore_onto_a_full_disk_says_so_and_leaves_nothing() {
+    let Some(disk) = SmallDisk::mount("1m") else {
+        return;
+    };
+    let c = Cluster::start(&["0", "30 MiB", "30 MiB"]);
+    let base = c.dir.path().canonicalize().unwrap();
+    let f = base.join("big.bin");
+    let bytes = random_bytes(3_000_000);
+    std::fs::write(&f, &bytes).unwrap();
+    c.cli_ok(0, &["backup", f.to_str().unwrap(), "-r", "1"], 0);
+
+    let out = disk.path.join("big.bin");
+    let o = c.cli(
+        0,
+        &[
+            "restore",
+            f.to_str().unwrap(),
+            "--to",
+            out.to_str().unwrap(),
+        ],
+    );
+    let said = output_text(&o);
+    assert_eq!(o.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!(
+            "disk full at {}: free space and run the restore again",
+            out.display()
+        )),
+        "{said}"
+    );
+    assert!(!said.contains("holders running"), "{said}");
+    let left: Vec<_> = std::fs::read_dir(&disk.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left on the full disk: {left:?}");
+
+    // Room made (elsewhere): the same restore works.
+    let out = base.join("back.bin");
+    assert_eq!(restore_to(&c, 0, &f, &out), bytes);
+}
