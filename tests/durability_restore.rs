@@ -37,6 +37,101 @@ fn versions(c: &Cluster, i: usize, path: &Path) -> Vec<(u64, bool, u64)> {
         .unwrap_or_default()
 }
 
+/// Flips a byte in the body of chunk `chunk_no` of every pack of a peer's store.
+fn damage_chunk(peer: &Peer, chunk_no: u32) -> usize {
+    use peerstash::store::chunks::{HEADER, SLOT};
+    use std::os::unix::fs::FileExt;
+    let mut damaged = 0;
+    for (file_id, no, _) in chunks_on_disk(peer) {
+        if no.0 != chunk_no {
+            continue;
+        }
+        let pack = (peer.dir.join("state/chunks")).join(format!("{}.pack", file_id.key()));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&pack)
+            .unwrap();
+        let at = u64::from(chunk_no) * SLOT + HEADER + 7;
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0xff], at).unwrap();
+        damaged += 1;
+    }
+    damaged
+}
+
+/// Case 8: `--rebuild-catalog` sets a damaged chunk aside (REMOVED sent: the home peer backs it
+/// up again) and the daemon starts; the rebuilt rows do not say RD 1, so when another holder
+/// drops its copies while the home peer is away, the rebuilt holder backs them up again.
+#[test]
+fn case8_a_rebuild_sets_a_damaged_chunk_aside_and_removeds_still_count() {
+    if needs_root("reclaim (root's command)") {
+        return;
+    }
+    // Peers 2 and 3 host; peer 4 hosts nothing yet.
+    let mut c = Cluster::start(&["0", "100MB", "100MB", "0"]);
+    let base = c.dir.path().canonicalize().unwrap();
+    let f = base.join("kept.bin");
+    let bytes = random_bytes(300_000);
+    std::fs::write(&f, &bytes).unwrap();
+    c.cli_ok(0, &["backup", f.to_str().unwrap(), "-r", "2"], 0);
+    assert_eq!(chunk_files_on_disk(c.peer(1)), 5);
+    assert_eq!(chunk_files_on_disk(c.peer(2)), 5);
+
+    // Peer 2 loses its catalog, and one of its chunks is damaged.
+    c.stop(1);
+    let state = c.peer(1).dir.join("state");
+    std::fs::write(state.join("catalog.db"), b"").unwrap();
+    for extra in ["catalog.db-wal", "catalog.db-shm"] {
+        let _ = std::fs::remove_file(state.join(extra));
+    }
+    assert_eq!(damage_chunk(c.peer(1), 2), 1);
+    c.spawn_with(1, &[], &["--rebuild-catalog"]);
+    c.wait_ready(1);
+    let log = c.full_log(1);
+    assert!(
+        log.contains("4 of 5 chunk files re-indexed") && log.contains("1 damaged chunks set aside"),
+        "{log}"
+    );
+    let set_aside = std::fs::read_dir(state.join("quarantine")).unwrap().count();
+    assert_eq!(set_aside, 1, "the damaged chunk is kept in the quarantine");
+    let stored = c.state(1)["stored"].as_array().unwrap().clone();
+    assert!(
+        stored.iter().all(|s| s["desired_rd"] != 1),
+        "no RD 1 invented: {stored:?}"
+    );
+    // Its REMOVED: the home peer sends the chunk again, and peer 2 holds all 5 again.
+    let whole = || chunk_files_on_disk(c.peer(1)) == 5;
+    assert!(
+        wait_until(Duration::from_secs(30), whole),
+        "the damaged chunk was never backed up again:\n{}",
+        c.dump()
+    );
+
+    // The home peer is away; peer 3 drops its copies (REMOVED): peer 2 backs them up again on
+    // peer 4, which now has room.
+    c.rewrite_config(3, "100MB", "");
+    c.reload(3);
+    c.kill(0);
+    c.cli_ok(2, &["reclaim", "0"], 0);
+    assert_eq!(chunk_files_on_disk(c.peer(2)), 0);
+    let placed = || chunk_files_on_disk(c.peer(3)) == 5;
+    assert!(
+        wait_until(Duration::from_secs(30), placed),
+        "{} of 5 chunks backed up again on peer 4:\n{}",
+        chunk_files_on_disk(c.peer(3)),
+        c.dump()
+    );
+
+    // Peer 2 stopped too: the file comes back from peer 4 alone.
+    c.stop(1);
+    c.spawn(0);
+    c.wait_ready(0);
+    let out = base.join("out.bin");
+    assert_eq!(restore_to(&c, 0, &f, &out), bytes);
+}
+
 /// Case 9: a file grew past the peers' quotas: its version 2 is complete (every chunk sent)
 /// but some chunks have no holder. `restore` and `restore --all` take version 1, whole on the
 /// peers, and say why.

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::driver::Input;
 use super::Node;
-use crate::engine::peer::{Put, Role, MAX_CONCURRENT_STORES};
+use crate::engine::peer::{Put, Role, MAX_CONCURRENT_STORES, UNKNOWN_RD};
 use crate::protocol::{ChunkId, ChunkNo, FileId, PeerId, Rd};
 use crate::store::catalog::MAX_HOLDERS;
 use crate::store::{CatalogHandle, ChunkRole, ChunkStore, HostedRow, NewChunk};
@@ -52,7 +52,12 @@ pub(super) async fn store_chunk(
     {
         // Never host a chunk of our own file, even of a version we deleted.
         Ok(ChunkRole::Own { .. } | ChunkRole::Forgotten) => return Put::Refused,
-        Ok(ChunkRole::Hosted { .. }) => return Put::Held,
+        Ok(ChunkRole::Hosted { desired_rd }) => {
+            if desired_rd == UNKNOWN_RD {
+                learn_rd(node, chunk, rd).await;
+            }
+            return Put::Held;
+        }
         Ok(ChunkRole::Unknown) if !write => return Put::Refused,
         Ok(ChunkRole::Unknown) => {}
         Err(e) => {
@@ -97,6 +102,19 @@ pub(super) async fn store_chunk(
             remove_chunk_files(node, &chunk.file_id, vec![(chunk.chunk_no, size)]).await;
             Put::Refused
         }
+    }
+}
+
+/// A PUTCHUNK told the desired RD of a chunk re-indexed by `--rebuild-catalog`: recorded.
+async fn learn_rd(node: &Arc<Node>, chunk: &ChunkId, rd: Rd) {
+    let c = chunk.clone();
+    match (node.catalog)
+        .call(move |cat| cat.learn_hosted_rd(&c.file_id, c.chunk_no, rd.get()))
+        .await
+    {
+        Ok(true) => tracing::info!("chunk {chunk}: its desired RD {rd} heard again"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("could not record the desired RD of chunk {chunk}: {e}"),
     }
 }
 
@@ -447,33 +465,58 @@ pub(super) async fn reconcile_store(node: &Arc<Node>) -> anyhow::Result<Vec<Chun
     Ok(lost)
 }
 
+/// `meta` key of the chunks `--rebuild-catalog` set aside as damaged (`fileId chunkNo`, one a
+/// line), announced with REMOVED once the engine runs.
+const SET_ASIDE_KEY: &str = "removed_after_rebuild";
+/// Most chunks set aside that are announced (each further one is still set aside and counted;
+/// its home peer finds it missing when it next checks).
+const MAX_SET_ASIDE_ANNOUNCED: usize = 4096;
+
 /// `peerstashd --rebuild-catalog`: every chunk file of the store the catalog does not know gets
 /// its row back (size and hash from the file). What was lost with the catalog: the desired RD
-/// (1 is recorded, so reclaim drops these first) and the fileId's exact text (lower case).
+/// (`UNKNOWN_RD` until a PUTCHUNK tells it again) and the fileId's exact text (lower case). A
+/// chunk whose bytes do not match its hash is set aside in the quarantine (REMOVED sent once
+/// the daemon runs, so its home peer backs it up again); one the disk cannot read is left where
+/// it is, not indexed. Either way the rebuild goes on.
 pub(super) async fn rebuild_catalog(
     catalog: &CatalogHandle,
     store: &Arc<ChunkStore>,
     me: PeerId,
 ) -> anyhow::Result<()> {
     let s = store.clone();
-    let rows = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<HostedRow>> {
-        s.scan()?
-            .into_iter()
-            .map(|(file_id, chunk_no, size)| {
-                let (_, hash) = s.read_hashed(&file_id, chunk_no)?;
-                Ok(HostedRow {
+    let (rows, set_aside, unreadable) = tokio::task::spawn_blocking(move || {
+        let (mut rows, mut set_aside, mut unreadable) = (Vec::new(), Vec::new(), 0usize);
+        for (file_id, chunk_no, size) in s.scan()? {
+            match s.read_hashed(&file_id, chunk_no) {
+                Ok((_, hash)) => rows.push(HostedRow {
                     file_id,
                     chunk_no,
                     size,
                     hash,
-                    desired_rd: 1,
+                    desired_rd: UNKNOWN_RD,
                     sender: PeerId(0),
-                })
-            })
-            .collect()
+                }),
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    s.quarantine(&file_id, chunk_no, "damaged, found by --rebuild-catalog")?;
+                    set_aside.push(ChunkId { file_id, chunk_no });
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "--rebuild-catalog: cannot read chunk {chunk_no} of {file_id}: {e}"
+                    );
+                    unreadable += 1;
+                }
+            }
+        }
+        Ok::<_, std::io::Error>((rows, set_aside, unreadable))
     })
     .await??;
-    let found = rows.len();
+    let found = rows.len() + set_aside.len() + unreadable;
+    let damaged = set_aside.len();
+    let announced: Vec<String> = (set_aside.iter())
+        .take(MAX_SET_ASIDE_ANNOUNCED)
+        .map(|c| format!("{} {}", c.file_id.key(), c.chunk_no.0))
+        .collect();
     let added = catalog
         .call(move |c| {
             let mut added = 0;
@@ -483,12 +526,25 @@ pub(super) async fn rebuild_catalog(
                     added += 1;
                 }
             }
+            c.set_meta(SET_ASIDE_KEY, &announced.join("\n"))?;
             c.set_meta(ANNOUNCE_KEY, "1")?;
             Ok(added)
         })
         .await?;
+    let mut problems = String::new();
+    if damaged > 0 {
+        problems.push_str(&format!(
+            "; {damaged} damaged chunks set aside in {} and announced as removed (their home peers back them up again: nothing to do but check the disk, e.g. smartctl)",
+            store.quarantine_dir().display()
+        ));
+    }
+    if unreadable > 0 {
+        problems.push_str(&format!(
+            "; {unreadable} chunks the disk could not read were left out (see the errors above: check the disk, then run --rebuild-catalog again)"
+        ));
+    }
     tracing::warn!(
-        "rebuilt the catalog: {added} of {found} chunk files re-indexed; they are announced to their home peers"
+        "rebuilt the catalog: {added} of {found} chunk files re-indexed; they are announced to their home peers{problems}"
     );
     Ok(())
 }
@@ -500,6 +556,27 @@ pub(super) async fn announce_rebuilt(node: &Arc<Node>) {
     if !matches!(pending, Ok(Some(ref v)) if v == "1") {
         return;
     }
+    // The chunks set aside as damaged: their home peers stop counting this copy.
+    let set_aside = node.catalog.call(|c| c.meta(SET_ASIDE_KEY)).await;
+    let set_aside: Vec<ChunkId> = (set_aside.ok().flatten().unwrap_or_default().lines())
+        .filter_map(|l| {
+            let (f, n) = l.split_once(' ')?;
+            Some(ChunkId {
+                file_id: FileId::parse(f).ok()?,
+                chunk_no: ChunkNo::new(n.parse().ok()?)?,
+            })
+        })
+        .collect();
+    if !set_aside.is_empty() {
+        tracing::info!(
+            "announcing {} chunks set aside as damaged with REMOVED",
+            set_aside.len()
+        );
+    }
+    for chunk in set_aside {
+        node.engine(Input::SendRemoved(chunk));
+    }
+    let _ = node.catalog.call(|c| c.set_meta(SET_ASIDE_KEY, "")).await;
     match node.catalog.call(|c| c.all_hosted()).await {
         Ok(hosted) => {
             let chunks: Vec<ChunkId> = hosted.into_iter().map(|(row, _)| row.chunk_id()).collect();

@@ -183,9 +183,20 @@ pub enum Put {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     Unknown,
-    Own { desired_rd: u8 },
-    Hosted { desired_rd: u8 },
+    Own {
+        desired_rd: u8,
+    },
+    /// `desired_rd` is `UNKNOWN_RD` for a chunk re-indexed by `--rebuild-catalog` whose
+    /// home's RD was not heard again yet.
+    Hosted {
+        desired_rd: u8,
+    },
 }
+
+/// The desired RD of a hosted chunk whose PUTCHUNK was lost with the catalog: not 1 (a REMOVED
+/// would then never be made up for), not a guess. A REMOVED of such a chunk is made up for up
+/// to the holders counted before it (`Peer::removed`); the next PUTCHUNK tells the real one.
+pub const UNKNOWN_RD: u8 = 0;
 
 /// How a chunk backup ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1222,6 +1233,15 @@ impl Peer {
     /// A holder of a chunk below its RD re-backs it up after a random wait, unless someone
     /// else's PUTCHUNK for it is seen meanwhile; the home peer lets its repair look.
     pub fn removed(&mut self, chunk: &ChunkId, role: Role, perceived: u32, now: Instant) {
+        // Its home's RD is unknown: the holders counted before this REMOVED (at least 2).
+        let role = match role {
+            Role::Hosted {
+                desired_rd: UNKNOWN_RD,
+            } => Role::Hosted {
+                desired_rd: perceived.saturating_add(1).clamp(2, 9) as u8,
+            },
+            other => other,
+        };
         match role {
             Role::Hosted { desired_rd } if perceived < u32::from(desired_rd) => {
                 if self.rebacking.contains_key(chunk) {
@@ -2369,6 +2389,24 @@ mod tests {
                 desired_rd: 2,
             });
             assert_eq!(read, !other_starts);
+        }
+        // Re-indexed by --rebuild-catalog, its RD unknown: made up for to the count before
+        // the REMOVED (2 holders known: 1 left is below; at least 2 when none other is known).
+        for (perceived, desired) in [(1, 2), (2, 3), (0, 2)] {
+            let mut p = Peer::new(ME, 2);
+            let role = Role::Hosted {
+                desired_rd: UNKNOWN_RD,
+            };
+            p.removed(&chunk(0), role, perceived, t0);
+            run(&mut p, t0, Duration::from_secs(1));
+            assert_eq!(
+                actions(&mut p),
+                vec![Action::ReadForRebackup {
+                    chunk: chunk(0),
+                    desired_rd: desired,
+                }],
+                "{perceived} holders left"
+            );
         }
         // At its RD: nothing; ours below RD: the home peer's repair.
         let mut p = Peer::new(ME, 2);

@@ -1344,6 +1344,24 @@ impl Catalog {
         Ok(())
     }
 
+    /// Records a hosted chunk's desired RD heard in a PUTCHUNK, when it was unknown (re-indexed
+    /// by `--rebuild-catalog`, `engine::peer::UNKNOWN_RD`). Returns whether it was.
+    pub fn learn_hosted_rd(
+        &self,
+        file_id: &FileId,
+        chunk_no: ChunkNo,
+        rd: u8,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE hosted SET desired_rd = ?3
+                 WHERE file_id = ?1 AND chunk_no = ?2 AND desired_rd = 0",
+            )?
+            .execute(params![file_id.key(), chunk_no.0, rd])?;
+        Ok(n > 0)
+    }
+
     pub fn hosted(
         &self,
         file_id: &FileId,

@@ -441,7 +441,12 @@ impl ChunkStore {
     /// Moves a chunk out of the store into the quarantine (absent is fine): its body (or the
     /// slot's bytes if it holds no whole chunk) is copied there, then the slot is emptied.
     pub fn quarantine(&self, file_id: &FileId, chunk_no: ChunkNo, why: &str) -> io::Result<()> {
-        let Ok(pack) = File::open(self.pack_of(file_id)) else {
+        // Never through a link: the pack is a regular file of the store's own.
+        let opened = File::options()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(self.pack_of(file_id));
+        let Ok(pack) = opened else {
             return Ok(());
         };
         let bytes = match read_slot(&pack, chunk_no)? {
@@ -454,7 +459,16 @@ impl ChunkStore {
             }
         };
         let name = format!("{}.{}", file_id.key(), chunk_no.0);
-        self.keep_in_quarantine(&name, why, |to| fs::write(to, &bytes))?;
+        self.keep_in_quarantine(&name, why, |to| {
+            use std::io::Write;
+            let mut f = File::options()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(to)?;
+            f.write_all(&bytes)?;
+            f.sync_all()
+        })?;
         self.remove(file_id, chunk_no)
     }
 
