@@ -192,6 +192,68 @@ fn case9_a_restore_takes_the_newest_version_that_is_whole_and_says_so() {
     assert_eq!(std::fs::read(&f).unwrap(), v1);
 }
 
+/// Case 9, the other way a version is not whole: the catalog counts every chunk of version 2
+/// as held, but its only holder's copies are damaged. The restore falls back to version 1.
+#[test]
+fn case9_a_restore_whose_newest_version_fails_midway_takes_the_older_one() {
+    let folder = tempfile::tempdir().unwrap();
+    let root = folder.path().canonicalize().unwrap();
+    let f = root.join("edited.bin");
+    let v1 = random_bytes(100_000);
+    std::fs::write(&f, &v1).unwrap();
+    let kept = format!("{}keep_versions = 2\n", watch(&root, 1));
+    let c = Cluster::start_with(&["0", "100MB"], &[&kept]);
+    let held = |n: usize| {
+        let v = versions(&c, 0, &f);
+        v.len() == n && v.iter().all(|v| v.1 && v.2 == 1)
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || held(1)),
+        "{}",
+        c.dump()
+    );
+    std::fs::write(&f, random_bytes(150_000)).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || held(2)),
+        "{}",
+        c.dump()
+    );
+    // Version 2's copies go bad on the holder; nobody knows yet.
+    let state = c.state(0);
+    let v2 = file_entries(&state, &f)
+        .into_iter()
+        .find(|e| e["version"] == 2)
+        .unwrap()["file_id"]
+        .as_str()
+        .unwrap()
+        .to_lowercase();
+    let pack = (c.peer(1).dir.join("state/chunks")).join(format!("{v2}.pack"));
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let at = peerstash::store::chunks::SLOT as usize + peerstash::store::chunks::HEADER as usize;
+    bytes[at + 3] ^= 0xff;
+    std::fs::write(&pack, &bytes).unwrap();
+
+    let out = root.join("out.bin");
+    let said = c.cli_ok(
+        0,
+        &[
+            "restore",
+            f.to_str().unwrap(),
+            "--to",
+            out.to_str().unwrap(),
+        ],
+        0,
+    );
+    assert!(
+        said.contains(&format!(
+            "restored version 1 of {}: version 2 is not whole on the peers",
+            f.display()
+        )),
+        "{said}"
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), v1);
+}
+
 /// Case 10: a folder watched after the config was copied off the machine is restored by
 /// `restore --all` with the old config, and said to be missing from it.
 #[test]
