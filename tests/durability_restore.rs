@@ -295,6 +295,59 @@ fn case10_restore_all_brings_back_a_folder_the_config_no_longer_names() {
     assert_eq!(std::fs::read(&fb).unwrap(), bb);
 }
 
+/// Case 10 as the README's disaster recovery meets it: the disk is lost, the computer is
+/// reinstalled with the config copied before the second folder was added, `recover` installs
+/// the last catalog snapshot, and `restore --all` brings back both folders.
+#[test]
+fn case10_after_recover_restore_all_brings_back_a_folder_added_after_the_config_was_copied() {
+    if needs_root("snapshot and recover (root's commands)") {
+        return;
+    }
+    let (first, later) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = first.path().canonicalize().unwrap();
+    let b = later.path().canonicalize().unwrap();
+    let (fa, fb) = (a.join("old.txt"), b.join("sub/new.txt"));
+    std::fs::create_dir_all(b.join("sub")).unwrap();
+    let (ba, bb) = (random_bytes(20_000), random_bytes(30_000));
+    std::fs::write(&fa, &ba).unwrap();
+    std::fs::write(&fb, &bb).unwrap();
+    let sealed = |root: &Path| format!("{}encrypt = true\n", watch(root, 2));
+    let both = format!("{}{}", sealed(&a), sealed(&b));
+    let mut c = Cluster::start_with(&["0", "30 MiB", "30 MiB"], &[&both]);
+    let backed_up = || {
+        [&fa, &fb]
+            .iter()
+            .all(|p| versions(&c, 0, p).iter().any(|v| v.1 && v.2 >= 2))
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), backed_up),
+        "{}",
+        c.dump()
+    );
+    let out = c.cli_ok(0, &["snapshot"], 0);
+    assert!(out.contains("every chunk at its RD"), "{out}");
+
+    // The disk dies: the state folder and both folders' files are gone; the key is kept, and
+    // the config is the copy made before the second folder was added.
+    c.kill(0);
+    std::fs::remove_dir_all(c.peers[0].dir.join("state")).unwrap();
+    std::fs::remove_file(&fa).unwrap();
+    std::fs::remove_dir_all(b.join("sub")).unwrap();
+    c.rewrite_config(0, "0", &sealed(&a));
+    c.spawn(0);
+    c.wait_ready(0);
+    let out = c.cli_ok(0, &["recover"], 0);
+    assert!(out.contains("recovered the catalog snapshot"), "{out}");
+    let said = c.cli_ok(0, &["restore", "--all"], 0);
+    assert!(said.contains("2 files: 2 restored, 0 failed"), "{said}");
+    assert!(
+        said.contains(&format!("the config does not name: {}", b.display())),
+        "{said}"
+    );
+    assert_eq!(std::fs::read(&fa).unwrap(), ba);
+    assert_eq!(std::fs::read(&fb).unwrap(), bb);
+}
+
 /// A small tmpfs mounted by the test, unmounted when dropped (as tests/full_disk.rs does).
 struct SmallDisk {
     path: PathBuf,
