@@ -427,3 +427,56 @@ fn a_restore_onto_a_full_disk_says_so_and_leaves_nothing() {
     let out = base.join("back.bin");
     assert_eq!(restore_to(&c, 0, &f, &out), bytes);
 }
+
+/// `restore --all DEST` onto a disk that fills up: the file that did not fit says "disk full",
+/// nothing is left of it, and the files after it are not tried.
+#[test]
+fn restore_all_onto_a_full_disk_stops_and_says_so() {
+    let Some(disk) = SmallDisk::mount("1m") else {
+        return;
+    };
+    let folder = tempfile::tempdir().unwrap();
+    let root = folder.path().canonicalize().unwrap();
+    let names = ["a.bin", "b.bin", "c.bin"];
+    for n in names {
+        std::fs::write(root.join(n), random_bytes(600_000)).unwrap();
+    }
+    let c = Cluster::start_with(&["0", "30 MiB", "30 MiB"], &[&watch(&root, 1)]);
+    let backed_up = || {
+        (names.iter()).all(|n| {
+            versions(&c, 0, &root.join(n))
+                .iter()
+                .any(|v| v.1 && v.2 >= 1)
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), backed_up),
+        "{}",
+        c.dump()
+    );
+    let o = c.cli(0, &["restore", "--all", disk.path.to_str().unwrap()]);
+    let said = output_text(&o);
+    assert_eq!(o.status.code(), Some(1), "{said}");
+    let b = disk
+        .path
+        .join(root.strip_prefix("/").unwrap())
+        .join("b.bin");
+    assert!(
+        said.contains(&format!(
+            "disk full at {}: free space and run the restore again",
+            b.display()
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains("3 files: 1 restored, 1 failed, 1 not tried: the disk is full"),
+        "{said}"
+    );
+    let below = disk.path.join(root.strip_prefix("/").unwrap());
+    let mut left: Vec<_> = std::fs::read_dir(&below)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, vec!["a.bin"], "only the file that fitted");
+}

@@ -346,27 +346,24 @@ fn restore_all(
         Ok(_) => Vec::new(),
         Err(e) => return fail(exit::UNREACHABLE, e),
     };
-    let extra: Vec<PathBuf> = (known.into_iter())
-        .filter(|k| !folders.contains(k))
-        .collect();
-    if !extra.is_empty() {
-        let names: Vec<String> = extra.iter().map(|p| shown(p).to_string()).collect();
-        meter.say(&format!(
-            "also restoring {} watched folder(s) the catalog knows and the config does not name: {} (add them to the config's [[watch]] to back them up again)",
-            extra.len(),
-            names.join(", ")
-        ));
-        folders.extend(extra);
+    let in_config = folders.len();
+    for k in known {
+        if !folders.contains(&k) {
+            folders.push(k);
+        }
     }
     // Each file with a complete version, and the watched folder it was found below; the
     // daemon takes the newest version that can be restored whole.
     let mut newest: std::collections::BTreeMap<PathBuf, &Path> = Default::default();
-    for w in &folders {
+    let mut extra = Vec::new();
+    for (i, w) in folders.iter().enumerate() {
         let request = Request::Versions { path: w.clone() };
         let answer = runtime.block_on(control::call(socket, &request, &[], |_| {}));
         let versions = match answer {
             Ok((exit::OK, _, Some(data))) => serde_json::from_value::<Vec<VersionInfo>>(data)
                 .map_err(|e| format!("unexpected answer from the daemon: {e}")),
+            // A folder no longer in the config whose files all expired: nothing to say.
+            Ok(_) if i >= in_config => continue,
             Ok((_, message, _)) => {
                 meter.say(&format!("{}: {message}", shown(w)));
                 continue;
@@ -377,9 +374,19 @@ fn restore_all(
             Ok(v) => v,
             Err(e) => return fail(exit::FAILED, e),
         };
+        if i >= in_config {
+            extra.push(shown(w).to_string());
+        }
         for v in versions.into_iter().filter(|v| v.complete) {
             newest.entry(v.path).or_insert(w);
         }
+    }
+    if !extra.is_empty() {
+        meter.say(&format!(
+            "also restoring {} watched folder(s) the catalog knows and the config does not name: {} (add them to the config's [[watch]] to back them up again)",
+            extra.len(),
+            extra.join(", ")
+        ));
     }
     // Where the files go is reached from handles opened once: DEST (walked from `/`), or each
     // watched folder as the config names it (the admin's path, as the daemon reads it).
@@ -391,6 +398,7 @@ fn restore_all(
     let mut bases: std::collections::HashMap<&Path, Result<Folder, String>> = Default::default();
     let total = newest.len();
     let (mut restored, mut skipped, mut failed) = (0usize, 0usize, 0usize);
+    let mut disk_full = false;
     let files = |done: usize| control::Amount {
         done: done as u64,
         total: total as u64,
@@ -463,8 +471,10 @@ fn restore_all(
                         None => format!("[{}/{total}] restored {}", i + 1, shown(&target)),
                     }
                 }
-                Ok((_, message, _)) => {
+                Ok((_, message, data)) => {
                     failed += 1;
+                    // Every other file would fail the same way.
+                    disk_full |= data.is_some_and(|d| d["disk_full"] == true);
                     eprintln!("peerstash: {message}");
                     // On stderr already; the JSON events say it too.
                     match json {
@@ -486,13 +496,24 @@ fn restore_all(
             message: line,
             amount: Some(files(i + 1)),
         });
+        if disk_full {
+            break;
+        }
     }
     meter.finish();
     let skipped_note = match skipped {
         0 => String::new(),
         n => format!(", {n} skipped (they exist: --force overwrites them)"),
     };
-    let message = format!("{total} files: {restored} restored, {failed} failed{skipped_note}");
+    let stopped = match disk_full {
+        true => format!(
+            ", {} not tried: the disk is full, free space and run restore --all again",
+            total - restored - failed - skipped
+        ),
+        false => String::new(),
+    };
+    let message =
+        format!("{total} files: {restored} restored, {failed} failed{skipped_note}{stopped}");
     let code = match failed {
         0 => exit::OK,
         _ => exit::FAILED,
@@ -792,7 +813,10 @@ fn print_state(s: &PeerState, below: Option<&Path>) {
             &c.file_id[..16],
             c.chunk_no,
             c.size,
-            c.desired_rd,
+            match c.desired_rd {
+                0 => "?".to_owned(), // re-indexed by --rebuild-catalog, not heard again yet
+                n => n.to_string(),
+            },
             c.perceived_rd
         );
     }

@@ -192,7 +192,7 @@ pub async fn restore(
             }),
         // The daemon does not know where the file goes: said here.
         Ok((code, _, Some(data))) if data["disk_full"] == true => {
-            Ok((code, disk_full(&dest), None))
+            Ok((code, disk_full(&dest), Some(data)))
         }
         Ok(other) => Ok(other),
         Err(e) => Err(e),

@@ -726,6 +726,20 @@ impl Catalog {
         rows.map(|r| finish_file(r?)).collect()
     }
 
+    /// Whether `uid` owns a version at or below `root` (one row looked for, not listed).
+    pub fn owns_any_under(&self, root: &Path, uid: u32) -> Result<bool, StoreError> {
+        let (exact, below) = (path_key(root), below_key(root));
+        let found: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM files WHERE uid = ?3
+                   AND (path = ?1 OR substr(path, 1, length(?2)) = ?2) LIMIT 1",
+            )?
+            .query_row(params![exact, below, uid], |r| r.get(0))
+            .optional()?;
+        Ok(found.is_some())
+    }
+
     /// Every kept version of exactly `path` (nothing below it, should it be a folder now),
     /// oldest first.
     pub fn versions_of(&self, path: &Path) -> Result<Vec<FileRow>, StoreError> {
@@ -2011,6 +2025,13 @@ mod tests {
             cat.watched_folders().unwrap(),
             vec![PathBuf::from("/w/a"), odd, PathBuf::from("/w/c")]
         );
+        // Whose they are, for a caller other than root.
+        let mut row = file('a', "/w/a/x");
+        row.uid = 1000;
+        cat.insert_file(&row).unwrap();
+        assert!(cat.owns_any_under(Path::new("/w/a"), 1000).unwrap());
+        assert!(!cat.owns_any_under(Path::new("/w/a"), 1001).unwrap());
+        assert!(!cat.owns_any_under(Path::new("/w/c"), 1000).unwrap());
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub(crate) async fn watched(node: &Arc<Node>, owner: Option<u32>) -> Result<Done
             for f in c.watched_folders()? {
                 let mine = match owner {
                     None => true,
-                    Some(uid) => c.versions(&f)?.iter().any(|v| v.uid == uid),
+                    Some(uid) => c.owns_any_under(&f, uid)?,
                 };
                 if mine {
                     kept.push(f);
