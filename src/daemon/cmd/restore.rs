@@ -38,19 +38,25 @@ pub(crate) async fn restore(
     let Some(first) = rows.first().map(|r| r.version) else {
         return Done::failed(format!("no backed-up version of {}", shown(&path)));
     };
+    // Each version's chunk list is read again when it is tried: one at a time in memory.
     let mut whole = Vec::new();
     let mut unsure = Vec::new();
     for row in rows {
         let f = row.file_id.clone();
         match node.catalog.call(move |c| c.file_chunks(&f)).await {
-            Ok(chunks) if held_whole(&row, &chunks) => whole.push((row, chunks)),
-            Ok(chunks) => unsure.push((row, chunks)),
+            Ok(chunks) if held_whole(&row, &chunks) => whole.push(row),
+            Ok(_) => unsure.push(row),
             Err(e) => return Done::failed(format!("restore of {} failed: {e}", shown(&path))),
         }
     }
     let mut first_error = None;
     let out = Arc::new(out);
-    for (row, chunks) in whole.into_iter().chain(unsure) {
+    for row in whole.into_iter().chain(unsure) {
+        let f = row.file_id.clone();
+        let chunks = match node.catalog.call(move |c| c.file_chunks(&f)).await {
+            Ok(chunks) => chunks,
+            Err(e) => return Done::failed(format!("restore of {} failed: {e}", shown(&path))),
+        };
         report(
             progress,
             format!(
