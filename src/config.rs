@@ -643,6 +643,18 @@ pub fn master_key_for(
     }
 }
 
+/// The master key named by `peer.master_key_file` if that file is there; never made (the
+/// daemon's start decides, against the catalog: `daemon::key_at_start`).
+pub fn master_key_if_present(
+    peer: &PeerConfig,
+    config_path: Option<&Path>,
+) -> Result<Option<MasterKey>, ConfigError> {
+    match peer.master_key_file.symlink_metadata().is_ok() {
+        true => load_master_key(peer, config_path).map(Some),
+        false => Ok(None),
+    }
+}
+
 /// The `KEY_LEN` bytes of a key file that group and others can neither read nor write; errors
 /// name the config `key`, say what it is (`what`) and how to make one (`make`), in one line.
 fn read_key(

@@ -18,7 +18,7 @@ use super::presence::{self, Presence};
 use super::queue::enqueue;
 use super::until_stopped;
 use crate::config::WatchConfig;
-use crate::daemon::cmd::backup::unchanged;
+use crate::daemon::cmd::backup::{other_key, unchanged};
 use crate::daemon::Node;
 use crate::fsx::{self, Stamp};
 use crate::shutdown::Shutdown;
@@ -726,25 +726,29 @@ async fn scan(node: &Arc<Node>, wake: &Notify, root: &Path, keeper: &mpsc::Unbou
     };
     let mut queued = 0;
     let encrypt = watch.encrypt;
+    let running = node.master_key().map(|k| k.fingerprint());
     let seen = SeenPaths::default();
     let mut seen_paths = std::collections::HashSet::new();
     while let Some(batch) = rx.recv().await {
         seen_paths.extend(batch.iter().map(|s| seen.key(&s.path)));
         let changed = node
             .catalog
-            .call(move |c| {
-                let mut changed = Vec::new();
-                for seen in batch {
-                    // The RD is the queue's to look at (and the repair's); a version not
-                    // encrypted as the folder now says is backed up again.
-                    let latest = c.latest(&seen.path)?;
-                    if unchanged(latest.as_ref(), &seen.stamp)
-                        .map_or(true, |f| f.encrypted != encrypt)
-                    {
-                        changed.push(seen.path);
+            .call({
+                let running = running.clone();
+                move |c| {
+                    let mut changed = Vec::new();
+                    for seen in batch {
+                        // The RD is the queue's to look at (and the repair's); a version not
+                        // encrypted as the folder now says is backed up again.
+                        let latest = c.latest(&seen.path)?;
+                        if unchanged(latest.as_ref(), &seen.stamp).map_or(true, |f| {
+                            f.encrypted != encrypt || (encrypt && other_key(f, running.as_deref()))
+                        }) {
+                            changed.push(seen.path);
+                        }
                     }
+                    Ok(changed)
                 }
-                Ok(changed)
             })
             .await
             .unwrap_or_default();

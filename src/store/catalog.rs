@@ -82,6 +82,22 @@ pub struct FileRow {
     pub ctime_ns: i64,
     /// Its chunks are encrypted under the master key (`protocol::seal`).
     pub encrypted: bool,
+    /// Encrypted: the fingerprint of the master key it is encrypted under
+    /// (`MasterKey::fingerprint`); None in clear, or for a version recorded before they were.
+    pub key_fp: Option<String>,
+}
+
+/// The meta key of the fingerprint of the master key this peer last ran with.
+pub const MASTER_KEY_FP: &str = "master_key_fp";
+
+/// What the catalog says of the master key its encrypted versions need (`Catalog::key_facts`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyFacts {
+    /// The fingerprint of the key this peer last ran with (else of its newest encrypted
+    /// version's key); None if it never had one, or only before fingerprints were kept.
+    pub expected: Option<String>,
+    /// The encrypted versions (catalog snapshots included) under that key, or of unknown key.
+    pub versions: u64,
 }
 
 /// Which backup inserted a version (random per backup run): an abandoned backup may forget only
@@ -245,6 +261,7 @@ CREATE TABLE IF NOT EXISTS files (
     encrypted INTEGER NOT NULL DEFAULT 0, -- chunks encrypted under the master key
     completed_ms INTEGER,             -- unix ms when it became complete
     no_resume INTEGER NOT NULL DEFAULT 0, -- unfinished, never resumed (`Catalog::sealed_version`)
+    key_fp TEXT,                      -- encrypted: its master key's fingerprint (NULL: before they were kept)
     UNIQUE (path, version)
 );
 CREATE TABLE IF NOT EXISTS last_versions (
@@ -410,7 +427,7 @@ fn path_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<PathBuf> {
 }
 
 const FILE_COLUMNS: &str = "file_id, path, version, size, mtime_ns, mode, content_hash, \
-     desired_rd, complete, inode, deleted_at, uid, gid, ctime_ns, encrypted";
+     desired_rd, complete, inode, deleted_at, uid, gid, ctime_ns, encrypted, key_fp";
 
 /// Columns added after the first release: (table, name, definition), added to an older catalog
 /// at open. (Tables added later need nothing: SCHEMA creates what is missing.)
@@ -424,6 +441,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("peers", "auth_mark", "INTEGER NOT NULL DEFAULT 0"),
     ("peers", "auth_mark_at", "INTEGER NOT NULL DEFAULT 0"),
     ("files", "no_resume", "INTEGER NOT NULL DEFAULT 0"),
+    ("files", "key_fp", "TEXT"),
 ];
 
 fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
@@ -444,6 +462,7 @@ fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
             gid: r.get(12)?,
             ctime_ns: r.get(13)?,
             encrypted: r.get(14)?,
+            key_fp: r.get(15)?,
         },
     ))
 }
@@ -463,6 +482,7 @@ struct FileRowRaw {
     gid: u32,
     ctime_ns: i64,
     encrypted: bool,
+    key_fp: Option<String>,
 }
 
 fn finish_file((id, raw): (String, FileRowRaw)) -> Result<FileRow, StoreError> {
@@ -482,6 +502,7 @@ fn finish_file((id, raw): (String, FileRowRaw)) -> Result<FileRow, StoreError> {
         deleted_at: raw.deleted_at,
         ctime_ns: raw.ctime_ns,
         encrypted: raw.encrypted,
+        key_fp: raw.key_fp,
     })
 }
 
@@ -613,6 +634,61 @@ impl Catalog {
             )?
             .execute(params![key, value])?;
         Ok(())
+    }
+
+    /// What the start checks the master key against (`KeyFacts`).
+    pub fn key_facts(&self) -> Result<KeyFacts, StoreError> {
+        let expected = match self.meta(MASTER_KEY_FP)? {
+            Some(fp) => Some(fp),
+            None => self
+                .conn
+                .prepare_cached(
+                    "SELECT key_fp FROM files WHERE encrypted = 1 AND key_fp IS NOT NULL
+                     ORDER BY rowid DESC LIMIT 1",
+                )?
+                .query_row([], |r| r.get(0))
+                .optional()?,
+        };
+        let versions: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM files
+                 WHERE encrypted = 1 AND (key_fp IS NULL OR ?1 IS NULL OR key_fp = ?1)",
+            )?
+            .query_row([&expected], |r| r.get(0))?;
+        Ok(KeyFacts {
+            expected,
+            versions: versions as u64,
+        })
+    }
+
+    /// Our versions this peer cannot decrypt with the key it runs with (fingerprint `running`,
+    /// None: no key): encrypted under another key, or encrypted while it has none. Versions
+    /// recorded before fingerprints were kept count as the running key's. Their count, and
+    /// the paths (only `owner`'s if given) whose newest version (its newest complete one, else
+    /// its newest: as `newest_health` takes it) is one of them.
+    pub fn undecryptable(
+        &self,
+        running: Option<&str>,
+        owner: Option<u32>,
+    ) -> Result<(u64, Vec<PathBuf>), StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT f.path, f.file_id = (SELECT g.file_id FROM files g WHERE g.path = f.path
+                                         ORDER BY g.complete DESC, g.version DESC LIMIT 1)
+             FROM files f
+             WHERE f.encrypted = 1 AND (?1 IS NULL OR (f.key_fp IS NOT NULL AND f.key_fp != ?1))
+               AND f.file_id NOT IN (SELECT file_id FROM snapshots)
+               AND (?2 IS NULL OR f.uid = ?2)",
+        )?;
+        let mut rows = stmt.query(params![running, owner])?;
+        let (mut count, mut newest) = (0u64, Vec::new());
+        while let Some(r) = rows.next()? {
+            count += 1;
+            if r.get::<_, bool>(1)? {
+                newest.push(path_at(r, 0)?);
+            }
+        }
+        Ok((count, newest))
     }
 
     // ---- our own files -------------------------------------------------------------------
@@ -783,8 +859,9 @@ impl Catalog {
         self.conn
             .prepare_cached(
                 "INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash,
-                                desired_rd, complete, inode, uid, gid, ctime_ns, encrypted)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10, ?11, ?12, ?13)",
+                                desired_rd, complete, inode, uid, gid, ctime_ns, encrypted,
+                                key_fp)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?
             .execute(params![
                 row.file_id.key(),
@@ -799,7 +876,8 @@ impl Catalog {
                 row.uid,
                 row.gid,
                 row.ctime_ns,
-                row.encrypted
+                row.encrypted,
+                row.key_fp
             ])?;
         self.conn
             .prepare_cached(
@@ -1932,7 +2010,52 @@ mod tests {
             deleted_at: None,
             ctime_ns: 0,
             encrypted: false,
+            key_fp: None,
         }
+    }
+
+    #[test]
+    fn each_encrypted_version_keeps_its_keys_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        assert_eq!(cat.key_facts().unwrap(), KeyFacts::default());
+        let sealed = |c: char, path: &str, fp: Option<&str>| FileRow {
+            encrypted: true,
+            key_fp: fp.map(str::to_owned),
+            ..file(c, path)
+        };
+        cat.insert_version(&file('c', "/clear"), BackupId::new())
+            .unwrap();
+        cat.insert_version(&sealed('a', "/a", Some("aa")), BackupId::new())
+            .unwrap();
+        cat.insert_version(&sealed('b', "/b", None), BackupId::new())
+            .unwrap();
+        assert_eq!(
+            cat.file(&fid('a')).unwrap().unwrap().key_fp.as_deref(),
+            Some("aa")
+        );
+        let facts = cat.key_facts().unwrap();
+        assert_eq!((facts.expected.as_deref(), facts.versions), (Some("aa"), 2));
+        // The key this peer runs with is what the next start checks against.
+        cat.set_meta(MASTER_KEY_FP, "bb").unwrap();
+        cat.insert_version(&sealed('d', "/a", Some("bb")), BackupId::new())
+            .unwrap();
+        let facts = cat.key_facts().unwrap();
+        assert_eq!((facts.expected.as_deref(), facts.versions), (Some("bb"), 2));
+        // Under "bb": /a's old version is not readable, its newest is; unknown keys count as
+        // the running one's.
+        assert_eq!(cat.undecryptable(Some("bb"), None).unwrap(), (1, vec![]));
+        // A complete version is the newest that counts.
+        cat.set_file_complete(&fid('a')).unwrap();
+        let (n, paths) = cat.undecryptable(Some("bb"), None).unwrap();
+        assert_eq!((n, paths), (1, vec![PathBuf::from("/a")]));
+        // No key: every encrypted version.
+        let (n, mut paths) = cat.undecryptable(None, None).unwrap();
+        paths.sort();
+        assert_eq!(
+            (n, paths),
+            (3, vec![PathBuf::from("/a"), PathBuf::from("/b")])
+        );
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
         None => watched,
         Some(_) => Vec::new(),
     };
+    let running = node.master_key().map(|k| k.fingerprint());
     let r = node
         .catalog
         .read(move |c| {
@@ -68,10 +69,11 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
                 None => c.newest_snapshot()?.map(SnapshotInfo::from),
                 Some(_) => None,
             };
-            Ok((overview(c, owner, folders_asked)?, snapshot))
+            let undecryptable = c.undecryptable(running.as_deref(), owner)?;
+            Ok((overview(c, owner, folders_asked)?, snapshot, undecryptable))
         })
         .await;
-    let (o, catalog_snapshot) = match r {
+    let (o, catalog_snapshot, (undecryptable, unreadable)) = match r {
         Ok(x) => x,
         Err(e) => return e.into(),
     };
@@ -102,7 +104,19 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
         catalog_snapshot,
         warnings: node.duplicate_id_warning().into_iter().collect(),
     };
+    // A version this peer cannot decrypt is at risk whatever its RD: no restore here opens it.
+    if undecryptable > 0 {
+        report.warnings.push(format!(
+            "{undecryptable} encrypted versions were made with another master key than this peer's ({}): they cannot be restored here; put that key back as peer.master_key_file and restart peerstashd (`peerstash restore` names the key a version needs)",
+            node.master_key().map_or("none".to_owned(), |k| format!("key {}", k.fingerprint()))
+        ));
+    }
+    let unreadable: std::collections::HashSet<PathBuf> = unreadable.into_iter().collect();
     for (path, h, _) in o.health {
+        if unreadable.contains(&path) {
+            report.at_risk.push(path);
+            continue;
+        }
         match h {
             Health::Healthy => report.healthy += 1,
             Health::Degraded { .. } => report.degraded.push(path),
@@ -112,7 +126,7 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
     // Only these are listed: sorted here, not the whole catalog's walk.
     report.degraded.sort_unstable();
     report.at_risk.sort_unstable();
-    let code = match report.degraded.len() + report.at_risk.len() {
+    let code = match report.degraded.len() + report.at_risk.len() + undecryptable as usize {
         0 => exit::OK,
         _ => exit::BELOW_RD,
     };
@@ -194,6 +208,7 @@ mod tests {
                 deleted_at: None,
                 ctime_ns: 0,
                 encrypted: false,
+                key_fp: None,
             };
             c.insert_version(&row, BackupId::new()).unwrap();
             if rng.gen_bool(0.6) {
