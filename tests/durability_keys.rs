@@ -1,6 +1,7 @@
-//! Issue 24, case 5 ("the key never changes behind the admin's back"), with real daemons on
-//! loopback: a missing master key stops the start instead of being made again, a reload never
-//! switches keys, and versions this peer cannot decrypt are counted at risk.
+//! Issue 24, with real daemons on loopback. Case 5, "the key never changes behind the admin's
+//! back": a missing master key stops the start instead of being made again, a reload never
+//! switches keys, and versions this peer cannot decrypt are counted at risk. Case 4, "a busy
+//! file still gets versions": a file never quiet is backed up after its folder's max_delay.
 
 mod common;
 
@@ -222,4 +223,76 @@ fn versions_this_peer_cannot_decrypt_are_counted_at_risk() {
     assert_ne!(out.status.code(), Some(0), "{text}");
     assert!(text.contains(&old), "{text}");
     c.stop_all();
+}
+
+/// Issue 24, case 4: a log appended every half second for 40 s (quiet 2 s, max_delay 8 s) gets a
+/// version while it is still appended, and that version is content the file really had: a
+/// prefix of its final content.
+#[test]
+fn a_file_that_is_never_quiet_still_gets_versions() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let folder = tempfile::tempdir().unwrap();
+    let root = folder.path().canonicalize().unwrap();
+    let watch = format!(
+        "[[watch]]\npath = \"{}\"\nreplication = 2\nquiet = \"2s\"\nmax_delay = \"8s\"\nkeep_versions = 100\n",
+        root.display()
+    );
+    let c = Cluster::start_with(&["0", "10 MiB", "10 MiB"], &[&watch]);
+    let log = root.join("app.log");
+    let appending = Arc::new(AtomicBool::new(true));
+    let appender = {
+        let (log, appending) = (log.clone(), appending.clone());
+        std::thread::spawn(move || {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap();
+            for i in 0..80 {
+                let line = format!("{i:>4} {}\n", hex(&random_bytes(24)));
+                f.write_all(line.as_bytes()).unwrap();
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            appending.store(false, Ordering::SeqCst);
+        })
+    };
+    // A version complete at its RD while the log is still appended.
+    let mut seen = None;
+    while appending.load(Ordering::SeqCst) && seen.is_none() {
+        seen = backed_up(&c, &log).filter(|_| appending.load(Ordering::SeqCst));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    appender.join().unwrap();
+    let version = seen.unwrap_or_else(|| {
+        panic!(
+            "no version of the log while it was appended for 40 s:\n{}",
+            c.log(0)
+        )
+    });
+    let final_bytes = std::fs::read(&log).unwrap();
+    let out = c.dir.path().join("app.back");
+    let v = version.to_string();
+    let args = [
+        "restore",
+        log.to_str().unwrap(),
+        "--version",
+        &v,
+        "--to",
+        out.to_str().unwrap(),
+    ];
+    c.cli_ok(0, &args, 0);
+    let restored = std::fs::read(&out).unwrap();
+    assert!(!restored.is_empty());
+    assert!(
+        final_bytes.starts_with(&restored),
+        "version {version} ({} bytes) is not a prefix of the log ({} bytes)",
+        restored.len(),
+        final_bytes.len()
+    );
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -2,6 +2,7 @@
 //! queue, reload on SIGHUP, systemd notifications, clean stop on SIGTERM (every worker stops,
 //! the catalog is checkpointed, the control socket removed, within `STOP_WITHIN` or so).
 
+pub mod copy;
 pub mod metrics;
 pub mod presence;
 pub mod queue;

@@ -272,7 +272,8 @@ CREATE TABLE IF NOT EXISTS queue (
     path BLOB PRIMARY KEY,            -- a path (bytes) to look at: back it up, or note that it is gone
     due_at INTEGER NOT NULL,          -- unix ms; later after a failure
     attempts INTEGER NOT NULL DEFAULT 0,
-    gen INTEGER NOT NULL DEFAULT 0    -- bumped when queued again while being worked on
+    gen INTEGER NOT NULL DEFAULT 0,   -- bumped when queued again while being worked on
+    since INTEGER                     -- unix ms of its first change not yet backed up (max_delay)
 );
 CREATE TABLE IF NOT EXISTS file_chunks (
     file_id TEXT NOT NULL REFERENCES files(file_id) ON DELETE CASCADE,
@@ -442,6 +443,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("peers", "auth_mark_at", "INTEGER NOT NULL DEFAULT 0"),
     ("files", "no_resume", "INTEGER NOT NULL DEFAULT 0"),
     ("files", "key_fp", "TEXT"),
+    ("queue", "since", "INTEGER"),
 ];
 
 fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
@@ -1261,14 +1263,56 @@ impl Catalog {
 
     /// Queues a path (again): due now, or kept at its current due time if already queued.
     pub fn enqueue(&self, path: &Path, due_ms: i64) -> Result<(), StoreError> {
+        self.enqueue_since(path, due_ms, due_ms)
+    }
+
+    /// `enqueue`, the path changed first at `since_ms` (unix ms): a path queued again keeps its
+    /// earliest change (`queued_since`).
+    pub fn enqueue_since(&self, path: &Path, due_ms: i64, since_ms: i64) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
-                "INSERT INTO queue (path, due_at) VALUES (?1, ?2)
+                "INSERT INTO queue (path, due_at, since) VALUES (?1, ?2, ?3)
              ON CONFLICT (path) DO UPDATE SET gen = gen + 1, attempts = 0,
-                 due_at = MIN(due_at, excluded.due_at)",
+                 due_at = MIN(due_at, excluded.due_at),
+                 since = MIN(COALESCE(since, excluded.since), excluded.since)",
             )?
-            .execute(params![path_key(path), due_ms])?;
+            .execute(params![path_key(path), due_ms, since_ms])?;
         Ok(())
+    }
+
+    /// When `path`'s oldest change not yet backed up was seen (unix ms), if it is queued.
+    pub fn queued_since(&self, path: &Path) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT since FROM queue WHERE path = ?1")?
+            .query_row([path_key(path)], |r| r.get::<_, Option<i64>>(0))
+            .optional()?
+            .flatten())
+    }
+
+    /// The queued path that has waited longest since its first change under each of `roots`:
+    /// (root, path, since unix ms).
+    pub fn oldest_queued_under(
+        &self,
+        roots: &[PathBuf],
+    ) -> Result<Vec<(PathBuf, PathBuf, i64)>, StoreError> {
+        let mut out = Vec::new();
+        for root in roots {
+            let found = self
+                .conn
+                .prepare_cached(
+                    "SELECT path, since FROM queue WHERE substr(path, 1, length(?1)) = ?1
+                       AND since IS NOT NULL ORDER BY since LIMIT 1",
+                )?
+                .query_row(params![below_key(root)], |r| {
+                    Ok((path_at(r, 0)?, r.get::<_, i64>(1)?))
+                })
+                .optional()?;
+            if let Some((path, since)) = found {
+                out.push((root.clone(), path, since));
+            }
+        }
+        Ok(out)
     }
 
     /// The next due paths not in `busy`, with their generation.
@@ -1302,6 +1346,10 @@ impl Catalog {
         self.conn
             .prepare_cached("DELETE FROM queue WHERE path = ?1 AND gen = ?2")?
             .execute(params![path_key(path), gen])?;
+        // Queued again while worked on: its oldest change not backed up is that one, not older.
+        self.conn
+            .prepare_cached("UPDATE queue SET since = ?2 WHERE path = ?1")?
+            .execute(params![path_key(path), unix_ms()])?;
         Ok(())
     }
 
