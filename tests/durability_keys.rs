@@ -296,3 +296,50 @@ fn a_file_that_is_never_quiet_still_gets_versions() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Issue 24, case 4: a folder's last backup (of another file) does not hide a file that waits:
+/// `status` shows the folder's oldest change not backed up, and the file at risk once it has
+/// waited more than twice its max_delay.
+#[test]
+fn status_shows_a_file_that_waits_longer_than_its_max_delay() {
+    let folder = tempfile::tempdir().unwrap();
+    let root = folder.path().canonicalize().unwrap();
+    let watch = format!(
+        "[[watch]]\npath = \"{}\"\nreplication = 1\nquiet = \"200ms\"\nmax_delay = \"1s\"\n",
+        root.display()
+    );
+    // The only other peer has room for the small file, not for the large one.
+    let c = Cluster::start_with(&["0", "300 KB"], &[&watch]);
+    let small = root.join("small.txt");
+    std::fs::write(&small, random_bytes(10_000)).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || c.try_state(0).is_some_and(
+            |s| file_entries(&s, &small).iter().any(|f| min_rd(f) >= 1)
+        )),
+        "small.txt not backed up:\n{}",
+        c.dump()
+    );
+    let large = root.join("large.bin");
+    std::fs::write(&large, random_bytes(1_000_000)).unwrap();
+    let mut last = String::new();
+    let shown = wait_until(Duration::from_secs(30), || {
+        let out = c.cli(0, &["status", "--json"]);
+        last = output_text(&out);
+        let Ok(s) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            return false;
+        };
+        let large = large.to_str().unwrap();
+        let folder = &s["folders"][0];
+        folder["last_backup_ms"].is_i64()
+            && folder["waiting"] == large
+            && folder["waiting_since_ms"].is_i64()
+            && (s["at_risk"].as_array()).is_some_and(|a| a.iter().any(|p| p == large))
+            && (s["warnings"].as_array()).is_some_and(|w| {
+                w.iter()
+                    .any(|w| w.as_str().unwrap_or("").contains("large.bin"))
+            })
+    });
+    assert!(shown, "status does not show large.bin waiting:\n{last}");
+    let text = output_text(&c.cli(0, &["status"]));
+    assert!(text.contains("oldest change waiting"), "{text}");
+}
