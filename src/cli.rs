@@ -136,6 +136,11 @@ pub struct DaemonArgs {
     /// sizes), announce them to their home peers with STORED, then run as usual.
     #[arg(long, conflicts_with = "check_config")]
     pub rebuild_catalog: bool,
+    /// Start with the key in peer.master_key_file (made there if missing) although the
+    /// catalog's encrypted versions were made with another one: those versions can no longer
+    /// be restored here (they stay listed, at risk) and every encrypted file is backed up again.
+    #[arg(long, conflicts_with = "check_config")]
+    pub new_master_key: bool,
 }
 
 /// Writes to stdout (`outln!`, `out!`). A reader that went away (`peerstash state | head -1`)

@@ -85,6 +85,9 @@ pub struct WatchConfig {
     pub exclude: Vec<String>,
     /// A file is backed up once no change was seen for this long (never half written).
     pub quiet: Duration,
+    /// …or once it has waited this long since its first change, quiet or not: a file that is
+    /// never quiet (a log) still gets versions, from a consistent copy (`service::copy`).
+    pub max_delay: Duration,
     /// The folder is compared with the catalog this often, for changes inotify cannot report
     /// (a write through a hard link outside the folder, say); zero: never.
     pub rescan: Duration,
@@ -246,6 +249,7 @@ struct RawWatch {
     #[serde(default)]
     exclude: Vec<String>,
     quiet: Option<String>,
+    max_delay: Option<String>,
     rescan: Option<String>,
     encrypt: Option<bool>,
 }
@@ -479,6 +483,23 @@ impl Config {
             }
             let quiet = parse_duration(w.quiet.as_deref().unwrap_or("2s"))
                 .map_err(|e| bad(&key("quiet"), e))?;
+            // Unset: 5 minutes, or the quiet time if that is longer.
+            let max_delay = match w.max_delay.as_deref() {
+                None => Duration::from_secs(300).max(quiet),
+                Some(text) => match parse_duration(text) {
+                    Ok(d) if !d.is_zero() && d >= quiet => d,
+                    Ok(_) => {
+                        return Err(bad(
+                            &key("max_delay"),
+                            format!(
+                                "{text:?} must be more than zero and at least `quiet` ({}); set it to \"5m\" or remove it",
+                                w.quiet.as_deref().unwrap_or("2s")
+                            ),
+                        ))
+                    }
+                    Err(e) => return Err(bad(&key("max_delay"), e)),
+                },
+            };
             let rescan = parse_duration(w.rescan.as_deref().unwrap_or("1h"))
                 .map_err(|e| bad(&key("rescan"), e))?;
             watch.push(WatchConfig {
@@ -488,6 +509,7 @@ impl Config {
                 keep_deleted,
                 exclude: w.exclude,
                 quiet,
+                max_delay,
                 rescan,
                 own: Vec::new(),
                 encrypt: w.encrypt.unwrap_or(false),
@@ -643,6 +665,18 @@ pub fn master_key_for(
     }
 }
 
+/// The master key named by `peer.master_key_file` if that file is there; never made (the
+/// daemon's start decides, against the catalog: `daemon::key_at_start`).
+pub fn master_key_if_present(
+    peer: &PeerConfig,
+    config_path: Option<&Path>,
+) -> Result<Option<MasterKey>, ConfigError> {
+    match peer.master_key_file.symlink_metadata().is_ok() {
+        true => load_master_key(peer, config_path).map(Some),
+        false => Ok(None),
+    }
+}
+
 /// The `KEY_LEN` bytes of a key file that group and others can neither read nor write; errors
 /// name the config `key`, say what it is (`what`) and how to make one (`make`), in one line.
 fn read_key(
@@ -761,6 +795,16 @@ exclude = ["*.tmp", "**/.cache/**"]
             Config::from_toml_str("[peer]\nid = 1\n[[watch]]\npath = \"/a\"\nrescan = \"10m\"\n")
                 .unwrap();
         assert_eq!(c.watch[0].rescan, Duration::from_secs(600));
+        assert_eq!(c.watch[0].max_delay, Duration::from_secs(300));
+        let c = Config::from_toml_str(
+            "[peer]\nid = 1\n[[watch]]\npath = \"/a\"\nquiet = \"2s\"\nmax_delay = \"8s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.watch[0].max_delay, Duration::from_secs(8));
+        // Unset, it is never shorter than the quiet time.
+        let c = Config::from_toml_str("[peer]\nid = 1\n[[watch]]\npath = \"/a\"\nquiet = \"1h\"\n")
+            .unwrap();
+        assert_eq!(c.watch[0].max_delay, Duration::from_secs(3600));
     }
 
     #[test]
@@ -898,6 +942,14 @@ exclude = ["*.tmp", "**/.cache/**"]
             (
                 "[peer]\nid = 1\n[[watch]]\npath = \"/a\"\nrescan = \"often\"\n",
                 "watch[0].rescan",
+            ),
+            (
+                "[peer]\nid = 1\n[[watch]]\npath = \"/a\"\nmax_delay = \"0s\"\n",
+                "watch[0].max_delay",
+            ),
+            (
+                "[peer]\nid = 1\n[[watch]]\npath = \"/a\"\nquiet = \"10s\"\nmax_delay = \"5s\"\n",
+                "watch[0].max_delay",
             ),
             (
                 "[peer]\nid = 1\nfavourite_colour = \"red\"\n",

@@ -138,30 +138,38 @@ fn backup_encrypt_needs_the_master_key_to_be_read_back() {
     c.cli_ok(0, &restore, 0);
     assert!(std::fs::read(&out_file).unwrap() == bytes);
 
-    // The key lost: the restore says what is missing, and writes nothing.
+    // The key lost: the start stops, naming the key the catalog's versions need.
     std::fs::remove_file(&out_file).unwrap();
     let kept = std::fs::read(&key).unwrap();
+    let fp =
+        peerstash::protocol::seal::MasterKey::new(kept.clone().try_into().unwrap()).fingerprint();
     std::fs::remove_file(&key).unwrap();
-    c.restart(0);
-    let out = c.cli(0, &restore);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("no master key"), "{err}");
-    assert!(!out_file.exists());
+    c.stop(0);
+    c.spawn(0);
+    assert_ne!(c.wait_exit(0, Duration::from_secs(20)), Some(0));
+    assert!(c.full_log(0).contains(&fp), "{}", c.log(0));
+    assert!(!key.exists(), "no key made behind the admin's back");
 
-    // Another key: the chunks do not decrypt.
-    peerstash::config::write_new_key(&key).unwrap();
-    c.restart(0);
+    // Another key, on the admin's word: the restore names the key it needs, writes nothing.
+    c.spawn_with(0, &[], &["--new-master-key"]);
+    c.wait_ready(0);
     let out = c.cli(0, &restore);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("does not decrypt"), "{err}");
+    assert!(
+        err.contains(&format!("encrypted under master key {fp}")),
+        "{err}"
+    );
+    assert!(!out_file.exists());
 
     // The right key back: restored.
     std::fs::remove_file(&key).unwrap();
     std::fs::write(&key, kept).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    c.restart(0);
+    // (On the admin's word again: versions may have been made under the other key since.)
+    c.stop(0);
+    c.spawn_with(0, &[], &["--new-master-key"]);
+    c.wait_ready(0);
     c.cli_ok(0, &restore, 0);
     assert!(std::fs::read(&out_file).unwrap() == bytes);
     c.stop_all();

@@ -128,10 +128,11 @@ fn without_the_key_recover_says_what_is_missing_and_changes_nothing() {
     assert!(!state.join("catalog.recovered").exists());
 
     // The old key put back: the snapshot is found. The files the new key backed up meanwhile
-    // make the catalog one that lists backups: only --force replaces it.
+    // make the catalog one that lists backups: only --force replaces it. (That catalog's
+    // versions are under the new key: the start takes the old one on the admin's word.)
     c.stop(0);
     std::fs::rename(&kept, &key).unwrap();
-    c.spawn(0);
+    c.spawn_with(0, &[], &["--new-master-key"]);
     c.wait_ready(0);
     let out = c.cli(0, &["recover"]);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -881,10 +881,17 @@ fn print_status(s: &StatusReport, now_ms: i64) {
         thousands(s.queue_length)
     );
     for f in &s.folders {
-        let last = match f.last_backup_ms {
+        let mut last = match f.last_backup_ms {
             Some(t) => format!("last backup {}", ago(now_ms, t)),
             None => "never backed up".to_owned(),
         };
+        if let (Some(t), Some(file)) = (f.waiting_since_ms, &f.waiting) {
+            last.push_str(&format!(
+                "; oldest change waiting: {} ({})",
+                shown(file),
+                ago(now_ms, t)
+            ));
+        }
         match &f.unavailable {
             Some(why) => peerstash::outln!("{}: UNAVAILABLE ({why}); {last}", shown(&f.path)),
             None => peerstash::outln!("{}: {last}", shown(&f.path)),

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use peerstash::cli::DaemonArgs as Args;
-use peerstash::config::{load_lan_key, master_key_for, Config};
+use peerstash::config::{load_lan_key, master_key_if_present, Config};
 
 /// A refusal before logging starts: one line on stderr, which journald records at error
 /// priority under systemd (the `<3>` prefix; `journalctl -p err` shows it).
@@ -36,14 +36,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     peerstash::service::systemd::init_logging();
-    let (master_key, master_key_made) = match master_key_for(&config, Some(&args.config)) {
-        Ok(Some((key, made))) => {
-            if made {
-                peerstash::service::warn_new_master_key(&config.peer.master_key_file);
-            }
-            (Some(key), made)
-        }
-        Ok(None) => (None, false),
+    // Read only: whether a key may be made is the start's to decide, against the catalog.
+    let master_key = match master_key_if_present(&config.peer, Some(&args.config)) {
+        Ok(key) => key,
         Err(e) => {
             refuse(&e);
             return ExitCode::from(2);
@@ -60,7 +55,7 @@ fn main() -> ExitCode {
     let options = peerstash::daemon::StartOptions {
         rebuild_catalog: args.rebuild_catalog,
         master_key,
-        master_key_made,
+        new_master_key: args.new_master_key,
     };
     let result = peerstash::service::run_on(&runtime, config, lan_key, args.config, options);
     // `run` has stopped every task it could (SIGTERM): what is left (a file read by a blocking

@@ -350,6 +350,16 @@ pub struct FolderStatus {
     pub last_backup_ms: Option<i64>,
     /// Why it is not there, if it is not (its disk not mounted).
     pub unavailable: Option<String>,
+    /// Its oldest change not backed up yet (unix ms) and the file, if one waits in the queue:
+    /// a file that is never quiet shows here, whatever `last_backup_ms` says of the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_since_ms: Option<i64>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "wire_path::option"
+    )]
+    pub waiting: Option<PathBuf>,
 }
 
 /// A catalog snapshot, as `state` shows it.

@@ -45,7 +45,7 @@ pub struct Node {
     /// marks are kept in the catalog with who was heard (`driver::run`).
     pub(crate) replay: std::sync::Mutex<crate::protocol::auth::ReplayGuard>,
     /// The master key (`peer.master_key_file`), if any: encrypts chunks (`protocol::seal`).
-    /// Read at start and reload (`config::master_key_for`).
+    /// Settled at start (`key_at_start`); a reload never changes it.
     master_key: std::sync::RwLock<Option<MasterKey>>,
     making_master_key: Mutex<()>,
     pub catalog: CatalogHandle,
@@ -203,7 +203,7 @@ impl Node {
             Ok((key, made)) => {
                 if made {
                     crate::service::warn_new_master_key(&config.peer.master_key_file);
-                    self.note_master_key_made(&key);
+                    self.note_master_key(&key, true);
                 }
                 self.set_master_key(Some(key.clone()));
                 Some(key)
@@ -224,17 +224,23 @@ impl Node {
         completed.max(checked)
     }
 
-    /// Notes in the catalog that this peer made its master key itself (so `recover` can tell
-    /// that this key cannot open the snapshots of a computer that was lost before).
-    pub(crate) fn note_master_key_made(&self, key: &MasterKey) {
+    /// Notes in the catalog the master key this peer runs with (what the next start checks),
+    /// and, if `made`, that this peer made it itself (so `recover` can tell that this key
+    /// cannot open the snapshots of a computer that was lost before).
+    pub(crate) fn note_master_key(&self, key: &MasterKey, made: bool) {
         let catalog = self.catalog.clone();
-        let made = format!("{} {}", key.fingerprint(), crate::store::unix_ms());
+        let fp = key.fingerprint();
+        let made = made.then(|| format!("{fp} {}", crate::store::unix_ms()));
         let note = async move {
-            if let Err(e) = catalog
-                .call(move |c| c.set_meta("master_key_made", &made))
-                .await
-            {
-                tracing::warn!("cannot note that the master key was made: {e}");
+            let noted = catalog.call(move |c| {
+                c.set_meta(crate::store::MASTER_KEY_FP, &fp)?;
+                match made {
+                    Some(made) => c.set_meta("master_key_made", &made),
+                    None => Ok(()),
+                }
+            });
+            if let Err(e) = noted.await {
+                tracing::warn!("cannot note the master key in the catalog: {e}");
             }
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -265,10 +271,117 @@ pub struct StartOptions {
     /// `peerstashd --rebuild-catalog`: record every chunk file of the store in the catalog
     /// (hash, size) and announce it with STORED, instead of refusing a catalog that is missing.
     pub rebuild_catalog: bool,
-    /// The master key, as `config::master_key_for` read it.
+    /// The master key, as `config::master_key_if_present` read it (None: no key file).
     pub master_key: Option<MasterKey>,
-    /// Whether `config::master_key_for` made it now (the key file did not exist).
-    pub master_key_made: bool,
+    /// `peerstashd --new-master-key`: start with this key (made if missing) although the
+    /// catalog's encrypted versions were made with another (`key_at_start`).
+    pub new_master_key: bool,
+}
+
+/// What the start does about the master key (`key_at_start`).
+#[derive(Debug)]
+pub(crate) enum KeyAtStart {
+    /// Run with this key, or none.
+    Run(Option<MasterKey>),
+    /// Make a key in `peer.master_key_file` and run with it.
+    Make,
+    /// Do not start: the one-line reason, with what to do.
+    Refuse(String),
+}
+
+/// **The master key never changes behind the admin's back.** `found` is the key file's key (None:
+/// no file); `facts` what the catalog's encrypted versions need; `wanted` whether a watched
+/// folder encrypts; `new_key` the admin's `--new-master-key`. A missing or other key while the
+/// catalog holds encrypted versions stops the start, naming the key they need, unless the admin
+/// said `--new-master-key`. A peer without encrypted versions makes a key when it needs one.
+pub(crate) fn key_at_start(
+    found: Option<MasterKey>,
+    facts: &crate::store::KeyFacts,
+    wanted: bool,
+    new_key: bool,
+    file: &std::path::Path,
+) -> KeyAtStart {
+    let needed = match &facts.expected {
+        Some(fp) => format!("key {fp}"),
+        None => "a key whose fingerprint was not recorded".to_owned(),
+    };
+    let or_new = |what: &str| {
+        format!("or, to start with {what} and leave those versions unreadable here, start once with `peerstashd --new-master-key`")
+    };
+    match found {
+        Some(key) => {
+            let other = (facts.expected.as_ref()).is_some_and(|fp| *fp != key.fingerprint());
+            match other && facts.versions > 0 && !new_key {
+                true => KeyAtStart::Refuse(format!(
+                    "the master key in {} (peer.master_key_file) is key {}, but the catalog's {} encrypted versions were made with {needed}: put that key back in {} and start again; {}",
+                    file.display(),
+                    key.fingerprint(),
+                    facts.versions,
+                    file.display(),
+                    or_new("this key")
+                )),
+                false => KeyAtStart::Run(Some(key)),
+            }
+        }
+        None if facts.versions > 0 && !new_key => KeyAtStart::Refuse(format!(
+            "the master key file {} (peer.master_key_file) is missing, but the catalog holds {} encrypted versions made with {needed}: put back the copy of that key you kept (mode 0600) and start again; {}",
+            file.display(),
+            facts.versions,
+            or_new("a new key")
+        )),
+        None if wanted || new_key => KeyAtStart::Make,
+        None => KeyAtStart::Run(None),
+    }
+}
+
+/// Applies `key_at_start` against the catalog: the key to run with, recorded in the catalog as
+/// the one this peer runs with; or the refusal.
+async fn settle_master_key(
+    catalog: &CatalogHandle,
+    config: &Config,
+    options: &StartOptions,
+) -> anyhow::Result<Option<MasterKey>> {
+    let facts = (catalog.call(|c| c.key_facts()).await)
+        .context("cannot read from the catalog which master key its versions need")?;
+    let wanted = config.watch.iter().any(|w| w.encrypt);
+    let file = &config.peer.master_key_file;
+    let key = match key_at_start(
+        options.master_key.clone(),
+        &facts,
+        wanted,
+        options.new_master_key,
+        file,
+    ) {
+        KeyAtStart::Refuse(why) => anyhow::bail!(why),
+        KeyAtStart::Run(key) => key,
+        KeyAtStart::Make => {
+            let (key, made) = crate::config::load_or_make_master_key(&config.peer, None)?;
+            if made {
+                crate::service::warn_new_master_key(file);
+                let made = format!("{} {}", key.fingerprint(), crate::store::unix_ms());
+                (catalog
+                    .call(move |c| c.set_meta("master_key_made", &made))
+                    .await)
+                    .context("cannot note in the catalog that the master key was made")?;
+            }
+            Some(key)
+        }
+    };
+    if let Some(key) = &key {
+        let fp = key.fingerprint();
+        if facts.expected.as_ref().is_some_and(|e| *e != fp) && facts.versions > 0 {
+            tracing::warn!(
+                "started with the new master key {fp} (--new-master-key): the {} encrypted versions made with key {} can no longer be restored here; encrypted files are backed up again",
+                facts.versions,
+                facts.expected.as_deref().unwrap_or("?")
+            );
+        }
+        (catalog
+            .call(move |c| c.set_meta(crate::store::MASTER_KEY_FP, &fp))
+            .await)
+            .context("cannot record the master key's fingerprint in the catalog")?;
+    }
+    Ok(key)
 }
 
 /// Takes the state folder, opens and checks the catalog and the store, binds the control socket,
@@ -346,6 +459,7 @@ pub async fn start(
         )
     })?;
     let catalog = CatalogHandle::start(catalog);
+    let master_key = settle_master_key(&catalog, &config, &options).await?;
     let quota = cmd::reclaim::effective_quota(&catalog, config.storage.quota).await?;
     let store = Arc::new(
         ChunkStore::open(chunks, 0, quota)
@@ -393,7 +507,7 @@ pub async fn start(
         config: std::sync::RwLock::new(Arc::new(config)),
         lan_key: std::sync::RwLock::new(lan_key),
         replay: std::sync::Mutex::new(crate::protocol::auth::ReplayGuard::load(marks, unix_now())),
-        master_key: std::sync::RwLock::new(options.master_key.clone()),
+        master_key: std::sync::RwLock::new(master_key),
         making_master_key: Mutex::new(()),
         catalog,
         writer: disk::ChunkWriter::start(store.clone()).context("cannot start the chunk writer")?,
@@ -419,9 +533,6 @@ pub async fn start(
         snapshotting: tokio::sync::Mutex::new(()),
         restart: tokio::sync::Notify::new(),
     });
-    if let (true, Some(key)) = (options.master_key_made, &options.master_key) {
-        node.note_master_key_made(key);
-    }
     let lost = disk::reconcile_store(&node).await?;
     let (to_engine, datagrams) = driver::datagram_queue();
     tokio::spawn(driver::run(
@@ -516,4 +627,85 @@ fn writable(db: &std::path::Path) -> anyhow::Result<()> {
             };
             anyhow::anyhow!("cannot open the catalog {} for writing: {e}: {why}", db.display())
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::KeyFacts;
+    use std::path::Path;
+
+    fn facts(expected: Option<&MasterKey>, versions: u64) -> KeyFacts {
+        KeyFacts {
+            expected: expected.map(MasterKey::fingerprint),
+            versions,
+        }
+    }
+
+    fn decide(found: Option<&MasterKey>, f: &KeyFacts, wanted: bool, new: bool) -> KeyAtStart {
+        key_at_start(found.cloned(), f, wanted, new, Path::new("/k"))
+    }
+
+    #[test]
+    fn a_missing_or_other_key_with_encrypted_versions_stops_the_start() {
+        let (a, b) = (MasterKey::new([1; 32]), MasterKey::new([2; 32]));
+        let held = facts(Some(&a), 3);
+        for found in [None, Some(&b)] {
+            match decide(found, &held, true, false) {
+                KeyAtStart::Refuse(why) => {
+                    assert!(why.contains(&a.fingerprint()), "{why}");
+                    assert!(
+                        why.contains("/k") && why.contains("--new-master-key"),
+                        "{why}"
+                    );
+                    assert!(!why.contains('\n'));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Versions from before fingerprints were kept: a missing key still stops the start.
+        let unknown = facts(None, 2);
+        assert!(matches!(
+            decide(None, &unknown, false, false),
+            KeyAtStart::Refuse(_)
+        ));
+        // …and a key found is taken (nothing tells it is another).
+        assert!(matches!(
+            decide(Some(&b), &unknown, false, false),
+            KeyAtStart::Run(Some(_))
+        ));
+    }
+
+    #[test]
+    fn only_the_admin_starts_with_a_new_key_over_encrypted_versions() {
+        let (a, b) = (MasterKey::new([1; 32]), MasterKey::new([2; 32]));
+        let held = facts(Some(&a), 3);
+        assert!(matches!(decide(None, &held, false, true), KeyAtStart::Make));
+        match decide(Some(&b), &held, true, true) {
+            KeyAtStart::Run(Some(k)) => assert_eq!(k.fingerprint(), b.fingerprint()),
+            other => panic!("{other:?}"),
+        }
+        match decide(Some(&a), &held, true, false) {
+            KeyAtStart::Run(Some(k)) => assert_eq!(k.fingerprint(), a.fingerprint()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn without_encrypted_versions_a_key_is_made_only_when_needed() {
+        let none = facts(None, 0);
+        assert!(matches!(decide(None, &none, true, false), KeyAtStart::Make));
+        assert!(matches!(
+            decide(None, &none, false, false),
+            KeyAtStart::Run(None)
+        ));
+        // A key the catalog knew, but no encrypted version of it left: any key runs.
+        let a = MasterKey::new([1; 32]);
+        let gone = facts(Some(&a), 0);
+        assert!(matches!(
+            decide(Some(&MasterKey::new([3; 32])), &gone, true, false),
+            KeyAtStart::Run(Some(_))
+        ));
+        assert!(matches!(decide(None, &gone, true, false), KeyAtStart::Make));
+    }
 }

@@ -344,14 +344,27 @@ async fn catalogued(node: &Arc<Node>, cache: &Cache) -> Option<Arc<Catalogued>> 
 
 async fn look(node: &Arc<Node>) -> Option<Catalogued> {
     let folders: Vec<_> = node.config().watch.iter().map(|w| w.path.clone()).collect();
-    let overview = node
+    let running = node.master_key().map(|k| k.fingerprint());
+    let (overview, unreadable) = node
         .catalog
-        .read(move |c| crate::daemon::cmd::status::overview(c, None, folders))
+        .read(move |c| {
+            let unreadable = c.undecryptable(running.as_deref(), None)?.1;
+            Ok((
+                crate::daemon::cmd::status::overview(c, None, folders)?,
+                unreadable,
+            ))
+        })
         .await
         .ok()?;
+    // A file whose newest version this peer cannot decrypt is at risk, as `status` counts it.
+    let unreadable: std::collections::HashSet<_> = unreadable.into_iter().collect();
     let (mut healthy, mut degraded, mut at_risk, mut below_rd) = (0, 0, 0, 0u64);
-    for (_, h, below) in &overview.health {
+    for (path, h, below) in &overview.health {
         below_rd += below;
+        if unreadable.contains(path) {
+            at_risk += 1;
+            continue;
+        }
         match h {
             Health::Healthy => healthy += 1,
             Health::Degraded { .. } => degraded += 1,

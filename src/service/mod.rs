@@ -2,6 +2,7 @@
 //! queue, reload on SIGHUP, systemd notifications, clean stop on SIGTERM (every worker stops,
 //! the catalog is checkpointed, the control socket removed, within `STOP_WITHIN` or so).
 
+pub mod copy;
 pub mod metrics;
 pub mod presence;
 pub mod queue;
@@ -19,6 +20,7 @@ use tokio::sync::Notify;
 use crate::config::{self, Config, NetworkConfig};
 use crate::daemon::{self, cmd, Node};
 use crate::protocol::auth::LanKey;
+use crate::protocol::seal::MasterKey;
 use crate::shutdown::{Shutdown, Trigger};
 use crate::workers::Worker;
 use watch::Watchers;
@@ -354,20 +356,29 @@ pub fn warn_new_master_key(path: &Path) {
 async fn reload(node: &Arc<Node>, path: &Path, watchers: &mut Watchers, wake: &Arc<Notify>) {
     systemd::reloading();
     // The LAN key is part of the config: one that cannot be read refuses the whole reload.
-    // So is the master key, when a newly encrypted folder needs one.
-    let loaded = Config::load(path).and_then(|new| {
+    // So is the master key, when a peer without one gets a newly encrypted folder.
+    let running = node.master_key();
+    let loaded = Config::load(path).and_then(|mut new| {
         let key = config::load_lan_key(&new.network, Some(path))?;
-        let master = config::master_key_for(&new, Some(path))?;
+        let master = match &running {
+            Some(running) => {
+                keep_master_key(running, &node.config(), &mut new, path);
+                None
+            }
+            None => config::master_key_for(&new, Some(path))?,
+        };
         Ok((new, key, master))
     });
     match loaded {
         Err(e) => tracing::error!("reload refused, the running config stays: {e}"),
         Ok((mut new, key, master)) => {
-            if let Some((key, true)) = &master {
-                warn_new_master_key(&new.peer.master_key_file);
-                node.note_master_key_made(key);
+            if let Some((key, made)) = master {
+                if made {
+                    warn_new_master_key(&new.peer.master_key_file);
+                }
+                node.note_master_key(&key, made);
+                node.set_master_key(Some(key));
             }
-            node.set_master_key(master.map(|(k, _)| k));
             let old = node.config();
             keep_restart_only_keys(&old, &mut new);
             // The own paths excluded from the watches are those of the running peer keys.
@@ -425,6 +436,35 @@ async fn reload(node: &Arc<Node>, path: &Path, watchers: &mut Watchers, wake: &A
         }
     }
     systemd::ready(&status_line(node).await);
+}
+
+/// **A reload never switches master keys**: the running one stays, and `new` keeps the running
+/// `peer.master_key_file`. A changed path, or a key file whose key is now another (or gone),
+/// is said in one WARN line; the start checks it against the catalog (`daemon::key_at_start`).
+fn keep_master_key(running: &MasterKey, old: &Config, new: &mut Config, path: &Path) {
+    let (was, now) = (&old.peer.master_key_file, &new.peer.master_key_file);
+    let why = match config::master_key_if_present(&new.peer, Some(path)) {
+        _ if was != now => Some(format!(
+            "peer.master_key_file changed from {} to {}",
+            was.display(),
+            now.display()
+        )),
+        Ok(Some(key)) if key.fingerprint() == running.fingerprint() => None,
+        Ok(Some(key)) => Some(format!(
+            "{} now holds key {}",
+            now.display(),
+            key.fingerprint()
+        )),
+        Ok(None) => Some(format!("{} is missing", now.display())),
+        Err(e) => Some(e.to_string()),
+    };
+    if let Some(why) = why {
+        tracing::warn!(
+            "the master key stays key {} (the one this peer started with): {why}; restart peerstashd to change keys (the start checks the key against the catalog's encrypted versions)",
+            running.fingerprint()
+        );
+    }
+    new.peer.master_key_file = was.clone();
 }
 
 fn keep_restart_only_keys(old: &Config, new: &mut Config) {

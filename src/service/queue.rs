@@ -12,11 +12,12 @@ use tokio::task::JoinSet;
 
 use crate::config::WatchConfig;
 use crate::daemon::cmd::backup::{
-    backup_file, standing, standing_of, BackupError, Plan, Standing, Why,
+    backup_file, backup_handle, standing, standing_of, BackupError, BackupReport, Plan, Standing,
+    Why,
 };
 use crate::daemon::cmd::delete::{forget_versions, Policy};
 use crate::daemon::Node;
-use crate::fsx::Stamp;
+use crate::fsx::{self, Stamp};
 use crate::service::presence::{self, Absence, Presence};
 use crate::shutdown::Shutdown;
 use crate::workers::Worker;
@@ -44,6 +45,29 @@ pub async fn enqueue(node: &Arc<Node>, wake: &Notify, paths: Vec<PathBuf>) {
         .call(move |c| {
             let now = now_ms();
             paths.iter().try_for_each(|p| c.enqueue(p, now))
+        })
+        .await;
+    match r {
+        Ok(()) => {
+            tracing::debug!("queued {n} paths");
+            wake.notify_one();
+        }
+        Err(e) => tracing::error!("cannot queue {n} paths for backup: {e}"),
+    }
+}
+
+/// `enqueue`, each path with the unix ms of its first change not yet backed up (the watcher's
+/// first event about it): from then on, its folder's `max_delay` runs.
+pub async fn enqueue_since(node: &Arc<Node>, wake: &Notify, paths: Vec<(PathBuf, i64)>) {
+    if paths.is_empty() {
+        return;
+    }
+    let n = paths.len();
+    let r = node
+        .catalog
+        .call(move |c| {
+            let now = now_ms();
+            (paths.iter()).try_for_each(|(p, since)| c.enqueue_since(p, now, *since))
         })
         .await;
     match r {
@@ -167,6 +191,46 @@ fn changed_within(stamp: &Stamp, quiet: Duration) -> Option<Duration> {
         .then(|| Duration::from_nanos(age as u64))
 }
 
+/// Whether a path whose oldest change not backed up was seen at `since` (unix ms; None: not
+/// known) has waited its folder's `max_delay` at `now`: then it is backed up although it is not
+/// quiet.
+fn overdue(since: Option<i64>, now: i64, max_delay: Duration) -> bool {
+    since.is_some_and(|since| now.saturating_sub(since) >= max_delay.as_millis() as i64)
+}
+
+/// Backs up a consistent copy of `path` (`service::copy`), under its name: for a file that
+/// changed during every read and has waited its `max_delay`.
+async fn backup_copy(
+    node: &Arc<Node>,
+    path: &Path,
+    plan: Plan,
+) -> Result<BackupReport, BackupError> {
+    let config = node.config();
+    let base = config
+        .watch_of(path)
+        .map_or(PathBuf::from("/"), |w| w.path.clone());
+    let state_dir = config.peer.state_dir.clone();
+    let p = path.to_path_buf();
+    let copied = tokio::task::spawn_blocking(move || {
+        let file = fsx::open_under(&base, &p, fsx::Kind::File)?;
+        crate::service::copy::consistent_copy(&file, &state_dir)
+    })
+    .await??;
+    let Some((copy, method)) = copied else {
+        tracing::warn!(
+            "{} changed during every read for its max_delay, and not only at its end: no consistent copy of it yet",
+            path.display()
+        );
+        return Err(BackupError::Changed);
+    };
+    tracing::info!(
+        "{} is never quiet: backing up a copy taken by {}",
+        path.display(),
+        method.word()
+    );
+    backup_handle(node, path, copy, plan).await
+}
+
 /// What the queue does with one path. Err: why it failed (the path is tried again later).
 async fn work_on(
     node: &Arc<Node>,
@@ -202,7 +266,14 @@ async fn work_on(
                 done(node, path, gen).await;
                 return Ok(());
             }
-            if let Some(age) = changed_within(&stamp, watch.quiet) {
+            let p = path.to_path_buf();
+            let since = (node.catalog.call(move |c| c.queued_since(&p)).await)
+                .ok()
+                .flatten();
+            // Changed for max_delay and never quiet: backed up now, from a consistent copy if
+            // a read finds it changing.
+            let overdue = overdue(since, now_ms(), watch.max_delay);
+            if let Some(age) = changed_within(&stamp, watch.quiet).filter(|_| !overdue) {
                 let due = now_ms() + (watch.quiet - age).as_millis() as i64 + 1;
                 let p = path.to_path_buf();
                 let _ = node
@@ -220,7 +291,11 @@ async fn work_on(
                 desired: watch.replication,
                 encrypt: watch.encrypt,
             };
-            match backup_file(node, path, plan).await {
+            let backed_up = match backup_file(node, path, plan).await {
+                Err(BackupError::Changed) if overdue => backup_copy(node, path, plan).await,
+                other => other,
+            };
+            match backed_up {
                 Ok(r) if r.below == 0 => {
                     tracing::info!(
                         "backed up {} (version {}, {} bytes)",
@@ -573,6 +648,19 @@ const EXPIRY_CHECK: Duration = Duration::from_secs(30);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_is_overdue_once_it_waited_its_max_delay() {
+        let max = Duration::from_secs(8);
+        assert!(
+            !overdue(None, 1_000_000, max),
+            "not known: waits to be quiet"
+        );
+        assert!(!overdue(Some(1_000), 8_999, max));
+        assert!(overdue(Some(1_000), 9_000, max));
+        // A first change dated in the future (the clock was set back) is not overdue yet.
+        assert!(!overdue(Some(50_000), 9_000, max));
+    }
 
     #[test]
     fn retry_delays_grow_and_are_capped() {

@@ -18,7 +18,7 @@ use super::presence::{self, Presence};
 use super::queue::enqueue;
 use super::until_stopped;
 use crate::config::WatchConfig;
-use crate::daemon::cmd::backup::unchanged;
+use crate::daemon::cmd::backup::{other_key, unchanged};
 use crate::daemon::Node;
 use crate::fsx::{self, Stamp};
 use crate::shutdown::Shutdown;
@@ -601,7 +601,8 @@ async fn debounce(
                             continue;
                         }
                         let quiet = watch.map_or(DEFAULT_QUIET, |w| w.quiet);
-                        if pending.on_event(path, quiet, now) == Admitted::Overflowed {
+                        let max_delay = watch.map_or(DEFAULT_QUIET, |w| w.max_delay);
+                        if pending.on_event(path, quiet, max_delay, now) == Admitted::Overflowed {
                             overflowed = true;
                             break;
                         }
@@ -652,11 +653,22 @@ async fn debounce(
 async fn settle(
     node: &Arc<Node>,
     wake: &Notify,
-    paths: Vec<PathBuf>,
+    paths: Vec<(PathBuf, Instant)>,
     keeper: &mpsc::UnboundedSender<Keep>,
 ) {
     let config = node.config();
-    let (dirs, mut files, missing) = tokio::task::spawn_blocking(move || {
+    // Each path's first event, as a wall time for the queue (`Catalog::enqueue_since`).
+    let (now, now_ms) = (Instant::now(), crate::service::queue::now_ms());
+    let since: std::collections::HashMap<PathBuf, i64> = (paths.iter())
+        .map(|(p, at)| {
+            (
+                p.clone(),
+                now_ms - now.duration_since(*at).as_millis() as i64,
+            )
+        })
+        .collect();
+    let paths: Vec<PathBuf> = paths.into_iter().map(|(p, _)| p).collect();
+    let (dirs, files, missing) = tokio::task::spawn_blocking(move || {
         let (mut dirs, mut files, mut missing) = (Vec::new(), Vec::new(), Vec::new());
         for path in paths {
             let Some(watch) = config.watch_of(&path) else {
@@ -680,12 +692,19 @@ async fn settle(
     for dir in dirs {
         scan(node, wake, &dir, keeper).await;
     }
+    let mut files: Vec<(PathBuf, i64)> = (files.into_iter())
+        .map(|p| {
+            let at = since.get(&p).copied().unwrap_or(now_ms);
+            (p, at)
+        })
+        .collect();
     for path in missing {
+        let at = since.get(&path).copied().unwrap_or(now_ms);
         if let Ok(below) = node.catalog.call(move |c| c.live_paths_under(&path)).await {
-            files.extend(below);
+            files.extend(below.into_iter().map(|p| (p, at)));
         }
     }
-    enqueue(node, wake, files).await;
+    crate::service::queue::enqueue_since(node, wake, files).await;
 }
 
 async fn rescan_everything(
@@ -726,25 +745,29 @@ async fn scan(node: &Arc<Node>, wake: &Notify, root: &Path, keeper: &mpsc::Unbou
     };
     let mut queued = 0;
     let encrypt = watch.encrypt;
+    let running = node.master_key().map(|k| k.fingerprint());
     let seen = SeenPaths::default();
     let mut seen_paths = std::collections::HashSet::new();
     while let Some(batch) = rx.recv().await {
         seen_paths.extend(batch.iter().map(|s| seen.key(&s.path)));
         let changed = node
             .catalog
-            .call(move |c| {
-                let mut changed = Vec::new();
-                for seen in batch {
-                    // The RD is the queue's to look at (and the repair's); a version not
-                    // encrypted as the folder now says is backed up again.
-                    let latest = c.latest(&seen.path)?;
-                    if unchanged(latest.as_ref(), &seen.stamp)
-                        .map_or(true, |f| f.encrypted != encrypt)
-                    {
-                        changed.push(seen.path);
+            .call({
+                let running = running.clone();
+                move |c| {
+                    let mut changed = Vec::new();
+                    for seen in batch {
+                        // The RD is the queue's to look at (and the repair's); a version not
+                        // encrypted as the folder now says is backed up again.
+                        let latest = c.latest(&seen.path)?;
+                        if unchanged(latest.as_ref(), &seen.stamp).map_or(true, |f| {
+                            f.encrypted != encrypt || (encrypt && other_key(f, running.as_deref()))
+                        }) {
+                            changed.push(seen.path);
+                        }
                     }
+                    Ok(changed)
                 }
-                Ok(changed)
             })
             .await
             .unwrap_or_default();

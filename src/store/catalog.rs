@@ -83,6 +83,22 @@ pub struct FileRow {
     pub ctime_ns: i64,
     /// Its chunks are encrypted under the master key (`protocol::seal`).
     pub encrypted: bool,
+    /// Encrypted: the fingerprint of the master key it is encrypted under
+    /// (`MasterKey::fingerprint`); None in clear, or for a version recorded before they were.
+    pub key_fp: Option<String>,
+}
+
+/// The meta key of the fingerprint of the master key this peer last ran with.
+pub const MASTER_KEY_FP: &str = "master_key_fp";
+
+/// What the catalog says of the master key its encrypted versions need (`Catalog::key_facts`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyFacts {
+    /// The fingerprint of the key this peer last ran with (else of its newest encrypted
+    /// version's key); None if it never had one, or only before fingerprints were kept.
+    pub expected: Option<String>,
+    /// The encrypted versions (catalog snapshots included) under that key, or of unknown key.
+    pub versions: u64,
 }
 
 /// Which backup inserted a version (random per backup run): an abandoned backup may forget only
@@ -246,6 +262,7 @@ CREATE TABLE IF NOT EXISTS files (
     encrypted INTEGER NOT NULL DEFAULT 0, -- chunks encrypted under the master key
     completed_ms INTEGER,             -- unix ms when it became complete
     no_resume INTEGER NOT NULL DEFAULT 0, -- unfinished, never resumed (`Catalog::sealed_version`)
+    key_fp TEXT,                      -- encrypted: its master key's fingerprint (NULL: before they were kept)
     UNIQUE (path, version)
 );
 CREATE TABLE IF NOT EXISTS last_versions (
@@ -256,7 +273,8 @@ CREATE TABLE IF NOT EXISTS queue (
     path BLOB PRIMARY KEY,            -- a path (bytes) to look at: back it up, or note that it is gone
     due_at INTEGER NOT NULL,          -- unix ms; later after a failure
     attempts INTEGER NOT NULL DEFAULT 0,
-    gen INTEGER NOT NULL DEFAULT 0    -- bumped when queued again while being worked on
+    gen INTEGER NOT NULL DEFAULT 0,   -- bumped when queued again while being worked on
+    since INTEGER                     -- unix ms of its first change not yet backed up (max_delay)
 );
 CREATE TABLE IF NOT EXISTS file_chunks (
     file_id TEXT NOT NULL REFERENCES files(file_id) ON DELETE CASCADE,
@@ -426,7 +444,7 @@ fn path_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<PathBuf> {
 }
 
 const FILE_COLUMNS: &str = "file_id, path, version, size, mtime_ns, mode, content_hash, \
-     desired_rd, complete, inode, deleted_at, uid, gid, ctime_ns, encrypted";
+     desired_rd, complete, inode, deleted_at, uid, gid, ctime_ns, encrypted, key_fp";
 
 /// Columns added after the first release: (table, name, definition), added to an older catalog
 /// at open. (Tables added later need nothing: SCHEMA creates what is missing.)
@@ -440,6 +458,8 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("peers", "auth_mark", "INTEGER NOT NULL DEFAULT 0"),
     ("peers", "auth_mark_at", "INTEGER NOT NULL DEFAULT 0"),
     ("files", "no_resume", "INTEGER NOT NULL DEFAULT 0"),
+    ("files", "key_fp", "TEXT"),
+    ("queue", "since", "INTEGER"),
 ];
 
 fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
@@ -460,6 +480,7 @@ fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
             gid: r.get(12)?,
             ctime_ns: r.get(13)?,
             encrypted: r.get(14)?,
+            key_fp: r.get(15)?,
         },
     ))
 }
@@ -479,6 +500,7 @@ struct FileRowRaw {
     gid: u32,
     ctime_ns: i64,
     encrypted: bool,
+    key_fp: Option<String>,
 }
 
 fn finish_file((id, raw): (String, FileRowRaw)) -> Result<FileRow, StoreError> {
@@ -498,6 +520,7 @@ fn finish_file((id, raw): (String, FileRowRaw)) -> Result<FileRow, StoreError> {
         deleted_at: raw.deleted_at,
         ctime_ns: raw.ctime_ns,
         encrypted: raw.encrypted,
+        key_fp: raw.key_fp,
     })
 }
 
@@ -657,6 +680,61 @@ impl Catalog {
             .filter_map(unhex)
             .map(|b| PathBuf::from(std::ffi::OsString::from_vec(b)))
             .collect())
+    }
+
+    /// What the start checks the master key against (`KeyFacts`).
+    pub fn key_facts(&self) -> Result<KeyFacts, StoreError> {
+        let expected = match self.meta(MASTER_KEY_FP)? {
+            Some(fp) => Some(fp),
+            None => self
+                .conn
+                .prepare_cached(
+                    "SELECT key_fp FROM files WHERE encrypted = 1 AND key_fp IS NOT NULL
+                     ORDER BY rowid DESC LIMIT 1",
+                )?
+                .query_row([], |r| r.get(0))
+                .optional()?,
+        };
+        let versions: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM files
+                 WHERE encrypted = 1 AND (key_fp IS NULL OR ?1 IS NULL OR key_fp = ?1)",
+            )?
+            .query_row([&expected], |r| r.get(0))?;
+        Ok(KeyFacts {
+            expected,
+            versions: versions as u64,
+        })
+    }
+
+    /// Our versions this peer cannot decrypt with the key it runs with (fingerprint `running`,
+    /// None: no key): encrypted under another key, or encrypted while it has none. Versions
+    /// recorded before fingerprints were kept count as the running key's. Their count, and
+    /// the paths (only `owner`'s if given) whose newest version (its newest complete one, else
+    /// its newest: as `newest_health` takes it) is one of them.
+    pub fn undecryptable(
+        &self,
+        running: Option<&str>,
+        owner: Option<u32>,
+    ) -> Result<(u64, Vec<PathBuf>), StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT f.path, f.file_id = (SELECT g.file_id FROM files g WHERE g.path = f.path
+                                         ORDER BY g.complete DESC, g.version DESC LIMIT 1)
+             FROM files f
+             WHERE f.encrypted = 1 AND (?1 IS NULL OR (f.key_fp IS NOT NULL AND f.key_fp != ?1))
+               AND f.file_id NOT IN (SELECT file_id FROM snapshots)
+               AND (?2 IS NULL OR f.uid = ?2)",
+        )?;
+        let mut rows = stmt.query(params![running, owner])?;
+        let (mut count, mut newest) = (0u64, Vec::new());
+        while let Some(r) = rows.next()? {
+            count += 1;
+            if r.get::<_, bool>(1)? {
+                newest.push(path_at(r, 0)?);
+            }
+        }
+        Ok((count, newest))
     }
 
     // ---- our own files -------------------------------------------------------------------
@@ -841,8 +919,9 @@ impl Catalog {
         self.conn
             .prepare_cached(
                 "INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash,
-                                desired_rd, complete, inode, uid, gid, ctime_ns, encrypted)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10, ?11, ?12, ?13)",
+                                desired_rd, complete, inode, uid, gid, ctime_ns, encrypted,
+                                key_fp)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?
             .execute(params![
                 row.file_id.key(),
@@ -857,7 +936,8 @@ impl Catalog {
                 row.uid,
                 row.gid,
                 row.ctime_ns,
-                row.encrypted
+                row.encrypted,
+                row.key_fp
             ])?;
         self.conn
             .prepare_cached(
@@ -1241,14 +1321,56 @@ impl Catalog {
 
     /// Queues a path (again): due now, or kept at its current due time if already queued.
     pub fn enqueue(&self, path: &Path, due_ms: i64) -> Result<(), StoreError> {
+        self.enqueue_since(path, due_ms, due_ms)
+    }
+
+    /// `enqueue`, the path changed first at `since_ms` (unix ms): a path queued again keeps its
+    /// earliest change (`queued_since`).
+    pub fn enqueue_since(&self, path: &Path, due_ms: i64, since_ms: i64) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
-                "INSERT INTO queue (path, due_at) VALUES (?1, ?2)
+                "INSERT INTO queue (path, due_at, since) VALUES (?1, ?2, ?3)
              ON CONFLICT (path) DO UPDATE SET gen = gen + 1, attempts = 0,
-                 due_at = MIN(due_at, excluded.due_at)",
+                 due_at = MIN(due_at, excluded.due_at),
+                 since = MIN(COALESCE(since, excluded.since), excluded.since)",
             )?
-            .execute(params![path_key(path), due_ms])?;
+            .execute(params![path_key(path), due_ms, since_ms])?;
         Ok(())
+    }
+
+    /// When `path`'s oldest change not yet backed up was seen (unix ms), if it is queued.
+    pub fn queued_since(&self, path: &Path) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT since FROM queue WHERE path = ?1")?
+            .query_row([path_key(path)], |r| r.get::<_, Option<i64>>(0))
+            .optional()?
+            .flatten())
+    }
+
+    /// The queued path that has waited longest since its first change under each of `roots`:
+    /// (root, path, since unix ms).
+    pub fn oldest_queued_under(
+        &self,
+        roots: &[PathBuf],
+    ) -> Result<Vec<(PathBuf, PathBuf, i64)>, StoreError> {
+        let mut out = Vec::new();
+        for root in roots {
+            let found = self
+                .conn
+                .prepare_cached(
+                    "SELECT path, since FROM queue WHERE substr(path, 1, length(?1)) = ?1
+                       AND since IS NOT NULL ORDER BY since LIMIT 1",
+                )?
+                .query_row(params![below_key(root)], |r| {
+                    Ok((path_at(r, 0)?, r.get::<_, i64>(1)?))
+                })
+                .optional()?;
+            if let Some((path, since)) = found {
+                out.push((root.clone(), path, since));
+            }
+        }
+        Ok(out)
     }
 
     /// The next due paths not in `busy`, with their generation.
@@ -1282,6 +1404,10 @@ impl Catalog {
         self.conn
             .prepare_cached("DELETE FROM queue WHERE path = ?1 AND gen = ?2")?
             .execute(params![path_key(path), gen])?;
+        // Queued again while worked on: its oldest change not backed up is that one, not older.
+        self.conn
+            .prepare_cached("UPDATE queue SET since = ?2 WHERE path = ?1")?
+            .execute(params![path_key(path), unix_ms()])?;
         Ok(())
     }
 
@@ -2008,6 +2134,7 @@ mod tests {
             deleted_at: None,
             ctime_ns: 0,
             encrypted: false,
+            key_fp: None,
         }
     }
 
@@ -2032,6 +2159,50 @@ mod tests {
         assert!(cat.owns_any_under(Path::new("/w/a"), 1000).unwrap());
         assert!(!cat.owns_any_under(Path::new("/w/a"), 1001).unwrap());
         assert!(!cat.owns_any_under(Path::new("/w/c"), 1000).unwrap());
+    }
+
+    #[test]
+    fn each_encrypted_version_keeps_its_keys_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        assert_eq!(cat.key_facts().unwrap(), KeyFacts::default());
+        let sealed = |c: char, path: &str, fp: Option<&str>| FileRow {
+            encrypted: true,
+            key_fp: fp.map(str::to_owned),
+            ..file(c, path)
+        };
+        cat.insert_version(&file('c', "/clear"), BackupId::new())
+            .unwrap();
+        cat.insert_version(&sealed('a', "/a", Some("aa")), BackupId::new())
+            .unwrap();
+        cat.insert_version(&sealed('b', "/b", None), BackupId::new())
+            .unwrap();
+        assert_eq!(
+            cat.file(&fid('a')).unwrap().unwrap().key_fp.as_deref(),
+            Some("aa")
+        );
+        let facts = cat.key_facts().unwrap();
+        assert_eq!((facts.expected.as_deref(), facts.versions), (Some("aa"), 2));
+        // The key this peer runs with is what the next start checks against.
+        cat.set_meta(MASTER_KEY_FP, "bb").unwrap();
+        cat.insert_version(&sealed('d', "/a", Some("bb")), BackupId::new())
+            .unwrap();
+        let facts = cat.key_facts().unwrap();
+        assert_eq!((facts.expected.as_deref(), facts.versions), (Some("bb"), 2));
+        // Under "bb": /a's old version is not readable, its newest is; unknown keys count as
+        // the running one's.
+        assert_eq!(cat.undecryptable(Some("bb"), None).unwrap(), (1, vec![]));
+        // A complete version is the newest that counts.
+        cat.set_file_complete(&fid('a')).unwrap();
+        let (n, paths) = cat.undecryptable(Some("bb"), None).unwrap();
+        assert_eq!((n, paths), (1, vec![PathBuf::from("/a")]));
+        // No key: every encrypted version.
+        let (n, mut paths) = cat.undecryptable(None, None).unwrap();
+        paths.sort();
+        assert_eq!(
+            (n, paths),
+            (3, vec![PathBuf::from("/a"), PathBuf::from("/b")])
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ pub mod snapshot;
 
 pub use catalog::{
     io_disk_full, unix_ms, BackupId, Catalog, CatalogHandle, ChunkRole, FileChunkRow, FileRow,
-    Forget, HostedRow, PeerRow, StoreError, MAX_PEER_ROWS,
+    Forget, HostedRow, KeyFacts, PeerRow, StoreError, MASTER_KEY_FP, MAX_PEER_ROWS,
 };
 pub use chunks::{ChunkStore, NewChunk};
 pub use health::{health, Health};

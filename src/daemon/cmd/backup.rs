@@ -21,7 +21,7 @@ use crate::daemon::driver::{Input, JobEvent, Source};
 use crate::daemon::Node;
 use crate::engine::peer::JobKind;
 use crate::fsx::{self, Stamp};
-use crate::protocol::seal::{Attempt, Cut, FileKey};
+use crate::protocol::seal::{Attempt, Cut, FileKey, MasterKey};
 use crate::protocol::{
     hex, sha256_hex, ChunkId, ChunkNo, FileId, FileIdentity, PeerId, Rd, CHUNK_SIZE,
 };
@@ -502,6 +502,7 @@ pub(crate) async fn standing_of(
     encrypt: bool,
 ) -> Result<Standing, StoreError> {
     let p = path.to_path_buf();
+    let running = node.master_key().map(|k| k.fingerprint());
     node.catalog
         .call(move |c| {
             let latest = c.latest(&p)?;
@@ -509,9 +510,22 @@ pub(crate) async fn standing_of(
                 Some(f) => c.min_perceived_rd(&f.file_id)?,
                 None => 0,
             };
+            // Encrypted under another master key (`peerstashd --new-master-key`): this peer
+            // can no longer restore it, so the file is backed up again under its own key.
+            if let Some(f) = latest.as_ref().filter(|f| other_key(f, running.as_deref())) {
+                if encrypt && unchanged(Some(f), &stamp).is_ok() {
+                    return Ok(Standing::Read(Why::Encryption));
+                }
+            }
             Ok(standing(latest.as_ref(), min, &stamp, rd, encrypt))
         })
         .await
+}
+
+/// Whether `f` is encrypted under a master key other than the running one (fingerprint
+/// `running`). A version recorded before fingerprints were kept counts as the running key's.
+pub(crate) fn other_key(f: &FileRow, running: Option<&str>) -> bool {
+    f.encrypted && f.key_fp.is_some() && f.key_fp.as_deref() != running
 }
 
 /// Whether the file stayed as it was from `before` (before reading) to `after`: same size,
@@ -688,6 +702,7 @@ pub(crate) async fn backup_handle_as(
         deleted_at: None,
         ctime_ns: stamp.ctime_ns,
         encrypted: plan.encrypt,
+        key_fp: master.as_ref().map(MasterKey::fingerprint),
     };
     // The same content backed up again is the same version: resume it (only chunks below
     // their RD are sent again), under the RD asked now. Either way the path exists: its
@@ -696,10 +711,13 @@ pub(crate) async fn backup_handle_as(
     let (file_id, version, resumed) = node
         .catalog
         .call(move |c| {
+            // A version under another master key is never resumed: its chunks would not
+            // open under one key.
             let existing = match sealed {
                 true => c.sealed_version(&row.path, row.size, row.mtime_ns, &row.content_hash)?,
                 false => c.file(&row.file_id)?,
-            };
+            }
+            .filter(|f| f.key_fp.is_none() || f.key_fp == row.key_fp);
             match existing {
                 Some(existing) => {
                     c.set_file_rd(&existing.file_id, row.desired_rd)?;
@@ -1001,6 +1019,7 @@ mod tests {
             deleted_at: None,
             ctime_ns: stamp.ctime_ns,
             encrypted: false,
+            key_fp: None,
         }
     }
 

@@ -191,8 +191,10 @@ enum RestoreError {
     HashMismatch,
     #[error("the daemon stopped before this request ended; run the restore again once the daemon is back")]
     Stopping,
-    #[error("this version is encrypted and this peer has no master key: put back the copy of the key you kept as peer.master_key_file and restart peerstashd")]
-    NoMasterKey,
+    #[error("this version is encrypted under master key {0} and this peer has no master key: put back the copy of that key you kept as peer.master_key_file and restart peerstashd")]
+    NoMasterKey(String),
+    #[error("this version is encrypted under master key {0}, and this peer runs with key {1}: put the key file with fingerprint {0} back as peer.master_key_file and restart peerstashd")]
+    OtherKey(String, String),
     #[error(transparent)]
     Unsealed(#[from] crate::protocol::seal::Unsealed),
     #[error("internal error: {0}")]
@@ -209,7 +211,17 @@ async fn restore_file(
     let cut = Cut::of(row.encrypted);
     let key = match row.encrypted {
         true => {
-            let master = node.master_key().ok_or(RestoreError::NoMasterKey)?;
+            let needs = || {
+                row.key_fp
+                    .clone()
+                    .unwrap_or_else(|| "(not recorded)".into())
+            };
+            let master = node
+                .master_key()
+                .ok_or_else(|| RestoreError::NoMasterKey(needs()))?;
+            if let Some(needed) = row.key_fp.clone().filter(|fp| *fp != master.fingerprint()) {
+                return Err(RestoreError::OtherKey(needed, master.fingerprint()));
+            }
             Some(Arc::new(master.file_key(&row.file_id)))
         }
         false => None,

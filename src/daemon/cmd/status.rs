@@ -61,6 +61,7 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
         None => watched,
         Some(_) => Vec::new(),
     };
+    let running = node.master_key().map(|k| k.fingerprint());
     let r = node
         .catalog
         .read(move |c| {
@@ -68,10 +69,17 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
                 None => c.newest_snapshot()?.map(SnapshotInfo::from),
                 Some(_) => None,
             };
-            Ok((overview(c, owner, folders_asked)?, snapshot))
+            let undecryptable = c.undecryptable(running.as_deref(), owner)?;
+            let waiting = c.oldest_queued_under(&folders_asked)?;
+            Ok((
+                overview(c, owner, folders_asked)?,
+                snapshot,
+                undecryptable,
+                waiting,
+            ))
         })
         .await;
-    let (o, catalog_snapshot) = match r {
+    let (o, catalog_snapshot, (undecryptable, unreadable), waiting) = match r {
         Ok(x) => x,
         Err(e) => return e.into(),
     };
@@ -91,10 +99,15 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
         used_bytes: usage.used,
         queue_length: o.queue,
         folders: (o.folders.into_iter())
-            .map(|(path, completed)| FolderStatus {
-                unavailable: unavailable.get(&path).cloned(),
-                last_backup_ms: node.last_backed_up(&path, completed),
-                path,
+            .map(|(path, completed)| {
+                let waits = waiting.iter().find(|(root, ..)| *root == path);
+                FolderStatus {
+                    unavailable: unavailable.get(&path).cloned(),
+                    last_backup_ms: node.last_backed_up(&path, completed),
+                    waiting_since_ms: waits.map(|(_, _, since)| *since),
+                    waiting: waits.map(|(_, file, _)| file.clone()),
+                    path,
+                }
             })
             .collect(),
         peers_heard: o.peers.0,
@@ -102,17 +115,49 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
         catalog_snapshot,
         warnings: node.duplicate_id_warning().into_iter().collect(),
     };
+    // A version this peer cannot decrypt is at risk whatever its RD: no restore here opens it.
+    if undecryptable > 0 {
+        report.warnings.push(format!(
+            "{undecryptable} encrypted versions were made with another master key than this peer's ({}): they cannot be restored here; put that key back as peer.master_key_file and restart peerstashd (`peerstash restore` names the key a version needs)",
+            node.master_key().map_or("none".to_owned(), |k| format!("key {}", k.fingerprint()))
+        ));
+    }
+    // A file that has waited more than twice its folder's max_delay (it should have had a
+    // version after one): at risk, whatever the folder's last backup says.
+    let config = node.config();
+    let now = crate::store::unix_ms();
+    let unreadable: std::collections::HashSet<PathBuf> = unreadable.into_iter().collect();
+    let mut late = std::collections::HashSet::new();
+    for (root, file, since) in &waiting {
+        let limit = config
+            .watch_of(root)
+            .map_or(i64::MAX, |w| 2 * w.max_delay.as_millis() as i64);
+        if now.saturating_sub(*since) > limit {
+            report.warnings.push(format!(
+                "{} changed {} s ago and has no version of it yet (more than twice max_delay): see the daemon's log for why",
+                file.display(),
+                (now - since) / 1000
+            ));
+            late.insert(file.clone());
+        }
+    }
     for (path, h, _) in o.health {
+        if unreadable.contains(&path) || late.remove(&path) {
+            report.at_risk.push(path);
+            continue;
+        }
         match h {
             Health::Healthy => report.healthy += 1,
             Health::Degraded { .. } => report.degraded.push(path),
             Health::AtRisk { .. } => report.at_risk.push(path),
         }
     }
+    // Late files never backed up before.
+    report.at_risk.extend(late);
     // Only these are listed: sorted here, not the whole catalog's walk.
     report.degraded.sort_unstable();
     report.at_risk.sort_unstable();
-    let code = match report.degraded.len() + report.at_risk.len() {
+    let code = match report.degraded.len() + report.at_risk.len() + undecryptable as usize {
         0 => exit::OK,
         _ => exit::BELOW_RD,
     };
@@ -194,6 +239,7 @@ mod tests {
                 deleted_at: None,
                 ctime_ns: 0,
                 encrypted: false,
+                key_fp: None,
             };
             c.insert_version(&row, BackupId::new()).unwrap();
             if rng.gen_bool(0.6) {

@@ -1,5 +1,7 @@
 //! The watcher's debounce: a changed path is handed on once no event was seen for it during its
-//! folder's quiet time, so a file being written is looked at once, after the last write. Pure:
+//! folder's quiet time, so a file being written is looked at once, after the last write; but
+//! never later than its folder's `max_delay` after its first event, so that a file that is never
+//! quiet (a log) is looked at all the same. Pure:
 //! events and clock readings go in, ready paths and the next time to look come out; the async
 //! watcher only moves them.
 
@@ -20,8 +22,8 @@ pub enum Admitted {
 /// Paths waiting for their quiet time.
 #[derive(Debug)]
 pub struct Debounce {
-    /// When each waiting path is ready.
-    ready_at: HashMap<PathBuf, Instant>,
+    /// When each waiting path is ready, and its first event since it was last handed on.
+    ready_at: HashMap<PathBuf, (Instant, Instant)>,
     /// The same, by time: the next one ready is the first.
     by_time: BTreeSet<(Instant, PathBuf)>,
     /// Most paths waiting at once (each is memory; a scan finds the same changes).
@@ -38,12 +40,24 @@ impl Debounce {
     }
 
     /// An event about `path` at `now`: it is ready once `quiet` passed with no other event about
-    /// it (each event starts its wait again).
-    pub fn on_event(&mut self, path: PathBuf, quiet: Duration, now: Instant) -> Admitted {
-        let at = now + quiet;
-        if let Some(before) = self.ready_at.insert(path.clone(), at) {
-            self.by_time.remove(&(before, path.clone()));
-        }
+    /// it (each event starts its wait again), or once `max_delay` passed since its first event,
+    /// whichever comes first.
+    pub fn on_event(
+        &mut self,
+        path: PathBuf,
+        quiet: Duration,
+        max_delay: Duration,
+        now: Instant,
+    ) -> Admitted {
+        let since = match self.ready_at.get(&path) {
+            Some(&(before, since)) => {
+                self.by_time.remove(&(before, path.clone()));
+                since
+            }
+            None => now,
+        };
+        let at = (now + quiet).min(since + max_delay);
+        self.ready_at.insert(path.clone(), (at, since));
         self.by_time.insert((at, path));
         if self.ready_at.len() > self.max_waiting {
             self.clear();
@@ -52,16 +66,17 @@ impl Debounce {
         Admitted::Waiting
     }
 
-    /// The paths quiet at `now`, the longest-ready first; they no longer wait.
-    pub fn poll(&mut self, now: Instant) -> Vec<PathBuf> {
+    /// The paths ready at `now`, the longest-ready first, each with its first event; they no
+    /// longer wait.
+    pub fn poll(&mut self, now: Instant) -> Vec<(PathBuf, Instant)> {
         let mut ready = Vec::new();
         while let Some((at, _)) = self.by_time.first() {
             if *at > now {
                 break;
             }
             if let Some((_, path)) = self.by_time.pop_first() {
-                self.ready_at.remove(&path);
-                ready.push(path);
+                let since = self.ready_at.remove(&path).map_or(now, |(_, since)| since);
+                ready.push((path, since));
             }
         }
         ready
@@ -91,17 +106,51 @@ mod tests {
         PathBuf::from(format!("/w/{name}"))
     }
 
+    /// A max_delay longer than any test.
+    const LONG: Duration = Duration::from_secs(3600);
+
+    fn paths(ready: Vec<(PathBuf, Instant)>) -> Vec<PathBuf> {
+        ready.into_iter().map(|(p, _)| p).collect()
+    }
+
+    #[test]
+    fn a_path_never_quiet_is_ready_max_delay_after_its_first_event() {
+        // A log appended every 500 ms, quiet time 2 s, max_delay 8 s: ready at 8 s, with its
+        // first event; the next wait starts at the next event (here the same instant).
+        let t0 = Instant::now();
+        let mut d = Debounce::new(100);
+        let (quiet, max) = (ms(2000), ms(8000));
+        let mut handed = Vec::new();
+        for i in 0..=40 {
+            let now = t0 + ms(500 * i);
+            handed.extend(
+                d.poll(now)
+                    .into_iter()
+                    .map(|(p, since)| (p, since - t0, now - t0)),
+            );
+            assert_eq!(d.on_event(p("log"), quiet, max, now), Admitted::Waiting);
+        }
+        assert_eq!(
+            handed,
+            vec![(p("log"), ms(0), ms(8000)), (p("log"), ms(8000), ms(16000))]
+        );
+        // Quiet at last (no event after 20 s): ready after its quiet time, before its
+        // max_delay (16 s + 8 s).
+        assert_eq!(d.next_deadline(), Some(t0 + ms(22000)));
+        assert_eq!(d.poll(t0 + ms(22000)), vec![(p("log"), t0 + ms(16000))]);
+    }
+
     #[test]
     fn a_path_is_ready_once_quiet_for_its_quiet_time() {
         let t0 = Instant::now();
         let mut d = Debounce::new(100);
         assert_eq!(d.next_deadline(), None);
-        assert_eq!(d.on_event(p("a"), ms(300), t0), Admitted::Waiting);
+        assert_eq!(d.on_event(p("a"), ms(300), LONG, t0), Admitted::Waiting);
         assert_eq!(d.next_deadline(), Some(t0 + ms(300)));
-        assert!(d.poll(t0 + ms(299)).is_empty());
-        assert_eq!(d.poll(t0 + ms(300)), vec![p("a")]);
+        assert!(paths(d.poll(t0 + ms(299))).is_empty());
+        assert_eq!(paths(d.poll(t0 + ms(300))), vec![p("a")]);
         // Handed on once.
-        assert!(d.poll(t0 + ms(1000)).is_empty());
+        assert!(paths(d.poll(t0 + ms(1000))).is_empty());
         assert_eq!(d.next_deadline(), None);
     }
 
@@ -113,32 +162,35 @@ mod tests {
         let mut d = Debounce::new(100);
         for i in 0..=5 {
             let now = t0 + ms(200 * i);
-            assert!(d.poll(now).is_empty(), "ready while still written ({i})");
-            assert_eq!(d.on_event(p("a"), ms(300), now), Admitted::Waiting);
+            assert!(
+                paths(d.poll(now)).is_empty(),
+                "ready while still written ({i})"
+            );
+            assert_eq!(d.on_event(p("a"), ms(300), LONG, now), Admitted::Waiting);
         }
         assert_eq!(d.next_deadline(), Some(t0 + ms(1300)));
-        assert!(d.poll(t0 + ms(1299)).is_empty());
-        assert_eq!(d.poll(t0 + ms(1300)), vec![p("a")]);
+        assert!(paths(d.poll(t0 + ms(1299))).is_empty());
+        assert_eq!(paths(d.poll(t0 + ms(1300))), vec![p("a")]);
     }
 
     #[test]
     fn each_path_keeps_its_folders_quiet_time_and_comes_out_in_order() {
         let t0 = Instant::now();
         let mut d = Debounce::new(100);
-        assert_eq!(d.on_event(p("slow"), ms(2000), t0), Admitted::Waiting);
+        assert_eq!(d.on_event(p("slow"), ms(2000), LONG, t0), Admitted::Waiting);
         assert_eq!(
-            d.on_event(p("fast"), ms(100), t0 + ms(50)),
+            d.on_event(p("fast"), ms(100), LONG, t0 + ms(50)),
             Admitted::Waiting
         );
         assert_eq!(
-            d.on_event(p("mid"), ms(500), t0 + ms(10)),
+            d.on_event(p("mid"), ms(500), LONG, t0 + ms(10)),
             Admitted::Waiting
         );
         assert_eq!(d.next_deadline(), Some(t0 + ms(150)));
-        assert_eq!(d.poll(t0 + ms(150)), vec![p("fast")]);
+        assert_eq!(paths(d.poll(t0 + ms(150))), vec![p("fast")]);
         assert_eq!(d.next_deadline(), Some(t0 + ms(510)));
         // Both ready by then: the one ready first comes first.
-        assert_eq!(d.poll(t0 + ms(5000)), vec![p("mid"), p("slow")]);
+        assert_eq!(paths(d.poll(t0 + ms(5000))), vec![p("mid"), p("slow")]);
     }
 
     #[test]
@@ -146,15 +198,18 @@ mod tests {
         let t0 = Instant::now();
         let mut d = Debounce::new(3);
         for name in ["a", "b", "c"] {
-            assert_eq!(d.on_event(p(name), ms(300), t0), Admitted::Waiting);
+            assert_eq!(d.on_event(p(name), ms(300), LONG, t0), Admitted::Waiting);
         }
         // The same path again takes no more room.
-        assert_eq!(d.on_event(p("a"), ms(300), t0 + ms(1)), Admitted::Waiting);
-        assert_eq!(d.on_event(p("d"), ms(300), t0), Admitted::Overflowed);
+        assert_eq!(
+            d.on_event(p("a"), ms(300), LONG, t0 + ms(1)),
+            Admitted::Waiting
+        );
+        assert_eq!(d.on_event(p("d"), ms(300), LONG, t0), Admitted::Overflowed);
         assert_eq!(d.next_deadline(), None);
-        assert!(d.poll(t0 + ms(1000)).is_empty());
+        assert!(paths(d.poll(t0 + ms(1000))).is_empty());
         // It takes events again after.
-        assert_eq!(d.on_event(p("e"), ms(300), t0), Admitted::Waiting);
-        assert_eq!(d.poll(t0 + ms(300)), vec![p("e")]);
+        assert_eq!(d.on_event(p("e"), ms(300), LONG, t0), Admitted::Waiting);
+        assert_eq!(paths(d.poll(t0 + ms(300))), vec![p("e")]);
     }
 }
