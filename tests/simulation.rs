@@ -212,6 +212,14 @@ fn describe_action(a: &Action) -> String {
         }
         Action::PeerBack { peer } => format!("PeerBack {peer}"),
         Action::Recheck { chunk } => format!("Recheck {}", short(chunk)),
+        Action::Incarnation { peer, inc } => format!("Incarnation {peer} {inc:016x}"),
+        Action::SampleHolders => "SampleHolders".to_owned(),
+        Action::ReadForProof { chunk, .. } => format!("ReadForProof {}", short(chunk)),
+        Action::NotHolder {
+            peer,
+            chunk,
+            failure,
+        } => format!("NotHolder {} {peer} {failure:?}", short(chunk)),
     }
 }
 

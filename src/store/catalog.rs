@@ -424,6 +424,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("peers", "auth_mark", "INTEGER NOT NULL DEFAULT 0"),
     ("peers", "auth_mark_at", "INTEGER NOT NULL DEFAULT 0"),
     ("files", "no_resume", "INTEGER NOT NULL DEFAULT 0"),
+    ("peers", "incarnation", "TEXT"), // 2.0: its chunk store's incarnation (`engine::verify`)
 ];
 
 fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
@@ -1655,6 +1656,94 @@ impl Catalog {
                 .execute(params![peer.0, now_ms])?;
             Ok(removed as u64)
         })
+    }
+
+    /// 2.0: `peer` announced its store's incarnation `inc`. Recorded; if it differs from the
+    /// one recorded, the store it had is gone: the peer leaves every holder set (it is not
+    /// counted lost: it is alive). Returns how many holder rows it left (None: not changed).
+    /// A peer without a row gets one only as `heard_peers` would add it.
+    pub fn peer_incarnation(&self, peer: PeerId, inc: &str) -> Result<Option<u64>, StoreError> {
+        self.atomically(|| {
+            let known: Option<Option<String>> = self
+                .conn
+                .prepare_cached("SELECT incarnation FROM peers WHERE id = ?1")?
+                .query_row([peer.0], |r| r.get(0))
+                .optional()?;
+            match known {
+                Some(Some(k)) if k == inc => return Ok(None),
+                Some(_) => {}
+                None => {
+                    let rows: i64 = (self.conn.prepare_cached("SELECT COUNT(*) FROM peers")?)
+                        .query_row([], |r| r.get(0))?;
+                    let holds: bool = (self.conn)
+                        .prepare_cached("SELECT EXISTS (SELECT 1 FROM holders WHERE peer = ?1)")?
+                        .query_row([peer.0], |r| r.get(0))?;
+                    if rows as u64 >= MAX_PEER_ROWS && !holds {
+                        return Ok(None);
+                    }
+                    (self.conn.prepare_cached(
+                        "INSERT INTO peers (id, protocol, last_heard) VALUES (?1, '', 0)",
+                    )?)
+                    .execute([peer.0])?;
+                }
+            }
+            (self
+                .conn
+                .prepare_cached("UPDATE peers SET incarnation = ?2 WHERE id = ?1")?)
+            .execute(params![peer.0, inc])?;
+            let Some(Some(_)) = known else {
+                return Ok(None); // the first one heard: nothing to compare with
+            };
+            let removed = (self
+                .conn
+                .prepare_cached("DELETE FROM holders WHERE peer = ?1")?)
+            .execute([peer.0])?;
+            Ok(Some(removed as u64))
+        })
+    }
+
+    /// 2.0: up to `per_holder` random chunks of our own files counted at each of up to
+    /// `max_holders` holders that announced an incarnation (peerstash 2.0 peers: the ones that
+    /// answer PROVE) and are not counted lost: `(holder, chunk, size, hash)`.
+    pub fn verify_samples(
+        &self,
+        per_holder: usize,
+        max_holders: usize,
+    ) -> Result<Vec<(PeerId, ChunkId, u64, String)>, StoreError> {
+        let holders: Vec<u32> = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM peers WHERE incarnation IS NOT NULL AND lost_at IS NULL
+                 AND EXISTS (SELECT 1 FROM holders WHERE peer = peers.id)
+                 ORDER BY random() LIMIT ?1",
+            )?
+            .query_map([max_holders as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT h.file_id, h.chunk_no, c.size, c.hash FROM holders h
+             JOIN file_chunks c ON c.file_id = h.file_id AND c.chunk_no = h.chunk_no
+             WHERE h.peer = ?1 ORDER BY random() LIMIT ?2",
+        )?;
+        let mut out = Vec::new();
+        for peer in holders {
+            let rows = stmt.query_map(params![peer, per_holder as i64], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get(3)?,
+                ))
+            })?;
+            for row in rows {
+                let (file_id, chunk_no, size, hash) = row?;
+                let chunk = ChunkId {
+                    file_id: file_id_of(file_id)?,
+                    chunk_no: chunk_no_of(chunk_no)?,
+                };
+                out.push((PeerId(peer), chunk, size as u64, hash));
+            }
+        }
+        Ok(out)
     }
 
     /// `peer` acknowledged the DELETE of a version of ours (DELETED): it owes nothing more for
