@@ -92,7 +92,8 @@ fn word_value(msg: &Message, word: &str, digits: usize) -> Option<u128> {
 /// The incarnations heard lately (a cache of the catalog's `peers.incarnation`): a peer's is
 /// handed to the catalog only when it is new to us or changed.
 pub struct Incarnations {
-    known: LruMap<PeerId, (u64, Instant)>,
+    /// Each peer's incarnation, and when it last changed (None: not since we first heard it).
+    known: LruMap<PeerId, (u64, Option<Instant>)>,
 }
 
 impl Incarnations {
@@ -103,13 +104,17 @@ impl Incarnations {
     }
 
     /// `peer` announced `inc` at `now`: true if the catalog should be told (first heard since
-    /// we started, or changed, at most once per `INC_CHANGE_EVERY`).
+    /// we started, or changed; a change at most once per `INC_CHANGE_EVERY`).
     pub fn heard(&mut self, peer: PeerId, inc: u64, now: Instant) -> bool {
         match self.known.get(&peer) {
+            None => {
+                self.known.insert(peer, (inc, None));
+                true
+            }
             Some((known, _)) if *known == inc => false,
-            Some((_, at)) if now.saturating_duration_since(*at) < INC_CHANGE_EVERY => false,
-            _ => {
-                self.known.insert(peer, (inc, now));
+            Some((_, Some(at))) if now.saturating_duration_since(*at) < INC_CHANGE_EVERY => false,
+            Some(_) => {
+                self.known.insert(peer, (inc, Some(now)));
                 true
             }
         }
@@ -374,7 +379,10 @@ mod tests {
         let t0 = Instant::now();
         let mut inc = Incarnations::new(4);
         assert!(inc.heard(PeerId(2), 1, t0));
-        assert!(!inc.heard(PeerId(2), 1, t0 + Duration::from_secs(60)));
+        assert!(!inc.heard(PeerId(2), 1, t0 + Duration::from_secs(1)));
+        // A store wiped and back within a second of the first HELLO: told at once.
+        assert!(inc.heard(PeerId(3), 1, t0));
+        assert!(inc.heard(PeerId(3), 2, t0 + Duration::from_millis(500)));
         assert!(inc.heard(PeerId(2), 2, t0 + Duration::from_secs(60)));
         // A flood of changes right after: ignored until the period is over.
         assert!(!inc.heard(PeerId(2), 3, t0 + Duration::from_secs(61)));
