@@ -2068,6 +2068,12 @@ impl Peer {
         self.verify = Some(Verify::new(every, now));
     }
 
+    /// 2.0: when the next verification round is due, if no proof is awaited (None: none is
+    /// due, or proofs are awaited): a simulation waits for quiet until then.
+    pub fn verify_idle_until(&self) -> Option<Instant> {
+        self.verify.as_ref().and_then(Verify::idle_until)
+    }
+
     /// The `INC` line on what says this store holds something (STORED, PROOF) or announces it
     /// (HELLO): 2.0 only; 1.0 peers and other implementations ignore extra lines.
     fn with_incarnation(&self, mut msg: Message) -> Message {

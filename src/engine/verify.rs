@@ -32,7 +32,10 @@ pub const MAX_PROBES: usize = 256;
 pub const PROVE_WAIT: Duration = Duration::from_secs(2);
 pub const PROVE_SENDS: u32 = 3;
 /// A holder answers at most this many PROVEs per second, whoever asks: a PROOF carries a body.
-pub const PROOFS_PER_SECOND: u32 = 4;
+pub const PROOFS_PER_SECOND: u32 = 8;
+/// A home's PROVEs to one holder in a round leave this far apart (well under the holder's
+/// limit, so that several homes asking at once are still answered).
+pub const PROVE_SPREAD: Duration = Duration::from_millis(500);
 /// A peer's incarnation is taken as changed at most once per this: a forged flood of HELLOs
 /// with changing lines costs one catalog update per peer per period.
 pub const INC_CHANGE_EVERY: Duration = Duration::from_secs(5);
@@ -239,8 +242,8 @@ impl Verify {
     }
 
     /// The samples of a round: a PROVE for each (fresh nonces from `nonce`), but none for a
-    /// chunk still being proven, and at most `MAX_PROBES` awaited. The next round is due one
-    /// period from now.
+    /// chunk still being proven, and at most `MAX_PROBES` awaited. Each holder's first one goes
+    /// now, the next ones `PROVE_SPREAD` apart. The next round is due one period from now.
     pub fn samples(
         &mut self,
         samples: Vec<Sample>,
@@ -249,28 +252,30 @@ impl Verify {
     ) -> Vec<VerifyOut> {
         self.asked = false;
         self.next_round = now + self.every;
-        let mut out = Vec::new();
+        let mut per_holder: BTreeMap<PeerId, u32> = BTreeMap::new();
         for sample in samples {
             let key = (sample.holder, sample.chunk.clone());
             if self.probes.len() >= MAX_PROBES || self.probes.contains_key(&key) {
                 continue;
             }
-            let nonce = nonce();
-            out.push(VerifyOut::Prove {
-                holder: sample.holder,
-                chunk: sample.chunk.clone(),
-                nonce,
-            });
+            let k = per_holder.entry(sample.holder).or_insert(0);
+            let at = now + PROVE_SPREAD * *k;
+            *k += 1;
             let probe = Probe {
                 sample,
-                nonce,
-                sends: 1,
-                first_sent: now,
-                next: now + PROVE_WAIT,
+                nonce: nonce(),
+                sends: 0,
+                first_sent: at,
+                next: at,
             };
             self.probes.insert(key, probe);
         }
-        out
+        self.on_timeout(now, |_| None)
+    }
+
+    /// When the next round is due, if no proof is awaited and no round asked (None: busy).
+    pub fn idle_until(&self) -> Option<Instant> {
+        (self.probes.is_empty() && !self.asked).then_some(self.next_round)
     }
 
     /// A PROOF from `sender`: `body` None when it said `NONE`. Only a PROOF with the nonce of a
@@ -407,6 +412,7 @@ mod tests {
             .is_empty());
         let out = v.samples(vec![sample(2, 0, b"a"), sample(3, 0, b"a")], t1, || 7);
         assert_eq!(out.len(), 2);
+        assert_eq!(v.idle_until(), None);
         let mut sends = vec![0u64];
         let heard = |p: PeerId| (p == PeerId(2)).then_some(t1 + Duration::from_secs(1));
         let mut failed = Vec::new();
@@ -429,6 +435,20 @@ mod tests {
         assert_eq!(failed, vec![(PeerId(2), Failure::NoAnswer, 14)]);
         assert_eq!(v.awaited(), 0);
         assert_eq!(v.poll_timeout(), Some(t1 + every));
+        assert_eq!(v.idle_until(), Some(t1 + every));
+    }
+
+    #[test]
+    fn proves_to_one_holder_leave_half_a_second_apart() {
+        let t0 = Instant::now();
+        let mut v = Verify::new(Duration::from_secs(60), t0);
+        let s = (0..3)
+            .map(|n| sample(2, n, b"x"))
+            .chain([sample(3, 0, b"x")]);
+        let first = v.samples(s.collect(), t0, || 1);
+        assert_eq!(first.len(), 2, "one to each holder now: {first:?}");
+        assert_eq!(v.on_timeout(t0 + PROVE_SPREAD, |_| None).len(), 1);
+        assert_eq!(v.on_timeout(t0 + PROVE_SPREAD * 2, |_| None).len(), 1);
     }
 
     #[test]
@@ -480,12 +500,14 @@ mod tests {
         let many: Vec<Sample> = (0..MAX_PROBES as u32 + 10)
             .map(|i| sample(2, i, b"x"))
             .collect();
-        assert_eq!(v.samples(many.clone(), t0, || 1).len(), MAX_PROBES);
+        v.samples(many.clone(), t0, || 1);
+        assert_eq!(v.awaited(), MAX_PROBES);
         assert!(v.samples(many, t0, || 1).is_empty());
+        assert_eq!(v.awaited(), MAX_PROBES);
     }
 
     #[test]
-    fn a_holder_answers_at_most_four_proves_a_second() {
+    fn a_holder_answers_at_most_eight_proves_a_second() {
         let t0 = Instant::now();
         let mut l = ProofLimit::default();
         let taken = (0..10).filter(|_| l.take(t0)).count();
