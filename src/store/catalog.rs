@@ -1719,28 +1719,51 @@ impl Catalog {
             )?
             .query_map([max_holders as i64], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
+        // A random row of the holder's, found by a seek along the index on (peer, rowid) from a
+        // random rowid (wrapping to the start): no sort of all its rows.
+        let max_rowid: i64 = (self.conn)
+            .prepare_cached("SELECT COALESCE(MAX(rowid), 0) FROM holders")?
+            .query_row([], |r| r.get(0))?;
         let mut stmt = self.conn.prepare_cached(
             "SELECT h.file_id, h.chunk_no, c.size, c.hash FROM holders h
              JOIN file_chunks c ON c.file_id = h.file_id AND c.chunk_no = h.chunk_no
-             WHERE h.peer = ?1 ORDER BY random() LIMIT ?2",
+             WHERE h.peer = ?1 AND h.rowid >= ?2 ORDER BY h.rowid LIMIT 1",
         )?;
         let mut out = Vec::new();
         for peer in holders {
-            let rows = stmt.query_map(params![peer, per_holder as i64], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get(3)?,
-                ))
-            })?;
-            for row in rows {
-                let (file_id, chunk_no, size, hash) = row?;
+            let mut picked: Vec<(String, i64)> = Vec::new();
+            for _ in 0..per_holder * 3 {
+                let from = (rand::random::<u64>() >> 1) as i64 % (max_rowid + 1);
+                let mut row = |start: i64| {
+                    stmt.query_row(params![peer, start], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, String>(3)?,
+                        ))
+                    })
+                    .optional()
+                };
+                let found = match row(from)? {
+                    Some(found) => Some(found),
+                    None => row(0)?,
+                };
+                let Some((file_id, chunk_no, size, hash)) = found else {
+                    break; // it holds none of our chunks
+                };
+                if picked.contains(&(file_id.clone(), chunk_no)) {
+                    continue;
+                }
+                picked.push((file_id.clone(), chunk_no));
                 let chunk = ChunkId {
                     file_id: file_id_of(file_id)?,
                     chunk_no: chunk_no_of(chunk_no)?,
                 };
                 out.push((PeerId(peer), chunk, size as u64, hash));
+                if picked.len() >= per_holder {
+                    break;
+                }
             }
         }
         Ok(out)
@@ -2600,6 +2623,50 @@ mod tests {
             .lost_holders(40_000, timeout, 30_000)
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn a_new_incarnation_takes_the_peer_out_of_every_holder_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        cat.insert_file(&file('a', "/f")).unwrap();
+        for n in 0..3 {
+            cat.put_file_chunk(&fid('a'), ChunkNo(n), 10, &format!("h{n}"))
+                .unwrap();
+            cat.add_holders(&fid('a'), ChunkNo(n), &[PeerId(2), PeerId(3)])
+                .unwrap();
+        }
+        cat.insert_hosted(&hosted('b', 0, 100, 3), &[PeerId(2)])
+            .unwrap();
+        // The first one heard is only recorded; the same again changes nothing.
+        assert_eq!(cat.peer_incarnation(PeerId(2), "aa").unwrap(), None);
+        assert_eq!(cat.peer_incarnation(PeerId(2), "aa").unwrap(), None);
+        assert_eq!(cat.perceived(&fid('a'), ChunkNo(0)).unwrap(), 2);
+        // Another one: peer 2 holds nothing any more (ours, hosted); peer 3 is untouched.
+        assert_eq!(cat.peer_incarnation(PeerId(2), "bb").unwrap(), Some(4));
+        assert_eq!(cat.holders(&fid('a'), ChunkNo(1)).unwrap(), vec![PeerId(3)]);
+        assert_eq!(
+            cat.holders(&fid('b'), ChunkNo(0)).unwrap(),
+            Vec::<PeerId>::new()
+        );
+        // Verification picks only holders with an incarnation, and only our own chunks.
+        cat.add_holders(&fid('a'), ChunkNo(2), &[PeerId(2)])
+            .unwrap();
+        cat.add_holders(&fid('b'), ChunkNo(0), &[PeerId(2)])
+            .unwrap();
+        let picked = cat.verify_samples(3, 64).unwrap();
+        assert_eq!(picked.len(), 1, "{picked:?}");
+        assert_eq!((picked[0].0, picked[0].1.chunk_no), (PeerId(2), ChunkNo(2)));
+        assert_eq!((picked[0].2, picked[0].3.as_str()), (10, "h2"));
+        cat.peer_incarnation(PeerId(3), "cc").unwrap();
+        let mut picked = cat.verify_samples(3, 64).unwrap();
+        picked.retain(|p| p.0 == PeerId(3));
+        let mut nos: Vec<u32> = picked.iter().map(|p| p.1.chunk_no.0).collect();
+        nos.sort();
+        assert!(
+            !nos.is_empty() && nos.windows(2).all(|w| w[0] < w[1]),
+            "{picked:?}"
+        );
     }
 
     #[test]
