@@ -2148,8 +2148,12 @@ impl Peer {
         let Some(v) = self.verify.as_mut() else {
             return;
         };
-        let seen = &self.seen;
-        let out = v.on_timeout(now, |p| seen.get(&p).map(|s| s.last));
+        let (seen, incs) = (&self.seen, &self.incarnations);
+        let out = v.on_timeout(now, |p| {
+            incs.knows(p)
+                .then(|| seen.get(&p).map(|s| s.last))
+                .flatten()
+        });
         self.verify_out(out);
     }
 

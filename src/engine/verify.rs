@@ -106,6 +106,12 @@ impl Incarnations {
         }
     }
 
+    /// Whether `peer` announced an incarnation since we started (a peerstash 2.0 peer that
+    /// answers PROVE; one configured 1.0 since is not judged for its silence).
+    pub fn knows(&self, peer: PeerId) -> bool {
+        self.known.get(&peer).is_some()
+    }
+
     /// `peer` announced `inc` at `now`: true if the catalog should be told (first heard since
     /// we started, or changed; a change at most once per `INC_CHANGE_EVERY`).
     pub fn heard(&mut self, peer: PeerId, inc: u64, now: Instant) -> bool {
@@ -504,6 +510,69 @@ mod tests {
         assert_eq!(v.awaited(), MAX_PROBES);
         assert!(v.samples(many, t0, || 1).is_empty());
         assert_eq!(v.awaited(), MAX_PROBES);
+    }
+
+    /// The engine's side, through `Peer`: a 2.0 peer's HELLO and STORED carry its incarnation;
+    /// a PROVE is answered only by the holder it names; a changed incarnation is told once.
+    #[test]
+    fn a_peer_announces_its_incarnation_and_answers_only_proves_naming_it() {
+        use crate::engine::peer::{Action, Peer};
+        use crate::protocol::Version;
+        let t0 = Instant::now();
+        let mut p = Peer::new(PeerId(5), 1);
+        p.enhance(None, Duration::from_secs(60));
+        p.set_incarnation(0xabc);
+        p.start(t0);
+        let hello = p.poll_transmit().unwrap();
+        assert_eq!(incarnation_of(&hello), Some(0xabc));
+        let from = |kind, lines: Vec<String>| {
+            let mut m = Message::new(PeerId(2), kind);
+            m.version = Version::V2_0;
+            m.extra_lines = lines;
+            m
+        };
+        let prove = |holder| {
+            from(
+                MessageKind::Prove { chunk: chunk(1) },
+                vec![holder_line(PeerId(holder)), nonce_line(77)],
+            )
+        };
+        p.handle(prove(6), t0);
+        p.handle(prove(5), t0);
+        let actions: Vec<Action> = std::iter::from_fn(|| p.poll_action()).collect();
+        assert!(
+            actions.contains(&Action::ReadForProof {
+                chunk: chunk(1),
+                nonce: 77
+            }),
+            "{actions:?}"
+        );
+        assert_eq!(
+            actions
+                .iter()
+                .filter(|a| matches!(a, Action::ReadForProof { .. }))
+                .count(),
+            1
+        );
+        p.proof(chunk(1), 77, None);
+        let proof = std::iter::from_fn(|| p.poll_transmit())
+            .find(|m| matches!(m.kind, MessageKind::Proof { .. }))
+            .unwrap();
+        assert!(proof.has_line(NONE_LINE) && nonce_of(&proof) == Some(77));
+        assert_eq!(incarnation_of(&proof), Some(0xabc));
+        // Peer 2's incarnation: told when first heard and when changed, not when repeated.
+        let hello2 = |inc| from(MessageKind::Hello, vec![inc_line(inc)]);
+        let told = |p: &mut Peer| {
+            std::iter::from_fn(|| p.poll_action())
+                .filter(|a| matches!(a, Action::Incarnation { .. }))
+                .count()
+        };
+        p.handle(hello2(1), t0);
+        assert_eq!(told(&mut p), 1);
+        p.handle(hello2(1), t0 + Duration::from_secs(1));
+        assert_eq!(told(&mut p), 0);
+        p.handle(hello2(2), t0 + Duration::from_secs(2));
+        assert_eq!(told(&mut p), 1);
     }
 
     #[test]
