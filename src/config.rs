@@ -837,6 +837,7 @@ exclude = ["*.tmp", "**/.cache/**"]
         assert_eq!(c.peer.protocol, "2.0");
         assert!(c.peer.enhanced());
         assert_eq!(c.peer.holder_timeout, Duration::from_secs(86_400));
+        assert_eq!(c.peer.verify_every, Duration::from_secs(600));
         assert_eq!(c.peer.state_dir, PathBuf::from("/var/lib/peerstash"));
         assert_eq!(c.network.ttl, 1);
         assert!(c.network.raise_receive_buffers);
@@ -857,6 +858,10 @@ exclude = ["*.tmp", "**/.cache/**"]
             (
                 "[peer]\nid = 1\nholder_timeout = \"soon\"\n",
                 "peer.holder_timeout",
+            ),
+            (
+                "[peer]\nid = 1\nverify_every = \"2h\"\n",
+                "peer.verify_every",
             ),
             ("[peer]\nid = 1\nstate_dir = \"rel\"\n", "peer.state_dir"),
             (
