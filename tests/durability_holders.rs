@@ -20,8 +20,14 @@ fn text(path: &Path) -> &str {
 /// Three 2.0 peers (holder_timeout 1 day: nobody is counted lost by silence here), each with
 /// `peer_extra` in its `[peer]` table.
 fn three_peers(peer_extra: &str) -> Cluster {
+    three_peers_keyed(peer_extra, None)
+}
+
+/// The same, every peer with the LAN key file `key`, if any.
+fn three_peers_keyed(peer_extra: &str, key: Option<PathBuf>) -> Cluster {
     let spec = PeerSpec {
         peer_extra: peer_extra.into(),
+        lan_key_file: key,
         ..PeerSpec::new("100MB").protocol("2.0")
     };
     Cluster::start_specs(vec![spec; 3])
@@ -140,7 +146,26 @@ fn a_holder_reinstalled_empty_is_no_longer_counted_and_copies_are_made_again() {
 /// makes the copies again. On main the home counts it for ever.
 #[test]
 fn a_rolled_back_holder_is_found_by_verification_and_copies_are_made_again() {
-    let mut c = three_peers("verify_every = \"2s\"\n");
+    rolled_back_holder(None);
+}
+
+/// The same with a LAN key: PROVE and a PROOF carrying a whole 64,000-byte body, signed,
+/// pass; the home still finds the rolled-back holder.
+#[test]
+fn a_rolled_back_holder_is_found_by_verification_on_a_keyed_lan() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("lan.key");
+    let out = std::process::Command::new(PEERSTASH)
+        .arg("keygen")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    rolled_back_holder(Some(key));
+}
+
+fn rolled_back_holder(key: Option<PathBuf>) {
+    let mut c = three_peers_keyed("verify_every = \"2s\"\n", key);
     // The copy of peer 2's state folder, taken while it is stopped, before the backup.
     c.stop(1);
     let state = c.peer(1).dir.join("state");
@@ -155,6 +180,7 @@ fn a_rolled_back_holder_is_found_by_verification_and_copies_are_made_again() {
     copy_dir(&saved, &state);
     c.spawn(1);
     c.wait_ready(1);
+    let back = std::time::Instant::now();
 
     let found = wait_until(Duration::from_secs(40), || {
         c.full_log(0).contains("failed to prove it holds chunk")
@@ -171,6 +197,14 @@ fn a_rolled_back_holder_is_found_by_verification_and_copies_are_made_again() {
         c.dump()
     );
     counted_copies_exist(&c, &path, Duration::from_secs(40), "rolled-back holder");
+    // Peer 3, which kept its copies, proved them every 2 s (PROOFs with whole bodies): never
+    // dropped, not even for silence (given up at 14 s).
+    std::thread::sleep(Duration::from_secs(16).saturating_sub(back.elapsed()));
+    assert!(
+        !c.full_log(0).contains("peer 3 failed to prove"),
+        "peer 3 holds its copies, yet was dropped:\n{}",
+        c.dump()
+    );
     eprintln!(
         "{} chunks: holder 2 rolled back, found by verification, copies made again",
         chunks.len()
