@@ -42,6 +42,9 @@ pub struct PeerConfig {
     pub control_socket: PathBuf,
     /// 2.0: a holder not heard from this long is counted lost, and its copies re-created.
     pub holder_timeout: Duration,
+    /// 2.0: how often this peer asks each holder to prove it still has a few of our chunks
+    /// (`engine::verify`).
+    pub verify_every: Duration,
     /// The master key (SPEC §3 "Encrypted chunks"): read by the daemon, not here, so that the
     /// `peerstash` command can read this config without access to the key.
     pub master_key_file: PathBuf,
@@ -210,6 +213,7 @@ struct RawPeer {
     state_dir: Option<PathBuf>,
     control_socket: Option<PathBuf>,
     holder_timeout: Option<String>,
+    verify_every: Option<String>,
     master_key_file: Option<PathBuf>,
 }
 
@@ -334,6 +338,15 @@ impl Config {
             return Err(bad(
                 "peer.holder_timeout",
                 "must be at least 2s (peers announce themselves every second at most)".into(),
+            ));
+        }
+        let verify_every = parse_duration(peer.verify_every.as_deref().unwrap_or("10m"))
+            .map_err(|e| bad("peer.verify_every", e))?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&verify_every) {
+            return Err(bad(
+                "peer.verify_every",
+                "must be between 1s and 1h (a holder that lost its disk is found within one)"
+                    .into(),
             ));
         }
         let state_dir = peer
@@ -522,6 +535,7 @@ impl Config {
                 state_dir,
                 control_socket,
                 holder_timeout,
+                verify_every,
                 master_key_file,
             },
             network: NetworkConfig {
@@ -867,6 +881,7 @@ exclude = ["*.tmp", "**/.cache/**"]
         assert_eq!(c.peer.protocol, "2.0");
         assert!(c.peer.enhanced());
         assert_eq!(c.peer.holder_timeout, Duration::from_secs(86_400));
+        assert_eq!(c.peer.verify_every, Duration::from_secs(600));
         assert_eq!(c.peer.state_dir, PathBuf::from("/var/lib/peerstash"));
         assert_eq!(c.network.ttl, 1);
         assert!(c.network.raise_receive_buffers);
@@ -887,6 +902,10 @@ exclude = ["*.tmp", "**/.cache/**"]
             (
                 "[peer]\nid = 1\nholder_timeout = \"soon\"\n",
                 "peer.holder_timeout",
+            ),
+            (
+                "[peer]\nid = 1\nverify_every = \"2h\"\n",
+                "peer.verify_every",
             ),
             ("[peer]\nid = 1\nstate_dir = \"rel\"\n", "peer.state_dir"),
             (

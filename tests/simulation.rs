@@ -22,6 +22,13 @@
 //! with none; in a lossless seed, every holder a home counts for an untouched chunk holds it.
 //! Copies per chunk against RD and chunk bodies on MDR are reported per class of seed. Not
 //! modelled: holders counted lost after `peer.holder_timeout` (a daemon worker, not the engine).
+//!
+//! Issue 24: a 2.0 peer may also crash and come back with its store emptied (a new incarnation)
+//! or rolled back to what it hosted when it last started (the same incarnation), with no
+//! REMOVED. 2.0 homes record the incarnations heard, prove what they count every 30 s
+//! (`engine::verify`, every counted chunk of a 2.0 holder per round), and drop what fails.
+//! After one verification round at the end, every holder a 2.0 home counts at a 2.0 peer holds
+//! the chunk, on every seed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -40,6 +47,7 @@ use peerstash::engine::peer::{
 };
 use peerstash::engine::reclaim::{choose_victims, Candidate};
 use peerstash::engine::restore::{expected_len, MAX_GETCHUNK_SENDS};
+use peerstash::engine::verify::Sample;
 use peerstash::protocol::{
     chunk_count, sha256_hex, ChunkId, ChunkNo, FileId, FileIdentity, Message, MessageKind, PeerId,
     Rd, CHUNK_SIZE,
@@ -60,12 +68,17 @@ const HELLO_EVERY: [Duration; 3] = [
 ];
 /// Scenario events are drawn in 0..SCENARIO.
 const SCENARIO: Duration = Duration::from_secs(45);
-/// Every phase must fall quiet (no datagram, no timer, no disk work) within this.
-const QUIET_LIMIT: Duration = Duration::from_secs(120);
+/// Every phase must fall quiet (no datagram, no timer, no disk work) within this. (180 s: a
+/// verification round late in the scenario can start repairs that run their 15 s of PUTCHUNKs
+/// after it.)
+const QUIET_LIMIT: Duration = Duration::from_secs(180);
 /// Events one seed may take: beyond this it is spinning (a timer that never moves on).
 const MAX_STEPS: u64 = 2_000_000;
 /// The home peer's repair looks this long after a REMOVED left one of its chunks below RD.
 const REPAIR_GRACE: Duration = Duration::from_secs(2);
+/// 2.0 (issue 24): how often a home asks its 2.0 holders to prove what it counts at them (the
+/// daemon: `peer.verify_every`, 10 minutes). The final phase runs one round.
+const VERIFY_EVERY: Duration = Duration::from_secs(30);
 const MAX_REPAIRS_PER_LIFE: u32 = 8;
 /// A fileId whose DELETEs were all sent is not backed up again before this much later: DELETEs
 /// still in flight would remove the new copies (1.0 has no way to cancel a DELETE).
@@ -212,6 +225,14 @@ fn describe_action(a: &Action) -> String {
         }
         Action::PeerBack { peer } => format!("PeerBack {peer}"),
         Action::Recheck { chunk } => format!("Recheck {}", short(chunk)),
+        Action::Incarnation { peer, inc } => format!("Incarnation {peer} {inc:016x}"),
+        Action::SampleHolders => "SampleHolders".to_owned(),
+        Action::ReadForProof { chunk, .. } => format!("ReadForProof {}", short(chunk)),
+        Action::NotHolder {
+            peer,
+            chunk,
+            failure,
+        } => format!("NotHolder {} {peer} {failure:?}", short(chunk)),
     }
 }
 
@@ -264,6 +285,9 @@ enum Gone {
     Delete,
     /// 2.0: a copy too many, made at the same moment as RD copies of lower ids (`Trim`).
     Trim,
+    /// The peer came back with its store emptied (reinstalled) or rolled back (issue 24): gone
+    /// without a REMOVED.
+    Wiped,
 }
 
 /// A copy of a chunk on a peer: when the PUTCHUNK it came from was sent, and when and why it
@@ -311,6 +335,10 @@ struct Disk {
     /// version was forgotten that has not said DELETED yet; a version backed up again clears
     /// its rows.
     delete_acks: BTreeSet<(usize, PeerId)>,
+    /// 2.0: this store's incarnation (new when it is wiped), and the peers' as last heard
+    /// (`peers.incarnation`).
+    incarnation: u64,
+    peer_incs: BTreeMap<PeerId, u64>,
 }
 
 enum Job {
@@ -366,6 +394,11 @@ enum Command {
     Modify,
     Reclaim,
     Crash,
+    /// 2.0 (issue 24): a peer crashes and comes back with an empty store (reinstalled: a new
+    /// incarnation), or with its store as it was when it last started (a rolled-back VM: the
+    /// same incarnation), sending no REMOVED either way.
+    Wipe,
+    Rollback,
 }
 
 enum Event {
@@ -525,6 +558,12 @@ struct Stats {
     own_id_false_alarms: u64,
     /// Known issues, tolerated unless PEERSTASH_SIM_STRICT is set (`TOLERATE_KNOWN_ISSUES`).
     own_id_after_rebackup: u64,
+    /// 2.0 (issue 24): peers wiped and rolled back; holders a home stopped counting on a new
+    /// incarnation, and for a failed proof.
+    wipes: u64,
+    rollbacks: u64,
+    incarnation_drops: u64,
+    proof_drops: u64,
     /// Indexed by `Class`.
     classes: [PerClass; 3],
 }
@@ -574,7 +613,11 @@ impl Stats {
             believed_not_held,
             stored_after_drop,
             own_id_false_alarms,
-            own_id_after_rebackup
+            own_id_after_rebackup,
+            wipes,
+            rollbacks,
+            incarnation_drops,
+            proof_drops
         );
         for (c, o) in self.classes.iter_mut().zip(&o.classes) {
             c.add(o);
@@ -672,6 +715,8 @@ struct Sim {
     rebacked: BTreeSet<(usize, Ck)>,
     /// Chunks a copy of which went with a reclaim or a DELETE: not counted clean.
     touched: BTreeSet<Ck>,
+    /// 2.0: the chunks each peer hosted when it last started (what a rollback goes back to).
+    snapshots: BTreeMap<usize, BTreeSet<Ck>>,
     strict: bool,
     stats: Stats,
     failure: Option<String>,
@@ -727,6 +772,8 @@ impl Sim {
                     pending_deletes: BTreeSet::new(),
                     tombstones: BTreeSet::new(),
                     delete_acks: BTreeSet::new(),
+                    incarnation: i as u64 + 1,
+                    peer_incs: BTreeMap::new(),
                 },
                 jobs: BTreeMap::new(),
                 next_job: 1,
@@ -775,6 +822,7 @@ impl Sim {
             crashed_during: BTreeSet::new(),
             rebacked: BTreeSet::new(),
             touched: BTreeSet::new(),
+            snapshots: BTreeMap::new(),
             strict: !TOLERATE_KNOWN_ISSUES || std::env::var_os("PEERSTASH_SIM_STRICT").is_some(),
             stats: Stats {
                 peers: n as u64,
@@ -814,7 +862,9 @@ impl Sim {
                 45..=56 => Command::Delete,
                 57..=64 => Command::Modify,
                 65..=84 => Command::Reclaim,
-                _ => Command::Crash,
+                85..=92 => Command::Crash,
+                93..=96 => Command::Wipe,
+                _ => Command::Rollback,
             };
             sim.schedule(at, Event::Command(command));
         }
@@ -918,7 +968,16 @@ impl Sim {
     fn only_hello(&self, p: usize) -> bool {
         let peer = &self.peers[p];
         match (&peer.engine, peer.next_hello) {
-            (Some(e), Some(h)) => e.load().timers == 1 && e.poll_timeout() == Some(self.base + h),
+            (Some(e), Some(h)) => {
+                // 2.0: a verification round due, no proof awaited, is no work left undone.
+                let hello = self.base + h;
+                let next = match (peer.v2, e.verify_idle_until()) {
+                    (false, _) => hello,
+                    (true, Some(round)) => hello.min(round),
+                    (true, None) => return false,
+                };
+                e.load().timers == 1 && e.poll_timeout() == Some(next)
+            }
             _ => false,
         }
     }
@@ -1292,6 +1351,15 @@ impl Sim {
     // ---- the driver: what the daemon does with the engine's actions -----------------------------
 
     fn on_action(&mut self, p: usize, a: Action) {
+        if matches!(
+            a,
+            Action::Incarnation { .. }
+                | Action::SampleHolders
+                | Action::ReadForProof { .. }
+                | Action::NotHolder { .. }
+        ) {
+            return self.verify_action(p, a);
+        }
         if let Action::DropHosted { chunk } = &a {
             // Asked for right after a write: a DELETE came meanwhile. Otherwise, 2.0: a copy
             // too many.
@@ -1629,6 +1697,81 @@ impl Sim {
                 }
             }
             other => self.fail(format!("not disk work: {}", describe_action(&other))),
+        }
+    }
+
+    /// 2.0 (issue 24): the catalog work of holder verification, done at once as the daemon's
+    /// catalog calls would: a peer's new incarnation takes it out of every holder set; a round
+    /// proves every holder counted at a 2.0 peer; a failed proof takes the holder out of the
+    /// chunk's set. Each drop wakes the repair.
+    fn verify_action(&mut self, p: usize, a: Action) {
+        let at = self.at();
+        match a {
+            Action::Incarnation { peer, inc } => {
+                let disk = &mut self.peers[p].disk;
+                match disk.peer_incs.insert(peer, inc) {
+                    Some(old) if old != inc => {
+                        for v in disk.files.values_mut() {
+                            for set in v.holders.iter_mut() {
+                                set.remove(&peer);
+                            }
+                        }
+                        for h in disk.hosted.values_mut() {
+                            h.holders.remove(&peer);
+                        }
+                        self.stats.incarnation_drops += 1;
+                        self.on_action(p, Action::Repair);
+                    }
+                    _ => {}
+                }
+            }
+            Action::SampleHolders => {
+                let disk = &self.peers[p].disk;
+                let mut samples = Vec::new();
+                for (ci, v) in &disk.files {
+                    let c = &self.contents[*ci];
+                    for (no, set) in v.holders.iter().enumerate() {
+                        for holder in set.iter().filter(|h| disk.peer_incs.contains_key(h)) {
+                            samples.push(Sample {
+                                holder: *holder,
+                                chunk: c.chunk_id(no as u32),
+                                len: c.chunk(no as u32).len() as u64,
+                                hash: c.hashes[no].clone(),
+                            });
+                        }
+                    }
+                }
+                if let Some(e) = self.peers[p].engine.as_mut() {
+                    e.verify_samples(samples, at);
+                }
+            }
+            Action::ReadForProof { chunk, nonce } => {
+                let Some(key) = self.ck(p, &chunk) else {
+                    return;
+                };
+                let hosted = self.peers[p].disk.hosted.get(&key);
+                let (wire, body) = match hosted {
+                    Some(h) => (h.wire.clone(), Some(h.body.clone())),
+                    None => (chunk, None),
+                };
+                if let Some(e) = self.peers[p].engine.as_mut() {
+                    e.proof(wire, nonce, body);
+                }
+            }
+            Action::NotHolder { peer, chunk, .. } => {
+                let Some(key) = self.ck(p, &chunk) else {
+                    return;
+                };
+                let disk = &mut self.peers[p].disk;
+                if let Some(set) =
+                    (disk.files.get_mut(&key.0)).and_then(|v| v.holders.get_mut(key.1 as usize))
+                {
+                    set.remove(&peer);
+                }
+                self.stats.proof_drops += 1;
+                self.on_action(p, Action::Repair);
+            }
+            other => self.fail(format!("not verification: {}", describe_action(&other))),
         }
     }
 
@@ -2146,32 +2289,64 @@ impl Sim {
                 self.reclaim(p, quota);
                 self.drain(p);
             }
+            Command::Wipe | Command::Rollback => {
+                let up: Vec<usize> = (self.up_peers().into_iter())
+                    .filter(|p| self.peers[*p].v2)
+                    .collect();
+                if up.len() <= 1 || self.up_peers().len() <= self.peers.len() / 2 {
+                    return;
+                }
+                let p = *up.choose(&mut self.rng).unwrap();
+                self.crash(p);
+                let keep = match c {
+                    Command::Wipe => {
+                        self.stats.wipes += 1;
+                        self.peers[p].disk.incarnation = self.rng.gen();
+                        BTreeSet::new()
+                    }
+                    _ => {
+                        self.stats.rollbacks += 1;
+                        self.snapshots.get(&p).cloned().unwrap_or_default()
+                    }
+                };
+                let lost: Vec<Ck> = (self.peers[p].disk.hosted.keys())
+                    .filter(|k| !keep.contains(k))
+                    .copied()
+                    .collect();
+                self.log(|| format!("p{} {c:?}: {} chunks gone", p + 1, lost.len()));
+                for key in lost {
+                    self.unhost(p, key, Gone::Wiped);
+                }
+            }
             Command::Crash => {
                 let up = self.up_peers();
                 if up.len() <= self.peers.len() / 2 {
                     return;
                 }
                 let p = *up.choose(&mut self.rng).unwrap();
-                let down = Duration::from_millis(self.rng.gen_range(500..=20_000));
-                self.stats.crashes += 1;
-                for q in &self.peers {
-                    let settled = |ci: &usize| {
-                        (self.completed_at.get(ci)).is_some_and(|t| self.now >= *t + SETTLING)
-                    };
-                    let running =
-                        (q.disk.files.iter()).filter(|(ci, v)| !v.complete || !settled(ci));
-                    self.crashed_during.extend(running.map(|(ci, _)| *ci));
-                }
-                let peer = &mut self.peers[p];
-                peer.engine = None;
-                peer.jobs.clear();
-                peer.life += 1;
-                peer.repair_due = false;
-                peer.deletes_done.clear();
-                self.log(|| format!("p{} crashed for {down:?}", p + 1));
-                self.schedule(self.now + down, Event::Restart { peer: p });
+                self.crash(p);
             }
         }
+    }
+
+    /// Peer p crashes, and restarts 0.5-20 s later.
+    fn crash(&mut self, p: usize) {
+        let down = Duration::from_millis(self.rng.gen_range(500..=20_000));
+        self.stats.crashes += 1;
+        for q in &self.peers {
+            let settled =
+                |ci: &usize| (self.completed_at.get(ci)).is_some_and(|t| self.now >= *t + SETTLING);
+            let running = (q.disk.files.iter()).filter(|(ci, v)| !v.complete || !settled(ci));
+            self.crashed_during.extend(running.map(|(ci, _)| *ci));
+        }
+        let peer = &mut self.peers[p];
+        peer.engine = None;
+        peer.jobs.clear();
+        peer.life += 1;
+        peer.repair_due = false;
+        peer.deletes_done.clear();
+        self.log(|| format!("p{} crashed for {down:?}", p + 1));
+        self.schedule(self.now + down, Event::Restart { peer: p });
     }
 
     /// `peerstash reclaim QUOTA`: drops the most over-replicated chunks until the rest fits,
@@ -2211,10 +2386,14 @@ impl Sim {
         let mut engine = Peer::new(peer.id, seed);
         if peer.v2 {
             engine.enhance(Some(peer.tcp_port), hello_every);
+            engine.set_incarnation(peer.disk.incarnation);
+            engine.verify_holders(VERIFY_EVERY, at);
         }
         engine.start(at);
         peer.engine = Some(engine);
         peer.next_hello = None;
+        let hosted = peer.disk.hosted.keys().copied().collect();
+        self.snapshots.insert(p, hosted);
         // What the engine of a past life was doing is gone with it.
         self.put_waiting.retain(|(q, _), _| *q != p);
         self.getchunk_tcp.retain(|(q, _), _| *q != p);
@@ -2481,6 +2660,29 @@ impl Sim {
         }
     }
 
+    /// 2.0 (issue 24): every holder a 2.0 home counts at a 2.0 peer holds the chunk.
+    fn check_counted_holders(&mut self) {
+        for p in (0..self.peers.len()).filter(|p| self.peers[*p].v2) {
+            for (ci, v) in &self.peers[p].disk.files {
+                for (no, set) in v.holders.iter().enumerate() {
+                    let key = (*ci, no as u32);
+                    for holder in set {
+                        let q = holder.0 as usize - 1;
+                        if !self.peers[q].v2 || self.peers[q].disk.hosted.contains_key(&key) {
+                            continue;
+                        }
+                        let msg = format!(
+                            "after a verification round, peer {} counts peer {holder} a holder of {}, which it does not hold",
+                            p + 1,
+                            short(&self.contents[*ci].chunk_id(no as u32))
+                        );
+                        return self.fail(msg);
+                    }
+                }
+            }
+        }
+    }
+
     /// Why no peer hosts a chunk of a complete version any more. Legitimate: no peer ever stored
     /// it (no room); every copy was made before the version was last inserted (copies of a
     /// deleted incarnation, which its DELETEs took; the new backup reached no peer); a copy made
@@ -2586,6 +2788,12 @@ impl Sim {
         self.final_restores();
         self.quiet("after the final restores");
         self.check_all();
+        // 2.0 (issue 24): one verification round, then every holder a 2.0 home counts at a
+        // 2.0 peer holds the chunk, whatever was lost, wiped or rolled back.
+        self.run_for(VERIFY_EVERY + Duration::from_secs(20));
+        self.quiet("after a verification round");
+        self.check_all();
+        self.check_counted_holders();
         match self.failure.take() {
             Some(f) => Err(f),
             None => Ok(self.stats.clone()),
@@ -2750,6 +2958,15 @@ fn seeds_keep_every_invariant() {
         );
         assert!(
             total.delete_acks > 0 && total.redeletes > 0 && total.hellos > 0,
+            "{total:?}"
+        );
+        // Issue 24: stores were wiped and rolled back, and homes stopped counting holders on a
+        // new incarnation and on a failed proof.
+        assert!(
+            total.wipes > 0
+                && total.rollbacks > 0
+                && total.incarnation_drops > 0
+                && total.proof_drops > 0,
             "{total:?}"
         );
     }

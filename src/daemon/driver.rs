@@ -18,6 +18,7 @@ use crate::engine::peer::{
     Action, BackupOutcome, Expect, JobId, JobKind, Owner, Peer, Put, Role, HELLO_EVERY,
     MAX_PEERS_SEEN,
 };
+use crate::engine::verify::{self, Sample};
 use crate::net::{ChannelSocket, MAX_DATAGRAM};
 use crate::protocol::auth;
 use crate::protocol::{sha256_hex, ChunkId, FileId, Message, MessageKind, PeerId, Rd, Version};
@@ -71,6 +72,10 @@ pub(crate) enum Input {
     TcpChunk(Message),
     /// 2.0: DELETEs a peer that is back has not acknowledged.
     Redelete(Vec<FileId>),
+    /// 2.0: the chunks of ours to prove this round (`engine::verify`).
+    VerifySamples(Vec<Sample>),
+    /// 2.0: a hosted chunk read for a PROVE (None: not here, or damaged).
+    Proof(ChunkId, u128, Option<Vec<u8>>),
 }
 
 /// What a job hears back from the engine.
@@ -174,6 +179,8 @@ pub(crate) async fn run(
         // Several HELLOs per holder_timeout: a live peer is never counted lost.
         let hello_every = HELLO_EVERY.min(config.peer.holder_timeout / 5);
         engine.enhance(node.tcp_port, hello_every);
+        engine.set_incarnation(node.incarnation);
+        engine.verify_holders(config.peer.verify_every, Instant::now());
     }
     engine.start(Instant::now());
     let mut d = Driver {
@@ -313,6 +320,8 @@ impl Driver {
             Input::FileDeleted(file_id, freed) => e.file_deleted(&file_id, freed, now),
             Input::TcpChunk(msg) => e.handle_tcp(msg),
             Input::Redelete(file_ids) => e.redelete(file_ids, now),
+            Input::VerifySamples(samples) => e.verify_samples(samples, now),
+            Input::Proof(chunk, nonce, body) => e.proof(chunk, nonce, body),
         }
     }
 
@@ -575,6 +584,90 @@ impl Driver {
                         }
                         Err(e) => {
                             tracing::warn!("cannot look up the deletes peer {peer} missed: {e}")
+                        }
+                    }
+                });
+            }
+            Action::Incarnation { peer, inc } => {
+                let Some(permit) = node.datagram_permit() else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let text = format!("{inc:016x}");
+                    let r = (node.catalog)
+                        .call(move |c| c.peer_incarnation(peer, &text))
+                        .await;
+                    drop(permit);
+                    match r {
+                        Ok(Some(copies)) => {
+                            tracing::warn!(
+                                "peer {peer} has a new chunk store (incarnation {inc:016x}): the {copies} chunk copies it held are no longer counted, and are made again"
+                            );
+                            node.repair.notify_one();
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!("cannot record the incarnation of peer {peer}: {e}")
+                        }
+                    }
+                });
+            }
+            Action::SampleHolders => {
+                tokio::spawn(async move {
+                    let r = (node.catalog)
+                        .call(|c| {
+                            c.verify_samples(verify::CHUNKS_PER_HOLDER, verify::HOLDERS_PER_ROUND)
+                        })
+                        .await;
+                    let samples = match r {
+                        Ok(rows) => rows
+                            .into_iter()
+                            .map(|(holder, chunk, len, hash)| Sample {
+                                holder,
+                                chunk,
+                                len,
+                                hash,
+                            })
+                            .collect(),
+                        Err(e) => {
+                            tracing::warn!(
+                                "cannot pick the chunks to verify at their holders: {e}"
+                            );
+                            Vec::new()
+                        }
+                    };
+                    node.engine(Input::VerifySamples(samples));
+                });
+            }
+            Action::ReadForProof { chunk, nonce } => {
+                // Bounded by the engine: a few PROVEs answered per second.
+                tokio::spawn(async move {
+                    let (wire, body) = match disk::read_hosted(&node, &chunk).await {
+                        Some((row, body)) => (row.chunk_id(), Some(body)),
+                        None => (chunk, None),
+                    };
+                    node.engine(Input::Proof(wire, nonce, body));
+                });
+            }
+            Action::NotHolder {
+                peer,
+                chunk,
+                failure,
+            } => {
+                tokio::spawn(async move {
+                    let c = chunk.clone();
+                    let r = (node.catalog)
+                        .call(move |cat| cat.remove_holder(&c.file_id, c.chunk_no, peer))
+                        .await;
+                    match r {
+                        Ok(perceived) => {
+                            tracing::warn!(
+                                "peer {peer} failed to prove it holds chunk {chunk} ({failure:?}): no longer counted (perceived RD now {perceived}); repairing"
+                            );
+                            node.repair.notify_one();
+                        }
+                        Err(e) => {
+                            tracing::warn!("cannot drop peer {peer} as a holder of {chunk}: {e}")
                         }
                     }
                 });

@@ -82,6 +82,8 @@ pub struct Node {
     /// When this daemon started (unix ms): a holder not heard since is given a full
     /// holder_timeout from here, so our own downtime never counts against it.
     pub started_ms: i64,
+    /// 2.0: this chunk store's incarnation (`store::incarnation`), announced to the peers.
+    pub incarnation: u64,
     /// When a scan last found each watched folder with nothing to back up (unix ms): with the
     /// last completed backup, when the folder was last known backed up (`status`, metrics).
     pub folders_checked: Mutex<std::collections::BTreeMap<std::path::PathBuf, i64>>,
@@ -458,6 +460,8 @@ pub async fn start(
             db.display()
         )
     })?;
+    let incarnation = crate::store::incarnation::load_or_make(&state_dir, &catalog)
+        .map_err(|e| anyhow::anyhow!("{e}: check that {} is writable", state_dir.display()))?;
     let catalog = CatalogHandle::start(catalog);
     let master_key = settle_master_key(&catalog, &config, &options).await?;
     let quota = cmd::reclaim::effective_quota(&catalog, config.storage.quota).await?;
@@ -528,6 +532,7 @@ pub async fn start(
         tcp_port: tcp.as_ref().map(|(_, port)| *port),
         pulls: crate::net::tcp::Pulls::new(),
         started_ms: crate::store::unix_ms(),
+        incarnation,
         folders_checked: Mutex::new(Default::default()),
         traffic_history: Mutex::new(Default::default()),
         snapshotting: tokio::sync::Mutex::new(()),

@@ -8,3 +8,4 @@ pub mod reclaim;
 pub mod restore;
 pub mod retry;
 pub mod serve;
+pub mod verify;

@@ -17,6 +17,7 @@ use super::backup::{self, ChunkBackup, Ended, Pace, Window};
 use super::lru::LruMap;
 use super::restore::{self, ChunkFetch};
 use super::serve::{MdrBudget, PendingReply, ReplyLimit, MAX_CHUNK_INTERVAL, MIN_CHUNK_INTERVAL};
+use super::verify::{self, Incarnations, ProofLimit, Sample, Verify, VerifyOut};
 use crate::protocol::{sha256_hex, ChunkId, FileId, Message, MessageKind, PeerId, Rd, Version};
 use std::net::{IpAddr, SocketAddr};
 
@@ -281,6 +282,19 @@ pub enum Action {
     PeerBack { peer: PeerId },
     /// 2.0: look at a hosted chunk's RD again (report with `removed`, as after a REMOVED).
     Recheck { chunk: ChunkId },
+    /// 2.0: a peer announced its store's incarnation (new to us, or changed): record it; if it
+    /// changed, the peer holds nothing it held (`verify`).
+    Incarnation { peer: PeerId, inc: u64 },
+    /// 2.0: a verification round: pick chunks of ours to prove, hand them to `verify_samples`.
+    SampleHolders,
+    /// 2.0: a home asked us to prove we hold `chunk`: read it (checked), hand it to `proof`.
+    ReadForProof { chunk: ChunkId, nonce: u128 },
+    /// 2.0: `peer` failed to prove it holds a chunk of ours: it is no longer counted for it.
+    NotHolder {
+        peer: PeerId,
+        chunk: ChunkId,
+        failure: super::verify::Failure,
+    },
 }
 
 /// Counters of what the engine dropped or sent, for `state`.
@@ -518,6 +532,12 @@ pub struct Peer {
     transmits: VecDeque<Message>,
     actions: VecDeque<Action>,
     counters: Counters,
+    /// 2.0: holder verification (`verify`): our store's incarnation, the peers', the proofs we
+    /// await as a home and the proofs we give as a holder.
+    incarnation: Option<u64>,
+    incarnations: Incarnations,
+    verify: Option<Verify>,
+    proof_limit: ProofLimit,
 }
 
 impl Peer {
@@ -563,6 +583,10 @@ impl Peer {
             transmits: VecDeque::new(),
             actions: VecDeque::new(),
             counters: Counters::default(),
+            incarnation: None,
+            incarnations: Incarnations::new(MAX_PEERS_SEEN),
+            verify: None,
+            proof_limit: ProofLimit::default(),
         }
     }
 
@@ -612,7 +636,9 @@ impl Peer {
 
     /// When `handle_timeout` should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.keys().next().map(|(at, _)| *at)
+        let timer = self.timers.keys().next().map(|(at, _)| *at);
+        let verify = self.verify.as_ref().and_then(Verify::poll_timeout);
+        timer.into_iter().chain(verify).min()
     }
 
     /// Whether a DELETE of the file was heard at or after `since` (a file backup that ends
@@ -645,13 +671,15 @@ impl Peer {
             MessageKind::GetChunk { .. } => self.counters.getchunks_sent += 1,
             _ => {}
         }
-        self.transmits.push_back(Message::new(self.id, kind));
+        let msg = self.with_incarnation(Message::new(self.id, kind));
+        self.transmits.push_back(msg);
     }
 
     /// A message of the 2.0 enhancements (1.0 peers ignore it, or take it as 1.0 would).
     fn send_v2(&mut self, kind: MessageKind) {
         let mut msg = Message::new(self.id, kind);
         msg.version = Version::V2_0;
+        let msg = self.with_incarnation(msg);
         self.transmits.push_back(msg);
     }
 
@@ -676,6 +704,15 @@ impl Peer {
         }
         if self.enhanced {
             self.heard(sender, matches!(msg.kind, MessageKind::Hello), now);
+            if let Some(inc) = verify::incarnation_of(&msg) {
+                self.on_incarnation(sender, inc, now);
+            }
+            if matches!(
+                msg.kind,
+                MessageKind::Prove { .. } | MessageKind::Proof { .. }
+            ) {
+                return self.on_verify_message(msg, now);
+            }
         }
         let (version, tcp_port, pull) = (msg.version, msg.tcp_port(), msg.has_line(PULL_LINE));
         match msg.kind {
@@ -716,7 +753,7 @@ impl Peer {
                         .push_back(Action::DeleteAcked { file_id, peer });
                 }
             }
-            MessageKind::Hello => {}
+            MessageKind::Hello | MessageKind::Prove { .. } | MessageKind::Proof { .. } => {}
         }
     }
 
@@ -1869,6 +1906,7 @@ impl Peer {
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.verify_timeout(now);
         while let Some(entry) = self.timers.first_entry() {
             if entry.key().0 > now {
                 break;
@@ -2036,6 +2074,136 @@ pub struct Load {
     pub fetching: usize,
     pub rebacking: usize,
     pub timers: usize,
+}
+
+// ---- 2.0: holder verification (`verify`) ------------------------------------------------------
+impl Peer {
+    /// 2.0: our chunk store's incarnation, announced in HELLO and STORED (and PROOF).
+    pub fn set_incarnation(&mut self, inc: u64) {
+        self.incarnation = Some(inc);
+    }
+
+    /// 2.0: as a home peer, asks each holder to prove a few chunks of ours every `every`.
+    pub fn verify_holders(&mut self, every: Duration, now: Instant) {
+        self.verify = Some(Verify::new(every, now));
+    }
+
+    /// 2.0: when the next verification round is due, if no proof is awaited (None: none is
+    /// due, or proofs are awaited): a simulation waits for quiet until then.
+    pub fn verify_idle_until(&self) -> Option<Instant> {
+        self.verify.as_ref().and_then(Verify::idle_until)
+    }
+
+    /// The `INC` line on what says this store holds something (STORED, PROOF) or announces it
+    /// (HELLO): 2.0 only; 1.0 peers and other implementations ignore extra lines.
+    fn with_incarnation(&self, mut msg: Message) -> Message {
+        let says = matches!(
+            msg.kind,
+            MessageKind::Stored { .. } | MessageKind::Hello | MessageKind::Proof { .. }
+        );
+        if let (true, true, Some(inc)) = (self.enhanced, says, self.incarnation) {
+            msg.extra_lines.push(verify::inc_line(inc));
+        }
+        msg
+    }
+
+    fn on_incarnation(&mut self, peer: PeerId, inc: u64, now: Instant) {
+        if self.incarnations.heard(peer, inc, now) {
+            self.actions.push_back(Action::Incarnation { peer, inc });
+        }
+    }
+
+    /// PROVE (for us only if it names us) and PROOF (for us only if it answers a PROVE of ours).
+    fn on_verify_message(&mut self, msg: Message, now: Instant) {
+        let Some(nonce) = verify::nonce_of(&msg) else {
+            return;
+        };
+        let none = msg.has_line(verify::NONE_LINE);
+        let ours = verify::holder_of(&msg) == Some(self.id);
+        match msg.kind {
+            MessageKind::Prove { chunk } if ours && self.proof_limit.take(now) => {
+                self.actions
+                    .push_back(Action::ReadForProof { chunk, nonce });
+            }
+            MessageKind::Proof { chunk, body } => {
+                let body = (!none).then_some(body.as_slice());
+                let out = (self.verify.as_mut())
+                    .and_then(|v| v.on_proof(msg.sender, &chunk, nonce, body));
+                self.verify_out(out.into_iter().collect());
+            }
+            _ => {}
+        }
+    }
+
+    /// The hosted chunk a PROVE asked for, read and checked (None: not here): the PROOF.
+    pub fn proof(&mut self, chunk: ChunkId, nonce: u128, body: Option<Vec<u8>>) {
+        let none = body.is_none();
+        let mut msg = Message::new(
+            self.id,
+            MessageKind::Proof {
+                chunk,
+                body: body.unwrap_or_default(),
+            },
+        );
+        msg.version = Version::V2_0;
+        msg.extra_lines.push(verify::nonce_line(nonce));
+        if none {
+            msg.extra_lines.push(verify::NONE_LINE.into());
+        }
+        let msg = self.with_incarnation(msg);
+        self.transmits.push_back(msg);
+    }
+
+    /// The chunks of ours to prove this round.
+    pub fn verify_samples(&mut self, samples: Vec<Sample>, now: Instant) {
+        let Some(v) = self.verify.as_mut() else {
+            return;
+        };
+        let rng = &mut self.rng;
+        let out = v.samples(samples, now, || rng.gen());
+        self.verify_out(out);
+    }
+
+    fn verify_timeout(&mut self, now: Instant) {
+        let Some(v) = self.verify.as_mut() else {
+            return;
+        };
+        let (seen, incs) = (&self.seen, &self.incarnations);
+        let out = v.on_timeout(now, |p| {
+            incs.knows(p)
+                .then(|| seen.get(&p).map(|s| s.last))
+                .flatten()
+        });
+        self.verify_out(out);
+    }
+
+    fn verify_out(&mut self, out: Vec<VerifyOut>) {
+        for o in out {
+            match o {
+                VerifyOut::AskSamples => self.actions.push_back(Action::SampleHolders),
+                VerifyOut::Prove {
+                    holder,
+                    chunk,
+                    nonce,
+                } => {
+                    let mut msg = Message::new(self.id, MessageKind::Prove { chunk });
+                    msg.version = Version::V2_0;
+                    msg.extra_lines.push(verify::holder_line(holder));
+                    msg.extra_lines.push(verify::nonce_line(nonce));
+                    self.transmits.push_back(msg);
+                }
+                VerifyOut::Failed {
+                    holder,
+                    chunk,
+                    failure,
+                } => self.actions.push_back(Action::NotHolder {
+                    peer: holder,
+                    chunk,
+                    failure,
+                }),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

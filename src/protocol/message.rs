@@ -1,4 +1,5 @@
-//! The six messages of protocol 1.0, the two of 2.0 (DELETED, HELLO), and their codec (SPEC §2, §3): a header line of space-separated
+//! The six messages of protocol 1.0, the two of 2.0 (DELETED, HELLO), peerstash's PROVE and
+//! PROOF, and their codec (SPEC §2, §3): a header line of space-separated
 //! fields, optional extra header lines, an empty line, then the body. Lenient on spaces and extra
 //! lines, strict on field syntax: anything else is a `ParseError`, never a panic.
 
@@ -209,6 +210,16 @@ pub enum MessageKind {
     },
     /// 2.0: a peer announces itself, at start and periodically.
     Hello,
+    /// 2.0 (peerstash): a home peer asks one holder (its `HOLDER` line) to prove it has a chunk
+    /// (`engine::verify`; the nonce in a `NONCE` line).
+    Prove {
+        chunk: ChunkId,
+    },
+    /// 2.0 (peerstash): the answer to PROVE: the chunk's body, or a `NONE` line.
+    Proof {
+        chunk: ChunkId,
+        body: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -282,13 +293,15 @@ impl Message {
             MessageKind::Removed { .. } => "REMOVED",
             MessageKind::Deleted { .. } => "DELETED",
             MessageKind::Hello => "HELLO",
+            MessageKind::Prove { .. } => "PROVE",
+            MessageKind::Proof { .. } => "PROOF",
         }
     }
 
     pub fn channel(&self) -> Channel {
         match self.kind {
             MessageKind::PutChunk { .. } => Channel::Mdb,
-            MessageKind::Chunk { .. } => Channel::Mdr,
+            MessageKind::Chunk { .. } | MessageKind::Proof { .. } => Channel::Mdr,
             _ => Channel::Mc,
         }
     }
@@ -299,7 +312,9 @@ impl Message {
             | MessageKind::Stored { chunk }
             | MessageKind::GetChunk { chunk }
             | MessageKind::Chunk { chunk, .. }
-            | MessageKind::Removed { chunk } => Some(chunk),
+            | MessageKind::Removed { chunk }
+            | MessageKind::Prove { chunk }
+            | MessageKind::Proof { chunk, .. } => Some(chunk),
             MessageKind::Delete { .. } | MessageKind::Deleted { .. } | MessageKind::Hello => None,
         }
     }
@@ -355,7 +370,9 @@ impl Message {
         }
         header += "\r\n";
         let body: &[u8] = match &self.kind {
-            MessageKind::PutChunk { body, .. } | MessageKind::Chunk { body, .. } => body,
+            MessageKind::PutChunk { body, .. }
+            | MessageKind::Chunk { body, .. }
+            | MessageKind::Proof { body, .. } => body,
             _ => &[],
         };
         let mut out = Vec::with_capacity(header.len() + body.len());
@@ -401,6 +418,8 @@ impl Message {
             "DELETE" => ("DELETE", 4),
             "DELETED" => ("DELETED", 4),
             "HELLO" => ("HELLO", 3),
+            "PROVE" => ("PROVE", 5),
+            "PROOF" => ("PROOF", 5),
             other => return Err(ParseError::UnknownType(clip(other))),
         };
         if fields.len() != expected {
@@ -457,6 +476,11 @@ impl Message {
                 body: with_body()?,
             },
             "REMOVED" => MessageKind::Removed { chunk: chunk()? },
+            "PROVE" => MessageKind::Prove { chunk: chunk()? },
+            "PROOF" => MessageKind::Proof {
+                chunk: chunk()?,
+                body: with_body()?,
+            },
             "DELETED" => MessageKind::Deleted { file_id },
             _ => MessageKind::Delete { file_id },
         };
@@ -507,6 +531,11 @@ mod tests {
                 file_id: FileId::parse(ID).unwrap(),
             },
             MessageKind::Hello,
+            MessageKind::Prove { chunk: chunk(5) },
+            MessageKind::Proof {
+                chunk: chunk(6),
+                body: vec![9; 10],
+            },
         ];
         for kind in kinds {
             let m = Message::new(PeerId(42), kind);

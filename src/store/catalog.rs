@@ -460,6 +460,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("files", "no_resume", "INTEGER NOT NULL DEFAULT 0"),
     ("files", "key_fp", "TEXT"),
     ("queue", "since", "INTEGER"),
+    ("peers", "incarnation", "TEXT"), // 2.0: its chunk store's incarnation (`engine::verify`)
 ];
 
 fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
@@ -1859,6 +1860,117 @@ impl Catalog {
         })
     }
 
+    /// 2.0: `peer` announced its store's incarnation `inc`. Recorded; if it differs from the
+    /// one recorded, the store it had is gone: the peer leaves every holder set (it is not
+    /// counted lost: it is alive). Returns how many holder rows it left (None: not changed).
+    /// A peer without a row gets one only as `heard_peers` would add it.
+    pub fn peer_incarnation(&self, peer: PeerId, inc: &str) -> Result<Option<u64>, StoreError> {
+        self.atomically(|| {
+            let known: Option<Option<String>> = self
+                .conn
+                .prepare_cached("SELECT incarnation FROM peers WHERE id = ?1")?
+                .query_row([peer.0], |r| r.get(0))
+                .optional()?;
+            match known {
+                Some(Some(k)) if k == inc => return Ok(None),
+                Some(_) => {}
+                None => {
+                    let rows: i64 = (self.conn.prepare_cached("SELECT COUNT(*) FROM peers")?)
+                        .query_row([], |r| r.get(0))?;
+                    let holds: bool = (self.conn)
+                        .prepare_cached("SELECT EXISTS (SELECT 1 FROM holders WHERE peer = ?1)")?
+                        .query_row([peer.0], |r| r.get(0))?;
+                    if rows as u64 >= MAX_PEER_ROWS && !holds {
+                        return Ok(None);
+                    }
+                    (self.conn.prepare_cached(
+                        "INSERT INTO peers (id, protocol, last_heard) VALUES (?1, '', 0)",
+                    )?)
+                    .execute([peer.0])?;
+                }
+            }
+            (self
+                .conn
+                .prepare_cached("UPDATE peers SET incarnation = ?2 WHERE id = ?1")?)
+            .execute(params![peer.0, inc])?;
+            let Some(Some(_)) = known else {
+                return Ok(None); // the first one heard: nothing to compare with
+            };
+            let removed = (self
+                .conn
+                .prepare_cached("DELETE FROM holders WHERE peer = ?1")?)
+            .execute([peer.0])?;
+            Ok(Some(removed as u64))
+        })
+    }
+
+    /// 2.0: up to `per_holder` random chunks of our own files counted at each of up to
+    /// `max_holders` holders that announced an incarnation (peerstash 2.0 peers: the ones that
+    /// answer PROVE) and are not counted lost: `(holder, chunk, size, hash)`.
+    pub fn verify_samples(
+        &self,
+        per_holder: usize,
+        max_holders: usize,
+    ) -> Result<Vec<(PeerId, ChunkId, u64, String)>, StoreError> {
+        let holders: Vec<u32> = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM peers WHERE incarnation IS NOT NULL AND lost_at IS NULL
+                 AND EXISTS (SELECT 1 FROM holders WHERE peer = peers.id)
+                 ORDER BY random() LIMIT ?1",
+            )?
+            .query_map([max_holders as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        // A random row of the holder's, found by a seek along the index on (peer, rowid) from a
+        // random rowid (wrapping to the start): no sort of all its rows.
+        let max_rowid: i64 = (self.conn)
+            .prepare_cached("SELECT COALESCE(MAX(rowid), 0) FROM holders")?
+            .query_row([], |r| r.get(0))?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT h.file_id, h.chunk_no, c.size, c.hash FROM holders h
+             JOIN file_chunks c ON c.file_id = h.file_id AND c.chunk_no = h.chunk_no
+             WHERE h.peer = ?1 AND h.rowid >= ?2 ORDER BY h.rowid LIMIT 1",
+        )?;
+        let mut out = Vec::new();
+        for peer in holders {
+            let mut picked: Vec<(String, i64)> = Vec::new();
+            for _ in 0..per_holder * 3 {
+                let from = (rand::random::<u64>() >> 1) as i64 % (max_rowid + 1);
+                let mut row = |start: i64| {
+                    stmt.query_row(params![peer, start], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, String>(3)?,
+                        ))
+                    })
+                    .optional()
+                };
+                let found = match row(from)? {
+                    Some(found) => Some(found),
+                    None => row(0)?,
+                };
+                let Some((file_id, chunk_no, size, hash)) = found else {
+                    break; // it holds none of our chunks
+                };
+                if picked.contains(&(file_id.clone(), chunk_no)) {
+                    continue;
+                }
+                picked.push((file_id.clone(), chunk_no));
+                let chunk = ChunkId {
+                    file_id: file_id_of(file_id)?,
+                    chunk_no: chunk_no_of(chunk_no)?,
+                };
+                out.push((PeerId(peer), chunk, size as u64, hash));
+                if picked.len() >= per_holder {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// `peer` acknowledged the DELETE of a version of ours (DELETED): it owes nothing more for
     /// it. True if it was still owed.
     pub fn delete_acked(&self, file_id: &FileId, peer: PeerId) -> Result<bool, StoreError> {
@@ -2781,6 +2893,50 @@ mod tests {
             .lost_holders(40_000, timeout, 30_000)
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn a_new_incarnation_takes_the_peer_out_of_every_holder_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        cat.insert_file(&file('a', "/f")).unwrap();
+        for n in 0..3 {
+            cat.put_file_chunk(&fid('a'), ChunkNo(n), 10, &format!("h{n}"))
+                .unwrap();
+            cat.add_holders(&fid('a'), ChunkNo(n), &[PeerId(2), PeerId(3)])
+                .unwrap();
+        }
+        cat.insert_hosted(&hosted('b', 0, 100, 3), &[PeerId(2)])
+            .unwrap();
+        // The first one heard is only recorded; the same again changes nothing.
+        assert_eq!(cat.peer_incarnation(PeerId(2), "aa").unwrap(), None);
+        assert_eq!(cat.peer_incarnation(PeerId(2), "aa").unwrap(), None);
+        assert_eq!(cat.perceived(&fid('a'), ChunkNo(0)).unwrap(), 2);
+        // Another one: peer 2 holds nothing any more (ours, hosted); peer 3 is untouched.
+        assert_eq!(cat.peer_incarnation(PeerId(2), "bb").unwrap(), Some(4));
+        assert_eq!(cat.holders(&fid('a'), ChunkNo(1)).unwrap(), vec![PeerId(3)]);
+        assert_eq!(
+            cat.holders(&fid('b'), ChunkNo(0)).unwrap(),
+            Vec::<PeerId>::new()
+        );
+        // Verification picks only holders with an incarnation, and only our own chunks.
+        cat.add_holders(&fid('a'), ChunkNo(2), &[PeerId(2)])
+            .unwrap();
+        cat.add_holders(&fid('b'), ChunkNo(0), &[PeerId(2)])
+            .unwrap();
+        let picked = cat.verify_samples(3, 64).unwrap();
+        assert_eq!(picked.len(), 1, "{picked:?}");
+        assert_eq!((picked[0].0, picked[0].1.chunk_no), (PeerId(2), ChunkNo(2)));
+        assert_eq!((picked[0].2, picked[0].3.as_str()), (10, "h2"));
+        cat.peer_incarnation(PeerId(3), "cc").unwrap();
+        let mut picked = cat.verify_samples(3, 64).unwrap();
+        picked.retain(|p| p.0 == PeerId(3));
+        let mut nos: Vec<u32> = picked.iter().map(|p| p.1.chunk_no.0).collect();
+        nos.sort();
+        assert!(
+            !nos.is_empty() && nos.windows(2).all(|w| w[0] < w[1]),
+            "{picked:?}"
+        );
     }
 
     #[test]

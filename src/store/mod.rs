@@ -3,6 +3,7 @@
 pub mod catalog;
 pub mod chunks;
 pub mod health;
+pub mod incarnation;
 pub mod snapshot;
 
 pub use catalog::{
