@@ -87,6 +87,17 @@ pub enum Command {
         /// catalog.db.before-recover).
         #[arg(long)]
         force: bool,
+        /// List the snapshots found on the peers (number, when taken, whether whole), and
+        /// change nothing.
+        #[arg(long, conflicts_with_all = ["at", "none", "force"])]
+        list: bool,
+        /// Install snapshot N (as `--list` shows it), not the newest.
+        #[arg(long, value_name = "N", conflicts_with = "none")]
+        at: Option<String>,
+        /// There is no catalog to recover (a new peer whose master key was made beforehand):
+        /// start taking catalog snapshots.
+        #[arg(long, conflicts_with = "force")]
+        none: bool,
     },
     /// Whether this peer's files are safe, at a glance: one health line (the degraded and
     /// at-risk files by name), quota and use, the queue, the last backup of each watched folder,

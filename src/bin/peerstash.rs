@@ -182,17 +182,27 @@ fn run(args: Args) -> i32 {
             meter.finish();
             r
         }
-        Command::Recover { days, force } => {
+        Command::Recover {
+            days,
+            force,
+            list,
+            at,
+            none,
+        } => {
             let request = Request::Recover {
                 days: Some(days),
                 force,
+                list,
+                at,
+                none,
             };
+            let restarts = !list && !none;
             let mut meter = peerstash::cli::Meter::new("recover", json);
             let result = runtime.block_on(control::call_events(&socket, &request, &[], |e| {
                 meter.event(e)
             }));
             meter.finish();
-            if let Ok((exit::OK, message, data)) = &result {
+            if let (true, Ok((exit::OK, message, data))) = (restarts, &result) {
                 if !json {
                     peerstash::outln!("{message}");
                 }
@@ -676,10 +686,9 @@ fn print_state(s: &PeerState, below: Option<&Path>) {
     }
     if let Some(snap) = &s.catalog_snapshot {
         peerstash::outln!(
-            "catalog snapshot: {}:{} ({}), {}",
-            snap.day,
-            snap.n,
-            peerstash::protocol::seal::Slot::day_text(snap.day),
+            "catalog snapshot: {} ({}), {}",
+            snap.snapshot,
+            snap.taken,
             match snap.at_rd {
                 true => "at its RD: `peerstash recover` would find it",
                 false => "below its RD: `peerstash recover` would not find it yet (what it misses is sent again every 10 minutes)",
@@ -841,8 +850,9 @@ fn print_status(s: &StatusReport, now_ms: i64) {
     peerstash::outln!("peers: {} heard, {} lost", s.peers_heard, s.peers_lost);
     if let Some(snap) = &s.catalog_snapshot {
         peerstash::outln!(
-            "catalog snapshot: {} ({})",
-            peerstash::protocol::seal::Slot::day_text(snap.day),
+            "catalog snapshot: {} ({}, {})",
+            snap.snapshot,
+            snap.taken,
             match snap.at_rd {
                 true => "at its RD",
                 false => "below its RD",

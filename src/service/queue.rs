@@ -228,7 +228,9 @@ async fn work_on(
                         r.version,
                         r.size
                     );
-                    // The new version is fully replicated: older ones beyond the policy go.
+                    // The new version is fully replicated: older ones beyond the policy go, once
+                    // a catalog snapshot names it (taken soon: the snapshot worker is woken).
+                    node.snapshot_wake.notify_one();
                     let policy = Policy::KeepVersions(watch.keep_versions);
                     let forgotten = forget_versions(node, path, policy).await;
                     if let Err(e) = &forgotten {

@@ -424,6 +424,9 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("peers", "auth_mark", "INTEGER NOT NULL DEFAULT 0"),
     ("peers", "auth_mark_at", "INTEGER NOT NULL DEFAULT 0"),
     ("files", "no_resume", "INTEGER NOT NULL DEFAULT 0"),
+    ("files", "completed_no", "INTEGER"),
+    ("snapshots", "taken_ms", "INTEGER"),
+    ("snapshots", "mark", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
@@ -612,6 +615,13 @@ impl Catalog {
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             )?
             .execute(params![key, value])?;
+        Ok(())
+    }
+
+    pub fn delete_meta(&self, key: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM meta WHERE key = ?1")?
+            .execute([key])?;
         Ok(())
     }
 
@@ -834,12 +844,22 @@ impl Catalog {
         Ok(version)
     }
 
-    /// Marks a version complete; false if it is not (any more) in the catalog.
+    /// Marks a version complete; false if it is not (any more) in the catalog. It gets the
+    /// next count of completions (`completed_no`), by which a snapshot's `mark` says whether
+    /// it names it.
     pub fn set_file_complete(&self, file_id: &FileId) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES ('completions', 1)
+                 ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+            )?
+            .execute([])?;
         Ok(self
             .conn
             .prepare_cached(
-                "UPDATE files SET complete = 1, completed_ms = COALESCE(completed_ms, ?2)
+                "UPDATE files SET complete = 1, completed_ms = COALESCE(completed_ms, ?2),
+                 completed_no = COALESCE(completed_no,
+                     (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'completions'))
                  WHERE file_id = ?1",
             )?
             .execute(params![file_id.key(), unix_ms()])?
@@ -917,9 +937,22 @@ impl Catalog {
             Forget::UserDelete => None,
             Forget::KeepVersions { keep } => {
                 let needed = if row.complete { keep.max(1) } else { 1 };
-                (newer_complete < needed).then(|| {
-                    format!("only {newer_complete} newer complete versions, {needed} needed")
-                })
+                if newer_complete < needed {
+                    Some(format!(
+                        "only {newer_complete} newer complete versions, {needed} needed"
+                    ))
+                } else if self.newer_snapshotted(file_id)? < needed {
+                    // Not an error: it goes once a snapshot at its RD names the newer ones
+                    // (else a recover would find a catalog naming only this version, gone).
+                    tracing::debug!(
+                        "version {} of {} is kept until a catalog snapshot names the newer ones",
+                        row.version,
+                        row.path.display()
+                    );
+                    return Ok(false);
+                } else {
+                    None
+                }
             }
             Forget::DeletedExpired { keep_deleted_ms } => {
                 let absent_ms: i64 = self
@@ -959,6 +992,20 @@ impl Catalog {
         }
         self.atomically(|| self.delete_file(file_id, now_ms))?;
         Ok(true)
+    }
+
+    /// Complete versions of `file_id`'s path newer than it that a catalog snapshot at its RD
+    /// names (`Catalog::snapshotted_mark`).
+    fn newer_snapshotted(&self, file_id: &FileId) -> Result<u32, StoreError> {
+        let mark = self.snapshotted_mark()?;
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM files g, files f
+                 WHERE f.file_id = ?1 AND g.path = f.path AND g.version > f.version
+                   AND g.complete = 1 AND COALESCE(g.completed_no, 0) <= ?2",
+            )?
+            .query_row(params![file_id.key(), mark], |r| r.get(0))?)
     }
 
     pub fn set_file_rd(&self, file_id: &FileId, rd: u8) -> Result<(), StoreError> {
@@ -2113,6 +2160,14 @@ mod tests {
         assert_eq!(cat.pending_deletes().unwrap(), vec![fid('b')]);
         assert_eq!(cat.insert_version(&file('c', "/w/f"), mine).unwrap(), 3);
         cat.set_file_complete(&fid('c')).unwrap();
+        // Issue 24, case 2: not before a catalog snapshot at its RD names version 3.
+        assert!(!cat
+            .forget(&fid('a'), Forget::KeepVersions { keep: 1 }, 1_000)
+            .unwrap());
+        let snap = FileId::from_digest(&[0x5A; 32]);
+        cat.claim_snapshot(&snap, crate::protocol::seal::SnapshotNo::Numbered(1), 0)
+            .unwrap();
+        cat.set_snapshot_at_rd(&snap).unwrap();
         assert!(cat
             .forget(&fid('a'), Forget::KeepVersions { keep: 1 }, 1_000)
             .unwrap());

@@ -10,6 +10,7 @@ use super::Done;
 use crate::control::{exit, FolderStatus, SnapshotInfo, StatusReport};
 use crate::daemon::Node;
 use crate::store::health::from_counts;
+use crate::store::snapshot::WAIT_RECOVER;
 use crate::store::{Catalog, Health, StoreError};
 
 /// The health of the newest version of each of our files (its newest complete one, else its
@@ -55,6 +56,11 @@ pub(crate) fn overview(
     })
 }
 
+/// What status and state say while a reinstalled peer waits for `peerstash recover`.
+pub(crate) fn wait_recover_warning() -> String {
+    "no catalog snapshot is taken: this peer looks reinstalled (a new catalog, a master key that existed before). Run `peerstash recover` to install the lost computer's catalog (`peerstash recover --list` shows the snapshots found), or `peerstash recover --none` if there is none".into()
+}
+
 pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
     let watched: Vec<PathBuf> = node.config().watch.iter().map(|w| w.path.clone()).collect();
     let folders_asked = match owner {
@@ -68,10 +74,11 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
                 None => c.newest_snapshot()?.map(SnapshotInfo::from),
                 Some(_) => None,
             };
-            Ok((overview(c, owner, folders_asked)?, snapshot))
+            let waiting = owner.is_none() && c.meta(WAIT_RECOVER)?.is_some();
+            Ok((overview(c, owner, folders_asked)?, (snapshot, waiting)))
         })
         .await;
-    let (o, catalog_snapshot) = match r {
+    let (o, (catalog_snapshot, waiting)) = match r {
         Ok(x) => x,
         Err(e) => return e.into(),
     };
@@ -100,7 +107,9 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
         peers_heard: o.peers.0,
         peers_lost: o.peers.1,
         catalog_snapshot,
-        warnings: node.duplicate_id_warning().into_iter().collect(),
+        warnings: (node.duplicate_id_warning().into_iter())
+            .chain(waiting.then(wait_recover_warning))
+            .collect(),
     };
     for (path, h, _) in o.health {
         match h {
@@ -131,7 +140,7 @@ mod tests {
 
     use super::*;
     use crate::protocol::message::{ChunkNo, FileId, PeerId};
-    use crate::protocol::seal::Slot;
+    use crate::protocol::seal::SnapshotNo;
     use crate::store::{health, BackupId, FileRow};
 
     /// The walk `newest_health` replaced (one query per file): the oracle.
@@ -205,14 +214,8 @@ mod tests {
                 c.add_holders(&id, ChunkNo(no), &holders).unwrap();
             }
             if i % 50 == 7 {
-                c.claim_snapshot(
-                    &id,
-                    Slot {
-                        day: 1,
-                        n: i as u16,
-                    },
-                )
-                .unwrap();
+                c.claim_snapshot(&id, SnapshotNo::Numbered(u64::from(i)), 0)
+                    .unwrap();
             }
         }
         for owner in [None, Some(0), Some(1000), Some(5)] {
