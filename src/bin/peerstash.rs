@@ -475,6 +475,11 @@ fn restore_all(
         n => format!(", {n} skipped (they exist: --force overwrites them)"),
     };
     let message = format!("{total} files: {restored} restored, {failed} failed{skipped_note}");
+    if failed == 0 && dest.is_none() {
+        // Every file is back in place: after a recover, keep_deleted applies again. (Root's
+        // only; another user's restore is refused, and changes nothing.)
+        let _ = runtime.block_on(control::call(socket, &Request::RestoredAll, &[], |_| {}));
+    }
     let code = match failed {
         0 => exit::OK,
         _ => exit::FAILED,

@@ -186,6 +186,9 @@ pub enum Request {
     Status,
     /// A catalog snapshot backed up now; root only.
     Snapshot,
+    /// `restore --all` restored every file in place: after a recover, `keep_deleted` applies
+    /// again (`store::snapshot::EXPIRY_HOLD`); root only.
+    RestoredAll,
     /// The newest catalog snapshot of this peer found on the peers and installed (the daemon
     /// restarts with it); root only.
     Recover {

@@ -353,6 +353,9 @@ async fn prepare(
         Request::Snapshot if owner.is_some() => {
             Err("snapshot copies the whole catalog: run it as root".into())
         }
+        Request::RestoredAll if owner.is_some() => {
+            Err("only root's restore --all restores every file".into())
+        }
         Request::Recover { .. } if owner.is_some() => {
             Err("recover replaces this peer's catalog: run it as root".into())
         }
@@ -499,6 +502,7 @@ async fn run(node: Arc<Node>, job: Job, owner: Option<u32>, progress: cmd::Progr
         Job::Other(Request::Scrub) => cmd::scrub::scrub(&node, &progress).await,
         Job::Other(Request::Peers) => cmd::peers::peers(&node).await,
         Job::Other(Request::Snapshot) => cmd::snapshot::snapshot(&node).await,
+        Job::Other(Request::RestoredAll) => cmd::recover::restored_all(&node).await,
         Job::Other(Request::Status) => cmd::status::status(&node, owner).await,
         Job::Other(Request::Recover {
             days,

@@ -284,10 +284,11 @@ fn note_recovery_state(
 
 /// Seconds since the Unix epoch by the system clock (the LAN key's tags carry them).
 pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
+    let s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    s.saturating_add_signed(crate::store::catalog::test_clock_offset_s())
 }
 
 /// How the daemon starts: normally, or re-indexing the chunk files into a lost catalog.

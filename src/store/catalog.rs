@@ -178,9 +178,28 @@ pub const MAX_PEER_ROWS: u64 = 4096;
 
 /// Unix ms by the system clock: the catalog's timestamps (peers heard and lost, deletes owed).
 pub fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
+    let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+        .map_or(0, |d| d.as_millis() as i64);
+    ms.saturating_add(test_clock_offset_s().saturating_mul(1000))
+}
+
+/// Tests only: in a debug build, `PEERSTASH_CLOCK_OFFSET_S` moves this process's wall clock
+/// (`unix_ms`, `daemon::unix_now`) by that many seconds, as a clock set ahead or back would
+/// (tests/durability_snapshots.rs). A release build never reads it.
+pub fn test_clock_offset_s() -> i64 {
+    #[cfg(debug_assertions)]
+    {
+        static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+        *OFFSET.get_or_init(|| {
+            std::env::var("PEERSTASH_CLOCK_OFFSET_S")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        })
+    }
+    #[cfg(not(debug_assertions))]
+    0
 }
 
 /// One peer as `peerstash peers` lists it (`Catalog::peers_report`).
@@ -953,6 +972,15 @@ impl Catalog {
                 } else {
                     None
                 }
+            }
+            Forget::DeletedExpired { .. } if self.meta(super::snapshot::EXPIRY_HOLD)?.is_some() => {
+                // A recovered catalog: every file looks deleted until `restore --all` ran.
+                tracing::debug!(
+                    "version {} of {} does not expire: the catalog was recovered and `peerstash restore --all` has not run",
+                    row.version,
+                    row.path.display()
+                );
+                return Ok(false);
             }
             Forget::DeletedExpired { keep_deleted_ms } => {
                 let absent_ms: i64 = self

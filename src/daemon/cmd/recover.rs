@@ -24,7 +24,7 @@ use crate::daemon::{unix_now, Node};
 use crate::engine::peer::{Expect, JobKind};
 use crate::protocol::seal::{Cut, FileKey, MasterKey, Slot, SnapshotNo};
 use crate::protocol::{ChunkId, ChunkNo, FileId};
-use crate::store::snapshot::{self, HEADER_LEN, RECOVERED, WAIT_RECOVER};
+use crate::store::snapshot::{self, EXPIRY_HOLD, HEADER_LEN, RECOVERED, WAIT_RECOVER};
 use crate::store::{io_disk_full, Catalog};
 
 /// Days looked back by default.
@@ -548,6 +548,29 @@ async fn run(
             tried.join("; ")
         ),
     }))
+}
+
+/// `restore --all` restored every file in place: the expiry a recover held back
+/// (`EXPIRY_HOLD`) applies again.
+pub(crate) async fn restored_all(node: &Arc<Node>) -> Done {
+    let held = node
+        .catalog
+        .call(|c| {
+            let held = c.meta(EXPIRY_HOLD)?.is_some();
+            c.delete_meta(EXPIRY_HOLD)?;
+            Ok(held)
+        })
+        .await;
+    match held {
+        Ok(true) => {
+            tracing::info!(
+                "`peerstash restore --all` has run: deleted files expire again as keep_deleted says"
+            );
+            Done::ok("restore --all has run: deleted files expire again as keep_deleted says")
+        }
+        Ok(false) => Done::ok("nothing was held back"),
+        Err(e) => Done::failed(format!("cannot note that restore --all has run: {e}")),
+    }
 }
 
 /// Records the snapshot in the catalog found, puts it where the next start installs it, and
