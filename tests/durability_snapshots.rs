@@ -237,12 +237,19 @@ fn after_a_recover_nothing_expires_before_restore_all() {
         c.log(0)
     );
     std::thread::sleep(Duration::from_secs(3));
-    assert!(c.full_log(0).contains("no deleted file's versions expire"));
 
     let out = c.cli_ok(0, &["restore", "--all"], 0);
     assert!(out.contains("3 files: 3 restored, 0 failed"), "{out}");
     for (path, bytes) in &files {
         assert!(std::fs::read(path).unwrap() == *bytes, "{}", path.display());
     }
-    assert!(c.full_log(0).contains("`peerstash restore --all` has run"));
+    let log = c.full_log(0);
+    assert!(
+        log.contains("no deleted file's versions expire"),
+        "said at start"
+    );
+    assert!(
+        log.contains("`peerstash restore --all` has run"),
+        "and when it ends"
+    );
 }
