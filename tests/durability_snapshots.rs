@@ -137,8 +137,15 @@ fn a_reinstalled_peer_takes_no_snapshot_and_recovers_the_lost_catalog() {
 
     let out = c.cli_ok(0, &["recover", "--list"], 0);
     assert!(out.contains("whole, "), "{out}");
-    let out = c.cli_ok(0, &["recover"], 0);
-    assert!(out.contains("recovered the catalog snapshot"), "{out}");
+    // "  N: taken …, whole, K versions", newest first: the lost computer's.
+    let newest = (out.lines())
+        .find_map(|l| l.trim().split_once(": taken").map(|(n, _)| n.to_owned()))
+        .unwrap_or_else(|| panic!("no snapshot listed: {out}"));
+    let out = c.cli_ok(0, &["recover", "--at", &newest], 0);
+    assert!(
+        out.contains(&format!("recovered the catalog snapshot {newest} ")),
+        "{out}"
+    );
     // The lost computer's catalog, with its older version.
     let old = c.dir.path().join("v1.txt");
     let _ = std::fs::remove_file(&old);

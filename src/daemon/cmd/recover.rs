@@ -484,23 +484,26 @@ async fn run(
         ),
     );
     let out = state_dir.join(RECOVERING);
-    let candidates = match mode {
-        Mode::Install(Some(at)) => probe(node, &master, &[at]).await?,
-        _ => {
-            let mut found = search_numbered(node, &master, progress).await?;
-            if found.is_empty() || mode == Mode::List {
-                found.extend(search_dated(node, &master, days, progress).await?);
-            }
-            found
-        }
-    };
-    let highest = (candidates.iter())
+    let numbered = search_numbered(node, &master, progress).await?;
+    // The highest number seen, whichever is installed: no number up to far above it is used
+    // again (`Catalog::next_snapshot_no`).
+    let highest = (numbered.iter())
         .filter_map(|(s, _)| match s {
             SnapshotNo::Numbered(n) => Some(*n),
             SnapshotNo::Dated(_) => None,
         })
         .max()
         .unwrap_or(0);
+    let candidates = match mode {
+        Mode::Install(Some(at)) => probe(node, &master, &[at]).await?,
+        _ => {
+            let mut found = numbered;
+            if found.is_empty() || mode == Mode::List {
+                found.extend(search_dated(node, &master, days, progress).await?);
+            }
+            found
+        }
+    };
     let (mut tried, mut listed) = (Vec::new(), Vec::new());
     for (slot, first) in candidates {
         if mode == Mode::List && listed.len() >= LISTED {
