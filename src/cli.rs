@@ -79,8 +79,8 @@ pub enum Command {
     /// this peer's newest catalog snapshot on the peers and install it (the daemon restarts
     /// with it); then `peerstash restore --all` brings the files back. Root only.
     Recover {
-        /// How many days back to look for snapshots (the computer was lost that long ago at
-        /// most).
+        /// How many days back to look for dated snapshots, taken by a version before numbered
+        /// ones (the computer was lost that long ago at most).
         #[arg(long, default_value_t = 92, value_parser = clap::value_parser!(u32).range(1..=3660))]
         days: u32,
         /// Replace the catalog even if it already lists backups (it is kept beside as
