@@ -1077,6 +1077,32 @@ mod tests {
         );
     }
 
+    /// Issue 24, case 11: a recovered catalog expires nothing (every file looks deleted while
+    /// the watched folders are empty) until the hold is lifted (`restore --all`, or 7 days).
+    #[test]
+    fn a_recovered_catalog_expires_nothing_until_the_hold_is_lifted() {
+        use crate::store::catalog::Forget;
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        let f = FileId::from_digest(&[3; 32]);
+        cat.conn
+            .execute(
+                "INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash, desired_rd, complete)
+                 VALUES (?1, X'2F66', 1, 3, 0, 420, 'h', 2, 1)",
+                [f.key()],
+            )
+            .unwrap();
+        cat.set_meta(WAIT_RECOVER, "1").unwrap();
+        cat.adopt_snapshot(&FileId::from_digest(&[4; 32]), SnapshotNo::Numbered(2), 2)
+            .unwrap();
+        assert_eq!(cat.meta(WAIT_RECOVER).unwrap(), None, "snapshots go on");
+        cat.mark_deleted(Path::new("/f"), 5).unwrap();
+        let expired = Forget::DeletedExpired { keep_deleted_ms: 0 };
+        assert!(!cat.forget(&f, expired, 0).unwrap(), "held");
+        cat.delete_meta(EXPIRY_HOLD).unwrap();
+        assert!(cat.forget(&f, expired, 0).unwrap());
+    }
+
     #[test]
     fn a_number_is_given_back_only_while_nothing_of_it_was_sent() {
         let dir = tempfile::tempdir().unwrap();
