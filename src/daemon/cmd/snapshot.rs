@@ -450,7 +450,9 @@ pub(crate) async fn keep_taking(node: Arc<Node>, worker: Worker) {
             look_in = HELD_LOOK;
         }
         if waiting {
-            worker.failed(&SnapshotError::WaitRecover.to_string(), None);
+            if own > 0 {
+                worker.failed(&SnapshotError::WaitRecover.to_string(), None);
+            }
             continue;
         }
         if !due(own, changed, held, since, last_bytes) {

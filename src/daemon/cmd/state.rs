@@ -62,8 +62,7 @@ pub(crate) async fn state(node: &Arc<Node>, owner: Option<u32>, below: Option<Pa
                 None => c.newest_snapshot()?.map(SnapshotInfo::from),
                 Some(_) => None,
             };
-            let waiting =
-                owner.is_none() && c.meta(crate::store::snapshot::WAIT_RECOVER)?.is_some();
+            let waiting = owner.is_none() && super::status::waits_for_recover(c)?;
             Ok((
                 files,
                 stored,

@@ -56,6 +56,12 @@ pub(crate) fn overview(
     })
 }
 
+/// Whether a reinstalled peer waits for `peerstash recover` while it has backups of its own that
+/// no snapshot covers (a peer that only hosts, a new one made by the packages, says nothing).
+pub(crate) fn waits_for_recover(c: &Catalog) -> Result<bool, StoreError> {
+    Ok(c.meta(WAIT_RECOVER)?.is_some() && c.own_versions()? > 0)
+}
+
 /// What status and state say while a reinstalled peer waits for `peerstash recover`.
 pub(crate) fn wait_recover_warning() -> String {
     "no catalog snapshot is taken: this peer looks reinstalled (a new catalog, a master key that existed before). Run `peerstash recover` to install the lost computer's catalog (`peerstash recover --list` shows the snapshots found), or `peerstash recover --none` if there is none".into()
@@ -74,7 +80,7 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
                 None => c.newest_snapshot()?.map(SnapshotInfo::from),
                 Some(_) => None,
             };
-            let waiting = owner.is_none() && c.meta(WAIT_RECOVER)?.is_some();
+            let waiting = owner.is_none() && waits_for_recover(c)?;
             Ok((overview(c, owner, folders_asked)?, (snapshot, waiting)))
         })
         .await;
