@@ -123,6 +123,14 @@ fn a_reinstalled_peer_takes_no_snapshot_and_recovers_the_lost_catalog() {
     // The OS disk dies; the watched folder is intact. The new daemon backs it up again.
     disk_lost(&mut c, None, &[]);
     wait_version_at_rd(&c, 0, &file, 1);
+    // The snapshot worker, woken by that backup, looked (after 5 s) and took none.
+    std::thread::sleep(Duration::from_secs(7));
+    let snapshots = c.peers[0].dir.join("state/snapshots");
+    assert!(
+        std::fs::read_dir(&snapshots).map_or(true, |mut d| d.next().is_none()),
+        "no snapshot file in {}",
+        snapshots.display()
+    );
     let out = c.cli(0, &["snapshot"]);
     let text = output_text(&out);
     assert_ne!(out.status.code(), Some(0), "no snapshot taken: {text}");
