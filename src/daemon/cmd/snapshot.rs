@@ -1,5 +1,5 @@
 //! Catalog snapshots (`store::snapshot`): taken after our own files changed (at most every
-//! `SNAPSHOT_EVERY`, within a minute while an older version waits for one to name its
+//! `SNAPSHOT_EVERY`, within 15 seconds while an older version waits for one to name its
 //! successor) and at least daily, or now with `peerstash snapshot`; each is backed up encrypted
 //! under its number's fileId, and the ones a newer snapshot at its RD supersedes are deleted
 //! from the peers. Once one reaches its RD, the older versions it makes safe to delete go
@@ -232,12 +232,10 @@ async fn release_held(node: &Arc<Node>) {
                 .and_then(|t| t.parse().ok())
                 .unwrap_or(0);
             let to = c.snapshotted_mark()?;
-            let paths = c.held_paths(from, to)?;
-            c.set_meta("pruned_upto", &to.to_string())?;
-            Ok(paths)
+            Ok((c.held_paths(from, to)?, to))
         })
         .await;
-    let paths = match held {
+    let (paths, to) = match held {
         Ok(p) => p,
         Err(e) => return tracing::error!("cannot list the versions a snapshot now names: {e}"),
     };
@@ -251,6 +249,14 @@ async fn release_held(node: &Arc<Node>) {
         {
             tracing::error!("cannot delete old versions of {}: {e}", path.display());
         }
+    }
+    // Only once they were looked at (a kill before: looked at again next time).
+    let noted = node
+        .catalog
+        .call(move |c| c.set_meta("pruned_upto", &to.to_string()))
+        .await;
+    if let Err(e) = noted {
+        tracing::warn!("cannot note which older versions were let go: {e}");
     }
 }
 
