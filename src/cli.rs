@@ -79,14 +79,25 @@ pub enum Command {
     /// this peer's newest catalog snapshot on the peers and install it (the daemon restarts
     /// with it); then `peerstash restore --all` brings the files back. Root only.
     Recover {
-        /// How many days back to look for snapshots (the computer was lost that long ago at
-        /// most).
+        /// How many days back to look for dated snapshots, taken by a version before numbered
+        /// ones (the computer was lost that long ago at most).
         #[arg(long, default_value_t = 92, value_parser = clap::value_parser!(u32).range(1..=3660))]
         days: u32,
         /// Replace the catalog even if it already lists backups (it is kept beside as
         /// catalog.db.before-recover).
         #[arg(long)]
         force: bool,
+        /// List the snapshots found on the peers (number, when taken, whether whole), and
+        /// change nothing.
+        #[arg(long, conflicts_with_all = ["at", "none", "force"])]
+        list: bool,
+        /// Install snapshot N (as `--list` shows it), not the newest.
+        #[arg(long, value_name = "N", conflicts_with = "none")]
+        at: Option<String>,
+        /// There is no catalog to recover (a new peer whose master key was made beforehand):
+        /// start taking catalog snapshots.
+        #[arg(long, conflicts_with = "force")]
+        none: bool,
     },
     /// Whether this peer's files are safe, at a glance: one health line (the degraded and
     /// at-risk files by name), quota and use, the queue, the last backup of each watched folder,

@@ -72,12 +72,17 @@ fn a_wiped_peer_recovers_its_catalog_and_restores_every_file() {
     assert!(out.contains("50 files: 50 restored, 0 failed"), "{out}");
     check_tree(&root, &files);
 
-    // Snapshots go on in slots of their own: the recovered one is the day's anchor, and is
-    // kept beside the newest; the one between them is deleted.
-    let out = c.cli_ok(0, &["snapshot"], 0);
-    assert!(out.contains("0 older snapshots deleted"), "{out}");
-    let out = c.cli_ok(0, &["snapshot"], 0);
-    assert!(out.contains("1 older snapshots deleted"), "{out}");
+    // Snapshots go on under numbers of their own, far above the recovered one (a power of two
+    // above it: a recover's first probes find it), each one more (the daemon may take one of
+    // its own between two).
+    let number = |out: String| -> u64 {
+        let n = out.split_whitespace().nth(2).and_then(|n| n.parse().ok());
+        n.unwrap_or_else(|| panic!("no snapshot number: {out}"))
+    };
+    let first = number(c.cli_ok(0, &["snapshot"], 0));
+    assert!(first >= 4096, "{first}");
+    let next = number(c.cli_ok(0, &["snapshot"], 0));
+    assert!(next > first, "{next} after {first}");
 }
 
 #[test]
@@ -166,11 +171,11 @@ fn wiped_then_recovered(c: &mut Cluster, file: &str) {
     c.cli_ok(0, &["versions", file], 0);
 }
 
-/// The day's first snapshot (its anchor, by which a recover finds the day) is taken while no
-/// peer is up: no chunk of it is stored anywhere. Once the peers are back, the next snapshot
-/// (or the worker, every ten minutes) sends it again, so that a recover finds the day.
+/// The first snapshot (number 1, a power of two: a recover's first probes look for those) is
+/// taken while no peer is up: no chunk of it is stored anywhere. Once the peers are back, the
+/// next snapshot (or the worker, every ten minutes) sends it again, and a recover finds them.
 #[test]
-fn an_anchor_no_peer_took_is_sent_again_so_that_recover_finds_the_day() {
+fn a_snapshot_no_peer_took_is_sent_again_so_that_recover_finds_it() {
     if !is_root() {
         skip("snapshot and recover are root's commands (run the tests as root)");
         return;
@@ -182,8 +187,8 @@ fn an_anchor_no_peer_took_is_sent_again_so_that_recover_finds_the_day() {
     c.stop(2);
     let out = c.cli_ok(0, &["snapshot"], 0);
     assert!(out.contains("some chunks below their RD"), "{out}");
-    let anchor = out.split_whitespace().nth(2).unwrap_or_default().to_owned();
-    assert!(anchor.ends_with(":0"), "the day's first snapshot: {out}");
+    let first = out.split_whitespace().nth(2).unwrap_or_default().to_owned();
+    assert_eq!(first, "1", "the first snapshot: {out}");
 
     c.spawn(1);
     c.spawn(2);
@@ -195,11 +200,11 @@ fn an_anchor_no_peer_took_is_sent_again_so_that_recover_finds_the_day() {
     wiped_then_recovered(&mut c, file_arg);
 }
 
-/// A daemon killed after claiming the day's first snapshot slot and before writing its file
-/// left the slot claimed with nothing sent: the next snapshot gets it back, so that the day's
-/// anchor exists and a recover finds the day.
+/// A daemon killed after claiming the first snapshot number and before writing its file left
+/// the number claimed with nothing sent: the next snapshot gets it back, so that the numbers
+/// have no gap (a recover's search relies on it) and a recover finds it.
 #[test]
-fn a_slot_claimed_by_a_killed_snapshot_is_given_back() {
+fn a_number_claimed_by_a_killed_snapshot_is_given_back() {
     if !is_root() {
         skip("snapshot and recover are root's commands (run the tests as root)");
         return;
@@ -209,27 +214,20 @@ fn a_slot_claimed_by_a_killed_snapshot_is_given_back() {
 
     c.stop(0);
     let state = c.peers[0].dir.join("state");
-    let today = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        / 86_400) as u32;
     let catalog = peerstash::store::Catalog::open(&state.join("catalog.db")).unwrap();
     catalog
         .claim_snapshot(
             &peerstash::protocol::FileId::from_digest(&[7; 32]),
-            peerstash::protocol::seal::Slot::anchor(today),
+            peerstash::protocol::seal::SnapshotNo::Numbered(1),
+            0,
         )
         .unwrap();
     drop(catalog);
     c.spawn(0);
     c.wait_ready(0);
     let out = c.cli_ok(0, &["snapshot"], 0);
-    assert!(
-        out.contains(&format!("snapshot {today}:0 backed up")),
-        "{out}"
-    );
-    assert!(c.full_log(0).contains("its slot is free again"));
+    assert!(out.contains("snapshot 1 backed up"), "{out}");
+    assert!(c.full_log(0).contains("its number is free again"));
 
     wiped_then_recovered(&mut c, file_arg);
 }

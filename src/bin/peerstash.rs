@@ -182,17 +182,27 @@ fn run(args: Args) -> i32 {
             meter.finish();
             r
         }
-        Command::Recover { days, force } => {
+        Command::Recover {
+            days,
+            force,
+            list,
+            at,
+            none,
+        } => {
             let request = Request::Recover {
                 days: Some(days),
                 force,
+                list,
+                at,
+                none,
             };
+            let restarts = !list && !none;
             let mut meter = peerstash::cli::Meter::new("recover", json);
             let result = runtime.block_on(control::call_events(&socket, &request, &[], |e| {
                 meter.event(e)
             }));
             meter.finish();
-            if let Ok((exit::OK, message, data)) = &result {
+            if let (true, Ok((exit::OK, message, data))) = (restarts, &result) {
                 if !json {
                     peerstash::outln!("{message}");
                 }
@@ -514,6 +524,11 @@ fn restore_all(
     };
     let message =
         format!("{total} files: {restored} restored, {failed} failed{skipped_note}{stopped}");
+    if failed == 0 && !disk_full && dest.is_none() {
+        // Every file is back in place: after a recover, keep_deleted applies again. (Root's
+        // only; another user's restore is refused, and changes nothing.)
+        let _ = runtime.block_on(control::call(socket, &Request::RestoredAll, &[], |_| {}));
+    }
     let code = match failed {
         0 => exit::OK,
         _ => exit::FAILED,
@@ -725,10 +740,9 @@ fn print_state(s: &PeerState, below: Option<&Path>) {
     }
     if let Some(snap) = &s.catalog_snapshot {
         peerstash::outln!(
-            "catalog snapshot: {}:{} ({}), {}",
-            snap.day,
-            snap.n,
-            peerstash::protocol::seal::Slot::day_text(snap.day),
+            "catalog snapshot: {} ({}), {}",
+            snap.snapshot,
+            snap.taken,
             match snap.at_rd {
                 true => "at its RD: `peerstash recover` would find it",
                 false => "below its RD: `peerstash recover` would not find it yet (what it misses is sent again every 10 minutes)",
@@ -900,8 +914,9 @@ fn print_status(s: &StatusReport, now_ms: i64) {
     peerstash::outln!("peers: {} heard, {} lost", s.peers_heard, s.peers_lost);
     if let Some(snap) = &s.catalog_snapshot {
         peerstash::outln!(
-            "catalog snapshot: {} ({})",
-            peerstash::protocol::seal::Slot::day_text(snap.day),
+            "catalog snapshot: {} ({}, {})",
+            snap.snapshot,
+            snap.taken,
             match snap.at_rd {
                 true => "at its RD",
                 false => "below its RD",

@@ -189,15 +189,27 @@ pub enum Request {
     Status,
     /// A catalog snapshot backed up now; root only.
     Snapshot,
+    /// `restore --all` restored every file in place: after a recover, `keep_deleted` applies
+    /// again (`store::snapshot::EXPIRY_HOLD`); root only.
+    RestoredAll,
     /// The newest catalog snapshot of this peer found on the peers and installed (the daemon
     /// restarts with it); root only.
     Recover {
-        /// Days looked back (default `cmd::recover::DEFAULT_DAYS`).
+        /// Days looked back for dated snapshots (default `cmd::recover::DEFAULT_DAYS`).
         #[serde(default)]
         days: Option<u32>,
         /// Replace a catalog that already lists backups.
         #[serde(default)]
         force: bool,
+        /// List the snapshots found, changing nothing.
+        #[serde(default)]
+        list: bool,
+        /// The snapshot to install ("42", or "20794:3" for a dated one), not the newest.
+        #[serde(default)]
+        at: Option<String>,
+        /// There is no catalog to recover: a reinstalled peer takes snapshots again.
+        #[serde(default)]
+        none: bool,
     },
 }
 
@@ -365,19 +377,19 @@ pub struct FolderStatus {
 /// A catalog snapshot, as `state` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotInfo {
-    /// UTC day (days since 1970) and place in that day.
-    pub day: u32,
-    pub n: u16,
-    /// Every chunk of it, and of its day's anchor (by which a recover finds the day), reached
-    /// its desired RD: a recover finds it.
+    /// Its number ("42"; "20794:3" for a dated one of an older version).
+    pub snapshot: String,
+    /// When it was taken, as `recover --list` shows it (by the clock of then: a label only).
+    pub taken: String,
+    /// Every chunk of it reached its desired RD: a recover finds it.
     pub at_rd: bool,
 }
 
 impl From<crate::store::snapshot::SnapshotRow> for SnapshotInfo {
     fn from(s: crate::store::snapshot::SnapshotRow) -> SnapshotInfo {
         SnapshotInfo {
-            day: s.slot.day,
-            n: s.slot.n,
+            snapshot: s.slot.to_string(),
+            taken: crate::store::snapshot::taken_label(s.slot, s.taken_ms),
             at_rd: s.at_rd,
         }
     }

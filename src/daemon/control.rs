@@ -353,6 +353,9 @@ async fn prepare(
         Request::Snapshot if owner.is_some() => {
             Err("snapshot copies the whole catalog: run it as root".into())
         }
+        Request::RestoredAll if owner.is_some() => {
+            Err("only root's restore --all restores every file".into())
+        }
         Request::Recover { .. } if owner.is_some() => {
             Err("recover replaces this peer's catalog: run it as root".into())
         }
@@ -500,10 +503,27 @@ async fn run(node: Arc<Node>, job: Job, owner: Option<u32>, progress: cmd::Progr
         Job::Other(Request::Scrub) => cmd::scrub::scrub(&node, &progress).await,
         Job::Other(Request::Peers) => cmd::peers::peers(&node).await,
         Job::Other(Request::Snapshot) => cmd::snapshot::snapshot(&node).await,
+        Job::Other(Request::RestoredAll) => cmd::recover::restored_all(&node).await,
         Job::Other(Request::Status) => cmd::status::status(&node, owner).await,
-        Job::Other(Request::Recover { days, force }) => {
+        Job::Other(Request::Recover {
+            days,
+            force,
+            list,
+            at,
+            none,
+        }) => {
             let days = days.unwrap_or(cmd::recover::DEFAULT_DAYS);
-            cmd::recover::recover(&node, days, force, &progress).await
+            let mode = match (list, at, none) {
+                (false, None, false) => cmd::recover::Mode::Install(None),
+                (true, None, false) => cmd::recover::Mode::List,
+                (false, None, true) => cmd::recover::Mode::Nothing,
+                (false, Some(at), false) => match at.parse() {
+                    Ok(at) => cmd::recover::Mode::Install(Some(at)),
+                    Err(e) => return Done::failed(e),
+                },
+                _ => return Done::failed("recover takes one of --list, --at N and --none"),
+            };
+            cmd::recover::recover(&node, days, force, mode, &progress).await
         }
         Job::Other(Request::Backup { .. } | Request::Restore { .. }) => {
             unreachable!("prepare turns these into their jobs")

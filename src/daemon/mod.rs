@@ -93,6 +93,9 @@ pub struct Node {
     pub snapshotting: tokio::sync::Mutex<()>,
     /// Woken when the daemon must stop and start again (a recovered catalog to install).
     pub restart: tokio::sync::Notify,
+    /// Woken when a version reached its RD: an older one may wait for a catalog snapshot to
+    /// name it (`cmd::snapshot::keep_taking`).
+    pub snapshot_wake: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -259,12 +262,41 @@ impl Node {
     }
 }
 
+/// A new catalog beside a master key that existed before: the computer was reinstalled, and
+/// a snapshot now would be taken of this new catalog, newer than the lost one's, and a recover
+/// would find it first. None is taken until `peerstash recover` (or `--none`). Also logs what a
+/// recovered catalog holds back (expiry, until `restore --all`).
+fn note_recovery_state(
+    catalog: &Catalog,
+    new_catalog: bool,
+    options: &StartOptions,
+) -> anyhow::Result<()> {
+    use crate::store::snapshot::{EXPIRY_HOLD, WAIT_RECOVER};
+    if new_catalog && options.master_key.is_some() {
+        catalog.set_meta(WAIT_RECOVER, "1")?;
+    }
+    if catalog.meta(WAIT_RECOVER)?.is_some() {
+        tracing::warn!("{}", cmd::status::wait_recover_warning());
+    }
+    if let Some(ms) = catalog
+        .meta(EXPIRY_HOLD)?
+        .and_then(|t| t.parse::<i64>().ok())
+    {
+        tracing::info!(
+            "this catalog was recovered: no deleted file's versions expire (keep_deleted) until `peerstash restore --all` has run, or for {:.1} more days of running",
+            ms as f64 / 86_400_000.0
+        );
+    }
+    Ok(())
+}
+
 /// Seconds since the Unix epoch by the system clock (the LAN key's tags carry them).
 pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
+    let s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    s.saturating_add_signed(crate::store::catalog::test_clock_offset_s())
 }
 
 /// How the daemon starts: normally, or re-indexing the chunk files into a lost catalog.
@@ -462,6 +494,7 @@ pub async fn start(
     })?;
     let incarnation = crate::store::incarnation::load_or_make(&state_dir, &catalog)
         .map_err(|e| anyhow::anyhow!("{e}: check that {} is writable", state_dir.display()))?;
+    note_recovery_state(&catalog, new_catalog, &options)?;
     let catalog = CatalogHandle::start(catalog);
     let master_key = settle_master_key(&catalog, &config, &options).await?;
     let quota = cmd::reclaim::effective_quota(&catalog, config.storage.quota).await?;
@@ -537,6 +570,7 @@ pub async fn start(
         traffic_history: Mutex::new(Default::default()),
         snapshotting: tokio::sync::Mutex::new(()),
         restart: tokio::sync::Notify::new(),
+        snapshot_wake: tokio::sync::Notify::new(),
     });
     let lost = disk::reconcile_store(&node).await?;
     let (to_engine, datagrams) = driver::datagram_queue();

@@ -41,10 +41,10 @@ const CHUNK_KEY_INFO: &[u8] = b"peerstash chunk key v1";
 const FILE_ID_KEY_INFO: &[u8] = b"peerstash fileId key v1";
 const SNAPSHOT_KEY_INFO: &[u8] = b"peerstash catalog snapshot key v1";
 
-/// Where a catalog snapshot sits among a peer's snapshots (`MasterKey::snapshot_file_id`): the
-/// UTC day it was taken, and its place in that day. The first snapshot of a day is its anchor
-/// (`n = 0`), so that `peerstash recover` finds the newest day by probing one fileId per day;
-/// later ones take `n` = the day's ten-minute period, above every `n` used that day before.
+/// Where a catalog snapshot of the day-based scheme (before numbers, `SnapshotNo::Dated`) sits:
+/// the UTC day it was taken, and its place in that day. The first snapshot of a day is its
+/// anchor (`n = 0`), so that `peerstash recover` finds the newest day by probing one fileId per
+/// day. No longer taken: only found, on the peers of a peer that took them before an upgrade.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Slot {
     pub day: u32,
@@ -52,22 +52,8 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// Places in a day: one per ten minutes (144), and room for snapshots asked by hand.
+    /// Places in a day.
     pub const PER_DAY: u16 = 256;
-    const PERIOD_S: u64 = 600;
-
-    /// The slot a snapshot taken at `unix_s` gets, the newest slot used so far being `last`
-    /// (None: it would reuse or go below a used one, or the day is full).
-    pub fn next(unix_s: u64, last: Option<Slot>) -> Option<Slot> {
-        let day = u32::try_from(unix_s / 86_400).ok()?;
-        let period = u16::try_from(unix_s % 86_400 / Self::PERIOD_S).ok()?;
-        let n = match last {
-            Some(l) if l.day > day => return None,
-            Some(l) if l.day == day => period.max(l.n.checked_add(1)?),
-            _ => 0,
-        };
-        (n < Self::PER_DAY).then_some(Slot { day, n })
-    }
 
     /// The day's anchor.
     pub fn anchor(day: u32) -> Slot {
@@ -87,6 +73,44 @@ impl Slot {
         let m = if mp < 10 { mp + 3 } else { mp - 9 };
         let y = yoe + era * 400 + i64::from(m <= 2);
         format!("{y:04}-{m:02}-{d:02}")
+    }
+}
+
+/// A catalog snapshot's name among a peer's snapshots, from which its fileId (and so its key)
+/// comes (`MasterKey::snapshot_no_file_id`). `Numbered`: a sequence number kept in the catalog,
+/// one more per snapshot and never used twice (one key and nonce never seal two plaintexts), so
+/// no clock can stop snapshots or hide them: the wall time is only a label. `Dated`: the
+/// day-based scheme of older versions, still found by `recover`. Every numbered snapshot is
+/// newer than every dated one (the order of the variants).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SnapshotNo {
+    Dated(Slot),
+    Numbered(u64),
+}
+
+impl std::fmt::Display for SnapshotNo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotNo::Dated(s) => write!(f, "{}:{}", s.day, s.n),
+            SnapshotNo::Numbered(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for SnapshotNo {
+    type Err = String;
+
+    /// "42" (a numbered snapshot) or "20794:3" (a dated one), as `recover --list` shows them.
+    fn from_str(s: &str) -> Result<SnapshotNo, String> {
+        let bad =
+            || format!("{s:?} is not a snapshot number (`peerstash recover --list` shows them)");
+        match s.split_once(':') {
+            None => s.parse().map(SnapshotNo::Numbered).map_err(|_| bad()),
+            Some((day, n)) => Ok(SnapshotNo::Dated(Slot {
+                day: day.parse().map_err(|_| bad())?,
+                n: n.parse().map_err(|_| bad())?,
+            })),
+        }
     }
 }
 
@@ -210,6 +234,26 @@ impl MasterKey {
         mac.update(&slot.day.to_be_bytes());
         mac.update(&slot.n.to_be_bytes());
         FileId::from_digest(&mac.finalize().into_bytes().into())
+    }
+
+    /// The fileId of this peer's numbered catalog snapshot `no` (a domain of its own: never
+    /// the fileId of a dated one).
+    pub fn numbered_snapshot_file_id(&self, peer: super::PeerId, no: u64) -> FileId {
+        let key = self.derive(b"", SNAPSHOT_KEY_INFO);
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key)
+            .expect("HMAC-SHA256 takes a key of any length");
+        mac.update(b"peerstash numbered catalog snapshot v2\0");
+        mac.update(&peer.0.to_be_bytes());
+        mac.update(&no.to_be_bytes());
+        FileId::from_digest(&mac.finalize().into_bytes().into())
+    }
+
+    /// The fileId of this peer's catalog snapshot `no`, of either scheme.
+    pub fn snapshot_no_file_id(&self, peer: super::PeerId, no: SnapshotNo) -> FileId {
+        match no {
+            SnapshotNo::Dated(slot) => self.snapshot_file_id(peer, slot),
+            SnapshotNo::Numbered(n) => self.numbered_snapshot_file_id(peer, n),
+        }
     }
 }
 
@@ -365,34 +409,10 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_slots_start_each_day_at_its_anchor_and_never_repeat() {
-        let day = 20_000u64 * 86_400;
-        // First of a day, whatever the time: the anchor.
-        assert_eq!(Slot::next(day + 5_000, None), Some(Slot::anchor(20_000)));
-        let prev_day = Slot { day: 19_999, n: 77 };
-        assert_eq!(
-            Slot::next(day + 5_000, Some(prev_day)),
-            Some(Slot::anchor(20_000))
-        );
-        // Later that day: the ten-minute period, above the last one used.
+    fn each_snapshot_name_has_its_own_file_id_and_reads_back_as_shown() {
         let a = Slot::anchor(20_000);
-        assert_eq!(
-            Slot::next(day + 3_000, Some(a)),
-            Some(Slot { day: 20_000, n: 5 })
-        );
         let five = Slot { day: 20_000, n: 5 };
-        assert_eq!(
-            Slot::next(day + 3_100, Some(five)),
-            Some(Slot { day: 20_000, n: 6 })
-        );
-        // A full day, or a clock that went back: none.
-        let full = Slot {
-            day: 20_000,
-            n: Slot::PER_DAY - 1,
-        };
-        assert_eq!(Slot::next(day + 3_100, Some(full)), None);
-        assert_eq!(Slot::next(day - 10, Some(a)), None);
-        // Each slot, peer and key its own fileId.
+        // Each slot, number, peer and key its own fileId.
         let m = MasterKey::new([3; 32]);
         let p = crate::protocol::PeerId(4);
         assert_ne!(m.snapshot_file_id(p, a), m.snapshot_file_id(p, five));
@@ -405,6 +425,26 @@ mod tests {
             MasterKey::new([4; 32]).snapshot_file_id(p, a)
         );
         assert_eq!(m.snapshot_file_id(p, a), m.snapshot_file_id(p, a));
+        assert_ne!(
+            m.numbered_snapshot_file_id(p, 1),
+            m.numbered_snapshot_file_id(p, 2)
+        );
+        // Day 0, place 1 and number 1 are not one name.
+        let dated = m.snapshot_no_file_id(p, SnapshotNo::Dated(Slot { day: 0, n: 1 }));
+        assert_ne!(dated, m.snapshot_no_file_id(p, SnapshotNo::Numbered(1)));
+        // Every numbered snapshot is newer than every dated one.
+        assert!(
+            SnapshotNo::Numbered(1)
+                > SnapshotNo::Dated(Slot {
+                    day: u32::MAX,
+                    n: 9
+                })
+        );
+        for no in [SnapshotNo::Numbered(42), SnapshotNo::Dated(five)] {
+            assert_eq!(no.to_string().parse::<SnapshotNo>(), Ok(no));
+        }
+        assert!("x".parse::<SnapshotNo>().is_err());
+        assert!("1:".parse::<SnapshotNo>().is_err());
     }
 
     /// Known answer: the chunk key and a sealed chunk's tag, fixed by SPEC §3, so that a change

@@ -303,7 +303,9 @@ async fn work_on(
                         r.version,
                         r.size
                     );
-                    // The new version is fully replicated: older ones beyond the policy go.
+                    // The new version is fully replicated: older ones beyond the policy go, once
+                    // a catalog snapshot names it (taken soon: the snapshot worker is woken).
+                    node.snapshot_wake.notify_one();
                     let policy = Policy::KeepVersions(watch.keep_versions);
                     let forgotten = forget_versions(node, path, policy).await;
                     if let Err(e) = &forgotten {
@@ -559,6 +561,7 @@ pub async fn expire_deleted(
              keep_deleted goes by the time the daemon measures, not by the wall clock"
         );
     }
+    let held = hold_expiry(node, credit.time).await;
     let credited: HashSet<PathBuf> = credit.paths.iter().cloned().collect();
     let ms = credit.time.as_millis() as i64;
     if ms > 0 && !credit.paths.is_empty() {
@@ -599,6 +602,9 @@ pub async fn expire_deleted(
             back.push(path);
             continue;
         }
+        if held {
+            continue; // a recovered catalog, before `restore --all`: nothing expires
+        }
         // Looked at after the path: a folder unmounted before the lstat is caught here.
         if !presence::probe(node, &watch.path).await.is_available() {
             available.insert(watch.path.clone(), false);
@@ -629,6 +635,42 @@ pub async fn expire_deleted(
         enqueue(node, wake, back).await;
     }
     outcome
+}
+
+/// Whether a recover holds expiry back (`snapshot::EXPIRY_HOLD`: until `restore --all` has
+/// run); `passed` (the daemon's running time since the last check) counts down the most it is
+/// held, and the log says when that ends.
+async fn hold_expiry(node: &Arc<Node>, passed: Duration) -> bool {
+    use crate::store::snapshot::EXPIRY_HOLD;
+    let passed_ms = passed.as_millis().min(i64::MAX as u128) as i64;
+    let held = node
+        .catalog
+        .call(move |c| {
+            let Some(left) = c.meta(EXPIRY_HOLD)?.and_then(|t| t.parse::<i64>().ok()) else {
+                return Ok(None);
+            };
+            let left = left.saturating_sub(passed_ms);
+            match left > 0 {
+                true => c.set_meta(EXPIRY_HOLD, &left.to_string())?,
+                false => c.delete_meta(EXPIRY_HOLD)?,
+            }
+            Ok(Some(left > 0))
+        })
+        .await;
+    match held {
+        Ok(Some(true)) => true,
+        Ok(Some(false)) => {
+            tracing::warn!(
+                "the catalog was recovered 7 days of running ago and `peerstash restore --all` has not run: deleted files expire again as keep_deleted says"
+            );
+            false
+        }
+        Ok(None) => false,
+        Err(e) => {
+            tracing::error!("cannot read whether expiry is held after a recover: {e}");
+            true
+        }
+    }
 }
 
 /// How often deleted files are checked for expiry: every 30 s, or more often when a folder keeps

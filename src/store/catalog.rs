@@ -195,9 +195,28 @@ pub const MAX_PEER_ROWS: u64 = 4096;
 
 /// Unix ms by the system clock: the catalog's timestamps (peers heard and lost, deletes owed).
 pub fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
+    let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+        .map_or(0, |d| d.as_millis() as i64);
+    ms.saturating_add(test_clock_offset_s().saturating_mul(1000))
+}
+
+/// Tests only: in a debug build, `PEERSTASH_CLOCK_OFFSET_S` moves this process's wall clock
+/// (`unix_ms`, `daemon::unix_now`) by that many seconds, as a clock set ahead or back would
+/// (tests/durability_snapshots.rs). A release build never reads it.
+pub fn test_clock_offset_s() -> i64 {
+    #[cfg(debug_assertions)]
+    {
+        static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+        *OFFSET.get_or_init(|| {
+            std::env::var("PEERSTASH_CLOCK_OFFSET_S")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        })
+    }
+    #[cfg(not(debug_assertions))]
+    0
 }
 
 /// One peer as `peerstash peers` lists it (`Catalog::peers_report`).
@@ -461,6 +480,9 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("files", "key_fp", "TEXT"),
     ("queue", "since", "INTEGER"),
     ("peers", "incarnation", "TEXT"), // 2.0: its chunk store's incarnation (`engine::verify`)
+    ("files", "completed_no", "INTEGER"),
+    ("snapshots", "taken_ms", "INTEGER"),
+    ("snapshots", "mark", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
@@ -738,6 +760,13 @@ impl Catalog {
         Ok((count, newest))
     }
 
+    pub fn delete_meta(&self, key: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM meta WHERE key = ?1")?
+            .execute([key])?;
+        Ok(())
+    }
+
     // ---- our own files -------------------------------------------------------------------
 
     pub fn file(&self, file_id: &FileId) -> Result<Option<FileRow>, StoreError> {
@@ -973,12 +1002,22 @@ impl Catalog {
         Ok(version)
     }
 
-    /// Marks a version complete; false if it is not (any more) in the catalog.
+    /// Marks a version complete; false if it is not (any more) in the catalog. It gets the
+    /// next count of completions (`completed_no`), by which a snapshot's `mark` says whether
+    /// it names it.
     pub fn set_file_complete(&self, file_id: &FileId) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES ('completions', 1)
+                 ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+            )?
+            .execute([])?;
         Ok(self
             .conn
             .prepare_cached(
-                "UPDATE files SET complete = 1, completed_ms = COALESCE(completed_ms, ?2)
+                "UPDATE files SET complete = 1, completed_ms = COALESCE(completed_ms, ?2),
+                 completed_no = COALESCE(completed_no,
+                     (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'completions'))
                  WHERE file_id = ?1",
             )?
             .execute(params![file_id.key(), unix_ms()])?
@@ -1056,9 +1095,31 @@ impl Catalog {
             Forget::UserDelete => None,
             Forget::KeepVersions { keep } => {
                 let needed = if row.complete { keep.max(1) } else { 1 };
-                (newer_complete < needed).then(|| {
-                    format!("only {newer_complete} newer complete versions, {needed} needed")
-                })
+                if newer_complete < needed {
+                    Some(format!(
+                        "only {newer_complete} newer complete versions, {needed} needed"
+                    ))
+                } else if self.newer_snapshotted(file_id)? < needed {
+                    // Not an error: it goes once a snapshot at its RD names the newer ones
+                    // (else a recover would find a catalog naming only this version, gone).
+                    tracing::debug!(
+                        "version {} of {} is kept until a catalog snapshot names the newer ones",
+                        row.version,
+                        row.path.display()
+                    );
+                    return Ok(false);
+                } else {
+                    None
+                }
+            }
+            Forget::DeletedExpired { .. } if self.meta(super::snapshot::EXPIRY_HOLD)?.is_some() => {
+                // A recovered catalog: every file looks deleted until `restore --all` ran.
+                tracing::debug!(
+                    "version {} of {} does not expire: the catalog was recovered and `peerstash restore --all` has not run",
+                    row.version,
+                    row.path.display()
+                );
+                return Ok(false);
             }
             Forget::DeletedExpired { keep_deleted_ms } => {
                 let absent_ms: i64 = self
@@ -1098,6 +1159,20 @@ impl Catalog {
         }
         self.atomically(|| self.delete_file(file_id, now_ms))?;
         Ok(true)
+    }
+
+    /// Complete versions of `file_id`'s path newer than it that a catalog snapshot at its RD
+    /// names (`Catalog::snapshotted_mark`).
+    fn newer_snapshotted(&self, file_id: &FileId) -> Result<u32, StoreError> {
+        let mark = self.snapshotted_mark()?;
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM files g, files f
+                 WHERE f.file_id = ?1 AND g.path = f.path AND g.version > f.version
+                   AND g.complete = 1 AND COALESCE(g.completed_no, 0) <= ?2",
+            )?
+            .query_row(params![file_id.key(), mark], |r| r.get(0))?)
     }
 
     pub fn set_file_rd(&self, file_id: &FileId, rd: u8) -> Result<(), StoreError> {
@@ -2495,6 +2570,14 @@ mod tests {
         assert_eq!(cat.pending_deletes().unwrap(), vec![fid('b')]);
         assert_eq!(cat.insert_version(&file('c', "/w/f"), mine).unwrap(), 3);
         cat.set_file_complete(&fid('c')).unwrap();
+        // Issue 24, case 2: not before a catalog snapshot at its RD names version 3.
+        assert!(!cat
+            .forget(&fid('a'), Forget::KeepVersions { keep: 1 }, 1_000)
+            .unwrap());
+        let snap = FileId::from_digest(&[0x5A; 32]);
+        cat.claim_snapshot(&snap, crate::protocol::seal::SnapshotNo::Numbered(1), 0)
+            .unwrap();
+        cat.set_snapshot_at_rd(&snap).unwrap();
         assert!(cat
             .forget(&fid('a'), Forget::KeepVersions { keep: 1 }, 1_000)
             .unwrap());

@@ -1,10 +1,12 @@
 //! Catalog snapshots: the catalog survives the loss of its computer. A snapshot is a copy of
 //! what the catalog knows of our own files (not the chunks we host, nor the queue), written as
 //! one file (`HEADER_LEN` bytes of header, then an SQLite database) and backed up encrypted
-//! under a fileId derived from the peer id and the master key alone (`MasterKey::snapshot_file_id`),
-//! so that `peerstash recover` on a reinstalled computer finds it with nothing but its config
-//! and key. The `snapshots` table lists the slots used (a slot is never used twice: the same
-//! key and nonce must never seal other bytes) and which copies reached their RD.
+//! under a fileId derived from the peer id, the master key and its number alone
+//! (`MasterKey::snapshot_no_file_id`), so that `peerstash recover` on a reinstalled computer
+//! finds it with nothing but its config and key. The `snapshots` table lists the numbers used
+//! (one is never used twice: the same key and nonce must never seal other bytes), when each was
+//! taken (a label only) and which reached their RD. Which are kept (`superseded`) lets a recover
+//! find the newest in O(log n) probes without a clock.
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +14,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
 use super::catalog::{Catalog, StoreError};
-use crate::protocol::seal::Slot;
+use crate::protocol::seal::{Slot, SnapshotNo};
 use crate::protocol::FileId;
 
 /// The first bytes of a snapshot file.
@@ -25,6 +27,20 @@ pub const RECOVERED: &str = "catalog.recovered";
 pub const REPLACED: &str = "catalog.db.before-recover";
 /// Snapshots newer than the newest one at its RD that are kept while they have not reached it.
 const UNFINISHED_KEPT: usize = 3;
+/// Meta key: the highest snapshot number a recover found (numbers up to far above it are
+/// skipped: the lost computer may have sent some that the recover did not find).
+const NO_FLOOR: &str = "snapshot_no_floor";
+/// Meta key: set on a reinstalled peer (a new catalog, a master key that existed): no snapshot
+/// is taken until `peerstash recover` or `peerstash recover --none`.
+pub const WAIT_RECOVER: &str = "snapshots_wait_recover";
+/// Meta key: after a recover, nothing expires (`keep_deleted`) until `restore --all` has run,
+/// or for this many more ms of the daemon's running time.
+pub const EXPIRY_HOLD: &str = "recovered_expiry_hold_ms";
+/// How long a recover holds expiry at most, if `restore --all` is not run: 7 days.
+pub const EXPIRY_HOLD_MS: i64 = 7 * 86_400_000;
+/// Meta key: counts versions that became complete (`files.completed_no`); a snapshot records
+/// the count when it is taken (`snapshots.mark`), so the versions it names are known.
+pub const COMPLETIONS: &str = "completions";
 
 /// The tables a snapshot carries: everything about our own files, their holders and the
 /// peers. Not the chunks we host (lost with the disk) nor the queue (a scan fills it again).
@@ -41,11 +57,12 @@ const CARRIED: &[&str] = &[
     "snapshots",
 ];
 
+/// Columns `taken_ms` and `mark` are added by `catalog::ADDED_COLUMNS`.
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS snapshots (
     file_id TEXT PRIMARY KEY,         -- a catalog snapshot of ours (sent, or being sent)
-    day INTEGER NOT NULL,             -- its slot (seal::Slot): never used twice
-    n INTEGER NOT NULL,
+    day INTEGER NOT NULL,             -- SnapshotNo: -1 numbered (n is its number), else its
+    n INTEGER NOT NULL,               -- dated slot (day, n); never used twice
     at_rd INTEGER NOT NULL DEFAULT 0, -- every chunk reached the desired RD
     UNIQUE (day, n)
 );
@@ -55,8 +72,10 @@ CREATE TABLE IF NOT EXISTS snapshots (
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotRow {
     pub file_id: FileId,
-    pub slot: Slot,
+    pub slot: SnapshotNo,
     pub at_rd: bool,
+    /// When it was taken (unix ms by the clock of then): a label, never an order.
+    pub taken_ms: Option<i64>,
 }
 
 /// The header of a snapshot file holding a database of `len` bytes with SHA-256 `hash`.
@@ -78,16 +97,50 @@ pub fn parse_header(bytes: &[u8]) -> Option<(u64, [u8; 32])> {
     Some((len, h[16..].try_into().ok()?))
 }
 
-fn floor_text(slot: Slot) -> String {
-    format!("{}:{}", slot.day, slot.n)
+/// When snapshot `slot` was taken (`taken_ms`, by the clock of then), as shown to the admin.
+pub fn taken_label(slot: SnapshotNo, taken_ms: Option<i64>) -> String {
+    match (taken_ms, slot) {
+        (Some(ms), _) => {
+            let s = ms.div_euclid(1000);
+            format!(
+                "taken {} {:02}:{:02} UTC",
+                Slot::day_text(s.div_euclid(86_400).clamp(0, u32::MAX as i64) as u32),
+                s.rem_euclid(86_400) / 3600,
+                s.rem_euclid(3600) / 60
+            )
+        }
+        (None, SnapshotNo::Dated(d)) => format!("taken {}", Slot::day_text(d.day)),
+        (None, SnapshotNo::Numbered(_)) => "taken at an unknown time".into(),
+    }
 }
 
-fn parse_floor(text: &str) -> Option<Slot> {
-    let (day, n) = text.split_once(':')?;
-    Some(Slot {
-        day: day.parse().ok()?,
-        n: n.parse().ok()?,
-    })
+/// The table's (day, n) of `no`.
+fn columns(no: SnapshotNo) -> (i64, i64) {
+    match no {
+        SnapshotNo::Dated(s) => (i64::from(s.day), i64::from(s.n)),
+        SnapshotNo::Numbered(n) => (-1, n as i64),
+    }
+}
+
+fn from_columns(day: i64, n: i64) -> Option<SnapshotNo> {
+    match day {
+        -1 => Some(SnapshotNo::Numbered(u64::try_from(n).ok()?)),
+        _ => Some(SnapshotNo::Dated(Slot {
+            day: u32::try_from(day).ok()?,
+            n: u16::try_from(n).ok()?,
+        })),
+    }
+}
+
+/// The first number after a recover that found snapshots up to `floor`: the lost computer may
+/// have sent a few more that no probe found (below their RD), so far above it; a power of two,
+/// so that a recover's first probes (the powers of two) find it.
+fn after_recover(floor: u64) -> u64 {
+    floor
+        .saturating_add(1024)
+        .saturating_mul(2)
+        .checked_next_power_of_two()
+        .unwrap_or(1 << 63)
 }
 
 impl Catalog {
@@ -95,41 +148,55 @@ impl Catalog {
     pub fn snapshots(&self) -> Result<Vec<SnapshotRow>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT file_id, day, n, at_rd FROM snapshots ORDER BY day, n")?;
+            .prepare_cached("SELECT file_id, day, n, at_rd, taken_ms FROM snapshots")?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
-                r.get::<_, u32>(1)?,
-                r.get::<_, u16>(2)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
                 r.get::<_, bool>(3)?,
+                r.get::<_, Option<i64>>(4)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, day, n, at_rd) = row?;
+            let (id, day, n, at_rd, taken_ms) = row?;
             let file_id = FileId::parse(&id)
                 .map_err(|_| StoreError::Corrupt(format!("snapshot fileId {id:?}")))?;
+            let slot = from_columns(day, n)
+                .ok_or_else(|| StoreError::Corrupt(format!("snapshot slot {day}:{n}")))?;
             out.push(SnapshotRow {
                 file_id,
-                slot: Slot { day, n },
+                slot,
                 at_rd,
+                taken_ms,
             });
         }
+        out.sort_by_key(|r| r.slot);
         Ok(out)
     }
 
-    /// The snapshot `recover` would take: the newest that a recover finds (`findable`), else
-    /// the newest, shown below its RD (`at_rd` false) when a recover would not find it.
+    /// The snapshot `recover` would take: the newest at its RD, else the newest, shown below
+    /// its RD (`at_rd` false) when a recover would not find it.
     pub fn newest_snapshot(&self) -> Result<Option<SnapshotRow>, StoreError> {
         Ok(newest_findable(self.snapshots()?))
     }
 
-    /// The newest slot that may not be used again: the newest of ours, or the floor a recover
-    /// set (snapshots of the lost catalog it may not know of).
-    pub fn last_snapshot_slot(&self) -> Result<Option<Slot>, StoreError> {
-        let newest = self.snapshots()?.into_iter().map(|s| s.slot).max();
-        let floor = self.meta("snapshot_floor")?.and_then(|t| parse_floor(&t));
-        Ok(newest.max(floor))
+    /// The number the next snapshot takes: one more than the newest, never one used before nor
+    /// one a lost computer may have used (after a recover, `after_recover`).
+    pub fn next_snapshot_no(&self) -> Result<u64, StoreError> {
+        let top = (self.snapshots()?.iter())
+            .filter_map(|r| match r.slot {
+                SnapshotNo::Numbered(n) => Some(n),
+                SnapshotNo::Dated(_) => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let floor = self.meta(NO_FLOOR)?.and_then(|t| t.parse::<u64>().ok());
+        Ok(match floor {
+            Some(f) if f >= top => after_recover(f),
+            _ => top.saturating_add(1),
+        })
     }
 
     /// Whether `file_id` is one of our catalog snapshots.
@@ -140,20 +207,32 @@ impl Catalog {
             .query_row([file_id.key()], |r| r.get(0))?)
     }
 
-    /// Records that `slot` is taken by `file_id`, before anything of it is sent.
-    pub fn claim_snapshot(&self, file_id: &FileId, slot: Slot) -> Result<(), StoreError> {
+    /// Records that `slot` is taken by `file_id` at `taken_ms` (a label), before anything of it
+    /// is sent, with the count of completed versions it names (`COMPLETIONS`).
+    pub fn claim_snapshot(
+        &self,
+        file_id: &FileId,
+        slot: SnapshotNo,
+        taken_ms: i64,
+    ) -> Result<(), StoreError> {
+        let (day, n) = columns(slot);
+        let mark: i64 = self
+            .meta(COMPLETIONS)?
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
         self.conn
-            .prepare_cached("INSERT INTO snapshots (file_id, day, n) VALUES (?1, ?2, ?3)")?
-            .execute(params![file_id.key(), slot.day, slot.n])?;
+            .prepare_cached(
+                "INSERT INTO snapshots (file_id, day, n, taken_ms, mark) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![file_id.key(), day, n, taken_ms, mark])?;
         Ok(())
     }
 
-    /// Gives back a slot claimed by a snapshot that failed before anything of it was sent
-    /// (its file could not be written: a full disk, or the daemon was killed), so that the next
-    /// one takes it: else a failed first snapshot of the day would take the day's anchor, by
-    /// which a recover finds the day's other snapshots. Never once a chunk of it may have been
-    /// sent (its version row exists; its fileId is then not used again). Whether it was given
-    /// back.
+    /// Gives back a number claimed by a snapshot that failed before anything of it was sent
+    /// (its file could not be written: a full disk, or the daemon was killed), so that the
+    /// next one takes it: numbers stay without gaps, which a recover's search relies on. Never
+    /// once a chunk of it may have been sent (its version row exists; its fileId is then not
+    /// used again). Whether it was given back.
     pub fn release_snapshot(&self, file_id: &FileId) -> Result<bool, StoreError> {
         Ok(self
             .conn
@@ -170,6 +249,41 @@ impl Catalog {
             .prepare_cached("UPDATE snapshots SET at_rd = 1 WHERE file_id = ?1")?
             .execute([file_id.key()])?;
         Ok(())
+    }
+
+    /// The count of completed versions (`COMPLETIONS`) that a snapshot at its RD names: a
+    /// version whose `completed_no` is at most this is in a snapshot a recover finds.
+    pub fn snapshotted_mark(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT COALESCE(MAX(mark), 0) FROM snapshots WHERE at_rd = 1")?
+            .query_row([], |r| r.get(0))?)
+    }
+
+    /// Paths of our files with an older version kept while a newer complete one, completed
+    /// after `from` (a `COMPLETIONS` count), waits for a snapshot at its RD up to `to` to name
+    /// it (`Forget::KeepVersions`). Snapshots aside.
+    pub fn held_paths(&self, from: i64, to: i64) -> Result<Vec<PathBuf>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT DISTINCT g.path FROM files g
+             WHERE g.complete = 1 AND COALESCE(g.completed_no, 0) > ?1
+               AND COALESCE(g.completed_no, 0) <= ?2
+               AND g.file_id NOT IN (SELECT file_id FROM snapshots)
+               AND EXISTS (SELECT 1 FROM files f WHERE f.path = g.path AND f.version < g.version)",
+        )?;
+        let rows = stmt.query_map(params![from, to], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            use std::os::unix::ffi::OsStringExt;
+            out.push(PathBuf::from(std::ffi::OsString::from_vec(row?)));
+        }
+        Ok(out)
+    }
+
+    /// Whether an older version waits (is kept) for a snapshot at its RD to name a newer one.
+    pub fn versions_held(&self) -> Result<bool, StoreError> {
+        let mark = self.snapshotted_mark()?;
+        Ok(!self.held_paths(mark, i64::MAX)?.is_empty())
     }
 
     /// Forgets a snapshot a newer one superseded (`superseded`): its version (if it has a row:
@@ -213,56 +327,146 @@ impl Catalog {
             .query_row([], |r| r.get(0))?)
     }
 
-    /// After a recover: `file_id` in `slot` is the snapshot this catalog came from (it goes
-    /// once a newer one reached its RD), and no slot up to `floor` is used again.
+    /// After a recover: `file_id` (snapshot `slot`) is the snapshot this catalog came from (it
+    /// goes once a newer one reached its RD), and no number up to far above `found` (the
+    /// highest number the recover saw) is used again. Nothing expires until `restore --all`
+    /// ran (`EXPIRY_HOLD`), and snapshots are taken again.
     pub fn adopt_snapshot(
         &self,
         file_id: &FileId,
-        slot: Slot,
-        floor: Slot,
+        slot: SnapshotNo,
+        found: u64,
     ) -> Result<(), StoreError> {
+        let (day, n) = columns(slot);
         self.atomically(|| {
             self.conn
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO snapshots (file_id, day, n, at_rd) VALUES (?1, ?2, ?3, 1)",
+                    "INSERT OR REPLACE INTO snapshots (file_id, day, n, at_rd, mark)
+                     VALUES (?1, ?2, ?3, 1,
+                             COALESCE((SELECT mark FROM snapshots WHERE file_id = ?1), 0))",
                 )?
-                .execute(params![file_id.key(), slot.day, slot.n])?;
+                .execute(params![file_id.key(), day, n])?;
             // The key that opened it was not made here.
             self.conn
-                .prepare_cached("DELETE FROM meta WHERE key = 'master_key_made'")?
+                .prepare_cached(
+                    "DELETE FROM meta WHERE key IN ('master_key_made', 'snapshots_wait_recover')",
+                )?
                 .execute([])?;
             // What the lost computer sent after this snapshot is not recorded here: an
             // unfinished encrypted version is never resumed (`Catalog::sealed_version`).
             self.conn
                 .prepare_cached("UPDATE files SET no_resume = 1 WHERE complete = 0")?
                 .execute([])?;
-            self.set_meta("snapshot_floor", &floor_text(floor.max(slot)))
+            self.set_meta(EXPIRY_HOLD, &EXPIRY_HOLD_MS.to_string())?;
+            self.set_meta(NO_FLOOR, &found.to_string())
         })
     }
 }
 
-/// Of `rows` (oldest first), the newest that a recover finds: at its RD, and so is its day's
-/// anchor (a recover finds a day by its anchor); else the newest, with `at_rd` false.
+/// Of `rows` (oldest first), the newest that a recover finds: the newest at its RD (a dated
+/// one only if its day's anchor is at its RD too: a recover finds a day by its anchor); else
+/// the newest, with `at_rd` false.
 pub fn newest_findable(mut rows: Vec<SnapshotRow>) -> Option<SnapshotRow> {
-    let anchor_at_rd = |day: u32| rows.iter().any(|r| r.slot == Slot::anchor(day) && r.at_rd);
-    match rows
-        .iter()
-        .rposition(|r| r.at_rd && anchor_at_rd(r.slot.day))
-    {
+    let anchor_at_rd = |day: u32| {
+        rows.iter()
+            .any(|r| r.slot == SnapshotNo::Dated(Slot::anchor(day)) && r.at_rd)
+    };
+    let findable = |r: &SnapshotRow| match r.slot {
+        SnapshotNo::Numbered(_) => r.at_rd,
+        SnapshotNo::Dated(s) => r.at_rd && anchor_at_rd(s.day),
+    };
+    match rows.iter().rposition(findable) {
         Some(i) => Some(rows.swap_remove(i)),
         None => rows.pop().map(|r| SnapshotRow { at_rd: false, ..r }),
     }
 }
 
-/// The snapshots to forget once `rows` are known: all but the newest one at its RD, the
-/// (at most `UNFINISHED_KEPT`) newest ones after it, and the anchors of those days (a recover
-/// finds a day by its anchor).
+/// A recover's first probes for numbered snapshots: the powers of two. The newest found is the
+/// top bit of the newest number (kept: `chain`).
+pub fn search_start() -> Vec<u64> {
+    (0..64).map(|k| 1u64 << k).collect()
+}
+
+/// The next round of a recover's search once `base` is found with its `bits` lowest bits still
+/// to learn: the multiples of the round's step above `base` (`SEARCH_BITS` bits a round, 63
+/// probes); the newest found is the new base. Returns the probes and the bits left after.
+pub fn search_round(base: u64, bits: u32) -> (Vec<u64>, u32) {
+    let b = bits.min(SEARCH_BITS);
+    let step = 1u64 << (bits - b);
+    let probes = (1..1u64 << b)
+        .filter_map(|x| base.checked_add(x * step))
+        .collect();
+    (probes, bits - b)
+}
+
+/// Bits of a snapshot number a recover learns per round.
+const SEARCH_BITS: u32 = 6;
+
+/// Of the numbered snapshots `nos`, those a recover needs to find `tip` by its search
+/// (`recover::search`): for each k, the newest one at most `tip` whose number is a multiple of
+/// 2^k. O(log n) of them.
+fn chain(nos: &[u64], tip: u64) -> Vec<u64> {
+    (0..64)
+        .filter_map(|k| {
+            nos.iter()
+                .copied()
+                .filter(|n| *n <= tip && n.trailing_zeros() >= k)
+                .max()
+        })
+        .collect()
+}
+
+/// The snapshots to forget once `rows` are known. Numbered: all but the newest one at its RD,
+/// the (at most `UNFINISHED_KEPT`) newest ones after it, and the chains (`chain`) of the newest
+/// and of the newest at its RD. Retention goes by number alone: a snapshot taken under a clock
+/// set ahead deletes nothing older. Dated ones (taken before an upgrade) all go once a
+/// numbered one is at its RD; until then, the newest at its RD, a few newer ones and the
+/// anchors of their days.
 pub fn superseded(rows: &[SnapshotRow]) -> Vec<FileId> {
-    let mut sorted: Vec<&SnapshotRow> = rows.iter().collect();
+    let numbered: Vec<(u64, bool, &FileId)> = (rows.iter())
+        .filter_map(|r| match r.slot {
+            SnapshotNo::Numbered(n) => Some((n, r.at_rd, &r.file_id)),
+            SnapshotNo::Dated(_) => None,
+        })
+        .collect();
+    let nos: Vec<u64> = numbered.iter().map(|(n, ..)| *n).collect();
+    let newest_at_rd = numbered
+        .iter()
+        .filter(|(_, rd, _)| *rd)
+        .map(|(n, ..)| *n)
+        .max();
+    let mut newer: Vec<u64> = (nos.iter().copied())
+        .filter(|n| newest_at_rd.is_none_or(|r| *n > r))
+        .collect();
+    newer.sort_unstable_by(|a, b| b.cmp(a));
+    let mut kept: Vec<u64> = newer.into_iter().take(UNFINISHED_KEPT).collect();
+    for tip in newest_at_rd.into_iter().chain(nos.iter().copied().max()) {
+        kept.push(tip);
+        kept.extend(chain(&nos, tip));
+    }
+    let mut gone: Vec<FileId> = (numbered.iter())
+        .filter(|(n, ..)| !kept.contains(n))
+        .map(|(.., id)| (*id).clone())
+        .collect();
+    let dated: Vec<&SnapshotRow> = (rows.iter())
+        .filter(|r| matches!(r.slot, SnapshotNo::Dated(_)))
+        .collect();
+    if newest_at_rd.is_some() {
+        gone.extend(dated.iter().map(|r| r.file_id.clone()));
+    } else {
+        gone.extend(superseded_dated(&dated));
+    }
+    gone
+}
+
+/// Dated snapshots: all but the newest one at its RD, the (at most `UNFINISHED_KEPT`) newest
+/// ones after it, and the anchors of those days (a recover finds a day by its anchor).
+fn superseded_dated(rows: &[&SnapshotRow]) -> Vec<FileId> {
+    let mut sorted: Vec<&SnapshotRow> = rows.to_vec();
     sorted.sort_by_key(|r| std::cmp::Reverse(r.slot));
     let newest_at_rd = sorted.iter().position(|r| r.at_rd);
     let newer = newest_at_rd.unwrap_or(sorted.len());
-    let mut kept: Vec<Slot> = sorted[..newer]
+    let mut kept: Vec<SnapshotNo> = sorted[..newer]
         .iter()
         .take(UNFINISHED_KEPT)
         .map(|r| r.slot)
@@ -270,7 +474,12 @@ pub fn superseded(rows: &[SnapshotRow]) -> Vec<FileId> {
     if let Some(i) = newest_at_rd {
         kept.push(sorted[i].slot);
     }
-    let anchors: Vec<Slot> = kept.iter().map(|s| Slot::anchor(s.day)).collect();
+    let anchors: Vec<SnapshotNo> = (kept.iter())
+        .filter_map(|s| match s {
+            SnapshotNo::Dated(d) => Some(SnapshotNo::Dated(Slot::anchor(d.day))),
+            SnapshotNo::Numbered(_) => None,
+        })
+        .collect();
     kept.extend(anchors);
     sorted
         .into_iter()
@@ -457,14 +666,26 @@ mod tests {
     fn row(day: u32, n: u16, at_rd: bool) -> SnapshotRow {
         SnapshotRow {
             file_id: FileId::from_digest(&[(day as u8).wrapping_mul(16) ^ n as u8; 32]),
-            slot: Slot { day, n },
+            slot: SnapshotNo::Dated(Slot { day, n }),
             at_rd,
+            taken_ms: None,
         }
     }
 
-    fn kept(rows: &[SnapshotRow]) -> Vec<Slot> {
+    fn numbered(n: u64, at_rd: bool) -> SnapshotRow {
+        let mut digest = [0xEE; 32];
+        digest[..8].copy_from_slice(&n.to_be_bytes());
+        SnapshotRow {
+            file_id: FileId::from_digest(&digest),
+            slot: SnapshotNo::Numbered(n),
+            at_rd,
+            taken_ms: None,
+        }
+    }
+
+    fn kept(rows: &[SnapshotRow]) -> Vec<SnapshotNo> {
         let gone = superseded(rows);
-        let mut k: Vec<Slot> = (rows.iter())
+        let mut k: Vec<SnapshotNo> = (rows.iter())
             .filter(|r| !gone.contains(&r.file_id))
             .map(|r| r.slot)
             .collect();
@@ -473,8 +694,8 @@ mod tests {
     }
 
     #[test]
-    fn the_newest_at_rd_its_anchor_and_a_few_newer_ones_are_kept() {
-        let s = |day, n| Slot { day, n };
+    fn dated_ones_keep_the_newest_at_rd_its_anchor_and_a_few_newer_ones() {
+        let s = |day, n| SnapshotNo::Dated(Slot { day, n });
         // Day 10: anchor, 5, 9 (at RD); day 11: anchor (not yet at RD).
         let rows = [
             row(9, 0, true),
@@ -491,6 +712,155 @@ mod tests {
         let rows: Vec<SnapshotRow> = (0..6).map(|n| row(12, n, false)).collect();
         assert_eq!(kept(&rows), vec![s(12, 0), s(12, 3), s(12, 4), s(12, 5)]);
         assert!(superseded(&[]).is_empty());
+        // A numbered one below its RD deletes none of them; at its RD, all.
+        let mut rows = vec![row(10, 0, true), row(10, 9, true), numbered(1, false)];
+        assert_eq!(kept(&rows).len(), 3);
+        rows[2].at_rd = true;
+        assert_eq!(kept(&rows), vec![SnapshotNo::Numbered(1)]);
+    }
+
+    /// Issue 24, case 6: snapshots are taken one after another (each kept set as `superseded`
+    /// leaves it), and at every step a recover's search (`search_start`, `search_round`),
+    /// asking only for what is kept, finds the newest, in O(log n) rounds; O(log n) are kept.
+    /// After a recover the numbers jump (`after_recover`) and the search still finds the newest.
+    #[test]
+    fn the_newest_numbered_snapshot_is_found_in_log_n_rounds_among_log_n_kept() {
+        fn search(kept: &[u64]) -> (Option<u64>, usize) {
+            let hit = |probes: Vec<u64>| probes.into_iter().filter(|p| kept.contains(p)).max();
+            let Some(mut base) = hit(search_start()) else {
+                return (None, 1);
+            };
+            let (mut bits, mut rounds) = (base.trailing_zeros(), 1);
+            while bits > 0 {
+                let (probes, left) = search_round(base, bits);
+                base = hit(probes).unwrap_or(base);
+                (bits, rounds) = (left, rounds + 1);
+            }
+            (Some(base), rounds)
+        }
+        let mut rows: Vec<SnapshotRow> = Vec::new();
+        let mut next = 1u64;
+        for step in 0..1500u64 {
+            if step == 700 {
+                next = after_recover(next - 1); // a recover that found the newest
+            }
+            rows.push(numbered(next, true));
+            let gone = superseded(&rows);
+            rows.retain(|r| !gone.contains(&r.file_id));
+            let nos: Vec<u64> = (rows.iter())
+                .filter_map(|r| match r.slot {
+                    SnapshotNo::Numbered(n) => Some(n),
+                    SnapshotNo::Dated(_) => None,
+                })
+                .collect();
+            let (found, rounds) = search(&nos);
+            assert_eq!(found, Some(next), "step {step}, kept {nos:?}");
+            let log = 64 - next.leading_zeros() as usize;
+            assert!(rounds <= 1 + log.div_ceil(6), "{rounds} rounds for {next}");
+            assert!(nos.len() <= log + 2, "{} kept for {next}", nos.len());
+            next += 1;
+        }
+        assert_eq!(search(&[]), (None, 1));
+        // The newest below its RD: the newest at RD, its chain and the newer ones stay.
+        let rows: Vec<SnapshotRow> = (1..=20).map(|n| numbered(n, n <= 13)).collect();
+        let k = kept(&rows);
+        for n in [13, 12, 8, 20, 19, 18, 16] {
+            assert!(k.contains(&SnapshotNo::Numbered(n)), "{n} kept: {k:?}");
+        }
+    }
+
+    /// Issue 24, case 6: the numbers come from the catalog alone: one more each time, never one
+    /// used before, far above what a recover found; no clock is read.
+    #[test]
+    fn numbers_go_up_by_one_never_repeat_and_jump_after_a_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        assert_eq!(cat.next_snapshot_no().unwrap(), 1);
+        // A dated one of before the upgrade: numbers start at 1 all the same.
+        cat.claim_snapshot(
+            &FileId::from_digest(&[9; 32]),
+            SnapshotNo::Dated(Slot::anchor(3)),
+            0,
+        )
+        .unwrap();
+        assert_eq!(cat.next_snapshot_no().unwrap(), 1);
+        let one = FileId::from_digest(&[1; 32]);
+        cat.claim_snapshot(&one, SnapshotNo::Numbered(1), 5)
+            .unwrap();
+        assert!(cat
+            .claim_snapshot(&FileId::from_digest(&[2; 32]), SnapshotNo::Numbered(1), 6)
+            .is_err());
+        assert_eq!(cat.next_snapshot_no().unwrap(), 2);
+        // The time is a label: a snapshot dated a year ahead changes nothing of the order.
+        let two = FileId::from_digest(&[2; 32]);
+        cat.claim_snapshot(&two, SnapshotNo::Numbered(2), i64::MAX / 2)
+            .unwrap();
+        assert_eq!(cat.next_snapshot_no().unwrap(), 3);
+        assert_eq!(cat.snapshots().unwrap()[2].taken_ms, Some(i64::MAX / 2));
+        // Given back before anything was sent: taken again.
+        assert!(cat.release_snapshot(&two).unwrap());
+        assert_eq!(cat.next_snapshot_no().unwrap(), 2);
+        // A recover that saw numbers up to 40: a power of two far above.
+        cat.adopt_snapshot(&FileId::from_digest(&[4; 32]), SnapshotNo::Numbered(37), 40)
+            .unwrap();
+        let jumped = cat.next_snapshot_no().unwrap();
+        assert_eq!(jumped, 4096);
+        cat.claim_snapshot(
+            &FileId::from_digest(&[5; 32]),
+            SnapshotNo::Numbered(jumped),
+            7,
+        )
+        .unwrap();
+        assert_eq!(cat.next_snapshot_no().unwrap(), jumped + 1);
+        assert_eq!(
+            cat.meta(EXPIRY_HOLD).unwrap(),
+            Some(EXPIRY_HOLD_MS.to_string())
+        );
+    }
+
+    /// Issue 24, case 2: with keep_versions = 1, version 1 goes only once a snapshot at its RD,
+    /// claimed after version 2 completed, names version 2.
+    #[test]
+    fn an_old_version_goes_only_once_a_snapshot_at_its_rd_names_its_successor() {
+        use crate::store::catalog::Forget;
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        let (v1, v2) = (FileId::from_digest(&[1; 32]), FileId::from_digest(&[2; 32]));
+        for (id, version) in [(&v1, 1), (&v2, 2)] {
+            cat.conn
+                .execute(
+                    "INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash, desired_rd)
+                     VALUES (?1, X'2F66', ?2, 3, 0, 420, 'h', 2)",
+                    params![id.key(), version],
+                )
+                .unwrap();
+        }
+        let keep = Forget::KeepVersions { keep: 1 };
+        cat.set_file_complete(&v1).unwrap();
+        let early = FileId::from_digest(&[7; 32]);
+        cat.claim_snapshot(&early, SnapshotNo::Numbered(1), 0)
+            .unwrap();
+        cat.set_snapshot_at_rd(&early).unwrap();
+        cat.set_file_complete(&v2).unwrap();
+        assert!(cat.versions_held().unwrap());
+        assert!(!cat.forget(&v1, keep, 0).unwrap(), "no snapshot names v2");
+        let named = FileId::from_digest(&[8; 32]);
+        cat.claim_snapshot(&named, SnapshotNo::Numbered(2), 0)
+            .unwrap();
+        assert!(!cat.forget(&v1, keep, 0).unwrap(), "not at its RD yet");
+        assert_eq!(
+            cat.held_paths(0, cat.snapshotted_mark().unwrap())
+                .unwrap()
+                .len(),
+            0
+        );
+        cat.set_snapshot_at_rd(&named).unwrap();
+        assert!(!cat.versions_held().unwrap());
+        assert_eq!(
+            cat.held_paths(1, cat.snapshotted_mark().unwrap()).unwrap(),
+            vec![PathBuf::from("/f")]
+        );
+        assert!(cat.forget(&v1, keep, 0).unwrap());
     }
 
     #[test]
@@ -557,8 +927,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
         let (snap, file) = (FileId::from_digest(&[1; 32]), FileId::from_digest(&[2; 32]));
-        let slot = Slot::anchor(7);
-        cat.claim_snapshot(&snap, slot).unwrap();
+        let slot = SnapshotNo::Numbered(7);
+        cat.claim_snapshot(&snap, slot, 0).unwrap();
         for (id, path) in [(&snap, "X'2F73'"), (&file, "X'2F66'")] {
             cat.conn
                 .execute(
@@ -576,7 +946,7 @@ mod tests {
         };
         assert!(!cat.forget(&snap, abandoned, 0).unwrap(), "snapshot kept");
         assert!(!cat.release_snapshot(&snap).unwrap());
-        assert_eq!(cat.last_snapshot_slot().unwrap(), Some(slot));
+        assert_eq!(cat.next_snapshot_no().unwrap(), 8);
         assert!(
             cat.forget(&file, abandoned, 0).unwrap(),
             "a file's forgotten"
@@ -623,8 +993,7 @@ mod tests {
             .execute_batch("UPDATE files SET no_resume = 0")
             .unwrap();
         assert_eq!(found("/a").as_deref(), Some(A));
-        let floor = Slot { day: 9, n: 0 };
-        cat.adopt_snapshot(&FileId::from_digest(&[1; 32]), floor, floor)
+        cat.adopt_snapshot(&FileId::from_digest(&[1; 32]), SnapshotNo::Numbered(9), 9)
             .unwrap();
         assert_eq!(found("/a"), None, "unfinished, recovered: not resumed");
         assert_eq!(
@@ -683,37 +1052,14 @@ mod tests {
     }
 
     #[test]
-    fn a_used_slot_or_one_below_the_floor_is_not_used_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
-        assert_eq!(cat.last_snapshot_slot().unwrap(), None);
-        let id = FileId::from_digest(&[1; 32]);
-        cat.claim_snapshot(&id, Slot { day: 5, n: 3 }).unwrap();
-        assert!(cat
-            .claim_snapshot(&FileId::from_digest(&[2; 32]), Slot { day: 5, n: 3 })
-            .is_err());
-        assert_eq!(
-            cat.last_snapshot_slot().unwrap(),
-            Some(Slot { day: 5, n: 3 })
-        );
-        let found = FileId::from_digest(&[3; 32]);
-        cat.adopt_snapshot(&found, Slot { day: 5, n: 1 }, Slot { day: 6, n: 40 })
-            .unwrap();
-        assert_eq!(
-            cat.last_snapshot_slot().unwrap(),
-            Some(Slot { day: 6, n: 40 })
-        );
-        assert!(cat.forget_snapshot(&found, 0).unwrap());
-        assert!(!cat
-            .forget_snapshot(&FileId::from_digest(&[9; 32]), 0)
-            .unwrap());
-        assert_eq!(cat.snapshots().unwrap().len(), 1);
-    }
-
-    #[test]
     fn the_snapshot_shown_is_the_newest_a_recover_finds() {
         let newest = |rows: Vec<SnapshotRow>| newest_findable(rows).map(|r| (r.slot, r.at_rd));
-        let s = |day, n| Slot { day, n };
+        let s = |day, n| SnapshotNo::Dated(Slot { day, n });
+        // Numbered: the newest at its RD, whatever the dated ones.
+        assert_eq!(
+            newest(vec![row(4, 0, true), numbered(1, true), numbered(2, false)]),
+            Some((SnapshotNo::Numbered(1), true))
+        );
         assert_eq!(newest(vec![]), None);
         assert_eq!(
             newest(vec![row(4, 0, true), row(4, 2, true), row(4, 3, false)]),
@@ -731,22 +1077,45 @@ mod tests {
         );
     }
 
+    /// Issue 24, case 11: a recovered catalog expires nothing (every file looks deleted while
+    /// the watched folders are empty) until the hold is lifted (`restore --all`, or 7 days).
     #[test]
-    fn a_slot_is_given_back_only_while_nothing_of_it_was_sent() {
+    fn a_recovered_catalog_expires_nothing_until_the_hold_is_lifted() {
+        use crate::store::catalog::Forget;
         let dir = tempfile::tempdir().unwrap();
         let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
-        let (anchor, later) = (Slot::anchor(7), Slot { day: 7, n: 9 });
+        let f = FileId::from_digest(&[3; 32]);
+        cat.conn
+            .execute(
+                "INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash, desired_rd, complete)
+                 VALUES (?1, X'2F66', 1, 3, 0, 420, 'h', 2, 1)",
+                [f.key()],
+            )
+            .unwrap();
+        cat.set_meta(WAIT_RECOVER, "1").unwrap();
+        cat.adopt_snapshot(&FileId::from_digest(&[4; 32]), SnapshotNo::Numbered(2), 2)
+            .unwrap();
+        assert_eq!(cat.meta(WAIT_RECOVER).unwrap(), None, "snapshots go on");
+        cat.mark_deleted(Path::new("/f"), 5).unwrap();
+        let expired = Forget::DeletedExpired { keep_deleted_ms: 0 };
+        assert!(!cat.forget(&f, expired, 0).unwrap(), "held");
+        cat.delete_meta(EXPIRY_HOLD).unwrap();
+        assert!(cat.forget(&f, expired, 0).unwrap());
+    }
+
+    #[test]
+    fn a_number_is_given_back_only_while_nothing_of_it_was_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
         let unsent = FileId::from_digest(&[1; 32]);
-        cat.claim_snapshot(&unsent, anchor).unwrap();
+        cat.claim_snapshot(&unsent, SnapshotNo::Numbered(1), 0)
+            .unwrap();
         assert!(cat.release_snapshot(&unsent).unwrap());
-        assert_eq!(
-            cat.last_snapshot_slot().unwrap(),
-            None,
-            "the anchor is free again"
-        );
-        // Once its version row exists (its backup began), the slot stays used.
+        assert_eq!(cat.next_snapshot_no().unwrap(), 1, "1 is free again");
+        // Once its version row exists (its backup began), the number stays used.
         let sent = FileId::from_digest(&[2; 32]);
-        cat.claim_snapshot(&sent, later).unwrap();
+        cat.claim_snapshot(&sent, SnapshotNo::Numbered(1), 0)
+            .unwrap();
         cat.conn
             .execute(
                 "INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash, desired_rd)
@@ -755,6 +1124,6 @@ mod tests {
             )
             .unwrap();
         assert!(!cat.release_snapshot(&sent).unwrap());
-        assert_eq!(cat.last_snapshot_slot().unwrap(), Some(later));
+        assert_eq!(cat.next_snapshot_no().unwrap(), 2);
     }
 }

@@ -2,11 +2,13 @@
 //! state folder), finds the newest catalog snapshot this peer backed up, fetches it, and leaves
 //! it for the daemon to install when it starts again, at once (`Node::restart`).
 //!
-//! A snapshot's fileId comes from the peer id, the master key and its slot (`seal::Slot`), and
-//! its hashes were lost with the catalog: its chunks are asked for with `Expect::Opens`, and
-//! only a body that decrypts under its key as its chunk is taken. First the anchor of each day
-//! (one probe per day, newest first), then every slot of the newest day found; the newest
-//! snapshot that can be fetched whole, and whose bytes match its header, wins.
+//! A snapshot's fileId comes from the peer id, the master key and its number
+//! (`seal::SnapshotNo`), and its hashes were lost with the catalog: its chunks are asked for
+//! with `Expect::Opens`, and only a body that decrypts under its key as its chunk is taken.
+//! Numbered snapshots are found in O(log n) probes (`search_numbered`), without a clock; the
+//! dated ones of older versions by the anchor of each day within `--days`, then every slot of
+//! the newest days found. The newest snapshot that can be fetched whole, and whose bytes match
+//! its header, wins; `--list` shows them, `--at N` picks one, `--none` says there is none.
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
@@ -20,9 +22,9 @@ use crate::control::{exit, Unit};
 use crate::daemon::driver::{Input, JobEvent};
 use crate::daemon::{unix_now, Node};
 use crate::engine::peer::{Expect, JobKind};
-use crate::protocol::seal::{Cut, FileKey, MasterKey, Slot};
+use crate::protocol::seal::{Cut, FileKey, MasterKey, Slot, SnapshotNo};
 use crate::protocol::{ChunkId, ChunkNo, FileId};
-use crate::store::snapshot::{self, HEADER_LEN, RECOVERED};
+use crate::store::snapshot::{self, EXPIRY_HOLD, HEADER_LEN, RECOVERED, WAIT_RECOVER};
 use crate::store::{io_disk_full, Catalog};
 
 /// Days looked back by default.
@@ -41,8 +43,8 @@ const ROUNDS: usize = 4;
 /// What the client is told on success.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Recovered {
-    pub day: u32,
-    pub n: u16,
+    /// "42", or "20794:3" for a dated one.
+    pub snapshot: String,
     pub bytes: u64,
     pub versions: u64,
 }
@@ -129,13 +131,13 @@ async fn fetch_opened(
 async fn probe(
     node: &Arc<Node>,
     master: &MasterKey,
-    slots: &[Slot],
-) -> Result<Vec<(Slot, Vec<u8>)>, RecoverError> {
+    slots: &[SnapshotNo],
+) -> Result<Vec<(SnapshotNo, Vec<u8>)>, RecoverError> {
     let mut ids = HashMap::new();
     let wants = slots
         .iter()
         .map(|slot| {
-            let file_id = master.snapshot_file_id(node.id, *slot);
+            let file_id = master.snapshot_no_file_id(node.id, *slot);
             ids.insert(file_id.clone(), *slot);
             Want {
                 key: Arc::new(master.file_key(&file_id)),
@@ -147,7 +149,7 @@ async fn probe(
         })
         .collect();
     let got = fetch_opened(node, wants).await?;
-    let mut found: Vec<(Slot, Vec<u8>)> = got
+    let mut found: Vec<(SnapshotNo, Vec<u8>)> = got
         .into_iter()
         .filter_map(|(c, piece)| ids.get(&c.file_id).map(|s| (*s, piece)))
         .collect();
@@ -160,7 +162,7 @@ async fn probe(
 async fn fetch_snapshot(
     node: &Arc<Node>,
     master: &MasterKey,
-    slot: Slot,
+    slot: SnapshotNo,
     first: Vec<u8>,
     out: &Path,
     progress: &Progress,
@@ -174,7 +176,7 @@ async fn fetch_snapshot(
     if cut.piece_len(total, 0) != Some(first.len()) || count > u64::from(u32::MAX) {
         return Ok(Err("its first chunk does not match its header".into()));
     }
-    let file_id = master.snapshot_file_id(node.id, slot);
+    let file_id = master.snapshot_no_file_id(node.id, slot);
     let key = Arc::new(master.file_key(&file_id));
     let file = {
         let out = out.to_path_buf();
@@ -233,10 +235,7 @@ async fn fetch_snapshot(
         }
         report(
             progress,
-            format!(
-                "fetched {end} of {count} chunks of snapshot {}:{}",
-                slot.day, slot.n
-            ),
+            format!("fetched {end} of {count} chunks of snapshot {slot}"),
         );
         meter(progress, u64::from(end), count, Unit::Chunks);
         next = end;
@@ -253,15 +252,35 @@ async fn fetch_snapshot(
     Ok(checked)
 }
 
-/// `peerstash recover [--days N] [--force]`.
-pub(crate) async fn recover(node: &Arc<Node>, days: u32, force: bool, progress: &Progress) -> Done {
+/// What `peerstash recover` is asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Install the newest snapshot found that is whole, or the one given (`--at`).
+    Install(Option<SnapshotNo>),
+    /// List the snapshots found (`--list`), changing nothing.
+    List,
+    /// There is nothing to recover (`--none`): a reinstalled peer takes snapshots again.
+    Nothing,
+}
+
+/// Snapshots `--list` fetches to say whether each is whole.
+const LISTED: usize = 12;
+
+/// `peerstash recover [--days N] [--force] [--list | --at N | --none]`.
+pub(crate) async fn recover(
+    node: &Arc<Node>,
+    days: u32,
+    force: bool,
+    mode: Mode,
+    progress: &Progress,
+) -> Done {
     // Not beside a snapshot (which copies the catalog) nor another recover.
     let Ok(_one) = node.snapshotting.try_lock() else {
         return Done::failed(
             "a catalog snapshot or another recover is running: try again in a minute",
         );
     };
-    match run(node, days.min(MAX_DAYS), force, progress).await {
+    match run(node, days.min(MAX_DAYS), force, mode, progress).await {
         Ok(done) => done,
         Err(e) => {
             let state_dir = node.config().peer.state_dir.clone();
@@ -290,29 +309,148 @@ pub(crate) async fn recover(node: &Arc<Node>, days: u32, force: bool, progress: 
     }
 }
 
+/// The numbered snapshots found, newest first, with their first pieces: the powers of two first
+/// (the newest of them is the top bit of the newest number: it is kept, `snapshot::superseded`),
+/// then the number's lower bits, a few a round (`snapshot::search_round`: each candidate a multiple of the
+/// round's step, the newest of which is kept). O(log n) probes in all, no clock.
+async fn search_numbered(
+    node: &Arc<Node>,
+    master: &MasterKey,
+    progress: &Progress,
+) -> Result<Vec<(SnapshotNo, Vec<u8>)>, RecoverError> {
+    let numbered =
+        |nos: Vec<u64>| -> Vec<SnapshotNo> { nos.into_iter().map(SnapshotNo::Numbered).collect() };
+    let mut found = probe(node, master, &numbered(snapshot::search_start())).await?;
+    let Some(SnapshotNo::Numbered(mut base)) = found.first().map(|(s, _)| *s) else {
+        return Ok(Vec::new());
+    };
+    let mut bits = base.trailing_zeros();
+    while bits > 0 {
+        let (probes, left) = snapshot::search_round(base, bits);
+        let hits = probe(node, master, &numbered(probes)).await?;
+        if let Some(SnapshotNo::Numbered(top)) = hits.first().map(|(s, _)| *s) {
+            base = top;
+        }
+        found.extend(hits);
+        bits = left;
+    }
+    found.sort_by_key(|(s, _)| std::cmp::Reverse(*s));
+    found.dedup_by_key(|(s, _)| *s);
+    report(
+        progress,
+        format!("found {} numbered catalog snapshots", found.len()),
+    );
+    Ok(found)
+}
+
+/// The dated snapshots (of a version before numbers) of the newest days found within `days`
+/// (at most `DAYS_TRIED` days), newest first.
+async fn search_dated(
+    node: &Arc<Node>,
+    master: &MasterKey,
+    days: u32,
+    progress: &Progress,
+) -> Result<Vec<(SnapshotNo, Vec<u8>)>, RecoverError> {
+    let today = (unix_now() / 86_400) as u32;
+    // Newest first: tomorrow (a clock behind the lost computer's) down to `days` ago.
+    let all_days: Vec<u32> = (today.saturating_sub(days)..=today.saturating_add(1))
+        .rev()
+        .collect();
+    let mut out = Vec::new();
+    let mut days_found = 0;
+    for batch in all_days.chunks(ANCHORS_AT_ONCE) {
+        let anchors: Vec<SnapshotNo> = (batch.iter())
+            .map(|d| SnapshotNo::Dated(Slot::anchor(*d)))
+            .collect();
+        for (anchor, anchor_first) in probe(node, master, &anchors).await? {
+            let SnapshotNo::Dated(anchor) = anchor else {
+                continue;
+            };
+            days_found += 1;
+            if days_found > DAYS_TRIED {
+                return Ok(out);
+            }
+            report(
+                progress,
+                format!(
+                    "found dated snapshots of day {} ({})",
+                    anchor.day,
+                    Slot::day_text(anchor.day)
+                ),
+            );
+            let later: Vec<SnapshotNo> = (1..Slot::PER_DAY)
+                .map(|n| SnapshotNo::Dated(Slot { day: anchor.day, n }))
+                .collect();
+            out.extend(probe(node, master, &later).await?);
+            out.push((SnapshotNo::Dated(anchor), anchor_first));
+        }
+    }
+    Ok(out)
+}
+
+/// A snapshot's label, as `--list` shows it: when it was taken, by the clock of then.
+fn label(db: &Path, slot: SnapshotNo) -> String {
+    let taken: Option<i64> = match slot {
+        SnapshotNo::Numbered(n) => rusqlite::Connection::open(db).ok().and_then(|c| {
+            c.query_row(
+                "SELECT taken_ms FROM snapshots WHERE day = -1 AND n = ?1",
+                [n as i64],
+                |r| r.get(0),
+            )
+            .ok()
+        }),
+        SnapshotNo::Dated(_) => None,
+    };
+    snapshot::taken_label(slot, taken)
+}
+
 async fn run(
     node: &Arc<Node>,
     days: u32,
     force: bool,
+    mode: Mode,
     progress: &Progress,
 ) -> Result<Done, RecoverError> {
     let config = node.config();
     let state_dir = config.peer.state_dir.clone();
+    if mode == Mode::Nothing {
+        let waited = node
+            .catalog
+            .call(|c| {
+                let waited = c.meta(WAIT_RECOVER)?.is_some();
+                c.delete_meta(WAIT_RECOVER)?;
+                Ok(waited)
+            })
+            .await?;
+        if waited {
+            tracing::info!("`peerstash recover --none`: catalog snapshots are taken from now on");
+        }
+        return Ok(Done::ok(match waited {
+            true => "no catalog to recover: this peer takes catalog snapshots from now on",
+            false => "this peer was not waiting for a recover: nothing was changed",
+        }));
+    }
     let Some(master) = node.master_key() else {
         return Ok(Done::failed(format!(
             "recover needs this peer's master key, and {} is missing or unreadable: put back the copy of the key you kept there (mode 0600), restart peerstashd and run `peerstash recover` again. Nothing was changed.",
             config.peer.master_key_file.display()
         )));
     };
-    if state_dir.join(RECOVERED).exists() {
+    if state_dir.join(RECOVERED).exists() && mode != Mode::List {
         node.restart.notify_one();
         return Ok(Done::failed(
             "a recovered catalog is waiting to be installed: the daemon restarts now to install it",
         ));
     }
-    let (own, key_made) = node
+    let (own, key_made, waiting) = node
         .catalog
-        .call(|c| Ok((c.own_versions()?, c.meta("master_key_made")?)))
+        .call(|c| {
+            Ok((
+                c.own_versions()?,
+                c.meta("master_key_made")?,
+                c.meta(WAIT_RECOVER)?.is_some(),
+            ))
+        })
         .await?;
     // "fingerprint unix_ms": this very key was made here.
     let made_here = key_made
@@ -330,95 +468,112 @@ async fn run(
             Slot::day_text((made / 86_400_000) as u32)
         )));
     }
-    if own > 0 && !force {
+    // A reinstalled peer (`WAIT_RECOVER`) took no snapshot: what its new catalog lists (the
+    // intact folders it backed up again) is no reason to refuse.
+    if own > 0 && !force && !waiting && mode != Mode::List {
         return Ok(Done::failed(format!(
-            "this peer's catalog already lists {own} backed-up versions: recover replaces a lost catalog. Run `peerstash recover --force` to replace it anyway (it is kept as {}; what it lists stays on the peers, forgotten). Nothing was changed.",
+            "this peer's catalog already lists {own} backed-up versions: recover replaces a lost catalog. `peerstash recover --list` shows the snapshots found on the peers (the newest may be one this catalog took itself); `peerstash recover --force --at N` replaces this catalog with snapshot N (`--force` alone: with the newest found), keeping this one as {}, and what it lists stays on the peers, forgotten. Nothing was changed.",
             state_dir.join(snapshot::REPLACED).display()
         )));
     }
-    let now = unix_now();
-    let today = (now / 86_400) as u32;
-    let floor = Slot {
-        day: today,
-        n: (now % 86_400 / 600) as u16,
-    };
     report(
         progress,
         format!(
-            "looking for catalog snapshots of peer {} over the last {days} days",
+            "looking for catalog snapshots of peer {} (dated ones over the last {days} days)",
             node.id.0
         ),
     );
     let out = state_dir.join(RECOVERING);
-    // Newest first: tomorrow (a clock behind the lost computer's) down to `days` ago.
-    let all_days: Vec<u32> = (today.saturating_sub(days)..=today.saturating_add(1))
-        .rev()
-        .collect();
-    let mut highest: Option<Slot> = None;
-    let (mut tried, mut days_tried) = (Vec::new(), 0);
-    'days: for batch in all_days.chunks(ANCHORS_AT_ONCE) {
-        let anchors: Vec<Slot> = batch.iter().map(|d| Slot::anchor(*d)).collect();
-        let found_days = probe(node, &master, &anchors).await?;
-        for (anchor, anchor_first) in found_days {
-            days_tried += 1;
-            if days_tried > DAYS_TRIED {
-                break 'days;
+    let numbered = search_numbered(node, &master, progress).await?;
+    // The highest number seen, whichever is installed: no number up to far above it is used
+    // again (`Catalog::next_snapshot_no`).
+    let highest = (numbered.iter())
+        .filter_map(|(s, _)| match s {
+            SnapshotNo::Numbered(n) => Some(*n),
+            SnapshotNo::Dated(_) => None,
+        })
+        .max()
+        .unwrap_or(0);
+    let candidates = match mode {
+        Mode::Install(Some(at)) => probe(node, &master, &[at]).await?,
+        _ => {
+            let mut found = numbered;
+            if found.is_empty() || mode == Mode::List {
+                found.extend(search_dated(node, &master, days, progress).await?);
             }
-            report(
-                progress,
-                format!(
-                    "found snapshots of day {} ({}): looking for the newest",
-                    anchor.day,
-                    Slot::day_text(anchor.day)
-                ),
-            );
-            let later: Vec<Slot> = (1..Slot::PER_DAY)
-                .map(|n| Slot { day: anchor.day, n })
-                .collect();
-            let mut candidates = probe(node, &master, &later).await?;
-            candidates.push((anchor, anchor_first));
-            highest = highest.max(candidates.first().map(|(s, _)| *s));
-            for (slot, first) in candidates {
-                report(
-                    progress,
-                    format!("fetching snapshot {}:{}", slot.day, slot.n),
-                );
-                match fetch_snapshot(node, &master, slot, first, &out, progress).await? {
-                    Ok(versions) => {
-                        return install(
-                            node,
-                            &out,
-                            &master,
-                            slot,
-                            floor.max(highest.unwrap_or(slot)),
-                            versions,
-                            progress,
-                        )
-                        .await;
-                    }
-                    Err(why) => {
-                        tracing::warn!(
-                            "catalog snapshot {}:{} cannot be used: {why}",
-                            slot.day,
-                            slot.n
-                        );
-                        tried.push(format!("{}:{} ({why})", slot.day, slot.n));
-                    }
-                }
+            found
+        }
+    };
+    let (mut tried, mut listed) = (Vec::new(), Vec::new());
+    for (slot, first) in candidates {
+        if mode == Mode::List && listed.len() >= LISTED {
+            listed.push(format!(
+                "  (older ones not fetched: at most {LISTED} are listed)"
+            ));
+            break;
+        }
+        report(progress, format!("fetching snapshot {slot}"));
+        match fetch_snapshot(node, &master, slot, first, &out, progress).await? {
+            Ok(versions) if mode == Mode::List => {
+                let o = out.clone();
+                let taken = spawn_blocking(move || label(&o, slot)).await?;
+                listed.push(format!("  {slot}: {taken}, whole, {versions} versions"));
+            }
+            Ok(versions) => {
+                return install(node, &out, &master, slot, highest, versions, progress).await;
+            }
+            Err(why) => {
+                tracing::warn!("catalog snapshot {slot} cannot be used: {why}");
+                listed.push(format!("  {slot}: not whole ({why})"));
+                tried.push(format!("{slot} ({why})"));
             }
         }
     }
     let _ = spawn_blocking(move || std::fs::remove_file(out)).await;
-    Ok(Done::failed(match tried.is_empty() {
-        true => format!(
-            "no catalog snapshot of peer {} was found over the last {days} days: check that the peers holding them are running, that this is the peer id ({}) and the master key the lost computer had, or look further back with `--days N`. Nothing was changed.",
+    if mode == Mode::List && !listed.is_empty() {
+        return Ok(Done::ok(format!(
+            "catalog snapshots of peer {} found on the peers, newest first (`peerstash recover --at N` installs one):\n{}",
+            node.id.0,
+            listed.join("\n")
+        )));
+    }
+    Ok(Done::failed(match (tried.is_empty(), mode) {
+        (true, Mode::Install(Some(at))) => format!(
+            "catalog snapshot {at} of peer {} was not found on any peer: `peerstash recover --list` shows the ones found. Nothing was changed.",
+            node.id.0
+        ),
+        (true, _) => format!(
+            "no catalog snapshot of peer {} was found: check that the peers holding them are running, that this is the peer id ({}) and the master key the lost computer had, or look further back for dated ones with `--days N`. Nothing was changed.",
             node.id.0, node.id.0
         ),
-        false => format!(
+        (false, _) => format!(
             "catalog snapshots were found but none could be fetched whole: {}. Nothing was changed; start the peers that hold them and try again.",
             tried.join("; ")
         ),
     }))
+}
+
+/// `restore --all` restored every file in place: the expiry a recover held back
+/// (`EXPIRY_HOLD`) applies again.
+pub(crate) async fn restored_all(node: &Arc<Node>) -> Done {
+    let held = node
+        .catalog
+        .call(|c| {
+            let held = c.meta(EXPIRY_HOLD)?.is_some();
+            c.delete_meta(EXPIRY_HOLD)?;
+            Ok(held)
+        })
+        .await;
+    match held {
+        Ok(true) => {
+            tracing::info!(
+                "`peerstash restore --all` has run: deleted files expire again as keep_deleted says"
+            );
+            Done::ok("restore --all has run: deleted files expire again as keep_deleted says")
+        }
+        Ok(false) => Done::ok("nothing was held back"),
+        Err(e) => Done::failed(format!("cannot note that restore --all has run: {e}")),
+    }
 }
 
 /// Records the snapshot in the catalog found, puts it where the next start installs it, and
@@ -427,18 +582,18 @@ async fn install(
     node: &Arc<Node>,
     out: &Path,
     master: &MasterKey,
-    slot: Slot,
-    floor: Slot,
+    slot: SnapshotNo,
+    found: u64,
     versions: u64,
     progress: &Progress,
 ) -> Result<Done, RecoverError> {
-    let file_id: FileId = master.snapshot_file_id(node.id, slot);
+    let file_id: FileId = master.snapshot_no_file_id(node.id, slot);
     let recovered = node.config().peer.state_dir.join(RECOVERED);
     let bytes = {
         let (out, recovered) = (out.to_path_buf(), recovered.clone());
         spawn_blocking(move || -> Result<u64, RecoverError> {
             let cat = Catalog::open(&out)?;
-            cat.adopt_snapshot(&file_id, slot, floor)?;
+            cat.adopt_snapshot(&file_id, slot, found)?;
             drop(cat);
             let bytes = std::fs::metadata(&out)?.len();
             std::fs::File::open(&out)?.sync_all()?;
@@ -453,8 +608,7 @@ async fn install(
     report(
         progress,
         format!(
-            "recovered the catalog of {} ({versions} versions): the daemon restarts with it",
-            Slot::day_text(slot.day)
+            "recovered catalog snapshot {slot} ({versions} versions): the daemon restarts with it"
         ),
     );
     // After this reply is out.
@@ -466,14 +620,10 @@ async fn install(
     Ok(Done {
         code: exit::OK,
         message: format!(
-            "recovered the catalog snapshot {}:{} ({}, {versions} versions, {bytes} bytes); peerstashd restarts with it. Then run `peerstash restore --all` to bring the files back",
-            slot.day,
-            slot.n,
-            Slot::day_text(slot.day)
+            "recovered the catalog snapshot {slot} ({versions} versions, {bytes} bytes); peerstashd restarts with it. Then run `peerstash restore --all` to bring the files back (nothing expires until it has run, or for 7 days)"
         ),
         data: serde_json::to_value(Recovered {
-            day: slot.day,
-            n: slot.n,
+            snapshot: slot.to_string(),
             bytes,
             versions,
         })

@@ -1,7 +1,9 @@
 //! Catalog snapshots (`store::snapshot`): taken after our own files changed (at most every
-//! `SNAPSHOT_EVERY`) and at least daily, or now with `peerstash snapshot`; each is backed up
-//! encrypted under its slot's fileId, and the ones a newer snapshot at its RD supersedes are
-//! deleted from the peers.
+//! `SNAPSHOT_EVERY`, within 15 seconds while an older version waits for one to name its
+//! successor) and at least daily, or now with `peerstash snapshot`; each is backed up encrypted
+//! under its number's fileId, and the ones a newer snapshot at its RD supersedes are deleted
+//! from the peers. Once one reaches its RD, the older versions it makes safe to delete go
+//! (`Forget::KeepVersions`). None is taken on a reinstalled peer until `peerstash recover`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,10 +13,11 @@ use tokio::task::spawn_blocking;
 
 use super::backup::{backup_handle_as, BackupError, Plan};
 use super::delete::send_pending_deletes;
+use super::delete::{forget_versions, Policy};
 use super::Done;
-use crate::daemon::{unix_now, Node};
-use crate::protocol::seal::Slot;
-use crate::store::snapshot::{self, superseded};
+use crate::daemon::Node;
+use crate::protocol::seal::SnapshotNo;
+use crate::store::snapshot::{self, superseded, WAIT_RECOVER};
 use crate::store::{io_disk_full, unix_ms, StoreError};
 use crate::workers::Worker;
 
@@ -30,6 +33,11 @@ pub const SLOWEST: Duration = Duration::from_secs(6 * 3600);
 pub const SNAPSHOT_AT_LEAST: Duration = Duration::from_secs(86_400);
 /// How often the worker looks whether one is due.
 const LOOK_EVERY: Duration = Duration::from_secs(60);
+/// While an older version waits for a snapshot to name its successor (`Catalog::versions_held`):
+/// one at most this often per `BYTES_PER_PERIOD` of catalog, not `SNAPSHOT_EVERY`.
+const HELD_EVERY: Duration = Duration::from_secs(15);
+/// How often the worker looks meanwhile (and at least this long after being woken).
+const HELD_LOOK: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SnapshotError {
@@ -39,8 +47,8 @@ pub(crate) enum SnapshotError {
     Io(#[from] std::io::Error),
     #[error("catalog snapshots are encrypted and this peer has no master key, and cannot make one at {0}: make it with `peerstash keygen {0}` and restart peerstashd")]
     NoMasterKey(PathBuf),
-    #[error("no snapshot slot is left today (256 are used): the next one is taken tomorrow")]
-    NoSlot,
+    #[error("this peer was reinstalled (a new catalog, a master key that existed before): no catalog snapshot is taken until `peerstash recover` has installed the lost computer's catalog, or `peerstash recover --none` says there is none to recover")]
+    WaitRecover,
     #[error("the snapshot could not be backed up: {0}")]
     Backup(#[from] BackupError),
     #[error("internal error: {0}")]
@@ -63,7 +71,7 @@ impl SnapshotError {
 
 /// A snapshot taken.
 pub(crate) struct Taken {
-    pub slot: Slot,
+    pub slot: SnapshotNo,
     pub bytes: u64,
     pub chunks: u64,
     /// Every chunk reached its RD.
@@ -84,8 +92,11 @@ fn folder(node: &Node) -> PathBuf {
     node.config().peer.state_dir.join("snapshots")
 }
 
-fn file_of(node: &Node, slot: Slot) -> PathBuf {
-    folder(node).join(format!("catalog-{}-{}.snap", slot.day, slot.n))
+fn file_of(node: &Node, slot: SnapshotNo) -> PathBuf {
+    folder(node).join(match slot {
+        SnapshotNo::Dated(s) => format!("catalog-{}-{}.snap", s.day, s.n),
+        SnapshotNo::Numbered(n) => format!("catalog-n{n}.snap"),
+    })
 }
 
 /// Takes a snapshot now (after sending again what the earlier ones below their RD miss), backs
@@ -149,21 +160,18 @@ async fn complete_locked(node: &Arc<Node>) -> Result<usize, SnapshotError> {
                 if node.catalog.call(move |c| c.release_snapshot(&f)).await? {
                     let _ = spawn_blocking(move || std::fs::remove_file(path)).await;
                     tracing::info!(
-                        "catalog snapshot {}:{} was never sent ({why}): its slot is free again",
-                        row.slot.day,
-                        row.slot.n
+                        "catalog snapshot {} was never sent ({why}): its number is free again",
+                        row.slot
                     );
                 } else if missing {
                     tracing::debug!(
-                        "catalog snapshot {}:{} below its RD has no file here: left as it is",
-                        row.slot.day,
-                        row.slot.n
+                        "catalog snapshot {} below its RD has no file here: left as it is",
+                        row.slot
                     );
                 } else {
                     tracing::warn!(
-                        "catalog snapshot {}:{} below its RD is not sent again: {}: {why}",
-                        row.slot.day,
-                        row.slot.n,
+                        "catalog snapshot {} below its RD is not sent again: {}: {why}",
+                        row.slot,
                         path.display()
                     );
                 }
@@ -177,15 +185,12 @@ async fn complete_locked(node: &Arc<Node>) -> Result<usize, SnapshotError> {
                 .call(move |c| c.set_snapshot_at_rd(&id))
                 .await?;
             completed += 1;
-            tracing::info!(
-                "catalog snapshot {}:{} reached its RD",
-                row.slot.day,
-                row.slot.n
-            );
+            tracing::info!("catalog snapshot {} reached its RD", row.slot);
         }
     }
     if completed > 0 {
         forget_superseded(node).await?;
+        release_held(node).await;
     }
     Ok(completed)
 }
@@ -216,22 +221,65 @@ async fn forget_superseded(node: &Arc<Node>) -> Result<usize, SnapshotError> {
     Ok(doomed.len())
 }
 
+/// The older versions that waited for a snapshot at its RD to name their successors, now
+/// named: their folders' `keep_versions` applies to them (`Forget::KeepVersions`).
+async fn release_held(node: &Arc<Node>) {
+    let held = node
+        .catalog
+        .call(|c| {
+            let from = c
+                .meta("pruned_upto")?
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0);
+            let to = c.snapshotted_mark()?;
+            Ok((c.held_paths(from, to)?, to))
+        })
+        .await;
+    let (paths, to) = match held {
+        Ok(p) => p,
+        Err(e) => return tracing::error!("cannot list the versions a snapshot now names: {e}"),
+    };
+    let config = node.config();
+    for path in paths {
+        let Some(watch) = config.watch_of(&path) else {
+            continue; // backed up by hand: no policy deletes its versions
+        };
+        if let Err(e) =
+            forget_versions(node, &path, Policy::KeepVersions(watch.keep_versions)).await
+        {
+            tracing::error!("cannot delete old versions of {}: {e}", path.display());
+        }
+    }
+    // Only once they were looked at (a kill before: looked at again next time).
+    let noted = node
+        .catalog
+        .call(move |c| c.set_meta("pruned_upto", &to.to_string()))
+        .await;
+    if let Err(e) = noted {
+        tracing::warn!("cannot note which older versions were let go: {e}");
+    }
+}
+
 async fn take_locked(node: &Arc<Node>) -> Result<Taken, SnapshotError> {
+    if node.catalog.call(|c| c.meta(WAIT_RECOVER)).await?.is_some() {
+        return Err(SnapshotError::WaitRecover);
+    }
     let master = {
         let n = node.clone();
         spawn_blocking(move || n.master_key_or_make()).await?
     }
     .ok_or_else(|| SnapshotError::NoMasterKey(node.config().peer.master_key_file.clone()))?;
-    let (last, changes) = node
+    let (no, changes) = node
         .catalog
-        .call(|c| Ok((c.last_snapshot_slot()?, c.own_changes()?)))
+        .call(|c| Ok((c.next_snapshot_no()?, c.own_changes()?)))
         .await?;
-    let slot = Slot::next(unix_now(), last).ok_or(SnapshotError::NoSlot)?;
-    let file_id = master.snapshot_file_id(node.id, slot);
+    let slot = SnapshotNo::Numbered(no);
+    let file_id = master.snapshot_no_file_id(node.id, slot);
     {
         let f = file_id.clone();
+        let taken_ms = unix_ms();
         node.catalog
-            .call(move |c| c.claim_snapshot(&f, slot))
+            .call(move |c| c.claim_snapshot(&f, slot, taken_ms))
             .await?;
     }
     let (dir, path) = (folder(node), file_of(node, slot));
@@ -263,11 +311,7 @@ async fn take_locked(node: &Arc<Node>) -> Result<Taken, SnapshotError> {
         Err(e) => {
             let f = file_id.clone();
             if let Err(released) = node.catalog.call(move |c| c.release_snapshot(&f)).await {
-                tracing::warn!(
-                    "snapshot slot {}:{} stays used: {released}",
-                    slot.day,
-                    slot.n
-                );
+                tracing::warn!("snapshot number {slot} stays used: {released}");
             }
             return Err(e);
         }
@@ -290,10 +334,12 @@ async fn take_locked(node: &Arc<Node>) -> Result<Taken, SnapshotError> {
         })
         .await?;
     let forgotten = forget_superseded(node).await?;
+    if at_rd {
+        release_held(node).await;
+    }
     tracing::info!(
-        "catalog snapshot {}:{} backed up ({} bytes, {} chunks{}); {} older ones deleted",
-        slot.day,
-        slot.n,
+        "catalog snapshot {} backed up ({} bytes, {} chunks{}); {} older ones deleted",
+        slot,
         report.size,
         report.chunks,
         if at_rd {
@@ -317,9 +363,8 @@ async fn take_locked(node: &Arc<Node>) -> Result<Taken, SnapshotError> {
 pub(crate) async fn snapshot(node: &Arc<Node>) -> Done {
     match take(node).await {
         Ok(t) => Done::ok(format!(
-            "catalog snapshot {}:{} backed up ({} bytes in {} encrypted chunks, {}); {} older snapshots deleted{}",
-            t.slot.day,
-            t.slot.n,
+            "catalog snapshot {} backed up ({} bytes in {} encrypted chunks, {}); {} older snapshots deleted{}",
+            t.slot,
             t.bytes,
             t.chunks,
             match t.at_rd {
@@ -339,11 +384,23 @@ pub(crate) async fn snapshot(node: &Arc<Node>) -> Done {
     }
 }
 
-/// Whether a snapshot is due: our files changed since the last one and it is `interval` old,
-/// or it is a day old; never while there is nothing of ours to recover.
-fn due(own: u64, changed: bool, since_last_ms: Option<i64>, last_bytes: u64) -> bool {
-    let age = |d: Duration| since_last_ms.is_none_or(|ms| ms >= d.as_millis() as i64);
-    own > 0 && ((changed && age(interval(last_bytes))) || age(SNAPSHOT_AT_LEAST))
+/// Whether a snapshot is due: our files changed since the last one and it is `interval` old
+/// (`held_interval` while an older version waits for one: `held`), or it is a day old; never
+/// while there is nothing of ours to recover. A last one dated after now (the clock was set
+/// back since) is as good as none: a clock never stops snapshots.
+fn due(own: u64, changed: bool, held: bool, since_last_ms: Option<i64>, last_bytes: u64) -> bool {
+    let age = |d: Duration| since_last_ms.is_none_or(|ms| ms < 0 || ms >= d.as_millis() as i64);
+    let wait = match held {
+        true => held_interval(last_bytes),
+        false => interval(last_bytes),
+    };
+    own > 0 && ((changed && age(wait)) || age(SNAPSHOT_AT_LEAST))
+}
+
+/// The least time between two snapshots while an older version waits for one.
+fn held_interval(bytes: u64) -> Duration {
+    let periods = bytes.div_ceil(BYTES_PER_PERIOD).max(1);
+    (HELD_EVERY.saturating_mul(periods.min(u32::MAX as u64) as u32)).min(SLOWEST)
 }
 
 /// The least time between two snapshots taken for changes, after one of `bytes`.
@@ -361,8 +418,15 @@ fn completion_due(last: Option<Instant>, now: Instant) -> bool {
 /// ended below their RD to it.
 pub(crate) async fn keep_taking(node: Arc<Node>, worker: Worker) {
     let mut completion_tried: Option<Instant> = None;
+    let mut look_in = LOOK_EVERY;
     loop {
-        tokio::time::sleep(LOOK_EVERY).await;
+        tokio::select! {
+            _ = tokio::time::sleep(look_in) => {}
+            _ = node.snapshot_wake.notified() => {}
+        }
+        // Woken at every version backed up: at most one look per HELD_LOOK all the same.
+        tokio::time::sleep(HELD_LOOK).await;
+        look_in = LOOK_EVERY;
         let looked = node
             .catalog
             .call(|c| {
@@ -372,10 +436,11 @@ pub(crate) async fn keep_taking(node: Arc<Node>, worker: Worker) {
                     c.meta("snapshot_changes")?,
                     c.meta("snapshot_at_ms")?,
                     c.meta("snapshot_bytes")?,
+                    (c.versions_held()?, c.meta(WAIT_RECOVER)?.is_some()),
                 ))
             })
             .await;
-        let (own, changes, last_changes, last_at, last_bytes) = match looked {
+        let (own, changes, last_changes, last_at, last_bytes, (held, waiting)) = match looked {
             Ok(l) => l,
             Err(e) => {
                 worker.failed(&e.to_string(), None);
@@ -387,7 +452,16 @@ pub(crate) async fn keep_taking(node: Arc<Node>, worker: Worker) {
             .map(|t| unix_ms() - t);
         let last_bytes = last_bytes.and_then(|b| b.parse().ok()).unwrap_or(0);
         let changed = last_changes.as_deref() != Some(&changes);
-        if !due(own, changed, since, last_bytes) {
+        if held {
+            look_in = HELD_LOOK;
+        }
+        if waiting {
+            if own > 0 {
+                worker.failed(&SnapshotError::WaitRecover.to_string(), None);
+            }
+            continue;
+        }
+        if !due(own, changed, held, since, last_bytes) {
             let now = Instant::now();
             if completion_due(completion_tried, now) {
                 completion_tried = Some(now);
@@ -440,14 +514,20 @@ mod tests {
         let min = 60_000;
         let small = 300_000;
         assert!(
-            !due(0, true, None, 0),
+            !due(0, true, false, None, 0),
             "nothing of ours: nothing to recover"
         );
-        assert!(due(3, true, None, 0), "never taken");
-        assert!(!due(3, true, Some(5 * min), small));
-        assert!(due(3, true, Some(10 * min), small));
-        assert!(!due(3, false, Some(10 * min), small));
-        assert!(due(3, false, Some(24 * 60 * min), small));
+        assert!(due(3, true, false, None, 0), "never taken");
+        assert!(!due(3, true, false, Some(5 * min), small));
+        assert!(due(3, true, false, Some(10 * min), small));
+        assert!(!due(3, false, false, Some(10 * min), small));
+        assert!(due(3, false, false, Some(24 * 60 * min), small));
+        // An older version waits for a snapshot naming its successor: within 15 s.
+        assert!(!due(3, true, true, Some(10_000), small));
+        assert!(due(3, true, true, Some(15_000), small));
+        // The last one is dated a year ahead (the clock was set back since): due now.
+        assert!(due(3, true, false, Some(-365 * 24 * 60 * min), small));
+        assert!(due(3, false, false, Some(-1), small));
     }
 
     #[test]
@@ -471,10 +551,12 @@ mod tests {
         // 50 MB (100,000 files): 13 periods, 130 minutes.
         assert_eq!(interval(50_000_000), Duration::from_secs(130 * 60));
         assert_eq!(interval(u64::MAX), SLOWEST);
-        assert!(!due(3, true, Some(60 * min), 50_000_000));
-        assert!(due(3, true, Some(130 * min), 50_000_000));
+        assert!(!due(3, true, false, Some(60 * min), 50_000_000));
+        assert!(due(3, true, false, Some(130 * min), 50_000_000));
+        assert!(!due(3, true, true, Some(3 * min), 50_000_000));
+        assert!(due(3, true, true, Some(195_000), 50_000_000));
         assert!(
-            due(3, false, Some(24 * 60 * min), u64::MAX),
+            due(3, false, false, Some(24 * 60 * min), u64::MAX),
             "daily whatever its size"
         );
     }

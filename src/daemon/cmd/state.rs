@@ -62,16 +62,17 @@ pub(crate) async fn state(node: &Arc<Node>, owner: Option<u32>, below: Option<Pa
                 None => c.newest_snapshot()?.map(SnapshotInfo::from),
                 Some(_) => None,
             };
+            let waiting = owner.is_none() && super::status::waits_for_recover(c)?;
             Ok((
                 files,
                 stored,
                 c.queue_len()?,
                 c.unacked_delete_count()?,
-                snapshot,
+                (snapshot, waiting),
             ))
         })
         .await;
-    let (files, stored, queue_length, unacked_deletes, catalog_snapshot) = match r {
+    let (files, stored, queue_length, unacked_deletes, (catalog_snapshot, waiting)) = match r {
         Ok(x) => x,
         Err(e) => return e.into(),
     };
@@ -83,7 +84,9 @@ pub(crate) async fn state(node: &Arc<Node>, owner: Option<u32>, below: Option<Pa
         used_bytes: usage.used,
         files,
         stored,
-        warnings: node.duplicate_id_warning().into_iter().collect(),
+        warnings: (node.duplicate_id_warning().into_iter())
+            .chain(waiting.then(super::status::wait_recover_warning))
+            .collect(),
         queue_length,
         // The watched folders' paths are root's business.
         in_progress: match owner {

@@ -10,6 +10,7 @@ use super::Done;
 use crate::control::{exit, FolderStatus, SnapshotInfo, StatusReport};
 use crate::daemon::Node;
 use crate::store::health::from_counts;
+use crate::store::snapshot::WAIT_RECOVER;
 use crate::store::{Catalog, Health, StoreError};
 
 /// The health of the newest version of each of our files (its newest complete one, else its
@@ -55,6 +56,17 @@ pub(crate) fn overview(
     })
 }
 
+/// Whether a reinstalled peer waits for `peerstash recover` while it has backups of its own that
+/// no snapshot covers (a peer that only hosts, a new one made by the packages, says nothing).
+pub(crate) fn waits_for_recover(c: &Catalog) -> Result<bool, StoreError> {
+    Ok(c.meta(WAIT_RECOVER)?.is_some() && c.own_versions()? > 0)
+}
+
+/// What status and state say while a reinstalled peer waits for `peerstash recover`.
+pub(crate) fn wait_recover_warning() -> String {
+    "no catalog snapshot is taken: this peer looks reinstalled (a new catalog, a master key that existed before). Run `peerstash recover` to install the lost computer's catalog (`peerstash recover --list` shows the snapshots found), or `peerstash recover --none` if there is none".into()
+}
+
 pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
     let watched: Vec<PathBuf> = node.config().watch.iter().map(|w| w.path.clone()).collect();
     let folders_asked = match owner {
@@ -71,15 +83,16 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
             };
             let undecryptable = c.undecryptable(running.as_deref(), owner)?;
             let waiting = c.oldest_queued_under(&folders_asked)?;
+            let waits_recover = owner.is_none() && waits_for_recover(c)?;
             Ok((
                 overview(c, owner, folders_asked)?,
-                snapshot,
+                (snapshot, waits_recover),
                 undecryptable,
                 waiting,
             ))
         })
         .await;
-    let (o, catalog_snapshot, (undecryptable, unreadable), waiting) = match r {
+    let (o, (catalog_snapshot, waits_recover), (undecryptable, unreadable), waiting) = match r {
         Ok(x) => x,
         Err(e) => return e.into(),
     };
@@ -113,7 +126,9 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
         peers_heard: o.peers.0,
         peers_lost: o.peers.1,
         catalog_snapshot,
-        warnings: node.duplicate_id_warning().into_iter().collect(),
+        warnings: (node.duplicate_id_warning().into_iter())
+            .chain(waits_recover.then(wait_recover_warning))
+            .collect(),
     };
     // A version this peer cannot decrypt is at risk whatever its RD: no restore here opens it.
     if undecryptable > 0 {
@@ -176,7 +191,7 @@ mod tests {
 
     use super::*;
     use crate::protocol::message::{ChunkNo, FileId, PeerId};
-    use crate::protocol::seal::Slot;
+    use crate::protocol::seal::SnapshotNo;
     use crate::store::{health, BackupId, FileRow};
 
     /// The walk `newest_health` replaced (one query per file): the oracle.
@@ -251,14 +266,8 @@ mod tests {
                 c.add_holders(&id, ChunkNo(no), &holders).unwrap();
             }
             if i % 50 == 7 {
-                c.claim_snapshot(
-                    &id,
-                    Slot {
-                        day: 1,
-                        n: i as u16,
-                    },
-                )
-                .unwrap();
+                c.claim_snapshot(&id, SnapshotNo::Numbered(u64::from(i)), 0)
+                    .unwrap();
             }
         }
         for owner in [None, Some(0), Some(1000), Some(5)] {
