@@ -94,9 +94,10 @@ pub enum Command {
         /// Install snapshot N (as `--list` shows it), not the newest.
         #[arg(long, value_name = "N", conflicts_with = "none")]
         at: Option<String>,
-        /// There is no catalog to recover (a new peer whose master key was made beforehand):
-        /// start taking catalog snapshots.
-        #[arg(long, conflicts_with = "force")]
+        /// There is no catalog to recover (a new peer whose master key was copied from
+        /// elsewhere): start taking catalog snapshots. Refused while snapshots of this peer are
+        /// found on the peers, unless with --force.
+        #[arg(long)]
         none: bool,
     },
     /// Whether this peer's files are safe, at a glance: one health line (the degraded and

@@ -763,13 +763,78 @@ pub fn write_new_key(path: &Path) -> std::io::Result<()> {
     if written.is_err() {
         // Half a key is no key: leave nothing behind.
         let _ = std::fs::remove_file(path);
+        return written;
     }
-    written
+    // Best effort: without it, a start on a new catalog waits for `recover` (`key_made_here`).
+    if let Err(e) = std::fs::write(key_origin_path(path), origin_text(&key)) {
+        tracing::debug!("cannot note where {} was made: {e}", path.display());
+    }
+    Ok(())
+}
+
+/// Beside a key, what says it was made on this computer (by `write_new_key`): a one-way hash
+/// of the key and `/etc/machine-id`. A reinstalled computer has a new machine id, and its
+/// admin puts the old key back over the one the package made: either way the two disagree.
+pub fn key_origin_path(key: &Path) -> PathBuf {
+    let mut p = key.as_os_str().to_owned();
+    p.push(".origin");
+    PathBuf::from(p)
+}
+
+/// Whether the key in `key_file` was made on this computer (not a copy put back after a
+/// reinstall): a daemon starting on a new catalog with such a key takes snapshots at once,
+/// with any other it waits for `peerstash recover` (`snapshot::WAIT_RECOVER`).
+pub fn key_made_here(key_file: &Path) -> bool {
+    let (Ok(key), Ok(origin)) = (
+        std::fs::read(key_file),
+        std::fs::read_to_string(key_origin_path(key_file)),
+    ) else {
+        return false;
+    };
+    origin.trim() == origin_text(&key)
+}
+
+fn origin_text(key: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"peerstash key origin v1\0");
+    h.update(key);
+    h.update(b"\0");
+    h.update(machine_id());
+    crate::protocol::hex(&h.finalize())
+}
+
+/// This computer's id (`/etc/machine-id`; empty if there is none). Tests only: in a debug
+/// build `PEERSTASH_MACHINE_ID` stands for it (another computer with the same key).
+fn machine_id() -> Vec<u8> {
+    #[cfg(debug_assertions)]
+    if let Ok(id) = std::env::var("PEERSTASH_MACHINE_ID") {
+        return id.into_bytes();
+    }
+    let id = std::fs::read("/etc/machine-id").unwrap_or_default();
+    id.trim_ascii().to_vec()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_made_here_is_told_from_one_put_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("master.key");
+        assert!(!key_made_here(&key), "no key");
+        write_new_key(&key).unwrap();
+        assert!(key_made_here(&key));
+        // The admin puts the lost computer's key over the one the package made.
+        std::fs::write(&key, [7u8; KEY_LEN]).unwrap();
+        assert!(!key_made_here(&key));
+        // A key copied without its origin note.
+        std::fs::remove_file(&key).unwrap();
+        write_new_key(&key).unwrap();
+        std::fs::remove_file(key_origin_path(&key)).unwrap();
+        assert!(!key_made_here(&key));
+    }
 
     const FULL: &str = r#"
 [peer]

@@ -42,7 +42,8 @@ fn wait_version_at_rd(c: &Cluster, i: usize, file: &Path, version: u64) {
 }
 
 /// The computer dies: its state folder goes, and with it (`files_too`) the watched files.
-/// Config and master key kept; the daemon starts again on an empty state folder (with `env`).
+/// Config and master key kept; the daemon starts again on an empty state folder (with `env`),
+/// on what is another computer (a new machine id: `config::key_made_here`).
 fn disk_lost(c: &mut Cluster, root: Option<&Path>, env: &[(&str, &str)]) {
     c.kill(0);
     std::fs::remove_dir_all(c.peers[0].dir.join("state")).unwrap();
@@ -55,7 +56,9 @@ fn disk_lost(c: &mut Cluster, root: Option<&Path>, env: &[(&str, &str)]) {
             }
         }
     }
-    c.spawn_env(0, env);
+    let mut env = env.to_vec();
+    env.push(("PEERSTASH_MACHINE_ID", "a reinstalled computer"));
+    c.spawn_env(0, &env);
     c.wait_ready(0);
 }
 
@@ -143,6 +146,13 @@ fn a_reinstalled_peer_takes_no_snapshot_and_recovers_the_lost_catalog() {
     );
     assert!(c.full_log(0).contains("no catalog snapshot is taken"));
 
+    // "There is none" while the lost computer's snapshots are on the peers is refused: its
+    // snapshot numbers would be sealed again under the same key.
+    let out = c.cli(0, &["recover", "--none"]);
+    let text = output_text(&out);
+    assert_ne!(out.status.code(), Some(0), "--none refused: {text}");
+    assert!(text.contains("this peer had a catalog"), "{text}");
+
     let out = c.cli_ok(0, &["recover", "--list"], 0);
     assert!(out.contains("whole, "), "{out}");
     // "  N: taken …, whole, K versions", newest first: the lost computer's.
@@ -213,6 +223,40 @@ fn an_edit_just_before_the_disk_dies_still_restores() {
     assert!(out.contains("1 files: 1 restored, 0 failed"), "{out}");
     let back = std::fs::read(&file).unwrap();
     assert!(back == v1 || back == v2, "a whole version of the file");
+}
+
+/// Case 7's other side: a new computer whose package made its key before the first start
+/// (`peerstash keygen`, as postinst does) is no reinstalled one: it takes snapshots at once,
+/// with no `recover --none` asked of its admin.
+#[test]
+fn a_new_peer_whose_key_was_made_before_its_first_start_takes_snapshots() {
+    if needs_root("snapshot (root's command)") {
+        return;
+    }
+    let (_folder, root, watch) = watched("");
+    let mut c = Cluster::start_with(&["0", "30 MiB", "30 MiB"], &[&watch]);
+    // The package's install on a new computer: a key made here, then the first start.
+    c.kill(0);
+    std::fs::remove_dir_all(c.peers[0].dir.join("state")).unwrap();
+    let key = c.peers[0].dir.join("master.key");
+    std::fs::remove_file(&key).unwrap();
+    let _ = std::fs::remove_file(c.peers[0].dir.join("master.key.origin"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_peerstash"))
+        .arg("keygen")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    c.spawn(0);
+    c.wait_ready(0);
+
+    let file = root.join("new.txt");
+    std::fs::write(&file, random_bytes(30_000)).unwrap();
+    wait_version_at_rd(&c, 0, &file, 1);
+    let out = c.cli_ok(0, &["snapshot"], 0);
+    assert!(out.contains("every chunk at its RD"), "{out}");
+    let status = output_text(&c.cli(0, &["status"]));
+    assert!(!status.contains("peerstash recover"), "{status}");
 }
 
 /// Case 11: `keep_deleted = "0s"`. After a recover the watched folder is empty, so every file

@@ -262,7 +262,8 @@ impl Node {
     }
 }
 
-/// A new catalog beside a master key that existed before: the computer was reinstalled, and
+/// A new catalog beside a master key that existed before and was not made on this computer
+/// (`config::key_made_here`): the computer was reinstalled, and
 /// a snapshot now would be taken of this new catalog, newer than the lost one's, and a recover
 /// would find it first. None is taken until `peerstash recover` (or `--none`). Also logs what a
 /// recovered catalog holds back (expiry, until `restore --all`).
@@ -270,9 +271,10 @@ fn note_recovery_state(
     catalog: &Catalog,
     new_catalog: bool,
     options: &StartOptions,
+    key_file: &std::path::Path,
 ) -> anyhow::Result<()> {
     use crate::store::snapshot::{EXPIRY_HOLD, WAIT_RECOVER};
-    if new_catalog && options.master_key.is_some() {
+    if new_catalog && options.master_key.is_some() && !crate::config::key_made_here(key_file) {
         catalog.set_meta(WAIT_RECOVER, "1")?;
     }
     if catalog.meta(WAIT_RECOVER)?.is_some() {
@@ -494,7 +496,12 @@ pub async fn start(
     })?;
     let incarnation = crate::store::incarnation::load_or_make(&state_dir, &catalog)
         .map_err(|e| anyhow::anyhow!("{e}: check that {} is writable", state_dir.display()))?;
-    note_recovery_state(&catalog, new_catalog, &options)?;
+    note_recovery_state(
+        &catalog,
+        new_catalog,
+        &options,
+        &config.peer.master_key_file,
+    )?;
     let catalog = CatalogHandle::start(catalog);
     let master_key = settle_master_key(&catalog, &config, &options).await?;
     let quota = cmd::reclaim::effective_quota(&catalog, config.storage.quota).await?;

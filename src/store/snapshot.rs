@@ -199,6 +199,16 @@ impl Catalog {
         })
     }
 
+    /// No snapshot number up to far above `seen` (the highest a lost computer may have used)
+    /// is taken again (`next_snapshot_no`); a floor already higher stays.
+    pub fn raise_snapshot_floor(&self, seen: u64) -> Result<(), StoreError> {
+        let floor = self.meta(NO_FLOOR)?.and_then(|t| t.parse::<u64>().ok());
+        match floor {
+            Some(f) if f >= seen => Ok(()),
+            _ => self.set_meta(NO_FLOOR, &seen.to_string()),
+        }
+    }
+
     /// Whether `file_id` is one of our catalog snapshots.
     pub fn is_snapshot(&self, file_id: &FileId) -> Result<bool, StoreError> {
         Ok(self

@@ -413,29 +413,15 @@ async fn run(
 ) -> Result<Done, RecoverError> {
     let config = node.config();
     let state_dir = config.peer.state_dir.clone();
-    if mode == Mode::Nothing {
-        let waited = node
-            .catalog
-            .call(|c| {
-                let waited = c.meta(WAIT_RECOVER)?.is_some();
-                c.delete_meta(WAIT_RECOVER)?;
-                Ok(waited)
-            })
-            .await?;
-        if waited {
-            tracing::info!("`peerstash recover --none`: catalog snapshots are taken from now on");
-        }
-        return Ok(Done::ok(match waited {
-            true => "no catalog to recover: this peer takes catalog snapshots from now on",
-            false => "this peer was not waiting for a recover: nothing was changed",
-        }));
-    }
     let Some(master) = node.master_key() else {
         return Ok(Done::failed(format!(
             "recover needs this peer's master key, and {} is missing or unreadable: put back the copy of the key you kept there (mode 0600), restart peerstashd and run `peerstash recover` again. Nothing was changed.",
             config.peer.master_key_file.display()
         )));
     };
+    if mode == Mode::Nothing {
+        return nothing_to_recover(node, &master, force, progress).await;
+    }
     if state_dir.join(RECOVERED).exists() && mode != Mode::List {
         node.restart.notify_one();
         return Ok(Done::failed(
@@ -550,6 +536,51 @@ async fn run(
             "catalog snapshots were found but none could be fetched whole: {}. Nothing was changed; start the peers that hold them and try again.",
             tried.join("; ")
         ),
+    }))
+}
+
+/// `recover --none`: the admin says there is no lost catalog, and a reinstalled peer takes
+/// snapshots again. Its numbers must never be ones the lost computer sealed other bytes under
+/// (same key, same fileId, same nonces): the peers are searched first; snapshots found refuse
+/// the `--none` (unless `--force`), and the next number is taken far above the highest seen.
+async fn nothing_to_recover(
+    node: &Arc<Node>,
+    master: &MasterKey,
+    force: bool,
+    progress: &Progress,
+) -> Result<Done, RecoverError> {
+    report(
+        progress,
+        format!("looking for catalog snapshots of peer {}", node.id.0),
+    );
+    let found = search_numbered(node, master, progress).await?;
+    let highest = (found.iter())
+        .filter_map(|(s, _)| match s {
+            SnapshotNo::Numbered(n) => Some(*n),
+            SnapshotNo::Dated(_) => None,
+        })
+        .max();
+    if let (Some(n), false) = (highest, force) {
+        return Ok(Done::failed(format!(
+            "catalog snapshots of peer {} are on the peers (the newest is {n}): this peer had a catalog. `peerstash recover` installs it (`--list` shows them); `peerstash recover --none --force` starts without it. Nothing was changed.",
+            node.id.0
+        )));
+    }
+    let waited = node
+        .catalog
+        .call(move |c| {
+            let waited = c.meta(WAIT_RECOVER)?.is_some();
+            c.delete_meta(WAIT_RECOVER)?;
+            c.raise_snapshot_floor(highest.unwrap_or(0))?;
+            Ok(waited)
+        })
+        .await?;
+    if waited {
+        tracing::info!("`peerstash recover --none`: catalog snapshots are taken from now on");
+    }
+    Ok(Done::ok(match waited {
+        true => "no catalog to recover: this peer takes catalog snapshots from now on",
+        false => "this peer was not waiting for a recover: nothing else was changed",
     }))
 }
 
