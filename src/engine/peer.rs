@@ -1265,6 +1265,22 @@ impl Peer {
         self.start_backup(Owner::Rebackup, wire, rd, body, known, now);
     }
 
+    /// Reclaim: a hosted chunk that may be the last copy is handed on before it is dropped, as
+    /// a PUTCHUNK of its home's fileId on the backup schedule, until `rd` peers besides those
+    /// in `others` said STORED, or its sends are spent. `BackedUp` (owner `Rebackup`) says
+    /// whether another peer took it; only then may the caller drop its copy.
+    pub fn hand_on(
+        &mut self,
+        chunk: ChunkId,
+        rd: Rd,
+        body: Vec<u8>,
+        others: Vec<PeerId>,
+        now: Instant,
+    ) {
+        let others = others.into_iter().filter(|p| *p != self.id).collect();
+        self.start_backup(Owner::Rebackup, chunk, rd, body, others, now);
+    }
+
     /// The bytes asked for by `ReadBody` (None: the file changed or cannot be read).
     pub fn resend_body(&mut self, chunk: &ChunkId, body: Option<Vec<u8>>, now: Instant) {
         let Some(s) = self.sending.get_mut(chunk) else {
@@ -2483,6 +2499,32 @@ mod tests {
             1,
             "the second send is a resend"
         );
+    }
+
+    #[test]
+    fn a_chunk_handed_on_is_done_once_another_peer_stored_it_and_not_before() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // Another peer stores it: done at its STORED, after one send; our own copy is no holder.
+        let mut p = Peer::new(ME, 1);
+        p.hand_on(chunk(0), rd(1), vec![1], vec![ME], t0);
+        let (sends, outcome) = drive_backup(&mut p, t0, &[(3, ms(150))]);
+        assert_eq!(sends, vec![Duration::ZERO]);
+        assert!(outcome.reached);
+        assert_eq!(outcome.holders, vec![PeerId(3)]);
+        // Nobody has room: five sends on the schedule, then not reached (the copy stays).
+        let mut p = Peer::new(ME, 1);
+        p.hand_on(chunk(0), rd(1), vec![1], vec![ME], t0);
+        let (sends, outcome) = drive_backup(&mut p, t0, &[]);
+        assert_eq!(sends.len(), 5);
+        assert!(on_spread_schedule(&sends), "{sends:?}");
+        assert!(!outcome.reached);
+        assert!(*sends.last().unwrap() < Duration::from_secs(20));
+        // Enough other holders already: nothing is sent.
+        let mut p = Peer::new(ME, 1);
+        p.hand_on(chunk(0), rd(1), vec![1], vec![ME, PeerId(4)], t0);
+        let (sends, outcome) = drive_backup(&mut p, t0, &[]);
+        assert!(sends.is_empty() && outcome.reached, "{sends:?}");
     }
 
     fn credit(a: &[Action]) -> usize {

@@ -1,5 +1,6 @@
 //! Which hosted chunks to drop when the quota is lowered: those whose perceived RD most exceeds
-//! their desired RD first, so the least harm is done to the chunks' safety.
+//! their desired RD first, so the least harm is done to the chunks' safety; and which of them
+//! must be handed on to another peer before they go.
 
 /// A hosted chunk as reclaim sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +30,13 @@ pub fn choose_victims<K: Clone>(mut hosted: Vec<Candidate<K>>, used: u64, quota:
     victims
 }
 
+/// Whether a chunk to drop may be the last copy (no holder known besides this peer, which
+/// counts itself): then it is handed on first (`Peer::hand_on`), and dropped once another peer
+/// stored it. The others are dropped at once: their other holders re-back them up on REMOVED.
+pub fn hand_on_first<K>(c: &Candidate<K>) -> bool {
+    c.perceived_rd <= 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +61,15 @@ mod tests {
         assert_eq!(choose_victims(hosted.clone(), 400, 250), vec![2, 3]);
         assert_eq!(choose_victims(hosted.clone(), 400, 400), Vec::<u32>::new());
         assert_eq!(choose_victims(hosted, 400, 0), vec![2, 3, 1, 4]);
+    }
+
+    #[test]
+    fn only_a_chunk_that_may_be_the_last_copy_is_handed_on_first() {
+        assert!(hand_on_first(&c(1, 100, 1, 1)));
+        assert!(hand_on_first(&c(1, 100, 2, 1)));
+        assert!(hand_on_first(&c(1, 100, 2, 0)));
+        assert!(!hand_on_first(&c(1, 100, 1, 2)));
+        assert!(!hand_on_first(&c(1, 100, 3, 2)));
     }
 
     #[test]

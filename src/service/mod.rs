@@ -5,6 +5,7 @@
 pub mod metrics;
 pub mod presence;
 pub mod queue;
+mod repair;
 pub mod systemd;
 pub mod watch;
 
@@ -206,6 +207,8 @@ async fn status(node: Arc<Node>, worker: Worker) {
 
 /// Queues our files that have a chunk below its desired RD (periodically, and after a REMOVED
 /// once the holders had time to re-back up): the queue's backup resends only those chunks.
+/// The kept versions the local file cannot give (older ones, deleted files) are sent again
+/// from a copy on the peers (`repair`).
 async fn repair(node: Arc<Node>, wake: Arc<Notify>, worker: Worker) {
     let mut schedule = RepairSchedule::new(std::time::Instant::now());
     loop {
@@ -226,6 +229,17 @@ async fn repair(node: Arc<Node>, wake: Arc<Notify>, worker: Worker) {
                         paths.len()
                     );
                     queue::enqueue(&node, &wake, paths).await;
+                }
+                // Older versions and deleted files: from a copy on the peers.
+                match repair::from_surviving_copies(&node).await {
+                    Ok(r) if r.versions > 0 => tracing::info!(
+                        "repair from the peers' copies: {} kept versions looked at, {} chunks sent again, {} could not be",
+                        r.versions,
+                        r.chunks,
+                        r.failed
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("repair from the peers' copies stopped: {e}"),
                 }
                 worker.idle();
             }

@@ -1111,6 +1111,26 @@ impl Catalog {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Versions the policy keeps that have a chunk below their desired RD and that the queue's
+    /// repair (which reads the local file) does not cover: older versions, and every version of
+    /// a file deleted locally (kept for `keep_deleted`). Repaired from a surviving copy on the
+    /// peers. At most `limit`, the newest first. Catalog snapshots aside, as in `paths_below_rd`.
+    pub fn kept_versions_below_rd(&self, limit: usize) -> Result<Vec<FileId>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT f.file_id FROM files f
+             WHERE f.complete = 1
+               AND f.file_id NOT IN (SELECT file_id FROM snapshots)
+               AND (f.deleted_at IS NOT NULL
+                    OR f.version < (SELECT MAX(version) FROM files g WHERE g.path = f.path))
+               AND EXISTS (SELECT 1 FROM file_chunks c WHERE c.file_id = f.file_id
+                   AND COALESCE((SELECT n FROM holder_counts h
+                        WHERE h.file_id = c.file_id AND h.chunk_no = c.chunk_no), 0) < f.desired_rd)
+             ORDER BY f.version DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64], |r| r.get::<_, String>(0))?;
+        rows.map(|r| file_id_of(r?)).collect()
+    }
+
     /// Notes that a path's local file is gone (once: the first time counts for expiry; its
     /// absent time starts from zero).
     pub fn mark_deleted(&self, path: &Path, now: i64) -> Result<usize, StoreError> {
