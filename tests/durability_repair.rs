@@ -128,3 +128,56 @@ fn kept_versions_and_deleted_files_are_repaired_from_the_peers_copies() {
         "gone.bin restored"
     );
 }
+
+/// Case 3, reclaim: `peerstash reclaim 0` on peer 2, the only holder of an RD 1 folder's chunks
+/// (an older version, and a file deleted locally: nothing the local disk can give again),
+/// while peer 3 has room. Peer 2 hands each chunk on to peer 3 before dropping it: afterwards
+/// every kept version restores, with peer 2 holding nothing. On main peer 2 dropped them at once
+/// and only the newest version of the file still on disk came back (from the local file).
+#[test]
+fn reclaim_hands_the_last_copy_on_before_dropping_it() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("w");
+    std::fs::create_dir_all(&dir).unwrap();
+    let c = Cluster::start_specs(vec![
+        spec("0", watch(&dir, 1)),
+        spec("50MB", String::new()),
+        spec("0", String::new()),
+    ]);
+    let (f, g) = (dir.join("f.bin"), dir.join("gone.bin"));
+    let old = random_bytes(140_000);
+    std::fs::write(&f, &old).unwrap();
+    wait_versions_at(&c, &f, 1, 1, "backed up");
+    std::fs::write(&f, random_bytes(141_000)).unwrap();
+    wait_versions_at(&c, &f, 2, 1, "backed up");
+    let gone = random_bytes(90_000);
+    std::fs::write(&g, &gone).unwrap();
+    wait_versions_at(&c, &g, 1, 1, "backed up");
+    std::fs::remove_file(&g).unwrap();
+    let said = format!("{} was deleted locally", g.display());
+    let marked = wait_until(WAIT, || c.full_log(0).contains(&said));
+    assert!(marked, "gone.bin noted deleted:\n{}", c.log(0));
+
+    // Peer 3 gets room; peer 2 gives all of its back.
+    c.rewrite_config(2, "50MB", "");
+    c.reload(2);
+    let has_room = wait_until(WAIT, || c.state(2)["quota_bytes"].as_u64() > Some(0));
+    assert!(has_room, "peer 3's new quota applied:\n{}", c.log(2));
+    c.cli_ok(1, &["reclaim", "0"], 0);
+    assert_eq!(
+        used_bytes(&c.state(1)),
+        0,
+        "peer 2 holds nothing after reclaim 0"
+    );
+    assert_eq!(chunk_files_on_disk(c.peer(1)), 0, "peer 2's store is empty");
+
+    let out = root.path().join("out");
+    assert!(
+        restore_version(&c, &f, 1, &out) == old,
+        "f.bin version 1 restored"
+    );
+    assert!(
+        restore_version(&c, &g, 1, &out) == gone,
+        "gone.bin restored"
+    );
+}

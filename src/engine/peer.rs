@@ -782,9 +782,11 @@ impl Peer {
             now.saturating_duration_since(*at) < STOREDS_REMEMBERED_FOR
                 && deleted.is_none_or(|d| d < *at)
         };
+        // Nor the sender's own: a holder sending its copy on (a reclaim's hand-on) is about to
+        // drop it.
         let heard = match self.storeds.get(&chunk) {
             Some(peers) if self.enhanced => (peers.iter())
-                .filter(|(p, at)| still(at) && alive(p))
+                .filter(|(p, at)| *p != sender && still(at) && alive(p))
                 .map(|(p, _)| *p)
                 .collect(),
             _ => Vec::new(),
