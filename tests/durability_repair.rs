@@ -181,3 +181,66 @@ fn reclaim_hands_the_last_copy_on_before_dropping_it() {
         "gone.bin restored"
     );
 }
+
+/// Case 12: a 3 MB file at RD 1 under two peers' 1 MB quotas. It is refused with a message that
+/// says what to do (log and `status`), the chunks of it the peers had taken are freed (DELETE
+/// of the unfinished version), it is not sent again meanwhile, and a new 8 KB file then gets
+/// its copy. On main the partial version stayed on the full peers, retried for ever, and the
+/// small file got no copy.
+#[test]
+fn a_file_too_big_for_the_lan_is_refused_and_starves_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("w");
+    std::fs::create_dir_all(&dir).unwrap();
+    let c = Cluster::start_specs(vec![
+        spec("0", watch(&dir, 1)),
+        spec("1MB", String::new()),
+        spec("1MB", String::new()),
+    ]);
+    let big = dir.join("big.bin");
+    std::fs::write(&big, random_bytes(3_000_000)).unwrap();
+    let said = format!(
+        "{}: does not fit on the peers (3000000 bytes, peers full): not backed up; free space \
+         or lower RD",
+        big.display()
+    );
+    let refused = wait_until(Duration::from_secs(55), || c.full_log(0).contains(&said));
+    assert!(refused, "big.bin refused with {said:?}:\n{}", c.log(0));
+    let status = c.cli(0, &["status"]);
+    assert!(
+        output_text(&status).contains(&said),
+        "status says why big.bin is not backed up:\n{}",
+        output_text(&status)
+    );
+    let freed = wait_until(WAIT, || {
+        used_bytes(&c.state(1)) == 0 && used_bytes(&c.state(2)) == 0
+    });
+    assert!(
+        freed,
+        "the peers freed big.bin's chunks: {} and {} bytes used",
+        used_bytes(&c.state(1)),
+        used_bytes(&c.state(2))
+    );
+    assert!(
+        versions(&c, &big).is_empty(),
+        "no version of big.bin kept: {:?}",
+        file_entries(&c.state(0), &big)
+    );
+
+    let small = dir.join("small.bin");
+    std::fs::write(&small, random_bytes(8192)).unwrap();
+    wait_versions_at(
+        &c,
+        &small,
+        1,
+        1,
+        "the small file backed up after the refusal",
+    );
+    // Not sent again meanwhile: the peers hold the small file only.
+    std::thread::sleep(Duration::from_secs(3));
+    let hosted = used_bytes(&c.state(1)) + used_bytes(&c.state(2));
+    assert!(
+        hosted <= 2 * charged(c.peer(1), 8192),
+        "only the small file is on the peers: {hosted} bytes"
+    );
+}

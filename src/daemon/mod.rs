@@ -91,6 +91,9 @@ pub struct Node {
     pub snapshotting: tokio::sync::Mutex<()>,
     /// Woken when the daemon must stop and start again (a recovered catalog to install).
     pub restart: tokio::sync::Notify,
+    /// Files refused because they do not fit on the peers, and the message `status` shows for
+    /// each (at most `service::queue::MAX_REFUSED`); cleared on reload, when they are tried again.
+    pub refused: Mutex<std::collections::BTreeMap<std::path::PathBuf, String>>,
 }
 
 #[derive(Default)]
@@ -404,6 +407,7 @@ pub async fn start(
         inputs,
         next_job: AtomicU64::new(1),
         in_progress: Mutex::new(Default::default()),
+        refused: Mutex::new(Default::default()),
         unavailable: Mutex::new(Default::default()),
         datagram_permits: Arc::new(Semaphore::new(MAX_DATAGRAM_TASKS)),
         stored_tx,

@@ -409,6 +409,13 @@ async fn reload(node: &Arc<Node>, path: &Path, watchers: &mut Watchers, wake: &A
                 Err(e) => tracing::error!("cannot apply the new quota: {e}"),
             }
             watchers.sync(&new.watch);
+            // Files refused as too big for the peers are tried again (the admin may have
+            // lowered an RD or given peers room).
+            let refused: Vec<PathBuf> =
+                std::mem::take(&mut *node.refused.lock().unwrap_or_else(|e| e.into_inner()))
+                    .into_keys()
+                    .collect();
+            queue::enqueue(node, wake, refused).await;
             // A changed RD: every file of the folder is backed up again at the new RD (only
             // chunks below it are sent; chunks above it settle when space is reclaimed).
             for root in rd_changed {

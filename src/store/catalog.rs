@@ -123,6 +123,9 @@ pub enum Forget {
     UserDelete,
     /// A backup abandoned the version it inserted (the file changed while it was read).
     Abandoned { backup: BackupId },
+    /// A backup found no peer with room for some of its chunks: allowed for an unfinished
+    /// version (never a complete one, never a catalog snapshot), whose chunks are freed.
+    DoesNotFit,
 }
 
 /// A path whose local file was found gone (`Catalog::deleted_paths`).
@@ -933,6 +936,15 @@ impl Catalog {
                         absent_ms
                     )),
                     Some(_) => None,
+                }
+            }
+            Forget::DoesNotFit => {
+                if row.complete {
+                    Some("it is complete".to_owned())
+                } else if self.is_snapshot(file_id)? {
+                    Some("it is a catalog snapshot: its slot stays used".to_owned())
+                } else {
+                    None
                 }
             }
             Forget::Abandoned { backup } => {

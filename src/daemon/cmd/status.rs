@@ -102,6 +102,10 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
         catalog_snapshot,
         warnings: node.duplicate_id_warning().into_iter().collect(),
     };
+    if owner.is_none() {
+        let refused = node.refused.lock().map(|r| r.clone()).unwrap_or_default();
+        report.warnings.extend(refused.into_values());
+    }
     for (path, h, _) in o.health {
         match h {
             Health::Healthy => report.healthy += 1,
