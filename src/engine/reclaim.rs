@@ -37,6 +37,27 @@ pub fn hand_on_first<K>(c: &Candidate<K>) -> bool {
     c.perceived_rd <= 1
 }
 
+/// Hand-ons that found no taker in a row before a reclaim stops trying: no peer has room, and
+/// each failure costs the five sends of the backup schedule (about 31 s). Then the rest is
+/// dropped at once, so a reclaim waits one round of failures, not one per chunk.
+pub const HAND_ON_FAILURES: u32 = 8;
+
+/// Whether a reclaim still hands chunks on, by the outcomes seen so far.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HandOnBudget {
+    failed_in_a_row: u32,
+}
+
+impl HandOnBudget {
+    pub fn may_try(&self) -> bool {
+        self.failed_in_a_row < HAND_ON_FAILURES
+    }
+
+    pub fn on_result(&mut self, taken: bool) {
+        self.failed_in_a_row = if taken { 0 } else { self.failed_in_a_row + 1 };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +91,22 @@ mod tests {
         assert!(hand_on_first(&c(1, 100, 2, 0)));
         assert!(!hand_on_first(&c(1, 100, 1, 2)));
         assert!(!hand_on_first(&c(1, 100, 3, 2)));
+    }
+
+    #[test]
+    fn hand_ons_stop_after_a_round_of_failures_in_a_row() {
+        let mut b = HandOnBudget::default();
+        for _ in 0..HAND_ON_FAILURES - 1 {
+            b.on_result(false);
+        }
+        assert!(b.may_try());
+        b.on_result(true); // a taker: the count starts again
+        for _ in 0..HAND_ON_FAILURES - 1 {
+            b.on_result(false);
+        }
+        assert!(b.may_try());
+        b.on_result(false);
+        assert!(!b.may_try());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use super::Done;
 use crate::daemon::driver::Input;
 use crate::daemon::{disk, Node};
-use crate::engine::reclaim::{choose_victims, hand_on_first, Candidate};
+use crate::engine::reclaim::{choose_victims, hand_on_first, Candidate, HandOnBudget};
 use crate::protocol::ChunkId;
 use crate::store::{CatalogHandle, StoreError};
 
@@ -68,6 +68,7 @@ pub(crate) async fn reclaim(node: &Arc<Node>, quota: u64) -> Done {
 /// tells the peers with REMOVED. Returns how many chunks were dropped.
 pub(crate) async fn reclaim_to_quota(node: Arc<Node>) -> usize {
     let mut dropped = 0;
+    let mut budget = HandOnBudget::default();
     // Writes under way when the quota was lowered may land after a pass: a few passes catch them.
     for _ in 0..3 {
         let usage = node.store.usage();
@@ -113,21 +114,28 @@ pub(crate) async fn reclaim_to_quota(node: Arc<Node>) -> usize {
         let mut handing: JoinSet<((ChunkId, u8), bool)> = JoinSet::new();
         let mut ready = Vec::new();
         for victim in victims {
-            if !victim.1 {
-                ready.push(victim.0);
-                continue;
-            }
             while handing.len() >= HAND_ON_AT_ONCE {
-                if let Some(Ok((chunk, _))) = handing.join_next().await {
+                if let Some(Ok((chunk, taken))) = handing.join_next().await {
+                    budget.on_result(taken);
                     ready.push(chunk);
                 }
+            }
+            if !victim.1 || !budget.may_try() {
+                ready.push(victim.0);
+                continue;
             }
             handing.spawn(hand_on(node.clone(), victim.0));
         }
         while let Some(done) = handing.join_next().await {
-            if let Ok((chunk, _)) = done {
+            if let Ok((chunk, taken)) = done {
+                budget.on_result(taken);
                 ready.push(chunk);
             }
+        }
+        if !budget.may_try() {
+            tracing::error!(
+                "reclaim: no peer took the last copies handed on: the rest is dropped without waiting"
+            );
         }
         for (chunk, _) in ready {
             match disk::unhost(&node, &chunk).await {
