@@ -13,6 +13,9 @@ use crate::protocol::{ChunkId, PeerId, Rd};
 
 /// Versions looked at per round (the newest first); the rest wait for the next round.
 const VERSIONS_PER_ROUND: usize = 256;
+/// Chunks that could not be sent again (no holder answered, no peer took it) before a round
+/// stops: each costs up to a fetch's and a backup's schedules, and the next round tries again.
+const FAILURES_PER_ROUND: usize = 8;
 
 /// What one round did.
 #[derive(Debug, Default)]
@@ -38,6 +41,10 @@ pub(crate) async fn from_surviving_copies(node: &Arc<Node>) -> Result<Repaired, 
     let mut fetch = Job::start(node, JobKind::Restore);
     let mut send = Job::start(node, JobKind::Backup);
     for file_id in versions {
+        if done.failed >= FAILURES_PER_ROUND {
+            tracing::info!("repair from the peers' copies: {} chunks failed, the rest waits for the next round", done.failed);
+            break;
+        }
         done.versions += 1;
         let f = file_id.clone();
         let looked = node
@@ -48,7 +55,8 @@ pub(crate) async fn from_surviving_copies(node: &Arc<Node>) -> Result<Repaired, 
                 };
                 let mut below = Vec::new();
                 for chunk in c.file_chunks(&f)? {
-                    if chunk.perceived_rd < u32::from(row.desired_rd) {
+                    // A chunk no holder is known for has nobody to be fetched from.
+                    if (1..u32::from(row.desired_rd)).contains(&chunk.perceived_rd) {
                         let holders = c.holders(&f, chunk.chunk_no)?;
                         below.push((chunk, holders));
                     }
@@ -57,8 +65,8 @@ pub(crate) async fn from_surviving_copies(node: &Arc<Node>) -> Result<Repaired, 
             })
             .await
             .map_err(|e| format!("cannot look up {file_id}: {e}"))?;
-        let Some((row, below)) = looked else {
-            continue; // deleted meanwhile
+        let Some((row, below)) = looked.filter(|(_, below)| !below.is_empty()) else {
+            continue; // deleted meanwhile, or nothing left to fetch from
         };
         let Some(rd) = Rd::new(row.desired_rd) else {
             continue;
@@ -70,6 +78,9 @@ pub(crate) async fn from_surviving_copies(node: &Arc<Node>) -> Result<Repaired, 
             below.len()
         );
         for (c, holders) in below {
+            if done.failed >= FAILURES_PER_ROUND {
+                break;
+            }
             let chunk = ChunkId {
                 file_id: file_id.clone(),
                 chunk_no: c.chunk_no,
