@@ -423,6 +423,7 @@ async fn gone(node: &Arc<Node>, path: &Path, gen: i64, watch: &WatchConfig) {
         );
         return done(node, path, gen).await;
     }
+    refused(node, path, None);
     let p = path.to_path_buf();
     let now = now_ms() / 1000;
     match node.catalog.call(move |c| c.mark_deleted(&p, now)).await {
