@@ -17,9 +17,13 @@ fn text(p: &Path) -> &str {
 }
 
 fn watch(dir: &Path, replication: u8) -> String {
+    watch_encrypted(dir, replication, false)
+}
+
+fn watch_encrypted(dir: &Path, replication: u8, encrypt: bool) -> String {
     format!(
         "\n[[watch]]\npath = \"{}\"\nreplication = {replication}\nkeep_versions = 3\n\
-         keep_deleted = \"1h\"\nquiet = \"300ms\"\nrescan = \"1h\"\n",
+         keep_deleted = \"1h\"\nquiet = \"300ms\"\nrescan = \"1h\"\nencrypt = {encrypt}\n",
         dir.display()
     )
 }
@@ -82,11 +86,22 @@ fn restore_version(c: &Cluster, path: &Path, version: u64, out: &Path) -> Vec<u8
 /// only the newest version of the file on disk was repaired: the rest fell to RD 0.
 #[test]
 fn kept_versions_and_deleted_files_are_repaired_from_the_peers_copies() {
+    repaired_from_the_peers_copies(false);
+}
+
+/// The same with an encrypted folder: the sealed bodies fetched are sent again as they are
+/// (their hashes are the ones recorded), and every version still opens.
+#[test]
+fn encrypted_kept_versions_are_repaired_from_the_peers_copies() {
+    repaired_from_the_peers_copies(true);
+}
+
+fn repaired_from_the_peers_copies(encrypt: bool) {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("w");
     std::fs::create_dir_all(&dir).unwrap();
     let mut c = Cluster::start_specs(vec![
-        spec("0", watch(&dir, 2)),
+        spec("0", watch_encrypted(&dir, 2, encrypt)),
         spec("50MB", String::new()),
         spec("50MB", String::new()),
         spec("0", String::new()),
@@ -102,6 +117,10 @@ fn kept_versions_and_deleted_files_are_repaired_from_the_peers_copies() {
     let gone = random_bytes(100_000);
     std::fs::write(&g, &gone).unwrap();
     wait_versions_at(&c, &g, 1, 2, "backed up");
+    if encrypt {
+        let listed = c.cli_ok(0, &["versions", text(&f)], 0);
+        assert_eq!(listed.matches("(encrypted)").count(), 3, "{listed}");
+    }
     std::fs::remove_file(&g).unwrap();
     let said = format!("{} was deleted locally", g.display());
     let marked = wait_until(WAIT, || c.full_log(0).contains(&said));
