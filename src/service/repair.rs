@@ -104,6 +104,12 @@ pub(crate) async fn from_surviving_copies(node: &Arc<Node>) -> Result<Repaired, 
                 done.failed += 1;
                 continue;
             };
+            // Looked at again after the fetch: a PUTCHUNK of a version deleted meanwhile would
+            // stop its DELETEs.
+            let f = file_id.clone();
+            if !matches!(node.catalog.call(move |c| c.file(&f)).await, Ok(Some(_))) {
+                break;
+            }
             match send.send(node, chunk, rd, body, holders).await? {
                 true => done.chunks += 1,
                 false => done.failed += 1,
