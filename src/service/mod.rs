@@ -223,6 +223,12 @@ async fn repair(node: Arc<Node>, wake: Arc<Notify>, worker: Worker) {
         worker.busy("checking replication", None);
         match node.catalog.call(|c| c.paths_below_rd()).await {
             Ok(paths) => {
+                // A file refused as too big is not queued again by the repair (that would
+                // be a loop): its newest kept version comes back from the peers' copies.
+                let (refused, paths): (Vec<PathBuf>, Vec<PathBuf>) = {
+                    let r = node.refused.lock().unwrap_or_else(|e| e.into_inner());
+                    paths.into_iter().partition(|p| r.contains_key(p))
+                };
                 if !paths.is_empty() {
                     tracing::info!(
                         "{} backed-up files have chunks below their RD: backing them up again",
@@ -231,7 +237,7 @@ async fn repair(node: Arc<Node>, wake: Arc<Notify>, worker: Worker) {
                     queue::enqueue(&node, &wake, paths).await;
                 }
                 // Older versions and deleted files: from a copy on the peers.
-                match repair::from_surviving_copies(&node).await {
+                match repair::from_surviving_copies(&node, refused).await {
                     Ok(r) if r.versions > 0 => tracing::info!(
                         "repair from the peers' copies: {} kept versions looked at, {} chunks sent again, {} could not be",
                         r.versions,

@@ -4,6 +4,7 @@
 //! chunk's sealed body: nothing is sealed again), as a PUTCHUNK of that version's fileId.
 //! One chunk at a time: bounded memory, and a small share of the LAN.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::daemon::driver::{Input, JobEvent, JobHandle, Source};
@@ -27,11 +28,23 @@ pub(crate) struct Repaired {
     pub failed: usize,
 }
 
-/// One round: every kept version below its RD that only the peers still hold, chunk by chunk.
-pub(crate) async fn from_surviving_copies(node: &Arc<Node>) -> Result<Repaired, String> {
+/// One round: every kept version below its RD that only the peers still hold, chunk by chunk;
+/// with the newest versions of `refused` (files refused as too big: their local file is not
+/// the version kept, and is not queued again by the repair).
+pub(crate) async fn from_surviving_copies(
+    node: &Arc<Node>,
+    refused: Vec<PathBuf>,
+) -> Result<Repaired, String> {
     let versions = node
         .catalog
-        .call(|c| c.kept_versions_below_rd(VERSIONS_PER_ROUND))
+        .call(move |c| {
+            let mut versions = Vec::new();
+            for path in &refused {
+                versions.extend(c.latest(path)?.map(|f| f.file_id));
+            }
+            versions.extend(c.kept_versions_below_rd(VERSIONS_PER_ROUND)?);
+            Ok(versions)
+        })
         .await
         .map_err(|e| format!("cannot list the versions below their RD: {e}"))?;
     let mut done = Repaired::default();
