@@ -262,4 +262,10 @@ fn a_file_too_big_for_the_lan_is_refused_and_starves_nothing() {
         hosted <= 2 * charged(c.peer(1), 8192),
         "only the small file is on the peers: {hosted} bytes"
     );
+    assert_eq!(
+        c.full_log(0).matches(&said).count(),
+        1,
+        "refused once, not tried again and again:\n{}",
+        c.log(0)
+    );
 }
