@@ -111,11 +111,11 @@ pub(crate) async fn reclaim_to_quota(node: Arc<Node>) -> usize {
         if victims.is_empty() {
             break;
         }
-        let mut handing: JoinSet<((ChunkId, u8), bool)> = JoinSet::new();
+        let mut handing: JoinSet<Option<((ChunkId, u8), bool)>> = JoinSet::new();
         let mut ready = Vec::new();
         for victim in victims {
             while handing.len() >= HAND_ON_AT_ONCE {
-                if let Some(Ok((chunk, taken))) = handing.join_next().await {
+                if let Some(Ok(Some((chunk, taken)))) = handing.join_next().await {
                     budget.on_result(taken);
                     ready.push(chunk);
                 }
@@ -127,7 +127,7 @@ pub(crate) async fn reclaim_to_quota(node: Arc<Node>) -> usize {
             handing.spawn(hand_on(node.clone(), victim.0));
         }
         while let Some(done) = handing.join_next().await {
-            if let Ok((chunk, taken)) = done {
+            if let Ok(Some((chunk, taken))) = done {
                 budget.on_result(taken);
                 ready.push(chunk);
             }
@@ -160,8 +160,12 @@ pub(crate) async fn reclaim_to_quota(node: Arc<Node>) -> usize {
 /// Hands a chunk that may be the last copy on to another peer (a PUTCHUNK of its home's fileId,
 /// on the backup schedule) and waits, bounded, for a STORED. Returns the chunk and whether
 /// another peer took it; either way it is then dropped (the quota is the admin's word), and
-/// not taken is said loudly.
-async fn hand_on(node: Arc<Node>, (chunk, desired): (ChunkId, u8)) -> ((ChunkId, u8), bool) {
+/// not taken is said loudly. None: the daemon is stopping; the chunk stays (the next start
+/// reclaims again).
+async fn hand_on(
+    node: Arc<Node>,
+    (chunk, desired): (ChunkId, u8),
+) -> Option<((ChunkId, u8), bool)> {
     let taken = match disk::read_for_rebackup(&node, &chunk, desired.max(1)).await {
         None => false,
         Some((wire, rd, body, holders)) => {
@@ -173,10 +177,11 @@ async fn hand_on(node: Arc<Node>, (chunk, desired): (ChunkId, u8)) -> ((ChunkId,
                 others: holders,
                 done,
             });
-            matches!(
-                tokio::time::timeout(HAND_ON_WITHIN, taken).await,
-                Ok(Ok(true))
-            )
+            match tokio::time::timeout(HAND_ON_WITHIN, taken).await {
+                Ok(Ok(taken)) => taken,
+                Ok(Err(_)) => return None, // the engine stopped
+                Err(_) => false,
+            }
         }
     };
     if taken {
@@ -188,5 +193,5 @@ async fn hand_on(node: Arc<Node>, (chunk, desired): (ChunkId, u8)) -> ((ChunkId,
             "reclaim: chunk {chunk} may be the last copy and no peer took it (no room?): dropped as the quota says"
         );
     }
-    ((chunk, desired), taken)
+    Some(((chunk, desired), taken))
 }
