@@ -76,6 +76,15 @@ pub(crate) enum Input {
     VerifySamples(Vec<Sample>),
     /// 2.0: a hosted chunk read for a PROVE (None: not here, or damaged).
     Proof(ChunkId, u128, Option<Vec<u8>>),
+    /// Reclaim: a hosted chunk (fileId as its home wrote it) to hand on to `rd` other peers
+    /// before its copy here is dropped; `done` hears whether they took it.
+    HandOn {
+        chunk: ChunkId,
+        rd: Rd,
+        body: Vec<u8>,
+        others: Vec<PeerId>,
+        done: oneshot::Sender<bool>,
+    },
 }
 
 /// What a job hears back from the engine.
@@ -102,6 +111,9 @@ pub(crate) enum Source {
     },
     /// The chunk as this peer hosts it (a re-backup).
     Hosted,
+    /// The chunk's bytes as fetched from a holder (a repair from a surviving copy: one chunk
+    /// at a time, so the memory stays bounded).
+    Held(Arc<Vec<u8>>),
 }
 
 /// A job's end of the engine: its events, and the job ended when dropped (however the job's
@@ -160,6 +172,8 @@ struct Driver {
     /// Where resends get their bytes, and the job that backs the chunk up (None: a re-backup).
     sources: HashMap<ChunkId, (Option<JobId>, Source)>,
     delete_waiters: Vec<(Vec<FileId>, oneshot::Sender<()>)>,
+    /// Reclaim's hand-ons waiting for their outcome (bounded by reclaim's own concurrency).
+    hand_ons: HashMap<ChunkId, Vec<oneshot::Sender<bool>>>,
     /// Held by each chunk write in progress, so a shutdown waits for it to end (file and row).
     alive: crate::shutdown::Shutdown,
     /// Peers heard since the last flush to the catalog: the highest version, and when (unix ms).
@@ -189,6 +203,7 @@ pub(crate) async fn run(
         jobs: HashMap::new(),
         sources: HashMap::new(),
         delete_waiters: Vec::new(),
+        hand_ons: HashMap::new(),
         alive: shutdown.clone(),
         heard: HashMap::new(),
     };
@@ -322,6 +337,19 @@ impl Driver {
             Input::Redelete(file_ids) => e.redelete(file_ids, now),
             Input::VerifySamples(samples) => e.verify_samples(samples, now),
             Input::Proof(chunk, nonce, body) => e.proof(chunk, nonce, body),
+            Input::HandOn {
+                chunk,
+                rd,
+                body,
+                others,
+                done,
+            } => {
+                self.sources
+                    .entry(chunk.clone())
+                    .or_insert((None, Source::Hosted));
+                self.hand_ons.entry(chunk.clone()).or_default().push(done);
+                e.hand_on(chunk, rd, body, others, now);
+            }
         }
     }
 
@@ -480,6 +508,10 @@ impl Driver {
                         node.engine(Input::Body(chunk, body));
                     });
                 }
+                Some((_, Source::Held(body))) => {
+                    let body = body.to_vec();
+                    self.engine.resend_body(&chunk, Some(body), Instant::now());
+                }
                 Some((_, Source::Hosted)) => {
                     tokio::spawn(async move {
                         let body = disk::read_hosted(&node, &chunk).await.map(|(_, b)| b);
@@ -495,6 +527,10 @@ impl Driver {
                 outcome,
             } => {
                 self.sources.remove(&chunk);
+                // Handed on: another peer holds it now (whether or not its RD is reached).
+                for done in self.hand_ons.remove(&chunk).unwrap_or_default() {
+                    let _ = done.send(!outcome.holders.is_empty());
+                }
                 for owner in owners {
                     match owner {
                         Owner::Job(job) => {

@@ -96,6 +96,9 @@ pub struct Node {
     /// Woken when a version reached its RD: an older one may wait for a catalog snapshot to
     /// name it (`cmd::snapshot::keep_taking`).
     pub snapshot_wake: tokio::sync::Notify,
+    /// Files refused because they do not fit on the peers, and the message `status` shows for
+    /// each (at most `service::queue::MAX_REFUSED`); cleared on reload, when they are tried again.
+    pub refused: Mutex<std::collections::BTreeMap<std::path::PathBuf, String>>,
 }
 
 #[derive(Default)]
@@ -562,6 +565,7 @@ pub async fn start(
         inputs,
         next_job: AtomicU64::new(1),
         in_progress: Mutex::new(Default::default()),
+        refused: Mutex::new(Default::default()),
         unavailable: Mutex::new(Default::default()),
         datagram_permits: Arc::new(Semaphore::new(MAX_DATAGRAM_TASKS)),
         stored_tx,

@@ -830,9 +830,11 @@ impl Peer {
             now.saturating_duration_since(*at) < STOREDS_REMEMBERED_FOR
                 && deleted.is_none_or(|d| d < *at)
         };
+        // Nor the sender's own: a holder sending its copy on (a reclaim's hand-on) is about to
+        // drop it.
         let heard = match self.storeds.get(&chunk) {
             Some(peers) if self.enhanced => (peers.iter())
-                .filter(|(p, at)| still(at) && alive(p))
+                .filter(|(p, at)| *p != sender && still(at) && alive(p))
                 .map(|(p, _)| *p)
                 .collect(),
             _ => Vec::new(),
@@ -1320,6 +1322,22 @@ impl Peer {
             r.state = RebackupState::Running;
         }
         self.start_backup(Owner::Rebackup, wire, rd, body, known, now);
+    }
+
+    /// Reclaim: a hosted chunk that may be the last copy is handed on before it is dropped, as
+    /// a PUTCHUNK of its home's fileId on the backup schedule, until `rd` peers besides those
+    /// in `others` said STORED, or its sends are spent. `BackedUp` (owner `Rebackup`) says
+    /// whether another peer took it; only then may the caller drop its copy.
+    pub fn hand_on(
+        &mut self,
+        chunk: ChunkId,
+        rd: Rd,
+        body: Vec<u8>,
+        others: Vec<PeerId>,
+        now: Instant,
+    ) {
+        let others = others.into_iter().filter(|p| *p != self.id).collect();
+        self.start_backup(Owner::Rebackup, chunk, rd, body, others, now);
     }
 
     /// The bytes asked for by `ReadBody` (None: the file changed or cannot be read).
@@ -2689,6 +2707,32 @@ mod tests {
             1,
             "the second send is a resend"
         );
+    }
+
+    #[test]
+    fn a_chunk_handed_on_is_done_once_another_peer_stored_it_and_not_before() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // Another peer stores it: done at its STORED, after one send; our own copy is no holder.
+        let mut p = Peer::new(ME, 1);
+        p.hand_on(chunk(0), rd(1), vec![1], vec![ME], t0);
+        let (sends, outcome) = drive_backup(&mut p, t0, &[(3, ms(150))]);
+        assert_eq!(sends, vec![Duration::ZERO]);
+        assert!(outcome.reached);
+        assert_eq!(outcome.holders, vec![PeerId(3)]);
+        // Nobody has room: five sends on the schedule, then not reached (the copy stays).
+        let mut p = Peer::new(ME, 1);
+        p.hand_on(chunk(0), rd(1), vec![1], vec![ME], t0);
+        let (sends, outcome) = drive_backup(&mut p, t0, &[]);
+        assert_eq!(sends.len(), 5);
+        assert!(on_spread_schedule(&sends), "{sends:?}");
+        assert!(!outcome.reached);
+        assert!(*sends.last().unwrap() < Duration::from_secs(20));
+        // Enough other holders already: nothing is sent.
+        let mut p = Peer::new(ME, 1);
+        p.hand_on(chunk(0), rd(1), vec![1], vec![ME, PeerId(4)], t0);
+        let (sends, outcome) = drive_backup(&mut p, t0, &[]);
+        assert!(sends.is_empty() && outcome.reached, "{sends:?}");
     }
 
     fn credit(a: &[Action]) -> usize {

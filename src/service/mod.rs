@@ -6,6 +6,7 @@ pub mod copy;
 pub mod metrics;
 pub mod presence;
 pub mod queue;
+mod repair;
 pub mod systemd;
 pub mod watch;
 
@@ -209,6 +210,8 @@ async fn status(node: Arc<Node>, worker: Worker) {
 
 /// Queues our files that have a chunk below its desired RD (periodically, and after a REMOVED
 /// once the holders had time to re-back up): the queue's backup resends only those chunks.
+/// The kept versions the local file cannot give (older ones, deleted files) are sent again
+/// from a copy on the peers (`repair`).
 async fn repair(node: Arc<Node>, wake: Arc<Notify>, worker: Worker) {
     let mut schedule = RepairSchedule::new(std::time::Instant::now());
     loop {
@@ -223,12 +226,29 @@ async fn repair(node: Arc<Node>, wake: Arc<Notify>, worker: Worker) {
         worker.busy("checking replication", None);
         match node.catalog.call(|c| c.paths_below_rd()).await {
             Ok(paths) => {
+                // A file refused as too big is not queued again by the repair (that would
+                // be a loop): its newest kept version comes back from the peers' copies.
+                let (refused, paths): (Vec<PathBuf>, Vec<PathBuf>) = {
+                    let r = node.refused.lock().unwrap_or_else(|e| e.into_inner());
+                    paths.into_iter().partition(|p| r.contains_key(p))
+                };
                 if !paths.is_empty() {
                     tracing::info!(
                         "{} backed-up files have chunks below their RD: backing them up again",
                         paths.len()
                     );
                     queue::enqueue(&node, &wake, paths).await;
+                }
+                // Older versions and deleted files: from a copy on the peers.
+                match repair::from_surviving_copies(&node, refused).await {
+                    Ok(r) if r.versions > 0 => tracing::info!(
+                        "repair from the peers' copies: {} kept versions looked at, {} chunks sent again, {} could not be",
+                        r.versions,
+                        r.chunks,
+                        r.failed
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("repair from the peers' copies stopped: {e}"),
                 }
                 worker.idle();
             }
@@ -416,6 +436,13 @@ async fn reload(node: &Arc<Node>, path: &Path, watchers: &mut Watchers, wake: &A
             }
             watchers.sync(&new.watch);
             note_watched(node, &new.watch).await;
+            // Files refused as too big for the peers are tried again (the admin may have
+            // lowered an RD or given peers room).
+            let refused: Vec<PathBuf> =
+                std::mem::take(&mut *node.refused.lock().unwrap_or_else(|e| e.into_inner()))
+                    .into_keys()
+                    .collect();
+            queue::enqueue(node, wake, refused).await;
             // A changed RD: every file of the folder is backed up again at the new RD (only
             // chunks below it are sent; chunks above it settle when space is reclaimed).
             for root in rd_changed {

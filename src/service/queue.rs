@@ -27,6 +27,11 @@ use crate::workers::Worker;
 const WORKERS: usize = 64;
 /// Longest wait before a failed or under-replicated path is tried again.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
+/// A file that does not fit on the peers is tried again after this long (or when it changes,
+/// or on reload); meanwhile its chunks are not sent again and again.
+const REFUSED_RETRY: Duration = Duration::from_secs(3600);
+/// Refused files whose message `status` shows, at most (each is logged anyway).
+pub const MAX_REFUSED: usize = 1000;
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -297,6 +302,7 @@ async fn work_on(
             };
             match backed_up {
                 Ok(r) if r.below == 0 => {
+                    refused(node, path, None);
                     tracing::info!(
                         "backed up {} (version {}, {} bytes)",
                         path.display(),
@@ -333,6 +339,18 @@ async fn work_on(
                 // The daemon is stopping (the engine is gone): the path stays queued as it
                 // is, neither done nor a failed attempt, and resumes at the next start.
                 Err(BackupError::Stopping) => Ok(()),
+                Err(e @ BackupError::DoesNotFit { .. }) => {
+                    let message = format!("{}: {e}", path.display());
+                    tracing::error!("{message}");
+                    refused(node, path, Some(message.clone()));
+                    let due = now_ms() + REFUSED_RETRY.as_millis() as i64;
+                    let p = path.to_path_buf();
+                    let _ = node
+                        .catalog
+                        .call(move |c| c.retry_later(&p, gen, due))
+                        .await;
+                    Err(message)
+                }
                 Err(BackupError::Changed) => {
                     // Still being written: look again once it has been quiet.
                     let due = crate::service::queue::now_ms() + watch.quiet.as_millis() as i64;
@@ -482,6 +500,7 @@ async fn gone(node: &Arc<Node>, path: &Path, gen: i64, watch: &WatchConfig) {
         );
         return done(node, path, gen).await;
     }
+    refused(node, path, None);
     let p = path.to_path_buf();
     let now = now_ms() / 1000;
     match node.catalog.call(move |c| c.mark_deleted(&p, now)).await {
@@ -496,6 +515,20 @@ async fn gone(node: &Arc<Node>, path: &Path, gen: i64, watch: &WatchConfig) {
         }
     }
     done(node, path, gen).await
+}
+
+/// Notes (`Some`) or clears a file's refusal, shown by `status`.
+fn refused(node: &Node, path: &Path, message: Option<String>) {
+    let mut refused = node.refused.lock().unwrap_or_else(|e| e.into_inner());
+    match message {
+        Some(m) if refused.len() < MAX_REFUSED || refused.contains_key(path) => {
+            refused.insert(path.to_path_buf(), m);
+        }
+        Some(_) => {}
+        None => {
+            refused.remove(path);
+        }
+    }
 }
 
 async fn done(node: &Arc<Node>, path: &Path, gen: i64) {

@@ -140,6 +140,9 @@ pub enum Forget {
     UserDelete,
     /// A backup abandoned the version it inserted (the file changed while it was read).
     Abandoned { backup: BackupId },
+    /// A backup found no peer with room for some of its chunks: allowed for an unfinished
+    /// version (never a complete one, never a catalog snapshot), whose chunks are freed.
+    DoesNotFit,
 }
 
 /// A path whose local file was found gone (`Catalog::deleted_paths`).
@@ -1135,6 +1138,15 @@ impl Catalog {
                     Some(_) => None,
                 }
             }
+            Forget::DoesNotFit => {
+                if row.complete {
+                    Some("it is complete".to_owned())
+                } else if self.is_snapshot(file_id)? {
+                    Some("it is a catalog snapshot: its slot stays used".to_owned())
+                } else {
+                    None
+                }
+            }
             Forget::Abandoned { backup } => {
                 if row.complete {
                     Some("it is complete".to_owned())
@@ -1323,6 +1335,28 @@ impl Catalog {
         )?;
         let rows = stmt.query_map([], |r| path_at(r, 0))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Versions the policy keeps that have a chunk below their desired RD and that the queue's
+    /// repair (which reads the local file) does not cover: older versions, and every version of
+    /// a file deleted locally (kept for `keep_deleted`). Repaired from a surviving copy on the
+    /// peers, so only chunks with a holder left count. At most `limit`, the newest first.
+    /// Catalog snapshots aside, as in `paths_below_rd`.
+    pub fn kept_versions_below_rd(&self, limit: usize) -> Result<Vec<FileId>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT f.file_id FROM files f
+             WHERE f.complete = 1
+               AND f.file_id NOT IN (SELECT file_id FROM snapshots)
+               AND (f.deleted_at IS NOT NULL
+                    OR f.version < (SELECT MAX(version) FROM files g WHERE g.path = f.path))
+               AND EXISTS (SELECT 1 FROM file_chunks c WHERE c.file_id = f.file_id
+                   AND COALESCE((SELECT n FROM holder_counts h
+                        WHERE h.file_id = c.file_id AND h.chunk_no = c.chunk_no), 0)
+                       BETWEEN 1 AND f.desired_rd - 1)
+             ORDER BY f.version DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64], |r| r.get::<_, String>(0))?;
+        rows.map(|r| file_id_of(r?)).collect()
     }
 
     /// Notes that a path's local file is gone (once: the first time counts for expiry; its
@@ -3055,6 +3089,38 @@ mod tests {
             (nine.protocol.as_str(), nine.last_heard_ms, nine.lost_at_ms),
             ("", None, Some(2_000))
         );
+    }
+
+    #[test]
+    fn kept_versions_below_rd_are_the_old_and_the_deleted_with_a_copy_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        // /f: versions a (old) and b (newest); /g: version c, deleted locally.
+        for (c, path) in [('a', "/f"), ('b', "/f"), ('c', "/g")] {
+            cat.insert_version(&file(c, path), BackupId(1)).unwrap();
+            cat.put_file_chunk(&fid(c), ChunkNo(0), 10, "h").unwrap();
+            cat.put_file_chunk(&fid(c), ChunkNo(1), 10, "h").unwrap();
+            for n in 0..2 {
+                cat.add_holders(&fid(c), ChunkNo(n), &[PeerId(2), PeerId(3)])
+                    .unwrap();
+            }
+            cat.set_file_complete(&fid(c)).unwrap();
+        }
+        cat.mark_deleted(Path::new("/g"), 5).unwrap();
+        assert!(
+            cat.kept_versions_below_rd(10).unwrap().is_empty(),
+            "all at RD 2"
+        );
+        cat.drop_lost_holder(PeerId(3), 1_000).unwrap();
+        let mut below = cat.kept_versions_below_rd(10).unwrap();
+        below.sort_by_key(|f| f.key());
+        // The newest version of a file on disk is the queue's (read from the file).
+        assert_eq!(below, vec![fid('a'), fid('c')]);
+        assert_eq!(cat.paths_below_rd().unwrap(), vec![PathBuf::from("/f")]);
+        assert_eq!(cat.kept_versions_below_rd(1).unwrap().len(), 1);
+        // No copy left: nothing to fetch from.
+        cat.drop_lost_holder(PeerId(2), 2_000).unwrap();
+        assert!(cat.kept_versions_below_rd(10).unwrap().is_empty());
     }
 
     #[test]

@@ -397,6 +397,8 @@ pub(crate) enum BackupError {
     Deleted,
     #[error("the daemon stopped before this request ended; run it again once the daemon is back (only the chunks still missing are sent)")]
     Stopping,
+    #[error("does not fit on the peers ({size} bytes, peers full): not backed up; free space or lower RD")]
+    DoesNotFit { size: u64 },
     #[error("internal error: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -708,7 +710,7 @@ pub(crate) async fn backup_handle_as(
     // their RD are sent again), under the RD asked now. Either way the path exists: its
     // versions no longer expire as deleted.
     let backup = BackupId::new();
-    let (file_id, version, resumed) = node
+    let (file_id, version, resumed, was_complete) = node
         .catalog
         .call(move |c| {
             // A version under another master key is never resumed: its chunks would not
@@ -722,9 +724,13 @@ pub(crate) async fn backup_handle_as(
                 Some(existing) => {
                     c.set_file_rd(&existing.file_id, row.desired_rd)?;
                     c.undelete(&existing.file_id)?;
-                    Ok((existing.file_id, existing.version, true))
+                    let complete = existing.complete;
+                    Ok((existing.file_id, existing.version, true, complete))
                 }
-                None => Ok((row.file_id.clone(), c.insert_version(&row, backup)?, false)),
+                None => {
+                    let version = c.insert_version(&row, backup)?;
+                    Ok((row.file_id.clone(), version, false, false))
+                }
             }
         })
         .await?;
@@ -748,7 +754,7 @@ pub(crate) async fn backup_handle_as(
     // Chunks go to the engine as its window gives room (`Credit`); it says how each ended.
     let mut job = node.start_job(JobKind::Backup);
     let mut heard = std::collections::HashSet::new();
-    let (mut sent, mut below, mut resent) = (0u64, 0u64, 0u64);
+    let (mut sent, mut below, mut resent, mut unplaced) = (0u64, 0u64, 0u64, 0u64);
     let (mut credit, mut outstanding, mut reading) = (0usize, 0u64, true);
     while reading || outstanding > 0 {
         tokio::select! {
@@ -793,6 +799,10 @@ pub(crate) async fn backup_handle_as(
                     if !o.reached {
                         below += 1;
                     }
+                    // No peer took it, all its sends spent (not cut short by a change).
+                    if o.stopped.is_none() && o.holders.iter().all(|p| *p == node.id) {
+                        unplaced += 1;
+                    }
                 }
                 Some(JobEvent::Fetched(..)) => {}
                 // The engine stopped: the daemon is stopping. The version stays unfinished and
@@ -826,6 +836,25 @@ pub(crate) async fn backup_handle_as(
             abandon(node, path, &file_id, version, resumed, sealed, backup).await?;
         }
         return Err(e);
+    }
+    // Some chunks found no peer at all while others were stored: the peers are full. An
+    // unfinished version is not kept half on them (its chunks are freed for the other files)
+    // and the file is refused, not sent again and again (`service::queue`).
+    if unplaced > 0 && !heard.is_empty() && !snapshot && !was_complete {
+        let f = file_id.clone();
+        let now_ms = unix_ms();
+        let forgotten = node
+            .catalog
+            .call(move |c| c.forget(&f, Forget::DoesNotFit, now_ms))
+            .await?;
+        if forgotten {
+            tracing::info!(
+                "{}: {unplaced} of {chunks} chunks found no peer with room: version {version} dropped from the peers",
+                shown(path)
+            );
+            tokio::spawn(send_pending_deletes(node.clone()));
+        }
+        return Err(BackupError::DoesNotFit { size: stamp.size });
     }
     let (f, inode, ctime_ns) = (file_id.clone(), stamp.inode, stamp.ctime_ns);
     let recorded = node

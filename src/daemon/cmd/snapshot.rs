@@ -47,7 +47,7 @@ pub(crate) enum SnapshotError {
     Io(#[from] std::io::Error),
     #[error("catalog snapshots are encrypted and this peer has no master key, and cannot make one at {0}: make it with `peerstash keygen {0}` and restart peerstashd")]
     NoMasterKey(PathBuf),
-    #[error("this peer was reinstalled (a new catalog, a master key that existed before): no catalog snapshot is taken until `peerstash recover` has installed the lost computer's catalog, or `peerstash recover --none` says there is none to recover")]
+    #[error("this peer was reinstalled (a new catalog, a master key not made on this computer): no catalog snapshot is taken until `peerstash recover` has installed the lost computer's catalog, or `peerstash recover --none` says there is none to recover")]
     WaitRecover,
     #[error("the snapshot could not be backed up: {0}")]
     Backup(#[from] BackupError),

@@ -64,7 +64,7 @@ pub(crate) fn waits_for_recover(c: &Catalog) -> Result<bool, StoreError> {
 
 /// What status and state say while a reinstalled peer waits for `peerstash recover`.
 pub(crate) fn wait_recover_warning() -> String {
-    "no catalog snapshot is taken: this peer looks reinstalled (a new catalog, a master key that existed before). Run `peerstash recover` to install the lost computer's catalog (`peerstash recover --list` shows the snapshots found), or `peerstash recover --none` if there is none".into()
+    "no catalog snapshot is taken: this peer looks reinstalled (a new catalog, a master key not made on this computer). Run `peerstash recover` to install the lost computer's catalog (`peerstash recover --list` shows the snapshots found), or `peerstash recover --none` if there is none".into()
 }
 
 pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
@@ -155,6 +155,10 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
             ));
             late.insert(file.clone());
         }
+    }
+    if owner.is_none() {
+        let refused = node.refused.lock().map(|r| r.clone()).unwrap_or_default();
+        report.warnings.extend(refused.into_values());
     }
     for (path, h, _) in o.health {
         if unreadable.contains(&path) || late.remove(&path) {
