@@ -42,6 +42,22 @@ impl Method {
 /// rewritten in place faster than it can be read).
 pub fn consistent_copy(src: &File, state_dir: &Path) -> io::Result<Option<(File, Method)>> {
     let meta = src.metadata()?;
+    // The copy shares the state folder's disk with the catalog: never past the store's margin.
+    let st = nix::sys::statvfs::statvfs(state_dir)?;
+    let frsize = st.fragment_size() as u64;
+    let room = (st.blocks_available() as u64 * frsize).saturating_sub(
+        crate::store::chunks::disk_margin(st.blocks() as u64 * frsize),
+    );
+    if meta.len() > room {
+        return Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!(
+                "no room in {} for a consistent copy of this never-quiet file ({} bytes, {room} free beyond the catalog's margin): free space there, or let the file be quiet for its folder's `quiet`",
+                state_dir.display(),
+                meta.len()
+            ),
+        ));
+    }
     let copy = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -141,6 +157,21 @@ fn same_bytes(src: &File, copy: &File, len: u64) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copy_that_would_eat_the_catalogs_margin_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = nix::sys::statvfs::statvfs(dir.path()).unwrap();
+        let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+        // Sparse: it costs no blocks, but a copy of it would take more than the disk has.
+        let big = dir.path().join("big.log");
+        let f = File::create(&big).unwrap();
+        f.set_len(free + (1 << 30)).unwrap();
+        let src = File::open(&big).unwrap();
+        let e = consistent_copy(&src, dir.path()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull, "{e}");
+        assert!(e.to_string().contains("no room in"), "{e}");
+    }
 
     fn read_all(f: &File) -> Vec<u8> {
         let mut out = vec![0u8; f.metadata().unwrap().len() as usize];

@@ -97,6 +97,12 @@ pub fn private_dir(path: &Path) -> io::Result<bool> {
     Ok(created)
 }
 
+/// What a disk of `total` bytes keeps free of chunks and of anything else the daemon writes
+/// there (5 %, 256 KB to 64 MB): the catalog must always be able to commit.
+pub fn disk_margin(total: u64) -> u64 {
+    (total / 20).clamp(256 * 1024, 64 * 1024 * 1024)
+}
+
 impl ChunkStore {
     pub fn open(root: PathBuf, used: u64, quota: u64) -> io::Result<ChunkStore> {
         if let Some(parent) = root.parent() {
@@ -191,7 +197,7 @@ impl ChunkStore {
         let frsize = st.fragment_size() as u64;
         let total = st.blocks() as u64 * frsize;
         let available = st.blocks_available() as u64 * frsize;
-        let margin = (total / 20).clamp(256 * 1024, 64 * 1024 * 1024);
+        let margin = disk_margin(total);
         Ok(Room {
             bytes: available.saturating_sub(margin),
             inodes: inodes_to_spare(st.files() as u64, st.files_available() as u64),
