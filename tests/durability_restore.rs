@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -353,41 +352,6 @@ fn case10_after_recover_restore_all_brings_back_a_folder_added_after_the_config_
     );
     assert_eq!(std::fs::read(&fa).unwrap(), ba);
     assert_eq!(std::fs::read(&fb).unwrap(), bb);
-}
-
-/// A small tmpfs mounted by the test, unmounted when dropped (as tests/full_disk.rs does).
-struct SmallDisk {
-    path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    /// A tmpfs of `size` ("1m"); None (with the reason said) when this cannot be done here.
-    fn mount(size: &str) -> Option<SmallDisk> {
-        if needs_root("mounting a small tmpfs") {
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("small");
-        std::fs::create_dir_all(&path).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .status()
-            .unwrap()
-            .success();
-        if !ok {
-            skip("cannot mount a tmpfs here");
-            return None;
-        }
-        Some(SmallDisk { path, _dir: dir })
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
 }
 
 /// A restore onto a full disk says "disk full at <path>", not "are the holders running?", and

@@ -6,46 +6,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-
-/// A small tmpfs mounted by the test, unmounted when dropped.
-struct SmallDisk {
-    path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    /// A tmpfs of `size` ("3m"); None (with the reason said) when this cannot be done here.
-    fn mount(size: &str) -> Option<SmallDisk> {
-        if nix::unistd::geteuid().as_raw() != 0 {
-            skip("mounting a small tmpfs needs root");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("small");
-        std::fs::create_dir_all(&path).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .status()
-            .unwrap()
-            .success();
-        if !ok {
-            skip("cannot mount a tmpfs here");
-            return None;
-        }
-        Some(SmallDisk { path, _dir: dir })
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
 
 /// Moves peer `i`'s state folder to `state` (in its config; the peer is restarted).
 fn move_state(c: &mut Cluster, i: usize, state: &Path) {

@@ -39,26 +39,10 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Queues paths (due now) and wakes the workers.
+/// Queues paths (due now, changed now) and wakes the workers.
 pub async fn enqueue(node: &Arc<Node>, wake: &Notify, paths: Vec<PathBuf>) {
-    if paths.is_empty() {
-        return;
-    }
-    let n = paths.len();
-    let r = node
-        .catalog
-        .call(move |c| {
-            let now = now_ms();
-            paths.iter().try_for_each(|p| c.enqueue(p, now))
-        })
-        .await;
-    match r {
-        Ok(()) => {
-            tracing::debug!("queued {n} paths");
-            wake.notify_one();
-        }
-        Err(e) => tracing::error!("cannot queue {n} paths for backup: {e}"),
-    }
+    let now = now_ms();
+    enqueue_since(node, wake, paths.into_iter().map(|p| (p, now)).collect()).await
 }
 
 /// `enqueue`, each path with the unix ms of its first change not yet backed up (the watcher's

@@ -610,3 +610,39 @@ pub fn run_within(mut cmd: Command, limit: Duration) -> Option<Output> {
     let _ = child.wait();
     None
 }
+
+/// A small tmpfs mounted by the test (root only), unmounted when dropped: a disk that fills.
+pub struct SmallDisk {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// A tmpfs of `size` ("3m"); None (with the reason said: a failure under CI=true) when
+    /// this cannot be done here.
+    pub fn mount(size: &str) -> Option<SmallDisk> {
+        if needs_root("mounting a small tmpfs") {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("small");
+        std::fs::create_dir_all(&path).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .unwrap()
+            .success();
+        if !ok {
+            skip("cannot mount a tmpfs here");
+            return None;
+        }
+        Some(SmallDisk { path, _dir: dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
