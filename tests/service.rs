@@ -88,11 +88,21 @@ fn watched_folder_is_backed_up_versioned_and_expired() {
     );
     let out = c.cli_ok(0, &["versions", a.to_str().unwrap()], 0);
     assert!(out.contains(a.to_str().unwrap()), "{out}");
-    std::fs::remove_file(&a).ok();
-    // restore --version 2 works; version 1 is gone.
-    c.cli_ok(0, &["restore", a.to_str().unwrap(), "--version", "1"], 1);
-    c.cli_ok(0, &["restore", a.to_str().unwrap(), "--version", "2"], 0);
-    assert_eq!(std::fs::read(&a).unwrap(), b"second version, longer");
+    // restore --version 2 works; version 1 is gone. (Restored beside it: with keep_deleted
+    // 0s, removing a.txt would expire its versions as soon as the daemon saw it gone.)
+    let out = tmp.path().join("a.restored");
+    let to = out.to_str().unwrap();
+    c.cli_ok(
+        0,
+        &["restore", a.to_str().unwrap(), "--version", "1", "--to", to],
+        1,
+    );
+    c.cli_ok(
+        0,
+        &["restore", a.to_str().unwrap(), "--version", "2", "--to", to],
+        0,
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), b"second version, longer");
 
     // Renamed: the new name is backed up, the old one expires (keep_deleted 0s).
     let b2 = dir.join("sub/b2.bin");
