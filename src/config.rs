@@ -766,10 +766,27 @@ pub fn write_new_key(path: &Path) -> std::io::Result<()> {
         return written;
     }
     // Best effort: without it, a start on a new catalog waits for `recover` (`key_made_here`).
-    if let Err(e) = std::fs::write(key_origin_path(path), origin_text(&key)) {
+    if let Err(e) = write_origin(&key_origin_path(path), &origin_text(&key)) {
         tracing::debug!("cannot note where {} was made: {e}", path.display());
     }
     Ok(())
+}
+
+/// Writes the origin note as a new file: whatever was at its name (an old note, or a link a
+/// local user planted there, `keygen /tmp/lan.key` say) is unlinked, never written through.
+fn write_origin(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)?;
+    f.write_all(text.as_bytes())
 }
 
 /// Beside a key, what says it was made on this computer (by `write_new_key`): a one-way hash
@@ -834,6 +851,20 @@ mod tests {
         write_new_key(&key).unwrap();
         std::fs::remove_file(key_origin_path(&key)).unwrap();
         assert!(!key_made_here(&key));
+    }
+
+    #[test]
+    fn a_link_planted_at_the_origin_note_is_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let key = dir.path().join("lan.key");
+        std::os::unix::fs::symlink(&victim, key_origin_path(&key)).unwrap();
+        write_new_key(&key).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        let meta = std::fs::symlink_metadata(key_origin_path(&key)).unwrap();
+        assert!(meta.file_type().is_file(), "a note of its own");
+        assert!(key_made_here(&key));
     }
 
     const FULL: &str = r#"
