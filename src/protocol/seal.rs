@@ -88,6 +88,16 @@ pub enum SnapshotNo {
     Numbered(u64),
 }
 
+impl SnapshotNo {
+    /// The number of a numbered snapshot; None for a dated one.
+    pub fn number(self) -> Option<u64> {
+        match self {
+            SnapshotNo::Numbered(n) => Some(n),
+            SnapshotNo::Dated(_) => None,
+        }
+    }
+}
+
 impl std::fmt::Display for SnapshotNo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -44,10 +44,7 @@ pub fn consistent_copy(src: &File, state_dir: &Path) -> io::Result<Option<(File,
     let meta = src.metadata()?;
     // The copy shares the state folder's disk with the catalog: never past the store's margin.
     let st = nix::sys::statvfs::statvfs(state_dir)?;
-    let frsize = st.fragment_size() as u64;
-    let room = (st.blocks_available() as u64 * frsize).saturating_sub(
-        crate::store::chunks::disk_margin(st.blocks() as u64 * frsize),
-    );
+    let room = crate::store::chunks::free_beyond_margin(&st);
     if meta.len() > room {
         return Err(io::Error::new(
             io::ErrorKind::StorageFull,

@@ -97,10 +97,13 @@ pub fn private_dir(path: &Path) -> io::Result<bool> {
     Ok(created)
 }
 
-/// What a disk of `total` bytes keeps free of chunks and of anything else the daemon writes
-/// there (5 %, 256 KB to 64 MB): the catalog must always be able to commit.
-pub fn disk_margin(total: u64) -> u64 {
-    (total / 20).clamp(256 * 1024, 64 * 1024 * 1024)
+/// The bytes a disk has free beyond what it keeps free of chunks and of anything else the
+/// daemon writes there (5 %, 256 KB to 64 MB): the catalog must always be able to commit.
+pub fn free_beyond_margin(st: &nix::sys::statvfs::Statvfs) -> u64 {
+    let frsize = st.fragment_size();
+    let total = st.blocks() * frsize;
+    let margin = (total / 20).clamp(256 * 1024, 64 * 1024 * 1024);
+    (st.blocks_available() * frsize).saturating_sub(margin)
 }
 
 impl ChunkStore {
@@ -194,12 +197,8 @@ impl ChunkStore {
     /// packs cost inodes.
     fn disk_room(&self) -> io::Result<Room> {
         let st = nix::sys::statvfs::statvfs(&self.root)?;
-        let frsize = st.fragment_size() as u64;
-        let total = st.blocks() as u64 * frsize;
-        let available = st.blocks_available() as u64 * frsize;
-        let margin = disk_margin(total);
         Ok(Room {
-            bytes: available.saturating_sub(margin),
+            bytes: free_beyond_margin(&st),
             inodes: inodes_to_spare(st.files() as u64, st.files_available() as u64),
         })
     }

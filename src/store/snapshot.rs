@@ -186,10 +186,7 @@ impl Catalog {
     /// one a lost computer may have used (after a recover, `after_recover`).
     pub fn next_snapshot_no(&self) -> Result<u64, StoreError> {
         let top = (self.snapshots()?.iter())
-            .filter_map(|r| match r.slot {
-                SnapshotNo::Numbered(n) => Some(n),
-                SnapshotNo::Dated(_) => None,
-            })
+            .filter_map(|r| r.slot.number())
             .max()
             .unwrap_or(0);
         let floor = self.meta(NO_FLOOR)?.and_then(|t| t.parse::<u64>().ok());
@@ -434,10 +431,7 @@ fn chain(nos: &[u64], tip: u64) -> Vec<u64> {
 /// anchors of their days.
 pub fn superseded(rows: &[SnapshotRow]) -> Vec<FileId> {
     let numbered: Vec<(u64, bool, &FileId)> = (rows.iter())
-        .filter_map(|r| match r.slot {
-            SnapshotNo::Numbered(n) => Some((n, r.at_rd, &r.file_id)),
-            SnapshotNo::Dated(_) => None,
-        })
+        .filter_map(|r| r.slot.number().map(|n| (n, r.at_rd, &r.file_id)))
         .collect();
     let nos: Vec<u64> = numbered.iter().map(|(n, ..)| *n).collect();
     let newest_at_rd = numbered

@@ -473,13 +473,7 @@ async fn run(
     let numbered = search_numbered(node, &master, progress).await?;
     // The highest number seen, whichever is installed: no number up to far above it is used
     // again (`Catalog::next_snapshot_no`).
-    let highest = (numbered.iter())
-        .filter_map(|(s, _)| match s {
-            SnapshotNo::Numbered(n) => Some(*n),
-            SnapshotNo::Dated(_) => None,
-        })
-        .max()
-        .unwrap_or(0);
+    let highest = highest_number(&numbered).unwrap_or(0);
     let candidates = match mode {
         Mode::Install(Some(at)) => probe(node, &master, &[at]).await?,
         _ => {
@@ -539,6 +533,11 @@ async fn run(
     }))
 }
 
+/// The highest snapshot number among those `found` (dated ones have none).
+fn highest_number(found: &[(SnapshotNo, Vec<u8>)]) -> Option<u64> {
+    found.iter().filter_map(|(s, _)| s.number()).max()
+}
+
 /// `recover --none`: the admin says there is no lost catalog, and a reinstalled peer takes
 /// snapshots again. Its numbers must never be ones the lost computer sealed other bytes under
 /// (same key, same fileId, same nonces): the peers are searched first; snapshots found refuse
@@ -554,12 +553,7 @@ async fn nothing_to_recover(
         format!("looking for catalog snapshots of peer {}", node.id.0),
     );
     let found = search_numbered(node, master, progress).await?;
-    let highest = (found.iter())
-        .filter_map(|(s, _)| match s {
-            SnapshotNo::Numbered(n) => Some(*n),
-            SnapshotNo::Dated(_) => None,
-        })
-        .max();
+    let highest = highest_number(&found);
     if let (Some(n), false) = (highest, force) {
         return Ok(Done::failed(format!(
             "catalog snapshots of peer {} are on the peers (the newest is {n}): this peer had a catalog. `peerstash recover` installs it (`--list` shows them); `peerstash recover --none --force` starts without it. Nothing was changed.",
