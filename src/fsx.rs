@@ -148,6 +148,44 @@ pub fn open_below(dir: &File, rel: &Path, kind: Kind) -> io::Result<File> {
     check(File::from(fd), kind)
 }
 
+/// The folders from `base` (a watched folder, opened as the admin wrote it) down to the folder
+/// of `path` (below it), each as `fstat` finds it on its own handle, opened from its parent's
+/// without following a symlink (a link on the way ends the list there: what is past it is not
+/// the watched folder's). Parents first.
+pub fn folders_on_the_way(base: &Path, path: &Path) -> io::Result<Vec<(PathBuf, Stamp)>> {
+    let rel = path.strip_prefix(base).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not below {}", path.display(), base.display()),
+        )
+    })?;
+    let dir: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_DIRECTORY | OFlag::O_CLOEXEC).bits())
+        .open(base)?
+        .into();
+    let stat = |fd: &OwnedFd| nix::sys::stat::fstat(fd.as_raw_fd()).map_err(errno);
+    let mut found = vec![(base.to_path_buf(), Stamp::of_stat(&stat(&dir)?))];
+    let mut here = dir;
+    let mut at = base.to_path_buf();
+    let parents = rel.parent().unwrap_or(Path::new(""));
+    for c in parents.components() {
+        let Component::Normal(name) = c else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: only plain names may follow a folder", rel.display()),
+            ));
+        };
+        here = match open_at(&here, name, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+            Ok(fd) => fd,
+            Err(_) => break,
+        };
+        at.push(name);
+        found.push((at.clone(), Stamp::of_stat(&stat(&here)?)));
+    }
+    Ok(found)
+}
+
 /// Opens an absolute path without following any symlink on the way.
 pub fn open_path(path: &Path, kind: Kind) -> io::Result<File> {
     let rel = path.strip_prefix("/").map_err(|_| {

@@ -162,6 +162,13 @@ pub enum Request {
         #[serde(with = "wire_path")]
         path: PathBuf,
     },
+    /// The folders recorded at or below `path` (owner, group, mode, mtime, for `restore` to
+    /// give back to the folders it makes), and when "before the loss" ends
+    /// (`FoldersAnswer`); a user other than root hears only of folders holding its files.
+    Folders {
+        #[serde(with = "wire_path")]
+        path: PathBuf,
+    },
     /// Every folder the catalog knows was watched here (also those no longer in the config);
     /// a user other than root hears only of those that hold versions of its own.
     Watched,
@@ -678,6 +685,30 @@ pub struct VersionInfo {
     /// Its chunks are encrypted under the master key (absent from older daemons: false).
     #[serde(default)]
     pub encrypted: bool,
+    /// When its file was found gone (unix seconds); None while it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<i64>,
+}
+
+/// A folder as recorded when the files below it were backed up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderInfo {
+    #[serde(with = "wire_path")]
+    pub path: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    pub mtime_ns: i64,
+}
+
+/// The answer to `Request::Folders`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FoldersAnswer {
+    pub folders: Vec<FolderInfo>,
+    /// When the newest catalog snapshot was taken (after a recover: the one installed), unix
+    /// ms: a file deleted before it was gone before the loss. None: no snapshot says.
+    #[serde(default)]
+    pub snapshot_ms: Option<i64>,
 }
 
 /// The answer to `Request::Watched`.

@@ -496,6 +496,9 @@ async fn run(node: Arc<Node>, job: Job, owner: Option<u32>, progress: cmd::Progr
             cmd::reply(cmd::versions::versions(&node, path, owner).await)
         }
         Job::Other(Request::Watched) => cmd::reply(cmd::versions::watched(&node, owner).await),
+        Job::Other(Request::Folders { path }) => {
+            cmd::reply(cmd::versions::folders(&node, path, owner).await)
+        }
         Job::Other(Request::Delete { path }) => cmd::reply(cmd::delete::delete(&node, path).await),
         Job::Other(Request::Reclaim { quota }) => cmd::reclaim::reclaim(&node, quota).await,
         Job::Other(Request::State { path }) => cmd::state::state(&node, owner, path).await,

@@ -20,6 +20,7 @@ use crate::daemon::Node;
 use crate::fsx::{self, Stamp};
 use crate::service::presence::{self, Absence, Presence};
 use crate::shutdown::Shutdown;
+use crate::store::catalog::FolderRow;
 use crate::workers::Worker;
 
 /// Files backed up at once; each has its own window of chunks in flight (a small file's
@@ -220,6 +221,36 @@ async fn backup_copy(
     backup_handle(node, path, copy, plan).await
 }
 
+/// Records the folders from the watched folder `base` down to the backed-up file `path` as
+/// they are now (`Catalog::note_folders`: only what changed is written), for `restore --all`
+/// to give them back. A folder that cannot be looked at is left as last recorded.
+async fn note_folders(node: &Arc<Node>, base: &Path, path: &Path) {
+    let (b, p) = (base.to_path_buf(), path.to_path_buf());
+    let found = tokio::task::spawn_blocking(move || fsx::folders_on_the_way(&b, &p)).await;
+    let rows: Vec<FolderRow> = match found {
+        Ok(Ok(found)) => (found.into_iter())
+            .map(|(path, s)| FolderRow {
+                path,
+                uid: s.uid,
+                gid: s.gid,
+                mode: s.mode,
+                mtime_ns: s.mtime_ns,
+            })
+            .collect(),
+        Ok(Err(e)) => {
+            tracing::debug!("cannot look at the folders above {}: {e}", path.display());
+            return;
+        }
+        Err(_) => return,
+    };
+    if let Err(e) = node.catalog.call(move |c| c.note_folders(&rows)).await {
+        tracing::warn!(
+            "cannot record the folders above {}: {e}",
+            path.display()
+        );
+    }
+}
+
 /// What the queue does with one path. Err: why it failed (the path is tried again later).
 async fn work_on(
     node: &Arc<Node>,
@@ -252,6 +283,7 @@ async fn work_on(
         Ok(Ok(meta)) if meta.is_file() => {
             let stamp = Stamp::of(&meta);
             if up_to_date(node, path, &stamp, &watch).await {
+                note_folders(node, &watch.path, path).await;
                 done(node, path, gen).await;
                 return Ok(());
             }
@@ -284,6 +316,9 @@ async fn work_on(
                 Err(BackupError::Changed) if overdue => backup_copy(node, path, plan).await,
                 other => other,
             };
+            if backed_up.is_ok() {
+                note_folders(node, &watch.path, path).await;
+            }
             match backed_up {
                 Ok(r) if r.below == 0 => {
                     refused(node, path, None);

@@ -88,6 +88,17 @@ pub struct FileRow {
     pub key_fp: Option<String>,
 }
 
+/// A folder as last seen when a file below it was backed up (`Catalog::note_folders`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FolderRow {
+    pub path: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    /// The permission bits (`mode & 0o7777`).
+    pub mode: u32,
+    pub mtime_ns: i64,
+}
+
 /// The meta key of the fingerprint of the master key this peer last ran with.
 pub const MASTER_KEY_FP: &str = "master_key_fp";
 
@@ -336,6 +347,13 @@ CREATE TABLE IF NOT EXISTS peers (
     auth_mark INTEGER NOT NULL DEFAULT 0, -- LAN key: the newest AUTH time taken from it (its clock, unix s)
     auth_mark_at INTEGER NOT NULL DEFAULT 0 -- when that was taken (our clock, unix s)
 );
+CREATE TABLE IF NOT EXISTS folders (
+    path BLOB PRIMARY KEY,            -- a folder from a watched folder down to a backed-up file
+    uid INTEGER NOT NULL,             -- its owner, group, permission bits and mtime when last
+    gid INTEGER NOT NULL,             -- seen (lstat through the walk's handles), given back by
+    mode INTEGER NOT NULL,            -- `restore --all` to the folders it makes
+    mtime_ns INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS delete_acks (
     file_id TEXT NOT NULL,            -- a version of ours forgotten here (its DELETE queued)
     peer INTEGER NOT NULL,            -- a holder of its chunks that has not acknowledged (DELETED)
@@ -449,6 +467,15 @@ fn below_key(path: &Path) -> Vec<u8> {
         key.pop();
     }
     key.push(b'/');
+    key
+}
+
+/// The first key after every key that starts with `below` (which ends with `/`): `/` + 1.
+fn past_key(below: &[u8]) -> Vec<u8> {
+    let mut key = below.to_vec();
+    if let Some(last) = key.last_mut() {
+        *last += 1;
+    }
     key
 }
 
@@ -837,6 +864,63 @@ impl Catalog {
         rows.map(|r| finish_file(r?)).collect()
     }
 
+    /// Records the folders on the way to a backed-up file as they are now: a row is written
+    /// only when it is new or changed (most calls write nothing).
+    pub fn note_folders(&self, folders: &[FolderRow]) -> Result<(), StoreError> {
+        self.atomically(|| {
+            let mut stmt = self.conn.prepare_cached(
+                "INSERT INTO folders (path, uid, gid, mode, mtime_ns) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (path) DO UPDATE SET uid = excluded.uid, gid = excluded.gid,
+                     mode = excluded.mode, mtime_ns = excluded.mtime_ns
+                 WHERE uid != excluded.uid OR gid != excluded.gid OR mode != excluded.mode
+                     OR mtime_ns != excluded.mtime_ns",
+            )?;
+            for f in folders {
+                stmt.execute(params![path_key(&f.path), f.uid, f.gid, f.mode, f.mtime_ns])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The recorded folders at or below `path`, parents first.
+    pub fn folders_below(&self, path: &Path) -> Result<Vec<FolderRow>, StoreError> {
+        let (exact, below) = (path_key(path), below_key(path));
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT path, uid, gid, mode, mtime_ns FROM folders
+             WHERE path = ?1 OR (path >= ?2 AND path < ?3) ORDER BY path",
+        )?;
+        let rows = stmt.query_map(params![exact, below, past_key(&below)], |r| {
+            Ok(FolderRow {
+                path: path_at(r, 0)?,
+                uid: r.get(1)?,
+                gid: r.get(2)?,
+                mode: r.get(3)?,
+                mtime_ns: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Forgets the recorded folders above `path` (a path whose last version went) that no
+    /// longer hold any version: one indexed look per folder on the way.
+    fn forget_empty_folders(&self, path: &Path) -> Result<(), StoreError> {
+        for dir in path.ancestors().skip(1) {
+            let below = below_key(dir);
+            let held: Option<i64> = self
+                .conn
+                .prepare_cached("SELECT 1 FROM files WHERE path >= ?1 AND path < ?2 LIMIT 1")?
+                .query_row(params![below, past_key(&below)], |r| r.get(0))
+                .optional()?;
+            if held.is_some() {
+                break;
+            }
+            self.conn
+                .prepare_cached("DELETE FROM folders WHERE path = ?1")?
+                .execute([path_key(dir)])?;
+        }
+        Ok(())
+    }
+
     /// Whether `uid` owns a version at or below `root` (one row looked for, not listed).
     pub fn owns_any_under(&self, root: &Path, uid: u32) -> Result<bool, StoreError> {
         let (exact, below) = (path_key(root), below_key(root));
@@ -1169,7 +1253,10 @@ impl Catalog {
             );
             return Ok(false);
         }
-        self.atomically(|| self.delete_file(file_id, now_ms))?;
+        self.atomically(|| {
+            self.delete_file(file_id, now_ms)?;
+            self.forget_empty_folders(&row.path)
+        })?;
         Ok(true)
     }
 

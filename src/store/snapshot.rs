@@ -41,6 +41,9 @@ pub const EXPIRY_HOLD_MS: i64 = 7 * 86_400_000;
 /// Meta key: counts versions that became complete (`files.completed_no`); a snapshot records
 /// the count when it is taken (`snapshots.mark`), so the versions it names are known.
 pub const COMPLETIONS: &str = "completions";
+/// Meta key: after a recover, when the snapshot it installed was taken (unix ms, by the clock
+/// of then): what existed then is what `restore --all` brings back (`restore_cutoff_ms`).
+pub const RECOVERED_TAKEN: &str = "recovered_snapshot_taken_ms";
 
 /// The tables a snapshot carries: everything about our own files, their holders and the
 /// peers. Not the chunks we host (lost with the disk) nor the queue (a scan fills it again).
@@ -55,6 +58,7 @@ const CARRIED: &[&str] = &[
     "peers",
     "delete_acks",
     "snapshots",
+    "folders",
 ];
 
 /// Columns `taken_ms` and `mark` are added by `catalog::ADDED_COLUMNS`.
@@ -180,6 +184,25 @@ impl Catalog {
     /// its RD (`at_rd` false) when a recover would not find it.
     pub fn newest_snapshot(&self) -> Result<Option<SnapshotRow>, StoreError> {
         Ok(newest_findable(self.snapshots()?))
+    }
+
+    /// What `restore --all` takes for "before the loss" (unix ms): while a recover holds expiry
+    /// back (until `restore --all` has run), when the snapshot it installed was taken; else
+    /// when the newest snapshot was taken. None when no snapshot says when it was taken. (The
+    /// daemon of a recovered catalog finds its watched folders empty and marks their files
+    /// deleted: after this time, so they are still restored.)
+    pub fn restore_cutoff_ms(&self) -> Result<Option<i64>, StoreError> {
+        let recovered = match self.meta(EXPIRY_HOLD)? {
+            Some(_) => self.meta(RECOVERED_TAKEN)?.and_then(|t| t.parse().ok()),
+            None => None,
+        };
+        if recovered.is_some() {
+            return Ok(recovered);
+        }
+        Ok(self
+            .conn
+            .prepare_cached("SELECT MAX(taken_ms) FROM snapshots")?
+            .query_row([], |r| r.get(0))?)
     }
 
     /// The number the next snapshot takes: one more than the newest, never one used before nor
@@ -348,11 +371,20 @@ impl Catalog {
         self.atomically(|| {
             self.conn
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO snapshots (file_id, day, n, at_rd, mark)
+                    "INSERT OR REPLACE INTO snapshots (file_id, day, n, at_rd, mark, taken_ms)
                      VALUES (?1, ?2, ?3, 1,
-                             COALESCE((SELECT mark FROM snapshots WHERE file_id = ?1), 0))",
+                             COALESCE((SELECT mark FROM snapshots WHERE file_id = ?1), 0),
+                             (SELECT taken_ms FROM snapshots WHERE file_id = ?1))",
                 )?
                 .execute(params![file_id.key(), day, n])?;
+            let taken: Option<i64> = self
+                .conn
+                .prepare_cached("SELECT taken_ms FROM snapshots WHERE file_id = ?1")?
+                .query_row([file_id.key()], |r| r.get(0))?;
+            match taken {
+                Some(ms) => self.set_meta(RECOVERED_TAKEN, &ms.to_string())?,
+                None => self.delete_meta(RECOVERED_TAKEN)?,
+            }
             // The key that opened it was not made here.
             self.conn
                 .prepare_cached(
@@ -883,6 +915,14 @@ mod tests {
                  INSERT INTO queue (path, due_at) VALUES (X'2F78', 0);",
             )
             .unwrap();
+        cat.note_folders(&[crate::store::catalog::FolderRow {
+            path: "/w".into(),
+            uid: 1234,
+            gid: 99,
+            mode: 0o750,
+            mtime_ns: 5,
+        }])
+        .unwrap();
         let copy = dir.path().join("copy.db");
         write_database(&live, &copy).unwrap();
         let snap = Catalog::open(&copy).unwrap();
@@ -896,6 +936,7 @@ mod tests {
         assert_eq!(count(&snap, "holder_counts"), 1, "kept by its triggers");
         assert_eq!(count(&snap, "hosted"), 0);
         assert_eq!(count(&snap, "queue"), 0);
+        assert_eq!(snap.folders_below(Path::new("/")).unwrap().len(), 1, "folders carried");
         assert_eq!(snap.meta("k").unwrap().as_deref(), Some("v"));
         drop(snap);
         assert_eq!(check_catalog(&copy).unwrap(), 1);

@@ -1,11 +1,12 @@
 //! `peerstash versions PATH`: the backed-up versions of a path, or of every file below it; and
-//! the folders ever watched here, which `restore --all` walks.
+//! the folders ever watched here, which `restore --all` walks, and the folders recorded below
+//! a path, whose owner, mode and mtime it gives back.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{CmdError, Done};
-use crate::control::{exit, shown, VersionInfo, WatchedFolders};
+use crate::control::{exit, shown, FolderInfo, FoldersAnswer, VersionInfo, WatchedFolders};
 use crate::daemon::Node;
 use crate::store::StoreError;
 
@@ -33,6 +34,7 @@ pub(crate) async fn versions(
                         complete: f.complete,
                         min_perceived_rd: min,
                         encrypted: f.encrypted,
+                        deleted_at: f.deleted_at,
                     })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()
@@ -74,5 +76,45 @@ pub(crate) async fn watched(node: &Arc<Node>, owner: Option<u32>) -> Result<Done
         code: exit::OK,
         message: format!("{} watched folders known", folders.len()),
         data: serde_json::to_value(WatchedFolders { folders }).ok(),
+    })
+}
+
+/// The folders recorded at or below `path` and the time `restore --all` takes as the loss's
+/// (`Catalog::restore_cutoff_ms`). A user other than root hears only of the folders that hold
+/// a version of its own (as `versions` shows it only its own files).
+pub(crate) async fn folders(
+    node: &Arc<Node>,
+    path: PathBuf,
+    owner: Option<u32>,
+) -> Result<Done, CmdError> {
+    let answer = node
+        .catalog
+        .call(move |c| {
+            let mut folders = Vec::new();
+            for f in c.folders_below(&path)? {
+                if let Some(uid) = owner {
+                    if !c.owns_any_under(&f.path, uid)? {
+                        continue;
+                    }
+                }
+                folders.push(FolderInfo {
+                    path: f.path,
+                    uid: f.uid,
+                    gid: f.gid,
+                    mode: f.mode,
+                    mtime_ns: f.mtime_ns,
+                });
+            }
+            let snapshot_ms = c.restore_cutoff_ms()?;
+            Ok::<_, StoreError>(FoldersAnswer {
+                folders,
+                snapshot_ms,
+            })
+        })
+        .await?;
+    Ok(Done {
+        code: exit::OK,
+        message: format!("{} folders recorded", answer.folders.len()),
+        data: serde_json::to_value(answer).ok(),
     })
 }
