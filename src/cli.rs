@@ -55,9 +55,15 @@ pub enum Command {
         #[arg(long)]
         force: bool,
         /// Every file of every watched folder (its newest complete version), with its owner,
-        /// mode and mtime, below PATH if given (as /PATH/watched/folder/file).
+        /// mode and mtime, below PATH if given (as /PATH/watched/folder/file); the folders it
+        /// makes get the owner, mode and mtime recorded for them. Files deleted before the
+        /// newest catalog snapshot was taken are left out (see --include-deleted).
         #[arg(long)]
         all: bool,
+        /// With --all: restore also the files deleted before the newest catalog snapshot was
+        /// taken (after a recover: the snapshot it installed).
+        #[arg(long, requires = "all")]
+        include_deleted: bool,
     },
     /// List the backed-up versions of a path (or of every file below a folder).
     Versions { path: PathBuf },

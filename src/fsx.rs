@@ -312,7 +312,35 @@ impl Folder {
     /// then opened the same way, so a symlink put in its place in between is refused too.
     /// At most two descriptors are open at once, whatever the depth.
     pub fn reach(&self, rel: &Path, links: Links) -> Result<Folder, PlaceError> {
+        self.reach_noting(rel, links, &mut Vec::new())
+    }
+
+    /// `reach`, adding to `made` each folder it made (its path below this folder, parents
+    /// first).
+    pub fn reach_noting(
+        &self,
+        rel: &Path,
+        links: Links,
+        made: &mut Vec<PathBuf>,
+    ) -> Result<Folder, PlaceError> {
+        self.walk(rel, links, Some(made))
+    }
+
+    /// The folder `rel` below this one, reached as `reach` does but never made: a missing one
+    /// is an error.
+    pub fn existing(&self, rel: &Path, links: Links) -> Result<Folder, PlaceError> {
+        self.walk(rel, links, None)
+    }
+
+    /// `reach` (making what is missing, noted in `made`), or `existing` when `made` is None.
+    fn walk(
+        &self,
+        rel: &Path,
+        links: Links,
+        mut made: Option<&mut Vec<PathBuf>>,
+    ) -> Result<Folder, PlaceError> {
         let mut path = self.path.clone();
+        let mut below = PathBuf::new();
         let mut here: Option<OwnedFd> = None;
         for c in rel.components() {
             let name = match c {
@@ -321,10 +349,15 @@ impl Folder {
                 _ => return Err(PlaceError::NotPlain(self.path.join(rel))),
             };
             path.push(name);
+            below.push(name);
             let parent = here
                 .as_ref()
                 .map_or(self.dir.as_raw_fd(), |fd| fd.as_raw_fd());
-            here = Some(step_into(parent, name, links, &path)?);
+            let (fd, new) = step_into(parent, name, links, &path, made.is_some())?;
+            if let (true, Some(made)) = (new, made.as_deref_mut()) {
+                made.push(below.clone());
+            }
+            here = Some(fd);
         }
         // A handle that can be synced and listed (an O_PATH one cannot).
         let parent = here
@@ -395,25 +428,48 @@ impl Folder {
     pub fn sync(&self) -> io::Result<()> {
         self.dir.sync_all()
     }
+
+    /// Gives this folder (on its handle) the owner and group `owner` (if given), then the
+    /// permission bits `mode` (after chown, which clears set-id bits) and the mtime `mtime_ns`.
+    pub fn set_meta(&self, owner: Option<(u32, u32)>, mode: u32, mtime_ns: i64) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&self.dir, Some(uid), Some(gid))?;
+        }
+        (self.dir).set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
+        let mtime = nix::sys::time::TimeSpec::new(
+            mtime_ns.div_euclid(1_000_000_000),
+            mtime_ns.rem_euclid(1_000_000_000),
+        );
+        let keep = nix::sys::time::TimeSpec::UTIME_OMIT;
+        nix::sys::stat::futimens(self.dir.as_raw_fd(), &keep, &mtime).map_err(errno)
+    }
 }
 
-/// Opens the folder `name` of `parent` (an `O_PATH` handle), making it when it is missing.
+/// Opens the folder `name` of `parent` (an `O_PATH` handle), making it when it is missing and
+/// `make`; says whether it made it.
 fn step_into(
     parent: RawFd,
     name: &OsStr,
     links: Links,
     path: &Path,
-) -> Result<OwnedFd, PlaceError> {
+    make: bool,
+) -> Result<(OwnedFd, bool), PlaceError> {
     let mut flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
     if links == Links::Refuse {
         flags |= OFlag::O_NOFOLLOW;
     }
     let open = || openat(Some(parent), name, flags, Mode::empty());
+    let mut made = false;
     let opened = match open() {
-        Err(nix::errno::Errno::ENOENT) => {
+        Err(nix::errno::Errno::ENOENT) if make => {
             match nix::sys::stat::mkdirat(Some(parent), name, Mode::from_bits_truncate(0o755)) {
+                Ok(()) => {
+                    made = true;
+                    open()
+                }
                 // Made by someone else meanwhile: opened (and checked) like any other.
-                Ok(()) | Err(nix::errno::Errno::EEXIST) => open(),
+                Err(nix::errno::Errno::EEXIST) => open(),
                 Err(e) => Err(e),
             }
         }
@@ -421,7 +477,7 @@ fn step_into(
     };
     match opened {
         // SAFETY: openat returned a new descriptor that nothing else owns.
-        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+        Ok(fd) => Ok((unsafe { OwnedFd::from_raw_fd(fd) }, made)),
         // What O_NOFOLLOW | O_DIRECTORY answer for a symlink (O_PATH gives ENOTDIR): looked at,
         // without following it, to say which.
         Err(nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR) => {

@@ -138,6 +138,7 @@ fn run(args: Args) -> i32 {
             path: dest,
             force,
             all: true,
+            include_deleted,
             ..
         } => {
             // The watched folders are the config's.
@@ -151,7 +152,15 @@ fn run(args: Args) -> i32 {
                 }
             };
             let dest = dest.as_deref().map(written_to);
-            return restore_all(&runtime, &socket, &config, dest.as_deref(), force, json);
+            return restore_all(
+                &runtime,
+                &socket,
+                &config,
+                dest.as_deref(),
+                force,
+                include_deleted,
+                json,
+            );
         }
         Command::Restore {
             path,
@@ -159,6 +168,7 @@ fn run(args: Args) -> i32 {
             to,
             force,
             all: false,
+            ..
         } => {
             let Some(path) = path else {
                 return fail(exit::USAGE, "restore needs a PATH (or --all)");
@@ -166,7 +176,8 @@ fn run(args: Args) -> i32 {
             let path = resolve(&path);
             let to = to.as_deref().map(written_to);
             let dest = control::client::destination(&path, to.as_deref());
-            let target = match control::client::target_from_root(&dest) {
+            let mut made = Vec::new();
+            let target = match control::client::target_from_root(&dest, &mut made) {
                 Ok(t) => t,
                 Err(e) => return fail(exit::FAILED, e),
             };
@@ -180,6 +191,15 @@ fn run(args: Args) -> i32 {
                 |e| meter.event(e),
             ));
             meter.finish();
+            // Parents it made in the file's own place get what the catalog recorded of them
+            // (made elsewhere, with --to, they are no backed-up folder's).
+            if to.is_none() {
+                if let Some(errors) = give_back_parents(&runtime, &socket, made) {
+                    for e in errors {
+                        eprintln!("peerstash: {e}");
+                    }
+                }
+            }
             r
         }
         Command::Recover {
@@ -334,13 +354,17 @@ fn wait_for_restart(runtime: &tokio::runtime::Runtime, socket: &Path, quiet: boo
 
 /// `restore --all [DEST]`: the newest complete version of every file below every watched
 /// folder, restored one by one as `restore` does (owner, mode, mtime; into DEST/path when DEST
-/// is given). Existing files are skipped unless `force`. Ends with one summary line.
+/// is given). Existing files are skipped unless `force`; so are files deleted before the newest
+/// catalog snapshot was taken (gone before the loss), unless `include_deleted`. Then each folder
+/// it made is given the owner, mode and mtime the catalog recorded (with `force`, every recorded
+/// folder). Ends with one summary line.
 fn restore_all(
     runtime: &tokio::runtime::Runtime,
     socket: &Path,
     config: &Config,
     dest: Option<&Path>,
     force: bool,
+    include_deleted: bool,
     json: bool,
 ) -> i32 {
     let mut meter = peerstash::cli::Meter::new("restore --all", json);
@@ -365,6 +389,11 @@ fn restore_all(
     // Each file with a complete version, and the watched folder it was found below; the
     // daemon takes the newest version that can be restored whole.
     let mut newest: std::collections::BTreeMap<PathBuf, &Path> = Default::default();
+    // Each path's newest version: whether it was deleted, and when (unix s).
+    let mut last: std::collections::HashMap<PathBuf, (u32, Option<i64>)> = Default::default();
+    // The folders the catalog recorded (owner, mode, mtime), by path.
+    let mut recorded: std::collections::BTreeMap<PathBuf, control::FolderInfo> = Default::default();
+    let mut snapshot_ms: Option<i64> = None;
     let mut extra = Vec::new();
     for (i, w) in folders.iter().enumerate() {
         let request = Request::Versions { path: w.clone() };
@@ -387,8 +416,23 @@ fn restore_all(
         if i >= in_config {
             extra.push(shown(w).to_string());
         }
+        for v in &versions {
+            let seen = last
+                .entry(v.path.clone())
+                .or_insert((v.version, v.deleted_at));
+            if v.version >= seen.0 {
+                *seen = (v.version, v.deleted_at);
+            }
+        }
         for v in versions.into_iter().filter(|v| v.complete) {
             newest.entry(v.path).or_insert(w);
+        }
+        match runtime.block_on(control::client::folders(socket, w)) {
+            Ok(answer) => {
+                snapshot_ms = snapshot_ms.or(answer.snapshot_ms);
+                recorded.extend(answer.folders.into_iter().map(|f| (f.path.clone(), f)));
+            }
+            Err(e) => return fail(exit::UNREACHABLE, e),
         }
     }
     if !extra.is_empty() {
@@ -398,9 +442,25 @@ fn restore_all(
             extra.join(", ")
         ));
     }
+    // Deleted before the loss: found gone (unix s, so up to a second later than it went) at
+    // or before the snapshot's time. After a recover the daemon finds every file gone, after
+    // that time: those are restored.
+    let mut deleted = 0usize;
+    if let (Some(cutoff), false) = (snapshot_ms, include_deleted) {
+        newest.retain(|path, _| {
+            let gone = last
+                .get(path)
+                .and_then(|(_, d)| *d)
+                .is_some_and(|d| d.saturating_add(1).saturating_mul(1000) <= cutoff);
+            deleted += usize::from(gone);
+            !gone
+        });
+    }
     // Where the files go is reached from handles opened once: DEST (walked from `/`), or each
-    // watched folder as the config names it (the admin's path, as the daemon reads it).
-    let dest = match dest.map(control::client::folder_from_root) {
+    // watched folder as the config names it (the admin's path, as the daemon reads it). The
+    // folders made on the way are noted, by where they were reached from.
+    let mut made: Vec<(Base, PathBuf)> = Vec::new();
+    let dest = match dest.map(|d| control::client::folder_from_root(d, &mut Vec::new())) {
         None => None,
         Some(Ok(d)) => Some(d),
         Some(Err(e)) => return fail(exit::FAILED, e),
@@ -419,14 +479,29 @@ fn restore_all(
             message: String::new(),
             amount: Some(files(i)),
         });
+        let mut made_here = Vec::new();
         let target = match &dest {
-            Some(d) => control::client::target(d, path.strip_prefix("/").unwrap_or(&path)),
-            None => match bases
-                .entry(watched)
-                .or_insert_with(|| watched_folder(watched))
-            {
+            Some(d) => {
+                let t = control::client::target(
+                    d,
+                    path.strip_prefix("/").unwrap_or(&path),
+                    &mut made_here,
+                );
+                made.extend(made_here.drain(..).map(|rel| (Base::Dest, rel)));
+                t
+            }
+            None => match bases.entry(watched).or_insert_with(|| {
+                let mut from_root = Vec::new();
+                let base = watched_folder(watched, &mut from_root);
+                made.extend(from_root.into_iter().map(|rel| (Base::Root, rel)));
+                base
+            }) {
                 Ok(base) => match path.strip_prefix(watched) {
-                    Ok(rel) => control::client::target(base, rel),
+                    Ok(rel) => {
+                        let t = control::client::target(base, rel, &mut made_here);
+                        made.extend(made_here.drain(..).map(|rel| (Base::Watched(watched), rel)));
+                        t
+                    }
                     Err(_) => Err(control::ClientError::Local(format!(
                         "{} is not below {}",
                         shown(&path),
@@ -511,9 +586,73 @@ fn restore_all(
         }
     }
     meter.finish();
+    // The files are in: the folders get their owner, mode and mtime, deepest first.
+    let root = Folder::root();
+    let original = |base: &Base, rel: &Path| match base {
+        Base::Root | Base::Dest => Path::new("/").join(rel),
+        Base::Watched(w) => w.join(rel),
+    };
+    let mut todo: std::collections::BTreeMap<PathBuf, (Base, PathBuf)> = Default::default();
+    let mut unrecorded = 0usize;
+    for (base, rel) in made {
+        let at = original(&base, &rel);
+        match recorded.contains_key(&at) {
+            true => {
+                todo.insert(at, (base, rel));
+            }
+            // A folder above the watched ones is never recorded; one below, only by a
+            // catalog recorded before folders were.
+            false => unrecorded += usize::from(folders.iter().any(|w| at.starts_with(w))),
+        }
+    }
+    if force {
+        // Every recorded folder, made now or not.
+        for at in recorded.keys() {
+            let place = match (&dest, folders.iter().find(|w| at.starts_with(w))) {
+                (Some(_), _) => at
+                    .strip_prefix("/")
+                    .ok()
+                    .map(|r| (Base::Dest, r.to_owned())),
+                (None, Some(w)) => (at.strip_prefix(w).ok()).map(|r| (Base::Watched(w), r.into())),
+                (None, None) => None,
+            };
+            if let Some(place) = place {
+                todo.entry(at.clone()).or_insert(place);
+            }
+        }
+    }
+    let mut give = Vec::new();
+    for (at, (base, rel)) in todo {
+        let from = match &base {
+            Base::Dest => dest.as_ref(),
+            Base::Root => root.as_ref().ok(),
+            Base::Watched(w) => bases.get(w).and_then(|b| b.as_ref().ok()),
+        };
+        if let (Some(from), Some(f)) = (from, recorded.remove(&at)) {
+            give.push(control::client::MadeFolder {
+                from,
+                rel,
+                recorded: f,
+            });
+        }
+    }
+    let (given, folder_errors) = control::client::give_back_folders(give);
+    for e in &folder_errors {
+        eprintln!("peerstash: {e}");
+    }
     let skipped_note = match skipped {
         0 => String::new(),
         n => format!(", {n} skipped (they exist: --force overwrites them)"),
+    };
+    let deleted_note = match (deleted, snapshot_ms) {
+        (0, _) | (_, None) => String::new(),
+        (n, Some(ms)) => format!(
+            ", {n} not restored: deleted before the catalog snapshot {} (--include-deleted restores them)",
+            peerstash::store::snapshot::taken_label(
+                peerstash::protocol::seal::SnapshotNo::Numbered(0),
+                Some(ms)
+            )
+        ),
     };
     let stopped = match disk_full {
         true => format!(
@@ -522,14 +661,27 @@ fn restore_all(
         ),
         false => String::new(),
     };
-    let message =
-        format!("{total} files: {restored} restored, {failed} failed{skipped_note}{stopped}");
+    let mut folders_note = match given {
+        0 => String::new(),
+        n => format!("; {n} folders given their owner, mode and mtime"),
+    };
+    if !folder_errors.is_empty() {
+        folders_note += &format!(", {} folders could not be (see above)", folder_errors.len());
+    }
+    if unrecorded > 0 {
+        folders_note += &format!(
+            "; {unrecorded} folders made with no recorded owner (a catalog from before they were recorded): they are the restorer's, mode 0755"
+        );
+    }
+    let message = format!(
+        "{total} files: {restored} restored, {failed} failed{skipped_note}{deleted_note}{stopped}{folders_note}"
+    );
     if failed == 0 && !disk_full && dest.is_none() {
         // Every file is back in place: after a recover, keep_deleted applies again. (Root's
         // only; another user's restore is refused, and changes nothing.)
         let _ = runtime.block_on(control::call(socket, &Request::RestoredAll, &[], |_| {}));
     }
-    let code = match failed {
+    let code = match failed + folder_errors.len() {
         0 => exit::OK,
         _ => exit::FAILED,
     };
@@ -542,6 +694,9 @@ fn restore_all(
                 "restored": restored,
                 "skipped": skipped,
                 "failed": failed,
+                "deleted_not_restored": deleted,
+                "folders_given": given,
+                "folders_failed": folder_errors.len(),
             })),
         });
     } else {
@@ -550,14 +705,54 @@ fn restore_all(
     code
 }
 
+/// The folders a single `restore` made on the way to a file's own path (`made`, below `/`,
+/// parents first) given the owner, mode and mtime recorded for them, deepest first; the
+/// messages of those that could not be. None when there was nothing to ask.
+fn give_back_parents(
+    runtime: &tokio::runtime::Runtime,
+    socket: &Path,
+    made: Vec<PathBuf>,
+) -> Option<Vec<String>> {
+    let top = Path::new("/").join(made.first()?);
+    let answer = runtime
+        .block_on(control::client::folders(socket, &top))
+        .ok()?;
+    let root = Folder::root().ok()?;
+    let mut recorded: std::collections::HashMap<PathBuf, control::FolderInfo> = (answer.folders)
+        .into_iter()
+        .map(|f| (f.path.clone(), f))
+        .collect();
+    let give = (made.into_iter())
+        .filter_map(|rel| {
+            let f = recorded.remove(&Path::new("/").join(&rel))?;
+            Some(control::client::MadeFolder {
+                from: &root,
+                rel,
+                recorded: f,
+            })
+        })
+        .collect();
+    Some(control::client::give_back_folders(give).1)
+}
+
+/// Where a folder `restore --all` made was reached from.
+enum Base<'a> {
+    /// `/` (a watched folder that was gone): its path below `/` is its own.
+    Root,
+    /// DEST: its path below DEST is its own below `/`.
+    Dest,
+    /// This watched folder.
+    Watched(&'a Path),
+}
+
 /// A watched folder, to restore its files in place: opened as the config names it (symlinks
 /// of the admin's own followed, as the daemon does when it reads it); when it is gone, made
-/// again from `/` through no symlink at all.
-fn watched_folder(path: &Path) -> Result<Folder, String> {
+/// again from `/` through no symlink at all (each folder made noted in `made`, below `/`).
+fn watched_folder(path: &Path, made: &mut Vec<PathBuf>) -> Result<Folder, String> {
     match Folder::open_trusted(path) {
         Ok(f) => Ok(f),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            control::client::folder_from_root(path).map_err(|e| e.to_string())
+            control::client::folder_from_root(path, made).map_err(|e| e.to_string())
         }
         Err(e) => Err(format!(
             "cannot open the watched folder {}: {e}",

@@ -14,7 +14,10 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use nix::fcntl::OFlag;
 
-use super::{call_events, exit, shown, ClientError, ProgressEvent, Request, Restored};
+use super::{
+    call_events, exit, shown, ClientError, FolderInfo, FoldersAnswer, ProgressEvent, Request,
+    Restored,
+};
 use crate::fsx::{Folder, Links};
 
 type Answer = (i32, String, Option<serde_json::Value>);
@@ -91,8 +94,9 @@ pub fn links() -> Links {
 }
 
 /// Reaches the folder of `rel` (a path below `from`) one name at a time from `from`, making
-/// the missing folders on the way (see `Folder::reach`).
-pub fn target(from: &Folder, rel: &Path) -> Result<Target, ClientError> {
+/// the missing folders on the way (see `Folder::reach`), each added to `made` (its path below
+/// `from`).
+pub fn target(from: &Folder, rel: &Path, made: &mut Vec<PathBuf>) -> Result<Target, ClientError> {
     let dest = from.path().join(rel);
     let (Some(dir), Some(name)) = (rel.parent(), rel.file_name()) else {
         return Err(ClientError::Local(format!(
@@ -100,7 +104,7 @@ pub fn target(from: &Folder, rel: &Path) -> Result<Target, ClientError> {
             shown(&dest)
         )));
     };
-    let dir = from.reach(dir, links()).map_err(|e| {
+    let dir = from.reach_noting(dir, links(), made).map_err(|e| {
         ClientError::Local(format!(
             "cannot restore to {}: {} {e}",
             shown(&dest),
@@ -126,22 +130,85 @@ fn from_root(path: &Path) -> Result<(Folder, &Path), ClientError> {
     }
 }
 
-/// Reaches the folder of `dest` (absolute) from `/`: see `target`.
-pub fn target_from_root(dest: &Path) -> Result<Target, ClientError> {
+/// Reaches the folder of `dest` (absolute) from `/`: see `target` (`made` gets paths below
+/// `/`).
+pub fn target_from_root(dest: &Path, made: &mut Vec<PathBuf>) -> Result<Target, ClientError> {
     let (root, rel) = from_root(dest)?;
-    target(&root, rel)
+    target(&root, rel, made)
 }
 
 /// Reaches the folder `dir` (absolute) from `/`, making it if it is missing, as `target` does
 /// for a file's folder.
-pub fn folder_from_root(dir: &Path) -> Result<Folder, ClientError> {
+pub fn folder_from_root(dir: &Path, made: &mut Vec<PathBuf>) -> Result<Folder, ClientError> {
     let (root, rel) = from_root(dir)?;
-    root.reach(rel, links()).map_err(|e| {
+    root.reach_noting(rel, links(), made).map_err(|e| {
         ClientError::Local(format!(
             "cannot restore into {}: {} {e}",
             shown(dir),
             shown(e.path())
         ))
+    })
+}
+
+/// The folders recorded at or below `path` (`Request::Folders`), and when the snapshot that
+/// `restore --all` takes as the loss's was taken. An older daemon records none: nothing.
+pub async fn folders(socket: &Path, path: &Path) -> Result<FoldersAnswer, ClientError> {
+    let request = Request::Folders {
+        path: path.to_path_buf(),
+    };
+    match super::call(socket, &request, &[], |_| {}).await? {
+        (exit::OK, _, Some(data)) => {
+            serde_json::from_value(data).map_err(|e| ClientError::BadReply(e.to_string()))
+        }
+        _ => Ok(FoldersAnswer::default()),
+    }
+}
+
+/// A folder a restore made, to be given what the catalog recorded of it once the files below
+/// are in (`give_back_folders`).
+#[derive(Debug)]
+pub struct MadeFolder<'a> {
+    /// The trusted handle it was reached from, and its path below it.
+    pub from: &'a Folder,
+    pub rel: PathBuf,
+    /// What was recorded for it.
+    pub recorded: FolderInfo,
+}
+
+/// Gives each folder in `made` its recorded owner and group (when the caller is root: others
+/// keep their own), mode and mtime, deepest first (a folder's own changes move its parent's
+/// mtime no more once that parent is done). Each is reached again from its trusted handle one
+/// name at a time, never through a symlink for root (`Folder::existing`): a folder swapped for
+/// a link since the files were written is refused, and nothing elsewhere is changed. Returns
+/// how many were done, and a message for each that was not.
+pub fn give_back_folders(mut made: Vec<MadeFolder<'_>>) -> (usize, Vec<String>) {
+    made.sort_by_key(|m| std::cmp::Reverse(m.recorded.path.components().count()));
+    let (mut done, mut failed) = (0, Vec::new());
+    for m in made {
+        match give_back_folder(m.from, &m.rel, &m.recorded, links()) {
+            Ok(()) => done += 1,
+            Err(e) => failed.push(e),
+        }
+    }
+    (done, failed)
+}
+
+/// One folder of `give_back_folders`.
+fn give_back_folder(from: &Folder, rel: &Path, f: &FolderInfo, links: Links) -> Result<(), String> {
+    let place = from.path().join(rel);
+    let dir = from.existing(rel, links).map_err(|e| {
+        format!(
+            "cannot give {} its owner, mode and mtime: {} {e}",
+            shown(&place),
+            shown(e.path())
+        )
+    })?;
+    let owner = nix::unistd::geteuid().is_root().then_some((f.uid, f.gid));
+    dir.set_meta(owner, f.mode, f.mtime_ns).map_err(|e| {
+        format!(
+            "cannot give {} its owner, mode and mtime: {e}",
+            shown(&place)
+        )
     })
 }
 

@@ -244,10 +244,7 @@ async fn note_folders(node: &Arc<Node>, base: &Path, path: &Path) {
         Err(_) => return,
     };
     if let Err(e) = node.catalog.call(move |c| c.note_folders(&rows)).await {
-        tracing::warn!(
-            "cannot record the folders above {}: {e}",
-            path.display()
-        );
+        tracing::warn!("cannot record the folders above {}: {e}", path.display());
     }
 }
 

@@ -936,7 +936,11 @@ mod tests {
         assert_eq!(count(&snap, "holder_counts"), 1, "kept by its triggers");
         assert_eq!(count(&snap, "hosted"), 0);
         assert_eq!(count(&snap, "queue"), 0);
-        assert_eq!(snap.folders_below(Path::new("/")).unwrap().len(), 1, "folders carried");
+        assert_eq!(
+            snap.folders_below(Path::new("/")).unwrap().len(),
+            1,
+            "folders carried"
+        );
         assert_eq!(snap.meta("k").unwrap().as_deref(), Some("v"));
         drop(snap);
         assert_eq!(check_catalog(&copy).unwrap(), 1);
