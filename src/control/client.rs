@@ -313,6 +313,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_folder_swapped_for_a_link_is_not_given_anything_and_its_target_keeps_its_own() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base");
+        let victim = dir.path().join("victim");
+        std::fs::create_dir_all(base.join("a/b")).unwrap();
+        std::fs::create_dir_all(victim.join("b")).unwrap();
+        for v in [&victim, &victim.join("b")] {
+            std::fs::set_permissions(v, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        let from = Folder::open_trusted(&base).unwrap();
+        let info = |path: &str| FolderInfo {
+            path: PathBuf::from(path),
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            mode: 0o777,
+            mtime_ns: 1_234_567_891,
+        };
+        // Before the swap, it is done, on the handle.
+        give_back_folder(&from, Path::new("a/b"), &info("/x/a/b"), Links::Refuse).unwrap();
+        let b = std::fs::metadata(base.join("a/b")).unwrap();
+        assert_eq!(b.permissions().mode() & 0o7777, 0o777);
+        assert_eq!(
+            b.modified().unwrap(),
+            UNIX_EPOCH + Duration::from_nanos(1_234_567_891)
+        );
+        // `a` swapped for a link: neither `a` nor anything below it is reached through it.
+        std::fs::rename(base.join("a"), base.join("a.moved")).unwrap();
+        std::os::unix::fs::symlink(&victim, base.join("a")).unwrap();
+        for rel in ["a", "a/b"] {
+            let e =
+                give_back_folder(&from, Path::new(rel), &info("/x/a"), Links::Refuse).unwrap_err();
+            assert!(e.contains("is a symlink: not followed"), "{e}");
+        }
+        for v in [&victim, &victim.join("b")] {
+            let mode = std::fs::metadata(v).unwrap().permissions().mode();
+            assert_eq!(mode & 0o7777, 0o700, "{}", v.display());
+        }
+    }
+
+    #[test]
     fn a_restores_own_file_names_are_recognised_and_only_they() {
         let name = restore_temp_name(0xdead_beef);
         assert!(is_restore_temp(std::ffi::OsStr::new(&name)));

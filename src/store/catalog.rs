@@ -2447,6 +2447,46 @@ mod tests {
     }
 
     #[test]
+    fn folders_are_written_only_when_changed_listed_below_a_path_and_forgotten_when_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        let odd = PathBuf::from(OsStr::from_bytes(b"/w/\xff"));
+        let row = |path: &Path, mode: u32| FolderRow {
+            path: path.to_path_buf(),
+            uid: 7,
+            gid: 8,
+            mode,
+            mtime_ns: -5,
+        };
+        let changes = || cat.conn.changes();
+        cat.note_folders(&[row(Path::new("/w"), 0o750), row(&odd, 0o700)])
+            .unwrap();
+        cat.note_folders(&[row(Path::new("/w"), 0o750)]).unwrap();
+        assert_eq!(changes(), 0, "an unchanged row is not written");
+        cat.note_folders(&[row(Path::new("/w"), 0o755)]).unwrap();
+        assert_eq!(changes(), 1);
+        // `/w0` and `/wx` are not below `/w`; `/w` itself and names of any bytes are.
+        cat.note_folders(&[row(Path::new("/w0"), 1), row(Path::new("/wx"), 1)])
+            .unwrap();
+        let below = cat.folders_below(Path::new("/w")).unwrap();
+        assert_eq!(below, vec![row(Path::new("/w"), 0o755), row(&odd, 0o700)]);
+        // A folder that holds no version any more is forgotten when the last one goes.
+        let mut f = file('a', "/unused");
+        f.path = odd.join("f");
+        cat.insert_file(&f).unwrap();
+        cat.insert_file(&file('b', "/w/g")).unwrap();
+        assert!(cat.forget(&fid('a'), Forget::UserDelete, 0).unwrap());
+        assert_eq!(
+            cat.folders_below(Path::new("/w")).unwrap(),
+            vec![row(Path::new("/w"), 0o755)],
+            "/w still holds /w/g"
+        );
+        assert!(cat.forget(&fid('b'), Forget::UserDelete, 0).unwrap());
+        assert!(cat.folders_below(Path::new("/w")).unwrap().is_empty());
+        assert_eq!(cat.folders_below(Path::new("/")).unwrap().len(), 2);
+    }
+
+    #[test]
     fn watched_folders_are_kept_once_each_and_odd_names_survive() {
         let dir = tempfile::tempdir().unwrap();
         let cat = Catalog::open(&dir.path().join("c.db")).unwrap();

@@ -808,6 +808,30 @@ mod tests {
     /// Issue 24, case 6: the numbers come from the catalog alone: one more each time, never one
     /// used before, far above what a recover found; no clock is read.
     #[test]
+    fn restore_all_takes_the_installed_snapshots_time_until_it_ran_then_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        assert_eq!(cat.restore_cutoff_ms().unwrap(), None);
+        let (one, two) = (FileId::from_digest(&[1; 32]), FileId::from_digest(&[2; 32]));
+        cat.claim_snapshot(&one, SnapshotNo::Numbered(1), 5_000)
+            .unwrap();
+        cat.claim_snapshot(&two, SnapshotNo::Numbered(2), 9_000)
+            .unwrap();
+        assert_eq!(cat.restore_cutoff_ms().unwrap(), Some(9_000));
+        // Recovered from snapshot 1 (its own row, as it carries it): its time is kept, and is
+        // the loss's until restore --all has run, whatever is taken meanwhile.
+        cat.adopt_snapshot(&one, SnapshotNo::Numbered(1), 2)
+            .unwrap();
+        assert_eq!(cat.snapshots().unwrap()[0].taken_ms, Some(5_000));
+        let later = FileId::from_digest(&[3; 32]);
+        cat.claim_snapshot(&later, SnapshotNo::Numbered(4096), 20_000)
+            .unwrap();
+        assert_eq!(cat.restore_cutoff_ms().unwrap(), Some(5_000));
+        cat.delete_meta(EXPIRY_HOLD).unwrap();
+        assert_eq!(cat.restore_cutoff_ms().unwrap(), Some(20_000));
+    }
+
+    #[test]
     fn numbers_go_up_by_one_never_repeat_and_jump_after_a_recover() {
         let dir = tempfile::tempdir().unwrap();
         let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
