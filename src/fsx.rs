@@ -272,6 +272,14 @@ impl PlaceError {
     }
 }
 
+/// A folder `Folder::reach_noting` made: its path below the folder it was reached from, and
+/// its device and inode numbers (so that one put in its place later is told apart).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Made {
+    pub rel: PathBuf,
+    pub id: (u64, u64),
+}
+
 /// A folder to write into, reached one name at a time from a trusted handle (`/`, or a folder
 /// opened once): everything done in it (look, create, rename, remove) is done on this handle,
 /// by a single name, so a folder on the way renamed or swapped for a symlink after the walk
@@ -315,13 +323,12 @@ impl Folder {
         self.reach_noting(rel, links, &mut Vec::new())
     }
 
-    /// `reach`, adding to `made` each folder it made (its path below this folder, parents
-    /// first).
+    /// `reach`, adding to `made` each folder it made (parents first).
     pub fn reach_noting(
         &self,
         rel: &Path,
         links: Links,
-        made: &mut Vec<PathBuf>,
+        made: &mut Vec<Made>,
     ) -> Result<Folder, PlaceError> {
         self.walk(rel, links, Some(made))
     }
@@ -337,7 +344,7 @@ impl Folder {
         &self,
         rel: &Path,
         links: Links,
-        mut made: Option<&mut Vec<PathBuf>>,
+        mut made: Option<&mut Vec<Made>>,
     ) -> Result<Folder, PlaceError> {
         let mut path = self.path.clone();
         let mut below = PathBuf::new();
@@ -355,7 +362,12 @@ impl Folder {
                 .map_or(self.dir.as_raw_fd(), |fd| fd.as_raw_fd());
             let (fd, new) = step_into(parent, name, links, &path, made.is_some())?;
             if let (true, Some(made)) = (new, made.as_deref_mut()) {
-                made.push(below.clone());
+                let st = nix::sys::stat::fstat(fd.as_raw_fd())
+                    .map_err(|e| PlaceError::Io(path.clone(), errno(e)))?;
+                made.push(Made {
+                    rel: below.clone(),
+                    id: (st.st_dev as u64, st.st_ino as u64),
+                });
             }
             here = Some(fd);
         }
@@ -427,6 +439,12 @@ impl Folder {
     /// Makes what was renamed or made in this folder durable.
     pub fn sync(&self) -> io::Result<()> {
         self.dir.sync_all()
+    }
+
+    /// Its device and inode numbers (`fstat` on the handle): which folder it is.
+    pub fn id(&self) -> io::Result<(u64, u64)> {
+        let meta = self.dir.metadata()?;
+        Ok((meta.dev(), meta.ino()))
     }
 
     /// Gives this folder (on its handle) the owner and group `owner` (if given), then the

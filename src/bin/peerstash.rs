@@ -459,13 +459,15 @@ fn restore_all(
     // Where the files go is reached from handles opened once: DEST (walked from `/`), or each
     // watched folder as the config names it (the admin's path, as the daemon reads it). The
     // folders made on the way are noted, by where they were reached from.
-    let mut made: Vec<(Base, PathBuf)> = Vec::new();
+    let mut made: Vec<(Base, peerstash::fsx::Made)> = Vec::new();
     let dest = match dest.map(|d| control::client::folder_from_root(d, &mut Vec::new())) {
         None => None,
         Some(Ok(d)) => Some(d),
         Some(Err(e)) => return fail(exit::FAILED, e),
     };
     let mut bases: std::collections::HashMap<&Path, Result<Folder, String>> = Default::default();
+    // The files restored (for --force: the recorded folders on their way are given back).
+    let mut written: Vec<PathBuf> = Vec::new();
     let total = newest.len();
     let (mut restored, mut skipped, mut failed) = (0usize, 0usize, 0usize);
     let mut disk_full = false;
@@ -487,19 +489,19 @@ fn restore_all(
                     path.strip_prefix("/").unwrap_or(&path),
                     &mut made_here,
                 );
-                made.extend(made_here.drain(..).map(|rel| (Base::Dest, rel)));
+                made.extend(made_here.drain(..).map(|m| (Base::Dest, m)));
                 t
             }
             None => match bases.entry(watched).or_insert_with(|| {
                 let mut from_root = Vec::new();
                 let base = watched_folder(watched, &mut from_root);
-                made.extend(from_root.into_iter().map(|rel| (Base::Root, rel)));
+                made.extend(from_root.into_iter().map(|m| (Base::Root, m)));
                 base
             }) {
                 Ok(base) => match path.strip_prefix(watched) {
                     Ok(rel) => {
                         let t = control::client::target(base, rel, &mut made_here);
-                        made.extend(made_here.drain(..).map(|rel| (Base::Watched(watched), rel)));
+                        made.extend(made_here.drain(..).map(|m| (Base::Watched(watched), m)));
                         t
                     }
                     Err(_) => Err(control::ClientError::Local(format!(
@@ -548,6 +550,7 @@ fn restore_all(
             match answer {
                 Ok((exit::OK, message, data)) => {
                     restored += 1;
+                    written.push(path.clone());
                     // An older version than the newest: said, with why.
                     let older =
                         data.and_then(|d| serde_json::from_value::<control::Restored>(d).ok());
@@ -592,13 +595,14 @@ fn restore_all(
         Base::Root | Base::Dest => Path::new("/").join(rel),
         Base::Watched(w) => w.join(rel),
     };
-    let mut todo: std::collections::BTreeMap<PathBuf, (Base, PathBuf)> = Default::default();
+    type Place<'a> = (Base<'a>, PathBuf, Option<(u64, u64)>);
+    let mut todo: std::collections::BTreeMap<PathBuf, Place> = Default::default();
     let mut unrecorded = 0usize;
-    for (base, rel) in made {
-        let at = original(&base, &rel);
+    for (base, m) in made {
+        let at = original(&base, &m.rel);
         match recorded.contains_key(&at) {
             true => {
-                todo.insert(at, (base, rel));
+                todo.insert(at, (base, m.rel, Some(m.id)));
             }
             // A folder above the watched ones is never recorded; one below, only by a
             // catalog recorded before folders were.
@@ -606,14 +610,18 @@ fn restore_all(
         }
     }
     if force {
-        // Every recorded folder, made now or not.
-        for at in recorded.keys() {
+        // Every recorded folder on the way to a file restored, made now or not.
+        let on_the_way: std::collections::BTreeSet<&Path> =
+            written.iter().flat_map(|p| p.ancestors().skip(1)).collect();
+        for at in recorded
+            .keys()
+            .filter(|at| on_the_way.contains(at.as_path()))
+        {
             let place = match (&dest, folders.iter().find(|w| at.starts_with(w))) {
-                (Some(_), _) => at
-                    .strip_prefix("/")
-                    .ok()
-                    .map(|r| (Base::Dest, r.to_owned())),
-                (None, Some(w)) => (at.strip_prefix(w).ok()).map(|r| (Base::Watched(w), r.into())),
+                (Some(_), _) => (at.strip_prefix("/").ok()).map(|r| (Base::Dest, r.into(), None)),
+                (None, Some(w)) => {
+                    (at.strip_prefix(w).ok()).map(|r| (Base::Watched(w), r.into(), None))
+                }
                 (None, None) => None,
             };
             if let Some(place) = place {
@@ -622,7 +630,7 @@ fn restore_all(
         }
     }
     let mut give = Vec::new();
-    for (at, (base, rel)) in todo {
+    for (at, (base, rel, made_as)) in todo {
         let from = match &base {
             Base::Dest => dest.as_ref(),
             Base::Root => root.as_ref().ok(),
@@ -632,6 +640,7 @@ fn restore_all(
             give.push(control::client::MadeFolder {
                 from,
                 rel,
+                made_as,
                 recorded: f,
             });
         }
@@ -711,9 +720,9 @@ fn restore_all(
 fn give_back_parents(
     runtime: &tokio::runtime::Runtime,
     socket: &Path,
-    made: Vec<PathBuf>,
+    made: Vec<peerstash::fsx::Made>,
 ) -> Option<Vec<String>> {
-    let top = Path::new("/").join(made.first()?);
+    let top = Path::new("/").join(&made.first()?.rel);
     let answer = runtime
         .block_on(control::client::folders(socket, &top))
         .ok()?;
@@ -723,11 +732,12 @@ fn give_back_parents(
         .map(|f| (f.path.clone(), f))
         .collect();
     let give = (made.into_iter())
-        .filter_map(|rel| {
-            let f = recorded.remove(&Path::new("/").join(&rel))?;
+        .filter_map(|m| {
+            let f = recorded.remove(&Path::new("/").join(&m.rel))?;
             Some(control::client::MadeFolder {
                 from: &root,
-                rel,
+                rel: m.rel,
+                made_as: Some(m.id),
                 recorded: f,
             })
         })
@@ -748,7 +758,7 @@ enum Base<'a> {
 /// A watched folder, to restore its files in place: opened as the config names it (symlinks
 /// of the admin's own followed, as the daemon does when it reads it); when it is gone, made
 /// again from `/` through no symlink at all (each folder made noted in `made`, below `/`).
-fn watched_folder(path: &Path, made: &mut Vec<PathBuf>) -> Result<Folder, String> {
+fn watched_folder(path: &Path, made: &mut Vec<peerstash::fsx::Made>) -> Result<Folder, String> {
     match Folder::open_trusted(path) {
         Ok(f) => Ok(f),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -18,7 +18,7 @@ use super::{
     call_events, exit, shown, ClientError, FolderInfo, FoldersAnswer, ProgressEvent, Request,
     Restored,
 };
-use crate::fsx::{Folder, Links};
+use crate::fsx::{Folder, Links, Made};
 
 type Answer = (i32, String, Option<serde_json::Value>);
 
@@ -96,7 +96,7 @@ pub fn links() -> Links {
 /// Reaches the folder of `rel` (a path below `from`) one name at a time from `from`, making
 /// the missing folders on the way (see `Folder::reach`), each added to `made` (its path below
 /// `from`).
-pub fn target(from: &Folder, rel: &Path, made: &mut Vec<PathBuf>) -> Result<Target, ClientError> {
+pub fn target(from: &Folder, rel: &Path, made: &mut Vec<Made>) -> Result<Target, ClientError> {
     let dest = from.path().join(rel);
     let (Some(dir), Some(name)) = (rel.parent(), rel.file_name()) else {
         return Err(ClientError::Local(format!(
@@ -132,14 +132,14 @@ fn from_root(path: &Path) -> Result<(Folder, &Path), ClientError> {
 
 /// Reaches the folder of `dest` (absolute) from `/`: see `target` (`made` gets paths below
 /// `/`).
-pub fn target_from_root(dest: &Path, made: &mut Vec<PathBuf>) -> Result<Target, ClientError> {
+pub fn target_from_root(dest: &Path, made: &mut Vec<Made>) -> Result<Target, ClientError> {
     let (root, rel) = from_root(dest)?;
     target(&root, rel, made)
 }
 
 /// Reaches the folder `dir` (absolute) from `/`, making it if it is missing, as `target` does
 /// for a file's folder.
-pub fn folder_from_root(dir: &Path, made: &mut Vec<PathBuf>) -> Result<Folder, ClientError> {
+pub fn folder_from_root(dir: &Path, made: &mut Vec<Made>) -> Result<Folder, ClientError> {
     let (root, rel) = from_root(dir)?;
     root.reach_noting(rel, links(), made).map_err(|e| {
         ClientError::Local(format!(
@@ -171,21 +171,25 @@ pub struct MadeFolder<'a> {
     /// The trusted handle it was reached from, and its path below it.
     pub from: &'a Folder,
     pub rel: PathBuf,
+    /// Its device and inode numbers when the restore made it (None: it was there before, and
+    /// `--force` gives it back too).
+    pub made_as: Option<(u64, u64)>,
     /// What was recorded for it.
     pub recorded: FolderInfo,
 }
 
 /// Gives each folder in `made` its recorded owner and group (when the caller is root: others
-/// keep their own), mode and mtime, deepest first (a folder's own changes move its parent's
-/// mtime no more once that parent is done). Each is reached again from its trusted handle one
-/// name at a time, never through a symlink for root (`Folder::existing`): a folder swapped for
-/// a link since the files were written is refused, and nothing elsewhere is changed. Returns
-/// how many were done, and a message for each that was not.
+/// keep their own), mode and mtime, deepest first (what was written into a folder moved its
+/// mtime: each is set once nothing more is written into it). Each is reached again from its
+/// trusted handle one name at a time, never through a symlink for root (`Folder::existing`):
+/// a folder swapped for a link since the files were written is refused, one replaced by
+/// another folder is left as it is, and nothing elsewhere is changed. Returns how many were
+/// done, and a message for each that was not.
 pub fn give_back_folders(mut made: Vec<MadeFolder<'_>>) -> (usize, Vec<String>) {
     made.sort_by_key(|m| std::cmp::Reverse(m.recorded.path.components().count()));
     let (mut done, mut failed) = (0, Vec::new());
     for m in made {
-        match give_back_folder(m.from, &m.rel, &m.recorded, links()) {
+        match give_back_folder(m.from, &m.rel, m.made_as, &m.recorded, links()) {
             Ok(()) => done += 1,
             Err(e) => failed.push(e),
         }
@@ -194,7 +198,13 @@ pub fn give_back_folders(mut made: Vec<MadeFolder<'_>>) -> (usize, Vec<String>) 
 }
 
 /// One folder of `give_back_folders`.
-fn give_back_folder(from: &Folder, rel: &Path, f: &FolderInfo, links: Links) -> Result<(), String> {
+fn give_back_folder(
+    from: &Folder,
+    rel: &Path,
+    made_as: Option<(u64, u64)>,
+    f: &FolderInfo,
+    links: Links,
+) -> Result<(), String> {
     let place = from.path().join(rel);
     let dir = from.existing(rel, links).map_err(|e| {
         format!(
@@ -203,6 +213,14 @@ fn give_back_folder(from: &Folder, rel: &Path, f: &FolderInfo, links: Links) -> 
             shown(e.path())
         )
     })?;
+    // Another folder put in the place of the one made (a user's own, renamed there) is not
+    // given the recorded owner and mode.
+    if made_as.is_some_and(|id| dir.id().ok() != Some(id)) {
+        return Err(format!(
+            "{} is not the folder the restore made (it was replaced): left as it is",
+            shown(&place)
+        ));
+    }
     let owner = nix::unistd::geteuid().is_root().then_some((f.uid, f.gid));
     dir.set_meta(owner, f.mode, f.mtime_ns).map_err(|e| {
         format!(
@@ -332,7 +350,14 @@ mod tests {
             mtime_ns: 1_234_567_891,
         };
         // Before the swap, it is done, on the handle.
-        give_back_folder(&from, Path::new("a/b"), &info("/x/a/b"), Links::Refuse).unwrap();
+        give_back_folder(
+            &from,
+            Path::new("a/b"),
+            None,
+            &info("/x/a/b"),
+            Links::Refuse,
+        )
+        .unwrap();
         let b = std::fs::metadata(base.join("a/b")).unwrap();
         assert_eq!(b.permissions().mode() & 0o7777, 0o777);
         assert_eq!(
@@ -343,14 +368,44 @@ mod tests {
         std::fs::rename(base.join("a"), base.join("a.moved")).unwrap();
         std::os::unix::fs::symlink(&victim, base.join("a")).unwrap();
         for rel in ["a", "a/b"] {
-            let e =
-                give_back_folder(&from, Path::new(rel), &info("/x/a"), Links::Refuse).unwrap_err();
+            let e = give_back_folder(&from, Path::new(rel), None, &info("/x/a"), Links::Refuse)
+                .unwrap_err();
             assert!(e.contains("is a symlink: not followed"), "{e}");
         }
         for v in [&victim, &victim.join("b")] {
             let mode = std::fs::metadata(v).unwrap().permissions().mode();
             assert_eq!(mode & 0o7777, 0o700, "{}", v.display());
         }
+        // A folder the restore made, replaced by another (real) folder: left as it is.
+        let mut made = Vec::new();
+        from.reach_noting(Path::new("c"), Links::Refuse, &mut made)
+            .unwrap();
+        assert_eq!(made.len(), 1);
+        std::fs::rename(base.join("c"), base.join("c.moved")).unwrap();
+        std::fs::create_dir(base.join("c")).unwrap();
+        std::fs::set_permissions(base.join("c"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let e = give_back_folder(
+            &from,
+            Path::new("c"),
+            Some(made[0].id),
+            &info("/x/c"),
+            Links::Refuse,
+        )
+        .unwrap_err();
+        assert!(e.contains("is not the folder the restore made"), "{e}");
+        let mode = std::fs::metadata(base.join("c"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o700);
+        give_back_folder(
+            &from,
+            Path::new("c.moved"),
+            Some(made[0].id),
+            &info("/x/c"),
+            Links::Refuse,
+        )
+        .unwrap();
     }
 
     #[test]
