@@ -440,3 +440,74 @@ fn wait_backed_up_rd1(c: &Cluster, paths: &[(PathBuf, usize)]) {
         c.dump()
     );
 }
+
+/// A user other than root, in the socket's group.
+const USER: u32 = 12351;
+
+#[test]
+#[ignore = "a user's client, run as another user by the tests of this file"]
+fn folders_asker() {
+    use std::io::{BufRead, Write};
+    let (Ok(socket), Ok(path)) = (std::env::var("PS_ASK_SOCKET"), std::env::var("PS_ASK_PATH"))
+    else {
+        return;
+    };
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    let line = serde_json::json!({"cmd": "folders", "path": path}).to_string();
+    s.write_all(format!("{line}\n").as_bytes()).unwrap();
+    for line in std::io::BufReader::new(s).lines() {
+        println!("ANSWER {}", line.unwrap());
+    }
+}
+
+#[test]
+fn a_user_hears_only_of_the_folders_that_hold_its_own_files() {
+    if needs_root("acting as another user") {
+        return;
+    }
+    let base_dir = tempfile::tempdir().unwrap();
+    let w = base_dir.path().canonicalize().unwrap().join("w");
+    let theirs = w.join("alice/secret-project/plan.txt");
+    let mine = w.join("user/notes/todo.txt");
+    write(&theirs, b"alice's");
+    write(&mine, b"the user's");
+    for (p, uid) in [(&theirs, 4242), (&mine, USER)] {
+        std::os::unix::fs::chown(p, Some(uid), Some(uid)).unwrap();
+    }
+    let watch = format!(
+        "[[watch]]\npath = \"{}\"\nreplication = 1\nquiet = \"200ms\"\n",
+        w.display()
+    );
+    let c = Cluster::start_with(&["0", "30 MiB"], &[&watch]);
+    wait_backed_up_rd1(&c, &[(theirs.clone(), 7), (mine.clone(), 10)]);
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ask = |uid: Option<u32>| -> String {
+        let exe = std::env::current_exe().unwrap();
+        let mut cmd = match uid {
+            Some(uid) => {
+                let gid = std::fs::metadata(&c.peer(0).socket).unwrap().gid();
+                as_uid(uid, Some(gid), &exe)
+            }
+            None => std::process::Command::new(&exe),
+        };
+        let out = cmd
+            .args(["folders_asker", "--exact", "--ignored", "--nocapture"])
+            .env("PS_ASK_SOCKET", &c.peer(0).socket)
+            .env("PS_ASK_PATH", &w)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("ANSWER"), "{}", output_text(&out));
+        text
+    };
+    let root = ask(None);
+    assert!(root.contains("secret-project"), "{root}");
+    assert!(root.contains("user/notes"), "{root}");
+    let user = ask(Some(USER));
+    assert!(user.contains("user/notes"), "{user}");
+    assert!(
+        !user.contains("alice"),
+        "a user hears nothing of another's folders: {user}"
+    );
+}
