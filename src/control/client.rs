@@ -3,7 +3,9 @@
 //! caller may read or write, and symlink tricks give it nothing it could not do already. A
 //! restore is written by the daemon into a new 0600 file made here, then given its owner (when
 //! the caller is root), mode, mtime and final name here, in a folder reached one name at a
-//! time from a handle (`fsx::Folder`): for root, through no symlink at all.
+//! time from a handle (`fsx::Folder`): for root, through no symlink at all. The folders a
+//! restore makes get, once the files are in, the owner, mode and mtime the catalog recorded of
+//! them (`give_back_folders`), reached again the same way.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
