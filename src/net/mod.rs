@@ -62,14 +62,22 @@ impl Channels {
         mdr: SocketAddrV4,
         raise_receive_buffers: bool,
     ) -> Result<Channels, NetError> {
+        let faults = faults::Faults::from_env().map_err(NetError::Faults)?;
+        let rcvbuf_max = faults.as_ref().and_then(|f| f.rcvbuf_max());
         let open = |channel, group| {
-            open_channel(channel, group, interface, ttl, raise_receive_buffers).map_err(|source| {
-                NetError::Open {
-                    channel,
-                    group,
-                    interface,
-                    source,
-                }
+            open_channel(
+                channel,
+                group,
+                interface,
+                ttl,
+                raise_receive_buffers,
+                rcvbuf_max,
+            )
+            .map_err(|source| NetError::Open {
+                channel,
+                group,
+                interface,
+                source,
             })
         };
         let (mc, mc_buf) = open(Channel::Mc, mc)?;
@@ -90,9 +98,7 @@ impl Channels {
             mc: Arc::new(mc),
             mdb: Arc::new(mdb),
             mdr: Arc::new(mdr),
-            faults: faults::Faults::from_env()
-                .map_err(NetError::Faults)?
-                .map(Arc::new),
+            faults: faults.map(Arc::new),
         })
     }
 
@@ -124,6 +130,7 @@ fn open_channel(
     interface: Ipv4Addr,
     ttl: u32,
     raise_receive_buffer: bool,
+    rcvbuf_max: Option<usize>,
 ) -> io::Result<(ChannelSocket, usize)> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     // Several peers on one machine share each channel's port.
@@ -137,7 +144,7 @@ fn open_channel(
     socket.set_multicast_ttl_v4(ttl)?;
     socket.set_multicast_loop_v4(true)?;
     let granted = if raise_receive_buffer {
-        rcvbuf::grow(&socket)
+        rcvbuf::grow(&socket, rcvbuf_max)
     } else {
         let size = socket.recv_buffer_size().unwrap_or(0) / 2;
         tracing::debug!("the {channel:?} receive buffer stays the kernel's default: {size} bytes");

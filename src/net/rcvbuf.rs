@@ -10,11 +10,19 @@ use super::WANTED_RCVBUF;
 
 /// Asks for WANTED_RCVBUF, forcing past `net.core.rmem_max` when the daemon holds
 /// CAP_NET_ADMIN (by hand as root; not under the packaged unit, see peerstash.service), and
-/// returns what the kernel granted.
-pub(super) fn grow(socket: &Socket) -> usize {
+/// returns what the kernel granted. `fault_max` (PEERSTASH_FAULTS `rcvbuf_max`, tests): ask for
+/// no more than that, unforced, as a lower `net.core.rmem_max` would grant.
+pub(super) fn grow(socket: &Socket, fault_max: Option<usize>) -> usize {
     use nix::sys::socket::{setsockopt, sockopt::RcvBufForce};
-    if setsockopt(socket, RcvBufForce, &WANTED_RCVBUF).is_err() {
-        let _ = socket.set_recv_buffer_size(WANTED_RCVBUF);
+    match fault_max {
+        Some(max) => {
+            let _ = socket.set_recv_buffer_size(max.min(WANTED_RCVBUF));
+        }
+        None => {
+            if setsockopt(socket, RcvBufForce, &WANTED_RCVBUF).is_err() {
+                let _ = socket.set_recv_buffer_size(WANTED_RCVBUF);
+            }
+        }
     }
     // Linux reports twice the size granted (bookkeeping overhead).
     socket.recv_buffer_size().unwrap_or(0) / 2
