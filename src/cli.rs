@@ -126,6 +126,15 @@ pub enum Command {
     /// Write a new random LAN key (32 bytes, mode 0600) to PATH, which must not exist; copy it
     /// to every peer and set network.lan_key_file to it. Needs no daemon.
     Keygen { path: PathBuf },
+    /// Print a peer.id for this machine made from its IPv4 address: third byte × 256 + fourth
+    /// byte (never 0), unique among the machines of one /16 network. The address is the
+    /// config's network.interface when it is set and not loopback, else the first IPv4 address
+    /// of an interface that is up and not loopback; the output says which. Needs no daemon.
+    SuggestId {
+        /// Make the id from this address instead (for scripts).
+        #[arg(long, value_name = "A.B.C.D")]
+        address: Option<std::net::Ipv4Addr>,
+    },
     /// Run a local cluster of 4 peers on 127.0.0.1 and show a backup, a lost peer and a restore.
     Demo,
     /// Run a peer daemon (what `peerstashd` does; used by `demo`).

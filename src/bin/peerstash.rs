@@ -66,6 +66,9 @@ fn run(args: Args) -> i32 {
         Command::Demo => return demo(),
         Command::RunDaemon { config } => return run_daemon(config),
         Command::Keygen { path } => return keygen(path),
+        Command::SuggestId { address } => {
+            return suggest_id(args.config.as_deref(), *address, args.json)
+        }
         Command::GenerateDocs { dir } => {
             return match peerstash::cli::generate_docs(dir) {
                 Ok(()) => exit::OK,
@@ -264,7 +267,8 @@ fn run(args: Args) -> i32 {
                 | Command::Demo
                 | Command::RunDaemon { .. }
                 | Command::GenerateDocs { .. }
-                | Command::Keygen { .. } => unreachable!("handled above"),
+                | Command::Keygen { .. }
+                | Command::SuggestId { .. } => unreachable!("handled above"),
             };
             runtime.block_on(control::call(&socket, &request, &[], print))
         }
@@ -860,6 +864,80 @@ fn keygen(path: &Path) -> i32 {
             format!("cannot write a LAN key to {}: {e}", shown(path)),
         ),
     }
+}
+
+/// `peerstash suggest-id`: the id, the address it came from and why that one, and where to
+/// put it. Reads the config's text only (the shipped one, with id 0, is what it helps fill in).
+fn suggest_id(config: Option<&Path>, address: Option<std::net::Ipv4Addr>, json: bool) -> i32 {
+    use peerstash::net::suggest_id::{self as s, Source};
+    let config = config.unwrap_or(Path::new(DEFAULT_CONFIG_PATH));
+    let suggestion = match address {
+        Some(a) => s::from_given(a),
+        None => match s::machine_addresses() {
+            Ok(addresses) => s::choose(s::configured_interface(config), &addresses),
+            Err(e) => {
+                return fail(
+                    exit::FAILED,
+                    format!("cannot list this machine's addresses: {e}"),
+                )
+            }
+        },
+    };
+    let s = match suggestion {
+        Ok(s) => s,
+        Err(e @ s::SuggestError::NotAMachine(_)) => return fail(exit::USAGE, e),
+        Err(e) => return fail(exit::FAILED, e),
+    };
+    let (interface, from) = match &s.source {
+        Source::Given => (None, "given with --address".to_string()),
+        Source::Configured { interface } => (
+            interface.clone(),
+            format!(
+                "network.interface in {}{}",
+                shown(config),
+                match interface {
+                    Some(name) => format!(", on {name}"),
+                    None => ", which no interface of this machine holds now".to_string(),
+                }
+            ),
+        ),
+        Source::Interface(name) => (
+            Some(name.clone()),
+            format!("the first IPv4 address of this machine that is not loopback, on {name}"),
+        ),
+    };
+    let [_, _, third, fourth] = s.address.octets();
+    if json {
+        let data = serde_json::json!({
+            "id": s.id,
+            "address": s.address.to_string(),
+            "interface": interface,
+        });
+        peerstash::outln!(
+            "{}",
+            serde_json::json!({"type": "done", "code": exit::OK, "message": format!("suggested peer.id: {}", s.id), "data": data})
+        );
+        return exit::OK;
+    }
+    peerstash::outln!("suggested peer.id: {}", s.id);
+    if s.id == 65_536 {
+        peerstash::outln!(
+            "from {} ({from}): its last two bytes are 0, which is no id; 65536 is the one number \
+             past third byte × 256 + fourth byte, so no other address makes it",
+            s.address
+        );
+    } else {
+        peerstash::outln!(
+            "from {} ({from}): third byte × 256 + fourth byte = {third} × 256 + {fourth}",
+            s.address
+        );
+    }
+    peerstash::outln!(
+        "unique among machines whose addresses differ in their last two bytes (one /16 network); \
+         set it as `id` under [peer] in {} (never change it afterwards)",
+        shown(config)
+    );
+    exit::OK
 }
 
 fn print_versions(versions: &[VersionInfo]) {

@@ -1,6 +1,8 @@
 //! Fault injection for tests: `PEERSTASH_FAULTS="drop=0.2,dup=0.1,delay_ms=0..50,seed=7"` makes a
 //! peer drop, duplicate and delay the datagrams it sends and receives, reproducibly from the
-//! seed. Off unless the variable is set.
+//! seed; `rcvbuf_max=N` gives its channels receive buffers of at most N bytes, as a lower
+//! `net.core.rmem_max` would (the machine's own cannot be changed by a test). Off unless the
+//! variable is set.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -15,6 +17,8 @@ pub struct FaultSpec {
     pub dup: f64,
     pub delay_ms: (u64, u64),
     pub seed: u64,
+    /// The most receive buffer the channels get, in bytes (None: what the kernel grants).
+    pub rcvbuf_max: Option<usize>,
 }
 
 /// What to do with one datagram.
@@ -36,6 +40,7 @@ impl FaultSpec {
             dup: 0.0,
             delay_ms: (0, 0),
             seed: 0,
+            rcvbuf_max: None,
         };
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (key, value) = part
@@ -66,7 +71,18 @@ impl FaultSpec {
                         .parse()
                         .map_err(|_| format!("seed={value}: expected an integer"))?
                 }
-                _ => return Err(format!("unknown fault {key:?} (drop, dup, delay_ms, seed)")),
+                "rcvbuf_max" => {
+                    spec.rcvbuf_max = Some(
+                        value
+                            .parse()
+                            .map_err(|_| format!("rcvbuf_max={value}: expected bytes"))?,
+                    )
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown fault {key:?} (drop, dup, delay_ms, seed, rcvbuf_max)"
+                    ))
+                }
             }
         }
         Ok(spec)
@@ -92,6 +108,10 @@ impl Faults {
             spec,
             rng: Mutex::new(rng),
         }
+    }
+
+    pub fn rcvbuf_max(&self) -> Option<usize> {
+        self.spec.rcvbuf_max
     }
 
     pub fn fate(&self) -> Fate {
@@ -121,9 +141,13 @@ mod tests {
                 drop: 0.2,
                 dup: 0.1,
                 delay_ms: (0, 50),
-                seed: 7
+                seed: 7,
+                rcvbuf_max: None,
             }
         );
+        let s = FaultSpec::parse("rcvbuf_max=212992").unwrap();
+        assert_eq!((s.rcvbuf_max, s.drop, s.dup), (Some(212_992), 0.0, 0.0));
+        assert!(FaultSpec::parse("rcvbuf_max=lots").is_err());
         assert!(FaultSpec::parse("drop=2").is_err());
         assert!(FaultSpec::parse("lose=0.1").is_err());
         assert!(FaultSpec::parse("delay_ms=9..1").is_err());

@@ -3,6 +3,8 @@
 //! keeps the kernel's default). Knows datagrams, not messages: parsing happens above.
 
 pub mod faults;
+pub mod rcvbuf;
+pub mod suggest_id;
 pub mod tcp;
 
 use std::io;
@@ -60,23 +62,43 @@ impl Channels {
         mdr: SocketAddrV4,
         raise_receive_buffers: bool,
     ) -> Result<Channels, NetError> {
+        let faults = faults::Faults::from_env().map_err(NetError::Faults)?;
+        let rcvbuf_max = faults.as_ref().and_then(|f| f.rcvbuf_max());
         let open = |channel, group| {
-            open_channel(channel, group, interface, ttl, raise_receive_buffers).map_err(|source| {
-                NetError::Open {
-                    channel,
-                    group,
-                    interface,
-                    source,
-                }
+            open_channel(
+                channel,
+                group,
+                interface,
+                ttl,
+                raise_receive_buffers,
+                rcvbuf_max,
+            )
+            .map_err(|source| NetError::Open {
+                channel,
+                group,
+                interface,
+                source,
             })
         };
+        let (mc, mc_buf) = open(Channel::Mc, mc)?;
+        let (mdb, mdb_buf) = open(Channel::Mdb, mdb)?;
+        let (mdr, mdr_buf) = open(Channel::Mdr, mdr)?;
+        // One warning per start for the three sockets (they share one limit), with advice that
+        // can be followed where the daemon runs.
+        if raise_receive_buffers {
+            let granted = mc_buf.min(mdb_buf).min(mdr_buf);
+            if granted < WANTED_RCVBUF {
+                let container = rcvbuf::detect_container();
+                if let Some(warning) = rcvbuf::shortfall_warning(granted, container.as_deref()) {
+                    tracing::warn!("{warning}");
+                }
+            }
+        }
         Ok(Channels {
-            mc: Arc::new(open(Channel::Mc, mc)?),
-            mdb: Arc::new(open(Channel::Mdb, mdb)?),
-            mdr: Arc::new(open(Channel::Mdr, mdr)?),
-            faults: faults::Faults::from_env()
-                .map_err(NetError::Faults)?
-                .map(Arc::new),
+            mc: Arc::new(mc),
+            mdb: Arc::new(mdb),
+            mdr: Arc::new(mdr),
+            faults: faults.map(Arc::new),
         })
     }
 
@@ -108,7 +130,8 @@ fn open_channel(
     interface: Ipv4Addr,
     ttl: u32,
     raise_receive_buffer: bool,
-) -> io::Result<ChannelSocket> {
+    rcvbuf_max: Option<usize>,
+) -> io::Result<(ChannelSocket, usize)> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     // Several peers on one machine share each channel's port.
     socket.set_reuse_address(true)?;
@@ -120,38 +143,21 @@ fn open_channel(
     socket.set_multicast_if_v4(&interface)?;
     socket.set_multicast_ttl_v4(ttl)?;
     socket.set_multicast_loop_v4(true)?;
-    if raise_receive_buffer {
-        grow_receive_buffer(&socket, channel);
+    let granted = if raise_receive_buffer {
+        rcvbuf::grow(&socket, rcvbuf_max)
     } else {
-        tracing::debug!(
-            "the {channel:?} receive buffer stays the kernel's default: {} bytes",
-            socket.recv_buffer_size().unwrap_or(0)
-        );
-    }
+        let size = socket.recv_buffer_size().unwrap_or(0) / 2;
+        tracing::debug!("the {channel:?} receive buffer stays the kernel's default: {size} bytes");
+        size
+    };
     socket.set_nonblocking(true)?;
     let socket = UdpSocket::from_std(socket.into())?;
-    Ok(ChannelSocket {
-        channel,
-        group,
-        socket,
-    })
-}
-
-/// Asks for WANTED_RCVBUF, forcing past rmem_max when we are root; warns once per socket when the
-/// kernel grants less, with the sysctl that fixes it.
-fn grow_receive_buffer(socket: &Socket, channel: Channel) {
-    use nix::sys::socket::{setsockopt, sockopt::RcvBufForce};
-    let forced = setsockopt(socket, RcvBufForce, &WANTED_RCVBUF).is_ok();
-    if !forced {
-        let _ = socket.set_recv_buffer_size(WANTED_RCVBUF);
-    }
-    // Linux reports twice the requested size (bookkeeping overhead).
-    let granted = socket.recv_buffer_size().unwrap_or(0) / 2;
-    if granted < WANTED_RCVBUF {
-        tracing::warn!(
-            "the {channel:?} receive buffer is {granted} bytes, less than the {WANTED_RCVBUF} wanted: \
-             bursts of chunks may be dropped; raise it with `sysctl -w net.core.rmem_max={}`",
-            WANTED_RCVBUF
-        );
-    }
+    Ok((
+        ChannelSocket {
+            channel,
+            group,
+            socket,
+        },
+        granted,
+    ))
 }
