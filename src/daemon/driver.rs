@@ -286,7 +286,11 @@ impl Driver {
             Ok(mut since_start) => (self.heard.drain())
                 .map(|(peer, (first, last))| {
                     let speaks = since_start.heard(peer, first, last);
-                    (peer, speaks.map(|v| v.to_string()).unwrap_or_default(), last.at_ms)
+                    (
+                        peer,
+                        speaks.map(|v| v.to_string()).unwrap_or_default(),
+                        last.at_ms,
+                    )
                 })
                 .collect(),
             Err(_) => (self.heard.drain())

@@ -12,7 +12,9 @@ use crate::protocol::message::{PeerId, Version};
 
 /// Heard over longer than this with no sign of 2.0, a peer speaks 1.0: a 2.0 peer says HELLO
 /// at least once per `HELLO_EVERY`; two periods, so that one lost HELLO does not make it 1.0.
-pub const ONE_ZERO_AFTER: Duration = HELLO_EVERY.saturating_mul(2).saturating_add(Duration::from_secs(5));
+pub const ONE_ZERO_AFTER: Duration = HELLO_EVERY
+    .saturating_mul(2)
+    .saturating_add(Duration::from_secs(5));
 
 /// What was heard from one peer since start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,7 +153,11 @@ mod tests {
         assert_eq!(s.get(q).unwrap().protocol(), None);
         // Batches may come late: the first time heard is kept.
         assert_eq!(
-            s.heard(q, t3, msg(t0 + Duration::from_secs(1), Version::V1_0, false)),
+            s.heard(
+                q,
+                t3,
+                msg(t0 + Duration::from_secs(1), Version::V1_0, false)
+            ),
             None
         );
         assert_eq!(s.get(q).unwrap().last_ms, 1);

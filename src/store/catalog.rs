@@ -933,7 +933,12 @@ impl Catalog {
             .into_iter()
             .map(|(path, v)| {
                 let (_, below, at_risk) = counts.get(&v.file_id).copied().unwrap_or_default();
-                (PathBuf::from(OsString::from_vec(path)), v.desired, below, at_risk)
+                (
+                    PathBuf::from(OsString::from_vec(path)),
+                    v.desired,
+                    below,
+                    at_risk,
+                )
             })
             .collect())
     }

@@ -21,9 +21,7 @@ pub(crate) fn newest_health(
     owner: Option<u32>,
 ) -> Result<Vec<(PathBuf, Health, u64, u8)>, StoreError> {
     Ok((c.newest_health(owner)?.into_iter())
-        .map(|(path, rd, below, at_risk)| {
-            (path, from_counts(below, at_risk), u64::from(below), rd)
-        })
+        .map(|(path, rd, below, at_risk)| (path, from_counts(below, at_risk), u64::from(below), rd))
         .collect())
 }
 
@@ -209,10 +207,11 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
             ))
         })
         .await;
-    let (o, (snapshot, waits_recover, (holding, heard_none)), (undecryptable, unreadable), waiting) = match r {
-        Ok(x) => x,
-        Err(e) => return e.into(),
-    };
+    let (o, (snapshot, waits_recover, (holding, heard_none)), (undecryptable, unreadable), waiting) =
+        match r {
+            Ok(x) => x,
+            Err(e) => return e.into(),
+        };
     let unavailable = node
         .unavailable
         .lock()
