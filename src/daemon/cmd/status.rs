@@ -186,21 +186,25 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
         .catalog
         .read(move |c| {
             let snapshot = c.newest_snapshot()?.map(SnapshotInfo::from);
-            // Who holds chunks of ours, for why files stay below their RD.
-            let (mut holding, mut heard_none) = (0u64, 0u64);
-            for p in c.peers_report()? {
-                match (p.lost_at_ms, p.chunks_of_ours, p.last_heard_ms) {
-                    (Some(_), ..) => {}
-                    (None, 1.., _) => holding += 1,
-                    (None, 0, Some(_)) => heard_none += 1,
-                    (None, 0, None) => {}
-                }
-            }
             let undecryptable = c.undecryptable(running.as_deref(), owner)?;
             let waiting = c.oldest_queued_under(&folders_asked)?;
             let waits_recover = owner.is_none() && waits_for_recover(c)?;
+            let o = overview(c, owner, folders_asked)?;
+            // Who holds chunks of ours, for why files stay below their RD (a walk over every
+            // holder: only when some are).
+            let (mut holding, mut heard_none) = (0u64, 0u64);
+            if !o.below_rds.is_empty() {
+                for p in c.peers_report()? {
+                    match (p.lost_at_ms, p.chunks_of_ours, p.last_heard_ms) {
+                        (Some(_), ..) => {}
+                        (None, 1.., _) => holding += 1,
+                        (None, 0, Some(_)) => heard_none += 1,
+                        (None, 0, None) => {}
+                    }
+                }
+            }
             Ok((
-                overview(c, owner, folders_asked)?,
+                o,
                 (snapshot, waits_recover, (holding, heard_none)),
                 undecryptable,
                 waiting,
