@@ -177,8 +177,8 @@ struct Driver {
     /// Held by each chunk write in progress, so a shutdown waits for it to end (file and row).
     alive: crate::shutdown::Shutdown,
     /// Peers heard since the last flush: when first in this batch, and the latest message
-    /// (`heard::Heard1`, its version the highest of the batch).
-    heard: HashMap<PeerId, (Instant, super::heard::Heard1)>,
+    /// (`heard::Noted`, its version the highest of the batch).
+    heard: HashMap<PeerId, (Instant, super::heard::Noted)>,
 }
 
 /// Runs the engine until the inputs close (the peer stops).
@@ -259,7 +259,7 @@ impl Driver {
             return; // a flood of forged ids: the ones heard first are kept
         }
         // On every datagram: no allocation; the version becomes text at the flush.
-        let now = super::heard::Heard1 {
+        let now = super::heard::Noted {
             at: Instant::now(),
             at_ms: crate::store::unix_ms(),
             version: msg.version,
@@ -267,7 +267,7 @@ impl Driver {
             speaks_two: msg.version.has_enhancements() || verify::incarnation_of(msg).is_some(),
         };
         let e = self.heard.entry(msg.sender).or_insert((now.at, now));
-        e.1 = super::heard::Heard1 {
+        e.1 = super::heard::Noted {
             version: super::heard::higher(e.1.version, msg.version),
             speaks_two: e.1.speaks_two || now.speaks_two,
             ..now

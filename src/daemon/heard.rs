@@ -41,7 +41,7 @@ impl Heard {
 
 /// One message (or a batch of them) from a peer, as the engine task notes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Heard1 {
+pub struct Noted {
     pub at: Instant,
     pub at_ms: i64,
     pub version: Version,
@@ -57,7 +57,7 @@ pub struct SinceStart {
 impl SinceStart {
     /// Notes what `peer` said (`first` and `last` of a batch: the times of its first and last
     /// message in it) and returns the protocol it is now known to speak, if known.
-    pub fn heard(&mut self, peer: PeerId, first: Instant, last: Heard1) -> Option<Version> {
+    pub fn heard(&mut self, peer: PeerId, first: Instant, last: Noted) -> Option<Version> {
         if self.peers.len() >= MAX_PEERS_SEEN && !self.peers.contains_key(&peer) {
             return None;
         }
@@ -95,8 +95,8 @@ pub fn higher(a: Version, b: Version) -> Version {
 mod tests {
     use super::*;
 
-    fn msg(at: Instant, version: Version, speaks_two: bool) -> Heard1 {
-        Heard1 {
+    fn msg(at: Instant, version: Version, speaks_two: bool) -> Noted {
+        Noted {
             at,
             at_ms: 1,
             version,
