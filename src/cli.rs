@@ -108,8 +108,9 @@ pub enum Command {
     },
     /// Whether this peer's files are safe, at a glance: one health line (the degraded and
     /// at-risk files by name), quota and use, the queue, the last backup of each watched folder,
-    /// the peers heard and lost, the newest catalog snapshot. Exit status 3 when a file is below
-    /// its RD.
+    /// the peers heard and lost, the newest catalog snapshot. Exit status, for monitoring: 0
+    /// healthy; 5 a watched folder unavailable; 3 a file below its RD; 7 no catalog snapshot at
+    /// its RD; 6 changes queued, not yet backed up (the first of these that holds).
     Status,
     /// Show this peer's state: quota, what it backed up and how healthy each file is, what it
     /// hosts. On a terminal the report goes through $PAGER (default `less -FRX`).
@@ -120,8 +121,9 @@ pub enum Command {
         #[arg(long)]
         no_pager: bool,
     },
-    /// List the other peers heard or holding chunks of ours: protocol, when last heard, lost or
-    /// not, chunks of ours each holds, bytes of its we host, deletes it has not acknowledged.
+    /// List the other peers heard or holding chunks of ours: protocol and when last heard (as
+    /// heard since this daemon started: "unknown yet" until then), lost or not, chunks of ours
+    /// each holds, bytes of its we host, deletes it has not acknowledged.
     Peers,
     /// Write a new random LAN key (32 bytes, mode 0600) to PATH, which must not exist; copy it
     /// to every peer and set network.lan_key_file to it. Needs no daemon.

@@ -120,6 +120,15 @@ fn status_says_in_one_line_that_all_is_well_or_names_the_files_below_their_rd() 
         std::fs::write(&f, random_bytes(100_000)).unwrap();
         c.cli_ok(0, &["backup", f.to_str().unwrap(), "-r", "3"], 0);
     }
+    // Every file at its RD but no catalog snapshot yet (taken within a minute of a backup by
+    // hand): 7. Once one is at its RD: 0.
+    let out = c.cli_ok(0, &["status"], 7);
+    assert!(out.starts_with("all 3 files at their RD\n"), "{out}");
+    assert!(
+        out.contains("not healthy: no catalog snapshot at its RD"),
+        "{out}"
+    );
+    c.cli_ok(0, &["snapshot"], 0);
     let out = c.cli_ok(0, &["status"], 0);
     assert!(out.starts_with("all 3 files at their RD\n"), "{out}");
     assert!(out.contains("peers: 3 heard, 0 lost"), "{out}");

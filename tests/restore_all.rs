@@ -9,6 +9,11 @@ use common::*;
 #[test]
 fn restore_all_brings_back_every_watched_file_with_its_mode_and_mtime() {
     let (c, _folder, root, files) = backed_up_tree(false);
+    // Healthy once the catalog snapshot that follows the backups is at its RD too.
+    let healthy = wait_until(std::time::Duration::from_secs(60), || {
+        c.cli(0, &["status"]).status.code() == Some(0)
+    });
+    assert!(healthy, "{}", output_text(&c.cli(0, &["status"])));
     let status = c.cli_ok(0, &["status"], 0);
     assert!(status.starts_with("all 50 files at their RD"), "{status}");
     assert!(

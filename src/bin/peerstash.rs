@@ -282,7 +282,12 @@ fn run(args: Args) -> i32 {
         ) => return fail(exit::UNREACHABLE, e),
         Err(e) => return fail(exit::FAILED, e),
     };
-    if code != exit::OK && code != exit::BELOW_RD {
+    // `status` ends with the state it found (its report shown, then its code), not an error.
+    let reported = match output {
+        Output::Status => exit::is_status(code),
+        _ => code == exit::OK || code == exit::BELOW_RD,
+    };
+    if !reported {
         return fail(code, message);
     }
     let printed = match (data, output) {
@@ -1164,6 +1169,9 @@ fn print_status(s: &StatusReport, now_ms: i64) {
             plural(d)
         ),
     }
+    if let Some(why) = &s.below_rd_why {
+        peerstash::outln!("  why: {why}");
+    }
     if !s.at_risk.is_empty() {
         peerstash::outln!("  at risk: {}", some_of(&s.at_risk));
     }
@@ -1206,6 +1214,19 @@ fn print_status(s: &StatusReport, now_ms: i64) {
             }
         );
     }
+    // The exit status in words: what a monitoring check acts on.
+    let problems: Vec<&str> = (s.problems.iter())
+        .map(|p| match p.as_str() {
+            "folder_unavailable" => "a watched folder is unavailable",
+            "below_rd" => "files below their RD",
+            "no_snapshot_at_rd" => "no catalog snapshot at its RD",
+            "queue_not_drained" => "changes queued, not yet backed up",
+            other => other,
+        })
+        .collect();
+    if !problems.is_empty() {
+        peerstash::outln!("not healthy: {}", problems.join("; "));
+    }
 }
 
 fn ago(now_ms: i64, then_ms: i64) -> String {
@@ -1224,7 +1245,7 @@ fn print_peers(report: &PeersReport, now_ms: i64) {
         return;
     }
     peerstash::outln!(
-        "{:>6}  {:<8}  {:<12}  {:>14}  {:>14}  {:>15}",
+        "{:>6}  {:<12}  {:<21}  {:>14}  {:>14}  {:>15}",
         "peer",
         "protocol",
         "last heard",
@@ -1233,18 +1254,19 @@ fn print_peers(report: &PeersReport, now_ms: i64) {
         "unacked deletes"
     );
     for p in &report.peers {
-        let heard = p
-            .last_heard_ms
-            .map_or_else(|| "never".to_owned(), |t| ago(now_ms, t));
+        let heard = match (p.last_heard_ms, p.heard_since_start) {
+            (Some(t), true) => ago(now_ms, t),
+            _ => "not heard since start".to_owned(),
+        };
         let lost = match p.lost_at_ms {
             Some(t) => format!("  LOST (since {})", ago(now_ms, t)),
             None if p.lost => "  LOST".to_owned(),
             None => String::new(),
         };
         peerstash::outln!(
-            "{:>6}  {:<8}  {:<12}  {:>14}  {:>14}  {:>15}{lost}",
+            "{:>6}  {:<12}  {:<21}  {:>14}  {:>14}  {:>15}{lost}",
             p.id,
-            p.protocol.as_deref().unwrap_or("?"),
+            p.protocol.as_deref().unwrap_or("unknown yet"),
             heard,
             p.chunks_of_ours,
             p.hosted_bytes,

@@ -16,13 +16,28 @@ use tokio::net::UnixStream;
 
 use crate::store::{health, Health};
 
-/// Exit statuses of SPEC §5.
+/// Exit statuses of SPEC §5; 5 to 7 are `status`'s alone (a monitoring check reads them).
 pub mod exit {
     pub const OK: i32 = 0;
     pub const FAILED: i32 = 1;
     pub const USAGE: i32 = 2;
     pub const BELOW_RD: i32 = 3;
     pub const UNREACHABLE: i32 = 4;
+    /// `status`: a watched folder is unavailable (missing, or its disk not mounted).
+    pub const FOLDER_UNAVAILABLE: i32 = 5;
+    /// `status`: changes are queued, not yet backed up (also "nothing backed up yet").
+    pub const QUEUE_NOT_DRAINED: i32 = 6;
+    /// `status`: files are backed up and no catalog snapshot is at its RD.
+    pub const NO_SNAPSHOT_AT_RD: i32 = 7;
+
+    /// Whether `code` is one `status` ends with when it could tell the state: its report
+    /// is shown, not an error.
+    pub fn is_status(code: i32) -> bool {
+        matches!(
+            code,
+            OK | BELOW_RD | FOLDER_UNAVAILABLE | QUEUE_NOT_DRAINED | NO_SNAPSHOT_AT_RD
+        )
+    }
 }
 
 /// Longest request line the daemon reads; a longer one is refused.
@@ -357,6 +372,15 @@ pub struct StatusReport {
     pub catalog_snapshot: Option<SnapshotInfo>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Every condition that keeps `status` from exiting 0, most serious first (the first
+    /// gives the exit status): "folder_unavailable", "below_rd", "no_snapshot_at_rd",
+    /// "queue_not_drained". Empty: healthy.
+    #[serde(default)]
+    pub problems: Vec<String>,
+    /// Why files stay below their RD when too few other peers can hold them (only what this
+    /// peer knows: the peers heard lately and which of them hold chunks of ours).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below_rd_why: Option<String>,
 }
 
 /// One watched folder in `status`.
@@ -654,10 +678,18 @@ pub struct PeersReport {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PeerInfo {
     pub id: u32,
-    /// The highest protocol version heard from it ("1.0", "2.0"); null if never heard.
+    /// The protocol version it speaks ("1.0", "2.0"), as heard since this daemon started;
+    /// null until that is known (a 2.0 peer is known by its first 2.0 message; a 1.0 peer
+    /// once it was heard for longer than a 2.0 peer goes without a HELLO).
     pub protocol: Option<String>,
-    /// Unix ms of its latest message heard; null if never heard.
+    /// Unix ms of its latest message heard since this daemon started; null if none.
     pub last_heard_ms: Option<i64>,
+    /// Heard since this daemon started (absent from older daemons: false).
+    #[serde(default)]
+    pub heard_since_start: bool,
+    /// Not heard since this daemon started: unix ms of its latest message heard before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heard_before_start_ms: Option<i64>,
     /// Silent longer than `peer.holder_timeout`: dropped from every holder set.
     pub lost: bool,
     /// Unix ms since when it is counted lost; null while it is not.

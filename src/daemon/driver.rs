@@ -176,8 +176,9 @@ struct Driver {
     hand_ons: HashMap<ChunkId, Vec<oneshot::Sender<bool>>>,
     /// Held by each chunk write in progress, so a shutdown waits for it to end (file and row).
     alive: crate::shutdown::Shutdown,
-    /// Peers heard since the last flush to the catalog: the highest version, and when (unix ms).
-    heard: HashMap<PeerId, (Version, i64)>,
+    /// Peers heard since the last flush: when first in this batch, and the latest message
+    /// (`heard::Noted`, its version the highest of the batch).
+    heard: HashMap<PeerId, (Instant, super::heard::Noted)>,
 }
 
 /// Runs the engine until the inputs close (the peer stops).
@@ -248,7 +249,8 @@ pub(crate) async fn run(
 }
 
 impl Driver {
-    /// Notes who spoke, for the catalog (any message counts: `peers`, lost holders).
+    /// Notes who spoke, for the catalog (any message counts: `peers`, lost holders) and for
+    /// what it speaks (`heard::SinceStart`).
     fn heard(&mut self, msg: &Message) {
         if msg.sender == self.node.id {
             return;
@@ -257,24 +259,44 @@ impl Driver {
             return; // a flood of forged ids: the ones heard first are kept
         }
         // On every datagram: no allocation; the version becomes text at the flush.
-        let (now, v) = (crate::store::unix_ms(), msg.version);
-        let e = self.heard.entry(msg.sender).or_insert((v, now));
-        e.1 = now;
-        if (v.major, v.minor) > (e.0.major, e.0.minor) {
-            e.0 = v;
-        }
+        let now = super::heard::Noted {
+            at: Instant::now(),
+            at_ms: crate::store::unix_ms(),
+            version: msg.version,
+            // A 2.0 peer tags most of its messages 1.0, but its STOREDs carry an INC line.
+            speaks_two: msg.version.has_enhancements() || verify::incarnation_of(msg).is_some(),
+        };
+        let e = self.heard.entry(msg.sender).or_insert((now.at, now));
+        e.1 = super::heard::Noted {
+            version: super::heard::higher(e.1.version, msg.version),
+            speaks_two: e.1.speaks_two || now.speaks_two,
+            ..now
+        };
     }
 
-    /// The write of who was heard since the last flush, and of the LAN key marks taken
-    /// (`auth::ReplayGuard`), to run beside the engine; None: nothing to write.
+    /// The write of who was heard since the last flush (with the protocol each speaks, once
+    /// known: '' keeps the catalog's), and of the LAN key marks taken (`auth::ReplayGuard`),
+    /// to run beside the engine; None: nothing to write.
     fn flush_heard(&mut self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         let marks = self.node.replay_guard().take_marks();
         if self.heard.is_empty() && marks.is_empty() {
             return None;
         }
-        let heard: Vec<(PeerId, String, i64)> = (self.heard.drain())
-            .map(|(peer, (version, at))| (peer, version.to_string(), at))
-            .collect();
+        let heard: Vec<(PeerId, String, i64)> = match self.node.heard.lock() {
+            Ok(mut since_start) => (self.heard.drain())
+                .map(|(peer, (first, last))| {
+                    let speaks = since_start.heard(peer, first, last);
+                    (
+                        peer,
+                        speaks.map(|v| v.to_string()).unwrap_or_default(),
+                        last.at_ms,
+                    )
+                })
+                .collect(),
+            Err(_) => (self.heard.drain())
+                .map(|(peer, (_, last))| (peer, String::new(), last.at_ms))
+                .collect(),
+        };
         let node = self.node.clone();
         Some(async move {
             let r = (node.catalog)

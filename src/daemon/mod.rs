@@ -7,6 +7,7 @@ pub(crate) mod cmd;
 mod control;
 mod disk;
 pub(crate) mod driver;
+pub(crate) mod heard;
 
 pub use control::serve as serve_control;
 
@@ -99,6 +100,8 @@ pub struct Node {
     /// Files refused because they do not fit on the peers, and the message `status` shows for
     /// each (at most `service::queue::MAX_REFUSED`); cleared on reload, when they are tried again.
     pub refused: Mutex<std::collections::BTreeMap<std::path::PathBuf, String>>,
+    /// The peers heard since this daemon started and the protocol each speaks (`peers`).
+    pub heard: Mutex<heard::SinceStart>,
 }
 
 #[derive(Default)]
@@ -566,6 +569,7 @@ pub async fn start(
         next_job: AtomicU64::new(1),
         in_progress: Mutex::new(Default::default()),
         refused: Mutex::new(Default::default()),
+        heard: Mutex::new(Default::default()),
         unavailable: Mutex::new(Default::default()),
         datagram_permits: Arc::new(Semaphore::new(MAX_DATAGRAM_TASKS)),
         stored_tx,

@@ -952,7 +952,7 @@ impl Catalog {
     }
 
     /// For the newest version of each of our files (its newest complete one, else its newest;
-    /// catalog snapshots aside; only `owner`'s files if given): its path, how many of its
+    /// catalog snapshots aside; only `owner`'s files if given): its path, its desired RD, how many of its
     /// chunks are below its desired RD, and how many of those are at risk (no holder, or one
     /// while more were desired: as `health::health` counts). `status` and the metrics ask it.
     /// Two scans in storage order (the versions, then the chunks with their holder counts by
@@ -961,7 +961,7 @@ impl Catalog {
     pub fn newest_health(
         &self,
         owner: Option<u32>,
-    ) -> Result<Vec<(PathBuf, u32, u32)>, StoreError> {
+    ) -> Result<Vec<(PathBuf, u8, u32, u32)>, StoreError> {
         struct Newest {
             file_id: String,
             desired: u8,
@@ -1017,7 +1017,12 @@ impl Catalog {
             .into_iter()
             .map(|(path, v)| {
                 let (_, below, at_risk) = counts.get(&v.file_id).copied().unwrap_or_default();
-                (PathBuf::from(OsString::from_vec(path)), below, at_risk)
+                (
+                    PathBuf::from(OsString::from_vec(path)),
+                    v.desired,
+                    below,
+                    at_risk,
+                )
             })
             .collect())
     }
@@ -1932,9 +1937,10 @@ impl Catalog {
 
     // ---- peers: when heard, when lost, what they owe us ----------------------------------
 
-    /// Records the peers heard since the last call: `(peer, the highest protocol version heard
-    /// from it in this batch ("1.0", "2.0"), unix ms when heard)`, in one transaction. Each peer
-    /// keeps its latest time and the highest version it ever spoke, and is no longer lost. A
+    /// Records the peers heard since the last call: `(peer, the protocol version it is known to
+    /// speak ("1.0", "2.0"; '' not known yet: `daemon::heard`), unix ms when heard)`, in one
+    /// transaction. Each peer keeps its latest time and the highest version it ever spoke, and
+    /// is no longer lost. A
     /// peer not yet in the table is added only while the table has fewer than `MAX_PEER_ROWS`
     /// rows, or if it holds chunks of ours or hosted here (sender ids are easily forged).
     pub fn heard_peers(&self, heard: &[(PeerId, String, i64)]) -> Result<(), StoreError> {

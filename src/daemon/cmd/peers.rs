@@ -1,5 +1,7 @@
 //! `peerstash peers`: every other peer heard, counted lost, or holding chunks of ours, with what
-//! it does for us and we for it. Names no path, so any caller may ask.
+//! it does for us and we for it. Names no path, so any caller may ask. When it was last heard
+//! and what it speaks are told as heard since this daemon started (`daemon::heard`): a time
+//! from before is shown as such, never as if heard now.
 
 use std::sync::Arc;
 
@@ -12,12 +14,20 @@ pub(crate) async fn peers(node: &Arc<Node>) -> Done {
         Ok(rows) => rows,
         Err(e) => return e.into(),
     };
-    let peers: Vec<PeerInfo> = rows
-        .into_iter()
-        .map(|r| PeerInfo {
+    let since_start = match node.heard.lock() {
+        Ok(s) => rows.iter().map(|r| s.get(r.id).copied()).collect(),
+        Err(_) => vec![None; rows.len()],
+    };
+    let peers: Vec<PeerInfo> = (rows.into_iter().zip(since_start))
+        .map(|(r, heard)| PeerInfo {
             id: r.id.0,
-            protocol: (!r.protocol.is_empty()).then_some(r.protocol),
-            last_heard_ms: r.last_heard_ms,
+            protocol: heard.and_then(|h| h.protocol()).map(|v| v.to_string()),
+            last_heard_ms: heard.map(|h| h.last_ms),
+            heard_since_start: heard.is_some(),
+            last_heard_before_start_ms: match heard {
+                Some(_) => None,
+                None => r.last_heard_ms,
+            },
             lost: r.lost_at_ms.is_some(),
             lost_at_ms: r.lost_at_ms,
             chunks_of_ours: r.chunks_of_ours,

@@ -15,20 +15,22 @@ use crate::store::{Catalog, Health, StoreError};
 
 /// The health of the newest version of each of our files (its newest complete one, else its
 /// newest; catalog snapshots aside; only `owner`'s files if given), with how many of its chunks
-/// are below their desired RD; in no particular order.
+/// are below their desired RD, and that RD; in no particular order.
 pub(crate) fn newest_health(
     c: &Catalog,
     owner: Option<u32>,
-) -> Result<Vec<(PathBuf, Health, u64)>, StoreError> {
+) -> Result<Vec<(PathBuf, Health, u64, u8)>, StoreError> {
     Ok((c.newest_health(owner)?.into_iter())
-        .map(|(path, below, at_risk)| (path, from_counts(below, at_risk), u64::from(below)))
+        .map(|(path, rd, below, at_risk)| (path, from_counts(below, at_risk), u64::from(below), rd))
         .collect())
 }
 
 /// What `status` and the metrics read from the catalog in one call.
 pub(crate) struct Overview {
-    /// `newest_health`.
+    /// `newest_health`, without the RDs.
     pub health: Vec<(PathBuf, Health, u64)>,
+    /// The desired RD of each file below it.
+    pub below_rds: Vec<u8>,
     /// Each folder asked, with when a backup below it last completed (unix ms).
     pub folders: Vec<(PathBuf, Option<i64>)>,
     pub queue: u64,
@@ -48,12 +50,118 @@ pub(crate) fn overview(
         let t = c.last_completed_below(&path)?;
         last.push((path, t));
     }
+    let mut below_rds = Vec::new();
+    let health = (newest_health(c, owner)?.into_iter())
+        .map(|(path, h, below, rd)| {
+            if h != Health::Healthy {
+                below_rds.push(rd);
+            }
+            (path, h, below)
+        })
+        .collect();
     Ok(Overview {
-        health: newest_health(c, owner)?,
+        health,
+        below_rds,
         folders: last,
         queue: c.queue_len()?,
         peers: c.peers_heard_lost()?,
     })
+}
+
+/// What keeps `status` from exiting 0, most serious first: the first that holds gives the exit
+/// status (SPEC §5, README "Exit status").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Problem {
+    /// A watched folder is unavailable (missing, or its disk not mounted): nothing in it is
+    /// backed up, whatever else holds.
+    FolderUnavailable,
+    /// A file's newest version is below its RD, cannot be decrypted here, or waited more
+    /// than twice its max_delay.
+    BelowRd,
+    /// Files are backed up and no catalog snapshot that a recover finds is at its RD.
+    NoSnapshotAtRd,
+    /// Changes are queued, not yet backed up.
+    QueueNotDrained,
+}
+
+impl Problem {
+    /// Its name in `status --json`'s `problems`.
+    pub fn word(self) -> &'static str {
+        match self {
+            Problem::FolderUnavailable => "folder_unavailable",
+            Problem::BelowRd => "below_rd",
+            Problem::NoSnapshotAtRd => "no_snapshot_at_rd",
+            Problem::QueueNotDrained => "queue_not_drained",
+        }
+    }
+
+    pub fn code(self) -> i32 {
+        match self {
+            Problem::FolderUnavailable => exit::FOLDER_UNAVAILABLE,
+            Problem::BelowRd => exit::BELOW_RD,
+            Problem::NoSnapshotAtRd => exit::NO_SNAPSHOT_AT_RD,
+            Problem::QueueNotDrained => exit::QUEUE_NOT_DRAINED,
+        }
+    }
+}
+
+/// What `status` found, as far as the exit status goes.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Facts {
+    pub unavailable_folders: usize,
+    /// Files below their RD, undecryptable versions, files late.
+    pub below_rd: usize,
+    /// Backed-up files (their newest version) the caller sees.
+    pub files: u64,
+    /// The newest snapshot a recover finds is at its RD.
+    pub snapshot_at_rd: bool,
+    pub queued: u64,
+}
+
+/// Every problem that holds, most serious first. Nothing backed up and nothing queued (a peer
+/// that only hosts, or watches empty folders) is healthy: there is nothing to recover.
+pub(crate) fn problems(f: &Facts) -> Vec<Problem> {
+    let holds = [
+        (Problem::FolderUnavailable, f.unavailable_folders > 0),
+        (Problem::BelowRd, f.below_rd > 0),
+        (Problem::NoSnapshotAtRd, f.files > 0 && !f.snapshot_at_rd),
+        (Problem::QueueNotDrained, f.queued > 0),
+    ];
+    (holds.into_iter())
+        .filter_map(|(p, holds)| holds.then_some(p))
+        .collect()
+}
+
+/// `status`'s exit status: the first problem's, else 0.
+pub(crate) fn exit_code(problems: &[Problem]) -> i32 {
+    problems.first().map_or(exit::OK, |p| p.code())
+}
+
+/// Why files stay below their RD, when too few other peers hold chunks of ours for their RD:
+/// `below_rds` the desired RD of each file below it, `holding` the other peers not lost that
+/// hold chunks of ours (the ones known to have had room), `heard_none` the others heard, not
+/// lost, that hold none. Only what this peer knows: no peer announces its room.
+pub(crate) fn below_rd_why(below_rds: &[u8], holding: u64, heard_none: u64) -> Option<String> {
+    let short: Vec<u8> = (below_rds.iter().copied())
+        .filter(|&rd| u64::from(rd) > holding)
+        .collect();
+    let rd = *short.iter().max()?;
+    let n = short.len();
+    let files = if n == 1 { "file" } else { "files" };
+    let peers = |k: u64| if k == 1 { "peer" } else { "peers" };
+    let others = match heard_none {
+        0 => String::new(),
+        k => format!(
+            "; {k} other {} heard {} none (a quota of 0, or no room left)",
+            peers(k),
+            if k == 1 { "holds" } else { "hold" }
+        ),
+    };
+    Some(format!(
+        "{n} {files} below RD for want of peers: only {holding} other {} {} chunks of ours and RD {rd} needs {rd}{others}",
+        peers(holding),
+        if holding == 1 { "holds" } else { "hold" },
+    ))
 }
 
 /// Whether a reinstalled peer waits for `peerstash recover` while it has backups of its own that
@@ -77,25 +185,37 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
     let r = node
         .catalog
         .read(move |c| {
-            let snapshot = match owner {
-                None => c.newest_snapshot()?.map(SnapshotInfo::from),
-                Some(_) => None,
-            };
+            let snapshot = c.newest_snapshot()?.map(SnapshotInfo::from);
             let undecryptable = c.undecryptable(running.as_deref(), owner)?;
             let waiting = c.oldest_queued_under(&folders_asked)?;
             let waits_recover = owner.is_none() && waits_for_recover(c)?;
+            let o = overview(c, owner, folders_asked)?;
+            // Who holds chunks of ours, for why files stay below their RD (a walk over every
+            // holder: only when some are).
+            let (mut holding, mut heard_none) = (0u64, 0u64);
+            if !o.below_rds.is_empty() {
+                for p in c.peers_report()? {
+                    match (p.lost_at_ms, p.chunks_of_ours, p.last_heard_ms) {
+                        (Some(_), ..) => {}
+                        (None, 1.., _) => holding += 1,
+                        (None, 0, Some(_)) => heard_none += 1,
+                        (None, 0, None) => {}
+                    }
+                }
+            }
             Ok((
-                overview(c, owner, folders_asked)?,
-                (snapshot, waits_recover),
+                o,
+                (snapshot, waits_recover, (holding, heard_none)),
                 undecryptable,
                 waiting,
             ))
         })
         .await;
-    let (o, (catalog_snapshot, waits_recover), (undecryptable, unreadable), waiting) = match r {
-        Ok(x) => x,
-        Err(e) => return e.into(),
-    };
+    let (o, (snapshot, waits_recover, (holding, heard_none)), (undecryptable, unreadable), waiting) =
+        match r {
+            Ok(x) => x,
+            Err(e) => return e.into(),
+        };
     let unavailable = node
         .unavailable
         .lock()
@@ -125,7 +245,10 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
             .collect(),
         peers_heard: o.peers.0,
         peers_lost: o.peers.1,
-        catalog_snapshot,
+        // A non-root caller is told whether there is one at its RD (`problems`), no more.
+        catalog_snapshot: snapshot.clone().filter(|_| owner.is_none()),
+        problems: Vec::new(),
+        below_rd_why: None,
         warnings: (node.duplicate_id_warning().into_iter())
             .chain(waits_recover.then(wait_recover_warning))
             .collect(),
@@ -160,6 +283,7 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
         let refused = node.refused.lock().map(|r| r.clone()).unwrap_or_default();
         report.warnings.extend(refused.into_values());
     }
+    let files = o.health.len() as u64;
     for (path, h, _) in o.health {
         if unreadable.contains(&path) || late.remove(&path) {
             report.at_risk.push(path);
@@ -176,10 +300,21 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
     // Only these are listed: sorted here, not the whole catalog's walk.
     report.degraded.sort_unstable();
     report.at_risk.sort_unstable();
-    let code = match report.degraded.len() + report.at_risk.len() + undecryptable as usize {
-        0 => exit::OK,
-        _ => exit::BELOW_RD,
-    };
+    let below_rd = report.degraded.len() + report.at_risk.len() + undecryptable as usize;
+    if below_rd > 0 {
+        report.below_rd_why = below_rd_why(&o.below_rds, holding, heard_none);
+    }
+    let problems = problems(&Facts {
+        unavailable_folders: (report.folders.iter())
+            .filter(|f| f.unavailable.is_some())
+            .count(),
+        below_rd,
+        files,
+        snapshot_at_rd: snapshot.is_some_and(|s| s.at_rd),
+        queued: report.queue_length,
+    });
+    report.problems = problems.iter().map(|p| p.word().to_owned()).collect();
+    let code = exit_code(&problems);
     Done {
         code,
         message: String::new(),
@@ -199,7 +334,7 @@ mod tests {
     use crate::store::{health, BackupId, FileRow};
 
     /// The walk `newest_health` replaced (one query per file): the oracle.
-    fn walked(c: &Catalog, owner: Option<u32>) -> Vec<(PathBuf, Health, u64)> {
+    fn walked(c: &Catalog, owner: Option<u32>) -> Vec<(PathBuf, Health, u64, u8)> {
         let snapshots: Vec<_> = (c.snapshots().unwrap().into_iter())
             .map(|s| s.file_id.key())
             .collect();
@@ -224,6 +359,7 @@ mod tests {
                     path,
                     health(f.desired_rd, chunks.iter().map(|c| c.perceived_rd)),
                     below,
+                    f.desired_rd,
                 )
             })
             .collect()
@@ -286,7 +422,86 @@ mod tests {
         }
         let all = newest_health(&c, None).unwrap();
         for word in ["healthy", "degraded", "at risk"] {
-            assert!(all.iter().any(|(_, h, _)| h.word() == word), "some {word}");
+            assert!(all.iter().any(|(_, h, ..)| h.word() == word), "some {word}");
         }
+    }
+
+    #[test]
+    fn the_first_of_folder_unavailable_below_rd_no_snapshot_and_queue_gives_the_exit_status() {
+        let healthy = Facts {
+            files: 3,
+            snapshot_at_rd: true,
+            ..Facts::default()
+        };
+        assert_eq!(problems(&healthy), []);
+        assert_eq!(exit_code(&problems(&healthy)), exit::OK);
+        // Nothing backed up and nothing queued: nothing to recover, nothing at risk.
+        assert_eq!(exit_code(&problems(&Facts::default())), exit::OK);
+        // "Nothing backed up yet" with files queued.
+        let starting = Facts {
+            queued: 14,
+            ..Facts::default()
+        };
+        assert_eq!(problems(&starting), [Problem::QueueNotDrained]);
+        assert_eq!(exit_code(&problems(&starting)), 6);
+        let all = Facts {
+            unavailable_folders: 2,
+            below_rd: 1,
+            files: 3,
+            snapshot_at_rd: false,
+            queued: 1,
+        };
+        let words: Vec<_> = problems(&all).iter().map(|p| p.word()).collect();
+        assert_eq!(
+            words,
+            [
+                "folder_unavailable",
+                "below_rd",
+                "no_snapshot_at_rd",
+                "queue_not_drained"
+            ]
+        );
+        assert_eq!(exit_code(&problems(&all)), 5);
+        let no_folder = Facts {
+            unavailable_folders: 0,
+            ..all
+        };
+        assert_eq!(exit_code(&problems(&no_folder)), 3);
+        let at_rd = Facts {
+            below_rd: 0,
+            ..no_folder
+        };
+        assert_eq!(exit_code(&problems(&at_rd)), 7);
+        let snapshot = Facts {
+            snapshot_at_rd: true,
+            ..at_rd
+        };
+        assert_eq!(exit_code(&problems(&snapshot)), 6);
+        // The codes are status's own: none is another exit status of SPEC §5.
+        for p in problems(&all) {
+            assert!(exit::is_status(p.code()));
+            assert!(![exit::FAILED, exit::USAGE, exit::UNREACHABLE].contains(&p.code()));
+        }
+    }
+
+    #[test]
+    fn status_says_why_files_stay_below_rd_only_when_too_few_peers_hold_ours() {
+        // 3 machines at RD 2, a quota of 0 on one: one other peer holds our chunks.
+        assert_eq!(
+            below_rd_why(&[2, 2, 2], 1, 1).as_deref(),
+            Some("3 files below RD for want of peers: only 1 other peer holds chunks of ours and RD 2 needs 2; 1 other peer heard holds none (a quota of 0, or no room left)")
+        );
+        assert_eq!(
+            below_rd_why(&[3, 1], 0, 0).as_deref(),
+            Some("2 files below RD for want of peers: only 0 other peers hold chunks of ours and RD 3 needs 3")
+        );
+        // Enough peers hold ours: the reason is elsewhere (a repair under way, a lost holder).
+        assert_eq!(below_rd_why(&[2, 2], 2, 0), None);
+        // Only the files whose RD is short of peers are counted.
+        assert_eq!(
+            below_rd_why(&[1, 3], 2, 0).as_deref(),
+            Some("1 file below RD for want of peers: only 2 other peers hold chunks of ours and RD 3 needs 3")
+        );
+        assert_eq!(below_rd_why(&[], 0, 0), None);
     }
 }
