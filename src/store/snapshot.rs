@@ -274,6 +274,19 @@ impl Catalog {
             == 1)
     }
 
+    /// The snapshots below RD `desired`: those that never reached it, and those that did and
+    /// lost a holder since (a peer reclaimed its space, or was found wiped or lost). Oldest
+    /// first, as `snapshots` lists them.
+    pub fn snapshots_below_rd(&self, desired: u8) -> Result<Vec<SnapshotRow>, StoreError> {
+        let mut below = Vec::new();
+        for r in self.snapshots()? {
+            if !r.at_rd || self.min_perceived_rd(&r.file_id)? < u32::from(desired) {
+                below.push(r);
+            }
+        }
+        Ok(below)
+    }
+
     pub fn set_snapshot_at_rd(&self, file_id: &FileId) -> Result<(), StoreError> {
         self.conn
             .prepare_cached("UPDATE snapshots SET at_rd = 1 WHERE file_id = ?1")?

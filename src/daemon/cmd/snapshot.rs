@@ -82,7 +82,7 @@ pub(crate) struct Taken {
 }
 
 /// The RD of the snapshots: the highest of the watched folders' (2 without any).
-fn snapshot_rd(node: &Node) -> u8 {
+pub(crate) fn snapshot_rd(node: &Node) -> u8 {
     let config = node.config();
     (config.watch.iter().map(|w| w.replication).max()).unwrap_or(2)
 }
@@ -126,21 +126,28 @@ fn explained(node: &Node, e: SnapshotError) -> SnapshotError {
     }
 }
 
-/// The kept snapshots that ended below their RD (no peer, or too few, took them) get their
-/// missing chunks sent again from their files, oldest first. Among them may be a day's anchor:
+/// The kept snapshots below their RD (no peer, or too few, took them, or a holder lost them
+/// since) get their missing chunks sent again from their files, oldest first. Among them may be a day's anchor:
 /// a recover finds a day's snapshots by it, so an anchor that no peer took would hide the
 /// whole day. One whose file is missing or cut short was never sent if it has no version row
 /// yet (the daemon was killed while making it): its slot is given back. Else (a recovered
 /// catalog's, whose files were lost with the computer) it is left until a newer one supersedes
 /// it.
 async fn complete_locked(node: &Arc<Node>) -> Result<usize, SnapshotError> {
-    let rows = node.catalog.call(|c| c.snapshots()).await?;
+    let desired = snapshot_rd(node);
+    // Those that never reached their RD, and those that did and have lost a holder since (a
+    // peer reclaimed its space, or was found wiped or lost): a copy counts only while it is
+    // known to exist.
+    let rows = node
+        .catalog
+        .call(move |c| c.snapshots_below_rd(desired))
+        .await?;
     let plan = Plan {
-        desired: snapshot_rd(node),
+        desired,
         encrypt: true,
     };
     let mut completed = 0;
-    for row in rows.into_iter().filter(|r| !r.at_rd) {
+    for row in rows {
         let path = file_of(node, row.slot);
         let opened = {
             let path = path.clone();
@@ -409,15 +416,58 @@ fn interval(bytes: u64) -> Duration {
     (SNAPSHOT_EVERY.saturating_mul(periods.min(u32::MAX as u64) as u32)).min(SLOWEST)
 }
 
-/// Whether the snapshots below their RD are tried again, the last try being at `last`.
-fn completion_due(last: Option<Instant>, now: Instant) -> bool {
-    last.is_none_or(|t| now.saturating_duration_since(t) >= SNAPSHOT_EVERY)
+/// When the snapshots below their RD are sent again. What decides whether a try can succeed
+/// is which snapshots are below and which peers are live: when either changed since the last
+/// try (a holder lost or reclaimed, a peer back or new), the next look tries; otherwise the
+/// tries space out, from `LOOK_EVERY` doubling to `SNAPSHOT_EVERY`, so that a LAN with no room
+/// is not sent the same chunks every minute.
+#[derive(Debug)]
+struct CompletionPace {
+    last: Option<(Instant, Situation)>,
+    wait: Duration,
+}
+
+/// The snapshots below their RD (their fileIds) and the count of live peers.
+type Situation = (Vec<String>, u64);
+
+impl CompletionPace {
+    fn new() -> CompletionPace {
+        CompletionPace {
+            last: None,
+            wait: LOOK_EVERY,
+        }
+    }
+
+    /// Whether to try now, in `situation`; a try is then recorded.
+    fn try_now(&mut self, now: Instant, situation: Situation) -> bool {
+        if situation.0.is_empty() {
+            return false;
+        }
+        let due = match &self.last {
+            None => true,
+            Some((_, before)) if *before != situation => {
+                self.wait = LOOK_EVERY;
+                true
+            }
+            Some((at, _)) => {
+                let due = now.saturating_duration_since(*at) >= self.wait;
+                if due {
+                    self.wait = (self.wait * 2).min(SNAPSHOT_EVERY);
+                }
+                due
+            }
+        };
+        if due {
+            self.last = Some((now, situation));
+        }
+        due
+    }
 }
 
 /// The background worker that takes the snapshots when due, and meanwhile brings the ones that
 /// ended below their RD to it.
 pub(crate) async fn keep_taking(node: Arc<Node>, worker: Worker) {
-    let mut completion_tried: Option<Instant> = None;
+    let mut pace = CompletionPace::new();
     let mut look_in = LOOK_EVERY;
     loop {
         tokio::select! {
@@ -462,14 +512,9 @@ pub(crate) async fn keep_taking(node: Arc<Node>, worker: Worker) {
             continue;
         }
         if !due(own, changed, held, since, last_bytes) {
-            let now = Instant::now();
-            if completion_due(completion_tried, now) {
-                completion_tried = Some(now);
-                complete_in_background(&node, &worker).await;
-            }
+            complete_in_background(&node, &worker, &mut pace).await;
             continue;
         }
-        completion_tried = Some(Instant::now());
         worker.busy("backing up a catalog snapshot", None);
         match take(&node).await {
             Ok(_) => worker.idle(),
@@ -483,13 +528,20 @@ pub(crate) async fn keep_taking(node: Arc<Node>, worker: Worker) {
     }
 }
 
-/// `complete`, when there is anything below its RD, reported on the worker.
-async fn complete_in_background(node: &Arc<Node>, worker: &Worker) {
-    let below = node
+/// `complete`, when there is anything below its RD and `pace` says so, reported on the worker.
+async fn complete_in_background(node: &Arc<Node>, worker: &Worker, pace: &mut CompletionPace) {
+    let desired = snapshot_rd(node);
+    let situation = node
         .catalog
-        .call(|c| Ok(c.snapshots()?.iter().any(|r| !r.at_rd)))
+        .call(move |c| {
+            let below = c.snapshots_below_rd(desired)?;
+            let (heard, lost) = c.peers_heard_lost()?;
+            let ids = below.iter().map(|r| r.file_id.key()).collect();
+            Ok((ids, heard.saturating_sub(lost)))
+        })
         .await;
-    if !matches!(below, Ok(true)) {
+    let Ok(situation) = situation else { return };
+    if !pace.try_now(Instant::now(), situation) {
         return;
     }
     worker.busy(
@@ -531,15 +583,31 @@ mod tests {
     }
 
     #[test]
-    fn snapshots_below_their_rd_are_tried_again_every_period() {
+    fn snapshots_below_their_rd_are_tried_again_sooner_when_something_changed() {
         let t = Instant::now();
-        assert!(completion_due(None, t), "at the first look");
-        assert!(!completion_due(Some(t), t + SNAPSHOT_EVERY / 2));
-        assert!(completion_due(Some(t), t + SNAPSHOT_EVERY));
-        assert!(
-            !completion_due(Some(t + SNAPSHOT_EVERY), t),
-            "a clock read late"
-        );
+        let min = Duration::from_secs(60);
+        let below = |ids: &[&str], live: u64| (ids.iter().map(|s| s.to_string()).collect(), live);
+        let mut pace = CompletionPace::new();
+        assert!(!pace.try_now(t, below(&[], 2)), "nothing below");
+        assert!(pace.try_now(t, below(&["a"], 1)), "at the first look");
+        // Nothing changed: 1, 2, 4, 8 minutes, then every 10.
+        assert!(!pace.try_now(t + min / 2, below(&["a"], 1)));
+        assert!(pace.try_now(t + min, below(&["a"], 1)));
+        assert!(!pace.try_now(t + 2 * min, below(&["a"], 1)));
+        assert!(pace.try_now(t + 3 * min, below(&["a"], 1)));
+        assert!(!pace.try_now(t + 6 * min, below(&["a"], 1)));
+        assert!(pace.try_now(t + 7 * min, below(&["a"], 1)));
+        assert!(pace.try_now(t + 15 * min, below(&["a"], 1)));
+        assert!(!pace.try_now(t + 24 * min, below(&["a"], 1)));
+        assert!(pace.try_now(t + 25 * min, below(&["a"], 1)));
+        // A peer back: at once, then a minute again.
+        assert!(pace.try_now(t + 26 * min, below(&["a"], 2)));
+        assert!(!pace.try_now(t + 26 * min + min / 2, below(&["a"], 2)));
+        assert!(pace.try_now(t + 27 * min, below(&["a"], 2)));
+        // Another snapshot lost a holder: at once.
+        assert!(pace.try_now(t + 27 * min, below(&["a", "b"], 2)));
+        // A clock read late never makes a try due.
+        assert!(!pace.try_now(t, below(&["a", "b"], 2)));
     }
 
     #[test]

@@ -182,10 +182,19 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
         Some(_) => Vec::new(),
     };
     let running = node.master_key().map(|k| k.fingerprint());
+    let snapshot_rd = u32::from(super::snapshot::snapshot_rd(node));
     let r = node
         .catalog
         .read(move |c| {
-            let snapshot = c.newest_snapshot()?.map(SnapshotInfo::from);
+            // At its RD as the holders known now say: one that reached it once and lost a
+            // holder since (a peer reclaimed it, or was found wiped) is not counted.
+            let snapshot = match c.newest_snapshot()? {
+                Some(mut s) => {
+                    s.at_rd = s.at_rd && c.min_perceived_rd(&s.file_id)? >= snapshot_rd;
+                    Some(SnapshotInfo::from(s))
+                }
+                None => None,
+            };
             let undecryptable = c.undecryptable(running.as_deref(), owner)?;
             let waiting = c.oldest_queued_under(&folders_asked)?;
             let waits_recover = owner.is_none() && waits_for_recover(c)?;
