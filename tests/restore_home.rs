@@ -59,19 +59,19 @@ fn write(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
 }
 
-/// Waits until every path is backed up at RD 2 in a version of `size` bytes.
-fn wait_backed_up(c: &Cluster, paths: &[(PathBuf, usize)]) {
+/// Waits until every path is backed up at RD `rd` in a version of `size` bytes.
+fn wait_backed_up(c: &Cluster, rd: u64, paths: &[(PathBuf, usize)]) {
     let done = || {
         c.try_state(0).is_some_and(|s| {
             paths.iter().all(|(p, size)| {
                 file_entries(&s, p)
                     .iter()
-                    .any(|f| min_rd(f) >= 2 && f["size"] == *size as u64)
+                    .any(|f| min_rd(f) >= rd && f["size"] == *size as u64)
             })
         })
     };
     assert!(
-        wait_until(Duration::from_secs(90), done),
+        wait_until(Duration::from_secs(120), done),
         "not all backed up:\n{}",
         c.dump()
     );
@@ -167,7 +167,7 @@ fn a_recovered_home_gets_its_folders_back_as_they_were_and_not_the_files_deleted
     let mut all: Vec<(PathBuf, usize)> = files.iter().map(|(p, b)| (p.clone(), b.len())).collect();
     all.push((gone.clone(), 22));
     all.push((gone_too.clone(), 12));
-    wait_backed_up(&c, &all);
+    wait_backed_up(&c, 2, &all);
 
     // Deleted on purpose, before the snapshot (the trash folder's own metadata is not looked
     // at: the deletion moved its mtime).
@@ -194,7 +194,7 @@ fn a_recovered_home_gets_its_folders_back_as_they_were_and_not_the_files_deleted
         .open(&index)
         .and_then(|mut f| std::io::Write::write_all(&mut f, &new_index))
         .unwrap();
-    wait_backed_up(&c, &[(index.clone(), new_index.len())]);
+    wait_backed_up(&c, 2, &[(index.clone(), new_index.len())]);
     // Deletions are noted in whole seconds: the snapshot is taken more than one later.
     std::thread::sleep(Duration::from_millis(1_500));
     let out = c.cli_ok(0, &["snapshot"], 0);
@@ -328,7 +328,7 @@ fn a_single_restore_gives_the_parents_it_makes_their_recorded_owner_and_mode() {
         home.display()
     );
     let mut c = Cluster::start_with(&["0", "30 MiB", "30 MiB"], &[&watch]);
-    wait_backed_up(&c, &[(file.clone(), 8)]);
+    wait_backed_up(&c, 2, &[(file.clone(), 8)]);
     std::thread::sleep(Duration::from_millis(500));
     c.stop_status(0);
     std::fs::remove_dir_all(home.join("letters")).unwrap();
@@ -379,7 +379,7 @@ fn a_folder_swapped_for_a_link_before_its_owner_is_given_back_is_refused() {
         home.display()
     );
     let mut c = Cluster::start_with(&["0", "100 MiB", "100 MiB"], &[&watch]);
-    wait_backed_up_rd1(&c, &[(first.clone(), 5), (big.clone(), big_bytes.len())]);
+    wait_backed_up(&c, 1, &[(first.clone(), 5), (big.clone(), big_bytes.len())]);
     std::thread::sleep(Duration::from_millis(500));
     c.stop_status(0);
     std::fs::remove_dir_all(&home).unwrap();
@@ -423,24 +423,6 @@ fn a_folder_swapped_for_a_link_before_its_owner_is_given_back_is_refused() {
     assert_eq!(meta.modified().unwrap(), victim_mtime);
 }
 
-/// `wait_backed_up` at RD 1.
-fn wait_backed_up_rd1(c: &Cluster, paths: &[(PathBuf, usize)]) {
-    let done = || {
-        c.try_state(0).is_some_and(|s| {
-            paths.iter().all(|(p, size)| {
-                file_entries(&s, p)
-                    .iter()
-                    .any(|f| min_rd(f) >= 1 && f["size"] == *size as u64)
-            })
-        })
-    };
-    assert!(
-        wait_until(Duration::from_secs(120), done),
-        "not all backed up:\n{}",
-        c.dump()
-    );
-}
-
 /// A user other than root, in the socket's group.
 const USER: u32 = 12351;
 
@@ -479,7 +461,7 @@ fn a_user_hears_only_of_the_folders_that_hold_its_own_files() {
         w.display()
     );
     let c = Cluster::start_with(&["0", "30 MiB"], &[&watch]);
-    wait_backed_up_rd1(&c, &[(theirs.clone(), 7), (mine.clone(), 10)]);
+    wait_backed_up(&c, 1, &[(theirs.clone(), 7), (mine.clone(), 10)]);
     std::thread::sleep(Duration::from_millis(500));
     std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let ask = |uid: Option<u32>| -> String {

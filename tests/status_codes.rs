@@ -100,7 +100,10 @@ fn status_exits_6_while_queued_0_when_all_is_safe_3_below_rd_and_5_with_a_folder
     let v = wait_status(&c, 0, 3, 30);
     assert_eq!(problems(&v)[0], "below_rd", "{v}");
     // The catalog snapshot that reached RD 2 lost that holder too: not counted at its RD.
-    assert!(problems(&v).contains(&"no_snapshot_at_rd".to_string()), "{v}");
+    assert!(
+        problems(&v).contains(&"no_snapshot_at_rd".to_string()),
+        "{v}"
+    );
     assert_eq!(v["catalog_snapshot"]["at_rd"], false, "{v}");
     let text = c.cli_ok(0, &["status"], 3);
     assert!(text.contains("not healthy: files below their RD"), "{text}");
