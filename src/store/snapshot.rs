@@ -280,11 +280,25 @@ impl Catalog {
     pub fn snapshots_below_rd(&self, desired: u8) -> Result<Vec<SnapshotRow>, StoreError> {
         let mut below = Vec::new();
         for r in self.snapshots()? {
-            if !r.at_rd || self.min_perceived_rd(&r.file_id)? < u32::from(desired) {
+            if !self.snapshot_at_rd_now(&r, desired)? {
                 below.push(r);
             }
         }
         Ok(below)
+    }
+
+    /// Whether snapshot `r` is at RD `desired` as its holders known now say. A snapshot a
+    /// recover installed has no chunk rows here (it was found whole on the peers; what holds
+    /// it was not recorded): its flag is all that is known.
+    pub fn snapshot_at_rd_now(&self, r: &SnapshotRow, desired: u8) -> Result<bool, StoreError> {
+        if !r.at_rd {
+            return Ok(false);
+        }
+        let chunks: i64 = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM file_chunks WHERE file_id = ?1")?
+            .query_row([r.file_id.key()], |row| row.get(0))?;
+        Ok(chunks == 0 || self.min_perceived_rd(&r.file_id)? >= u32::from(desired))
     }
 
     pub fn set_snapshot_at_rd(&self, file_id: &FileId) -> Result<(), StoreError> {
@@ -842,6 +856,57 @@ mod tests {
         assert_eq!(cat.restore_cutoff_ms().unwrap(), Some(5_000));
         cat.delete_meta(EXPIRY_HOLD).unwrap();
         assert_eq!(cat.restore_cutoff_ms().unwrap(), Some(20_000));
+    }
+
+    #[test]
+    fn a_snapshot_counts_at_its_rd_only_while_its_holders_are_known_to_hold_it() {
+        use crate::protocol::{ChunkNo, PeerId};
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        let one = numbered(1, false).file_id;
+        cat.claim_snapshot(&one, SnapshotNo::Numbered(1), 5_000)
+            .unwrap();
+        let now = |cat: &Catalog| {
+            let r = cat.snapshots().unwrap().pop().unwrap();
+            cat.snapshot_at_rd_now(&r, 2).unwrap()
+        };
+        assert!(!now(&cat), "never reached its RD");
+        // Installed by a recover: found whole on the peers, no chunk rows here.
+        cat.set_snapshot_at_rd(&one).unwrap();
+        assert!(now(&cat));
+        assert!(cat.snapshots_below_rd(2).unwrap().is_empty());
+        // Sent from here: its chunk rows and their holders decide.
+        let version = crate::store::FileRow {
+            file_id: one.clone(),
+            path: "/var/lib/peerstash/snapshots/1".into(),
+            version: 0,
+            size: 128_000,
+            mtime_ns: 1,
+            mode: 0o600,
+            content_hash: "h".into(),
+            desired_rd: 2,
+            complete: true,
+            inode: 0,
+            uid: 0,
+            gid: 0,
+            deleted_at: None,
+            ctime_ns: 0,
+            encrypted: true,
+            key_fp: None,
+        };
+        cat.insert_version(&version, crate::store::catalog::BackupId::new())
+            .unwrap();
+        for c in 0..2 {
+            cat.record_file_chunk(&one, ChunkNo(c), 64_000, "h")
+                .unwrap();
+            cat.add_holders(&one, ChunkNo(c), &[PeerId(2), PeerId(3)])
+                .unwrap();
+        }
+        assert!(now(&cat));
+        // A holder reclaimed one chunk (REMOVED): below its RD, sent again.
+        cat.remove_holder(&one, ChunkNo(1), PeerId(3)).unwrap();
+        assert!(!now(&cat));
+        assert_eq!(cat.snapshots_below_rd(2).unwrap().len(), 1);
     }
 
     #[test]

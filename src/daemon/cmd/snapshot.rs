@@ -467,6 +467,13 @@ impl CompletionPace {
 /// The background worker that takes the snapshots when due, and meanwhile brings the ones that
 /// ended below their RD to it.
 pub(crate) async fn keep_taking(node: Arc<Node>, worker: Worker) {
+    // A recovered catalog still lists the snapshots that the one it came from superseded (the
+    // lost computer deleted them on the peers once it reached its RD), with holders that no
+    // longer hold them: forgotten (DELETE sent again) before anything counts them. Otherwise
+    // nothing to do.
+    if let Err(e) = forget_superseded(&node).await {
+        tracing::warn!("cannot forget the catalog snapshots a newer one supersedes: {e}");
+    }
     let mut pace = CompletionPace::new();
     let mut look_in = LOOK_EVERY;
     loop {

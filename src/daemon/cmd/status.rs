@@ -182,7 +182,7 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
         Some(_) => Vec::new(),
     };
     let running = node.master_key().map(|k| k.fingerprint());
-    let snapshot_rd = u32::from(super::snapshot::snapshot_rd(node));
+    let snapshot_rd = super::snapshot::snapshot_rd(node);
     let r = node
         .catalog
         .read(move |c| {
@@ -190,7 +190,7 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
             // holder since (a peer reclaimed it, or was found wiped) is not counted.
             let snapshot = match c.newest_snapshot()? {
                 Some(mut s) => {
-                    s.at_rd = s.at_rd && c.min_perceived_rd(&s.file_id)? >= snapshot_rd;
+                    s.at_rd = c.snapshot_at_rd_now(&s, snapshot_rd)?;
                     Some(SnapshotInfo::from(s))
                 }
                 None => None,
