@@ -666,10 +666,7 @@ fn restore_all(
         (0, _) | (_, None) => String::new(),
         (n, Some(ms)) => format!(
             ", {n} not restored: deleted before the catalog snapshot {} (--include-deleted restores them)",
-            peerstash::store::snapshot::taken_label(
-                peerstash::protocol::seal::SnapshotNo::Numbered(0),
-                Some(ms)
-            )
+            peerstash::store::snapshot::taken_at(ms)
         ),
     };
     let stopped = match disk_full {

@@ -104,18 +104,21 @@ pub fn parse_header(bytes: &[u8]) -> Option<(u64, [u8; 32])> {
 /// When snapshot `slot` was taken (`taken_ms`, by the clock of then), as shown to the admin.
 pub fn taken_label(slot: SnapshotNo, taken_ms: Option<i64>) -> String {
     match (taken_ms, slot) {
-        (Some(ms), _) => {
-            let s = ms.div_euclid(1000);
-            format!(
-                "taken {} {:02}:{:02} UTC",
-                Slot::day_text(s.div_euclid(86_400).clamp(0, u32::MAX as i64) as u32),
-                s.rem_euclid(86_400) / 3600,
-                s.rem_euclid(3600) / 60
-            )
-        }
+        (Some(ms), _) => taken_at(ms),
         (None, SnapshotNo::Dated(d)) => format!("taken {}", Slot::day_text(d.day)),
         (None, SnapshotNo::Numbered(_)) => "taken at an unknown time".into(),
     }
+}
+
+/// "taken 2026-12-07 21:44 UTC": when a snapshot was taken (unix ms, by the clock of then).
+pub fn taken_at(ms: i64) -> String {
+    let s = ms.div_euclid(1000);
+    format!(
+        "taken {} {:02}:{:02} UTC",
+        Slot::day_text(s.div_euclid(86_400).clamp(0, u32::MAX as i64) as u32),
+        s.rem_euclid(86_400) / 3600,
+        s.rem_euclid(3600) / 60
+    )
 }
 
 /// The table's (day, n) of `no`.
