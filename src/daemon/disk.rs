@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::driver::Input;
+use super::inbox::Input;
 use super::Node;
 use crate::engine::peer::{Put, Role, MAX_CONCURRENT_STORES, UNKNOWN_RD};
 use crate::protocol::{ChunkId, ChunkNo, FileId, PeerId, Rd};
@@ -20,7 +20,7 @@ use crate::store::{CatalogHandle, ChunkRole, ChunkStore, HostedRow, NewChunk};
 const MAX_STORED_BATCH: usize = 1024;
 /// STOREDs waiting to be recorded; beyond this one is dropped and counted (its sender's resends
 /// and the next STORED make up for it), so a flood cannot take memory without bound.
-pub(super) const STORED_QUEUE: usize = 4096;
+pub(crate) const STORED_QUEUE: usize = 4096;
 /// Set while chunks re-indexed by `--rebuild-catalog` are still to be announced.
 const ANNOUNCE_KEY: &str = "announce_hosted";
 
@@ -36,7 +36,7 @@ impl From<ChunkRole> for Role {
 
 /// Stores a chunk if this peer may: never a chunk of its own file, one copy at most, within
 /// the quota. `write` false: only say whether it is held (2.0: enough peers stored it).
-pub(super) async fn store_chunk(
+pub(crate) async fn store_chunk(
     node: &Arc<Node>,
     chunk: &ChunkId,
     rd: Rd,
@@ -198,7 +198,7 @@ pub(crate) async fn unhost(
 }
 
 /// A chunk written after its file's DELETE was heard: it goes too.
-pub(super) async fn drop_hosted(node: &Arc<Node>, chunk: &ChunkId) {
+pub(crate) async fn drop_hosted(node: &Arc<Node>, chunk: &ChunkId) {
     match unhost(node, chunk).await {
         Ok(true) => tracing::debug!("chunk {chunk} was deleted while it was written: removed"),
         Ok(false) => {}
@@ -207,7 +207,7 @@ pub(super) async fn drop_hosted(node: &Arc<Node>, chunk: &ChunkId) {
 }
 
 /// DELETE: every hosted chunk of the file goes. Whether some chunk was freed.
-pub(super) async fn delete_file(node: &Arc<Node>, file_id: &FileId, sender: PeerId) -> bool {
+pub(crate) async fn delete_file(node: &Arc<Node>, file_id: &FileId, sender: PeerId) -> bool {
     let f = file_id.clone();
     match node.catalog.call(move |c| c.delete_hosted_file(&f)).await {
         Ok(gone) if !gone.is_empty() => {
@@ -227,7 +227,7 @@ pub(super) async fn delete_file(node: &Arc<Node>, file_id: &FileId, sender: Peer
 /// A chunk's role here and its perceived RD now, once `gone` (a REMOVED's sender) is taken out
 /// of its holders; `gone` None: only look (2.0, a re-backup left to another holder, looked at
 /// again).
-pub(super) async fn role_and_rd(
+pub(crate) async fn role_and_rd(
     node: &Arc<Node>,
     chunk: &ChunkId,
     gone: Option<PeerId>,
@@ -261,7 +261,7 @@ pub(super) async fn role_and_rd(
 
 /// A hosted chunk to back up again: as the home peer wrote its fileId, its RD, its bytes
 /// (checked) and its known holders.
-pub(super) async fn read_for_rebackup(
+pub(crate) async fn read_for_rebackup(
     node: &Arc<Node>,
     chunk: &ChunkId,
     desired: u8,
@@ -278,7 +278,7 @@ pub(super) async fn read_for_rebackup(
 }
 
 /// Reads a hosted chunk and checks it against the hash recorded when it was stored.
-pub(super) async fn read_hosted(node: &Arc<Node>, chunk: &ChunkId) -> Option<(HostedRow, Vec<u8>)> {
+pub(crate) async fn read_hosted(node: &Arc<Node>, chunk: &ChunkId) -> Option<(HostedRow, Vec<u8>)> {
     let c = chunk.clone();
     let row = node
         .catalog
@@ -303,7 +303,7 @@ pub(super) async fn read_hosted(node: &Arc<Node>, chunk: &ChunkId) -> Option<(Ho
     }
 }
 
-pub(super) async fn remove_chunk_files(
+pub(crate) async fn remove_chunk_files(
     node: &Arc<Node>,
     file_id: &FileId,
     chunks: Vec<(ChunkNo, u64)>,
@@ -322,7 +322,7 @@ pub(super) async fn remove_chunk_files(
 
 /// Records the STOREDs heard, many per catalog call: what a burst costs is one call per batch,
 /// not one per datagram. At shutdown, what is queued is recorded before it returns.
-pub(super) async fn record_stored(
+pub(crate) async fn record_stored(
     catalog: CatalogHandle,
     mut rx: mpsc::Receiver<(ChunkId, PeerId)>,
     mut shutdown: crate::shutdown::Shutdown,
@@ -378,7 +378,7 @@ async fn record_batch(catalog: &CatalogHandle, heard: impl Iterator<Item = (Chun
 
 /// A PUTCHUNK with our own id for a chunk this peer neither backed up nor hosts was sent by
 /// another peer with our id: a copied config. Logged at ERROR once a minute at most.
-pub(super) async fn check_own_id(node: &Arc<Node>, chunk: ChunkId) {
+pub(crate) async fn check_own_id(node: &Arc<Node>, chunk: ChunkId) {
     let c = chunk.clone();
     let role = node
         .catalog
@@ -408,7 +408,7 @@ pub(super) async fn check_own_id(node: &Arc<Node>, chunk: ChunkId) {
 /// Makes the catalog and the chunk files agree after a crash: rows whose file is gone or of the
 /// wrong size are forgotten (returned, so the peers can be told with REMOVED), files the
 /// catalog does not know are quarantined. Sets the store's used bytes from the catalog.
-pub(super) async fn reconcile_store(node: &Arc<Node>) -> anyhow::Result<Vec<ChunkId>> {
+pub(crate) async fn reconcile_store(node: &Arc<Node>) -> anyhow::Result<Vec<ChunkId>> {
     let store = node.store.clone();
     let on_disk = tokio::task::spawn_blocking(move || store.scan()).await??;
     let hosted = node.catalog.call(|c| c.all_hosted()).await?;
@@ -478,7 +478,7 @@ const MAX_SET_ASIDE_ANNOUNCED: usize = 4096;
 /// chunk whose bytes do not match its hash is set aside in the quarantine (REMOVED sent once
 /// the daemon runs, so its home peer backs it up again); one the disk cannot read is left where
 /// it is, not indexed. Either way the rebuild goes on.
-pub(super) async fn rebuild_catalog(
+pub(crate) async fn rebuild_catalog(
     catalog: &CatalogHandle,
     store: &Arc<ChunkStore>,
     me: PeerId,
@@ -551,7 +551,7 @@ pub(super) async fn rebuild_catalog(
 
 /// Hands the chunks re-indexed by `--rebuild-catalog` to the engine, which announces them with
 /// one STORED each (paced); done once, even across a restart (`announced` clears the mark).
-pub(super) async fn announce_rebuilt(node: &Arc<Node>) {
+pub(crate) async fn announce_rebuilt(node: &Arc<Node>) {
     let pending = node.catalog.call(|c| c.meta(ANNOUNCE_KEY)).await;
     if !matches!(pending, Ok(Some(ref v)) if v == "1") {
         return;
@@ -590,7 +590,7 @@ pub(super) async fn announce_rebuilt(node: &Arc<Node>) {
     }
 }
 
-pub(super) async fn announced(node: &Arc<Node>) {
+pub(crate) async fn announced(node: &Arc<Node>) {
     let _ = node.catalog.call(|c| c.set_meta(ANNOUNCE_KEY, "0")).await;
     tracing::info!("announced the hosted chunks re-indexed after the catalog was rebuilt");
 }
@@ -598,7 +598,7 @@ pub(super) async fn announced(node: &Arc<Node>) {
 /// A place among the tasks that handle DELETEs and REMOVEDs (each needs the catalog); None
 /// (counted) when all are taken.
 impl Node {
-    pub(super) fn datagram_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    pub(crate) fn datagram_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let permit = self.datagram_permits.clone().try_acquire_owned().ok();
         if permit.is_none() {
             self.counters.dropped_queue.fetch_add(1, Ordering::Relaxed);

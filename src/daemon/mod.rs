@@ -3,13 +3,13 @@
 //! is `engine::Peer`, driven by one task (`driver.rs`); `disk.rs` does the disk and catalog work
 //! it asks for; `cmd/` carries out the commands of the control socket (`control.rs`).
 
-pub(crate) mod cmd;
-mod control;
-mod disk;
+pub(crate) mod disk;
 pub(crate) mod driver;
 pub(crate) mod heard;
-
-pub use control::serve as serve_control;
+pub(crate) mod inbox;
+mod listen;
+mod receive;
+pub(crate) mod traffic;
 
 use nix::fcntl::{Flock, FlockArg};
 
@@ -32,6 +32,13 @@ use crate::store::{Catalog, CatalogHandle, ChunkStore};
 /// dropped and counted.
 const MAX_DATAGRAM_TASKS: usize = 256;
 
+/// Files of more than a read batch whose chunks are read at once, daemon-wide: each reads a few
+/// batches ahead, and few of them keep the memory bounded whatever runs.
+pub(crate) const LARGE_FILES_AT_ONCE: usize = 2;
+/// The memory the backups of the other files hold at once, daemon-wide, in KiB: each holds
+/// its bytes (read in one batch, kept for resends) and `FILE_OVERHEAD_KIB` for its state.
+pub(crate) const SMALL_FILES_MEMORY_KIB: u32 = 16 * 1024;
+
 /// Everything the peer's tasks share.
 pub struct Node {
     pub id: PeerId,
@@ -53,13 +60,13 @@ pub struct Node {
     pub store: Arc<ChunkStore>,
     writer: disk::ChunkWriter,
     /// Backups of large files under way (`cmd::backup::LARGE_FILES_AT_ONCE`).
-    large_backups: Semaphore,
+    pub(crate) large_backups: Semaphore,
     /// The memory that backups of the other files hold, in KiB
     /// (`cmd::backup::SMALL_FILES_MEMORY`).
-    small_backups: Semaphore,
+    pub(crate) small_backups: Semaphore,
     pub net: Channels,
     /// To the engine task (`driver::run`).
-    inputs: mpsc::UnboundedSender<driver::Input>,
+    inputs: mpsc::UnboundedSender<inbox::Input>,
     next_job: AtomicU64,
     /// Paths the work queue is backing up right now (for `state`).
     pub in_progress: Mutex<std::collections::BTreeSet<std::path::PathBuf>>,
@@ -89,7 +96,7 @@ pub struct Node {
     /// last completed backup, when the folder was last known backed up (`status`, metrics).
     pub folders_checked: Mutex<std::collections::BTreeMap<std::path::PathBuf, i64>>,
     /// The multicast traffic of the last hour, for the dashboard's plots.
-    pub traffic_history: Mutex<crate::service::metrics::History>,
+    pub traffic_history: Mutex<traffic::History>,
     /// One catalog snapshot at a time (`cmd::snapshot`).
     pub snapshotting: tokio::sync::Mutex<()>,
     /// Woken when the daemon must stop and start again (a recovered catalog to install).
@@ -213,7 +220,7 @@ impl Node {
         match crate::config::load_or_make_master_key(&config.peer, None) {
             Ok((key, made)) => {
                 if made {
-                    crate::service::warn_new_master_key(&config.peer.master_key_file);
+                    warn_new_master_key(&config.peer.master_key_file);
                     self.note_master_key(&key, true);
                 }
                 self.set_master_key(Some(key.clone()));
@@ -284,7 +291,7 @@ fn note_recovery_state(
         catalog.set_meta(WAIT_RECOVER, "1")?;
     }
     if catalog.meta(WAIT_RECOVER)?.is_some() {
-        tracing::warn!("{}", cmd::status::wait_recover_warning());
+        tracing::warn!("{}", wait_recover_warning());
     }
     if let Some(ms) = catalog
         .meta(EXPIRY_HOLD)?
@@ -299,6 +306,26 @@ fn note_recovery_state(
 }
 
 /// Seconds since the Unix epoch by the system clock (the LAN key's tags carry them).
+/// Says that a master key was just made, and what to do about it.
+pub(crate) fn warn_new_master_key(path: &std::path::Path) {
+    tracing::warn!(
+        "made a new master key in {}: copy it somewhere safe now (not on this computer): \
+         without it, encrypted backups cannot be read",
+        path.display()
+    );
+}
+
+/// Whether a reinstalled peer waits for `peerstash recover` while it has backups of its own that
+/// no snapshot covers (a peer that only hosts, a new one made by the packages, says nothing).
+pub(crate) fn waits_for_recover(c: &Catalog) -> Result<bool, crate::store::StoreError> {
+    Ok(c.meta(crate::store::snapshot::WAIT_RECOVER)?.is_some() && c.own_versions()? > 0)
+}
+
+/// What status and state say while a reinstalled peer waits for `peerstash recover`.
+pub(crate) fn wait_recover_warning() -> String {
+    "no catalog snapshot is taken: this peer looks reinstalled (a new catalog, a master key not made on this computer). Run `peerstash recover` to install the lost computer's catalog (`peerstash recover --list` shows the snapshots found), or `peerstash recover --none` if there is none".into()
+}
+
 pub(crate) fn unix_now() -> u64 {
     let s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -399,7 +426,7 @@ async fn settle_master_key(
         KeyAtStart::Make => {
             let (key, made) = crate::config::load_or_make_master_key(&config.peer, None)?;
             if made {
-                crate::service::warn_new_master_key(file);
+                warn_new_master_key(file);
                 let made = format!("{} {}", key.fingerprint(), crate::store::unix_ms());
                 (catalog
                     .call(move |c| c.set_meta("master_key_made", &made))
@@ -429,7 +456,7 @@ async fn settle_master_key(
 /// Takes the state folder, opens and checks the catalog and the store, binds the control socket,
 /// and only then joins the channels and starts listening: every refusal comes before the peer
 /// is heard on the LAN. `lan_key` is the key `config.network.lan_key_file` names, read by the
-/// caller. Returns the peer and its control socket, to be served with `serve_control`. The
+/// caller. Returns the peer and its control socket, to be served by `server::serve`. The
 /// engine and receive tasks stop when `stop` is triggered.
 pub async fn start(
     config: Config,
@@ -510,7 +537,7 @@ pub async fn start(
     )?;
     let catalog = CatalogHandle::start(catalog);
     let master_key = settle_master_key(&catalog, &config, &options).await?;
-    let quota = cmd::reclaim::effective_quota(&catalog, config.storage.quota).await?;
+    let quota = crate::ops::reclaim::effective_quota(&catalog, config.storage.quota).await?;
     let store = Arc::new(
         ChunkStore::open(chunks, 0, quota)
             .with_context(|| format!("cannot open the chunk store in {}", state_dir.display()))?,
@@ -518,7 +545,7 @@ pub async fn start(
     if options.rebuild_catalog {
         disk::rebuild_catalog(&catalog, &store, PeerId(config.peer.id)).await?;
     }
-    let listener = control::bind(&config.peer.control_socket).await?;
+    let listener = listen::bind(&config.peer.control_socket).await?;
     let (stored_tx, stored_rx) = mpsc::channel(disk::STORED_QUEUE);
     tokio::spawn(disk::record_stored(
         catalog.clone(),
@@ -562,8 +589,8 @@ pub async fn start(
         catalog,
         writer: disk::ChunkWriter::start(store.clone()).context("cannot start the chunk writer")?,
         store,
-        large_backups: Semaphore::new(cmd::backup::LARGE_FILES_AT_ONCE),
-        small_backups: Semaphore::new(cmd::backup::SMALL_FILES_MEMORY_KIB as usize),
+        large_backups: Semaphore::new(LARGE_FILES_AT_ONCE),
+        small_backups: Semaphore::new(SMALL_FILES_MEMORY_KIB as usize),
         net,
         inputs,
         next_job: AtomicU64::new(1),
@@ -588,7 +615,7 @@ pub async fn start(
         snapshot_wake: tokio::sync::Notify::new(),
     });
     let lost = disk::reconcile_store(&node).await?;
-    let (to_engine, datagrams) = driver::datagram_queue();
+    let (to_engine, datagrams) = receive::datagram_queue();
     tokio::spawn(driver::run(
         node.clone(),
         inputs_rx,
@@ -598,7 +625,7 @@ pub async fn start(
     if let Some((listener, _)) = tcp {
         let refused = node.counters.tcp_refused.clone();
         let holder = node.clone();
-        let answer = move |request, from| driver::answer_pull(holder.clone(), request, from);
+        let answer = move |request, from| receive::answer_pull(holder.clone(), request, from);
         tokio::spawn(crate::net::tcp::serve(
             listener,
             answer,
@@ -607,7 +634,7 @@ pub async fn start(
         ));
     }
     for ch in node.net.all() {
-        tokio::spawn(driver::receive_loop(
+        tokio::spawn(receive::receive_loop(
             node.clone(),
             ch.clone(),
             to_engine.clone(),
@@ -615,13 +642,11 @@ pub async fn start(
         ));
     }
     disk::announce_rebuilt(&node).await;
-    // What the last run left unfinished: peers told of chunks lost from disk, over-quota chunks
-    // reclaimed, DELETEs not yet sent.
+    // What the last run left unfinished: peers told of chunks lost from disk (the service
+    // goes on with over-quota chunks to reclaim and DELETEs not yet sent).
     for chunk in lost {
-        node.engine(driver::Input::SendRemoved(chunk));
+        node.engine(inbox::Input::SendRemoved(chunk));
     }
-    tokio::spawn(cmd::reclaim::reclaim_to_quota(node.clone()));
-    tokio::spawn(cmd::delete::send_pending_deletes(node.clone()));
     Ok((node, listener))
 }
 

@@ -17,47 +17,12 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::daemon::cmd::status::Overview;
 use crate::daemon::Node;
+use crate::ops::status::Overview;
 use crate::shutdown::Shutdown;
 use crate::store::Health;
 
 const MAX_REQUEST: usize = 8 * 1024;
-/// Samples of traffic kept for the plots: one per status tick (10 s), an hour's worth.
-const HISTORY: usize = 360;
-
-/// Total bytes received and sent on the channels, sampled (unix ms, in, out).
-#[derive(Default)]
-pub struct History(std::collections::VecDeque<(i64, u64, u64)>);
-
-impl History {
-    fn push(&mut self, sample: (i64, u64, u64)) {
-        if self.0.len() == HISTORY {
-            self.0.pop_front();
-        }
-        self.0.push_back(sample);
-    }
-
-    /// Bytes per second in and out between consecutive samples: (seconds before `now`, in,
-    /// out).
-    fn rates(&self, now_ms: i64) -> Vec<(f64, f64, f64)> {
-        let s: Vec<_> = self.0.iter().collect();
-        s.windows(2)
-            .filter_map(|w| {
-                let ((t0, i0, o0), (t1, i1, o1)) = (w[0], w[1]);
-                let dt = (t1 - t0) as f64 / 1000.0;
-                (dt > 0.0).then(|| {
-                    (
-                        (now_ms - t1) as f64 / 1000.0,
-                        i1.saturating_sub(*i0) as f64 / dt,
-                        o1.saturating_sub(*o0) as f64 / dt,
-                    )
-                })
-            })
-            .collect()
-    }
-}
-
 /// Records the channels' byte totals now (every status tick).
 pub fn sample(node: &Node) {
     let b = &node.counters.bytes;
@@ -349,10 +314,7 @@ async fn look(node: &Arc<Node>) -> Option<Catalogued> {
         .catalog
         .read(move |c| {
             let unreadable = c.undecryptable(running.as_deref(), None)?.1;
-            Ok((
-                crate::daemon::cmd::status::overview(c, None, folders)?,
-                unreadable,
-            ))
+            Ok((crate::ops::status::overview(c, None, folders)?, unreadable))
         })
         .await
         .ok()?;
@@ -702,7 +664,7 @@ mod tests {
 
     #[test]
     fn the_history_keeps_an_hour_and_gives_rates() {
-        let mut h = History::default();
+        let mut h = crate::daemon::traffic::History::default();
         for i in 0..(HISTORY as i64 + 10) {
             h.push((i * 10_000, (i * 1_000) as u64, (i * 2_000) as u64));
         }

@@ -19,7 +19,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
 use crate::config::{self, Config, NetworkConfig};
-use crate::daemon::{self, cmd, Node};
+use crate::daemon::{self, Node};
+use crate::ops as cmd;
 use crate::protocol::auth::LanKey;
 use crate::protocol::seal::MasterKey;
 use crate::shutdown::{Shutdown, Trigger};
@@ -98,7 +99,10 @@ pub async fn run(
     let mut hup = signal(SignalKind::hangup())?;
     let trigger = Trigger::new();
     let (node, control) = daemon::start(config, lan_key, options, &trigger).await?;
-    daemon::serve_control(node.clone(), control, trigger.subscribe());
+    crate::server::serve(node.clone(), control, trigger.subscribe());
+    // What the last run left unfinished: over-quota chunks to reclaim, DELETEs not yet sent.
+    tokio::spawn(crate::ops::reclaim::reclaim_to_quota(node.clone()));
+    tokio::spawn(crate::ops::delete::send_pending_deletes(node.clone()));
     if let Some(addr) = node.config().metrics.listen {
         let listener = metrics::bind(addr).await?;
         tracing::info!("metrics on http://{addr}/metrics, a summary on http://{addr}/");
@@ -124,7 +128,7 @@ pub async fn run(
     let worker = node.workers.register("snapshots");
     tokio::spawn(until_stopped(
         trigger.subscribe(),
-        crate::daemon::cmd::snapshot::keep_taking(node.clone(), worker),
+        crate::ops::snapshot::keep_taking(node.clone(), worker),
     ));
     let worker = node.workers.register("status");
     tokio::spawn(until_stopped(
@@ -362,15 +366,6 @@ async fn note_watched(node: &Arc<Node>, watch: &[crate::config::WatchConfig]) {
     }
 }
 
-/// Says that a master key was just made, and what to do about it.
-pub fn warn_new_master_key(path: &Path) {
-    tracing::warn!(
-        "made a new master key in {}: copy it somewhere safe now (not on this computer): \
-         without it, encrypted backups cannot be read",
-        path.display()
-    );
-}
-
 /// Re-reads the config. A bad one is refused and the running one stays. Keys that only a
 /// restart can change keep their running value (with a warning).
 async fn reload(node: &Arc<Node>, path: &Path, watchers: &mut Watchers, wake: &Arc<Notify>) {
@@ -394,7 +389,7 @@ async fn reload(node: &Arc<Node>, path: &Path, watchers: &mut Watchers, wake: &A
         Ok((mut new, key, master)) => {
             if let Some((key, made)) = master {
                 if made {
-                    warn_new_master_key(&new.peer.master_key_file);
+                    daemon::warn_new_master_key(&new.peer.master_key_file);
                 }
                 node.note_master_key(&key, made);
                 node.set_master_key(Some(key));

@@ -11,13 +11,13 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::config::WatchConfig;
-use crate::daemon::cmd::backup::{
+use crate::daemon::Node;
+use crate::fsx::{self, Stamp};
+use crate::ops::backup::{
     backup_file, backup_handle, standing, standing_of, BackupError, BackupReport, Plan, Standing,
     Why,
 };
-use crate::daemon::cmd::delete::{forget_versions, Policy};
-use crate::daemon::Node;
-use crate::fsx::{self, Stamp};
+use crate::ops::delete::{forget_versions, Policy};
 use crate::service::presence::{self, Absence, Presence};
 use crate::shutdown::Shutdown;
 use crate::store::catalog::FolderRow;

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::daemon::driver::{Input, JobEvent, JobHandle, Source};
+use crate::daemon::inbox::{Input, JobEvent, JobHandle, Source};
 use crate::daemon::Node;
 use crate::engine::peer::{Expect, JobKind};
 use crate::protocol::{ChunkId, PeerId, Rd};

@@ -17,8 +17,9 @@ use tokio::task::{spawn_blocking, JoinError, JoinSet};
 use super::delete::send_pending_deletes;
 use super::{meter, report, Done, Progress};
 use crate::control::{exit, shown, Unit};
-use crate::daemon::driver::{Input, JobEvent, Source};
+use crate::daemon::inbox::{Input, JobEvent, Source};
 use crate::daemon::Node;
+use crate::daemon::SMALL_FILES_MEMORY_KIB;
 use crate::engine::peer::JobKind;
 use crate::fsx::{self, Stamp};
 use crate::protocol::seal::{Attempt, Cut, FileKey, MasterKey};
@@ -37,12 +38,6 @@ const WALK_BATCH: usize = 64;
 /// back up thousands a second. Their memory is bounded by `SMALL_FILES_MEMORY_KIB`, and each
 /// holds a descriptor (at most a quarter of the daemon's, `files_at_once`).
 const FILES_AT_ONCE: usize = 2048;
-/// Files of more than a read batch whose chunks are read at once, daemon-wide: each reads a few
-/// batches ahead, and few of them keep the memory bounded whatever runs.
-pub(crate) const LARGE_FILES_AT_ONCE: usize = 2;
-/// The memory the backups of the other files hold at once, daemon-wide, in KiB: each holds
-/// its bytes (read in one batch, kept for resends) and `FILE_OVERHEAD_KIB` for its state.
-pub(crate) const SMALL_FILES_MEMORY_KIB: u32 = 16 * 1024;
 const FILE_OVERHEAD_KIB: u32 = 4;
 
 /// How many files one backup has in flight: `FILES_AT_ONCE`, or fewer if the daemon may open

@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 use super::Done;
-use crate::daemon::driver::Input;
+use crate::daemon::inbox::Input;
 use crate::daemon::{disk, Node};
 use crate::engine::reclaim::{choose_victims, hand_on_first, Candidate, HandOnBudget};
 use crate::protocol::ChunkId;

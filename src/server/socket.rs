@@ -4,21 +4,21 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::spawn_blocking;
 
-use super::cmd::{self, Done};
-use super::Node;
 use crate::control::{self, exit, shown, Reply, Request};
+use crate::daemon::Node;
 use crate::fsx;
+use crate::ops::{self as cmd, Done};
+use crate::server;
 use crate::shutdown::Shutdown;
 
 /// Connections of callers other than root served at once, all uids together; more are
@@ -35,43 +35,6 @@ const REQUEST_WITHIN: Duration = Duration::from_secs(10);
 /// A reply line must be taken by the caller within this; a caller that stops reading is no
 /// longer written to (its request still runs to its end).
 const WRITE_WITHIN: Duration = Duration::from_secs(10);
-
-/// Binds the control socket at `path` (mode 0660, group peerstash). Refused when another
-/// daemon answers there, or when something that is not a socket is there (never deleted).
-pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create {} (peer.control_socket)", shown(dir)))?;
-    }
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        use std::os::unix::fs::FileTypeExt;
-        if !meta.file_type().is_socket() {
-            anyhow::bail!(
-                "{} (peer.control_socket) exists and is not a socket: it is left as it is; remove it or choose another path",
-                shown(path)
-            );
-        }
-        if UnixStream::connect(path).await.is_ok() {
-            anyhow::bail!(
-                "another peerstashd is already listening on {} (peer.control_socket): stop it or give this one another socket",
-                shown(path)
-            );
-        }
-        // A socket left by a daemon that was killed: nobody answers on it, replace it.
-        std::fs::remove_file(path)
-            .with_context(|| format!("cannot remove the stale socket {}", shown(path)))?;
-    }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("cannot listen on {} (peer.control_socket)", shown(path)))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    // Members of group peerstash may use the socket (under systemd, Group=peerstash does it).
-    if let Ok(Some(group)) = nix::unistd::Group::from_name("peerstash") {
-        if let Err(e) = std::os::unix::fs::chown(path, None, Some(group.gid.as_raw())) {
-            tracing::warn!("cannot give {} to group peerstash: {e}", shown(path));
-        }
-    }
-    Ok(listener)
-}
 
 /// The control socket's slots: root's apart, the others counted per uid.
 struct Slots {
@@ -401,7 +364,7 @@ async fn prepare(
                 .await
                 .map_err(|e| e.to_string())??;
             // Refused before any work when the version is not the caller's.
-            let rows = cmd::restore::restore_choice(node, &path, version, owner).await?;
+            let rows = server::restore::restore_choice(node, &path, version, owner).await?;
             Ok(Job::Restore { path, rows, out })
         }
         Request::Delete { path } => {
@@ -490,23 +453,23 @@ async fn run(node: Arc<Node>, job: Job, owner: Option<u32>, progress: cmd::Progr
             cmd::backup::backup(&node, path, root, wanted, owner, &progress).await
         }
         Job::Restore { path, rows, out } => {
-            cmd::restore::restore(&node, path, rows, out, &progress).await
+            server::restore::restore(&node, path, rows, out, &progress).await
         }
         Job::Other(Request::Versions { path }) => {
-            cmd::reply(cmd::versions::versions(&node, path, owner).await)
+            cmd::reply(server::versions::versions(&node, path, owner).await)
         }
-        Job::Other(Request::Watched) => cmd::reply(cmd::versions::watched(&node, owner).await),
+        Job::Other(Request::Watched) => cmd::reply(server::versions::watched(&node, owner).await),
         Job::Other(Request::Folders { path }) => {
-            cmd::reply(cmd::versions::folders(&node, path, owner).await)
+            cmd::reply(server::versions::folders(&node, path, owner).await)
         }
         Job::Other(Request::Delete { path }) => cmd::reply(cmd::delete::delete(&node, path).await),
         Job::Other(Request::Reclaim { quota }) => cmd::reclaim::reclaim(&node, quota).await,
-        Job::Other(Request::State { path }) => cmd::state::state(&node, owner, path).await,
-        Job::Other(Request::Check) => cmd::check::check(&node).await,
-        Job::Other(Request::Scrub) => cmd::scrub::scrub(&node, &progress).await,
-        Job::Other(Request::Peers) => cmd::peers::peers(&node).await,
+        Job::Other(Request::State { path }) => server::state::state(&node, owner, path).await,
+        Job::Other(Request::Check) => server::check::check(&node).await,
+        Job::Other(Request::Scrub) => server::scrub::scrub(&node, &progress).await,
+        Job::Other(Request::Peers) => server::peers::peers(&node).await,
         Job::Other(Request::Snapshot) => cmd::snapshot::snapshot(&node).await,
-        Job::Other(Request::RestoredAll) => cmd::recover::restored_all(&node).await,
+        Job::Other(Request::RestoredAll) => server::recover::restored_all(&node).await,
         Job::Other(Request::Status) => cmd::status::status(&node, owner).await,
         Job::Other(Request::Recover {
             days,
@@ -515,18 +478,18 @@ async fn run(node: Arc<Node>, job: Job, owner: Option<u32>, progress: cmd::Progr
             at,
             none,
         }) => {
-            let days = days.unwrap_or(cmd::recover::DEFAULT_DAYS);
+            let days = days.unwrap_or(server::recover::DEFAULT_DAYS);
             let mode = match (list, at, none) {
-                (false, None, false) => cmd::recover::Mode::Install(None),
-                (true, None, false) => cmd::recover::Mode::List,
-                (false, None, true) => cmd::recover::Mode::Nothing,
+                (false, None, false) => server::recover::Mode::Install(None),
+                (true, None, false) => server::recover::Mode::List,
+                (false, None, true) => server::recover::Mode::Nothing,
                 (false, Some(at), false) => match at.parse() {
-                    Ok(at) => cmd::recover::Mode::Install(Some(at)),
+                    Ok(at) => server::recover::Mode::Install(Some(at)),
                     Err(e) => return Done::failed(e),
                 },
                 _ => return Done::failed("recover takes one of --list, --at N and --none"),
             };
-            cmd::recover::recover(&node, days, force, mode, &progress).await
+            server::recover::recover(&node, days, force, mode, &progress).await
         }
         Job::Other(Request::Backup { .. } | Request::Restore { .. }) => {
             unreachable!("prepare turns these into their jobs")

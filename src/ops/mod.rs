@@ -1,20 +1,15 @@
-//! The commands of the control socket, one file each: backup, restore, versions, delete,
-//! reclaim, state, status, peers, check, scrub, snapshot, recover. Each returns a `Done` (exit code, one-line message, optional data)
-//! and may report progress lines on the way. Errors are typed (`CmdError`) and mapped to an
-//! exit code and a reply here, in one place.
+//! The use cases that the control socket's requests and the service's workers share: the
+//! backup pipeline (`backup`), the version policy and the sending of deletions (`delete`), the
+//! quota (`reclaim`), catalog snapshots (`snapshot`) and the overview of what is backed up
+//! (`status`). Each returns a `Done` (exit code, one-line message, optional data) and may report
+//! progress lines on the way. Errors are typed (`CmdError`) and mapped to an exit code and a
+//! reply here, in one place.
 
 pub(crate) mod backup;
-pub(crate) mod check;
 pub(crate) mod delete;
-pub(crate) mod peers;
 pub(crate) mod reclaim;
-pub(crate) mod recover;
-pub(crate) mod restore;
-pub(crate) mod scrub;
 pub(crate) mod snapshot;
-pub(crate) mod state;
 pub(crate) mod status;
-pub(crate) mod versions;
 
 use tokio::sync::mpsc;
 

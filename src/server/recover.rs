@@ -17,11 +17,11 @@ use std::sync::Arc;
 
 use tokio::task::spawn_blocking;
 
-use super::{meter, report, Done, Progress};
 use crate::control::{exit, Unit};
-use crate::daemon::driver::{Input, JobEvent};
+use crate::daemon::inbox::{Input, JobEvent};
 use crate::daemon::{unix_now, Node};
 use crate::engine::peer::{Expect, JobKind};
+use crate::ops::{meter, report, Done, Progress};
 use crate::protocol::seal::{Cut, FileKey, MasterKey, Slot, SnapshotNo};
 use crate::protocol::{ChunkId, ChunkNo, FileId};
 use crate::store::snapshot::{self, EXPIRY_HOLD, HEADER_LEN, RECOVERED, WAIT_RECOVER};

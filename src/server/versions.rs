@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{CmdError, Done};
 use crate::control::{exit, shown, FolderInfo, FoldersAnswer, VersionInfo, WatchedFolders};
 use crate::daemon::Node;
+use crate::ops::{CmdError, Done};
 use crate::store::StoreError;
 
 pub(crate) async fn versions(

@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use tokio::task::spawn_blocking;
 
-use super::{report, Done, Progress};
 use crate::daemon::disk;
-use crate::daemon::driver::Input;
+use crate::daemon::inbox::Input;
 use crate::daemon::Node;
+use crate::ops::{report, Done, Progress};
 use crate::protocol::ChunkId;
 use crate::store::HostedRow;
 

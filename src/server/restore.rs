@@ -10,11 +10,11 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use tokio::task::{spawn_blocking, JoinSet};
 
-use super::{meter, report, Done, Progress};
 use crate::control::{exit, shown, Restored, Unit};
-use crate::daemon::driver::{Input, JobEvent};
+use crate::daemon::inbox::{Input, JobEvent};
 use crate::daemon::Node;
 use crate::engine::peer::{Expect, JobKind};
+use crate::ops::{meter, report, Done, Progress};
 use crate::protocol::seal::{Cut, FileKey};
 use crate::protocol::{hex, ChunkId};
 use crate::store::{FileChunkRow, FileRow, StoreError};

@@ -10,7 +10,6 @@ use super::Done;
 use crate::control::{exit, FolderStatus, SnapshotInfo, StatusReport};
 use crate::daemon::Node;
 use crate::store::health::from_counts;
-use crate::store::snapshot::WAIT_RECOVER;
 use crate::store::{Catalog, Health, StoreError};
 
 /// The health of the newest version of each of our files (its newest complete one, else its
@@ -164,17 +163,6 @@ pub(crate) fn below_rd_why(below_rds: &[u8], holding: u64, heard_none: u64) -> O
     ))
 }
 
-/// Whether a reinstalled peer waits for `peerstash recover` while it has backups of its own that
-/// no snapshot covers (a peer that only hosts, a new one made by the packages, says nothing).
-pub(crate) fn waits_for_recover(c: &Catalog) -> Result<bool, StoreError> {
-    Ok(c.meta(WAIT_RECOVER)?.is_some() && c.own_versions()? > 0)
-}
-
-/// What status and state say while a reinstalled peer waits for `peerstash recover`.
-pub(crate) fn wait_recover_warning() -> String {
-    "no catalog snapshot is taken: this peer looks reinstalled (a new catalog, a master key not made on this computer). Run `peerstash recover` to install the lost computer's catalog (`peerstash recover --list` shows the snapshots found), or `peerstash recover --none` if there is none".into()
-}
-
 pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
     let watched: Vec<PathBuf> = node.config().watch.iter().map(|w| w.path.clone()).collect();
     let folders_asked = match owner {
@@ -197,7 +185,7 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
             };
             let undecryptable = c.undecryptable(running.as_deref(), owner)?;
             let waiting = c.oldest_queued_under(&folders_asked)?;
-            let waits_recover = owner.is_none() && waits_for_recover(c)?;
+            let waits_recover = owner.is_none() && crate::daemon::waits_for_recover(c)?;
             let o = overview(c, owner, folders_asked)?;
             // Who holds chunks of ours, for why files stay below their RD (a walk over every
             // holder: only when some are).
@@ -259,7 +247,7 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
         problems: Vec::new(),
         below_rd_why: None,
         warnings: (node.duplicate_id_warning().into_iter())
-            .chain(waits_recover.then(wait_recover_warning))
+            .chain(waits_recover.then(crate::daemon::wait_recover_warning))
             .collect(),
     };
     // A version this peer cannot decrypt is at risk whatever its RD: no restore here opens it.

@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::Done;
 use crate::control::{
     exit, ChunkState, FileState, PeerState, SnapshotInfo, StoredState, UnavailableFolder,
 };
 use crate::daemon::Node;
+use crate::ops::Done;
 
 /// The peer's state. A non-root caller (`owner`) sees only its own files, and what this peer
 /// hosts for others only as totals (no fileIds). With `below`, only the versions of paths at or
@@ -62,7 +62,7 @@ pub(crate) async fn state(node: &Arc<Node>, owner: Option<u32>, below: Option<Pa
                 None => c.newest_snapshot()?.map(SnapshotInfo::from),
                 Some(_) => None,
             };
-            let waiting = owner.is_none() && super::status::waits_for_recover(c)?;
+            let waiting = owner.is_none() && crate::daemon::waits_for_recover(c)?;
             Ok((
                 files,
                 stored,
@@ -85,7 +85,7 @@ pub(crate) async fn state(node: &Arc<Node>, owner: Option<u32>, below: Option<Pa
         files,
         stored,
         warnings: (node.duplicate_id_warning().into_iter())
-            .chain(waiting.then(super::status::wait_recover_warning))
+            .chain(waiting.then(crate::daemon::wait_recover_warning))
             .collect(),
         queue_length,
         // The watched folders' paths are root's business.
