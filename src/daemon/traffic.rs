@@ -1,11 +1,11 @@
 //! The channels' traffic over the last hour, sampled for the dashboard's plots.
 
 /// Samples of traffic kept for the plots: one per status tick (10 s), an hour's worth.
-const HISTORY: usize = 360;
+pub(crate) const HISTORY: usize = 360;
 
 /// Total bytes received and sent on the channels, sampled (unix ms, in, out).
 #[derive(Default)]
-pub struct History(std::collections::VecDeque<(i64, u64, u64)>);
+pub struct History(pub(crate) std::collections::VecDeque<(i64, u64, u64)>);
 
 impl History {
     pub(crate) fn push(&mut self, sample: (i64, u64, u64)) {

@@ -664,7 +664,8 @@ mod tests {
 
     #[test]
     fn the_history_keeps_an_hour_and_gives_rates() {
-        let mut h = crate::daemon::traffic::History::default();
+        use crate::daemon::traffic::{History, HISTORY};
+        let mut h = History::default();
         for i in 0..(HISTORY as i64 + 10) {
             h.push((i * 10_000, (i * 1_000) as u64, (i * 2_000) as u64));
         }
