@@ -47,9 +47,14 @@ fn user_cli_on(c: &Cluster, peer: usize, args: &[&str]) -> Output {
 fn raw(c: &Cluster, line: &str, file: Option<(&Path, bool)>) -> (i64, String) {
     let exe = std::env::current_exe().unwrap();
     let mut cmd = as_user(c, &exe);
-    cmd.args(["attacker_client", "--exact", "--ignored", "--nocapture"])
-        .env("PS_ATTACK_SOCKET", &c.peer(0).socket)
-        .env("PS_ATTACK_LINE", line);
+    cmd.args([
+        "local_attacks::attacker_client",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+    ])
+    .env("PS_ATTACK_SOCKET", &c.peer(0).socket)
+    .env("PS_ATTACK_LINE", line);
     if let Some((path, rw)) = file {
         cmd.env("PS_ATTACK_FD", path);
         if rw {

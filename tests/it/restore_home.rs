@@ -474,7 +474,12 @@ fn a_user_hears_only_of_the_folders_that_hold_its_own_files() {
             None => std::process::Command::new(&exe),
         };
         let out = cmd
-            .args(["folders_asker", "--exact", "--ignored", "--nocapture"])
+            .args([
+                "restore_home::folders_asker",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+            ])
             .env("PS_ASK_SOCKET", &c.peer(0).socket)
             .env("PS_ASK_PATH", &w)
             .output()

@@ -30,7 +30,12 @@ fn attacker_as(c: &Cluster, uid: u32, mode: &str, idle: usize) -> Child {
     let gid = std::fs::metadata(&c.peer(0).socket).unwrap().gid();
     let exe = std::env::current_exe().unwrap();
     as_uid(uid, Some(gid), &exe)
-        .args(["socket_attacker", "--exact", "--ignored", "--nocapture"])
+        .args([
+            "socket_attacks::socket_attacker",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
         .env("PS_ATTACK_SOCKET", &c.peer(0).socket)
         .env("PS_ATTACK_MODE", mode)
         .env("PS_ATTACK_IDLE", idle.to_string())
