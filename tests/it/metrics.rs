@@ -98,6 +98,40 @@ fn a_scrape_parses_and_its_counters_move_with_a_backup() {
     std::io::BufReader::new(s).read_line(&mut reply).unwrap();
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     scrape(port);
+
+    // A file asked at RD 3 with 2 holders: its chunks are sent again (the backup says how many
+    // times in the log), and every such send is counted.
+    let resent = |s: &Scrape| value(s, "peerstash_putchunks_resent_total", &[]);
+    let before = scrape(port);
+    let below = c.dir.path().canonicalize().unwrap().join("below.bin");
+    std::fs::write(&below, random_bytes(200_000)).unwrap();
+    c.cli_ok(0, &["backup", below.to_str().unwrap(), "-r", "3"], 3);
+    let said = resends_logged(&c.full_log(0), &below);
+    assert!(said >= 4, "each of the 4 chunks sent again: {said}");
+    let counted = wait_until(std::time::Duration::from_secs(5), || {
+        resent(&scrape(port)) - resent(&before) >= said as f64
+    });
+    assert!(
+        counted,
+        "{said} PUTCHUNKs resent, counted: {} then {}",
+        resent(&before),
+        resent(&scrape(port))
+    );
+    let after = scrape(port);
+    assert!(resent(&after) < value(&after, "peerstash_putchunks_sent_total", &[]));
+}
+
+/// The PUTCHUNKs resent by the backup of `path`, as its log line says ("backed up PATH (N
+/// chunks, M PUTCHUNKs resent)").
+fn resends_logged(log: &str, path: &std::path::Path) -> u64 {
+    let line = (log.lines())
+        .find(|l| l.contains(&format!("backed up {}", path.display())))
+        .unwrap_or_else(|| panic!("no backup of {} in the log:\n{log}", path.display()));
+    let (before, _) = line
+        .split_once(" PUTCHUNKs resent")
+        .unwrap_or_else(|| panic!("{line}"));
+    let n = before.rsplit(' ').next().unwrap_or_default();
+    n.parse().unwrap_or_else(|_| panic!("{line}"))
 }
 
 /// GET `path` with the request's head given whole (`host`: the Host line, if any): (status

@@ -69,8 +69,17 @@ fn peers_at(protocol: &str) {
             .any(|l| l.split_whitespace().next() == Some("2")),
         "{text}"
     );
+    // What it prints is what `--json` says: peer 2 heard seconds ago, speaking 2.0 (1.0:
+    // "unknown yet"), holding both chunks of ours, hosting none of our bytes, owing nothing.
+    let speaks_text = if protocol == "2.0" {
+        "2.0"
+    } else {
+        "unknown yet"
+    };
+    assert_row(&text, 2, Some(speaks_text), [2, 0, 0]);
 
-    // The holder lists the bytes it hosts for the home peer.
+    // The holder lists the bytes it hosts for the home peer (whether it heard the home peer
+    // yet depends on the home peer's messages since: its columns are not asked here).
     let theirs = c.peer(1).peers();
     assert_eq!(theirs.peer_id, 2);
     let home_peer = theirs.peers.iter().find(|p| p.id == 1);
@@ -79,10 +88,13 @@ fn peers_at(protocol: &str) {
         Some(100_000),
         "{theirs:?}"
     );
-    c.cli_ok(1, &["peers"], 0);
+    let text = c.cli_ok(1, &["peers"], 0);
+    assert_row(&text, 1, None, [0, 100_000, 0]);
 
     // Deleted: peer 2 owes the acknowledgement of the DELETE until it sends DELETED (2.0); a
-    // 1.0 peer never sends one: it stays owed until the deadline.
+    // 1.0 peer never sends one: it stays owed until the deadline. Peer 2 is paused meanwhile:
+    // the DELETE waits in its socket, and the debt is seen before it can be paid.
+    c.pause(1);
     c.cli_ok(0, &["delete", p], 0);
     let owed = |n: u64| {
         wait_until(std::time::Duration::from_secs(3), || {
@@ -92,6 +104,50 @@ fn peers_at(protocol: &str) {
             c.peer(0).state().unacked_deletes == n && holder == Some((0, n))
         })
     };
+    assert!(
+        owed(1),
+        "{protocol}: the DELETE is owed while peer 2 cannot answer: {:?}",
+        c.peer(0).peers()
+    );
+    let text = c.cli_ok(0, &["peers"], 0);
+    assert_row(&text, 2, Some(speaks_text), [0, 0, 1]);
+    c.resume(1);
     let expected = if protocol == "2.0" { 0 } else { 1 };
     assert!(owed(expected), "{protocol}: {:?}", c.peer(0).peers());
+}
+
+/// `peers` (text) has a header and a row for peer `id` that ends with `counts`: chunks of ours,
+/// hosted bytes, unacked deletes. With `protocol`, the row reads in between: that protocol, and
+/// heard seconds ago ("N s ago").
+fn assert_row(text: &str, id: u32, protocol: Option<&str>, counts: [u64; 3]) {
+    let header = text.lines().next().unwrap_or_default();
+    let columns = [
+        "peer",
+        "protocol",
+        "last heard",
+        "chunks of ours",
+        "hosted bytes",
+        "unacked deletes",
+    ];
+    assert!(columns.iter().all(|c| header.contains(c)), "{text}");
+    let row = (text.lines().skip(1))
+        .find(|l| l.split_whitespace().next() == Some(&id.to_string()))
+        .unwrap_or_else(|| panic!("no row for peer {id}: {text}"));
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    let shown: Vec<u64> = fields[fields.len().saturating_sub(3)..]
+        .iter()
+        .map(|f| f.parse().unwrap_or_else(|_| panic!("{f:?} in {row:?}")))
+        .collect();
+    assert_eq!(shown, counts, "peer {id}'s row: {text}");
+    if let Some(protocol) = protocol {
+        let middle = fields[1..fields.len() - 3].join(" ");
+        let heard = middle.strip_prefix(protocol).map(str::split_whitespace);
+        let heard: Option<Vec<&str>> = heard.map(Iterator::collect);
+        assert!(
+            heard.is_some_and(|h| h.len() == 3
+                && h[0].parse::<u64>().is_ok()
+                && h[1..] == ["s", "ago"]),
+            "peer {id} speaks {protocol}, heard seconds ago: {text}"
+        );
+    }
 }

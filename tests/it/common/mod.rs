@@ -157,6 +157,27 @@ impl Cluster {
         self.ok(ready);
     }
 
+    /// Freezes peer i's daemon (SIGSTOP): it neither reads nor sends until `resume`; what is
+    /// sent to it meanwhile waits in its sockets' buffers. A test sees this way what a peer owes
+    /// before it can answer.
+    pub fn pause(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Lets a paused daemon go on (SIGCONT): it reads what waited for it.
+    pub fn resume(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, i: usize, signal: nix::sys::signal::Signal) {
+        let pid = self
+            .pid(i)
+            .unwrap_or_else(|| panic!("peer {} is not running", i + 1));
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        nix::sys::signal::kill(pid, signal)
+            .unwrap_or_else(|e| panic!("{signal} to peer {}: {e}", i + 1));
+    }
+
     /// Sends SIGHUP: reload the config.
     pub fn reload(&self, i: usize) {
         self.ok(self.0.reload(i));
