@@ -25,6 +25,7 @@ mod flood;
 mod full_disk;
 mod hostile_lan;
 mod lan_key;
+mod layers;
 mod local_attacks;
 mod metrics;
 mod netns;
