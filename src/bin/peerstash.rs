@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use peerstash::cli::{Args, Command};
 use peerstash::cluster::Programs;
-use peerstash::config::{load_lan_key, parse_size, Config, DEFAULT_CONFIG_PATH};
+use peerstash::config::{parse_size, Config, DEFAULT_CONFIG_PATH};
 use peerstash::control::{
     self, exit, shown, PeerState, PeersReport, Request, StatusReport, VersionInfo, WorkerInfo,
 };
@@ -811,35 +811,12 @@ fn demo() -> i32 {
 }
 
 fn run_daemon(config: &Path) -> i32 {
-    let cfg = match Config::load(config) {
-        Ok(c) => c,
-        Err(e) => return fail(exit::USAGE, e),
-    };
-    let lan_key = match load_lan_key(&cfg.network, Some(config)) {
-        Ok(k) => k,
-        Err(e) => return fail(exit::USAGE, e),
-    };
-    peerstash::service::systemd::init_logging();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => return fail(exit::FAILED, e),
-    };
-    let result = peerstash::service::run_on(
-        &runtime,
-        cfg,
-        lan_key,
-        config.to_path_buf(),
-        Default::default(),
-    );
-    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
-    match result {
-        Ok(peerstash::service::Ended::Stopped) => exit::OK,
-        Ok(peerstash::service::Ended::Restart) => fail(
-            exit::FAILED,
-            format!("cannot start again: {}", peerstash::service::reexec()),
-        ),
-        Err(e) => fail(exit::FAILED, format!("{e:#}")),
-    }
+    i32::from(peerstash::service::entry::main(
+        peerstash::service::entry::Launch {
+            config: config.to_path_buf(),
+            ..Default::default()
+        },
+    ))
 }
 
 /// `keygen PATH`: a new LAN key, never over an existing file. Needs no daemon and no config.

@@ -3,6 +3,7 @@
 //! the catalog is checkpointed, the control socket removed, within `STOP_WITHIN` or so).
 
 pub mod copy;
+pub mod entry;
 pub mod metrics;
 pub mod presence;
 pub mod queue;
