@@ -15,13 +15,12 @@ use sha2::{Digest, Sha256};
 
 use super::catalog::{Catalog, StoreError};
 use crate::protocol::seal::{Slot, SnapshotNo};
-use crate::protocol::FileId;
 
 // The `snapshots` table and the meta keys of a recover are the catalog's (`catalog::snapshots`):
 // the catalog never looks up here.
 pub use super::catalog::snapshots::{
-    newest_findable, SnapshotRow, COMPLETIONS, EXPIRY_HOLD, EXPIRY_HOLD_MS, RECOVERED_TAKEN,
-    WAIT_RECOVER,
+    newest_findable, superseded, SnapshotRow, COMPLETIONS, EXPIRY_HOLD, EXPIRY_HOLD_MS,
+    RECOVERED_TAKEN, WAIT_RECOVER,
 };
 
 /// The first bytes of a snapshot file.
@@ -32,8 +31,6 @@ pub const HEADER_LEN: usize = 48;
 pub const RECOVERED: &str = "catalog.recovered";
 /// The catalog a recovered one replaced, kept beside it.
 pub const REPLACED: &str = "catalog.db.before-recover";
-/// Snapshots newer than the newest one at its RD that are kept while they have not reached it.
-const UNFINISHED_KEPT: usize = 3;
 
 /// The tables a snapshot carries: everything about our own files, their holders and the
 /// peers. Not the chunks we host (lost with the disk) nor the queue (a scan fills it again).
@@ -110,89 +107,6 @@ pub fn search_round(base: u64, bits: u32) -> (Vec<u64>, u32) {
 
 /// Bits of a snapshot number a recover learns per round.
 const SEARCH_BITS: u32 = 6;
-
-/// Of the numbered snapshots `nos`, those a recover needs to find `tip` by its search
-/// (`recover::search`): for each k, the newest one at most `tip` whose number is a multiple of
-/// 2^k. O(log n) of them.
-fn chain(nos: &[u64], tip: u64) -> Vec<u64> {
-    (0..64)
-        .filter_map(|k| {
-            nos.iter()
-                .copied()
-                .filter(|n| *n <= tip && n.trailing_zeros() >= k)
-                .max()
-        })
-        .collect()
-}
-
-/// The snapshots to forget once `rows` are known. Numbered: all but the newest one at its RD,
-/// the (at most `UNFINISHED_KEPT`) newest ones after it, and the chains (`chain`) of the newest
-/// and of the newest at its RD. Retention goes by number alone: a snapshot taken under a clock
-/// set ahead deletes nothing older. Dated ones (taken before an upgrade) all go once a
-/// numbered one is at its RD; until then, the newest at its RD, a few newer ones and the
-/// anchors of their days.
-pub fn superseded(rows: &[SnapshotRow]) -> Vec<FileId> {
-    let numbered: Vec<(u64, bool, &FileId)> = (rows.iter())
-        .filter_map(|r| r.slot.number().map(|n| (n, r.at_rd, &r.file_id)))
-        .collect();
-    let nos: Vec<u64> = numbered.iter().map(|(n, ..)| *n).collect();
-    let newest_at_rd = numbered
-        .iter()
-        .filter(|(_, rd, _)| *rd)
-        .map(|(n, ..)| *n)
-        .max();
-    let mut newer: Vec<u64> = (nos.iter().copied())
-        .filter(|n| newest_at_rd.is_none_or(|r| *n > r))
-        .collect();
-    newer.sort_unstable_by(|a, b| b.cmp(a));
-    let mut kept: Vec<u64> = newer.into_iter().take(UNFINISHED_KEPT).collect();
-    for tip in newest_at_rd.into_iter().chain(nos.iter().copied().max()) {
-        kept.push(tip);
-        kept.extend(chain(&nos, tip));
-    }
-    let mut gone: Vec<FileId> = (numbered.iter())
-        .filter(|(n, ..)| !kept.contains(n))
-        .map(|(.., id)| (*id).clone())
-        .collect();
-    let dated: Vec<&SnapshotRow> = (rows.iter())
-        .filter(|r| matches!(r.slot, SnapshotNo::Dated(_)))
-        .collect();
-    if newest_at_rd.is_some() {
-        gone.extend(dated.iter().map(|r| r.file_id.clone()));
-    } else {
-        gone.extend(superseded_dated(&dated));
-    }
-    gone
-}
-
-/// Dated snapshots: all but the newest one at its RD, the (at most `UNFINISHED_KEPT`) newest
-/// ones after it, and the anchors of those days (a recover finds a day by its anchor).
-fn superseded_dated(rows: &[&SnapshotRow]) -> Vec<FileId> {
-    let mut sorted: Vec<&SnapshotRow> = rows.to_vec();
-    sorted.sort_by_key(|r| std::cmp::Reverse(r.slot));
-    let newest_at_rd = sorted.iter().position(|r| r.at_rd);
-    let newer = newest_at_rd.unwrap_or(sorted.len());
-    let mut kept: Vec<SnapshotNo> = sorted[..newer]
-        .iter()
-        .take(UNFINISHED_KEPT)
-        .map(|r| r.slot)
-        .collect();
-    if let Some(i) = newest_at_rd {
-        kept.push(sorted[i].slot);
-    }
-    let anchors: Vec<SnapshotNo> = (kept.iter())
-        .filter_map(|s| match s {
-            SnapshotNo::Dated(d) => Some(SnapshotNo::Dated(Slot::anchor(d.day))),
-            SnapshotNo::Numbered(_) => None,
-        })
-        .collect();
-    kept.extend(anchors);
-    sorted
-        .into_iter()
-        .filter(|r| !kept.contains(&r.slot))
-        .map(|r| r.file_id.clone())
-        .collect()
-}
 
 /// Writes a snapshot of the catalog at `live` into `out` (a new database with the catalog's
 /// schema): the `CARRIED` tables, as of one instant (one read transaction; the daemon goes on

@@ -2,6 +2,7 @@ use rusqlite::params;
 
 use super::super::catalog::snapshots::after_recover;
 use super::*;
+use crate::protocol::FileId;
 
 fn row(day: u32, n: u16, at_rd: bool) -> SnapshotRow {
     SnapshotRow {

@@ -467,3 +467,118 @@ impl Catalog {
         rows.map(|r| file_id_of(r?)).collect()
     }
 }
+
+/// A version begun or resumed (`Catalog::begin_or_resume_version`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Begun {
+    pub file_id: FileId,
+    pub version: u32,
+    /// An existing version is resumed (only its chunks below their RD are sent again).
+    pub resumed: bool,
+    /// The version resumed was complete already.
+    pub was_complete: bool,
+}
+
+impl Catalog {
+    /// Resume or insert a version: the same content backed up again is the same version, so
+    /// an existing one (for a `sealed` backup, the unfinished version of the same stamp,
+    /// `sealed_version`; else the row of `row.file_id`) is resumed under the RD asked now and
+    /// is no longer deleted; else `row` is inserted as a new version by `backup`. A version under
+    /// another master key is never resumed: its chunks would not open under one key. One
+    /// transaction.
+    pub fn begin_or_resume_version(
+        &self,
+        row: &FileRow,
+        sealed: bool,
+        backup: BackupId,
+    ) -> Result<Begun, StoreError> {
+        self.atomically(|| {
+            let existing = match sealed {
+                true => {
+                    self.sealed_version(&row.path, row.size, row.mtime_ns, &row.content_hash)?
+                }
+                false => self.file(&row.file_id)?,
+            }
+            .filter(|f| f.key_fp.is_none() || f.key_fp == row.key_fp);
+            match existing {
+                Some(existing) => {
+                    self.set_file_rd(&existing.file_id, row.desired_rd)?;
+                    self.undelete(&existing.file_id)?;
+                    Ok(Begun {
+                        file_id: existing.file_id,
+                        version: existing.version,
+                        resumed: true,
+                        was_complete: existing.complete,
+                    })
+                }
+                None => Ok(Begun {
+                    version: self.insert_version(row, backup)?,
+                    file_id: row.file_id.clone(),
+                    resumed: false,
+                    was_complete: false,
+                }),
+            }
+        })
+    }
+
+    /// Every chunk sent: the version becomes complete and, if it did (it was not forgotten
+    /// meanwhile), the inode and change time read are noted with it. Returns whether it is
+    /// complete. One transaction.
+    pub fn complete_version(
+        &self,
+        file_id: &FileId,
+        inode: u64,
+        ctime_ns: i64,
+    ) -> Result<bool, StoreError> {
+        self.atomically(|| {
+            let complete = self.set_file_complete(file_id)?;
+            if complete {
+                self.note_seen(file_id, inode, ctime_ns)?;
+            }
+            Ok(complete)
+        })
+    }
+
+    /// The newest version of `path` and the lowest perceived RD of its chunks.
+    pub fn latest_with_rd(&self, path: &Path) -> Result<Option<(FileRow, u32)>, StoreError> {
+        match self.latest(path)? {
+            Some(f) => {
+                let min = self.min_perceived_rd(&f.file_id)?;
+                Ok(Some((f, min)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The versions of `path` (`versions`), only `owner`'s if given, each with the lowest
+    /// perceived RD of its chunks.
+    pub fn versions_with_rd(
+        &self,
+        path: &Path,
+        owner: Option<u32>,
+    ) -> Result<Vec<(FileRow, u32)>, StoreError> {
+        (self.versions(path)?.into_iter())
+            .filter(|f| owner.is_none_or(|uid| uid == f.uid))
+            .map(|f| {
+                let min = self.min_perceived_rd(&f.file_id)?;
+                Ok((f, min))
+            })
+            .collect()
+    }
+
+    /// What the repair looks at first: the newest version of each path in `refused` (refused
+    /// as too big: not queued again, repaired from the peers' copies), then at most `limit`
+    /// kept versions below their RD (`kept_versions_below_rd`).
+    pub fn versions_to_repair(
+        &self,
+        refused: &[PathBuf],
+        limit: usize,
+    ) -> Result<Vec<FileId>, StoreError> {
+        let mut versions = Vec::new();
+        for path in refused {
+            versions.extend(self.latest(path)?.map(|f| f.file_id));
+        }
+        versions.extend(self.kept_versions_below_rd(limit)?);
+        Ok(versions)
+    }
+}

@@ -185,3 +185,57 @@ impl Catalog {
 
     // ---- the work queue -------------------------------------------------------------------
 }
+
+impl Catalog {
+    /// The folders ever watched (`watched_folders`); with `owner`, only those holding a file of
+    /// theirs.
+    pub fn watched_folders_of(&self, owner: Option<u32>) -> Result<Vec<PathBuf>, StoreError> {
+        let mut kept = Vec::new();
+        for f in self.watched_folders()? {
+            let mine = match owner {
+                None => true,
+                Some(uid) => self.owns_any_under(&f, uid)?,
+            };
+            if mine {
+                kept.push(f);
+            }
+        }
+        Ok(kept)
+    }
+
+    /// What a restore of the folders below `path` needs: those folders (with `owner`, only those
+    /// holding a file of theirs) and the time a recovered snapshot cuts the restore at
+    /// (`restore_cutoff_ms`).
+    pub fn folders_for_restore(
+        &self,
+        path: &Path,
+        owner: Option<u32>,
+    ) -> Result<(Vec<FolderRow>, Option<i64>), StoreError> {
+        let mut folders = Vec::new();
+        for f in self.folders_below(path)? {
+            if let Some(uid) = owner {
+                if !self.owns_any_under(&f.path, uid)? {
+                    continue;
+                }
+            }
+            folders.push(f);
+        }
+        Ok((folders, self.restore_cutoff_ms()?))
+    }
+
+    /// Whether a watched folder is the one backed up: the device recorded under `dev_key` and,
+    /// unless it is `dev`, up to `sample` live paths under `root` to look for.
+    pub fn recorded_dev_or_sample(
+        &self,
+        dev_key: &str,
+        dev: u64,
+        root: &Path,
+        sample: usize,
+    ) -> Result<(Option<u64>, Vec<PathBuf>), StoreError> {
+        let recorded = self.meta(dev_key)?.and_then(|v| v.parse::<u64>().ok());
+        if recorded == Some(dev) {
+            return Ok((recorded, Vec::new()));
+        }
+        Ok((recorded, self.some_live_paths_under(root, sample)?))
+    }
+}

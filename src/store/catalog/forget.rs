@@ -199,3 +199,81 @@ impl Catalog {
 
     // ---- chunks we host -------------------------------------------------------------------
 }
+
+/// Why the versions of one path are forgotten by a folder's policy (`Catalog::forget_by_policy`).
+#[derive(Clone, Copy, Debug)]
+pub enum Policy {
+    /// After a new version completed: all but the newest `keep` complete versions go (and
+    /// unfinished versions older than the newest complete one).
+    KeepVersions(u32),
+    /// The path is gone (checked again just before) and was counted absent at least
+    /// `keep_deleted_ms` while its folder was available.
+    Expired { keep_deleted_ms: i64 },
+}
+
+impl Catalog {
+    /// Forget only by policy: applies a folder's `policy` to the versions of exactly `path`
+    /// (never to files below it, should it be a folder now). The policy picks the versions;
+    /// each still goes through `forget`, which refuses what its reason does not allow. Returns
+    /// how many versions were forgotten. One transaction.
+    pub fn forget_by_policy(
+        &self,
+        path: &Path,
+        policy: Policy,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        self.atomically(|| {
+            let rows = self.versions_of(path)?; // oldest first
+            let doomed: Vec<(FileId, Forget)> = match policy {
+                Policy::KeepVersions(keep) => {
+                    let mut complete_seen = 0u32;
+                    let mut doomed = Vec::new();
+                    for f in rows.iter().rev() {
+                        if f.complete {
+                            complete_seen += 1;
+                            if complete_seen > keep.max(1) {
+                                doomed.push(f.file_id.clone());
+                            }
+                        } else if complete_seen > 0 {
+                            doomed.push(f.file_id.clone()); // superseded, never finished
+                        }
+                    }
+                    doomed
+                        .into_iter()
+                        .map(|id| (id, Forget::KeepVersions { keep }))
+                        .collect()
+                }
+                Policy::Expired { keep_deleted_ms } => rows
+                    .into_iter()
+                    .map(|f| (f.file_id, Forget::DeletedExpired { keep_deleted_ms }))
+                    .collect(),
+            };
+            let mut forgotten = 0;
+            for (id, why) in doomed {
+                forgotten += usize::from(self.forget(&id, why, now_ms)?);
+            }
+            Ok(forgotten)
+        })
+    }
+
+    /// `peerstash delete PATH`: every version of exactly `path` (`versions`) is forgotten, by
+    /// the user's word. Returns how many. One transaction.
+    pub fn forget_path(&self, path: &Path, now_ms: i64) -> Result<usize, StoreError> {
+        self.atomically(|| {
+            let mut n = 0;
+            for f in self.versions(path)? {
+                n += usize::from(self.forget(&f.file_id, Forget::UserDelete, now_ms)?);
+            }
+            Ok(n)
+        })
+    }
+
+    /// The DELETEs of `file_ids` were all sent: they are no longer pending.
+    pub fn clear_pending_deletes(&self, file_ids: &[FileId]) -> Result<(), StoreError> {
+        self.atomically(|| {
+            file_ids
+                .iter()
+                .try_for_each(|f| self.clear_pending_delete(f))
+        })
+    }
+}

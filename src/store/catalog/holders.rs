@@ -281,3 +281,81 @@ impl Catalog {
         Ok(out)
     }
 }
+
+impl Catalog {
+    /// A batch of chunks read for `file_id`, recorded in order (`record_file_chunk`) until
+    /// the first that differs from what is recorded; for each recorded one, its known holders
+    /// when the version is `resumed` (else none). One transaction.
+    pub fn record_chunks(
+        &self,
+        file_id: &FileId,
+        rows: &[(ChunkNo, u64, String)],
+        resumed: bool,
+    ) -> Result<Vec<Vec<PeerId>>, StoreError> {
+        self.atomically(|| {
+            let mut known = Vec::with_capacity(rows.len());
+            for (no, size, hash) in rows {
+                if !self.record_file_chunk(file_id, *no, *size, hash)? {
+                    break;
+                }
+                known.push(match resumed {
+                    true => self.holders(file_id, *no)?,
+                    false => Vec::new(),
+                });
+            }
+            Ok(known)
+        })
+    }
+
+    /// The STOREDs heard in a moment, by chunk: each chunk's new holders added. A chunk that
+    /// cannot be recorded is logged and skipped: the others still count.
+    pub fn record_storeds(&self, by_chunk: &[(ChunkId, Vec<PeerId>)]) -> Result<(), StoreError> {
+        for (c, peers) in by_chunk {
+            if let Err(e) = self.add_holders(&c.file_id, c.chunk_no, peers) {
+                tracing::warn!("could not record the STOREDs of {c}: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// A chunk's role and its perceived RD now, once `gone` (a REMOVED's sender) is taken out
+    /// of its holders; `gone` None: only look. A chunk neither ours nor hosted counts 0. One
+    /// transaction.
+    pub fn role_and_rd(
+        &self,
+        file_id: &FileId,
+        chunk_no: ChunkNo,
+        gone: Option<PeerId>,
+    ) -> Result<(ChunkRole, u32), StoreError> {
+        self.atomically(|| {
+            let role = self.role(file_id, chunk_no)?;
+            let perceived = match (role, gone) {
+                (ChunkRole::Unknown | ChunkRole::Forgotten, _) => 0,
+                (_, Some(peer)) => self.remove_holder(file_id, chunk_no, peer)?,
+                (_, None) => self.perceived(file_id, chunk_no)?,
+            };
+            Ok((role, perceived))
+        })
+    }
+
+    /// A version to repair: its row, and each chunk below its RD that some holder is known for
+    /// (a chunk with none has nobody to be fetched from) with those holders. None: the version
+    /// is gone.
+    #[allow(clippy::type_complexity)]
+    pub fn chunks_to_repair(
+        &self,
+        file_id: &FileId,
+    ) -> Result<Option<(FileRow, Vec<(FileChunkRow, Vec<PeerId>)>)>, StoreError> {
+        let Some(row) = self.file(file_id)? else {
+            return Ok(None);
+        };
+        let mut below = Vec::new();
+        for chunk in self.file_chunks(file_id)? {
+            if (1..u32::from(row.desired_rd)).contains(&chunk.perceived_rd) {
+                let holders = self.holders(file_id, chunk.chunk_no)?;
+                below.push((chunk, holders));
+            }
+        }
+        Ok(Some((row, below)))
+    }
+}

@@ -249,3 +249,29 @@ impl Catalog {
 
     // ---- holder sets ----------------------------------------------------------------------
 }
+
+impl Catalog {
+    /// `--rebuild-catalog`: the chunks found on disk that the catalog does not know are hosted
+    /// (with this peer, `me`, as their holder), and `notes` (meta key, value) are set, in one
+    /// transaction. Returns how many rows were added.
+    pub fn host_rebuilt(
+        &self,
+        rows: &[HostedRow],
+        me: PeerId,
+        notes: &[(&str, String)],
+    ) -> Result<usize, StoreError> {
+        self.atomically(|| {
+            let mut added = 0;
+            for row in rows {
+                if self.hosted(&row.file_id, row.chunk_no)?.is_none() {
+                    self.insert_hosted(row, &[me])?;
+                    added += 1;
+                }
+            }
+            for (key, value) in notes {
+                self.set_meta(key, value)?;
+            }
+            Ok(added)
+        })
+    }
+}

@@ -29,18 +29,20 @@ mod queue;
 pub(in crate::store) mod snapshots;
 #[cfg(test)]
 mod tests;
+mod verbs_own;
+mod verbs_peer;
 
-pub use files::FileRow;
 use files::{path_at, path_key};
+pub use files::{Begun, FileRow};
 use folders::below_key;
 pub use folders::{DeletedPath, FolderRow};
-pub use forget::Forget;
+pub use forget::{Forget, Policy};
 pub use handle::CatalogHandle;
 use holders::HOLDER_COUNTS;
 pub use holders::{FileChunkRow, MAX_HOLDERS};
 pub use hosted::{ChunkRole, HostedRow};
 pub use peers::{PeerRow, MAX_PEER_ROWS};
-pub use snapshots::SnapshotRow;
+pub use snapshots::{SnapshotLook, SnapshotRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -87,6 +89,9 @@ pub fn io_disk_full(e: &std::io::Error) -> bool {
 
 /// The meta key of the fingerprint of the master key this peer last ran with.
 pub const MASTER_KEY_FP: &str = "master_key_fp";
+
+/// The meta key of the master key made here: "fingerprint unix_ms".
+pub const MASTER_KEY_MADE: &str = "master_key_made";
 
 /// What the catalog says of the master key its encrypted versions need (`Catalog::key_facts`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -461,6 +466,18 @@ impl Catalog {
             .prepare_cached("DELETE FROM meta WHERE key = ?1")?
             .execute([key])?;
         Ok(())
+    }
+
+    /// The master key this peer runs with (its fingerprint, `MASTER_KEY_FP`) and, if it was
+    /// just made here, "fingerprint unix_ms" (`MASTER_KEY_MADE`). One transaction.
+    pub fn note_master_key(&self, fp: &str, made: Option<&str>) -> Result<(), StoreError> {
+        self.atomically(|| {
+            self.set_meta(MASTER_KEY_FP, fp)?;
+            match made {
+                Some(made) => self.set_meta(MASTER_KEY_MADE, made),
+                None => Ok(()),
+            }
+        })
     }
 
     // ---- our own files -------------------------------------------------------------------

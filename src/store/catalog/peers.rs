@@ -290,3 +290,43 @@ impl Catalog {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
+
+impl Catalog {
+    /// The peers heard in a moment (`heard_peers`) and the LAN-key marks of their latest
+    /// datagrams (`record_auth_marks`), in one transaction.
+    pub fn record_heard(
+        &self,
+        heard: &[(PeerId, String, i64)],
+        marks: &[auth::Mark],
+    ) -> Result<(), StoreError> {
+        self.atomically(|| {
+            self.heard_peers(heard)?;
+            self.record_auth_marks(marks)
+        })
+    }
+
+    /// The lost-holder round: every holder silent past `timeout_ms` (`lost_holders`) but `me`
+    /// (this peer counts itself a holder of what it hosts, and never hears itself) leaves every
+    /// holder set; then the deletes unacknowledged since before `ack_deadline_ms` are no longer
+    /// waited for. Returns each lost peer with the chunk copies it held, and how many acks
+    /// expired. One transaction.
+    pub fn drop_lost_holders(
+        &self,
+        now_ms: i64,
+        timeout_ms: i64,
+        since_ms: i64,
+        me: PeerId,
+        ack_deadline_ms: i64,
+    ) -> Result<(Vec<(PeerId, u64)>, usize), StoreError> {
+        self.atomically(|| {
+            let mut lost = Vec::new();
+            for peer in
+                (self.lost_holders(now_ms, timeout_ms, since_ms)?.into_iter()).filter(|p| *p != me)
+            {
+                lost.push((peer, self.drop_lost_holder(peer, now_ms)?));
+            }
+            let expired = self.expire_delete_acks(ack_deadline_ms)?;
+            Ok((lost, expired))
+        })
+    }
+}

@@ -372,3 +372,252 @@ pub fn newest_findable(mut rows: Vec<SnapshotRow>) -> Option<SnapshotRow> {
         None => rows.pop().map(|r| SnapshotRow { at_rd: false, ..r }),
     }
 }
+
+/// Snapshots newer than the newest one at its RD that are kept while they have not reached it.
+const UNFINISHED_KEPT: usize = 3;
+
+/// Of the numbered snapshots `nos`, those a recover needs to find `tip` by its search
+/// (`recover::search`): for each k, the newest one at most `tip` whose number is a multiple of
+/// 2^k. O(log n) of them.
+fn chain(nos: &[u64], tip: u64) -> Vec<u64> {
+    (0..64)
+        .filter_map(|k| {
+            nos.iter()
+                .copied()
+                .filter(|n| *n <= tip && n.trailing_zeros() >= k)
+                .max()
+        })
+        .collect()
+}
+
+/// The snapshots to forget once `rows` are known. Numbered: all but the newest one at its RD,
+/// the (at most `UNFINISHED_KEPT`) newest ones after it, and the chains (`chain`) of the newest
+/// and of the newest at its RD. Retention goes by number alone: a snapshot taken under a clock
+/// set ahead deletes nothing older. Dated ones (taken before an upgrade) all go once a
+/// numbered one is at its RD; until then, the newest at its RD, a few newer ones and the
+/// anchors of their days.
+pub fn superseded(rows: &[SnapshotRow]) -> Vec<FileId> {
+    let numbered: Vec<(u64, bool, &FileId)> = (rows.iter())
+        .filter_map(|r| r.slot.number().map(|n| (n, r.at_rd, &r.file_id)))
+        .collect();
+    let nos: Vec<u64> = numbered.iter().map(|(n, ..)| *n).collect();
+    let newest_at_rd = numbered
+        .iter()
+        .filter(|(_, rd, _)| *rd)
+        .map(|(n, ..)| *n)
+        .max();
+    let mut newer: Vec<u64> = (nos.iter().copied())
+        .filter(|n| newest_at_rd.is_none_or(|r| *n > r))
+        .collect();
+    newer.sort_unstable_by(|a, b| b.cmp(a));
+    let mut kept: Vec<u64> = newer.into_iter().take(UNFINISHED_KEPT).collect();
+    for tip in newest_at_rd.into_iter().chain(nos.iter().copied().max()) {
+        kept.push(tip);
+        kept.extend(chain(&nos, tip));
+    }
+    let mut gone: Vec<FileId> = (numbered.iter())
+        .filter(|(n, ..)| !kept.contains(n))
+        .map(|(.., id)| (*id).clone())
+        .collect();
+    let dated: Vec<&SnapshotRow> = (rows.iter())
+        .filter(|r| matches!(r.slot, SnapshotNo::Dated(_)))
+        .collect();
+    if newest_at_rd.is_some() {
+        gone.extend(dated.iter().map(|r| r.file_id.clone()));
+    } else {
+        gone.extend(superseded_dated(&dated));
+    }
+    gone
+}
+
+/// Dated snapshots: all but the newest one at its RD, the (at most `UNFINISHED_KEPT`) newest
+/// ones after it, and the anchors of those days (a recover finds a day by its anchor).
+fn superseded_dated(rows: &[&SnapshotRow]) -> Vec<FileId> {
+    let mut sorted: Vec<&SnapshotRow> = rows.to_vec();
+    sorted.sort_by_key(|r| std::cmp::Reverse(r.slot));
+    let newest_at_rd = sorted.iter().position(|r| r.at_rd);
+    let newer = newest_at_rd.unwrap_or(sorted.len());
+    let mut kept: Vec<SnapshotNo> = sorted[..newer]
+        .iter()
+        .take(UNFINISHED_KEPT)
+        .map(|r| r.slot)
+        .collect();
+    if let Some(i) = newest_at_rd {
+        kept.push(sorted[i].slot);
+    }
+    let anchors: Vec<SnapshotNo> = (kept.iter())
+        .filter_map(|s| match s {
+            SnapshotNo::Dated(d) => Some(SnapshotNo::Dated(Slot::anchor(d.day))),
+            SnapshotNo::Numbered(_) => None,
+        })
+        .collect();
+    kept.extend(anchors);
+    sorted
+        .into_iter()
+        .filter(|r| !kept.contains(&r.slot))
+        .map(|r| r.file_id.clone())
+        .collect()
+}
+
+/// Meta keys of the snapshot worker: the own changes (`own_changes`) when the last snapshot was
+/// sent, when (unix ms), and its size in bytes.
+const LAST_CHANGES: &str = "snapshot_changes";
+const LAST_AT: &str = "snapshot_at_ms";
+const LAST_BYTES: &str = "snapshot_bytes";
+/// Meta key: the completion count (`COMPLETIONS`) up to which the versions a snapshot at its RD
+/// names were looked at by their folder's `keep_versions` (`held_since_pruned`).
+const PRUNED_UPTO: &str = "pruned_upto";
+
+/// What the snapshot worker looks at to decide whether a snapshot is due
+/// (`Catalog::snapshot_look`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotLook {
+    /// Our versions (`own_versions`).
+    pub own: u64,
+    /// What our versions are now (`own_changes`).
+    pub changes: String,
+    /// `changes` when the last snapshot was sent; when (unix ms) and its size, as meta text.
+    pub last_changes: Option<String>,
+    pub last_at: Option<String>,
+    pub last_bytes: Option<String>,
+    /// Old versions wait for a snapshot at its RD to name their successors (`versions_held`).
+    pub held: bool,
+    /// A reinstalled peer waits for `peerstash recover` (`WAIT_RECOVER`).
+    pub waiting: bool,
+}
+
+impl Catalog {
+    /// Whether this peer waits for `peerstash recover` before it takes snapshots.
+    pub fn waits_for_recover(&self) -> Result<bool, StoreError> {
+        Ok(self.meta(WAIT_RECOVER)?.is_some())
+    }
+
+    /// The number the next snapshot takes (`next_snapshot_no`) and what our versions are now
+    /// (`own_changes`), read together.
+    pub fn next_snapshot(&self) -> Result<(u64, String), StoreError> {
+        Ok((self.next_snapshot_no()?, self.own_changes()?))
+    }
+
+    /// A snapshot was sent: at its RD if `at_rd`; and what it was taken of (`changes`), when
+    /// (`now_ms`) and its size are noted for the next look. One transaction.
+    pub fn snapshot_sent(
+        &self,
+        file_id: &FileId,
+        at_rd: bool,
+        changes: &str,
+        now_ms: i64,
+        size: u64,
+    ) -> Result<(), StoreError> {
+        self.atomically(|| {
+            if at_rd {
+                self.set_snapshot_at_rd(file_id)?;
+            }
+            self.set_meta(LAST_CHANGES, changes)?;
+            self.set_meta(LAST_AT, &now_ms.to_string())?;
+            self.set_meta(LAST_BYTES, &size.to_string())
+        })
+    }
+
+    /// What the snapshot worker looks at (`SnapshotLook`), read together.
+    pub fn snapshot_look(&self) -> Result<SnapshotLook, StoreError> {
+        Ok(SnapshotLook {
+            own: self.own_versions()?,
+            changes: self.own_changes()?,
+            last_changes: self.meta(LAST_CHANGES)?,
+            last_at: self.meta(LAST_AT)?,
+            last_bytes: self.meta(LAST_BYTES)?,
+            held: self.versions_held()?,
+            waiting: self.waits_for_recover()?,
+        })
+    }
+
+    /// Forgets the snapshots the kept ones supersede (`superseded`), each through
+    /// `forget_snapshot`. Returns the slots forgotten (their files here are the caller's). One
+    /// transaction.
+    pub fn forget_superseded_snapshots(&self, now_ms: i64) -> Result<Vec<SnapshotNo>, StoreError> {
+        self.atomically(|| {
+            let rows = self.snapshots()?;
+            let mut forgotten = Vec::new();
+            for id in superseded(&rows) {
+                let slot = rows.iter().find(|s| s.file_id == id).map(|s| s.slot);
+                if self.forget_snapshot(&id, now_ms)? {
+                    forgotten.extend(slot);
+                }
+            }
+            Ok(forgotten)
+        })
+    }
+
+    /// The paths whose old versions a snapshot at its RD has come to name since they were last
+    /// looked at (`held_paths` from `PRUNED_UPTO` to `snapshotted_mark`), and that mark, to be
+    /// noted (`note_pruned`) once they were.
+    pub fn held_since_pruned(&self) -> Result<(Vec<PathBuf>, i64), StoreError> {
+        let from = (self.meta(PRUNED_UPTO)?)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        let to = self.snapshotted_mark()?;
+        Ok((self.held_paths(from, to)?, to))
+    }
+
+    /// The versions held up to `to` (`held_since_pruned`) were looked at.
+    pub fn note_pruned(&self, to: i64) -> Result<(), StoreError> {
+        self.set_meta(PRUNED_UPTO, &to.to_string())
+    }
+
+    /// For the pacing of the resends: the keys of our snapshots below `desired`, and how many
+    /// peers are heard and not lost.
+    pub fn resend_situation(&self, desired: u8) -> Result<(Vec<String>, u64), StoreError> {
+        let below = self.snapshots_below_rd(desired)?;
+        let (heard, lost) = self.peers_heard_lost()?;
+        let ids = below.iter().map(|r| r.file_id.key()).collect();
+        Ok((ids, heard.saturating_sub(lost)))
+    }
+
+    /// What `peerstash recover` looks at first: our versions, the note of the master key made
+    /// here (`MASTER_KEY_MADE`), and whether this peer waits for a recover.
+    pub fn recover_facts(&self) -> Result<(u64, Option<String>, bool), StoreError> {
+        Ok((
+            self.own_versions()?,
+            self.meta(MASTER_KEY_MADE)?,
+            self.waits_for_recover()?,
+        ))
+    }
+
+    /// `peerstash recover --none`: snapshots are taken from now on, numbered above `highest`
+    /// (the highest a search found, if any). Returns whether this peer was waiting. One
+    /// transaction.
+    pub fn recover_none(&self, highest: Option<u64>) -> Result<bool, StoreError> {
+        self.atomically(|| {
+            let waited = self.waits_for_recover()?;
+            self.delete_meta(WAIT_RECOVER)?;
+            self.raise_snapshot_floor(highest.unwrap_or(0))?;
+            Ok(waited)
+        })
+    }
+
+    /// `restore --all` has run: the hold a recover put on expiry is lifted. Returns whether
+    /// there was one.
+    pub fn lift_expiry_hold(&self) -> Result<bool, StoreError> {
+        self.atomically(|| {
+            let held = self.meta(EXPIRY_HOLD)?.is_some();
+            self.delete_meta(EXPIRY_HOLD)?;
+            Ok(held)
+        })
+    }
+
+    /// Counts `passed_ms` of running time off the hold a recover put on expiry, and lifts it
+    /// once used up. None: no hold; Some(still held).
+    pub fn count_down_expiry_hold(&self, passed_ms: i64) -> Result<Option<bool>, StoreError> {
+        self.atomically(|| {
+            let Some(left) = self.meta(EXPIRY_HOLD)?.and_then(|t| t.parse::<i64>().ok()) else {
+                return Ok(None);
+            };
+            let left = left.saturating_sub(passed_ms);
+            match left > 0 {
+                true => self.set_meta(EXPIRY_HOLD, &left.to_string())?,
+                false => self.delete_meta(EXPIRY_HOLD)?,
+            }
+            Ok(Some(left > 0))
+        })
+    }
+}
