@@ -866,7 +866,7 @@ async fn abandon(
 ) -> Result<(), BackupError> {
     if resumed {
         if sealed {
-            node.catalog.stop_resuming(&file_id).await?;
+            node.catalog.stop_resuming(file_id).await?;
         }
         tracing::info!(
             "{} changed while being read: its version {version} is left as it was",
@@ -875,7 +875,7 @@ async fn abandon(
         return Ok(());
     }
     let forgotten = (node.catalog)
-        .forget(&file_id, Forget::Abandoned { backup }, unix_ms())
+        .forget(file_id, Forget::Abandoned { backup }, unix_ms())
         .await?;
     if forgotten {
         tracing::info!(

@@ -91,7 +91,11 @@ impl CatalogHandle {
         self.call(|_| Ok(())).await
     }
 
-    pub async fn call<R, F>(&self, f: F) -> Result<R, StoreError>
+    /// Runs `f` on the catalog thread, in a savepoint of the batch's transaction; its result is
+    /// handed back once that transaction committed. Private to the catalog: callers outside it
+    /// use the named verbs (`verbs_own`, `verbs_peer`), so each rule lives in one `Catalog`
+    /// method.
+    pub(super) async fn call<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
         F: FnOnce(&Catalog) -> Result<R, StoreError> + Send + 'static,
