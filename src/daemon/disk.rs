@@ -16,7 +16,7 @@ use crate::protocol::{ChunkId, ChunkNo, FileId, PeerId, Rd};
 use crate::store::catalog::MAX_HOLDERS;
 use crate::store::{CatalogHandle, ChunkRole, ChunkStore, HostedRow, NewChunk};
 
-/// Most STOREDs recorded in one catalog call.
+/// Most STOREDs recorded in one call to the catalog.
 const MAX_STORED_BATCH: usize = 1024;
 /// STOREDs waiting to be recorded; beyond this one is dropped and counted (its sender's resends
 /// and the next STORED make up for it), so a flood cannot take memory without bound.
@@ -278,7 +278,7 @@ pub(super) async fn remove_chunk_files(
     .await;
 }
 
-/// Records the STOREDs heard, many per catalog call: what a burst costs is one call per batch,
+/// Records the STOREDs heard, many per call to the catalog: what a burst costs is one call per batch,
 /// not one per datagram. At shutdown, what is queued is recorded before it returns.
 pub(super) async fn record_stored(
     catalog: CatalogHandle,

@@ -37,7 +37,7 @@ const EVENT_BACKLOG: usize = 8192;
 const MAX_PENDING: usize = 100_000;
 /// The quiet time of a path no watch holds any more (its folder was removed on reload).
 const DEFAULT_QUIET: Duration = Duration::from_secs(2);
-/// Files compared with the catalog per catalog call during a scan.
+/// Files compared with the catalog per call to the catalog during a scan.
 const SCAN_BATCH: usize = 512;
 
 enum Input {
