@@ -4,6 +4,7 @@ use super::*;
 mod files;
 mod hosted;
 mod peers;
+mod rules;
 
 pub(super) fn fid(c: char) -> FileId {
     FileId::parse(&c.to_string().repeat(64)).unwrap()
