@@ -16,7 +16,7 @@ use crate::protocol::{ChunkId, ChunkNo, FileId, PeerId, Rd};
 use crate::store::catalog::MAX_HOLDERS;
 use crate::store::{CatalogHandle, ChunkRole, ChunkStore, HostedRow, NewChunk};
 
-/// Most STOREDs recorded in one catalog call.
+/// Most STOREDs recorded in one call to the catalog.
 const MAX_STORED_BATCH: usize = 1024;
 /// STOREDs waiting to be recorded; beyond this one is dropped and counted (its sender's resends
 /// and the next STORED make up for it), so a flood cannot take memory without bound.
@@ -44,12 +44,7 @@ pub(crate) async fn store_chunk(
     sender: PeerId,
     write: bool,
 ) -> Put {
-    let c = chunk.clone();
-    match node
-        .catalog
-        .call(move |cat| cat.role(&c.file_id, c.chunk_no))
-        .await
-    {
+    match node.catalog.role(chunk).await {
         // Never host a chunk of our own file, even of a version we deleted.
         Ok(ChunkRole::Own { .. } | ChunkRole::Forgotten) => return Put::Refused,
         Ok(ChunkRole::Hosted { desired_rd }) => {
@@ -90,12 +85,7 @@ pub(crate) async fn store_chunk(
         desired_rd: rd.get(),
         sender,
     };
-    let me = node.id;
-    match node
-        .catalog
-        .call(move |cat| cat.insert_hosted(&row, &[me]))
-        .await
-    {
+    match node.catalog.store_hosted(row, node.id).await {
         Ok(()) => Put::Written,
         Err(e) => {
             tracing::warn!("could not record chunk {chunk}: {e}");
@@ -107,11 +97,7 @@ pub(crate) async fn store_chunk(
 
 /// A PUTCHUNK told the desired RD of a chunk re-indexed by `--rebuild-catalog`: recorded.
 async fn learn_rd(node: &Arc<Node>, chunk: &ChunkId, rd: Rd) {
-    let c = chunk.clone();
-    match (node.catalog)
-        .call(move |cat| cat.learn_hosted_rd(&c.file_id, c.chunk_no, rd.get()))
-        .await
-    {
+    match node.catalog.learn_hosted_rd(chunk, rd.get()).await {
         Ok(true) => tracing::info!("chunk {chunk}: its desired RD {rd} heard again"),
         Ok(false) => {}
         Err(e) => tracing::warn!("could not record the desired RD of chunk {chunk}: {e}"),
@@ -186,11 +172,7 @@ pub(crate) async fn unhost(
     node: &Arc<Node>,
     chunk: &ChunkId,
 ) -> Result<bool, crate::store::StoreError> {
-    let c = chunk.clone();
-    let size = node
-        .catalog
-        .call(move |cat| cat.delete_hosted(&c.file_id, c.chunk_no))
-        .await?;
+    let size = node.catalog.unhost(chunk).await?;
     if let Some(size) = size {
         remove_chunk_files(node, &chunk.file_id, vec![(chunk.chunk_no, size)]).await;
     }
@@ -208,8 +190,7 @@ pub(crate) async fn drop_hosted(node: &Arc<Node>, chunk: &ChunkId) {
 
 /// DELETE: every hosted chunk of the file goes. Whether some chunk was freed.
 pub(crate) async fn delete_file(node: &Arc<Node>, file_id: &FileId, sender: PeerId) -> bool {
-    let f = file_id.clone();
-    match node.catalog.call(move |c| c.delete_hosted_file(&f)).await {
+    match node.catalog.unhost_file(file_id).await {
         Ok(gone) if !gone.is_empty() => {
             let n = gone.len();
             remove_chunk_files(node, file_id, gone).await;
@@ -232,21 +213,8 @@ pub(crate) async fn role_and_rd(
     chunk: &ChunkId,
     gone: Option<PeerId>,
 ) -> Option<(Role, u32)> {
-    let c = chunk.clone();
-    let r = node
-        .catalog
-        .call(move |cat| {
-            let role = cat.role(&c.file_id, c.chunk_no)?;
-            let perceived = match (role, gone) {
-                (ChunkRole::Unknown | ChunkRole::Forgotten, _) => 0,
-                (_, Some(peer)) => cat.remove_holder(&c.file_id, c.chunk_no, peer)?,
-                (_, None) => cat.perceived(&c.file_id, c.chunk_no)?,
-            };
-            Ok((role.into(), perceived))
-        })
-        .await;
-    match r {
-        Ok(r) => Some(r),
+    match node.catalog.role_and_rd(chunk, gone).await {
+        Ok((role, perceived)) => Some((role.into(), perceived)),
         Err(e) => {
             match gone {
                 Some(peer) => {
@@ -268,23 +236,13 @@ pub(crate) async fn read_for_rebackup(
 ) -> Option<(ChunkId, Rd, Vec<u8>, Vec<PeerId>)> {
     let rd = Rd::new(desired)?;
     let (row, body) = read_hosted(node, chunk).await?;
-    let c = chunk.clone();
-    let known = node
-        .catalog
-        .call(move |cat| cat.holders(&c.file_id, c.chunk_no))
-        .await
-        .unwrap_or_else(|_| vec![node.id]);
+    let known = (node.catalog.holders(chunk).await).unwrap_or_else(|_| vec![node.id]);
     Some((row.chunk_id(), rd, body, known))
 }
 
 /// Reads a hosted chunk and checks it against the hash recorded when it was stored.
 pub(crate) async fn read_hosted(node: &Arc<Node>, chunk: &ChunkId) -> Option<(HostedRow, Vec<u8>)> {
-    let c = chunk.clone();
-    let row = node
-        .catalog
-        .call(move |cat| cat.hosted(&c.file_id, c.chunk_no))
-        .await
-        .ok()??;
+    let row = node.catalog.hosted(chunk).await.ok()??;
     let (store, f, no) = (node.store.clone(), row.file_id.clone(), row.chunk_no);
     // The store checked the body against its slot's hash: that hash is compared with the row's.
     let body = tokio::task::spawn_blocking(move || store.read_hashed(&f, no))
@@ -320,7 +278,7 @@ pub(crate) async fn remove_chunk_files(
     .await;
 }
 
-/// Records the STOREDs heard, many per catalog call: what a burst costs is one call per batch,
+/// Records the STOREDs heard, many per call to the catalog: what a burst costs is one call per batch,
 /// not one per datagram. At shutdown, what is queued is recorded before it returns.
 pub(crate) async fn record_stored(
     catalog: CatalogHandle,
@@ -361,16 +319,7 @@ async fn record_batch(catalog: &CatalogHandle, heard: impl Iterator<Item = (Chun
     if by_chunk.is_empty() {
         return;
     }
-    let r = catalog
-        .call(move |cat| {
-            for (c, peers) in by_chunk {
-                if let Err(e) = cat.add_holders(&c.file_id, c.chunk_no, &peers) {
-                    tracing::warn!("could not record the STOREDs of {c}: {e}");
-                }
-            }
-            Ok(())
-        })
-        .await;
+    let r = catalog.record_storeds(by_chunk.into_iter().collect()).await;
     if let Err(e) = r {
         tracing::warn!("could not record STOREDs: {e}");
     }
@@ -379,11 +328,7 @@ async fn record_batch(catalog: &CatalogHandle, heard: impl Iterator<Item = (Chun
 /// A PUTCHUNK with our own id for a chunk this peer neither backed up nor hosts was sent by
 /// another peer with our id: a copied config. Logged at ERROR once a minute at most.
 pub(crate) async fn check_own_id(node: &Arc<Node>, chunk: ChunkId) {
-    let c = chunk.clone();
-    let role = node
-        .catalog
-        .call(move |cat| cat.role(&c.file_id, c.chunk_no))
-        .await;
+    let role = node.catalog.role(&chunk).await;
     if !matches!(role, Ok(ChunkRole::Unknown)) {
         return;
     }
@@ -411,7 +356,7 @@ pub(crate) async fn check_own_id(node: &Arc<Node>, chunk: ChunkId) {
 pub(crate) async fn reconcile_store(node: &Arc<Node>) -> anyhow::Result<Vec<ChunkId>> {
     let store = node.store.clone();
     let on_disk = tokio::task::spawn_blocking(move || store.scan()).await??;
-    let hosted = node.catalog.call(|c| c.all_hosted()).await?;
+    let hosted = node.catalog.all_hosted().await?;
     let mut disk: HashMap<ChunkId, u64> = on_disk
         .into_iter()
         .map(|(file_id, chunk_no, size)| (ChunkId { file_id, chunk_no }, size))
@@ -426,10 +371,7 @@ pub(crate) async fn reconcile_store(node: &Arc<Node>) -> anyhow::Result<Vec<Chun
     }
     for chunk in &lost {
         tracing::warn!("hosted chunk {chunk} is missing or damaged on disk: forgetting it");
-        let c = chunk.clone();
-        node.catalog
-            .call(move |cat| cat.delete_hosted(&c.file_id, c.chunk_no))
-            .await?;
+        node.catalog.unhost(chunk).await?;
         let (store, c) = (node.store.clone(), chunk.clone());
         tokio::task::spawn_blocking(move || {
             store.quarantine(&c.file_id, c.chunk_no, "its size is not the one recorded")
@@ -459,7 +401,7 @@ pub(crate) async fn reconcile_store(node: &Arc<Node>) -> anyhow::Result<Vec<Chun
     let store = node.store.clone();
     let used = node
         .catalog
-        .call(move |c| c.used_bytes(|size| store.charge(size)))
+        .used_bytes(move |size| store.charge(size))
         .await?;
     node.store.set_used(used);
     Ok(lost)
@@ -517,20 +459,11 @@ pub(crate) async fn rebuild_catalog(
         .take(MAX_SET_ASIDE_ANNOUNCED)
         .map(|c| format!("{} {}", c.file_id.key(), c.chunk_no.0))
         .collect();
-    let added = catalog
-        .call(move |c| {
-            let mut added = 0;
-            for row in &rows {
-                if c.hosted(&row.file_id, row.chunk_no)?.is_none() {
-                    c.insert_hosted(row, &[me])?;
-                    added += 1;
-                }
-            }
-            c.set_meta(SET_ASIDE_KEY, &announced.join("\n"))?;
-            c.set_meta(ANNOUNCE_KEY, "1")?;
-            Ok(added)
-        })
-        .await?;
+    let notes = vec![
+        (SET_ASIDE_KEY, announced.join("\n")),
+        (ANNOUNCE_KEY, "1".to_owned()),
+    ];
+    let added = catalog.host_rebuilt(rows, me, notes).await?;
     let mut problems = String::new();
     if damaged > 0 {
         problems.push_str(&format!(
@@ -552,12 +485,12 @@ pub(crate) async fn rebuild_catalog(
 /// Hands the chunks re-indexed by `--rebuild-catalog` to the engine, which announces them with
 /// one STORED each (paced); done once, even across a restart (`announced` clears the mark).
 pub(crate) async fn announce_rebuilt(node: &Arc<Node>) {
-    let pending = node.catalog.call(|c| c.meta(ANNOUNCE_KEY)).await;
+    let pending = node.catalog.meta(ANNOUNCE_KEY).await;
     if !matches!(pending, Ok(Some(ref v)) if v == "1") {
         return;
     }
     // The chunks set aside as damaged: their home peers stop counting this copy.
-    let set_aside = node.catalog.call(|c| c.meta(SET_ASIDE_KEY)).await;
+    let set_aside = node.catalog.meta(SET_ASIDE_KEY).await;
     let set_aside: Vec<ChunkId> = (set_aside.ok().flatten().unwrap_or_default().lines())
         .filter_map(|l| {
             let (f, n) = l.split_once(' ')?;
@@ -576,8 +509,8 @@ pub(crate) async fn announce_rebuilt(node: &Arc<Node>) {
     for chunk in set_aside {
         node.engine(Input::SendRemoved(chunk));
     }
-    let _ = node.catalog.call(|c| c.set_meta(SET_ASIDE_KEY, "")).await;
-    match node.catalog.call(|c| c.all_hosted()).await {
+    let _ = node.catalog.set_meta(SET_ASIDE_KEY, String::new()).await;
+    match node.catalog.all_hosted().await {
         Ok(hosted) => {
             let chunks: Vec<ChunkId> = hosted.into_iter().map(|(row, _)| row.chunk_id()).collect();
             tracing::info!(
@@ -591,7 +524,7 @@ pub(crate) async fn announce_rebuilt(node: &Arc<Node>) {
 }
 
 pub(crate) async fn announced(node: &Arc<Node>) {
-    let _ = node.catalog.call(|c| c.set_meta(ANNOUNCE_KEY, "0")).await;
+    let _ = node.catalog.set_meta(ANNOUNCE_KEY, "0".to_owned()).await;
     tracing::info!("announced the hosted chunks re-indexed after the catalog was rebuilt");
 }
 

@@ -160,12 +160,7 @@ impl Driver {
         };
         let node = self.node.clone();
         Some(async move {
-            let r = (node.catalog)
-                .call(move |c| {
-                    c.heard_peers(&heard)?;
-                    c.record_auth_marks(&marks)
-                })
-                .await;
+            let r = node.catalog.record_heard(heard, marks).await;
             if let Err(e) = r {
                 tracing::warn!("cannot record the peers heard: {e}");
             }
@@ -306,13 +301,7 @@ impl Driver {
             }
             Action::LookupHosted { chunk } => {
                 tokio::spawn(async move {
-                    let c = chunk.clone();
-                    let row = node
-                        .catalog
-                        .call(move |cat| cat.hosted(&c.file_id, c.chunk_no))
-                        .await
-                        .ok()
-                        .flatten();
+                    let row = node.catalog.hosted(&chunk).await.ok().flatten();
                     node.engine(Input::Hosted(chunk, row.map(|r| (r.size, r.hash))));
                 });
             }
@@ -441,10 +430,7 @@ impl Driver {
                     let _ = done.send(());
                 }
                 tokio::spawn(async move {
-                    let r = node
-                        .catalog
-                        .call(move |c| file_ids.iter().try_for_each(|f| c.clear_pending_delete(f)))
-                        .await;
+                    let r = node.catalog.clear_pending_deletes(file_ids).await;
                     if let Err(e) = r {
                         tracing::warn!("cannot clear the pending deletes: {e}");
                     }
@@ -471,8 +457,7 @@ impl Driver {
                     return;
                 };
                 tokio::spawn(async move {
-                    let f = file_id.clone();
-                    match node.catalog.call(move |c| c.delete_acked(&f, peer)).await {
+                    match node.catalog.delete_acked(&file_id, peer).await {
                         Ok(true) => tracing::debug!("peer {peer} freed the chunks of {file_id}"),
                         Ok(false) => {}
                         Err(e) => tracing::warn!(
@@ -487,10 +472,7 @@ impl Driver {
                     return;
                 };
                 tokio::spawn(async move {
-                    let r = node
-                        .catalog
-                        .call(move |c| c.unacked_deletes_for(peer, REDELETE_BATCH))
-                        .await;
+                    let r = node.catalog.unacked_deletes_for(peer, REDELETE_BATCH).await;
                     drop(permit);
                     match r {
                         Ok(file_ids) if file_ids.is_empty() => {}
@@ -513,9 +495,7 @@ impl Driver {
                 };
                 tokio::spawn(async move {
                     let text = format!("{inc:016x}");
-                    let r = (node.catalog)
-                        .call(move |c| c.peer_incarnation(peer, &text))
-                        .await;
+                    let r = node.catalog.peer_incarnation(peer, text).await;
                     drop(permit);
                     match r {
                         Ok(Some(copies)) => {
@@ -534,9 +514,7 @@ impl Driver {
             Action::SampleHolders => {
                 tokio::spawn(async move {
                     let r = (node.catalog)
-                        .call(|c| {
-                            c.verify_samples(verify::CHUNKS_PER_HOLDER, verify::HOLDERS_PER_ROUND)
-                        })
+                        .verify_samples(verify::CHUNKS_PER_HOLDER, verify::HOLDERS_PER_ROUND)
                         .await;
                     let samples = match r {
                         Ok(rows) => rows
@@ -574,10 +552,7 @@ impl Driver {
                 failure,
             } => {
                 tokio::spawn(async move {
-                    let c = chunk.clone();
-                    let r = (node.catalog)
-                        .call(move |cat| cat.remove_holder(&c.file_id, c.chunk_no, peer))
-                        .await;
+                    let r = node.catalog.remove_holder(&chunk, peer).await;
                     match r {
                         Ok(perceived) => {
                             tracing::warn!(

@@ -250,14 +250,7 @@ impl Node {
         let fp = key.fingerprint();
         let made = made.then(|| format!("{fp} {}", crate::store::unix_ms()));
         let note = async move {
-            let noted = catalog.call(move |c| {
-                c.set_meta(crate::store::MASTER_KEY_FP, &fp)?;
-                match made {
-                    Some(made) => c.set_meta("master_key_made", &made),
-                    None => Ok(()),
-                }
-            });
-            if let Err(e) = noted.await {
+            if let Err(e) = catalog.note_master_key(fp, made).await {
                 tracing::warn!("cannot note the master key in the catalog: {e}");
             }
         };
@@ -410,7 +403,7 @@ async fn settle_master_key(
     config: &Config,
     options: &StartOptions,
 ) -> anyhow::Result<Option<MasterKey>> {
-    let facts = (catalog.call(|c| c.key_facts()).await)
+    let facts = (catalog.key_facts().await)
         .context("cannot read from the catalog which master key its versions need")?;
     let wanted = config.watch.iter().any(|w| w.encrypt);
     let file = &config.peer.master_key_file;
@@ -428,9 +421,7 @@ async fn settle_master_key(
             if made {
                 warn_new_master_key(file);
                 let made = format!("{} {}", key.fingerprint(), crate::store::unix_ms());
-                (catalog
-                    .call(move |c| c.set_meta("master_key_made", &made))
-                    .await)
+                (catalog.set_meta(crate::store::MASTER_KEY_MADE, made).await)
                     .context("cannot note in the catalog that the master key was made")?;
             }
             Some(key)
@@ -445,9 +436,7 @@ async fn settle_master_key(
                 facts.expected.as_deref().unwrap_or("?")
             );
         }
-        (catalog
-            .call(move |c| c.set_meta(crate::store::MASTER_KEY_FP, &fp))
-            .await)
+        (catalog.set_meta(crate::store::MASTER_KEY_FP, fp).await)
             .context("cannot record the master key's fingerprint in the catalog")?;
     }
     Ok(key)
@@ -576,7 +565,7 @@ pub async fn start(
         false => None,
     };
     let (inputs, inputs_rx) = mpsc::unbounded_channel();
-    let marks = (catalog.call(|c| c.auth_marks()).await)
+    let marks = (catalog.auth_marks().await)
         .context("cannot read the LAN key marks of the peers from the catalog")?;
     let node = Arc::new(Node {
         id: PeerId(config.peer.id),

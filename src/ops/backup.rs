@@ -26,7 +26,7 @@ use crate::protocol::seal::{Attempt, Cut, FileKey, MasterKey};
 use crate::protocol::{
     hex, sha256_hex, ChunkId, ChunkNo, FileId, FileIdentity, PeerId, Rd, CHUNK_SIZE,
 };
-use crate::store::{unix_ms, BackupId, FileRow, Forget, StoreError};
+use crate::store::{unix_ms, BackupId, Begun, FileRow, Forget, StoreError};
 
 /// Chunks read and recorded in the catalog in one go before they are sent.
 const READ_BATCH: usize = 32;
@@ -498,25 +498,19 @@ pub(crate) async fn standing_of(
     rd: u8,
     encrypt: bool,
 ) -> Result<Standing, StoreError> {
-    let p = path.to_path_buf();
     let running = node.master_key().map(|k| k.fingerprint());
-    node.catalog
-        .call(move |c| {
-            let latest = c.latest(&p)?;
-            let min = match &latest {
-                Some(f) => c.min_perceived_rd(&f.file_id)?,
-                None => 0,
-            };
-            // Encrypted under another master key (`peerstashd --new-master-key`): this peer
-            // can no longer restore it, so the file is backed up again under its own key.
-            if let Some(f) = latest.as_ref().filter(|f| other_key(f, running.as_deref())) {
-                if encrypt && unchanged(Some(f), &stamp).is_ok() {
-                    return Ok(Standing::Read(Why::Encryption));
-                }
-            }
-            Ok(standing(latest.as_ref(), min, &stamp, rd, encrypt))
-        })
-        .await
+    let (latest, min) = match node.catalog.latest_with_rd(path).await? {
+        Some((f, min)) => (Some(f), min),
+        None => (None, 0),
+    };
+    // Encrypted under another master key (`peerstashd --new-master-key`): this peer
+    // can no longer restore it, so the file is backed up again under its own key.
+    if let Some(f) = latest.as_ref().filter(|f| other_key(f, running.as_deref())) {
+        if encrypt && unchanged(Some(f), &stamp).is_ok() {
+            return Ok(Standing::Read(Why::Encryption));
+        }
+    }
+    Ok(standing(latest.as_ref(), min, &stamp, rd, encrypt))
 }
 
 /// Whether `f` is encrypted under a master key other than the running one (fingerprint
@@ -705,29 +699,13 @@ pub(crate) async fn backup_handle_as(
     // their RD are sent again), under the RD asked now. Either way the path exists: its
     // versions no longer expire as deleted.
     let backup = BackupId::new();
-    let (file_id, version, resumed, was_complete) = node
-        .catalog
-        .call(move |c| {
-            // A version under another master key is never resumed: its chunks would not
-            // open under one key.
-            let existing = match sealed {
-                true => c.sealed_version(&row.path, row.size, row.mtime_ns, &row.content_hash)?,
-                false => c.file(&row.file_id)?,
-            }
-            .filter(|f| f.key_fp.is_none() || f.key_fp == row.key_fp);
-            match existing {
-                Some(existing) => {
-                    c.set_file_rd(&existing.file_id, row.desired_rd)?;
-                    c.undelete(&existing.file_id)?;
-                    let complete = existing.complete;
-                    Ok((existing.file_id, existing.version, true, complete))
-                }
-                None => {
-                    let version = c.insert_version(&row, backup)?;
-                    Ok((row.file_id.clone(), version, false, false))
-                }
-            }
-        })
+    let Begun {
+        file_id,
+        version,
+        resumed,
+        was_complete,
+    } = (node.catalog)
+        .begin_or_resume_version(row, sealed, backup)
         .await?;
     let key = master.map(|m| Arc::new(m.file_key(&file_id)));
 
@@ -838,10 +816,7 @@ pub(crate) async fn backup_handle_as(
     if unplaced > 0 && !heard.is_empty() && !snapshot && !was_complete {
         let f = file_id.clone();
         let now_ms = unix_ms();
-        let forgotten = node
-            .catalog
-            .call(move |c| c.forget(&f, Forget::DoesNotFit, now_ms))
-            .await?;
+        let forgotten = node.catalog.forget(&f, Forget::DoesNotFit, now_ms).await?;
         if forgotten {
             tracing::info!(
                 "{}: {unplaced} of {chunks} chunks found no peer with room: version {version} dropped from the peers",
@@ -851,16 +826,8 @@ pub(crate) async fn backup_handle_as(
         }
         return Err(BackupError::DoesNotFit { size: stamp.size });
     }
-    let (f, inode, ctime_ns) = (file_id.clone(), stamp.inode, stamp.ctime_ns);
-    let recorded = node
-        .catalog
-        .call(move |c| {
-            let complete = c.set_file_complete(&f)?;
-            if complete {
-                c.note_seen(&f, inode, ctime_ns)?;
-            }
-            Ok(complete)
-        })
+    let recorded = (node.catalog)
+        .complete_version(&file_id, stamp.inode, stamp.ctime_ns)
         .await?;
     if !recorded {
         return Err(BackupError::Deleted);
@@ -894,8 +861,7 @@ async fn abandon(
 ) -> Result<(), BackupError> {
     if resumed {
         if sealed {
-            let f = file_id.clone();
-            node.catalog.call(move |c| c.stop_resuming(&f)).await?;
+            node.catalog.stop_resuming(file_id).await?;
         }
         tracing::info!(
             "{} changed while being read: its version {version} is left as it was",
@@ -903,10 +869,8 @@ async fn abandon(
         );
         return Ok(());
     }
-    let f = file_id.clone();
-    let forgotten = node
-        .catalog
-        .call(move |c| c.forget(&f, Forget::Abandoned { backup }, unix_ms()))
+    let forgotten = (node.catalog)
+        .forget(file_id, Forget::Abandoned { backup }, unix_ms())
         .await?;
     if forgotten {
         tracing::info!(
@@ -979,23 +943,8 @@ async fn prepare_chunks(
         let rows: Vec<(ChunkNo, u64, String)> = (read.iter())
             .map(|(no, body, _, hash)| (*no, body.len() as u64, hash.clone()))
             .collect();
-        let f = reading.file_id.clone();
-        let known = node
-            .catalog
-            .call(move |c| {
-                let mut known = Vec::with_capacity(rows.len());
-                for (no, size, hash) in &rows {
-                    if !c.record_file_chunk(&f, *no, *size, hash)? {
-                        break;
-                    }
-                    known.push(if resumed {
-                        c.holders(&f, *no)?
-                    } else {
-                        Vec::new()
-                    });
-                }
-                Ok(known)
-            })
+        let known = (node.catalog)
+            .record_chunks(&reading.file_id, rows, resumed)
             .await?;
         let same = known.len() == read.len();
         // Chunks up to the first one that differs are as recorded: they may still be sent.

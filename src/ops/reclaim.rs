@@ -30,28 +30,21 @@ pub(crate) async fn effective_quota(
     catalog: &CatalogHandle,
     configured: u64,
 ) -> Result<u64, StoreError> {
-    catalog
-        .call(move |c| {
-            let set = c.meta(QUOTA_KEY)?.and_then(|v| v.parse::<u64>().ok());
-            let under = c
-                .meta(QUOTA_CONFIG_KEY)?
-                .and_then(|v| v.parse::<u64>().ok());
-            Ok(match (set, under) {
-                (Some(q), Some(cfg)) if cfg == configured => q,
-                _ => configured,
-            })
-        })
-        .await
+    let read = catalog.metas(&[QUOTA_KEY, QUOTA_CONFIG_KEY]).await?;
+    let parsed = |i: usize| read[i].as_deref().and_then(|v| v.parse::<u64>().ok());
+    Ok(match (parsed(0), parsed(1)) {
+        (Some(q), Some(cfg)) if cfg == configured => q,
+        _ => configured,
+    })
 }
 
 pub(crate) async fn reclaim(node: &Arc<Node>, quota: u64) -> Done {
     let configured = node.config().storage.quota;
-    let r = node
-        .catalog
-        .call(move |c| {
-            c.set_meta(QUOTA_KEY, &quota.to_string())?;
-            c.set_meta(QUOTA_CONFIG_KEY, &configured.to_string())
-        })
+    let r = (node.catalog)
+        .set_metas(vec![
+            (QUOTA_KEY, quota.to_string()),
+            (QUOTA_CONFIG_KEY, configured.to_string()),
+        ])
         .await;
     if let Err(e) = r {
         return e.into();
@@ -72,7 +65,7 @@ pub(crate) async fn reclaim_to_quota(node: Arc<Node>) -> usize {
     // Writes under way when the quota was lowered may land after a pass: a few passes catch them.
     for _ in 0..3 {
         let usage = node.store.usage();
-        let hosted = match node.catalog.call(|c| c.all_hosted()).await {
+        let hosted = match node.catalog.all_hosted().await {
             Ok(h) => h,
             Err(e) => {
                 tracing::error!("reclaim: cannot list hosted chunks: {e}");

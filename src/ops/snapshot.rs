@@ -17,8 +17,8 @@ use super::delete::{forget_versions, Policy};
 use super::Done;
 use crate::daemon::Node;
 use crate::protocol::seal::SnapshotNo;
-use crate::store::snapshot::{self, superseded, WAIT_RECOVER};
-use crate::store::{io_disk_full, unix_ms, StoreError};
+use crate::store::snapshot;
+use crate::store::{io_disk_full, unix_ms, SnapshotLook, StoreError};
 use crate::workers::Worker;
 
 /// At most one snapshot per this while our files change, for a catalog of up to
@@ -138,10 +138,7 @@ async fn complete_locked(node: &Arc<Node>) -> Result<usize, SnapshotError> {
     // Those that never reached their RD, and those that did and have lost a holder since (a
     // peer reclaimed its space, or was found wiped or lost): a copy counts only while it is
     // known to exist.
-    let rows = node
-        .catalog
-        .call(move |c| c.snapshots_below_rd(desired))
-        .await?;
+    let rows = node.catalog.snapshots_below_rd(desired).await?;
     let plan = Plan {
         desired,
         encrypt: true,
@@ -163,8 +160,7 @@ async fn complete_locked(node: &Arc<Node>) -> Result<usize, SnapshotError> {
         let file = match opened {
             Ok(file) => file,
             Err((missing, why)) => {
-                let f = row.file_id.clone();
-                if node.catalog.call(move |c| c.release_snapshot(&f)).await? {
+                if node.catalog.release_snapshot(&row.file_id).await? {
                     let _ = spawn_blocking(move || std::fs::remove_file(path)).await;
                     tracing::info!(
                         "catalog snapshot {} was never sent ({why}): its number is free again",
@@ -188,9 +184,7 @@ async fn complete_locked(node: &Arc<Node>) -> Result<usize, SnapshotError> {
         let id = row.file_id.clone();
         let report = backup_handle_as(node, &path, file, plan, Some(id.clone()), None).await?;
         if report.below == 0 {
-            node.catalog
-                .call(move |c| c.set_snapshot_at_rd(&id))
-                .await?;
+            node.catalog.set_snapshot_at_rd(&id).await?;
             completed += 1;
             tracing::info!("catalog snapshot {} reached its RD", row.slot);
         }
@@ -206,20 +200,7 @@ async fn complete_locked(node: &Arc<Node>) -> Result<usize, SnapshotError> {
 /// chunks on the peers (DELETE). Returns how many.
 async fn forget_superseded(node: &Arc<Node>) -> Result<usize, SnapshotError> {
     let now_ms = unix_ms();
-    let doomed = node
-        .catalog
-        .call(move |c| {
-            let rows = c.snapshots()?;
-            let mut forgotten = Vec::new();
-            for id in superseded(&rows) {
-                let slot = rows.iter().find(|s| s.file_id == id).map(|s| s.slot);
-                if c.forget_snapshot(&id, now_ms)? {
-                    forgotten.extend(slot);
-                }
-            }
-            Ok(forgotten)
-        })
-        .await?;
+    let doomed = node.catalog.forget_superseded_snapshots(now_ms).await?;
     let files: Vec<PathBuf> = doomed.iter().map(|s| file_of(node, *s)).collect();
     let _ = spawn_blocking(move || files.iter().for_each(|f| drop(std::fs::remove_file(f)))).await;
     if !doomed.is_empty() {
@@ -231,17 +212,7 @@ async fn forget_superseded(node: &Arc<Node>) -> Result<usize, SnapshotError> {
 /// The older versions that waited for a snapshot at its RD to name their successors, now
 /// named: their folders' `keep_versions` applies to them (`Forget::KeepVersions`).
 async fn release_held(node: &Arc<Node>) {
-    let held = node
-        .catalog
-        .call(|c| {
-            let from = c
-                .meta("pruned_upto")?
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(0);
-            let to = c.snapshotted_mark()?;
-            Ok((c.held_paths(from, to)?, to))
-        })
-        .await;
+    let held = node.catalog.held_since_pruned().await;
     let (paths, to) = match held {
         Ok(p) => p,
         Err(e) => return tracing::error!("cannot list the versions a snapshot now names: {e}"),
@@ -258,17 +229,14 @@ async fn release_held(node: &Arc<Node>) {
         }
     }
     // Only once they were looked at (a kill before: looked at again next time).
-    let noted = node
-        .catalog
-        .call(move |c| c.set_meta("pruned_upto", &to.to_string()))
-        .await;
+    let noted = node.catalog.note_pruned(to).await;
     if let Err(e) = noted {
         tracing::warn!("cannot note which older versions were let go: {e}");
     }
 }
 
 async fn take_locked(node: &Arc<Node>) -> Result<Taken, SnapshotError> {
-    if node.catalog.call(|c| c.meta(WAIT_RECOVER)).await?.is_some() {
+    if node.catalog.waits_for_recover().await? {
         return Err(SnapshotError::WaitRecover);
     }
     let master = {
@@ -276,17 +244,13 @@ async fn take_locked(node: &Arc<Node>) -> Result<Taken, SnapshotError> {
         spawn_blocking(move || n.master_key_or_make()).await?
     }
     .ok_or_else(|| SnapshotError::NoMasterKey(node.config().peer.master_key_file.clone()))?;
-    let (no, changes) = node
-        .catalog
-        .call(|c| Ok((c.next_snapshot_no()?, c.own_changes()?)))
-        .await?;
+    let (no, changes) = node.catalog.next_snapshot().await?;
     let slot = SnapshotNo::Numbered(no);
     let file_id = master.snapshot_no_file_id(node.id, slot);
     {
-        let f = file_id.clone();
         let taken_ms = unix_ms();
-        node.catalog
-            .call(move |c| c.claim_snapshot(&f, slot, taken_ms))
+        (node.catalog)
+            .claim_snapshot(&file_id, slot, taken_ms)
             .await?;
     }
     let (dir, path) = (folder(node), file_of(node, slot));
@@ -316,8 +280,7 @@ async fn take_locked(node: &Arc<Node>) -> Result<Taken, SnapshotError> {
     let file = match written {
         Ok(file) => file,
         Err(e) => {
-            let f = file_id.clone();
-            if let Err(released) = node.catalog.call(move |c| c.release_snapshot(&f)).await {
+            if let Err(released) = node.catalog.release_snapshot(&file_id).await {
                 tracing::warn!("snapshot number {slot} stays used: {released}");
             }
             return Err(e);
@@ -329,16 +292,9 @@ async fn take_locked(node: &Arc<Node>) -> Result<Taken, SnapshotError> {
     };
     let report = backup_handle_as(node, &path, file, plan, Some(file_id.clone()), None).await?;
     let at_rd = report.below == 0;
-    let (f, now_ms, size) = (file_id.clone(), unix_ms(), report.size);
-    node.catalog
-        .call(move |c| {
-            if at_rd {
-                c.set_snapshot_at_rd(&f)?;
-            }
-            c.set_meta("snapshot_changes", &changes)?;
-            c.set_meta("snapshot_at_ms", &now_ms.to_string())?;
-            c.set_meta("snapshot_bytes", &size.to_string())
-        })
+    let (now_ms, size) = (unix_ms(), report.size);
+    (node.catalog)
+        .snapshot_sent(&file_id, at_rd, changes, now_ms, size)
         .await?;
     let forgotten = forget_superseded(node).await?;
     if at_rd {
@@ -484,20 +440,16 @@ pub(crate) async fn keep_taking(node: Arc<Node>, worker: Worker) {
         // Woken at every version backed up: at most one look per HELD_LOOK all the same.
         tokio::time::sleep(HELD_LOOK).await;
         look_in = LOOK_EVERY;
-        let looked = node
-            .catalog
-            .call(|c| {
-                Ok((
-                    c.own_versions()?,
-                    c.own_changes()?,
-                    c.meta("snapshot_changes")?,
-                    c.meta("snapshot_at_ms")?,
-                    c.meta("snapshot_bytes")?,
-                    (c.versions_held()?, c.meta(WAIT_RECOVER)?.is_some()),
-                ))
-            })
-            .await;
-        let (own, changes, last_changes, last_at, last_bytes, (held, waiting)) = match looked {
+        let looked = node.catalog.snapshot_look().await;
+        let SnapshotLook {
+            own,
+            changes,
+            last_changes,
+            last_at,
+            last_bytes,
+            held,
+            waiting,
+        } = match looked {
             Ok(l) => l,
             Err(e) => {
                 worker.failed(&e.to_string(), None);
@@ -538,15 +490,7 @@ pub(crate) async fn keep_taking(node: Arc<Node>, worker: Worker) {
 /// `complete`, when there is anything below its RD and `pace` says so, reported on the worker.
 async fn complete_in_background(node: &Arc<Node>, worker: &Worker, pace: &mut CompletionPace) {
     let desired = snapshot_rd(node);
-    let situation = node
-        .catalog
-        .call(move |c| {
-            let below = c.snapshots_below_rd(desired)?;
-            let (heard, lost) = c.peers_heard_lost()?;
-            let ids = below.iter().map(|r| r.file_id.key()).collect();
-            Ok((ids, heard.saturating_sub(lost)))
-        })
-        .await;
+    let situation = node.catalog.resend_situation(desired).await;
     let Ok(situation) = situation else { return };
     if !pace.try_now(Instant::now(), situation) {
         return;

@@ -7,7 +7,7 @@ use crate::ops::Done;
 
 /// `peerstash check`: SQLite's full integrity check of the catalog.
 pub(crate) async fn check(node: &Arc<Node>) -> Done {
-    match node.catalog.call(|c| c.integrity_check()).await {
+    match node.catalog.integrity_check().await {
         Ok(()) => Done::ok("the catalog is sound (integrity_check: ok)"),
         Err(e) => Done::failed(format!(
             "the catalog is damaged ({e}): stop the daemon, keep a copy of {}, move it away and run `peerstashd --rebuild-catalog`",

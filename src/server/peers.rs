@@ -10,7 +10,7 @@ use crate::daemon::Node;
 use crate::ops::Done;
 
 pub(crate) async fn peers(node: &Arc<Node>) -> Done {
-    let rows = match node.catalog.call(|c| c.peers_report()).await {
+    let rows = match node.catalog.peers_report().await {
         Ok(rows) => rows,
         Err(e) => return e.into(),
     };

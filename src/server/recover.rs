@@ -24,7 +24,7 @@ use crate::engine::peer::{Expect, JobKind};
 use crate::ops::{meter, report, Done, Progress};
 use crate::protocol::seal::{Cut, FileKey, MasterKey, Slot, SnapshotNo};
 use crate::protocol::{ChunkId, ChunkNo, FileId};
-use crate::store::snapshot::{self, EXPIRY_HOLD, HEADER_LEN, RECOVERED, WAIT_RECOVER};
+use crate::store::snapshot::{self, HEADER_LEN, RECOVERED};
 use crate::store::{io_disk_full, Catalog};
 
 /// Days looked back by default.
@@ -428,16 +428,7 @@ async fn run(
             "a recovered catalog is waiting to be installed: the daemon restarts now to install it",
         ));
     }
-    let (own, key_made, waiting) = node
-        .catalog
-        .call(|c| {
-            Ok((
-                c.own_versions()?,
-                c.meta("master_key_made")?,
-                c.meta(WAIT_RECOVER)?.is_some(),
-            ))
-        })
-        .await?;
+    let (own, key_made, waiting) = node.catalog.recover_facts().await?;
     // "fingerprint unix_ms": this very key was made here.
     let made_here = key_made
         .as_deref()
@@ -560,15 +551,7 @@ async fn nothing_to_recover(
             node.id.0
         )));
     }
-    let waited = node
-        .catalog
-        .call(move |c| {
-            let waited = c.meta(WAIT_RECOVER)?.is_some();
-            c.delete_meta(WAIT_RECOVER)?;
-            c.raise_snapshot_floor(highest.unwrap_or(0))?;
-            Ok(waited)
-        })
-        .await?;
+    let waited = node.catalog.recover_none(highest).await?;
     if waited {
         tracing::info!("`peerstash recover --none`: catalog snapshots are taken from now on");
     }
@@ -581,14 +564,7 @@ async fn nothing_to_recover(
 /// `restore --all` restored every file in place: the expiry a recover held back
 /// (`EXPIRY_HOLD`) applies again.
 pub(crate) async fn restored_all(node: &Arc<Node>) -> Done {
-    let held = node
-        .catalog
-        .call(|c| {
-            let held = c.meta(EXPIRY_HOLD)?.is_some();
-            c.delete_meta(EXPIRY_HOLD)?;
-            Ok(held)
-        })
-        .await;
+    let held = node.catalog.lift_expiry_hold().await;
     match held {
         Ok(true) => {
             tracing::info!(

@@ -42,8 +42,7 @@ pub(crate) async fn restore(
     let mut whole = Vec::new();
     let mut unsure = Vec::new();
     for row in rows {
-        let f = row.file_id.clone();
-        match node.catalog.call(move |c| c.file_chunks(&f)).await {
+        match node.catalog.file_chunks(&row.file_id).await {
             Ok(chunks) if held_whole(&row, &chunks) => whole.push(row),
             Ok(_) => unsure.push(row),
             Err(e) => return Done::failed(format!("restore of {} failed: {e}", shown(&path))),
@@ -52,8 +51,7 @@ pub(crate) async fn restore(
     let mut first_error = None;
     let out = Arc::new(out);
     for row in whole.into_iter().chain(unsure) {
-        let f = row.file_id.clone();
-        let chunks = match node.catalog.call(move |c| c.file_chunks(&f)).await {
+        let chunks = match node.catalog.file_chunks(&row.file_id).await {
             Ok(chunks) => chunks,
             Err(e) => return Done::failed(format!("restore of {} failed: {e}", shown(&path))),
         };
@@ -141,12 +139,11 @@ pub(crate) async fn restore_choice(
     version: Option<u32>,
     owner: Option<u32>,
 ) -> Result<Vec<FileRow>, String> {
-    let p = path.to_path_buf();
     // A non-root caller chooses among its own versions only, and is answered as if the others
     // did not exist: nothing tells it that another user backed up this path.
     let mut of_path: Vec<FileRow> = node
         .catalog
-        .call(move |c| c.versions_of(&p))
+        .versions_of(path)
         .await
         .map_err(|e| e.to_string())?
         .into_iter()

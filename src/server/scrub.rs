@@ -27,7 +27,7 @@ enum Verdict {
 const BATCH: usize = 64;
 
 pub(crate) async fn scrub(node: &Arc<Node>, progress: &Progress) -> Done {
-    let total = match node.catalog.call(|c| c.hosted_count()).await {
+    let total = match node.catalog.hosted_count().await {
         Ok(n) => n,
         Err(e) => return Done::failed(format!("cannot count the hosted chunks: {e}")),
     };
@@ -36,10 +36,7 @@ pub(crate) async fn scrub(node: &Arc<Node>, progress: &Progress) -> Done {
     loop {
         // A page at a time: a large store is never listed whole in memory.
         let from = after.clone();
-        let page = node
-            .catalog
-            .call(move |c| c.hosted_page(from.as_ref(), Some(BATCH)))
-            .await;
+        let page = node.catalog.hosted_page(from, Some(BATCH)).await;
         let batch: Vec<HostedRow> = match page {
             Ok(rows) => rows.into_iter().map(|(row, _)| row).collect(),
             Err(e) => return Done::failed(format!("cannot list the hosted chunks: {e}")),

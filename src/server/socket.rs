@@ -431,11 +431,7 @@ fn writable_file(out: File) -> Result<File, String> {
 
 /// The backed-up versions of a path (or below it), for checking their owners.
 async fn versions_of(node: &Arc<Node>, path: &Path) -> Result<Vec<crate::store::FileRow>, String> {
-    let p = path.to_path_buf();
-    node.catalog
-        .call(move |c| c.versions(&p))
-        .await
-        .map_err(|e| e.to_string())
+    node.catalog.versions(path).await.map_err(|e| e.to_string())
 }
 
 async fn run(node: Arc<Node>, job: Job, owner: Option<u32>, progress: cmd::Progress) -> Done {

@@ -8,38 +8,27 @@ use std::sync::Arc;
 use crate::control::{exit, shown, FolderInfo, FoldersAnswer, VersionInfo, WatchedFolders};
 use crate::daemon::Node;
 use crate::ops::{CmdError, Done};
-use crate::store::StoreError;
 
 pub(crate) async fn versions(
     node: &Arc<Node>,
     path: PathBuf,
     owner: Option<u32>,
 ) -> Result<Done, CmdError> {
-    let p = path.clone();
-    let rows = node
-        .catalog
-        .call(move |c| {
-            c.versions(&p)?
-                .into_iter()
-                .filter(|f| owner.is_none_or(|uid| uid == f.uid))
-                .map(|f| {
-                    let min = c.min_perceived_rd(&f.file_id)?;
-                    Ok(VersionInfo {
-                        path: f.path,
-                        version: f.version,
-                        file_id: f.file_id.as_wire().to_owned(),
-                        size: f.size,
-                        mtime_ns: f.mtime_ns,
-                        desired_rd: f.desired_rd,
-                        complete: f.complete,
-                        min_perceived_rd: min,
-                        encrypted: f.encrypted,
-                        deleted_at: f.deleted_at,
-                    })
-                })
-                .collect::<Result<Vec<_>, StoreError>>()
+    let rows: Vec<VersionInfo> = (node.catalog.versions_with_rd(&path, owner).await?)
+        .into_iter()
+        .map(|(f, min)| VersionInfo {
+            path: f.path,
+            version: f.version,
+            file_id: f.file_id.as_wire().to_owned(),
+            size: f.size,
+            mtime_ns: f.mtime_ns,
+            desired_rd: f.desired_rd,
+            complete: f.complete,
+            min_perceived_rd: min,
+            encrypted: f.encrypted,
+            deleted_at: f.deleted_at,
         })
-        .await?;
+        .collect();
     if rows.is_empty() {
         return Err(CmdError::NotFound(format!(
             "no backed-up version of {}",
@@ -56,22 +45,7 @@ pub(crate) async fn versions(
 /// The folders the catalog knows were watched (`Catalog::note_watched`), as wire paths; for a
 /// user other than root, only those holding a version of its own.
 pub(crate) async fn watched(node: &Arc<Node>, owner: Option<u32>) -> Result<Done, CmdError> {
-    let folders = node
-        .catalog
-        .call(move |c| {
-            let mut kept = Vec::new();
-            for f in c.watched_folders()? {
-                let mine = match owner {
-                    None => true,
-                    Some(uid) => c.owns_any_under(&f, uid)?,
-                };
-                if mine {
-                    kept.push(f);
-                }
-            }
-            Ok::<_, StoreError>(kept)
-        })
-        .await?;
+    let folders = node.catalog.watched_folders_of(owner).await?;
     Ok(Done {
         code: exit::OK,
         message: format!("{} watched folders known", folders.len()),
@@ -87,31 +61,19 @@ pub(crate) async fn folders(
     path: PathBuf,
     owner: Option<u32>,
 ) -> Result<Done, CmdError> {
-    let answer = node
-        .catalog
-        .call(move |c| {
-            let mut folders = Vec::new();
-            for f in c.folders_below(&path)? {
-                if let Some(uid) = owner {
-                    if !c.owns_any_under(&f.path, uid)? {
-                        continue;
-                    }
-                }
-                folders.push(FolderInfo {
-                    path: f.path,
-                    uid: f.uid,
-                    gid: f.gid,
-                    mode: f.mode,
-                    mtime_ns: f.mtime_ns,
-                });
-            }
-            let snapshot_ms = c.restore_cutoff_ms()?;
-            Ok::<_, StoreError>(FoldersAnswer {
-                folders,
-                snapshot_ms,
+    let (folders, snapshot_ms) = node.catalog.folders_for_restore(&path, owner).await?;
+    let answer = FoldersAnswer {
+        folders: (folders.into_iter())
+            .map(|f| FolderInfo {
+                path: f.path,
+                uid: f.uid,
+                gid: f.gid,
+                mode: f.mode,
+                mtime_ns: f.mtime_ns,
             })
-        })
-        .await?;
+            .collect(),
+        snapshot_ms,
+    };
     Ok(Done {
         code: exit::OK,
         message: format!("{} folders recorded", answer.folders.len()),

@@ -229,7 +229,7 @@ async fn repair(node: Arc<Node>, wake: Arc<Notify>, worker: Worker) {
         }
         schedule.ran(std::time::Instant::now());
         worker.busy("checking replication", None);
-        match node.catalog.call(|c| c.paths_below_rd()).await {
+        match node.catalog.paths_below_rd().await {
             Ok(paths) => {
                 // A file refused as too big is not queued again by the repair (that would
                 // be a loop): its newest kept version comes back from the peers' copies.
@@ -281,21 +281,10 @@ async fn lost_holders(node: Arc<Node>, worker: Worker) {
         let (now, since, me) = (crate::store::unix_ms(), node.started_ms, node.id);
         let timeout_ms = timeout.as_millis() as i64;
         let deadline = now - DELETE_ACK_DEADLINE.as_millis() as i64;
+        // This peer counts itself a holder of what it hosts, and never hears itself (`me`).
         let r = node
             .catalog
-            .call(move |c| {
-                let mut lost = Vec::new();
-                // This peer counts itself a holder of what it hosts, and never hears itself.
-                for peer in c
-                    .lost_holders(now, timeout_ms, since)?
-                    .into_iter()
-                    .filter(|p| *p != me)
-                {
-                    lost.push((peer, c.drop_lost_holder(peer, now)?));
-                }
-                let expired = c.expire_delete_acks(deadline)?;
-                Ok((lost, expired))
-            })
+            .drop_lost_holders(now, timeout_ms, since, me, deadline)
             .await;
         match r {
             Ok((lost, expired)) => {
@@ -351,7 +340,7 @@ impl RepairSchedule {
 
 async fn status_line(node: &Arc<Node>) -> String {
     let usage = node.store.usage();
-    let queued = node.catalog.call(|c| c.queue_len()).await.unwrap_or(0);
+    let queued = node.catalog.queue_len().await.unwrap_or(0);
     let busy = node.in_progress.lock().map(|s| s.len()).unwrap_or(0);
     format!(
         "hosting {} of {} bytes; {queued} paths queued, {busy} being backed up",
@@ -362,7 +351,7 @@ async fn status_line(node: &Arc<Node>) -> String {
 /// Keeps the watched folders in the catalog (see `Catalog::note_watched`).
 async fn note_watched(node: &Arc<Node>, watch: &[crate::config::WatchConfig]) {
     let roots: Vec<PathBuf> = watch.iter().map(|w| w.path.clone()).collect();
-    if let Err(e) = node.catalog.call(move |c| c.note_watched(&roots)).await {
+    if let Err(e) = node.catalog.note_watched(roots).await {
         tracing::warn!("cannot note the watched folders in the catalog: {e}");
     }
 }
@@ -442,12 +431,7 @@ async fn reload(node: &Arc<Node>, path: &Path, watchers: &mut Watchers, wake: &A
             // A changed RD: every file of the folder is backed up again at the new RD (only
             // chunks below it are sent; chunks above it settle when space is reclaimed).
             for root in rd_changed {
-                let r = root.clone();
-                let paths = node
-                    .catalog
-                    .call(move |c| c.live_paths_under(&r))
-                    .await
-                    .unwrap_or_default();
+                let paths = (node.catalog.live_paths_under(&root).await).unwrap_or_default();
                 tracing::info!(
                     "replication or encryption of {} changed: {} files to back up as it now says",
                     root.display(),

@@ -53,16 +53,9 @@ pub async fn probe(node: &Arc<Node>, root: &Path) -> Presence {
         Ok(Err(e)) => return Presence::Unavailable(format!("cannot be read: {e}")),
         Err(e) => return Presence::Unavailable(format!("internal error: {e}")),
     };
-    let (key, r) = (dev_key(root), root.to_path_buf());
     let seen = node
         .catalog
-        .call(move |c| {
-            let recorded = c.meta(&key)?.and_then(|v| v.parse::<u64>().ok());
-            if recorded == Some(dev) {
-                return Ok((recorded, Vec::new()));
-            }
-            Ok((recorded, c.some_live_paths_under(&r, SAMPLE)?))
-        })
+        .recorded_dev_or_sample(dev_key(root), dev, root, SAMPLE)
         .await;
     let (recorded, sample) = match seen {
         Ok(s) => s,
@@ -98,11 +91,7 @@ pub async fn probe(node: &Arc<Node>, root: &Path) -> Presence {
         );
     }
     let key = dev_key(root);
-    if let Err(e) = node
-        .catalog
-        .call(move |c| c.set_meta(&key, &dev.to_string()))
-        .await
-    {
+    if let Err(e) = node.catalog.set_meta(&key, dev.to_string()).await {
         tracing::error!("cannot record the file system of {}: {e}", root.display());
     }
     Presence::Available { dev }

@@ -53,13 +53,7 @@ pub async fn enqueue_since(node: &Arc<Node>, wake: &Notify, paths: Vec<(PathBuf,
         return;
     }
     let n = paths.len();
-    let r = node
-        .catalog
-        .call(move |c| {
-            let now = now_ms();
-            (paths.iter()).try_for_each(|(p, since)| c.enqueue_since(p, now, *since))
-        })
-        .await;
+    let r = node.catalog.enqueue_since(paths, now_ms()).await;
     match r {
         Ok(()) => {
             tracing::debug!("queued {n} paths");
@@ -90,7 +84,7 @@ pub async fn run(node: Arc<Node>, wake: Arc<Notify>, mut shutdown: Shutdown) {
                 .clone();
             let due = node
                 .catalog
-                .call(move |c| c.due(now_ms(), WORKERS * 4))
+                .due(now_ms(), WORKERS * 4)
                 .await
                 .unwrap_or_default();
             let n = free.len();
@@ -109,7 +103,7 @@ pub async fn run(node: Arc<Node>, wake: Arc<Notify>, mut shutdown: Shutdown) {
                 slot_of.insert(task.id(), slot);
             }
         }
-        let next_due = node.catalog.call(|c| c.next_due()).await.ok().flatten();
+        let next_due = node.catalog.next_due().await.ok().flatten();
         let wait = next_due
             .map(|t| Duration::from_millis((t - now_ms()).clamp(50, 60_000) as u64))
             .unwrap_or(Duration::from_secs(60));
@@ -243,7 +237,7 @@ async fn note_folders(node: &Arc<Node>, base: &Path, path: &Path) {
         }
         Err(_) => return,
     };
-    if let Err(e) = node.catalog.call(move |c| c.note_folders(&rows)).await {
+    if let Err(e) = node.catalog.note_folders(rows).await {
         tracing::warn!("cannot record the folders above {}: {e}", path.display());
     }
 }
@@ -284,20 +278,13 @@ async fn work_on(
                 done(node, path, gen).await;
                 return Ok(());
             }
-            let p = path.to_path_buf();
-            let since = (node.catalog.call(move |c| c.queued_since(&p)).await)
-                .ok()
-                .flatten();
+            let since = (node.catalog.queued_since(path).await).ok().flatten();
             // Changed for max_delay and never quiet: backed up now, from a consistent copy if
             // a read finds it changing.
             let overdue = overdue(since, now_ms(), watch.max_delay);
             if let Some(age) = changed_within(&stamp, watch.quiet).filter(|_| !overdue) {
                 let due = now_ms() + (watch.quiet - age).as_millis() as i64 + 1;
-                let p = path.to_path_buf();
-                let _ = node
-                    .catalog
-                    .call(move |c| c.retry_later(&p, gen, due))
-                    .await;
+                let _ = node.catalog.retry_later(path, gen, due).await;
                 return Ok(());
             }
             if stamp.nlink > 1 {
@@ -360,21 +347,13 @@ async fn work_on(
                     tracing::error!("{message}");
                     refused(node, path, Some(message.clone()));
                     let due = now_ms() + REFUSED_RETRY.as_millis() as i64;
-                    let p = path.to_path_buf();
-                    let _ = node
-                        .catalog
-                        .call(move |c| c.retry_later(&p, gen, due))
-                        .await;
+                    let _ = node.catalog.retry_later(path, gen, due).await;
                     Err(message)
                 }
                 Err(BackupError::Changed) => {
                     // Still being written: look again once it has been quiet.
                     let due = crate::service::queue::now_ms() + watch.quiet.as_millis() as i64;
-                    let p = path.to_path_buf();
-                    let _ = node
-                        .catalog
-                        .call(move |c| c.retry_later(&p, gen, due))
-                        .await;
+                    let _ = node.catalog.retry_later(path, gen, due).await;
                     Ok(())
                 }
                 Err(e) => {
@@ -404,11 +383,7 @@ async fn other_names(
     inode: u64,
     watch: &WatchConfig,
 ) {
-    let names = node
-        .catalog
-        .call(move |c| c.latest_paths_with_inode(inode))
-        .await
-        .unwrap_or_default();
+    let names = (node.catalog.latest_paths_with_inode(inode).await).unwrap_or_default();
     let others: Vec<PathBuf> = names
         .into_iter()
         .filter(|p| p != path && p.starts_with(&watch.path))
@@ -435,25 +410,17 @@ async fn repair_unwatched(node: &Arc<Node>, path: &Path, gen: i64) -> Result<(),
     .flatten();
     let mut outcome = Ok(());
     if let Some(stamp) = meta.filter(|m| m.is_file()).map(|m| Stamp::of(&m)) {
-        let p = path.to_path_buf();
-        let looked = node
-            .catalog
-            .call(move |c| {
-                let Some(f) = c.latest(&p)? else {
-                    return Ok(None);
-                };
-                let min = c.min_perceived_rd(&f.file_id)?;
+        let looked = (node.catalog.latest_with_rd(path).await).map(|latest| {
+            latest.map(|(f, min)| {
                 // Repaired as it was backed up: at its RD, encrypted or not.
                 let plan = Plan {
                     desired: f.desired_rd,
                     encrypt: f.encrypted,
                 };
-                Ok(Some((
-                    plan,
-                    standing(Some(&f), min, &stamp, plan.desired, plan.encrypt),
-                )))
+                let standing = standing(Some(&f), min, &stamp, plan.desired, plan.encrypt);
+                (plan, standing)
             })
-            .await;
+        });
         let repair = match looked {
             Ok(Some((rd, Standing::BelowRd { .. }))) => Some(rd),
             Ok(Some((rd, Standing::Read(Why::Touched | Why::Unfinished | Why::Deleted)))) => {
@@ -517,9 +484,8 @@ async fn gone(node: &Arc<Node>, path: &Path, gen: i64, watch: &WatchConfig) {
         return done(node, path, gen).await;
     }
     refused(node, path, None);
-    let p = path.to_path_buf();
     let now = now_ms() / 1000;
-    match node.catalog.call(move |c| c.mark_deleted(&p, now)).await {
+    match node.catalog.mark_deleted(path, now).await {
         Ok(n) if n > 0 => tracing::info!("{} was deleted locally", path.display()),
         Ok(_) => {}
         Err(e) => tracing::error!("cannot note that {} is gone: {e}", path.display()),
@@ -548,19 +514,15 @@ fn refused(node: &Node, path: &Path, message: Option<String>) {
 }
 
 async fn done(node: &Arc<Node>, path: &Path, gen: i64) {
-    let p = path.to_path_buf();
-    if let Err(e) = node.catalog.call(move |c| c.dequeue(&p, gen)).await {
+    if let Err(e) = node.catalog.dequeue(path, gen).await {
         tracing::error!("cannot update the queue for {}: {e}", path.display());
     }
 }
 
 async fn later(node: &Arc<Node>, path: &Path, gen: i64, attempts: u32) {
     let delay = retry_delay(attempts);
-    let (p, due) = (path.to_path_buf(), now_ms() + delay.as_millis() as i64);
-    let _ = node
-        .catalog
-        .call(move |c| c.retry_later(&p, gen, due))
-        .await;
+    let due = now_ms() + delay.as_millis() as i64;
+    let _ = node.catalog.retry_later(path, gen, due).await;
 }
 
 /// 30 s, doubling per failed attempt, at most an hour.
@@ -581,10 +543,7 @@ pub async fn expire_deleted(
     wake: &Notify,
     absence: &mut Absence,
 ) -> Result<(), String> {
-    let deleted = node
-        .catalog
-        .call(|c| c.deleted_paths())
-        .await
+    let deleted = (node.catalog.deleted_paths().await)
         .map_err(|e| format!("cannot list the deleted files: {e}"))?;
     let mut outcome = Ok(());
     let config = node.config();
@@ -615,10 +574,7 @@ pub async fn expire_deleted(
     let ms = credit.time.as_millis() as i64;
     if ms > 0 && !credit.paths.is_empty() {
         let paths = credit.paths;
-        let r = node
-            .catalog
-            .call(move |c| paths.iter().try_for_each(|p| c.add_absent(p, ms)))
-            .await;
+        let r = node.catalog.add_absent(paths, ms).await;
         if let Err(e) = r {
             tracing::error!("cannot count how long deleted files have been gone: {e}");
             return Err(format!(
@@ -673,10 +629,7 @@ pub async fn expire_deleted(
     }
     if !back.is_empty() {
         let paths = back.clone();
-        let r = node
-            .catalog
-            .call(move |c| paths.iter().try_for_each(|p| c.unmark_deleted(p).map(drop)))
-            .await;
+        let r = node.catalog.unmark_deleted(paths).await;
         if let Err(e) = r {
             tracing::error!("cannot note that deleted files are back: {e}");
             outcome = Err(format!("cannot note that deleted files are back: {e}"));
@@ -690,22 +643,8 @@ pub async fn expire_deleted(
 /// run); `passed` (the daemon's running time since the last check) counts down the most it is
 /// held, and the log says when that ends.
 async fn hold_expiry(node: &Arc<Node>, passed: Duration) -> bool {
-    use crate::store::snapshot::EXPIRY_HOLD;
     let passed_ms = passed.as_millis().min(i64::MAX as u128) as i64;
-    let held = node
-        .catalog
-        .call(move |c| {
-            let Some(left) = c.meta(EXPIRY_HOLD)?.and_then(|t| t.parse::<i64>().ok()) else {
-                return Ok(None);
-            };
-            let left = left.saturating_sub(passed_ms);
-            match left > 0 {
-                true => c.set_meta(EXPIRY_HOLD, &left.to_string())?,
-                false => c.delete_meta(EXPIRY_HOLD)?,
-            }
-            Ok(Some(left > 0))
-        })
-        .await;
+    let held = node.catalog.count_down_expiry_hold(passed_ms).await;
     match held {
         Ok(Some(true)) => true,
         Ok(Some(false)) => {

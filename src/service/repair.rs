@@ -37,14 +37,7 @@ pub(crate) async fn from_surviving_copies(
 ) -> Result<Repaired, String> {
     let versions = node
         .catalog
-        .call(move |c| {
-            let mut versions = Vec::new();
-            for path in &refused {
-                versions.extend(c.latest(path)?.map(|f| f.file_id));
-            }
-            versions.extend(c.kept_versions_below_rd(VERSIONS_PER_ROUND)?);
-            Ok(versions)
-        })
+        .versions_to_repair(refused, VERSIONS_PER_ROUND)
         .await
         .map_err(|e| format!("cannot list the versions below their RD: {e}"))?;
     let mut done = Repaired::default();
@@ -59,23 +52,9 @@ pub(crate) async fn from_surviving_copies(
             break;
         }
         done.versions += 1;
-        let f = file_id.clone();
         let looked = node
             .catalog
-            .call(move |c| {
-                let Some(row) = c.file(&f)? else {
-                    return Ok(None);
-                };
-                let mut below = Vec::new();
-                for chunk in c.file_chunks(&f)? {
-                    // A chunk no holder is known for has nobody to be fetched from.
-                    if (1..u32::from(row.desired_rd)).contains(&chunk.perceived_rd) {
-                        let holders = c.holders(&f, chunk.chunk_no)?;
-                        below.push((chunk, holders));
-                    }
-                }
-                Ok(Some((row, below)))
-            })
+            .chunks_to_repair(&file_id)
             .await
             .map_err(|e| format!("cannot look up {file_id}: {e}"))?;
         let Some((row, below)) = looked.filter(|(_, below)| !below.is_empty()) else {
@@ -100,8 +79,7 @@ pub(crate) async fn from_surviving_copies(
             };
             // Still a kept version? A policy may have deleted it meanwhile: its DELETEs must
             // not be undone by our PUTCHUNK.
-            let f = file_id.clone();
-            let kept = node.catalog.call(move |c| c.file(&f)).await;
+            let kept = node.catalog.file(&file_id).await;
             if !matches!(kept, Ok(Some(_))) {
                 break;
             }
@@ -119,8 +97,7 @@ pub(crate) async fn from_surviving_copies(
             };
             // Looked at again after the fetch: a PUTCHUNK of a version deleted meanwhile would
             // stop its DELETEs.
-            let f = file_id.clone();
-            if !matches!(node.catalog.call(move |c| c.file(&f)).await, Ok(Some(_))) {
+            if !matches!(node.catalog.file(&file_id).await, Ok(Some(_))) {
                 break;
             }
             match send.send(node, chunk, rd, body, holders).await? {

@@ -37,7 +37,7 @@ const EVENT_BACKLOG: usize = 8192;
 const MAX_PENDING: usize = 100_000;
 /// The quiet time of a path no watch holds any more (its folder was removed on reload).
 const DEFAULT_QUIET: Duration = Duration::from_secs(2);
-/// Files compared with the catalog per catalog call during a scan.
+/// Files compared with the catalog per call to the catalog during a scan.
 const SCAN_BATCH: usize = 512;
 
 enum Input {
@@ -700,7 +700,7 @@ async fn settle(
         .collect();
     for path in missing {
         let at = since.get(&path).copied().unwrap_or(now_ms);
-        if let Ok(below) = node.catalog.call(move |c| c.live_paths_under(&path)).await {
+        if let Ok(below) = node.catalog.live_paths_under(&path).await {
             files.extend(below.into_iter().map(|p| (p, at)));
         }
     }
@@ -750,27 +750,20 @@ async fn scan(node: &Arc<Node>, wake: &Notify, root: &Path, keeper: &mpsc::Unbou
     let mut seen_paths = std::collections::HashSet::new();
     while let Some(batch) = rx.recv().await {
         seen_paths.extend(batch.iter().map(|s| seen.key(&s.path)));
-        let changed = node
-            .catalog
-            .call({
-                let running = running.clone();
-                move |c| {
-                    let mut changed = Vec::new();
-                    for seen in batch {
-                        // The RD is the queue's to look at (and the repair's); a version not
-                        // encrypted as the folder now says is backed up again.
-                        let latest = c.latest(&seen.path)?;
-                        if unchanged(latest.as_ref(), &seen.stamp).map_or(true, |f| {
-                            f.encrypted != encrypt || (encrypt && other_key(f, running.as_deref()))
-                        }) {
-                            changed.push(seen.path);
-                        }
-                    }
-                    Ok(changed)
-                }
-            })
-            .await
-            .unwrap_or_default();
+        let paths = batch.iter().map(|s| s.path.clone()).collect();
+        let changed: Vec<PathBuf> = match node.catalog.latest_of(paths).await {
+            Ok(latest) => (batch.into_iter().zip(latest))
+                .filter(|(seen, latest)| {
+                    // The RD is the queue's to look at (and the repair's); a version not
+                    // encrypted as the folder now says is backed up again.
+                    unchanged(latest.as_ref(), &seen.stamp).map_or(true, |f| {
+                        f.encrypted != encrypt || (encrypt && other_key(f, running.as_deref()))
+                    })
+                })
+                .map(|(seen, _)| seen.path)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
         queued += changed.len();
         enqueue(node, wake, changed).await;
     }
@@ -780,12 +773,7 @@ async fn scan(node: &Arc<Node>, wake: &Notify, root: &Path, keeper: &mpsc::Unbou
         }
     }
     // Files backed up before and now gone.
-    let r = root.to_path_buf();
-    let known = node
-        .catalog
-        .call(move |c| c.live_paths_under(&r))
-        .await
-        .unwrap_or_default();
+    let known = (node.catalog.live_paths_under(root).await).unwrap_or_default();
     // Those the walk found are there; the others are looked at once more (excluded since, or
     // no longer a regular file, they are gone too).
     let gone: Vec<PathBuf> = tokio::task::spawn_blocking(move || {

@@ -7,8 +7,9 @@ pub mod incarnation;
 pub mod snapshot;
 
 pub use catalog::{
-    io_disk_full, unix_ms, BackupId, Catalog, CatalogHandle, ChunkRole, FileChunkRow, FileRow,
-    Forget, HostedRow, KeyFacts, PeerRow, StoreError, MASTER_KEY_FP, MAX_PEER_ROWS,
+    io_disk_full, unix_ms, BackupId, Begun, Catalog, CatalogHandle, ChunkRole, FileChunkRow,
+    FileRow, Forget, HostedRow, KeyFacts, PeerRow, Policy, SnapshotLook, StoreError, MASTER_KEY_FP,
+    MASTER_KEY_MADE, MAX_PEER_ROWS,
 };
 pub use chunks::{ChunkStore, NewChunk};
 pub use health::{health, Health};

@@ -1,0 +1,279 @@
+//! Forgetting a version of ours: the one rule by which a version is deleted (`Forget`), the
+//! `forgotten` table (`ChunkRole::Forgotten`) and `pending_deletes` (the DELETEs owed).
+
+use super::*;
+
+/// Why a version of our own is forgotten (its row and chunk records dropped, DELETE sent to
+/// the peers). `Catalog::forget` is the only way a version is deleted, and it enforces:
+///
+/// **A version, once complete, is deleted only by an explicit policy decision** —
+/// `keep_versions` (newer complete versions exist), `keep_deleted` (the path is really gone:
+/// still marked deleted, for long enough) or `peerstash delete` — **never by an error path of
+/// another backup.** A backup that gives up (the file changed while it was read) may forget
+/// only a version that is not complete and that this very backup inserted; a version it resumed
+/// is left as it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forget {
+    /// Beyond the folder's `keep_versions`: allowed for a complete version when `keep` newer
+    /// complete versions of its path exist, for an incomplete one when a newer complete exists.
+    KeepVersions { keep: u32 },
+    /// The path is still marked gone (the caller checked it again by lstat just before), and
+    /// has been absent at least `keep_deleted_ms` while its folder was available, as the daemon
+    /// measured it with its monotonic clock (`absent_ms`): not by the wall clock, which jumps.
+    DeletedExpired { keep_deleted_ms: i64 },
+    /// `peerstash delete`: the user's explicit word.
+    UserDelete,
+    /// A backup abandoned the version it inserted (the file changed while it was read).
+    Abandoned { backup: BackupId },
+    /// A backup found no peer with room for some of its chunks: allowed for an unfinished
+    /// version (never a complete one, never a catalog snapshot), whose chunks are freed.
+    DoesNotFit,
+}
+
+/// How long a forgotten version of ours is remembered (`ChunkRole::Forgotten`): 90 days.
+pub(super) const FORGOTTEN_KEPT_S: i64 = 90 * 86_400;
+
+impl Catalog {
+    /// Forgets a version of our own if `why` allows it (see `Forget` for the rule); a refusal
+    /// is logged at ERROR and returns false. Every deletion of a version goes through here.
+    /// `now_ms` (unix ms, `unix_ms()`) dates the forgetting: the holders that must still
+    /// acknowledge its DELETE are recorded since then (`delete_acks`).
+    pub fn forget(&self, file_id: &FileId, why: Forget, now_ms: i64) -> Result<bool, StoreError> {
+        let Some(row) = self.file(file_id)? else {
+            return Ok(false);
+        };
+        let backup_id: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT backup_id FROM files WHERE file_id = ?1")?
+            .query_row([file_id.key()], |r| r.get(0))?;
+        // Complete versions of the same path newer than this one.
+        let newer_complete: u32 = self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM files g, files f
+             WHERE f.file_id = ?1 AND g.path = f.path AND g.version > f.version AND g.complete = 1",
+            )?
+            .query_row([file_id.key()], |r| r.get(0))?;
+        let refused = match why {
+            Forget::UserDelete => None,
+            Forget::KeepVersions { keep } => {
+                let needed = if row.complete { keep.max(1) } else { 1 };
+                if newer_complete < needed {
+                    Some(format!(
+                        "only {newer_complete} newer complete versions, {needed} needed"
+                    ))
+                } else if self.newer_snapshotted(file_id)? < needed {
+                    // Not an error: it goes once a snapshot at its RD names the newer ones
+                    // (else a recover would find a catalog naming only this version, gone).
+                    tracing::debug!(
+                        "version {} of {} is kept until a catalog snapshot names the newer ones",
+                        row.version,
+                        row.path.display()
+                    );
+                    return Ok(false);
+                } else {
+                    None
+                }
+            }
+            Forget::DeletedExpired { .. } if self.meta(snapshots::EXPIRY_HOLD)?.is_some() => {
+                // A recovered catalog: every file looks deleted until `restore --all` ran.
+                tracing::debug!(
+                    "version {} of {} does not expire: the catalog was recovered and `peerstash restore --all` has not run",
+                    row.version,
+                    row.path.display()
+                );
+                return Ok(false);
+            }
+            Forget::DeletedExpired { keep_deleted_ms } => {
+                let absent_ms: i64 = self
+                    .conn
+                    .prepare_cached("SELECT absent_ms FROM files WHERE file_id = ?1")?
+                    .query_row([file_id.key()], |r| r.get(0))?;
+                match row.deleted_at {
+                    None => Some("its path is not (any more) marked deleted".to_owned()),
+                    Some(_) if absent_ms < keep_deleted_ms => Some(format!(
+                        "absent only {} ms of the {keep_deleted_ms} ms to keep it",
+                        absent_ms
+                    )),
+                    Some(_) => None,
+                }
+            }
+            Forget::DoesNotFit => {
+                if row.complete {
+                    Some("it is complete".to_owned())
+                } else if self.is_snapshot(file_id)? {
+                    Some("it is a catalog snapshot: its slot stays used".to_owned())
+                } else {
+                    None
+                }
+            }
+            Forget::Abandoned { backup } => {
+                if row.complete {
+                    Some("it is complete".to_owned())
+                } else if self.is_snapshot(file_id)? {
+                    // Its fileId (and key) comes from its slot: forgotten, the slot could be
+                    // given back and sealed again with other bytes (`release_snapshot`).
+                    Some("it is a catalog snapshot: its slot stays used".to_owned())
+                } else if backup_id != Some(backup.0) {
+                    Some("another backup inserted it".to_owned())
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(reason) = refused {
+            tracing::error!(
+                "refused to delete version {} of {} ({why:?}): {reason}",
+                row.version,
+                row.path.display()
+            );
+            return Ok(false);
+        }
+        self.atomically(|| {
+            self.delete_file(file_id, now_ms)?;
+            self.forget_empty_folders(&row.path)
+        })?;
+        Ok(true)
+    }
+
+    /// Complete versions of `file_id`'s path newer than it that a catalog snapshot at its RD
+    /// names (`Catalog::snapshotted_mark`).
+    pub(super) fn newer_snapshotted(&self, file_id: &FileId) -> Result<u32, StoreError> {
+        let mark = self.snapshotted_mark()?;
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM files g, files f
+                 WHERE f.file_id = ?1 AND g.path = f.path AND g.version > f.version
+                   AND g.complete = 1 AND COALESCE(g.completed_no, 0) <= ?2",
+            )?
+            .query_row(params![file_id.key(), mark], |r| r.get(0))?)
+    }
+
+    /// Forgets a version of our own (its row, its chunks and their holder sets) and remembers
+    /// that the peers must be told, so a crash before the DELETEs went out loses nothing, and
+    /// which of them must acknowledge it (every distinct holder of its chunks).
+    /// Only through `forget`, which checks that the deletion is allowed.
+    pub(super) fn delete_file(&self, file_id: &FileId, now_ms: i64) -> Result<(), StoreError> {
+        let key = file_id.key();
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO pending_deletes (file_id) VALUES (?1)")?
+            .execute([&key])?;
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO delete_acks (file_id, peer, since)
+             SELECT DISTINCT file_id, peer, ?2 FROM holders WHERE file_id = ?1",
+            )?
+            .execute(params![key, now_ms])?;
+        let now = now_ms.div_euclid(1000);
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO forgotten (file_id, at) VALUES (?1, ?2)")?
+            .execute(params![key, now])?;
+        // Remembered long enough for any late re-backup of its chunks to have come and gone.
+        self.conn
+            .prepare_cached("DELETE FROM forgotten WHERE at < ?1")?
+            .execute([now - FORGOTTEN_KEPT_S])?;
+        self.conn
+            .prepare_cached("DELETE FROM holders WHERE file_id = ?1")?
+            .execute([&key])?;
+        self.conn
+            .prepare_cached("DELETE FROM files WHERE file_id = ?1")?
+            .execute([&key])?;
+        Ok(())
+    }
+
+    pub fn pending_deletes(&self) -> Result<Vec<FileId>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT file_id FROM pending_deletes")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.map(|r| file_id_of(r?)).collect()
+    }
+
+    pub fn clear_pending_delete(&self, file_id: &FileId) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM pending_deletes WHERE file_id = ?1")?
+            .execute([file_id.key()])?;
+        Ok(())
+    }
+
+    // ---- chunks we host -------------------------------------------------------------------
+}
+
+/// Why the versions of one path are forgotten by a folder's policy (`Catalog::forget_by_policy`).
+#[derive(Clone, Copy, Debug)]
+pub enum Policy {
+    /// After a new version completed: all but the newest `keep` complete versions go (and
+    /// unfinished versions older than the newest complete one).
+    KeepVersions(u32),
+    /// The path is gone (checked again just before) and was counted absent at least
+    /// `keep_deleted_ms` while its folder was available.
+    Expired { keep_deleted_ms: i64 },
+}
+
+impl Catalog {
+    /// Forget only by policy: applies a folder's `policy` to the versions of exactly `path`
+    /// (never to files below it, should it be a folder now). The policy picks the versions;
+    /// each still goes through `forget`, which refuses what its reason does not allow. Returns
+    /// how many versions were forgotten. One transaction.
+    pub fn forget_by_policy(
+        &self,
+        path: &Path,
+        policy: Policy,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        self.atomically(|| {
+            let rows = self.versions_of(path)?; // oldest first
+            let doomed: Vec<(FileId, Forget)> = match policy {
+                Policy::KeepVersions(keep) => {
+                    let mut complete_seen = 0u32;
+                    let mut doomed = Vec::new();
+                    for f in rows.iter().rev() {
+                        if f.complete {
+                            complete_seen += 1;
+                            if complete_seen > keep.max(1) {
+                                doomed.push(f.file_id.clone());
+                            }
+                        } else if complete_seen > 0 {
+                            doomed.push(f.file_id.clone()); // superseded, never finished
+                        }
+                    }
+                    doomed
+                        .into_iter()
+                        .map(|id| (id, Forget::KeepVersions { keep }))
+                        .collect()
+                }
+                Policy::Expired { keep_deleted_ms } => rows
+                    .into_iter()
+                    .map(|f| (f.file_id, Forget::DeletedExpired { keep_deleted_ms }))
+                    .collect(),
+            };
+            let mut forgotten = 0;
+            for (id, why) in doomed {
+                forgotten += usize::from(self.forget(&id, why, now_ms)?);
+            }
+            Ok(forgotten)
+        })
+    }
+
+    /// `peerstash delete PATH`: every version of exactly `path` (`versions`) is forgotten, by
+    /// the user's word. Returns how many. One transaction.
+    pub fn forget_path(&self, path: &Path, now_ms: i64) -> Result<usize, StoreError> {
+        self.atomically(|| {
+            let mut n = 0;
+            for f in self.versions(path)? {
+                n += usize::from(self.forget(&f.file_id, Forget::UserDelete, now_ms)?);
+            }
+            Ok(n)
+        })
+    }
+
+    /// The DELETEs of `file_ids` were all sent: they are no longer pending.
+    pub fn clear_pending_deletes(&self, file_ids: &[FileId]) -> Result<(), StoreError> {
+        self.atomically(|| {
+            file_ids
+                .iter()
+                .try_for_each(|f| self.clear_pending_delete(f))
+        })
+    }
+}

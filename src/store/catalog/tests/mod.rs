@@ -1,0 +1,43 @@
+//! Unit tests of the catalog, by table.
+use super::*;
+
+mod files;
+mod hosted;
+mod peers;
+mod rules;
+
+pub(super) fn fid(c: char) -> FileId {
+    FileId::parse(&c.to_string().repeat(64)).unwrap()
+}
+
+pub(super) fn file(c: char, path: &str) -> FileRow {
+    FileRow {
+        file_id: fid(c),
+        path: PathBuf::from(path),
+        version: 0,
+        size: 10,
+        mtime_ns: 1,
+        mode: 0o644,
+        content_hash: "h".into(),
+        desired_rd: 2,
+        complete: false,
+        inode: 0,
+        uid: 0,
+        gid: 0,
+        deleted_at: None,
+        ctime_ns: 0,
+        encrypted: false,
+        key_fp: None,
+    }
+}
+
+pub(super) fn hosted(c: char, chunk_no: u32, size: u64, sender: u32) -> HostedRow {
+    HostedRow {
+        file_id: fid(c),
+        chunk_no: ChunkNo(chunk_no),
+        size,
+        hash: "h".into(),
+        desired_rd: 2,
+        sender: PeerId(sender),
+    }
+}
