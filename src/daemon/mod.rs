@@ -8,6 +8,7 @@ pub(crate) mod driver;
 pub(crate) mod heard;
 pub(crate) mod inbox;
 mod listen;
+pub(crate) mod quota;
 mod receive;
 pub(crate) mod traffic;
 
@@ -526,7 +527,7 @@ pub async fn start(
     )?;
     let catalog = CatalogHandle::start(catalog);
     let master_key = settle_master_key(&catalog, &config, &options).await?;
-    let quota = crate::ops::reclaim::effective_quota(&catalog, config.storage.quota).await?;
+    let quota = quota::effective(&catalog, config.storage.quota).await?;
     let store = Arc::new(
         ChunkStore::open(chunks, 0, quota)
             .with_context(|| format!("cannot open the chunk store in {}", state_dir.display()))?,

@@ -10,10 +10,10 @@ use tokio::task::JoinSet;
 
 use super::Done;
 use crate::daemon::inbox::Input;
+use crate::daemon::quota;
 use crate::daemon::{disk, Node};
 use crate::engine::reclaim::{choose_victims, hand_on_first, Candidate, HandOnBudget};
 use crate::protocol::ChunkId;
-use crate::store::{CatalogHandle, StoreError};
 
 /// Chunks handed on at once (each is one chunk in memory and one backup in the engine).
 const HAND_ON_AT_ONCE: usize = 8;
@@ -21,29 +21,12 @@ const HAND_ON_AT_ONCE: usize = 8;
 /// if its answer were lost.
 const HAND_ON_WITHIN: Duration = Duration::from_secs(45);
 
-const QUOTA_KEY: &str = "quota_override";
-const QUOTA_CONFIG_KEY: &str = "quota_override_config";
-
-/// The quota in force: the config's, unless `peerstash reclaim` set another since the config's
-/// quota last changed (the admin's latest word wins).
-pub(crate) async fn effective_quota(
-    catalog: &CatalogHandle,
-    configured: u64,
-) -> Result<u64, StoreError> {
-    let read = catalog.metas(&[QUOTA_KEY, QUOTA_CONFIG_KEY]).await?;
-    let parsed = |i: usize| read[i].as_deref().and_then(|v| v.parse::<u64>().ok());
-    Ok(match (parsed(0), parsed(1)) {
-        (Some(q), Some(cfg)) if cfg == configured => q,
-        _ => configured,
-    })
-}
-
 pub(crate) async fn reclaim(node: &Arc<Node>, quota: u64) -> Done {
     let configured = node.config().storage.quota;
     let r = (node.catalog)
         .set_metas(vec![
-            (QUOTA_KEY, quota.to_string()),
-            (QUOTA_CONFIG_KEY, configured.to_string()),
+            (quota::SET_KEY, quota.to_string()),
+            (quota::CONFIG_KEY, configured.to_string()),
         ])
         .await;
     if let Err(e) = r {

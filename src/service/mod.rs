@@ -412,7 +412,7 @@ async fn reload(node: &Arc<Node>, path: &Path, watchers: &mut Watchers, wake: &A
             }
             node.set_lan_key(key);
             node.set_config(new.clone());
-            match cmd::reclaim::effective_quota(&node.catalog, new.storage.quota).await {
+            match daemon::quota::effective(&node.catalog, new.storage.quota).await {
                 Ok(quota) => {
                     node.store.set_quota(quota);
                     tokio::spawn(cmd::reclaim::reclaim_to_quota(node.clone()));
