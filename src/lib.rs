@@ -8,6 +8,7 @@
 //! SIGTERM) and `workers` (what each background worker is doing) serve every layer. `cluster`
 //! runs local clusters of real peers on 127.0.0.1 for the demo, the tests and benchmarks.
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod control;

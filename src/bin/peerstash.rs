@@ -5,13 +5,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use peerstash::cli::{Args, Command};
+use peerstash::clock::unix_ms;
 use peerstash::cluster::Programs;
 use peerstash::config::{parse_size, Config, DEFAULT_CONFIG_PATH};
 use peerstash::control::{
     self, exit, shown, PeerState, PeersReport, Request, StatusReport, VersionInfo, WorkerInfo,
 };
 use peerstash::fsx::Folder;
-use peerstash::store::{unix_ms, Health};
+use peerstash::store::Health;
 
 fn main() -> ExitCode {
     let args = Args::parse();

@@ -392,7 +392,7 @@ pub(crate) async fn reconcile_store(node: &Arc<Node>) -> anyhow::Result<Vec<Chun
         .await??;
     }
     let store = node.store.clone();
-    let now = super::unix_now();
+    let now = crate::clock::unix_s();
     match tokio::task::spawn_blocking(move || store.purge_quarantine(now)).await? {
         Ok(n) if n > 0 => tracing::info!("deleted {n} files kept in the quarantine for a week"),
         Ok(_) => {}

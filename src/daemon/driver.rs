@@ -122,7 +122,7 @@ impl Driver {
         // On every datagram: no allocation; the version becomes text at the flush.
         let now = super::heard::Noted {
             at: Instant::now(),
-            at_ms: crate::store::unix_ms(),
+            at_ms: crate::clock::unix_ms(),
             version: msg.version,
             // A 2.0 peer tags most of its messages 1.0, but its STOREDs carry an INC line.
             speaks_two: msg.version.has_enhancements() || verify::incarnation_of(msg).is_some(),

@@ -249,7 +249,7 @@ impl Node {
     pub(crate) fn note_master_key(&self, key: &MasterKey, made: bool) {
         let catalog = self.catalog.clone();
         let fp = key.fingerprint();
-        let made = made.then(|| format!("{fp} {}", crate::store::unix_ms()));
+        let made = made.then(|| format!("{fp} {}", crate::clock::unix_ms()));
         let note = async move {
             if let Err(e) = catalog.note_master_key(fp, made).await {
                 tracing::warn!("cannot note the master key in the catalog: {e}");
@@ -318,14 +318,6 @@ pub(crate) fn waits_for_recover(c: &Catalog) -> Result<bool, crate::store::Store
 /// What status and state say while a reinstalled peer waits for `peerstash recover`.
 pub(crate) fn wait_recover_warning() -> String {
     "no catalog snapshot is taken: this peer looks reinstalled (a new catalog, a master key not made on this computer). Run `peerstash recover` to install the lost computer's catalog (`peerstash recover --list` shows the snapshots found), or `peerstash recover --none` if there is none".into()
-}
-
-pub(crate) fn unix_now() -> u64 {
-    let s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    s.saturating_add_signed(crate::store::catalog::test_clock_offset_s())
 }
 
 /// How the daemon starts: normally, or re-indexing the chunk files into a lost catalog.
@@ -421,7 +413,7 @@ async fn settle_master_key(
             let (key, made) = crate::config::load_or_make_master_key(&config.peer, None)?;
             if made {
                 warn_new_master_key(file);
-                let made = format!("{} {}", key.fingerprint(), crate::store::unix_ms());
+                let made = format!("{} {}", key.fingerprint(), crate::clock::unix_ms());
                 (catalog.set_meta(crate::store::MASTER_KEY_MADE, made).await)
                     .context("cannot note in the catalog that the master key was made")?;
             }
@@ -573,7 +565,10 @@ pub async fn start(
         _lock: lock,
         config: std::sync::RwLock::new(Arc::new(config)),
         lan_key: std::sync::RwLock::new(lan_key),
-        replay: std::sync::Mutex::new(crate::protocol::auth::ReplayGuard::load(marks, unix_now())),
+        replay: std::sync::Mutex::new(crate::protocol::auth::ReplayGuard::load(
+            marks,
+            crate::clock::unix_s(),
+        )),
         master_key: std::sync::RwLock::new(master_key),
         making_master_key: Mutex::new(()),
         catalog,
@@ -596,7 +591,7 @@ pub async fn start(
         workers: Default::default(),
         tcp_port: tcp.as_ref().map(|(_, port)| *port),
         pulls: crate::net::tcp::Pulls::new(),
-        started_ms: crate::store::unix_ms(),
+        started_ms: crate::clock::unix_ms(),
         incarnation,
         folders_checked: Mutex::new(Default::default()),
         traffic_history: Mutex::new(Default::default()),

@@ -44,7 +44,7 @@ pub(crate) async fn receive_loop(
                 continue;
             }
         };
-        let now = super::unix_now();
+        let now = crate::clock::unix_s();
         let (datagram, stamp) = match stamped(&node, &buf[..n], now) {
             Ok(d) => d,
             Err(e) => {
@@ -91,7 +91,7 @@ fn authenticated<'a>(
     node: &Node,
     bytes: &'a [u8],
 ) -> Result<std::borrow::Cow<'a, [u8]>, auth::AuthError> {
-    stamped(node, bytes, super::unix_now()).map(|(bytes, _)| bytes)
+    stamped(node, bytes, crate::clock::unix_s()).map(|(bytes, _)| bytes)
 }
 
 /// `authenticated`, with the time and tag of the AUTH line (None: we have no LAN key).
@@ -247,7 +247,7 @@ impl Node {
     /// An encoded message as it goes out: with the LAN key's tag when there is a key.
     pub(crate) fn sign(&self, bytes: Vec<u8>) -> Vec<u8> {
         match self.lan_key() {
-            Some(key) => auth::sign(&key, &bytes, super::unix_now()),
+            Some(key) => auth::sign(&key, &bytes, crate::clock::unix_s()),
             None => bytes,
         }
     }

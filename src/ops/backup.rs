@@ -16,6 +16,7 @@ use tokio::task::{spawn_blocking, JoinError, JoinSet};
 
 use super::delete::send_pending_deletes;
 use super::{meter, report, Done, Progress};
+use crate::clock::unix_ms;
 use crate::control::{exit, shown, Unit};
 use crate::daemon::inbox::{Input, JobEvent, Source};
 use crate::daemon::Node;
@@ -26,7 +27,7 @@ use crate::protocol::seal::{Attempt, Cut, FileKey, MasterKey};
 use crate::protocol::{
     hex, sha256_hex, ChunkId, ChunkNo, FileId, FileIdentity, PeerId, Rd, CHUNK_SIZE,
 };
-use crate::store::{unix_ms, BackupId, Begun, FileRow, Forget, StoreError};
+use crate::store::{BackupId, Begun, FileRow, Forget, StoreError};
 
 /// Chunks read and recorded in the catalog in one go before they are sent.
 const READ_BATCH: usize = 32;

@@ -15,10 +15,11 @@ use super::backup::{backup_handle_as, BackupError, Plan};
 use super::delete::send_pending_deletes;
 use super::delete::{forget_versions, Policy};
 use super::Done;
+use crate::clock::unix_ms;
 use crate::daemon::Node;
 use crate::protocol::seal::SnapshotNo;
 use crate::store::snapshot;
-use crate::store::{io_disk_full, unix_ms, SnapshotLook, StoreError};
+use crate::store::{io_disk_full, SnapshotLook, StoreError};
 use crate::workers::Worker;
 
 /// At most one snapshot per this while our files change, for a catalog of up to

@@ -260,7 +260,7 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
     // A file that has waited more than twice its folder's max_delay (it should have had a
     // version after one): at risk, whatever the folder's last backup says.
     let config = node.config();
-    let now = crate::store::unix_ms();
+    let now = crate::clock::unix_ms();
     let unreadable: std::collections::HashSet<PathBuf> = unreadable.into_iter().collect();
     let mut late = std::collections::HashSet::new();
     for (root, file, since) in &waiting {

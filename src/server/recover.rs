@@ -17,9 +17,10 @@ use std::sync::Arc;
 
 use tokio::task::spawn_blocking;
 
+use crate::clock::unix_s as unix_now;
 use crate::control::{exit, Unit};
 use crate::daemon::inbox::{Input, JobEvent};
-use crate::daemon::{unix_now, Node};
+use crate::daemon::Node;
 use crate::engine::peer::{Expect, JobKind};
 use crate::ops::{meter, report, Done, Progress};
 use crate::protocol::seal::{Cut, FileKey, MasterKey, Slot, SnapshotNo};

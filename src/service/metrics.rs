@@ -32,7 +32,7 @@ pub fn sample(node: &Node) {
             .sum::<u64>()
     };
     if let Ok(mut h) = node.traffic_history.lock() {
-        h.push((crate::store::unix_ms(), total(0), total(1)));
+        h.push((crate::clock::unix_ms(), total(0), total(1)));
     }
 }
 
@@ -476,7 +476,7 @@ async fn render_metrics(node: &Arc<Node>, cache: &Cache) -> String {
             "Backed-up files (newest version), by health.",
             &files,
         );
-        let now = crate::store::unix_ms();
+        let now = crate::clock::unix_ms();
         let ages: Vec<(String, f64)> = (k.overview.folders.iter())
             .filter_map(|(path, t)| {
                 let t = node.last_backed_up(path, *t)?;
@@ -533,7 +533,7 @@ async fn render_page(node: &Arc<Node>, cache: &Cache) -> String {
                 "<p>queue: {} paths waiting</p><h2>Watched folders</h2><ul>",
                 k.overview.queue
             );
-            let now = crate::store::unix_ms();
+            let now = crate::clock::unix_ms();
             if k.overview.folders.is_empty() {
                 body.push_str("<li>none (see [[watch]] in the config)</li>");
             }
@@ -556,7 +556,7 @@ async fn render_page(node: &Arc<Node>, cache: &Cache) -> String {
     let rates = node
         .traffic_history
         .lock()
-        .map(|h| h.rates(crate::store::unix_ms()))
+        .map(|h| h.rates(crate::clock::unix_ms()))
         .unwrap_or_default();
     let _ = write!(
         body,

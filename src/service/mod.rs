@@ -278,7 +278,7 @@ async fn lost_holders(node: Arc<Node>, worker: Worker) {
             continue;
         }
         worker.busy("looking for lost holders", None);
-        let (now, since, me) = (crate::store::unix_ms(), node.started_ms, node.id);
+        let (now, since, me) = (crate::clock::unix_ms(), node.started_ms, node.id);
         let timeout_ms = timeout.as_millis() as i64;
         let deadline = now - DELETE_ACK_DEADLINE.as_millis() as i64;
         // This peer counts itself a holder of what it hosts, and never hears itself (`me`).

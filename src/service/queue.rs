@@ -34,15 +34,9 @@ const REFUSED_RETRY: Duration = Duration::from_secs(3600);
 /// Refused files whose message `status` shows, at most (each is logged anyway).
 pub const MAX_REFUSED: usize = 1000;
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Queues paths (due now, changed now) and wakes the workers.
 pub async fn enqueue(node: &Arc<Node>, wake: &Notify, paths: Vec<PathBuf>) {
-    let now = now_ms();
+    let now = crate::clock::unix_ms();
     enqueue_since(node, wake, paths.into_iter().map(|p| (p, now)).collect()).await
 }
 
@@ -53,7 +47,10 @@ pub async fn enqueue_since(node: &Arc<Node>, wake: &Notify, paths: Vec<(PathBuf,
         return;
     }
     let n = paths.len();
-    let r = node.catalog.enqueue_since(paths, now_ms()).await;
+    let r = node
+        .catalog
+        .enqueue_since(paths, crate::clock::unix_ms())
+        .await;
     match r {
         Ok(()) => {
             tracing::debug!("queued {n} paths");
@@ -84,7 +81,7 @@ pub async fn run(node: Arc<Node>, wake: Arc<Notify>, mut shutdown: Shutdown) {
                 .clone();
             let due = node
                 .catalog
-                .due(now_ms(), WORKERS * 4)
+                .due(crate::clock::unix_ms(), WORKERS * 4)
                 .await
                 .unwrap_or_default();
             let n = free.len();
@@ -105,7 +102,7 @@ pub async fn run(node: Arc<Node>, wake: Arc<Notify>, mut shutdown: Shutdown) {
         }
         let next_due = node.catalog.next_due().await.ok().flatten();
         let wait = next_due
-            .map(|t| Duration::from_millis((t - now_ms()).clamp(50, 60_000) as u64))
+            .map(|t| Duration::from_millis((t - crate::clock::unix_ms()).clamp(50, 60_000) as u64))
             .unwrap_or(Duration::from_secs(60));
         tokio::select! {
             _ = shutdown.recv() => break,
@@ -168,7 +165,7 @@ impl Drop for InProgress {
 /// back), if that is less than `quiet`: a write no event told of (a long copy in one call, a
 /// write through a hard link outside the folder) still makes the file wait out its quiet time.
 fn changed_within(stamp: &Stamp, quiet: Duration) -> Option<Duration> {
-    let age = now_ms() * 1_000_000 - stamp.ctime_ns;
+    let age = crate::clock::unix_ms() * 1_000_000 - stamp.ctime_ns;
     // A ctime in the future (the clock was set back) says nothing: the read is checked anyway.
     (0..quiet.as_nanos() as i64)
         .contains(&age)
@@ -281,9 +278,9 @@ async fn work_on(
             let since = (node.catalog.queued_since(path).await).ok().flatten();
             // Changed for max_delay and never quiet: backed up now, from a consistent copy if
             // a read finds it changing.
-            let overdue = overdue(since, now_ms(), watch.max_delay);
+            let overdue = overdue(since, crate::clock::unix_ms(), watch.max_delay);
             if let Some(age) = changed_within(&stamp, watch.quiet).filter(|_| !overdue) {
-                let due = now_ms() + (watch.quiet - age).as_millis() as i64 + 1;
+                let due = crate::clock::unix_ms() + (watch.quiet - age).as_millis() as i64 + 1;
                 let _ = node.catalog.retry_later(path, gen, due).await;
                 return Ok(());
             }
@@ -346,13 +343,13 @@ async fn work_on(
                     let message = format!("{}: {e}", path.display());
                     tracing::error!("{message}");
                     refused(node, path, Some(message.clone()));
-                    let due = now_ms() + REFUSED_RETRY.as_millis() as i64;
+                    let due = crate::clock::unix_ms() + REFUSED_RETRY.as_millis() as i64;
                     let _ = node.catalog.retry_later(path, gen, due).await;
                     Err(message)
                 }
                 Err(BackupError::Changed) => {
                     // Still being written: look again once it has been quiet.
-                    let due = crate::service::queue::now_ms() + watch.quiet.as_millis() as i64;
+                    let due = crate::clock::unix_ms() + watch.quiet.as_millis() as i64;
                     let _ = node.catalog.retry_later(path, gen, due).await;
                     Ok(())
                 }
@@ -484,7 +481,7 @@ async fn gone(node: &Arc<Node>, path: &Path, gen: i64, watch: &WatchConfig) {
         return done(node, path, gen).await;
     }
     refused(node, path, None);
-    let now = now_ms() / 1000;
+    let now = crate::clock::unix_ms() / 1000;
     match node.catalog.mark_deleted(path, now).await {
         Ok(n) if n > 0 => tracing::info!("{} was deleted locally", path.display()),
         Ok(_) => {}
@@ -521,7 +518,7 @@ async fn done(node: &Arc<Node>, path: &Path, gen: i64) {
 
 async fn later(node: &Arc<Node>, path: &Path, gen: i64, attempts: u32) {
     let delay = retry_delay(attempts);
-    let due = now_ms() + delay.as_millis() as i64;
+    let due = crate::clock::unix_ms() + delay.as_millis() as i64;
     let _ = node.catalog.retry_later(path, gen, due).await;
 }
 

@@ -658,7 +658,7 @@ async fn settle(
 ) {
     let config = node.config();
     // Each path's first event, as a wall time for the queue (`Catalog::enqueue_since`).
-    let (now, now_ms) = (Instant::now(), crate::service::queue::now_ms());
+    let (now, now_ms) = (Instant::now(), crate::clock::unix_ms());
     let since: std::collections::HashMap<PathBuf, i64> = (paths.iter())
         .map(|(p, at)| {
             (
@@ -798,7 +798,7 @@ async fn scan(node: &Arc<Node>, wake: &Notify, root: &Path, keeper: &mpsc::Unbou
     tracing::info!("scanned {}: {queued} paths to look at", root.display());
     if queued == 0 && root == watch.path {
         if let Ok(mut checked) = node.folders_checked.lock() {
-            checked.insert(watch.path.clone(), crate::store::unix_ms());
+            checked.insert(watch.path.clone(), crate::clock::unix_ms());
         }
     }
 }

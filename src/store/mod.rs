@@ -7,8 +7,8 @@ pub mod incarnation;
 pub mod snapshot;
 
 pub use catalog::{
-    io_disk_full, unix_ms, BackupId, Begun, Catalog, CatalogHandle, ChunkRole, FileChunkRow,
-    FileRow, Forget, HostedRow, KeyFacts, PeerRow, Policy, SnapshotLook, StoreError, MASTER_KEY_FP,
+    io_disk_full, BackupId, Begun, Catalog, CatalogHandle, ChunkRole, FileChunkRow, FileRow,
+    Forget, HostedRow, KeyFacts, PeerRow, Policy, SnapshotLook, StoreError, MASTER_KEY_FP,
     MASTER_KEY_MADE, MAX_PEER_ROWS,
 };
 pub use chunks::{ChunkStore, NewChunk};

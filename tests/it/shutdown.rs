@@ -221,7 +221,7 @@ fn sigterm_during_a_backup_stops_cleanly_and_the_restart_sends_only_missing_chun
     {
         let db = c.peer(0).dir.join("state/catalog.db");
         let catalog = peerstash::store::Catalog::open(&db).unwrap();
-        let now = peerstash::service::queue::now_ms();
+        let now = peerstash::clock::unix_ms();
         let due = catalog.due(now, 1000).unwrap();
         assert!(
             due.iter().any(|(p, _, _)| *p == big),

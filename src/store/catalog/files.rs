@@ -2,6 +2,7 @@
 //! whether complete), and `last_versions`, the version numbers a path has used.
 
 use super::*;
+use crate::clock::unix_ms;
 
 /// One backed-up version of one of our own files.
 #[derive(Clone, Debug, PartialEq, Eq)]

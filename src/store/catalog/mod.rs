@@ -120,32 +120,6 @@ impl Default for BackupId {
     }
 }
 
-/// Unix ms by the system clock: the catalog's timestamps (peers heard and lost, deletes owed).
-pub fn unix_ms() -> i64 {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    ms.saturating_add(test_clock_offset_s().saturating_mul(1000))
-}
-
-/// Tests only: in a debug build, `PEERSTASH_CLOCK_OFFSET_S` moves this process's wall clock
-/// (`unix_ms`, `daemon::unix_now`) by that many seconds, as a clock set ahead or back would
-/// (tests/durability_snapshots.rs). A release build never reads it.
-pub fn test_clock_offset_s() -> i64 {
-    #[cfg(debug_assertions)]
-    {
-        static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-        *OFFSET.get_or_init(|| {
-            std::env::var("PEERSTASH_CLOCK_OFFSET_S")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        })
-    }
-    #[cfg(not(debug_assertions))]
-    0
-}
-
 pub struct Catalog {
     pub(super) conn: Connection,
     /// Where it is: `CatalogHandle::read` opens it again, read-only.

@@ -2,6 +2,7 @@
 //! that tells a worker whether the path was queued again while it was busy.
 
 use super::*;
+use crate::clock::unix_ms;
 
 impl Catalog {
     /// Queues a path (again): due now, or kept at its current due time if already queued.

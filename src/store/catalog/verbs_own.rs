@@ -3,6 +3,7 @@
 //! rule is there) on the catalog thread and returns once it is committed.
 
 use super::*;
+use crate::clock::unix_ms;
 use crate::protocol::seal::SnapshotNo;
 
 impl CatalogHandle {
