@@ -3,10 +3,11 @@
 //! one file (`HEADER_LEN` bytes of header, then an SQLite database) and backed up encrypted
 //! under a fileId derived from the peer id, the master key and its number alone
 //! (`MasterKey::snapshot_no_file_id`), so that `peerstash recover` on a reinstalled computer
-//! finds it with nothing but its config and key. The `snapshots` table lists the numbers used
-//! (one is never used twice: the same key and nonce must never seal other bytes), when each was
-//! taken (a label only) and which reached their RD. Which are kept (`superseded`) lets a recover
-//! find the newest in O(log n) probes without a clock.
+//! finds it with nothing but its config and key. The `snapshots` table (`catalog::snapshots`,
+//! which this file looks down to) lists the numbers used (one is never used twice: the same key
+//! and nonce must never seal other bytes), when each was taken (a label only) and which reached
+//! their RD. Which are kept (`superseded`) lets a recover find the newest in O(log n) probes
+//! without a clock.
 
 use std::path::{Path, PathBuf};
 

@@ -5,7 +5,10 @@
 //!
 //! This file owns the `Catalog` type, its schema and migrations, and the `meta` table; each
 //! other table has its file (`files`, `folders`, `forget`, `queue`, `hosted`, `holders`,
-//! `peers`, `snapshots`), and `handle` runs the catalog thread.
+//! `peers`, `snapshots`), and `handle` runs the catalog thread. Outside the catalog, callers use
+//! `CatalogHandle`'s named verbs (`verbs_own`, `verbs_peer`): each runs one `Catalog` method,
+//! so a rule of several steps ("resume or insert a version", "forget only by policy") is
+//! written once, here.
 
 use std::ffi::OsStr;
 use std::ffi::OsString;
