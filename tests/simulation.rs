@@ -59,6 +59,7 @@ use peerstash::engine::peer::{
 };
 use peerstash::engine::reclaim::{choose_victims, Candidate};
 use peerstash::engine::restore::{expected_len, MAX_GETCHUNK_SENDS};
+use peerstash::engine::store::{admit, after_write, Admit};
 use peerstash::engine::verify::Sample;
 use peerstash::protocol::{
     chunk_count, sha256_hex, ChunkId, ChunkNo, FileId, FileIdentity, Message, MessageKind, PeerId,
@@ -131,50 +132,9 @@ const HELLOS_PER_HOLDER_TIMEOUT: u32 = 5;
 /// holder timeout and the interval of the look.
 const LOST_SLACK: Duration = Duration::from_secs(1);
 
-/// Store admission as the daemon's `disk::store_chunk` decides it (`engine::store`).
-mod admission {
-    use peerstash::engine::peer::Put;
-    use peerstash::store::ChunkRole;
-
-    pub enum Admit {
-        Refuse,
-        Held { learn_rd: bool },
-        Write,
-    }
-
-    pub fn admit(role: ChunkRole, write: bool) -> Admit {
-        match role {
-            ChunkRole::Own { .. } | ChunkRole::Forgotten => Admit::Refuse,
-            ChunkRole::Hosted { desired_rd } => Admit::Held {
-                learn_rd: desired_rd == peerstash::engine::peer::UNKNOWN_RD,
-            },
-            ChunkRole::Unknown if write => Admit::Write,
-            ChunkRole::Unknown => Admit::Refuse,
-        }
-    }
-
-    pub fn after_write(room: bool, written: bool, recorded: bool) -> Put {
-        match room && written && recorded {
-            true => Put::Written,
-            false => Put::Refused,
-        }
-    }
-}
-use admission::{admit, after_write, Admit};
-
 /// A catalog call that fails is a failure of the seed (the scratch catalog is in memory).
 fn must<T>(r: Result<T, StoreError>) -> T {
     r.unwrap_or_else(|e| panic!("catalog: {e}"))
-}
-
-/// The engine's view of a catalog role (as `daemon::disk` maps it: a forgotten version's chunk
-/// is unknown to REMOVED handling).
-fn engine_role(role: ChunkRole) -> Role {
-    match role {
-        ChunkRole::Unknown | ChunkRole::Forgotten => Role::Unknown,
-        ChunkRole::Own { desired_rd } => Role::Own { desired_rd },
-        ChunkRole::Hosted { desired_rd } => Role::Hosted { desired_rd },
-    }
 }
 
 /// Where a seed's catalogs live (tmpfs when there is one), removed with the seed.
@@ -1920,7 +1880,8 @@ impl Sim {
             Action::RemoveHolder { chunk, peer } => {
                 let (role, perceived) = self.role_and_rd(p, &chunk, Some(peer));
                 // A REMOVED handled: its sender is counted no more for this chunk.
-                if role != Role::Unknown && self.holders(p, key).contains(&peer) {
+                let counted = !matches!(role, Role::Unknown | Role::Forgotten);
+                if counted && self.holders(p, key).contains(&peer) {
                     return self.fail(format!(
                         "peer {me} still counts peer {peer} a holder of {} after handling its REMOVED",
                         short(&chunk)
@@ -2053,7 +2014,7 @@ impl Sim {
             (_, Some(peer)) => must(catalog.remove_holder(f, no, peer)),
             (_, None) => must(catalog.perceived(f, no)),
         };
-        (engine_role(role), perceived)
+        (Role::from(role), perceived)
     }
 
     /// A hosted chunk's row and its file's bytes, checked against the row's hash
@@ -2132,7 +2093,8 @@ impl Sim {
             return Put::Refused;
         }
         let catalog = &self.peers[p].disk.catalog;
-        let role = must(catalog.role(&chunk.file_id, chunk.chunk_no));
+        // The daemon's mapping of a catalog role (`daemon::disk`).
+        let role = Role::from(must(catalog.role(&chunk.file_id, chunk.chunk_no)));
         match admit(role, write) {
             Admit::Refuse => return Put::Refused,
             Admit::Held { learn_rd } => {
