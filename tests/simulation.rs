@@ -3348,5 +3348,14 @@ fn seeds_keep_every_invariant() {
                 && total.proof_drops > 0,
             "{total:?}"
         );
+        // Issue 26: 2.0 homes counted silent holders lost, and the stores refused chunks for
+        // want of quota, failed writes (full disks, I/O errors) and failed to record rows.
+        assert!(
+            total.lost_drops > 0
+                && total.no_room > 0
+                && total.write_failures > 0
+                && total.record_failures > 0,
+            "{total:?}"
+        );
     }
 }
