@@ -1,9 +1,10 @@
 //! Deterministic simulation (issue 11): 4-8 `engine::Peer`s in one process, on a simulated clock
-//! and a simulated LAN that loses, duplicates, delays and reorders datagrams, each peer with an
-//! in-memory chunk store and catalog driven the way the daemon drives the engine. Every seed runs
-//! a random scenario of backups, restores, deletes, reclaims, file changes and crashes, then a
-//! quiet period, then checks invariants. Everything random comes from one seeded `StdRng` and
-//! every map whose order matters is a `BTreeMap`, so a failing seed replays exactly:
+//! and a simulated LAN that loses, duplicates, delays and reorders datagrams, each peer with its
+//! chunk files in memory and its own real catalog (`store::Catalog` on a scratch file), driven the
+//! way the daemon drives the engine. Every seed runs a random scenario of backups, restores,
+//! deletes, reclaims, file changes and crashes, then a quiet period, then checks invariants.
+//! Everything random comes from one seeded `StdRng` and every map whose order matters is a
+//! `BTreeMap`, so a failing seed replays exactly:
 //!
 //! ```text
 //! PEERSTASH_SIM_SEED=1234 cargo test --test simulation     # one seed, with its event trace
@@ -20,8 +21,7 @@
 //! HELLO from every peer on a reliable network, no 2.0 peer hosts a chunk of a version its 2.0
 //! home deleted knowing it as a holder; a copy dropped as one too many never leaves a chunk
 //! with none; in a lossless seed, every holder a home counts for an untouched chunk holds it.
-//! Copies per chunk against RD and chunk bodies on MDR are reported per class of seed. Not
-//! modelled: holders counted lost after `peer.holder_timeout` (a daemon worker, not the engine).
+//! Copies per chunk against RD and chunk bodies on MDR are reported per class of seed.
 //!
 //! Issue 24: a 2.0 peer may also crash and come back with its store emptied (a new incarnation)
 //! or rolled back to what it hosted when it last started (the same incarnation), with no
@@ -29,6 +29,18 @@
 //! (`engine::verify`, every counted chunk of a 2.0 holder per round), and drop what fails.
 //! After one verification round at the end, every holder a 2.0 home counts at a 2.0 peer holds
 //! the chunk, on every seed.
+//!
+//! Issue 26: the store's work is the daemon's, not a copy of it. A PUTCHUNK is admitted by
+//! `engine::store::admit` on the role the real catalog gives, reserved against the quota with
+//! `store::chunks::Usage` (as `ChunkStore` charges it), written (or not: a disk that is full
+//! for a while, a chunk write or a catalog row that fails), and its outcome is
+//! `engine::store::after_write`'s. Versions, hosted rows, holder sets, deletes owed and peers
+//! heard are the catalog's (`Catalog` verbs as `daemon::disk`, `daemon::driver` and the
+//! service call them); the simulation keeps only the ground truth (which chunk files each peer
+//! really has). A 2.0 peer counts a holder lost after `peer.holder_timeout` (here 5 HELLOs) as
+//! the service's worker does (`lost_holders`, `drop_lost_holder`). Added checks: a REMOVED
+//! handled leaves its sender counted nowhere for that chunk; a 2.0 home counts no holder that
+//! has been down longer than the holder timeout at its next look.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -47,11 +59,14 @@ use peerstash::engine::peer::{
 };
 use peerstash::engine::reclaim::{choose_victims, Candidate};
 use peerstash::engine::restore::{expected_len, MAX_GETCHUNK_SENDS};
+use peerstash::engine::store::{admit, after_write, Admit};
 use peerstash::engine::verify::Sample;
 use peerstash::protocol::{
     chunk_count, sha256_hex, ChunkId, ChunkNo, FileId, FileIdentity, Message, MessageKind, PeerId,
     Rd, CHUNK_SIZE,
 };
+use peerstash::store::chunks::{charge, Usage};
+use peerstash::store::{BackupId, Catalog, ChunkRole, FileRow, Forget, HostedRow, StoreError};
 
 /// Latency of a datagram: uniform in 0..=50 ms, drawn per copy, so datagrams reorder.
 const MAX_LATENCY_US: u64 = 50_000;
@@ -105,6 +120,62 @@ const TOLERATE_KNOWN_ISSUES: bool = true;
 const SETTLING: Duration = Duration::from_secs(5);
 /// Trace lines kept for a failing seed's report.
 const TRACE_TAIL: usize = 400;
+/// The filesystem block the simulated stores charge chunks by (`store::chunks::charge`).
+const BLOCK: u64 = 4096;
+/// The simulated wall clock (unix ms) at the start of every seed: the catalog dates rows by it.
+const EPOCH_MS: i64 = 1_800_000_000_000;
+/// 2.0: `peer.holder_timeout` is this many HELLOs (the daemon says HELLO every
+/// `min(60 s, holder_timeout / 5)`): 10, 50 or 300 s.
+const HELLOS_PER_HOLDER_TIMEOUT: u32 = 5;
+/// A DELETE's chunks may still be written meanwhile; a REMOVED's sender may be heard with
+/// STOREDs in flight: how long after a holder went down it may still be counted, besides the
+/// holder timeout and the interval of the look.
+const LOST_SLACK: Duration = Duration::from_secs(1);
+
+/// A catalog call that fails is a failure of the seed (the scratch catalog is in memory).
+fn must<T>(r: Result<T, StoreError>) -> T {
+    r.unwrap_or_else(|e| panic!("catalog: {e}"))
+}
+
+/// Where a seed's catalogs live (tmpfs when there is one), removed with the seed.
+struct ScratchDir(std::path::PathBuf);
+
+impl ScratchDir {
+    fn new(seed: u64) -> ScratchDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let shm = std::path::Path::new("/dev/shm");
+        let root = match shm.is_dir() {
+            true => shm.to_path_buf(),
+            false => std::env::temp_dir(),
+        };
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = root.join(format!("peerstash-sim-{}-{seed}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a scratch folder for the catalogs");
+        ScratchDir(dir)
+    }
+
+    /// A new catalog for peer `p`, on a scratch file (no log, no sync: it lives as long as the
+    /// seed, and a crash of a simulated peer loses nothing the catalog committed). It starts as
+    /// a copy of an empty catalog made once: making the schema costs more than copying it.
+    fn catalog(&self, p: usize) -> Catalog {
+        static EMPTY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let empty = EMPTY.get_or_init(|| {
+            let dir = ScratchDir::new(u64::MAX);
+            let path = dir.0.join("empty.db");
+            drop(must(Catalog::open_scratch(&path)));
+            std::fs::read(&path).expect("read the empty catalog")
+        });
+        let path = self.0.join(format!("peer{}.db", p + 1));
+        std::fs::write(&path, empty).expect("write a scratch catalog");
+        must(Catalog::open_scratch(&path))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 fn splitmix(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -246,6 +317,10 @@ struct Content {
     file_id: FileId,
     bytes: Vec<u8>,
     hashes: Vec<String>,
+    /// The hash of the whole content, as the catalog's `files` row keeps it.
+    content_hash: String,
+    /// Its version number among its path's contents (the catalog numbers its own).
+    version: usize,
 }
 
 impl Content {
@@ -298,47 +373,31 @@ struct Copied {
     gone: Option<(u64, Gone)>,
 }
 
-/// A chunk this peer hosts for another: the chunk file and its catalog row.
-struct Hosted {
+/// A chunk file on a peer's disk (the ground truth; its catalog row is the catalog's).
+struct ChunkFile {
     /// The chunk with its fileId as the home peer wrote it.
     wire: ChunkId,
     body: Vec<u8>,
-    hash: String,
-    desired: u8,
-    holders: BTreeSet<PeerId>,
 }
 
-/// One version of this peer's own file in its catalog.
-struct Version {
-    rd: u8,
-    /// Per chunk, the peers known to hold it (never this peer).
-    holders: Vec<BTreeSet<PeerId>>,
-    complete: bool,
-}
-
-/// What survives a crash: the chunk store and the catalog.
+/// What survives a crash: the chunk files, the catalog and the quota's accounting.
 struct Disk {
-    quota: u64,
+    /// The real catalog: own versions and their holders, hosted rows and their holders, the
+    /// peers heard and lost, the deletes still to send and to be acknowledged.
+    catalog: Catalog,
+    /// The quota's accounting, as the daemon's `ChunkStore` keeps it (charged bytes).
+    usage: Usage,
     configured: u64,
-    used: u64,
-    hosted: BTreeMap<Ck, Hosted>,
-    /// Our own versions, by content.
-    files: BTreeMap<usize, Version>,
-    pending_deletes: BTreeSet<usize>,
-    /// Our own versions deleted: a re-backup's PUTCHUNK of one of their chunks may still come
-    /// (from a peer that missed the DELETEs), and a home peer never hosts its own chunks. The
-    /// daemon's catalog forgets them, and then stores such a chunk: seeds 418 and 20702 of the
-    /// first 100,000 (a home peer hosting its own chunk; counting itself as its holder when it
-    /// backs the same file up again while re-backing up that copy).
-    tombstones: BTreeSet<usize>,
-    /// 2.0 (`delete_acks`): (our deleted version, holder) for every holder known when the
-    /// version was forgotten that has not said DELETED yet; a version backed up again clears
-    /// its rows.
-    delete_acks: BTreeSet<(usize, PeerId)>,
-    /// 2.0: this store's incarnation (new when it is wiped), and the peers' as last heard
-    /// (`peers.incarnation`).
+    /// The chunk files this peer really has, by chunk.
+    hosted: BTreeMap<Ck, ChunkFile>,
+    /// 2.0: this store's incarnation (new when it is wiped).
     incarnation: u64,
-    peer_incs: BTreeMap<PeerId, u64>,
+    /// 2.0: the peers whose incarnation the catalog recorded (`peers.incarnation`): the holders
+    /// a verification round proves. (`Catalog::verify_samples` picks at random, from the OS:
+    /// the simulation lists every counted chunk of theirs itself, with `holders`.)
+    incs: BTreeSet<PeerId>,
+    /// The disk is full until then: every chunk write fails.
+    full_until: Duration,
 }
 
 enum Job {
@@ -348,8 +407,9 @@ enum Job {
         next: u32,
         credit: usize,
         ended: u32,
-        /// This job inserted the version (it did not resume one): a changed file forgets it.
-        inserted: bool,
+        /// This job inserted the version (it did not resume one): a changed file forgets it
+        /// (`Forget::Abandoned`).
+        inserted: Option<BackupId>,
         changed: bool,
     },
     Restore {
@@ -384,6 +444,15 @@ struct SimPeer {
     repairs: u32,
     /// When a fileId's DELETEs were all sent (transient: after a crash they are sent again).
     deletes_done: BTreeMap<usize, Duration>,
+    /// When this life started (unix ms): a holder not heard since is given a full holder
+    /// timeout from then (`Node::started_ms`).
+    started_ms: i64,
+    /// When it went down (None: running).
+    down_since: Option<Duration>,
+    /// Peers heard since the last flush to the catalog, with when (unix ms).
+    heard: BTreeMap<PeerId, i64>,
+    /// 2.0: when the lost-holder worker looks next.
+    next_lost_check: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -399,6 +468,8 @@ enum Command {
     /// same incarnation), sending no REMOVED either way.
     Wipe,
     Rollback,
+    /// The disk of a peer is full for a while: its chunk writes fail.
+    DiskFull,
 }
 
 enum Event {
@@ -564,6 +635,12 @@ struct Stats {
     rollbacks: u64,
     incarnation_drops: u64,
     proof_drops: u64,
+    /// Issue 26: holders a 2.0 home counted lost (silent for `holder_timeout`); chunk writes
+    /// refused for want of quota, failed (a full disk, an I/O error) and rows not recorded.
+    lost_drops: u64,
+    no_room: u64,
+    write_failures: u64,
+    record_failures: u64,
     /// Indexed by `Class`.
     classes: [PerClass; 3],
 }
@@ -617,7 +694,11 @@ impl Stats {
             wipes,
             rollbacks,
             incarnation_drops,
-            proof_drops
+            proof_drops,
+            lost_drops,
+            no_room,
+            write_failures,
+            record_failures
         );
         for (c, o) in self.classes.iter_mut().zip(&o.classes) {
             c.add(o);
@@ -718,9 +799,19 @@ struct Sim {
     /// 2.0: the chunks each peer hosted when it last started (what a rollback goes back to).
     snapshots: BTreeMap<usize, BTreeSet<Ck>>,
     strict: bool,
+    /// 2.0: `peer.holder_timeout`, and how often a home looks for lost holders.
+    holder_timeout: Duration,
+    lost_check_every: Duration,
+    /// The chance that a chunk write fails (an I/O error), and that its catalog row does.
+    write_fail: f64,
+    record_fail: f64,
+    /// The next backup run's id (`BackupId`: random in the daemon).
+    next_backup: i64,
     stats: Stats,
     failure: Option<String>,
     trace: Option<Vec<String>>,
+    /// Where the catalogs are (dropped last).
+    _scratch: ScratchDir,
 }
 
 impl Sim {
@@ -737,6 +828,11 @@ impl Sim {
             _ => Class::Mixed,
         };
         let hello_every = *HELLO_EVERY.choose(&mut rng).unwrap();
+        let holder_timeout = hello_every * HELLOS_PER_HOLDER_TIMEOUT;
+        // I/O errors of the store: none in most seeds.
+        let write_fail = *[0.0, 0.0, 0.02, 0.1].choose(&mut rng).unwrap();
+        let record_fail = *[0.0, 0.0, 0.0, 0.02].choose(&mut rng).unwrap();
+        let scratch = ScratchDir::new(seed);
         let mut v2: Vec<bool> = (0..n)
             .map(|_| match class {
                 Class::V1 => false,
@@ -764,16 +860,17 @@ impl Sim {
                 engine: None,
                 life: 0,
                 disk: Disk {
-                    quota,
+                    catalog: scratch.catalog(i),
+                    usage: Usage {
+                        used: 0,
+                        reserved: 0,
+                        quota,
+                    },
                     configured: quota,
-                    used: 0,
                     hosted: BTreeMap::new(),
-                    files: BTreeMap::new(),
-                    pending_deletes: BTreeSet::new(),
-                    tombstones: BTreeSet::new(),
-                    delete_acks: BTreeSet::new(),
                     incarnation: i as u64 + 1,
-                    peer_incs: BTreeMap::new(),
+                    incs: BTreeSet::new(),
+                    full_until: Duration::ZERO,
                 },
                 jobs: BTreeMap::new(),
                 next_job: 1,
@@ -781,6 +878,10 @@ impl Sim {
                 repair_due: false,
                 repairs: 0,
                 deletes_done: BTreeMap::new(),
+                started_ms: EPOCH_MS,
+                down_since: None,
+                heard: BTreeMap::new(),
+                next_lost_check: None,
             });
         }
         let mut sim = Sim {
@@ -824,6 +925,12 @@ impl Sim {
             touched: BTreeSet::new(),
             snapshots: BTreeMap::new(),
             strict: !TOLERATE_KNOWN_ISSUES || std::env::var_os("PEERSTASH_SIM_STRICT").is_some(),
+            holder_timeout,
+            lost_check_every: (holder_timeout / 5)
+                .clamp(Duration::from_secs(1), Duration::from_secs(60)),
+            write_fail,
+            record_fail,
+            next_backup: 1,
             stats: Stats {
                 peers: n as u64,
                 v2_peers: v2.iter().filter(|v| **v).count() as u64,
@@ -831,11 +938,12 @@ impl Sim {
             },
             failure: None,
             trace: tracing.then(Vec::new),
+            _scratch: scratch,
         };
         sim.stats.classes[class as usize].seeds = 1;
         let protocols: String = v2.iter().map(|v| if *v { '2' } else { '1' }).collect();
         sim.log(|| {
-            format!("seed {seed}: protocols {protocols} ({class:?}), HELLO every {hello_every:?}")
+            format!("seed {seed}: protocols {protocols} ({class:?}), HELLO every {hello_every:?}, holder timeout {holder_timeout:?}, writes fail {write_fail}, rows {record_fail}")
         });
         for p in 0..n {
             sim.boot(p);
@@ -862,9 +970,10 @@ impl Sim {
                 45..=56 => Command::Delete,
                 57..=64 => Command::Modify,
                 65..=84 => Command::Reclaim,
-                85..=92 => Command::Crash,
-                93..=96 => Command::Wipe,
-                _ => Command::Rollback,
+                85..=90 => Command::Crash,
+                91..=94 => Command::Wipe,
+                95..=96 => Command::Rollback,
+                _ => Command::DiskFull,
             };
             sim.schedule(at, Event::Command(command));
         }
@@ -889,12 +998,13 @@ impl Sim {
             })
             .collect();
         let version = self.contents.iter().filter(|c| c.path == path).count();
+        let content_hash = sha256_hex(hashes.concat().as_bytes());
         let id = FileIdentity {
             peer: self.peers[home].id,
             path: format!("/sim/file{path}").as_bytes(),
             size: size as u64,
             mtime_ns: version as i64,
-            content_hash: &sha256_hex(hashes.concat().as_bytes()),
+            content_hash: &content_hash,
         }
         .file_id();
         let file_id = match self.peers[home].upper_case {
@@ -909,12 +1019,64 @@ impl Sim {
             file_id,
             bytes,
             hashes,
+            content_hash,
+            version,
         });
         self.contents.len() - 1
     }
 
     fn at(&self) -> Instant {
         self.base + self.now
+    }
+
+    /// The simulated wall clock, as the catalog dates its rows (unix ms).
+    fn unix_ms(&self) -> i64 {
+        EPOCH_MS + self.now.as_millis() as i64
+    }
+
+    /// FileIds from the catalog (lower case, as peerstash writes them) as their home wrote
+    /// them: some simulated homes write upper case, like other implementations, and keep
+    /// their own text.
+    fn as_written(&self, file_ids: Vec<FileId>) -> Vec<FileId> {
+        (file_ids.iter())
+            .map(|f| match self.content_of(f) {
+                Some(ci) => self.contents[ci].file_id.clone(),
+                None => f.clone(),
+            })
+            .collect()
+    }
+
+    fn catalog(&self, p: usize) -> &Catalog {
+        &self.peers[p].disk.catalog
+    }
+
+    /// Peer p's own versions in its catalog: (content, row).
+    fn versions(&self, p: usize) -> Vec<(usize, FileRow)> {
+        let rows = must(self.catalog(p).all_files());
+        (rows.into_iter())
+            .filter_map(|row| Some((self.content_of(&row.file_id)?, row)))
+            .collect()
+    }
+
+    /// Whether peer p's catalog has a version of this content.
+    fn has_version(&self, p: usize, ci: usize) -> bool {
+        must(self.catalog(p).file(&self.contents[ci].file_id)).is_some()
+    }
+
+    /// The holders peer p's catalog counts for a chunk (of its own, or hosted here).
+    fn holders(&self, p: usize, key: Ck) -> BTreeSet<PeerId> {
+        let c = &self.contents[key.0];
+        must(self.catalog(p).holders(&c.file_id, ChunkNo(key.1)))
+            .into_iter()
+            .collect()
+    }
+
+    /// The chunks of one of peer p's versions below its desired RD (a chunk not recorded yet
+    /// counts: no holder has it).
+    fn below_rd(&self, p: usize, ci: usize, rd: u8) -> bool {
+        let chunks = must(self.catalog(p).file_chunks(&self.contents[ci].file_id));
+        chunks.len() < self.contents[ci].chunks() as usize
+            || chunks.iter().any(|c| c.perceived_rd < u32::from(rd))
     }
 
     fn log(&mut self, line: impl FnOnce() -> String) {
@@ -1002,15 +1164,30 @@ impl Sim {
                 }
             }
         }
+        // 2.0: the lost-holder worker's looks, like HELLOs, are no work left undone.
+        let mut next_check: Option<(Duration, usize)> = None;
+        for (i, p) in self.peers.iter().enumerate() {
+            let Some(t) = p.next_lost_check.filter(|_| hellos && p.engine.is_some()) else {
+                continue;
+            };
+            if next_check.is_none_or(|(best, _)| t < best) {
+                next_check = Some((t, i));
+            }
+        }
+        work |= next_check.is_some();
         if !work {
             return false;
         }
-        let (t, timer_of) = match (next_event, next_timer) {
-            (None, None) => return false,
+        let (mut t, mut timer_of) = match (next_event, next_timer) {
+            (None, None) => (Duration::MAX, None),
             (Some(e), Some((t, i))) if t <= e => (t, Some(i)),
             (None, Some((t, i))) => (t, Some(i)),
             (Some(e), _) => (e, None),
         };
+        let mut check_of = None;
+        if let Some((c, i)) = next_check.filter(|(c, _)| *c < t) {
+            (t, timer_of, check_of) = (c, None, Some(i));
+        }
         if t > deadline {
             return false;
         }
@@ -1020,6 +1197,11 @@ impl Sim {
             return false;
         }
         self.now = self.now.max(t);
+        if let Some(p) = check_of {
+            self.lost_check(p);
+            self.drain(p);
+            return true;
+        }
         match timer_of {
             Some(p) => {
                 let at = self.at();
@@ -1280,6 +1462,7 @@ impl Sim {
         self.stats.deliveries += 1;
         self.log(|| format!("p{} recv {}", to + 1, describe(&msg)));
         if msg.sender != self.peers[to].id {
+            self.note_heard(to, msg.sender);
             match &msg.kind {
                 MessageKind::Delete { file_id } => {
                     let life = self.peers[to].life;
@@ -1325,6 +1508,75 @@ impl Sim {
         self.handling_sent = sent;
         self.drain(to);
         self.handling_sent = 0;
+    }
+
+    /// The driver notes who spoke (any message counts) and writes it to the catalog once a
+    /// second (`heard_peers`): what the lost-holder worker reads. (Written here when the
+    /// worker looks, every second or more: the rows it reads are the same, in fewer calls.)
+    fn note_heard(&mut self, p: usize, sender: PeerId) {
+        let at = self.unix_ms();
+        self.peers[p].heard.insert(sender, at);
+    }
+
+    fn flush_heard(&mut self, p: usize) {
+        let peer = &mut self.peers[p];
+        if peer.heard.is_empty() {
+            return;
+        }
+        let heard: Vec<(PeerId, String, i64)> = std::mem::take(&mut peer.heard)
+            .into_iter()
+            .map(|(q, at)| (q, String::new(), at))
+            .collect();
+        must(peer.disk.catalog.heard_peers(&heard));
+    }
+
+    /// 2.0: the service's lost-holder worker: a holder not heard for `holder_timeout` (since
+    /// this peer started, at least) leaves every holder set, and the repair makes its copies
+    /// again. Then no holder down for longer than that (and a look) is counted any more.
+    fn lost_check(&mut self, p: usize) {
+        self.flush_heard(p);
+        let (now, since, me) = (self.unix_ms(), self.peers[p].started_ms, self.peers[p].id);
+        let timeout_ms = self.holder_timeout.as_millis() as i64;
+        let catalog = &self.peers[p].disk.catalog;
+        let mut lost = Vec::new();
+        for q in must(catalog.lost_holders(now, timeout_ms, since)) {
+            if q != me {
+                lost.push((q, must(catalog.drop_lost_holder(q, now))));
+            }
+        }
+        must(catalog.expire_delete_acks(now - 30 * 86_400_000));
+        self.peers[p].next_lost_check = Some(self.now + self.lost_check_every);
+        for (q, copies) in &lost {
+            self.log(|| format!("p{} counts peer {q} lost: {copies} copies", p + 1));
+        }
+        if !lost.is_empty() {
+            self.stats.lost_drops += lost.len() as u64;
+            self.on_action(p, Action::Repair);
+        }
+        // The invariant: a holder down since before `holder_timeout` (and the slack) ago is
+        // counted for none of our chunks.
+        let started = Duration::from_millis((since - EPOCH_MS) as u64);
+        let long_down: Vec<PeerId> = (self.peers.iter())
+            .filter(|q| {
+                q.down_since.is_some_and(|d| {
+                    self.now.saturating_sub(d.max(started)) > self.holder_timeout + LOST_SLACK
+                })
+            })
+            .map(|q| q.id)
+            .collect();
+        if long_down.is_empty() {
+            return;
+        }
+        let report = must(self.catalog(p).peers_report());
+        if let Some(row) =
+            (report.iter()).find(|r| long_down.contains(&r.id) && r.chunks_of_ours > 0)
+        {
+            let msg = format!(
+                "peer {me} still counts peer {} a holder of {} of its chunks, down for longer than the holder timeout ({:?})",
+                row.id, row.chunks_of_ours, self.holder_timeout
+            );
+            self.fail(msg);
+        }
     }
 
     /// 2.0: a chunk delivered over TCP reaches the requester's driver, which hands it to
@@ -1386,10 +1638,10 @@ impl Sim {
             } => self.fetched(p, jobs, chunk, body, sends),
             Action::DeletesSent { file_ids } => {
                 for f in file_ids {
+                    must(self.catalog(p).clear_pending_delete(&f));
                     let Some(ci) = self.content_of(&f) else {
                         continue;
                     };
-                    self.peers[p].disk.pending_deletes.remove(&ci);
                     self.peers[p].deletes_done.insert(ci, self.now);
                 }
             }
@@ -1405,8 +1657,9 @@ impl Sim {
                 let Some(key) = self.ck(p, &chunk) else {
                     return;
                 };
-                let disk = &self.peers[p].disk;
-                if !disk.files.contains_key(&key.0) && !disk.hosted.contains_key(&key) {
+                // `disk::check_own_id`: only a chunk the catalog does not know at all.
+                let role = must(self.catalog(p).role(&chunk.file_id, chunk.chunk_no));
+                if role == ChunkRole::Unknown {
                     let id = self.peers[p].id;
                     let msg = format!(
                         "peer {id} would warn of a duplicate id (a PUTCHUNK {} with its id for a chunk it neither owns nor hosts): no peer shares its id",
@@ -1540,15 +1793,10 @@ impl Sim {
                 chunk,
                 rd,
                 body,
+                sender,
                 write,
-                ..
             } => {
-                // 2.0, enough peers stored it meanwhile: only a chunk held already is answered.
-                let held = self.peers[p].disk.hosted.contains_key(&key);
-                let put = match write || held {
-                    true => self.store(p, key, &chunk, rd, body, sent),
-                    false => Put::Refused,
-                };
+                let put = self.store(p, key, &chunk, rd, body, sender, sent, write);
                 self.log(|| format!("p{} stored {} {put:?}", p + 1, short(&chunk)));
                 // A DELETE of its file heard since its PUTCHUNK: the engine must drop it.
                 let life = self.peers[p].life;
@@ -1562,16 +1810,15 @@ impl Sim {
                 }
             }
             Action::LookupHosted { chunk } => {
-                let info = (self.peers[p].disk.hosted.get(&key))
-                    .map(|h| (h.body.len() as u64, h.hash.clone()));
+                let row = must(self.catalog(p).hosted(&chunk.file_id, chunk.chunk_no));
+                let info = row.map(|r| (r.size, r.hash));
                 if let Some(e) = self.peers[p].engine.as_mut() {
                     e.hosted(&chunk, info, at);
                 }
             }
             Action::ReadHosted { chunk } => {
-                // Its bytes were compared with the home peer's when it was stored.
-                let (wire, body) = match self.peers[p].disk.hosted.get(&key) {
-                    Some(h) => (h.wire.clone(), Some(h.body.clone())),
+                let (wire, body) = match self.read_hosted(p, key) {
+                    Some((row, body)) => (row.chunk_id(), Some(body)),
                     None => (chunk, None),
                 };
                 if let Some(e) = self.peers[p].engine.as_mut() {
@@ -1579,15 +1826,12 @@ impl Sim {
                 }
             }
             Action::DeleteFile { file_id, .. } => {
-                let gone: Vec<Ck> = match self.content_of(&file_id) {
-                    Some(ci) => (self.peers[p].disk.hosted.range((ci, 0)..=(ci, u32::MAX)))
-                        .map(|(k, _)| *k)
-                        .collect(),
-                    None => Vec::new(),
-                };
+                let gone = must(self.catalog(p).delete_hosted_file(&file_id));
                 let freed = !gone.is_empty();
-                for k in gone {
-                    self.unhost(p, k, Gone::Delete);
+                if let Some(ci) = self.content_of(&file_id) {
+                    for (no, _) in gone {
+                        self.remove_chunk_file(p, (ci, no.0), Gone::Delete);
+                    }
                 }
                 if let Some(e) = self.peers[p].engine.as_mut() {
                     e.file_deleted(&file_id, freed, at);
@@ -1602,18 +1846,14 @@ impl Sim {
             }
             // 2.0: the catalog's `delete_acks`.
             Action::DeleteAcked { file_id, peer } => {
-                let ci = self.content_of(&file_id);
-                let acks = &mut self.peers[p].disk.delete_acks;
-                if ci.is_some_and(|ci| acks.remove(&(ci, peer))) {
+                if must(self.catalog(p).delete_acked(&file_id, peer)) {
                     self.stats.delete_acks += 1;
                 }
             }
             Action::PeerBack { peer } => {
                 self.stats.peers_back += 1;
-                let file_ids: Vec<FileId> = (self.peers[p].disk.delete_acks.iter())
-                    .filter(|(_, q)| *q == peer)
-                    .map(|(ci, _)| self.contents[*ci].file_id.clone())
-                    .collect();
+                let file_ids = must(self.catalog(p).unacked_deletes_for(peer, 1000));
+                let file_ids = self.as_written(file_ids);
                 if file_ids.is_empty() {
                     return;
                 }
@@ -1632,26 +1872,29 @@ impl Sim {
             // 2.0: a re-backup left to another holder, looked at again.
             Action::Recheck { chunk } => {
                 self.stats.rechecks += 1;
-                let (role, perceived) = self.role_without(p, key, None);
+                let (role, perceived) = self.role_and_rd(p, &chunk, None);
                 if let Some(e) = self.peers[p].engine.as_mut() {
-                    e.removed(&chunk, role, perceived as u32, at);
+                    e.removed(&chunk, role, perceived, at);
                 }
             }
             Action::RemoveHolder { chunk, peer } => {
-                let (role, perceived) = self.role_without(p, key, Some(peer));
+                let (role, perceived) = self.role_and_rd(p, &chunk, Some(peer));
+                // A REMOVED handled: its sender is counted no more for this chunk.
+                let counted = !matches!(role, Role::Unknown | Role::Forgotten);
+                if counted && self.holders(p, key).contains(&peer) {
+                    return self.fail(format!(
+                        "peer {me} still counts peer {peer} a holder of {} after handling its REMOVED",
+                        short(&chunk)
+                    ));
+                }
                 if let Some(e) = self.peers[p].engine.as_mut() {
-                    e.removed(&chunk, role, perceived as u32, at);
+                    e.removed(&chunk, role, perceived, at);
                 }
             }
             Action::ReadForRebackup { chunk, desired_rd } => {
-                let read = (self.peers[p].disk.hosted.get(&key)).and_then(|h| {
-                    let holders = h.holders.iter().copied().collect();
-                    Some((
-                        h.wire.clone(),
-                        Rd::new(desired_rd)?,
-                        h.body.clone(),
-                        holders,
-                    ))
+                let read = self.read_hosted(p, key).and_then(|(row, body)| {
+                    let holders = self.holders(p, key).into_iter().collect();
+                    Some((row.chunk_id(), Rd::new(desired_rd)?, body, holders))
                 });
                 if read.is_some() {
                     self.stats.rebackups += 1;
@@ -1667,7 +1910,7 @@ impl Sim {
                 let body = match c.home == p {
                     // Our own file: read again from the file, if it still holds these bytes.
                     true => (self.paths[c.path].current == key.0).then(|| c.chunk(key.1).to_vec()),
-                    false => (self.peers[p].disk.hosted.get(&key)).map(|h| h.body.clone()),
+                    false => self.read_hosted(p, key).map(|(_, body)| body),
                 };
                 if let Some(e) = self.peers[p].engine.as_mut() {
                     e.resend_body(&chunk, body, at);
@@ -1687,14 +1930,11 @@ impl Sim {
                         short(&chunk)
                     ));
                 }
-                let disk = &mut self.peers[p].disk;
-                if let Some(v) = disk.files.get_mut(&key.0) {
-                    if let Some(set) = v.holders.get_mut(key.1 as usize) {
-                        set.extend(peers);
-                    }
-                } else if let Some(h) = disk.hosted.get_mut(&key) {
-                    h.holders.extend(peers);
-                }
+                // The driver's batch of STOREDs (`disk::record_stored`).
+                must(
+                    self.catalog(p)
+                        .add_holders(&chunk.file_id, chunk.chunk_no, &peers),
+                );
             }
             other => self.fail(format!("not disk work: {}", describe_action(&other))),
         }
@@ -1708,35 +1948,29 @@ impl Sim {
         let at = self.at();
         match a {
             Action::Incarnation { peer, inc } => {
-                let disk = &mut self.peers[p].disk;
-                match disk.peer_incs.insert(peer, inc) {
-                    Some(old) if old != inc => {
-                        for v in disk.files.values_mut() {
-                            for set in v.holders.iter_mut() {
-                                set.remove(&peer);
-                            }
-                        }
-                        for h in disk.hosted.values_mut() {
-                            h.holders.remove(&peer);
-                        }
-                        self.stats.incarnation_drops += 1;
-                        self.on_action(p, Action::Repair);
-                    }
-                    _ => {}
+                let text = format!("{inc:016x}");
+                self.peers[p].disk.incs.insert(peer);
+                if must(self.catalog(p).peer_incarnation(peer, &text)).is_some() {
+                    self.stats.incarnation_drops += 1;
+                    self.on_action(p, Action::Repair);
                 }
             }
             Action::SampleHolders => {
-                let disk = &self.peers[p].disk;
+                let incs = self.peers[p].disk.incs.clone();
                 let mut samples = Vec::new();
-                for (ci, v) in &disk.files {
-                    let c = &self.contents[*ci];
-                    for (no, set) in v.holders.iter().enumerate() {
-                        for holder in set.iter().filter(|h| disk.peer_incs.contains_key(h)) {
+                for (ci, row) in self.versions(p) {
+                    let c = &self.contents[ci];
+                    for chunk in must(self.catalog(p).file_chunks(&row.file_id)) {
+                        let no = chunk.chunk_no.0;
+                        for holder in self.holders(p, (ci, no)) {
+                            if !incs.contains(&holder) {
+                                continue;
+                            }
                             samples.push(Sample {
-                                holder: *holder,
-                                chunk: c.chunk_id(no as u32),
-                                len: c.chunk(no as u32).len() as u64,
-                                hash: c.hashes[no].clone(),
+                                holder,
+                                chunk: c.chunk_id(no),
+                                len: chunk.size,
+                                hash: chunk.hash.clone(),
                             });
                         }
                     }
@@ -1749,9 +1983,8 @@ impl Sim {
                 let Some(key) = self.ck(p, &chunk) else {
                     return;
                 };
-                let hosted = self.peers[p].disk.hosted.get(&key);
-                let (wire, body) = match hosted {
-                    Some(h) => (h.wire.clone(), Some(h.body.clone())),
+                let (wire, body) = match self.read_hosted(p, key) {
+                    Some((row, body)) => (row.chunk_id(), Some(body)),
                     None => (chunk, None),
                 };
                 if let Some(e) = self.peers[p].engine.as_mut() {
@@ -1759,15 +1992,10 @@ impl Sim {
                 }
             }
             Action::NotHolder { peer, chunk, .. } => {
-                let Some(key) = self.ck(p, &chunk) else {
-                    return;
-                };
-                let disk = &mut self.peers[p].disk;
-                if let Some(set) =
-                    (disk.files.get_mut(&key.0)).and_then(|v| v.holders.get_mut(key.1 as usize))
-                {
-                    set.remove(&peer);
-                }
+                must(
+                    self.catalog(p)
+                        .remove_holder(&chunk.file_id, chunk.chunk_no, peer),
+                );
                 self.stats.proof_drops += 1;
                 self.on_action(p, Action::Repair);
             }
@@ -1775,32 +2003,60 @@ impl Sim {
         }
     }
 
-    /// Removes a hosted chunk (if hosted) and frees its bytes.
     /// A chunk's role on peer p and its perceived RD, once `gone` (a REMOVED's sender) is taken
-    /// out of its holders.
-    fn role_without(&mut self, p: usize, key: Ck, gone: Option<PeerId>) -> (Role, usize) {
-        let disk = &mut self.peers[p].disk;
-        let mut take = |set: &mut BTreeSet<PeerId>| {
-            if let Some(g) = gone {
-                set.remove(&g);
-            }
-            set.len()
+    /// out of its holders; `gone` None: only look (`disk::role_and_rd`).
+    fn role_and_rd(&mut self, p: usize, chunk: &ChunkId, gone: Option<PeerId>) -> (Role, u32) {
+        let (f, no) = (&chunk.file_id, chunk.chunk_no);
+        let catalog = self.catalog(p);
+        let role = must(catalog.role(f, no));
+        let perceived = match (role, gone) {
+            (ChunkRole::Unknown | ChunkRole::Forgotten, _) => 0,
+            (_, Some(peer)) => must(catalog.remove_holder(f, no, peer)),
+            (_, None) => must(catalog.perceived(f, no)),
         };
-        if let Some(v) = disk.files.get_mut(&key.0) {
-            let perceived = v.holders.get_mut(key.1 as usize).map_or(0, &mut take);
-            (Role::Own { desired_rd: v.rd }, perceived)
-        } else if let Some(h) = disk.hosted.get_mut(&key) {
-            let desired_rd = h.desired;
-            (Role::Hosted { desired_rd }, take(&mut h.holders))
-        } else {
-            (Role::Unknown, 0)
+        (Role::from(role), perceived)
+    }
+
+    /// A hosted chunk's row and its file's bytes, checked against the row's hash
+    /// (`disk::read_hosted`); None when either is missing.
+    fn read_hosted(&mut self, p: usize, key: Ck) -> Option<(HostedRow, Vec<u8>)> {
+        let c = &self.contents[key.0];
+        let row = must(self.catalog(p).hosted(&c.file_id, ChunkNo(key.1)))?;
+        let body = self.peers[p].disk.hosted.get(&key)?.body.clone();
+        match sha256_hex(&body) == row.hash {
+            true => Some((row, body)),
+            false => {
+                let id = self.peers[p].id;
+                self.fail(format!(
+                    "peer {id} hosts {} whose bytes do not match its row",
+                    short(&row.chunk_id())
+                ));
+                None
+            }
         }
     }
 
-    fn unhost(&mut self, p: usize, key: Ck, why: Gone) -> Option<Hosted> {
+    /// Stops hosting a chunk: its row, then its file, its bytes freed (`disk::unhost`).
+    fn unhost(&mut self, p: usize, key: Ck, why: Gone) -> Option<ChunkFile> {
+        let c = &self.contents[key.0];
+        let size = must(self.catalog(p).delete_hosted(&c.file_id, ChunkNo(key.1)));
+        let file = self.remove_chunk_file(p, key, why);
+        if size.is_some() != file.is_some() {
+            let id = self.peers[p].id;
+            let c = short(&self.contents[key.0].chunk_id(key.1));
+            self.fail(format!(
+                "peer {id}'s row and file of {c} disagree: row {size:?}, file {}",
+                file.is_some()
+            ));
+        }
+        file
+    }
+
+    /// Removes a chunk file whose row is gone, and frees its charge.
+    fn remove_chunk_file(&mut self, p: usize, key: Ck, why: Gone) -> Option<ChunkFile> {
         let disk = &mut self.peers[p].disk;
-        let h = disk.hosted.remove(&key)?;
-        disk.used -= h.body.len() as u64;
+        let file = disk.hosted.remove(&key)?;
+        disk.usage.free(charge(file.body.len() as u64, BLOCK));
         self.ops += 1;
         if let Some(c) = self.copies.get_mut(&(key, p)) {
             c.gone = Some((self.ops, why));
@@ -1808,11 +2064,14 @@ impl Sim {
         if why != Gone::Trim {
             self.touched.insert(key);
         }
-        Some(h)
+        Some(file)
     }
 
-    /// Stores a PUTCHUNK's chunk if this peer may: not a chunk of its own file, not held
-    /// already, within the quota.
+    /// A PUTCHUNK's chunk, as the daemon's `disk::store_chunk` stores it: admitted on the
+    /// catalog's role (never a chunk of our own file, one copy at most; `write` false: only
+    /// whether it is held), reserved against the quota, its file written (unless the disk is
+    /// full or the write fails), then its row recorded (unless that fails: the file goes).
+    #[allow(clippy::too_many_arguments)]
     fn store(
         &mut self,
         p: usize,
@@ -1820,7 +2079,9 @@ impl Sim {
         chunk: &ChunkId,
         rd: Rd,
         body: Vec<u8>,
+        sender: PeerId,
         sent: u64,
+        write: bool,
     ) -> Put {
         let me = self.peers[p].id;
         let c = &self.contents[key.0];
@@ -1831,35 +2092,67 @@ impl Sim {
             ));
             return Put::Refused;
         }
+        let catalog = &self.peers[p].disk.catalog;
+        // The daemon's mapping of a catalog role (`daemon::disk`).
+        let role = Role::from(must(catalog.role(&chunk.file_id, chunk.chunk_no)));
+        match admit(role, write) {
+            Admit::Refuse => return Put::Refused,
+            Admit::Held { learn_rd } => {
+                if learn_rd {
+                    must(catalog.learn_hosted_rd(&chunk.file_id, chunk.chunk_no, rd.get()));
+                }
+                return Put::Held;
+            }
+            Admit::Write => {}
+        }
+        // `disk::write_hosted`: each step only if the one before succeeded; a failed step
+        // undoes what the earlier ones did.
+        let charged = charge(body.len() as u64, BLOCK);
+        let Some(reservation) = self.peers[p].disk.usage.reserve(charged) else {
+            self.stats.no_room += 1;
+            return after_write(false, false, false);
+        };
+        let full = self.now < self.peers[p].disk.full_until;
+        if full || self.rng.gen_bool(self.write_fail) {
+            self.stats.write_failures += 1;
+            self.log(|| format!("p{} could not write {}", p + 1, short(chunk)));
+            self.peers[p].disk.usage.release(reservation);
+            return after_write(true, false, false);
+        }
         let disk = &mut self.peers[p].disk;
-        if disk.files.contains_key(&key.0) || disk.tombstones.contains(&key.0) {
-            return Put::Refused;
-        }
-        if disk.hosted.contains_key(&key) {
-            return Put::Held;
-        }
-        let len = body.len() as u64;
-        // Quota 0 hosts nothing, not even an empty chunk.
-        if disk.quota == 0 || disk.used + len > disk.quota {
-            return Put::Refused;
-        }
-        disk.used += len;
-        let hosted = Hosted {
-            wire: chunk.clone(),
-            hash: c.hashes[key.1 as usize].clone(),
-            body,
-            desired: rd.get(),
-            holders: BTreeSet::from([me]),
+        disk.usage.commit(reservation);
+        let row = HostedRow {
+            file_id: chunk.file_id.clone(),
+            chunk_no: chunk.chunk_no,
+            size: body.len() as u64,
+            hash: self.contents[key.0].hashes[key.1 as usize].clone(),
+            desired_rd: rd.get(),
+            sender,
         };
-        disk.hosted.insert(key, hosted);
-        self.ops += 1;
-        let copied = Copied {
-            put_sent: sent,
-            gone: None,
-        };
-        self.copies.insert((key, p), copied);
+        let wire = chunk.clone();
+        disk.hosted.insert(key, ChunkFile { wire, body });
+        let recorded = !self.rng.gen_bool(self.record_fail)
+            && self.peers[p]
+                .disk
+                .catalog
+                .insert_hosted(&row, &[me])
+                .is_ok();
+        if recorded {
+            self.ops += 1;
+            let copied = Copied {
+                put_sent: sent,
+                gone: None,
+            };
+            self.copies.insert((key, p), copied);
+        } else {
+            // The file goes again (`disk::remove_chunk_files`).
+            self.stats.record_failures += 1;
+            let disk = &mut self.peers[p].disk;
+            disk.hosted.remove(&key);
+            disk.usage.free(charged);
+        }
         self.check_disk(p);
-        Put::Written
+        after_write(true, true, recorded)
     }
 
     fn credit(&mut self, p: usize, job: JobId, n: usize) {
@@ -1879,10 +2172,19 @@ impl Sim {
                 *credit += n;
                 let c = &self.contents[*content];
                 while *credit > 0 && *next < c.chunks() {
-                    let known = (peer.disk.files.get(content))
-                        .map(|v| v.holders[*next as usize].iter().copied().collect())
-                        .unwrap_or_default();
+                    // The backup records each chunk of its version, then offers it with the
+                    // holders known so far.
+                    let (catalog, no) = (&peer.disk.catalog, ChunkNo(*next));
                     let body = c.chunk(*next).to_vec();
+                    let hash = &c.hashes[*next as usize];
+                    let known = match must(catalog.file(&c.file_id)) {
+                        Some(_) => {
+                            let size = body.len() as u64;
+                            must(catalog.record_file_chunk(&c.file_id, no, size, hash));
+                            must(catalog.holders(&c.file_id, no))
+                        }
+                        None => Vec::new(),
+                    };
                     engine.backup_chunk(job, c.chunk_id(*next), *rd, body, known, at);
                     *next += 1;
                     *credit -= 1;
@@ -2006,13 +2308,13 @@ impl Sim {
         if changed {
             // The file changed while it was sent: a version this backup began is dropped.
             self.stats.backups_changed += 1;
-            if inserted && self.peers[p].disk.files.contains_key(&content) {
-                self.forget(p, vec![content]);
+            if let Some(backup) = inserted {
+                self.forget(p, vec![content], Forget::Abandoned { backup });
             }
             return;
         }
-        if let Some(v) = self.peers[p].disk.files.get_mut(&content) {
-            v.complete = true;
+        let file_id = &self.contents[content].file_id;
+        if must(self.catalog(p).set_file_complete(file_id)) {
             self.stats.backups_done += 1;
             self.completed_at.insert(content, self.now);
         }
@@ -2100,13 +2402,37 @@ impl Sim {
         }
     }
 
-    /// Forgets versions of our own and tells the peers (DELETE; pending until all were sent).
-    fn forget(&mut self, p: usize, versions: Vec<usize>) {
+    /// Forgets versions of our own if the catalog allows it (`Catalog::forget`), and tells the
+    /// peers (DELETE; pending until all were sent).
+    fn forget(&mut self, p: usize, versions: Vec<usize>, why: Forget) {
         let at = self.at();
+        let now_ms = self.unix_ms();
+        let mut forgotten = Vec::new();
+        for ci in versions {
+            // 2.0: every holder known now owes a DELETED (recorded whatever the protocols: the
+            // catalog does not know them).
+            let c = &self.contents[ci];
+            let catalog = self.catalog(p);
+            let mut holders = BTreeSet::new();
+            for chunk in must(catalog.file_chunks(&c.file_id)) {
+                holders.extend(must(catalog.holders(&c.file_id, chunk.chunk_no)));
+            }
+            if !must(catalog.forget(&c.file_id, why, now_ms)) {
+                continue;
+            }
+            self.owed.insert(ci, holders);
+            self.late_put.retain(|(_, k)| k.0 != ci);
+            self.peers[p].deletes_done.remove(&ci);
+            self.ops += 1;
+            self.forgotten.insert(ci, self.ops);
+            forgotten.push(ci);
+        }
         let peer = &mut self.peers[p];
         // Their backups stop: a PUTCHUNK after the DELETE would put the chunks back.
         let stopping: Vec<JobId> = (peer.jobs.iter())
-            .filter(|(_, j)| matches!(j, Job::Backup { content, .. } if versions.contains(content)))
+            .filter(
+                |(_, j)| matches!(j, Job::Backup { content, .. } if forgotten.contains(content)),
+            )
             .map(|(j, _)| *j)
             .collect();
         for j in stopping {
@@ -2115,25 +2441,9 @@ impl Sim {
                 e.end_job(j);
             }
         }
-        for ci in &versions {
-            // 2.0: every holder known now owes a DELETED (recorded whatever the protocols: the
-            // catalog does not know them).
-            let holders: BTreeSet<PeerId> = (peer.disk.files.get(ci))
-                .map(|v| v.holders.iter().flatten().copied().collect())
-                .unwrap_or_default();
-            peer.disk
-                .delete_acks
-                .extend(holders.iter().map(|h| (*ci, *h)));
-            self.owed.insert(*ci, holders);
-            self.late_put.retain(|(_, k)| k.0 != *ci);
-            peer.disk.files.remove(ci);
-            peer.disk.pending_deletes.insert(*ci);
-            peer.disk.tombstones.insert(*ci);
-            peer.deletes_done.remove(ci);
-            self.ops += 1;
-            self.forgotten.insert(*ci, self.ops);
-        }
-        let file_ids = versions.iter().map(|ci| self.contents[*ci].file_id.clone());
+        let file_ids = forgotten
+            .iter()
+            .map(|ci| self.contents[*ci].file_id.clone());
         if let Some(e) = peer.engine.as_mut() {
             e.send_delete(file_ids.collect(), at);
         }
@@ -2143,29 +2453,52 @@ impl Sim {
     fn start_backup(&mut self, path: usize) {
         let ci = self.paths[path].current;
         let (p, rd) = (self.paths[path].home, self.paths[path].rd);
-        let peer = &mut self.peers[p];
-        if peer.engine.is_none() {
+        if self.peers[p].engine.is_none() {
             return;
         }
-        let settling = (peer.deletes_done.get(&ci)).is_some_and(|t| self.now < *t + DELETE_SETTLE);
-        if peer.disk.pending_deletes.contains(&ci) || settling {
+        let c = &self.contents[ci];
+        let catalog = &self.peers[p].disk.catalog;
+        let settling =
+            (self.peers[p].deletes_done.get(&ci)).is_some_and(|t| self.now < *t + DELETE_SETTLE);
+        let pending = must(catalog.pending_deletes()).contains(&c.file_id);
+        if pending || settling {
             self.stats.backups_postponed += 1;
             return;
         }
-        let inserted = !peer.disk.files.contains_key(&ci);
-        if inserted {
-            self.ops += 1;
-            self.inserted.insert(ci, self.ops);
-            // No DELETE of it is owed any more.
-            peer.disk.delete_acks.retain(|(c, _)| *c != ci);
-        }
-        let n = self.contents[ci].chunks();
-        let v = (peer.disk.files.entry(ci)).or_insert_with(|| Version {
-            rd,
-            holders: vec![BTreeSet::new(); n as usize],
-            complete: false,
-        });
-        v.rd = rd;
+        let inserted = match must(catalog.file(&c.file_id)) {
+            Some(_) => {
+                must(catalog.set_file_rd(&c.file_id, rd));
+                None
+            }
+            None => {
+                let backup = BackupId(self.next_backup);
+                self.next_backup += 1;
+                let row = FileRow {
+                    file_id: c.file_id.clone(),
+                    path: format!("/sim/file{path}").into(),
+                    version: 0,
+                    size: c.bytes.len() as u64,
+                    mtime_ns: c.version as i64,
+                    mode: 0o644,
+                    content_hash: c.content_hash.clone(),
+                    desired_rd: rd,
+                    complete: false,
+                    inode: 0,
+                    uid: 0,
+                    gid: 0,
+                    deleted_at: None,
+                    ctime_ns: 0,
+                    encrypted: false,
+                    key_fp: None,
+                };
+                // No DELETE of it is owed or pending any more.
+                must(catalog.insert_version(&row, backup));
+                self.ops += 1;
+                self.inserted.insert(ci, self.ops);
+                Some(backup)
+            }
+        };
+        let peer = &mut self.peers[p];
         let job = JobId(peer.next_job);
         peer.next_job += 1;
         peer.jobs.insert(
@@ -2214,18 +2547,18 @@ impl Sim {
         let peer = &mut self.peers[p];
         peer.repair_due = false;
         peer.repairs += 1;
-        let running: BTreeSet<usize> = (peer.jobs.values())
+        let running = (peer.jobs.values())
             .filter_map(|j| match j {
                 Job::Backup { content, .. } => Some(*content),
                 Job::Restore { .. } => None,
             })
-            .collect();
-        let below: Vec<usize> = (peer.disk.files.iter())
-            .filter(|(_, v)| v.holders.iter().any(|h| h.len() < usize::from(v.rd)))
-            .map(|(ci, _)| *ci)
-            .filter(|ci| {
+            .collect::<BTreeSet<usize>>();
+        let below: Vec<usize> = (self.versions(p).into_iter())
+            .filter(|(ci, _)| {
                 !running.contains(ci) && self.paths[self.contents[*ci].path].current == *ci
             })
+            .filter(|(ci, row)| self.below_rd(p, *ci, row.desired_rd))
+            .map(|(ci, _)| ci)
             .collect();
         for ci in below {
             self.stats.repairs += 1;
@@ -2252,7 +2585,7 @@ impl Sim {
             }
             Command::Restore => {
                 let choices: Vec<(usize, usize)> = (self.up_peers().into_iter())
-                    .flat_map(|p| self.peers[p].disk.files.keys().map(move |ci| (p, *ci)))
+                    .flat_map(|p| self.versions(p).into_iter().map(move |(ci, _)| (p, ci)))
                     .collect();
                 if let Some(&(p, ci)) = choices.choose(&mut self.rng) {
                     self.start_restore(p, ci, false);
@@ -2262,13 +2595,13 @@ impl Sim {
             Command::Delete => {
                 let path = self.rng.gen_range(0..self.paths.len());
                 let p = self.paths[path].home;
-                let versions: Vec<usize> = (self.peers[p].disk.files.keys())
-                    .filter(|ci| self.contents[**ci].path == path)
-                    .copied()
+                let versions: Vec<usize> = (self.versions(p).into_iter())
+                    .filter(|(ci, _)| self.contents[*ci].path == path)
+                    .map(|(ci, _)| ci)
                     .collect();
                 if self.peers[p].engine.is_some() && !versions.is_empty() {
                     self.stats.deletes += 1;
-                    self.forget(p, versions);
+                    self.forget(p, versions, Forget::UserDelete);
                     self.drain(p);
                 }
             }
@@ -2283,7 +2616,7 @@ impl Sim {
                 let disk = &self.peers[p].disk;
                 let quota = match self.rng.gen_range(0..10) {
                     0 => 0,
-                    1..=6 => (disk.used as f64 * self.rng.gen_range(0.0..1.0)) as u64,
+                    1..=6 => (disk.usage.used as f64 * self.rng.gen_range(0.0..1.0)) as u64,
                     _ => disk.configured,
                 };
                 self.reclaim(p, quota);
@@ -2326,6 +2659,14 @@ impl Sim {
                 let p = *up.choose(&mut self.rng).unwrap();
                 self.crash(p);
             }
+            Command::DiskFull => {
+                let Some(&p) = self.up_peers().choose(&mut self.rng) else {
+                    return;
+                };
+                let span = Duration::from_millis(self.rng.gen_range(2_000..=15_000));
+                self.log(|| format!("p{}'s disk is full for {span:?}", p + 1));
+                self.peers[p].disk.full_until = self.now + span;
+            }
         }
     }
 
@@ -2333,14 +2674,20 @@ impl Sim {
     fn crash(&mut self, p: usize) {
         let down = Duration::from_millis(self.rng.gen_range(500..=20_000));
         self.stats.crashes += 1;
-        for q in &self.peers {
+        for q in 0..self.peers.len() {
             let settled =
                 |ci: &usize| (self.completed_at.get(ci)).is_some_and(|t| self.now >= *t + SETTLING);
-            let running = (q.disk.files.iter()).filter(|(ci, v)| !v.complete || !settled(ci));
-            self.crashed_during.extend(running.map(|(ci, _)| *ci));
+            let running: Vec<usize> = (self.versions(q).into_iter())
+                .filter(|(ci, row)| !row.complete || !settled(ci))
+                .map(|(ci, _)| ci)
+                .collect();
+            self.crashed_during.extend(running);
         }
         let peer = &mut self.peers[p];
         peer.engine = None;
+        peer.down_since = Some(self.now);
+        // Who was heard in its last second is lost with it.
+        peer.heard.clear();
         peer.jobs.clear();
         peer.life += 1;
         peer.repair_due = false;
@@ -2355,17 +2702,21 @@ impl Sim {
         let at = self.at();
         self.stats.reclaims += 1;
         self.stats.classes[self.class as usize].reclaims += 1;
-        let disk = &mut self.peers[p].disk;
-        disk.quota = quota;
-        let candidates = (disk.hosted.iter())
-            .map(|(key, h)| Candidate {
-                key: *key,
-                size: h.body.len() as u64,
-                desired_rd: u32::from(h.desired),
-                perceived_rd: h.holders.len() as u32,
+        self.peers[p].disk.usage.quota = quota;
+        let rows = must(self.catalog(p).all_hosted());
+        let candidates = (rows.into_iter())
+            .filter_map(|(row, perceived)| {
+                Some(Candidate {
+                    key: (self.content_of(&row.file_id)?, row.chunk_no.0),
+                    // What dropping it gives back: its charge, as the used bytes count it.
+                    size: charge(row.size, BLOCK),
+                    desired_rd: u32::from(row.desired_rd),
+                    perceived_rd: perceived,
+                })
             })
             .collect();
-        let victims = choose_victims(candidates, disk.used, quota);
+        let usage = self.peers[p].disk.usage;
+        let victims = choose_victims(candidates, usage.used, quota);
         self.log(|| format!("p{} reclaim to {quota}: drops {}", p + 1, victims.len()));
         for key in victims {
             let h = self.unhost(p, key, Gone::Reclaim).unwrap();
@@ -2392,6 +2743,9 @@ impl Sim {
         engine.start(at);
         peer.engine = Some(engine);
         peer.next_hello = None;
+        peer.down_since = None;
+        peer.started_ms = EPOCH_MS + self.now.as_millis() as i64;
+        peer.next_lost_check = peer.v2.then_some(self.now + self.lost_check_every);
         let hosted = peer.disk.hosted.keys().copied().collect();
         self.snapshots.insert(p, hosted);
         // What the engine of a past life was doing is gone with it.
@@ -2411,16 +2765,14 @@ impl Sim {
         peer.repairs = 0;
         self.log(|| format!("p{} restarted", p + 1));
         // Deletes not all sent go out again; backups interrupted resume.
-        let peer = &mut self.peers[p];
-        let pending = (peer.disk.pending_deletes.iter())
-            .map(|ci| self.contents[*ci].file_id.clone())
-            .collect();
-        if let Some(e) = peer.engine.as_mut() {
+        let pending = must(self.catalog(p).pending_deletes());
+        let pending = self.as_written(pending);
+        if let Some(e) = self.peers[p].engine.as_mut() {
             e.send_delete(pending, at);
         }
-        let unfinished: Vec<usize> = (peer.disk.files.iter())
-            .filter(|(ci, v)| !v.complete && self.paths[self.contents[**ci].path].current == **ci)
-            .map(|(ci, _)| self.contents[*ci].path)
+        let unfinished: Vec<usize> = (self.versions(p).into_iter())
+            .filter(|(ci, row)| !row.complete && self.paths[self.contents[*ci].path].current == *ci)
+            .map(|(ci, _)| self.contents[ci].path)
             .collect();
         for path in unfinished {
             self.start_backup(path);
@@ -2430,70 +2782,86 @@ impl Sim {
 
     // ---- invariants -----------------------------------------------------------------------------
 
-    /// One peer's store and catalog: hosted bytes add up and fit the quota, no chunk of its own
-    /// file, holder sets that make sense.
+    /// One peer's store: the charges of its chunk files add up to its used bytes and fit the
+    /// quota, and no chunk file is of a file whose home it is (checked after every write).
     fn check_disk(&mut self, p: usize) {
         let peer = &self.peers[p];
         let (me, disk) = (peer.id, &peer.disk);
-        let sum: u64 = disk.hosted.values().map(|h| h.body.len() as u64).sum();
-        let mut problem = if sum != disk.used {
+        let sum: u64 = (disk.hosted.values())
+            .map(|h| charge(h.body.len() as u64, BLOCK))
+            .sum();
+        let problem = if sum != disk.usage.used || disk.usage.reserved != 0 {
             Some(format!(
-                "peer {me} counts {} bytes used, hosts {sum}",
-                disk.used
+                "peer {me} counts {:?} bytes used, hosts {sum}",
+                disk.usage
             ))
-        } else if disk.used > disk.quota {
+        } else if disk.usage.used > disk.usage.quota {
             Some(format!(
                 "peer {me} hosts {} bytes, over its quota {}",
-                disk.used, disk.quota
+                disk.usage.used, disk.usage.quota
             ))
         } else {
-            None
+            (disk.hosted.iter())
+                .find(|(key, _)| self.contents[key.0].home == p)
+                .map(|(_, h)| {
+                    let c = short(&h.wire);
+                    format!("peer {me} hosts {c}, a chunk of a file whose home it is")
+                })
         };
-        for (key, h) in &disk.hosted {
-            if disk.files.contains_key(&key.0) || disk.tombstones.contains(&key.0) {
-                problem = Some(format!(
-                    "peer {me} hosts {} of its own file",
-                    short(&h.wire)
-                ));
-            } else if !h.holders.contains(&me) {
-                problem = Some(format!(
-                    "peer {me} hosts {} but does not count itself",
-                    short(&h.wire)
-                ));
-            }
-        }
-        if disk
-            .files
-            .values()
-            .any(|v| v.holders.iter().any(|h| h.contains(&me)))
-        {
-            problem = Some(format!("peer {me} counts itself a holder of its own file"));
-        }
         if let Some(problem) = problem {
             self.fail(problem);
         }
     }
 
-    /// Every peer's disk, with the bytes compared (at the end only).
+    /// Every peer's store and catalog (at the end of each phase): a row for every chunk file
+    /// and a file for every row, with the bytes and hash the home peer wrote; a hosted chunk
+    /// counts this peer as a holder; no own chunk does.
     fn check_all(&mut self) {
         for p in 0..self.peers.len() {
             self.check_disk(p);
-            let disk = &self.peers[p].disk;
-            for (key, h) in &disk.hosted {
+            let me = self.peers[p].id;
+            let rows = must(self.catalog(p).all_hosted());
+            let mut keys = BTreeSet::new();
+            for (row, _) in rows {
+                let chunk = row.chunk_id();
+                let Some(key) = self.ck(p, &chunk) else {
+                    return;
+                };
+                keys.insert(key);
                 let content = &self.contents[key.0];
-                if h.body[..] != *content.chunk(key.1) {
-                    let id = self.peers[p].id;
-                    return self.fail(format!(
-                        "peer {id} hosts {} with wrong bytes",
-                        short(&h.wire)
-                    ));
+                let file = self.peers[p].disk.hosted.get(&key);
+                let problem = match file {
+                    None => Some("a row without its chunk file"),
+                    Some(h) if h.body[..] != *content.chunk(key.1) => Some("wrong bytes"),
+                    Some(h) if h.body.len() as u64 != row.size => Some("a row of another size"),
+                    Some(_) if row.hash != content.hashes[key.1 as usize] => {
+                        Some("a row of another hash")
+                    }
+                    Some(h) if h.wire.file_id.as_wire() != row.file_id.as_wire() => {
+                        Some("a row of another fileId text")
+                    }
+                    Some(_) if !self.holders(p, key).contains(&me) => {
+                        Some("a row that does not count this peer as a holder")
+                    }
+                    Some(_) => None,
+                };
+                if let Some(problem) = problem {
+                    let c = short(&chunk);
+                    return self.fail(format!("peer {me} hosts {c} with {problem}"));
                 }
-                if content.home == p {
-                    let id = self.peers[p].id;
-                    let c = short(&h.wire);
-                    return self.fail(format!(
-                        "peer {id} hosts {c}, a chunk of a file whose home it is"
-                    ));
+            }
+            if let Some(key) = (self.peers[p].disk.hosted.keys()).find(|k| !keys.contains(k)) {
+                let c = short(&self.contents[key.0].chunk_id(key.1));
+                return self.fail(format!("peer {me} has a chunk file of {c} without its row"));
+            }
+            for (ci, row) in self.versions(p) {
+                for chunk in must(self.catalog(p).file_chunks(&row.file_id)) {
+                    if self.holders(p, (ci, chunk.chunk_no.0)).contains(&me) {
+                        return self.fail(format!(
+                            "peer {me} counts itself a holder of its own chunk {}",
+                            short(&self.contents[ci].chunk_id(chunk.chunk_no.0))
+                        ));
+                    }
                 }
             }
         }
@@ -2526,9 +2894,7 @@ impl Sim {
             let peer = &self.peers[p];
             for (key, h) in &peer.disk.hosted {
                 let home = self.contents[key.0].home;
-                if !self.forgotten.contains_key(&key.0)
-                    || self.peers[home].disk.files.contains_key(&key.0)
-                {
+                if !self.forgotten.contains_key(&key.0) || self.has_version(home, key.0) {
                     continue;
                 }
                 self.stats.leftover_deleted_chunks += 1;
@@ -2562,9 +2928,9 @@ impl Sim {
                 continue;
             }
             for (key, h) in &peer.disk.hosted {
-                let home = &self.peers[self.contents[key.0].home];
-                let deleted =
-                    self.forgotten.contains_key(&key.0) && !home.disk.files.contains_key(&key.0);
+                let hp = self.contents[key.0].home;
+                let home = &self.peers[hp];
+                let deleted = self.forgotten.contains_key(&key.0) && !self.has_version(hp, key.0);
                 if !deleted || !home.v2 || home.engine.is_none() {
                     continue;
                 }
@@ -2573,7 +2939,12 @@ impl Sim {
                     self.stats.leftover_v2_unknown += 1;
                     continue;
                 }
-                let row = home.disk.delete_acks.contains(&(key.0, peer.id));
+                let unacked = must(
+                    home.disk
+                        .catalog
+                        .unacked_deletes_for(peer.id, usize::MAX >> 1),
+                );
+                let row = unacked.contains(&self.contents[key.0].file_id);
                 let (id, c, hid) = (peer.id, short(&h.wire), home.id);
                 let why = match row {
                     true => "it still owes the DELETED",
@@ -2587,13 +2958,16 @@ impl Sim {
         // Acknowledgements a 2.0 peer will never send: it holds nothing of the file any more.
         let mut unacked = Vec::new();
         for p in (0..self.peers.len()).filter(|p| self.peers[*p].v2) {
-            for (ci, holder) in &self.peers[p].disk.delete_acks {
-                let q = holder.0 as usize - 1;
-                let holds = (self.peers[q].disk.hosted.range((*ci, 0)..=(*ci, u32::MAX)))
-                    .next()
-                    .is_some();
-                if self.peers[q].v2 && !holds {
-                    unacked.push((p, *ci, *holder));
+            for q in 0..self.peers.len() {
+                let holder = self.peers[q].id;
+                let owed = must(self.catalog(p).unacked_deletes_for(holder, usize::MAX >> 1));
+                for ci in owed.iter().filter_map(|f| self.content_of(f)) {
+                    let holds = (self.peers[q].disk.hosted.range((ci, 0)..=(ci, u32::MAX)))
+                        .next()
+                        .is_some();
+                    if self.peers[q].v2 && !holds {
+                        unacked.push((p, ci, holder));
+                    }
                 }
             }
         }
@@ -2612,11 +2986,11 @@ impl Sim {
     fn replication(&mut self) {
         let class = self.class as usize;
         for p in 0..self.peers.len() {
-            let versions: Vec<usize> = (self.peers[p].disk.files.iter())
-                .filter(|(ci, v)| v.complete && !self.crashed_during.contains(ci))
-                .map(|(ci, _)| *ci)
+            let versions: Vec<(usize, u8)> = (self.versions(p).into_iter())
+                .filter(|(ci, row)| row.complete && !self.crashed_during.contains(ci))
+                .map(|(ci, row)| (ci, row.desired_rd))
                 .collect();
-            for ci in versions {
+            for (ci, desired_rd) in versions {
                 for no in 0..self.contents[ci].chunks() {
                     let key = (ci, no);
                     if self.touched.contains(&key) {
@@ -2626,9 +3000,9 @@ impl Sim {
                         .filter(|q| q.disk.hosted.contains_key(&key))
                         .map(|q| q.id)
                         .collect();
-                    let v = &self.peers[p].disk.files[&ci];
-                    let (copies, rd) = (holders.len() as u64, u64::from(v.rd));
-                    let stray = v.holders[no as usize].difference(&holders).next().copied();
+                    let (copies, rd) = (holders.len() as u64, u64::from(desired_rd));
+                    let believed = self.holders(p, key);
+                    let stray = believed.difference(&holders).next().copied();
                     let c = &mut self.stats.classes[class];
                     c.clean_chunks += 1;
                     c.desired += rd;
@@ -2663,10 +3037,10 @@ impl Sim {
     /// 2.0 (issue 24): every holder a 2.0 home counts at a 2.0 peer holds the chunk.
     fn check_counted_holders(&mut self) {
         for p in (0..self.peers.len()).filter(|p| self.peers[*p].v2) {
-            for (ci, v) in &self.peers[p].disk.files {
-                for (no, set) in v.holders.iter().enumerate() {
-                    let key = (*ci, no as u32);
-                    for holder in set {
+            for (ci, _) in self.versions(p) {
+                for no in 0..self.contents[ci].chunks() {
+                    let key = (ci, no);
+                    for holder in self.holders(p, key) {
                         let q = holder.0 as usize - 1;
                         if !self.peers[q].v2 || self.peers[q].disk.hosted.contains_key(&key) {
                             continue;
@@ -2674,7 +3048,7 @@ impl Sim {
                         let msg = format!(
                             "after a verification round, peer {} counts peer {holder} a holder of {}, which it does not hold",
                             p + 1,
-                            short(&self.contents[*ci].chunk_id(no as u32))
+                            short(&self.contents[ci].chunk_id(no))
                         );
                         return self.fail(msg);
                     }
@@ -2698,7 +3072,7 @@ impl Sim {
             .iter()
             .filter(|(_, c)| c.put_sent > inserted)
             .collect();
-        let believed = self.peers[home].disk.files[&key.0].holders[key.1 as usize].clone();
+        let believed = self.holders(home, key);
         self.log(|| format!("{chunk} hosted nowhere: copies {copies:?}, inserted at {inserted}, home believes {believed:?}"));
         if copies.is_empty() {
             self.stats.final_never_hosted += 1;
@@ -2729,9 +3103,9 @@ impl Sim {
     /// nobody hosts must be explained (`explain_loss`).
     fn final_restores(&mut self) {
         for p in 0..self.peers.len() {
-            let versions: Vec<usize> = (self.peers[p].disk.files.iter())
-                .filter(|(_, v)| v.complete)
-                .map(|(ci, _)| *ci)
+            let versions: Vec<usize> = (self.versions(p).into_iter())
+                .filter(|(_, row)| row.complete)
+                .map(|(ci, _)| ci)
                 .collect();
             for ci in versions {
                 let mut available = true;
@@ -2767,11 +3141,16 @@ impl Sim {
     }
 
     fn run(&mut self) -> Result<Stats, String> {
-        // The scenario, then quiet.
+        // The scenario, with the peers' HELLOs and looks for lost holders, then quiet.
+        self.run_for(SCENARIO + Duration::from_secs(5));
         self.quiet("after the scenario");
         self.check_all();
-        // Every peer up, a reliable network: quiet again, then the checks.
+        // Every peer up, a reliable network and disk: quiet again, then the checks.
         self.loss = 0.0;
+        (self.write_fail, self.record_fail) = (0.0, 0.0);
+        for peer in &mut self.peers {
+            peer.disk.full_until = Duration::ZERO;
+        }
         for p in 0..self.peers.len() {
             self.restart(p);
         }
@@ -2967,6 +3346,15 @@ fn seeds_keep_every_invariant() {
                 && total.rollbacks > 0
                 && total.incarnation_drops > 0
                 && total.proof_drops > 0,
+            "{total:?}"
+        );
+        // Issue 26: 2.0 homes counted silent holders lost, and the stores refused chunks for
+        // want of quota, failed writes (full disks, I/O errors) and failed to record rows.
+        assert!(
+            total.lost_drops > 0
+                && total.no_room > 0
+                && total.write_failures > 0
+                && total.record_failures > 0,
             "{total:?}"
         );
     }

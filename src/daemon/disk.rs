@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::inbox::Input;
 use super::Node;
 use crate::engine::peer::{Put, Role, MAX_CONCURRENT_STORES, UNKNOWN_RD};
+use crate::engine::store::{self, Admit};
 use crate::protocol::{ChunkId, ChunkNo, FileId, PeerId, Rd};
 use crate::store::catalog::MAX_HOLDERS;
 use crate::store::{CatalogHandle, ChunkRole, ChunkStore, HostedRow, NewChunk};
@@ -27,15 +28,17 @@ const ANNOUNCE_KEY: &str = "announce_hosted";
 impl From<ChunkRole> for Role {
     fn from(role: ChunkRole) -> Role {
         match role {
-            ChunkRole::Unknown | ChunkRole::Forgotten => Role::Unknown,
+            ChunkRole::Unknown => Role::Unknown,
+            ChunkRole::Forgotten => Role::Forgotten,
             ChunkRole::Own { desired_rd } => Role::Own { desired_rd },
             ChunkRole::Hosted { desired_rd } => Role::Hosted { desired_rd },
         }
     }
 }
 
-/// Stores a chunk if this peer may: never a chunk of its own file, one copy at most, within
-/// the quota. `write` false: only say whether it is held (2.0: enough peers stored it).
+/// Stores a chunk if this peer may (`engine::store::admit`: never a chunk of its own file, one
+/// copy at most), within the quota. `write` false: only say whether it is held (2.0: enough
+/// peers stored it).
 pub(crate) async fn store_chunk(
     node: &Arc<Node>,
     chunk: &ChunkId,
@@ -44,26 +47,42 @@ pub(crate) async fn store_chunk(
     sender: PeerId,
     write: bool,
 ) -> Put {
-    match node.catalog.role(chunk).await {
-        // Never host a chunk of our own file, even of a version we deleted.
-        Ok(ChunkRole::Own { .. } | ChunkRole::Forgotten) => return Put::Refused,
-        Ok(ChunkRole::Hosted { desired_rd }) => {
-            if desired_rd == UNKNOWN_RD {
-                learn_rd(node, chunk, rd).await;
-            }
-            return Put::Held;
-        }
-        Ok(ChunkRole::Unknown) if !write => return Put::Refused,
-        Ok(ChunkRole::Unknown) => {}
+    let role = match node.catalog.role(chunk).await {
+        Ok(role) => Role::from(role),
         Err(e) => {
             tracing::warn!("could not store chunk {chunk}: {e}");
             return Put::Refused;
         }
+    };
+    match store::admit(role, write) {
+        Admit::Refuse => Put::Refused,
+        Admit::Held { learn_rd: learn } => {
+            if learn {
+                learn_rd(node, chunk, rd).await;
+            }
+            Put::Held
+        }
+        Admit::Write => {
+            let (room, written, recorded) = write_hosted(node, chunk, rd, body, sender).await;
+            store::after_write(room, written, recorded)
+        }
     }
+}
+
+/// Writes an admitted chunk: its bytes reserved within the quota, its file written (synced),
+/// its catalog row recorded; how far it got (room, written, recorded). Each step runs only if
+/// the one before succeeded, and a failed step undoes what the earlier ones did.
+async fn write_hosted(
+    node: &Arc<Node>,
+    chunk: &ChunkId,
+    rd: Rd,
+    body: Vec<u8>,
+    sender: PeerId,
+) -> (bool, bool, bool) {
     let size = body.len() as u64;
     let Some(reservation) = node.store.reserve(size) else {
         tracing::debug!("no room for chunk {chunk} ({size} bytes) within the quota");
-        return Put::Refused;
+        return (false, false, false);
     };
     // The chunk file first (synced), then the catalog row: a crash in between leaves a stray
     // file that the next start quarantines, never a row without its file. The reservation
@@ -73,7 +92,7 @@ pub(crate) async fn store_chunk(
         Err(e) => {
             node.store.release(reservation);
             tracing::warn!("could not write chunk {chunk}: {e}");
-            return Put::Refused;
+            return (true, false, false);
         }
     };
     node.store.commit(reservation);
@@ -86,11 +105,11 @@ pub(crate) async fn store_chunk(
         sender,
     };
     match node.catalog.store_hosted(row, node.id).await {
-        Ok(()) => Put::Written,
+        Ok(()) => (true, true, true),
         Err(e) => {
             tracing::warn!("could not record chunk {chunk}: {e}");
             remove_chunk_files(node, &chunk.file_id, vec![(chunk.chunk_no, size)]).await;
-            Put::Refused
+            (true, true, false)
         }
     }
 }

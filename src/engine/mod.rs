@@ -8,4 +8,5 @@ pub mod reclaim;
 pub mod restore;
 pub mod retry;
 pub mod serve;
+pub mod store;
 pub mod verify;

@@ -169,35 +169,7 @@ pub enum Owner {
     Rebackup,
 }
 
-/// What became of a PUTCHUNK the driver was asked to store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Put {
-    /// A chunk of our own file, no room for it, or an error: not stored.
-    Refused,
-    /// Held already (the first STORED may have been lost).
-    Held,
-    /// Written to disk and recorded now.
-    Written,
-}
-
-/// A chunk's place in this peer's catalog, as REMOVED handling needs it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Unknown,
-    Own {
-        desired_rd: u8,
-    },
-    /// `desired_rd` is `UNKNOWN_RD` for a chunk re-indexed by `--rebuild-catalog` whose
-    /// home's RD was not heard again yet.
-    Hosted {
-        desired_rd: u8,
-    },
-}
-
-/// The desired RD of a hosted chunk whose PUTCHUNK was lost with the catalog: not 1 (a REMOVED
-/// would then never be made up for), not a guess. A REMOVED of such a chunk is made up for up
-/// to the holders counted before it (`Peer::removed`); the next PUTCHUNK tells the real one.
-pub const UNKNOWN_RD: u8 = 0;
+pub use super::store::{Put, Role, UNKNOWN_RD};
 
 /// How a chunk backup ended.
 #[derive(Clone, Debug, PartialEq, Eq)]

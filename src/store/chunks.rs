@@ -39,7 +39,8 @@ pub fn charge(size: u64, block: u64) -> u64 {
 
 /// Bytes hosted, bytes promised to writes under way, and the limit, all as charged by `charge`.
 /// Reserving before writing is what keeps hosted bytes under the quota even under concurrent
-/// PUTCHUNKs.
+/// PUTCHUNKs. The accounting itself, pure: `ChunkStore` keeps one behind a lock, the
+/// simulation (tests/simulation.rs) one per simulated store.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
     pub used: u64,
@@ -51,6 +52,31 @@ impl Usage {
     /// Quota 0 means "host nothing", even empty chunks.
     pub fn fits(&self, charged: u64) -> bool {
         self.quota > 0 && self.used + self.reserved + charged <= self.quota
+    }
+
+    /// Claims `charged` bytes for a chunk about to be written, if they fit.
+    pub fn reserve(&mut self, charged: u64) -> Option<Reservation> {
+        if !self.fits(charged) {
+            return None;
+        }
+        self.reserved += charged;
+        Some(Reservation { charged })
+    }
+
+    /// The write failed: its claim is given back.
+    pub fn release(&mut self, r: Reservation) {
+        self.reserved -= r.charged;
+    }
+
+    /// The chunk is written: its claim becomes used bytes.
+    pub fn commit(&mut self, r: Reservation) {
+        self.reserved -= r.charged;
+        self.used += r.charged;
+    }
+
+    /// A chunk that cost `charged` bytes was removed.
+    pub fn free(&mut self, charged: u64) {
+        self.used = self.used.saturating_sub(charged);
     }
 }
 
@@ -150,22 +176,15 @@ impl ChunkStore {
     /// Claims quota for a chunk of `size` bytes, if its charge fits.
     pub fn reserve(&self, size: u64) -> Option<Reservation> {
         let charged = self.charge(size);
-        let mut usage = self.lock();
-        if !usage.fits(charged) {
-            return None;
-        }
-        usage.reserved += charged;
-        Some(Reservation { charged })
+        self.lock().reserve(charged)
     }
 
     pub fn release(&self, r: Reservation) {
-        self.lock().reserved -= r.charged;
+        self.lock().release(r);
     }
 
     pub fn commit(&self, r: Reservation) {
-        let mut usage = self.lock();
-        usage.reserved -= r.charged;
-        usage.used += r.charged;
+        self.lock().commit(r);
     }
 
     /// The charged bytes of the hosted chunks (at start, after reconciling).
@@ -176,8 +195,7 @@ impl ChunkStore {
     /// Space given back after a chunk file of `size` bytes was removed.
     pub fn freed(&self, size: u64) {
         let charged = self.charge(size);
-        let mut usage = self.lock();
-        usage.used = usage.used.saturating_sub(charged);
+        self.lock().free(charged);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Usage> {
