@@ -91,12 +91,14 @@ impl Peer {
 
     /// The room a job has now, given as `Credit` (the job keeps count of what it was given).
     pub(super) fn grant(&mut self, job: JobId) {
-        let Some(j) = self.jobs.get_mut(&job) else {
+        let Some(j) = self.jobs.get(&job) else {
             return;
         };
-        let n = j.room(self.backup.pace());
+        let n = j.room(self.backup_pace());
         if n > 0 {
-            j.granted += n;
+            if let Some(j) = self.jobs.get_mut(&job) {
+                j.granted += n;
+            }
             self.out.actions.push_back(Action::Credit { job, n });
         }
     }

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::backup::Backups;
+use super::backup::{Backups, Pace};
 use super::delete::Deletes;
 use super::jobs::Job;
 use super::out::{Out, Timer};
@@ -27,7 +27,7 @@ use super::restore::Fetches;
 use super::serve::Serve;
 use super::store::Holder;
 use super::verify::{self, Verification};
-use crate::protocol::{ChunkId, Message, MessageKind, PeerId, Version};
+use crate::protocol::{ChunkId, FileId, Message, MessageKind, PeerId, Version};
 
 pub use super::backup::{BackupOutcome, Owner, Stopped};
 pub use super::delete::{
@@ -252,6 +252,50 @@ impl Peer {
                 Timer::Pace => self.pace_timer(key, now),
             }
         }
+    }
+
+    // ---- what a part asks of another (parts never reach into each other) -------------------
+
+    /// Whether this peer backs up the chunk itself now (a re-backup, a hand-on, or our own).
+    pub(super) fn backing_up(&self, chunk: &ChunkId) -> bool {
+        self.reclaim.is_rebacking(chunk) || self.backup.is_sending(chunk)
+    }
+
+    /// The pace of our backups (a backup job's room follows it).
+    pub(super) fn backup_pace(&self) -> &Pace {
+        self.backup.pace()
+    }
+
+    /// Whether a PUTCHUNK of the file must not be stored now: its DELETE is being carried out,
+    /// or was heard just now.
+    pub(super) fn store_blocked(&self, file_id: &FileId, now: Instant) -> bool {
+        self.delete.blocks_store(file_id, now)
+    }
+
+    /// When the file's last DELETE was heard (or sent by us).
+    pub(super) fn last_delete(&self, file_id: &FileId) -> Option<Instant> {
+        self.delete.last_delete(file_id)
+    }
+
+    /// A PUTCHUNK for the chunk was seen: a re-backup waiting for its instant leaves the chunk
+    /// to its sender.
+    pub(super) fn putchunk_seen(&mut self, chunk: &ChunkId, now: Instant) {
+        self.reclaim.putchunk_seen(chunk, now);
+    }
+
+    /// A re-backup (or hand-on) ended.
+    pub(super) fn rebackup_ended(&mut self, chunk: &ChunkId) {
+        self.reclaim.ended(chunk);
+    }
+
+    /// Whether the peer is alive: heard within three HELLOs.
+    pub(super) fn peer_alive(&self, peer: &PeerId, now: Instant) -> bool {
+        self.presence.alive(peer, now)
+    }
+
+    /// Peers heard lately.
+    pub(super) fn peers_seen(&self) -> usize {
+        self.presence.peers_seen()
     }
 
     /// What is in progress, for tests and `state`.

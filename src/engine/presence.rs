@@ -119,10 +119,7 @@ impl Peer {
     pub(super) fn own_id_putchunk(&mut self, chunk: ChunkId, now: Instant) {
         // Our own re-backup, or a chunk of a file deleted lately, explains it.
         let recently = now.checked_sub(OWN_ID_EXPLAINED_FOR).unwrap_or(now);
-        if self.reclaim.is_rebacking(&chunk)
-            || self.backup.is_sending(&chunk)
-            || self.deleted_since(&chunk.file_id, recently)
-        {
+        if self.backing_up(&chunk) || self.deleted_since(&chunk.file_id, recently) {
             return;
         }
         if self

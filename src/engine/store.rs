@@ -210,11 +210,11 @@ impl Peer {
         sender: PeerId,
         now: Instant,
     ) {
-        self.reclaim.putchunk_seen(&chunk, now);
+        self.putchunk_seen(&chunk, now);
         if self.store.busy_with(&chunk) {
             return; // a resend of a chunk being written: its STORED is on its way
         }
-        if self.delete.blocks_store(&chunk.file_id, now) {
+        if self.store_blocked(&chunk.file_id, now) {
             // Its file's deletion is under way and could remove it right after it is written
             // (and after its STORED), or its DELETE overtook it: if the home peer means it, it
             // resends in a second.
@@ -232,8 +232,8 @@ impl Peer {
         // are alive: heard within three HELLOs (a repair after a holder was lost sends it
         // again too, and the lost one must not count).
         // Nor does a STORED heard before the file's last DELETE: its copy went with it.
-        let alive = |p: &PeerId| self.presence.alive(p, now);
-        let deleted = self.delete.last_delete(&chunk.file_id);
+        let alive = |p: &PeerId| self.peer_alive(p, now);
+        let deleted = self.last_delete(&chunk.file_id);
         let still = |at: &Instant| {
             now.saturating_duration_since(*at) < STOREDS_REMEMBERED_FOR
                 && deleted.is_none_or(|d| d < *at)
@@ -279,7 +279,7 @@ impl Peer {
     /// heard. Uniform waits: the k-th shortest of n is expected at k/(n+1) of the range.
     pub(super) fn write_ahead_below(&self, rd: Rd) -> Duration {
         // The peers that may store it: every peer heard (the sender among them stands for us).
-        let n = self.presence.peers_seen().max(1) as u32;
+        let n = self.peers_seen().max(1) as u32;
         let k = u32::from(rd.get()) + 1;
         (MAX_REPLY_DELAY * k / (n + 1)).min(MAX_REPLY_DELAY + Duration::from_millis(1))
     }

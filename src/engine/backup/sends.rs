@@ -266,7 +266,7 @@ impl Peer {
                     self.grant(*job);
                 }
                 Owner::Rebackup => {
-                    self.reclaim.ended(chunk);
+                    self.rebackup_ended(chunk);
                 }
             }
         }
