@@ -35,6 +35,31 @@ fn getchunk_is_answered_after_a_random_wait_unless_a_good_copy_is_heard() {
         }
     );
 
+    // The wait is random (each holder's own), so the holders' CHUNKs do not leave together
+    // and the first one heard silences the others: the chunk is read only once it is over.
+    let waits: Vec<Duration> = (0..50)
+        .map(|seed| {
+            let mut p = Peer::new(ME, seed);
+            getchunk(&mut p, 0, t0);
+            actions(&mut p);
+            p.hosted(&chunk(0), Some((100, hash.clone())), t0);
+            assert!(actions(&mut p).is_empty(), "read before its wait");
+            let mut read = None;
+            while let Some(t) = p
+                .poll_timeout()
+                .filter(|t| *t <= t0 + Duration::from_secs(1))
+            {
+                p.handle_timeout(t);
+                if actions(&mut p).contains(&Action::ReadHosted { chunk: chunk(0) }) {
+                    read = Some(t - t0);
+                    break;
+                }
+            }
+            read.expect("read once its wait is over")
+        })
+        .collect();
+    assert_random_waits(&waits);
+
     // Another holder's good copy silences us; junk of the right length does not.
     let t1 = t0 + Duration::from_secs(5);
     for (heard, silent) in [(body.clone(), true), (vec![6u8; 100], false)] {
