@@ -15,8 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{disk, Node};
 use crate::engine::peer::{
-    Action, BackupOutcome, Expect, JobId, JobKind, Owner, Peer, Put, Role, HELLO_EVERY,
-    MAX_PEERS_SEEN,
+    Action, BackupOutcome, Expect, JobId, JobKind, Owner, Peer, Put, Role, MAX_PEERS_SEEN,
 };
 use crate::engine::verify::{self, Sample};
 use crate::net::{ChannelSocket, MAX_DATAGRAM};
@@ -192,7 +191,7 @@ pub(crate) async fn run(
     let config = node.config();
     if config.peer.enhanced() {
         // Several HELLOs per holder_timeout: a live peer is never counted lost.
-        let hello_every = HELLO_EVERY.min(config.peer.holder_timeout / 5);
+        let hello_every = crate::engine::presence::hello_every_for(config.peer.holder_timeout);
         engine.enhance(node.tcp_port, hello_every);
         engine.set_incarnation(node.incarnation);
         engine.verify_holders(config.peer.verify_every, Instant::now());

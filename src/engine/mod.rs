@@ -7,7 +7,7 @@ mod jobs;
 pub mod lru;
 mod out;
 pub mod peer;
-mod presence;
+pub mod presence;
 pub mod reclaim;
 pub mod restore;
 pub mod retry;

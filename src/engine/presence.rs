@@ -1,6 +1,9 @@
 //! Who is out there (a part of `peer::Peer`): HELLO at start and every `hello_every` (2.0), the
 //! peers heard and when, a peer found back after a silence (it may have missed DELETEs), and
-//! PUTCHUNKs that carry our own id (another peer may use it).
+//! PUTCHUNKs that carry our own id (another peer may use it). And the rules the home peer's
+//! service applies to what presence tells: when a silent holder is counted lost
+//! (`holder_lost`, `lost_holder_looks`) and when the repair looks at our chunks below their RD
+//! (`RepairSchedule`).
 
 use std::time::{Duration, Instant};
 
@@ -131,5 +134,128 @@ impl Peer {
         }
         self.presence.own_id_checked = Some(now);
         self.out.actions.push_back(Action::CheckOwnId { chunk });
+    }
+}
+
+// ---- lost holders and the repair's cadence (pure: the service calls them) --------------------
+
+/// How often our files are checked for chunks below their desired RD.
+pub const REPAIR_EVERY: Duration = Duration::from_secs(60);
+/// After a REMOVED, holders get this long to re-back up before the home peer does.
+pub const REPAIR_GRACE: Duration = Duration::from_secs(5);
+
+/// 2.0: how often a peer says HELLO, given `holder_timeout`: several HELLOs per timeout, so a
+/// live peer is never counted lost (at most `HELLO_EVERY`).
+pub fn hello_every_for(holder_timeout: Duration) -> Duration {
+    HELLO_EVERY.min(holder_timeout / 5)
+}
+
+/// 2.0: how often the home peer looks for lost holders: a few looks per `holder_timeout`, so a
+/// holder is counted lost soon after its time; at least once a second, at most once per
+/// `REPAIR_EVERY`.
+pub fn lost_holder_looks(holder_timeout: Duration) -> Duration {
+    (holder_timeout / 5).clamp(Duration::from_secs(1), REPAIR_EVERY)
+}
+
+/// 2.0: whether a holder is lost at `now` (all in ms on the same clock): not heard for longer
+/// than `holder_timeout`, counted from `started` (this daemon's start) at the earliest, since a
+/// peer we could not hear before we started is not silent for that time. The catalog's
+/// `lost_holders` query applies this same rule in SQL over every holder at once.
+pub fn holder_lost(
+    now: i64,
+    last_heard: Option<i64>,
+    started: i64,
+    holder_timeout: Duration,
+) -> bool {
+    let silent_since = last_heard.unwrap_or(started).max(started);
+    now - silent_since > holder_timeout.as_millis() as i64
+}
+
+/// When the repair looks next: every `REPAIR_EVERY`, and `REPAIR_GRACE` after a REMOVED left
+/// one of our chunks below its RD (the holders get that long to re-back it up first). REMOVEDs
+/// arriving meanwhile do not push the look back.
+#[derive(Clone, Copy, Debug)]
+pub struct RepairSchedule {
+    next: Instant,
+}
+
+impl RepairSchedule {
+    pub fn new(now: Instant) -> RepairSchedule {
+        RepairSchedule {
+            next: now + REPAIR_EVERY,
+        }
+    }
+
+    pub fn next(&self) -> Instant {
+        self.next
+    }
+
+    /// A REMOVED (or a lost holder) left one of our chunks below its RD.
+    pub fn on_removed(&mut self, now: Instant) {
+        self.next = self.next.min(now + REPAIR_GRACE);
+    }
+
+    /// The repair looked at `now`.
+    pub fn ran(&mut self, now: Instant) {
+        self.next = now + REPAIR_EVERY;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repair_looks_every_minute_and_five_seconds_after_a_removed() {
+        let t0 = Instant::now();
+        let mut r = RepairSchedule::new(t0);
+        assert_eq!(r.next() - t0, REPAIR_EVERY);
+        r.on_removed(t0 + Duration::from_secs(10));
+        assert_eq!(r.next() - t0, Duration::from_secs(15));
+        // A flood of REMOVEDs does not push the look back.
+        for s in 11..15 {
+            r.on_removed(t0 + Duration::from_secs(s));
+        }
+        assert_eq!(r.next() - t0, Duration::from_secs(15));
+        r.ran(t0 + Duration::from_secs(15));
+        assert_eq!(r.next() - t0, Duration::from_secs(75));
+        // Close to the periodic look, a REMOVED does not delay it either.
+        r.on_removed(t0 + Duration::from_secs(73));
+        assert_eq!(r.next() - t0, Duration::from_secs(75));
+    }
+
+    #[test]
+    fn a_holder_is_lost_once_silent_past_the_timeout_counted_from_our_start() {
+        let timeout = Duration::from_secs(10);
+        // Heard at 1 s, we started at 0: lost after 11 s, not at 11 s exactly.
+        assert!(!holder_lost(11_000, Some(1_000), 0, timeout));
+        assert!(holder_lost(11_001, Some(1_000), 0, timeout));
+        // Last heard before our start (an old row): the silence counts from our start.
+        assert!(!holder_lost(14_000, Some(1_000), 5_000, timeout));
+        assert!(holder_lost(15_001, Some(1_000), 5_000, timeout));
+        // Never heard: likewise from our start.
+        assert!(!holder_lost(15_000, None, 5_000, timeout));
+        assert!(holder_lost(15_001, None, 5_000, timeout));
+        // Heard lately: never lost.
+        assert!(!holder_lost(20_000, Some(19_000), 0, timeout));
+    }
+
+    #[test]
+    fn several_hellos_and_looks_per_holder_timeout() {
+        let day = Duration::from_secs(86_400);
+        assert_eq!(hello_every_for(day), HELLO_EVERY);
+        assert_eq!(
+            hello_every_for(Duration::from_secs(10)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(lost_holder_looks(day), REPAIR_EVERY);
+        assert_eq!(
+            lost_holder_looks(Duration::from_secs(10)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            lost_holder_looks(Duration::from_secs(2)),
+            Duration::from_secs(1)
+        );
     }
 }
