@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::inbox::{Input, JobEvent, Source};
 use super::receive::pull;
 use super::{disk, Node};
-use crate::engine::peer::{Action, JobId, Owner, Peer, HELLO_EVERY, MAX_PEERS_SEEN};
+use crate::engine::peer::{Action, JobId, Owner, Peer, MAX_PEERS_SEEN};
 use crate::engine::verify::{self, Sample};
 use crate::protocol::{sha256_hex, ChunkId, FileId, Message, PeerId};
 
@@ -53,7 +53,7 @@ pub(crate) async fn run(
     let config = node.config();
     if config.peer.enhanced() {
         // Several HELLOs per holder_timeout: a live peer is never counted lost.
-        let hello_every = HELLO_EVERY.min(config.peer.holder_timeout / 5);
+        let hello_every = crate::engine::presence::hello_every_for(config.peer.holder_timeout);
         engine.enhance(node.tcp_port, hello_every);
         engine.set_incarnation(node.incarnation);
         engine.verify_holders(config.peer.verify_every, Instant::now());

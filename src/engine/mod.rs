@@ -2,8 +2,12 @@
 //! heard, a CHUNK arrived, time passed) and say what to do next. No sockets, no tokio, no SQLite:
 //! the daemon drives them, and the unit tests drive them with made-up instants.
 pub mod backup;
+mod delete;
+mod jobs;
 pub mod lru;
+mod out;
 pub mod peer;
+pub mod presence;
 pub mod reclaim;
 pub mod restore;
 pub mod retry;

@@ -2,13 +2,18 @@
 //! holder sends on MDR is bounded three ways: per chunk (answered again only after a wait that
 //! doubles, as a restorer's own resends do), per source address and in total (bytes per second,
 //! `MdrBudget`). And a holder stays silent only for a CHUNK that carries the bytes it recorded,
-//! so a host that answers first with junk cannot silence the real holders.
+//! so a host that answers first with junk cannot silence the real holders. `Serve` is the part
+//! of `peer::Peer` that owns the replies being prepared.
 
+use std::collections::BTreeMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::lru::LruMap;
+use super::out::{Action, Timer, TimerKey, MAX_SEEN_ENTRIES};
+use super::peer::Peer;
+use crate::protocol::{sha256_hex, ChunkId, Message, MessageKind, Version};
 
 /// A chunk is answered at most once per this interval, and the interval doubles with each
 /// answer that follows closely (1, 2, 4, ... s: a restorer resends at 0, 1, 3, 7 and 15 s, so
@@ -237,19 +242,207 @@ impl PendingReply {
     }
 }
 
+// ---- the holder side of GETCHUNK (a part of `peer::Peer`) --------------------------------------
+
+/// GETCHUNKs being answered at once; beyond this one is dropped (the requester resends). A
+/// pending reply holds no body (it is read when sent), and each lasts its random wait: this
+/// many let a holder keep up with restores' windows (up to 512 chunks in flight each).
+pub const MAX_PENDING_REPLIES: usize = 2048;
+
+enum ReplyState {
+    /// Waiting for the driver to say whether we host the chunk.
+    Lookup,
+    Waiting {
+        timer: TimerKey,
+    },
+    /// The driver is reading it.
+    Reading,
+}
+
+/// A CHUNK reply this peer is preparing.
+struct Reply {
+    state: ReplyState,
+    pending: PendingReply,
+    /// 2.0: the GETCHUNK asked where to pull the chunk: the answer is a body-less CHUNK that
+    /// names our TCP port, and the requester connects to us.
+    pull: bool,
+    /// The address of the first GETCHUNK (a later one never changes it): charged for the reply
+    /// in the MDR budget.
+    source: Option<IpAddr>,
+}
+
+/// The replies this holder prepares, and the bounds on what it sends.
+pub(super) struct Serve {
+    replying: BTreeMap<ChunkId, Reply>,
+    chunk_sent: ReplyLimit<ChunkId>,
+    /// 2.0: when we last said where to pull each chunk (a body-less CHUNK, once a second).
+    pull_said: ReplyLimit<ChunkId>,
+    /// Bytes per second of CHUNK bodies on MDR, in total and per source.
+    mdr_budget: MdrBudget,
+}
+
+impl Serve {
+    pub(super) fn new() -> Serve {
+        Serve {
+            replying: BTreeMap::new(),
+            chunk_sent: ReplyLimit::new(MAX_SEEN_ENTRIES, MIN_CHUNK_INTERVAL, MAX_CHUNK_INTERVAL),
+            pull_said: ReplyLimit::new(MAX_SEEN_ENTRIES, MIN_CHUNK_INTERVAL, MIN_CHUNK_INTERVAL),
+            mdr_budget: MdrBudget::default(),
+        }
+    }
+
+    /// Replies being prepared.
+    pub(super) fn replying(&self) -> usize {
+        self.replying.len()
+    }
+
+    /// 2.0: a holder said the chunk can be pulled from it: that silences our reply to a
+    /// GETCHUNK that asked where to pull (not one to a GETCHUNK without the line).
+    pub(super) fn silence_pull_reply(&mut self, chunk: &ChunkId) {
+        if let Some(r) = self.replying.get_mut(chunk).filter(|r| r.pull) {
+            r.pending.silence();
+        }
+    }
+
+    /// A CHUNK heard for a reply we prepare: its SHA-256 when the reply needs it to know
+    /// whether a good copy was sent (only a good copy silences it).
+    pub(super) fn hash_for_reply(&mut self, chunk: &ChunkId, body: &[u8]) -> Option<String> {
+        let r = self.replying.get_mut(chunk)?;
+        if !r.pending.wants_hash(body.len() as u64) {
+            return None;
+        }
+        let hash = sha256_hex(body);
+        r.pending.hashed(&hash);
+        Some(hash)
+    }
+}
+
+impl Peer {
+    pub(super) fn on_getchunk(&mut self, chunk: ChunkId, pull: bool, source: Option<IpAddr>) {
+        if self.serve.replying.contains_key(&chunk) {
+            // The reply keeps what the first GETCHUNK asked: a later one (forged, or replayed
+            // from elsewhere) cannot turn it into something else or charge it to another.
+            return;
+        }
+        if self.serve.replying.len() >= MAX_PENDING_REPLIES {
+            self.out.counters.reply_drops += 1;
+            return;
+        }
+        self.serve.replying.insert(
+            chunk.clone(),
+            Reply {
+                state: ReplyState::Lookup,
+                pending: PendingReply::default(),
+                pull,
+                source,
+            },
+        );
+        self.out.actions.push_back(Action::LookupHosted { chunk });
+    }
+
+    /// Whether this peer hosts a chunk a GETCHUNK asked for: its recorded length and hash. The
+    /// reply waits a random delay, and (a body) no less than its interval after our last CHUNK
+    /// of it.
+    pub fn hosted(&mut self, chunk: &ChunkId, info: Option<(u64, String)>, now: Instant) {
+        let Some((len, hash)) = info else {
+            self.serve.replying.remove(chunk);
+            return;
+        };
+        let delay = self.out.reply_delay();
+        let Some(pull) = self.serve.replying.get(chunk).map(|r| r.pull) else {
+            return;
+        };
+        let limit = if pull {
+            &self.serve.pull_said
+        } else {
+            &self.serve.chunk_sent
+        };
+        let at = (limit.next_allowed(chunk)).map_or(now + delay, |n| n.max(now + delay));
+        let timer = self.out.arm(at, Timer::Reply(chunk.clone()));
+        if let Some(r) = self.serve.replying.get_mut(chunk) {
+            r.pending.expect(len, hash);
+            r.state = ReplyState::Waiting { timer };
+        }
+    }
+
+    /// The hosted chunk read for a reply (None: unreadable or damaged). `chunk` carries the
+    /// fileId text exactly as the home peer wrote it.
+    pub fn serve(&mut self, chunk: ChunkId, body: Option<Vec<u8>>, now: Instant) {
+        let Some(reply) = self.serve.replying.remove(&chunk) else {
+            return;
+        };
+        let Some(body) = body else { return };
+        if reply.pending.suppressed() || !self.serve.chunk_sent.take(&chunk, now) {
+            return; // another holder answered first with the right bytes, or too soon
+        }
+        self.send(MessageKind::Chunk { chunk, body });
+    }
+
+    /// 2.0: says on MDR, with a body-less CHUNK naming our TCP port, that the chunk can be
+    /// pulled from us (once a second per chunk at most); the other holders then stay quiet.
+    pub(super) fn say_pull(&mut self, chunk: ChunkId, now: Instant) {
+        let Some(port) = self.tcp_port else { return };
+        if !self.serve.pull_said.take(&chunk, now) {
+            return;
+        }
+        let kind = MessageKind::Chunk {
+            chunk,
+            body: Vec::new(),
+        };
+        let mut msg = Message::new(self.id, kind);
+        msg.version = Version::V2_0;
+        msg.extra_lines.push(format!("TCP {port}"));
+        self.out.transmits.push_back(msg);
+    }
+
+    /// A GETCHUNK's reply is due (`key`: the timer armed for it, if still current): silenced,
+    /// a 2.0 "pull it from us", or the body read, within the MDR budget.
+    pub(super) fn reply_timer(&mut self, chunk: ChunkId, key: TimerKey, now: Instant) {
+        let Some(r) = self.serve.replying.get_mut(&chunk) else {
+            return;
+        };
+        if !matches!(r.state, ReplyState::Waiting { timer } if timer == key) {
+            return;
+        }
+        if r.pending.suppressed() {
+            self.serve.replying.remove(&chunk);
+        } else if r.pull {
+            // 2.0: no body to read; the requester pulls it from our listener.
+            self.serve.replying.remove(&chunk);
+            self.say_pull(chunk, now);
+        } else {
+            let (source, len) = (r.source, r.pending.expected_len());
+            match self.serve.mdr_budget.spend(source, len, now) {
+                Ok(()) => {
+                    r.state = ReplyState::Reading;
+                    self.out.actions.push_back(Action::ReadHosted { chunk });
+                }
+                Err(at) => {
+                    // Over the bytes per second allowed on MDR: later, not never
+                    // (the number of pending replies is bounded).
+                    let timer = self.out.arm(at, Timer::Reply(chunk.clone()));
+                    if let Some(r) = self.serve.replying.get_mut(&chunk) {
+                        r.state = ReplyState::Waiting { timer };
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::sha256_hex;
 
-    fn heard(reply: &mut PendingReply, body: &[u8]) {
+    pub(super) fn heard(reply: &mut PendingReply, body: &[u8]) {
         if reply.wants_hash(body.len() as u64) {
             reply.hashed(&sha256_hex(body));
         }
     }
 
     #[test]
-    fn one_chunk_per_second_per_chunk() {
+    pub(super) fn one_chunk_per_second_per_chunk() {
         let mut limit = ReplyLimit::new(16, MIN_CHUNK_INTERVAL, MIN_CHUNK_INTERVAL);
         let t = Instant::now();
         assert_eq!(limit.next_allowed(&"a"), None);
@@ -272,7 +465,7 @@ mod tests {
     }
 
     #[test]
-    fn the_limit_survives_a_flood_of_other_chunks() {
+    pub(super) fn the_limit_survives_a_flood_of_other_chunks() {
         let mut limit = ReplyLimit::new(4, MIN_CHUNK_INTERVAL, MAX_CHUNK_INTERVAL);
         let t = Instant::now();
         assert!(limit.take(&0u32, t));
@@ -287,7 +480,7 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_asked_again_and_again_waits_longer_each_time_as_a_restorer_resends() {
+    pub(super) fn a_chunk_asked_again_and_again_waits_longer_each_time_as_a_restorer_resends() {
         let mut limit = ReplyLimit::new(16, MIN_CHUNK_INTERVAL, MAX_CHUNK_INTERVAL);
         let t = Instant::now();
         // A GETCHUNK every 100 ms for 200 s: answered at 0, 1, 3, 7, 15, 31, 63 s, then every
@@ -306,7 +499,7 @@ mod tests {
     }
 
     #[test]
-    fn the_mdr_budget_bounds_each_source_and_the_total() {
+    pub(super) fn the_mdr_budget_bounds_each_source_and_the_total() {
         const MB: u64 = 1 << 20;
         let chunk = crate::protocol::CHUNK_SIZE as u64;
         let mut budget = MdrBudget::new(4 * MB, 2 * MB, MB);
@@ -359,7 +552,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_good_copy_silences_the_holder() {
+    pub(super) fn only_a_good_copy_silences_the_holder() {
         let body = vec![7u8; 1000];
         let mut reply = PendingReply::default();
         heard(&mut reply, &body);
@@ -376,7 +569,7 @@ mod tests {
     }
 
     #[test]
-    fn junk_of_the_right_length_is_hashed_only_a_few_times() {
+    pub(super) fn junk_of_the_right_length_is_hashed_only_a_few_times() {
         let body = vec![7u8; 100];
         let mut reply = PendingReply::default();
         reply.expect(100, sha256_hex(&body));

@@ -344,6 +344,33 @@ impl ProofLimit {
     }
 }
 
+/// Holder verification's state in `peer::Peer`: our store's incarnation, the peers', the
+/// proofs we await as a home and the proofs we give as a holder.
+pub(super) struct Verification {
+    incarnation: Option<u64>,
+    incarnations: Incarnations,
+    verify: Option<Verify>,
+    proof_limit: ProofLimit,
+}
+
+impl Verification {
+    pub(super) fn new(peers: usize) -> Verification {
+        Verification {
+            incarnation: None,
+            incarnations: Incarnations::new(peers),
+            verify: None,
+            proof_limit: ProofLimit::default(),
+        }
+    }
+
+    /// When the next verification instant is, if verifying.
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        self.verify.as_ref().and_then(Verify::poll_timeout)
+    }
+}
+
+mod handlers;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 
 use crate::config::{self, Config, NetworkConfig};
 use crate::daemon::{self, Node};
+use crate::engine::presence::{lost_holder_looks, RepairSchedule};
 use crate::ops as cmd;
 use crate::protocol::auth::LanKey;
 use crate::protocol::seal::MasterKey;
@@ -28,10 +29,6 @@ use crate::shutdown::{Shutdown, Trigger};
 use crate::workers::Worker;
 use watch::Watchers;
 
-/// How often our files are checked for chunks below their desired RD.
-const REPAIR_EVERY: Duration = Duration::from_secs(60);
-/// After a REMOVED, holders get this long to re-back up before the home peer does.
-const REPAIR_GRACE: Duration = Duration::from_secs(5);
 /// How often the systemd status line is refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 /// 2.0: a deleted version's holders that never confirmed the DELETE (1.0 peers cannot) are
@@ -272,8 +269,7 @@ async fn lost_holders(node: Arc<Node>, worker: Worker) {
     loop {
         let config = node.config();
         let timeout = config.peer.holder_timeout;
-        // A few looks per timeout, so a holder is counted lost soon after its time.
-        tokio::time::sleep((timeout / 5).clamp(Duration::from_secs(1), REPAIR_EVERY)).await;
+        tokio::time::sleep(lost_holder_looks(timeout)).await;
         if !config.peer.enhanced() {
             continue;
         }
@@ -307,34 +303,6 @@ async fn lost_holders(node: Arc<Node>, worker: Worker) {
                 worker.failed(&format!("cannot look for lost holders: {e}"), None);
             }
         }
-    }
-}
-
-/// When the repair looks next: every `REPAIR_EVERY`, and `REPAIR_GRACE` after a REMOVED left
-/// one of our chunks below its RD (the holders get that long to re-back it up first). REMOVEDs
-/// arriving meanwhile do not push the look back.
-#[derive(Clone, Copy, Debug)]
-struct RepairSchedule {
-    next: std::time::Instant,
-}
-
-impl RepairSchedule {
-    fn new(now: std::time::Instant) -> RepairSchedule {
-        RepairSchedule {
-            next: now + REPAIR_EVERY,
-        }
-    }
-
-    fn next(&self) -> std::time::Instant {
-        self.next
-    }
-
-    fn on_removed(&mut self, now: std::time::Instant) {
-        self.next = self.next.min(now + REPAIR_GRACE);
-    }
-
-    fn ran(&mut self, now: std::time::Instant) {
-        self.next = now + REPAIR_EVERY;
     }
 }
 
@@ -513,29 +481,5 @@ fn keep_restart_only_keys(old: &Config, new: &mut Config) {
             "{} changed in the config: restart peerstashd to apply (the running values stay)",
             kept.join(", ")
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn repair_looks_every_minute_and_five_seconds_after_a_removed() {
-        let t0 = std::time::Instant::now();
-        let mut r = RepairSchedule::new(t0);
-        assert_eq!(r.next() - t0, REPAIR_EVERY);
-        r.on_removed(t0 + Duration::from_secs(10));
-        assert_eq!(r.next() - t0, Duration::from_secs(15));
-        // A flood of REMOVEDs does not push the look back.
-        for s in 11..15 {
-            r.on_removed(t0 + Duration::from_secs(s));
-        }
-        assert_eq!(r.next() - t0, Duration::from_secs(15));
-        r.ran(t0 + Duration::from_secs(15));
-        assert_eq!(r.next() - t0, Duration::from_secs(75));
-        // Close to the periodic look, a REMOVED does not delay it either.
-        r.on_removed(t0 + Duration::from_secs(73));
-        assert_eq!(r.next() - t0, Duration::from_secs(75));
     }
 }
