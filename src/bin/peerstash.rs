@@ -8,7 +8,8 @@ use peerstash::cli::{Args, Command};
 use peerstash::cluster::Programs;
 use peerstash::config::{load_lan_key, parse_size, Config, DEFAULT_CONFIG_PATH};
 use peerstash::control::{
-    self, exit, shown, PeerState, PeersReport, Request, StatusReport, VersionInfo, WorkerInfo,
+    self, exit, shown, Answer, PeerState, PeersReport, Request, RestoreAnswer, StatusReport,
+    VersionInfo, WorkerInfo,
 };
 use peerstash::fsx::Folder;
 use peerstash::store::{unix_ms, Health};
@@ -194,6 +195,7 @@ fn run(args: Args) -> i32 {
                 |e| meter.event(e),
             ));
             meter.finish();
+            let r = r.map(|(code, message, data)| (code, message, data.map(Answer::Restore)));
             // Parents it made in the file's own place get what the catalog recorded of them
             // (made elsewhere, with --to, they are no backed-up folder's).
             if to.is_none() {
@@ -221,9 +223,7 @@ fn run(args: Args) -> i32 {
             };
             let restarts = !list && !none;
             let mut meter = peerstash::cli::Meter::new("recover", json);
-            let result = runtime.block_on(control::call_events(&socket, &request, &[], |e| {
-                meter.event(e)
-            }));
+            let result = runtime.block_on(control::ask(&socket, &request, &[], |e| meter.event(e)));
             meter.finish();
             if let (true, Ok((exit::OK, message, data))) = (restarts, &result) {
                 if !json {
@@ -270,7 +270,11 @@ fn run(args: Args) -> i32 {
                 | Command::Keygen { .. }
                 | Command::SuggestId { .. } => unreachable!("handled above"),
             };
-            runtime.block_on(control::call(&socket, &request, &[], print))
+            runtime.block_on(control::ask(&socket, &request, &[], |e| {
+                if !e.message.is_empty() {
+                    print(&e.message)
+                }
+            }))
         }
     };
     let (code, message, data) = match result {
@@ -300,24 +304,29 @@ fn run(args: Args) -> i32 {
             Ok(())
         }
         (Some(data), _) if json => {
-            peerstash::outln!("{data}");
+            peerstash::outln!("{}", control::sorted_json(&data));
             Ok(())
         }
-        (Some(data), Output::State) => serde_json::from_value::<PeerState>(data)
-            .map(|s| {
-                let _pager = pager.then(peerstash::cli::Pager::start).flatten();
-                print_state(&s, below.as_deref())
-            })
-            .map_err(|e| format!("unexpected state from the daemon: {e}")),
-        (Some(data), Output::Versions) => serde_json::from_value::<Vec<VersionInfo>>(data)
-            .map(|v| print_versions(&v))
-            .map_err(|e| format!("unexpected answer from the daemon: {e}")),
-        (Some(data), Output::Peers) => serde_json::from_value::<PeersReport>(data)
-            .map(|p| print_peers(&p, unix_ms()))
-            .map_err(|e| format!("unexpected answer from the daemon: {e}")),
-        (Some(data), Output::Status) => serde_json::from_value::<StatusReport>(data)
-            .map(|s| print_status(&s, unix_ms()))
-            .map_err(|e| format!("unexpected answer from the daemon: {e}")),
+        (Some(Answer::State(s)), Output::State) => {
+            let _pager = pager.then(peerstash::cli::Pager::start).flatten();
+            print_state(&s, below.as_deref());
+            Ok(())
+        }
+        (Some(Answer::Versions(v)), Output::Versions) => {
+            print_versions(&v);
+            Ok(())
+        }
+        (Some(Answer::Peers(p)), Output::Peers) => {
+            print_peers(&p, unix_ms());
+            Ok(())
+        }
+        (Some(Answer::Status(s)), Output::Status) => {
+            print_status(&s, unix_ms());
+            Ok(())
+        }
+        (Some(_), Output::State | Output::Versions | Output::Peers | Output::Status) => {
+            Err("unexpected answer from the daemon".to_owned())
+        }
         _ => {
             peerstash::outln!("{message}");
             Ok(())
@@ -333,7 +342,12 @@ fn run(args: Args) -> i32 {
 /// recovered catalog.
 fn wait_for_restart(runtime: &tokio::runtime::Runtime, socket: &Path, quiet: bool) -> i32 {
     let answers = || {
-        let answer = runtime.block_on(control::call(socket, &Request::Peers, &[], |_| {}));
+        let answer = runtime.block_on(control::call::<PeersReport>(
+            socket,
+            &Request::Peers,
+            &[],
+            |_| {},
+        ));
         matches!(answer, Ok((exit::OK, _, _)))
     };
     let poll = std::time::Duration::from_millis(50);
@@ -380,11 +394,14 @@ fn restore_all(
     // The config's watched folders, then those the catalog knows were watched here and the
     // config does not name (added after it was copied off the machine).
     let mut folders: Vec<PathBuf> = config.watch.iter().map(|w| w.path.clone()).collect();
-    let known = runtime.block_on(control::call(socket, &Request::Watched, &[], |_| {}));
+    let known = runtime.block_on(control::call::<control::WatchedFolders>(
+        socket,
+        &Request::Watched,
+        &[],
+        |_| {},
+    ));
     let known = match known {
-        Ok((exit::OK, _, Some(data))) => serde_json::from_value::<control::WatchedFolders>(data)
-            .map(|w| w.folders)
-            .unwrap_or_default(),
+        Ok((exit::OK, _, Some(watched))) => watched.folders,
         // An older daemon: the config's folders only.
         Ok(_) => Vec::new(),
         Err(e) => return fail(exit::UNREACHABLE, e),
@@ -406,10 +423,14 @@ fn restore_all(
     let mut extra = Vec::new();
     for (i, w) in folders.iter().enumerate() {
         let request = Request::Versions { path: w.clone() };
-        let answer = runtime.block_on(control::call(socket, &request, &[], |_| {}));
+        let answer = runtime.block_on(control::call::<Vec<VersionInfo>>(
+            socket,
+            &request,
+            &[],
+            |_| {},
+        ));
         let versions = match answer {
-            Ok((exit::OK, _, Some(data))) => serde_json::from_value::<Vec<VersionInfo>>(data)
-                .map_err(|e| format!("unexpected answer from the daemon: {e}")),
+            Ok((exit::OK, _, Some(versions))) => Ok::<_, String>(versions),
             // A folder no longer in the config whose files all expired: nothing to say.
             Ok(_) if i >= in_config => continue,
             Ok((_, message, _)) => {
@@ -561,17 +582,23 @@ fn restore_all(
                     restored += 1;
                     written.push(path.clone());
                     // An older version than the newest: said, with why.
-                    let older =
-                        data.and_then(|d| serde_json::from_value::<control::Restored>(d).ok());
-                    match older.and_then(|r| r.not_whole) {
-                        Some(_) => format!("[{}/{total}] {message}", i + 1),
-                        None => format!("[{}/{total}] restored {}", i + 1, shown(&target)),
+                    match data {
+                        Some(RestoreAnswer::Restored(control::Restored {
+                            not_whole: Some(_),
+                            ..
+                        })) => format!("[{}/{total}] {message}", i + 1),
+                        _ => format!("[{}/{total}] restored {}", i + 1, shown(&target)),
                     }
                 }
                 Ok((_, message, data)) => {
                     failed += 1;
                     // Every other file would fail the same way.
-                    disk_full |= data.is_some_and(|d| d["disk_full"] == true);
+                    disk_full |= matches!(
+                        data,
+                        Some(RestoreAnswer::Failed(control::RestoreFailed {
+                            disk_full: true
+                        }))
+                    );
                     eprintln!("peerstash: {message}");
                     // On stderr already; the JSON events say it too.
                     match json {
@@ -694,7 +721,12 @@ fn restore_all(
     if failed == 0 && !disk_full && dest.is_none() {
         // Every file is back in place: after a recover, keep_deleted applies again. (Root's
         // only; another user's restore is refused, and changes nothing.)
-        let _ = runtime.block_on(control::call(socket, &Request::RestoredAll, &[], |_| {}));
+        let _ = runtime.block_on(control::call::<control::Nothing>(
+            socket,
+            &Request::RestoredAll,
+            &[],
+            |_| {},
+        ));
     }
     let code = match failed + folder_errors.len() {
         0 => exit::OK,
@@ -704,14 +736,14 @@ fn restore_all(
         peerstash::cli::print_reply(&control::Reply::Done {
             code,
             message,
-            data: Some(serde_json::json!({
-                "files": total,
-                "restored": restored,
-                "skipped": skipped,
-                "failed": failed,
-                "deleted_not_restored": deleted,
-                "folders_given": given,
-                "folders_failed": folder_errors.len(),
+            data: Some(Answer::RestoreAll(control::RestoreAllSummary {
+                files: total as u64,
+                restored: restored as u64,
+                skipped: skipped as u64,
+                failed: failed as u64,
+                deleted_not_restored: deleted as u64,
+                folders_given: given as u64,
+                folders_failed: folder_errors.len() as u64,
             })),
         });
     } else {
@@ -910,15 +942,17 @@ fn suggest_id(config: Option<&Path>, address: Option<std::net::Ipv4Addr>, json: 
     };
     let [_, _, third, fourth] = s.address.octets();
     if json {
-        let data = serde_json::json!({
-            "id": s.id,
-            "address": s.address.to_string(),
-            "interface": interface,
-        });
-        peerstash::outln!(
-            "{}",
-            serde_json::json!({"type": "done", "code": exit::OK, "message": format!("suggested peer.id: {}", s.id), "data": data})
-        );
+        let reply: control::Reply = control::Reply::Done {
+            code: exit::OK,
+            message: format!("suggested peer.id: {}", s.id),
+            data: Some(Answer::SuggestedId(control::SuggestedId {
+                id: s.id,
+                address: s.address.to_string(),
+                interface,
+            })),
+        };
+        // Every key sorted, the line's own too, as it has always been printed.
+        peerstash::outln!("{}", control::sorted_json(&reply));
         return exit::OK;
     }
     peerstash::outln!("suggested peer.id: {}", s.id);

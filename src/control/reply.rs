@@ -5,11 +5,15 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::wire_path;
+use super::{wire_path, PeerState, StatusReport};
 
+/// One reply line. `D` is what the final line carries besides its code and message: on the
+/// daemon's side `Answer` (any request's), on the caller's side the type of the request it sent
+/// (`control::ask`), so each side works with typed values and the line stays what it was.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum Reply {
+#[serde(bound(serialize = "D: Serialize", deserialize = "D: Deserialize<'de>"))]
+pub enum Reply<D = Answer> {
     Progress {
         message: String,
         /// How far the work is, when it can say (a progress bar's numbers).
@@ -19,9 +23,113 @@ pub enum Reply {
     Done {
         code: i32,
         message: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        data: Option<serde_json::Value>,
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            serialize_with = "sorted"
+        )]
+        data: Option<D>,
     },
+}
+
+/// Writes `data` with the keys of its objects in sorted order, as the final line has always
+/// carried them (it was built as a JSON value, whose keys sort): what `--json` prints and what
+/// travels on the socket stay byte for byte the same.
+fn sorted<S: serde::Serializer, T: Serialize>(data: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+    serde_json::to_value(data)
+        .map_err(serde::ser::Error::custom)?
+        .serialize(s)
+}
+
+/// `value` as one JSON line, the keys of its objects in sorted order (see `sorted`): how the
+/// command line prints a report (`state --json`) or a line it builds itself (`suggest-id`).
+pub fn sorted_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value).map_or_else(|_| String::new(), |v| v.to_string())
+}
+
+/// What a final reply carries besides its code and message, by request. On the wire it is the
+/// payload alone: the caller knows what it asked, and reads the payload as that request's type
+/// (`control::ask`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Answer {
+    /// `Request::State`.
+    State(PeerState),
+    /// `Request::Status`.
+    Status(StatusReport),
+    /// `Request::Peers`.
+    Peers(PeersReport),
+    /// `Request::Versions`.
+    Versions(Vec<VersionInfo>),
+    /// `Request::Folders`.
+    Folders(FoldersAnswer),
+    /// `Request::Watched`.
+    Watched(WatchedFolders),
+    /// `Request::Restore`.
+    Restore(RestoreAnswer),
+    /// `Request::Recover`, when a snapshot was installed.
+    Recovered(Recovered),
+    /// Not the daemon's: the command line's own outcome of `restore --all`.
+    RestoreAll(RestoreAllSummary),
+    /// Not the daemon's: the command line's own outcome of `suggest-id`.
+    SuggestedId(SuggestedId),
+}
+
+/// The payload of a request whose final reply carries none (`backup`, `delete`, `reclaim`,
+/// `check`, `scrub`, `snapshot`, `restored_all`): there is no value of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Nothing {}
+
+impl Nothing {
+    /// Never called: there is no `Nothing`.
+    pub fn answer(self) -> Answer {
+        match self {}
+    }
+}
+
+/// What `restore` answers: the file written, or why it was not when the caller has to say it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RestoreAnswer {
+    Restored(Restored),
+    Failed(RestoreFailed),
+}
+
+/// A restore that failed for a reason the caller words itself (it knows where the file goes).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RestoreFailed {
+    /// The disk the restore writes to is full (every other file would fail the same way).
+    pub disk_full: bool,
+}
+
+/// What `recover` answers once a snapshot is installed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Recovered {
+    /// "42", or "20794:3" for a dated one.
+    pub snapshot: String,
+    pub bytes: u64,
+    pub versions: u64,
+}
+
+/// `restore --all --json`: its counts, in its final line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RestoreAllSummary {
+    pub files: u64,
+    pub restored: u64,
+    pub skipped: u64,
+    pub failed: u64,
+    /// Deleted before the catalog snapshot was taken (gone before the loss): not restored.
+    pub deleted_not_restored: u64,
+    pub folders_given: u64,
+    pub folders_failed: u64,
+}
+
+/// `suggest-id --json`: the id, the address it comes from and that address's interface.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SuggestedId {
+    pub id: u32,
+    pub address: String,
+    pub interface: Option<String>,
 }
 
 /// How far a long command is: `done` of `total`, counted in `unit`.
@@ -159,4 +267,111 @@ pub struct FoldersAnswer {
 pub struct WatchedFolders {
     #[serde(with = "wire_path::list")]
     pub folders: Vec<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(data: Answer) -> String {
+        let reply: Reply = Reply::Done {
+            code: 0,
+            message: "m".into(),
+            data: Some(data),
+        };
+        serde_json::to_string(&reply).unwrap()
+    }
+
+    /// The lines as they were when the payload was a JSON value (its keys sorted): the same
+    /// bytes, on the socket and in `--json`.
+    #[test]
+    fn final_lines_keep_their_bytes_keys_sorted() {
+        let restored = Restored {
+            path: "/a/b".into(),
+            version: 2,
+            size: 10,
+            mode: 0o644,
+            uid: 1,
+            gid: 2,
+            mtime_ns: -5,
+            not_whole: None,
+        };
+        assert_eq!(
+            done(Answer::Restore(RestoreAnswer::Restored(restored.clone()))),
+            r#"{"type":"done","code":0,"message":"m","data":{"gid":2,"mode":420,"mtime_ns":-5,"not_whole":null,"path":"/a/b","size":10,"uid":1,"version":2}}"#
+        );
+        assert_eq!(
+            done(Answer::Restore(RestoreAnswer::Failed(RestoreFailed {
+                disk_full: true
+            }))),
+            r#"{"type":"done","code":0,"message":"m","data":{"disk_full":true}}"#
+        );
+        assert_eq!(
+            done(Answer::Watched(WatchedFolders {
+                folders: vec!["/srv".into()]
+            })),
+            r#"{"type":"done","code":0,"message":"m","data":{"folders":["/srv"]}}"#
+        );
+        assert_eq!(
+            done(Answer::RestoreAll(RestoreAllSummary {
+                files: 3,
+                restored: 2,
+                skipped: 0,
+                failed: 1,
+                deleted_not_restored: 0,
+                folders_given: 4,
+                folders_failed: 0,
+            })),
+            r#"{"type":"done","code":0,"message":"m","data":{"deleted_not_restored":0,"failed":1,"files":3,"folders_failed":0,"folders_given":4,"restored":2,"skipped":0}}"#
+        );
+        let suggested: Reply = Reply::Done {
+            code: 0,
+            message: "suggested peer.id: 258".into(),
+            data: Some(Answer::SuggestedId(SuggestedId {
+                id: 258,
+                address: "10.0.1.2".into(),
+                interface: None,
+            })),
+        };
+        assert_eq!(
+            sorted_json(&suggested),
+            r#"{"code":0,"data":{"address":"10.0.1.2","id":258,"interface":null},"message":"suggested peer.id: 258","type":"done"}"#
+        );
+        // Without a payload, and a progress line: as before.
+        let plain: Reply = Reply::Done {
+            code: 1,
+            message: "no".into(),
+            data: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&plain).unwrap(),
+            r#"{"type":"done","code":1,"message":"no"}"#
+        );
+    }
+
+    /// The caller reads the payload as its request's type; a request that answers with none
+    /// refuses a line that carries one.
+    #[test]
+    fn the_caller_reads_its_own_requests_type() {
+        let line = done(Answer::Restore(RestoreAnswer::Failed(RestoreFailed {
+            disk_full: true,
+        })));
+        assert_eq!(
+            serde_json::from_str::<Reply<RestoreAnswer>>(&line).unwrap(),
+            Reply::Done {
+                code: 0,
+                message: "m".into(),
+                data: Some(RestoreAnswer::Failed(RestoreFailed { disk_full: true }))
+            }
+        );
+        assert!(serde_json::from_str::<Reply<Nothing>>(&line).is_err());
+        assert!(matches!(
+            serde_json::from_str::<Reply<Nothing>>(r#"{"type":"done","code":0,"message":"x"}"#),
+            Ok(Reply::Done { data: None, .. })
+        ));
+        let progress =
+            r#"{"type":"progress","message":"p","amount":{"done":1,"total":2,"unit":"files"}}"#;
+        let read = serde_json::from_str::<Reply<Nothing>>(progress).unwrap();
+        assert_eq!(serde_json::to_string(&read).unwrap(), progress);
+    }
 }

@@ -10,7 +10,9 @@ use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::net::UnixStream;
 
-use super::{ProgressEvent, Reply, Request, MAX_FDS, MAX_REQUEST_LINE};
+use serde::de::DeserializeOwned;
+
+use super::{Answer, Nothing, ProgressEvent, Reply, Request, MAX_FDS, MAX_REQUEST_LINE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -36,14 +38,18 @@ pub enum ClientError {
     Local(String),
 }
 
+/// A final reply as the caller reads it: exit code, message, and the payload of the request
+/// sent (`D`: its own type; `Answer` when read with `ask`).
+pub type Outcome<D = Answer> = (i32, String, Option<D>);
+
 /// Sends one request, with `fds` attached to its first byte, and feeds every progress line to
-/// `on_progress` (amounts alone are dropped); returns the final reply.
-pub async fn call(
+/// `on_progress` (amounts alone are dropped); returns the final reply, its payload read as `D`.
+pub async fn call<D: DeserializeOwned>(
     socket: &Path,
     request: &Request,
     fds: &[BorrowedFd<'_>],
     mut on_progress: impl FnMut(&str),
-) -> Result<(i32, String, Option<serde_json::Value>), ClientError> {
+) -> Result<Outcome<D>, ClientError> {
     call_events(socket, request, fds, |e| {
         if !e.message.is_empty() {
             on_progress(&e.message)
@@ -53,12 +59,12 @@ pub async fn call(
 }
 
 /// `call`, feeding every progress reply, amounts included, to `on_event`.
-pub async fn call_events(
+pub async fn call_events<D: DeserializeOwned>(
     socket: &Path,
     request: &Request,
     fds: &[BorrowedFd<'_>],
     mut on_event: impl FnMut(&ProgressEvent),
-) -> Result<(i32, String, Option<serde_json::Value>), ClientError> {
+) -> Result<Outcome<D>, ClientError> {
     let stream = UnixStream::connect(socket).await.map_err(|source| {
         if source.kind() == std::io::ErrorKind::PermissionDenied {
             ClientError::Denied(socket.to_path_buf())
@@ -102,7 +108,7 @@ pub async fn call_events(
         Ok(line) => line,
         Err(e) => return Err(refused.unwrap_or(e).into()),
     } {
-        match serde_json::from_str::<Reply>(&line) {
+        match serde_json::from_str::<Reply<D>>(&line) {
             Ok(Reply::Progress { message, amount }) => on_event(&ProgressEvent { message, amount }),
             Ok(Reply::Done {
                 code,
@@ -113,6 +119,45 @@ pub async fn call_events(
         }
     }
     Err(refused.map_or(ClientError::Closed, ClientError::from))
+}
+
+/// `call_events` for any request, its payload read as the type of that request and given back
+/// as an `Answer`.
+pub async fn ask(
+    socket: &Path,
+    request: &Request,
+    fds: &[BorrowedFd<'_>],
+    mut on_event: impl FnMut(&ProgressEvent),
+) -> Result<Outcome, ClientError> {
+    /// The request's own payload type `D`, wrapped by `answer`.
+    async fn typed<D: DeserializeOwned>(
+        socket: &Path,
+        request: &Request,
+        fds: &[BorrowedFd<'_>],
+        on_event: impl FnMut(&ProgressEvent),
+        answer: fn(D) -> Answer,
+    ) -> Result<Outcome, ClientError> {
+        let (code, message, data) = call_events(socket, request, fds, on_event).await?;
+        Ok((code, message, data.map(answer)))
+    }
+    let on_event = |e: &ProgressEvent| on_event(e);
+    match request {
+        Request::State { .. } => typed(socket, request, fds, on_event, Answer::State).await,
+        Request::Status => typed(socket, request, fds, on_event, Answer::Status).await,
+        Request::Peers => typed(socket, request, fds, on_event, Answer::Peers).await,
+        Request::Versions { .. } => typed(socket, request, fds, on_event, Answer::Versions).await,
+        Request::Folders { .. } => typed(socket, request, fds, on_event, Answer::Folders).await,
+        Request::Watched => typed(socket, request, fds, on_event, Answer::Watched).await,
+        Request::Restore { .. } => typed(socket, request, fds, on_event, Answer::Restore).await,
+        Request::Recover { .. } => typed(socket, request, fds, on_event, Answer::Recovered).await,
+        Request::Backup { .. }
+        | Request::Delete { .. }
+        | Request::Reclaim { .. }
+        | Request::Check
+        | Request::Scrub
+        | Request::Snapshot
+        | Request::RestoredAll => typed(socket, request, fds, on_event, Nothing::answer).await,
+    }
 }
 
 /// Sends the first bytes of `bytes` with `fds` attached; returns how many bytes went.

@@ -1,5 +1,5 @@
 //! The commands of the control socket, one file each: backup, restore, versions, delete,
-//! reclaim, state, status, peers, check, scrub, snapshot, recover. Each returns a `Done` (exit code, one-line message, optional data)
+//! reclaim, state, status, peers, check, scrub, snapshot, recover. Each returns a `Done` (exit code, one-line message, its typed answer if it has one)
 //! and may report progress lines on the way. Errors are typed (`CmdError`) and mapped to an
 //! exit code and a reply here, in one place.
 
@@ -18,14 +18,15 @@ pub(crate) mod versions;
 
 use tokio::sync::mpsc;
 
-use crate::control::exit;
+use crate::control::{exit, Answer};
 use crate::store::StoreError;
 
 /// The final answer to a command.
 pub struct Done {
     pub code: i32,
     pub message: String,
-    pub data: Option<serde_json::Value>,
+    /// What the request answers with besides the message (`control::Answer`), if anything.
+    pub data: Option<Answer>,
 }
 
 impl Done {
