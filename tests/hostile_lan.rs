@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use peerstash::control::PeerState;
 
 /// The attacker: a plain UDP socket that sends to the cluster's groups on loopback, TTL 0.
 fn attacker() -> UdpSocket {
@@ -113,14 +114,14 @@ fn a_burst_of_forged_storeds_stalls_no_peer() {
         let out = out.unwrap_or_else(|| panic!("peer {} did not answer state within 5 s", i + 1));
         assert!(out.status.success());
         eprintln!("peer {}: state in {:?}", i + 1, t.elapsed());
-        let state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        for f in state["files"].as_array().unwrap() {
-            for ch in f["chunks"].as_array().unwrap() {
-                assert!(ch["perceived_rd"].as_u64().unwrap() <= 64, "{ch}");
+        let state: PeerState = parse_json(&out.stdout);
+        for f in &state.files {
+            for ch in &f.chunks {
+                assert!(ch.perceived_rd <= 64, "{ch:?}");
             }
         }
-        for h in state["stored"].as_array().unwrap() {
-            assert!(h["perceived_rd"].as_u64().unwrap() <= 64, "{h}");
+        for h in &state.stored {
+            assert!(h.perceived_rd <= 64, "{h:?}");
         }
         let rss = peak_rss(c.pid(i).unwrap());
         eprintln!("peer {}: peak RSS {} MiB", i + 1, rss >> 20);

@@ -435,7 +435,8 @@ fn folders_asker() {
         return;
     };
     let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    let line = serde_json::json!({"cmd": "folders", "path": path}).to_string();
+    let line =
+        serde_json::to_string(&peerstash::control::Request::Folders { path: path.into() }).unwrap();
     s.write_all(format!("{line}\n").as_bytes()).unwrap();
     for line in std::io::BufReader::new(s).lines() {
         println!("ANSWER {}", line.unwrap());

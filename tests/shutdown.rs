@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use peerstash::control::PeerState;
 use serde_json::Value;
 
 /// What a stopping daemon gets (a behaviour bound: systemd's users wait for it).
@@ -195,13 +196,10 @@ fn sigterm_during_a_backup_stops_cleanly_and_the_restart_sends_only_missing_chun
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");
-        let theirs: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let workers = theirs["workers"].as_array().unwrap();
-        assert!(workers.iter().any(|w| w["state"] == "busy"), "{workers:?}");
-        assert!(
-            workers.iter().all(|w| w.get("path").is_none()),
-            "{workers:?}"
-        );
+        let theirs: PeerState = parse_json(&out.stdout);
+        let workers = &theirs.workers;
+        assert!(workers.iter().any(|w| w.state == "busy"), "{workers:?}");
+        assert!(workers.iter().all(|w| w.path.is_none()), "{workers:?}");
     }
 
     let confirmed = chunks_at(&file, 2);

@@ -646,3 +646,35 @@ impl Drop for SmallDisk {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
+
+/// The command line's `--json` output read as the typed value it prints: a report
+/// (`PeerState`, `StatusReport`, `PeersReport`, `Vec<VersionInfo>`) or one final line
+/// (`Reply<D>`, `D` the request's payload). Panics with the text when it does not read.
+pub fn parse_json<T: serde::de::DeserializeOwned>(text: impl AsRef<[u8]>) -> T {
+    let text = text.as_ref();
+    serde_json::from_slice(text).unwrap_or_else(|e| {
+        panic!(
+            "--json output does not read as {}: {e}: {}",
+            std::any::type_name::<T>(),
+            String::from_utf8_lossy(text)
+        )
+    })
+}
+
+/// Every line of a long command's `--json` output (its progress events, then its outcome),
+/// the outcome's payload read as `D`.
+pub fn json_lines<D: serde::de::DeserializeOwned>(text: &str) -> Vec<peerstash::control::Reply<D>> {
+    text.lines().map(parse_json).collect()
+}
+
+/// The final line's code, message and payload; panics if `reply` is a progress line.
+pub fn done<D: std::fmt::Debug>(reply: peerstash::control::Reply<D>) -> (i32, String, Option<D>) {
+    match reply {
+        peerstash::control::Reply::Done {
+            code,
+            message,
+            data,
+        } => (code, message, data),
+        other => panic!("not a final line: {other:?}"),
+    }
+}
