@@ -27,11 +27,10 @@ fn encrypted_cluster() -> (Cluster, tempfile::TempDir, PathBuf) {
 
 /// The newest version of `path` that peer 1 has at RD 2 or more, if any (the folder encrypts).
 fn backed_up(c: &Cluster, path: &Path) -> Option<u64> {
-    let s = c.try_state(0)?;
-    file_entries(&s, path)
-        .into_iter()
-        .filter(|f| min_rd(f) >= 2)
-        .filter_map(|f| f["version"].as_u64())
+    let s = c.peer(0).try_state().ok()?;
+    (s.versions_of(path).into_iter())
+        .filter(|f| f.min_rd() >= 2)
+        .map(|f| u64::from(f.version))
         .max()
 }
 
@@ -314,8 +313,8 @@ fn status_shows_a_file_that_waits_longer_than_its_max_delay() {
     let small = root.join("small.txt");
     std::fs::write(&small, random_bytes(10_000)).unwrap();
     assert!(
-        wait_until(Duration::from_secs(30), || c.try_state(0).is_some_and(
-            |s| file_entries(&s, &small).iter().any(|f| min_rd(f) >= 1)
+        wait_until(Duration::from_secs(30), || c.peer(0).try_state().is_ok_and(
+            |s| s.versions_of(&small).iter().any(|f| f.min_rd() >= 1)
         )),
         "small.txt not backed up:\n{}",
         c.dump()
