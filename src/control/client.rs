@@ -17,12 +17,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use nix::fcntl::OFlag;
 
 use super::{
-    call_events, exit, shown, ClientError, FolderInfo, FoldersAnswer, ProgressEvent, Request,
-    Restored,
+    call_events, exit, shown, ClientError, FolderInfo, FoldersAnswer, Nothing, Outcome,
+    ProgressEvent, Request, RestoreAnswer, RestoreFailed, Restored,
 };
 use crate::fsx::{Folder, Links, Made};
-
-type Answer = (i32, String, Option<serde_json::Value>);
 
 /// Backs up `path` (absolute, symlinks resolved): opened here, sent as a descriptor.
 pub async fn backup(
@@ -31,7 +29,7 @@ pub async fn backup(
     replication: Option<u8>,
     encrypt: bool,
     on_progress: impl FnMut(&ProgressEvent),
-) -> Result<Answer, ClientError> {
+) -> Result<Outcome, ClientError> {
     // O_NONBLOCK: a FIFO does not hang the command (no effect on files and folders).
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -43,7 +41,9 @@ pub async fn backup(
         replication,
         encrypt,
     };
-    call_events(socket, &request, &[file.as_fd()], on_progress).await
+    let (code, message, data) =
+        call_events::<Nothing>(socket, &request, &[file.as_fd()], on_progress).await?;
+    Ok((code, message, data.map(Nothing::answer)))
 }
 
 /// The name of the file a restore writes before it is moved into place.
@@ -158,10 +158,8 @@ pub async fn folders(socket: &Path, path: &Path) -> Result<FoldersAnswer, Client
     let request = Request::Folders {
         path: path.to_path_buf(),
     };
-    match super::call(socket, &request, &[], |_| {}).await? {
-        (exit::OK, _, Some(data)) => {
-            serde_json::from_value(data).map_err(|e| ClientError::BadReply(e.to_string()))
-        }
+    match super::call::<FoldersAnswer>(socket, &request, &[], |_| {}).await? {
+        (exit::OK, _, Some(answer)) => Ok(answer),
         _ => Ok(FoldersAnswer::default()),
     }
 }
@@ -242,7 +240,7 @@ pub async fn restore(
     to: &Target,
     force: bool,
     on_progress: impl FnMut(&ProgressEvent),
-) -> Result<Answer, ClientError> {
+) -> Result<Outcome<RestoreAnswer>, ClientError> {
     let dest = to.path();
     let local = |what: &str, e: &dyn std::fmt::Display| {
         ClientError::Local(format!("{what} {}: {e}", shown(&dest)))
@@ -267,18 +265,22 @@ pub async fn restore(
     };
     let answer = call_events(socket, &request, &[out.as_fd()], on_progress).await;
     let finished = match answer {
-        Ok((exit::OK, message, Some(data))) => serde_json::from_value::<Restored>(data.clone())
-            .map_err(|e| ClientError::BadReply(e.to_string()))
-            .and_then(|r| finish(&out, &r, to, &tmp, force).map_err(|e| placed(&dest, e)))
-            .map(|()| {
-                (
-                    exit::OK,
-                    format!("{message}; written to {}", shown(&dest)),
-                    Some(data),
-                )
-            }),
+        Ok((exit::OK, message, Some(RestoreAnswer::Restored(r)))) => {
+            finish(&out, &r, to, &tmp, force)
+                .map_err(|e| placed(&dest, e))
+                .map(|()| {
+                    (
+                        exit::OK,
+                        format!("{message}; written to {}", shown(&dest)),
+                        Some(RestoreAnswer::Restored(r)),
+                    )
+                })
+        }
+        Ok((exit::OK, _, Some(RestoreAnswer::Failed(f)))) => Err(ClientError::BadReply(format!(
+            "a restore that succeeded with {f:?} instead of the file written"
+        ))),
         // The daemon does not know where the file goes: said here.
-        Ok((code, _, Some(data))) if data["disk_full"] == true => {
+        Ok((code, _, Some(data @ RestoreAnswer::Failed(RestoreFailed { disk_full: true })))) => {
             Ok((code, disk_full(&dest), Some(data)))
         }
         Ok(other) => Ok(other),

@@ -1,7 +1,7 @@
 //! The use cases that the control socket's requests and the service's workers share: the
 //! backup pipeline (`backup`), the version policy and the sending of deletions (`delete`), the
 //! quota (`reclaim`), catalog snapshots (`snapshot`) and the overview of what is backed up
-//! (`status`). Each returns a `Done` (exit code, one-line message, optional data) and may report
+//! (`status`). Each returns a `Done` (exit code, one-line message, its typed answer if it has one) and may report
 //! progress lines on the way. Errors are typed (`CmdError`) and mapped to an exit code and a
 //! reply here, in one place.
 
@@ -13,14 +13,15 @@ pub(crate) mod status;
 
 use tokio::sync::mpsc;
 
-use crate::control::exit;
+use crate::control::{exit, Answer};
 use crate::store::StoreError;
 
 /// The final answer to a command.
 pub struct Done {
     pub code: i32,
     pub message: String,
-    pub data: Option<serde_json::Value>,
+    /// What the request answers with besides the message (`control::Answer`), if anything.
+    pub data: Option<Answer>,
 }
 
 impl Done {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::Done;
-use crate::control::{exit, FolderStatus, SnapshotInfo, StatusReport};
+use crate::control::{exit, Answer, FolderStatus, SnapshotInfo, StatusReport};
 use crate::daemon::Node;
 use crate::store::health::from_counts;
 use crate::store::{Catalog, Health, StoreError};
@@ -315,7 +315,7 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
     Done {
         code,
         message: String::new(),
-        data: serde_json::to_value(report).ok(),
+        data: Some(Answer::Status(report)),
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::control::{exit, PeerInfo, PeersReport};
+use crate::control::{exit, Answer, PeerInfo, PeersReport};
 use crate::daemon::Node;
 use crate::ops::Done;
 
@@ -42,6 +42,6 @@ pub(crate) async fn peers(node: &Arc<Node>) -> Done {
     Done {
         code: exit::OK,
         message: format!("{} peers", report.peers.len()),
-        data: serde_json::to_value(report).ok(),
+        data: Some(Answer::Peers(report)),
     }
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use tokio::task::spawn_blocking;
 
 use crate::clock::unix_s as unix_now;
-use crate::control::{exit, Unit};
+use crate::control::{exit, Answer, Recovered, Unit};
 use crate::daemon::inbox::{Input, JobEvent};
 use crate::daemon::Node;
 use crate::engine::peer::{Expect, JobKind};
@@ -40,15 +40,6 @@ const DAYS_TRIED: usize = 4;
 const CHUNKS_AT_ONCE: usize = 256;
 /// Rounds of asking again for a snapshot's chunks that no holder gave.
 const ROUNDS: usize = 4;
-
-/// What the client is told on success.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct Recovered {
-    /// "42", or "20794:3" for a dated one.
-    pub snapshot: String,
-    pub bytes: u64,
-    pub versions: u64,
-}
 
 #[derive(Debug, thiserror::Error)]
 enum RecoverError {
@@ -624,11 +615,10 @@ async fn install(
         message: format!(
             "recovered the catalog snapshot {slot} ({versions} versions, {bytes} bytes); peerstashd restarts with it. Then run `peerstash restore --all` to bring the files back (nothing expires until it has run, or for 7 days)"
         ),
-        data: serde_json::to_value(Recovered {
+        data: Some(Answer::Recovered(Recovered {
             snapshot: slot.to_string(),
             bytes,
             versions,
-        })
-        .ok(),
+        })),
     })
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use tokio::task::{spawn_blocking, JoinSet};
 
-use crate::control::{exit, shown, Restored, Unit};
+use crate::control::{exit, shown, Answer, RestoreAnswer, RestoreFailed, Restored, Unit};
 use crate::daemon::inbox::{Input, JobEvent};
 use crate::daemon::Node;
 use crate::engine::peer::{Expect, JobKind};
@@ -81,7 +81,9 @@ pub(crate) async fn restore(
                     message: format!(
                         "disk full where the restore writes ({e}): free space and run the restore again"
                     ),
-                    data: Some(serde_json::json!({ "disk_full": true })),
+                    data: Some(Answer::Restore(RestoreAnswer::Failed(RestoreFailed {
+                        disk_full: true,
+                    }))),
                 }
             }
             Err(e) => return Done::failed(format!("restore of {} failed: {e}", shown(&path))),
@@ -116,7 +118,7 @@ fn restored(path: &Path, row: FileRow, first: u32) -> Done {
     Done {
         code: exit::OK,
         message,
-        data: serde_json::to_value(Restored {
+        data: Some(Answer::Restore(RestoreAnswer::Restored(Restored {
             path: row.path,
             version: row.version,
             size: row.size,
@@ -125,8 +127,7 @@ fn restored(path: &Path, row: FileRow, first: u32) -> Done {
             gid: row.gid,
             mtime_ns: row.mtime_ns,
             not_whole: (row.version != first).then_some(first),
-        })
-        .ok(),
+        }))),
     }
 }
 

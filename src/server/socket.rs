@@ -161,7 +161,7 @@ pub fn serve(node: Arc<Node>, listener: UnixListener, mut shutdown: Shutdown) {
 /// Tells a caller that is not served why, if its socket takes the line at once (a new
 /// connection's buffer is empty), and closes the connection. Never waits.
 fn refuse_now(stream: &UnixStream, code: i32, message: &str) {
-    let reply = Reply::Done {
+    let reply: Reply = Reply::Done {
         code,
         message: message.to_owned(),
         data: None,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::control::Answer;
 use crate::control::{
     exit, ChunkState, FileState, PeerState, SnapshotInfo, StoredState, UnavailableFolder,
 };
@@ -125,6 +126,6 @@ pub(crate) async fn state(node: &Arc<Node>, owner: Option<u32>, below: Option<Pa
     Done {
         code: exit::OK,
         message: String::new(),
-        data: serde_json::to_value(state).ok(),
+        data: Some(Answer::State(state)),
     }
 }

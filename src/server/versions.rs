@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::control::{exit, shown, FolderInfo, FoldersAnswer, VersionInfo, WatchedFolders};
+use crate::control::{exit, shown, Answer, FolderInfo, FoldersAnswer, VersionInfo, WatchedFolders};
 use crate::daemon::Node;
 use crate::ops::{CmdError, Done};
 
@@ -38,7 +38,7 @@ pub(crate) async fn versions(
     Ok(Done {
         code: exit::OK,
         message: format!("{} versions", rows.len()),
-        data: serde_json::to_value(rows).ok(),
+        data: Some(Answer::Versions(rows)),
     })
 }
 
@@ -49,7 +49,7 @@ pub(crate) async fn watched(node: &Arc<Node>, owner: Option<u32>) -> Result<Done
     Ok(Done {
         code: exit::OK,
         message: format!("{} watched folders known", folders.len()),
-        data: serde_json::to_value(WatchedFolders { folders }).ok(),
+        data: Some(Answer::Watched(WatchedFolders { folders })),
     })
 }
 
@@ -77,6 +77,6 @@ pub(crate) async fn folders(
     Ok(Done {
         code: exit::OK,
         message: format!("{} folders recorded", answer.folders.len()),
-        data: serde_json::to_value(answer).ok(),
+        data: Some(Answer::Folders(answer)),
     })
 }

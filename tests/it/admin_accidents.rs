@@ -24,24 +24,28 @@ fn table(dir: &Path, replication: u8, keep_deleted: &str, extra: &str) -> String
 
 /// The complete versions of `path` in peer 1's state.
 fn complete(c: &Cluster, path: &Path) -> usize {
-    file_entries(&c.state(0), path)
+    c.peer(0)
+        .state()
+        .versions_of(path)
         .into_iter()
-        .filter(|f| f["complete"] == true)
+        .filter(|f| f.complete)
         .count()
 }
 
 /// Waits until `path` has a complete version of `size` bytes at RD `rd` or more.
-fn wait_complete(c: &Cluster, path: &Path, size: usize, rd: u64) {
+fn wait_complete(c: &Cluster, path: &Path, size: usize, rd: u32) {
     let ok = wait_until(WAIT, || {
-        file_entries(&c.state(0), path)
+        c.peer(0)
+            .state()
+            .versions_of(path)
             .iter()
-            .any(|f| f["complete"] == true && f["size"] == size as u64 && min_rd(f) >= rd)
+            .any(|f| f.complete && f.size == size as u64 && f.min_rd() >= rd)
     });
     assert!(
         ok,
         "{} backed up ({size} bytes, RD {rd}): {}\nlog:\n{}",
         path.display(),
-        c.state(0),
+        c.peer(0).state(),
         c.log(0)
     );
 }
@@ -53,14 +57,9 @@ fn write(path: &Path, size: usize) {
 
 /// The watched folders peer 1 reports unavailable.
 fn unavailable(c: &Cluster) -> Vec<PathBuf> {
-    c.state(0)["unavailable"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|u| u["path"].as_str().map(PathBuf::from))
-                .collect()
-        })
-        .unwrap_or_default()
+    (c.peer(0).state().unavailable.iter())
+        .filter_map(|u| u.path.to_str().map(PathBuf::from))
+        .collect()
 }
 
 fn is_root() -> bool {
@@ -150,7 +149,7 @@ fn an_unmounted_disk_is_unavailable_not_deleted_and_watched_again_once_mounted()
         wait_until(Duration::from_secs(15), || unavailable(&c)
             == vec![w.clone()]),
         "the folder is shown unavailable: {}",
-        c.state(0)
+        c.peer(0).state()
     );
     std::thread::sleep(Duration::from_millis(6500));
     assert_eq!(complete(&c, &a), 1, "a kept; log:\n{}", c.log(0));
@@ -164,7 +163,7 @@ fn an_unmounted_disk_is_unavailable_not_deleted_and_watched_again_once_mounted()
     assert!(
         wait_until(Duration::from_secs(20), || unavailable(&c).is_empty()),
         "available again: {}",
-        c.state(0)
+        c.peer(0).state()
     );
     let d = w.join("d");
     write(&d, 50_000);
@@ -176,7 +175,7 @@ fn an_unmounted_disk_is_unavailable_not_deleted_and_watched_again_once_mounted()
         wait_until(Duration::from_secs(20), || unavailable(&c)
             == vec![w.clone()]),
         "unavailable while unplugged: {}",
-        c.state(0)
+        c.peer(0).state()
     );
     std::thread::sleep(Duration::from_secs(5));
     for p in [&a, &b, &d] {
@@ -219,9 +218,12 @@ fn a_missing_folder_is_unavailable_then_watched_once_there() {
         wait_until(Duration::from_secs(10), || unavailable(&c)
             == vec![w.clone()]),
         "a missing folder is shown unavailable: {}",
-        c.state(0)
+        c.peer(0).state()
     );
-    assert_eq!(c.state(0)["unavailable"][0]["reason"], "missing");
+    assert_eq!(
+        (c.peer(0).state().unavailable.first()).map(|u| u.reason.clone()),
+        Some("missing".to_owned())
+    );
     let f = w.join("f");
     write(&f, 80_000);
     let started = Instant::now();
@@ -311,18 +313,15 @@ fn the_state_folder_inside_a_watched_folder_is_never_backed_up() {
     wait_complete(&c, &f, 30_000, 1);
     // The queue empties and stays empty, although the catalog changes (STOREDs, the queue).
     let quiet = wait_until(WAIT, || {
-        let s = c.state(0);
-        s["queue_length"] == 0 && s["in_progress"].as_array().is_none_or(|a| a.is_empty())
+        let s = c.peer(0).state();
+        s.queue_length == 0 && s.in_progress.is_empty()
     });
-    assert!(quiet, "the queue empties: {}", c.state(0));
+    assert!(quiet, "the queue empties: {}", c.peer(0).state());
     std::thread::sleep(Duration::from_secs(3));
-    let s = c.state(0);
-    assert_eq!(s["queue_length"], 0, "{s}");
-    let ours: Vec<&str> = s["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|f| f["path"].as_str())
+    let s = c.peer(0).state();
+    assert_eq!(s.queue_length, 0, "{s}");
+    let ours: Vec<&str> = (s.files.iter())
+        .filter_map(|f| f.path.to_str())
         .filter(|p| Path::new(p).starts_with(&state_dir) || Path::new(p) == socket)
         .collect();
     assert!(

@@ -91,14 +91,14 @@ fn a_lost_catalog_stops_the_start_and_is_rebuilt_from_the_chunk_files() {
     // Rebuilt: the chunks are hosted again and serve a restore.
     c.spawn_with(1, &[], &["--rebuild-catalog"]);
     c.wait_ready(1);
-    let stored = c.state(1)["stored"].as_array().unwrap().len();
+    let stored = c.peer(1).state().stored.len();
     assert_eq!(stored, hosted);
     std::fs::remove_file(&f).unwrap();
     c.cli_ok(0, &["restore", f.to_str().unwrap()], 0);
     assert_eq!(std::fs::read(&f).unwrap(), bytes);
     // And the next ordinary start is ordinary.
     c.restart(1);
-    assert_eq!(c.state(1)["stored"].as_array().unwrap().len(), hosted);
+    assert_eq!(c.peer(1).state().stored.len(), hosted);
 }
 
 #[test]
@@ -189,9 +189,7 @@ fn a_copied_peer_id_is_reported_and_explains_a_short_backup() {
     // Peer 1 saw PUTCHUNKs with its id for a file that is not its own.
     assert!(
         wait_until(Duration::from_secs(5), || {
-            c.state(0)["warnings"]
-                .as_array()
-                .is_some_and(|w| w.iter().any(|w| w.as_str().unwrap().contains("peer.id")))
+            (c.peer(0).state().warnings.iter()).any(|w| w.contains("peer.id"))
         }),
         "{}",
         c.log(0)

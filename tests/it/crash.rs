@@ -14,7 +14,6 @@ use std::time::Duration;
 use common::*;
 use peerstash::protocol::{ChunkNo, FileId};
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use serde_json::Value;
 
 fn env_or(key: &str, default: u64) -> u64 {
     std::env::var(key)
@@ -92,34 +91,23 @@ fn kill_9_at_random_instants_loses_and_tears_nothing() {
 
     // Every interrupted backup finishes: each file's newest version matches the file, at RD 2.
     let settled = wait_until(Duration::from_secs(120), || {
-        let s = c.state(0);
-        s["queue_length"] == 0
+        let s = c.peer(0).state();
+        s.queue_length == 0
             && contents.iter().all(|(p, b)| {
-                let e = file_entries(&s, p);
-                e.len() == 1
-                    && e[0]["size"] == b.len()
-                    && min_rd(e[0]) >= 2
-                    && e[0]["complete"] == true
+                let e = s.versions_of(p);
+                e.len() == 1 && e[0].size == b.len() as u64 && e[0].min_rd() >= 2 && e[0].complete
             })
     });
-    assert!(settled, "backups did not all finish: {}", c.state(0));
+    assert!(settled, "backups did not all finish: {}", c.peer(0).state());
     std::thread::sleep(Duration::from_secs(2));
 
-    let home = c.state(0);
+    let home = c.peer(0).state();
     let current: HashMap<String, &Vec<u8>> = contents
         .iter()
-        .map(|(p, b)| {
-            (
-                file_entries(&home, p)[0]["file_id"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned(),
-                b,
-            )
-        })
+        .map(|(p, b)| (home.versions_of(p)[0].file_id.clone(), b))
         .collect();
     for i in 1..4 {
-        check_store(c.peer(i), &c.state(i), &current);
+        check_store(c.peer(i), &c.peer(i).state(), &current);
     }
     // Restored bytes are right too.
     for (p, b) in &contents {
@@ -148,7 +136,7 @@ fn kill_9_at_random_instants_loses_and_tears_nothing() {
 
 /// The catalog (`state`) and the chunk files agree; each chunk of a current version holds the
 /// file's bytes; used bytes are the sum of the chunk sizes.
-fn check_store(peer: &Peer, state: &Value, current: &HashMap<String, &Vec<u8>>) {
+fn check_store(peer: &Peer, state: &State, current: &HashMap<String, &Vec<u8>>) {
     // Whole chunks only: a slot cut by the kill is emptied at the restart.
     let on_disk: HashMap<(String, u64), u64> = chunks_on_disk(peer)
         .into_iter()
@@ -157,12 +145,11 @@ fn check_store(peer: &Peer, state: &Value, current: &HashMap<String, &Vec<u8>>) 
     let mut on_disk = on_disk;
     let root = peer.dir.join("state").join("chunks");
     let store = peerstash::store::ChunkStore::open(root, 0, 0).unwrap();
-    let stored = state["stored"].as_array().unwrap();
     let mut sum = 0;
-    for h in stored {
-        let id = h["file_id"].as_str().unwrap().to_lowercase();
-        let no = h["chunk_no"].as_u64().unwrap();
-        let size = h["size"].as_u64().unwrap();
+    for h in &state.stored {
+        let id = h.file_id.to_lowercase();
+        let no = u64::from(h.chunk_no);
+        let size = h.size;
         sum += charged(peer, size);
         assert_eq!(
             on_disk.remove(&(id.clone(), no)),
@@ -189,5 +176,5 @@ fn check_store(peer: &Peer, state: &Value, current: &HashMap<String, &Vec<u8>>) 
         "peer {}: chunk files the catalog does not know: {on_disk:?}",
         peer.id
     );
-    assert_eq!(used_bytes(state), sum, "peer {}: used bytes", peer.id);
+    assert_eq!(state.used_bytes, sum, "peer {}: used bytes", peer.id);
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
+use peerstash::control::StatusReport;
 use peerstash::protocol::seal::MasterKey;
 
 /// Peer 1 (hosting nothing) watches a new folder, encrypted at RD 2, on peers 2 and 3.
@@ -26,11 +27,10 @@ fn encrypted_cluster() -> (Cluster, tempfile::TempDir, PathBuf) {
 
 /// The newest version of `path` that peer 1 has at RD 2 or more, if any (the folder encrypts).
 fn backed_up(c: &Cluster, path: &Path) -> Option<u64> {
-    let s = c.try_state(0)?;
-    file_entries(&s, path)
-        .into_iter()
-        .filter(|f| min_rd(f) >= 2)
-        .filter_map(|f| f["version"].as_u64())
+    let s = c.peer(0).try_state().ok()?;
+    (s.versions_of(path).into_iter())
+        .filter(|f| f.min_rd() >= 2)
+        .map(|f| u64::from(f.version))
         .max()
 }
 
@@ -313,8 +313,8 @@ fn status_shows_a_file_that_waits_longer_than_its_max_delay() {
     let small = root.join("small.txt");
     std::fs::write(&small, random_bytes(10_000)).unwrap();
     assert!(
-        wait_until(Duration::from_secs(30), || c.try_state(0).is_some_and(
-            |s| file_entries(&s, &small).iter().any(|f| min_rd(f) >= 1)
+        wait_until(Duration::from_secs(30), || c.peer(0).try_state().is_ok_and(
+            |s| s.versions_of(&small).iter().any(|f| f.min_rd() >= 1)
         )),
         "small.txt not backed up:\n{}",
         c.dump()
@@ -325,19 +325,17 @@ fn status_shows_a_file_that_waits_longer_than_its_max_delay() {
     let shown = wait_until(Duration::from_secs(30), || {
         let out = c.cli(0, &["status", "--json"]);
         last = output_text(&out);
-        let Ok(s) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        let Ok(s) = serde_json::from_slice::<StatusReport>(&out.stdout) else {
             return false;
         };
-        let large = large.to_str().unwrap();
-        let folder = &s["folders"][0];
-        folder["last_backup_ms"].is_i64()
-            && folder["waiting"] == large
-            && folder["waiting_since_ms"].is_i64()
-            && (s["at_risk"].as_array()).is_some_and(|a| a.iter().any(|p| p == large))
-            && (s["warnings"].as_array()).is_some_and(|w| {
-                w.iter()
-                    .any(|w| w.as_str().unwrap_or("").contains("large.bin"))
-            })
+        let Some(folder) = s.folders.first() else {
+            return false;
+        };
+        folder.last_backup_ms.is_some()
+            && folder.waiting.as_ref() == Some(&large)
+            && folder.waiting_since_ms.is_some()
+            && s.at_risk.contains(&large)
+            && s.warnings.iter().any(|w| w.contains("large.bin"))
     });
     assert!(shown, "status does not show large.bin waiting:\n{last}");
     let text = output_text(&c.cli(0, &["status"]));

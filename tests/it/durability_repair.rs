@@ -38,16 +38,18 @@ fn spec(quota: &str, extra: String) -> PeerSpec {
 }
 
 /// Peer 1's complete versions of `path`: (version, lowest perceived RD).
-fn versions(c: &Cluster, path: &Path) -> Vec<(u64, u64)> {
-    file_entries(&c.state(0), path)
+fn versions(c: &Cluster, path: &Path) -> Vec<(u32, u32)> {
+    c.peer(0)
+        .state()
+        .versions_of(path)
         .into_iter()
-        .filter(|f| f["complete"] == true)
-        .map(|f| (f["version"].as_u64().unwrap(), min_rd(f)))
+        .filter(|f| f.complete)
+        .map(|f| (f.version, f.min_rd()))
         .collect()
 }
 
 /// Waits until `path` has `n` complete versions, each with every chunk at RD `rd` or more.
-fn wait_versions_at(c: &Cluster, path: &Path, n: usize, rd: u64, why: &str) {
+fn wait_versions_at(c: &Cluster, path: &Path, n: usize, rd: u32, why: &str) {
     let mut seen = Vec::new();
     let ok = wait_until(WAIT, || {
         seen = versions(c, path);
@@ -125,7 +127,7 @@ fn repaired_from_the_peers_copies(encrypt: bool) {
     let said = format!("{} was deleted locally", g.display());
     let marked = wait_until(WAIT, || c.full_log(0).contains(&said));
     assert!(marked, "gone.bin noted deleted:\n{}", c.log(0));
-    assert_eq!(used_bytes(&c.state(3)), 0, "peer 4 holds nothing yet");
+    assert_eq!(c.peer(3).state().used_bytes, 0, "peer 4 holds nothing yet");
 
     // Peer 4 gets room; peer 2 retires.
     c.rewrite_config(3, "50MB", "");
@@ -180,11 +182,11 @@ fn reclaim_hands_the_last_copy_on_before_dropping_it() {
     // Peer 3 gets room; peer 2 gives all of its back.
     c.rewrite_config(2, "50MB", "");
     c.reload(2);
-    let has_room = wait_until(WAIT, || c.state(2)["quota_bytes"].as_u64() > Some(0));
+    let has_room = wait_until(WAIT, || c.peer(2).state().quota_bytes > 0);
     assert!(has_room, "peer 3's new quota applied:\n{}", c.log(2));
     c.cli_ok(1, &["reclaim", "0"], 0);
     assert_eq!(
-        used_bytes(&c.state(1)),
+        c.peer(1).state().used_bytes,
         0,
         "peer 2 holds nothing after reclaim 0"
     );
@@ -232,18 +234,18 @@ fn a_file_too_big_for_the_lan_is_refused_and_starves_nothing() {
         output_text(&status)
     );
     let freed = wait_until(WAIT, || {
-        used_bytes(&c.state(1)) == 0 && used_bytes(&c.state(2)) == 0
+        c.peer(1).state().used_bytes == 0 && c.peer(2).state().used_bytes == 0
     });
     assert!(
         freed,
         "the peers freed big.bin's chunks: {} and {} bytes used",
-        used_bytes(&c.state(1)),
-        used_bytes(&c.state(2))
+        c.peer(1).state().used_bytes,
+        c.peer(2).state().used_bytes
     );
     assert!(
         versions(&c, &big).is_empty(),
         "no version of big.bin kept: {:?}",
-        file_entries(&c.state(0), &big)
+        c.peer(0).state().versions_of(&big)
     );
 
     let small = dir.join("small.bin");
@@ -257,7 +259,7 @@ fn a_file_too_big_for_the_lan_is_refused_and_starves_nothing() {
     );
     // Not sent again meanwhile: the peers hold the small file only.
     std::thread::sleep(Duration::from_secs(3));
-    let hosted = used_bytes(&c.state(1)) + used_bytes(&c.state(2));
+    let hosted = c.peer(1).state().used_bytes + c.peer(2).state().used_bytes;
     assert!(
         hosted <= 2 * charged(c.peer(1), 8192),
         "only the small file is on the peers: {hosted} bytes"

@@ -19,18 +19,14 @@ fn watch(root: &Path, replication: u8) -> String {
 }
 
 /// The versions of `path` peer `i` lists: (version, complete, lowest perceived RD).
-fn versions(c: &Cluster, i: usize, path: &Path) -> Vec<(u64, bool, u64)> {
-    c.try_state(i)
+fn versions(c: &Cluster, i: usize, path: &Path) -> Vec<(u32, bool, u32)> {
+    c.peer(i)
+        .try_state()
+        .ok()
         .map(|s| {
-            file_entries(&s, path)
+            s.versions_of(path)
                 .iter()
-                .map(|e| {
-                    (
-                        e["version"].as_u64().unwrap(),
-                        e["complete"].as_bool().unwrap(),
-                        min_rd(e),
-                    )
-                })
+                .map(|e| (e.version, e.complete, e.min_rd()))
                 .collect()
         })
         .unwrap_or_default()
@@ -95,9 +91,9 @@ fn case8_a_rebuild_sets_a_damaged_chunk_aside_and_removeds_still_count() {
     );
     let set_aside = std::fs::read_dir(state.join("quarantine")).unwrap().count();
     assert_eq!(set_aside, 1, "the damaged chunk is kept in the quarantine");
-    let stored = c.state(1)["stored"].as_array().unwrap().clone();
+    let stored = c.peer(1).state().stored.clone();
     assert!(
-        stored.iter().all(|s| s["desired_rd"] != 1),
+        stored.iter().all(|s| s.desired_rd != 1),
         "no RD 1 invented: {stored:?}"
     );
     // Its REMOVED: the home peer sends the chunk again, and peer 2 holds all 5 again.
@@ -225,13 +221,13 @@ fn case9_a_restore_whose_newest_version_fails_midway_takes_the_older_one() {
         c.dump()
     );
     // Version 2's copies go bad on the holder; nobody knows yet.
-    let state = c.state(0);
-    let v2 = file_entries(&state, &f)
+    let state = c.peer(0).state();
+    let v2 = state
+        .versions_of(&f)
         .into_iter()
-        .find(|e| e["version"] == 2)
-        .unwrap()["file_id"]
-        .as_str()
+        .find(|e| e.version == 2)
         .unwrap()
+        .file_id
         .to_lowercase();
     let pack = (c.peer(1).dir.join("state/chunks")).join(format!("{v2}.pack"));
     let mut bytes = std::fs::read(&pack).unwrap();

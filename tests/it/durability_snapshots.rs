@@ -25,12 +25,12 @@ fn watched(options: &str) -> (tempfile::TempDir, PathBuf, String) {
 }
 
 /// Waits until `file`'s version `version` is complete at RD 2 on peer `i`.
-fn wait_version_at_rd(c: &Cluster, i: usize, file: &Path, version: u64) {
+fn wait_version_at_rd(c: &Cluster, i: usize, file: &Path, version: u32) {
     let at_rd = || {
-        c.try_state(i).is_some_and(|s| {
-            file_entries(&s, file)
+        c.peer(i).try_state().ok().is_some_and(|s| {
+            s.versions_of(file)
                 .iter()
-                .any(|f| f["version"] == version && min_rd(f) >= 2)
+                .any(|f| f.version == version && f.min_rd() >= 2)
         })
     };
     assert!(
@@ -208,9 +208,9 @@ fn an_edit_just_before_the_disk_dies_still_restores() {
     wait_version_at_rd(&c, 0, &file, 2);
     // On main, version 1 is forgotten now and its DELETE sent: give it the time to go out.
     let only_v2 = || {
-        c.try_state(0).is_some_and(|s| {
-            let e = file_entries(&s, &file);
-            e.len() == 1 && e[0]["version"] == 2
+        c.peer(0).try_state().ok().is_some_and(|s| {
+            let e = s.versions_of(&file);
+            e.len() == 1 && e[0].version == 2
         })
     };
     wait_until(Duration::from_secs(3), only_v2);

@@ -38,9 +38,11 @@ fn store_bytes(peer: &Peer) -> Vec<u8> {
     all
 }
 
-fn backed_up_at(c: &Cluster, path: &Path, rd: u64) -> bool {
-    c.try_state(0)
-        .is_some_and(|s| file_entries(&s, path).iter().any(|f| min_rd(f) >= rd))
+fn backed_up_at(c: &Cluster, path: &Path, rd: u32) -> bool {
+    c.peer(0)
+        .try_state()
+        .ok()
+        .is_some_and(|s| s.versions_of(path).iter().any(|f| f.min_rd() >= rd))
 }
 
 #[test]

@@ -53,16 +53,11 @@ fn a_putchunk_flood_never_exceeds_the_quota() {
         peak.load(Ordering::Relaxed)
     );
     for i in 0..2 {
-        let s = c.state(i);
-        let used = used_bytes(&s);
+        let s = c.peer(i).state();
+        let used = s.used_bytes;
         assert!(used <= quota, "peer {}: {used} bytes hosted", i + 1);
         assert!(used >= quota - 64_000, "the quota was used: {used}");
-        let sum: u64 = s["stored"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| charged(c.peer(i), h["size"].as_u64().unwrap()))
-            .sum();
+        let sum: u64 = s.stored.iter().map(|h| charged(c.peer(i), h.size)).sum();
         assert_eq!(sum, used);
     }
 }

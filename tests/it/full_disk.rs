@@ -53,23 +53,24 @@ fn a_full_disk_refuses_chunks_cleanly_and_keeps_serving() {
     // the big file's chunks are freed (its unfinished version's DELETE) and the home peer
     // keeps no version of it.
     let freed = || {
-        let s = c.state(1);
-        let stored = s["stored"].as_array().unwrap().clone();
-        let sum: u64 = stored
-            .iter()
-            .map(|h| charged_on(&small, h["size"].as_u64().unwrap()))
-            .sum();
+        let s = c.peer(1).state();
+        let stored = s.stored.clone();
+        let sum: u64 = stored.iter().map(|h| charged_on(&small, h.size)).sum();
         let files = peerstash::store::chunks::list(&small.join("state").join("chunks"))
             .unwrap()
             .len();
-        used_bytes(&s) == sum && files == stored.len() && stored.len() == 5
+        s.used_bytes == sum && files == stored.len() && stored.len() == 5
     };
     assert!(
         wait_until(Duration::from_secs(10), freed),
         "only the small file's 5 chunks are left on the full peer, catalog and disk agreeing:\n{}",
         c.dump()
     );
-    assert!(file_entries(&c.state(0), &big).is_empty(), "{}", c.dump());
+    assert!(
+        c.peer(0).state().versions_of(&big).is_empty(),
+        "{}",
+        c.dump()
+    );
 
     // It goes on serving what it has.
     std::fs::remove_file(&small_file).unwrap();

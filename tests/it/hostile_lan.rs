@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use peerstash::control::PeerState;
 
 /// The attacker: a plain UDP socket that sends to the cluster's groups on loopback, TTL 0.
 fn attacker() -> UdpSocket {
@@ -77,11 +78,8 @@ fn backed_up_file(c: &Cluster, name: &str, size: usize, rd: &str) -> (PathBuf, V
     let bytes = random_bytes(size);
     std::fs::write(&path, &bytes).unwrap();
     c.cli_ok(0, &["backup", path.to_str().unwrap(), "-r", rd], 0);
-    let state = c.state(0);
-    let id = file_entries(&state, &path)[0]["file_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let state = c.peer(0).state();
+    let id = state.versions_of(&path)[0].file_id.clone();
     (path, bytes, id)
 }
 
@@ -113,14 +111,14 @@ fn a_burst_of_forged_storeds_stalls_no_peer() {
         let out = out.unwrap_or_else(|| panic!("peer {} did not answer state within 5 s", i + 1));
         assert!(out.status.success());
         eprintln!("peer {}: state in {:?}", i + 1, t.elapsed());
-        let state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        for f in state["files"].as_array().unwrap() {
-            for ch in f["chunks"].as_array().unwrap() {
-                assert!(ch["perceived_rd"].as_u64().unwrap() <= 64, "{ch}");
+        let state: PeerState = parse_json(&out.stdout);
+        for f in &state.files {
+            for ch in &f.chunks {
+                assert!(ch.perceived_rd <= 64, "{ch:?}");
             }
         }
-        for h in state["stored"].as_array().unwrap() {
-            assert!(h["perceived_rd"].as_u64().unwrap() <= 64, "{h}");
+        for h in &state.stored {
+            assert!(h.perceived_rd <= 64, "{h:?}");
         }
         let rss = peak_rss(c.pid(i).unwrap());
         eprintln!("peer {}: peak RSS {} MiB", i + 1, rss >> 20);
@@ -135,8 +133,8 @@ fn a_burst_of_forged_storeds_stalls_no_peer() {
     .expect("versions answered within 5 s");
     assert!(out.status.success());
     // The file's chunk: its holders are the real peers and at most 64 in all.
-    let s = c.state(0);
-    let rd = min_rd(file_entries(&s, &path)[0]);
+    let s = c.peer(0).state();
+    let rd = s.versions_of(&path)[0].min_rd();
     assert!((2..=64).contains(&rd), "perceived RD {rd}");
 }
 
@@ -152,8 +150,8 @@ fn forged_empty_putchunks_cannot_fill_the_disk() {
         let (c, done, peak_used) = (c.clone(), done.clone(), peak_used.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
-                if let Some(s) = c.try_state(0) {
-                    peak_used.fetch_max(used_bytes(&s), Ordering::Relaxed);
+                if let Ok(s) = c.peer(0).try_state() {
+                    peak_used.fetch_max(s.used_bytes, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -175,8 +173,8 @@ fn forged_empty_putchunks_cannot_fill_the_disk() {
     done.store(true, Ordering::Relaxed);
     watcher.join().unwrap();
 
-    let s = c.state(0);
-    let stored = s["stored"].as_array().unwrap().len();
+    let s = c.peer(0).state();
+    let stored = s.stored.len();
     let files = chunk_files_on_disk(c.peer(0));
     let chunks = c.peer(0).dir.join("state").join("chunks");
     let du = Command::new("du").arg("-sk").arg(&chunks).output().unwrap();
@@ -188,13 +186,13 @@ fn forged_empty_putchunks_cannot_fill_the_disk() {
         .unwrap();
     eprintln!(
         "{stored} chunks hosted, {files} chunk files, {du_kb} KiB on disk, {} bytes used",
-        used_bytes(&s)
+        s.used_bytes
     );
     assert!(stored > 0, "empty chunks are hosted while they fit");
     assert_eq!(files, stored);
     assert!(files as u64 <= quota / 4096, "{files} chunk files");
     assert!(du_kb < 1024, "{du_kb} KiB on disk");
-    assert!(used_bytes(&s) <= quota);
+    assert!(s.used_bytes <= quota);
     assert!(peak_used.load(Ordering::Relaxed) <= quota);
 }
 
@@ -486,11 +484,11 @@ fn a_delete_during_the_write_leaves_nothing() {
         }
     }
     let stored = stored.join().unwrap();
-    let s = c.state(0);
+    let s = c.peer(0).state();
     assert_eq!(stored, 0, "STORED sent for a deleted chunk");
     assert_eq!(chunk_files_on_disk(c.peer(0)), 0);
-    assert!(s["stored"].as_array().unwrap().is_empty(), "{s}");
-    assert_eq!(used_bytes(&s), 0);
+    assert!(s.stored.is_empty(), "{s}");
+    assert_eq!(s.used_bytes, 0);
 }
 
 /// A TCP listener of the attacker's that counts the connections made to it and the bytes

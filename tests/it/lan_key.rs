@@ -12,7 +12,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::*;
 use peerstash::protocol::auth::{self, LanKey};
 use peerstash::protocol::Message;
-use serde_json::Value;
 
 /// A new key made by `peerstash keygen`.
 fn new_key(dir: &Path, name: &str) -> PathBuf {
@@ -47,21 +46,18 @@ fn make_file(c: &Cluster, name: &str, size: usize) -> (PathBuf, Vec<u8>) {
     (path, bytes)
 }
 
-fn drops(state: &Value) -> u64 {
-    state["unauthenticated_datagrams"].as_u64().unwrap()
+fn drops(state: &State) -> u64 {
+    state.unauthenticated_datagrams
 }
 
 /// What a peer hosts: (fileId, chunkNo, perceived RD), sorted.
-fn hosted(state: &Value) -> Vec<(String, u64, u64)> {
-    let mut v: Vec<_> = state["stored"]
-        .as_array()
-        .unwrap()
-        .iter()
+fn hosted(state: &State) -> Vec<(String, u64, u64)> {
+    let mut v: Vec<_> = (state.stored.iter())
         .map(|h| {
             (
-                h["file_id"].as_str().unwrap().to_owned(),
-                h["chunk_no"].as_u64().unwrap(),
-                h["perceived_rd"].as_u64().unwrap(),
+                h.file_id.clone(),
+                u64::from(h.chunk_no),
+                u64::from(h.perceived_rd),
             )
         })
         .collect();
@@ -69,27 +65,21 @@ fn hosted(state: &Value) -> Vec<(String, u64, u64)> {
     v
 }
 
-fn hosts_file(state: &Value, file_id: &str) -> bool {
+fn hosts_file(state: &State, file_id: &str) -> bool {
     hosted(state).iter().any(|(id, _, _)| id == file_id)
 }
 
 /// The perceived RD of each chunk of the one version of `path`.
-fn perceived(state: &Value, path: &Path) -> Vec<u64> {
-    let f = file_entries(state, path);
+fn perceived(state: &State, path: &Path) -> Vec<u64> {
+    let f = state.versions_of(path);
     assert_eq!(f.len(), 1, "one version of {path:?}: {state}");
-    f[0]["chunks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["perceived_rd"].as_u64().unwrap())
+    (f[0].chunks.iter())
+        .map(|c| u64::from(c.perceived_rd))
         .collect()
 }
 
-fn file_id(state: &Value, path: &Path) -> String {
-    file_entries(state, path)[0]["file_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+fn file_id(state: &State, path: &Path) -> String {
+    state.versions_of(path)[0].file_id.clone()
 }
 
 fn reloads(c: &Cluster, i: usize, what: &str) -> usize {
@@ -144,11 +134,14 @@ fn a_keyed_cluster_backs_up_restores_reclaims_and_deletes() {
         assert!(m.extra_lines.iter().any(|l| l.starts_with("AUTH ")));
     }
 
-    let s = c.state(0);
+    let s = c.peer(0).state();
     for (path, _) in &files {
         assert!(perceived(&s, path).iter().all(|rd| *rd >= 2), "{s}");
     }
-    assert!(hosted(&c.state(3)).is_empty(), "quota 0 hosts nothing");
+    assert!(
+        hosted(&c.peer(3).state()).is_empty(),
+        "quota 0 hosts nothing"
+    );
 
     // Restore, byte for byte.
     for (path, bytes) in &files {
@@ -160,34 +153,43 @@ fn a_keyed_cluster_backs_up_restores_reclaims_and_deletes() {
     // Reclaim: peer 2 drops everything (REMOVED); the chunks get back to RD 2 on peer 4.
     c.cli_ok(3, &["reclaim", "100MB"], 0);
     c.cli_ok(1, &["reclaim", "0"], 0);
-    assert!(hosted(&c.state(1)).is_empty());
+    assert!(hosted(&c.peer(1).state()).is_empty());
     assert_eq!(chunk_files_on_disk(c.peer(1)), 0);
     let back = wait_until(Duration::from_secs(20), || {
-        let s = c.state(0);
+        let s = c.peer(0).state();
         files
             .iter()
             .all(|(p, _)| perceived(&s, p).iter().all(|rd| *rd >= 2))
     });
-    assert!(back, "every chunk back at RD ≥ 2: {}", c.state(0));
+    assert!(back, "every chunk back at RD ≥ 2: {}", c.peer(0).state());
     let chunks: usize = files.iter().map(|(_, b)| b.len() / 64_000 + 1).sum();
-    assert_eq!(hosted(&c.state(3)).len(), chunks, "peer 4 took them over");
+    assert_eq!(
+        hosted(&c.peer(3).state()).len(),
+        chunks,
+        "peer 4 took them over"
+    );
 
     // Delete frees every peer.
     for (path, _) in &files {
         c.cli_ok(0, &["delete", path.to_str().unwrap()], 0);
     }
     let freed = wait_until(Duration::from_secs(5), || {
-        (0..4).all(|i| used_bytes(&c.state(i)) == 0 && chunk_files_on_disk(c.peer(i)) == 0)
+        (0..4).all(|i| c.peer(i).state().used_bytes == 0 && chunk_files_on_disk(c.peer(i)) == 0)
     });
     assert!(
         freed,
         "{:?}",
-        (0..4).map(|i| c.state(i)).collect::<Vec<_>>()
+        (0..4).map(|i| c.peer(i).state()).collect::<Vec<_>>()
     );
 
     // Nothing of the cluster's own traffic was refused.
     for i in 0..4 {
-        assert_eq!(drops(&c.state(i)), 0, "peer {} dropped datagrams", i + 1);
+        assert_eq!(
+            drops(&c.peer(i).state()),
+            0,
+            "peer {} dropped datagrams",
+            i + 1
+        );
     }
 }
 
@@ -200,13 +202,13 @@ fn forged_messages_without_the_key_change_nothing() {
     c.cli_ok(0, &["backup", path.to_str().unwrap(), "-r", "2"], 0);
     // Late STOREDs settle.
     std::thread::sleep(Duration::from_millis(1500));
-    let s0 = c.state(0);
+    let s0 = c.peer(0).state();
     let id = file_id(&s0, &path);
     let chunks = perceived(&s0, &path).len();
     let snapshot = || {
         (0..4)
             .map(|i| {
-                let s = c.state(i);
+                let s = c.peer(i).state();
                 let mine = (i == 0).then(|| perceived(&s, &path));
                 (hosted(&s), chunk_files_on_disk(c.peer(i)), mine)
             })
@@ -257,7 +259,7 @@ fn forged_messages_without_the_key_change_nothing() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(snapshot(), before, "forged messages changed something");
     for i in 0..4 {
-        let n = drops(&c.state(i));
+        let n = drops(&c.peer(i).state());
         assert!(
             n >= forged.len() as u64,
             "peer {}: {n} of {} forged datagrams counted",
@@ -357,7 +359,7 @@ fn peers_with_no_key_or_another_key_are_refused() {
     }
     std::thread::sleep(Duration::from_secs(1));
 
-    let s: Vec<Value> = (0..4).map(|i| c.state(i)).collect();
+    let s: Vec<State> = (0..4).map(|i| c.peer(i).state()).collect();
     assert!(
         perceived(&s[0], &file_a).iter().all(|rd| *rd == 1),
         "{}",
@@ -565,10 +567,10 @@ fn a_keyed_restore_over_tcp_takes_only_signed_frames() {
     let keys = tempfile::tempdir().unwrap();
     let key = new_key(keys.path(), "lan.key");
     let c = Cluster::start_keyed(&["100MB"; 3], |_| Some(key.clone()));
-    assert_eq!(c.state(0)["protocol"], "2.0");
+    assert_eq!(c.peer(0).state().protocol, "2.0");
     let (path, bytes) = make_file(&c, "t.bin", 300_000);
     c.cli_ok(0, &["backup", path.to_str().unwrap(), "-r", "2"], 0);
-    let id = file_id(&c.state(0), &path);
+    let id = file_id(&c.peer(0).state(), &path);
     std::fs::remove_file(&path).unwrap();
     let mdr = Listener::join(c.mdr).record();
     c.cli_ok(0, &["restore", path.to_str().unwrap()], 0);
@@ -586,7 +588,7 @@ fn a_keyed_restore_over_tcp_takes_only_signed_frames() {
         .filter_map(|d| Message::parse(d).ok())
         .find_map(|m| Some((m.sender.0 as usize - 1, m.tcp_port()?)))
         .expect("a body-less CHUNK naming a port");
-    let before = drops(&c.state(holder));
+    let before = drops(&c.peer(holder).state());
     let request = format!("2.0 GETCHUNK 1 {id} 0\r\n\r\n").into_bytes();
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     std::io::Write::write_all(&mut s, &(request.len() as u32).to_be_bytes()).unwrap();
@@ -600,9 +602,10 @@ fn a_keyed_restore_over_tcp_takes_only_signed_frames() {
         answer.len()
     );
     assert!(
-        wait_until(Duration::from_secs(5), || drops(&c.state(holder)) > before),
+        wait_until(Duration::from_secs(5), || drops(&c.peer(holder).state())
+            > before),
         "the unsigned request was not counted: {}",
-        c.state(holder)
+        c.peer(holder).state()
     );
 }
 
@@ -631,7 +634,9 @@ fn replay(c: &Cluster, channel: std::net::SocketAddrV4, recorded: &[Vec<u8>]) ->
 }
 
 fn all_drops(c: &Cluster) -> Vec<u64> {
-    (0..c.peers.len()).map(|i| drops(&c.state(i))).collect()
+    (0..c.peers.len())
+        .map(|i| drops(&c.peer(i).state()))
+        .collect()
 }
 
 /// Waits until every peer counted at least `expected` more refusals than `before`.
@@ -658,11 +663,11 @@ fn a_recorded_delete_replayed_after_the_file_is_backed_up_again_is_refused() {
     let (path, bytes) = make_file(&c, "f.bin", 150_000);
     let p = path.to_str().unwrap();
     c.cli_ok(0, &["backup", p, "-r", "2"], 0);
-    let id = file_id(&c.state(0), &path);
+    let id = file_id(&c.peer(0).state(), &path);
     let mc = Listener::join(c.mc).record();
     c.cli_ok(0, &["delete", p], 0);
     let freed = wait_until(Duration::from_secs(10), || {
-        (1..3).all(|i| !hosts_file(&c.state(i), &id))
+        (1..3).all(|i| !hosts_file(&c.peer(i).state(), &id))
     });
     assert!(freed, "the delete freed the holders: {}", c.dump());
     let deleted_at = Instant::now();
@@ -674,12 +679,18 @@ fn a_recorded_delete_replayed_after_the_file_is_backed_up_again_is_refused() {
     assert!(!deletes.is_empty(), "no DELETE recorded");
 
     c.cli_ok(0, &["backup", p, "-r", "2"], 0);
-    assert_eq!(file_id(&c.state(0), &path), id, "the same fileId again");
+    assert_eq!(
+        file_id(&c.peer(0).state(), &path),
+        id,
+        "the same fileId again"
+    );
     let stored = wait_until(Duration::from_secs(10), || {
-        perceived(&c.state(0), &path).iter().all(|rd| *rd >= 2)
+        perceived(&c.peer(0).state(), &path)
+            .iter()
+            .all(|rd| *rd >= 2)
     });
-    assert!(stored, "backed up again at RD 2: {}", c.state(0));
-    let held: Vec<_> = (1..3).map(|i| hosted(&c.state(i))).collect();
+    assert!(stored, "backed up again at RD 2: {}", c.peer(0).state());
+    let held: Vec<_> = (1..3).map(|i| hosted(&c.peer(i).state())).collect();
     let on_disk: Vec<_> = (1..3).map(|i| chunk_files_on_disk(c.peer(i))).collect();
 
     // 4 s after the delete (well within the 60 s window), one DELETE, then all of them.
@@ -691,7 +702,9 @@ fn a_recorded_delete_replayed_after_the_file_is_backed_up_again_is_refused() {
     let every = replay(&c, c.mc, &deletes);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
-        (1..3).map(|i| hosted(&c.state(i))).collect::<Vec<_>>(),
+        (1..3)
+            .map(|i| hosted(&c.peer(i).state()))
+            .collect::<Vec<_>>(),
         held,
         "a holder dropped chunks"
     );
@@ -701,7 +714,9 @@ fn a_recorded_delete_replayed_after_the_file_is_backed_up_again_is_refused() {
             .collect::<Vec<_>>(),
         on_disk
     );
-    assert!(perceived(&c.state(0), &path).iter().all(|rd| *rd >= 2));
+    assert!(perceived(&c.peer(0).state(), &path)
+        .iter()
+        .all(|rd| *rd >= 2));
     let expected: Vec<u64> = one.iter().zip(&every).map(|(a, b)| a + b).collect();
     counted(&c, &before, &expected, "DELETEs replayed");
     let to = c.dir.path().join("restored.bin");
@@ -729,12 +744,15 @@ fn every_kind_of_message_replayed_is_refused_and_counted() {
     let p = path.to_str().unwrap();
     // 1.0: every peer that reads a PUTCHUNK stores it: peers 2, 3 and 4 hold every chunk.
     c.cli_ok(0, &["backup", p, "-r", "2"], 0);
-    let id = file_id(&c.state(0), &path);
+    let id = file_id(&c.peer(0).state(), &path);
     let to = c.dir.path().join("restored.bin");
     assert_eq!(restore_to(&c, 0, &path, &to), bytes);
     c.cli_ok(1, &["reclaim", "0"], 0);
     let settled = wait_until(Duration::from_secs(5), || {
-        !hosts_file(&c.state(1), &id) && perceived(&c.state(0), &path).iter().all(|rd| *rd == 2)
+        !hosts_file(&c.peer(1).state(), &id)
+            && perceived(&c.peer(0).state(), &path)
+                .iter()
+                .all(|rd| *rd == 2)
     });
     assert!(settled, "peer 2 dropped its copies: {}", c.dump());
     std::thread::sleep(Duration::from_secs(2));
@@ -763,9 +781,11 @@ fn every_kind_of_message_replayed_is_refused_and_counted() {
     let expected = replay(&c, ch, &stored);
     std::thread::sleep(Duration::from_secs(1));
     assert!(
-        perceived(&c.state(0), &path).iter().all(|rd| *rd == 2),
+        perceived(&c.peer(0).state(), &path)
+            .iter()
+            .all(|rd| *rd == 2),
         "a replayed STORED counted a holder that dropped the chunk: {}",
-        c.state(0)
+        c.peer(0).state()
     );
     counted(&c, &before, &expected, "STORED");
     for kind in ["GETCHUNK", "CHUNK", "REMOVED"] {
@@ -774,7 +794,9 @@ fn every_kind_of_message_replayed_is_refused_and_counted() {
         let expected = replay(&c, ch, &ds);
         counted(&c, &before, &expected, kind);
     }
-    assert!(perceived(&c.state(0), &path).iter().all(|rd| *rd == 2));
+    assert!(perceived(&c.peer(0).state(), &path)
+        .iter()
+        .all(|rd| *rd == 2));
 
     // Deleted, then its PUTCHUNKs and DELETEs replayed: nothing is planted again.
     let mc = Listener::join(c.mc).record();
@@ -801,7 +823,11 @@ fn every_kind_of_message_replayed_is_refused_and_counted() {
             "peer {}: re-planted",
             i + 1
         );
-        assert!(hosted(&c.state(i)).is_empty(), "{}", c.state(i));
+        assert!(
+            hosted(&c.peer(i).state()).is_empty(),
+            "{}",
+            c.peer(i).state()
+        );
     }
     counted(&c, &before, &expected, "PUTCHUNK");
     let before = all_drops(&c);
@@ -825,14 +851,14 @@ fn a_replay_after_the_receiver_restarts_is_refused() {
         .filter(|d| kind_and_sender(d).0 == "PUTCHUNK")
         .collect();
     assert!(!puts.is_empty());
-    let id = file_id(&c.state(0), &path);
+    let id = file_id(&c.peer(0).state(), &path);
     c.cli_ok(0, &["delete", p], 0);
     let freed = wait_until(Duration::from_secs(10), || {
-        (1..3).all(|i| chunk_files_on_disk(c.peer(i)) == 0 && !hosts_file(&c.state(i), &id))
+        (1..3).all(|i| chunk_files_on_disk(c.peer(i)) == 0 && !hosts_file(&c.peer(i).state(), &id))
     });
     assert!(freed, "{}", c.dump());
     c.restart(1);
-    assert_eq!(drops(&c.state(1)), 0);
+    assert_eq!(drops(&c.peer(1).state()), 0);
     let expected = replay(&c, c.mdb, &puts);
     // Long enough for the chunks to be written, were they taken.
     std::thread::sleep(Duration::from_secs(2));
@@ -841,7 +867,11 @@ fn a_replay_after_the_receiver_restarts_is_refused() {
         0,
         "re-planted after the restart"
     );
-    assert!(hosted(&c.state(1)).is_empty(), "{}", c.state(1));
+    assert!(
+        hosted(&c.peer(1).state()).is_empty(),
+        "{}",
+        c.peer(1).state()
+    );
     counted(
         &c,
         &[0, 0, 0],

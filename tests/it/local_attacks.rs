@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use peerstash::control::{PeerState, Reply};
 
 const USER: u32 = 12346;
 
@@ -67,11 +68,9 @@ fn raw(c: &Cluster, line: &str, file: Option<(&Path, bool)>) -> (i64, String) {
         .lines()
         .find_map(|l| l.strip_prefix("REPLY: "))
         .unwrap_or_else(|| panic!("no reply from the attacker's client: {}", output_text(&out)));
-    let v: serde_json::Value = serde_json::from_str(reply).unwrap();
-    (
-        v["code"].as_i64().unwrap(),
-        v["message"].as_str().unwrap_or("").to_owned(),
-    )
+    // Whatever payload it carries is not looked at.
+    let (code, message, _) = done(parse_json::<Reply<serde::de::IgnoredAny>>(reply));
+    (i64::from(code), message)
 }
 
 #[test]
@@ -300,10 +299,7 @@ fn group_members_see_only_their_own_backups() {
     c.cli_ok(0, &["backup", roots.to_str().unwrap(), "-r", "2"], 0);
     let o = user_cli(&c, &["backup", mine.to_str().unwrap(), "-r", "2"]);
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
-    let root_id = file_entries(&c.state(0), &roots)[0]["file_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let root_id = c.peer(0).state().versions_of(&roots)[0].file_id.clone();
 
     for args in [
         vec!["state", "--json"],
@@ -320,11 +316,11 @@ fn group_members_see_only_their_own_backups() {
     let o = user_cli(&c, &["versions", roots.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
     // A hosting peer: root sees the chunks it hosts, the user only the totals.
-    assert!(!c.state(1)["stored"].as_array().unwrap().is_empty());
+    assert!(!c.peer(1).state().stored.is_empty());
     let o = user_cli_on(&c, 1, &["state", "--json"]);
-    let state: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(state["stored"].as_array().unwrap().is_empty(), "{state}");
-    assert!(state["used_bytes"].as_u64().unwrap() > 0);
+    let state: PeerState = parse_json(&o.stdout);
+    assert!(state.stored.is_empty(), "{state:?}");
+    assert!(state.used_bytes > 0);
 }
 
 #[test]
@@ -467,9 +463,7 @@ fn a_watched_subfolder_swapped_for_a_symlink_leaks_nothing() {
     std::fs::write(&f, b"the user's own file\n").unwrap();
     assert!(
         wait_until(Duration::from_secs(20), || {
-            file_entries(&c.state(0), &f)
-                .iter()
-                .any(|e| e["complete"].as_bool() == Some(true))
+            c.peer(0).state().versions_of(&f).iter().any(|e| e.complete)
         }),
         "{}",
         c.log(0)
@@ -490,9 +484,7 @@ fn a_watched_subfolder_swapped_for_a_symlink_leaks_nothing() {
         );
     }
     assert!(
-        file_entries(&c.state(0), &f)
-            .iter()
-            .all(|e| e["size"].as_u64() != Some(marker.len() as u64)),
+        (c.peer(0).state().versions_of(&f).iter()).all(|e| e.size != marker.len() as u64),
         "the file behind the symlink was recorded as a version of {}",
         f.display()
     );

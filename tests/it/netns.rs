@@ -115,7 +115,7 @@ fn four_hosts_on_a_simulated_lan() {
     let p = data.to_str().unwrap();
 
     c.cli_ok(0, &["backup", p, "-r", "2"], 0);
-    assert!(min_rd(file_entries(&c.state(0), &data)[0]) >= 2);
+    assert!(c.peer(0).state().versions_of(&data)[0].min_rd() >= 2);
     std::fs::remove_file(&data).unwrap();
     c.cli_ok(0, &["restore", p], 0);
     assert_eq!(std::fs::read(&data).unwrap(), bytes);
@@ -124,17 +124,20 @@ fn four_hosts_on_a_simulated_lan() {
     c.cli_ok(3, &["reclaim", "100MB"], 0);
     c.cli_ok(1, &["reclaim", "0"], 0);
     assert!(
-        wait_until(Duration::from_secs(30), || min_rd(
-            file_entries(&c.state(0), &data)[0]
-        ) >= 2),
+        wait_until(Duration::from_secs(30), || c
+            .peer(0)
+            .state()
+            .versions_of(&data)[0]
+            .min_rd()
+            >= 2),
         "{}",
-        c.state(0)
+        c.peer(0).state()
     );
-    assert!(used_bytes(&c.state(3)) >= 5_000_000);
+    assert!(c.peer(3).state().used_bytes >= 5_000_000);
 
     c.cli_ok(0, &["delete", p], 0);
     assert!(wait_until(Duration::from_secs(10), || (1..HOSTS)
-        .all(|i| used_bytes(&c.state(i)) == 0)));
+        .all(|i| c.peer(i).state().used_bytes == 0)));
     drop(c);
     drop(lan);
 }

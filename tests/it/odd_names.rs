@@ -5,36 +5,18 @@
 
 use crate::common;
 
-use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
-
-/// A path of `state --json`: a string, or `{"bytes_hex": …}` for one that is not UTF-8.
-fn path_of(v: &Value) -> PathBuf {
-    match v {
-        Value::String(s) => PathBuf::from(s),
-        other => {
-            let hex = other["bytes_hex"].as_str().unwrap();
-            let bytes = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-                .collect();
-            PathBuf::from(OsString::from_vec(bytes))
-        }
-    }
-}
-
-fn complete_paths(state: &Value) -> Vec<PathBuf> {
-    state["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["complete"].as_bool() == Some(true))
-        .map(|f| path_of(&f["path"]))
+/// The paths of the complete versions in `state --json` (one that is not UTF-8 travels as
+/// `{"bytes_hex": …}`, read back to its bytes).
+fn complete_paths(state: &State) -> Vec<PathBuf> {
+    (state.files.iter())
+        .filter(|f| f.complete)
+        .map(|f| f.path.clone())
         .collect()
 }
 
@@ -85,24 +67,19 @@ fn odd_names_are_backed_up_listed_and_restored_under_their_own_names() {
         std::fs::write(path, bytes).unwrap();
     }
     let all_backed_up = |c: &Cluster| {
-        let done = complete_paths(&c.state(0));
+        let done = complete_paths(&c.peer(0).state());
         files.iter().all(|(p, _)| done.contains(p))
     };
     assert!(
         wait_until(Duration::from_secs(30), || all_backed_up(&c)),
         "the watcher backed up every name: {:?}\n{}",
-        complete_paths(&c.state(0)),
+        complete_paths(&c.peer(0).state()),
         c.log(0)
     );
     // One version each: no two names were taken for one path.
-    let state = c.state(0);
+    let state = c.peer(0).state();
     for (path, _) in &files {
-        let n = state["files"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|f| path_of(&f["path"]) == *path)
-            .count();
+        let n = state.files.iter().filter(|f| f.path == *path).count();
         assert_eq!(n, 1, "{}", path.display());
     }
     // Listed escaped, one line per version.
@@ -143,7 +120,7 @@ fn a_manual_backup_keeps_two_latin1_names_apart() {
         &c,
         &[name(b"backup"), name(b"-r"), name(b"2"), dir.as_os_str()],
     );
-    let done = complete_paths(&c.state(0));
+    let done = complete_paths(&c.peer(0).state());
     assert!(done.contains(&a) && done.contains(&b), "{done:?}");
     for (path, bytes) in [(&a, b"one"), (&b, b"two")] {
         std::fs::remove_file(path).unwrap();

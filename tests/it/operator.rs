@@ -8,6 +8,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 
 use common::*;
+use peerstash::control::{Amount, Nothing, PeerState, Reply, StatusReport};
 
 /// `script` (util-linux) is there to give a command a terminal.
 fn have_script() -> bool {
@@ -150,8 +151,8 @@ fn status_says_in_one_line_that_all_is_well_or_names_the_files_below_their_rd() 
     }
     assert!(out.contains("1 lost"), "{out}");
     let json = c.cli_ok(0, &["status", "--json"], 3);
-    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(v["degraded"].as_array().unwrap().len(), 3, "{json}");
+    let v: StatusReport = parse_json(&json);
+    assert_eq!(v.degraded.len(), 3, "{json}");
 }
 
 #[test]
@@ -200,23 +201,18 @@ fn json_progress_events_then_the_outcome() {
         &["backup", file.to_str().unwrap(), "-r", "2", "--json"],
         0,
     );
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+    let lines: Vec<Reply<Nothing>> = json_lines(&out);
     let (last, progress) = lines.split_last().unwrap();
-    assert_eq!(last["type"], "done", "{out}");
-    assert_eq!(last["code"], 0, "{out}");
-    assert!(progress.iter().all(|p| p["type"] == "progress"), "{out}");
-    let amounts: Vec<u64> = (progress.iter())
-        .filter_map(|p| p["amount"]["done"].as_u64())
+    assert!(matches!(last, Reply::Done { code: 0, .. }), "{out}");
+    let amounts: Vec<Amount> = (progress.iter())
+        .filter_map(|p| match p {
+            Reply::Progress { amount, .. } => *amount,
+            Reply::Done { .. } => panic!("a final line before the last: {out}"),
+        })
         .collect();
     assert!(!amounts.is_empty(), "{out}");
-    assert!(amounts.windows(2).all(|w| w[0] <= w[1]), "{out}");
-    assert!(
-        progress.iter().any(|p| p["amount"]["total"] == 1_000_000),
-        "{out}"
-    );
+    assert!(amounts.windows(2).all(|w| w[0].done <= w[1].done), "{out}");
+    assert!(amounts.iter().any(|a| a.total == 1_000_000), "{out}");
 }
 
 #[test]
@@ -247,8 +243,8 @@ fn state_is_limited_to_a_path_and_goes_through_the_pager_on_a_terminal() {
         "hosted chunks have no path: {out}"
     );
     let json = c.cli_ok(0, &["state", "--json", a.to_str().unwrap()], 0);
-    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(v["files"].as_array().unwrap().len(), 2, "{json}");
+    let v: PeerState = parse_json(&json);
+    assert_eq!(v.files.len(), 2, "{json}");
     // The whole report still lists all three and the hosted chunks (none here: peer 1 hosts
     // nothing, its quota is 0).
     let all = c.cli_ok(0, &["state"], 0);

@@ -295,7 +295,7 @@ fn a_peer_down_during_delete_frees_the_chunks_when_back() {
             .all(|&i| c.peer(i).state().stored_of(&file_id).is_empty())
     });
     assert!(freed, "the running peers freed the chunks:\n{}", c.dump());
-    let unacked_down = c.state(0).get("unacked_deletes").cloned();
+    let unacked_down = c.peer(0).state().unacked_deletes;
 
     let start = Instant::now();
     c.spawn(victim);
@@ -325,20 +325,16 @@ fn a_peer_down_during_delete_frees_the_chunks_when_back() {
         c.log(victim)
     );
 
-    // The home peer's count of deletes not yet confirmed by every holder (another engineer is
-    // adding the key: without it, there is nothing to check yet).
-    if c.state(0).get("unacked_deletes").is_some() {
-        let acked = wait_until(Duration::from_secs(5), || {
-            c.state(0)["unacked_deletes"].as_u64() == Some(0)
-        });
-        assert!(
-            acked,
-            "peer 1 still counts unacknowledged deletes: {}",
-            c.state(0)["unacked_deletes"]
-        );
-    } else {
-        eprintln!("state --json has no unacked_deletes yet: not checked");
-    }
+    // The home peer's count of deletes not yet confirmed by every holder (`unacked_deletes`,
+    // always in `state --json` now).
+    let acked = wait_until(Duration::from_secs(5), || {
+        c.peer(0).state().unacked_deletes == 0
+    });
+    assert!(
+        acked,
+        "peer 1 still counts unacknowledged deletes: {}",
+        c.peer(0).state().unacked_deletes
+    );
 }
 
 /// SPEC §3 Reclaim / repair: holders not heard for `peer.holder_timeout` are dropped from the

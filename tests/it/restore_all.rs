@@ -5,6 +5,7 @@
 use crate::common;
 
 use common::*;
+use peerstash::control::{Amount, Reply, RestoreAllSummary};
 
 #[test]
 fn restore_all_brings_back_every_watched_file_with_its_mode_and_mtime() {
@@ -34,25 +35,26 @@ fn restore_all_brings_back_every_watched_file_with_its_mode_and_mtime() {
         &["restore", "--all", "--json", dest.path().to_str().unwrap()],
         0,
     );
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+    let mut lines: Vec<Reply<RestoreAllSummary>> = json_lines(&out);
+    let (code, _, summary) = done(lines.pop().expect("an outcome"));
+    assert_eq!(code, 0, "{out}");
+    let summary = summary.unwrap_or_else(|| panic!("no counts: {out}"));
+    assert_eq!(summary.restored, 50, "{out}");
+    assert_eq!(summary.failed, 0, "{out}");
+    let progress: Vec<(&str, Option<Amount>)> = (lines.iter())
+        .filter_map(|p| match p {
+            Reply::Progress { message, amount } => Some((message.as_str(), *amount)),
+            Reply::Done { .. } => None,
+        })
         .collect();
-    let (done, progress) = lines.split_last().unwrap();
-    assert_eq!(done["type"], "done", "{out}");
-    assert_eq!(done["code"], 0, "{out}");
-    assert_eq!(done["data"]["restored"], 50, "{out}");
-    assert_eq!(done["data"]["failed"], 0, "{out}");
     let counted: Vec<u64> = (progress.iter())
-        .filter_map(|p| p["amount"]["done"].as_u64())
+        .filter_map(|(_, a)| a.map(|a| a.done))
         .collect();
     assert!(counted.windows(2).all(|w| w[0] <= w[1]), "{out}");
     assert_eq!(counted.last(), Some(&50), "{out}");
     assert_eq!(
         (progress.iter())
-            .filter(|p| p["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("restored")))
+            .filter(|(m, _)| m.contains("restored"))
             .count(),
         50,
         "{out}"

@@ -108,11 +108,11 @@ fn swapped_after_backup() -> Scene {
     let c = Cluster::start_with(&["0", "30 MiB", "30 MiB"], &[&watch]);
     let files = ["docs/zz-evil.sh", "docs/cron/zz-evil", "notes.txt"].map(|f| home.join(f));
     let backed_up = || {
-        c.try_state(0).is_some_and(|s| {
+        c.peer(0).try_state().ok().is_some_and(|s| {
             files.iter().all(|f| {
-                file_entries(&s, f)
+                s.versions_of(f)
                     .iter()
-                    .any(|e| min_rd(e) >= 2 && e["complete"].as_bool() == Some(true))
+                    .any(|e| e.min_rd() >= 2 && e.complete)
             })
         })
     };

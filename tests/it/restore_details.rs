@@ -28,21 +28,19 @@ fn a_restore_takes_the_newest_complete_version() {
         .spawn()
         .unwrap();
     let started = wait_until(Duration::from_secs(30), || {
-        file_entries(&c.state(0), &f).len() == 2
+        c.peer(0).state().versions_of(&f).len() == 2
     });
     assert!(started, "version 2 was never recorded");
     c.kill(0);
     let _ = backup.wait();
     c.spawn(0);
     c.wait_ready(0);
-    let versions = file_entries(&c.state(0), &f)
+    let versions = c
+        .peer(0)
+        .state()
+        .versions_of(&f)
         .iter()
-        .map(|e| {
-            (
-                e["version"].as_u64().unwrap(),
-                e["complete"].as_bool().unwrap(),
-            )
-        })
+        .map(|e| (e.version, e.complete))
         .collect::<Vec<_>>();
     assert_eq!(
         versions,

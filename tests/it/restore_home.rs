@@ -60,13 +60,11 @@ fn write(path: &Path, bytes: &[u8]) {
 }
 
 /// Waits until every path is backed up at RD `rd` in a version of `size` bytes.
-fn wait_backed_up(c: &Cluster, rd: u64, paths: &[(PathBuf, usize)]) {
+fn wait_backed_up(c: &Cluster, rd: u32, paths: &[(PathBuf, usize)]) {
     let done = || {
-        c.try_state(0).is_some_and(|s| {
+        c.peer(0).try_state().is_ok_and(|s| {
             paths.iter().all(|(p, size)| {
-                file_entries(&s, p)
-                    .iter()
-                    .any(|f| min_rd(f) >= rd && f["size"] == *size as u64)
+                (s.versions_of(p).iter()).any(|f| f.min_rd() >= rd && f.size == *size as u64)
             })
         })
     };
@@ -435,7 +433,8 @@ fn folders_asker() {
         return;
     };
     let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    let line = serde_json::json!({"cmd": "folders", "path": path}).to_string();
+    let line =
+        serde_json::to_string(&peerstash::control::Request::Folders { path: path.into() }).unwrap();
     s.write_all(format!("{line}\n").as_bytes()).unwrap();
     for line in std::io::BufReader::new(s).lines() {
         println!("ANSWER {}", line.unwrap());

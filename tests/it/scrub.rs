@@ -50,8 +50,10 @@ fn scrub_drops_damaged_copies_and_the_chunks_are_made_again() {
 
     // REMOVED reached the others: each chunk is made again on the peer that had no copy.
     let at_rd = || {
-        c.try_state(0)
-            .is_some_and(|s| file_entries(&s, &file).iter().any(|f| min_rd(f) >= 2))
+        c.peer(0)
+            .try_state()
+            .ok()
+            .is_some_and(|s| s.versions_of(&file).iter().any(|f| f.min_rd() >= 2))
     };
     assert!(
         wait_until(Duration::from_secs(30), || at_rd() && copies() >= 2 * 5),

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
+use peerstash::control::PeerState;
 
 fn watch_table(dir: &Path, extra: &str) -> String {
     format!(
@@ -18,17 +18,14 @@ fn watch_table(dir: &Path, extra: &str) -> String {
 }
 
 /// Versions of `path` in the home peer's state, newest last.
-fn versions_of(state: &Value, path: &Path) -> Vec<u64> {
-    file_entries(state, path)
-        .iter()
-        .map(|f| f["version"].as_u64().unwrap())
-        .collect()
+fn versions_of(state: &State, path: &Path) -> Vec<u32> {
+    state.versions_of(path).iter().map(|f| f.version).collect()
 }
 
-fn backed_up_at_rd(c: &Cluster, path: &Path, rd: u64) -> bool {
-    let s = c.state(0);
-    let e = file_entries(&s, path);
-    e.last().is_some_and(|f| min_rd(f) >= rd) && s["queue_length"] == 0
+fn backed_up_at_rd(c: &Cluster, path: &Path, rd: u32) -> bool {
+    let s = c.peer(0).state();
+    let e = s.versions_of(path);
+    e.last().is_some_and(|f| f.min_rd() >= rd) && s.queue_length == 0
 }
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -54,33 +51,24 @@ fn watched_folder_is_backed_up_versioned_and_expired() {
         assert!(
             wait_until(WAIT, || backed_up_at_rd(&c, p, 2)),
             "{p:?} backed up at RD 2: {}",
-            c.state(0)
+            c.peer(0).state()
         );
     }
     assert!(
-        file_entries(&c.state(0), &t).is_empty(),
+        c.peer(0).state().versions_of(&t).is_empty(),
         "excluded file backed up"
     );
 
     // Modified: a new version; once it is replicated the old one is deleted (keep_versions 1).
-    let old_id = file_entries(&c.state(0), &a)[0]["file_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let old_id = c.peer(0).state().versions_of(&a)[0].file_id.clone();
     std::fs::write(&a, b"second version, longer").unwrap();
     assert!(
-        wait_until(WAIT, || versions_of(&c.state(0), &a) == vec![2]),
+        wait_until(WAIT, || versions_of(&c.peer(0).state(), &a) == vec![2]),
         "only version 2 kept: {:?}",
-        versions_of(&c.state(0), &a)
+        versions_of(&c.peer(0).state(), &a)
     );
     let old_gone = wait_until(Duration::from_secs(5), || {
-        (1..3).all(|i| {
-            c.state(i)["stored"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|h| h["file_id"] != old_id.as_str())
-        })
+        (1..3).all(|i| c.peer(i).state().stored.iter().all(|h| h.file_id != old_id))
     });
     assert!(
         old_gone,
@@ -110,13 +98,21 @@ fn watched_folder_is_backed_up_versioned_and_expired() {
     assert!(
         wait_until(WAIT, || backed_up_at_rd(&c, &b2, 2)),
         "{}",
-        c.state(0)
+        c.peer(0).state()
     );
-    assert!(wait_until(WAIT, || file_entries(&c.state(0), &b).is_empty()));
+    assert!(wait_until(WAIT, || c
+        .peer(0)
+        .state()
+        .versions_of(&b)
+        .is_empty()));
 
     // Deleted: its versions are deleted at once (keep_deleted 0s).
     std::fs::remove_file(&n).unwrap();
-    assert!(wait_until(WAIT, || file_entries(&c.state(0), &n).is_empty()));
+    assert!(wait_until(WAIT, || c
+        .peer(0)
+        .state()
+        .versions_of(&n)
+        .is_empty()));
     drop(tmp);
 }
 
@@ -144,14 +140,14 @@ fn changes_made_while_stopped_are_found_at_start() {
     assert!(
         wait_until(WAIT, || backed_up_at_rd(&c, &added, 2)),
         "{}",
-        c.state(0)
+        c.peer(0).state()
     );
     assert!(wait_until(WAIT, || {
-        let s = c.state(0);
-        versions_of(&s, &changed) == vec![2] && file_entries(&s, &removed).is_empty()
+        let s = c.peer(0).state();
+        versions_of(&s, &changed) == vec![2] && s.versions_of(&removed).is_empty()
     }));
     assert_eq!(
-        versions_of(&c.state(0), &kept),
+        versions_of(&c.peer(0).state(), &kept),
         vec![1],
         "unchanged file not backed up again"
     );
@@ -164,7 +160,7 @@ fn sighup_with_a_lower_quota_frees_space_and_peers_restore_rd() {
     let data = c.dir.path().canonicalize().unwrap().join("f.bin");
     std::fs::write(&data, random_bytes(500_000)).unwrap();
     c.cli_ok(0, &["backup", data.to_str().unwrap(), "-r", "2"], 0);
-    assert_eq!(used_bytes(&c.state(3)), 0);
+    assert_eq!(c.peer(3).state().used_bytes, 0);
 
     // A bad config on reload is refused; the running one stays.
     std::fs::write(&c.peer(1).config, "[peer]\nid = \"two\"\n").unwrap();
@@ -179,28 +175,35 @@ fn sighup_with_a_lower_quota_frees_space_and_peers_restore_rd() {
         .args(["state", "--json"])
         .output()
         .unwrap();
-    let state: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(state["quota_bytes"], 100_000_000);
+    let state: PeerState = parse_json(&out.stdout);
+    assert_eq!(state.quota_bytes, 100_000_000);
 
     c.rewrite_config(3, "100MB", "");
     c.reload(3);
-    assert!(wait_until(Duration::from_secs(5), || c.state(3)
-        ["quota_bytes"]
+    assert!(wait_until(Duration::from_secs(5), || c
+        .peer(3)
+        .state()
+        .quota_bytes
         == 100_000_000));
     c.rewrite_config(1, "0", "");
     c.reload(1);
-    assert!(wait_until(Duration::from_secs(5), || used_bytes(
-        &c.state(1)
-    ) == 0));
-    assert_eq!(c.state(1)["quota_bytes"], 0);
+    assert!(wait_until(Duration::from_secs(5), || c
+        .peer(1)
+        .state()
+        .used_bytes
+        == 0));
+    assert_eq!(c.peer(1).state().quota_bytes, 0);
     assert!(
-        wait_until(Duration::from_secs(20), || min_rd(
-            file_entries(&c.state(0), &data)[0]
-        ) >= 2),
+        wait_until(Duration::from_secs(20), || c
+            .peer(0)
+            .state()
+            .versions_of(&data)[0]
+            .min_rd()
+            >= 2),
         "RD restored: {}",
-        c.state(0)
+        c.peer(0).state()
     );
-    assert!(used_bytes(&c.state(3)) >= 500_000);
+    assert!(c.peer(3).state().used_bytes >= 500_000);
     assert_eq!(c.stop_status(1), Some(0), "SIGTERM ends cleanly");
 }
 
@@ -258,19 +261,19 @@ fn reload_starts_new_watches_and_applies_a_new_rd() {
     assert!(
         wait_until(WAIT, || backed_up_at_rd(&c, &f, 1)),
         "{}",
-        c.state(0)
+        c.peer(0).state()
     );
-    assert_eq!(file_entries(&c.state(0), &f)[0]["desired_rd"], 1);
+    assert_eq!(c.peer(0).state().versions_of(&f)[0].desired_rd, 1);
     c.rewrite_config(0, "0", &table(3));
     c.reload(0);
     assert!(
         wait_until(WAIT, || {
-            let s = c.state(0);
-            let e = file_entries(&s, &f);
-            e.len() == 1 && e[0]["desired_rd"] == 3 && min_rd(e[0]) >= 3
+            let s = c.peer(0).state();
+            let e = s.versions_of(&f);
+            e.len() == 1 && e[0].desired_rd == 3 && e[0].min_rd() >= 3
         }),
         "RD raised to 3 on the same version: {}",
-        c.state(0)
+        c.peer(0).state()
     );
     // A removed watch stops: new files there are not backed up (existing backups stay).
     c.rewrite_config(0, "0", "");
@@ -281,8 +284,8 @@ fn reload_starts_new_watches_and_applies_a_new_rd() {
     let g = dir.join("ignored.txt");
     std::fs::write(&g, b"not watched any more").unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    let s = c.state(0);
-    assert!(file_entries(&s, &g).is_empty());
-    assert_eq!(file_entries(&s, &f).len(), 1);
+    let s = c.peer(0).state();
+    assert!(s.versions_of(&g).is_empty());
+    assert_eq!(s.versions_of(&f).len(), 1);
     drop(tmp);
 }

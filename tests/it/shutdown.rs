@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
+use peerstash::control::{FileState, PeerState};
 
 /// What a stopping daemon gets (a behaviour bound: systemd's users wait for it).
 const STOP_BOUND: Duration = Duration::from_secs(5);
@@ -114,13 +114,10 @@ fn sigterm(c: &Cluster, i: usize) {
 }
 
 /// The chunk numbers of a file entry whose perceived RD is at least `rd`.
-fn chunks_at(file: &Value, rd: u64) -> BTreeSet<u32> {
-    file["chunks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["perceived_rd"].as_u64().unwrap() >= rd)
-        .map(|c| c["chunk_no"].as_u64().unwrap() as u32)
+fn chunks_at(file: &FileState, rd: u32) -> BTreeSet<u32> {
+    (file.chunks.iter())
+        .filter(|c| c.perceived_rd >= rd)
+        .map(|c| c.chunk_no)
         .collect()
 }
 
@@ -157,10 +154,10 @@ fn sigterm_during_a_backup_stops_cleanly_and_the_restart_sends_only_missing_chun
     write_big_file(&base.join("staging.bin"), &big, SIZE);
 
     // Caught in the middle: some chunks confirmed by both other peers, most not yet.
-    let mut caught: Option<Value> = None;
+    let mut caught: Option<State> = None;
     let in_progress = wait_until(Duration::from_secs(180), || {
-        let s = c.state(0);
-        let entry = file_entries(&s, &big).last().map(|f| (*f).clone());
+        let s = c.peer(0).state();
+        let entry = s.versions_of(&big).last().map(|f| (*f).clone());
         match entry {
             Some(f) if (CHUNKS / 20..CHUNKS / 2).contains(&chunks_at(&f, 2).len()) => {
                 caught = Some(s);
@@ -175,15 +172,11 @@ fn sigterm_during_a_backup_stops_cleanly_and_the_restart_sends_only_missing_chun
         c.log(0)
     );
     let s = caught.unwrap();
-    let file = file_entries(&s, &big)[0].clone();
-    let file_id = file["file_id"].as_str().unwrap().to_owned();
+    let file = s.versions_of(&big)[0].clone();
+    let file_id = file.file_id.clone();
     // The queue's worker says what it is doing.
-    let busy = s["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|w| w["state"] == "busy" && w["path"] == big.to_str().unwrap());
-    assert!(busy, "a queue worker busy with {big:?}: {}", s["workers"]);
+    let busy = (s.workers.iter()).any(|w| w.state == "busy" && w.path.as_ref() == Some(&big));
+    assert!(busy, "a queue worker busy with {big:?}: {:?}", s.workers);
     if nix::unistd::geteuid().is_root() {
         // Another user of the socket's group sees the workers, not the paths.
         user_home(&c, USER);
@@ -195,13 +188,10 @@ fn sigterm_during_a_backup_stops_cleanly_and_the_restart_sends_only_missing_chun
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");
-        let theirs: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let workers = theirs["workers"].as_array().unwrap();
-        assert!(workers.iter().any(|w| w["state"] == "busy"), "{workers:?}");
-        assert!(
-            workers.iter().all(|w| w.get("path").is_none()),
-            "{workers:?}"
-        );
+        let theirs: PeerState = parse_json(&out.stdout);
+        let workers = &theirs.workers;
+        assert!(workers.iter().any(|w| w.state == "busy"), "{workers:?}");
+        assert!(workers.iter().all(|w| w.path.is_none()), "{workers:?}");
     }
 
     let confirmed = chunks_at(&file, 2);
@@ -241,19 +231,15 @@ fn sigterm_during_a_backup_stops_cleanly_and_the_restart_sends_only_missing_chun
     c.spawn(0);
     c.wait_ready(0);
     let done = wait_until(Duration::from_secs(240), || {
-        let s = c.state(0);
-        let e = file_entries(&s, &big);
-        e.len() == 1 && e[0]["complete"] == true && min_rd(e[0]) >= 2
+        let s = c.peer(0).state();
+        let e = s.versions_of(&big);
+        e.len() == 1 && e[0].complete && e[0].min_rd() >= 2
     });
     assert!(done, "the backup completes after the restart: {}", c.log(0));
-    let s = c.state(0);
-    let after = file_entries(&s, &big)[0];
-    assert_eq!(
-        after["file_id"],
-        file_id.as_str(),
-        "the same version resumed"
-    );
-    assert_eq!(after["chunks"].as_array().unwrap().len(), CHUNKS);
+    let s = c.peer(0).state();
+    let after = s.versions_of(&big)[0];
+    assert_eq!(after.file_id, file_id, "the same version resumed");
+    assert_eq!(after.chunks.len(), CHUNKS);
 
     std::thread::sleep(Duration::from_millis(500));
     let sent: BTreeSet<u32> = snoop.chunks_since(restart, &file_id).into_iter().collect();
@@ -282,13 +268,8 @@ fn sigterm_during_a_backup_stops_cleanly_and_the_restart_sends_only_missing_chun
 fn sigterm_while_idle_stops_at_once_and_removes_the_socket() {
     let mut c = Cluster::start(&["1MB"]);
     assert!(c.peer(0).socket.exists());
-    let s = c.state(0);
-    let names: Vec<&str> = s["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["name"].as_str().unwrap())
-        .collect();
+    let s = c.peer(0).state();
+    let names: Vec<&str> = s.workers.iter().map(|w| w.name.as_str()).collect();
     for name in [
         "queue 1",
         "queue 2",
@@ -331,10 +312,8 @@ fn a_request_running_at_sigterm_is_told_it_was_cut() {
         .spawn()
         .unwrap();
     let started = wait_until(Duration::from_secs(120), || {
-        let s = c.state(0);
-        file_entries(&s, &file)
-            .last()
-            .is_some_and(|f| !chunks_at(f, 1).is_empty() && f["complete"] == false)
+        let s = c.peer(0).state();
+        (s.versions_of(&file).last()).is_some_and(|f| !chunks_at(f, 1).is_empty() && !f.complete)
     });
     assert!(started, "the backup started: {}", c.log(0));
     sigterm(&c, 0);

@@ -380,7 +380,7 @@ fn refusals_never_name_another_users_files() {
         );
     }
     // Nothing of alice's was deleted; the user's own delete still works.
-    assert_eq!(file_entries(&c.state(0), &secret).len(), 1);
+    assert_eq!(c.peer(0).state().versions_of(&secret).len(), 1);
     let (code, text) = user(&["delete", mine.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{text}");
 }

@@ -10,38 +10,34 @@ use crate::common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
+use peerstash::control::{PeerInfo, PeersReport, StatusReport};
 
 /// `status --json` on peer i: its exit status and its report.
-fn status(c: &Cluster, i: usize) -> (Option<i32>, Value) {
+fn status(c: &Cluster, i: usize) -> (Option<i32>, StatusReport) {
     let out = c.cli(i, &["status", "--json"]);
     let v = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("status --json: {e}: {}\n{}", output_text(&out), c.log(i)));
     (out.status.code(), v)
 }
 
-fn problems(v: &Value) -> Vec<String> {
-    (v["problems"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no problems list: {v}")))
-    .iter()
-    .map(|p| p.as_str().unwrap().to_owned())
-    .collect()
+fn problems(v: &StatusReport) -> Vec<String> {
+    v.problems.clone()
 }
 
 /// Waits up to `secs` for peer i's `status` to exit `code`; its report then.
-fn wait_status(c: &Cluster, i: usize, code: i32, secs: u64) -> Value {
-    let mut last = (None, Value::Null);
+fn wait_status(c: &Cluster, i: usize, code: i32, secs: u64) -> StatusReport {
+    let mut last = None;
     let reached = wait_until(Duration::from_secs(secs), || {
-        last = status(c, i);
-        last.0 == Some(code)
+        let (got, v) = status(c, i);
+        last = Some((got, v));
+        got == Some(code)
     });
     assert!(
         reached,
         "status never exited {code}: {last:?}\n{}",
         c.dump()
     );
-    last.1
+    last.expect("status ran at least once").1
 }
 
 fn watch(root: &std::path::Path, quiet: &str) -> String {
@@ -71,8 +67,8 @@ fn status_exits_6_while_queued_0_when_all_is_safe_3_below_rd_and_5_with_a_folder
         spec("100MB", String::new()),
     ]);
     let v = wait_status(&c, 0, 6, 15);
-    assert_eq!(problems(&v), ["queue_not_drained"], "{v}");
-    assert_eq!(v["files"], 0, "{v}");
+    assert_eq!(problems(&v), ["queue_not_drained"], "{v:?}");
+    assert_eq!(v.files, 0, "{v:?}");
     let text = c.cli_ok(0, &["status"], 6);
     assert!(text.starts_with("nothing backed up yet\n"), "{text}");
     assert!(
@@ -84,13 +80,13 @@ fn status_exits_6_while_queued_0_when_all_is_safe_3_below_rd_and_5_with_a_folder
     c.rewrite_config(0, "0", &watch(&root, "200ms"));
     c.restart(0);
     let v = wait_status(&c, 0, 0, 60);
-    assert_eq!(problems(&v), Vec::<String>::new(), "{v}");
+    assert_eq!(problems(&v), Vec::<String>::new(), "{v:?}");
+    assert_eq!((v.files, v.healthy), (5, 5), "{v:?}");
     assert_eq!(
-        (v["files"].clone(), v["healthy"].clone()),
-        (5.into(), 5.into()),
-        "{v}"
+        v.catalog_snapshot.as_ref().map(|s| s.at_rd),
+        Some(true),
+        "{v:?}"
     );
-    assert_eq!(v["catalog_snapshot"]["at_rd"], true, "{v}");
     let text = c.cli_ok(0, &["status"], 0);
     assert!(text.starts_with("all 5 files at their RD\n"), "{text}");
     assert!(!text.contains("not healthy"), "{text}");
@@ -98,13 +94,17 @@ fn status_exits_6_while_queued_0_when_all_is_safe_3_below_rd_and_5_with_a_folder
     // A holder dies for good: every file is below RD 2 once it is counted lost.
     c.kill(2);
     let v = wait_status(&c, 0, 3, 30);
-    assert_eq!(problems(&v)[0], "below_rd", "{v}");
+    assert_eq!(problems(&v)[0], "below_rd", "{v:?}");
     // The catalog snapshot that reached RD 2 lost that holder too: not counted at its RD.
     assert!(
         problems(&v).contains(&"no_snapshot_at_rd".to_string()),
-        "{v}"
+        "{v:?}"
     );
-    assert_eq!(v["catalog_snapshot"]["at_rd"], false, "{v}");
+    assert_eq!(
+        v.catalog_snapshot.as_ref().map(|s| s.at_rd),
+        Some(false),
+        "{v:?}"
+    );
     let text = c.cli_ok(0, &["status"], 3);
     assert!(text.contains("not healthy: files below their RD"), "{text}");
     // One other peer (peer 2) holds ours; RD 2 needs two.
@@ -120,7 +120,7 @@ fn status_exits_6_while_queued_0_when_all_is_safe_3_below_rd_and_5_with_a_folder
     std::fs::rename(&root, &away).unwrap();
     let v = wait_status(&c, 0, 5, 30);
     let p = problems(&v);
-    assert_eq!(p[..2], ["folder_unavailable", "below_rd"], "{v}");
+    assert_eq!(p[..2], ["folder_unavailable", "below_rd"], "{v:?}");
     let text = c.cli_ok(0, &["status"], 5);
     assert!(text.contains("UNAVAILABLE"), "{text}");
     assert!(
@@ -145,9 +145,9 @@ fn status_exits_7_while_no_catalog_snapshot_is_at_its_rd() {
     // Before the first snapshot is taken (within a minute of a backup by hand), and after,
     // below its RD: 7 both times.
     let (code, v) = status(&c, 0);
-    assert_eq!(code, Some(7), "{v}");
-    assert_eq!(problems(&v), ["no_snapshot_at_rd"], "{v}");
-    assert_eq!(v["catalog_snapshot"], Value::Null, "{v}");
+    assert_eq!(code, Some(7), "{v:?}");
+    assert_eq!(problems(&v), ["no_snapshot_at_rd"], "{v:?}");
+    assert_eq!(v.catalog_snapshot, None, "{v:?}");
     let out = c.cli(0, &["snapshot"]);
     assert!(
         output_text(&out).contains("below their RD"),
@@ -155,9 +155,13 @@ fn status_exits_7_while_no_catalog_snapshot_is_at_its_rd() {
         output_text(&out)
     );
     let (code, v) = status(&c, 0);
-    assert_eq!(code, Some(7), "{v}");
-    assert_eq!(problems(&v), ["no_snapshot_at_rd"], "{v}");
-    assert_eq!(v["catalog_snapshot"]["at_rd"], false, "{v}");
+    assert_eq!(code, Some(7), "{v:?}");
+    assert_eq!(problems(&v), ["no_snapshot_at_rd"], "{v:?}");
+    assert_eq!(
+        v.catalog_snapshot.as_ref().map(|s| s.at_rd),
+        Some(false),
+        "{v:?}"
+    );
     let text = c.cli_ok(0, &["status"], 7);
     assert!(text.starts_with("all 1 file at their RD\n"), "{text}");
     assert!(text.contains("below its RD"), "{text}");
@@ -180,10 +184,12 @@ fn status_says_why_files_stay_below_rd_when_a_peer_reclaimed_all_its_space() {
     c.cli_ok(2, &["reclaim", "0"], 0);
     let why = "1 file below RD for want of peers: only 1 other peer holds chunks of ours and RD 2 needs 2; 1 other peer heard holds none (a quota of 0, or no room left)";
     // (Who was heard reaches the catalog once a second.)
-    let mut last = (None, Value::Null);
+    let mut last = None;
     let said = wait_until(Duration::from_secs(30), || {
-        last = status(&c, 0);
-        last.0 == Some(3) && last.1["below_rd_why"] == why
+        let (code, v) = status(&c, 0);
+        let seen = code == Some(3) && v.below_rd_why.as_deref() == Some(why);
+        last = Some((code, v));
+        seen
     });
     assert!(said, "{last:?}\n{}", c.dump());
     let text = c.cli_ok(0, &["status"], 3);
@@ -202,19 +208,18 @@ fn peers_right_after_a_restart_says_unknown_yet_until_a_peer_is_heard() {
         c.cli_ok(0, &["backup", f.to_str().unwrap(), "-r", "1"], 0);
     };
     // Read as JSON, field by field: what a script reads.
-    let two = |c: &Cluster, i: usize, id: u32| -> Value {
+    let two = |c: &Cluster, i: usize, id: u32| -> PeerInfo {
         let out = c.cli_ok(i, &["peers", "--json"], 0);
-        let v: Value = serde_json::from_str(&out).unwrap();
-        (v["peers"].as_array().unwrap().iter())
-            .find(|p| p["id"] == id)
-            .cloned()
+        let v: PeersReport = parse_json(&out);
+        (v.peers.into_iter())
+            .find(|p| p.id == id)
             .unwrap_or_else(|| panic!("peer {id} not listed: {out}"))
     };
     // Peer 2's STORED (tagged 1.0, with its INC line) says it speaks 2.0.
     backup(&c, "a.bin");
     let heard = wait_until(Duration::from_secs(3), || {
         let p = two(&c, 0, 2);
-        p["protocol"] == "2.0" && p["last_heard_ms"].is_i64()
+        p.protocol.as_deref() == Some("2.0") && p.last_heard_ms.is_some()
     });
     assert!(heard, "{:?}", c.peer(0).peers());
 
@@ -223,13 +228,9 @@ fn peers_right_after_a_restart_says_unknown_yet_until_a_peer_is_heard() {
     c.restart(0);
     let p = two(&c, 0, 2);
     // (On the code before: "2.0" and a time from before the restart.)
-    assert_eq!(
-        (&p["protocol"], &p["last_heard_ms"]),
-        (&Value::Null, &Value::Null),
-        "{p}"
-    );
-    assert_eq!(p["heard_since_start"], false, "{p}");
-    assert!(p["last_heard_before_start_ms"].is_i64(), "{p}");
+    assert_eq!((&p.protocol, &p.last_heard_ms), (&None, &None), "{p:?}");
+    assert!(!p.heard_since_start, "{p:?}");
+    assert!(p.last_heard_before_start_ms.is_some(), "{p:?}");
     let text = c.cli_ok(0, &["peers"], 0);
     let line = (text.lines())
         .find(|l| l.split_whitespace().next() == Some("2"))
@@ -241,7 +242,7 @@ fn peers_right_after_a_restart_says_unknown_yet_until_a_peer_is_heard() {
     backup(&c, "b.bin");
     let heard = wait_until(Duration::from_secs(3), || {
         let p = two(&c, 0, 2);
-        p["heard_since_start"] == true && p["protocol"] == "2.0" && p["last_heard_ms"].is_i64()
+        p.heard_since_start && p.protocol.as_deref() == Some("2.0") && p.last_heard_ms.is_some()
     });
     assert!(heard, "{:?}", c.peer(0).peers());
 
@@ -249,11 +250,9 @@ fn peers_right_after_a_restart_says_unknown_yet_until_a_peer_is_heard() {
     // protocol unknown yet, not "1.0".
     c.restart(1);
     backup(&c, "c.bin");
-    let heard = wait_until(Duration::from_secs(3), || {
-        two(&c, 1, 1)["heard_since_start"] == true
-    });
+    let heard = wait_until(Duration::from_secs(3), || two(&c, 1, 1).heard_since_start);
     assert!(heard, "{:?}", c.peer(1).peers());
     let p = two(&c, 1, 1);
-    assert_ne!(p["protocol"], "1.0", "{p}");
-    assert!(p["last_heard_ms"].is_i64(), "{p}");
+    assert_ne!(p.protocol.as_deref(), Some("1.0"), "{p:?}");
+    assert!(p.last_heard_ms.is_some(), "{p:?}");
 }

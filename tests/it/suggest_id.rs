@@ -6,7 +6,8 @@ use crate::common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{needs_root, output_text, run_within, PEERSTASH};
+use common::{done, needs_root, output_text, parse_json, run_within, PEERSTASH};
+use peerstash::control::{Reply, SuggestedId};
 
 fn suggest(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(PEERSTASH)
@@ -51,10 +52,11 @@ fn an_address_given_makes_the_id_and_the_output_says_how() {
         .args(["--json", "suggest-id", "--address", "10.0.1.2"])
         .output()
         .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["type"], "done");
-    assert_eq!(v["data"]["id"], 258);
-    assert_eq!(v["data"]["address"], "10.0.1.2");
+    let v: Reply<SuggestedId> = parse_json(&out.stdout);
+    let (_, _, data) = done(v);
+    let data = data.expect("a suggestion");
+    assert_eq!(data.id, 258);
+    assert_eq!(data.address, "10.0.1.2");
 }
 
 #[test]

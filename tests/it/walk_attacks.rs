@@ -132,8 +132,8 @@ fn a_kernel_file_that_reads_forever_is_refused_at_once() {
         later - answered
     );
     // Nothing was recorded for it.
-    let state = c.state(0);
-    assert!(file_entries(&state, Path::new(&pagemap)).is_empty());
+    let state = c.peer(0).state();
+    assert!(state.versions_of(Path::new(&pagemap)).is_empty());
     let _ = victim.kill();
     let _ = victim.wait();
 }
@@ -178,9 +178,14 @@ fn a_bind_mount_of_proc_in_a_watched_folder_is_never_read() {
     let c = Cluster::start_with(&["0", "20 MiB"], &[&watch]);
     let plain = root.join("plain.txt");
     assert!(
-        wait_until(Duration::from_secs(60), || c.try_state(0).is_some_and(
-            |s| file_entries(&s, &plain).iter().any(|f| min_rd(f) >= 1)
-        )),
+        wait_until(Duration::from_secs(60), || c
+            .peer(0)
+            .try_state()
+            .ok()
+            .is_some_and(|s| s
+                .versions_of(&plain)
+                .iter()
+                .any(|f| f.min_rd() >= 1))),
         "the plain file was not backed up:\n{}",
         c.dump()
     );
@@ -193,11 +198,9 @@ fn a_bind_mount_of_proc_in_a_watched_folder_is_never_read() {
     );
     // A few seconds more for anything queued from it.
     std::thread::sleep(Duration::from_secs(3));
-    let state = c.state(0);
-    let files = state["files"].as_array().cloned().unwrap_or_default();
-    let from_proc: Vec<_> = files
-        .iter()
-        .filter_map(|f| f["path"].as_str())
+    let state = c.peer(0).state();
+    let from_proc: Vec<_> = (state.files.iter())
+        .filter_map(|f| f.path.to_str())
         .filter(|p| Path::new(p).starts_with(root.join("kernel")))
         .collect();
     assert!(from_proc.is_empty(), "read from proc: {from_proc:?}");
@@ -282,8 +285,10 @@ fn a_chain_of_ten_thousand_folders_takes_neither_descriptors_nor_watches() {
     let c = Cluster::start_with(&["0", "20 MiB", "20 MiB"], &[&watch]);
     let daemon = c.pid(0).unwrap();
     let at_rd = |path: &Path| {
-        c.try_state(0)
-            .is_some_and(|s| file_entries(&s, path).iter().any(|f| min_rd(f) >= 2))
+        c.peer(0)
+            .try_state()
+            .ok()
+            .is_some_and(|s| s.versions_of(path).iter().any(|f| f.min_rd() >= 2))
     };
     // The descriptors are watched while the first scans run.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -352,12 +357,9 @@ fn a_chain_of_ten_thousand_folders_takes_neither_descriptors_nor_watches() {
         "the daemon holds {watches} inotify watches for a handful of folders and a chain"
     );
     // Nothing below the limit was backed up, and the bottom of the chain was never reached.
-    let state = c.state(0);
-    let deepest = state["files"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|f| f["path"].as_str())
+    let state = c.peer(0).state();
+    let deepest = (state.files.iter())
+        .filter_map(|f| f.path.to_str())
         .map(|p| {
             Path::new(p)
                 .strip_prefix(&root)

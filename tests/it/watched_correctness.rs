@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
+use peerstash::control::FileState;
 
 const WAIT: Duration = Duration::from_secs(30);
 const QUOTAS: [&str; 4] = ["0", "300MB", "300MB", "300MB"];
@@ -63,10 +63,9 @@ fn setup(watch: &Watch) -> (tempfile::TempDir, PathBuf, Cluster) {
 }
 
 /// The complete versions of `path` in peer 1's state, oldest first.
-fn complete(c: &Cluster, path: &Path) -> Vec<Value> {
-    file_entries(&c.state(0), path)
-        .into_iter()
-        .filter(|f| f["complete"] == true)
+fn complete(c: &Cluster, path: &Path) -> Vec<FileState> {
+    (c.peer(0).state().versions_of(path).into_iter())
+        .filter(|f| f.complete)
         .cloned()
         .collect()
 }
@@ -85,18 +84,16 @@ fn wait_complete_after(c: &Cluster, path: &Path, size: usize, rd: u64, after: u6
             .iter()
             .rev()
             .find(|f| {
-                f["size"] == size as u64
-                    && min_rd(f) >= rd
-                    && f["version"].as_u64().unwrap() > after
+                f.size == size as u64 && u64::from(f.min_rd()) >= rd && u64::from(f.version) > after
             })
-            .map(|f| f["version"].as_u64().unwrap());
+            .map(|f| u64::from(f.version));
         found.is_some()
     });
     assert!(
         ok,
         "{} backed up complete ({size} bytes, RD {rd}): {}",
         path.display(),
-        c.state(0)
+        c.peer(0).state()
     );
     found.unwrap()
 }
@@ -129,7 +126,7 @@ fn restored(c: &Cluster, path: &Path, version: u64) -> Vec<u8> {
 fn check_complete_versions(c: &Cluster, path: &Path, contents: &[&[u8]]) -> Vec<Vec<u8>> {
     let mut all = Vec::new();
     for f in complete(c, path) {
-        let v = f["version"].as_u64().unwrap();
+        let v = u64::from(f.version);
         let bytes = restored(c, path, v);
         assert!(
             contents.contains(&bytes.as_slice()),
@@ -144,9 +141,9 @@ fn check_complete_versions(c: &Cluster, path: &Path, contents: &[&[u8]]) -> Vec<
 
 fn wait_queue_empty(c: &Cluster) {
     assert!(
-        wait_until(WAIT, || c.state(0)["queue_length"] == 0),
+        wait_until(WAIT, || c.peer(0).state().queue_length == 0),
         "queue drained: {}",
-        c.state(0)
+        c.peer(0).state()
     );
 }
 
@@ -177,19 +174,19 @@ fn a_file_that_comes_back_keeps_its_backups() {
 
     // keep_deleted runs out: b.txt's version expires (so expiry did run) ...
     assert!(
-        wait_until(WAIT, || file_entries(&c.state(0), &b).is_empty()),
+        wait_until(WAIT, || c.peer(0).state().versions_of(&b).is_empty()),
         "b.txt, gone, expires: {}",
-        c.state(0)
+        c.peer(0).state()
     );
     // ... and one more expiry round passes.
     std::thread::sleep(Duration::from_secs(4));
     for (path, bytes, v) in [(&a, &a_bytes, va), (&r, &r_bytes, vr)] {
         let versions = complete(&c, path);
         assert!(
-            versions.iter().any(|f| f["version"] == v),
+            versions.iter().any(|f| u64::from(f.version) == v),
             "{} keeps its version {v}: {}",
             path.display(),
-            c.state(0)
+            c.peer(0).state()
         );
         assert_eq!(std::fs::read(path).unwrap(), *bytes, "unchanged locally");
         check_complete_versions(&c, path, &[bytes]);
@@ -254,7 +251,7 @@ fn a_change_during_a_rebackup_keeps_the_complete_version() {
     std::fs::write(&big, &old).unwrap();
     let v1 = wait_complete(&c, &big, old.len(), 2);
     wait_queue_empty(&c);
-    let v1_id = complete(&c, &big)[0]["file_id"].clone();
+    let v1_id = complete(&c, &big)[0].file_id.clone();
 
     c.rewrite_config(
         0,
@@ -278,9 +275,9 @@ fn a_change_during_a_rebackup_keeps_the_complete_version() {
     let kept = complete(&c, &big);
     assert!(
         kept.iter()
-            .any(|f| f["version"] == v1 && f["file_id"] == v1_id),
+            .any(|f| u64::from(f.version) == v1 && f.file_id == v1_id),
         "version 1 survives, complete: {}",
-        c.state(0)
+        c.peer(0).state()
     );
     assert_eq!(restored(&c, &big, v1), old, "version 1 restores");
     assert_eq!(restored(&c, &big, v2), new, "the change was backed up");
@@ -313,15 +310,15 @@ fn a_change_during_a_manual_backup_keeps_the_complete_version() {
     assert_eq!(out.status.code(), Some(1), "the backup reports the change");
 
     let kept = complete(&c, &f);
-    assert_eq!(kept.len(), 1, "version 1 is intact: {}", c.state(0));
-    assert_eq!(kept[0]["version"], 1);
+    assert_eq!(kept.len(), 1, "version 1 is intact: {}", c.peer(0).state());
+    assert_eq!(kept[0].version, 1);
     assert_eq!(restored(&c, &f, 1), old);
     c.cli_ok(0, &["backup", path, "-r", "3"], 0);
     assert_eq!(
         restored(&c, &f, 2),
         new,
         "the new content is version 2: {}",
-        c.state(0)
+        c.peer(0).state()
     );
     check_complete_versions(&c, &f, &[&old, &new]);
 }
@@ -368,7 +365,7 @@ fn a_manual_backup_of_a_file_already_at_its_rd_reads_nothing() {
     let before = bytes_read(pid);
     c.cli_ok(0, &["backup", path, "-r", "2"], 0);
     assert!(bytes_read(pid) - before < size as u64 / 2);
-    assert_eq!(complete(&c, &f).len(), 1, "{}", c.state(0));
+    assert_eq!(complete(&c, &f).len(), 1, "{}", c.peer(0).state());
 }
 
 /// Case 3: `rm x; mkdir x; echo > x/y`: when x's `keep_deleted` runs out, only x's versions go;
@@ -389,14 +386,14 @@ fn a_file_replaced_by_a_folder_keeps_the_files_below_it() {
     std::fs::write(&y, b"\n").unwrap();
     let vy = wait_complete(&c, &y, 1, 2);
     assert!(
-        wait_until(WAIT, || file_entries(&c.state(0), &x).is_empty()),
+        wait_until(WAIT, || c.peer(0).state().versions_of(&x).is_empty()),
         "the file x, gone, expires: {}",
-        c.state(0)
+        c.peer(0).state()
     );
     assert!(
-        complete(&c, &y).iter().any(|f| f["version"] == vy),
+        complete(&c, &y).iter().any(|f| u64::from(f.version) == vy),
         "x/y keeps its version: {}",
-        c.state(0)
+        c.peer(0).state()
     );
     assert_eq!(restored(&c, &y, vy), b"\n");
     check_complete_versions(&c, &y, &[b"\n"]);
@@ -445,7 +442,7 @@ fn a_change_keeping_size_and_mtime_is_backed_up() {
     assert!(
         wait_until(WAIT, || complete(&c, &f).len() == 2),
         "the change is backed up: {}",
-        c.state(0)
+        c.peer(0).state()
     );
     let v2 = wait_complete_after(&c, &f, v2_bytes.len(), 2, v1);
     assert_eq!(restored(&c, &f, v2), v2_bytes);
@@ -459,7 +456,7 @@ fn a_change_keeping_size_and_mtime_is_backed_up() {
     assert!(
         wait_until(WAIT, || complete(&c, &f).len() == 3),
         "the change made while stopped is backed up: {}",
-        c.state(0)
+        c.peer(0).state()
     );
     let v3 = wait_complete_after(&c, &f, v3_bytes.len(), 2, v2);
     assert_eq!(restored(&c, &f, v3), v3_bytes);
@@ -552,7 +549,7 @@ fn a_file_written_without_events_is_never_recorded_half_written() {
     let mut seen_complete = Vec::new();
     while !writer.is_finished() {
         for e in complete(&c, &f) {
-            seen_complete.push(e["size"].as_u64().unwrap());
+            seen_complete.push(e.size);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -560,7 +557,7 @@ fn a_file_written_without_events_is_never_recorded_half_written() {
     let v = wait_complete(&c, &f, bytes.len(), 2);
     wait_queue_empty(&c);
     for e in complete(&c, &f) {
-        seen_complete.push(e["size"].as_u64().unwrap());
+        seen_complete.push(e.size);
     }
     assert!(
         seen_complete.iter().all(|s| *s == bytes.len() as u64),

@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use peerstash::cluster::{self, Programs};
-use serde_json::Value;
 
 pub const PEERSTASHD: &str = env!("CARGO_BIN_EXE_peerstashd");
 pub const PEERSTASH: &str = env!("CARGO_BIN_EXE_peerstash");
@@ -229,15 +228,6 @@ impl Cluster {
         stdout
     }
 
-    /// Peer i's `state --json`, untyped (the typed one: `c.peer(i).state()`).
-    pub fn try_state(&self, i: usize) -> Option<Value> {
-        self.peers[i].try_state().ok().map(|s| s.json)
-    }
-
-    pub fn state(&self, i: usize) -> Value {
-        self.peer(i).state().json
-    }
-
     /// Every peer's state, for failure messages.
     pub fn dump(&self) -> String {
         self.peers
@@ -363,33 +353,6 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 pub fn random_bytes(n: usize) -> Vec<u8> {
     (0..n).map(|_| rand::random::<u8>()).collect()
-}
-
-// Untyped helpers of the JSON state, for the tests not yet on the typed `c.peer(i).state()`.
-
-/// Files of `state --json` whose path is `path`.
-pub fn file_entries<'a>(state: &'a Value, path: &Path) -> Vec<&'a Value> {
-    state["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["path"].as_str() == Some(path.to_str().unwrap()))
-        .collect()
-}
-
-/// The lowest perceived RD over a file entry's chunks.
-pub fn min_rd(file: &Value) -> u64 {
-    file["chunks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["perceived_rd"].as_u64().unwrap())
-        .min()
-        .unwrap_or(0)
-}
-
-pub fn used_bytes(state: &Value) -> u64 {
-    state["used_bytes"].as_u64().unwrap()
 }
 
 /// What a hosted chunk of `size` bytes costs against a peer's quota (as `used_bytes` counts it):
@@ -553,12 +516,10 @@ pub fn backed_up_tree(encrypt: bool) -> (Cluster, tempfile::TempDir, PathBuf, Tr
     );
     let c = Cluster::start_with(&["0", "30 MiB", "30 MiB", "30 MiB"], &[&watch]);
     let all_backed_up = || {
-        c.try_state(0).is_some_and(|s| {
-            files.iter().all(|(rel, ..)| {
-                file_entries(&s, &root.join(rel))
-                    .iter()
-                    .any(|f| min_rd(f) >= 2)
-            })
+        c.peer(0).try_state().is_ok_and(|s| {
+            files
+                .iter()
+                .all(|(rel, ..)| (s.versions_of(&root.join(rel)).iter()).any(|f| f.min_rd() >= 2))
         })
     };
     assert!(
@@ -665,5 +626,37 @@ impl SmallDisk {
 impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// The command line's `--json` output read as the typed value it prints: a report
+/// (`PeerState`, `StatusReport`, `PeersReport`, `Vec<VersionInfo>`) or one final line
+/// (`Reply<D>`, `D` the request's payload). Panics with the text when it does not read.
+pub fn parse_json<T: serde::de::DeserializeOwned>(text: impl AsRef<[u8]>) -> T {
+    let text = text.as_ref();
+    serde_json::from_slice(text).unwrap_or_else(|e| {
+        panic!(
+            "--json output does not read as {}: {e}: {}",
+            std::any::type_name::<T>(),
+            String::from_utf8_lossy(text)
+        )
+    })
+}
+
+/// Every line of a long command's `--json` output (its progress events, then its outcome),
+/// the outcome's payload read as `D`.
+pub fn json_lines<D: serde::de::DeserializeOwned>(text: &str) -> Vec<peerstash::control::Reply<D>> {
+    text.lines().map(parse_json).collect()
+}
+
+/// The final line's code, message and payload; panics if `reply` is a progress line.
+pub fn done<D: std::fmt::Debug>(reply: peerstash::control::Reply<D>) -> (i32, String, Option<D>) {
+    match reply {
+        peerstash::control::Reply::Done {
+            code,
+            message,
+            data,
+        } => (code, message, data),
+        other => panic!("not a final line: {other:?}"),
     }
 }

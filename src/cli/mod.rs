@@ -1,5 +1,10 @@
 //! The command lines of `peerstash` and `peerstashd` (clap), in the library so that man pages
-//! and shell completions can be generated from the same definitions the programs parse.
+//! and shell completions can be generated from the same definitions the programs parse; and
+//! what `peerstash` does on the caller's side beyond one request: its reports (`report`),
+//! `restore --all` (`restore_all`), its progress meter and pager.
+
+pub mod report;
+pub mod restore_all;
 
 use std::path::{Path, PathBuf};
 
@@ -270,6 +275,12 @@ impl Drop for Pager {
         let _ = nix::unistd::dup2(self.terminal.as_raw_fd(), std::io::stdout().as_raw_fd());
         let _ = self.child.wait();
     }
+}
+
+/// Says `message` on stderr as the one line of an error, and gives back the exit status `code`.
+pub fn fail(code: i32, message: impl std::fmt::Display) -> i32 {
+    eprintln!("peerstash: {message}");
+    code
 }
 
 /// One reply (a progress event, the outcome) as a JSON line on stdout (`--json`).
