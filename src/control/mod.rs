@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod exit;
+pub mod health;
 mod reply;
 mod request;
 mod socket;

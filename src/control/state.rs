@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::health::{health, Health};
 use super::wire_path;
-use crate::store::{health, Health};
 
 /// `state --json`: SPEC §5's keys (more may be added; these stay).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -123,16 +123,6 @@ pub struct SnapshotInfo {
     pub taken: String,
     /// Every chunk of it reached its desired RD: a recover finds it.
     pub at_rd: bool,
-}
-
-impl From<crate::store::snapshot::SnapshotRow> for SnapshotInfo {
-    fn from(s: crate::store::snapshot::SnapshotRow) -> SnapshotInfo {
-        SnapshotInfo {
-            snapshot: s.slot.to_string(),
-            taken: crate::store::snapshot::taken_label(s.slot, s.taken_ms),
-            at_rd: s.at_rd,
-        }
-    }
 }
 
 /// A background worker of the daemon and what it is doing.

@@ -13,54 +13,65 @@
 //! proofs) — over the shared `out` (timers, transmits, actions) and `jobs` (credit). A part
 //! reaches another only through `Peer`'s methods and the other part's own accessors.
 
+pub mod backup;
+mod delete;
+mod jobs;
+mod out;
+pub mod presence;
+pub mod reclaim;
+pub mod restore;
+pub mod serve;
+pub mod store;
+pub mod verify;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::backup::{Backups, Pace};
-use super::delete::Deletes;
-use super::jobs::Job;
-use super::out::{Out, Timer};
-use super::presence::Presence;
-use super::reclaim::Reclaim;
-use super::restore::Fetches;
-use super::serve::Serve;
-use super::store::Holder;
-use super::verify::{self, Verification};
 use crate::protocol::{ChunkId, FileId, Message, MessageKind, PeerId, Version};
+use backup::{Backups, Pace};
+use delete::Deletes;
+use jobs::Job;
+use out::{Out, Timer};
+use presence::Presence;
+use reclaim::Reclaim;
+use restore::Fetches;
+use serve::Serve;
+use store::Holder;
+use verify::Verification;
 
-pub use super::backup::{BackupOutcome, Owner, Stopped};
-pub use super::delete::{
+pub use backup::{BackupOutcome, Owner, Stopped};
+pub use delete::{
     DELETED_EVERY, DELETE_GRACE, DELETE_SENDS, DELETE_SPACING, REDELETE_GAPS, REMOVED_GAPS,
 };
-pub use super::jobs::{JobId, JobKind, BACKUP_WINDOW, MAX_CHUNKS_IN_BACKOFF, RESTORE_WINDOW};
-pub use super::out::{Action, Counters, MAX_REPLY_DELAY, MAX_SEEN_ENTRIES};
-pub use super::presence::{AWAY_AFTER, BACK_EVERY, HELLO_EVERY, MAX_PEERS_SEEN};
-pub use super::reclaim::{MAX_RECHECKS, RECHECK_AFTER};
-pub use super::restore::{Expect, MAX_PULLS_PER_FETCH, PULL_LINE, TCP_GETCHUNK_SENDS};
-pub use super::serve::MAX_PENDING_REPLIES;
-pub use super::store::{
+pub use jobs::{JobId, JobKind, BACKUP_WINDOW, MAX_CHUNKS_IN_BACKOFF, RESTORE_WINDOW};
+pub use out::{Action, Counters, MAX_REPLY_DELAY, MAX_SEEN_ENTRIES};
+pub use presence::{AWAY_AFTER, BACK_EVERY, HELLO_EVERY, MAX_PEERS_SEEN};
+pub use reclaim::{MAX_RECHECKS, RECHECK_AFTER};
+pub use restore::{Expect, MAX_PULLS_PER_FETCH, PULL_LINE, TCP_GETCHUNK_SENDS};
+pub use serve::MAX_PENDING_REPLIES;
+pub use store::{
     Put, Role, ANNOUNCE_BATCH, ANNOUNCE_EVERY, DROP_SETTLE, MAX_CONCURRENT_STORES,
     MAX_HEARD_WHILE_STORING, MAX_STORING_BYTES, STOREDS_REMEMBERED_FOR, TRIM_WINDOW, UNKNOWN_RD,
 };
 
 pub struct Peer {
-    pub(super) id: PeerId,
+    id: PeerId,
     /// Runs the 2.0 enhancements (SPEC §3); false: 1.0 only.
-    pub(super) enhanced: bool,
+    enhanced: bool,
     /// 2.0: the port of our TCP listener, where peers pull the chunks we host (None: no pulls,
     /// either way).
-    pub(super) tcp_port: Option<u16>,
-    pub(super) out: Out,
-    pub(super) jobs: BTreeMap<JobId, Job>,
-    pub(super) store: Holder,
-    pub(super) serve: Serve,
-    pub(super) backup: Backups,
-    pub(super) restore: Fetches,
-    pub(super) delete: Deletes,
-    pub(super) reclaim: Reclaim,
-    pub(super) presence: Presence,
-    pub(super) verification: Verification,
+    tcp_port: Option<u16>,
+    out: Out,
+    jobs: BTreeMap<JobId, Job>,
+    store: Holder,
+    serve: Serve,
+    backup: Backups,
+    restore: Fetches,
+    delete: Deletes,
+    reclaim: Reclaim,
+    presence: Presence,
+    verification: Verification,
 }
 
 impl Peer {
@@ -117,7 +128,7 @@ impl Peer {
         timer.into_iter().chain(verify).min()
     }
 
-    pub(super) fn send(&mut self, kind: MessageKind) {
+    fn send(&mut self, kind: MessageKind) {
         match &kind {
             MessageKind::PutChunk { .. } => self.out.counters.putchunks_sent += 1,
             MessageKind::Chunk { .. } => self.out.counters.chunks_sent += 1,
@@ -129,7 +140,7 @@ impl Peer {
     }
 
     /// A message of the 2.0 enhancements (1.0 peers ignore it, or take it as 1.0 would).
-    pub(super) fn send_v2(&mut self, kind: MessageKind) {
+    fn send_v2(&mut self, kind: MessageKind) {
         let mut msg = Message::new(self.id, kind);
         msg.version = Version::V2_0;
         let msg = self.with_incarnation(msg);
@@ -257,44 +268,44 @@ impl Peer {
     // ---- what a part asks of another (parts never reach into each other) -------------------
 
     /// Whether this peer backs up the chunk itself now (a re-backup, a hand-on, or our own).
-    pub(super) fn backing_up(&self, chunk: &ChunkId) -> bool {
+    fn backing_up(&self, chunk: &ChunkId) -> bool {
         self.reclaim.is_rebacking(chunk) || self.backup.is_sending(chunk)
     }
 
     /// The pace of our backups (a backup job's room follows it).
-    pub(super) fn backup_pace(&self) -> &Pace {
+    fn backup_pace(&self) -> &Pace {
         self.backup.pace()
     }
 
     /// Whether a PUTCHUNK of the file must not be stored now: its DELETE is being carried out,
     /// or was heard just now.
-    pub(super) fn store_blocked(&self, file_id: &FileId, now: Instant) -> bool {
+    fn store_blocked(&self, file_id: &FileId, now: Instant) -> bool {
         self.delete.blocks_store(file_id, now)
     }
 
     /// When the file's last DELETE was heard (or sent by us).
-    pub(super) fn last_delete(&self, file_id: &FileId) -> Option<Instant> {
+    fn last_delete(&self, file_id: &FileId) -> Option<Instant> {
         self.delete.last_delete(file_id)
     }
 
     /// A PUTCHUNK for the chunk was seen: a re-backup waiting for its instant leaves the chunk
     /// to its sender.
-    pub(super) fn putchunk_seen(&mut self, chunk: &ChunkId, now: Instant) {
+    fn putchunk_seen(&mut self, chunk: &ChunkId, now: Instant) {
         self.reclaim.putchunk_seen(chunk, now);
     }
 
     /// A re-backup (or hand-on) ended.
-    pub(super) fn rebackup_ended(&mut self, chunk: &ChunkId) {
+    fn rebackup_ended(&mut self, chunk: &ChunkId) {
         self.reclaim.ended(chunk);
     }
 
     /// Whether the peer is alive: heard within three HELLOs.
-    pub(super) fn peer_alive(&self, peer: &PeerId, now: Instant) -> bool {
+    fn peer_alive(&self, peer: &PeerId, now: Instant) -> bool {
         self.presence.alive(peer, now)
     }
 
     /// Peers heard lately.
-    pub(super) fn peers_seen(&self) -> usize {
+    fn peers_seen(&self) -> usize {
         self.presence.peers_seen()
     }
 

@@ -280,6 +280,17 @@ pub fn check_catalog(db: &Path) -> Result<u64, StoreError> {
     files.ok_or_else(|| StoreError::Corrupt("no files table".into()))
 }
 
+/// A snapshot as `state` shows it.
+impl From<SnapshotRow> for crate::control::SnapshotInfo {
+    fn from(s: SnapshotRow) -> crate::control::SnapshotInfo {
+        crate::control::SnapshotInfo {
+            snapshot: s.slot.to_string(),
+            taken: taken_label(s.slot, s.taken_ms),
+            at_rd: s.at_rd,
+        }
+    }
+}
+
 #[cfg(test)]
 #[path = "snapshot_tests.rs"]
 mod tests;

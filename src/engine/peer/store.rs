@@ -6,9 +6,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::lru::LruMap;
 use super::out::{Action, Timer, TimerKey, MAX_REPLY_DELAY, MAX_SEEN_ENTRIES};
-use super::peer::Peer;
+use super::Peer;
+use crate::engine::lru::LruMap;
 use crate::protocol::{ChunkId, FileId, MessageKind, PeerId, Rd};
 
 /// What became of a PUTCHUNK the driver was asked to store.

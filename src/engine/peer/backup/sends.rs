@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use super::{Action, BackupOutcome, Ended, Owner, Sending, Stopped};
 use crate::engine::backup::ChunkBackup;
-use crate::engine::jobs::{JobId, JobKind};
-use crate::engine::out::{self, Timer, TimerKey};
+use crate::engine::peer::jobs::{JobId, JobKind};
+use crate::engine::peer::out::{self, Timer, TimerKey};
 use crate::engine::peer::Peer;
 use crate::protocol::{ChunkId, FileId, MessageKind, PeerId, Rd};
 

@@ -10,9 +10,9 @@ use std::hash::Hash;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use super::lru::LruMap;
 use super::out::{Action, Timer, TimerKey, MAX_SEEN_ENTRIES};
-use super::peer::Peer;
+use super::Peer;
+use crate::engine::lru::LruMap;
 use crate::protocol::{sha256_hex, ChunkId, Message, MessageKind, Version};
 
 /// A chunk is answered at most once per this interval, and the interval doubles with each

@@ -5,9 +5,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::lru::LruMap;
 use super::out::{Action, Timer, MAX_SEEN_ENTRIES};
-use super::peer::Peer;
+use super::Peer;
+use crate::engine::lru::LruMap;
 use crate::protocol::{ChunkId, FileId, MessageKind, PeerId};
 
 /// REMOVED is sent three times (0, 0.2, 0.6 s): a lost one would leave the holders believing

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use super::jobs::JobId;
 use super::out::{self, Timer, TimerKey};
-use super::peer::Peer;
-use super::retry::{Retry, Step};
+use super::Peer;
+use crate::engine::retry::{Retry, Step};
 use crate::protocol::{sha256_hex, ChunkId, Message, MessageKind, Version};
 
 /// GETCHUNK is cheap and a restore is what a backup is for: more tries than PUTCHUNK, with

@@ -3,7 +3,7 @@
 
 use super::backup::{Pace, Window};
 use super::out::Action;
-use super::peer::Peer;
+use super::Peer;
 
 /// Chunks a file backup keeps in their first round (sent once, waiting for STOREDs), at least and
 /// at most: within these, what the peer's pace sends in a first round (`backup::Pace::window`).
@@ -14,9 +14,7 @@ pub const MAX_CHUNKS_IN_BACKOFF: usize = 4096;
 /// GETCHUNKs a restore keeps in flight: adapts like the backup window.
 pub const RESTORE_WINDOW: (usize, usize, usize) = (64, 4, 512);
 
-/// A job (one file's backup or restore) that offers chunks as the engine gives it room.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct JobId(pub u64);
+pub use super::out::JobId;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JobKind {

@@ -7,9 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::lru::LruMap;
 use super::out::{Action, Timer};
-use super::peer::Peer;
+use super::Peer;
+use crate::engine::lru::LruMap;
 use crate::protocol::{ChunkId, MessageKind, PeerId};
 
 /// A PUTCHUNK with our own id is looked into once a second at most.

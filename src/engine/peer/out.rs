@@ -9,9 +9,6 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::backup::BackupOutcome;
-use super::backup::Owner;
-use super::jobs::JobId;
 use crate::protocol::{ChunkId, FileId, Message, PeerId, Rd};
 
 /// The random wait before STORED, CHUNK and a re-backup: uniform in 0..=400 ms.
@@ -194,4 +191,37 @@ impl Out {
     pub(super) fn timer_count(&self) -> usize {
         self.timers.len()
     }
+}
+
+// ---- what the parts and the daemon share: jobs, and how a chunk backup ended ----------------
+
+/// A job (one file's backup or restore) that offers chunks as the engine gives it room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(pub u64);
+
+/// Who waits for a chunk backup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    Job(JobId),
+    /// This peer, restoring a chunk's RD after a REMOVED (SPEC §2 "Space reclaim").
+    Rebackup,
+}
+
+/// How a chunk backup ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupOutcome {
+    pub reached: bool,
+    pub sends: u32,
+    pub recovered_by_resend: bool,
+    /// Distinct peers known to hold the chunk (ourselves included for a re-backup).
+    pub holders: Vec<PeerId>,
+    /// Why it stopped short: its bytes changed on disk, or its file was deleted meanwhile.
+    pub stopped: Option<Stopped>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    Changed,
+    Deleted,
+    Cancelled,
 }

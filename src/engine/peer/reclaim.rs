@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::backup::Owner;
-use super::lru::LruMap;
 use super::out::{Action, Timer, TimerKey, MAX_SEEN_ENTRIES};
-use super::peer::Peer;
 use super::store::{Role, UNKNOWN_RD};
+use super::Peer;
+use crate::engine::lru::LruMap;
 use crate::protocol::{ChunkId, PeerId, Rd};
 
 /// A hosted chunk as reclaim sees it.

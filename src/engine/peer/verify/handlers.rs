@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use super::{Sample, Verify, VerifyOut};
-use crate::engine::out::Action;
+use crate::engine::peer::out::Action;
 use crate::engine::peer::Peer;
 use crate::engine::verify;
 use crate::protocol::{ChunkId, Message, MessageKind, PeerId, Version};

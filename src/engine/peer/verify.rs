@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::lru::LruMap;
+use crate::engine::lru::LruMap;
 use crate::protocol::{sha256_hex, ChunkId, Message, PeerId};
 
 /// The header line that carries a store's incarnation: `INC <16 hex digits>`. Other

@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use super::jobs::JobId;
 use super::out::TimerKey;
-use super::retry::{Retry, Step, FIRST_WAIT};
+use crate::engine::retry::{Retry, Step, FIRST_WAIT};
 use crate::protocol::message::PeerId;
 use crate::protocol::{ChunkId, Rd};
 
@@ -323,32 +322,7 @@ impl Window {
 
 // ---- our chunks' PUTCHUNKs: sends, pace, resends (a part of `peer::Peer`) ---------------------
 
-/// Who waits for a chunk backup.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Owner {
-    Job(JobId),
-    /// This peer, restoring a chunk's RD after a REMOVED (SPEC §2 "Space reclaim").
-    Rebackup,
-}
-
-/// How a chunk backup ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BackupOutcome {
-    pub reached: bool,
-    pub sends: u32,
-    pub recovered_by_resend: bool,
-    /// Distinct peers known to hold the chunk (ourselves included for a re-backup).
-    pub holders: Vec<PeerId>,
-    /// Why it stopped short: its bytes changed on disk, or its file was deleted meanwhile.
-    pub stopped: Option<Stopped>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stopped {
-    Changed,
-    Deleted,
-    Cancelled,
-}
+pub use super::out::{BackupOutcome, Owner, Stopped};
 
 /// A chunk this peer is backing up.
 struct Sending {
