@@ -309,12 +309,6 @@ pub(crate) fn warn_new_master_key(path: &std::path::Path) {
     );
 }
 
-/// Whether a reinstalled peer waits for `peerstash recover` while it has backups of its own that
-/// no snapshot covers (a peer that only hosts, a new one made by the packages, says nothing).
-pub(crate) fn waits_for_recover(c: &Catalog) -> Result<bool, crate::store::StoreError> {
-    Ok(c.meta(crate::store::snapshot::WAIT_RECOVER)?.is_some() && c.own_versions()? > 0)
-}
-
 /// What status and state say while a reinstalled peer waits for `peerstash recover`.
 pub(crate) fn wait_recover_warning() -> String {
     "no catalog snapshot is taken: this peer looks reinstalled (a new catalog, a master key not made on this computer). Run `peerstash recover` to install the lost computer's catalog (`peerstash recover --list` shows the snapshots found), or `peerstash recover --none` if there is none".into()

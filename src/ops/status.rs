@@ -9,63 +9,8 @@ use std::sync::Arc;
 use super::Done;
 use crate::control::{exit, Answer, FolderStatus, SnapshotInfo, StatusReport};
 use crate::daemon::Node;
-use crate::store::health::from_counts;
-use crate::store::{Catalog, Health, StoreError};
 
-/// The health of the newest version of each of our files (its newest complete one, else its
-/// newest; catalog snapshots aside; only `owner`'s files if given), with how many of its chunks
-/// are below their desired RD, and that RD; in no particular order.
-pub(crate) fn newest_health(
-    c: &Catalog,
-    owner: Option<u32>,
-) -> Result<Vec<(PathBuf, Health, u64, u8)>, StoreError> {
-    Ok((c.newest_health(owner)?.into_iter())
-        .map(|(path, rd, below, at_risk)| (path, from_counts(below, at_risk), u64::from(below), rd))
-        .collect())
-}
-
-/// What `status` and the metrics read from the catalog in one call.
-pub(crate) struct Overview {
-    /// `newest_health`, without the RDs.
-    pub health: Vec<(PathBuf, Health, u64)>,
-    /// The desired RD of each file below it.
-    pub below_rds: Vec<u8>,
-    /// Each folder asked, with when a backup below it last completed (unix ms).
-    pub folders: Vec<(PathBuf, Option<i64>)>,
-    pub queue: u64,
-    /// Other peers heard, and of those counted lost.
-    pub peers: (u64, u64),
-}
-
-/// Our files' health (only `owner`'s if given), `folders`' last completed backups, the queue
-/// and the peers.
-pub(crate) fn overview(
-    c: &Catalog,
-    owner: Option<u32>,
-    folders: Vec<PathBuf>,
-) -> Result<Overview, StoreError> {
-    let mut last = Vec::new();
-    for path in folders {
-        let t = c.last_completed_below(&path)?;
-        last.push((path, t));
-    }
-    let mut below_rds = Vec::new();
-    let health = (newest_health(c, owner)?.into_iter())
-        .map(|(path, h, below, rd)| {
-            if h != Health::Healthy {
-                below_rds.push(rd);
-            }
-            (path, h, below)
-        })
-        .collect();
-    Ok(Overview {
-        health,
-        below_rds,
-        folders: last,
-        queue: c.queue_len()?,
-        peers: c.peers_heard_lost()?,
-    })
-}
+use crate::store::Health;
 
 /// What keeps `status` from exiting 0, most serious first: the first that holds gives the exit
 /// status (SPEC §5, README "Exit status").
@@ -171,48 +116,15 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
     };
     let running = node.master_key().map(|k| k.fingerprint());
     let snapshot_rd = super::snapshot::snapshot_rd(node);
-    let r = node
-        .catalog
-        .read(move |c| {
-            // At its RD as the holders known now say: one that reached it once and lost a
-            // holder since (a peer reclaimed it, or was found wiped) is not counted.
-            let snapshot = match c.newest_snapshot()? {
-                Some(mut s) => {
-                    s.at_rd = c.snapshot_at_rd_now(&s, snapshot_rd)?;
-                    Some(SnapshotInfo::from(s))
-                }
-                None => None,
-            };
-            let undecryptable = c.undecryptable(running.as_deref(), owner)?;
-            let waiting = c.oldest_queued_under(&folders_asked)?;
-            let waits_recover = owner.is_none() && crate::daemon::waits_for_recover(c)?;
-            let o = overview(c, owner, folders_asked)?;
-            // Who holds chunks of ours, for why files stay below their RD (a walk over every
-            // holder: only when some are).
-            let (mut holding, mut heard_none) = (0u64, 0u64);
-            if !o.below_rds.is_empty() {
-                for p in c.peers_report()? {
-                    match (p.lost_at_ms, p.chunks_of_ours, p.last_heard_ms) {
-                        (Some(_), ..) => {}
-                        (None, 1.., _) => holding += 1,
-                        (None, 0, Some(_)) => heard_none += 1,
-                        (None, 0, None) => {}
-                    }
-                }
-            }
-            Ok((
-                o,
-                (snapshot, waits_recover, (holding, heard_none)),
-                undecryptable,
-                waiting,
-            ))
-        })
+    let r = (node.catalog)
+        .status_view(owner, folders_asked, running, snapshot_rd)
         .await;
-    let (o, (snapshot, waits_recover, (holding, heard_none)), (undecryptable, unreadable), waiting) =
-        match r {
-            Ok(x) => x,
-            Err(e) => return e.into(),
-        };
+    let v = match r {
+        Ok(v) => v,
+        Err(e) => return e.into(),
+    };
+    let (o, waiting, undecryptable) = (v.overview, v.waiting, v.undecryptable);
+    let snapshot = v.snapshot.map(SnapshotInfo::from);
     let unavailable = node
         .unavailable
         .lock()
@@ -247,7 +159,7 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
         problems: Vec::new(),
         below_rd_why: None,
         warnings: (node.duplicate_id_warning().into_iter())
-            .chain(waits_recover.then(crate::daemon::wait_recover_warning))
+            .chain(v.waits_recover.then(crate::daemon::wait_recover_warning))
             .collect(),
     };
     // A version this peer cannot decrypt is at risk whatever its RD: no restore here opens it.
@@ -261,7 +173,7 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
     // version after one): at risk, whatever the folder's last backup says.
     let config = node.config();
     let now = crate::clock::unix_ms();
-    let unreadable: std::collections::HashSet<PathBuf> = unreadable.into_iter().collect();
+    let unreadable: std::collections::HashSet<PathBuf> = v.unreadable.into_iter().collect();
     let mut late = std::collections::HashSet::new();
     for (root, file, since) in &waiting {
         let limit = config
@@ -299,7 +211,7 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
     report.at_risk.sort_unstable();
     let below_rd = report.degraded.len() + report.at_risk.len() + undecryptable as usize;
     if below_rd > 0 {
-        report.below_rd_why = below_rd_why(&o.below_rds, holding, heard_none);
+        report.below_rd_why = below_rd_why(&o.below_rds, v.holding, v.heard_none);
     }
     let problems = problems(&Facts {
         unavailable_folders: (report.folders.iter())
@@ -328,9 +240,9 @@ mod tests {
     use super::*;
     use crate::protocol::message::{ChunkNo, FileId, PeerId};
     use crate::protocol::seal::SnapshotNo;
-    use crate::store::{health, BackupId, FileRow};
+    use crate::store::{health, BackupId, Catalog, FileRow};
 
-    /// The walk `newest_health` replaced (one query per file): the oracle.
+    /// The walk `Catalog::health_of_newest` replaced (one query per file): the oracle.
     fn walked(c: &Catalog, owner: Option<u32>) -> Vec<(PathBuf, Health, u64, u8)> {
         let snapshots: Vec<_> = (c.snapshots().unwrap().into_iter())
             .map(|s| s.file_id.key())
@@ -408,7 +320,7 @@ mod tests {
             }
         }
         for owner in [None, Some(0), Some(1000), Some(5)] {
-            let mut found = newest_health(&c, owner).unwrap();
+            let mut found = c.health_of_newest(owner).unwrap();
             found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             assert_eq!(found, walked(&c, owner), "owner {owner:?}");
             assert!(
@@ -417,7 +329,7 @@ mod tests {
                 found.len()
             );
         }
-        let all = newest_health(&c, None).unwrap();
+        let all = c.health_of_newest(None).unwrap();
         for word in ["healthy", "degraded", "at risk"] {
             assert!(all.iter().any(|(_, h, ..)| h.word() == word), "some {word}");
         }

@@ -16,67 +16,40 @@ use crate::ops::Done;
 /// hosts for others only as totals (no fileIds). With `below`, only the versions of paths at or
 /// below it (whole components: `/a/b` is below `/a`, `/ab` is not), and no hosted chunks.
 pub(crate) async fn state(node: &Arc<Node>, owner: Option<u32>, below: Option<PathBuf>) -> Done {
-    let r = node
-        .catalog
-        .read(move |c| {
-            let mut files = Vec::new();
-            for f in c.all_files()? {
-                if owner.is_some_and(|uid| uid != f.uid) {
-                    continue;
-                }
-                if below.as_ref().is_some_and(|b| !f.path.starts_with(b)) {
-                    continue;
-                }
-                let chunks = c
-                    .file_chunks(&f.file_id)?
-                    .into_iter()
-                    .map(|c| ChunkState {
-                        chunk_no: c.chunk_no.0,
-                        perceived_rd: c.perceived_rd,
-                    })
-                    .collect();
-                files.push(FileState::new(
-                    f.path,
-                    f.file_id.as_wire().to_owned(),
-                    f.version,
-                    f.size,
-                    f.desired_rd,
-                    f.complete,
-                    chunks,
-                ));
-            }
-            let hosted = match (owner, &below) {
-                (None, None) => c.all_hosted()?,
-                _ => Vec::new(),
-            };
-            let stored = hosted
-                .into_iter()
-                .map(|(h, perceived)| StoredState {
-                    file_id: h.file_id.as_wire().to_owned(),
-                    chunk_no: h.chunk_no.0,
-                    size: h.size,
-                    desired_rd: h.desired_rd,
-                    perceived_rd: perceived,
-                })
-                .collect();
-            let snapshot = match owner {
-                None => c.newest_snapshot()?.map(SnapshotInfo::from),
-                Some(_) => None,
-            };
-            let waiting = owner.is_none() && crate::daemon::waits_for_recover(c)?;
-            Ok((
-                files,
-                stored,
-                c.queue_len()?,
-                c.unacked_delete_count()?,
-                (snapshot, waiting),
-            ))
-        })
-        .await;
-    let (files, stored, queue_length, unacked_deletes, (catalog_snapshot, waiting)) = match r {
-        Ok(x) => x,
+    let v = match node.catalog.state_view(owner, below).await {
+        Ok(v) => v,
         Err(e) => return e.into(),
     };
+    let files = (v.files.into_iter())
+        .map(|(f, chunks)| {
+            let chunks = (chunks.into_iter())
+                .map(|c| ChunkState {
+                    chunk_no: c.chunk_no.0,
+                    perceived_rd: c.perceived_rd,
+                })
+                .collect();
+            FileState::new(
+                f.path,
+                f.file_id.as_wire().to_owned(),
+                f.version,
+                f.size,
+                f.desired_rd,
+                f.complete,
+                chunks,
+            )
+        })
+        .collect();
+    let stored = (v.hosted.into_iter())
+        .map(|(h, perceived)| StoredState {
+            file_id: h.file_id.as_wire().to_owned(),
+            chunk_no: h.chunk_no.0,
+            size: h.size,
+            desired_rd: h.desired_rd,
+            perceived_rd: perceived,
+        })
+        .collect();
+    let (queue_length, unacked_deletes) = (v.queue_len, v.unacked_deletes);
+    let (catalog_snapshot, waiting) = (v.snapshot.map(SnapshotInfo::from), v.waits_recover);
     let usage = node.store.usage();
     let state = PeerState {
         peer_id: node.id.0,

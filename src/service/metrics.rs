@@ -18,9 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::daemon::Node;
-use crate::ops::status::Overview;
 use crate::shutdown::Shutdown;
 use crate::store::Health;
+use crate::store::Overview;
 
 const MAX_REQUEST: usize = 8 * 1024;
 /// Records the channels' byte totals now (every status tick).
@@ -310,14 +310,7 @@ async fn catalogued(node: &Arc<Node>, cache: &Cache) -> Option<Arc<Catalogued>> 
 async fn look(node: &Arc<Node>) -> Option<Catalogued> {
     let folders: Vec<_> = node.config().watch.iter().map(|w| w.path.clone()).collect();
     let running = node.master_key().map(|k| k.fingerprint());
-    let (overview, unreadable) = node
-        .catalog
-        .read(move |c| {
-            let unreadable = c.undecryptable(running.as_deref(), None)?.1;
-            Ok((crate::ops::status::overview(c, None, folders)?, unreadable))
-        })
-        .await
-        .ok()?;
+    let (overview, unreadable) = node.catalog.metrics_view(folders, running).await.ok()?;
     // A file whose newest version this peer cannot decrypt is at risk, as `status` counts it.
     let unreadable: std::collections::HashSet<_> = unreadable.into_iter().collect();
     let (mut healthy, mut degraded, mut at_risk, mut below_rd) = (0, 0, 0, 0u64);

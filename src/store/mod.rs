@@ -8,7 +8,7 @@ pub mod snapshot;
 pub use crate::control::health::{self, health, Health};
 pub use catalog::{
     io_disk_full, BackupId, Begun, Catalog, CatalogHandle, ChunkRole, FileChunkRow, FileRow,
-    Forget, HostedRow, KeyFacts, PeerRow, Policy, SnapshotLook, StoreError, MASTER_KEY_FP,
-    MASTER_KEY_MADE, MAX_PEER_ROWS,
+    Forget, HostedRow, KeyFacts, Overview, PeerRow, Policy, SnapshotLook, StoreError,
+    MASTER_KEY_FP, MASTER_KEY_MADE, MAX_PEER_ROWS,
 };
 pub use chunks::{ChunkStore, NewChunk};

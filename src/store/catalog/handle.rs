@@ -56,7 +56,7 @@ impl CatalogHandle {
     /// catalog's thread: WAL lets it read one consistent state while the thread goes on
     /// committing. For the long reads (`status`, `state`, the metrics: a walk over every file)
     /// that would otherwise hold up every write. At most `READERS` at once.
-    pub async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
+    pub(super) async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
         F: FnOnce(&Catalog) -> Result<R, StoreError> + Send + 'static,

@@ -27,6 +27,7 @@ mod forget;
 mod handle;
 mod holders;
 mod hosted;
+mod overview;
 mod peers;
 mod queue;
 pub(in crate::store) mod snapshots;
@@ -44,6 +45,7 @@ pub use handle::CatalogHandle;
 use holders::HOLDER_COUNTS;
 pub use holders::{FileChunkRow, MAX_HOLDERS};
 pub use hosted::{ChunkRole, HostedRow};
+pub use overview::{Overview, StateView, StatusView};
 pub use peers::{PeerRow, MAX_PEER_ROWS};
 pub use snapshots::{SnapshotLook, SnapshotRow};
 
