@@ -22,6 +22,13 @@ const MAX_STORED_BATCH: usize = 1024;
 /// STOREDs waiting to be recorded; beyond this one is dropped and counted (its sender's resends
 /// and the next STORED make up for it), so a flood cannot take memory without bound.
 pub(crate) const STORED_QUEUE: usize = 4096;
+
+/// What the STORED recorder is handed: a STORED heard, or a caller waiting until every STORED
+/// handed before it is recorded (`Node::storeds_recorded`).
+pub(crate) enum ToRecord {
+    Stored(ChunkId, PeerId),
+    Flushed(oneshot::Sender<()>),
+}
 /// Set while chunks re-indexed by `--rebuild-catalog` are still to be announced.
 const ANNOUNCE_KEY: &str = "announce_hosted";
 
@@ -301,10 +308,11 @@ pub(crate) async fn remove_chunk_files(
 /// not one per datagram. At shutdown, what is queued is recorded before it returns.
 pub(crate) async fn record_stored(
     catalog: CatalogHandle,
-    mut rx: mpsc::Receiver<(ChunkId, PeerId)>,
+    mut rx: mpsc::Receiver<ToRecord>,
     mut shutdown: crate::shutdown::Shutdown,
 ) {
     let mut batch = Vec::with_capacity(MAX_STORED_BATCH);
+    let mut waiting = Vec::new();
     loop {
         let stopping = tokio::select! {
             _ = shutdown.recv() => true,
@@ -320,7 +328,19 @@ pub(crate) async fn record_stored(
                 batch.push(heard);
             }
         }
-        record_batch(&catalog, batch.drain(..)).await;
+        let heard = batch.drain(..).filter_map(|r| match r {
+            ToRecord::Stored(chunk, peer) => Some((chunk, peer)),
+            ToRecord::Flushed(done) => {
+                waiting.push(done);
+                None
+            }
+        });
+        let heard: Vec<_> = heard.collect();
+        record_batch(&catalog, heard.into_iter()).await;
+        // Recorded: everything handed before each of these (and some after) is in the catalog.
+        for done in waiting.drain(..) {
+            let _ = done.send(());
+        }
         if stopping {
             return;
         }
@@ -556,5 +576,15 @@ impl Node {
             self.counters.dropped_queue.fetch_add(1, Ordering::Relaxed);
         }
         permit
+    }
+
+    /// Returns once every STORED handed to the recorder before the call is in the catalog (at
+    /// once if the recorder is gone: the daemon is stopping). A backup waits for it before it
+    /// says its version is done, so that what it printed is what `state` reads next.
+    pub(crate) async fn storeds_recorded(&self) {
+        let (done, recorded) = oneshot::channel();
+        if self.stored_tx.send(ToRecord::Flushed(done)).await.is_ok() {
+            let _ = recorded.await;
+        }
     }
 }

@@ -291,7 +291,10 @@ impl Driver {
             }
             Action::RecordHolders { chunk, peers } => {
                 for peer in peers {
-                    if node.stored_tx.try_send((chunk.clone(), peer)).is_err() {
+                    if (node.stored_tx)
+                        .try_send(disk::ToRecord::Stored(chunk.clone(), peer))
+                        .is_err()
+                    {
                         node.counters.dropped_queue.fetch_add(1, Ordering::Relaxed);
                     }
                 }

@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::net::Channels;
 use crate::protocol::auth::LanKey;
 use crate::protocol::seal::MasterKey;
-use crate::protocol::{ChunkId, PeerId};
+use crate::protocol::PeerId;
 use crate::shutdown::Trigger;
 use crate::store::{Catalog, CatalogHandle, ChunkStore};
 
@@ -76,7 +76,7 @@ pub struct Node {
     pub unavailable: Mutex<std::collections::BTreeMap<std::path::PathBuf, String>>,
     datagram_permits: Arc<Semaphore>,
     /// To the task that records STOREDs in batches.
-    stored_tx: mpsc::Sender<(ChunkId, PeerId)>,
+    stored_tx: mpsc::Sender<disk::ToRecord>,
     pub counters: Counters,
     /// Another peer of the LAN seems to use our id.
     pub duplicate_id: Mutex<DuplicateId>,

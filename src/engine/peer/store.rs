@@ -298,23 +298,26 @@ impl Peer {
             }
             self.store.storeds.insert(chunk.clone(), peers);
         }
-        self.backup_stored(&chunk, sender, now);
         if let Some(storing) = self.store.storing.get_mut(&chunk) {
             if storing.heard.len() < MAX_HEARD_WHILE_STORING && !storing.heard.contains(&sender) {
                 storing.heard.push(sender);
             }
-            return;
-        }
-        let due = self.store.stored_due.get_mut(&chunk);
-        if let Some((_, heard)) = due.and_then(|d| d.ahead.as_mut()) {
-            if heard.len() < MAX_HEARD_WHILE_STORING && !heard.contains(&sender) {
-                heard.push(sender);
+        } else {
+            let due = self.store.stored_due.get_mut(&chunk);
+            if let Some((_, heard)) = due.and_then(|d| d.ahead.as_mut()) {
+                if heard.len() < MAX_HEARD_WHILE_STORING && !heard.contains(&sender) {
+                    heard.push(sender);
+                }
             }
+            // Asked to be recorded before the backup of the chunk hears that it is done: a
+            // backup that waits for the recorded holders (`Node::storeds_recorded`) then finds
+            // them all in the catalog.
+            self.out.actions.push_back(Action::RecordHolders {
+                chunk: chunk.clone(),
+                peers: vec![sender],
+            });
         }
-        self.out.actions.push_back(Action::RecordHolders {
-            chunk,
-            peers: vec![sender],
-        });
+        self.backup_stored(&chunk, sender, now);
     }
 
     /// 2.0: a holder with a lower id than ours said STORED for a chunk we wrote lately: with RD
