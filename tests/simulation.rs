@@ -59,7 +59,7 @@ use peerstash::engine::peer::{
 };
 use peerstash::engine::reclaim::{choose_victims, Candidate};
 use peerstash::engine::restore::{expected_len, MAX_GETCHUNK_SENDS};
-use peerstash::engine::store::{admit, after_write, Admit};
+use peerstash::engine::store::{admit, after_write, Admit, Hosting};
 use peerstash::engine::verify::Sample;
 use peerstash::protocol::{
     chunk_count, sha256_hex, ChunkId, ChunkNo, FileId, FileIdentity, Message, MessageKind, PeerId,
@@ -2110,14 +2110,14 @@ impl Sim {
         let charged = charge(body.len() as u64, BLOCK);
         let Some(reservation) = self.peers[p].disk.usage.reserve(charged) else {
             self.stats.no_room += 1;
-            return after_write(false, false, false);
+            return after_write(Hosting::NoRoom);
         };
         let full = self.now < self.peers[p].disk.full_until;
         if full || self.rng.gen_bool(self.write_fail) {
             self.stats.write_failures += 1;
             self.log(|| format!("p{} could not write {}", p + 1, short(chunk)));
             self.peers[p].disk.usage.release(reservation);
-            return after_write(true, false, false);
+            return after_write(Hosting::WriteFailed);
         }
         let disk = &mut self.peers[p].disk;
         disk.usage.commit(reservation);
@@ -2152,7 +2152,10 @@ impl Sim {
             disk.usage.free(charged);
         }
         self.check_disk(p);
-        after_write(true, true, recorded)
+        after_write(match recorded {
+            true => Hosting::Recorded,
+            false => Hosting::NotRecorded,
+        })
     }
 
     fn credit(&mut self, p: usize, job: JobId, n: usize) {

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::inbox::Input;
 use super::Node;
 use crate::engine::peer::{Put, Role, MAX_CONCURRENT_STORES, UNKNOWN_RD};
-use crate::engine::store::{self, Admit};
+use crate::engine::store::{self, Admit, Hosting};
 use crate::protocol::{ChunkId, ChunkNo, FileId, PeerId, Rd};
 use crate::store::catalog::MAX_HOLDERS;
 use crate::store::{CatalogHandle, ChunkRole, ChunkStore, HostedRow, NewChunk};
@@ -69,15 +69,12 @@ pub(crate) async fn store_chunk(
             }
             Put::Held
         }
-        Admit::Write => {
-            let (room, written, recorded) = write_hosted(node, chunk, rd, body, sender).await;
-            store::after_write(room, written, recorded)
-        }
+        Admit::Write => store::after_write(write_hosted(node, chunk, rd, body, sender).await),
     }
 }
 
 /// Writes an admitted chunk: its bytes reserved within the quota, its file written (synced),
-/// its catalog row recorded; how far it got (room, written, recorded). Each step runs only if
+/// its catalog row recorded; how far it got. Each step runs only if
 /// the one before succeeded, and a failed step undoes what the earlier ones did.
 async fn write_hosted(
     node: &Arc<Node>,
@@ -85,11 +82,11 @@ async fn write_hosted(
     rd: Rd,
     body: Vec<u8>,
     sender: PeerId,
-) -> (bool, bool, bool) {
+) -> Hosting {
     let size = body.len() as u64;
     let Some(reservation) = node.store.reserve(size) else {
         tracing::debug!("no room for chunk {chunk} ({size} bytes) within the quota");
-        return (false, false, false);
+        return Hosting::NoRoom;
     };
     // The chunk file first (synced), then the catalog row: a crash in between leaves a stray
     // file that the next start quarantines, never a row without its file. The reservation
@@ -99,7 +96,7 @@ async fn write_hosted(
         Err(e) => {
             node.store.release(reservation);
             tracing::warn!("could not write chunk {chunk}: {e}");
-            return (true, false, false);
+            return Hosting::WriteFailed;
         }
     };
     node.store.commit(reservation);
@@ -112,11 +109,11 @@ async fn write_hosted(
         sender,
     };
     match node.catalog.store_hosted(row, node.id).await {
-        Ok(()) => (true, true, true),
+        Ok(()) => Hosting::Recorded,
         Err(e) => {
             tracing::warn!("could not record chunk {chunk}: {e}");
             remove_chunk_files(node, &chunk.file_id, vec![(chunk.chunk_no, size)]).await;
-            (true, true, false)
+            Hosting::NotRecorded
         }
     }
 }

@@ -71,15 +71,27 @@ pub fn admit(role: Role, write: bool) -> Admit {
     }
 }
 
-/// The outcome of a PUTCHUNK that was to be written: `Written` only if the chunk was within the
-/// quota (`room`), its file was written and synced (`written`), and its catalog row recorded
-/// (`recorded`); else `Refused`, so a STORED never goes out for a chunk that is not on disk
-/// and in the catalog.
-pub fn after_write(room: bool, written: bool, recorded: bool) -> Put {
-    if room && written && recorded {
-        Put::Written
-    } else {
-        Put::Refused
+/// How far the writing of an admitted chunk got; each step runs only if the one before
+/// succeeded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hosting {
+    /// No room for it within the quota.
+    NoRoom,
+    /// Its file could not be written and synced (a full disk, an I/O error).
+    WriteFailed,
+    /// Written, but its catalog row could not be recorded (the file is removed again).
+    NotRecorded,
+    /// On disk and in the catalog.
+    Recorded,
+}
+
+/// The outcome of a PUTCHUNK that was to be written: `Written` only if the chunk is on disk and
+/// in the catalog; else `Refused`, so a STORED never goes out for a chunk this peer does not
+/// hold.
+pub fn after_write(hosting: Hosting) -> Put {
+    match hosting {
+        Hosting::Recorded => Put::Written,
+        Hosting::NoRoom | Hosting::WriteFailed | Hosting::NotRecorded => Put::Refused,
     }
 }
 
@@ -578,15 +590,9 @@ mod tests {
 
     #[test]
     pub(super) fn written_only_within_the_quota_on_disk_and_recorded() {
-        assert_eq!(after_write(true, true, true), Put::Written);
-        for (room, written, recorded) in [
-            (false, false, false),
-            (true, false, false),
-            (true, true, false),
-            (true, false, true),
-            (false, true, true),
-        ] {
-            assert_eq!(after_write(room, written, recorded), Put::Refused);
+        assert_eq!(after_write(Hosting::Recorded), Put::Written);
+        for h in [Hosting::NoRoom, Hosting::WriteFailed, Hosting::NotRecorded] {
+            assert_eq!(after_write(h), Put::Refused, "{h:?}");
         }
     }
 }
