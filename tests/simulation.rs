@@ -38,7 +38,7 @@
 //! heard are the catalog's (`Catalog` verbs as `daemon::disk`, `daemon::driver` and the
 //! service call them); the simulation keeps only the ground truth (which chunk files each peer
 //! really has). A 2.0 peer counts a holder lost after `peer.holder_timeout` (here 5 HELLOs) as
-//! the service's worker does (`lost_holders`, `drop_lost_holder`). Added checks: a REMOVED
+//! the service's worker does (`drop_lost_holders`). Added checks: a REMOVED
 //! handled leaves its sender counted nowhere for that chunk; a 2.0 home counts no holder that
 //! has been down longer than the holder timeout at its next look.
 
@@ -1538,13 +1538,9 @@ impl Sim {
         let (now, since, me) = (self.unix_ms(), self.peers[p].started_ms, self.peers[p].id);
         let timeout_ms = self.holder_timeout.as_millis() as i64;
         let catalog = &self.peers[p].disk.catalog;
-        let mut lost = Vec::new();
-        for q in must(catalog.lost_holders(now, timeout_ms, since)) {
-            if q != me {
-                lost.push((q, must(catalog.drop_lost_holder(q, now))));
-            }
-        }
-        must(catalog.expire_delete_acks(now - 30 * 86_400_000));
+        // The same catalog round as the daemon's (`Catalog::drop_lost_holders`).
+        let deadline = now - 30 * 86_400_000;
+        let (lost, _) = must(catalog.drop_lost_holders(now, timeout_ms, since, me, deadline));
         self.peers[p].next_lost_check = Some(self.now + self.lost_check_every);
         for (q, copies) in &lost {
             self.log(|| format!("p{} counts peer {q} lost: {copies} copies", p + 1));
