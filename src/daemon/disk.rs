@@ -576,8 +576,9 @@ impl Node {
     }
 
     /// Returns once every STORED handed to the recorder before the call is in the catalog (at
-    /// once if the recorder is gone: the daemon is stopping). A backup waits for it before it
-    /// says its version is done, so that what it printed is what `state` reads next.
+    /// once if the recorder is gone: the daemon is stopping). `peerstash backup` waits for it
+    /// before it answers, so that what it printed is what `state` reads next (once per request,
+    /// not per file: a wait per file cost small files 10-15% of their speed).
     pub(crate) async fn storeds_recorded(&self) {
         let (done, recorded) = oneshot::channel();
         if self.stored_tx.send(ToRecord::Flushed(done)).await.is_ok() {

@@ -316,9 +316,6 @@ pub(crate) async fn backup_handle_as(
         }
         return Err(BackupError::DoesNotFit { size: stamp.size });
     }
-    // The holders its chunks' STOREDs named are recorded (asked by the engine before it said
-    // each chunk was done): once complete, the version reads at the RD just reached.
-    node.storeds_recorded().await;
     let recorded = (node.catalog)
         .complete_version(&file_id, stamp.inode, stamp.ctime_ns)
         .await?;
