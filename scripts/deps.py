@@ -114,10 +114,8 @@ for rel, me in files.items():
 
 def level(m, files_mode):
     if files_mode: return m
-    # group: top module, but daemon::cmd and service::watch as their own
+    # group: by top module
     if m[0] == 'bin': return tuple(m)
-    if len(m) >= 2 and (m[0], m[1]) in (('daemon', 'cmd'),):
-        return m[:2]
     return m[:1]
 
 files_mode = '--files' in sys.argv

@@ -72,7 +72,7 @@ pub enum Request {
     /// The newest catalog snapshot of this peer found on the peers and installed (the daemon
     /// restarts with it); root only.
     Recover {
-        /// Days looked back for dated snapshots (default `cmd::recover::DEFAULT_DAYS`).
+        /// Days looked back for dated snapshots (default `server::recover::DEFAULT_DAYS`).
         #[serde(default)]
         days: Option<u32>,
         /// Replace a catalog that already lists backups.

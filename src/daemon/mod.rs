@@ -1,7 +1,8 @@
 //! The running peer: `start` opens the state folder, the catalog and the store, binds the
-//! control socket and joins the channels; `Node` holds what the tasks share. The protocol itself
-//! is `engine::Peer`, driven by one task (`driver.rs`); `disk.rs` does the disk and catalog work
-//! it asks for; `cmd/` carries out the commands of the control socket (`control.rs`).
+//! control socket (`listen.rs`; `server` serves it) and joins the channels; `Node` holds what
+//! the tasks share. The protocol itself is `engine::Peer`, driven by one task (`driver.rs`, told
+//! what to do through `inbox.rs`); `receive.rs` hands it the datagrams; `disk.rs` does the disk
+//! and catalog work it asks for; `quota.rs` is the quota in force.
 
 pub(crate) mod disk;
 pub(crate) mod driver;
@@ -60,10 +61,10 @@ pub struct Node {
     pub catalog: CatalogHandle,
     pub store: Arc<ChunkStore>,
     writer: disk::ChunkWriter,
-    /// Backups of large files under way (`cmd::backup::LARGE_FILES_AT_ONCE`).
+    /// Backups of large files under way (`LARGE_FILES_AT_ONCE`).
     pub(crate) large_backups: Semaphore,
     /// The memory that backups of the other files hold, in KiB
-    /// (`cmd::backup::SMALL_FILES_MEMORY`).
+    /// (`SMALL_FILES_MEMORY_KIB`).
     pub(crate) small_backups: Semaphore,
     pub net: Channels,
     /// To the engine task (`driver::run`).
@@ -98,12 +99,12 @@ pub struct Node {
     pub folders_checked: Mutex<std::collections::BTreeMap<std::path::PathBuf, i64>>,
     /// The multicast traffic of the last hour, for the dashboard's plots.
     pub traffic_history: Mutex<traffic::History>,
-    /// One catalog snapshot at a time (`cmd::snapshot`).
+    /// One catalog snapshot at a time (`ops::snapshot`).
     pub snapshotting: tokio::sync::Mutex<()>,
     /// Woken when the daemon must stop and start again (a recovered catalog to install).
     pub restart: tokio::sync::Notify,
     /// Woken when a version reached its RD: an older one may wait for a catalog snapshot to
-    /// name it (`cmd::snapshot::keep_taking`).
+    /// name it (`ops::snapshot::keep_taking`).
     pub snapshot_wake: tokio::sync::Notify,
     /// Files refused because they do not fit on the peers, and the message `status` shows for
     /// each (at most `service::queue::MAX_REFUSED`); cleared on reload, when they are tried again.
