@@ -577,7 +577,7 @@ impl Node {
 
     /// Returns once every STORED handed to the recorder before the call is in the catalog (at
     /// once if the recorder is gone: the daemon is stopping). `peerstash backup` waits for it
-    /// before it answers, so that what it printed is what `state` reads next (once per request,
+    /// before it answers (`server::socket`), so that what it printed is what `state` reads next (once per request,
     /// not per file: a wait per file cost small files 10-15% of their speed).
     pub(crate) async fn storeds_recorded(&self) {
         let (done, recorded) = oneshot::channel();

@@ -90,23 +90,8 @@ impl Plan {
 /// handles, symlinks never followed, each file opened from the handle of the folder it was
 /// found in). `path` is the name the caller gave it (checked to be the same file). `owner`: a
 /// non-root caller's uid; only its own files and folders are backed up, the others are skipped
-/// and counted. It answers once the holders its chunks' STOREDs named are recorded (the engine
-/// asks for them to be recorded before it says a chunk is done): what it printed ("every chunk
-/// at RD >= 1") is what `state` and `status` read next.
+/// and counted.
 pub(crate) async fn backup(
-    node: &Arc<Node>,
-    path: PathBuf,
-    root: File,
-    wanted: Wanted,
-    owner: Option<u32>,
-    progress: &Progress,
-) -> Done {
-    let done = back_up_root(node, path, root, wanted, owner, progress).await;
-    node.storeds_recorded().await;
-    done
-}
-
-async fn back_up_root(
     node: &Arc<Node>,
     path: PathBuf,
     root: File,

@@ -446,7 +446,12 @@ async fn run(node: Arc<Node>, job: Job, owner: Option<u32>, progress: cmd::Progr
                 replication,
                 encrypt,
             };
-            cmd::backup::backup(&node, path, root, wanted, owner, &progress).await
+            let done = cmd::backup::backup(&node, path, root, wanted, owner, &progress).await;
+            // The answer waits for the holders its chunks' STOREDs named to be recorded (the
+            // engine asks for them before it says a chunk is done): what it prints ("every
+            // chunk at RD >= 1") is what `state` and `status` read next.
+            node.storeds_recorded().await;
+            done
         }
         Job::Restore { path, rows, out } => {
             server::restore::restore(&node, path, rows, out, &progress).await
