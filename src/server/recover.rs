@@ -160,7 +160,10 @@ async fn fetch_snapshot(
     progress: &Progress,
 ) -> Result<Result<u64, String>, RecoverError> {
     let Some((db_len, _)) = snapshot::parse_header(&first) else {
-        return Ok(Err("its first chunk has no snapshot header".into()));
+        return Ok(Err(format!(
+            "its first chunk: {}",
+            snapshot::no_header(&first)
+        )));
     };
     let cut = Cut::Sealed;
     let total = HEADER_LEN as u64 + db_len;

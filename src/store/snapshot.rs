@@ -24,8 +24,11 @@ pub use super::catalog::snapshots::{
     RECOVERED_TAKEN, WAIT_RECOVER,
 };
 
-/// The first bytes of a snapshot file.
-pub const MAGIC: &[u8; 8] = b"PSCATLG1";
+/// The first bytes of a snapshot file: its catalog keeps fileIds as bytes (catalog schema 2).
+pub const MAGIC: &[u8; 8] = b"PSCATLG2";
+/// The first bytes of a snapshot taken by a release that kept fileIds as text (schema 1): it
+/// is recovered too, and migrated when installed.
+const MAGIC_TEXT_IDS: &[u8; 8] = b"PSCATLG1";
 /// Magic, the database's length (u64 big-endian), its SHA-256.
 pub const HEADER_LEN: usize = 48;
 /// Where `peerstash recover` leaves the catalog it found, installed at the next start.
@@ -61,11 +64,19 @@ pub fn header(len: u64, hash: &[u8; 32]) -> [u8; HEADER_LEN] {
 /// The database's length and hash, if `bytes` starts with a snapshot header.
 pub fn parse_header(bytes: &[u8]) -> Option<(u64, [u8; 32])> {
     let h = bytes.get(..HEADER_LEN)?;
-    if &h[..8] != MAGIC {
+    if &h[..8] != MAGIC && &h[..8] != MAGIC_TEXT_IDS {
         return None;
     }
     let len = u64::from_be_bytes(h[8..16].try_into().ok()?);
     Some((len, h[16..].try_into().ok()?))
+}
+
+/// Why `bytes` is not read as a snapshot.
+pub fn no_header(bytes: &[u8]) -> String {
+    match bytes.starts_with(&MAGIC[..7]) {
+        true => "a snapshot written by a newer peerstash: recover it with that release".into(),
+        false => "no snapshot header".into(),
+    }
 }
 
 /// When snapshot `slot` was taken (`taken_ms`, by the clock of then), as shown to the admin.
@@ -162,7 +173,7 @@ pub fn check_file(f: &mut std::fs::File) -> Result<(), String> {
     use std::io::{Read, Seek};
     let mut head = [0u8; HEADER_LEN];
     f.read_exact(&mut head).map_err(|e| e.to_string())?;
-    let (len, hash) = parse_header(&head).ok_or("no snapshot header")?;
+    let (len, hash) = parse_header(&head).ok_or_else(|| no_header(&head))?;
     let (got_len, got) = hash_file(f).map_err(|e| e.to_string())?;
     f.rewind().map_err(|e| e.to_string())?;
     match (got_len == len, got == hash) {
@@ -215,7 +226,12 @@ pub fn install_recovered(state_dir: &Path) -> Result<bool, StoreError> {
         return Ok(false);
     }
     let db = state_dir.join("catalog.db");
+    // Both catalogs at this release's schema first (a snapshot taken before fileIds were kept
+    // as bytes, a catalog not opened since an upgrade): the hosted rows copied below must be
+    // of the same kind as the rows beside them.
+    drop(Catalog::open(&recovered)?);
     if db.exists() {
+        drop(Catalog::open(&db)?);
         let conn = Connection::open(&recovered)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute("ATTACH DATABASE ?1 AS old", [path_text(&db)?])?;
@@ -255,7 +271,7 @@ pub fn install_recovered(state_dir: &Path) -> Result<bool, StoreError> {
 /// The database at `db` (a snapshot's plaintext after its header) has the length and hash its
 /// header (`header_bytes`) says. Streams, as `write_file` does.
 pub fn check_database(header_bytes: &[u8], db: &Path) -> Result<(), String> {
-    let (len, hash) = parse_header(header_bytes).ok_or("no snapshot header")?;
+    let (len, hash) = parse_header(header_bytes).ok_or_else(|| no_header(header_bytes))?;
     let mut f = std::fs::File::open(db).map_err(|e| format!("{}: {e}", db.display()))?;
     let (got_len, got) = hash_file(&mut f).map_err(|e| format!("{}: {e}", db.display()))?;
     if got_len != len {

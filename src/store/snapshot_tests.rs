@@ -247,7 +247,7 @@ fn an_old_version_goes_only_once_a_snapshot_at_its_rd_names_its_successor() {
             .execute(
                 "INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash, desired_rd)
                  VALUES (?1, X'2F66', ?2, 3, 0, 420, 'h', 2)",
-                params![id.key(), version],
+                params![id, version],
             )
             .unwrap();
     }
@@ -288,10 +288,10 @@ fn a_snapshot_carries_our_files_and_not_what_we_host_and_installs_over_a_new_cat
     cat.conn
         .execute_batch(
             "INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash, desired_rd)
-             VALUES ('aa', X'2F77', 1, 3, 0, 420, 'h', 2);
-             INSERT INTO holders VALUES ('aa', 0, 7);
+             VALUES (X'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', X'2F77', 1, 3, 0, 420, 'h', 2);
+             INSERT INTO holders VALUES (X'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', 0, 7);
              INSERT INTO hosted (file_id, chunk_no, wire_id, size, hash, desired_rd)
-             VALUES ('bb', 0, 'BB', 1, 'h', 1);
+             VALUES (X'bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb', 0, 'BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB', 1, 'h', 1);
              INSERT INTO queue (path, due_at) VALUES (X'2F78', 0);",
         )
         .unwrap();
@@ -334,7 +334,7 @@ fn a_snapshot_carries_our_files_and_not_what_we_host_and_installs_over_a_new_cat
         .conn
         .execute_batch(
             "INSERT INTO hosted (file_id, chunk_no, wire_id, size, hash, desired_rd)
-             VALUES ('cc', 0, 'CC', 1, 'h', 1);",
+             VALUES (X'cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc', 0, 'CCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCC', 1, 'h', 1);",
         )
         .unwrap();
     drop(fresh); // installed at start, before the catalog opens
@@ -366,7 +366,7 @@ fn an_abandoned_snapshot_keeps_its_slot() {
                                         content_hash, desired_rd, backup_id, encrypted)
                      VALUES (?1, {path}, 1, 3, 0, 384, 'h', 2, 5, 1)"
                 ),
-                [id.key()],
+                [&id],
             )
             .unwrap();
     }
@@ -396,9 +396,9 @@ fn an_unfinished_encrypted_version_is_resumed_only_while_its_records_hold() {
         .execute_batch(
             "INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash,
                                 desired_rd, complete, encrypted)
-             VALUES ('aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', X'2F61', 1, 3, 5, 420, 'h', 2, 0, 1),
-                    ('bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb', X'2F62', 1, 3, 5, 420, 'h', 2, 1, 1),
-                    ('cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc', X'2F63', 1, 3, 5, 420, 'h', 2, 0, 0);",
+             VALUES (X'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', X'2F61', 1, 3, 5, 420, 'h', 2, 0, 1),
+                    (X'bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb', X'2F62', 1, 3, 5, 420, 'h', 2, 1, 1),
+                    (X'cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc', X'2F63', 1, 3, 5, 420, 'h', 2, 0, 0);",
         )
         .unwrap();
     let found = |path: &str| {
@@ -470,7 +470,18 @@ fn headers_round_trip_and_check_the_bytes() {
     assert!(check_database(&h, &file(b"database bytez")).is_err());
     assert!(check_database(&h, &file(b"database")).is_err());
     assert!(check_database(&h, &dir.path().join("none")).is_err());
-    assert!(parse_header(b"PSCATLG2").is_none());
+    assert!(parse_header(b"PSCATLG2").is_none(), "short");
+    // Snapshots of the releases that kept fileIds as text are read; a newer kind is refused
+    // with what to do.
+    let mut older = h;
+    older[..8].copy_from_slice(b"PSCATLG1");
+    assert_eq!(parse_header(&older), Some((db.len() as u64, hash)));
+    let mut newer = h;
+    newer[..8].copy_from_slice(b"PSCATLG3");
+    assert_eq!(parse_header(&newer), None);
+    assert!(check_database(&newer, &file(db))
+        .unwrap_err()
+        .contains("newer peerstash"));
     // A written snapshot file: header, then the database, whole.
     let out = dir.path().join("snap");
     let len = write_file(&file(db), &out).unwrap();
@@ -518,7 +529,7 @@ fn a_recovered_catalog_expires_nothing_until_the_hold_is_lifted() {
         .execute(
             "INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash, desired_rd, complete)
              VALUES (?1, X'2F66', 1, 3, 0, 420, 'h', 2, 1)",
-            [f.key()],
+            [&f],
         )
         .unwrap();
     cat.set_meta(WAIT_RECOVER, "1").unwrap();
@@ -549,7 +560,7 @@ fn a_number_is_given_back_only_while_nothing_of_it_was_sent() {
         .execute(
             "INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash, desired_rd)
              VALUES (?1, X'2F73', 1, 3, 0, 384, 'h', 2)",
-            [sent.key()],
+            [&sent],
         )
         .unwrap();
     assert!(!cat.release_snapshot(&sent).unwrap());

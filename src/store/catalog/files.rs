@@ -52,7 +52,7 @@ pub(super) const FILE_COLUMNS: &str =
     "file_id, path, version, size, mtime_ns, mode, content_hash, \
      desired_rd, complete, inode, deleted_at, uid, gid, ctime_ns, encrypted, key_fp";
 
-pub(super) fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, FileRowRaw)> {
+pub(super) fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(FileId, FileRowRaw)> {
     Ok((
         r.get(0)?,
         FileRowRaw {
@@ -93,9 +93,9 @@ pub(super) struct FileRowRaw {
     key_fp: Option<String>,
 }
 
-pub(super) fn finish_file((id, raw): (String, FileRowRaw)) -> Result<FileRow, StoreError> {
+pub(super) fn finish_file((id, raw): (FileId, FileRowRaw)) -> Result<FileRow, StoreError> {
     Ok(FileRow {
-        file_id: file_id_of(id)?,
+        file_id: id,
         path: raw.path,
         version: raw.version,
         size: raw.size as u64,
@@ -119,7 +119,7 @@ impl Catalog {
         let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE file_id = ?1");
         self.conn
             .prepare_cached(&sql)?
-            .query_row([file_id.key()], file_row)
+            .query_row([&file_id], file_row)
             .optional()?
             .map(finish_file)
             .transpose()
@@ -162,7 +162,7 @@ impl Catalog {
     pub fn stop_resuming(&self, file_id: &FileId) -> Result<(), StoreError> {
         self.conn
             .prepare_cached("UPDATE files SET no_resume = 1 WHERE file_id = ?1 AND complete = 0")?
-            .execute([file_id.key()])?;
+            .execute([&file_id])?;
         Ok(())
     }
 
@@ -233,7 +233,7 @@ impl Catalog {
         owner: Option<u32>,
     ) -> Result<Vec<(PathBuf, u8, u32, u32)>, StoreError> {
         struct Newest {
-            file_id: String,
+            file_id: Vec<u8>,
             desired: u8,
             complete: bool,
             version: u32,
@@ -261,7 +261,7 @@ impl Catalog {
             }
         }
         // fileId -> (desired RD, chunks below it, of which at risk).
-        let mut counts: std::collections::HashMap<String, (u8, u32, u32)> = (newest.values())
+        let mut counts: std::collections::HashMap<Vec<u8>, (u8, u32, u32)> = (newest.values())
             .map(|v| (v.file_id.clone(), (v.desired, 0, 0)))
             .collect();
         // Per fileId: how many chunks have fewer than d holders, for each RD d from 1 to 9.
@@ -274,7 +274,7 @@ impl Catalog {
         )?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
-            let file_id: String = r.get(0)?;
+            let file_id: Vec<u8> = r.get(0)?;
             let Some((desired, below, at_risk)) = counts.get_mut(&file_id) else {
                 continue;
             };
@@ -316,7 +316,7 @@ impl Catalog {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?
             .execute(params![
-                row.file_id.key(),
+                &row.file_id,
                 path,
                 version,
                 row.size as i64,
@@ -351,16 +351,16 @@ impl Catalog {
         // no DELETE of it is owed to anyone any more.
         self.conn
             .prepare_cached("DELETE FROM forgotten WHERE file_id = ?1")?
-            .execute([row.file_id.key()])?;
+            .execute([&row.file_id])?;
         self.conn
             .prepare_cached("DELETE FROM delete_acks WHERE file_id = ?1")?
-            .execute([row.file_id.key()])?;
+            .execute([&row.file_id])?;
         // Nor a DELETE still to be sent (a restart or the next forget would send it, and the
         // holders would drop this new version's chunks).
         self.clear_pending_delete(&row.file_id)?;
         self.conn
             .prepare_cached("UPDATE files SET backup_id = ?2 WHERE file_id = ?1")?
-            .execute(params![row.file_id.key(), backup.0])?;
+            .execute(params![&row.file_id, backup.0])?;
         Ok(version)
     }
 
@@ -382,7 +382,7 @@ impl Catalog {
                      (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'completions'))
                  WHERE file_id = ?1",
             )?
-            .execute(params![file_id.key(), unix_ms()])?
+            .execute(params![&file_id, unix_ms()])?
             == 1)
     }
 
@@ -404,7 +404,7 @@ impl Catalog {
     pub fn note_seen(&self, file_id: &FileId, inode: u64, ctime_ns: i64) -> Result<(), StoreError> {
         self.conn
             .prepare_cached("UPDATE files SET inode = ?2, ctime_ns = ?3 WHERE file_id = ?1")?
-            .execute(params![file_id.key(), inode as i64, ctime_ns])?;
+            .execute(params![&file_id, inode as i64, ctime_ns])?;
         Ok(())
     }
 
@@ -418,13 +418,13 @@ impl Catalog {
              WHERE deleted_at IS NOT NULL
                AND path = (SELECT path FROM files WHERE file_id = ?1)",
             )?
-            .execute([file_id.key()])?)
+            .execute([&file_id])?)
     }
 
     pub fn set_file_rd(&self, file_id: &FileId, rd: u8) -> Result<(), StoreError> {
         self.conn
             .prepare_cached("UPDATE files SET desired_rd = ?2 WHERE file_id = ?1")?
-            .execute(params![file_id.key(), rd])?;
+            .execute(params![&file_id, rd])?;
         Ok(())
     }
 
@@ -464,8 +464,8 @@ impl Catalog {
                        BETWEEN 1 AND f.desired_rd - 1)
              ORDER BY f.version DESC LIMIT ?1",
         )?;
-        let rows = stmt.query_map([limit as i64], |r| r.get::<_, String>(0))?;
-        rows.map(|r| file_id_of(r?)).collect()
+        let rows = stmt.query_map([limit as i64], |r| r.get::<_, FileId>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 

@@ -45,7 +45,7 @@ impl Catalog {
         let backup_id: Option<i64> = self
             .conn
             .prepare_cached("SELECT backup_id FROM files WHERE file_id = ?1")?
-            .query_row([file_id.key()], |r| r.get(0))?;
+            .query_row([&file_id], |r| r.get(0))?;
         // Complete versions of the same path newer than this one.
         let newer_complete: u32 = self
             .conn
@@ -53,7 +53,7 @@ impl Catalog {
                 "SELECT COUNT(*) FROM files g, files f
              WHERE f.file_id = ?1 AND g.path = f.path AND g.version > f.version AND g.complete = 1",
             )?
-            .query_row([file_id.key()], |r| r.get(0))?;
+            .query_row([&file_id], |r| r.get(0))?;
         let refused = match why {
             Forget::UserDelete => None,
             Forget::KeepVersions { keep } => {
@@ -88,7 +88,7 @@ impl Catalog {
                 let absent_ms: i64 = self
                     .conn
                     .prepare_cached("SELECT absent_ms FROM files WHERE file_id = ?1")?
-                    .query_row([file_id.key()], |r| r.get(0))?;
+                    .query_row([&file_id], |r| r.get(0))?;
                 match row.deleted_at {
                     None => Some("its path is not (any more) marked deleted".to_owned()),
                     Some(_) if absent_ms < keep_deleted_ms => Some(format!(
@@ -147,7 +147,7 @@ impl Catalog {
                  WHERE f.file_id = ?1 AND g.path = f.path AND g.version > f.version
                    AND g.complete = 1 AND COALESCE(g.completed_no, 0) <= ?2",
             )?
-            .query_row(params![file_id.key(), mark], |r| r.get(0))?)
+            .query_row(params![&file_id, mark], |r| r.get(0))?)
     }
 
     /// Forgets a version of our own (its row, its chunks and their holder sets) and remembers
@@ -155,7 +155,7 @@ impl Catalog {
     /// which of them must acknowledge it (every distinct holder of its chunks).
     /// Only through `forget`, which checks that the deletion is allowed.
     pub(super) fn delete_file(&self, file_id: &FileId, now_ms: i64) -> Result<(), StoreError> {
-        let key = file_id.key();
+        let key = file_id.digest();
         self.conn
             .prepare_cached("INSERT OR IGNORE INTO pending_deletes (file_id) VALUES (?1)")?
             .execute([&key])?;
@@ -186,14 +186,14 @@ impl Catalog {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT file_id FROM pending_deletes")?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        rows.map(|r| file_id_of(r?)).collect()
+        let rows = stmt.query_map([], |r| r.get::<_, FileId>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn clear_pending_delete(&self, file_id: &FileId) -> Result<(), StoreError> {
         self.conn
             .prepare_cached("DELETE FROM pending_deletes WHERE file_id = ?1")?
-            .execute([file_id.key()])?;
+            .execute([&file_id])?;
         Ok(())
     }
 

@@ -14,27 +14,6 @@ pub struct FileChunkRow {
     pub perceived_rd: u32,
 }
 
-/// Each chunk's perceived RD, kept by triggers as holders come and go, so that neither an insert
-/// nor a report recounts a holder set.
-pub(super) const HOLDER_COUNTS: &str = "
-CREATE TABLE holder_counts (
-    file_id TEXT NOT NULL,
-    chunk_no INTEGER NOT NULL,
-    n INTEGER NOT NULL,
-    PRIMARY KEY (file_id, chunk_no)
-);
-INSERT INTO holder_counts (file_id, chunk_no, n)
-    SELECT file_id, chunk_no, COUNT(*) FROM holders GROUP BY file_id, chunk_no;
-CREATE TRIGGER holder_added AFTER INSERT ON holders BEGIN
-    INSERT OR IGNORE INTO holder_counts (file_id, chunk_no, n) VALUES (NEW.file_id, NEW.chunk_no, 0);
-    UPDATE holder_counts SET n = n + 1 WHERE file_id = NEW.file_id AND chunk_no = NEW.chunk_no;
-END;
-CREATE TRIGGER holder_removed AFTER DELETE ON holders BEGIN
-    UPDATE holder_counts SET n = n - 1 WHERE file_id = OLD.file_id AND chunk_no = OLD.chunk_no;
-    DELETE FROM holder_counts WHERE file_id = OLD.file_id AND chunk_no = OLD.chunk_no AND n <= 0;
-END;
-";
-
 /// Most distinct holders recorded per chunk. A real LAN has far fewer peers than this; STOREDs
 /// from more senders (forged ids) are ignored, so a flood cannot grow a holder set.
 pub const MAX_HOLDERS: u32 = 64;
@@ -55,7 +34,7 @@ impl Catalog {
             .prepare_cached(
                 "SELECT size, hash FROM file_chunks WHERE file_id = ?1 AND chunk_no = ?2",
             )?
-            .query_row(params![file_id.key(), chunk_no.0], |r| {
+            .query_row(params![&file_id, chunk_no.0], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .optional()?;
@@ -76,7 +55,7 @@ impl Catalog {
         hash: &str,
     ) -> Result<(), StoreError> {
         self.conn.prepare_cached("INSERT INTO file_chunks (file_id, chunk_no, size, hash) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (file_id, chunk_no) DO UPDATE SET size = excluded.size, hash = excluded.hash")?.execute(params![file_id.key(), chunk_no.0, size as i64, hash],
+             ON CONFLICT (file_id, chunk_no) DO UPDATE SET size = excluded.size, hash = excluded.hash")?.execute(params![&file_id, chunk_no.0, size as i64, hash],
         )?;
         Ok(())
     }
@@ -88,7 +67,7 @@ impl Catalog {
                     COALESCE((SELECT n FROM holder_counts h WHERE h.file_id = c.file_id AND h.chunk_no = c.chunk_no), 0)
              FROM file_chunks c WHERE c.file_id = ?1 ORDER BY c.chunk_no",
         )?;
-        let rows = stmt.query_map([file_id.key()], |r| {
+        let rows = stmt.query_map([&file_id], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, i64>(1)?,
@@ -117,7 +96,7 @@ impl Catalog {
                                   WHERE h.file_id = c.file_id AND h.chunk_no = c.chunk_no), 0)), 0)
              FROM file_chunks c WHERE c.file_id = ?1",
             )?
-            .query_row([file_id.key()], |r| r.get(0))?)
+            .query_row([&file_id], |r| r.get(0))?)
     }
 
     /// Records that `peer` holds a chunk, if the chunk is ours or hosted here (others' chunks are
@@ -140,7 +119,7 @@ impl Catalog {
         chunk_no: ChunkNo,
         peers: &[PeerId],
     ) -> Result<Option<u32>, StoreError> {
-        let key = file_id.key();
+        let key = file_id.digest();
         let known: bool = self
             .conn
             .prepare_cached(
@@ -157,7 +136,7 @@ impl Catalog {
     /// Inserts holders up to the cap; returns the perceived RD after.
     pub(super) fn insert_holders(
         &self,
-        key: &str,
+        key: &[u8; 32],
         chunk_no: ChunkNo,
         peers: &[PeerId],
     ) -> Result<u32, StoreError> {
@@ -190,7 +169,7 @@ impl Catalog {
             .prepare_cached(
                 "DELETE FROM holders WHERE file_id = ?1 AND chunk_no = ?2 AND peer = ?3",
             )?
-            .execute(params![file_id.key(), chunk_no.0, peer.0])?;
+            .execute(params![&file_id, chunk_no.0, peer.0])?;
         self.perceived(file_id, chunk_no)
     }
 
@@ -198,7 +177,7 @@ impl Catalog {
         let mut stmt = self.conn.prepare_cached(
             "SELECT peer FROM holders WHERE file_id = ?1 AND chunk_no = ?2 ORDER BY peer",
         )?;
-        let rows = stmt.query_map(params![file_id.key(), chunk_no.0], |r| r.get(0))?;
+        let rows = stmt.query_map(params![&file_id, chunk_no.0], |r| r.get(0))?;
         rows.map(|r| Ok(PeerId(r?))).collect()
     }
 
@@ -207,7 +186,7 @@ impl Catalog {
         Ok(self
             .conn
             .prepare_cached("SELECT n FROM holder_counts WHERE file_id = ?1 AND chunk_no = ?2")?
-            .query_row(params![file_id.key(), chunk_no.0], |r| r.get(0))
+            .query_row(params![&file_id, chunk_no.0], |r| r.get(0))
             .optional()?
             .unwrap_or(0))
     }
@@ -243,13 +222,13 @@ impl Catalog {
         )?;
         let mut out = Vec::new();
         for peer in holders {
-            let mut picked: Vec<(String, i64)> = Vec::new();
+            let mut picked: Vec<(FileId, i64)> = Vec::new();
             for _ in 0..per_holder * 3 {
                 let from = (rand::random::<u64>() >> 1) as i64 % (max_rowid + 1);
                 let mut row = |start: i64| {
                     stmt.query_row(params![peer, start], |r| {
                         Ok((
-                            r.get::<_, String>(0)?,
+                            r.get::<_, FileId>(0)?,
                             r.get::<_, i64>(1)?,
                             r.get::<_, i64>(2)?,
                             r.get::<_, String>(3)?,
@@ -269,7 +248,7 @@ impl Catalog {
                 }
                 picked.push((file_id.clone(), chunk_no));
                 let chunk = ChunkId {
-                    file_id: file_id_of(file_id)?,
+                    file_id,
                     chunk_no: chunk_no_of(chunk_no)?,
                 };
                 out.push((PeerId(peer), chunk, size as u64, hash));

@@ -44,7 +44,7 @@ pub enum ChunkRole {
 
 impl Catalog {
     pub fn role(&self, file_id: &FileId, chunk_no: ChunkNo) -> Result<ChunkRole, StoreError> {
-        let key = file_id.key();
+        let key = file_id.digest();
         let own: Option<u8> = self
             .conn
             .prepare_cached("SELECT desired_rd FROM files WHERE file_id = ?1")?
@@ -73,7 +73,7 @@ impl Catalog {
 
     /// Records a chunk now on disk, with the holders known so far (ourselves included).
     pub fn insert_hosted(&self, row: &HostedRow, holders: &[PeerId]) -> Result<(), StoreError> {
-        let key = row.file_id.key();
+        let key = row.file_id.digest();
         self.conn
             .prepare_cached(
                 "INSERT INTO hosted (file_id, chunk_no, wire_id, size, hash, desired_rd, sender)
@@ -106,7 +106,7 @@ impl Catalog {
                 "UPDATE hosted SET desired_rd = ?3
                  WHERE file_id = ?1 AND chunk_no = ?2 AND desired_rd = 0",
             )?
-            .execute(params![file_id.key(), chunk_no.0, rd])?;
+            .execute(params![&file_id, chunk_no.0, rd])?;
         Ok(n > 0)
     }
 
@@ -120,7 +120,7 @@ impl Catalog {
                 "SELECT wire_id, size, hash, desired_rd, sender FROM hosted
                  WHERE file_id = ?1 AND chunk_no = ?2",
             )?
-            .query_row(params![file_id.key(), chunk_no.0], |r| {
+            .query_row(params![&file_id, chunk_no.0], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, i64>(1)?,
@@ -173,7 +173,7 @@ impl Catalog {
              ORDER BY s.file_id, s.chunk_no LIMIT ?3",
         )?;
         let limit = limit.map_or(-1, |n| n as i64);
-        let (file, no) = after.map_or((None, 0), |c| (Some(c.file_id.key()), c.chunk_no.0));
+        let (file, no) = after.map_or((None, 0), |c| (Some(&c.file_id), c.chunk_no.0));
         let rows = stmt.query_map(params![file, no, limit], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -208,7 +208,7 @@ impl Catalog {
         file_id: &FileId,
         chunk_no: ChunkNo,
     ) -> Result<Option<u64>, StoreError> {
-        let key = file_id.key();
+        let key = file_id.digest();
         let size: Option<i64> = self
             .conn
             .prepare_cached(
@@ -224,7 +224,7 @@ impl Catalog {
 
     /// Forgets every hosted chunk of a file; returns (chunkNo, size) of each.
     pub fn delete_hosted_file(&self, file_id: &FileId) -> Result<Vec<(ChunkNo, u64)>, StoreError> {
-        let key = file_id.key();
+        let key = file_id.digest();
         let mut stmt = self
             .conn
             .prepare_cached("DELETE FROM hosted WHERE file_id = ?1 RETURNING chunk_no, size")?;

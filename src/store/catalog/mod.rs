@@ -30,6 +30,7 @@ mod hosted;
 mod overview;
 mod peers;
 mod queue;
+mod schema;
 pub(in crate::store) mod snapshots;
 #[cfg(test)]
 mod tests;
@@ -42,7 +43,6 @@ use folders::below_key;
 pub use folders::{DeletedPath, FolderRow};
 pub use forget::{Forget, Policy};
 pub use handle::CatalogHandle;
-use holders::HOLDER_COUNTS;
 pub use holders::{FileChunkRow, MAX_HOLDERS};
 pub use hosted::{ChunkRole, HostedRow};
 pub use overview::{Overview, StateView, StatusView};
@@ -131,115 +131,6 @@ pub struct Catalog {
     path: PathBuf,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS files (
-    file_id TEXT PRIMARY KEY,         -- lower-case fileId of one version of one of our files
-    path BLOB NOT NULL,               -- the path's bytes (names need not be UTF-8)
-    version INTEGER NOT NULL,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    mode INTEGER NOT NULL,
-    content_hash TEXT NOT NULL,
-    desired_rd INTEGER NOT NULL,
-    complete INTEGER NOT NULL DEFAULT 0,
-    inode INTEGER NOT NULL DEFAULT 0,
-    uid INTEGER NOT NULL DEFAULT 0,   -- owner and group, given back at restore
-    gid INTEGER NOT NULL DEFAULT 0,
-    deleted_at INTEGER,               -- unix seconds when the local file was found gone
-    ctime_ns INTEGER NOT NULL DEFAULT 0, -- inode change time when last read in full
-    backup_id INTEGER,                -- the backup run that inserted this version
-    absent_ms INTEGER NOT NULL DEFAULT 0, -- while deleted_at is set: ms counted absent (monotonic)
-    encrypted INTEGER NOT NULL DEFAULT 0, -- chunks encrypted under the master key
-    completed_ms INTEGER,             -- unix ms when it became complete
-    no_resume INTEGER NOT NULL DEFAULT 0, -- unfinished, never resumed (`Catalog::sealed_version`)
-    key_fp TEXT,                      -- encrypted: its master key's fingerprint (NULL: before they were kept)
-    UNIQUE (path, version)
-);
-CREATE TABLE IF NOT EXISTS last_versions (
-    path BLOB PRIMARY KEY,            -- the highest version number ever given to a path:
-    version INTEGER NOT NULL          -- a forgotten version's number is never reused
-);
-CREATE TABLE IF NOT EXISTS queue (
-    path BLOB PRIMARY KEY,            -- a path (bytes) to look at: back it up, or note that it is gone
-    due_at INTEGER NOT NULL,          -- unix ms; later after a failure
-    attempts INTEGER NOT NULL DEFAULT 0,
-    gen INTEGER NOT NULL DEFAULT 0,   -- bumped when queued again while being worked on
-    since INTEGER                     -- unix ms of its first change not yet backed up (max_delay)
-);
-CREATE TABLE IF NOT EXISTS file_chunks (
-    file_id TEXT NOT NULL REFERENCES files(file_id) ON DELETE CASCADE,
-    chunk_no INTEGER NOT NULL,
-    size INTEGER NOT NULL,
-    hash TEXT NOT NULL,
-    PRIMARY KEY (file_id, chunk_no)
-);
-CREATE TABLE IF NOT EXISTS hosted (
-    file_id TEXT NOT NULL,            -- lower case, the key
-    chunk_no INTEGER NOT NULL,
-    wire_id TEXT NOT NULL,            -- the fileId exactly as its home peer wrote it
-    size INTEGER NOT NULL,
-    hash TEXT NOT NULL,
-    desired_rd INTEGER NOT NULL,
-    sender INTEGER NOT NULL DEFAULT 0, -- the peer whose PUTCHUNK we stored (0: unknown)
-    PRIMARY KEY (file_id, chunk_no)
-);
-CREATE TABLE IF NOT EXISTS pending_deletes (
-    file_id TEXT PRIMARY KEY          -- versions forgotten here whose DELETE is still to be sent
-);
-CREATE TABLE IF NOT EXISTS forgotten (
-    file_id TEXT PRIMARY KEY,         -- our own versions forgotten here: never hosted by us
-    at INTEGER NOT NULL               -- unix seconds, for pruning
-);
-CREATE TABLE IF NOT EXISTS holders (
-    file_id TEXT NOT NULL,
-    chunk_no INTEGER NOT NULL,
-    peer INTEGER NOT NULL,
-    PRIMARY KEY (file_id, chunk_no, peer)
-);
-CREATE TABLE IF NOT EXISTS peers (
-    id INTEGER PRIMARY KEY,           -- a peer heard, or counted lost
-    protocol TEXT NOT NULL,           -- the highest version heard from it ('': never heard)
-    last_heard INTEGER NOT NULL,      -- unix ms of its latest message heard (0: never heard)
-    lost_at INTEGER,                  -- unix ms when it was counted lost; NULL while not lost
-    auth_mark INTEGER NOT NULL DEFAULT 0, -- LAN key: the newest AUTH time taken from it (its clock, unix s)
-    auth_mark_at INTEGER NOT NULL DEFAULT 0 -- when that was taken (our clock, unix s)
-);
-CREATE TABLE IF NOT EXISTS folders (
-    path BLOB PRIMARY KEY,            -- a folder from a watched folder down to a backed-up file
-    uid INTEGER NOT NULL,             -- its owner, group, permission bits and mtime when last
-    gid INTEGER NOT NULL,             -- seen (lstat through the walk's handles), given back by
-    mode INTEGER NOT NULL,            -- `restore --all` to the folders it makes
-    mtime_ns INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS delete_acks (
-    file_id TEXT NOT NULL,            -- a version of ours forgotten here (its DELETE queued)
-    peer INTEGER NOT NULL,            -- a holder of its chunks that has not acknowledged (DELETED)
-    since INTEGER NOT NULL,           -- unix ms when the version was forgotten
-    PRIMARY KEY (file_id, peer)
-);
-";
-
-/// Columns added after the first release: (table, name, definition), added to an older catalog
-/// at open. (Tables added later need nothing: SCHEMA creates what is missing.)
-const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
-    ("files", "ctime_ns", "INTEGER NOT NULL DEFAULT 0"),
-    ("files", "backup_id", "INTEGER"),
-    ("files", "absent_ms", "INTEGER NOT NULL DEFAULT 0"),
-    ("hosted", "sender", "INTEGER NOT NULL DEFAULT 0"),
-    ("files", "encrypted", "INTEGER NOT NULL DEFAULT 0"),
-    ("files", "completed_ms", "INTEGER"),
-    ("peers", "auth_mark", "INTEGER NOT NULL DEFAULT 0"),
-    ("peers", "auth_mark_at", "INTEGER NOT NULL DEFAULT 0"),
-    ("files", "no_resume", "INTEGER NOT NULL DEFAULT 0"),
-    ("files", "key_fp", "TEXT"),
-    ("queue", "since", "INTEGER"),
-    ("peers", "incarnation", "TEXT"), // 2.0: its chunk store's incarnation (`engine::verify`)
-    ("files", "completed_no", "INTEGER"),
-    ("snapshots", "taken_ms", "INTEGER"),
-    ("snapshots", "mark", "INTEGER NOT NULL DEFAULT 0"),
-];
-
 /// The catalog is the daemon's alone: mode 0600 whatever the umask (SQLite would create it
 /// 0644 less the umask, and gives the -wal and -shm files the same mode).
 fn make_private(path: &Path) -> Result<(), StoreError> {
@@ -256,32 +147,27 @@ fn make_private(path: &Path) -> Result<(), StoreError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(private)
 }
 
-/// Brings a catalog made by an older release up to the current schema (idempotent).
-fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    for (table, name, definition) in ADDED_COLUMNS {
-        let have: Vec<String> = conn
-            .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        if !have.iter().any(|h| h == name) {
-            conn.execute_batch(&format!(
-                "ALTER TABLE {table} ADD COLUMN {name} {definition}"
-            ))?;
-        }
+/// A fileId as the catalog keeps it: its 32 bytes (`schema::SCHEMA_VERSION` 2).
+impl rusqlite::ToSql for FileId {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.digest().to_vec().into())
     }
-    // Indexes on columns an older catalog may have just gained (so not in SCHEMA). By peer:
-    // a lost holder is dropped, and the distinct holders are listed, without a full scan. By
-    // due time: the queue's workers take the next due paths in a step, not in a sort of the
-    // whole queue (100,000 paths after the first scan of a large folder).
-    conn.execute_batch(
-        "CREATE INDEX IF NOT EXISTS files_inode ON files (inode);
-         CREATE INDEX IF NOT EXISTS holders_peer ON holders (peer);
-         CREATE INDEX IF NOT EXISTS delete_acks_peer ON delete_acks (peer, since);
-         CREATE INDEX IF NOT EXISTS queue_due ON queue (due_at);",
-    )?;
-    Ok(())
 }
 
+impl rusqlite::types::FromSql for FileId {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let blob = value.as_blob()?;
+        let digest: &[u8; 32] =
+            blob.try_into()
+                .map_err(|_| rusqlite::types::FromSqlError::InvalidBlobSize {
+                    expected_size: 32,
+                    blob_size: blob.len(),
+                })?;
+        Ok(FileId::from_digest(digest))
+    }
+}
+
+/// A fileId kept as text: `hosted.wire_id`, as its home peer wrote it.
 fn file_id_of(text: String) -> Result<FileId, StoreError> {
     FileId::parse(&text).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -336,21 +222,8 @@ impl Catalog {
         };
         conn.pragma_update(None, "journal_mode", journal)?;
         conn.pragma_update(None, "synchronous", synchronous)?;
+        schema::bring_up(&conn, path)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(snapshots::SNAPSHOTS_SCHEMA)?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version < 1 {
-            // Paths were stored as text (lossily for names that are not UTF-8): bytes now, so
-            // that they compare with what is looked up.
-            conn.execute_batch(
-                "BEGIN;
-                 UPDATE files SET path = CAST(path AS BLOB) WHERE typeof(path) = 'text';
-                 UPDATE queue SET path = CAST(path AS BLOB) WHERE typeof(path) = 'text';
-                 PRAGMA user_version = 1;
-                 COMMIT;",
-            )?;
-        }
         // SQLite gives the -wal and -shm files the database's mode; older stores may have them.
         for suffix in ["-wal", "-shm"] {
             let mut other = path.as_os_str().to_owned();
@@ -359,15 +232,6 @@ impl Catalog {
                 make_private(Path::new(&other))?;
             }
         }
-        let counted: bool = conn
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'holder_counts')",
-            )?
-            .query_row([], |r| r.get(0))?;
-        if !counted {
-            conn.execute_batch(&format!("BEGIN; {HOLDER_COUNTS} COMMIT;"))?;
-        }
-        migrate(&conn)?;
         Ok(Catalog {
             conn,
             path: path.to_path_buf(),

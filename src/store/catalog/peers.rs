@@ -201,7 +201,7 @@ impl Catalog {
         Ok(self
             .conn
             .prepare_cached("DELETE FROM delete_acks WHERE file_id = ?1 AND peer = ?2")?
-            .execute(params![file_id.key(), peer.0])?
+            .execute(params![&file_id, peer.0])?
             == 1)
     }
 
@@ -215,8 +215,8 @@ impl Catalog {
         let mut stmt = self.conn.prepare_cached(
             "SELECT file_id FROM delete_acks WHERE peer = ?1 ORDER BY since, file_id LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![peer.0, limit as i64], |r| r.get::<_, String>(0))?;
-        rows.map(|r| file_id_of(r?)).collect()
+        let rows = stmt.query_map(params![peer.0, limit as i64], |r| r.get::<_, FileId>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Gives up on the acknowledgements owed since before `older_than_ms` (the delete deadline

@@ -23,17 +23,6 @@ pub const COMPLETIONS: &str = "completions";
 /// of then): what existed then is what `restore --all` brings back (`restore_cutoff_ms`).
 pub const RECOVERED_TAKEN: &str = "recovered_snapshot_taken_ms";
 
-/// Columns `taken_ms` and `mark` are added by `catalog::ADDED_COLUMNS`.
-pub(super) const SNAPSHOTS_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS snapshots (
-    file_id TEXT PRIMARY KEY,         -- a catalog snapshot of ours (sent, or being sent)
-    day INTEGER NOT NULL,             -- SnapshotNo: -1 numbered (n is its number), else its
-    n INTEGER NOT NULL,               -- dated slot (day, n); never used twice
-    at_rd INTEGER NOT NULL DEFAULT 0, -- every chunk reached the desired RD
-    UNIQUE (day, n)
-);
-";
-
 /// One snapshot of ours.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotRow {
@@ -81,7 +70,7 @@ impl Catalog {
             .prepare_cached("SELECT file_id, day, n, at_rd, taken_ms FROM snapshots")?;
         let rows = stmt.query_map([], |r| {
             Ok((
-                r.get::<_, String>(0)?,
+                r.get::<_, FileId>(0)?,
                 r.get::<_, i64>(1)?,
                 r.get::<_, i64>(2)?,
                 r.get::<_, bool>(3)?,
@@ -90,9 +79,7 @@ impl Catalog {
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, day, n, at_rd, taken_ms) = row?;
-            let file_id = FileId::parse(&id)
-                .map_err(|_| StoreError::Corrupt(format!("snapshot fileId {id:?}")))?;
+            let (file_id, day, n, at_rd, taken_ms) = row?;
             let slot = from_columns(day, n)
                 .ok_or_else(|| StoreError::Corrupt(format!("snapshot slot {day}:{n}")))?;
             out.push(SnapshotRow {
@@ -160,7 +147,7 @@ impl Catalog {
         Ok(self
             .conn
             .prepare_cached("SELECT EXISTS (SELECT 1 FROM snapshots WHERE file_id = ?1)")?
-            .query_row([file_id.key()], |r| r.get(0))?)
+            .query_row([&file_id], |r| r.get(0))?)
     }
 
     /// Records that `slot` is taken by `file_id` at `taken_ms` (a label), before anything of it
@@ -180,7 +167,7 @@ impl Catalog {
             .prepare_cached(
                 "INSERT INTO snapshots (file_id, day, n, taken_ms, mark) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
-            .execute(params![file_id.key(), day, n, taken_ms, mark])?;
+            .execute(params![&file_id, day, n, taken_ms, mark])?;
         Ok(())
     }
 
@@ -196,7 +183,7 @@ impl Catalog {
                 "DELETE FROM snapshots WHERE file_id = ?1
                  AND NOT EXISTS (SELECT 1 FROM files WHERE file_id = ?1)",
             )?
-            .execute([file_id.key()])?
+            .execute([&file_id])?
             == 1)
     }
 
@@ -223,14 +210,14 @@ impl Catalog {
         let chunks: i64 = self
             .conn
             .prepare_cached("SELECT COUNT(*) FROM file_chunks WHERE file_id = ?1")?
-            .query_row([r.file_id.key()], |row| row.get(0))?;
+            .query_row([&r.file_id], |row| row.get(0))?;
         Ok(chunks == 0 || self.min_perceived_rd(&r.file_id)? >= u32::from(desired))
     }
 
     pub fn set_snapshot_at_rd(&self, file_id: &FileId) -> Result<(), StoreError> {
         self.conn
             .prepare_cached("UPDATE snapshots SET at_rd = 1 WHERE file_id = ?1")?
-            .execute([file_id.key()])?;
+            .execute([&file_id])?;
         Ok(())
     }
 
@@ -281,7 +268,7 @@ impl Catalog {
             self.delete_file(file_id, now_ms)?;
             self.conn
                 .prepare_cached("DELETE FROM snapshots WHERE file_id = ?1")?
-                .execute([file_id.key()])?;
+                .execute([&file_id])?;
             Ok(())
         })?;
         Ok(true)
@@ -329,11 +316,11 @@ impl Catalog {
                              COALESCE((SELECT mark FROM snapshots WHERE file_id = ?1), 0),
                              (SELECT taken_ms FROM snapshots WHERE file_id = ?1))",
                 )?
-                .execute(params![file_id.key(), day, n])?;
+                .execute(params![&file_id, day, n])?;
             let taken: Option<i64> = self
                 .conn
                 .prepare_cached("SELECT taken_ms FROM snapshots WHERE file_id = ?1")?
-                .query_row([file_id.key()], |r| r.get(0))?;
+                .query_row([&file_id], |r| r.get(0))?;
             match taken {
                 Some(ms) => self.set_meta(RECOVERED_TAKEN, &ms.to_string())?,
                 None => self.delete_meta(RECOVERED_TAKEN)?,

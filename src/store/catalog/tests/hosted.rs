@@ -108,21 +108,21 @@ fn counts_are_built_for_a_catalog_of_an_older_version() {
             .execute_batch(
                 "DROP TRIGGER holder_added; DROP TRIGGER holder_removed;
                  DROP TABLE holder_counts;
-                 INSERT INTO holders VALUES ('x', 1, 5), ('x', 1, 6), ('y', 0, 5);",
+                 INSERT INTO holders VALUES (X'0101010101010101010101010101010101010101010101010101010101010101', 1, 5), (X'0101010101010101010101010101010101010101010101010101010101010101', 1, 6), (X'0202020202020202020202020202020202020202020202020202020202020202', 0, 5);",
             )
             .unwrap();
     }
     let cat = Catalog::open(&path).unwrap();
-    let count = |f: &str, n: i64| -> u32 {
+    let count = |f: u8, n: i64| -> u32 {
         cat.conn
             .query_row(
                 "SELECT n FROM holder_counts WHERE file_id = ?1 AND chunk_no = ?2",
-                params![f, n],
+                params![FileId::from_digest(&[f; 32]), n],
                 |r| r.get(0),
             )
             .unwrap()
     };
-    assert_eq!((count("x", 1), count("y", 0)), (2, 1));
+    assert_eq!((count(1, 1), count(2, 0)), (2, 1));
 }
 
 #[test]

@@ -5,6 +5,7 @@ mod files;
 mod hosted;
 mod peers;
 mod rules;
+mod schema;
 
 pub(super) fn fid(c: char) -> FileId {
     FileId::parse(&c.to_string().repeat(64)).unwrap()
