@@ -226,10 +226,9 @@ pub fn install_recovered(state_dir: &Path) -> Result<bool, StoreError> {
         return Ok(false);
     }
     let db = state_dir.join("catalog.db");
-    // Both catalogs at this release's schema first (a snapshot taken before fileIds were kept
-    // as bytes, a catalog not opened since an upgrade): the hosted rows copied below must be
-    // of the same kind as the rows beside them.
-    drop(Catalog::open(&recovered)?);
+    // The hosted rows are carried over as bytes: the replaced catalog is brought to this
+    // release's schema first (it may not have been opened since an upgrade). A snapshot of
+    // schema 1 keeps fileIds as text: the migration at its first open takes both kinds.
     if db.exists() {
         drop(Catalog::open(&db)?);
         let conn = Connection::open(&recovered)?;

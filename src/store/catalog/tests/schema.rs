@@ -178,3 +178,21 @@ fn a_snapshot_with_text_file_ids_installs_over_a_catalog_with_binary_ones() {
     assert_eq!(cat.hosted(&h, ChunkNo(0)).unwrap().unwrap().size, 10);
     assert!(cat.file(&fid('a')).unwrap().is_some());
 }
+
+/// The other way round: a catalog not opened since the upgrade (text fileIds, hosting a chunk)
+/// replaced by a snapshot with binary ones.
+#[test]
+fn a_snapshot_with_binary_file_ids_installs_over_a_catalog_with_text_ones() {
+    use crate::store::snapshot::{install_recovered, RECOVERED};
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = Catalog::open(&dir.path().join(RECOVERED)).unwrap();
+    snapshot.insert_file(&file('e', "/x/e")).unwrap();
+    drop(snapshot);
+    older_catalog(&dir.path().join("catalog.db"), "");
+    assert!(install_recovered(dir.path()).unwrap());
+    let cat = Catalog::open(&dir.path().join("catalog.db")).unwrap();
+    let h = FileId::parse(&"0123456789abcdef".repeat(4)).unwrap();
+    assert_eq!(cat.hosted(&h, ChunkNo(0)).unwrap().unwrap().size, 10);
+    assert!(cat.file(&fid('e')).unwrap().is_some());
+    assert!(cat.file(&fid('a')).unwrap().is_none(), "the recovered catalog's files");
+}
