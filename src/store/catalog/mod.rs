@@ -33,7 +33,7 @@ mod queue;
 mod schema;
 pub(in crate::store) mod snapshots;
 #[cfg(test)]
-mod tests;
+pub(in crate::store) mod tests;
 mod verbs_own;
 mod verbs_peer;
 

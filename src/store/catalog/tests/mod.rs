@@ -5,13 +5,13 @@ mod files;
 mod hosted;
 mod peers;
 mod rules;
-mod schema;
+pub(in crate::store) mod schema;
 
 pub(super) fn fid(c: char) -> FileId {
     FileId::parse(&c.to_string().repeat(64)).unwrap()
 }
 
-pub(super) fn file(c: char, path: &str) -> FileRow {
+pub(in crate::store) fn file(c: char, path: &str) -> FileRow {
     FileRow {
         file_id: fid(c),
         path: PathBuf::from(path),
@@ -32,7 +32,7 @@ pub(super) fn file(c: char, path: &str) -> FileRow {
     }
 }
 
-pub(super) fn hosted(c: char, chunk_no: u32, size: u64, sender: u32) -> HostedRow {
+pub(in crate::store) fn hosted(c: char, chunk_no: u32, size: u64, sender: u32) -> HostedRow {
     HostedRow {
         file_id: fid(c),
         chunk_no: ChunkNo(chunk_no),

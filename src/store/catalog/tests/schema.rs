@@ -6,7 +6,7 @@ use super::*;
 /// A catalog as the releases before binary fileIds left it (schema 1, text fileIds), with a
 /// version of ours (2 chunks, held by peers 5 and 6), a hosted chunk whose home peer writes
 /// its fileId in upper case, a forgotten version owed a DELETE, and a snapshot.
-fn older_catalog(db: &Path, extra: &str) {
+pub(in crate::store) fn older_catalog(db: &Path, extra: &str) {
     let conn = Connection::open(db).unwrap();
     conn.execute_batch(include_str!("schema_v1.sql")).unwrap();
     let (a, b, s) = ("a".repeat(64), "b".repeat(64), "5".repeat(64));
@@ -155,44 +155,4 @@ fn a_catalog_of_a_newer_release_is_refused() {
         .unwrap();
     let said = Catalog::open(&db).err().expect("refused").to_string();
     assert!(said.contains("newer peerstash"), "{said}");
-}
-
-/// A snapshot taken before fileIds were kept as bytes, recovered on a peer whose new catalog
-/// already hosts a chunk: both catalogs are brought to this schema before the hosted rows are
-/// carried over, so every row is found afterwards.
-#[test]
-fn a_snapshot_with_text_file_ids_installs_over_a_catalog_with_binary_ones() {
-    use crate::store::snapshot::{install_recovered, RECOVERED};
-    let dir = tempfile::tempdir().unwrap();
-    older_catalog(&dir.path().join(RECOVERED), "");
-    let db = dir.path().join("catalog.db");
-    let fresh = Catalog::open(&db).unwrap();
-    let c = FileId::parse(&"C".repeat(64)).unwrap();
-    fresh.insert_hosted(&hosted('c', 0, 5, 2), &[]).unwrap();
-    drop(fresh);
-    assert!(install_recovered(dir.path()).unwrap());
-    let cat = Catalog::open(&db).unwrap();
-    assert_eq!(cat.hosted_count().unwrap(), 2);
-    assert_eq!(cat.hosted(&c, ChunkNo(0)).unwrap().unwrap().size, 5);
-    let h = FileId::parse(&"0123456789abcdef".repeat(4)).unwrap();
-    assert_eq!(cat.hosted(&h, ChunkNo(0)).unwrap().unwrap().size, 10);
-    assert!(cat.file(&fid('a')).unwrap().is_some());
-}
-
-/// The other way round: a catalog not opened since the upgrade (text fileIds, hosting a chunk)
-/// replaced by a snapshot with binary ones.
-#[test]
-fn a_snapshot_with_binary_file_ids_installs_over_a_catalog_with_text_ones() {
-    use crate::store::snapshot::{install_recovered, RECOVERED};
-    let dir = tempfile::tempdir().unwrap();
-    let snapshot = Catalog::open(&dir.path().join(RECOVERED)).unwrap();
-    snapshot.insert_file(&file('e', "/x/e")).unwrap();
-    drop(snapshot);
-    older_catalog(&dir.path().join("catalog.db"), "");
-    assert!(install_recovered(dir.path()).unwrap());
-    let cat = Catalog::open(&dir.path().join("catalog.db")).unwrap();
-    let h = FileId::parse(&"0123456789abcdef".repeat(4)).unwrap();
-    assert_eq!(cat.hosted(&h, ChunkNo(0)).unwrap().unwrap().size, 10);
-    assert!(cat.file(&fid('e')).unwrap().is_some());
-    assert!(cat.file(&fid('a')).unwrap().is_none(), "the recovered catalog's files");
 }
