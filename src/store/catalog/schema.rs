@@ -324,6 +324,14 @@ fn binary_file_ids(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         ),
         e => e,
     })?;
+    // The old tables' pages are free now: given back to the disk (a copy of the catalog is
+    // written meanwhile; if there is no room for it, the free pages are reused as it grows).
+    if let Err(e) = conn.execute_batch("VACUUM") {
+        tracing::warn!(
+            "catalog {}: not compacted after the migration: {e}",
+            path.display()
+        );
+    }
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
     tracing::info!("catalog {}: fileIds stored as bytes", path.display());
     Ok(())
