@@ -2,8 +2,8 @@
 //! peers heard and when, a peer found back after a silence (it may have missed DELETEs), and
 //! PUTCHUNKs that carry our own id (another peer may use it). And the rules the home peer's
 //! service applies to what presence tells: when a silent holder is counted lost
-//! (`holder_lost`, `lost_holder_looks`) and when the repair looks at our chunks below their RD
-//! (`RepairSchedule`).
+//! (`holder_lost`, `lost_holders`, `lost_holder_looks`) and when the repair looks at our chunks
+//! below their RD (`RepairSchedule`).
 
 use std::time::{Duration, Instant};
 
@@ -159,8 +159,7 @@ pub fn lost_holder_looks(holder_timeout: Duration) -> Duration {
 
 /// 2.0: whether a holder is lost at `now` (all in ms on the same clock): not heard for longer
 /// than `holder_timeout`, counted from `started` (this daemon's start) at the earliest, since a
-/// peer we could not hear before we started is not silent for that time. The catalog's
-/// `lost_holders` query applies this same rule in SQL over every holder at once.
+/// peer we could not hear before we started is not silent for that time.
 pub fn holder_lost(
     now: i64,
     last_heard: Option<i64>,
@@ -169,6 +168,34 @@ pub fn holder_lost(
 ) -> bool {
     let silent_since = last_heard.unwrap_or(started).max(started);
     now - silent_since > holder_timeout.as_millis() as i64
+}
+
+/// A peer that holds chunks (of ours or hosted here), as the catalog knows it
+/// (`Catalog::holders_heard`): what `lost_holders` decides on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HolderHeard {
+    pub peer: PeerId,
+    /// Unix ms of its latest message recorded; None if never heard.
+    pub last_heard: Option<i64>,
+    /// Already counted lost (and not heard since).
+    pub lost: bool,
+}
+
+/// 2.0: the lost-holder look at `now` (unix ms): the holders not already counted lost that
+/// `holder_lost` says are, but `me` (this peer counts itself a holder of what it hosts, and
+/// never hears itself). The service's worker and the simulation both decide with this.
+pub fn lost_holders(
+    holders: &[HolderHeard],
+    me: PeerId,
+    now: i64,
+    started: i64,
+    holder_timeout: Duration,
+) -> Vec<HolderHeard> {
+    (holders.iter())
+        .filter(|h| h.peer != me && !h.lost)
+        .filter(|h| holder_lost(now, h.last_heard, started, holder_timeout))
+        .copied()
+        .collect()
 }
 
 /// When the repair looks next: every `REPAIR_EVERY`, and `REPAIR_GRACE` after a REMOVED left
@@ -238,6 +265,39 @@ mod tests {
         assert!(holder_lost(15_001, None, 5_000, timeout));
         // Heard lately: never lost.
         assert!(!holder_lost(20_000, Some(19_000), 0, timeout));
+    }
+
+    #[test]
+    fn the_look_counts_lost_the_silent_holders_but_itself_and_those_already_lost() {
+        let holder = |peer, last_heard, lost| HolderHeard {
+            peer: PeerId(peer),
+            last_heard,
+            lost,
+        };
+        let holders = [
+            holder(1, None, false),        // this peer: a holder of what it hosts
+            holder(2, Some(1_000), false), // heard before our start at 5 s
+            holder(3, Some(9_000), false), // heard since
+            holder(4, None, false),        // never heard
+            holder(5, Some(1_000), true),  // already counted lost
+        ];
+        let (timeout, started, me) = (Duration::from_secs(10), 5_000, PeerId(1));
+        let peers = |now| -> Vec<u32> {
+            (lost_holders(&holders, me, now, started, timeout).iter())
+                .map(|h| h.peer.0)
+                .collect()
+        };
+        assert_eq!(peers(15_000), Vec::<u32>::new());
+        assert_eq!(peers(15_001), vec![2, 4]);
+        assert_eq!(peers(19_001), vec![2, 3, 4]);
+        // After a restart at 30 s, every holder gets a full timeout again.
+        let after_restart = lost_holders(&holders, me, 40_000, 30_000, timeout);
+        assert!(after_restart.is_empty(), "{after_restart:?}");
+        // What is decided on is handed back as it was read.
+        assert_eq!(
+            lost_holders(&holders, me, 15_001, started, timeout)[0],
+            holders[1]
+        );
     }
 
     #[test]
