@@ -1513,7 +1513,8 @@ impl Sim {
     }
 
     /// The driver notes who spoke (any message counts) and writes it to the catalog once a
-    /// second (`heard_peers`): what the lost-holder worker reads. (Written here when the
+    /// second (`engine::presence::HeardBatch`, then `heard_peers`): what the lost-holder worker
+    /// reads. (Written here when the
     /// worker looks, every second or more: the rows it reads are the same, in fewer calls.)
     fn note_heard(&mut self, p: usize, sender: PeerId) {
         let at = self.unix_ms();
