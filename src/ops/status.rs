@@ -6,11 +6,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::Done;
-use crate::control::{exit, Answer, FolderStatus, SnapshotInfo, StatusReport};
+use crate::control::{exit, FolderStatus, SnapshotInfo, StatusReport};
 use crate::daemon::Node;
-
-use crate::store::Health;
+use crate::store::{Health, StoreError};
 
 /// What keeps `status` from exiting 0, most serious first: the first that holds gives the exit
 /// status (SPEC §5, README "Exit status").
@@ -108,7 +106,16 @@ pub(crate) fn below_rd_why(below_rds: &[u8], holding: u64, heard_none: u64) -> O
     ))
 }
 
-pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
+/// What `status` found: the report, and what keeps it from exiting 0, most serious first (the
+/// report's `problems` are their words; `exit_code` gives the exit status).
+pub(crate) struct Status {
+    pub report: StatusReport,
+    pub problems: Vec<Problem>,
+}
+
+/// The overview of what is backed up, for the caller `owner` (None: root, who also sees the
+/// watched folders and the catalog snapshot).
+pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Result<Status, StoreError> {
     let watched: Vec<PathBuf> = node.config().watch.iter().map(|w| w.path.clone()).collect();
     let folders_asked = match owner {
         None => watched,
@@ -116,13 +123,9 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
     };
     let running = node.master_key().map(|k| k.fingerprint());
     let snapshot_rd = super::snapshot::snapshot_rd(node);
-    let r = (node.catalog)
+    let v = (node.catalog)
         .status_view(owner, folders_asked, running, snapshot_rd)
-        .await;
-    let v = match r {
-        Ok(v) => v,
-        Err(e) => return e.into(),
-    };
+        .await?;
     let (o, waiting, undecryptable) = (v.overview, v.waiting, v.undecryptable);
     let snapshot = v.snapshot.map(SnapshotInfo::from);
     let unavailable = node
@@ -223,12 +226,7 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
         queued: report.queue_length,
     });
     report.problems = problems.iter().map(|p| p.word().to_owned()).collect();
-    let code = exit_code(&problems);
-    Done {
-        code,
-        message: String::new(),
-        data: Some(Answer::Status(report)),
-    }
+    Ok(Status { report, problems })
 }
 
 #[cfg(test)]
