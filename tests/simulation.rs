@@ -38,9 +38,10 @@
 //! heard are the catalog's (`Catalog` verbs as `daemon::disk`, `daemon::driver` and the
 //! service call them); the simulation keeps only the ground truth (which chunk files each peer
 //! really has). A 2.0 peer counts a holder lost after `peer.holder_timeout` (here 5 HELLOs) as
-//! the service's worker does (`drop_lost_holders`). Added checks: a REMOVED
-//! handled leaves its sender counted nowhere for that chunk; a 2.0 home counts no holder that
-//! has been down longer than the holder timeout at its next look.
+//! the service's worker does (`Catalog::holders_heard`, `engine::presence::lost_holders`,
+//! `Catalog::drop_lost_holders`). Added checks: a REMOVED handled leaves its sender counted
+//! nowhere for that chunk; a 2.0 home counts no holder that has been down longer than the
+//! holder timeout at its next look.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -57,6 +58,7 @@ use peerstash::engine::backup::MAX_PUTCHUNK_SENDS;
 use peerstash::engine::peer::{
     Action, BackupOutcome, Expect, JobId, JobKind, Owner, Peer, Put, Role, Stopped, PULL_LINE,
 };
+use peerstash::engine::presence;
 use peerstash::engine::reclaim::{choose_victims, Candidate};
 use peerstash::engine::restore::{expected_len, MAX_GETCHUNK_SENDS};
 use peerstash::engine::store::{admit, after_write, Admit, Hosting};
@@ -1511,7 +1513,8 @@ impl Sim {
     }
 
     /// The driver notes who spoke (any message counts) and writes it to the catalog once a
-    /// second (`heard_peers`): what the lost-holder worker reads. (Written here when the
+    /// second (`engine::presence::HeardBatch`, then `heard_peers`): what the lost-holder worker
+    /// reads. (Written here when the
     /// worker looks, every second or more: the rows it reads are the same, in fewer calls.)
     fn note_heard(&mut self, p: usize, sender: PeerId) {
         let at = self.unix_ms();
@@ -1536,11 +1539,13 @@ impl Sim {
     fn lost_check(&mut self, p: usize) {
         self.flush_heard(p);
         let (now, since, me) = (self.unix_ms(), self.peers[p].started_ms, self.peers[p].id);
-        let timeout_ms = self.holder_timeout.as_millis() as i64;
         let catalog = &self.peers[p].disk.catalog;
-        // The same catalog round as the daemon's (`Catalog::drop_lost_holders`).
+        // The same round as the service's worker: the catalog's facts, the engine's rule, the
+        // catalog's writes.
         let deadline = now - 30 * 86_400_000;
-        let (lost, _) = must(catalog.drop_lost_holders(now, timeout_ms, since, me, deadline));
+        let holders = must(catalog.holders_heard());
+        let lost = presence::lost_holders(&holders, me, now, since, self.holder_timeout);
+        let (lost, _) = must(catalog.drop_lost_holders(&lost, now, deadline));
         self.peers[p].next_lost_check = Some(self.now + self.lost_check_every);
         for (q, copies) in &lost {
             self.log(|| format!("p{} counts peer {q} lost: {copies} copies", p + 1));

@@ -1,7 +1,8 @@
 //! The thin async layer around `engine::Peer`. One task owns the engine: the receive loops hand
 //! it datagrams, the commands hand it their chunks, the disk and catalog tasks it spawned hand
-//! it their results, and one timer wakes it when the engine asked. It sends what the engine
-//! transmits and carries out what the engine asks; every delay and choice is the engine's.
+//! it their results, and one timer wakes it when the engine asked (its own timers, and
+//! `presence::HeardBatch`'s record of who was heard). It sends what the engine transmits and
+//! carries out what the engine asks; every delay and choice is the engine's.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -9,19 +10,18 @@ use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::inbox::{Input, JobEvent, Source};
 use super::receive::pull;
 use super::{disk, Node};
-use crate::engine::peer::{Action, JobId, Owner, Peer, MAX_PEERS_SEEN};
+use crate::engine::peer::{Action, JobId, Owner, Peer};
+use crate::engine::presence::{HeardBatch, Noted};
 use crate::engine::verify::{self, Sample};
 use crate::protocol::{sha256_hex, ChunkId, FileId, Message, PeerId};
 
-/// Who was heard lately is written to the catalog this often (`peers`, lost holders).
-const HEARD_FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// DELETEs looked up at once for a peer that is back (the rest at its next HELLO).
 const REDELETE_BATCH: usize = 1000;
 
@@ -37,9 +37,8 @@ struct Driver {
     hand_ons: HashMap<ChunkId, Vec<oneshot::Sender<bool>>>,
     /// Held by each chunk write in progress, so a shutdown waits for it to end (file and row).
     alive: crate::shutdown::Shutdown,
-    /// Peers heard since the last flush: when first in this batch, and the latest message
-    /// (`heard::Noted`, its version the highest of the batch).
-    heard: HashMap<PeerId, (Instant, super::heard::Noted)>,
+    /// Peers heard since the catalog last recorded them, and when it records them next.
+    heard: HeardBatch,
 }
 
 /// Runs the engine until the inputs close (the peer stops).
@@ -59,6 +58,7 @@ pub(crate) async fn run(
         engine.verify_holders(config.peer.verify_every, Instant::now());
     }
     engine.start(Instant::now());
+    let heard = HeardBatch::new(node.id, Instant::now());
     let mut d = Driver {
         engine,
         node,
@@ -67,20 +67,15 @@ pub(crate) async fn run(
         delete_waiters: Vec::new(),
         hand_ons: HashMap::new(),
         alive: shutdown.clone(),
-        heard: HashMap::new(),
+        heard,
     };
     // What the engine says at start (HELLO) goes out now.
     d.flush().await;
-    let mut flush_heard = tokio::time::interval(HEARD_FLUSH_EVERY);
-    flush_heard.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let wake = d.engine.poll_timeout();
-        let timer = async {
-            match wake {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
-            }
-        };
+        // The engine's next timer, or the next record of who was heard, whichever is first.
+        let heard_due = d.heard.poll_timeout();
+        let wake = (d.engine.poll_timeout()).map_or(heard_due, |at| at.min(heard_due));
+        let timer = tokio::time::sleep_until(wake.into());
         tokio::select! {
             biased;
             _ = shutdown.recv() => break,
@@ -89,12 +84,12 @@ pub(crate) async fn run(
                 d.heard(&msg);
                 d.engine.handle_from(msg, Some(from), Instant::now());
             }
-            _ = flush_heard.tick() => {
-                if let Some(write) = d.flush_heard() {
-                    tokio::spawn(write);
-                }
-            }
             _ = timer => {}
+        }
+        if let Some(heard) = d.heard.due(Instant::now()) {
+            if let Some(write) = d.record_heard(heard) {
+                tokio::spawn(write);
+            }
         }
         d.engine.handle_timeout(Instant::now());
         let load = d.engine.load();
@@ -102,9 +97,10 @@ pub(crate) async fn run(
             .store((load.sending + load.fetching) as u64, Ordering::Relaxed);
         d.flush().await;
     }
-    // The LAN key marks taken since the last flush: without them, what was taken in the last
-    // second could be replayed after the restart.
-    if let Some(write) = d.flush_heard() {
+    // Who was heard and the LAN key marks taken since the last record: without the marks, what
+    // was taken in the last second could be replayed after the restart.
+    let heard = d.heard.take();
+    if let Some(write) = d.record_heard(heard) {
         write.await;
     }
 }
@@ -113,39 +109,33 @@ impl Driver {
     /// Notes who spoke, for the catalog (any message counts: `peers`, lost holders) and for
     /// what it speaks (`heard::SinceStart`).
     fn heard(&mut self, msg: &Message) {
-        if msg.sender == self.node.id {
-            return;
-        }
-        if self.heard.len() >= MAX_PEERS_SEEN && !self.heard.contains_key(&msg.sender) {
-            return; // a flood of forged ids: the ones heard first are kept
-        }
-        // On every datagram: no allocation; the version becomes text at the flush.
-        let now = super::heard::Noted {
-            at: Instant::now(),
-            at_ms: crate::clock::unix_ms(),
-            version: msg.version,
-            // A 2.0 peer tags most of its messages 1.0, but its STOREDs carry an INC line.
-            speaks_two: msg.version.has_enhancements() || verify::incarnation_of(msg).is_some(),
-        };
-        let e = self.heard.entry(msg.sender).or_insert((now.at, now));
-        e.1 = super::heard::Noted {
-            version: super::heard::higher(e.1.version, msg.version),
-            speaks_two: e.1.speaks_two || now.speaks_two,
-            ..now
-        };
+        // On every datagram: no allocation; the version becomes text when recorded.
+        self.heard.note(
+            msg.sender,
+            Noted {
+                at: Instant::now(),
+                at_ms: crate::clock::unix_ms(),
+                version: msg.version,
+                // A 2.0 peer tags most of its messages 1.0, but its STOREDs carry an INC line.
+                speaks_two: msg.version.has_enhancements() || verify::incarnation_of(msg).is_some(),
+            },
+        );
     }
 
-    /// The write of who was heard since the last flush (with the protocol each speaks, once
-    /// known: '' keeps the catalog's), and of the LAN key marks taken (`auth::ReplayGuard`),
-    /// to run beside the engine; None: nothing to write.
-    fn flush_heard(&mut self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+    /// The write of who was heard since the last record (`HeardBatch::due`; with the protocol
+    /// each speaks, once known: '' keeps the catalog's), and of the LAN key marks taken
+    /// (`auth::ReplayGuard`), to run beside the engine; None: nothing to write.
+    fn record_heard(
+        &mut self,
+        batch: Vec<(PeerId, Instant, Noted)>,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         let marks = self.node.replay_guard().take_marks();
-        if self.heard.is_empty() && marks.is_empty() {
+        if batch.is_empty() && marks.is_empty() {
             return None;
         }
         let heard: Vec<(PeerId, String, i64)> = match self.node.heard.lock() {
-            Ok(mut since_start) => (self.heard.drain())
-                .map(|(peer, (first, last))| {
+            Ok(mut since_start) => (batch.into_iter())
+                .map(|(peer, first, last)| {
                     let speaks = since_start.heard(peer, first, last);
                     (
                         peer,
@@ -154,8 +144,8 @@ impl Driver {
                     )
                 })
                 .collect(),
-            Err(_) => (self.heard.drain())
-                .map(|(peer, (_, last))| (peer, String::new(), last.at_ms))
+            Err(_) => (batch.into_iter())
+                .map(|(peer, _, last)| (peer, String::new(), last.at_ms))
                 .collect(),
         };
         let node = self.node.clone();

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::engine::peer::{HELLO_EVERY, MAX_PEERS_SEEN};
+use crate::engine::presence::{higher, Noted};
 use crate::protocol::message::{PeerId, Version};
 
 /// Heard over longer than this with no sign of 2.0, a peer speaks 1.0: a 2.0 peer says HELLO
@@ -37,15 +38,6 @@ impl Heard {
         }
         (self.last.saturating_duration_since(self.first) > ONE_ZERO_AFTER).then_some(self.highest)
     }
-}
-
-/// One message (or a batch of them) from a peer, as the engine task notes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Noted {
-    pub at: Instant,
-    pub at_ms: i64,
-    pub version: Version,
-    pub speaks_two: bool,
 }
 
 /// Every peer heard since start (at most `MAX_PEERS_SEEN`: the ones heard first are kept).
@@ -80,14 +72,6 @@ impl SinceStart {
 
     pub fn get(&self, peer: PeerId) -> Option<&Heard> {
         self.peers.get(&peer)
-    }
-}
-
-/// The higher of two versions ("2.0" above "1.9").
-pub fn higher(a: Version, b: Version) -> Version {
-    match (b.major, b.minor) > (a.major, a.minor) {
-        true => b,
-        false => a,
     }
 }
 

@@ -15,9 +15,9 @@ use tokio::sync::mpsc;
 use tokio::task::{spawn_blocking, JoinError, JoinSet};
 
 use super::delete::send_pending_deletes;
-use super::{meter, report, Done, Progress};
+use super::{meter, report, Progress};
 use crate::clock::unix_ms;
-use crate::control::{exit, shown, Unit};
+use crate::control::{shown, Unit};
 use crate::daemon::inbox::{Input, JobEvent, Source};
 use crate::daemon::Node;
 use crate::daemon::SMALL_FILES_MEMORY_KIB;
@@ -90,7 +90,7 @@ impl Plan {
 /// handles, symlinks never followed, each file opened from the handle of the folder it was
 /// found in). `path` is the name the caller gave it (checked to be the same file). `owner`: a
 /// non-root caller's uid; only its own files and folders are backed up, the others are skipped
-/// and counted.
+/// and counted. Returns how its files ended (`server::backup` words the reply).
 pub(crate) async fn backup(
     node: &Arc<Node>,
     path: PathBuf,
@@ -98,7 +98,7 @@ pub(crate) async fn backup(
     wanted: Wanted,
     owner: Option<u32>,
     progress: &Progress,
-) -> Done {
+) -> Result<Tally, Stopped> {
     // Nothing on proc, sysfs and the like is read: a file there may say 0 bytes and read
     // forever (`/proc/self/pagemap`), a core burnt for as long as its caller lives.
     let looked = spawn_blocking(move || {
@@ -107,8 +107,8 @@ pub(crate) async fn backup(
     });
     let root = match looked.await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => return Done::failed(format!("cannot back up {}: {e}", shown(&path))),
-        Err(e) => return Done::failed(e.to_string()),
+        Ok(Err(e)) => return Err(Stopped::Open(path, e)),
+        Err(e) => return Err(e.into()),
     };
     let mut tally = Tally::default();
     let root = match root {
@@ -117,7 +117,7 @@ pub(crate) async fn backup(
             tally
                 .back_up(node, &path, Ok(file), wanted, owner, progress)
                 .await;
-            return tally.done(node, &path);
+            return Ok(tally);
         }
     };
     // The walk runs ahead of the backups by a batch or two; a huge folder is never listed
@@ -148,10 +148,7 @@ pub(crate) async fn backup(
                 tally.ended(running.next().await, progress);
             }
             let file_path = path.join(&found.rel);
-            let opened = match spawn_blocking(move || found.open()).await {
-                Ok(opened) => opened,
-                Err(e) => return Done::failed(e.to_string()),
-            };
+            let opened = spawn_blocking(move || found.open()).await?;
             if let Some((file, plan)) =
                 tally.admit(node, &file_path, opened, wanted, owner, progress)
             {
@@ -185,10 +182,21 @@ pub(crate) async fn backup(
                 tally.failed(&path.join(first), error, progress);
             }
         }
-        Ok(Err(e)) => return Done::failed(format!("cannot read {}: {e}", shown(&path))),
-        Err(e) => return Done::failed(e.to_string()),
+        Ok(Err(e)) => return Err(Stopped::Read(path, e)),
+        Err(e) => return Err(e.into()),
     }
-    tally.done(node, &path)
+    Ok(tally)
+}
+
+/// Why a `backup` command stopped before it could count its files.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Stopped {
+    #[error("cannot back up {}: {1}", shown(.0))]
+    Open(PathBuf, std::io::Error),
+    #[error("cannot read {}: {1}", shown(.0))]
+    Read(PathBuf, std::io::Error),
+    #[error("{0}")]
+    Join(#[from] JoinError),
 }
 
 /// The files of one `backup` command being backed up, and their names by task (so that a task
@@ -216,15 +224,15 @@ impl Running {
 
 /// How the files of one `backup` command ended.
 #[derive(Default)]
-struct Tally {
-    ok: usize,
-    below: usize,
-    failed: usize,
+pub(crate) struct Tally {
+    pub ok: usize,
+    pub below: usize,
+    pub failed: usize,
     /// Not the caller's.
-    skipped: usize,
+    pub skipped: usize,
     /// The fewest peers heard by a backup that ended below its RD, and that RD: why it did.
-    short: Option<(usize, u8)>,
-    last_error: String,
+    pub short: Option<(usize, u8)>,
+    pub last_error: String,
     /// Files admitted so far (the walk goes on while the first ones are backed up).
     admitted: usize,
 }
@@ -332,51 +340,6 @@ impl Tally {
         self.failed += 1;
         self.last_error = format!("{}: {error}", shown(file_path));
         report(progress, format!("failed {}", self.last_error));
-    }
-
-    /// The command's answer: a summary line, and the exit code of the worst outcome.
-    fn done(self, node: &Node, path: &Path) -> Done {
-        let (ok, below, failed, skipped) = (self.ok, self.below, self.failed, self.skipped);
-        if skipped > 0 && ok + below + failed == 0 {
-            return Done::failed(format!(
-                "you may back up only files you own, and none below {} is yours",
-                shown(path)
-            ));
-        }
-        // In the final line, which a slow client never misses (progress lines it may).
-        let not_yours = match skipped {
-            0 => String::new(),
-            n => format!(", {n} skipped (not yours)"),
-        };
-        let summary = format!(
-            "{} files: {ok} fully replicated, {below} below their desired RD, {failed} failed{not_yours}",
-            ok + below + failed
-        );
-        let code = if failed > 0 {
-            exit::FAILED
-        } else if below > 0 {
-            exit::BELOW_RD
-        } else {
-            exit::OK
-        };
-        let mut message = if failed > 0 {
-            format!("{summary} (last error: {})", self.last_error)
-        } else {
-            summary
-        };
-        if let Some((heard, rd)) = self.short {
-            message.push_str(&format!(
-                "; only {heard} other peers confirmed chunks, and RD {rd} needs {rd} other peers running with room in their quota (see their `peerstash state`)"
-            ));
-            if let Some(warning) = node.duplicate_id_warning() {
-                message.push_str(&format!("; {warning}"));
-            }
-        }
-        Done {
-            code,
-            message,
-            data: None,
-        }
     }
 }
 

@@ -2,25 +2,23 @@
 //! catalog (through `Catalog::forget`, the one place that decides), then DELETE to the peers on
 //! the engine's schedule.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use super::{CmdError, Done};
+use super::CmdError;
 use crate::control::shown;
 use crate::daemon::Node;
 use crate::store::StoreError;
 
-/// `peerstash delete PATH`: every version of PATH, or of every file below it, by the user's word.
-pub(crate) async fn delete(node: &Arc<Node>, path: PathBuf) -> Result<Done, CmdError> {
-    let forgotten = node.catalog.forget_path(&path).await?;
+/// `peerstash delete PATH`: every version of PATH, or of every file below it, by the user's
+/// word, forgotten and sent DELETE. Returns how many versions were forgotten (at least one).
+pub(crate) async fn delete(node: &Arc<Node>, path: &Path) -> Result<usize, CmdError> {
+    let forgotten = node.catalog.forget_path(path).await?;
     if forgotten == 0 {
-        return Err(CmdError::NotFound(nothing_of(&path)));
+        return Err(CmdError::NotFound(nothing_of(path)));
     }
     send_pending_deletes(node.clone()).await;
-    Ok(Done::ok(format!(
-        "deleted {forgotten} backed-up versions of {} from the peers",
-        shown(&path)
-    )))
+    Ok(forgotten)
 }
 
 /// The answer when nothing is backed up at or below `path` (for a non-root caller: nothing of

@@ -8,12 +8,12 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
-use super::Done;
 use crate::daemon::inbox::Input;
 use crate::daemon::quota;
 use crate::daemon::{disk, Node};
 use crate::engine::reclaim::{choose_victims, hand_on_first, Candidate, HandOnBudget};
 use crate::protocol::ChunkId;
+use crate::store::StoreError;
 
 /// Chunks handed on at once (each is one chunk in memory and one backup in the engine).
 const HAND_ON_AT_ONCE: usize = 8;
@@ -21,23 +21,32 @@ const HAND_ON_AT_ONCE: usize = 8;
 /// if its answer were lost.
 const HAND_ON_WITHIN: Duration = Duration::from_secs(45);
 
-pub(crate) async fn reclaim(node: &Arc<Node>, quota: u64) -> Done {
+/// What `reclaim` did: the quota set, the chunks dropped, the bytes hosted after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Reclaimed {
+    pub quota: u64,
+    pub dropped: usize,
+    pub used: u64,
+}
+
+/// `peerstash reclaim SIZE`: the quota set (kept in the catalog, with the configured one it
+/// overrides) and hosted chunks dropped until the used bytes fit.
+pub(crate) async fn reclaim(node: &Arc<Node>, quota: u64) -> Result<Reclaimed, StoreError> {
     let configured = node.config().storage.quota;
-    let r = (node.catalog)
+    (node.catalog)
         .set_metas(vec![
             (quota::SET_KEY, quota.to_string()),
             (quota::CONFIG_KEY, configured.to_string()),
         ])
-        .await;
-    if let Err(e) = r {
-        return e.into();
-    }
+        .await?;
     node.store.set_quota(quota);
-    let freed = reclaim_to_quota(node.clone()).await;
+    let dropped = reclaim_to_quota(node.clone()).await;
     let used = node.store.usage().used;
-    Done::ok(format!(
-        "quota set to {quota} bytes; dropped {freed} chunks; {used} bytes hosted"
-    ))
+    Ok(Reclaimed {
+        quota,
+        dropped,
+        used,
+    })
 }
 
 /// Drops hosted chunks (most over-replicated first) until the used bytes fit the quota, and

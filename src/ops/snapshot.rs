@@ -14,7 +14,6 @@ use tokio::task::spawn_blocking;
 use super::backup::{backup_handle_as, BackupError, Plan};
 use super::delete::send_pending_deletes;
 use super::delete::{forget_versions, Policy};
-use super::Done;
 use crate::clock::unix_ms;
 use crate::daemon::Node;
 use crate::protocol::seal::SnapshotNo;
@@ -321,31 +320,6 @@ async fn take_locked(node: &Arc<Node>) -> Result<Taken, SnapshotError> {
         forgotten,
         completed: 0,
     })
-}
-
-/// `peerstash snapshot`: one now (before a computer is reinstalled, say).
-pub(crate) async fn snapshot(node: &Arc<Node>) -> Done {
-    match take(node).await {
-        Ok(t) => Done::ok(format!(
-            "catalog snapshot {} backed up ({} bytes in {} encrypted chunks, {}); {} older snapshots deleted{}",
-            t.slot,
-            t.bytes,
-            t.chunks,
-            match t.at_rd {
-                true => "every chunk at its RD".to_owned(),
-                false => format!(
-                    "some chunks below their RD: they are sent again every {} minutes until they reach it",
-                    SNAPSHOT_EVERY.as_secs() / 60
-                ),
-            },
-            t.forgotten,
-            match t.completed {
-                0 => String::new(),
-                n => format!("; {n} earlier snapshots that were below their RD reached it"),
-            }
-        )),
-        Err(e) => Done::failed(format!("catalog snapshot failed: {e}")),
-    }
 }
 
 /// Whether a snapshot is due: our files changed since the last one and it is `interval` old

@@ -6,11 +6,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::Done;
-use crate::control::{exit, Answer, FolderStatus, SnapshotInfo, StatusReport};
+use crate::control::{exit, FolderStatus, SnapshotInfo, StatusReport};
 use crate::daemon::Node;
-
-use crate::store::Health;
+use crate::store::{Health, StoreError};
 
 /// What keeps `status` from exiting 0, most serious first: the first that holds gives the exit
 /// status (SPEC §5, README "Exit status").
@@ -108,7 +106,16 @@ pub(crate) fn below_rd_why(below_rds: &[u8], holding: u64, heard_none: u64) -> O
     ))
 }
 
-pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
+/// What `status` found: the report, and what keeps it from exiting 0, most serious first (the
+/// report's `problems` are their words; `exit_code` gives the exit status).
+pub(crate) struct Status {
+    pub report: StatusReport,
+    pub problems: Vec<Problem>,
+}
+
+/// The overview of what is backed up, for the caller `owner` (None: root, who also sees the
+/// watched folders and the catalog snapshot).
+pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Result<Status, StoreError> {
     let watched: Vec<PathBuf> = node.config().watch.iter().map(|w| w.path.clone()).collect();
     let folders_asked = match owner {
         None => watched,
@@ -116,13 +123,9 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
     };
     let running = node.master_key().map(|k| k.fingerprint());
     let snapshot_rd = super::snapshot::snapshot_rd(node);
-    let r = (node.catalog)
+    let v = (node.catalog)
         .status_view(owner, folders_asked, running, snapshot_rd)
-        .await;
-    let v = match r {
-        Ok(v) => v,
-        Err(e) => return e.into(),
-    };
+        .await?;
     let (o, waiting, undecryptable) = (v.overview, v.waiting, v.undecryptable);
     let snapshot = v.snapshot.map(SnapshotInfo::from);
     let unavailable = node
@@ -223,117 +226,12 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Done {
         queued: report.queue_length,
     });
     report.problems = problems.iter().map(|p| p.word().to_owned()).collect();
-    let code = exit_code(&problems);
-    Done {
-        code,
-        message: String::new(),
-        data: Some(Answer::Status(report)),
-    }
+    Ok(Status { report, problems })
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use rand::{rngs::StdRng, Rng, SeedableRng};
-
     use super::*;
-    use crate::protocol::message::{ChunkNo, FileId, PeerId};
-    use crate::protocol::seal::SnapshotNo;
-    use crate::store::{health, BackupId, Catalog, FileRow};
-
-    /// The walk `Catalog::health_of_newest` replaced (one query per file): the oracle.
-    fn walked(c: &Catalog, owner: Option<u32>) -> Vec<(PathBuf, Health, u64, u8)> {
-        let snapshots: Vec<_> = (c.snapshots().unwrap().into_iter())
-            .map(|s| s.file_id.key())
-            .collect();
-        let mut newest: BTreeMap<PathBuf, FileRow> = BTreeMap::new();
-        for f in c.all_files().unwrap() {
-            if owner.is_some_and(|uid| uid != f.uid) || snapshots.contains(&f.file_id.key()) {
-                continue;
-            }
-            match newest.get(&f.path) {
-                Some(kept) if kept.complete && !f.complete => {}
-                _ => {
-                    newest.insert(f.path.clone(), f);
-                }
-            }
-        }
-        (newest.into_iter())
-            .map(|(path, f)| {
-                let chunks = c.file_chunks(&f.file_id).unwrap();
-                let desired = u32::from(f.desired_rd);
-                let below = chunks.iter().filter(|c| c.perceived_rd < desired).count() as u64;
-                (
-                    path,
-                    health(f.desired_rd, chunks.iter().map(|c| c.perceived_rd)),
-                    below,
-                    f.desired_rd,
-                )
-            })
-            .collect()
-    }
-
-    #[test]
-    fn the_health_of_the_newest_versions_is_what_walking_them_gives() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = Catalog::open(&dir.path().join("c.db")).unwrap();
-        let mut rng = StdRng::seed_from_u64(14);
-        // Names whose byte order is not their order as paths ("/d/a-b" < "/d/a/b" in bytes).
-        let names = [
-            "/d/a/b", "/d/a-b", "/d/a", "/d/z", "/e", "/d/a/b/c", "/f\u{e9}",
-        ];
-        for i in 0..400u32 {
-            let mut digest = [0u8; 32];
-            digest[..4].copy_from_slice(&i.to_be_bytes());
-            let id = FileId::from_digest(&digest);
-            let row = FileRow {
-                file_id: id.clone(),
-                path: PathBuf::from(format!("{}{}", names[i as usize % names.len()], i % 23)),
-                version: 0,
-                size: 1,
-                mtime_ns: 0,
-                mode: 0o644,
-                content_hash: "h".into(),
-                desired_rd: rng.gen_range(1..=4),
-                complete: false,
-                inode: 0,
-                uid: rng.gen_range(0..2) * 1000,
-                gid: 0,
-                deleted_at: None,
-                ctime_ns: 0,
-                encrypted: false,
-                key_fp: None,
-            };
-            c.insert_version(&row, BackupId::new()).unwrap();
-            if rng.gen_bool(0.6) {
-                c.set_file_complete(&id).unwrap();
-            }
-            for no in 0..rng.gen_range(0..4) {
-                c.put_file_chunk(&id, ChunkNo(no), 1, "h").unwrap();
-                let holders: Vec<PeerId> = (2..2 + rng.gen_range(0..5)).map(PeerId).collect();
-                c.add_holders(&id, ChunkNo(no), &holders).unwrap();
-            }
-            if i % 50 == 7 {
-                c.claim_snapshot(&id, SnapshotNo::Numbered(u64::from(i)), 0)
-                    .unwrap();
-            }
-        }
-        for owner in [None, Some(0), Some(1000), Some(5)] {
-            let mut found = c.health_of_newest(owner).unwrap();
-            found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            assert_eq!(found, walked(&c, owner), "owner {owner:?}");
-            assert!(
-                owner == Some(5) || found.len() > 50,
-                "{owner:?}: {}",
-                found.len()
-            );
-        }
-        let all = c.health_of_newest(None).unwrap();
-        for word in ["healthy", "degraded", "at risk"] {
-            assert!(all.iter().any(|(_, h, ..)| h.word() == word), "some {word}");
-        }
-    }
 
     #[test]
     fn the_first_of_folder_unavailable_below_rd_no_snapshot_and_queue_gives_the_exit_status() {

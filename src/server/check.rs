@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use super::Done;
 use crate::daemon::Node;
-use crate::ops::Done;
 
 /// `peerstash check`: SQLite's full integrity check of the catalog.
 pub(crate) async fn check(node: &Arc<Node>) -> Done {

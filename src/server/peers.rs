@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
+use super::Done;
 use crate::control::{exit, Answer, PeerInfo, PeersReport};
 use crate::daemon::Node;
-use crate::ops::Done;
 
 pub(crate) async fn peers(node: &Arc<Node>) -> Done {
     let rows = match node.catalog.peers_report().await {

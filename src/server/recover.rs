@@ -17,12 +17,13 @@ use std::sync::Arc;
 
 use tokio::task::spawn_blocking;
 
+use super::Done;
 use crate::clock::unix_s as unix_now;
 use crate::control::{exit, Answer, Recovered, Unit};
 use crate::daemon::inbox::{Input, JobEvent};
 use crate::daemon::Node;
 use crate::engine::peer::{Expect, JobKind};
-use crate::ops::{meter, report, Done, Progress};
+use crate::ops::{meter, report, Progress};
 use crate::protocol::seal::{Cut, FileKey, MasterKey, Slot, SnapshotNo};
 use crate::protocol::{ChunkId, ChunkNo, FileId};
 use crate::store::snapshot::{self, HEADER_LEN, RECOVERED};

@@ -10,11 +10,12 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use tokio::task::{spawn_blocking, JoinSet};
 
+use super::Done;
 use crate::control::{exit, shown, Answer, RestoreAnswer, RestoreFailed, Restored, Unit};
 use crate::daemon::inbox::{Input, JobEvent};
 use crate::daemon::Node;
 use crate::engine::peer::{Expect, JobKind};
-use crate::ops::{meter, report, Done, Progress};
+use crate::ops::{meter, report, Progress};
 use crate::protocol::seal::{Cut, FileKey};
 use crate::protocol::{hex, ChunkId};
 use crate::store::{FileChunkRow, FileRow, StoreError};

@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use tokio::task::spawn_blocking;
 
+use super::Done;
 use crate::daemon::disk;
 use crate::daemon::inbox::Input;
 use crate::daemon::Node;
-use crate::ops::{report, Done, Progress};
+use crate::ops::{report, Progress};
 use crate::protocol::ChunkId;
 use crate::store::HostedRow;
 

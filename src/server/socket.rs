@@ -17,8 +17,8 @@ use tokio::task::spawn_blocking;
 use crate::control::{self, exit, shown, Reply, Request};
 use crate::daemon::Node;
 use crate::fsx;
-use crate::ops::{self as cmd, Done};
-use crate::server;
+use crate::ops;
+use crate::server::{self, reply, Done};
 use crate::shutdown::Shutdown;
 
 /// Connections of callers other than root served at once, all uids together; more are
@@ -373,7 +373,7 @@ async fn prepare(
                 // there, as if nothing were: the answer tells nothing of what others backed up.
                 let versions = versions_of(node, &path).await?;
                 if !versions.iter().any(|f| f.uid == uid) {
-                    return Err(cmd::delete::nothing_of(&path));
+                    return Err(ops::delete::nothing_of(&path));
                 }
                 if versions.iter().any(|f| f.uid != uid) {
                     return Err(format!(
@@ -434,7 +434,7 @@ async fn versions_of(node: &Arc<Node>, path: &Path) -> Result<Vec<crate::store::
     node.catalog.versions(path).await.map_err(|e| e.to_string())
 }
 
-async fn run(node: Arc<Node>, job: Job, owner: Option<u32>, progress: cmd::Progress) -> Done {
+async fn run(node: Arc<Node>, job: Job, owner: Option<u32>, progress: ops::Progress) -> Done {
     match job {
         Job::Backup {
             path,
@@ -442,11 +442,13 @@ async fn run(node: Arc<Node>, job: Job, owner: Option<u32>, progress: cmd::Progr
             replication,
             encrypt,
         } => {
-            let wanted = cmd::backup::Wanted {
+            let wanted = ops::backup::Wanted {
                 replication,
                 encrypt,
             };
-            let done = cmd::backup::backup(&node, path, root, wanted, owner, &progress).await;
+            let ended =
+                ops::backup::backup(&node, path.clone(), root, wanted, owner, &progress).await;
+            let done = server::backup::done(&node, &path, ended);
             // The answer waits for the holders its chunks' STOREDs named to be recorded (the
             // engine asks for them before it says a chunk is done): what it prints ("every
             // chunk at RD >= 1") is what `state` and `status` read next.
@@ -457,21 +459,21 @@ async fn run(node: Arc<Node>, job: Job, owner: Option<u32>, progress: cmd::Progr
             server::restore::restore(&node, path, rows, out, &progress).await
         }
         Job::Other(Request::Versions { path }) => {
-            cmd::reply(server::versions::versions(&node, path, owner).await)
+            reply(server::versions::versions(&node, path, owner).await)
         }
-        Job::Other(Request::Watched) => cmd::reply(server::versions::watched(&node, owner).await),
+        Job::Other(Request::Watched) => reply(server::versions::watched(&node, owner).await),
         Job::Other(Request::Folders { path }) => {
-            cmd::reply(server::versions::folders(&node, path, owner).await)
+            reply(server::versions::folders(&node, path, owner).await)
         }
-        Job::Other(Request::Delete { path }) => cmd::reply(cmd::delete::delete(&node, path).await),
-        Job::Other(Request::Reclaim { quota }) => cmd::reclaim::reclaim(&node, quota).await,
+        Job::Other(Request::Delete { path }) => reply(server::delete::delete(&node, path).await),
+        Job::Other(Request::Reclaim { quota }) => server::reclaim::reclaim(&node, quota).await,
         Job::Other(Request::State { path }) => server::state::state(&node, owner, path).await,
         Job::Other(Request::Check) => server::check::check(&node).await,
         Job::Other(Request::Scrub) => server::scrub::scrub(&node, &progress).await,
         Job::Other(Request::Peers) => server::peers::peers(&node).await,
-        Job::Other(Request::Snapshot) => cmd::snapshot::snapshot(&node).await,
+        Job::Other(Request::Snapshot) => server::snapshot::snapshot(&node).await,
         Job::Other(Request::RestoredAll) => server::recover::restored_all(&node).await,
-        Job::Other(Request::Status) => cmd::status::status(&node, owner).await,
+        Job::Other(Request::Status) => server::status::status(&node, owner).await,
         Job::Other(Request::Recover {
             days,
             force,

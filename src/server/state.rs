@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::Done;
 use crate::control::Answer;
 use crate::control::{
     exit, ChunkState, FileState, PeerState, SnapshotInfo, StoredState, UnavailableFolder,
 };
 use crate::daemon::Node;
-use crate::ops::Done;
 
 /// The peer's state. A non-root caller (`owner`) sees only its own files, and what this peer
 /// hosts for others only as totals (no fileIds). With `below`, only the versions of paths at or

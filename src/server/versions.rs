@@ -5,9 +5,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::Done;
 use crate::control::{exit, shown, Answer, FolderInfo, FoldersAnswer, VersionInfo, WatchedFolders};
 use crate::daemon::Node;
-use crate::ops::{CmdError, Done};
+use crate::ops::CmdError;
 
 pub(crate) async fn versions(
     node: &Arc<Node>,

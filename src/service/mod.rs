@@ -275,13 +275,14 @@ async fn lost_holders(node: Arc<Node>, worker: Worker) {
         }
         worker.busy("looking for lost holders", None);
         let (now, since, me) = (crate::clock::unix_ms(), node.started_ms, node.id);
-        let timeout_ms = timeout.as_millis() as i64;
         let deadline = now - DELETE_ACK_DEADLINE.as_millis() as i64;
-        // This peer counts itself a holder of what it hosts, and never hears itself (`me`).
-        let r = node
-            .catalog
-            .drop_lost_holders(now, timeout_ms, since, me, deadline)
-            .await;
+        let r = match node.catalog.holders_heard().await {
+            Ok(holders) => {
+                let lost = crate::engine::presence::lost_holders(&holders, me, now, since, timeout);
+                node.catalog.drop_lost_holders(lost, now, deadline).await
+            }
+            Err(e) => Err(e),
+        };
         match r {
             Ok((lost, expired)) => {
                 for (peer, copies) in &lost {

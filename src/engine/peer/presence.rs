@@ -2,15 +2,16 @@
 //! peers heard and when, a peer found back after a silence (it may have missed DELETEs), and
 //! PUTCHUNKs that carry our own id (another peer may use it). And the rules the home peer's
 //! service applies to what presence tells: when a silent holder is counted lost
-//! (`holder_lost`, `lost_holder_looks`) and when the repair looks at our chunks below their RD
-//! (`RepairSchedule`).
+//! (`holder_lost`, `lost_holders`, `lost_holder_looks`) and when the repair looks at our chunks
+//! below their RD (`RepairSchedule`).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::out::{Action, Timer};
 use super::Peer;
 use crate::engine::lru::LruMap;
-use crate::protocol::{ChunkId, MessageKind, PeerId};
+use crate::protocol::{ChunkId, MessageKind, PeerId, Version};
 
 /// A PUTCHUNK with our own id is looked into once a second at most.
 const OWN_ID_CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -159,8 +160,7 @@ pub fn lost_holder_looks(holder_timeout: Duration) -> Duration {
 
 /// 2.0: whether a holder is lost at `now` (all in ms on the same clock): not heard for longer
 /// than `holder_timeout`, counted from `started` (this daemon's start) at the earliest, since a
-/// peer we could not hear before we started is not silent for that time. The catalog's
-/// `lost_holders` query applies this same rule in SQL over every holder at once.
+/// peer we could not hear before we started is not silent for that time.
 pub fn holder_lost(
     now: i64,
     last_heard: Option<i64>,
@@ -169,6 +169,34 @@ pub fn holder_lost(
 ) -> bool {
     let silent_since = last_heard.unwrap_or(started).max(started);
     now - silent_since > holder_timeout.as_millis() as i64
+}
+
+/// A peer that holds chunks (of ours or hosted here), as the catalog knows it
+/// (`Catalog::holders_heard`): what `lost_holders` decides on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HolderHeard {
+    pub peer: PeerId,
+    /// Unix ms of its latest message recorded; None if never heard.
+    pub last_heard: Option<i64>,
+    /// Already counted lost (and not heard since).
+    pub lost: bool,
+}
+
+/// 2.0: the lost-holder look at `now` (unix ms): the holders not already counted lost that
+/// `holder_lost` says are, but `me` (this peer counts itself a holder of what it hosts, and
+/// never hears itself). The service's worker and the simulation both decide with this.
+pub fn lost_holders(
+    holders: &[HolderHeard],
+    me: PeerId,
+    now: i64,
+    started: i64,
+    holder_timeout: Duration,
+) -> Vec<HolderHeard> {
+    (holders.iter())
+        .filter(|h| h.peer != me && !h.lost)
+        .filter(|h| holder_lost(now, h.last_heard, started, holder_timeout))
+        .copied()
+        .collect()
 }
 
 /// When the repair looks next: every `REPAIR_EVERY`, and `REPAIR_GRACE` after a REMOVED left
@@ -198,6 +226,92 @@ impl RepairSchedule {
     /// The repair looked at `now`.
     pub fn ran(&mut self, now: Instant) {
         self.next = now + REPAIR_EVERY;
+    }
+}
+
+// ---- who was heard, for the catalog (pure: the driver feeds it) ------------------------------
+
+/// Who was heard is recorded in the catalog this often (`peers`, what the lost-holder look reads):
+/// one write a second, not one per datagram.
+pub const HEARD_RECORD_EVERY: Duration = Duration::from_secs(1);
+
+/// One message from a peer (or the latest of a batch), as the driver notes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Noted {
+    pub at: Instant,
+    /// Unix ms of `at` (the driver's wall clock), to record.
+    pub at_ms: i64,
+    /// Its version (in a batch: the highest).
+    pub version: Version,
+    /// A 2.0 message or an `INC` line heard from it (in a batch: in any of its messages).
+    pub speaks_two: bool,
+}
+
+/// The peers heard since the catalog last recorded them, and when it records them next: at
+/// start, then `HEARD_RECORD_EVERY` after each record. A record that comes late pushes the next
+/// ones back (a full period after it), never two in a row to catch up.
+pub struct HeardBatch {
+    me: PeerId,
+    next: Instant,
+    /// Per peer: when first heard in this batch, and its latest message.
+    peers: BTreeMap<PeerId, (Instant, Noted)>,
+}
+
+impl HeardBatch {
+    /// The batch of peer `me` (it never records itself), its first record due at `now`.
+    pub fn new(me: PeerId, now: Instant) -> HeardBatch {
+        HeardBatch {
+            me,
+            next: now,
+            peers: BTreeMap::new(),
+        }
+    }
+
+    /// `peer` said something. On every datagram: no allocation once the peer is in the batch.
+    pub fn note(&mut self, peer: PeerId, noted: Noted) {
+        if peer == self.me {
+            return;
+        }
+        if self.peers.len() >= MAX_PEERS_SEEN && !self.peers.contains_key(&peer) {
+            return; // a flood of forged ids: the ones heard first are kept
+        }
+        let e = self.peers.entry(peer).or_insert((noted.at, noted));
+        e.1 = Noted {
+            version: higher(e.1.version, noted.version),
+            speaks_two: e.1.speaks_two || noted.speaks_two,
+            ..noted
+        };
+    }
+
+    /// When the next record is due.
+    pub fn poll_timeout(&self) -> Instant {
+        self.next
+    }
+
+    /// At `now`: None before the record is due; when it is, the peers heard since the last one
+    /// (each with when it was first heard in the batch and its latest message; maybe none, the
+    /// driver writes the LAN key's marks then too), and the next record is due a period later.
+    pub fn due(&mut self, now: Instant) -> Option<Vec<(PeerId, Instant, Noted)>> {
+        if now < self.next {
+            return None;
+        }
+        self.next = now + HEARD_RECORD_EVERY;
+        Some(self.take())
+    }
+
+    /// The peers heard since the last record, whatever the time (the last record, at stop).
+    pub fn take(&mut self) -> Vec<(PeerId, Instant, Noted)> {
+        (std::mem::take(&mut self.peers).into_iter())
+            .map(|(peer, (first, last))| (peer, first, last))
+            .collect()
+    }
+}
+
+/// The higher of two versions ("2.0" above "1.9").
+pub fn higher(a: Version, b: Version) -> Version {
+    match (b.major, b.minor) > (a.major, a.minor) {
+        true => b,
+        false => a,
     }
 }
 
@@ -238,6 +352,104 @@ mod tests {
         assert!(holder_lost(15_001, None, 5_000, timeout));
         // Heard lately: never lost.
         assert!(!holder_lost(20_000, Some(19_000), 0, timeout));
+    }
+
+    #[test]
+    fn the_look_counts_lost_the_silent_holders_but_itself_and_those_already_lost() {
+        let holder = |peer, last_heard, lost| HolderHeard {
+            peer: PeerId(peer),
+            last_heard,
+            lost,
+        };
+        let holders = [
+            holder(1, None, false),        // this peer: a holder of what it hosts
+            holder(2, Some(1_000), false), // heard before our start at 5 s
+            holder(3, Some(9_000), false), // heard since
+            holder(4, None, false),        // never heard
+            holder(5, Some(1_000), true),  // already counted lost
+        ];
+        let (timeout, started, me) = (Duration::from_secs(10), 5_000, PeerId(1));
+        let peers = |now| -> Vec<u32> {
+            (lost_holders(&holders, me, now, started, timeout).iter())
+                .map(|h| h.peer.0)
+                .collect()
+        };
+        assert_eq!(peers(15_000), Vec::<u32>::new());
+        assert_eq!(peers(15_001), vec![2, 4]);
+        assert_eq!(peers(19_001), vec![2, 3, 4]);
+        // After a restart at 30 s, every holder gets a full timeout again.
+        let after_restart = lost_holders(&holders, me, 40_000, 30_000, timeout);
+        assert!(after_restart.is_empty(), "{after_restart:?}");
+        // What is decided on is handed back as it was read.
+        assert_eq!(
+            lost_holders(&holders, me, 15_001, started, timeout)[0],
+            holders[1]
+        );
+    }
+
+    fn noted(at: Instant, at_ms: i64, version: Version, speaks_two: bool) -> Noted {
+        Noted {
+            at,
+            at_ms,
+            version,
+            speaks_two,
+        }
+    }
+
+    #[test]
+    fn who_was_heard_is_recorded_at_start_then_once_a_second() {
+        let t0 = Instant::now();
+        let s = |ms| t0 + Duration::from_millis(ms);
+        let mut b = HeardBatch::new(PeerId(1), t0);
+        // Due at once (nothing heard yet: the driver still writes the LAN key's marks).
+        assert_eq!(b.poll_timeout(), t0);
+        assert_eq!(b.due(t0), Some(vec![]));
+        assert_eq!(b.poll_timeout(), s(1_000));
+        b.note(PeerId(2), noted(s(100), 100, Version::V1_0, false));
+        b.note(PeerId(1), noted(s(150), 150, Version::V2_0, false)); // itself: never
+        b.note(PeerId(3), noted(s(200), 200, Version::V2_0, false));
+        b.note(PeerId(2), noted(s(300), 300, Version::V2_0, false));
+        b.note(PeerId(2), noted(s(400), 400, Version::V1_0, true));
+        assert_eq!(b.due(s(999)), None);
+        // One row per peer: first heard in the batch, its latest message, the highest version,
+        // and a sign of 2.0 in any of its messages.
+        assert_eq!(
+            b.due(s(1_000)),
+            Some(vec![
+                (PeerId(2), s(100), noted(s(400), 400, Version::V2_0, true)),
+                (PeerId(3), s(200), noted(s(200), 200, Version::V2_0, false)),
+            ])
+        );
+        assert_eq!(b.poll_timeout(), s(2_000));
+        // A record that comes late pushes the next back, never two in a row to catch up.
+        b.note(PeerId(3), noted(s(1_500), 1_500, Version::V1_0, false));
+        let late = b.due(s(3_400)).unwrap();
+        assert_eq!(
+            late,
+            vec![(
+                PeerId(3),
+                s(1_500),
+                noted(s(1_500), 1_500, Version::V1_0, false)
+            )]
+        );
+        assert_eq!(b.due(s(3_401)), None);
+        assert_eq!(b.poll_timeout(), s(4_400));
+        // At stop, what is left whatever the time.
+        b.note(PeerId(4), noted(s(3_500), 3_500, Version::V1_0, false));
+        assert_eq!(b.take().len(), 1);
+        assert_eq!(b.due(s(4_400)), Some(vec![]));
+    }
+
+    #[test]
+    fn forged_ids_beyond_the_bound_are_not_batched() {
+        let t0 = Instant::now();
+        let mut b = HeardBatch::new(PeerId(u32::MAX), t0);
+        for id in 0..MAX_PEERS_SEEN as u32 + 10 {
+            b.note(PeerId(id), noted(t0, 0, Version::V2_0, false));
+        }
+        let batch = b.take();
+        assert_eq!(batch.len(), MAX_PEERS_SEEN);
+        assert_eq!(batch.last().unwrap().0, PeerId(MAX_PEERS_SEEN as u32 - 1));
     }
 
     #[test]

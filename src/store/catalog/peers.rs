@@ -2,6 +2,7 @@
 //! holders; incarnations) and `delete_acks` (the DELETEs each holder has yet to confirm).
 
 use super::*;
+use crate::engine::presence::HolderHeard;
 
 /// One peer as `peerstash peers` lists it (`Catalog::peers_report`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,18 +147,10 @@ impl Catalog {
         })
     }
 
-    /// The holders (of our chunks or of chunks hosted here) not already counted lost that have
-    /// been silent longer than `timeout_ms` at `now_ms`. Silence is counted from their last
-    /// message or from `since_ms` (when this daemon started), whichever is later: a peer never
-    /// heard counts as heard at `since_ms`, and our own downtime is no peer's silence.
-    /// This peer is itself a holder of every chunk it hosts and never hears itself: the caller
-    /// leaves its own id out (the catalog does not know it).
-    pub fn lost_holders(
-        &self,
-        now_ms: i64,
-        timeout_ms: i64,
-        since_ms: i64,
-    ) -> Result<Vec<PeerId>, StoreError> {
+    /// Every peer holding chunks (of ours or hosted here), by id, with its latest message
+    /// recorded and whether it is counted lost: the facts `engine::presence::lost_holders`
+    /// decides on. This peer is itself a holder of every chunk it hosts (it never hears itself).
+    pub fn holders_heard(&self) -> Result<Vec<HolderHeard>, StoreError> {
         // The distinct holders by hopping along the index on peer: one lookup per peer, not a
         // scan of every holder row.
         let mut stmt = self.conn.prepare_cached(
@@ -167,13 +160,20 @@ impl Catalog {
                  SELECT (SELECT MIN(peer) FROM holders WHERE peer > holder.peer)
                  FROM holder WHERE holder.peer IS NOT NULL
              )
-             SELECT h.peer FROM holder h LEFT JOIN peers p ON p.id = h.peer
-             WHERE h.peer IS NOT NULL AND p.lost_at IS NULL
-               AND ?1 - MAX(COALESCE(p.last_heard, ?3), ?3) > ?2
+             SELECT h.peer, p.last_heard, p.lost_at IS NOT NULL
+             FROM holder h LEFT JOIN peers p ON p.id = h.peer
+             WHERE h.peer IS NOT NULL
              ORDER BY h.peer",
         )?;
-        let rows = stmt.query_map(params![now_ms, timeout_ms, since_ms], |r| r.get(0))?;
-        rows.map(|r| Ok(PeerId(r?))).collect()
+        let rows = stmt.query_map([], |r| {
+            Ok(HolderHeard {
+                peer: PeerId(r.get(0)?),
+                // 0: a row made when it was counted lost or announced its store, never heard.
+                last_heard: r.get::<_, Option<i64>>(1)?.filter(|&t| t != 0),
+                lost: r.get::<_, Option<bool>>(2)?.unwrap_or(false),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Counts `peer` lost at `now_ms`, in one transaction: it leaves every holder set (of our
@@ -305,28 +305,34 @@ impl Catalog {
         })
     }
 
-    /// The lost-holder round: every holder silent past `timeout_ms` (`lost_holders`) but `me`
-    /// (this peer counts itself a holder of what it hosts, and never hears itself) leaves every
-    /// holder set; then the deletes unacknowledged since before `ack_deadline_ms` are no longer
-    /// waited for. Returns each lost peer with the chunk copies it held, and how many acks
-    /// expired. One transaction.
+    /// The lost-holder round's writes, once `engine::presence::lost_holders` chose from
+    /// `holders_heard`: each peer of `lost` leaves every holder set (`drop_lost_holder`), unless
+    /// it was heard since it was read (the next look decides on it); then the deletes
+    /// unacknowledged since before `ack_deadline_ms` are no longer waited for. Returns each peer
+    /// counted lost with the chunk copies it held, and how many acks expired. One transaction.
     pub fn drop_lost_holders(
         &self,
+        lost: &[HolderHeard],
         now_ms: i64,
-        timeout_ms: i64,
-        since_ms: i64,
-        me: PeerId,
         ack_deadline_ms: i64,
     ) -> Result<(Vec<(PeerId, u64)>, usize), StoreError> {
         self.atomically(|| {
-            let mut lost = Vec::new();
-            for peer in
-                (self.lost_holders(now_ms, timeout_ms, since_ms)?.into_iter()).filter(|p| *p != me)
-            {
-                lost.push((peer, self.drop_lost_holder(peer, now_ms)?));
+            let mut last_heard = self
+                .conn
+                .prepare_cached("SELECT last_heard FROM peers WHERE id = ?1")?;
+            let mut dropped = Vec::new();
+            for h in lost {
+                let now_heard: Option<i64> = (last_heard.query_row([h.peer.0], |r| r.get(0)))
+                    .optional()?
+                    .flatten()
+                    .filter(|&t| t != 0);
+                if now_heard != h.last_heard {
+                    continue;
+                }
+                dropped.push((h.peer, self.drop_lost_holder(h.peer, now_ms)?));
             }
             let expired = self.expire_delete_acks(ack_deadline_ms)?;
-            Ok((lost, expired))
+            Ok((dropped, expired))
         })
     }
 }

@@ -3,6 +3,7 @@
 //! is there) on the catalog thread and returns once it is committed.
 
 use super::*;
+use crate::engine::presence::HolderHeard;
 
 impl CatalogHandle {
     // ---- hosted chunks -----------------------------------------------------------------
@@ -164,19 +165,20 @@ impl CatalogHandle {
         self.call(move |cat| cat.peer_incarnation(peer, &inc)).await
     }
 
-    /// The lost-holder round (`Catalog::drop_lost_holders`).
+    /// Every holder, when last heard, and whether counted lost (`Catalog::holders_heard`).
+    pub async fn holders_heard(&self) -> Result<Vec<HolderHeard>, StoreError> {
+        self.call(|cat| cat.holders_heard()).await
+    }
+
+    /// The lost-holder round's writes for the holders counted lost (`Catalog::drop_lost_holders`).
     pub async fn drop_lost_holders(
         &self,
+        lost: Vec<HolderHeard>,
         now_ms: i64,
-        timeout_ms: i64,
-        since_ms: i64,
-        me: PeerId,
         ack_deadline_ms: i64,
     ) -> Result<(Vec<(PeerId, u64)>, usize), StoreError> {
-        self.call(move |cat| {
-            cat.drop_lost_holders(now_ms, timeout_ms, since_ms, me, ack_deadline_ms)
-        })
-        .await
+        self.call(move |cat| cat.drop_lost_holders(&lost, now_ms, ack_deadline_ms))
+            .await
     }
 
     /// `peer` acknowledged the DELETE of `file_id`; true when it was the last one owed.

@@ -3,6 +3,7 @@ use super::*;
 
 mod files;
 mod hosted;
+mod overview;
 mod peers;
 mod rules;
 pub(in crate::store) mod schema;

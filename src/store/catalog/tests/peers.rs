@@ -1,4 +1,6 @@
 use super::*;
+use crate::engine::presence::{lost_holders, HolderHeard};
+use std::time::Duration;
 
 fn heard(peer: u32, protocol: &str, at: i64) -> (PeerId, String, i64) {
     (PeerId(peer), protocol.to_owned(), at)
@@ -105,7 +107,7 @@ fn forged_sender_ids_cannot_grow_the_peers_table_without_end() {
 }
 
 #[test]
-fn lost_holders_are_silent_past_the_timeout_counted_from_our_start() {
+fn every_holder_is_listed_with_when_it_was_heard_and_whether_it_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
     cat.insert_file(&file('a', "/f")).unwrap();
@@ -114,34 +116,75 @@ fn lost_holders_are_silent_past_the_timeout_counted_from_our_start() {
         .unwrap();
     cat.insert_hosted(&hosted('b', 0, 100, 6), &[PeerId(1), PeerId(5)])
         .unwrap();
-    // Peer 6 sent us a chunk but holds nothing: not a holder, never lost.
+    // Peer 6 sent us a chunk but holds nothing: not a holder.
     cat.heard_peers(&[
         heard(2, "2.0", 1_000),
         heard(3, "2.0", 9_000),
         heard(6, "2.0", 0),
     ])
     .unwrap();
-    let (timeout, since) = (10_000, 5_000);
-    // Peer 2 was last heard at 1 s, before we started at 5 s: its silence counts from 5 s.
-    // Peers 4 and 5 were never heard: from 5 s as well.
-    assert!(cat.lost_holders(15_000, timeout, since).unwrap().is_empty());
-    let lost = cat.lost_holders(15_001, timeout, since).unwrap();
-    assert_eq!(lost, vec![PeerId(1), PeerId(2), PeerId(4), PeerId(5)]);
-    // Once dropped, a holder is not listed again; peer 3 follows at its own time.
+    // Peer 5 announced its store before it was heard: a row, never heard.
+    cat.peer_incarnation(PeerId(5), "aa").unwrap();
+    let h = |peer, last_heard, lost| HolderHeard {
+        peer: PeerId(peer),
+        last_heard,
+        lost,
+    };
+    assert_eq!(
+        cat.holders_heard().unwrap(),
+        vec![
+            h(1, None, false),
+            h(2, Some(1_000), false),
+            h(3, Some(9_000), false),
+            h(4, None, false),
+            h(5, None, false),
+        ]
+    );
+    // A holder counted lost leaves every holder set: listed no more.
     cat.drop_lost_holder(PeerId(2), 15_001).unwrap();
+    let peers: Vec<PeerId> = (cat.holders_heard().unwrap().iter())
+        .map(|h| h.peer)
+        .collect();
+    assert_eq!(peers, vec![PeerId(1), PeerId(3), PeerId(4), PeerId(5)]);
+    // Holding again before it is heard (a STORED ahead of the heard batch): listed as lost.
+    cat.add_holders(&fid('a'), ChunkNo(0), &[PeerId(2)])
+        .unwrap();
+    assert_eq!(cat.holders_heard().unwrap()[1], h(2, Some(1_000), true));
+}
+
+#[test]
+fn the_round_drops_the_holders_the_engine_counts_lost_unless_heard_since() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+    cat.insert_file(&file('a', "/f")).unwrap();
+    cat.put_file_chunk(&fid('a'), ChunkNo(0), 10, "h0").unwrap();
+    cat.add_holders(&fid('a'), ChunkNo(0), &[PeerId(2), PeerId(3), PeerId(4)])
+        .unwrap();
+    cat.insert_hosted(&hosted('b', 0, 100, 6), &[PeerId(1), PeerId(5)])
+        .unwrap();
+    cat.heard_peers(&[heard(2, "2.0", 1_000), heard(3, "2.0", 9_000)])
+        .unwrap();
+    let (timeout, since, me) = (Duration::from_secs(10), 5_000, PeerId(1));
+    let look = |now| lost_holders(&cat.holders_heard().unwrap(), me, now, since, timeout);
+    // Peer 2 was last heard before we started at 5 s, peers 4 and 5 never: all lost after 15 s.
+    assert!(look(15_000).is_empty());
+    let lost = look(15_001);
+    // Peer 4 is heard between the look and the writes: the next look decides on it.
+    cat.heard_peers(&[heard(4, "2.0", 15_001)]).unwrap();
+    let (dropped, expired) = cat.drop_lost_holders(&lost, 15_001, 0).unwrap();
     assert_eq!(
-        cat.lost_holders(19_000, timeout, since).unwrap(),
-        vec![PeerId(1), PeerId(4), PeerId(5)]
+        (dropped, expired),
+        (vec![(PeerId(2), 1), (PeerId(5), 1)], 0)
     );
+    assert_eq!(cat.perceived(&fid('a'), ChunkNo(0)).unwrap(), 2);
+    assert_eq!(report_of(&cat, 5).unwrap().lost_at_ms, Some(15_001));
+    assert_eq!(report_of(&cat, 4).unwrap().lost_at_ms, None);
+    // Peer 3 follows at its own time.
+    let lost = look(19_001);
     assert_eq!(
-        cat.lost_holders(19_001, timeout, since).unwrap(),
-        vec![PeerId(1), PeerId(3), PeerId(4), PeerId(5)]
+        cat.drop_lost_holders(&lost, 19_001, 0).unwrap().0,
+        vec![(PeerId(3), 1)]
     );
-    // After a restart at 30 s, every holder gets a full timeout again.
-    assert!(cat
-        .lost_holders(40_000, timeout, 30_000)
-        .unwrap()
-        .is_empty());
 }
 
 #[test]
@@ -344,10 +387,10 @@ fn an_older_catalog_gains_the_peer_tables_and_the_hosted_sender() {
         .unwrap();
     cat.heard_peers(&[heard(2, "1.0", 5)]).unwrap();
     assert_eq!(report_of(&cat, 2).unwrap().hosted_bytes, 50);
-    assert_eq!(
-        cat.lost_holders(i64::MAX, 1, 0).unwrap(),
-        vec![PeerId(1), PeerId(2)]
-    );
+    let holders: Vec<PeerId> = (cat.holders_heard().unwrap().iter())
+        .map(|h| h.peer)
+        .collect();
+    assert_eq!(holders, vec![PeerId(1), PeerId(2)]);
     let indexed: bool = cat
         .conn
         .query_row(
