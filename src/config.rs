@@ -79,10 +79,17 @@ pub struct StorageConfig {
     pub quota: u64,
 }
 
+/// At most this many versions of a file kept when `keep_versions` is not set: the default
+/// `keep` rule keeps about 110 over a year of changes every 10 minutes.
+pub const DEFAULT_KEEP_VERSIONS: i64 = 200;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct WatchConfig {
     pub path: PathBuf,
     pub replication: u8,
+    /// Which versions are kept as they age (`keep`, `history::Keep`).
+    pub keep: crate::history::Keep,
+    /// At most this many versions of a file are kept (`keep_versions`), the newest first.
     pub keep_versions: u32,
     pub keep_deleted: Duration,
     pub exclude: Vec<String>,
@@ -248,6 +255,7 @@ enum SizeValue {
 struct RawWatch {
     path: Option<PathBuf>,
     replication: Option<i64>,
+    keep: Option<String>,
     keep_versions: Option<i64>,
     keep_deleted: Option<String>,
     #[serde(default)]
@@ -475,7 +483,14 @@ impl Config {
                     ))
                 }
             };
-            let keep_versions = match w.keep_versions.unwrap_or(1) {
+            // `keep_versions` alone keeps what it always did: that many, whatever their age.
+            let keep = match (&w.keep, w.keep_versions) {
+                (Some(text), _) => crate::history::Keep::parse(text),
+                (None, Some(_)) => Ok(crate::history::Keep::all()),
+                (None, None) => crate::history::Keep::parse(crate::history::DEFAULT_KEEP),
+            }
+            .map_err(|e| bad(&key("keep"), e))?;
+            let keep_versions = match w.keep_versions.unwrap_or(DEFAULT_KEEP_VERSIONS) {
                 k @ 1..=0xFFFF_FFFF => k as u32,
                 k => {
                     return Err(bad(
@@ -518,6 +533,7 @@ impl Config {
             watch.push(WatchConfig {
                 path,
                 replication,
+                keep,
                 keep_versions,
                 keep_deleted,
                 exclude: w.exclude,

@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod demo;
 pub mod engine;
 pub mod fsx;
+pub mod history;
 pub mod net;
 pub mod ops;
 pub mod protocol;

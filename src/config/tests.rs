@@ -70,6 +70,21 @@ fn full_config_from_the_spec() {
         .unwrap();
     assert_eq!(c.watch[0].rescan, Duration::from_secs(600));
     assert_eq!(c.watch[0].max_delay, Duration::from_secs(300));
+    // History: the default rule, capped at 200; keep_versions alone keeps that many whatever
+    // their age (what it meant before `keep`); both: the rule, capped.
+    assert_eq!(c.watch[0].keep, crate::history::Keep::default());
+    assert_eq!(c.watch[0].keep_versions, 200);
+    let full = Config::from_toml_str(FULL).unwrap();
+    assert_eq!(
+        (full.watch[0].keep.clone(), full.watch[0].keep_versions),
+        (crate::history::Keep::all(), 1)
+    );
+    let c = Config::from_toml_str(
+        "[peer]\nid = 1\n[[watch]]\npath = \"/a\"\nkeep = \"2h:all, 1w:daily\"\nkeep_versions = 9\n",
+    )
+    .unwrap();
+    assert_eq!(c.watch[0].keep.to_string(), "2h:all, 1w:daily");
+    assert_eq!(c.watch[0].keep_versions, 9);
     let c = Config::from_toml_str(
         "[peer]\nid = 1\n[[watch]]\npath = \"/a\"\nquiet = \"2s\"\nmax_delay = \"8s\"\n",
     )
@@ -217,6 +232,10 @@ fn every_error_names_its_key() {
         (
             "[peer]\nid = 1\n[[watch]]\npath = \"/a\"\nkeep_deleted = \"soon\"\n",
             "watch[0].keep_deleted",
+        ),
+        (
+            "[peer]\nid = 1\n[[watch]]\npath = \"/a\"\nkeep = \"1d:hourly, 1h:all\"\n",
+            "watch[0].keep",
         ),
         (
             "[peer]\nid = 1\n[[watch]]\npath = \"/a\"\nrescan = \"often\"\n",

@@ -39,10 +39,11 @@ pub(crate) async fn forget_versions(
     path: &Path,
     policy: Policy,
 ) -> Result<usize, StoreError> {
+    let why = policy.to_string();
     let n = node.catalog.forget_by_policy(path, policy).await?;
     if n > 0 {
         tracing::info!(
-            "deleting {n} versions of {} from the peers ({policy:?})",
+            "deleting {n} versions of {} from the peers ({why})",
             shown(path)
         );
         send_pending_deletes(node.clone()).await;

@@ -3,7 +3,7 @@
 //! successor) and at least daily, or now with `peerstash snapshot`; each is backed up encrypted
 //! under its number's fileId, and the ones a newer snapshot at its RD supersedes are deleted
 //! from the peers. Once one reaches its RD, the older versions it makes safe to delete go
-//! (`Forget::KeepVersions`). None is taken on a reinstalled peer until `peerstash recover`.
+//! (`Forget::History`). None is taken on a reinstalled peer until `peerstash recover`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -210,7 +210,7 @@ async fn forget_superseded(node: &Arc<Node>) -> Result<usize, SnapshotError> {
 }
 
 /// The older versions that waited for a snapshot at its RD to name their successors, now
-/// named: their folders' `keep_versions` applies to them (`Forget::KeepVersions`).
+/// named: their folders' history applies to them (`Forget::History`).
 async fn release_held(node: &Arc<Node>) {
     let held = node.catalog.held_since_pruned().await;
     let (paths, to) = match held {
@@ -222,9 +222,7 @@ async fn release_held(node: &Arc<Node>) {
         let Some(watch) = config.watch_of(&path) else {
             continue; // backed up by hand: no policy deletes its versions
         };
-        if let Err(e) =
-            forget_versions(node, &path, Policy::KeepVersions(watch.keep_versions)).await
-        {
+        if let Err(e) = forget_versions(node, &path, Policy::history(watch)).await {
             tracing::error!("cannot delete old versions of {}: {e}", path.display());
         }
     }

@@ -4,6 +4,7 @@
 
 pub mod copy;
 pub mod entry;
+mod history;
 pub mod metrics;
 pub mod presence;
 pub mod queue;
@@ -127,6 +128,11 @@ pub async fn run(
     tokio::spawn(until_stopped(
         trigger.subscribe(),
         crate::ops::snapshot::keep_taking(node.clone(), worker),
+    ));
+    let worker = node.workers.register("history");
+    tokio::spawn(until_stopped(
+        trigger.subscribe(),
+        history::keep_history(node.clone(), worker),
     ));
     let worker = node.workers.register("status");
     tokio::spawn(until_stopped(

@@ -312,7 +312,7 @@ async fn work_on(
                     // The new version is fully replicated: older ones beyond the policy go, once
                     // a catalog snapshot names it (taken soon: the snapshot worker is woken).
                     node.snapshot_wake.notify_one();
-                    let policy = Policy::KeepVersions(watch.keep_versions);
+                    let policy = Policy::history(&watch);
                     let forgotten = forget_versions(node, path, policy).await;
                     if let Err(e) = &forgotten {
                         tracing::error!("cannot delete old versions of {}: {e}", path.display());

@@ -252,7 +252,7 @@ fn an_old_version_goes_only_once_a_snapshot_at_its_rd_names_its_successor() {
             )
             .unwrap();
     }
-    let keep = Forget::KeepVersions { keep: 1 };
+    let keep = Forget::History;
     cat.set_file_complete(&v1).unwrap();
     let early = FileId::from_digest(&[7; 32]);
     cat.claim_snapshot(&early, SnapshotNo::Numbered(1), 0)

@@ -9,8 +9,9 @@ use std::path::Path;
 
 /// From the bottom up. A module may name modules of its own layer or of a lower one.
 const LAYERS: &[&[&str]] = &[
-    // Pure: the wire protocol, opening files without following links, stopping tasks.
-    &["protocol", "fsx", "shutdown", "clock"],
+    // Pure: the wire protocol, opening files without following links, stopping tasks, the
+    // wall clock, the history rule.
+    &["protocol", "fsx", "shutdown", "clock", "history"],
     // The language of the control socket, the config, the sans-IO engine, the sockets, and
     // what each worker is doing.
     &["control", "config", "engine", "net", "workers"],

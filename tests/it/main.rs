@@ -23,6 +23,7 @@ mod encryption;
 mod faults;
 mod flood;
 mod full_disk;
+mod history;
 mod hostile_lan;
 mod lan_key;
 mod layers;

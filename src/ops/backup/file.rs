@@ -194,9 +194,16 @@ pub(crate) async fn backup_handle_as(
         version,
         resumed,
         was_complete,
+        retouched,
     } = (node.catalog)
         .begin_or_resume_version(row, sealed, backup)
         .await?;
+    if retouched {
+        tracing::info!(
+            "{}: same content as its version {version}: no new version, its times, mode and owner noted",
+            shown(path)
+        );
+    }
     let key = master.map(|m| Arc::new(m.file_key(&file_id)));
 
     let file = Arc::new(file);

@@ -158,6 +158,37 @@ impl Catalog {
             .transpose()
     }
 
+    /// The newest version of `row.path` if it holds what `row` would: the same content hash
+    /// and size, encrypted alike (under the same key, and resumable if unfinished:
+    /// `sealed_version`), and not a catalog snapshot (whose fileId is its slot's). Only a
+    /// change of content makes a new version: a file touched, or rewritten with the same bytes,
+    /// is its newest version with new times.
+    fn same_content_as_newest(&self, row: &FileRow) -> Result<Option<FileRow>, StoreError> {
+        let sql = format!(
+            "SELECT {FILE_COLUMNS} FROM files
+             WHERE path = ?1 AND version = (SELECT MAX(version) FROM files WHERE path = ?1)
+               AND content_hash = ?2 AND size = ?3 AND encrypted = ?4
+               AND (encrypted = 0 OR ((key_fp IS NULL OR key_fp IS ?5)
+                                      AND (complete = 1 OR no_resume = 0)))
+               AND file_id NOT IN (SELECT file_id FROM snapshots)"
+        );
+        self.conn
+            .prepare_cached(&sql)?
+            .query_row(
+                params![
+                    path_key(&row.path),
+                    row.content_hash,
+                    row.size as i64,
+                    row.encrypted,
+                    row.key_fp
+                ],
+                file_row,
+            )
+            .optional()?
+            .map(finish_file)
+            .transpose()
+    }
+
     /// An unfinished encrypted version is never resumed again (`sealed_version`).
     pub fn stop_resuming(&self, file_id: &FileId) -> Result<(), StoreError> {
         self.conn
@@ -379,7 +410,9 @@ impl Catalog {
             .prepare_cached(
                 "UPDATE files SET complete = 1, completed_ms = COALESCE(completed_ms, ?2),
                  completed_no = COALESCE(completed_no,
-                     (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'completions'))
+                     (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'completions')),
+                 completed_run_ms = COALESCE(completed_run_ms,
+                     (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'run_ms'), 0)
                  WHERE file_id = ?1",
             )?
             .execute(params![&file_id, unix_ms()])?
@@ -478,6 +511,9 @@ pub struct Begun {
     pub resumed: bool,
     /// The version resumed was complete already.
     pub was_complete: bool,
+    /// The version resumed is the path's newest, which holds the same content: only the file's
+    /// times, mode or owner changed (`touch`, a file rewritten identical), which it now has.
+    pub retouched: bool,
 }
 
 impl Catalog {
@@ -501,15 +537,38 @@ impl Catalog {
                 false => self.file(&row.file_id)?,
             }
             .filter(|f| f.key_fp.is_none() || f.key_fp == row.key_fp);
+            let (existing, retouched) = match existing {
+                Some(existing) => (Some(existing), false),
+                None => {
+                    let same = self.same_content_as_newest(row)?;
+                    let retouched = same.is_some();
+                    (same, retouched)
+                }
+            };
             match existing {
                 Some(existing) => {
                     self.set_file_rd(&existing.file_id, row.desired_rd)?;
                     self.undelete(&existing.file_id)?;
+                    if retouched {
+                        self.conn
+                            .prepare_cached(
+                                "UPDATE files SET mtime_ns = ?2, mode = ?3, uid = ?4, gid = ?5
+                                 WHERE file_id = ?1",
+                            )?
+                            .execute(params![
+                                &existing.file_id,
+                                row.mtime_ns,
+                                row.mode,
+                                row.uid,
+                                row.gid
+                            ])?;
+                    }
                     Ok(Begun {
                         file_id: existing.file_id,
                         version: existing.version,
                         resumed: true,
                         was_complete: existing.complete,
+                        retouched,
                     })
                 }
                 None => Ok(Begun {
@@ -517,6 +576,7 @@ impl Catalog {
                     file_id: row.file_id.clone(),
                     resumed: false,
                     was_complete: false,
+                    retouched: false,
                 }),
             }
         })

@@ -7,16 +7,17 @@ use super::*;
 /// the peers). `Catalog::forget` is the only way a version is deleted, and it enforces:
 ///
 /// **A version, once complete, is deleted only by an explicit policy decision** —
-/// `keep_versions` (newer complete versions exist), `keep_deleted` (the path is really gone:
+/// the folder's history (`keep`, `keep_versions`: a newer complete version exists), `keep_deleted` (the path is really gone:
 /// still marked deleted, for long enough) or `peerstash delete` — **never by an error path of
 /// another backup.** A backup that gives up (the file changed while it was read) may forget
 /// only a version that is not complete and that this very backup inserted; a version it resumed
 /// is left as it was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Forget {
-    /// Beyond the folder's `keep_versions`: allowed for a complete version when `keep` newer
-    /// complete versions of its path exist, for an incomplete one when a newer complete exists.
-    KeepVersions { keep: u32 },
+    /// Not kept by the folder's history (`keep`, `keep_versions`: `history::Keep`): allowed
+    /// when a newer complete version of its path exists (for a complete one: that a catalog
+    /// snapshot at its RD names).
+    History,
     /// The path is still marked gone (the caller checked it again by lstat just before), and
     /// has been absent at least `keep_deleted_ms` while its folder was available, as the daemon
     /// measured it with its monotonic clock (`absent_ms`): not by the wall clock, which jumps.
@@ -56,8 +57,8 @@ impl Catalog {
             .query_row([&file_id], |r| r.get(0))?;
         let refused = match why {
             Forget::UserDelete => None,
-            Forget::KeepVersions { keep } => {
-                let needed = if row.complete { keep.max(1) } else { 1 };
+            Forget::History => {
+                let needed = 1;
                 if newer_complete < needed {
                     Some(format!(
                         "only {newer_complete} newer complete versions, {needed} needed"
@@ -201,17 +202,60 @@ impl Catalog {
 }
 
 /// Why the versions of one path are forgotten by a folder's policy (`Catalog::forget_by_policy`).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Policy {
-    /// After a new version completed: all but the newest `keep` complete versions go (and
-    /// unfinished versions older than the newest complete one).
-    KeepVersions(u32),
+    /// After a new version completed, and as versions age: the complete versions that `keep`
+    /// does not keep at their age (at most `cap`, the newest first; the newest always) go, and
+    /// unfinished versions older than the newest complete one.
+    History {
+        keep: crate::history::Keep,
+        cap: u32,
+    },
     /// The path is gone (checked again just before) and was counted absent at least
     /// `keep_deleted_ms` while its folder was available.
     Expired { keep_deleted_ms: i64 },
 }
 
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Policy::History { keep, cap } => write!(f, "history: keep = \"{keep}\", at most {cap}"),
+            Policy::Expired { .. } => write!(f, "deleted locally for longer than keep_deleted"),
+        }
+    }
+}
+
+impl Policy {
+    /// The history a watched folder keeps (`keep`, capped by `keep_versions`).
+    pub fn history(watch: &crate::config::WatchConfig) -> Policy {
+        Policy::History {
+            keep: watch.keep.clone(),
+            cap: watch.keep_versions,
+        }
+    }
+}
+
 impl Catalog {
+    /// `rows` (versions of one path, oldest first) with when each became complete, on the
+    /// running clock and the wall clock.
+    fn ages_of(
+        &self,
+        rows: &[FileRow],
+    ) -> Result<Vec<(FileRow, Option<i64>, Option<i64>)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT completed_run_ms, completed_ms FROM files WHERE file_id = ?1",
+        )?;
+        rows.iter()
+            .map(|f| {
+                let (run, wall) = stmt
+                    .query_row([&f.file_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?
+                    .unwrap_or((None, None));
+                Ok((f.clone(), run, wall))
+            })
+            .collect()
+    }
+
     /// Forget only by policy: applies a folder's `policy` to the versions of exactly `path`
     /// (never to files below it, should it be a folder now). The policy picks the versions;
     /// each still goes through `forget`, which refuses what its reason does not allow. Returns
@@ -225,23 +269,23 @@ impl Catalog {
         self.atomically(|| {
             let rows = self.versions_of(path)?; // oldest first
             let doomed: Vec<(FileId, Forget)> = match policy {
-                Policy::KeepVersions(keep) => {
-                    let mut complete_seen = 0u32;
+                Policy::History { keep, cap } => {
+                    let (now_run, now_wall) = (self.run_clock()?, now_ms);
+                    let mut complete: Vec<(FileId, crate::history::Version)> = Vec::new();
                     let mut doomed = Vec::new();
-                    for f in rows.iter().rev() {
+                    for (f, run_ms, wall_ms) in self.ages_of(&rows)?.into_iter().rev() {
                         if f.complete {
-                            complete_seen += 1;
-                            if complete_seen > keep.max(1) {
-                                doomed.push(f.file_id.clone());
-                            }
-                        } else if complete_seen > 0 {
-                            doomed.push(f.file_id.clone()); // superseded, never finished
+                            let age_ms = crate::history::age_ms(now_run, run_ms, now_wall, wall_ms);
+                            complete.push((f.file_id, crate::history::Version { age_ms }));
+                        } else if !complete.is_empty() {
+                            doomed.push(f.file_id); // superseded, never finished
                         }
                     }
-                    doomed
-                        .into_iter()
-                        .map(|id| (id, Forget::KeepVersions { keep }))
-                        .collect()
+                    let ages: Vec<_> = complete.iter().map(|(_, v)| *v).collect();
+                    for i in keep.forget(&ages, cap) {
+                        doomed.push(complete[i].0.clone());
+                    }
+                    doomed.into_iter().map(|id| (id, Forget::History)).collect()
                 }
                 Policy::Expired { keep_deleted_ms } => rows
                     .into_iter()
@@ -254,6 +298,22 @@ impl Catalog {
             }
             Ok(forgotten)
         })
+    }
+
+    /// The paths at or below `root` with more than one version kept: those the history may
+    /// prune as their versions age (`Policy::History`).
+    pub fn paths_with_history(&self, root: &Path) -> Result<Vec<PathBuf>, StoreError> {
+        let (exact, below) = (path_key(root), below_key(root));
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT path FROM files WHERE path = ?1 OR substr(path, 1, length(?2)) = ?2
+             GROUP BY path HAVING COUNT(*) > 1",
+        )?;
+        let mut rows = stmt.query(params![exact, below])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(path_at(r, 0)?);
+        }
+        Ok(out)
     }
 
     /// `peerstash delete PATH`: every version of exactly `path` (`versions`) is forgotten, by

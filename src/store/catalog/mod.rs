@@ -95,6 +95,11 @@ pub fn io_disk_full(e: &std::io::Error) -> bool {
 /// The meta key of the fingerprint of the master key this peer last ran with.
 pub const MASTER_KEY_FP: &str = "master_key_fp";
 
+/// The meta key of the running clock: ms the daemon has run, in all, counted by the monotonic
+/// clock (`Catalog::advance_run_clock`). Versions' ages (`history`) are counted on it, so that a
+/// wall clock set wrong, or a computer off for a month, prunes no history early.
+pub const RUN_CLOCK: &str = "run_ms";
+
 /// The meta key of the master key made here: "fingerprint unix_ms".
 pub const MASTER_KEY_MADE: &str = "master_key_made";
 
@@ -308,6 +313,25 @@ impl Catalog {
         self.conn
             .prepare_cached("DELETE FROM meta WHERE key = ?1")?
             .execute([key])?;
+        Ok(())
+    }
+
+    /// The running clock (`RUN_CLOCK`), in ms.
+    pub fn run_clock(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .meta(RUN_CLOCK)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// The daemon ran `ms` more (by its monotonic clock): the running clock moves on.
+    pub fn advance_run_clock(&self, ms: i64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + ?2",
+            )?
+            .execute(params![RUN_CLOCK, ms.max(0)])?;
         Ok(())
     }
 

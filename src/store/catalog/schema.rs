@@ -37,6 +37,7 @@ const TABLES: &[(&str, &str)] = &[
     no_resume INTEGER NOT NULL DEFAULT 0, -- unfinished, never resumed (`Catalog::sealed_version`)
     key_fp TEXT,                      -- encrypted: its master key's fingerprint (NULL: before they were kept)
     completed_no INTEGER,             -- `snapshots::COMPLETIONS` when it became complete
+    completed_run_ms INTEGER,         -- the running clock (`RUN_CLOCK`) when it became complete
     UNIQUE (path, version)",
     ),
     (
@@ -166,6 +167,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("files", "completed_no", "INTEGER"),
     ("snapshots", "taken_ms", "INTEGER"),
     ("snapshots", "mark", "INTEGER NOT NULL DEFAULT 0"),
+    ("files", "completed_run_ms", "INTEGER"),
 ];
 
 /// Indexes. By inode: a file renamed is found by it. By peer: a lost holder is dropped, and the

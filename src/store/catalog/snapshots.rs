@@ -232,7 +232,7 @@ impl Catalog {
 
     /// Paths of our files with an older version kept while a newer complete one, completed
     /// after `from` (a `COMPLETIONS` count), waits for a snapshot at its RD up to `to` to name
-    /// it (`Forget::KeepVersions`). Snapshots aside.
+    /// it (`Forget::History`). Snapshots aside.
     pub fn held_paths(&self, from: i64, to: i64) -> Result<Vec<PathBuf>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT DISTINCT g.path FROM files g

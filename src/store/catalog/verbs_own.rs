@@ -114,6 +114,17 @@ impl CatalogHandle {
             .await
     }
 
+    /// The paths at or below `root` with more than one version (`Catalog::paths_with_history`).
+    pub async fn paths_with_history(&self, root: &Path) -> Result<Vec<PathBuf>, StoreError> {
+        let r = root.to_path_buf();
+        self.read(move |c| c.paths_with_history(&r)).await
+    }
+
+    /// The daemon ran `ms` more (`Catalog::advance_run_clock`).
+    pub async fn advance_run_clock(&self, ms: i64) -> Result<(), StoreError> {
+        self.call(move |c| c.advance_run_clock(ms)).await
+    }
+
     /// `peerstash delete PATH`: every version of it forgotten (`Catalog::forget_path`), now.
     pub async fn forget_path(&self, path: &Path) -> Result<usize, StoreError> {
         let p = path.to_path_buf();

@@ -275,9 +275,7 @@ fn complete_versions_are_forgotten_only_by_policy() {
         .forget(&fid('b'), Forget::Abandoned { backup: mine }, 1_000)
         .unwrap());
     // keep_versions = 1 does not drop version 1 while version 2 is incomplete.
-    assert!(!cat
-        .forget(&fid('a'), Forget::KeepVersions { keep: 1 }, 1_000)
-        .unwrap());
+    assert!(!cat.forget(&fid('a'), Forget::History, 1_000).unwrap());
     // Not marked deleted: does not expire.
     let expired = Forget::DeletedExpired { keep_deleted_ms: 0 };
     assert!(!cat.forget(&fid('a'), expired, 1_000).unwrap());
@@ -290,19 +288,13 @@ fn complete_versions_are_forgotten_only_by_policy() {
     assert_eq!(cat.insert_version(&file('c', "/w/f"), mine).unwrap(), 3);
     cat.set_file_complete(&fid('c')).unwrap();
     // Issue 24, case 2: not before a catalog snapshot at its RD names version 3.
-    assert!(!cat
-        .forget(&fid('a'), Forget::KeepVersions { keep: 1 }, 1_000)
-        .unwrap());
+    assert!(!cat.forget(&fid('a'), Forget::History, 1_000).unwrap());
     let snap = FileId::from_digest(&[0x5A; 32]);
     cat.claim_snapshot(&snap, crate::protocol::seal::SnapshotNo::Numbered(1), 0)
         .unwrap();
     cat.set_snapshot_at_rd(&snap).unwrap();
-    assert!(cat
-        .forget(&fid('a'), Forget::KeepVersions { keep: 1 }, 1_000)
-        .unwrap());
-    assert!(!cat
-        .forget(&fid('c'), Forget::KeepVersions { keep: 1 }, 1_000)
-        .unwrap());
+    assert!(cat.forget(&fid('a'), Forget::History, 1_000).unwrap());
+    assert!(!cat.forget(&fid('c'), Forget::History, 1_000).unwrap());
     // Absent for long enough (as counted, whatever the wall clock says), and still marked:
     // expires.
     cat.mark_deleted(Path::new("/w/f"), 50).unwrap();

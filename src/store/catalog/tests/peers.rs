@@ -282,9 +282,7 @@ fn a_forgotten_version_is_owed_an_ack_by_each_distinct_holder() {
     cat.put_file_chunk(&fid('b'), ChunkNo(0), 10, "h0").unwrap();
     cat.add_holder(&fid('b'), ChunkNo(0), PeerId(3)).unwrap();
     // A refused forget owes nothing.
-    assert!(!cat
-        .forget(&fid('b'), Forget::KeepVersions { keep: 1 }, 500)
-        .unwrap());
+    assert!(!cat.forget(&fid('b'), Forget::History, 500).unwrap());
     assert_eq!(cat.unacked_delete_count().unwrap(), 0);
     assert!(cat.forget(&fid('a'), Forget::UserDelete, 1_000).unwrap());
     assert_eq!(cat.unacked_delete_count().unwrap(), 3);

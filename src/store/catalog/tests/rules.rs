@@ -42,6 +42,71 @@ fn a_version_is_resumed_by_its_content_and_never_under_another_key() {
     );
 }
 
+/// Issue 27: `touch`, or the same bytes written again, is no new version: the newest version
+/// takes the file's new times, mode and owner; only other content is a new version.
+#[test]
+fn only_a_change_of_content_is_a_new_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+    let content = |c: char, hash: &str, mtime_ns: i64| FileRow {
+        content_hash: hash.into(),
+        mtime_ns,
+        mode: 0o600 + mtime_ns as u32 % 8,
+        ..file(c, "/w/f")
+    };
+    let begin = |row: &FileRow| {
+        cat.begin_or_resume_version(row, false, BackupId(1))
+            .unwrap()
+    };
+    let first = begin(&content('a', "h1", 1));
+    assert_eq!((first.version, first.retouched), (1, false));
+    cat.set_file_complete(&fid('a')).unwrap();
+    // Touched (another fileId: the mtime is part of it): the same version, with the new times.
+    let touched = begin(&content('b', "h1", 2));
+    assert_eq!((touched.file_id.clone(), touched.version), (fid('a'), 1));
+    assert!(touched.retouched && touched.resumed && touched.was_complete);
+    let row = cat.file(&fid('a')).unwrap().unwrap();
+    assert_eq!((row.mtime_ns, row.mode, row.complete), (2, 0o602, true));
+    assert!(cat.file(&fid('b')).unwrap().is_none());
+    // Other bytes: a new version; then the first bytes again: a new version too (the newest
+    // is what a file is compared with).
+    assert_eq!(begin(&content('c', "h2", 3)).version, 2);
+    cat.set_file_complete(&fid('c')).unwrap();
+    let back = begin(&content('d', "h1", 4));
+    assert_eq!((back.version, back.retouched), (3, false));
+    // Same bytes, another size is impossible; encrypted vs not is another version.
+    let sealed = FileRow {
+        encrypted: true,
+        key_fp: Some("k".into()),
+        ..content('e', "h1", 5)
+    };
+    assert_eq!(begin(&sealed).version, 4);
+    assert_eq!(cat.versions_of(Path::new("/w/f")).unwrap().len(), 4);
+}
+
+/// A catalog snapshot is never the same version as the snapshot before it: its fileId (and
+/// key) is its own slot's.
+#[test]
+fn a_snapshot_with_the_content_of_the_one_before_is_its_own_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+    let snap = |c: char| FileRow {
+        content_hash: "same".into(),
+        ..file(c, "/snapshot")
+    };
+    use crate::protocol::seal::SnapshotNo;
+    cat.claim_snapshot(&fid('a'), SnapshotNo::Numbered(1), 0)
+        .unwrap();
+    cat.begin_or_resume_version(&snap('a'), false, BackupId(1))
+        .unwrap();
+    cat.claim_snapshot(&fid('b'), SnapshotNo::Numbered(2), 0)
+        .unwrap();
+    let second = cat
+        .begin_or_resume_version(&snap('b'), false, BackupId(2))
+        .unwrap();
+    assert_eq!((second.file_id, second.retouched), (fid('b'), false));
+}
+
 #[test]
 fn chunks_are_recorded_up_to_the_first_that_differs_with_their_known_holders() {
     let dir = tempfile::tempdir().unwrap();
@@ -85,7 +150,10 @@ fn keep_versions_forgets_the_older_complete_and_the_superseded_unfinished_of_tha
     cat.claim_snapshot(&snap, crate::protocol::seal::SnapshotNo::Numbered(1), 0)
         .unwrap();
     cat.set_snapshot_at_rd(&snap).unwrap();
-    let keep_one = Policy::KeepVersions(1);
+    let keep_one = Policy::History {
+        keep: crate::history::Keep::all(),
+        cap: 1,
+    };
     assert_eq!(
         cat.forget_by_policy(Path::new("/w/f"), keep_one, 1_000)
             .unwrap(),
@@ -134,4 +202,53 @@ fn a_removed_takes_its_sender_out_only_of_a_chunk_we_know() {
         cat.role_and_rd(&fid('f'), no(0), Some(PeerId(3))).unwrap(),
         (ChunkRole::Unknown, 0)
     );
+}
+
+/// Issue 27: the history thins versions as they age on the running clock; a wall clock set a
+/// year ahead ages nothing.
+#[test]
+fn history_thins_versions_by_their_age_on_the_running_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+    const MIN: i64 = 60_000;
+    // a at 0, b 5 min later, c at 2 h, d at 2 h 10 min (the running clock, in ms).
+    for (c, at) in [('a', 0), ('b', 5 * MIN), ('c', 120 * MIN), ('d', 130 * MIN)] {
+        cat.advance_run_clock(at - cat.run_clock().unwrap())
+            .unwrap();
+        cat.insert_version(&file(c, "/w/f"), BackupId(1)).unwrap();
+        cat.set_file_complete(&fid(c)).unwrap();
+    }
+    let snap = FileId::from_digest(&[0x5A; 32]);
+    cat.claim_snapshot(&snap, crate::protocol::seal::SnapshotNo::Numbered(1), 0)
+        .unwrap();
+    cat.set_snapshot_at_rd(&snap).unwrap();
+    let keep = crate::history::Keep::parse("1h:all, 1d:hourly").unwrap();
+    let policy = || Policy::History {
+        keep: keep.clone(),
+        cap: 100,
+    };
+    let left = |cat: &Catalog| -> Vec<FileId> {
+        (cat.versions_of(Path::new("/w/f")).unwrap().into_iter())
+            .map(|f| f.file_id)
+            .collect()
+    };
+    // The wall clock a year ahead: a and b are 2 h 10 and 2 h 05 old on the running clock, one
+    // hourly stretch: the older stays, b goes; c (10 min old) and d are within the hour.
+    let year_ahead = crate::clock::unix_ms() + 365 * 86_400_000;
+    assert_eq!(
+        cat.forget_by_policy(Path::new("/w/f"), policy(), year_ahead)
+            .unwrap(),
+        1
+    );
+    assert_eq!(left(&cat), vec![fid('a'), fid('c'), fid('d')]);
+    // A day and more later on the running clock: a, c and d are past every tier; d, the
+    // newest, stays.
+    cat.advance_run_clock(2 * 86_400_000).unwrap();
+    let now = crate::clock::unix_ms() + 3 * 86_400_000;
+    assert_eq!(
+        cat.forget_by_policy(Path::new("/w/f"), policy(), now)
+            .unwrap(),
+        2
+    );
+    assert_eq!(left(&cat), vec![fid('d')]);
 }

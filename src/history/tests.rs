@@ -1,0 +1,115 @@
+use super::*;
+
+const MIN: i64 = 60_000;
+const HOUR: i64 = 60 * MIN;
+const DAY: i64 = 24 * HOUR;
+
+#[test]
+fn rules_parse_and_read_back() {
+    let k = Keep::default();
+    assert_eq!(k.to_string(), DEFAULT_KEEP);
+    assert_eq!(k.tiers().len(), 4);
+    assert_eq!(k.tiers()[0].every, None);
+    assert_eq!(k.tiers()[3].within, Duration::from_secs(365 * 86_400));
+    let custom = Keep::parse(" 30m:all,2d:6h , 8w:monthly").unwrap();
+    assert_eq!(custom.to_string(), "30m:all, 2d:6h, 8w:monthly");
+    assert!(Keep::parse("none").unwrap().tiers().is_empty());
+    assert_eq!(Keep::parse("all").unwrap(), Keep::all());
+    assert_eq!(Keep::all().to_string(), "all");
+    let old = [
+        Version { age_ms: 0 },
+        Version { age_ms: 1 },
+        Version { age_ms: 900 * DAY },
+    ];
+    assert!(
+        Keep::all().forget(&old, 3).is_empty(),
+        "all, whatever their age"
+    );
+    for (bad, says) in [
+        ("1d", "AGE:EVERY"),
+        ("1d:hourly, 1h:all", "ages must increase"),
+        ("1x:all", "unit"),
+        ("0d:all", "above 0"),
+        ("1d:sometimes", "hourly"),
+        ("d:all", "not a number"),
+    ] {
+        let e = Keep::parse(bad).unwrap_err();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}
+
+/// Applies `keep` after each new version, as the daemon does, to a version every `step` ms for
+/// `span` ms; returns the ages of those left at the end, newest first.
+fn run(keep: &Keep, cap: u32, step: i64, span: i64) -> Vec<i64> {
+    let mut made: Vec<i64> = Vec::new(); // times made, newest first
+    let mut now = 0;
+    while now <= span {
+        made.insert(0, now);
+        let versions: Vec<Version> = (made.iter()).map(|t| Version { age_ms: now - t }).collect();
+        for i in keep.forget(&versions, cap).into_iter().rev() {
+            made.remove(i);
+        }
+        now += step;
+    }
+    let end = now - step;
+    made.iter().map(|t| end - t).collect()
+}
+
+/// A year of changes every 10 minutes under the default rule: everything of the last hour,
+/// then about one an hour for a day, one a day for 30 days, one a week for the year, and
+/// nothing older; no tier leaves a hole twice its spacing.
+#[test]
+fn a_year_of_changes_every_ten_minutes() {
+    let ages = run(&Keep::default(), u32::MAX, 10 * MIN, 365 * DAY);
+    assert_eq!(ages[0], 0, "the newest is kept");
+    let within = |lo: i64, hi: i64| ages.iter().filter(|a| **a > lo && **a <= hi).count();
+    assert_eq!(within(-1, HOUR), 7, "the last hour: all ({ages:?})");
+    let hourly = within(HOUR, DAY);
+    assert!((20..=24).contains(&hourly), "hourly for a day: {hourly}");
+    let daily = within(DAY, 30 * DAY);
+    assert!((27..=30).contains(&daily), "daily for 30 days: {daily}");
+    let weekly = within(30 * DAY, 365 * DAY);
+    assert!((45..=50).contains(&weekly), "weekly for a year: {weekly}");
+    assert!(ages.len() < 110, "{} kept", ages.len());
+    // Spacing: within each tier, no gap beyond twice its period.
+    for w in ages.windows(2) {
+        let (newer, older) = (w[0], w[1]);
+        let limit = match older {
+            a if a <= HOUR => 10 * MIN,
+            a if a <= DAY => 2 * HOUR,
+            a if a <= 30 * DAY => 2 * DAY,
+            _ => 14 * DAY + DAY,
+        };
+        assert!(older - newer <= limit, "a hole from {newer} to {older} ms");
+    }
+}
+
+#[test]
+fn the_cap_keeps_the_newest_and_the_newest_survives_any_rule() {
+    let ages = run(&Keep::default(), 5, 10 * MIN, 30 * DAY);
+    assert_eq!(ages, vec![0, 10 * MIN, 20 * MIN, 30 * MIN, 40 * MIN]);
+    // "none": only the newest, even a year old.
+    let none = Keep::parse("none").unwrap();
+    let versions = [Version { age_ms: 365 * DAY }, Version { age_ms: 400 * DAY }];
+    assert_eq!(none.forget(&versions, 100), vec![1]);
+    // The newest is kept even when older than every tier.
+    assert_eq!(Keep::default().forget(&versions, 100), vec![1]);
+}
+
+/// Ages count the running clock, the wall clock only when it says less: a clock set ahead
+/// prunes nothing early, a clock set back makes nothing negative.
+#[test]
+fn ages_do_not_follow_a_wrong_clock() {
+    // Made at run 1,000 / wall 5,000; now run 2,000.
+    assert_eq!(age_ms(2_000, Some(1_000), 6_000, Some(5_000)), 1_000);
+    // The wall clock jumped a year ahead: still 1,000.
+    assert_eq!(
+        age_ms(2_000, Some(1_000), 5_000 + 365 * DAY, Some(5_000)),
+        1_000
+    );
+    // Set back before the version: 0.
+    assert_eq!(age_ms(2_000, Some(1_000), 4_000, Some(5_000)), 0);
+    // A version from before the running clock was kept: the wall clock.
+    assert_eq!(age_ms(2_000, None, 9_000, Some(5_000)), 4_000);
+    assert_eq!(age_ms(2_000, None, 9_000, None), 0);
+}
