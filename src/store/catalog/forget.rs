@@ -236,24 +236,14 @@ impl Policy {
 }
 
 impl Catalog {
-    /// `rows` (versions of one path, oldest first) with when each became complete, on the
-    /// running clock and the wall clock.
-    fn ages_of(
-        &self,
-        rows: &[FileRow],
-    ) -> Result<Vec<(FileRow, Option<i64>, Option<i64>)>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT completed_run_ms, completed_ms FROM files WHERE file_id = ?1",
-        )?;
-        rows.iter()
-            .map(|f| {
-                let (run, wall) = stmt
-                    .query_row([&f.file_id], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?
-                    .unwrap_or((None, None));
-                Ok((f.clone(), run, wall))
-            })
-            .collect()
+    /// When `f` became complete: (running clock, wall clock), in ms.
+    fn completed_at(&self, f: &FileRow) -> Result<(Option<i64>, Option<i64>), StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT completed_run_ms, completed_ms FROM files WHERE file_id = ?1")?
+            .query_row([&f.file_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+            .unwrap_or((None, None)))
     }
 
     /// Forget only by policy: applies a folder's `policy` to the versions of exactly `path`
@@ -273,8 +263,9 @@ impl Catalog {
                     let (now_run, now_wall) = (self.run_clock()?, now_ms);
                     let mut complete: Vec<(FileId, crate::history::Version)> = Vec::new();
                     let mut doomed = Vec::new();
-                    for (f, run_ms, wall_ms) in self.ages_of(&rows)?.into_iter().rev() {
+                    for f in rows.into_iter().rev() {
                         if f.complete {
+                            let (run_ms, wall_ms) = self.completed_at(&f)?;
                             let age_ms = crate::history::age_ms(now_run, run_ms, now_wall, wall_ms);
                             complete.push((f.file_id, crate::history::Version { age_ms }));
                         } else if !complete.is_empty() {
