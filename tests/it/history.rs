@@ -72,6 +72,7 @@ fn touched_keeps_contents(encrypt: bool) {
         });
         assert!(ok, "touch {k} looked at:\n{}", c.log(0));
     }
+    assert_eq!(complete_versions(&c, &f), vec![1, 2, 3], "{}", c.log(0));
     assert_eq!(
         c.full_log(0)
             .matches("same content as its version 3")
@@ -80,7 +81,6 @@ fn touched_keeps_contents(encrypt: bool) {
         "{}",
         c.log(0)
     );
-    assert_eq!(complete_versions(&c, &f), vec![1, 2, 3], "{}", c.log(0));
     for (v, bytes) in contents.iter().enumerate() {
         let out = root.path().join(format!("out{v}"));
         let n = (v + 1).to_string();
