@@ -2494,6 +2494,7 @@ impl Sim {
                     ctime_ns: 0,
                     encrypted: false,
                     key_fp: None,
+                    completed_ms: None,
                 };
                 // No DELETE of it is owed or pending any more.
                 must(catalog.insert_version(&row, backup));

@@ -161,10 +161,11 @@ fn run(args: Args) -> i32 {
         }
         Command::Restore {
             path,
-            version,
+            mut version,
             to,
             force,
             all: false,
+            at,
             ..
         } => {
             let Some(path) = path else {
@@ -172,6 +173,56 @@ fn run(args: Args) -> i32 {
             };
             let path = resolve(&path);
             let to = to.as_deref().map(written_to);
+            if let Some(when) = at {
+                // The version of each file at WHEN: one file, or a folder's files.
+                let at_ms = match peerstash::cli::at::parse_when(&when, unix_ms()) {
+                    Ok(ms) => ms,
+                    Err(e) => return fail(exit::USAGE, e),
+                };
+                let listed = runtime.block_on(control::call::<Vec<control::VersionInfo>>(
+                    &socket,
+                    &Request::Versions { path: path.clone() },
+                    &[],
+                    |_| {},
+                ));
+                let versions = match listed {
+                    Ok((exit::OK, _, Some(v))) => v,
+                    Ok((code, message, _)) => return fail(code, message),
+                    Err(e) => return fail(exit::UNREACHABLE, e),
+                };
+                let picked = peerstash::cli::at::at(versions, at_ms);
+                match picked.get(&path) {
+                    Some(v) if picked.len() == 1 => version = Some(v.version),
+                    _ if picked.is_empty() => {
+                        return fail(
+                            exit::FAILED,
+                            format!(
+                                "nothing of {} was backed up at {} (`peerstash versions {}` lists when each version was made)",
+                                shown(&path),
+                                peerstash::store::snapshot::taken_at(at_ms).trim_start_matches("taken "),
+                                shown(&path)
+                            ),
+                        )
+                    }
+                    _ => {
+                        // The watched folders, where the config can be read (else every file
+                        // is reached from `/`).
+                        let watched: Vec<PathBuf> = (config.iter().flat_map(|c| &c.watch))
+                            .map(|w| w.path.clone())
+                            .collect();
+                        return peerstash::cli::restore_all::restore_at(
+                            &runtime,
+                            &socket,
+                            &watched,
+                            &path,
+                            picked,
+                            to.as_deref(),
+                            force,
+                            json,
+                        );
+                    }
+                }
+            }
             let dest = control::client::destination(&path, to.as_deref());
             let mut made = Vec::new();
             let target = match control::client::target_from_root(&dest, &mut made) {
@@ -235,8 +286,17 @@ fn run(args: Args) -> i32 {
             result
         }
         command => {
+            let versions_at = match &command {
+                Command::Versions { at: Some(when), .. } => {
+                    match peerstash::cli::at::parse_when(when, unix_ms()) {
+                        Ok(ms) => Some(ms),
+                        Err(e) => return fail(exit::USAGE, e),
+                    }
+                }
+                _ => None,
+            };
             let request = match command {
-                Command::Versions { path } => Request::Versions {
+                Command::Versions { path, .. } => Request::Versions {
                     path: resolve(&path),
                 },
                 Command::Delete { path } => Request::Delete {
@@ -263,11 +323,24 @@ fn run(args: Args) -> i32 {
                 | Command::Keygen { .. }
                 | Command::SuggestId { .. } => unreachable!("handled above"),
             };
-            runtime.block_on(control::ask(&socket, &request, &[], |e| {
+            let asked = runtime.block_on(control::ask(&socket, &request, &[], |e| {
                 if !e.message.is_empty() {
                     print(&e.message)
                 }
-            }))
+            }));
+            // `versions --at`: each file's version at that moment only.
+            match versions_at {
+                Some(ms) => asked.map(|(code, message, data)| {
+                    let data = data.map(|a| match a {
+                        Answer::Versions(v) => {
+                            Answer::Versions(peerstash::cli::at::at(v, ms).into_values().collect())
+                        }
+                        other => other,
+                    });
+                    (code, message, data)
+                }),
+                None => asked,
+            }
         }
     };
     let (code, message, data) = match result {

@@ -3,6 +3,7 @@
 //! what `peerstash` does on the caller's side beyond one request: its reports (`report`),
 //! `restore --all` (`restore_all`), its progress meter and pager.
 
+pub mod at;
 pub mod report;
 pub mod restore_all;
 
@@ -53,6 +54,12 @@ pub enum Command {
         /// Which version (see `versions`); default the newest.
         #[arg(long, conflicts_with = "all")]
         version: Option<u32>,
+        /// The file, or every file below the folder, as it was at WHEN: an age (3d, 12h, 90m,
+        /// 2w) or a date and time in UTC ("2026-12-01 14:00"). Files deleted since come back
+        /// too, nothing newer; existing files are skipped unless --force (a folder's files go
+        /// to DEST/path with --to DEST).
+        #[arg(long, value_name = "WHEN", conflicts_with_all = ["all", "version"])]
+        at: Option<String>,
         /// Where to write it (a file, or a folder to put it in); default its own path.
         #[arg(long, value_name = "DEST", conflicts_with = "all")]
         to: Option<PathBuf>,
@@ -71,7 +78,12 @@ pub enum Command {
         include_deleted: bool,
     },
     /// List the backed-up versions of a path (or of every file below a folder).
-    Versions { path: PathBuf },
+    Versions {
+        path: PathBuf,
+        /// Only the version of each file at WHEN (see `restore --at`): what a folder held then.
+        #[arg(long, value_name = "WHEN")]
+        at: Option<String>,
+    },
     /// Delete every backed-up version of a path from the peers.
     Delete { path: PathBuf },
     /// Set the space offered to other peers now (e.g. "10GiB", "0" frees everything).

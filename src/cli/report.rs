@@ -8,20 +8,22 @@ use crate::store::Health;
 
 pub fn print_versions(versions: &[VersionInfo]) {
     crate::outln!(
-        "{:>7}  {:>12}  {:>3}  {:>9}  {:<16}  path",
+        "{:>7}  {:>12}  {:>3}  {:>9}  {:<16}  {:<16}  path",
         "version",
         "size",
         "RD",
         "min RD",
+        "made (UTC)",
         "fileId"
     );
     for v in versions {
         crate::outln!(
-            "{:>7}  {:>12}  {:>3}  {:>9}  {:<16}  {}{}{}",
+            "{:>7}  {:>12}  {:>3}  {:>9}  {:<16}  {:<16}  {}{}{}",
             v.version,
             v.size,
             v.desired_rd,
             v.min_perceived_rd,
+            v.completed_ms.map_or("-".to_owned(), crate::cli::at::utc),
             &v.file_id[..16],
             shown(&v.path),
             if v.encrypted { "  (encrypted)" } else { "" },

@@ -24,10 +24,79 @@ pub fn restore_all(
     include_deleted: bool,
     json: bool,
 ) -> i32 {
-    let mut meter = crate::cli::Meter::new("restore --all", json);
+    let watched: Vec<PathBuf> = config.watch.iter().map(|w| w.path.clone()).collect();
+    restore_many(
+        runtime,
+        socket,
+        &watched,
+        dest,
+        force,
+        include_deleted,
+        json,
+        None,
+    )
+}
+
+/// `restore DIR --at WHEN`: the files `picked` below `root` (each file's version at WHEN,
+/// `cli::at`), restored as `restore --all` restores (to their places, below their watched
+/// folder or from `/`; into DEST/path with `dest`), existing files skipped unless `force`;
+/// then the folders it made get what the catalog recorded of them.
+#[allow(clippy::too_many_arguments)]
+pub fn restore_at(
+    runtime: &tokio::runtime::Runtime,
+    socket: &Path,
+    watched: &[PathBuf],
+    root: &Path,
+    picked: std::collections::BTreeMap<PathBuf, VersionInfo>,
+    dest: Option<&Path>,
+    force: bool,
+    json: bool,
+) -> i32 {
+    let picked = Picked {
+        root,
+        versions: picked,
+    };
+    restore_many(
+        runtime,
+        socket,
+        watched,
+        dest,
+        force,
+        true,
+        json,
+        Some(picked),
+    )
+}
+
+/// The files a `restore --at` takes, below `root`.
+struct Picked<'a> {
+    root: &'a Path,
+    versions: std::collections::BTreeMap<PathBuf, VersionInfo>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn restore_many(
+    runtime: &tokio::runtime::Runtime,
+    socket: &Path,
+    watched: &[PathBuf],
+    dest: Option<&Path>,
+    force: bool,
+    include_deleted: bool,
+    json: bool,
+    picked: Option<Picked>,
+) -> i32 {
+    let what = match picked {
+        Some(_) => "restore --at",
+        None => "restore --all",
+    };
+    let mut meter = crate::cli::Meter::new(what, json);
     // The config's watched folders, then those the catalog knows were watched here and the
     // config does not name (added after it was copied off the machine).
-    let mut folders: Vec<PathBuf> = config.watch.iter().map(|w| w.path.clone()).collect();
+    let mut folders: Vec<PathBuf> = watched.to_vec();
+    if picked.is_some() {
+        // Files backed up by hand, below no watched folder: reached from `/`.
+        folders.push(PathBuf::from("/"));
+    }
     let known = runtime.block_on(control::call::<control::WatchedFolders>(
         socket,
         &Request::Watched,
@@ -46,16 +115,40 @@ pub fn restore_all(
             folders.push(k);
         }
     }
-    // Each file with a complete version, and the watched folder it was found below; the
-    // daemon takes the newest version that can be restored whole.
-    let mut newest: std::collections::BTreeMap<PathBuf, &Path> = Default::default();
+    // Each file with a complete version, the watched folder it was found below, and which
+    // version (None: the daemon takes the newest that can be restored whole).
+    let mut newest: std::collections::BTreeMap<PathBuf, (&Path, Option<u32>)> = Default::default();
     // Each path's newest version: whether it was deleted, and when (unix s).
     let mut last: std::collections::HashMap<PathBuf, (u32, Option<i64>)> = Default::default();
     // The folders the catalog recorded (owner, mode, mtime), by path.
     let mut recorded: std::collections::BTreeMap<PathBuf, control::FolderInfo> = Default::default();
     let mut snapshot_ms: Option<i64> = None;
     let mut extra = Vec::new();
-    for (i, w) in folders.iter().enumerate() {
+    let scanned: Vec<PathBuf> = match &picked {
+        Some(p) => vec![p.root.to_path_buf()],
+        None => folders.clone(),
+    };
+    if let Some(p) = &picked {
+        for (path, v) in &p.versions {
+            // The deepest watched folder above it.
+            let base = (folders.iter())
+                .filter(|w| path.starts_with(w))
+                .max_by_key(|w| w.as_os_str().len());
+            if let Some(base) = base {
+                newest.insert(path.clone(), (base.as_path(), Some(v.version)));
+            }
+        }
+    }
+    for (i, w) in scanned.iter().enumerate() {
+        if picked.is_some() {
+            match runtime.block_on(control::client::folders(socket, w)) {
+                Ok(answer) => {
+                    recorded.extend(answer.folders.into_iter().map(|f| (f.path.clone(), f)))
+                }
+                Err(e) => return fail(exit::UNREACHABLE, e),
+            }
+            continue;
+        }
         let request = Request::Versions { path: w.clone() };
         let answer = runtime.block_on(control::call::<Vec<VersionInfo>>(
             socket,
@@ -89,7 +182,7 @@ pub fn restore_all(
             }
         }
         for v in versions.into_iter().filter(|v| v.complete) {
-            newest.entry(v.path).or_insert(w);
+            newest.entry(v.path).or_insert((w, None));
         }
         match runtime.block_on(control::client::folders(socket, w)) {
             Ok(answer) => {
@@ -140,7 +233,7 @@ pub fn restore_all(
         total: total as u64,
         unit: control::Unit::Files,
     };
-    for (i, (path, watched)) in newest.into_iter().enumerate() {
+    for (i, (path, (watched, version))) in newest.into_iter().enumerate() {
         meter.event(&control::ProgressEvent {
             message: String::new(),
             amount: Some(files(i)),
@@ -205,7 +298,7 @@ pub fn restore_all(
             let answer = runtime.block_on(control::client::restore(
                 socket,
                 &path,
-                None,
+                version,
                 &target,
                 force,
                 |_| {},

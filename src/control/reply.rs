@@ -239,6 +239,10 @@ pub struct VersionInfo {
     /// When its file was found gone (unix seconds); None while it exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_at: Option<i64>,
+    /// When it became complete (unix ms, by the home peer's clock then): `restore --at` takes
+    /// the newest version complete by then. None: unfinished (or an older daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_ms: Option<i64>,
 }
 
 /// A folder as recorded when the files below it were backed up.

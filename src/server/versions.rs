@@ -28,6 +28,7 @@ pub(crate) async fn versions(
             min_perceived_rd: min,
             encrypted: f.encrypted,
             deleted_at: f.deleted_at,
+            completed_ms: f.completed_ms.filter(|_| f.complete),
         })
         .collect();
     if rows.is_empty() {

@@ -97,3 +97,138 @@ fn touched_keeps_contents(encrypt: bool) {
     let mtime = std::fs::metadata(&out).unwrap().modified().unwrap();
     assert_eq!(mtime, start + Duration::from_secs(3));
 }
+
+/// `peerstash restore --at` on a folder's files changed over time: a folder and a single file
+/// as they were at three moments, deleted files back, nothing newer, modes and mtimes given
+/// back; `versions DIR --at` lists what the folder held.
+#[test]
+fn a_folder_and_a_file_come_back_as_they_were_at_a_time() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("w");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    let watch = format!(
+        "\n[[watch]]\npath = \"{}\"\nreplication = 1\nquiet = \"200ms\"\nrescan = \"1h\"\n",
+        dir.display()
+    );
+    let c = Cluster::start_with(&["0", "50MB"], &[&watch, ""]);
+    let (a, b, gone, late) = (
+        dir.join("a.txt"),
+        dir.join("sub/b.bin"),
+        dir.join("sub/gone.txt"),
+        dir.join("late.txt"),
+    );
+    let wait_complete = |p: &Path, n: usize| {
+        let mut seen = Vec::new();
+        let ok = wait_until(WAIT, || {
+            seen = complete_versions(&c, p);
+            seen.len() >= n
+        });
+        assert!(ok, "{}: {seen:?}\n{}", p.display(), c.log(0));
+    };
+    let now_s = || {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let set = |p: &Path, bytes: &[u8], mode: u32, mtime_s: u64| {
+        std::fs::write(p, bytes).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+        let f = std::fs::File::options().write(true).open(p).unwrap();
+        f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(mtime_s))
+            .unwrap();
+    };
+    // Moment 1: a, b and gone, first contents.
+    let a1 = random_bytes(1_000);
+    let b1 = random_bytes(70_000);
+    set(&a, &a1, 0o600, 1_700_000_000);
+    set(&b, &b1, 0o640, 1_700_000_100);
+    set(&gone, b"soon gone", 0o644, 1_700_000_200);
+    for p in [&a, &b, &gone] {
+        wait_complete(p, 1);
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    let t1 = now_s();
+    std::thread::sleep(Duration::from_millis(1100));
+    // Moment 2: a and b changed, gone deleted, late made.
+    let a2 = random_bytes(2_000);
+    set(&a, &a2, 0o644, 1_700_001_000);
+    set(&b, &random_bytes(70_001), 0o600, 1_700_001_100);
+    std::fs::remove_file(&gone).unwrap();
+    set(&late, b"late", 0o644, 1_700_001_200);
+    wait_complete(&a, 2);
+    wait_complete(&b, 2);
+    wait_complete(&late, 1);
+    let said = format!("{} was deleted locally", gone.display());
+    assert!(
+        wait_until(WAIT, || c.full_log(0).contains(&said)),
+        "{}",
+        c.log(0)
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let t2 = now_s();
+    std::thread::sleep(Duration::from_millis(1100));
+    // Moment 3: a once more (and b overwritten as ransomware would).
+    let a3 = random_bytes(3_000);
+    set(&a, &a3, 0o644, 1_700_002_000);
+    wait_complete(&a, 3);
+    let t3 = now_s() + 1;
+
+    // The folder at moment 1, into out/: a, b and gone as they were; late did not exist.
+    let out = root.path().join("out");
+    let at1 = format!("@{t1}");
+    let said = c.cli_ok(
+        0,
+        &["restore", text(&dir), "--at", &at1, "--to", text(&out)],
+        0,
+    );
+    assert!(said.contains("3 files: 3 restored"), "{said}");
+    let under = |p: &Path| out.join(p.strip_prefix("/").unwrap());
+    assert!(std::fs::read(under(&a)).unwrap() == a1);
+    assert!(std::fs::read(under(&b)).unwrap() == b1);
+    assert_eq!(std::fs::read(under(&gone)).unwrap(), b"soon gone");
+    assert!(!under(&late).exists(), "nothing newer than the moment");
+    let meta = std::fs::metadata(under(&b)).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    assert_eq!(
+        meta.modified().unwrap(),
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_100)
+    );
+    // What the folder held then, and at moment 2.
+    let listed = c.cli_ok(0, &["versions", text(&dir), "--at", &at1], 0);
+    assert!(
+        listed.contains("gone.txt") && !listed.contains("late.txt"),
+        "{listed}"
+    );
+    let listed = c.cli_ok(0, &["versions", text(&dir), "--at", &format!("@{t2}")], 0);
+    assert!(
+        !listed.contains("gone.txt") && listed.contains("late.txt"),
+        "{listed}"
+    );
+    // One file at three moments: three contents.
+    for (t, bytes) in [(t1, &a1), (t2, &a2), (t3, &a3)] {
+        let one = root.path().join(format!("a-at-{t}"));
+        let at = format!("@{t}");
+        c.cli_ok(
+            0,
+            &["restore", text(&a), "--at", &at, "--to", text(&one)],
+            0,
+        );
+        assert!(std::fs::read(&one).unwrap() == *bytes, "a at {t}");
+    }
+    // In place: a file that exists is left alone without --force, put back with it.
+    c.cli_ok(0, &["restore", text(&dir), "--at", &at1], 0);
+    assert!(std::fs::read(&a).unwrap() == a3, "kept without --force");
+    c.cli_ok(0, &["restore", text(&dir), "--at", &at1, "--force"], 0);
+    assert!(std::fs::read(&a).unwrap() == a1, "put back with --force");
+    assert_eq!(std::fs::read(&gone).unwrap(), b"soon gone");
+    // Before anything was backed up: said so.
+    let o = c.cli(0, &["restore", text(&dir), "--at", "@1000000000"]);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("nothing of"),
+        "{}",
+        output_text(&o)
+    );
+}

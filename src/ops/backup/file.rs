@@ -184,6 +184,7 @@ pub(crate) async fn backup_handle_as(
         ctime_ns: stamp.ctime_ns,
         encrypted: plan.encrypt,
         key_fp: master.as_ref().map(MasterKey::fingerprint),
+        completed_ms: None,
     };
     // The same content backed up again is the same version: resume it (only chunks below
     // their RD are sent again), under the RD asked now. Either way the path exists: its

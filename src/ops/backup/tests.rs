@@ -19,6 +19,7 @@ fn row(stamp: &Stamp) -> FileRow {
         ctime_ns: stamp.ctime_ns,
         encrypted: false,
         key_fp: None,
+        completed_ms: None,
     }
 }
 

@@ -29,6 +29,8 @@ pub struct FileRow {
     /// Encrypted: the fingerprint of the master key it is encrypted under
     /// (`MasterKey::fingerprint`); None in clear, or for a version recorded before they were.
     pub key_fp: Option<String>,
+    /// When it became complete (unix ms, by the wall clock then): what `restore --at` goes by.
+    pub completed_ms: Option<i64>,
 }
 
 pub(super) fn path_key(path: &Path) -> &[u8] {
@@ -50,7 +52,7 @@ pub(super) fn path_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<PathB
 
 pub(super) const FILE_COLUMNS: &str =
     "file_id, path, version, size, mtime_ns, mode, content_hash, \
-     desired_rd, complete, inode, deleted_at, uid, gid, ctime_ns, encrypted, key_fp";
+     desired_rd, complete, inode, deleted_at, uid, gid, ctime_ns, encrypted, key_fp, completed_ms";
 
 pub(super) fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(FileId, FileRowRaw)> {
     Ok((
@@ -71,6 +73,7 @@ pub(super) fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(FileId, FileR
             ctime_ns: r.get(13)?,
             encrypted: r.get(14)?,
             key_fp: r.get(15)?,
+            completed_ms: r.get(16)?,
         },
     ))
 }
@@ -91,6 +94,7 @@ pub(super) struct FileRowRaw {
     ctime_ns: i64,
     encrypted: bool,
     key_fp: Option<String>,
+    completed_ms: Option<i64>,
 }
 
 pub(super) fn finish_file((id, raw): (FileId, FileRowRaw)) -> Result<FileRow, StoreError> {
@@ -111,6 +115,7 @@ pub(super) fn finish_file((id, raw): (FileId, FileRowRaw)) -> Result<FileRow, St
         ctime_ns: raw.ctime_ns,
         encrypted: raw.encrypted,
         key_fp: raw.key_fp,
+        completed_ms: raw.completed_ms,
     })
 }
 

@@ -207,9 +207,12 @@ pub enum Policy {
     /// After a new version completed, and as versions age: the complete versions that `keep`
     /// does not keep at their age (at most `cap`, the newest first; the newest always) go, and
     /// unfinished versions older than the newest complete one.
+    /// In an encrypted folder (`sealed`), a version in clear older than a complete encrypted
+    /// one goes too: the admin asked for no clear copy on the peers.
     History {
         keep: crate::history::Keep,
         cap: u32,
+        sealed: bool,
     },
     /// The path is gone (checked again just before) and was counted absent at least
     /// `keep_deleted_ms` while its folder was available.
@@ -219,7 +222,9 @@ pub enum Policy {
 impl std::fmt::Display for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Policy::History { keep, cap } => write!(f, "history: keep = \"{keep}\", at most {cap}"),
+            Policy::History { keep, cap, .. } => {
+                write!(f, "history: keep = \"{keep}\", at most {cap}")
+            }
             Policy::Expired { .. } => write!(f, "deleted locally for longer than keep_deleted"),
         }
     }
@@ -231,6 +236,7 @@ impl Policy {
         Policy::History {
             keep: watch.keep.clone(),
             cap: watch.keep_versions,
+            sealed: watch.encrypt,
         }
     }
 }
@@ -259,12 +265,16 @@ impl Catalog {
         self.atomically(|| {
             let rows = self.versions_of(path)?; // oldest first
             let doomed: Vec<(FileId, Forget)> = match policy {
-                Policy::History { keep, cap } => {
+                Policy::History { keep, cap, sealed } => {
                     let (now_run, now_wall) = (self.run_clock()?, now_ms);
                     let mut complete: Vec<(FileId, crate::history::Version)> = Vec::new();
                     let mut doomed = Vec::new();
+                    let mut sealed_newer = false;
                     for f in rows.into_iter().rev() {
-                        if f.complete {
+                        if f.complete && sealed && !f.encrypted && sealed_newer {
+                            doomed.push(f.file_id); // in clear, an encrypted one newer
+                        } else if f.complete {
+                            sealed_newer |= f.encrypted;
                             let (run_ms, wall_ms) = self.completed_at(&f)?;
                             let age_ms = crate::history::age_ms(now_run, run_ms, now_wall, wall_ms);
                             complete.push((f.file_id, crate::history::Version { age_ms }));

@@ -75,6 +75,7 @@ fn each_encrypted_version_keeps_its_keys_fingerprint() {
     let sealed = |c: char, path: &str, fp: Option<&str>| FileRow {
         encrypted: true,
         key_fp: fp.map(str::to_owned),
+        completed_ms: None,
         ..file(c, path)
     };
     cat.insert_version(&file('c', "/clear"), BackupId::new())

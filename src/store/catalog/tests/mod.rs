@@ -30,6 +30,7 @@ pub(in crate::store) fn file(c: char, path: &str) -> FileRow {
         ctime_ns: 0,
         encrypted: false,
         key_fp: None,
+        completed_ms: None,
     }
 }
 

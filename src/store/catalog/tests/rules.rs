@@ -153,6 +153,7 @@ fn keep_versions_forgets_the_older_complete_and_the_superseded_unfinished_of_tha
     let keep_one = Policy::History {
         keep: crate::history::Keep::all(),
         cap: 1,
+        sealed: false,
     };
     assert_eq!(
         cat.forget_by_policy(Path::new("/w/f"), keep_one, 1_000)
@@ -226,6 +227,7 @@ fn history_thins_versions_by_their_age_on_the_running_clock() {
     let policy = || Policy::History {
         keep: keep.clone(),
         cap: 100,
+        sealed: false,
     };
     let left = |cat: &Catalog| -> Vec<FileId> {
         (cat.versions_of(Path::new("/w/f")).unwrap().into_iter())
@@ -251,4 +253,45 @@ fn history_thins_versions_by_their_age_on_the_running_clock() {
         2
     );
     assert_eq!(left(&cat), vec![fid('d')]);
+}
+
+/// A folder switched to `encrypt`: its versions in clear go once an encrypted one is complete,
+/// whatever the history would keep (no clear copy stays on the peers).
+#[test]
+fn in_an_encrypted_folder_the_clear_versions_go_once_an_encrypted_one_is_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+    let sealed = FileRow {
+        encrypted: true,
+        key_fp: Some("k".into()),
+        ..file('b', "/w/f")
+    };
+    for row in [file('a', "/w/f"), sealed, file('c', "/w/f")] {
+        cat.insert_version(&row, BackupId(1)).unwrap();
+        cat.set_file_complete(&row.file_id).unwrap();
+    }
+    let snap = FileId::from_digest(&[0x5A; 32]);
+    cat.claim_snapshot(&snap, crate::protocol::seal::SnapshotNo::Numbered(1), 0)
+        .unwrap();
+    cat.set_snapshot_at_rd(&snap).unwrap();
+    let history = |sealed| Policy::History {
+        keep: crate::history::Keep::all(),
+        cap: 100,
+        sealed,
+    };
+    assert_eq!(
+        cat.forget_by_policy(Path::new("/w/f"), history(false), 1_000)
+            .unwrap(),
+        0
+    );
+    // a (clear, older than b) goes; c (clear, the newest) stays: the next backup seals it.
+    assert_eq!(
+        cat.forget_by_policy(Path::new("/w/f"), history(true), 1_000)
+            .unwrap(),
+        1
+    );
+    let left: Vec<FileId> = (cat.versions_of(Path::new("/w/f")).unwrap().into_iter())
+        .map(|f| f.file_id)
+        .collect();
+    assert_eq!(left, vec![fid('b'), fid('c')]);
 }
