@@ -36,3 +36,15 @@ pub fn test_offset_s() -> i64 {
     #[cfg(not(debug_assertions))]
     0
 }
+
+/// `ms` (unix) as "2026-12-07 21:44" (UTC): when a version was made, as `versions` shows it
+/// and `--at` reads it back.
+pub fn utc(ms: i64) -> String {
+    let s = ms.div_euclid(1000);
+    format!(
+        "{} {:02}:{:02}",
+        crate::protocol::seal::Slot::day_text(s.div_euclid(86_400).clamp(0, u32::MAX as i64) as u32),
+        s.rem_euclid(86_400) / 3600,
+        s.rem_euclid(3600) / 60
+    )
+}

@@ -91,6 +91,9 @@ pub struct WatchConfig {
     pub keep: crate::history::Keep,
     /// At most this many versions of a file are kept (`keep_versions`), the newest first.
     pub keep_versions: u32,
+    /// The guard against mass change (`guard`, `guard_min_files`, `guard_within`,
+    /// `guard_hold`); None: `guard = "off"`.
+    pub guard: Option<crate::history::Guard>,
     pub keep_deleted: Duration,
     pub exclude: Vec<String>,
     /// A file is backed up once no change was seen for this long (never half written).
@@ -257,6 +260,10 @@ struct RawWatch {
     replication: Option<i64>,
     keep: Option<String>,
     keep_versions: Option<i64>,
+    guard: Option<String>,
+    guard_min_files: Option<i64>,
+    guard_within: Option<String>,
+    guard_hold: Option<String>,
     keep_deleted: Option<String>,
     #[serde(default)]
     exclude: Vec<String>,
@@ -490,6 +497,46 @@ impl Config {
                 (None, None) => crate::history::Keep::parse(crate::history::DEFAULT_KEEP),
             }
             .map_err(|e| bad(&key("keep"), e))?;
+            let guard =
+                match crate::history::Guard::parse_share(w.guard.as_deref().unwrap_or("20%"))
+                    .map_err(|e| bad(&key("guard"), e))?
+                {
+                    None => None,
+                    Some(share) => {
+                        let default = crate::history::Guard::default();
+                        let min_files = match w.guard_min_files {
+                            None => default.min_files,
+                            Some(n @ 1..=0xFFFF_FFFF) => n as u32,
+                            Some(n) => {
+                                return Err(bad(
+                                    &key("guard_min_files"),
+                                    format!("{n} must be at least 1"),
+                                ))
+                            }
+                        };
+                        let within = match w.guard_within.as_deref() {
+                            None => default.within,
+                            Some(t) => match parse_duration(t) {
+                                Ok(d) if !d.is_zero() => d,
+                                Ok(_) => {
+                                    return Err(bad(
+                                        &key("guard_within"),
+                                        format!("{t:?} must be more than zero"),
+                                    ))
+                                }
+                                Err(e) => return Err(bad(&key("guard_within"), e)),
+                            },
+                        };
+                        let hold = parse_duration(w.guard_hold.as_deref().unwrap_or("0s"))
+                            .map_err(|e| bad(&key("guard_hold"), e))?;
+                        Some(crate::history::Guard {
+                            share,
+                            min_files,
+                            within,
+                            hold: (!hold.is_zero()).then_some(hold),
+                        })
+                    }
+                };
             let keep_versions = match w.keep_versions.unwrap_or(DEFAULT_KEEP_VERSIONS) {
                 k @ 1..=0xFFFF_FFFF => k as u32,
                 k => {
@@ -535,6 +582,7 @@ impl Config {
                 replication,
                 keep,
                 keep_versions,
+                guard,
                 keep_deleted,
                 exclude: w.exclude,
                 quiet,

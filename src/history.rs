@@ -91,12 +91,16 @@ impl Keep {
     /// version is kept when its tier keeps all, or when it is at least its tier's `every`
     /// newer than the last version kept (so as versions age into a sparser tier, the ones
     /// between go, and the older one of each stretch stays); a version older than every tier
-    /// goes. Returns indexes into `versions`, in increasing order.
-    pub fn forget(&self, versions: &[Version], cap: u32) -> Vec<usize> {
+    /// goes. A version superseded less than `grace_ms` ago (its next newer version is younger
+    /// than that: the guard's window) is kept whatever its tier, so that the guard can hold the
+    /// history before a mass change prunes the versions it replaced; only the cap takes it.
+    /// Returns indexes into `versions`, in increasing order.
+    pub fn forget(&self, versions: &[Version], cap: u32, grace_ms: i64) -> Vec<usize> {
         let mut kept = vec![false; versions.len()];
         let mut last_kept: Option<i64> = None;
         for (i, v) in versions.iter().enumerate().rev() {
             let keep = i == 0
+                || versions[i - 1].age_ms < grace_ms
                 || match self.tier_of(v.age_ms) {
                     None => false,
                     Some(Tier { every: None, .. }) => true,
@@ -156,6 +160,87 @@ impl fmt::Display for Keep {
             })
             .collect();
         write!(f, "{}", parts.join(", "))
+    }
+}
+
+/// A guard against mass change (ransomware, a sync gone wrong, a script run on the wrong
+/// folder): when at least `min_files` files of a folder, and `share` of its files, changed or
+/// went within `within`, its history stops being pruned (`Catalog::hold_history`) until the
+/// admin says (`peerstash history resume DIR`) or, if set, `hold` has passed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Guard {
+    pub share: f64,
+    pub min_files: u32,
+    pub within: Duration,
+    pub hold: Option<Duration>,
+}
+
+impl Default for Guard {
+    /// 20% of a folder's files, and at least 200, within 10 minutes; held until resumed.
+    fn default() -> Guard {
+        Guard {
+            share: 0.2,
+            min_files: 200,
+            within: Duration::from_secs(600),
+            hold: None,
+        }
+    }
+}
+
+impl Guard {
+    /// `"20%"` (a share of the folder's files) or `"off"`, with the other keys as given.
+    pub fn parse_share(text: &str) -> Result<Option<f64>, String> {
+        if text.trim() == "off" {
+            return Ok(None);
+        }
+        let pct = text
+            .trim()
+            .strip_suffix('%')
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .filter(|p| (0.0..=100.0).contains(p) && *p > 0.0)
+            .ok_or_else(|| format!("{text:?}: expected a share such as \"20%\", or \"off\""))?;
+        Ok(Some(pct / 100.0))
+    }
+
+    /// Whether `changed` files of a folder of `files` (its files backed up, gone ones within
+    /// the window included) changed too many within the window.
+    pub fn trips(&self, changed: u64, files: u64) -> bool {
+        changed >= u64::from(self.min_files) && changed as f64 >= self.share * files.max(1) as f64
+    }
+}
+
+/// The changes seen in one folder within a guard's window (ms on a monotonic clock): each
+/// file counted once.
+#[derive(Debug, Default)]
+pub struct Changes {
+    seen: std::collections::VecDeque<(i64, Vec<u8>)>,
+    counted: std::collections::HashMap<Vec<u8>, u32>,
+}
+
+impl Changes {
+    /// `path` changed (a new version, or found gone) at `now_ms`; returns how many distinct
+    /// files changed within `within` up to now. Memory is bounded by the window's changes.
+    pub fn note(&mut self, path: &[u8], now_ms: i64, within: Duration) -> u64 {
+        self.expire(now_ms, within);
+        self.seen.push_back((now_ms, path.to_vec()));
+        *self.counted.entry(path.to_vec()).or_default() += 1;
+        self.counted.len() as u64
+    }
+
+    fn expire(&mut self, now_ms: i64, within: Duration) {
+        let oldest = now_ms - within.as_millis() as i64;
+        while let Some((at, _)) = self.seen.front() {
+            if *at > oldest {
+                break;
+            }
+            let (_, path) = self.seen.pop_front().expect("front exists");
+            if let Some(n) = self.counted.get_mut(&path) {
+                *n -= 1;
+                if *n == 0 {
+                    self.counted.remove(&path);
+                }
+            }
+        }
     }
 }
 

@@ -302,6 +302,11 @@ fn run(args: Args) -> i32 {
                 Command::Delete { path } => Request::Delete {
                     path: resolve(&path),
                 },
+                Command::History {
+                    what: peerstash::cli::HistoryCommand::Resume { dir },
+                } => Request::HistoryResume {
+                    path: resolve(&dir),
+                },
                 Command::Reclaim { size } => match parse_size(&size) {
                     Ok(quota) => Request::Reclaim { quota },
                     Err(e) => return fail(exit::USAGE, format!("bad size {size:?}: {e}")),

@@ -55,17 +55,7 @@ pub fn parse_when(text: &str, now_ms: i64) -> Result<i64, String> {
     Ok((days_from_civil(y, mo, da) * 86_400 + h * 3600 + mi * 60 + s) * 1000)
 }
 
-/// `ms` (unix) as "2026-12-07 21:44" (UTC): when a version was made, as `versions` shows it
-/// and `--at` reads it back.
-pub fn utc(ms: i64) -> String {
-    let s = ms.div_euclid(1000);
-    format!(
-        "{} {:02}:{:02}",
-        crate::protocol::seal::Slot::day_text(s.div_euclid(86_400).clamp(0, u32::MAX as i64) as u32),
-        s.rem_euclid(86_400) / 3600,
-        s.rem_euclid(3600) / 60
-    )
-}
+pub use crate::clock::utc;
 
 /// Days from 1970-01-01 to the given date (proleptic Gregorian; Howard Hinnant's algorithm).
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {

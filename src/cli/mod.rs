@@ -88,6 +88,11 @@ pub enum Command {
     Delete { path: PathBuf },
     /// Set the space offered to other peers now (e.g. "10GiB", "0" frees everything).
     Reclaim { size: String },
+    /// A watched folder's history (see `keep` in the config's [[watch]]).
+    History {
+        #[command(subcommand)]
+        what: HistoryCommand,
+    },
     /// Check the catalog in full (slow on a large catalog; `peerstashd` does a quick check at
     /// every start). Root only.
     Check,
@@ -509,4 +514,13 @@ mod tests {
             "x: 0 of 0 files (100%), 0 files/s"
         );
     }
+}
+
+/// `peerstash history ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum HistoryCommand {
+    /// The guard held DIR's history (too many of its files changed at once: `status` says
+    /// why): once you have looked, and restored what was lost (`restore DIR --at WHEN`), let
+    /// its old versions be pruned again. Root only.
+    Resume { dir: PathBuf },
 }

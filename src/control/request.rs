@@ -49,6 +49,12 @@ pub enum Request {
     Reclaim {
         quota: u64,
     },
+    /// `peerstash history resume DIR`: the guard held DIR's history (too many files changed at
+    /// once); pruning goes on there; root only.
+    HistoryResume {
+        #[serde(with = "wire_path")]
+        path: PathBuf,
+    },
     /// The peer's state; with `path`, only the versions at or below it (and no hosted chunks,
     /// which have no path).
     State {

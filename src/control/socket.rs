@@ -153,6 +153,7 @@ pub async fn ask(
         Request::Backup { .. }
         | Request::Delete { .. }
         | Request::Reclaim { .. }
+        | Request::HistoryResume { .. }
         | Request::Check
         | Request::Scrub
         | Request::Snapshot

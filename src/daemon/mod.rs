@@ -92,6 +92,8 @@ pub struct Node {
     /// When this daemon started (unix ms): a holder not heard since is given a full
     /// holder_timeout from here, so our own downtime never counts against it.
     pub started_ms: i64,
+    /// When this daemon started, by the monotonic clock.
+    pub started: std::time::Instant,
     /// 2.0: this chunk store's incarnation (`store::incarnation`), announced to the peers.
     pub incarnation: u64,
     /// When a scan last found each watched folder with nothing to back up (unix ms): with the
@@ -109,6 +111,9 @@ pub struct Node {
     /// Files refused because they do not fit on the peers, and the message `status` shows for
     /// each (at most `service::queue::MAX_REFUSED`); cleared on reload, when they are tried again.
     pub refused: Mutex<std::collections::BTreeMap<std::path::PathBuf, String>>,
+    /// Per watched folder, its files changed within its guard's window (`history::Changes`).
+    pub history_changes:
+        Mutex<std::collections::HashMap<std::path::PathBuf, crate::history::Changes>>,
     /// The peers heard since this daemon started and the protocol each speaks (`peers`).
     pub heard: Mutex<heard::SinceStart>,
 }
@@ -576,6 +581,8 @@ pub async fn start(
         next_job: AtomicU64::new(1),
         in_progress: Mutex::new(Default::default()),
         refused: Mutex::new(Default::default()),
+        started: std::time::Instant::now(),
+        history_changes: Mutex::new(Default::default()),
         heard: Mutex::new(Default::default()),
         unavailable: Mutex::new(Default::default()),
         datagram_permits: Arc::new(Semaphore::new(MAX_DATAGRAM_TASKS)),

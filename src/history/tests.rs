@@ -22,7 +22,7 @@ fn rules_parse_and_read_back() {
         Version { age_ms: 900 * DAY },
     ];
     assert!(
-        Keep::all().forget(&old, 3).is_empty(),
+        Keep::all().forget(&old, 3, 0).is_empty(),
         "all, whatever their age"
     );
     for (bad, says) in [
@@ -46,7 +46,7 @@ fn run(keep: &Keep, cap: u32, step: i64, span: i64) -> Vec<i64> {
     while now <= span {
         made.insert(0, now);
         let versions: Vec<Version> = (made.iter()).map(|t| Version { age_ms: now - t }).collect();
-        for i in keep.forget(&versions, cap).into_iter().rev() {
+        for i in keep.forget(&versions, cap, 0).into_iter().rev() {
             made.remove(i);
         }
         now += step;
@@ -91,9 +91,9 @@ fn the_cap_keeps_the_newest_and_the_newest_survives_any_rule() {
     // "none": only the newest, even a year old.
     let none = Keep::parse("none").unwrap();
     let versions = [Version { age_ms: 365 * DAY }, Version { age_ms: 400 * DAY }];
-    assert_eq!(none.forget(&versions, 100), vec![1]);
+    assert_eq!(none.forget(&versions, 100, 0), vec![1]);
     // The newest is kept even when older than every tier.
-    assert_eq!(Keep::default().forget(&versions, 100), vec![1]);
+    assert_eq!(Keep::default().forget(&versions, 100, 0), vec![1]);
 }
 
 /// Ages count the running clock, the wall clock only when it says less: a clock set ahead
@@ -112,4 +112,57 @@ fn ages_do_not_follow_a_wrong_clock() {
     // A version from before the running clock was kept: the wall clock.
     assert_eq!(age_ms(2_000, None, 9_000, Some(5_000)), 4_000);
     assert_eq!(age_ms(2_000, None, 9_000, None), 0);
+}
+
+#[test]
+fn the_guard_trips_on_a_share_of_at_least_its_minimum_within_its_window() {
+    let g = Guard::default();
+    assert!(!g.trips(199, 300), "fewer than 200");
+    assert!(g.trips(200, 300));
+    assert!(!g.trips(300, 10_000), "300 of 10,000 is 3%");
+    assert!(g.trips(2_000, 10_000));
+    assert_eq!(Guard::parse_share("20%"), Ok(Some(0.2)));
+    assert_eq!(Guard::parse_share("off"), Ok(None));
+    for bad in ["20", "0%", "120%", "x%"] {
+        assert!(Guard::parse_share(bad).is_err(), "{bad}");
+    }
+    // The window: a file counted once, changes older than the window forgotten.
+    let mut c = Changes::default();
+    let w = Duration::from_secs(600);
+    assert_eq!(c.note(b"/a", 0, w), 1);
+    assert_eq!(c.note(b"/a", 1_000, w), 1, "the same file again");
+    assert_eq!(c.note(b"/b", 2_000, w), 2);
+    assert_eq!(
+        c.note(b"/c", 600_500, w),
+        3,
+        "/a's first change left the window, its second not"
+    );
+    assert_eq!(c.note(b"/d", 602_001, w), 2, "/a and /b left it");
+}
+
+/// The guard's grace: a version replaced within the window stays whatever its tier (the guard
+/// may yet hold the folder); the cap still counts.
+#[test]
+fn a_version_replaced_within_the_grace_stays_until_it_passes() {
+    let keep = Keep::parse("none").unwrap();
+    let v = |ages: &[i64]| {
+        ages.iter()
+            .map(|&age_ms| Version { age_ms })
+            .collect::<Vec<_>>()
+    };
+    // Replaced 5 minutes ago, grace 10 minutes: kept; 11 minutes ago: goes.
+    assert!(keep
+        .forget(&v(&[5 * MIN, 3 * DAY]), 100, 10 * MIN)
+        .is_empty());
+    assert_eq!(
+        keep.forget(&v(&[11 * MIN, 3 * DAY]), 100, 10 * MIN),
+        vec![1]
+    );
+    // Only the one replaced recently: the older ones go.
+    assert_eq!(
+        keep.forget(&v(&[5 * MIN, DAY, 2 * DAY]), 100, 10 * MIN),
+        vec![2]
+    );
+    // The cap still counts.
+    assert_eq!(keep.forget(&v(&[5 * MIN, DAY]), 1, 10 * MIN), vec![1]);
 }

@@ -373,6 +373,9 @@ pub(crate) struct BackupReport {
     /// Distinct peers that confirmed at least one chunk of this backup (none when the file was
     /// already backed up at its RD: nothing was sent).
     pub peers_heard: usize,
+    /// A new version of a path that had one: its content changed (what the history's guard
+    /// counts).
+    pub changed: bool,
 }
 
 /// Why a file must be read (again) to be backed up.

@@ -14,6 +14,9 @@ use crate::store::{Health, StoreError};
 /// status (SPEC §5, README "Exit status").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Problem {
+    /// Too many files of a watched folder changed at once (ransomware?): its history is held,
+    /// nothing there is pruned until the admin resumes it.
+    HistoryHeld,
     /// A watched folder is unavailable (missing, or its disk not mounted): nothing in it is
     /// backed up, whatever else holds.
     FolderUnavailable,
@@ -30,6 +33,7 @@ impl Problem {
     /// Its name in `status --json`'s `problems`.
     pub fn word(self) -> &'static str {
         match self {
+            Problem::HistoryHeld => "history_held",
             Problem::FolderUnavailable => "folder_unavailable",
             Problem::BelowRd => "below_rd",
             Problem::NoSnapshotAtRd => "no_snapshot_at_rd",
@@ -39,6 +43,7 @@ impl Problem {
 
     pub fn code(self) -> i32 {
         match self {
+            Problem::HistoryHeld => exit::HISTORY_HELD,
             Problem::FolderUnavailable => exit::FOLDER_UNAVAILABLE,
             Problem::BelowRd => exit::BELOW_RD,
             Problem::NoSnapshotAtRd => exit::NO_SNAPSHOT_AT_RD,
@@ -50,6 +55,8 @@ impl Problem {
 /// What `status` found, as far as the exit status goes.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Facts {
+    /// Watched folders whose history the guard holds.
+    pub history_held: usize,
     pub unavailable_folders: usize,
     /// Files below their RD, undecryptable versions, files late.
     pub below_rd: usize,
@@ -64,6 +71,7 @@ pub(crate) struct Facts {
 /// that only hosts, or watches empty folders) is healthy: there is nothing to recover.
 pub(crate) fn problems(f: &Facts) -> Vec<Problem> {
     let holds = [
+        (Problem::HistoryHeld, f.history_held > 0),
         (Problem::FolderUnavailable, f.unavailable_folders > 0),
         (Problem::BelowRd, f.below_rd > 0),
         (Problem::NoSnapshotAtRd, f.files > 0 && !f.snapshot_at_rd),
@@ -216,7 +224,21 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Result<Statu
     if below_rd > 0 {
         report.below_rd_why = below_rd_why(&o.below_rds, v.holding, v.heard_none);
     }
+    let held = node.catalog.history_holds().await?;
+    if owner.is_none() {
+        for h in &held {
+            report.warnings.push(format!(
+                "the history of {} is held since {} UTC: {}; nothing there is pruned. Check its files, bring back what was lost (`peerstash restore {} --at ...`), then `peerstash history resume {}`",
+                h.root.display(),
+                crate::clock::utc(h.since_ms),
+                h.why,
+                h.root.display(),
+                h.root.display()
+            ));
+        }
+    }
     let problems = problems(&Facts {
+        history_held: held.len(),
         unavailable_folders: (report.folders.iter())
             .filter(|f| f.unavailable.is_some())
             .count(),
@@ -252,6 +274,7 @@ mod tests {
         assert_eq!(problems(&starting), [Problem::QueueNotDrained]);
         assert_eq!(exit_code(&problems(&starting)), 6);
         let all = Facts {
+            history_held: 0,
             unavailable_folders: 2,
             below_rd: 1,
             files: 3,
@@ -269,6 +292,13 @@ mod tests {
             ]
         );
         assert_eq!(exit_code(&problems(&all)), 5);
+        // A held history comes first: too many files changed at once.
+        let held = Facts {
+            history_held: 1,
+            ..all
+        };
+        assert_eq!(problems(&held)[0].word(), "history_held");
+        assert_eq!(exit_code(&problems(&held)), 8);
         let no_folder = Facts {
             unavailable_folders: 0,
             ..all

@@ -6,6 +6,7 @@
 pub(crate) mod backup;
 pub(crate) mod check;
 pub(crate) mod delete;
+pub(crate) mod history;
 pub(crate) mod peers;
 pub(crate) mod reclaim;
 pub(crate) mod recover;

@@ -307,6 +307,9 @@ async fn prepare(
         Request::Reclaim { .. } if owner.is_some() => {
             Err("reclaim sets this peer's quota: run it as root".into())
         }
+        Request::HistoryResume { .. } if owner.is_some() => {
+            Err("history resume lets old versions be pruned again: run it as root".into())
+        }
         Request::Check if owner.is_some() => {
             Err("check reads the whole catalog: run it as root".into())
         }
@@ -467,6 +470,7 @@ async fn run(node: Arc<Node>, job: Job, owner: Option<u32>, progress: ops::Progr
         }
         Job::Other(Request::Delete { path }) => reply(server::delete::delete(&node, path).await),
         Job::Other(Request::Reclaim { quota }) => server::reclaim::reclaim(&node, quota).await,
+        Job::Other(Request::HistoryResume { path }) => server::history::resume(&node, path).await,
         Job::Other(Request::State { path }) => server::state::state(&node, owner, path).await,
         Job::Other(Request::Check) => server::check::check(&node).await,
         Job::Other(Request::Scrub) => server::scrub::scrub(&node, &progress).await,

@@ -300,6 +300,9 @@ async fn work_on(
             if backed_up.is_ok() {
                 note_folders(node, &watch.path, path).await;
             }
+            if backed_up.as_ref().is_ok_and(|r| r.changed) {
+                note_change(node, &watch, path).await;
+            }
             match backed_up {
                 Ok(r) if r.below == 0 => {
                     refused(node, path, None);
@@ -483,7 +486,10 @@ async fn gone(node: &Arc<Node>, path: &Path, gen: i64, watch: &WatchConfig) {
     refused(node, path, None);
     let now = crate::clock::unix_ms() / 1000;
     match node.catalog.mark_deleted(path, now).await {
-        Ok(n) if n > 0 => tracing::info!("{} was deleted locally", path.display()),
+        Ok(n) if n > 0 => {
+            tracing::info!("{} was deleted locally", path.display());
+            note_change(node, watch, path).await;
+        }
         Ok(_) => {}
         Err(e) => tracing::error!("cannot note that {} is gone: {e}", path.display()),
     }
@@ -494,6 +500,50 @@ async fn gone(node: &Arc<Node>, path: &Path, gen: i64, watch: &WatchConfig) {
         }
     }
     done(node, path, gen).await
+}
+
+/// `path`, in `watch`, got other content or went: counted against the folder's guard
+/// (`history::Guard`), which holds the folder's history (nothing pruned there) when too many of
+/// its files changed within its window.
+async fn note_change(node: &Arc<Node>, watch: &WatchConfig, path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(guard) = watch.guard else {
+        return;
+    };
+    let now = node.started.elapsed().as_millis() as i64;
+    let changed = {
+        let mut all = node
+            .history_changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let changes = all.entry(watch.path.clone()).or_default();
+        changes.note(path.as_os_str().as_bytes(), now, guard.within)
+    };
+    if changed < u64::from(guard.min_files) {
+        return;
+    }
+    let files = match node.catalog.paths_below(&watch.path).await {
+        Ok(n) => n,
+        Err(e) => {
+            return tracing::error!("cannot count the files of {}: {e}", watch.path.display())
+        }
+    };
+    if !guard.trips(changed, files) {
+        return;
+    }
+    let why = format!(
+        "{changed} of its {files} files changed or went within {} s",
+        guard.within.as_secs()
+    );
+    match node.catalog.hold_history(&watch.path, why.clone()).await {
+        Ok(true) => tracing::error!(
+            "history guard: {} held: {why} (ransomware, a sync gone wrong, a script on the wrong folder?); none of its old versions is pruned until `peerstash history resume {}`",
+            watch.path.display(),
+            watch.path.display()
+        ),
+        Ok(false) => {}
+        Err(e) => tracing::error!("cannot hold the history of {}: {e}", watch.path.display()),
+    }
 }
 
 /// Notes (`Some`) or clears a file's refusal, shown by `status`.

@@ -128,6 +128,7 @@ pub(crate) async fn backup_handle_as(
             chunks: cut.count(now.size),
             below: 0,
             peers_heard: 0,
+            changed: false,
         });
     }
     tracing::debug!("reading {} to back it up", path.display());
@@ -340,6 +341,7 @@ pub(crate) async fn backup_handle_as(
         chunks,
         below,
         peers_heard: heard.len(),
+        changed: !resumed && version > 1,
     })
 }
 

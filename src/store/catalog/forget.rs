@@ -201,6 +201,40 @@ impl Catalog {
     // ---- chunks we host -------------------------------------------------------------------
 }
 
+/// Meta key: the folders whose history is held, one `HistoryHold` a line.
+const HOLDS_KEY: &str = "history_holds";
+
+/// A folder whose history the guard holds (`Catalog::hold_history`): since when, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryHold {
+    pub root: PathBuf,
+    pub since_ms: i64,
+    pub why: String,
+}
+
+impl HistoryHold {
+    /// "hex-of-path since_ms why".
+    fn line(&self) -> String {
+        format!(
+            "{} {} {}",
+            hex(path_key(&self.root)),
+            self.since_ms,
+            self.why
+        )
+    }
+
+    fn parse(line: &str) -> Option<HistoryHold> {
+        let mut parts = line.splitn(3, ' ');
+        let root = PathBuf::from(OsString::from_vec(unhex(parts.next()?)?));
+        let since_ms = parts.next()?.parse().ok()?;
+        Some(HistoryHold {
+            root,
+            since_ms,
+            why: parts.next().unwrap_or_default().to_owned(),
+        })
+    }
+}
+
 /// Why the versions of one path are forgotten by a folder's policy (`Catalog::forget_by_policy`).
 #[derive(Clone, Debug)]
 pub enum Policy {
@@ -209,10 +243,12 @@ pub enum Policy {
     /// unfinished versions older than the newest complete one.
     /// In an encrypted folder (`sealed`), a version in clear older than a complete encrypted
     /// one goes too: the admin asked for no clear copy on the peers.
+    /// A version replaced less than `grace_ms` ago stays (the guard's window: `history`).
     History {
         keep: crate::history::Keep,
         cap: u32,
         sealed: bool,
+        grace_ms: i64,
     },
     /// The path is gone (checked again just before) and was counted absent at least
     /// `keep_deleted_ms` while its folder was available.
@@ -237,6 +273,7 @@ impl Policy {
             keep: watch.keep.clone(),
             cap: watch.keep_versions,
             sealed: watch.encrypt,
+            grace_ms: watch.guard.map_or(0, |g| g.within.as_millis() as i64),
         }
     }
 }
@@ -252,6 +289,49 @@ impl Catalog {
             .unwrap_or((None, None)))
     }
 
+    /// The folders whose history is held (`hold_history`): nothing below them is forgotten
+    /// by a policy.
+    pub fn history_holds(&self) -> Result<Vec<HistoryHold>, StoreError> {
+        let text = self.meta(HOLDS_KEY)?.unwrap_or_default();
+        Ok(text.lines().filter_map(HistoryHold::parse).collect())
+    }
+
+    /// The guard tripped on `root`: no version at or below it is forgotten by a policy until
+    /// `resume_history`. Returns false if it was held already (the first reason stays).
+    pub fn hold_history(&self, root: &Path, since_ms: i64, why: &str) -> Result<bool, StoreError> {
+        let mut holds = self.history_holds()?;
+        if holds.iter().any(|h| h.root == root) {
+            return Ok(false);
+        }
+        holds.push(HistoryHold {
+            root: root.to_path_buf(),
+            since_ms,
+            why: why.replace('\n', " "),
+        });
+        self.set_holds(&holds)?;
+        Ok(true)
+    }
+
+    /// `peerstash history resume DIR` (or the guard's `hold` passed): pruning goes on at and
+    /// below `root`. Returns whether it was held.
+    pub fn resume_history(&self, root: &Path) -> Result<bool, StoreError> {
+        let mut holds = self.history_holds()?;
+        let before = holds.len();
+        holds.retain(|h| h.root != root);
+        self.set_holds(&holds)?;
+        Ok(holds.len() != before)
+    }
+
+    fn set_holds(&self, holds: &[HistoryHold]) -> Result<(), StoreError> {
+        match holds.is_empty() {
+            true => self.delete_meta(HOLDS_KEY),
+            false => {
+                let lines: Vec<String> = holds.iter().map(HistoryHold::line).collect();
+                self.set_meta(HOLDS_KEY, &lines.join("\n"))
+            }
+        }
+    }
+
     /// Forget only by policy: applies a folder's `policy` to the versions of exactly `path`
     /// (never to files below it, should it be a folder now). The policy picks the versions;
     /// each still goes through `forget`, which refuses what its reason does not allow. Returns
@@ -262,10 +342,25 @@ impl Catalog {
         policy: Policy,
         now_ms: i64,
     ) -> Result<usize, StoreError> {
+        if let Some(hold) = (self.history_holds()?.into_iter()).find(|h| path.starts_with(&h.root))
+        {
+            tracing::debug!(
+                "{}: nothing pruned while the history of {} is held ({})",
+                path.display(),
+                hold.root.display(),
+                hold.why
+            );
+            return Ok(0);
+        }
         self.atomically(|| {
             let rows = self.versions_of(path)?; // oldest first
             let doomed: Vec<(FileId, Forget)> = match policy {
-                Policy::History { keep, cap, sealed } => {
+                Policy::History {
+                    keep,
+                    cap,
+                    sealed,
+                    grace_ms,
+                } => {
                     let (now_run, now_wall) = (self.run_clock()?, now_ms);
                     let mut complete: Vec<(FileId, crate::history::Version)> = Vec::new();
                     let mut doomed = Vec::new();
@@ -283,7 +378,7 @@ impl Catalog {
                         }
                     }
                     let ages: Vec<_> = complete.iter().map(|(_, v)| *v).collect();
-                    for i in keep.forget(&ages, cap) {
+                    for i in keep.forget(&ages, cap, grace_ms) {
                         doomed.push(complete[i].0.clone());
                     }
                     doomed.into_iter().map(|id| (id, Forget::History)).collect()
@@ -315,6 +410,18 @@ impl Catalog {
             out.push(path_at(r, 0)?);
         }
         Ok(out)
+    }
+
+    /// How many paths at or below `root` have a version (what the guard's share is of).
+    pub fn paths_below(&self, root: &Path) -> Result<u64, StoreError> {
+        let (exact, below) = (path_key(root), below_key(root));
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(DISTINCT path) FROM files
+                 WHERE path = ?1 OR substr(path, 1, length(?2)) = ?2",
+            )?
+            .query_row(params![exact, below], |r| r.get(0))?)
     }
 
     /// `peerstash delete PATH`: every version of exactly `path` (`versions`) is forgotten, by

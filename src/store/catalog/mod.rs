@@ -41,7 +41,7 @@ use files::{path_at, path_key};
 pub use files::{Begun, FileRow};
 use folders::below_key;
 pub use folders::{DeletedPath, FolderRow};
-pub use forget::{Forget, Policy};
+pub use forget::{Forget, HistoryHold, Policy};
 pub use handle::CatalogHandle;
 pub use holders::{FileChunkRow, MAX_HOLDERS};
 pub use hosted::{ChunkRole, HostedRow};

@@ -120,6 +120,30 @@ impl CatalogHandle {
         self.read(move |c| c.paths_with_history(&r)).await
     }
 
+    /// How many paths at or below `root` have a version (`Catalog::paths_below`).
+    pub async fn paths_below(&self, root: &Path) -> Result<u64, StoreError> {
+        let r = root.to_path_buf();
+        self.read(move |c| c.paths_below(&r)).await
+    }
+
+    /// The folders whose history is held (`Catalog::history_holds`).
+    pub async fn history_holds(&self) -> Result<Vec<HistoryHold>, StoreError> {
+        self.read(|c| c.history_holds()).await
+    }
+
+    /// The guard tripped on `root` (`Catalog::hold_history`), now; true if it was not held.
+    pub async fn hold_history(&self, root: &Path, why: String) -> Result<bool, StoreError> {
+        let r = root.to_path_buf();
+        self.call(move |c| c.hold_history(&r, unix_ms(), &why))
+            .await
+    }
+
+    /// Pruning goes on at and below `root` (`Catalog::resume_history`).
+    pub async fn resume_history(&self, root: &Path) -> Result<bool, StoreError> {
+        let r = root.to_path_buf();
+        self.call(move |c| c.resume_history(&r)).await
+    }
+
     /// The daemon ran `ms` more (`Catalog::advance_run_clock`).
     pub async fn advance_run_clock(&self, ms: i64) -> Result<(), StoreError> {
         self.call(move |c| c.advance_run_clock(ms)).await

@@ -154,6 +154,7 @@ fn keep_versions_forgets_the_older_complete_and_the_superseded_unfinished_of_tha
         keep: crate::history::Keep::all(),
         cap: 1,
         sealed: false,
+        grace_ms: 0,
     };
     assert_eq!(
         cat.forget_by_policy(Path::new("/w/f"), keep_one, 1_000)
@@ -228,6 +229,7 @@ fn history_thins_versions_by_their_age_on_the_running_clock() {
         keep: keep.clone(),
         cap: 100,
         sealed: false,
+        grace_ms: 0,
     };
     let left = |cat: &Catalog| -> Vec<FileId> {
         (cat.versions_of(Path::new("/w/f")).unwrap().into_iter())
@@ -278,6 +280,7 @@ fn in_an_encrypted_folder_the_clear_versions_go_once_an_encrypted_one_is_complet
         keep: crate::history::Keep::all(),
         cap: 100,
         sealed,
+        grace_ms: 0,
     };
     assert_eq!(
         cat.forget_by_policy(Path::new("/w/f"), history(false), 1_000)
@@ -294,4 +297,63 @@ fn in_an_encrypted_folder_the_clear_versions_go_once_an_encrypted_one_is_complet
         .map(|f| f.file_id)
         .collect();
     assert_eq!(left, vec![fid('b'), fid('c')]);
+}
+
+/// Issue 27's guard: while a folder's history is held, no policy forgets anything below it
+/// (not the history, not keep_deleted); the user's own `delete` still does.
+#[test]
+fn a_held_history_loses_nothing_to_a_policy_until_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+    for c in ['a', 'b'] {
+        cat.insert_version(&file(c, "/w/f"), BackupId(1)).unwrap();
+        cat.set_file_complete(&fid(c)).unwrap();
+    }
+    let snap = FileId::from_digest(&[0x5A; 32]);
+    cat.claim_snapshot(&snap, crate::protocol::seal::SnapshotNo::Numbered(1), 0)
+        .unwrap();
+    cat.set_snapshot_at_rd(&snap).unwrap();
+    let newest_only = || Policy::History {
+        keep: crate::history::Keep::parse("none").unwrap(),
+        cap: 1,
+        sealed: false,
+        grace_ms: 0,
+    };
+    assert!(cat
+        .hold_history(Path::new("/w"), 5, "300 of 300 files changed")
+        .unwrap());
+    assert!(
+        !cat.hold_history(Path::new("/w"), 6, "again").unwrap(),
+        "held once"
+    );
+    let holds = cat.history_holds().unwrap();
+    assert_eq!(
+        (holds.len(), holds[0].since_ms, holds[0].why.as_str()),
+        (1, 5, "300 of 300 files changed")
+    );
+    assert_eq!(
+        cat.forget_by_policy(Path::new("/w/f"), newest_only(), 1_000)
+            .unwrap(),
+        0
+    );
+    cat.mark_deleted(Path::new("/w/f"), 1).unwrap();
+    let expired = Policy::Expired { keep_deleted_ms: 0 };
+    assert_eq!(
+        cat.forget_by_policy(Path::new("/w/f"), expired, 1_000)
+            .unwrap(),
+        0
+    );
+    // Another folder is not held.
+    assert!(cat
+        .history_holds()
+        .unwrap()
+        .iter()
+        .all(|h| !Path::new("/wx/f").starts_with(&h.root)));
+    assert!(cat.resume_history(Path::new("/w")).unwrap());
+    assert!(!cat.resume_history(Path::new("/w")).unwrap());
+    assert_eq!(
+        cat.forget_by_policy(Path::new("/w/f"), newest_only(), 1_000)
+            .unwrap(),
+        1
+    );
 }
