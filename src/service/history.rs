@@ -29,6 +29,7 @@ pub(super) async fn keep_history(node: Arc<Node>, worker: Worker) {
         if let Err(e) = node.catalog.advance_run_clock(ran).await {
             tracing::warn!("cannot note the daemon's running time: {e}");
         }
+        release_held(&node).await;
         if now < next_prune {
             continue;
         }
@@ -44,6 +45,37 @@ pub(super) async fn keep_history(node: Arc<Node>, worker: Worker) {
                 tracing::error!("cannot prune history: {e}");
                 worker.failed(&format!("cannot prune history: {e}"), None);
             }
+        }
+    }
+}
+
+/// A folder held by its guard is released once its `guard_hold` passed, if it has one
+/// (otherwise only `peerstash history resume DIR` releases it).
+async fn release_held(node: &Arc<Node>) {
+    let holds = match node.catalog.history_holds().await {
+        Ok(h) => h,
+        Err(e) => return tracing::warn!("cannot read which histories are held: {e}"),
+    };
+    let config = node.config();
+    let now = crate::clock::unix_ms();
+    for h in holds {
+        let hold = (config.watch.iter())
+            .find(|w| w.path == h.root)
+            .and_then(|w| w.guard)
+            .and_then(|g| g.hold);
+        let Some(hold) = hold else { continue };
+        if now.saturating_sub(h.since_ms) < hold.as_millis() as i64 {
+            continue;
+        }
+        match node.catalog.resume_history(&h.root).await {
+            Ok(true) => tracing::warn!(
+                "history of {} resumed: its guard_hold ({} s) has passed since it was held ({})",
+                h.root.display(),
+                hold.as_secs(),
+                h.why
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::error!("cannot resume the history of {}: {e}", h.root.display()),
         }
     }
 }

@@ -442,6 +442,15 @@ async fn render_metrics(node: &Arc<Node>, cache: &Cache) -> String {
         "Space offered to the other peers.",
         &one(usage.quota as f64),
     );
+    if let Ok(held) = node.catalog.history_holds().await {
+        metric(
+            &mut out,
+            "peerstash_history_held_folders",
+            "gauge",
+            "Watched folders whose history the guard holds (too many files changed at once): nothing there is pruned until `peerstash history resume DIR`.",
+            &one(held.len() as f64),
+        );
+    }
     if let Some(k) = catalogued(node, cache).await {
         metric(
             &mut out,

@@ -327,3 +327,38 @@ fn a_mass_overwrite_trips_the_guard_and_everything_comes_back() {
     let status = c.cli(0, &["status"]);
     assert_ne!(status.status.code(), Some(8), "{}", output_text(&status));
 }
+
+/// A guard with a `guard_hold` lets go by itself once it has passed (the history worker looks
+/// every 10 s); the thresholds are the config's.
+#[test]
+fn a_guard_hold_ends_by_itself() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("w");
+    std::fs::create_dir_all(&dir).unwrap();
+    let watch = format!(
+        "\n[[watch]]\npath = \"{}\"\nreplication = 1\nquiet = \"200ms\"\nrescan = \"1h\"\n\
+         guard = \"50%\"\nguard_min_files = 3\nguard_within = \"1m\"\nguard_hold = \"2s\"\n",
+        dir.display()
+    );
+    let c = Cluster::start_with(&["0", "50MB"], &[&watch, ""]);
+    let files: Vec<_> = (0..4).map(|i| dir.join(format!("f{i}"))).collect();
+    for f in &files {
+        std::fs::write(f, random_bytes(100)).unwrap();
+    }
+    let all = |n: usize| files.iter().all(|f| complete_versions(&c, f).len() >= n);
+    assert!(wait_until(WAIT, || all(1)), "{}", c.log(0));
+    let code = || c.cli(0, &["status"]).status.code();
+    assert_ne!(code(), Some(8));
+    // Two files changed and one gone: 3 of 4, at least 3: held.
+    for f in &files[..2] {
+        std::fs::write(f, random_bytes(200)).unwrap();
+    }
+    std::fs::remove_file(&files[2]).unwrap();
+    assert!(wait_until(WAIT, || code() == Some(8)), "{}", c.log(0));
+    assert!(wait_until(WAIT, || code() != Some(8)), "{}", c.log(0));
+    assert!(
+        c.full_log(0).contains("its guard_hold (2 s) has passed"),
+        "{}",
+        c.log(0)
+    );
+}

@@ -77,6 +77,10 @@ fn a_scrape_parses_and_its_counters_move_with_a_backup() {
     });
     assert!(counted, "the backed-up file is not counted");
     assert_eq!(value(&scrape(port), "peerstash_chunks_below_rd", &[]), 0.0);
+    assert_eq!(
+        value(&scrape(port), "peerstash_history_held_folders", &[]),
+        0.0
+    );
     assert!(value(&after, "peerstash_putchunks_sent_total", &[]) >= 16.0);
     assert!(
         value(&after, "peerstash_putchunks_resent_total", &[])
