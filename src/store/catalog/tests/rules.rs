@@ -1,6 +1,15 @@
 //! The multi-step rules that callers reach through one named verb.
 use super::*;
 
+/// A catalog snapshot at its RD, naming every version there is (the history lets older
+/// versions go only once one does).
+fn snapshot_at_rd(cat: &Catalog) {
+    let snap = FileId::from_digest(&[0x5A; 32]);
+    cat.claim_snapshot(&snap, crate::protocol::seal::SnapshotNo::Numbered(1), 0)
+        .unwrap();
+    cat.set_snapshot_at_rd(&snap).unwrap();
+}
+
 fn no(n: u32) -> ChunkNo {
     ChunkNo::new(n).unwrap()
 }
@@ -146,10 +155,7 @@ fn keep_versions_forgets_the_older_complete_and_the_superseded_unfinished_of_tha
         }
     }
     // A snapshot at its RD names the newer versions (else the older ones are kept).
-    let snap = FileId::from_digest(&[0x5A; 32]);
-    cat.claim_snapshot(&snap, crate::protocol::seal::SnapshotNo::Numbered(1), 0)
-        .unwrap();
-    cat.set_snapshot_at_rd(&snap).unwrap();
+    snapshot_at_rd(&cat);
     let keep_one = Policy::History {
         keep: crate::history::Keep::all(),
         cap: 1,
@@ -220,10 +226,7 @@ fn history_thins_versions_by_their_age_on_the_running_clock() {
         cat.insert_version(&file(c, "/w/f"), BackupId(1)).unwrap();
         cat.set_file_complete(&fid(c)).unwrap();
     }
-    let snap = FileId::from_digest(&[0x5A; 32]);
-    cat.claim_snapshot(&snap, crate::protocol::seal::SnapshotNo::Numbered(1), 0)
-        .unwrap();
-    cat.set_snapshot_at_rd(&snap).unwrap();
+    snapshot_at_rd(&cat);
     let keep = crate::history::Keep::parse("1h:all, 1d:hourly").unwrap();
     let policy = || Policy::History {
         keep: keep.clone(),
@@ -272,10 +275,7 @@ fn in_an_encrypted_folder_the_clear_versions_go_once_an_encrypted_one_is_complet
         cat.insert_version(&row, BackupId(1)).unwrap();
         cat.set_file_complete(&row.file_id).unwrap();
     }
-    let snap = FileId::from_digest(&[0x5A; 32]);
-    cat.claim_snapshot(&snap, crate::protocol::seal::SnapshotNo::Numbered(1), 0)
-        .unwrap();
-    cat.set_snapshot_at_rd(&snap).unwrap();
+    snapshot_at_rd(&cat);
     let history = |sealed| Policy::History {
         keep: crate::history::Keep::all(),
         cap: 100,
@@ -309,10 +309,7 @@ fn a_held_history_loses_nothing_to_a_policy_until_resumed() {
         cat.insert_version(&file(c, "/w/f"), BackupId(1)).unwrap();
         cat.set_file_complete(&fid(c)).unwrap();
     }
-    let snap = FileId::from_digest(&[0x5A; 32]);
-    cat.claim_snapshot(&snap, crate::protocol::seal::SnapshotNo::Numbered(1), 0)
-        .unwrap();
-    cat.set_snapshot_at_rd(&snap).unwrap();
+    snapshot_at_rd(&cat);
     let newest_only = || Policy::History {
         keep: crate::history::Keep::parse("none").unwrap(),
         cap: 1,
