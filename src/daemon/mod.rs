@@ -111,6 +111,12 @@ pub struct Node {
     /// Files refused because they do not fit on the peers, and the message `status` shows for
     /// each (at most `service::queue::MAX_REFUSED`); cleared on reload, when they are tried again.
     pub refused: Mutex<std::collections::BTreeMap<std::path::PathBuf, String>>,
+    /// Old versions pruned to make room on full peers (`Catalog::prune_for_space`): since
+    /// when (unix ms), and how many; `status` says so.
+    pub space_cuts: Mutex<Option<(i64, u64)>>,
+    /// Per file that found no room, the bytes (times RD) pruned for it so far: past twice
+    /// what it needs, no more history goes for it (a file too big for the LAN would take all).
+    pub space_freed_for: Mutex<std::collections::HashMap<std::path::PathBuf, u64>>,
     /// Per watched folder, its files changed within its guard's window (`history::Changes`).
     pub history_changes:
         Mutex<std::collections::HashMap<std::path::PathBuf, crate::history::Changes>>,
@@ -582,6 +588,8 @@ pub async fn start(
         in_progress: Mutex::new(Default::default()),
         refused: Mutex::new(Default::default()),
         started: std::time::Instant::now(),
+        space_freed_for: Mutex::new(Default::default()),
+        space_cuts: Mutex::new(None),
         history_changes: Mutex::new(Default::default()),
         heard: Mutex::new(Default::default()),
         unavailable: Mutex::new(Default::default()),

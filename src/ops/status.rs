@@ -224,6 +224,12 @@ pub(crate) async fn status(node: &Arc<Node>, owner: Option<u32>) -> Result<Statu
     if below_rd > 0 {
         report.below_rd_why = below_rd_why(&o.below_rds, v.holding, v.heard_none);
     }
+    if let Some((since, n)) = *node.space_cuts.lock().unwrap_or_else(|e| e.into_inner()) {
+        report.warnings.push(format!(
+            "history is being cut for space: {n} old versions pruned since {} UTC to make room for new ones (the peers are full: add a peer or raise their quotas); the newest version of every file is kept",
+            crate::clock::utc(since)
+        ));
+    }
     let held = node.catalog.history_holds().await?;
     if owner.is_none() {
         for h in &held {

@@ -31,6 +31,8 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
 /// A file that does not fit on the peers is tried again after this long (or when it changes,
 /// or on reload); meanwhile its chunks are not sent again and again.
 const REFUSED_RETRY: Duration = Duration::from_secs(3600);
+/// A file that found no room is tried again this soon once old versions were pruned for it.
+const SPACE_RETRY: Duration = Duration::from_secs(3);
 /// Refused files whose message `status` shows, at most (each is logged anyway).
 pub const MAX_REFUSED: usize = 1000;
 
@@ -306,6 +308,7 @@ async fn work_on(
             match backed_up {
                 Ok(r) if r.below == 0 => {
                     refused(node, path, None);
+                    (node.space_freed_for.lock().unwrap_or_else(|e| e.into_inner())).remove(path);
                     tracing::info!(
                         "backed up {} (version {}, {} bytes)",
                         path.display(),
@@ -342,11 +345,19 @@ async fn work_on(
                 // The daemon is stopping (the engine is gone): the path stays queued as it
                 // is, neither done nor a failed attempt, and resumes at the next start.
                 Err(BackupError::Stopping) => Ok(()),
-                Err(e @ BackupError::DoesNotFit { .. }) => {
+                Err(e @ BackupError::DoesNotFit { size }) => {
                     let message = format!("{}: {e}", path.display());
-                    tracing::error!("{message}");
-                    refused(node, path, Some(message.clone()));
-                    let due = crate::clock::unix_ms() + REFUSED_RETRY.as_millis() as i64;
+                    // The oldest history goes first, to make room for the new version.
+                    let needed = size.saturating_mul(u64::from(watch.replication));
+                    let retry = match make_room(node, path, needed).await {
+                        true => SPACE_RETRY,
+                        false => {
+                            tracing::error!("{message}");
+                            refused(node, path, Some(message.clone()));
+                            REFUSED_RETRY
+                        }
+                    };
+                    let due = crate::clock::unix_ms() + retry.as_millis() as i64;
                     let _ = node.catalog.retry_later(path, gen, due).await;
                     Err(message)
                 }
@@ -543,6 +554,45 @@ async fn note_change(node: &Arc<Node>, watch: &WatchConfig, path: &Path) {
         ),
         Ok(false) => {}
         Err(e) => tracing::error!("cannot hold the history of {}: {e}", watch.path.display()),
+    }
+}
+
+/// The peers had no room for a version of `path` (`needed` bytes, times its RD): the oldest
+/// versions that are not their file's newest go first (`Catalog::prune_for_space`), and
+/// `status` says that history is being cut for space. Returns whether any went.
+async fn make_room(node: &Arc<Node>, path: &Path, needed: u64) -> bool {
+    let freed_before = {
+        let freed = node.space_freed_for.lock().unwrap_or_else(|e| e.into_inner());
+        freed.get(path).copied().unwrap_or(0)
+    };
+    if freed_before >= needed.saturating_mul(2) {
+        tracing::warn!(
+            "{}: {freed_before} bytes of old versions were pruned for it and it still does not fit: no more history goes for it",
+            path.display()
+        );
+        return false;
+    }
+    match node.catalog.prune_for_space(needed).await {
+        Ok((0, _)) => false,
+        Ok((n, freed)) => {
+            tracing::warn!(
+                "the peers are full: {n} old versions ({freed} bytes on the peers) pruned to make room for {}; the newest version of every file is kept (add a peer or raise the quotas to keep more history)",
+                path.display()
+            );
+            let mut cuts = node.space_cuts.lock().unwrap_or_else(|e| e.into_inner());
+            let (since, count) = cuts.unwrap_or((crate::clock::unix_ms(), 0));
+            *cuts = Some((since, count + n as u64));
+            drop(cuts);
+            let mut freed_for = node.space_freed_for.lock().unwrap_or_else(|e| e.into_inner());
+            *freed_for.entry(path.to_path_buf()).or_default() += freed;
+            drop(freed_for);
+            tokio::spawn(crate::ops::delete::send_pending_deletes(node.clone()));
+            true
+        }
+        Err(e) => {
+            tracing::error!("cannot prune old versions for space: {e}");
+            false
+        }
     }
 }
 

@@ -362,3 +362,50 @@ fn a_guard_hold_ends_by_itself() {
         c.log(0)
     );
 }
+
+/// Issue 27, space: the peers are full and a new file does not fit. The oldest history goes
+/// first (versions 1 and 2 of a file), the newest version of every file stays, the new file is
+/// backed up, and `status` says that history is being cut for space.
+#[test]
+fn full_peers_cut_the_oldest_history_first_and_keep_every_newest_version() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("w");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a_len, b_len) = (100_000usize, 200_000usize);
+    // A chunk of 64000 bytes and the rest, on the peer's filesystem.
+    let on_disk = |len: usize| {
+        let full = (len / 64_000) as u64 * charged_on(root.path(), 64_000);
+        full + charged_on(root.path(), (len % 64_000) as u64)
+    };
+    let quota = 3 * on_disk(a_len) + on_disk(b_len) / 2 + 64 * 1024;
+    let watch = format!(
+        "\n[[watch]]\npath = \"{}\"\nreplication = 1\nquiet = \"200ms\"\nrescan = \"1h\"\n",
+        dir.display()
+    );
+    let c = Cluster::start_with(&["0", &quota.to_string()], &[&watch, ""]);
+    let a = dir.join("a.bin");
+    let mut contents = Vec::new();
+    for v in 1..=3usize {
+        let bytes = random_bytes(a_len - v);
+        std::fs::write(&a, &bytes).unwrap();
+        contents.push(bytes);
+        let ok = wait_until(WAIT, || complete_versions(&c, &a).len() == v);
+        assert!(ok, "a version {v}:\n{}", c.log(0));
+    }
+    // A catalog snapshot at its RD names version 3: the older ones may go.
+    c.cli_ok(0, &["snapshot"], 0);
+    let b = dir.join("b.bin");
+    let b_bytes = random_bytes(b_len);
+    std::fs::write(&b, &b_bytes).unwrap();
+    let ok = wait_until(Duration::from_secs(60), || complete_versions(&c, &b).len() == 1);
+    assert!(ok, "b backed up once old versions made room:\n{}", c.log(0));
+    assert_eq!(complete_versions(&c, &a), vec![3], "the oldest history went first");
+    assert!(c.full_log(0).contains("pruned to make room for"), "{}", c.log(0));
+    let status = output_text(&c.cli(0, &["status"]));
+    assert!(status.contains("history is being cut for space"), "{status}");
+    // The newest versions restore.
+    for (path, bytes) in [(&a, &contents[2]), (&b, &b_bytes)] {
+        let out = root.path().join("out");
+        assert!(restore_to(&c, 0, path, &out) == *bytes, "{}", path.display());
+    }
+}

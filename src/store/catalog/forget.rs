@@ -22,6 +22,10 @@ pub enum Forget {
     /// has been absent at least `keep_deleted_ms` while its folder was available, as the daemon
     /// measured it with its monotonic clock (`absent_ms`): not by the wall clock, which jumps.
     DeletedExpired { keep_deleted_ms: i64 },
+    /// The peers have no room for a new version: the oldest history goes first
+    /// (`Catalog::prune_for_space`), allowed as `History` is (a newer complete version exists,
+    /// named by a catalog snapshot at its RD).
+    ForSpace,
     /// `peerstash delete`: the user's explicit word.
     UserDelete,
     /// A backup abandoned the version it inserted (the file changed while it was read).
@@ -57,7 +61,7 @@ impl Catalog {
             .query_row([&file_id], |r| r.get(0))?;
         let refused = match why {
             Forget::UserDelete => None,
-            Forget::History => {
+            Forget::History | Forget::ForSpace => {
                 let needed = 1;
                 if newer_complete < needed {
                     Some(format!(
@@ -410,6 +414,46 @@ impl Catalog {
             out.push(path_at(r, 0)?);
         }
         Ok(out)
+    }
+
+    /// The peers are full: the oldest versions that are not their file's newest complete one
+    /// (nor a catalog snapshot, nor in a folder whose history is held) are forgotten, oldest
+    /// first, until about `needed` bytes (times each version's RD) are freed on the peers.
+    /// Returns how many versions, and the bytes (times RD) freed. One transaction.
+    pub fn prune_for_space(&self, needed: u64, now_ms: i64) -> Result<(usize, u64), StoreError> {
+        let held = self.history_holds()?;
+        self.atomically(|| {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT f.file_id, f.path, f.size, f.desired_rd FROM files f
+                 WHERE f.complete = 1 AND f.file_id NOT IN (SELECT file_id FROM snapshots)
+                   AND EXISTS (SELECT 1 FROM files g WHERE g.path = f.path AND g.complete = 1
+                               AND g.version > f.version)
+                 ORDER BY COALESCE(f.completed_ms, 0), f.version LIMIT 1000",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut candidates = Vec::new();
+            while let Some(r) = rows.next()? {
+                let size: i64 = r.get(2)?;
+                let rd: u8 = r.get(3)?;
+                candidates.push((r.get::<_, FileId>(0)?, path_at(r, 1)?, size as u64, rd));
+            }
+            drop(rows);
+            drop(stmt);
+            let (mut n, mut freed) = (0usize, 0u64);
+            for (id, path, size, rd) in candidates {
+                if freed >= needed {
+                    break;
+                }
+                if held.iter().any(|h| path.starts_with(&h.root)) {
+                    continue;
+                }
+                if self.forget(&id, Forget::ForSpace, now_ms)? {
+                    n += 1;
+                    freed += size.saturating_mul(u64::from(rd.max(1)));
+                }
+            }
+            Ok((n, freed))
+        })
     }
 
     /// How many paths at or below `root` have a version (what the guard's share is of).

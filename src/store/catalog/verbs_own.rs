@@ -120,6 +120,11 @@ impl CatalogHandle {
         self.read(move |c| c.paths_with_history(&r)).await
     }
 
+    /// The peers are full: the oldest history goes (`Catalog::prune_for_space`), now.
+    pub async fn prune_for_space(&self, needed: u64) -> Result<(usize, u64), StoreError> {
+        self.call(move |c| c.prune_for_space(needed, unix_ms())).await
+    }
+
     /// How many paths at or below `root` have a version (`Catalog::paths_below`).
     pub async fn paths_below(&self, root: &Path) -> Result<u64, StoreError> {
         let r = root.to_path_buf();
