@@ -308,7 +308,11 @@ async fn work_on(
             match backed_up {
                 Ok(r) if r.below == 0 => {
                     refused(node, path, None);
-                    (node.space_freed_for.lock().unwrap_or_else(|e| e.into_inner())).remove(path);
+                    (node
+                        .space_freed_for
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()))
+                    .remove(path);
                     tracing::info!(
                         "backed up {} (version {}, {} bytes)",
                         path.display(),
@@ -562,7 +566,10 @@ async fn note_change(node: &Arc<Node>, watch: &WatchConfig, path: &Path) {
 /// `status` says that history is being cut for space. Returns whether any went.
 async fn make_room(node: &Arc<Node>, path: &Path, needed: u64) -> bool {
     let freed_before = {
-        let freed = node.space_freed_for.lock().unwrap_or_else(|e| e.into_inner());
+        let freed = node
+            .space_freed_for
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         freed.get(path).copied().unwrap_or(0)
     };
     if freed_before >= needed.saturating_mul(2) {
@@ -583,7 +590,10 @@ async fn make_room(node: &Arc<Node>, path: &Path, needed: u64) -> bool {
             let (since, count) = cuts.unwrap_or((crate::clock::unix_ms(), 0));
             *cuts = Some((since, count + n as u64));
             drop(cuts);
-            let mut freed_for = node.space_freed_for.lock().unwrap_or_else(|e| e.into_inner());
+            let mut freed_for = node
+                .space_freed_for
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             *freed_for.entry(path.to_path_buf()).or_default() += freed;
             drop(freed_for);
             tokio::spawn(crate::ops::delete::send_pending_deletes(node.clone()));

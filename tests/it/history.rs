@@ -397,15 +397,32 @@ fn full_peers_cut_the_oldest_history_first_and_keep_every_newest_version() {
     let b = dir.join("b.bin");
     let b_bytes = random_bytes(b_len);
     std::fs::write(&b, &b_bytes).unwrap();
-    let ok = wait_until(Duration::from_secs(60), || complete_versions(&c, &b).len() == 1);
+    let ok = wait_until(Duration::from_secs(60), || {
+        complete_versions(&c, &b).len() == 1
+    });
     assert!(ok, "b backed up once old versions made room:\n{}", c.log(0));
-    assert_eq!(complete_versions(&c, &a), vec![3], "the oldest history went first");
-    assert!(c.full_log(0).contains("pruned to make room for"), "{}", c.log(0));
+    assert_eq!(
+        complete_versions(&c, &a),
+        vec![3],
+        "the oldest history went first"
+    );
+    assert!(
+        c.full_log(0).contains("pruned to make room for"),
+        "{}",
+        c.log(0)
+    );
     let status = output_text(&c.cli(0, &["status"]));
-    assert!(status.contains("history is being cut for space"), "{status}");
+    assert!(
+        status.contains("history is being cut for space"),
+        "{status}"
+    );
     // The newest versions restore.
     for (path, bytes) in [(&a, &contents[2]), (&b, &b_bytes)] {
         let out = root.path().join("out");
-        assert!(restore_to(&c, 0, path, &out) == *bytes, "{}", path.display());
+        assert!(
+            restore_to(&c, 0, path, &out) == *bytes,
+            "{}",
+            path.display()
+        );
     }
 }

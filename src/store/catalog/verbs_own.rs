@@ -122,7 +122,8 @@ impl CatalogHandle {
 
     /// The peers are full: the oldest history goes (`Catalog::prune_for_space`), now.
     pub async fn prune_for_space(&self, needed: u64) -> Result<(usize, u64), StoreError> {
-        self.call(move |c| c.prune_for_space(needed, unix_ms())).await
+        self.call(move |c| c.prune_for_space(needed, unix_ms()))
+            .await
     }
 
     /// How many paths at or below `root` have a version (`Catalog::paths_below`).
