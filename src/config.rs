@@ -262,6 +262,7 @@ struct RawWatch {
     keep_versions: Option<i64>,
     guard: Option<String>,
     guard_min_files: Option<i64>,
+    guard_ciphertext_files: Option<i64>,
     guard_within: Option<String>,
     guard_hold: Option<String>,
     keep_deleted: Option<String>,
@@ -514,6 +515,16 @@ impl Config {
                                 ))
                             }
                         };
+                        let ciphertext_files = match w.guard_ciphertext_files {
+                            None => default.ciphertext_files,
+                            Some(n @ 0..=0xFFFF_FFFF) => n as u32,
+                            Some(n) => {
+                                return Err(bad(
+                                    &key("guard_ciphertext_files"),
+                                    format!("{n} must be 0 (off) or more"),
+                                ))
+                            }
+                        };
                         let within = match w.guard_within.as_deref() {
                             None => default.within,
                             Some(t) => match parse_duration(t) {
@@ -532,6 +543,7 @@ impl Config {
                         Some(crate::history::Guard {
                             share,
                             min_files,
+                            ciphertext_files,
                             within,
                             hold: (!hold.is_zero()).then_some(hold),
                         })

@@ -163,6 +163,27 @@ impl fmt::Display for Keep {
     }
 }
 
+/// How many first bytes of a file `looks_random` is decided on.
+pub const SAMPLE_BYTES: usize = 64 * 1024;
+
+/// Whether a file's first bytes (`counts`: how many of each byte value, `n` bytes in all) look
+/// like ciphertext or compressed data: at least 4 KiB of them, at 7.5 bits of entropy a byte
+/// or more (random bytes give about 7.99 over 64 KiB, text about 4.5, a PDF or an office
+/// document about 6 to 7.6 over its first bytes).
+pub fn looks_random(counts: &[u64; 256], n: u64) -> bool {
+    if n < 4096 {
+        return false;
+    }
+    let entropy: f64 = (counts.iter())
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / n as f64;
+            -p * p.log2()
+        })
+        .sum();
+    entropy >= 7.5
+}
+
 /// A guard against mass change (ransomware, a sync gone wrong, a script run on the wrong
 /// folder): when at least `min_files` files of a folder, and `share` of its files, changed or
 /// went within `within`, its history stops being pruned (`Catalog::hold_history`) until the
@@ -171,6 +192,9 @@ impl fmt::Display for Keep {
 pub struct Guard {
     pub share: f64,
     pub min_files: u32,
+    /// Also trips when this many files (0: never) got content that looks like ciphertext
+    /// where their version before did not (`looks_random`), whatever their share.
+    pub ciphertext_files: u32,
     pub within: Duration,
     pub hold: Option<Duration>,
 }
@@ -181,6 +205,7 @@ impl Default for Guard {
         Guard {
             share: 0.2,
             min_files: 200,
+            ciphertext_files: 20,
             within: Duration::from_secs(600),
             hold: None,
         }
@@ -207,6 +232,11 @@ impl Guard {
     pub fn trips(&self, changed: u64, files: u64) -> bool {
         changed >= u64::from(self.min_files) && changed as f64 >= self.share * files.max(1) as f64
     }
+
+    /// Whether `turned` files turning to ciphertext within the window is too many.
+    pub fn trips_on_ciphertext(&self, turned: u64) -> bool {
+        self.ciphertext_files > 0 && turned >= u64::from(self.ciphertext_files)
+    }
 }
 
 /// The changes seen in one folder within a guard's window (ms on a monotonic clock): each
@@ -215,6 +245,8 @@ impl Guard {
 pub struct Changes {
     seen: std::collections::VecDeque<(i64, Vec<u8>)>,
     counted: std::collections::HashMap<Vec<u8>, u32>,
+    /// The same for the files whose new content looks like ciphertext where the old did not.
+    turned: Box<Option<Changes>>,
 }
 
 impl Changes {
@@ -222,9 +254,19 @@ impl Changes {
     /// files changed within `within` up to now. Memory is bounded by the window's changes.
     pub fn note(&mut self, path: &[u8], now_ms: i64, within: Duration) -> u64 {
         self.expire(now_ms, within);
+        if let Some(turned) = self.turned.as_mut() {
+            turned.expire(now_ms, within);
+        }
         self.seen.push_back((now_ms, path.to_vec()));
         *self.counted.entry(path.to_vec()).or_default() += 1;
         self.counted.len() as u64
+    }
+
+    /// `path` got content that looks like ciphertext where its version before did not;
+    /// returns how many distinct files did within `within` up to now.
+    pub fn note_turned(&mut self, path: &[u8], now_ms: i64, within: Duration) -> u64 {
+        let turned = self.turned.get_or_insert_with(Changes::default);
+        turned.note(path, now_ms, within)
     }
 
     fn expire(&mut self, now_ms: i64, within: Duration) {

@@ -2495,6 +2495,7 @@ impl Sim {
                     encrypted: false,
                     key_fp: None,
                     completed_ms: None,
+                    random: false,
                 };
                 // No DELETE of it is owed or pending any more.
                 must(catalog.insert_version(&row, backup));

@@ -166,3 +166,43 @@ fn a_version_replaced_within_the_grace_stays_until_it_passes() {
     // The cap still counts.
     assert_eq!(keep.forget(&v(&[5 * MIN, DAY]), 1, 10 * MIN), vec![1]);
 }
+
+#[test]
+fn ciphertext_is_told_from_text_and_documents() {
+    let counts = |bytes: &[u8]| {
+        let mut c = [0u64; 256];
+        bytes.iter().for_each(|&b| c[b as usize] += 1);
+        (c, bytes.len() as u64)
+    };
+    let random: Vec<u8> = (0..SAMPLE_BYTES as u64)
+        .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8 ^ (i as u8).rotate_left(3))
+        .collect();
+    let (c, n) = counts(&random);
+    assert!(looks_random(&c, n), "random bytes");
+    let text = "Dear Alice, the meeting is moved to Thursday at ten. ".repeat(1500);
+    let (c, n) = counts(text.as_bytes());
+    assert!(!looks_random(&c, n), "text");
+    let (c, n) = counts(&[0u8; 10_000]);
+    assert!(!looks_random(&c, n), "zeros");
+    let (c, n) = counts(&random[..1000]);
+    assert!(!looks_random(&c, n), "too short to tell");
+    // The guard counts files turned to ciphertext apart, with a threshold of its own.
+    let g = Guard::default();
+    assert!(!g.trips_on_ciphertext(19) && g.trips_on_ciphertext(20));
+    let off = Guard {
+        ciphertext_files: 0,
+        ..g
+    };
+    assert!(!off.trips_on_ciphertext(1_000));
+    let mut ch = Changes::default();
+    let w = Duration::from_secs(600);
+    assert_eq!(ch.note_turned(b"/a", 0, w), 1);
+    assert_eq!(ch.note_turned(b"/a", 5, w), 1);
+    assert_eq!(ch.note_turned(b"/b", 10, w), 2);
+    ch.note(b"/c", 700_000, w);
+    assert_eq!(
+        ch.note_turned(b"/d", 700_001, w),
+        1,
+        "the others left the window"
+    );
+}

@@ -376,6 +376,8 @@ pub(crate) struct BackupReport {
     /// A new version of a path that had one: its content changed (what the history's guard
     /// counts).
     pub changed: bool,
+    /// That new version looks like ciphertext where the one before did not (`history`).
+    pub turned_random: bool,
 }
 
 /// Why a file must be read (again) to be backed up.

@@ -302,8 +302,8 @@ async fn work_on(
             if backed_up.is_ok() {
                 note_folders(node, &watch.path, path).await;
             }
-            if backed_up.as_ref().is_ok_and(|r| r.changed) {
-                note_change(node, &watch, path).await;
+            if let Some(r) = backed_up.as_ref().ok().filter(|r| r.changed) {
+                note_change(node, &watch, path, r.turned_random).await;
             }
             match backed_up {
                 Ok(r) if r.below == 0 => {
@@ -503,7 +503,7 @@ async fn gone(node: &Arc<Node>, path: &Path, gen: i64, watch: &WatchConfig) {
     match node.catalog.mark_deleted(path, now).await {
         Ok(n) if n > 0 => {
             tracing::info!("{} was deleted locally", path.display());
-            note_change(node, watch, path).await;
+            note_change(node, watch, path, false).await;
         }
         Ok(_) => {}
         Err(e) => tracing::error!("cannot note that {} is gone: {e}", path.display()),
@@ -520,36 +520,46 @@ async fn gone(node: &Arc<Node>, path: &Path, gen: i64, watch: &WatchConfig) {
 /// `path`, in `watch`, got other content or went: counted against the folder's guard
 /// (`history::Guard`), which holds the folder's history (nothing pruned there) when too many of
 /// its files changed within its window.
-async fn note_change(node: &Arc<Node>, watch: &WatchConfig, path: &Path) {
+async fn note_change(node: &Arc<Node>, watch: &WatchConfig, path: &Path, turned_random: bool) {
     use std::os::unix::ffi::OsStrExt;
     let Some(guard) = watch.guard else {
         return;
     };
     let now = node.started.elapsed().as_millis() as i64;
-    let changed = {
-        let mut all = node
-            .history_changes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+    let (changed, turned) = {
+        let mut all = (node.history_changes.lock()).unwrap_or_else(|e| e.into_inner());
         let changes = all.entry(watch.path.clone()).or_default();
-        changes.note(path.as_os_str().as_bytes(), now, guard.within)
+        let bytes = path.as_os_str().as_bytes();
+        let changed = changes.note(bytes, now, guard.within);
+        let turned = match turned_random {
+            true => changes.note_turned(bytes, now, guard.within),
+            false => 0,
+        };
+        (changed, turned)
     };
-    if changed < u64::from(guard.min_files) {
-        return;
-    }
-    let files = match node.catalog.paths_below(&watch.path).await {
-        Ok(n) => n,
-        Err(e) => {
-            return tracing::error!("cannot count the files of {}: {e}", watch.path.display())
+    let why = if guard.trips_on_ciphertext(turned) {
+        format!(
+            "{turned} of its files got content that looks encrypted within {} s, where their version before did not",
+            guard.within.as_secs()
+        )
+    } else {
+        if changed < u64::from(guard.min_files) {
+            return;
         }
+        let files = match node.catalog.paths_below(&watch.path).await {
+            Ok(n) => n,
+            Err(e) => {
+                return tracing::error!("cannot count the files of {}: {e}", watch.path.display())
+            }
+        };
+        if !guard.trips(changed, files) {
+            return;
+        }
+        format!(
+            "{changed} of its {files} files changed or went within {} s",
+            guard.within.as_secs()
+        )
     };
-    if !guard.trips(changed, files) {
-        return;
-    }
-    let why = format!(
-        "{changed} of its {files} files changed or went within {} s",
-        guard.within.as_secs()
-    );
     match node.catalog.hold_history(&watch.path, why.clone()).await {
         Ok(true) => tracing::error!(
             "history guard: {} held: {why} (ransomware, a sync gone wrong, a script on the wrong folder?); none of its old versions is pruned until `peerstash history resume {}`",

@@ -173,6 +173,7 @@ fn a_snapshot_counts_at_its_rd_only_while_its_holders_are_known_to_hold_it() {
         encrypted: true,
         key_fp: None,
         completed_ms: None,
+        random: false,
     };
     cat.insert_version(&version, crate::store::catalog::BackupId::new())
         .unwrap();

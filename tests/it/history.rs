@@ -426,3 +426,43 @@ fn full_peers_cut_the_oldest_history_first_and_keep_every_newest_version() {
         );
     }
 }
+
+/// The guard also trips on fewer files when their new content looks like ciphertext where the
+/// old did not (20 by default, whatever their share): 25 text files rewritten with other text
+/// do not trip it; the same files encrypted do.
+#[test]
+fn files_turned_to_ciphertext_trip_the_guard_before_the_count_does() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("w");
+    std::fs::create_dir_all(&dir).unwrap();
+    let watch = format!(
+        "\n[[watch]]\npath = \"{}\"\nreplication = 1\nquiet = \"200ms\"\nrescan = \"1h\"\n",
+        dir.display()
+    );
+    let c = Cluster::start_with(&["0", "50MB"], &[&watch, ""]);
+    let files: Vec<_> = (0..25)
+        .map(|i| dir.join(format!("letter{i:02}.txt")))
+        .collect();
+    let text = |i: usize, round: usize| {
+        format!("Letter {i}, draft {round}: the meeting moves to Thursday at ten.\n").repeat(150)
+    };
+    let all = |n: usize| files.iter().all(|f| complete_versions(&c, f).len() >= n);
+    for (i, f) in files.iter().enumerate() {
+        std::fs::write(f, text(i, 1)).unwrap();
+    }
+    assert!(wait_until(WAIT, || all(1)), "{}", c.log(0));
+    // Other text: 25 changes, below the count's 200: not held.
+    for (i, f) in files.iter().enumerate() {
+        std::fs::write(f, text(i, 2)).unwrap();
+    }
+    assert!(wait_until(WAIT, || all(2)), "{}", c.log(0));
+    assert_ne!(c.cli(0, &["status"]).status.code(), Some(8), "{}", c.log(0));
+    // Encrypted in place: held.
+    for f in &files {
+        std::fs::write(f, random_bytes(9_000)).unwrap();
+    }
+    let held = wait_until(WAIT, || c.cli(0, &["status"]).status.code() == Some(8));
+    assert!(held, "{}", c.log(0));
+    let status = output_text(&c.cli(0, &["status"]));
+    assert!(status.contains("looks encrypted"), "{status}");
+}

@@ -19,6 +19,8 @@ pub(super) struct Scanned {
     /// The file as it was before it was read.
     pub(super) stamp: Stamp,
     pub(super) content_hash: String,
+    /// Its first bytes look like ciphertext (`history::looks_random`).
+    pub(super) random: bool,
     /// Whether it was the same after it was read (and as long as it said), leaving a moved
     /// ctime to the second read (`stable`).
     pub(super) stable: bool,
@@ -33,10 +35,15 @@ pub(super) fn scan_file(file: File) -> std::io::Result<(File, Scanned)> {
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
     let mut bounded = (&file).take(stamp.size.saturating_add(1));
+    let mut counts = [0u64; 256];
     loop {
         let n = bounded.read(&mut buf)?;
         if n == 0 {
             break;
+        }
+        let sampled = (crate::history::SAMPLE_BYTES as u64).saturating_sub(size) as usize;
+        for &b in &buf[..n.min(sampled)] {
+            counts[usize::from(b)] += 1;
         }
         size += n as u64;
         hasher.update(&buf[..n]);
@@ -44,6 +51,10 @@ pub(super) fn scan_file(file: File) -> std::io::Result<(File, Scanned)> {
     let scanned = Scanned {
         stamp,
         content_hash: hex(&hasher.finalize()),
+        random: crate::history::looks_random(
+            &counts,
+            size.min(crate::history::SAMPLE_BYTES as u64),
+        ),
         // A moved ctime alone is left to the second read (the chunks), compared with this one.
         stable: size == stamp.size && stable(&stamp, &Stamp::of(&file.metadata()?), true),
     };
@@ -129,6 +140,7 @@ pub(crate) async fn backup_handle_as(
             below: 0,
             peers_heard: 0,
             changed: false,
+            turned_random: false,
         });
     }
     tracing::debug!("reading {} to back it up", path.display());
@@ -149,6 +161,7 @@ pub(crate) async fn backup_handle_as(
         return Err(BackupError::Changed);
     }
     let stamp = scanned.stamp;
+    let scanned_random = scanned.random;
     let chunks = cut.count(stamp.size);
     if chunks > u64::from(crate::protocol::message::MAX_CHUNK_NO) + 1 {
         return Err(BackupError::TooLarge);
@@ -186,6 +199,7 @@ pub(crate) async fn backup_handle_as(
         encrypted: plan.encrypt,
         key_fp: master.as_ref().map(MasterKey::fingerprint),
         completed_ms: None,
+        random: scanned.random,
     };
     // The same content backed up again is the same version: resume it (only chunks below
     // their RD are sent again), under the RD asked now. Either way the path exists: its
@@ -197,6 +211,7 @@ pub(crate) async fn backup_handle_as(
         resumed,
         was_complete,
         retouched,
+        previous_random,
     } = (node.catalog)
         .begin_or_resume_version(row, sealed, backup)
         .await?;
@@ -342,6 +357,7 @@ pub(crate) async fn backup_handle_as(
         below,
         peers_heard: heard.len(),
         changed: !resumed && version > 1,
+        turned_random: !resumed && scanned_random && previous_random == Some(false),
     })
 }
 

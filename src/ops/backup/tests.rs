@@ -20,6 +20,7 @@ fn row(stamp: &Stamp) -> FileRow {
         encrypted: false,
         key_fp: None,
         completed_ms: None,
+        random: false,
     }
 }
 

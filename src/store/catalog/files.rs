@@ -31,6 +31,8 @@ pub struct FileRow {
     pub key_fp: Option<String>,
     /// When it became complete (unix ms, by the wall clock then): what `restore --at` goes by.
     pub completed_ms: Option<i64>,
+    /// Its first bytes look like ciphertext or compressed data (`history::looks_random`).
+    pub random: bool,
 }
 
 pub(super) fn path_key(path: &Path) -> &[u8] {
@@ -52,7 +54,7 @@ pub(super) fn path_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<PathB
 
 pub(super) const FILE_COLUMNS: &str =
     "file_id, path, version, size, mtime_ns, mode, content_hash, \
-     desired_rd, complete, inode, deleted_at, uid, gid, ctime_ns, encrypted, key_fp, completed_ms";
+     desired_rd, complete, inode, deleted_at, uid, gid, ctime_ns, encrypted, key_fp, completed_ms, random";
 
 pub(super) fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(FileId, FileRowRaw)> {
     Ok((
@@ -74,6 +76,7 @@ pub(super) fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(FileId, FileR
             encrypted: r.get(14)?,
             key_fp: r.get(15)?,
             completed_ms: r.get(16)?,
+            random: r.get(17)?,
         },
     ))
 }
@@ -95,6 +98,7 @@ pub(super) struct FileRowRaw {
     encrypted: bool,
     key_fp: Option<String>,
     completed_ms: Option<i64>,
+    random: bool,
 }
 
 pub(super) fn finish_file((id, raw): (FileId, FileRowRaw)) -> Result<FileRow, StoreError> {
@@ -116,6 +120,7 @@ pub(super) fn finish_file((id, raw): (FileId, FileRowRaw)) -> Result<FileRow, St
         encrypted: raw.encrypted,
         key_fp: raw.key_fp,
         completed_ms: raw.completed_ms,
+        random: raw.random,
     })
 }
 
@@ -348,8 +353,8 @@ impl Catalog {
             .prepare_cached(
                 "INSERT INTO files (file_id, path, version, size, mtime_ns, mode, content_hash,
                                 desired_rd, complete, inode, uid, gid, ctime_ns, encrypted,
-                                key_fp)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10, ?11, ?12, ?13, ?14)",
+                                key_fp, random)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?
             .execute(params![
                 &row.file_id,
@@ -365,7 +370,8 @@ impl Catalog {
                 row.gid,
                 row.ctime_ns,
                 row.encrypted,
-                row.key_fp
+                row.key_fp,
+                row.random
             ])?;
         self.conn
             .prepare_cached(
@@ -519,6 +525,9 @@ pub struct Begun {
     /// The version resumed is the path's newest, which holds the same content: only the file's
     /// times, mode or owner changed (`touch`, a file rewritten identical), which it now has.
     pub retouched: bool,
+    /// A new version: whether the path's newest version before it looked like ciphertext
+    /// (None: it had none).
+    pub previous_random: Option<bool>,
 }
 
 impl Catalog {
@@ -574,15 +583,20 @@ impl Catalog {
                         resumed: true,
                         was_complete: existing.complete,
                         retouched,
+                        previous_random: None,
                     })
                 }
-                None => Ok(Begun {
-                    version: self.insert_version(row, backup)?,
-                    file_id: row.file_id.clone(),
-                    resumed: false,
-                    was_complete: false,
-                    retouched: false,
-                }),
+                None => {
+                    let previous_random = self.latest(&row.path)?.map(|f| f.random);
+                    Ok(Begun {
+                        version: self.insert_version(row, backup)?,
+                        file_id: row.file_id.clone(),
+                        resumed: false,
+                        was_complete: false,
+                        retouched: false,
+                        previous_random,
+                    })
+                }
             }
         })
     }

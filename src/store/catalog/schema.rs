@@ -38,6 +38,7 @@ const TABLES: &[(&str, &str)] = &[
     key_fp TEXT,                      -- encrypted: its master key's fingerprint (NULL: before they were kept)
     completed_no INTEGER,             -- `snapshots::COMPLETIONS` when it became complete
     completed_run_ms INTEGER,         -- the running clock (`RUN_CLOCK`) when it became complete
+    random INTEGER NOT NULL DEFAULT 0, -- its first bytes look like ciphertext (`history::looks_random`)
     UNIQUE (path, version)",
     ),
     (
@@ -168,6 +169,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("snapshots", "taken_ms", "INTEGER"),
     ("snapshots", "mark", "INTEGER NOT NULL DEFAULT 0"),
     ("files", "completed_run_ms", "INTEGER"),
+    ("files", "random", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 /// Indexes. By inode: a file renamed is found by it. By peer: a lost holder is dropped, and the

@@ -76,6 +76,7 @@ fn each_encrypted_version_keeps_its_keys_fingerprint() {
         encrypted: true,
         key_fp: fp.map(str::to_owned),
         completed_ms: None,
+        random: false,
         ..file(c, path)
     };
     cat.insert_version(&file('c', "/clear"), BackupId::new())

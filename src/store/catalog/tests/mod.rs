@@ -31,6 +31,7 @@ pub(in crate::store) fn file(c: char, path: &str) -> FileRow {
         encrypted: false,
         key_fp: None,
         completed_ms: None,
+        random: false,
     }
 }
 

@@ -72,6 +72,7 @@ fn the_health_of_the_newest_versions_is_what_walking_them_gives() {
             encrypted: false,
             key_fp: None,
             completed_ms: None,
+            random: false,
         };
         c.insert_version(&row, BackupId::new()).unwrap();
         if rng.gen_bool(0.6) {
