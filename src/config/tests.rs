@@ -238,6 +238,18 @@ fn every_error_names_its_key() {
             "watch[0].keep",
         ),
         (
+            "[peer]\nid = 1\n[[watch]]\npath = \"/a\"\nguard = \"20\"\n",
+            "watch[0].guard",
+        ),
+        (
+            "[peer]\nid = 1\n[[watch]]\npath = \"/a\"\nguard_within = \"0s\"\n",
+            "watch[0].guard_within",
+        ),
+        (
+            "[peer]\nid = 1\n[[watch]]\npath = \"/a\"\nguard_min_files = 0\n",
+            "watch[0].guard_min_files",
+        ),
+        (
             "[peer]\nid = 1\n[[watch]]\npath = \"/a\"\nrescan = \"often\"\n",
             "watch[0].rescan",
         ),

@@ -315,6 +315,31 @@ fn group_members_see_only_their_own_backups() {
     assert!(output_text(&o).contains("mine.txt"), "{}", output_text(&o));
     let o = user_cli(&c, &["versions", roots.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    // History: what a folder held then shows only the user's files; root's file at a time is
+    // not restored for it; resuming a held history is root's.
+    let o = user_cli(&c, &["versions", "/", "--at", "@9999999999"]);
+    let t = output_text(&o);
+    assert!(
+        t.contains("mine.txt") && !t.contains("roots-private-name"),
+        "{t}"
+    );
+    let at = [
+        "restore",
+        roots.to_str().unwrap(),
+        "--at",
+        "@9999999999",
+        "--to",
+        "/tmp/x",
+    ];
+    let o = user_cli(&c, &at);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    let o = user_cli(&c, &["history", "resume", "/"]);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("run it as root"),
+        "{}",
+        output_text(&o)
+    );
     // A hosting peer: root sees the chunks it hosts, the user only the totals.
     assert!(!c.peer(1).state().stored.is_empty());
     let o = user_cli_on(&c, 1, &["state", "--json"]);
