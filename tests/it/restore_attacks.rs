@@ -81,6 +81,17 @@ struct Scene {
 
 /// The user's home in a watched folder, backed up at RD 2, then `docs` swapped for a symlink to
 /// a root-owned folder and `notes.txt` lost.
+/// Every one of `files` has a complete version with every chunk at RD 2 or more.
+fn at_rd_2(c: &Cluster, files: &[std::path::PathBuf]) -> bool {
+    c.peer(0).try_state().ok().is_some_and(|s| {
+        files.iter().all(|f| {
+            s.versions_of(f)
+                .iter()
+                .any(|e| e.min_rd() >= 2 && e.complete)
+        })
+    })
+}
+
 fn swapped_after_backup() -> Scene {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().canonicalize().unwrap();
@@ -107,17 +118,8 @@ fn swapped_after_backup() -> Scene {
     );
     let c = Cluster::start_with(&["0", "30 MiB", "30 MiB"], &[&watch]);
     let files = ["docs/zz-evil.sh", "docs/cron/zz-evil", "notes.txt"].map(|f| home.join(f));
-    let backed_up = || {
-        c.peer(0).try_state().ok().is_some_and(|s| {
-            files.iter().all(|f| {
-                s.versions_of(f)
-                    .iter()
-                    .any(|e| e.min_rd() >= 2 && e.complete)
-            })
-        })
-    };
     assert!(
-        wait_until(Duration::from_secs(60), backed_up),
+        wait_until(Duration::from_secs(60), || at_rd_2(&c, &files)),
         "not backed up:\n{}",
         c.dump()
     );
@@ -131,17 +133,8 @@ fn swapped_after_backup() -> Scene {
     // `restore --all` finds does not depend on how fast it was (5 files: the 2 moved, the 2
     // under `docs` and notes.txt, the last 3 gone locally and kept).
     let moved = ["docs.away/zz-evil.sh", "docs.away/cron/zz-evil"].map(|f| home.join(f));
-    let settled = || {
-        c.peer(0).try_state().ok().is_some_and(|s| {
-            moved.iter().all(|f| {
-                s.versions_of(f)
-                    .iter()
-                    .any(|e| e.min_rd() >= 2 && e.complete)
-            })
-        })
-    };
     assert!(
-        wait_until(Duration::from_secs(60), settled),
+        wait_until(Duration::from_secs(60), || at_rd_2(&c, &moved)),
         "the moved files not backed up:\n{}",
         c.dump()
     );
