@@ -106,9 +106,9 @@ fn forged_sender_ids_cannot_grow_the_peers_table_without_end() {
     assert_eq!(peer_rows(&cat), MAX_PEER_ROWS + 1);
 }
 
-#[test]
-fn every_holder_is_listed_with_when_it_was_heard_and_whether_it_is_lost() {
-    let dir = tempfile::tempdir().unwrap();
+/// A catalog where peers 2, 3 and 4 hold a chunk of ours and peers 1 (this one) and 5 a chunk
+/// hosted here (stored from peer 6).
+fn holders_2_to_5(dir: &tempfile::TempDir) -> Catalog {
     let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
     cat.insert_file(&file('a', "/f")).unwrap();
     cat.put_file_chunk(&fid('a'), ChunkNo(0), 10, "h0").unwrap();
@@ -116,6 +116,13 @@ fn every_holder_is_listed_with_when_it_was_heard_and_whether_it_is_lost() {
         .unwrap();
     cat.insert_hosted(&hosted('b', 0, 100, 6), &[PeerId(1), PeerId(5)])
         .unwrap();
+    cat
+}
+
+#[test]
+fn every_holder_is_listed_with_when_it_was_heard_and_whether_it_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = holders_2_to_5(&dir);
     // Peer 6 sent us a chunk but holds nothing: not a holder.
     cat.heard_peers(&[
         heard(2, "2.0", 1_000),
@@ -155,13 +162,7 @@ fn every_holder_is_listed_with_when_it_was_heard_and_whether_it_is_lost() {
 #[test]
 fn the_round_drops_the_holders_the_engine_counts_lost_unless_heard_since() {
     let dir = tempfile::tempdir().unwrap();
-    let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
-    cat.insert_file(&file('a', "/f")).unwrap();
-    cat.put_file_chunk(&fid('a'), ChunkNo(0), 10, "h0").unwrap();
-    cat.add_holders(&fid('a'), ChunkNo(0), &[PeerId(2), PeerId(3), PeerId(4)])
-        .unwrap();
-    cat.insert_hosted(&hosted('b', 0, 100, 6), &[PeerId(1), PeerId(5)])
-        .unwrap();
+    let cat = holders_2_to_5(&dir);
     cat.heard_peers(&[heard(2, "2.0", 1_000), heard(3, "2.0", 9_000)])
         .unwrap();
     let (timeout, since, me) = (Duration::from_secs(10), 5_000, PeerId(1));
